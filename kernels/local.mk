@@ -1,0 +1,1 @@
+# kernels/: CUDA C behind extern "C" launchers (built only when nvcc works).

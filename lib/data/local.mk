@@ -1,0 +1,1 @@
+# lib/data: (to be filled by its owner)

@@ -1,0 +1,1 @@
+# lib/fetch: (to be filled by its owner)

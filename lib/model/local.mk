@@ -1,0 +1,1 @@
+# lib/model: (to be filled by its owner)

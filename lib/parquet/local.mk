@@ -1,0 +1,1 @@
+# lib/parquet: (to be filled by its owner)

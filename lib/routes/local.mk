@@ -1,0 +1,1 @@
+# lib/routes: (to be filled by its owner)

@@ -1,0 +1,1 @@
+# lib/tok: (to be filled by its owner)

@@ -1,0 +1,1 @@
+# lib/train: (to be filled by its owner)

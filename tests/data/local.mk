@@ -1,0 +1,1 @@
+# tests/data: (to be filled by its owner)

@@ -1,0 +1,1 @@
+# tests/fetch: (to be filled by its owner)

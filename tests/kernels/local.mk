@@ -1,0 +1,1 @@
+# tests/kernels: (to be filled by its owner)

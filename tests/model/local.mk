@@ -1,0 +1,1 @@
+# tests/model: (to be filled by its owner)

@@ -1,0 +1,1 @@
+# tests/parquet: (to be filled by its owner)

@@ -1,0 +1,1 @@
+# tests/routes: (to be filled by its owner)

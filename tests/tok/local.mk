@@ -1,0 +1,1 @@
+# tests/tok: (to be filled by its owner)

@@ -1,0 +1,1 @@
+# tests/train: (to be filled by its owner)
