@@ -1,1 +1,10 @@
-# lib/data: (to be filled by its owner)
+# lib/data: the token stream, shard directories and the training data loader.
+noinst_LIBRARIES += lib/data/libmoedata.a
+lib_data_libmoedata_a_SOURCES = \
+	lib/data/tokstream.h \
+	lib/data/tokstream.c \
+	lib/data/data.h
+lib_data_libmoedata_a_CPPFLAGS = $(AM_CPPFLAGS) $(ZSTD_CFLAGS)
+# Link line for users of data.h (shards, loader): put before $(CORE_LIBS).
+# Users of tokstream.h alone may link lib/data/libmoedata.a only.
+DATA_LIBS = lib/data/libmoedata.a $(ZSTD_LIBS) $(PTHREAD_LIBS)

@@ -48,7 +48,7 @@ struct moe_tokstream_reader;
 struct moe_tokstream_reader *moe_tokstream_reader_new(FILE *fp, const char *where,
 						      struct moe_error *err);
 const struct moe_tokstream_info *moe_tokstream_reader_info(const struct moe_tokstream_reader *r);
-/* Next document: returns 1 and sets *ids/*n (buffer owned by the reader,
+/* Next document: returns 1 and sets *ids and *n (buffer owned by the reader,
  * valid until the next call), 0 at the verified end record, or a negative
  * code (truncation, bad check, id >= vocab_size) with the byte offset and
  * document number in the message. */
