@@ -86,7 +86,8 @@ void moe_route_group(int32_t *counts /* (E) */, int32_t *offsets /* (E+1) */,
 /* Cross-entropy with ignore: returns the sum of -log p(target) over rows with
  * target != ignore_id and writes their count to *n_valid.  dlogits (may be
  * NULL) receives scale * (softmax - onehot) for valid rows and 0 for ignored
- * rows (scale is typically 1/n_valid_global). */
+ * rows (scale is typically 1/n_valid_global).  dlogits may equal logits
+ * (computed in place). */
 double moe_xent_fwd_bwd(float *dlogits /* (N, V) */, const float *logits /* (N, V) */,
 			const int32_t *targets /* (N) */, int N, int V, int ignore_id, float scale,
 			int64_t *n_valid);
@@ -102,5 +103,59 @@ void moe_adamw_step(float *p, const float *g, float *m, float *v, size_t n, floa
 
 /* Sum of squares (double accumulation). */
 double moe_sumsq(const float *x, size_t n);
+
+/* ---- additions for the MoE graph (lib/model) ------------------------------ */
+
+/* SwiGLU on a fused gate/up row: gu (M, 2I) holds [g | u] per row (the fused
+ * gate_up GEMM output); h (M, I) = silu(g) * u.  bwd overwrites dgu. */
+void moe_swiglu_gu_fwd(float *h /* (M, I) */, const float *gu /* (M, 2I) */, int M, int I);
+void moe_swiglu_gu_bwd(float *dgu /* (M, 2I) */, const float *dh /* (M, I) */,
+		       const float *gu /* (M, 2I) */, int M, int I);
+
+/* Inverse of the grouping permutation: inv[perm[j]] = j (NK = N*K). */
+void moe_route_inverse(int32_t *inv /* (N*K) */, const int32_t *perm /* (N*K) */, int NK);
+
+/* Dispatch: xg[j] = x[perm[j] / K] (the token of slot perm[j]). */
+void moe_gather_rows(float *xg /* (N*K, D) */, const float *x /* (N, D) */,
+		     const int32_t *perm /* (N*K) */, int NK, int K, int D);
+/* Its backward: dx[perm[j] / K] += dxg[j]  (dx accumulated). */
+void moe_scatter_add_rows(float *dx /* (N, D) */, const float *dxg /* (N*K, D) */,
+			  const int32_t *perm /* (N*K) */, int NK, int K, int D);
+
+/* Grouped linear over experts: rows [offsets[e], offsets[e+1]) of x use
+ * w[e] (Out, In): out[r] = x[r] @ w[e]^T.  M = offsets[E] rows. */
+void moe_grouped_linear_fwd(float *out /* (M, Out) */, const float *x /* (M, In) */,
+			    const float *w /* (E, Out, In) */, const int32_t *offsets /* (E+1) */,
+			    int E, int In, int Out);
+/* dx (may be NULL) overwritten; dw (E, Out, In) accumulated. */
+void moe_grouped_linear_bwd(float *dx /* (M, In) */, float *dw /* (E, Out, In) */,
+			    const float *dout /* (M, Out) */, const float *x /* (M, In) */,
+			    const float *w /* (E, Out, In) */, const int32_t *offsets /* (E+1) */,
+			    int E, int In, int Out);
+
+/* Combine: out[n] = sum_k topk_w[n,k] * yg[inv[n*K+k]]  (out overwritten). */
+void moe_combine_fwd(float *out /* (N, D) */, const float *yg /* (N*K, D) */,
+		     const float *topk_w /* (N, K) */, const int32_t *inv /* (N*K) */,
+		     int N, int K, int D);
+/* dyg[inv[n*K+k]] = topk_w[n,k] * dout[n] (overwritten);
+ * dtopk_w[n,k] = dot(dout[n], yg[inv[n*K+k]]) (overwritten). */
+void moe_combine_bwd(float *dyg /* (N*K, D) */, float *dtopk_w /* (N, K) */,
+		     const float *dout /* (N, D) */, const float *yg /* (N*K, D) */,
+		     const float *topk_w /* (N, K) */, const int32_t *inv /* (N*K) */,
+		     int N, int K, int D);
+
+/* Aux-loss statistics over rows whose input id != pad_id (ids may be NULL:
+ * all rows): psum[e] = sum_n probs[n,e]; cnt[e] = number of (row, slot)
+ * pairs routed to e (both overwritten). */
+void moe_router_stats(float *psum /* (E) */, int32_t *cnt /* (E) */, const float *probs /* (N, E) */,
+		      const int32_t *topk_idx /* (N, K) */, const int32_t *ids /* (N) or NULL */,
+		      int pad_id, int N, int E, int K);
+/* Gradient of an aux loss that is linear in the per-layer probability sums:
+ * dprobs[n,e] = g[e] for valid rows (ids[n] != pad_id), 0 otherwise. */
+void moe_aux_dprobs(float *dprobs /* (N, E) */, const float *g /* (E) */,
+		    const int32_t *ids /* (N) or NULL */, int pad_id, int N, int E);
+
+/* y += x */
+void moe_add(float *y, const float *x, size_t n);
 
 #endif

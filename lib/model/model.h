@@ -1,0 +1,408 @@
+/*
+ * lib/model: the OLMoE-family model.  Configuration (HF OlmoeConfig names plus
+ * our own keys), the parameter table (one allocation for all parameters, one
+ * for all gradients, named tensors with HF OLMoE names), the backend
+ * interface, forward with loss parts and routing capture, backward, the
+ * loss-free-balancing bias update, and checkpoint I/O (safetensors, HF
+ * sharded checkpoints).
+ *
+ * ---------------------------------------------------------------------------
+ * Design: one graph, two backends.
+ *
+ * model.c walks the layers and decides WHAT is computed (which buffers, which
+ * op, in which order, with which shapes).  A backend (struct moe_backend)
+ * decides HOW: it owns all device memory and implements a table of ops that
+ * mirror lib/model/ops.h.  The CPU backend (moe_backend_cpu()) is ops.h
+ * itself on host memory in fp32.  The CUDA backend (kernels/) fills the same
+ * table with launchers on one stream; it chooses its own activation dtype
+ * (bf16) for buffers of kind MOE_BUF_ACT, while MOE_BUF_F32 and MOE_BUF_I32
+ * buffers are always fp32 / int32.  Parameters: the backend keeps an fp32
+ * master copy and fp32 gradients (one flat buffer each, laid out as the
+ * parameter table says) and may keep a compute copy in its activation dtype;
+ * ops receive parameters through be->param(), gradients through be->grad().
+ *
+ * Ops return nothing: a CPU op cannot fail; a CUDA op records the first error
+ * (sticky) and be->sync() reports it.  The model calls sync() at the end of
+ * forward and backward and whenever it reads results back.
+ * ---------------------------------------------------------------------------
+ *
+ * Layer layout: model.layers.0 .. model.layers.(num_hidden_layers-1); the
+ * first n_dense_layers are dense SwiGLU blocks, the rest are MoE blocks.  MoE
+ * layer index lm = layer - n_dense_layers (0 .. n_moe_layers-1) indexes the
+ * routing capture, the expert counts and the selection biases.
+ *
+ * Block (pre-norm, both kinds):
+ *   a  = RMSNorm_in(x)
+ *   q  = RoPE(RMSNorm_q(a Wq^T)), k = RoPE(RMSNorm_k(a Wk^T)), v = a Wv^T
+ *        (QK-norm over the full width D, before the head split and RoPE)
+ *   x += Attn(q, k, v) Wo^T                (causal, scale 1/sqrt(Dh))
+ *   m  = RMSNorm_post(x)
+ *   x += Dense(m) | MoE(m)
+ * MoE(m) = sum_k w_k Expert_{i_k}(m) + sum_s Shared_s(m), router as in ops.h
+ * (softmax over all E in fp32, top-k of logits + selection bias, weights from
+ * the unbiased softmax, optional renormalisation).  Final: RMSNorm, untied
+ * LM head, cross-entropy ignoring pad_token_id (mean over valid targets).
+ *
+ * Losses: total = ce + aux_coef * aux + router_z_loss_coef * z, where
+ *   aux "switch"     (HF/seed, pooled over layers): E * sum_e f_e * Pbar_e with
+ *                    f_e = (count of e over all MoE layers and top-k slots) / R,
+ *                    Pbar_e = (sum of probs of e over all MoE layers) / R,
+ *                    R = number of non-pad rows times n_moe_layers.  Equals K at
+ *                    perfect balance.  (The seed computes Pbar from the
+ *                    softmax of the BIASED logits when loss-free balancing is
+ *                    on; we use the unbiased router probabilities.)
+ *   aux "megablocks" (OLMoE): mean over MoE layers of
+ *                    E/(T*K) * sum_e c_{l,e} * Pbar_{l,e}; 1 at perfect balance.
+ *   z  = sum over MoE layers of mean over rows of logsumexp(router logits)^2.
+ *   Rows whose INPUT token is pad_token_id are excluded from the aux statistics.
+ */
+#ifndef MOE_MODEL_H
+#define MOE_MODEL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <jansson.h>
+
+#include "core/core.h"
+
+/* ---- configuration -------------------------------------------------------- */
+
+enum moe_aux_form {
+	MOE_AUX_SWITCH = 0,     /* "switch": HF/Mixtral form pooled over layers (the seed's) */
+	MOE_AUX_MEGABLOCKS = 1, /* "megablocks": per-layer, mean over layers (OLMoE's) */
+};
+
+/* Router kinds.  A new kind is a new enum value, a name in the config parser,
+ * its parameters in the table and its fwd/bwd ops on both backends. */
+enum moe_router_kind {
+	MOE_ROUTER_SOFTMAX_TOPK = 0, /* "softmax_topk" */
+};
+
+#define MOE_NAME_MAX 96
+
+struct moe_config {
+	/* HF OlmoeConfig keys */
+	int vocab_size;              /* embedding / LM-head rows */
+	int hidden_size;             /* D */
+	int intermediate_size;       /* I: routed expert SwiGLU width */
+	int num_hidden_layers;       /* all blocks: dense ones first, then MoE */
+	int num_attention_heads;     /* H (num_key_value_heads must equal it) */
+	int num_experts;             /* E */
+	int num_experts_per_tok;     /* K */
+	bool norm_topk_prob;         /* renormalise the top-k weights */
+	double rms_norm_eps;         /* 1e-5 */
+	double rope_theta;           /* 10000 */
+	int max_position_embeddings; /* longest sequence the model is meant for */
+	double router_aux_loss_coef; /* aux coefficient at step 0 */
+	int pad_token_id;            /* ignored target, zero embedding row; -1 none */
+	int eos_token_id;            /* -1 none */
+	int bos_token_id;            /* -1 none (null in JSON) */
+	double initializer_range;    /* init std, 0.02 */
+	/* ours */
+	int n_shared_experts;                /* always-on SwiGLU experts per MoE layer */
+	int shared_expert_intermediate_size; /* their width (default intermediate_size) */
+	int n_dense_layers;                  /* dense blocks before the MoE blocks */
+	int dense_intermediate_size;         /* their SwiGLU width */
+	bool loss_free_balancing;            /* selection bias on during training */
+	double balance_update_rate;          /* u: b += u * sign(mean count - count) */
+	double balance_bias_clamp;           /* |b| <= clamp after each update (5) */
+	enum moe_aux_form aux_loss_form;     /* "switch" | "megablocks" */
+	double router_aux_loss_coef_end;     /* coefficient after the decay */
+	int64_t router_aux_loss_decay_steps; /* linear decay length; 0: constant */
+	double router_z_loss_coef;           /* 0: off */
+	enum moe_router_kind router_kind;
+};
+
+/* Fill cfg with the defaults (the OLMoE-1B-7B shape, aux "switch" 0.01,
+ * no z-loss, no shared/dense, no balancing). */
+void moe_config_defaults(struct moe_config *cfg);
+/* Parse a JSON object over the defaults.  Unknown keys and bad values are
+ * errors naming `where` and the key.  Keys that transformers writes into
+ * config.json and that do not change the model (architectures, torch_dtype,
+ * transformers_version, use_cache, output_router_logits, ...) are accepted;
+ * those that would change it (tie_word_embeddings true, attention_bias true,
+ * clip_qkv, num_key_value_heads != heads, hidden_act != silu) are errors. */
+int moe_config_from_json(struct moe_config *cfg, const json_t *obj, const char *where,
+			 struct moe_error *err);
+/* Load a config file, a checkpoint directory (DIR/config.json) or a preset
+ * name ("tiny", "seed-base", "olmoe-1b-7b": a name without '/' or ".json"
+ * that is not an existing file is looked up as
+ * $MOE_DATADIR/models/NAME.json, else the compiled-in datadir). */
+int moe_config_load(struct moe_config *cfg, const char *path_or_name, struct moe_error *err);
+/* Check consistency (divisibility, ranges); errors name the key. */
+int moe_config_validate(const struct moe_config *cfg, const char *where, struct moe_error *err);
+/* A new JSON object with every key: the HF OlmoeConfig keys (model_type
+ * "olmoe", architectures, num_key_value_heads, tie_word_embeddings false, ...)
+ * that transformers' OlmoeConfig accepts, plus ours.  NULL on ENOMEM. */
+json_t *moe_config_to_json(const struct moe_config *cfg);
+/* Write config.json atomically. */
+int moe_config_save(const struct moe_config *cfg, const char *path, struct moe_error *err);
+/* Aux-loss coefficient at an optimizer step: linear from router_aux_loss_coef
+ * to router_aux_loss_coef_end over router_aux_loss_decay_steps, then end. */
+double moe_config_aux_coef(const struct moe_config *cfg, int64_t step);
+const char *moe_aux_form_name(enum moe_aux_form f);
+const char *moe_router_kind_name(enum moe_router_kind k);
+static inline int moe_config_n_moe_layers(const struct moe_config *c)
+{
+	return c->num_hidden_layers - c->n_dense_layers;
+}
+
+/* ---- parameter table ------------------------------------------------------ */
+
+enum moe_param_kind {
+	MOE_P_EMBED,      /* model.embed_tokens.weight (V, D) */
+	MOE_P_NORM,       /* RMSNorm weights (D): init 1 */
+	MOE_P_LINEAR,     /* attention, router, dense MLP, LM head */
+	MOE_P_EXPERT,     /* routed expert weights */
+	MOE_P_SHARED,     /* shared expert weights */
+	MOE_P_BIAS,       /* selection bias (E): fp32 buffer, not trained */
+};
+
+/*
+ * One named tensor inside the flat parameter buffer (fp32, `offset` in
+ * floats).  Names are the HF OLMoE names:
+ *   model.embed_tokens.weight                               (V, D)
+ *   model.layers.N.input_layernorm.weight                   (D)
+ *   model.layers.N.self_attn.{q,k,v,o}_proj.weight          (D, D)   q,k,v,o contiguous
+ *   model.layers.N.self_attn.{q,k}_norm.weight              (D)
+ *   model.layers.N.post_attention_layernorm.weight          (D)
+ *   dense layers:  model.layers.N.mlp.{gate,up}_proj.weight (Id, D)  gate then up: (2Id, D)
+ *                  model.layers.N.mlp.down_proj.weight      (D, Id)
+ *   MoE layers:    model.layers.N.mlp.gate.weight           (E, D)   router
+ *                  model.layers.N.mlp.experts.X.{gate,up}_proj.weight (I, D)
+ *                  model.layers.N.mlp.experts.X.down_proj.weight      (D, I)
+ *                  model.layers.N.mlp.shared_experts.S.{gate,up,down}_proj.weight
+ *                  model.layers.N.mlp.selection_bias        (E)      fp32 buffer
+ *   model.norm.weight (D), lm_head.weight (V, D)
+ * Expert layout (the grouped GEMM wants it): for one MoE layer, all experts'
+ * gate/up weights form ONE contiguous (E, 2I, D) block, expert X at
+ * X*2I*D with its gate rows (I, D) first and its up rows (I, D) next; all
+ * down weights form one contiguous (E, D, I) block.  Shared experts use the
+ * same scheme: (S, 2Is, D) then (S, D, Is).  A dense layer's gate and up are
+ * one (2Id, D) block.  So a fused gate_up GEMM (Out = 2I) is one linear.
+ */
+struct moe_param {
+	char name[MOE_NAME_MAX];
+	enum moe_param_kind kind;
+	int ndim;
+	int64_t shape[2];
+	size_t offset; /* in floats, into the flat buffer */
+	size_t numel;
+	int layer;     /* block index, -1 for embedding / final norm / head */
+	bool is_expert; /* clip group "expert": routed and shared experts (seed: name contains "expert") */
+	bool decay;     /* weight decay applies (all trained tensors by default, as the seed) */
+	bool trainable; /* false for the selection bias */
+};
+
+/* Offsets (in floats) of one block's tensors, for the graph code and for
+ * backends that want them.  Fields that do not apply are SIZE_MAX. */
+struct moe_layer_offsets {
+	bool is_moe;
+	size_t ln_in, q, k, v, o, q_norm, k_norm, ln_post;
+	size_t dense_gate_up, dense_down;          /* dense: (2Id, D), (D, Id) */
+	size_t router, expert_gate_up, expert_down; /* MoE: (E, D), (E, 2I, D), (E, D, I) */
+	size_t shared_gate_up, shared_down;        /* (S, 2Is, D), (S, D, Is) */
+	size_t bias;                               /* (E) */
+};
+
+/* ---- backend interface ---------------------------------------------------- */
+
+enum moe_buf_kind {
+	MOE_BUF_ACT, /* activations and their gradients: backend's compute dtype */
+	MOE_BUF_F32, /* fp32: rstd, lse, router probs/weights, statistics, optimizer state */
+	MOE_BUF_I32, /* int32: token ids, top-k ids, counts, offsets, permutations */
+};
+
+/*
+ * All pointers below are backend memory unless marked "host".  Shapes and the
+ * meaning of each op are those of the ops.h function of the same name; ACT
+ * pointers are void * because their dtype is the backend's.  `w` parameters
+ * come from be->param(), `dw` from be->grad() (fp32, accumulated +=).
+ */
+struct moe_backend {
+	const char *name; /* "cpu", "cuda" */
+	void *ctx;        /* backend private */
+	size_t act_size;  /* bytes per MOE_BUF_ACT element (4 on CPU, 2 for bf16) */
+
+	/* memory */
+	void *(*alloc)(struct moe_backend *be, size_t n, enum moe_buf_kind kind); /* NULL on ENOMEM; zeroed */
+	void (*free)(struct moe_backend *be, void *p);
+	void (*zero)(struct moe_backend *be, void *p, size_t n, enum moe_buf_kind kind);
+	void (*copy)(struct moe_backend *be, void *dst, const void *src, size_t n, enum moe_buf_kind kind);
+	/* host <-> backend; ACT buffers are converted from/to fp32 on the host side */
+	void (*to_host)(struct moe_backend *be, void *host_dst, const void *src, size_t n, enum moe_buf_kind kind);
+	void (*from_host)(struct moe_backend *be, void *dst, const void *host_src, size_t n, enum moe_buf_kind kind);
+	/* wait for queued work; return the first recorded error (0 if none) */
+	int (*sync)(struct moe_backend *be, struct moe_error *err);
+	void (*destroy)(struct moe_backend *be); /* frees everything incl. be */
+
+	/* parameters: n floats of fp32 master + fp32 grads (zeroed), laid out by the table */
+	int (*params_alloc)(struct moe_backend *be, size_t n, struct moe_error *err);
+	float *(*master)(struct moe_backend *be, size_t offset); /* fp32 master (backend memory) */
+	float *(*grad)(struct moe_backend *be, size_t offset);   /* fp32 grads (backend memory) */
+	const void *(*param)(struct moe_backend *be, size_t offset); /* compute copy (ACT dtype) */
+	/* after the masters changed (optimizer step, load, bias update): refresh the compute copy */
+	void (*params_updated)(struct moe_backend *be);
+
+	/* ops (see ops.h) */
+	void (*embedding_fwd)(struct moe_backend *be, void *out, const int32_t *ids, const void *wte, int N, int D);
+	void (*embedding_bwd)(struct moe_backend *be, float *dwte, const void *dout, const int32_t *ids, int N, int D, int pad_id);
+	void (*rmsnorm_fwd)(struct moe_backend *be, void *out, float *rstd, const void *x, const void *w, int N, int D, float eps);
+	void (*rmsnorm_bwd)(struct moe_backend *be, void *dx, float *dw, const void *dout, const void *x, const void *w, const float *rstd, int N, int D);
+	/* no bias; linear_bwd: dx (may be NULL) overwritten, dw (may be NULL) += */
+	void (*linear_fwd)(struct moe_backend *be, void *out, const void *x, const void *w, int N, int In, int Out);
+	void (*linear_bwd)(struct moe_backend *be, void *dx, float *dw, const void *dout, const void *x, const void *w, int N, int In, int Out);
+	void (*rope_fwd)(struct moe_backend *be, void *x, int B, int T, int H, int Dh, float theta);
+	void (*rope_bwd)(struct moe_backend *be, void *dx, int B, int T, int H, int Dh, float theta);
+	void (*attention_fwd)(struct moe_backend *be, void *out, float *lse, const void *q, const void *k, const void *v, int B, int T, int H, int Dh);
+	void (*attention_bwd)(struct moe_backend *be, void *dq, void *dk, void *dv, const void *dout, const void *q, const void *k, const void *v, const void *out, const float *lse, int B, int T, int H, int Dh);
+	void (*swiglu_gu_fwd)(struct moe_backend *be, void *h, const void *gu, int M, int I);
+	void (*swiglu_gu_bwd)(struct moe_backend *be, void *dgu, const void *dh, const void *gu, int M, int I);
+	/* bias: fp32 master pointer or NULL */
+	void (*router_fwd)(struct moe_backend *be, int32_t *topk_idx, float *topk_w, float *probs, const void *logits, const float *bias, int N, int E, int K, bool norm_topk);
+	void (*router_bwd)(struct moe_backend *be, void *dlogits, const float *dtopk_w, const float *dprobs, const float *probs, const int32_t *topk_idx, const float *topk_w, int N, int E, int K, bool norm_topk);
+	void (*route_group)(struct moe_backend *be, int32_t *counts, int32_t *offsets, int32_t *perm, int32_t *inv, const int32_t *topk_idx, int N, int K, int E);
+	void (*gather_rows)(struct moe_backend *be, void *xg, const void *x, const int32_t *perm, int NK, int K, int D);
+	void (*scatter_add_rows)(struct moe_backend *be, void *dx, const void *dxg, const int32_t *perm, int NK, int K, int D);
+	void (*grouped_linear_fwd)(struct moe_backend *be, void *out, const void *x, const void *w, const int32_t *offsets, int E, int In, int Out);
+	void (*grouped_linear_bwd)(struct moe_backend *be, void *dx, float *dw, const void *dout, const void *x, const void *w, const int32_t *offsets, int E, int In, int Out);
+	void (*combine_fwd)(struct moe_backend *be, void *out, const void *yg, const float *topk_w, const int32_t *inv, int N, int K, int D);
+	void (*combine_bwd)(struct moe_backend *be, void *dyg, float *dtopk_w, const void *dout, const void *yg, const float *topk_w, const int32_t *inv, int N, int K, int D);
+	void (*add)(struct moe_backend *be, void *y, const void *x, size_t n); /* y += x (ACT) */
+	/* host results: *loss_sum, *n_valid (these two sync) */
+	void (*xent)(struct moe_backend *be, void *dlogits, const void *logits, const int32_t *targets, int N, int V, int ignore_id, float scale, double *loss_sum, int64_t *n_valid);
+	void (*zloss)(struct moe_backend *be, void *dlogits, const void *logits, int N, int E, float scale, double *loss);
+	void (*router_stats)(struct moe_backend *be, float *psum, int32_t *cnt_valid, const float *probs, const int32_t *topk_idx, const int32_t *ids, int pad_id, int N, int E, int K);
+	void (*aux_dprobs)(struct moe_backend *be, float *dprobs, const float *g_host, const int32_t *ids, int pad_id, int N, int E);
+	/* flat fp32 helpers for the trainer (backend memory) */
+	double (*sumsq)(struct moe_backend *be, const float *x, size_t n);
+	void (*scale)(struct moe_backend *be, float *x, size_t n, float s);
+	void (*adamw)(struct moe_backend *be, float *p, const float *g, float *m, float *v, size_t n, float lr, float beta1, float beta2, float eps, float weight_decay, int64_t t);
+};
+
+/* The CPU backend (fp32, OpenMP).  NULL on ENOMEM.  Free with be->destroy(be). */
+struct moe_backend *moe_backend_cpu(void);
+/* Backend by name ("cpu", "cuda" when built with CUDA; NULL and err otherwise). */
+struct moe_backend *moe_backend_new(const char *name, struct moe_error *err);
+
+/* ---- the model -------------------------------------------------------------- */
+
+struct moe_model; /* opaque */
+
+/* Build the parameter table and allocate parameters and gradients on `be`
+ * (NULL: a new CPU backend).  The model owns be and destroys it in
+ * moe_model_free.  Parameters are zero until init or load. */
+struct moe_model *moe_model_new(const struct moe_config *cfg, struct moe_backend *be,
+				struct moe_error *err);
+void moe_model_free(struct moe_model *m);
+const struct moe_config *moe_model_config(const struct moe_model *m);
+struct moe_backend *moe_model_backend(struct moe_model *m);
+
+/* The table: n entries in buffer order.  Lookup returns NULL when absent. */
+const struct moe_param *moe_model_params(const struct moe_model *m, size_t *n);
+const struct moe_param *moe_model_param_find(const struct moe_model *m, const char *name);
+size_t moe_model_num_params(const struct moe_model *m); /* floats in the flat buffer */
+const struct moe_layer_offsets *moe_model_layer(const struct moe_model *m, int layer);
+/* Counts of parameters: total trained, active per token (K of E experts). */
+void moe_model_count(const struct moe_model *m, int64_t *total, int64_t *active);
+
+/* Host access to the flat fp32 buffers: direct pointers on host backends
+ * (CPU), NULL otherwise; then use get/set, which copy the whole buffer. */
+float *moe_model_params_host(struct moe_model *m);
+float *moe_model_grads_host(struct moe_model *m);
+void moe_model_get_params(struct moe_model *m, float *dst /* (n) host */);
+void moe_model_set_params(struct moe_model *m, const float *src /* (n) host */);
+void moe_model_get_grads(struct moe_model *m, float *dst /* (n) host */);
+/* Call after changing parameters through a host pointer or backend op. */
+void moe_model_params_updated(struct moe_model *m);
+
+/* Deterministic init from a seed: every MOE_P_LINEAR/EXPERT/SHARED/EMBED
+ * tensor ~ N(0, initializer_range^2) (not truncated), drawn from a stream
+ * keyed by (seed, tensor name) so it does not depend on the table order;
+ * the embedding row pad_token_id is zeroed; norms = 1; selection bias = 0. */
+int moe_model_init(struct moe_model *m, uint64_t seed, struct moe_error *err);
+
+/* ---- forward / backward ------------------------------------------------------ */
+
+struct moe_losses {
+	double total;     /* ce + aux_coef * aux + router_z_loss_coef * z */
+	double ce;        /* mean over valid targets (0 when none / no targets) */
+	double aux;       /* unscaled aux loss in the configured form */
+	double z;         /* unscaled z-loss */
+	double aux_coef;  /* coefficient used */
+	int64_t n_valid;  /* targets != pad_token_id */
+};
+
+/* Per MoE layer lm, per row n = b*T + t (host arrays, caller allocated). */
+struct moe_routing_capture {
+	int32_t *topk_idx;     /* (Lm, N, K) expert ids, by weight descending */
+	float *topk_w;         /* (Lm, N, K) gate weights (after renorm if any) */
+	float *router_logits;  /* (Lm, N, E) unbiased router logits, or NULL */
+};
+
+/* Per-row next-token statistics from the output logits (host, caller allocated). */
+struct moe_token_stats {
+	int32_t argmax;      /* most likely next token */
+	float p_argmax;      /* its probability */
+	float logprob_target;/* log p(target), NaN when no targets / ignored */
+};
+
+enum moe_logits_mode {
+	MOE_LOGITS_NONE = 0, /* do not copy logits out */
+	MOE_LOGITS_ALL,      /* logits_out (B, T, V) */
+	MOE_LOGITS_LAST,     /* logits_out (B, V): position T-1 of each row */
+};
+
+struct moe_forward_opts {
+	bool train;          /* keep activations for backward; selection bias when loss_free_balancing */
+	bool eval_use_bias;  /* not training: route with the selection bias anyway (default off, as the seed) */
+	enum moe_logits_mode logits_mode;
+	float *logits_out;                    /* host, see logits_mode */
+	struct moe_routing_capture *capture;  /* NULL: none */
+	struct moe_token_stats *token_stats;  /* (B*T) host or NULL */
+};
+
+/* Forward over tokens (B, T) (host int32, values < vocab_size); targets (B, T)
+ * host or NULL (then ce = 0 and backward is not allowed).  Fills losses (may
+ * be NULL).  opts may be NULL (= eval, nothing copied out).  T may be any
+ * length >= 1 (RoPE positions 0..T-1 of each row).  Buffers grow as needed. */
+int moe_model_forward(struct moe_model *m, const int32_t *tokens, const int32_t *targets, int B,
+		      int T, const struct moe_forward_opts *opts, struct moe_losses *losses,
+		      struct moe_error *err);
+/* Backward of the last forward (which must have had train and targets):
+ * grads += d(grad_scale * total)/d(params).  The selection bias gets none. */
+int moe_model_backward(struct moe_model *m, float grad_scale, struct moe_error *err);
+void moe_model_zero_grad(struct moe_model *m);
+/* The aux coefficient used by later forwards (default router_aux_loss_coef);
+ * the trainer sets moe_config_aux_coef(cfg, step) before each step. */
+void moe_model_set_aux_coef(struct moe_model *m, double coef);
+
+/* Expert counts of the last forward: (Lm, E) host, (token, slot) pairs over
+ * ALL rows (pads included, as the seed); valid until the next forward. */
+const int64_t *moe_model_expert_counts(const struct moe_model *m);
+/* Loss-free balancing: for each MoE layer, b_e += u * sign(mean_e c - c_e),
+ * clamped to +-balance_bias_clamp, in fp32 (counts (Lm, E) host, e.g. summed
+ * over the micro-batches of a step). */
+int moe_model_update_bias(struct moe_model *m, const int64_t *counts, float u,
+			  struct moe_error *err);
+
+/* ---- checkpoints ---------------------------------------------------------------- */
+
+/* Write every tensor (fp32, HF names, selection biases included) to a
+ * safetensors file atomically, with metadata {"format": "pt"}. */
+int moe_model_save_safetensors(struct moe_model *m, const char *path, struct moe_error *err);
+/* Load tensors into the table from: a .safetensors file, or a directory with
+ * model.safetensors.index.json (sharded) or model.safetensors.  F32, BF16 and
+ * F16 are converted.  Every trained tensor must be present with its exact
+ * shape; a missing selection bias is zero; unexpected tensors are errors
+ * naming them (rotary inv_freq buffers are ignored). */
+int moe_model_load_weights(struct moe_model *m, const char *path, struct moe_error *err);
+/* Write DIR/config.json and DIR/model.safetensors (DIR must exist). */
+int moe_model_save_dir(struct moe_model *m, const char *dir, struct moe_error *err);
+/* New model from DIR/config.json and its weights (HF or ours) on be. */
+struct moe_model *moe_model_load_dir(const char *dir, struct moe_backend *be,
+				     struct moe_error *err);
+
+#endif
