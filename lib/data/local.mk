@@ -3,7 +3,13 @@ noinst_LIBRARIES += lib/data/libmoedata.a
 lib_data_libmoedata_a_SOURCES = \
 	lib/data/tokstream.h \
 	lib/data/tokstream.c \
-	lib/data/data.h
+	lib/data/data.h \
+	lib/data/shardfmt.h \
+	lib/data/shardfmt.c \
+	lib/data/shardw.c \
+	lib/data/dataset.c \
+	lib/data/verify.c \
+	lib/data/loader.c
 lib_data_libmoedata_a_CPPFLAGS = $(AM_CPPFLAGS) $(ZSTD_CFLAGS)
 # Link line for users of data.h (shards, loader): put before $(CORE_LIBS).
 # Users of tokstream.h alone may link lib/data/libmoedata.a only.
