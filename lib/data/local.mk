@@ -14,3 +14,7 @@ lib_data_libmoedata_a_CPPFLAGS = $(AM_CPPFLAGS) $(ZSTD_CFLAGS)
 # Link line for users of data.h (shards, loader): put before $(CORE_LIBS).
 # Users of tokstream.h alone may link lib/data/libmoedata.a only.
 DATA_LIBS = lib/data/libmoedata.a $(ZSTD_LIBS) $(PTHREAD_LIBS)
+
+bin_PROGRAMS += cmd/moe-shard
+cmd_moe_shard_SOURCES = cmd/moe-shard.c
+cmd_moe_shard_LDADD = $(DATA_LIBS) $(CORE_LIBS)
