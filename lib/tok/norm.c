@@ -1,0 +1,156 @@
+/*
+ * Unicode normalization through utf8proc, with a quick check that skips
+ * text that is already normalized (the common case) without calling it.
+ */
+#include "tok/tok_internal.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <utf8proc.h>
+
+#define NCP 0x110000
+/* bit k set: code point is "quick-check yes" for normal form k+1 (NORM_NFC...) */
+static uint8_t *qc_table;
+static pthread_once_t qc_once = PTHREAD_ONCE_INIT;
+
+static int decomp(uint32_t cp, utf8proc_int32_t *buf, int cap, bool compat)
+{
+	int opts = UTF8PROC_DECOMPOSE | (compat ? UTF8PROC_COMPAT : 0);
+	utf8proc_int32_t last = 0;
+	utf8proc_ssize_t n = utf8proc_decompose_char((utf8proc_int32_t)cp, buf, cap, opts, &last);
+	return n < 0 ? -1 : (int)n;
+}
+
+static bool nfc_of_char_is_self(uint32_t cp)
+{
+	uint8_t in[4];
+	utf8proc_ssize_t l = utf8proc_encode_char((utf8proc_int32_t)cp, in);
+	utf8proc_uint8_t *out = NULL;
+	utf8proc_ssize_t ol = utf8proc_map(in, l, &out, UTF8PROC_STABLE | UTF8PROC_COMPOSE);
+	bool same = ol == l && memcmp(out, in, (size_t)l) == 0;
+	free(out);
+	return same;
+}
+
+static void qc_init(void)
+{
+	uint8_t *tb = calloc(NCP, 1);
+	uint8_t *maybe = calloc(NCP, 1);
+	if (!tb || !maybe) {
+		free(tb);
+		free(maybe);
+		return; /* qc_table stays NULL: everything is normalized the slow way */
+	}
+	utf8proc_int32_t buf[32];
+	/* characters that can combine with a preceding one */
+	for (uint32_t cp = 0; cp < NCP; cp++) {
+		if (cp >= 0xD800 && cp < 0xE000)
+			continue;
+		if (cp >= 0xAC00 && cp <= 0xD7A3)
+			continue; /* Hangul syllables: handled below */
+		int n = decomp(cp, buf, 32, false);
+		for (int k = 1; k < n; k++)
+			maybe[buf[k]] = 1;
+	}
+	for (uint32_t cp = 0x1161; cp <= 0x1175; cp++)
+		maybe[cp] = 1; /* Hangul V jamo */
+	for (uint32_t cp = 0x11A8; cp <= 0x11C2; cp++)
+		maybe[cp] = 1; /* Hangul T jamo */
+	for (uint32_t cp = 0; cp < NCP; cp++) {
+		if (cp >= 0xD800 && cp < 0xE000)
+			continue;
+		const utf8proc_property_t *p = utf8proc_get_property((utf8proc_int32_t)cp);
+		if (p->combining_class != 0)
+			continue;
+		utf8proc_int32_t kb[32];
+		int nc = decomp(cp, buf, 32, false);
+		int nk = decomp(cp, kb, 32, true);
+		bool dc_self = nc == 1 && (uint32_t)buf[0] == cp;
+		bool dk_self = nk == 1 && (uint32_t)kb[0] == cp;
+		bool dk_eq_dc = nk == nc && memcmp(kb, buf, (size_t)nc * sizeof buf[0]) == 0;
+		uint8_t bits = 0;
+		if (dc_self)
+			bits |= 1u << (NORM_NFD - 1);
+		if (dk_self)
+			bits |= 1u << (NORM_NFKD - 1);
+		bool nfc = !maybe[cp] && (dc_self || (cp >= 0xAC00 && cp <= 0xD7A3) || nfc_of_char_is_self(cp));
+		if (nfc)
+			bits |= 1u << (NORM_NFC - 1);
+		if (nfc && dk_eq_dc)
+			bits |= 1u << (NORM_NFKC - 1);
+		tb[cp] = bits;
+	}
+	free(maybe);
+	qc_table = tb;
+}
+
+/* true when s is certainly already in normal form k. */
+static bool quick_yes(enum tok_norm k, const uint8_t *s, size_t n)
+{
+	size_t i = 0;
+	while (i < n && s[i] < 0x80)
+		i++;
+	if (i == n)
+		return true;
+	pthread_once(&qc_once, qc_init);
+	if (!qc_table)
+		return false;
+	uint8_t bit = (uint8_t)(1u << (k - 1));
+	while (i < n) {
+		if (s[i] < 0x80) {
+			i++;
+			continue;
+		}
+		size_t l;
+		uint32_t cp = tok_utf8_decode(s, n, i, &l);
+		if (!(qc_table[cp] & bit))
+			return false;
+		i += l;
+	}
+	return true;
+}
+
+int tok_normalize(const struct moe_tok *t, const uint8_t *s, size_t n, uint8_t **out, size_t *outlen,
+		  struct moe_error *err)
+{
+	*out = NULL;
+	*outlen = n;
+	const uint8_t *cur = s;
+	size_t curlen = n;
+	uint8_t *owned = NULL;
+	for (int i = 0; i < t->n_norms; i++) {
+		enum tok_norm k = t->norms[i];
+		if (quick_yes(k, cur, curlen))
+			continue;
+		int opts = UTF8PROC_STABLE;
+		switch (k) {
+		case NORM_NFC:
+			opts |= UTF8PROC_COMPOSE;
+			break;
+		case NORM_NFD:
+			opts |= UTF8PROC_DECOMPOSE;
+			break;
+		case NORM_NFKC:
+			opts |= UTF8PROC_COMPOSE | UTF8PROC_COMPAT;
+			break;
+		case NORM_NFKD:
+			opts |= UTF8PROC_DECOMPOSE | UTF8PROC_COMPAT;
+			break;
+		}
+		utf8proc_uint8_t *o = NULL;
+		utf8proc_ssize_t ol = utf8proc_map(cur, (utf8proc_ssize_t)curlen, &o, opts);
+		if (ol < 0) {
+			free(owned);
+			return moe_error_set(err, ol == UTF8PROC_ERROR_NOMEM ? MOE_ENOMEM : MOE_EFORMAT,
+					     "normalization failed: %s", utf8proc_errmsg(ol));
+		}
+		free(owned);
+		owned = o;
+		cur = o;
+		curlen = (size_t)ol;
+	}
+	*out = owned;
+	*outlen = curlen;
+	return 0;
+}
