@@ -106,6 +106,171 @@ int moe_sched_parse(const char *s, enum moe_sched_kind *out);
  * while step < decay_steps, then end (decay_steps <= 0: always start). */
 double moe_aux_coef(double start, double end, int64_t decay_steps, int64_t step);
 
+/* ---- the optimizer --------------------------------------------------------- */
+
+struct moe_model;
+struct moe_param;
+
+enum moe_decay_set {
+	MOE_DECAY_ALL = 0,      /* every trained tensor (the seed: one param group) */
+	MOE_DECAY_MATRICES = 1, /* no norms, no biases, no vectors */
+};
+enum moe_clip_groups {
+	MOE_CLIP_EXPERT = 0, /* the seed: expert (routed + shared) and the rest, separately */
+	MOE_CLIP_GLOBAL = 1, /* one global norm */
+	MOE_CLIP_NONE = 2,
+};
+
+struct moe_optim_opts {
+	double beta1, beta2, eps, weight_decay;
+	enum moe_decay_set decay;
+	enum moe_clip_groups clip_groups;
+	double clip;        /* max norm (non-expert group, or global); <= 0: off */
+	double clip_expert; /* max norm of the expert group; < 0: clip */
+};
+
+/* AdamW state: m and v are fp32 buffers on the model's backend with the
+ * layout of the parameter table (offset i of a tensor is offset i here);
+ * t is the number of updates done. */
+struct moe_optim {
+	struct moe_model *model; /* not owned */
+	struct moe_optim_opts opts;
+	size_t n;                /* floats in m and v */
+	float *m, *v;            /* backend memory */
+	int64_t t;
+};
+
+struct moe_clip_stats {
+	double norm;        /* pre-clip global norm of all trained tensors */
+	double norm_expert; /* pre-clip norm of the expert group */
+	double norm_other;  /* pre-clip norm of the rest */
+	double coef_expert, coef_other; /* factors applied (1 = none) */
+};
+
+/* true when weight decay applies to p under `set`. */
+bool moe_optim_decays(const struct moe_param *p, enum moe_decay_set set);
+/* Allocate zeroed m, v on the model's backend.  Release with
+ * moe_optim_release() (before the model is freed). */
+int moe_optim_init(struct moe_optim *o, struct moe_model *m, const struct moe_optim_opts *opts,
+		   struct moe_error *err);
+void moe_optim_release(struct moe_optim *o);
+/* Gradient norms of the two groups (no change to the gradients). */
+void moe_optim_grad_norms(struct moe_optim *o, double *expert, double *other);
+/* Clip the gradients as opts say (torch clip_grad_norm_: factor
+ * max / (norm + 1e-6) when below 1) and report the norms. */
+void moe_optim_clip(struct moe_optim *o, struct moe_clip_stats *cs);
+/* One AdamW update of every trained tensor with learning rate lr
+ * (t += 1 first; bias correction uses t), then refresh the backend's
+ * compute copy of the parameters. */
+void moe_optim_step(struct moe_optim *o, double lr);
+
+/* ---- backends, FLOPs ----------------------------------------------------- */
+
+struct moe_backend;
+struct moe_config;
+struct moe_loader;
+
+/* The backend for a --device value: "cpu", "cuda", or "auto" (cuda when the
+ * build has it and a device answers, else an error suggesting --device
+ * cpu).  This is the seam where backends plug in (moe_backend_new()).
+ * chosen (may be NULL) receives the backend's name. */
+struct moe_backend *moe_train_backend(const char *device, char *chosen, size_t cap,
+				      struct moe_error *err);
+/* Model FLOPs per trained token as shared/bench/torch_ref.py counts them:
+ * 6 x (active matmul parameters: attention, K routed + shared experts,
+ * router, dense MLPs, LM head) + 3 x causal attention scores (2*2*T*D/2 per
+ * layer).  T is the sequence length. */
+double moe_model_flops_per_token(const struct moe_config *c, int T);
+/* Peak FLOP/s used for MFU: $MOE_PEAK_TFLOPS when set, else 989.4e12 for
+ * "cuda" (H100 SXM dense bf16), else 0 (unknown: MFU is reported as null). */
+double moe_peak_flops(const char *backend);
+
+/* ---- evaluation ------------------------------------------------------------ */
+
+struct moe_eval_stats {
+	double loss;     /* mean over batches of ce + aux_coef * aux + z_coef * z */
+	double ce;       /* mean over all evaluated target tokens */
+	double ppl;      /* exp(ce) */
+	double aux, z;   /* means over batches, unscaled */
+	double aux_coef;
+	int64_t tokens;  /* target tokens evaluated */
+	int64_t batches;
+};
+
+/* Rewind the loader (batches of B rows of T+1 tokens, one epoch) and
+ * evaluate up to max_batches batches (<= 0: all).  Routing uses the
+ * selection bias only when use_bias.  MOE_ERANGE when there is no data. */
+int moe_evaluate(struct moe_model *m, struct moe_loader *l, int B, int T, int64_t max_batches,
+		 bool use_bias, struct moe_eval_stats *st, struct moe_error *err);
+
+/* ---- the trainer ------------------------------------------------------------ */
+
+struct moe_trainer;
+
+struct moe_step_stats {
+	int64_t step;        /* optimizer steps done, including this one */
+	int64_t tokens;      /* tokens trained so far */
+	double loss, ce, aux, z; /* means over the step's micro-batches */
+	double aux_coef, lr;
+	double grad_norm, grad_norm_expert, grad_norm_other; /* before clipping */
+	double step_s, tokens_per_s;
+	double mfu;          /* < 0 when the peak is unknown */
+};
+
+/* Build a run from the options: model (preset, file, or on resume the
+ * checkpoint RUN/ckpt/latest), backend, optimizer, loaders; create RUN,
+ * RUN/ckpt, RUN/train.json (effective options), RUN/run.json (sizes,
+ * FLOPs) and open RUN/metrics.jsonl.  resume without a checkpoint starts
+ * fresh; without resume an existing run is an error.  NULL + err on failure. */
+struct moe_trainer *moe_trainer_new(const struct moe_train_opts *o, bool resume,
+				    struct moe_error *err);
+void moe_trainer_free(struct moe_trainer *t);
+int64_t moe_trainer_step_index(const struct moe_trainer *t); /* steps done */
+int64_t moe_trainer_total_steps(const struct moe_trainer *t);
+const char *moe_trainer_backend_name(struct moe_trainer *t);
+/* A note for the user (e.g. why validation is off), or NULL. */
+const char *moe_trainer_note(const struct moe_trainer *t);
+struct moe_model *moe_trainer_model(struct moe_trainer *t);
+/* One optimizer step: grad_accum micro-batches (forward, backward with
+ * scale 1/grad_accum), clipping, AdamW at the scheduled learning rate,
+ * the balancing-bias update; appends a record to metrics.jsonl. */
+int moe_trainer_step(struct moe_trainer *t, struct moe_step_stats *st, struct moe_error *err);
+/* Validation on the val split (eval_batches batches, no selection bias);
+ * appends a record.  Does nothing (ev zeroed) when validation is off. */
+int moe_trainer_eval(struct moe_trainer *t, struct moe_eval_stats *ev, struct moe_error *err);
+/* Write RUN/ckpt/step-NNNNNNN atomically (model.safetensors, config.json,
+ * optimizer.safetensors, trainer_state.json), point `latest` at it and
+ * keep the last K. */
+int moe_trainer_save(struct moe_trainer *t, struct moe_error *err);
+
+/* ---- generation ---------------------------------------------------------------- */
+
+struct moe_generate_opts {
+	int64_t max_tokens;  /* new tokens at most */
+	double temperature;  /* <= 0: greedy (the seed's qualitative test) */
+	double top_p;        /* nucleus mass, 1 = off */
+	uint64_t seed;       /* sampling RNG seed */
+	int eos_id;          /* stop after this id; -1 none */
+	bool use_bias;       /* route with the selection bias */
+};
+/* Called with each new token id; a non-zero return stops generation and is
+ * returned by moe_generate(). */
+typedef int (*moe_generate_cb)(int32_t id, void *arg, struct moe_error *err);
+
+/* Sample the next token from logits (V): greedy when temperature <= 0, else
+ * softmax(logits / temperature) restricted to the smallest set of most
+ * likely tokens whose mass reaches top_p.  rng is the caller's state;
+ * scratch holds moe_sample_scratch_size(V) bytes. */
+int moe_sample_token(const float *logits, int V, double temperature, double top_p,
+		     uint64_t *rng, void *scratch);
+size_t moe_sample_scratch_size(int V);
+/* Continue prompt (n_prompt >= 1 ids) by up to g->max_tokens tokens,
+ * calling cb for each (the context is cut to the model's
+ * max_position_embeddings). */
+int moe_generate(struct moe_model *m, const int32_t *prompt, size_t n_prompt,
+		 const struct moe_generate_opts *g, moe_generate_cb cb, void *arg,
+		 struct moe_error *err);
+
 /* ---- the run directory ------------------------------------------------- */
 
 /* "step-NNNNNNN" (7 digits, more when needed). */

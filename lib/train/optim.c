@@ -1,0 +1,140 @@
+/*
+ * The optimizer over the model's parameter table: AdamW with a configurable
+ * decayed set, global-norm clipping in one group or in the seed's two
+ * groups (expert and non-expert tensors), on any backend (all arithmetic
+ * goes through the backend's sumsq/scale/adamw on its own memory).
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "model/model.h"
+#include "train/train.h"
+
+bool moe_optim_decays(const struct moe_param *p, enum moe_decay_set set)
+{
+	if (!p->trainable)
+		return false;
+	if (set == MOE_DECAY_ALL)
+		return true;
+	return p->kind != MOE_P_NORM && p->kind != MOE_P_BIAS && p->ndim >= 2;
+}
+
+int moe_optim_init(struct moe_optim *o, struct moe_model *m, const struct moe_optim_opts *opts,
+		   struct moe_error *err)
+{
+	memset(o, 0, sizeof *o);
+	o->model = m;
+	o->opts = *opts;
+	o->n = moe_model_num_params(m);
+	struct moe_backend *be = moe_model_backend(m);
+	o->m = be->alloc(be, o->n, MOE_BUF_F32);
+	o->v = be->alloc(be, o->n, MOE_BUF_F32);
+	if (!o->m || !o->v) {
+		moe_optim_release(o);
+		return moe_error_set(err, MOE_ENOMEM, "cannot allocate the optimizer state (%zu floats)",
+				     2 * o->n);
+	}
+	return 0;
+}
+
+void moe_optim_release(struct moe_optim *o)
+{
+	if (!o->model)
+		return;
+	struct moe_backend *be = moe_model_backend(o->model);
+	if (o->m)
+		be->free(be, o->m);
+	if (o->v)
+		be->free(be, o->v);
+	o->m = o->v = NULL;
+	o->model = NULL;
+}
+
+void moe_optim_grad_norms(struct moe_optim *o, double *expert, double *other)
+{
+	struct moe_backend *be = moe_model_backend(o->model);
+	size_t np;
+	const struct moe_param *p = moe_model_params(o->model, &np);
+	double se = 0, so = 0;
+	for (size_t i = 0; i < np; i++) {
+		if (!p[i].trainable)
+			continue;
+		double s = be->sumsq(be, be->grad(be, p[i].offset), p[i].numel);
+		if (p[i].is_expert)
+			se += s;
+		else
+			so += s;
+	}
+	*expert = sqrt(se);
+	*other = sqrt(so);
+}
+
+/* torch.nn.utils.clip_grad_norm_: coef = max / (norm + 1e-6), capped at 1 */
+static double clip_coef(double max_norm, double norm)
+{
+	if (max_norm <= 0)
+		return 1.0;
+	double c = max_norm / (norm + 1e-6);
+	return c < 1.0 ? c : 1.0;
+}
+
+static void scale_group(struct moe_optim *o, int group, float s)
+{
+	struct moe_backend *be = moe_model_backend(o->model);
+	size_t np;
+	const struct moe_param *p = moe_model_params(o->model, &np);
+	for (size_t i = 0; i < np; i++) {
+		if (!p[i].trainable)
+			continue;
+		if (group >= 0 && (int)p[i].is_expert != group)
+			continue;
+		be->scale(be, be->grad(be, p[i].offset), p[i].numel, s);
+	}
+}
+
+void moe_optim_clip(struct moe_optim *o, struct moe_clip_stats *cs)
+{
+	double ne, no;
+	moe_optim_grad_norms(o, &ne, &no);
+	memset(cs, 0, sizeof *cs);
+	cs->norm_expert = ne;
+	cs->norm_other = no;
+	cs->norm = sqrt(ne * ne + no * no);
+	cs->coef_expert = cs->coef_other = 1.0;
+	double max_e = o->opts.clip_expert >= 0 ? o->opts.clip_expert : o->opts.clip;
+	switch (o->opts.clip_groups) {
+	case MOE_CLIP_NONE:
+		break;
+	case MOE_CLIP_GLOBAL:
+		cs->coef_expert = cs->coef_other = clip_coef(o->opts.clip, cs->norm);
+		if (cs->coef_other < 1.0)
+			scale_group(o, -1, (float)cs->coef_other);
+		break;
+	case MOE_CLIP_EXPERT:
+		cs->coef_other = clip_coef(o->opts.clip, no);
+		cs->coef_expert = clip_coef(max_e, ne);
+		if (cs->coef_other < 1.0)
+			scale_group(o, 0, (float)cs->coef_other);
+		if (cs->coef_expert < 1.0)
+			scale_group(o, 1, (float)cs->coef_expert);
+		break;
+	}
+}
+
+void moe_optim_step(struct moe_optim *o, double lr)
+{
+	struct moe_backend *be = moe_model_backend(o->model);
+	size_t np;
+	const struct moe_param *p = moe_model_params(o->model, &np);
+	o->t++;
+	for (size_t i = 0; i < np; i++) {
+		if (!p[i].trainable)
+			continue;
+		float wd = moe_optim_decays(&p[i], o->opts.decay) ? (float)o->opts.weight_decay : 0.0f;
+		be->adamw(be, be->master(be, p[i].offset), be->grad(be, p[i].offset),
+			  o->m + p[i].offset, o->v + p[i].offset, p[i].numel, (float)lr,
+			  (float)o->opts.beta1, (float)o->opts.beta2, (float)o->opts.eps, wd, o->t);
+	}
+	moe_model_params_updated(o->model);
+}

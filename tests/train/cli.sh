@@ -1,0 +1,96 @@
+#!/bin/sh
+# moe-train / moe-eval command-line tests on a micro model and synthetic
+# shards: usage errors, config + CLI precedence, metrics, checkpoints,
+# keep-K, eval JSON, corrupted checkpoints.
+set -u
+BIN=${MOE_BIN:?}
+B=${MOE_BUILDDIR:?}
+S=${MOE_SRCDIR:?}
+TRAIN=$BIN/moe-train
+EVAL=$BIN/moe-eval
+[ -x "$TRAIN" ] && [ -x "$EVAL" ] || { echo "moe-train not built"; exit 77; }
+T=$(mktemp -d "${TMPDIR:-/tmp}/moe-train-cli.XXXXXX")
+trap 'rm -rf "$T"' EXIT
+fail() { echo "FAIL: $*"; exit 1; }
+export OMP_NUM_THREADS=1
+
+"$B/tests/train/mkdata" "$T/data" 200 || fail "mkdata"
+MODEL=$S/tests/train/data/micro.json
+COMMON="--model $MODEL --data $T/data --device cpu --micro-batch 4 --seq-len 16 --warmup 2 --lr 3e-3 -q"
+
+# --- usage errors exit 2, help and version exit 0
+"$TRAIN" >/dev/null 2>&1; [ $? -eq 2 ] || fail "no arguments should exit 2"
+"$TRAIN" --bogus >/dev/null 2>&1; [ $? -eq 2 ] || fail "unknown option should exit 2"
+"$TRAIN" $COMMON --out "$T/x" --steps 2 --micro-batch 0 >/dev/null 2>&1; [ $? -eq 2 ] || fail "--micro-batch 0 should exit 2"
+"$TRAIN" $COMMON --out "$T/x" --steps 2 --schedule cosinus 2>"$T/err"; [ $? -eq 2 ] || fail "bad schedule should exit 2"
+grep -q "Try 'moe-train --help'" "$T/err" || fail "usage error without hint"
+"$TRAIN" $COMMON --out "$T/x" extra >/dev/null 2>&1; [ $? -eq 2 ] || fail "operand should exit 2"
+"$EVAL" >/dev/null 2>&1; [ $? -eq 2 ] || fail "moe-eval without a checkpoint should exit 2"
+"$EVAL" generate x >/dev/null 2>&1; [ $? -eq 2 ] || fail "generate without -t should exit 2"
+"$TRAIN" --help | grep -q -- "--grad-accum" || fail "--help"
+"$EVAL" --help | grep -q -- "--selection-bias" || fail "moe-eval --help"
+"$TRAIN" --version | grep -q "^moe-train (moe) " || fail "--version"
+# an unknown key in the config file is an error naming the key
+echo '{"learning_rate": 1}' > "$T/bad.json"
+"$TRAIN" $COMMON --out "$T/x" --steps 2 --config "$T/bad.json" 2>"$T/err"; [ $? -eq 1 ] || fail "bad config key should exit 1"
+grep -q learning_rate "$T/err" || fail "bad config key not named"
+# without a GPU, --device auto says so and suggests --device cpu (skip where CUDA works)
+if "$TRAIN" --model "$MODEL" --data "$T/data" --out "$T/auto" --steps 1 --seq-len 16 -q 2>"$T/err"; then
+	echo "note: a CUDA device is present"
+else
+	grep -q -- "--device cpu" "$T/err" || fail "auto without GPU should suggest --device cpu"
+fi
+
+# --- config file + CLI precedence; a short run
+printf '{"lr": 0.01, "micro_batch": 2, "eval_every": 3, "seq_len": 16}\n' > "$T/train.json"
+"$TRAIN" --model "$MODEL" --data "$T/data" --out "$T/run" --device cpu --config "$T/train.json" \
+	--lr 0.005 --steps 6 --ckpt-every 3 --warmup 1 -q || fail "training run"
+grep -q '"lr": 0.0050' "$T/run/train.json" || fail "CLI --lr should win over the config"
+grep -q '"micro_batch": 2,' "$T/run/train.json" || fail "config micro_batch not applied"
+n=$(grep -c '"split":"train"' "$T/run/metrics.jsonl")
+[ "$n" -eq 6 ] || fail "expected 6 train records, got $n"
+v=$(grep -c '"split":"val"' "$T/run/metrics.jsonl")
+[ "$v" -eq 2 ] || fail "expected 2 val records, got $v"
+for k in step tokens loss ce aux z lr grad_norm grad_norm_expert grad_norm_other tokens_per_s mfu rss_bytes load_max; do
+	head -n 1 "$T/run/metrics.jsonl" | grep -q "\"$k\":" || fail "metrics lack $k"
+done
+grep '"split":"val"' "$T/run/metrics.jsonl" | head -n 1 | grep -q '"ppl":' || fail "val record lacks ppl"
+[ "$(readlink "$T/run/ckpt/latest")" = step-0000006 ] || fail "latest should be step-0000006"
+for f in model.safetensors config.json optimizer.safetensors trainer_state.json; do
+	[ -f "$T/run/ckpt/step-0000006/$f" ] || fail "checkpoint lacks $f"
+done
+grep -q '"model_type": "olmoe"' "$T/run/ckpt/latest/config.json" || fail "config.json not OLMoE"
+grep -q '"index_sha256"' "$T/run/ckpt/latest/trainer_state.json" || fail "no data identity"
+# a second run into the same directory without --resume is refused
+"$TRAIN" $COMMON --out "$T/run" --steps 2 2>/dev/null; [ $? -eq 1 ] || fail "existing run should be refused"
+
+# --- keep-K
+"$TRAIN" $COMMON --out "$T/keep" --steps 5 --ckpt-every 1 --keep 2 --eval-every 0 || fail "keep run"
+ls "$T/keep/ckpt" | grep -c '^step-' | grep -qx 2 || fail "keep 2 should leave 2 checkpoints"
+[ -d "$T/keep/ckpt/step-0000004" ] && [ -d "$T/keep/ckpt/step-0000005" ] || fail "wrong checkpoints kept"
+ls -a "$T/keep/ckpt" | grep -q '\.tmp\.' && fail "temporary left behind"
+
+# --- moe-eval JSON
+"$EVAL" "$T/run/ckpt/latest" --data "$T/data" --split val --device cpu > "$T/eval.json" || fail "moe-eval"
+for k in loss ppl ce aux z tokens; do
+	grep -q "\"$k\":" "$T/eval.json" || fail "eval JSON lacks $k"
+done
+# the run directory resolves to its latest checkpoint; same numbers
+"$EVAL" "$T/run" --data "$T/data" --device cpu > "$T/eval2.json" || fail "moe-eval RUN"
+[ "$(grep '"ce"' "$T/eval.json")" = "$(grep '"ce"' "$T/eval2.json")" ] || fail "RUN and RUN/ckpt/latest differ"
+"$EVAL" "$T/run" --data "$T/data" --device cpu --selection-bias | grep -q '"selection_bias": true' || fail "--selection-bias"
+"$EVAL" "$T/run" --data "$T/data" --device cpu --split nope >/dev/null 2>&1; [ $? -eq 2 ] || fail "bad split should exit 2"
+
+# --- corrupted checkpoint: a clear error naming the file, exit 1
+cp -r "$T/run" "$T/bad"
+ck=$T/bad/ckpt/step-0000006
+head -c 100 "$ck/model.safetensors" > "$ck/m" && mv "$ck/m" "$ck/model.safetensors"
+"$EVAL" "$T/bad" --data "$T/data" --device cpu >/dev/null 2>"$T/err"; [ $? -eq 1 ] || fail "corrupt checkpoint should exit 1"
+grep -q "model.safetensors" "$T/err" || fail "corrupt checkpoint error should name the file: $(cat "$T/err")"
+"$TRAIN" --out "$T/bad" --resume --steps 8 -q 2>"$T/err"; [ $? -eq 1 ] || fail "resume from a corrupt checkpoint should exit 1"
+grep -q "model.safetensors" "$T/err" || fail "resume error should name the file"
+cp -r "$T/run" "$T/bad2"
+echo '{"version": 1, "step": 6' > "$T/bad2/ckpt/step-0000006/trainer_state.json"
+"$TRAIN" --out "$T/bad2" --resume --steps 8 -q 2>"$T/err"; [ $? -eq 1 ] || fail "broken trainer_state should exit 1"
+grep -q "trainer_state.json" "$T/err" || fail "trainer_state error should name the file"
+exit 0
