@@ -10,3 +10,5 @@ tests_data_test_loader_LDADD = $(DATA_LIBS) $(CORE_LIBS) $(CRIT_LIBS)
 tests_data_mkstream_SOURCES = tests/data/mkstream.c
 tests_data_mkstream_LDADD = lib/data/libmoedata.a $(CORE_LIBS)
 TESTS += tests/data/test_tokstream tests/data/test_loader
+TESTS += tests/data/cli.sh
+dist_check_SCRIPTS += tests/data/cli.sh

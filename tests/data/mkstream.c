@@ -3,7 +3,9 @@
  *   mkstream [-s SEED] [-n DOCS] [-V VOCAB] [-l MAXLEN] [-e EOS] [-w WIDTH]
  *            [-t TOKENS] [-x TOKENIZER_SHA256_HEX]
  * Documents have 0..MAXLEN tokens (uniform) and end with EOS when given;
- * with -t, documents are written until TOKENS tokens are reached.
+ * with -t, documents are written until TOKENS tokens are reached.  -T
+ * prints the same documents as text instead (one line of ids per document),
+ * an independent reference for `moe-shard cat --format ids`.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -26,7 +28,8 @@ int main(int argc, char **argv)
 	struct moe_tokstream_info info = {.vocab_size = 50280, .eos_id = MOE_NO_EOS};
 	struct moe_error err = {0};
 	int c;
-	while ((c = getopt(argc, argv, "s:n:V:l:e:w:t:x:")) != -1) {
+	bool text = false;
+	while ((c = getopt(argc, argv, "s:n:V:l:e:w:t:x:T")) != -1) {
 		switch (c) {
 		case 's': seed = strtoull(optarg, NULL, 0); break;
 		case 'n': docs = strtoull(optarg, NULL, 0); break;
@@ -35,6 +38,7 @@ int main(int argc, char **argv)
 		case 'e': info.eos_id = (uint32_t)strtoul(optarg, NULL, 0); break;
 		case 'w': info.token_width = (uint32_t)strtoul(optarg, NULL, 0); break;
 		case 't': tokens = strtoull(optarg, NULL, 0); docs = UINT64_MAX; break;
+		case 'T': text = true; break;
 		case 'x':
 			if (moe_unhex(optarg, info.tokenizer_sha256, 32) < 0)
 				return 2;
@@ -45,8 +49,8 @@ int main(int argc, char **argv)
 			return 2;
 		}
 	}
-	struct moe_tokstream_writer *w = moe_tokstream_writer_new(stdout, &info, "<stdout>", &err);
-	if (!w) {
+	struct moe_tokstream_writer *w = NULL;
+	if (!text && !(w = moe_tokstream_writer_new(stdout, &info, "<stdout>", &err))) {
 		fprintf(stderr, "mkstream: %s\n", err.msg);
 		return 1;
 	}
@@ -58,11 +62,17 @@ int main(int argc, char **argv)
 			ids[i] = (uint32_t)(rng(&s) % info.vocab_size);
 		if (info.eos_id != MOE_NO_EOS)
 			ids[n++] = info.eos_id;
-		if (moe_tokstream_write_doc(w, ids, n, &err) < 0 && (fprintf(stderr, "mkstream: %s\n", err.msg), 1))
+		if (text) {
+			for (size_t i = 0; i < n; i++)
+				printf(i ? " %u" : "%u", ids[i]);
+			putchar('\n');
+		} else if (moe_tokstream_write_doc(w, ids, n, &err) < 0) {
+			fprintf(stderr, "mkstream: %s\n", err.msg);
 			return 1;
+		}
 		total += n;
 	}
-	if (moe_tokstream_writer_finish(w, &err) < 0) {
+	if (w && moe_tokstream_writer_finish(w, &err) < 0) {
 		fprintf(stderr, "mkstream: %s\n", err.msg);
 		return 1;
 	}
