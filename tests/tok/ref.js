@@ -7,6 +7,8 @@
 //       GPT-2 built from OpenAI's files (ByteLevel, <|endoftext|> special)
 //   node ref.js save-gpt2 ENCODER.json VOCAB.bpe OUT.json
 //       write that GPT-2 tokenizer as a tokenizer.json
+//   node ref.js encode-tiktoken cl100k_base IN.jsonl OUT.txt
+//       js-tiktoken's encoder, special tokens allowed
 //   node ref.js time TOKENIZER.json IN.jsonl
 //       single-call encode rate over the documents (MB/s)
 'use strict';
@@ -51,6 +53,13 @@ async function main() {
     await encodeAll(await gpt2(a[0], a[1]), a[2], a[3]);
   } else if (cmd === 'save-gpt2') {
     (await gpt2(a[0], a[1])).save(a[2]);
+  } else if (cmd === 'encode-tiktoken') {
+    // js-tiktoken (OpenAI's ranks; special tokens allowed, like HF)
+    const { getEncoding } = require('js-tiktoken');
+    const enc = getEncoding(a[0]);
+    const docs = await readDocs(a[1]);
+    const out = docs.map((d) => enc.encode(d, 'all').join(' '));
+    fs.writeFileSync(a[2], out.join('\n') + (out.length ? '\n' : ''));
   } else if (cmd === 'time') {
     const t = tk.Tokenizer.fromFile(a[0]);
     const docs = await readDocs(a[1]);
