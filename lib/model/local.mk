@@ -1,1 +1,6 @@
-# lib/model: (to be filled by its owner)
+# lib/model: the model (config, parameter table, graph, CPU backend, checkpoints)
+noinst_LIBRARIES += lib/model/libmoemodel.a
+lib_model_libmoemodel_a_SOURCES = lib/model/model.h lib/model/model_int.h lib/model/ops.h \
+	lib/model/ops.c lib/model/config.c lib/model/model.c lib/model/backend_cpu.c \
+	lib/model/checkpoint.c
+lib_model_libmoemodel_a_CFLAGS = $(AM_CFLAGS) -O3

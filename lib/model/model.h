@@ -284,8 +284,14 @@ struct moe_backend {
 
 /* The CPU backend (fp32, OpenMP).  NULL on ENOMEM.  Free with be->destroy(be). */
 struct moe_backend *moe_backend_cpu(void);
-/* Backend by name ("cpu", "cuda" when built with CUDA; NULL and err otherwise). */
+/* Backend by name: "cpu", or "cuda" when the CUDA backend is linked in;
+ * NULL and err otherwise. */
 struct moe_backend *moe_backend_new(const char *name, struct moe_error *err);
+/* Implemented by kernels/ (CUDA builds only).  moe_backend_new refers to it
+ * through a weak reference, so a program that wants "cuda" must link the
+ * kernels library so that this symbol is pulled in (call it directly under
+ * #ifdef HAVE_CUDA, or link the library with --whole-archive). */
+struct moe_backend *moe_backend_cuda(struct moe_error *err);
 
 /* ---- the model -------------------------------------------------------------- */
 

@@ -1,1 +1,7 @@
-# tests/model: (to be filled by its owner)
+# tests/model: gradient checks (double-precision instantiation of lib/model),
+# model and checkpoint tests.
+check_PROGRAMS += tests/model/test_grad
+tests_model_test_grad_SOURCES = tests/model/test_grad.c
+tests_model_test_grad_CFLAGS = $(CRIT_CFLAGS)
+tests_model_test_grad_LDADD = $(CORE_LIBS) $(CRIT_LIBS)
+TESTS += tests/model/test_grad

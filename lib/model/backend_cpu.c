@@ -1,0 +1,332 @@
+/*
+ * The CPU backend: host memory, fp32 everywhere, the ops of ops.h.
+ */
+#include "model/model.h"
+#include "model/ops.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+struct cpu_ctx {
+	float *params; /* (n) */
+	float *grads;  /* (n) */
+	size_t n;
+};
+
+static size_t kind_size(struct moe_backend *be, enum moe_buf_kind kind)
+{
+	if (kind == MOE_BUF_ACT)
+		return be->act_size;
+	return kind == MOE_BUF_F32 ? sizeof(float) : sizeof(int32_t);
+}
+
+static void *cpu_alloc(struct moe_backend *be, size_t n, enum moe_buf_kind kind)
+{
+	size_t bytes = n * kind_size(be, kind);
+	void *p = NULL;
+	if (posix_memalign(&p, 64, bytes ? bytes : 64))
+		return NULL;
+	memset(p, 0, bytes);
+	return p;
+}
+
+static void cpu_free(struct moe_backend *be, void *p)
+{
+	(void)be;
+	free(p);
+}
+
+static void cpu_zero(struct moe_backend *be, void *p, size_t n, enum moe_buf_kind kind)
+{
+	memset(p, 0, n * kind_size(be, kind));
+}
+
+static void cpu_copy(struct moe_backend *be, void *dst, const void *src, size_t n, enum moe_buf_kind kind)
+{
+	memmove(dst, src, n * kind_size(be, kind));
+}
+
+static int cpu_sync(struct moe_backend *be, struct moe_error *err)
+{
+	(void)be;
+	(void)err;
+	return 0;
+}
+
+static void cpu_destroy(struct moe_backend *be)
+{
+	if (!be)
+		return;
+	struct cpu_ctx *c = be->ctx;
+	if (c) {
+		free(c->params);
+		free(c->grads);
+		free(c);
+	}
+	free(be);
+}
+
+static int cpu_params_alloc(struct moe_backend *be, size_t n, struct moe_error *err)
+{
+	struct cpu_ctx *c = be->ctx;
+	free(c->params);
+	free(c->grads);
+	c->params = cpu_alloc(be, n, MOE_BUF_F32);
+	c->grads = cpu_alloc(be, n, MOE_BUF_F32);
+	c->n = n;
+	if (!c->params || !c->grads)
+		return moe_error_set(err, MOE_ENOMEM, "out of memory allocating %zu parameters", n);
+	return 0;
+}
+
+static float *cpu_master(struct moe_backend *be, size_t off)
+{
+	return ((struct cpu_ctx *)be->ctx)->params + off;
+}
+
+static float *cpu_grad(struct moe_backend *be, size_t off)
+{
+	return ((struct cpu_ctx *)be->ctx)->grads + off;
+}
+
+static const void *cpu_param(struct moe_backend *be, size_t off)
+{
+	return ((struct cpu_ctx *)be->ctx)->params + off;
+}
+
+static void cpu_params_updated(struct moe_backend *be)
+{
+	(void)be;
+}
+
+/* ---- op wrappers ---------------------------------------------------------- */
+
+#define F(p) ((float *)(p))
+#define CF(p) ((const float *)(p))
+
+static void c_embedding_fwd(struct moe_backend *be, void *out, const int32_t *ids, const void *wte, int N, int D)
+{
+	(void)be;
+	moe_embedding_fwd(F(out), ids, CF(wte), N, D);
+}
+static void c_embedding_bwd(struct moe_backend *be, float *dwte, const void *dout, const int32_t *ids, int N, int D, int pad_id)
+{
+	(void)be;
+	moe_embedding_bwd(dwte, CF(dout), ids, N, D, pad_id);
+}
+static void c_rmsnorm_fwd(struct moe_backend *be, void *out, float *rstd, const void *x, const void *w, int N, int D, float eps)
+{
+	(void)be;
+	moe_rmsnorm_fwd(F(out), rstd, CF(x), CF(w), N, D, eps);
+}
+static void c_rmsnorm_bwd(struct moe_backend *be, void *dx, float *dw, const void *dout, const void *x, const void *w, const float *rstd, int N, int D)
+{
+	(void)be;
+	moe_rmsnorm_bwd(F(dx), dw, CF(dout), CF(x), CF(w), rstd, N, D);
+}
+static void c_linear_fwd(struct moe_backend *be, void *out, const void *x, const void *w, int N, int In, int Out)
+{
+	(void)be;
+	moe_linear_fwd(F(out), CF(x), CF(w), NULL, N, In, Out);
+}
+static void c_linear_bwd(struct moe_backend *be, void *dx, float *dw, const void *dout, const void *x, const void *w, int N, int In, int Out)
+{
+	(void)be;
+	moe_linear_bwd(F(dx), dw, NULL, CF(dout), CF(x), CF(w), N, In, Out);
+}
+static void c_rope_fwd(struct moe_backend *be, void *x, int B, int T, int H, int Dh, float theta)
+{
+	(void)be;
+	moe_rope_fwd(F(x), B, T, H, Dh, theta);
+}
+static void c_rope_bwd(struct moe_backend *be, void *dx, int B, int T, int H, int Dh, float theta)
+{
+	(void)be;
+	moe_rope_bwd(F(dx), B, T, H, Dh, theta);
+}
+static void c_attention_fwd(struct moe_backend *be, void *out, float *lse, const void *q, const void *k, const void *v, int B, int T, int H, int Dh)
+{
+	(void)be;
+	moe_attention_fwd(F(out), lse, CF(q), CF(k), CF(v), B, T, H, Dh);
+}
+static void c_attention_bwd(struct moe_backend *be, void *dq, void *dk, void *dv, const void *dout, const void *q, const void *k, const void *v, const void *out, const float *lse, int B, int T, int H, int Dh)
+{
+	(void)be;
+	moe_attention_bwd(F(dq), F(dk), F(dv), CF(dout), CF(q), CF(k), CF(v), CF(out), lse, B, T, H, Dh);
+}
+static void c_swiglu_gu_fwd(struct moe_backend *be, void *h, const void *gu, int M, int I)
+{
+	(void)be;
+	moe_swiglu_gu_fwd(F(h), CF(gu), M, I);
+}
+static void c_swiglu_gu_bwd(struct moe_backend *be, void *dgu, const void *dh, const void *gu, int M, int I)
+{
+	(void)be;
+	moe_swiglu_gu_bwd(F(dgu), CF(dh), CF(gu), M, I);
+}
+static void c_router_fwd(struct moe_backend *be, int32_t *topk_idx, float *topk_w, float *probs, const void *logits, const float *bias, int N, int E, int K, bool norm_topk)
+{
+	(void)be;
+	moe_router_fwd(topk_idx, topk_w, probs, CF(logits), bias, N, E, K, norm_topk);
+}
+static void c_router_bwd(struct moe_backend *be, void *dlogits, const float *dtopk_w, const float *dprobs, const float *probs, const int32_t *topk_idx, const float *topk_w, int N, int E, int K, bool norm_topk)
+{
+	(void)be;
+	moe_router_bwd(F(dlogits), dtopk_w, dprobs, probs, topk_idx, topk_w, N, E, K, norm_topk);
+}
+static void c_route_group(struct moe_backend *be, int32_t *counts, int32_t *offsets, int32_t *perm, int32_t *inv, const int32_t *topk_idx, int N, int K, int E)
+{
+	(void)be;
+	moe_route_group(counts, offsets, perm, topk_idx, N, K, E);
+	moe_route_inverse(inv, perm, N * K);
+}
+static void c_gather_rows(struct moe_backend *be, void *xg, const void *x, const int32_t *perm, int NK, int K, int D)
+{
+	(void)be;
+	moe_gather_rows(F(xg), CF(x), perm, NK, K, D);
+}
+static void c_scatter_add_rows(struct moe_backend *be, void *dx, const void *dxg, const int32_t *perm, int NK, int K, int D)
+{
+	(void)be;
+	moe_scatter_add_rows(F(dx), CF(dxg), perm, NK, K, D);
+}
+static void c_grouped_linear_fwd(struct moe_backend *be, void *out, const void *x, const void *w, const int32_t *offsets, int E, int In, int Out)
+{
+	(void)be;
+	moe_grouped_linear_fwd(F(out), CF(x), CF(w), offsets, E, In, Out);
+}
+static void c_grouped_linear_bwd(struct moe_backend *be, void *dx, float *dw, const void *dout, const void *x, const void *w, const int32_t *offsets, int E, int In, int Out)
+{
+	(void)be;
+	moe_grouped_linear_bwd(F(dx), dw, CF(dout), CF(x), CF(w), offsets, E, In, Out);
+}
+static void c_combine_fwd(struct moe_backend *be, void *out, const void *yg, const float *topk_w, const int32_t *inv, int N, int K, int D)
+{
+	(void)be;
+	moe_combine_fwd(F(out), CF(yg), topk_w, inv, N, K, D);
+}
+static void c_combine_bwd(struct moe_backend *be, void *dyg, float *dtopk_w, const void *dout, const void *yg, const float *topk_w, const int32_t *inv, int N, int K, int D)
+{
+	(void)be;
+	moe_combine_bwd(F(dyg), dtopk_w, CF(dout), CF(yg), topk_w, inv, N, K, D);
+}
+static void c_add(struct moe_backend *be, void *y, const void *x, size_t n)
+{
+	(void)be;
+	moe_add(F(y), CF(x), n);
+}
+static void c_xent(struct moe_backend *be, void *dlogits, const void *logits, const int32_t *targets, int N, int V, int ignore_id, float scale, double *loss_sum, int64_t *n_valid)
+{
+	(void)be;
+	*loss_sum = moe_xent_fwd_bwd(F(dlogits), CF(logits), targets, N, V, ignore_id, scale, n_valid);
+}
+static void c_zloss(struct moe_backend *be, void *dlogits, const void *logits, int N, int E, float scale, double *loss)
+{
+	(void)be;
+	double z = moe_zloss_fwd_bwd(F(dlogits), CF(logits), N, E, scale);
+	if (loss)
+		*loss = z;
+}
+static void c_router_stats(struct moe_backend *be, float *psum, int32_t *cnt_valid, const float *probs, const int32_t *topk_idx, const int32_t *ids, int pad_id, int N, int E, int K)
+{
+	(void)be;
+	moe_router_stats(psum, cnt_valid, probs, topk_idx, ids, pad_id, N, E, K);
+}
+static void c_aux_dprobs(struct moe_backend *be, float *dprobs, const float *g_host, const int32_t *ids, int pad_id, int N, int E)
+{
+	(void)be;
+	moe_aux_dprobs(dprobs, g_host, ids, pad_id, N, E);
+}
+static double c_sumsq(struct moe_backend *be, const float *x, size_t n)
+{
+	(void)be;
+	return moe_sumsq(x, n);
+}
+static void c_scale(struct moe_backend *be, float *x, size_t n, float s)
+{
+	(void)be;
+	for (size_t i = 0; i < n; i++)
+		x[i] *= s;
+}
+static void c_adamw(struct moe_backend *be, float *p, const float *g, float *m, float *v, size_t n, float lr, float beta1, float beta2, float eps, float weight_decay, int64_t t)
+{
+	(void)be;
+	moe_adamw_step(p, g, m, v, n, lr, beta1, beta2, eps, weight_decay, t);
+}
+
+struct moe_backend *moe_backend_cpu(void)
+{
+	struct moe_backend *be = calloc(1, sizeof(*be));
+	struct cpu_ctx *c = calloc(1, sizeof(*c));
+	if (!be || !c) {
+		free(be);
+		free(c);
+		return NULL;
+	}
+	be->name = "cpu";
+	be->ctx = c;
+	be->act_size = sizeof(float);
+	be->alloc = cpu_alloc;
+	be->free = cpu_free;
+	be->zero = cpu_zero;
+	be->copy = cpu_copy;
+	be->to_host = cpu_copy;
+	be->from_host = cpu_copy;
+	be->sync = cpu_sync;
+	be->destroy = cpu_destroy;
+	be->params_alloc = cpu_params_alloc;
+	be->master = cpu_master;
+	be->grad = cpu_grad;
+	be->param = cpu_param;
+	be->params_updated = cpu_params_updated;
+	be->embedding_fwd = c_embedding_fwd;
+	be->embedding_bwd = c_embedding_bwd;
+	be->rmsnorm_fwd = c_rmsnorm_fwd;
+	be->rmsnorm_bwd = c_rmsnorm_bwd;
+	be->linear_fwd = c_linear_fwd;
+	be->linear_bwd = c_linear_bwd;
+	be->rope_fwd = c_rope_fwd;
+	be->rope_bwd = c_rope_bwd;
+	be->attention_fwd = c_attention_fwd;
+	be->attention_bwd = c_attention_bwd;
+	be->swiglu_gu_fwd = c_swiglu_gu_fwd;
+	be->swiglu_gu_bwd = c_swiglu_gu_bwd;
+	be->router_fwd = c_router_fwd;
+	be->router_bwd = c_router_bwd;
+	be->route_group = c_route_group;
+	be->gather_rows = c_gather_rows;
+	be->scatter_add_rows = c_scatter_add_rows;
+	be->grouped_linear_fwd = c_grouped_linear_fwd;
+	be->grouped_linear_bwd = c_grouped_linear_bwd;
+	be->combine_fwd = c_combine_fwd;
+	be->combine_bwd = c_combine_bwd;
+	be->add = c_add;
+	be->xent = c_xent;
+	be->zloss = c_zloss;
+	be->router_stats = c_router_stats;
+	be->aux_dprobs = c_aux_dprobs;
+	be->sumsq = c_sumsq;
+	be->scale = c_scale;
+	be->adamw = c_adamw;
+	return be;
+}
+
+/* Weak: resolved only when the CUDA backend (kernels/) is linked in. */
+extern struct moe_backend *moe_backend_cuda(struct moe_error *err) __attribute__((weak));
+
+struct moe_backend *moe_backend_new(const char *name, struct moe_error *err)
+{
+	if (!strcmp(name, "cpu")) {
+		struct moe_backend *be = moe_backend_cpu();
+		if (!be)
+			moe_error_set(err, MOE_ENOMEM, "out of memory");
+		return be;
+	}
+	if (!strcmp(name, "cuda") && moe_backend_cuda)
+		return moe_backend_cuda(err);
+	if (!strcmp(name, "cuda"))
+		moe_error_set(err, MOE_EUNSUPPORTED, "backend 'cuda': this build has no CUDA support");
+	else
+		moe_error_set(err, MOE_EINVAL, "unknown backend '%s' (expected cpu or cuda)", name);
+	return NULL;
+}

@@ -1,0 +1,857 @@
+/*
+ * The model graph: parameter table, activations, forward and backward.  This
+ * file decides what is computed; every computation goes through the backend
+ * op table (model.h), so the CPU and CUDA backends run the same graph.
+ */
+#include "model/model.h"
+#include "model/model_int.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define NONE SIZE_MAX
+
+/* ---- parameter table ---------------------------------------------------------- */
+
+static int table_add(struct moe_model *m, size_t *cap, const char *name, enum moe_param_kind kind,
+		     int ndim, int64_t s0, int64_t s1, int layer, bool trainable, size_t *off_out)
+{
+	if (m->n_params == *cap) {
+		size_t nc = *cap ? *cap * 2 : 256;
+		struct moe_param *np = realloc(m->params, nc * sizeof(*np));
+		if (!np)
+			return MOE_ENOMEM;
+		m->params = np;
+		*cap = nc;
+	}
+	struct moe_param *p = &m->params[m->n_params++];
+	memset(p, 0, sizeof(*p));
+	snprintf(p->name, sizeof(p->name), "%s", name);
+	p->kind = kind;
+	p->ndim = ndim;
+	p->shape[0] = s0;
+	p->shape[1] = ndim > 1 ? s1 : 0;
+	p->numel = (size_t)s0 * (size_t)(ndim > 1 ? s1 : 1);
+	p->layer = layer;
+	p->is_expert = kind == MOE_P_EXPERT || kind == MOE_P_SHARED;
+	p->trainable = trainable;
+	p->decay = trainable;
+	p->offset = m->n_floats;
+	m->n_floats += p->numel;
+	if (off_out)
+		*off_out = p->offset;
+	return 0;
+}
+
+/* Tensors of one expert block (gate/up interleaved per expert, then downs). */
+static int table_add_experts(struct moe_model *m, size_t *cap, int layer, const char *group,
+			     enum moe_param_kind kind, int n, int I, int D, size_t *gu_off,
+			     size_t *down_off)
+{
+	char name[MOE_NAME_MAX];
+	int rc;
+	for (int x = 0; x < n; x++) {
+		snprintf(name, sizeof(name), "model.layers.%d.mlp.%s.%d.gate_proj.weight", layer, group, x);
+		if ((rc = table_add(m, cap, name, kind, 2, I, D, layer, true, x == 0 ? gu_off : NULL)))
+			return rc;
+		snprintf(name, sizeof(name), "model.layers.%d.mlp.%s.%d.up_proj.weight", layer, group, x);
+		if ((rc = table_add(m, cap, name, kind, 2, I, D, layer, true, NULL)))
+			return rc;
+	}
+	for (int x = 0; x < n; x++) {
+		snprintf(name, sizeof(name), "model.layers.%d.mlp.%s.%d.down_proj.weight", layer, group, x);
+		if ((rc = table_add(m, cap, name, kind, 2, D, I, layer, true, x == 0 ? down_off : NULL)))
+			return rc;
+	}
+	return 0;
+}
+
+static int build_table(struct moe_model *m)
+{
+	const struct moe_config *c = &m->cfg;
+	int D = c->hidden_size, V = c->vocab_size, L = c->num_hidden_layers;
+	size_t cap = 0;
+	char name[MOE_NAME_MAX];
+	int rc;
+	m->layers = calloc((size_t)L, sizeof(*m->layers));
+	if (!m->layers)
+		return MOE_ENOMEM;
+	if ((rc = table_add(m, &cap, "model.embed_tokens.weight", MOE_P_EMBED, 2, V, D, -1, true, &m->off_embed)))
+		return rc;
+	for (int l = 0; l < L; l++) {
+		struct moe_layer_offsets *lo = &m->layers[l];
+		lo->is_moe = l >= c->n_dense_layers;
+		lo->dense_gate_up = lo->dense_down = lo->router = lo->expert_gate_up = NONE;
+		lo->expert_down = lo->shared_gate_up = lo->shared_down = lo->bias = NONE;
+#define ADD(suffix, kind, nd, a, b, offp)                                                     \
+	do {                                                                                  \
+		snprintf(name, sizeof(name), "model.layers.%d.%s", l, suffix);                \
+		if ((rc = table_add(m, &cap, name, kind, nd, a, b, l, true, offp)))           \
+			return rc;                                                            \
+	} while (0)
+		ADD("input_layernorm.weight", MOE_P_NORM, 1, D, 0, &lo->ln_in);
+		ADD("self_attn.q_proj.weight", MOE_P_LINEAR, 2, D, D, &lo->q);
+		ADD("self_attn.k_proj.weight", MOE_P_LINEAR, 2, D, D, &lo->k);
+		ADD("self_attn.v_proj.weight", MOE_P_LINEAR, 2, D, D, &lo->v);
+		ADD("self_attn.o_proj.weight", MOE_P_LINEAR, 2, D, D, &lo->o);
+		ADD("self_attn.q_norm.weight", MOE_P_NORM, 1, D, 0, &lo->q_norm);
+		ADD("self_attn.k_norm.weight", MOE_P_NORM, 1, D, 0, &lo->k_norm);
+		ADD("post_attention_layernorm.weight", MOE_P_NORM, 1, D, 0, &lo->ln_post);
+		if (!lo->is_moe) {
+			int Id = c->dense_intermediate_size;
+			ADD("mlp.gate_proj.weight", MOE_P_LINEAR, 2, Id, D, &lo->dense_gate_up);
+			ADD("mlp.up_proj.weight", MOE_P_LINEAR, 2, Id, D, NULL);
+			ADD("mlp.down_proj.weight", MOE_P_LINEAR, 2, D, Id, &lo->dense_down);
+			continue;
+		}
+		ADD("mlp.gate.weight", MOE_P_LINEAR, 2, c->num_experts, D, &lo->router);
+#undef ADD
+		if ((rc = table_add_experts(m, &cap, l, "experts", MOE_P_EXPERT, c->num_experts,
+					    c->intermediate_size, D, &lo->expert_gate_up, &lo->expert_down)))
+			return rc;
+		if (c->n_shared_experts > 0 &&
+		    (rc = table_add_experts(m, &cap, l, "shared_experts", MOE_P_SHARED, c->n_shared_experts,
+					    m->Is, D, &lo->shared_gate_up, &lo->shared_down)))
+			return rc;
+		snprintf(name, sizeof(name), "model.layers.%d.mlp.selection_bias", l);
+		if ((rc = table_add(m, &cap, name, MOE_P_BIAS, 1, c->num_experts, 0, l, false, &lo->bias)))
+			return rc;
+	}
+	if ((rc = table_add(m, &cap, "model.norm.weight", MOE_P_NORM, 1, D, 0, -1, true, &m->off_norm)))
+		return rc;
+	if ((rc = table_add(m, &cap, "lm_head.weight", MOE_P_LINEAR, 2, V, D, -1, true, &m->off_head)))
+		return rc;
+	return 0;
+}
+
+struct moe_model *moe_model_new(const struct moe_config *cfg, struct moe_backend *be,
+				struct moe_error *err)
+{
+	if (moe_config_validate(cfg, "model config", err) < 0) {
+		if (be)
+			be->destroy(be);
+		return NULL;
+	}
+	struct moe_model *m = calloc(1, sizeof(*m));
+	if (!m) {
+		if (be)
+			be->destroy(be);
+		moe_error_set(err, MOE_ENOMEM, "out of memory");
+		return NULL;
+	}
+	m->cfg = *cfg;
+	if (isnan(m->cfg.router_aux_loss_coef_end))
+		m->cfg.router_aux_loss_coef_end = m->cfg.router_aux_loss_coef;
+	m->Is = cfg->shared_expert_intermediate_size > 0 ? cfg->shared_expert_intermediate_size
+							  : cfg->intermediate_size;
+	m->cfg.shared_expert_intermediate_size = m->Is;
+	m->Lm = moe_config_n_moe_layers(cfg);
+	m->aux_coef = cfg->router_aux_loss_coef;
+	m->be = be ? be : moe_backend_cpu();
+	if (!m->be) {
+		free(m);
+		moe_error_set(err, MOE_ENOMEM, "out of memory");
+		return NULL;
+	}
+	if (build_table(m) < 0) {
+		moe_error_set(err, MOE_ENOMEM, "out of memory building the parameter table");
+		moe_model_free(m);
+		return NULL;
+	}
+	if (m->be->params_alloc(m->be, m->n_floats, err) < 0) {
+		moe_model_free(m);
+		return NULL;
+	}
+	/* norms = 1 so that a model that is loaded partially is still sane */
+	m->counts = calloc((size_t)(m->Lm > 0 ? m->Lm : 1) * cfg->num_experts, sizeof(int64_t));
+	m->psum = calloc((size_t)(m->Lm > 0 ? m->Lm : 1) * cfg->num_experts, sizeof(float));
+	m->cntv = calloc((size_t)(m->Lm > 0 ? m->Lm : 1) * cfg->num_experts, sizeof(int32_t));
+	if (!m->counts || !m->psum || !m->cntv) {
+		moe_error_set(err, MOE_ENOMEM, "out of memory");
+		moe_model_free(m);
+		return NULL;
+	}
+	return m;
+}
+
+static void acts_free(struct moe_model *m);
+
+void moe_model_free(struct moe_model *m)
+{
+	if (!m)
+		return;
+	acts_free(m);
+	if (m->be)
+		m->be->destroy(m->be);
+	free(m->params);
+	free(m->layers);
+	free(m->counts);
+	free(m->psum);
+	free(m->cntv);
+	free(m);
+}
+
+const struct moe_config *moe_model_config(const struct moe_model *m)
+{
+	return &m->cfg;
+}
+
+struct moe_backend *moe_model_backend(struct moe_model *m)
+{
+	return m->be;
+}
+
+const struct moe_param *moe_model_params(const struct moe_model *m, size_t *n)
+{
+	if (n)
+		*n = m->n_params;
+	return m->params;
+}
+
+const struct moe_param *moe_model_param_find(const struct moe_model *m, const char *name)
+{
+	for (size_t i = 0; i < m->n_params; i++)
+		if (!strcmp(m->params[i].name, name))
+			return &m->params[i];
+	return NULL;
+}
+
+size_t moe_model_num_params(const struct moe_model *m)
+{
+	return m->n_floats;
+}
+
+const struct moe_layer_offsets *moe_model_layer(const struct moe_model *m, int layer)
+{
+	if (layer < 0 || layer >= m->cfg.num_hidden_layers)
+		return NULL;
+	return &m->layers[layer];
+}
+
+void moe_model_count(const struct moe_model *m, int64_t *total, int64_t *active)
+{
+	int64_t t = 0, inactive = 0;
+	const struct moe_config *c = &m->cfg;
+	for (size_t i = 0; i < m->n_params; i++)
+		if (m->params[i].trainable)
+			t += (int64_t)m->params[i].numel;
+	inactive = (int64_t)m->Lm * (c->num_experts - c->num_experts_per_tok) * 3 *
+		   (int64_t)c->hidden_size * c->intermediate_size;
+	if (total)
+		*total = t;
+	if (active)
+		*active = t - inactive;
+}
+
+float *moe_model_params_host(struct moe_model *m)
+{
+	return strcmp(m->be->name, "cpu") ? NULL : m->be->master(m->be, 0);
+}
+
+float *moe_model_grads_host(struct moe_model *m)
+{
+	return strcmp(m->be->name, "cpu") ? NULL : m->be->grad(m->be, 0);
+}
+
+void moe_model_get_params(struct moe_model *m, float *dst)
+{
+	m->be->to_host(m->be, dst, m->be->master(m->be, 0), m->n_floats, MOE_BUF_F32);
+}
+
+void moe_model_set_params(struct moe_model *m, const float *src)
+{
+	m->be->from_host(m->be, m->be->master(m->be, 0), src, m->n_floats, MOE_BUF_F32);
+	m->be->params_updated(m->be);
+}
+
+void moe_model_get_grads(struct moe_model *m, float *dst)
+{
+	m->be->to_host(m->be, dst, m->be->grad(m->be, 0), m->n_floats, MOE_BUF_F32);
+}
+
+void moe_model_params_updated(struct moe_model *m)
+{
+	m->be->params_updated(m->be);
+}
+
+void moe_model_zero_grad(struct moe_model *m)
+{
+	m->be->zero(m->be, m->be->grad(m->be, 0), m->n_floats, MOE_BUF_F32);
+}
+
+void moe_model_set_aux_coef(struct moe_model *m, double coef)
+{
+	m->aux_coef = coef;
+}
+
+const int64_t *moe_model_expert_counts(const struct moe_model *m)
+{
+	return m->counts;
+}
+
+/* ---- init ---------------------------------------------------------------------- */
+
+static uint64_t splitmix64(uint64_t *s)
+{
+	uint64_t z = (*s += 0x9e3779b97f4a7c15ULL);
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+	return z ^ (z >> 31);
+}
+
+/* uniform in (0, 1) */
+static double unif(uint64_t *s)
+{
+	return ((double)(splitmix64(s) >> 11) + 0.5) * (1.0 / 9007199254740992.0);
+}
+
+int moe_model_init(struct moe_model *m, uint64_t seed, struct moe_error *err)
+{
+	float *host = malloc(m->n_floats * sizeof(float));
+	if (!host)
+		return moe_error_set(err, MOE_ENOMEM, "out of memory");
+	memset(host, 0, m->n_floats * sizeof(float));
+	double std = m->cfg.initializer_range;
+	for (size_t i = 0; i < m->n_params; i++) {
+		const struct moe_param *p = &m->params[i];
+		float *x = host + p->offset;
+		switch (p->kind) {
+		case MOE_P_NORM:
+			for (size_t j = 0; j < p->numel; j++)
+				x[j] = 1.0f;
+			break;
+		case MOE_P_BIAS:
+			break;
+		default: {
+			uint64_t s = seed ^ moe_hash64(p->name, strlen(p->name));
+			for (size_t j = 0; j < p->numel; j += 2) {
+				/* Box-Muller: two normals per pair of uniforms */
+				double u1 = unif(&s), u2 = unif(&s);
+				double r = sqrt(-2.0 * log(u1));
+				x[j] = (float)(std * r * cos(2.0 * M_PI * u2));
+				if (j + 1 < p->numel)
+					x[j + 1] = (float)(std * r * sin(2.0 * M_PI * u2));
+			}
+			if (p->kind == MOE_P_EMBED && m->cfg.pad_token_id >= 0)
+				memset(x + (size_t)m->cfg.pad_token_id * m->cfg.hidden_size, 0,
+				       sizeof(float) * (size_t)m->cfg.hidden_size);
+		}
+		}
+	}
+	moe_model_set_params(m, host);
+	free(host);
+	return 0;
+}
+
+/* ---- activations ------------------------------------------------------------------ */
+
+static void *A(struct moe_model *m, size_t n, enum moe_buf_kind kind)
+{
+	if (m->n_bufs == MAX_BUFS || m->alloc_failed) {
+		m->alloc_failed = true;
+		return NULL;
+	}
+	void *p = m->be->alloc(m->be, n ? n : 1, kind);
+	if (!p) {
+		m->alloc_failed = true;
+		return NULL;
+	}
+	m->bufs[m->n_bufs++] = p;
+	return p;
+}
+
+static void acts_free(struct moe_model *m)
+{
+	for (int i = 0; i < m->n_bufs; i++)
+		m->be->free(m->be, m->bufs[i]);
+	m->n_bufs = 0;
+	free(m->la);
+	m->la = NULL;
+	m->cap_N = 0;
+	m->cap_sets = 0;
+	m->alloc_failed = false;
+	memset(&m->g, 0, sizeof(m->g));
+}
+
+/* Allocate activations for N rows: `sets` copies of the per-layer buffers
+ * (L for training, 1 for inference, which reuses them layer after layer). */
+static int acts_ensure(struct moe_model *m, int N, bool train, struct moe_error *err)
+{
+	const struct moe_config *c = &m->cfg;
+	int L = c->num_hidden_layers, sets = train ? L : 1;
+	if (N <= m->cap_N && sets <= m->cap_sets && m->cap_train >= train)
+		return 0;
+	acts_free(m);
+	int D = c->hidden_size, V = c->vocab_size, E = c->num_experts, K = c->num_experts_per_tok;
+	int I = c->intermediate_size, Is = m->Is, S = c->n_shared_experts;
+	int Id = c->dense_intermediate_size, H = c->num_attention_heads;
+	size_t ND = (size_t)N * D, NK = (size_t)N * K;
+	m->la = calloc((size_t)sets, sizeof(*m->la));
+	if (!m->la)
+		return moe_error_set(err, MOE_ENOMEM, "out of memory");
+	struct graph_bufs *g = &m->g;
+	g->resid = A(m, ND * (size_t)(L + 1), MOE_BUF_ACT);
+	g->ids = A(m, (size_t)N, MOE_BUF_I32);
+	g->tgt = A(m, (size_t)N, MOE_BUF_I32);
+	g->lnf = A(m, ND, MOE_BUF_ACT);
+	g->rstdf = A(m, (size_t)N, MOE_BUF_F32);
+	g->logits = A(m, (size_t)N * V, MOE_BUF_ACT);
+	g->last_rows = A(m, (size_t)N, MOE_BUF_I32);
+	g->lnf_last = A(m, ND, MOE_BUF_ACT);
+	bool any_dense = c->n_dense_layers > 0, any_moe = m->Lm > 0;
+	for (int s = 0; s < sets; s++) {
+		struct layer_acts *a = &m->la[s];
+		a->ln1 = A(m, ND, MOE_BUF_ACT);
+		a->rstd1 = A(m, (size_t)N, MOE_BUF_F32);
+		a->qraw = A(m, ND, MOE_BUF_ACT);
+		a->kraw = A(m, ND, MOE_BUF_ACT);
+		a->q = A(m, ND, MOE_BUF_ACT);
+		a->k = A(m, ND, MOE_BUF_ACT);
+		a->v = A(m, ND, MOE_BUF_ACT);
+		a->rstdq = A(m, (size_t)N, MOE_BUF_F32);
+		a->rstdk = A(m, (size_t)N, MOE_BUF_F32);
+		a->att = A(m, ND, MOE_BUF_ACT);
+		a->lse = A(m, (size_t)N * H, MOE_BUF_F32);
+		a->xmid = A(m, ND, MOE_BUF_ACT);
+		a->ln2 = A(m, ND, MOE_BUF_ACT);
+		a->rstd2 = A(m, (size_t)N, MOE_BUF_F32);
+		bool moe = train ? m->layers[s].is_moe : any_moe;
+		bool dense = train ? !m->layers[s].is_moe : any_dense;
+		if (dense) {
+			a->gu = A(m, (size_t)N * 2 * Id, MOE_BUF_ACT);
+			a->h = A(m, (size_t)N * Id, MOE_BUF_ACT);
+		}
+		if (moe) {
+			a->rlogits = A(m, (size_t)N * E, MOE_BUF_ACT);
+			a->probs = A(m, (size_t)N * E, MOE_BUF_F32);
+			a->topk_idx = A(m, NK, MOE_BUF_I32);
+			a->topk_w = A(m, NK, MOE_BUF_F32);
+			a->counts = A(m, (size_t)E, MOE_BUF_I32);
+			a->offsets = A(m, (size_t)E + 1, MOE_BUF_I32);
+			a->perm = A(m, NK, MOE_BUF_I32);
+			a->inv = A(m, NK, MOE_BUF_I32);
+			a->xg = A(m, NK * D, MOE_BUF_ACT);
+			a->gu_e = A(m, NK * 2 * I, MOE_BUF_ACT);
+			a->h_e = A(m, NK * I, MOE_BUF_ACT);
+			a->yg = A(m, NK * D, MOE_BUF_ACT);
+			if (S > 0) {
+				a->gu_s = A(m, (size_t)S * N * 2 * Is, MOE_BUF_ACT);
+				a->h_s = A(m, (size_t)S * N * Is, MOE_BUF_ACT);
+			}
+			a->psum = A(m, (size_t)E, MOE_BUF_F32);
+			a->cntv = A(m, (size_t)E, MOE_BUF_I32);
+		}
+	}
+	g->tmp = A(m, ND, MOE_BUF_ACT);
+	if (train) {
+		int wmax = Id > Is ? Id : Is;
+		g->dx = A(m, ND, MOE_BUF_ACT);
+		g->d1 = A(m, ND, MOE_BUF_ACT);
+		g->d2 = A(m, ND, MOE_BUF_ACT);
+		g->dq = A(m, ND, MOE_BUF_ACT);
+		g->dk = A(m, ND, MOE_BUF_ACT);
+		g->dv = A(m, ND, MOE_BUF_ACT);
+		g->dgu = A(m, (size_t)N * 2 * (wmax > 0 ? wmax : 1), MOE_BUF_ACT);
+		g->dh = A(m, (size_t)N * (wmax > 0 ? wmax : 1), MOE_BUF_ACT);
+		if (any_moe) {
+			g->dyg = A(m, NK * D, MOE_BUF_ACT);
+			g->dh_e = A(m, NK * I, MOE_BUF_ACT);
+			g->dgu_e = A(m, NK * 2 * I, MOE_BUF_ACT);
+			g->dxg = A(m, NK * D, MOE_BUF_ACT);
+			g->dtopk_w = A(m, NK, MOE_BUF_F32);
+			g->dprobs = A(m, (size_t)N * E, MOE_BUF_F32);
+			g->drl = A(m, (size_t)N * E, MOE_BUF_ACT);
+		}
+	}
+	if (m->alloc_failed) {
+		acts_free(m);
+		return moe_error_set(err, MOE_ENOMEM, "out of memory allocating activations for %d rows", N);
+	}
+	m->cap_N = N;
+	m->cap_sets = sets;
+	m->cap_train = train;
+	return 0;
+}
+
+/* ACT pointer arithmetic */
+static inline void *act_at(const struct moe_model *m, const void *p, size_t elems)
+{
+	return (char *)p + elems * m->be->act_size;
+}
+
+/* ---- forward ---------------------------------------------------------------------- */
+
+static void block_fwd(struct moe_model *m, int l, struct layer_acts *a, void *x_in, void *x_out,
+		      int B, int T, bool use_bias)
+{
+	struct moe_backend *be = m->be;
+	const struct moe_config *c = &m->cfg;
+	const struct moe_layer_offsets *lo = &m->layers[l];
+	int N = B * T, D = c->hidden_size, H = c->num_attention_heads, Dh = D / H;
+	float eps = (float)c->rms_norm_eps, theta = (float)c->rope_theta;
+	size_t ND = (size_t)N * D;
+#define P(off) be->param(be, off)
+	/* attention */
+	be->rmsnorm_fwd(be, a->ln1, a->rstd1, x_in, P(lo->ln_in), N, D, eps);
+	be->linear_fwd(be, a->qraw, a->ln1, P(lo->q), N, D, D);
+	be->linear_fwd(be, a->kraw, a->ln1, P(lo->k), N, D, D);
+	be->linear_fwd(be, a->v, a->ln1, P(lo->v), N, D, D);
+	be->rmsnorm_fwd(be, a->q, a->rstdq, a->qraw, P(lo->q_norm), N, D, eps);
+	be->rmsnorm_fwd(be, a->k, a->rstdk, a->kraw, P(lo->k_norm), N, D, eps);
+	be->rope_fwd(be, a->q, B, T, H, Dh, theta);
+	be->rope_fwd(be, a->k, B, T, H, Dh, theta);
+	be->attention_fwd(be, a->att, a->lse, a->q, a->k, a->v, B, T, H, Dh);
+	be->linear_fwd(be, m->g.tmp, a->att, P(lo->o), N, D, D);
+	/* x_mid = x_in + attn; x_out = x_mid + mlp */
+	be->copy(be, a->xmid, x_in, ND, MOE_BUF_ACT);
+	be->add(be, a->xmid, m->g.tmp, ND);
+	be->rmsnorm_fwd(be, a->ln2, a->rstd2, a->xmid, P(lo->ln_post), N, D, eps);
+	be->copy(be, x_out, a->xmid, ND, MOE_BUF_ACT);
+	if (!lo->is_moe) {
+		int Id = c->dense_intermediate_size;
+		be->linear_fwd(be, a->gu, a->ln2, P(lo->dense_gate_up), N, D, 2 * Id);
+		be->swiglu_gu_fwd(be, a->h, a->gu, N, Id);
+		be->linear_fwd(be, m->g.tmp, a->h, P(lo->dense_down), N, Id, D);
+		be->add(be, x_out, m->g.tmp, ND);
+		return;
+	}
+	int E = c->num_experts, K = c->num_experts_per_tok, I = c->intermediate_size;
+	int Is = m->Is, S = c->n_shared_experts, NK = N * K;
+	be->linear_fwd(be, a->rlogits, a->ln2, P(lo->router), N, D, E);
+	be->router_fwd(be, a->topk_idx, a->topk_w, a->probs, a->rlogits,
+		       use_bias ? be->master(be, lo->bias) : NULL, N, E, K, c->norm_topk_prob);
+	be->route_group(be, a->counts, a->offsets, a->perm, a->inv, a->topk_idx, N, K, E);
+	be->gather_rows(be, a->xg, a->ln2, a->perm, NK, K, D);
+	be->grouped_linear_fwd(be, a->gu_e, a->xg, P(lo->expert_gate_up), a->offsets, E, D, 2 * I);
+	be->swiglu_gu_fwd(be, a->h_e, a->gu_e, NK, I);
+	be->grouped_linear_fwd(be, a->yg, a->h_e, P(lo->expert_down), a->offsets, E, I, D);
+	be->combine_fwd(be, m->g.tmp, a->yg, a->topk_w, a->inv, N, K, D);
+	be->add(be, x_out, m->g.tmp, ND);
+	for (int s = 0; s < S; s++) {
+		void *gu = act_at(m, a->gu_s, (size_t)s * N * 2 * Is);
+		void *h = act_at(m, a->h_s, (size_t)s * N * Is);
+		be->linear_fwd(be, gu, a->ln2, P(lo->shared_gate_up + (size_t)s * 2 * Is * D), N, D, 2 * Is);
+		be->swiglu_gu_fwd(be, h, gu, N, Is);
+		be->linear_fwd(be, m->g.tmp, h, P(lo->shared_down + (size_t)s * D * Is), N, Is, D);
+		be->add(be, x_out, m->g.tmp, ND);
+	}
+#undef P
+}
+
+/* Aux loss value and per-layer gradient row g (E) w.r.t. probs, for a unit
+ * coefficient, from the per-layer statistics of the last forward. */
+static double aux_value(const struct moe_model *m, int lm, float *g)
+{
+	const struct moe_config *c = &m->cfg;
+	int E = c->num_experts, K = c->num_experts_per_tok, Lm = m->Lm;
+	double T = (double)m->n_rows_valid;
+	if (Lm == 0 || T <= 0) {
+		if (g)
+			for (int e = 0; e < E; e++)
+				g[e] = 0.0f;
+		return 0.0;
+	}
+	if (c->aux_loss_form == MOE_AUX_SWITCH) {
+		double R = T * Lm, aux = 0.0;
+		for (int e = 0; e < E; e++) {
+			double C = 0.0, P = 0.0;
+			for (int l = 0; l < Lm; l++) {
+				C += m->cntv[(size_t)l * E + e];
+				P += m->psum[(size_t)l * E + e];
+			}
+			aux += (double)E * (C / R) * (P / R);
+			if (g)
+				g[e] = (float)((double)E * (C / R) / R);
+		}
+		return aux;
+	}
+	double aux = 0.0;
+	for (int l = 0; l < Lm; l++) {
+		double lb = 0.0;
+		for (int e = 0; e < E; e++) {
+			double cnt = m->cntv[(size_t)l * E + e], P = m->psum[(size_t)l * E + e] / T;
+			lb += cnt * P;
+			if (g && l == lm)
+				g[e] = (float)((double)E / (T * K) * cnt / T / Lm);
+		}
+		aux += (double)E / (T * K) * lb / Lm;
+	}
+	return aux;
+}
+
+int moe_model_forward(struct moe_model *m, const int32_t *tokens, const int32_t *targets, int B,
+		      int T, const struct moe_forward_opts *opts, struct moe_losses *losses,
+		      struct moe_error *err)
+{
+	static const struct moe_forward_opts none = {0};
+	const struct moe_config *c = &m->cfg;
+	struct moe_backend *be = m->be;
+	if (!opts)
+		opts = &none;
+	m->fwd_valid = false;
+	if (B < 1 || T < 1)
+		return moe_error_set(err, MOE_EINVAL, "forward: bad batch shape %d x %d", B, T);
+	int N = B * T, D = c->hidden_size, V = c->vocab_size, E = c->num_experts;
+	int K = c->num_experts_per_tok, L = c->num_hidden_layers;
+	for (int n = 0; n < N; n++) {
+		if (tokens[n] < 0 || tokens[n] >= V)
+			return moe_error_set(err, MOE_EINVAL, "forward: token %d at row %d out of range [0, %d)",
+					     tokens[n], n, V);
+		if (targets && (targets[n] < 0 || targets[n] >= V) && targets[n] != c->pad_token_id)
+			return moe_error_set(err, MOE_EINVAL, "forward: target %d at row %d out of range [0, %d)",
+					     targets[n], n, V);
+	}
+	int rc = acts_ensure(m, N, opts->train, err);
+	if (rc < 0)
+		return rc;
+	struct graph_bufs *g = &m->g;
+	bool use_bias = c->loss_free_balancing && (opts->train || opts->eval_use_bias);
+	if (!opts->train && opts->eval_use_bias)
+		use_bias = true;
+	be->from_host(be, g->ids, tokens, (size_t)N, MOE_BUF_I32);
+	if (targets)
+		be->from_host(be, g->tgt, targets, (size_t)N, MOE_BUF_I32);
+	m->n_rows_valid = 0;
+	for (int n = 0; n < N; n++)
+		m->n_rows_valid += tokens[n] != c->pad_token_id;
+	be->embedding_fwd(be, g->resid, g->ids, be->param(be, m->off_embed), N, D);
+	double zsum = 0.0;
+	for (int l = 0; l < L; l++) {
+		struct layer_acts *a = &m->la[opts->train ? l : 0];
+		void *xin = act_at(m, g->resid, (size_t)l * N * D);
+		void *xout = act_at(m, g->resid, (size_t)(l + 1) * N * D);
+		block_fwd(m, l, a, xin, xout, B, T, use_bias);
+		if (!m->layers[l].is_moe)
+			continue;
+		int lm = l - c->n_dense_layers;
+		double z = 0.0;
+		be->zloss(be, NULL, a->rlogits, N, E, 0.0f, &z);
+		zsum += z;
+		be->router_stats(be, a->psum, a->cntv, a->probs, a->topk_idx, g->ids, c->pad_token_id, N, E, K);
+		be->to_host(be, m->psum + (size_t)lm * E, a->psum, (size_t)E, MOE_BUF_F32);
+		be->to_host(be, m->cntv + (size_t)lm * E, a->cntv, (size_t)E, MOE_BUF_I32);
+		int32_t cnt[E];
+		be->to_host(be, cnt, a->counts, (size_t)E, MOE_BUF_I32);
+		for (int e = 0; e < E; e++)
+			m->counts[(size_t)lm * E + e] = cnt[e];
+		if (opts->capture) {
+			struct moe_routing_capture *cap = opts->capture;
+			size_t o = (size_t)lm * N * K;
+			if (cap->topk_idx)
+				be->to_host(be, cap->topk_idx + o, a->topk_idx, (size_t)N * K, MOE_BUF_I32);
+			if (cap->topk_w)
+				be->to_host(be, cap->topk_w + o, a->topk_w, (size_t)N * K, MOE_BUF_F32);
+			if (cap->router_logits)
+				be->to_host(be, cap->router_logits + (size_t)lm * N * E, a->rlogits,
+					    (size_t)N * E, MOE_BUF_ACT);
+		}
+	}
+	void *xL = act_at(m, g->resid, (size_t)L * N * D);
+	bool last_only = opts->logits_mode == MOE_LOGITS_LAST && !targets && !opts->token_stats &&
+			 !opts->train;
+	be->rmsnorm_fwd(be, g->lnf, g->rstdf, xL, be->param(be, m->off_norm), N, D, (float)c->rms_norm_eps);
+	if (last_only) {
+		/* only the last position of each row goes through the LM head */
+		int32_t rows[B];
+		for (int b = 0; b < B; b++)
+			rows[b] = b * T + T - 1;
+		be->from_host(be, g->last_rows, rows, (size_t)B, MOE_BUF_I32);
+		be->gather_rows(be, g->lnf_last, g->lnf, g->last_rows, B, 1, D);
+		be->linear_fwd(be, g->logits, g->lnf_last, be->param(be, m->off_head), B, D, V);
+		if (opts->logits_out)
+			be->to_host(be, opts->logits_out, g->logits, (size_t)B * V, MOE_BUF_ACT);
+	} else {
+		be->linear_fwd(be, g->logits, g->lnf, be->param(be, m->off_head), N, D, V);
+		if (opts->logits_out && opts->logits_mode == MOE_LOGITS_ALL)
+			be->to_host(be, opts->logits_out, g->logits, (size_t)N * V, MOE_BUF_ACT);
+		else if (opts->logits_out && opts->logits_mode == MOE_LOGITS_LAST)
+			for (int b = 0; b < B; b++)
+				be->to_host(be, opts->logits_out + (size_t)b * V,
+					    act_at(m, g->logits, ((size_t)b * T + T - 1) * V), (size_t)V,
+					    MOE_BUF_ACT);
+	}
+	double ce_sum = 0.0;
+	int64_t nv = 0;
+	if (targets)
+		be->xent(be, NULL, g->logits, g->tgt, N, V, c->pad_token_id, 0.0f, &ce_sum, &nv);
+	if (opts->token_stats && !last_only) {
+		float *row = malloc(sizeof(float) * (size_t)V);
+		if (!row)
+			return moe_error_set(err, MOE_ENOMEM, "out of memory");
+		for (int n = 0; n < N; n++) {
+			be->to_host(be, row, act_at(m, g->logits, (size_t)n * V), (size_t)V, MOE_BUF_ACT);
+			int am = 0;
+			for (int v = 1; v < V; v++)
+				if (row[v] > row[am])
+					am = v;
+			double s = 0.0;
+			for (int v = 0; v < V; v++)
+				s += exp((double)row[v] - row[am]);
+			double lse = row[am] + log(s);
+			struct moe_token_stats *ts = &opts->token_stats[n];
+			ts->argmax = am;
+			ts->p_argmax = (float)exp(row[am] - lse);
+			ts->logprob_target = targets && targets[n] != c->pad_token_id
+						     ? (float)(row[targets[n]] - lse)
+						     : NAN;
+		}
+		free(row);
+	}
+	if ((rc = be->sync(be, err)) < 0)
+		return rc;
+	m->n_valid = nv;
+	m->ce = nv > 0 ? ce_sum / (double)nv : 0.0;
+	m->aux = aux_value(m, -1, NULL);
+	m->z = zsum;
+	if (losses) {
+		losses->ce = m->ce;
+		losses->aux = m->aux;
+		losses->z = m->z;
+		losses->aux_coef = m->aux_coef;
+		losses->n_valid = nv;
+		losses->total = m->ce + m->aux_coef * m->aux + c->router_z_loss_coef * m->z;
+	}
+	m->B = B;
+	m->T = T;
+	m->fwd_valid = opts->train && targets;
+	return 0;
+}
+
+/* ---- backward ------------------------------------------------------------------------ */
+
+static void block_bwd(struct moe_model *m, int l, struct layer_acts *a, void *x_in, void *x_mid,
+		      void *dx, int B, int T, float grad_scale)
+{
+	struct moe_backend *be = m->be;
+	const struct moe_config *c = &m->cfg;
+	const struct moe_layer_offsets *lo = &m->layers[l];
+	struct graph_bufs *g = &m->g;
+	int N = B * T, D = c->hidden_size, H = c->num_attention_heads, Dh = D / H;
+	float theta = (float)c->rope_theta;
+	size_t ND = (size_t)N * D;
+#define P(off) be->param(be, off)
+#define G(off) be->grad(be, off)
+	/* MLP: dx is the gradient w.r.t. the block output (and the MLP output) */
+	void *dln2 = g->d1;
+	if (!lo->is_moe) {
+		int Id = c->dense_intermediate_size;
+		be->linear_bwd(be, g->dh, G(lo->dense_down), dx, a->h, P(lo->dense_down), N, Id, D);
+		be->swiglu_gu_bwd(be, g->dgu, g->dh, a->gu, N, Id);
+		be->linear_bwd(be, dln2, G(lo->dense_gate_up), g->dgu, a->ln2, P(lo->dense_gate_up), N, D, 2 * Id);
+	} else {
+		int E = c->num_experts, K = c->num_experts_per_tok, I = c->intermediate_size;
+		int Is = m->Is, S = c->n_shared_experts, NK = N * K;
+		int lm = l - c->n_dense_layers;
+		/* routed experts */
+		be->combine_bwd(be, g->dyg, g->dtopk_w, dx, a->yg, a->topk_w, a->inv, N, K, D);
+		be->grouped_linear_bwd(be, g->dh_e, G(lo->expert_down), g->dyg, a->h_e, P(lo->expert_down),
+				       a->offsets, E, I, D);
+		be->swiglu_gu_bwd(be, g->dgu_e, g->dh_e, a->gu_e, NK, I);
+		be->grouped_linear_bwd(be, g->dxg, G(lo->expert_gate_up), g->dgu_e, a->xg,
+				       P(lo->expert_gate_up), a->offsets, E, D, 2 * I);
+		/* router: top-k weights, aux loss through probs, z-loss through logits */
+		float gaux[E];
+		aux_value(m, lm, gaux);
+		for (int e = 0; e < E; e++)
+			gaux[e] *= (float)(m->aux_coef * grad_scale);
+		be->aux_dprobs(be, g->dprobs, gaux, g->ids, c->pad_token_id, N, E);
+		be->router_bwd(be, g->drl, g->dtopk_w, g->dprobs, a->probs, a->topk_idx, a->topk_w, N, E, K,
+			       c->norm_topk_prob);
+		if (c->router_z_loss_coef != 0.0)
+			be->zloss(be, g->drl, a->rlogits, N, E, (float)(c->router_z_loss_coef * grad_scale), NULL);
+		be->linear_bwd(be, dln2, G(lo->router), g->drl, a->ln2, P(lo->router), N, D, E);
+		be->scatter_add_rows(be, dln2, g->dxg, a->perm, NK, K, D);
+		for (int s = 0; s < S; s++) {
+			void *gu = act_at(m, a->gu_s, (size_t)s * N * 2 * Is);
+			void *h = act_at(m, a->h_s, (size_t)s * N * Is);
+			size_t ogu = lo->shared_gate_up + (size_t)s * 2 * Is * D;
+			size_t odn = lo->shared_down + (size_t)s * D * Is;
+			be->linear_bwd(be, g->dh, G(odn), dx, h, P(odn), N, Is, D);
+			be->swiglu_gu_bwd(be, g->dgu, g->dh, gu, N, Is);
+			be->linear_bwd(be, g->d2, G(ogu), g->dgu, a->ln2, P(ogu), N, D, 2 * Is);
+			be->add(be, dln2, g->d2, ND);
+		}
+	}
+	be->rmsnorm_bwd(be, g->d2, G(lo->ln_post), dln2, x_mid, P(lo->ln_post), a->rstd2, N, D);
+	be->add(be, dx, g->d2, ND); /* dx: gradient w.r.t. x_mid */
+	/* attention */
+	be->linear_bwd(be, g->d1, G(lo->o), dx, a->att, P(lo->o), N, D, D);
+	be->attention_bwd(be, g->dq, g->dk, g->dv, g->d1, a->q, a->k, a->v, a->att, a->lse, B, T, H, Dh);
+	be->rope_bwd(be, g->dq, B, T, H, Dh, theta);
+	be->rope_bwd(be, g->dk, B, T, H, Dh, theta);
+	be->rmsnorm_bwd(be, g->d1, G(lo->q_norm), g->dq, a->qraw, P(lo->q_norm), a->rstdq, N, D);
+	be->linear_bwd(be, g->d2, G(lo->q), g->d1, a->ln1, P(lo->q), N, D, D); /* d2 = dln1 */
+	be->rmsnorm_bwd(be, g->d1, G(lo->k_norm), g->dk, a->kraw, P(lo->k_norm), a->rstdk, N, D);
+	be->linear_bwd(be, g->dq, G(lo->k), g->d1, a->ln1, P(lo->k), N, D, D);
+	be->add(be, g->d2, g->dq, ND);
+	be->linear_bwd(be, g->dq, G(lo->v), g->dv, a->ln1, P(lo->v), N, D, D);
+	be->add(be, g->d2, g->dq, ND);
+	be->rmsnorm_bwd(be, g->d1, G(lo->ln_in), g->d2, x_in, P(lo->ln_in), a->rstd1, N, D);
+	be->add(be, dx, g->d1, ND);
+#undef P
+#undef G
+}
+
+int moe_model_backward(struct moe_model *m, float grad_scale, struct moe_error *err)
+{
+	if (!m->fwd_valid)
+		return moe_error_set(err, MOE_EINVAL,
+				     "backward: needs a training forward with targets just before");
+	struct moe_backend *be = m->be;
+	const struct moe_config *c = &m->cfg;
+	struct graph_bufs *g = &m->g;
+	int B = m->B, T = m->T, N = B * T, D = c->hidden_size, V = c->vocab_size, L = c->num_hidden_layers;
+	/* CE: dlogits in place over the logits */
+	double ce_sum;
+	int64_t nv;
+	float scale = m->n_valid > 0 ? grad_scale / (float)m->n_valid : 0.0f;
+	be->xent(be, g->logits, g->logits, g->tgt, N, V, c->pad_token_id, scale, &ce_sum, &nv);
+	void *xL = act_at(m, g->resid, (size_t)L * N * D);
+	be->linear_bwd(be, g->d1, be->grad(be, m->off_head), g->logits, g->lnf,
+		       be->param(be, m->off_head), N, D, V);
+	be->rmsnorm_bwd(be, g->dx, be->grad(be, m->off_norm), g->d1, xL, be->param(be, m->off_norm),
+			g->rstdf, N, D);
+	for (int l = L - 1; l >= 0; l--) {
+		void *xin = act_at(m, g->resid, (size_t)l * N * D);
+		block_bwd(m, l, &m->la[l], xin, m->la[l].xmid, g->dx, B, T, grad_scale);
+	}
+	be->embedding_bwd(be, be->grad(be, m->off_embed), g->dx, g->ids, N, D, c->pad_token_id);
+	m->fwd_valid = false; /* logits were overwritten by their gradient */
+	return be->sync(be, err);
+}
+
+/* ---- loss-free balancing ------------------------------------------------------------ */
+
+int moe_model_update_bias(struct moe_model *m, const int64_t *counts, float u, struct moe_error *err)
+{
+	const struct moe_config *c = &m->cfg;
+	int E = c->num_experts;
+	float clamp = (float)c->balance_bias_clamp;
+	for (int l = 0; l < c->num_hidden_layers; l++) {
+		const struct moe_layer_offsets *lo = &m->layers[l];
+		if (!lo->is_moe)
+			continue;
+		const int64_t *cnt = counts + (size_t)(l - c->n_dense_layers) * E;
+		float b[E];
+		m->be->to_host(m->be, b, m->be->master(m->be, lo->bias), (size_t)E, MOE_BUF_F32);
+		double mean = 0.0;
+		for (int e = 0; e < E; e++)
+			mean += (double)cnt[e];
+		mean /= E;
+		for (int e = 0; e < E; e++) {
+			double d = mean - (double)cnt[e];
+			if (d > 0)
+				b[e] += u;
+			else if (d < 0)
+				b[e] -= u;
+			if (b[e] > clamp)
+				b[e] = clamp;
+			if (b[e] < -clamp)
+				b[e] = -clamp;
+		}
+		m->be->from_host(m->be, m->be->master(m->be, lo->bias), b, (size_t)E, MOE_BUF_F32);
+	}
+	m->be->params_updated(m->be);
+	return m->be->sync(m->be, err);
+}

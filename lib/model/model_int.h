@@ -1,0 +1,85 @@
+/*
+ * lib/model internals shared by model.c and checkpoint.c (not installed).
+ */
+#ifndef MOE_MODEL_INT_H
+#define MOE_MODEL_INT_H
+
+#include "model/model.h"
+
+/* One block's saved activations (backend memory). */
+struct layer_acts {
+	void *ln1;            /* (N, D) */
+	float *rstd1;         /* (N) */
+	void *qraw, *kraw;    /* (N, D) projections before QK-norm */
+	void *q, *k, *v;      /* (N, D) = (B, T, H, Dh): q, k normed and rotated */
+	float *rstdq, *rstdk; /* (N) */
+	void *att;            /* (N, D) attention output before o_proj */
+	float *lse;           /* (B, H, T) */
+	void *xmid;           /* (N, D) residual after attention */
+	void *ln2;            /* (N, D) */
+	float *rstd2;         /* (N) */
+	void *gu, *h;         /* dense: (N, 2Id), (N, Id) */
+	void *rlogits;        /* (N, E) router logits */
+	float *probs;         /* (N, E) */
+	int32_t *topk_idx;    /* (N, K) */
+	float *topk_w;        /* (N, K) */
+	int32_t *counts;      /* (E) */
+	int32_t *offsets;     /* (E+1) */
+	int32_t *perm, *inv;  /* (N*K) */
+	void *xg;             /* (N*K, D) tokens grouped by expert */
+	void *gu_e, *h_e;     /* (N*K, 2I), (N*K, I) */
+	void *yg;             /* (N*K, D) */
+	void *gu_s, *h_s;     /* shared: (S, N, 2Is), (S, N, Is) */
+	float *psum;          /* (E) aux statistics */
+	int32_t *cntv;        /* (E) */
+};
+
+struct graph_bufs {
+	void *resid;          /* (L+1, N, D) residual stream at each block input and the end */
+	int32_t *ids, *tgt;   /* (N) */
+	void *lnf;            /* (N, D) */
+	float *rstdf;         /* (N) */
+	void *logits;         /* (N, V); replaced by dlogits in backward */
+	int32_t *last_rows;   /* (B) */
+	void *lnf_last;       /* (B, D) */
+	void *tmp;            /* (N, D) */
+	/* backward scratch */
+	void *dx, *d1, *d2, *dq, *dk, *dv; /* (N, D) */
+	void *dgu, *dh;       /* (N, 2W), (N, W), W = max(Id, Is) */
+	void *dyg, *dxg;      /* (N*K, D) */
+	void *dh_e, *dgu_e;   /* (N*K, I), (N*K, 2I) */
+	float *dtopk_w;       /* (N, K) */
+	float *dprobs;        /* (N, E) */
+	void *drl;            /* (N, E) */
+};
+
+#define MAX_BUFS 4096
+
+struct moe_model {
+	struct moe_config cfg;
+	struct moe_backend *be;
+	int Lm, Is;
+	/* parameter table */
+	struct moe_param *params;
+	size_t n_params, n_floats;
+	struct moe_layer_offsets *layers;
+	size_t off_embed, off_norm, off_head;
+	/* activations */
+	void *bufs[MAX_BUFS];
+	int n_bufs;
+	bool alloc_failed;
+	struct layer_acts *la;
+	struct graph_bufs g;
+	int cap_N, cap_sets;
+	bool cap_train;
+	/* last forward */
+	int B, T;
+	bool fwd_valid;
+	int64_t n_valid, n_rows_valid;
+	double ce, aux, z, aux_coef;
+	int64_t *counts; /* (Lm, E) host */
+	float *psum;     /* (Lm, E) host */
+	int32_t *cntv;   /* (Lm, E) host */
+};
+
+#endif
