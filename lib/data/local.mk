@@ -18,3 +18,4 @@ DATA_LIBS = lib/data/libmoedata.a $(ZSTD_LIBS) $(PTHREAD_LIBS)
 bin_PROGRAMS += cmd/moe-shard
 cmd_moe_shard_SOURCES = cmd/moe-shard.c
 cmd_moe_shard_LDADD = $(DATA_LIBS) $(CORE_LIBS)
+MAN_PAGES += man/moe-shard.1 man/moe-tokstream.5 man/moe-shard.5
