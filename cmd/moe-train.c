@@ -10,6 +10,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include "core/core.h"
 #include "train/train.h"
@@ -201,10 +204,16 @@ int main(int argc, char **argv)
 	if (!o.out[0])
 		moe_usage_error("no run directory given (--out)");
 
+#ifdef _OPENMP
+	if (o.threads > 0)
+		omp_set_num_threads((int)o.threads);
+#endif
 	moe_interrupt_install();
 	struct moe_trainer *t = moe_trainer_new(&o, resume, &err);
 	if (!t)
 		moe_die_error(&err);
+	if (moe_trainer_note(t))
+		moe_warn("%s", moe_trainer_note(t));
 	int64_t total = moe_trainer_total_steps(t);
 	int64_t start = moe_trainer_step_index(t);
 	if (resume)
