@@ -666,9 +666,9 @@ static struct moe_tok *load_tiktoken(const char *buf, size_t len, const char *wh
 		size_t end = e ? (size_t)(e - buf) : len;
 		lineno++;
 		const char *sp = memchr(buf + i, ' ', end - i);
-		char tmp[64];
+		char tmp[1024];
 		long nb;
-		if (!sp || (size_t)(sp - (buf + i)) > 80 ||
+		if (!sp || (size_t)(sp - (buf + i)) > 1300 ||
 		    (nb = b64dec(buf + i, (size_t)(sp - (buf + i)), tmp)) <= 0) {
 			moe_error_set(err, MOE_EFORMAT, "%s:%zu: expected 'base64 rank'", where, lineno);
 			goto fail;

@@ -150,4 +150,37 @@ json_t *moe_tok_trainer_finish(struct moe_tok_trainer *tr, const struct moe_tok_
 			       struct moe_error *err);
 void moe_tok_trainer_free(struct moe_tok_trainer *tr);
 
+/* ---- the document pipeline (moe-tokenize encode/train) ------------------ */
+
+struct moe_tok_input {
+	FILE *fp;         /* read line by line; owned by the caller */
+	const char *name; /* for messages ("-" for stdin) */
+};
+
+/* Reads documents (one per line: a JSON object with a string field, or raw
+ * text lines) and either encodes them, handing the ids to sink in input
+ * order, or feeds them to trainers[thread].  Workers run on `threads`
+ * threads; at most 2 * threads + 2 batches of ~1 MiB are in flight. */
+struct moe_tok_job {
+	const struct moe_tok *tok;   /* for encoding */
+	int threads;                 /* >= 1 */
+	bool text_lines;             /* lines are raw text, not JSON */
+	const char *field;           /* JSON field holding the text ("text") */
+	unsigned flags;              /* moe_tok_flags */
+	uint32_t eos;                /* appended to each document; MOE_TOK_NONE: none */
+	/* called in input order with the ids (eos included) and the raw line;
+	 * a negative return stops the job with that error */
+	int (*sink)(void *ud, const uint32_t *ids, size_t n, const char *line, size_t len,
+		    struct moe_error *err);
+	void *ud;
+	void (*progress)(void *ud, uint64_t bytes_read); /* optional */
+	struct moe_tok_trainer **trainers; /* non-NULL: count words instead (threads of them) */
+	/* results */
+	uint64_t docs, tokens, bytes;
+};
+/* Run the job over the inputs in order.  Errors name the file and line
+ * ("docs.jsonl:12: invalid JSON: ...").  Returns 0 or a negative code. */
+int moe_tok_job_run(struct moe_tok_job *job, const struct moe_tok_input *in, size_t n_in,
+		    struct moe_error *err);
+
 #endif
