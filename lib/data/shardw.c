@@ -150,6 +150,18 @@ struct moe_shard_writer *moe_shard_writer_new(const char *dir,
 	}
 	for (size_t k = strlen(clean); k > 1 && clean[k - 1] == '/'; k--)
 		clean[k - 1] = 0;
+	/* create missing parents, like mkdir -p */
+	char *slash = strrchr(clean, '/');
+	if (slash && slash != clean) {
+		*slash = 0;
+		struct stat pst;
+		int mrc = stat(clean, &pst) == 0 ? 0 : moe_mkdirs(clean, err);
+		*slash = '/';
+		if (mrc < 0) {
+			free(clean);
+			goto out_free;
+		}
+	}
 	int orc = moe_atomic_dir_open(&w->dir, clean, err);
 	free(clean);
 	if (orc < 0)

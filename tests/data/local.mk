@@ -12,3 +12,9 @@ tests_data_mkstream_LDADD = lib/data/libmoedata.a $(CORE_LIBS)
 TESTS += tests/data/test_tokstream tests/data/test_loader
 TESTS += tests/data/cli.sh
 dist_check_SCRIPTS += tests/data/cli.sh
+# benchmark helper (run by tests/bench/bench_shard.sh, not a test)
+check_PROGRAMS += tests/bench/bench_loader
+tests_bench_bench_loader_SOURCES = tests/bench/bench_loader.c
+tests_bench_bench_loader_LDADD = $(DATA_LIBS) $(CORE_LIBS)
+EXTRA_DIST += tests/bench/bench_shard.sh tests/bench/RESULTS-shard.md \
+	tests/data/fuzz_tokstream.c tests/data/fuzz_shard.c

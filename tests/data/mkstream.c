@@ -5,7 +5,9 @@
  * Documents have 0..MAXLEN tokens (uniform) and end with EOS when given;
  * with -t, documents are written until TOKENS tokens are reached.  -T
  * prints the same documents as text instead (one line of ids per document),
- * an independent reference for `moe-shard cat --format ids`.
+ * an independent reference for `moe-shard cat --format ids`.  -Z draws ids
+ * from a skewed distribution (small ids common, as in real text) instead of
+ * a uniform one.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -28,8 +30,8 @@ int main(int argc, char **argv)
 	struct moe_tokstream_info info = {.vocab_size = 50280, .eos_id = MOE_NO_EOS};
 	struct moe_error err = {0};
 	int c;
-	bool text = false;
-	while ((c = getopt(argc, argv, "s:n:V:l:e:w:t:x:T")) != -1) {
+	bool text = false, skew = false;
+	while ((c = getopt(argc, argv, "s:n:V:l:e:w:t:x:TZ")) != -1) {
 		switch (c) {
 		case 's': seed = strtoull(optarg, NULL, 0); break;
 		case 'n': docs = strtoull(optarg, NULL, 0); break;
@@ -39,6 +41,7 @@ int main(int argc, char **argv)
 		case 'w': info.token_width = (uint32_t)strtoul(optarg, NULL, 0); break;
 		case 't': tokens = strtoull(optarg, NULL, 0); docs = UINT64_MAX; break;
 		case 'T': text = true; break;
+		case 'Z': skew = true; break;
 		case 'x':
 			if (moe_unhex(optarg, info.tokenizer_sha256, 32) < 0)
 				return 2;
@@ -58,8 +61,14 @@ int main(int argc, char **argv)
 	uint64_t s = seed, total = 0;
 	for (uint64_t d = 0; d < docs && (!tokens || total < tokens); d++) {
 		size_t n = (size_t)(rng(&s) % (maxlen + 1));
-		for (size_t i = 0; i < n; i++)
-			ids[i] = (uint32_t)(rng(&s) % info.vocab_size);
+		for (size_t i = 0; i < n; i++) {
+			if (skew) {
+				double u = (double)(rng(&s) >> 11) * 0x1p-53;
+				ids[i] = (uint32_t)(info.vocab_size * u * u * u * u);
+			} else {
+				ids[i] = (uint32_t)(rng(&s) % info.vocab_size);
+			}
+		}
 		if (info.eos_id != MOE_NO_EOS)
 			ids[n++] = info.eos_id;
 		if (text) {
