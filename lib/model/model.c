@@ -177,6 +177,29 @@ struct moe_model *moe_model_new(const struct moe_config *cfg, struct moe_backend
 
 static void acts_free(struct moe_model *m);
 
+int moe_config_count_params(const struct moe_config *cfg, int64_t *total, int64_t *active,
+			    struct moe_error *err)
+{
+	int rc = moe_config_validate(cfg, "model config", err);
+	if (rc < 0)
+		return rc;
+	struct moe_model *m = calloc(1, sizeof(*m));
+	if (!m)
+		return moe_error_set(err, MOE_ENOMEM, "out of memory");
+	m->cfg = *cfg;
+	m->Is = cfg->shared_expert_intermediate_size > 0 ? cfg->shared_expert_intermediate_size
+							  : cfg->intermediate_size;
+	m->Lm = moe_config_n_moe_layers(cfg);
+	if (build_table(m) < 0)
+		rc = moe_error_set(err, MOE_ENOMEM, "out of memory building the parameter table");
+	else
+		moe_model_count(m, total, active);
+	free(m->params);
+	free(m->layers);
+	free(m);
+	return rc;
+}
+
 void moe_model_free(struct moe_model *m)
 {
 	if (!m)
@@ -618,7 +641,7 @@ int moe_model_forward(struct moe_model *m, const int32_t *tokens, const int32_t 
 	be->embedding_fwd(be, g->resid, g->ids, be->param(be, m->off_embed), N, D);
 	double zsum = 0.0;
 	for (int l = 0; l < L; l++) {
-		struct layer_acts *a = &m->la[opts->train ? l : 0];
+		struct layer_acts *a = &m->la[m->cap_sets == L ? l : 0];
 		void *xin = act_at(m, g->resid, (size_t)l * N * D);
 		void *xout = act_at(m, g->resid, (size_t)(l + 1) * N * D);
 		block_fwd(m, l, a, xin, xout, B, T, use_bias);

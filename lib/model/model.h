@@ -311,8 +311,12 @@ const struct moe_param *moe_model_params(const struct moe_model *m, size_t *n);
 const struct moe_param *moe_model_param_find(const struct moe_model *m, const char *name);
 size_t moe_model_num_params(const struct moe_model *m); /* floats in the flat buffer */
 const struct moe_layer_offsets *moe_model_layer(const struct moe_model *m, int layer);
-/* Counts of parameters: total trained, active per token (K of E experts). */
+/* Counts of parameters: total trained (the selection biases excluded),
+ * active per token (K of E routed experts; embedding and head included). */
 void moe_model_count(const struct moe_model *m, int64_t *total, int64_t *active);
+/* The same from a config alone, without allocating the parameters. */
+int moe_config_count_params(const struct moe_config *cfg, int64_t *total, int64_t *active,
+			    struct moe_error *err);
 
 /* Host access to the flat fp32 buffers: direct pointers on host backends
  * (CPU), NULL otherwise; then use get/set, which copy the whole buffer. */

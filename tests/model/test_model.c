@@ -1,0 +1,563 @@
+/*
+ * lib/model: configuration, parameter table, forward invariants, losses at
+ * known points, checkpoint round trips (ours and HF-sharded bf16), the
+ * selection-bias update and a short optimisation that must lower the loss.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <criterion/criterion.h>
+
+#include "core/core.h"
+#include "model/model.h"
+#include "model/ops.h"
+
+static void small_config(struct moe_config *c)
+{
+	moe_config_defaults(c);
+	c->vocab_size = 64;
+	c->hidden_size = 32;
+	c->num_attention_heads = 4;
+	c->num_hidden_layers = 3;
+	c->n_dense_layers = 1;
+	c->dense_intermediate_size = 48;
+	c->num_experts = 4;
+	c->num_experts_per_tok = 2;
+	c->intermediate_size = 16;
+	c->n_shared_experts = 1;
+	c->shared_expert_intermediate_size = 16;
+	c->pad_token_id = 1;
+	c->eos_token_id = 0;
+	c->max_position_embeddings = 64;
+}
+
+static char *tmpdir(void)
+{
+	char *d = strdup("/tmp/moe-model-test.XXXXXX");
+	cr_assert(mkdtemp(d));
+	return d;
+}
+
+static void rmrf(const char *d)
+{
+	struct moe_error err = {0};
+	moe_rmtree(d, &err);
+}
+
+/* ---- configuration --------------------------------------------------------------- */
+
+Test(config, presets_and_seed_parameter_counts)
+{
+	/* independent reference: the counts printed by the seed / derived from
+	 * OLMoE's published shape (shared/reference/seed-spec.md 1.8) */
+	struct moe_config c;
+	struct moe_error err = {0};
+	int64_t total, active;
+	cr_assert_eq(moe_config_load(&c, "seed-base", &err), 0, "%s", err.msg);
+	cr_assert_eq(c.hidden_size, 768);
+	cr_assert_eq(moe_config_n_moe_layers(&c), 18);
+	cr_assert_eq(moe_config_count_params(&c, &total, &active, &err), 0, "%s", err.msg);
+	cr_assert_eq(total, 1883662080LL);
+	cr_assert_eq(active, 291137280LL);
+	cr_assert_eq(moe_config_load(&c, "olmoe-1b-7b", &err), 0, "%s", err.msg);
+	cr_assert_eq(moe_config_count_params(&c, &total, &active, &err), 0, "%s", err.msg);
+	cr_assert_eq(total, 6919161856LL);
+	cr_assert_eq(active, 1282017280LL);
+	cr_assert_eq(c.aux_loss_form, MOE_AUX_MEGABLOCKS);
+	cr_assert_eq(moe_config_load(&c, "tiny", &err), 0, "%s", err.msg);
+	cr_assert_eq(c.vocab_size, 8192);
+	cr_assert_eq(c.pad_token_id, -1);
+	cr_assert_eq(moe_config_load(&c, "no-such-preset", &err), MOE_ENOTFOUND);
+	cr_assert(strstr(err.msg, "no-such-preset"));
+}
+
+static int parse(const char *text, struct moe_config *c, struct moe_error *err)
+{
+	json_error_t je;
+	json_t *j = json_loads(text, 0, &je);
+	cr_assert(j, "bad test JSON: %s", je.text);
+	moe_config_defaults(c);
+	int rc = moe_config_from_json(c, j, "t.json", err);
+	json_decref(j);
+	return rc;
+}
+
+Test(config, errors_name_the_key)
+{
+	struct moe_config c;
+	struct moe_error err = {0};
+	cr_assert_lt(parse("{\"hidden_size\": 64, \"bogus_key\": 1}", &c, &err), 0);
+	cr_assert(strstr(err.msg, "bogus_key") && strstr(err.msg, "t.json"), "%s", err.msg);
+	cr_assert_lt(parse("{\"hidden_size\": -5}", &c, &err), 0);
+	cr_assert(strstr(err.msg, "hidden_size"), "%s", err.msg);
+	cr_assert_lt(parse("{\"num_experts\": \"eight\"}", &c, &err), 0);
+	cr_assert(strstr(err.msg, "num_experts"), "%s", err.msg);
+	cr_assert_lt(parse("{\"num_experts\": 4, \"num_experts_per_tok\": 5}", &c, &err), 0);
+	cr_assert(strstr(err.msg, "num_experts_per_tok"), "%s", err.msg);
+	cr_assert_lt(parse("{\"aux_loss_form\": \"gshard\"}", &c, &err), 0);
+	cr_assert(strstr(err.msg, "aux_loss_form"), "%s", err.msg);
+	cr_assert_lt(parse("{\"tie_word_embeddings\": true}", &c, &err), 0);
+	cr_assert(strstr(err.msg, "tie_word_embeddings"), "%s", err.msg);
+	cr_assert_lt(parse("{\"num_key_value_heads\": 4}", &c, &err), 0);
+	cr_assert(strstr(err.msg, "num_key_value_heads"), "%s", err.msg);
+	cr_assert_lt(parse("{\"n_dense_layers\": 2}", &c, &err), 0);
+	cr_assert(strstr(err.msg, "dense_intermediate_size"), "%s", err.msg);
+	cr_assert_lt(parse("{\"hidden_size\": 100, \"num_attention_heads\": 3}", &c, &err), 0);
+	cr_assert(strstr(err.msg, "hidden_size"), "%s", err.msg);
+	/* keys transformers writes are accepted */
+	cr_assert_eq(parse("{\"torch_dtype\": \"bfloat16\", \"transformers_version\": \"4.48.3\","
+			   " \"use_cache\": true, \"architectures\": [\"OlmoeForCausalLM\"]}", &c, &err), 0,
+		     "%s", err.msg);
+}
+
+Test(config, json_round_trip_and_aux_schedule)
+{
+	struct moe_config a, b;
+	struct moe_error err = {0};
+	small_config(&a);
+	a.loss_free_balancing = true;
+	a.aux_loss_form = MOE_AUX_MEGABLOCKS;
+	a.router_aux_loss_coef = 0.005;
+	a.router_aux_loss_coef_end = 0.0;
+	a.router_aux_loss_decay_steps = 100;
+	a.router_z_loss_coef = 0.001;
+	a.pad_token_id = -1;
+	json_t *j = moe_config_to_json(&a);
+	cr_assert(j);
+	cr_assert_str_eq(json_string_value(json_object_get(j, "model_type")), "olmoe");
+	cr_assert(json_is_null(json_object_get(j, "pad_token_id")));
+	moe_config_defaults(&b);
+	cr_assert_eq(moe_config_from_json(&b, j, "rt", &err), 0, "%s", err.msg);
+	json_decref(j);
+	cr_assert_eq(b.hidden_size, a.hidden_size);
+	cr_assert_eq(b.n_dense_layers, 1);
+	cr_assert_eq(b.dense_intermediate_size, 48);
+	cr_assert_eq(b.n_shared_experts, 1);
+	cr_assert_eq(b.loss_free_balancing, true);
+	cr_assert_eq(b.aux_loss_form, MOE_AUX_MEGABLOCKS);
+	cr_assert_eq(b.pad_token_id, -1);
+	cr_assert_float_eq(b.router_z_loss_coef, 0.001, 1e-15);
+	cr_assert_float_eq(moe_config_aux_coef(&b, 0), 0.005, 1e-15);
+	cr_assert_float_eq(moe_config_aux_coef(&b, 50), 0.0025, 1e-12);
+	cr_assert_float_eq(moe_config_aux_coef(&b, 100), 0.0, 1e-15);
+	cr_assert_float_eq(moe_config_aux_coef(&b, 5000), 0.0, 1e-15);
+}
+
+/* ---- parameter table ------------------------------------------------------------ */
+
+Test(params, table_layout)
+{
+	struct moe_config c;
+	struct moe_error err = {0};
+	small_config(&c);
+	struct moe_model *m = moe_model_new(&c, NULL, &err);
+	cr_assert(m, "%s", err.msg);
+	size_t n;
+	const struct moe_param *t = moe_model_params(m, &n);
+	size_t sum = 0;
+	for (size_t i = 0; i < n; i++) {
+		cr_assert_eq(t[i].offset, sum, "%s: tensors are contiguous in table order", t[i].name);
+		sum += t[i].numel;
+	}
+	cr_assert_eq(sum, moe_model_num_params(m));
+	cr_assert_str_eq(t[0].name, "model.embed_tokens.weight");
+	cr_assert_str_eq(t[n - 1].name, "lm_head.weight");
+	const struct moe_layer_offsets *lo = moe_model_layer(m, 1);
+	cr_assert(lo->is_moe && !moe_model_layer(m, 0)->is_moe);
+	/* experts of a layer: (E, 2I, D) gate/up then (E, D, I) down, contiguous */
+	for (int e = 0; e < 4; e++) {
+		char nm[96];
+		snprintf(nm, sizeof(nm), "model.layers.1.mlp.experts.%d.gate_proj.weight", e);
+		const struct moe_param *g = moe_model_param_find(m, nm);
+		cr_assert(g && g->is_expert && g->decay);
+		cr_assert_eq(g->offset, lo->expert_gate_up + (size_t)e * 2 * 16 * 32);
+		snprintf(nm, sizeof(nm), "model.layers.1.mlp.experts.%d.up_proj.weight", e);
+		cr_assert_eq(moe_model_param_find(m, nm)->offset, lo->expert_gate_up + (size_t)e * 2 * 16 * 32 + 16 * 32);
+		snprintf(nm, sizeof(nm), "model.layers.1.mlp.experts.%d.down_proj.weight", e);
+		cr_assert_eq(moe_model_param_find(m, nm)->offset, lo->expert_down + (size_t)e * 32 * 16);
+	}
+	const struct moe_param *b = moe_model_param_find(m, "model.layers.2.mlp.selection_bias");
+	cr_assert(b && !b->trainable && !b->decay && b->kind == MOE_P_BIAS);
+	cr_assert(moe_model_param_find(m, "model.layers.2.mlp.shared_experts.0.down_proj.weight")->is_expert);
+	cr_assert(!moe_model_param_find(m, "model.layers.2.mlp.gate.weight")->is_expert);
+	cr_assert(moe_model_param_find(m, "model.layers.0.mlp.gate_proj.weight"));
+	cr_assert(moe_model_param_find(m, "model.layers.0.self_attn.q_norm.weight")->shape[0] == 32);
+	cr_assert_null(moe_model_param_find(m, "model.layers.0.mlp.gate.weight"));
+	moe_model_free(m);
+}
+
+Test(params, init_deterministic)
+{
+	struct moe_config c;
+	struct moe_error err = {0};
+	small_config(&c);
+	struct moe_model *a = moe_model_new(&c, NULL, &err), *b = moe_model_new(&c, NULL, &err);
+	cr_assert(a && b);
+	moe_model_init(a, 42, &err);
+	moe_model_init(b, 42, &err);
+	size_t n = moe_model_num_params(a);
+	cr_assert(!memcmp(moe_model_params_host(a), moe_model_params_host(b), n * sizeof(float)));
+	moe_model_init(b, 43, &err);
+	cr_assert(memcmp(moe_model_params_host(a), moe_model_params_host(b), n * sizeof(float)));
+	/* statistics of the head: N(0, 0.02) */
+	const struct moe_param *h = moe_model_param_find(a, "lm_head.weight");
+	const float *x = moe_model_params_host(a) + h->offset;
+	double s = 0, s2 = 0;
+	for (size_t i = 0; i < h->numel; i++)
+		s += x[i], s2 += (double)x[i] * x[i];
+	double mean = s / h->numel, sd = sqrt(s2 / h->numel - mean * mean);
+	cr_assert(fabs(mean) < 0.003 && fabs(sd - 0.02) < 0.002, "mean %g sd %g", mean, sd);
+	const float *emb = moe_model_params_host(a);
+	for (int d = 0; d < 32; d++)
+		cr_assert_eq(emb[32 + d], 0.0f, "pad row is zero");
+	const float *qn = moe_model_params_host(a) + moe_model_layer(a, 0)->q_norm;
+	cr_assert_eq(qn[5], 1.0f);
+	moe_model_free(a);
+	moe_model_free(b);
+}
+
+/* ---- forward -------------------------------------------------------------------------- */
+
+static void tokens(int32_t *t, int n, int V, unsigned seed)
+{
+	for (int i = 0; i < n; i++) {
+		seed = seed * 1103515245u + 12345u;
+		t[i] = 2 + (int32_t)((seed >> 8) % (unsigned)(V - 2));
+	}
+}
+
+Test(forward, init_loss_logits_modes_capture)
+{
+	struct moe_config c;
+	struct moe_error err = {0};
+	small_config(&c);
+	struct moe_model *m = moe_model_new(&c, NULL, &err);
+	cr_assert(m);
+	moe_model_init(m, 1, &err);
+	int B = 3, T = 7, N = 21, V = 64, K = 2, E = 4;
+	int32_t tok[21], tgt[21];
+	tokens(tok, N, V, 5);
+	tokens(tgt, N, V, 6);
+	float *all = malloc(sizeof(float) * N * V), *last = malloc(sizeof(float) * B * V);
+	struct moe_token_stats ts[21];
+	int32_t idx[2 * 21 * 2];
+	float w[2 * 21 * 2];
+	struct moe_routing_capture cap = {idx, w, NULL};
+	struct moe_forward_opts o = {.logits_mode = MOE_LOGITS_ALL, .logits_out = all, .capture = &cap, .token_stats = ts};
+	struct moe_losses L;
+	cr_assert_eq(moe_model_forward(m, tok, tgt, B, T, &o, &L, &err), 0, "%s", err.msg);
+	/* N(0, 0.02) init: the prediction is nearly uniform */
+	cr_assert(fabs(L.ce - log(64.0)) < 0.05, "ce %g", L.ce);
+	cr_assert_eq(L.n_valid, 21);
+	/* last-position-only mode (no targets) gives the same rows */
+	struct moe_forward_opts o2 = {.logits_mode = MOE_LOGITS_LAST, .logits_out = last};
+	cr_assert_eq(moe_model_forward(m, tok, NULL, B, T, &o2, NULL, &err), 0, "%s", err.msg);
+	for (int b = 0; b < B; b++)
+		for (int v = 0; v < V; v++)
+			cr_assert_float_eq(last[b * V + v], all[(b * T + T - 1) * V + v], 1e-5);
+	/* token statistics agree with the logits; mean -logprob == ce */
+	double nll = 0;
+	for (int n = 0; n < N; n++) {
+		int am = 0;
+		for (int v = 1; v < V; v++)
+			if (all[n * V + v] > all[n * V + am])
+				am = v;
+		cr_assert_eq(ts[n].argmax, am);
+		cr_assert(ts[n].p_argmax > 0 && ts[n].p_argmax <= 1);
+		nll -= ts[n].logprob_target;
+	}
+	cr_assert_float_eq(nll / N, L.ce, 1e-4);
+	/* capture: counts of the last forward equal the histogram of the capture */
+	cr_assert_eq(moe_model_forward(m, tok, tgt, B, T, &o, &L, &err), 0);
+	const int64_t *cnt = moe_model_expert_counts(m);
+	for (int lm = 0; lm < 2; lm++) {
+		int64_t h[4] = {0};
+		for (int j = 0; j < N * K; j++) {
+			h[idx[lm * N * K + j]]++;
+			if (j % K)
+				cr_assert(w[lm * N * K + j] <= w[lm * N * K + j - 1], "weights descending");
+		}
+		for (int e = 0; e < E; e++)
+			cr_assert_eq(h[e], cnt[lm * E + e]);
+	}
+	/* a batch of one row gives the same logits as that row inside the batch */
+	float *one = malloc(sizeof(float) * T * V);
+	struct moe_forward_opts o3 = {.logits_mode = MOE_LOGITS_ALL, .logits_out = one};
+	cr_assert_eq(moe_model_forward(m, tok + T, NULL, 1, T, &o3, NULL, &err), 0);
+	for (int i = 0; i < T * V; i++)
+		cr_assert_float_eq(one[i], all[T * V + i], 1e-5);
+	free(one);
+	free(all);
+	free(last);
+	moe_model_free(m);
+}
+
+Test(forward, aux_and_z_at_a_uniform_router)
+{
+	/* with zero router weights the probabilities are uniform, so whatever the
+	 * routing: switch aux = K, megablocks aux = 1, z = Lm * log(E)^2 */
+	for (int form = 0; form < 2; form++) {
+		struct moe_config c;
+		struct moe_error err = {0};
+		small_config(&c);
+		c.aux_loss_form = form;
+		c.router_z_loss_coef = 0.01;
+		c.router_aux_loss_coef = 0.1;
+		struct moe_model *m = moe_model_new(&c, NULL, &err);
+		moe_model_init(m, 3, &err);
+		float *P = moe_model_params_host(m);
+		for (int l = 1; l < 3; l++)
+			memset(P + moe_model_layer(m, l)->router, 0, sizeof(float) * 4 * 32);
+		int32_t tok[16], tgt[16];
+		tokens(tok, 16, 64, 9);
+		tokens(tgt, 16, 64, 10);
+		struct moe_losses L;
+		cr_assert_eq(moe_model_forward(m, tok, tgt, 2, 8, NULL, &L, &err), 0);
+		cr_assert_float_eq(L.aux, form == MOE_AUX_SWITCH ? 2.0 : 1.0, 1e-5, "form %d aux %g", form, L.aux);
+		cr_assert_float_eq(L.z, 2 * log(4.0) * log(4.0), 1e-5);
+		cr_assert_float_eq(L.total, L.ce + 0.1 * L.aux + 0.01 * L.z, 1e-9);
+		moe_model_free(m);
+	}
+}
+
+Test(forward, bad_input)
+{
+	struct moe_config c;
+	struct moe_error err = {0};
+	small_config(&c);
+	struct moe_model *m = moe_model_new(&c, NULL, &err);
+	int32_t tok[4] = {2, 3, 64, 5};
+	cr_assert_eq(moe_model_forward(m, tok, NULL, 1, 4, NULL, NULL, &err), MOE_EINVAL);
+	cr_assert(strstr(err.msg, "64"));
+	cr_assert_eq(moe_model_backward(m, 1.0f, &err), MOE_EINVAL);
+	moe_model_free(m);
+}
+
+/* ---- selection bias --------------------------------------------------------------------- */
+
+Test(balance, sign_update_and_clamp)
+{
+	struct moe_config c;
+	struct moe_error err = {0};
+	small_config(&c);
+	c.balance_bias_clamp = 0.0025;
+	struct moe_model *m = moe_model_new(&c, NULL, &err);
+	int64_t counts[8] = {10, 2, 4, 4, /* layer 2: */ 1, 1, 1, 1};
+	cr_assert_eq(moe_model_update_bias(m, counts, 0.001f, &err), 0);
+	const float *P = moe_model_params_host(m);
+	const float *b1 = P + moe_model_layer(m, 1)->bias, *b2 = P + moe_model_layer(m, 2)->bias;
+	/* mean 5: over-used experts go down, under-used go up; equal: unchanged */
+	cr_assert_float_eq(b1[0], -0.001f, 1e-9);
+	cr_assert_float_eq(b1[1], 0.001f, 1e-9);
+	cr_assert_float_eq(b1[2], 0.001f, 1e-9);
+	for (int e = 0; e < 4; e++)
+		cr_assert_eq(b2[e], 0.0f);
+	for (int i = 0; i < 5; i++)
+		moe_model_update_bias(m, counts, 0.001f, &err);
+	cr_assert_float_eq(b1[0], -0.0025f, 1e-9, "clamped");
+	cr_assert_float_eq(b1[1], 0.0025f, 1e-9);
+	moe_model_free(m);
+}
+
+Test(balance, bias_used_in_training_not_eval)
+{
+	struct moe_config c;
+	struct moe_error err = {0};
+	small_config(&c);
+	c.loss_free_balancing = true;
+	struct moe_model *m = moe_model_new(&c, NULL, &err);
+	moe_model_init(m, 4, &err);
+	float *P = moe_model_params_host(m);
+	P[moe_model_layer(m, 1)->bias + 3] = 100.0f; /* expert 3 always chosen in layer 1 */
+	int32_t tok[8], idx[2 * 8 * 2];
+	tokens(tok, 8, 64, 11);
+	struct moe_routing_capture cap = {idx, NULL, NULL};
+	struct moe_forward_opts o = {.train = true, .capture = &cap};
+	cr_assert_eq(moe_model_forward(m, tok, tok, 1, 8, &o, NULL, &err), 0);
+	for (int n = 0; n < 8; n++)
+		cr_assert(idx[n * 2] == 3 || idx[n * 2 + 1] == 3);
+	cr_assert_eq(moe_model_expert_counts(m)[3], 8);
+	struct moe_forward_opts e = {.capture = &cap};
+	cr_assert_eq(moe_model_forward(m, tok, NULL, 1, 8, &e, NULL, &err), 0);
+	cr_assert_lt(moe_model_expert_counts(m)[3], 8, "eval routing ignores the bias");
+	e.eval_use_bias = true;
+	cr_assert_eq(moe_model_forward(m, tok, NULL, 1, 8, &e, NULL, &err), 0);
+	cr_assert_eq(moe_model_expert_counts(m)[3], 8);
+	moe_model_free(m);
+}
+
+/* ---- checkpoints --------------------------------------------------------------------------- */
+
+Test(checkpoint, save_load_identical_logits)
+{
+	struct moe_config c;
+	struct moe_error err = {0};
+	small_config(&c);
+	c.loss_free_balancing = true;
+	struct moe_model *m = moe_model_new(&c, NULL, &err);
+	moe_model_init(m, 8, &err);
+	float *P = moe_model_params_host(m);
+	P[moe_model_layer(m, 2)->bias + 1] = 0.25f;
+	char *d = tmpdir();
+	cr_assert_eq(moe_model_save_dir(m, d, &err), 0, "%s", err.msg);
+	struct moe_model *r = moe_model_load_dir(d, NULL, &err);
+	cr_assert(r, "%s", err.msg);
+	cr_assert_eq(moe_model_num_params(r), moe_model_num_params(m));
+	cr_assert(!memcmp(moe_model_params_host(r), P, moe_model_num_params(m) * sizeof(float)));
+	int32_t tok[12];
+	tokens(tok, 12, 64, 2);
+	float *a = malloc(sizeof(float) * 12 * 64), *b = malloc(sizeof(float) * 12 * 64);
+	struct moe_forward_opts oa = {.train = true, .logits_mode = MOE_LOGITS_ALL, .logits_out = a};
+	struct moe_forward_opts ob = oa;
+	ob.logits_out = b;
+	cr_assert_eq(moe_model_forward(m, tok, NULL, 2, 6, &oa, NULL, &err), 0);
+	cr_assert_eq(moe_model_forward(r, tok, NULL, 2, 6, &ob, NULL, &err), 0);
+	cr_assert(!memcmp(a, b, sizeof(float) * 12 * 64), "identical logits");
+	/* the written safetensors carries HF names */
+	char *st = moe_path_join(d, "model.safetensors");
+	struct moe_st_file *f = moe_st_open(st, &err);
+	cr_assert(f, "%s", err.msg);
+	cr_assert(moe_st_find(f, "model.layers.1.mlp.experts.3.down_proj.weight"));
+	cr_assert(moe_st_find(f, "model.layers.1.self_attn.q_norm.weight"));
+	moe_st_close(f);
+	free(st);
+	free(a);
+	free(b);
+	moe_model_free(r);
+	moe_model_free(m);
+	rmrf(d);
+	free(d);
+}
+
+/* Write the model's tensors as bf16 into two shards with an index, the HF way. */
+static void write_hf_sharded(struct moe_model *m, const char *dir, const char *extra, const char *skip)
+{
+	struct moe_error err = {0};
+	size_t n;
+	const struct moe_param *t = moe_model_params(m, &n);
+	const float *P = moe_model_params_host(m);
+	uint16_t *bf = malloc(sizeof(uint16_t) * moe_model_num_params(m));
+	for (size_t i = 0; i < moe_model_num_params(m); i++)
+		bf[i] = moe_f32_to_bf16(P[i]);
+	struct moe_st_writer *w[2] = {moe_st_writer_new(), moe_st_writer_new()};
+	json_t *idx = json_object(), *wm = json_object();
+	for (size_t i = 0; i < n; i++) {
+		if (t[i].kind == MOE_P_BIAS || (skip && !strcmp(t[i].name, skip)))
+			continue; /* HF OLMoE has no selection bias */
+		int s = i < n / 2 ? 0 : 1;
+		cr_assert_eq(moe_st_writer_add(w[s], t[i].name, MOE_BF16, t[i].ndim, t[i].shape, bf + t[i].offset, &err), 0);
+		json_object_set_new(wm, t[i].name, json_string(s ? "model-00002-of-00002.safetensors" : "model-00001-of-00002.safetensors"));
+	}
+	if (extra) {
+		static const float x[3] = {1, 2, 3};
+		int64_t sh[1] = {3};
+		moe_st_writer_add(w[1], extra, MOE_F32, 1, sh, x, &err);
+		json_object_set_new(wm, extra, json_string("model-00002-of-00002.safetensors"));
+	}
+	json_object_set_new(idx, "weight_map", wm);
+	char *p0 = moe_path_join(dir, "model-00001-of-00002.safetensors");
+	char *p1 = moe_path_join(dir, "model-00002-of-00002.safetensors");
+	char *pi = moe_path_join(dir, "model.safetensors.index.json");
+	char *pc = moe_path_join(dir, "config.json");
+	cr_assert_eq(moe_st_writer_commit(w[0], p0, &err), 0, "%s", err.msg);
+	cr_assert_eq(moe_st_writer_commit(w[1], p1, &err), 0, "%s", err.msg);
+	cr_assert_eq(moe_json_save_file(idx, pi, &err), 0);
+	cr_assert_eq(moe_config_save(moe_model_config(m), pc, &err), 0);
+	moe_st_writer_free(w[0]);
+	moe_st_writer_free(w[1]);
+	json_decref(idx);
+	free(p0), free(p1), free(pi), free(pc), free(bf);
+}
+
+Test(checkpoint, hf_sharded_bf16)
+{
+	struct moe_config c;
+	struct moe_error err = {0};
+	small_config(&c);
+	c.n_dense_layers = 0;
+	c.n_shared_experts = 0;
+	struct moe_model *m = moe_model_new(&c, NULL, &err);
+	moe_model_init(m, 9, &err);
+	char *d = tmpdir();
+	write_hf_sharded(m, d, "model.layers.0.self_attn.rotary_emb.inv_freq", NULL);
+	struct moe_model *r = moe_model_load_dir(d, NULL, &err);
+	cr_assert(r, "%s", err.msg);
+	const float *a = moe_model_params_host(m), *b = moe_model_params_host(r);
+	for (size_t i = 0; i < moe_model_num_params(m); i++)
+		cr_assert_eq(b[i], moe_bf16_to_f32(moe_f32_to_bf16(a[i])), "param %zu", i);
+	moe_model_free(r);
+	rmrf(d);
+	/* an unexpected tensor and a missing tensor are errors naming them */
+	d = tmpdir();
+	write_hf_sharded(m, d, "model.layers.0.mlp.unknown.weight", NULL);
+	cr_assert_null(moe_model_load_dir(d, NULL, &err));
+	cr_assert(strstr(err.msg, "model.layers.0.mlp.unknown.weight"), "%s", err.msg);
+	rmrf(d);
+	d = tmpdir();
+	write_hf_sharded(m, d, NULL, "model.layers.1.mlp.experts.2.up_proj.weight");
+	cr_assert_null(moe_model_load_dir(d, NULL, &err));
+	cr_assert(strstr(err.msg, "missing tensor 'model.layers.1.mlp.experts.2.up_proj.weight'"), "%s", err.msg);
+	rmrf(d);
+	free(d);
+	moe_model_free(m);
+}
+
+Test(checkpoint, shape_mismatch)
+{
+	struct moe_config c, c2;
+	struct moe_error err = {0};
+	small_config(&c);
+	c2 = c;
+	c2.intermediate_size = 8;
+	struct moe_model *m = moe_model_new(&c, NULL, &err), *m2 = moe_model_new(&c2, NULL, &err);
+	char *d = tmpdir();
+	char *st = moe_path_join(d, "x.safetensors");
+	cr_assert_eq(moe_model_save_safetensors(m, st, &err), 0);
+	cr_assert_lt(moe_model_load_weights(m2, st, &err), 0);
+	cr_assert(strstr(err.msg, "shape"), "%s", err.msg);
+	free(st);
+	rmrf(d);
+	free(d);
+	moe_model_free(m);
+	moe_model_free(m2);
+}
+
+/* ---- a short optimisation ------------------------------------------------------------------ */
+
+Test(train, adamw_lowers_the_loss)
+{
+	struct moe_config c;
+	struct moe_error err = {0};
+	small_config(&c);
+	c.loss_free_balancing = true;
+	c.router_z_loss_coef = 0.001;
+	struct moe_model *m = moe_model_new(&c, NULL, &err);
+	moe_model_init(m, 10, &err);
+	size_t n = moe_model_num_params(m);
+	float *mo = calloc(n, sizeof(float)), *vo = calloc(n, sizeof(float));
+	int32_t tok[2 * 17];
+	tokens(tok, 34, 64, 77);
+	struct moe_forward_opts o = {.train = true};
+	struct moe_losses L;
+	double first = 0, last = 0;
+	int64_t counts[8];
+	for (int step = 1; step <= 40; step++) {
+		moe_model_zero_grad(m);
+		cr_assert_eq(moe_model_forward(m, tok, tok + 1, 1, 33, &o, &L, &err), 0, "%s", err.msg);
+		cr_assert_eq(moe_model_backward(m, 1.0f, &err), 0, "%s", err.msg);
+		moe_adamw_step(moe_model_params_host(m), moe_model_grads_host(m), mo, vo, n, 3e-3f, 0.9f,
+			       0.999f, 1e-8f, 0.0f, step);
+		memcpy(counts, moe_model_expert_counts(m), sizeof(counts));
+		moe_model_update_bias(m, counts, 0.001f, &err);
+		if (step == 1)
+			first = L.ce;
+		last = L.ce;
+	}
+	cr_assert(last < 0.5 * first, "ce %g -> %g", first, last);
+	free(mo);
+	free(vo);
+	moe_model_free(m);
+}
