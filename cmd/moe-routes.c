@@ -410,13 +410,16 @@ int main(int argc, char **argv)
 	a.layer = -1;
 	a.synth = (struct moe_synth_opts){.T = 0, .L = 18, .K = 4, .E = 64, .V = 50304,
 					  .doc_len = 200, .stick = 0.3, .seed = 1};
-	if (argc > 1)
-		for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
-			if (!strcmp(argv[1], cmds[i].name))
-				which = (int)i;
-	if (which >= 0) {
-		argv[1] = argv[0];
-		argv++;
+	/* the command: the first operand, possibly after global flags (-q, -v) */
+	for (int i = 1; i < argc && which < 0; i++) {
+		if (argv[i][0] == '-' && argv[i][1])
+			continue;
+		for (size_t j = 0; j < sizeof cmds / sizeof cmds[0]; j++)
+			if (!strcmp(argv[i], cmds[j].name))
+				which = (int)j;
+		if (which < 0)
+			break;
+		memmove(argv + i, argv + i + 1, (size_t)(argc - i) * sizeof *argv);
 		argc--;
 	}
 	while ((c = getopt_long(argc, argv, "o:t:fqvhV", longopts, NULL)) != -1) {

@@ -19,3 +19,5 @@ ROUTES_LIBS = lib/routes/libmoeroutes.a lib/model/libmoemodel.a lib/tok/libmoeto
 bin_PROGRAMS += cmd/moe-routes
 cmd_moe_routes_SOURCES = cmd/moe-routes.c
 cmd_moe_routes_LDADD = $(ROUTES_LIBS)
+
+MAN_PAGES += man/moe-routes.1 man/moe-routes.5

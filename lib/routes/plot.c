@@ -178,7 +178,7 @@ static int plot_heatmap(const struct moe_route_stats *s, const char *dir, struct
 static int plot_layers(const struct moe_route_stats *s, const char *dir, struct moe_error *err)
 {
 	struct moe_atomic a = {0};
-	int L = s->L, W = 760, H = 420, left = 60, right = 190, top = 45, bottom = 55;
+	int L = s->L, W = 820, H = 420, left = 60, right = 240, top = 45, bottom = 55;
 	double pw = W - left - right, ph = H - top - bottom;
 	FILE *fp = open_svg(&a, dir, "layers.svg", err);
 	static const char *names[] = {"normalised entropy (top-k)", "continuity: same top-1 at l+1",
@@ -259,7 +259,7 @@ static int plot_flow(const struct moe_route_stats *s, const char *dir, struct mo
 	int left = 60, top = 50, W = (int)(left + colw * (L > 1 ? L - 1 : 1) + nodew + 80);
 	double ph = 620, scale = (ph - gap * (E - 1)) / (s->T ? (double)s->T : 1);
 	int H = (int)(top + ph + 60);
-	int nlinks = E / 2 > 12 ? E / 2 : 12;
+	int nlinks = E < 12 ? E : 12;
 	double *ytop = malloc((size_t)L * E * sizeof *ytop);
 	double *outoff = calloc((size_t)L * E, sizeof *outoff), *inoff = calloc((size_t)L * E, sizeof *inoff);
 	struct link *lk = malloc((size_t)E * E * sizeof *lk);

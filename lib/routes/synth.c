@@ -172,6 +172,32 @@ struct moe_trace *moe_trace_synth(const struct moe_synth_opts *o, struct moe_err
 			prev = top1;
 		}
 	}
+	/* token strings: a readable name, with hostile variants for CSV tests */
+	tr->vocab = json_object();
+	if (tr->vocab) {
+		static const char *hostile[] = {" the", "\"quoted\"", "a,b", "line\nbreak", "\r\n",
+						"  two spaces", "tab\there", "\xC3\xBC" "ber", "'single'",
+						"trailing ", "\\back", "", "NA", "#", "=1+2", "\xE2\x80\x94"};
+		int nh = (int)(sizeof hostile / sizeof hostile[0]);
+		char *seen = calloc((size_t)V, 1), key[16], name[32];
+
+		if (!seen)
+			goto out_nomem;
+		for (int64_t t = 0; t < T; t++)
+			seen[tr->token_id[t]] = 1;
+		for (int x = 0; x < V; x++) {
+			if (!seen[x])
+				continue;
+			snprintf(key, sizeof key, "%d", x);
+			if (x < nh) {
+				json_object_set_new(tr->vocab, key, json_string(hostile[x]));
+			} else {
+				snprintf(name, sizeof name, " tok%d", x);
+				json_object_set_new(tr->vocab, key, json_string(name));
+			}
+		}
+		free(seen);
+	}
 	tr->meta = json_pack("{s{sssisisisisbs{sssbsbss}}s{ss}}", "model", "name", "synthetic",
 			     "n_moe_layers", L, "n_experts", E, "top_k", K, "n_shared_experts", 0,
 			     "synthetic", 1, "router", "weights", "softmax_all_then_topk",
