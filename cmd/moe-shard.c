@@ -399,7 +399,7 @@ int main(int argc, char **argv)
 			break;
 		case OPT_BLOCK:
 			parse_or_usage(moe_parse_size(optarg, &u, "block size", &err), &err);
-			if (u == 0 || u > (1u << 28))
+			if (u == 0 || u > MOE_SHARD_MAX_BLOCK)
 				moe_usage_error("block size '%s' out of range", optarg);
 			a.w.block_tokens = (uint32_t)u;
 			break;

@@ -26,6 +26,7 @@
 #define MOE_SHARD_VERSION 1
 #define MOE_SHARD_INDEX "index.json"
 #define MOE_SHARD_FLAG_ZSTD 1u      /* header flags bit: tokens in zstd blocks */
+#define MOE_SHARD_MAX_BLOCK (1u << 24) /* tokens per zstd block at most */
 
 enum moe_split { MOE_SPLIT_TRAIN = 0, MOE_SPLIT_VAL = 1 };
 #define MOE_N_SPLITS 2
@@ -151,7 +152,7 @@ int moe_loader_restore(struct moe_loader *l, const json_t *state, struct moe_err
 struct moe_shard_writer_opts {
 	uint64_t shard_tokens;   /* target tokens per shard file (default 100M) */
 	int compress_level;      /* 0 = no compression, else zstd level 1..22 */
-	uint32_t block_tokens;   /* tokens per zstd block (default 65536) */
+	uint32_t block_tokens;   /* tokens per zstd block (default 65536, at most MOE_SHARD_MAX_BLOCK) */
 	uint64_t val_docs;       /* first N documents go to val ... */
 	double val_fraction;     /* ... or, when > 0, each document with this
 				  * probability decided by (seed, ordinal) */

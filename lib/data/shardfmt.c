@@ -8,6 +8,7 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <zstd.h>
 
 #include "data/shardfmt.h"
 
@@ -145,8 +146,9 @@ int shard_hdr_parse(const uint8_t *map, size_t len, const char *where, struct sh
 				     where, (unsigned long long)sh->tokens_offset,
 				     (unsigned long long)sh->tokens_bytes);
 	if (sh->flags & MOE_SHARD_FLAG_ZSTD) {
-		if (sh->block_tokens == 0)
-			return moe_error_set(err, MOE_EFORMAT, "%s: block_tokens is 0", where);
+		if (sh->block_tokens == 0 || sh->block_tokens > MOE_SHARD_MAX_BLOCK)
+			return moe_error_set(err, MOE_EFORMAT, "%s: block_tokens %u out of range (1..%u)",
+					     where, sh->block_tokens, MOE_SHARD_MAX_BLOCK);
 		uint64_t nb = sh->n_tokens / sh->block_tokens + (sh->n_tokens % sh->block_tokens != 0);
 		if (sh->n_blocks != nb)
 			return moe_error_set(err, MOE_EFORMAT,
@@ -171,6 +173,17 @@ int shard_hdr_parse(const uint8_t *map, size_t len, const char *where, struct sh
 									  i * SHARD_BLOCK_ENTRY),
 						     (unsigned long long)i, (unsigned long long)off,
 						     (unsigned long long)cs);
+			/* the frame header must promise the block's size, so that
+			 * a header cannot claim tokens its frames do not hold */
+			uint64_t ntok = sh->n_tokens - i * sh->block_tokens;
+			if (ntok > sh->block_tokens)
+				ntok = sh->block_tokens;
+			unsigned long long fcs = ZSTD_getFrameContentSize(map + off, cs);
+			if (fcs != ntok * sh->token_width)
+				return moe_error_set(err, MOE_EFORMAT,
+						     "%s: offset %llu: zstd block %llu does not hold %llu tokens",
+						     where, (unsigned long long)off, (unsigned long long)i,
+						     (unsigned long long)ntok);
 		}
 	} else {
 		if (sh->block_tokens != 0 || sh->n_blocks != 0)

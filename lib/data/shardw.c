@@ -115,7 +115,7 @@ struct moe_shard_writer *moe_shard_writer_new(const char *dir,
 			      ZSTD_maxCLevel());
 		goto out_free;
 	}
-	if (w->o.block_tokens > (1u << 28)) {
+	if (w->o.block_tokens > MOE_SHARD_MAX_BLOCK) {
 		moe_error_set(err, MOE_EINVAL, "block size %u tokens too large", w->o.block_tokens);
 		goto out_free;
 	}
