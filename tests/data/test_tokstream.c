@@ -280,3 +280,26 @@ Test(tokstream, trailing_data_and_bad_ids)
 	free(mb);
 	corpus_free(&c);
 }
+
+Test(tokstream, reader_rejects_ids_outside_vocab)
+{
+	/* written with vocab 1000, then the header claims 10: the check words
+	 * still match, so only the id check can catch it */
+	struct corpus c;
+	corpus_make(&c, 13, 4, 1000, 30);
+	c.len[0] = 2;
+	c.ids[0][0] = 3;
+	c.ids[0][1] = 500;
+	struct moe_tokstream_info info = {.vocab_size = 1000, .eos_id = MOE_NO_EOS};
+	size_t len;
+	uint8_t *buf = write_mem(&c, &info, &len);
+	uint32_t hs = moe_get_u32(buf + 12);
+	moe_put_u32(buf + 40, 10);
+	moe_put_u64(buf + hs - 8, moe_hash64(buf, hs - 8));
+	struct moe_error err = {0};
+	cr_assert_eq(read_buf(buf, len, NULL, &err), MOE_EFORMAT, "%s", err.msg);
+	cr_assert(strstr(err.msg, "id 500 >= vocab_size 10") != NULL, "%s", err.msg);
+	cr_assert(strstr(err.msg, "offset 106") != NULL, "%s", err.msg); /* 96 + 8 + 1 * 2 */
+	free(buf);
+	corpus_free(&c);
+}
