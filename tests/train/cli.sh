@@ -26,7 +26,6 @@ COMMON="--model $MODEL --data $T/data --device cpu --micro-batch 4 --seq-len 16 
 grep -q "Try 'moe-train --help'" "$T/err" || fail "usage error without hint"
 "$TRAIN" $COMMON --out "$T/x" extra >/dev/null 2>&1; [ $? -eq 2 ] || fail "operand should exit 2"
 "$EVAL" >/dev/null 2>&1; [ $? -eq 2 ] || fail "moe-eval without a checkpoint should exit 2"
-"$EVAL" generate x >/dev/null 2>&1; [ $? -eq 2 ] || fail "generate without -t should exit 2"
 "$TRAIN" --help | grep -q -- "--grad-accum" || fail "--help"
 "$EVAL" --help | grep -q -- "--selection-bias" || fail "moe-eval --help"
 "$TRAIN" --version | grep -q "^moe-train (moe) " || fail "--version"
@@ -80,6 +79,23 @@ done
 [ "$(grep '"ce"' "$T/eval.json")" = "$(grep '"ce"' "$T/eval2.json")" ] || fail "RUN and RUN/ckpt/latest differ"
 "$EVAL" "$T/run" --data "$T/data" --device cpu --selection-bias | grep -q '"selection_bias": true' || fail "--selection-bias"
 "$EVAL" "$T/run" --data "$T/data" --device cpu --split nope >/dev/null 2>&1; [ $? -eq 2 ] || fail "bad split should exit 2"
+
+# --- moe-eval generate: prompt first, deterministic for a seed
+TOK=$S/tests/train/data/bytes-tokenizer.json
+"$TRAIN" --model "$S/tests/train/data/micro260.json" --data "$T/data" --out "$T/gen" --device cpu \
+	--steps 2 --micro-batch 2 --seq-len 16 -q || fail "training the generate model"
+G="$EVAL generate $T/gen -t $TOK --device cpu --prompt Hello --max-tokens 12"
+$G > "$T/g1" || fail "generate"
+$G > "$T/g2" || fail "generate again"
+head -c 5 "$T/g1" | grep -q '^Hello$' || fail "generate output should start with the prompt"
+[ "$(wc -c < "$T/g1")" -gt 6 ] || fail "generate produced nothing"
+cmp -s "$T/g1" "$T/g2" || fail "greedy generation is not deterministic"
+$G --temperature 0.9 --top-p 0.8 --seed 3 > "$T/s1" || fail "sampling"
+$G --temperature 0.9 --top-p 0.8 --seed 3 > "$T/s2" || fail "sampling again"
+cmp -s "$T/s1" "$T/s2" || fail "sampling with one seed is not deterministic"
+$G --max-tokens 0 > "$T/g0" || fail "generate 0 tokens"
+[ "$(cat "$T/g0")" = Hello ] || fail "--max-tokens 0 should print the prompt only"
+"$EVAL" generate "$T/gen" --prompt x >/dev/null 2>&1; [ $? -eq 2 ] || fail "generate without -t should exit 2"
 
 # --- corrupted checkpoint: a clear error naming the file, exit 1
 cp -r "$T/run" "$T/bad"
