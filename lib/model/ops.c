@@ -102,6 +102,28 @@ void moe_rmsnorm_bwd(float *dx, float *dw, const float *dout, const float *x, co
 
 /* ---- linear --------------------------------------------------------------- */
 
+/*
+ * Two register-tiled kernels with GCC vector extensions (8 floats; AVX2+FMA
+ * clone chosen at run time on x86-64, plain SSE otherwise).  The order of the
+ * additions depends only on the shapes, so results are deterministic.
+ */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define MOE_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define MOE_CLONES
+#endif
+
+typedef float v8 __attribute__((vector_size(8 * sizeof(float))));
+
+/* unaligned load/store of 8 floats (macros: no vector-typed calls) */
+#define LD8(v, p) memcpy(&(v), (p), sizeof(v8))
+#define ST8(p, v) memcpy((p), &(v), sizeof(v8))
+
+static inline float hsum8(const v8 *v)
+{
+	return (((*v)[0] + (*v)[4]) + ((*v)[1] + (*v)[5])) + (((*v)[2] + (*v)[6]) + ((*v)[3] + (*v)[7]));
+}
+
 static inline float dotf(const float *a, const float *b, int n)
 {
 	float s = 0.0f;
@@ -111,57 +133,131 @@ static inline float dotf(const float *a, const float *b, int n)
 	return s;
 }
 
+/* out[r][c] = dot(x[r], w[c]) for a 4x4 tile (rows r0.., cols c0..), n = In. */
+MOE_CLONES static void dot_tile4x4(float *out, int ldo, const float *x, const float *w, int In)
+{
+	v8 acc[4][4];
+	memset(acc, 0, sizeof(acc));
+	int k = 0;
+	for (; k + 8 <= In; k += 8) {
+		v8 xa[4], wa[4];
+		for (int r = 0; r < 4; r++)
+			LD8(xa[r], x + (size_t)r * In + k);
+		for (int c = 0; c < 4; c++)
+			LD8(wa[c], w + (size_t)c * In + k);
+		for (int r = 0; r < 4; r++)
+			for (int c = 0; c < 4; c++)
+				acc[r][c] += xa[r] * wa[c];
+	}
+	for (int r = 0; r < 4; r++)
+		for (int c = 0; c < 4; c++) {
+			float s = hsum8(&acc[r][c]);
+			for (int kk = k; kk < In; kk++)
+				s += x[(size_t)r * In + kk] * w[(size_t)c * In + kk];
+			out[(size_t)r * ldo + c] = s;
+		}
+}
+
+/* C[r][j] (+)= sum_k A(r,k) * B[k][j] for rows [r0, r1), all J columns;
+ * A(r,k) = a[r*ars + k*aks], B row stride ldb, C row stride ldc. */
+MOE_CLONES static void gemm_rows(float *C, size_t ldc, const float *a, size_t ars, size_t aks,
+				 const float *b, size_t ldb, int r0, int r1, int J, int Kd, bool acc)
+{
+	for (int rb = r0; rb < r1; rb += 4) {
+		int nr = r1 - rb < 4 ? r1 - rb : 4;
+		int j0 = 0;
+		for (; j0 + 32 <= J && nr == 4; j0 += 32) {
+			v8 c[4][4];
+			memset(c, 0, sizeof(c));
+			for (int k = 0; k < Kd; k++) {
+				const float *bk = b + (size_t)k * ldb + j0;
+				v8 b0, b1, b2, b3;
+				LD8(b0, bk);
+				LD8(b1, bk + 8);
+				LD8(b2, bk + 16);
+				LD8(b3, bk + 24);
+				for (int r = 0; r < 4; r++) {
+					float ar = a[(size_t)(rb + r) * ars + (size_t)k * aks];
+					c[r][0] += ar * b0;
+					c[r][1] += ar * b1;
+					c[r][2] += ar * b2;
+					c[r][3] += ar * b3;
+				}
+			}
+			for (int r = 0; r < 4; r++)
+				for (int q = 0; q < 4; q++) {
+					float *dst = C + (size_t)(rb + r) * ldc + j0 + 8 * q;
+					v8 t = c[r][q];
+					if (acc) {
+						v8 old;
+						LD8(old, dst);
+						t += old;
+					}
+					ST8(dst, t);
+				}
+		}
+		/* remaining columns (and short row blocks) */
+		for (int r = rb; r < rb + nr; r++) {
+			float *cr = C + (size_t)r * ldc;
+			for (int j = j0; j < J; j++) {
+				float s = 0.0f;
+				for (int k = 0; k < Kd; k++)
+					s += a[(size_t)r * ars + (size_t)k * aks] * b[(size_t)k * ldb + j];
+				cr[j] = acc ? cr[j] + s : s;
+			}
+		}
+	}
+}
+
 void moe_linear_fwd(float *out, const float *x, const float *w, const float *b, int N, int In, int Out)
 {
-	/* blocks of 4 rows reuse each weight row from cache */
-	int nb = (N + 3) / 4;
+	int nb = (N + 3) / 4, ob = (Out + 3) / 4;
 #pragma omp parallel for collapse(2) schedule(static) if ((size_t)N * In * Out > 200000)
-	for (int blk = 0; blk < nb; blk++)
-		for (int o = 0; o < Out; o++) {
-			const float *wr = w + (size_t)o * In;
-			int n1 = blk * 4 + 4 < N ? blk * 4 + 4 : N;
-			for (int n = blk * 4; n < n1; n++) {
-				float s = dotf(x + (size_t)n * In, wr, In);
-				out[(size_t)n * Out + o] = s + (b ? b[o] : 0.0f);
+	for (int rb = 0; rb < nb; rb++)
+		for (int cb = 0; cb < ob; cb++) {
+			int r0 = rb * 4, c0 = cb * 4;
+			if (r0 + 4 <= N && c0 + 4 <= Out) {
+				dot_tile4x4(out + (size_t)r0 * Out + c0, Out, x + (size_t)r0 * In,
+					    w + (size_t)c0 * In, In);
+			} else {
+				for (int r = r0; r < N && r < r0 + 4; r++)
+					for (int c = c0; c < Out && c < c0 + 4; c++)
+						out[(size_t)r * Out + c] =
+							dotf(x + (size_t)r * In, w + (size_t)c * In, In);
 			}
+			if (b)
+				for (int r = r0; r < N && r < r0 + 4; r++)
+					for (int c = c0; c < Out && c < c0 + 4; c++)
+						out[(size_t)r * Out + c] += b[c];
 		}
 }
 
 void moe_linear_bwd(float *dx, float *dw, float *db, const float *dout, const float *x,
 		    const float *w, int N, int In, int Out)
 {
+	bool par = (size_t)N * In * Out > 200000;
 	if (dx) {
-#pragma omp parallel for schedule(static) if ((size_t)N * In * Out > 200000)
-		for (int n = 0; n < N; n++) {
-			float *dxr = dx + (size_t)n * In;
-			const float *dy = dout + (size_t)n * Out;
-			memset(dxr, 0, sizeof(float) * (size_t)In);
-			for (int o = 0; o < Out; o++) {
-				float g = dy[o];
-				const float *wr = w + (size_t)o * In;
-#pragma omp simd
-				for (int i = 0; i < In; i++)
-					dxr[i] += g * wr[i];
-			}
-		}
+		/* dx (N, In) = dout (N, Out) @ w (Out, In) */
+		int nb = (N + 3) / 4;
+#pragma omp parallel for schedule(static) if (par)
+		for (int rb = 0; rb < nb; rb++)
+			gemm_rows(dx, (size_t)In, dout, (size_t)Out, 1, w, (size_t)In, rb * 4,
+				  rb * 4 + 4 < N ? rb * 4 + 4 : N, In, Out, false);
 	}
-	if (dw || db) {
-#pragma omp parallel for schedule(static) if ((size_t)N * In * Out > 200000)
+	if (dw) {
+		/* dw (Out, In) += dout^T (Out, N) @ x (N, In) */
+		int ob = (Out + 3) / 4;
+#pragma omp parallel for schedule(static) if (par)
+		for (int cb = 0; cb < ob; cb++)
+			gemm_rows(dw, (size_t)In, dout, 1, (size_t)Out, x, (size_t)In, cb * 4,
+				  cb * 4 + 4 < Out ? cb * 4 + 4 : Out, In, N, true);
+	}
+	if (db) {
 		for (int o = 0; o < Out; o++) {
-			float *dwr = dw ? dw + (size_t)o * In : NULL;
 			float sb = 0.0f;
-			for (int n = 0; n < N; n++) {
-				float g = dout[(size_t)n * Out + o];
-				sb += g;
-				if (dwr && g != 0.0f) {
-					const float *xr = x + (size_t)n * In;
-#pragma omp simd
-					for (int i = 0; i < In; i++)
-						dwr[i] += g * xr[i];
-				}
-			}
-			if (db)
-				db[o] += sb;
+			for (int n = 0; n < N; n++)
+				sb += dout[(size_t)n * Out + o];
+			db[o] += sb;
 		}
 	}
 }
@@ -594,14 +690,15 @@ double moe_xent_fwd_bwd(float *dlogits, const float *logits, const int32_t *targ
 					mx = z[v];
 			double sum = 0.0;
 			for (int v = 0; v < V; v++)
-				sum += exp((double)(z[v] - mx));
+				sum += (double)expf(z[v] - mx);
 			double lse = (double)mx + log(sum);
 			double zt = z[tgt];
 			part[tid] += lse - zt;
 			cnt[tid]++;
 			if (dz) {
+				float ls = (float)(log(sum)), st = scale;
 				for (int v = 0; v < V; v++)
-					dz[v] = scale * (float)exp((double)z[v] - lse);
+					dz[v] = st * expf(z[v] - mx - ls);
 				dz[tgt] -= scale;
 			}
 		}
