@@ -1,1 +1,13 @@
-# tests/parquet: (to be filled by its owner)
+# tests/parquet: the Parquet reader against an independent reader (npm
+# hyparquet), malformed and unsupported files, the moe-fetch CLI.
+TESTS += tests/parquet/cli.sh tests/parquet/conformance.sh tests/parquet/errors.sh
+dist_check_SCRIPTS += tests/parquet/cli.sh tests/parquet/conformance.sh tests/parquet/errors.sh
+EXTRA_DIST += tests/parquet/setup-hyparquet.sh tests/parquet/hyparquet-dump.mjs \
+	tests/parquet/compare.py tests/parquet/make-fallback.py tests/parquet/fuzz_parquet.c \
+	tests/parquet/fuzz.sh tests/parquet/crashers
+
+check_PROGRAMS += tests/parquet/test_parquet
+tests_parquet_test_parquet_SOURCES = tests/parquet/test_parquet.c
+tests_parquet_test_parquet_CFLAGS = $(CRIT_CFLAGS)
+tests_parquet_test_parquet_LDADD = $(PARQUET_LIBS) $(CORE_LIBS) $(CRIT_LIBS)
+TESTS += tests/parquet/test_parquet

@@ -1,0 +1,61 @@
+#!/bin/sh
+# moe-fetch: the command-line contract (help, version, usage errors) and
+# cat on the bundled demo corpus.
+set -u
+: "${MOE_BIN:?}" "${MOE_DATADIR:?}"
+F="$MOE_BIN/moe-fetch"
+tmp=$(mktemp -d) || exit 99
+trap 'rm -rf "$tmp"' EXIT
+fail=0
+t() { # DESCRIPTION EXPECTED-STATUS command...
+	d=$1
+	want=$2
+	shift 2
+	"$@" > "$tmp/out" 2> "$tmp/err"
+	rc=$?
+	if [ "$rc" -eq "$want" ]; then
+		echo "ok $d"
+	else
+		echo "not ok $d: exit $rc, wanted $want: $(head -c 300 "$tmp/err")"
+		fail=1
+	fi
+}
+t "--help exits 0" 0 "$F" --help
+grep -q "^Usage: moe-fetch cat" "$tmp/out" || { echo "not ok help text"; fail=1; }
+t "-V prints the version" 0 "$F" -V
+grep -q "^moe-fetch (moe) " "$tmp/out" || { echo "not ok version text"; fail=1; }
+t "no command is a usage error" 2 "$F"
+grep -q "Try 'moe-fetch --help'" "$tmp/err" || { echo "not ok usage hint"; fail=1; }
+t "unknown command" 2 "$F" frobnicate
+t "unknown option" 2 "$F" cat --frob x
+t "cat without files" 2 "$F" cat
+t "bad --limit" 2 "$F" cat --limit -3 x.parquet
+t "bad --min-score" 2 "$F" cat --min-score abc x.parquet
+t "get without -o" 2 "$F" get some/repo
+t "missing file" 1 "$F" cat "$tmp/none.parquet"
+grep -q "^moe-fetch: cannot open '$tmp/none.parquet': No such file" "$tmp/err" || { echo "not ok missing-file message: $(cat "$tmp/err")"; fail=1; }
+
+demo="$MOE_DATADIR/demo/sample.parquet"
+t "cat the demo corpus" 0 "$F" cat "$demo"
+n=$(wc -l < "$tmp/out")
+[ "$n" -eq 233 ] || { echo "not ok demo rows: $n"; fail=1; }
+# every line is a JSON object with the FineWeb-edu fields
+python3 - "$tmp/out" <<'PY' || fail=1
+import json, sys
+keys = ["text", "id", "dump", "url", "file_path", "language", "language_score",
+        "token_count", "score", "int_score"]
+for i, line in enumerate(open(sys.argv[1], encoding="utf-8")):
+    d = json.loads(line)
+    assert sorted(d) == sorted(keys), (i, list(d))
+    assert isinstance(d["text"], str) and d["text"], i
+    assert isinstance(d["int_score"], int) and isinstance(d["token_count"], int), i
+print("ok demo rows are FineWeb-edu documents")
+PY
+t "cat --columns keeps the order" 0 "$F" cat --columns int_score,text -n 2 "$demo"
+head -c 14 "$tmp/out" | grep -q '^{"int_score":' || { echo "not ok column order"; fail=1; }
+[ "$(wc -l < "$tmp/out")" -eq 2 ] || { echo "not ok --limit 2"; fail=1; }
+t "--limit across files" 0 "$F" cat -c id -n 300 "$demo" "$demo"
+[ "$(wc -l < "$tmp/out")" -eq 300 ] || { echo "not ok --limit across files"; fail=1; }
+# the examples of moe-fetch(1)
+t "man example: filtered documents" 0 sh -c "'$F' cat --min-int-score 3 --columns text,score '$demo' | head -n 5"
+exit $fail
