@@ -51,7 +51,8 @@ static void usage(FILE *fp)
 		"      --seed N          initialisation and shuffle seed [1234]\n"
 		"      --eval-every N    validate every N steps, 0 = never [200]\n"
 		"      --eval-batches N  validation batches [8]\n"
-		"      --ckpt-every N    checkpoint every N steps, 0 = only at the end [1000]\n"
+		"      --ckpt-every N    checkpoint every N steps, 0 = only at the end,\n"
+		"                        -1 = never (benchmarks) [1000]\n"
 		"      --keep K          keep the last K checkpoints, 0 = all [3]\n"
 		"      --threads N       CPU threads [all]\n"
 		"  -c, --config FILE     JSON training config (the command line wins)\n"
@@ -269,7 +270,7 @@ int main(int argc, char **argv)
 		struct moe_eval_stats ev;
 		rc = moe_trainer_eval(t, &ev, &err);
 	}
-	if (rc == 0 && !saved)
+	if (rc == 0 && !saved && o.ckpt_every >= 0)
 		rc = moe_trainer_save(t, &err);
 	if (rc) {
 		moe_trainer_free(t);
@@ -278,10 +279,13 @@ int main(int argc, char **argv)
 	int64_t end = moe_trainer_step_index(t);
 	double dt = moe_now() - t0;
 	if (stopped)
-		moe_info(1, "interrupted: checkpoint written at step %lld", (long long)end);
+		moe_info(1, "interrupted at step %lld%s", (long long)end,
+			 o.ckpt_every >= 0 ? ": checkpoint written" : "");
 	else if (moe_verbosity >= 1 && end > start)
-		moe_info(1, "%lld steps in %.1f s, final loss %.4f, checkpoint %s/ckpt/latest",
-			 (long long)(end - start), dt, st.loss, o.out);
+		moe_info(1, "%lld steps in %.1f s, final loss %.4f%s%s%s",
+			 (long long)(end - start), dt, st.loss,
+			 o.ckpt_every >= 0 ? ", checkpoint " : "", o.ckpt_every >= 0 ? o.out : "",
+			 o.ckpt_every >= 0 ? "/ckpt/latest" : "");
 	moe_trainer_free(t);
 	moe_close_stdout();
 	return 0;

@@ -56,7 +56,7 @@ static const struct opt_def defs[] = {
 	{ "seed", OPT_INT, O(seed), 0, 9e18, NULL },
 	{ "eval_every", OPT_INT, O(eval_every), 0, 1e15, NULL },
 	{ "eval_batches", OPT_INT, O(eval_batches), 0, 1e9, NULL },
-	{ "ckpt_every", OPT_INT, O(ckpt_every), 0, 1e15, NULL },
+	{ "ckpt_every", OPT_INT, O(ckpt_every), -1, 1e15, NULL },
 	{ "keep", OPT_INT, O(keep), 0, 1e9, NULL },
 	{ "threads", OPT_INT, O(threads), 0, 4096, NULL },
 };
