@@ -577,12 +577,14 @@ static void *worker(void *arg)
 		if (rc) {
 			pthread_mutex_lock(&d->lock);
 			d->res->failed++;
-			if (d->rc == 0) {
+			bool first = d->rc == 0;
+			if (first) {
 				d->rc = rc;
 				d->err = err;
 			}
 			pthread_mutex_unlock(&d->lock);
-			if (rc != MOE_EINTR)
+			/* the first error is the caller's to report */
+			if (!first && rc != MOE_EINTR)
 				dl_log(d, 1, "%s", err.msg);
 		}
 	}

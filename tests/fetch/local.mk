@@ -1,1 +1,4 @@
-# tests/fetch: (to be filled by its owner)
+# tests/fetch: moe-fetch list/get against a local imitation of the Hub.
+TESTS += tests/fetch/hub.sh
+dist_check_SCRIPTS += tests/fetch/hub.sh
+EXTRA_DIST += tests/fetch/hubserver.py
