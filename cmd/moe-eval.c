@@ -85,21 +85,24 @@ static double real(const char *s, double min, double max, const char *what)
 	return v;
 }
 
-/* The checkpoint's training sequence length (trainer_state.json), or 0. */
-static int64_t ckpt_seq_len(const char *dir)
+/* The checkpoint's training sequence length and step (trainer_state.json);
+ * 0 when unknown (e.g. a Hugging Face checkpoint). */
+static void ckpt_state(const char *dir, int64_t *T, int64_t *step)
 {
 	char *p = moe_path_join(dir, "trainer_state.json");
-	int64_t T = 0;
+	*T = *step = 0;
 	if (p && access(p, F_OK) == 0) {
 		struct moe_error err = { 0 };
 		json_t *j = moe_json_load_file(p, &err);
-		json_t *o = j ? json_object_get(j, "options") : NULL;
+		if (!j)
+			moe_die_error(&err);
+		json_t *o = json_object_get(j, "options");
 		if (o)
-			moe_json_get_int(o, "seq_len", false, &T, p, &err);
+			moe_json_get_int(o, "seq_len", false, T, p, &err);
+		moe_json_get_int(j, "step", false, step, p, &err);
 		json_decref(j);
 	}
 	free(p);
-	return T;
 }
 
 static struct moe_model *load(const char *arg, const char *device, char **dir_out)
@@ -251,10 +254,14 @@ int main(int argc, char **argv)
 	char *dir;
 	struct moe_model *m = load(ckpt, device, &dir);
 	const struct moe_config *cfg = moe_model_config(m);
+	int64_t ckT, step;
+	ckpt_state(dir, &ckT, &step);
 	if (T == 0)
-		T = ckpt_seq_len(dir);
+		T = ckT;
 	if (T == 0)
 		T = cfg->max_position_embeddings;
+	/* the aux coefficient the run used at this step (the seed's validation) */
+	moe_model_set_aux_coef(m, moe_config_aux_coef(cfg, step));
 	struct moe_loader_opts lo;
 	moe_loader_opts_init(&lo);
 	lo.dir = data;

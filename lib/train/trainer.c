@@ -674,12 +674,12 @@ struct moe_trainer *moe_trainer_new(const struct moe_train_opts *o, bool resume,
 	t->flops_per_token = moe_model_flops_per_token(&t->cfg, t->T);
 	t->peak_flops = moe_peak_flops(moe_model_backend(t->model)->name);
 
-	if (resume_dir) {
-		if (resume_from(t, resume_dir, err))
-			goto fail;
-		if (metrics_truncate(t->metrics_path, t->step, err))
-			goto fail;
-	}
+	if (resume_dir && resume_from(t, resume_dir, err))
+		goto fail;
+	/* on resume, drop what was written after the checkpoint (everything
+	 * when a run is restarted before its first checkpoint) */
+	if (resume && metrics_truncate(t->metrics_path, t->step, err))
+		goto fail;
 	if (moe_mkdirs(t->ckpt_root, err))
 		goto fail;
 	if (write_run_info(t, err))
