@@ -1,0 +1,920 @@
+/*
+ * The CUDA backend of lib/model (struct moe_backend): one device, one stream,
+ * bf16 activations, fp32 master weights, fp32 gradients and optimizer state,
+ * a bf16 compute copy of the weights.  Every op enqueues kernels from kernels/
+ * and never synchronises, except those whose results go to the host (xent,
+ * zloss with a loss, sumsq, to_host) and grouped GEMMs whose row count was not
+ * announced by route_group.  The first error is kept (sticky) and returned by
+ * sync().
+ *
+ * Profiling: with MOE_CUDA_PROFILE=1 in the environment, each op is timed
+ * with CUDA events; moe_cuda_profile_report() prints the totals.
+ * MOE_CUDA_GROUPED=cublas selects per-expert cuBLAS GEMMs (offsets read back
+ * to the host once per routing) instead of the device-driven grouped kernel.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cuda_common.h"
+#include "kernels.h"
+
+extern "C" {
+#include "model/model.h"
+}
+
+#define N_SCRATCH 8
+#define N_ROUTES 256
+#define N_PROF 48
+
+enum { S_GROUP, S_STATS, S_DELTA, S_INV, S_SUMSQ, S_LOSS, S_ACC, S_TMP };
+
+struct prof_ent {
+	const char *name;
+	double ms;
+	long calls;
+};
+
+struct alloc_ent {
+	void *p;
+	size_t bytes;
+};
+
+struct cuda_ctx {
+	cudaStream_t s;
+	struct moe_cuda_blas *blas;
+	float *p32, *g32; /* (n) */
+	bf16_t *p16;      /* (n) */
+	size_t n;
+	int rc;                /* first error, sticky */
+	struct moe_error err;
+	void *scratch[N_SCRATCH];
+	size_t scratch_size[N_SCRATCH];
+	/* rope table */
+	float *cosb, *sinb;
+	int rope_T, rope_Dh;
+	float rope_theta;
+	/* offsets pointer -> rows, announced by route_group */
+	const int32_t *route_off[N_ROUTES];
+	int route_rows[N_ROUTES];
+	int route_next;
+	/* per-expert cuBLAS path: host copies of offsets */
+	int use_cublas_grouped;
+	const int32_t *hoff_key;
+	int32_t *hoff;
+	int hoff_n;
+	/* memory accounting */
+	struct alloc_ent *al;
+	size_t nal, cal;
+	size_t bytes, peak_bytes;
+	/* profiling */
+	int prof;
+	struct prof_ent pe[N_PROF];
+	int npe;
+	cudaEvent_t ev[2][4096];
+	int ev_op[4096];
+	int nev;
+};
+
+#define CTX(be) ((struct cuda_ctx *)(be)->ctx)
+/* Run a launcher unless an error is already recorded. */
+#define RUN(c, expr)                        \
+	do {                                \
+		if ((c)->rc == 0)           \
+			(c)->rc = (expr);   \
+	} while (0)
+
+/* ---- profiling ------------------------------------------------------------ */
+
+static void prof_flush(struct cuda_ctx *c)
+{
+	if (!c->nev)
+		return;
+	cudaStreamSynchronize(c->s);
+	for (int i = 0; i < c->nev; i++) {
+		float ms = 0.f;
+		cudaEventElapsedTime(&ms, c->ev[0][i], c->ev[1][i]);
+		c->pe[c->ev_op[i]].ms += ms;
+		c->pe[c->ev_op[i]].calls++;
+	}
+	c->nev = 0;
+}
+
+static int prof_begin(struct cuda_ctx *c, const char *name)
+{
+	if (!c->prof)
+		return -1;
+	if (c->nev == 4096)
+		prof_flush(c);
+	int op = 0;
+	while (op < c->npe && strcmp(c->pe[op].name, name))
+		op++;
+	if (op == c->npe) {
+		if (c->npe == N_PROF)
+			return -1;
+		c->pe[c->npe++].name = name;
+	}
+	c->ev_op[c->nev] = op;
+	cudaEventRecord(c->ev[0][c->nev], c->s);
+	return c->nev;
+}
+
+static void prof_end(struct cuda_ctx *c, int slot)
+{
+	if (slot < 0)
+		return;
+	cudaEventRecord(c->ev[1][slot], c->s);
+	c->nev++;
+}
+
+#define PROF(c, name) int prof_slot_ = prof_begin((c), (name))
+#define PROF_END(c) prof_end((c), prof_slot_)
+
+static void prof_print(struct cuda_ctx *c, FILE *fp)
+{
+	double total = 0;
+	for (int i = 0; i < c->npe; i++)
+		total += c->pe[i].ms;
+	/* sorted by time, descending */
+	int order[N_PROF];
+	for (int i = 0; i < c->npe; i++)
+		order[i] = i;
+	for (int i = 1; i < c->npe; i++)
+		for (int j = i; j > 0 && c->pe[order[j]].ms > c->pe[order[j - 1]].ms; j--) {
+			int t = order[j];
+			order[j] = order[j - 1];
+			order[j - 1] = t;
+		}
+	fprintf(fp, "%-22s %10s %8s %7s\n", "op", "ms", "calls", "share");
+	for (int k = 0; k < c->npe; k++) {
+		struct prof_ent *e = &c->pe[order[k]];
+		fprintf(fp, "%-22s %10.2f %8ld %6.1f%%\n", e->name, e->ms, e->calls,
+			total > 0 ? 100.0 * e->ms / total : 0.0);
+	}
+	fprintf(fp, "%-22s %10.2f\n", "total (ops)", total);
+}
+
+extern "C" void moe_cuda_profile_report(struct moe_backend *be, FILE *fp, bool reset)
+{
+	struct cuda_ctx *c = CTX(be);
+	prof_flush(c);
+	if (fp)
+		prof_print(c, fp);
+	if (reset)
+		for (int i = 0; i < c->npe; i++) {
+			c->pe[i].ms = 0;
+			c->pe[i].calls = 0;
+		}
+}
+
+extern "C" size_t moe_cuda_peak_bytes(struct moe_backend *be) { return CTX(be)->peak_bytes; }
+
+/* ---- memory ---------------------------------------------------------------- */
+
+static size_t elt(enum moe_buf_kind k) { return k == MOE_BUF_ACT ? 2 : 4; }
+
+/* Device allocations with a host-side table of sizes (for the peak). */
+static void *dev_alloc(struct cuda_ctx *c, size_t bytes)
+{
+	void *p = NULL;
+	if (bytes == 0)
+		bytes = 16;
+	if (c->nal == c->cal) {
+		size_t cap = c->cal ? 2 * c->cal : 256;
+		struct alloc_ent *t = (struct alloc_ent *)realloc(c->al, cap * sizeof(*t));
+		if (!t)
+			return NULL;
+		c->al = t;
+		c->cal = cap;
+	}
+	if (cudaMalloc(&p, bytes) != cudaSuccess) {
+		cudaGetLastError();
+		return NULL;
+	}
+	c->al[c->nal].p = p;
+	c->al[c->nal].bytes = bytes;
+	c->nal++;
+	c->bytes += bytes;
+	if (c->bytes > c->peak_bytes)
+		c->peak_bytes = c->bytes;
+	return p;
+}
+
+static void dev_free(struct cuda_ctx *c, void *p)
+{
+	if (!p)
+		return;
+	for (size_t i = c->nal; i-- > 0;)
+		if (c->al[i].p == p) {
+			c->bytes -= c->al[i].bytes;
+			c->al[i] = c->al[--c->nal];
+			break;
+		}
+	cudaFree(p);
+}
+
+static void *scratch(struct cuda_ctx *c, int i, size_t bytes)
+{
+	if (c->scratch_size[i] >= bytes && c->scratch[i])
+		return c->scratch[i];
+	if (c->scratch[i]) {
+		cudaStreamSynchronize(c->s);
+		dev_free(c, c->scratch[i]);
+	}
+	c->scratch[i] = dev_alloc(c, bytes);
+	c->scratch_size[i] = c->scratch[i] ? bytes : 0;
+	if (!c->scratch[i] && c->rc == 0)
+		c->rc = moe_error_set(&c->err, MOE_ENOMEM, "cuda: out of device memory (%zu bytes of scratch)",
+				      bytes);
+	return c->scratch[i];
+}
+
+static void *b_alloc(struct moe_backend *be, size_t n, enum moe_buf_kind kind)
+{
+	struct cuda_ctx *c = CTX(be);
+	void *p = dev_alloc(c, n * elt(kind));
+	if (p && cudaMemsetAsync(p, 0, n * elt(kind), c->s) != cudaSuccess) {
+		dev_free(c, p);
+		return NULL;
+	}
+	return p;
+}
+
+static void b_free(struct moe_backend *be, void *p)
+{
+	struct cuda_ctx *c = CTX(be);
+	if (p)
+		cudaStreamSynchronize(c->s);
+	dev_free(c, p);
+}
+
+static void b_zero(struct moe_backend *be, void *p, size_t n, enum moe_buf_kind kind)
+{
+	struct cuda_ctx *c = CTX(be);
+	RUN(c, CUDA_OK(cudaMemsetAsync(p, 0, n * elt(kind), c->s), &c->err));
+}
+
+static void b_copy(struct moe_backend *be, void *dst, const void *src, size_t n, enum moe_buf_kind kind)
+{
+	struct cuda_ctx *c = CTX(be);
+	RUN(c, CUDA_OK(cudaMemcpyAsync(dst, src, n * elt(kind), cudaMemcpyDeviceToDevice, c->s), &c->err));
+}
+
+static float bf_to_f(uint16_t h)
+{
+	uint32_t u = (uint32_t)h << 16;
+	float f;
+	memcpy(&f, &u, 4);
+	return f;
+}
+
+static uint16_t f_to_bf(float f)
+{
+	uint32_t u;
+	memcpy(&u, &f, 4);
+	if ((u & 0x7fffffffu) > 0x7f800000u)
+		return (uint16_t)((u >> 16) | 0x40);
+	u += 0x7fffu + ((u >> 16) & 1u);
+	return (uint16_t)(u >> 16);
+}
+
+static void b_to_host(struct moe_backend *be, void *host_dst, const void *src, size_t n, enum moe_buf_kind kind)
+{
+	struct cuda_ctx *c = CTX(be);
+	if (c->rc)
+		return;
+	if (kind != MOE_BUF_ACT) {
+		RUN(c, CUDA_OK(cudaMemcpyAsync(host_dst, src, n * 4, cudaMemcpyDeviceToHost, c->s), &c->err));
+		RUN(c, CUDA_OK(cudaStreamSynchronize(c->s), &c->err));
+		return;
+	}
+	uint16_t *tmp = (uint16_t *)malloc(n * 2 + 2);
+	if (!tmp) {
+		c->rc = moe_error_set(&c->err, MOE_ENOMEM, "cuda: out of host memory");
+		return;
+	}
+	RUN(c, CUDA_OK(cudaMemcpyAsync(tmp, src, n * 2, cudaMemcpyDeviceToHost, c->s), &c->err));
+	RUN(c, CUDA_OK(cudaStreamSynchronize(c->s), &c->err));
+	float *d = (float *)host_dst;
+	for (size_t i = 0; i < n && c->rc == 0; i++)
+		d[i] = bf_to_f(tmp[i]);
+	free(tmp);
+}
+
+static void b_from_host(struct moe_backend *be, void *dst, const void *host_src, size_t n,
+			enum moe_buf_kind kind)
+{
+	struct cuda_ctx *c = CTX(be);
+	if (c->rc)
+		return;
+	if (kind != MOE_BUF_ACT) {
+		RUN(c, CUDA_OK(cudaMemcpyAsync(dst, host_src, n * 4, cudaMemcpyHostToDevice, c->s), &c->err));
+		RUN(c, CUDA_OK(cudaStreamSynchronize(c->s), &c->err));
+		return;
+	}
+	uint16_t *tmp = (uint16_t *)malloc(n * 2 + 2);
+	if (!tmp) {
+		c->rc = moe_error_set(&c->err, MOE_ENOMEM, "cuda: out of host memory");
+		return;
+	}
+	const float *s = (const float *)host_src;
+	for (size_t i = 0; i < n; i++)
+		tmp[i] = f_to_bf(s[i]);
+	RUN(c, CUDA_OK(cudaMemcpyAsync(dst, tmp, n * 2, cudaMemcpyHostToDevice, c->s), &c->err));
+	RUN(c, CUDA_OK(cudaStreamSynchronize(c->s), &c->err));
+	free(tmp);
+}
+
+static int b_sync(struct moe_backend *be, struct moe_error *err)
+{
+	struct cuda_ctx *c = CTX(be);
+	RUN(c, CUDA_OK(cudaStreamSynchronize(c->s), &c->err));
+	if (c->rc && err)
+		*err = c->err;
+	return c->rc;
+}
+
+static void b_destroy(struct moe_backend *be)
+{
+	if (!be)
+		return;
+	struct cuda_ctx *c = CTX(be);
+	if (c) {
+		cudaStreamSynchronize(c->s);
+		dev_free(c, c->p32);
+		dev_free(c, c->g32);
+		dev_free(c, c->p16);
+		for (int i = 0; i < N_SCRATCH; i++)
+			dev_free(c, c->scratch[i]);
+		dev_free(c, c->cosb);
+		dev_free(c, c->sinb);
+		free(c->hoff);
+		moe_cuda_blas_free(c->blas);
+		free(c->al);
+		if (c->prof)
+			for (int i = 0; i < 4096; i++) {
+				cudaEventDestroy(c->ev[0][i]);
+				cudaEventDestroy(c->ev[1][i]);
+			}
+		cudaStreamDestroy(c->s);
+		free(c);
+	}
+	free(be);
+}
+
+/* ---- parameters --------------------------------------------------------------- */
+
+static int b_params_alloc(struct moe_backend *be, size_t n, struct moe_error *err)
+{
+	struct cuda_ctx *c = CTX(be);
+	dev_free(c, c->p32);
+	dev_free(c, c->g32);
+	dev_free(c, c->p16);
+	c->p32 = (float *)b_alloc(be, n, MOE_BUF_F32);
+	c->g32 = (float *)b_alloc(be, n, MOE_BUF_F32);
+	c->p16 = (bf16_t *)b_alloc(be, n, MOE_BUF_ACT);
+	c->n = n;
+	if (!c->p32 || !c->g32 || !c->p16)
+		return moe_error_set(err, MOE_ENOMEM, "cuda: out of device memory for %zu parameters "
+				     "(%.1f GiB)", n, n * 10.0 / (1 << 30));
+	return 0;
+}
+
+static float *b_master(struct moe_backend *be, size_t off) { return CTX(be)->p32 + off; }
+static float *b_grad(struct moe_backend *be, size_t off) { return CTX(be)->g32 + off; }
+static const void *b_param(struct moe_backend *be, size_t off) { return CTX(be)->p16 + off; }
+
+static void b_params_updated(struct moe_backend *be)
+{
+	struct cuda_ctx *c = CTX(be);
+	PROF(c, "params_to_bf16");
+	RUN(c, moe_cuda_to_bf16(c->p16, c->p32, c->n, c->s, &c->err));
+	PROF_END(c);
+}
+
+/* The fp32 master of a compute-copy pointer (norm weights are read in fp32). */
+static const float *master_of(struct cuda_ctx *c, const void *w)
+{
+	const bf16_t *p = (const bf16_t *)w;
+	if (p >= c->p16 && p < c->p16 + c->n)
+		return c->p32 + (p - c->p16);
+	if (c->rc == 0)
+		c->rc = moe_error_set(&c->err, MOE_EINVAL, "cuda: norm weight is not a parameter");
+	return NULL;
+}
+
+/* ---- ops ------------------------------------------------------------------------- */
+
+static void o_embedding_fwd(struct moe_backend *be, void *out, const int32_t *ids, const void *wte, int N, int D)
+{
+	struct cuda_ctx *c = CTX(be);
+	PROF(c, "embedding");
+	RUN(c, moe_cuda_embedding_fwd((bf16_t *)out, ids, (const bf16_t *)wte, N, D, c->s, &c->err));
+	PROF_END(c);
+}
+
+static void o_embedding_bwd(struct moe_backend *be, float *dwte, const void *dout, const int32_t *ids, int N, int D,
+			    int pad_id)
+{
+	struct cuda_ctx *c = CTX(be);
+	PROF(c, "embedding_bwd");
+	RUN(c, moe_cuda_embedding_bwd(dwte, (const bf16_t *)dout, ids, N, D, pad_id, c->s, &c->err));
+	PROF_END(c);
+}
+
+static void o_rmsnorm_fwd(struct moe_backend *be, void *out, float *rstd, const void *x, const void *w, int N, int D,
+			  float eps)
+{
+	struct cuda_ctx *c = CTX(be);
+	const float *wf = master_of(c, w);
+	PROF(c, "rmsnorm");
+	RUN(c, moe_cuda_rmsnorm_fwd((bf16_t *)out, rstd, (const bf16_t *)x, wf, N, D, eps, c->s, &c->err));
+	PROF_END(c);
+}
+
+static void o_rmsnorm_bwd(struct moe_backend *be, void *dx, float *dw, const void *dout, const void *x, const void *w,
+			  const float *rstd, int N, int D)
+{
+	struct cuda_ctx *c = CTX(be);
+	const float *wf = master_of(c, w);
+	PROF(c, "rmsnorm_bwd");
+	RUN(c, moe_cuda_rmsnorm_bwd((bf16_t *)dx, dw, (const bf16_t *)dout, (const bf16_t *)x, wf, rstd, N, D,
+				    c->s, &c->err));
+	PROF_END(c);
+}
+
+static void o_linear_fwd(struct moe_backend *be, void *out, const void *x, const void *w, int N, int In, int Out)
+{
+	struct cuda_ctx *c = CTX(be);
+	PROF(c, "linear");
+	RUN(c, moe_cuda_gemm(c->blas, 0, 1, N, Out, In, (const bf16_t *)x, In, (const bf16_t *)w, In, out, Out, 0,
+			     1.f, 0.f, &c->err));
+	PROF_END(c);
+}
+
+static void o_linear_bwd(struct moe_backend *be, void *dx, float *dw, const void *dout, const void *x, const void *w,
+			 int N, int In, int Out)
+{
+	struct cuda_ctx *c = CTX(be);
+	PROF(c, "linear_bwd");
+	if (dx)
+		RUN(c, moe_cuda_gemm(c->blas, 0, 0, N, In, Out, (const bf16_t *)dout, Out, (const bf16_t *)w, In, dx,
+				     In, 0, 1.f, 0.f, &c->err));
+	if (dw)
+		RUN(c, moe_cuda_gemm(c->blas, 1, 0, Out, In, N, (const bf16_t *)dout, Out, (const bf16_t *)x, In, dw,
+				     In, 1, 1.f, 1.f, &c->err));
+	PROF_END(c);
+}
+
+static void rope_table(struct cuda_ctx *c, int T, int Dh, float theta)
+{
+	if (c->cosb && c->rope_T >= T && c->rope_Dh == Dh && c->rope_theta == theta)
+		return;
+	size_t n = (size_t)T * (Dh / 2);
+	float *hc = (float *)malloc(n * 4), *hs = (float *)malloc(n * 4);
+	if (!hc || !hs) {
+		free(hc);
+		free(hs);
+		if (c->rc == 0)
+			c->rc = moe_error_set(&c->err, MOE_ENOMEM, "cuda: out of host memory");
+		return;
+	}
+	moe_cuda_rope_table(hc, hs, T, Dh, theta);
+	cudaStreamSynchronize(c->s);
+	dev_free(c, c->cosb);
+	dev_free(c, c->sinb);
+	c->cosb = (float *)dev_alloc(c, n * 4);
+	c->sinb = (float *)dev_alloc(c, n * 4);
+	if (!c->cosb || !c->sinb) {
+		if (c->rc == 0)
+			c->rc = moe_error_set(&c->err, MOE_ENOMEM, "cuda: out of device memory (rope table)");
+	} else {
+		RUN(c, CUDA_OK(cudaMemcpy(c->cosb, hc, n * 4, cudaMemcpyHostToDevice), &c->err));
+		RUN(c, CUDA_OK(cudaMemcpy(c->sinb, hs, n * 4, cudaMemcpyHostToDevice), &c->err));
+	}
+	c->rope_T = T;
+	c->rope_Dh = Dh;
+	c->rope_theta = theta;
+	free(hc);
+	free(hs);
+}
+
+static void o_rope(struct moe_backend *be, void *x, int B, int T, int H, int Dh, float theta, int inverse)
+{
+	struct cuda_ctx *c = CTX(be);
+	rope_table(c, T, Dh, theta);
+	PROF(c, inverse ? "rope_bwd" : "rope");
+	RUN(c, moe_cuda_rope((bf16_t *)x, c->cosb, c->sinb, B, T, H, Dh, inverse, c->s, &c->err));
+	PROF_END(c);
+}
+
+static void o_rope_fwd(struct moe_backend *be, void *x, int B, int T, int H, int Dh, float theta)
+{
+	o_rope(be, x, B, T, H, Dh, theta, 0);
+}
+
+static void o_rope_bwd(struct moe_backend *be, void *dx, int B, int T, int H, int Dh, float theta)
+{
+	o_rope(be, dx, B, T, H, Dh, theta, 1);
+}
+
+static void o_attention_fwd(struct moe_backend *be, void *out, float *lse, const void *q, const void *k, const void *v,
+			    int B, int T, int H, int Dh)
+{
+	struct cuda_ctx *c = CTX(be);
+	int ld = H * Dh;
+	PROF(c, "attention");
+	RUN(c, moe_cuda_attention_fwd((bf16_t *)out, lse, (const bf16_t *)q, (const bf16_t *)k, (const bf16_t *)v, ld,
+				      ld, ld, ld, B, T, H, Dh, c->s, &c->err));
+	PROF_END(c);
+}
+
+static void o_attention_bwd(struct moe_backend *be, void *dq, void *dk, void *dv, const void *dout, const void *q,
+			    const void *k, const void *v, const void *out, const float *lse, int B, int T, int H,
+			    int Dh)
+{
+	struct cuda_ctx *c = CTX(be);
+	int ld = H * Dh;
+	float *delta = (float *)scratch(c, S_DELTA, (size_t)B * H * T * sizeof(float));
+	PROF(c, "attention_bwd");
+	RUN(c, moe_cuda_attention_bwd((bf16_t *)dq, (bf16_t *)dk, (bf16_t *)dv, delta, (const bf16_t *)dout,
+				      (const bf16_t *)q, (const bf16_t *)k, (const bf16_t *)v, (const bf16_t *)out,
+				      lse, ld, ld, ld, ld, B, T, H, Dh, c->s, &c->err));
+	PROF_END(c);
+}
+
+static void o_swiglu_fwd(struct moe_backend *be, void *h, const void *gu, int M, int I)
+{
+	struct cuda_ctx *c = CTX(be);
+	PROF(c, "swiglu");
+	RUN(c, moe_cuda_swiglu_fwd((bf16_t *)h, (const bf16_t *)gu, (size_t)M, I, c->s, &c->err));
+	PROF_END(c);
+}
+
+static void o_swiglu_bwd(struct moe_backend *be, void *dgu, const void *dh, const void *gu, int M, int I)
+{
+	struct cuda_ctx *c = CTX(be);
+	PROF(c, "swiglu_bwd");
+	RUN(c, moe_cuda_swiglu_bwd((bf16_t *)dgu, (const bf16_t *)dh, (const bf16_t *)gu, (size_t)M, I, c->s,
+				   &c->err));
+	PROF_END(c);
+}
+
+static void o_router_fwd(struct moe_backend *be, int32_t *topk_idx, float *topk_w, float *probs, const void *logits,
+			 const float *bias, int N, int E, int K, bool norm_topk)
+{
+	struct cuda_ctx *c = CTX(be);
+	PROF(c, "router");
+	RUN(c, moe_cuda_router_fwd(topk_idx, topk_w, probs, (const bf16_t *)logits, bias, N, E, K, norm_topk, c->s,
+				   &c->err));
+	PROF_END(c);
+}
+
+static void o_router_bwd(struct moe_backend *be, void *dlogits, const float *dtopk_w, const float *dprobs,
+			 const float *probs, const int32_t *topk_idx, const float *topk_w, int N, int E, int K,
+			 bool norm_topk)
+{
+	struct cuda_ctx *c = CTX(be);
+	PROF(c, "router_bwd");
+	RUN(c, moe_cuda_router_bwd((bf16_t *)dlogits, dtopk_w, dprobs, probs, topk_idx, topk_w, N, E, K, norm_topk,
+				   c->s, &c->err));
+	PROF_END(c);
+}
+
+static void announce_rows(struct cuda_ctx *c, const int32_t *offsets, int rows)
+{
+	for (int i = 0; i < N_ROUTES; i++)
+		if (c->route_off[i] == offsets) {
+			c->route_rows[i] = rows;
+			return;
+		}
+	c->route_off[c->route_next] = offsets;
+	c->route_rows[c->route_next] = rows;
+	c->route_next = (c->route_next + 1) % N_ROUTES;
+}
+
+static void o_route_group(struct moe_backend *be, int32_t *counts, int32_t *offsets, int32_t *perm, int32_t *inv,
+			  const int32_t *topk_idx, int N, int K, int E)
+{
+	struct cuda_ctx *c = CTX(be);
+	void *sc = scratch(c, S_GROUP, moe_cuda_route_group_scratch(N, K, E));
+	PROF(c, "route_group");
+	RUN(c, moe_cuda_route_group(counts, offsets, perm, inv, sc, topk_idx, N, K, E, c->s, &c->err));
+	PROF_END(c);
+	announce_rows(c, offsets, N * K);
+	if (c->hoff_key == offsets)
+		c->hoff_key = NULL;
+}
+
+static void o_gather_rows(struct moe_backend *be, void *xg, const void *x, const int32_t *perm, int NK, int K, int D)
+{
+	struct cuda_ctx *c = CTX(be);
+	PROF(c, "gather");
+	RUN(c, moe_cuda_gather((bf16_t *)xg, (const bf16_t *)x, perm, NK, K, D, c->s, &c->err));
+	PROF_END(c);
+}
+
+static void o_scatter_add_rows(struct moe_backend *be, void *dx, const void *dxg, const int32_t *perm, int NK, int K,
+			       int D)
+{
+	struct cuda_ctx *c = CTX(be);
+	int32_t *inv = (int32_t *)scratch(c, S_INV, (size_t)NK * sizeof(int32_t));
+	PROF(c, "scatter_add");
+	RUN(c, moe_cuda_route_inverse(inv, perm, NK, c->s, &c->err));
+	RUN(c, moe_cuda_scatter_add((bf16_t *)dx, (const bf16_t *)dxg, inv, NK / K, K, D, c->s, &c->err));
+	PROF_END(c);
+}
+
+/* Rows of a grouped op: announced by route_group, else read back (syncs). */
+static int grouped_rows(struct cuda_ctx *c, const int32_t *offsets, int E)
+{
+	for (int i = 0; i < N_ROUTES; i++)
+		if (c->route_off[i] == offsets)
+			return c->route_rows[i];
+	int32_t rows = 0;
+	RUN(c, CUDA_OK(cudaMemcpyAsync(&rows, offsets + E, sizeof(rows), cudaMemcpyDeviceToHost, c->s), &c->err));
+	RUN(c, CUDA_OK(cudaStreamSynchronize(c->s), &c->err));
+	announce_rows(c, offsets, rows);
+	return rows;
+}
+
+/* Per-expert cuBLAS path: host offsets (one read-back per routing). */
+static const int32_t *host_offsets(struct cuda_ctx *c, const int32_t *offsets, int E)
+{
+	if (c->hoff_key == offsets && c->hoff_n == E)
+		return c->hoff;
+	free(c->hoff);
+	c->hoff = (int32_t *)malloc(sizeof(int32_t) * (E + 1));
+	if (!c->hoff) {
+		if (c->rc == 0)
+			c->rc = moe_error_set(&c->err, MOE_ENOMEM, "cuda: out of host memory");
+		return NULL;
+	}
+	RUN(c, CUDA_OK(cudaMemcpyAsync(c->hoff, offsets, sizeof(int32_t) * (E + 1), cudaMemcpyDeviceToHost, c->s),
+		       &c->err));
+	RUN(c, CUDA_OK(cudaStreamSynchronize(c->s), &c->err));
+	c->hoff_key = offsets;
+	c->hoff_n = E;
+	return c->rc ? NULL : c->hoff;
+}
+
+static void o_grouped_fwd(struct moe_backend *be, void *out, const void *x, const void *w, const int32_t *offsets,
+			  int E, int In, int Out)
+{
+	struct cuda_ctx *c = CTX(be);
+	if (c->use_cublas_grouped) {
+		const int32_t *h = host_offsets(c, offsets, E);
+		PROF(c, "grouped_fwd");
+		for (int e = 0; h && e < E; e++) {
+			int m = h[e + 1] - h[e];
+			if (m > 0)
+				RUN(c, moe_cuda_gemm(c->blas, 0, 1, m, Out, In, (const bf16_t *)x + (size_t)h[e] * In, In,
+						     (const bf16_t *)w + (size_t)e * Out * In, In,
+						     (bf16_t *)out + (size_t)h[e] * Out, Out, 0, 1.f, 0.f, &c->err));
+		}
+		PROF_END(c);
+		return;
+	}
+	int rows = grouped_rows(c, offsets, E);
+	PROF(c, "grouped_fwd");
+	RUN(c, moe_cuda_grouped_fwd((bf16_t *)out, (const bf16_t *)x, (const bf16_t *)w, offsets, rows, E, In, Out,
+				    c->s, &c->err));
+	PROF_END(c);
+}
+
+static void o_grouped_bwd(struct moe_backend *be, void *dx, float *dw, const void *dout, const void *x, const void *w,
+			  const int32_t *offsets, int E, int In, int Out)
+{
+	struct cuda_ctx *c = CTX(be);
+	if (c->use_cublas_grouped) {
+		const int32_t *h = host_offsets(c, offsets, E);
+		PROF(c, "grouped_bwd");
+		for (int e = 0; h && e < E; e++) {
+			int m = h[e + 1] - h[e];
+			if (m <= 0)
+				continue;
+			const bf16_t *dy = (const bf16_t *)dout + (size_t)h[e] * Out;
+			if (dx)
+				RUN(c, moe_cuda_gemm(c->blas, 0, 0, m, In, Out, dy, Out,
+						     (const bf16_t *)w + (size_t)e * Out * In, In,
+						     (bf16_t *)dx + (size_t)h[e] * In, In, 0, 1.f, 0.f, &c->err));
+			if (dw)
+				RUN(c, moe_cuda_gemm(c->blas, 1, 0, Out, In, m, dy, Out,
+						     (const bf16_t *)x + (size_t)h[e] * In, In, dw + (size_t)e * Out * In,
+						     In, 1, 1.f, 1.f, &c->err));
+		}
+		PROF_END(c);
+		return;
+	}
+	int rows = grouped_rows(c, offsets, E);
+	PROF(c, "grouped_bwd");
+	if (dx)
+		RUN(c, moe_cuda_grouped_dgrad((bf16_t *)dx, (const bf16_t *)dout, (const bf16_t *)w, offsets, rows, E,
+					      In, Out, c->s, &c->err));
+	if (dw)
+		RUN(c, moe_cuda_grouped_wgrad(dw, (const bf16_t *)dout, (const bf16_t *)x, offsets, E, In, Out, c->s,
+					      &c->err));
+	PROF_END(c);
+}
+
+static void o_combine_fwd(struct moe_backend *be, void *out, const void *yg, const float *topk_w, const int32_t *inv,
+			  int N, int K, int D)
+{
+	struct cuda_ctx *c = CTX(be);
+	PROF(c, "combine");
+	RUN(c, moe_cuda_combine_fwd((bf16_t *)out, (const bf16_t *)yg, topk_w, inv, N, K, D, c->s, &c->err));
+	PROF_END(c);
+}
+
+static void o_combine_bwd(struct moe_backend *be, void *dyg, float *dtopk_w, const void *dout, const void *yg,
+			  const float *topk_w, const int32_t *inv, int N, int K, int D)
+{
+	struct cuda_ctx *c = CTX(be);
+	PROF(c, "combine_bwd");
+	RUN(c, moe_cuda_combine_bwd((bf16_t *)dyg, dtopk_w, (const bf16_t *)dout, (const bf16_t *)yg, topk_w, inv, N,
+				    K, D, c->s, &c->err));
+	PROF_END(c);
+}
+
+static void o_add(struct moe_backend *be, void *y, const void *x, size_t n)
+{
+	struct cuda_ctx *c = CTX(be);
+	PROF(c, "add");
+	RUN(c, moe_cuda_add((bf16_t *)y, (const bf16_t *)x, n, c->s, &c->err));
+	PROF_END(c);
+}
+
+static void o_xent(struct moe_backend *be, void *dlogits, const void *logits, const int32_t *targets, int N, int V,
+		   int ignore_id, float scale, double *loss_sum, int64_t *n_valid)
+{
+	struct cuda_ctx *c = CTX(be);
+	float *rows = (float *)scratch(c, S_LOSS, (size_t)(N > 0 ? N : 1) * sizeof(float));
+	double *acc = (double *)scratch(c, S_ACC, 2 * sizeof(double));
+	double h[2] = {0, 0};
+	PROF(c, "xent");
+	RUN(c, CUDA_OK(cudaMemsetAsync(acc, 0, 2 * sizeof(double), c->s), &c->err));
+	RUN(c, moe_cuda_xent((bf16_t *)dlogits, rows, (const bf16_t *)logits, targets, N, V, ignore_id, scale, c->s,
+			     &c->err));
+	RUN(c, moe_cuda_sum_loss(acc, rows, targets, N, ignore_id, c->s, &c->err));
+	PROF_END(c);
+	RUN(c, CUDA_OK(cudaMemcpyAsync(h, acc, sizeof(h), cudaMemcpyDeviceToHost, c->s), &c->err));
+	RUN(c, CUDA_OK(cudaStreamSynchronize(c->s), &c->err));
+	if (loss_sum)
+		*loss_sum = h[0];
+	if (n_valid)
+		*n_valid = (int64_t)h[1];
+}
+
+static void o_zloss(struct moe_backend *be, void *dlogits, const void *logits, int N, int E, float scale,
+		    double *loss)
+{
+	struct cuda_ctx *c = CTX(be);
+	float *rows = (float *)scratch(c, S_LOSS, (size_t)(N > 0 ? N : 1) * sizeof(float));
+	PROF(c, "zloss");
+	RUN(c, moe_cuda_zloss((bf16_t *)dlogits, rows, (const bf16_t *)logits, N, E, scale, c->s, &c->err));
+	PROF_END(c);
+	if (!loss)
+		return;
+	double *acc = (double *)scratch(c, S_ACC, 2 * sizeof(double));
+	double h[2] = {0, 0};
+	RUN(c, CUDA_OK(cudaMemsetAsync(acc, 0, 2 * sizeof(double), c->s), &c->err));
+	RUN(c, moe_cuda_sum_loss(acc, rows, NULL, N, 0, c->s, &c->err));
+	RUN(c, CUDA_OK(cudaMemcpyAsync(h, acc, sizeof(h), cudaMemcpyDeviceToHost, c->s), &c->err));
+	RUN(c, CUDA_OK(cudaStreamSynchronize(c->s), &c->err));
+	*loss = N > 0 ? h[0] / N : 0.0;
+}
+
+static void o_router_stats(struct moe_backend *be, float *psum, int32_t *cnt_valid, const float *probs,
+			   const int32_t *topk_idx, const int32_t *ids, int pad_id, int N, int E, int K)
+{
+	struct cuda_ctx *c = CTX(be);
+	void *sc = scratch(c, S_STATS, moe_cuda_router_stats_scratch(N, E));
+	PROF(c, "router_stats");
+	RUN(c, moe_cuda_router_stats(psum, cnt_valid, probs, topk_idx, ids, pad_id, N, E, K, sc, c->s, &c->err));
+	PROF_END(c);
+}
+
+static void o_aux_dprobs(struct moe_backend *be, float *dprobs, const float *g_host, const int32_t *ids, int pad_id,
+			 int N, int E)
+{
+	struct cuda_ctx *c = CTX(be);
+	PROF(c, "aux_dprobs");
+	RUN(c, moe_cuda_aux_dprobs(dprobs, g_host, ids, pad_id, N, E, c->s, &c->err));
+	PROF_END(c);
+}
+
+static double o_sumsq(struct moe_backend *be, const float *x, size_t n)
+{
+	struct cuda_ctx *c = CTX(be);
+	void *sc = scratch(c, S_SUMSQ, moe_cuda_sumsq_scratch(n));
+	double *acc = (double *)scratch(c, S_TMP, sizeof(double));
+	double h = 0;
+	PROF(c, "sumsq");
+	RUN(c, moe_cuda_sumsq(acc, sc, x, n, c->s, &c->err));
+	PROF_END(c);
+	RUN(c, CUDA_OK(cudaMemcpyAsync(&h, acc, sizeof(h), cudaMemcpyDeviceToHost, c->s), &c->err));
+	RUN(c, CUDA_OK(cudaStreamSynchronize(c->s), &c->err));
+	return c->rc ? NAN : h;
+}
+
+static void o_scale(struct moe_backend *be, float *x, size_t n, float s)
+{
+	struct cuda_ctx *c = CTX(be);
+	PROF(c, "scale");
+	RUN(c, moe_cuda_scale(x, n, s, c->s, &c->err));
+	PROF_END(c);
+}
+
+static void o_adamw(struct moe_backend *be, float *p, const float *g, float *m, float *v, size_t n, float lr,
+		    float beta1, float beta2, float eps, float weight_decay, int64_t t)
+{
+	struct cuda_ctx *c = CTX(be);
+	bf16_t *p16 = (p >= c->p32 && p < c->p32 + c->n) ? c->p16 + (p - c->p32) : NULL;
+	PROF(c, "adamw");
+	RUN(c, moe_cuda_adamw(p, p16, g, m, v, n, lr, beta1, beta2, eps, weight_decay, t, c->s, &c->err));
+	PROF_END(c);
+}
+
+extern "C" struct moe_backend *moe_backend_cuda(struct moe_error *err)
+{
+	int ndev = 0;
+	cudaError_t e = cudaGetDeviceCount(&ndev);
+	if (e != cudaSuccess || ndev == 0) {
+		cudaGetLastError();
+		moe_error_set(err, MOE_EUNSUPPORTED, "backend 'cuda': no CUDA device (%s)",
+			      e != cudaSuccess ? cudaGetErrorString(e) : "none found");
+		return NULL;
+	}
+	struct moe_backend *be = (struct moe_backend *)calloc(1, sizeof(*be));
+	struct cuda_ctx *c = (struct cuda_ctx *)calloc(1, sizeof(*c));
+	if (!be || !c) {
+		free(be);
+		free(c);
+		moe_error_set(err, MOE_ENOMEM, "backend 'cuda': out of memory");
+		return NULL;
+	}
+	be->ctx = c;
+	if (CUDA_OK(cudaStreamCreateWithFlags(&c->s, cudaStreamNonBlocking), err))
+		goto fail;
+	if (!(c->blas = moe_cuda_blas_new(c->s, err)))
+		goto fail;
+	{
+		const char *pv = getenv("MOE_CUDA_PROFILE");
+		const char *gv = getenv("MOE_CUDA_GROUPED");
+		c->prof = pv && *pv && strcmp(pv, "0") != 0;
+		c->use_cublas_grouped = gv && !strcmp(gv, "cublas");
+	}
+	if (c->prof)
+		for (int i = 0; i < 4096; i++)
+			if (CUDA_OK(cudaEventCreate(&c->ev[0][i]), err) || CUDA_OK(cudaEventCreate(&c->ev[1][i]), err))
+				goto fail;
+	be->name = "cuda";
+	be->act_size = 2;
+	be->alloc = b_alloc;
+	be->free = b_free;
+	be->zero = b_zero;
+	be->copy = b_copy;
+	be->to_host = b_to_host;
+	be->from_host = b_from_host;
+	be->sync = b_sync;
+	be->destroy = b_destroy;
+	be->params_alloc = b_params_alloc;
+	be->master = b_master;
+	be->grad = b_grad;
+	be->param = b_param;
+	be->params_updated = b_params_updated;
+	be->embedding_fwd = o_embedding_fwd;
+	be->embedding_bwd = o_embedding_bwd;
+	be->rmsnorm_fwd = o_rmsnorm_fwd;
+	be->rmsnorm_bwd = o_rmsnorm_bwd;
+	be->linear_fwd = o_linear_fwd;
+	be->linear_bwd = o_linear_bwd;
+	be->rope_fwd = o_rope_fwd;
+	be->rope_bwd = o_rope_bwd;
+	be->attention_fwd = o_attention_fwd;
+	be->attention_bwd = o_attention_bwd;
+	be->swiglu_gu_fwd = o_swiglu_fwd;
+	be->swiglu_gu_bwd = o_swiglu_bwd;
+	be->router_fwd = o_router_fwd;
+	be->router_bwd = o_router_bwd;
+	be->route_group = o_route_group;
+	be->gather_rows = o_gather_rows;
+	be->scatter_add_rows = o_scatter_add_rows;
+	be->grouped_linear_fwd = o_grouped_fwd;
+	be->grouped_linear_bwd = o_grouped_bwd;
+	be->combine_fwd = o_combine_fwd;
+	be->combine_bwd = o_combine_bwd;
+	be->add = o_add;
+	be->xent = o_xent;
+	be->zloss = o_zloss;
+	be->router_stats = o_router_stats;
+	be->aux_dprobs = o_aux_dprobs;
+	be->sumsq = o_sumsq;
+	be->scale = o_scale;
+	be->adamw = o_adamw;
+	return be;
+fail:
+	b_destroy(be);
+	return NULL;
+}

@@ -1,0 +1,65 @@
+/*
+ * Shared helpers of the CUDA kernels (C++ only, included by kernels/ *.cu):
+ * error checks that turn CUDA and cuBLAS failures into a struct moe_error
+ * (never exit), bf16 conversions, warp reductions.
+ */
+#ifndef MOE_CUDA_COMMON_H
+#define MOE_CUDA_COMMON_H
+
+#include <cuda_runtime.h>
+#include <cuda_bf16.h>
+#include <cublas_v2.h>
+
+extern "C" {
+#include "core/core.h"
+}
+
+/* Record a failed CUDA call (expression, function, file, line) in err;
+ * returns MOE_ECUDA, or 0 when e is cudaSuccess. */
+static inline int moe_cuda_check(cudaError_t e, const char *expr, const char *func, const char *file,
+				 int line, struct moe_error *err)
+{
+	if (e == cudaSuccess)
+		return 0;
+	return moe_error_set(err, MOE_ECUDA, "%s:%d: %s: %s failed: %s", file, line, func, expr,
+			     cudaGetErrorString(e));
+}
+
+static inline int moe_cublas_check(cublasStatus_t s, const char *expr, const char *func,
+				   const char *file, int line, struct moe_error *err)
+{
+	if (s == CUBLAS_STATUS_SUCCESS)
+		return 0;
+	return moe_error_set(err, MOE_ECUDA, "%s:%d: %s: %s failed: cuBLAS status %d", file, line, func,
+			     expr, (int)s);
+}
+
+/* Usage: if ((rc = CUDA_OK(cudaMalloc(&p, n), err)) != 0) goto out; */
+#define CUDA_OK(expr, err) moe_cuda_check((expr), #expr, __func__, __FILE__, __LINE__, (err))
+#define CUBLAS_OK(expr, err) moe_cublas_check((expr), #expr, __func__, __FILE__, __LINE__, (err))
+/* The status of the last kernel launch (use right after <<<...>>>). */
+#define CUDA_LAUNCHED(err) moe_cuda_check(cudaGetLastError(), "kernel launch", __func__, __FILE__, \
+					  __LINE__, (err))
+
+typedef __nv_bfloat16 bf16;
+
+static __device__ __forceinline__ float bf2f(bf16 x) { return __bfloat162float(x); }
+static __device__ __forceinline__ bf16 f2bf(float x) { return __float2bfloat16(x); }
+
+static __device__ __forceinline__ float warp_sum(float v)
+{
+	for (int o = 16; o > 0; o >>= 1)
+		v += __shfl_xor_sync(0xffffffffu, v, o);
+	return v;
+}
+
+static __device__ __forceinline__ float warp_max(float v)
+{
+	for (int o = 16; o > 0; o >>= 1)
+		v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+	return v;
+}
+
+static inline unsigned moe_cdiv(size_t a, size_t b) { return (unsigned)((a + b - 1) / b); }
+
+#endif

@@ -1,0 +1,180 @@
+/*
+ * CUDA kernels of the moe training backend: extern "C" launchers, one
+ * operation per file in kernels/.  Every launcher enqueues work on stream s
+ * and returns 0, or a negative MOE_E* code with err filled (a failed launch,
+ * an unsupported shape); none synchronises unless it says so.
+ *
+ * Dtypes: activations are bf16 (moe_bf16, raw 16-bit storage), statistics,
+ * router probabilities and gate weights fp32, parameter gradients fp32
+ * (accumulated +=).  Shapes and meanings follow lib/model/ops.h, the CPU
+ * fp32 reference each kernel is tested against (tests/kernels).
+ */
+#ifndef MOE_KERNELS_H
+#define MOE_KERNELS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include <cuda_runtime_api.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct moe_error;
+typedef uint16_t bf16_t; /* bfloat16 storage */
+
+/* embedding.cu: out[n] = wte[ids[n]]; dwte[ids[n]] += dout[n] (not pad_id). */
+int moe_cuda_embedding_fwd(bf16_t *out /* (N, D) */, const int32_t *ids /* (N) */,
+			   const bf16_t *wte /* (V, D) */, int N, int D, cudaStream_t s,
+			   struct moe_error *err);
+int moe_cuda_embedding_bwd(float *dwte /* (V, D) */, const bf16_t *dout /* (N, D) */,
+			   const int32_t *ids, int N, int D, int pad_id, cudaStream_t s,
+			   struct moe_error *err);
+
+/* rmsnorm.cu: fp32 statistics and weights; dx overwritten, dw (may be NULL) +=. */
+int moe_cuda_rmsnorm_fwd(bf16_t *out /* (N, D) */, float *rstd /* (N) */, const bf16_t *x,
+			 const float *w /* (D) */, int N, int D, float eps, cudaStream_t s,
+			 struct moe_error *err);
+int moe_cuda_rmsnorm_bwd(bf16_t *dx /* (N, D) */, float *dw /* (D) */, const bf16_t *dout,
+			 const bf16_t *x, const float *w, const float *rstd, int N, int D,
+			 cudaStream_t s, struct moe_error *err);
+
+/* rope.cu: rotate-half RoPE in place on (B, T, H, Dh); cos/sin table (T, Dh/2)
+ * from moe_cuda_rope_table (host, double precision).  inverse: the backward. */
+void moe_cuda_rope_table(float *cosb /* (T, Dh/2) */, float *sinb, int T, int Dh, float theta);
+int moe_cuda_rope(bf16_t *x, const float *cosb, const float *sinb, int B, int T, int H, int Dh,
+		  int inverse, cudaStream_t s, struct moe_error *err);
+
+/* attention_fwd.cu / attention_bwd.cu: causal flash attention, scale 1/sqrt(Dh),
+ * Dh in {16, 32, 64, 96, 128}.  Element (b, t, h, d) of q is at
+ * q[(b*T + t)*ldq + h*Dh + d] (ld = H*Dh for contiguous tensors).  lse (B, H, T)
+ * natural log.  bwd: delta (B, H, T) fp32 scratch; dq, dk, dv overwritten. */
+int moe_cuda_attention_fwd(bf16_t *out, float *lse, const bf16_t *q, const bf16_t *k,
+			   const bf16_t *v, int ldq, int ldk, int ldv, int ldo, int B, int T, int H,
+			   int Dh, cudaStream_t s, struct moe_error *err);
+int moe_cuda_attention_bwd(bf16_t *dq, bf16_t *dk, bf16_t *dv, float *delta, const bf16_t *dout,
+			   const bf16_t *q, const bf16_t *k, const bf16_t *v, const bf16_t *out,
+			   const float *lse, int ldq, int ldk, int ldv, int ldo, int B, int T, int H,
+			   int Dh, cudaStream_t s, struct moe_error *err);
+
+/* swiglu.cu: h13 (M, 2I) = [g | u] per row; act (M, I) = silu(g) * u; I % 8 == 0. */
+int moe_cuda_swiglu_fwd(bf16_t *act, const bf16_t *h13, size_t M, int I, cudaStream_t s,
+			struct moe_error *err);
+int moe_cuda_swiglu_bwd(bf16_t *dh13, const bf16_t *dact, const bf16_t *h13, size_t M, int I,
+			cudaStream_t s, struct moe_error *err);
+
+/* router.cu: softmax over E (fp32), top K of logits + bias (bias may be NULL),
+ * chosen experts listed by probability descending (ties: lower id), weights
+ * renormalised when norm_topk.  E <= 256, K <= 32. */
+int moe_cuda_router_fwd(int32_t *topk_idx /* (N, K) */, float *topk_w /* (N, K) */,
+			float *probs /* (N, E) */, const bf16_t *logits /* (N, E) */,
+			const float *bias /* (E) */, int N, int E, int K, int norm_topk,
+			cudaStream_t s, struct moe_error *err);
+/* dlogits overwritten; dtopk_w and dprobs (N, E) may be NULL. */
+int moe_cuda_router_bwd(bf16_t *dlogits, const float *dtopk_w, const float *dprobs,
+			const float *probs, const int32_t *topk_idx, const float *topk_w, int N, int E,
+			int K, int norm_topk, cudaStream_t s, struct moe_error *err);
+/* z-loss: rowz[n] = logsumexp(logits[n])^2; dlogits (may be NULL) +=
+ * scale * 2 * lse / N * softmax. */
+int moe_cuda_zloss(bf16_t *dlogits, float *rowz /* (N) */, const bf16_t *logits, int N, int E,
+		   float scale, cudaStream_t s, struct moe_error *err);
+/* psum[e] = sum of probs over rows with ids[n] != pad_id (ids may be NULL),
+ * cnt[e] = their (row, slot) pairs routed to e; both overwritten; scratch of
+ * moe_cuda_router_stats_scratch() bytes. */
+size_t moe_cuda_router_stats_scratch(int N, int E);
+int moe_cuda_router_stats(float *psum, int32_t *cnt, const float *probs, const int32_t *topk_idx,
+			  const int32_t *ids, int pad_id, int N, int E, int K, void *scratch,
+			  cudaStream_t s, struct moe_error *err);
+/* dprobs[n, e] = g[e] (host array, E <= 256) for valid rows, 0 otherwise. */
+int moe_cuda_aux_dprobs(float *dprobs, const float *g_host, const int32_t *ids, int pad_id, int N,
+			int E, cudaStream_t s, struct moe_error *err);
+
+/* route_group.cu: counts, offsets (E+1), stable perm and its inverse, all on
+ * the device; scratch holds moe_cuda_route_group_scratch() bytes. */
+size_t moe_cuda_route_group_scratch(int N, int K, int E);
+int moe_cuda_route_group(int32_t *counts, int32_t *offsets, int32_t *perm, int32_t *inv,
+			 void *scratch, const int32_t *topk_idx, int N, int K, int E, cudaStream_t s,
+			 struct moe_error *err);
+/* inv[perm[j]] = j */
+int moe_cuda_route_inverse(int32_t *inv, const int32_t *perm, int NK, cudaStream_t s,
+			   struct moe_error *err);
+
+/* permute.cu */
+/* xg[j] = x[perm[j] / K]; D % 8 == 0. */
+int moe_cuda_gather(bf16_t *xg /* (N*K, D) */, const bf16_t *x /* (N, D) */, const int32_t *perm,
+		    int NK, int K, int D, cudaStream_t s, struct moe_error *err);
+/* dx[n] += sum_k dxg[inv[n*K+k]] (the backward of gather, through inv). */
+int moe_cuda_scatter_add(bf16_t *dx /* (N, D) */, const bf16_t *dxg, const int32_t *inv, int N,
+			 int K, int D, cudaStream_t s, struct moe_error *err);
+/* out[n] = sum_k w[n,k] * yg[inv[n*K+k]] (overwritten). */
+int moe_cuda_combine_fwd(bf16_t *out, const bf16_t *yg, const float *w, const int32_t *inv, int N,
+			 int K, int D, cudaStream_t s, struct moe_error *err);
+/* dyg[inv[n*K+k]] = w[n,k] * dout[n]; dw[n,k] = <dout[n], yg[inv[n*K+k]]>. */
+int moe_cuda_combine_bwd(bf16_t *dyg, float *dw, const bf16_t *dout, const bf16_t *yg,
+			 const float *w, const int32_t *inv, int N, int K, int D, cudaStream_t s,
+			 struct moe_error *err);
+
+/* xent.cu: per-row loss (0 for ignored rows) and dlogits = scale * (softmax -
+ * onehot) (may be NULL; may equal logits); acc[0] += sum of loss, acc[1] +=
+ * number of valid rows (one block, fixed order). */
+int moe_cuda_xent(bf16_t *dlogits, float *loss /* (N) */, const bf16_t *logits /* (N, V) */,
+		  const int32_t *targets, int N, int V, int ignore_id, float scale, cudaStream_t s,
+		  struct moe_error *err);
+int moe_cuda_sum_loss(double *acc /* (2) */, const float *loss, const int32_t *targets, int N,
+		      int ignore_id, cudaStream_t s, struct moe_error *err);
+
+/* adamw.cu: AdamW as torch (p *= 1 - lr*wd; p -= lr/bc1 * m / (sqrt(v)/sqrt(bc2) + eps)),
+ * p16 (may be NULL) receives bf16(p); sum of squares into *acc (double,
+ * fixed order through per-block partials, scratch of moe_cuda_sumsq_scratch()
+ * bytes); x *= s; bf16 copies. */
+int moe_cuda_adamw(float *p, bf16_t *p16, const float *g, float *m, float *v, size_t n, float lr,
+		   float beta1, float beta2, float eps, float weight_decay, int64_t t, cudaStream_t s,
+		   struct moe_error *err);
+size_t moe_cuda_sumsq_scratch(size_t n);
+int moe_cuda_sumsq(double *acc, void *scratch, const float *x, size_t n, cudaStream_t s,
+		   struct moe_error *err);
+int moe_cuda_scale(float *x, size_t n, float sc, cudaStream_t s, struct moe_error *err);
+int moe_cuda_to_bf16(bf16_t *dst, const float *src, size_t n, cudaStream_t s, struct moe_error *err);
+int moe_cuda_to_f32(float *dst, const bf16_t *src, size_t n, cudaStream_t s, struct moe_error *err);
+/* y += x (bf16, fp32 arithmetic) */
+int moe_cuda_add(bf16_t *y, const bf16_t *x, size_t n, cudaStream_t s, struct moe_error *err);
+
+/* gemm.cu: row-major bf16 GEMMs on tensor cores with fp32 accumulation.
+ * C (M, N) = alpha * op(A) op(B) + beta * C, op(A) (M, K) (A stored (K, M)
+ * when ta), op(B) (K, N) (B stored (N, K) when tb); C bf16 or fp32 (c_f32). */
+struct moe_cuda_blas;
+struct moe_cuda_blas *moe_cuda_blas_new(cudaStream_t s, struct moe_error *err);
+void moe_cuda_blas_free(struct moe_cuda_blas *b);
+int moe_cuda_gemm(struct moe_cuda_blas *b, int ta, int tb, int M, int N, int K, const bf16_t *A,
+		  int lda, const bf16_t *B, int ldb, void *C, int ldc, int c_f32, float alpha,
+		  float beta, struct moe_error *err);
+
+/* grouped_gemm.cu: expert GEMMs driven by device offsets (E+1), no host
+ * synchronisation.  Rows [offsets[e], offsets[e+1]) of x use w[e]:
+ *   fwd:   out (M, Out) bf16 = x (M, In) @ w[e]^T,  w (E, Out, In) bf16
+ *   dgrad: dx (M, In) bf16   = dout (M, Out) @ w[e]
+ *   wgrad: dw[e] (Out, In) fp32 += dout[rows e]^T @ x[rows e]
+ * max_rows bounds offsets[E] (sizes the grid); In, Out multiples of 8. */
+int moe_cuda_grouped_fwd(bf16_t *out, const bf16_t *x, const bf16_t *w, const int32_t *offsets,
+			 int max_rows, int E, int In, int Out, cudaStream_t s, struct moe_error *err);
+int moe_cuda_grouped_dgrad(bf16_t *dx, const bf16_t *dout, const bf16_t *w, const int32_t *offsets,
+			   int max_rows, int E, int In, int Out, cudaStream_t s, struct moe_error *err);
+int moe_cuda_grouped_wgrad(float *dw, const bf16_t *dout, const bf16_t *x, const int32_t *offsets,
+			   int E, int In, int Out, cudaStream_t s, struct moe_error *err);
+
+/* backend_cuda.cu (lib/model's backend table; see model.h for
+ * moe_backend_cuda).  With MOE_CUDA_PROFILE=1 each op is timed with events;
+ * the report prints per-op totals to fp (NULL: none; reset: start over).  Peak bytes of
+ * device memory the backend allocated. */
+struct moe_backend;
+void moe_cuda_profile_report(struct moe_backend *be, FILE *fp, bool reset);
+size_t moe_cuda_peak_bytes(struct moe_backend *be);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

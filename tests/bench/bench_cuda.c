@@ -1,0 +1,165 @@
+/*
+ * Training-step benchmark of the CUDA backend (run on the GPU machine by
+ * bench_train.sh): a model preset at batch B x T on random tokens, full
+ * steps of forward, backward, clipping of the expert / non-expert gradient
+ * groups and AdamW.  The optimizer works on spans of adjacent tensors of
+ * one clip group and decay setting (a per-tensor loop costs ~3,700 tiny
+ * launches and as many host synchronisations for seed-base's per-expert
+ * tensors; -t keeps that per-tensor loop).  Prints one JSON line in the
+ * shape of shared/bench/torch_ref.py's (tokens/s, median step ms, model
+ * TFLOP/s counted as torch_ref counts them, MFU, peak GiB), then, with -p,
+ * the per-op time breakdown of one profiled step.
+ *
+ *   bench_cuda [-m PRESET.json] [-B 16] [-T 2048] [-n STEPS] [-w WARMUP] [-p] [-t]
+ */
+#include <cuda_runtime_api.h>
+#include <getopt.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/core.h"
+#include "kernels/kernels.h"
+#include "model/model.h"
+
+
+static double flops_per_token(const struct moe_config *c, int T)
+{
+	double D = c->hidden_size, I = c->intermediate_size, E = c->num_experts, K = c->num_experts_per_tok;
+	double Is = c->shared_expert_intermediate_size ? c->shared_expert_intermediate_size : I;
+	double L = moe_config_n_moe_layers(c), Ld = c->n_dense_layers, V = c->vocab_size;
+	double attn = 4 * D * D;
+	double moe = K * 3 * D * I + c->n_shared_experts * 3 * D * Is + D * E;
+	double dense = 4 * D * D + 3 * D * c->dense_intermediate_size;
+	double params = L * (attn + moe) + Ld * dense + D * V;
+	double attn_sc = (L + Ld) * 2 * 2 * (double)T * D / 2;
+	return 6 * params + 3 * attn_sc;
+}
+
+static int cmp_d(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+	return x < y ? -1 : x > y;
+}
+
+int main(int argc, char **argv)
+{
+	const char *model = "share/models/seed-base.json";
+	int B = 16, T = 2048, steps = 8, warm = 3, prof = 0, per_tensor = 0, c;
+	struct moe_error err = {0};
+	while ((c = getopt(argc, argv, "m:B:T:n:w:pt")) != -1) {
+		switch (c) {
+		case 'm': model = optarg; break;
+		case 'B': B = atoi(optarg); break;
+		case 'T': T = atoi(optarg); break;
+		case 'n': steps = atoi(optarg); break;
+		case 'w': warm = atoi(optarg); break;
+		case 'p': prof = 1; break;
+		case 't': per_tensor = 1; break;
+		default:
+			fprintf(stderr, "usage: bench_cuda [-m MODEL] [-B N] [-T N] [-n STEPS] [-w WARMUP] [-p] [-t]\n");
+			return 2;
+		}
+	}
+	if (prof)
+		setenv("MOE_CUDA_PROFILE", "1", 1);
+	struct moe_config cfg;
+	if (moe_config_load(&cfg, model, &err) < 0) {
+		fprintf(stderr, "bench_cuda: %s\n", err.msg);
+		return 1;
+	}
+	struct moe_backend *be = moe_backend_cuda(&err);
+	struct moe_model *m = be ? moe_model_new(&cfg, be, &err) : NULL;
+	if (!m || moe_model_init(m, 1, &err) < 0) {
+		fprintf(stderr, "bench_cuda: %s\n", err.msg);
+		return 1;
+	}
+	size_t n = moe_model_num_params(m), nt0 = 0, nt = 0;
+	const struct moe_param *tab0 = moe_model_params(m, &nt0);
+	/* optimizer spans: trainable tensors merged while adjacent and alike */
+	struct moe_param *tab = calloc(nt0, sizeof(*tab));
+	for (size_t i = 0; i < nt0; i++) {
+		if (!tab0[i].trainable)
+			continue;
+		struct moe_param *l = nt ? &tab[nt - 1] : NULL;
+		if (!per_tensor && l && l->offset + l->numel == tab0[i].offset && l->is_expert == tab0[i].is_expert &&
+		    l->decay == tab0[i].decay)
+			l->numel += tab0[i].numel;
+		else
+			tab[nt++] = tab0[i];
+	}
+	fprintf(stderr, "%zu trainable tensors in %zu optimizer spans\n", nt0, nt);
+	float *mom = be->alloc(be, n, MOE_BUF_F32), *var = be->alloc(be, n, MOE_BUF_F32);
+	if (!mom || !var) {
+		fprintf(stderr, "bench_cuda: out of device memory for the optimizer state\n");
+		return 1;
+	}
+	int N = B * T;
+	int32_t *x = malloc(sizeof(int32_t) * N), *y = malloc(sizeof(int32_t) * N);
+	uint64_t r = 88172645463325252ull;
+	for (int i = 0; i < N; i++) {
+		r ^= r << 13, r ^= r >> 7, r ^= r << 17;
+		x[i] = 2 + (int32_t)(r % (uint64_t)(cfg.vocab_size - 2));
+	}
+	for (int i = 0; i < N; i++)
+		y[i] = (i % T == T - 1) ? cfg.pad_token_id : x[i + 1];
+	struct moe_forward_opts o = {0};
+	o.train = true;
+	int total = warm + steps + (prof ? 1 : 0);
+	double *ms = malloc(sizeof(double) * total);
+	struct moe_losses ls = {0};
+	for (int s = 0; s < total; s++) {
+		if (prof && s == total - 1)
+			moe_cuda_profile_report(be, NULL, true);
+		if (be->sync(be, &err) < 0)
+			break;
+		double t0 = moe_now();
+		moe_model_zero_grad(m);
+		if (moe_model_forward(m, x, y, B, T, &o, &ls, &err) < 0 || moe_model_backward(m, 1.0f, &err) < 0)
+			break;
+		/* clipping: norms of the two groups, then scale (as the seed) */
+		double ss[2] = {0, 0};
+		for (size_t i = 0; i < nt; i++)
+			ss[tab[i].is_expert] += be->sumsq(be, be->grad(be, tab[i].offset), tab[i].numel);
+		for (size_t i = 0; i < nt; i++) {
+			double nrm = sqrt(ss[tab[i].is_expert]);
+			float sc = nrm > 1.0 ? (float)(1.0 / (nrm + 1e-6)) : 1.0f;
+			if (sc < 1.0f)
+				be->scale(be, be->grad(be, tab[i].offset), tab[i].numel, sc);
+			be->adamw(be, be->master(be, tab[i].offset), be->grad(be, tab[i].offset), mom + tab[i].offset,
+				  var + tab[i].offset, tab[i].numel, 7.5e-4f, 0.9f, 0.95f, 1e-8f,
+				  tab[i].decay ? 0.1f : 0.0f, s + 1);
+		}
+		moe_model_params_updated(m);
+		if (be->sync(be, &err) < 0)
+			break;
+		ms[s] = (moe_now() - t0) * 1e3;
+		fprintf(stderr, "step %d: %.1f ms loss %.4f (ce %.4f aux %.4f)\n", s, ms[s], ls.total, ls.ce, ls.aux);
+	}
+	if (err.code) {
+		fprintf(stderr, "bench_cuda: %s\n", err.msg);
+		return 1;
+	}
+	qsort(ms + warm, steps, sizeof(double), cmp_d);
+	double med = ms[warm + steps / 2];
+	double tps = N / (med / 1e3);
+	double tf = tps * flops_per_token(&cfg, T) / 1e12;
+	size_t fr = 0, tot = 0;
+	cudaMemGetInfo(&fr, &tot);
+	printf("{\"name\": \"moe/cuda%s\", \"model\": \"%s\", \"B\": %d, \"T\": %d, \"step_ms\": %.2f, "
+	       "\"tok_per_s\": %.0f, \"tflops\": %.1f, \"mfu_h100_989\": %.3f, \"peak_gib\": %.2f, "
+	       "\"device_used_gib\": %.2f, \"flops_per_token\": %.0f, \"loss\": %.4f}\n",
+	       getenv("MOE_CUDA_GROUPED") ? "/grouped=cublas" : (per_tensor ? "/per-tensor-optim" : ""), model,
+	       B, T, med, tps, tf, tf / 989.0,
+	       moe_cuda_peak_bytes(be) / 1073741824.0, (tot - fr) / 1073741824.0, flops_per_token(&cfg, T),
+	       ls.total);
+	if (prof) {
+		printf("# per-op time of one step (CUDA events around each backend op; ms)\n");
+		moe_cuda_profile_report(be, stdout, false);
+		printf("# wall time of the profiled step: %.1f ms\n", ms[total - 1]);
+	}
+	fflush(stdout);
+	moe_model_free(m);
+	return 0;
+}

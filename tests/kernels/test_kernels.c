@@ -1,0 +1,391 @@
+/* Every CUDA kernel against its CPU fp32 reference (lib/model/ops.h) on
+ * fresh random inputs.  Inputs are rounded to bf16 first so that both sides
+ * compute on identical values; tolerances are relative L2 errors:
+ *   outputs stored in bf16:                          2e-2 (3e-2 for attention grads)
+ *   fp32 results from bf16 inputs (stats, dw, probs): 1e-4 .. 1e-3
+ * Outputs are poisoned with NaN before each launch, so an unwritten element
+ * fails the check.  Skipped when there is no CUDA device. */
+#include "gpu_util.h"
+#include "model/ops.h"
+
+static cudaStream_t S = 0;
+
+Test(kernels, embedding)
+{
+	NEED_GPU();
+	rng_seed(1);
+	int N = 300, D = 136, V = 50;
+	float *wte = rand_bf((size_t)V * D, 1.f), *dout = rand_bf((size_t)N * D, 1.f);
+	int32_t *ids = malloc(N * 4);
+	for (int n = 0; n < N; n++)
+		ids[n] = (int32_t)(rng_u64() % V);
+	float *ref = malloc((size_t)N * D * 4), *dref = calloc((size_t)V * D, 4);
+	moe_embedding_fwd(ref, ids, wte, N, D);
+	moe_embedding_bwd(dref, dout, ids, N, D, 3);
+	bf16_t *dw = up_bf(wte, (size_t)V * D), *dd = up_bf(dout, (size_t)N * D), *dout_g = dmalloc((size_t)N * D * 2);
+	int32_t *did = up(ids, N * 4);
+	float *dg = dmalloc((size_t)V * D * 4);
+	cudaMemset(dg, 0, (size_t)V * D * 4);
+	LAUNCH_OK(moe_cuda_embedding_fwd(dout_g, did, dw, N, D, S, &gerr));
+	LAUNCH_OK(moe_cuda_embedding_bwd(dg, dd, did, N, D, 3, S, &gerr));
+	float *out = down_bf(dout_g, (size_t)N * D), *g = down(dg, (size_t)V * D * 4);
+	CHECK_REL(out, ref, (size_t)N * D, 0.0, "embedding fwd");
+	CHECK_REL(g, dref, (size_t)V * D, 1e-6, "embedding bwd");
+}
+
+Test(kernels, rmsnorm)
+{
+	NEED_GPU();
+	rng_seed(2);
+	int N = 257, D = 768;
+	float *x = rand_bf((size_t)N * D, 2.f), *w = rand_bf(D, 1.f), *dout = rand_bf((size_t)N * D, 1.f);
+	float *ref = malloc((size_t)N * D * 4), *rstd = malloc(N * 4), *dx = malloc((size_t)N * D * 4);
+	float *dw = calloc(D, 4);
+	moe_rmsnorm_fwd(ref, rstd, x, w, N, D, 1e-5f);
+	moe_rmsnorm_bwd(dx, dw, dout, x, w, rstd, N, D);
+	bf16_t *gx = up_bf(x, (size_t)N * D), *gout = dmalloc((size_t)N * D * 2), *gdo = up_bf(dout, (size_t)N * D);
+	bf16_t *gdx = dmalloc((size_t)N * D * 2);
+	float *gw = up(w, D * 4), *grs = dmalloc(N * 4), *gdw = dmalloc(D * 4);
+	cudaMemset(gdw, 0, D * 4);
+	LAUNCH_OK(moe_cuda_rmsnorm_fwd(gout, grs, gx, gw, N, D, 1e-5f, S, &gerr));
+	LAUNCH_OK(moe_cuda_rmsnorm_bwd(gdx, gdw, gdo, gx, gw, grs, N, D, S, &gerr));
+	CHECK_REL(down_bf(gout, (size_t)N * D), ref, (size_t)N * D, 2e-2, "rmsnorm out");
+	CHECK_REL(down(grs, N * 4), rstd, N, 1e-5, "rmsnorm rstd");
+	CHECK_REL(down_bf(gdx, (size_t)N * D), dx, (size_t)N * D, 2e-2, "rmsnorm dx");
+	CHECK_REL(down(gdw, D * 4), dw, D, 1e-4, "rmsnorm dw");
+}
+
+Test(kernels, rope)
+{
+	NEED_GPU();
+	rng_seed(3);
+	int B = 2, T = 300, H = 3, Dh = 32;
+	size_t n = (size_t)B * T * H * Dh;
+	float *x = rand_bf(n, 1.f), *ref = malloc(n * 4), *refb = malloc(n * 4);
+	memcpy(ref, x, n * 4);
+	moe_rope_fwd(ref, B, T, H, Dh, 10000.f);
+	memcpy(refb, x, n * 4);
+	moe_rope_bwd(refb, B, T, H, Dh, 10000.f);
+	float *cs = malloc((size_t)T * Dh / 2 * 4), *sn = malloc((size_t)T * Dh / 2 * 4);
+	moe_cuda_rope_table(cs, sn, T, Dh, 10000.f);
+	float *gc = up(cs, (size_t)T * Dh / 2 * 4), *gs = up(sn, (size_t)T * Dh / 2 * 4);
+	bf16_t *g1 = up_bf(x, n), *g2 = up_bf(x, n);
+	LAUNCH_OK(moe_cuda_rope(g1, gc, gs, B, T, H, Dh, 0, S, &gerr));
+	LAUNCH_OK(moe_cuda_rope(g2, gc, gs, B, T, H, Dh, 1, S, &gerr));
+	CHECK_REL(down_bf(g1, n), ref, n, 1e-2, "rope fwd");
+	CHECK_REL(down_bf(g2, n), refb, n, 1e-2, "rope bwd");
+}
+
+static void attention_case(int B, int T, int H, int Dh)
+{
+	size_t n = (size_t)B * T * H * Dh;
+	float *q = rand_bf(n, 2.f), *k = rand_bf(n, 2.f), *v = rand_bf(n, 1.f), *dout = rand_bf(n, 1.f);
+	float *out = malloc(n * 4), *lse = malloc((size_t)B * H * T * 4);
+	float *dq = malloc(n * 4), *dk = malloc(n * 4), *dv = malloc(n * 4);
+	moe_attention_fwd(out, lse, q, k, v, B, T, H, Dh);
+	/* the backward sees the bf16 output, as on the GPU */
+	float *out_bf = malloc(n * 4);
+	for (size_t i = 0; i < n; i++)
+		out_bf[i] = moe_bf16_to_f32(moe_f32_to_bf16(out[i]));
+	moe_attention_bwd(dq, dk, dv, dout, q, k, v, out_bf, lse, B, T, H, Dh);
+	bf16_t *gq = up_bf(q, n), *gk = up_bf(k, n), *gv = up_bf(v, n), *gdo = up_bf(dout, n);
+	bf16_t *go = dmalloc(n * 2), *gdq = dmalloc(n * 2), *gdk = dmalloc(n * 2), *gdv = dmalloc(n * 2);
+	float *gl = dmalloc((size_t)B * H * T * 4), *gdelta = dmalloc((size_t)B * H * T * 4);
+	int ld = H * Dh;
+	LAUNCH_OK(moe_cuda_attention_fwd(go, gl, gq, gk, gv, ld, ld, ld, ld, B, T, H, Dh, S, &gerr));
+	LAUNCH_OK(moe_cuda_attention_bwd(gdq, gdk, gdv, gdelta, gdo, gq, gk, gv, go, gl, ld, ld, ld, ld, B, T, H,
+					 Dh, S, &gerr));
+	char what[64];
+	snprintf(what, sizeof(what), "attention Dh=%d T=%d out", Dh, T);
+	CHECK_REL(down_bf(go, n), out, n, 2e-2, what);
+	snprintf(what, sizeof(what), "attention Dh=%d T=%d lse", Dh, T);
+	CHECK_REL(down(gl, (size_t)B * H * T * 4), lse, (size_t)B * H * T, 1e-3, what);
+	snprintf(what, sizeof(what), "attention Dh=%d T=%d dq", Dh, T);
+	CHECK_REL(down_bf(gdq, n), dq, n, 3e-2, what);
+	snprintf(what, sizeof(what), "attention Dh=%d T=%d dk", Dh, T);
+	CHECK_REL(down_bf(gdk, n), dk, n, 3e-2, what);
+	snprintf(what, sizeof(what), "attention Dh=%d T=%d dv", Dh, T);
+	CHECK_REL(down_bf(gdv, n), dv, n, 3e-2, what);
+}
+
+Test(kernels, attention, .timeout = 120)
+{
+	NEED_GPU();
+	rng_seed(4);
+	attention_case(2, 200, 2, 64);
+	attention_case(1, 130, 3, 96);
+	attention_case(2, 64, 2, 16);
+	attention_case(1, 77, 2, 32);
+	attention_case(1, 150, 1, 128);
+}
+
+Test(kernels, swiglu)
+{
+	NEED_GPU();
+	rng_seed(5);
+	int M = 333, I = 72;
+	float *gu = rand_bf((size_t)M * 2 * I, 3.f), *dh = rand_bf((size_t)M * I, 1.f);
+	float *h = malloc((size_t)M * I * 4), *dgu = malloc((size_t)M * 2 * I * 4);
+	moe_swiglu_gu_fwd(h, gu, M, I);
+	moe_swiglu_gu_bwd(dgu, dh, gu, M, I);
+	bf16_t *ggu = up_bf(gu, (size_t)M * 2 * I), *gdh = up_bf(dh, (size_t)M * I);
+	bf16_t *gh = dmalloc((size_t)M * I * 2), *gdgu = dmalloc((size_t)M * 2 * I * 2);
+	LAUNCH_OK(moe_cuda_swiglu_fwd(gh, ggu, M, I, S, &gerr));
+	LAUNCH_OK(moe_cuda_swiglu_bwd(gdgu, gdh, ggu, M, I, S, &gerr));
+	CHECK_REL(down_bf(gh, (size_t)M * I), h, (size_t)M * I, 1e-2, "swiglu fwd");
+	CHECK_REL(down_bf(gdgu, (size_t)M * 2 * I), dgu, (size_t)M * 2 * I, 1e-2, "swiglu bwd");
+}
+
+static void router_case(int N, int E, int K, bool use_bias, bool norm)
+{
+	float *logits = rand_bf((size_t)N * E, 4.f), *bias = rand_bf(E, 0.5f);
+	float *dtw = rand_bf((size_t)N * K, 1.f), *dprobs = rand_bf((size_t)N * E, 0.1f);
+	int32_t *idx = malloc((size_t)N * K * 4);
+	float *tw = malloc((size_t)N * K * 4), *probs = malloc((size_t)N * E * 4), *dl = malloc((size_t)N * E * 4);
+	moe_router_fwd(idx, tw, probs, logits, use_bias ? bias : NULL, N, E, K, norm);
+	moe_router_bwd(dl, dtw, dprobs, probs, idx, tw, N, E, K, norm);
+	bf16_t *gl = up_bf(logits, (size_t)N * E), *gdl = dmalloc((size_t)N * E * 2);
+	float *gb = up(bias, E * 4), *gtw = dmalloc((size_t)N * K * 4), *gp = dmalloc((size_t)N * E * 4);
+	float *gdtw = up(dtw, (size_t)N * K * 4), *gdp = up(dprobs, (size_t)N * E * 4);
+	int32_t *gi = dmalloc((size_t)N * K * 4);
+	LAUNCH_OK(moe_cuda_router_fwd(gi, gtw, gp, gl, use_bias ? gb : NULL, N, E, K, norm, S, &gerr));
+	LAUNCH_OK(moe_cuda_router_bwd(gdl, gdtw, gdp, gp, gi, gtw, N, E, K, norm, S, &gerr));
+	int32_t *hi = down(gi, (size_t)N * K * 4);
+	size_t same = 0;
+	for (size_t i = 0; i < (size_t)N * K; i++)
+		same += hi[i] == idx[i];
+	cr_log_info("router E=%d K=%d bias=%d norm=%d: %zu/%zu top-k ids equal", E, K, use_bias, norm, same,
+		    (size_t)N * K);
+	cr_expect_eq(same, (size_t)N * K, "router: %zu of %zu top-k ids differ", (size_t)N * K - same,
+		     (size_t)N * K);
+	CHECK_REL(down(gp, (size_t)N * E * 4), probs, (size_t)N * E, 1e-5, "router probs");
+	CHECK_REL(down(gtw, (size_t)N * K * 4), tw, (size_t)N * K, 1e-5, "router topk_w");
+	CHECK_REL(down_bf(gdl, (size_t)N * E), dl, (size_t)N * E, 1e-2, "router dlogits");
+}
+
+Test(kernels, router)
+{
+	NEED_GPU();
+	rng_seed(6);
+	router_case(500, 64, 4, true, false);
+	router_case(300, 64, 8, false, true);
+	router_case(200, 8, 2, true, true);
+	router_case(100, 200, 6, false, false);
+}
+
+Test(kernels, zloss_and_stats)
+{
+	NEED_GPU();
+	rng_seed(7);
+	int N = 400, E = 64, K = 4, pad = 5;
+	float *logits = rand_bf((size_t)N * E, 4.f), *probs = malloc((size_t)N * E * 4);
+	float *d = calloc((size_t)N * E, 4), *tw = malloc((size_t)N * K * 4);
+	int32_t *idx = malloc((size_t)N * K * 4), *ids = malloc(N * 4);
+	for (int n = 0; n < N; n++)
+		ids[n] = (int32_t)(rng_u64() % 16);
+	double z = moe_zloss_fwd_bwd(d, logits, N, E, 0.5f);
+	moe_router_fwd(idx, tw, probs, logits, NULL, N, E, K, false);
+	float psum[64], g[64], *dp = malloc((size_t)N * E * 4);
+	int32_t cnt[64];
+	moe_router_stats(psum, cnt, probs, idx, ids, pad, N, E, K);
+	for (int e = 0; e < E; e++)
+		g[e] = rng_bf(1.f);
+	moe_aux_dprobs(dp, g, ids, pad, N, E);
+	bf16_t *gl = up_bf(logits, (size_t)N * E), *gd = dmalloc((size_t)N * E * 2);
+	cudaMemset(gd, 0, (size_t)N * E * 2);
+	float *rowz = dmalloc(N * 4), *gp = up(probs, (size_t)N * E * 4), *gps = dmalloc(E * 4);
+	float *gdp = dmalloc((size_t)N * E * 4);
+	int32_t *gi = up(idx, (size_t)N * K * 4), *gids = up(ids, N * 4), *gc = dmalloc(E * 4);
+	void *sc = dmalloc(moe_cuda_router_stats_scratch(N, E));
+	LAUNCH_OK(moe_cuda_zloss(gd, rowz, gl, N, E, 0.5f, S, &gerr));
+	LAUNCH_OK(moe_cuda_router_stats(gps, gc, gp, gi, gids, pad, N, E, K, sc, S, &gerr));
+	LAUNCH_OK(moe_cuda_aux_dprobs(gdp, g, gids, pad, N, E, S, &gerr));
+	float *hz = down(rowz, N * 4);
+	double zs = 0;
+	for (int n = 0; n < N; n++)
+		zs += hz[n];
+	zs /= N;
+	cr_expect(fabs(zs - z) <= 1e-4 * fabs(z), "zloss %.6f vs %.6f", zs, z);
+	CHECK_REL(down_bf(gd, (size_t)N * E), d, (size_t)N * E, 1e-2, "zloss dlogits");
+	CHECK_REL(down(gps, E * 4), psum, E, 1e-6, "router_stats psum");
+	int32_t *hc = down(gc, E * 4);
+	cr_expect_eq(memcmp(hc, cnt, E * 4), 0, "router_stats counts differ");
+	CHECK_REL(down(gdp, (size_t)N * E * 4), dp, (size_t)N * E, 0.0, "aux_dprobs");
+}
+
+Test(kernels, route_group_and_permute)
+{
+	NEED_GPU();
+	rng_seed(8);
+	int N = 1000, K = 4, E = 64, D = 96;
+	int32_t *idx = malloc((size_t)N * K * 4);
+	for (int n = 0; n < N; n++)
+		for (int k = 0; k < K; k++) {
+			int e;
+			bool dup;
+			do { /* distinct experts per token, skewed towards low ids, some empty */
+				e = (int)(rng_u64() % (E - 3));
+				e = (e * e) / (E - 3);
+				dup = false;
+				for (int j = 0; j < k; j++)
+					dup |= idx[n * K + j] == e;
+			} while (dup);
+			idx[n * K + k] = e;
+		}
+	int32_t *counts = malloc(E * 4), *offsets = malloc((E + 1) * 4), *perm = malloc((size_t)N * K * 4);
+	int32_t *inv = malloc((size_t)N * K * 4);
+	moe_route_group(counts, offsets, perm, idx, N, K, E);
+	moe_route_inverse(inv, perm, N * K);
+	int32_t *gidx = up(idx, (size_t)N * K * 4), *gc = dmalloc(E * 4), *go = dmalloc((E + 1) * 4);
+	int32_t *gp = dmalloc((size_t)N * K * 4), *gi = dmalloc((size_t)N * K * 4), *gi2 = dmalloc((size_t)N * K * 4);
+	void *sc = dmalloc(moe_cuda_route_group_scratch(N, K, E));
+	LAUNCH_OK(moe_cuda_route_group(gc, go, gp, gi, sc, gidx, N, K, E, S, &gerr));
+	LAUNCH_OK(moe_cuda_route_inverse(gi2, gp, N * K, S, &gerr));
+	cr_expect_eq(memcmp(down(gc, E * 4), counts, E * 4), 0, "counts differ");
+	cr_expect_eq(memcmp(down(go, (E + 1) * 4), offsets, (E + 1) * 4), 0, "offsets differ");
+	cr_expect_eq(memcmp(down(gp, (size_t)N * K * 4), perm, (size_t)N * K * 4), 0, "perm differs");
+	cr_expect_eq(memcmp(down(gi, (size_t)N * K * 4), inv, (size_t)N * K * 4), 0, "inv differs");
+	cr_expect_eq(memcmp(down(gi2, (size_t)N * K * 4), inv, (size_t)N * K * 4), 0, "route_inverse differs");
+
+	/* gather, scatter-add, combine fwd/bwd */
+	size_t NK = (size_t)N * K;
+	float *x = rand_bf((size_t)N * D, 1.f), *yg = rand_bf(NK * D, 1.f), *dxg = rand_bf(NK * D, 1.f);
+	float *dout = rand_bf((size_t)N * D, 1.f), *w = rand_bf(NK, 1.f), *dx0 = rand_bf((size_t)N * D, 1.f);
+	float *xg = malloc(NK * D * 4), *dx = malloc((size_t)N * D * 4), *out = malloc((size_t)N * D * 4);
+	float *dyg = malloc(NK * D * 4), *dw = malloc(NK * 4);
+	moe_gather_rows(xg, x, perm, (int)NK, K, D);
+	memcpy(dx, dx0, (size_t)N * D * 4);
+	moe_scatter_add_rows(dx, dxg, perm, (int)NK, K, D);
+	moe_combine_fwd(out, yg, w, inv, N, K, D);
+	moe_combine_bwd(dyg, dw, dout, yg, w, inv, N, K, D);
+	bf16_t *gx = up_bf(x, (size_t)N * D), *gxg = dmalloc(NK * D * 2), *gdx = up_bf(dx0, (size_t)N * D);
+	bf16_t *gdxg = up_bf(dxg, NK * D), *gyg = up_bf(yg, NK * D), *gout = dmalloc((size_t)N * D * 2);
+	bf16_t *gdo = up_bf(dout, (size_t)N * D), *gdyg = dmalloc(NK * D * 2);
+	float *gw = up(w, NK * 4), *gdw = dmalloc(NK * 4);
+	LAUNCH_OK(moe_cuda_gather(gxg, gx, gp, (int)NK, K, D, S, &gerr));
+	LAUNCH_OK(moe_cuda_scatter_add(gdx, gdxg, gi, N, K, D, S, &gerr));
+	LAUNCH_OK(moe_cuda_combine_fwd(gout, gyg, gw, gi, N, K, D, S, &gerr));
+	LAUNCH_OK(moe_cuda_combine_bwd(gdyg, gdw, gdo, gyg, gw, gi, N, K, D, S, &gerr));
+	CHECK_REL(down_bf(gxg, NK * D), xg, NK * D, 0.0, "gather");
+	CHECK_REL(down_bf(gdx, (size_t)N * D), dx, (size_t)N * D, 1e-2, "scatter_add");
+	CHECK_REL(down_bf(gout, (size_t)N * D), out, (size_t)N * D, 1e-2, "combine fwd");
+	CHECK_REL(down_bf(gdyg, NK * D), dyg, NK * D, 1e-2, "combine bwd dyg");
+	CHECK_REL(down(gdw, NK * 4), dw, NK, 1e-5, "combine bwd dw");
+}
+
+Test(kernels, xent)
+{
+	NEED_GPU();
+	rng_seed(9);
+	int N = 70, V = 5000, ign = 7;
+	float *logits = rand_bf((size_t)N * V, 6.f), *d = malloc((size_t)N * V * 4);
+	int32_t *t = malloc(N * 4);
+	for (int n = 0; n < N; n++)
+		t[n] = n % 9 == 0 ? ign : (int32_t)(rng_u64() % V);
+	int64_t nv = 0;
+	double ref = moe_xent_fwd_bwd(d, logits, t, N, V, ign, 0.25f, &nv);
+	bf16_t *gl = up_bf(logits, (size_t)N * V);
+	int32_t *gt = up(t, N * 4);
+	float *rows = dmalloc(N * 4);
+	double *acc = dmalloc(16);
+	cudaMemset(acc, 0, 16);
+	LAUNCH_OK(moe_cuda_xent(gl, rows, gl, gt, N, V, ign, 0.25f, S, &gerr)); /* in place */
+	LAUNCH_OK(moe_cuda_sum_loss(acc, rows, gt, N, ign, S, &gerr));
+	double *h = down(acc, 16);
+	cr_expect(fabs(h[0] - ref) <= 1e-4 * fabs(ref), "xent loss %.6f vs %.6f", h[0], ref);
+	cr_expect_eq((int64_t)h[1], nv);
+	CHECK_REL(down_bf(gl, (size_t)N * V), d, (size_t)N * V, 1e-2, "xent dlogits (in place)");
+}
+
+Test(kernels, adamw_sumsq)
+{
+	NEED_GPU();
+	rng_seed(10);
+	size_t n = 300001;
+	float *p = rand_bf(n, 1.f), *g = rand_bf(n, 1.f), *m = rand_bf(n, 0.1f), *v = rand_bf(n, 0.1f);
+	for (size_t i = 0; i < n; i++)
+		v[i] = fabsf(v[i]);
+	float *gp = up(p, n * 4), *gg = up(g, n * 4), *gm = up(m, n * 4), *gv = up(v, n * 4);
+	bf16_t *g16 = dmalloc(n * 2);
+	moe_adamw_step(p, g, m, v, n, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, 7);
+	double ss = moe_sumsq(g, n);
+	LAUNCH_OK(moe_cuda_adamw(gp, g16, gg, gm, gv, n, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, 7, S, &gerr));
+	double *acc = dmalloc(8);
+	void *sc = dmalloc(moe_cuda_sumsq_scratch(n));
+	LAUNCH_OK(moe_cuda_sumsq(acc, sc, gg, n, S, &gerr));
+	CHECK_REL(down(gp, n * 4), p, n, 1e-6, "adamw p");
+	CHECK_REL(down(gm, n * 4), m, n, 1e-6, "adamw m");
+	CHECK_REL(down(gv, n * 4), v, n, 1e-6, "adamw v");
+	CHECK_REL(down_bf(g16, n), p, n, 5e-3, "adamw bf16 copy");
+	double *h = down(acc, 8);
+	cr_expect(fabs(*h - ss) <= 1e-9 * ss, "sumsq %.10g vs %.10g", *h, ss);
+}
+
+Test(kernels, gemm)
+{
+	NEED_GPU();
+	rng_seed(11);
+	int N = 200, In = 136, Out = 72;
+	float *x = rand_bf((size_t)N * In, 1.f), *w = rand_bf((size_t)Out * In, 1.f), *dout = rand_bf((size_t)N * Out, 1.f);
+	float *dw0 = rand_bf((size_t)Out * In, 1.f);
+	float *out = malloc((size_t)N * Out * 4), *dx = malloc((size_t)N * In * 4), *dw = malloc((size_t)Out * In * 4);
+	memcpy(dw, dw0, (size_t)Out * In * 4);
+	moe_linear_fwd(out, x, w, NULL, N, In, Out);
+	moe_linear_bwd(dx, dw, NULL, dout, x, w, N, In, Out);
+	struct moe_cuda_blas *b = moe_cuda_blas_new(S, &gerr);
+	cr_assert_not_null(b, "%s", gerr.msg);
+	bf16_t *gx = up_bf(x, (size_t)N * In), *gw = up_bf(w, (size_t)Out * In), *gdo = up_bf(dout, (size_t)N * Out);
+	bf16_t *go = dmalloc((size_t)N * Out * 2), *gdx = dmalloc((size_t)N * In * 2);
+	float *gdw = up(dw0, (size_t)Out * In * 4);
+	LAUNCH_OK(moe_cuda_gemm(b, 0, 1, N, Out, In, gx, In, gw, In, go, Out, 0, 1.f, 0.f, &gerr));
+	LAUNCH_OK(moe_cuda_gemm(b, 0, 0, N, In, Out, gdo, Out, gw, In, gdx, In, 0, 1.f, 0.f, &gerr));
+	LAUNCH_OK(moe_cuda_gemm(b, 1, 0, Out, In, N, gdo, Out, gx, In, gdw, In, 1, 1.f, 1.f, &gerr));
+	CHECK_REL(down_bf(go, (size_t)N * Out), out, (size_t)N * Out, 1e-2, "gemm fwd");
+	CHECK_REL(down_bf(gdx, (size_t)N * In), dx, (size_t)N * In, 1e-2, "gemm dgrad");
+	CHECK_REL(down(gdw, (size_t)Out * In * 4), dw, (size_t)Out * In, 1e-4, "gemm wgrad (fp32 +=)");
+	moe_cuda_blas_free(b);
+}
+
+static void grouped_case(int E, int In, int Out, const int *cnt)
+{
+	int32_t *off = malloc((E + 1) * 4);
+	off[0] = 0;
+	for (int e = 0; e < E; e++)
+		off[e + 1] = off[e] + cnt[e];
+	int M = off[E];
+	float *x = rand_bf((size_t)M * In, 1.f), *w = rand_bf((size_t)E * Out * In, 1.f);
+	float *dout = rand_bf((size_t)M * Out, 1.f), *dw0 = rand_bf((size_t)E * Out * In, 1.f);
+	float *out = malloc((size_t)M * Out * 4 + 4), *dx = malloc((size_t)M * In * 4 + 4);
+	float *dw = malloc((size_t)E * Out * In * 4);
+	memcpy(dw, dw0, (size_t)E * Out * In * 4);
+	moe_grouped_linear_fwd(out, x, w, off, E, In, Out);
+	moe_grouped_linear_bwd(dx, dw, dout, x, w, off, E, In, Out);
+	bf16_t *gx = up_bf(x, (size_t)M * In), *gw = up_bf(w, (size_t)E * Out * In), *gdo = up_bf(dout, (size_t)M * Out);
+	bf16_t *go = dmalloc((size_t)M * Out * 2), *gdx = dmalloc((size_t)M * In * 2);
+	float *gdw = up(dw0, (size_t)E * Out * In * 4);
+	int32_t *goff = up(off, (E + 1) * 4);
+	LAUNCH_OK(moe_cuda_grouped_fwd(go, gx, gw, goff, M, E, In, Out, S, &gerr));
+	LAUNCH_OK(moe_cuda_grouped_dgrad(gdx, gdo, gw, goff, M, E, In, Out, S, &gerr));
+	LAUNCH_OK(moe_cuda_grouped_wgrad(gdw, gdo, gx, goff, E, In, Out, S, &gerr));
+	char what[80];
+	snprintf(what, sizeof(what), "grouped fwd E=%d In=%d Out=%d", E, In, Out);
+	CHECK_REL(down_bf(go, (size_t)M * Out), out, (size_t)M * Out, 1e-2, what);
+	snprintf(what, sizeof(what), "grouped dgrad E=%d In=%d Out=%d", E, In, Out);
+	CHECK_REL(down_bf(gdx, (size_t)M * In), dx, (size_t)M * In, 1e-2, what);
+	snprintf(what, sizeof(what), "grouped wgrad E=%d In=%d Out=%d", E, In, Out);
+	CHECK_REL(down(gdw, (size_t)E * Out * In * 4), dw, (size_t)E * Out * In, 1e-4, what);
+}
+
+Test(kernels, grouped_gemm, .timeout = 120)
+{
+	NEED_GPU();
+	rng_seed(12);
+	int c1[6] = {0, 1, 130, 257, 0, 64};
+	grouped_case(6, 128, 256, c1);
+	int c2[5] = {3, 200, 17, 0, 129};
+	grouped_case(5, 72, 40, c2); /* partial tiles in every dimension */
+	int c3[8];
+	for (int e = 0; e < 8; e++)
+		c3[e] = (int)(rng_u64() % 300);
+	grouped_case(8, 768, 1280, c3);
+}
