@@ -216,6 +216,39 @@ for sig in KILL INT; do
 		bad "SIG$sig: no Range request: $(since "$m")"
 done
 
+# ---- the examples of moe-fetch(1), against a second server that holds the
+# demo corpus as HuggingFaceFW/fineweb-edu's sample/10BT
+if [ -n "${MOE_DATADIR:-}" ] && [ -f "$MOE_DATADIR/demo/sample.parquet" ]; then
+	mkdir -p "$tmp/root2/sample/10BT" "$tmp/root2/sample/100BT"
+	cp "$MOE_DATADIR/demo/sample.parquet" "$tmp/root2/sample/10BT/000_00000.parquet"
+	head -c 1000 "$MOE_DATADIR/demo/sample.parquet" > "$tmp/root2/sample/100BT/000_00000.parquet"
+	echo '{}' > "$tmp/faults2.json"
+	python3 "$MOE_SRCDIR/tests/fetch/hubserver.py" --root "$tmp/root2" --repo HuggingFaceFW/fineweb-edu \
+		--commit 87f09149ef4734204d70ed1d046ddc9ca3f2b8f9 --absolute-redirect \
+		--port-file "$tmp/port2" --faults "$tmp/faults2.json" --log "$tmp/log2.jsonl" &
+	srv2=$!
+	i=0
+	while [ ! -f "$tmp/port2" ] && [ $i -lt 100 ]; do i=$((i + 1)); sleep 0.1; done
+	(
+		export HF_ENDPOINT="http://127.0.0.1:$(cat "$tmp/port2")"
+		cd "$tmp" || exit 1
+		set -e
+		"$F" list > list.txt
+		grep -q "^sample/10BT/000_00000.parquet " list.txt
+		grep -q "^1 files, " list.txt
+		"$F" get -o raw/ -j 8 -q
+		"$F" get -o raw/ -j 8 -q
+		"$F" get HuggingFaceFW/fineweb-edu -r 87f09149ef4734204d70ed1d046ddc9ca3f2b8f9 \
+			-I 'sample/100BT/000_00000.parquet' -o raw/ -q
+		cmp raw/sample/100BT/000_00000.parquet root2/sample/100BT/000_00000.parquet
+		"$F" cat --min-score 3 raw/sample/10BT/*.parquet > docs.jsonl
+		"$F" cat --min-score 3 root2/sample/10BT/000_00000.parquet | cmp - docs.jsonl
+		[ -s docs.jsonl ]
+	) 2> "$tmp/err" && ok "the examples of moe-fetch(1) (list, get twice, get at a commit, cat)" ||
+		bad "man examples: $(cat "$tmp/err")"
+	kill "$srv2" 2>/dev/null
+fi
+
 # a partial file with wrong bytes: detected, downloaded again, verified
 d="$tmp/badpart"
 mkdir -p "$d/sample/10BT"
