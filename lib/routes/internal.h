@@ -5,11 +5,13 @@
 
 #include "routes/routes.h"
 
-/* Open-addressing table of packed top-1 routes -> counts (count 0 = empty). */
-struct ptab {
-	uint64_t *keys;
-	uint64_t *counts;
-	size_t cap, n;
+/* One path window: its distinct top-1 routes, counted over the path sample. */
+struct pwin {
+	size_t n_distinct;
+	double entropy, top1, top10, top100; /* bits; shares of the top 1/10/100 */
+	size_t cover50, cover80, cover95;    /* fewest routes covering the share */
+	size_t n_top;
+	uint64_t *top;                       /* (n_top, 2): packed route, count; count desc */
 };
 
 struct moe_route_stats {
@@ -28,11 +30,16 @@ struct moe_route_stats {
 	double *top1w_sum, *mass_sum; /* (L) */
 	struct moe_layer_summary *sum; /* (L) */
 	int n_windows, bpe;
-	struct ptab *paths;         /* (n_windows) */
+	struct pwin *pw;            /* (n_windows) */
 	int64_t path_sample, path_stride, path_n;
 	int V;
-	uint32_t *tokexp;           /* (V, L, E) top-1 counts, or NULL */
-	uint64_t *tokn;             /* (V) */
+	uint64_t *tokn;             /* (V) occurrences of each token id */
+	int32_t *et_ids;            /* (L, E, top_tokens) top tokens of each expert (top-1) */
+	uint32_t *et_cnt;           /* (L, E, top_tokens) their counts */
+	int32_t *et_n;              /* (L, E) entries filled */
+	int32_t *ts_top;            /* (V, L) a token's most frequent top-1 expert; -1: rare token */
+	uint32_t *ts_cnt;           /* (V, L) its count */
+	float *ts_ent;              /* (V, L) entropy (bits) of the token's top-1 experts */
 	char *label_field;
 	int n_labels;
 	char **labels;
@@ -45,7 +52,8 @@ double moe_routes_entropy_u64(const uint64_t *c, int n);
 double moe_routes_entropy_f64(const double *c, int n);
 double moe_routes_js_distance(const uint64_t *a, const uint64_t *b, int n);
 void moe_routes_stats_finish(struct moe_route_stats *s);
-/* (key, count) pairs sorted by count descending; caller frees. */
+/* The listed (key, count) pairs of window w, by count descending (at most
+ * top_paths); caller frees. */
 uint64_t *moe_routes_paths_sorted(const struct moe_route_stats *s, int w, size_t *n);
 void moe_routes_path_unpack(const struct moe_route_stats *s, uint64_t key, int *route);
 /* Token strings by id from tr->vocab (pointers into it; NULL entries when

@@ -436,7 +436,7 @@ int moe_routes_plot(const struct moe_route_stats *s, const struct moe_trace *tr,
 	if ((rc = moe_mkdirs(dir, err)) < 0 || (rc = plot_heatmap(s, dir, err)) < 0 ||
 	    (rc = plot_layers(s, dir, err)) < 0 || (rc = plot_flow(s, dir, err)) < 0)
 		return rc;
-	if (s->tokexp && (rc = plot_tokens(s, tr, dir, layer, err)) < 0)
+	if ((rc = plot_tokens(s, tr, dir, layer, err)) < 0)
 		return rc;
 	return 0;
 }

@@ -226,61 +226,37 @@ int moe_route_stats_write(const struct moe_route_stats *s, const struct moe_trac
 		      "max_entropy,norm_entropy\n", fp);
 		fputs("start_layer,end_layer,rank,route,path_str,count,share,cumshare\n", fp2);
 		for (int wi = 0; wi < s->n_windows; wi++) {
-			size_t n = 0;
-			uint64_t *v = moe_routes_paths_sorted(s, wi, &n);
-			double tot = (double)s->path_n, cum = 0, h = 0, share10 = 0, share100 = 0, top1 = 0;
-			size_t c50 = 0, c80 = 0, c95 = 0;
+			const struct pwin *p = &s->pw[wi];
+			double tot = (double)s->path_n, cum = 0;
 
-			if (!v) {
-				moe_atomic_abort(&o.a);
-				moe_atomic_abort(&o2.a);
-				rc = moe_error_set(err, MOE_ENOMEM, "out of memory");
-				goto out;
-			}
-			for (size_t i = 0; i < n; i++) {
-				double p = (double)v[2 * i + 1] / tot;
+			for (size_t i = 0; i < p->n_top; i++) {
+				double q = (double)p->top[2 * i + 1] / tot;
 
-				h -= p * log2(p);
-				cum += p;
-				if (i == 0)
-					top1 = cum;
-				if (i < 10)
-					share10 = cum;
-				if (i < 100)
-					share100 = cum;
-				/* routes needed to reach the share (tolerate rounding) */
-				if (!c50 && cum >= 0.5 - 1e-12)
-					c50 = i + 1;
-				if (!c80 && cum >= 0.8 - 1e-12)
-					c80 = i + 1;
-				if (!c95 && cum >= 0.95 - 1e-12)
-					c95 = i + 1;
-				if ((int)i < s->top_paths) {
-					moe_routes_path_unpack(s, v[2 * i], route);
-					fprintf(fp2, "%d,%d,%zu,\"", wi, wi + s->S - 1, i + 1);
-					for (int j = 0; j < s->S; j++)
-						fprintf(fp2, j ? " %d" : "%d", route[j]);
-					fputs("\",\"", fp2);
-					for (int j = 0; j < s->S; j++)
-						fprintf(fp2, "%s[l%d] %d", j ? " -> " : "", wi + j, route[j]);
-					fprintf(fp2, "\",%llu,%.6g,%.6g\n", (unsigned long long)v[2 * i + 1],
-						p, cum);
-				}
+				cum += q;
+				moe_routes_path_unpack(s, p->top[2 * i], route);
+				fprintf(fp2, "%d,%d,%zu,\"", wi, wi + s->S - 1, i + 1);
+				for (int j = 0; j < s->S; j++)
+					fprintf(fp2, j ? " %d" : "%d", route[j]);
+				fputs("\",\"", fp2);
+				for (int j = 0; j < s->S; j++)
+					fprintf(fp2, "%s[l%d] %d", j ? " -> " : "", wi + j, route[j]);
+				fprintf(fp2, "\",%llu,%.6g,%.6g\n", (unsigned long long)p->top[2 * i + 1], q,
+					cum);
 			}
-			fprintf(fp, "%d,%d,%d,%lld,%zu,", wi, wi + s->S - 1, s->S, (long long)s->path_n, n);
-			fnum(fp, n ? top1 : NAN);
+			fprintf(fp, "%d,%d,%d,%lld,%zu,", wi, wi + s->S - 1, s->S, (long long)s->path_n,
+				p->n_distinct);
+			fnum(fp, p->n_distinct ? p->top1 : NAN);
 			putc(',', fp);
-			fnum(fp, n ? share10 : NAN);
+			fnum(fp, p->n_distinct ? p->top10 : NAN);
 			putc(',', fp);
-			fnum(fp, n ? share100 : NAN);
-			fprintf(fp, ",%zu,%zu,%zu,", c50, c80, c95);
-			fnum(fp, n ? h : NAN);
+			fnum(fp, p->n_distinct ? p->top100 : NAN);
+			fprintf(fp, ",%zu,%zu,%zu,", p->cover50, p->cover80, p->cover95);
+			fnum(fp, p->n_distinct ? p->entropy : NAN);
 			putc(',', fp);
 			fnum(fp, s->S * log2(E));
 			putc(',', fp);
-			fnum(fp, n ? h / (s->S * log2(E)) : NAN);
+			fnum(fp, p->n_distinct ? p->entropy / (s->S * log2(E)) : NAN);
 			putc('\n', fp);
-			free(v);
 		}
 		if ((rc = out_commit(&o2, err)) < 0) {
 			moe_atomic_abort(&o.a);
@@ -291,7 +267,7 @@ int moe_route_stats_write(const struct moe_route_stats *s, const struct moe_trac
 	}
 
 	/* expert_tokens.csv, token_spec.csv */
-	if (s->tokexp) {
+	{
 		if (!(fp = out_open(&o, dir, "expert_tokens.csv", err)))
 			goto out_fail;
 		fputs("layer_ix,expert,rank,token_id,token,count,share_of_expert,share_of_token,lift\n", fp);
@@ -318,24 +294,14 @@ int moe_route_stats_write(const struct moe_route_stats *s, const struct moe_trac
 		fputs("layer_ix,token_id,token,n,top_expert,top_share,entropy\n", fp);
 		for (int l = 0; l < L; l++)
 			for (int x = 0; x < s->V; x++) {
-				const uint32_t *h = s->tokexp + ((size_t)x * L + l) * E;
-				double ent = 0, nx = (double)s->tokn[x];
-				int best = 0;
+				size_t i = (size_t)x * L + l;
 
-				if (s->tokn[x] < (uint64_t)s->min_count)
+				if (s->ts_top[i] < 0)
 					continue;
-				for (int e = 0; e < E; e++) {
-					if (h[e] > h[best])
-						best = e;
-					if (h[e]) {
-						double p = h[e] / nx;
-						ent -= p * log2(p);
-					}
-				}
 				fprintf(fp, "%d,%d,", l, x);
 				moe_csv_quoted(fp, tok_str(tab, ntab, x));
-				fprintf(fp, ",%llu,%d,%.6g,%.6g\n", (unsigned long long)s->tokn[x], best,
-					h[best] / nx, ent);
+				fprintf(fp, ",%llu,%d,%.6g,%.6g\n", (unsigned long long)s->tokn[x], s->ts_top[i],
+					s->ts_cnt[i] / (double)s->tokn[x], (double)s->ts_ent[i]);
 			}
 		if ((rc = out_commit(&o, err)) < 0)
 			goto out;
@@ -450,7 +416,6 @@ int moe_route_stats_write(const struct moe_route_stats *s, const struct moe_trac
 		json_object_set_new(js, "label_field", json_string(s->label_field));
 		json_object_set_new(js, "labels", la);
 	}
-	json_object_set_new(js, "token_tables", json_boolean(s->tokexp != NULL));
 	{
 		char *path = moe_path_join(dir, "stats.json");
 
