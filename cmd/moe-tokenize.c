@@ -251,15 +251,18 @@ static uint32_t parse_eos(const struct moe_tok *t, const char *s)
 		return moe_tok_eos_id(t);
 	if (strcmp(s, "none") == 0)
 		return MOE_TOK_NONE;
+	if (s[0] >= '0' && s[0] <= '9' && strspn(s, "0123456789") == strlen(s)) {
+		struct moe_error err = {0};
+		uint64_t v;
+		if (moe_parse_u64(s, moe_tok_vocab_size(t) - 1, &v, "EOS id", &err) < 0)
+			moe_usage_error("--eos: id %s is not below the vocabulary size %u", s,
+					moe_tok_vocab_size(t));
+		return (uint32_t)v;
+	}
 	uint32_t id = moe_tok_token_id(t, s, strlen(s));
-	if (id != MOE_TOK_NONE)
-		return id;
-	struct moe_error err = {0};
-	uint64_t v;
-	if (moe_parse_u64(s, moe_tok_vocab_size(t) - 1, &v, "EOS id", &err) < 0)
-		moe_usage_error("--eos: '%s' is neither a token nor an id below %u", s,
-				moe_tok_vocab_size(t));
-	return (uint32_t)v;
+	if (id == MOE_TOK_NONE)
+		moe_usage_error("--eos: '%s' is not a token of the tokenizer", s);
+	return id;
 }
 
 static int cmd_encode(const struct args *a)

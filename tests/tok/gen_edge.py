@@ -2,7 +2,7 @@
 """Writes tests/tok/edge.jsonl: Unicode and whitespace edge cases for the
 tokenizer exactness tests (the ids come from the reference library at test
 time; this file only holds inputs)."""
-import json, sys, unicodedata
+import json, re, sys, unicodedata
 
 docs = []
 def add(s): docs.append(s)
@@ -88,5 +88,8 @@ add("\U0001D400\U0001D401 math bold \U0001D7CE\U0001D7CF digits \U00010400 deser
 
 with open(sys.argv[1] if len(sys.argv) > 1 else "edge.jsonl", "w", encoding="utf-8") as f:
     for d in docs:
-        f.write(json.dumps({"text": d}, ensure_ascii=False) + "\n")
+        # compact, with upper-case escapes: the form moe-tokenize decode writes
+        line = json.dumps({"text": d}, ensure_ascii=False, separators=(",", ":"))
+        line = re.sub(r"\\u([0-9a-f]{4})", lambda m: "\\u" + m.group(1).upper(), line)
+        f.write(line + "\n")
 print(len(docs), "documents")
