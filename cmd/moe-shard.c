@@ -371,13 +371,6 @@ int main(int argc, char **argv)
 	memset(&a, 0, sizeof(a));
 	moe_diag_init(argv[0]);
 	moe_shard_writer_opts_init(&a.w);
-	if (argc > 1 && (strcmp(argv[1], "info") == 0 || strcmp(argv[1], "verify") == 0 ||
-			 strcmp(argv[1], "cat") == 0)) {
-		a.cmd = argv[1];
-		argv[1] = argv[0];
-		argv++;
-		argc--;
-	}
 	int c;
 	uint64_t u;
 	while ((c = getopt_long(argc, argv, "o:fz::qvhV", longopts, NULL)) != -1) {
@@ -458,11 +451,15 @@ int main(int argc, char **argv)
 	if (a.val_docs_set && a.w.val_fraction > 0)
 		moe_usage_error("--val-docs and --val-fraction exclude each other");
 	a.w.force = a.force;
-	if (!a.cmd) {
-		if (!a.out)
-			moe_usage_error("no output directory (-o DIR)");
+	/* with -o the operands are inputs; without, the first is a subcommand */
+	if (a.out)
 		return cmd_write(&a, argv + optind, argc - optind);
-	}
+	if (optind < argc && (strcmp(argv[optind], "info") == 0 ||
+			      strcmp(argv[optind], "verify") == 0 ||
+			      strcmp(argv[optind], "cat") == 0))
+		a.cmd = argv[optind++];
+	if (!a.cmd)
+		moe_usage_error("no output directory (-o DIR)");
 	if (argc - optind != 1)
 		moe_usage_error("%s takes one shard directory", a.cmd);
 	const char *dir = argv[optind];

@@ -44,6 +44,7 @@ check "val split is the first 40 documents" sh -c "'$SHARD' cat --split val --fo
 check "train split is the rest" sh -c "'$SHARD' cat --split train --format ids d1 | cmp - t360"
 check "several shard files" test -f d1/train-00003.shard
 check "verify" "$SHARD" verify d1
+check "options before the subcommand" "$SHARD" -q verify d1
 check "through a pipe with --compress" sh -c "cat a.tok | '$SHARD' -o d2 --compress --block-size 1000 && '$SHARD' cat d2 | cmp - a.tok"
 check "--compress=19 and a fraction split" sh -c "'$SHARD' -o d3 --compress=19 --val-fraction 0.25 --seed 3 < a.tok && '$SHARD' verify d3 && '$SHARD' cat d3 | cmp - a.tok"
 check "fraction split is roughly a quarter" sh -c "v=\$('$SHARD' cat --split val --format ids d3 | wc -l); [ \$v -gt 60 ] && [ \$v -lt 140 ]"

@@ -33,7 +33,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *in, size_t size)
 		moe_put_u64(data + 184, moe_hash64(data, 184));
 	}
 	if (!dir[0]) {
-		strcpy(dir, "/tmp/moe-fuzz-shard.XXXXXX");
+		const char *td = getenv("TMPDIR");
+		snprintf(dir, sizeof(dir), "%s/moe-fuzz-shard.XXXXXX", td ? td : "/tmp");
 		if (!mkdtemp(dir))
 			abort();
 	}
