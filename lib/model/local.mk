@@ -8,3 +8,4 @@ lib_model_libmoemodel_a_CFLAGS = $(AM_CFLAGS) -O3
 # model presets, installed as $(pkgdatadir)/models/NAME.json
 modelsdir = $(pkgdatadir)/models
 dist_models_DATA = share/models/tiny.json share/models/seed-base.json share/models/olmoe-1b-7b.json
+MAN_PAGES += man/moe-config.5
