@@ -561,3 +561,58 @@ Test(train, adamw_lowers_the_loss)
 	free(vo);
 	moe_model_free(m);
 }
+
+/* ---- the tiled linear kernels against a naive double-precision product ---------------- */
+
+static void naive_check(int N, int In, int Out)
+{
+	float *x = malloc(sizeof(float) * N * In), *w = malloc(sizeof(float) * Out * In);
+	float *dy = malloc(sizeof(float) * N * Out), *y = malloc(sizeof(float) * N * Out);
+	float *dx = malloc(sizeof(float) * N * In), *dw = malloc(sizeof(float) * Out * In);
+	unsigned s = (unsigned)(N * 131 + In * 7 + Out);
+	for (int i = 0; i < N * In; i++)
+		x[i] = (float)((s = s * 1103515245u + 12345u) >> 9) / 8388608.0f - 1.0f;
+	for (int i = 0; i < Out * In; i++)
+		w[i] = (float)((s = s * 1103515245u + 12345u) >> 9) / 8388608.0f - 1.0f;
+	for (int i = 0; i < N * Out; i++)
+		dy[i] = (float)((s = s * 1103515245u + 12345u) >> 9) / 8388608.0f - 1.0f;
+	for (int i = 0; i < Out * In; i++)
+		dw[i] = 0.5f; /* dw accumulates */
+	moe_linear_fwd(y, x, w, NULL, N, In, Out);
+	moe_linear_bwd(dx, dw, NULL, dy, x, w, N, In, Out);
+	double tol = 1e-5 * (In > Out ? (In > N ? In : N) : (Out > N ? Out : N));
+	for (int n = 0; n < N; n++)
+		for (int o = 0; o < Out; o++) {
+			double r = 0;
+			for (int i = 0; i < In; i++)
+				r += (double)x[n * In + i] * w[o * In + i];
+			cr_assert(fabs(r - y[n * Out + o]) < tol, "fwd %dx%dx%d [%d,%d]: %g vs %g", N, In, Out, n, o, y[n * Out + o], r);
+		}
+	for (int n = 0; n < N; n++)
+		for (int i = 0; i < In; i++) {
+			double r = 0;
+			for (int o = 0; o < Out; o++)
+				r += (double)dy[n * Out + o] * w[o * In + i];
+			cr_assert(fabs(r - dx[n * In + i]) < tol, "dx %dx%dx%d [%d,%d]", N, In, Out, n, i);
+		}
+	for (int o = 0; o < Out; o++)
+		for (int i = 0; i < In; i++) {
+			double r = 0.5;
+			for (int n = 0; n < N; n++)
+				r += (double)dy[n * Out + o] * x[n * In + i];
+			cr_assert(fabs(r - dw[o * In + i]) < tol, "dw %dx%dx%d [%d,%d]", N, In, Out, o, i);
+		}
+	free(x), free(w), free(dy), free(y), free(dx), free(dw);
+}
+
+Test(ops, linear_tiles_and_remainders)
+{
+	/* full 4x4 / 4x32 tiles, remainders in every dimension, and sizes above
+	 * the OpenMP threshold */
+	naive_check(1, 1, 1);
+	naive_check(3, 5, 7);
+	naive_check(8, 64, 32);
+	naive_check(9, 70, 67);
+	naive_check(13, 33, 101);
+	naive_check(64, 128, 96);
+}
