@@ -3,6 +3,7 @@
 noinst_LIBRARIES += lib/train/libmoetrain.a
 lib_train_libmoetrain_a_SOURCES = lib/train/train.h lib/train/opts.c lib/train/schedule.c \
 	lib/train/ckptdir.c lib/train/optim.c lib/train/trainer.c lib/train/generate.c
+lib_train_libmoetrain_a_CPPFLAGS = $(AM_CPPFLAGS) $(CUDA_CPPFLAGS)
 
 # The CUDA backend is found through a weak symbol (lib/model/backend_cpu.c),
 # which does not pull archive members: link the whole kernels archive.

@@ -14,6 +14,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#ifdef HAVE_CUDA
+#include <cuda_runtime_api.h>
+#endif
+
 #include "data/data.h"
 #include "model/model.h"
 #include "train/train.h"
@@ -108,6 +112,20 @@ struct moe_backend *moe_train_backend(const char *device, char *chosen, size_t c
 	if (be && chosen)
 		snprintf(chosen, cap, "%s", be->name);
 	return be;
+}
+
+/* Device memory in use (total - free) on the CUDA backend, else -1. */
+static int64_t device_mem_bytes(struct moe_model *m)
+{
+#ifdef HAVE_CUDA
+	size_t free_b, total_b;
+	if (strcmp(moe_model_backend(m)->name, "cuda") == 0 &&
+	    cudaMemGetInfo(&free_b, &total_b) == cudaSuccess)
+		return (int64_t)(total_b - free_b);
+#else
+	(void)m;
+#endif
+	return -1;
 }
 
 static long rss_bytes(void)
@@ -855,6 +873,11 @@ int moe_trainer_step(struct moe_trainer *t, struct moe_step_stats *st, struct mo
 	rec_num(&r, "tokens_per_s", st->tokens_per_s, 6);
 	rec_num(&r, "mfu", st->mfu >= 0 ? st->mfu : NAN, 4);
 	rec_int(&r, "rss_bytes", rss_bytes());
+	int64_t dm = device_mem_bytes(t->model);
+	if (dm >= 0)
+		rec_int(&r, "device_mem_bytes", dm);
+	else
+		rec_num(&r, "device_mem_bytes", NAN, 1);
 	if (t->Lm > 0) {
 		rec_load(&r, "load_max", t->counts, t->Lm, t->E, true);
 		rec_load(&r, "load_min", t->counts, t->Lm, t->E, false);
