@@ -12,3 +12,4 @@ bin_PROGRAMS += cmd/moe-tokenize
 cmd_moe_tokenize_SOURCES = cmd/moe-tokenize.c
 cmd_moe_tokenize_LDADD = lib/tok/libmoetok.a lib/data/libmoedata.a $(CORE_LIBS) $(ZSTD_LIBS) \
 	$(UTF8PROC_LIBS) $(PTHREAD_LIBS)
+MAN_PAGES += man/moe-tokenize.1

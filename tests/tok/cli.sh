@@ -108,4 +108,10 @@ cp "$EDGE" docs.jsonl
 "$MT" decode -t tok.json docs.tks | head -n 3 > /dev/null && ok "example: decode" || bad "example: decode"
 echo 'Hello  world' | "$MT" encode -t tok.json --text --format ids --eos none > /dev/null && ok "example: ids" || bad "example: ids"
 "$MT" info -t tok.json > /dev/null && ok "example: info" || bad "example: info"
+OLMO="${MOE_SHARED:-/nonexistent}/data/tokenizers/olmo-gpt-neox-dolma-v1_5.json"
+if [ -f "$OLMO" ] && [ -x "$MOE_BIN/moe-shard" ]; then
+	cp "$OLMO" olmo-gpt-neox-dolma-v1_5.json
+	"$MT" encode -t olmo-gpt-neox-dolma-v1_5.json -j 16 \
+	    docs.jsonl | "$MOE_BIN/moe-shard" -q -o data/ && [ -d data ] && ok "example: moe-shard" || bad "example: moe-shard"
+fi
 exit $fail
