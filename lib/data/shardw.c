@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 #include <zstd.h>
 
 #include "data/shardfmt.h"
@@ -364,7 +365,7 @@ static int shard_close(struct moe_shard_writer *w, enum moe_split sp, struct moe
 	if ((rc = shard_hdr_encode(&s->h, hb, err)) < 0)
 		goto out;
 	if (fseek(s->fp, 0, SEEK_SET) != 0 || fwrite(hb, 1, sizeof(hb), s->fp) != sizeof(hb) ||
-	    fflush(s->fp) != 0) {
+	    fflush(s->fp) != 0 || fsync(fileno(s->fp)) != 0) {
 		rc = moe_error_errno(err, "%s: write failed", s->path);
 		goto out;
 	}

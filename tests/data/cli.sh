@@ -82,6 +82,19 @@ expect_fail "inputs that disagree" 1 "differ from" "$SHARD" -o bad6 a.tok w.tok
 check "nothing left after disagreeing inputs" sh -c "[ ! -e bad6 ]"
 expect_fail "missing input" 1 "cannot open 'nope.tok'" "$SHARD" -o bad7 nope.tok
 check "no temporaries left after failures" clean_dir
+mkfifo fifo
+"$SHARD" -o sig <fifo 2>/dev/null &
+pid=$!
+exec 3>fifo
+head -c 30000 a.tok >&3
+sleep 1
+check "a temporary directory exists while it runs" sh -c "ls -A | grep -q '^\.sig\.tmp'"
+kill -TERM $pid
+wait $pid; rc=$?
+exec 3>&-
+check "SIGTERM stops it" test "$rc" -ne 0
+check "SIGTERM leaves nothing behind" sh -c "[ ! -e sig ] && ! ls -A | grep -q '^\.sig'"
+rm -f fifo
 mkdir full && echo keep >full/keep
 expect_fail "non-empty directory without --force" 1 "not empty" "$SHARD" -o full a.tok
 check "--force replaces it" sh -c "'$SHARD' -o full --force a.tok && [ ! -e full/keep ] && '$SHARD' verify full"
