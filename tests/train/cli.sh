@@ -97,6 +97,14 @@ $G --max-tokens 0 > "$T/g0" || fail "generate 0 tokens"
 [ "$(cat "$T/g0")" = Hello ] || fail "--max-tokens 0 should print the prompt only"
 "$EVAL" generate "$T/gen" --prompt x >/dev/null 2>&1; [ $? -eq 2 ] || fail "generate without -t should exit 2"
 
+# --- the example recipe share/recipes/train.mk
+if command -v make >/dev/null 2>&1; then
+	make -s -f "$S/share/recipes/train.mk" DATA="$T/data" RUN="$T/mk" MODEL="$MODEL" DEVICE=cpu \
+		STEPS=3 TRAIN_FLAGS="--micro-batch 2 --seq-len 16 --eval-every 0 -q" \
+		MOE_TRAIN="$TRAIN" MOE_EVAL="$EVAL" >/dev/null || fail "train.mk"
+	grep -q '"ppl"' "$T/mk/eval.json" || fail "train.mk: no eval.json"
+fi
+
 # --- corrupted checkpoint: a clear error naming the file, exit 1
 cp -r "$T/run" "$T/bad"
 ck=$T/bad/ckpt/step-0000006
