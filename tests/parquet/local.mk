@@ -11,3 +11,10 @@ tests_parquet_test_parquet_SOURCES = tests/parquet/test_parquet.c
 tests_parquet_test_parquet_CFLAGS = $(CRIT_CFLAGS)
 tests_parquet_test_parquet_LDADD = $(PARQUET_LIBS) $(CORE_LIBS) $(CRIT_LIBS)
 TESTS += tests/parquet/test_parquet
+
+# Benchmarks (not run by make check): see tests/bench/RESULTS-fetch.md.
+noinst_PROGRAMS += tests/bench/bench_parquet
+tests_bench_bench_parquet_SOURCES = tests/bench/bench_parquet.c
+tests_bench_bench_parquet_LDADD = $(PARQUET_LIBS) $(CORE_LIBS)
+EXTRA_DIST += tests/bench/bench_parquet.sh tests/bench/bench_parquet_pyarrow.py \
+	tests/bench/bench_fetch.sh tests/bench/RESULTS-fetch.md
