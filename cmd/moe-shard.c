@@ -9,10 +9,12 @@
  */
 #include "config.h"
 
+#include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "core/core.h"
 #include "data/data.h"
@@ -22,11 +24,11 @@ static void usage(FILE *fp)
 	const char *p = moe_progname();
 	fprintf(fp,
 		"Usage: %s -o DIR [options] [FILE...]\n"
-		"       %s info [--json] DIR\n"
-		"       %s verify DIR\n"
+		"       %s info [--json] DIR|STREAM\n"
+		"       %s verify DIR|STREAM\n"
 		"       %s cat [--split train|val|all] [--format stream|ids] [-f] DIR\n"
 		"Write token streams (FILE..., or standard input) as shards with a train/val split;\n"
-		"describe, check or print a shard directory.\n"
+		"describe, check or print a shard directory; describe or check a token stream.\n"
 		"\n"
 		"  -o, --output DIR         shard directory to create\n"
 		"  -f, --force              replace a non-empty DIR; cat: binary to a terminal\n"
@@ -181,6 +183,77 @@ fail:
 	moe_progress_free(pr);
 	moe_shard_writer_free(w); /* removes the temporary directory */
 	moe_die_error(&err);
+}
+
+/* ---- info and verify of a token stream --------------------------------- */
+
+/* Read a whole token stream (checking everything) and describe it. */
+static int stream_info(struct args *a, const char *path, bool verify_only)
+{
+	struct moe_error err = {0};
+	bool is_stdin = strcmp(path, "-") == 0;
+	const char *name = is_stdin ? "<stdin>" : path;
+	FILE *fp = is_stdin ? stdin : fopen(path, "rb");
+	if (!fp)
+		moe_die("cannot open '%s': %s", path, strerror(errno));
+	struct moe_tokstream_reader *r = moe_tokstream_reader_new(fp, name, &err);
+	if (!r)
+		moe_die_error(&err);
+	const struct moe_tokstream_info in = *moe_tokstream_reader_info(r);
+	uint64_t docs = 0, tokens = 0, longest = 0;
+	const uint32_t *ids;
+	size_t n;
+	int rc;
+	while ((rc = moe_tokstream_read_doc(r, &ids, &n, &err)) > 0) {
+		docs++;
+		tokens += n;
+		if (n > longest)
+			longest = n;
+	}
+	if (rc < 0)
+		moe_die_error(&err);
+	moe_tokstream_reader_free(r);
+	if (!is_stdin)
+		fclose(fp);
+	char sha[65];
+	bool has_sha = false;
+	for (int i = 0; i < 32; i++)
+		has_sha |= in.tokenizer_sha256[i] != 0;
+	moe_hex(in.tokenizer_sha256, 32, sha);
+	if (verify_only) {
+		if (moe_verbosity >= 1)
+			printf("%s: OK\n", name);
+	} else if (a->json) {
+		json_t *o = json_pack("{s:s, s:i, s:I, s:i, s:o, s:o, s:I, s:I, s:I}", "format",
+				      "moe-tokstream", "version", MOE_TOKSTREAM_VERSION, "vocab_size",
+				      (json_int_t)in.vocab_size, "token_width", (int)in.token_width,
+				      "eos_id", in.eos_id == MOE_NO_EOS ? json_null() : json_integer(in.eos_id),
+				      "tokenizer_sha256", has_sha ? json_string(sha) : json_null(),
+				      "documents", (json_int_t)docs, "tokens", (json_int_t)tokens,
+				      "longest_document", (json_int_t)longest);
+		if (!o || json_dumpf(o, stdout, JSON_INDENT(2) | JSON_PRESERVE_ORDER) < 0)
+			moe_die("write error");
+		putchar('\n');
+		json_decref(o);
+	} else {
+		printf("stream:       %s\n", name);
+		printf("format:       moe-tokstream version %d\n", MOE_TOKSTREAM_VERSION);
+		printf("vocab_size:   %" PRIu32 " (uint%d tokens)\n", in.vocab_size, (int)(8 * in.token_width));
+		if (in.eos_id == MOE_NO_EOS)
+			printf("eos_id:       none\n");
+		else
+			printf("eos_id:       %" PRIu32 "\n", in.eos_id);
+		printf("tokenizer:    %s\n", has_sha ? sha : "unknown");
+		printf("documents:    %" PRIu64 " (longest %" PRIu64 " tokens)\n", docs, longest);
+		printf("tokens:       %" PRIu64 "\n", tokens);
+	}
+	return 0;
+}
+
+static bool is_dir(const char *path)
+{
+	struct stat st;
+	return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
 }
 
 /* ---- info -------------------------------------------------------------- */
@@ -463,7 +536,10 @@ int main(int argc, char **argv)
 	if (argc - optind != 1)
 		moe_usage_error("%s takes one shard directory", a.cmd);
 	const char *dir = argv[optind];
-	if (strcmp(a.cmd, "info") == 0)
+	bool stream = strcmp(a.cmd, "cat") != 0 && !is_dir(dir);
+	if (stream)
+		stream_info(&a, dir, strcmp(a.cmd, "verify") == 0);
+	else if (strcmp(a.cmd, "info") == 0)
 		cmd_info(&a, dir);
 	else if (strcmp(a.cmd, "verify") == 0)
 		cmd_verify(&a, dir);

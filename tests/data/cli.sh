@@ -60,6 +60,9 @@ check "uint32 tokens when the vocabulary needs them" sh -c "'$SHARD' -o d5 w.tok
 check "an empty stream gives an empty directory index" sh -c "'$SHARD' -o d6 empty.tok && '$SHARD' verify d6 && '$SHARD' cat d6 | cmp - empty.tok"
 check "info" sh -c "'$SHARD' info d1 | grep -q '^val .*40 documents'"
 check "info --json is JSON with the counts" sh -c "'$SHARD' info --json d1 | grep -q '\"docs\": 360'"
+check "info on a stream" sh -c "'$SHARD' info a.tok | grep -q '^documents: *400 '"
+check "info --json on a stream" sh -c "'$SHARD' info --json - <a.tok | grep -q '\"documents\": 400'"
+check "verify a stream" sh -c "'$SHARD' verify a.tok | grep -q ': OK'"
 check "no temporaries left" clean_dir
 
 # bad input: exit 1, clear message, nothing written
@@ -78,6 +81,7 @@ cp a.tok ver.tok
 printf '\002' | dd of=ver.tok bs=1 seek=8 conv=notrunc 2>/dev/null
 expect_fail "wrong version" 1 "version" "$SHARD" -o bad4 ver.tok
 expect_fail "not a token stream" 1 "bad magic" "$SHARD" -o bad5 a.ids
+expect_fail "verify a truncated stream" 1 "truncated" "$SHARD" verify trunc.tok
 expect_fail "inputs that disagree" 1 "differ from" "$SHARD" -o bad6 a.tok w.tok
 check "nothing left after disagreeing inputs" sh -c "[ ! -e bad6 ]"
 expect_fail "missing input" 1 "cannot open 'nope.tok'" "$SHARD" -o bad7 nope.tok
