@@ -446,3 +446,38 @@ Test(shards, loader_rejects_ids_outside_vocab)
 	cr_assert_lt(moe_loader_next(l, tok, &err), 0, "error is sticky");
 	moe_loader_free(l);
 }
+
+Test(shards, wrong_versions_are_refused)
+{
+	const char *d = make_dir("w", 20, 0, 0, 1u << 30, 0, NULL, NULL);
+	char shard[200], index[200];
+	snprintf(shard, sizeof(shard), "%s/train-00000.shard", d);
+	snprintf(index, sizeof(index), "%s/index.json", d);
+	/* shard header version 2 with a valid header checksum */
+	FILE *fp = fopen(shard, "r+b");
+	uint8_t h[192];
+	cr_assert_eq(fread(h, 1, 192, fp), 192);
+	moe_put_u32(h + 8, 2);
+	moe_put_u64(h + 184, moe_hash64(h, 184));
+	rewind(fp);
+	fwrite(h, 1, 192, fp);
+	fclose(fp);
+	struct moe_error err = {0};
+	cr_assert_null(moe_dataset_open(d, MOE_SPLIT_TRAIN, &err));
+	cr_assert_eq(err.code, MOE_EVERSION, "%s", err.msg);
+	cr_assert(strstr(err.msg, "train-00000.shard") && strstr(err.msg, "version"), "%s", err.msg);
+	/* index.json version 2 */
+	char *buf;
+	size_t len;
+	cr_assert_eq(moe_read_file(index, &buf, &len, &err), 0);
+	char *v = strstr(buf, "\"version\": 1");
+	cr_assert_not_null(v);
+	v[11] = '2';
+	fp = fopen(index, "w");
+	fwrite(buf, 1, len, fp);
+	fclose(fp);
+	free(buf);
+	cr_assert_null(moe_dataset_open(d, MOE_SPLIT_TRAIN, &err));
+	cr_assert_eq(err.code, MOE_EVERSION, "%s", err.msg);
+	cr_assert_lt(moe_shard_verify(d, NULL, NULL, &err), 0);
+}
