@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "core/core.h"
 #include "data/data.h"
@@ -119,6 +120,9 @@ static int cmd_write(struct args *a, char **files, int nfiles)
 	for (int i = 0; i < nfiles; i++) {
 		bool is_stdin = strcmp(files[i], "-") == 0;
 		const char *name = is_stdin ? "<stdin>" : files[i];
+		if (is_stdin && isatty(STDIN_FILENO))
+			moe_usage_error("standard input is a terminal, not a token stream "
+					"(name the input files or redirect)");
 		FILE *fp = is_stdin ? stdin : fopen(files[i], "rb");
 		if (!fp) {
 			moe_error_errno(&err, "cannot open '%s'", files[i]);
