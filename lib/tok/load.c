@@ -557,6 +557,7 @@ fail:
 
 struct moe_tok *moe_tok_load_json(const json_t *root, const char *where, struct moe_error *err)
 {
+	tok_classes_init();
 	struct moe_tok *t = load_json(root, where, err);
 	if (t) {
 		char *s = json_dumps(root, JSON_COMPACT | JSON_SORT_KEYS);
@@ -775,6 +776,7 @@ fail:
 
 struct moe_tok *moe_tok_load(const char *path, struct moe_error *err)
 {
+	tok_classes_init();
 	char *buf;
 	size_t len;
 	if (moe_read_file(path, &buf, &len, err) < 0)

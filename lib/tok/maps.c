@@ -282,7 +282,18 @@ int tok_trie_build(struct tok_trie *tr, const struct tok_added *added, size_t n,
 		}
 		if (b->token < 0)
 			b->token = (int32_t)i; /* first of duplicates wins */
-		tr->first[(uint8_t)added[i].content[0] >> 3] |= (uint8_t)(1u << (added[i].content[0] & 7));
+		uint8_t c0 = (uint8_t)added[i].content[0];
+		tr->first[c0 >> 3] |= (uint8_t)(1u << (c0 & 7));
+		if (added[i].len == 1)
+			tr->single[c0 >> 3] |= (uint8_t)(1u << (c0 & 7));
+		else {
+			unsigned bg = (unsigned)c0 << 8 | (uint8_t)added[i].content[1];
+			if (!tr->pair && !(tr->pair = calloc(8192, 1))) {
+				rc = MOE_ENOMEM;
+				goto out;
+			}
+			tr->pair[bg >> 3] |= (uint8_t)(1u << (bg & 7));
+		}
 		tr->empty = false;
 	}
 	size_t n_edges = 0, n_nodes = btrie_count(root, &n_edges);
@@ -300,6 +311,7 @@ out:
 
 void tok_trie_release(struct tok_trie *tr)
 {
+	free(tr->pair);
 	free(tr->nodes);
 	free(tr->edges);
 	memset(tr, 0, sizeof *tr);
@@ -314,6 +326,14 @@ int tok_trie_find(const struct tok_trie *tr, const uint8_t *s, size_t n, size_t 
 		uint8_t c = s[i];
 		if (!(tr->first[c >> 3] & (1u << (c & 7))))
 			continue;
+		/* two-byte prefilter: most candidate starts fail here */
+		if (!(tr->single[c >> 3] & (1u << (c & 7)))) {
+			if (i + 1 >= n || !tr->pair)
+				continue;
+			unsigned bg = (unsigned)c << 8 | s[i + 1];
+			if (!(tr->pair[bg >> 3] & (1u << (bg & 7))))
+				continue;
+		}
 		uint32_t node = 0;
 		int32_t best = -1;
 		size_t best_end = 0;

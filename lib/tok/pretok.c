@@ -171,6 +171,11 @@ static void bmp_init(void)
 		bmp_class[cp] = (cp >= 0xD800 && cp < 0xE000) ? TC_OTHER : (uint8_t)slow_class(cp);
 }
 
+void tok_classes_init(void)
+{
+	pthread_once(&bmp_once, bmp_init);
+}
+
 int tok_class_of(uint32_t cp)
 {
 	if (cp < 65536) {
@@ -334,9 +339,9 @@ static size_t match_cl100k(const uint8_t *s, size_t n, size_t i, bool tt)
 	return last;
 }
 
+/* The class tables must be built (tok_classes_init, called when loading). */
 size_t tok_pattern_next(enum tok_pattern p, const uint8_t *s, size_t n, size_t i)
 {
-	pthread_once(&bmp_once, bmp_init);
 	switch (p) {
 	case PAT_GPT2:
 		return match_gpt2(s, n, i);

@@ -13,6 +13,8 @@ enum tok_class {
 };
 /* Class of a code point (thread-safe; tables built on first use). */
 int tok_class_of(uint32_t cp);
+/* Build the class tables now (they are otherwise built on first use). */
+void tok_classes_init(void);
 /* Decode one code point of valid UTF-8 at s[i] (i < n); sets *len. */
 uint32_t tok_utf8_decode(const uint8_t *s, size_t n, size_t i, size_t *len);
 /* Length of the longest valid UTF-8 prefix of s (== n when all valid). */
@@ -70,7 +72,9 @@ struct tok_trie {
 	struct tok_trie_node *nodes;
 	struct tok_trie_edge *edges;
 	size_t n_nodes, n_edges;
-	uint8_t first[32]; /* bitmap of first bytes */
+	uint8_t first[32];    /* bitmap of first bytes */
+	uint8_t single[32];   /* bitmap of one-byte tokens */
+	uint8_t *pair;        /* 65536-bit bitmap of first two bytes */
 	bool empty;
 };
 

@@ -34,6 +34,7 @@ struct moe_tok_trainer {
 
 struct moe_tok_trainer *moe_tok_trainer_new(void)
 {
+	tok_classes_init();
 	struct moe_tok_trainer *tr = calloc(1, sizeof *tr);
 	if (!tr)
 		return NULL;

@@ -66,10 +66,12 @@ async function main() {
     let bytes = 0;
     for (const d of docs) bytes += Buffer.byteLength(d, 'utf8');
     await t.encode(docs[0]);
-    const t0 = process.hrtime.bigint();
+    const t0 = process.hrtime.bigint(), c0 = process.cpuUsage();
     for (const d of docs) await t.encode(d);
     const s = Number(process.hrtime.bigint() - t0) / 1e9;
-    console.log(`${(bytes / 1e6 / s).toFixed(3)} MB/s ${bytes} bytes ${s.toFixed(3)} s`);
+    const cu = process.cpuUsage(c0), cs = (cu.user + cu.system) / 1e6;
+    // cpu: the whole process (the encode runs on a libuv worker thread)
+    console.log(`${(bytes / 1e6 / s).toFixed(3)} MB/s ${bytes} bytes ${s.toFixed(3)} s cpu ${(bytes / 1e6 / cs).toFixed(3)} MB/s`);
   } else {
     console.error('usage: ref.js encode|encode-gpt2|save-gpt2|time ...');
     process.exit(2);

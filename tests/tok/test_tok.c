@@ -19,6 +19,7 @@ static char *split(enum tok_pattern p, const char *s)
 {
 	size_t n = strlen(s);
 	char *out = malloc(n * 2 + 1), *o = out;
+	tok_classes_init();
 	for (size_t i = 0; i < n;) {
 		size_t j = tok_pattern_next(p, (const uint8_t *)s, n, i);
 		cr_assert(j > i && j <= n, "no progress at %zu in '%s'", i, s);
