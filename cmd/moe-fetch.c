@@ -331,7 +331,8 @@ static int cmd_get(struct args *a, int argc, char **argv)
 int main(int argc, char **argv)
 {
 	struct moe_error err = {0};
-	struct args a = {.revision = "main", .jobs = 4, .max_files = -1, .retries = 5};
+	/* static: the option vectors live until exit */
+	static struct args a = {.revision = "main", .jobs = 4, .max_files = -1, .retries = 5};
 	int c;
 
 	moe_diag_init(argv[0]);
