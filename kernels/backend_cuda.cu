@@ -9,8 +9,10 @@
  *
  * Profiling: with MOE_CUDA_PROFILE=1 in the environment, each op is timed
  * with CUDA events; moe_cuda_profile_report() prints the totals.
- * MOE_CUDA_GROUPED=cublas selects per-expert cuBLAS GEMMs (offsets read back
- * to the host once per routing) instead of the device-driven grouped kernel.
+ * Expert GEMMs (MOE_CUDA_GROUPED): "kernel" (default) is the device-driven
+ * grouped kernel of grouped_gemm.cu (no synchronisation); "cublas-grouped"
+ * is cublasGemmGroupedBatchedEx and "cublas" a loop of per-expert cuBLAS
+ * GEMMs, both with the offsets read back to the host once per routing.
  */
 #include <math.h>
 #include <stdio.h>
@@ -28,6 +30,7 @@ extern "C" {
 #define N_ROUTES 256
 #define N_PROF 48
 
+enum { GM_KERNEL, GM_CUBLAS_GROUPED, GM_CUBLAS_LOOP };
 enum { S_GROUP, S_STATS, S_DELTA, S_INV, S_SUMSQ, S_LOSS, S_ACC, S_TMP };
 
 struct prof_ent {
@@ -59,11 +62,13 @@ struct cuda_ctx {
 	const int32_t *route_off[N_ROUTES];
 	int route_rows[N_ROUTES];
 	int route_next;
-	/* per-expert cuBLAS path: host copies of offsets */
-	int use_cublas_grouped;
-	const int32_t *hoff_key;
-	int32_t *hoff;
-	int hoff_n;
+	/* cuBLAS expert paths: host copies of offsets, per offsets pointer */
+	int grouped_mode; /* GM_* */
+	int32_t *hoff[N_ROUTES];
+	int hoff_n[N_ROUTES];
+	/* cublasGemmGroupedBatchedEx arguments */
+	void **gptr;      /* device (3 * E) */
+	size_t gptr_cap;
 	/* memory accounting */
 	struct alloc_ent *al;
 	size_t nal, cal;
@@ -349,7 +354,9 @@ static void b_destroy(struct moe_backend *be)
 			dev_free(c, c->scratch[i]);
 		dev_free(c, c->cosb);
 		dev_free(c, c->sinb);
-		free(c->hoff);
+		for (int i = 0; i < N_ROUTES; i++)
+			free(c->hoff[i]);
+		dev_free(c, c->gptr);
 		moe_cuda_blas_free(c->blas);
 		free(c->al);
 		if (c->prof)
@@ -582,16 +589,21 @@ static void o_router_bwd(struct moe_backend *be, void *dlogits, const float *dto
 	PROF_END(c);
 }
 
-static void announce_rows(struct cuda_ctx *c, const int32_t *offsets, int rows)
+/* Remember the row count of an offsets buffer; its host copy is stale. */
+static int announce_rows(struct cuda_ctx *c, const int32_t *offsets, int rows)
 {
-	for (int i = 0; i < N_ROUTES; i++)
-		if (c->route_off[i] == offsets) {
-			c->route_rows[i] = rows;
-			return;
-		}
-	c->route_off[c->route_next] = offsets;
-	c->route_rows[c->route_next] = rows;
-	c->route_next = (c->route_next + 1) % N_ROUTES;
+	int i;
+	for (i = 0; i < N_ROUTES; i++)
+		if (c->route_off[i] == offsets)
+			break;
+	if (i == N_ROUTES) {
+		i = c->route_next;
+		c->route_next = (c->route_next + 1) % N_ROUTES;
+		c->route_off[i] = offsets;
+	}
+	c->route_rows[i] = rows;
+	c->hoff_n[i] = 0;
+	return i;
 }
 
 static void o_route_group(struct moe_backend *be, int32_t *counts, int32_t *offsets, int32_t *perm, int32_t *inv,
@@ -603,8 +615,6 @@ static void o_route_group(struct moe_backend *be, int32_t *counts, int32_t *offs
 	RUN(c, moe_cuda_route_group(counts, offsets, perm, inv, sc, topk_idx, N, K, E, c->s, &c->err));
 	PROF_END(c);
 	announce_rows(c, offsets, N * K);
-	if (c->hoff_key == offsets)
-		c->hoff_key = NULL;
 }
 
 static void o_gather_rows(struct moe_backend *be, void *xg, const void *x, const int32_t *perm, int NK, int K, int D)
@@ -639,31 +649,121 @@ static int grouped_rows(struct cuda_ctx *c, const int32_t *offsets, int E)
 	return rows;
 }
 
-/* Per-expert cuBLAS path: host offsets (one read-back per routing). */
+/* cuBLAS paths: host offsets (one read-back per routing and offsets buffer). */
 static const int32_t *host_offsets(struct cuda_ctx *c, const int32_t *offsets, int E)
 {
-	if (c->hoff_key == offsets && c->hoff_n == E)
-		return c->hoff;
-	free(c->hoff);
-	c->hoff = (int32_t *)malloc(sizeof(int32_t) * (E + 1));
-	if (!c->hoff) {
+	int i;
+	for (i = 0; i < N_ROUTES; i++)
+		if (c->route_off[i] == offsets)
+			break;
+	if (i == N_ROUTES)
+		i = announce_rows(c, offsets, -1);
+	if (c->hoff_n[i] == E)
+		return c->hoff[i];
+	free(c->hoff[i]);
+	c->hoff[i] = (int32_t *)malloc(sizeof(int32_t) * (E + 1));
+	if (!c->hoff[i]) {
 		if (c->rc == 0)
 			c->rc = moe_error_set(&c->err, MOE_ENOMEM, "cuda: out of host memory");
 		return NULL;
 	}
-	RUN(c, CUDA_OK(cudaMemcpyAsync(c->hoff, offsets, sizeof(int32_t) * (E + 1), cudaMemcpyDeviceToHost, c->s),
+	RUN(c, CUDA_OK(cudaMemcpyAsync(c->hoff[i], offsets, sizeof(int32_t) * (E + 1), cudaMemcpyDeviceToHost, c->s),
 		       &c->err));
 	RUN(c, CUDA_OK(cudaStreamSynchronize(c->s), &c->err));
-	c->hoff_key = offsets;
-	c->hoff_n = E;
-	return c->rc ? NULL : c->hoff;
+	if (c->rc)
+		return NULL;
+	c->hoff_n[i] = E;
+	c->route_rows[i] = c->hoff[i][E];
+	return c->hoff[i];
+}
+
+/* One cublasGemmGroupedBatchedEx call over the experts with rows: per expert
+ * the row-major C_e (m_e, n) = op(A_e) op(B_e) as in moe_cuda_gemm, with A_e
+ * at a + a_row * (its first row), B_e at b + e * b_exp, C_e at cc + c_row *
+ * (first row) or cc + e * c_exp when c_exp != 0 (weight gradients). */
+static int grouped_cublas(struct cuda_ctx *c, const int32_t *h, int E, int ta, int tb, int n, int k_fixed,
+			  const bf16_t *a, size_t a_row, int lda, const bf16_t *b, size_t b_exp, int ldb, void *cc,
+			  size_t c_row, size_t c_exp, int ldc, int c_f32, float beta)
+{
+	int g = 0;
+	int *m_ = (int *)malloc(sizeof(int) * 5 * E), *n_ = m_ + E, *k_ = n_ + E, *la = k_ + E, *lb = la + E;
+	int *lc = (int *)malloc(sizeof(int) * 2 * E), *gs = lc + E;
+	cublasOperation_t *oa = (cublasOperation_t *)malloc(sizeof(cublasOperation_t) * 2 * E), *ob = oa + E;
+	float *al = (float *)malloc(sizeof(float) * 2 * E), *be_ = al + E;
+	void **hp = (void **)malloc(sizeof(void *) * 3 * E);
+	int rc = 0;
+	if (!m_ || !lc || !oa || !al || !hp) {
+		rc = moe_error_set(&c->err, MOE_ENOMEM, "cuda: out of host memory");
+		goto out;
+	}
+	if (c->gptr_cap < (size_t)3 * E) {
+		cudaStreamSynchronize(c->s);
+		dev_free(c, c->gptr);
+		c->gptr = (void **)dev_alloc(c, sizeof(void *) * 3 * E);
+		c->gptr_cap = c->gptr ? (size_t)3 * E : 0;
+		if (!c->gptr) {
+			rc = moe_error_set(&c->err, MOE_ENOMEM, "cuda: out of device memory");
+			goto out;
+		}
+	}
+	for (int e = 0; e < E; e++) {
+		int m = h[e + 1] - h[e];
+		if (m <= 0)
+			continue;
+		/* row-major C = op(A) op(B)  ==  col-major C^T = op(B)^T op(A)^T */
+		int K = c_exp ? m : k_fixed, Ncol = c_exp ? k_fixed : n;
+		m_[g] = Ncol;
+		n_[g] = c_exp ? n : m;
+		k_[g] = K;
+		oa[g] = tb ? CUBLAS_OP_T : CUBLAS_OP_N;
+		ob[g] = ta ? CUBLAS_OP_T : CUBLAS_OP_N;
+		la[g] = ldb;
+		lb[g] = lda;
+		lc[g] = ldc;
+		al[g] = 1.f;
+		be_[g] = beta;
+		gs[g] = 1;
+		hp[g] = (void *)(b + (c_exp ? (size_t)h[e] * b_exp : (size_t)e * b_exp));
+		hp[E + g] = (void *)(a + (size_t)h[e] * a_row);
+		hp[2 * E + g] = c_exp ? (void *)((char *)cc + (size_t)e * c_exp * (c_f32 ? 4 : 2))
+				      : (void *)((char *)cc + (size_t)h[e] * c_row * (c_f32 ? 4 : 2));
+		g++;
+	}
+	if (g == 0)
+		goto out;
+	/* device pointer arrays: B, A, C blocks of E entries */
+	if ((rc = CUDA_OK(cudaMemcpyAsync(c->gptr, hp, sizeof(void *) * 3 * E, cudaMemcpyHostToDevice, c->s),
+			  &c->err)) != 0)
+		goto out;
+	rc = CUBLAS_OK(cublasGemmGroupedBatchedEx(moe_cuda_blas_handle(c->blas), oa, ob, m_, n_, k_, al,
+						  (const void *const *)c->gptr, CUDA_R_16BF, la,
+						  (const void *const *)(c->gptr + E), CUDA_R_16BF, lb, be_,
+						  c->gptr + 2 * E, c_f32 ? CUDA_R_32F : CUDA_R_16BF, lc, g, gs,
+						  CUBLAS_COMPUTE_32F),
+		       &c->err);
+out:
+	free(m_);
+	free(lc);
+	free(oa);
+	free(al);
+	free(hp);
+	return rc;
 }
 
 static void o_grouped_fwd(struct moe_backend *be, void *out, const void *x, const void *w, const int32_t *offsets,
 			  int E, int In, int Out)
 {
 	struct cuda_ctx *c = CTX(be);
-	if (c->use_cublas_grouped) {
+	if (c->grouped_mode == GM_CUBLAS_GROUPED) {
+		const int32_t *h = host_offsets(c, offsets, E);
+		PROF(c, "grouped_fwd");
+		if (h)
+			RUN(c, grouped_cublas(c, h, E, 0, 1, Out, In, (const bf16_t *)x, In, In, (const bf16_t *)w,
+					      (size_t)Out * In, In, out, Out, 0, Out, 0, 0.f));
+		PROF_END(c);
+		return;
+	}
+	if (c->grouped_mode == GM_CUBLAS_LOOP) {
 		const int32_t *h = host_offsets(c, offsets, E);
 		PROF(c, "grouped_fwd");
 		for (int e = 0; h && e < E; e++) {
@@ -687,7 +787,20 @@ static void o_grouped_bwd(struct moe_backend *be, void *dx, float *dw, const voi
 			  const int32_t *offsets, int E, int In, int Out)
 {
 	struct cuda_ctx *c = CTX(be);
-	if (c->use_cublas_grouped) {
+	if (c->grouped_mode == GM_CUBLAS_GROUPED) {
+		const int32_t *h = host_offsets(c, offsets, E);
+		PROF(c, "grouped_bwd");
+		if (h && dx)
+			RUN(c, grouped_cublas(c, h, E, 0, 0, In, Out, (const bf16_t *)dout, Out, Out, (const bf16_t *)w,
+					      (size_t)Out * In, In, dx, In, 0, In, 0, 0.f));
+		/* dW_e (Out, In) += dY_e^T (Out, m) X_e (m, In): B operand rows follow the expert */
+		if (h && dw)
+			RUN(c, grouped_cublas(c, h, E, 1, 0, Out, In, (const bf16_t *)dout, Out, Out, (const bf16_t *)x,
+					      In, In, dw, 0, (size_t)Out * In, In, 1, 1.f));
+		PROF_END(c);
+		return;
+	}
+	if (c->grouped_mode == GM_CUBLAS_LOOP) {
 		const int32_t *h = host_offsets(c, offsets, E);
 		PROF(c, "grouped_bwd");
 		for (int e = 0; h && e < E; e++) {
@@ -863,7 +976,15 @@ extern "C" struct moe_backend *moe_backend_cuda(struct moe_error *err)
 		const char *pv = getenv("MOE_CUDA_PROFILE");
 		const char *gv = getenv("MOE_CUDA_GROUPED");
 		c->prof = pv && *pv && strcmp(pv, "0") != 0;
-		c->use_cublas_grouped = gv && !strcmp(gv, "cublas");
+		c->grouped_mode = !gv || !strcmp(gv, "kernel") ? GM_KERNEL
+				  : !strcmp(gv, "cublas-grouped")  ? GM_CUBLAS_GROUPED
+				  : !strcmp(gv, "cublas")          ? GM_CUBLAS_LOOP
+								   : -1;
+		if (c->grouped_mode < 0) {
+			moe_error_set(err, MOE_EINVAL, "MOE_CUDA_GROUPED='%s': expected kernel, cublas-grouped or cublas",
+				      gv);
+			goto fail;
+		}
 	}
 	if (c->prof)
 		for (int i = 0; i < 4096; i++)

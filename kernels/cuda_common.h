@@ -43,6 +43,10 @@ static inline int moe_cublas_check(cublasStatus_t s, const char *expr, const cha
 
 typedef __nv_bfloat16 bf16;
 
+struct moe_cuda_blas;
+/* The cuBLAS handle of a moe_cuda_blas (gemm.cu), for C++ callers. */
+extern "C" cublasHandle_t moe_cuda_blas_handle(struct moe_cuda_blas *b);
+
 static __device__ __forceinline__ float bf2f(bf16 x) { return __bfloat162float(x); }
 static __device__ __forceinline__ bf16 f2bf(float x) { return __float2bfloat16(x); }
 

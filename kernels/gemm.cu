@@ -61,3 +61,5 @@ extern "C" int moe_cuda_gemm(struct moe_cuda_blas *b, int ta, int tb, int M, int
 				      CUBLAS_GEMM_DEFAULT),
 			 err);
 }
+
+extern "C" cublasHandle_t moe_cuda_blas_handle(struct moe_cuda_blas *b) { return b->h; }

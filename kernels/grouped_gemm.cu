@@ -4,12 +4,16 @@
  * pipeline, fp32 accumulation.  One kernel template covers the forward
  * (Y = X W_e^T), the input gradient (dX = dY W_e) and the weight gradient
  * (dW_e += dY_e^T X_e, reduction over the expert's rows, fp32 +=).
+ * Warp layouts (template WM x WN warps): 2 x 2 warps of 64 x 64 (default) or
+ * 2 x 4 warps of 64 x 32 (MOE_CUDA_GG_WARPS=8, kept for measurement).
  *
  * Block work: C(i, j) = sum_r A(i, r) B(r, j) over i < Mi, j < Nj, r < R with
  *   A(i, r) = AK ? A[i*lda + r] : A[r*lda + i]
  *   B(r, j) = BKC ? B[j*ldb + r] : B[r*ldb + j]
  * Out-of-range elements are zero-filled by cp.async, so any row count works;
  * column strides must be multiples of 8 (16-byte loads). */
+#include <stdlib.h>
+
 #include <mma.h>
 
 #include "cuda_common.h"
@@ -21,7 +25,6 @@ using namespace nvcuda;
 #define GB_N 128
 #define GB_K 32
 #define GB_STAGES 3
-#define GB_THREADS 256
 #define GB_PAD 8
 
 enum { GG_FWD = 0, GG_DGRAD = 1, GG_WGRAD = 2 };
@@ -55,15 +58,15 @@ template <bool BKC> struct b_tile {
 	static constexpr int SIZE = BKC ? GB_N * LD : GB_K * LD;
 };
 
-template <bool AK, bool BKC>
+template <bool AK, bool BKC, int NT>
 static __device__ __forceinline__ void load_stage(bf16 *As, bf16 *Bs, const bf16 *A, int lda, const bf16 *B,
 						  int ldb, int Mi, int Nj, int R, int k0)
 {
 	constexpr int ALD = a_tile<AK>::LD, BLD = b_tile<BKC>::LD;
 	/* A: 128 x 32 elements = 512 chunks of 8 */
 #pragma unroll
-	for (int it = 0; it < 2; it++) {
-		int c = threadIdx.x + it * GB_THREADS;
+	for (int it = 0; it < 512 / NT; it++) {
+		int c = threadIdx.x + it * NT;
 		if (AK) {
 			int i = c / (GB_K / 8), r = (c % (GB_K / 8)) * 8;
 			bool ok = i < Mi && k0 + r < R;
@@ -75,8 +78,8 @@ static __device__ __forceinline__ void load_stage(bf16 *As, bf16 *Bs, const bf16
 		}
 	}
 #pragma unroll
-	for (int it = 0; it < 2; it++) {
-		int c = threadIdx.x + it * GB_THREADS;
+	for (int it = 0; it < 512 / NT; it++) {
+		int c = threadIdx.x + it * NT;
 		if (BKC) {
 			int j = c / (GB_K / 8), r = (c % (GB_K / 8)) * 8;
 			bool ok = j < Nj && k0 + r < R;
@@ -89,9 +92,12 @@ static __device__ __forceinline__ void load_stage(bf16 *As, bf16 *Bs, const bf16
 	}
 }
 
-template <int MODE>
-__global__ void __launch_bounds__(GB_THREADS) grouped_gemm_kernel(gg_args g)
+template <int MODE, int WM, int WN>
+__global__ void __launch_bounds__(WM * WN * 32) grouped_gemm_kernel(gg_args g)
 {
+	constexpr int NT = WM * WN * 32;
+	constexpr int TM = GB_M / WM, TN = GB_N / WN; /* warp tile */
+	constexpr int FM = TM / 16, FN = TN / 16;
 	constexpr bool AK = MODE != GG_WGRAD;
 	constexpr bool BKC = MODE == GG_FWD;
 	constexpr int ALD = a_tile<AK>::LD, BLD = b_tile<BKC>::LD;
@@ -163,19 +169,20 @@ __global__ void __launch_bounds__(GB_THREADS) grouped_gemm_kernel(gg_args g)
 	}
 
 	int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-	int wm = warp / 4, wn = warp % 4; /* 2 x 4 warps, 64 x 32 each */
-	wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[4][2];
+	int wm = warp / WN, wn = warp % WN;
+	wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[FM][FN];
 #pragma unroll
-	for (int a = 0; a < 4; a++)
+	for (int a = 0; a < FM; a++)
 #pragma unroll
-		for (int b = 0; b < 2; b++)
+		for (int b = 0; b < FN; b++)
 			wmma::fill_fragment(acc[a][b], 0.f);
 
 	int KT = (R + GB_K - 1) / GB_K;
 #pragma unroll
 	for (int st = 0; st < GB_STAGES - 1; st++) {
 		if (st < KT)
-			load_stage<AK, BKC>(As + st * ASZ, Bs + st * BSZ, A, lda, B, ldb, Mi, Nj, R, st * GB_K);
+			load_stage<AK, BKC, NT>(As + st * ASZ, Bs + st * BSZ, A, lda, B, ldb, Mi, Nj, R,
+						st * GB_K);
 		cp_async_commit();
 	}
 	for (int kt = 0; kt < KT; kt++) {
@@ -187,28 +194,28 @@ __global__ void __launch_bounds__(GB_THREADS) grouped_gemm_kernel(gg_args g)
 		for (int kk = 0; kk < GB_K; kk += 16) {
 			typedef typename std::conditional<AK, wmma::row_major, wmma::col_major>::type ALay;
 			typedef typename std::conditional<BKC, wmma::col_major, wmma::row_major>::type BLay;
-			wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, ALay> fa[4];
-			wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, BLay> fb[2];
+			wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, ALay> fa[FM];
+			wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, BLay> fb[FN];
 #pragma unroll
-			for (int a = 0; a < 4; a++) {
-				int i = wm * 64 + a * 16;
+			for (int a = 0; a < FM; a++) {
+				int i = wm * TM + a * 16;
 				wmma::load_matrix_sync(fa[a], AK ? as + i * ALD + kk : as + kk * ALD + i, ALD);
 			}
 #pragma unroll
-			for (int b = 0; b < 2; b++) {
-				int j = wn * 32 + b * 16;
+			for (int b = 0; b < FN; b++) {
+				int j = wn * TN + b * 16;
 				wmma::load_matrix_sync(fb[b], BKC ? bs + j * BLD + kk : bs + kk * BLD + j, BLD);
 			}
 #pragma unroll
-			for (int a = 0; a < 4; a++)
+			for (int a = 0; a < FM; a++)
 #pragma unroll
-				for (int b = 0; b < 2; b++)
+				for (int b = 0; b < FN; b++)
 					wmma::mma_sync(acc[a][b], fa[a], fb[b], acc[a][b]);
 		}
 		int nk = kt + GB_STAGES - 1;
 		if (nk < KT)
-			load_stage<AK, BKC>(As + (nk % GB_STAGES) * ASZ, Bs + (nk % GB_STAGES) * BSZ, A, lda, B,
-					    ldb, Mi, Nj, R, nk * GB_K);
+			load_stage<AK, BKC, NT>(As + (nk % GB_STAGES) * ASZ, Bs + (nk % GB_STAGES) * BSZ, A, lda,
+						B, ldb, Mi, Nj, R, nk * GB_K);
 		cp_async_commit();
 	}
 	cp_async_wait<0>();
@@ -218,12 +225,12 @@ __global__ void __launch_bounds__(GB_THREADS) grouped_gemm_kernel(gg_args g)
 	float *stg = (float *)smem + warp * 16 * 16;
 	int r = lane / 2, c8 = (lane % 2) * 8;
 #pragma unroll
-	for (int a = 0; a < 4; a++)
+	for (int a = 0; a < FM; a++)
 #pragma unroll
-		for (int b = 0; b < 2; b++) {
+		for (int b = 0; b < FN; b++) {
 			wmma::store_matrix_sync(stg, acc[a][b], 16, wmma::mem_row_major);
 			__syncwarp();
-			int i = wm * 64 + a * 16 + r, j = wn * 32 + b * 16 + c8;
+			int i = wm * TM + a * 16 + r, j = wn * TN + b * 16 + c8;
 			if (i < Mi && j < Nj) {
 				const float *v = stg + r * 16 + c8;
 				if (MODE == GG_WGRAD) {
@@ -251,26 +258,34 @@ __global__ void __launch_bounds__(GB_THREADS) grouped_gemm_kernel(gg_args g)
 		}
 }
 
-template <int MODE> static size_t gg_smem()
+template <int MODE, int WM, int WN>
+static int gg_launch_t(dim3 grid, const gg_args &g, cudaStream_t s, struct moe_error *err)
 {
 	constexpr bool AK = MODE != GG_WGRAD;
 	constexpr bool BKC = MODE == GG_FWD;
-	size_t s = (size_t)GB_STAGES * (a_tile<AK>::SIZE + b_tile<BKC>::SIZE) * sizeof(bf16);
-	size_t e = (size_t)(GB_THREADS / 32) * 16 * 16 * sizeof(float);
-	return s > e ? s : e;
+	size_t smem = (size_t)GB_STAGES * (a_tile<AK>::SIZE + b_tile<BKC>::SIZE) * sizeof(bf16);
+	size_t e = (size_t)(WM * WN) * 16 * 16 * sizeof(float);
+	smem = smem > e ? smem : e;
+	int rc;
+	if ((rc = CUDA_OK(cudaFuncSetAttribute(grouped_gemm_kernel<MODE, WM, WN>,
+					       cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
+			  err)) != 0)
+		return rc;
+	grouped_gemm_kernel<MODE, WM, WN><<<grid, WM * WN * 32, smem, s>>>(g);
+	return CUDA_LAUNCHED(err);
 }
 
 template <int MODE>
 static int gg_launch(dim3 grid, const gg_args &g, cudaStream_t s, struct moe_error *err)
 {
-	size_t smem = gg_smem<MODE>();
-	int rc;
-	if ((rc = CUDA_OK(cudaFuncSetAttribute(grouped_gemm_kernel<MODE>,
-					       cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
-			  err)) != 0)
-		return rc;
-	grouped_gemm_kernel<MODE><<<grid, GB_THREADS, smem, s>>>(g);
-	return CUDA_LAUNCHED(err);
+	static int warps = -1;
+	if (warps < 0) {
+		const char *v = getenv("MOE_CUDA_GG_WARPS");
+		warps = v && atoi(v) == 8 ? 8 : 4;
+	}
+	if (warps == 8)
+		return gg_launch_t<MODE, 2, 4>(grid, g, s, err);
+	return gg_launch_t<MODE, 2, 2>(grid, g, s, err);
 }
 
 static int gg_check(int In, int Out, struct moe_error *err)

@@ -36,3 +36,10 @@ tests_bench_bench_cuda_LDFLAGS = $(AM_LDFLAGS) $(CUDA_LDFLAGS)
 tests_bench_bench_cuda_LDADD = kernels/libmoekernels.a lib/model/libmoemodel.a $(CORE_LIBS) \
 	$(CUDA_LIBS) -lstdc++
 endif
+if HAVE_CUDA
+noinst_PROGRAMS += tests/bench/bench_kernels
+tests_bench_bench_kernels_SOURCES = tests/bench/bench_kernels.c
+tests_bench_bench_kernels_CPPFLAGS = $(AM_CPPFLAGS) -I$(top_srcdir) $(CUDA_CPPFLAGS)
+tests_bench_bench_kernels_LDFLAGS = $(AM_LDFLAGS) $(CUDA_LDFLAGS)
+tests_bench_bench_kernels_LDADD = kernels/libmoekernels.a $(CORE_LIBS) $(CUDA_LIBS) -lstdc++
+endif

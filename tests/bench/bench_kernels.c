@@ -1,0 +1,211 @@
+/*
+ * Kernel microbenchmarks at the seed-base training shapes (GPU machine):
+ * grouped expert GEMMs (fwd, dgrad, wgrad; random balanced routing), the
+ * same FLOPs through one dense cuBLAS GEMM for reference, and causal flash
+ * attention forward/backward.  Median of 20 runs timed with CUDA events
+ * after warm-up; prints ms and TFLOP/s per kernel.
+ *   bench_kernels [-B 8] [-T 2048]
+ */
+#include <cuda_runtime_api.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/core.h"
+#include "kernels/kernels.h"
+
+static struct moe_error err;
+
+#define CK(x)                                                                        \
+	do {                                                                         \
+		if ((x) != 0) {                                                      \
+			fprintf(stderr, "bench_kernels: %s: %s\n", #x, err.msg);     \
+			exit(1);                                                     \
+		}                                                                    \
+	} while (0)
+
+static void *dalloc_rand(size_t n_bf16)
+{
+	uint16_t *h = malloc(n_bf16 * 2);
+	uint64_t r = 88172645463325252ull ^ n_bf16;
+	for (size_t i = 0; i < n_bf16; i++) {
+		r ^= r << 13, r ^= r >> 7, r ^= r << 17;
+		h[i] = moe_f32_to_bf16(((float)(r % 2001) - 1000.f) / 1000.f);
+	}
+	void *d = NULL;
+	if (cudaMalloc(&d, n_bf16 * 2) != cudaSuccess || cudaMemcpy(d, h, n_bf16 * 2, cudaMemcpyHostToDevice) != cudaSuccess) {
+		fprintf(stderr, "bench_kernels: cudaMalloc failed\n");
+		exit(1);
+	}
+	free(h);
+	return d;
+}
+
+static int cmpf(const void *a, const void *b)
+{
+	float x = *(const float *)a, y = *(const float *)b;
+	return x < y ? -1 : x > y;
+}
+
+typedef void (*fn_t)(void *);
+
+static float time_it(fn_t f, void *arg)
+{
+	cudaEvent_t a, b;
+	float t[20];
+	cudaEventCreate(&a);
+	cudaEventCreate(&b);
+	for (int i = 0; i < 3; i++)
+		f(arg);
+	for (int i = 0; i < 20; i++) {
+		cudaEventRecord(a, 0);
+		f(arg);
+		cudaEventRecord(b, 0);
+		cudaEventSynchronize(b);
+		cudaEventElapsedTime(&t[i], a, b);
+	}
+	qsort(t, 20, sizeof(float), cmpf);
+	return t[10];
+}
+
+struct gg {
+	void *x, *w, *y, *dw;
+	int32_t *off;
+	int rows, E, In, Out;
+	struct moe_cuda_blas *blas;
+};
+
+static void f_fwd(void *p)
+{
+	struct gg *g = p;
+	CK(moe_cuda_grouped_fwd(g->y, g->x, g->w, g->off, g->rows, g->E, g->In, g->Out, 0, &err));
+}
+static void f_dgrad(void *p)
+{
+	struct gg *g = p;
+	CK(moe_cuda_grouped_dgrad(g->x, g->y, g->w, g->off, g->rows, g->E, g->In, g->Out, 0, &err));
+}
+static void f_wgrad(void *p)
+{
+	struct gg *g = p;
+	CK(moe_cuda_grouped_wgrad(g->dw, g->y, g->x, g->off, g->E, g->In, g->Out, 0, &err));
+}
+static void f_dense(void *p)
+{
+	struct gg *g = p;
+	CK(moe_cuda_gemm(g->blas, 0, 1, g->rows, g->Out, g->In, g->x, g->In, g->w, g->In, g->y, g->Out, 0, 1.f, 0.f,
+			 &err));
+}
+
+struct att {
+	void *q, *k, *v, *o, *dq, *dk, *dv, *dout;
+	float *lse, *delta;
+	int B, T, H, Dh;
+};
+
+static void f_afwd(void *p)
+{
+	struct att *a = p;
+	int ld = a->H * a->Dh;
+	CK(moe_cuda_attention_fwd(a->o, a->lse, a->q, a->k, a->v, ld, ld, ld, ld, a->B, a->T, a->H, a->Dh, 0, &err));
+}
+static void f_abwd(void *p)
+{
+	struct att *a = p;
+	int ld = a->H * a->Dh;
+	CK(moe_cuda_attention_bwd(a->dq, a->dk, a->dv, a->delta, a->dout, a->q, a->k, a->v, a->o, a->lse, ld, ld, ld,
+				  ld, a->B, a->T, a->H, a->Dh, 0, &err));
+}
+
+int main(int argc, char **argv)
+{
+	int B = 8, T = 2048, c;
+	while ((c = getopt(argc, argv, "B:T:")) != -1) {
+		if (c == 'B')
+			B = atoi(optarg);
+		else if (c == 'T')
+			T = atoi(optarg);
+		else
+			return 2;
+	}
+	int N = B * T, K = 4, E = 64, D = 768, I = 640, H = 8, Dh = 96;
+	int rows = N * K;
+	/* balanced-ish random routing: counts from a multinomial */
+	int32_t *cnt = calloc(E, 4), *off = malloc((E + 1) * 4);
+	uint64_t r = 12345;
+	for (int i = 0; i < rows; i++) {
+		r ^= r << 13, r ^= r >> 7, r ^= r << 17;
+		cnt[r % E]++;
+	}
+	off[0] = 0;
+	for (int e = 0; e < E; e++)
+		off[e + 1] = off[e] + cnt[e];
+	struct gg g;
+	g.rows = rows;
+	g.E = E;
+	g.blas = moe_cuda_blas_new(0, &err);
+	if (!g.blas) {
+		fprintf(stderr, "bench_kernels: %s\n", err.msg);
+		return 1;
+	}
+	cudaMalloc((void **)&g.off, (E + 1) * 4);
+	cudaMemcpy(g.off, off, (E + 1) * 4, cudaMemcpyHostToDevice);
+	printf("%-34s %9s %9s\n", "kernel (seed-base shapes)", "ms", "TFLOP/s");
+	int shapes[2][2] = {{D, 2 * I}, {I, D}};
+	for (int s = 0; s < 2; s++) {
+		g.In = shapes[s][0];
+		g.Out = shapes[s][1];
+		g.x = dalloc_rand((size_t)rows * (g.In > g.Out ? g.In : g.Out));
+		g.y = dalloc_rand((size_t)rows * (g.In > g.Out ? g.In : g.Out));
+		g.w = dalloc_rand((size_t)E * g.In * g.Out);
+		cudaMalloc(&g.dw, (size_t)E * g.In * g.Out * 4);
+		cudaMemset(g.dw, 0, (size_t)E * g.In * g.Out * 4);
+		double fl = 2.0 * rows * g.In * g.Out;
+		char nm[64];
+		float t;
+		snprintf(nm, sizeof(nm), "grouped fwd   %4dx%4d", g.In, g.Out);
+		t = time_it(f_fwd, &g);
+		printf("%-34s %9.3f %9.1f\n", nm, t, fl / t / 1e9);
+		snprintf(nm, sizeof(nm), "grouped dgrad %4dx%4d", g.In, g.Out);
+		t = time_it(f_dgrad, &g);
+		printf("%-34s %9.3f %9.1f\n", nm, t, fl / t / 1e9);
+		snprintf(nm, sizeof(nm), "grouped wgrad %4dx%4d", g.In, g.Out);
+		t = time_it(f_wgrad, &g);
+		printf("%-34s %9.3f %9.1f\n", nm, t, fl / t / 1e9);
+		snprintf(nm, sizeof(nm), "cuBLAS dense same FLOPs %4dx%4d", g.In, g.Out);
+		t = time_it(f_dense, &g);
+		printf("%-34s %9.3f %9.1f\n", nm, t, fl / t / 1e9);
+		cudaFree(g.x);
+		cudaFree(g.y);
+		cudaFree(g.w);
+		cudaFree(g.dw);
+	}
+	struct att a = {0};
+	a.B = B;
+	a.T = T;
+	a.H = H;
+	a.Dh = Dh;
+	size_t n = (size_t)N * D;
+	a.q = dalloc_rand(n);
+	a.k = dalloc_rand(n);
+	a.v = dalloc_rand(n);
+	a.o = dalloc_rand(n);
+	a.dout = dalloc_rand(n);
+	a.dq = dalloc_rand(n);
+	a.dk = dalloc_rand(n);
+	a.dv = dalloc_rand(n);
+	cudaMalloc((void **)&a.lse, (size_t)B * H * T * 4);
+	cudaMalloc((void **)&a.delta, (size_t)B * H * T * 4);
+	double afl = 2.0 * 2.0 * B * H * (double)T * T / 2 * Dh; /* causal: half of QK^T and PV */
+	float t = time_it(f_afwd, &a);
+	printf("%-34s %9.3f %9.1f\n", "attention fwd (causal)", t, afl / t / 1e9);
+	t = time_it(f_abwd, &a);
+	printf("%-34s %9.3f %9.1f\n", "attention bwd (2.5x fwd FLOPs)", t, 2.5 * afl / t / 1e9);
+	cudaError_t e = cudaDeviceSynchronize();
+	if (e != cudaSuccess) {
+		fprintf(stderr, "bench_kernels: %s\n", cudaGetErrorString(e));
+		return 1;
+	}
+	return 0;
+}
