@@ -178,6 +178,10 @@ static int cmd_write(struct args *a, char **files, int nfiles)
 	moe_progress_free(pr);
 	uint64_t d[MOE_N_SPLITS], t[MOE_N_SPLITS];
 	moe_shard_writer_counts(w, d, t);
+	if (d[MOE_SPLIT_VAL] == 0)
+		moe_warn("the val split of '%s' is empty (see --val-docs, --val-fraction)", a->out);
+	if (d[MOE_SPLIT_TRAIN] == 0)
+		moe_warn("the train split of '%s' is empty", a->out);
 	moe_info(2, "wrote '%s': train %" PRIu64 " docs / %" PRIu64 " tokens, val %" PRIu64
 		 " docs / %" PRIu64 " tokens",
 		 a->out, d[MOE_SPLIT_TRAIN], t[MOE_SPLIT_TRAIN], d[MOE_SPLIT_VAL], t[MOE_SPLIT_VAL]);
