@@ -355,6 +355,7 @@ again:;
 		curl_easy_setopt(c, CURLOPT_WRITEDATA, &x);
 		curl_easy_setopt(c, CURLOPT_NOPROGRESS, 0L);
 		curl_easy_setopt(c, CURLOPT_XFERINFOFUNCTION, x_info);
+		curl_easy_setopt(c, CURLOPT_BUFFERSIZE, 512L * 1024);
 		CURLcode cc = curl_easy_perform(c);
 		long status = 0;
 		curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
@@ -445,6 +446,34 @@ again:;
 			rc = moe_error_set(err, MOE_ECHECKSUM,
 					   "%s: sha256 mismatch (expected %s, got %s); partial file removed",
 					   e->path, e->sha256, hex);
+			goto out;
+		}
+	} else if (strlen(e->oid) == 40) {
+		/* a plain git file: its blob id is sha1("blob SIZE\0" + bytes) */
+		struct fetch_sha1 s1;
+		char hdr[32], hex[41];
+		uint8_t dig[20], buf[65536];
+		fetch_sha1_init(&s1);
+		int hl = snprintf(hdr, sizeof(hdr), "blob %llu", (unsigned long long)e->size);
+		fetch_sha1_update(&s1, hdr, (size_t)hl + 1);
+		for (uint64_t off = 0; off < e->size;) {
+			ssize_t k = pread(x.fd, buf, sizeof(buf), (off_t)off);
+			if (k <= 0) {
+				rc = moe_error_errno(err, "cannot read '%s'", part);
+				goto out;
+			}
+			fetch_sha1_update(&s1, buf, (size_t)k);
+			off += (uint64_t)k;
+		}
+		fetch_sha1_final(&s1, dig);
+		moe_hex(dig, 20, hex);
+		if (strcmp(hex, e->oid) != 0) {
+			close(x.fd);
+			x.fd = -1;
+			unlink(part);
+			rc = moe_error_set(err, MOE_ECHECKSUM,
+					   "%s: git blob id mismatch (expected %s, got %s); partial file removed",
+					   e->path, e->oid, hex);
 			goto out;
 		}
 	}

@@ -14,4 +14,15 @@ struct moe_hub {
 	pthread_mutex_t lock; /* serialises the log callback */
 };
 
+/* SHA-1 for git blob ids (sha1.c). */
+struct fetch_sha1 {
+	uint32_t h[5];
+	uint64_t len;
+	uint8_t buf[64];
+	size_t n;
+};
+void fetch_sha1_init(struct fetch_sha1 *s);
+void fetch_sha1_update(struct fetch_sha1 *s, const void *data, size_t len);
+void fetch_sha1_final(struct fetch_sha1 *s, uint8_t out[20]);
+
 #endif

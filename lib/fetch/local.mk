@@ -5,7 +5,8 @@ lib_fetch_libmoefetch_a_SOURCES = \
 	lib/fetch/fetch.h \
 	lib/fetch/internal.h \
 	lib/fetch/hub.c \
-	lib/fetch/download.c
+	lib/fetch/download.c \
+	lib/fetch/sha1.c
 lib_fetch_libmoefetch_a_CPPFLAGS = $(AM_CPPFLAGS) $(CURL_CFLAGS)
 
 bin_PROGRAMS += cmd/moe-fetch

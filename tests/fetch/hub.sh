@@ -156,6 +156,13 @@ faults "{\"@lie\": {\"$P\": \"$(printf '%064d' 7)\"}}"
 "$F" get "$REPO" -I "$P" -o "$tmp/f5" 2> "$tmp/err"
 [ $? -eq 1 ] && [ ! -e "$tmp/f5/$P" ] && ok "listing with a wrong sha256: refused" || bad "lie: $(cat "$tmp/err")"
 
+"$F" get "$REPO" -I README.md -o "$tmp/f5r" -q 2> "$tmp/err" && cmp -s "$tmp/root/README.md" "$tmp/f5r/README.md" &&
+	ok "a plain git file (no LFS) is checked by its blob id" || bad "README: $(cat "$tmp/err")"
+faults '{"@lie": {"README.md": "0123456789012345678901234567890123456789"}}'
+"$F" get "$REPO" -I README.md -o "$tmp/f5s" 2> "$tmp/err"
+[ $? -eq 1 ] && grep -q "git blob id mismatch" "$tmp/err" && [ ! -e "$tmp/f5s/README.md" ] &&
+	ok "a wrong git blob id is refused" || bad "README lie: $(cat "$tmp/err")"
+
 faults '{"@extra": [{"path": "sample/10BT/../../../escape.bin", "size": 3}]}'
 "$F" get "$REPO" -I 'sample/*' -o "$tmp/f6/in" 2> "$tmp/err"
 [ $? -eq 1 ] && grep -q "refusing unsafe path 'sample/10BT/../../../escape.bin'" "$tmp/err" &&

@@ -156,7 +156,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
             for i in range(1, len(parts)):
                 dirs.add("/".join(parts[:i]))
             e = {"type": "file", "oid": info["oid"], "size": info["size"], "path": rel}
-            if not os.path.basename(rel).startswith("README"):
+            if os.path.basename(rel).startswith("README"):
+                e["oid"] = lie.get(rel, info["oid"])
+            else:
                 e["lfs"] = {"oid": lie.get(rel, info["sha256"]), "size": info["size"],
                             "pointerSize": 134}
             entries.append(e)
