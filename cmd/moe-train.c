@@ -113,6 +113,9 @@ static const struct option longopts[] = {
 struct kv {
 	const char *key, *value;
 };
+/* Command-line settings, applied after the config file (global so that
+ * exiting on an error does not leak it). */
+static struct kv *cli;
 
 /* A progress line on a terminal: step, loss, lr, rate, ETA. */
 struct line {
@@ -147,7 +150,7 @@ int main(int argc, char **argv)
 {
 	struct moe_train_opts o;
 	struct moe_error err = { 0 };
-	struct kv *cli = calloc((size_t)argc + 1, sizeof *cli);
+	cli = calloc((size_t)argc + 1, sizeof *cli);
 	size_t n_cli = 0;
 	const char *config = NULL;
 	bool resume = false;
@@ -198,6 +201,7 @@ int main(int argc, char **argv)
 			moe_usage_error("%s", err.msg);
 	}
 	free(cli);
+	cli = NULL;
 	if (!o.model[0])
 		moe_usage_error("no model given (--model)");
 	if (!o.data[0])
