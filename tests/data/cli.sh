@@ -63,6 +63,18 @@ check "info --json is JSON with the counts" sh -c "'$SHARD' info --json d1 | gre
 check "info on a stream" sh -c "'$SHARD' info a.tok | grep -q '^documents: *400 '"
 check "info --json on a stream" sh -c "'$SHARD' info --json - <a.tok | grep -q '\"documents\": 400'"
 check "verify a stream" sh -c "'$SHARD' verify a.tok | grep -q ': OK'"
+# the on-disk layout of moe-shard(5) and moe-tokstream(5), read with od(1)
+# instead of the library: uint16 ids at offset 192 of an uncompressed shard
+vt=$(sed -n '/"val"/,$p' d1/index.json | sed -n 's/.*"tokens": \([0-9]*\).*/\1/p' | head -n 1)
+od -An -v -tu2 -j192 -N $((2 * vt)) d1/val-00000.shard | tr -s ' ' '\n' | sed '/^$/d' >od.ids
+tr ' ' '\n' <v40 | sed '/^$/d' >v40.one
+check "val shard holds its ids as uint16 at offset 192 ($vt tokens)" cmp od.ids v40.one
+check "shard magic and header size" sh -c "[ \"\$(od -An -c -N7 d1/val-00000.shard | tr -d ' ')\" = MOESHRD ] && [ \$(od -An -tu4 -j12 -N4 d1/val-00000.shard) -eq 192 ]"
+"$MK" -s 4 -n 1 -l 50 -V 300 >one.tok
+"$MK" -s 4 -n 1 -l 50 -V 300 -T | tr ' ' '\n' >one.ids
+n1=$(wc -l <one.ids)
+od -An -v -tu2 -j104 -N $((2 * n1)) one.tok | tr -s ' ' '\n' | sed '/^$/d' >one.od
+check "stream: one record of $n1 uint16 ids after a 96-byte header" sh -c "cmp one.od one.ids && [ \$(od -An -tu4 -j96 -N4 one.tok) -eq $n1 ]"
 check "no temporaries left" clean_dir
 
 # bad input: exit 1, clear message, nothing written
