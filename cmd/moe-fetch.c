@@ -160,12 +160,36 @@ static void log_cb(void *ctx, int level, const char *msg)
 		moe_info(level, "%s", msg);
 }
 
+/* HF_TOKEN, HUGGING_FACE_HUB_TOKEN, then the file $HF_TOKEN_PATH (default
+ * $HF_HOME/token, $HF_HOME defaulting to ~/.cache/huggingface), as
+ * huggingface_hub does.  The result is never printed. */
 static const char *hub_token(void)
 {
+	static char buf[512];
 	const char *t = getenv("HF_TOKEN");
 	if (!t || !*t)
 		t = getenv("HUGGING_FACE_HUB_TOKEN");
-	return t && *t ? t : NULL;
+	if (t && *t)
+		return t;
+	char path[4096];
+	const char *tp = getenv("HF_TOKEN_PATH"), *home = getenv("HF_HOME");
+	if (tp && *tp)
+		snprintf(path, sizeof(path), "%s", tp);
+	else if (home && *home)
+		snprintf(path, sizeof(path), "%s/token", home);
+	else if (getenv("HOME"))
+		snprintf(path, sizeof(path), "%s/.cache/huggingface/token", getenv("HOME"));
+	else
+		return NULL;
+	FILE *fp = fopen(path, "r");
+	if (!fp)
+		return NULL;
+	size_t n = fread(buf, 1, sizeof(buf) - 1, fp);
+	fclose(fp);
+	buf[n] = 0;
+	while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r' || buf[n - 1] == ' '))
+		buf[--n] = 0;
+	return n ? buf : NULL;
 }
 
 static struct moe_hub *hub_open(struct args *a, const char *repo)

@@ -647,22 +647,29 @@ int moe_hub_list(struct moe_hub *h, const char *commit, const char *const *inclu
 		free(url);
 		url = NULL;
 		if (next) {
-			/* follow only links on the same server (the token goes there) */
-			if (next[0] == '/') {
-				size_t l = strlen(h->endpoint) + strlen(next) + 1;
-				url = malloc(l);
-				if (url)
-					snprintf(url, l, "%s%s", h->endpoint, next);
-				free(next);
-			} else if (strncmp(next, h->endpoint, strlen(h->endpoint)) == 0 &&
-				   (next[strlen(h->endpoint)] == '/' || next[strlen(h->endpoint)] == 0)) {
-				url = next;
-			} else {
-				rc = moe_error_set(err, MOE_EFORMAT,
-						   "%s: listing links to another server; not following", h->repo);
+			/* follow the link's path and query on our endpoint: the token
+			 * only ever goes there (mirrors may answer with the Hub's host) */
+			const char *pq = next;
+			size_t el = strlen(h->endpoint);
+			if (strncmp(next, h->endpoint, el) == 0 && (next[el] == '/' || next[el] == '?')) {
+				pq = next + el;
+			} else if (strncmp(next, "http://", 7) == 0 || strncmp(next, "https://", 8) == 0) {
+				pq = strchr(strstr(next, "://") + 3, '/');
+				if (!pq) {
+					rc = moe_error_set(err, MOE_EFORMAT, "%s: bad Link header '%s'", h->repo, next);
+					free(next);
+					goto out;
+				}
+			} else if (next[0] != '/') {
+				rc = moe_error_set(err, MOE_EFORMAT, "%s: bad Link header '%s'", h->repo, next);
 				free(next);
 				goto out;
 			}
+			size_t l = el + strlen(pq) + 1;
+			url = malloc(l);
+			if (url)
+				snprintf(url, l, "%s%s", h->endpoint, pq);
+			free(next);
 			if (!url) {
 				rc = moe_error_set(err, MOE_ENOMEM, "out of memory");
 				goto out;

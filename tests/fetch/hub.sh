@@ -190,6 +190,11 @@ HF_TOKEN=hf_secret_TOKEN_42 "$F" get "$REPO" -I "$P" -o "$tmp/f8" -v -v > "$tmp/
 grep -q hf_secret_TOKEN_42 "$tmp/out" && bad "the token was printed" || ok "the token is never printed"
 since "$m" | grep '/api/' | grep -q '"auth": "Bearer hf_secret_TOKEN_42"' && ok "the token is sent as a bearer token" ||
 	bad "no bearer token seen"
+printf 'hf_file_TOKEN_7\n' > "$tmp/tokenfile"
+m=$(mark)
+HF_TOKEN_PATH="$tmp/tokenfile" "$F" list "$REPO" > /dev/null 2>&1 &&
+	since "$m" | grep -q '"auth": "Bearer hf_file_TOKEN_7"' && ok "the token is read from HF_TOKEN_PATH" ||
+	bad "token file"
 
 # ---- a download killed halfway resumes and ends verified ------------------
 S=big/slow.bin
@@ -232,6 +237,7 @@ if [ -n "${MOE_DATADIR:-}" ] && [ -f "$MOE_DATADIR/demo/sample.parquet" ]; then
 	echo '{}' > "$tmp/faults2.json"
 	python3 "$MOE_SRCDIR/tests/fetch/hubserver.py" --root "$tmp/root2" --repo HuggingFaceFW/fineweb-edu \
 		--commit 87f09149ef4734204d70ed1d046ddc9ca3f2b8f9 --absolute-redirect \
+		--page-size 1 --link-host https://huggingface.co \
 		--port-file "$tmp/port2" --faults "$tmp/faults2.json" --log "$tmp/log2.jsonl" &
 	srv2=$!
 	i=0
@@ -243,6 +249,8 @@ if [ -n "${MOE_DATADIR:-}" ] && [ -f "$MOE_DATADIR/demo/sample.parquet" ]; then
 		"$F" list > list.txt
 		grep -q "^sample/10BT/000_00000.parquet " list.txt
 		grep -q "^1 files, " list.txt
+		"$F" list HuggingFaceFW/fineweb-edu > all.txt
+		grep -q "^2 files, " all.txt
 		"$F" get -o raw/ -j 8 -q
 		"$F" get -o raw/ -j 8 -q
 		"$F" get HuggingFaceFW/fineweb-edu -r 87f09149ef4734204d70ed1d046ddc9ca3f2b8f9 \

@@ -172,9 +172,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
         page = entries[cursor:cursor + o.page_size]
         headers = {}
         if cursor + o.page_size < len(entries):
-            nxt = "http://%s:%d/api/datasets/%s/tree/%s?recursive=true&expand=true&cursor=%d" % (
-                self.server.server_address[0], self.server.server_address[1], o.repo, rest,
-                cursor + o.page_size)
+            host = o.link_host or "http://%s:%d" % self.server.server_address[:2]
+            nxt = "%s/api/datasets/%s/tree/%s?recursive=true&expand=true&cursor=%d" % (
+                host, o.repo, rest, cursor + o.page_size)
             headers["Link"] = '<%s>; rel="next"' % nxt
         self.send_json(page, headers=headers)
 
@@ -250,6 +250,7 @@ def main():
     ap.add_argument("--log", required=True)
     ap.add_argument("--absolute-redirect", action="store_true")
     ap.add_argument("--ignore-range", action="store_true")
+    ap.add_argument("--link-host", help="scheme://host for Link headers (a mirror's answers)")
     opts = ap.parse_args()
     srv = Server(("127.0.0.1", 0), Handler)
     srv.opts = opts
