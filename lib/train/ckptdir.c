@@ -106,12 +106,18 @@ int moe_ckpt_list(const char *ckpt_root, int64_t **steps, size_t *n, struct moe_
 
 int moe_ckpt_prune(const char *ckpt_root, int64_t keep, struct moe_error *err)
 {
-	/* temporaries of interrupted writers: ".step-NNNNNNN.tmp.XXXXXX" */
+	/* temporaries of interrupted writers: ".step-NNNNNNN.tmp.XXXXXX" and
+	 * ".latest.tmp.PID" */
 	DIR *d = opendir(ckpt_root);
 	if (d) {
 		struct dirent *e;
 		while ((e = readdir(d))) {
-			if (strncmp(e->d_name, ".step-", 6) == 0 && strstr(e->d_name, ".tmp.")) {
+			if (strncmp(e->d_name, ".latest.tmp.", 12) == 0) {
+				char *p = moe_path_join(ckpt_root, e->d_name);
+				if (p)
+					unlink(p);
+				free(p);
+			} else if (strncmp(e->d_name, ".step-", 6) == 0 && strstr(e->d_name, ".tmp.")) {
 				char *p = moe_path_join(ckpt_root, e->d_name);
 				if (p)
 					moe_rmtree(p, NULL);

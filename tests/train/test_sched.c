@@ -162,6 +162,9 @@ Test(ckptdir, keep_and_latest)
 	char stale[256];
 	snprintf(stale, sizeof stale, "%s/.step-0000050.tmp.abcdef", root);
 	cr_assert_eq(mkdir(stale, 0755), 0);
+	char stale_link[256];
+	snprintf(stale_link, sizeof stale_link, "%s/.latest.tmp.99999", root);
+	cr_assert_eq(symlink("step-0000010", stale_link), 0);
 	cr_assert_eq(moe_ckpt_link_latest(root, "step-0000040", &err), 0, "%s", err.msg);
 	cr_assert_eq(moe_ckpt_prune(root, 2, &err), 0, "%s", err.msg);
 	int64_t *got;
@@ -172,6 +175,8 @@ Test(ckptdir, keep_and_latest)
 	cr_assert_eq(got[1], 40);
 	free(got);
 	cr_assert_neq(access(stale, F_OK), 0);
+	struct stat st;
+	cr_assert_neq(lstat(stale_link, &st), 0);
 	char link[256], target[64];
 	snprintf(link, sizeof link, "%s/latest", root);
 	ssize_t len = readlink(link, target, sizeof target - 1);
