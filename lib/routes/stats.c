@@ -485,9 +485,14 @@ static int pass(struct moe_route_stats *c, const struct moe_route_stats *cfg,
 	uint64_t *bits = calloc((size_t)L * W, sizeof *bits);
 	int *run = malloc((size_t)L * sizeof *run);
 	double *pr = malloc((size_t)E * sizeof *pr);
+	/* transitions and co-activations are random increments over (L, E, E):
+	 * 16-bit counters keep them in cache; each cell grows by at most one per
+	 * token, so flushing every 65535 tokens cannot overflow */
+	size_t ntr = (size_t)(L > 1 ? L - 1 : 1) * E * E, nco = (size_t)L * E * E;
+	uint16_t *tr16 = calloc(ntr, sizeof *tr16), *co16 = calloc(nco, sizeof *co16);
 	int rc = 0;
 
-	if (!ex || !w || !bits || !run || !pr) {
+	if (!ex || !w || !bits || !run || !pr || !tr16 || !co16) {
 		rc = -1;
 		goto out;
 	}
@@ -513,7 +518,7 @@ static int pass(struct moe_route_stats *c, const struct moe_route_stats *cfg,
 				/* unordered pairs once: (min, max) */
 				for (int j = k + 1; j < K; j++) {
 					int a = el[k] < el[j] ? el[k] : el[j], b = el[k] ^ el[j] ^ a;
-					c->coact[(base + a) * E + b]++;
+					co16[(base + a) * E + b]++;
 				}
 			}
 			c->mass_sum[l] += mass;
@@ -554,7 +559,7 @@ static int pass(struct moe_route_stats *c, const struct moe_route_stats *cfg,
 			const uint64_t *nb = bits + (size_t)(l + 1) * W;
 			bool any = false;
 
-			c->trans[((size_t)l * E + e1) * E + e2]++;
+			tr16[((size_t)l * E + e1) * E + e2]++;
 			run[l] = e1 == e2 ? run[l + 1] + 1 : 0;
 			c->ec_same[l] += e1 == e2;
 			for (int k = 0; k < K && !any; k++)
@@ -581,8 +586,18 @@ static int pass(struct moe_route_stats *c, const struct moe_route_stats *cfg,
 		if (t % stride == 0)
 			for (int l = 0; l < L; l++)
 				routes[(size_t)(t / stride) * L + l] = (uint16_t)ex[l * K];
+		if ((t - t0) % 65535 == 65534 || t + 1 == t1) {
+			for (size_t i = 0; i < ntr; i++)
+				c->trans[i] += tr16[i];
+			for (size_t i = 0; i < nco; i++)
+				c->coact[i] += co16[i];
+			memset(tr16, 0, ntr * sizeof *tr16);
+			memset(co16, 0, nco * sizeof *co16);
+		}
 	}
 out:
+	free(tr16);
+	free(co16);
 	free(ex);
 	free(w);
 	free(bits);

@@ -137,6 +137,11 @@ EOF
 "$BIN" synth -o "$T/b" --tokens 3000 --layers 4 --experts 8 --top-k 2 --vocab 40 --doc-len 30 --seed 4 --no-csv
 "$BIN" diff "$T/a" "$T/b" >/dev/null 2>&1 && fail "diff of different tokens should fail"
 
+# the last EXAMPLES entry of moe-routes(1), in the temporary directory
+"$BIN" synth -o "$T/syn" --tokens 100k --no-csv || fail "man example: synth"
+"$BIN" -q stats "$T/syn" || fail "man example: stats"
+[ -s "$T/syn/stats/layers.csv" ] || fail "man example: no layers.csv"
+
 # the CLI contract
 "$BIN" --help | grep -q '^Usage: ' || fail "--help"
 "$BIN" >/dev/null 2>&1; [ $? -eq 2 ] || fail "no command should exit 2"

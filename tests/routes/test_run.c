@@ -15,6 +15,7 @@
 #include "routes/internal.h"
 #include "model/model.h"
 #include "tok/tok.h"
+#include "data/data.h"
 
 static const char *DOCS[] = {
 	"The quick brown fox jumps over the lazy dog. The dog sleeps in the sun all day long, "
@@ -216,5 +217,64 @@ Test(run, tiny_model_end_to_end)
 	}
 	moe_trace_free(tr);
 	moe_trace_free(tr2);
+	teardown_fixture(&f);
+}
+
+/* --data: the val split of a shard directory holding the same documents
+ * gives the same routing as --docs. */
+Test(run, shards_match_docs)
+{
+	struct fixture f;
+	struct moe_error err = {0};
+	struct moe_shard_writer_opts so;
+	struct moe_tokstream_info info = {.vocab_size = 320, .eos_id = MOE_NO_EOS};
+	struct moe_shard_writer *w;
+	struct moe_tok *tok;
+	struct moe_trace *a, *b;
+	char *shards, *out;
+	struct moe_routes_run_opts o = {0};
+	struct moe_trace_diff_layer d[3];
+
+	setup_fixture(&f);
+	tok = moe_tok_load(f.tok, &err);
+	cr_assert_not_null(tok, "%s", err.msg);
+	shards = moe_path_join(f.dir, "shards");
+	moe_shard_writer_opts_init(&so);
+	so.val_docs = 3;
+	w = moe_shard_writer_new(shards, &so, &info, &err);
+	cr_assert_not_null(w, "%s", err.msg);
+	for (int i = 0; i < 3; i++) {
+		struct moe_tok_ids ids = {0};
+
+		cr_assert_eq(moe_tok_encode(tok, NULL, DOCS[i], strlen(DOCS[i]), 0, &ids, &err), 0);
+		cr_assert_eq(moe_shard_writer_add(w, ids.ids, ids.n, &err), 0, "%s", err.msg);
+		moe_tok_ids_release(&ids);
+	}
+	cr_assert_eq(moe_shard_writer_commit(w, &err), 0, "%s", err.msg);
+	moe_shard_writer_free(w);
+	moe_tok_free(tok);
+
+	a = run(&f, "docs", 16);
+	out = moe_path_join(f.dir, "shards-trace");
+	o.ckpt = f.ckpt;
+	o.data_dir = shards;
+	o.split = "val";
+	o.tokenizer = f.tok;
+	o.out = out;
+	o.seq_len = 16;
+	cr_assert_eq(moe_routes_run(&o, NULL, &err), 0, "%s", err.msg);
+	b = moe_trace_open(out, &err);
+	cr_assert_not_null(b, "%s", err.msg);
+	cr_assert_eq(b->T, a->T);
+	cr_assert_eq(moe_trace_diff(a, b, 0, d, NULL, &err), 0, "%s", err.msg);
+	for (int l = 0; l < 3; l++)
+		cr_expect_float_eq(d[l].order_agree, 1.0, 1e-12, "layer %d", l);
+	cr_expect_not_null(b->vocab, "token strings from -t with --data");
+	cr_expect_str_eq(json_string_value(json_object_get(json_object_get(b->meta, "data"), "kind")),
+			 "shards");
+	moe_trace_free(a);
+	moe_trace_free(b);
+	free(shards);
+	free(out);
 	teardown_fixture(&f);
 }
