@@ -597,7 +597,7 @@ static int cmd_info(const struct args *a)
 int main(int argc, char **argv)
 {
 	moe_diag_init(argv[0]);
-	struct args a = {.threads = 1};
+	struct args a = {.threads = 1, .min_freq = 2};
 	int c;
 	struct moe_error err = {0};
 	uint64_t v;
@@ -694,19 +694,24 @@ int main(int argc, char **argv)
 	}
 	if (!a.cmd)
 		moe_usage_error("missing command (encode, decode, train or info)");
-	if (!a.min_freq)
-		a.min_freq = 2;
 	moe_cleanup_install();
+	int (*fn)(const struct args *) = NULL;
 	if (strcmp(a.cmd, "encode") == 0)
-		return cmd_encode(&a);
-	if (strcmp(a.cmd, "decode") == 0)
-		return cmd_decode(&a);
-	if (strcmp(a.cmd, "train") == 0)
-		return cmd_train(&a);
-	if (strcmp(a.cmd, "info") == 0) {
+		fn = cmd_encode;
+	else if (strcmp(a.cmd, "decode") == 0)
+		fn = cmd_decode;
+	else if (strcmp(a.cmd, "train") == 0)
+		fn = cmd_train;
+	else if (strcmp(a.cmd, "info") == 0) {
 		if (a.n_files)
 			moe_usage_error("info takes no operands");
-		return cmd_info(&a);
+		fn = cmd_info;
+	}
+	if (fn) {
+		int rc = fn(&a);
+		free(a.files);
+		free(a.special);
+		return rc;
 	}
 	moe_usage_error("unknown command '%s'", a.cmd);
 }

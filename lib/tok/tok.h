@@ -128,7 +128,7 @@ struct moe_tok_train_opts {
 	uint32_t vocab_size;        /* final size including the 256 bytes and specials */
 	const char *const *special; /* special tokens, given the first ids; may be NULL */
 	size_t n_special;
-	uint32_t min_frequency;     /* merges of pairs seen fewer times stop training (0 = 2) */
+	uint32_t min_frequency;     /* stop when the best pair is seen fewer times (0, 1: never) */
 	int threads;                /* for counting words and pairs (<= 0: 1) */
 };
 
