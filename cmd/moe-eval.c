@@ -4,10 +4,12 @@
  */
 #include "config.h"
 
+#include <errno.h>
 #include <getopt.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <limits.h>
 #include <unistd.h>
 
 #include "core/core.h"
@@ -108,9 +110,14 @@ static void ckpt_state(const char *dir, int64_t *T, int64_t *step)
 static struct moe_model *load(const char *arg, const char *device, char **dir_out)
 {
 	struct moe_error err = { 0 };
-	char *dir = moe_ckpt_resolve(arg, &err);
-	if (!dir)
+	char *link = moe_ckpt_resolve(arg, &err);
+	if (!link)
 		moe_die_error(&err);
+	/* name the checkpoint itself (step-NNNNNNN rather than latest) */
+	char *dir = realpath(link, NULL);
+	if (!dir)
+		moe_die("cannot resolve '%s': %s", link, strerror(errno));
+	free(link);
 	struct moe_backend *be;
 	if (strcmp(device, "auto") == 0) {
 		be = moe_train_backend("auto", NULL, 0, &err);
