@@ -150,7 +150,7 @@ static inline int utf8_seq(const uint8_t *s, size_t n)
 	return len;
 }
 
-size_t moe_json_escape(char *buf, const uint8_t *s, size_t n)
+size_t moe_jsonl_escape(char *buf, const uint8_t *s, size_t n)
 {
 	static const char hex[] = "0123456789abcdef";
 	char *o = buf;
@@ -205,7 +205,7 @@ static void out_string(struct moe_jsonl_out *o, const uint8_t *s, size_t n)
 	const size_t slice = OUT_CAP / 8;
 	if (n <= slice) {
 		char *d = out_room(o, 6 * n + 2);
-		o->n += moe_json_escape(d, s, n);
+		o->n += moe_jsonl_escape(d, s, n);
 		return;
 	}
 	out_put(o, "\"", 1);
@@ -221,7 +221,7 @@ static void out_string(struct moe_jsonl_out *o, const uint8_t *s, size_t n)
 			}
 		}
 		char *d = out_room(o, 6 * m + 2);
-		size_t w = moe_json_escape(d, s + i, m);
+		size_t w = moe_jsonl_escape(d, s + i, m);
 		/* drop the quotes the escaper added */
 		memmove(d, d + 1, w - 2);
 		o->n += w - 2;
@@ -435,7 +435,7 @@ int moe_pq_cat(const char *path, const struct moe_pq_cat_opts *opts, struct moe_
 			goto out;
 		}
 		cols[i].key[0] = i == 0 ? '{' : ',';
-		size_t w = moe_json_escape(cols[i].key + 1, (const uint8_t *)name, nl);
+		size_t w = moe_jsonl_escape(cols[i].key + 1, (const uint8_t *)name, nl);
 		cols[i].key[1 + w] = ':';
 		cols[i].key_len = w + 2;
 	}

@@ -137,7 +137,7 @@ int moe_pq_cat(const char *path, const struct moe_pq_cat_opts *opts, struct moe_
 
 /* Append s (n bytes) to buf as a JSON string literal with quotes; buf must
  * have room for 6 * n + 2 bytes.  Returns the number of bytes written. */
-size_t moe_json_escape(char *buf, const uint8_t *s, size_t n);
+size_t moe_jsonl_escape(char *buf, const uint8_t *s, size_t n);
 
 /* Decode a Parquet file held in memory (used by the fuzzer): parses the
  * footer and decodes every column chunk.  Returns 0 or a negative code. */

@@ -136,6 +136,7 @@ struct moe_pq_file *moe_pq_open(const char *path, struct moe_error *err)
 		goto fail;
 	}
 	f->size = (uint64_t)st.st_size;
+	posix_fadvise(f->fd, 0, 0, POSIX_FADV_SEQUENTIAL);
 	if (open_common(f, err) < 0)
 		goto fail;
 	return f;
@@ -973,6 +974,16 @@ int moe_pq_read_chunk(struct moe_pq_file *f, int rg, int col, struct moe_pq_read
 			    (long long)start, (long long)m->total_compressed_size);
 	size_t clen = (size_t)m->total_compressed_size;
 	const uint8_t *base;
+	if (!f->mem && rg + 1 < f->nrgs) {
+		/* ask the kernel to read the same column of the next row group */
+		const struct pq_chunk_meta *nm = &f->rgs[rg + 1].cols[col];
+		int64_t ns = nm->data_page_offset;
+		if (nm->dictionary_page_offset > 0 && nm->dictionary_page_offset < ns)
+			ns = nm->dictionary_page_offset;
+		if (ns > 0 && nm->total_compressed_size > 0)
+			posix_fadvise(f->fd, (off_t)ns, (off_t)nm->total_compressed_size,
+				      POSIX_FADV_WILLNEED);
+	}
 	if (f->mem) {
 		base = f->mem + start;
 	} else {

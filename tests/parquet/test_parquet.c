@@ -10,7 +10,7 @@
 static char *escape(const char *s, size_t n)
 {
 	char *buf = malloc(6 * n + 3);
-	size_t w = moe_json_escape(buf, (const uint8_t *)s, n);
+	size_t w = moe_jsonl_escape(buf, (const uint8_t *)s, n);
 	buf[w] = 0;
 	return buf;
 }
