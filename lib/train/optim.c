@@ -35,6 +35,29 @@ int moe_optim_init(struct moe_optim *o, struct moe_model *m, const struct moe_op
 		return moe_error_set(err, MOE_ENOMEM, "cannot allocate the optimizer state (%zu floats)",
 				     2 * o->n);
 	}
+	/* Merge neighbouring trained tensors with the same group and decay into
+	 * spans, so that the backend sees a few large calls per layer instead
+	 * of one per expert matrix (each sumsq is a device sync on CUDA). */
+	size_t np;
+	const struct moe_param *p = moe_model_params(m, &np);
+	o->spans = calloc(np ? np : 1, sizeof *o->spans);
+	if (!o->spans) {
+		moe_optim_release(o);
+		return moe_error_set(err, MOE_ENOMEM, "out of memory");
+	}
+	for (size_t i = 0; i < np; i++) {
+		if (!p[i].trainable)
+			continue;
+		bool dec = moe_optim_decays(&p[i], opts->decay);
+		struct moe_optim_span *last = o->n_spans ? &o->spans[o->n_spans - 1] : NULL;
+		if (last && last->offset + last->n == p[i].offset && last->expert == p[i].is_expert &&
+		    last->decay == dec) {
+			last->n += p[i].numel;
+			continue;
+		}
+		o->spans[o->n_spans++] = (struct moe_optim_span){
+			.offset = p[i].offset, .n = p[i].numel, .expert = p[i].is_expert, .decay = dec };
+	}
 	return 0;
 }
 
@@ -48,20 +71,20 @@ void moe_optim_release(struct moe_optim *o)
 	if (o->v)
 		be->free(be, o->v);
 	o->m = o->v = NULL;
+	free(o->spans);
+	o->spans = NULL;
+	o->n_spans = 0;
 	o->model = NULL;
 }
 
 void moe_optim_grad_norms(struct moe_optim *o, double *expert, double *other)
 {
 	struct moe_backend *be = moe_model_backend(o->model);
-	size_t np;
-	const struct moe_param *p = moe_model_params(o->model, &np);
 	double se = 0, so = 0;
-	for (size_t i = 0; i < np; i++) {
-		if (!p[i].trainable)
-			continue;
-		double s = be->sumsq(be, be->grad(be, p[i].offset), p[i].numel);
-		if (p[i].is_expert)
+	for (size_t i = 0; i < o->n_spans; i++) {
+		const struct moe_optim_span *sp = &o->spans[i];
+		double s = be->sumsq(be, be->grad(be, sp->offset), sp->n);
+		if (sp->expert)
 			se += s;
 		else
 			so += s;
@@ -79,17 +102,14 @@ static double clip_coef(double max_norm, double norm)
 	return c < 1.0 ? c : 1.0;
 }
 
-static void scale_group(struct moe_optim *o, int group, float s)
+static void scale_group(struct moe_optim *o, int group, float f)
 {
 	struct moe_backend *be = moe_model_backend(o->model);
-	size_t np;
-	const struct moe_param *p = moe_model_params(o->model, &np);
-	for (size_t i = 0; i < np; i++) {
-		if (!p[i].trainable)
+	for (size_t i = 0; i < o->n_spans; i++) {
+		const struct moe_optim_span *sp = &o->spans[i];
+		if (group >= 0 && (int)sp->expert != group)
 			continue;
-		if (group >= 0 && (int)p[i].is_expert != group)
-			continue;
-		be->scale(be, be->grad(be, p[i].offset), p[i].numel, s);
+		be->scale(be, be->grad(be, sp->offset), sp->n, f);
 	}
 }
 
@@ -125,16 +145,13 @@ void moe_optim_clip(struct moe_optim *o, struct moe_clip_stats *cs)
 void moe_optim_step(struct moe_optim *o, double lr)
 {
 	struct moe_backend *be = moe_model_backend(o->model);
-	size_t np;
-	const struct moe_param *p = moe_model_params(o->model, &np);
 	o->t++;
-	for (size_t i = 0; i < np; i++) {
-		if (!p[i].trainable)
-			continue;
-		float wd = moe_optim_decays(&p[i], o->opts.decay) ? (float)o->opts.weight_decay : 0.0f;
-		be->adamw(be, be->master(be, p[i].offset), be->grad(be, p[i].offset),
-			  o->m + p[i].offset, o->v + p[i].offset, p[i].numel, (float)lr,
-			  (float)o->opts.beta1, (float)o->opts.beta2, (float)o->opts.eps, wd, o->t);
+	for (size_t i = 0; i < o->n_spans; i++) {
+		const struct moe_optim_span *sp = &o->spans[i];
+		float wd = sp->decay ? (float)o->opts.weight_decay : 0.0f;
+		be->adamw(be, be->master(be, sp->offset), be->grad(be, sp->offset), o->m + sp->offset,
+			  o->v + sp->offset, sp->n, (float)lr, (float)o->opts.beta1,
+			  (float)o->opts.beta2, (float)o->opts.eps, wd, o->t);
 	}
 	moe_model_params_updated(o->model);
 }

@@ -132,12 +132,19 @@ struct moe_optim_opts {
 /* AdamW state: m and v are fp32 buffers on the model's backend with the
  * layout of the parameter table (offset i of a tensor is offset i here);
  * t is the number of updates done. */
+/* A run of neighbouring trained tensors of one clip group and decay. */
+struct moe_optim_span {
+	size_t offset, n; /* floats, into the parameter buffer */
+	bool expert, decay;
+};
 struct moe_optim {
 	struct moe_model *model; /* not owned */
 	struct moe_optim_opts opts;
 	size_t n;                /* floats in m and v */
 	float *m, *v;            /* backend memory */
 	int64_t t;
+	struct moe_optim_span *spans; /* owned */
+	size_t n_spans;
 };
 
 struct moe_clip_stats {
