@@ -63,6 +63,15 @@ grep -q '"index_sha256"' "$T/run/ckpt/latest/trainer_state.json" || fail "no dat
 # a second run into the same directory without --resume is refused
 "$TRAIN" $COMMON --out "$T/run" --steps 2 2>/dev/null; [ $? -eq 1 ] || fail "existing run should be refused"
 
+# --- --tokens gives whole steps (4 x 16 tokens per step: 100 tokens -> 2 steps)
+"$TRAIN" $COMMON --out "$T/tok" --tokens 100 --eval-every 0 || fail "--tokens run"
+[ "$(grep -c '"split":"train"' "$T/tok/metrics.jsonl")" -eq 2 ] || fail "--tokens 100 should run 2 steps"
+
+# --- resuming on other data is refused
+"$B/tests/train/mkdata" "$T/data2" 200 99 || fail "mkdata 2"
+"$TRAIN" --out "$T/tok" --resume --data "$T/data2" --steps 4 -q 2>"$T/err"; [ $? -eq 1 ] || fail "resume on other data should exit 1"
+grep -q "loader state" "$T/err" || fail "resume on other data: unclear error: $(cat "$T/err")"
+
 # --- keep-K
 "$TRAIN" $COMMON --out "$T/keep" --steps 5 --ckpt-every 1 --keep 2 --eval-every 0 || fail "keep run"
 ls "$T/keep/ckpt" | grep -c '^step-' | grep -qx 2 || fail "keep 2 should leave 2 checkpoints"
