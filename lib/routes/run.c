@@ -146,7 +146,12 @@ static json_t *model_meta(const char *ckpt, const struct moe_config *c)
 			json_array_append_new(tk, json_integer(c->num_experts_per_tok));
 		}
 	}
-	json_object_set_new(m, "checkpoint", json_string(realpath(ckpt, real) ? real : ckpt));
+	{
+		const char *path = realpath(ckpt, real) ? real : ckpt, *base = strrchr(path, '/');
+
+		json_object_set_new(m, "name", json_string(base && base[1] ? base + 1 : path));
+		json_object_set_new(m, "checkpoint", json_string(path));
+	}
 	p = moe_path_join(ckpt, "model.safetensors");
 	sha = p ? sha256_hex_file(p) : NULL;
 	json_object_set_new(m, "weights_sha256", sha ? json_string(sha) : json_null());
@@ -456,7 +461,7 @@ int moe_routes_run(const struct moe_routes_run_opts *o, int64_t *n_out, struct m
 					      (json_int_t)doc, "n_tokens", (json_int_t)tr->T, "seq_len", T,
 					      "window_overlap", T / 2, "shard_tokenizer_sha256",
 					      di->has_tokenizer_sha256 ? hex : "", "max_tokens",
-					      (json_int_t)o->max_tokens));
+					      (json_int_t)(o->max_tokens > 0 ? o->max_tokens : 0)));
 	} else {
 		json_object_set_new(meta, "data",
 				    json_pack("{sssssssIsIsisisI}", "kind", "docs", "source", o->docs,
