@@ -15,6 +15,7 @@
 #endif
 
 #include "core/core.h"
+#include "model/model.h"
 #include "train/train.h"
 
 static void usage(FILE *fp)
@@ -228,6 +229,13 @@ int main(int argc, char **argv)
 	else
 		moe_info(2, "training %lld steps on the %s backend", (long long)total,
 			 moe_trainer_backend_name(t));
+	if (moe_verbosity >= 2) {
+		int64_t n_total = 0, n_active = 0;
+		moe_model_count(moe_trainer_model(t), &n_total, &n_active);
+		moe_info(2, "%lld parameters, %lld active per token; %lld tokens per step",
+			 (long long)n_total, (long long)n_active,
+			 (long long)(o.micro_batch * o.grad_accum * moe_trainer_seq_len(t)));
+	}
 
 	struct line ln = { .on = moe_verbosity >= 1 && isatty(2), .t0 = moe_now(), .step0 = start };
 	struct moe_step_stats st = { 0 };

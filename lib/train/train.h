@@ -234,6 +234,7 @@ struct moe_trainer *moe_trainer_new(const struct moe_train_opts *o, bool resume,
 void moe_trainer_free(struct moe_trainer *t);
 int64_t moe_trainer_step_index(const struct moe_trainer *t); /* steps done */
 int64_t moe_trainer_total_steps(const struct moe_trainer *t);
+int moe_trainer_seq_len(const struct moe_trainer *t);
 const char *moe_trainer_backend_name(struct moe_trainer *t);
 /* A note for the user (e.g. why validation is off), or NULL. */
 const char *moe_trainer_note(const struct moe_trainer *t);

@@ -750,6 +750,11 @@ int64_t moe_trainer_total_steps(const struct moe_trainer *t)
 	return t->total_steps;
 }
 
+int moe_trainer_seq_len(const struct moe_trainer *t)
+{
+	return t->T;
+}
+
 const char *moe_trainer_backend_name(struct moe_trainer *t)
 {
 	return moe_model_backend(t->model)->name;
