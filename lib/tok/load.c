@@ -287,6 +287,7 @@ static int check_null_or(const json_t *root, const char *key, const char *allowe
 
 static struct moe_tok *load_json(const json_t *root, const char *where, struct moe_error *err)
 {
+	uint32_t *added_ids = NULL;
 	struct moe_tok *t = calloc(1, sizeof *t);
 	if (!t) {
 		moe_error_set(err, MOE_ENOMEM, "%s: out of memory", where);
@@ -364,7 +365,16 @@ static struct moe_tok *load_json(const json_t *root, const char *where, struct m
 		if (json_integer_value(v) > maxid)
 			maxid = json_integer_value(v);
 	}
+	/* Ids of added tokens as Hugging Face assigns them when it loads the
+	 * file: the id of the same content added before, else its id in the
+	 * model vocabulary, else the next id after the vocabulary and the
+	 * added tokens so far.  The "id" written in the file is not used. */
 	size_t n_added = added ? json_array_size(added) : 0;
+	size_t model_n = json_object_size(vocab);
+	int64_t added_max = -1;
+	added_ids = calloc(n_added ? n_added : 1, sizeof *added_ids);
+	if (!added_ids)
+		goto nomem;
 	for (size_t i = 0; i < n_added; i++) {
 		json_t *a = json_array_get(added, i);
 		json_t *id = json_object_get(a, "id");
@@ -374,8 +384,21 @@ static struct moe_tok *load_json(const json_t *root, const char *where, struct m
 			rc = moe_error_set(err, MOE_EFORMAT, "%s: added_tokens[%zu]: bad id or content", where, i);
 			goto fail;
 		}
-		if (json_integer_value(id) > maxid)
-			maxid = json_integer_value(id);
+		int64_t hid = -1;
+		for (size_t q = 0; q < i && hid < 0; q++)
+			if (json_equal(json_object_get(json_array_get(added, q), "content"), content))
+				hid = added_ids[q];
+		json_t *mv = hid < 0 ? json_object_get(vocab, json_string_value(content)) : NULL;
+		if (hid < 0 && mv)
+			hid = json_integer_value(mv);
+		if (hid < 0)
+			hid = added_max < 0 ? (int64_t)model_n
+					    : added_max >= (int64_t)model_n ? added_max + 1 : (int64_t)model_n;
+		added_ids[i] = (uint32_t)hid;
+		if (hid > added_max)
+			added_max = hid;
+		if (hid > maxid)
+			maxid = hid;
 	}
 	if (maxid < 0) {
 		rc = moe_error_set(err, MOE_EFORMAT, "%s: model.vocab: empty", where);
@@ -482,7 +505,7 @@ static struct moe_tok *load_json(const json_t *root, const char *where, struct m
 	for (size_t i = 0; i < n_added; i++) {
 		json_t *a = json_array_get(added, i);
 		struct tok_added *ad = &t->added[t->n_added];
-		uint32_t id = (uint32_t)json_integer_value(json_object_get(a, "id"));
+		uint32_t id = added_ids[i];
 		json_t *content = json_object_get(a, "content");
 		if (json_is_true(json_object_get(a, "single_word"))) {
 			char key[64];
@@ -546,11 +569,13 @@ static struct moe_tok *load_json(const json_t *root, const char *where, struct m
 	if ((rc = build_str_map(t, err)) < 0)
 		goto fail;
 	find_eos(t);
+	free(added_ids);
 	return t;
 nomem:
 	rc = moe_error_set(err, MOE_ENOMEM, "%s: out of memory", where);
 fail:
 	(void)rc;
+	free(added_ids);
 	moe_tok_free(t);
 	return NULL;
 }

@@ -276,7 +276,7 @@ static inline bool eq_ci(uint8_t c, char lower)
 	return (c | 0x20) == (uint8_t)lower;
 }
 
-static size_t match_cl100k(const uint8_t *s, size_t n, size_t i, bool tt)
+static size_t match_cl100k(const uint8_t *s, size_t n, size_t i, bool tt, bool onig)
 {
 	uint8_t c0 = s[i];
 	size_t l, l1;
@@ -299,6 +299,8 @@ static size_t match_cl100k(const uint8_t *s, size_t n, size_t i, bool tt)
 			return run_of(s, n, i + l + l2, TC_L);
 	}
 	if (c == TC_N) {
+		if (onig)
+			return run_of(s, n, i + l, TC_N);
 		size_t j = i + l;
 		for (int k = 1; k < 3 && j < n; k++) {
 			size_t l2;
@@ -346,9 +348,11 @@ size_t tok_pattern_next(enum tok_pattern p, const uint8_t *s, size_t n, size_t i
 	case PAT_GPT2:
 		return match_gpt2(s, n, i);
 	case PAT_CL100K:
-		return match_cl100k(s, n, i, false);
+		return match_cl100k(s, n, i, false, false);
 	case PAT_CL100K_TT:
-		return match_cl100k(s, n, i, true);
+		return match_cl100k(s, n, i, true, false);
+	case PAT_CL100K_TT_ONIG:
+		return match_cl100k(s, n, i, true, true);
 	case PAT_NONE:
 	default:
 		return n;
@@ -364,12 +368,15 @@ const char *tok_pattern_name(enum tok_pattern p)
 		return "cl100k";
 	case PAT_CL100K_TT:
 		return "cl100k-tiktoken";
+	case PAT_CL100K_TT_ONIG:
+		return "cl100k-tiktoken-oniguruma";
 	default:
 		return "none";
 	}
 }
 
-/* The spellings found in tokenizer.json files and tiktoken. */
+/* The spellings found in tokenizer.json files, with the meaning Oniguruma
+ * (Hugging Face tokenizers) gives them. */
 static const struct {
 	const char *re;
 	enum tok_pattern p;
@@ -382,7 +389,7 @@ static const struct {
 	 PAT_CL100K},
 	{"'(?i:[sdmt]|ll|ve|re)|[^\\r\\n\\p{L}\\p{N}]?+\\p{L}++|\\p{N}{1,3}+| "
 	 "?[^\\s\\p{L}\\p{N}]++[\\r\\n]*+|\\s++$|\\s*[\\r\\n]|\\s+(?!\\S)|\\s",
-	 PAT_CL100K_TT},
+	 PAT_CL100K_TT_ONIG},
 };
 
 enum tok_pattern tok_pattern_from_regex(const char *re)

@@ -28,6 +28,9 @@ enum tok_pattern {
 	PAT_GPT2,      /* 's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+ */
 	PAT_CL100K,    /* (?i:'s|...)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+ */
 	PAT_CL100K_TT, /* tiktoken's newer cl100k form with \s++$ before \s*[\r\n] */
+	PAT_CL100K_TT_ONIG, /* the same regex run by Oniguruma (Hugging Face): its Ruby
+			     * syntax reads \p{N}{1,3}+ as (\p{N}{1,3})+, so digit
+			     * runs are not cut in threes */
 };
 /* End of the pattern match that starts at s[i] (i < n); always > i, since
  * the supported patterns match every character. */

