@@ -97,9 +97,14 @@ if python3 -c 'import tokenizers' 2>/dev/null; then
 import json, sys
 with open(sys.argv[2], "w", encoding="utf-8") as o:
     for l in open(sys.argv[1], encoding="utf-8"):
-        if l.strip(): o.write(json.dumps(json.loads(l)["text"])[1:-1] + "\n")
+        if l.strip(): o.write(json.loads(l)["text"] + "\n")
 ' "$tmp/big.jsonl" "$tmp/big.txt"
+	echo "-- the same text as a plain file (one line per sequence), ours vs HF BpeTrainer"
 	for v in $VOCABS; do
+		t0=$(now)
+		"$MT" train -q -j "$jt" --text --vocab-size "$v" -o "$tmp/x$v.json" "$tmp/big.txt" || exit 1
+		t1=$(now)
+		printf '%8s %10s   (moe-tokenize train --text)\n' "$v" "$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.2f", b - a}')"
 		RAYON_NUM_THREADS=$jt python3 - "$tmp/big.txt" "$v" <<'PY'
 import sys, time
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
