@@ -955,10 +955,6 @@ int moe_pq_read_chunk(struct moe_pq_file *f, int rg, int col, struct moe_pq_read
 	if (m->type != (int)c.col->type)
 		return perr(&c, MOE_EFORMAT, "chunk type %d differs from the schema's %s", m->type,
 			    moe_pq_type_name(c.col->type));
-	if (m->codec != PQ_CODEC_UNCOMPRESSED && m->codec != PQ_CODEC_SNAPPY &&
-	    m->codec != PQ_CODEC_GZIP && m->codec != PQ_CODEC_ZSTD)
-		return perr(&c, MOE_EUNSUPPORTED, "unsupported compression codec %s",
-			    pq_codec_name(m->codec));
 	if (m->num_values < 0 || m->num_values > PQ_MAX_VALUES)
 		return perr(&c, MOE_EFORMAT, "bad value count %lld", (long long)m->num_values);
 	if (m->num_values != f->rgs[rg].num_rows)

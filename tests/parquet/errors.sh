@@ -3,7 +3,7 @@
 # with exit status 1 and one clear message naming the file (and the row
 # group, column and page where the trouble is); it never crashes.
 set -u
-: "${MOE_BIN:?}"
+: "${MOE_BIN:?}" "${MOE_SRCDIR:?}"
 D="${MOE_SHARED:-}/data/parquet"
 [ -d "$D" ] || exit 77
 tmp=$(mktemp -d) || exit 99
@@ -32,8 +32,15 @@ expect() { # FILE PATTERN [cat options]
 loc="row group [0-9]*, column '[^']*', page [0-9]* (offset [0-9]*)"
 expect "$D/delta_length_byte_array.parquet" "$loc: unsupported encoding DELTA_LENGTH_BYTE_ARRAY"
 expect "$D/datapage_v2.snappy.parquet" "column 'b', page 0 .*: unsupported encoding DELTA_BINARY_PACKED"
-expect "$D/lz4_raw_compressed_larger.parquet" "row group 0, column 'a': unsupported compression codec LZ4_RAW"
+expect "$D/lz4_raw_compressed_larger.parquet" "row group 0, column 'a', page 0 (offset 4): unsupported compression codec LZ4_RAW"
 expect "$D/large_string_map.brotli.parquet" "not supported"
+python3 "$MOE_SRCDIR/tests/parquet/make-fallback.py" "$tmp/fb" || exit 99
+U="$tmp/fb/unsupported"
+expect "$U/brotli.parquet" "$loc: unsupported compression codec BROTLI"
+expect "$U/lz4.parquet" "$loc: unsupported compression codec LZ4"
+expect "$U/lzo.parquet" "$loc: unsupported compression codec LZO"
+expect "$U/delta-byte-array.parquet" "$loc: unsupported encoding DELTA_BYTE_ARRAY"
+expect "$U/byte-stream-split.parquet" "$loc: unsupported encoding BYTE_STREAM_SPLIT"
 expect "$D/rle-dict-uncompressed-corrupt-checksum.parquet" "$loc: page CRC mismatch"
 expect "$D/nation.dict-malformed.parquet" "$loc: "
 expect "$D/bad_data/PARQUET-1481.parquet" "schema leaf 'Handle' has bad type"

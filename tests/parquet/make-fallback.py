@@ -228,6 +228,16 @@ def num_chunk(ptype, fmt, values_for_group):
     return build
 
 
+def raw_chunk(codec, enc, payload):
+    """One data page with the given codec and encoding (for error paths)."""
+
+    def build(g, start):
+        sub = Struct().i32(1, 3).i32(2, enc).i32(3, 3).i32(4, 3)
+        return None, start, page(0, payload, len(payload), 5, sub), codec, [enc]
+
+    return build
+
+
 def main():
     outdir = sys.argv[1]
     os.makedirs(outdir, exist_ok=True)
@@ -243,6 +253,12 @@ def main():
                                                            for i in range(nrows)])),
         ]
         write_file(os.path.join(outdir, name), cols, [nrows, nrows])
+    # error paths: codecs and encodings moe-fetch refuses
+    bad = os.path.join(outdir, "unsupported")
+    os.makedirs(bad, exist_ok=True)
+    for name, codec, enc in [("brotli.parquet", 4, 0), ("lz4.parquet", 5, 0), ("lzo.parquet", 3, 0),
+                             ("delta-byte-array.parquet", 0, 7), ("byte-stream-split.parquet", 0, 9)]:
+        write_file(os.path.join(bad, name), [("text", 6, raw_chunk(codec, enc, def_levels_v1([True] * 3) + bytes(range(40))))], [3])
 
 
 if __name__ == "__main__":
