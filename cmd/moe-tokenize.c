@@ -421,7 +421,7 @@ static int cmd_decode(const struct args *a)
 			fail(&err);
 		moe_tokstream_reader_free(r);
 	} else {
-		/* lines of space-separated ids */
+		/* lines of space-separated ids, or JSON objects with "ids" */
 		char *line = NULL;
 		size_t cap = 0;
 		ssize_t got;
@@ -431,6 +431,37 @@ static int cmd_decode(const struct args *a)
 			lineno++;
 			ids.n = 0;
 			char *p = line;
+			while (*p == ' ' || *p == '\t')
+				p++;
+			if (*p == '{') {
+				/* a JSON object with an "ids" array (encode --format jsonl) */
+				json_error_t je;
+				json_t *obj = json_loads(p, JSON_ALLOW_NUL, &je), *arr = json_object_get(obj, "ids"), *v;
+				size_t k;
+				if (!json_is_array(arr)) {
+					moe_error_set(&err, MOE_EFORMAT, "%s:%" PRIu64 ": %s", name, lineno,
+						      obj ? "no \"ids\" array" : je.text);
+					fail(&err);
+				}
+				json_array_foreach(arr, k, v)
+				{
+					json_int_t x = json_integer_value(v);
+					if (!json_is_integer(v) || x < 0 || x >= (json_int_t)moe_tok_vocab_size(t)) {
+						moe_error_set(&err, MOE_EFORMAT, "%s:%" PRIu64 ": ids[%zu]: bad token id",
+							      name, lineno, k);
+						fail(&err);
+					}
+					if (ids.n == ids.cap) {
+						ids.cap = ids.cap ? ids.cap * 2 : 1024;
+						ids.ids = realloc(ids.ids, ids.cap * sizeof *ids.ids);
+						if (!ids.ids)
+							moe_die("out of memory");
+					}
+					ids.ids[ids.n++] = (uint32_t)x;
+				}
+				json_decref(obj);
+				*p = 0;
+			}
 			for (;;) {
 				while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r' || *p == ',')
 					p++;

@@ -38,7 +38,9 @@ grep -q '^eos: *0 <|endoftext|>$' "$tmp/info" && ok "info eos" || bad "info eos"
 cmp -s "$tmp/back.jsonl" "$EDGE" && ok "stream round trip" || bad "stream round trip"
 "$MT" encode -t "$tmp/tok.json" --format ids --eos none "$EDGE" | "$MT" decode -t "$tmp/tok.json" --format jsonl > "$tmp/back2.jsonl"
 cmp -s "$tmp/back2.jsonl" "$EDGE" && ok "ids round trip" || bad "ids round trip"
-"$MT" encode -t "$tmp/tok.json" --format jsonl "$EDGE" | head -1 | grep -q '"ids": *\[' && ok "jsonl output" || bad "jsonl output"
+"$MT" encode -t "$tmp/tok.json" --format jsonl --eos none "$EDGE" > "$tmp/ids.jsonl"
+head -1 "$tmp/ids.jsonl" | grep -q '"ids": *\[' && ok "jsonl output" || bad "jsonl output"
+"$MT" decode -t "$tmp/tok.json" --format jsonl "$tmp/ids.jsonl" | cmp -s - "$EDGE" && ok "jsonl ids round trip" || bad "jsonl ids round trip"
 "$MT" encode -t "$tmp/tok.json" "$EDGE" > /dev/null < /dev/null; check "$?" 0 "stream to a non-terminal"
 
 # ordered output at any -j (several batches: > 4096 lines)
