@@ -138,7 +138,7 @@ static void config_finish(struct moe_config *c)
 static const char *const hf_ignored[] = {
 	"architectures", "torch_dtype", "dtype", "transformers_version", "use_cache",
 	"output_router_logits", "attention_dropout", "_name_or_path", "model_type",
-	"rope_scaling", "rope_parameters", "return_dict", "output_hidden_states",
+	"rope_parameters", "return_dict", "output_hidden_states",
 	"output_attentions", "is_encoder_decoder", "id2label", "label2id", "pretraining_tp",
 	"layer_types", "chunk_size_feed_forward", "tokenizer_class", "_attn_implementation",
 	"router_jitter_noise", NULL,
@@ -237,10 +237,10 @@ int moe_config_from_json(struct moe_config *cfg, const json_t *obj, const char *
 						     where, key);
 			continue;
 		}
-		if (!strcmp(key, "clip_qkv")) {
+		if (!strcmp(key, "clip_qkv") || !strcmp(key, "rope_scaling")) {
 			if (!json_is_null(v))
-				return moe_error_set(err, MOE_EUNSUPPORTED, "%s: key 'clip_qkv': only null is supported",
-						     where);
+				return moe_error_set(err, MOE_EUNSUPPORTED, "%s: key '%s': only null is supported",
+						     where, key);
 			continue;
 		}
 		if (!strcmp(key, "hidden_act")) {

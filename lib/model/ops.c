@@ -8,6 +8,7 @@
 #include "model/ops.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 #ifdef _OPENMP
 #include <omp.h>
@@ -211,6 +212,28 @@ MOE_CLONES static void gemm_rows(float *C, size_t ldc, const float *a, size_t ar
 
 void moe_linear_fwd(float *out, const float *x, const float *w, const float *b, int N, int In, int Out)
 {
+	/* enough rows: transpose w once and use the axpy-form kernel (faster
+	 * than dot products); otherwise (or without memory) 4x4 dot tiles */
+	float *wt = N >= 16 && Out >= 32 ? malloc(sizeof(float) * (size_t)In * Out) : NULL;
+	if (wt) {
+		bool par = (size_t)N * In * Out > 200000;
+#pragma omp parallel for schedule(static) if (par)
+		for (int i = 0; i < In; i++)
+			for (int o = 0; o < Out; o++)
+				wt[(size_t)i * Out + o] = w[(size_t)o * In + i];
+		int nb4 = (N + 3) / 4;
+#pragma omp parallel for schedule(static) if (par)
+		for (int rb = 0; rb < nb4; rb++) {
+			int r1 = rb * 4 + 4 < N ? rb * 4 + 4 : N;
+			gemm_rows(out, (size_t)Out, x, (size_t)In, 1, wt, (size_t)Out, rb * 4, r1, Out, In, false);
+			if (b)
+				for (int r = rb * 4; r < r1; r++)
+					for (int o = 0; o < Out; o++)
+						out[(size_t)r * Out + o] += b[o];
+		}
+		free(wt);
+		return;
+	}
 	int nb = (N + 3) / 4, ob = (Out + 3) / 4;
 #pragma omp parallel for collapse(2) schedule(static) if ((size_t)N * In * Out > 200000)
 	for (int rb = 0; rb < nb; rb++)

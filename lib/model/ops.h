@@ -33,7 +33,8 @@ void moe_rmsnorm_bwd(float *dx /* (N, D) */, float *dw /* (D), += */, const floa
 		     const float *x /* (N, D) */, const float *w /* (D) */, const float *rstd /* (N) */,
 		     int N, int D);
 
-/* Linear: out = x @ w^T (+ b).  w is (Out, In) as in PyTorch/HF. */
+/* Linear: out = x @ w^T (+ b).  w is (Out, In) as in PyTorch/HF.  The CPU
+ * version may allocate a temporary transpose of w (freed before return). */
 void moe_linear_fwd(float *out /* (N, Out) */, const float *x /* (N, In) */,
 		    const float *w /* (Out, In) */, const float *b /* (Out) or NULL */,
 		    int N, int In, int Out);
