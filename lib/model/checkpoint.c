@@ -43,12 +43,56 @@ static bool ends_with(const char *s, const char *suf)
 	return a >= b && !strcmp(s + a - b, suf);
 }
 
+static int convert(float *dst, const struct moe_st_tensor *t, size_t n, const char *file,
+		   struct moe_error *err);
+
+/* transformers v5 saves a layer's experts fused: mlp.experts.gate_up_proj
+ * (E, 2I, D) with each expert's gate rows then up rows, and
+ * mlp.experts.down_proj (E, D, I): exactly our blocks.  Returns 1 when t was
+ * such a tensor (and was taken), 0 when not, or an error. */
+static int take_fused(struct moe_model *m, float *host, bool *seen, const struct moe_st_tensor *t,
+		      const char *file, struct moe_error *err)
+{
+	int l, n = 0;
+	char what[16];
+	if (sscanf(t->name, "model.layers.%d.mlp.experts.%15[a-z_]%n", &l, what, &n) != 2 ||
+	    t->name[n] != '\0' || (strcmp(what, "gate_up_proj") && strcmp(what, "down_proj")))
+		return 0;
+	const struct moe_layer_offsets *lo = moe_model_layer(m, l);
+	const struct moe_config *c = moe_model_config(m);
+	if (!lo || !lo->is_moe)
+		return moe_error_set(err, MOE_EFORMAT, "%s: unexpected tensor '%s' for this model config",
+				     file, t->name);
+	bool gu = !strcmp(what, "gate_up_proj");
+	int64_t E = c->num_experts, I = c->intermediate_size, D = c->hidden_size;
+	int64_t want[3] = {E, gu ? 2 * I : D, gu ? D : I};
+	if (t->ndim != 3 || t->shape[0] != want[0] || t->shape[1] != want[1] || t->shape[2] != want[2])
+		return moe_error_set(err, MOE_EFORMAT, "%s: tensor '%s' has the wrong shape, expected [%lld, %lld, %lld]",
+				     file, t->name, (long long)want[0], (long long)want[1], (long long)want[2]);
+	int rc = convert(host + (gu ? lo->expert_gate_up : lo->expert_down), t, (size_t)(E * want[1] * want[2]), file, err);
+	if (rc < 0)
+		return rc;
+	char name[MOE_NAME_MAX];
+	for (int e = 0; e < E; e++)
+		for (int k = 0; k < (gu ? 2 : 1); k++) {
+			snprintf(name, sizeof(name), "model.layers.%d.mlp.experts.%d.%s.weight", l, e,
+				 gu ? (k ? "up_proj" : "gate_proj") : "down_proj");
+			const struct moe_param *p = moe_model_param_find(m, name);
+			if (p)
+				seen[p - moe_model_params(m, NULL)] = true;
+		}
+	return 1;
+}
+
 /* Copy one stored tensor into the host buffer, converting to fp32. */
 static int take_tensor(struct moe_model *m, float *host, bool *seen, const struct moe_st_tensor *t,
 		       const char *file, struct moe_error *err)
 {
 	const struct moe_param *p = moe_model_param_find(m, t->name);
 	if (!p) {
+		int rc = take_fused(m, host, seen, t, file, err);
+		if (rc != 0)
+			return rc < 0 ? rc : 0;
 		if (ends_with(t->name, "rotary_emb.inv_freq"))
 			return 0;
 		return moe_error_set(err, MOE_EFORMAT, "%s: unexpected tensor '%s' for this model config",
@@ -72,8 +116,15 @@ static int take_tensor(struct moe_model *m, float *host, bool *seen, const struc
 		return moe_error_set(err, MOE_EFORMAT, "%s: tensor '%s' has shape %s, expected %s", file,
 				     t->name, b, a);
 	}
-	float *dst = host + p->offset;
-	size_t n = p->numel;
+	int rc = convert(host + p->offset, t, p->numel, file, err);
+	if (rc == 0)
+		seen[p - m->params] = true;
+	return rc;
+}
+
+static int convert(float *dst, const struct moe_st_tensor *t, size_t n, const char *file,
+		   struct moe_error *err)
+{
 	switch (t->dtype) {
 	case MOE_F32:
 		memcpy(dst, t->data, n * sizeof(float));
@@ -94,7 +145,6 @@ static int take_tensor(struct moe_model *m, float *host, bool *seen, const struc
 		return moe_error_set(err, MOE_EFORMAT, "%s: tensor '%s': unsupported dtype %s", file,
 				     t->name, moe_dtype_name(t->dtype));
 	}
-	seen[p - m->params] = true;
 	return 0;
 }
 

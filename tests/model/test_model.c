@@ -616,3 +616,40 @@ Test(ops, linear_tiles_and_remainders)
 	naive_check(13, 33, 101);
 	naive_check(64, 128, 96);
 }
+
+Test(checkpoint, transformers_v5_fused_experts)
+{
+	struct moe_config c;
+	struct moe_error err = {0};
+	small_config(&c);
+	struct moe_model *m = moe_model_new(&c, NULL, &err);
+	moe_model_init(m, 12, &err);
+	const float *P = moe_model_params_host(m);
+	size_t n;
+	const struct moe_param *t = moe_model_params(m, &n);
+	struct moe_st_writer *w = moe_st_writer_new();
+	for (size_t i = 0; i < n; i++)
+		if (t[i].kind != MOE_P_EXPERT)
+			cr_assert_eq(moe_st_writer_add(w, t[i].name, MOE_F32, t[i].ndim, t[i].shape, P + t[i].offset, &err), 0);
+	char names[4][96];
+	for (int l = 1; l < 3; l++) {
+		const struct moe_layer_offsets *lo = moe_model_layer(m, l);
+		int64_t gu[3] = {4, 32, 32}, dn[3] = {4, 32, 16};
+		snprintf(names[2 * (l - 1)], 96, "model.layers.%d.mlp.experts.gate_up_proj", l);
+		snprintf(names[2 * (l - 1) + 1], 96, "model.layers.%d.mlp.experts.down_proj", l);
+		cr_assert_eq(moe_st_writer_add(w, names[2 * (l - 1)], MOE_F32, 3, gu, P + lo->expert_gate_up, &err), 0);
+		cr_assert_eq(moe_st_writer_add(w, names[2 * (l - 1) + 1], MOE_F32, 3, dn, P + lo->expert_down, &err), 0);
+	}
+	char *d = tmpdir();
+	char *st = moe_path_join(d, "model.safetensors");
+	cr_assert_eq(moe_st_writer_commit(w, st, &err), 0, "%s", err.msg);
+	moe_st_writer_free(w);
+	struct moe_model *r = moe_model_new(&c, NULL, &err);
+	cr_assert_eq(moe_model_load_weights(r, d, &err), 0, "%s", err.msg);
+	cr_assert(!memcmp(moe_model_params_host(r), P, moe_model_num_params(m) * sizeof(float)));
+	free(st);
+	rmrf(d);
+	free(d);
+	moe_model_free(r);
+	moe_model_free(m);
+}
