@@ -232,3 +232,15 @@ Test(trainer, accumulation_equivalence)
 	free(g2);
 	moe_rmtree(root, &err);
 }
+
+Test(trainer, flops_per_token_matches_torch_ref)
+{
+	/* shared/bench/torch_ref.py, preset "seed" (T 2048): 6 * 252,444,672
+	 * active matmul parameters + 3 * 59,768,832 attention = 1,693,974,528
+	 * (worked out by hand from its flops_per_token()) */
+	struct moe_config cfg;
+	struct moe_error err = { 0 };
+	if (moe_config_load(&cfg, "seed-base", &err) != 0)
+		cr_skip_test("no seed-base preset: %s", err.msg);
+	cr_assert_eq(moe_model_flops_per_token(&cfg, 2048), 1693974528.0);
+}
