@@ -18,11 +18,12 @@
 #define XXH_INLINE_ALL
 #include <xxhash.h>
 
-#define CACHE_SLOTS 16384 /* power of 2 */
-#define CACHE_WORD 30     /* longest cached word, bytes */
-#define CACHE_IDS 14      /* most ids of a cached word */
+#define CACHE_SLOTS 65536 /* power of 2; 4 MiB per context */
+#define CACHE_WORD 22     /* longest cached word, bytes */
+#define CACHE_IDS 8       /* most ids of a cached word */
 #define SMALL_WORD 96     /* longer words use the heap merge */
 
+/* One 64-byte line per slot: a lookup touches a single cache line. */
 struct cache_slot {
 	uint64_t hash;
 	uint8_t len; /* 0 = empty */
@@ -39,6 +40,7 @@ struct heap_ent {
 struct moe_tok_ctx {
 	const struct moe_tok *t;
 	struct cache_slot *cache;
+	void *cache_mem;
 	/* merge scratch */
 	uint32_t *sym, *rank, *nid, *prev, *next;
 	size_t sym_cap;
@@ -56,7 +58,11 @@ struct moe_tok_ctx *moe_tok_ctx_new(const struct moe_tok *t)
 	if (!c)
 		return NULL;
 	c->t = t;
-	c->cache = calloc(CACHE_SLOTS, sizeof *c->cache);
+	_Static_assert(sizeof(struct cache_slot) == 64, "cache slot is one line");
+	/* calloc (lazily zeroed pages), aligned by hand to 64 bytes */
+	c->cache_mem = calloc(CACHE_SLOTS + 1, sizeof *c->cache);
+	if (c->cache_mem)
+		c->cache = (struct cache_slot *)(((uintptr_t)c->cache_mem + 63) & ~(uintptr_t)63);
 	if (!c->cache) {
 		free(c);
 		return NULL;
@@ -68,7 +74,7 @@ void moe_tok_ctx_free(struct moe_tok_ctx *c)
 {
 	if (!c)
 		return;
-	free(c->cache);
+	free(c->cache_mem);
 	free(c->sym);
 	free(c->rank);
 	free(c->nid);

@@ -18,23 +18,16 @@ static size_t pow2_for(size_t expect)
 int tok_pairmap_init(struct tok_pairmap *m, size_t expect)
 {
 	size_t cap = pow2_for(expect);
-	m->keys = calloc(cap, sizeof *m->keys);
-	m->vals = malloc(cap * sizeof *m->vals);
+	m->slots = calloc(cap, sizeof *m->slots);
 	m->mask = cap - 1;
 	m->count = 0;
-	if (!m->keys || !m->vals) {
-		tok_pairmap_release(m);
-		return MOE_ENOMEM;
-	}
-	return 0;
+	return m->slots ? 0 : MOE_ENOMEM;
 }
 
 void tok_pairmap_release(struct tok_pairmap *m)
 {
-	free(m->keys);
-	free(m->vals);
-	m->keys = NULL;
-	m->vals = NULL;
+	free(m->slots);
+	m->slots = NULL;
 	m->count = 0;
 }
 
@@ -44,13 +37,12 @@ static int pairmap_grow(struct tok_pairmap *m)
 	if (tok_pairmap_init(&n, (m->mask + 1)) < 0)
 		return MOE_ENOMEM;
 	for (size_t i = 0; i <= m->mask; i++) {
-		if (!m->keys[i])
+		if (!m->slots[i].key)
 			continue;
-		size_t j = tok_pair_hash(m->keys[i]) & n.mask;
-		while (n.keys[j])
+		size_t j = tok_pair_hash(m->slots[i].key) & n.mask;
+		while (n.slots[j].key)
 			j = (j + 1) & n.mask;
-		n.keys[j] = m->keys[i];
-		n.vals[j] = m->vals[i];
+		n.slots[j] = m->slots[i];
 		n.count++;
 	}
 	tok_pairmap_release(m);
@@ -64,15 +56,15 @@ int tok_pairmap_put(struct tok_pairmap *m, uint32_t a, uint32_t b, uint32_t rank
 		return MOE_ENOMEM;
 	uint64_t key = ((uint64_t)a << 32 | b) + 1;
 	size_t i = tok_pair_hash(key) & m->mask;
-	while (m->keys[i]) {
-		if (m->keys[i] == key) {
-			m->vals[i] = (uint64_t)rank << 32 | id;
+	while (m->slots[i].key) {
+		if (m->slots[i].key == key) {
+			m->slots[i].val = (uint64_t)rank << 32 | id;
 			return 1;
 		}
 		i = (i + 1) & m->mask;
 	}
-	m->keys[i] = key;
-	m->vals[i] = (uint64_t)rank << 32 | id;
+	m->slots[i].key = key;
+	m->slots[i].val = (uint64_t)rank << 32 | id;
 	m->count++;
 	return 0;
 }

@@ -41,9 +41,12 @@ enum tok_pattern tok_pattern_from_regex(const char *re);
 
 /* ---- hash maps ------------------------------------------------------------ */
 /* (left id, right id) -> (rank, new id): open addressing, power-of-2. */
+struct tok_pair_slot {
+	uint64_t key; /* (left << 32 | right) + 1; 0 = empty */
+	uint64_t val; /* rank << 32 | new id */
+};
 struct tok_pairmap {
-	uint64_t *keys; /* (left << 32 | right) + 1; 0 = empty */
-	uint64_t *vals; /* rank << 32 | new id */
+	struct tok_pair_slot *slots; /* key and value side by side: one miss per probe */
 	size_t mask;
 	size_t count;
 };
@@ -142,9 +145,9 @@ static inline uint64_t tok_pairmap_get(const struct tok_pairmap *m, uint32_t a, 
 	uint64_t key = ((uint64_t)a << 32 | b) + 1;
 	size_t i = tok_pair_hash(key) & m->mask;
 	for (;;) {
-		uint64_t k = m->keys[i];
+		uint64_t k = m->slots[i].key;
 		if (k == key)
-			return m->vals[i];
+			return m->slots[i].val;
 		if (k == 0)
 			return UINT64_MAX;
 		i = (i + 1) & m->mask;
