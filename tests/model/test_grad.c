@@ -51,16 +51,30 @@ static double rnd(void) /* uniform in [-1, 1) */
 {
 	return (double)(splitmix64(&rng_state) >> 11) / 4503599627370496.0 - 1.0;
 }
+/* every test buffer is tracked and freed after the test (.fini) */
+static void *tracked[512];
+static int n_tracked;
+static void *track(void *p)
+{
+	cr_assert(p && n_tracked < 512);
+	tracked[n_tracked++] = p;
+	return p;
+}
+static void release_all(void)
+{
+	while (n_tracked > 0)
+		free(tracked[--n_tracked]);
+}
 static double *rvec(size_t n, double scale)
 {
-	double *x = malloc(n * sizeof(double));
+	double *x = track(malloc(n * sizeof(double)));
 	for (size_t i = 0; i < n; i++)
 		x[i] = scale * rnd();
 	return x;
 }
 static double *zvec(size_t n)
 {
-	return calloc(n, sizeof(double));
+	return track(calloc(n, sizeof(double)));
 }
 static double wsum(const double *r, const double *x, size_t n)
 {
@@ -105,7 +119,7 @@ static double f_rms(void *p)
 	moe_rmsnorm_fwd(c->out, c->rstd, c->x, c->w, c->N, c->D, 1e-5);
 	return wsum(c->r, c->out, (size_t)c->N * c->D);
 }
-Test(grad, rmsnorm)
+Test(grad, rmsnorm, .fini = release_all)
 {
 	struct c_rms c = {.N = 5, .D = 12};
 	size_t n = (size_t)c.N * c.D;
@@ -129,12 +143,12 @@ static double f_lin(void *p)
 	moe_linear_fwd(c->out, c->x, c->w, c->b, c->N, c->In, c->Out);
 	return wsum(c->r, c->out, (size_t)c->N * c->Out);
 }
-Test(grad, linear)
+Test(grad, linear, .fini = release_all)
 {
 	struct c_lin c = {.N = 7, .In = 9, .Out = 5};
 	c.x = rvec(63, 1), c.w = rvec(45, 1), c.b = rvec(5, 1), c.r = rvec(35, 1), c.out = zvec(35);
 	double *dx = zvec(63), *dw = rvec(45, 1), *db = rvec(5, 1);
-	double *dw0 = malloc(45 * sizeof(double)), *db0 = malloc(5 * sizeof(double));
+	double *dw0 = track(malloc(45 * sizeof(double))), *db0 = track(malloc(5 * sizeof(double)));
 	memcpy(dw0, dw, 45 * sizeof(double));
 	memcpy(db0, db, 5 * sizeof(double));
 	moe_linear_bwd(dx, dw, db, c.r, c.x, c.w, c.N, c.In, c.Out);
@@ -162,12 +176,12 @@ static double f_rope(void *p)
 	moe_rope_fwd(c->y, c->B, c->T, c->H, c->Dh, 10000.0);
 	return wsum(c->r, c->y, n);
 }
-Test(grad, rope)
+Test(grad, rope, .fini = release_all)
 {
 	struct c_rope c = {.B = 2, .T = 5, .H = 2, .Dh = 8};
 	size_t n = 160;
 	c.x = rvec(n, 1), c.y = zvec(n), c.r = rvec(n, 1);
-	double *dx = malloc(n * sizeof(double));
+	double *dx = track(malloc(n * sizeof(double)));
 	memcpy(dx, c.r, n * sizeof(double));
 	moe_rope_bwd(dx, c.B, c.T, c.H, c.Dh, 10000.0);
 	check("rope dx", f_rope, &c, c.x, dx, n, 1e-6);
@@ -193,7 +207,7 @@ static double f_att(void *p)
 	moe_attention_fwd(c->out, c->lse, c->q, c->k, c->v, c->B, c->T, c->H, c->Dh);
 	return wsum(c->r, c->out, (size_t)c->B * c->T * c->H * c->Dh);
 }
-Test(grad, attention)
+Test(grad, attention, .fini = release_all)
 {
 	struct c_att c = {.B = 2, .T = 6, .H = 2, .Dh = 4};
 	size_t n = 96;
@@ -222,7 +236,7 @@ static double f_sw(void *p)
 	moe_swiglu_gu_fwd(c->h, c->gu, c->M, c->I);
 	return wsum(c->r, c->h, (size_t)c->M * c->I);
 }
-Test(grad, swiglu)
+Test(grad, swiglu, .fini = release_all)
 {
 	struct c_sw c = {.M = 4, .I = 6};
 	c.gu = rvec(48, 3), c.h = zvec(24), c.r = rvec(24, 1);
@@ -280,10 +294,10 @@ static void router_case(bool norm, bool with_bias)
 	size_t NE = 48, NK = 18;
 	c.z = rvec(NE, 2), c.bias = with_bias ? rvec(8, 0.5) : NULL;
 	c.p = zvec(NE), c.w = zvec(NK), c.rw = rvec(NK, 1), c.rp = rvec(NE, 1);
-	c.idx = calloc(NK, sizeof(int32_t));
+	c.idx = track(calloc(NK, sizeof(int32_t)));
 	cr_assert(topk_margin(c.z, c.bias, c.N, c.E, c.K) > MARGIN, "test input too close to a top-k tie");
 	f_rt(&c);
-	c.idx0 = malloc(NK * sizeof(int32_t));
+	c.idx0 = track(malloc(NK * sizeof(int32_t)));
 	memcpy(c.idx0, c.idx, NK * sizeof(int32_t));
 	/* weights descending, probabilities sum to 1, weights from the unbiased softmax */
 	for (int n = 0; n < c.N; n++) {
@@ -301,12 +315,12 @@ static void router_case(bool norm, bool with_bias)
 	moe_router_bwd(dz, c.rw, c.rp, c.p, c.idx, c.w, c.N, c.E, c.K, c.norm);
 	check("router dlogits", f_rt, &c, c.z, dz, NE, 1e-6);
 }
-Test(grad, router_plain) { router_case(false, false); }
-Test(grad, router_norm_topk) { router_case(true, false); }
-Test(grad, router_bias) { router_case(false, true); }
-Test(grad, router_bias_norm) { router_case(true, true); }
+Test(grad, router_plain, .fini = release_all) { router_case(false, false); }
+Test(grad, router_norm_topk, .fini = release_all) { router_case(true, false); }
+Test(grad, router_bias, .fini = release_all) { router_case(false, true); }
+Test(grad, router_bias_norm, .fini = release_all) { router_case(true, true); }
 
-Test(router, bias_changes_choice_not_weights)
+Test(router, bias_changes_choice_not_weights, .fini = release_all)
 {
 	/* expert 0 has the largest logit; a bias pushes expert 3 into the top-1 */
 	double z[4] = {2.0, 1.0, 0.5, 0.0}, b[4] = {0, 0, 0, 3.0}, p[4], w[1];
@@ -322,7 +336,7 @@ Test(router, bias_changes_choice_not_weights)
 
 /* ---- grouping, dispatch, combine ------------------------------------------------------ */
 
-Test(route, group_properties)
+Test(route, group_properties, .fini = release_all)
 {
 	int N = 9, K = 2, E = 4;
 	int32_t idx[18], counts[4], off[5], perm[18], inv[18];
@@ -361,7 +375,7 @@ static double f_moe(void *p)
 	moe_combine_fwd(c->out, c->gu, c->tw, c->inv, c->N, c->K, c->I);
 	return wsum(c->r, c->out, (size_t)c->N * c->I);
 }
-Test(grad, dispatch_grouped_combine)
+Test(grad, dispatch_grouped_combine, .fini = release_all)
 {
 	struct c_moe c = {.N = 7, .K = 2, .E = 4, .D = 5, .I = 3};
 	int NK = 14;
@@ -370,7 +384,7 @@ Test(grad, dispatch_grouped_combine)
 		idx[n * 2] = n % 4;
 		idx[n * 2 + 1] = (n + 1 + (n & 1)) % 4;
 	}
-	c.perm = malloc(NK * 4), c.inv = malloc(NK * 4), c.off = malloc(5 * 4);
+	c.perm = track(malloc(NK * 4)), c.inv = track(malloc(NK * 4)), c.off = track(malloc(5 * 4));
 	moe_route_group(counts, c.off, c.perm, idx, c.N, c.K, c.E);
 	moe_route_inverse(c.inv, c.perm, NK);
 	c.x = rvec(35, 1), c.w = rvec(60, 1), c.tw = rvec(14, 1), c.r = rvec(21, 1);
@@ -401,7 +415,7 @@ Test(grad, dispatch_grouped_combine)
 
 /* ---- embedding, losses ------------------------------------------------------------------ */
 
-Test(grad, embedding_pad_row)
+Test(grad, embedding_pad_row, .fini = release_all)
 {
 	int V = 6, D = 3, N = 5, pad = 1;
 	int32_t ids[5] = {0, 1, 2, 2, 5};
@@ -434,7 +448,7 @@ static double f_zl(void *p)
 	struct c_xe *c = p;
 	return moe_zloss_fwd_bwd(NULL, c->z, c->N, c->V, 0);
 }
-Test(grad, xent_and_zloss)
+Test(grad, xent_and_zloss, .fini = release_all)
 {
 	struct c_xe c = {.N = 5, .V = 7};
 	int32_t t[5] = {0, 1, 6, 3, 1}; /* id 1 is ignored */
@@ -448,7 +462,7 @@ Test(grad, xent_and_zloss)
 		cr_assert_float_eq(dz[7 + v], 0.0, 0, "ignored row has zero gradient");
 	check("xent dlogits", f_xe, &c, c.z, dz, 35, 1e-6);
 	/* in place gives the same */
-	double *zz = malloc(35 * sizeof(double));
+	double *zz = track(malloc(35 * sizeof(double)));
 	memcpy(zz, c.z, 35 * sizeof(double));
 	double l2 = moe_xent_fwd_bwd(zz, zz, t, c.N, c.V, 1, 1.0, &nv);
 	cr_assert_float_eq(l, l2, 1e-12);
@@ -529,7 +543,7 @@ static void model_case(enum moe_aux_form form, bool norm, bool lflb)
 	int32_t tok[10] = {3, 1, 7, 9, 30, 2, 5, 1, 8, 4};  /* two pads (id 1) */
 	int32_t tgt[10] = {1, 7, 9, 30, 2, 5, 1, 8, 4, 11}; /* two ignored targets */
 	c.tok = tok, c.tgt = tgt;
-	c.idx = calloc(40, sizeof(int32_t));
+	c.idx = track(calloc(40, sizeof(int32_t)));
 	/* margin of the base point, on the biased (if lflb) router logits */
 	double rl[2 * 10 * 4];
 	struct moe_forward_opts o = {.train = true};
@@ -545,11 +559,11 @@ static void model_case(enum moe_aux_form form, bool norm, bool lflb)
 	cr_assert_eq(L.n_valid, 8);
 	moe_model_zero_grad(m);
 	cr_assert_eq(moe_model_backward(m, 1.0, &err), 0, "%s", err.msg);
-	c.idx0 = malloc(40 * sizeof(int32_t));
+	c.idx0 = track(malloc(40 * sizeof(int32_t)));
 	memcpy(c.idx0, c.idx, 40 * sizeof(int32_t));
 	size_t np;
 	const struct moe_param *tab = moe_model_params(m, &np);
-	double *g = malloc(moe_model_num_params(m) * sizeof(double));
+	double *g = track(malloc(moe_model_num_params(m) * sizeof(double)));
 	memcpy(g, G, moe_model_num_params(m) * sizeof(double));
 	for (size_t i = 0; i < np; i++) {
 		const struct moe_param *p = &tab[i];
@@ -572,6 +586,6 @@ static void model_case(enum moe_aux_form form, bool norm, bool lflb)
 		cr_assert_float_eq(g[d + 16], 0.0, 0);
 	moe_model_free(m);
 }
-Test(model_grad, switch_aux) { model_case(MOE_AUX_SWITCH, false, false); }
-Test(model_grad, megablocks_aux_norm_topk) { model_case(MOE_AUX_MEGABLOCKS, true, false); }
-Test(model_grad, switch_aux_selection_bias) { model_case(MOE_AUX_SWITCH, false, true); }
+Test(model_grad, switch_aux, .fini = release_all) { model_case(MOE_AUX_SWITCH, false, false); }
+Test(model_grad, megablocks_aux_norm_topk, .fini = release_all) { model_case(MOE_AUX_MEGABLOCKS, true, false); }
+Test(model_grad, switch_aux_selection_bias, .fini = release_all) { model_case(MOE_AUX_SWITCH, false, true); }

@@ -490,12 +490,14 @@ Test(checkpoint, hf_sharded_bf16)
 		cr_assert_eq(b[i], moe_bf16_to_f32(moe_f32_to_bf16(a[i])), "param %zu", i);
 	moe_model_free(r);
 	rmrf(d);
+	free(d);
 	/* an unexpected tensor and a missing tensor are errors naming them */
 	d = tmpdir();
 	write_hf_sharded(m, d, "model.layers.0.mlp.unknown.weight", NULL);
 	cr_assert_null(moe_model_load_dir(d, NULL, &err));
 	cr_assert(strstr(err.msg, "model.layers.0.mlp.unknown.weight"), "%s", err.msg);
 	rmrf(d);
+	free(d);
 	d = tmpdir();
 	write_hf_sharded(m, d, NULL, "model.layers.1.mlp.experts.2.up_proj.weight");
 	cr_assert_null(moe_model_load_dir(d, NULL, &err));
