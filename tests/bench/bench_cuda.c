@@ -147,10 +147,12 @@ int main(int argc, char **argv)
 	double tf = tps * flops_per_token(&cfg, T) / 1e12;
 	size_t fr = 0, tot = 0;
 	cudaMemGetInfo(&fr, &tot);
-	printf("{\"name\": \"moe/cuda%s\", \"model\": \"%s\", \"B\": %d, \"T\": %d, \"step_ms\": %.2f, "
+	const char *gm = getenv("MOE_CUDA_GROUPED"), *wg = getenv("MOE_CUDA_WGRAD");
+	printf("{\"name\": \"moe/cuda%s%s%s%s%s\", \"model\": \"%s\", \"B\": %d, \"T\": %d, \"step_ms\": %.2f, "
 	       "\"tok_per_s\": %.0f, \"tflops\": %.1f, \"mfu_h100_989\": %.3f, \"peak_gib\": %.2f, "
 	       "\"device_used_gib\": %.2f, \"flops_per_token\": %.0f, \"loss\": %.4f}\n",
-	       getenv("MOE_CUDA_GROUPED") ? "/grouped=cublas" : (per_tensor ? "/per-tensor-optim" : ""), model,
+	       gm ? "/grouped=" : "", gm ? gm : "", wg ? "/wgrad=" : "", wg ? wg : "",
+	       per_tensor ? "/per-tensor-optim" : "", model,
 	       B, T, med, tps, tf, tf / 989.0,
 	       moe_cuda_peak_bytes(be) / 1073741824.0, (tot - fr) / 1073741824.0, flops_per_token(&cfg, T),
 	       ls.total);
