@@ -71,8 +71,10 @@ static int cpu_params_alloc(struct moe_backend *be, size_t n, struct moe_error *
 	struct cpu_ctx *c = be->ctx;
 	free(c->params);
 	free(c->grads);
-	c->params = cpu_alloc(be, n, MOE_BUF_F32);
-	c->grads = cpu_alloc(be, n, MOE_BUF_F32);
+	/* calloc: large blocks come as untouched zero pages, so a model used
+	 * only for inference never makes its gradients resident */
+	c->params = calloc(n ? n : 1, sizeof(float));
+	c->grads = calloc(n ? n : 1, sizeof(float));
 	c->n = n;
 	if (!c->params || !c->grads)
 		return moe_error_set(err, MOE_ENOMEM, "out of memory allocating %zu parameters", n);

@@ -216,15 +216,19 @@ static int load_index(struct moe_model *m, float *host, bool *seen, const char *
 
 int moe_model_load_weights(struct moe_model *m, const char *path, struct moe_error *err)
 {
-	float *host = malloc(m->n_floats * sizeof(float));
+	/* host backends are loaded in place; others through a host copy */
+	float *direct = moe_model_params_host(m);
+	float *host = direct ? direct : malloc(m->n_floats * sizeof(float));
 	bool *seen = calloc(m->n_params, sizeof(bool));
 	int rc = 0;
 	if (!host || !seen) {
-		free(host);
+		if (!direct)
+			free(host);
 		free(seen);
 		return moe_error_set(err, MOE_ENOMEM, "out of memory");
 	}
-	moe_model_get_params(m, host);
+	if (!direct)
+		moe_model_get_params(m, host);
 	if (path_is_dir(path)) {
 		char *index = moe_path_join(path, "model.safetensors.index.json");
 		char *single = moe_path_join(path, "model.safetensors");
@@ -252,9 +256,12 @@ int moe_model_load_weights(struct moe_model *m, const char *path, struct moe_err
 		}
 		rc = moe_error_set(err, MOE_EFORMAT, "%s: missing tensor '%s'", path, p->name);
 	}
-	if (rc == 0)
+	if (rc == 0 && !direct)
 		moe_model_set_params(m, host);
-	free(host);
+	else if (rc == 0)
+		moe_model_params_updated(m);
+	if (!direct)
+		free(host);
 	free(seen);
 	return rc;
 }

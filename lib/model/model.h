@@ -407,7 +407,8 @@ int moe_model_save_safetensors(struct moe_model *m, const char *path, struct moe
  * model.safetensors.index.json (sharded) or model.safetensors.  F32, BF16 and
  * F16 are converted.  Every trained tensor must be present with its exact
  * shape; a missing selection bias is zero; unexpected tensors are errors
- * naming them (rotary inv_freq buffers are ignored). */
+ * naming them (rotary inv_freq buffers are ignored).  On error the
+ * parameters may be partly overwritten. */
 int moe_model_load_weights(struct moe_model *m, const char *path, struct moe_error *err);
 /* Write DIR/config.json and DIR/model.safetensors (DIR must exist). */
 int moe_model_save_dir(struct moe_model *m, const char *dir, struct moe_error *err);
