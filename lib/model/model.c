@@ -603,6 +603,30 @@ static double aux_value(const struct moe_model *m, int lm, float *g)
 	return aux;
 }
 
+/* Copy one MoE layer's statistics (and the routing capture) to the host. */
+static void layer_readback(struct moe_model *m, struct layer_acts *a, int lm, int N,
+			   struct moe_routing_capture *cap)
+{
+	struct moe_backend *be = m->be;
+	int E = m->cfg.num_experts, K = m->cfg.num_experts_per_tok;
+	int32_t cnt[E];
+	be->to_host(be, m->psum + (size_t)lm * E, a->psum, (size_t)E, MOE_BUF_F32);
+	be->to_host(be, m->cntv + (size_t)lm * E, a->cntv, (size_t)E, MOE_BUF_I32);
+	be->to_host(be, cnt, a->counts, (size_t)E, MOE_BUF_I32);
+	for (int e = 0; e < E; e++)
+		m->counts[(size_t)lm * E + e] = cnt[e];
+	if (!cap)
+		return;
+	size_t o = (size_t)lm * N * K;
+	if (cap->topk_idx)
+		be->to_host(be, cap->topk_idx + o, a->topk_idx, (size_t)N * K, MOE_BUF_I32);
+	if (cap->topk_w)
+		be->to_host(be, cap->topk_w + o, a->topk_w, (size_t)N * K, MOE_BUF_F32);
+	if (cap->router_logits)
+		be->to_host(be, cap->router_logits + (size_t)lm * N * E, a->rlogits, (size_t)N * E,
+			    MOE_BUF_ACT);
+}
+
 int moe_model_forward(struct moe_model *m, const int32_t *tokens, const int32_t *targets, int B,
 		      int T, const struct moe_forward_opts *opts, struct moe_losses *losses,
 		      struct moe_error *err)
@@ -640,8 +664,9 @@ int moe_model_forward(struct moe_model *m, const int32_t *tokens, const int32_t 
 		m->n_rows_valid += tokens[n] != c->pad_token_id;
 	be->embedding_fwd(be, g->resid, g->ids, be->param(be, m->off_embed), N, D);
 	double zsum = 0.0;
+	bool defer = m->cap_sets == L;
 	for (int l = 0; l < L; l++) {
-		struct layer_acts *a = &m->la[m->cap_sets == L ? l : 0];
+		struct layer_acts *a = &m->la[defer ? l : 0];
 		void *xin = act_at(m, g->resid, (size_t)l * N * D);
 		void *xout = act_at(m, g->resid, (size_t)(l + 1) * N * D);
 		block_fwd(m, l, a, xin, xout, B, T, use_bias);
@@ -652,24 +677,12 @@ int moe_model_forward(struct moe_model *m, const int32_t *tokens, const int32_t 
 		be->zloss(be, NULL, a->rlogits, N, E, 0.0f, &z);
 		zsum += z;
 		be->router_stats(be, a->psum, a->cntv, a->probs, a->topk_idx, g->ids, c->pad_token_id, N, E, K);
-		be->to_host(be, m->psum + (size_t)lm * E, a->psum, (size_t)E, MOE_BUF_F32);
-		be->to_host(be, m->cntv + (size_t)lm * E, a->cntv, (size_t)E, MOE_BUF_I32);
-		int32_t cnt[E];
-		be->to_host(be, cnt, a->counts, (size_t)E, MOE_BUF_I32);
-		for (int e = 0; e < E; e++)
-			m->counts[(size_t)lm * E + e] = cnt[e];
-		if (opts->capture) {
-			struct moe_routing_capture *cap = opts->capture;
-			size_t o = (size_t)lm * N * K;
-			if (cap->topk_idx)
-				be->to_host(be, cap->topk_idx + o, a->topk_idx, (size_t)N * K, MOE_BUF_I32);
-			if (cap->topk_w)
-				be->to_host(be, cap->topk_w + o, a->topk_w, (size_t)N * K, MOE_BUF_F32);
-			if (cap->router_logits)
-				be->to_host(be, cap->router_logits + (size_t)lm * N * E, a->rlogits,
-					    (size_t)N * E, MOE_BUF_ACT);
-		}
+		if (!defer)
+			layer_readback(m, a, lm, N, opts->capture);
 	}
+	if (defer) /* every layer kept its buffers: read back once, after all launches */
+		for (int l = c->n_dense_layers; l < L; l++)
+			layer_readback(m, &m->la[l], l - c->n_dense_layers, N, opts->capture);
 	void *xL = act_at(m, g->resid, (size_t)L * N * D);
 	bool last_only = opts->logits_mode == MOE_LOGITS_LAST && !targets && !opts->token_stats &&
 			 !opts->train;

@@ -74,8 +74,16 @@ enum moe_aux_form {
 	MOE_AUX_MEGABLOCKS = 1, /* "megablocks": per-layer, mean over layers (OLMoE's) */
 };
 
-/* Router kinds.  A new kind is a new enum value, a name in the config parser,
- * its parameters in the table and its fwd/bwd ops on both backends. */
+/* Router kinds.  Adding one is a local change:
+ *   1. an enum value here and its name in config.c (parser, moe_router_kind_name);
+ *   2. its extra tensors, if any, in build_table() (model.c) with HF-style names;
+ *   3. its forward/backward as ops: ops.h + ops.c (CPU), a slot in struct
+ *      moe_backend, the CUDA launcher in kernels/;
+ *   4. a branch at the router step of block_fwd()/block_bwd() (model.c) that
+ *      produces topk_idx, topk_w and probs (and consumes their gradients)
+ *      like softmax_topk does; grouping, experts and losses are unchanged;
+ *   5. a finite-difference case in tests/model/test_grad.c and the parity
+ *      equations in tests/bench/parity_hf.py. */
 enum moe_router_kind {
 	MOE_ROUTER_SOFTMAX_TOPK = 0, /* "softmax_topk" */
 };
