@@ -71,12 +71,6 @@ struct moe_pq_file {
 	int nrgs;
 };
 
-/* Snappy (snappy.c): dst must have PQ_SNAPPY_SLACK writable bytes past
- * dlen.  Returns NULL or a static reason. */
-#define PQ_SNAPPY_SLACK 64
-int pq_snappy_length(const uint8_t *src, size_t slen, size_t *dlen);
-const char *pq_snappy_decompress(const uint8_t *src, size_t slen, uint8_t *dst, size_t dlen);
-
 int pq_parse_footer(struct moe_pq_file *f, const uint8_t *buf, size_t len, struct moe_error *err);
 void pq_free_meta(struct moe_pq_file *f);
 const char *pq_codec_name(int codec);

@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <snappy-c.h>
 #include <zlib.h>
 #include <zstd.h>
 
@@ -241,7 +242,7 @@ static uint8_t *pool_get(struct moe_pq_reader *r, size_t len, bool keep)
 		r->pool = p;
 		r->pool_n = n;
 	}
-	if (buf_reserve(&r->pool[slot], len + PQ_SNAPPY_SLACK) < 0)
+	if (buf_reserve(&r->pool[slot], len ? len : 1) < 0)
 		return NULL;
 	if (keep)
 		r->pool_used++;
@@ -347,8 +348,16 @@ static int decompress(struct ctx *c, int codec, const uint8_t *src, size_t slen,
 {
 	switch (codec) {
 	case PQ_CODEC_SNAPPY: {
-		const char *why = pq_snappy_decompress(src, slen, dst, dlen);
-		return why ? perr(c, MOE_EFORMAT, "%s", why) : 0;
+		size_t ul;
+		if (snappy_uncompressed_length((const char *)src, slen, &ul) != SNAPPY_OK)
+			return perr(c, MOE_EFORMAT, "corrupt snappy data");
+		if (ul != dlen)
+			return perr(c, MOE_EFORMAT,
+				    "snappy data decompresses to %zu bytes, the page header says %zu", ul,
+				    dlen);
+		if (snappy_uncompress((const char *)src, slen, (char *)dst, &ul) != SNAPPY_OK)
+			return perr(c, MOE_EFORMAT, "corrupt snappy data");
+		return 0;
 	}
 	case PQ_CODEC_GZIP: {
 		const char *why = inflate_all(src, slen, dst, dlen);

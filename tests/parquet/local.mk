@@ -9,7 +9,7 @@ EXTRA_DIST += tests/parquet/setup-hyparquet.sh tests/parquet/hyparquet-dump.mjs 
 check_PROGRAMS += tests/parquet/test_parquet
 tests_parquet_test_parquet_SOURCES = tests/parquet/test_parquet.c
 tests_parquet_test_parquet_CFLAGS = $(CRIT_CFLAGS)
-tests_parquet_test_parquet_LDADD = $(PARQUET_LIBS) $(CORE_LIBS) $(CRIT_LIBS) $(SNAPPY_LIBS)
+tests_parquet_test_parquet_LDADD = $(PARQUET_LIBS) $(CORE_LIBS) $(CRIT_LIBS)
 TESTS += tests/parquet/test_parquet
 
 # Benchmarks (not run by make check): see tests/bench/RESULTS-fetch.md.

@@ -5,9 +5,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <snappy-c.h>
-
-#include "parquet/internal.h"
 #include "parquet/parquet.h"
 
 static char *escape(const char *s, size_t n)
@@ -163,74 +160,3 @@ Test(fuzz, crashers_fail_cleanly)
 	cr_log_info("%d crashers replayed", n);
 }
 
-/* lib/parquet's own snappy decoder against libsnappy's compressor. */
-static void fill(uint8_t *b, size_t n, int kind, unsigned seed)
-{
-	srand(seed);
-	for (size_t i = 0; i < n; i++) {
-		switch (kind) {
-		case 0: b[i] = (uint8_t)rand(); break;                       /* incompressible */
-		case 1: b[i] = (uint8_t)"abcab"[i % 5]; break;              /* short-offset copies */
-		case 2: b[i] = (uint8_t)(rand() % 4 ? b[i ? i - 1 : 0] : rand()); break; /* runs */
-		default: { /* words: text-like */
-			static const char *w[] = {"the ", "of ", "and ", "Congress ", "United States ",
-						  "\n", "government, ", "people. ", "a", "1790 "};
-			const char *x = w[rand() % 10];
-			for (size_t k = 0; x[k] && i < n; k++)
-				b[i++] = (uint8_t)x[k];
-			i--;
-		}
-		}
-	}
-}
-
-Test(snappy, decodes_what_libsnappy_encodes)
-{
-	size_t sizes[] = {0, 1, 15, 16, 17, 63, 64, 65, 100, 4096, 65536, 65537, 300000, 1 << 20};
-	for (size_t si = 0; si < sizeof(sizes) / sizeof(*sizes); si++) {
-		for (int kind = 0; kind < 4; kind++) {
-			size_t n = sizes[si];
-			uint8_t *in = malloc(n + 1);
-			fill(in, n, kind, (unsigned)(si * 7 + (size_t)kind));
-			size_t cl = snappy_max_compressed_length(n);
-			char *c = malloc(cl);
-			cr_assert_eq(snappy_compress((const char *)in, n, c, &cl), SNAPPY_OK);
-			uint8_t *out = malloc(n + PQ_SNAPPY_SLACK);
-			const char *why = pq_snappy_decompress((const uint8_t *)c, cl, out, n);
-			cr_assert_null(why, "size %zu kind %d: %s", n, kind, why);
-			cr_assert(n == 0 || memcmp(in, out, n) == 0, "size %zu kind %d differs", n, kind);
-			/* a wrong expected size is an error */
-			cr_assert_not_null(pq_snappy_decompress((const uint8_t *)c, cl, out, n + 1));
-			free(in);
-			free(c);
-			free(out);
-		}
-	}
-}
-
-Test(snappy, damaged_input_fails_cleanly)
-{
-	size_t n = 20000;
-	uint8_t *in = malloc(n);
-	fill(in, n, 3, 99);
-	size_t cl = snappy_max_compressed_length(n);
-	char *c = malloc(cl);
-	cr_assert_eq(snappy_compress((const char *)in, n, c, &cl), SNAPPY_OK);
-	uint8_t *out = malloc(n + PQ_SNAPPY_SLACK);
-	srand(5);
-	int bad = 0;
-	for (int iter = 0; iter < 3000; iter++) {
-		uint8_t *d = malloc(cl);
-		memcpy(d, c, cl);
-		for (int k = 0; k < 1 + iter % 4; k++)
-			d[rand() % cl] ^= (uint8_t)(1 + rand() % 255);
-		size_t len = iter % 3 == 0 ? (size_t)rand() % cl : cl;
-		if (pq_snappy_decompress(d, len, out, n))
-			bad++;
-		free(d);
-	}
-	cr_assert_gt(bad, 1000, "only %d of 3000 damaged inputs were refused", bad);
-	free(in);
-	free(c);
-	free(out);
-}
