@@ -24,6 +24,7 @@ static void usage(FILE *fp)
 		"Usage: %s cat [-c COLS] [--min-score X] [--min-int-score N] [-n N] FILE...\n"
 		"       %s list [REPO] [-r REV] [-I GLOB]... [-X GLOB]... [--json]\n"
 		"       %s get [REPO] -o DIR [-r REV] [-I GLOB]... [-X GLOB]... [-j N] [--max-files N]\n"
+		"                [--verify]\n"
 		"Read Parquet files as JSONL documents; list and download Hugging Face Hub datasets.\n"
 		"REPO defaults to %s with --include '%s'.\n"
 		"\n"
@@ -40,6 +41,7 @@ static void usage(FILE *fp)
 		"  -o, --output DIR       get: destination directory\n"
 		"  -j, --jobs N           get: parallel downloads [4]\n"
 		"      --max-files N      get: at most N files (in path order)\n"
+		"      --verify           get: check the sha256 of files already in place\n"
 		"      --retries N        attempts after the first per request [5]\n"
 		"common:\n"
 		"  -q, --quiet            no progress or warnings\n"
@@ -50,7 +52,7 @@ static void usage(FILE *fp)
 		MOE_HUB_DEFAULT_INCLUDE);
 }
 
-enum { OPT_MIN_SCORE = 1000, OPT_MIN_INT_SCORE, OPT_JSON, OPT_MAX_FILES, OPT_RETRIES };
+enum { OPT_MIN_SCORE = 1000, OPT_MIN_INT_SCORE, OPT_JSON, OPT_MAX_FILES, OPT_RETRIES, OPT_VERIFY };
 
 static const struct option longopts[] = {
 	{"columns", required_argument, NULL, 'c'},
@@ -65,6 +67,7 @@ static const struct option longopts[] = {
 	{"jobs", required_argument, NULL, 'j'},
 	{"max-files", required_argument, NULL, OPT_MAX_FILES},
 	{"retries", required_argument, NULL, OPT_RETRIES},
+	{"verify", no_argument, NULL, OPT_VERIFY},
 	{"quiet", no_argument, NULL, 'q'},
 	{"verbose", no_argument, NULL, 'v'},
 	{"help", no_argument, NULL, 'h'},
@@ -89,6 +92,7 @@ struct args {
 	int64_t jobs;
 	int64_t max_files;
 	int64_t retries;
+	bool verify;
 };
 
 static void split_columns(struct args *a, const char *s)
@@ -335,6 +339,7 @@ static int cmd_get(struct args *a, int argc, char **argv)
 	struct moe_fetch_opts fo = {
 		.dir = a->outdir,
 		.jobs = (int)a->jobs,
+		.verify = a->verify,
 		.progress = progress_cb,
 		.progress_ctx = &pc,
 	};
@@ -409,6 +414,9 @@ int main(int argc, char **argv)
 		case OPT_MAX_FILES:
 			if (moe_parse_i64(optarg, 0, INT64_MAX, &a.max_files, "file count", &err) < 0)
 				moe_usage_error("%s", err.msg);
+			break;
+		case OPT_VERIFY:
+			a.verify = true;
 			break;
 		case OPT_RETRIES:
 			if (moe_parse_i64(optarg, 0, 100, &a.retries, "retry count", &err) < 0)

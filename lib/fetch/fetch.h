@@ -71,6 +71,7 @@ bool moe_hub_path_safe(const char *path);
 struct moe_fetch_opts {
 	const char *dir;   /* destination directory (created) */
 	int jobs;          /* parallel downloads [4] */
+	bool verify;       /* re-hash files already in place, even when recorded */
 	/* Called with the bytes on disk so far and the total (serialised). */
 	void (*progress)(void *ctx, uint64_t done, uint64_t total);
 	void *progress_ctx;

@@ -119,6 +119,16 @@ cmp -s "$tmp/root/sample/10BT/000_00000.parquet" "$tmp/out1/sample/10BT/000_0000
 	cmp -s "$tmp/root/sample/10BT/002_00000.parquet" "$tmp/out1/sample/10BT/002_00000.parquet" &&
 	[ "$n" -eq 2 ] && ok "only the wrong and the missing file were fetched again" ||
 	bad "repair: $n downloads"
+# same size, different bytes: only --verify notices
+printf 'X' | dd of="$tmp/out1/sample/10BT/001_00000.parquet" bs=1 seek=1000 conv=notrunc 2>/dev/null
+m=$(mark)
+"$F" get "$REPO" -I 'sample/10BT/*' -o "$tmp/out1" -q 2> "$tmp/err"
+n1=$(since "$m" | grep -c '/cdn/')
+"$F" get "$REPO" -I 'sample/10BT/*' -o "$tmp/out1" -q --verify 2> "$tmp/err"
+n2=$(since "$m" | grep -c '/cdn/')
+cmp -s "$tmp/root/sample/10BT/001_00000.parquet" "$tmp/out1/sample/10BT/001_00000.parquet" &&
+	[ "$n1" -eq 0 ] && [ "$n2" -eq 1 ] && ok "--verify re-hashes and repairs a recorded file" ||
+	bad "--verify: $n1 $n2 $(cat "$tmp/err")"
 "$F" get "$REPO" -I 'sample/*' --max-files 2 -o "$tmp/out2" -q 2> "$tmp/err" &&
 	[ "$(find "$tmp/out2" -name '*.parquet' | wc -l)" -eq 2 ] && ok "--max-files" ||
 	bad "--max-files: $(cat "$tmp/err")"
