@@ -589,3 +589,257 @@ static void model_case(enum moe_aux_form form, bool norm, bool lflb)
 Test(model_grad, switch_aux, .fini = release_all) { model_case(MOE_AUX_SWITCH, false, false); }
 Test(model_grad, megablocks_aux_norm_topk, .fini = release_all) { model_case(MOE_AUX_MEGABLOCKS, true, false); }
 Test(model_grad, switch_aux_selection_bias, .fini = release_all) { model_case(MOE_AUX_SWITCH, false, true); }
+
+/* ---- an independent naive forward (per token, every expert, no grouping) --------------- */
+
+static const double *prm(struct moe_model *m, const char *fmt, int a, int b)
+{
+	char name[MOE_NAME_MAX];
+	snprintf(name, sizeof(name), fmt, a, b);
+	const struct moe_param *p = moe_model_param_find(m, name);
+	cr_assert(p, "no tensor %s", name);
+	return moe_model_params_host(m) + p->offset;
+}
+
+/* y (Out) = W (Out, In) x (In) */
+static void mv(double *y, const double *W, const double *x, int Out, int In)
+{
+	for (int o = 0; o < Out; o++) {
+		y[o] = 0;
+		for (int i = 0; i < In; i++)
+			y[o] += W[(size_t)o * In + i] * x[i];
+	}
+}
+
+static void nrms(double *y, const double *x, const double *w, int D, double eps)
+{
+	double s = 0;
+	for (int d = 0; d < D; d++)
+		s += x[d] * x[d];
+	double r = 1.0 / sqrt(s / D + eps);
+	for (int d = 0; d < D; d++)
+		y[d] = x[d] * r * w[d];
+}
+
+/* adds SwiGLU(x) with gate/up (W, D) and down (D, W) to y, times scale */
+static void nswiglu(double *y, const double *x, const double *g, const double *u, const double *dn, int D,
+		    int W, double scale)
+{
+	double h[256], a[256], b[256];
+	mv(a, g, x, W, D);
+	mv(b, u, x, W, D);
+	for (int i = 0; i < W; i++)
+		h[i] = a[i] / (1 + exp(-a[i])) * b[i];
+	for (int d = 0; d < D; d++) {
+		double s = 0;
+		for (int i = 0; i < W; i++)
+			s += dn[(size_t)d * W + i] * h[i];
+		y[d] += scale * s;
+	}
+}
+
+static void naive_forward(struct moe_model *m, const int32_t *tok, const int32_t *tgt, int B, int T,
+			  bool use_bias, double *logits, double *ce, double *aux, double *z)
+{
+	const struct moe_config *c = moe_model_config(m);
+	int D = c->hidden_size, H = c->num_attention_heads, Dh = D / H, V = c->vocab_size;
+	int E = c->num_experts, K = c->num_experts_per_tok, L = c->num_hidden_layers, N = B * T;
+	int Lm = L - c->n_dense_layers;
+	double eps = c->rms_norm_eps;
+	double *x = calloc((size_t)N * D, 8), *a = calloc((size_t)N * D, 8), *q = calloc((size_t)N * D, 8);
+	double *k = calloc((size_t)N * D, 8), *v = calloc((size_t)N * D, 8), *t1 = calloc(D, 8), *t2 = calloc(D, 8);
+	double cnt[8][64] = {{0}}, psum[8][64] = {{0}}, nvalid = 0;
+	const double *emb = prm(m, "model.embed_tokens.weight", 0, 0);
+	for (int n = 0; n < N; n++)
+		for (int d = 0; d < D; d++)
+			x[n * D + d] = emb[(size_t)tok[n] * D + d];
+	for (int n = 0; n < N; n++)
+		nvalid += tok[n] != c->pad_token_id;
+	*z = 0;
+	for (int l = 0; l < L; l++) {
+		for (int n = 0; n < N; n++) {
+			nrms(a + n * D, x + n * D, prm(m, "model.layers.%d.input_layernorm.weight", l, 0), D, eps);
+			mv(t1, prm(m, "model.layers.%d.self_attn.q_proj.weight", l, 0), a + n * D, D, D);
+			nrms(q + n * D, t1, prm(m, "model.layers.%d.self_attn.q_norm.weight", l, 0), D, eps);
+			mv(t1, prm(m, "model.layers.%d.self_attn.k_proj.weight", l, 0), a + n * D, D, D);
+			nrms(k + n * D, t1, prm(m, "model.layers.%d.self_attn.k_norm.weight", l, 0), D, eps);
+			mv(v + n * D, prm(m, "model.layers.%d.self_attn.v_proj.weight", l, 0), a + n * D, D, D);
+			int pos = n % T;
+			for (int h = 0; h < H; h++)
+				for (int j = 0; j < Dh / 2; j++) {
+					double ang = pos * pow(c->rope_theta, -2.0 * j / Dh);
+					for (double *r = q; r; r = r == q ? k : NULL) {
+						double *p = r + n * D + h * Dh;
+						double x1 = p[j], x2 = p[j + Dh / 2];
+						p[j] = x1 * cos(ang) - x2 * sin(ang);
+						p[j + Dh / 2] = x2 * cos(ang) + x1 * sin(ang);
+					}
+				}
+		}
+		for (int n = 0; n < N; n++) {
+			int b = n / T, t = n % T;
+			double o[256] = {0};
+			for (int h = 0; h < H; h++) {
+				double w[64], mx = -1e300, s = 0;
+				for (int u = 0; u <= t; u++) {
+					int nu = b * T + u;
+					w[u] = 0;
+					for (int d = 0; d < Dh; d++)
+						w[u] += q[n * D + h * Dh + d] * k[nu * D + h * Dh + d];
+					w[u] /= sqrt(Dh);
+					mx = fmax(mx, w[u]);
+				}
+				for (int u = 0; u <= t; u++)
+					s += (w[u] = exp(w[u] - mx));
+				for (int u = 0; u <= t; u++)
+					for (int d = 0; d < Dh; d++)
+						o[h * Dh + d] += w[u] / s * v[(b * T + u) * D + h * Dh + d];
+			}
+			mv(t1, prm(m, "model.layers.%d.self_attn.o_proj.weight", l, 0), o, D, D);
+			for (int d = 0; d < D; d++)
+				a[n * D + d] = x[n * D + d] + t1[d]; /* a: residual after attention */
+		}
+		for (int n = 0; n < N; n++) {
+			double *xm = a + n * D, *y = x + n * D;
+			nrms(t2, xm, prm(m, "model.layers.%d.post_attention_layernorm.weight", l, 0), D, eps);
+			memcpy(y, xm, sizeof(double) * D);
+			if (l < c->n_dense_layers) {
+				nswiglu(y, t2, prm(m, "model.layers.%d.mlp.gate_proj.weight", l, 0),
+					prm(m, "model.layers.%d.mlp.up_proj.weight", l, 0),
+					prm(m, "model.layers.%d.mlp.down_proj.weight", l, 0), D, c->dense_intermediate_size, 1);
+				continue;
+			}
+			int lm = l - c->n_dense_layers;
+			double zl[64], p[64], sc[64], mx = -1e300, s = 0;
+			mv(zl, prm(m, "model.layers.%d.mlp.gate.weight", l, 0), t2, E, D);
+			const double *bias = prm(m, "model.layers.%d.mlp.selection_bias", l, 0);
+			for (int e = 0; e < E; e++)
+				mx = fmax(mx, zl[e]);
+			for (int e = 0; e < E; e++)
+				s += exp(zl[e] - mx);
+			*z += pow(mx + log(s), 2) / N;
+			for (int e = 0; e < E; e++) {
+				p[e] = exp(zl[e] - mx) / s;
+				sc[e] = use_bias ? zl[e] + bias[e] : zl[e];
+			}
+			bool chosen[64] = {false};
+			double wsum = 0;
+			for (int kk = 0; kk < K; kk++) { /* K times: the best remaining score */
+				int best = -1;
+				for (int e = 0; e < E; e++)
+					if (!chosen[e] && (best < 0 || sc[e] > sc[best]))
+						best = e;
+				chosen[best] = true;
+				wsum += p[best];
+			}
+			bool valid = tok[n] != c->pad_token_id;
+			for (int e = 0; e < E; e++) {
+				if (valid) {
+					psum[lm][e] += p[e];
+					cnt[lm][e] += chosen[e];
+				}
+				if (!chosen[e])
+					continue;
+				double g = c->norm_topk_prob ? p[e] / wsum : p[e];
+				nswiglu(y, t2, prm(m, "model.layers.%d.mlp.experts.%d.gate_proj.weight", l, e),
+					prm(m, "model.layers.%d.mlp.experts.%d.up_proj.weight", l, e),
+					prm(m, "model.layers.%d.mlp.experts.%d.down_proj.weight", l, e), D,
+					c->intermediate_size, g);
+			}
+			for (int sx = 0; sx < c->n_shared_experts; sx++)
+				nswiglu(y, t2, prm(m, "model.layers.%d.mlp.shared_experts.%d.gate_proj.weight", l, sx),
+					prm(m, "model.layers.%d.mlp.shared_experts.%d.up_proj.weight", l, sx),
+					prm(m, "model.layers.%d.mlp.shared_experts.%d.down_proj.weight", l, sx), D,
+					c->shared_expert_intermediate_size, 1);
+		}
+	}
+	*ce = 0;
+	int nv = 0;
+	for (int n = 0; n < N; n++) {
+		nrms(t1, x + n * D, prm(m, "model.norm.weight", 0, 0), D, eps);
+		mv(logits + (size_t)n * V, prm(m, "lm_head.weight", 0, 0), t1, V, D);
+		if (tgt[n] == c->pad_token_id)
+			continue;
+		double mx = -1e300, s = 0;
+		for (int u = 0; u < V; u++)
+			mx = fmax(mx, logits[(size_t)n * V + u]);
+		for (int u = 0; u < V; u++)
+			s += exp(logits[(size_t)n * V + u] - mx);
+		*ce += mx + log(s) - logits[(size_t)n * V + tgt[n]];
+		nv++;
+	}
+	*ce /= nv;
+	*aux = 0;
+	if (c->aux_loss_form == MOE_AUX_SWITCH) {
+		double R = nvalid * Lm;
+		for (int e = 0; e < E; e++) {
+			double C = 0, P = 0;
+			for (int lm = 0; lm < Lm; lm++)
+				C += cnt[lm][e], P += psum[lm][e];
+			*aux += E * (C / R) * (P / R);
+		}
+	} else {
+		for (int lm = 0; lm < Lm; lm++)
+			for (int e = 0; e < E; e++)
+				*aux += E / (nvalid * K) * cnt[lm][e] * (psum[lm][e] / nvalid) / Lm;
+	}
+	free(x), free(a), free(q), free(k), free(v), free(t1), free(t2);
+}
+
+static void naive_case(enum moe_aux_form form, bool norm, bool lflb)
+{
+	struct moe_config cfg;
+	moe_config_defaults(&cfg);
+	cfg.vocab_size = 40;
+	cfg.hidden_size = 24;
+	cfg.num_attention_heads = 3;
+	cfg.num_hidden_layers = 3;
+	cfg.n_dense_layers = 1;
+	cfg.dense_intermediate_size = 20;
+	cfg.num_experts = 6;
+	cfg.num_experts_per_tok = 2;
+	cfg.intermediate_size = 12;
+	cfg.n_shared_experts = 2;
+	cfg.shared_expert_intermediate_size = 10;
+	cfg.norm_topk_prob = norm;
+	cfg.loss_free_balancing = lflb;
+	cfg.aux_loss_form = form;
+	cfg.pad_token_id = 1;
+	cfg.initializer_range = 0.3;
+	cfg.rope_theta = 500.0;
+	cfg.eos_token_id = 0;
+	struct moe_error err = {0};
+	struct moe_model *m = moe_model_new(&cfg, NULL, &err);
+	cr_assert(m, "%s", err.msg);
+	moe_model_init(m, 21, &err);
+	double *P = moe_model_params_host(m);
+	for (int l = 1; l < 3; l++)
+		for (int e = 0; e < 6; e++)
+			P[moe_model_layer(m, l)->bias + e] = 0.4 * rnd();
+	int B = 2, T = 9, N = 18;
+	int32_t tok[18], tgt[18];
+	for (int n = 0; n < N; n++) {
+		tok[n] = 2 + (int32_t)(splitmix64(&rng_state) % 38);
+		tgt[n] = 2 + (int32_t)(splitmix64(&rng_state) % 38);
+	}
+	tok[11] = 1; /* a pad input and an ignored target */
+	tgt[4] = 1;
+	double *lg = track(malloc(sizeof(double) * N * 40)), *ref = track(malloc(sizeof(double) * N * 40));
+	struct moe_forward_opts o = {.train = true, .logits_mode = MOE_LOGITS_ALL, .logits_out = lg};
+	struct moe_losses L;
+	cr_assert_eq(moe_model_forward(m, tok, tgt, B, T, &o, &L, &err), 0, "%s", err.msg);
+	double ce, aux, z;
+	naive_forward(m, tok, tgt, B, T, lflb, ref, &ce, &aux, &z);
+	for (int i = 0; i < N * 40; i++)
+		cr_assert(fabs(lg[i] - ref[i]) < 1e-10 * (1 + fabs(ref[i])), "logit %d: %.15g vs %.15g", i, lg[i], ref[i]);
+	cr_assert(fabs(L.ce - ce) < 1e-10, "ce %.15g vs %.15g", L.ce, ce);
+	cr_assert(fabs(L.aux - aux) < 1e-10, "aux %.15g vs %.15g", L.aux, aux);
+	cr_assert(fabs(L.z - z) < 1e-10, "z %.15g vs %.15g", L.z, z);
+	moe_model_free(m);
+}
+
+/* The graph (grouped experts, fused gate/up, backend ops) against a direct
+ * per-token evaluation of the equations in double precision. */
+Test(naive, switch_plain, .fini = release_all) { naive_case(MOE_AUX_SWITCH, false, false); }
+Test(naive, megablocks_norm_bias, .fini = release_all) { naive_case(MOE_AUX_MEGABLOCKS, true, true); }
+Test(naive, switch_bias, .fini = release_all) { naive_case(MOE_AUX_SWITCH, false, true); }
