@@ -156,6 +156,13 @@ m=$(mark)
 since "$m" | grep '/cdn/' | grep -q '"range": "bytes=150000-"' && ok "connection cut mid-body: resumed with Range" ||
 	bad "cut: no Range resume: $(since "$m" | grep cdn)"
 
+faults "{\"$P\": [\"cut\", \"norange\"]}"
+m=$(mark)
+"$F" get "$REPO" -I "$P" -o "$tmp/f3b" -q 2> "$tmp/err" && cmp -s "$tmp/root/$P" "$tmp/f3b/$P" &&
+	since "$m" | grep '/cdn/' | grep '"range": "bytes=150000-"' | grep -q '"status": 200' &&
+	ok "a server that ignores Range (200): the partial file restarts from zero" ||
+	bad "norange: $(cat "$tmp/err") $(since "$m" | grep cdn)"
+
 faults "{\"$P\": [\"corrupt\"]}"
 "$F" get "$REPO" -I "$P" -o "$tmp/f4" 2> "$tmp/err"
 rc=$?

@@ -11,7 +11,7 @@ Files named README* are listed as plain git files (no LFS).
 
 Faults come from a JSON file (--faults), read on every request so a test
 can change it between runs:
-  {"PATH": ["503", "429", "cut", "slow", "corrupt", "gone"], ...,
+  {"PATH": ["503", "429", "cut", "norange", "slow", "corrupt", "gone"], ...,
    "@tree": ["503"], "@extra": [{"path": "../evil", "size": 1}],
    "@lie": {"PATH": "sha256 the listing claims"}}
 Each list is consumed one entry per download request of that file, except
@@ -200,7 +200,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             data = bytes(data)
         start, status = 0, 200
         rng = self.headers.get("Range")
-        if rng and rng.startswith("bytes=") and not self.server.opts.ignore_range:
+        if rng and rng.startswith("bytes=") and not self.server.opts.ignore_range and fault != "norange":
             a, _, b = rng[6:].partition("-")
             start = int(a)
             end = int(b) if b else len(data) - 1
