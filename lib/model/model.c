@@ -163,7 +163,6 @@ struct moe_model *moe_model_new(const struct moe_config *cfg, struct moe_backend
 		moe_model_free(m);
 		return NULL;
 	}
-	/* norms = 1 so that a model that is loaded partially is still sane */
 	m->counts = calloc((size_t)(m->Lm > 0 ? m->Lm : 1) * cfg->num_experts, sizeof(int64_t));
 	m->psum = calloc((size_t)(m->Lm > 0 ? m->Lm : 1) * cfg->num_experts, sizeof(float));
 	m->cntv = calloc((size_t)(m->Lm > 0 ? m->Lm : 1) * cfg->num_experts, sizeof(int32_t));

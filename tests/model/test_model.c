@@ -36,7 +36,8 @@ static void small_config(struct moe_config *c)
 
 static char *tmpdir(void)
 {
-	char *d = strdup("/tmp/moe-model-test.XXXXXX");
+	const char *base = getenv("TMPDIR");
+	char *d = moe_path_join(base && *base ? base : "/tmp", "moe-model-test.XXXXXX");
 	cr_assert(mkdtemp(d));
 	return d;
 }
