@@ -44,6 +44,7 @@ struct job_state {
 	bool stop;
 	int n_threads;
 	struct moe_tok_ctx **ctx;
+	struct moe_tok_bytes *scratch; /* per worker: decoded JSON strings */
 };
 
 static void batch_free(struct batch *b)
@@ -109,23 +110,35 @@ static void process(struct job_state *st, int w, struct batch *b)
 		size_t tlen = len;
 		json_t *obj = NULL;
 		if (!job->text_lines) {
-			json_error_t je;
-			obj = json_loadb(line, len, JSON_ALLOW_NUL, &je);
-			if (!obj) {
-				b->rc = moe_error_set(&b->err, MOE_EFORMAT, "%s:%" PRIu64 ": invalid JSON: %s",
-						      b->fname, lineno, je.text);
+			int fr = tok_jsonl_field(line, len, job->field, &st->scratch[w], &text, &tlen);
+			if (fr == MOE_ENOMEM) {
+				b->rc = moe_error_set(&b->err, MOE_ENOMEM, "out of memory");
 				return;
 			}
-			json_t *f = json_is_object(obj) ? json_object_get(obj, job->field) : NULL;
-			if (!json_is_string(f)) {
+			if (fr < 0) {
+				/* rejected: let jansson explain (or accept) it */
+				json_error_t je;
+				obj = json_loadb(line, len, JSON_ALLOW_NUL, &je);
+				if (!obj) {
+					b->rc = moe_error_set(&b->err, MOE_EFORMAT,
+							      "%s:%" PRIu64 ": invalid JSON: %s", b->fname,
+							      lineno, je.text);
+					return;
+				}
+				json_t *f = json_is_object(obj) ? json_object_get(obj, job->field) : NULL;
+				fr = json_is_string(f);
+				if (fr) {
+					text = json_string_value(f);
+					tlen = json_string_length(f);
+				}
+			}
+			if (fr == 0) {
 				b->rc = moe_error_set(&b->err, MOE_EFORMAT,
 						      "%s:%" PRIu64 ": no string field '%s'", b->fname, lineno,
 						      job->field);
 				json_decref(obj);
 				return;
 			}
-			text = json_string_value(f);
-			tlen = json_string_length(f);
 		}
 		int rc;
 		if (job->trainers) {
@@ -221,9 +234,10 @@ int moe_tok_job_run(struct moe_tok_job *job, const struct moe_tok_input *in, siz
 	st.queue = calloc(st.q_cap, sizeof *st.queue);
 	st.slots = calloc(st.max_inflight, sizeof *st.slots);
 	st.ctx = calloc((size_t)nt, sizeof *st.ctx);
+	st.scratch = calloc((size_t)nt, sizeof *st.scratch);
 	pthread_t *th = calloc((size_t)nt, sizeof *th);
 	int started = 0;
-	if (!st.queue || !st.slots || !st.ctx || !th) {
+	if (!st.queue || !st.slots || !st.ctx || !st.scratch || !th) {
 		rc = moe_error_set(err, MOE_ENOMEM, "out of memory");
 		goto out;
 	}
@@ -362,6 +376,10 @@ out:
 	if (st.ctx)
 		for (int i = 0; i < nt; i++)
 			moe_tok_ctx_free(st.ctx[i]);
+	if (st.scratch)
+		for (int i = 0; i < nt; i++)
+			moe_tok_bytes_release(&st.scratch[i]);
+	free(st.scratch);
 	if (st.slots)
 		for (size_t i = 0; i < st.max_inflight; i++)
 			batch_free(st.slots[i]);

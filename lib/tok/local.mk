@@ -3,7 +3,7 @@
 noinst_LIBRARIES += lib/tok/libmoetok.a
 lib_tok_libmoetok_a_SOURCES = lib/tok/tok.h lib/tok/tok_internal.h lib/tok/pretok.c \
 	lib/tok/maps.c lib/tok/norm.c lib/tok/load.c lib/tok/encode.c \
-	lib/tok/job.c lib/tok/train.c
+	lib/tok/job.c lib/tok/train.c lib/tok/jsonl.c
 lib_tok_libmoetok_a_CFLAGS = $(AM_CFLAGS) -O3 $(UTF8PROC_CFLAGS)
 
 TOK_LIBS = lib/tok/libmoetok.a $(CORE_LIBS) $(UTF8PROC_LIBS) $(PTHREAD_LIBS)

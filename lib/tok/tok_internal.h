@@ -175,6 +175,13 @@ void tok_trie_release(struct tok_trie *tr);
 int tok_trie_find(const struct tok_trie *tr, const uint8_t *s, size_t n, size_t from, size_t *start,
 		  size_t *end, size_t *idx);
 
+/* JSONL: check that line is one JSON object and find the top-level string
+ * field `field` (the last one if repeated).  Returns 1 with *val, *vlen
+ * (in place, or decoded into scratch), 0 when the object has no such string
+ * field, -1 when the line is not valid JSON, MOE_ENOMEM. */
+int tok_jsonl_field(const char *line, size_t len, const char *field, struct moe_tok_bytes *scratch,
+		    const char **val, size_t *vlen);
+
 /* normalization: apply t's normalizers to s (valid UTF-8); result in *out
  * (malloc'd by utf8proc) or *out = NULL when s is unchanged. */
 int tok_normalize(const struct moe_tok *t, const uint8_t *s, size_t n, uint8_t **out, size_t *outlen,

@@ -475,3 +475,70 @@ Test(encode, describe)
 	json_decref(d);
 	moe_tok_free(t);
 }
+
+/* ---- the JSONL scanner against jansson ------------------------------------------ */
+
+Test(jsonl, agrees_with_jansson)
+{
+	static const char *lines[] = {
+		"{\"text\":\"plain\"}",
+		" { \"id\" : 3 , \"text\" : \"a\\nb\\t\\\"q\\\" \\\\ \\/ \\u00e9 \\ud83d\\ude00 \\u0000z\" } ",
+		"{\"t\\u0065xt\":\"escaped key\"}",
+		"{\"text\":\"first\",\"text\":\"last wins\"}",
+		"{\"text\":5}",
+		"{\"text\":\"x\",\"text\":null}",
+		"{\"meta\":{\"text\":\"nested\"},\"a\":[1,-2.5e+3,0,true,false,null,{},[]],\"text\":\"ok\"}",
+		"{}",
+		"{\"title\":\"no text\"}",
+		"{\"text\":\"caf\xc3\xa9 \xf0\x9f\x98\x80\"}",
+		/* invalid */
+		"{\"text\":\"x\"} junk",
+		"{\"text\":\"x\",}",
+		"{\"text\":01}",
+		"{\"text\":\"\\ud800\"}",
+		"{\"text\":\"\\udc00\\ud800\"}",
+		"{\"text\":\"tab\there\"}",
+		"{\"text\":\"bad \xff utf8\"}",
+		"{\"text\":\"\xed\xa0\x80\"}",
+		"{\"text\":\"unterminated}",
+		"{\"text\":-}",
+		"{\"text\":1.}",
+		"{\"text\":1e}",
+		"{\"text\":tru}",
+		"{\"text\":\"\\x\"}",
+		"{\"text\":\"\\u12G4\"}",
+		"[\"text\"]",
+		"\"text\"",
+		"{\"a\":[1,2}",
+		"{\"a\" 1}",
+		"{'text':'single'}",
+		"",
+	};
+	struct moe_tok_bytes scratch = {0};
+	for (size_t i = 0; i < sizeof lines / sizeof lines[0]; i++) {
+		const char *l = lines[i];
+		const char *v = NULL;
+		size_t vl = 0;
+		int r = tok_jsonl_field(l, strlen(l), "text", &scratch, &v, &vl);
+		json_error_t je;
+		json_t *o = json_loadb(l, strlen(l), JSON_ALLOW_NUL, &je);
+		if (!o) {
+			cr_expect_eq(r, -1, "line %zu: jansson rejects (%s), scanner returned %d", i, je.text, r);
+			continue;
+		}
+		json_t *f = json_is_object(o) ? json_object_get(o, "text") : NULL;
+		if (!json_is_object(o))
+			cr_expect_eq(r, -1, "line %zu: not an object", i);
+		else if (!json_is_string(f))
+			cr_expect_eq(r, 0, "line %zu: no string field, scanner returned %d", i, r);
+		else {
+			cr_expect_eq(r, 1, "line %zu: scanner returned %d", i, r);
+			if (r == 1) {
+				cr_expect_eq(vl, json_string_length(f), "line %zu", i);
+				cr_expect(memcmp(v, json_string_value(f), vl) == 0, "line %zu", i);
+			}
+		}
+		json_decref(o);
+	}
+	moe_tok_bytes_release(&scratch);
+}
