@@ -316,10 +316,14 @@ static bool is_dir(const char *p)
 int moe_config_load(struct moe_config *cfg, const char *path_or_name, struct moe_error *err)
 {
 	char *path = NULL;
-	if (is_dir(path_or_name)) {
-		path = moe_path_join(path_or_name, "config.json");
-	} else if (is_file(path_or_name) || strchr(path_or_name, '/') ||
-		   strstr(path_or_name, ".json")) {
+	char *in_dir = is_dir(path_or_name) ? moe_path_join(path_or_name, "config.json") : NULL;
+	bool bare = !strchr(path_or_name, '/') && !strstr(path_or_name, ".json");
+	/* a directory stands for its config.json; a bare name that is a
+	 * directory without one (./tiny) is still looked up as a preset */
+	if (in_dir && (is_file(in_dir) || !bare)) {
+		path = in_dir;
+		in_dir = NULL;
+	} else if (is_file(path_or_name) || !bare) {
 		path = strdup(path_or_name);
 	} else {
 		const char *dd = getenv("MOE_DATADIR");
@@ -336,12 +340,14 @@ int moe_config_load(struct moe_config *cfg, const char *path_or_name, struct moe
 			path = moe_path_join(MOE_DATADIR, name);
 		if (path && !is_file(path)) {
 			free(path);
+			free(in_dir);
 			return moe_error_set(err, MOE_ENOTFOUND,
 					     "model '%s': not a file and no preset of that name (looked in %s%s%s/models)",
 					     path_or_name, dd && *dd ? dd : "", dd && *dd ? "/models and " : "",
 					     MOE_DATADIR);
 		}
 	}
+	free(in_dir);
 	if (!path)
 		return moe_error_set(err, MOE_ENOMEM, "out of memory");
 	json_t *j = moe_json_load_file(path, err);

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <criterion/criterion.h>
@@ -655,4 +656,28 @@ Test(checkpoint, transformers_v5_fused_experts)
 	free(d);
 	moe_model_free(r);
 	moe_model_free(m);
+}
+
+Test(config, directory_or_preset)
+{
+	struct moe_config c;
+	struct moe_error err = {0};
+	char *d = tmpdir();
+	cr_assert_eq(chdir(d), 0);
+	/* ./tiny without a config.json does not hide the preset */
+	cr_assert_eq(mkdir("tiny", 0777), 0);
+	cr_assert_eq(moe_config_load(&c, "tiny", &err), 0, "%s", err.msg);
+	cr_assert_eq(c.hidden_size, 128);
+	/* a checkpoint directory stands for its config.json */
+	small_config(&c);
+	c.hidden_size = 48;
+	cr_assert_eq(mkdir("ck", 0777), 0);
+	cr_assert_eq(moe_config_save(&c, "ck/config.json", &err), 0);
+	struct moe_config r;
+	cr_assert_eq(moe_config_load(&r, "ck", &err), 0, "%s", err.msg);
+	cr_assert_eq(r.hidden_size, 48);
+	cr_assert_eq(moe_config_load(&r, "./ck", &err), 0, "%s", err.msg);
+	cr_assert_lt(moe_config_load(&r, "./tiny", &err), 0, "a path is never a preset");
+	rmrf(d);
+	free(d);
 }
