@@ -18,6 +18,9 @@ ROUTES_LIBS = lib/routes/libmoeroutes.a lib/model/libmoemodel.a lib/tok/libmoeto
 
 bin_PROGRAMS += cmd/moe-routes
 cmd_moe_routes_SOURCES = cmd/moe-routes.c
-cmd_moe_routes_LDADD = $(ROUTES_LIBS)
+# --device cuda: the CUDA backend as moe-eval links it (see lib/train/local.mk)
+cmd_moe_routes_LDADD = lib/routes/libmoeroutes.a $(TRAIN_CUDA_LIBS) lib/model/libmoemodel.a \
+	lib/tok/libmoetok.a $(DATA_LIBS) $(CORE_LIBS) $(UTF8PROC_LIBS) $(PTHREAD_LIBS)
+cmd_moe_routes_LDFLAGS = $(AM_LDFLAGS) $(TRAIN_CUDA_LINK)
 
 MAN_PAGES += man/moe-routes.1 man/moe-routes.5

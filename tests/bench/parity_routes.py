@@ -143,14 +143,51 @@ class HF:
         return torch.stack([r.double() for r in out.router_logits])  # (L, T, E)
 
 
-def make_ckpt(d, vocab):
-    from transformers import OlmoeConfig, OlmoeForCausalLM
-    torch.manual_seed(0)
-    cfg = OlmoeConfig(vocab_size=vocab, hidden_size=128, intermediate_size=64, num_hidden_layers=4,
-                      num_attention_heads=4, num_key_value_heads=4, num_experts=16,
-                      num_experts_per_tok=4, max_position_embeddings=256, initializer_range=0.1,
-                      pad_token_id=None, eos_token_id=0, bos_token_id=None)
-    OlmoeForCausalLM(cfg).save_pretrained(d, safe_serialization=True)
+def save_st(path, tensors):
+    """numpy dict -> safetensors (F32)."""
+    hdr, off, blobs = {"__metadata__": {"format": "pt"}}, 0, []
+    for k in sorted(tensors):
+        b = np.ascontiguousarray(tensors[k], dtype=np.float32).tobytes()
+        hdr[k] = {"dtype": "F32", "shape": list(tensors[k].shape), "data_offsets": [off, off + len(b)]}
+        off += len(b)
+        blobs.append(b)
+    h = json.dumps(hdr).encode()
+    h += b" " * (-len(h) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(h)) + h)
+        for b in blobs:
+            f.write(b)
+
+
+def make_ckpt(d, vocab, seed=0):
+    """A random OLMoE-shaped checkpoint (HF names and config), loadable by
+    moe-routes and by transformers' OlmoeForCausalLM."""
+    D, I, H, Lb, E, K = 128, 64, 4, 4, 16, 4
+    cfg = {"architectures": ["OlmoeForCausalLM"], "model_type": "olmoe", "vocab_size": vocab,
+           "hidden_size": D, "intermediate_size": I, "num_hidden_layers": Lb,
+           "num_attention_heads": H, "num_key_value_heads": H, "num_experts": E,
+           "num_experts_per_tok": K, "norm_topk_prob": False, "rms_norm_eps": 1e-5,
+           "rope_theta": 10000.0, "max_position_embeddings": 256, "initializer_range": 0.1,
+           "tie_word_embeddings": False, "hidden_act": "silu", "attention_bias": False,
+           "pad_token_id": None, "eos_token_id": 0, "bos_token_id": None}
+    rng = np.random.default_rng(seed)
+    r = lambda *s: rng.normal(0, 0.1, s)
+    t = {"model.embed_tokens.weight": r(vocab, D), "lm_head.weight": r(vocab, D),
+         "model.norm.weight": np.ones(D)}
+    for b in range(Lb):
+        p = "model.layers.%d." % b
+        for n in "qkvo":
+            t[p + "self_attn.%s_proj.weight" % n] = r(D, D)
+        for n in ("self_attn.q_norm", "self_attn.k_norm", "input_layernorm", "post_attention_layernorm"):
+            t[p + n + ".weight"] = 1 + 0.1 * r(D)
+        t[p + "mlp.gate.weight"] = 5 * r(E, D)
+        for e in range(E):
+            t[p + "mlp.experts.%d.gate_proj.weight" % e] = r(I, D)
+            t[p + "mlp.experts.%d.up_proj.weight" % e] = r(I, D)
+            t[p + "mlp.experts.%d.down_proj.weight" % e] = r(D, I)
+    os.makedirs(d, exist_ok=True)
+    save_st(os.path.join(d, "model.safetensors"), t)
+    json.dump(cfg, open(os.path.join(d, "config.json"), "w"), indent=2)
     print("wrote", d)
 
 
