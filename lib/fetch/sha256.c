@@ -9,6 +9,7 @@
 #include "fetch/internal.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
+#include <cpuid.h>
 #include <immintrin.h>
 #define HAVE_SHA_NI_CODE 1
 
@@ -65,9 +66,12 @@ static void blocks_ni(uint32_t h[8], const uint8_t *p, size_t n)
 
 static bool have_sha_ni(void)
 {
-	__builtin_cpu_init();
-	return __builtin_cpu_supports("sha") && __builtin_cpu_supports("sse4.1") &&
-	       __builtin_cpu_supports("ssse3");
+	unsigned a, b, c, d;
+	if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & (1u << 19)) || !(c & (1u << 9)))
+		return false; /* SSE4.1, SSSE3 */
+	if (!__get_cpuid_count(7, 0, &a, &b, &c, &d))
+		return false;
+	return (b >> 29) & 1; /* SHA */
 }
 #endif
 
