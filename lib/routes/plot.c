@@ -123,6 +123,11 @@ static int plot_heatmap(const struct moe_route_stats *s, const char *dir, struct
 	int L = s->L, E = s->E;
 	double cw = E <= 16 ? 28 : E <= 64 ? 14 : 900.0 / E, ch = L <= 24 ? 22 : 600.0 / L;
 	int left = 70, top = 50, W = (int)(left + cw * E + 150), H = (int)(top + ch * L + 70);
+
+	if (W < 520)
+		W = 520;
+	if (H < top + 150 + 60)
+		H = top + 150 + 60;
 	int step = E <= 16 ? 1 : E <= 64 ? 4 : (E + 15) / 16;
 	FILE *fp = open_svg(&a, dir, "usage_heatmap.svg", err);
 
@@ -155,7 +160,7 @@ static int plot_heatmap(const struct moe_route_stats *s, const char *dir, struct
 		top + L * ch / 2, top + L * ch / 2);
 	/* colour bar: log2 ratio from -2 to 2 */
 	{
-		double x0 = left + cw * E + 40, y0 = top, bh = fmin(ch * L, 300);
+		double x0 = left + cw * E + 40, y0 = top, bh = fmax(fmin(ch * L, 300), 150);
 		static const char *lab[] = {"4x", "2x", "1x", "1/2x", "1/4x"};
 
 		for (int i = 0; i < 50; i++) {
@@ -257,6 +262,11 @@ static int plot_flow(const struct moe_route_stats *s, const char *dir, struct mo
 	int L = s->L, E = s->E;
 	double colw = L > 1 ? fmin(110, 1100.0 / (L - 1)) : 110, nodew = 10, gap = E <= 16 ? 4 : 1;
 	int left = 60, top = 50, W = (int)(left + colw * (L > 1 ? L - 1 : 1) + nodew + 80);
+
+	if (W < 760) { /* few layers: wider columns, room for the title */
+		colw = L > 1 ? (760.0 - left - nodew - 80) / (L - 1) : colw;
+		W = 760;
+	}
 	double ph = 620, scale = (ph - gap * (E - 1)) / (s->T ? (double)s->T : 1);
 	int H = (int)(top + ph + 60);
 	int nlinks = E < 12 ? E : 12;
@@ -315,18 +325,20 @@ static int plot_flow(const struct moe_route_stats *s, const char *dir, struct mo
 			double h = lk[i].c * scale;
 			double x0 = left + l * colw + nodew, x1 = left + (l + 1) * colw;
 			size_t ia = (size_t)l * E + lk[i].a, ib = (size_t)(l + 1) * E + lk[i].b;
-			double y0 = ytop[ia] + outoff[ia] + h / 2, y1 = ytop[ib] + inoff[ib] + h / 2;
+			double y0 = ytop[ia] + outoff[ia], y1 = ytop[ib] + inoff[ib];
 			double xm = (x0 + x1) / 2;
 			int r, g, b;
 
 			outoff[ia] += h;
 			inoff[ib] += h;
 			category(lk[i].a, &r, &g, &b);
-			fprintf(fp, "<path d=\"M%.1f,%.2f C%.1f,%.2f %.1f,%.2f %.1f,%.2f\" fill=\"none\" "
-				    "stroke=\"rgb(%d,%d,%d)\" stroke-opacity=\"0.45\" stroke-width=\"%.2f\">"
+			/* a band: the area between two Bezier curves */
+			h = fmax(h, 0.5);
+			fprintf(fp, "<path d=\"M%.1f,%.2f C%.1f,%.2f %.1f,%.2f %.1f,%.2f L%.1f,%.2f "
+				    "C%.1f,%.2f %.1f,%.2f %.1f,%.2f Z\" fill=\"rgb(%d,%d,%d)\" fill-opacity=\"0.45\">"
 				    "<title>L%d E%d -&gt; L%d E%d: %llu tokens</title></path>\n",
-				x0, y0, xm, y0, xm, y1, x1, y1, r, g, b, fmax(h, 0.5), l, lk[i].a, l + 1,
-				lk[i].b, (unsigned long long)lk[i].c);
+				x0, y0, xm, y0, xm, y1, x1, y1, x1, y1 + h, xm, y1 + h, xm, y0 + h, x0, y0 + h,
+				r, g, b, l, lk[i].a, l + 1, lk[i].b, (unsigned long long)lk[i].c);
 		}
 	}
 	for (int l = 0; l < L; l++) {

@@ -12,3 +12,5 @@ tests_routes_test_run_SOURCES = tests/routes/test_run.c
 tests_routes_test_run_CFLAGS = $(CRIT_CFLAGS)
 tests_routes_test_run_LDADD = $(ROUTES_LIBS) $(CRIT_LIBS)
 TESTS += tests/routes/test_run
+EXTRA_DIST += tests/bench/bench_routes.sh tests/bench/parity_routes.sh tests/bench/parity_routes.py \
+	tests/bench/RESULTS-routes.md
