@@ -200,6 +200,19 @@ faults "{\"$P\": [\"503\", \"503\", \"503\", \"503\"]}"
 	ok "--retries bounds the attempts" || bad "retries: $(cat "$tmp/err")"
 faults '{}'
 
+# ---- progress: on a terminal only ---------------------------------------
+if command -v script >/dev/null 2>&1; then
+	script -qec "'$F' get '$REPO' -I 'sample/100BT/*' -o '$tmp/p1'" /dev/null > "$tmp/tty.txt" 2>&1
+	grep -q "get 100.0% .* ETA" "$tmp/tty.txt" && ok "progress line (rate, ETA) on a terminal" ||
+		bad "no progress on a terminal: $(cat "$tmp/tty.txt")"
+	script -qec "'$F' get '$REPO' -I 'sample/100BT/*' -o '$tmp/p2' -q" /dev/null > "$tmp/tty.txt" 2>&1
+	[ ! -s "$tmp/tty.txt" ] && ok "-q: no progress" || bad "-q printed: $(cat "$tmp/tty.txt")"
+fi
+"$F" get "$REPO" -I 'sample/100BT/*' -o "$tmp/p3" > "$tmp/out" 2> "$tmp/err"
+[ ! -s "$tmp/out" ] && [ "$(wc -l < "$tmp/err")" -eq 1 ] &&
+	grep -q "^moe-fetch: 1 fetched, 0 already present, 0 failed (50000 bytes transferred)$" "$tmp/err" &&
+	ok "one summary line when stderr is not a terminal" || bad "off a terminal: $(cat "$tmp/err")"
+
 # ---- token: sent to the server, never printed ----------------------------
 m=$(mark)
 HF_TOKEN=hf_secret_TOKEN_42 "$F" get "$REPO" -I "$P" -o "$tmp/f8" -v -v > "$tmp/out" 2>&1 ||
