@@ -242,7 +242,7 @@ for sig in KILL INT; do
 		sleep 0.05
 	done
 	kill -$sig $pid
-	wait $pid
+	wait $pid 2>/dev/null
 	rc=$?
 	sz=$(stat -c %s "$d/$S.part" 2>/dev/null || echo 0)
 	if [ -e "$d/$S" ] || [ "$sz" -le 0 ] || [ "$sz" -ge 4000000 ] || [ $rc -eq 0 ]; then
