@@ -210,6 +210,30 @@ MOE_CLONES static void gemm_rows(float *C, size_t ldc, const float *a, size_t ar
 	}
 }
 
+/* Cache-blocked C (R, J) (+)= A (R, Kd) @ B (Kd, J): OpenMP over tiles of
+ * 64 rows x 256 columns, k in chunks of 256 (accumulated in order, so the
+ * result does not depend on the thread count). */
+static void gemm(float *C, size_t ldc, const float *a, size_t ars, size_t aks, const float *b,
+		 size_t ldb, int R, int J, int Kd, bool acc, bool par)
+{
+	enum { RB = 64, JB = 256, KB = 256 };
+	int nrt = (R + RB - 1) / RB, njt = (J + JB - 1) / JB;
+#pragma omp parallel for collapse(2) schedule(static) if (par)
+	for (int rt = 0; rt < nrt; rt++)
+		for (int jt = 0; jt < njt; jt++) {
+			int r0 = rt * RB, r1 = r0 + RB < R ? r0 + RB : R;
+			int j0 = jt * JB, jn = J - j0 < JB ? J - j0 : JB;
+			if (Kd == 0 && !acc)
+				for (int r = r0; r < r1; r++)
+					memset(C + (size_t)r * ldc + j0, 0, sizeof(float) * (size_t)jn);
+			for (int k0 = 0; k0 < Kd; k0 += KB) {
+				int kn = Kd - k0 < KB ? Kd - k0 : KB;
+				gemm_rows(C + j0, ldc, a + (size_t)k0 * aks, ars, aks, b + (size_t)k0 * ldb + j0,
+					  ldb, r0, r1, jn, kn, acc || k0 > 0);
+			}
+		}
+}
+
 void moe_linear_fwd(float *out, const float *x, const float *w, const float *b, int N, int In, int Out)
 {
 	/* enough rows: transpose w once and use the axpy-form kernel (faster
@@ -221,16 +245,11 @@ void moe_linear_fwd(float *out, const float *x, const float *w, const float *b, 
 		for (int i = 0; i < In; i++)
 			for (int o = 0; o < Out; o++)
 				wt[(size_t)i * Out + o] = w[(size_t)o * In + i];
-		int nb4 = (N + 3) / 4;
-#pragma omp parallel for schedule(static) if (par)
-		for (int rb = 0; rb < nb4; rb++) {
-			int r1 = rb * 4 + 4 < N ? rb * 4 + 4 : N;
-			gemm_rows(out, (size_t)Out, x, (size_t)In, 1, wt, (size_t)Out, rb * 4, r1, Out, In, false);
-			if (b)
-				for (int r = rb * 4; r < r1; r++)
-					for (int o = 0; o < Out; o++)
-						out[(size_t)r * Out + o] += b[o];
-		}
+		gemm(out, (size_t)Out, x, (size_t)In, 1, wt, (size_t)Out, N, Out, In, false, par);
+		if (b)
+			for (int r = 0; r < N; r++)
+				for (int o = 0; o < Out; o++)
+					out[(size_t)r * Out + o] += b[o];
 		free(wt);
 		return;
 	}
@@ -259,22 +278,10 @@ void moe_linear_bwd(float *dx, float *dw, float *db, const float *dout, const fl
 		    const float *w, int N, int In, int Out)
 {
 	bool par = (size_t)N * In * Out > 200000;
-	if (dx) {
-		/* dx (N, In) = dout (N, Out) @ w (Out, In) */
-		int nb = (N + 3) / 4;
-#pragma omp parallel for schedule(static) if (par)
-		for (int rb = 0; rb < nb; rb++)
-			gemm_rows(dx, (size_t)In, dout, (size_t)Out, 1, w, (size_t)In, rb * 4,
-				  rb * 4 + 4 < N ? rb * 4 + 4 : N, In, Out, false);
-	}
-	if (dw) {
-		/* dw (Out, In) += dout^T (Out, N) @ x (N, In) */
-		int ob = (Out + 3) / 4;
-#pragma omp parallel for schedule(static) if (par)
-		for (int cb = 0; cb < ob; cb++)
-			gemm_rows(dw, (size_t)In, dout, 1, (size_t)Out, x, (size_t)In, cb * 4,
-				  cb * 4 + 4 < Out ? cb * 4 + 4 : Out, In, N, true);
-	}
+	if (dx) /* dx (N, In) = dout (N, Out) @ w (Out, In) */
+		gemm(dx, (size_t)In, dout, (size_t)Out, 1, w, (size_t)In, N, In, Out, false, par);
+	if (dw) /* dw (Out, In) += dout^T (Out, N) @ x (N, In) */
+		gemm(dw, (size_t)In, dout, 1, (size_t)Out, x, (size_t)In, Out, In, N, true, par);
 	if (db) {
 		for (int o = 0; o < Out; o++) {
 			float sb = 0.0f;

@@ -619,6 +619,7 @@ Test(ops, linear_tiles_and_remainders)
 	naive_check(9, 70, 67);
 	naive_check(13, 33, 101);
 	naive_check(64, 128, 96);
+	naive_check(300, 40, 290); /* several row, column and k blocks */
 }
 
 Test(checkpoint, transformers_v5_fused_experts)
