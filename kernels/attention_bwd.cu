@@ -1,15 +1,17 @@
-/* Causal flash attention, backward (two kernels, no atomics, deterministic):
- *   dK, dV: one block per (64 keys, b, h), looping over the query tiles at or
- *           after the diagonal; P and dP are recomputed from q, k, v, lse;
+/* Causal flash attention, backward (FlashAttention-2 style, two kernels, no
+ * atomics, deterministic):
+ *   dK, dV: one block per (64 keys, b, h), warps of 16 keys, looping over
+ *           the query tiles at or after the diagonal; P^T and dP^T are
+ *           recomputed in registers from q, k, v, dO and lse;
  *   dQ:     one block per (64 queries, b, h), looping over key tiles.
- * delta = rowsum(dO * O) is computed first.  dq, dk, dv are bf16; dq, dk and
- * dv share the row strides of q, k and v. */
+ * delta = rowsum(dO * O) is computed first.  dq, dk, dv are bf16 and share
+ * the row strides of q, k and v. */
 #include "attention_common.cuh"
 #include "kernels.h"
 
 /* delta[b, h, t] = sum_d dout * out; one warp per (token, head). */
-__global__ void att_delta_kernel(float *delta, const bf16 *dout, const bf16 *out, int ldo, int B, int T,
-				 int H, int Dh)
+__global__ void att_delta_kernel(float *delta, const bf16 *dout, const bf16 *out, int ldo, int B, int T, int H,
+				 int Dh)
 {
 	int warps = blockDim.x / 32, lane = threadIdx.x % 32;
 	size_t job = (size_t)blockIdx.x * warps + threadIdx.x / 32;
@@ -31,183 +33,176 @@ __global__ void att_delta_kernel(float *delta, const bf16 *dout, const bf16 *out
 template <int DH>
 __global__ void __launch_bounds__(ATT_WARPS * 32)
 attention_dkdv_kernel(bf16 *dk, bf16 *dv, const bf16 *q, const bf16 *k, const bf16 *v, const bf16 *dout,
-		      const float *lse, const float *delta, int ldq, int ldk, int ldv, int ldo, int lddk,
-		      int lddv, int T, int H, float scale)
+		      const float *lse, const float *delta, int ldq, int ldk, int ldv, int ldo, int T, int H,
+		      float scale)
 {
 	constexpr int LD = DH + ATT_PAD;
 	extern __shared__ __align__(16) unsigned char smem[];
-	bf16 *Ks = (bf16 *)smem, *Vs = Ks + ATT_BR * LD, *Qs = Vs + ATT_BR * LD, *Ds = Qs + ATT_BR * LD;
-	float *Sf = (float *)(Ds + ATT_BR * LD);      /* (warps, 16, SLD): S^T */
-	float *Df = Sf + ATT_WARPS * 16 * ATT_SLD;    /* (warps, 16, SLD): dP^T */
-	float *Ls = Df + ATT_WARPS * 16 * ATT_SLD;    /* (64) lse * log2e */
-	float *Dl = Ls + ATT_BR;                      /* (64) delta */
-	bf16 *Pb = (bf16 *)(Dl + ATT_BR);             /* (warps, 16, PLD): P^T */
-	bf16 *Gb = Pb + ATT_WARPS * 16 * ATT_PLD;     /* (warps, 16, PLD): dS^T */
+	bf16 *Ks = (bf16 *)smem, *Vs = Ks + ATT_BR * LD;
+	bf16 *Qs = Vs + ATT_BR * LD, *Ds = Qs + 2 * ATT_BR * LD; /* Q, dO: 2 stages */
+	float *Ls = (float *)(Ds + 2 * ATT_BR * LD);           /* (2, 64) lse * log2e */
+	float *Dl = Ls + 2 * ATT_BR;                            /* (2, 64) delta */
 	int kt = blockIdx.x, bh = blockIdx.y, b = bh / H, h = bh % H;
-	int w = threadIdx.x / 32, lane = threadIdx.x % 32;
+	int w = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
 	int k0 = kt * ATT_BR;
 	const bf16 *qb = q + (size_t)b * T * ldq + h * DH;
 	const bf16 *kb = k + (size_t)b * T * ldk + h * DH;
 	const bf16 *vb = v + (size_t)b * T * ldv + h * DH;
 	const bf16 *db = dout + (size_t)b * T * ldo + h * DH;
 	const float *lb = lse + (size_t)bh * T, *deb = delta + (size_t)bh * T;
-	float *S = Sf + w * 16 * ATT_SLD, *Dp = Df + w * 16 * ATT_SLD;
-	bf16 *P = Pb + w * 16 * ATT_PLD, *G = Gb + w * 16 * ATT_PLD;
+	int nq = (T + ATT_BR - 1) / ATT_BR;
 	att_load_tile<DH>(Ks, kb, ldk, k0, T);
 	att_load_tile<DH>(Vs, vb, ldv, k0, T);
-	att_fc dK[DH / 16], dV[DH / 16];
+	att_load_tile<DH>(Qs, qb, ldq, kt * ATT_BR, T);
+	att_load_tile<DH>(Ds, db, ldo, kt * ATT_BR, T);
+	att_commit();
+	float dK[DH / 8][4], dV[DH / 8][4];
 #pragma unroll
-	for (int i = 0; i < DH / 16; i++) {
-		wmma::fill_fragment(dK[i], 0.f);
-		wmma::fill_fragment(dV[i], 0.f);
-	}
-	int r = lane / 2, half = lane % 2;
-	int kj = k0 + w * 16 + r;
-	int nq = (T + ATT_BR - 1) / ATT_BR;
+	for (int d = 0; d < DH / 8; d++)
+#pragma unroll
+		for (int e = 0; e < 4; e++)
+			dK[d][e] = dV[d][e] = 0.f;
+	int kj[2] = {k0 + w * 16 + g, k0 + w * 16 + g + 8};
+	const float sl2 = scale * LOG2E;
 	for (int i = kt; i < nq; i++) {
-		int q0 = i * ATT_BR;
-		__syncthreads();
-		att_load_tile<DH>(Qs, qb, ldq, q0, T);
-		att_load_tile<DH>(Ds, db, ldo, q0, T);
-		for (int t = threadIdx.x; t < ATT_BR; t += ATT_WARPS * 32) {
-			bool ok = q0 + t < T;
-			Ls[t] = ok ? lb[q0 + t] * 1.4426950408889634f : INFINITY;
-			Dl[t] = ok ? deb[q0 + t] : 0.f;
+		int st = (i - kt) & 1, q0 = i * ATT_BR;
+		for (int x = threadIdx.x; x < ATT_BR; x += ATT_WARPS * 32) {
+			bool ok = q0 + x < T;
+			Ls[st * ATT_BR + x] = ok ? lb[q0 + x] * LOG2E : INFINITY;
+			Dl[st * ATT_BR + x] = ok ? deb[q0 + x] : 0.f;
 		}
-		__syncthreads();
-		att_mm_abt<DH>(S, Ks + w * 16 * LD, Qs);  /* S^T = K Q^T */
-		att_mm_abt<DH>(Dp, Vs + w * 16 * LD, Ds); /* dP^T = V dO^T */
-		__syncwarp();
-#pragma unroll 8
-		for (int c = 0; c < 32; c++) {
-			int col = half * 32 + c, qi = q0 + col;
-			float p = 0.f;
-			if (qi >= kj && qi < T)
-				p = exp2f(S[r * ATT_SLD + col] * scale * 1.4426950408889634f - Ls[col]);
-			float ds = p * (Dp[r * ATT_SLD + col] - Dl[col]) * scale;
-			P[r * ATT_PLD + col] = f2bf(p);
-			G[r * ATT_PLD + col] = f2bf(ds);
+		if (i + 1 < nq) {
+			att_load_tile<DH>(Qs + (st ^ 1) * ATT_BR * LD, qb, ldq, q0 + ATT_BR, T);
+			att_load_tile<DH>(Ds + (st ^ 1) * ATT_BR * LD, db, ldo, q0 + ATT_BR, T);
 		}
-		__syncwarp();
-		/* dV += P^T dO, dK += dS^T Q  (16 x 64) @ (64 x DH) */
+		att_commit();
+		att_wait<1>();
+		__syncthreads();
+		const bf16 *Q = Qs + st * ATT_BR * LD, *DO = Ds + st * ATT_BR * LD;
+		const float *L = Ls + st * ATT_BR, *DL = Dl + st * ATT_BR;
+		float sT[8][4], dpT[8][4];
+		{
+			unsigned a[DH / 16][4];
 #pragma unroll
-		for (int kk = 0; kk < ATT_BR / 16; kk++) {
-			att_fa ap, ag;
-			wmma::load_matrix_sync(ap, P + kk * 16, ATT_PLD);
-			wmma::load_matrix_sync(ag, G + kk * 16, ATT_PLD);
+			for (int kk = 0; kk < DH / 16; kk++)
+				att_frag_a<LD>(a[kk], Ks, w * 16, kk * 16);
+			att_mm_abt<DH>(sT, a, Q); /* S^T = K Q^T */
 #pragma unroll
-			for (int nf = 0; nf < DH / 16; nf++) {
-				att_fb_row bd, bq;
-				wmma::load_matrix_sync(bd, Ds + kk * 16 * LD + nf * 16, LD);
-				wmma::mma_sync(dV[nf], ap, bd, dV[nf]);
-				wmma::load_matrix_sync(bq, Qs + kk * 16 * LD + nf * 16, LD);
-				wmma::mma_sync(dK[nf], ag, bq, dK[nf]);
+			for (int kk = 0; kk < DH / 16; kk++)
+				att_frag_a<LD>(a[kk], Vs, w * 16, kk * 16);
+			att_mm_abt<DH>(dpT, a, DO); /* dP^T = V dO^T */
+		}
+		bool edge = i == kt || q0 + ATT_BR > T;
+#pragma unroll
+		for (int jj = 0; jj < 8; jj++)
+#pragma unroll
+			for (int e = 0; e < 4; e++) {
+				int c = 8 * jj + 2 * t4 + (e & 1), qi = q0 + c;
+				float p = exp2f(sT[jj][e] * sl2 - L[c]);
+				if (edge && (qi < kj[e / 2] || qi >= T))
+					p = 0.f;
+				sT[jj][e] = p;
+				dpT[jj][e] = p * (dpT[jj][e] - DL[c]) * scale;
 			}
-		}
+		att_mm_pv<DH>(dV, sT, DO); /* dV += P^T dO */
+		att_mm_pv<DH>(dK, dpT, Q); /* dK += dS^T Q */
+		__syncthreads();
 	}
-	/* write out through the (now free) score buffers, 64 columns at a time */
-	for (int c0 = 0; c0 < DH; c0 += ATT_BR) {
-		__syncwarp();
 #pragma unroll
-		for (int nf = 0; nf < DH / 16; nf++)
-			if (nf * 16 >= c0 && nf * 16 < c0 + ATT_BR) {
-				wmma::store_matrix_sync(S + nf * 16 - c0, dK[nf], ATT_SLD, wmma::mem_row_major);
-				wmma::store_matrix_sync(Dp + nf * 16 - c0, dV[nf], ATT_SLD, wmma::mem_row_major);
-			}
-		__syncwarp();
-		if (kj < T) {
-			bf16 *ok = dk + ((size_t)b * T + kj) * lddk + h * DH;
-			bf16 *ov = dv + ((size_t)b * T + kj) * lddv + h * DH;
-			for (int c = c0 + half; c < DH && c < c0 + ATT_BR; c += 2) {
-				ok[c] = f2bf(S[r * ATT_SLD + c - c0]);
-				ov[c] = f2bf(Dp[r * ATT_SLD + c - c0]);
-			}
+	for (int r = 0; r < 2; r++) {
+		if (kj[r] >= T)
+			continue;
+		bf16 *okp = dk + ((size_t)b * T + kj[r]) * ldk + h * DH + 2 * t4;
+		bf16 *ovp = dv + ((size_t)b * T + kj[r]) * ldv + h * DH + 2 * t4;
+#pragma unroll
+		for (int d = 0; d < DH / 8; d++) {
+			*(__nv_bfloat162 *)(okp + 8 * d) = __floats2bfloat162_rn(dK[d][2 * r], dK[d][2 * r + 1]);
+			*(__nv_bfloat162 *)(ovp + 8 * d) = __floats2bfloat162_rn(dV[d][2 * r], dV[d][2 * r + 1]);
 		}
 	}
 }
 
 template <int DH>
 __global__ void __launch_bounds__(ATT_WARPS * 32)
-attention_dq_kernel(bf16 *dq, const bf16 *q, const bf16 *k, const bf16 *v, const bf16 *dout,
-		    const float *lse, const float *delta, int ldq, int ldk, int ldv, int ldo, int lddq, int T,
-		    int H, float scale)
+attention_dq_kernel(bf16 *dq, const bf16 *q, const bf16 *k, const bf16 *v, const bf16 *dout, const float *lse,
+		    const float *delta, int ldq, int ldk, int ldv, int ldo, int T, int H, float scale)
 {
 	constexpr int LD = DH + ATT_PAD;
 	extern __shared__ __align__(16) unsigned char smem[];
-	bf16 *Qs = (bf16 *)smem, *Ds = Qs + ATT_BR * LD, *Ks = Ds + ATT_BR * LD, *Vs = Ks + ATT_BR * LD;
-	float *Sf = (float *)(Vs + ATT_BR * LD);
-	float *Df = Sf + ATT_WARPS * 16 * ATT_SLD;
-	bf16 *Gb = (bf16 *)(Df + ATT_WARPS * 16 * ATT_SLD);
+	bf16 *Qs = (bf16 *)smem, *Ds = Qs + ATT_BR * LD, *Ks = Ds + ATT_BR * LD, *Vs = Ks + 2 * ATT_BR * LD;
 	int qt = gridDim.x - 1 - blockIdx.x, bh = blockIdx.y, b = bh / H, h = bh % H;
-	int w = threadIdx.x / 32, lane = threadIdx.x % 32;
+	int w = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
 	int q0 = qt * ATT_BR;
 	const bf16 *qb = q + (size_t)b * T * ldq + h * DH;
 	const bf16 *kb = k + (size_t)b * T * ldk + h * DH;
 	const bf16 *vb = v + (size_t)b * T * ldv + h * DH;
 	const bf16 *db = dout + (size_t)b * T * ldo + h * DH;
-	float *S = Sf + w * 16 * ATT_SLD, *Dp = Df + w * 16 * ATT_SLD;
-	bf16 *G = Gb + w * 16 * ATT_PLD;
 	att_load_tile<DH>(Qs, qb, ldq, q0, T);
 	att_load_tile<DH>(Ds, db, ldo, q0, T);
-	int r = lane / 2, half = lane % 2;
-	int qi = q0 + w * 16 + r;
-	float L = qi < T ? lse[(size_t)bh * T + qi] * 1.4426950408889634f : INFINITY;
-	float dl = qi < T ? delta[(size_t)bh * T + qi] : 0.f;
-	att_fc dQ[DH / 16];
+	att_load_tile<DH>(Ks, kb, ldk, 0, T);
+	att_load_tile<DH>(Vs, vb, ldv, 0, T);
+	att_commit();
+	int qi[2] = {q0 + w * 16 + g, q0 + w * 16 + g + 8};
+	float L[2], dl[2];
+	for (int r = 0; r < 2; r++) {
+		L[r] = qi[r] < T ? lse[(size_t)bh * T + qi[r]] * LOG2E : INFINITY;
+		dl[r] = qi[r] < T ? delta[(size_t)bh * T + qi[r]] : 0.f;
+	}
+	const float sl2 = scale * LOG2E;
+	unsigned qa[DH / 16][4], da[DH / 16][4];
+	float dQ[DH / 8][4];
 #pragma unroll
-	for (int i = 0; i < DH / 16; i++)
-		wmma::fill_fragment(dQ[i], 0.f);
+	for (int d = 0; d < DH / 8; d++)
+		dQ[d][0] = dQ[d][1] = dQ[d][2] = dQ[d][3] = 0.f;
 	for (int j = 0; j <= qt; j++) {
-		int k0 = j * ATT_BR;
-		__syncthreads();
-		att_load_tile<DH>(Ks, kb, ldk, k0, T);
-		att_load_tile<DH>(Vs, vb, ldv, k0, T);
-		__syncthreads();
-		att_mm_abt<DH>(S, Qs + w * 16 * LD, Ks);
-		att_mm_abt<DH>(Dp, Ds + w * 16 * LD, Vs);
-		__syncwarp();
-#pragma unroll 8
-		for (int c = 0; c < 32; c++) {
-			int col = half * 32 + c, kj = k0 + col;
-			float p = 0.f;
-			if (kj <= qi && kj < T)
-				p = exp2f(S[r * ATT_SLD + col] * scale * 1.4426950408889634f - L);
-			G[r * ATT_PLD + col] = f2bf(p * (Dp[r * ATT_SLD + col] - dl) * scale);
+		int st = j & 1, k0 = j * ATT_BR;
+		if (j + 1 <= qt) {
+			att_load_tile<DH>(Ks + (st ^ 1) * ATT_BR * LD, kb, ldk, k0 + ATT_BR, T);
+			att_load_tile<DH>(Vs + (st ^ 1) * ATT_BR * LD, vb, ldv, k0 + ATT_BR, T);
 		}
-		__syncwarp();
+		att_commit();
+		att_wait<1>();
+		__syncthreads();
+		if (j == 0) {
 #pragma unroll
-		for (int kk = 0; kk < ATT_BR / 16; kk++) {
-			att_fa ag;
-			wmma::load_matrix_sync(ag, G + kk * 16, ATT_PLD);
-#pragma unroll
-			for (int nf = 0; nf < DH / 16; nf++) {
-				att_fb_row bk;
-				wmma::load_matrix_sync(bk, Ks + kk * 16 * LD + nf * 16, LD);
-				wmma::mma_sync(dQ[nf], ag, bk, dQ[nf]);
+			for (int kk = 0; kk < DH / 16; kk++) {
+				att_frag_a<LD>(qa[kk], Qs, w * 16, kk * 16);
+				att_frag_a<LD>(da[kk], Ds, w * 16, kk * 16);
 			}
 		}
-	}
-	/* dQ (16, DH) through the score buffers, 64 columns at a time */
-	for (int c0 = 0; c0 < DH; c0 += ATT_BR) {
-		__syncwarp();
+		const bf16 *K = Ks + st * ATT_BR * LD, *V = Vs + st * ATT_BR * LD;
+		float s[8][4], dp[8][4];
+		att_mm_abt<DH>(s, qa, K);
+		att_mm_abt<DH>(dp, da, V);
+		bool edge = j == qt || k0 + ATT_BR > T;
 #pragma unroll
-		for (int nf = 0; nf < DH / 16; nf++)
-			if (nf * 16 >= c0 && nf * 16 < c0 + ATT_BR)
-				wmma::store_matrix_sync(S + nf * 16 - c0, dQ[nf], ATT_SLD, wmma::mem_row_major);
-		__syncwarp();
-		if (qi < T) {
-			bf16 *o = dq + ((size_t)b * T + qi) * lddq + h * DH;
-			for (int c = c0 + half; c < DH && c < c0 + ATT_BR; c += 2)
-				o[c] = f2bf(S[r * ATT_SLD + c - c0]);
-		}
+		for (int jj = 0; jj < 8; jj++)
+#pragma unroll
+			for (int e = 0; e < 4; e++) {
+				int r = e / 2, kj = k0 + 8 * jj + 2 * t4 + (e & 1);
+				float p = exp2f(s[jj][e] * sl2 - L[r]);
+				if (edge && (kj > qi[r] || kj >= T))
+					p = 0.f;
+				s[jj][e] = p * (dp[jj][e] - dl[r]) * scale;
+			}
+		att_mm_pv<DH>(dQ, s, K); /* dQ += dS K */
+		__syncthreads();
+	}
+#pragma unroll
+	for (int r = 0; r < 2; r++) {
+		if (qi[r] >= T)
+			continue;
+		bf16 *o = dq + ((size_t)b * T + qi[r]) * ldq + h * DH + 2 * t4;
+#pragma unroll
+		for (int d = 0; d < DH / 8; d++)
+			*(__nv_bfloat162 *)(o + 8 * d) = __floats2bfloat162_rn(dQ[d][2 * r], dQ[d][2 * r + 1]);
 	}
 }
 
 template <int DH>
-static int launch_bwd(bf16 *dq, bf16 *dk, bf16 *dv, float *delta, const bf16 *dout, const bf16 *q,
-		      const bf16 *k, const bf16 *v, const bf16 *out, const float *lse, int ldq, int ldk,
-		      int ldv, int ldo, int lddq, int lddk, int lddv, int B, int T, int H, cudaStream_t s,
-		      struct moe_error *err)
+static int launch_bwd(bf16 *dq, bf16 *dk, bf16 *dv, float *delta, const bf16 *dout, const bf16 *q, const bf16 *k,
+		      const bf16 *v, const bf16 *out, const float *lse, int ldq, int ldk, int ldv, int ldo, int B,
+		      int T, int H, cudaStream_t s, struct moe_error *err)
 {
 	constexpr int LD = DH + ATT_PAD;
 	int rc;
@@ -216,10 +211,8 @@ static int launch_bwd(bf16 *dq, bf16 *dk, bf16 *dv, float *delta, const bf16 *do
 	att_delta_kernel<<<moe_cdiv(nj, 8), 256, 0, s>>>(delta, dout, out, ldo, B, T, H, DH);
 	if ((rc = CUDA_LAUNCHED(err)) != 0)
 		return rc;
-	size_t sm1 = 4 * ATT_BR * LD * sizeof(bf16) + 2 * ATT_WARPS * 16 * ATT_SLD * sizeof(float) +
-		     2 * ATT_BR * sizeof(float) + 2 * ATT_WARPS * 16 * ATT_PLD * sizeof(bf16);
-	size_t sm2 = 4 * ATT_BR * LD * sizeof(bf16) + 2 * ATT_WARPS * 16 * ATT_SLD * sizeof(float) +
-		     ATT_WARPS * 16 * ATT_PLD * sizeof(bf16);
+	size_t sm1 = 6 * ATT_BR * LD * sizeof(bf16) + 4 * ATT_BR * sizeof(float);
+	size_t sm2 = 6 * ATT_BR * LD * sizeof(bf16);
 	if ((rc = CUDA_OK(cudaFuncSetAttribute(attention_dkdv_kernel<DH>,
 					       cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm1),
 			  err)) != 0 ||
@@ -228,30 +221,28 @@ static int launch_bwd(bf16 *dq, bf16 *dk, bf16 *dv, float *delta, const bf16 *do
 			  err)) != 0)
 		return rc;
 	dim3 grid(moe_cdiv(T, ATT_BR), B * H);
-	attention_dkdv_kernel<DH><<<grid, ATT_WARPS * 32, sm1, s>>>(dk, dv, q, k, v, dout, lse, delta, ldq, ldk,
-								   ldv, ldo, lddk, lddv, T, H, scale);
+	attention_dkdv_kernel<DH><<<grid, ATT_WARPS * 32, sm1, s>>>(dk, dv, q, k, v, dout, lse, delta, ldq, ldk, ldv,
+								   ldo, T, H, scale);
 	if ((rc = CUDA_LAUNCHED(err)) != 0)
 		return rc;
-	attention_dq_kernel<DH><<<grid, ATT_WARPS * 32, sm2, s>>>(dq, q, k, v, dout, lse, delta, ldq, ldk, ldv,
-								 ldo, lddq, T, H, scale);
+	attention_dq_kernel<DH><<<grid, ATT_WARPS * 32, sm2, s>>>(dq, q, k, v, dout, lse, delta, ldq, ldk, ldv, ldo,
+								 T, H, scale);
 	return CUDA_LAUNCHED(err);
 }
 
-extern "C" int moe_cuda_attention_bwd(bf16_t *dq, bf16_t *dk, bf16_t *dv, float *delta,
-				      const bf16_t *dout, const bf16_t *q, const bf16_t *k, const bf16_t *v,
-				      const bf16_t *out, const float *lse, int ldq, int ldk, int ldv, int ldo,
-				      int B, int T, int H, int Dh, cudaStream_t s, struct moe_error *err)
+extern "C" int moe_cuda_attention_bwd(bf16_t *dq, bf16_t *dk, bf16_t *dv, float *delta, const bf16_t *dout,
+				      const bf16_t *q, const bf16_t *k, const bf16_t *v, const bf16_t *out,
+				      const float *lse, int ldq, int ldk, int ldv, int ldo, int B, int T, int H,
+				      int Dh, cudaStream_t s, struct moe_error *err)
 {
 	if (B <= 0 || T <= 0)
 		return 0;
-	int lddq = ldq, lddk = ldk, lddv = ldv;
 	if (ldq % 8 || ldk % 8 || ldv % 8 || ldo % 8)
 		return moe_error_set(err, MOE_EUNSUPPORTED, "attention: row strides must be multiples of 8");
 	bf16 *dqq = (bf16 *)dq, *dkk = (bf16 *)dk, *dvv = (bf16 *)dv;
-	const bf16 *d = (const bf16 *)dout, *qq = (const bf16 *)q, *kk = (const bf16 *)k,
-		   *vv = (const bf16 *)v, *o = (const bf16 *)out;
-#define ATT_BWD(DHV) launch_bwd<DHV>(dqq, dkk, dvv, delta, d, qq, kk, vv, o, lse, ldq, ldk, ldv, ldo, lddq, \
-				     lddk, lddv, B, T, H, s, err)
+	const bf16 *d = (const bf16 *)dout, *qq = (const bf16 *)q, *kk = (const bf16 *)k, *vv = (const bf16 *)v,
+		   *o = (const bf16 *)out;
+#define ATT_BWD(DHV) launch_bwd<DHV>(dqq, dkk, dvv, delta, d, qq, kk, vv, o, lse, ldq, ldk, ldv, ldo, B, T, H, s, err)
 	switch (Dh) {
 	case 16: return ATT_BWD(16);
 	case 32: return ATT_BWD(32);

@@ -1,60 +1,126 @@
-/* Pieces shared by the flash-attention forward and backward kernels:
- * 64-row tiles of bf16 q/k/v in shared memory, WMMA 16x16x16 bf16 products
- * with fp32 accumulation.  Layout: element (b, t, h, d) of q is at
- * q[(b*T + t)*ld + h*DH + d]. */
+/* Pieces shared by the flash-attention forward and backward kernels
+ * (FlashAttention-2 style): 64-row tiles of bf16 q/k/v/dO in shared memory
+ * filled by cp.async, ldmatrix fragments, mma.sync m16n8k16 bf16 products
+ * with fp32 accumulators kept in registers; score fragments are reused as
+ * the A operand of the next product without leaving registers.
+ * Layout: element (b, t, h, d) of q is at q[(b*T + t)*ld + h*DH + d]. */
 #ifndef MOE_ATTENTION_COMMON_CUH
 #define MOE_ATTENTION_COMMON_CUH
 
-#include <mma.h>
-
 #include "cuda_common.h"
 
-using namespace nvcuda;
+#define ATT_BR 64     /* rows per tile (queries or keys) */
+#define ATT_WARPS 4   /* 16 rows per warp */
+#define ATT_PAD 8     /* bf16 row padding: conflict-free ldmatrix */
+#define LOG2E 1.4426950408889634f
 
-#define ATT_BR 64 /* rows per tile (queries or keys) */
-#define ATT_WARPS 4
-#define ATT_PAD 8 /* bf16 row padding against bank conflicts */
-#define ATT_SLD (ATT_BR + 4) /* ld of the per-warp fp32 score tiles */
-#define ATT_PLD (ATT_BR + 8) /* ld of the per-warp bf16 probability tiles */
-
-typedef wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> att_fa;
-typedef wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major> att_fb_row;
-typedef wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> att_fb_col;
-typedef wmma::fragment<wmma::accumulator, 16, 16, 16, float> att_fc;
-
-/* Copy rows [row0, row0+64) of one (b, h) slice into dst (64, DH+PAD);
- * rows at or past T are zero. */
+/* Copy rows [row0, row0+64) of one (b, h) slice into dst (64, DH+PAD) with
+ * cp.async; rows at or past T are zero-filled. */
 template <int DH>
 static __device__ __forceinline__ void att_load_tile(bf16 *dst, const bf16 *src, int ld, int row0, int T)
 {
 	constexpr int VPR = DH / 8; /* 16-byte vectors per row */
 	for (int i = threadIdx.x; i < ATT_BR * VPR; i += ATT_WARPS * 32) {
 		int r = i / VPR, c = (i % VPR) * 8;
-		uint4 v = make_uint4(0, 0, 0, 0);
-		if (row0 + r < T)
-			v = *(const uint4 *)(src + (size_t)(row0 + r) * ld + c);
-		*(uint4 *)(dst + r * (DH + ATT_PAD) + c) = v;
+		bool ok = row0 + r < T;
+		const bf16 *g = ok ? src + (size_t)(row0 + r) * ld + c : src;
+		unsigned s = (unsigned)__cvta_generic_to_shared(dst + r * (DH + ATT_PAD) + c);
+		asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(g), "r"(ok ? 16 : 0));
 	}
 }
 
-/* out (16, 64) fp32 = A (16, DH) @ B^T where B is (64, DH) row-major in smem. */
+static __device__ __forceinline__ void att_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N> static __device__ __forceinline__ void att_wait()
+{
+	asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+static __device__ __forceinline__ void ldsm_x4(unsigned &r0, unsigned &r1, unsigned &r2, unsigned &r3,
+					       const bf16 *p)
+{
+	unsigned s = (unsigned)__cvta_generic_to_shared(p);
+	asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+		     : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+		     : "r"(s));
+}
+
+static __device__ __forceinline__ void ldsm_x4_t(unsigned &r0, unsigned &r1, unsigned &r2, unsigned &r3,
+						 const bf16 *p)
+{
+	unsigned s = (unsigned)__cvta_generic_to_shared(p);
+	asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+		     : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+		     : "r"(s));
+}
+
+/* c (16x8 fp32) += a (16x16 bf16, row) * b (16x8 bf16, col) */
+static __device__ __forceinline__ void mma16816(float *c, const unsigned *a, unsigned b0, unsigned b1)
+{
+	asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
+		     "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+		     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+		     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+static __device__ __forceinline__ unsigned pack_bf16(float lo, float hi)
+{
+	__nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+	return *(unsigned *)&v;
+}
+
+/* A fragment (16 x 16) at rows r0.., cols c0.. of a row-major smem tile. */
+template <int LD>
+static __device__ __forceinline__ void att_frag_a(unsigned *a, const bf16 *tile, int r0, int c0)
+{
+	int lane = threadIdx.x % 32;
+	const bf16 *p = tile + (r0 + (lane % 8) + ((lane / 8) % 2) * 8) * LD + c0 + (lane / 16) * 8;
+	ldsm_x4(a[0], a[1], a[2], a[3], p);
+}
+
+/* S (16 x 64) = A (16 x DH, fragments a[DH/16]) @ B^T where B is a (64, DH)
+ * row-major smem tile: s[j][4] is the accumulator of columns 8j..8j+7. */
 template <int DH>
-static __device__ __forceinline__ void att_mm_abt(float *out, const bf16 *A, const bf16 *B)
+static __device__ __forceinline__ void att_mm_abt(float (*s)[4], const unsigned (*a)[4], const bf16 *Bt)
 {
 	constexpr int LD = DH + ATT_PAD;
+	int lane = threadIdx.x % 32;
 #pragma unroll
-	for (int nf = 0; nf < ATT_BR / 16; nf++) {
-		att_fc c;
-		wmma::fill_fragment(c, 0.f);
+	for (int j = 0; j < 8; j++)
+		s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
 #pragma unroll
-		for (int kk = 0; kk < DH / 16; kk++) {
-			att_fa a;
-			att_fb_col b;
-			wmma::load_matrix_sync(a, A + kk * 16, LD);
-			wmma::load_matrix_sync(b, B + nf * 16 * LD + kk * 16, LD);
-			wmma::mma_sync(c, a, b, c);
+	for (int kk = 0; kk < DH / 16; kk++)
+#pragma unroll
+		for (int j = 0; j < 8; j += 2) {
+			unsigned b0, b1, b2, b3;
+			const bf16 *p = Bt + (8 * j + (lane % 8) + (lane / 16) * 8) * LD + kk * 16 + ((lane / 8) % 2) * 8;
+			ldsm_x4(b0, b1, b2, b3, p);
+			mma16816(s[j], a[kk], b0, b1);
+			mma16816(s[j + 1], a[kk], b2, b3);
 		}
-		wmma::store_matrix_sync(out + nf * 16, c, ATT_SLD, wmma::mem_row_major);
+}
+
+/* acc (16 x DH, acc[DH/8][4]) += P (16 x 64, as A fragments from the score
+ * accumulators p[8][4]) @ V where V is a (64, DH) row-major smem tile. */
+template <int DH>
+static __device__ __forceinline__ void att_mm_pv(float (*acc)[4], const float (*p)[4], const bf16 *V)
+{
+	constexpr int LD = DH + ATT_PAD;
+	int lane = threadIdx.x % 32;
+#pragma unroll
+	for (int ks = 0; ks < 4; ks++) {
+		unsigned a[4];
+		a[0] = pack_bf16(p[2 * ks][0], p[2 * ks][1]);
+		a[1] = pack_bf16(p[2 * ks][2], p[2 * ks][3]);
+		a[2] = pack_bf16(p[2 * ks + 1][0], p[2 * ks + 1][1]);
+		a[3] = pack_bf16(p[2 * ks + 1][2], p[2 * ks + 1][3]);
+#pragma unroll
+		for (int d = 0; d < DH / 8; d += 2) {
+			unsigned b0, b1, b2, b3;
+			const bf16 *q = V + (ks * 16 + (lane % 8) + ((lane / 8) % 2) * 8) * LD + d * 8 + (lane / 16) * 8;
+			ldsm_x4_t(b0, b1, b2, b3, q);
+			mma16816(acc[d], a, b0, b1);
+			mma16816(acc[d + 1], a, b2, b3);
+		}
 	}
 }
 

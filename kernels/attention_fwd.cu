@@ -1,5 +1,7 @@
-/* Causal flash attention, forward: one block per (64 queries, b, h), four
- * warps of 16 queries; online softmax in fp32; no T x T matrix exists.
+/* Causal flash attention, forward (FlashAttention-2 style): one block per
+ * (64 queries, b, h), four warps of 16 queries; scores, probabilities and
+ * the output accumulator stay in registers (mma.sync), K/V tiles are double
+ * buffered through cp.async; online softmax in fp32; no T x T matrix exists.
  * Writes out (bf16) and the natural-log log-sum-exp of each query's scaled
  * scores (B, H, T) for the backward pass. */
 #include "attention_common.cuh"
@@ -7,111 +9,124 @@
 
 template <int DH>
 __global__ void __launch_bounds__(ATT_WARPS * 32)
-attention_fwd_kernel(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, int ldq, int ldk,
-		     int ldv, int ldo, int T, int H, float scale_log2)
+attention_fwd_kernel(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, int ldq, int ldk, int ldv,
+		     int ldo, int T, int H, float scale_log2)
 {
 	constexpr int LD = DH + ATT_PAD;
-	constexpr int OLD = DH + 4;
 	extern __shared__ __align__(16) unsigned char smem[];
-	bf16 *Qs = (bf16 *)smem, *Ks = Qs + ATT_BR * LD, *Vs = Ks + ATT_BR * LD;
-	float *Sf = (float *)(Vs + ATT_BR * LD);        /* (warps, 16, SLD) */
-	float *Of = Sf + ATT_WARPS * 16 * ATT_SLD;      /* (warps, 16, OLD) */
-	bf16 *Pb = (bf16 *)(Of + ATT_WARPS * 16 * OLD); /* (warps, 16, PLD) */
+	bf16 *Qs = (bf16 *)smem, *Ks = Qs + ATT_BR * LD, *Vs = Ks + 2 * ATT_BR * LD; /* K, V: 2 stages */
 	int qt = gridDim.x - 1 - blockIdx.x, bh = blockIdx.y, b = bh / H, h = bh % H;
-	int w = threadIdx.x / 32, lane = threadIdx.x % 32;
+	int w = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
 	int q0 = qt * ATT_BR;
 	const bf16 *qb = q + (size_t)b * T * ldq + h * DH;
 	const bf16 *kb = k + (size_t)b * T * ldk + h * DH;
 	const bf16 *vb = v + (size_t)b * T * ldv + h * DH;
-	float *S = Sf + w * 16 * ATT_SLD, *O = Of + w * 16 * OLD;
-	bf16 *P = Pb + w * 16 * ATT_PLD;
 	att_load_tile<DH>(Qs, qb, ldq, q0, T);
-	int r = lane / 2, half = lane % 2;
-	int qi = q0 + w * 16 + r;
-	float m = -INFINITY, l = 0.f;
-	float acc[DH / 2];
+	att_load_tile<DH>(Ks, kb, ldk, 0, T);
+	att_load_tile<DH>(Vs, vb, ldv, 0, T);
+	att_commit();
+	unsigned qa[DH / 16][4];
+	float acc[DH / 8][4];
 #pragma unroll
-	for (int i = 0; i < DH / 2; i++)
-		acc[i] = 0.f;
+	for (int d = 0; d < DH / 8; d++)
+		acc[d][0] = acc[d][1] = acc[d][2] = acc[d][3] = 0.f;
+	float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+	int qi[2] = {q0 + w * 16 + g, q0 + w * 16 + g + 8};
 	int ntiles = qt + 1;
 	for (int j = 0; j < ntiles; j++) {
+		int st = j & 1;
+		if (j + 1 < ntiles) {
+			att_load_tile<DH>(Ks + (st ^ 1) * ATT_BR * LD, kb, ldk, (j + 1) * ATT_BR, T);
+			att_load_tile<DH>(Vs + (st ^ 1) * ATT_BR * LD, vb, ldv, (j + 1) * ATT_BR, T);
+		}
+		att_commit();
+		att_wait<1>();
+		__syncthreads();
+		if (j == 0) {
+#pragma unroll
+			for (int kk = 0; kk < DH / 16; kk++)
+				att_frag_a<LD>(qa[kk], Qs, w * 16, kk * 16);
+		}
+		const bf16 *K = Ks + st * ATT_BR * LD, *V = Vs + st * ATT_BR * LD;
+		float s[8][4];
+		att_mm_abt<DH>(s, qa, K);
 		int k0 = j * ATT_BR;
-		__syncthreads();
-		att_load_tile<DH>(Ks, kb, ldk, k0, T);
-		att_load_tile<DH>(Vs, vb, ldv, k0, T);
-		__syncthreads();
-		att_mm_abt<DH>(S, Qs + w * 16 * LD, Ks);
-		__syncwarp();
-		float s[32];
-		float mx = -INFINITY;
+		bool edge = k0 + ATT_BR > q0 || k0 + ATT_BR > T;
+		float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
-		for (int c = 0; c < 32; c++) {
-			int kj = k0 + half * 32 + c;
-			float x = S[r * ATT_SLD + half * 32 + c] * scale_log2;
-			s[c] = (kj <= qi && kj < T) ? x : -INFINITY;
-			mx = fmaxf(mx, s[c]);
-		}
-		mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-		float mn = fmaxf(m, mx);
-		float alpha = exp2f(m - mn);
-		float rs = 0.f;
+		for (int jj = 0; jj < 8; jj++)
 #pragma unroll
-		for (int c = 0; c < 32; c++) {
-			float p = exp2f(s[c] - mn);
-			rs += p;
-			P[r * ATT_PLD + half * 32 + c] = f2bf(p);
-		}
-		rs += __shfl_xor_sync(0xffffffffu, rs, 1);
-		l = l * alpha + rs;
-		m = mn;
-		__syncwarp();
-		/* O_tmp (16, DH) = P (16, 64) @ V (64, DH) */
-#pragma unroll
-		for (int nf = 0; nf < DH / 16; nf++) {
-			att_fc cf;
-			wmma::fill_fragment(cf, 0.f);
-#pragma unroll
-			for (int kk = 0; kk < ATT_BR / 16; kk++) {
-				att_fa a;
-				att_fb_row bfr;
-				wmma::load_matrix_sync(a, P + kk * 16, ATT_PLD);
-				wmma::load_matrix_sync(bfr, Vs + kk * 16 * LD + nf * 16, LD);
-				wmma::mma_sync(cf, a, bfr, cf);
+			for (int e = 0; e < 4; e++) {
+				int r = e / 2, kj = k0 + 8 * jj + 2 * t4 + (e & 1);
+				float x = s[jj][e] * scale_log2;
+				if (edge && (kj > qi[r] || kj >= T))
+					x = -INFINITY;
+				s[jj][e] = x;
+				mx[r] = fmaxf(mx[r], x);
 			}
-			wmma::store_matrix_sync(O + nf * 16, cf, OLD, wmma::mem_row_major);
+		float alpha[2];
+#pragma unroll
+		for (int r = 0; r < 2; r++) {
+			mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+			mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+			float mn = fmaxf(m[r], mx[r]);
+			alpha[r] = exp2f(m[r] - mn);
+			m[r] = mn;
 		}
-		__syncwarp();
+		float rs[2] = {0.f, 0.f};
 #pragma unroll
-		for (int i = 0; i < DH / 2; i++)
-			acc[i] = acc[i] * alpha + O[r * OLD + half * (DH / 2) + i];
+		for (int jj = 0; jj < 8; jj++)
+#pragma unroll
+			for (int e = 0; e < 4; e++) {
+				float p = exp2f(s[jj][e] - m[e / 2]);
+				s[jj][e] = p;
+				rs[e / 2] += p;
+			}
+#pragma unroll
+		for (int r = 0; r < 2; r++) {
+			rs[r] += __shfl_xor_sync(0xffffffffu, rs[r], 1);
+			rs[r] += __shfl_xor_sync(0xffffffffu, rs[r], 2);
+			l[r] = l[r] * alpha[r] + rs[r];
+		}
+#pragma unroll
+		for (int d = 0; d < DH / 8; d++) {
+			acc[d][0] *= alpha[0];
+			acc[d][1] *= alpha[0];
+			acc[d][2] *= alpha[1];
+			acc[d][3] *= alpha[1];
+		}
+		att_mm_pv<DH>(acc, s, V);
+		__syncthreads(); /* the stage is refilled next iteration */
 	}
-	if (qi < T) {
-		float inv = 1.f / l;
-		bf16 *ob = out + ((size_t)b * T + qi) * ldo + h * DH + half * (DH / 2);
 #pragma unroll
-		for (int i = 0; i < DH / 2; i += 2)
-			*(__nv_bfloat162 *)(ob + i) = __floats2bfloat162_rn(acc[i] * inv, acc[i + 1] * inv);
-		if (half == 0)
-			lse[(size_t)bh * T + qi] = (m + log2f(l)) * 0.69314718055994531f;
+	for (int r = 0; r < 2; r++) {
+		if (qi[r] >= T)
+			continue;
+		float inv = 1.f / l[r];
+		bf16 *ob = out + ((size_t)b * T + qi[r]) * ldo + h * DH + 2 * t4;
+#pragma unroll
+		for (int d = 0; d < DH / 8; d++)
+			*(__nv_bfloat162 *)(ob + 8 * d) =
+				__floats2bfloat162_rn(acc[d][2 * r] * inv, acc[d][2 * r + 1] * inv);
+		if (t4 == 0)
+			lse[(size_t)bh * T + qi[r]] = (m[r] + log2f(l[r])) * 0.69314718055994531f;
 	}
 }
 
 template <int DH>
-static int launch_fwd(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, int ldq,
-		      int ldk, int ldv, int ldo, int B, int T, int H, cudaStream_t s, struct moe_error *err)
+static int launch_fwd(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, int ldq, int ldk,
+		      int ldv, int ldo, int B, int T, int H, cudaStream_t s, struct moe_error *err)
 {
-	constexpr int LD = DH + ATT_PAD;
-	size_t smem = 3 * ATT_BR * LD * sizeof(bf16) + ATT_WARPS * 16 * ATT_SLD * sizeof(float) +
-		      ATT_WARPS * 16 * (DH + 4) * sizeof(float) + ATT_WARPS * 16 * ATT_PLD * sizeof(bf16);
+	size_t smem = 5 * ATT_BR * (DH + ATT_PAD) * sizeof(bf16);
 	int rc;
 	if ((rc = CUDA_OK(cudaFuncSetAttribute(attention_fwd_kernel<DH>,
 					       cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
 			  err)) != 0)
 		return rc;
 	dim3 grid(moe_cdiv(T, ATT_BR), B * H);
-	float scale_log2 = 1.4426950408889634f / sqrtf((float)DH);
-	attention_fwd_kernel<DH><<<grid, ATT_WARPS * 32, smem, s>>>(out, lse, q, k, v, ldq, ldk, ldv, ldo, T,
-								   H, scale_log2);
+	float scale_log2 = LOG2E / sqrtf((float)DH);
+	attention_fwd_kernel<DH><<<grid, ATT_WARPS * 32, smem, s>>>(out, lse, q, k, v, ldq, ldk, ldv, ldo, T, H,
+								   scale_log2);
 	return CUDA_LAUNCHED(err);
 }
 

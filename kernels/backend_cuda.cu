@@ -9,10 +9,15 @@
  *
  * Profiling: with MOE_CUDA_PROFILE=1 in the environment, each op is timed
  * with CUDA events; moe_cuda_profile_report() prints the totals.
- * Expert GEMMs (MOE_CUDA_GROUPED): "kernel" (default) is the device-driven
- * grouped kernel of grouped_gemm.cu (no synchronisation); "cublas-grouped"
- * is cublasGemmGroupedBatchedEx and "cublas" a loop of per-expert cuBLAS
- * GEMMs, both with the offsets read back to the host once per routing.
+ * Expert GEMMs (MOE_CUDA_GROUPED), measured in tests/bench/RESULTS-cuda.md:
+ *   "cublas-grouped" (default, the fastest): cublasGemmGroupedBatchedEx for
+ *       the forward and input-gradient GEMMs (offsets read back to the host
+ *       once per routing: model.c reads that layer's statistics back anyway)
+ *       and the device-driven kernel of grouped_gemm.cu for the weight
+ *       gradients (cuBLAS's grouped GEMM has no bf16 x bf16 -> fp32 form;
+ *       MOE_CUDA_WGRAD=cublas does them expert by expert instead);
+ *   "kernel": the device-driven kernel for all three, no synchronisation;
+ *   "cublas": a loop of per-expert cuBLAS GEMMs.
  */
 #include <math.h>
 #include <stdio.h>
@@ -29,6 +34,7 @@ extern "C" {
 #define N_SCRATCH 8
 #define N_ROUTES 256
 #define N_PROF 48
+#define N_STALE 64
 
 enum { GM_KERNEL, GM_CUBLAS_GROUPED, GM_CUBLAS_LOOP };
 enum { S_GROUP, S_STATS, S_DELTA, S_INV, S_SUMSQ, S_LOSS, S_ACC, S_TMP };
@@ -50,6 +56,10 @@ struct cuda_ctx {
 	float *p32, *g32; /* (n) */
 	bf16_t *p16;      /* (n) */
 	size_t n;
+	/* ranges of masters changed since the compute copy was refreshed
+	 * (AdamW refreshes its own range; stale_all: everything) */
+	size_t stale_lo[N_STALE], stale_hi[N_STALE];
+	int n_stale, stale_all;
 	int rc;                /* first error, sticky */
 	struct moe_error err;
 	void *scratch[N_SCRATCH];
@@ -63,7 +73,8 @@ struct cuda_ctx {
 	int route_rows[N_ROUTES];
 	int route_next;
 	/* cuBLAS expert paths: host copies of offsets, per offsets pointer */
-	int grouped_mode; /* GM_* */
+	int grouped_mode;   /* GM_* */
+	int wgrad_cublas;   /* GM_CUBLAS_GROUPED: weight gradients expert by expert */
 	int32_t *hoff[N_ROUTES];
 	int hoff_n[N_ROUTES];
 	/* cublasGemmGroupedBatchedEx arguments */
@@ -235,6 +246,30 @@ static void *scratch(struct cuda_ctx *c, int i, size_t bytes)
 	return c->scratch[i];
 }
 
+/* Note a write to device memory [p, p + bytes): if it hits the masters, the
+ * compute copy of that range is stale. */
+static void mark_stale(struct cuda_ctx *c, const void *p, size_t bytes)
+{
+	const char *a = (const char *)p, *b0 = (const char *)c->p32, *b1 = (const char *)(c->p32 + c->n);
+	if (!c->p32 || a >= b1 || a + bytes <= b0)
+		return;
+	size_t lo = (size_t)((a < b0 ? b0 : a) - b0) / 4;
+	size_t hi = (size_t)(((a + bytes > b1 ? b1 : a + bytes) - b0) + 3) / 4;
+	for (int i = 0; i < c->n_stale; i++)
+		if (lo <= c->stale_hi[i] && hi >= c->stale_lo[i]) {
+			c->stale_lo[i] = lo < c->stale_lo[i] ? lo : c->stale_lo[i];
+			c->stale_hi[i] = hi > c->stale_hi[i] ? hi : c->stale_hi[i];
+			return;
+		}
+	if (c->n_stale == N_STALE) {
+		c->stale_all = 1;
+		return;
+	}
+	c->stale_lo[c->n_stale] = lo;
+	c->stale_hi[c->n_stale] = hi;
+	c->n_stale++;
+}
+
 static void *b_alloc(struct moe_backend *be, size_t n, enum moe_buf_kind kind)
 {
 	struct cuda_ctx *c = CTX(be);
@@ -257,12 +292,14 @@ static void b_free(struct moe_backend *be, void *p)
 static void b_zero(struct moe_backend *be, void *p, size_t n, enum moe_buf_kind kind)
 {
 	struct cuda_ctx *c = CTX(be);
+	mark_stale(c, p, n * elt(kind));
 	RUN(c, CUDA_OK(cudaMemsetAsync(p, 0, n * elt(kind), c->s), &c->err));
 }
 
 static void b_copy(struct moe_backend *be, void *dst, const void *src, size_t n, enum moe_buf_kind kind)
 {
 	struct cuda_ctx *c = CTX(be);
+	mark_stale(c, dst, n * elt(kind));
 	RUN(c, CUDA_OK(cudaMemcpyAsync(dst, src, n * elt(kind), cudaMemcpyDeviceToDevice, c->s), &c->err));
 }
 
@@ -314,6 +351,7 @@ static void b_from_host(struct moe_backend *be, void *dst, const void *host_src,
 	if (c->rc)
 		return;
 	if (kind != MOE_BUF_ACT) {
+		mark_stale(c, dst, n * 4);
 		RUN(c, CUDA_OK(cudaMemcpyAsync(dst, host_src, n * 4, cudaMemcpyHostToDevice, c->s), &c->err));
 		RUN(c, CUDA_OK(cudaStreamSynchronize(c->s), &c->err));
 		return;
@@ -382,6 +420,7 @@ static int b_params_alloc(struct moe_backend *be, size_t n, struct moe_error *er
 	c->g32 = (float *)b_alloc(be, n, MOE_BUF_F32);
 	c->p16 = (bf16_t *)b_alloc(be, n, MOE_BUF_ACT);
 	c->n = n;
+	c->stale_all = 1;
 	if (!c->p32 || !c->g32 || !c->p16)
 		return moe_error_set(err, MOE_ENOMEM, "cuda: out of device memory for %zu parameters "
 				     "(%.1f GiB)", n, n * 10.0 / (1 << 30));
@@ -392,12 +431,20 @@ static float *b_master(struct moe_backend *be, size_t off) { return CTX(be)->p32
 static float *b_grad(struct moe_backend *be, size_t off) { return CTX(be)->g32 + off; }
 static const void *b_param(struct moe_backend *be, size_t off) { return CTX(be)->p16 + off; }
 
+/* Refresh the bf16 compute copy where the masters changed outside AdamW. */
 static void b_params_updated(struct moe_backend *be)
 {
 	struct cuda_ctx *c = CTX(be);
 	PROF(c, "params_to_bf16");
-	RUN(c, moe_cuda_to_bf16(c->p16, c->p32, c->n, c->s, &c->err));
+	if (c->stale_all)
+		RUN(c, moe_cuda_to_bf16(c->p16, c->p32, c->n, c->s, &c->err));
+	else
+		for (int i = 0; i < c->n_stale; i++)
+			RUN(c, moe_cuda_to_bf16(c->p16 + c->stale_lo[i], c->p32 + c->stale_lo[i],
+						c->stale_hi[i] - c->stale_lo[i], c->s, &c->err));
 	PROF_END(c);
+	c->stale_all = 0;
+	c->n_stale = 0;
 }
 
 /* The fp32 master of a compute-copy pointer (norm weights are read in fp32). */
@@ -677,22 +724,20 @@ static const int32_t *host_offsets(struct cuda_ctx *c, const int32_t *offsets, i
 	return c->hoff[i];
 }
 
-/* One cublasGemmGroupedBatchedEx call over the experts with rows: per expert
- * the row-major C_e (m_e, n) = op(A_e) op(B_e) as in moe_cuda_gemm, with A_e
- * at a + a_row * (its first row), B_e at b + e * b_exp, C_e at cc + c_row *
- * (first row) or cc + e * c_exp when c_exp != 0 (weight gradients). */
-static int grouped_cublas(struct cuda_ctx *c, const int32_t *h, int E, int ta, int tb, int n, int k_fixed,
-			  const bf16_t *a, size_t a_row, int lda, const bf16_t *b, size_t b_exp, int ldb, void *cc,
-			  size_t c_row, size_t c_exp, int ldc, int c_f32, float beta)
+/* One cublasGemmGroupedBatchedEx call over the experts that have rows: per
+ * expert the row-major C_e (m_e, n) = A_e (m_e, k) op(B_e), A_e and C_e at
+ * the expert's first row (ld lda, ldc), B_e = b + e * b_exp, stored (n, k)
+ * when tb else (k, n); bf16 output. */
+static int grouped_cublas(struct cuda_ctx *c, const int32_t *h, int E, int tb, int n, int k, const bf16_t *a,
+			  int lda, const bf16_t *b, size_t b_exp, int ldb, bf16_t *cc, int ldc)
 {
-	int g = 0;
-	int *m_ = (int *)malloc(sizeof(int) * 5 * E), *n_ = m_ + E, *k_ = n_ + E, *la = k_ + E, *lb = la + E;
-	int *lc = (int *)malloc(sizeof(int) * 2 * E), *gs = lc + E;
+	int g = 0, rc = 0;
+	int *m_ = (int *)malloc(sizeof(int) * 7 * E), *n_ = m_ + E, *k_ = n_ + E, *la = k_ + E, *lb = la + E,
+	    *lc = lb + E, *gs = lc + E;
 	cublasOperation_t *oa = (cublasOperation_t *)malloc(sizeof(cublasOperation_t) * 2 * E), *ob = oa + E;
 	float *al = (float *)malloc(sizeof(float) * 2 * E), *be_ = al + E;
 	void **hp = (void **)malloc(sizeof(void *) * 3 * E);
-	int rc = 0;
-	if (!m_ || !lc || !oa || !al || !hp) {
+	if (!m_ || !oa || !al || !hp) {
 		rc = moe_error_set(&c->err, MOE_ENOMEM, "cuda: out of host memory");
 		goto out;
 	}
@@ -710,40 +755,37 @@ static int grouped_cublas(struct cuda_ctx *c, const int32_t *h, int E, int ta, i
 		int m = h[e + 1] - h[e];
 		if (m <= 0)
 			continue;
-		/* row-major C = op(A) op(B)  ==  col-major C^T = op(B)^T op(A)^T */
-		int K = c_exp ? m : k_fixed, Ncol = c_exp ? k_fixed : n;
-		m_[g] = Ncol;
-		n_[g] = c_exp ? n : m;
-		k_[g] = K;
+		/* row-major C = A op(B)  ==  column-major C^T = op(B)^T A^T */
+		m_[g] = n;
+		n_[g] = m;
+		k_[g] = k;
 		oa[g] = tb ? CUBLAS_OP_T : CUBLAS_OP_N;
-		ob[g] = ta ? CUBLAS_OP_T : CUBLAS_OP_N;
+		ob[g] = CUBLAS_OP_N;
 		la[g] = ldb;
 		lb[g] = lda;
 		lc[g] = ldc;
 		al[g] = 1.f;
-		be_[g] = beta;
+		be_[g] = 0.f;
 		gs[g] = 1;
-		hp[g] = (void *)(b + (c_exp ? (size_t)h[e] * b_exp : (size_t)e * b_exp));
-		hp[E + g] = (void *)(a + (size_t)h[e] * a_row);
-		hp[2 * E + g] = c_exp ? (void *)((char *)cc + (size_t)e * c_exp * (c_f32 ? 4 : 2))
-				      : (void *)((char *)cc + (size_t)h[e] * c_row * (c_f32 ? 4 : 2));
+		hp[g] = (void *)(b + (size_t)e * b_exp);
+		hp[E + g] = (void *)(a + (size_t)h[e] * lda);
+		hp[2 * E + g] = (void *)(cc + (size_t)h[e] * ldc);
 		g++;
 	}
 	if (g == 0)
 		goto out;
-	/* device pointer arrays: B, A, C blocks of E entries */
+	/* device pointer arrays: B, A, C blocks of E entries (pageable source:
+	 * the copy is staged before cudaMemcpyAsync returns) */
 	if ((rc = CUDA_OK(cudaMemcpyAsync(c->gptr, hp, sizeof(void *) * 3 * E, cudaMemcpyHostToDevice, c->s),
 			  &c->err)) != 0)
 		goto out;
 	rc = CUBLAS_OK(cublasGemmGroupedBatchedEx(moe_cuda_blas_handle(c->blas), oa, ob, m_, n_, k_, al,
 						  (const void *const *)c->gptr, CUDA_R_16BF, la,
 						  (const void *const *)(c->gptr + E), CUDA_R_16BF, lb, be_,
-						  c->gptr + 2 * E, c_f32 ? CUDA_R_32F : CUDA_R_16BF, lc, g, gs,
-						  CUBLAS_COMPUTE_32F),
+						  c->gptr + 2 * E, CUDA_R_16BF, lc, g, gs, CUBLAS_COMPUTE_32F),
 		       &c->err);
 out:
 	free(m_);
-	free(lc);
 	free(oa);
 	free(al);
 	free(hp);
@@ -758,8 +800,8 @@ static void o_grouped_fwd(struct moe_backend *be, void *out, const void *x, cons
 		const int32_t *h = host_offsets(c, offsets, E);
 		PROF(c, "grouped_fwd");
 		if (h)
-			RUN(c, grouped_cublas(c, h, E, 0, 1, Out, In, (const bf16_t *)x, In, In, (const bf16_t *)w,
-					      (size_t)Out * In, In, out, Out, 0, Out, 0, 0.f));
+			RUN(c, grouped_cublas(c, h, E, 1, Out, In, (const bf16_t *)x, In, (const bf16_t *)w,
+					      (size_t)Out * In, In, (bf16_t *)out, Out));
 		PROF_END(c);
 		return;
 	}
@@ -791,12 +833,18 @@ static void o_grouped_bwd(struct moe_backend *be, void *dx, float *dw, const voi
 		const int32_t *h = host_offsets(c, offsets, E);
 		PROF(c, "grouped_bwd");
 		if (h && dx)
-			RUN(c, grouped_cublas(c, h, E, 0, 0, In, Out, (const bf16_t *)dout, Out, Out, (const bf16_t *)w,
-					      (size_t)Out * In, In, dx, In, 0, In, 0, 0.f));
-		/* dW_e (Out, In) += dY_e^T (Out, m) X_e (m, In): B operand rows follow the expert */
-		if (h && dw)
-			RUN(c, grouped_cublas(c, h, E, 1, 0, Out, In, (const bf16_t *)dout, Out, Out, (const bf16_t *)x,
-					      In, In, dw, 0, (size_t)Out * In, In, 1, 1.f));
+			RUN(c, grouped_cublas(c, h, E, 0, In, Out, (const bf16_t *)dout, Out, (const bf16_t *)w,
+					      (size_t)Out * In, In, (bf16_t *)dx, In));
+		/* dW_e (Out, In) += dY_e^T X_e in fp32: the device-driven kernel, or expert by expert */
+		if (h && dw && !c->wgrad_cublas)
+			RUN(c, moe_cuda_grouped_wgrad(dw, (const bf16_t *)dout, (const bf16_t *)x, offsets, E, In, Out,
+						      c->s, &c->err));
+		for (int e = 0; h && dw && c->wgrad_cublas && e < E; e++)
+			if (h[e + 1] > h[e])
+				RUN(c, moe_cuda_gemm(c->blas, 1, 0, Out, In, h[e + 1] - h[e],
+						     (const bf16_t *)dout + (size_t)h[e] * Out, Out,
+						     (const bf16_t *)x + (size_t)h[e] * In, In, dw + (size_t)e * Out * In,
+						     In, 1, 1.f, 1.f, &c->err));
 		PROF_END(c);
 		return;
 	}
@@ -934,6 +982,7 @@ static double o_sumsq(struct moe_backend *be, const float *x, size_t n)
 static void o_scale(struct moe_backend *be, float *x, size_t n, float s)
 {
 	struct cuda_ctx *c = CTX(be);
+	mark_stale(c, x, n * 4);
 	PROF(c, "scale");
 	RUN(c, moe_cuda_scale(x, n, s, c->s, &c->err));
 	PROF_END(c);
@@ -976,8 +1025,10 @@ extern "C" struct moe_backend *moe_backend_cuda(struct moe_error *err)
 		const char *pv = getenv("MOE_CUDA_PROFILE");
 		const char *gv = getenv("MOE_CUDA_GROUPED");
 		c->prof = pv && *pv && strcmp(pv, "0") != 0;
-		c->grouped_mode = !gv || !strcmp(gv, "kernel") ? GM_KERNEL
-				  : !strcmp(gv, "cublas-grouped")  ? GM_CUBLAS_GROUPED
+		const char *wv = getenv("MOE_CUDA_WGRAD");
+		c->wgrad_cublas = wv && !strcmp(wv, "cublas");
+		c->grouped_mode = !gv || !strcmp(gv, "cublas-grouped") ? GM_CUBLAS_GROUPED
+				  : !strcmp(gv, "kernel")  ? GM_KERNEL
 				  : !strcmp(gv, "cublas")          ? GM_CUBLAS_LOOP
 								   : -1;
 		if (c->grouped_mode < 0) {

@@ -1,30 +1,25 @@
 /* Grouped (per-expert) GEMMs driven by the device offsets of the routing, so
- * that no host synchronisation is needed: bf16 WMMA tensor-core tiles of
- * 128 x 128 x 32, eight warps (64 x 32 each), a three-stage cp.async
- * pipeline, fp32 accumulation.  One kernel template covers the forward
- * (Y = X W_e^T), the input gradient (dX = dY W_e) and the weight gradient
- * (dW_e += dY_e^T X_e, reduction over the expert's rows, fp32 +=).
- * Warp layouts (template WM x WN warps): 2 x 2 warps of 64 x 64 (default) or
- * 2 x 4 warps of 64 x 32 (MOE_CUDA_GG_WARPS=8, kept for measurement).
+ * that no host synchronisation is needed: bf16 tensor-core tiles of
+ * 128 x 128 x 32 (mma.sync m16n8k16 with ldmatrix fragments), four warps of
+ * 64 x 64, a four-stage cp.async pipeline, fp32 accumulation.  One kernel
+ * template covers the forward (Y = X W_e^T), the input gradient
+ * (dX = dY W_e) and the weight gradient (dW_e += dY_e^T X_e, reduction over
+ * the expert's rows, fp32 +=).  (An earlier WMMA 16x16x16 version of the
+ * same tiling ran at 100-185 TFLOP/s against this one's 160-205 on an H100;
+ * see tests/bench/RESULTS-cuda.md.)
  *
  * Block work: C(i, j) = sum_r A(i, r) B(r, j) over i < Mi, j < Nj, r < R with
  *   A(i, r) = AK ? A[i*lda + r] : A[r*lda + i]
  *   B(r, j) = BKC ? B[j*ldb + r] : B[r*ldb + j]
  * Out-of-range elements are zero-filled by cp.async, so any row count works;
  * column strides must be multiples of 8 (16-byte loads). */
-#include <stdlib.h>
-
-#include <mma.h>
 
 #include "cuda_common.h"
 #include "kernels.h"
 
-using namespace nvcuda;
-
 #define GB_M 128
 #define GB_N 128
 #define GB_K 32
-#define GB_STAGES 3
 #define GB_PAD 8
 
 enum { GG_FWD = 0, GG_DGRAD = 1, GG_WGRAD = 2 };
@@ -92,27 +87,48 @@ static __device__ __forceinline__ void load_stage(bf16 *As, bf16 *Bs, const bf16
 	}
 }
 
-template <int MODE, int WM, int WN>
-__global__ void __launch_bounds__(WM * WN * 32) grouped_gemm_kernel(gg_args g)
+#define MS_STAGES 4
+
+static __device__ __forceinline__ void gg_ldsm(unsigned *r, const bf16 *p)
 {
-	constexpr int NT = WM * WN * 32;
-	constexpr int TM = GB_M / WM, TN = GB_N / WN; /* warp tile */
-	constexpr int FM = TM / 16, FN = TN / 16;
+	unsigned s = (unsigned)__cvta_generic_to_shared(p);
+	asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+		     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+		     : "r"(s));
+}
+
+static __device__ __forceinline__ void gg_ldsm_t(unsigned *r, const bf16 *p)
+{
+	unsigned s = (unsigned)__cvta_generic_to_shared(p);
+	asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+		     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+		     : "r"(s));
+}
+
+static __device__ __forceinline__ void gg_mma(float *c, const unsigned *a, unsigned b0, unsigned b1)
+{
+	asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
+		     "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+		     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+		     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+template <int MODE>
+__global__ void __launch_bounds__(128) grouped_mma_kernel(gg_args g)
+{
 	constexpr bool AK = MODE != GG_WGRAD;
 	constexpr bool BKC = MODE == GG_FWD;
 	constexpr int ALD = a_tile<AK>::LD, BLD = b_tile<BKC>::LD;
 	constexpr int ASZ = a_tile<AK>::SIZE, BSZ = b_tile<BKC>::SIZE;
 	extern __shared__ __align__(128) unsigned char smem[];
-	bf16 *As = (bf16 *)smem, *Bs = As + GB_STAGES * ASZ;
+	bf16 *As = (bf16 *)smem, *Bs = As + MS_STAGES * ASZ;
 	__shared__ int s_e, s_mt;
 
 	const bf16 *A, *B;
 	int lda, ldb, Mi, Nj, R, ldc;
 	size_t c_off;
-	int e, row0;
 	if (MODE == GG_WGRAD) {
-		e = blockIdx.z;
-		row0 = g.offsets[e];
+		int e = blockIdx.z, row0 = g.offsets[e];
 		R = g.offsets[e + 1] - row0;
 		int it = blockIdx.x, jt = blockIdx.y;
 		if (it * GB_M >= g.Out || jt * GB_N >= g.In)
@@ -126,7 +142,6 @@ __global__ void __launch_bounds__(WM * WN * 32) grouped_gemm_kernel(gg_args g)
 		ldc = g.In;
 		c_off = (size_t)e * g.Out * g.In + (size_t)it * GB_M * g.In + jt * GB_N;
 	} else {
-		/* find the expert and row tile of blockIdx.x */
 		if (threadIdx.x == 0) {
 			int t = blockIdx.x, found = -1, mt = 0;
 			for (int x = 0; x < g.E; x++) {
@@ -142,150 +157,122 @@ __global__ void __launch_bounds__(WM * WN * 32) grouped_gemm_kernel(gg_args g)
 			s_mt = mt;
 		}
 		__syncthreads();
-		e = s_e;
+		int e = s_e;
 		if (e < 0)
 			return;
 		int mt = s_mt, nt = blockIdx.y;
-		row0 = g.offsets[e] + mt * GB_M;
+		int row0 = g.offsets[e] + mt * GB_M;
 		Mi = g.offsets[e + 1] - row0;
-		int red = MODE == GG_FWD ? g.In : g.Out;   /* reduction length */
-		int ncols = MODE == GG_FWD ? g.Out : g.In; /* output columns */
+		int red = MODE == GG_FWD ? g.In : g.Out;
+		int ncols = MODE == GG_FWD ? g.Out : g.In;
 		if (nt * GB_N >= ncols)
 			return;
 		R = red;
 		A = g.a + (size_t)row0 * red;
 		lda = red;
 		const bf16 *W = g.b + (size_t)e * g.Out * g.In;
-		if (MODE == GG_FWD) {
-			B = W + (size_t)nt * GB_N * g.In; /* B(r, j) = W[j, r] */
-			ldb = g.In;
-		} else {
-			B = W + nt * GB_N; /* B(r, j) = W[r, j] */
-			ldb = g.In;
-		}
+		B = MODE == GG_FWD ? W + (size_t)nt * GB_N * g.In : W + nt * GB_N;
+		ldb = g.In;
 		Nj = ncols - nt * GB_N;
 		ldc = ncols;
 		c_off = (size_t)row0 * ncols + nt * GB_N;
 	}
 
 	int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-	int wm = warp / WN, wn = warp % WN;
-	wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[FM][FN];
+	int wm = warp / 2, wn = warp % 2; /* 2 x 2 warps, 64 x 64 each */
+	float acc[4][8][4];
 #pragma unroll
-	for (int a = 0; a < FM; a++)
+	for (int a = 0; a < 4; a++)
 #pragma unroll
-		for (int b = 0; b < FN; b++)
-			wmma::fill_fragment(acc[a][b], 0.f);
+		for (int b = 0; b < 8; b++)
+			acc[a][b][0] = acc[a][b][1] = acc[a][b][2] = acc[a][b][3] = 0.f;
 
 	int KT = (R + GB_K - 1) / GB_K;
 #pragma unroll
-	for (int st = 0; st < GB_STAGES - 1; st++) {
+	for (int st = 0; st < MS_STAGES - 1; st++) {
 		if (st < KT)
-			load_stage<AK, BKC, NT>(As + st * ASZ, Bs + st * BSZ, A, lda, B, ldb, Mi, Nj, R,
-						st * GB_K);
+			load_stage<AK, BKC, 128>(As + st * ASZ, Bs + st * BSZ, A, lda, B, ldb, Mi, Nj, R, st * GB_K);
 		cp_async_commit();
 	}
 	for (int kt = 0; kt < KT; kt++) {
-		cp_async_wait<GB_STAGES - 2>();
+		cp_async_wait<MS_STAGES - 2>();
 		__syncthreads();
-		int st = kt % GB_STAGES;
-		const bf16 *as = As + st * ASZ, *bs = Bs + st * BSZ;
+		int nk = kt + MS_STAGES - 1;
+		if (nk < KT)
+			load_stage<AK, BKC, 128>(As + (nk % MS_STAGES) * ASZ, Bs + (nk % MS_STAGES) * BSZ, A, lda, B,
+						 ldb, Mi, Nj, R, nk * GB_K);
+		cp_async_commit();
+		const bf16 *as = As + (kt % MS_STAGES) * ASZ, *bs = Bs + (kt % MS_STAGES) * BSZ;
 #pragma unroll
 		for (int kk = 0; kk < GB_K; kk += 16) {
-			typedef typename std::conditional<AK, wmma::row_major, wmma::col_major>::type ALay;
-			typedef typename std::conditional<BKC, wmma::col_major, wmma::row_major>::type BLay;
-			wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, ALay> fa[FM];
-			wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, BLay> fb[FN];
+			unsigned fa[4][4], fb[8][2];
 #pragma unroll
-			for (int a = 0; a < FM; a++) {
-				int i = wm * TM + a * 16;
-				wmma::load_matrix_sync(fa[a], AK ? as + i * ALD + kk : as + kk * ALD + i, ALD);
+			for (int a = 0; a < 4; a++) {
+				int i0 = wm * 64 + a * 16;
+				if (AK)
+					gg_ldsm(fa[a], as + (i0 + (lane % 8) + ((lane / 8) % 2) * 8) * ALD + kk + (lane / 16) * 8);
+				else
+					gg_ldsm_t(fa[a], as + (kk + (lane % 8) + (lane / 16) * 8) * ALD + i0 + ((lane / 8) % 2) * 8);
 			}
 #pragma unroll
-			for (int b = 0; b < FN; b++) {
-				int j = wn * TN + b * 16;
-				wmma::load_matrix_sync(fb[b], BKC ? bs + j * BLD + kk : bs + kk * BLD + j, BLD);
+			for (int b = 0; b < 8; b += 2) {
+				int j0 = wn * 64 + b * 8;
+				unsigned r4[4];
+				if (BKC)
+					gg_ldsm(r4, bs + (j0 + (lane % 8) + (lane / 16) * 8) * BLD + kk + ((lane / 8) % 2) * 8);
+				else
+					gg_ldsm_t(r4, bs + (kk + (lane % 8) + ((lane / 8) % 2) * 8) * BLD + j0 + (lane / 16) * 8);
+				fb[b][0] = r4[0];
+				fb[b][1] = r4[1];
+				fb[b + 1][0] = r4[2];
+				fb[b + 1][1] = r4[3];
 			}
 #pragma unroll
-			for (int a = 0; a < FM; a++)
+			for (int a = 0; a < 4; a++)
 #pragma unroll
-				for (int b = 0; b < FN; b++)
-					wmma::mma_sync(acc[a][b], fa[a], fb[b], acc[a][b]);
+				for (int b = 0; b < 8; b++)
+					gg_mma(acc[a][b], fa[a], fb[b][0], fb[b][1]);
 		}
-		int nk = kt + GB_STAGES - 1;
-		if (nk < KT)
-			load_stage<AK, BKC, NT>(As + (nk % GB_STAGES) * ASZ, Bs + (nk % GB_STAGES) * BSZ, A, lda,
-						B, ldb, Mi, Nj, R, nk * GB_K);
-		cp_async_commit();
 	}
 	cp_async_wait<0>();
-	__syncthreads();
 
-	/* epilogue: each warp stages one 16 x 16 fragment at a time */
-	float *stg = (float *)smem + warp * 16 * 16;
-	int r = lane / 2, c8 = (lane % 2) * 8;
+	int gq = lane / 4, t4 = lane % 4;
 #pragma unroll
-	for (int a = 0; a < FM; a++)
+	for (int a = 0; a < 4; a++)
 #pragma unroll
-		for (int b = 0; b < FN; b++) {
-			wmma::store_matrix_sync(stg, acc[a][b], 16, wmma::mem_row_major);
-			__syncwarp();
-			int i = wm * TM + a * 16 + r, j = wn * TN + b * 16 + c8;
-			if (i < Mi && j < Nj) {
-				const float *v = stg + r * 16 + c8;
+		for (int b = 0; b < 8; b++)
+#pragma unroll
+			for (int h = 0; h < 2; h++) {
+				int i = wm * 64 + a * 16 + gq + h * 8, j = wn * 64 + b * 8 + 2 * t4;
+				if (i >= Mi || j >= Nj)
+					continue;
+				float v0 = acc[a][b][2 * h], v1 = acc[a][b][2 * h + 1];
 				if (MODE == GG_WGRAD) {
-					float *C = (float *)g.c + c_off + (size_t)i * ldc + j;
-#pragma unroll
-					for (int q = 0; q < 8; q++)
-						if (j + q < Nj)
-							C[q] += v[q];
+					float2 *C = (float2 *)((float *)g.c + c_off + (size_t)i * ldc + j);
+					float2 o = *C;
+					o.x += v0;
+					o.y += v1;
+					*C = o;
 				} else {
-					bf16 *C = (bf16 *)g.c + c_off + (size_t)i * ldc + j;
-					if (j + 8 <= Nj) {
-						uint4 o;
-						bf16 *ob = (bf16 *)&o;
-#pragma unroll
-						for (int q = 0; q < 8; q++)
-							ob[q] = f2bf(v[q]);
-						*(uint4 *)C = o;
-					} else {
-						for (int q = 0; q < 8 && j + q < Nj; q++)
-							C[q] = f2bf(v[q]);
-					}
+					*(__nv_bfloat162 *)((bf16 *)g.c + c_off + (size_t)i * ldc + j) =
+						__floats2bfloat162_rn(v0, v1);
 				}
 			}
-			__syncwarp();
-		}
-}
-
-template <int MODE, int WM, int WN>
-static int gg_launch_t(dim3 grid, const gg_args &g, cudaStream_t s, struct moe_error *err)
-{
-	constexpr bool AK = MODE != GG_WGRAD;
-	constexpr bool BKC = MODE == GG_FWD;
-	size_t smem = (size_t)GB_STAGES * (a_tile<AK>::SIZE + b_tile<BKC>::SIZE) * sizeof(bf16);
-	size_t e = (size_t)(WM * WN) * 16 * 16 * sizeof(float);
-	smem = smem > e ? smem : e;
-	int rc;
-	if ((rc = CUDA_OK(cudaFuncSetAttribute(grouped_gemm_kernel<MODE, WM, WN>,
-					       cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
-			  err)) != 0)
-		return rc;
-	grouped_gemm_kernel<MODE, WM, WN><<<grid, WM * WN * 32, smem, s>>>(g);
-	return CUDA_LAUNCHED(err);
 }
 
 template <int MODE>
-static int gg_launch(dim3 grid, const gg_args &g, cudaStream_t s, struct moe_error *err)
+static int gg_launch_mma(dim3 grid, const gg_args &g, cudaStream_t s, struct moe_error *err)
 {
-	static int warps = -1;
-	if (warps < 0) {
-		const char *v = getenv("MOE_CUDA_GG_WARPS");
-		warps = v && atoi(v) == 8 ? 8 : 4;
-	}
-	if (warps == 8)
-		return gg_launch_t<MODE, 2, 4>(grid, g, s, err);
-	return gg_launch_t<MODE, 2, 2>(grid, g, s, err);
+	constexpr bool AK = MODE != GG_WGRAD;
+	constexpr bool BKC = MODE == GG_FWD;
+	size_t smem = (size_t)MS_STAGES * (a_tile<AK>::SIZE + b_tile<BKC>::SIZE) * sizeof(bf16);
+	int rc;
+	if ((rc = CUDA_OK(cudaFuncSetAttribute(grouped_mma_kernel<MODE>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+					       (int)smem),
+			  err)) != 0)
+		return rc;
+	grouped_mma_kernel<MODE><<<grid, 128, smem, s>>>(g);
+	return CUDA_LAUNCHED(err);
 }
 
 static int gg_check(int In, int Out, struct moe_error *err)
@@ -304,7 +291,7 @@ extern "C" int moe_cuda_grouped_fwd(bf16_t *out, const bf16_t *x, const bf16_t *
 		return rc;
 	gg_args g = {(const bf16 *)x, (const bf16 *)w, out, offsets, E, In, Out};
 	dim3 grid(moe_cdiv(max_rows, GB_M) + E, moe_cdiv(Out, GB_N));
-	return gg_launch<GG_FWD>(grid, g, s, err);
+	return gg_launch_mma<GG_FWD>(grid, g, s, err);
 }
 
 extern "C" int moe_cuda_grouped_dgrad(bf16_t *dx, const bf16_t *dout, const bf16_t *w, const int32_t *offsets,
@@ -316,7 +303,7 @@ extern "C" int moe_cuda_grouped_dgrad(bf16_t *dx, const bf16_t *dout, const bf16
 		return rc;
 	gg_args g = {(const bf16 *)dout, (const bf16 *)w, dx, offsets, E, In, Out};
 	dim3 grid(moe_cdiv(max_rows, GB_M) + E, moe_cdiv(In, GB_N));
-	return gg_launch<GG_DGRAD>(grid, g, s, err);
+	return gg_launch_mma<GG_DGRAD>(grid, g, s, err);
 }
 
 extern "C" int moe_cuda_grouped_wgrad(float *dw, const bf16_t *dout, const bf16_t *x, const int32_t *offsets,
@@ -327,5 +314,5 @@ extern "C" int moe_cuda_grouped_wgrad(float *dw, const bf16_t *dout, const bf16_
 		return rc;
 	gg_args g = {(const bf16 *)dout, (const bf16 *)x, dw, offsets, E, In, Out};
 	dim3 grid(moe_cdiv(Out, GB_M), moe_cdiv(In, GB_N), E);
-	return gg_launch<GG_WGRAD>(grid, g, s, err);
+	return gg_launch_mma<GG_WGRAD>(grid, g, s, err);
 }

@@ -1,10 +1,31 @@
-/* RMSNorm on bf16 rows with fp32 statistics and fp32 weights; the backward
+/* RMSNorm on bf16 rows (D % 8 == 0, 16-byte accesses) with fp32 statistics
+ * and fp32 weights; the backward
  * accumulates dw through per-warp shared-memory partials (one global add per
  * block and column). */
 #include "cuda_common.h"
 #include "kernels.h"
 
-/* One warp per row. */
+/* Eight bf16 (16 bytes) at p into f. */
+static __device__ __forceinline__ void ld8(float *f, const bf16 *p)
+{
+	uint4 u = *(const uint4 *)p;
+	const bf16 *h = (const bf16 *)&u;
+#pragma unroll
+	for (int j = 0; j < 8; j++)
+		f[j] = bf2f(h[j]);
+}
+
+static __device__ __forceinline__ void st8(bf16 *p, const float *f)
+{
+	uint4 u;
+	bf16 *h = (bf16 *)&u;
+#pragma unroll
+	for (int j = 0; j < 8; j++)
+		h[j] = f2bf(f[j]);
+	*(uint4 *)p = u;
+}
+
+/* One warp per row; 16-byte accesses (D % 8 == 0). */
 __global__ void rmsnorm_fwd_kernel(bf16 *out, float *rstd, const bf16 *x, const float *w, int N, int D,
 				   float eps)
 {
@@ -13,16 +34,23 @@ __global__ void rmsnorm_fwd_kernel(bf16 *out, float *rstd, const bf16 *x, const 
 	if (n >= N)
 		return;
 	const bf16 *xr = x + (size_t)n * D;
-	float ss = 0.f;
-	for (int i = lane; i < D; i += 32) {
-		float v = bf2f(xr[i]);
-		ss += v * v;
+	float ss = 0.f, f[8];
+	for (int i = lane * 8; i < D; i += 256) {
+		ld8(f, xr + i);
+#pragma unroll
+		for (int j = 0; j < 8; j++)
+			ss += f[j] * f[j];
 	}
 	ss = warp_sum(ss);
 	float r = rsqrtf(ss / D + eps);
 	bf16 *o = out + (size_t)n * D;
-	for (int i = lane; i < D; i += 32)
-		o[i] = f2bf(bf2f(xr[i]) * r * w[i]);
+	for (int i = lane * 8; i < D; i += 256) {
+		ld8(f, xr + i);
+#pragma unroll
+		for (int j = 0; j < 8; j++)
+			f[j] *= r * w[i + j];
+		st8(o + i, f);
+	}
 	if (lane == 0)
 		rstd[n] = r;
 }
@@ -38,16 +66,27 @@ __global__ void rmsnorm_bwd_kernel(bf16 *dx, float *dw, const bf16 *dout, const 
 	for (int n = blockIdx.x * warps + wi; n < N; n += gridDim.x * warps) {
 		const bf16 *xr = x + (size_t)n * D, *dr = dout + (size_t)n * D;
 		float r = rstd[n];
-		float dot = 0.f;
-		for (int i = lane; i < D; i += 32)
-			dot += bf2f(dr[i]) * w[i] * bf2f(xr[i]);
+		float dot = 0.f, fx[8], fd[8];
+		for (int i = lane * 8; i < D; i += 256) {
+			ld8(fx, xr + i);
+			ld8(fd, dr + i);
+#pragma unroll
+			for (int j = 0; j < 8; j++)
+				dot += fd[j] * w[i + j] * fx[j];
+		}
 		dot = warp_sum(dot);
 		float c = dot * r * r * r / D;
 		bf16 *dxr = dx + (size_t)n * D;
-		for (int i = lane; i < D; i += 32) {
-			float d = bf2f(dr[i]), xv = bf2f(xr[i]);
-			dxr[i] = f2bf(d * w[i] * r - c * xv);
-			my[i] += d * xv * r;
+		for (int i = lane * 8; i < D; i += 256) {
+			ld8(fx, xr + i);
+			ld8(fd, dr + i);
+			float g[8];
+#pragma unroll
+			for (int j = 0; j < 8; j++) {
+				g[j] = fd[j] * w[i + j] * r - c * fx[j];
+				my[i + j] += fd[j] * fx[j] * r;
+			}
+			st8(dxr + i, g);
 		}
 	}
 	__syncthreads();
@@ -61,11 +100,19 @@ __global__ void rmsnorm_bwd_kernel(bf16 *dx, float *dw, const bf16 *dout, const 
 	}
 }
 
+static int check_d(int D, struct moe_error *err)
+{
+	if (D % 8)
+		return moe_error_set(err, MOE_EUNSUPPORTED, "rmsnorm: width %d is not a multiple of 8", D);
+	return 0;
+}
+
 extern "C" int moe_cuda_rmsnorm_fwd(bf16_t *out, float *rstd, const bf16_t *x, const float *w, int N,
 				    int D, float eps, cudaStream_t s, struct moe_error *err)
 {
-	if (N <= 0)
-		return 0;
+	int rc;
+	if ((rc = check_d(D, err)) != 0 || N <= 0)
+		return rc;
 	rmsnorm_fwd_kernel<<<moe_cdiv(N, 8), 256, 0, s>>>((bf16 *)out, rstd, (const bf16 *)x, w, N, D, eps);
 	return CUDA_LAUNCHED(err);
 }
@@ -74,8 +121,9 @@ extern "C" int moe_cuda_rmsnorm_bwd(bf16_t *dx, float *dw, const bf16_t *dout, c
 				    const float *w, const float *rstd, int N, int D, cudaStream_t s,
 				    struct moe_error *err)
 {
-	if (N <= 0)
-		return 0;
+	int rc;
+	if ((rc = check_d(D, err)) != 0 || N <= 0)
+		return rc;
 	int warps = D > 1536 ? 2 : 8;
 	size_t smem = (size_t)warps * D * sizeof(float);
 	if (smem > 48 * 1024)

@@ -134,10 +134,10 @@ Test(backend, train_step_matches_cpu, .timeout = 120)
 	moe_model_free(mg);
 }
 
-/* The three expert-GEMM paths of the backend (MOE_CUDA_GROUPED: the grouped
+/* The expert-GEMM paths of the backend (MOE_CUDA_GROUPED: the device-driven
  * kernel, cublasGemmGroupedBatchedEx, a per-expert cuBLAS loop) compute the
  * same step: losses within 1e-3 relative, gradient cosine >= 0.999 per
- * tensor against the default path. */
+ * tensor against the kernel path. */
 static void gpu_step(const struct moe_config *cfg, const float *p, const int32_t *x, const int32_t *y, int B,
 		     int T, const char *mode, struct moe_losses *l, float *grads)
 {
