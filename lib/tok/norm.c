@@ -111,6 +111,34 @@ static bool quick_yes(enum tok_norm k, const uint8_t *s, size_t n)
 	return true;
 }
 
+/*
+ * Hugging Face's NFC/NFKC tables predate Unicode 13: they lack the one
+ * canonical composition added since, U+11935 U+11930 -> U+11938 (DIVES AKURU
+ * VOWEL SIGN O); every other code point normalizes the same (checked over
+ * all assigned code points).  To match, U+11930 (a starter, ccc 0, second
+ * element of no other composition) is hidden from the composer as a
+ * private-use stand-in and restored afterwards.  Text that already holds
+ * the stand-in is normalized without this adjustment.
+ */
+#define DIVES_AA 0x11930
+#define STAND_IN 0x10FFFD
+static const uint8_t dives_aa_utf8[4] = {0xF0, 0x91, 0xA4, 0xB0};
+static const uint8_t stand_in_utf8[4] = {0xF4, 0x8F, 0xBF, 0xBD};
+
+static utf8proc_int32_t hide_dives_aa(utf8proc_int32_t cp, void *data)
+{
+	(void)data;
+	return cp == DIVES_AA ? STAND_IN : cp;
+}
+
+static bool has4(const uint8_t *s, size_t n, const uint8_t pat[4])
+{
+	for (size_t i = 0; i + 4 <= n; i++)
+		if (s[i] == pat[0] && memcmp(s + i, pat, 4) == 0)
+			return true;
+	return false;
+}
+
 int tok_normalize(const struct moe_tok *t, const uint8_t *s, size_t n, uint8_t **out, size_t *outlen,
 		  struct moe_error *err)
 {
@@ -139,7 +167,14 @@ int tok_normalize(const struct moe_tok *t, const uint8_t *s, size_t n, uint8_t *
 			break;
 		}
 		utf8proc_uint8_t *o = NULL;
-		utf8proc_ssize_t ol = utf8proc_map(cur, (utf8proc_ssize_t)curlen, &o, opts);
+		bool hide = (k == NORM_NFC || k == NORM_NFKC) && has4(cur, curlen, dives_aa_utf8) &&
+			    !has4(cur, curlen, stand_in_utf8);
+		utf8proc_ssize_t ol = utf8proc_map_custom(cur, (utf8proc_ssize_t)curlen, &o, opts,
+							  hide ? hide_dives_aa : NULL, NULL);
+		if (hide && ol > 0)
+			for (utf8proc_ssize_t q = 0; q + 4 <= ol; q++)
+				if (o[q] == 0xF4 && memcmp(o + q, stand_in_utf8, 4) == 0)
+					memcpy(o + q, dives_aa_utf8, 4);
 		if (ol < 0) {
 			free(owned);
 			return moe_error_set(err, ol == UTF8PROC_ERROR_NOMEM ? MOE_ENOMEM : MOE_EFORMAT,

@@ -6,8 +6,30 @@
 // --js-safe leaves out U+0085 and U+FEFF, which JavaScript's \s classifies
 // differently from Unicode White_Space (so js-tiktoken differs from
 // tiktoken and Hugging Face there).
+//   node fuzz.js --all-code-points OUT.jsonl
+// instead writes every assigned code point (no surrogates, no private use)
+// between letters and digits, 64 per document, and the NFD form of each
+// document that NFD changes: Unicode classes and normalization of the whole
+// repertoire.
 'use strict';
 const fs = require('fs');
+if (process.argv[2] === '--all-code-points') {
+  const cps = [];
+  for (let c = 0x20; c < 0x110000; c++) {
+    if ((c >= 0xd800 && c < 0xf900) || c >= 0xf0000) continue;
+    if (/\p{Cn}/u.test(String.fromCodePoint(c))) continue;
+    cps.push(c);
+  }
+  const lines = [];
+  for (let i = 0; i < cps.length; i += 64) {
+    const s = cps.slice(i, i + 64).map((c) => 'x' + String.fromCodePoint(c) + '1' + String.fromCodePoint(c)).join(' ');
+    lines.push(JSON.stringify({ text: s }));
+    const d = s.normalize('NFD');
+    if (d !== s) lines.push(JSON.stringify({ text: d }));
+  }
+  fs.writeFileSync(process.argv[3], lines.join('\n') + '\n');
+  process.exit(0);
+}
 const [n, seed, out, flag] = process.argv.slice(2);
 let x = Number(seed) >>> 0 || 1;
 const rnd = () => { x ^= x << 13; x >>>= 0; x ^= x >>> 17; x ^= x << 5; x >>>= 0; return x / 4294967296; };

