@@ -104,6 +104,14 @@ static size_t x_header(char *b, size_t sz, size_t nm, void *ud)
 			if (t > 0)
 				x->retry_after = difftime(t, time(NULL)) > 0 ? difftime(t, time(NULL)) : 0;
 		}
+	} else if (m > 10 && strncasecmp(b, "RateLimit:", 10) == 0) {
+		char tmp[256];
+		size_t l = m - 10 < sizeof(tmp) - 1 ? m - 10 : sizeof(tmp) - 1;
+		memcpy(tmp, b + 10, l);
+		tmp[l] = 0;
+		double s = fetch_ratelimit_wait(tmp);
+		if (s >= 0 && x->retry_after < 0)
+			x->retry_after = s;
 	} else if (m > 14 && strncasecmp(b, "Content-Range:", 14) == 0) {
 		char tmp[128];
 		size_t l = m - 14 < sizeof(tmp) - 1 ? m - 14 : sizeof(tmp) - 1;

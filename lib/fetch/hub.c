@@ -171,6 +171,16 @@ static bool header_is(const char *line, size_t n, const char *name, const char *
 	return true;
 }
 
+double fetch_ratelimit_wait(const char *value)
+{
+	const char *t = strstr(value, ";t=");
+	if (!t)
+		return -1;
+	char *e;
+	double s = strtod(t + 3, &e);
+	return e != t + 3 && s >= 0 && s < 1e6 ? s : -1;
+}
+
 static size_t header_cb(char *b, size_t sz, size_t nm, void *ud)
 {
 	struct resp *r = ud;
@@ -215,6 +225,10 @@ static size_t header_cb(char *b, size_t sz, size_t nm, void *ud)
 			if (t > 0)
 				r->retry_after = difftime(t, time(NULL)) > 0 ? difftime(t, time(NULL)) : 0;
 		}
+	} else if (header_is(line, m, "RateLimit", &v)) {
+		double s = fetch_ratelimit_wait(v);
+		if (s >= 0 && r->retry_after < 0)
+			r->retry_after = s;
 	} else if (header_is(line, m, "Content-Range", &v)) {
 		unsigned long long a;
 		if (sscanf(v, "bytes %llu-", &a) == 1) {

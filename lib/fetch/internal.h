@@ -14,6 +14,9 @@ struct moe_hub {
 	pthread_mutex_t lock; /* serialises the log callback */
 };
 
+/* Seconds to wait from a "RateLimit: "api";r=0;t=55" header value, or -1. */
+double fetch_ratelimit_wait(const char *value);
+
 /* SHA-256 (sha256.c): the x86 SHA extensions when present and allowed,
  * lib/core's portable code otherwise. */
 struct fetch_sha256 {

@@ -149,6 +149,14 @@ t1=$(date +%s.%N)
 python3 -c "import sys; sys.exit(0 if float(sys.argv[2]) - float(sys.argv[1]) >= 0.95 else 1)" "$t0" "$t1" &&
 	ok "429 with Retry-After: 1 waited a second" || bad "429 did not wait for Retry-After"
 
+faults "{\"$P\": [\"ratelimit\"]}"
+t0=$(date +%s.%N)
+"$F" get "$REPO" -I "$P" -o "$tmp/f2b" -q 2> "$tmp/err" && cmp -s "$tmp/root/$P" "$tmp/f2b/$P" ||
+	bad "ratelimit: $(cat "$tmp/err")"
+t1=$(date +%s.%N)
+python3 -c "import sys; sys.exit(0 if float(sys.argv[2]) - float(sys.argv[1]) >= 0.95 else 1)" "$t0" "$t1" &&
+	ok "429 with RateLimit t=1 waited a second" || bad "429 did not wait for RateLimit t="
+
 faults "{\"$P\": [\"cut\", \"cut\"]}"
 m=$(mark)
 "$F" get "$REPO" -I "$P" -o "$tmp/f3" -q 2> "$tmp/err" && cmp -s "$tmp/root/$P" "$tmp/f3/$P" ||

@@ -191,6 +191,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return self.send_error_simple(503)
         if fault == "429":
             return self.send_error_simple(429, {"Retry-After": "1"})
+        if fault == "ratelimit":
+            return self.send_error_simple(429, {"RateLimit": '"resolvers";r=0;t=1'})
         if fault == "gone":
             return self.send_error_simple(404)
         data = open(info["full"], "rb").read()

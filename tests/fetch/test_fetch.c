@@ -111,3 +111,11 @@ Test(sha256, matches_lib_core_on_random_chunked_input)
 	}
 	free(buf);
 }
+
+Test(ratelimit, wait_from_the_header)
+{
+	cr_assert_float_eq(fetch_ratelimit_wait("\"api\";r=0;t=55"), 55.0, 1e-9);
+	cr_assert_float_eq(fetch_ratelimit_wait("\"resolvers\";r=12;t=0.5"), 0.5, 1e-9);
+	cr_assert_lt(fetch_ratelimit_wait("\"api\";r=0"), 0);
+	cr_assert_lt(fetch_ratelimit_wait("t=x"), 0);
+}
