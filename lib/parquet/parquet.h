@@ -72,8 +72,9 @@ struct moe_pq_chunk {
 struct moe_pq_file;
 struct moe_pq_reader;
 
-/* Open a Parquet file and parse its footer.  Returns NULL and fills err on
- * failure.  Free with moe_pq_close(). */
+/* Open a Parquet file and parse its footer; "-" reads standard input into
+ * an unlinked temporary file first (Parquet needs random access).  Returns
+ * NULL and fills err on failure.  Free with moe_pq_close(). */
 struct moe_pq_file *moe_pq_open(const char *path, struct moe_error *err);
 void moe_pq_close(struct moe_pq_file *f);
 

@@ -113,17 +113,56 @@ static int open_common(struct moe_pq_file *f, struct moe_error *err)
 	return rc;
 }
 
+/* Parquet needs random access: copy standard input to an unlinked
+ * temporary file (in $TMPDIR) and return its descriptor. */
+static int spool_stdin(struct moe_error *err)
+{
+	const char *dir = getenv("TMPDIR");
+	char tmpl[4096];
+	snprintf(tmpl, sizeof(tmpl), "%s/moe-parquet-XXXXXX", dir && *dir ? dir : "/tmp");
+	int fd = mkstemp(tmpl);
+	if (fd < 0)
+		return moe_error_errno(err, "cannot create a temporary file in '%s'",
+				       dir && *dir ? dir : "/tmp");
+	unlink(tmpl);
+	static uint8_t buf[1 << 16];
+	for (;;) {
+		ssize_t n = read(STDIN_FILENO, buf, sizeof(buf));
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0) {
+			close(fd);
+			return moe_error_errno(err, "<stdin>: read error");
+		}
+		if (n == 0)
+			break;
+		for (ssize_t w = 0; w < n;) {
+			ssize_t k = write(fd, buf + w, (size_t)(n - w));
+			if (k < 0 && errno == EINTR)
+				continue;
+			if (k < 0) {
+				close(fd);
+				return moe_error_errno(err, "cannot write the copy of standard input");
+			}
+			w += k;
+		}
+	}
+	return fd;
+}
+
 struct moe_pq_file *moe_pq_open(const char *path, struct moe_error *err)
 {
+	bool in = strcmp(path, "-") == 0;
 	struct moe_pq_file *f = calloc(1, sizeof(*f));
-	if (!f || !(f->path = strdup(path))) {
+	if (!f || !(f->path = strdup(in ? "<stdin>" : path))) {
 		free(f);
 		moe_error_set(err, MOE_ENOMEM, "out of memory");
 		return NULL;
 	}
-	f->fd = open(path, O_RDONLY | O_CLOEXEC);
+	f->fd = in ? spool_stdin(err) : open(path, O_RDONLY | O_CLOEXEC);
 	if (f->fd < 0) {
-		moe_error_errno(err, "cannot open '%s'", path);
+		if (!in)
+			moe_error_errno(err, "cannot open '%s'", path);
 		goto fail;
 	}
 	struct stat st;

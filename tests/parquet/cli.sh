@@ -56,6 +56,10 @@ head -c 14 "$tmp/out" | grep -q '^{"int_score":' || { echo "not ok column order"
 [ "$(wc -l < "$tmp/out")" -eq 2 ] || { echo "not ok --limit 2"; fail=1; }
 t "--limit across files" 0 "$F" cat -c id -n 300 "$demo" "$demo"
 [ "$(wc -l < "$tmp/out")" -eq 300 ] || { echo "not ok --limit across files"; fail=1; }
+t "cat - reads standard input" 0 sh -c "'$F' cat -c id,score - < '$demo'"
+"$F" cat -c id,score "$demo" | cmp -s - "$tmp/out" || { echo "not ok stdin output differs"; fail=1; }
+t "cat - of a non-Parquet stream" 1 sh -c "echo hello | '$F' cat -"
+grep -q "^moe-fetch: <stdin>: not a Parquet file" "$tmp/err" || { echo "not ok stdin error: $(cat "$tmp/err")"; fail=1; }
 # the examples of moe-fetch(1)
 t "man example: filtered documents" 0 sh -c "'$F' cat --min-int-score 3 --columns text,score '$demo' | head -n 5"
 exit $fail
