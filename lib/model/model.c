@@ -636,7 +636,7 @@ int moe_model_forward(struct moe_model *m, const int32_t *tokens, const int32_t 
 	if (!opts)
 		opts = &none;
 	m->fwd_valid = false;
-	if (B < 1 || T < 1)
+	if (B < 1 || T < 1 || (int64_t)B * T * (c->num_experts_per_tok > 1 ? c->num_experts_per_tok : 1) > INT32_MAX)
 		return moe_error_set(err, MOE_EINVAL, "forward: bad batch shape %d x %d", B, T);
 	int N = B * T, D = c->hidden_size, V = c->vocab_size, E = c->num_experts;
 	int K = c->num_experts_per_tok, L = c->num_hidden_layers;
