@@ -26,7 +26,8 @@ static void usage(FILE *fp)
 
 	fprintf(fp,
 		"Usage: %s run CKPT (--docs FILE.jsonl -t TOKENIZER | --data DIR [--split val]) -o OUT\n"
-		"           [--max-tokens N] [--seq-len T] [--logits] [--jsonl] [--no-csv] [--device cpu|cuda]\n"
+		"           [--max-tokens N] [--seq-len T] [--overlap N] [--batch B] [--logits] [--jsonl]\n"
+		"           [--no-csv] [--device cpu|cuda]\n"
 		"       %s stats OUT [-o DIR] [--label FIELD] [--window S] [--path-sample N]\n"
 		"       %s plot OUT -o DIR [--layer N] [--window S]\n"
 		"       %s diff A B [-o FILE.csv] [--tol X]\n"
@@ -43,6 +44,8 @@ static void usage(FILE *fp)
 		"      --split S            run: shard split [val]\n"
 		"      --max-tokens N       run: stop after N tokens\n"
 		"      --seq-len T          run: window length [model's max_position_embeddings]\n"
+		"      --overlap N          run: context repeated between windows [seq-len/2]\n"
+		"      --batch B            run: windows per forward pass [8]\n"
 		"      --logits             run, synth: store the full router logits\n"
 		"      --jsonl              run, synth: also write tokens.jsonl\n"
 		"      --no-csv             run, synth: no CSV views\n"
@@ -69,7 +72,7 @@ enum {
 	OPT_DOCS = 1000, OPT_TEXT_FIELD, OPT_DATA, OPT_SPLIT, OPT_MAX_TOKENS, OPT_SEQ_LEN, OPT_LOGITS,
 	OPT_JSONL, OPT_NO_CSV, OPT_DEVICE, OPT_LABEL, OPT_WINDOW, OPT_PATH_SAMPLE, OPT_TOP_PATHS,
 	OPT_TOP_TOKENS, OPT_MIN_COUNT, OPT_LAYER, OPT_TOL, OPT_TOKENS, OPT_LAYERS, OPT_EXPERTS,
-	OPT_TOPK, OPT_VOCAB, OPT_SEED, OPT_DOC_LEN, OPT_STICK, OPT_WEIGHTS,
+	OPT_TOPK, OPT_VOCAB, OPT_SEED, OPT_DOC_LEN, OPT_STICK, OPT_WEIGHTS, OPT_OVERLAP, OPT_BATCH,
 };
 
 static const struct option longopts[] = {
@@ -81,6 +84,8 @@ static const struct option longopts[] = {
 	{"split", required_argument, NULL, OPT_SPLIT},
 	{"max-tokens", required_argument, NULL, OPT_MAX_TOKENS},
 	{"seq-len", required_argument, NULL, OPT_SEQ_LEN},
+	{"overlap", required_argument, NULL, OPT_OVERLAP},
+	{"batch", required_argument, NULL, OPT_BATCH},
 	{"logits", no_argument, NULL, OPT_LOGITS},
 	{"jsonl", no_argument, NULL, OPT_JSONL},
 	{"no-csv", no_argument, NULL, OPT_NO_CSV},
@@ -113,7 +118,7 @@ static const struct option longopts[] = {
 struct args {
 	const char *out, *tokenizer, *docs, *text_field, *data, *split, *device, *label;
 	int64_t max_tokens, path_sample;
-	int seq_len, window, top_paths, top_tokens, min_count, layer;
+	int seq_len, overlap, batch, window, top_paths, top_tokens, min_count, layer;
 	double tol;
 	bool logits, jsonl, no_csv, force;
 	struct moe_synth_opts synth;
@@ -196,6 +201,8 @@ static int cmd_run(struct args *a, int argc, char **argv)
 	o.device = a->device;
 	o.max_tokens = a->max_tokens;
 	o.seq_len = a->seq_len;
+	o.overlap = a->overlap;
+	o.batch = a->batch;
 	o.logits = a->logits;
 	o.replace = a->force;
 	o.views = views_of(a);
@@ -437,6 +444,12 @@ int main(int argc, char **argv)
 		case OPT_SPLIT: a.split = optarg; break;
 		case OPT_MAX_TOKENS: a.max_tokens = num(optarg, 1, INT32_MAX, "--max-tokens"); break;
 		case OPT_SEQ_LEN: a.seq_len = (int)num(optarg, 2, 1 << 20, "--seq-len"); break;
+		case OPT_OVERLAP:
+			a.overlap = (int)num(optarg, 0, 1 << 20, "--overlap");
+			if (a.overlap == 0)
+				a.overlap = -1; /* disjoint windows */
+			break;
+		case OPT_BATCH: a.batch = (int)num(optarg, 1, 4096, "--batch"); break;
 		case OPT_LOGITS: a.logits = true; break;
 		case OPT_JSONL: a.jsonl = true; break;
 		case OPT_NO_CSV: a.no_csv = true; break;

@@ -201,6 +201,8 @@ struct moe_routes_run_opts {
 	const char *device;     /* backend name, NULL: "cpu" */
 	int64_t max_tokens;     /* <= 0: all */
 	int seq_len;            /* window length; <= 0: max_position_embeddings */
+	int overlap;            /* context repeated between windows; 0: seq_len / 2; < 0: none */
+	int batch;              /* windows per forward; <= 0: 8 */
 	bool logits;            /* keep router_logits */
 	bool replace;           /* replace an existing out */
 	unsigned views;         /* enum moe_trace_views */

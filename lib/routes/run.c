@@ -2,9 +2,9 @@
  * moe-routes run: forward a checkpoint over documents and record the
  * routing of every real token.  Documents longer than the window (seq_len)
  * are processed in overlapping windows: the first window emits all its
- * tokens, each later one starts seq_len/2 tokens before the first token it
- * emits, so every token sees at least seq_len/2 tokens of context (or the
- * whole document prefix).
+ * tokens, each later one starts `overlap` (default seq_len/2) tokens before
+ * the first token it emits, so every token sees at least that much context
+ * (or the whole document prefix).  Windows are forwarded in batches.
  */
 #include <errno.h>
 #include <limits.h>
@@ -211,6 +211,139 @@ static char *resolve_ckpt(const char *ckpt)
 	return strdup(ckpt);
 }
 
+/* Windows waiting for one batched forward: rows right-padded to the longest
+ * (causal attention: real tokens never see the padding after them). */
+struct batch {
+	int B, T, L, K, E, n;
+	int32_t *tokens, *targets;  /* (B, T) */
+	int32_t *doc, *nt;          /* (B) document index, window length */
+	int64_t *start, *emit, *doc_n; /* (B) window start, first emitted position, doc length */
+	struct moe_routing_capture cap;
+	struct moe_token_stats *ts; /* (B*T) */
+	int32_t *ex;                /* (L, K) */
+	float *w, *mg, *lg;         /* (L, K), (L), (L, E) */
+};
+
+static int batch_flush(struct batch *bt, struct moe_model *m, struct moe_trace *tr, bool *seen,
+		       bool keep_logits, struct moe_error *err)
+{
+	int L = bt->L, K = bt->K, E = bt->E, Tm = 0, rc;
+	struct moe_forward_opts fo = {0};
+
+	if (bt->n == 0)
+		return 0;
+	for (int b = 0; b < bt->n; b++)
+		if (bt->nt[b] > Tm)
+			Tm = bt->nt[b];
+	/* compact rows of length bt->T into (n, Tm), padding with token 0 */
+	for (int b = 0; b < bt->n; b++) {
+		memmove(bt->tokens + (size_t)b * Tm, bt->tokens + (size_t)b * bt->T,
+			(size_t)bt->nt[b] * sizeof *bt->tokens);
+		memmove(bt->targets + (size_t)b * Tm, bt->targets + (size_t)b * bt->T,
+			(size_t)bt->nt[b] * sizeof *bt->targets);
+		for (int i = bt->nt[b]; i < Tm; i++)
+			bt->tokens[(size_t)b * Tm + i] = bt->targets[(size_t)b * Tm + i] = 0;
+	}
+	fo.capture = &bt->cap;
+	fo.token_stats = bt->ts;
+	if ((rc = moe_model_forward(m, bt->tokens, bt->targets, bt->n, Tm, &fo, NULL, err)) < 0)
+		return rc;
+	for (int b = 0; b < bt->n; b++) {
+		for (int64_t i = bt->emit[b]; i < bt->start[b] + bt->nt[b]; i++) {
+			size_t r = (size_t)b * Tm + (size_t)(i - bt->start[b]), N = (size_t)bt->n * Tm;
+			struct moe_trace_row row = {0};
+
+			for (int l = 0; l < L; l++) {
+				const float *lr = bt->cap.router_logits + ((size_t)l * N + r) * E;
+				float minc = INFINITY, maxu = -INFINITY;
+
+				for (int k = 0; k < K; k++) {
+					int e = bt->cap.topk_idx[((size_t)l * N + r) * K + k];
+
+					bt->ex[l * K + k] = e;
+					bt->w[l * K + k] = bt->cap.topk_w[((size_t)l * N + r) * K + k];
+					if (lr[e] < minc)
+						minc = lr[e];
+				}
+				for (int e = 0; e < E; e++) {
+					bool chosen = false;
+
+					for (int k = 0; k < K; k++)
+						chosen |= bt->ex[l * K + k] == e;
+					if (!chosen && lr[e] > maxu)
+						maxu = lr[e];
+				}
+				bt->mg[l] = minc - maxu;
+				memcpy(bt->lg + (size_t)l * E, lr, (size_t)E * sizeof *bt->lg);
+			}
+			row.token_id = bt->tokens[r];
+			row.doc_index = bt->doc[b];
+			row.position = (int32_t)i;
+			row.pred_id = bt->ts[r].argmax;
+			row.pred_prob = bt->ts[r].p_argmax;
+			row.target_logprob = i + 1 < bt->doc_n[b] ? bt->ts[r].logprob_target : NAN;
+			row.experts = bt->ex;
+			row.weights = bt->w;
+			row.margin = bt->mg;
+			row.logits = keep_logits ? bt->lg : NULL;
+			if ((rc = moe_trace_append(tr, &row, err)) < 0)
+				return rc;
+			seen[row.token_id] = true;
+		}
+	}
+	bt->n = 0;
+	return 0;
+}
+
+static void batch_release(struct batch *bt)
+{
+	free(bt->tokens);
+	free(bt->targets);
+	free(bt->doc);
+	free(bt->nt);
+	free(bt->start);
+	free(bt->emit);
+	free(bt->doc_n);
+	free(bt->cap.topk_idx);
+	free(bt->cap.topk_w);
+	free(bt->cap.router_logits);
+	free(bt->ts);
+	free(bt->ex);
+	free(bt->w);
+	free(bt->mg);
+	free(bt->lg);
+}
+
+static int batch_init(struct batch *bt, int B, int T, int L, int K, int E)
+{
+	size_t N = (size_t)B * T;
+
+	bt->B = B;
+	bt->T = T;
+	bt->L = L;
+	bt->K = K;
+	bt->E = E;
+	bt->n = 0;
+	bt->tokens = malloc(N * sizeof *bt->tokens);
+	bt->targets = malloc(N * sizeof *bt->targets);
+	bt->doc = malloc((size_t)B * sizeof *bt->doc);
+	bt->nt = malloc((size_t)B * sizeof *bt->nt);
+	bt->start = malloc((size_t)B * sizeof *bt->start);
+	bt->emit = malloc((size_t)B * sizeof *bt->emit);
+	bt->doc_n = malloc((size_t)B * sizeof *bt->doc_n);
+	bt->cap.topk_idx = malloc((size_t)L * N * K * sizeof *bt->cap.topk_idx);
+	bt->cap.topk_w = malloc((size_t)L * N * K * sizeof *bt->cap.topk_w);
+	bt->cap.router_logits = malloc((size_t)L * N * E * sizeof *bt->cap.router_logits);
+	bt->ts = malloc(N * sizeof *bt->ts);
+	bt->ex = malloc((size_t)L * K * sizeof *bt->ex);
+	bt->w = malloc((size_t)L * K * sizeof *bt->w);
+	bt->mg = malloc((size_t)L * sizeof *bt->mg);
+	bt->lg = malloc((size_t)L * E * sizeof *bt->lg);
+	return bt->tokens && bt->targets && bt->doc && bt->nt && bt->start && bt->emit && bt->doc_n &&
+	       bt->cap.topk_idx && bt->cap.topk_w && bt->cap.router_logits && bt->ts && bt->ex &&
+	       bt->w && bt->mg && bt->lg ? 0 : -1;
+}
+
 int moe_routes_run(const struct moe_routes_run_opts *o, int64_t *n_out, struct moe_error *err)
 {
 	struct src s = {0};
@@ -221,10 +354,8 @@ int moe_routes_run(const struct moe_routes_run_opts *o, int64_t *n_out, struct m
 	const struct moe_config *c;
 	char *ckpt = resolve_ckpt(o->ckpt);
 	int L, K, E, T, rc = 0;
-	int32_t *tokens = NULL, *targets = NULL, *ex = NULL;
-	float *w = NULL, *mg = NULL, *lg = NULL;
-	struct moe_routing_capture cap = {0};
-	struct moe_token_stats *ts = NULL;
+	struct batch bt = {0};
+	int overlap;
 	json_t *docs = NULL, *meta = NULL, *vocab = NULL;
 	int64_t total = 0;
 	int32_t doc = 0;
@@ -297,21 +428,16 @@ int moe_routes_run(const struct moe_routes_run_opts *o, int64_t *n_out, struct m
 		rc = err->code;
 		goto out;
 	}
-	tokens = malloc((size_t)T * sizeof *tokens);
-	targets = malloc((size_t)T * sizeof *targets);
-	cap.topk_idx = malloc((size_t)L * T * K * sizeof *cap.topk_idx);
-	cap.topk_w = malloc((size_t)L * T * K * sizeof *cap.topk_w);
-	cap.router_logits = malloc((size_t)L * T * E * sizeof *cap.router_logits);
-	ts = malloc((size_t)T * sizeof *ts);
-	ex = malloc((size_t)L * K * sizeof *ex);
-	w = malloc((size_t)L * K * sizeof *w);
-	mg = malloc((size_t)L * sizeof *mg);
-	lg = malloc((size_t)L * E * sizeof *lg);
+	overlap = o->overlap == 0 ? T / 2 : o->overlap < 0 ? 0 : o->overlap;
+	if (overlap >= T) {
+		rc = moe_error_set(err, MOE_EINVAL, "--overlap %d must be less than the window (%d)",
+				   overlap, T);
+		goto out;
+	}
 	docs = json_array();
 	vsize = (uint32_t)c->vocab_size;
 	seen = calloc(vsize, sizeof *seen);
-	if (!tokens || !targets || !cap.topk_idx || !cap.topk_w || !cap.router_logits || !ts || !ex ||
-	    !w || !mg || !lg || !docs || !seen) {
+	if (batch_init(&bt, o->batch > 0 ? o->batch : 8, T, L, K, E) < 0 || !docs || !seen) {
 		rc = moe_error_set(err, MOE_ENOMEM, "out of memory");
 		goto out;
 	}
@@ -347,69 +473,33 @@ int moe_routes_run(const struct moe_routes_run_opts *o, int64_t *n_out, struct m
 		json_object_set_new(fields, "n_tokens", json_integer((json_int_t)n));
 		json_array_append_new(docs, fields);
 		while (done < n) {
-			size_t start = done == 0 ? 0 : done - (size_t)T / 2;
+			size_t start = done == 0 ? 0 : done - (size_t)overlap;
 			size_t end = start + (size_t)T < n ? start + (size_t)T : n;
-			int nt = (int)(end - start);
-			struct moe_forward_opts fo = {0};
+			int nt = (int)(end - start), b = bt.n;
 
 			for (int i = 0; i < nt; i++) {
-				tokens[i] = (int32_t)ids[start + i];
+				bt.tokens[(size_t)b * T + i] = (int32_t)ids[start + i];
 				/* the true next token; a placeholder after the document's end */
-				targets[i] = start + i + 1 < n ? (int32_t)ids[start + i + 1]
-					     : c->pad_token_id >= 0 ? c->pad_token_id : 0;
+				bt.targets[(size_t)b * T + i] = start + i + 1 < n ? (int32_t)ids[start + i + 1]
+							      : c->pad_token_id >= 0 ? c->pad_token_id : 0;
 			}
-			fo.capture = &cap;
-			fo.token_stats = ts;
-			if ((rc = moe_model_forward(m, tokens, targets, 1, nt, &fo, NULL, err)) < 0)
+			bt.doc[b] = doc;
+			bt.nt[b] = nt;
+			bt.start[b] = (int64_t)start;
+			bt.emit[b] = (int64_t)done;
+			bt.doc_n[b] = (int64_t)n;
+			bt.n++;
+			if (bt.n == bt.B && (rc = batch_flush(&bt, m, tr, seen, o->logits, err)) < 0)
 				goto out;
-			for (size_t i = done; i < end; i++) {
-				int r = (int)(i - start);
-				struct moe_trace_row row = {0};
-
-				for (int l = 0; l < L; l++) {
-					const float *lr = cap.router_logits + ((size_t)l * nt + r) * E;
-					float minc = INFINITY, maxu = -INFINITY;
-
-					for (int k = 0; k < K; k++) {
-						int e = cap.topk_idx[((size_t)l * nt + r) * K + k];
-
-						ex[l * K + k] = e;
-						w[l * K + k] = cap.topk_w[((size_t)l * nt + r) * K + k];
-						if (lr[e] < minc)
-							minc = lr[e];
-					}
-					for (int e = 0; e < E; e++) {
-						bool chosen = false;
-
-						for (int k = 0; k < K; k++)
-							chosen |= ex[l * K + k] == e;
-						if (!chosen && lr[e] > maxu)
-							maxu = lr[e];
-					}
-					mg[l] = minc - maxu;
-					memcpy(lg + (size_t)l * E, lr, (size_t)E * sizeof *lg);
-				}
-				row.token_id = tokens[r];
-				row.doc_index = doc;
-				row.position = (int32_t)i;
-				row.pred_id = ts[r].argmax;
-				row.pred_prob = ts[r].p_argmax;
-				row.target_logprob = i + 1 < n ? ts[r].logprob_target : NAN;
-				row.experts = ex;
-				row.weights = w;
-				row.margin = mg;
-				row.logits = o->logits ? lg : NULL;
-				if ((rc = moe_trace_append(tr, &row, err)) < 0)
-					goto out;
-				seen[tokens[r]] = true;
-			}
 			done = end;
 		}
-		total = tr->T;
+		total += (int64_t)n;
 		doc++;
 		if (o->progress)
 			o->progress(o->progress_ctx, total);
 	}
+	if ((rc = batch_flush(&bt, m, tr, seen, o->logits, err)) < 0)
+		goto out;
 	/* vocab.json: decoded token strings of the ids that occur */
 	vocab = json_object();
 	if (tok && vocab) {
@@ -459,7 +549,7 @@ int moe_routes_run(const struct moe_routes_run_opts *o, int64_t *n_out, struct m
 				    json_pack("{sssssssIsIsisisssI}", "kind", "shards", "source",
 					      o->data_dir, "split", o->split ? o->split : "val", "n_docs",
 					      (json_int_t)doc, "n_tokens", (json_int_t)tr->T, "seq_len", T,
-					      "window_overlap", T / 2, "shard_tokenizer_sha256",
+					      "window_overlap", overlap, "shard_tokenizer_sha256",
 					      di->has_tokenizer_sha256 ? hex : "", "max_tokens",
 					      (json_int_t)(o->max_tokens > 0 ? o->max_tokens : 0)));
 	} else {
@@ -467,7 +557,7 @@ int moe_routes_run(const struct moe_routes_run_opts *o, int64_t *n_out, struct m
 				    json_pack("{sssssssIsIsisisI}", "kind", "docs", "source", o->docs,
 					      "text_field", s.text_field, "n_docs", (json_int_t)doc,
 					      "n_tokens", (json_int_t)tr->T, "seq_len", T, "window_overlap",
-					      T / 2, "max_tokens", (json_int_t)o->max_tokens));
+					      overlap, "max_tokens", (json_int_t)o->max_tokens));
 	}
 	json_object_set_new(meta, "device", json_string(o->device ? o->device : "cpu"));
 	tr->meta = meta;
@@ -498,16 +588,7 @@ out:
 		be->destroy(be);
 	moe_tok_free(tok);
 	moe_trace_free(tr);
-	free(tokens);
-	free(targets);
-	free(cap.topk_idx);
-	free(cap.topk_w);
-	free(cap.router_logits);
-	free(ts);
-	free(ex);
-	free(w);
-	free(mg);
-	free(lg);
+	batch_release(&bt);
 	free(seen);
 	json_decref(docs);
 	json_decref(meta);

@@ -6,7 +6,7 @@
 
 The trace must come from `moe-routes run CKPT ...` (any backend).  Its token
 rows are regrouped into documents and forwarded in the same windows as the C
-tool (meta.json data.seq_len, overlap seq_len/2).  The reference router
+tool (meta.json data.seq_len and window_overlap).  The reference router
 logits come from transformers' OlmoeForCausalLM (output_router_logits=True)
 when the config is OLMoE-shaped (no dense layers, no shared experts) and
 transformers is installed, else from the float64 PyTorch forward below
@@ -223,6 +223,7 @@ def main():
     tw = tr["topk_weights"].astype(np.float64)
     T, L, K = ex.shape
     seq = meta["data"]["seq_len"]
+    ov = meta["data"].get("window_overlap", seq // 2)
     doc, tok = tr["doc_index"], tr["token_id"]
     ref_ex = np.zeros_like(ex)
     ref_w = np.zeros_like(tw)
@@ -233,7 +234,7 @@ def main():
         ids = tok[d0:d1].tolist()
         n, done = len(ids), 0
         while done < n:
-            s = 0 if done == 0 else done - seq // 2
+            s = 0 if done == 0 else done - ov
             e = min(s + seq, n)
             with torch.no_grad():
                 lg = ref.forward(ids[s:e])  # (L, t, E)

@@ -110,13 +110,13 @@ static void teardown_fixture(struct fixture *f)
 	free(f->docs);
 }
 
-static struct moe_trace *run(struct fixture *f, const char *name, int seq_len)
+static struct moe_trace *run_b(struct fixture *f, const char *name, int seq_len, int batch)
 {
 	struct moe_error err = {0};
 	char *out = moe_path_join(f->dir, name);
 	struct moe_routes_run_opts o = {.ckpt = f->ckpt, .docs = f->docs, .tokenizer = f->tok,
 					.out = out, .seq_len = seq_len, .logits = true,
-					.views = MOE_VIEW_CSV};
+					.views = MOE_VIEW_CSV, .batch = batch};
 	int64_t n = 0;
 	struct moe_trace *tr;
 
@@ -126,6 +126,11 @@ static struct moe_trace *run(struct fixture *f, const char *name, int seq_len)
 	cr_assert_not_null(tr, "%s", err.msg);
 	free(out);
 	return tr;
+}
+
+static struct moe_trace *run(struct fixture *f, const char *name, int seq_len)
+{
+	return run_b(f, name, seq_len, 0);
 }
 
 Test(run, tiny_model_end_to_end)
@@ -193,6 +198,25 @@ Test(run, tiny_model_end_to_end)
 		if (tr->position[t] >= 16)
 			first_long++;
 	cr_expect_gt(first_long, 0);
+	/* windows batched (right-padded) or one at a time: the same routes,
+	 * except at near-ties of the router */
+	{
+		struct moe_trace *t1 = run_b(&f, "b1", 16, 1), *t5 = run_b(&f, "b5", 16, 5);
+		struct moe_trace_diff_layer d[3];
+
+		cr_assert_eq(moe_trace_diff(t1, t5, 1e-4, d, NULL, &err), 0, "%s", err.msg);
+		for (int l = 0; l < 3; l++) {
+			cr_expect_eq(d[l].n_disagree, d[l].n_near_tie, "layer %d", l);
+			cr_expect_lt(d[l].max_weight_diff, 1e-4);
+		}
+		cr_assert_eq(moe_trace_diff(tr, t5, 1e-4, d, NULL, &err), 0, "%s", err.msg);
+		for (int l = 0; l < 3; l++)
+			cr_expect_eq(d[l].n_disagree, d[l].n_near_tie, "layer %d", l);
+		cr_expect_eq(json_integer_value(json_object_get(json_object_get(t5->meta, "data"),
+								"window_overlap")), 8);
+		moe_trace_free(t1);
+		moe_trace_free(t5);
+	}
 	/* meta.json records the model and the router semantics */
 	{
 		json_t *model = json_object_get(tr->meta, "model");
