@@ -2,7 +2,7 @@
 # moe-fetch: the command-line contract (help, version, usage errors) and
 # cat on the bundled demo corpus.
 set -u
-: "${MOE_BIN:?}" "${MOE_DATADIR:?}"
+: "${MOE_BIN:?}" "${MOE_DATADIR:?}" "${MOE_SRCDIR:?}"
 F="$MOE_BIN/moe-fetch"
 tmp=$(mktemp -d) || exit 99
 trap 'rm -rf "$tmp"' EXIT
@@ -60,6 +60,18 @@ t "cat - reads standard input" 0 sh -c "'$F' cat -c id,score - < '$demo'"
 "$F" cat -c id,score "$demo" | cmp -s - "$tmp/out" || { echo "not ok stdin output differs"; fail=1; }
 t "cat - of a non-Parquet stream" 1 sh -c "echo hello | '$F' cat -"
 grep -q "^moe-fetch: <stdin>: not a Parquet file" "$tmp/err" || { echo "not ok stdin error: $(cat "$tmp/err")"; fail=1; }
+# memory is bounded by a row group, not the file: 40 MB in 40 row groups
+python3 "$MOE_SRCDIR/tests/parquet/make-fallback.py" --big "$tmp/big.parquet" || exit 99
+python3 - "$F" "$tmp/big.parquet" <<'PY' || fail=1
+import os, resource, subprocess, sys
+r = subprocess.run([sys.argv[1], "cat", sys.argv[2]], stdout=subprocess.PIPE)
+lines = r.stdout.count(b"\n")
+rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+size_mb = os.path.getsize(sys.argv[2]) / 1e6
+assert r.returncode == 0 and lines == 8000, (r.returncode, lines)
+assert rss_mb < 25, "peak RSS %.1f MB for a %.0f MB file" % (rss_mb, size_mb)
+print("ok cat of a %.0f MB file in 40 row groups peaks at %.1f MB RSS" % (size_mb, rss_mb))
+PY
 # the examples of moe-fetch(1)
 t "man example: filtered documents" 0 sh -c "'$F' cat --min-int-score 3 --columns text,score '$demo' | head -n 5"
 exit $fail

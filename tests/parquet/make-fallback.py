@@ -6,6 +6,7 @@ with nulls, CRCs and gzip; a v2 variant; and multi-row-group INT64/DOUBLE
 columns named like FineWeb's score columns.
 
 usage: make-fallback.py OUTDIR
+       make-fallback.py --big FILE   (40 row groups of ~1 MB of text)
 """
 import gzip
 import os
@@ -238,7 +239,22 @@ def raw_chunk(codec, enc, payload):
     return build
 
 
+def big_file(path, groups=40, rows=200, width=5000):
+    """Many row groups of PLAIN text, about 1 MB each (memory-bound test)."""
+
+    def text_build(g, start):
+        vals = [("%d:%d " % (g, i)) * (width // 8) for i in range(rows)]
+        raw = def_levels_v1([True] * rows) + plain_ba(vals)
+        sub = Struct().i32(1, rows).i32(2, 0).i32(3, 3).i32(4, 3)
+        return None, start, page(0, raw, len(raw), 5, sub, crc=False), 0, [0, 3]
+
+    write_file(path, [("text", 6, text_build)], [rows] * groups)
+
+
 def main():
+    if sys.argv[1] == "--big":
+        big_file(sys.argv[2])
+        return
     outdir = sys.argv[1]
     os.makedirs(outdir, exist_ok=True)
     nrows = 28
