@@ -112,31 +112,95 @@ static bool quick_yes(enum tok_norm k, const uint8_t *s, size_t n)
 }
 
 /*
- * Hugging Face's NFC/NFKC tables predate Unicode 13: they lack the one
- * canonical composition added since, U+11935 U+11930 -> U+11938 (DIVES AKURU
- * VOWEL SIGN O); every other code point normalizes the same (checked over
- * all assigned code points).  To match, U+11930 (a starter, ccc 0, second
- * element of no other composition) is hidden from the composer as a
- * private-use stand-in and restored afterwards.  Text that already holds
- * the stand-in is normalized without this adjustment.
+ * Hugging Face's normalization tables are older (Unicode 11) than
+ * utf8proc's: they lack the one canonical composition added since,
+ * U+11935 U+11930 -> U+11938 (DIVES AKURU VOWEL SIGN O), and the
+ * compatibility mappings of characters added in Unicode 12.0-15.0 (listed
+ * below).  Everything else normalizes the same (checked in tests/tok/hf.sh
+ * over every assigned code point, in NFC and NFD form).  To match, those
+ * code points are hidden from utf8proc as private-use stand-ins
+ * (U+10F000 + index; all are starters that compose with nothing else) and
+ * restored afterwards.  Text that already holds a stand-in is normalized
+ * without this adjustment.
  */
-#define DIVES_AA 0x11930
-#define STAND_IN 0x10FFFD
-static const uint8_t dives_aa_utf8[4] = {0xF0, 0x91, 0xA4, 0xB0};
-static const uint8_t stand_in_utf8[4] = {0xF4, 0x8F, 0xBF, 0xBD};
+static const uint32_t newer_compat[][2] = {
+	{0x32FF, 0x32FF},   {0xA7F2, 0xA7F4},   {0xAB69, 0xAB69},   {0x10781, 0x10785},
+	{0x10787, 0x107B0}, {0x107B2, 0x107BA}, {0x1E030, 0x1E06D}, {0x1F16C, 0x1F16C},
+	{0x1FBF0, 0x1FBF9},
+};
+#define STAND_IN 0x10F000u
 
-static utf8proc_int32_t hide_dives_aa(utf8proc_int32_t cp, void *data)
+struct hide {
+	enum tok_norm k;
+	uint32_t n; /* replacements made */
+};
+
+/* Index of cp among the code points hidden for form k, or -1. */
+static int hidden_index(uint32_t cp, enum tok_norm k)
 {
-	(void)data;
-	return cp == DIVES_AA ? STAND_IN : cp;
+	bool compose = k == NORM_NFC || k == NORM_NFKC, compat = k == NORM_NFKC || k == NORM_NFKD;
+	if (cp == (compose ? 0x11930u : 0x11938u))
+		return 0;
+	if (!compat)
+		return -1;
+	int idx = 1;
+	for (size_t r = 0; r < sizeof newer_compat / sizeof newer_compat[0]; r++) {
+		if (cp >= newer_compat[r][0] && cp <= newer_compat[r][1])
+			return idx + (int)(cp - newer_compat[r][0]);
+		idx += (int)(newer_compat[r][1] - newer_compat[r][0] + 1);
+	}
+	return -1;
 }
 
-static bool has4(const uint8_t *s, size_t n, const uint8_t pat[4])
+static uint32_t hidden_cp(int idx, enum tok_norm k)
 {
-	for (size_t i = 0; i + 4 <= n; i++)
-		if (s[i] == pat[0] && memcmp(s + i, pat, 4) == 0)
+	if (idx == 0)
+		return (k == NORM_NFC || k == NORM_NFKC) ? 0x11930u : 0x11938u;
+	idx--;
+	for (size_t r = 0; r < sizeof newer_compat / sizeof newer_compat[0]; r++) {
+		int len = (int)(newer_compat[r][1] - newer_compat[r][0] + 1);
+		if (idx < len)
+			return newer_compat[r][0] + (uint32_t)idx;
+		idx -= len;
+	}
+	return 0xFFFD;
+}
+
+static utf8proc_int32_t hide_cb(utf8proc_int32_t cp, void *data)
+{
+	struct hide *h = data;
+	if (cp < 0x3000)
+		return cp;
+	int idx = hidden_index((uint32_t)cp, h->k);
+	if (idx < 0)
+		return cp;
+	h->n++;
+	return (utf8proc_int32_t)(STAND_IN + (uint32_t)idx);
+}
+
+/* true when s holds a code point of the stand-in block U+10F000..U+10F0FF */
+static bool has_stand_in(const uint8_t *s, size_t n)
+{
+	for (size_t i = 0; i + 3 < n; i++)
+		if (s[i] == 0xF4 && s[i + 1] == 0x8F && s[i + 2] >= 0x80 && s[i + 2] <= 0x83)
 			return true;
 	return false;
+}
+
+/* Replace the stand-ins in o[0, n) by the hidden code points (same length:
+ * all are 4-byte or shorter; shorter ones shift the rest). */
+static size_t restore(uint8_t *o, size_t n, enum tok_norm k)
+{
+	size_t w = 0;
+	for (size_t i = 0; i < n;) {
+		if (i + 3 < n && o[i] == 0xF4 && o[i + 1] == 0x8F && o[i + 2] >= 0x80 && o[i + 2] <= 0x83) {
+			int idx = ((o[i + 2] & 0x3F) << 6) | (o[i + 3] & 0x3F);
+			w += (size_t)utf8proc_encode_char((utf8proc_int32_t)hidden_cp(idx, k), o + w);
+			i += 4;
+		} else
+			o[w++] = o[i++];
+	}
+	return w;
 }
 
 int tok_normalize(const struct moe_tok *t, const uint8_t *s, size_t n, uint8_t **out, size_t *outlen,
@@ -167,14 +231,12 @@ int tok_normalize(const struct moe_tok *t, const uint8_t *s, size_t n, uint8_t *
 			break;
 		}
 		utf8proc_uint8_t *o = NULL;
-		bool hide = (k == NORM_NFC || k == NORM_NFKC) && has4(cur, curlen, dives_aa_utf8) &&
-			    !has4(cur, curlen, stand_in_utf8);
+		struct hide h = {k, 0};
+		bool hide = !has_stand_in(cur, curlen);
 		utf8proc_ssize_t ol = utf8proc_map_custom(cur, (utf8proc_ssize_t)curlen, &o, opts,
-							  hide ? hide_dives_aa : NULL, NULL);
-		if (hide && ol > 0)
-			for (utf8proc_ssize_t q = 0; q + 4 <= ol; q++)
-				if (o[q] == 0xF4 && memcmp(o + q, stand_in_utf8, 4) == 0)
-					memcpy(o + q, dives_aa_utf8, 4);
+							  hide ? hide_cb : NULL, &h);
+		if (ol > 0 && h.n)
+			ol = (utf8proc_ssize_t)restore(o, (size_t)ol, k);
 		if (ol < 0) {
 			free(owned);
 			return moe_error_set(err, ol == UTF8PROC_ERROR_NOMEM ? MOE_ENOMEM : MOE_EFORMAT,

@@ -60,6 +60,12 @@ if [ -n "${MOE_SHARED:-}" ] && [ -f "$OLMO" ]; then
 		node "$REF" encode "$OLMO" "$f" "$tmp/ref" || { echo "FAIL: reference failed on $f"; exit 1; }
 		compare "olmo/$n" "$OLMO" "$f" "$tmp/ref"
 	done
+	# the other normal forms, over the whole repertoire
+	for nf in NFD NFKC NFKD; do
+		node "$REF" set-normalizer "$OLMO" "$tmp/olmo-$nf.json" $nf || exit 1
+		node "$REF" encode "$tmp/olmo-$nf.json" "$ALLCP" "$tmp/ref" || exit 1
+		compare "olmo-$nf/all-code-points" "$tmp/olmo-$nf.json" "$ALLCP" "$tmp/ref"
+	done
 	MOBY="$MOE_SHARED/data/text/moby-dick.jsonl"
 else
 	echo "note: MOE_SHARED absent: OLMo checks skipped"

@@ -11,6 +11,8 @@
 //       js-tiktoken's encoder, special tokens allowed
 //   node ref.js save-tiktoken-hf RANKS.tiktoken REGEX OUT.json [SPECIAL ID]...
 //       an HF tokenizer.json with that vocabulary and Split(REGEX)
+//   node ref.js set-normalizer IN.json OUT.json NFD|NFKC|NFKD
+//       a copy of a tokenizer.json with another normalizer
 //   node ref.js time TOKENIZER.json IN.jsonl
 //       single-call encode rate over the documents (MB/s)
 'use strict';
@@ -109,6 +111,10 @@ async function main() {
       model: { type: 'BPE', dropout: null, unk_token: null, continuing_subword_prefix: null,
                end_of_word_suffix: null, fuse_unk: false, byte_fallback: false, ignore_merges: false,
                vocab, merges } }));
+  } else if (cmd === 'set-normalizer') {
+    const j = JSON.parse(fs.readFileSync(a[0], 'utf8'));
+    j.normalizer = { type: a[2] };
+    fs.writeFileSync(a[1], JSON.stringify(j));
   } else if (cmd === 'time') {
     const t = tk.Tokenizer.fromFile(a[0]);
     const docs = await readDocs(a[1]);
