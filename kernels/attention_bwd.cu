@@ -5,7 +5,7 @@
  *           recomputed in registers from q, k, v, dO and lse;
  *   dQ:     one block per (64 queries, b, h), looping over key tiles.
  * delta = rowsum(dO * O) is computed first.  dq, dk, dv are bf16 and share
- * the row strides of q, k and v. */
+ * the row strides of q, k and v.  Other head sizes go to attention_small.cu. */
 #include "attention_common.cuh"
 #include "kernels.h"
 
@@ -230,11 +230,20 @@ static int launch_bwd(bf16 *dq, bf16 *dk, bf16 *dv, float *delta, const bf16 *do
 	return CUDA_LAUNCHED(err);
 }
 
-extern "C" int moe_cuda_attention_bwd(bf16_t *dq, bf16_t *dk, bf16_t *dv, float *delta, const bf16_t *dout,
+static bool att_tc_dh(int Dh) { return Dh == 16 || Dh == 32 || Dh == 64 || Dh == 96 || Dh == 128; }
+
+extern "C" size_t moe_cuda_attention_bwd_scratch(int B, int T, int H, int Dh)
+{
+	size_t delta = (size_t)B * H * T * sizeof(float);
+	return att_tc_dh(Dh) ? delta : delta + 2 * (size_t)B * T * H * Dh * sizeof(float);
+}
+
+extern "C" int moe_cuda_attention_bwd(bf16_t *dq, bf16_t *dk, bf16_t *dv, void *scratch, const bf16_t *dout,
 				      const bf16_t *q, const bf16_t *k, const bf16_t *v, const bf16_t *out,
 				      const float *lse, int ldq, int ldk, int ldv, int ldo, int B, int T, int H,
 				      int Dh, cudaStream_t s, struct moe_error *err)
 {
+	float *delta = (float *)scratch;
 	if (B <= 0 || T <= 0)
 		return 0;
 	if (ldq % 8 || ldk % 8 || ldv % 8 || ldo % 8)
@@ -249,8 +258,15 @@ extern "C" int moe_cuda_attention_bwd(bf16_t *dq, bf16_t *dk, bf16_t *dv, float 
 	case 64: return ATT_BWD(64);
 	case 96: return ATT_BWD(96);
 	case 128: return ATT_BWD(128);
-	default:
-		return moe_error_set(err, MOE_EUNSUPPORTED, "attention: head size %d not built (16, 32, 64, 96, 128)", Dh);
+	default: {
+		int rc;
+		float *dk32 = delta + (size_t)B * H * T, *dv32 = dk32 + (size_t)B * T * H * Dh;
+		att_delta_kernel<<<moe_cdiv((size_t)B * T * H, 8), 256, 0, s>>>(delta, d, o, ldo, B, T, H, Dh);
+		if ((rc = CUDA_LAUNCHED(err)) != 0)
+			return rc;
+		return moe_cuda_attention_small_bwd(dq, dk, dv, delta, dk32, dv32, dout, q, k, v, lse, ldq, ldk, ldv,
+						    ldo, B, T, H, Dh, s, err);
+	}
 	}
 #undef ATT_BWD
 }

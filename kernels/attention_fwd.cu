@@ -147,6 +147,6 @@ extern "C" int moe_cuda_attention_fwd(bf16_t *out, float *lse, const bf16_t *q, 
 	case 96: return launch_fwd<96>(o, lse, qq, kk, vv, ldq, ldk, ldv, ldo, B, T, H, s, err);
 	case 128: return launch_fwd<128>(o, lse, qq, kk, vv, ldq, ldk, ldv, ldo, B, T, H, s, err);
 	default:
-		return moe_error_set(err, MOE_EUNSUPPORTED, "attention: head size %d not built (16, 32, 64, 96, 128)", Dh);
+		return moe_cuda_attention_small_fwd(out, lse, q, k, v, ldq, ldk, ldv, ldo, B, T, H, Dh, s, err);
 	}
 }

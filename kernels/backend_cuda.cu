@@ -590,7 +590,7 @@ static void o_attention_bwd(struct moe_backend *be, void *dq, void *dk, void *dv
 {
 	struct cuda_ctx *c = CTX(be);
 	int ld = H * Dh;
-	float *delta = (float *)scratch(c, S_DELTA, (size_t)B * H * T * sizeof(float));
+	void *delta = scratch(c, S_DELTA, moe_cuda_attention_bwd_scratch(B, T, H, Dh));
 	PROF(c, "attention_bwd");
 	RUN(c, moe_cuda_attention_bwd((bf16_t *)dq, (bf16_t *)dk, (bf16_t *)dv, delta, (const bf16_t *)dout,
 				      (const bf16_t *)q, (const bf16_t *)k, (const bf16_t *)v, (const bf16_t *)out,

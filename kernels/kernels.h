@@ -49,16 +49,28 @@ int moe_cuda_rope(bf16_t *x, const float *cosb, const float *sinb, int B, int T,
 		  int inverse, cudaStream_t s, struct moe_error *err);
 
 /* attention_fwd.cu / attention_bwd.cu: causal flash attention, scale 1/sqrt(Dh),
- * Dh in {16, 32, 64, 96, 128}.  Element (b, t, h, d) of q is at
- * q[(b*T + t)*ldq + h*Dh + d] (ld = H*Dh for contiguous tensors).  lse (B, H, T)
- * natural log.  bwd: delta (B, H, T) fp32 scratch; dq, dk, dv overwritten. */
+ * on tensor cores for Dh in {16, 32, 64, 96, 128}, through the scalar
+ * kernels of attention_small.cu for other Dh <= 256.  Element (b, t, h, d)
+ * of q is at q[(b*T + t)*ldq + h*Dh + d] (ld = H*Dh for contiguous tensors).
+ * lse (B, H, T) natural log.  bwd: scratch of moe_cuda_attention_bwd_scratch()
+ * bytes; dq, dk, dv (strides of q, k, v) overwritten. */
+size_t moe_cuda_attention_bwd_scratch(int B, int T, int H, int Dh);
 int moe_cuda_attention_fwd(bf16_t *out, float *lse, const bf16_t *q, const bf16_t *k,
 			   const bf16_t *v, int ldq, int ldk, int ldv, int ldo, int B, int T, int H,
 			   int Dh, cudaStream_t s, struct moe_error *err);
-int moe_cuda_attention_bwd(bf16_t *dq, bf16_t *dk, bf16_t *dv, float *delta, const bf16_t *dout,
+int moe_cuda_attention_bwd(bf16_t *dq, bf16_t *dk, bf16_t *dv, void *scratch, const bf16_t *dout,
 			   const bf16_t *q, const bf16_t *k, const bf16_t *v, const bf16_t *out,
 			   const float *lse, int ldq, int ldk, int ldv, int ldo, int B, int T, int H,
 			   int Dh, cudaStream_t s, struct moe_error *err);
+
+/* attention_small.cu (called by the two above for other head sizes). */
+int moe_cuda_attention_small_fwd(bf16_t *out, float *lse, const bf16_t *q, const bf16_t *k, const bf16_t *v,
+				 int ldq, int ldk, int ldv, int ldo, int B, int T, int H, int Dh, cudaStream_t s,
+				 struct moe_error *err);
+int moe_cuda_attention_small_bwd(bf16_t *dq, bf16_t *dk, bf16_t *dv, const float *delta, float *dk32,
+				 float *dv32, const bf16_t *dout, const bf16_t *q, const bf16_t *k,
+				 const bf16_t *v, const float *lse, int ldq, int ldk, int ldv, int ldo, int B,
+				 int T, int H, int Dh, cudaStream_t s, struct moe_error *err);
 
 /* swiglu.cu: h13 (M, 2I) = [g | u] per row; act (M, I) = silu(g) * u; I % 8 == 0. */
 int moe_cuda_swiglu_fwd(bf16_t *act, const bf16_t *h13, size_t M, int I, cudaStream_t s,

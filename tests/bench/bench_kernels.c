@@ -100,7 +100,8 @@ static void f_dense(void *p)
 
 struct att {
 	void *q, *k, *v, *o, *dq, *dk, *dv, *dout;
-	float *lse, *delta;
+	float *lse;
+	void *delta;
 	int B, T, H, Dh;
 };
 
@@ -196,7 +197,7 @@ int main(int argc, char **argv)
 	a.dk = dalloc_rand(n);
 	a.dv = dalloc_rand(n);
 	cudaMalloc((void **)&a.lse, (size_t)B * H * T * 4);
-	cudaMalloc((void **)&a.delta, (size_t)B * H * T * 4);
+	cudaMalloc(&a.delta, moe_cuda_attention_bwd_scratch(B, T, H, Dh));
 	double afl = 2.0 * 2.0 * B * H * (double)T * T / 2 * Dh; /* causal: half of QK^T and PV */
 	float t = time_it(f_afwd, &a);
 	printf("%-34s %9.3f %9.1f\n", "attention fwd (causal)", t, afl / t / 1e9);

@@ -90,7 +90,8 @@ static void attention_case(int B, int T, int H, int Dh)
 	moe_attention_bwd(dq, dk, dv, dout, q, k, v, out_bf, lse, B, T, H, Dh);
 	bf16_t *gq = up_bf(q, n), *gk = up_bf(k, n), *gv = up_bf(v, n), *gdo = up_bf(dout, n);
 	bf16_t *go = dmalloc(n * 2), *gdq = dmalloc(n * 2), *gdk = dmalloc(n * 2), *gdv = dmalloc(n * 2);
-	float *gl = dmalloc((size_t)B * H * T * 4), *gdelta = dmalloc((size_t)B * H * T * 4);
+	float *gl = dmalloc((size_t)B * H * T * 4);
+	void *gdelta = dmalloc(moe_cuda_attention_bwd_scratch(B, T, H, Dh));
 	int ld = H * Dh;
 	LAUNCH_OK(moe_cuda_attention_fwd(go, gl, gq, gk, gv, ld, ld, ld, ld, B, T, H, Dh, S, &gerr));
 	LAUNCH_OK(moe_cuda_attention_bwd(gdq, gdk, gdv, gdelta, gdo, gq, gk, gv, go, gl, ld, ld, ld, ld, B, T, H,
@@ -117,6 +118,8 @@ Test(kernels, attention, .timeout = 120)
 	attention_case(2, 64, 2, 16);
 	attention_case(1, 77, 2, 32);
 	attention_case(1, 150, 1, 128);
+	attention_case(2, 40, 2, 8);  /* scalar fallback (attention_small.cu) */
+	attention_case(1, 70, 3, 24);
 }
 
 Test(kernels, swiglu)
