@@ -164,6 +164,14 @@ m=$(mark)
 since "$m" | grep '/cdn/' | grep -q '"range": "bytes=150000-"' && ok "connection cut mid-body: resumed with Range" ||
 	bad "cut: no Range resume: $(since "$m" | grep cdn)"
 
+faults "{\"$P\": [\"stall\"]}"
+m=$(mark)
+t0=$(date +%s)
+MOE_FETCH_STALL_TIMEOUT=1 "$F" get "$REPO" -I "$P" -o "$tmp/f3s" -q 2> "$tmp/err" &&
+	cmp -s "$tmp/root/$P" "$tmp/f3s/$P" && [ $(($(date +%s) - t0)) -lt 4 ] &&
+	since "$m" | grep '/cdn/' | grep -q '"range": "bytes=100000-"' &&
+	ok "a stalled transfer times out and resumes" || bad "stall: $(cat "$tmp/err") $(since "$m" | grep cdn)"
+
 faults "{\"$P\": [\"cut\", \"norange\"]}"
 m=$(mark)
 "$F" get "$REPO" -I "$P" -o "$tmp/f3b" -q 2> "$tmp/err" && cmp -s "$tmp/root/$P" "$tmp/f3b/$P" &&

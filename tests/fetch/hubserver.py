@@ -11,7 +11,8 @@ Files named README* are listed as plain git files (no LFS).
 
 Faults come from a JSON file (--faults), read on every request so a test
 can change it between runs:
-  {"PATH": ["503", "429", "cut", "norange", "slow", "corrupt", "gone"], ...,
+  {"PATH": ["503", "429", "ratelimit", "cut", "stall", "norange", "slow", "corrupt",
+            "gone"], ...,
    "@tree": ["503"], "@extra": [{"path": "../evil", "size": 1}],
    "@lie": {"PATH": "sha256 the listing claims"}}
 Each list is consumed one entry per download request of that file, except
@@ -220,6 +221,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.send_header("Content-Range", "bytes %d-%d/%d" % (start, start + len(data_part) - 1, len(data)))
         self.end_headers()
         self.record(status, start=start)
+        if fault == "stall":
+            self.wfile.write(data_part[: len(data_part) // 3])
+            self.wfile.flush()
+            time.sleep(4)
+            self.close_connection = True
+            return
         if fault == "cut":
             self.wfile.write(data_part[: len(data_part) // 2])
             self.wfile.flush()
