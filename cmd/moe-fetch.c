@@ -120,6 +120,11 @@ static void push(const char ***v, int *n, const char *s)
 
 /* ---- cat ----------------------------------------------------------------- */
 
+static void cat_progress(void *ctx, uint64_t rows)
+{
+	moe_progress_update(ctx, rows);
+}
+
 static int cmd_cat(struct args *a, int argc, char **argv)
 {
 	struct moe_error err = {0};
@@ -131,15 +136,20 @@ static int cmd_cat(struct args *a, int argc, char **argv)
 	if (!o)
 		moe_die("out of memory");
 	uint64_t rows = 0;
+	struct moe_progress *pg = moe_progress_new("cat", 0, "docs");
+	a->cat.progress = cat_progress;
+	a->cat.progress_ctx = pg;
 	double t0 = moe_now();
 	for (int i = 0; i < argc; i++) {
 		if (a->cat.limit && rows >= a->cat.limit)
 			break;
 		if (moe_pq_cat(argv[i], &a->cat, o, &rows, &err) < 0) {
 			moe_jsonl_out_flush(o, &(struct moe_error){0});
+			moe_progress_free(pg);
 			moe_die_error(&err);
 		}
 	}
+	moe_progress_free(pg);
 	if (moe_jsonl_out_flush(o, &err) < 0)
 		moe_die("write error on standard output: %s", err.msg);
 	double dt = moe_now() - t0;

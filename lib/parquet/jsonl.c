@@ -527,6 +527,8 @@ int moe_pq_cat(const char *path, const struct moe_pq_cat_opts *opts, struct moe_
 			rc = moe_error_errno(err, "write error");
 			goto out;
 		}
+		if (opts->progress)
+			opts->progress(opts->progress_ctx, *rows);
 	}
 out:
 	if (cols) {

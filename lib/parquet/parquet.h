@@ -117,6 +117,9 @@ struct moe_pq_cat_opts {
 	bool use_min_int_score;
 	int64_t min_int_score;
 	uint64_t limit;
+	/* Called after each row group with the rows written so far; may be NULL. */
+	void (*progress)(void *ctx, uint64_t rows);
+	void *progress_ctx;
 };
 
 /* A buffered writer of JSONL documents to a stream (not owned). */

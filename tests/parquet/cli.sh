@@ -60,6 +60,13 @@ t "cat - reads standard input" 0 sh -c "'$F' cat -c id,score - < '$demo'"
 "$F" cat -c id,score "$demo" | cmp -s - "$tmp/out" || { echo "not ok stdin output differs"; fail=1; }
 t "cat - of a non-Parquet stream" 1 sh -c "echo hello | '$F' cat -"
 grep -q "^moe-fetch: <stdin>: not a Parquet file" "$tmp/err" || { echo "not ok stdin error: $(cat "$tmp/err")"; fail=1; }
+if command -v script >/dev/null 2>&1; then
+	script -qec "'$F' cat '$demo' > /dev/null" /dev/null > "$tmp/tty" 2>&1
+	grep -q "cat 233 docs" "$tmp/tty" && echo "ok progress on a terminal" ||
+		{ echo "not ok progress on a terminal: $(cat "$tmp/tty")"; fail=1; }
+fi
+"$F" cat "$demo" > /dev/null 2> "$tmp/err"
+[ ! -s "$tmp/err" ] && echo "ok silent when stderr is not a terminal" || { echo "not ok cat stderr: $(cat "$tmp/err")"; fail=1; }
 # memory is bounded by a row group, not the file: 40 MB in 40 row groups
 python3 "$MOE_SRCDIR/tests/parquet/make-fallback.py" --big "$tmp/big.parquet" || exit 99
 python3 - "$F" "$tmp/big.parquet" <<'PY' || fail=1
