@@ -14,6 +14,7 @@
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "core/core.h"
@@ -174,6 +175,19 @@ static struct moe_tok_input *open_inputs(const struct args *a, size_t *n)
 	return in;
 }
 
+/* Total size of the inputs when all are regular files, else 0 (unknown). */
+static uint64_t inputs_size(const struct moe_tok_input *in, size_t n)
+{
+	uint64_t total = 0;
+	for (size_t i = 0; i < n; i++) {
+		struct stat st;
+		if (fstat(fileno(in[i].fp), &st) != 0 || !S_ISREG(st.st_mode))
+			return 0;
+		total += (uint64_t)st.st_size;
+	}
+	return total;
+}
+
 static void close_inputs(struct moe_tok_input *in, size_t n)
 {
 	for (size_t i = 0; i < n; i++)
@@ -300,7 +314,7 @@ static int cmd_encode(const struct args *a)
 		if (!st.w)
 			fail(&err);
 	}
-	st.prog = moe_progress_new("encode", 0, "B");
+	st.prog = moe_progress_new("encode", inputs_size(in, n_in), "B");
 	struct moe_tok_job job = {
 		.tok = t,
 		.threads = a->threads,
@@ -529,7 +543,7 @@ static int cmd_train(const struct args *a)
 	struct moe_tok_input *in = open_inputs(a, &n_in);
 	struct moe_error err = {0};
 	struct enc_state st = {0};
-	st.prog = moe_progress_new("count", 0, "B");
+	st.prog = moe_progress_new("count", inputs_size(in, n_in), "B");
 	struct moe_tok_job job = {
 		.threads = nt,
 		.text_lines = a->text,
