@@ -3,6 +3,7 @@
  * and Parquet files as JSONL documents.  See moe-fetch(1).
  *
  *   moe-fetch cat [options] FILE...
+ *   moe-fetch info FILE...
  *   moe-fetch list [REPO] [options]
  *   moe-fetch get [REPO] -o DIR [options]
  */
@@ -22,6 +23,7 @@ static void usage(FILE *fp)
 {
 	fprintf(fp,
 		"Usage: %s cat [-c COLS] [--min-score X] [--min-int-score N] [-n N] FILE...\n"
+		"       %s info FILE...\n"
 		"       %s list [REPO] [-r REV] [-I GLOB]... [-X GLOB]... [--json]\n"
 		"       %s get [REPO] -o DIR [-r REV] [-I GLOB]... [-X GLOB]... [-j N] [--max-files N]\n"
 		"                [--verify]\n"
@@ -48,7 +50,7 @@ static void usage(FILE *fp)
 		"  -v, --verbose          more messages\n"
 		"  -h, --help             show this help\n"
 		"  -V, --version          show the version\n",
-		moe_progname(), moe_progname(), moe_progname(), MOE_HUB_DEFAULT_REPO,
+		moe_progname(), moe_progname(), moe_progname(), moe_progname(), MOE_HUB_DEFAULT_REPO,
 		MOE_HUB_DEFAULT_INCLUDE);
 }
 
@@ -157,6 +159,59 @@ static int cmd_cat(struct args *a, int argc, char **argv)
 	moe_info(2, "%llu documents, %.1f MB of strings in %.3f s (%.0f MB/s)",
 		 (unsigned long long)rows, tb / 1e6, dt, dt > 0 ? tb / 1e6 / dt : 0.0);
 	moe_jsonl_out_free(o);
+	moe_close_stdout();
+	return 0;
+}
+
+/* ---- info ---------------------------------------------------------------- */
+
+static int cmd_info(struct args *a, int argc, char **argv)
+{
+	(void)a;
+	if (argc == 0)
+		moe_usage_error("info: no Parquet FILE given");
+	for (int i = 0; i < argc; i++) {
+		struct moe_error err = {0};
+		struct moe_pq_file *f = moe_pq_open(argv[i], &err);
+		if (!f)
+			moe_die_error(&err);
+		int ng = moe_pq_num_row_groups(f), nc = moe_pq_num_columns(f);
+		printf("%s\n  %lld rows, %d row groups, %d columns%s%s\n", argv[i],
+		       (long long)moe_pq_num_rows(f), ng, nc, moe_pq_created_by(f) ? ", written by " : "",
+		       moe_pq_created_by(f) ? moe_pq_created_by(f) : "");
+		printf("  %-20s %-22s %-8s %-12s %-34s %12s %12s\n", "column", "type", "nulls", "codec",
+		       "encodings", "compressed", "uncompressed");
+		for (int c = 0; c < nc; c++) {
+			const struct moe_pq_column_info *ci = moe_pq_column(f, c);
+			int64_t cs = 0, us = 0;
+			uint32_t enc = 0;
+			const char *codec = "-";
+			for (int g = 0; g < ng; g++) {
+				struct moe_pq_chunk_info k;
+				moe_pq_chunk_info(f, g, c, &k);
+				cs += k.compressed_size;
+				us += k.uncompressed_size;
+				enc |= k.encodings;
+				if (g == 0)
+					codec = k.codec;
+				else if (strcmp(codec, k.codec) != 0)
+					codec = "mixed";
+			}
+			char encs[128] = "", type[40];
+			for (int e = 0; e < 32; e++)
+				if (enc & (1u << e)) {
+					size_t l = strlen(encs);
+					snprintf(encs + l, sizeof(encs) - l, "%s%s", l ? "," : "",
+						 moe_pq_encoding_name(e));
+				}
+			snprintf(type, sizeof(type), "%s%s", moe_pq_type_name(ci->type),
+				 ci->is_string ? " string" : "");
+			printf("  %-20s %-22s %-8s %-12s %-34s %12lld %12lld\n", ci->name, type,
+			       ci->max_rep ? "repeated" : ci->max_def ? "optional" : "required", codec,
+			       encs[0] ? encs : "-", (long long)cs, (long long)us);
+		}
+		moe_pq_close(f);
+	}
 	moe_close_stdout();
 	return 0;
 }
@@ -450,7 +505,7 @@ int main(int argc, char **argv)
 		}
 	}
 	if (!a.cmd)
-		moe_usage_error("no command given (cat, list or get)");
+		moe_usage_error("no command given (cat, info, list or get)");
 	argc = ac - optind;
 	argv = av + optind;
 	if (strcmp(a.cmd, "cat") == 0)
@@ -459,5 +514,7 @@ int main(int argc, char **argv)
 		return cmd_list(&a, argc, argv);
 	if (strcmp(a.cmd, "get") == 0)
 		return cmd_get(&a, argc, argv);
-	moe_usage_error("unknown command '%s' (cat, list or get)", a.cmd);
+	if (strcmp(a.cmd, "info") == 0)
+		return cmd_info(&a, argc, argv);
+	moe_usage_error("unknown command '%s' (cat, info, list or get)", a.cmd);
 }

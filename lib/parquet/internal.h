@@ -48,6 +48,8 @@ struct pq_chunk_meta {
 	int64_t total_compressed_size;
 	int64_t data_page_offset;
 	int64_t dictionary_page_offset; /* 0 when absent */
+	int64_t total_uncompressed_size;
+	uint32_t encodings;             /* bit e set for each listed Encoding e < 32 */
 	bool has_file_path;
 	bool has_meta;
 	char *path; /* dotted path_in_schema */
@@ -65,6 +67,7 @@ struct moe_pq_file {
 	const uint8_t *mem; /* whole file in memory, or NULL (then fd) */
 	uint64_t size;
 	int64_t num_rows;
+	char *created_by;
 	struct moe_pq_column_info *columns;
 	int ncolumns;
 	struct pq_row_group *rgs;

@@ -200,12 +200,15 @@ static int parse_column_meta(struct tc *t, struct pq_chunk_meta *m)
 		case 1:
 		case 4:
 		case 5:
+		case 6:
 		case 7:
 		case 9:
 		case 11:
 			if (tc_int(t, ft, &v) < 0)
 				return -1;
-			if (id == 1)
+			if (id == 6)
+				m->total_uncompressed_size = v;
+			else if (id == 1)
 				m->type = v < 0 || v > 7 ? -1 : (int)v;
 			else if (id == 4)
 				m->codec = v < 0 || v > 100 ? 100 : (int)v;
@@ -217,6 +220,16 @@ static int parse_column_meta(struct tc *t, struct pq_chunk_meta *m)
 				m->data_page_offset = v;
 			else
 				m->dictionary_page_offset = v;
+			break;
+		case 2:
+			if (ft != TC_LIST || tc_list(t, &et, &n) < 0 || et != TC_I32)
+				return t->bad = t->bad ? t->bad : "bad encodings list", -1;
+			for (uint32_t i = 0; i < n; i++) {
+				if (tc_i64(t, &v) < 0)
+					return -1;
+				if (v >= 0 && v < 32)
+					m->encodings |= 1u << v;
+			}
 			break;
 		case 3: {
 			if (ft != TC_LIST || tc_list(t, &et, &n) < 0 || et != TC_BINARY)
@@ -315,6 +328,8 @@ void pq_free_meta(struct moe_pq_file *f)
 	free(f->rgs);
 	f->rgs = NULL;
 	f->nrgs = 0;
+	free(f->created_by);
+	f->created_by = NULL;
 }
 
 int pq_parse_footer(struct moe_pq_file *f, const uint8_t *buf, size_t len, struct moe_error *err)
@@ -353,6 +368,19 @@ int pq_parse_footer(struct moe_pq_file *f, const uint8_t *buf, size_t len, struc
 			if (tc_int(&t, ft, &v) < 0)
 				goto bad;
 			f->num_rows = v;
+		} else if (id == 6 && ft == TC_BINARY && !f->created_by) {
+			const uint8_t *p;
+			uint32_t l;
+			if (tc_binary(&t, &p, &l) < 0)
+				goto bad;
+			f->created_by = malloc((size_t)l + 1);
+			if (!f->created_by) {
+				rc = moe_error_set(err, MOE_ENOMEM, "out of memory");
+				goto out;
+			}
+			for (uint32_t i = 0; i < l; i++)
+				f->created_by[i] = p[i] >= 0x20 && p[i] < 0x7f ? (char)p[i] : '?';
+			f->created_by[l] = 0;
 		} else if (id == 4 && ft == TC_LIST && !f->rgs) {
 			if (tc_list(&t, &et, &n) < 0)
 				goto bad;

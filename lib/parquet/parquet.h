@@ -88,6 +88,22 @@ const struct moe_pq_column_info *moe_pq_column(const struct moe_pq_file *f, int 
 int moe_pq_find_column(const struct moe_pq_file *f, const char *name);
 const char *moe_pq_path(const struct moe_pq_file *f);
 
+/* What the footer says about one column chunk. */
+struct moe_pq_chunk_info {
+	const char *codec;       /* "SNAPPY", ... (static) */
+	uint32_t encodings;      /* bit e set for each Encoding e listed (PLAIN = 0, RLE = 3,
+				  * PLAIN_DICTIONARY = 2, RLE_DICTIONARY = 8, ...) */
+	int64_t num_values;
+	int64_t compressed_size;   /* bytes, page headers included */
+	int64_t uncompressed_size;
+	bool has_dictionary_offset;
+};
+int moe_pq_chunk_info(const struct moe_pq_file *f, int rg, int col, struct moe_pq_chunk_info *out);
+/* Name of Encoding e ("RLE_DICTIONARY"...), static. */
+const char *moe_pq_encoding_name(int e);
+/* The writer named in the footer, or NULL. */
+const char *moe_pq_created_by(const struct moe_pq_file *f);
+
 /* A column reader: decodes chunks of one column and keeps their buffers
  * (reused from chunk to chunk).  Returns NULL on allocation failure. */
 struct moe_pq_reader *moe_pq_reader_new(void);

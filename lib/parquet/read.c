@@ -228,6 +228,30 @@ const struct moe_pq_column_info *moe_pq_column(const struct moe_pq_file *f, int 
 	return col >= 0 && col < f->ncolumns ? &f->columns[col] : NULL;
 }
 
+int moe_pq_chunk_info(const struct moe_pq_file *f, int rg, int col, struct moe_pq_chunk_info *out)
+{
+	if (rg < 0 || rg >= f->nrgs || col < 0 || col >= f->ncolumns)
+		return MOE_EINVAL;
+	const struct pq_chunk_meta *m = &f->rgs[rg].cols[col];
+	out->codec = pq_codec_name(m->codec);
+	out->encodings = m->encodings;
+	out->num_values = m->num_values;
+	out->compressed_size = m->total_compressed_size;
+	out->uncompressed_size = m->total_uncompressed_size;
+	out->has_dictionary_offset = m->dictionary_page_offset > 0;
+	return 0;
+}
+
+const char *moe_pq_encoding_name(int e)
+{
+	return pq_encoding_name(e);
+}
+
+const char *moe_pq_created_by(const struct moe_pq_file *f)
+{
+	return f->created_by;
+}
+
 int moe_pq_find_column(const struct moe_pq_file *f, const char *name)
 {
 	for (int i = 0; i < f->ncolumns; i++)

@@ -32,6 +32,7 @@ t "cat without files" 2 "$F" cat
 t "bad --limit" 2 "$F" cat --limit -3 x.parquet
 t "bad --min-score" 2 "$F" cat --min-score abc x.parquet
 t "get without -o" 2 "$F" get some/repo
+t "info without files" 2 "$F" info
 t "missing file" 1 "$F" cat "$tmp/none.parquet"
 grep -q "^moe-fetch: cannot open '$tmp/none.parquet': No such file" "$tmp/err" || { echo "not ok missing-file message: $(cat "$tmp/err")"; fail=1; }
 
@@ -80,5 +81,7 @@ assert rss_mb < 25, "peak RSS %.1f MB for a %.0f MB file" % (rss_mb, size_mb)
 print("ok cat of a %.0f MB file in 40 row groups peaks at %.1f MB RSS" % (size_mb, rss_mb))
 PY
 # the examples of moe-fetch(1)
+t "man example: info" 0 "$F" info "$demo"
+grep -q "^  text  *BYTE_ARRAY string  *optional ZSTD " "$tmp/out" || { echo "not ok info output: $(cat "$tmp/out")"; fail=1; }
 t "man example: filtered documents" 0 sh -c "'$F' cat --min-int-score 3 --columns text,score '$demo' | head -n 5"
 exit $fail

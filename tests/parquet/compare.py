@@ -36,8 +36,39 @@ def num(v):
     return v
 
 
+def compare_info(ref_path, info_path):
+    """`moe-fetch info FILE` against hyparquet's footer summary."""
+    ref = json.load(open(ref_path))
+    lines = open(info_path, encoding="utf-8").read().splitlines()
+    head = lines[1].split(", ")
+    got = {"rows": int(head[0].split()[0]), "row_groups": int(head[1].split()[0])}
+    cols = []
+    for line in lines[3:]:
+        f = line.split()
+        cols.append({"name": f[0], "codec": f[-4], "encodings": sorted(f[-3].split(",")),
+                     "compressed": int(f[-2]), "uncompressed": int(f[-1])})
+    bad = []
+    if got["rows"] != ref["rows"] or got["row_groups"] != ref["row_groups"]:
+        bad.append("rows/row groups %s vs %s" % (got, (ref["rows"], ref["row_groups"])))
+    if ref["created_by"] and ("written by " + ref["created_by"]) not in lines[1]:
+        bad.append("created_by")
+    if len(cols) != len(ref["columns"]):
+        bad.append("%d columns vs %d" % (len(cols), len(ref["columns"])))
+    for c, r in zip(cols, ref["columns"]):
+        for k in ("name", "codec", "encodings", "compressed", "uncompressed"):
+            if c[k] != r[k]:
+                bad.append("%s %s: %r vs %r" % (r["name"], k, c[k], r[k]))
+    if bad:
+        print("; ".join(bad[:5]))
+        return 1
+    print("footer agrees: %d rows, %d row groups, %d columns" % (got["rows"], got["row_groups"], len(cols)))
+    return 0
+
+
 def main():
     args = sys.argv[1:]
+    if args and args[0] == "--info":
+        return compare_info(args[1], args[2])
     opts = {}
     while args and args[0].startswith("--"):
         opts[args[0]] = args[1]

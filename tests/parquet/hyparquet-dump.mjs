@@ -1,5 +1,6 @@
 // Independent reference: dump Parquet files' rows as JSONL with hyparquet.
 // usage: node hyparquet-dump.mjs FILE [COL,COL,...]        (to stdout)
+//        node hyparquet-dump.mjs --meta FILE                (footer summary)
 //        node hyparquet-dump.mjs --batch LIST               (many at once)
 // LIST has one "FILE<TAB>COLS<TAB>OUT" line per dump (COLS may be empty);
 // a file hyparquet cannot read gets OUT.err instead of OUT.
@@ -48,8 +49,33 @@ async function dump(file, cols) {
   return out.join('\n') + (out.length ? '\n' : '')
 }
 
+// Footer summary, in the shape of `moe-fetch info`: per leaf column the
+// codec (or "mixed"), the union of encodings and summed sizes.
+async function meta(file) {
+  const md = await parquetMetadataAsync(await asyncBufferFromFile(file))
+  const cols = new Map()
+  md.row_groups.forEach((rg, g) => {
+    for (const c of rg.columns) {
+      const m = c.meta_data
+      const name = m.path_in_schema.join('.')
+      const e = cols.get(name) ?? { name, codec: m.codec, encodings: new Set(), compressed: 0, uncompressed: 0 }
+      if (g > 0 && e.codec !== m.codec) e.codec = 'mixed'
+      for (const x of m.encodings) e.encodings.add(x)
+      e.compressed += Number(m.total_compressed_size)
+      e.uncompressed += Number(m.total_uncompressed_size)
+      cols.set(name, e)
+    }
+  })
+  return JSON.stringify({
+    rows: Number(md.num_rows), row_groups: md.row_groups.length, created_by: md.created_by ?? null,
+    columns: [...cols.values()].map(e => ({ ...e, encodings: [...e.encodings].sort() })),
+  }) + '\n'
+}
+
 const args = process.argv.slice(2)
-if (args[0] === '--batch') {
+if (args[0] === '--meta') {
+  process.stdout.write(await meta(args[1]))
+} else if (args[0] === '--batch') {
   for (const line of readFileSync(args[1], 'utf8').split('\n')) {
     if (!line) continue
     const [file, cols, out] = line.split('\t')
