@@ -66,6 +66,18 @@ if [ -n "${MOE_SHARED:-}" ] && [ -f "$OLMO" ]; then
 		node "$REF" encode "$tmp/olmo-$nf.json" "$ALLCP" "$tmp/ref" || exit 1
 		compare "olmo-$nf/all-code-points" "$tmp/olmo-$nf.json" "$ALLCP" "$tmp/ref"
 	done
+	# options: prefix space, ignore_merges, a Sequence of normalizers
+	node "$REF" edit "$OLMO" "$tmp/olmo-aps.json" 'pre_tokenizer.add_prefix_space=true' || exit 1
+	node "$REF" edit "$OLMO" "$tmp/olmo-im.json" 'model.ignore_merges=true' || exit 1
+	node "$REF" edit "$OLMO" "$tmp/olmo-seq.json" \
+		'normalizer={"type":"Sequence","normalizers":[{"type":"NFKD"},{"type":"NFC"}]}' || exit 1
+	for v in aps im seq; do
+		for f in "$EDGE" "$FUZZ"; do
+			n=$(basename "$f" .jsonl)
+			node "$REF" encode "$tmp/olmo-$v.json" "$f" "$tmp/ref" || exit 1
+			compare "olmo-$v/$n" "$tmp/olmo-$v.json" "$f" "$tmp/ref"
+		done
+	done
 	MOBY="$MOE_SHARED/data/text/moby-dick.jsonl"
 else
 	echo "note: MOE_SHARED absent: OLMo checks skipped"

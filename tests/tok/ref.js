@@ -13,6 +13,8 @@
 //       an HF tokenizer.json with that vocabulary and Split(REGEX)
 //   node ref.js set-normalizer IN.json OUT.json NFD|NFKC|NFKD
 //       a copy of a tokenizer.json with another normalizer
+//   node ref.js edit IN.json OUT.json key.path=JSON...
+//       a copy of a tokenizer.json with some values replaced
 //   node ref.js time TOKENIZER.json IN.jsonl
 //       single-call encode rate over the documents (MB/s)
 'use strict';
@@ -114,6 +116,17 @@ async function main() {
   } else if (cmd === 'set-normalizer') {
     const j = JSON.parse(fs.readFileSync(a[0], 'utf8'));
     j.normalizer = { type: a[2] };
+    fs.writeFileSync(a[1], JSON.stringify(j));
+  } else if (cmd === 'edit') {
+    // edit IN OUT path.to.key=JSON ...
+    const j = JSON.parse(fs.readFileSync(a[0], 'utf8'));
+    for (const e of a.slice(2)) {
+      const eq = e.indexOf('=');
+      const keys = e.slice(0, eq).split('.');
+      let o = j;
+      for (const k of keys.slice(0, -1)) o = o[k];
+      o[keys[keys.length - 1]] = JSON.parse(e.slice(eq + 1));
+    }
     fs.writeFileSync(a[1], JSON.stringify(j));
   } else if (cmd === 'time') {
     const t = tk.Tokenizer.fromFile(a[0]);
