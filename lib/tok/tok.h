@@ -98,7 +98,8 @@ enum moe_tok_flags {
 };
 
 /* Encode len bytes of UTF-8 text (NULs allowed) and append the ids to out.
- * ctx may be NULL (a temporary one is made: slower).  Returns 0, or
+ * ctx may be NULL (a temporary one is made: slower; a context holds a
+ * 4 MiB word cache, so reuse one per thread for many documents).  Returns 0, or
  * MOE_EFORMAT for invalid UTF-8 (message gives the byte offset) unless
  * MOE_TOK_LOSSY, or MOE_ENOMEM.  On error out->n is restored. */
 int moe_tok_encode(const struct moe_tok *t, struct moe_tok_ctx *ctx, const char *text, size_t len,
@@ -129,12 +130,15 @@ struct moe_tok_train_opts {
 	const char *const *special; /* special tokens, given the first ids; may be NULL */
 	size_t n_special;
 	uint32_t min_frequency;     /* stop when the best pair is seen fewer times (0, 1: never) */
-	int threads;                /* for counting words and pairs (<= 0: 1) */
+	int threads;                /* reserved (merging is single-threaded; count
+				     * with one trainer per thread, see below) */
 };
 
-/* A trainer that counts GPT-2-pre-tokenized words fed to it.  Feeding is
- * thread-safe only through separate trainers merged with _merge(); the
- * usual use is one trainer per input thread. */
+/* A trainer that counts GPT-2-pre-tokenized words fed to it (no
+ * normalization).  A trainer is not thread-safe: use one per thread and
+ * merge them with _merge() before _finish().  Ties between equally frequent
+ * pairs go to the smaller (left id, right id), so the result does not
+ * depend on how the documents were split between trainers. */
 struct moe_tok_trainer *moe_tok_trainer_new(void);
 /* Count the words of one document (UTF-8; invalid sequences are replaced). */
 int moe_tok_trainer_feed(struct moe_tok_trainer *tr, const char *text, size_t len,
