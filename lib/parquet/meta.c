@@ -221,10 +221,26 @@ static int parse_column_meta(struct tc *t, struct pq_chunk_meta *m)
 			else
 				m->dictionary_page_offset = v;
 			break;
-		case 2:
-			if (ft != TC_LIST || tc_list(t, &et, &n) < 0 || et != TC_I32)
-				return t->bad = t->bad ? t->bad : "bad encodings list", -1;
+		case 2: /* informational: anything but a list of i32 is skipped */
+			if (ft != TC_LIST) {
+				if (tc_skip(t, ft) < 0)
+					return -1;
+				break;
+			}
+			if (tc_list(t, &et, &n) < 0)
+				return -1;
 			for (uint32_t i = 0; i < n; i++) {
+				if (et == TC_TRUE || et == TC_FALSE) {
+					if (t->p >= t->end)
+						return t->bad = "truncated list", -1;
+					t->p++;
+					continue;
+				}
+				if (et != TC_I32) {
+					if (tc_skip(t, et) < 0)
+						return -1;
+					continue;
+				}
 				if (tc_i64(t, &v) < 0)
 					return -1;
 				if (v >= 0 && v < 32)
