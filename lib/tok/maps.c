@@ -1,6 +1,7 @@
 /* Hash maps, the byte-level alphabet and the added-token tries. */
 #include "tok/tok_internal.h"
 
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -141,7 +142,7 @@ uint32_t tok_strmap_get(const struct tok_strmap *m, char *const *strs, const uin
 
 static uint16_t byte_cp[256];
 static int16_t cp_byte[512];
-static int bl_ready;
+static pthread_once_t bl_once = PTHREAD_ONCE_INIT;
 
 static void bytelevel_init(void)
 {
@@ -154,13 +155,11 @@ static void bytelevel_init(void)
 		cp_byte[i] = -1;
 	for (int b = 0; b < 256; b++)
 		cp_byte[byte_cp[b]] = (int16_t)b;
-	__atomic_store_n(&bl_ready, 1, __ATOMIC_RELEASE);
 }
 
 static void bl_check(void)
 {
-	if (!__atomic_load_n(&bl_ready, __ATOMIC_ACQUIRE))
-		bytelevel_init(); /* idempotent: every thread computes the same values */
+	pthread_once(&bl_once, bytelevel_init);
 }
 
 int tok_cp_to_byte(uint32_t cp)
