@@ -312,9 +312,13 @@ static int setup_labels(struct moe_route_stats *s, const struct moe_trace *tr, c
 	if (!tr->docs)
 		return moe_error_set(err, MOE_ENOTFOUND,
 				     "--label %s: the trace has no docs.jsonl (document fields)", field);
-	for (int64_t t = 0; t < tr->T; t++)
+	for (int64_t t = 0; t < tr->T; t++) {
+		if (tr->doc_index[t] < 0)
+			return moe_error_set(err, MOE_EFORMAT, "row %lld: negative document index",
+					     (long long)t);
 		if (tr->doc_index[t] > max_doc)
 			max_doc = tr->doc_index[t];
+	}
 	nd = json_array_size(tr->docs);
 	if ((int64_t)max_doc >= (int64_t)nd)
 		return moe_error_set(err, MOE_EFORMAT, "docs.jsonl has %zu documents, trace refers to %d",
@@ -476,7 +480,7 @@ static void merge_counters(struct moe_route_stats *d, const struct moe_route_sta
 /* Rows [t0, t1) into the counters of c; cfg holds the settings (S, labels,
  * path stride); sampled top-1 routes go to routes[t / stride]. */
 static int pass(struct moe_route_stats *c, const struct moe_route_stats *cfg,
-		const struct moe_trace *tr, int64_t t0, int64_t t1, uint16_t *routes)
+		const struct moe_trace *tr, int64_t t0, int64_t t1, uint16_t *routes, int64_t *bad_row)
 {
 	int L = cfg->L, K = cfg->K, E = cfg->E, S = cfg->S, W = (E + 63) / 64;
 	int64_t stride = cfg->path_stride;
@@ -501,6 +505,12 @@ static int pass(struct moe_route_stats *c, const struct moe_route_stats *cfg,
 
 		moe_trace_row_experts(tr, t, ex);
 		moe_trace_row_weights(tr, t, w);
+		for (int i = 0; i < L * K; i++)
+			if ((uint32_t)ex[i] >= (uint32_t)E) {
+				rc = -2; /* a hostile or corrupt trace: never index with it */
+				*bad_row = t;
+				goto out;
+			}
 		for (int l = 0; l < L; l++) {
 			const int32_t *el = ex + l * K;
 			const float *wl = w + l * K;
@@ -636,6 +646,7 @@ int moe_route_stats_compute(const struct moe_trace *tr, const struct moe_route_s
 	static const struct moe_route_stats_opts defaults = {0};
 	struct moe_route_stats *s = calloc(1, sizeof *s), *parts = NULL;
 	int L = tr->L, K = tr->K, E = tr->E, S, nth = 1, failed = 0;
+	int64_t bad_row = -1;
 	uint16_t *routes = NULL;
 	int rc = 0, bpe = bits_for(E);
 	int64_t stride;
@@ -723,7 +734,20 @@ int moe_route_stats_compute(const struct moe_trace *tr, const struct moe_route_s
 				continue;
 			}
 		}
-		failed |= pass(c, s, tr, t0, t1, routes) < 0;
+		{
+			int64_t br = -1;
+			int prc = pass(c, s, tr, t0, t1, routes, &br);
+
+			if (prc == -2) {
+#ifdef _OPENMP
+#pragma omp critical
+#endif
+				if (bad_row < 0 || br < bad_row)
+					bad_row = br;
+			} else if (prc < 0) {
+				failed |= 1;
+			}
+		}
 	}
 	for (int i = 1; i < nth; i++) {
 		if (!failed)
@@ -732,6 +756,11 @@ int moe_route_stats_compute(const struct moe_trace *tr, const struct moe_route_s
 	}
 	if (failed)
 		goto out_nomem;
+	if (bad_row >= 0) {
+		rc = moe_error_set(err, MOE_EFORMAT, "row %lld: expert id out of range [0, %d)",
+				   (long long)bad_row, E);
+		goto out;
+	}
 	for (int st = 1; st <= S; st++) {
 		s->ec1_den[st] = st < L ? (uint64_t)tr->T * (uint64_t)(L - st) : 0;
 		s->ecall_den[st] = s->ec1_den[st] * (uint64_t)K;

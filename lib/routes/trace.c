@@ -95,6 +95,9 @@ int moe_trace_append(struct moe_trace *tr, const struct moe_trace_row *row, stru
 			return moe_error_set(err, MOE_EINVAL,
 					     "trace: row %lld: expert id %d out of range [0, %d)",
 					     (long long)t, row->experts[i], tr->E);
+	if (row->token_id < 0 || row->doc_index < 0 || row->position < 0)
+		return moe_error_set(err, MOE_EINVAL, "trace: row %lld: negative token, document or position",
+				     (long long)t);
 	if (tr->router_logits && !row->logits)
 		return moe_error_set(err, MOE_EINVAL, "trace: row %lld: router logits missing",
 				     (long long)t);

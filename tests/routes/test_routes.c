@@ -421,3 +421,23 @@ Test(synth, invariants_and_sums)
 	moe_route_stats_free(s);
 	moe_trace_free(tr);
 }
+
+Test(stats, rejects_corrupt_ids)
+{
+	struct moe_error err = {0};
+	struct moe_trace *tr = hand_trace(false);
+	struct moe_route_stats *s = NULL;
+
+	((int32_t *)tr->topk_experts)[2 * 4 + 3] = 7; /* row 2, layer 1, rank 2: id >= E = 3 */
+	cr_expect_lt(moe_route_stats_compute(tr, NULL, &s, &err), 0);
+	cr_expect_null(s);
+	cr_expect(strstr(err.msg, "row 2") != NULL, "%s", err.msg);
+	((int32_t *)tr->topk_experts)[2 * 4 + 3] = 2;
+	tr->doc_index[3] = -1;
+	{
+		struct moe_route_stats_opts o = {.label = "lang"};
+
+		cr_expect_lt(moe_route_stats_compute(tr, &o, &s, &err), 0);
+	}
+	moe_trace_free(tr);
+}
