@@ -419,6 +419,17 @@ int moe_routes_run(const struct moe_routes_run_opts *o, int64_t *n_out, struct m
 			rc = err->code;
 			goto out;
 		}
+		if (tok && moe_dataset_info(s.ds)->has_tokenizer_sha256) {
+			uint8_t d[32];
+
+			moe_tok_sha256(tok, d);
+			if (memcmp(d, moe_dataset_info(s.ds)->tokenizer_sha256, 32) != 0) {
+				rc = moe_error_set(err, MOE_EINVAL,
+						   "%s: the shards were made with another tokenizer than '%s' "
+						   "(sha256 differs)", o->data_dir, o->tokenizer);
+				goto out;
+			}
+		}
 	} else {
 		rc = moe_error_set(err, MOE_EINVAL, "no input: give --docs or --data");
 		goto out;
