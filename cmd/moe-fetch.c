@@ -323,6 +323,8 @@ static int list_files(struct args *a, int argc, char **argv, struct moe_hub **hp
 	moe_info(2, "%s@%s is commit %s", repo, a->revision, commit);
 	if (moe_hub_list(h, commit, a->include, a->ninclude, a->exclude, a->nexclude, ents, n, &err) < 0)
 		moe_die_error(&err);
+	if (*n == 0)
+		moe_warn("no file of %s at %s matches the --include/--exclude patterns", repo, commit);
 	*hp = h;
 	return 0;
 }

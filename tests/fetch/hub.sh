@@ -84,6 +84,8 @@ n_tree=$(grep -c '/tree/' "$tmp/log.jsonl")
 	bad "list all: $(cat "$tmp/all.txt")"
 "$F" list "$REPO" -I 'sample/*' -X '*/100BT/*' -X '*003_*' --json > "$tmp/l2" 2>&1 &&
 	[ "$(wc -l < "$tmp/l2")" -eq 4 ] && ok "--exclude" || bad "--exclude: $(cat "$tmp/l2")"
+"$F" list "$REPO" -I 'nothing/*' > "$tmp/out" 2> "$tmp/err" && grep -q "warning: no file of $REPO at .* matches" "$tmp/err" &&
+	grep -q "^0 files, 0 bytes" "$tmp/out" && ok "an empty selection warns" || bad "empty selection: $(cat "$tmp/err")"
 "$F" list "$REPO" -r v9 > "$tmp/out" 2> "$tmp/err"
 [ $? -eq 1 ] && grep -q "revision/v9: HTTP 404" "$tmp/err" && ok "unknown revision" ||
 	bad "unknown revision: $(cat "$tmp/err")"
