@@ -14,8 +14,9 @@
  *       the forward and input-gradient GEMMs (offsets read back to the host
  *       once per routing: model.c reads that layer's statistics back anyway)
  *       and the device-driven kernel of grouped_gemm.cu for the weight
- *       gradients (cuBLAS's grouped GEMM has no bf16 x bf16 -> fp32 form;
- *       MOE_CUDA_WGRAD=cublas does them expert by expert instead);
+ *       gradients (fp32 +=, which cuBLAS's grouped GEMM does not offer;
+ *       MOE_CUDA_WGRAD=cublas does them expert by expert instead; a padded
+ *       strided-batched cuBLAS variant measured the same and was dropped);
  *   "kernel": the device-driven kernel for all three, no synchronisation;
  *   "cublas": a loop of per-expert cuBLAS GEMMs.
  */
@@ -37,6 +38,7 @@ extern "C" {
 #define N_STALE 64
 
 enum { GM_KERNEL, GM_CUBLAS_GROUPED, GM_CUBLAS_LOOP };
+enum { WG_KERNEL, WG_LOOP };
 enum { S_GROUP, S_STATS, S_DELTA, S_INV, S_SUMSQ, S_LOSS, S_ACC, S_TMP };
 
 struct prof_ent {
@@ -74,7 +76,7 @@ struct cuda_ctx {
 	int route_next;
 	/* cuBLAS expert paths: host copies of offsets, per offsets pointer */
 	int grouped_mode;   /* GM_* */
-	int wgrad_cublas;   /* GM_CUBLAS_GROUPED: weight gradients expert by expert */
+	int wgrad_mode;     /* GM_CUBLAS_GROUPED: WG_* */
 	int32_t *hoff[N_ROUTES];
 	int hoff_n[N_ROUTES];
 	/* cublasGemmGroupedBatchedEx arguments */
@@ -835,11 +837,12 @@ static void o_grouped_bwd(struct moe_backend *be, void *dx, float *dw, const voi
 		if (h && dx)
 			RUN(c, grouped_cublas(c, h, E, 0, In, Out, (const bf16_t *)dout, Out, (const bf16_t *)w,
 					      (size_t)Out * In, In, (bf16_t *)dx, In));
-		/* dW_e (Out, In) += dY_e^T X_e in fp32: the device-driven kernel, or expert by expert */
-		if (h && dw && !c->wgrad_cublas)
+		/* dW_e (Out, In) += dY_e^T X_e in fp32 */
+		int wm = c->wgrad_mode;
+		if (h && dw && wm == WG_KERNEL)
 			RUN(c, moe_cuda_grouped_wgrad(dw, (const bf16_t *)dout, (const bf16_t *)x, offsets, E, In, Out,
 						      c->s, &c->err));
-		for (int e = 0; h && dw && c->wgrad_cublas && e < E; e++)
+		for (int e = 0; h && dw && wm == WG_LOOP && e < E; e++)
 			if (h[e + 1] > h[e])
 				RUN(c, moe_cuda_gemm(c->blas, 1, 0, Out, In, h[e + 1] - h[e],
 						     (const bf16_t *)dout + (size_t)h[e] * Out, Out,
@@ -1026,7 +1029,11 @@ extern "C" struct moe_backend *moe_backend_cuda(struct moe_error *err)
 		const char *gv = getenv("MOE_CUDA_GROUPED");
 		c->prof = pv && *pv && strcmp(pv, "0") != 0;
 		const char *wv = getenv("MOE_CUDA_WGRAD");
-		c->wgrad_cublas = wv && !strcmp(wv, "cublas");
+		c->wgrad_mode = !wv || !strcmp(wv, "kernel") ? WG_KERNEL : !strcmp(wv, "cublas") ? WG_LOOP : -1;
+		if (c->wgrad_mode < 0) {
+			moe_error_set(err, MOE_EINVAL, "MOE_CUDA_WGRAD='%s': expected kernel or cublas", wv);
+			goto fail;
+		}
 		c->grouped_mode = !gv || !strcmp(gv, "cublas-grouped") ? GM_CUBLAS_GROUPED
 				  : !strcmp(gv, "kernel")  ? GM_KERNEL
 				  : !strcmp(gv, "cublas")          ? GM_CUBLAS_LOOP

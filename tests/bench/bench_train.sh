@@ -8,8 +8,8 @@
 # beside 16 (default 8).
 # Steps: 1. kernel microbenchmarks; 2. seed-base training steps (median of
 # 6 after 2 warm-up) at B=16 and B with the default expert GEMMs (cuBLAS
-# grouped + device-driven weight gradients), then the other expert-GEMM
-# paths at B; 3. one profiled step (per-op time); 4. torch_ref best_c at
+# grouped + our device-driven weight-gradient kernel), then per-expert cuBLAS
+# weight gradients and our kernel for all expert GEMMs at B; 3. one profiled step (per-op time); 4. torch_ref best_c at
 # B=16 and at B, in the same run on the same card.
 set -u
 BIN=${1:?usage: bench_train.sh BINDIR TORCH_REF_PY [B]}
