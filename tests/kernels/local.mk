@@ -43,3 +43,4 @@ tests_bench_bench_kernels_CPPFLAGS = $(AM_CPPFLAGS) -I$(top_srcdir) $(CUDA_CPPFL
 tests_bench_bench_kernels_LDFLAGS = $(AM_LDFLAGS) $(CUDA_LDFLAGS)
 tests_bench_bench_kernels_LDADD = kernels/libmoekernels.a $(CORE_LIBS) $(CUDA_LIBS) -lstdc++
 endif
+EXTRA_DIST += tests/bench/bench_train.sh tests/bench/RESULTS-cuda.md
