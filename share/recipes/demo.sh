@@ -16,7 +16,7 @@ have() { [ -x "$BIN/$1" ]; }
 t0=$(date +%s)
 
 DEVICE=${MOE_DEMO_DEVICE:-cpu}
-STEPS=${MOE_DEMO_STEPS:-300}
+STEPS=${MOE_DEMO_STEPS:-150}
 
 if have moe-fetch; then
 	step "moe-fetch cat: the bundled FineWeb-shaped Parquet sample -> JSONL documents"
@@ -49,7 +49,8 @@ fi
 if have moe-train; then
 	step "moe-train: the tiny preset, $STEPS steps on $DEVICE"
 	rm -rf "$OUT/run"
-	moe-train --model tiny --data "$OUT/data" --out "$OUT/run" --device "$DEVICE" --steps "$STEPS"
+	moe-train --model tiny --data "$OUT/data" --out "$OUT/run" --device "$DEVICE" --steps "$STEPS" \
+		--micro-batch 8 --seq-len 128 --lr 3e-3 --warmup 5 --eval-every 50 --eval-batches 8 --ckpt-every 50
 	step "moe-eval: validation loss of the last checkpoint"
 	moe-eval "$OUT/run/ckpt/latest" --data "$OUT/data" --split val
 else
@@ -59,8 +60,8 @@ fi
 if have moe-routes; then
 	step "moe-routes: traces, statistics and plots on held-out documents"
 	rm -rf "$OUT/routes"
-	moe-routes run "$OUT/run/ckpt/latest" --docs "$OUT/held.jsonl" -t "$OUT/tok.json" -o "$OUT/routes"
-	moe-routes stats "$OUT/routes"
+	moe-routes run "$OUT/run/ckpt/latest" --docs "$OUT/held.jsonl" -t "$OUT/tok.json" -o "$OUT/routes" --max-tokens 20000
+	moe-routes stats "$OUT/routes" --label url
 	moe-routes plot "$OUT/routes" -o "$OUT/plots"
 	ls "$OUT/plots"
 fi
