@@ -274,6 +274,17 @@ int tok_trie_build(struct tok_trie *tr, const struct tok_added *added, size_t n,
 		if (b->token < 0)
 			b->token = (int32_t)i; /* first of duplicates wins */
 		uint8_t c0 = (uint8_t)added[i].content[0];
+		int16_t c1 = added[i].len > 1 ? (uint8_t)added[i].content[1] : -1;
+		if (!(tr->first[c0 >> 3] & (1u << (c0 & 7)))) {
+			if (tr->n_firsts < 4) {
+				tr->firsts[tr->n_firsts] = c0;
+				tr->seconds[tr->n_firsts] = c1;
+			}
+			tr->n_firsts++;
+		} else
+			for (int k = 0; k < tr->n_firsts && k < 4; k++)
+				if (tr->firsts[k] == c0 && tr->seconds[k] != c1)
+					tr->seconds[k] = -1; /* several second bytes (or none) */
 		tr->first[c0 >> 3] |= (uint8_t)(1u << (c0 & 7));
 		if (added[i].len == 1)
 			tr->single[c0 >> 3] |= (uint8_t)(1u << (c0 & 7));
@@ -308,12 +319,40 @@ void tok_trie_release(struct tok_trie *tr)
 	memset(tr, 0, sizeof *tr);
 }
 
+/* 0x80 in each byte of w that equals b, 0 elsewhere (exact SWAR test) */
+static inline uint64_t byte_mask(uint64_t w, uint8_t b)
+{
+	const uint64_t lo7 = 0x7F7F7F7F7F7F7F7Full;
+	uint64_t x = w ^ (0x0101010101010101ull * b);
+	return ~(((x & lo7) + lo7) | x | lo7);
+}
+
 int tok_trie_find(const struct tok_trie *tr, const uint8_t *s, size_t n, size_t from, size_t *start,
 		  size_t *end, size_t *idx)
 {
 	if (tr->empty)
 		return 0;
 	for (size_t i = from; i < n; i++) {
+		/* skip 7 bytes at a time (8-byte loads overlapping by one) that
+		 * hold no possible start: a first byte, followed by its second
+		 * byte when that is the only one possible */
+		if (tr->n_firsts <= 4 && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__) {
+			while (i + 8 <= n) {
+				uint64_t w, hit = 0;
+				memcpy(&w, s + i, 8);
+				for (int k = 0; k < tr->n_firsts; k++) {
+					uint64_t m = byte_mask(w, tr->firsts[k]);
+					if (tr->seconds[k] >= 0)
+						m &= byte_mask(w, (uint8_t)tr->seconds[k]) >> 8;
+					hit |= m & 0x0080808080808080ull; /* starts in bytes 0..6 */
+				}
+				if (hit)
+					break;
+				i += 7;
+			}
+			if (i >= n)
+				break;
+		}
 		uint8_t c = s[i];
 		if (!(tr->first[c >> 3] & (1u << (c & 7))))
 			continue;

@@ -80,6 +80,9 @@ struct tok_trie {
 	size_t n_nodes, n_edges;
 	uint8_t first[32];    /* bitmap of first bytes */
 	uint8_t single[32];   /* bitmap of one-byte tokens */
+	uint8_t n_firsts;     /* number of distinct first bytes (for the word scan) */
+	uint8_t firsts[4];    /* the first bytes when there are at most 4 */
+	int16_t seconds[4];   /* the only second byte after firsts[k], or -1 */
 	uint8_t *pair;        /* 65536-bit bitmap of first two bytes */
 	bool empty;
 };

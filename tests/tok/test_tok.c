@@ -542,3 +542,67 @@ Test(jsonl, agrees_with_jansson)
 	}
 	moe_tok_bytes_release(&scratch);
 }
+
+/* ---- added-token matching against a naive leftmost-longest search ---------- */
+
+static int naive_find(const struct tok_added *ad, size_t na, const uint8_t *s, size_t n, size_t from,
+		      size_t *a, size_t *b, size_t *idx)
+{
+	for (size_t i = from; i < n; i++) {
+		size_t best = 0;
+		int bi = -1;
+		for (size_t k = 0; k < na; k++)
+			if (ad[k].len <= n - i && ad[k].len > best && memcmp(s + i, ad[k].content, ad[k].len) == 0) {
+				best = ad[k].len;
+				bi = (int)k;
+			}
+		if (bi >= 0) {
+			*a = i;
+			*b = i + best;
+			*idx = (size_t)bi;
+			return 1;
+		}
+	}
+	return 0;
+}
+
+Test(added, trie_scan_matches_naive_search)
+{
+	static const char *toks[][3] = {
+		{"  ", "   ", "<|x|>"},  /* one second byte per first byte */
+		{"  ", " a", "|||A|||"}, /* several second bytes after ' ' */
+		{"a", "<|x|>", "zz"},    /* a one-byte token */
+	};
+	const char alphabet[] = "  ab<|x>zA";
+	unsigned seed = 12345;
+	for (size_t set = 0; set < 3; set++) {
+		struct tok_added ad[3];
+		for (size_t k = 0; k < 3; k++)
+			ad[k] = (struct tok_added){.content = (char *)toks[set][k], .len = strlen(toks[set][k]),
+						   .id = (uint32_t)k};
+		struct tok_trie tr;
+		cr_assert_eq(tok_trie_build(&tr, ad, 3, false), 0);
+		for (int round = 0; round < 2000; round++) {
+			uint8_t s[64];
+			size_t n = (size_t)(round % 64);
+			for (size_t i = 0; i < n; i++) {
+				seed = seed * 1103515245u + 12345u;
+				s[i] = (uint8_t)alphabet[(seed >> 16) % (sizeof alphabet - 1)];
+			}
+			size_t from = 0;
+			for (;;) {
+				size_t a1 = 0, b1 = 0, i1 = 0, a2 = 0, b2 = 0, i2 = 0;
+				int r1 = tok_trie_find(&tr, s, n, from, &a1, &b1, &i1);
+				int r2 = naive_find(ad, 3, s, n, from, &a2, &b2, &i2);
+				cr_assert_eq(r1, r2, "set %zu round %d from %zu", set, round, from);
+				if (!r1)
+					break;
+				cr_assert_eq(a1, a2);
+				cr_assert_eq(b1, b2);
+				cr_assert_eq(i1, i2);
+				from = b1;
+			}
+		}
+		tok_trie_release(&tr);
+	}
+}
