@@ -7,9 +7,12 @@
 #
 #   tests/bench/parity_routes.sh BUILDDIR [SRCDIR]
 #
-# Needs python3 with numpy and torch.  Near-tie tolerance (router-logit
-# margin between the K-th and (K+1)-th expert): 1e-4 for the fp32 CPU trace,
-# 5e-2 for the bf16 CUDA trace.
+# Needs python3 with numpy and torch.  The fp32 CPU trace must match up to
+# near-ties (router-logit margin between the K-th and (K+1)-th expert at most
+# 1e-4).  The bf16 CUDA trace is judged with --bf16 (parity_routes.py): its
+# disagreements and, with the routing forced to the trace's, its logit errors
+# must be of the size a bf16-emulating PyTorch model shows against the float64
+# one (bf16 near-tie swaps cascade through the layers; see RESULTS-routes.md).
 set -u
 B=${1:?builddir}
 S=${2:-$(cd "$(dirname "$0")/../.." && pwd)}
@@ -41,7 +44,7 @@ fi
 echo "== CUDA backend"
 if "$B/cmd/moe-routes" -q run "$W/ck" --docs "$W/docs.jsonl" -t "$W/tok.json" -o "$W/cuda" \
 	--seq-len 128 --max-tokens 6000 --logits --no-csv --device cuda; then
-	$PY "$S/tests/bench/parity_routes.py" "$W/ck" "$W/cuda" --tol 5e-2 --ref torch || rc=1
+	$PY "$S/tests/bench/parity_routes.py" "$W/ck" "$W/cuda" --tol 5e-2 --ref torch --bf16 || rc=1
 	echo "== moe-routes diff CPU CUDA"
 	"$B/cmd/moe-routes" diff "$W/cpu" "$W/cuda" --tol 5e-2
 else
