@@ -256,9 +256,14 @@ static void print_layers(const struct moe_route_stats *s, int L)
 	for (int l = 0; l < L; l++) {
 		const struct moe_layer_summary *m = moe_route_stats_layer(s, l);
 
-		printf("%5d %8.3f %8.3f %8.3f %6.1f %6d %8.3f %8.3f %8.3f\n", l, m->token_entropy,
-		       m->norm_entropy, m->token_kl, m->cv_percent, m->n_dead,
-		       isnan(m->lb_loss) ? m->lb_loss_weights : m->lb_loss, m->ec, m->ec_any);
+		printf("%5d %8.3f %8.3f %8.3f %6.1f %6d %8.3f", l, m->token_entropy, m->norm_entropy,
+		       m->token_kl, m->cv_percent, m->n_dead,
+		       isnan(m->lb_loss) ? m->lb_loss_weights : m->lb_loss);
+		/* Continuity needs a next layer: the last one prints "-". */
+		if (isnan(m->ec))
+			printf(" %8s %8s\n", "-", "-");
+		else
+			printf(" %8.3f %8.3f\n", m->ec, m->ec_any);
 	}
 }
 
