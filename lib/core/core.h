@@ -175,8 +175,16 @@ struct moe_sha256 {
 	uint64_t len;
 	uint8_t buf[64];
 	size_t nbuf;
+	bool accel; /* x86 SHA extensions in use */
 };
+/* Start a hash; uses the x86 SHA extensions when the CPU has them (about 5x
+ * the portable code). */
 void moe_sha256_init(struct moe_sha256 *s);
+/* The same, with the SHA extensions only when allow_accel (tests use false
+ * to check one path against the other). */
+void moe_sha256_init_ex(struct moe_sha256 *s, bool allow_accel);
+/* true when this CPU has the SHA extensions. */
+bool moe_sha256_accelerated(void);
 void moe_sha256_update(struct moe_sha256 *s, const void *data, size_t len);
 void moe_sha256_final(struct moe_sha256 *s, uint8_t out[32]);
 /* hex must hold 65 bytes. */

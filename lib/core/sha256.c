@@ -1,4 +1,5 @@
-/* SHA-256 (FIPS 180-4), written from the specification. */
+/* SHA-256 (FIPS 180-4), written from the specification; the x86 SHA
+ * extensions compress the blocks when the CPU has them. */
 #include "core/core.h"
 
 #include <string.h>
@@ -14,6 +15,63 @@ static const uint32_t K[64] = {
 	0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
 	0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7,
 	0xc67178f2};
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <cpuid.h>
+#include <immintrin.h>
+#define HAVE_SHA_NI_CODE 1
+
+/* Process n 64-byte blocks with the SHA-NI instructions. */
+__attribute__((target("sha,sse4.1,ssse3")))
+static void blocks_ni(uint32_t h[8], const uint8_t *p, size_t n)
+{
+	const __m128i bswap = _mm_set_epi64x(0x0c0d0e0f08090a0bULL, 0x0405060700010203ULL);
+	__m128i t = _mm_loadu_si128((const __m128i *)&h[0]);  /* D C B A */
+	__m128i s1 = _mm_loadu_si128((const __m128i *)&h[4]); /* H G F E */
+	t = _mm_shuffle_epi32(t, 0xb1);                       /* C D A B */
+	s1 = _mm_shuffle_epi32(s1, 0x1b);                     /* E F G H */
+	__m128i s0 = _mm_alignr_epi8(t, s1, 8);               /* A B E F */
+	s1 = _mm_blend_epi16(s1, t, 0xf0);                    /* C D G H */
+
+	for (; n > 0; n--, p += 64) {
+		__m128i save0 = s0, save1 = s1, w[4];
+		for (int i = 0; i < 16; i++) {
+			if (i < 4) {
+				w[i] = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(p + 16 * i)), bswap);
+			} else {
+				/* W[t] = s1(W[t-2]) + W[t-7] + s0(W[t-15]) + W[t-16], four at a time */
+				__m128i x = _mm_sha256msg1_epu32(w[i & 3], w[(i + 1) & 3]);
+				x = _mm_add_epi32(x, _mm_alignr_epi8(w[(i + 3) & 3], w[(i + 2) & 3], 4));
+				w[i & 3] = _mm_sha256msg2_epu32(x, w[(i + 3) & 3]);
+			}
+			__m128i m = _mm_add_epi32(w[i & 3], _mm_loadu_si128((const __m128i *)&K[4 * i]));
+			s1 = _mm_sha256rnds2_epu32(s1, s0, m);
+			m = _mm_shuffle_epi32(m, 0x0e);
+			s0 = _mm_sha256rnds2_epu32(s0, s1, m);
+		}
+		s0 = _mm_add_epi32(s0, save0);
+		s1 = _mm_add_epi32(s1, save1);
+	}
+
+	t = _mm_shuffle_epi32(s0, 0x1b);   /* F E B A */
+	s1 = _mm_shuffle_epi32(s1, 0xb1);  /* D C H G */
+	s0 = _mm_blend_epi16(t, s1, 0xf0); /* D C B A */
+	s1 = _mm_alignr_epi8(s1, t, 8);    /* H G F E */
+	_mm_storeu_si128((__m128i *)&h[0], s0);
+	_mm_storeu_si128((__m128i *)&h[4], s1);
+}
+
+static bool have_sha_ni(void)
+{
+	unsigned a, b, c, d;
+	if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & (1u << 19)) || !(c & (1u << 9)))
+		return false; /* SSE4.1, SSSE3 */
+	if (!__get_cpuid_count(7, 0, &a, &b, &c, &d))
+		return false;
+	return (b >> 29) & 1; /* SHA */
+}
+#endif
+
 
 #define ROR(x, n) (((x) >> (n)) | ((x) << (32 - (n))))
 
@@ -41,13 +99,44 @@ static void block(uint32_t h[8], const uint8_t *p)
 	h[0] += a; h[1] += b; h[2] += c; h[3] += d; h[4] += e; h[5] += f; h[6] += g; h[7] += hh;
 }
 
-void moe_sha256_init(struct moe_sha256 *s)
+bool moe_sha256_accelerated(void)
+{
+#ifdef HAVE_SHA_NI_CODE
+	static int cached = -1;
+	if (cached < 0)
+		cached = have_sha_ni();
+	return cached;
+#else
+	return false;
+#endif
+}
+
+/* Compress n whole 64-byte blocks. */
+static void compress(struct moe_sha256 *s, const uint8_t *p, size_t n)
+{
+#ifdef HAVE_SHA_NI_CODE
+	if (s->accel) {
+		blocks_ni(s->h, p, n);
+		return;
+	}
+#endif
+	for (; n > 0; n--, p += 64)
+		block(s->h, p);
+}
+
+void moe_sha256_init_ex(struct moe_sha256 *s, bool allow_accel)
 {
 	static const uint32_t iv[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
 				       0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
 	memcpy(s->h, iv, sizeof iv);
 	s->len = 0;
 	s->nbuf = 0;
+	s->accel = allow_accel && moe_sha256_accelerated();
+}
+
+void moe_sha256_init(struct moe_sha256 *s)
+{
+	moe_sha256_init_ex(s, true);
 }
 
 void moe_sha256_update(struct moe_sha256 *s, const void *data, size_t len)
@@ -60,15 +149,15 @@ void moe_sha256_update(struct moe_sha256 *s, const void *data, size_t len)
 		s->nbuf += take;
 		p += take;
 		len -= take;
-		if (s->nbuf == 64) {
-			block(s->h, s->buf);
-			s->nbuf = 0;
-		}
+		if (s->nbuf < 64)
+			return;
+		compress(s, s->buf, 1);
+		s->nbuf = 0;
 	}
-	while (len >= 64) {
-		block(s->h, p);
-		p += 64;
-		len -= 64;
+	if (len >= 64) {
+		compress(s, p, len / 64);
+		p += len / 64 * 64;
+		len %= 64;
 	}
 	if (len) {
 		memcpy(s->buf, p, len);

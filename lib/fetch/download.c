@@ -37,7 +37,7 @@ struct xfer {
 	int fd;
 	uint64_t off;       /* bytes in the .part file (all hashed) */
 	uint64_t size;      /* expected size */
-	struct fetch_sha256 sha;
+	struct moe_sha256 sha;
 	bool checked;       /* response status inspected */
 	bool refuse;        /* body not wanted (error status) */
 	bool overflow;      /* more bytes than expected */
@@ -132,7 +132,7 @@ static int reset_part(struct xfer *x)
 		return -1;
 	add_progress(x->d, -(int64_t)x->off);
 	x->off = 0;
-	fetch_sha256_init(&x->sha, true);
+	moe_sha256_init(&x->sha);
 	return 0;
 }
 
@@ -178,7 +178,7 @@ static size_t x_body(char *b, size_t sz, size_t nm, void *ud)
 		}
 		w += (size_t)k;
 	}
-	fetch_sha256_update(&x->sha, b, n);
+	moe_sha256_update(&x->sha, b, n);
 	x->off += n;
 	x->got += n;
 	add_progress(x->d, (int64_t)n);
@@ -239,11 +239,11 @@ static bool sleep_backoff(struct dl *d, int attempt, double retry_after)
 	return false;
 }
 
-static int hash_prefix(int fd, uint64_t len, struct fetch_sha256 *s)
+static int hash_prefix(int fd, uint64_t len, struct moe_sha256 *s)
 {
 	static __thread uint8_t buf[1 << 16];
 	uint64_t off = 0;
-	fetch_sha256_init(s, true);
+	moe_sha256_init(s);
 	while (off < len) {
 		size_t want = len - off < sizeof(buf) ? (size_t)(len - off) : sizeof(buf);
 		ssize_t k = pread(fd, buf, want, (off_t)off);
@@ -251,7 +251,7 @@ static int hash_prefix(int fd, uint64_t len, struct fetch_sha256 *s)
 			continue;
 		if (k <= 0)
 			return -1;
-		fetch_sha256_update(s, buf, (size_t)k);
+		moe_sha256_update(s, buf, (size_t)k);
 		off += (uint64_t)k;
 	}
 	return 0;
@@ -433,7 +433,7 @@ again:;
 	if (e->sha256[0]) {
 		uint8_t dig[32];
 		char hex[65];
-		fetch_sha256_final(&x.sha, dig);
+		moe_sha256_final(&x.sha, dig);
 		moe_hex(dig, 32, hex);
 		if (strcmp(hex, e->sha256) != 0) {
 			if (resumed && !restarted) {
@@ -521,7 +521,7 @@ static bool in_place(struct dl *d, const struct moe_hub_entry *e, const char *de
 	/* not recorded: check the bytes */
 	uint8_t dig[32];
 	char hex[65];
-	struct fetch_sha256 s;
+	struct moe_sha256 s;
 	int fd = open(dest, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return false;
@@ -529,7 +529,7 @@ static bool in_place(struct dl *d, const struct moe_hub_entry *e, const char *de
 	close(fd);
 	if (rc < 0)
 		return false;
-	fetch_sha256_final(&s, dig);
+	moe_sha256_final(&s, dig);
 	moe_hex(dig, 32, hex);
 	return strcmp(hex, e->sha256) == 0;
 }

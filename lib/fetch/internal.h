@@ -17,21 +17,6 @@ struct moe_hub {
 /* Seconds to wait from a "RateLimit: "api";r=0;t=55" header value, or -1. */
 double fetch_ratelimit_wait(const char *value);
 
-/* SHA-256 (sha256.c): the x86 SHA extensions when present and allowed,
- * lib/core's portable code otherwise. */
-struct fetch_sha256 {
-	bool ni;
-	struct moe_sha256 core;
-	uint32_t h[8];
-	uint64_t len;
-	uint8_t buf[64];
-	size_t n;
-};
-bool fetch_sha256_accelerated(void);
-void fetch_sha256_init(struct fetch_sha256 *s, bool allow_ni);
-void fetch_sha256_update(struct fetch_sha256 *s, const void *data, size_t len);
-void fetch_sha256_final(struct fetch_sha256 *s, uint8_t out[32]);
-
 /* SHA-1 for git blob ids (sha1.c). */
 struct fetch_sha1 {
 	uint32_t h[5];

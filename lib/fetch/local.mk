@@ -6,8 +6,7 @@ lib_fetch_libmoefetch_a_SOURCES = \
 	lib/fetch/internal.h \
 	lib/fetch/hub.c \
 	lib/fetch/download.c \
-	lib/fetch/sha1.c \
-	lib/fetch/sha256.c
+	lib/fetch/sha1.c
 lib_fetch_libmoefetch_a_CPPFLAGS = $(AM_CPPFLAGS) $(CURL_CFLAGS)
 
 bin_PROGRAMS += cmd/moe-fetch

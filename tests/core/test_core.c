@@ -106,6 +106,68 @@ Test(checksum, sha256_fips_vectors)
 	cr_assert_str_eq(hex, "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0");
 }
 
+static void hex_of(struct moe_sha256 *s, char hex[65])
+{
+	uint8_t d[32];
+	moe_sha256_final(s, d);
+	moe_hex(d, 32, hex);
+}
+
+Test(checksum, sha256_fips_vectors_both_paths)
+{
+	/* FIPS 180-2 appendix B examples */
+	struct { const char *in; const char *out; } v[] = {
+		{"abc", "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"},
+		{"", "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"},
+		{"abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq",
+		 "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1"},
+	};
+	for (int ni = 0; ni < 2; ni++)
+		for (size_t i = 0; i < sizeof(v) / sizeof(*v); i++) {
+			struct moe_sha256 s;
+			char hex[65];
+			moe_sha256_init_ex(&s, ni);
+			moe_sha256_update(&s, v[i].in, strlen(v[i].in));
+			hex_of(&s, hex);
+			cr_assert_str_eq(hex, v[i].out, "vector %zu, accelerated %d", i, ni);
+		}
+	cr_log_info("SHA extensions %s", moe_sha256_accelerated() ? "used" : "not available");
+}
+
+Test(checksum, sha256_accelerated_matches_portable_on_random_chunked_input)
+{
+	size_t n = 300000;
+	uint8_t *buf = malloc(n);
+	srand(11);
+	for (size_t i = 0; i < n; i++)
+		buf[i] = (uint8_t)rand();
+	size_t lens[] = {0, 1, 55, 56, 63, 64, 65, 119, 120, 127, 128, 1000, 4095, 65536, 300000};
+	for (size_t li = 0; li < sizeof(lens) / sizeof(*lens); li++) {
+		size_t len = lens[li];
+		uint8_t want[32];
+		char wh[65], hex[65];
+		struct moe_sha256 ref;
+		moe_sha256_init_ex(&ref, false);
+		moe_sha256_update(&ref, buf, len);
+		moe_sha256_final(&ref, want);
+		moe_hex(want, 32, wh);
+		for (int ni = 0; ni < 2; ni++) {
+			struct moe_sha256 s;
+			moe_sha256_init_ex(&s, ni);
+			for (size_t o = 0; o < len;) {
+				size_t k = (size_t)rand() % 200;
+				if (k > len - o)
+					k = len - o;
+				moe_sha256_update(&s, buf + o, k);
+				o += k;
+			}
+			hex_of(&s, hex);
+			cr_assert_str_eq(hex, wh, "length %zu, accelerated %d", len, ni);
+		}
+	}
+	free(buf);
+}
+
 Test(checksum, hash64_streaming_equals_oneshot)
 {
 	uint8_t buf[10000];
