@@ -193,52 +193,6 @@ static int x_info(void *ud, curl_off_t dt, curl_off_t dn, curl_off_t ut, curl_of
 
 /* ---- one file ------------------------------------------------------------ */
 
-static bool retriable_status(long s)
-{
-	return s == 408 || s == 429 || s == 500 || s == 502 || s == 503 || s == 504;
-}
-
-static bool retriable_curl(CURLcode cc)
-{
-	switch (cc) {
-	case CURLE_OPERATION_TIMEDOUT:
-	case CURLE_COULDNT_CONNECT:
-	case CURLE_COULDNT_RESOLVE_HOST:
-	case CURLE_RECV_ERROR:
-	case CURLE_SEND_ERROR:
-	case CURLE_PARTIAL_FILE:
-	case CURLE_GOT_NOTHING:
-	case CURLE_HTTP2:
-	case CURLE_HTTP2_STREAM:
-	case CURLE_SSL_CONNECT_ERROR:
-		return true;
-	default:
-		return false;
-	}
-}
-
-static bool sleep_backoff(struct dl *d, int attempt, double retry_after)
-{
-	double t = d->h->o.backoff;
-	for (int i = 0; i < attempt && t < 1e6; i++)
-		t *= 2;
-	if (retry_after >= 0)
-		t = retry_after;
-	if (t > d->h->o.max_backoff)
-		t = d->h->o.max_backoff;
-	double until = moe_now() + t;
-	while (!moe_interrupted()) {
-		double left = until - moe_now();
-		if (left <= 0)
-			return true;
-		if (left > 0.05)
-			left = 0.05;
-		struct timespec ts = {0, (long)(left * 1e9)};
-		nanosleep(&ts, NULL);
-	}
-	return false;
-}
-
 static int hash_prefix(int fd, uint64_t len, struct moe_sha256 *s)
 {
 	static __thread uint8_t buf[1 << 16];
@@ -401,7 +355,7 @@ again:;
 		bool ok_status = x.status == 200 || x.status == 206;
 		if (cc == CURLE_OK && ok_status && x.off == e->size)
 			break;
-		bool retry = x.range_bad || retriable_curl(cc) || retriable_status(x.status) ||
+		bool retry = x.range_bad || fetch_retriable_curl(cc) || fetch_retriable_status(x.status) ||
 			     (cc == CURLE_OK && ok_status); /* short body */
 		if (!retry) {
 			if (cc != CURLE_OK && cc != CURLE_WRITE_ERROR)
@@ -422,7 +376,7 @@ again:;
 		dl_log(d, 2, "%s: %s (HTTP %ld) after %llu bytes; retry %d of %d", e->path,
 		       cc != CURLE_OK ? curl_easy_strerror(cc) : "incomplete", x.status,
 		       (unsigned long long)x.got, attempt + 1, d->h->o.retries);
-		if (!sleep_backoff(d, attempt, x.retry_after)) {
+		if (!fetch_backoff_sleep(d->h, attempt, x.retry_after)) {
 			rc = moe_error_set(err, MOE_EINTR, "%s: interrupted; '%s' kept for resuming",
 					   e->path, part);
 			goto out;

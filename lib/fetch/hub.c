@@ -295,11 +295,14 @@ static CURL *hub_easy(struct moe_hub *h, const char *url, struct curl_slist **hd
 	return c;
 }
 
-static bool retriable(CURLcode cc, long status)
+bool fetch_retriable_status(long status)
 {
-	if (cc == CURLE_OK || cc == CURLE_WRITE_ERROR)
-		return status == 408 || status == 429 || status == 500 || status == 502 ||
-		       status == 503 || status == 504;
+	return status == 408 || status == 429 || status == 500 || status == 502 || status == 503 ||
+	       status == 504;
+}
+
+bool fetch_retriable_curl(CURLcode cc)
+{
 	switch (cc) {
 	case CURLE_OPERATION_TIMEDOUT:
 	case CURLE_COULDNT_CONNECT:
@@ -317,8 +320,14 @@ static bool retriable(CURLcode cc, long status)
 	}
 }
 
-/* Sleep before retry `attempt` (0-based); false when interrupted. */
-static bool backoff_sleep(struct moe_hub *h, int attempt, double retry_after)
+static bool retriable(CURLcode cc, long status)
+{
+	if (cc == CURLE_OK || cc == CURLE_WRITE_ERROR)
+		return fetch_retriable_status(status);
+	return fetch_retriable_curl(cc);
+}
+
+bool fetch_backoff_sleep(const struct moe_hub *h, int attempt, double retry_after)
 {
 	double d = h->o.backoff * pow(2.0, attempt);
 	if (retry_after >= 0)
@@ -396,7 +405,7 @@ static int get_json(struct moe_hub *h, const char *url, json_t **out, char **nex
 			double ra = r.retry_after;
 			free(r.body);
 			resp_reset_headers(&r);
-			if (!backoff_sleep(h, attempt, ra))
+			if (!fetch_backoff_sleep(h, attempt, ra))
 				return moe_error_set(err, MOE_EINTR, "%s: interrupted", shown);
 			continue;
 		} else if (cc != CURLE_OK) {

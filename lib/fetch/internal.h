@@ -4,6 +4,8 @@
 
 #include <pthread.h>
 
+#include <curl/curl.h>
+
 #include "fetch/fetch.h"
 
 struct moe_hub {
@@ -13,6 +15,14 @@ struct moe_hub {
 	struct moe_hub_opts o;
 	pthread_mutex_t lock; /* serialises the log callback */
 };
+
+/* Retry policy shared by the API calls (hub.c) and the downloads
+ * (download.c): HTTP statuses and transfer errors worth another try, and the
+ * exponential backoff (capped; Retry-After wins when >= 0).  The sleep
+ * returns false when interrupted by a signal. */
+bool fetch_retriable_status(long status);
+bool fetch_retriable_curl(CURLcode cc);
+bool fetch_backoff_sleep(const struct moe_hub *h, int attempt, double retry_after);
 
 /* Seconds to wait from a "RateLimit: "api";r=0;t=55" header value, or -1. */
 double fetch_ratelimit_wait(const char *value);
