@@ -427,13 +427,15 @@ int moe_config_save(const struct moe_config *cfg, const char *path, struct moe_e
 	return rc;
 }
 
+double moe_aux_coef(double start, double end, int64_t decay_steps, int64_t step)
+{
+	if (decay_steps <= 0 || step >= decay_steps)
+		return decay_steps <= 0 ? start : end;
+	return start + ((double)step / (double)decay_steps) * (end - start);
+}
+
 double moe_config_aux_coef(const struct moe_config *c, int64_t step)
 {
 	double end = isnan(c->router_aux_loss_coef_end) ? c->router_aux_loss_coef : c->router_aux_loss_coef_end;
-	if (c->router_aux_loss_decay_steps <= 0)
-		return c->router_aux_loss_coef;
-	if (step >= c->router_aux_loss_decay_steps)
-		return end;
-	return c->router_aux_loss_coef +
-	       ((double)step / (double)c->router_aux_loss_decay_steps) * (end - c->router_aux_loss_coef);
+	return moe_aux_coef(c->router_aux_loss_coef, end, c->router_aux_loss_decay_steps, step);
 }

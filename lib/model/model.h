@@ -147,8 +147,11 @@ int moe_config_validate(const struct moe_config *cfg, const char *where, struct 
 json_t *moe_config_to_json(const struct moe_config *cfg);
 /* Write config.json atomically. */
 int moe_config_save(const struct moe_config *cfg, const char *path, struct moe_error *err);
-/* Aux-loss coefficient at an optimizer step: linear from router_aux_loss_coef
- * to router_aux_loss_coef_end over router_aux_loss_decay_steps, then end. */
+/* The seed's linear aux coefficient: start + (step/decay) * (end - start)
+ * while step < decay_steps, then end (decay_steps <= 0: always start). */
+double moe_aux_coef(double start, double end, int64_t decay_steps, int64_t step);
+/* The same with the config's router_aux_loss_coef, router_aux_loss_coef_end
+ * (NaN: no decay target, keep the start) and router_aux_loss_decay_steps. */
 double moe_config_aux_coef(const struct moe_config *cfg, int64_t step);
 const char *moe_aux_form_name(enum moe_aux_form f);
 const char *moe_router_kind_name(enum moe_router_kind k);

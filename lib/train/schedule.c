@@ -68,10 +68,3 @@ double moe_schedule_lr(const struct moe_schedule *s, int64_t step)
 	}
 	return s->lr;
 }
-
-double moe_aux_coef(double start, double end, int64_t decay_steps, int64_t step)
-{
-	if (decay_steps <= 0 || step >= decay_steps)
-		return decay_steps <= 0 ? start : end;
-	return start + ((double)step / (double)decay_steps) * (end - start);
-}

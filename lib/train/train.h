@@ -102,9 +102,6 @@ struct moe_schedule {
 double moe_schedule_lr(const struct moe_schedule *s, int64_t step);
 const char *moe_sched_name(enum moe_sched_kind k);
 int moe_sched_parse(const char *s, enum moe_sched_kind *out);
-/* The seed's linear aux coefficient: start + (step/decay) * (end - start)
- * while step < decay_steps, then end (decay_steps <= 0: always start). */
-double moe_aux_coef(double start, double end, int64_t decay_steps, int64_t step);
 
 /* ---- the optimizer --------------------------------------------------------- */
 

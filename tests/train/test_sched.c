@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "model/model.h"
 #include "train/train.h"
 
 static struct moe_schedule seed_sched(void)
