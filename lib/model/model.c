@@ -652,9 +652,9 @@ int moe_model_forward(struct moe_model *m, const int32_t *tokens, const int32_t 
 	if (rc < 0)
 		return rc;
 	struct graph_bufs *g = &m->g;
-	bool use_bias = c->loss_free_balancing && (opts->train || opts->eval_use_bias);
-	if (!opts->train && opts->eval_use_bias)
-		use_bias = true;
+	/* Training routes with the selection bias when loss-free balancing is on;
+	 * evaluation only when asked to. */
+	bool use_bias = opts->train ? c->loss_free_balancing : opts->eval_use_bias;
 	be->from_host(be, g->ids, tokens, (size_t)N, MOE_BUF_I32);
 	if (targets)
 		be->from_host(be, g->tgt, targets, (size_t)N, MOE_BUF_I32);
