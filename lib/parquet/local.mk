@@ -7,6 +7,7 @@ lib_parquet_libmoeparquet_a_SOURCES = \
 	lib/parquet/thrift.c \
 	lib/parquet/meta.c \
 	lib/parquet/read.c \
+	lib/parquet/snappy.c \
 	lib/parquet/jsonl.c
 # What a program linking lib/parquet needs after it (before $(CORE_LIBS)).
 PARQUET_LIBS = lib/parquet/libmoeparquet.a $(SNAPPY_LIBS) $(ZSTD_LIBS) $(ZLIB_LIBS)

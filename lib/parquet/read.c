@@ -37,6 +37,7 @@ struct moe_pq_reader {
 	struct buf dict;   /* dictionary: moe_pq_bytes entries, or fixed values */
 	struct buf idx;    /* uint32 dictionary indices */
 	struct buf levels; /* uint8 definition levels */
+	bool libsnappy;    /* MOE_PARQUET_SNAPPY=libsnappy: libsnappy decodes snappy pages */
 };
 
 static int buf_reserve(struct buf *b, size_t n)
@@ -264,7 +265,11 @@ int moe_pq_find_column(const struct moe_pq_file *f, const char *name)
 
 struct moe_pq_reader *moe_pq_reader_new(void)
 {
-	return calloc(1, sizeof(struct moe_pq_reader));
+	struct moe_pq_reader *r = calloc(1, sizeof(struct moe_pq_reader));
+	const char *s = getenv("MOE_PARQUET_SNAPPY");
+	if (r && s && strcmp(s, "libsnappy") == 0)
+		r->libsnappy = true;
+	return r;
 }
 
 void moe_pq_reader_free(struct moe_pq_reader *r)
@@ -285,7 +290,7 @@ void moe_pq_reader_free(struct moe_pq_reader *r)
 }
 
 /* A page buffer: scratch (reused by every page) or a fresh one that stays
- * valid for the whole chunk. */
+ * valid for the whole chunk; len bytes plus the snappy decoder's slack. */
 static uint8_t *pool_get(struct moe_pq_reader *r, size_t len, bool keep)
 {
 	size_t slot = 0;
@@ -305,7 +310,7 @@ static uint8_t *pool_get(struct moe_pq_reader *r, size_t len, bool keep)
 		r->pool = p;
 		r->pool_n = n;
 	}
-	if (buf_reserve(&r->pool[slot], len ? len : 1) < 0)
+	if (len > SIZE_MAX - PQ_SNAPPY_SLACK || buf_reserve(&r->pool[slot], len + PQ_SNAPPY_SLACK) < 0)
 		return NULL;
 	if (keep)
 		r->pool_used++;
@@ -411,16 +416,20 @@ static int decompress(struct ctx *c, int codec, const uint8_t *src, size_t slen,
 {
 	switch (codec) {
 	case PQ_CODEC_SNAPPY: {
-		size_t ul;
-		if (snappy_uncompressed_length((const char *)src, slen, &ul) != SNAPPY_OK)
-			return perr(c, MOE_EFORMAT, "corrupt snappy data");
+		size_t ul, hdr;
+		if (pq_snappy_length(src, slen, &ul, &hdr) < 0)
+			return perr(c, MOE_EFORMAT, "corrupt snappy data (length header)");
 		if (ul != dlen)
 			return perr(c, MOE_EFORMAT,
 				    "snappy data decompresses to %zu bytes, the page header says %zu", ul,
 				    dlen);
-		if (snappy_uncompress((const char *)src, slen, (char *)dst, &ul) != SNAPPY_OK)
-			return perr(c, MOE_EFORMAT, "corrupt snappy data");
-		return 0;
+		if (c->r->libsnappy) {
+			if (snappy_uncompress((const char *)src, slen, (char *)dst, &ul) != SNAPPY_OK)
+				return perr(c, MOE_EFORMAT, "corrupt snappy data");
+			return 0;
+		}
+		const char *why = pq_snappy_decompress(src, slen, dst, dlen);
+		return why ? perr(c, MOE_EFORMAT, "corrupt snappy data: %s", why) : 0;
 	}
 	case PQ_CODEC_GZIP: {
 		const char *why = inflate_all(src, slen, dst, dlen);

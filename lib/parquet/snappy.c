@@ -1,0 +1,223 @@
+/*
+ * A bounds-checked decoder of raw snappy blocks (the framing-free format
+ * that Parquet's SNAPPY codec uses), written for short-tag text streams.
+ *
+ * A block is a varint holding the uncompressed length, then elements, each
+ * starting with a tag byte whose low two bits give its kind:
+ *   00 literal: length-1 in the upper six bits (60..63: that many minus 59
+ *      little-endian length bytes follow), then the literal bytes;
+ *   01 copy, length 4..11 in bits 2-4, offset bits 8-10 in bits 5-7 plus
+ *      one offset byte;
+ *   10 copy, length-1 in the upper six bits, two offset bytes;
+ *   11 copy, length-1 in the upper six bits, four offset bytes.
+ * A copy repeats `length` bytes from `offset` bytes back in the output; the
+ * source may overlap the destination (offset < length repeats a pattern).
+ *
+ * The fast loop decodes one element per iteration with one table load and
+ * one predictable branch: it copies 16 or 32 bytes unconditionally (the
+ * caller's buffer has PQ_SNAPPY_SLACK spare bytes after the output) and
+ * leaves everything unusual to a careful one-element decoder: long literals
+ * and copies, offsets below 16 (overlapping copies), the first bytes of the
+ * output, the last 64 bytes of the input, and every error.  Every length
+ * and offset is checked before it is used: a corrupt stream gives an error,
+ * never a read or write outside src[0..slen) and dst[0..dlen + slack).
+ */
+#include <string.h>
+
+#include "parquet/internal.h"
+
+/* Per tag byte: bits 0-7 the element's length (255: a literal with length
+ * bytes), bits 8-15 how far the input advances (tag, offset bytes and, for
+ * a literal, its bytes), bits 16-26 the copy offset's high bits taken from
+ * the tag (16 for a literal: an offset the fast loop accepts), bits 32-63
+ * the mask of the offset bytes that follow the tag. */
+static uint64_t tag_table[256];
+static int tag_table_ready;
+
+static void tag_table_init(void)
+{
+	for (unsigned t = 0; t < 256; t++) {
+		uint64_t len, adv, hi, mask;
+		switch (t & 3) {
+		case 0:
+			len = (t >> 2) + 1;
+			if (len > 60)
+				len = 255;
+			adv = len == 255 ? 1 : 1 + len;
+			hi = 16;
+			mask = 0;
+			break;
+		case 1:
+			len = ((t >> 2) & 7) + 4;
+			adv = 2;
+			hi = (uint64_t)(t >> 5) << 8;
+			mask = 0xff;
+			break;
+		case 2:
+			len = (t >> 2) + 1;
+			adv = 3;
+			hi = 0;
+			mask = 0xffff;
+			break;
+		default:
+			len = (t >> 2) + 1;
+			adv = 5;
+			hi = 0;
+			mask = 0xffffffff;
+			break;
+		}
+		tag_table[t] = len | adv << 8 | hi << 16 | mask << 32;
+	}
+	__atomic_store_n(&tag_table_ready, 1, __ATOMIC_RELEASE);
+}
+
+static inline uint32_t load32(const uint8_t *p)
+{
+	uint32_t v;
+	memcpy(&v, p, 4);
+	return v; /* little-endian hosts only (x86-64, arm64) */
+}
+
+static inline void copy16(uint8_t *d, const uint8_t *s)
+{
+	uint8_t t[16];
+	memcpy(t, s, 16);
+	memcpy(d, t, 16);
+}
+
+int pq_snappy_length(const uint8_t *src, size_t slen, size_t *dlen, size_t *hdr)
+{
+	uint64_t v = 0;
+	for (size_t i = 0; i < 5; i++) {
+		if (i >= slen)
+			return -1;
+		v |= (uint64_t)(src[i] & 0x7f) << (7 * i);
+		if (!(src[i] & 0x80)) {
+			if (v > UINT32_MAX)
+				return -1;
+			*dlen = (size_t)v;
+			*hdr = i + 1;
+			return 0;
+		}
+	}
+	return -1;
+}
+
+struct pos {
+	const uint8_t *ip;
+	uint8_t *op; /* NULL: corrupt data */
+};
+
+/* Decode one element at ip exactly (no byte outside the element's input or
+ * output range is touched).  Returns the positions after it, or op NULL
+ * with *why set. */
+static struct pos slow_element(const uint8_t *ip, const uint8_t *ie, uint8_t *op, uint8_t *out,
+			       uint8_t *oe, const char **why)
+{
+#define FAIL(msg) do { *why = (msg); return (struct pos){ip, NULL}; } while (0)
+	uint32_t t = *ip++;
+	size_t len, off;
+	if ((t & 3) == 0) {
+		len = (t >> 2) + 1;
+		if (len > 60) {
+			size_t nb = len - 60;
+			if ((size_t)(ie - ip) < nb)
+				FAIL("snappy literal length runs past the end of the data");
+			len = 0;
+			for (size_t i = 0; i < nb; i++)
+				len |= (size_t)ip[i] << (8 * i);
+			ip += nb;
+			if (len >= UINT32_MAX)
+				FAIL("snappy literal length overflows");
+			len++;
+		}
+		if ((size_t)(ie - ip) < len)
+			FAIL("snappy literal runs past the end of the data");
+		if ((size_t)(oe - op) < len)
+			FAIL("snappy literal runs past the uncompressed size");
+		memcpy(op, ip, len);
+		return (struct pos){ip + len, op + len};
+	}
+	size_t nb = (t & 3) == 1 ? 1 : (t & 3) == 2 ? 2 : 4;
+	if ((size_t)(ie - ip) < nb)
+		FAIL("snappy copy runs past the end of the data");
+	if ((t & 3) == 1) {
+		len = ((t >> 2) & 7) + 4;
+		off = (size_t)(t >> 5) << 8 | ip[0];
+	} else {
+		len = (t >> 2) + 1;
+		off = 0;
+		for (size_t i = 0; i < nb; i++)
+			off |= (size_t)ip[i] << (8 * i);
+	}
+	ip += nb;
+	if (off == 0)
+		FAIL("snappy copy with offset 0");
+	if (off > (size_t)(op - out))
+		FAIL("snappy copy reaches before the start of the output");
+	if ((size_t)(oe - op) < len)
+		FAIL("snappy copy runs past the uncompressed size");
+	/* [src, op) repeats with period off, and op - src stays a multiple of
+	 * off: each step copies bytes that are already final */
+	const uint8_t *src = op - off;
+	while (len) {
+		size_t n = (size_t)(op - src);
+		if (n > len)
+			n = len;
+		memcpy(op, src, n);
+		op += n;
+		len -= n;
+	}
+	return (struct pos){ip, op};
+#undef FAIL
+}
+
+const char *pq_snappy_decompress(const uint8_t *src, size_t slen, uint8_t *dst, size_t dlen)
+{
+	size_t ul, hdr;
+	if (pq_snappy_length(src, slen, &ul, &hdr) < 0)
+		return "corrupt snappy length header";
+	if (ul != dlen)
+		return "snappy data decompresses to a size other than the page header's";
+	if (!__atomic_load_n(&tag_table_ready, __ATOMIC_ACQUIRE))
+		tag_table_init();
+	const uint8_t *ip = src + hdr, *ie = src + slen;
+	/* the fast loop reads at most 64 bytes from ip */
+	const uint8_t *ifast = slen - hdr > 64 ? ie - 64 : ip;
+	uint8_t *op = dst, *oe = dst + dlen;
+	const char *why;
+	while (ip < ifast) {
+		uint64_t e = tag_table[*ip];
+		size_t len = e & 0xff;
+		size_t off = (load32(ip + 1) & (uint32_t)(e >> 32)) | ((uint32_t)(e >> 16) & 0xffff);
+		bool lit = (e >> 32) == 0;
+		/* fast: at most 32 bytes, in the output, and (copies) an offset
+		 * from 16 to the bytes written so far */
+		if (__builtin_expect((len > 32) | (len > (size_t)(oe - op)) | (off < 16) |
+					     (off > (size_t)(op - dst)),
+				     0)) {
+			struct pos q = slow_element(ip, ie, op, dst, oe, &why);
+			if (!q.op)
+				return why;
+			ip = q.ip;
+			op = q.op;
+			continue;
+		}
+		const uint8_t *from = lit ? ip + 1 : op - off;
+		copy16(op, from);
+		if (len > 16)
+			copy16(op + 16, from + 16);
+		op += len;
+		ip += (e >> 8) & 0xff;
+	}
+	while (ip < ie) {
+		struct pos q = slow_element(ip, ie, op, dst, oe, &why);
+		if (!q.op)
+			return why;
+		ip = q.ip;
+		op = q.op;
+	}
+	if (op != oe)
+		return "snappy data decompresses to fewer bytes than its header says";
+	return NULL;
+}
