@@ -47,6 +47,13 @@ struct prof_ent {
 	long calls;
 };
 
+#define N_PEND 1024
+struct pending {
+	double *d;   /* host: dres[2k] * mul */
+	int64_t *i;  /* host: dres[2k + 1] */
+	double mul;
+};
+
 struct alloc_ent {
 	void *p;
 	size_t bytes;
@@ -82,6 +89,11 @@ struct cuda_ctx {
 	/* cublasGemmGroupedBatchedEx arguments */
 	void **gptr;      /* device (3 * E) */
 	size_t gptr_cap;
+	/* scalar results delivered at the next sync (xent, zloss, sumsq): call
+	 * k reduces into dres[2k], dres[2k+1]; b_sync reads them back at once */
+	double *dres, *hres;           /* device, pinned host (2 * N_PEND) */
+	struct pending pend[N_PEND];
+	int npend;
 	/* memory accounting */
 	struct alloc_ent *al;
 	size_t nal, cal;
@@ -371,10 +383,44 @@ static void b_from_host(struct moe_backend *be, void *dst, const void *host_src,
 	free(tmp);
 }
 
+/* Deliver the pending scalar results (one read-back for all of them). */
+static void pend_flush(struct cuda_ctx *c)
+{
+	if (!c->npend)
+		return;
+	RUN(c, CUDA_OK(cudaMemcpyAsync(c->hres, c->dres, sizeof(double) * 2 * c->npend, cudaMemcpyDeviceToHost,
+				       c->s),
+		       &c->err));
+	RUN(c, CUDA_OK(cudaStreamSynchronize(c->s), &c->err));
+	for (int k = 0; k < c->npend; k++) {
+		const struct pending *p = &c->pend[k];
+		if (p->d)
+			*p->d = c->rc ? NAN : c->hres[2 * k] * p->mul;
+		if (p->i)
+			*p->i = c->rc ? 0 : (int64_t)c->hres[2 * k + 1];
+	}
+	c->npend = 0;
+}
+
+/* A slot pair for one deferred result (zeroed on the stream), or NULL
+ * after an error. */
+static double *pend_slot(struct cuda_ctx *c, double *d, int64_t *i, double mul)
+{
+	if (c->npend == N_PEND)
+		pend_flush(c);
+	if (c->rc)
+		return NULL;
+	double *acc = c->dres + 2 * c->npend;
+	c->pend[c->npend++] = (struct pending){d, i, mul};
+	RUN(c, CUDA_OK(cudaMemsetAsync(acc, 0, 2 * sizeof(double), c->s), &c->err));
+	return acc;
+}
+
 static int b_sync(struct moe_backend *be, struct moe_error *err)
 {
 	struct cuda_ctx *c = CTX(be);
 	RUN(c, CUDA_OK(cudaStreamSynchronize(c->s), &c->err));
+	pend_flush(c);
 	if (c->rc && err)
 		*err = c->err;
 	return c->rc;
@@ -397,6 +443,10 @@ static void b_destroy(struct moe_backend *be)
 		for (int i = 0; i < N_ROUTES; i++)
 			free(c->hoff[i]);
 		dev_free(c, c->gptr);
+		if (c->dres)
+			cudaFree(c->dres);
+		if (c->hres)
+			cudaFreeHost(c->hres);
 		moe_cuda_blas_free(c->blas);
 		free(c->al);
 		if (c->prof)
@@ -914,20 +964,15 @@ static void o_xent(struct moe_backend *be, void *dlogits, const void *logits, co
 {
 	struct cuda_ctx *c = CTX(be);
 	float *rows = (float *)scratch(c, S_LOSS, (size_t)(N > 0 ? N : 1) * sizeof(float));
-	double *acc = (double *)scratch(c, S_ACC, 2 * sizeof(double));
-	double h[2] = {0, 0};
 	PROF(c, "xent");
-	RUN(c, CUDA_OK(cudaMemsetAsync(acc, 0, 2 * sizeof(double), c->s), &c->err));
 	RUN(c, moe_cuda_xent((bf16_t *)dlogits, rows, (const bf16_t *)logits, targets, N, V, ignore_id, scale, c->s,
 			     &c->err));
-	RUN(c, moe_cuda_sum_loss(acc, rows, targets, N, ignore_id, c->s, &c->err));
+	if (loss_sum || n_valid) {
+		double *acc = pend_slot(c, loss_sum, n_valid, 1.0);
+		if (acc)
+			RUN(c, moe_cuda_sum_loss(acc, rows, targets, N, ignore_id, c->s, &c->err));
+	}
 	PROF_END(c);
-	RUN(c, CUDA_OK(cudaMemcpyAsync(h, acc, sizeof(h), cudaMemcpyDeviceToHost, c->s), &c->err));
-	RUN(c, CUDA_OK(cudaStreamSynchronize(c->s), &c->err));
-	if (loss_sum)
-		*loss_sum = h[0];
-	if (n_valid)
-		*n_valid = (int64_t)h[1];
 }
 
 static void o_zloss(struct moe_backend *be, void *dlogits, const void *logits, int N, int E, float scale,
@@ -937,16 +982,12 @@ static void o_zloss(struct moe_backend *be, void *dlogits, const void *logits, i
 	float *rows = (float *)scratch(c, S_LOSS, (size_t)(N > 0 ? N : 1) * sizeof(float));
 	PROF(c, "zloss");
 	RUN(c, moe_cuda_zloss((bf16_t *)dlogits, rows, (const bf16_t *)logits, N, E, scale, c->s, &c->err));
+	if (loss) {
+		double *acc = pend_slot(c, loss, NULL, N > 0 ? 1.0 / N : 0.0);
+		if (acc)
+			RUN(c, moe_cuda_sum_loss(acc, rows, NULL, N, 0, c->s, &c->err));
+	}
 	PROF_END(c);
-	if (!loss)
-		return;
-	double *acc = (double *)scratch(c, S_ACC, 2 * sizeof(double));
-	double h[2] = {0, 0};
-	RUN(c, CUDA_OK(cudaMemsetAsync(acc, 0, 2 * sizeof(double), c->s), &c->err));
-	RUN(c, moe_cuda_sum_loss(acc, rows, NULL, N, 0, c->s, &c->err));
-	RUN(c, CUDA_OK(cudaMemcpyAsync(h, acc, sizeof(h), cudaMemcpyDeviceToHost, c->s), &c->err));
-	RUN(c, CUDA_OK(cudaStreamSynchronize(c->s), &c->err));
-	*loss = N > 0 ? h[0] / N : 0.0;
 }
 
 static void o_router_stats(struct moe_backend *be, float *psum, int32_t *cnt_valid, const float *probs,
@@ -968,18 +1009,15 @@ static void o_aux_dprobs(struct moe_backend *be, float *dprobs, const float *g_h
 	PROF_END(c);
 }
 
-static double o_sumsq(struct moe_backend *be, const float *x, size_t n)
+static void o_sumsq(struct moe_backend *be, const float *x, size_t n, double *out)
 {
 	struct cuda_ctx *c = CTX(be);
 	void *sc = scratch(c, S_SUMSQ, moe_cuda_sumsq_scratch(n));
-	double *acc = (double *)scratch(c, S_TMP, sizeof(double));
-	double h = 0;
 	PROF(c, "sumsq");
-	RUN(c, moe_cuda_sumsq(acc, sc, x, n, c->s, &c->err));
+	double *acc = pend_slot(c, out, NULL, 1.0);
+	if (acc)
+		RUN(c, moe_cuda_sumsq(acc, sc, x, n, c->s, &c->err));
 	PROF_END(c);
-	RUN(c, CUDA_OK(cudaMemcpyAsync(&h, acc, sizeof(h), cudaMemcpyDeviceToHost, c->s), &c->err));
-	RUN(c, CUDA_OK(cudaStreamSynchronize(c->s), &c->err));
-	return c->rc ? NAN : h;
 }
 
 static void o_scale(struct moe_backend *be, float *x, size_t n, float s)
@@ -1023,6 +1061,9 @@ extern "C" struct moe_backend *moe_backend_cuda(struct moe_error *err)
 	if (CUDA_OK(cudaStreamCreateWithFlags(&c->s, cudaStreamNonBlocking), err))
 		goto fail;
 	if (!(c->blas = moe_cuda_blas_new(c->s, err)))
+		goto fail;
+	if (CUDA_OK(cudaMalloc((void **)&c->dres, sizeof(double) * 2 * N_PEND), err) ||
+	    CUDA_OK(cudaMallocHost((void **)&c->hres, sizeof(double) * 2 * N_PEND), err))
 		goto fail;
 	{
 		const char *pv = getenv("MOE_CUDA_PROFILE");

@@ -220,7 +220,12 @@ static void c_add(struct moe_backend *be, void *y, const void *x, size_t n)
 static void c_xent(struct moe_backend *be, void *dlogits, const void *logits, const int32_t *targets, int N, int V, int ignore_id, float scale, double *loss_sum, int64_t *n_valid)
 {
 	(void)be;
-	*loss_sum = moe_xent_fwd_bwd(F(dlogits), CF(logits), targets, N, V, ignore_id, scale, n_valid);
+	int64_t nv = 0;
+	double l = moe_xent_fwd_bwd(F(dlogits), CF(logits), targets, N, V, ignore_id, scale, &nv);
+	if (loss_sum)
+		*loss_sum = l;
+	if (n_valid)
+		*n_valid = nv;
 }
 static void c_zloss(struct moe_backend *be, void *dlogits, const void *logits, int N, int E, float scale, double *loss)
 {
@@ -239,10 +244,10 @@ static void c_aux_dprobs(struct moe_backend *be, float *dprobs, const float *g_h
 	(void)be;
 	moe_aux_dprobs(dprobs, g_host, ids, pad_id, N, E);
 }
-static double c_sumsq(struct moe_backend *be, const float *x, size_t n)
+static void c_sumsq(struct moe_backend *be, const float *x, size_t n, double *out)
 {
 	(void)be;
-	return moe_sumsq(x, n);
+	*out = moe_sumsq(x, n);
 }
 static void c_scale(struct moe_backend *be, float *x, size_t n, float s)
 {

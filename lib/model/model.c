@@ -11,6 +11,8 @@
 #include <string.h>
 
 #define NONE SIZE_MAX
+/* rows of logits that exist at once (bf16 on CUDA: 4096 x 50304 = 412 MB) */
+#define LOGITS_CHUNK 4096
 
 /* ---- parameter table ---------------------------------------------------------- */
 
@@ -166,7 +168,8 @@ struct moe_model *moe_model_new(const struct moe_config *cfg, struct moe_backend
 	m->counts = calloc((size_t)(m->Lm > 0 ? m->Lm : 1) * cfg->num_experts, sizeof(int64_t));
 	m->psum = calloc((size_t)(m->Lm > 0 ? m->Lm : 1) * cfg->num_experts, sizeof(float));
 	m->cntv = calloc((size_t)(m->Lm > 0 ? m->Lm : 1) * cfg->num_experts, sizeof(int32_t));
-	if (!m->counts || !m->psum || !m->cntv) {
+	m->zl = calloc((size_t)(m->Lm > 0 ? m->Lm : 1), sizeof(double));
+	if (!m->counts || !m->psum || !m->cntv || !m->zl) {
 		moe_error_set(err, MOE_ENOMEM, "out of memory");
 		moe_model_free(m);
 		return NULL;
@@ -210,6 +213,7 @@ void moe_model_free(struct moe_model *m)
 	free(m->layers);
 	free(m->counts);
 	free(m->psum);
+	free(m->zl);
 	free(m->cntv);
 	free(m);
 }
@@ -390,10 +394,23 @@ static void acts_free(struct moe_model *m)
 	m->n_bufs = 0;
 	free(m->la);
 	m->la = NULL;
+	free(m->ce_part);
+	free(m->nv_part);
+	m->ce_part = NULL;
+	m->nv_part = NULL;
 	m->cap_N = 0;
 	m->cap_sets = 0;
 	m->alloc_failed = false;
 	memset(&m->g, 0, sizeof(m->g));
+}
+
+void moe_model_set_logits_chunk(struct moe_model *m, int rows)
+{
+	if (m->lc_req == rows)
+		return;
+	m->lc_req = rows;
+	m->fwd_valid = false;
+	acts_free(m); /* reallocated at the next forward */
 }
 
 /* Allocate activations for N rows: `sets` copies of the per-layer buffers
@@ -418,13 +435,28 @@ static int acts_ensure(struct moe_model *m, int N, bool train, struct moe_error 
 	g->tgt = A(m, (size_t)N, MOE_BUF_I32);
 	g->lnf = A(m, ND, MOE_BUF_ACT);
 	g->rstdf = A(m, (size_t)N, MOE_BUF_F32);
-	g->logits = A(m, (size_t)N * V, MOE_BUF_ACT);
+	/* logits live one chunk of rows at a time (the LM head and the loss
+	 * run chunk by chunk; backward recomputes each chunk) */
+	int lc = m->lc_req > 0 ? m->lc_req : LOGITS_CHUNK;
+	m->lc = N < lc ? N : lc;
+	size_t nch = ((size_t)N + m->lc - 1) / m->lc;
+	m->ce_part = calloc(nch, sizeof(*m->ce_part));
+	m->nv_part = calloc(nch, sizeof(*m->nv_part));
+	if (!m->ce_part || !m->nv_part)
+		return moe_error_set(err, MOE_ENOMEM, "out of memory");
+	g->logits = A(m, (size_t)m->lc * V, MOE_BUF_ACT);
 	g->last_rows = A(m, (size_t)N, MOE_BUF_I32);
 	g->lnf_last = A(m, ND, MOE_BUF_ACT);
 	bool any_dense = c->n_dense_layers > 0, any_moe = m->Lm > 0;
+	/* recomputed in backward: one buffer for all layers */
+	void *sh_ln = A(m, ND, MOE_BUF_ACT);
+	void *sh_h = any_dense ? A(m, (size_t)N * Id, MOE_BUF_ACT) : NULL;
+	void *sh_xg = any_moe ? A(m, NK * D, MOE_BUF_ACT) : NULL;
+	void *sh_he = any_moe ? A(m, NK * I, MOE_BUF_ACT) : NULL;
+	void *sh_hs = any_moe && S > 0 ? A(m, (size_t)S * N * Is, MOE_BUF_ACT) : NULL;
 	for (int s = 0; s < sets; s++) {
 		struct layer_acts *a = &m->la[s];
-		a->ln1 = A(m, ND, MOE_BUF_ACT);
+		a->ln1 = sh_ln;
 		a->rstd1 = A(m, (size_t)N, MOE_BUF_F32);
 		a->qraw = A(m, ND, MOE_BUF_ACT);
 		a->kraw = A(m, ND, MOE_BUF_ACT);
@@ -436,13 +468,13 @@ static int acts_ensure(struct moe_model *m, int N, bool train, struct moe_error 
 		a->att = A(m, ND, MOE_BUF_ACT);
 		a->lse = A(m, (size_t)N * H, MOE_BUF_F32);
 		a->xmid = A(m, ND, MOE_BUF_ACT);
-		a->ln2 = A(m, ND, MOE_BUF_ACT);
+		a->ln2 = sh_ln;
 		a->rstd2 = A(m, (size_t)N, MOE_BUF_F32);
 		bool moe = train ? m->layers[s].is_moe : any_moe;
 		bool dense = train ? !m->layers[s].is_moe : any_dense;
 		if (dense) {
 			a->gu = A(m, (size_t)N * 2 * Id, MOE_BUF_ACT);
-			a->h = A(m, (size_t)N * Id, MOE_BUF_ACT);
+			a->h = sh_h;
 		}
 		if (moe) {
 			a->rlogits = A(m, (size_t)N * E, MOE_BUF_ACT);
@@ -453,13 +485,13 @@ static int acts_ensure(struct moe_model *m, int N, bool train, struct moe_error 
 			a->offsets = A(m, (size_t)E + 1, MOE_BUF_I32);
 			a->perm = A(m, NK, MOE_BUF_I32);
 			a->inv = A(m, NK, MOE_BUF_I32);
-			a->xg = A(m, NK * D, MOE_BUF_ACT);
+			a->xg = sh_xg;
 			a->gu_e = A(m, NK * 2 * I, MOE_BUF_ACT);
-			a->h_e = A(m, NK * I, MOE_BUF_ACT);
+			a->h_e = sh_he;
 			a->yg = A(m, NK * D, MOE_BUF_ACT);
 			if (S > 0) {
 				a->gu_s = A(m, (size_t)S * N * 2 * Is, MOE_BUF_ACT);
-				a->h_s = A(m, (size_t)S * N * Is, MOE_BUF_ACT);
+				a->h_s = sh_hs;
 			}
 			a->psum = A(m, (size_t)E, MOE_BUF_F32);
 			a->cntv = A(m, (size_t)E, MOE_BUF_I32);
@@ -626,6 +658,36 @@ static void layer_readback(struct moe_model *m, struct layer_acts *a, int lm, in
 			    MOE_BUF_ACT);
 }
 
+/* Per-row next-token statistics of rows [r0, r0 + n) from the current
+ * logits chunk. */
+static int token_stats(struct moe_model *m, const struct moe_forward_opts *opts, const int32_t *targets, int r0,
+		       int n, struct moe_error *err)
+{
+	struct moe_backend *be = m->be;
+	int V = m->cfg.vocab_size;
+	float *row = malloc(sizeof(float) * (size_t)V);
+	if (!row)
+		return moe_error_set(err, MOE_ENOMEM, "out of memory");
+	for (int i = 0; i < n; i++) {
+		be->to_host(be, row, act_at(m, m->g.logits, (size_t)i * V), (size_t)V, MOE_BUF_ACT);
+		int am = 0;
+		for (int v = 1; v < V; v++)
+			if (row[v] > row[am])
+				am = v;
+		double s = 0.0;
+		for (int v = 0; v < V; v++)
+			s += exp((double)row[v] - row[am]);
+		double lse = row[am] + log(s);
+		struct moe_token_stats *ts = &opts->token_stats[r0 + i];
+		int t = targets ? targets[r0 + i] : -1;
+		ts->argmax = am;
+		ts->p_argmax = (float)exp(row[am] - lse);
+		ts->logprob_target = targets && t != m->cfg.pad_token_id ? (float)(row[t] - lse) : NAN;
+	}
+	free(row);
+	return 0;
+}
+
 int moe_model_forward(struct moe_model *m, const int32_t *tokens, const int32_t *targets, int B,
 		      int T, const struct moe_forward_opts *opts, struct moe_losses *losses,
 		      struct moe_error *err)
@@ -662,7 +724,6 @@ int moe_model_forward(struct moe_model *m, const int32_t *tokens, const int32_t 
 	for (int n = 0; n < N; n++)
 		m->n_rows_valid += tokens[n] != c->pad_token_id;
 	be->embedding_fwd(be, g->resid, g->ids, be->param(be, m->off_embed), N, D);
-	double zsum = 0.0;
 	bool defer = m->cap_sets == L;
 	for (int l = 0; l < L; l++) {
 		struct layer_acts *a = &m->la[defer ? l : 0];
@@ -672,9 +733,7 @@ int moe_model_forward(struct moe_model *m, const int32_t *tokens, const int32_t 
 		if (!m->layers[l].is_moe)
 			continue;
 		int lm = l - c->n_dense_layers;
-		double z = 0.0;
-		be->zloss(be, NULL, a->rlogits, N, E, 0.0f, &z);
-		zsum += z;
+		be->zloss(be, NULL, a->rlogits, N, E, 0.0f, &m->zl[lm]); /* delivered at the sync */
 		be->router_stats(be, a->psum, a->cntv, a->probs, a->topk_idx, g->ids, c->pad_token_id, N, E, K);
 		if (!defer)
 			layer_readback(m, a, lm, N, opts->capture);
@@ -697,44 +756,42 @@ int moe_model_forward(struct moe_model *m, const int32_t *tokens, const int32_t 
 		if (opts->logits_out)
 			be->to_host(be, opts->logits_out, g->logits, (size_t)B * V, MOE_BUF_ACT);
 	} else {
-		be->linear_fwd(be, g->logits, g->lnf, be->param(be, m->off_head), N, D, V);
-		if (opts->logits_out && opts->logits_mode == MOE_LOGITS_ALL)
-			be->to_host(be, opts->logits_out, g->logits, (size_t)N * V, MOE_BUF_ACT);
-		else if (opts->logits_out && opts->logits_mode == MOE_LOGITS_LAST)
-			for (int b = 0; b < B; b++)
-				be->to_host(be, opts->logits_out + (size_t)b * V,
-					    act_at(m, g->logits, ((size_t)b * T + T - 1) * V), (size_t)V,
+		/* LM head and loss, chunk by chunk of rows */
+		for (int r0 = 0, ci = 0; r0 < N; r0 += m->lc, ci++) {
+			int n = N - r0 < m->lc ? N - r0 : m->lc;
+			be->linear_fwd(be, g->logits, act_at(m, g->lnf, (size_t)r0 * D), be->param(be, m->off_head),
+				       n, D, V);
+			if (opts->logits_out && opts->logits_mode == MOE_LOGITS_ALL)
+				be->to_host(be, opts->logits_out + (size_t)r0 * V, g->logits, (size_t)n * V,
 					    MOE_BUF_ACT);
-	}
-	double ce_sum = 0.0;
-	int64_t nv = 0;
-	if (targets)
-		be->xent(be, NULL, g->logits, g->tgt, N, V, c->pad_token_id, 0.0f, &ce_sum, &nv);
-	if (opts->token_stats && !last_only) {
-		float *row = malloc(sizeof(float) * (size_t)V);
-		if (!row)
-			return moe_error_set(err, MOE_ENOMEM, "out of memory");
-		for (int n = 0; n < N; n++) {
-			be->to_host(be, row, act_at(m, g->logits, (size_t)n * V), (size_t)V, MOE_BUF_ACT);
-			int am = 0;
-			for (int v = 1; v < V; v++)
-				if (row[v] > row[am])
-					am = v;
-			double s = 0.0;
-			for (int v = 0; v < V; v++)
-				s += exp((double)row[v] - row[am]);
-			double lse = row[am] + log(s);
-			struct moe_token_stats *ts = &opts->token_stats[n];
-			ts->argmax = am;
-			ts->p_argmax = (float)exp(row[am] - lse);
-			ts->logprob_target = targets && targets[n] != c->pad_token_id
-						     ? (float)(row[targets[n]] - lse)
-						     : NAN;
+			else if (opts->logits_out && opts->logits_mode == MOE_LOGITS_LAST)
+				for (int b = r0 / T; b < B; b++) {
+					int row = b * T + T - 1;
+					if (row >= r0 + n)
+						break;
+					be->to_host(be, opts->logits_out + (size_t)b * V,
+						    act_at(m, g->logits, (size_t)(row - r0) * V), (size_t)V,
+						    MOE_BUF_ACT);
+				}
+			if (targets)
+				be->xent(be, NULL, g->logits, g->tgt + r0, n, V, c->pad_token_id, 0.0f,
+					 &m->ce_part[ci], &m->nv_part[ci]);
+			if (opts->token_stats && (rc = token_stats(m, opts, targets, r0, n, err)) < 0)
+				return rc;
 		}
-		free(row);
 	}
 	if ((rc = be->sync(be, err)) < 0)
 		return rc;
+	/* the deferred results are in place after the sync */
+	double ce_sum = 0.0, zsum = 0.0;
+	int64_t nv = 0;
+	if (targets && !last_only)
+		for (int r0 = 0, ci = 0; r0 < N; r0 += m->lc, ci++) {
+			ce_sum += m->ce_part[ci];
+			nv += m->nv_part[ci];
+		}
+	for (int lm = 0; lm < m->Lm; lm++)
+		zsum += m->zl[lm];
 	m->n_valid = nv;
 	m->ce = nv > 0 ? ce_sum / (double)nv : 0.0;
 	m->aux = aux_value(m, -1, NULL);
@@ -763,14 +820,18 @@ static void block_bwd(struct moe_model *m, int l, struct layer_acts *a, void *x_
 	const struct moe_layer_offsets *lo = &m->layers[l];
 	struct graph_bufs *g = &m->g;
 	int N = B * T, D = c->hidden_size, H = c->num_attention_heads, Dh = D / H;
-	float theta = (float)c->rope_theta;
+	float theta = (float)c->rope_theta, eps = (float)c->rms_norm_eps;
 	size_t ND = (size_t)N * D;
 #define P(off) be->param(be, off)
 #define G(off) be->grad(be, off)
-	/* MLP: dx is the gradient w.r.t. the block output (and the MLP output) */
+	/* MLP: dx is the gradient w.r.t. the block output (and the MLP output).
+	 * ln2 (and below h, xg, h_e, h_s) live in buffers shared by all layers:
+	 * recompute them from what this layer kept (identical values). */
 	void *dln2 = g->d1;
+	be->rmsnorm_fwd(be, a->ln2, a->rstd2, x_mid, P(lo->ln_post), N, D, eps);
 	if (!lo->is_moe) {
 		int Id = c->dense_intermediate_size;
+		be->swiglu_gu_fwd(be, a->h, a->gu, N, Id);
 		be->linear_bwd(be, g->dh, G(lo->dense_down), dx, a->h, P(lo->dense_down), N, Id, D);
 		be->swiglu_gu_bwd(be, g->dgu, g->dh, a->gu, N, Id);
 		be->linear_bwd(be, dln2, G(lo->dense_gate_up), g->dgu, a->ln2, P(lo->dense_gate_up), N, D, 2 * Id);
@@ -780,9 +841,11 @@ static void block_bwd(struct moe_model *m, int l, struct layer_acts *a, void *x_
 		int lm = l - c->n_dense_layers;
 		/* routed experts */
 		be->combine_bwd(be, g->dyg, g->dtopk_w, dx, a->yg, a->topk_w, a->inv, N, K, D);
+		be->swiglu_gu_fwd(be, a->h_e, a->gu_e, NK, I);
 		be->grouped_linear_bwd(be, g->dh_e, G(lo->expert_down), g->dyg, a->h_e, P(lo->expert_down),
 				       a->offsets, E, I, D);
 		be->swiglu_gu_bwd(be, g->dgu_e, g->dh_e, a->gu_e, NK, I);
+		be->gather_rows(be, a->xg, a->ln2, a->perm, NK, K, D);
 		be->grouped_linear_bwd(be, g->dxg, G(lo->expert_gate_up), g->dgu_e, a->xg,
 				       P(lo->expert_gate_up), a->offsets, E, D, 2 * I);
 		/* router: top-k weights, aux loss through probs, z-loss through logits */
@@ -802,6 +865,7 @@ static void block_bwd(struct moe_model *m, int l, struct layer_acts *a, void *x_
 			void *h = act_at(m, a->h_s, (size_t)s * N * Is);
 			size_t ogu = lo->shared_gate_up + (size_t)s * 2 * Is * D;
 			size_t odn = lo->shared_down + (size_t)s * D * Is;
+			be->swiglu_gu_fwd(be, h, gu, N, Is);
 			be->linear_bwd(be, g->dh, G(odn), dx, h, P(odn), N, Is, D);
 			be->swiglu_gu_bwd(be, g->dgu, g->dh, gu, N, Is);
 			be->linear_bwd(be, g->d2, G(ogu), g->dgu, a->ln2, P(ogu), N, D, 2 * Is);
@@ -815,6 +879,7 @@ static void block_bwd(struct moe_model *m, int l, struct layer_acts *a, void *x_
 	be->attention_bwd(be, g->dq, g->dk, g->dv, g->d1, a->q, a->k, a->v, a->att, a->lse, B, T, H, Dh);
 	be->rope_bwd(be, g->dq, B, T, H, Dh, theta);
 	be->rope_bwd(be, g->dk, B, T, H, Dh, theta);
+	be->rmsnorm_fwd(be, a->ln1, a->rstd1, x_in, P(lo->ln_in), N, D, eps); /* recompute ln1 */
 	be->rmsnorm_bwd(be, g->d1, G(lo->q_norm), g->dq, a->qraw, P(lo->q_norm), a->rstdq, N, D);
 	be->linear_bwd(be, g->d2, G(lo->q), g->d1, a->ln1, P(lo->q), N, D, D); /* d2 = dln1 */
 	be->rmsnorm_bwd(be, g->d1, G(lo->k_norm), g->dk, a->kraw, P(lo->k_norm), a->rstdk, N, D);
@@ -837,14 +902,19 @@ int moe_model_backward(struct moe_model *m, float grad_scale, struct moe_error *
 	const struct moe_config *c = &m->cfg;
 	struct graph_bufs *g = &m->g;
 	int B = m->B, T = m->T, N = B * T, D = c->hidden_size, V = c->vocab_size, L = c->num_hidden_layers;
-	/* CE: dlogits in place over the logits */
-	double ce_sum;
-	int64_t nv;
+	/* LM head and CE, chunk by chunk: recompute the chunk's logits, turn
+	 * them into dlogits in place, then the head's dgrad and wgrad */
 	float scale = m->n_valid > 0 ? grad_scale / (float)m->n_valid : 0.0f;
-	be->xent(be, g->logits, g->logits, g->tgt, N, V, c->pad_token_id, scale, &ce_sum, &nv);
+	const void *head = be->param(be, m->off_head);
+	for (int r0 = 0; r0 < N; r0 += m->lc) {
+		int n = N - r0 < m->lc ? N - r0 : m->lc;
+		const void *lnf = act_at(m, g->lnf, (size_t)r0 * D);
+		be->linear_fwd(be, g->logits, lnf, head, n, D, V);
+		be->xent(be, g->logits, g->logits, g->tgt + r0, n, V, c->pad_token_id, scale, NULL, NULL);
+		be->linear_bwd(be, act_at(m, g->d1, (size_t)r0 * D), be->grad(be, m->off_head), g->logits, lnf, head,
+			       n, D, V);
+	}
 	void *xL = act_at(m, g->resid, (size_t)L * N * D);
-	be->linear_bwd(be, g->d1, be->grad(be, m->off_head), g->logits, g->lnf,
-		       be->param(be, m->off_head), N, D, V);
 	be->rmsnorm_bwd(be, g->dx, be->grad(be, m->off_norm), g->d1, xL, be->param(be, m->off_norm),
 			g->rstdf, N, D);
 	for (int l = L - 1; l >= 0; l--) {
@@ -852,7 +922,7 @@ int moe_model_backward(struct moe_model *m, float grad_scale, struct moe_error *
 		block_bwd(m, l, &m->la[l], xin, m->la[l].xmid, g->dx, B, T, grad_scale);
 	}
 	be->embedding_bwd(be, be->grad(be, m->off_embed), g->dx, g->ids, N, D, c->pad_token_id);
-	m->fwd_valid = false; /* logits were overwritten by their gradient */
+	m->fwd_valid = false; /* the shared buffers were overwritten */
 	return be->sync(be, err);
 }
 

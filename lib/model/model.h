@@ -282,13 +282,15 @@ struct moe_backend {
 	void (*combine_fwd)(struct moe_backend *be, void *out, const void *yg, const float *topk_w, const int32_t *inv, int N, int K, int D);
 	void (*combine_bwd)(struct moe_backend *be, void *dyg, float *dtopk_w, const void *dout, const void *yg, const float *topk_w, const int32_t *inv, int N, int K, int D);
 	void (*add)(struct moe_backend *be, void *y, const void *x, size_t n); /* y += x (ACT) */
-	/* host results: *loss_sum, *n_valid (these two sync) */
+	/* Host results (*loss_sum, *n_valid, *loss, *out below) may be written
+	 * late: they are valid after the next sync (the CUDA backend collects
+	 * them all in one read-back there instead of synchronising per call). */
 	void (*xent)(struct moe_backend *be, void *dlogits, const void *logits, const int32_t *targets, int N, int V, int ignore_id, float scale, double *loss_sum, int64_t *n_valid);
 	void (*zloss)(struct moe_backend *be, void *dlogits, const void *logits, int N, int E, float scale, double *loss);
 	void (*router_stats)(struct moe_backend *be, float *psum, int32_t *cnt_valid, const float *probs, const int32_t *topk_idx, const int32_t *ids, int pad_id, int N, int E, int K);
 	void (*aux_dprobs)(struct moe_backend *be, float *dprobs, const float *g_host, const int32_t *ids, int pad_id, int N, int E);
 	/* flat fp32 helpers for the trainer (backend memory) */
-	double (*sumsq)(struct moe_backend *be, const float *x, size_t n);
+	void (*sumsq)(struct moe_backend *be, const float *x, size_t n, double *out); /* *out = sum x^2 */
 	void (*scale)(struct moe_backend *be, float *x, size_t n, float s);
 	void (*adamw)(struct moe_backend *be, float *p, const float *g, float *m, float *v, size_t n, float lr, float beta1, float beta2, float eps, float weight_decay, int64_t t);
 };
@@ -396,6 +398,10 @@ int moe_model_forward(struct moe_model *m, const int32_t *tokens, const int32_t 
  * grads += d(grad_scale * total)/d(params).  The selection bias gets none. */
 int moe_model_backward(struct moe_model *m, float grad_scale, struct moe_error *err);
 void moe_model_zero_grad(struct moe_model *m);
+/* Rows of output logits that exist at once (the LM head and the loss run
+ * over chunks of this many rows; backward recomputes each chunk's logits).
+ * 0: the default, 4096.  Results do not depend on it. */
+void moe_model_set_logits_chunk(struct moe_model *m, int rows);
 /* The aux coefficient used by later forwards (default router_aux_loss_coef);
  * the trainer sets moe_config_aux_coef(cfg, step) before each step. */
 void moe_model_set_aux_coef(struct moe_model *m, double coef);

@@ -6,7 +6,11 @@
 
 #include "model/model.h"
 
-/* One block's saved activations (backend memory). */
+/* One block's activations (backend memory).  In training every layer keeps
+ * its own copy of what backward needs, except ln1, ln2, xg, h, h_e and h_s:
+ * those point at one buffer shared by all layers and are recomputed in
+ * backward from what is kept (cheap elementwise work or a gather), which
+ * saves about a third of the activation memory. */
 struct layer_acts {
 	void *ln1;            /* (N, D) */
 	float *rstd1;         /* (N) */
@@ -39,7 +43,7 @@ struct graph_bufs {
 	int32_t *ids, *tgt;   /* (N) */
 	void *lnf;            /* (N, D) */
 	float *rstdf;         /* (N) */
-	void *logits;         /* (N, V); replaced by dlogits in backward */
+	void *logits;         /* (lc, V): one chunk of rows; dlogits in backward */
 	int32_t *last_rows;   /* (B) */
 	void *lnf_last;       /* (B, D) */
 	void *tmp;            /* (N, D) */
@@ -72,6 +76,11 @@ struct moe_model {
 	struct graph_bufs g;
 	int cap_N, cap_sets;
 	bool cap_train;
+	int lc;               /* rows of one logits chunk */
+	int lc_req;           /* moe_model_set_logits_chunk (0: LOGITS_CHUNK) */
+	double *ce_part;      /* (chunks) host: deferred xent results */
+	int64_t *nv_part;
+	double *zl;           /* (Lm) host: deferred z-loss of each MoE layer */
 	/* last forward */
 	int B, T;
 	bool fwd_valid;

@@ -41,7 +41,8 @@ int moe_optim_init(struct moe_optim *o, struct moe_model *m, const struct moe_op
 	size_t np;
 	const struct moe_param *p = moe_model_params(m, &np);
 	o->spans = calloc(np ? np : 1, sizeof *o->spans);
-	if (!o->spans) {
+	o->ss = calloc(np ? np : 1, sizeof *o->ss);
+	if (!o->spans || !o->ss) {
 		moe_optim_release(o);
 		return moe_error_set(err, MOE_ENOMEM, "out of memory");
 	}
@@ -72,7 +73,9 @@ void moe_optim_release(struct moe_optim *o)
 		be->free(be, o->v);
 	o->m = o->v = NULL;
 	free(o->spans);
+	free(o->ss);
 	o->spans = NULL;
+	o->ss = NULL;
 	o->n_spans = 0;
 	o->model = NULL;
 }
@@ -81,13 +84,21 @@ void moe_optim_grad_norms(struct moe_optim *o, double *expert, double *other)
 {
 	struct moe_backend *be = moe_model_backend(o->model);
 	double se = 0, so = 0;
+	/* every span's sum of squares is queued first and read back in one
+	 * synchronisation (a CUDA backend delivers them at the sync) */
 	for (size_t i = 0; i < o->n_spans; i++) {
 		const struct moe_optim_span *sp = &o->spans[i];
-		double s = be->sumsq(be, be->grad(be, sp->offset), sp->n);
-		if (sp->expert)
-			se += s;
+		be->sumsq(be, be->grad(be, sp->offset), sp->n, &o->ss[i]);
+	}
+	if (be->sync(be, NULL) < 0) {
+		*expert = *other = NAN;
+		return;
+	}
+	for (size_t i = 0; i < o->n_spans; i++) {
+		if (o->spans[i].expert)
+			se += o->ss[i];
 		else
-			so += s;
+			so += o->ss[i];
 	}
 	*expert = sqrt(se);
 	*other = sqrt(so);

@@ -141,6 +141,7 @@ struct moe_optim {
 	float *m, *v;            /* backend memory */
 	int64_t t;
 	struct moe_optim_span *spans; /* owned */
+	double *ss;                   /* (n_spans) sums of squares, scratch */
 	size_t n_spans;
 };
 

@@ -2,15 +2,14 @@
  * Training-step benchmark of the CUDA backend (run on the GPU machine by
  * bench_train.sh): a model preset at batch B x T on random tokens, full
  * steps of forward, backward, clipping of the expert / non-expert gradient
- * groups and AdamW.  The optimizer works on spans of adjacent tensors of
- * one clip group and decay setting (a per-tensor loop costs ~3,700 tiny
- * launches and as many host synchronisations for seed-base's per-expert
- * tensors; -t keeps that per-tensor loop).  Prints one JSON line in the
- * shape of shared/bench/torch_ref.py's (tokens/s, median step ms, model
- * TFLOP/s counted as torch_ref counts them, MFU, peak GiB), then, with -p,
- * the per-op time breakdown of one profiled step.
+ * groups and AdamW, through lib/train's optimizer (the code moe-train
+ * runs: spans of adjacent tensors, all gradient norms read back in one
+ * synchronisation).  Prints one JSON line in the shape of
+ * shared/bench/torch_ref.py's (tokens/s, median step ms, model TFLOP/s
+ * counted as torch_ref counts them, MFU, peak GiB), then, with -p, the
+ * per-op time breakdown of one profiled step.
  *
- *   bench_cuda [-m PRESET.json] [-B 16] [-T 2048] [-n STEPS] [-w WARMUP] [-p] [-t]
+ *   bench_cuda [-m PRESET.json] [-B 16] [-T 2048] [-n STEPS] [-w WARMUP] [-p]
  */
 #include <cuda_runtime_api.h>
 #include <getopt.h>
@@ -22,6 +21,7 @@
 #include "core/core.h"
 #include "kernels/kernels.h"
 #include "model/model.h"
+#include "train/train.h"
 
 
 static double flops_per_token(const struct moe_config *c, int T)
@@ -46,9 +46,9 @@ static int cmp_d(const void *a, const void *b)
 int main(int argc, char **argv)
 {
 	const char *model = "share/models/seed-base.json";
-	int B = 16, T = 2048, steps = 8, warm = 3, prof = 0, per_tensor = 0, c;
+	int B = 16, T = 2048, steps = 8, warm = 3, prof = 0, c;
 	struct moe_error err = {0};
-	while ((c = getopt(argc, argv, "m:B:T:n:w:pt")) != -1) {
+	while ((c = getopt(argc, argv, "m:B:T:n:w:p")) != -1) {
 		switch (c) {
 		case 'm': model = optarg; break;
 		case 'B': B = atoi(optarg); break;
@@ -56,9 +56,8 @@ int main(int argc, char **argv)
 		case 'n': steps = atoi(optarg); break;
 		case 'w': warm = atoi(optarg); break;
 		case 'p': prof = 1; break;
-		case 't': per_tensor = 1; break;
 		default:
-			fprintf(stderr, "usage: bench_cuda [-m MODEL] [-B N] [-T N] [-n STEPS] [-w WARMUP] [-p] [-t]\n");
+			fprintf(stderr, "usage: bench_cuda [-m MODEL] [-B N] [-T N] [-n STEPS] [-w WARMUP] [-p]\n");
 			return 2;
 		}
 	}
@@ -75,26 +74,16 @@ int main(int argc, char **argv)
 		fprintf(stderr, "bench_cuda: %s\n", err.msg);
 		return 1;
 	}
-	size_t n = moe_model_num_params(m), nt0 = 0, nt = 0;
-	const struct moe_param *tab0 = moe_model_params(m, &nt0);
-	/* optimizer spans: trainable tensors merged while adjacent and alike */
-	struct moe_param *tab = calloc(nt0, sizeof(*tab));
-	for (size_t i = 0; i < nt0; i++) {
-		if (!tab0[i].trainable)
-			continue;
-		struct moe_param *l = nt ? &tab[nt - 1] : NULL;
-		if (!per_tensor && l && l->offset + l->numel == tab0[i].offset && l->is_expert == tab0[i].is_expert &&
-		    l->decay == tab0[i].decay)
-			l->numel += tab0[i].numel;
-		else
-			tab[nt++] = tab0[i];
-	}
-	fprintf(stderr, "%zu trainable tensors in %zu optimizer spans\n", nt0, nt);
-	float *mom = be->alloc(be, n, MOE_BUF_F32), *var = be->alloc(be, n, MOE_BUF_F32);
-	if (!mom || !var) {
-		fprintf(stderr, "bench_cuda: out of device memory for the optimizer state\n");
+	/* the seed's optimizer settings (torch_ref: AdamW lr 7.5e-4, clip 1.0) */
+	struct moe_optim opt;
+	struct moe_optim_opts oo = {.beta1 = 0.9, .beta2 = 0.95, .eps = 1e-8, .weight_decay = 0.1,
+				    .decay = MOE_DECAY_ALL, .clip_groups = MOE_CLIP_EXPERT, .clip = 1.0,
+				    .clip_expert = -1};
+	if (moe_optim_init(&opt, m, &oo, &err) < 0) {
+		fprintf(stderr, "bench_cuda: %s\n", err.msg);
 		return 1;
 	}
+	fprintf(stderr, "%zu optimizer spans\n", opt.n_spans);
 	int N = B * T;
 	int32_t *x = malloc(sizeof(int32_t) * N), *y = malloc(sizeof(int32_t) * N);
 	uint64_t r = 88172645463325252ull;
@@ -118,20 +107,9 @@ int main(int argc, char **argv)
 		moe_model_zero_grad(m);
 		if (moe_model_forward(m, x, y, B, T, &o, &ls, &err) < 0 || moe_model_backward(m, 1.0f, &err) < 0)
 			break;
-		/* clipping: norms of the two groups, then scale (as the seed) */
-		double ss[2] = {0, 0};
-		for (size_t i = 0; i < nt; i++)
-			ss[tab[i].is_expert] += be->sumsq(be, be->grad(be, tab[i].offset), tab[i].numel);
-		for (size_t i = 0; i < nt; i++) {
-			double nrm = sqrt(ss[tab[i].is_expert]);
-			float sc = nrm > 1.0 ? (float)(1.0 / (nrm + 1e-6)) : 1.0f;
-			if (sc < 1.0f)
-				be->scale(be, be->grad(be, tab[i].offset), tab[i].numel, sc);
-			be->adamw(be, be->master(be, tab[i].offset), be->grad(be, tab[i].offset), mom + tab[i].offset,
-				  var + tab[i].offset, tab[i].numel, 7.5e-4f, 0.9f, 0.95f, 1e-8f,
-				  tab[i].decay ? 0.1f : 0.0f, s + 1);
-		}
-		moe_model_params_updated(m);
+		struct moe_clip_stats cs;
+		moe_optim_clip(&opt, &cs);
+		moe_optim_step(&opt, 7.5e-4);
 		if (be->sync(be, &err) < 0)
 			break;
 		ms[s] = (moe_now() - t0) * 1e3;
@@ -148,11 +126,10 @@ int main(int argc, char **argv)
 	size_t fr = 0, tot = 0;
 	cudaMemGetInfo(&fr, &tot);
 	const char *gm = getenv("MOE_CUDA_GROUPED"), *wg = getenv("MOE_CUDA_WGRAD");
-	printf("{\"name\": \"moe/cuda%s%s%s%s%s\", \"model\": \"%s\", \"B\": %d, \"T\": %d, \"step_ms\": %.2f, "
+	printf("{\"name\": \"moe/cuda%s%s%s%s\", \"model\": \"%s\", \"B\": %d, \"T\": %d, \"step_ms\": %.2f, "
 	       "\"tok_per_s\": %.0f, \"tflops\": %.1f, \"mfu_h100_989\": %.3f, \"peak_gib\": %.2f, "
 	       "\"device_used_gib\": %.2f, \"flops_per_token\": %.0f, \"loss\": %.4f}\n",
-	       gm ? "/grouped=" : "", gm ? gm : "", wg ? "/wgrad=" : "", wg ? wg : "",
-	       per_tensor ? "/per-tensor-optim" : "", model,
+	       gm ? "/grouped=" : "", gm ? gm : "", wg ? "/wgrad=" : "", wg ? wg : "", model,
 	       B, T, med, tps, tf, tf / 989.0,
 	       moe_cuda_peak_bytes(be) / 1073741824.0, (tot - fr) / 1073741824.0, flops_per_token(&cfg, T),
 	       ls.total);
@@ -162,6 +139,7 @@ int main(int argc, char **argv)
 		printf("# wall time of the profiled step: %.1f ms\n", ms[total - 1]);
 	}
 	fflush(stdout);
+	moe_optim_release(&opt);
 	moe_model_free(m);
 	return 0;
 }

@@ -33,7 +33,8 @@ noinst_PROGRAMS += tests/bench/bench_cuda
 tests_bench_bench_cuda_SOURCES = tests/bench/bench_cuda.c
 tests_bench_bench_cuda_CPPFLAGS = $(AM_CPPFLAGS) -I$(top_srcdir) $(CUDA_CPPFLAGS)
 tests_bench_bench_cuda_LDFLAGS = $(AM_LDFLAGS) $(CUDA_LDFLAGS)
-tests_bench_bench_cuda_LDADD = kernels/libmoekernels.a lib/model/libmoemodel.a $(CORE_LIBS) \
+tests_bench_bench_cuda_LDADD = lib/train/libmoetrain.a kernels/libmoekernels.a lib/model/libmoemodel.a \
+	$(DATA_LIBS) $(CORE_LIBS) \
 	$(CUDA_LIBS) -lstdc++
 endif
 if HAVE_CUDA

@@ -297,6 +297,70 @@ Test(forward, init_loss_logits_modes_capture)
 	moe_model_free(m);
 }
 
+/* The LM head and loss in chunks of rows (with the activations that
+ * backward recomputes) give the same losses, logits, statistics and
+ * gradients as one chunk over all rows. */
+Test(forward, logits_chunks_change_nothing)
+{
+	struct moe_config c;
+	struct moe_error err = {0};
+	small_config(&c);
+	struct moe_model *m = moe_model_new(&c, NULL, &err);
+	cr_assert(m);
+	moe_model_init(m, 3, &err);
+	int B = 3, T = 7, N = 21, V = 64;
+	int32_t tok[21], tgt[21];
+	tokens(tok, N, V, 11);
+	tokens(tgt, N, V, 12);
+	tgt[4] = c.pad_token_id;
+	size_t np = moe_model_num_params(m);
+	float *g[2], *lg[2], *last[2];
+	struct moe_token_stats ts[2][21];
+	struct moe_losses L[2];
+	const int chunk[2] = {N, 5}; /* one chunk; five chunks, the last short */
+	for (int r = 0; r < 2; r++) {
+		moe_model_set_logits_chunk(m, chunk[r]);
+		g[r] = malloc(sizeof(float) * np);
+		lg[r] = malloc(sizeof(float) * N * V);
+		last[r] = malloc(sizeof(float) * B * V);
+		struct moe_forward_opts o = {.train = true, .logits_mode = MOE_LOGITS_ALL, .logits_out = lg[r],
+					     .token_stats = ts[r]};
+		moe_model_zero_grad(m);
+		cr_assert_eq(moe_model_forward(m, tok, tgt, B, T, &o, &L[r], &err), 0, "%s", err.msg);
+		cr_assert_eq(moe_model_backward(m, 0.5f, &err), 0, "%s", err.msg);
+		moe_model_get_grads(m, g[r]);
+		struct moe_forward_opts ol = {.logits_mode = MOE_LOGITS_LAST, .logits_out = last[r],
+					      .token_stats = ts[r]};
+		cr_assert_eq(moe_model_forward(m, tok, tgt, B, T, &ol, NULL, &err), 0, "%s", err.msg);
+	}
+	cr_assert_eq(L[0].n_valid, 20);
+	cr_assert_eq(L[1].n_valid, 20);
+	cr_assert_float_eq(L[0].ce, L[1].ce, 1e-6 * L[0].ce);
+	cr_assert_float_eq(L[0].total, L[1].total, 1e-6 * L[0].total);
+	for (int i = 0; i < N * V; i++)
+		cr_assert_float_eq(lg[0][i], lg[1][i], 1e-6);
+	for (int b = 0; b < B; b++)
+		for (int v = 0; v < V; v++)
+			cr_assert_float_eq(last[1][b * V + v], lg[0][(b * T + T - 1) * V + v], 1e-6);
+	for (int n = 0; n < N; n++) {
+		cr_assert_eq(ts[0][n].argmax, ts[1][n].argmax);
+		cr_assert_float_eq(ts[0][n].p_argmax, ts[1][n].p_argmax, 1e-6);
+	}
+	double d = 0, s = 0;
+	for (size_t i = 0; i < np; i++) {
+		d += ((double)g[0][i] - g[1][i]) * ((double)g[0][i] - g[1][i]);
+		s += (double)g[0][i] * g[0][i];
+	}
+	cr_assert(s > 0);
+	cr_assert(sqrt(d / s) < 1e-6, "relative gradient difference %g", sqrt(d / s));
+	for (int r = 0; r < 2; r++) {
+		free(g[r]);
+		free(lg[r]);
+		free(last[r]);
+	}
+	moe_model_free(m);
+}
+
 Test(forward, aux_and_z_at_a_uniform_router)
 {
 	/* with zero router weights the probabilities are uniform, so whatever the
