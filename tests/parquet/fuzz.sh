@@ -18,7 +18,7 @@ clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
 	-I"$src/lib" -I"$work" -DPQ_MAX_VALUES='((int64_t)1 << 20)' -DPQ_MAX_PAGE='((int64_t)1 << 24)' \
 	$(pkg-config --cflags jansson) \
 	"$src/tests/parquet/fuzz_parquet.c" "$src/lib/parquet/thrift.c" "$src/lib/parquet/meta.c" \
-	"$src/lib/parquet/read.c" "$src/lib/parquet/jsonl.c" "$src/lib/core/error.c" \
+	"$src/lib/parquet/read.c" "$src/lib/parquet/snappy.c" "$src/lib/parquet/jsonl.c" "$src/lib/core/error.c" \
 	-lsnappy -lzstd -lz -lm -o "$work/fuzz_parquet"
 cd "$work"
 ./fuzz_parquet -max_total_time="$secs" -max_len=65536 -rss_limit_mb=2048 -timeout=10 \

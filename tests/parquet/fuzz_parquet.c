@@ -1,14 +1,37 @@
 /*
  * libFuzzer harness for the Parquet reader: parse the footer and decode
- * every column chunk of the input; escape the raw bytes as a JSON string.  Built by hand (see fuzz.sh):
+ * every column chunk of the input; escape the raw bytes as a JSON string;
+ * decode the raw bytes as a snappy block and compare with libsnappy.
+ * Built by hand (see fuzz.sh):
  *   clang -g -O1 -fsanitize=fuzzer,address,undefined -I lib -I BUILD \
  *     -DPQ_MAX_VALUES='(1<<20)' -DPQ_MAX_PAGE='(1<<24)' ...
  */
 #include <stddef.h>
 #include <stdint.h>
+#include <snappy-c.h>
 #include <stdlib.h>
+#include <string.h>
 
-#include "parquet/parquet.h"
+#include "parquet/internal.h"
+
+/* Our snappy decoder must agree with libsnappy: same bytes, or both reject. */
+static void check_snappy(const uint8_t *data, size_t size)
+{
+	size_t ul, hdr;
+	if (pq_snappy_length(data, size, &ul, &hdr) < 0 || ul > (1u << 20))
+		return;
+	uint8_t *out = malloc(ul + PQ_SNAPPY_SLACK);
+	char *ref = malloc(ul ? ul : 1);
+	size_t rl = ul;
+	if (out && ref) {
+		const char *why = pq_snappy_decompress(data, size, out, ul);
+		bool lib_ok = snappy_uncompress((const char *)data, size, ref, &rl) == SNAPPY_OK;
+		if (lib_ok != !why || (lib_ok && memcmp(out, ref, ul) != 0))
+			abort();
+	}
+	free(out);
+	free(ref);
+}
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -22,5 +45,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		moe_jsonl_escape(buf, data, n);
 		free(buf);
 	}
+	check_snappy(data, size);
 	return 0;
 }

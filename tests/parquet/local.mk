@@ -12,6 +12,13 @@ tests_parquet_test_parquet_CFLAGS = $(CRIT_CFLAGS)
 tests_parquet_test_parquet_LDADD = $(PARQUET_LIBS) $(CORE_LIBS) $(CRIT_LIBS)
 TESTS += tests/parquet/test_parquet
 
+# the snappy decoder against libsnappy (the oracle)
+check_PROGRAMS += tests/parquet/test_snappy
+tests_parquet_test_snappy_SOURCES = tests/parquet/test_snappy.c
+tests_parquet_test_snappy_CFLAGS = $(CRIT_CFLAGS)
+tests_parquet_test_snappy_LDADD = $(PARQUET_LIBS) $(CORE_LIBS) $(CRIT_LIBS)
+TESTS += tests/parquet/test_snappy
+
 # Benchmarks (not run by make check): see tests/bench/RESULTS-fetch.md.
 noinst_PROGRAMS += tests/bench/bench_parquet
 tests_bench_bench_parquet_SOURCES = tests/bench/bench_parquet.c
