@@ -79,10 +79,7 @@ void pq_free_meta(struct moe_pq_file *f);
 const char *pq_codec_name(int codec);
 const char *pq_encoding_name(int enc);
 
-/* Snappy (raw blocks, lib/parquet/snappy.c).  The decoder may write up to
- * PQ_SNAPPY_SLACK bytes past the end of the output: dst must have room for
- * dlen + PQ_SNAPPY_SLACK bytes. */
-#define PQ_SNAPPY_SLACK 64
+/* Snappy (raw blocks, lib/parquet/snappy.c). */
 /* Read the uncompressed length at the start of a block: 0, with *dlen and
  * the header's size *hdr, or -1 when it is malformed. */
 int pq_snappy_length(const uint8_t *src, size_t slen, size_t *dlen, size_t *hdr);

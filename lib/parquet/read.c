@@ -290,7 +290,7 @@ void moe_pq_reader_free(struct moe_pq_reader *r)
 }
 
 /* A page buffer: scratch (reused by every page) or a fresh one that stays
- * valid for the whole chunk; len bytes plus the snappy decoder's slack. */
+ * valid for the whole chunk. */
 static uint8_t *pool_get(struct moe_pq_reader *r, size_t len, bool keep)
 {
 	size_t slot = 0;
@@ -310,7 +310,7 @@ static uint8_t *pool_get(struct moe_pq_reader *r, size_t len, bool keep)
 		r->pool = p;
 		r->pool_n = n;
 	}
-	if (len > SIZE_MAX - PQ_SNAPPY_SLACK || buf_reserve(&r->pool[slot], len + PQ_SNAPPY_SLACK) < 0)
+	if (buf_reserve(&r->pool[slot], len ? len : 1) < 0)
 		return NULL;
 	if (keep)
 		r->pool_used++;

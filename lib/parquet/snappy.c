@@ -14,13 +14,14 @@
  * source may overlap the destination (offset < length repeats a pattern).
  *
  * The fast loop decodes one element per iteration with one table load and
- * one predictable branch: it copies 16 or 32 bytes unconditionally (the
- * caller's buffer has PQ_SNAPPY_SLACK spare bytes after the output) and
- * leaves everything unusual to a careful one-element decoder: long literals
- * and copies, offsets below 16 (overlapping copies), the first bytes of the
- * output, the last 64 bytes of the input, and every error.  Every length
- * and offset is checked before it is used: a corrupt stream gives an error,
- * never a read or write outside src[0..slen) and dst[0..dlen + slack).
+ * one predictable branch on the offset: it copies 16 bytes unconditionally
+ * (16 or 48 more for the rare longer elements), as far from the ends of
+ * both buffers as that needs, and leaves everything unusual to a careful
+ * one-element decoder: literals with length bytes, offsets below 16
+ * (overlapping copies), the first 16 and last 64 bytes of the output, the
+ * last 64 bytes of the input, and every error.  Every length and offset is
+ * checked before it is used: a corrupt stream gives an error, never a read
+ * or write outside src[0..slen) and dst[0..dlen).
  */
 #include <string.h>
 
@@ -29,8 +30,9 @@
 /* Per tag byte: bits 0-7 the element's length (255: a literal with length
  * bytes), bits 8-15 how far the input advances (tag, offset bytes and, for
  * a literal, its bytes), bits 16-26 the copy offset's high bits taken from
- * the tag (16 for a literal: an offset the fast loop accepts), bits 32-63
- * the mask of the offset bytes that follow the tag. */
+ * the tag (a literal: 16, an offset the fast loop accepts, or 0 when length
+ * bytes follow, which sends it to the slow path), bits 32-63 the mask of
+ * the offset bytes that follow the tag (0 for a literal). */
 static uint64_t tag_table[256];
 static int tag_table_ready;
 
@@ -44,7 +46,7 @@ static void tag_table_init(void)
 			if (len > 60)
 				len = 255;
 			adv = len == 255 ? 1 : 1 + len;
-			hi = 16;
+			hi = len == 255 ? 0 : 16;
 			mask = 0;
 			break;
 		case 1:
@@ -182,37 +184,50 @@ const char *pq_snappy_decompress(const uint8_t *src, size_t slen, uint8_t *dst, 
 	if (!__atomic_load_n(&tag_table_ready, __ATOMIC_ACQUIRE))
 		tag_table_init();
 	const uint8_t *ip = src + hdr, *ie = src + slen;
-	/* the fast loop reads at most 64 bytes from ip */
-	const uint8_t *ifast = slen - hdr > 64 ? ie - 64 : ip;
 	uint8_t *op = dst, *oe = dst + dlen;
+	/* the fast loop reads at most 65 bytes from ip and writes at most 64
+	 * from op */
+	const uint8_t *ifast = slen - hdr > 65 ? ie - 65 : ip;
+	uint8_t *ofast = dlen > 64 ? oe - 64 : dst;
 	const char *why;
-	while (ip < ifast) {
+	struct pos q;
+	/* the first 16 bytes: from here on op - dst >= 16 */
+	while (ip < ie && op - dst < 16) {
+		if (!(q = slow_element(ip, ie, op, dst, oe, &why)).op)
+			return why;
+		ip = q.ip;
+		op = q.op;
+	}
+	while (ip < ifast && op < ofast) {
 		uint64_t e = tag_table[*ip];
 		size_t len = e & 0xff;
-		size_t off = (load32(ip + 1) & (uint32_t)(e >> 32)) | ((uint32_t)(e >> 16) & 0xffff);
-		bool lit = (e >> 32) == 0;
-		/* fast: at most 32 bytes, in the output, and (copies) an offset
-		 * from 16 to the bytes written so far */
-		if (__builtin_expect((len > 32) | (len > (size_t)(oe - op)) | (off < 16) |
-					     (off > (size_t)(op - dst)),
-				     0)) {
-			struct pos q = slow_element(ip, ie, op, dst, oe, &why);
-			if (!q.op)
+		size_t off = (load32(ip + 1) & (uint32_t)(e >> 32)) | ((uint32_t)e >> 16);
+		/* one test for: an offset of 16 or more that stays inside the
+		 * output so far (literals pass as offset 16 unless they have
+		 * length bytes) */
+		if (__builtin_expect(off - 16 > (size_t)(op - dst) - 16, 0)) {
+			if (!(q = slow_element(ip, ie, op, dst, oe, &why)).op)
 				return why;
 			ip = q.ip;
 			op = q.op;
 			continue;
 		}
-		const uint8_t *from = lit ? ip + 1 : op - off;
+		/* len <= 64; a copy's source ends 16 or more bytes before each
+		 * 16-byte store, so the stores see final bytes */
+		const uint8_t *from = (e >> 32) == 0 ? ip + 1 : op - off;
 		copy16(op, from);
-		if (len > 16)
+		if (__builtin_expect(len > 16, 0)) {
 			copy16(op + 16, from + 16);
+			if (len > 32) {
+				copy16(op + 32, from + 32);
+				copy16(op + 48, from + 48);
+			}
+		}
 		op += len;
 		ip += (e >> 8) & 0xff;
 	}
 	while (ip < ie) {
-		struct pos q = slow_element(ip, ie, op, dst, oe, &why);
-		if (!q.op)
+		if (!(q = slow_element(ip, ie, op, dst, oe, &why)).op)
 			return why;
 		ip = q.ip;
 		op = q.op;

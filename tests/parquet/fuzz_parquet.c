@@ -20,7 +20,7 @@ static void check_snappy(const uint8_t *data, size_t size)
 	size_t ul, hdr;
 	if (pq_snappy_length(data, size, &ul, &hdr) < 0 || ul > (1u << 20))
 		return;
-	uint8_t *out = malloc(ul + PQ_SNAPPY_SLACK);
+	uint8_t *out = malloc(ul ? ul : 1);
 	char *ref = malloc(ul ? ul : 1);
 	size_t rl = ul;
 	if (out && ref) {
