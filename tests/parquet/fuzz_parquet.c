@@ -14,7 +14,8 @@
 
 #include "parquet/internal.h"
 
-/* Our snappy decoder must agree with libsnappy: same bytes, or both reject. */
+/* Our snappy decoder must agree with libsnappy: same bytes, or both reject
+ * (we are stricter in one case, below). */
 static void check_snappy(const uint8_t *data, size_t size)
 {
 	size_t ul, hdr;
@@ -26,7 +27,10 @@ static void check_snappy(const uint8_t *data, size_t size)
 	if (out && ref) {
 		const char *why = pq_snappy_decompress(data, size, out, ul);
 		bool lib_ok = snappy_uncompress((const char *)data, size, ref, &rl) == SNAPPY_OK;
-		if (lib_ok != !why || (lib_ok && memcmp(out, ref, ul) != 0))
+		/* libsnappy 1.1.9 wraps a literal length of 2^32 to 0; we refuse it */
+		bool wrap = why && strstr(why, "overflows");
+		if ((!lib_ok && !why) || (lib_ok && why && !wrap) ||
+		    (lib_ok && !why && memcmp(out, ref, ul) != 0))
 			abort();
 	}
 	free(out);

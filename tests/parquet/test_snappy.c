@@ -74,7 +74,10 @@ static int check_stream(const uint8_t *s, size_t n, const char *what)
 	memcpy(in.p, s, n);
 	struct guarded out = guarded_new(ul);
 	const char *why = pq_snappy_decompress(in.p, n, out.p, ul);
-	if (lib_ok) {
+	if (lib_ok && why && strstr(why, "overflows")) {
+		/* libsnappy 1.1.9 wraps a literal length of 2^32 to 0 */
+		lib_ok = 0;
+	} else if (lib_ok) {
 		cr_assert_null(why, "%s: libsnappy decodes it, we say: %s", what, why);
 		cr_assert_eq(rl, ul);
 		cr_assert(memcmp(out.p, ref, ul) == 0, "%s: output differs from libsnappy", what);
@@ -393,6 +396,12 @@ Test(snappy, hostile_elements_are_rejected)
 		sb_byte(&b, 0xff);
 	sb_put(&b, d, 100);
 	cr_assert_eq(check_stream(b.p, b.n, "4 GiB literal"), 0);
+	/* the same length with nothing to copy (the fuzzer's find: libsnappy
+	 * takes it as an empty literal) */
+	static const uint8_t wrap[] = {0x00, 0xfc, 0xff, 0xff, 0xff, 0xff};
+	uint8_t none[1];
+	cr_assert_not_null(pq_snappy_decompress(wrap, sizeof(wrap), none, 0));
+	cr_assert_eq(check_stream(wrap, sizeof(wrap), "2^32 literal"), 0);
 	/* a length header that never ends, or exceeds 32 bits */
 	b.n = 0;
 	for (int k = 0; k < 6; k++)
