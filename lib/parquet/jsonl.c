@@ -86,32 +86,6 @@ static inline void out_put(struct moe_jsonl_out *o, const void *p, size_t n)
 
 /* ---- JSON strings -------------------------------------------------------- */
 
-/* Index of the first byte at or after i that is a control character, '"',
- * '\\' or non-ASCII. */
-static inline size_t scan_plain(const uint8_t *s, size_t i, size_t n)
-{
-#ifdef __SSE2__
-	const __m128i lim = _mm_set1_epi8(0x20), q = _mm_set1_epi8('"'), bs = _mm_set1_epi8('\\');
-	while (n - i >= 16) {
-		__m128i v = _mm_loadu_si128((const __m128i *)(s + i));
-		/* signed compare: < 0x20 also catches bytes >= 0x80 */
-		__m128i m = _mm_or_si128(_mm_cmplt_epi8(v, lim),
-					 _mm_or_si128(_mm_cmpeq_epi8(v, q), _mm_cmpeq_epi8(v, bs)));
-		int bits = _mm_movemask_epi8(m);
-		if (bits)
-			return i + (size_t)__builtin_ctz((unsigned)bits);
-		i += 16;
-	}
-#endif
-	while (i < n) {
-		uint8_t b = s[i];
-		if (b < 0x20 || b >= 0x80 || b == '"' || b == '\\')
-			return i;
-		i++;
-	}
-	return n;
-}
-
 /* Length of the valid UTF-8 sequence at s[0] (1..4), or -(bytes of the
  * maximal invalid subpart) (WHATWG decoder semantics). */
 static inline int utf8_seq(const uint8_t *s, size_t n)
@@ -150,17 +124,44 @@ static inline int utf8_seq(const uint8_t *s, size_t n)
 	return len;
 }
 
+static inline bool is_plain(uint8_t b)
+{
+	return b >= 0x20 && b < 0x80 && b != '"' && b != '\\';
+}
+
 size_t moe_jsonl_escape(char *buf, const uint8_t *s, size_t n)
 {
 	static const char hex[] = "0123456789abcdef";
 	char *o = buf;
 	size_t i = 0;
 	*o++ = '"';
-	while (i < n) {
-		size_t j = scan_plain(s, i, n);
-		memcpy(o, s + i, j - i);
-		o += j - i;
-		i = j;
+	for (;;) {
+#ifdef __SSE2__
+		/* 16 bytes at a time: store the block, then look for a control
+		 * character, '"', '\\' or a non-ASCII byte in it.  The store may
+		 * run past what is kept, never past 6 * n + 2: the output so far
+		 * is at most 1 + 6 * i bytes and n - i >= 16. */
+		const __m128i lim = _mm_set1_epi8(0x20), q = _mm_set1_epi8('"'),
+			      bs = _mm_set1_epi8('\\');
+		while (n - i >= 16) {
+			__m128i v = _mm_loadu_si128((const __m128i *)(s + i));
+			_mm_storeu_si128((__m128i *)o, v);
+			/* signed compare: < 0x20 also catches bytes >= 0x80 */
+			__m128i m = _mm_or_si128(_mm_cmplt_epi8(v, lim),
+						 _mm_or_si128(_mm_cmpeq_epi8(v, q), _mm_cmpeq_epi8(v, bs)));
+			int bits = _mm_movemask_epi8(m);
+			if (bits) {
+				size_t k = (size_t)__builtin_ctz((unsigned)bits);
+				i += k;
+				o += k;
+				break;
+			}
+			i += 16;
+			o += 16;
+		}
+#endif
+		while (i < n && is_plain(s[i]))
+			*o++ = (char)s[i++];
 		if (i >= n)
 			break;
 		uint8_t b = s[i];
