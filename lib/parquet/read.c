@@ -4,6 +4,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -21,6 +22,10 @@
 #define PQ_MAX_PAGE ((int64_t)1 << 30)
 #endif
 #define PQ_MAX_FOOTER ((uint64_t)1 << 30)
+/* Chunks of this size or more are mapped from the file instead of read. */
+#ifndef PQ_MAP_MIN
+#define PQ_MAP_MIN ((size_t)1 << 20)
+#endif
 
 struct buf {
 	uint8_t *p;
@@ -29,6 +34,8 @@ struct buf {
 
 struct moe_pq_reader {
 	struct buf raw;    /* compressed chunk bytes (file mode) */
+	void *map;         /* or the chunk's pages mapped from the file */
+	size_t map_len;
 	struct buf *pool;  /* decompressed page buffers; [0] is scratch */
 	size_t pool_n, pool_used;
 	struct buf vals;   /* fixed-width output values */
@@ -277,6 +284,8 @@ void moe_pq_reader_free(struct moe_pq_reader *r)
 	if (!r)
 		return;
 	free(r->raw.p);
+	if (r->map)
+		munmap(r->map, r->map_len);
 	for (size_t i = 0; i < r->pool_n; i++)
 		free(r->pool[i].p);
 	free(r->pool);
@@ -1009,6 +1018,22 @@ static int read_data_page(struct ctx *c, int codec, const struct page_header *h,
 	return 0;
 }
 
+/* Map the chunk's bytes from the file (pages populated at once), or NULL
+ * (then the caller reads them). */
+static const uint8_t *map_chunk(struct moe_pq_file *f, struct moe_pq_reader *r, uint64_t start,
+				size_t len)
+{
+	uint64_t pg = (uint64_t)sysconf(_SC_PAGESIZE);
+	uint64_t at = start / pg * pg;
+	size_t delta = (size_t)(start - at);
+	void *m = mmap(NULL, len + delta, PROT_READ, MAP_PRIVATE | MAP_POPULATE, f->fd, (off_t)at);
+	if (m == MAP_FAILED)
+		return NULL;
+	r->map = m;
+	r->map_len = len + delta;
+	return (const uint8_t *)m + delta;
+}
+
 int moe_pq_read_chunk(struct moe_pq_file *f, int rg, int col, struct moe_pq_reader *r,
 		      struct moe_pq_chunk *out, struct moe_error *err)
 {
@@ -1052,8 +1077,14 @@ int moe_pq_read_chunk(struct moe_pq_file *f, int rg, int col, struct moe_pq_read
 			posix_fadvise(f->fd, (off_t)ns, (off_t)nm->total_compressed_size,
 				      POSIX_FADV_WILLNEED);
 	}
+	if (r->map) {
+		munmap(r->map, r->map_len);
+		r->map = NULL;
+	}
 	if (f->mem) {
 		base = f->mem + start;
+	} else if (clen >= PQ_MAP_MIN && (base = map_chunk(f, r, (uint64_t)start, clen))) {
+		/* mapped: no copy of the chunk */
 	} else {
 		if (buf_reserve(&r->raw, clen ? clen : 1) < 0)
 			return perr(&c, MOE_ENOMEM, "out of memory for a %zu-byte chunk", clen);
