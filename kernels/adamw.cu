@@ -138,6 +138,20 @@ __global__ void add_kernel(bf16 *y, const bf16 *x, size_t n, int vec)
 		y[i] = f2bf(bf2f(y[i]) + bf2f(x[i]));
 }
 
+__global__ void axpy_kernel(float *y, const float *x, size_t n, float a)
+{
+	size_t stride = (size_t)gridDim.x * blockDim.x;
+	for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
+		y[i] += a * x[i];
+}
+
+__global__ void scale_bf16_kernel(bf16 *x, size_t n, float a)
+{
+	size_t stride = (size_t)gridDim.x * blockDim.x;
+	for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
+		x[i] = f2bf(bf2f(x[i]) * a);
+}
+
 static unsigned grid_for(size_t n)
 {
 	unsigned b = moe_cdiv(n, 256);
@@ -174,5 +188,21 @@ extern "C" int moe_cuda_add(bf16_t *y, const bf16_t *x, size_t n, cudaStream_t s
 		return 0;
 	int vec = n % 8 == 0 && ((uintptr_t)y % 16) == 0 && ((uintptr_t)x % 16) == 0;
 	add_kernel<<<grid_for(vec ? n / 8 : n), 256, 0, s>>>((bf16 *)y, (const bf16 *)x, n, vec);
+	return CUDA_LAUNCHED(err);
+}
+
+extern "C" int moe_cuda_axpy(float *y, const float *x, size_t n, float a, cudaStream_t s, struct moe_error *err)
+{
+	if (n == 0)
+		return 0;
+	axpy_kernel<<<grid_for(n), 256, 0, s>>>(y, x, n, a);
+	return CUDA_LAUNCHED(err);
+}
+
+extern "C" int moe_cuda_scale_bf16(bf16_t *x, size_t n, float a, cudaStream_t s, struct moe_error *err)
+{
+	if (n == 0)
+		return 0;
+	scale_bf16_kernel<<<grid_for(n), 256, 0, s>>>((bf16 *)x, n, a);
 	return CUDA_LAUNCHED(err);
 }

@@ -1029,6 +1029,23 @@ static void o_scale(struct moe_backend *be, float *x, size_t n, float s)
 	PROF_END(c);
 }
 
+static void o_axpy(struct moe_backend *be, float *y, const float *x, size_t n, float a)
+{
+	struct cuda_ctx *c = CTX(be);
+	mark_stale(c, y, n * 4);
+	PROF(c, "axpy");
+	RUN(c, moe_cuda_axpy(y, x, n, a, c->s, &c->err));
+	PROF_END(c);
+}
+
+static void o_scale_act(struct moe_backend *be, void *x, size_t n, float a)
+{
+	struct cuda_ctx *c = CTX(be);
+	PROF(c, "scale_act");
+	RUN(c, moe_cuda_scale_bf16((bf16_t *)x, n, a, c->s, &c->err));
+	PROF_END(c);
+}
+
 static void o_adamw(struct moe_backend *be, float *p, const float *g, float *m, float *v, size_t n, float lr,
 		    float beta1, float beta2, float eps, float weight_decay, int64_t t)
 {
@@ -1131,6 +1148,8 @@ extern "C" struct moe_backend *moe_backend_cuda(struct moe_error *err)
 	be->router_stats = o_router_stats;
 	be->aux_dprobs = o_aux_dprobs;
 	be->sumsq = o_sumsq;
+	be->axpy = o_axpy;
+	be->scale_act = o_scale_act;
 	be->scale = o_scale;
 	be->adamw = o_adamw;
 	return be;

@@ -151,6 +151,9 @@ int moe_cuda_sumsq(double *acc, void *scratch, const float *x, size_t n, cudaStr
 int moe_cuda_scale(float *x, size_t n, float sc, cudaStream_t s, struct moe_error *err);
 int moe_cuda_to_bf16(bf16_t *dst, const float *src, size_t n, cudaStream_t s, struct moe_error *err);
 int moe_cuda_to_f32(float *dst, const bf16_t *src, size_t n, cudaStream_t s, struct moe_error *err);
+/* y += a x (fp32); x *= a (bf16) */
+int moe_cuda_axpy(float *y, const float *x, size_t n, float a, cudaStream_t s, struct moe_error *err);
+int moe_cuda_scale_bf16(bf16_t *x, size_t n, float a, cudaStream_t s, struct moe_error *err);
 /* y += x (bf16, fp32 arithmetic) */
 int moe_cuda_add(bf16_t *y, const bf16_t *x, size_t n, cudaStream_t s, struct moe_error *err);
 

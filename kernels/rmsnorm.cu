@@ -1,7 +1,7 @@
 /* RMSNorm on bf16 rows (D % 8 == 0, 16-byte accesses) with fp32 statistics
- * and fp32 weights; the backward
- * accumulates dw through per-warp shared-memory partials (one global add per
- * block and column). */
+ * and fp32 weights; the backward keeps each lane's part of dw in registers
+ * (D <= 1024) or in per-warp shared-memory partials (wider rows), then one
+ * global add per block and column. */
 #include "cuda_common.h"
 #include "kernels.h"
 
@@ -100,6 +100,80 @@ __global__ void rmsnorm_bwd_kernel(bf16 *dx, float *dw, const bf16 *dout, const 
 	}
 }
 
+/* The same for D <= 256 * NC: every lane of a warp always touches columns
+ * lane * 8 + 256 c, so its share of dw stays in registers across the
+ * warp's rows (no shared-memory traffic per row) and each row is read once. */
+template <int NC>
+__global__ void __launch_bounds__(256) rmsnorm_bwd_reg_kernel(bf16 *dx, float *dw, const bf16 *dout,
+							      const bf16 *x, const float *w,
+							      const float *rstd, int N, int D)
+{
+	extern __shared__ float sdw[]; /* (warps, D) */
+	int warps = blockDim.x / 32, lane = threadIdx.x % 32, wi = threadIdx.x / 32;
+	float acc[NC][8], wr[NC][8];
+#pragma unroll
+	for (int c = 0; c < NC; c++) {
+		int i = lane * 8 + 256 * c;
+#pragma unroll
+		for (int j = 0; j < 8; j++) {
+			acc[c][j] = 0.f;
+			wr[c][j] = i < D ? w[i + j] : 0.f;
+		}
+	}
+	for (int n = blockIdx.x * warps + wi; n < N; n += gridDim.x * warps) {
+		const bf16 *xr = x + (size_t)n * D, *dr = dout + (size_t)n * D;
+		float r = rstd[n], dot = 0.f, fx[NC][8], fd[NC][8];
+#pragma unroll
+		for (int c = 0; c < NC; c++) {
+			int i = lane * 8 + 256 * c;
+			if (i < D) {
+				ld8(fx[c], xr + i);
+				ld8(fd[c], dr + i);
+			} else {
+#pragma unroll
+				for (int j = 0; j < 8; j++)
+					fx[c][j] = fd[c][j] = 0.f;
+			}
+#pragma unroll
+			for (int j = 0; j < 8; j++)
+				dot += fd[c][j] * wr[c][j] * fx[c][j];
+		}
+		dot = warp_sum(dot);
+		float k = dot * r * r * r / D;
+		bf16 *dxr = dx + (size_t)n * D;
+#pragma unroll
+		for (int c = 0; c < NC; c++) {
+			int i = lane * 8 + 256 * c;
+			float g[8];
+#pragma unroll
+			for (int j = 0; j < 8; j++) {
+				g[j] = fd[c][j] * wr[c][j] * r - k * fx[c][j];
+				acc[c][j] += fd[c][j] * fx[c][j] * r;
+			}
+			if (i < D)
+				st8(dxr + i, g);
+		}
+	}
+	if (!dw)
+		return;
+	float *my = sdw + (size_t)wi * D;
+#pragma unroll
+	for (int c = 0; c < NC; c++) {
+		int i = lane * 8 + 256 * c;
+		if (i < D)
+#pragma unroll
+			for (int j = 0; j < 8; j++)
+				my[i + j] = acc[c][j];
+	}
+	__syncthreads();
+	for (int i = threadIdx.x; i < D; i += blockDim.x) {
+		float s = 0.f;
+		for (int q = 0; q < warps; q++)
+			s += sdw[(size_t)q * D + i];
+		atomicAdd(dw + i, s);
+	}
+}
+
 static int check_d(int D, struct moe_error *err)
 {
 	if (D % 8)
@@ -124,6 +198,25 @@ extern "C" int moe_cuda_rmsnorm_bwd(bf16_t *dx, float *dw, const bf16_t *dout, c
 	int rc;
 	if ((rc = check_d(D, err)) != 0 || N <= 0)
 		return rc;
+	int nc = (D + 255) / 256;
+	if (nc <= 4) {
+		size_t sm = (size_t)8 * D * sizeof(float);
+		unsigned nb = moe_cdiv(N, 8 * 4);
+		if (nb > 132 * 3)
+			nb = 132 * 3;
+#define REG(NC) rmsnorm_bwd_reg_kernel<NC><<<nb, 256, sm, s>>>((bf16 *)dx, dw, (const bf16 *)dout, \
+							      (const bf16 *)x, w, rstd, N, D)
+		if (nc == 1)
+			REG(1);
+		else if (nc == 2)
+			REG(2);
+		else if (nc == 3)
+			REG(3);
+		else
+			REG(4);
+#undef REG
+		return CUDA_LAUNCHED(err);
+	}
 	int warps = D > 1536 ? 2 : 8;
 	size_t smem = (size_t)warps * D * sizeof(float);
 	if (smem > 48 * 1024)

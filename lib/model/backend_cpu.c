@@ -255,6 +255,16 @@ static void c_scale(struct moe_backend *be, float *x, size_t n, float s)
 	for (size_t i = 0; i < n; i++)
 		x[i] *= s;
 }
+static void c_axpy(struct moe_backend *be, float *y, const float *x, size_t n, float a)
+{
+	(void)be;
+	for (size_t i = 0; i < n; i++)
+		y[i] += a * x[i];
+}
+static void c_scale_act(struct moe_backend *be, void *x, size_t n, float a)
+{
+	c_scale(be, F(x), n, a);
+}
 static void c_adamw(struct moe_backend *be, float *p, const float *g, float *m, float *v, size_t n, float lr, float beta1, float beta2, float eps, float weight_decay, int64_t t)
 {
 	(void)be;
@@ -314,6 +324,8 @@ struct moe_backend *moe_backend_cpu(void)
 	be->aux_dprobs = c_aux_dprobs;
 	be->sumsq = c_sumsq;
 	be->scale = c_scale;
+	be->axpy = c_axpy;
+	be->scale_act = c_scale_act;
 	be->adamw = c_adamw;
 	return be;
 }

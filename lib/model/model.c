@@ -500,6 +500,7 @@ static int acts_ensure(struct moe_model *m, int N, bool train, struct moe_error 
 	g->tmp = A(m, ND, MOE_BUF_ACT);
 	if (train) {
 		int wmax = Id > Is ? Id : Is;
+		g->hgrad = A(m, (size_t)V * D, MOE_BUF_F32);
 		g->dx = A(m, ND, MOE_BUF_ACT);
 		g->d1 = A(m, ND, MOE_BUF_ACT);
 		g->d2 = A(m, ND, MOE_BUF_ACT);
@@ -756,7 +757,19 @@ int moe_model_forward(struct moe_model *m, const int32_t *tokens, const int32_t 
 		if (opts->logits_out)
 			be->to_host(be, opts->logits_out, g->logits, (size_t)B * V, MOE_BUF_ACT);
 	} else {
-		/* LM head and loss, chunk by chunk of rows */
+		/* LM head and loss, chunk by chunk of rows.  A training forward
+		 * with targets also runs the head's backward here, while the
+		 * chunk's logits exist: dlogits (for a unit loss scale) in place,
+		 * d(lnf) into g->d1 and the head's weight gradient into g->hgrad;
+		 * moe_model_backward scales both by its grad_scale. */
+		bool fused = opts->train && targets;
+		int64_t nvh = 0;
+		if (fused) {
+			for (int r = 0; r < N; r++)
+				nvh += targets[r] != c->pad_token_id;
+			be->zero(be, g->hgrad, (size_t)V * D, MOE_BUF_F32);
+		}
+		float hscale = nvh > 0 ? 1.0f / (float)nvh : 0.0f;
 		for (int r0 = 0, ci = 0; r0 < N; r0 += m->lc, ci++) {
 			int n = N - r0 < m->lc ? N - r0 : m->lc;
 			be->linear_fwd(be, g->logits, act_at(m, g->lnf, (size_t)r0 * D), be->param(be, m->off_head),
@@ -773,11 +786,18 @@ int moe_model_forward(struct moe_model *m, const int32_t *tokens, const int32_t 
 						    act_at(m, g->logits, (size_t)(row - r0) * V), (size_t)V,
 						    MOE_BUF_ACT);
 				}
-			if (targets)
-				be->xent(be, NULL, g->logits, g->tgt + r0, n, V, c->pad_token_id, 0.0f,
-					 &m->ce_part[ci], &m->nv_part[ci]);
 			if (opts->token_stats && (rc = token_stats(m, opts, targets, r0, n, err)) < 0)
 				return rc;
+			if (fused) {
+				const void *lnf = act_at(m, g->lnf, (size_t)r0 * D);
+				be->xent(be, g->logits, g->logits, g->tgt + r0, n, V, c->pad_token_id, hscale,
+					 &m->ce_part[ci], &m->nv_part[ci]);
+				be->linear_bwd(be, act_at(m, g->d1, (size_t)r0 * D), g->hgrad, g->logits, lnf,
+					       be->param(be, m->off_head), n, D, V);
+			} else if (targets) {
+				be->xent(be, NULL, g->logits, g->tgt + r0, n, V, c->pad_token_id, 0.0f,
+					 &m->ce_part[ci], &m->nv_part[ci]);
+			}
 		}
 	}
 	if ((rc = be->sync(be, err)) < 0)
@@ -902,18 +922,11 @@ int moe_model_backward(struct moe_model *m, float grad_scale, struct moe_error *
 	const struct moe_config *c = &m->cfg;
 	struct graph_bufs *g = &m->g;
 	int B = m->B, T = m->T, N = B * T, D = c->hidden_size, V = c->vocab_size, L = c->num_hidden_layers;
-	/* LM head and CE, chunk by chunk: recompute the chunk's logits, turn
-	 * them into dlogits in place, then the head's dgrad and wgrad */
-	float scale = m->n_valid > 0 ? grad_scale / (float)m->n_valid : 0.0f;
-	const void *head = be->param(be, m->off_head);
-	for (int r0 = 0; r0 < N; r0 += m->lc) {
-		int n = N - r0 < m->lc ? N - r0 : m->lc;
-		const void *lnf = act_at(m, g->lnf, (size_t)r0 * D);
-		be->linear_fwd(be, g->logits, lnf, head, n, D, V);
-		be->xent(be, g->logits, g->logits, g->tgt + r0, n, V, c->pad_token_id, scale, NULL, NULL);
-		be->linear_bwd(be, act_at(m, g->d1, (size_t)r0 * D), be->grad(be, m->off_head), g->logits, lnf, head,
-			       n, D, V);
-	}
+	/* the forward ran the LM head's backward for a unit scale: d(lnf) is in
+	 * g->d1, the head's weight gradient in g->hgrad */
+	be->axpy(be, be->grad(be, m->off_head), g->hgrad, (size_t)V * D, grad_scale);
+	if (grad_scale != 1.0f)
+		be->scale_act(be, g->d1, (size_t)N * D, grad_scale);
 	void *xL = act_at(m, g->resid, (size_t)L * N * D);
 	be->rmsnorm_bwd(be, g->dx, be->grad(be, m->off_norm), g->d1, xL, be->param(be, m->off_norm),
 			g->rstdf, N, D);

@@ -292,6 +292,8 @@ struct moe_backend {
 	/* flat fp32 helpers for the trainer (backend memory) */
 	void (*sumsq)(struct moe_backend *be, const float *x, size_t n, double *out); /* *out = sum x^2 */
 	void (*scale)(struct moe_backend *be, float *x, size_t n, float s);
+	void (*axpy)(struct moe_backend *be, float *y, const float *x, size_t n, float a); /* y += a x */
+	void (*scale_act)(struct moe_backend *be, void *x, size_t n, float a);          /* ACT x *= a */
 	void (*adamw)(struct moe_backend *be, float *p, const float *g, float *m, float *v, size_t n, float lr, float beta1, float beta2, float eps, float weight_decay, int64_t t);
 };
 

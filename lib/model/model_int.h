@@ -43,10 +43,11 @@ struct graph_bufs {
 	int32_t *ids, *tgt;   /* (N) */
 	void *lnf;            /* (N, D) */
 	float *rstdf;         /* (N) */
-	void *logits;         /* (lc, V): one chunk of rows; dlogits in backward */
+	void *logits;         /* (lc, V): one chunk of rows (dlogits in a training forward) */
 	int32_t *last_rows;   /* (B) */
 	void *lnf_last;       /* (B, D) */
 	void *tmp;            /* (N, D) */
+	float *hgrad;         /* (V, D) LM head weight gradient of the last training forward */
 	/* backward scratch */
 	void *dx, *d1, *d2, *dq, *dk, *dv; /* (N, D) */
 	void *dgu, *dh;       /* (N, 2W), (N, W), W = max(Id, Is) */

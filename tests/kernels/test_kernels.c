@@ -33,11 +33,23 @@ Test(kernels, embedding)
 	CHECK_REL(g, dref, (size_t)V * D, 1e-6, "embedding bwd");
 }
 
+/* D: the register paths (1, 3, 4 column chunks, a partial chunk) and the
+ * shared-memory path (D > 1024) */
+static void rmsnorm_case(int N, int D);
 Test(kernels, rmsnorm)
 {
 	NEED_GPU();
 	rng_seed(2);
-	int N = 257, D = 768;
+	rmsnorm_case(257, 768);
+	rmsnorm_case(257, 96);
+	rmsnorm_case(257, 1024);
+	rmsnorm_case(257, 520);
+	rmsnorm_case(257, 2048);
+}
+
+static void rmsnorm_case(int N, int D)
+{
+	cr_log_info("rmsnorm N %d D %d", N, D);
 	float *x = rand_bf((size_t)N * D, 2.f), *w = rand_bf(D, 1.f), *dout = rand_bf((size_t)N * D, 1.f);
 	float *ref = malloc((size_t)N * D * 4), *rstd = malloc(N * 4), *dx = malloc((size_t)N * D * 4);
 	float *dw = calloc(D, 4);

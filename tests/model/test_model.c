@@ -353,6 +353,16 @@ Test(forward, logits_chunks_change_nothing)
 	}
 	cr_assert(s > 0);
 	cr_assert(sqrt(d / s) < 1e-6, "relative gradient difference %g", sqrt(d / s));
+	/* backward's grad_scale scales every gradient, the LM head's included */
+	struct moe_forward_opts ot = {.train = true};
+	moe_model_zero_grad(m);
+	cr_assert_eq(moe_model_forward(m, tok, tgt, B, T, &ot, NULL, &err), 0, "%s", err.msg);
+	cr_assert_eq(moe_model_backward(m, 1.0f, &err), 0, "%s", err.msg);
+	moe_model_get_grads(m, g[0]);
+	d = 0;
+	for (size_t i = 0; i < np; i++)
+		d += ((double)g[0][i] - 2.0 * g[1][i]) * ((double)g[0][i] - 2.0 * g[1][i]);
+	cr_assert(sqrt(d / (4 * s)) < 1e-6, "grad_scale 1 vs 0.5: relative difference %g", sqrt(d / (4 * s)));
 	for (int r = 0; r < 2; r++) {
 		free(g[r]);
 		free(lg[r]);
