@@ -550,27 +550,51 @@ static void o_rmsnorm_bwd(struct moe_backend *be, void *dx, float *dw, const voi
 	PROF_END(c);
 }
 
-static void o_linear_fwd(struct moe_backend *be, void *out, const void *x, const void *w, int N, int In, int Out)
+/* beta 1: the GEMM adds into out / dx (bf16 C read once, fp32 sum) */
+static void linear_fwd_beta(struct moe_backend *be, void *out, const void *x, const void *w, int N, int In, int Out,
+			    float beta)
 {
 	struct cuda_ctx *c = CTX(be);
 	PROF(c, "linear");
 	RUN(c, moe_cuda_gemm(c->blas, 0, 1, N, Out, In, (const bf16_t *)x, In, (const bf16_t *)w, In, out, Out, 0,
-			     1.f, 0.f, &c->err));
+			     1.f, beta, &c->err));
 	PROF_END(c);
 }
 
-static void o_linear_bwd(struct moe_backend *be, void *dx, float *dw, const void *dout, const void *x, const void *w,
-			 int N, int In, int Out)
+static void linear_bwd_beta(struct moe_backend *be, void *dx, float *dw, const void *dout, const void *x,
+			    const void *w, int N, int In, int Out, float beta)
 {
 	struct cuda_ctx *c = CTX(be);
 	PROF(c, "linear_bwd");
 	if (dx)
 		RUN(c, moe_cuda_gemm(c->blas, 0, 0, N, In, Out, (const bf16_t *)dout, Out, (const bf16_t *)w, In, dx,
-				     In, 0, 1.f, 0.f, &c->err));
+				     In, 0, 1.f, beta, &c->err));
 	if (dw)
 		RUN(c, moe_cuda_gemm(c->blas, 1, 0, Out, In, N, (const bf16_t *)dout, Out, (const bf16_t *)x, In, dw,
 				     In, 1, 1.f, 1.f, &c->err));
 	PROF_END(c);
+}
+
+static void o_linear_fwd(struct moe_backend *be, void *out, const void *x, const void *w, int N, int In, int Out)
+{
+	linear_fwd_beta(be, out, x, w, N, In, Out, 0.f);
+}
+
+static void o_linear_fwd_add(struct moe_backend *be, void *out, const void *x, const void *w, int N, int In, int Out)
+{
+	linear_fwd_beta(be, out, x, w, N, In, Out, 1.f);
+}
+
+static void o_linear_bwd(struct moe_backend *be, void *dx, float *dw, const void *dout, const void *x, const void *w,
+			 int N, int In, int Out)
+{
+	linear_bwd_beta(be, dx, dw, dout, x, w, N, In, Out, 0.f);
+}
+
+static void o_linear_bwd_add(struct moe_backend *be, void *dx, float *dw, const void *dout, const void *x,
+			     const void *w, int N, int In, int Out)
+{
+	linear_bwd_beta(be, dx, dw, dout, x, w, N, In, Out, 1.f);
 }
 
 static void rope_table(struct cuda_ctx *c, int T, int Dh, float theta)
@@ -1127,6 +1151,8 @@ extern "C" struct moe_backend *moe_backend_cuda(struct moe_error *err)
 	be->rmsnorm_bwd = o_rmsnorm_bwd;
 	be->linear_fwd = o_linear_fwd;
 	be->linear_bwd = o_linear_bwd;
+	be->linear_fwd_add = o_linear_fwd_add;
+	be->linear_bwd_add = o_linear_bwd_add;
 	be->rope_fwd = o_rope_fwd;
 	be->rope_bwd = o_rope_bwd;
 	be->attention_fwd = o_attention_fwd;

@@ -136,6 +136,28 @@ static void c_linear_bwd(struct moe_backend *be, void *dx, float *dw, const void
 	(void)be;
 	moe_linear_bwd(F(dx), dw, NULL, CF(dout), CF(x), CF(w), N, In, Out);
 }
+/* the accumulating forms: through a temporary row block, then an add */
+static void c_linear_fwd_add(struct moe_backend *be, void *out, const void *x, const void *w, int N, int In, int Out)
+{
+	(void)be;
+	float *t = malloc(sizeof(float) * (size_t)N * Out);
+	if (!t)
+		abort(); /* the CPU backend's ops have no error path; as out of memory anywhere */
+	moe_linear_fwd(t, CF(x), CF(w), NULL, N, In, Out);
+	moe_add(F(out), t, (size_t)N * Out);
+	free(t);
+}
+static void c_linear_bwd_add(struct moe_backend *be, void *dx, float *dw, const void *dout, const void *x, const void *w, int N, int In, int Out)
+{
+	(void)be;
+	float *t = dx ? malloc(sizeof(float) * (size_t)N * In) : NULL;
+	if (dx && !t)
+		abort();
+	moe_linear_bwd(t, dw, NULL, CF(dout), CF(x), CF(w), N, In, Out);
+	if (t)
+		moe_add(F(dx), t, (size_t)N * In);
+	free(t);
+}
 static void c_rope_fwd(struct moe_backend *be, void *x, int B, int T, int H, int Dh, float theta)
 {
 	(void)be;
@@ -302,6 +324,8 @@ struct moe_backend *moe_backend_cpu(void)
 	be->rmsnorm_bwd = c_rmsnorm_bwd;
 	be->linear_fwd = c_linear_fwd;
 	be->linear_bwd = c_linear_bwd;
+	be->linear_fwd_add = c_linear_fwd_add;
+	be->linear_bwd_add = c_linear_bwd_add;
 	be->rope_fwd = c_rope_fwd;
 	be->rope_bwd = c_rope_bwd;
 	be->attention_fwd = c_attention_fwd;

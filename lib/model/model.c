@@ -557,18 +557,16 @@ static void block_fwd(struct moe_model *m, int l, struct layer_acts *a, void *x_
 	be->rope_fwd(be, a->q, B, T, H, Dh, theta);
 	be->rope_fwd(be, a->k, B, T, H, Dh, theta);
 	be->attention_fwd(be, a->att, a->lse, a->q, a->k, a->v, B, T, H, Dh);
-	be->linear_fwd(be, m->g.tmp, a->att, P(lo->o), N, D, D);
-	/* x_mid = x_in + attn; x_out = x_mid + mlp */
+	/* x_mid = x_in + attn; x_out = x_mid + mlp (the GEMMs add into them) */
 	be->copy(be, a->xmid, x_in, ND, MOE_BUF_ACT);
-	be->add(be, a->xmid, m->g.tmp, ND);
+	be->linear_fwd_add(be, a->xmid, a->att, P(lo->o), N, D, D);
 	be->rmsnorm_fwd(be, a->ln2, a->rstd2, a->xmid, P(lo->ln_post), N, D, eps);
 	be->copy(be, x_out, a->xmid, ND, MOE_BUF_ACT);
 	if (!lo->is_moe) {
 		int Id = c->dense_intermediate_size;
 		be->linear_fwd(be, a->gu, a->ln2, P(lo->dense_gate_up), N, D, 2 * Id);
 		be->swiglu_gu_fwd(be, a->h, a->gu, N, Id);
-		be->linear_fwd(be, m->g.tmp, a->h, P(lo->dense_down), N, Id, D);
-		be->add(be, x_out, m->g.tmp, ND);
+		be->linear_fwd_add(be, x_out, a->h, P(lo->dense_down), N, Id, D);
 		return;
 	}
 	int E = c->num_experts, K = c->num_experts_per_tok, I = c->intermediate_size;
@@ -588,8 +586,7 @@ static void block_fwd(struct moe_model *m, int l, struct layer_acts *a, void *x_
 		void *h = act_at(m, a->h_s, (size_t)s * N * Is);
 		be->linear_fwd(be, gu, a->ln2, P(lo->shared_gate_up + (size_t)s * 2 * Is * D), N, D, 2 * Is);
 		be->swiglu_gu_fwd(be, h, gu, N, Is);
-		be->linear_fwd(be, m->g.tmp, h, P(lo->shared_down + (size_t)s * D * Is), N, Is, D);
-		be->add(be, x_out, m->g.tmp, ND);
+		be->linear_fwd_add(be, x_out, h, P(lo->shared_down + (size_t)s * D * Is), N, Is, D);
 	}
 #undef P
 }
@@ -888,8 +885,7 @@ static void block_bwd(struct moe_model *m, int l, struct layer_acts *a, void *x_
 			be->swiglu_gu_fwd(be, h, gu, N, Is);
 			be->linear_bwd(be, g->dh, G(odn), dx, h, P(odn), N, Is, D);
 			be->swiglu_gu_bwd(be, g->dgu, g->dh, gu, N, Is);
-			be->linear_bwd(be, g->d2, G(ogu), g->dgu, a->ln2, P(ogu), N, D, 2 * Is);
-			be->add(be, dln2, g->d2, ND);
+			be->linear_bwd_add(be, dln2, G(ogu), g->dgu, a->ln2, P(ogu), N, D, 2 * Is);
 		}
 	}
 	be->rmsnorm_bwd(be, g->d2, G(lo->ln_post), dln2, x_mid, P(lo->ln_post), a->rstd2, N, D);
@@ -903,10 +899,8 @@ static void block_bwd(struct moe_model *m, int l, struct layer_acts *a, void *x_
 	be->rmsnorm_bwd(be, g->d1, G(lo->q_norm), g->dq, a->qraw, P(lo->q_norm), a->rstdq, N, D);
 	be->linear_bwd(be, g->d2, G(lo->q), g->d1, a->ln1, P(lo->q), N, D, D); /* d2 = dln1 */
 	be->rmsnorm_bwd(be, g->d1, G(lo->k_norm), g->dk, a->kraw, P(lo->k_norm), a->rstdk, N, D);
-	be->linear_bwd(be, g->dq, G(lo->k), g->d1, a->ln1, P(lo->k), N, D, D);
-	be->add(be, g->d2, g->dq, ND);
-	be->linear_bwd(be, g->dq, G(lo->v), g->dv, a->ln1, P(lo->v), N, D, D);
-	be->add(be, g->d2, g->dq, ND);
+	be->linear_bwd_add(be, g->d2, G(lo->k), g->d1, a->ln1, P(lo->k), N, D, D);
+	be->linear_bwd_add(be, g->d2, G(lo->v), g->dv, a->ln1, P(lo->v), N, D, D);
 	be->rmsnorm_bwd(be, g->d1, G(lo->ln_in), g->d2, x_in, P(lo->ln_in), a->rstd1, N, D);
 	be->add(be, dx, g->d1, ND);
 #undef P

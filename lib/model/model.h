@@ -265,6 +265,9 @@ struct moe_backend {
 	/* no bias; linear_bwd: dx (may be NULL) overwritten, dw (may be NULL) += */
 	void (*linear_fwd)(struct moe_backend *be, void *out, const void *x, const void *w, int N, int In, int Out);
 	void (*linear_bwd)(struct moe_backend *be, void *dx, float *dw, const void *dout, const void *x, const void *w, int N, int In, int Out);
+	/* the same adding into out / dx instead of overwriting (residual and gradient sums) */
+	void (*linear_fwd_add)(struct moe_backend *be, void *out, const void *x, const void *w, int N, int In, int Out);
+	void (*linear_bwd_add)(struct moe_backend *be, void *dx, float *dw, const void *dout, const void *x, const void *w, int N, int In, int Out);
 	void (*rope_fwd)(struct moe_backend *be, void *x, int B, int T, int H, int Dh, float theta);
 	void (*rope_bwd)(struct moe_backend *be, void *dx, int B, int T, int H, int Dh, float theta);
 	void (*attention_fwd)(struct moe_backend *be, void *out, float *lse, const void *q, const void *k, const void *v, int B, int T, int H, int Dh);
