@@ -37,8 +37,11 @@ extern "C" {
 #define N_PROF 48
 #define N_STALE 64
 
-enum { GM_KERNEL, GM_CUBLAS_GROUPED, GM_CUBLAS_LOOP };
-enum { WG_KERNEL, WG_LOOP };
+/* MOE_CUDA_GROUPED=wgmma: grouped_wgmma.cu's Hopper kernels for all three
+ * expert GEMMs (no synchronisation); MOE_CUDA_WGRAD=wgmma: its weight
+ * gradient beside cuBLAS grouped fwd/dgrad */
+enum { GM_KERNEL, GM_CUBLAS_GROUPED, GM_CUBLAS_LOOP, GM_WGMMA };
+enum { WG_KERNEL, WG_LOOP, WG_WGMMA };
 enum { S_GROUP, S_STATS, S_DELTA, S_INV, S_SUMSQ, S_LOSS, S_ACC, S_TMP };
 
 struct prof_ent {
@@ -682,12 +685,12 @@ static void o_swiglu_fwd(struct moe_backend *be, void *h, const void *gu, int M,
 	PROF_END(c);
 }
 
-static void o_swiglu_bwd(struct moe_backend *be, void *dgu, const void *dh, const void *gu, int M, int I)
+static void o_swiglu_bwd(struct moe_backend *be, void *dgu, void *h, const void *dh, const void *gu, int M, int I)
 {
 	struct cuda_ctx *c = CTX(be);
 	PROF(c, "swiglu_bwd");
-	RUN(c, moe_cuda_swiglu_bwd((bf16_t *)dgu, (const bf16_t *)dh, (const bf16_t *)gu, (size_t)M, I, c->s,
-				   &c->err));
+	RUN(c, moe_cuda_swiglu_bwd((bf16_t *)dgu, (bf16_t *)h, (const bf16_t *)dh, (const bf16_t *)gu, (size_t)M, I,
+				   c->s, &c->err));
 	PROF_END(c);
 }
 
@@ -896,8 +899,12 @@ static void o_grouped_fwd(struct moe_backend *be, void *out, const void *x, cons
 	}
 	int rows = grouped_rows(c, offsets, E);
 	PROF(c, "grouped_fwd");
-	RUN(c, moe_cuda_grouped_fwd((bf16_t *)out, (const bf16_t *)x, (const bf16_t *)w, offsets, rows, E, In, Out,
-				    c->s, &c->err));
+	if (c->grouped_mode == GM_WGMMA)
+		RUN(c, moe_cuda_grouped_wgmma_fwd((bf16_t *)out, (const bf16_t *)x, (const bf16_t *)w, offsets, rows, E,
+						  In, Out, c->s, &c->err));
+	else
+		RUN(c, moe_cuda_grouped_fwd((bf16_t *)out, (const bf16_t *)x, (const bf16_t *)w, offsets, rows, E, In,
+					    Out, c->s, &c->err));
 	PROF_END(c);
 }
 
@@ -916,6 +923,9 @@ static void o_grouped_bwd(struct moe_backend *be, void *dx, float *dw, const voi
 		if (h && dw && wm == WG_KERNEL)
 			RUN(c, moe_cuda_grouped_wgrad(dw, (const bf16_t *)dout, (const bf16_t *)x, offsets, E, In, Out,
 						      c->s, &c->err));
+		if (h && dw && wm == WG_WGMMA)
+			RUN(c, moe_cuda_grouped_wgmma_wgrad(dw, (const bf16_t *)dout, (const bf16_t *)x, offsets, E, In,
+							    Out, c->s, &c->err));
 		for (int e = 0; h && dw && wm == WG_LOOP && e < E; e++)
 			if (h[e + 1] > h[e])
 				RUN(c, moe_cuda_gemm(c->blas, 1, 0, Out, In, h[e + 1] - h[e],
@@ -947,6 +957,16 @@ static void o_grouped_bwd(struct moe_backend *be, void *dx, float *dw, const voi
 	}
 	int rows = grouped_rows(c, offsets, E);
 	PROF(c, "grouped_bwd");
+	if (c->grouped_mode == GM_WGMMA) {
+		if (dx)
+			RUN(c, moe_cuda_grouped_wgmma_dgrad((bf16_t *)dx, (const bf16_t *)dout, (const bf16_t *)w, offsets,
+							    rows, E, In, Out, c->s, &c->err));
+		if (dw)
+			RUN(c, moe_cuda_grouped_wgmma_wgrad(dw, (const bf16_t *)dout, (const bf16_t *)x, offsets, E, In,
+							    Out, c->s, &c->err));
+		PROF_END(c);
+		return;
+	}
 	if (dx)
 		RUN(c, moe_cuda_grouped_dgrad((bf16_t *)dx, (const bf16_t *)dout, (const bf16_t *)w, offsets, rows, E,
 					      In, Out, c->s, &c->err));
@@ -1111,18 +1131,22 @@ extern "C" struct moe_backend *moe_backend_cuda(struct moe_error *err)
 		const char *gv = getenv("MOE_CUDA_GROUPED");
 		c->prof = pv && *pv && strcmp(pv, "0") != 0;
 		const char *wv = getenv("MOE_CUDA_WGRAD");
-		c->wgrad_mode = !wv || !strcmp(wv, "kernel") ? WG_KERNEL : !strcmp(wv, "cublas") ? WG_LOOP : -1;
+		c->wgrad_mode = !wv || !strcmp(wv, "kernel") ? WG_KERNEL
+				: !strcmp(wv, "cublas")   ? WG_LOOP
+				: !strcmp(wv, "wgmma")    ? WG_WGMMA
+							  : -1;
 		if (c->wgrad_mode < 0) {
-			moe_error_set(err, MOE_EINVAL, "MOE_CUDA_WGRAD='%s': expected kernel or cublas", wv);
+			moe_error_set(err, MOE_EINVAL, "MOE_CUDA_WGRAD='%s': expected kernel, cublas or wgmma", wv);
 			goto fail;
 		}
 		c->grouped_mode = !gv || !strcmp(gv, "cublas-grouped") ? GM_CUBLAS_GROUPED
 				  : !strcmp(gv, "kernel")  ? GM_KERNEL
 				  : !strcmp(gv, "cublas")          ? GM_CUBLAS_LOOP
+				  : !strcmp(gv, "wgmma")           ? GM_WGMMA
 								   : -1;
 		if (c->grouped_mode < 0) {
-			moe_error_set(err, MOE_EINVAL, "MOE_CUDA_GROUPED='%s': expected kernel, cublas-grouped or cublas",
-				      gv);
+			moe_error_set(err, MOE_EINVAL,
+				      "MOE_CUDA_GROUPED='%s': expected kernel, cublas-grouped, cublas or wgmma", gv);
 			goto fail;
 		}
 	}

@@ -75,7 +75,8 @@ int moe_cuda_attention_small_bwd(bf16_t *dq, bf16_t *dk, bf16_t *dv, const float
 /* swiglu.cu: h13 (M, 2I) = [g | u] per row; act (M, I) = silu(g) * u; I % 8 == 0. */
 int moe_cuda_swiglu_fwd(bf16_t *act, const bf16_t *h13, size_t M, int I, cudaStream_t s,
 			struct moe_error *err);
-int moe_cuda_swiglu_bwd(bf16_t *dh13, const bf16_t *dact, const bf16_t *h13, size_t M, int I,
+/* act (may be NULL): also the forward's output, bit-identical to swiglu_fwd's */
+int moe_cuda_swiglu_bwd(bf16_t *dh13, bf16_t *act, const bf16_t *dact, const bf16_t *h13, size_t M, int I,
 			cudaStream_t s, struct moe_error *err);
 
 /* router.cu: softmax over E (fp32), top K of logits + bias (bias may be NULL),
@@ -179,6 +180,19 @@ int moe_cuda_grouped_dgrad(bf16_t *dx, const bf16_t *dout, const bf16_t *w, cons
 			   int max_rows, int E, int In, int Out, cudaStream_t s, struct moe_error *err);
 int moe_cuda_grouped_wgrad(float *dw, const bf16_t *dout, const bf16_t *x, const int32_t *offsets,
 			   int E, int In, int Out, cudaStream_t s, struct moe_error *err);
+
+/* grouped_wgmma.cu: the three grouped GEMMs above, same arguments and
+ * contracts, on Hopper's warpgroup MMA (wgmma, sm_90a): MOE_EUNSUPPORTED on
+ * any other device.  In, Out multiples of 8. */
+int moe_cuda_grouped_wgmma_fwd(bf16_t *out, const bf16_t *x, const bf16_t *w, const int32_t *offsets,
+			       int max_rows, int E, int In, int Out, cudaStream_t s, struct moe_error *err);
+int moe_cuda_grouped_wgmma_dgrad(bf16_t *dx, const bf16_t *dout, const bf16_t *w, const int32_t *offsets,
+				 int max_rows, int E, int In, int Out, cudaStream_t s, struct moe_error *err);
+int moe_cuda_grouped_wgmma_wgrad(float *dw, const bf16_t *dout, const bf16_t *x, const int32_t *offsets, int E,
+				 int In, int Out, cudaStream_t s, struct moe_error *err);
+/* Output tile width of the three: 0 (default) chooses per shape, 128 or 256
+ * forces one (tests, benchmarks); process-wide. */
+void moe_cuda_grouped_wgmma_tile(int bn);
 
 /* backend_cuda.cu (lib/model's backend table; see model.h for
  * moe_backend_cuda).  With MOE_CUDA_PROFILE=1 each op is timed with events;

@@ -1,11 +1,13 @@
 /*
  * Kernel microbenchmarks at the seed-base training shapes (GPU machine):
- * grouped expert GEMMs (fwd, dgrad, wgrad; random balanced routing), the
- * same FLOPs through one dense cuBLAS GEMM for reference, and causal flash
- * attention forward/backward.  Median of 20 runs timed with CUDA events
+ * grouped expert GEMMs (fwd, dgrad, wgrad; random balanced routing) through
+ * our mma.sync kernel, our Hopper wgmma kernel at both tile widths and
+ * cuBLAS's grouped GEMM (fwd, dgrad), the same FLOPs through one dense cuBLAS
+ * GEMM for reference, and causal flash attention forward/backward.  Median of 20 runs timed with CUDA events
  * after warm-up; prints ms and TFLOP/s per kernel.
  *   bench_kernels [-B 8] [-T 2048]
  */
+#include <cublas_v2.h>
 #include <cuda_runtime_api.h>
 #include <getopt.h>
 #include <stdio.h>
@@ -72,8 +74,12 @@ static float time_it(fn_t f, void *arg)
 struct gg {
 	void *x, *w, *y, *dw;
 	int32_t *off;
+	const int32_t *hoff; /* host copy */
 	int rows, E, In, Out;
 	struct moe_cuda_blas *blas;
+	cublasHandle_t h;
+	void **dptr; /* device (3 * E): cuBLAS grouped pointer arrays */
+	int tb;      /* cuBLAS grouped: 1 fwd, 0 dgrad */
 };
 
 static void f_fwd(void *p)
@@ -91,6 +97,69 @@ static void f_wgrad(void *p)
 	struct gg *g = p;
 	CK(moe_cuda_grouped_wgrad(g->dw, g->y, g->x, g->off, g->E, g->In, g->Out, 0, &err));
 }
+static void f_wg_fwd(void *p)
+{
+	struct gg *g = p;
+	CK(moe_cuda_grouped_wgmma_fwd(g->y, g->x, g->w, g->off, g->rows, g->E, g->In, g->Out, 0, &err));
+}
+static void f_wg_dgrad(void *p)
+{
+	struct gg *g = p;
+	CK(moe_cuda_grouped_wgmma_dgrad(g->x, g->y, g->w, g->off, g->rows, g->E, g->In, g->Out, 0, &err));
+}
+static void f_wg_wgrad(void *p)
+{
+	struct gg *g = p;
+	CK(moe_cuda_grouped_wgmma_wgrad(g->dw, g->y, g->x, g->off, g->E, g->In, g->Out, 0, &err));
+}
+
+/* cublasGemmGroupedBatchedEx as backend_cuda.cu calls it (row-major C_e =
+ * A_e op(B_e) as column-major C_e^T = op(B_e)^T A_e^T); pointer arrays
+ * uploaded once, outside the timing. */
+static void f_cublas_grouped(void *p)
+{
+	struct gg *g = p;
+	int E = g->E, n = g->tb ? g->Out : g->In, k = g->tb ? g->In : g->Out, ng = 0;
+	int m_[256], n_[256], k_[256], la[256], lb[256], lc[256], gs[256];
+	cublasOperation_t oa[256], ob[256];
+	float al[256], be[256];
+	static void *hp[3 * 256];
+	static int uploaded = -1;
+	for (int e = 0; e < E && e < 256; e++) {
+		int m = g->hoff[e + 1] - g->hoff[e];
+		if (m <= 0)
+			continue;
+		m_[ng] = n;
+		n_[ng] = m;
+		k_[ng] = k;
+		oa[ng] = g->tb ? CUBLAS_OP_T : CUBLAS_OP_N;
+		ob[ng] = CUBLAS_OP_N;
+		la[ng] = g->In;
+		lb[ng] = k;
+		lc[ng] = n;
+		al[ng] = 1.f;
+		be[ng] = 0.f;
+		gs[ng] = 1;
+		hp[ng] = (char *)g->w + (size_t)e * g->In * g->Out * 2;
+		hp[E + ng] = (char *)(g->tb ? g->x : g->y) + (size_t)g->hoff[e] * k * 2;
+		hp[2 * E + ng] = (char *)(g->tb ? g->y : g->x) + (size_t)g->hoff[e] * n * 2;
+		ng++;
+	}
+	int key = g->tb * 100000 + g->In * 7 + g->Out;
+	if (uploaded != key) {
+		cudaMemcpy(g->dptr, hp, sizeof(void *) * 3 * E, cudaMemcpyHostToDevice);
+		uploaded = key;
+	}
+	cublasStatus_t st = cublasGemmGroupedBatchedEx(g->h, oa, ob, m_, n_, k_, al, (const void *const *)g->dptr,
+						      CUDA_R_16BF, la, (const void *const *)(g->dptr + E), CUDA_R_16BF,
+						      lb, be, g->dptr + 2 * E, CUDA_R_16BF, lc, ng, gs,
+						      CUBLAS_COMPUTE_32F);
+	if (st != CUBLAS_STATUS_SUCCESS) {
+		fprintf(stderr, "bench_kernels: cublasGemmGroupedBatchedEx: status %d\n", (int)st);
+		exit(1);
+	}
+}
+
 static void f_dense(void *p)
 {
 	struct gg *g = p;
@@ -152,6 +221,11 @@ int main(int argc, char **argv)
 	}
 	cudaMalloc((void **)&g.off, (E + 1) * 4);
 	cudaMemcpy(g.off, off, (E + 1) * 4, cudaMemcpyHostToDevice);
+	g.hoff = off;
+	if (cublasCreate(&g.h) != CUBLAS_STATUS_SUCCESS || cudaMalloc((void **)&g.dptr, sizeof(void *) * 3 * E) != cudaSuccess) {
+		fprintf(stderr, "bench_kernels: cuBLAS setup failed\n");
+		return 1;
+	}
 	printf("%-34s %9s %9s\n", "kernel (seed-base shapes)", "ms", "TFLOP/s");
 	int shapes[2][2] = {{D, 2 * I}, {I, D}};
 	for (int s = 0; s < 2; s++) {
@@ -173,6 +247,27 @@ int main(int argc, char **argv)
 		printf("%-34s %9.3f %9.1f\n", nm, t, fl / t / 1e9);
 		snprintf(nm, sizeof(nm), "grouped wgrad %4dx%4d", g.In, g.Out);
 		t = time_it(f_wgrad, &g);
+		printf("%-34s %9.3f %9.1f\n", nm, t, fl / t / 1e9);
+		for (int tile = 128; tile <= 256; tile += 128) {
+			moe_cuda_grouped_wgmma_tile(tile);
+			snprintf(nm, sizeof(nm), "wgmma fwd   %4dx%4d tile %d", g.In, g.Out, tile);
+			t = time_it(f_wg_fwd, &g);
+			printf("%-34s %9.3f %9.1f\n", nm, t, fl / t / 1e9);
+			snprintf(nm, sizeof(nm), "wgmma dgrad %4dx%4d tile %d", g.In, g.Out, tile);
+			t = time_it(f_wg_dgrad, &g);
+			printf("%-34s %9.3f %9.1f\n", nm, t, fl / t / 1e9);
+			snprintf(nm, sizeof(nm), "wgmma wgrad %4dx%4d tile %d", g.In, g.Out, tile);
+			t = time_it(f_wg_wgrad, &g);
+			printf("%-34s %9.3f %9.1f\n", nm, t, fl / t / 1e9);
+		}
+		moe_cuda_grouped_wgmma_tile(0);
+		g.tb = 1;
+		snprintf(nm, sizeof(nm), "cuBLAS grouped fwd   %4dx%4d", g.In, g.Out);
+		t = time_it(f_cublas_grouped, &g);
+		printf("%-34s %9.3f %9.1f\n", nm, t, fl / t / 1e9);
+		g.tb = 0;
+		snprintf(nm, sizeof(nm), "cuBLAS grouped dgrad %4dx%4d", g.In, g.Out);
+		t = time_it(f_cublas_grouped, &g);
 		printf("%-34s %9.3f %9.1f\n", nm, t, fl / t / 1e9);
 		snprintf(nm, sizeof(nm), "cuBLAS dense same FLOPs %4dx%4d", g.In, g.Out);
 		t = time_it(f_dense, &g);

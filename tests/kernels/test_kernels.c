@@ -145,10 +145,16 @@ Test(kernels, swiglu)
 	moe_swiglu_gu_bwd(dgu, dh, gu, M, I);
 	bf16_t *ggu = up_bf(gu, (size_t)M * 2 * I), *gdh = up_bf(dh, (size_t)M * I);
 	bf16_t *gh = dmalloc((size_t)M * I * 2), *gdgu = dmalloc((size_t)M * 2 * I * 2);
+	bf16_t *gh2 = dmalloc((size_t)M * I * 2), *gdgu2 = dmalloc((size_t)M * 2 * I * 2);
 	LAUNCH_OK(moe_cuda_swiglu_fwd(gh, ggu, M, I, S, &gerr));
-	LAUNCH_OK(moe_cuda_swiglu_bwd(gdgu, gdh, ggu, M, I, S, &gerr));
+	LAUNCH_OK(moe_cuda_swiglu_bwd(gdgu, NULL, gdh, ggu, M, I, S, &gerr));
+	LAUNCH_OK(moe_cuda_swiglu_bwd(gdgu2, gh2, gdh, ggu, M, I, S, &gerr));
 	CHECK_REL(down_bf(gh, (size_t)M * I), h, (size_t)M * I, 1e-2, "swiglu fwd");
 	CHECK_REL(down_bf(gdgu, (size_t)M * 2 * I), dgu, (size_t)M * 2 * I, 1e-2, "swiglu bwd");
+	/* the backward's recomputed h is the forward's, bit for bit; dgu unchanged */
+	CHECK_REL(down_bf(gh2, (size_t)M * I), down_bf(gh, (size_t)M * I), (size_t)M * I, 0.0, "swiglu bwd h");
+	CHECK_REL(down_bf(gdgu2, (size_t)M * 2 * I), down_bf(gdgu, (size_t)M * 2 * I), (size_t)M * 2 * I, 0.0,
+		  "swiglu bwd dgu with h");
 }
 
 static void router_case(int N, int E, int K, bool use_bias, bool norm)
@@ -403,4 +409,88 @@ Test(kernels, grouped_gemm, .timeout = 120)
 	for (int e = 0; e < 8; e++)
 		c3[e] = (int)(rng_u64() % 300);
 	grouped_case(8, 768, 1280, c3);
+}
+
+/* grouped_wgmma.cu (Hopper wgmma) against the CPU reference, at both output
+ * tile widths: empty experts, one-row experts, row tails, column tiles
+ * that end inside a 64-column block, and reductions (In, Out, a group's rows)
+ * that are not multiples of the 64-deep k-slice.  Tolerances as for the
+ * mma.sync kernel: 1e-2 for bf16 outputs, 1e-4 for the fp32 weight gradients
+ * accumulated onto random values.  Skipped unless the device is sm_90. */
+static bool wgmma_device(void)
+{
+	int dev = 0, major = 0, minor = 0;
+	return cudaGetDevice(&dev) == cudaSuccess &&
+	       cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
+	       cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) == cudaSuccess && major == 9 &&
+	       minor == 0;
+}
+
+static void grouped_wgmma_case(int E, int In, int Out, const int *cnt, int bn)
+{
+	int32_t *off = malloc((E + 1) * 4);
+	off[0] = 0;
+	for (int e = 0; e < E; e++)
+		off[e + 1] = off[e] + cnt[e];
+	int M = off[E];
+	float *x = rand_bf((size_t)M * In, 1.f), *w = rand_bf((size_t)E * Out * In, 1.f);
+	float *dout = rand_bf((size_t)M * Out, 1.f), *dw0 = rand_bf((size_t)E * Out * In, 1.f);
+	float *out = malloc((size_t)M * Out * 4 + 4), *dx = malloc((size_t)M * In * 4 + 4);
+	float *dw = malloc((size_t)E * Out * In * 4);
+	memcpy(dw, dw0, (size_t)E * Out * In * 4);
+	moe_grouped_linear_fwd(out, x, w, off, E, In, Out);
+	moe_grouped_linear_bwd(dx, dw, dout, x, w, off, E, In, Out);
+	bf16_t *gx = up_bf(x, (size_t)M * In), *gw = up_bf(w, (size_t)E * Out * In), *gdo = up_bf(dout, (size_t)M * Out);
+	bf16_t *go = dmalloc((size_t)M * Out * 2), *gdx = dmalloc((size_t)M * In * 2);
+	float *gdw = up(dw0, (size_t)E * Out * In * 4);
+	int32_t *goff = up(off, (E + 1) * 4);
+	moe_cuda_grouped_wgmma_tile(bn);
+	/* max_rows above the true count, as the backend may pass */
+	LAUNCH_OK(moe_cuda_grouped_wgmma_fwd(go, gx, gw, goff, M + 77, E, In, Out, S, &gerr));
+	LAUNCH_OK(moe_cuda_grouped_wgmma_dgrad(gdx, gdo, gw, goff, M + 77, E, In, Out, S, &gerr));
+	LAUNCH_OK(moe_cuda_grouped_wgmma_wgrad(gdw, gdo, gx, goff, E, In, Out, S, &gerr));
+	moe_cuda_grouped_wgmma_tile(0);
+	char what[96];
+	snprintf(what, sizeof(what), "wgmma fwd E=%d In=%d Out=%d tile %d", E, In, Out, bn);
+	CHECK_REL(down_bf(go, (size_t)M * Out), out, (size_t)M * Out, 1e-2, what);
+	snprintf(what, sizeof(what), "wgmma dgrad E=%d In=%d Out=%d tile %d", E, In, Out, bn);
+	CHECK_REL(down_bf(gdx, (size_t)M * In), dx, (size_t)M * In, 1e-2, what);
+	snprintf(what, sizeof(what), "wgmma wgrad E=%d In=%d Out=%d tile %d", E, In, Out, bn);
+	CHECK_REL(down(gdw, (size_t)E * Out * In * 4), dw, (size_t)E * Out * In, 1e-4, what);
+	cudaFree(gx);
+	cudaFree(gw);
+	cudaFree(gdo);
+	cudaFree(go);
+	cudaFree(gdx);
+	cudaFree(gdw);
+	cudaFree(goff);
+	free(off);
+	free(x);
+	free(w);
+	free(dout);
+	free(dw0);
+	free(out);
+	free(dx);
+	free(dw);
+}
+
+Test(kernels, grouped_wgmma, .timeout = 120)
+{
+	NEED_GPU();
+	if (!wgmma_device())
+		cr_skip_test("not an sm_90 device");
+	rng_seed(13);
+	for (int bn = 128; bn <= 256; bn += 128) {
+		int c1[6] = {0, 1, 130, 257, 0, 64};
+		grouped_wgmma_case(6, 128, 256, c1, bn);
+		int c2[5] = {3, 200, 17, 0, 129};
+		grouped_wgmma_case(5, 72, 40, c2, bn); /* partial tiles in every dimension */
+		int c3[4] = {70, 0, 191, 64};
+		grouped_wgmma_case(4, 200, 328, c3, bn); /* columns end inside a 64-wide block */
+		int c4[8];
+		for (int e = 0; e < 8; e++)
+			c4[e] = e == 2 ? 0 : e == 5 ? 900 : (int)(rng_u64() % 400);
+		grouped_wgmma_case(8, 768, 1280, c4, bn); /* seed-base gate_up, imbalanced */
+		grouped_wgmma_case(8, 640, 768, c4, bn);  /* seed-base down */
+	}
 }

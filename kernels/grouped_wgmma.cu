@@ -1,0 +1,425 @@
+/* Grouped (per-expert) GEMMs on Hopper's warpgroup MMA (wgmma, sm_90a), with
+ * the arguments and contracts of grouped_gemm.cu: expert boundaries come from
+ * the device offsets of the routing, no host synchronisation.
+ *
+ * Tiles of 128 x BN x 64 (BN = 128 or 256), two warpgroups of 64 x BN each,
+ * operands in shared memory in the 128-byte-swizzled layouts that wgmma reads
+ * through matrix descriptors: a K-major operand (x, dY, W in the forward) as
+ * rows of 64 elements (128 bytes), a MN-major one (W in the input gradient,
+ * dY and X in the weight gradient) as 64-element-wide column blocks of 64
+ * k-rows, transposed by wgmma itself.  A multi-stage cp.async pipeline
+ * (zero-filled tails: partial row tiles, partial column tiles, and the
+ * weight gradient's reduction over a group's rows) keeps one wgmma group in
+ * flight while the next stages load.
+ *
+ *   fwd:   C (rows, Out) = X_e W_e^T        A = X   K-major,  B = W_e K-major
+ *   dgrad: C (rows, In)  = dY_e W_e         A = dY  K-major,  B = W_e MN-major
+ *   wgrad: C (Out, In)  += dY_e^T X_e       A = dY  MN-major, B = X   MN-major
+ *
+ * Row tiles of the forward and input gradient are numbered over the experts
+ * on the device (one warp's prefix sum over the offsets); the weight
+ * gradient has one block per (expert, output tile) and accumulates fp32 +=.
+ * Built for sm_90a only: on other devices the launchers return
+ * MOE_EUNSUPPORTED. */
+
+#include "cuda_common.h"
+#include "kernels.h"
+
+#define GW_BM 128
+#define GW_BK 64
+#define GW_THREADS 256
+
+enum { GW_FWD = 0, GW_DGRAD = 1, GW_WGRAD = 2 };
+
+struct gw_args {
+	const bf16 *a, *b; /* X or dY; W or X */
+	void *c;
+	const int32_t *offsets; /* (E+1) */
+	int E, In, Out;
+	int nt; /* tiles along the output columns */
+	int mt; /* wgrad: tiles along Out */
+};
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+static __device__ __forceinline__ uint32_t gw_smem_u32(const void *p)
+{
+	return (uint32_t)__cvta_generic_to_shared(p);
+}
+
+static __device__ __forceinline__ void gw_cp16(uint32_t dst, const void *src, bool pred)
+{
+	asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(pred ? 16 : 0));
+}
+static __device__ __forceinline__ void gw_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N> static __device__ __forceinline__ void gw_cp_wait()
+{
+	asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+/* Shared-memory matrix descriptor, 128-byte swizzle: start address, leading
+ * and stride byte offsets (16-byte units).  K-major: the stride offset steps
+ * from one 8-row group of 128-byte rows to the next (the leading one is
+ * unused); MN-major: the leading offset steps from one 64-element column block
+ * to the next, the stride offset from one group of 8 k-rows to the next. */
+static __device__ __forceinline__ uint64_t gw_desc(uint32_t addr, uint32_t lbo, uint32_t sbo)
+{
+	return (uint64_t)((addr & 0x3ffff) >> 4) | ((uint64_t)(lbo >> 4) << 16) | ((uint64_t)(sbo >> 4) << 32) |
+	       (1ull << 62);
+}
+
+static __device__ __forceinline__ void gw_fence_proxy() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+static __device__ __forceinline__ void gw_wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+static __device__ __forceinline__ void gw_wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int N> static __device__ __forceinline__ void gw_wg_wait()
+{
+	asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+
+/* D (64 x 128, fp32, 64 registers a thread) = A B (+ D when acc) on the
+ * descriptors da, db; TA, TB: A, B MN-major */
+template <int TA, int TB>
+static __device__ __forceinline__ void wgmma_n128(float *d, uint64_t da, uint64_t db, int acc)
+{
+	asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+		     "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+		     "{"
+		     "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+		     "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+		     "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+		     "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+		     "}, %64, %65, p, 1, 1, %67, %68;\n}\n"
+		     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+		       "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+		       "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+		       "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+		       "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+		       "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+		       "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+		       "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+		     : "l"(da), "l"(db), "r"(acc), "n"(TA), "n"(TB));
+}
+
+/* the same with D 64 x 256 (128 registers a thread) */
+template <int TA, int TB>
+static __device__ __forceinline__ void wgmma_n256(float *d, uint64_t da, uint64_t db, int acc)
+{
+	asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
+		     "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 "
+		     "{"
+		     "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+		     "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+		     "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+		     "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, "
+		     "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, "
+		     "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, "
+		     "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, "
+		     "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127"
+		     "}, %128, %129, p, 1, 1, %131, %132;\n}\n"
+		     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+		       "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+		       "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+		       "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+		       "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+		       "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+		       "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+		       "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]),
+		       "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]),
+		       "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]),
+		       "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]),
+		       "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]),
+		       "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]),
+		       "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]),
+		       "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]),
+		       "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+		     : "l"(da), "l"(db), "r"(acc), "n"(TA), "n"(TB));
+}
+
+template <int BN, int TA, int TB>
+static __device__ __forceinline__ void gw_mma(float *d, uint64_t da, uint64_t db, int acc)
+{
+	if (BN == 128)
+		wgmma_n128<TA, TB>(d, da, db, acc);
+	else
+		wgmma_n256<TA, TB>(d, da, db, acc);
+}
+
+/* One pipeline stage: the A tile (128 rows or columns) and the B tile (BN)
+ * of reduction slice [k0, k0 + 64), zero-filled outside Mi x K and Nj x K. */
+template <bool AT, bool BT, int BN>
+static __device__ __forceinline__ void gw_load(uint32_t sa, uint32_t sb, const bf16 *A, int lda, const bf16 *B,
+					       int ldb, int Mi, int Nj, int K, int k0)
+{
+	const int tid = threadIdx.x;
+	if (!AT) {
+		/* 128 rows of 64 k (8 chunks of 16 bytes each) */
+#pragma unroll
+		for (int it = 0; it < GW_BM * 8 / GW_THREADS; it++) {
+			int c = tid + it * GW_THREADS, r = c >> 3, ch = c & 7;
+			bool ok = r < Mi && k0 + ch * 8 < K;
+			gw_cp16(sa + r * 128 + ((ch ^ (r & 7)) << 4), ok ? A + (size_t)r * lda + k0 + ch * 8 : A, ok);
+		}
+	} else {
+		/* 64 k-rows of 128 columns, as two 64-column blocks */
+#pragma unroll
+		for (int it = 0; it < GW_BK * (GW_BM / 8) / GW_THREADS; it++) {
+			int c = tid + it * GW_THREADS, k = c >> 4, cc = c & 15;
+			bool ok = k0 + k < K && cc * 8 < Mi;
+			gw_cp16(sa + (cc >> 3) * 8192 + k * 128 + (((cc & 7) ^ (k & 7)) << 4),
+				ok ? A + (size_t)(k0 + k) * lda + cc * 8 : A, ok);
+		}
+	}
+	if (!BT) {
+#pragma unroll
+		for (int it = 0; it < BN * 8 / GW_THREADS; it++) {
+			int c = tid + it * GW_THREADS, r = c >> 3, ch = c & 7;
+			bool ok = r < Nj && k0 + ch * 8 < K;
+			gw_cp16(sb + r * 128 + ((ch ^ (r & 7)) << 4), ok ? B + (size_t)r * ldb + k0 + ch * 8 : B, ok);
+		}
+	} else {
+		constexpr int CPR = BN / 8; /* 16-byte chunks per k-row */
+#pragma unroll
+		for (int it = 0; it < GW_BK * CPR / GW_THREADS; it++) {
+			int c = tid + it * GW_THREADS, k = c / CPR, cc = c % CPR;
+			bool ok = k0 + k < K && cc * 8 < Nj;
+			gw_cp16(sb + (cc >> 3) * 8192 + k * 128 + (((cc & 7) ^ (k & 7)) << 4),
+				ok ? B + (size_t)(k0 + k) * ldb + cc * 8 : B, ok);
+		}
+	}
+}
+#endif
+
+/* ST stages of (128 + BN) x 64 bf16, plus slack to align the base to the
+ * 1024-byte period of the swizzle. */
+template <int BN, int ST> struct gw_cfg {
+	static constexpr int ABYTES = GW_BM * GW_BK * 2, BBYTES = BN * GW_BK * 2;
+	static constexpr size_t SMEM = (size_t)ST * (ABYTES + BBYTES) + 1024;
+};
+
+template <int MODE, int BN, int ST>
+__global__ void __launch_bounds__(GW_THREADS, 1) gw_kernel(const gw_args g)
+{
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+	constexpr bool AT = MODE == GW_WGRAD; /* A MN-major */
+	constexpr bool BT = MODE != GW_FWD;   /* B MN-major */
+	constexpr int ABYTES = gw_cfg<BN, ST>::ABYTES, BBYTES = gw_cfg<BN, ST>::BBYTES;
+	static_assert(ST >= 3, "the pipeline needs 3 stages at least");
+	extern __shared__ unsigned char gw_smem[];
+	__shared__ int s_e, s_mt;
+	const uint32_t sa = (gw_smem_u32(gw_smem) + 1023) & ~1023u, sb = sa + ST * ABYTES;
+	const int tid = threadIdx.x;
+
+	const bf16 *A, *B;
+	int lda, ldb, Mi, Nj, K, ldc;
+	size_t c_off;
+	if (MODE == GW_WGRAD) {
+		int b = blockIdx.x, jt = b % g.nt, it = (b / g.nt) % g.mt, e = b / g.nt / g.mt;
+		int row0 = g.offsets[e];
+		K = g.offsets[e + 1] - row0;
+		if (K <= 0)
+			return;
+		A = g.a + (size_t)row0 * g.Out + it * GW_BM;
+		lda = g.Out;
+		Mi = g.Out - it * GW_BM;
+		B = g.b + (size_t)row0 * g.In + jt * BN;
+		ldb = g.In;
+		Nj = g.In - jt * BN;
+		ldc = g.In;
+		c_off = (size_t)e * g.Out * g.In + (size_t)it * GW_BM * g.In + jt * BN;
+	} else {
+		int nt = blockIdx.x % g.nt, mlin = blockIdx.x / g.nt;
+		if (tid < 32) {
+			/* which expert's row tile is mlin: prefix sum of the experts'
+			 * tile counts, 32 experts at a time */
+			int lane = tid, base = 0, e = -1, mt = 0;
+			for (int x0 = 0; x0 < g.E; x0 += 32) {
+				int x = x0 + lane;
+				int tiles = x < g.E ? (g.offsets[x + 1] - g.offsets[x] + GW_BM - 1) / GW_BM : 0;
+				int incl = tiles;
+#pragma unroll
+				for (int o = 1; o < 32; o <<= 1) {
+					int v = __shfl_up_sync(0xffffffffu, incl, o);
+					if (lane >= o)
+						incl += v;
+				}
+				int excl = incl - tiles;
+				unsigned hit = __ballot_sync(0xffffffffu, tiles > 0 && mlin >= base + excl && mlin < base + incl);
+				if (hit) {
+					int src = __ffs(hit) - 1;
+					e = x0 + src;
+					mt = mlin - base - __shfl_sync(0xffffffffu, excl, src);
+					break;
+				}
+				base += __shfl_sync(0xffffffffu, incl, 31);
+			}
+			if (lane == 0) {
+				s_e = e;
+				s_mt = mt;
+			}
+		}
+		__syncthreads();
+		int e = s_e;
+		if (e < 0)
+			return;
+		int row0 = g.offsets[e] + s_mt * GW_BM;
+		Mi = g.offsets[e + 1] - row0;
+		int red = MODE == GW_FWD ? g.In : g.Out;
+		int ncols = MODE == GW_FWD ? g.Out : g.In;
+		K = red;
+		A = g.a + (size_t)row0 * red;
+		lda = red;
+		const bf16 *W = g.b + (size_t)e * g.Out * g.In;
+		B = MODE == GW_FWD ? W + (size_t)nt * BN * g.In : W + nt * BN;
+		ldb = g.In;
+		Nj = ncols - nt * BN;
+		ldc = ncols;
+		c_off = (size_t)row0 * ncols + nt * BN;
+	}
+
+	float acc[BN / 2]; /* the first wgmma overwrites (scale-d 0) */
+
+	const int KT = (K + GW_BK - 1) / GW_BK, wg = tid / 128;
+#pragma unroll
+	for (int s = 0; s < ST - 2; s++) {
+		if (s < KT)
+			gw_load<AT, BT, BN>(sa + s * ABYTES, sb + s * BBYTES, A, lda, B, ldb, Mi, Nj, K, s * GW_BK);
+		gw_commit();
+	}
+	for (int kt = 0; kt < KT; kt++) {
+		/* stage kt has landed (this thread's copies), is made visible to
+		 * the tensor cores, and every thread got here: the stage loaded
+		 * next was last read by the wgmma group of kt - 2, finished */
+		gw_cp_wait<ST - 3>();
+		gw_fence_proxy();
+		__syncthreads();
+		int nk = kt + ST - 2;
+		if (nk < KT)
+			gw_load<AT, BT, BN>(sa + (nk % ST) * ABYTES, sb + (nk % ST) * BBYTES, A, lda, B, ldb, Mi, Nj, K,
+					    nk * GW_BK);
+		gw_commit();
+		const uint32_t a0 = sa + (kt % ST) * ABYTES + wg * 8192, b0 = sb + (kt % ST) * BBYTES;
+		gw_wg_fence();
+#pragma unroll
+		for (int kk = 0; kk < GW_BK / 16; kk++) {
+			uint64_t da = gw_desc(a0 + (AT ? kk * 2048 : kk * 32), AT ? 8192 : 16, 1024);
+			uint64_t db = gw_desc(b0 + (BT ? kk * 2048 : kk * 32), BT ? 8192 : 16, 1024);
+			gw_mma<BN, AT ? 1 : 0, BT ? 1 : 0>(acc, da, db, kt > 0 || kk > 0);
+		}
+		gw_wg_commit();
+		gw_wg_wait<1>();
+	}
+	gw_wg_wait<0>();
+	gw_cp_wait<0>();
+
+	/* accumulator fragment: warp w of the warpgroup holds rows 16w..16w+15,
+	 * register 4j + 2h + b row lane/4 + 8h, column 8j + 2(lane%4) + b */
+	const int lane = tid % 32, r0 = wg * 64 + ((tid % 128) / 32) * 16 + lane / 4, cq = 2 * (lane % 4);
+#pragma unroll
+	for (int j = 0; j < BN / 8; j++)
+#pragma unroll
+		for (int h = 0; h < 2; h++) {
+			int i = r0 + 8 * h, col = j * 8 + cq;
+			if (i >= Mi || col >= Nj)
+				continue;
+			float v0 = acc[4 * j + 2 * h], v1 = acc[4 * j + 2 * h + 1];
+			if (MODE == GW_WGRAD) {
+				float2 *C = (float2 *)((float *)g.c + c_off + (size_t)i * ldc + col);
+				float2 o = *C;
+				o.x += v0;
+				o.y += v1;
+				*C = o;
+			} else {
+				*(__nv_bfloat162 *)((bf16 *)g.c + c_off + (size_t)i * ldc + col) = __floats2bfloat162_rn(v0, v1);
+			}
+		}
+#endif
+}
+
+/* Tile width: 0 chooses, 128 or 256 forces (benchmarks, tests). */
+static int gw_force_bn;
+
+extern "C" void moe_cuda_grouped_wgmma_tile(int bn) { gw_force_bn = bn == 128 || bn == 256 ? bn : 0; }
+
+template <int MODE, int BN, int ST>
+static int gw_launch(const gw_args &g0, int ncols, unsigned mblocks, cudaStream_t s, struct moe_error *err)
+{
+	gw_args g = g0;
+	g.nt = (int)moe_cdiv(ncols, BN);
+	g.mt = MODE == GW_WGRAD ? (int)moe_cdiv(g.Out, GW_BM) : 0;
+	unsigned blocks = MODE == GW_WGRAD ? (unsigned)g.E * g.mt * g.nt : mblocks * g.nt;
+	static bool attr_set;
+	int rc;
+	if (!attr_set) {
+		if ((rc = CUDA_OK(cudaFuncSetAttribute(gw_kernel<MODE, BN, ST>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+						       (int)gw_cfg<BN, ST>::SMEM),
+				  err)) != 0)
+			return rc;
+		attr_set = true;
+	}
+	gw_kernel<MODE, BN, ST><<<blocks, GW_THREADS, gw_cfg<BN, ST>::SMEM, s>>>(g);
+	return CUDA_LAUNCHED(err);
+}
+
+template <int MODE>
+static int gw_run(const gw_args &g, int ncols, unsigned mblocks, cudaStream_t s, struct moe_error *err)
+{
+	int bn = gw_force_bn ? gw_force_bn : ncols % 256 == 0 ? 256 : 128;
+	if (bn == 256)
+		return gw_launch<MODE, 256, 4>(g, ncols, mblocks, s, err);
+	return gw_launch<MODE, 128, 6>(g, ncols, mblocks, s, err);
+}
+
+/* 0 on an sm_90 device (the sm_90a code runs there), else MOE_EUNSUPPORTED. */
+static int gw_check(int E, int In, int Out, struct moe_error *err)
+{
+	static int dev_ok = -1;
+	if (dev_ok < 0) {
+		int dev = 0, major = 0, minor = 0, rc;
+		if ((rc = CUDA_OK(cudaGetDevice(&dev), err)) != 0 ||
+		    (rc = CUDA_OK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev), err)) != 0 ||
+		    (rc = CUDA_OK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev), err)) != 0)
+			return rc;
+		dev_ok = major == 9 && minor == 0;
+	}
+	if (!dev_ok)
+		return moe_error_set(err, MOE_EUNSUPPORTED, "grouped wgmma: needs an sm_90 (Hopper) device");
+	if (In % 8 || Out % 8 || In <= 0 || Out <= 0 || E <= 0)
+		return moe_error_set(err, MOE_EUNSUPPORTED,
+				     "grouped wgmma: In=%d Out=%d must be positive multiples of 8, E=%d positive", In, Out,
+				     E);
+	return 0;
+}
+
+extern "C" int moe_cuda_grouped_wgmma_fwd(bf16_t *out, const bf16_t *x, const bf16_t *w, const int32_t *offsets,
+					  int max_rows, int E, int In, int Out, cudaStream_t s, struct moe_error *err)
+{
+	int rc;
+	if ((rc = gw_check(E, In, Out, err)) != 0)
+		return rc;
+	if (max_rows <= 0)
+		return 0;
+	gw_args g = {(const bf16 *)x, (const bf16 *)w, out, offsets, E, In, Out, 0, 0};
+	return gw_run<GW_FWD>(g, Out, moe_cdiv(max_rows, GW_BM) + E, s, err);
+}
+
+extern "C" int moe_cuda_grouped_wgmma_dgrad(bf16_t *dx, const bf16_t *dout, const bf16_t *w, const int32_t *offsets,
+					    int max_rows, int E, int In, int Out, cudaStream_t s,
+					    struct moe_error *err)
+{
+	int rc;
+	if ((rc = gw_check(E, In, Out, err)) != 0)
+		return rc;
+	if (max_rows <= 0)
+		return 0;
+	gw_args g = {(const bf16 *)dout, (const bf16 *)w, dx, offsets, E, In, Out, 0, 0};
+	return gw_run<GW_DGRAD>(g, In, moe_cdiv(max_rows, GW_BM) + E, s, err);
+}
+
+extern "C" int moe_cuda_grouped_wgmma_wgrad(float *dw, const bf16_t *dout, const bf16_t *x, const int32_t *offsets,
+					    int E, int In, int Out, cudaStream_t s, struct moe_error *err)
+{
+	int rc;
+	if ((rc = gw_check(E, In, Out, err)) != 0)
+		return rc;
+	gw_args g = {(const bf16 *)dout, (const bf16 *)x, dw, offsets, E, In, Out, 0, 0};
+	return gw_run<GW_WGRAD>(g, In, 0, s, err);
+}
