@@ -685,12 +685,12 @@ static void o_swiglu_fwd(struct moe_backend *be, void *h, const void *gu, int M,
 	PROF_END(c);
 }
 
-static void o_swiglu_bwd(struct moe_backend *be, void *dgu, const void *dh, const void *gu, int M, int I)
+static void o_swiglu_bwd(struct moe_backend *be, void *dgu, void *h, const void *dh, const void *gu, int M, int I)
 {
 	struct cuda_ctx *c = CTX(be);
 	PROF(c, "swiglu_bwd");
-	RUN(c, moe_cuda_swiglu_bwd((bf16_t *)dgu, (const bf16_t *)dh, (const bf16_t *)gu, (size_t)M, I, c->s,
-				   &c->err));
+	RUN(c, moe_cuda_swiglu_bwd((bf16_t *)dgu, (bf16_t *)h, (const bf16_t *)dh, (const bf16_t *)gu, (size_t)M, I,
+				   c->s, &c->err));
 	PROF_END(c);
 }
 

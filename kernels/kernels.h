@@ -75,7 +75,8 @@ int moe_cuda_attention_small_bwd(bf16_t *dq, bf16_t *dk, bf16_t *dv, const float
 /* swiglu.cu: h13 (M, 2I) = [g | u] per row; act (M, I) = silu(g) * u; I % 8 == 0. */
 int moe_cuda_swiglu_fwd(bf16_t *act, const bf16_t *h13, size_t M, int I, cudaStream_t s,
 			struct moe_error *err);
-int moe_cuda_swiglu_bwd(bf16_t *dh13, const bf16_t *dact, const bf16_t *h13, size_t M, int I,
+/* act (may be NULL): also the forward's output, bit-identical to swiglu_fwd's */
+int moe_cuda_swiglu_bwd(bf16_t *dh13, bf16_t *act, const bf16_t *dact, const bf16_t *h13, size_t M, int I,
 			cudaStream_t s, struct moe_error *err);
 
 /* router.cu: softmax over E (fp32), top K of logits + bias (bias may be NULL),

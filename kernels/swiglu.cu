@@ -23,7 +23,9 @@ __global__ void swiglu_fwd_kernel(bf16 *act, const bf16 *h13, size_t M, int I)
 	*(uint4 *)(act + m * I + c) = ov;
 }
 
-__global__ void swiglu_bwd_kernel(bf16 *dh13, const bf16 *dact, const bf16 *h13, size_t M, int I)
+/* act (optional): the forward's output again, computed exactly as
+ * swiglu_fwd_kernel does (backward recomputes it instead of keeping it). */
+__global__ void swiglu_bwd_kernel(bf16 *dh13, bf16 *act, const bf16 *dact, const bf16 *h13, size_t M, int I)
 {
 	size_t v = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
 	size_t per_row = I / 8;
@@ -32,19 +34,23 @@ __global__ void swiglu_bwd_kernel(bf16 *dh13, const bf16 *dact, const bf16 *h13,
 	size_t m = v / per_row, c = (v % per_row) * 8;
 	const bf16 *g = h13 + m * 2 * I + c, *u = g + I;
 	uint4 gv = *(const uint4 *)g, uv = *(const uint4 *)u, dv = *(const uint4 *)(dact + m * I + c);
-	uint4 dgv, duv;
+	uint4 dgv, duv, ov;
 	const bf16 *ga = (const bf16 *)&gv, *ua = (const bf16 *)&uv, *da = (const bf16 *)&dv;
-	bf16 *dga = (bf16 *)&dgv, *dua = (bf16 *)&duv;
+	bf16 *dga = (bf16 *)&dgv, *dua = (bf16 *)&duv, *oa = (bf16 *)&ov;
 #pragma unroll
 	for (int j = 0; j < 8; j++) {
 		float gf = bf2f(ga[j]), uf = bf2f(ua[j]), d = bf2f(da[j]);
-		float sg = 1.f / (1.f + __expf(-gf));
+		float e = __expf(-gf);
+		float sg = 1.f / (1.f + e);
 		float silu = gf * sg;
 		dua[j] = f2bf(d * silu);
 		dga[j] = f2bf(d * uf * sg * (1.f + gf * (1.f - sg)));
+		oa[j] = f2bf(gf / (1.f + e) * uf);
 	}
 	*(uint4 *)(dh13 + m * 2 * I + c) = dgv;
 	*(uint4 *)(dh13 + m * 2 * I + I + c) = duv;
+	if (act)
+		*(uint4 *)(act + m * I + c) = ov;
 }
 
 extern "C" int moe_cuda_swiglu_fwd(bf16_t *act, const bf16_t *h13, size_t M, int I, cudaStream_t s,
@@ -58,14 +64,14 @@ extern "C" int moe_cuda_swiglu_fwd(bf16_t *act, const bf16_t *h13, size_t M, int
 	return CUDA_LAUNCHED(err);
 }
 
-extern "C" int moe_cuda_swiglu_bwd(bf16_t *dh13, const bf16_t *dact, const bf16_t *h13, size_t M, int I,
-				   cudaStream_t s, struct moe_error *err)
+extern "C" int moe_cuda_swiglu_bwd(bf16_t *dh13, bf16_t *act, const bf16_t *dact, const bf16_t *h13, size_t M,
+				   int I, cudaStream_t s, struct moe_error *err)
 {
 	if (I % 8)
 		return moe_error_set(err, MOE_EUNSUPPORTED, "swiglu: width %d is not a multiple of 8", I);
 	if (M == 0)
 		return 0;
-	swiglu_bwd_kernel<<<moe_cdiv(M * (I / 8), 256), 256, 0, s>>>((bf16 *)dh13, (const bf16 *)dact,
+	swiglu_bwd_kernel<<<moe_cdiv(M * (I / 8), 256), 256, 0, s>>>((bf16 *)dh13, (bf16 *)act, (const bf16 *)dact,
 								   (const bf16 *)h13, M, I);
 	return CUDA_LAUNCHED(err);
 }

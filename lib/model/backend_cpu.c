@@ -183,9 +183,11 @@ static void c_swiglu_gu_fwd(struct moe_backend *be, void *h, const void *gu, int
 	(void)be;
 	moe_swiglu_gu_fwd(F(h), CF(gu), M, I);
 }
-static void c_swiglu_gu_bwd(struct moe_backend *be, void *dgu, const void *dh, const void *gu, int M, int I)
+static void c_swiglu_gu_bwd(struct moe_backend *be, void *dgu, void *h, const void *dh, const void *gu, int M, int I)
 {
 	(void)be;
+	if (h)
+		moe_swiglu_gu_fwd(F(h), CF(gu), M, I);
 	moe_swiglu_gu_bwd(F(dgu), CF(dh), CF(gu), M, I);
 }
 static void c_router_fwd(struct moe_backend *be, int32_t *topk_idx, float *topk_w, float *probs, const void *logits, const float *bias, int N, int E, int K, bool norm_topk)

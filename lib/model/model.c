@@ -848,9 +848,10 @@ static void block_bwd(struct moe_model *m, int l, struct layer_acts *a, void *x_
 	be->rmsnorm_fwd(be, a->ln2, a->rstd2, x_mid, P(lo->ln_post), N, D, eps);
 	if (!lo->is_moe) {
 		int Id = c->dense_intermediate_size;
-		be->swiglu_gu_fwd(be, a->h, a->gu, N, Id);
-		be->linear_bwd(be, g->dh, G(lo->dense_down), dx, a->h, P(lo->dense_down), N, Id, D);
-		be->swiglu_gu_bwd(be, g->dgu, g->dh, a->gu, N, Id);
+		/* dgrad, then SwiGLU's backward recomputing h, then the wgrad that needs h */
+		be->linear_bwd(be, g->dh, NULL, dx, a->h, P(lo->dense_down), N, Id, D);
+		be->swiglu_gu_bwd(be, g->dgu, a->h, g->dh, a->gu, N, Id);
+		be->linear_bwd(be, NULL, G(lo->dense_down), dx, a->h, P(lo->dense_down), N, Id, D);
 		be->linear_bwd(be, dln2, G(lo->dense_gate_up), g->dgu, a->ln2, P(lo->dense_gate_up), N, D, 2 * Id);
 	} else {
 		int E = c->num_experts, K = c->num_experts_per_tok, I = c->intermediate_size;
@@ -858,10 +859,10 @@ static void block_bwd(struct moe_model *m, int l, struct layer_acts *a, void *x_
 		int lm = l - c->n_dense_layers;
 		/* routed experts */
 		be->combine_bwd(be, g->dyg, g->dtopk_w, dx, a->yg, a->topk_w, a->inv, N, K, D);
-		be->swiglu_gu_fwd(be, a->h_e, a->gu_e, NK, I);
-		be->grouped_linear_bwd(be, g->dh_e, G(lo->expert_down), g->dyg, a->h_e, P(lo->expert_down),
-				       a->offsets, E, I, D);
-		be->swiglu_gu_bwd(be, g->dgu_e, g->dh_e, a->gu_e, NK, I);
+		be->grouped_linear_bwd(be, g->dh_e, NULL, g->dyg, a->h_e, P(lo->expert_down), a->offsets, E, I, D);
+		be->swiglu_gu_bwd(be, g->dgu_e, a->h_e, g->dh_e, a->gu_e, NK, I);
+		be->grouped_linear_bwd(be, NULL, G(lo->expert_down), g->dyg, a->h_e, P(lo->expert_down), a->offsets,
+				       E, I, D);
 		be->gather_rows(be, a->xg, a->ln2, a->perm, NK, K, D);
 		be->grouped_linear_bwd(be, g->dxg, G(lo->expert_gate_up), g->dgu_e, a->xg,
 				       P(lo->expert_gate_up), a->offsets, E, D, 2 * I);
@@ -882,9 +883,9 @@ static void block_bwd(struct moe_model *m, int l, struct layer_acts *a, void *x_
 			void *h = act_at(m, a->h_s, (size_t)s * N * Is);
 			size_t ogu = lo->shared_gate_up + (size_t)s * 2 * Is * D;
 			size_t odn = lo->shared_down + (size_t)s * D * Is;
-			be->swiglu_gu_fwd(be, h, gu, N, Is);
-			be->linear_bwd(be, g->dh, G(odn), dx, h, P(odn), N, Is, D);
-			be->swiglu_gu_bwd(be, g->dgu, g->dh, gu, N, Is);
+			be->linear_bwd(be, g->dh, NULL, dx, h, P(odn), N, Is, D);
+			be->swiglu_gu_bwd(be, g->dgu, h, g->dh, gu, N, Is);
+			be->linear_bwd(be, NULL, G(odn), dx, h, P(odn), N, Is, D);
 			be->linear_bwd_add(be, dln2, G(ogu), g->dgu, a->ln2, P(ogu), N, D, 2 * Is);
 		}
 	}

@@ -145,10 +145,16 @@ Test(kernels, swiglu)
 	moe_swiglu_gu_bwd(dgu, dh, gu, M, I);
 	bf16_t *ggu = up_bf(gu, (size_t)M * 2 * I), *gdh = up_bf(dh, (size_t)M * I);
 	bf16_t *gh = dmalloc((size_t)M * I * 2), *gdgu = dmalloc((size_t)M * 2 * I * 2);
+	bf16_t *gh2 = dmalloc((size_t)M * I * 2), *gdgu2 = dmalloc((size_t)M * 2 * I * 2);
 	LAUNCH_OK(moe_cuda_swiglu_fwd(gh, ggu, M, I, S, &gerr));
-	LAUNCH_OK(moe_cuda_swiglu_bwd(gdgu, gdh, ggu, M, I, S, &gerr));
+	LAUNCH_OK(moe_cuda_swiglu_bwd(gdgu, NULL, gdh, ggu, M, I, S, &gerr));
+	LAUNCH_OK(moe_cuda_swiglu_bwd(gdgu2, gh2, gdh, ggu, M, I, S, &gerr));
 	CHECK_REL(down_bf(gh, (size_t)M * I), h, (size_t)M * I, 1e-2, "swiglu fwd");
 	CHECK_REL(down_bf(gdgu, (size_t)M * 2 * I), dgu, (size_t)M * 2 * I, 1e-2, "swiglu bwd");
+	/* the backward's recomputed h is the forward's, bit for bit; dgu unchanged */
+	CHECK_REL(down_bf(gh2, (size_t)M * I), down_bf(gh, (size_t)M * I), (size_t)M * I, 0.0, "swiglu bwd h");
+	CHECK_REL(down_bf(gdgu2, (size_t)M * 2 * I), down_bf(gdgu, (size_t)M * 2 * I), (size_t)M * 2 * I, 0.0,
+		  "swiglu bwd dgu with h");
 }
 
 static void router_case(int N, int E, int K, bool use_bias, bool norm)
