@@ -13,15 +13,19 @@
  * A copy repeats `length` bytes from `offset` bytes back in the output; the
  * source may overlap the destination (offset < length repeats a pattern).
  *
- * The fast loop decodes one element per iteration with one table load and
- * one predictable branch on the offset: it copies 16 bytes unconditionally
- * (16 or 48 more for the rare longer elements), as far from the ends of
- * both buffers as that needs, and leaves everything unusual to a careful
- * one-element decoder: literals with length bytes, offsets below 16
- * (overlapping copies), the first 16 and last 64 bytes of the output, the
- * last 64 bytes of the input, and every error.  Every length and offset is
- * checked before it is used: a corrupt stream gives an error, never a read
- * or write outside src[0..slen) and dst[0..dlen).
+ * The fast loop decodes one element per iteration with table loads and one
+ * predictable branch on the offset.  The chain from one tag to the next is
+ * kept short: when an element is at most 7 bytes long (every copy, literals
+ * of up to 6 bytes) the next tag byte is shifted out of the 8 input bytes
+ * already loaded, instead of being loaded once the advance is known.  The
+ * loop copies 16 bytes unconditionally (16 or 48 more for the rare longer
+ * elements), far enough from the ends of both buffers, and leaves
+ * everything unusual to a careful one-element decoder: literals with length
+ * bytes, offsets below 16 (overlapping copies), the first 16 and last 64
+ * bytes of the output, the last 65 bytes of the input, and every error.
+ * Every length and offset is checked before it is used: a corrupt stream
+ * gives an error, never a read or write outside src[0..slen) and
+ * dst[0..dlen).
  */
 #include <string.h>
 
@@ -34,6 +38,9 @@
  * bytes follow, which sends it to the slow path), bits 32-63 the mask of
  * the offset bytes that follow the tag (0 for a literal). */
 static uint64_t tag_table[256];
+/* Per tag byte: 8 * the input advance when it is below 8 (every copy and
+ * literals of up to 6 bytes), else 255. */
+static uint8_t tag_shift[256];
 static int tag_table_ready;
 
 static void tag_table_init(void)
@@ -69,6 +76,7 @@ static void tag_table_init(void)
 			break;
 		}
 		tag_table[t] = len | adv << 8 | hi << 16 | mask << 32;
+		tag_shift[t] = (uint8_t)(adv < 8 ? 8 * adv : 255);
 	}
 	__atomic_store_n(&tag_table_ready, 1, __ATOMIC_RELEASE);
 }
@@ -78,6 +86,13 @@ static inline uint32_t load32(const uint8_t *p)
 	uint32_t v;
 	memcpy(&v, p, 4);
 	return v; /* little-endian hosts only (x86-64, arm64) */
+}
+
+static inline uint64_t load64(const uint8_t *p)
+{
+	uint64_t v;
+	memcpy(&v, p, 8);
+	return v;
 }
 
 static inline void copy16(uint8_t *d, const uint8_t *s)
@@ -199,33 +214,48 @@ const char *pq_snappy_decompress(const uint8_t *src, size_t slen, uint8_t *dst, 
 		op = q.op;
 	}
 	while (ip < ifast && op < ofast) {
-		uint64_t e = tag_table[*ip];
-		size_t len = e & 0xff;
-		size_t off = (load32(ip + 1) & (uint32_t)(e >> 32)) | ((uint32_t)e >> 16);
-		/* one test for: an offset of 16 or more that stays inside the
-		 * output so far (literals pass as offset 16 unless they have
-		 * length bytes) */
-		if (__builtin_expect(off - 16 > (size_t)(op - dst) - 16, 0)) {
-			if (!(q = slow_element(ip, ie, op, dst, oe, &why)).op)
-				return why;
-			ip = q.ip;
-			op = q.op;
-			continue;
-		}
-		/* len <= 64; a copy's source ends 16 or more bytes before each
-		 * 16-byte store, so the stores see final bytes */
-		const uint8_t *from = (e >> 32) == 0 ? ip + 1 : op - off;
-		copy16(op, from);
-		if (__builtin_expect(len > 16, 0)) {
-			copy16(op + 16, from + 16);
-			if (len > 32) {
-				copy16(op + 32, from + 32);
-				copy16(op + 48, from + 48);
+		uint64_t w = load64(ip); /* the element's first 8 bytes */
+		uint32_t t = w & 0xff;
+		for (;;) {
+			uint64_t e = tag_table[t];
+			size_t sh = tag_shift[t];
+			size_t len = e & 0xff;
+			size_t off = ((uint32_t)(w >> 8) & (uint32_t)(e >> 32)) | ((uint32_t)e >> 16);
+			/* one test for: an offset of 16 or more that stays inside
+			 * the output so far (literals pass as offset 16 unless
+			 * they have length bytes) */
+			if (__builtin_expect(off - 16 > (size_t)(op - dst) - 16, 0))
+				goto slow;
+			/* len <= 64; a copy's source ends 16 or more bytes before
+			 * each 16-byte store, so the stores see final bytes */
+			const uint8_t *from = (e >> 32) == 0 ? ip + 1 : op - off;
+			copy16(op, from);
+			if (__builtin_expect(len > 16, 0)) {
+				copy16(op + 16, from + 16);
+				if (len > 32) {
+					copy16(op + 32, from + 32);
+					copy16(op + 48, from + 48);
+				}
 			}
+			op += len;
+			if (__builtin_expect(sh == 255, 0)) {
+				ip += (e >> 8) & 0xff;
+				break; /* reload w after a longer literal */
+			}
+			ip += sh >> 3;
+			t = (uint32_t)(w >> sh) & 0xff;
+			w = load64(ip);
+			if (__builtin_expect(!(ip < ifast && op < ofast), 0))
+				goto tail;
 		}
-		op += len;
-		ip += (e >> 8) & 0xff;
+		continue;
+slow:
+		if (!(q = slow_element(ip, ie, op, dst, oe, &why)).op)
+			return why;
+		ip = q.ip;
+		op = q.op;
 	}
+tail:
 	while (ip < ie) {
 		if (!(q = slow_element(ip, ie, op, dst, oe, &why)).op)
 			return why;
