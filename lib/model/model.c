@@ -339,6 +339,9 @@ int moe_model_init(struct moe_model *m, uint64_t seed, struct moe_error *err)
 		return moe_error_set(err, MOE_ENOMEM, "out of memory");
 	memset(host, 0, m->n_floats * sizeof(float));
 	double std = m->cfg.initializer_range;
+	/* every tensor has its own stream (seed ^ hash of its name), so the
+	 * tensors fill in parallel with the same values for any thread count */
+#pragma omp parallel for schedule(dynamic)
 	for (size_t i = 0; i < m->n_params; i++) {
 		const struct moe_param *p = &m->params[i];
 		float *x = host + p->offset;
