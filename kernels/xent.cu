@@ -53,6 +53,58 @@ __global__ void xent_kernel(bf16 *dlogits, float *loss, const bf16 *logits, cons
 	}
 }
 
+/* The same for V % 8 == 0 (16-byte rows): one pass of 16-byte loads keeps
+ * a running max and sum of exponentials (rescaled when the max grows),
+ * then one pass writes dlogits; the row's second read mostly hits L2. */
+__global__ void xent_vec_kernel(bf16 *dlogits, float *loss, const bf16 *logits, const int32_t *targets,
+				int V, int ignore_id, float scale)
+{
+	__shared__ float sh[XT / 32];
+	int n = blockIdx.x, nv = V / 8;
+	const uint4 *l = (const uint4 *)(logits + (size_t)n * V);
+	int tgt = targets[n];
+	bool valid = tgt != ignore_id;
+	/* read before the barriers below, so before any in-place write */
+	float zt = threadIdx.x == 0 && valid ? bf2f(logits[(size_t)n * V + tgt]) : 0.f;
+	float mx = -INFINITY, s = 0.f;
+	for (int i = threadIdx.x; i < nv; i += XT) {
+		uint4 u = l[i];
+		const bf16 *h = (const bf16 *)&u;
+		float f[8], m2 = mx;
+#pragma unroll
+		for (int j = 0; j < 8; j++) {
+			f[j] = bf2f(h[j]);
+			m2 = fmaxf(m2, f[j]);
+		}
+		if (m2 > mx) {
+			s *= __expf(mx - m2); /* 0 while mx is -inf */
+			mx = m2;
+		}
+#pragma unroll
+		for (int j = 0; j < 8; j++)
+			s += __expf(f[j] - mx);
+	}
+	float M = block_reduce(mx, sh, true);
+	float S = block_reduce(mx == -INFINITY ? 0.f : s * __expf(mx - M), sh, false);
+	if (threadIdx.x == 0)
+		loss[n] = valid ? (M + logf(S)) - zt : 0.f;
+	if (!dlogits)
+		return;
+	uint4 *d = (uint4 *)(dlogits + (size_t)n * V);
+	float inv = 1.f / S;
+	for (int i = threadIdx.x; i < nv; i += XT) {
+		uint4 u = l[i], o;
+		const bf16 *h = (const bf16 *)&u;
+		bf16 *oh = (bf16 *)&o;
+#pragma unroll
+		for (int j = 0; j < 8; j++) {
+			float g = scale * (__expf(bf2f(h[j]) - M) * inv - (i * 8 + j == tgt ? 1.f : 0.f));
+			oh[j] = f2bf(valid ? g : 0.f);
+		}
+		d[i] = o;
+	}
+}
+
 /* acc[0] += sum of loss[0..n), acc[1] += number of rows with a valid target
  * (all rows when targets is NULL); doubles, one block, fixed order. */
 __global__ void sum_rows_kernel(double *acc, const float *loss, const int32_t *targets, int n,
@@ -86,7 +138,12 @@ extern "C" int moe_cuda_xent(bf16_t *dlogits, float *loss, const bf16_t *logits,
 {
 	if (N <= 0)
 		return 0;
-	xent_kernel<<<N, XT, 0, s>>>((bf16 *)dlogits, loss, (const bf16 *)logits, targets, V, ignore_id, scale);
+	if (V % 8 == 0 && (uintptr_t)logits % 16 == 0 && (uintptr_t)dlogits % 16 == 0)
+		xent_vec_kernel<<<N, XT, 0, s>>>((bf16 *)dlogits, loss, (const bf16 *)logits, targets, V, ignore_id,
+						 scale);
+	else
+		xent_kernel<<<N, XT, 0, s>>>((bf16 *)dlogits, loss, (const bf16 *)logits, targets, V, ignore_id,
+					     scale);
 	return CUDA_LAUNCHED(err);
 }
 

@@ -294,11 +294,20 @@ Test(kernels, route_group_and_permute)
 	CHECK_REL(down(gdw, NK * 4), dw, NK, 1e-5, "combine bwd dw");
 }
 
+/* V % 8 == 0 takes the vectorised kernel, other V the scalar one */
+static void xent_case(int N, int V, int ign);
 Test(kernels, xent)
 {
 	NEED_GPU();
 	rng_seed(9);
-	int N = 70, V = 5000, ign = 7;
+	xent_case(70, 5000, 7);
+	xent_case(70, 5003, 7);
+	xent_case(9, 50304, 1);
+}
+
+static void xent_case(int N, int V, int ign)
+{
+	cr_log_info("xent N %d V %d", N, V);
 	float *logits = rand_bf((size_t)N * V, 6.f), *d = malloc((size_t)N * V * 4);
 	int32_t *t = malloc(N * 4);
 	for (int n = 0; n < N; n++)
