@@ -38,8 +38,9 @@
  * bytes follow, which sends it to the slow path), bits 32-63 the mask of
  * the offset bytes that follow the tag (0 for a literal). */
 static uint64_t tag_table[256];
-/* Per tag byte: 8 * the input advance when it is below 8 (every copy and
- * literals of up to 6 bytes), else 255. */
+/* Per tag byte: 8 * the input advance when it is below 8 and the element
+ * is at most 16 bytes long (most copies, literals of up to 6 bytes), else
+ * 255. */
 static uint8_t tag_shift[256];
 static int tag_table_ready;
 
@@ -76,7 +77,7 @@ static void tag_table_init(void)
 			break;
 		}
 		tag_table[t] = len | adv << 8 | hi << 16 | mask << 32;
-		tag_shift[t] = (uint8_t)(adv < 8 ? 8 * adv : 255);
+		tag_shift[t] = (uint8_t)(adv < 8 && len <= 16 ? 8 * adv : 255);
 	}
 	__atomic_store_n(&tag_table_ready, 1, __ATOMIC_RELEASE);
 }
@@ -204,6 +205,7 @@ const char *pq_snappy_decompress(const uint8_t *src, size_t slen, uint8_t *dst, 
 	 * from op */
 	const uint8_t *ifast = slen - hdr > 65 ? ie - 65 : ip;
 	uint8_t *ofast = dlen > 64 ? oe - 64 : dst;
+	uint8_t *dst16 = dst + 16;
 	const char *why;
 	struct pos q;
 	/* the first 16 bytes: from here on op - dst >= 16 */
@@ -214,6 +216,12 @@ const char *pq_snappy_decompress(const uint8_t *src, size_t slen, uint8_t *dst, 
 		op = q.op;
 	}
 	while (ip < ifast && op < ofast) {
+		/* how many elements can be decoded before ip or op needs a
+		 * check: each advances ip by at most 7 and op by at most 64, or
+		 * leaves the inner loop */
+		size_t n = (size_t)(ifast - ip - 1) / 8 + 1, no = (size_t)(ofast - op - 1) / 64 + 1;
+		if (no < n)
+			n = no;
 		uint64_t w = load64(ip); /* the element's first 8 bytes */
 		uint32_t t = w & 0xff;
 		for (;;) {
@@ -224,29 +232,30 @@ const char *pq_snappy_decompress(const uint8_t *src, size_t slen, uint8_t *dst, 
 			/* one test for: an offset of 16 or more that stays inside
 			 * the output so far (literals pass as offset 16 unless
 			 * they have length bytes) */
-			if (__builtin_expect(off - 16 > (size_t)(op - dst) - 16, 0))
+			if (__builtin_expect(off - 16 > (size_t)(op - dst16), 0))
 				goto slow;
 			/* len <= 64; a copy's source ends 16 or more bytes before
 			 * each 16-byte store, so the stores see final bytes */
 			const uint8_t *from = (e >> 32) == 0 ? ip + 1 : op - off;
 			copy16(op, from);
-			if (__builtin_expect(len > 16, 0)) {
-				copy16(op + 16, from + 16);
-				if (len > 32) {
-					copy16(op + 32, from + 32);
-					copy16(op + 48, from + 48);
-				}
-			}
 			op += len;
 			if (__builtin_expect(sh == 255, 0)) {
+				uint8_t *o = op - len;
+				if (len > 16) {
+					copy16(o + 16, from + 16);
+					if (len > 32) {
+						copy16(o + 32, from + 32);
+						copy16(o + 48, from + 48);
+					}
+				}
 				ip += (e >> 8) & 0xff;
-				break; /* reload w after a longer literal */
+				break; /* reload w */
 			}
 			ip += sh >> 3;
 			t = (uint32_t)(w >> sh) & 0xff;
 			w = load64(ip);
-			if (__builtin_expect(!(ip < ifast && op < ofast), 0))
-				goto tail;
+			if (--n == 0)
+				break;
 		}
 		continue;
 slow:
@@ -255,7 +264,6 @@ slow:
 		ip = q.ip;
 		op = q.op;
 	}
-tail:
 	while (ip < ie) {
 		if (!(q = slow_element(ip, ie, op, dst, oe, &why)).op)
 			return why;

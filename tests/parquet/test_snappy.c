@@ -235,6 +235,35 @@ Test(snappy, literal_only_streams_with_every_length_encoding)
 	}
 }
 
+Test(snappy, streams_of_the_longest_short_elements)
+{
+	/* 6-byte literals (7 input bytes each) and 4-offset-byte copies (5
+	 * input bytes each) as far as the end of the input: the fast loop
+	 * must stop in time */
+	uint8_t d[6000];
+	for (size_t i = 0; i < sizeof(d); i++)
+		d[i] = (uint8_t)rnd();
+	for (size_t count = 1; count <= 1000; count += count < 40 ? 1 : 97) {
+		for (int form = 0; form < 3; form++) {
+			struct sb b = {0};
+			size_t outlen = form == 0 ? 6 * count : 40 + 16 * count;
+			sb_varint(&b, outlen);
+			if (form == 0) {
+				for (size_t k = 0; k < count; k++)
+					sb_literal(&b, d + 6 * k, 6, 0);
+			} else {
+				sb_literal(&b, d, 40, 0);
+				for (size_t k = 0; k < count; k++)
+					sb_copy(&b, form == 1 ? 4 : 2, 20 + (k % 17), 16);
+			}
+			char what[64];
+			snprintf(what, sizeof(what), "%zu elements of form %d", count, form);
+			cr_assert_eq(check_stream(b.p, b.n, what), 1, "%s", what);
+			free(b.p);
+		}
+	}
+}
+
 Test(snappy, overlapping_copies_at_offsets_1_to_64_in_every_form)
 {
 	uint8_t d[128];
