@@ -10,7 +10,9 @@
  * Profiling: with MOE_CUDA_PROFILE=1 in the environment, each op is timed
  * with CUDA events; moe_cuda_profile_report() prints the totals.
  * Expert GEMMs (MOE_CUDA_GROUPED), measured in tests/bench/RESULTS-cuda.md:
- *   "cublas-grouped" (default, the fastest): cublasGemmGroupedBatchedEx for
+ *   "wgmma" (default on sm_90, the fastest): the Hopper kernels of
+ *       grouped_wgmma.cu for all three, no synchronisation;
+ *   "cublas-grouped" (default elsewhere): cublasGemmGroupedBatchedEx for
  *       the forward and input-gradient GEMMs (offsets read back to the host
  *       once per routing: model.c reads that layer's statistics back anyway)
  *       and the device-driven kernel of grouped_gemm.cu for the weight
@@ -1139,7 +1141,9 @@ extern "C" struct moe_backend *moe_backend_cuda(struct moe_error *err)
 			moe_error_set(err, MOE_EINVAL, "MOE_CUDA_WGRAD='%s': expected kernel, cublas or wgmma", wv);
 			goto fail;
 		}
-		c->grouped_mode = !gv || !strcmp(gv, "cublas-grouped") ? GM_CUBLAS_GROUPED
+		if (!gv)
+			gv = moe_cuda_grouped_wgmma_supported() ? "wgmma" : "cublas-grouped";
+		c->grouped_mode = !strcmp(gv, "cublas-grouped") ? GM_CUBLAS_GROUPED
 				  : !strcmp(gv, "kernel")  ? GM_KERNEL
 				  : !strcmp(gv, "cublas")          ? GM_CUBLAS_LOOP
 				  : !strcmp(gv, "wgmma")           ? GM_WGMMA

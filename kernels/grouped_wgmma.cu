@@ -3,14 +3,17 @@
  * the device offsets of the routing, no host synchronisation.
  *
  * Tiles of 128 x BN x 64 (BN = 128 or 256), two warpgroups of 64 x BN each,
- * operands in shared memory in the 128-byte-swizzled layouts that wgmma reads
- * through matrix descriptors: a K-major operand (x, dY, W in the forward) as
- * rows of 64 elements (128 bytes), a MN-major one (W in the input gradient,
- * dY and X in the weight gradient) as 64-element-wide column blocks of 64
- * k-rows, transposed by wgmma itself.  A multi-stage cp.async pipeline
+ * one block per multiprocessor with 6 (BN 128) or 4 (BN 256) stages, or (the
+ * default) two blocks of 3 stages (BN 128) so that one's epilogue overlaps
+ * the other's main loop.  Operands are in shared memory in the
+ * 128-byte-swizzled layouts that wgmma reads through matrix descriptors: a
+ * K-major operand (x, dY, W in the forward) as rows of 64 elements (128
+ * bytes), a MN-major one (W in the input gradient, dY and X in the weight
+ * gradient) as 64-element-wide column blocks of 64 k-rows, transposed by
+ * wgmma itself.  A multi-stage cp.async pipeline
  * (zero-filled tails: partial row tiles, partial column tiles, and the
- * weight gradient's reduction over a group's rows) keeps one wgmma group in
- * flight while the next stages load.
+ * weight gradient's reduction over a group's rows) loads the next stages
+ * while WGW (0 or 1) wgmma groups beside the current one run.
  *
  *   fwd:   C (rows, Out) = X_e W_e^T        A = X   K-major,  B = W_e K-major
  *   dgrad: C (rows, In)  = dY_e W_e         A = dY  K-major,  B = W_e MN-major
@@ -195,14 +198,15 @@ template <int BN, int ST> struct gw_cfg {
 	static constexpr size_t SMEM = (size_t)ST * (ABYTES + BBYTES) + 1024;
 };
 
-template <int MODE, int BN, int ST>
-__global__ void __launch_bounds__(GW_THREADS, 1) gw_kernel(const gw_args g)
+template <int MODE, int BN, int ST, int WGW, int MINB>
+__global__ void __launch_bounds__(GW_THREADS, MINB) gw_kernel(const gw_args g)
 {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 	constexpr bool AT = MODE == GW_WGRAD; /* A MN-major */
 	constexpr bool BT = MODE != GW_FWD;   /* B MN-major */
 	constexpr int ABYTES = gw_cfg<BN, ST>::ABYTES, BBYTES = gw_cfg<BN, ST>::BBYTES;
-	static_assert(ST >= 3, "the pipeline needs 3 stages at least");
+	constexpr int D = ST - 1 - WGW; /* k-slices loaded ahead */
+	static_assert(D >= 1, "too few stages");
 	extern __shared__ unsigned char gw_smem[];
 	__shared__ int s_e, s_mt;
 	const uint32_t sa = (gw_smem_u32(gw_smem) + 1023) & ~1023u, sb = sa + ST * ABYTES;
@@ -279,7 +283,7 @@ __global__ void __launch_bounds__(GW_THREADS, 1) gw_kernel(const gw_args g)
 
 	const int KT = (K + GW_BK - 1) / GW_BK, wg = tid / 128;
 #pragma unroll
-	for (int s = 0; s < ST - 2; s++) {
+	for (int s = 0; s < D; s++) {
 		if (s < KT)
 			gw_load<AT, BT, BN>(sa + s * ABYTES, sb + s * BBYTES, A, lda, B, ldb, Mi, Nj, K, s * GW_BK);
 		gw_commit();
@@ -287,11 +291,11 @@ __global__ void __launch_bounds__(GW_THREADS, 1) gw_kernel(const gw_args g)
 	for (int kt = 0; kt < KT; kt++) {
 		/* stage kt has landed (this thread's copies), is made visible to
 		 * the tensor cores, and every thread got here: the stage loaded
-		 * next was last read by the wgmma group of kt - 2, finished */
-		gw_cp_wait<ST - 3>();
+		 * next was last read by the wgmma group of kt - 1 - WGW, finished */
+		gw_cp_wait<D - 1>();
 		gw_fence_proxy();
 		__syncthreads();
-		int nk = kt + ST - 2;
+		int nk = kt + D;
 		if (nk < KT)
 			gw_load<AT, BT, BN>(sa + (nk % ST) * ABYTES, sb + (nk % ST) * BBYTES, A, lda, B, ldb, Mi, Nj, K,
 					    nk * GW_BK);
@@ -305,7 +309,7 @@ __global__ void __launch_bounds__(GW_THREADS, 1) gw_kernel(const gw_args g)
 			gw_mma<BN, AT ? 1 : 0, BT ? 1 : 0>(acc, da, db, kt > 0 || kk > 0);
 		}
 		gw_wg_commit();
-		gw_wg_wait<1>();
+		gw_wg_wait<WGW>();
 	}
 	gw_wg_wait<0>();
 	gw_cp_wait<0>();
@@ -334,12 +338,12 @@ __global__ void __launch_bounds__(GW_THREADS, 1) gw_kernel(const gw_args g)
 #endif
 }
 
-/* Tile width: 0 chooses, 128 or 256 forces (benchmarks, tests). */
-static int gw_force_bn;
+/* Configuration: 0 chooses, 1..3 force one (benchmarks, tests). */
+static int gw_force_cfg;
 
-extern "C" void moe_cuda_grouped_wgmma_tile(int bn) { gw_force_bn = bn == 128 || bn == 256 ? bn : 0; }
+extern "C" void moe_cuda_grouped_wgmma_config(int cfg) { gw_force_cfg = cfg >= 1 && cfg <= 4 ? cfg : 0; }
 
-template <int MODE, int BN, int ST>
+template <int MODE, int BN, int ST, int WGW, int MINB>
 static int gw_launch(const gw_args &g0, int ncols, unsigned mblocks, cudaStream_t s, struct moe_error *err)
 {
 	gw_args g = g0;
@@ -349,37 +353,56 @@ static int gw_launch(const gw_args &g0, int ncols, unsigned mblocks, cudaStream_
 	static bool attr_set;
 	int rc;
 	if (!attr_set) {
-		if ((rc = CUDA_OK(cudaFuncSetAttribute(gw_kernel<MODE, BN, ST>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+		if ((rc = CUDA_OK(cudaFuncSetAttribute(gw_kernel<MODE, BN, ST, WGW, MINB>,
+						       cudaFuncAttributeMaxDynamicSharedMemorySize,
 						       (int)gw_cfg<BN, ST>::SMEM),
 				  err)) != 0)
 			return rc;
 		attr_set = true;
 	}
-	gw_kernel<MODE, BN, ST><<<blocks, GW_THREADS, gw_cfg<BN, ST>::SMEM, s>>>(g);
+	gw_kernel<MODE, BN, ST, WGW, MINB><<<blocks, GW_THREADS, gw_cfg<BN, ST>::SMEM, s>>>(g);
 	return CUDA_LAUNCHED(err);
 }
 
 template <int MODE>
 static int gw_run(const gw_args &g, int ncols, unsigned mblocks, cudaStream_t s, struct moe_error *err)
 {
-	int bn = gw_force_bn ? gw_force_bn : ncols % 256 == 0 ? 256 : 128;
-	if (bn == 256)
-		return gw_launch<MODE, 256, 4>(g, ncols, mblocks, s, err);
-	return gw_launch<MODE, 128, 6>(g, ncols, mblocks, s, err);
+	/* two blocks of 128 x 128 per multiprocessor measured fastest for all
+	 * three at the seed-base shapes on an H100 (tests/bench/RESULTS-cuda.md):
+	 * one block's prologue and epilogue (the weight gradient's fp32
+	 * read-modify-write above all) overlap the other's main loop */
+	int cfg = gw_force_cfg ? gw_force_cfg : 3;
+	switch (cfg) {
+	case 2:
+		return gw_launch<MODE, 256, 4, 1, 1>(g, ncols, mblocks, s, err);
+	case 3:
+		return gw_launch<MODE, 128, 3, 0, 2>(g, ncols, mblocks, s, err);
+	case 4:
+		return gw_launch<MODE, 128, 3, 1, 2>(g, ncols, mblocks, s, err);
+	default:
+		return gw_launch<MODE, 128, 6, 1, 1>(g, ncols, mblocks, s, err);
+	}
 }
 
-/* 0 on an sm_90 device (the sm_90a code runs there), else MOE_EUNSUPPORTED. */
+extern "C" bool moe_cuda_grouped_wgmma_supported(void)
+{
+	int dev = 0, major = 0, minor = 0;
+	if (cudaGetDevice(&dev) != cudaSuccess ||
+	    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
+	    cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess) {
+		cudaGetLastError();
+		return false;
+	}
+	return major == 9 && minor == 0;
+}
+
+/* 0 on an sm_90 device (the sm_90a code runs there) and supported shapes,
+ * else MOE_EUNSUPPORTED. */
 static int gw_check(int E, int In, int Out, struct moe_error *err)
 {
 	static int dev_ok = -1;
-	if (dev_ok < 0) {
-		int dev = 0, major = 0, minor = 0, rc;
-		if ((rc = CUDA_OK(cudaGetDevice(&dev), err)) != 0 ||
-		    (rc = CUDA_OK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev), err)) != 0 ||
-		    (rc = CUDA_OK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev), err)) != 0)
-			return rc;
-		dev_ok = major == 9 && minor == 0;
-	}
+	if (dev_ok < 0)
+		dev_ok = moe_cuda_grouped_wgmma_supported();
 	if (!dev_ok)
 		return moe_error_set(err, MOE_EUNSUPPORTED, "grouped wgmma: needs an sm_90 (Hopper) device");
 	if (In % 8 || Out % 8 || In <= 0 || Out <= 0 || E <= 0)

@@ -190,9 +190,13 @@ int moe_cuda_grouped_wgmma_dgrad(bf16_t *dx, const bf16_t *dout, const bf16_t *w
 				 int max_rows, int E, int In, int Out, cudaStream_t s, struct moe_error *err);
 int moe_cuda_grouped_wgmma_wgrad(float *dw, const bf16_t *dout, const bf16_t *x, const int32_t *offsets, int E,
 				 int In, int Out, cudaStream_t s, struct moe_error *err);
-/* Output tile width of the three: 0 (default) chooses per shape, 128 or 256
- * forces one (tests, benchmarks); process-wide. */
-void moe_cuda_grouped_wgmma_tile(int bn);
+/* Whether the current device runs them (sm_90). */
+bool moe_cuda_grouped_wgmma_supported(void);
+/* Tile configuration of the three, process-wide (tests, benchmarks): 1
+ * (128 x 128, 6 stages), 2 (128 x 256, 4 stages), 3 and 4 (128 x 128, 3
+ * stages, two blocks per multiprocessor; 3 waits for each k-slice's MMAs, 4
+ * keeps one group in flight); 0 restores the default, 3. */
+void moe_cuda_grouped_wgmma_config(int cfg);
 
 /* backend_cuda.cu (lib/model's backend table; see model.h for
  * moe_backend_cuda).  With MOE_CUDA_PROFILE=1 each op is timed with events;

@@ -1,7 +1,7 @@
 /*
  * Kernel microbenchmarks at the seed-base training shapes (GPU machine):
  * grouped expert GEMMs (fwd, dgrad, wgrad; random balanced routing) through
- * our mma.sync kernel, our Hopper wgmma kernel at both tile widths and
+ * our mma.sync kernel, our Hopper wgmma kernel in each tile configuration and
  * cuBLAS's grouped GEMM (fwd, dgrad), the same FLOPs through one dense cuBLAS
  * GEMM for reference, and causal flash attention forward/backward.  Median of 20 runs timed with CUDA events
  * after warm-up; prints ms and TFLOP/s per kernel.
@@ -248,19 +248,19 @@ int main(int argc, char **argv)
 		snprintf(nm, sizeof(nm), "grouped wgrad %4dx%4d", g.In, g.Out);
 		t = time_it(f_wgrad, &g);
 		printf("%-34s %9.3f %9.1f\n", nm, t, fl / t / 1e9);
-		for (int tile = 128; tile <= 256; tile += 128) {
-			moe_cuda_grouped_wgmma_tile(tile);
-			snprintf(nm, sizeof(nm), "wgmma fwd   %4dx%4d tile %d", g.In, g.Out, tile);
+		for (int cfg = 0; cfg <= 4; cfg++) {
+			moe_cuda_grouped_wgmma_config(cfg);
+			snprintf(nm, sizeof(nm), "wgmma fwd   %4dx%4d cfg %d", g.In, g.Out, cfg);
 			t = time_it(f_wg_fwd, &g);
 			printf("%-34s %9.3f %9.1f\n", nm, t, fl / t / 1e9);
-			snprintf(nm, sizeof(nm), "wgmma dgrad %4dx%4d tile %d", g.In, g.Out, tile);
+			snprintf(nm, sizeof(nm), "wgmma dgrad %4dx%4d cfg %d", g.In, g.Out, cfg);
 			t = time_it(f_wg_dgrad, &g);
 			printf("%-34s %9.3f %9.1f\n", nm, t, fl / t / 1e9);
-			snprintf(nm, sizeof(nm), "wgmma wgrad %4dx%4d tile %d", g.In, g.Out, tile);
+			snprintf(nm, sizeof(nm), "wgmma wgrad %4dx%4d cfg %d", g.In, g.Out, cfg);
 			t = time_it(f_wg_wgrad, &g);
 			printf("%-34s %9.3f %9.1f\n", nm, t, fl / t / 1e9);
 		}
-		moe_cuda_grouped_wgmma_tile(0);
+		moe_cuda_grouped_wgmma_config(0);
 		g.tb = 1;
 		snprintf(nm, sizeof(nm), "cuBLAS grouped fwd   %4dx%4d", g.In, g.Out);
 		t = time_it(f_cublas_grouped, &g);

@@ -420,8 +420,8 @@ Test(kernels, grouped_gemm, .timeout = 120)
 	grouped_case(8, 768, 1280, c3);
 }
 
-/* grouped_wgmma.cu (Hopper wgmma) against the CPU reference, at both output
- * tile widths: empty experts, one-row experts, row tails, column tiles
+/* grouped_wgmma.cu (Hopper wgmma) against the CPU reference, in each tile
+ * configuration: empty experts, one-row experts, row tails, column tiles
  * that end inside a 64-column block, and reductions (In, Out, a group's rows)
  * that are not multiples of the 64-deep k-slice.  Tolerances as for the
  * mma.sync kernel: 1e-2 for bf16 outputs, 1e-4 for the fp32 weight gradients
@@ -435,7 +435,7 @@ static bool wgmma_device(void)
 	       minor == 0;
 }
 
-static void grouped_wgmma_case(int E, int In, int Out, const int *cnt, int bn)
+static void grouped_wgmma_case(int E, int In, int Out, const int *cnt, int cfg)
 {
 	int32_t *off = malloc((E + 1) * 4);
 	off[0] = 0;
@@ -453,18 +453,18 @@ static void grouped_wgmma_case(int E, int In, int Out, const int *cnt, int bn)
 	bf16_t *go = dmalloc((size_t)M * Out * 2), *gdx = dmalloc((size_t)M * In * 2);
 	float *gdw = up(dw0, (size_t)E * Out * In * 4);
 	int32_t *goff = up(off, (E + 1) * 4);
-	moe_cuda_grouped_wgmma_tile(bn);
+	moe_cuda_grouped_wgmma_config(cfg);
 	/* max_rows above the true count, as the backend may pass */
 	LAUNCH_OK(moe_cuda_grouped_wgmma_fwd(go, gx, gw, goff, M + 77, E, In, Out, S, &gerr));
 	LAUNCH_OK(moe_cuda_grouped_wgmma_dgrad(gdx, gdo, gw, goff, M + 77, E, In, Out, S, &gerr));
 	LAUNCH_OK(moe_cuda_grouped_wgmma_wgrad(gdw, gdo, gx, goff, E, In, Out, S, &gerr));
-	moe_cuda_grouped_wgmma_tile(0);
+	moe_cuda_grouped_wgmma_config(0);
 	char what[96];
-	snprintf(what, sizeof(what), "wgmma fwd E=%d In=%d Out=%d tile %d", E, In, Out, bn);
+	snprintf(what, sizeof(what), "wgmma fwd E=%d In=%d Out=%d config %d", E, In, Out, cfg);
 	CHECK_REL(down_bf(go, (size_t)M * Out), out, (size_t)M * Out, 1e-2, what);
-	snprintf(what, sizeof(what), "wgmma dgrad E=%d In=%d Out=%d tile %d", E, In, Out, bn);
+	snprintf(what, sizeof(what), "wgmma dgrad E=%d In=%d Out=%d config %d", E, In, Out, cfg);
 	CHECK_REL(down_bf(gdx, (size_t)M * In), dx, (size_t)M * In, 1e-2, what);
-	snprintf(what, sizeof(what), "wgmma wgrad E=%d In=%d Out=%d tile %d", E, In, Out, bn);
+	snprintf(what, sizeof(what), "wgmma wgrad E=%d In=%d Out=%d config %d", E, In, Out, cfg);
 	CHECK_REL(down(gdw, (size_t)E * Out * In * 4), dw, (size_t)E * Out * In, 1e-4, what);
 	cudaFree(gx);
 	cudaFree(gw);
@@ -489,17 +489,17 @@ Test(kernels, grouped_wgmma, .timeout = 120)
 	if (!wgmma_device())
 		cr_skip_test("not an sm_90 device");
 	rng_seed(13);
-	for (int bn = 128; bn <= 256; bn += 128) {
+	for (int cfg = 1; cfg <= 4; cfg++) {
 		int c1[6] = {0, 1, 130, 257, 0, 64};
-		grouped_wgmma_case(6, 128, 256, c1, bn);
+		grouped_wgmma_case(6, 128, 256, c1, cfg);
 		int c2[5] = {3, 200, 17, 0, 129};
-		grouped_wgmma_case(5, 72, 40, c2, bn); /* partial tiles in every dimension */
+		grouped_wgmma_case(5, 72, 40, c2, cfg); /* partial tiles in every dimension */
 		int c3[4] = {70, 0, 191, 64};
-		grouped_wgmma_case(4, 200, 328, c3, bn); /* columns end inside a 64-wide block */
+		grouped_wgmma_case(4, 200, 328, c3, cfg); /* columns end inside a 64-wide block */
 		int c4[8];
 		for (int e = 0; e < 8; e++)
 			c4[e] = e == 2 ? 0 : e == 5 ? 900 : (int)(rng_u64() % 400);
-		grouped_wgmma_case(8, 768, 1280, c4, bn); /* seed-base gate_up, imbalanced */
-		grouped_wgmma_case(8, 640, 768, c4, bn);  /* seed-base down */
+		grouped_wgmma_case(8, 768, 1280, c4, cfg); /* seed-base gate_up, imbalanced */
+		grouped_wgmma_case(8, 640, 768, c4, cfg);  /* seed-base down */
 	}
 }
