@@ -6,6 +6,10 @@
 #ifdef __SSE2__
 #include <emmintrin.h>
 #endif
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define HAVE_AVX2_PATH 1
+#endif
 
 #include "parquet/parquet.h"
 
@@ -129,6 +133,101 @@ static inline bool is_plain(uint8_t b)
 	return b >= 0x20 && b < 0x80 && b != '"' && b != '\\';
 }
 
+/*
+ * Plain-run copiers: copy s[0..len) to o while no byte is a control
+ * character, '"', '\\' or non-ASCII, and return how many bytes were plain
+ * (they stop at the first byte that is not, or when fewer than one block is
+ * left).  They store whole blocks before testing them, so they may write up
+ * to one block past the plain bytes: moe_jsonl_escape's buffer has room
+ * for that (the output so far is at most 1 + 6 * i bytes, the buffer 6 * n
+ * + 2, and a block is stored only when n - i is at least its size).
+ */
+#ifdef __SSE2__
+static inline int special16(__m128i v)
+{
+	const __m128i lim = _mm_set1_epi8(0x20), q = _mm_set1_epi8('"'), bs = _mm_set1_epi8('\\');
+	/* signed compare: < 0x20 also catches bytes >= 0x80 */
+	__m128i m = _mm_or_si128(_mm_cmplt_epi8(v, lim),
+				 _mm_or_si128(_mm_cmpeq_epi8(v, q), _mm_cmpeq_epi8(v, bs)));
+	return _mm_movemask_epi8(m);
+}
+
+static size_t plain_sse2(char *o, const uint8_t *s, size_t len)
+{
+	size_t i = 0;
+	while (len - i >= 32) {
+		__m128i a = _mm_loadu_si128((const __m128i *)(s + i));
+		__m128i b = _mm_loadu_si128((const __m128i *)(s + i + 16));
+		_mm_storeu_si128((__m128i *)(o + i), a);
+		_mm_storeu_si128((__m128i *)(o + i + 16), b);
+		unsigned bits = (unsigned)special16(a) | (unsigned)special16(b) << 16;
+		if (bits)
+			return i + (size_t)__builtin_ctz(bits);
+		i += 32;
+	}
+	while (len - i >= 16) {
+		__m128i a = _mm_loadu_si128((const __m128i *)(s + i));
+		_mm_storeu_si128((__m128i *)(o + i), a);
+		int bits = special16(a);
+		if (bits)
+			return i + (size_t)__builtin_ctz((unsigned)bits);
+		i += 16;
+	}
+	return i;
+}
+#endif
+
+#ifdef HAVE_AVX2_PATH
+__attribute__((target("avx2"))) static size_t plain_avx2(char *o, const uint8_t *s, size_t len)
+{
+	const __m256i lim = _mm256_set1_epi8(0x20), q = _mm256_set1_epi8('"'),
+		      bs = _mm256_set1_epi8('\\');
+	size_t i = 0;
+	while (len - i >= 64) {
+		__m256i a = _mm256_loadu_si256((const __m256i *)(s + i));
+		__m256i b = _mm256_loadu_si256((const __m256i *)(s + i + 32));
+		_mm256_storeu_si256((__m256i *)(o + i), a);
+		_mm256_storeu_si256((__m256i *)(o + i + 32), b);
+		__m256i ma = _mm256_or_si256(_mm256_cmpgt_epi8(lim, a),
+					     _mm256_or_si256(_mm256_cmpeq_epi8(a, q),
+							     _mm256_cmpeq_epi8(a, bs)));
+		__m256i mb = _mm256_or_si256(_mm256_cmpgt_epi8(lim, b),
+					     _mm256_or_si256(_mm256_cmpeq_epi8(b, q),
+							     _mm256_cmpeq_epi8(b, bs)));
+		uint64_t bits = (uint32_t)_mm256_movemask_epi8(ma) |
+				(uint64_t)(uint32_t)_mm256_movemask_epi8(mb) << 32;
+		if (bits)
+			return i + (size_t)__builtin_ctzll(bits);
+		i += 64;
+	}
+	return i + plain_sse2(o + i, s + i, len - i);
+}
+
+static int use_avx2 = -1; /* -1: not decided yet */
+#endif
+
+static inline size_t plain_run(char *o, const uint8_t *s, size_t len)
+{
+#ifdef HAVE_AVX2_PATH
+	int a = __atomic_load_n(&use_avx2, __ATOMIC_RELAXED);
+	if (a < 0) {
+		__builtin_cpu_init();
+		a = __builtin_cpu_supports("avx2") ? 1 : 0;
+		__atomic_store_n(&use_avx2, a, __ATOMIC_RELAXED);
+	}
+	if (a && len >= 64)
+		return plain_avx2(o, s, len);
+#endif
+#ifdef __SSE2__
+	return plain_sse2(o, s, len);
+#else
+	(void)o;
+	(void)s;
+	(void)len;
+	return 0;
+#endif
+}
+
 size_t moe_jsonl_escape(char *buf, const uint8_t *s, size_t n)
 {
 	static const char hex[] = "0123456789abcdef";
@@ -136,30 +235,9 @@ size_t moe_jsonl_escape(char *buf, const uint8_t *s, size_t n)
 	size_t i = 0;
 	*o++ = '"';
 	for (;;) {
-#ifdef __SSE2__
-		/* 16 bytes at a time: store the block, then look for a control
-		 * character, '"', '\\' or a non-ASCII byte in it.  The store may
-		 * run past what is kept, never past 6 * n + 2: the output so far
-		 * is at most 1 + 6 * i bytes and n - i >= 16. */
-		const __m128i lim = _mm_set1_epi8(0x20), q = _mm_set1_epi8('"'),
-			      bs = _mm_set1_epi8('\\');
-		while (n - i >= 16) {
-			__m128i v = _mm_loadu_si128((const __m128i *)(s + i));
-			_mm_storeu_si128((__m128i *)o, v);
-			/* signed compare: < 0x20 also catches bytes >= 0x80 */
-			__m128i m = _mm_or_si128(_mm_cmplt_epi8(v, lim),
-						 _mm_or_si128(_mm_cmpeq_epi8(v, q), _mm_cmpeq_epi8(v, bs)));
-			int bits = _mm_movemask_epi8(m);
-			if (bits) {
-				size_t k = (size_t)__builtin_ctz((unsigned)bits);
-				i += k;
-				o += k;
-				break;
-			}
-			i += 16;
-			o += 16;
-		}
-#endif
+		size_t k = plain_run(o, s + i, n - i);
+		i += k;
+		o += k;
 		while (i < n && is_plain(s[i]))
 			*o++ = (char)s[i++];
 		if (i >= n)

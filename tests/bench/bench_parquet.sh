@@ -7,6 +7,8 @@
 # RUNS runs (default 5); output goes to /dev/null; the process is pinned to
 # one CPU with taskset when available.  The text volume is counted
 # independently (python3 json over one decode).  Prints a table.
+# MOE_PARQUET_SNAPPY=libsnappy in the environment makes moe-fetch decode
+# snappy pages with libsnappy instead of lib/parquet's own decoder.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 F=${1:-${MOE_BIN:-$here/../../build/cmd}/moe-fetch}
@@ -19,6 +21,8 @@ REPS=${REPS:-20}
 RUNS=${RUNS:-5}
 pin=""
 command -v taskset >/dev/null 2>&1 && pin="taskset -c 0"
+echo "cpu: $(sed -n 's/^model name[^:]*: //p' /proc/cpuinfo 2>/dev/null | head -1)"
+echo "snappy decoder: ${MOE_PARQUET_SNAPPY:-native} (MOE_PARQUET_SNAPPY=libsnappy for libsnappy)"
 printf '%-28s %10s %8s %10s %10s\n' file "text MB" docs "best s" "MB/s"
 for f in "$@"; do
 	[ -f "$f" ] || { echo "missing $f" >&2; continue; }

@@ -4,6 +4,8 @@
 #include <dirent.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "parquet/parquet.h"
 
@@ -77,6 +79,60 @@ Test(json_escape, long_ascii_runs_cross_the_simd_blocks)
 		cr_assert_eq(e[2 + q], '"');
 		free(e);
 	}
+}
+
+/* A plain reference: byte by byte, for ASCII and valid UTF-8 input. */
+static size_t ref_escape(char *o, const uint8_t *s, size_t n)
+{
+	size_t w = 0;
+	o[w++] = '"';
+	for (size_t i = 0; i < n; i++) {
+		uint8_t b = s[i];
+		const char *e = b == '"' ? "\\\"" : b == '\\' ? "\\\\" : b == '\n' ? "\\n" : NULL;
+		if (e) {
+			memcpy(o + w, e, 2);
+			w += 2;
+		} else if (b < 0x20) {
+			w += (size_t)sprintf(o + w, "\\u%04x", b);
+		} else {
+			o[w++] = (char)b;
+		}
+	}
+	o[w++] = '"';
+	return w;
+}
+
+Test(json_escape, block_copies_stay_inside_6n_plus_2_and_match_a_reference)
+{
+	/* the output buffer ends at a PROT_NONE page: the escaper's block
+	 * stores must stay inside the 6 * n + 2 bytes it is promised */
+	size_t pg = (size_t)sysconf(_SC_PAGESIZE);
+	uint8_t *map = mmap(NULL, 4 * pg, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	cr_assert(map != MAP_FAILED);
+	cr_assert_eq(mprotect(map + 3 * pg, pg, PROT_NONE), 0);
+	srand(11);
+	for (size_t n = 0; n <= 400; n++) {
+		for (int rep = 0; rep < 8; rep++) {
+			uint8_t s[400];
+			int density = rep < 2 ? 0 : rand() % 64 + 1;
+			for (size_t i = 0; i < n; i++) {
+				s[i] = (uint8_t)('a' + rand() % 26);
+				if (density && rand() % density == 0)
+					s[i] = (uint8_t)"\"\\\n\x01\x1f"[rand() % 5];
+				if (density && rand() % density == 0 && i + 1 < n) {
+					s[i] = 0xc3; /* a valid two-byte sequence */
+					s[++i] = 0xa9;
+				}
+			}
+			char *out = (char *)map + 3 * pg - (6 * n + 2);
+			char ref[6 * 400 + 2];
+			size_t w = moe_jsonl_escape(out, s, n);
+			size_t rw = ref_escape(ref, s, n);
+			cr_assert_eq(w, rw, "n %zu rep %d", n, rep);
+			cr_assert(memcmp(out, ref, w) == 0, "n %zu rep %d", n, rep);
+		}
+	}
+	munmap(map, 4 * pg);
 }
 
 static const char *shared(void)
