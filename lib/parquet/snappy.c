@@ -31,68 +31,48 @@
 
 #include "parquet/internal.h"
 
+/* What a tag byte t says, as constant expressions (the tables below are
+ * built from them at compile time). */
+#define T_KIND(t) ((t) & 3)
+#define T_LEN(t)                                                                    \
+	(T_KIND(t) == 0 ? ((t) >> 2) + 1 > 60 ? 255 : ((t) >> 2) + 1                   \
+	 : T_KIND(t) == 1 ? (((t) >> 2) & 7) + 4                                        \
+			  : ((t) >> 2) + 1)
+#define T_ADV(t)                                                                    \
+	(T_KIND(t) == 0 ? (T_LEN(t) == 255 ? 1 : 1 + T_LEN(t))                          \
+	 : T_KIND(t) == 1 ? 2                                                           \
+	 : T_KIND(t) == 2 ? 3                                                           \
+			  : 5)
+#define T_HI(t) (T_KIND(t) == 0 ? (T_LEN(t) == 255 ? 0 : 16) : T_KIND(t) == 1 ? ((t) >> 5) << 8 : 0)
+#define T_MASK(t)                                                                   \
+	(T_KIND(t) == 0 ? 0 : T_KIND(t) == 1 ? 0xffull : T_KIND(t) == 2 ? 0xffffull : 0xffffffffull)
+#define T_ENTRY(t) ((uint64_t)T_LEN(t) | (uint64_t)T_ADV(t) << 8 | (uint64_t)T_HI(t) << 16 | T_MASK(t) << 32)
+#define T_SHIFT(t) (T_ADV(t) < 8 && T_LEN(t) <= 16 ? 8 * T_ADV(t) : 255)
+#define T_R4(m, t) m(t), m((t) + 1), m((t) + 2), m((t) + 3)
+#define T_R16(m, t) T_R4(m, t), T_R4(m, (t) + 4), T_R4(m, (t) + 8), T_R4(m, (t) + 12)
+#define T_R64(m, t) T_R16(m, t), T_R16(m, (t) + 16), T_R16(m, (t) + 32), T_R16(m, (t) + 48)
+#define T_R256(m) T_R64(m, 0u), T_R64(m, 64u), T_R64(m, 128u), T_R64(m, 192u)
+
 /* Per tag byte: bits 0-7 the element's length (255: a literal with length
  * bytes), bits 8-15 how far the input advances (tag, offset bytes and, for
  * a literal, its bytes), bits 16-26 the copy offset's high bits taken from
  * the tag (a literal: 16, an offset the fast loop accepts, or 0 when length
  * bytes follow, which sends it to the slow path), bits 32-63 the mask of
  * the offset bytes that follow the tag (0 for a literal). */
-static uint64_t tag_table[256];
+static const uint64_t tag_table[256] = {T_R256(T_ENTRY)};
 /* Per tag byte: 8 * the input advance when it is below 8 and the element
  * is at most 16 bytes long (most copies, literals of up to 6 bytes), else
  * 255. */
-static uint8_t tag_shift[256];
-static int tag_table_ready;
+static const uint8_t tag_shift[256] = {T_R256(T_SHIFT)};
 
-static void tag_table_init(void)
-{
-	for (unsigned t = 0; t < 256; t++) {
-		uint64_t len, adv, hi, mask;
-		switch (t & 3) {
-		case 0:
-			len = (t >> 2) + 1;
-			if (len > 60)
-				len = 255;
-			adv = len == 255 ? 1 : 1 + len;
-			hi = len == 255 ? 0 : 16;
-			mask = 0;
-			break;
-		case 1:
-			len = ((t >> 2) & 7) + 4;
-			adv = 2;
-			hi = (uint64_t)(t >> 5) << 8;
-			mask = 0xff;
-			break;
-		case 2:
-			len = (t >> 2) + 1;
-			adv = 3;
-			hi = 0;
-			mask = 0xffff;
-			break;
-		default:
-			len = (t >> 2) + 1;
-			adv = 5;
-			hi = 0;
-			mask = 0xffffffff;
-			break;
-		}
-		tag_table[t] = len | adv << 8 | hi << 16 | mask << 32;
-		tag_shift[t] = (uint8_t)(adv < 8 && len <= 16 ? 8 * adv : 255);
-	}
-	__atomic_store_n(&tag_table_ready, 1, __ATOMIC_RELEASE);
-}
-
-static inline uint32_t load32(const uint8_t *p)
-{
-	uint32_t v;
-	memcpy(&v, p, 4);
-	return v; /* little-endian hosts only (x86-64, arm64) */
-}
-
+/* 8 bytes, the first in the low bits */
 static inline uint64_t load64(const uint8_t *p)
 {
 	uint64_t v;
 	memcpy(&v, p, 8);
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+	v = __builtin_bswap64(v);
+#endif
 	return v;
 }
 
@@ -197,8 +177,6 @@ const char *pq_snappy_decompress(const uint8_t *src, size_t slen, uint8_t *dst, 
 		return "corrupt snappy length header";
 	if (ul != dlen)
 		return "snappy data decompresses to a size other than the page header's";
-	if (!__atomic_load_n(&tag_table_ready, __ATOMIC_ACQUIRE))
-		tag_table_init();
 	const uint8_t *ip = src + hdr, *ie = src + slen;
 	uint8_t *op = dst, *oe = dst + dlen;
 	/* the fast loop reads at most 65 bytes from ip and writes at most 64
