@@ -7,10 +7,10 @@
 # tree travels without ../shared).  B: a second micro-batch to measure
 # beside 16 (default 8).
 # Steps: 1. kernel microbenchmarks; 2. seed-base training steps (median of
-# 6 after 2 warm-up) at B=16 and B with the default expert GEMMs (cuBLAS
-# grouped + our device-driven weight-gradient kernel), then per-expert cuBLAS
-# weight gradients and our kernel for all expert GEMMs at B; 3. one profiled step (per-op time); 4. torch_ref best_c at
-# B=16 and at B, in the same run on the same card.
+# 6 after 2 warm-up) at B=16 with the default expert GEMMs (wgmma on sm_90)
+# and with cuBLAS's grouped GEMM, then at B; 3. one profiled step at B=16
+# (per-op time); 4. torch_ref best_c at B=16 and at B, in the same run on
+# the same card.
 set -u
 BIN=${1:?usage: bench_train.sh BINDIR TORCH_REF_PY [B]}
 REF=${2:?usage: bench_train.sh BINDIR TORCH_REF_PY [B]}
@@ -23,11 +23,10 @@ echo "== 1. kernels at seed-base shapes (B=$B)"
 "$BIN/bench_kernels" -B "$B"
 echo "== 2. seed-base training step, seq 2048, micro-batch 16 and $B"
 "$BIN/bench_cuda" -m "$M" -B 16 -n 6 -w 2 2>&1 | grep -v '^step'
+MOE_CUDA_GROUPED=cublas-grouped "$BIN/bench_cuda" -m "$M" -B 16 -n 6 -w 2 2>/dev/null
 "$BIN/bench_cuda" -m "$M" -B "$B" -n 6 -w 2 2>/dev/null
-MOE_CUDA_WGRAD=cublas "$BIN/bench_cuda" -m "$M" -B "$B" -n 6 -w 2 2>/dev/null
-MOE_CUDA_GROUPED=kernel "$BIN/bench_cuda" -m "$M" -B "$B" -n 6 -w 2 2>/dev/null
-echo "== 3. one profiled step"
-"$BIN/bench_cuda" -m "$M" -B "$B" -n 1 -w 2 -p 2>/dev/null | tail -n +2
+echo "== 3. one profiled step (B=16)"
+"$BIN/bench_cuda" -m "$M" -B 16 -n 1 -w 2 -p 2>/dev/null | tail -n +2
 echo "== 4. torch_ref best_c (same card, same run)"
 python3 "$REF" --preset seed --modes best_c 2>&1 | grep -v '^#' | grep -v Warning
 [ "$B" = 16 ] && exit 0

@@ -180,8 +180,9 @@ Test(backend, expert_gemm_paths_agree, .timeout = 120)
 	struct moe_losses l0, l1;
 	gpu_step(&cfg, p, x, y, B, T, "kernel", &l0, g0);
 	const struct moe_param *tab = moe_model_params(mc, &nt);
-	const char *modes[2] = {"cublas-grouped", "cublas"};
-	for (int k = 0; k < 2; k++) {
+	const char *modes[3] = {"cublas-grouped", "cublas", "wgmma"};
+	int nm = moe_cuda_grouped_wgmma_supported() ? 3 : 2; /* wgmma: sm_90 only */
+	for (int k = 0; k < nm; k++) {
 		gpu_step(&cfg, p, x, y, B, T, modes[k], &l1, g1);
 		cr_expect(fabs(l1.total - l0.total) <= 1e-3 * fabs(l0.total), "%s: loss %.6f vs %.6f", modes[k],
 			  l1.total, l0.total);
