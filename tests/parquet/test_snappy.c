@@ -212,7 +212,7 @@ Test(snappy, libsnappy_streams_of_many_sizes_and_kinds)
 
 Test(snappy, literal_only_streams_with_every_length_encoding)
 {
-	uint8_t d[70000];
+	uint8_t d[70003];
 	for (size_t i = 0; i < sizeof(d); i++)
 		d[i] = (uint8_t)rnd();
 	static const size_t lens[] = {1, 2, 15, 16, 17, 31, 32, 33, 59, 60, 61, 64, 100, 255, 256,
