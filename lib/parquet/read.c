@@ -44,7 +44,10 @@ struct moe_pq_reader {
 	struct buf dict;   /* dictionary: moe_pq_bytes entries, or fixed values */
 	struct buf idx;    /* uint32 dictionary indices */
 	struct buf levels; /* uint8 definition levels */
-	bool libsnappy;    /* MOE_PARQUET_SNAPPY=libsnappy: libsnappy decodes snappy pages */
+	/* MOE_PARQUET_SNAPPY=libsnappy: libsnappy decodes snappy pages;
+	 * =generic: our decoder's build for any x86-64 */
+	bool libsnappy;
+	enum pq_snappy_impl snappy_impl;
 };
 
 static int buf_reserve(struct buf *b, size_t n)
@@ -276,6 +279,8 @@ struct moe_pq_reader *moe_pq_reader_new(void)
 	const char *s = getenv("MOE_PARQUET_SNAPPY");
 	if (r && s && strcmp(s, "libsnappy") == 0)
 		r->libsnappy = true;
+	if (r && s && strcmp(s, "generic") == 0)
+		r->snappy_impl = PQ_SNAPPY_GENERIC;
 	return r;
 }
 
@@ -437,7 +442,7 @@ static int decompress(struct ctx *c, int codec, const uint8_t *src, size_t slen,
 				return perr(c, MOE_EFORMAT, "corrupt snappy data");
 			return 0;
 		}
-		const char *why = pq_snappy_decompress(src, slen, dst, dlen);
+		const char *why = pq_snappy_decompress_impl(c->r->snappy_impl, src, slen, dst, dlen);
 		return why ? perr(c, MOE_EFORMAT, "corrupt snappy data: %s", why) : 0;
 	}
 	case PQ_CODEC_GZIP: {

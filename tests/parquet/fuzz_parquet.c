@@ -24,9 +24,10 @@ static void check_snappy(const uint8_t *data, size_t size)
 	uint8_t *out = malloc(ul ? ul : 1);
 	char *ref = malloc(ul ? ul : 1);
 	size_t rl = ul;
-	if (out && ref) {
-		const char *why = pq_snappy_decompress(data, size, out, ul);
-		bool lib_ok = snappy_uncompress((const char *)data, size, ref, &rl) == SNAPPY_OK;
+	bool lib_ok = ref && snappy_uncompress((const char *)data, size, ref, &rl) == SNAPPY_OK;
+	for (int b = 0; out && ref && b < (pq_snappy_have_bmi2() ? 2 : 1); b++) {
+		const char *why = pq_snappy_decompress_impl(b ? PQ_SNAPPY_BMI2 : PQ_SNAPPY_GENERIC, data,
+							    size, out, ul);
 		/* libsnappy 1.1.9 wraps a literal length of 2^32 to 0; we refuse it */
 		bool wrap = why && strstr(why, "overflows");
 		if ((!lib_ok && !why) || (lib_ok && why && !wrap) ||
