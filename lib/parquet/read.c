@@ -1024,7 +1024,10 @@ static int read_data_page(struct ctx *c, int codec, const struct page_header *h,
 }
 
 /* Map the chunk's bytes from the file (pages populated at once), or NULL
- * (then the caller reads them). */
+ * (then the caller reads them).  Reading a mapping that another process
+ * truncates would raise SIGBUS: the reader's inputs are finished files
+ * (moe-fetch get renames a download into place only once verified) and
+ * standard input is spooled to a private temporary file first. */
 static const uint8_t *map_chunk(struct moe_pq_file *f, struct moe_pq_reader *r, uint64_t start,
 				size_t len)
 {
