@@ -47,7 +47,7 @@
 #define T_MASK(t)                                                                   \
 	(T_KIND(t) == 0 ? 0 : T_KIND(t) == 1 ? 0xffull : T_KIND(t) == 2 ? 0xffffull : 0xffffffffull)
 #define T_ENTRY(t) ((uint64_t)T_LEN(t) | (uint64_t)T_ADV(t) << 8 | (uint64_t)T_HI(t) << 16 | T_MASK(t) << 32)
-#define T_SHIFT(t) (T_ADV(t) < 8 && T_LEN(t) <= 16 ? 8 * T_ADV(t) : 255)
+#define T_SHIFT(t) ((uint8_t)(T_ADV(t) < 8 && T_LEN(t) <= 16 ? 8 * T_ADV(t) : 255))
 #define T_R4(m, t) m(t), m((t) + 1), m((t) + 2), m((t) + 3)
 #define T_R16(m, t) T_R4(m, t), T_R4(m, (t) + 4), T_R4(m, (t) + 8), T_R4(m, (t) + 12)
 #define T_R64(m, t) T_R16(m, t), T_R16(m, (t) + 16), T_R16(m, (t) + 32), T_R16(m, (t) + 48)
