@@ -7,10 +7,10 @@
 #include "model/model.h"
 
 /* One block's activations (backend memory).  In training every layer keeps
- * its own copy of what backward needs, except ln1, ln2, xg, h, h_e and h_s:
- * those point at one buffer shared by all layers and are recomputed in
- * backward from what is kept (cheap elementwise work or a gather), which
- * saves about a third of the activation memory. */
+ * its own copy of what backward needs, except xg, h, h_e and h_s: those
+ * point at one buffer shared by all layers and are recomputed in backward
+ * from what is kept (a gather, or inside SwiGLU's backward), which saves
+ * about a quarter of the activation memory.  Inference shares ln1/ln2 too. */
 struct layer_acts {
 	void *ln1;            /* (N, D) */
 	float *rstd1;         /* (N) */
