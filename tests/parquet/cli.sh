@@ -80,6 +80,26 @@ assert r.returncode == 0 and lines == 8000, (r.returncode, lines)
 assert rss_mb < 25, "peak RSS %.1f MB for a %.0f MB file" % (rss_mb, size_mb)
 print("ok cat of a %.0f MB file in 40 row groups peaks at %.1f MB RSS" % (size_mb, rss_mb))
 PY
+# our snappy decoder (both builds) and libsnappy give the same documents
+if [ -n "${MOE_SHARED:-}" ] && [ -d "$MOE_SHARED/data/parquet" ]; then
+	n=0
+	for p in "$MOE_SHARED"/data/parquet/*.parquet "$MOE_SHARED"/data/parquet/*/*.parquet; do
+		case $p in *snappy*) ;; *) continue ;; esac
+		MOE_PARQUET_SNAPPY=libsnappy "$F" cat "$p" > "$tmp/lib.jsonl" 2> /dev/null
+		rl=$?
+		for impl in "" generic; do
+			MOE_PARQUET_SNAPPY=$impl "$F" cat "$p" > "$tmp/own.jsonl" 2> /dev/null
+			ro=$?
+			if [ "$ro" -ne "$rl" ] || ! cmp -s "$tmp/lib.jsonl" "$tmp/own.jsonl"; then
+				echo "not ok snappy ${impl:-default} vs libsnappy on $(basename "$p"): exit $ro vs $rl"
+				fail=1
+			fi
+		done
+		n=$((n + 1))
+	done
+	[ "$n" -gt 3 ] && echo "ok $n snappy files decode as with libsnappy" ||
+		{ echo "not ok only $n snappy files found"; fail=1; }
+fi
 # the examples of moe-fetch(1)
 t "man example: info" 0 "$F" info "$demo"
 grep -q "^  text  *BYTE_ARRAY string  *optional ZSTD " "$tmp/out" || { echo "not ok info output: $(cat "$tmp/out")"; fail=1; }
