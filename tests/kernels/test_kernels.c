@@ -67,11 +67,21 @@ static void rmsnorm_case(int N, int D)
 	CHECK_REL(down(gdw, D * 4), dw, D, 1e-4, "rmsnorm dw");
 }
 
+/* Dh 32, 96, 128: eight pairs per thread; Dh 8: one pair per thread */
+static void rope_case(int B, int T, int H, int Dh);
 Test(kernels, rope)
 {
 	NEED_GPU();
 	rng_seed(3);
-	int B = 2, T = 300, H = 3, Dh = 32;
+	rope_case(2, 300, 3, 32);
+	rope_case(2, 77, 8, 96);
+	rope_case(1, 64, 2, 128);
+	rope_case(2, 50, 3, 8);
+}
+
+static void rope_case(int B, int T, int H, int Dh)
+{
+	cr_log_info("rope B %d T %d H %d Dh %d", B, T, H, Dh);
 	size_t n = (size_t)B * T * H * Dh;
 	float *x = rand_bf(n, 1.f), *ref = malloc(n * 4), *refb = malloc(n * 4);
 	memcpy(ref, x, n * 4);
