@@ -99,6 +99,17 @@ if [ -n "${MOE_SHARED:-}" ] && [ -d "$MOE_SHARED/data/parquet" ]; then
 	done
 	[ "$n" -gt 3 ] && echo "ok $n snappy files decode as with libsnappy" ||
 		{ echo "not ok only $n snappy files found"; fail=1; }
+	# mapped chunks (MOE_PARQUET_MMAP=1, chunks of 1 MiB or more) read the same
+	m=0
+	for p in "$MOE_SHARED"/data/parquet/fineweb-shaped/*.parquet; do
+		[ -f "$p" ] || continue
+		"$F" cat "$p" > "$tmp/read.jsonl" 2> /dev/null
+		MOE_PARQUET_MMAP=1 "$F" cat "$p" > "$tmp/map.jsonl" 2> /dev/null
+		cmp -s "$tmp/read.jsonl" "$tmp/map.jsonl" && [ -s "$tmp/read.jsonl" ] ||
+			{ echo "not ok MOE_PARQUET_MMAP=1 differs on $(basename "$p")"; fail=1; }
+		m=$((m + 1))
+	done
+	[ "$m" -gt 0 ] && echo "ok $m FineWeb-shaped files read the same with mapped chunks"
 fi
 # the examples of moe-fetch(1)
 t "man example: info" 0 "$F" info "$demo"
