@@ -86,12 +86,12 @@ int pq_snappy_length(const uint8_t *src, size_t slen, size_t *dlen, size_t *hdr)
 /* Decompress the block src[0..slen) into exactly dlen bytes at dst.
  * Returns NULL, or a static reason the data is corrupt. */
 const char *pq_snappy_decompress(const uint8_t *src, size_t slen, uint8_t *dst, size_t dlen);
-/* The same with a choice of build (tests and benchmarks): AUTO and BMI2
- * use the BMI2 build when the CPU has BMI2, GENERIC never does. */
+/* The same with a choice of build (tests and benchmarks): BMI2 uses the
+ * BMI2 build when the CPU has BMI2; AUTO and GENERIC the generic build. */
 enum pq_snappy_impl { PQ_SNAPPY_AUTO, PQ_SNAPPY_GENERIC, PQ_SNAPPY_BMI2 };
 const char *pq_snappy_decompress_impl(enum pq_snappy_impl impl, const uint8_t *src, size_t slen,
 				      uint8_t *dst, size_t dlen);
-/* Whether the CPU runs the BMI2 build. */
+/* Whether the CPU can run the BMI2 build. */
 bool pq_snappy_have_bmi2(void);
 
 #endif

@@ -45,7 +45,7 @@ struct moe_pq_reader {
 	struct buf idx;    /* uint32 dictionary indices */
 	struct buf levels; /* uint8 definition levels */
 	/* MOE_PARQUET_SNAPPY=libsnappy: libsnappy decodes snappy pages;
-	 * =generic: our decoder's build for any x86-64 */
+	 * =bmi2: our decoder's BMI2 build (the default is the generic one) */
 	bool libsnappy;
 	enum pq_snappy_impl snappy_impl;
 	/* MOE_PARQUET_MMAP=1: map large chunks instead of reading them */
@@ -281,8 +281,8 @@ struct moe_pq_reader *moe_pq_reader_new(void)
 	const char *s = getenv("MOE_PARQUET_SNAPPY");
 	if (r && s && strcmp(s, "libsnappy") == 0)
 		r->libsnappy = true;
-	if (r && s && strcmp(s, "generic") == 0)
-		r->snappy_impl = PQ_SNAPPY_GENERIC;
+	if (r && s && strcmp(s, "bmi2") == 0)
+		r->snappy_impl = PQ_SNAPPY_BMI2;
 	const char *mm = getenv("MOE_PARQUET_MMAP");
 	if (r && mm && strcmp(mm, "1") == 0)
 		r->map_chunks = true;

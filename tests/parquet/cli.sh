@@ -87,7 +87,7 @@ if [ -n "${MOE_SHARED:-}" ] && [ -d "$MOE_SHARED/data/parquet" ]; then
 		case $p in *snappy*) ;; *) continue ;; esac
 		MOE_PARQUET_SNAPPY=libsnappy "$F" cat "$p" > "$tmp/lib.jsonl" 2> /dev/null
 		rl=$?
-		for impl in "" generic; do
+		for impl in "" bmi2; do
 			MOE_PARQUET_SNAPPY=$impl "$F" cat "$p" > "$tmp/own.jsonl" 2> /dev/null
 			ro=$?
 			if [ "$ro" -ne "$rl" ] || ! cmp -s "$tmp/lib.jsonl" "$tmp/own.jsonl"; then
