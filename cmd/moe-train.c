@@ -56,6 +56,8 @@ static void usage(FILE *fp)
 		"                        -1 = never (benchmarks) [1000]\n"
 		"      --keep K          keep the last K checkpoints, 0 = all [3]\n"
 		"      --threads N       CPU threads [all]\n"
+		"      --recompute R     cheap or full: full keeps only each block's input\n"
+		"                        and reruns its forward in backward [cheap]\n"
 		"  -c, --config FILE     JSON training config (the command line wins)\n"
 		"  -r, --resume          continue from RUN/ckpt/latest (fresh start if none)\n"
 		"  -q, --quiet           no progress line or summary\n"
@@ -108,6 +110,7 @@ static const struct option longopts[] = {
 	{ "ckpt-every", required_argument, NULL, OPT_KEY },
 	{ "keep", required_argument, NULL, OPT_KEY },
 	{ "threads", required_argument, NULL, OPT_KEY },
+	{ "recompute", required_argument, NULL, OPT_KEY },
 	{ NULL, 0, NULL, 0 },
 };
 

@@ -416,12 +416,23 @@ void moe_model_set_logits_chunk(struct moe_model *m, int rows)
 	acts_free(m); /* reallocated at the next forward */
 }
 
+void moe_model_set_recompute(struct moe_model *m, enum moe_recompute r)
+{
+	if (m->recompute == r)
+		return;
+	m->recompute = r;
+	m->fwd_valid = false;
+	acts_free(m); /* reallocated at the next forward */
+}
+
 /* Allocate activations for N rows: `sets` copies of the per-layer buffers
  * (L for training, 1 for inference, which reuses them layer after layer). */
 static int acts_ensure(struct moe_model *m, int N, bool train, struct moe_error *err)
 {
 	const struct moe_config *c = &m->cfg;
-	int L = c->num_hidden_layers, sets = train ? L : 1;
+	/* sets of per-layer buffers: one per layer in training, except with
+	 * full recompute, where backward refills one set layer by layer */
+	int L = c->num_hidden_layers, sets = train && m->recompute != MOE_RECOMPUTE_FULL ? L : 1;
 	if (N <= m->cap_N && sets <= m->cap_sets && m->cap_train >= train)
 		return 0;
 	acts_free(m);
@@ -475,8 +486,9 @@ static int acts_ensure(struct moe_model *m, int N, bool train, struct moe_error 
 		a->xmid = A(m, ND, MOE_BUF_ACT);
 		a->ln2 = train ? A(m, ND, MOE_BUF_ACT) : sh_ln;
 		a->rstd2 = A(m, (size_t)N, MOE_BUF_F32);
-		bool moe = train ? m->layers[s].is_moe : any_moe;
-		bool dense = train ? !m->layers[s].is_moe : any_dense;
+		bool per_layer = sets == L && train;
+		bool moe = per_layer ? m->layers[s].is_moe : any_moe;
+		bool dense = per_layer ? !m->layers[s].is_moe : any_dense;
 		if (dense) {
 			a->gu = A(m, (size_t)N * 2 * Id, MOE_BUF_ACT);
 			a->h = sh_h;
@@ -720,6 +732,7 @@ int moe_model_forward(struct moe_model *m, const int32_t *tokens, const int32_t 
 	/* Training routes with the selection bias when loss-free balancing is on;
 	 * evaluation only when asked to. */
 	bool use_bias = opts->train ? c->loss_free_balancing : opts->eval_use_bias;
+	m->fwd_use_bias = use_bias;
 	be->from_host(be, g->ids, tokens, (size_t)N, MOE_BUF_I32);
 	if (targets)
 		be->from_host(be, g->tgt, targets, (size_t)N, MOE_BUF_I32);
@@ -928,9 +941,14 @@ int moe_model_backward(struct moe_model *m, float grad_scale, struct moe_error *
 	void *xL = act_at(m, g->resid, (size_t)L * N * D);
 	be->rmsnorm_bwd(be, g->dx, be->grad(be, m->off_norm), g->d1, xL, be->param(be, m->off_norm),
 			g->rstdf, N, D);
+	bool full = m->cap_sets == 1 && L > 1;
 	for (int l = L - 1; l >= 0; l--) {
 		void *xin = act_at(m, g->resid, (size_t)l * N * D);
-		block_bwd(m, l, &m->la[l], xin, m->la[l].xmid, g->dx, B, T, grad_scale);
+		struct layer_acts *a = &m->la[full ? 0 : l];
+		if (full) /* refill the one set: the block's forward again (it rewrites
+			   * its output in the residual stream with the same values) */
+			block_fwd(m, l, a, xin, act_at(m, g->resid, (size_t)(l + 1) * N * D), B, T, m->fwd_use_bias);
+		block_bwd(m, l, a, xin, a->xmid, g->dx, B, T, grad_scale);
 	}
 	be->embedding_bwd(be, be->grad(be, m->off_embed), g->dx, g->ids, N, D, c->pad_token_id);
 	m->fwd_valid = false; /* the shared buffers were overwritten */

@@ -405,9 +405,17 @@ int moe_model_forward(struct moe_model *m, const int32_t *tokens, const int32_t 
 int moe_model_backward(struct moe_model *m, float grad_scale, struct moe_error *err);
 void moe_model_zero_grad(struct moe_model *m);
 /* Rows of output logits that exist at once (the LM head and the loss run
- * over chunks of this many rows; backward recomputes each chunk's logits).
- * 0: the default, 4096.  Results do not depend on it. */
+ * over chunks of this many rows; a training forward also runs the head's
+ * backward chunk by chunk).  0: the default, 4096.  Results do not depend
+ * on it. */
 void moe_model_set_logits_chunk(struct moe_model *m, int rows);
+/* What training keeps for backward.  CHEAP (the default): every layer's
+ * activations except those recomputed cheaply (gathered expert inputs,
+ * SwiGLU outputs).  FULL: only each block's input; backward runs each
+ * block's forward again just before its backward (about a third more work
+ * for a fraction of the activation memory).  Results do not depend on it. */
+enum moe_recompute { MOE_RECOMPUTE_CHEAP = 0, MOE_RECOMPUTE_FULL = 1 };
+void moe_model_set_recompute(struct moe_model *m, enum moe_recompute r);
 /* The aux coefficient used by later forwards (default router_aux_loss_coef);
  * the trainer sets moe_config_aux_coef(cfg, step) before each step. */
 void moe_model_set_aux_coef(struct moe_model *m, double coef);

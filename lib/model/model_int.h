@@ -79,6 +79,8 @@ struct moe_model {
 	bool cap_train;
 	int lc;               /* rows of one logits chunk */
 	int lc_req;           /* moe_model_set_logits_chunk (0: LOGITS_CHUNK) */
+	enum moe_recompute recompute;
+	bool fwd_use_bias;    /* the last forward routed with the selection bias */
 	double *ce_part;      /* (chunks) host: deferred xent results */
 	int64_t *nv_part;
 	double *zl;           /* (Lm) host: deferred z-loss of each MoE layer */

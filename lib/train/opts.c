@@ -23,6 +23,7 @@ static const char *const device_choices[] = { "auto", "cpu", "cuda", NULL };
 static const char *const sched_choices[] = { "cosine", "linear", "constant", "wsd", NULL };
 static const char *const decay_choices[] = { "all", "matrices", NULL };
 static const char *const clip_choices[] = { "expert", "global", "none", NULL };
+static const char *const recompute_choices[] = { "cheap", "full", NULL };
 
 #define O(f) offsetof(struct moe_train_opts, f)
 static const struct opt_def defs[] = {
@@ -59,6 +60,7 @@ static const struct opt_def defs[] = {
 	{ "ckpt_every", OPT_INT, O(ckpt_every), -1, 1e15, NULL },
 	{ "keep", OPT_INT, O(keep), 0, 1e9, NULL },
 	{ "threads", OPT_INT, O(threads), 0, 4096, NULL },
+	{ "recompute", OPT_STRING, O(recompute), 0, 0, recompute_choices },
 };
 #undef O
 
@@ -95,6 +97,7 @@ void moe_train_opts_default(struct moe_train_opts *o)
 	o->ckpt_every = 1000;
 	o->keep = 3;
 	o->threads = 0;
+	strcpy(o->recompute, "cheap");
 }
 
 static const struct opt_def *find_def(const char *key)

@@ -62,6 +62,7 @@ struct moe_train_opts {
 	int64_t eval_every, eval_batches;
 	int64_t ckpt_every, keep;
 	int64_t threads;                 /* CPU threads (0: OpenMP default) */
+	char recompute[16];              /* cheap (the default) or full: see moe_model_set_recompute */
 };
 
 /* Fill o with the defaults. */

@@ -624,6 +624,8 @@ struct moe_trainer *moe_trainer_new(const struct moe_train_opts *o, bool resume,
 		if (moe_model_init(t->model, (uint64_t)o->seed, err))
 			goto fail;
 	}
+	moe_model_set_recompute(t->model, strcmp(o->recompute, "full") == 0 ? MOE_RECOMPUTE_FULL
+									   : MOE_RECOMPUTE_CHEAP);
 	t->B = (int)o->micro_batch;
 	t->accum = (int)o->grad_accum;
 	t->T = o->seq_len > 0 ? (int)o->seq_len : t->cfg.max_position_embeddings;

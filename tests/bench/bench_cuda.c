@@ -9,7 +9,8 @@
  * counted as torch_ref counts them, MFU, peak GiB), then, with -p, the
  * per-op time breakdown of one profiled step.
  *
- *   bench_cuda [-m PRESET.json] [-B 16] [-T 2048] [-n STEPS] [-w WARMUP] [-p]
+ *   bench_cuda [-m PRESET.json] [-B 16] [-T 2048] [-n STEPS] [-w WARMUP] [-p] [-R]
+ * -R: full activation recompute (moe-train --recompute full).
  */
 #include <cuda_runtime_api.h>
 #include <getopt.h>
@@ -46,9 +47,9 @@ static int cmp_d(const void *a, const void *b)
 int main(int argc, char **argv)
 {
 	const char *model = "share/models/seed-base.json";
-	int B = 16, T = 2048, steps = 8, warm = 3, prof = 0, c;
+	int B = 16, T = 2048, steps = 8, warm = 3, prof = 0, full = 0, c;
 	struct moe_error err = {0};
-	while ((c = getopt(argc, argv, "m:B:T:n:w:p")) != -1) {
+	while ((c = getopt(argc, argv, "m:B:T:n:w:pR")) != -1) {
 		switch (c) {
 		case 'm': model = optarg; break;
 		case 'B': B = atoi(optarg); break;
@@ -56,8 +57,9 @@ int main(int argc, char **argv)
 		case 'n': steps = atoi(optarg); break;
 		case 'w': warm = atoi(optarg); break;
 		case 'p': prof = 1; break;
+		case 'R': full = 1; break;
 		default:
-			fprintf(stderr, "usage: bench_cuda [-m MODEL] [-B N] [-T N] [-n STEPS] [-w WARMUP] [-p]\n");
+			fprintf(stderr, "usage: bench_cuda [-m MODEL] [-B N] [-T N] [-n STEPS] [-w WARMUP] [-p] [-R]\n");
 			return 2;
 		}
 	}
@@ -74,6 +76,8 @@ int main(int argc, char **argv)
 		fprintf(stderr, "bench_cuda: %s\n", err.msg);
 		return 1;
 	}
+	if (full)
+		moe_model_set_recompute(m, MOE_RECOMPUTE_FULL);
 	/* the seed's optimizer settings (torch_ref: AdamW lr 7.5e-4, clip 1.0) */
 	struct moe_optim opt;
 	struct moe_optim_opts oo = {.beta1 = 0.9, .beta2 = 0.95, .eps = 1e-8, .weight_decay = 0.1,
@@ -126,10 +130,10 @@ int main(int argc, char **argv)
 	size_t fr = 0, tot = 0;
 	cudaMemGetInfo(&fr, &tot);
 	const char *gm = getenv("MOE_CUDA_GROUPED"), *wg = getenv("MOE_CUDA_WGRAD");
-	printf("{\"name\": \"moe/cuda%s%s%s%s\", \"model\": \"%s\", \"B\": %d, \"T\": %d, \"step_ms\": %.2f, "
+	printf("{\"name\": \"moe/cuda%s%s%s%s%s\", \"model\": \"%s\", \"B\": %d, \"T\": %d, \"step_ms\": %.2f, "
 	       "\"tok_per_s\": %.0f, \"tflops\": %.1f, \"mfu_h100_989\": %.3f, \"peak_gib\": %.2f, "
 	       "\"device_used_gib\": %.2f, \"flops_per_token\": %.0f, \"loss\": %.4f}\n",
-	       gm ? "/grouped=" : "", gm ? gm : "", wg ? "/wgrad=" : "", wg ? wg : "", model,
+	       gm ? "/grouped=" : "", gm ? gm : "", wg ? "/wgrad=" : "", wg ? wg : "", full ? "/recompute=full" : "", model,
 	       B, T, med, tps, tf, tf / 989.0,
 	       moe_cuda_peak_bytes(be) / 1073741824.0, (tot - fr) / 1073741824.0, flops_per_token(&cfg, T),
 	       ls.total);

@@ -40,6 +40,16 @@ else
 	grep -q -- "--device cpu" "$T/err" || fail "auto without GPU should suggest --device cpu"
 fi
 
+# --- --recompute full trains to the same losses as the default (and a bad value is a usage error)
+"$TRAIN" $COMMON --out "$T/x" --steps 2 --recompute some 2>"$T/err"; [ $? -eq 2 ] || fail "bad --recompute should exit 2"
+grep -q "cheap, full" "$T/err" || fail "bad --recompute should list the choices"
+"$TRAIN" $COMMON --out "$T/rc0" --steps 4 --eval-every 0 || fail "cheap run"
+"$TRAIN" $COMMON --out "$T/rc1" --steps 4 --eval-every 0 --recompute full || fail "full-recompute run"
+grep -q '"recompute": "full"' "$T/rc1/train.json" || fail "recompute not recorded in train.json"
+l0=$(sed -n 's/.*"split":"train".*"loss":\([^,]*\),.*/\1/p' "$T/rc0/metrics.jsonl" | tr '\n' ' ')
+l1=$(sed -n 's/.*"split":"train".*"loss":\([^,]*\),.*/\1/p' "$T/rc1/metrics.jsonl" | tr '\n' ' ')
+[ -n "$l0" ] && [ "$l0" = "$l1" ] || fail "full recompute changed the losses: $l0 vs $l1"
+
 # --- config file + CLI precedence; a short run
 printf '{"lr": 0.01, "micro_batch": 2, "eval_every": 3, "seq_len": 16}\n' > "$T/train.json"
 "$TRAIN" --model "$MODEL" --data "$T/data" --out "$T/run" --device cpu --config "$T/train.json" \
