@@ -135,11 +135,12 @@ Test(backend, train_step_matches_cpu, .timeout = 120)
 }
 
 /* The expert-GEMM paths of the backend (MOE_CUDA_GROUPED: the device-driven
- * kernel, cublasGemmGroupedBatchedEx, a per-expert cuBLAS loop) compute the
- * same step: losses within 1e-3 relative, gradient cosine >= 0.999 per
- * tensor against the kernel path. */
+ * kernel, cublasGemmGroupedBatchedEx, a per-expert cuBLAS loop, the wgmma
+ * kernels on sm_90) and the default path with full activation recompute
+ * compute the same step: losses within 1e-3 relative, gradient cosine >=
+ * 0.999 per tensor against the kernel path. */
 static void gpu_step(const struct moe_config *cfg, const float *p, const int32_t *x, const int32_t *y, int B,
-		     int T, const char *mode, struct moe_losses *l, float *grads)
+		     int T, const char *mode, struct moe_losses *l, float *grads, bool full)
 {
 	struct moe_error err = {0};
 	setenv("MOE_CUDA_GROUPED", mode, 1);
@@ -149,6 +150,8 @@ static void gpu_step(const struct moe_config *cfg, const float *p, const int32_t
 	struct moe_model *mg = moe_model_new(cfg, gb, &err);
 	cr_assert_not_null(mg, "%s", err.msg);
 	moe_model_set_params(mg, p);
+	if (full)
+		moe_model_set_recompute(mg, MOE_RECOMPUTE_FULL);
 	moe_model_zero_grad(mg);
 	struct moe_forward_opts o = {0};
 	o.train = true;
@@ -178,13 +181,21 @@ Test(backend, expert_gemm_paths_agree, .timeout = 120)
 		y[i] = 2 + (int32_t)(rng_u64() % (cfg.vocab_size - 2));
 	}
 	struct moe_losses l0, l1;
-	gpu_step(&cfg, p, x, y, B, T, "kernel", &l0, g0);
+	gpu_step(&cfg, p, x, y, B, T, "kernel", &l0, g0, false);
 	const struct moe_param *tab = moe_model_params(mc, &nt);
-	const char *modes[3] = {"cublas-grouped", "cublas", "wgmma"};
-	int nm = moe_cuda_grouped_wgmma_supported() ? 3 : 2; /* wgmma: sm_90 only */
+	/* the last run: the default path with full activation recompute */
+	bool wg = moe_cuda_grouped_wgmma_supported(); /* wgmma: sm_90 only */
+	const char *modes[4] = {"cublas-grouped", "cublas", "wgmma", wg ? "wgmma" : "cublas-grouped"};
+	const char *names[4] = {"cublas-grouped", "cublas", "wgmma", "default + recompute full"};
+	int nm = 4;
+	if (!wg) {
+		modes[2] = modes[3];
+		names[2] = names[3];
+		nm = 3;
+	}
 	for (int k = 0; k < nm; k++) {
-		gpu_step(&cfg, p, x, y, B, T, modes[k], &l1, g1);
-		cr_expect(fabs(l1.total - l0.total) <= 1e-3 * fabs(l0.total), "%s: loss %.6f vs %.6f", modes[k],
+		gpu_step(&cfg, p, x, y, B, T, modes[k], &l1, g1, k == nm - 1);
+		cr_expect(fabs(l1.total - l0.total) <= 1e-3 * fabs(l0.total), "%s: loss %.6f vs %.6f", names[k],
 			  l1.total, l0.total);
 		double mn = 2;
 		for (size_t i = 0; i < nt; i++) {
@@ -192,9 +203,9 @@ Test(backend, expert_gemm_paths_agree, .timeout = 120)
 				continue;
 			double c = cosine(g1 + tab[i].offset, g0 + tab[i].offset, tab[i].numel);
 			mn = c < mn ? c : mn;
-			cr_expect(c >= 0.999, "%s: %s: gradient cosine %.5f", modes[k], tab[i].name, c);
+			cr_expect(c >= 0.999, "%s: %s: gradient cosine %.5f", names[k], tab[i].name, c);
 		}
-		fprintf(stderr, "expert GEMMs '%s' vs 'kernel': loss %.6f vs %.6f, min gradient cosine %.6f\n", modes[k],
+		fprintf(stderr, "expert GEMMs '%s' vs 'kernel': loss %.6f vs %.6f, min gradient cosine %.6f\n", names[k],
 			l1.total, l0.total, mn);
 	}
 	moe_model_free(mc);
