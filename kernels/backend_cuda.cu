@@ -644,6 +644,40 @@ static void o_rope(struct moe_backend *be, void *x, int B, int T, int H, int Dh,
 	PROF_END(c);
 }
 
+static void o_qknorm_rope_fwd(struct moe_backend *be, void *out, float *rstd, const void *x, const void *w, int B,
+			      int T, int H, int Dh, float eps, float theta)
+{
+	struct cuda_ctx *c = CTX(be);
+	if (!moe_cuda_qknorm_rope_supported(H, Dh)) { /* the two kernels */
+		o_rmsnorm_fwd(be, out, rstd, x, w, B * T, H * Dh, eps);
+		o_rope(be, out, B, T, H, Dh, theta, 0);
+		return;
+	}
+	const float *wf = master_of(c, w);
+	rope_table(c, T, Dh, theta);
+	PROF(c, "qknorm_rope");
+	RUN(c, moe_cuda_qknorm_rope_fwd((bf16_t *)out, rstd, (const bf16_t *)x, wf, c->cosb, c->sinb, B, T, H, Dh, eps,
+					c->s, &c->err));
+	PROF_END(c);
+}
+
+static void o_qknorm_rope_bwd(struct moe_backend *be, void *dx, float *dw, const void *dout, const void *x,
+			      const void *w, const float *rstd, int B, int T, int H, int Dh, float theta)
+{
+	struct cuda_ctx *c = CTX(be);
+	if (!moe_cuda_qknorm_rope_supported(H, Dh)) { /* the two kernels; RoPE back in place on dout */
+		o_rope(be, (void *)dout, B, T, H, Dh, theta, 1);
+		o_rmsnorm_bwd(be, dx, dw, dout, x, w, rstd, B * T, H * Dh);
+		return;
+	}
+	const float *wf = master_of(c, w);
+	rope_table(c, T, Dh, theta);
+	PROF(c, "qknorm_rope_bwd");
+	RUN(c, moe_cuda_qknorm_rope_bwd((bf16_t *)dx, dw, (const bf16_t *)dout, (const bf16_t *)x, wf, rstd, c->cosb,
+					c->sinb, B, T, H, Dh, c->s, &c->err));
+	PROF_END(c);
+}
+
 static void o_rope_fwd(struct moe_backend *be, void *x, int B, int T, int H, int Dh, float theta)
 {
 	o_rope(be, x, B, T, H, Dh, theta, 0);
@@ -1182,6 +1216,8 @@ extern "C" struct moe_backend *moe_backend_cuda(struct moe_error *err)
 	be->linear_fwd_add = o_linear_fwd_add;
 	be->linear_bwd_add = o_linear_bwd_add;
 	be->rope_fwd = o_rope_fwd;
+	be->qknorm_rope_fwd = o_qknorm_rope_fwd;
+	be->qknorm_rope_bwd = o_qknorm_rope_bwd;
 	be->rope_bwd = o_rope_bwd;
 	be->attention_fwd = o_attention_fwd;
 	be->attention_bwd = o_attention_bwd;

@@ -42,6 +42,18 @@ int moe_cuda_rmsnorm_bwd(bf16_t *dx /* (N, D) */, float *dw /* (D) */, const bf1
 			 const bf16_t *x, const float *w, const float *rstd, int N, int D,
 			 cudaStream_t s, struct moe_error *err);
 
+/* qknorm_rope.cu: RMSNorm over rows of H heads of Dh (fp32 weights and rstd),
+ * then rotate-half RoPE with the rope.cu table, in one pass; the backward
+ * takes the gradient after RoPE (dx overwritten, dw += (H*Dh)).  Supported
+ * when Dh % 16 == 0 and H * Dh <= 1536. */
+bool moe_cuda_qknorm_rope_supported(int H, int Dh);
+int moe_cuda_qknorm_rope_fwd(bf16_t *out, float *rstd, const bf16_t *x, const float *w, const float *cosb,
+			     const float *sinb, int B, int T, int H, int Dh, float eps, cudaStream_t s,
+			     struct moe_error *err);
+int moe_cuda_qknorm_rope_bwd(bf16_t *dx, float *dw, const bf16_t *dout, const bf16_t *x, const float *w,
+			     const float *rstd, const float *cosb, const float *sinb, int B, int T, int H, int Dh,
+			     cudaStream_t s, struct moe_error *err);
+
 /* rope.cu: rotate-half RoPE in place on (B, T, H, Dh); cos/sin table (T, Dh/2)
  * from moe_cuda_rope_table (host, double precision).  inverse: the backward. */
 void moe_cuda_rope_table(float *cosb /* (T, Dh/2) */, float *sinb, int T, int Dh, float theta);

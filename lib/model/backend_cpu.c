@@ -158,6 +158,26 @@ static void c_linear_bwd_add(struct moe_backend *be, void *dx, float *dw, const 
 		moe_add(F(dx), t, (size_t)N * In);
 	free(t);
 }
+static void c_qknorm_rope_fwd(struct moe_backend *be, void *out, float *rstd, const void *x, const void *w, int B,
+			      int T, int H, int Dh, float eps, float theta)
+{
+	(void)be;
+	moe_rmsnorm_fwd(F(out), rstd, CF(x), CF(w), B * T, H * Dh, eps);
+	moe_rope_fwd(F(out), B, T, H, Dh, theta);
+}
+static void c_qknorm_rope_bwd(struct moe_backend *be, void *dx, float *dw, const void *dout, const void *x,
+			      const void *w, const float *rstd, int B, int T, int H, int Dh, float theta)
+{
+	(void)be;
+	size_t n = (size_t)B * T * H * Dh;
+	float *g = malloc(sizeof(float) * n);
+	if (!g)
+		abort(); /* the CPU backend's ops have no error path; as out of memory anywhere */
+	memcpy(g, dout, sizeof(float) * n);
+	moe_rope_bwd(g, B, T, H, Dh, theta);
+	moe_rmsnorm_bwd(F(dx), dw, g, CF(x), CF(w), rstd, B * T, H * Dh);
+	free(g);
+}
 static void c_rope_fwd(struct moe_backend *be, void *x, int B, int T, int H, int Dh, float theta)
 {
 	(void)be;
@@ -327,6 +347,8 @@ struct moe_backend *moe_backend_cpu(void)
 	be->linear_fwd = c_linear_fwd;
 	be->linear_bwd = c_linear_bwd;
 	be->linear_fwd_add = c_linear_fwd_add;
+	be->qknorm_rope_fwd = c_qknorm_rope_fwd;
+	be->qknorm_rope_bwd = c_qknorm_rope_bwd;
 	be->linear_bwd_add = c_linear_bwd_add;
 	be->rope_fwd = c_rope_fwd;
 	be->rope_bwd = c_rope_bwd;

@@ -569,10 +569,8 @@ static void block_fwd(struct moe_model *m, int l, struct layer_acts *a, void *x_
 	be->linear_fwd(be, a->qraw, a->ln1, P(lo->q), N, D, D);
 	be->linear_fwd(be, a->kraw, a->ln1, P(lo->k), N, D, D);
 	be->linear_fwd(be, a->v, a->ln1, P(lo->v), N, D, D);
-	be->rmsnorm_fwd(be, a->q, a->rstdq, a->qraw, P(lo->q_norm), N, D, eps);
-	be->rmsnorm_fwd(be, a->k, a->rstdk, a->kraw, P(lo->k_norm), N, D, eps);
-	be->rope_fwd(be, a->q, B, T, H, Dh, theta);
-	be->rope_fwd(be, a->k, B, T, H, Dh, theta);
+	be->qknorm_rope_fwd(be, a->q, a->rstdq, a->qraw, P(lo->q_norm), B, T, H, Dh, eps, theta);
+	be->qknorm_rope_fwd(be, a->k, a->rstdk, a->kraw, P(lo->k_norm), B, T, H, Dh, eps, theta);
 	be->attention_fwd(be, a->att, a->lse, a->q, a->k, a->v, B, T, H, Dh);
 	/* x_mid = x_in + attn; x_out = x_mid + mlp (the GEMMs add into them) */
 	be->copy(be, a->xmid, x_in, ND, MOE_BUF_ACT);
@@ -911,11 +909,9 @@ static void block_bwd(struct moe_model *m, int l, struct layer_acts *a, void *x_
 	/* attention */
 	be->linear_bwd(be, g->d1, G(lo->o), dx, a->att, P(lo->o), N, D, D);
 	be->attention_bwd(be, g->dq, g->dk, g->dv, g->d1, a->q, a->k, a->v, a->att, a->lse, B, T, H, Dh);
-	be->rope_bwd(be, g->dq, B, T, H, Dh, theta);
-	be->rope_bwd(be, g->dk, B, T, H, Dh, theta);
-	be->rmsnorm_bwd(be, g->d1, G(lo->q_norm), g->dq, a->qraw, P(lo->q_norm), a->rstdq, N, D);
+	be->qknorm_rope_bwd(be, g->d1, G(lo->q_norm), g->dq, a->qraw, P(lo->q_norm), a->rstdq, B, T, H, Dh, theta);
 	be->linear_bwd(be, g->d2, G(lo->q), g->d1, a->ln1, P(lo->q), N, D, D); /* d2 = dln1 */
-	be->rmsnorm_bwd(be, g->d1, G(lo->k_norm), g->dk, a->kraw, P(lo->k_norm), a->rstdk, N, D);
+	be->qknorm_rope_bwd(be, g->d1, G(lo->k_norm), g->dk, a->kraw, P(lo->k_norm), a->rstdk, B, T, H, Dh, theta);
 	be->linear_bwd_add(be, g->d2, G(lo->k), g->d1, a->ln1, P(lo->k), N, D, D);
 	be->linear_bwd_add(be, g->d2, G(lo->v), g->dv, a->ln1, P(lo->v), N, D, D);
 	be->rmsnorm_bwd(be, g->d1, G(lo->ln_in), g->d2, x_in, P(lo->ln_in), a->rstd1, N, D);

@@ -269,6 +269,11 @@ struct moe_backend {
 	void (*linear_fwd_add)(struct moe_backend *be, void *out, const void *x, const void *w, int N, int In, int Out);
 	void (*linear_bwd_add)(struct moe_backend *be, void *dx, float *dw, const void *dout, const void *x, const void *w, int N, int In, int Out);
 	void (*rope_fwd)(struct moe_backend *be, void *x, int B, int T, int H, int Dh, float theta);
+	/* QK-norm then RoPE (out = rope(rmsnorm(x) w)), and its backward from the
+	 * gradient after RoPE (dx overwritten, dw +=, dout may be overwritten);
+	 * D = H * Dh */
+	void (*qknorm_rope_fwd)(struct moe_backend *be, void *out, float *rstd, const void *x, const void *w, int B, int T, int H, int Dh, float eps, float theta);
+	void (*qknorm_rope_bwd)(struct moe_backend *be, void *dx, float *dw, const void *dout, const void *x, const void *w, const float *rstd, int B, int T, int H, int Dh, float theta);
 	void (*rope_bwd)(struct moe_backend *be, void *dx, int B, int T, int H, int Dh, float theta);
 	void (*attention_fwd)(struct moe_backend *be, void *out, float *lse, const void *q, const void *k, const void *v, int B, int T, int H, int Dh);
 	void (*attention_bwd)(struct moe_backend *be, void *dq, void *dk, void *dv, const void *dout, const void *q, const void *k, const void *v, const void *out, const float *lse, int B, int T, int H, int Dh);

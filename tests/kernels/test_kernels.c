@@ -67,6 +67,49 @@ static void rmsnorm_case(int N, int D)
 	CHECK_REL(down(gdw, D * 4), dw, D, 1e-4, "rmsnorm dw");
 }
 
+/* Fused QK-norm + RoPE against ops.c's rmsnorm then rope (and rope_bwd then
+ * rmsnorm_bwd): seed-base's 8 x 96, one chunk per lane (4 x 32), a partial
+ * chunk (5 x 16 = 80) and six chunks (12 x 128 = 1536). */
+static void qknorm_rope_case(int B, int T, int H, int Dh)
+{
+	cr_log_info("qknorm_rope B %d T %d H %d Dh %d", B, T, H, Dh);
+	cr_assert(moe_cuda_qknorm_rope_supported(H, Dh));
+	int N = B * T, D = H * Dh;
+	size_t n = (size_t)N * D;
+	float *x = rand_bf(n, 2.f), *w = rand_bf(D, 1.f), *dout = rand_bf(n, 1.f);
+	float *ref = malloc(n * 4), *rstd = malloc(N * 4), *g = malloc(n * 4), *dx = malloc(n * 4);
+	float *dw = calloc(D, 4);
+	moe_rmsnorm_fwd(ref, rstd, x, w, N, D, 1e-5f);
+	moe_rope_fwd(ref, B, T, H, Dh, 10000.f);
+	memcpy(g, dout, n * 4);
+	moe_rope_bwd(g, B, T, H, Dh, 10000.f);
+	moe_rmsnorm_bwd(dx, dw, g, x, w, rstd, N, D);
+	float *cs = malloc((size_t)T * Dh / 2 * 4), *sn = malloc((size_t)T * Dh / 2 * 4);
+	moe_cuda_rope_table(cs, sn, T, Dh, 10000.f);
+	float *gc = up(cs, (size_t)T * Dh / 2 * 4), *gs = up(sn, (size_t)T * Dh / 2 * 4);
+	bf16_t *gx = up_bf(x, n), *gdo = up_bf(dout, n), *gout = dmalloc(n * 2), *gdx = dmalloc(n * 2);
+	float *gw = up(w, D * 4), *grs = dmalloc(N * 4), *gdw = dmalloc(D * 4);
+	cudaMemset(gdw, 0, D * 4);
+	LAUNCH_OK(moe_cuda_qknorm_rope_fwd(gout, grs, gx, gw, gc, gs, B, T, H, Dh, 1e-5f, S, &gerr));
+	LAUNCH_OK(moe_cuda_qknorm_rope_bwd(gdx, gdw, gdo, gx, gw, grs, gc, gs, B, T, H, Dh, S, &gerr));
+	CHECK_REL(down_bf(gout, n), ref, n, 2e-2, "qknorm_rope out");
+	CHECK_REL(down(grs, N * 4), rstd, N, 1e-5, "qknorm_rope rstd");
+	CHECK_REL(down_bf(gdx, n), dx, n, 2e-2, "qknorm_rope dx");
+	CHECK_REL(down(gdw, D * 4), dw, D, 1e-4, "qknorm_rope dw");
+}
+
+Test(kernels, qknorm_rope)
+{
+	NEED_GPU();
+	rng_seed(13);
+	qknorm_rope_case(2, 150, 8, 96);
+	qknorm_rope_case(3, 70, 4, 32);
+	qknorm_rope_case(1, 90, 5, 16);
+	qknorm_rope_case(1, 40, 12, 128);
+	cr_expect(!moe_cuda_qknorm_rope_supported(4, 8), "Dh 8 takes the two kernels");
+	cr_expect(!moe_cuda_qknorm_rope_supported(16, 128), "D 2048 takes the two kernels");
+}
+
 /* Dh 32, 96, 128: eight pairs per thread; Dh 8: one pair per thread */
 static void rope_case(int B, int T, int H, int Dh);
 Test(kernels, rope)

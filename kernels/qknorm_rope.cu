@@ -1,0 +1,248 @@
+/* QK-norm and RoPE in one pass: RMSNorm over a whole row of H heads (the
+ * OLMoE q_norm/k_norm width D = H * Dh), then rotate-half RoPE of each head,
+ * and the backward of the pair.  One warp per row; each lane owns the
+ * columns lane * 8 + 256 c (c < NC).  The row is staged in shared memory
+ * (fp32, 16-byte accesses) so that each group of eight columns finds its
+ * RoPE partners Dh/2 columns away (Dh % 16 == 0: a group never straddles
+ * the half).  Compared with rmsnorm + rope it saves a write and a read of
+ * the row each way, and the normalised values are rounded to bf16 once. */
+#include "cuda_common.h"
+#include "kernels.h"
+
+#define QR_WARPS 8
+#define QR_MAXNC 6 /* D <= 1536 */
+
+static __device__ __forceinline__ void ld8(float *f, const bf16 *p)
+{
+	uint4 u = *(const uint4 *)p;
+	const bf16 *h = (const bf16 *)&u;
+#pragma unroll
+	for (int j = 0; j < 8; j++)
+		f[j] = bf2f(h[j]);
+}
+
+static __device__ __forceinline__ void st8(bf16 *p, const float *f)
+{
+	uint4 u;
+	bf16 *h = (bf16 *)&u;
+#pragma unroll
+	for (int j = 0; j < 8; j++)
+		h[j] = f2bf(f[j]);
+	*(uint4 *)p = u;
+}
+
+static __device__ __forceinline__ void ld8s(float *f, const float *p)
+{
+	float4 a = *(const float4 *)p, b = *(const float4 *)(p + 4);
+	f[0] = a.x, f[1] = a.y, f[2] = a.z, f[3] = a.w, f[4] = b.x, f[5] = b.y, f[6] = b.z, f[7] = b.w;
+}
+
+static __device__ __forceinline__ void st8s(float *p, const float *f)
+{
+	*(float4 *)p = make_float4(f[0], f[1], f[2], f[3]);
+	*(float4 *)(p + 4) = make_float4(f[4], f[5], f[6], f[7]);
+}
+
+/* RoPE of the staged row y (fp32) at position t for columns col..col+7:
+ * sgn 1 rotates (forward), -1 rotates back (backward). */
+static __device__ __forceinline__ void rope8(float *o, const float *y, int col, int t, int Dh,
+					     const float *cosb, const float *sinb, float sgn)
+{
+	int half = Dh / 2, jj = col % Dh;
+	bool first = jj < half;
+	int k = first ? jj : jj - half;
+	float a[8], p[8], cs[8], sn[8];
+	ld8s(a, y + col);
+	ld8s(p, y + (first ? col + half : col - half));
+	ld8s(cs, cosb + (size_t)t * half + k);
+	ld8s(sn, sinb + (size_t)t * half + k);
+#pragma unroll
+	for (int j = 0; j < 8; j++) {
+		float s = sgn * sn[j];
+		o[j] = first ? a[j] * cs[j] - p[j] * s : a[j] * cs[j] + p[j] * s;
+	}
+}
+
+template <int NC>
+__global__ void __launch_bounds__(QR_WARPS * 32)
+qknorm_rope_fwd_kernel(bf16 *out, float *rstd, const bf16 *x, const float *w, const float *cosb, const float *sinb,
+		       int N, int T, int Dh, int D, float eps)
+{
+	extern __shared__ __align__(16) float sy[]; /* (warps, D) */
+	int lane = threadIdx.x % 32, wi = threadIdx.x / 32;
+	float *y = sy + (size_t)wi * D;
+	for (int n = blockIdx.x * QR_WARPS + wi; n < N; n += gridDim.x * QR_WARPS) {
+		const bf16 *xr = x + (size_t)n * D;
+		float f[NC][8], ss = 0.f;
+#pragma unroll
+		for (int c = 0; c < NC; c++) {
+			int i = lane * 8 + 256 * c;
+			if (i < D) {
+				ld8(f[c], xr + i);
+#pragma unroll
+				for (int j = 0; j < 8; j++)
+					ss += f[c][j] * f[c][j];
+			}
+		}
+		ss = warp_sum(ss);
+		float r = rsqrtf(ss / D + eps);
+#pragma unroll
+		for (int c = 0; c < NC; c++) {
+			int i = lane * 8 + 256 * c;
+			if (i < D) {
+				float v[8];
+#pragma unroll
+				for (int j = 0; j < 8; j++)
+					v[j] = f[c][j] * r * w[i + j];
+				st8s(y + i, v);
+			}
+		}
+		__syncwarp();
+		int t = n % T;
+		bf16 *o = out + (size_t)n * D;
+#pragma unroll
+		for (int c = 0; c < NC; c++) {
+			int i = lane * 8 + 256 * c;
+			if (i < D) {
+				float v[8];
+				rope8(v, y, i, t, Dh, cosb, sinb, 1.f);
+				st8(o + i, v);
+			}
+		}
+		if (lane == 0)
+			rstd[n] = r;
+		__syncwarp(); /* y is refilled for the next row */
+	}
+}
+
+/* dout: the gradient after RoPE; dx: before the norm; dw += (D). */
+template <int NC>
+__global__ void __launch_bounds__(QR_WARPS * 32)
+qknorm_rope_bwd_kernel(bf16 *dx, float *dw, const bf16 *dout, const bf16 *x, const float *w, const float *rstd,
+		       const float *cosb, const float *sinb, int N, int T, int Dh, int D)
+{
+	extern __shared__ __align__(16) float sy[]; /* (warps, D): the row, then dw partials */
+	int lane = threadIdx.x % 32, wi = threadIdx.x / 32;
+	float *y = sy + (size_t)wi * D;
+	float acc[NC][8];
+#pragma unroll
+	for (int c = 0; c < NC; c++)
+#pragma unroll
+		for (int j = 0; j < 8; j++)
+			acc[c][j] = 0.f;
+	for (int n = blockIdx.x * QR_WARPS + wi; n < N; n += gridDim.x * QR_WARPS) {
+		const bf16 *dr = dout + (size_t)n * D, *xr = x + (size_t)n * D;
+#pragma unroll
+		for (int c = 0; c < NC; c++) {
+			int i = lane * 8 + 256 * c;
+			if (i < D) {
+				float v[8];
+				ld8(v, dr + i);
+				st8s(y + i, v);
+			}
+		}
+		__syncwarp();
+		int t = n % T;
+		float r = rstd[n], dot = 0.f, g[NC][8], xv[NC][8];
+#pragma unroll
+		for (int c = 0; c < NC; c++) {
+			int i = lane * 8 + 256 * c;
+			if (i < D) {
+				rope8(g[c], y, i, t, Dh, cosb, sinb, -1.f); /* the gradient before RoPE */
+				ld8(xv[c], xr + i);
+#pragma unroll
+				for (int j = 0; j < 8; j++)
+					dot += g[c][j] * w[i + j] * xv[c][j];
+			}
+		}
+		dot = warp_sum(dot);
+		float k = dot * r * r * r / D;
+		bf16 *dxr = dx + (size_t)n * D;
+#pragma unroll
+		for (int c = 0; c < NC; c++) {
+			int i = lane * 8 + 256 * c;
+			if (i < D) {
+				float v[8];
+#pragma unroll
+				for (int j = 0; j < 8; j++) {
+					acc[c][j] += g[c][j] * xv[c][j] * r;
+					v[j] = g[c][j] * w[i + j] * r - k * xv[c][j];
+				}
+				st8(dxr + i, v);
+			}
+		}
+		__syncwarp(); /* y is refilled for the next row */
+	}
+	if (!dw)
+		return;
+#pragma unroll
+	for (int c = 0; c < NC; c++) {
+		int i = lane * 8 + 256 * c;
+		if (i < D)
+			st8s(y + i, acc[c]);
+	}
+	__syncthreads();
+	for (int i = threadIdx.x; i < D; i += blockDim.x) {
+		float s = 0.f;
+		for (int q = 0; q < QR_WARPS; q++)
+			s += sy[(size_t)q * D + i];
+		atomicAdd(dw + i, s);
+	}
+}
+
+extern "C" bool moe_cuda_qknorm_rope_supported(int H, int Dh)
+{
+	return H > 0 && Dh % 16 == 0 && Dh > 0 && (H * Dh + 255) / 256 <= QR_MAXNC;
+}
+
+#define QR_SWITCH(NCV, LAUNCH)               \
+	switch (NCV) {                       \
+	case 1: LAUNCH(1); break;            \
+	case 2: LAUNCH(2); break;            \
+	case 3: LAUNCH(3); break;            \
+	case 4: LAUNCH(4); break;            \
+	case 5: LAUNCH(5); break;            \
+	default: LAUNCH(6); break;           \
+	}
+
+extern "C" int moe_cuda_qknorm_rope_fwd(bf16_t *out, float *rstd, const bf16_t *x, const float *w,
+					const float *cosb, const float *sinb, int B, int T, int H, int Dh,
+					float eps, cudaStream_t s, struct moe_error *err)
+{
+	int N = B * T, D = H * Dh;
+	if (!moe_cuda_qknorm_rope_supported(H, Dh))
+		return moe_error_set(err, MOE_EUNSUPPORTED, "qknorm_rope: %d heads of %d not supported", H, Dh);
+	if (N <= 0)
+		return 0;
+	unsigned nb = moe_cdiv(N, QR_WARPS * 4);
+	if (nb > 132 * 8)
+		nb = 132 * 8;
+	size_t sm = (size_t)QR_WARPS * D * sizeof(float);
+#define QR_FWD(NC)                                                                                              \
+	qknorm_rope_fwd_kernel<NC><<<nb, QR_WARPS * 32, sm, s>>>((bf16 *)out, rstd, (const bf16 *)x, w, cosb, sinb, \
+								 N, T, Dh, D, eps)
+	QR_SWITCH((D + 255) / 256, QR_FWD)
+#undef QR_FWD
+	return CUDA_LAUNCHED(err);
+}
+
+extern "C" int moe_cuda_qknorm_rope_bwd(bf16_t *dx, float *dw, const bf16_t *dout, const bf16_t *x, const float *w,
+					const float *rstd, const float *cosb, const float *sinb, int B, int T, int H,
+					int Dh, cudaStream_t s, struct moe_error *err)
+{
+	int N = B * T, D = H * Dh;
+	if (!moe_cuda_qknorm_rope_supported(H, Dh))
+		return moe_error_set(err, MOE_EUNSUPPORTED, "qknorm_rope: %d heads of %d not supported", H, Dh);
+	if (N <= 0)
+		return 0;
+	unsigned nb = moe_cdiv(N, QR_WARPS * 8);
+	if (nb > 132 * 3)
+		nb = 132 * 3;
+	size_t sm = (size_t)QR_WARPS * D * sizeof(float);
+#define QR_BWD(NC)                                                                                              \
+	qknorm_rope_bwd_kernel<NC><<<nb, QR_WARPS * 32, sm, s>>>((bf16 *)dx, dw, (const bf16 *)dout, (const bf16 *)x, \
+								 w, rstd, cosb, sinb, N, T, Dh, D)
+	QR_SWITCH((D + 255) / 256, QR_BWD)
+#undef QR_BWD
+	return CUDA_LAUNCHED(err);
+}
