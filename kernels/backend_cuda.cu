@@ -88,6 +88,7 @@ struct cuda_ctx {
 	int route_next;
 	/* cuBLAS expert paths: host copies of offsets, per offsets pointer */
 	int grouped_mode;   /* GM_* */
+	int qk_split;       /* MOE_CUDA_QKNORM_ROPE=split: rmsnorm and rope as two kernels */
 	int wgrad_mode;     /* GM_CUBLAS_GROUPED: WG_* */
 	int32_t *hoff[N_ROUTES];
 	int hoff_n[N_ROUTES];
@@ -648,7 +649,7 @@ static void o_qknorm_rope_fwd(struct moe_backend *be, void *out, float *rstd, co
 			      int T, int H, int Dh, float eps, float theta)
 {
 	struct cuda_ctx *c = CTX(be);
-	if (!moe_cuda_qknorm_rope_supported(H, Dh)) { /* the two kernels */
+	if (c->qk_split || !moe_cuda_qknorm_rope_supported(H, Dh)) { /* the two kernels */
 		o_rmsnorm_fwd(be, out, rstd, x, w, B * T, H * Dh, eps);
 		o_rope(be, out, B, T, H, Dh, theta, 0);
 		return;
@@ -665,7 +666,7 @@ static void o_qknorm_rope_bwd(struct moe_backend *be, void *dx, float *dw, const
 			      const void *w, const float *rstd, int B, int T, int H, int Dh, float theta)
 {
 	struct cuda_ctx *c = CTX(be);
-	if (!moe_cuda_qknorm_rope_supported(H, Dh)) { /* the two kernels; RoPE back in place on dout */
+	if (c->qk_split || !moe_cuda_qknorm_rope_supported(H, Dh)) { /* two kernels; RoPE back in place on dout */
 		o_rope(be, (void *)dout, B, T, H, Dh, theta, 1);
 		o_rmsnorm_bwd(be, dx, dw, dout, x, w, rstd, B * T, H * Dh);
 		return;
@@ -1164,6 +1165,8 @@ extern "C" struct moe_backend *moe_backend_cuda(struct moe_error *err)
 		goto fail;
 	{
 		const char *pv = getenv("MOE_CUDA_PROFILE");
+		const char *qv = getenv("MOE_CUDA_QKNORM_ROPE");
+		c->qk_split = qv && strcmp(qv, "split") == 0;
 		const char *gv = getenv("MOE_CUDA_GROUPED");
 		c->prof = pv && *pv && strcmp(pv, "0") != 0;
 		const char *wv = getenv("MOE_CUDA_WGRAD");

@@ -235,9 +235,9 @@ extern "C" int moe_cuda_qknorm_rope_bwd(bf16_t *dx, float *dw, const bf16_t *dou
 		return moe_error_set(err, MOE_EUNSUPPORTED, "qknorm_rope: %d heads of %d not supported", H, Dh);
 	if (N <= 0)
 		return 0;
-	unsigned nb = moe_cdiv(N, QR_WARPS * 8);
-	if (nb > 132 * 3)
-		nb = 132 * 3;
+	unsigned nb = moe_cdiv(N, QR_WARPS * 4);
+	if (nb > 132 * 8)
+		nb = 132 * 8;
 	size_t sm = (size_t)QR_WARPS * D * sizeof(float);
 #define QR_BWD(NC)                                                                                              \
 	qknorm_rope_bwd_kernel<NC><<<nb, QR_WARPS * 32, sm, s>>>((bf16 *)dx, dw, (const bf16 *)dout, (const bf16 *)x, \
