@@ -760,15 +760,24 @@ int moe_model_forward(struct moe_model *m, const int32_t *tokens, const int32_t 
 			 !opts->train;
 	be->rmsnorm_fwd(be, g->lnf, g->rstdf, xL, be->param(be, m->off_norm), N, D, (float)c->rms_norm_eps);
 	if (last_only) {
-		/* only the last position of each row goes through the LM head */
-		int32_t rows[B];
+		/* only the last position of each row goes through the LM head,
+		 * m->lc rows at a time (the logits buffer's size) */
+		int32_t *rows = malloc(sizeof(int32_t) * (size_t)B);
+		if (!rows)
+			return moe_error_set(err, MOE_ENOMEM, "out of memory");
 		for (int b = 0; b < B; b++)
 			rows[b] = b * T + T - 1;
 		be->from_host(be, g->last_rows, rows, (size_t)B, MOE_BUF_I32);
+		free(rows);
 		be->gather_rows(be, g->lnf_last, g->lnf, g->last_rows, B, 1, D);
-		be->linear_fwd(be, g->logits, g->lnf_last, be->param(be, m->off_head), B, D, V);
-		if (opts->logits_out)
-			be->to_host(be, opts->logits_out, g->logits, (size_t)B * V, MOE_BUF_ACT);
+		for (int b0 = 0; b0 < B; b0 += m->lc) {
+			int nb = B - b0 < m->lc ? B - b0 : m->lc;
+			be->linear_fwd(be, g->logits, act_at(m, g->lnf_last, (size_t)b0 * D), be->param(be, m->off_head),
+				       nb, D, V);
+			if (opts->logits_out)
+				be->to_host(be, opts->logits_out + (size_t)b0 * V, g->logits, (size_t)nb * V,
+					    MOE_BUF_ACT);
+		}
 	} else {
 		/* LM head and loss, chunk by chunk of rows.  A training forward
 		 * with targets also runs the head's backward here, while the

@@ -346,6 +346,13 @@ Test(forward, logits_chunks_change_nothing)
 		cr_assert_eq(ts[0][n].argmax, ts[1][n].argmax);
 		cr_assert_float_eq(ts[0][n].p_argmax, ts[1][n].p_argmax, 1e-6);
 	}
+	/* last positions only (no targets), with more rows than a chunk holds */
+	moe_model_set_logits_chunk(m, 2);
+	struct moe_forward_opts olast = {.logits_mode = MOE_LOGITS_LAST, .logits_out = last[1]};
+	cr_assert_eq(moe_model_forward(m, tok, NULL, B, T, &olast, NULL, &err), 0, "%s", err.msg);
+	for (int b = 0; b < B; b++)
+		for (int v = 0; v < V; v++)
+			cr_assert_float_eq(last[1][b * V + v], lg[0][(b * T + T - 1) * V + v], 1e-6);
 	double d = 0, s = 0;
 	for (size_t i = 0; i < np; i++) {
 		d += ((double)g[0][i] - g[1][i]) * ((double)g[0][i] - g[1][i]);
