@@ -136,27 +136,18 @@ static void c_linear_bwd(struct moe_backend *be, void *dx, float *dw, const void
 	(void)be;
 	moe_linear_bwd(F(dx), dw, NULL, CF(dout), CF(x), CF(w), N, In, Out);
 }
-/* the accumulating forms: through a temporary row block, then an add */
 static void c_linear_fwd_add(struct moe_backend *be, void *out, const void *x, const void *w, int N, int In, int Out)
 {
 	(void)be;
-	float *t = malloc(sizeof(float) * (size_t)N * Out);
-	if (!t)
-		abort(); /* the CPU backend's ops have no error path; as out of memory anywhere */
-	moe_linear_fwd(t, CF(x), CF(w), NULL, N, In, Out);
-	moe_add(F(out), t, (size_t)N * Out);
-	free(t);
+	moe_linear_fwd_add(F(out), CF(x), CF(w), N, In, Out);
 }
 static void c_linear_bwd_add(struct moe_backend *be, void *dx, float *dw, const void *dout, const void *x, const void *w, int N, int In, int Out)
 {
 	(void)be;
-	float *t = dx ? malloc(sizeof(float) * (size_t)N * In) : NULL;
-	if (dx && !t)
-		abort();
-	moe_linear_bwd(t, dw, NULL, CF(dout), CF(x), CF(w), N, In, Out);
-	if (t)
-		moe_add(F(dx), t, (size_t)N * In);
-	free(t);
+	if (dx)
+		moe_linear_bwd_dx_add(F(dx), CF(dout), CF(w), N, In, Out);
+	if (dw)
+		moe_linear_bwd(NULL, dw, NULL, CF(dout), CF(x), CF(w), N, In, Out);
 }
 static void c_qknorm_rope_fwd(struct moe_backend *be, void *out, float *rstd, const void *x, const void *w, int B,
 			      int T, int H, int Dh, float eps, float theta)
@@ -169,14 +160,9 @@ static void c_qknorm_rope_bwd(struct moe_backend *be, void *dx, float *dw, const
 			      const void *w, const float *rstd, int B, int T, int H, int Dh, float theta)
 {
 	(void)be;
-	size_t n = (size_t)B * T * H * Dh;
-	float *g = malloc(sizeof(float) * n);
-	if (!g)
-		abort(); /* the CPU backend's ops have no error path; as out of memory anywhere */
-	memcpy(g, dout, sizeof(float) * n);
+	float *g = (float *)dout; /* the op may overwrite dout: RoPE back in place */
 	moe_rope_bwd(g, B, T, H, Dh, theta);
 	moe_rmsnorm_bwd(F(dx), dw, g, CF(x), CF(w), rstd, B * T, H * Dh);
-	free(g);
 }
 static void c_rope_fwd(struct moe_backend *be, void *x, int B, int T, int H, int Dh, float theta)
 {

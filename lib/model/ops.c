@@ -274,6 +274,31 @@ void moe_linear_fwd(float *out, const float *x, const float *w, const float *b, 
 		}
 }
 
+void moe_linear_fwd_add(float *out, const float *x, const float *w, int N, int In, int Out)
+{
+	bool par = (size_t)N * In * Out > 200000;
+	float *wt = N >= 16 && Out >= 32 ? malloc(sizeof(float) * (size_t)In * Out) : NULL;
+	if (wt) {
+#pragma omp parallel for schedule(static) if (par)
+		for (int i = 0; i < In; i++)
+			for (int o = 0; o < Out; o++)
+				wt[(size_t)i * Out + o] = w[(size_t)o * In + i];
+		gemm(out, (size_t)Out, x, (size_t)In, 1, wt, (size_t)Out, N, Out, In, true, par);
+		free(wt);
+		return;
+	}
+#pragma omp parallel for collapse(2) schedule(static) if (par)
+	for (int r = 0; r < N; r++)
+		for (int c = 0; c < Out; c++)
+			out[(size_t)r * Out + c] += dotf(x + (size_t)r * In, w + (size_t)c * In, In);
+}
+
+void moe_linear_bwd_dx_add(float *dx, const float *dout, const float *w, int N, int In, int Out)
+{
+	bool par = (size_t)N * In * Out > 200000;
+	gemm(dx, (size_t)In, dout, (size_t)Out, 1, w, (size_t)In, N, In, Out, true, par);
+}
+
 void moe_linear_bwd(float *dx, float *dw, float *db, const float *dout, const float *x,
 		    const float *w, int N, int In, int Out)
 {

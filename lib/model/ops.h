@@ -39,6 +39,10 @@ void moe_linear_fwd(float *out /* (N, Out) */, const float *x /* (N, In) */,
 		    const float *w /* (Out, In) */, const float *b /* (Out) or NULL */,
 		    int N, int In, int Out);
 /* dx (may be NULL) overwritten; dw, db (may be NULL) accumulated. */
+/* The same adding into out: out (N, Out) += x (N, In) @ w^T (Out, In). */
+void moe_linear_fwd_add(float *out, const float *x, const float *w, int N, int In, int Out);
+/* dx (N, In) += dout (N, Out) @ w (Out, In). */
+void moe_linear_bwd_dx_add(float *dx, const float *dout, const float *w, int N, int In, int Out);
 void moe_linear_bwd(float *dx /* (N, In) */, float *dw /* (Out, In) */, float *db /* (Out) */,
 		    const float *dout /* (N, Out) */, const float *x /* (N, In) */,
 		    const float *w /* (Out, In) */, int N, int In, int Out);
