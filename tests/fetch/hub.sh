@@ -166,13 +166,17 @@ m=$(mark)
 since "$m" | grep '/cdn/' | grep -q '"range": "bytes=150000-"' && ok "connection cut mid-body: resumed with Range" ||
 	bad "cut: no Range resume: $(since "$m" | grep cdn)"
 
+# the stall timeout is 1 s here (60 s by default): finishing well under 60 s
+# shows it applied; the bound is loose because CI runs tests side by side on
+# two busy cores
 faults "{\"$P\": [\"stall\"]}"
 m=$(mark)
 t0=$(date +%s)
 MOE_FETCH_STALL_TIMEOUT=1 "$F" get "$REPO" -I "$P" -o "$tmp/f3s" -q 2> "$tmp/err" &&
-	cmp -s "$tmp/root/$P" "$tmp/f3s/$P" && [ $(($(date +%s) - t0)) -lt 4 ] &&
+	cmp -s "$tmp/root/$P" "$tmp/f3s/$P" && [ $(($(date +%s) - t0)) -lt 20 ] &&
 	since "$m" | grep '/cdn/' | grep -q '"range": "bytes=100000-"' &&
-	ok "a stalled transfer times out and resumes" || bad "stall: $(cat "$tmp/err") $(since "$m" | grep cdn)"
+	ok "a stalled transfer times out and resumes" ||
+	bad "stall ($(($(date +%s) - t0)) s): $(cat "$tmp/err") $(since "$m" | grep cdn)"
 
 faults "{\"$P\": [\"cut\", \"norange\"]}"
 m=$(mark)
