@@ -450,7 +450,8 @@ static int acts_ensure(struct moe_model *m, int N, bool train, struct moe_error 
 	g->lnf = A(m, ND, MOE_BUF_ACT);
 	g->rstdf = A(m, (size_t)N, MOE_BUF_F32);
 	/* logits live one chunk of rows at a time (the LM head and the loss
-	 * run chunk by chunk; backward recomputes each chunk) */
+	 * run chunk by chunk; a training forward also runs the head's
+	 * backward on each chunk while it exists) */
 	int lc = m->lc_req > 0 ? m->lc_req : LOGITS_CHUNK;
 	m->lc = N < lc ? N : lc;
 	size_t nch = ((size_t)N + m->lc - 1) / m->lc;
