@@ -190,15 +190,9 @@ int main(int argc, char **argv)
 		case OPT_TEMP: temperature = real(optarg, 0, 100, "temperature"); break;
 		case OPT_TOPP: top_p = real(optarg, 0, 1, "top-p"); break;
 		case OPT_SEED: seed = num(optarg, 0, INT64_MAX, "seed"); break;
-		case 'q': moe_verbosity = 0; break;
-		case 'v': moe_verbosity++; break;
-		case 'h':
-			usage(stdout);
-			moe_close_stdout();
-			return 0;
-		case 'V': moe_print_version();
-		default:
-			moe_usage_error("invalid option");
+		default: /* -q, -v, -h, -V, or a usage error */
+			moe_tool_option(c, usage);
+			break;
 		}
 	}
 	if (optind >= argc)

@@ -489,21 +489,9 @@ int main(int argc, char **argv)
 			if (moe_parse_i64(optarg, 0, 100, &a.retries, "retry count", &err) < 0)
 				moe_usage_error("%s", err.msg);
 			break;
-		case 'q':
-			moe_verbosity = 0;
+		default: /* -q, -v, -h, -V, or a usage error */
+			moe_tool_option(c, usage);
 			break;
-		case 'v':
-			moe_verbosity++;
-			break;
-		case 'h':
-			usage(stdout);
-			moe_close_stdout();
-			return 0;
-		case 'V':
-			moe_print_version();
-		default:
-			fprintf(stderr, "Try '%s --help' for more information.\n", moe_progname());
-			return 2;
 		}
 	}
 	if (!a.cmd)

@@ -439,10 +439,6 @@ int main(int argc, char **argv)
 		case 'o': a.out = optarg; break;
 		case 't': a.tokenizer = optarg; break;
 		case 'f': a.force = true; break;
-		case 'q': moe_verbosity = 0; break;
-		case 'v': moe_verbosity++; break;
-		case 'h': usage(stdout); moe_close_stdout(); return 0;
-		case 'V': moe_print_version();
 		case OPT_DOCS: a.docs = optarg; break;
 		case OPT_TEXT_FIELD: a.text_field = optarg; break;
 		case OPT_DATA: a.data = optarg; break;
@@ -485,9 +481,9 @@ int main(int argc, char **argv)
 			else if (strcmp(optarg, "f32"))
 				moe_usage_error("--weights must be f32 or bf16");
 			break;
-		default:
-			fprintf(stderr, "Try '%s --help' for more information.\n", moe_progname());
-			return 2;
+		default: /* -q, -v, -h, -V, or a usage error */
+			moe_tool_option(c, usage);
+			break;
 		}
 	}
 	if (which < 0) {

@@ -512,21 +512,9 @@ int main(int argc, char **argv)
 			else
 				moe_usage_error("invalid format '%s' (stream or ids)", optarg);
 			break;
-		case 'q':
-			moe_verbosity = 0;
+		default: /* -q, -v, -h, -V, or a usage error */
+			moe_tool_option(c, usage);
 			break;
-		case 'v':
-			moe_verbosity++;
-			break;
-		case 'h':
-			usage(stdout);
-			moe_close_stdout();
-			return 0;
-		case 'V':
-			moe_print_version();
-		default:
-			fprintf(stderr, "Try '%s --help' for more information.\n", moe_progname());
-			return 2;
 		}
 	}
 	if (a.val_docs_set && a.w.val_fraction > 0)

@@ -675,18 +675,6 @@ int main(int argc, char **argv)
 		case 'f':
 			a.force = true;
 			break;
-		case 'q':
-			moe_verbosity = 0;
-			break;
-		case 'v':
-			moe_verbosity++;
-			break;
-		case 'h':
-			usage(stdout);
-			moe_close_stdout();
-			return 0;
-		case 'V':
-			moe_print_version();
 		case OPT_FIELD:
 			a.field = optarg;
 			break;
@@ -732,9 +720,9 @@ int main(int argc, char **argv)
 		case OPT_JSON:
 			a.json = true;
 			break;
-		default:
-			fprintf(stderr, "Try '%s --help' for more information.\n", moe_progname());
-			return 2;
+		default: /* -q, -v, -h, -V, or a usage error */
+			moe_tool_option(c, usage);
+			break;
 		}
 	}
 	if (!a.cmd)

@@ -170,16 +170,10 @@ int main(int argc, char **argv)
 		case 'o': cli[n_cli++] = (struct kv){ "out", optarg }; break;
 		case 'c': config = optarg; break;
 		case 'r': resume = true; break;
-		case 'q': moe_verbosity = 0; break;
-		case 'v': moe_verbosity++; break;
-		case 'h':
-			usage(stdout);
-			moe_close_stdout();
-			return 0;
-		case 'V': moe_print_version();
 		case OPT_KEY: cli[n_cli++] = (struct kv){ longopts[idx].name, optarg }; break;
-		default:
-			moe_usage_error("invalid option");
+		default: /* -q, -v, -h, -V, or a usage error */
+			moe_tool_option(c, usage);
+			break;
 		}
 	}
 	if (optind < argc)

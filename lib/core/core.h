@@ -81,6 +81,10 @@ void moe_usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2), 
 void moe_print_version(void) __attribute__((noreturn));
 /* Flush stdout and exit 1 with a message if writing failed (call before exit 0). */
 void moe_close_stdout(void);
+/* The options every tool shares, for getopt's default branch: -q, -v, -h
+ * (usage(stdout), exit 0) and -V; anything else is a usage error (getopt
+ * has named it): "Try 'prog --help'", exit 2. */
+void moe_tool_option(int c, void (*usage)(FILE *fp));
 /* true when colours may be used on fd (a terminal and NO_COLOR unset). */
 bool moe_use_color(int fd);
 /* Refuse binary output to a terminal unless force: dies with a message. */

@@ -85,6 +85,27 @@ void moe_print_version(void)
 	exit(0);
 }
 
+void moe_tool_option(int c, void (*usage)(FILE *fp))
+{
+	switch (c) {
+	case 'q':
+		moe_verbosity = 0;
+		return;
+	case 'v':
+		moe_verbosity++;
+		return;
+	case 'h':
+		usage(stdout);
+		moe_close_stdout();
+		exit(0);
+	case 'V':
+		moe_print_version();
+	default:
+		fprintf(stderr, "Try '%s --help' for more information.\n", progname);
+		exit(2);
+	}
+}
+
 void moe_close_stdout(void)
 {
 	if (fflush(stdout) != 0 || ferror(stdout)) {
