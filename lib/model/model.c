@@ -398,9 +398,7 @@ static void acts_free(struct moe_model *m)
 	free(m->la);
 	m->la = NULL;
 	free(m->ce_part);
-	free(m->nv_part);
 	m->ce_part = NULL;
-	m->nv_part = NULL;
 	m->cap_N = 0;
 	m->cap_sets = 0;
 	m->alloc_failed = false;
@@ -456,8 +454,7 @@ static int acts_ensure(struct moe_model *m, int N, bool train, struct moe_error 
 	m->lc = N < lc ? N : lc;
 	size_t nch = ((size_t)N + m->lc - 1) / m->lc;
 	m->ce_part = calloc(nch, sizeof(*m->ce_part));
-	m->nv_part = calloc(nch, sizeof(*m->nv_part));
-	if (!m->ce_part || !m->nv_part)
+	if (!m->ce_part)
 		return moe_error_set(err, MOE_ENOMEM, "out of memory");
 	g->logits = A(m, (size_t)m->lc * V, MOE_BUF_ACT);
 	g->last_rows = A(m, (size_t)N, MOE_BUF_I32);
@@ -716,13 +713,18 @@ int moe_model_forward(struct moe_model *m, const int32_t *tokens, const int32_t 
 		return moe_error_set(err, MOE_EINVAL, "forward: bad batch shape %d x %d", B, T);
 	int N = B * T, D = c->hidden_size, V = c->vocab_size, E = c->num_experts;
 	int K = c->num_experts_per_tok, L = c->num_hidden_layers;
+	int64_t rows_valid = 0, targets_valid = 0; /* rows whose token / target is not the pad id */
 	for (int n = 0; n < N; n++) {
 		if (tokens[n] < 0 || tokens[n] >= V)
 			return moe_error_set(err, MOE_EINVAL, "forward: token %d at row %d out of range [0, %d)",
 					     tokens[n], n, V);
-		if (targets && (targets[n] < 0 || targets[n] >= V) && targets[n] != c->pad_token_id)
+		rows_valid += tokens[n] != c->pad_token_id;
+		if (!targets)
+			continue;
+		if ((targets[n] < 0 || targets[n] >= V) && targets[n] != c->pad_token_id)
 			return moe_error_set(err, MOE_EINVAL, "forward: target %d at row %d out of range [0, %d)",
 					     targets[n], n, V);
+		targets_valid += targets[n] != c->pad_token_id;
 	}
 	int rc = acts_ensure(m, N, opts->train, err);
 	if (rc < 0)
@@ -735,9 +737,7 @@ int moe_model_forward(struct moe_model *m, const int32_t *tokens, const int32_t 
 	be->from_host(be, g->ids, tokens, (size_t)N, MOE_BUF_I32);
 	if (targets)
 		be->from_host(be, g->tgt, targets, (size_t)N, MOE_BUF_I32);
-	m->n_rows_valid = 0;
-	for (int n = 0; n < N; n++)
-		m->n_rows_valid += tokens[n] != c->pad_token_id;
+	m->n_rows_valid = rows_valid;
 	be->embedding_fwd(be, g->resid, g->ids, be->param(be, m->off_embed), N, D);
 	bool defer = m->cap_sets == L;
 	for (int l = 0; l < L; l++) {
@@ -786,13 +786,9 @@ int moe_model_forward(struct moe_model *m, const int32_t *tokens, const int32_t 
 		 * d(lnf) into g->d1 and the head's weight gradient into g->hgrad;
 		 * moe_model_backward scales both by its grad_scale. */
 		bool fused = opts->train && targets;
-		int64_t nvh = 0;
-		if (fused) {
-			for (int r = 0; r < N; r++)
-				nvh += targets[r] != c->pad_token_id;
+		if (fused)
 			be->zero(be, g->hgrad, (size_t)V * D, MOE_BUF_F32);
-		}
-		float hscale = nvh > 0 ? 1.0f / (float)nvh : 0.0f;
+		float hscale = targets_valid > 0 ? 1.0f / (float)targets_valid : 0.0f;
 		for (int r0 = 0, ci = 0; r0 < N; r0 += m->lc, ci++) {
 			int n = N - r0 < m->lc ? N - r0 : m->lc;
 			be->linear_fwd(be, g->logits, act_at(m, g->lnf, (size_t)r0 * D), be->param(be, m->off_head),
@@ -814,12 +810,12 @@ int moe_model_forward(struct moe_model *m, const int32_t *tokens, const int32_t 
 			if (fused) {
 				const void *lnf = act_at(m, g->lnf, (size_t)r0 * D);
 				be->xent(be, g->logits, g->logits, g->tgt + r0, n, V, c->pad_token_id, hscale,
-					 &m->ce_part[ci], &m->nv_part[ci]);
+					 &m->ce_part[ci], NULL);
 				be->linear_bwd(be, act_at(m, g->d1, (size_t)r0 * D), g->hgrad, g->logits, lnf,
 					       be->param(be, m->off_head), n, D, V);
 			} else if (targets) {
 				be->xent(be, NULL, g->logits, g->tgt + r0, n, V, c->pad_token_id, 0.0f,
-					 &m->ce_part[ci], &m->nv_part[ci]);
+					 &m->ce_part[ci], NULL);
 			}
 		}
 	}
@@ -827,12 +823,10 @@ int moe_model_forward(struct moe_model *m, const int32_t *tokens, const int32_t 
 		return rc;
 	/* the deferred results are in place after the sync */
 	double ce_sum = 0.0, zsum = 0.0;
-	int64_t nv = 0;
+	int64_t nv = targets ? targets_valid : 0; /* the rows xent counts */
 	if (targets && !last_only)
-		for (int r0 = 0, ci = 0; r0 < N; r0 += m->lc, ci++) {
+		for (int r0 = 0, ci = 0; r0 < N; r0 += m->lc, ci++)
 			ce_sum += m->ce_part[ci];
-			nv += m->nv_part[ci];
-		}
 	for (int lm = 0; lm < m->Lm; lm++)
 		zsum += m->zl[lm];
 	m->n_valid = nv;

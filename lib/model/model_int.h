@@ -82,7 +82,6 @@ struct moe_model {
 	enum moe_recompute recompute;
 	bool fwd_use_bias;    /* the last forward routed with the selection bias */
 	double *ce_part;      /* (chunks) host: deferred xent results */
-	int64_t *nv_part;
 	double *zl;           /* (Lm) host: deferred z-loss of each MoE layer */
 	/* last forward */
 	int B, T;
