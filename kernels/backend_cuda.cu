@@ -34,7 +34,6 @@ extern "C" {
 #include "model/model.h"
 }
 
-#define N_SCRATCH 8
 #define N_ROUTES 256
 #define N_PROF 48
 #define N_STALE 64
@@ -44,7 +43,8 @@ extern "C" {
  * gradient beside cuBLAS grouped fwd/dgrad */
 enum { GM_KERNEL, GM_CUBLAS_GROUPED, GM_CUBLAS_LOOP, GM_WGMMA };
 enum { WG_KERNEL, WG_LOOP, WG_WGMMA };
-enum { S_GROUP, S_STATS, S_DELTA, S_INV, S_SUMSQ, S_LOSS, S_ACC, S_TMP };
+/* scratch buffers, grown on demand */
+enum { S_GROUP, S_STATS, S_DELTA, S_INV, S_SUMSQ, S_LOSS, N_SCRATCH };
 
 struct prof_ent {
 	const char *name;

@@ -1,7 +1,7 @@
 /*
  * Shared helpers of the CUDA kernels (C++ only, included by kernels/ *.cu):
  * error checks that turn CUDA and cuBLAS failures into a struct moe_error
- * (never exit), bf16 conversions, warp reductions.
+ * (never exit), bf16 conversions and 16-byte loads/stores, warp reductions.
  */
 #ifndef MOE_CUDA_COMMON_H
 #define MOE_CUDA_COMMON_H
@@ -49,6 +49,26 @@ extern "C" cublasHandle_t moe_cuda_blas_handle(struct moe_cuda_blas *b);
 
 static __device__ __forceinline__ float bf2f(bf16 x) { return __bfloat162float(x); }
 static __device__ __forceinline__ bf16 f2bf(float x) { return __float2bfloat16(x); }
+
+/* Eight bf16 (16 bytes, p 16-byte aligned) to and from fp32. */
+static __device__ __forceinline__ void ld8(float *f, const bf16 *p)
+{
+	uint4 u = *(const uint4 *)p;
+	const bf16 *h = (const bf16 *)&u;
+#pragma unroll
+	for (int j = 0; j < 8; j++)
+		f[j] = bf2f(h[j]);
+}
+
+static __device__ __forceinline__ void st8(bf16 *p, const float *f)
+{
+	uint4 u;
+	bf16 *h = (bf16 *)&u;
+#pragma unroll
+	for (int j = 0; j < 8; j++)
+		h[j] = f2bf(f[j]);
+	*(uint4 *)p = u;
+}
 
 static __device__ __forceinline__ float warp_sum(float v)
 {

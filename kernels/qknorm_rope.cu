@@ -12,25 +12,6 @@
 #define QR_WARPS 8
 #define QR_MAXNC 6 /* D <= 1536 */
 
-static __device__ __forceinline__ void ld8(float *f, const bf16 *p)
-{
-	uint4 u = *(const uint4 *)p;
-	const bf16 *h = (const bf16 *)&u;
-#pragma unroll
-	for (int j = 0; j < 8; j++)
-		f[j] = bf2f(h[j]);
-}
-
-static __device__ __forceinline__ void st8(bf16 *p, const float *f)
-{
-	uint4 u;
-	bf16 *h = (bf16 *)&u;
-#pragma unroll
-	for (int j = 0; j < 8; j++)
-		h[j] = f2bf(f[j]);
-	*(uint4 *)p = u;
-}
-
 static __device__ __forceinline__ void ld8s(float *f, const float *p)
 {
 	float4 a = *(const float4 *)p, b = *(const float4 *)(p + 4);

@@ -5,26 +5,6 @@
 #include "cuda_common.h"
 #include "kernels.h"
 
-/* Eight bf16 (16 bytes) at p into f. */
-static __device__ __forceinline__ void ld8(float *f, const bf16 *p)
-{
-	uint4 u = *(const uint4 *)p;
-	const bf16 *h = (const bf16 *)&u;
-#pragma unroll
-	for (int j = 0; j < 8; j++)
-		f[j] = bf2f(h[j]);
-}
-
-static __device__ __forceinline__ void st8(bf16 *p, const float *f)
-{
-	uint4 u;
-	bf16 *h = (bf16 *)&u;
-#pragma unroll
-	for (int j = 0; j < 8; j++)
-		h[j] = f2bf(f[j]);
-	*(uint4 *)p = u;
-}
-
 /* One warp per row; 16-byte accesses (D % 8 == 0). */
 __global__ void rmsnorm_fwd_kernel(bf16 *out, float *rstd, const bf16 *x, const float *w, int N, int D,
 				   float eps)
