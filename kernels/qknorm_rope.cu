@@ -186,6 +186,13 @@ extern "C" bool moe_cuda_qknorm_rope_supported(int H, int Dh)
 	default: LAUNCH(6); break;           \
 	}
 
+/* Blocks for N rows: four rows per warp, at most eight blocks per SM of an H100. */
+static unsigned qr_blocks(int N)
+{
+	unsigned nb = moe_cdiv(N, QR_WARPS * 4);
+	return nb > 132 * 8 ? 132 * 8 : nb;
+}
+
 extern "C" int moe_cuda_qknorm_rope_fwd(bf16_t *out, float *rstd, const bf16_t *x, const float *w,
 					const float *cosb, const float *sinb, int B, int T, int H, int Dh,
 					float eps, cudaStream_t s, struct moe_error *err)
@@ -195,9 +202,7 @@ extern "C" int moe_cuda_qknorm_rope_fwd(bf16_t *out, float *rstd, const bf16_t *
 		return moe_error_set(err, MOE_EUNSUPPORTED, "qknorm_rope: %d heads of %d not supported", H, Dh);
 	if (N <= 0)
 		return 0;
-	unsigned nb = moe_cdiv(N, QR_WARPS * 4);
-	if (nb > 132 * 8)
-		nb = 132 * 8;
+	unsigned nb = qr_blocks(N);
 	size_t sm = (size_t)QR_WARPS * D * sizeof(float);
 #define QR_FWD(NC)                                                                                              \
 	qknorm_rope_fwd_kernel<NC><<<nb, QR_WARPS * 32, sm, s>>>((bf16 *)out, rstd, (const bf16 *)x, w, cosb, sinb, \
@@ -216,9 +221,7 @@ extern "C" int moe_cuda_qknorm_rope_bwd(bf16_t *dx, float *dw, const bf16_t *dou
 		return moe_error_set(err, MOE_EUNSUPPORTED, "qknorm_rope: %d heads of %d not supported", H, Dh);
 	if (N <= 0)
 		return 0;
-	unsigned nb = moe_cdiv(N, QR_WARPS * 4);
-	if (nb > 132 * 8)
-		nb = 132 * 8;
+	unsigned nb = qr_blocks(N);
 	size_t sm = (size_t)QR_WARPS * D * sizeof(float);
 #define QR_BWD(NC)                                                                                              \
 	qknorm_rope_bwd_kernel<NC><<<nb, QR_WARPS * 32, sm, s>>>((bf16 *)dx, dw, (const bf16 *)dout, (const bf16 *)x, \
