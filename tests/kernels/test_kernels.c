@@ -429,7 +429,26 @@ Test(kernels, gemm)
 	moe_cuda_blas_free(b);
 }
 
-static void grouped_case(int E, int In, int Out, const int *cnt)
+/* One family of grouped GEMM launchers: grouped_gemm.cu's mma.sync kernel
+ * or grouped_wgmma.cu's Hopper kernels (same arguments). */
+typedef int (*grouped_mm_fn)(bf16_t *, const bf16_t *, const bf16_t *, const int32_t *, int, int, int, int,
+			     cudaStream_t, struct moe_error *);
+typedef int (*grouped_wgrad_fn)(float *, const bf16_t *, const bf16_t *, const int32_t *, int, int, int,
+				cudaStream_t, struct moe_error *);
+struct grouped_impl {
+	const char *name;
+	grouped_mm_fn fwd, dgrad;
+	grouped_wgrad_fn wgrad;
+	int extra_rows; /* max_rows above the true count, as the backend may pass */
+};
+static const struct grouped_impl grouped_mma = {"grouped", moe_cuda_grouped_fwd, moe_cuda_grouped_dgrad,
+						 moe_cuda_grouped_wgrad, 0};
+static const struct grouped_impl grouped_wgmma = {"wgmma", moe_cuda_grouped_wgmma_fwd,
+						  moe_cuda_grouped_wgmma_dgrad, moe_cuda_grouped_wgmma_wgrad, 77};
+
+/* The three ops of k on groups of cnt[e] rows against the CPU reference;
+ * cfg (wgmma: the tile configuration in use, 0 otherwise) labels the checks. */
+static void grouped_case(const struct grouped_impl *k, int cfg, int E, int In, int Out, const int *cnt)
 {
 	int32_t *off = malloc((E + 1) * 4);
 	off[0] = 0;
@@ -447,77 +466,15 @@ static void grouped_case(int E, int In, int Out, const int *cnt)
 	bf16_t *go = dmalloc((size_t)M * Out * 2), *gdx = dmalloc((size_t)M * In * 2);
 	float *gdw = up(dw0, (size_t)E * Out * In * 4);
 	int32_t *goff = up(off, (E + 1) * 4);
-	LAUNCH_OK(moe_cuda_grouped_fwd(go, gx, gw, goff, M, E, In, Out, S, &gerr));
-	LAUNCH_OK(moe_cuda_grouped_dgrad(gdx, gdo, gw, goff, M, E, In, Out, S, &gerr));
-	LAUNCH_OK(moe_cuda_grouped_wgrad(gdw, gdo, gx, goff, E, In, Out, S, &gerr));
-	char what[80];
-	snprintf(what, sizeof(what), "grouped fwd E=%d In=%d Out=%d", E, In, Out);
-	CHECK_REL(down_bf(go, (size_t)M * Out), out, (size_t)M * Out, 1e-2, what);
-	snprintf(what, sizeof(what), "grouped dgrad E=%d In=%d Out=%d", E, In, Out);
-	CHECK_REL(down_bf(gdx, (size_t)M * In), dx, (size_t)M * In, 1e-2, what);
-	snprintf(what, sizeof(what), "grouped wgrad E=%d In=%d Out=%d", E, In, Out);
-	CHECK_REL(down(gdw, (size_t)E * Out * In * 4), dw, (size_t)E * Out * In, 1e-4, what);
-}
-
-Test(kernels, grouped_gemm, .timeout = 120)
-{
-	NEED_GPU();
-	rng_seed(12);
-	int c1[6] = {0, 1, 130, 257, 0, 64};
-	grouped_case(6, 128, 256, c1);
-	int c2[5] = {3, 200, 17, 0, 129};
-	grouped_case(5, 72, 40, c2); /* partial tiles in every dimension */
-	int c3[8];
-	for (int e = 0; e < 8; e++)
-		c3[e] = (int)(rng_u64() % 300);
-	grouped_case(8, 768, 1280, c3);
-}
-
-/* grouped_wgmma.cu (Hopper wgmma) against the CPU reference, in each tile
- * configuration: empty experts, one-row experts, row tails, column tiles
- * that end inside a 64-column block, and reductions (In, Out, a group's rows)
- * that are not multiples of the 64-deep k-slice.  Tolerances as for the
- * mma.sync kernel: 1e-2 for bf16 outputs, 1e-4 for the fp32 weight gradients
- * accumulated onto random values.  Skipped unless the device is sm_90. */
-static bool wgmma_device(void)
-{
-	int dev = 0, major = 0, minor = 0;
-	return cudaGetDevice(&dev) == cudaSuccess &&
-	       cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
-	       cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) == cudaSuccess && major == 9 &&
-	       minor == 0;
-}
-
-static void grouped_wgmma_case(int E, int In, int Out, const int *cnt, int cfg)
-{
-	int32_t *off = malloc((E + 1) * 4);
-	off[0] = 0;
-	for (int e = 0; e < E; e++)
-		off[e + 1] = off[e] + cnt[e];
-	int M = off[E];
-	float *x = rand_bf((size_t)M * In, 1.f), *w = rand_bf((size_t)E * Out * In, 1.f);
-	float *dout = rand_bf((size_t)M * Out, 1.f), *dw0 = rand_bf((size_t)E * Out * In, 1.f);
-	float *out = malloc((size_t)M * Out * 4 + 4), *dx = malloc((size_t)M * In * 4 + 4);
-	float *dw = malloc((size_t)E * Out * In * 4);
-	memcpy(dw, dw0, (size_t)E * Out * In * 4);
-	moe_grouped_linear_fwd(out, x, w, off, E, In, Out);
-	moe_grouped_linear_bwd(dx, dw, dout, x, w, off, E, In, Out);
-	bf16_t *gx = up_bf(x, (size_t)M * In), *gw = up_bf(w, (size_t)E * Out * In), *gdo = up_bf(dout, (size_t)M * Out);
-	bf16_t *go = dmalloc((size_t)M * Out * 2), *gdx = dmalloc((size_t)M * In * 2);
-	float *gdw = up(dw0, (size_t)E * Out * In * 4);
-	int32_t *goff = up(off, (E + 1) * 4);
-	moe_cuda_grouped_wgmma_config(cfg);
-	/* max_rows above the true count, as the backend may pass */
-	LAUNCH_OK(moe_cuda_grouped_wgmma_fwd(go, gx, gw, goff, M + 77, E, In, Out, S, &gerr));
-	LAUNCH_OK(moe_cuda_grouped_wgmma_dgrad(gdx, gdo, gw, goff, M + 77, E, In, Out, S, &gerr));
-	LAUNCH_OK(moe_cuda_grouped_wgmma_wgrad(gdw, gdo, gx, goff, E, In, Out, S, &gerr));
-	moe_cuda_grouped_wgmma_config(0);
+	LAUNCH_OK(k->fwd(go, gx, gw, goff, M + k->extra_rows, E, In, Out, S, &gerr));
+	LAUNCH_OK(k->dgrad(gdx, gdo, gw, goff, M + k->extra_rows, E, In, Out, S, &gerr));
+	LAUNCH_OK(k->wgrad(gdw, gdo, gx, goff, E, In, Out, S, &gerr));
 	char what[96];
-	snprintf(what, sizeof(what), "wgmma fwd E=%d In=%d Out=%d config %d", E, In, Out, cfg);
+	snprintf(what, sizeof(what), "%s fwd E=%d In=%d Out=%d config %d", k->name, E, In, Out, cfg);
 	CHECK_REL(down_bf(go, (size_t)M * Out), out, (size_t)M * Out, 1e-2, what);
-	snprintf(what, sizeof(what), "wgmma dgrad E=%d In=%d Out=%d config %d", E, In, Out, cfg);
+	snprintf(what, sizeof(what), "%s dgrad E=%d In=%d Out=%d config %d", k->name, E, In, Out, cfg);
 	CHECK_REL(down_bf(gdx, (size_t)M * In), dx, (size_t)M * In, 1e-2, what);
-	snprintf(what, sizeof(what), "wgmma wgrad E=%d In=%d Out=%d config %d", E, In, Out, cfg);
+	snprintf(what, sizeof(what), "%s wgrad E=%d In=%d Out=%d config %d", k->name, E, In, Out, cfg);
 	CHECK_REL(down(gdw, (size_t)E * Out * In * 4), dw, (size_t)E * Out * In, 1e-4, what);
 	cudaFree(gx);
 	cudaFree(gw);
@@ -536,23 +493,45 @@ static void grouped_wgmma_case(int E, int In, int Out, const int *cnt, int cfg)
 	free(dw);
 }
 
+Test(kernels, grouped_gemm, .timeout = 120)
+{
+	NEED_GPU();
+	rng_seed(12);
+	int c1[6] = {0, 1, 130, 257, 0, 64};
+	grouped_case(&grouped_mma, 0, 6, 128, 256, c1);
+	int c2[5] = {3, 200, 17, 0, 129};
+	grouped_case(&grouped_mma, 0, 5, 72, 40, c2); /* partial tiles in every dimension */
+	int c3[8];
+	for (int e = 0; e < 8; e++)
+		c3[e] = (int)(rng_u64() % 300);
+	grouped_case(&grouped_mma, 0, 8, 768, 1280, c3);
+}
+
+/* grouped_wgmma.cu (Hopper wgmma) against the CPU reference, in each tile
+ * configuration: empty experts, one-row experts, row tails, column tiles
+ * that end inside a 64-column block, and reductions (In, Out, a group's rows)
+ * that are not multiples of the 64-deep k-slice.  Tolerances as for the
+ * mma.sync kernel: 1e-2 for bf16 outputs, 1e-4 for the fp32 weight gradients
+ * accumulated onto random values.  Skipped unless the device is sm_90. */
 Test(kernels, grouped_wgmma, .timeout = 120)
 {
 	NEED_GPU();
-	if (!wgmma_device())
+	if (!moe_cuda_grouped_wgmma_supported())
 		cr_skip_test("not an sm_90 device");
 	rng_seed(13);
 	for (int cfg = 1; cfg <= 4; cfg++) {
+		moe_cuda_grouped_wgmma_config(cfg);
 		int c1[6] = {0, 1, 130, 257, 0, 64};
-		grouped_wgmma_case(6, 128, 256, c1, cfg);
+		grouped_case(&grouped_wgmma, cfg, 6, 128, 256, c1);
 		int c2[5] = {3, 200, 17, 0, 129};
-		grouped_wgmma_case(5, 72, 40, c2, cfg); /* partial tiles in every dimension */
+		grouped_case(&grouped_wgmma, cfg, 5, 72, 40, c2); /* partial tiles in every dimension */
 		int c3[4] = {70, 0, 191, 64};
-		grouped_wgmma_case(4, 200, 328, c3, cfg); /* columns end inside a 64-wide block */
+		grouped_case(&grouped_wgmma, cfg, 4, 200, 328, c3); /* columns end inside a 64-wide block */
 		int c4[8];
 		for (int e = 0; e < 8; e++)
 			c4[e] = e == 2 ? 0 : e == 5 ? 900 : (int)(rng_u64() % 400);
-		grouped_wgmma_case(8, 768, 1280, c4, cfg); /* seed-base gate_up, imbalanced */
-		grouped_wgmma_case(8, 640, 768, c4, cfg);  /* seed-base down */
+		grouped_case(&grouped_wgmma, cfg, 8, 768, 1280, c4); /* seed-base gate_up, imbalanced */
+		grouped_case(&grouped_wgmma, cfg, 8, 640, 768, c4);  /* seed-base down */
 	}
+	moe_cuda_grouped_wgmma_config(0);
 }
