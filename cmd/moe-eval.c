@@ -62,10 +62,7 @@ static const struct option longopts[] = {
 	{ "temperature", required_argument, NULL, OPT_TEMP },
 	{ "top-p", required_argument, NULL, OPT_TOPP },
 	{ "seed", required_argument, NULL, OPT_SEED },
-	{ "quiet", no_argument, NULL, 'q' },
-	{ "verbose", no_argument, NULL, 'v' },
-	{ "help", no_argument, NULL, 'h' },
-	{ "version", no_argument, NULL, 'V' },
+	MOE_TOOL_LONGOPTS,
 	{ NULL, 0, NULL, 0 },
 };
 

@@ -70,10 +70,7 @@ static const struct option longopts[] = {
 	{"max-files", required_argument, NULL, OPT_MAX_FILES},
 	{"retries", required_argument, NULL, OPT_RETRIES},
 	{"verify", no_argument, NULL, OPT_VERIFY},
-	{"quiet", no_argument, NULL, 'q'},
-	{"verbose", no_argument, NULL, 'v'},
-	{"help", no_argument, NULL, 'h'},
-	{"version", no_argument, NULL, 'V'},
+	MOE_TOOL_LONGOPTS,
 	{NULL, 0, NULL, 0},
 };
 

@@ -108,10 +108,7 @@ static const struct option longopts[] = {
 	{"stick", required_argument, NULL, OPT_STICK},
 	{"weights", required_argument, NULL, OPT_WEIGHTS},
 	{"force", no_argument, NULL, 'f'},
-	{"quiet", no_argument, NULL, 'q'},
-	{"verbose", no_argument, NULL, 'v'},
-	{"help", no_argument, NULL, 'h'},
-	{"version", no_argument, NULL, 'V'},
+	MOE_TOOL_LONGOPTS,
 	{NULL, 0, NULL, 0},
 };
 

@@ -73,10 +73,7 @@ static const struct option longopts[] = {
 	{"json", no_argument, NULL, OPT_JSON},
 	{"split", required_argument, NULL, OPT_SPLIT},
 	{"format", required_argument, NULL, OPT_FORMAT},
-	{"quiet", no_argument, NULL, 'q'},
-	{"verbose", no_argument, NULL, 'v'},
-	{"help", no_argument, NULL, 'h'},
-	{"version", no_argument, NULL, 'V'},
+	MOE_TOOL_LONGOPTS,
 	{NULL, 0, NULL, 0},
 };
 

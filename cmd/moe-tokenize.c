@@ -88,10 +88,7 @@ static const struct option long_opts[] = {
 	{"min-frequency", required_argument, NULL, OPT_MIN_FREQ},
 	{"json", no_argument, NULL, OPT_JSON},
 	{"force", no_argument, NULL, 'f'},
-	{"quiet", no_argument, NULL, 'q'},
-	{"verbose", no_argument, NULL, 'v'},
-	{"help", no_argument, NULL, 'h'},
-	{"version", no_argument, NULL, 'V'},
+	MOE_TOOL_LONGOPTS,
 	{NULL, 0, NULL, 0},
 };
 

@@ -85,6 +85,10 @@ void moe_close_stdout(void);
  * (usage(stdout), exit 0) and -V; anything else is a usage error (getopt
  * has named it): "Try 'prog --help'", exit 2. */
 void moe_tool_option(int c, void (*usage)(FILE *fp));
+/* Their long forms, for a tool's struct option table (before the terminator). */
+#define MOE_TOOL_LONGOPTS                                                    \
+	{"quiet", no_argument, NULL, 'q'}, {"verbose", no_argument, NULL, 'v'}, \
+	{"help", no_argument, NULL, 'h'}, {"version", no_argument, NULL, 'V'}
 /* true when colours may be used on fd (a terminal and NO_COLOR unset). */
 bool moe_use_color(int fd);
 /* Refuse binary output to a terminal unless force: dies with a message. */
