@@ -42,6 +42,20 @@ extern "C" int moe_cuda_adamw(float *p, bf16_t *p16, const float *g, float *m, f
 
 #define SQ_BLOCK 65536 /* elements per partial */
 
+/* The sum of a over a block of 256 threads, in a fixed order (thread 0's
+ * result is the total; sh: 256 doubles of shared memory). */
+static __device__ double block_sum256(double a, double *sh)
+{
+	sh[threadIdx.x] = a;
+	__syncthreads();
+	for (int o = 128; o > 0; o >>= 1) {
+		if (threadIdx.x < o)
+			sh[threadIdx.x] += sh[threadIdx.x + o];
+		__syncthreads();
+	}
+	return sh[0];
+}
+
 __global__ void sumsq_partial_kernel(double *part, const float *x, size_t n)
 {
 	__shared__ double sh[256];
@@ -51,15 +65,9 @@ __global__ void sumsq_partial_kernel(double *part, const float *x, size_t n)
 		double v = x[i];
 		a += v * v;
 	}
-	sh[threadIdx.x] = a;
-	__syncthreads();
-	for (int o = 128; o > 0; o >>= 1) {
-		if (threadIdx.x < o)
-			sh[threadIdx.x] += sh[threadIdx.x + o];
-		__syncthreads();
-	}
+	a = block_sum256(a, sh);
 	if (threadIdx.x == 0)
-		part[blockIdx.x] = sh[0];
+		part[blockIdx.x] = a;
 }
 
 __global__ void sumsq_finish_kernel(double *acc, const double *part, int nb)
@@ -68,15 +76,9 @@ __global__ void sumsq_finish_kernel(double *acc, const double *part, int nb)
 	double a = 0;
 	for (int i = threadIdx.x; i < nb; i += 256)
 		a += part[i];
-	sh[threadIdx.x] = a;
-	__syncthreads();
-	for (int o = 128; o > 0; o >>= 1) {
-		if (threadIdx.x < o)
-			sh[threadIdx.x] += sh[threadIdx.x + o];
-		__syncthreads();
-	}
+	a = block_sum256(a, sh);
 	if (threadIdx.x == 0)
-		*acc = sh[0];
+		*acc = a;
 }
 
 extern "C" size_t moe_cuda_sumsq_scratch(size_t n)
