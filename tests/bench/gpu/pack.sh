@@ -8,31 +8,34 @@
 # BUILDDIR: a CUDA build after `make && make check TESTS=` (test binaries
 # built); SHARDS_DIR: e.g. the demo's build/demo-out/data; SHARED: ../shared.
 # Then, on the device: sh tests/bench/gpu/runN.sh (each prints its tables).
+# PACK_OUT names another folder than .devrun (ignored .devrun* folders), so
+# that several people can pack at once.
 set -eu
 cd "$(dirname "$0")/../../.."
 BLD=${1:?usage: pack.sh BUILDDIR SHARDS_DIR [SHARED]}
 SHARDS=${2:?usage: pack.sh BUILDDIR SHARDS_DIR [SHARED]}
 SHARED=${3:-../shared}
-rm -rf .devrun && mkdir -p .devrun/b/cmd .devrun/b/tests/kernels .devrun/b/tests/bench .devrun/b/tests/train \
-	.devrun/lib .devrun/libtest .devrun/pq
-for f in "$BLD"/cmd/moe-*; do case $f in *.o) ;; *) cp "$f" .devrun/b/cmd/ ;; esac; done
-cp "$BLD"/tests/kernels/test_kernels "$BLD"/tests/kernels/test_backend .devrun/b/tests/kernels/
-cp "$BLD"/tests/bench/bench_cuda "$BLD"/tests/bench/bench_kernels .devrun/b/tests/bench/
-[ -x "$BLD"/tests/bench/bench_parquet ] && cp "$BLD"/tests/bench/bench_parquet .devrun/b/tests/bench/
-cp "$BLD"/tests/train/mkdata .devrun/b/tests/train/
-strip .devrun/b/cmd/* .devrun/b/tests/*/* 2>/dev/null || true
+O=${PACK_OUT:-.devrun}
+rm -rf "$O" && mkdir -p "$O"/b/cmd "$O"/b/tests/kernels "$O"/b/tests/bench "$O"/b/tests/train \
+	"$O"/lib "$O"/libtest "$O"/pq
+for f in "$BLD"/cmd/moe-*; do case $f in *.o) ;; *) cp "$f" "$O"/b/cmd/ ;; esac; done
+cp "$BLD"/tests/kernels/test_kernels "$BLD"/tests/kernels/test_backend "$O"/b/tests/kernels/
+cp "$BLD"/tests/bench/bench_cuda "$BLD"/tests/bench/bench_kernels "$O"/b/tests/bench/
+[ -x "$BLD"/tests/bench/bench_parquet ] && cp "$BLD"/tests/bench/bench_parquet "$O"/b/tests/bench/
+cp "$BLD"/tests/train/mkdata "$O"/b/tests/train/
+strip "$O"/b/cmd/* "$O"/b/tests/*/* 2>/dev/null || true
 # libraries the GPU machine lacks, from this machine (its glibc is newer)
 for l in libjansson.so.4 libsnappy.so.1 libutf8proc.so.2 libgomp.so.1; do
-	cp -L "$(ldconfig -p | sed -n "s/.*$l .*=> //p" | head -1)" .devrun/lib/
+	cp -L "$(ldconfig -p | sed -n "s/.*$l .*=> //p" | head -1)" "$O"/lib/
 done
 for l in $(ldd "$BLD"/tests/kernels/test_kernels | awk '/=>/{print $3}'); do
 	case $l in
 	*libc.so* | *libm.so* | *libstdc++* | *libgcc_s* | *libpthread* | *libdl.so* | *librt.so* | */cuda/*) ;;
 	*libjansson* | *libsnappy* | *libutf8proc* | *libgomp*) ;;
-	*) cp -L "$l" .devrun/libtest/ ;;
+	*) cp -L "$l" "$O"/libtest/ ;;
 	esac
 done
-cp -r "$SHARDS" .devrun/shards
-cp "$SHARED"/bench/torch_ref.py .devrun/
-cp "$SHARED"/data/parquet/fineweb-shaped/sotu-snappy-v1.parquet .devrun/pq/
-du -sh .devrun
+cp -r "$SHARDS" "$O"/shards
+cp "$SHARED"/bench/torch_ref.py "$O"/
+cp "$SHARED"/data/parquet/fineweb-shaped/sotu-snappy-v1.parquet "$O"/pq/
+du -sh "$O"
