@@ -2,42 +2,112 @@
  * state) that also refreshes the bf16 compute copy, sum of squares in double
  * with a fixed reduction order, scaling, dtype conversions, bf16 add. */
 #include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "cuda_common.h"
 #include "kernels.h"
 
-__global__ void adamw_kernel(float *p, bf16 *p16, const float *g, float *m, float *v, size_t n, float lr,
-			     float b1, float b2, float eps, float decay, float step, float sbc2)
+/* The AdamW constants of one call; the gradient is g * gs (clip factor). */
+struct adamw_hp {
+	float b1, b2, eps, decay, step, sbc2, gs;
+};
+
+static __device__ __forceinline__ float adamw_one(float p, float g, float &m, float &v, const adamw_hp &h)
+{
+	g *= h.gs;
+	m = h.b1 * m + (1.f - h.b1) * g;
+	v = h.b2 * v + (1.f - h.b2) * g * g;
+	return p * h.decay - h.step * m / (sqrtf(v) / h.sbc2 + h.eps);
+}
+
+/* one element per thread and step (any alignment) */
+__global__ void adamw_kernel(float *p, bf16 *p16, const float *g, float *m, float *v, size_t n, adamw_hp h)
 {
 	for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
 	     i += (size_t)gridDim.x * blockDim.x) {
-		float gi = g[i];
-		float mi = b1 * m[i] + (1.f - b1) * gi;
-		float vi = b2 * v[i] + (1.f - b2) * gi * gi;
+		float mi = m[i], vi = v[i];
+		float pi = adamw_one(p[i], g[i], mi, vi, h);
 		m[i] = mi;
 		v[i] = vi;
-		float pi = p[i] * decay - step * mi / (sqrtf(vi) / sbc2 + eps);
 		p[i] = pi;
 		if (p16)
 			p16[i] = f2bf(pi);
 	}
 }
 
-extern "C" int moe_cuda_adamw(float *p, bf16_t *p16, const float *g, float *m, float *v, size_t n, float lr,
-			      float beta1, float beta2, float eps, float weight_decay, int64_t t,
+/* four elements per thread and step: 16-byte loads and stores of p, g, m, v
+ * and 8-byte stores of p16, all aligned (checked by the launcher); the
+ * gradient is read once, so it is loaded with the evict-first hint. */
+__global__ void adamw4_kernel(float4 *p, uint2 *p16, const float4 *g, float4 *m, float4 *v, size_t n4, adamw_hp h)
+{
+	for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n4;
+	     i += (size_t)gridDim.x * blockDim.x) {
+		float4 pi = p[i], gi = __ldcs(g + i), mi = m[i], vi = v[i];
+		pi.x = adamw_one(pi.x, gi.x, mi.x, vi.x, h);
+		pi.y = adamw_one(pi.y, gi.y, mi.y, vi.y, h);
+		pi.z = adamw_one(pi.z, gi.z, mi.z, vi.z, h);
+		pi.w = adamw_one(pi.w, gi.w, mi.w, vi.w, h);
+		m[i] = mi;
+		v[i] = vi;
+		p[i] = pi;
+		if (p16) {
+			__nv_bfloat162 lo = __floats2bfloat162_rn(pi.x, pi.y), hi = __floats2bfloat162_rn(pi.z, pi.w);
+			p16[i] = make_uint2(*(unsigned *)&lo, *(unsigned *)&hi);
+		}
+	}
+}
+
+static int adamw_vector = -1; /* MOE_CUDA_ADAMW=scalar: the one-element kernel only (comparisons) */
+
+static unsigned adamw_blocks(size_t n)
+{
+	unsigned b = moe_cdiv(n ? n : 1, 256);
+	return b > 132 * 8 ? 132 * 8 : b;
+}
+
+extern "C" int moe_cuda_adamw(float *p, bf16_t *p16, const float *g, float gscale, float *m, float *v, size_t n,
+			      float lr, float beta1, float beta2, float eps, float weight_decay, int64_t t,
 			      cudaStream_t s, struct moe_error *err)
 {
 	if (n == 0)
 		return 0;
+	if (adamw_vector < 0) {
+		const char *e = getenv("MOE_CUDA_ADAMW");
+		adamw_vector = !(e && !strcmp(e, "scalar"));
+	}
 	double bc1 = 1.0 - pow((double)beta1, (double)t);
 	double bc2 = 1.0 - pow((double)beta2, (double)t);
-	unsigned blocks = moe_cdiv(n, 256);
-	if (blocks > 132 * 16)
-		blocks = 132 * 16;
-	adamw_kernel<<<blocks, 256, 0, s>>>(p, (bf16 *)p16, g, m, v, n, lr, beta1, beta2, eps,
-					    1.0f - lr * weight_decay, (float)((double)lr / bc1),
-					    (float)sqrt(bc2));
-	return CUDA_LAUNCHED(err);
+	adamw_hp h = {beta1, beta2, eps, 1.0f - lr * weight_decay, (float)((double)lr / bc1), (float)sqrt(bc2), gscale};
+	bf16 *q = (bf16 *)p16;
+	/* elements before p reaches a 16-byte boundary; the vector kernel needs
+	 * g, m, v at 16 and p16 at 8 bytes from there on */
+	size_t head = (((uintptr_t)p & 15) ? (16 - ((uintptr_t)p & 15)) / 4 : 0);
+	bool vec = adamw_vector && ((uintptr_t)p & 3) == 0 && head < n && ((uintptr_t)(g + head) & 15) == 0 &&
+		   ((uintptr_t)(m + head) & 15) == 0 && ((uintptr_t)(v + head) & 15) == 0 &&
+		   (!q || ((uintptr_t)(q + head) & 7) == 0);
+	if (!vec) {
+		adamw_kernel<<<adamw_blocks(n), 256, 0, s>>>(p, q, g, m, v, n, h);
+		return CUDA_LAUNCHED(err);
+	}
+	size_t n4 = (n - head) / 4, tail = head + 4 * n4;
+	int rc;
+	if (head) {
+		adamw_kernel<<<1, 32, 0, s>>>(p, q, g, m, v, head, h);
+		if ((rc = CUDA_LAUNCHED(err)) != 0)
+			return rc;
+	}
+	adamw4_kernel<<<adamw_blocks(n4), 256, 0, s>>>((float4 *)(p + head), q ? (uint2 *)(q + head) : NULL,
+						       (const float4 *)(g + head), (float4 *)(m + head),
+						       (float4 *)(v + head), n4, h);
+	if ((rc = CUDA_LAUNCHED(err)) != 0)
+		return rc;
+	if (tail < n) {
+		adamw_kernel<<<1, 32, 0, s>>>(p + tail, q ? q + tail : NULL, g + tail, m + tail, v + tail, n - tail, h);
+		rc = CUDA_LAUNCHED(err);
+	}
+	return rc;
 }
 
 #define SQ_BLOCK 65536 /* elements per partial */

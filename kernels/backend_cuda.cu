@@ -1127,13 +1127,13 @@ static void o_scale_act(struct moe_backend *be, void *x, size_t n, float a)
 	PROF_END(c);
 }
 
-static void o_adamw(struct moe_backend *be, float *p, const float *g, float *m, float *v, size_t n, float lr,
-		    float beta1, float beta2, float eps, float weight_decay, int64_t t)
+static void o_adamw(struct moe_backend *be, float *p, const float *g, float gscale, float *m, float *v, size_t n,
+		    float lr, float beta1, float beta2, float eps, float weight_decay, int64_t t)
 {
 	struct cuda_ctx *c = CTX(be);
 	bf16_t *p16 = (p >= c->p32 && p < c->p32 + c->n) ? c->p16 + (p - c->p32) : NULL;
 	PROF(c, "adamw");
-	RUN(c, moe_cuda_adamw(p, p16, g, m, v, n, lr, beta1, beta2, eps, weight_decay, t, c->s, &c->err));
+	RUN(c, moe_cuda_adamw(p, p16, g, gscale, m, v, n, lr, beta1, beta2, eps, weight_decay, t, c->s, &c->err));
 	PROF_END(c);
 }
 

@@ -295,10 +295,10 @@ static void c_scale_act(struct moe_backend *be, void *x, size_t n, float a)
 {
 	c_scale(be, F(x), n, a);
 }
-static void c_adamw(struct moe_backend *be, float *p, const float *g, float *m, float *v, size_t n, float lr, float beta1, float beta2, float eps, float weight_decay, int64_t t)
+static void c_adamw(struct moe_backend *be, float *p, const float *g, float gscale, float *m, float *v, size_t n, float lr, float beta1, float beta2, float eps, float weight_decay, int64_t t)
 {
 	(void)be;
-	moe_adamw_step(p, g, m, v, n, lr, beta1, beta2, eps, weight_decay, t);
+	moe_adamw_step(p, g, gscale, m, v, n, lr, beta1, beta2, eps, weight_decay, t);
 }
 
 struct moe_backend *moe_backend_cpu(void)

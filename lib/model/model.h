@@ -303,7 +303,9 @@ struct moe_backend {
 	void (*scale)(struct moe_backend *be, float *x, size_t n, float s);
 	void (*axpy)(struct moe_backend *be, float *y, const float *x, size_t n, float a); /* y += a x */
 	void (*scale_act)(struct moe_backend *be, void *x, size_t n, float a);          /* ACT x *= a */
-	void (*adamw)(struct moe_backend *be, float *p, const float *g, float *m, float *v, size_t n, float lr, float beta1, float beta2, float eps, float weight_decay, int64_t t);
+	/* AdamW on one span; the step uses the gradient g * gscale (the clip
+	 * factor: g itself is not changed) */
+	void (*adamw)(struct moe_backend *be, float *p, const float *g, float gscale, float *m, float *v, size_t n, float lr, float beta1, float beta2, float eps, float weight_decay, int64_t t);
 };
 
 /* The CPU backend (fp32, OpenMP).  NULL on ENOMEM.  Free with be->destroy(be). */

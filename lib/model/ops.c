@@ -795,8 +795,8 @@ double moe_zloss_fwd_bwd(float *dlogits, const float *logits, int N, int E, floa
 
 /* ---- optimizer helpers ------------------------------------------------------ */
 
-void moe_adamw_step(float *p, const float *g, float *m, float *v, size_t n, float lr, float beta1,
-		    float beta2, float eps, float weight_decay, int64_t t)
+void moe_adamw_step(float *p, const float *g, float gscale, float *m, float *v, size_t n, float lr,
+		    float beta1, float beta2, float eps, float weight_decay, int64_t t)
 {
 	/* torch.optim.AdamW: p *= 1 - lr*wd; p -= lr/bc1 * m / (sqrt(v)/sqrt(bc2) + eps) */
 	double bc1 = 1.0 - pow((double)beta1, (double)t);
@@ -806,7 +806,7 @@ void moe_adamw_step(float *p, const float *g, float *m, float *v, size_t n, floa
 	float decay = 1.0f - lr * weight_decay;
 #pragma omp parallel for simd schedule(static) if (n > 65536)
 	for (size_t i = 0; i < n; i++) {
-		float gi = g[i];
+		float gi = g[i] * gscale;
 		m[i] = beta1 * m[i] + (1.0f - beta1) * gi;
 		v[i] = beta2 * v[i] + (1.0f - beta2) * gi * gi;
 		p[i] = p[i] * decay - step * m[i] / (sqrtf(v[i]) / sbc2 + eps);

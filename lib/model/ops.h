@@ -102,9 +102,10 @@ double moe_xent_fwd_bwd(float *dlogits /* (N, V) */, const float *logits /* (N, 
 double moe_zloss_fwd_bwd(float *dlogits /* (N, E) */, const float *logits /* (N, E) */, int N,
 			 int E, float scale);
 
-/* AdamW (decoupled weight decay), fp32 state, one tensor. t is the 1-based step. */
-void moe_adamw_step(float *p, const float *g, float *m, float *v, size_t n, float lr, float beta1,
-		    float beta2, float eps, float weight_decay, int64_t t);
+/* AdamW (decoupled weight decay), fp32 state, one tensor, on the gradient
+ * g * gscale (a clip factor; g is not changed). t is the 1-based step. */
+void moe_adamw_step(float *p, const float *g, float gscale, float *m, float *v, size_t n, float lr,
+		    float beta1, float beta2, float eps, float weight_decay, int64_t t);
 
 /* Sum of squares (double accumulation). */
 double moe_sumsq(const float *x, size_t n);

@@ -24,6 +24,7 @@ int moe_optim_init(struct moe_optim *o, struct moe_model *m, const struct moe_op
 		   struct moe_error *err)
 {
 	memset(o, 0, sizeof *o);
+	o->gscale[0] = o->gscale[1] = 1.0f;
 	o->model = m;
 	o->opts = *opts;
 	o->n = moe_model_num_params(m);
@@ -113,17 +114,6 @@ static double clip_coef(double max_norm, double norm)
 	return c < 1.0 ? c : 1.0;
 }
 
-static void scale_group(struct moe_optim *o, int group, float f)
-{
-	struct moe_backend *be = moe_model_backend(o->model);
-	for (size_t i = 0; i < o->n_spans; i++) {
-		const struct moe_optim_span *sp = &o->spans[i];
-		if (group >= 0 && (int)sp->expert != group)
-			continue;
-		be->scale(be, be->grad(be, sp->offset), sp->n, f);
-	}
-}
-
 void moe_optim_clip(struct moe_optim *o, struct moe_clip_stats *cs)
 {
 	double ne, no;
@@ -139,18 +129,16 @@ void moe_optim_clip(struct moe_optim *o, struct moe_clip_stats *cs)
 		break;
 	case MOE_CLIP_GLOBAL:
 		cs->coef_expert = cs->coef_other = clip_coef(o->opts.clip, cs->norm);
-		if (cs->coef_other < 1.0)
-			scale_group(o, -1, (float)cs->coef_other);
 		break;
 	case MOE_CLIP_EXPERT:
 		cs->coef_other = clip_coef(o->opts.clip, no);
 		cs->coef_expert = clip_coef(max_e, ne);
-		if (cs->coef_other < 1.0)
-			scale_group(o, 0, (float)cs->coef_other);
-		if (cs->coef_expert < 1.0)
-			scale_group(o, 1, (float)cs->coef_expert);
 		break;
 	}
+	/* applied by the next step as AdamW reads each gradient: no pass over
+	 * the gradients here (they keep their unclipped values) */
+	o->gscale[0] = (float)cs->coef_other;
+	o->gscale[1] = (float)cs->coef_expert;
 }
 
 void moe_optim_step(struct moe_optim *o, double lr)
@@ -160,9 +148,10 @@ void moe_optim_step(struct moe_optim *o, double lr)
 	for (size_t i = 0; i < o->n_spans; i++) {
 		const struct moe_optim_span *sp = &o->spans[i];
 		float wd = sp->decay ? (float)o->opts.weight_decay : 0.0f;
-		be->adamw(be, be->master(be, sp->offset), be->grad(be, sp->offset), o->m + sp->offset,
-			  o->v + sp->offset, sp->n, (float)lr, (float)o->opts.beta1,
+		be->adamw(be, be->master(be, sp->offset), be->grad(be, sp->offset), o->gscale[sp->expert ? 1 : 0],
+			  o->m + sp->offset, o->v + sp->offset, sp->n, (float)lr, (float)o->opts.beta1,
 			  (float)o->opts.beta2, (float)o->opts.eps, wd, o->t);
 	}
+	o->gscale[0] = o->gscale[1] = 1.0f;
 	moe_model_params_updated(o->model);
 }

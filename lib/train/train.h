@@ -144,6 +144,8 @@ struct moe_optim {
 	struct moe_optim_span *spans; /* owned */
 	double *ss;                   /* (n_spans) sums of squares, scratch */
 	size_t n_spans;
+	float gscale[2];              /* clip factors of the other [0] and expert [1] groups
+					 for the next step (set by moe_optim_clip) */
 };
 
 struct moe_clip_stats {
@@ -162,12 +164,15 @@ int moe_optim_init(struct moe_optim *o, struct moe_model *m, const struct moe_op
 void moe_optim_release(struct moe_optim *o);
 /* Gradient norms of the two groups (no change to the gradients). */
 void moe_optim_grad_norms(struct moe_optim *o, double *expert, double *other);
-/* Clip the gradients as opts say (torch clip_grad_norm_: factor
- * max / (norm + 1e-6) when below 1) and report the norms. */
+/* Clip as opts say (torch clip_grad_norm_: factor max / (norm + 1e-6) when
+ * below 1) and report the norms and factors.  The factors are applied by the
+ * next moe_optim_step as it reads each gradient: the gradient buffers keep
+ * their unclipped values (no extra pass over them). */
 void moe_optim_clip(struct moe_optim *o, struct moe_clip_stats *cs);
 /* One AdamW update of every trained tensor with learning rate lr
- * (t += 1 first; bias correction uses t), then refresh the backend's
- * compute copy of the parameters. */
+ * (t += 1 first; bias correction uses t) on the gradients times the clip
+ * factors of the last moe_optim_clip (then reset to 1), then refresh the
+ * backend's compute copy of the parameters. */
 void moe_optim_step(struct moe_optim *o, double lr);
 
 /* ---- backends, FLOPs ----------------------------------------------------- */

@@ -380,26 +380,54 @@ static void xent_case(int N, int V, int ign)
 	CHECK_REL(down_bf(gl, (size_t)N * V), d, (size_t)N * V, 1e-2, "xent dlogits (in place)");
 }
 
+/* AdamW with a clip factor on n elements starting `off` floats into
+ * 16-byte-aligned buffers (off % 4 != 0 exercises the scalar head and
+ * tail around the vector body), with and without the bf16 copy. */
+static void adamw_case(size_t n, size_t off, float gscale, bool with16)
+{
+	float *p = rand_bf(n, 1.f), *g = rand_bf(n, 1.f), *m = rand_bf(n, 0.1f), *v = rand_bf(n, 0.1f);
+	for (size_t i = 0; i < n; i++)
+		v[i] = fabsf(v[i]);
+	float *gp = dmalloc((n + off) * 4), *gg = dmalloc((n + off) * 4), *gm = dmalloc((n + off) * 4),
+	      *gv = dmalloc((n + off) * 4);
+	bf16_t *g16 = dmalloc((n + off) * 2);
+	cudaMemcpy(gp + off, p, n * 4, cudaMemcpyHostToDevice);
+	cudaMemcpy(gg + off, g, n * 4, cudaMemcpyHostToDevice);
+	cudaMemcpy(gm + off, m, n * 4, cudaMemcpyHostToDevice);
+	cudaMemcpy(gv + off, v, n * 4, cudaMemcpyHostToDevice);
+	moe_adamw_step(p, g, gscale, m, v, n, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, 7);
+	LAUNCH_OK(moe_cuda_adamw(gp + off, with16 ? g16 + off : NULL, gg + off, gscale, gm + off, gv + off, n, 1e-3f,
+				 0.9f, 0.95f, 1e-8f, 0.1f, 7, S, &gerr));
+	char what[80];
+	snprintf(what, sizeof what, "adamw n=%zu off=%zu gscale=%g p", n, off, gscale);
+	CHECK_REL(down(gp + off, n * 4), p, n, 1e-6, what);
+	snprintf(what, sizeof what, "adamw n=%zu off=%zu m", n, off);
+	CHECK_REL(down(gm + off, n * 4), m, n, 1e-6, what);
+	snprintf(what, sizeof what, "adamw n=%zu off=%zu v", n, off);
+	CHECK_REL(down(gv + off, n * 4), v, n, 1e-6, what);
+	/* the gradient itself is not scaled */
+	CHECK_REL(down(gg + off, n * 4), g, n, 0, "adamw g unchanged");
+	if (with16) {
+		snprintf(what, sizeof what, "adamw n=%zu off=%zu bf16 copy", n, off);
+		CHECK_REL(down_bf(g16 + off, n), p, n, 5e-3, what);
+	}
+}
+
 Test(kernels, adamw_sumsq)
 {
 	NEED_GPU();
 	rng_seed(10);
+	adamw_case(300001, 0, 1.0f, true);
+	adamw_case(300001, 1, 0.37f, true);
+	adamw_case(1027, 3, 0.5f, false);
+	adamw_case(3, 2, 1.0f, true);   /* shorter than the head: scalar only */
+	adamw_case(9, 2, 0.9f, true);   /* a head of 2, one vector, a tail of 3 */
 	size_t n = 300001;
-	float *p = rand_bf(n, 1.f), *g = rand_bf(n, 1.f), *m = rand_bf(n, 0.1f), *v = rand_bf(n, 0.1f);
-	for (size_t i = 0; i < n; i++)
-		v[i] = fabsf(v[i]);
-	float *gp = up(p, n * 4), *gg = up(g, n * 4), *gm = up(m, n * 4), *gv = up(v, n * 4);
-	bf16_t *g16 = dmalloc(n * 2);
-	moe_adamw_step(p, g, m, v, n, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, 7);
+	float *g = rand_bf(n, 1.f), *gg = up(g, n * 4);
 	double ss = moe_sumsq(g, n);
-	LAUNCH_OK(moe_cuda_adamw(gp, g16, gg, gm, gv, n, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, 7, S, &gerr));
 	double *acc = dmalloc(8);
 	void *sc = dmalloc(moe_cuda_sumsq_scratch(n));
 	LAUNCH_OK(moe_cuda_sumsq(acc, sc, gg, n, S, &gerr));
-	CHECK_REL(down(gp, n * 4), p, n, 1e-6, "adamw p");
-	CHECK_REL(down(gm, n * 4), m, n, 1e-6, "adamw m");
-	CHECK_REL(down(gv, n * 4), v, n, 1e-6, "adamw v");
-	CHECK_REL(down_bf(g16, n), p, n, 5e-3, "adamw bf16 copy");
 	double *h = down(acc, 8);
 	cr_expect(fabs(*h - ss) <= 1e-9 * ss, "sumsq %.10g vs %.10g", *h, ss);
 }

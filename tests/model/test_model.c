@@ -676,7 +676,7 @@ Test(train, adamw_lowers_the_loss)
 		moe_model_zero_grad(m);
 		cr_assert_eq(moe_model_forward(m, tok, tok + 1, 1, 33, &o, &L, &err), 0, "%s", err.msg);
 		cr_assert_eq(moe_model_backward(m, 1.0f, &err), 0, "%s", err.msg);
-		moe_adamw_step(moe_model_params_host(m), moe_model_grads_host(m), mo, vo, n, 3e-3f, 0.9f,
+		moe_adamw_step(moe_model_params_host(m), moe_model_grads_host(m), 1.0f, mo, vo, n, 3e-3f, 0.9f,
 			       0.999f, 1e-8f, 0.0f, step);
 		memcpy(counts, moe_model_expert_counts(m), sizeof(counts));
 		moe_model_update_bias(m, counts, 0.001f, &err);

@@ -124,19 +124,43 @@ static void fill_groups(struct moe_model *m, float ge, float go)
 			g[i] = tab[k].is_expert ? ge : go;
 }
 
+/* The update moe_optim_step makes from the current gradients, as
+ * parameter deltas (the parameters are restored afterwards). */
+static void step_delta(struct moe_model *m, struct moe_optim *o, double *d)
+{
+	size_t n = moe_model_num_params(m);
+	float *p = moe_model_params_host(m);
+	float *p0 = malloc(n * sizeof *p0);
+	memcpy(p0, p, n * sizeof *p0);
+	moe_optim_step(o, 1e-2);
+	for (size_t i = 0; i < n; i++) {
+		d[i] = (double)p[i] - p0[i];
+		p[i] = p0[i];
+	}
+	moe_model_params_updated(m);
+	free(p0);
+}
+
 Test(optim, clip_groups)
 {
 	struct moe_model *m = micro_model();
 	struct moe_error err = { 0 };
-	struct moe_optim o;
-	struct moe_optim_opts oo = { .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8, .clip = 1.0,
+	struct moe_optim o, ref;
+	/* eps comparable to the gradients, so that the first Adam step depends on
+	 * their scale (with a tiny eps it is lr * sign(g) whatever the clip) */
+	struct moe_optim_opts oo = { .beta1 = 0.9, .beta2 = 0.999, .eps = 0.1, .clip = 1.0,
 				     .clip_expert = 0.5, .clip_groups = MOE_CLIP_EXPERT };
 	cr_assert_eq(moe_optim_init(&o, m, &oo, &err), 0, "%s", err.msg);
+	/* the reference: no clipping, applied to gradients scaled by hand */
+	struct moe_optim_opts on = oo;
+	on.clip_groups = MOE_CLIP_NONE;
+	cr_assert_eq(moe_optim_init(&ref, m, &on, &err), 0, "%s", err.msg);
 	/* names containing "expert" form the expert group (routed and shared) */
-	size_t np;
+	size_t np, n = moe_model_num_params(m);
 	const struct moe_param *tab = moe_model_params(m, &np);
 	for (size_t k = 0; k < np; k++)
 		cr_assert_eq(tab[k].is_expert, strstr(tab[k].name, "expert") != NULL, "%s", tab[k].name);
+	double *d = malloc(n * sizeof *d), *dref = malloc(n * sizeof *dref);
 
 	fill_groups(m, 0.3f, 0.01f);
 	double ne0, no0, ne, no;
@@ -146,31 +170,44 @@ Test(optim, clip_groups)
 	cr_assert(fabs(cs.norm_expert - ne0) < 1e-6 * ne0);
 	cr_assert(fabs(cs.norm_other - no0) < 1e-6 * no0);
 	cr_assert(fabs(cs.norm - hypot(ne0, no0)) < 1e-6 * cs.norm);
-	group_norms(m, &ne, &no);
 	/* each group separately: expert to 0.5 (it was larger), the rest as is if below 1 */
-	double want_e = ne0 > 0.5 ? 0.5 * ne0 / (ne0 + 1e-6) : ne0;
-	double want_o = no0 > 1.0 ? 1.0 * no0 / (no0 + 1e-6) : no0;
-	cr_assert(fabs(ne - want_e) < 1e-5 * want_e, "expert norm %g want %g", ne, want_e);
-	cr_assert(fabs(no - want_o) < 1e-5 * want_o, "other norm %g want %g", no, want_o);
+	double want_e = ne0 > 0.5 ? 0.5 / (ne0 + 1e-6) : 1.0;
+	double want_o = no0 > 1.0 ? 1.0 / (no0 + 1e-6) : 1.0;
+	cr_assert(ne0 > 0.5 && no0 < 1.0, "the fill makes only the expert group clip (%g, %g)", ne0, no0);
+	cr_assert(fabs(cs.coef_expert - want_e) < 1e-6 * want_e, "expert factor %g want %g", cs.coef_expert, want_e);
+	cr_assert(fabs(cs.coef_other - want_o) < 1e-6 * want_o, "other factor %g want %g", cs.coef_other, want_o);
+	/* the gradients are left as they were: the step applies the factors */
+	group_norms(m, &ne, &no);
+	cr_assert(ne == ne0 && no == no0);
+	step_delta(m, &o, d);
+	fill_groups(m, (float)(0.3f * (float)cs.coef_expert), (float)(0.01f * (float)cs.coef_other));
+	step_delta(m, &ref, dref);
+	for (size_t i = 0; i < n; i++)
+		cr_assert(fabs(d[i] - dref[i]) <= 1e-9 + 1e-5 * fabs(dref[i]), "delta[%zu] %.9g vs %.9g", i, d[i],
+			  dref[i]);
+	/* the factors hold for one step only */
+	cr_assert(o.gscale[0] == 1.0f && o.gscale[1] == 1.0f);
 
 	/* one global group: both scaled by the same factor */
 	o.opts.clip_groups = MOE_CLIP_GLOBAL;
 	fill_groups(m, 0.3f, 0.2f);
 	group_norms(m, &ne0, &no0);
 	moe_optim_clip(&o, &cs);
-	group_norms(m, &ne, &no);
 	double tot = hypot(ne0, no0), c = tot > 1.0 ? 1.0 / (tot + 1e-6) : 1.0;
-	cr_assert(fabs(ne - c * ne0) < 1e-5 * ne0 && fabs(no - c * no0) < 1e-5 * no0);
-	cr_assert(fabs(hypot(ne, no) - fmin(tot, 1.0)) < 1e-5);
+	cr_assert(tot > 1.0);
+	cr_assert(fabs(cs.coef_expert - c) < 1e-6 * c && fabs(cs.coef_other - c) < 1e-6 * c, "%g %g want %g",
+		  cs.coef_expert, cs.coef_other, c);
+	cr_assert(fabs(hypot(c * ne0, c * no0) - 1.0) < 1e-5);
 
-	/* none: untouched */
+	/* none: factors 1 */
 	o.opts.clip_groups = MOE_CLIP_NONE;
 	fill_groups(m, 3.0f, 2.0f);
-	group_norms(m, &ne0, &no0);
 	moe_optim_clip(&o, &cs);
-	group_norms(m, &ne, &no);
-	cr_assert_eq(ne, ne0);
-	cr_assert_eq(no, no0);
+	cr_assert(cs.coef_expert == 1.0 && cs.coef_other == 1.0);
+	cr_assert(o.gscale[0] == 1.0f && o.gscale[1] == 1.0f);
+	free(d);
+	free(dref);
+	moe_optim_release(&ref);
 	moe_optim_release(&o);
 	moe_model_free(m);
 }
