@@ -313,14 +313,18 @@ static void b_zero(struct moe_backend *be, void *p, size_t n, enum moe_buf_kind 
 {
 	struct cuda_ctx *c = CTX(be);
 	mark_stale(c, p, n * elt(kind));
+	PROF(c, "zero (memset)");
 	RUN(c, CUDA_OK(cudaMemsetAsync(p, 0, n * elt(kind), c->s), &c->err));
+	PROF_END(c);
 }
 
 static void b_copy(struct moe_backend *be, void *dst, const void *src, size_t n, enum moe_buf_kind kind)
 {
 	struct cuda_ctx *c = CTX(be);
 	mark_stale(c, dst, n * elt(kind));
+	PROF(c, "copy (memcpy)");
 	RUN(c, CUDA_OK(cudaMemcpyAsync(dst, src, n * elt(kind), cudaMemcpyDeviceToDevice, c->s), &c->err));
+	PROF_END(c);
 }
 
 static float bf_to_f(uint16_t h)

@@ -9,8 +9,10 @@
  * counted as torch_ref counts them, MFU, peak GiB), then, with -p, the
  * per-op time breakdown of one profiled step.
  *
- *   bench_cuda [-m PRESET.json] [-B 16] [-T 2048] [-n STEPS] [-w WARMUP] [-p] [-R]
- * -R: full activation recompute (moe-train --recompute full).
+ *   bench_cuda [-m PRESET.json] [-B 16] [-T 2048] [-n STEPS] [-w WARMUP] [-p] [-R] [-c CLIP]
+ * -R: full activation recompute (moe-train --recompute full); -c: the
+ * clip norm of both groups (default 1.0 as torch_ref; a small one makes
+ * every step clip).
  */
 #include <cuda_runtime_api.h>
 #include <getopt.h>
@@ -48,8 +50,9 @@ int main(int argc, char **argv)
 {
 	const char *model = "share/models/seed-base.json";
 	int B = 16, T = 2048, steps = 8, warm = 3, prof = 0, full = 0, c;
+	double clip = 1.0;
 	struct moe_error err = {0};
-	while ((c = getopt(argc, argv, "m:B:T:n:w:pR")) != -1) {
+	while ((c = getopt(argc, argv, "m:B:T:n:w:pRc:")) != -1) {
 		switch (c) {
 		case 'm': model = optarg; break;
 		case 'B': B = atoi(optarg); break;
@@ -58,8 +61,9 @@ int main(int argc, char **argv)
 		case 'w': warm = atoi(optarg); break;
 		case 'p': prof = 1; break;
 		case 'R': full = 1; break;
+		case 'c': clip = atof(optarg); break;
 		default:
-			fprintf(stderr, "usage: bench_cuda [-m MODEL] [-B N] [-T N] [-n STEPS] [-w WARMUP] [-p] [-R]\n");
+			fprintf(stderr, "usage: bench_cuda [-m MODEL] [-B N] [-T N] [-n STEPS] [-w WARMUP] [-p] [-R] [-c CLIP]\n");
 			return 2;
 		}
 	}
@@ -81,7 +85,7 @@ int main(int argc, char **argv)
 	/* the seed's optimizer settings (torch_ref: AdamW lr 7.5e-4, clip 1.0) */
 	struct moe_optim opt;
 	struct moe_optim_opts oo = {.beta1 = 0.9, .beta2 = 0.95, .eps = 1e-8, .weight_decay = 0.1,
-				    .decay = MOE_DECAY_ALL, .clip_groups = MOE_CLIP_EXPERT, .clip = 1.0,
+				    .decay = MOE_DECAY_ALL, .clip_groups = MOE_CLIP_EXPERT, .clip = clip,
 				    .clip_expert = -1};
 	if (moe_optim_init(&opt, m, &oo, &err) < 0) {
 		fprintf(stderr, "bench_cuda: %s\n", err.msg);
@@ -117,7 +121,8 @@ int main(int argc, char **argv)
 		if (be->sync(be, &err) < 0)
 			break;
 		ms[s] = (moe_now() - t0) * 1e3;
-		fprintf(stderr, "step %d: %.1f ms loss %.4f (ce %.4f aux %.4f)\n", s, ms[s], ls.total, ls.ce, ls.aux);
+		fprintf(stderr, "step %d: %.1f ms loss %.4f (ce %.4f aux %.4f) clip factors %.3g %.3g\n", s, ms[s],
+			ls.total, ls.ce, ls.aux, cs.coef_other, cs.coef_expert);
 	}
 	if (err.code) {
 		fprintf(stderr, "bench_cuda: %s\n", err.msg);
