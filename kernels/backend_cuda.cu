@@ -554,6 +554,8 @@ static void o_rmsnorm_bwd(struct moe_backend *be, void *dx, float *dw, const voi
 {
 	struct cuda_ctx *c = CTX(be);
 	const float *wf = master_of(c, w);
+	if (dw && be->grad_overwrite) /* the kernel adds its blocks' partial sums */
+		b_zero(be, dw, (size_t)D, MOE_BUF_F32);
 	PROF(c, "rmsnorm_bwd");
 	RUN(c, moe_cuda_rmsnorm_bwd((bf16_t *)dx, dw, (const bf16_t *)dout, (const bf16_t *)x, wf, rstd, N, D,
 				    c->s, &c->err));
@@ -579,9 +581,11 @@ static void linear_bwd_beta(struct moe_backend *be, void *dx, float *dw, const v
 	if (dx)
 		RUN(c, moe_cuda_gemm(c->blas, 0, 0, N, In, Out, (const bf16_t *)dout, Out, (const bf16_t *)w, In, dx,
 				     In, 0, 1.f, beta, &c->err));
-	if (dw)
+	if (dw && N <= 0 && be->grad_overwrite)
+		b_zero(be, dw, (size_t)Out * In, MOE_BUF_F32);
+	else if (dw) /* fp32 weight gradient: stored (grad_overwrite) or added */
 		RUN(c, moe_cuda_gemm(c->blas, 1, 0, Out, In, N, (const bf16_t *)dout, Out, (const bf16_t *)x, In, dw,
-				     In, 1, 1.f, 1.f, &c->err));
+				     In, 1, 1.f, be->grad_overwrite ? 0.f : 1.f, &c->err));
 	PROF_END(c);
 }
 
@@ -677,6 +681,8 @@ static void o_qknorm_rope_bwd(struct moe_backend *be, void *dx, float *dw, const
 	}
 	const float *wf = master_of(c, w);
 	rope_table(c, T, Dh, theta);
+	if (dw && be->grad_overwrite) /* the kernel adds its blocks' partial sums */
+		b_zero(be, dw, (size_t)H * Dh, MOE_BUF_F32);
 	PROF(c, "qknorm_rope_bwd");
 	RUN(c, moe_cuda_qknorm_rope_bwd((bf16_t *)dx, dw, (const bf16_t *)dout, (const bf16_t *)x, wf, rstd, c->cosb,
 					c->sinb, B, T, H, Dh, c->s, &c->err));

@@ -277,7 +277,10 @@ float *moe_model_params_host(struct moe_model *m)
 
 float *moe_model_grads_host(struct moe_model *m)
 {
-	return strcmp(m->be->name, "cpu") ? NULL : m->be->grad(m->be, 0);
+	if (strcmp(m->be->name, "cpu"))
+		return NULL;
+	moe_model_grads_ready(m);
+	return m->be->grad(m->be, 0);
 }
 
 void moe_model_get_params(struct moe_model *m, float *dst)
@@ -293,6 +296,7 @@ void moe_model_set_params(struct moe_model *m, const float *src)
 
 void moe_model_get_grads(struct moe_model *m, float *dst)
 {
+	moe_model_grads_ready(m);
 	m->be->to_host(m->be, dst, m->be->grad(m->be, 0), m->n_floats, MOE_BUF_F32);
 }
 
@@ -303,7 +307,19 @@ void moe_model_params_updated(struct moe_model *m)
 
 void moe_model_zero_grad(struct moe_model *m)
 {
+	if (m->be->grad_overwrite_ok) { /* the next backward stores instead of adding */
+		m->grad_fresh = true;
+		return;
+	}
 	m->be->zero(m->be, m->be->grad(m->be, 0), m->n_floats, MOE_BUF_F32);
+}
+
+void moe_model_grads_ready(struct moe_model *m)
+{
+	if (!m->grad_fresh)
+		return;
+	m->be->zero(m->be, m->be->grad(m->be, 0), m->n_floats, MOE_BUF_F32);
+	m->grad_fresh = false;
 }
 
 void moe_model_set_aux_coef(struct moe_model *m, double coef)
@@ -933,6 +949,15 @@ int moe_model_backward(struct moe_model *m, float grad_scale, struct moe_error *
 	const struct moe_config *c = &m->cfg;
 	struct graph_bufs *g = &m->g;
 	int B = m->B, T = m->T, N = B * T, D = c->hidden_size, V = c->vocab_size, L = c->num_hidden_layers;
+	/* gradients by overwrite (moe_model_zero_grad left them): the ops store
+	 * their parameter gradients; what no op writes is cleared here */
+	be->grad_overwrite = m->grad_fresh;
+	if (be->grad_overwrite) {
+		for (size_t i = 0; i < m->n_params; i++)
+			if (!m->params[i].trainable) /* the selection bias */
+				be->zero(be, be->grad(be, m->params[i].offset), m->params[i].numel, MOE_BUF_F32);
+		be->zero(be, be->grad(be, m->off_head), (size_t)V * D, MOE_BUF_F32);
+	}
 	/* the forward ran the LM head's backward for a unit scale: d(lnf) is in
 	 * g->d1, the head's weight gradient in g->hgrad */
 	be->axpy(be, be->grad(be, m->off_head), g->hgrad, (size_t)V * D, grad_scale);
@@ -950,7 +975,10 @@ int moe_model_backward(struct moe_model *m, float grad_scale, struct moe_error *
 			block_fwd(m, l, a, xin, act_at(m, g->resid, (size_t)(l + 1) * N * D), B, T, m->fwd_use_bias);
 		block_bwd(m, l, a, xin, a->xmid, g->dx, B, T, grad_scale);
 	}
+	if (be->grad_overwrite) /* a scatter: adds into the rows of the batch's tokens */
+		be->zero(be, be->grad(be, m->off_embed), (size_t)V * D, MOE_BUF_F32);
 	be->embedding_bwd(be, be->grad(be, m->off_embed), g->dx, g->ids, N, D, c->pad_token_id);
+	be->grad_overwrite = m->grad_fresh = false;
 	m->fwd_valid = false; /* the shared buffers were overwritten */
 	return be->sync(be, err);
 }

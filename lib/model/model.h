@@ -236,6 +236,14 @@ struct moe_backend {
 	const char *name; /* "cpu", "cuda" */
 	void *ctx;        /* backend private */
 	size_t act_size;  /* bytes per MOE_BUF_ACT element (4 on CPU, 2 for bf16) */
+	/* Gradients by overwrite.  A backend that sets grad_overwrite_ok lets
+	 * moe_model_zero_grad skip clearing the gradients; the model then sets
+	 * grad_overwrite during the next backward, and every op that writes a
+	 * parameter gradient (dw) must then store into all of its gradient
+	 * region instead of adding (no read, no memset).  The model clears the
+	 * regions no op stores whole (the embedding's: embedding_bwd adds rows;
+	 * the LM head's, added by axpy; the selection bias's, never written). */
+	bool grad_overwrite_ok, grad_overwrite;
 
 	/* memory */
 	void *(*alloc)(struct moe_backend *be, size_t n, enum moe_buf_kind kind); /* NULL on ENOMEM; zeroed */
@@ -410,7 +418,13 @@ int moe_model_forward(struct moe_model *m, const int32_t *tokens, const int32_t 
 /* Backward of the last forward (which must have had train and targets):
  * grads += d(grad_scale * total)/d(params).  The selection bias gets none. */
 int moe_model_backward(struct moe_model *m, float grad_scale, struct moe_error *err);
+/* Gradients to zero before the first backward of a step.  On a backend with
+ * grad_overwrite_ok this costs nothing: that backward stores its gradients
+ * instead of adding them.  Code that reads the gradient memory directly
+ * (be->grad) without a backward in between calls moe_model_grads_ready()
+ * first, which clears them if they are still pending. */
 void moe_model_zero_grad(struct moe_model *m);
+void moe_model_grads_ready(struct moe_model *m);
 /* Rows of output logits that exist at once (the LM head and the loss run
  * over chunks of this many rows; a training forward also runs the head's
  * backward chunk by chunk).  0: the default, 4096.  Results do not depend

@@ -86,6 +86,7 @@ struct moe_model {
 	/* last forward */
 	int B, T;
 	bool fwd_valid;
+	bool grad_fresh; /* gradients are zero by contract, not in memory (grad_overwrite_ok) */
 	int64_t n_valid, n_rows_valid;
 	double ce, aux, z, aux_coef;
 	int64_t *counts; /* (Lm, E) host */

@@ -85,6 +85,7 @@ void moe_optim_grad_norms(struct moe_optim *o, double *expert, double *other)
 {
 	struct moe_backend *be = moe_model_backend(o->model);
 	double se = 0, so = 0;
+	moe_model_grads_ready(o->model);
 	/* every span's sum of squares is queued first and read back in one
 	 * synchronisation (a CUDA backend delivers them at the sync) */
 	for (size_t i = 0; i < o->n_spans; i++) {
@@ -144,6 +145,7 @@ void moe_optim_clip(struct moe_optim *o, struct moe_clip_stats *cs)
 void moe_optim_step(struct moe_optim *o, double lr)
 {
 	struct moe_backend *be = moe_model_backend(o->model);
+	moe_model_grads_ready(o->model);
 	o->t++;
 	for (size_t i = 0; i < o->n_spans; i++) {
 		const struct moe_optim_span *sp = &o->spans[i];
