@@ -126,12 +126,28 @@ static __device__ double block_sum256(double a, double *sh)
 	return sh[0];
 }
 
+/* Block b sums x[b * SQ_BLOCK, ...) (fewer in the last block): the
+ * elements before the first 16-byte boundary, then float4s, then the rest,
+ * each thread its own in a fixed order (deterministic for given x, n). */
 __global__ void sumsq_partial_kernel(double *part, const float *x, size_t n)
 {
 	__shared__ double sh[256];
 	size_t b0 = (size_t)blockIdx.x * SQ_BLOCK, b1 = b0 + SQ_BLOCK < n ? b0 + SQ_BLOCK : n;
+	size_t mis = (uintptr_t)(x + b0) & 15, head = mis ? (16 - mis) / 4 : 0;
+	if (head > b1 - b0)
+		head = b1 - b0;
+	size_t n4 = (b1 - b0 - head) / 4, rest = b0 + head + 4 * n4;
+	const float4 *x4 = (const float4 *)(x + b0 + head);
 	double a = 0;
-	for (size_t i = b0 + threadIdx.x; i < b1; i += 256) {
+	if (threadIdx.x < head) {
+		double v = x[b0 + threadIdx.x];
+		a += v * v;
+	}
+	for (size_t j = threadIdx.x; j < n4; j += 256) {
+		float4 v = __ldcs(x4 + j);
+		a += (double)v.x * v.x + (double)v.y * v.y + (double)v.z * v.z + (double)v.w * v.w;
+	}
+	for (size_t i = rest + threadIdx.x; i < b1; i += 256) {
 		double v = x[i];
 		a += v * v;
 	}

@@ -422,14 +422,18 @@ Test(kernels, adamw_sumsq)
 	adamw_case(1027, 3, 0.5f, false);
 	adamw_case(3, 2, 1.0f, true);   /* shorter than the head: scalar only */
 	adamw_case(9, 2, 0.9f, true);   /* a head of 2, one vector, a tail of 3 */
+	/* sums of squares: aligned, and from 1..3 floats past a 16-byte
+	 * boundary (scalar heads), over several 65536-element blocks */
 	size_t n = 300001;
 	float *g = rand_bf(n, 1.f), *gg = up(g, n * 4);
-	double ss = moe_sumsq(g, n);
 	double *acc = dmalloc(8);
 	void *sc = dmalloc(moe_cuda_sumsq_scratch(n));
-	LAUNCH_OK(moe_cuda_sumsq(acc, sc, gg, n, S, &gerr));
-	double *h = down(acc, 8);
-	cr_expect(fabs(*h - ss) <= 1e-9 * ss, "sumsq %.10g vs %.10g", *h, ss);
+	for (size_t off = 0; off < 4; off++) {
+		double ss = moe_sumsq(g + off, n - off - off * 7);
+		LAUNCH_OK(moe_cuda_sumsq(acc, sc, gg + off, n - off - off * 7, S, &gerr));
+		double *h = down(acc, 8);
+		cr_expect(fabs(*h - ss) <= 1e-9 * ss, "sumsq (offset %zu) %.10g vs %.10g", off, *h, ss);
+	}
 }
 
 Test(kernels, gemm)
