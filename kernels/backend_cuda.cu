@@ -21,6 +21,12 @@
  *       strided-batched cuBLAS variant measured the same and was dropped);
  *   "kernel": the device-driven kernel for all three, no synchronisation;
  *   "cublas": a loop of per-expert cuBLAS GEMMs.
+ * Routed experts (MOE_CUDA_EXPERT_FUSE, bits, default 7): with "wgmma", the
+ * row gather and SwiGLU fused into the expert GEMMs: 1 the gate_up forward
+ * (gather in the loads, SwiGLU in the epilogue), 2 the down input gradient
+ * with SwiGLU's backward in its epilogue, 4 the gate_up weight gradient
+ * reading the gathered rows; 0 runs gather, GEMMs and SwiGLU as separate
+ * kernels.
  */
 #include <math.h>
 #include <stdio.h>
@@ -43,6 +49,9 @@ extern "C" {
  * gradient beside cuBLAS grouped fwd/dgrad */
 enum { GM_KERNEL, GM_CUBLAS_GROUPED, GM_CUBLAS_LOOP, GM_WGMMA };
 enum { WG_KERNEL, WG_LOOP, WG_WGMMA };
+/* MOE_CUDA_EXPERT_FUSE bits: gather + gate_up GEMM + SwiGLU; down dgrad +
+ * SwiGLU backward; gate_up wgrad on the gathered rows */
+enum { EF_UP_FWD = 1, EF_DOWN_BWD = 2, EF_UP_WGRAD = 4, EF_ALL = 7 };
 /* scratch buffers, grown on demand */
 enum { S_GROUP, S_STATS, S_DELTA, S_INV, S_SUMSQ, S_LOSS, N_SCRATCH };
 
@@ -89,6 +98,7 @@ struct cuda_ctx {
 	/* cuBLAS expert paths: host copies of offsets, per offsets pointer */
 	int grouped_mode;   /* GM_* */
 	int qk_split;       /* MOE_CUDA_QKNORM_ROPE=split: rmsnorm and rope as two kernels */
+	int expert_fuse;    /* routed experts: EF_* fused into the wgmma GEMMs */
 	int wgrad_mode;     /* GM_CUBLAS_GROUPED: WG_* */
 	int32_t *hoff[N_ROUTES];
 	int hoff_n[N_ROUTES];
@@ -1023,6 +1033,70 @@ static void o_grouped_bwd(struct moe_backend *be, void *dx, float *dw, const voi
 	PROF_END(c);
 }
 
+/* The routed experts' MLP: with the bits of expert_fuse (MOE_CUDA_EXPERT_FUSE,
+ * where the wgmma kernels run) the gather rides in the gate_up GEMMs' loads
+ * and SwiGLU in their epilogues (grouped_wgmma.cu), so xg and dh are never
+ * written; otherwise the ops of the unfused sequence. */
+static bool expert_fused(struct cuda_ctx *c, int bit)
+{
+	return (c->expert_fuse & bit) && c->grouped_mode == GM_WGMMA;
+}
+
+static void o_expert_up_fwd(struct moe_backend *be, void *gu, void *h, const void *x, const int32_t *perm,
+			    const void *w, const int32_t *offsets, void *xg, int NK, int K, int E, int D, int I)
+{
+	struct cuda_ctx *c = CTX(be);
+	if (!expert_fused(c, EF_UP_FWD)) {
+		o_gather_rows(be, xg, x, perm, NK, K, D);
+		o_grouped_fwd(be, gu, xg, w, offsets, E, D, 2 * I);
+		o_swiglu_fwd(be, h, gu, NK, I);
+		return;
+	}
+	int rows = grouped_rows(c, offsets, E);
+	PROF(c, "expert_up_fwd");
+	RUN(c, moe_cuda_grouped_wgmma_up_fwd((bf16_t *)gu, (bf16_t *)h, (const bf16_t *)x, perm, K, (const bf16_t *)w,
+					     offsets, rows, E, D, I, c->s, &c->err));
+	PROF_END(c);
+}
+
+static void o_expert_down_bwd(struct moe_backend *be, void *dgu, void *h, float *dw, const void *dy, const void *gu,
+			      const void *w, const int32_t *offsets, void *dh, int NK, int E, int I, int D)
+{
+	struct cuda_ctx *c = CTX(be);
+	if (!expert_fused(c, EF_DOWN_BWD)) {
+		o_grouped_bwd(be, dh, NULL, dy, h, w, offsets, E, I, D);
+		o_swiglu_bwd(be, dgu, h, dh, gu, NK, I);
+		o_grouped_bwd(be, NULL, dw, dy, h, w, offsets, E, I, D);
+		return;
+	}
+	int rows = grouped_rows(c, offsets, E);
+	{
+		PROF(c, "expert_dgrad_swiglu");
+		RUN(c, moe_cuda_grouped_wgmma_down_dgrad_swiglu((bf16_t *)dgu, (bf16_t *)h, (const bf16_t *)dy,
+								(const bf16_t *)gu, (const bf16_t *)w, offsets, rows, E,
+								I, D, c->s, &c->err));
+		PROF_END(c);
+	}
+	o_grouped_bwd(be, NULL, dw, dy, h, w, offsets, E, I, D);
+}
+
+static void o_expert_up_bwd(struct moe_backend *be, void *dx, float *dw, const void *dgu, const void *x,
+			    const int32_t *perm, const void *w, const int32_t *offsets, void *xg, int NK, int K, int E,
+			    int D, int I)
+{
+	struct cuda_ctx *c = CTX(be);
+	if (!expert_fused(c, EF_UP_WGRAD)) {
+		o_gather_rows(be, xg, x, perm, NK, K, D);
+		o_grouped_bwd(be, dx, dw, dgu, xg, w, offsets, E, D, 2 * I);
+		return;
+	}
+	o_grouped_bwd(be, dx, NULL, dgu, NULL, w, offsets, E, D, 2 * I);
+	PROF(c, "expert_up_wgrad");
+	RUN(c, moe_cuda_grouped_wgmma_up_wgrad(dw, (const bf16_t *)dgu, (const bf16_t *)x, perm, K, offsets, E, D, I,
+					       c->s, &c->err));
+	PROF_END(c);
+}
+
 static void o_combine_fwd(struct moe_backend *be, void *out, const void *yg, const float *topk_w, const int32_t *inv,
 			  int N, int K, int D)
 {
@@ -1200,6 +1274,14 @@ extern "C" struct moe_backend *moe_backend_cuda(struct moe_error *err)
 				      "MOE_CUDA_GROUPED='%s': expected kernel, cublas-grouped, cublas or wgmma", gv);
 			goto fail;
 		}
+		const char *xv = getenv("MOE_CUDA_EXPERT_FUSE");
+		char *xe = NULL;
+		long xf = xv ? strtol(xv, &xe, 10) : EF_ALL;
+		if (xv && (xe == xv || *xe || xf < 0 || xf > EF_ALL)) {
+			moe_error_set(err, MOE_EINVAL, "MOE_CUDA_EXPERT_FUSE='%s': expected 0..7", xv);
+			goto fail;
+		}
+		c->expert_fuse = moe_cuda_grouped_wgmma_supported() ? (int)xf : 0;
 	}
 	if (c->prof)
 		for (int i = 0; i < 4096; i++)
@@ -1243,6 +1325,9 @@ extern "C" struct moe_backend *moe_backend_cuda(struct moe_error *err)
 	be->scatter_add_rows = o_scatter_add_rows;
 	be->grouped_linear_fwd = o_grouped_fwd;
 	be->grouped_linear_bwd = o_grouped_bwd;
+	be->expert_up_fwd = o_expert_up_fwd;
+	be->expert_down_bwd = o_expert_down_bwd;
+	be->expert_up_bwd = o_expert_up_bwd;
 	be->combine_fwd = o_combine_fwd;
 	be->combine_bwd = o_combine_bwd;
 	be->add = o_add;

@@ -23,7 +23,18 @@
  * on the device (one warp's prefix sum over the offsets); the weight
  * gradient has one block per (expert, output tile) and accumulates fp32 +=.
  * Built for sm_90a only: on other devices the launchers return
- * MOE_EUNSUPPORTED. */
+ * MOE_EUNSUPPORTED.
+ *
+ * Fused variants for the routed experts (FUSE bits, 128 x 128 tiles only):
+ * GF_GATHER reads the expert-ordered rows of x through the routing
+ * permutation (row j is x[perm[j] / topk]) in the loads themselves, the
+ * forward's A rows (row addresses computed once per block) and the weight
+ * gradient's B k-rows (the next stage's source rows read before the
+ * barrier); GF_SWIGLU in the forward loads a 64 + 64 row B tile, gate rows
+ * j0.. and the matching up rows I + j0.., so that gate column j and up column
+ * j land in the same thread's fragment (registers 4j.. and 4(j + 8)..) and
+ * the epilogue writes gu and h = silu(g) u; in the input gradient the
+ * epilogue turns dh into SwiGLU's backward (dgu and the recomputed h). */
 
 #include "cuda_common.h"
 #include "kernels.h"
@@ -34,6 +45,8 @@
 
 enum { GW_FWD = 0, GW_DGRAD = 1, GW_WGRAD = 2 };
 
+enum { GF_GATHER = 1, GF_SWIGLU = 2 };
+
 struct gw_args {
 	const bf16 *a, *b; /* X or dY; W or X */
 	void *c;
@@ -41,6 +54,20 @@ struct gw_args {
 	int E, In, Out;
 	int nt; /* tiles along the output columns */
 	int mt; /* wgrad: tiles along Out */
+	/* fused variants */
+	const int32_t *perm; /* GF_GATHER: (M) slot of each expert-ordered row */
+	int topk;            /* GF_GATHER: x row = perm[j] / topk */
+	bf16 *h;             /* GF_SWIGLU: (M, I) */
+	const bf16 *gu;      /* GF_SWIGLU input gradient: (M, 2I) the forward's [g | u] */
+	int I;               /* GF_SWIGLU */
+};
+
+/* Sources of the gathered loads (GF_GATHER): the forward's A rows tid / 8 +
+ * 32 it of this thread (NULL past the tile's rows); the weight gradient's
+ * x rows of the 64 k-rows of one stage (shared memory, -1 past the group). */
+struct gw_src {
+	const bf16 *arow[GW_BM * 8 / GW_THREADS];
+	const int *brow;
 };
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -146,11 +173,22 @@ static __device__ __forceinline__ void gw_mma(float *d, uint64_t da, uint64_t db
 		wgmma_n256<TA, TB>(d, da, db, acc);
 }
 
+/* The weight gradient's gathered B k-rows of the stage at k0 into the
+ * shared slot brow (64 entries; threads 0..63). */
+static __device__ __forceinline__ void gw_brows(int *brow, const int32_t *perm, int topk, int K, int k0)
+{
+	int k = threadIdx.x;
+	if (k < GW_BK)
+		brow[k] = k0 + k < K ? __ldg(perm + k0 + k) / topk : -1;
+}
+
 /* One pipeline stage: the A tile (128 rows or columns) and the B tile (BN)
- * of reduction slice [k0, k0 + 64), zero-filled outside Mi x K and Nj x K. */
-template <bool AT, bool BT, int BN>
+ * of reduction slice [k0, k0 + 64), zero-filled outside Mi x K and Nj x K.
+ * FUSE: gathered rows from src (GF_GATHER); with GF_SWIGLU the forward's B
+ * rows 64.. are the up rows, bup elements after the gate rows 0..63. */
+template <bool AT, bool BT, int BN, int FUSE>
 static __device__ __forceinline__ void gw_load(uint32_t sa, uint32_t sb, const bf16 *A, int lda, const bf16 *B,
-					       int ldb, int Mi, int Nj, int K, int k0)
+					       int ldb, int Mi, int Nj, int K, int k0, size_t bup, const gw_src &src)
 {
 	const int tid = threadIdx.x;
 	if (!AT) {
@@ -158,8 +196,16 @@ static __device__ __forceinline__ void gw_load(uint32_t sa, uint32_t sb, const b
 #pragma unroll
 		for (int it = 0; it < GW_BM * 8 / GW_THREADS; it++) {
 			int c = tid + it * GW_THREADS, r = c >> 3, ch = c & 7;
-			bool ok = r < Mi && k0 + ch * 8 < K;
-			gw_cp16(sa + r * 128 + ((ch ^ (r & 7)) << 4), ok ? A + (size_t)r * lda + k0 + ch * 8 : A, ok);
+			const bf16 *p;
+			bool ok;
+			if constexpr ((FUSE & GF_GATHER) != 0) {
+				ok = src.arow[it] != nullptr && k0 + ch * 8 < K;
+				p = ok ? src.arow[it] + k0 + ch * 8 : A;
+			} else {
+				ok = r < Mi && k0 + ch * 8 < K;
+				p = ok ? A + (size_t)r * lda + k0 + ch * 8 : A;
+			}
+			gw_cp16(sa + r * 128 + ((ch ^ (r & 7)) << 4), p, ok);
 		}
 	} else {
 		/* 64 k-rows of 128 columns, as two 64-column blocks */
@@ -175,17 +221,33 @@ static __device__ __forceinline__ void gw_load(uint32_t sa, uint32_t sb, const b
 #pragma unroll
 		for (int it = 0; it < BN * 8 / GW_THREADS; it++) {
 			int c = tid + it * GW_THREADS, r = c >> 3, ch = c & 7;
-			bool ok = r < Nj && k0 + ch * 8 < K;
-			gw_cp16(sb + r * 128 + ((ch ^ (r & 7)) << 4), ok ? B + (size_t)r * ldb + k0 + ch * 8 : B, ok);
+			bool ok;
+			size_t ro;
+			if constexpr ((FUSE & GF_SWIGLU) != 0) {
+				ok = (r & 63) < Nj && k0 + ch * 8 < K;
+				ro = (r >= 64 ? bup : 0) + (size_t)(r & 63) * ldb;
+			} else {
+				ok = r < Nj && k0 + ch * 8 < K;
+				ro = (size_t)r * ldb;
+			}
+			gw_cp16(sb + r * 128 + ((ch ^ (r & 7)) << 4), ok ? B + ro + k0 + ch * 8 : B, ok);
 		}
 	} else {
 		constexpr int CPR = BN / 8; /* 16-byte chunks per k-row */
 #pragma unroll
 		for (int it = 0; it < GW_BK * CPR / GW_THREADS; it++) {
 			int c = tid + it * GW_THREADS, k = c / CPR, cc = c % CPR;
-			bool ok = k0 + k < K && cc * 8 < Nj;
-			gw_cp16(sb + (cc >> 3) * 8192 + k * 128 + (((cc & 7) ^ (k & 7)) << 4),
-				ok ? B + (size_t)(k0 + k) * ldb + cc * 8 : B, ok);
+			bool ok;
+			const bf16 *p;
+			if constexpr ((FUSE & GF_GATHER) != 0) {
+				int xr = src.brow[k];
+				ok = xr >= 0 && cc * 8 < Nj;
+				p = ok ? B + (size_t)xr * ldb + cc * 8 : B;
+			} else {
+				ok = k0 + k < K && cc * 8 < Nj;
+				p = ok ? B + (size_t)(k0 + k) * ldb + cc * 8 : B;
+			}
+			gw_cp16(sb + (cc >> 3) * 8192 + k * 128 + (((cc & 7) ^ (k & 7)) << 4), p, ok);
 		}
 	}
 }
@@ -198,33 +260,44 @@ template <int BN, int ST> struct gw_cfg {
 	static constexpr size_t SMEM = (size_t)ST * (ABYTES + BBYTES) + 1024;
 };
 
-template <int MODE, int BN, int ST, int WGW, int MINB>
+template <int MODE, int BN, int ST, int WGW, int MINB, int FUSE>
 __global__ void __launch_bounds__(GW_THREADS, MINB) gw_kernel(const gw_args g)
 {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 	constexpr bool AT = MODE == GW_WGRAD; /* A MN-major */
 	constexpr bool BT = MODE != GW_FWD;   /* B MN-major */
+	static_assert(FUSE == 0 || BN == 128, "the fused variants use 128 x 128 tiles");
+	static_assert(!(FUSE & GF_GATHER) || MODE != GW_DGRAD, "the input gradient has nothing to gather");
 	constexpr int ABYTES = gw_cfg<BN, ST>::ABYTES, BBYTES = gw_cfg<BN, ST>::BBYTES;
 	constexpr int D = ST - 1 - WGW; /* k-slices loaded ahead */
 	static_assert(D >= 1, "too few stages");
 	extern __shared__ unsigned char gw_smem[];
 	__shared__ int s_e, s_mt;
+	__shared__ int s_brow[2][GW_BK]; /* GF_GATHER weight gradient: x rows of two stages */
 	const uint32_t sa = (gw_smem_u32(gw_smem) + 1023) & ~1023u, sb = sa + ST * ABYTES;
 	const int tid = threadIdx.x;
 
 	const bf16 *A, *B;
-	int lda, ldb, Mi, Nj, K, ldc;
-	size_t c_off;
+	int lda, ldb, Mi, Nj, K, ldc, row0, ntile;
+	size_t c_off, bup = 0;
+	gw_src src;
+	const int32_t *bperm = nullptr; /* GF_GATHER weight gradient: perm of the group's rows */
 	if (MODE == GW_WGRAD) {
 		int b = blockIdx.x, jt = b % g.nt, it = (b / g.nt) % g.mt, e = b / g.nt / g.mt;
-		int row0 = g.offsets[e];
+		row0 = g.offsets[e];
+		ntile = jt;
 		K = g.offsets[e + 1] - row0;
 		if (K <= 0)
 			return;
 		A = g.a + (size_t)row0 * g.Out + it * GW_BM;
 		lda = g.Out;
 		Mi = g.Out - it * GW_BM;
-		B = g.b + (size_t)row0 * g.In + jt * BN;
+		if (FUSE & GF_GATHER) {
+			B = g.b + jt * BN;
+			bperm = g.perm + row0;
+		} else {
+			B = g.b + (size_t)row0 * g.In + jt * BN;
+		}
 		ldb = g.In;
 		Nj = g.In - jt * BN;
 		ldc = g.In;
@@ -264,17 +337,33 @@ __global__ void __launch_bounds__(GW_THREADS, MINB) gw_kernel(const gw_args g)
 		int e = s_e;
 		if (e < 0)
 			return;
-		int row0 = g.offsets[e] + s_mt * GW_BM;
+		row0 = g.offsets[e] + s_mt * GW_BM;
+		ntile = nt;
 		Mi = g.offsets[e + 1] - row0;
 		int red = MODE == GW_FWD ? g.In : g.Out;
 		int ncols = MODE == GW_FWD ? g.Out : g.In;
 		K = red;
-		A = g.a + (size_t)row0 * red;
 		lda = red;
+		if (FUSE & GF_GATHER) {
+			A = g.a;
+#pragma unroll
+			for (int it = 0; it < GW_BM * 8 / GW_THREADS; it++) {
+				int r = tid / 8 + it * (GW_THREADS / 8);
+				src.arow[it] = r < Mi ? g.a + (size_t)(g.perm[row0 + r] / g.topk) * lda : nullptr;
+			}
+		} else {
+			A = g.a + (size_t)row0 * red;
+		}
 		const bf16 *W = g.b + (size_t)e * g.Out * g.In;
 		B = MODE == GW_FWD ? W + (size_t)nt * BN * g.In : W + nt * BN;
 		ldb = g.In;
 		Nj = ncols - nt * BN;
+		if (MODE == GW_FWD && (FUSE & GF_SWIGLU)) {
+			/* gate rows nt * 64.. and up rows I + nt * 64.. */
+			B = W + (size_t)nt * (BN / 2) * g.In;
+			bup = (size_t)g.I * g.In;
+			Nj = g.I - nt * (BN / 2);
+		}
 		ldc = ncols;
 		c_off = (size_t)row0 * ncols + nt * BN;
 	}
@@ -282,23 +371,38 @@ __global__ void __launch_bounds__(GW_THREADS, MINB) gw_kernel(const gw_args g)
 	float acc[BN / 2]; /* the first wgmma overwrites (scale-d 0) */
 
 	const int KT = (K + GW_BK - 1) / GW_BK, wg = tid / 128;
+	constexpr bool GB = MODE == GW_WGRAD && (FUSE & GF_GATHER);
 #pragma unroll
 	for (int s = 0; s < D; s++) {
-		if (s < KT)
-			gw_load<AT, BT, BN>(sa + s * ABYTES, sb + s * BBYTES, A, lda, B, ldb, Mi, Nj, K, s * GW_BK);
+		if (s < KT) {
+			if (GB) { /* stage s's x rows into slot s % 2 (its last readers: stage s - 2) */
+				__syncthreads();
+				gw_brows(s_brow[s & 1], bperm, g.topk, K, s * GW_BK);
+				__syncthreads();
+				src.brow = s_brow[s & 1];
+			}
+			gw_load<AT, BT, BN, FUSE>(sa + s * ABYTES, sb + s * BBYTES, A, lda, B, ldb, Mi, Nj, K, s * GW_BK,
+						  bup, src);
+		}
 		gw_commit();
 	}
+	if (GB && D < KT) { /* stage D's, published by the loop's first barrier */
+		__syncthreads();
+		gw_brows(s_brow[D & 1], bperm, g.topk, K, D * GW_BK);
+	}
 	for (int kt = 0; kt < KT; kt++) {
+		int nk = kt + D;
 		/* stage kt has landed (this thread's copies), is made visible to
 		 * the tensor cores, and every thread got here: the stage loaded
 		 * next was last read by the wgmma group of kt - 1 - WGW, finished */
 		gw_cp_wait<D - 1>();
 		gw_fence_proxy();
 		__syncthreads();
-		int nk = kt + D;
+		if (GB)
+			src.brow = s_brow[nk & 1];
 		if (nk < KT)
-			gw_load<AT, BT, BN>(sa + (nk % ST) * ABYTES, sb + (nk % ST) * BBYTES, A, lda, B, ldb, Mi, Nj, K,
-					    nk * GW_BK);
+			gw_load<AT, BT, BN, FUSE>(sa + (nk % ST) * ABYTES, sb + (nk % ST) * BBYTES, A, lda, B, ldb, Mi,
+						  Nj, K, nk * GW_BK, bup, src);
 		gw_commit();
 		const uint32_t a0 = sa + (kt % ST) * ABYTES + wg * 8192, b0 = sb + (kt % ST) * BBYTES;
 		gw_wg_fence();
@@ -309,6 +413,10 @@ __global__ void __launch_bounds__(GW_THREADS, MINB) gw_kernel(const gw_args g)
 			gw_mma<BN, AT ? 1 : 0, BT ? 1 : 0>(acc, da, db, kt > 0 || kk > 0);
 		}
 		gw_wg_commit();
+		/* the x rows of stage nk + 1 while the MMAs run, into the slot
+		 * that stage nk - 1 used (read before this iteration's barrier) */
+		if (GB && nk + 1 < KT)
+			gw_brows(s_brow[(nk + 1) & 1], bperm, g.topk, K, (nk + 1) * GW_BK);
 		gw_wg_wait<WGW>();
 	}
 	gw_wg_wait<0>();
@@ -317,24 +425,88 @@ __global__ void __launch_bounds__(GW_THREADS, MINB) gw_kernel(const gw_args g)
 	/* accumulator fragment: warp w of the warpgroup holds rows 16w..16w+15,
 	 * register 4j + 2h + b row lane/4 + 8h, column 8j + 2(lane%4) + b */
 	const int lane = tid % 32, r0 = wg * 64 + ((tid % 128) / 32) * 16 + lane / 4, cq = 2 * (lane % 4);
+	if constexpr (MODE == GW_FWD && (FUSE & GF_SWIGLU)) {
+		/* gate column j0 + col in registers 4j.., its up column in 4(j + 8).. */
+		const int I = g.I, j0 = ntile * (BN / 2);
 #pragma unroll
-	for (int j = 0; j < BN / 8; j++)
+		for (int j = 0; j < BN / 16; j++)
 #pragma unroll
-		for (int h = 0; h < 2; h++) {
-			int i = r0 + 8 * h, col = j * 8 + cq;
-			if (i >= Mi || col >= Nj)
-				continue;
-			float v0 = acc[4 * j + 2 * h], v1 = acc[4 * j + 2 * h + 1];
-			if (MODE == GW_WGRAD) {
-				float2 *C = (float2 *)((float *)g.c + c_off + (size_t)i * ldc + col);
-				float2 o = *C;
-				o.x += v0;
-				o.y += v1;
-				*C = o;
-			} else {
-				*(__nv_bfloat162 *)((bf16 *)g.c + c_off + (size_t)i * ldc + col) = __floats2bfloat162_rn(v0, v1);
+			for (int h = 0; h < 2; h++) {
+				int i = r0 + 8 * h, col = j * 8 + cq;
+				if (i >= Mi || col >= Nj)
+					continue;
+				__nv_bfloat162 gb = __floats2bfloat162_rn(acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1]);
+				__nv_bfloat162 ub = __floats2bfloat162_rn(acc[4 * (j + BN / 16) + 2 * h],
+									  acc[4 * (j + BN / 16) + 2 * h + 1]);
+				size_t row = (size_t)row0 + i;
+				bf16 *gr = (bf16 *)g.c + row * 2 * I + j0 + col;
+				*(__nv_bfloat162 *)gr = gb;
+				*(__nv_bfloat162 *)(gr + I) = ub;
+				*(__nv_bfloat162 *)(g.h + row * I + j0 + col) =
+					__floats2bfloat162_rn(moe_swiglu_h(__low2float(gb), __low2float(ub)),
+							      moe_swiglu_h(__high2float(gb), __high2float(ub)));
 			}
+	} else if constexpr (MODE == GW_DGRAD && (FUSE & GF_SWIGLU)) {
+		/* dh (bf16, as the unfused path stores it) -> dgu [dg | du] and h.
+		 * The tile's g and u (128 rows of BN columns each) come through
+		 * the pipeline's shared memory, now free, in coalesced copies;
+		 * rows padded to BN + 8 elements against bank conflicts. */
+		const int I = g.In, c0 = ntile * BN;
+		constexpr int GS = BN + 8;
+		static_assert(2 * GW_BM * GS * 2 <= ST * (ABYTES + BBYTES), "gu tile does not fit");
+		__syncthreads(); /* every warpgroup's MMAs are done with the stages */
+#pragma unroll
+		for (int it = 0; it < 2 * GW_BM * (BN / 8) / GW_THREADS; it++) {
+			int c = tid + it * GW_THREADS, cc = c % (BN / 8), r = (c / (BN / 8)) % GW_BM;
+			int half = c / (GW_BM * (BN / 8));
+			bool ok = r < Mi && c0 + cc * 8 < I;
+			gw_cp16(sa + (uint32_t)((half * GW_BM + r) * GS + cc * 8) * 2,
+				ok ? g.gu + ((size_t)row0 + r) * 2 * I + half * I + c0 + cc * 8 : g.gu, ok);
 		}
+		gw_commit();
+		gw_cp_wait<0>();
+		__syncthreads();
+		const bf16 *sg = (const bf16 *)(gw_smem + (sa - gw_smem_u32(gw_smem))), *su = sg + GW_BM * GS;
+#pragma unroll
+		for (int j = 0; j < BN / 8; j++)
+#pragma unroll
+			for (int h = 0; h < 2; h++) {
+				int i = r0 + 8 * h, col = j * 8 + cq;
+				if (i >= Mi || col >= Nj)
+					continue;
+				__nv_bfloat162 db = __floats2bfloat162_rn(acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1]);
+				size_t row = (size_t)row0 + i;
+				__nv_bfloat162 gb = *(const __nv_bfloat162 *)(sg + i * GS + col);
+				__nv_bfloat162 ub = *(const __nv_bfloat162 *)(su + i * GS + col);
+				float dg0, du0, h0, dg1, du1, h1;
+				moe_swiglu_grads(__low2float(gb), __low2float(ub), __low2float(db), &dg0, &du0, &h0);
+				moe_swiglu_grads(__high2float(gb), __high2float(ub), __high2float(db), &dg1, &du1, &h1);
+				bf16 *dr = (bf16 *)g.c + row * 2 * I + c0 + col;
+				*(__nv_bfloat162 *)dr = __floats2bfloat162_rn(dg0, dg1);
+				*(__nv_bfloat162 *)(dr + I) = __floats2bfloat162_rn(du0, du1);
+				*(__nv_bfloat162 *)(g.h + row * I + c0 + col) = __floats2bfloat162_rn(h0, h1);
+			}
+	} else {
+#pragma unroll
+		for (int j = 0; j < BN / 8; j++)
+#pragma unroll
+			for (int h = 0; h < 2; h++) {
+				int i = r0 + 8 * h, col = j * 8 + cq;
+				if (i >= Mi || col >= Nj)
+					continue;
+				float v0 = acc[4 * j + 2 * h], v1 = acc[4 * j + 2 * h + 1];
+				if (MODE == GW_WGRAD) {
+					float2 *C = (float2 *)((float *)g.c + c_off + (size_t)i * ldc + col);
+					float2 o = *C;
+					o.x += v0;
+					o.y += v1;
+					*C = o;
+				} else {
+					*(__nv_bfloat162 *)((bf16 *)g.c + c_off + (size_t)i * ldc + col) =
+						__floats2bfloat162_rn(v0, v1);
+				}
+			}
+	}
 #endif
 }
 
@@ -343,7 +515,7 @@ static int gw_force_cfg;
 
 extern "C" void moe_cuda_grouped_wgmma_config(int cfg) { gw_force_cfg = cfg >= 1 && cfg <= 4 ? cfg : 0; }
 
-template <int MODE, int BN, int ST, int WGW, int MINB>
+template <int MODE, int BN, int ST, int WGW, int MINB, int FUSE = 0>
 static int gw_launch(const gw_args &g0, int ncols, unsigned mblocks, cudaStream_t s, struct moe_error *err)
 {
 	gw_args g = g0;
@@ -353,14 +525,14 @@ static int gw_launch(const gw_args &g0, int ncols, unsigned mblocks, cudaStream_
 	static bool attr_set;
 	int rc;
 	if (!attr_set) {
-		if ((rc = CUDA_OK(cudaFuncSetAttribute(gw_kernel<MODE, BN, ST, WGW, MINB>,
+		if ((rc = CUDA_OK(cudaFuncSetAttribute(gw_kernel<MODE, BN, ST, WGW, MINB, FUSE>,
 						       cudaFuncAttributeMaxDynamicSharedMemorySize,
 						       (int)gw_cfg<BN, ST>::SMEM),
 				  err)) != 0)
 			return rc;
 		attr_set = true;
 	}
-	gw_kernel<MODE, BN, ST, WGW, MINB><<<blocks, GW_THREADS, gw_cfg<BN, ST>::SMEM, s>>>(g);
+	gw_kernel<MODE, BN, ST, WGW, MINB, FUSE><<<blocks, GW_THREADS, gw_cfg<BN, ST>::SMEM, s>>>(g);
 	return CUDA_LAUNCHED(err);
 }
 
@@ -445,4 +617,57 @@ extern "C" int moe_cuda_grouped_wgmma_wgrad(float *dw, const bf16_t *dout, const
 		return rc;
 	gw_args g = {(const bf16 *)dout, (const bf16 *)x, dw, offsets, E, In, Out, 0, 0};
 	return gw_run<GW_WGRAD>(g, In, 0, s, err);
+}
+
+/* The fused variants: configuration 3's tile (two blocks of 128 x 128, 3
+ * stages, per multiprocessor), whatever moe_cuda_grouped_wgmma_config says. */
+template <int MODE, int FUSE>
+static int gw_fused(const gw_args &g, int ncols, unsigned mblocks, cudaStream_t s, struct moe_error *err)
+{
+	return gw_launch<MODE, 128, 3, 0, 2, FUSE>(g, ncols, mblocks, s, err);
+}
+
+static int gw_check_i(int I, struct moe_error *err)
+{
+	if (I <= 0 || I % 8)
+		return moe_error_set(err, MOE_EUNSUPPORTED, "grouped wgmma: I=%d must be a positive multiple of 8", I);
+	return 0;
+}
+
+extern "C" int moe_cuda_grouped_wgmma_up_fwd(bf16_t *gu, bf16_t *h, const bf16_t *x, const int32_t *perm, int K,
+					     const bf16_t *w, const int32_t *offsets, int max_rows, int E, int D, int I,
+					     cudaStream_t s, struct moe_error *err)
+{
+	int rc;
+	if ((rc = gw_check(E, D, 2 * I, err)) != 0 || (rc = gw_check_i(I, err)) != 0)
+		return rc;
+	if (max_rows <= 0)
+		return 0;
+	gw_args g = {(const bf16 *)x, (const bf16 *)w, gu, offsets, E, D, 2 * I, 0, 0, perm, K, (bf16 *)h, nullptr, I};
+	return gw_fused<GW_FWD, GF_GATHER | GF_SWIGLU>(g, 2 * I, moe_cdiv(max_rows, GW_BM) + E, s, err);
+}
+
+extern "C" int moe_cuda_grouped_wgmma_down_dgrad_swiglu(bf16_t *dgu, bf16_t *h, const bf16_t *dy, const bf16_t *gu,
+							const bf16_t *w, const int32_t *offsets, int max_rows, int E,
+							int I, int D, cudaStream_t s, struct moe_error *err)
+{
+	int rc;
+	if ((rc = gw_check(E, I, D, err)) != 0)
+		return rc;
+	if (max_rows <= 0)
+		return 0;
+	gw_args g = {(const bf16 *)dy, (const bf16 *)w, dgu, offsets, E, I, D, 0, 0, nullptr, 0, (bf16 *)h,
+		     (const bf16 *)gu, I};
+	return gw_fused<GW_DGRAD, GF_SWIGLU>(g, I, moe_cdiv(max_rows, GW_BM) + E, s, err);
+}
+
+extern "C" int moe_cuda_grouped_wgmma_up_wgrad(float *dw, const bf16_t *dgu, const bf16_t *x, const int32_t *perm,
+					       int K, const int32_t *offsets, int E, int D, int I, cudaStream_t s,
+					       struct moe_error *err)
+{
+	int rc;
+	if ((rc = gw_check(E, D, 2 * I, err)) != 0)
+		return rc;
+	gw_args g = {(const bf16 *)dgu, (const bf16 *)x, dw, offsets, E, D, 2 * I, 0, 0, perm, K, nullptr, nullptr, 0};
+	return gw_fused<GW_WGRAD, GF_GATHER>(g, D, 0, s, err);
 }

@@ -204,6 +204,28 @@ int moe_cuda_grouped_wgmma_wgrad(float *dw, const bf16_t *dout, const bf16_t *x,
 				 int In, int Out, cudaStream_t s, struct moe_error *err);
 /* Whether the current device runs them (sm_90). */
 bool moe_cuda_grouped_wgmma_supported(void);
+
+/* Routed-expert GEMMs with the row gather and SwiGLU fused in (wgmma, sm_90,
+ * the 128 x 128 tile of configuration 3 whatever moe_cuda_grouped_wgmma_config
+ * says).  Row j of the expert-ordered operand is row perm[j] / K of x (the
+ * dispatch of moe_cuda_gather), read in place; D, I multiples of 8.
+ *   up_fwd:    gu (M, 2I) = gather(x) @ w[e]^T, w (E, 2I, D) gate rows then up
+ *              rows; h (M, I) = silu(g) * u, bit-identical to moe_cuda_swiglu_fwd
+ *              on this gu
+ *   down_dgrad_swiglu: dh = dy (M, D) @ w[e], w (E, D, I), rounded to bf16 and
+ *              never stored; dgu (M, 2I) and h (M, I) as moe_cuda_swiglu_bwd
+ *              computes them from dh and gu (bit-identical)
+ *   up_wgrad:  dw[e] (2I, D) fp32 += dgu[rows e]^T @ gather(x)[rows e]
+ * max_rows bounds offsets[E] = M (sizes the grid). */
+int moe_cuda_grouped_wgmma_up_fwd(bf16_t *gu, bf16_t *h, const bf16_t *x /* (N, D) */, const int32_t *perm /* (M) */,
+				  int K, const bf16_t *w, const int32_t *offsets, int max_rows, int E, int D, int I,
+				  cudaStream_t s, struct moe_error *err);
+int moe_cuda_grouped_wgmma_down_dgrad_swiglu(bf16_t *dgu, bf16_t *h, const bf16_t *dy, const bf16_t *gu,
+					     const bf16_t *w, const int32_t *offsets, int max_rows, int E, int I,
+					     int D, cudaStream_t s, struct moe_error *err);
+int moe_cuda_grouped_wgmma_up_wgrad(float *dw, const bf16_t *dgu, const bf16_t *x /* (N, D) */,
+				    const int32_t *perm /* (M) */, int K, const int32_t *offsets, int E, int D,
+				    int I, cudaStream_t s, struct moe_error *err);
 /* Tile configuration of the three, process-wide (tests, benchmarks): 1
  * (128 x 128, 6 stages), 2 (128 x 256, 4 stages), 3 and 4 (128 x 128, 3
  * stages, two blocks per multiprocessor; 3 waits for each k-slice's MMAs, 4
@@ -219,6 +241,22 @@ void moe_cuda_profile_report(struct moe_backend *be, FILE *fp, bool reset);
 size_t moe_cuda_peak_bytes(struct moe_backend *be);
 
 #ifdef __cplusplus
+}
+#endif
+
+#ifdef __CUDACC__
+/* SwiGLU's float arithmetic on the widened bf16 inputs g, u (and d = dh),
+ * shared by swiglu.cu and the fused epilogues of grouped_wgmma.cu so that
+ * both round to the same bf16 results. */
+static __device__ __forceinline__ float moe_swiglu_h(float g, float u) { return g / (1.f + __expf(-g)) * u; }
+static __device__ __forceinline__ void moe_swiglu_grads(float g, float u, float d, float *dg, float *du, float *h)
+{
+	float e = __expf(-g);
+	float sg = 1.f / (1.f + e);
+	float silu = g * sg;
+	*du = d * silu;
+	*dg = d * u * sg * (1.f + g * (1.f - sg));
+	*h = g / (1.f + e) * u;
 }
 #endif
 

@@ -17,8 +17,7 @@ __global__ void swiglu_fwd_kernel(bf16 *act, const bf16 *h13, size_t M, int I)
 	bf16 *oa = (bf16 *)&ov;
 #pragma unroll
 	for (int j = 0; j < 8; j++) {
-		float gf = bf2f(ga[j]), uf = bf2f(ua[j]);
-		oa[j] = f2bf(gf / (1.f + __expf(-gf)) * uf);
+		oa[j] = f2bf(moe_swiglu_h(bf2f(ga[j]), bf2f(ua[j])));
 	}
 	*(uint4 *)(act + m * I + c) = ov;
 }
@@ -39,13 +38,11 @@ __global__ void swiglu_bwd_kernel(bf16 *dh13, bf16 *act, const bf16 *dact, const
 	bf16 *dga = (bf16 *)&dgv, *dua = (bf16 *)&duv, *oa = (bf16 *)&ov;
 #pragma unroll
 	for (int j = 0; j < 8; j++) {
-		float gf = bf2f(ga[j]), uf = bf2f(ua[j]), d = bf2f(da[j]);
-		float e = __expf(-gf);
-		float sg = 1.f / (1.f + e);
-		float silu = gf * sg;
-		dua[j] = f2bf(d * silu);
-		dga[j] = f2bf(d * uf * sg * (1.f + gf * (1.f - sg)));
-		oa[j] = f2bf(gf / (1.f + e) * uf);
+		float dg, du, h;
+		moe_swiglu_grads(bf2f(ga[j]), bf2f(ua[j]), bf2f(da[j]), &dg, &du, &h);
+		dua[j] = f2bf(du);
+		dga[j] = f2bf(dg);
+		oa[j] = f2bf(h);
 	}
 	*(uint4 *)(dh13 + m * 2 * I + c) = dgv;
 	*(uint4 *)(dh13 + m * 2 * I + I + c) = duv;

@@ -232,6 +232,27 @@ static void c_grouped_linear_bwd(struct moe_backend *be, void *dx, float *dw, co
 	(void)be;
 	moe_grouped_linear_bwd(F(dx), dw, CF(dout), CF(x), CF(w), offsets, E, In, Out);
 }
+static void c_expert_up_fwd(struct moe_backend *be, void *gu, void *h, const void *x, const int32_t *perm, const void *w, const int32_t *offsets, void *xg, int NK, int K, int E, int D, int I)
+{
+	(void)be;
+	moe_gather_rows(F(xg), CF(x), perm, NK, K, D);
+	moe_grouped_linear_fwd(F(gu), CF(xg), CF(w), offsets, E, D, 2 * I);
+	moe_swiglu_gu_fwd(F(h), CF(gu), NK, I);
+}
+static void c_expert_down_bwd(struct moe_backend *be, void *dgu, void *h, float *dw, const void *dy, const void *gu, const void *w, const int32_t *offsets, void *dh, int NK, int E, int I, int D)
+{
+	(void)be;
+	moe_grouped_linear_bwd(F(dh), NULL, CF(dy), CF(h), CF(w), offsets, E, I, D); /* x unread */
+	moe_swiglu_gu_fwd(F(h), CF(gu), NK, I);
+	moe_swiglu_gu_bwd(F(dgu), CF(dh), CF(gu), NK, I);
+	moe_grouped_linear_bwd(NULL, dw, CF(dy), CF(h), CF(w), offsets, E, I, D);
+}
+static void c_expert_up_bwd(struct moe_backend *be, void *dx, float *dw, const void *dgu, const void *x, const int32_t *perm, const void *w, const int32_t *offsets, void *xg, int NK, int K, int E, int D, int I)
+{
+	(void)be;
+	moe_gather_rows(F(xg), CF(x), perm, NK, K, D);
+	moe_grouped_linear_bwd(F(dx), dw, CF(dgu), CF(xg), CF(w), offsets, E, D, 2 * I);
+}
 static void c_combine_fwd(struct moe_backend *be, void *out, const void *yg, const float *topk_w, const int32_t *inv, int N, int K, int D)
 {
 	(void)be;
@@ -349,6 +370,9 @@ struct moe_backend *moe_backend_cpu(void)
 	be->scatter_add_rows = c_scatter_add_rows;
 	be->grouped_linear_fwd = c_grouped_linear_fwd;
 	be->grouped_linear_bwd = c_grouped_linear_bwd;
+	be->expert_up_fwd = c_expert_up_fwd;
+	be->expert_down_bwd = c_expert_down_bwd;
+	be->expert_up_bwd = c_expert_up_bwd;
 	be->combine_fwd = c_combine_fwd;
 	be->combine_bwd = c_combine_bwd;
 	be->add = c_add;

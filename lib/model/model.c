@@ -604,9 +604,9 @@ static void block_fwd(struct moe_model *m, int l, struct layer_acts *a, void *x_
 	be->router_fwd(be, a->topk_idx, a->topk_w, a->probs, a->rlogits,
 		       use_bias ? be->master(be, lo->bias) : NULL, N, E, K, c->norm_topk_prob);
 	be->route_group(be, a->counts, a->offsets, a->perm, a->inv, a->topk_idx, N, K, E);
-	be->gather_rows(be, a->xg, a->ln2, a->perm, NK, K, D);
-	be->grouped_linear_fwd(be, a->gu_e, a->xg, P(lo->expert_gate_up), a->offsets, E, D, 2 * I);
-	be->swiglu_gu_fwd(be, a->h_e, a->gu_e, NK, I);
+	/* gather, gate_up GEMM and SwiGLU (xg: scratch of the unfused path) */
+	be->expert_up_fwd(be, a->gu_e, a->h_e, a->ln2, a->perm, P(lo->expert_gate_up), a->offsets, a->xg, NK, K, E,
+			  D, I);
 	be->grouped_linear_fwd(be, a->yg, a->h_e, P(lo->expert_down), a->offsets, E, I, D);
 	be->combine_fwd(be, m->g.tmp, a->yg, a->topk_w, a->inv, N, K, D);
 	be->add(be, x_out, m->g.tmp, ND);
@@ -894,13 +894,12 @@ static void block_bwd(struct moe_model *m, int l, struct layer_acts *a, void *x_
 		int lm = l - c->n_dense_layers;
 		/* routed experts */
 		be->combine_bwd(be, g->dyg, g->dtopk_w, dx, a->yg, a->topk_w, a->inv, N, K, D);
-		be->grouped_linear_bwd(be, g->dh_e, NULL, g->dyg, a->h_e, P(lo->expert_down), a->offsets, E, I, D);
-		be->swiglu_gu_bwd(be, g->dgu_e, a->h_e, g->dh_e, a->gu_e, NK, I);
-		be->grouped_linear_bwd(be, NULL, G(lo->expert_down), g->dyg, a->h_e, P(lo->expert_down), a->offsets,
-				       E, I, D);
-		be->gather_rows(be, a->xg, a->ln2, a->perm, NK, K, D);
-		be->grouped_linear_bwd(be, g->dxg, G(lo->expert_gate_up), g->dgu_e, a->xg,
-				       P(lo->expert_gate_up), a->offsets, E, D, 2 * I);
+		/* down dgrad with SwiGLU's backward (h_e recomputed), down wgrad;
+		 * gate_up dgrad and wgrad on the gathered rows (dh_e, xg: scratch) */
+		be->expert_down_bwd(be, g->dgu_e, a->h_e, G(lo->expert_down), g->dyg, a->gu_e, P(lo->expert_down),
+				    a->offsets, g->dh_e, NK, E, I, D);
+		be->expert_up_bwd(be, g->dxg, G(lo->expert_gate_up), g->dgu_e, a->ln2, a->perm, P(lo->expert_gate_up),
+				  a->offsets, a->xg, NK, K, E, D, I);
 		/* router: top-k weights, aux loss through probs, z-loss through logits */
 		float gaux[E];
 		aux_value(m, lm, gaux);

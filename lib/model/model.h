@@ -296,6 +296,20 @@ struct moe_backend {
 	void (*scatter_add_rows)(struct moe_backend *be, void *dx, const void *dxg, const int32_t *perm, int NK, int K, int D);
 	void (*grouped_linear_fwd)(struct moe_backend *be, void *out, const void *x, const void *w, const int32_t *offsets, int E, int In, int Out);
 	void (*grouped_linear_bwd)(struct moe_backend *be, void *dx, float *dw, const void *dout, const void *x, const void *w, const int32_t *offsets, int E, int In, int Out);
+	/* The routed experts' MLP in three ops, each equal to a sequence of the
+	 * ops above (a backend may fuse it; M = offsets[E] = NK rows in expert
+	 * order, perm of route_group; xg (M, D) and dh (M, I) are scratch for
+	 * backends that run the sequence):
+	 *   expert_up_fwd:   xg = gather_rows(x (N, D), perm); gu (M, 2I) =
+	 *                    grouped_linear_fwd(xg, w (E, 2I, D)); h (M, I) = swiglu_gu_fwd(gu)
+	 *   expert_down_bwd: dh = grouped_linear_bwd dx of dy (M, D), w (E, D, I);
+	 *                    swiglu_gu_bwd(dgu (M, 2I), h (M, I) recomputed, dh, gu);
+	 *                    then grouped_linear_bwd dw (E, D, I) += dy^T h
+	 *   expert_up_bwd:   xg = gather_rows(x, perm); grouped_linear_bwd(dx (M, D)
+	 *                    overwritten, dw (E, 2I, D) +=, dgu, xg, w (E, 2I, D)) */
+	void (*expert_up_fwd)(struct moe_backend *be, void *gu, void *h, const void *x, const int32_t *perm, const void *w, const int32_t *offsets, void *xg, int NK, int K, int E, int D, int I);
+	void (*expert_down_bwd)(struct moe_backend *be, void *dgu, void *h, float *dw, const void *dy, const void *gu, const void *w, const int32_t *offsets, void *dh, int NK, int E, int I, int D);
+	void (*expert_up_bwd)(struct moe_backend *be, void *dx, float *dw, const void *dgu, const void *x, const int32_t *perm, const void *w, const int32_t *offsets, void *xg, int NK, int K, int E, int D, int I);
 	void (*combine_fwd)(struct moe_backend *be, void *out, const void *yg, const float *topk_w, const int32_t *inv, int N, int K, int D);
 	void (*combine_bwd)(struct moe_backend *be, void *dyg, float *dtopk_w, const void *dout, const void *yg, const float *topk_w, const int32_t *inv, int N, int K, int D);
 	void (*add)(struct moe_backend *be, void *y, const void *x, size_t n); /* y += x (ACT) */

@@ -567,3 +567,141 @@ Test(kernels, grouped_wgmma, .timeout = 120)
 	}
 	moe_cuda_grouped_wgmma_config(0);
 }
+
+/* bf16 outputs identical bit for bit (NaN never is) */
+static bool expert_bits_equal(const bf16_t *a, const bf16_t *b, size_t n)
+{
+	uint16_t *ha = down(a, n * 2), *hb = down(b, n * 2);
+	bool eq = memcmp(ha, hb, n * 2) == 0;
+	for (size_t i = 0; eq && i < n; i++)
+		eq = (ha[i] & 0x7fff) <= 0x7f80;
+	free(ha);
+	free(hb);
+	return eq;
+}
+
+/* The fused routed-expert kernels of grouped_wgmma.cu (gather in the loads,
+ * SwiGLU in the epilogues) on N tokens routed to K of E experts (skewed, the
+ * last three experts empty), against
+ *   the CPU reference (gather, grouped GEMMs, SwiGLU of ops.h): 2e-2 for bf16
+ *   outputs (gu, h, dgu), 1e-4 for the fp32 weight gradient accumulated onto
+ *   random values;
+ *   the unfused GPU sequence (moe_cuda_gather, the wgmma GEMMs, swiglu.cu)
+ *   with the same tile: identical bits expected for h and the recomputed h
+ *   (against moe_cuda_swiglu_fwd on the fused gu), reported for the rest. */
+static void expert_case(int N, int K, int E, int D, int I)
+{
+	cr_assert(K <= E - 3, "K=%d distinct experts out of E-3=%d", K, E - 3);
+	int NK = N * K;
+	int32_t *idx = malloc((size_t)NK * 4), *cnt = malloc(E * 4), *off = malloc((E + 1) * 4);
+	int32_t *perm = malloc((size_t)NK * 4);
+	for (int n = 0; n < N; n++)
+		for (int k = 0; k < K; k++) {
+			int e;
+			bool dup;
+			do { /* half of the picks halved: skewed towards low ids */
+				e = (int)(rng_u64() % (E - 3));
+				if (rng_u64() & 1)
+					e /= 2;
+				dup = false;
+				for (int j = 0; j < k; j++)
+					dup |= idx[n * K + j] == e;
+			} while (dup);
+			idx[n * K + k] = e;
+		}
+	moe_route_group(cnt, off, perm, idx, N, K, E);
+	size_t nx = (size_t)N * D, ngu = (size_t)NK * 2 * I, nh = (size_t)NK * I, nw = (size_t)E * 2 * I * D;
+	float *x = rand_bf(nx, 1.f), *wgu = rand_bf(nw, 0.1f), *wdn = rand_bf((size_t)E * D * I, 0.1f);
+	float *dy = rand_bf((size_t)NK * D, 1.f), *dw0 = rand_bf(nw, 1.f);
+	float *xg = malloc((size_t)NK * D * 4), *gu = malloc(ngu * 4), *h = malloc(nh * 4);
+	float *dh = malloc(nh * 4), *dgu = malloc(ngu * 4), *dw = malloc(nw * 4);
+	moe_gather_rows(xg, x, perm, NK, K, D);
+	moe_grouped_linear_fwd(gu, xg, wgu, off, E, D, 2 * I);
+	moe_swiglu_gu_fwd(h, gu, NK, I);
+
+	bf16_t *gx = up_bf(x, nx), *gwgu = up_bf(wgu, nw), *gwdn = up_bf(wdn, (size_t)E * D * I);
+	bf16_t *gdy = up_bf(dy, (size_t)NK * D);
+	int32_t *gperm = up(perm, (size_t)NK * 4), *goff = up(off, (E + 1) * 4);
+	bf16_t *ggu = dmalloc(ngu * 2), *gh = dmalloc(nh * 2), *gh2 = dmalloc(nh * 2), *gdgu = dmalloc(ngu * 2);
+	bf16_t *ugxg = dmalloc((size_t)NK * D * 2), *ugu = dmalloc(ngu * 2), *uh = dmalloc(nh * 2);
+	bf16_t *uh2 = dmalloc(nh * 2), *udh = dmalloc(nh * 2), *udgu = dmalloc(ngu * 2), *ghc = dmalloc(nh * 2);
+	float *gdw = up(dw0, nw * 4), *udw = up(dw0, nw * 4);
+	int rows = NK + 77; /* max_rows above the true count, as the backend may pass */
+	moe_cuda_grouped_wgmma_config(0);
+	/* fused */
+	LAUNCH_OK(moe_cuda_grouped_wgmma_up_fwd(ggu, gh, gx, gperm, K, gwgu, goff, rows, E, D, I, S, &gerr));
+	LAUNCH_OK(moe_cuda_grouped_wgmma_down_dgrad_swiglu(gdgu, gh2, gdy, ggu, gwdn, goff, rows, E, I, D, S, &gerr));
+	LAUNCH_OK(moe_cuda_grouped_wgmma_up_wgrad(gdw, gdgu, gx, gperm, K, goff, E, D, I, S, &gerr));
+	LAUNCH_OK(moe_cuda_swiglu_fwd(ghc, ggu, NK, I, S, &gerr));
+	/* unfused, from the same gu */
+	LAUNCH_OK(moe_cuda_gather(ugxg, gx, gperm, NK, K, D, S, &gerr));
+	LAUNCH_OK(moe_cuda_grouped_wgmma_fwd(ugu, ugxg, gwgu, goff, rows, E, D, 2 * I, S, &gerr));
+	LAUNCH_OK(moe_cuda_swiglu_fwd(uh, ugu, NK, I, S, &gerr));
+	LAUNCH_OK(moe_cuda_grouped_wgmma_dgrad(udh, gdy, gwdn, goff, rows, E, I, D, S, &gerr));
+	LAUNCH_OK(moe_cuda_swiglu_bwd(udgu, uh2, udh, ggu, NK, I, S, &gerr));
+	LAUNCH_OK(moe_cuda_grouped_wgmma_wgrad(udw, gdgu, ugxg, goff, E, D, 2 * I, S, &gerr));
+
+	/* the CPU backward from the GPU's gu and dgu (bf16 values) */
+	float *gu_b = down_bf(ggu, ngu), *dgu_b = down_bf(gdgu, ngu);
+	moe_grouped_linear_bwd(dh, NULL, dy, h, wdn, off, E, I, D);
+	moe_swiglu_gu_bwd(dgu, dh, gu_b, NK, I);
+	memcpy(dw, dw0, nw * 4);
+	moe_grouped_linear_bwd(NULL, dw, dgu_b, xg, wgu, off, E, D, 2 * I);
+
+	char what[128];
+#define EXPERT_WHAT(s) (snprintf(what, sizeof(what), "%s N=%d K=%d E=%d D=%d I=%d", s, N, K, E, D, I), what)
+	CHECK_REL(gu_b, gu, ngu, 2e-2, EXPERT_WHAT("fused up fwd gu"));
+	CHECK_REL(down_bf(gh, nh), h, nh, 2e-2, EXPERT_WHAT("fused up fwd h"));
+	CHECK_REL(dgu_b, dgu, ngu, 2e-2, EXPERT_WHAT("fused down dgrad + swiglu bwd dgu"));
+	CHECK_REL(down(gdw, nw * 4), dw, nw, 1e-4, EXPERT_WHAT("fused up wgrad (gathered x)"));
+	/* SwiGLU's values bit for bit: the epilogue's h is swiglu.cu's on the
+	 * same gu, and the backward's recomputed h is the forward's */
+	cr_expect(expert_bits_equal(gh, ghc, nh), "%s", EXPERT_WHAT("fused h != swiglu_fwd(fused gu)"));
+	cr_expect(expert_bits_equal(gh2, gh, nh), "%s", EXPERT_WHAT("recomputed h != forward h"));
+	cr_expect(expert_bits_equal(uh2, gh, nh), "%s", EXPERT_WHAT("unfused swiglu_bwd h != fused forward h"));
+	/* against the unfused GPU sequence */
+	bool eq_gu = expert_bits_equal(ggu, ugu, ngu), eq_h = expert_bits_equal(gh, uh, nh);
+	bool eq_dgu = expert_bits_equal(gdgu, udgu, ngu);
+	float *a = down(gdw, nw * 4), *b = down(udw, nw * 4);
+	bool eq_dw = memcmp(a, b, nw * 4) == 0;
+	CHECK_REL(down_bf(ggu, ngu), down_bf(ugu, ngu), ngu, 1e-2, EXPERT_WHAT("fused vs unfused gu"));
+	CHECK_REL(down_bf(gdgu, ngu), down_bf(udgu, ngu), ngu, 1e-2, EXPERT_WHAT("fused vs unfused dgu"));
+	CHECK_REL(a, b, nw, 1e-5, EXPERT_WHAT("fused vs unfused up wgrad"));
+	fprintf(stderr, "%s: fused == unfused bitwise: gu %s, h %s, dgu %s, dw %s\n", EXPERT_WHAT("experts"),
+		eq_gu ? "yes" : "no", eq_h ? "yes" : "no", eq_dgu ? "yes" : "no", eq_dw ? "yes" : "no");
+#undef EXPERT_WHAT
+	void *dev[] = {gx, gwgu, gwdn, gdy, gperm, goff, ggu, gh, gh2, gdgu, ugxg, ugu, uh, uh2, udh, udgu, ghc, gdw, udw};
+	for (size_t i = 0; i < sizeof(dev) / sizeof(dev[0]); i++)
+		cudaFree(dev[i]);
+	free(idx);
+	free(cnt);
+	free(off);
+	free(perm);
+	free(x);
+	free(wgu);
+	free(wdn);
+	free(dy);
+	free(dw0);
+	free(xg);
+	free(gu);
+	free(h);
+	free(dh);
+	free(dgu);
+	free(dw);
+}
+
+/* Partial row tiles (expert counts not multiples of 128, empty experts), a
+ * gate tile that ends inside its 64 columns (I = 72, 136), reductions that
+ * are not multiples of 64 (D = 200, a group's rows), K = 1 and K = 4, and
+ * the seed-base widths. */
+Test(kernels, grouped_wgmma_expert_fused, .timeout = 120)
+{
+	NEED_GPU();
+	if (!moe_cuda_grouped_wgmma_supported())
+		cr_skip_test("not an sm_90 device");
+	rng_seed(14);
+	expert_case(700, 4, 8, 200, 72);
+	expert_case(1000, 1, 5, 128, 136);
+	expert_case(333, 2, 6, 64, 8);
+	expert_case(512, 4, 16, 768, 640);
+}

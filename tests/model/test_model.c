@@ -806,3 +806,62 @@ Test(config, directory_or_preset)
 	rmrf(d);
 	free(d);
 }
+
+/* The CPU backend's routed-expert ops (expert_up_fwd, expert_down_bwd,
+ * expert_up_bwd) are the ops.h sequences they stand for, to the bit: random
+ * inputs, K = 2 of E = 5 experts, one of them empty. */
+Test(ops, expert_ops_equal_sequence)
+{
+	enum { N = 37, K = 2, E = 5, D = 24, I = 16, NK = N * K };
+	struct moe_backend *be = moe_backend_cpu();
+	cr_assert_not_null(be);
+	unsigned s = 4242;
+#define RND(p, n)                                                                                     \
+	do {                                                                                          \
+		for (size_t i_ = 0; i_ < (size_t)(n); i_++)                                           \
+			(p)[i_] = (float)((s = s * 1103515245u + 12345u) >> 9) / 8388608.0f - 1.0f;   \
+	} while (0)
+	int32_t idx[NK], cnt[E], off[E + 1], perm[NK];
+	for (int n = 0; n < N; n++) {
+		idx[n * K] = n % 4;                 /* expert 4 stays empty */
+		idx[n * K + 1] = (n % 4 + 1 + n % 3) % 4; /* another one */
+	}
+	moe_route_group(cnt, off, perm, idx, N, K, E);
+	cr_assert_eq(cnt[4], 0);
+	static float x[N * D], wgu[E * 2 * I * D], wdn[E * D * I], dy[NK * D];
+	static float gu[NK * 2 * I], h[NK * I], xg[NK * D], dgu[NK * 2 * I], dh[NK * I], dx[NK * D];
+	static float dwd[E * D * I], dwu[E * 2 * I * D];
+	static float rgu[NK * 2 * I], rh[NK * I], rxg[NK * D], rdgu[NK * 2 * I], rdh[NK * I], rdx[NK * D];
+	static float rdwd[E * D * I], rdwu[E * 2 * I * D];
+	RND(x, N * D);
+	RND(wgu, E * 2 * I * D);
+	RND(wdn, E * D * I);
+	RND(dy, NK * D);
+	RND(dwd, E * D * I);
+	RND(dwu, E * 2 * I * D);
+	memcpy(rdwd, dwd, sizeof(dwd));
+	memcpy(rdwu, dwu, sizeof(dwu));
+#undef RND
+	/* the sequences model.c ran before these ops existed */
+	moe_gather_rows(rxg, x, perm, NK, K, D);
+	moe_grouped_linear_fwd(rgu, rxg, wgu, off, E, D, 2 * I);
+	moe_swiglu_gu_fwd(rh, rgu, NK, I);
+	moe_grouped_linear_bwd(rdh, NULL, dy, rh, wdn, off, E, I, D);
+	moe_swiglu_gu_bwd(rdgu, rdh, rgu, NK, I);
+	moe_grouped_linear_bwd(NULL, rdwd, dy, rh, wdn, off, E, I, D);
+	moe_grouped_linear_bwd(rdx, rdwu, rdgu, rxg, wgu, off, E, D, 2 * I);
+
+	be->expert_up_fwd(be, gu, h, x, perm, wgu, off, xg, NK, K, E, D, I);
+	cr_expect_eq(memcmp(gu, rgu, sizeof(gu)), 0, "expert_up_fwd gu");
+	cr_expect_eq(memcmp(h, rh, sizeof(h)), 0, "expert_up_fwd h");
+	memset(h, 0, sizeof(h)); /* the backward recomputes it */
+	be->expert_down_bwd(be, dgu, h, dwd, dy, gu, wdn, off, dh, NK, E, I, D);
+	cr_expect_eq(memcmp(dgu, rdgu, sizeof(dgu)), 0, "expert_down_bwd dgu");
+	cr_expect_eq(memcmp(h, rh, sizeof(h)), 0, "expert_down_bwd h");
+	cr_expect_eq(memcmp(dwd, rdwd, sizeof(dwd)), 0, "expert_down_bwd dw");
+	memset(xg, 0, sizeof(xg));
+	be->expert_up_bwd(be, dx, dwu, dgu, x, perm, wgu, off, xg, NK, K, E, D, I);
+	cr_expect_eq(memcmp(dx, rdx, sizeof(dx)), 0, "expert_up_bwd dx");
+	cr_expect_eq(memcmp(dwu, rdwu, sizeof(dwu)), 0, "expert_up_bwd dw");
+	be->destroy(be);
+}
