@@ -559,17 +559,30 @@ static void o_rmsnorm_fwd(struct moe_backend *be, void *out, float *rstd, const 
 	PROF_END(c);
 }
 
-static void o_rmsnorm_bwd(struct moe_backend *be, void *dx, float *dw, const void *dout, const void *x, const void *w,
-			  const float *rstd, int N, int D)
+static void rmsnorm_bwd(struct moe_backend *be, void *dx, float *dw, const void *dout, const void *x, const void *w,
+			const float *rstd, int N, int D, bool add)
 {
 	struct cuda_ctx *c = CTX(be);
 	const float *wf = master_of(c, w);
 	if (dw && be->grad_overwrite) /* the kernel adds its blocks' partial sums */
 		b_zero(be, dw, (size_t)D, MOE_BUF_F32);
 	PROF(c, "rmsnorm_bwd");
-	RUN(c, moe_cuda_rmsnorm_bwd((bf16_t *)dx, dw, (const bf16_t *)dout, (const bf16_t *)x, wf, rstd, N, D,
-				    c->s, &c->err));
+	RUN(c, (add ? moe_cuda_rmsnorm_bwd_add : moe_cuda_rmsnorm_bwd)((bf16_t *)dx, dw, (const bf16_t *)dout,
+								       (const bf16_t *)x, wf, rstd, N, D, c->s,
+								       &c->err));
 	PROF_END(c);
+}
+
+static void o_rmsnorm_bwd(struct moe_backend *be, void *dx, float *dw, const void *dout, const void *x, const void *w,
+			  const float *rstd, int N, int D)
+{
+	rmsnorm_bwd(be, dx, dw, dout, x, w, rstd, N, D, false);
+}
+
+static void o_rmsnorm_bwd_add(struct moe_backend *be, void *dx, float *dw, const void *dout, const void *x,
+			      const void *w, const float *rstd, int N, int D)
+{
+	rmsnorm_bwd(be, dx, dw, dout, x, w, rstd, N, D, true);
 }
 
 /* beta 1: the GEMM adds into out / dx (bf16 C read once, fp32 sum) */
@@ -1306,6 +1319,7 @@ extern "C" struct moe_backend *moe_backend_cuda(struct moe_error *err)
 	be->embedding_bwd = o_embedding_bwd;
 	be->rmsnorm_fwd = o_rmsnorm_fwd;
 	be->rmsnorm_bwd = o_rmsnorm_bwd;
+	be->rmsnorm_bwd_add = o_rmsnorm_bwd_add;
 	be->linear_fwd = o_linear_fwd;
 	be->linear_bwd = o_linear_bwd;
 	be->linear_fwd_add = o_linear_fwd_add;

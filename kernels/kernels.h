@@ -41,6 +41,10 @@ int moe_cuda_rmsnorm_fwd(bf16_t *out /* (N, D) */, float *rstd /* (N) */, const 
 int moe_cuda_rmsnorm_bwd(bf16_t *dx /* (N, D) */, float *dw /* (D) */, const bf16_t *dout,
 			 const bf16_t *x, const float *w, const float *rstd, int N, int D,
 			 cudaStream_t s, struct moe_error *err);
+/* the same with dx += the input gradient (fp32 sum, one rounding) */
+int moe_cuda_rmsnorm_bwd_add(bf16_t *dx /* (N, D) */, float *dw /* (D) */, const bf16_t *dout,
+			     const bf16_t *x, const float *w, const float *rstd, int N, int D,
+			     cudaStream_t s, struct moe_error *err);
 
 /* qknorm_rope.cu: RMSNorm over rows of H heads of Dh (fp32 weights and rstd),
  * then rotate-half RoPE with the rope.cu table, in one pass; the backward

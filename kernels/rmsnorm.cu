@@ -35,6 +35,8 @@ __global__ void rmsnorm_fwd_kernel(bf16 *out, float *rstd, const bf16 *x, const 
 		rstd[n] = r;
 }
 
+/* ADD: dx += the input gradient (one rounding of the fp32 sum) */
+template <bool ADD>
 __global__ void rmsnorm_bwd_kernel(bf16 *dx, float *dw, const bf16 *dout, const bf16 *x, const float *w,
 				   const float *rstd, int N, int D)
 {
@@ -60,11 +62,15 @@ __global__ void rmsnorm_bwd_kernel(bf16 *dx, float *dw, const bf16 *dout, const 
 		for (int i = lane * 8; i < D; i += 256) {
 			ld8(fx, xr + i);
 			ld8(fd, dr + i);
-			float g[8];
+			float g[8], o[8];
+			if (ADD)
+				ld8(o, dxr + i);
 #pragma unroll
 			for (int j = 0; j < 8; j++) {
 				g[j] = fd[j] * w[i + j] * r - c * fx[j];
 				my[i + j] += fd[j] * fx[j] * r;
+				if (ADD)
+					g[j] += o[j];
 			}
 			st8(dxr + i, g);
 		}
@@ -83,7 +89,7 @@ __global__ void rmsnorm_bwd_kernel(bf16 *dx, float *dw, const bf16 *dout, const 
 /* The same for D <= 256 * NC: every lane of a warp always touches columns
  * lane * 8 + 256 c, so its share of dw stays in registers across the
  * warp's rows (no shared-memory traffic per row) and each row is read once. */
-template <int NC>
+template <int NC, bool ADD>
 __global__ void __launch_bounds__(256) rmsnorm_bwd_reg_kernel(bf16 *dx, float *dw, const bf16 *dout,
 							      const bf16 *x, const float *w,
 							      const float *rstd, int N, int D)
@@ -130,8 +136,16 @@ __global__ void __launch_bounds__(256) rmsnorm_bwd_reg_kernel(bf16 *dx, float *d
 				g[j] = fd[c][j] * wr[c][j] * r - k * fx[c][j];
 				acc[c][j] += fd[c][j] * fx[c][j] * r;
 			}
-			if (i < D)
+			if (i < D) {
+				if (ADD) {
+					float o[8];
+					ld8(o, dxr + i);
+#pragma unroll
+					for (int j = 0; j < 8; j++)
+						g[j] += o[j];
+				}
 				st8(dxr + i, g);
+			}
 		}
 	}
 	if (!dw)
@@ -171,9 +185,9 @@ extern "C" int moe_cuda_rmsnorm_fwd(bf16_t *out, float *rstd, const bf16_t *x, c
 	return CUDA_LAUNCHED(err);
 }
 
-extern "C" int moe_cuda_rmsnorm_bwd(bf16_t *dx, float *dw, const bf16_t *dout, const bf16_t *x,
-				    const float *w, const float *rstd, int N, int D, cudaStream_t s,
-				    struct moe_error *err)
+template <bool ADD>
+static int rmsnorm_bwd(bf16_t *dx, float *dw, const bf16_t *dout, const bf16_t *x, const float *w, const float *rstd,
+		       int N, int D, cudaStream_t s, struct moe_error *err)
 {
 	int rc;
 	if ((rc = check_d(D, err)) != 0 || N <= 0)
@@ -184,7 +198,7 @@ extern "C" int moe_cuda_rmsnorm_bwd(bf16_t *dx, float *dw, const bf16_t *dout, c
 		unsigned nb = moe_cdiv(N, 8 * 4);
 		if (nb > 132 * 3)
 			nb = 132 * 3;
-#define REG(NC) rmsnorm_bwd_reg_kernel<NC><<<nb, 256, sm, s>>>((bf16 *)dx, dw, (const bf16 *)dout, \
+#define REG(NC) rmsnorm_bwd_reg_kernel<NC, ADD><<<nb, 256, sm, s>>>((bf16 *)dx, dw, (const bf16 *)dout, \
 							      (const bf16 *)x, w, rstd, N, D)
 		if (nc == 1)
 			REG(1);
@@ -204,7 +218,21 @@ extern "C" int moe_cuda_rmsnorm_bwd(bf16_t *dx, float *dw, const bf16_t *dout, c
 	unsigned blocks = moe_cdiv(N, warps * 8);
 	if (blocks > 264)
 		blocks = 264;
-	rmsnorm_bwd_kernel<<<blocks, warps * 32, smem, s>>>((bf16 *)dx, dw, (const bf16 *)dout,
-							    (const bf16 *)x, w, rstd, N, D);
+	rmsnorm_bwd_kernel<ADD><<<blocks, warps * 32, smem, s>>>((bf16 *)dx, dw, (const bf16 *)dout,
+								 (const bf16 *)x, w, rstd, N, D);
 	return CUDA_LAUNCHED(err);
+}
+
+extern "C" int moe_cuda_rmsnorm_bwd(bf16_t *dx, float *dw, const bf16_t *dout, const bf16_t *x,
+				    const float *w, const float *rstd, int N, int D, cudaStream_t s,
+				    struct moe_error *err)
+{
+	return rmsnorm_bwd<false>(dx, dw, dout, x, w, rstd, N, D, s, err);
+}
+
+extern "C" int moe_cuda_rmsnorm_bwd_add(bf16_t *dx, float *dw, const bf16_t *dout, const bf16_t *x,
+					const float *w, const float *rstd, int N, int D, cudaStream_t s,
+					struct moe_error *err)
+{
+	return rmsnorm_bwd<true>(dx, dw, dout, x, w, rstd, N, D, s, err);
 }

@@ -126,6 +126,11 @@ static void c_rmsnorm_bwd(struct moe_backend *be, void *dx, float *dw, const voi
 	(void)be;
 	moe_rmsnorm_bwd(F(dx), dw, CF(dout), CF(x), CF(w), rstd, N, D);
 }
+static void c_rmsnorm_bwd_add(struct moe_backend *be, void *dx, float *dw, const void *dout, const void *x, const void *w, const float *rstd, int N, int D)
+{
+	(void)be;
+	moe_rmsnorm_bwd_add(F(dx), dw, CF(dout), CF(x), CF(w), rstd, N, D);
+}
 static void c_linear_fwd(struct moe_backend *be, void *out, const void *x, const void *w, int N, int In, int Out)
 {
 	(void)be;
@@ -351,6 +356,7 @@ struct moe_backend *moe_backend_cpu(void)
 	be->embedding_bwd = c_embedding_bwd;
 	be->rmsnorm_fwd = c_rmsnorm_fwd;
 	be->rmsnorm_bwd = c_rmsnorm_bwd;
+	be->rmsnorm_bwd_add = c_rmsnorm_bwd_add;
 	be->linear_fwd = c_linear_fwd;
 	be->linear_bwd = c_linear_bwd;
 	be->linear_fwd_add = c_linear_fwd_add;

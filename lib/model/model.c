@@ -874,7 +874,6 @@ static void block_bwd(struct moe_model *m, int l, struct layer_acts *a, void *x_
 	struct graph_bufs *g = &m->g;
 	int N = B * T, D = c->hidden_size, H = c->num_attention_heads, Dh = D / H;
 	float theta = (float)c->rope_theta;
-	size_t ND = (size_t)N * D;
 #define P(off) be->param(be, off)
 #define G(off) be->grad(be, off)
 	/* MLP: dx is the gradient w.r.t. the block output (and the MLP output).
@@ -923,8 +922,8 @@ static void block_bwd(struct moe_model *m, int l, struct layer_acts *a, void *x_
 			be->linear_bwd_add(be, dln2, G(ogu), g->dgu, a->ln2, P(ogu), N, D, 2 * Is);
 		}
 	}
-	be->rmsnorm_bwd(be, g->d2, G(lo->ln_post), dln2, x_mid, P(lo->ln_post), a->rstd2, N, D);
-	be->add(be, dx, g->d2, ND); /* dx: gradient w.r.t. x_mid */
+	/* dx: gradient w.r.t. x_mid (the residual's plus the norm's) */
+	be->rmsnorm_bwd_add(be, dx, G(lo->ln_post), dln2, x_mid, P(lo->ln_post), a->rstd2, N, D);
 	/* attention */
 	be->linear_bwd(be, g->d1, G(lo->o), dx, a->att, P(lo->o), N, D, D);
 	be->attention_bwd(be, g->dq, g->dk, g->dv, g->d1, a->q, a->k, a->v, a->att, a->lse, B, T, H, Dh);
@@ -933,8 +932,7 @@ static void block_bwd(struct moe_model *m, int l, struct layer_acts *a, void *x_
 	be->qknorm_rope_bwd(be, g->d1, G(lo->k_norm), g->dk, a->kraw, P(lo->k_norm), a->rstdk, B, T, H, Dh, theta);
 	be->linear_bwd_add(be, g->d2, G(lo->k), g->d1, a->ln1, P(lo->k), N, D, D);
 	be->linear_bwd_add(be, g->d2, G(lo->v), g->dv, a->ln1, P(lo->v), N, D, D);
-	be->rmsnorm_bwd(be, g->d1, G(lo->ln_in), g->d2, x_in, P(lo->ln_in), a->rstd1, N, D);
-	be->add(be, dx, g->d1, ND);
+	be->rmsnorm_bwd_add(be, dx, G(lo->ln_in), g->d2, x_in, P(lo->ln_in), a->rstd1, N, D);
 #undef P
 #undef G
 }

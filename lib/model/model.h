@@ -270,6 +270,8 @@ struct moe_backend {
 	void (*embedding_bwd)(struct moe_backend *be, float *dwte, const void *dout, const int32_t *ids, int N, int D, int pad_id);
 	void (*rmsnorm_fwd)(struct moe_backend *be, void *out, float *rstd, const void *x, const void *w, int N, int D, float eps);
 	void (*rmsnorm_bwd)(struct moe_backend *be, void *dx, float *dw, const void *dout, const void *x, const void *w, const float *rstd, int N, int D);
+	/* the same adding the input gradient into dx (the residual stream's) */
+	void (*rmsnorm_bwd_add)(struct moe_backend *be, void *dx, float *dw, const void *dout, const void *x, const void *w, const float *rstd, int N, int D);
 	/* no bias; linear_bwd: dx (may be NULL) overwritten, dw (may be NULL) += */
 	void (*linear_fwd)(struct moe_backend *be, void *out, const void *x, const void *w, int N, int In, int Out);
 	void (*linear_bwd)(struct moe_backend *be, void *dx, float *dw, const void *dout, const void *x, const void *w, int N, int In, int Out);

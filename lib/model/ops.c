@@ -74,8 +74,8 @@ void moe_rmsnorm_fwd(float *out, float *rstd, const float *x, const float *w, in
 	}
 }
 
-void moe_rmsnorm_bwd(float *dx, float *dw, const float *dout, const float *x, const float *w,
-		     const float *rstd, int N, int D)
+static void rmsnorm_bwd(float *dx, float *dw, const float *dout, const float *x, const float *w,
+			const float *rstd, int N, int D, bool add)
 {
 	/* y = w * x * r;  dx = r * (w*dy) - x * r^3 * mean(w*dy*x) */
 #pragma omp parallel for schedule(static) if (N * D > 65536)
@@ -87,8 +87,10 @@ void moe_rmsnorm_bwd(float *dx, float *dw, const float *dout, const float *x, co
 		for (int d = 0; d < D; d++)
 			dot += w[d] * dy[d] * xr[d];
 		float c = r * r * r * dot / (float)D;
-		for (int d = 0; d < D; d++)
-			dxr[d] = r * w[d] * dy[d] - xr[d] * c;
+		for (int d = 0; d < D; d++) {
+			float v = r * w[d] * dy[d] - xr[d] * c;
+			dxr[d] = add ? dxr[d] + v : v;
+		}
 	}
 	if (!dw)
 		return;
@@ -99,6 +101,18 @@ void moe_rmsnorm_bwd(float *dx, float *dw, const float *dout, const float *x, co
 			s += dout[(size_t)n * D + d] * x[(size_t)n * D + d] * rstd[n];
 		dw[d] += s;
 	}
+}
+
+void moe_rmsnorm_bwd(float *dx, float *dw, const float *dout, const float *x, const float *w,
+		     const float *rstd, int N, int D)
+{
+	rmsnorm_bwd(dx, dw, dout, x, w, rstd, N, D, false);
+}
+
+void moe_rmsnorm_bwd_add(float *dx, float *dw, const float *dout, const float *x, const float *w,
+			 const float *rstd, int N, int D)
+{
+	rmsnorm_bwd(dx, dw, dout, x, w, rstd, N, D, true);
 }
 
 /* ---- linear --------------------------------------------------------------- */

@@ -32,6 +32,9 @@ void moe_rmsnorm_fwd(float *out /* (N, D) */, float *rstd /* (N) */, const float
 void moe_rmsnorm_bwd(float *dx /* (N, D) */, float *dw /* (D), += */, const float *dout /* (N, D) */,
 		     const float *x /* (N, D) */, const float *w /* (D) */, const float *rstd /* (N) */,
 		     int N, int D);
+/* The same adding the input gradient into dx (a residual stream's gradient). */
+void moe_rmsnorm_bwd_add(float *dx /* (N, D), += */, float *dw /* (D), += */, const float *dout,
+			 const float *x, const float *w, const float *rstd, int N, int D);
 
 /* Linear: out = x @ w^T (+ b).  w is (Out, In) as in PyTorch/HF.  The CPU
  * version may allocate a temporary transpose of w (freed before return). */

@@ -65,6 +65,14 @@ static void rmsnorm_case(int N, int D)
 	CHECK_REL(down(grs, N * 4), rstd, N, 1e-5, "rmsnorm rstd");
 	CHECK_REL(down_bf(gdx, (size_t)N * D), dx, (size_t)N * D, 2e-2, "rmsnorm dx");
 	CHECK_REL(down(gdw, D * 4), dw, D, 1e-4, "rmsnorm dw");
+	/* rmsnorm_bwd_add: dx += the input gradient, into a random residual
+	 * gradient (dw accumulates a second time) */
+	float *res = rand_bf((size_t)N * D, 1.f);
+	bf16_t *gres = up_bf(res, (size_t)N * D);
+	moe_rmsnorm_bwd_add(res, dw, dout, x, w, rstd, N, D);
+	LAUNCH_OK(moe_cuda_rmsnorm_bwd_add(gres, gdw, gdo, gx, gw, grs, N, D, S, &gerr));
+	CHECK_REL(down_bf(gres, (size_t)N * D), res, (size_t)N * D, 2e-2, "rmsnorm_bwd_add dx");
+	CHECK_REL(down(gdw, D * 4), dw, D, 1e-4, "rmsnorm_bwd_add dw");
 }
 
 /* Fused QK-norm + RoPE against ops.c's rmsnorm then rope (and rope_bwd then
