@@ -9,18 +9,18 @@
 
 #include "cuda_common.h"
 
-#define ATT_BR 64     /* rows per tile (queries or keys) */
+#define ATT_BR 64     /* rows per tile of the original (64-row, 4-warp) variants */
 #define ATT_WARPS 4   /* 16 rows per warp */
 #define ATT_PAD 8     /* bf16 row padding: conflict-free ldmatrix */
 #define LOG2E 1.4426950408889634f
 
-/* Copy rows [row0, row0+64) of one (b, h) slice into dst (64, DH+PAD) with
- * cp.async; rows at or past T are zero-filled. */
-template <int DH>
+/* Copy rows [row0, row0+ROWS) of one (b, h) slice into dst (ROWS, DH+PAD)
+ * with cp.async by NT threads; rows at or past T are zero-filled. */
+template <int DH, int ROWS = ATT_BR, int NT = ATT_WARPS * 32>
 static __device__ __forceinline__ void att_load_tile(bf16 *dst, const bf16 *src, int ld, int row0, int T)
 {
 	constexpr int VPR = DH / 8; /* 16-byte vectors per row */
-	for (int i = threadIdx.x; i < ATT_BR * VPR; i += ATT_WARPS * 32) {
+	for (int i = threadIdx.x; i < ROWS * VPR; i += NT) {
 		int r = i / VPR, c = (i % VPR) * 8;
 		bool ok = row0 + r < T;
 		const bf16 *g = ok ? src + (size_t)(row0 + r) * ld + c : src;
@@ -77,20 +77,21 @@ static __device__ __forceinline__ void att_frag_a(unsigned *a, const bf16 *tile,
 	ldsm_x4(a[0], a[1], a[2], a[3], p);
 }
 
-/* S (16 x 64) = A (16 x DH, fragments a[DH/16]) @ B^T where B is a (64, DH)
- * row-major smem tile: s[j][4] is the accumulator of columns 8j..8j+7. */
-template <int DH>
+/* S (16 x 8*NJ) = A (16 x DH, fragments a[DH/16]) @ B^T where B is a
+ * (8*NJ, DH) row-major smem tile: s[j][4] is the accumulator of columns
+ * 8j..8j+7. */
+template <int DH, int NJ = 8>
 static __device__ __forceinline__ void att_mm_abt(float (*s)[4], const unsigned (*a)[4], const bf16 *Bt)
 {
 	constexpr int LD = DH + ATT_PAD;
 	int lane = threadIdx.x % 32;
 #pragma unroll
-	for (int j = 0; j < 8; j++)
+	for (int j = 0; j < NJ; j++)
 		s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
 #pragma unroll
 	for (int kk = 0; kk < DH / 16; kk++)
 #pragma unroll
-		for (int j = 0; j < 8; j += 2) {
+		for (int j = 0; j < NJ; j += 2) {
 			unsigned b0, b1, b2, b3;
 			const bf16 *p = Bt + (8 * j + (lane % 8) + (lane / 16) * 8) * LD + kk * 16 + ((lane / 8) % 2) * 8;
 			ldsm_x4(b0, b1, b2, b3, p);
@@ -99,15 +100,16 @@ static __device__ __forceinline__ void att_mm_abt(float (*s)[4], const unsigned 
 		}
 }
 
-/* acc (16 x DH, acc[DH/8][4]) += P (16 x 64, as A fragments from the score
- * accumulators p[8][4]) @ V where V is a (64, DH) row-major smem tile. */
-template <int DH>
+/* acc (16 x DH, acc[DH/8][4]) += P (16 x 16*KS, as A fragments from the
+ * score accumulators p[2*KS][4]) @ V where V is a (16*KS, DH) row-major smem
+ * tile. */
+template <int DH, int KS = 4>
 static __device__ __forceinline__ void att_mm_pv(float (*acc)[4], const float (*p)[4], const bf16 *V)
 {
 	constexpr int LD = DH + ATT_PAD;
 	int lane = threadIdx.x % 32;
 #pragma unroll
-	for (int ks = 0; ks < 4; ks++) {
+	for (int ks = 0; ks < KS; ks++) {
 		unsigned a[4];
 		a[0] = pack_bf16(p[2 * ks][0], p[2 * ks][1]);
 		a[1] = pack_bf16(p[2 * ks][2], p[2 * ks][3]);
@@ -123,5 +125,43 @@ static __device__ __forceinline__ void att_mm_pv(float (*acc)[4], const float (*
 		}
 	}
 }
+
+/* The per-tile turn counters of the ordered (deterministic) dQ sums. */
+static __device__ __forceinline__ int att_ld_acquire(const int *p)
+{
+	int v;
+	asm volatile("ld.acquire.gpu.global.b32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
+	return v;
+}
+
+static __device__ __forceinline__ void att_st_release(int *p, int v)
+{
+	asm volatile("st.release.gpu.global.b32 [%0], %1;\n" ::"l"(p), "r"(v) : "memory");
+}
+
+/* One thread waits until *c reaches turn; a wait of seconds (a broken
+ * schedule, never a legitimate one, which lasts one tile's work) traps
+ * instead of hanging the device. */
+static __device__ __forceinline__ void att_wait_turn(const int *c, int turn)
+{
+	for (unsigned n = 0; att_ld_acquire(c) < turn; n++) {
+		if (n > 64)
+			__nanosleep(64);
+		if (n > (1u << 25))
+			__trap();
+	}
+}
+
+/* attention_wgmma.cu: the forward on wgmma for Dh 64, 96, 128; returns 1
+ * (nothing launched) when the device or head size cannot run it, else 0 or
+ * a negative MOE_E* code. */
+int moe_att_fwd_wgmma(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, int ldq, int ldk, int ldv,
+		      int ldo, int B, int T, int H, int Dh, cudaStream_t s, struct moe_error *err);
+/* ... and the backward (dK, dV and the ordered dQ in one kernel; delta
+ * computed, cnt (B, H, T/64) zeroed and dq32 (B, T, H, Dh) given by the
+ * caller), the same contract. */
+int moe_att_bwd_wgmma(bf16 *dq, bf16 *dk, bf16 *dv, float *dq32, int *cnt, const bf16 *dout, const bf16 *q,
+		      const bf16 *k, const bf16 *v, const float *lse, const float *delta, int ldq, int ldk, int ldv,
+		      int ldo, int B, int T, int H, int Dh, cudaStream_t s, struct moe_error *err);
 
 #endif

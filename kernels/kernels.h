@@ -78,6 +78,15 @@ int moe_cuda_attention_bwd(bf16_t *dq, bf16_t *dk, bf16_t *dv, void *scratch, co
 			   const bf16_t *q, const bf16_t *k, const bf16_t *v, const bf16_t *out,
 			   const float *lse, int ldq, int ldk, int ldv, int ldo, int B, int T, int H,
 			   int Dh, cudaStream_t s, struct moe_error *err);
+/* Kernel variants for Dh >= 64, process-wide (tests, benchmarks): v selects
+ * variant v (1-based; see attention_fwd.cu / attention_bwd.cu), 0 restores
+ * the default or the one named by MOE_CUDA_ATTENTION_FWD / _BWD (read once).
+ * Returns the name of the variant now in use, NULL (nothing changed) when v
+ * is out of range.  The backward's scratch size depends on the variant:
+ * query moe_cuda_attention_bwd_scratch() after choosing.  Backward variants
+ * "atomic" and "atomic8" add dQ with fp32 atomics: not bit-reproducible. */
+const char *moe_cuda_attention_fwd_config(int v);
+const char *moe_cuda_attention_bwd_config(int v);
 
 /* attention_small.cu (called by the two above for other head sizes). */
 int moe_cuda_attention_small_fwd(bf16_t *out, float *lse, const bf16_t *q, const bf16_t *k, const bf16_t *v,

@@ -5,7 +5,9 @@
  * cuBLAS's grouped GEMM (fwd, dgrad), the same FLOPs through one dense cuBLAS
  * GEMM for reference, and causal flash attention forward/backward.  Median of 20 runs timed with CUDA events
  * after warm-up; prints ms and TFLOP/s per kernel.
- *   bench_kernels [-B 8] [-T 2048]
+ *   bench_kernels [-a] [-B 8] [-T 2048] [-H 8] [-d 96]
+ * -a: attention only; -H, -d: attention heads and head size.  Every
+ * attention kernel variant is timed, then the default one.
  */
 #include <cublas_v2.h>
 #include <cuda_runtime_api.h>
@@ -190,16 +192,22 @@ static void f_abwd(void *p)
 
 int main(int argc, char **argv)
 {
-	int B = 8, T = 2048, c;
-	while ((c = getopt(argc, argv, "B:T:")) != -1) {
+	int B = 8, T = 2048, c, att_only = 0, H = 8, Dh = 96;
+	while ((c = getopt(argc, argv, "B:T:H:d:a")) != -1) {
 		if (c == 'B')
 			B = atoi(optarg);
 		else if (c == 'T')
 			T = atoi(optarg);
+		else if (c == 'H')
+			H = atoi(optarg);
+		else if (c == 'd')
+			Dh = atoi(optarg);
+		else if (c == 'a')
+			att_only = 1;
 		else
 			return 2;
 	}
-	int N = B * T, K = 4, E = 64, D = 768, I = 640, H = 8, Dh = 96;
+	int N = B * T, K = 4, E = 64, D = 768, I = 640;
 	int rows = N * K;
 	/* balanced-ish random routing: counts from a multinomial */
 	int32_t *cnt = calloc(E, 4), *off = malloc((E + 1) * 4);
@@ -228,7 +236,7 @@ int main(int argc, char **argv)
 	}
 	printf("%-34s %9s %9s\n", "kernel (seed-base shapes)", "ms", "TFLOP/s");
 	int shapes[2][2] = {{D, 2 * I}, {I, D}};
-	for (int s = 0; s < 2; s++) {
+	for (int s = 0; s < (att_only ? 0 : 2); s++) { /* -a: attention only */
 		g.In = shapes[s][0];
 		g.Out = shapes[s][1];
 		g.x = dalloc_rand((size_t)rows * (g.In > g.Out ? g.In : g.Out));
@@ -282,7 +290,7 @@ int main(int argc, char **argv)
 	a.T = T;
 	a.H = H;
 	a.Dh = Dh;
-	size_t n = (size_t)N * D;
+	size_t n = (size_t)B * T * H * Dh;
 	a.q = dalloc_rand(n);
 	a.k = dalloc_rand(n);
 	a.v = dalloc_rand(n);
@@ -292,12 +300,33 @@ int main(int argc, char **argv)
 	a.dk = dalloc_rand(n);
 	a.dv = dalloc_rand(n);
 	cudaMalloc((void **)&a.lse, (size_t)B * H * T * 4);
-	cudaMalloc(&a.delta, moe_cuda_attention_bwd_scratch(B, T, H, Dh));
 	double afl = 2.0 * 2.0 * B * H * (double)T * T / 2 * Dh; /* causal: half of QK^T and PV */
-	float t = time_it(f_afwd, &a);
-	printf("%-34s %9.3f %9.1f\n", "attention fwd (causal)", t, afl / t / 1e9);
+	/* every kernel variant (moe_cuda_attention_*_config), then the default */
+	printf("attention B=%d T=%d H=%d Dh=%d (causal; bwd TFLOP/s counts 2.5x the fwd FLOPs)\n", B, T, H, Dh);
+	const char *vn;
+	for (int v = 1; (vn = moe_cuda_attention_fwd_config(v)) != NULL; v++) {
+		char nm[64];
+		snprintf(nm, sizeof(nm), "attention fwd %s", vn);
+		float t = time_it(f_afwd, &a);
+		printf("%-34s %9.3f %9.1f\n", nm, t, afl / t / 1e9);
+	}
+	const char *dflt = moe_cuda_attention_fwd_config(0);
+	char nm[64];
+	snprintf(nm, sizeof(nm), "attention fwd %s (default)", dflt);
+	float t = time_it(f_afwd, &a); /* also leaves a valid out and lse for bwd */
+	printf("%-34s %9.3f %9.1f\n", nm, t, afl / t / 1e9);
+	for (int v = 1; (vn = moe_cuda_attention_bwd_config(v)) != NULL; v++) {
+		snprintf(nm, sizeof(nm), "attention bwd %s", vn);
+		cudaMalloc(&a.delta, moe_cuda_attention_bwd_scratch(B, T, H, Dh));
+		t = time_it(f_abwd, &a);
+		printf("%-34s %9.3f %9.1f\n", nm, t, 2.5 * afl / t / 1e9);
+		cudaFree(a.delta);
+	}
+	dflt = moe_cuda_attention_bwd_config(0);
+	snprintf(nm, sizeof(nm), "attention bwd %s (default)", dflt);
+	cudaMalloc(&a.delta, moe_cuda_attention_bwd_scratch(B, T, H, Dh));
 	t = time_it(f_abwd, &a);
-	printf("%-34s %9.3f %9.1f\n", "attention bwd (2.5x fwd FLOPs)", t, 2.5 * afl / t / 1e9);
+	printf("%-34s %9.3f %9.1f\n", nm, t, 2.5 * afl / t / 1e9);
 	cudaError_t e = cudaDeviceSynchronize();
 	if (e != cudaSuccess) {
 		fprintf(stderr, "bench_kernels: %s\n", cudaGetErrorString(e));

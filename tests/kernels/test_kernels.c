@@ -149,11 +149,16 @@ static void rope_case(int B, int T, int H, int Dh)
 	CHECK_REL(down_bf(g2, n), refb, n, 1e-2, "rope bwd");
 }
 
+/* One shape against the CPU reference, through every kernel variant
+ * (moe_cuda_attention_*_config): each forward variant's out and lse, then
+ * each backward variant's dq, dk, dv from the default forward's out and lse;
+ * the deterministic backward variants (all but atomic*, tensor-core head
+ * sizes) must also give bit-identical gradients when run twice. */
 static void attention_case(int B, int T, int H, int Dh)
 {
-	size_t n = (size_t)B * T * H * Dh;
+	size_t n = (size_t)B * T * H * Dh, nl = (size_t)B * H * T;
 	float *q = rand_bf(n, 2.f), *k = rand_bf(n, 2.f), *v = rand_bf(n, 1.f), *dout = rand_bf(n, 1.f);
-	float *out = malloc(n * 4), *lse = malloc((size_t)B * H * T * 4);
+	float *out = malloc(n * 4), *lse = malloc(nl * 4);
 	float *dq = malloc(n * 4), *dk = malloc(n * 4), *dv = malloc(n * 4);
 	moe_attention_fwd(out, lse, q, k, v, B, T, H, Dh);
 	/* the backward sees the bf16 output, as on the GPU */
@@ -163,34 +168,85 @@ static void attention_case(int B, int T, int H, int Dh)
 	moe_attention_bwd(dq, dk, dv, dout, q, k, v, out_bf, lse, B, T, H, Dh);
 	bf16_t *gq = up_bf(q, n), *gk = up_bf(k, n), *gv = up_bf(v, n), *gdo = up_bf(dout, n);
 	bf16_t *go = dmalloc(n * 2), *gdq = dmalloc(n * 2), *gdk = dmalloc(n * 2), *gdv = dmalloc(n * 2);
-	float *gl = dmalloc((size_t)B * H * T * 4);
-	void *gdelta = dmalloc(moe_cuda_attention_bwd_scratch(B, T, H, Dh));
+	float *gl = dmalloc(nl * 4);
 	int ld = H * Dh;
+	char what[96];
+	const char *vn;
+	for (int var = 1; (vn = moe_cuda_attention_fwd_config(var)) != NULL; var++) {
+		cudaMemset(go, 0xff, n * 2);
+		cudaMemset(gl, 0xff, nl * 4);
+		LAUNCH_OK(moe_cuda_attention_fwd(go, gl, gq, gk, gv, ld, ld, ld, ld, B, T, H, Dh, S, &gerr));
+		float *o = down_bf(go, n), *l = down(gl, nl * 4);
+		snprintf(what, sizeof(what), "attention fwd %s B=%d T=%d H=%d Dh=%d out", vn, B, T, H, Dh);
+		CHECK_REL(o, out, n, 2e-2, what);
+		snprintf(what, sizeof(what), "attention fwd %s B=%d T=%d H=%d Dh=%d lse", vn, B, T, H, Dh);
+		CHECK_REL(l, lse, nl, 1e-3, what);
+		free(o);
+		free(l);
+	}
+	moe_cuda_attention_fwd_config(0);
 	LAUNCH_OK(moe_cuda_attention_fwd(go, gl, gq, gk, gv, ld, ld, ld, ld, B, T, H, Dh, S, &gerr));
-	LAUNCH_OK(moe_cuda_attention_bwd(gdq, gdk, gdv, gdelta, gdo, gq, gk, gv, go, gl, ld, ld, ld, ld, B, T, H,
-					 Dh, S, &gerr));
-	char what[64];
-	snprintf(what, sizeof(what), "attention Dh=%d T=%d out", Dh, T);
-	CHECK_REL(down_bf(go, n), out, n, 2e-2, what);
-	snprintf(what, sizeof(what), "attention Dh=%d T=%d lse", Dh, T);
-	CHECK_REL(down(gl, (size_t)B * H * T * 4), lse, (size_t)B * H * T, 1e-3, what);
-	snprintf(what, sizeof(what), "attention Dh=%d T=%d dq", Dh, T);
-	CHECK_REL(down_bf(gdq, n), dq, n, 3e-2, what);
-	snprintf(what, sizeof(what), "attention Dh=%d T=%d dk", Dh, T);
-	CHECK_REL(down_bf(gdk, n), dk, n, 3e-2, what);
-	snprintf(what, sizeof(what), "attention Dh=%d T=%d dv", Dh, T);
-	CHECK_REL(down_bf(gdv, n), dv, n, 3e-2, what);
+	for (int var = 1; (vn = moe_cuda_attention_bwd_config(var)) != NULL; var++) {
+		void *gdelta = dmalloc(moe_cuda_attention_bwd_scratch(B, T, H, Dh));
+		uint16_t *first[3] = {NULL, NULL, NULL};
+		bf16_t *gg[3] = {gdq, gdk, gdv};
+		float *ref[3] = {dq, dk, dv};
+		const char *nm[3] = {"dq", "dk", "dv"};
+		/* the scalar fallback (other Dh) accumulates dk, dv with atomics */
+		bool tc = Dh == 16 || Dh == 32 || Dh == 64 || Dh == 96 || Dh == 128;
+		bool det = tc && (Dh < 64 || strncmp(vn, "atomic", 6) != 0);
+		for (int rep = 0; rep < (det ? 2 : 1); rep++) {
+			for (int x = 0; x < 3; x++)
+				cudaMemset(gg[x], 0xff, n * 2);
+			LAUNCH_OK(moe_cuda_attention_bwd(gdq, gdk, gdv, gdelta, gdo, gq, gk, gv, go, gl, ld, ld, ld, ld,
+							 B, T, H, Dh, S, &gerr));
+			for (int x = 0; x < 3; x++) {
+				if (rep == 0) {
+					float *g = down_bf(gg[x], n);
+					snprintf(what, sizeof(what), "attention bwd %s B=%d T=%d H=%d Dh=%d %s", vn, B, T,
+						 H, Dh, nm[x]);
+					CHECK_REL(g, ref[x], n, 3e-2, what);
+					free(g);
+					first[x] = down(gg[x], n * 2);
+				} else {
+					uint16_t *again = down(gg[x], n * 2);
+					cr_expect(memcmp(first[x], again, n * 2) == 0,
+						  "attention bwd %s B=%d T=%d H=%d Dh=%d: %s differs between two runs", vn,
+						  B, T, H, Dh, nm[x]);
+					free(again);
+				}
+			}
+		}
+		for (int x = 0; x < 3; x++)
+			free(first[x]);
+		cudaFree(gdelta);
+	}
+	moe_cuda_attention_bwd_config(0);
+	cudaFree(gq), cudaFree(gk), cudaFree(gv), cudaFree(gdo), cudaFree(go), cudaFree(gdq), cudaFree(gdk);
+	cudaFree(gdv), cudaFree(gl);
+	free(q), free(k), free(v), free(dout), free(out), free(lse), free(dq), free(dk), free(dv), free(out_bf);
 }
 
-Test(kernels, attention, .timeout = 120)
+/* T: several 128-query blocks with a partial last one (200, 300, 130, 150),
+ * an exact multiple (256), one past it (129), below one tile (33), a single
+ * token (1); Dh 64, 96, 128 run every variant, 16 and 32 the original
+ * kernels, 8 and 24 the scalar fallback. */
+Test(kernels, attention, .timeout = 240)
 {
 	NEED_GPU();
 	rng_seed(4);
 	attention_case(2, 200, 2, 64);
 	attention_case(1, 130, 3, 96);
+	attention_case(2, 300, 2, 96);
+	attention_case(3, 33, 2, 96);
+	attention_case(1, 129, 5, 96);
+	attention_case(1, 1, 3, 96);
+	attention_case(2, 256, 1, 128);
+	attention_case(1, 150, 1, 128);
+	attention_case(2, 1, 2, 64);
+	attention_case(1, 77, 1, 64);
 	attention_case(2, 64, 2, 16);
 	attention_case(1, 77, 2, 32);
-	attention_case(1, 150, 1, 128);
 	attention_case(2, 40, 2, 8);  /* scalar fallback (attention_small.cu) */
 	attention_case(1, 70, 3, 24);
 }
