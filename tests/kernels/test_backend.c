@@ -211,8 +211,8 @@ Test(backend, expert_gemm_paths_agree, .timeout = 120)
 	moe_model_free(mc);
 }
 
-/* The routed experts' fused kernels (MOE_CUDA_EXPERT_FUSE, default on sm_90)
- * against the unfused sequence with the same wgmma GEMMs, on one training
+/* The routed experts' fused kernels (MOE_CUDA_EXPERT_FUSE=7, all three)
+ * against the unfused sequence (0) with the same wgmma GEMMs, on one training
  * step: the fused ops compute the same values in the same order, so the
  * losses agree to 1e-6 relative and every gradient tensor has cosine >=
  * 0.99999 (exactly equal tensors are counted in the log). */
@@ -240,8 +240,9 @@ Test(backend, expert_fusion_same_step, .timeout = 120)
 	struct moe_losses l0, l1;
 	setenv("MOE_CUDA_EXPERT_FUSE", "0", 1);
 	gpu_step(&cfg, p, x, y, B, T, "wgmma", &l0, g0, false);
-	unsetenv("MOE_CUDA_EXPERT_FUSE");
+	setenv("MOE_CUDA_EXPERT_FUSE", "7", 1);
 	gpu_step(&cfg, p, x, y, B, T, "wgmma", &l1, g1, false);
+	unsetenv("MOE_CUDA_EXPERT_FUSE");
 	cr_expect(fabs(l1.total - l0.total) <= 1e-6 * fabs(l0.total), "loss fused %.8f vs unfused %.8f", l1.total,
 		  l0.total);
 	const struct moe_param *tab = moe_model_params(mc, &nt);
