@@ -984,6 +984,12 @@ static void o_grouped_bwd(struct moe_backend *be, void *dx, float *dw, const voi
 			  const int32_t *offsets, int E, int In, int Out)
 {
 	struct cuda_ctx *c = CTX(be);
+	/* gradients by overwrite: the wgmma weight gradient stores its tiles
+	 * (zeros for experts without rows); the other paths add into zeros */
+	bool store = dw && be->grad_overwrite;
+	if (store && !(c->grouped_mode == GM_WGMMA ||
+		       (c->grouped_mode == GM_CUBLAS_GROUPED && c->wgrad_mode == WG_WGMMA)))
+		b_zero(be, dw, (size_t)E * Out * In, MOE_BUF_F32);
 	if (c->grouped_mode == GM_CUBLAS_GROUPED) {
 		const int32_t *h = host_offsets(c, offsets, E);
 		PROF(c, "grouped_bwd");
@@ -996,8 +1002,8 @@ static void o_grouped_bwd(struct moe_backend *be, void *dx, float *dw, const voi
 			RUN(c, moe_cuda_grouped_wgrad(dw, (const bf16_t *)dout, (const bf16_t *)x, offsets, E, In, Out,
 						      c->s, &c->err));
 		if (h && dw && wm == WG_WGMMA)
-			RUN(c, moe_cuda_grouped_wgmma_wgrad(dw, (const bf16_t *)dout, (const bf16_t *)x, offsets, E, In,
-							    Out, c->s, &c->err));
+			RUN(c, moe_cuda_grouped_wgmma_wgrad_store(dw, (const bf16_t *)dout, (const bf16_t *)x, offsets, E,
+								  In, Out, store, c->s, &c->err));
 		for (int e = 0; h && dw && wm == WG_LOOP && e < E; e++)
 			if (h[e + 1] > h[e])
 				RUN(c, moe_cuda_gemm(c->blas, 1, 0, Out, In, h[e + 1] - h[e],
@@ -1034,8 +1040,8 @@ static void o_grouped_bwd(struct moe_backend *be, void *dx, float *dw, const voi
 			RUN(c, moe_cuda_grouped_wgmma_dgrad((bf16_t *)dx, (const bf16_t *)dout, (const bf16_t *)w, offsets,
 							    rows, E, In, Out, c->s, &c->err));
 		if (dw)
-			RUN(c, moe_cuda_grouped_wgmma_wgrad(dw, (const bf16_t *)dout, (const bf16_t *)x, offsets, E, In,
-							    Out, c->s, &c->err));
+			RUN(c, moe_cuda_grouped_wgmma_wgrad_store(dw, (const bf16_t *)dout, (const bf16_t *)x, offsets, E,
+								  In, Out, store, c->s, &c->err));
 		PROF_END(c);
 		return;
 	}
@@ -1108,7 +1114,7 @@ static void o_expert_up_bwd(struct moe_backend *be, void *dx, float *dw, const v
 	o_grouped_bwd(be, dx, NULL, dgu, NULL, w, offsets, E, D, 2 * I);
 	PROF(c, "expert_up_wgrad");
 	RUN(c, moe_cuda_grouped_wgmma_up_wgrad(dw, (const bf16_t *)dgu, (const bf16_t *)x, perm, K, offsets, E, D, I,
-					       c->s, &c->err));
+					       be->grad_overwrite, c->s, &c->err));
 	PROF_END(c);
 }
 
@@ -1289,6 +1295,10 @@ extern "C" struct moe_backend *moe_backend_cuda(struct moe_error *err)
 				      "MOE_CUDA_GROUPED='%s': expected kernel, cublas-grouped, cublas or wgmma", gv);
 			goto fail;
 		}
+		/* gradients by overwrite (model.h); MOE_CUDA_GRAD_OVERWRITE=0 clears
+		 * them with a memset each step instead (comparisons) */
+		const char *ov = getenv("MOE_CUDA_GRAD_OVERWRITE");
+		be->grad_overwrite_ok = !(ov && strcmp(ov, "0") == 0);
 		const char *xv = getenv("MOE_CUDA_EXPERT_FUSE");
 		char *xe = NULL;
 		long xf = xv ? strtol(xv, &xe, 10) : 0;

@@ -60,6 +60,8 @@ struct gw_args {
 	bf16 *h;             /* GF_SWIGLU: (M, I) */
 	const bf16 *gu;      /* GF_SWIGLU input gradient: (M, 2I) the forward's [g | u] */
 	int I;               /* GF_SWIGLU */
+	int store;           /* weight gradient: store (no read) instead of adding; an
+				expert without rows stores zeros */
 };
 
 /* Sources of the gathered loads (GF_GATHER): the forward's A rows tid / 8 +
@@ -287,8 +289,15 @@ __global__ void __launch_bounds__(GW_THREADS, MINB) gw_kernel(const gw_args g)
 		row0 = g.offsets[e];
 		ntile = jt;
 		K = g.offsets[e + 1] - row0;
-		if (K <= 0)
+		if (K <= 0) {
+			if (g.store) { /* the tile of an expert that got no rows: zeros */
+				float *C = (float *)g.c + (size_t)e * g.Out * g.In + (size_t)it * GW_BM * g.In + jt * BN;
+				int mi = min(GW_BM, g.Out - it * GW_BM), nj = min(BN, g.In - jt * BN);
+				for (int q = tid; q < mi * nj; q += GW_THREADS)
+					C[(size_t)(q / nj) * g.In + q % nj] = 0.f;
+			}
 			return;
+		}
 		A = g.a + (size_t)row0 * g.Out + it * GW_BM;
 		lda = g.Out;
 		Mi = g.Out - it * GW_BM;
@@ -497,10 +506,14 @@ __global__ void __launch_bounds__(GW_THREADS, MINB) gw_kernel(const gw_args g)
 				float v0 = acc[4 * j + 2 * h], v1 = acc[4 * j + 2 * h + 1];
 				if (MODE == GW_WGRAD) {
 					float2 *C = (float2 *)((float *)g.c + c_off + (size_t)i * ldc + col);
-					float2 o = *C;
-					o.x += v0;
-					o.y += v1;
-					*C = o;
+					if (g.store) {
+						*C = make_float2(v0, v1);
+					} else {
+						float2 o = *C;
+						o.x += v0;
+						o.y += v1;
+						*C = o;
+					}
 				} else {
 					*(__nv_bfloat162 *)((bf16 *)g.c + c_off + (size_t)i * ldc + col) =
 						__floats2bfloat162_rn(v0, v1);
@@ -609,14 +622,22 @@ extern "C" int moe_cuda_grouped_wgmma_dgrad(bf16_t *dx, const bf16_t *dout, cons
 	return gw_run<GW_DGRAD>(g, In, moe_cdiv(max_rows, GW_BM) + E, s, err);
 }
 
-extern "C" int moe_cuda_grouped_wgmma_wgrad(float *dw, const bf16_t *dout, const bf16_t *x, const int32_t *offsets,
-					    int E, int In, int Out, cudaStream_t s, struct moe_error *err)
+extern "C" int moe_cuda_grouped_wgmma_wgrad_store(float *dw, const bf16_t *dout, const bf16_t *x,
+						  const int32_t *offsets, int E, int In, int Out, bool store,
+						  cudaStream_t s, struct moe_error *err)
 {
 	int rc;
 	if ((rc = gw_check(E, In, Out, err)) != 0)
 		return rc;
 	gw_args g = {(const bf16 *)dout, (const bf16 *)x, dw, offsets, E, In, Out, 0, 0};
+	g.store = store;
 	return gw_run<GW_WGRAD>(g, In, 0, s, err);
+}
+
+extern "C" int moe_cuda_grouped_wgmma_wgrad(float *dw, const bf16_t *dout, const bf16_t *x, const int32_t *offsets,
+					    int E, int In, int Out, cudaStream_t s, struct moe_error *err)
+{
+	return moe_cuda_grouped_wgmma_wgrad_store(dw, dout, x, offsets, E, In, Out, false, s, err);
 }
 
 /* The fused variants: configuration 3's tile (two blocks of 128 x 128, 3
@@ -662,12 +683,13 @@ extern "C" int moe_cuda_grouped_wgmma_down_dgrad_swiglu(bf16_t *dgu, bf16_t *h, 
 }
 
 extern "C" int moe_cuda_grouped_wgmma_up_wgrad(float *dw, const bf16_t *dgu, const bf16_t *x, const int32_t *perm,
-					       int K, const int32_t *offsets, int E, int D, int I, cudaStream_t s,
-					       struct moe_error *err)
+					       int K, const int32_t *offsets, int E, int D, int I, bool store,
+					       cudaStream_t s, struct moe_error *err)
 {
 	int rc;
 	if ((rc = gw_check(E, D, 2 * I, err)) != 0)
 		return rc;
-	gw_args g = {(const bf16 *)dgu, (const bf16 *)x, dw, offsets, E, D, 2 * I, 0, 0, perm, K, nullptr, nullptr, 0};
+	gw_args g = {(const bf16 *)dgu, (const bf16 *)x, dw, offsets, E, D, 2 * I, 0, 0, perm, K, nullptr, nullptr, 0,
+		     store};
 	return gw_fused<GW_WGRAD, GF_GATHER>(g, D, 0, s, err);
 }

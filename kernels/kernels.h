@@ -215,6 +215,10 @@ int moe_cuda_grouped_wgmma_dgrad(bf16_t *dx, const bf16_t *dout, const bf16_t *w
 				 int max_rows, int E, int In, int Out, cudaStream_t s, struct moe_error *err);
 int moe_cuda_grouped_wgmma_wgrad(float *dw, const bf16_t *dout, const bf16_t *x, const int32_t *offsets, int E,
 				 int In, int Out, cudaStream_t s, struct moe_error *err);
+/* the weight gradient stored (store: no read of dw; experts without rows get
+ * zeros: gradients by overwrite) or added (store false: as above) */
+int moe_cuda_grouped_wgmma_wgrad_store(float *dw, const bf16_t *dout, const bf16_t *x, const int32_t *offsets,
+				       int E, int In, int Out, bool store, cudaStream_t s, struct moe_error *err);
 /* Whether the current device runs them (sm_90). */
 bool moe_cuda_grouped_wgmma_supported(void);
 
@@ -229,6 +233,7 @@ bool moe_cuda_grouped_wgmma_supported(void);
  *              never stored; dgu (M, 2I) and h (M, I) as moe_cuda_swiglu_bwd
  *              computes them from dh and gu (bit-identical)
  *   up_wgrad:  dw[e] (2I, D) fp32 += dgu[rows e]^T @ gather(x)[rows e]
+ *              (= when store, as moe_cuda_grouped_wgmma_wgrad_store)
  * max_rows bounds offsets[E] = M (sizes the grid). */
 int moe_cuda_grouped_wgmma_up_fwd(bf16_t *gu, bf16_t *h, const bf16_t *x /* (N, D) */, const int32_t *perm /* (M) */,
 				  int K, const bf16_t *w, const int32_t *offsets, int max_rows, int E, int D, int I,
@@ -238,7 +243,7 @@ int moe_cuda_grouped_wgmma_down_dgrad_swiglu(bf16_t *dgu, bf16_t *h, const bf16_
 					     int D, cudaStream_t s, struct moe_error *err);
 int moe_cuda_grouped_wgmma_up_wgrad(float *dw, const bf16_t *dgu, const bf16_t *x /* (N, D) */,
 				    const int32_t *perm /* (M) */, int K, const int32_t *offsets, int E, int D,
-				    int I, cudaStream_t s, struct moe_error *err);
+				    int I, bool store, cudaStream_t s, struct moe_error *err);
 /* Tile configuration of the three, process-wide (tests, benchmarks): 1
  * (128 x 128, 6 stages), 2 (128 x 256, 4 stages), 3 and 4 (128 x 128, 3
  * stages, two blocks per multiprocessor; 3 waits for each k-slice's MMAs, 4

@@ -266,3 +266,93 @@ Test(backend, expert_fusion_same_step, .timeout = 120)
 	free(y);
 	moe_model_free(mc);
 }
+
+/* Gradients by overwrite (grad_overwrite_ok): after moe_model_zero_grad the
+ * first backward stores its gradients instead of adding them.  With the
+ * gradient memory filled with NaN beforehand, two micro-batches (the second
+ * adds) must give the gradients of the same backend with a real memset:
+ * any element an op fails to store stays NaN and fails the test.  Per
+ * tensor, max |difference| <= 1e-5 max |g| (the norm weights' block sums
+ * are added with atomics, in no fixed order).  Every expert-GEMM path. */
+static void overwrite_steps(const struct moe_config *cfg, const float *p, const int32_t *x, const int32_t *y,
+			    int B, int T, const char *mode, bool overwrite, float *grads)
+{
+	struct moe_error err = {0};
+	setenv("MOE_CUDA_GROUPED", mode, 1);
+	struct moe_backend *gb = moe_backend_cuda(&err);
+	unsetenv("MOE_CUDA_GROUPED");
+	cr_assert_not_null(gb, "%s", err.msg);
+	if (overwrite)
+		cr_assert(gb->grad_overwrite_ok, "the CUDA backend stores gradients by overwrite");
+	gb->grad_overwrite_ok = overwrite;
+	struct moe_model *mg = moe_model_new(cfg, gb, &err);
+	cr_assert_not_null(mg, "%s", err.msg);
+	moe_model_set_params(mg, p);
+	size_t np = moe_model_num_params(mg);
+	float *nan = malloc(np * 4);
+	for (size_t i = 0; i < np; i++)
+		nan[i] = NAN;
+	gb->from_host(gb, gb->grad(gb, 0), nan, np, MOE_BUF_F32);
+	free(nan);
+	moe_model_zero_grad(mg);
+	struct moe_forward_opts o = {0};
+	o.train = true;
+	struct moe_losses l;
+	int N = B * T;
+	for (int mb = 0; mb < 2; mb++) {
+		cr_assert_eq(moe_model_forward(mg, x + mb * N, y + mb * N, B, T, &o, &l, &err), 0, "%s", err.msg);
+		cr_assert_eq(moe_model_backward(mg, 0.5f, &err), 0, "%s", err.msg);
+	}
+	moe_model_get_grads(mg, grads);
+	moe_model_free(mg);
+}
+
+Test(backend, grads_by_overwrite, .timeout = 120)
+{
+	NEED_GPU();
+	struct moe_config cfg;
+	struct moe_error err = {0};
+	tiny_config(&cfg);
+	struct moe_model *mc = moe_model_new(&cfg, moe_backend_cpu(), &err);
+	cr_assert_not_null(mc, "%s", err.msg);
+	cr_assert_eq(moe_model_init(mc, 17, &err), 0, "%s", err.msg);
+	size_t np = moe_model_num_params(mc), nt = 0;
+	const struct moe_param *tab = moe_model_params(mc, &nt);
+	float *p = malloc(np * 4), *g0 = malloc(np * 4), *g1 = malloc(np * 4);
+	moe_model_get_params(mc, p);
+	int B = 2, T = 64, N = B * T;
+	int32_t *x = malloc(2 * N * 4), *y = malloc(2 * N * 4);
+	rng_seed(8);
+	for (int i = 0; i < 2 * N; i++) {
+		x[i] = 2 + (int32_t)(rng_u64() % (cfg.vocab_size - 2));
+		y[i] = (i % 13 == 3) ? cfg.pad_token_id : 2 + (int32_t)(rng_u64() % (cfg.vocab_size - 2));
+	}
+	const char *modes[4] = {"kernel", "cublas-grouped", "cublas", "wgmma"};
+	int nm = moe_cuda_grouped_wgmma_supported() ? 4 : 3;
+	for (int k = 0; k < nm; k++) {
+		overwrite_steps(&cfg, p, x, y, B, T, modes[k], false, g0);
+		overwrite_steps(&cfg, p, x, y, B, T, modes[k], true, g1);
+		double worst = 0;
+		for (size_t i = 0; i < nt; i++) {
+			double mx = 0, d = 0;
+			bool bad = false;
+			for (size_t j = tab[i].offset; j < tab[i].offset + tab[i].numel; j++) {
+				mx = fmax(mx, fabs(g0[j]));
+				d = fmax(d, fabs((double)g1[j] - g0[j]));
+				bad |= !isfinite(g1[j]);
+			}
+			cr_expect(!bad, "%s: %s: a gradient element was never stored (NaN left)", modes[k], tab[i].name);
+			cr_expect(d <= 1e-5 * mx + 1e-30, "%s: %s: max difference %.3g of max %.3g", modes[k],
+				  tab[i].name, d, mx);
+			worst = fmax(worst, mx > 0 ? d / mx : d);
+		}
+		fprintf(stderr, "gradients by overwrite, expert GEMMs '%s': worst relative difference %.3g\n", modes[k],
+			worst);
+	}
+	free(p);
+	free(g0);
+	free(g1);
+	free(x);
+	free(y);
+	moe_model_free(mc);
+}

@@ -572,6 +572,23 @@ static void grouped_case(const struct grouped_impl *k, int cfg, int E, int In, i
 	CHECK_REL(down_bf(gdx, (size_t)M * In), dx, (size_t)M * In, 1e-2, what);
 	snprintf(what, sizeof(what), "%s wgrad E=%d In=%d Out=%d config %d", k->name, E, In, Out, cfg);
 	CHECK_REL(down(gdw, (size_t)E * Out * In * 4), dw, (size_t)E * Out * In, 1e-4, what);
+	if (k == &grouped_wgmma) {
+		/* the stored weight gradient (gradients by overwrite) into NaN:
+		 * every element written, experts without rows as zeros */
+		size_t nw = (size_t)E * Out * In;
+		float *dwz = calloc(nw, 4);
+		moe_grouped_linear_bwd(NULL, dwz, dout, x, w, off, E, In, Out);
+		cudaMemset(gdw, 0xff, nw * 4);
+		LAUNCH_OK(moe_cuda_grouped_wgmma_wgrad_store(gdw, gdo, gx, goff, E, In, Out, true, S, &gerr));
+		float *got = down(gdw, nw * 4);
+		size_t nan = 0;
+		for (size_t i = 0; i < nw; i++)
+			nan += !isfinite(got[i]);
+		cr_expect(nan == 0, "%s wgrad store: %zu elements never written", k->name, nan);
+		snprintf(what, sizeof(what), "%s wgrad store E=%d In=%d Out=%d config %d", k->name, E, In, Out, cfg);
+		CHECK_REL(got, dwz, nw, 1e-4, what);
+		free(dwz);
+	}
 	cudaFree(gx);
 	cudaFree(gw);
 	cudaFree(gdo);
@@ -695,7 +712,7 @@ static void expert_case(int N, int K, int E, int D, int I)
 	/* fused */
 	LAUNCH_OK(moe_cuda_grouped_wgmma_up_fwd(ggu, gh, gx, gperm, K, gwgu, goff, rows, E, D, I, S, &gerr));
 	LAUNCH_OK(moe_cuda_grouped_wgmma_down_dgrad_swiglu(gdgu, gh2, gdy, ggu, gwdn, goff, rows, E, I, D, S, &gerr));
-	LAUNCH_OK(moe_cuda_grouped_wgmma_up_wgrad(gdw, gdgu, gx, gperm, K, goff, E, D, I, S, &gerr));
+	LAUNCH_OK(moe_cuda_grouped_wgmma_up_wgrad(gdw, gdgu, gx, gperm, K, goff, E, D, I, false, S, &gerr));
 	LAUNCH_OK(moe_cuda_swiglu_fwd(ghc, ggu, NK, I, S, &gerr));
 	/* unfused, from the same gu */
 	LAUNCH_OK(moe_cuda_gather(ugxg, gx, gperm, NK, K, D, S, &gerr));
@@ -733,6 +750,18 @@ static void expert_case(int N, int K, int E, int D, int I)
 	CHECK_REL(a, b, nw, 1e-5, EXPERT_WHAT("fused vs unfused up wgrad"));
 	fprintf(stderr, "%s: fused == unfused bitwise: gu %s, h %s, dgu %s, dw %s\n", EXPERT_WHAT("experts"),
 		eq_gu ? "yes" : "no", eq_h ? "yes" : "no", eq_dgu ? "yes" : "no", eq_dw ? "yes" : "no");
+	/* the stored gate_up weight gradient (gradients by overwrite) into NaN:
+	 * the added one minus its starting values */
+	cudaMemset(gdw, 0xff, nw * 4);
+	LAUNCH_OK(moe_cuda_grouped_wgmma_up_wgrad(gdw, gdgu, gx, gperm, K, goff, E, D, I, true, S, &gerr));
+	float *st = down(gdw, nw * 4);
+	size_t nan = 0;
+	for (size_t i = 0; i < nw; i++) {
+		nan += !isfinite(st[i]);
+		b[i] = a[i] - dw0[i];
+	}
+	cr_expect(nan == 0, "%s: %zu elements never written", EXPERT_WHAT("fused up wgrad store"), nan);
+	CHECK_REL(st, b, nw, 1e-4, EXPERT_WHAT("fused up wgrad store"));
 #undef EXPERT_WHAT
 	void *dev[] = {gx, gwgu, gwdn, gdy, gperm, goff, ggu, gh, gh2, gdgu, ugxg, ugu, uh, uh2, udh, udgu, ghc, gdw, udw};
 	for (size_t i = 0; i < sizeof(dev) / sizeof(dev[0]); i++)
