@@ -1118,12 +1118,13 @@ static void o_expert_up_bwd(struct moe_backend *be, void *dx, float *dw, const v
 	PROF_END(c);
 }
 
-static void o_combine_fwd(struct moe_backend *be, void *out, const void *yg, const float *topk_w, const int32_t *inv,
-			  int N, int K, int D)
+static void o_combine_fwd(struct moe_backend *be, void *out, const void *res, const void *yg, const float *topk_w,
+			  const int32_t *inv, int N, int K, int D)
 {
 	struct cuda_ctx *c = CTX(be);
 	PROF(c, "combine");
-	RUN(c, moe_cuda_combine_fwd((bf16_t *)out, (const bf16_t *)yg, topk_w, inv, N, K, D, c->s, &c->err));
+	RUN(c, moe_cuda_combine_fwd((bf16_t *)out, (const bf16_t *)res, (const bf16_t *)yg, topk_w, inv, N, K, D, c->s,
+				    &c->err));
 	PROF_END(c);
 }
 

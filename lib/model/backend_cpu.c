@@ -258,10 +258,10 @@ static void c_expert_up_bwd(struct moe_backend *be, void *dx, float *dw, const v
 	moe_gather_rows(F(xg), CF(x), perm, NK, K, D);
 	moe_grouped_linear_bwd(F(dx), dw, CF(dgu), CF(xg), CF(w), offsets, E, D, 2 * I);
 }
-static void c_combine_fwd(struct moe_backend *be, void *out, const void *yg, const float *topk_w, const int32_t *inv, int N, int K, int D)
+static void c_combine_fwd(struct moe_backend *be, void *out, const void *res, const void *yg, const float *topk_w, const int32_t *inv, int N, int K, int D)
 {
 	(void)be;
-	moe_combine_fwd(F(out), CF(yg), topk_w, inv, N, K, D);
+	moe_combine_fwd(F(out), CF(res), CF(yg), topk_w, inv, N, K, D);
 }
 static void c_combine_bwd(struct moe_backend *be, void *dyg, float *dtopk_w, const void *dout, const void *yg, const float *topk_w, const int32_t *inv, int N, int K, int D)
 {

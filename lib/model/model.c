@@ -528,7 +528,6 @@ static int acts_ensure(struct moe_model *m, int N, bool train, struct moe_error 
 			a->cntv = A(m, (size_t)E, MOE_BUF_I32);
 		}
 	}
-	g->tmp = A(m, ND, MOE_BUF_ACT);
 	if (train) {
 		int wmax = Id > Is ? Id : Is;
 		g->hgrad = A(m, (size_t)V * D, MOE_BUF_F32);
@@ -590,9 +589,9 @@ static void block_fwd(struct moe_model *m, int l, struct layer_acts *a, void *x_
 	be->copy(be, a->xmid, x_in, ND, MOE_BUF_ACT);
 	be->linear_fwd_add(be, a->xmid, a->att, P(lo->o), N, D, D);
 	be->rmsnorm_fwd(be, a->ln2, a->rstd2, a->xmid, P(lo->ln_post), N, D, eps);
-	be->copy(be, x_out, a->xmid, ND, MOE_BUF_ACT);
 	if (!lo->is_moe) {
 		int Id = c->dense_intermediate_size;
+		be->copy(be, x_out, a->xmid, ND, MOE_BUF_ACT);
 		be->linear_fwd(be, a->gu, a->ln2, P(lo->dense_gate_up), N, D, 2 * Id);
 		be->swiglu_gu_fwd(be, a->h, a->gu, N, Id);
 		be->linear_fwd_add(be, x_out, a->h, P(lo->dense_down), N, Id, D);
@@ -608,8 +607,8 @@ static void block_fwd(struct moe_model *m, int l, struct layer_acts *a, void *x_
 	be->expert_up_fwd(be, a->gu_e, a->h_e, a->ln2, a->perm, P(lo->expert_gate_up), a->offsets, a->xg, NK, K, E,
 			  D, I);
 	be->grouped_linear_fwd(be, a->yg, a->h_e, P(lo->expert_down), a->offsets, E, I, D);
-	be->combine_fwd(be, m->g.tmp, a->yg, a->topk_w, a->inv, N, K, D);
-	be->add(be, x_out, m->g.tmp, ND);
+	/* x_out = x_mid + the routed experts' sum (the shared experts add next) */
+	be->combine_fwd(be, x_out, a->xmid, a->yg, a->topk_w, a->inv, N, K, D);
 	for (int s = 0; s < S; s++) {
 		void *gu = act_at(m, a->gu_s, (size_t)s * N * 2 * Is);
 		void *h = act_at(m, a->h_s, (size_t)s * N * Is);

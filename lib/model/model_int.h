@@ -46,7 +46,6 @@ struct graph_bufs {
 	void *logits;         /* (lc, V): one chunk of rows (dlogits in a training forward) */
 	int32_t *last_rows;   /* (B) */
 	void *lnf_last;       /* (B, D) */
-	void *tmp;            /* (N, D) */
 	float *hgrad;         /* (V, D) LM head weight gradient of the last training forward */
 	/* backward scratch */
 	void *dx, *d1, *d2, *dq, *dk, *dv; /* (N, D) */

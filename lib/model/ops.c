@@ -655,8 +655,8 @@ void moe_grouped_linear_bwd(float *dx, float *dw, const float *dout, const float
 	}
 }
 
-void moe_combine_fwd(float *out, const float *yg, const float *topk_w, const int32_t *inv, int N,
-		     int K, int D)
+void moe_combine_fwd(float *out, const float *res, const float *yg, const float *topk_w, const int32_t *inv,
+		     int N, int K, int D)
 {
 #pragma omp parallel for schedule(static) if ((size_t)N * K * D > 65536)
 	for (int n = 0; n < N; n++) {
@@ -668,6 +668,12 @@ void moe_combine_fwd(float *out, const float *yg, const float *topk_w, const int
 #pragma omp simd
 			for (int d = 0; d < D; d++)
 				o[d] += wk * y[d];
+		}
+		if (res) {
+			const float *r = res + (size_t)n * D;
+#pragma omp simd
+			for (int d = 0; d < D; d++)
+				o[d] = r[d] + o[d];
 		}
 	}
 }

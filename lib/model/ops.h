@@ -142,8 +142,9 @@ void moe_grouped_linear_bwd(float *dx /* (M, In) */, float *dw /* (E, Out, In) *
 			    const float *w /* (E, Out, In) */, const int32_t *offsets /* (E+1) */,
 			    int E, int In, int Out);
 
-/* Combine: out[n] = sum_k topk_w[n,k] * yg[inv[n*K+k]]  (out overwritten). */
-void moe_combine_fwd(float *out /* (N, D) */, const float *yg /* (N*K, D) */,
+/* Combine: out[n] = res[n] + sum_k topk_w[n,k] * yg[inv[n*K+k]] (out
+ * overwritten; res (N, D) may be NULL for none, and must not be out). */
+void moe_combine_fwd(float *out /* (N, D) */, const float *res, const float *yg /* (N*K, D) */,
 		     const float *topk_w /* (N, K) */, const int32_t *inv /* (N*K) */,
 		     int N, int K, int D);
 /* dyg[inv[n*K+k]] = topk_w[n,k] * dout[n] (overwritten);

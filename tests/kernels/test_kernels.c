@@ -394,7 +394,9 @@ Test(kernels, route_group_and_permute)
 	moe_gather_rows(xg, x, perm, (int)NK, K, D);
 	memcpy(dx, dx0, (size_t)N * D * 4);
 	moe_scatter_add_rows(dx, dxg, perm, (int)NK, K, D);
-	moe_combine_fwd(out, yg, w, inv, N, K, D);
+	moe_combine_fwd(out, NULL, yg, w, inv, N, K, D);
+	float *res = rand_bf((size_t)N * D, 1.f), *outr = malloc((size_t)N * D * 4);
+	moe_combine_fwd(outr, res, yg, w, inv, N, K, D);
 	moe_combine_bwd(dyg, dw, dout, yg, w, inv, N, K, D);
 	bf16_t *gx = up_bf(x, (size_t)N * D), *gxg = dmalloc(NK * D * 2), *gdx = up_bf(dx0, (size_t)N * D);
 	bf16_t *gdxg = up_bf(dxg, NK * D), *gyg = up_bf(yg, NK * D), *gout = dmalloc((size_t)N * D * 2);
@@ -402,7 +404,12 @@ Test(kernels, route_group_and_permute)
 	float *gw = up(w, NK * 4), *gdw = dmalloc(NK * 4);
 	LAUNCH_OK(moe_cuda_gather(gxg, gx, gp, (int)NK, K, D, S, &gerr));
 	LAUNCH_OK(moe_cuda_scatter_add(gdx, gdxg, gi, N, K, D, S, &gerr));
-	LAUNCH_OK(moe_cuda_combine_fwd(gout, gyg, gw, gi, N, K, D, S, &gerr));
+	LAUNCH_OK(moe_cuda_combine_fwd(gout, NULL, gyg, gw, gi, N, K, D, S, &gerr));
+	bf16_t *gres = up_bf(res, (size_t)N * D), *goutr = dmalloc((size_t)N * D * 2);
+	LAUNCH_OK(moe_cuda_combine_fwd(goutr, gres, gyg, gw, gi, N, K, D, S, &gerr));
+	CHECK_REL(down_bf(goutr, (size_t)N * D), outr, (size_t)N * D, 1e-2, "combine fwd + residual");
+	LAUNCH_OK(moe_cuda_combine_fwd(gres, gres, gyg, gw, gi, N, K, D, S, &gerr)); /* in place */
+	CHECK_REL(down_bf(gres, (size_t)N * D), outr, (size_t)N * D, 1e-2, "combine fwd + residual in place");
 	LAUNCH_OK(moe_cuda_combine_bwd(gdyg, gdw, gdo, gyg, gw, gi, N, K, D, S, &gerr));
 	CHECK_REL(down_bf(gxg, NK * D), xg, NK * D, 0.0, "gather");
 	CHECK_REL(down_bf(gdx, (size_t)N * D), dx, (size_t)N * D, 1e-2, "scatter_add");

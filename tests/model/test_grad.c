@@ -377,7 +377,7 @@ static double f_moe(void *p)
 	int NK = c->N * c->K;
 	moe_gather_rows(c->xg, c->x, c->perm, NK, c->K, c->D);
 	moe_grouped_linear_fwd(c->gu, c->xg, c->w, c->off, c->E, c->D, c->I);
-	moe_combine_fwd(c->out, c->gu, c->tw, c->inv, c->N, c->K, c->I);
+	moe_combine_fwd(c->out, NULL, c->gu, c->tw, c->inv, c->N, c->K, c->I);
 	return wsum(c->r, c->out, (size_t)c->N * c->I);
 }
 Test(grad, dispatch_grouped_combine, .fini = release_all)
