@@ -144,14 +144,14 @@ int moe_cuda_route_inverse(int32_t *inv, const int32_t *perm, int NK, cudaStream
 /* xg[j] = x[perm[j] / K]; D % 8 == 0. */
 int moe_cuda_gather(bf16_t *xg /* (N*K, D) */, const bf16_t *x /* (N, D) */, const int32_t *perm,
 		    int NK, int K, int D, cudaStream_t s, struct moe_error *err);
-/* dx[n] += sum_k dxg[inv[n*K+k]] (the backward of gather, through inv). */
+/* dx[n] += sum_k dxg[inv[n*K+k]] (the backward of gather, through inv); D % 8 == 0. */
 int moe_cuda_scatter_add(bf16_t *dx /* (N, D) */, const bf16_t *dxg, const int32_t *inv, int N,
 			 int K, int D, cudaStream_t s, struct moe_error *err);
 /* out[n] = res[n] + sum_k w[n,k] * yg[inv[n*K+k]] (overwritten; res may be
  * NULL, or out itself; D % 8 == 0), fp32 sum rounded once. */
 int moe_cuda_combine_fwd(bf16_t *out, const bf16_t *res, const bf16_t *yg, const float *w, const int32_t *inv,
 			 int N, int K, int D, cudaStream_t s, struct moe_error *err);
-/* dyg[inv[n*K+k]] = w[n,k] * dout[n]; dw[n,k] = <dout[n], yg[inv[n*K+k]]>. */
+/* dyg[inv[n*K+k]] = w[n,k] * dout[n]; dw[n,k] = <dout[n], yg[inv[n*K+k]]>; D % 8 == 0. */
 int moe_cuda_combine_bwd(bf16_t *dyg, float *dw, const bf16_t *dout, const bf16_t *yg,
 			 const float *w, const int32_t *inv, int N, int K, int D, cudaStream_t s,
 			 struct moe_error *err);

@@ -17,7 +17,7 @@ __global__ void gather_kernel(bf16 *xg, const bf16 *x, const int32_t *perm, int 
 }
 
 /* out += sum_k y[inv[n*K+k]] (the gather's backward): one warp per token,
- * two columns per lane step. */
+ * eight columns (16 bytes) per lane step, D % 8 == 0. */
 __global__ void scatter_add_kernel(bf16 *out, const bf16 *yg, const int32_t *inv, int N, int K, int D)
 {
 	int warps = blockDim.x / 32, lane = threadIdx.x % 32;
@@ -25,16 +25,16 @@ __global__ void scatter_add_kernel(bf16 *out, const bf16 *yg, const int32_t *inv
 	if (n >= N)
 		return;
 	bf16 *o = out + (size_t)n * D;
-	for (int c = lane * 2; c < D; c += 64) {
-		__nv_bfloat162 o2 = *(const __nv_bfloat162 *)(o + c);
-		float a0 = __low2float(o2), a1 = __high2float(o2);
+	for (int c = lane * 8; c < D; c += 256) {
+		float a[8], y[8];
+		ld8(a, o + c);
 		for (int k = 0; k < K; k++) {
-			__nv_bfloat162 y2 =
-				*(const __nv_bfloat162 *)(yg + (size_t)inv[(size_t)n * K + k] * D + c);
-			a0 += __low2float(y2);
-			a1 += __high2float(y2);
+			ld8(y, yg + (size_t)inv[(size_t)n * K + k] * D + c);
+#pragma unroll
+			for (int j = 0; j < 8; j++)
+				a[j] += y[j];
 		}
-		*(__nv_bfloat162 *)(o + c) = __floats2bfloat162_rn(a0, a1);
+		st8(o + c, a);
 	}
 }
 
@@ -82,12 +82,16 @@ __global__ void combine_bwd_kernel(bf16 *dyg, float *dw, const bf16 *dout, const
 		float wk = w[(size_t)n * K + k];
 		size_t row = (size_t)inv[(size_t)n * K + k] * D;
 		float dot = 0.f;
-		for (int c = lane * 2; c < D; c += 64) {
-			__nv_bfloat162 d2 = *(const __nv_bfloat162 *)(d + c);
-			__nv_bfloat162 y2 = *(const __nv_bfloat162 *)(yg + row + c);
-			float d0 = __low2float(d2), d1 = __high2float(d2);
-			dot += d0 * __low2float(y2) + d1 * __high2float(y2);
-			*(__nv_bfloat162 *)(dyg + row + c) = __floats2bfloat162_rn(wk * d0, wk * d1);
+		for (int c = lane * 8; c < D; c += 256) { /* 16-byte accesses, D % 8 == 0 */
+			float dv[8], yv[8], o[8];
+			ld8(dv, d + c);
+			ld8(yv, yg + row + c);
+#pragma unroll
+			for (int j = 0; j < 8; j++) {
+				dot += dv[j] * yv[j];
+				o[j] = wk * dv[j];
+			}
+			st8(dyg + row + c, o);
 		}
 		dot = warp_sum(dot);
 		if (lane == 0)
@@ -118,7 +122,7 @@ extern "C" int moe_cuda_scatter_add(bf16_t *dx, const bf16_t *dxg, const int32_t
 				    cudaStream_t s, struct moe_error *err)
 {
 	int rc;
-	if ((rc = check_width(D, 2, err)) != 0 || N <= 0)
+	if ((rc = check_width(D, 8, err)) != 0 || N <= 0)
 		return rc;
 	scatter_add_kernel<<<moe_cdiv(N, 8), 256, 0, s>>>((bf16 *)dx, (const bf16 *)dxg, inv, N, K, D);
 	return CUDA_LAUNCHED(err);
@@ -140,7 +144,7 @@ extern "C" int moe_cuda_combine_bwd(bf16_t *dyg, float *dw, const bf16_t *dout, 
 				    struct moe_error *err)
 {
 	int rc;
-	if ((rc = check_width(D, 2, err)) != 0 || N <= 0)
+	if ((rc = check_width(D, 8, err)) != 0 || N <= 0)
 		return rc;
 	combine_bwd_kernel<<<moe_cdiv(N, 8), 256, 0, s>>>((bf16 *)dyg, dw, (const bf16 *)dout,
 							  (const bf16 *)yg, w, inv, N, K, D);
