@@ -43,5 +43,11 @@ tests_bench_bench_kernels_SOURCES = tests/bench/bench_kernels.c
 tests_bench_bench_kernels_CPPFLAGS = $(AM_CPPFLAGS) -I$(top_srcdir) $(CUDA_CPPFLAGS)
 tests_bench_bench_kernels_LDFLAGS = $(AM_LDFLAGS) $(CUDA_LDFLAGS)
 tests_bench_bench_kernels_LDADD = kernels/libmoekernels.a $(CORE_LIBS) $(CUDA_LIBS) -lstdc++
+noinst_PROGRAMS += tests/bench/bench_gemm
+tests_bench_bench_gemm_SOURCES = tests/bench/bench_gemm.c
+tests_bench_bench_gemm_CPPFLAGS = $(AM_CPPFLAGS) -I$(top_srcdir) $(CUDA_CPPFLAGS)
+tests_bench_bench_gemm_LDFLAGS = $(AM_LDFLAGS) $(CUDA_LDFLAGS)
+tests_bench_bench_gemm_LDADD = kernels/libmoekernels.a $(CORE_LIBS) $(CUDA_LIBS) -lstdc++
 endif
-EXTRA_DIST += tests/bench/bench_train.sh tests/bench/RESULTS-cuda.md
+EXTRA_DIST += tests/bench/bench_train.sh tests/bench/RESULTS-cuda.md tests/bench/RESULTS-experts.md \
+	tests/bench/RESULTS-attention.md

@@ -21,6 +21,7 @@ rm -rf "$O" && mkdir -p "$O"/b/cmd "$O"/b/tests/kernels "$O"/b/tests/bench "$O"/
 for f in "$BLD"/cmd/moe-*; do case $f in *.o) ;; *) cp "$f" "$O"/b/cmd/ ;; esac; done
 cp "$BLD"/tests/kernels/test_kernels "$BLD"/tests/kernels/test_backend "$O"/b/tests/kernels/
 cp "$BLD"/tests/bench/bench_cuda "$BLD"/tests/bench/bench_kernels "$O"/b/tests/bench/
+[ -x "$BLD"/tests/bench/bench_gemm ] && cp "$BLD"/tests/bench/bench_gemm "$O"/b/tests/bench/
 [ -x "$BLD"/tests/bench/bench_parquet ] && cp "$BLD"/tests/bench/bench_parquet "$O"/b/tests/bench/
 cp "$BLD"/tests/train/mkdata "$O"/b/tests/train/
 strip "$O"/b/cmd/* "$O"/b/tests/*/* 2>/dev/null || true

@@ -1,0 +1,138 @@
+/*
+ * The dense (cuBLAS) GEMMs of one seed-base training step, shape by shape
+ * (GPU machine): for every linear layer the forward (rows x In -> Out), the
+ * input gradient and the fp32 weight gradient (beta 0: gradients by
+ * overwrite, beta 1: accumulation), through moe_cuda_gemm exactly as the
+ * backend calls it.  Median of 20 runs after warm-up, CUDA events; prints ms,
+ * TFLOP/s and the calls per step, then the step's total for each shape, to
+ * show which shapes fall short of the large-GEMM rate.
+ *   bench_gemm [-B 16] [-T 2048]
+ */
+#include <cuda_runtime_api.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "core/core.h"
+#include "kernels/kernels.h"
+
+static struct moe_error err;
+
+static int cmpf(const void *a, const void *b)
+{
+	float x = *(const float *)a, y = *(const float *)b;
+	return x < y ? -1 : x > y;
+}
+
+static void *dzero(size_t bytes)
+{
+	void *d = NULL;
+	if (cudaMalloc(&d, bytes) != cudaSuccess || cudaMemset(d, 0, bytes) != cudaSuccess) {
+		fprintf(stderr, "bench_gemm: cudaMalloc of %zu bytes failed\n", bytes);
+		exit(1);
+	}
+	return d;
+}
+
+struct shape {
+	const char *name;
+	int rows, In, Out; /* the layer: (rows, In) -> (rows, Out) */
+	int per_step;      /* calls per seed-base step */
+};
+
+/* kind 0 forward, 1 input gradient, 2 weight gradient (fp32, beta) */
+static float time_gemm(struct moe_cuda_blas *b, const struct shape *s, int kind, float beta, void *A, void *B,
+		       void *C)
+{
+	cudaEvent_t e0, e1;
+	cudaEventCreate(&e0);
+	cudaEventCreate(&e1);
+	float t[20];
+	for (int r = -3; r < 20; r++) {
+		cudaEventRecord(e0, 0);
+		int rc;
+		if (kind == 0) /* out (rows, Out) = x (rows, In) w^T */
+			rc = moe_cuda_gemm(b, 0, 1, s->rows, s->Out, s->In, A, s->In, B, s->In, C, s->Out, 0, 1.f, 0.f,
+					   &err);
+		else if (kind == 1) /* dx (rows, In) = dy (rows, Out) w */
+			rc = moe_cuda_gemm(b, 0, 0, s->rows, s->In, s->Out, A, s->Out, B, s->In, C, s->In, 0, 1.f, 0.f,
+					   &err);
+		else /* dw (Out, In) = dy^T x, fp32 */
+			rc = moe_cuda_gemm(b, 1, 0, s->Out, s->In, s->rows, A, s->Out, B, s->In, C, s->In, 1, 1.f, beta,
+					   &err);
+		cudaEventRecord(e1, 0);
+		cudaEventSynchronize(e1);
+		if (rc) {
+			fprintf(stderr, "bench_gemm: %s: %s\n", s->name, err.msg);
+			exit(1);
+		}
+		if (r >= 0)
+			cudaEventElapsedTime(&t[r], e0, e1);
+	}
+	qsort(t, 20, sizeof(float), cmpf);
+	cudaEventDestroy(e0);
+	cudaEventDestroy(e1);
+	return t[10];
+}
+
+int main(int argc, char **argv)
+{
+	int B = 16, T = 2048, c;
+	while ((c = getopt(argc, argv, "B:T:")) != -1) {
+		switch (c) {
+		case 'B': B = atoi(optarg); break;
+		case 'T': T = atoi(optarg); break;
+		default: fprintf(stderr, "usage: bench_gemm [-B 16] [-T 2048]\n"); return 2;
+		}
+	}
+	int N = B * T;
+	/* seed-base: D 768, 19 layers (1 dense of 3840, 18 MoE with a 64-way
+	 * router and 2 shared experts of 640), vocabulary 50304 in 4096-row
+	 * chunks */
+	const struct shape sh[] = {
+		{"q, k, v, o (768 -> 768)", N, 768, 768, 4 * 19},
+		{"router (768 -> 64)", N, 768, 64, 18},
+		{"shared gate_up (768 -> 1280)", N, 768, 1280, 2 * 18},
+		{"shared down (640 -> 768)", N, 640, 768, 2 * 18},
+		{"dense gate_up (768 -> 7680)", N, 768, 7680, 1},
+		{"dense down (3840 -> 768)", N, 3840, 768, 1},
+		{"LM head chunk (768 -> 50304)", 4096, 768, 50304, (N + 4095) / 4096},
+	};
+	int ns = sizeof(sh) / sizeof(sh[0]);
+	struct moe_cuda_blas *b = moe_cuda_blas_new(0, &err);
+	if (!b) {
+		fprintf(stderr, "bench_gemm: %s\n", err.msg);
+		return 1;
+	}
+	size_t maxa = 0, maxw = 0;
+	for (int i = 0; i < ns; i++) {
+		size_t a = (size_t)sh[i].rows * (sh[i].In > sh[i].Out ? sh[i].In : sh[i].Out);
+		size_t w = (size_t)sh[i].In * sh[i].Out;
+		maxa = a > maxa ? a : maxa;
+		maxw = w > maxw ? w : maxw;
+	}
+	void *X = dzero(maxa * 2), *Y = dzero(maxa * 2), *W = dzero(maxw * 2), *O = dzero(maxa * 2),
+	     *DW = dzero(maxw * 4);
+	printf("dense GEMMs of a seed-base step, B=%d T=%d (ms, TFLOP/s; step ms = ms x calls)\n", B, T);
+	printf("%-32s %6s %9s %9s %9s %9s %9s %9s %9s\n", "layer", "calls", "fwd", "TF/s", "dgrad", "TF/s",
+	       "wgrad b0", "wgrad b1", "TF/s b0");
+	double tot[4] = {0, 0, 0, 0};
+	for (int i = 0; i < ns; i++) {
+		const struct shape *s = &sh[i];
+		double fl = 2.0 * s->rows * s->In * s->Out;
+		float f = time_gemm(b, s, 0, 0.f, X, W, O);
+		float d = time_gemm(b, s, 1, 0.f, Y, W, O);
+		float w0 = time_gemm(b, s, 2, 0.f, Y, X, DW);
+		float w1 = time_gemm(b, s, 2, 1.f, Y, X, DW);
+		printf("%-32s %6d %9.4f %9.1f %9.4f %9.1f %9.4f %9.4f %9.1f\n", s->name, s->per_step, f, fl / f / 1e9, d,
+		       fl / d / 1e9, w0, w1, fl / w0 / 1e9);
+		tot[0] += f * s->per_step;
+		tot[1] += d * s->per_step;
+		tot[2] += w0 * s->per_step;
+		tot[3] += w1 * s->per_step;
+	}
+	printf("%-32s %6s %9.2f %9s %9.2f %9s %9.2f %9.2f   (ms per step)\n", "step total", "", tot[0], "", tot[1], "",
+	       tot[2], tot[3]);
+	moe_cuda_blas_free(b);
+	return 0;
+}
