@@ -126,42 +126,15 @@ static __device__ __forceinline__ void att_mm_pv(float (*acc)[4], const float (*
 	}
 }
 
-/* The per-tile turn counters of the ordered (deterministic) dQ sums. */
-static __device__ __forceinline__ int att_ld_acquire(const int *p)
-{
-	int v;
-	asm volatile("ld.acquire.gpu.global.b32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
-	return v;
-}
-
-static __device__ __forceinline__ void att_st_release(int *p, int v)
-{
-	asm volatile("st.release.gpu.global.b32 [%0], %1;\n" ::"l"(p), "r"(v) : "memory");
-}
-
-/* One thread waits until *c reaches turn; a wait of seconds (a broken
- * schedule, never a legitimate one, which lasts one tile's work) traps
- * instead of hanging the device. */
-static __device__ __forceinline__ void att_wait_turn(const int *c, int turn)
-{
-	for (unsigned n = 0; att_ld_acquire(c) < turn; n++) {
-		if (n > 64)
-			__nanosleep(64);
-		if (n > (1u << 25))
-			__trap();
-	}
-}
-
 /* attention_wgmma.cu: the forward on wgmma for Dh 64, 96, 128; returns 1
  * (nothing launched) when the device or head size cannot run it, else 0 or
  * a negative MOE_E* code. */
 int moe_att_fwd_wgmma(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, int ldq, int ldk, int ldv,
 		      int ldo, int B, int T, int H, int Dh, cudaStream_t s, struct moe_error *err);
-/* ... and the backward (dK, dV and the ordered dQ in one kernel; delta
- * computed, cnt (B, H, T/64) zeroed and dq32 (B, T, H, Dh) given by the
- * caller), the same contract. */
-int moe_att_bwd_wgmma(bf16 *dq, bf16 *dk, bf16 *dv, float *dq32, int *cnt, const bf16 *dout, const bf16 *q,
-		      const bf16 *k, const bf16 *v, const float *lse, const float *delta, int ldq, int ldk, int ldv,
-		      int ldo, int B, int T, int H, int Dh, cudaStream_t s, struct moe_error *err);
+/* ... and the backward's dK/dV and dQ kernels in one launch (delta computed
+ * by the caller), the same contract. */
+int moe_att_bwd_wgmma(bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const bf16 *q, const bf16 *k, const bf16 *v,
+		      const float *lse, const float *delta, int ldq, int ldk, int ldv, int ldo, int B, int T, int H,
+		      int Dh, cudaStream_t s, struct moe_error *err);
 
 #endif

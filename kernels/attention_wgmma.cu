@@ -1,6 +1,7 @@
-/* Causal flash attention forward on Hopper's warpgroup MMA (wgmma, sm_90a),
- * the "wg" variant of attention_fwd.cu (same arguments and results): blocks
- * of 128 queries, two warpgroups of 64; per key tile of 64, S = Q K^T is one
+/* Causal flash attention on Hopper's warpgroup MMA (wgmma, sm_90a), the
+ * "wg" variants of attention_fwd.cu and attention_bwd.cu (same arguments and
+ * results).  Forward: blocks of 128 queries, two warpgroups of 64, grid
+ * (B*H, query tiles); per key tile of 64, S = Q K^T is one
  * wgmma chain with both operands in shared memory (K-major), the online
  * softmax runs on its accumulators as in the mma.sync kernels (each warp's
  * 16 rows in the mma.sync accumulator layout), and O += P V is a wgmma chain
@@ -10,8 +11,9 @@
  * bytes), one such column block after another (head sizes above 64 use two,
  * the second half-filled at 96), so that K and V tiles are the same bytes
  * read through different descriptors.  K/V are double buffered by cp.async.
- * Built for sm_90a only; moe_att_fwd_wgmma() says when the device cannot
- * run it. */
+ * The backward (below) has the same pieces.  Built for sm_90a only;
+ * moe_att_fwd_wgmma() and moe_att_bwd_wgmma() say when the device cannot
+ * run them. */
 #include "attention_common.cuh"
 #include "kernels.h"
 
@@ -30,7 +32,12 @@ static __device__ __forceinline__ uint64_t awg_desc(uint32_t addr, uint32_t lbo,
 static __device__ __forceinline__ void awg_fence_proxy() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 static __device__ __forceinline__ void awg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 static __device__ __forceinline__ void awg_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
-static __device__ __forceinline__ void awg_wait0() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
+/* wait until at most N of this warpgroup's committed groups are pending (all
+ * older ones complete) */
+template <int N> static __device__ __forceinline__ void awg_wait()
+{
+	asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
 /* keeps the compiler from touching accumulators before the wait above */
 template <int N> static __device__ __forceinline__ void awg_fence_regs(float *r)
 {
@@ -119,66 +126,6 @@ static __device__ __forceinline__ void att_wg_rs_n128(float *d, const unsigned *
 		     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1));
 }
 
-/* d (64 x 64, 32 registers a thread) = A B (+ d when acc); A, B:
- * MN-major descriptors */
-static __device__ __forceinline__ void att_wg_sstt_n64(float *d, uint64_t da, uint64_t db, int acc)
-{
-	asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
-		     "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
-		     "{"
-		     "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-		     "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
-		     "}, %32, %33, p, 1, 1, 1, 1;\n}\n"
-		     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-		       "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-		       "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-		       "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-		     : "l"(da), "l"(db), "r"(acc));
-}
-
-/* d (64 x 96, 48 registers a thread) = A B (+ d when acc); A, B:
- * MN-major descriptors */
-static __device__ __forceinline__ void att_wg_sstt_n96(float *d, uint64_t da, uint64_t db, int acc)
-{
-	asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %50, 0;\n"
-		     "wgmma.mma_async.sync.aligned.m64n96k16.f32.bf16.bf16 "
-		     "{"
-		     "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-		     "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
-		     "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47"
-		     "}, %48, %49, p, 1, 1, 1, 1;\n}\n"
-		     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-		       "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-		       "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-		       "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
-		       "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
-		       "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47])
-		     : "l"(da), "l"(db), "r"(acc));
-}
-
-/* d (64 x 128, 64 registers a thread) = A B (+ d when acc); A, B:
- * MN-major descriptors */
-static __device__ __forceinline__ void att_wg_sstt_n128(float *d, uint64_t da, uint64_t db, int acc)
-{
-	asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
-		     "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
-		     "{"
-		     "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-		     "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
-		     "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
-		     "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
-		     "}, %64, %65, p, 1, 1, 1, 1;\n}\n"
-		     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-		       "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-		       "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-		       "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
-		       "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
-		       "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
-		       "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
-		       "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-		     : "l"(da), "l"(db), "r"(acc));
-}
-
 /* d (64 x DH) += A (registers) B (MN-major) */
 template <int DH>
 static __device__ __forceinline__ void awg_pv(float *o, const unsigned *a, uint64_t db)
@@ -189,18 +136,6 @@ static __device__ __forceinline__ void awg_pv(float *o, const unsigned *a, uint6
 		att_wg_rs_n96(o, a, db);
 	else
 		att_wg_rs_n128(o, a, db);
-}
-
-/* d (64 x DH) = A B (+ d when acc), both MN-major */
-template <int DH>
-static __device__ __forceinline__ void awg_tt(float *o, uint64_t da, uint64_t db, int acc)
-{
-	if constexpr (DH == 64)
-		att_wg_sstt_n64(o, da, db, acc);
-	else if constexpr (DH == 96)
-		att_wg_sstt_n96(o, da, db, acc);
-	else
-		att_wg_sstt_n128(o, da, db, acc);
 }
 
 /* Rows [row0, row0 + ROWS) of one head (zero past T) into the swizzled
@@ -236,7 +171,7 @@ attention_fwd_wgmma_kernel(bf16 *out, float *lse, const bf16 *q, const bf16 *k, 
 	extern __shared__ unsigned char awg_smem[];
 	const uint32_t sq = ((uint32_t)__cvta_generic_to_shared(awg_smem) + 1023) & ~1023u;
 	const uint32_t sk = sq + QBYTES, sv = sk + 2 * KBYTES; /* K, V: 2 stages each */
-	int qt = gridDim.x - 1 - blockIdx.x, bh = blockIdx.y, b = bh / H, h = bh % H;
+	int qt = gridDim.y - 1 - blockIdx.y, bh = blockIdx.x, b = bh / H, h = bh % H;
 	int tid = threadIdx.x, wg = tid / 128, w = (tid % 128) / 32, lane = tid % 32, g = lane / 4, t4 = lane % 4;
 	int q0 = qt * AWG_BQ, wq0 = q0 + 64 * wg, rq = wq0 + 16 * w + g; /* rows rq, rq + 8 */
 	const bf16 *qb = q + (size_t)b * T * ldq + h * DH;
@@ -274,7 +209,7 @@ attention_fwd_wgmma_kernel(bf16 *out, float *lse, const bf16 *q, const bf16 *k, 
 				att_wg_ss_n64(s, da, db, kk > 0);
 			}
 			awg_commit();
-			awg_wait0();
+			awg_wait<0>();
 			awg_fence_regs<32>(s);
 			bool edge = k0 + AWG_BK > wq0 || k0 + AWG_BK > T;
 			float mx[2] = {-INFINITY, -INFINITY};
@@ -327,7 +262,7 @@ attention_fwd_wgmma_kernel(bf16 *out, float *lse, const bf16 *q, const bf16 *k, 
 			for (int ks = 0; ks < 4; ks++)
 				awg_pv<DH>(o, a[ks], awg_desc(vst + ks * 16 * 128, AWG_BK * 128, 1024));
 			awg_commit();
-			awg_wait0();
+			awg_wait<0>();
 			awg_fence_regs<DH / 2>(o);
 		}
 		__syncthreads(); /* the stage is refilled next iteration */
@@ -357,185 +292,202 @@ static int awg_launch(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const
 					       cudaFuncAttributeMaxDynamicSharedMemorySize, (int)awg_cfg<DH>::SMEM),
 			  err)) != 0)
 		return rc;
-	dim3 grid(moe_cdiv(T, AWG_BQ), B * H);
+	dim3 grid(B * H, moe_cdiv(T, AWG_BQ)); /* every head's longest (last) query tile first */
 	attention_fwd_wgmma_kernel<DH><<<grid, AWG_THREADS, awg_cfg<DH>::SMEM, s>>>(
 		out, lse, q, k, v, ldq, ldk, ldv, ldo, T, H, LOG2E / sqrtf((float)DH));
 	return CUDA_LAUNCHED(err);
 }
 
-/* Backward on wgmma, one kernel and deterministic: one warpgroup per (64
- * keys, b, h) loops over the query tiles at or after the diagonal;
- *   S^T = K Q^T and dP^T = V dO^T   (shared-memory operands, K-major),
- *   P^T, dS^T from them in registers (lse, delta staged in shared memory),
- *   dV += P^T dO and dK += dS^T Q   (A from registers, B = the dO and Q
- *                                    tiles read transposed, MN-major),
- *   dQ_i (64 x DH) = dS K           (A = dS^T stored to shared memory in the
- *                                    MN-major layout, B = the K tile, MN-major)
- * and dQ_i is summed over the key blocks in a fixed order as in the
- * "ordered" variant of attention_bwd.cu: the block of the diagonal stores its
- * fp32 partial in dq32, the others add theirs in turn (cnt counters, zeroed
- * by the caller), key block 0 writes the bf16 dq; blocks are issued last key
- * block first so that a block only waits for blocks issued before it. */
-template <int DH> struct awgb_cfg {
-	static constexpr int TBYTES = 64 * 128 * ((DH + 63) / 64); /* one 64-row tile */
-	/* K, V, 2 x Q, 2 x dO, dS^T (64 x 64 bf16), lse and delta (2 x 64 each), alignment */
-	static constexpr size_t SMEM = 6 * (size_t)TBYTES + 8192 + 4 * 64 * sizeof(float) + 1024;
+/* The backward on wgmma: v1's two deterministic kernels (attention_bwd.cu)
+ * with warpgroup MMAs, in one launch.  A block of two warpgroups owns 128
+ * rows (64 each) and streams 64-row tiles of the other operand:
+ *   dK, dV: per 128 keys, over the query tiles at or after the diagonal:
+ *           S^T = K Q^T and dP^T = V dO^T (shared-memory operands,
+ *           K-major); P^T, dS^T in registers (lse, delta staged in shared
+ *           memory); dV += P^T dO and dK += dS^T Q (A from registers, B =
+ *           the dO and Q tiles read transposed, MN-major).
+ *   dQ:     per 128 queries, over the key tiles up to the diagonal: S = Q K^T,
+ *           dP = dO V^T (up to Dh 96 with the warp's Q and dO fragments in
+ *           registers, at 128 both operands from shared memory: registers),
+ *           dS in registers, dQ += dS K (K read transposed): the forward's
+ *           structure.
+ * Every output element is summed by one thread in a fixed order: bit
+ * reproducible.  The grid (B*H, 2 x tiles) interleaves the two kinds of
+ * blocks so that the longest tiles of both, of every head, come first.  One
+ * barrier a streamed tile: the next tile is loaded after it, into the stage
+ * every warp has finished with (two barriers, loads before the first, were
+ * 7% slower). */
+#define AWGB_NWG 2 /* warpgroups (of 64 rows) a block */
+
+struct awgb_args {
+	bf16 *dq, *dk, *dv;           /* (B, T, H, Dh), strides of q, k, v */
+	const bf16 *q, *k, *v, *dout; /* (B, T, H, Dh) */
+	const float *lse, *delta;     /* (B, H, T) */
+	int ldq, ldk, ldv, ldo, T, H;
+	float scale;
 };
 
-template <int DH>
-__global__ void __launch_bounds__(128, 2)
-attention_bwd_wgmma_kernel(bf16 *dq, bf16 *dk, bf16 *dv, float *dq32, int *cnt, const bf16 *q, const bf16 *k,
-			   const bf16 *v, const bf16 *dout, const float *lse, const float *delta, int ldq, int ldk,
-			   int ldv, int ldo, int T, int H, float scale)
-{
+template <int DH> struct awgb_cfg {
+	static constexpr int TB = 64 * 128 * ((DH + 63) / 64); /* one 64-row tile */
+	static constexpr int WB = AWGB_NWG * TB;               /* the block's own rows */
+	/* 2 x own rows (K, V or Q, dO), 2 stages x 2 streamed tiles, lse and
+	 * delta (2 stages x 64 each), alignment slack */
+	static constexpr size_t SMEM = 2 * (size_t)WB + 4 * (size_t)TB + 4 * 64 * sizeof(float) + 1024;
+};
+
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-	constexpr int TB = awgb_cfg<DH>::TBYTES;
+/* d (64 x 64, 32 registers a thread) = A B (+ d when acc); A (64 x 16) in
+ * registers, each warp's 16 rows in the mma.sync A-fragment layout; B:
+ * K-major descriptor */
+static __device__ __forceinline__ void att_wg_rsk_n64(float *d, const unsigned *a, uint64_t db, int acc)
+{
+	asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+		     "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+		     "{"
+		     "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+		     "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
+		     "}, {%32, %33, %34, %35}, %36, p, 1, 1, 0;\n}\n"
+		     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+		       "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+		       "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+		       "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+		     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(acc));
+}
+
+/* The A fragments (mma.sync layout) of rows r0..r0+15, columns 16kk.. of a
+ * ROWS-row tile in the swizzled layout of awg_load. */
+template <int ROWS>
+static __device__ __forceinline__ void awg_frag_a(unsigned *a, uint32_t tile, int r0, int kk)
+{
+	int lane = threadIdx.x % 32, r = r0 + (lane % 8) + ((lane / 8) % 2) * 8, c = 2 * kk + lane / 16;
+	uint32_t s = tile + (c >> 3) * (ROWS * 128) + r * 128 + (((c & 7) ^ (r & 7)) << 4);
+	asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+		     : "=r"(a[0]), "=r"(a[1]), "=r"(a[2]), "=r"(a[3])
+		     : "r"(s));
+}
+
+/* dK, dV of keys [kt * 128, +128) of head bh */
+template <int DH>
+static __device__ __forceinline__ void awg_dkdv(const struct awgb_args &A, int kt, int bh)
+{
+	constexpr int TB = awgb_cfg<DH>::TB, WB = awgb_cfg<DH>::WB, KR = 64 * AWGB_NWG, NT = 128 * AWGB_NWG;
+	bf16 *dk = A.dk, *dv = A.dv;
+	const float scale = A.scale;
+	const int ldq = A.ldq, ldk = A.ldk, ldv = A.ldv, ldo = A.ldo, T = A.T, H = A.H;
 	extern __shared__ unsigned char awg_smem[];
 	const uint32_t s0 = (uint32_t)__cvta_generic_to_shared(awg_smem), base = (s0 + 1023) & ~1023u;
-	const uint32_t sk = base, sv = sk + TB, sq = sv + TB, sd = sq + 2 * TB, sds = sd + 2 * TB;
-	unsigned char *gb = awg_smem + (base - s0); /* the same bytes, generic address */
-	unsigned char *dSg = gb + 6 * TB;           /* dS^T (64 keys x 64 queries) */
-	float *Ls = (float *)(dSg + 8192), *Dl = Ls + 128; /* (2, 64) lse * log2e, delta */
-	int kt = gridDim.x - 1 - blockIdx.x, bh = blockIdx.y, b = bh / H, h = bh % H;
-	int tid = threadIdx.x, w = tid / 32, lane = tid % 32, g = lane / 4, t4 = lane % 4;
-	int k0 = kt * 64, nq = (T + 63) / 64;
-	const bf16 *qb = q + (size_t)b * T * ldq + h * DH;
-	const bf16 *kb = k + (size_t)b * T * ldk + h * DH;
-	const bf16 *vb = v + (size_t)b * T * ldv + h * DH;
-	const bf16 *db = dout + (size_t)b * T * ldo + h * DH;
-	const float *lb = lse + (size_t)bh * T, *deb = delta + (size_t)bh * T;
-	awg_load<DH, 64, 128>(sk, kb, ldk, k0, T);
-	awg_load<DH, 64, 128>(sv, vb, ldv, k0, T);
-	awg_load<DH, 64, 128>(sq, qb, ldq, k0, T);
-	awg_load<DH, 64, 128>(sd, db, ldo, k0, T);
+	const uint32_t sk = base, sv = sk + WB, sq = sv + WB, sd = sq + 2 * TB; /* Q, dO: 2 stages */
+	float *Ls = (float *)(awg_smem + (base - s0) + 2 * WB + 4 * TB), *Dl = Ls + 128; /* (2, 64) each */
+	int b = bh / H, h = bh % H;
+	int tid = threadIdx.x, wg = tid / 128, w = (tid % 128) / 32, lane = tid % 32, g = lane / 4, t4 = lane % 4;
+	int k0 = kt * KR, wk0 = k0 + 64 * wg, nq = (T + 63) / 64, i0 = k0 / 64;
+	const bf16 *qb = A.q + (size_t)b * T * ldq + h * DH;
+	const bf16 *kb = A.k + (size_t)b * T * ldk + h * DH;
+	const bf16 *vb = A.v + (size_t)b * T * ldv + h * DH;
+	const bf16 *db = A.dout + (size_t)b * T * ldo + h * DH;
+	const float *lb = A.lse + (size_t)bh * T, *deb = A.delta + (size_t)bh * T;
+	/* lse (times log2 e) and delta of query tile i into stage st */
+	auto stage_ld = [&](int i, int st) {
+		if (tid < 64) {
+			int t = i * 64 + tid;
+			Ls[st * 64 + tid] = t < T ? lb[t] * LOG2E : INFINITY;
+			Dl[st * 64 + tid] = t < T ? deb[t] : 0.f;
+		}
+	};
+	awg_load<DH, KR, NT>(sk, kb, ldk, k0, T);
+	awg_load<DH, KR, NT>(sv, vb, ldv, k0, T);
+	awg_load<DH, 64, NT>(sq, qb, ldq, k0, T);
+	awg_load<DH, 64, NT>(sd, db, ldo, k0, T);
 	att_commit();
-	/* dK, dV (64 keys x DH): register 4d + e is key k0 + 16w + g + 8 (e / 2),
-	 * column 8d + 2 t4 + e % 2 */
+	stage_ld(i0, 0);
+	/* dK, dV (the warpgroup's 64 keys x DH): register 4d + e is key
+	 * kr + 8 (e / 2), column 8d + 2 t4 + e % 2 */
 	float dK[DH / 2], dV[DH / 2];
 #pragma unroll
 	for (int x = 0; x < DH / 2; x++)
 		dK[x] = dV[x] = 0.f;
-	const int kr = k0 + 16 * w + g; /* this thread's keys kr, kr + 8 */
+	const int kr = wk0 + 16 * w + g;
 	const float sl2 = scale * LOG2E;
-	for (int i = kt; i < nq; i++) {
-		int st = (i - kt) & 1, q0 = i * 64;
-		if (tid < 64) {
-			bool ok = q0 + tid < T;
-			Ls[st * 64 + tid] = ok ? lb[q0 + tid] * LOG2E : INFINITY;
-			Dl[st * 64 + tid] = ok ? deb[q0 + tid] : 0.f;
-		}
-		if (i + 1 < nq) {
-			awg_load<DH, 64, 128>(sq + (st ^ 1) * TB, qb, ldq, q0 + 64, T);
-			awg_load<DH, 64, 128>(sd + (st ^ 1) * TB, db, ldo, q0 + 64, T);
-		}
-		att_commit();
-		att_wait<1>();
+	const bool active = wk0 < T;
+	for (int i = i0; i < nq; i++) {
+		int st = (i - i0) & 1, q0 = i * 64;
+		att_wait<0>();
 		awg_fence_proxy();
-		__syncthreads();
-		const uint32_t qs = sq + st * TB, ds = sd + st * TB;
-		const float *L = Ls + st * 64, *DL = Dl + st * 64;
-		/* S^T, dP^T (64 keys x 64 queries): register 4jj + e is key kr + 8 (e / 2),
-		 * query q0 + 8jj + 2 t4 + e % 2 */
-		float sT[32], dpT[32];
-		awg_fence();
-#pragma unroll
-		for (int kk = 0; kk < DH / 16; kk++) {
-			uint32_t off = (kk >> 2) * 8192 + (kk & 3) * 32;
-			att_wg_ss_n64(sT, awg_desc(sk + off, 16, 1024), awg_desc(qs + off, 16, 1024), kk > 0);
+		__syncthreads(); /* tile i in place, every warp done with tile i - 1 */
+		if (i + 1 < nq) {
+			stage_ld(i + 1, st ^ 1);
+			awg_load<DH, 64, NT>(sq + (st ^ 1) * TB, qb, ldq, q0 + 64, T);
+			awg_load<DH, 64, NT>(sd + (st ^ 1) * TB, db, ldo, q0 + 64, T);
+			att_commit();
 		}
+		if (active && q0 + 63 >= wk0) { /* warpgroup-uniform */
+			const uint32_t qs = sq + st * TB, ds = sd + st * TB;
+			const float *L = Ls + st * 64, *DL = Dl + st * 64;
+			/* S^T, dP^T (64 keys x 64 queries): register 4jj + e is key
+			 * kr + 8 (e / 2), query q0 + 8jj + 2 t4 + e % 2 */
+			float sT[32], dpT[32];
+			awg_fence();
 #pragma unroll
-		for (int kk = 0; kk < DH / 16; kk++) {
-			uint32_t off = (kk >> 2) * 8192 + (kk & 3) * 32;
-			att_wg_ss_n64(dpT, awg_desc(sv + off, 16, 1024), awg_desc(ds + off, 16, 1024), kk > 0);
-		}
-		awg_commit();
-		awg_wait0();
-		awg_fence_regs<32>(sT);
-		awg_fence_regs<32>(dpT);
-		bool edge = q0 < k0 + 64 || q0 + 64 > T;
-#pragma unroll
-		for (int jj = 0; jj < 8; jj++)
-#pragma unroll
-			for (int e = 0; e < 4; e++) {
-				int c = 8 * jj + 2 * t4 + (e & 1), qi = q0 + c;
-				float p = exp2f(sT[4 * jj + e] * sl2 - L[c]);
-				if (edge && (qi < kr + 8 * (e / 2) || qi >= T))
-					p = 0.f;
-				sT[4 * jj + e] = p;
-				dpT[4 * jj + e] = p * (dpT[4 * jj + e] - DL[c]) * scale;
+			for (int kk = 0; kk < DH / 16; kk++) {
+				uint32_t own = (kk >> 2) * (KR * 128) + wg * 8192 + (kk & 3) * 32;
+				uint32_t off = (kk >> 2) * 8192 + (kk & 3) * 32;
+				att_wg_ss_n64(sT, awg_desc(sk + own, 16, 1024), awg_desc(qs + off, 16, 1024), kk > 0);
 			}
-		/* P^T and dS^T as A fragments (16 queries each), dS^T also to
-		 * shared memory: key row r, query c at r * 128 + ((c / 8) ^ (r % 8)) * 16
-		 * + (c % 8) * 2 (MN-major A of dQ = dS K) */
-		unsigned pa[4][4], sa[4][4];
+			awg_commit();
 #pragma unroll
-		for (int ks = 0; ks < 4; ks++)
-#pragma unroll
-			for (int x = 0; x < 4; x++) {
-				pa[ks][x] = pack_bf16(sT[8 * ks + 2 * x], sT[8 * ks + 2 * x + 1]);
-				sa[ks][x] = pack_bf16(dpT[8 * ks + 2 * x], dpT[8 * ks + 2 * x + 1]);
+			for (int kk = 0; kk < DH / 16; kk++) {
+				uint32_t own = (kk >> 2) * (KR * 128) + wg * 8192 + (kk & 3) * 32;
+				uint32_t off = (kk >> 2) * 8192 + (kk & 3) * 32;
+				att_wg_ss_n64(dpT, awg_desc(sv + own, 16, 1024), awg_desc(ds + off, 16, 1024), kk > 0);
 			}
+			awg_commit();
+			awg_wait<1>(); /* S^T done, dP^T may still run */
+			awg_fence_regs<32>(sT);
+			bool edge = q0 < wk0 + 64 || q0 + 64 > T;
 #pragma unroll
-		for (int ks = 0; ks < 4; ks++)
+			for (int jj = 0; jj < 8; jj++)
 #pragma unroll
-			for (int x = 0; x < 4; x++) {
-				int r = 16 * w + g + 8 * (x & 1), jj = 2 * ks + (x >> 1);
-				*(unsigned *)(dSg + r * 128 + ((jj ^ (r & 7)) << 4) + 4 * t4) = sa[ks][x];
-			}
-		awg_fence();
-#pragma unroll
-		for (int ks = 0; ks < 4; ks++)
-			awg_pv<DH>(dV, pa[ks], awg_desc(ds + ks * 2048, 8192, 1024)); /* dV += P^T dO */
-#pragma unroll
-		for (int ks = 0; ks < 4; ks++)
-			awg_pv<DH>(dK, sa[ks], awg_desc(qs + ks * 2048, 8192, 1024)); /* dK += dS^T Q */
-		awg_commit();
-		awg_fence_proxy(); /* dS^T, written by this thread, to the tensor cores */
-		__syncthreads();
-		/* dQ_i (64 queries x DH): register 4d + e is query q0 + 16w + g + 8 (e / 2),
-		 * column 8d + 2 t4 + e % 2 */
-		float dqa[DH / 2];
-		awg_fence();
-#pragma unroll
-		for (int ks = 0; ks < 4; ks++)
-			awg_tt<DH>(dqa, awg_desc(sds + ks * 2048, 8192, 1024), awg_desc(sk + ks * 2048, 8192, 1024), ks > 0);
-		awg_commit();
-		awg_wait0();
-		awg_fence_regs<DH / 2>(dV);
-		awg_fence_regs<DH / 2>(dK);
-		awg_fence_regs<DH / 2>(dqa);
-		int rank = i - kt; /* key blocks i, i-1, .., 0 add to query tile i in turn */
-		int *c = cnt + (size_t)bh * nq + i;
-		if (rank > 0) {
-			if (tid == 0)
-				att_wait_turn(c, rank);
-			__syncthreads();
-		}
-#pragma unroll
-		for (int r = 0; r < 2; r++) {
-			int t = q0 + 16 * w + g + 8 * r;
-			if (t >= T)
-				continue;
-			float *o = dq32 + (((size_t)b * T + t) * H + h) * DH + 2 * t4;
-			bf16 *ob = dq + ((size_t)b * T + t) * ldq + h * DH + 2 * t4;
-#pragma unroll
-			for (int d = 0; d < DH / 8; d++) {
-				float2 x = make_float2(dqa[4 * d + 2 * r], dqa[4 * d + 2 * r + 1]);
-				if (rank > 0) {
-					float2 y = __ldcg((const float2 *)(o + 8 * d));
-					x.x = y.x + x.x;
-					x.y = y.y + x.y;
+				for (int e = 0; e < 4; e++) {
+					int c = 8 * jj + 2 * t4 + (e & 1), qi = q0 + c;
+					float p = exp2f(sT[4 * jj + e] * sl2 - L[c]);
+					if (edge && (qi < kr + 8 * (e / 2) || qi >= T))
+						p = 0.f;
+					sT[4 * jj + e] = p;
 				}
-				if (kt == 0)
-					*(__nv_bfloat162 *)(ob + 8 * d) = __floats2bfloat162_rn(x.x, x.y);
-				else
-					__stcg((float2 *)(o + 8 * d), x);
-			}
-		}
-		__syncthreads(); /* every partial stored; the stage and dS^T are refilled next */
-		if (kt > 0 && tid == 0) {
-			__threadfence();
-			att_st_release(c, rank + 1);
+			/* P^T, then dS^T, as A fragments (16 queries each) */
+			unsigned pa[4][4], sa[4][4];
+#pragma unroll
+			for (int ks = 0; ks < 4; ks++)
+#pragma unroll
+				for (int x = 0; x < 4; x++)
+					pa[ks][x] = pack_bf16(sT[8 * ks + 2 * x], sT[8 * ks + 2 * x + 1]);
+			awg_fence();
+#pragma unroll
+			for (int ks = 0; ks < 4; ks++)
+				awg_pv<DH>(dV, pa[ks], awg_desc(ds + ks * 2048, 8192, 1024)); /* dV += P^T dO */
+			awg_commit();
+			awg_wait<1>(); /* dP^T done, dV may still run */
+			awg_fence_regs<32>(dpT);
+#pragma unroll
+			for (int jj = 0; jj < 8; jj++)
+#pragma unroll
+				for (int e = 0; e < 4; e++) {
+					int c = 8 * jj + 2 * t4 + (e & 1);
+					dpT[4 * jj + e] = sT[4 * jj + e] * (dpT[4 * jj + e] - DL[c]) * scale;
+				}
+#pragma unroll
+			for (int ks = 0; ks < 4; ks++)
+#pragma unroll
+				for (int x = 0; x < 4; x++)
+					sa[ks][x] = pack_bf16(dpT[8 * ks + 2 * x], dpT[8 * ks + 2 * x + 1]);
+			awg_fence();
+#pragma unroll
+			for (int ks = 0; ks < 4; ks++)
+				awg_pv<DH>(dK, sa[ks], awg_desc(qs + ks * 2048, 8192, 1024)); /* dK += dS^T Q */
+			awg_commit();
+			awg_wait<0>();
+			awg_fence_regs<DH / 2>(dV);
+			awg_fence_regs<DH / 2>(dK);
 		}
 	}
 #pragma unroll
@@ -551,38 +503,182 @@ attention_bwd_wgmma_kernel(bf16 *dq, bf16 *dk, bf16 *dv, float *dq32, int *cnt, 
 			*(__nv_bfloat162 *)(ovp + 8 * d) = __floats2bfloat162_rn(dV[4 * d + 2 * r], dV[4 * d + 2 * r + 1]);
 		}
 	}
+}
+
+/* dQ of queries [qt * 128, +128) of head bh */
+template <int DH>
+static __device__ __forceinline__ void awg_dq(const struct awgb_args &A, int qt, int bh)
+{
+	constexpr int TB = awgb_cfg<DH>::TB, WB = awgb_cfg<DH>::WB, QR = 64 * AWGB_NWG, NT = 128 * AWGB_NWG;
+	constexpr bool QREG = DH <= 96; /* at 128 the fragments would spill */
+	const float scale = A.scale;
+	const int ldq = A.ldq, ldk = A.ldk, ldv = A.ldv, ldo = A.ldo, T = A.T, H = A.H;
+	extern __shared__ unsigned char awg_smem[];
+	const uint32_t base = ((uint32_t)__cvta_generic_to_shared(awg_smem) + 1023) & ~1023u;
+	const uint32_t sq = base, sd = sq + WB, sk = sd + WB, sv = sk + 2 * TB; /* K, V: 2 stages */
+	int b = bh / H, h = bh % H;
+	int tid = threadIdx.x, wg = tid / 128, w = (tid % 128) / 32, lane = tid % 32, g = lane / 4, t4 = lane % 4;
+	int q0 = qt * QR, wq0 = q0 + 64 * wg, rq = wq0 + 16 * w + g; /* rows rq, rq + 8 */
+	const bf16 *qb = A.q + (size_t)b * T * ldq + h * DH;
+	const bf16 *kb = A.k + (size_t)b * T * ldk + h * DH;
+	const bf16 *vb = A.v + (size_t)b * T * ldv + h * DH;
+	const bf16 *db = A.dout + (size_t)b * T * ldo + h * DH;
+	awg_load<DH, QR, NT>(sq, qb, ldq, q0, T);
+	awg_load<DH, QR, NT>(sd, db, ldo, q0, T);
+	awg_load<DH, 64, NT>(sk, kb, ldk, 0, T);
+	awg_load<DH, 64, NT>(sv, vb, ldv, 0, T);
+	att_commit();
+	float L[2], dl[2];
+#pragma unroll
+	for (int r = 0; r < 2; r++) {
+		int qi = rq + 8 * r;
+		L[r] = qi < T ? A.lse[(size_t)bh * T + qi] * LOG2E : INFINITY;
+		dl[r] = qi < T ? A.delta[(size_t)bh * T + qi] : 0.f;
+	}
+	const float sl2 = scale * LOG2E;
+	float dQ[DH / 2]; /* register 4d + e is query rq + 8 (e / 2), column 8d + 2 t4 + e % 2 */
+#pragma unroll
+	for (int x = 0; x < DH / 2; x++)
+		dQ[x] = 0.f;
+	unsigned qa[QREG ? DH / 16 : 1][4], da[QREG ? DH / 16 : 1][4]; /* the warp's Q, dO rows */
+	int ntiles = (min(q0 + QR, T) - 1) / 64 + 1;
+	const bool active = wq0 < T;
+	for (int j = 0; j < ntiles; j++) {
+		int st = j & 1, k0 = j * 64;
+		att_wait<0>();
+		awg_fence_proxy();
+		__syncthreads(); /* tile j in place, every warp done with tile j - 1 */
+		if (j + 1 < ntiles) {
+			awg_load<DH, 64, NT>(sk + (st ^ 1) * TB, kb, ldk, k0 + 64, T);
+			awg_load<DH, 64, NT>(sv + (st ^ 1) * TB, vb, ldv, k0 + 64, T);
+			att_commit();
+		}
+		if (QREG && j == 0) {
+#pragma unroll
+			for (int kk = 0; kk < DH / 16; kk++) {
+				awg_frag_a<QR>(qa[kk], sq, 64 * wg + 16 * w, kk);
+				awg_frag_a<QR>(da[kk], sd, 64 * wg + 16 * w, kk);
+			}
+		}
+		if (active && k0 <= wq0 + 63) { /* warpgroup-uniform */
+			const uint32_t kst = sk + st * TB, vst = sv + st * TB;
+			/* S, dP (64 queries x 64 keys): register 4jj + e is query
+			 * rq + 8 (e / 2), key k0 + 8jj + 2 t4 + e % 2 */
+			float s[32], dp[32];
+			awg_fence();
+#pragma unroll
+			for (int kk = 0; kk < DH / 16; kk++) {
+				uint32_t own = (kk >> 2) * (QR * 128) + wg * 8192 + (kk & 3) * 32;
+				uint64_t kd = awg_desc(kst + (kk >> 2) * 8192 + (kk & 3) * 32, 16, 1024);
+				if (QREG)
+					att_wg_rsk_n64(s, qa[QREG ? kk : 0], kd, kk > 0);
+				else
+					att_wg_ss_n64(s, awg_desc(sq + own, 16, 1024), kd, kk > 0);
+			}
+			awg_commit();
+#pragma unroll
+			for (int kk = 0; kk < DH / 16; kk++) {
+				uint32_t own = (kk >> 2) * (QR * 128) + wg * 8192 + (kk & 3) * 32;
+				uint64_t vd = awg_desc(vst + (kk >> 2) * 8192 + (kk & 3) * 32, 16, 1024);
+				if (QREG)
+					att_wg_rsk_n64(dp, da[QREG ? kk : 0], vd, kk > 0);
+				else
+					att_wg_ss_n64(dp, awg_desc(sd + own, 16, 1024), vd, kk > 0);
+			}
+			awg_commit();
+			awg_wait<1>(); /* S done, dP may still run */
+			awg_fence_regs<32>(s);
+			bool edge = k0 + 64 > wq0 || k0 + 64 > T;
+#pragma unroll
+			for (int jj = 0; jj < 8; jj++)
+#pragma unroll
+				for (int e = 0; e < 4; e++) {
+					int r = e / 2, kj = k0 + 8 * jj + 2 * t4 + (e & 1);
+					float p = exp2f(s[4 * jj + e] * sl2 - L[r]);
+					if (edge && (kj > rq + 8 * r || kj >= T))
+						p = 0.f;
+					s[4 * jj + e] = p;
+				}
+			awg_wait<0>();
+			awg_fence_regs<32>(dp);
+			unsigned a[4][4]; /* dS as A fragments (16 keys each) */
+#pragma unroll
+			for (int ks = 0; ks < 4; ks++)
+#pragma unroll
+				for (int x = 0; x < 4; x++) {
+					int i0 = 8 * ks + 2 * x, r = x & 1;
+					a[ks][x] = pack_bf16(s[i0] * (dp[i0] - dl[r]) * scale,
+							     s[i0 + 1] * (dp[i0 + 1] - dl[r]) * scale);
+				}
+			awg_fence();
+#pragma unroll
+			for (int ks = 0; ks < 4; ks++)
+				awg_pv<DH>(dQ, a[ks], awg_desc(kst + ks * 2048, 8192, 1024)); /* dQ += dS K */
+			awg_commit();
+			awg_wait<0>();
+			awg_fence_regs<DH / 2>(dQ);
+		}
+	}
+#pragma unroll
+	for (int r = 0; r < 2; r++) {
+		int qi = rq + 8 * r;
+		if (qi >= T)
+			continue;
+		bf16 *o = A.dq + ((size_t)b * T + qi) * ldq + h * DH + 2 * t4;
+#pragma unroll
+		for (int d = 0; d < DH / 8; d++)
+			*(__nv_bfloat162 *)(o + 8 * d) = __floats2bfloat162_rn(dQ[4 * d + 2 * r], dQ[4 * d + 2 * r + 1]);
+	}
+}
+#endif
+
+/* Grid (B*H, 2 x tiles of 128): even y the dK/dV of key tile y / 2 (the
+ * longest first), odd y the dQ of query tile tiles - 1 - y / 2 (ditto). */
+template <int DH>
+__global__ void __launch_bounds__(128 * AWGB_NWG, 1) attention_bwd_wgmma_kernel(struct awgb_args A)
+{
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+	int y = blockIdx.y;
+	if (y % 2 == 0)
+		awg_dkdv<DH>(A, y / 2, blockIdx.x);
+	else
+		awg_dq<DH>(A, gridDim.y / 2 - 1 - y / 2, blockIdx.x);
 #endif
 }
 
 template <int DH>
-static int awgb_launch(bf16 *dq, bf16 *dk, bf16 *dv, float *dq32, int *cnt, const bf16 *dout, const bf16 *q,
-		       const bf16 *k, const bf16 *v, const float *lse, const float *delta, int ldq, int ldk, int ldv,
-		       int ldo, int B, int T, int H, cudaStream_t s, struct moe_error *err)
+static int awgb_launch(const struct awgb_args &A, int B, cudaStream_t s, struct moe_error *err)
 {
+	constexpr size_t SMEM = awgb_cfg<DH>::SMEM;
 	int rc;
 	if ((rc = CUDA_OK(cudaFuncSetAttribute(attention_bwd_wgmma_kernel<DH>,
-					       cudaFuncAttributeMaxDynamicSharedMemorySize, (int)awgb_cfg<DH>::SMEM),
+					       cudaFuncAttributeMaxDynamicSharedMemorySize, (int)SMEM),
 			  err)) != 0)
 		return rc;
-	dim3 grid(moe_cdiv(T, 64), B * H);
-	attention_bwd_wgmma_kernel<DH><<<grid, 128, awgb_cfg<DH>::SMEM, s>>>(
-		dq, dk, dv, dq32, cnt, q, k, v, dout, lse, delta, ldq, ldk, ldv, ldo, T, H, 1.f / sqrtf((float)DH));
+	dim3 grid(B * A.H, 2 * moe_cdiv(A.T, 64 * AWGB_NWG));
+	attention_bwd_wgmma_kernel<DH><<<grid, 128 * AWGB_NWG, SMEM, s>>>(A);
 	return CUDA_LAUNCHED(err);
 }
 
-int moe_att_bwd_wgmma(bf16 *dq, bf16 *dk, bf16 *dv, float *dq32, int *cnt, const bf16 *dout, const bf16 *q,
-		      const bf16 *k, const bf16 *v, const float *lse, const float *delta, int ldq, int ldk, int ldv,
-		      int ldo, int B, int T, int H, int Dh, cudaStream_t s, struct moe_error *err)
+static bool awg_device_ok(void)
 {
-	static int dev_ok = -1;
-	if (dev_ok < 0)
-		dev_ok = moe_cuda_grouped_wgmma_supported();
-	if (!dev_ok)
+	static int ok = -1;
+	if (ok < 0)
+		ok = moe_cuda_grouped_wgmma_supported();
+	return ok != 0;
+}
+
+int moe_att_bwd_wgmma(bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const bf16 *q, const bf16 *k, const bf16 *v,
+		      const float *lse, const float *delta, int ldq, int ldk, int ldv, int ldo, int B, int T, int H,
+		      int Dh, cudaStream_t s, struct moe_error *err)
+{
+	if (!awg_device_ok())
 		return 1;
+	struct awgb_args A = {dq, dk, dv, q, k, v, dout, lse, delta, ldq, ldk, ldv, ldo, T, H, 1.f / sqrtf((float)Dh)};
 	switch (Dh) {
-	case 64: return awgb_launch<64>(dq, dk, dv, dq32, cnt, dout, q, k, v, lse, delta, ldq, ldk, ldv, ldo, B, T, H, s, err);
-	case 96: return awgb_launch<96>(dq, dk, dv, dq32, cnt, dout, q, k, v, lse, delta, ldq, ldk, ldv, ldo, B, T, H, s, err);
-	case 128: return awgb_launch<128>(dq, dk, dv, dq32, cnt, dout, q, k, v, lse, delta, ldq, ldk, ldv, ldo, B, T, H, s, err);
+	case 64: return awgb_launch<64>(A, B, s, err);
+	case 96: return awgb_launch<96>(A, B, s, err);
+	case 128: return awgb_launch<128>(A, B, s, err);
 	default: return 1;
 	}
 }
@@ -590,10 +686,7 @@ int moe_att_bwd_wgmma(bf16 *dq, bf16 *dk, bf16 *dv, float *dq32, int *cnt, const
 int moe_att_fwd_wgmma(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, int ldq, int ldk, int ldv,
 		      int ldo, int B, int T, int H, int Dh, cudaStream_t s, struct moe_error *err)
 {
-	static int dev_ok = -1;
-	if (dev_ok < 0)
-		dev_ok = moe_cuda_grouped_wgmma_supported();
-	if (!dev_ok)
+	if (!awg_device_ok())
 		return 1;
 	switch (Dh) {
 	case 64: return awg_launch<64>(out, lse, q, k, v, ldq, ldk, ldv, ldo, B, T, H, s, err);

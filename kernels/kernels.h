@@ -81,10 +81,10 @@ int moe_cuda_attention_bwd(bf16_t *dq, bf16_t *dk, bf16_t *dv, void *scratch, co
 /* Kernel variants for Dh >= 64, process-wide (tests, benchmarks): v selects
  * variant v (1-based; see attention_fwd.cu / attention_bwd.cu), 0 restores
  * the default or the one named by MOE_CUDA_ATTENTION_FWD / _BWD (read once).
- * Returns the name of the variant now in use, NULL (nothing changed) when v
- * is out of range.  The backward's scratch size depends on the variant:
- * query moe_cuda_attention_bwd_scratch() after choosing.  Backward variants
- * "atomic" and "atomic8" add dQ with fp32 atomics: not bit-reproducible. */
+ * Returns the name of the variant now in use (the backward's at Dh 96 and
+ * 128: its default is v1 at Dh 64), NULL (nothing changed) when v is out of
+ * range.  Every variant is deterministic (bit-identical results run to
+ * run). */
 const char *moe_cuda_attention_fwd_config(int v);
 const char *moe_cuda_attention_bwd_config(int v);
 
