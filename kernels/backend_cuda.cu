@@ -12,6 +12,8 @@
  * Expert GEMMs (MOE_CUDA_GROUPED), measured in tests/bench/RESULTS-cuda.md:
  *   "wgmma" (default on sm_90, the fastest): the Hopper kernels of
  *       grouped_wgmma.cu for all three, no synchronisation;
+ *   "tma": as "wgmma" with the forward and input gradient through
+ *       grouped_tma.cu (TMA loads, warp specialisation, persistent grid);
  *   "cublas-grouped" (default elsewhere): cublasGemmGroupedBatchedEx for
  *       the forward and input-gradient GEMMs (offsets read back to the host
  *       once per routing: model.c reads that layer's statistics back anyway)
@@ -99,6 +101,7 @@ struct cuda_ctx {
 	int route_next;
 	/* cuBLAS expert paths: host copies of offsets, per offsets pointer */
 	int grouped_mode;   /* GM_* */
+	bool grouped_tma;   /* GM_WGMMA: fwd and dgrad through grouped_tma.cu (MOE_CUDA_GROUPED=tma) */
 	int qk_split;       /* MOE_CUDA_QKNORM_ROPE=split: rmsnorm and rope as two kernels */
 	int expert_fuse;    /* routed experts: EF_* fused into the wgmma GEMMs */
 	int wgrad_mode;     /* GM_CUBLAS_GROUPED: WG_* */
@@ -972,8 +975,8 @@ static void o_grouped_fwd(struct moe_backend *be, void *out, const void *x, cons
 	int rows = grouped_rows(c, offsets, E);
 	PROF(c, "grouped_fwd");
 	if (c->grouped_mode == GM_WGMMA)
-		RUN(c, moe_cuda_grouped_wgmma_fwd((bf16_t *)out, (const bf16_t *)x, (const bf16_t *)w, offsets, rows, E,
-						  In, Out, c->s, &c->err));
+		RUN(c, (c->grouped_tma ? moe_cuda_grouped_tma_fwd : moe_cuda_grouped_wgmma_fwd)(
+			       (bf16_t *)out, (const bf16_t *)x, (const bf16_t *)w, offsets, rows, E, In, Out, c->s, &c->err));
 	else
 		RUN(c, moe_cuda_grouped_fwd((bf16_t *)out, (const bf16_t *)x, (const bf16_t *)w, offsets, rows, E, In,
 					    Out, c->s, &c->err));
@@ -1037,8 +1040,9 @@ static void o_grouped_bwd(struct moe_backend *be, void *dx, float *dw, const voi
 	PROF(c, "grouped_bwd");
 	if (c->grouped_mode == GM_WGMMA) {
 		if (dx)
-			RUN(c, moe_cuda_grouped_wgmma_dgrad((bf16_t *)dx, (const bf16_t *)dout, (const bf16_t *)w, offsets,
-							    rows, E, In, Out, c->s, &c->err));
+			RUN(c, (c->grouped_tma ? moe_cuda_grouped_tma_dgrad : moe_cuda_grouped_wgmma_dgrad)(
+				       (bf16_t *)dx, (const bf16_t *)dout, (const bf16_t *)w, offsets, rows, E, In, Out, c->s,
+				       &c->err));
 		if (dw)
 			RUN(c, moe_cuda_grouped_wgmma_wgrad_store(dw, (const bf16_t *)dout, (const bf16_t *)x, offsets, E,
 								  In, Out, store, c->s, &c->err));
@@ -1286,6 +1290,10 @@ extern "C" struct moe_backend *moe_backend_cuda(struct moe_error *err)
 		}
 		if (!gv)
 			gv = moe_cuda_grouped_wgmma_supported() ? "wgmma" : "cublas-grouped";
+		/* "tma": the wgmma path with grouped_tma.cu's fwd and dgrad */
+		c->grouped_tma = !strcmp(gv, "tma");
+		if (c->grouped_tma)
+			gv = "wgmma";
 		c->grouped_mode = !strcmp(gv, "cublas-grouped") ? GM_CUBLAS_GROUPED
 				  : !strcmp(gv, "kernel")  ? GM_KERNEL
 				  : !strcmp(gv, "cublas")          ? GM_CUBLAS_LOOP
@@ -1293,7 +1301,7 @@ extern "C" struct moe_backend *moe_backend_cuda(struct moe_error *err)
 								   : -1;
 		if (c->grouped_mode < 0) {
 			moe_error_set(err, MOE_EINVAL,
-				      "MOE_CUDA_GROUPED='%s': expected kernel, cublas-grouped, cublas or wgmma", gv);
+				      "MOE_CUDA_GROUPED='%s': expected kernel, cublas-grouped, cublas, wgmma or tma", gv);
 			goto fail;
 		}
 		/* gradients by overwrite (model.h); MOE_CUDA_GRAD_OVERWRITE=0 clears

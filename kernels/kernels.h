@@ -223,6 +223,25 @@ int moe_cuda_grouped_wgmma_wgrad_store(float *dw, const bf16_t *dout, const bf16
 /* Whether the current device runs them (sm_90). */
 bool moe_cuda_grouped_wgmma_supported(void);
 
+/* grouped_tma.cu: the forward and input gradient of grouped_wgmma.cu, same
+ * arguments and contracts, through TMA loads, a warp-specialised pipeline
+ * and a persistent grid (sm_90a).  Where the tensor maps cannot be made
+ * (pointers not 16-byte aligned, no driver entry point) or E is too large
+ * for its shared-memory tables, they run grouped_wgmma.cu's kernels. */
+int moe_cuda_grouped_tma_fwd(bf16_t *out, const bf16_t *x, const bf16_t *w, const int32_t *offsets,
+			     int max_rows, int E, int In, int Out, cudaStream_t s, struct moe_error *err);
+int moe_cuda_grouped_tma_dgrad(bf16_t *dx, const bf16_t *dout, const bf16_t *w, const int32_t *offsets,
+			       int max_rows, int E, int In, int Out, cudaStream_t s, struct moe_error *err);
+/* Whether the current device and driver run them (sm_90, tensor maps). */
+bool moe_cuda_grouped_tma_supported(void);
+/* Tile configuration and grid, process-wide (tests, benchmarks): cfg 1
+ * (cooperative 128 x 256, 4 stages), 2 (ping-pong: 128 x 128 per consumer
+ * warpgroup, 6 stages), 3 (cooperative 128 x 128, 6 stages), 0 the default;
+ * grid > 0 caps the persistent grid (0: one block per multiprocessor).
+ * Returns how many launches so far could not use the TMA kernels (fell back
+ * to grouped_wgmma.cu's) though the device supports them. */
+int moe_cuda_grouped_tma_config(int cfg, int grid);
+
 /* Routed-expert GEMMs with the row gather and SwiGLU fused in (wgmma, sm_90,
  * the 128 x 128 tile of configuration 3 whatever moe_cuda_grouped_wgmma_config
  * says).  Row j of the expert-ordered operand is row perm[j] / K of x (the

@@ -9,6 +9,7 @@ kernels_libmoekernels_a_SOURCES = kernels/kernels.h kernels/cuda_common.h \
 	kernels/router.cu kernels/route_group.cu kernels/permute.cu kernels/xent.cu \
 	kernels/adamw.cu kernels/attention_fwd.cu kernels/attention_bwd.cu \
 	kernels/attention_small.cu kernels/attention_wgmma.cu \
-	kernels/gemm.cu kernels/grouped_gemm.cu kernels/grouped_wgmma.cu kernels/backend_cuda.cu
+	kernels/gemm.cu kernels/grouped_gemm.cu kernels/grouped_wgmma.cu kernels/grouped_tma.cu \
+	kernels/backend_cuda.cu
 CLEANFILES += kernels/*.d
 endif

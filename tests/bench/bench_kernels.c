@@ -115,6 +115,48 @@ static void f_wg_wgrad(void *p)
 	CK(moe_cuda_grouped_wgmma_wgrad(g->dw, g->y, g->x, g->off, g->E, g->In, g->Out, 0, &err));
 }
 
+static void f_tma_fwd(void *p)
+{
+	struct gg *g = p;
+	CK(moe_cuda_grouped_tma_fwd(g->y, g->x, g->w, g->off, g->rows, g->E, g->In, g->Out, 0, &err));
+}
+static void f_tma_dgrad(void *p)
+{
+	struct gg *g = p;
+	CK(moe_cuda_grouped_tma_dgrad(g->x, g->y, g->w, g->off, g->rows, g->E, g->In, g->Out, 0, &err));
+}
+
+/* The default TMA kernels against the wgmma ones on fresh inputs at the
+ * full shape (every block walks many tiles): elements whose bits differ. */
+static void tma_vs_wgmma(const struct gg *g)
+{
+	size_t nx = (size_t)g->rows * g->In, ny = (size_t)g->rows * g->Out, n = nx > ny ? nx : ny;
+	void *xr = dalloc_rand(nx), *yr = dalloc_rand(ny), *o1 = dalloc_rand(n), *o2 = dalloc_rand(n);
+	uint16_t *h1 = malloc(n * 2), *h2 = malloc(n * 2);
+	for (int op = 0; op < 2; op++) {
+		size_t m = op ? nx : ny, diff = 0;
+		if (op == 0) {
+			CK(moe_cuda_grouped_wgmma_fwd(o1, xr, g->w, g->off, g->rows, g->E, g->In, g->Out, 0, &err));
+			CK(moe_cuda_grouped_tma_fwd(o2, xr, g->w, g->off, g->rows, g->E, g->In, g->Out, 0, &err));
+		} else {
+			CK(moe_cuda_grouped_wgmma_dgrad(o1, yr, g->w, g->off, g->rows, g->E, g->In, g->Out, 0, &err));
+			CK(moe_cuda_grouped_tma_dgrad(o2, yr, g->w, g->off, g->rows, g->E, g->In, g->Out, 0, &err));
+		}
+		cudaMemcpy(h1, o1, m * 2, cudaMemcpyDeviceToHost);
+		cudaMemcpy(h2, o2, m * 2, cudaMemcpyDeviceToHost);
+		for (size_t i = 0; i < m; i++)
+			diff += h1[i] != h2[i];
+		printf("tma vs wgmma %-5s %4dx%4d: %zu of %zu elements differ\n", op ? "dgrad" : "fwd", g->In, g->Out,
+		       diff, m);
+	}
+	free(h1);
+	free(h2);
+	cudaFree(xr);
+	cudaFree(yr);
+	cudaFree(o1);
+	cudaFree(o2);
+}
+
 /* cublasGemmGroupedBatchedEx as backend_cuda.cu calls it (row-major C_e =
  * A_e op(B_e) as column-major C_e^T = op(B_e)^T A_e^T); pointer arrays
  * uploaded once, outside the timing. */
@@ -269,6 +311,20 @@ int main(int argc, char **argv)
 			printf("%-34s %9.3f %9.1f\n", nm, t, fl / t / 1e9);
 		}
 		moe_cuda_grouped_wgmma_config(0);
+		for (int cfg = 0; cfg <= 3 && moe_cuda_grouped_tma_supported(); cfg++) {
+			moe_cuda_grouped_tma_config(cfg, 0);
+			snprintf(nm, sizeof(nm), "tma fwd     %4dx%4d cfg %d", g.In, g.Out, cfg);
+			t = time_it(f_tma_fwd, &g);
+			printf("%-34s %9.3f %9.1f\n", nm, t, fl / t / 1e9);
+			snprintf(nm, sizeof(nm), "tma dgrad   %4dx%4d cfg %d", g.In, g.Out, cfg);
+			t = time_it(f_tma_dgrad, &g);
+			printf("%-34s %9.3f %9.1f\n", nm, t, fl / t / 1e9);
+		}
+		moe_cuda_grouped_tma_config(0, 0);
+		if (moe_cuda_grouped_tma_supported()) {
+			tma_vs_wgmma(&g);
+			printf("tma launches that fell back to wgmma: %d\n", moe_cuda_grouped_tma_config(0, 0));
+		}
 		g.tb = 1;
 		snprintf(nm, sizeof(nm), "cuBLAS grouped fwd   %4dx%4d", g.In, g.Out);
 		t = time_it(f_cublas_grouped, &g);

@@ -184,13 +184,13 @@ Test(backend, expert_gemm_paths_agree, .timeout = 120)
 	gpu_step(&cfg, p, x, y, B, T, "kernel", &l0, g0, false);
 	const struct moe_param *tab = moe_model_params(mc, &nt);
 	/* the last run: the default path with full activation recompute */
-	bool wg = moe_cuda_grouped_wgmma_supported(); /* wgmma: sm_90 only */
-	const char *modes[4] = {"cublas-grouped", "cublas", "wgmma", wg ? "wgmma" : "cublas-grouped"};
-	const char *names[4] = {"cublas-grouped", "cublas", "wgmma", "default + recompute full"};
-	int nm = 4;
+	bool wg = moe_cuda_grouped_wgmma_supported(); /* wgmma, tma: sm_90 only */
+	const char *modes[5] = {"cublas-grouped", "cublas", "wgmma", "tma", wg ? "wgmma" : "cublas-grouped"};
+	const char *names[5] = {"cublas-grouped", "cublas", "wgmma", "tma", "default + recompute full"};
+	int nm = 5;
 	if (!wg) {
-		modes[2] = modes[3];
-		names[2] = names[3];
+		modes[2] = modes[4];
+		names[2] = names[4];
 		nm = 3;
 	}
 	for (int k = 0; k < nm; k++) {

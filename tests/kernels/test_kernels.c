@@ -656,6 +656,83 @@ Test(kernels, grouped_wgmma, .timeout = 120)
 	moe_cuda_grouped_wgmma_config(0);
 }
 
+/* grouped_tma.cu's forward and input gradient on groups of cnt[e] rows
+ * against the CPU reference (computed once), in every configuration, on
+ * the full grid and on a grid of 3 blocks (each block then walks many
+ * tiles: stage phases wrap within and across tiles, the ping-pong
+ * warpgroups alternate); max_rows is extra rows above the true count (the
+ * last row tile's A rows then come through the cp.async path).  Outputs
+ * poisoned with NaN; tolerance 1e-2 as for the other grouped kernels. */
+static void grouped_tma_case(int E, int In, int Out, const int *cnt, int extra)
+{
+	int32_t *off = malloc((E + 1) * 4);
+	off[0] = 0;
+	for (int e = 0; e < E; e++)
+		off[e + 1] = off[e] + cnt[e];
+	int M = off[E];
+	float *x = rand_bf((size_t)M * In, 1.f), *w = rand_bf((size_t)E * Out * In, 1.f);
+	float *dout = rand_bf((size_t)M * Out, 1.f);
+	float *out = malloc((size_t)M * Out * 4 + 4), *dx = malloc((size_t)M * In * 4 + 4);
+	moe_grouped_linear_fwd(out, x, w, off, E, In, Out);
+	moe_grouped_linear_bwd(dx, NULL, dout, x, w, off, E, In, Out);
+	bf16_t *gx = up_bf(x, (size_t)M * In), *gw = up_bf(w, (size_t)E * Out * In), *gdo = up_bf(dout, (size_t)M * Out);
+	bf16_t *go = dmalloc((size_t)M * Out * 2 + 2), *gdx = dmalloc((size_t)M * In * 2 + 2);
+	int32_t *goff = up(off, (E + 1) * 4);
+	for (int cfg = 1; cfg <= 3; cfg++)
+		for (int grid = 0; grid <= 3; grid += 3) {
+			moe_cuda_grouped_tma_config(cfg, grid);
+			cudaMemset(go, 0xff, (size_t)M * Out * 2 + 2);
+			cudaMemset(gdx, 0xff, (size_t)M * In * 2 + 2);
+			LAUNCH_OK(moe_cuda_grouped_tma_fwd(go, gx, gw, goff, M + extra, E, In, Out, S, &gerr));
+			LAUNCH_OK(moe_cuda_grouped_tma_dgrad(gdx, gdo, gw, goff, M + extra, E, In, Out, S, &gerr));
+			char what[96];
+			snprintf(what, sizeof(what), "tma fwd E=%d In=%d Out=%d config %d grid %d", E, In, Out, cfg, grid);
+			CHECK_REL(down_bf(go, (size_t)M * Out), out, (size_t)M * Out, 1e-2, what);
+			snprintf(what, sizeof(what), "tma dgrad E=%d In=%d Out=%d config %d grid %d", E, In, Out, cfg,
+				 grid);
+			CHECK_REL(down_bf(gdx, (size_t)M * In), dx, (size_t)M * In, 1e-2, what);
+		}
+	moe_cuda_grouped_tma_config(0, 0);
+	cudaFree(gx);
+	cudaFree(gw);
+	cudaFree(gdo);
+	cudaFree(go);
+	cudaFree(gdx);
+	cudaFree(goff);
+	free(off);
+	free(x);
+	free(w);
+	free(dout);
+	free(out);
+	free(dx);
+}
+
+/* Empty experts (first and last too), one-row experts, row tails, column
+ * tiles ending inside a 64-wide block, reductions not a multiple of 64 (In,
+ * Out multiples of 8 only), the seed-base shapes imbalanced. */
+Test(kernels, grouped_tma, .timeout = 120)
+{
+	NEED_GPU();
+	if (!moe_cuda_grouped_tma_supported())
+		cr_skip_test("not an sm_90 device, or no tensor maps");
+	rng_seed(14);
+	int c1[6] = {0, 1, 130, 257, 0, 64};
+	grouped_tma_case(6, 128, 256, c1, 77);
+	int c2[5] = {3, 200, 17, 0, 129};
+	grouped_tma_case(5, 72, 40, c2, 0); /* partial tiles in every dimension */
+	int c3[5] = {70, 0, 191, 64, 0};
+	grouped_tma_case(5, 200, 328, c3, 300); /* columns end inside a 64-wide block */
+	int c4[8];
+	for (int e = 0; e < 8; e++)
+		c4[e] = e == 2 ? 0 : e == 5 ? 900 : (int)(rng_u64() % 400);
+	grouped_tma_case(8, 768, 1280, c4, 77); /* seed-base gate_up, imbalanced */
+	grouped_tma_case(8, 640, 768, c4, 0);   /* seed-base down */
+	int c5[3] = {1, 2, 5};
+	grouped_tma_case(3, 24, 16, c5, 1000); /* everything inside one tile, past offsets[E] */
+	int fb = moe_cuda_grouped_tma_config(0, 0);
+	cr_expect(fb == 0, "%d launches fell back to the wgmma kernels", fb);
+}
+
 /* bf16 outputs identical bit for bit (NaN never is) */
 static bool expert_bits_equal(const bf16_t *a, const bf16_t *b, size_t n)
 {
