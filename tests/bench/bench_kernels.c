@@ -1,7 +1,8 @@
 /*
  * Kernel microbenchmarks at the seed-base training shapes (GPU machine):
  * grouped expert GEMMs (fwd, dgrad, wgrad; random balanced routing) through
- * our mma.sync kernel, our Hopper wgmma kernel in each tile configuration and
+ * our mma.sync kernel, our Hopper wgmma kernel in each tile configuration, the
+ * TMA warp-specialised kernel (fwd, dgrad) in each configuration and
  * cuBLAS's grouped GEMM (fwd, dgrad), the same FLOPs through one dense cuBLAS
  * GEMM for reference, and causal flash attention forward/backward.  Median of 20 runs timed with CUDA events
  * after warm-up; prints ms and TFLOP/s per kernel.
