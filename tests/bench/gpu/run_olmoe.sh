@@ -3,9 +3,10 @@
 # largest micro-batch that fits (seq 4096) beside torch_ref --preset olmoe.
 set -u
 export NCCL_NVLS_ENABLE=0 PYTHONUNBUFFERED=1
-export LD_LIBRARY_PATH=$PWD/.devrun/lib:${LD_LIBRARY_PATH:-}
+R=$PWD/${RUNDIR:-.devrun}
+export LD_LIBRARY_PATH=$R/lib:${LD_LIBRARY_PATH:-}
 export MOE_DATADIR=$PWD/share
-B=$PWD/.devrun/b
+B=$R/b
 chmod +x $B/cmd/* $B/tests/*/*
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; nproc; date -u
 M=share/models/olmoe-1b-7b.json
@@ -17,5 +18,5 @@ for mb in 1 2 3 4; do
 	[ $rc = 0 ] || break
 done
 echo "=== torch_ref --preset olmoe --modes best_c (B=2, T=4096)"
-timeout 240 python3 .devrun/torch_ref.py --preset olmoe --modes best_c 2>&1 | grep -v Warning | tail -3
+timeout 300 python3 $R/torch_ref.py --preset olmoe --modes best_c 2>&1 | grep -v Warning | tail -3
 date -u
