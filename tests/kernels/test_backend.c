@@ -139,8 +139,9 @@ Test(backend, train_step_matches_cpu, .timeout = 120)
  * kernels on sm_90) and the default path with full activation recompute
  * compute the same step: losses within 1e-3 relative, gradient cosine >=
  * 0.999 per tensor against the kernel path. */
-static void gpu_step(const struct moe_config *cfg, const float *p, const int32_t *x, const int32_t *y, int B,
-		     int T, const char *mode, struct moe_losses *l, float *grads, bool full)
+/* A model with parameters p on a CUDA backend whose expert GEMMs take the
+ * path mode (MOE_CUDA_GROUPED). */
+static struct moe_model *gpu_model(const struct moe_config *cfg, const float *p, const char *mode)
 {
 	struct moe_error err = {0};
 	setenv("MOE_CUDA_GROUPED", mode, 1);
@@ -150,6 +151,14 @@ static void gpu_step(const struct moe_config *cfg, const float *p, const int32_t
 	struct moe_model *mg = moe_model_new(cfg, gb, &err);
 	cr_assert_not_null(mg, "%s", err.msg);
 	moe_model_set_params(mg, p);
+	return mg;
+}
+
+static void gpu_step(const struct moe_config *cfg, const float *p, const int32_t *x, const int32_t *y, int B,
+		     int T, const char *mode, struct moe_losses *l, float *grads, bool full)
+{
+	struct moe_error err = {0};
+	struct moe_model *mg = gpu_model(cfg, p, mode);
 	if (full)
 		moe_model_set_recompute(mg, MOE_RECOMPUTE_FULL);
 	moe_model_zero_grad(mg);
@@ -278,16 +287,11 @@ static void overwrite_steps(const struct moe_config *cfg, const float *p, const 
 			    int B, int T, const char *mode, bool overwrite, float *grads)
 {
 	struct moe_error err = {0};
-	setenv("MOE_CUDA_GROUPED", mode, 1);
-	struct moe_backend *gb = moe_backend_cuda(&err);
-	unsetenv("MOE_CUDA_GROUPED");
-	cr_assert_not_null(gb, "%s", err.msg);
+	struct moe_model *mg = gpu_model(cfg, p, mode);
+	struct moe_backend *gb = moe_model_backend(mg);
 	if (overwrite)
 		cr_assert(gb->grad_overwrite_ok, "the CUDA backend stores gradients by overwrite");
 	gb->grad_overwrite_ok = overwrite;
-	struct moe_model *mg = moe_model_new(cfg, gb, &err);
-	cr_assert_not_null(mg, "%s", err.msg);
-	moe_model_set_params(mg, p);
 	size_t np = moe_model_num_params(mg);
 	float *nan = malloc(np * 4);
 	for (size_t i = 0; i < np; i++)

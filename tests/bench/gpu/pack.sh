@@ -7,7 +7,8 @@
 #   sh tests/bench/gpu/pack.sh BUILDDIR SHARDS_DIR [SHARED]
 # BUILDDIR: a CUDA build after `make && make check TESTS=` (test binaries
 # built); SHARDS_DIR: e.g. the demo's build/demo-out/data; SHARED: ../shared.
-# Then, on the device: sh tests/bench/gpu/runN.sh (each prints its tables).
+# Then, on the device: RUNDIR=.devrun sh .devrun/runN.sh (each prints its
+# tables; the scripts are copied into the folder).
 # PACK_OUT names another folder than .devrun (ignored .devrun* folders), so
 # that several people can pack at once.
 set -eu
@@ -38,5 +39,6 @@ for l in $(ldd "$BLD"/tests/kernels/test_kernels | awk '/=>/{print $3}'); do
 done
 cp -r "$SHARDS" "$O"/shards
 cp "$SHARED"/bench/torch_ref.py "$O"/
+cp tests/bench/gpu/*.sh "$O"/ # the device scripts (run as sh "$O"/runN.sh, RUNDIR="$O")
 cp "$SHARED"/data/parquet/fineweb-shaped/sotu-snappy-v1.parquet "$O"/pq/
 du -sh "$O"

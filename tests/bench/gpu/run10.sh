@@ -4,16 +4,9 @@
 # with clipping active, a profile, and moe-train end to end on synthetic
 # shards (its own tokens/s, beside bench_cuda's).
 set -u
-R=$PWD/${RUNDIR:-.devrun}
-export MOE_DATADIR=$PWD/share NCCL_NVLS_ENABLE=0 PYTHONUNBUFFERED=1
-B=$R/b
-chmod +x $B/cmd/* $B/tests/*/*
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; date -u
-echo "=== test_kernels"; LD_LIBRARY_PATH=$R/lib:$R/libtest timeout 150 $B/tests/kernels/test_kernels 2>&1 | grep -v "^\[----\]" | tail -8
-echo "=== test_backend"; LD_LIBRARY_PATH=$R/lib:$R/libtest timeout 150 $B/tests/kernels/test_backend --verbose 2>&1 | grep -E "expert GEMMs|cosine over|overwrite|fused|PASS|FAIL|Synthesis" | tail -12
-export LD_LIBRARY_PATH=$R/lib
-M=share/models/seed-base.json
-bc() { echo "--- bench_cuda $*"; timeout 120 $B/tests/bench/bench_cuda -m $M -B 16 -n 6 -w 2 "$@" 2>/tmp/bc.err; tail -1 /tmp/bc.err; }
+. "$(dirname "$0")/common.sh"
+gpu_test test_kernels "Synthesis|FAIL|fused|experts" 8
+gpu_test test_backend "expert GEMMs|cosine over|overwrite|fused|PASS|FAIL|Synthesis" 12
 bc
 MOE_CUDA_ADAMW=scalar bc
 bc -c 0.01
