@@ -15,6 +15,7 @@
  * moe_att_fwd_wgmma() and moe_att_bwd_wgmma() say when the device cannot
  * run them. */
 #include "attention_common.cuh"
+#include "wgmma.cuh"
 #include "kernels.h"
 
 #define AWG_BQ 128 /* queries per block: two warpgroups of 64 */
@@ -22,30 +23,6 @@
 #define AWG_THREADS 256
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-/* Shared-memory matrix descriptor, 128-byte swizzle (see grouped_wgmma.cu). */
-static __device__ __forceinline__ uint64_t awg_desc(uint32_t addr, uint32_t lbo, uint32_t sbo)
-{
-	return (uint64_t)((addr & 0x3ffff) >> 4) | ((uint64_t)(lbo >> 4) << 16) | ((uint64_t)(sbo >> 4) << 32) |
-	       (1ull << 62);
-}
-
-static __device__ __forceinline__ void awg_fence_proxy() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
-static __device__ __forceinline__ void awg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
-static __device__ __forceinline__ void awg_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
-/* wait until at most N of this warpgroup's committed groups are pending (all
- * older ones complete) */
-template <int N> static __device__ __forceinline__ void awg_wait()
-{
-	asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
-}
-/* keeps the compiler from touching accumulators before the wait above */
-template <int N> static __device__ __forceinline__ void awg_fence_regs(float *r)
-{
-#pragma unroll
-	for (int i = 0; i < N; i++)
-		asm volatile("" : "+f"(r[i])::"memory");
-}
-
 /* d (64 x 64, 32 registers a thread) = A B (+ d when acc); A, B: K-major
  * descriptors */
 static __device__ __forceinline__ void att_wg_ss_n64(float *d, uint64_t da, uint64_t db, int acc)
@@ -150,7 +127,7 @@ static __device__ __forceinline__ void awg_load(uint32_t dst, const bf16 *src, i
 		bool ok = row0 + r < T;
 		const bf16 *g = ok ? src + (size_t)(row0 + r) * ld + c * 8 : src;
 		uint32_t s = dst + (c >> 3) * (ROWS * 128) + r * 128 + (((c & 7) ^ (r & 7)) << 4);
-		asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(g), "r"(ok ? 16 : 0));
+		wg_cp16(s, g, ok);
 	}
 }
 #endif
@@ -196,21 +173,21 @@ attention_fwd_wgmma_kernel(bf16 *out, float *lse, const bf16 *q, const bf16 *k, 
 		}
 		att_commit();
 		att_wait<1>();
-		awg_fence_proxy();
+		wg_fence_proxy();
 		__syncthreads();
 		if (active && k0 <= wq0 + 63) { /* warpgroup-uniform */
 			const uint32_t kst = sk + st * KBYTES, vst = sv + st * KBYTES;
 			float s[32]; /* S (64 x 64): register 4jj + e is row rq + 8 (e / 2), key k0 + 8jj + 2 t4 + e % 2 */
-			awg_fence();
+			wg_fence();
 #pragma unroll
 			for (int kk = 0; kk < DH / 16; kk++) {
-				uint64_t da = awg_desc(sq + (kk >> 2) * (AWG_BQ * 128) + wg * 64 * 128 + (kk & 3) * 32, 16, 1024);
-				uint64_t db = awg_desc(kst + (kk >> 2) * (AWG_BK * 128) + (kk & 3) * 32, 16, 1024);
+				uint64_t da = wg_desc(sq + (kk >> 2) * (AWG_BQ * 128) + wg * 64 * 128 + (kk & 3) * 32, 16, 1024);
+				uint64_t db = wg_desc(kst + (kk >> 2) * (AWG_BK * 128) + (kk & 3) * 32, 16, 1024);
 				att_wg_ss_n64(s, da, db, kk > 0);
 			}
-			awg_commit();
-			awg_wait<0>();
-			awg_fence_regs<32>(s);
+			wg_commit();
+			wg_wait<0>();
+			wg_fence_regs<32>(s);
 			bool edge = k0 + AWG_BK > wq0 || k0 + AWG_BK > T;
 			float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
@@ -257,13 +234,13 @@ attention_fwd_wgmma_kernel(bf16 *out, float *lse, const bf16 *q, const bf16 *k, 
 				a[ks][2] = pack_bf16(s[8 * ks + 4], s[8 * ks + 5]);
 				a[ks][3] = pack_bf16(s[8 * ks + 6], s[8 * ks + 7]);
 			}
-			awg_fence();
+			wg_fence();
 #pragma unroll
 			for (int ks = 0; ks < 4; ks++)
-				awg_pv<DH>(o, a[ks], awg_desc(vst + ks * 16 * 128, AWG_BK * 128, 1024));
-			awg_commit();
-			awg_wait<0>();
-			awg_fence_regs<DH / 2>(o);
+				awg_pv<DH>(o, a[ks], wg_desc(vst + ks * 16 * 128, AWG_BK * 128, 1024));
+			wg_commit();
+			wg_wait<0>();
+			wg_fence_regs<DH / 2>(o);
 		}
 		__syncthreads(); /* the stage is refilled next iteration */
 	}
@@ -412,7 +389,7 @@ static __device__ __forceinline__ void awg_dkdv(const struct awgb_args &A, int k
 	for (int i = i0; i < nq; i++) {
 		int st = (i - i0) & 1, q0 = i * 64;
 		att_wait<0>();
-		awg_fence_proxy();
+		wg_fence_proxy();
 		__syncthreads(); /* tile i in place, every warp done with tile i - 1 */
 		if (i + 1 < nq) {
 			stage_ld(i + 1, st ^ 1);
@@ -426,23 +403,23 @@ static __device__ __forceinline__ void awg_dkdv(const struct awgb_args &A, int k
 			/* S^T, dP^T (64 keys x 64 queries): register 4jj + e is key
 			 * kr + 8 (e / 2), query q0 + 8jj + 2 t4 + e % 2 */
 			float sT[32], dpT[32];
-			awg_fence();
+			wg_fence();
 #pragma unroll
 			for (int kk = 0; kk < DH / 16; kk++) {
 				uint32_t own = (kk >> 2) * (KR * 128) + wg * 8192 + (kk & 3) * 32;
 				uint32_t off = (kk >> 2) * 8192 + (kk & 3) * 32;
-				att_wg_ss_n64(sT, awg_desc(sk + own, 16, 1024), awg_desc(qs + off, 16, 1024), kk > 0);
+				att_wg_ss_n64(sT, wg_desc(sk + own, 16, 1024), wg_desc(qs + off, 16, 1024), kk > 0);
 			}
-			awg_commit();
+			wg_commit();
 #pragma unroll
 			for (int kk = 0; kk < DH / 16; kk++) {
 				uint32_t own = (kk >> 2) * (KR * 128) + wg * 8192 + (kk & 3) * 32;
 				uint32_t off = (kk >> 2) * 8192 + (kk & 3) * 32;
-				att_wg_ss_n64(dpT, awg_desc(sv + own, 16, 1024), awg_desc(ds + off, 16, 1024), kk > 0);
+				att_wg_ss_n64(dpT, wg_desc(sv + own, 16, 1024), wg_desc(ds + off, 16, 1024), kk > 0);
 			}
-			awg_commit();
-			awg_wait<1>(); /* S^T done, dP^T may still run */
-			awg_fence_regs<32>(sT);
+			wg_commit();
+			wg_wait<1>(); /* S^T done, dP^T may still run */
+			wg_fence_regs<32>(sT);
 			bool edge = q0 < wk0 + 64 || q0 + 64 > T;
 #pragma unroll
 			for (int jj = 0; jj < 8; jj++)
@@ -461,13 +438,13 @@ static __device__ __forceinline__ void awg_dkdv(const struct awgb_args &A, int k
 #pragma unroll
 				for (int x = 0; x < 4; x++)
 					pa[ks][x] = pack_bf16(sT[8 * ks + 2 * x], sT[8 * ks + 2 * x + 1]);
-			awg_fence();
+			wg_fence();
 #pragma unroll
 			for (int ks = 0; ks < 4; ks++)
-				awg_pv<DH>(dV, pa[ks], awg_desc(ds + ks * 2048, 8192, 1024)); /* dV += P^T dO */
-			awg_commit();
-			awg_wait<1>(); /* dP^T done, dV may still run */
-			awg_fence_regs<32>(dpT);
+				awg_pv<DH>(dV, pa[ks], wg_desc(ds + ks * 2048, 8192, 1024)); /* dV += P^T dO */
+			wg_commit();
+			wg_wait<1>(); /* dP^T done, dV may still run */
+			wg_fence_regs<32>(dpT);
 #pragma unroll
 			for (int jj = 0; jj < 8; jj++)
 #pragma unroll
@@ -480,14 +457,14 @@ static __device__ __forceinline__ void awg_dkdv(const struct awgb_args &A, int k
 #pragma unroll
 				for (int x = 0; x < 4; x++)
 					sa[ks][x] = pack_bf16(dpT[8 * ks + 2 * x], dpT[8 * ks + 2 * x + 1]);
-			awg_fence();
+			wg_fence();
 #pragma unroll
 			for (int ks = 0; ks < 4; ks++)
-				awg_pv<DH>(dK, sa[ks], awg_desc(qs + ks * 2048, 8192, 1024)); /* dK += dS^T Q */
-			awg_commit();
-			awg_wait<0>();
-			awg_fence_regs<DH / 2>(dV);
-			awg_fence_regs<DH / 2>(dK);
+				awg_pv<DH>(dK, sa[ks], wg_desc(qs + ks * 2048, 8192, 1024)); /* dK += dS^T Q */
+			wg_commit();
+			wg_wait<0>();
+			wg_fence_regs<DH / 2>(dV);
+			wg_fence_regs<DH / 2>(dK);
 		}
 	}
 #pragma unroll
@@ -546,7 +523,7 @@ static __device__ __forceinline__ void awg_dq(const struct awgb_args &A, int qt,
 	for (int j = 0; j < ntiles; j++) {
 		int st = j & 1, k0 = j * 64;
 		att_wait<0>();
-		awg_fence_proxy();
+		wg_fence_proxy();
 		__syncthreads(); /* tile j in place, every warp done with tile j - 1 */
 		if (j + 1 < ntiles) {
 			awg_load<DH, 64, NT>(sk + (st ^ 1) * TB, kb, ldk, k0 + 64, T);
@@ -565,29 +542,29 @@ static __device__ __forceinline__ void awg_dq(const struct awgb_args &A, int qt,
 			/* S, dP (64 queries x 64 keys): register 4jj + e is query
 			 * rq + 8 (e / 2), key k0 + 8jj + 2 t4 + e % 2 */
 			float s[32], dp[32];
-			awg_fence();
+			wg_fence();
 #pragma unroll
 			for (int kk = 0; kk < DH / 16; kk++) {
 				uint32_t own = (kk >> 2) * (QR * 128) + wg * 8192 + (kk & 3) * 32;
-				uint64_t kd = awg_desc(kst + (kk >> 2) * 8192 + (kk & 3) * 32, 16, 1024);
+				uint64_t kd = wg_desc(kst + (kk >> 2) * 8192 + (kk & 3) * 32, 16, 1024);
 				if (QREG)
 					att_wg_rsk_n64(s, qa[QREG ? kk : 0], kd, kk > 0);
 				else
-					att_wg_ss_n64(s, awg_desc(sq + own, 16, 1024), kd, kk > 0);
+					att_wg_ss_n64(s, wg_desc(sq + own, 16, 1024), kd, kk > 0);
 			}
-			awg_commit();
+			wg_commit();
 #pragma unroll
 			for (int kk = 0; kk < DH / 16; kk++) {
 				uint32_t own = (kk >> 2) * (QR * 128) + wg * 8192 + (kk & 3) * 32;
-				uint64_t vd = awg_desc(vst + (kk >> 2) * 8192 + (kk & 3) * 32, 16, 1024);
+				uint64_t vd = wg_desc(vst + (kk >> 2) * 8192 + (kk & 3) * 32, 16, 1024);
 				if (QREG)
 					att_wg_rsk_n64(dp, da[QREG ? kk : 0], vd, kk > 0);
 				else
-					att_wg_ss_n64(dp, awg_desc(sd + own, 16, 1024), vd, kk > 0);
+					att_wg_ss_n64(dp, wg_desc(sd + own, 16, 1024), vd, kk > 0);
 			}
-			awg_commit();
-			awg_wait<1>(); /* S done, dP may still run */
-			awg_fence_regs<32>(s);
+			wg_commit();
+			wg_wait<1>(); /* S done, dP may still run */
+			wg_fence_regs<32>(s);
 			bool edge = k0 + 64 > wq0 || k0 + 64 > T;
 #pragma unroll
 			for (int jj = 0; jj < 8; jj++)
@@ -599,8 +576,8 @@ static __device__ __forceinline__ void awg_dq(const struct awgb_args &A, int qt,
 						p = 0.f;
 					s[4 * jj + e] = p;
 				}
-			awg_wait<0>();
-			awg_fence_regs<32>(dp);
+			wg_wait<0>();
+			wg_fence_regs<32>(dp);
 			unsigned a[4][4]; /* dS as A fragments (16 keys each) */
 #pragma unroll
 			for (int ks = 0; ks < 4; ks++)
@@ -610,13 +587,13 @@ static __device__ __forceinline__ void awg_dq(const struct awgb_args &A, int qt,
 					a[ks][x] = pack_bf16(s[i0] * (dp[i0] - dl[r]) * scale,
 							     s[i0 + 1] * (dp[i0 + 1] - dl[r]) * scale);
 				}
-			awg_fence();
+			wg_fence();
 #pragma unroll
 			for (int ks = 0; ks < 4; ks++)
-				awg_pv<DH>(dQ, a[ks], awg_desc(kst + ks * 2048, 8192, 1024)); /* dQ += dS K */
-			awg_commit();
-			awg_wait<0>();
-			awg_fence_regs<DH / 2>(dQ);
+				awg_pv<DH>(dQ, a[ks], wg_desc(kst + ks * 2048, 8192, 1024)); /* dQ += dS K */
+			wg_commit();
+			wg_wait<0>();
+			wg_fence_regs<DH / 2>(dQ);
 		}
 	}
 #pragma unroll

@@ -36,7 +36,7 @@
  * the epilogue writes gu and h = silu(g) u; in the input gradient the
  * epilogue turns dh into SwiGLU's backward (dgu and the recomputed h). */
 
-#include "cuda_common.h"
+#include "wgmma.cuh"
 #include "kernels.h"
 
 #define GW_BM 128
@@ -73,40 +73,6 @@ struct gw_src {
 };
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-static __device__ __forceinline__ uint32_t gw_smem_u32(const void *p)
-{
-	return (uint32_t)__cvta_generic_to_shared(p);
-}
-
-static __device__ __forceinline__ void gw_cp16(uint32_t dst, const void *src, bool pred)
-{
-	asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(pred ? 16 : 0));
-}
-static __device__ __forceinline__ void gw_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N> static __device__ __forceinline__ void gw_cp_wait()
-{
-	asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
-
-/* Shared-memory matrix descriptor, 128-byte swizzle: start address, leading
- * and stride byte offsets (16-byte units).  K-major: the stride offset steps
- * from one 8-row group of 128-byte rows to the next (the leading one is
- * unused); MN-major: the leading offset steps from one 64-element column block
- * to the next, the stride offset from one group of 8 k-rows to the next. */
-static __device__ __forceinline__ uint64_t gw_desc(uint32_t addr, uint32_t lbo, uint32_t sbo)
-{
-	return (uint64_t)((addr & 0x3ffff) >> 4) | ((uint64_t)(lbo >> 4) << 16) | ((uint64_t)(sbo >> 4) << 32) |
-	       (1ull << 62);
-}
-
-static __device__ __forceinline__ void gw_fence_proxy() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
-static __device__ __forceinline__ void gw_wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
-static __device__ __forceinline__ void gw_wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
-template <int N> static __device__ __forceinline__ void gw_wg_wait()
-{
-	asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
-}
-
 /* D (64 x 128, fp32, 64 registers a thread) = A B (+ D when acc) on the
  * descriptors da, db; TA, TB: A, B MN-major */
 template <int TA, int TB>
@@ -207,7 +173,7 @@ static __device__ __forceinline__ void gw_load(uint32_t sa, uint32_t sb, const b
 				ok = r < Mi && k0 + ch * 8 < K;
 				p = ok ? A + (size_t)r * lda + k0 + ch * 8 : A;
 			}
-			gw_cp16(sa + r * 128 + ((ch ^ (r & 7)) << 4), p, ok);
+			wg_cp16(sa + r * 128 + ((ch ^ (r & 7)) << 4), p, ok);
 		}
 	} else {
 		/* 64 k-rows of 128 columns, as two 64-column blocks */
@@ -215,7 +181,7 @@ static __device__ __forceinline__ void gw_load(uint32_t sa, uint32_t sb, const b
 		for (int it = 0; it < GW_BK * (GW_BM / 8) / GW_THREADS; it++) {
 			int c = tid + it * GW_THREADS, k = c >> 4, cc = c & 15;
 			bool ok = k0 + k < K && cc * 8 < Mi;
-			gw_cp16(sa + (cc >> 3) * 8192 + k * 128 + (((cc & 7) ^ (k & 7)) << 4),
+			wg_cp16(sa + (cc >> 3) * 8192 + k * 128 + (((cc & 7) ^ (k & 7)) << 4),
 				ok ? A + (size_t)(k0 + k) * lda + cc * 8 : A, ok);
 		}
 	}
@@ -232,7 +198,7 @@ static __device__ __forceinline__ void gw_load(uint32_t sa, uint32_t sb, const b
 				ok = r < Nj && k0 + ch * 8 < K;
 				ro = (size_t)r * ldb;
 			}
-			gw_cp16(sb + r * 128 + ((ch ^ (r & 7)) << 4), ok ? B + ro + k0 + ch * 8 : B, ok);
+			wg_cp16(sb + r * 128 + ((ch ^ (r & 7)) << 4), ok ? B + ro + k0 + ch * 8 : B, ok);
 		}
 	} else {
 		constexpr int CPR = BN / 8; /* 16-byte chunks per k-row */
@@ -249,7 +215,7 @@ static __device__ __forceinline__ void gw_load(uint32_t sa, uint32_t sb, const b
 				ok = k0 + k < K && cc * 8 < Nj;
 				p = ok ? B + (size_t)(k0 + k) * ldb + cc * 8 : B;
 			}
-			gw_cp16(sb + (cc >> 3) * 8192 + k * 128 + (((cc & 7) ^ (k & 7)) << 4), p, ok);
+			wg_cp16(sb + (cc >> 3) * 8192 + k * 128 + (((cc & 7) ^ (k & 7)) << 4), p, ok);
 		}
 	}
 }
@@ -276,7 +242,7 @@ __global__ void __launch_bounds__(GW_THREADS, MINB) gw_kernel(const gw_args g)
 	extern __shared__ unsigned char gw_smem[];
 	__shared__ int s_e, s_mt;
 	__shared__ int s_brow[2][GW_BK]; /* GF_GATHER weight gradient: x rows of two stages */
-	const uint32_t sa = (gw_smem_u32(gw_smem) + 1023) & ~1023u, sb = sa + ST * ABYTES;
+	const uint32_t sa = (wg_smem_u32(gw_smem) + 1023) & ~1023u, sb = sa + ST * ABYTES;
 	const int tid = threadIdx.x;
 
 	const bf16 *A, *B;
@@ -393,7 +359,7 @@ __global__ void __launch_bounds__(GW_THREADS, MINB) gw_kernel(const gw_args g)
 			gw_load<AT, BT, BN, FUSE>(sa + s * ABYTES, sb + s * BBYTES, A, lda, B, ldb, Mi, Nj, K, s * GW_BK,
 						  bup, src);
 		}
-		gw_commit();
+		wg_cp_commit();
 	}
 	if (GB && D < KT) { /* stage D's, published by the loop's first barrier */
 		__syncthreads();
@@ -404,32 +370,32 @@ __global__ void __launch_bounds__(GW_THREADS, MINB) gw_kernel(const gw_args g)
 		/* stage kt has landed (this thread's copies), is made visible to
 		 * the tensor cores, and every thread got here: the stage loaded
 		 * next was last read by the wgmma group of kt - 1 - WGW, finished */
-		gw_cp_wait<D - 1>();
-		gw_fence_proxy();
+		wg_cp_wait<D - 1>();
+		wg_fence_proxy();
 		__syncthreads();
 		if (GB)
 			src.brow = s_brow[nk & 1];
 		if (nk < KT)
 			gw_load<AT, BT, BN, FUSE>(sa + (nk % ST) * ABYTES, sb + (nk % ST) * BBYTES, A, lda, B, ldb, Mi,
 						  Nj, K, nk * GW_BK, bup, src);
-		gw_commit();
+		wg_cp_commit();
 		const uint32_t a0 = sa + (kt % ST) * ABYTES + wg * 8192, b0 = sb + (kt % ST) * BBYTES;
-		gw_wg_fence();
+		wg_fence();
 #pragma unroll
 		for (int kk = 0; kk < GW_BK / 16; kk++) {
-			uint64_t da = gw_desc(a0 + (AT ? kk * 2048 : kk * 32), AT ? 8192 : 16, 1024);
-			uint64_t db = gw_desc(b0 + (BT ? kk * 2048 : kk * 32), BT ? 8192 : 16, 1024);
+			uint64_t da = wg_desc(a0 + (AT ? kk * 2048 : kk * 32), AT ? 8192 : 16, 1024);
+			uint64_t db = wg_desc(b0 + (BT ? kk * 2048 : kk * 32), BT ? 8192 : 16, 1024);
 			gw_mma<BN, AT ? 1 : 0, BT ? 1 : 0>(acc, da, db, kt > 0 || kk > 0);
 		}
-		gw_wg_commit();
+		wg_commit();
 		/* the x rows of stage nk + 1 while the MMAs run, into the slot
 		 * that stage nk - 1 used (read before this iteration's barrier) */
 		if (GB && nk + 1 < KT)
 			gw_brows(s_brow[(nk + 1) & 1], bperm, g.topk, K, (nk + 1) * GW_BK);
-		gw_wg_wait<WGW>();
+		wg_wait<WGW>();
 	}
-	gw_wg_wait<0>();
-	gw_cp_wait<0>();
+	wg_wait<0>();
+	wg_cp_wait<0>();
 
 	/* accumulator fragment: warp w of the warpgroup holds rows 16w..16w+15,
 	 * register 4j + 2h + b row lane/4 + 8h, column 8j + 2(lane%4) + b */
@@ -469,13 +435,13 @@ __global__ void __launch_bounds__(GW_THREADS, MINB) gw_kernel(const gw_args g)
 			int c = tid + it * GW_THREADS, cc = c % (BN / 8), r = (c / (BN / 8)) % GW_BM;
 			int half = c / (GW_BM * (BN / 8));
 			bool ok = r < Mi && c0 + cc * 8 < I;
-			gw_cp16(sa + (uint32_t)((half * GW_BM + r) * GS + cc * 8) * 2,
+			wg_cp16(sa + (uint32_t)((half * GW_BM + r) * GS + cc * 8) * 2,
 				ok ? g.gu + ((size_t)row0 + r) * 2 * I + half * I + c0 + cc * 8 : g.gu, ok);
 		}
-		gw_commit();
-		gw_cp_wait<0>();
+		wg_cp_commit();
+		wg_cp_wait<0>();
 		__syncthreads();
-		const bf16 *sg = (const bf16 *)(gw_smem + (sa - gw_smem_u32(gw_smem))), *su = sg + GW_BM * GS;
+		const bf16 *sg = (const bf16 *)(gw_smem + (sa - wg_smem_u32(gw_smem))), *su = sg + GW_BM * GS;
 #pragma unroll
 		for (int j = 0; j < BN / 8; j++)
 #pragma unroll
