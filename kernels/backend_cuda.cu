@@ -103,6 +103,12 @@ struct cuda_ctx {
 	int grouped_mode;   /* GM_* */
 	bool grouped_tma;   /* GM_WGMMA: fwd and dgrad through grouped_tma.cu (MOE_CUDA_GROUPED=tma) */
 	int qk_split;       /* MOE_CUDA_QKNORM_ROPE=split: rmsnorm and rope as two kernels */
+	/* narrow linears (the router) through the wgmma kernel as one group:
+	 * narrow_ok unless MOE_CUDA_NARROW=cublas or not sm_90; one_off holds
+	 * the group's offsets {0, one_rows} */
+	int narrow_ok;
+	int32_t *one_off;
+	int one_rows;
 	int expert_fuse;    /* routed experts: EF_* fused into the wgmma GEMMs */
 	int wgrad_mode;     /* GM_CUBLAS_GROUPED: WG_* */
 	int32_t *hoff[N_ROUTES];
@@ -468,6 +474,8 @@ static void b_destroy(struct moe_backend *be)
 		for (int i = 0; i < N_ROUTES; i++)
 			free(c->hoff[i]);
 		dev_free(c, c->gptr);
+		if (c->one_off)
+			cudaFree(c->one_off);
 		if (c->dres)
 			cudaFree(c->dres);
 		if (c->hres)
@@ -590,14 +598,46 @@ static void o_rmsnorm_bwd_add(struct moe_backend *be, void *dx, float *dw, const
 	rmsnorm_bwd(be, dx, dw, dout, x, w, rstd, N, D, true);
 }
 
+__global__ void one_group_kernel(int32_t *off, int rows)
+{
+	off[0] = 0;
+	off[1] = rows;
+}
+
+/* Offsets of one group of N rows for the wgmma kernel, or NULL when a GEMM
+ * with a side of at most 64 (the router's 64 experts) should not go that
+ * way.  cuBLAS runs such a (32768 x 768) x (768 x 64) product at about 40
+ * TFLOP/s on an H100 (tests/bench/bench_gemm.c); the grouped wgmma kernel
+ * tiles it 128 x 128 and reads the activations once. */
+static const int32_t *narrow_group(struct cuda_ctx *c, int N, int In, int narrow)
+{
+	if (!c->narrow_ok || narrow > 64 || N < 1024 || In % 8 || narrow % 8)
+		return NULL;
+	if (!c->one_off && CUDA_OK(cudaMalloc((void **)&c->one_off, 2 * sizeof(int32_t)), &c->err)) {
+		c->narrow_ok = 0;
+		return NULL;
+	}
+	if (c->one_rows != N) {
+		one_group_kernel<<<1, 1, 0, c->s>>>(c->one_off, N);
+		RUN(c, CUDA_LAUNCHED(&c->err));
+		c->one_rows = N;
+	}
+	return c->one_off;
+}
+
 /* beta 1: the GEMM adds into out / dx (bf16 C read once, fp32 sum) */
 static void linear_fwd_beta(struct moe_backend *be, void *out, const void *x, const void *w, int N, int In, int Out,
 			    float beta)
 {
 	struct cuda_ctx *c = CTX(be);
+	const int32_t *one = beta == 0.f ? narrow_group(c, N, In, Out) : NULL;
 	PROF(c, "linear");
-	RUN(c, moe_cuda_gemm(c->blas, 0, 1, N, Out, In, (const bf16_t *)x, In, (const bf16_t *)w, In, out, Out, 0,
-			     1.f, beta, &c->err));
+	if (one)
+		RUN(c, moe_cuda_grouped_wgmma_fwd((bf16_t *)out, (const bf16_t *)x, (const bf16_t *)w, one, N, 1, In, Out,
+						  c->s, &c->err));
+	else
+		RUN(c, moe_cuda_gemm(c->blas, 0, 1, N, Out, In, (const bf16_t *)x, In, (const bf16_t *)w, In, out, Out,
+				     0, 1.f, beta, &c->err));
 	PROF_END(c);
 }
 
@@ -605,8 +645,12 @@ static void linear_bwd_beta(struct moe_backend *be, void *dx, float *dw, const v
 			    const void *w, int N, int In, int Out, float beta)
 {
 	struct cuda_ctx *c = CTX(be);
+	const int32_t *one = dx && beta == 0.f ? narrow_group(c, N, In, Out) : NULL;
 	PROF(c, "linear_bwd");
-	if (dx)
+	if (one) /* dx (N, In) = dout (N, Out <= 64) w: the wgmma input gradient, one group */
+		RUN(c, moe_cuda_grouped_wgmma_dgrad((bf16_t *)dx, (const bf16_t *)dout, (const bf16_t *)w, one, N, 1, In,
+						    Out, c->s, &c->err));
+	else if (dx)
 		RUN(c, moe_cuda_gemm(c->blas, 0, 0, N, In, Out, (const bf16_t *)dout, Out, (const bf16_t *)w, In, dx,
 				     In, 0, 1.f, beta, &c->err));
 	if (dw) {
@@ -1326,6 +1370,8 @@ extern "C" struct moe_backend *moe_backend_cuda(struct moe_error *err)
 			goto fail;
 		}
 		c->expert_fuse = moe_cuda_grouped_wgmma_supported() ? (int)xf : 0;
+		const char *nv = getenv("MOE_CUDA_NARROW");
+		c->narrow_ok = moe_cuda_grouped_wgmma_supported() && !(nv && strcmp(nv, "cublas") == 0);
 	}
 	if (c->prof)
 		for (int i = 0; i < 4096; i++)

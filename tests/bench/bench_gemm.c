@@ -5,7 +5,9 @@
  * overwrite, beta 1: accumulation), through moe_cuda_gemm exactly as the
  * backend calls it.  Median of 20 runs after warm-up, CUDA events; prints ms,
  * TFLOP/s and the calls per step, then the step's total for each shape, to
- * show which shapes fall short of the large-GEMM rate.
+ * show which shapes fall short of the large-GEMM rate; last, the router's
+ * forward and input gradient through the one-group wgmma kernel, which the
+ * backend uses for them on sm_90 (MOE_CUDA_NARROW).
  *   bench_gemm [-B 16] [-T 2048]
  */
 #include <cuda_runtime_api.h>
@@ -133,6 +135,38 @@ int main(int argc, char **argv)
 	}
 	printf("%-32s %6s %9.2f %9s %9.2f %9s %9.2f %9.2f   (ms per step)\n", "step total", "", tot[0], "", tot[1], "",
 	       tot[2], tot[3]);
+	/* the router's forward and input gradient as the backend runs them on
+	 * sm_90 (MOE_CUDA_NARROW): the grouped wgmma kernel with one group */
+	if (moe_cuda_grouped_wgmma_supported()) {
+		const struct shape *s = &sh[1];
+		int32_t hoff[2] = {0, s->rows}, *off = dzero(sizeof hoff);
+		cudaMemcpy(off, hoff, sizeof hoff, cudaMemcpyHostToDevice);
+		double fl = 2.0 * s->rows * s->In * s->Out;
+		float t[2];
+		for (int k = 0; k < 2; k++) {
+			cudaEvent_t e0, e1;
+			cudaEventCreate(&e0);
+			cudaEventCreate(&e1);
+			float r[20];
+			for (int i = -3; i < 20; i++) {
+				cudaEventRecord(e0, 0);
+				int rc = k == 0 ? moe_cuda_grouped_wgmma_fwd(O, X, W, off, s->rows, 1, s->In, s->Out, 0, &err)
+						: moe_cuda_grouped_wgmma_dgrad(O, Y, W, off, s->rows, 1, s->In, s->Out, 0, &err);
+				cudaEventRecord(e1, 0);
+				cudaEventSynchronize(e1);
+				if (rc) {
+					fprintf(stderr, "bench_gemm: router (wgmma): %s\n", err.msg);
+					return 1;
+				}
+				if (i >= 0)
+					cudaEventElapsedTime(&r[i], e0, e1);
+			}
+			qsort(r, 20, sizeof(float), cmpf);
+			t[k] = r[10];
+		}
+		printf("%-32s %6d %9.4f %9.1f %9.4f %9.1f   (one-group wgmma kernel)\n", "router (768 -> 64), wgmma",
+		       s->per_step, t[0], fl / t[0] / 1e9, t[1], fl / t[1] / 1e9);
+	}
 	moe_cuda_blas_free(b);
 	return 0;
 }

@@ -654,6 +654,12 @@ Test(kernels, grouped_wgmma, .timeout = 120)
 		grouped_case(&grouped_wgmma, cfg, 8, 640, 768, c4);  /* seed-base down */
 	}
 	moe_cuda_grouped_wgmma_config(0);
+	/* one group: the backend's narrow linears (the router, 768 -> 64, and its
+	 * input gradient) */
+	int c5[1] = {2500};
+	grouped_case(&grouped_wgmma, 0, 1, 768, 64, c5);
+	int c6[1] = {1031};
+	grouped_case(&grouped_wgmma, 0, 1, 96, 8, c6);
 }
 
 /* grouped_tma.cu's forward and input gradient on groups of cnt[e] rows
