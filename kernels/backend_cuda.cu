@@ -10,10 +10,11 @@
  * Profiling: with MOE_CUDA_PROFILE=1 in the environment, each op is timed
  * with CUDA events; moe_cuda_profile_report() prints the totals.
  * Expert GEMMs (MOE_CUDA_GROUPED), measured in tests/bench/RESULTS-cuda.md:
- *   "wgmma" (default on sm_90, the fastest): the Hopper kernels of
- *       grouped_wgmma.cu for all three, no synchronisation;
- *   "tma": as "wgmma" with the forward and input gradient through
- *       grouped_tma.cu (TMA loads, warp specialisation, persistent grid);
+ *   "tma" (default on sm_90, the fastest: tests/bench/RESULTS-tma.md): the
+ *       Hopper kernels of grouped_tma.cu (TMA loads and stores, warp
+ *       specialisation, persistent grid) for all three, no synchronisation;
+ *       "tma-fd" for the forward and input gradient only;
+ *   "wgmma": the Hopper kernels of grouped_wgmma.cu for all three;
  *   "cublas-grouped" (default elsewhere): cublasGemmGroupedBatchedEx for
  *       the forward and input-gradient GEMMs (offsets read back to the host
  *       once per routing: model.c reads that layer's statistics back anyway)
@@ -101,7 +102,7 @@ struct cuda_ctx {
 	int route_next;
 	/* cuBLAS expert paths: host copies of offsets, per offsets pointer */
 	int grouped_mode;   /* GM_* */
-	bool grouped_tma;   /* GM_WGMMA: fwd and dgrad through grouped_tma.cu (MOE_CUDA_GROUPED=tma) */
+	int grouped_tma;    /* GM_WGMMA: 1 fwd and dgrad, 2 all three through grouped_tma.cu */
 	int qk_split;       /* MOE_CUDA_QKNORM_ROPE=split: rmsnorm and rope as two kernels */
 	/* narrow linears (the router) through the wgmma kernel as one group:
 	 * narrow_ok unless MOE_CUDA_NARROW=cublas or not sm_90; one_off holds
@@ -129,6 +130,7 @@ struct cuda_ctx {
 	int prof;
 	struct prof_ent pe[N_PROF];
 	int npe;
+	int prof_open; /* an op's events are being recorded: ops it calls are timed as part of it */
 	cudaEvent_t ev[2][4096];
 	int ev_op[4096];
 	int nev;
@@ -160,7 +162,7 @@ static void prof_flush(struct cuda_ctx *c)
 
 static int prof_begin(struct cuda_ctx *c, const char *name)
 {
-	if (!c->prof)
+	if (!c->prof || c->prof_open)
 		return -1;
 	if (c->nev == 4096)
 		prof_flush(c);
@@ -174,6 +176,7 @@ static int prof_begin(struct cuda_ctx *c, const char *name)
 	}
 	c->ev_op[c->nev] = op;
 	cudaEventRecord(c->ev[0][c->nev], c->s);
+	c->prof_open = 1;
 	return c->nev;
 }
 
@@ -183,6 +186,7 @@ static void prof_end(struct cuda_ctx *c, int slot)
 		return;
 	cudaEventRecord(c->ev[1][slot], c->s);
 	c->nev++;
+	c->prof_open = 0;
 }
 
 #define PROF(c, name) int prof_slot_ = prof_begin((c), (name))
@@ -604,11 +608,12 @@ __global__ void one_group_kernel(int32_t *off, int rows)
 	off[1] = rows;
 }
 
-/* Offsets of one group of N rows for the wgmma kernel, or NULL when a GEMM
- * with a side of at most 64 (the router's 64 experts) should not go that
- * way.  cuBLAS runs such a (32768 x 768) x (768 x 64) product at about 40
- * TFLOP/s on an H100 (tests/bench/bench_gemm.c); the grouped wgmma kernel
- * tiles it 128 x 128 and reads the activations once. */
+/* Offsets of one group of N rows for the wgmma kernel, or NULL when a
+ * forward GEMM with at most 64 output columns (the router's 64 experts)
+ * should not go that way.  cuBLAS ran such a (32768 x 768) x (768 x 64)
+ * product in 0.082 ms on one H100 and 0.035 ms on another, the grouped
+ * wgmma kernel in 0.031 ms on both (tests/bench/bench_gemm.c).  (Its input
+ * gradient stays on cuBLAS: 0.035-0.075 ms there, 0.067 ms as one group.) */
 static const int32_t *narrow_group(struct cuda_ctx *c, int N, int In, int narrow)
 {
 	if (!c->narrow_ok || narrow > 64 || N < 1024 || In % 8 || narrow % 8)
@@ -645,29 +650,24 @@ static void linear_bwd_beta(struct moe_backend *be, void *dx, float *dw, const v
 			    const void *w, int N, int In, int Out, float beta)
 {
 	struct cuda_ctx *c = CTX(be);
-	const int32_t *one = dx && beta == 0.f ? narrow_group(c, N, In, Out) : NULL;
+	/* fp32 weight gradient, added (beta 1) or, under grad_overwrite, stored.
+	 * cuBLAS has added a small gradient over a long reduction twice as fast
+	 * as it stored one (on one H100, 768 x 768 over 32768 rows: 0.096 ms with
+	 * beta 1, 0.194 ms with beta 0; equal, 0.077 ms, on another:
+	 * tests/bench/bench_gemm.c), so up to 4M elements the gradient is
+	 * cleared and added into instead. */
+	float wbeta = 1.f;
+	if (dw && be->grad_overwrite && (N <= 0 || (size_t)Out * In <= ((size_t)4 << 20)))
+		b_zero(be, dw, (size_t)Out * In, MOE_BUF_F32);
+	else if (dw && be->grad_overwrite)
+		wbeta = 0.f;
 	PROF(c, "linear_bwd");
-	if (one) /* dx (N, In) = dout (N, Out <= 64) w: the wgmma input gradient, one group */
-		RUN(c, moe_cuda_grouped_wgmma_dgrad((bf16_t *)dx, (const bf16_t *)dout, (const bf16_t *)w, one, N, 1, In,
-						    Out, c->s, &c->err));
-	else if (dx)
+	if (dx)
 		RUN(c, moe_cuda_gemm(c->blas, 0, 0, N, In, Out, (const bf16_t *)dout, Out, (const bf16_t *)w, In, dx,
 				     In, 0, 1.f, beta, &c->err));
-	if (dw) {
-		/* fp32 weight gradient, added (beta 1) or, under grad_overwrite,
-		 * stored.  cuBLAS adds a small gradient over a long reduction twice
-		 * as fast as it stores one (split over the rows, presumably: on an
-		 * H100, 768 x 768 over 32768 rows took 0.096 ms with beta 1 and
-		 * 0.194 ms with beta 0, tests/bench/bench_gemm.c), so up to 4M
-		 * elements the gradient is cleared and added into instead. */
-		float wbeta = 1.f;
-		if (be->grad_overwrite && (N <= 0 || (size_t)Out * In <= ((size_t)4 << 20)))
-			b_zero(be, dw, (size_t)Out * In, MOE_BUF_F32);
-		else if (be->grad_overwrite)
-			wbeta = 0.f;
+	if (dw)
 		RUN(c, moe_cuda_gemm(c->blas, 1, 0, Out, In, N, (const bf16_t *)dout, Out, (const bf16_t *)x, In, dw,
 				     In, 1, 1.f, wbeta, &c->err));
-	}
 	PROF_END(c);
 }
 
@@ -1098,8 +1098,8 @@ static void o_grouped_bwd(struct moe_backend *be, void *dx, float *dw, const voi
 				       (bf16_t *)dx, (const bf16_t *)dout, (const bf16_t *)w, offsets, rows, E, In, Out, c->s,
 				       &c->err));
 		if (dw)
-			RUN(c, moe_cuda_grouped_wgmma_wgrad_store(dw, (const bf16_t *)dout, (const bf16_t *)x, offsets, E,
-								  In, Out, store, c->s, &c->err));
+			RUN(c, (c->grouped_tma > 1 ? moe_cuda_grouped_tma_wgrad_store : moe_cuda_grouped_wgmma_wgrad_store)(
+				       dw, (const bf16_t *)dout, (const bf16_t *)x, offsets, E, In, Out, store, c->s, &c->err));
 		PROF_END(c);
 		return;
 	}
@@ -1343,9 +1343,12 @@ extern "C" struct moe_backend *moe_backend_cuda(struct moe_error *err)
 			goto fail;
 		}
 		if (!gv)
-			gv = moe_cuda_grouped_wgmma_supported() ? "wgmma" : "cublas-grouped";
-		/* "tma": the wgmma path with grouped_tma.cu's fwd and dgrad */
-		c->grouped_tma = !strcmp(gv, "tma");
+			gv = moe_cuda_grouped_tma_supported()     ? "tma"
+			     : moe_cuda_grouped_wgmma_supported() ? "wgmma"
+								  : "cublas-grouped";
+		/* "tma": the wgmma path with grouped_tma.cu's kernels for all
+		 * three; "tma-fd": for the forward and input gradient only */
+		c->grouped_tma = !strcmp(gv, "tma") ? 2 : !strcmp(gv, "tma-fd") ? 1 : 0;
 		if (c->grouped_tma)
 			gv = "wgmma";
 		c->grouped_mode = !strcmp(gv, "cublas-grouped") ? GM_CUBLAS_GROUPED
@@ -1355,7 +1358,7 @@ extern "C" struct moe_backend *moe_backend_cuda(struct moe_error *err)
 								   : -1;
 		if (c->grouped_mode < 0) {
 			moe_error_set(err, MOE_EINVAL,
-				      "MOE_CUDA_GROUPED='%s': expected kernel, cublas-grouped, cublas, wgmma or tma", gv);
+				      "MOE_CUDA_GROUPED='%s': expected kernel, cublas-grouped, cublas, wgmma, tma or tma-fd", gv);
 			goto fail;
 		}
 		/* gradients by overwrite (model.h); MOE_CUDA_GRAD_OVERWRITE=0 clears

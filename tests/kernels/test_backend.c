@@ -194,7 +194,7 @@ Test(backend, expert_gemm_paths_agree, .timeout = 120)
 	const struct moe_param *tab = moe_model_params(mc, &nt);
 	/* the last run: the default path with full activation recompute */
 	bool wg = moe_cuda_grouped_wgmma_supported(); /* wgmma, tma: sm_90 only */
-	const char *modes[5] = {"cublas-grouped", "cublas", "wgmma", "tma", wg ? "wgmma" : "cublas-grouped"};
+	const char *modes[5] = {"cublas-grouped", "cublas", "wgmma", "tma", wg ? "tma" : "cublas-grouped"};
 	const char *names[5] = {"cublas-grouped", "cublas", "wgmma", "tma", "default + recompute full"};
 	int nm = 5;
 	if (!wg) {
@@ -331,8 +331,8 @@ Test(backend, grads_by_overwrite, .timeout = 120)
 		x[i] = 2 + (int32_t)(rng_u64() % (cfg.vocab_size - 2));
 		y[i] = (i % 13 == 3) ? cfg.pad_token_id : 2 + (int32_t)(rng_u64() % (cfg.vocab_size - 2));
 	}
-	const char *modes[4] = {"kernel", "cublas-grouped", "cublas", "wgmma"};
-	int nm = moe_cuda_grouped_wgmma_supported() ? 4 : 3;
+	const char *modes[5] = {"kernel", "cublas-grouped", "cublas", "wgmma", "tma"};
+	int nm = moe_cuda_grouped_wgmma_supported() ? 5 : 3;
 	for (int k = 0; k < nm; k++) {
 		overwrite_steps(&cfg, p, x, y, B, T, modes[k], false, g0);
 		overwrite_steps(&cfg, p, x, y, B, T, modes[k], true, g1);
@@ -361,10 +361,11 @@ Test(backend, grads_by_overwrite, .timeout = 120)
 	moe_model_free(mc);
 }
 
-/* The router's linears as the backend runs them on sm_90 (the one-group
- * wgmma kernel, MOE_CUDA_NARROW) against cuBLAS (MOE_CUDA_NARROW=cublas):
- * forward and input gradient at 2048 rows x 768 -> 64, relative error
- * <= 1e-2 (bf16 outputs, fp32 sums in different orders). */
+/* The router's linears as the backend runs them on sm_90 (the forward
+ * through the one-group wgmma kernel, MOE_CUDA_NARROW) against cuBLAS
+ * (MOE_CUDA_NARROW=cublas) at 2048 rows x 768 -> 64: relative error <= 1e-2
+ * (bf16 outputs, fp32 sums in different orders); the input gradient, on
+ * cuBLAS both ways, as a check of the op. */
 static void narrow_run(bool cublas, const float *x, const float *w, const float *dy, float *out, float *dx, int N,
 		       int In, int Out)
 {
