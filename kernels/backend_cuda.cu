@@ -10,10 +10,11 @@
  * Profiling: with MOE_CUDA_PROFILE=1 in the environment, each op is timed
  * with CUDA events; moe_cuda_profile_report() prints the totals.
  * Expert GEMMs (MOE_CUDA_GROUPED), measured in tests/bench/RESULTS-cuda.md:
- *   "wgmma" (default on sm_90, the fastest): the Hopper kernels of
- *       grouped_wgmma.cu for all three, no synchronisation;
- *   "tma": as "wgmma" with the forward and input gradient through
- *       grouped_tma.cu (TMA loads, warp specialisation, persistent grid);
+ *   "tma" (default on sm_90, the fastest: tests/bench/RESULTS-tma.md): the
+ *       Hopper kernels of grouped_tma.cu (TMA loads and stores, warp
+ *       specialisation, persistent grid) for all three, no synchronisation;
+ *       "tma-fd" for the forward and input gradient only;
+ *   "wgmma": the Hopper kernels of grouped_wgmma.cu for all three;
  *   "cublas-grouped" (default elsewhere): cublasGemmGroupedBatchedEx for
  *       the forward and input-gradient GEMMs (offsets read back to the host
  *       once per routing: model.c reads that layer's statistics back anyway)
@@ -101,7 +102,7 @@ struct cuda_ctx {
 	int route_next;
 	/* cuBLAS expert paths: host copies of offsets, per offsets pointer */
 	int grouped_mode;   /* GM_* */
-	bool grouped_tma;   /* GM_WGMMA: fwd and dgrad through grouped_tma.cu (MOE_CUDA_GROUPED=tma) */
+	int grouped_tma;    /* GM_WGMMA: 1 fwd and dgrad, 2 all three through grouped_tma.cu */
 	int qk_split;       /* MOE_CUDA_QKNORM_ROPE=split: rmsnorm and rope as two kernels */
 	/* narrow linears (the router) through the wgmma kernel as one group:
 	 * narrow_ok unless MOE_CUDA_NARROW=cublas or not sm_90; one_off holds
@@ -1097,8 +1098,8 @@ static void o_grouped_bwd(struct moe_backend *be, void *dx, float *dw, const voi
 				       (bf16_t *)dx, (const bf16_t *)dout, (const bf16_t *)w, offsets, rows, E, In, Out, c->s,
 				       &c->err));
 		if (dw)
-			RUN(c, moe_cuda_grouped_wgmma_wgrad_store(dw, (const bf16_t *)dout, (const bf16_t *)x, offsets, E,
-								  In, Out, store, c->s, &c->err));
+			RUN(c, (c->grouped_tma > 1 ? moe_cuda_grouped_tma_wgrad_store : moe_cuda_grouped_wgmma_wgrad_store)(
+				       dw, (const bf16_t *)dout, (const bf16_t *)x, offsets, E, In, Out, store, c->s, &c->err));
 		PROF_END(c);
 		return;
 	}
@@ -1342,9 +1343,12 @@ extern "C" struct moe_backend *moe_backend_cuda(struct moe_error *err)
 			goto fail;
 		}
 		if (!gv)
-			gv = moe_cuda_grouped_wgmma_supported() ? "wgmma" : "cublas-grouped";
-		/* "tma": the wgmma path with grouped_tma.cu's fwd and dgrad */
-		c->grouped_tma = !strcmp(gv, "tma");
+			gv = moe_cuda_grouped_tma_supported()     ? "tma"
+			     : moe_cuda_grouped_wgmma_supported() ? "wgmma"
+								  : "cublas-grouped";
+		/* "tma": the wgmma path with grouped_tma.cu's kernels for all
+		 * three; "tma-fd": for the forward and input gradient only */
+		c->grouped_tma = !strcmp(gv, "tma") ? 2 : !strcmp(gv, "tma-fd") ? 1 : 0;
 		if (c->grouped_tma)
 			gv = "wgmma";
 		c->grouped_mode = !strcmp(gv, "cublas-grouped") ? GM_CUBLAS_GROUPED
@@ -1354,7 +1358,7 @@ extern "C" struct moe_backend *moe_backend_cuda(struct moe_error *err)
 								   : -1;
 		if (c->grouped_mode < 0) {
 			moe_error_set(err, MOE_EINVAL,
-				      "MOE_CUDA_GROUPED='%s': expected kernel, cublas-grouped, cublas, wgmma or tma", gv);
+				      "MOE_CUDA_GROUPED='%s': expected kernel, cublas-grouped, cublas, wgmma, tma or tma-fd", gv);
 			goto fail;
 		}
 		/* gradients by overwrite (model.h); MOE_CUDA_GRAD_OVERWRITE=0 clears

@@ -1,40 +1,51 @@
 /* Grouped (per-expert) GEMMs on Hopper with the bulk tensor copy engine
- * (TMA) and warp specialisation, for the forward and the input gradient,
- * with the arguments and contracts of grouped_wgmma.cu (device offsets, no
- * host synchronisation, max_rows bounding offsets[E], experts without rows):
+ * (TMA) and warp specialisation, with the arguments and contracts of
+ * grouped_wgmma.cu (device offsets, no host synchronisation, max_rows
+ * bounding offsets[E], experts without rows):
  *
  *   fwd:   C (rows, Out) = X_e W_e^T        A = X   K-major,  B = W_e K-major
  *   dgrad: C (rows, In)  = dY_e W_e         A = dY  K-major,  B = W_e MN-major
+ *   wgrad: C (Out, In) (+)= dY_e^T X_e      A = dY  MN-major, B = X   MN-major
  *
  * A persistent grid (one block of 384 threads per multiprocessor) walks the
- * output tiles, 128 rows x BN columns, numbered over the experts on the
- * device (each block builds the experts' row-tile prefix in shared memory),
- * row tiles outer so that blocks running together share the A rows and one
- * or two experts' W in L2.  Warpgroup 0 is the producer: one warp issues the
- * TMA loads of each 64-deep k-slice (A through a 2D map over the (rows, K)
- * activations, B through a 3D map over W (E, Out, In)) into a ring of ST
- * shared-memory stages in wgmma's 128-byte-swizzled layouts, completing on
- * one mbarrier per stage; the consumers give a stage back through a second
- * mbarrier once their MMAs have read it.  Two consumer warpgroups issue
- * wgmma only, with the registers the producer gave up (setmaxnreg):
+ * output tiles, 128 rows x BN columns: for fwd and dgrad numbered over the
+ * experts on the device (each block builds the experts' row-tile prefix in
+ * shared memory), row tiles outer so that blocks running together share the
+ * A rows and one or two experts' W in L2; for wgrad (expert, W row tile,
+ * column tile), each reducing over its expert's rows.  Warpgroup 0 is the
+ * producer: one warp issues the TMA loads of each 64-deep k-slice (2D maps
+ * over the (rows, K) activations, a 3D map over W (E, Out, In)) into a ring
+ * of ST shared-memory stages in wgmma's 128-byte-swizzled layouts,
+ * completing on one mbarrier per stage; the consumers give a stage back
+ * through a second mbarrier once their MMAs have read it.  Two consumer
+ * warpgroups issue wgmma only, with the registers the producer gave up
+ * (setmaxnreg):
  *   cooperative (PP 0): both on each tile, 64 rows x BN each;
  *   ping-pong (PP 1):   alternate tiles, 128 rows x BN each, so that one's
  *                       epilogue overlaps the other's MMAs; an mbarrier
  *                       orders their main loops (tile j's waits start after
  *                       tile j - 1's have passed), which keeps every waiter
  *                       within one phase of the stage barriers.
- * The epilogue stores bf16 pairs straight from the accumulators, masked to
- * the expert's rows and the output columns.  Rows past the expert's end are
- * loaded (they belong to the next expert) and masked; a tile that reaches
- * past offsets[E] (possibly unallocated when max_rows is larger) loads its A
- * rows with cp.async instead, zero-filled past the end.  K tails and
- * columns past Out / In are zero-filled by the copy engine.
+ * Epilogue (EPI 1): full row tiles go through shared memory in 64 x 64
+ * blocks (64 x 32 fp32 for wgrad; two buffers per warpgroup) and TMA
+ * stores, which drain while the next tile's main loop runs; the weight
+ * gradient is stored, or added by the copy engine's reduction
+ * (cp.reduce.async.bulk); tiles with fewer rows (an expert's last) store
+ * bf16 pairs straight from the accumulators, masked (EPI 0 does so for all).
+ * Rows past the expert's end are loaded (they belong to the next expert)
+ * and masked, or for wgrad's last partial k-slice zeroed in the A tile
+ * before the MMAs; k-slices whose rows reach past offsets[E] (possibly
+ * unallocated: max_rows may be larger, and wgrad has no bound at all) load
+ * with cp.async instead, zero-filled.  K tails and columns past Out / In
+ * are zero-filled by the copy engine, and the stores clipped by it.
+ * Results are bit-identical to grouped_wgmma.cu's (same k order).
  * Built for sm_90a only; the launchers fall back to grouped_wgmma.cu where
  * the tensor maps cannot be made (the driver entry point, unaligned
  * pointers) or the experts' tables do not fit in shared memory. */
 
 #include <cuda.h>
 #include <cudaTypedefs.h>
+#include <stdlib.h>
 
 #include "cuda_common.h"
 #include "kernels.h"
@@ -42,15 +53,18 @@
 #define GT_BM 128
 #define GT_BK 64
 #define GT_THREADS 384
+#define GT_NCFG 6
 #define GT_SMEM_MAX (226 * 1024) /* dynamic, beside the static barriers */
 
-enum { GT_FWD = 0, GT_DGRAD = 1 };
+enum { GT_FWD = 0, GT_DGRAD = 1, GT_WGRAD = 2 };
 
 struct gt_args {
-	const bf16 *a; /* X or dY (rows, K): the cp.async loads past offsets[E] */
-	bf16 *c;       /* (rows, ncols) */
+	const bf16 *a; /* X or dY (rows, K); wgrad: dY (rows, Out = K) */
+	const bf16 *b; /* wgrad: X (rows, In = ncols) */
+	void *c;       /* (rows, ncols) bf16; wgrad: (E, Out, In) fp32 */
 	const int32_t *offsets; /* (E+1) */
 	int E, K, ncols, nt;    /* nt: tiles along the output columns */
+	int mt, store;          /* wgrad: tiles along Out; store (else add) */
 };
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -95,6 +109,34 @@ static __device__ __forceinline__ void gt_tma3(uint32_t dst, const CUtensorMap *
 		     "l"((uint64_t)m), "r"(c0), "r"(c1), "r"(c2), "r"(bar)
 		     : "memory");
 }
+/* C box {c0, c1} from shared memory src, one bulk group per call */
+static __device__ __forceinline__ void gt_tma_store(const CUtensorMap *m, uint32_t src, int c0, int c1)
+{
+	asm volatile("cp.async.bulk.tensor.2d.global.shared::cta.bulk_group [%0, {%1, %2}], [%3];\n"
+		     "cp.async.bulk.commit_group;\n" ::"l"((uint64_t)m),
+		     "r"(c0), "r"(c1), "r"(src)
+		     : "memory");
+}
+/* fp32 C box {c0, c1, c2}: stored, or added (the copy engine's reduction) */
+static __device__ __forceinline__ void gt_tma_store3(const CUtensorMap *m, uint32_t src, int c0, int c1, int c2,
+						     bool add)
+{
+	if (add)
+		asm volatile("cp.reduce.async.bulk.tensor.3d.global.shared::cta.add.bulk_group [%0, {%1, %2, %3}], [%4];\n"
+			     "cp.async.bulk.commit_group;\n" ::"l"((uint64_t)m),
+			     "r"(c0), "r"(c1), "r"(c2), "r"(src)
+			     : "memory");
+	else
+		asm volatile("cp.async.bulk.tensor.3d.global.shared::cta.bulk_group [%0, {%1, %2, %3}], [%4];\n"
+			     "cp.async.bulk.commit_group;\n" ::"l"((uint64_t)m),
+			     "r"(c0), "r"(c1), "r"(c2), "r"(src)
+			     : "memory");
+}
+static __device__ __forceinline__ void gt_bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
+static __device__ __forceinline__ void gt_named_sync(int id)
+{
+	asm volatile("bar.sync %0, 128;\n" ::"r"(id) : "memory");
+}
 static __device__ __forceinline__ void gt_cp16(uint32_t dst, const void *src, bool pred)
 {
 	asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(pred ? 16 : 0));
@@ -117,8 +159,9 @@ static __device__ __forceinline__ uint64_t gt_desc(uint32_t addr, uint32_t lbo, 
 }
 
 /* D (64 x 128, fp32, 64 registers a thread) = A B (+ D when acc) on the
- * descriptors da, db; A K-major, B MN-major when TB */
-template <int TB> static __device__ __forceinline__ void gt_wgmma_n128(float *d, uint64_t da, uint64_t db, int acc)
+ * descriptors da, db; TA, TB: A, B MN-major */
+template <int TA, int TB>
+static __device__ __forceinline__ void gt_wgmma_n128(float *d, uint64_t da, uint64_t db, int acc)
 {
 	asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
 		     "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {"
@@ -126,7 +169,7 @@ template <int TB> static __device__ __forceinline__ void gt_wgmma_n128(float *d,
 		     "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
 		     "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
 		     "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
-		     "}, %64, %65, p, 1, 1, 0, %67;\n}\n"
+		     "}, %64, %65, p, 1, 1, %67, %68;\n}\n"
 		     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
 		       "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
 		       "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
@@ -135,12 +178,13 @@ template <int TB> static __device__ __forceinline__ void gt_wgmma_n128(float *d,
 		       "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
 		       "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
 		       "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-		     : "l"(da), "l"(db), "r"(acc), "n"(TB));
+		     : "l"(da), "l"(db), "r"(acc), "n"(TA), "n"(TB));
 }
 
 /* D (64 x 256, fp32, 128 registers a thread) = A B (+ D when acc) on the
- * descriptors da, db; A K-major, B MN-major when TB */
-template <int TB> static __device__ __forceinline__ void gt_wgmma_n256(float *d, uint64_t da, uint64_t db, int acc)
+ * descriptors da, db; TA, TB: A, B MN-major */
+template <int TA, int TB>
+static __device__ __forceinline__ void gt_wgmma_n256(float *d, uint64_t da, uint64_t db, int acc)
 {
 	asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
 		     "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 {"
@@ -152,7 +196,7 @@ template <int TB> static __device__ __forceinline__ void gt_wgmma_n256(float *d,
 		     "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, "
 		     "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, "
 		     "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127"
-		     "}, %128, %129, p, 1, 1, 0, %131;\n}\n"
+		     "}, %128, %129, p, 1, 1, %131, %132;\n}\n"
 		     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
 		       "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
 		       "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
@@ -169,26 +213,40 @@ template <int TB> static __device__ __forceinline__ void gt_wgmma_n256(float *d,
 		       "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]),
 		       "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]),
 		       "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
-		     : "l"(da), "l"(db), "r"(acc), "n"(TB));
+		     : "l"(da), "l"(db), "r"(acc), "n"(TA), "n"(TB));
 }
 
-template <int BN, int TB> static __device__ __forceinline__ void gt_mma(float *d, uint64_t da, uint64_t db, int acc)
+template <int BN, int TA, int TB>
+static __device__ __forceinline__ void gt_mma(float *d, uint64_t da, uint64_t db, int acc)
 {
 	if (BN == 128)
-		gt_wgmma_n128<TB>(d, da, db, acc);
+		gt_wgmma_n128<TA, TB>(d, da, db, acc);
 	else
-		gt_wgmma_n256<TB>(d, da, db, acc);
+		gt_wgmma_n256<TA, TB>(d, da, db, acc);
 }
 
 /* Output tile t of a block's walk: its expert, first row, the rows left in
- * the expert from there, first column. */
+ * the expert from there, first column, k-slices; the weight gradient: the
+ * expert's first row and rows (its reduction), first row of W (m0). */
 struct gt_tile {
-	int e, row0, mi, n0;
+	int e, row0, mi, n0, m0, kt;
 };
 
-template <int BN>
-static __device__ __forceinline__ gt_tile gt_decode(int t, int nt, int E, const int *s_start, const int *s_off)
+template <int MODE, int BN>
+static __device__ __forceinline__ gt_tile gt_decode(int t, const gt_args &g, const int *s_start, const int *s_off)
 {
+	gt_tile r;
+	if (MODE == GT_WGRAD) {
+		int per = g.mt * g.nt, q = t % per;
+		r.e = t / per;
+		r.m0 = q / g.nt * GT_BM;
+		r.n0 = q % g.nt * BN;
+		r.row0 = s_off[r.e];
+		r.mi = s_off[r.e + 1] - r.row0;
+		r.kt = (max(r.mi, 0) + GT_BK - 1) / GT_BK;
+		return r;
+	}
+	const int nt = g.nt, E = g.E;
 	int tm = t / nt, lo = 0, hi = E - 1;
 	while (lo < hi) { /* the last expert whose first row tile is <= tm (skips empty ones) */
 		int mid = (lo + hi + 1) / 2;
@@ -197,34 +255,76 @@ static __device__ __forceinline__ gt_tile gt_decode(int t, int nt, int E, const 
 		else
 			hi = mid - 1;
 	}
-	gt_tile r;
 	r.e = lo;
 	r.row0 = s_off[lo] + (tm - s_start[lo]) * GT_BM;
 	r.mi = s_off[lo + 1] - r.row0;
 	r.n0 = (t % nt) * BN;
+	r.m0 = 0;
+	r.kt = (g.K + GT_BK - 1) / GT_BK;
 	return r;
+}
+
+/* One stage through cp.async (the rows it reads reach past offsets[E],
+ * where the allocation may end), zeros past the rows and columns: the
+ * forward / input gradient's A tile (B comes through TMA), the weight
+ * gradient's A (dY) and B (X) k-rows, rows past the expert's end too. */
+template <int MODE, int BN>
+static __device__ __noinline__ void gt_cp_stage(uint32_t dA, uint32_t dB, const gt_args &g, const gt_tile &tl,
+						   int k0, int tot, int lane)
+{
+	if (MODE != GT_WGRAD) {
+		const int nr = tot - tl.row0;
+		for (int c = lane; c < GT_BM * 8; c += 32) {
+			int r = c >> 3, ch = c & 7;
+			bool ok = r < nr && k0 + ch * 8 < g.K;
+			gt_cp16(dA + r * 128 + ((ch ^ (r & 7)) << 4),
+				ok ? g.a + (size_t)(tl.row0 + r) * g.K + k0 + ch * 8 : g.a, ok);
+		}
+	} else {
+		const int nk = min(tl.mi - k0, GT_BK);
+		const size_t r0 = (size_t)tl.row0 + k0;
+		for (int c = lane; c < GT_BK * (GT_BM / 8); c += 32) {
+			int k = c >> 4, cc = c & 15;
+			bool ok = k < nk && tl.m0 + cc * 8 < g.K;
+			gt_cp16(dA + (cc >> 3) * 8192 + k * 128 + (((cc & 7) ^ (k & 7)) << 4),
+				ok ? g.a + (r0 + k) * g.K + tl.m0 + cc * 8 : g.a, ok);
+		}
+		for (int c = lane; c < GT_BK * (BN / 8); c += 32) {
+			int k = c / (BN / 8), cc = c % (BN / 8);
+			bool ok = k < nk && tl.n0 + cc * 8 < g.ncols;
+			gt_cp16(dB + (cc >> 3) * 8192 + k * 128 + (((cc & 7) ^ (k & 7)) << 4),
+				ok ? g.b + (r0 + k) * g.ncols + tl.n0 + cc * 8 : g.b, ok);
+		}
+	}
+	asm volatile("cp.async.commit_group;\ncp.async.wait_group 0;\n" ::: "memory");
+	gt_fence_proxy();
 }
 #endif
 
 /* ST stages of A (128 x 64) and B (BN x 64) bf16, after slack to align them
- * to the swizzle's 1024-byte period; the experts' tables after them. */
-template <int BN, int ST> struct gt_cfg {
-	static constexpr int ABYTES = GT_BM * GT_BK * 2, BBYTES = BN * GT_BK * 2;
-	static constexpr size_t SMEM = 1024 + (size_t)ST * (ABYTES + BBYTES);
+ * to the swizzle's 1024-byte period; with EPI, two 64 x 64 bf16 output
+ * buffers per consumer warpgroup; the experts' tables after them. */
+template <int BN, int ST, int EPI> struct gt_cfg {
+	static constexpr int ABYTES = GT_BM * GT_BK * 2, BBYTES = BN * GT_BK * 2, EBYTES = EPI ? 4 * 8192 : 0;
+	static constexpr size_t SMEM = 1024 + (size_t)ST * (ABYTES + BBYTES) + EBYTES;
 };
 
-template <int MODE, int BN, int ST, int PP>
+template <int MODE, int BN, int ST, int PP, int EPI>
 __global__ void __launch_bounds__(GT_THREADS, 1)
-	gt_kernel(const __grid_constant__ CUtensorMap ta, const __grid_constant__ CUtensorMap tb, const gt_args g)
+	gt_kernel(const __grid_constant__ CUtensorMap ta, const __grid_constant__ CUtensorMap tb,
+		  const __grid_constant__ CUtensorMap tc, const gt_args g)
 {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-	constexpr int TB = MODE == GT_DGRAD;
-	constexpr int ABYTES = gt_cfg<BN, ST>::ABYTES, BBYTES = gt_cfg<BN, ST>::BBYTES;
+	constexpr int TA = MODE == GT_WGRAD, TB = MODE != GT_FWD; /* MN-major */
+	static_assert(MODE != GT_WGRAD || EPI, "the weight gradient stores through the copy engine");
+	constexpr int ABYTES = gt_cfg<BN, ST, EPI>::ABYTES, BBYTES = gt_cfg<BN, ST, EPI>::BBYTES;
+	constexpr int EBYTES = gt_cfg<BN, ST, EPI>::EBYTES;
 	constexpr int MW = PP ? 2 : 1; /* 64-row MMAs per consumer warpgroup */
 	extern __shared__ unsigned char gt_smem[];
 	__shared__ __align__(8) uint64_t full[ST], empty[ST], order;
 	const uint32_t base = (gt_u32(gt_smem) + 1023) & ~1023u, sa = base, sb = base + ST * ABYTES;
-	int *s_start = (int *)(gt_smem + (base - gt_u32(gt_smem)) + ST * (ABYTES + BBYTES)); /* (E+1) row tiles */
+	const uint32_t se = base + ST * (ABYTES + BBYTES); /* EPI: the output buffers */
+	int *s_start = (int *)(gt_smem + (se + EBYTES - gt_u32(gt_smem))); /* (E+1) row tiles */
 	int *s_off = s_start + g.E + 1;                                                     /* (E+1) offsets */
 	const int tid = threadIdx.x, E = g.E;
 
@@ -265,7 +365,7 @@ __global__ void __launch_bounds__(GT_THREADS, 1)
 	}
 	__syncthreads();
 
-	const int total = s_start[E] * g.nt, KT = (g.K + GT_BK - 1) / GT_BK, wg = tid / 128;
+	const int total = MODE == GT_WGRAD ? E * g.mt * g.nt : s_start[E] * g.nt, wg = tid / 128;
 	if (wg == 0) {
 		/* producer */
 		asm volatile("setmaxnreg.dec.sync.aligned.u32 56;\n" ::: "memory");
@@ -274,35 +374,39 @@ __global__ void __launch_bounds__(GT_THREADS, 1)
 		const int lane = tid, tot = s_off[E];
 		int pos = 0;
 		for (int t = blockIdx.x; t < total; t += gridDim.x) {
-			gt_tile tl = gt_decode<BN>(t, g.nt, E, s_start, s_off);
-			const bool cp = tl.row0 + GT_BM > tot; /* A rows past offsets[E]: cp.async */
-			for (int kt = 0; kt < KT; kt++, pos++) {
+			const gt_tile tl = gt_decode<MODE, BN>(t, g, s_start, s_off);
+			for (int kt = 0; kt < tl.kt; kt++, pos++) {
 				const int s = pos % ST, k0 = kt * GT_BK;
 				if (pos >= ST)
 					gt_wait(gt_u32(&empty[s]), ((pos / ST) - 1) & 1);
 				const uint32_t dA = sa + s * ABYTES, dB = sb + s * BBYTES, bar = gt_u32(&full[s]);
+				/* rows past offsets[E]: cp.async */
+				const bool cp = MODE == GT_WGRAD ? tl.row0 + k0 + GT_BK > tot : tl.row0 + GT_BM > tot;
 				if (cp) {
-					const int nr = tot - tl.row0;
-					for (int c = lane; c < GT_BM * 8; c += 32) {
-						int r = c >> 3, ch = c & 7;
-						bool ok = r < nr && k0 + ch * 8 < g.K;
-						gt_cp16(dA + r * 128 + ((ch ^ (r & 7)) << 4),
-							ok ? g.a + (size_t)(tl.row0 + r) * g.K + k0 + ch * 8 : g.a, ok);
-					}
-					asm volatile("cp.async.commit_group;\ncp.async.wait_group 0;\n" ::: "memory");
-					gt_fence_proxy();
+					gt_cp_stage<MODE, BN>(dA, dB, g, tl, k0, tot, lane);
 					__syncwarp();
 				}
 				if (lane == 0) {
-					gt_arrive_tx(bar, (cp ? 0 : ABYTES) + BBYTES);
-					if (!cp)
-						gt_tma2(dA, &ta, k0, tl.row0, bar);
-					if (MODE == GT_FWD) {
-						gt_tma3(dB, &tb, k0, tl.n0, tl.e, bar);
-					} else {
+					gt_arrive_tx(bar, cp ? (MODE == GT_WGRAD ? 0 : BBYTES) : ABYTES + BBYTES);
+					if (MODE == GT_WGRAD) {
+						if (!cp) {
 #pragma unroll
-						for (int q = 0; q < BN / 64; q++)
-							gt_tma3(dB + q * 8192, &tb, tl.n0 + q * 64, k0, tl.e, bar);
+							for (int q = 0; q < GT_BM / 64; q++)
+								gt_tma2(dA + q * 8192, &ta, tl.m0 + q * 64, tl.row0 + k0, bar);
+#pragma unroll
+							for (int q = 0; q < BN / 64; q++)
+								gt_tma2(dB + q * 8192, &tb, tl.n0 + q * 64, tl.row0 + k0, bar);
+						}
+					} else {
+						if (!cp)
+							gt_tma2(dA, &ta, k0, tl.row0, bar);
+						if (MODE == GT_FWD) {
+							gt_tma3(dB, &tb, k0, tl.n0, tl.e, bar);
+						} else {
+#pragma unroll
+							for (int q = 0; q < BN / 64; q++)
+								gt_tma3(dB + q * 8192, &tb, tl.n0 + q * 64, k0, tl.e, bar);
+						}
 					}
 				}
 				__syncwarp();
@@ -313,44 +417,139 @@ __global__ void __launch_bounds__(GT_THREADS, 1)
 
 	/* consumers */
 	asm volatile("setmaxnreg.inc.sync.aligned.u32 224;\n" ::: "memory");
-	const int cw = wg - 1, lane = tid % 32, warp = (tid % 128) / 32;
-	int j = 0;
-	for (int t = blockIdx.x; t < total; t += gridDim.x, j++) {
+	const int cw = wg - 1, lane = tid % 32, warp = (tid % 128) / 32, wl = tid % 128;
+	int j = 0, pos0 = 0; /* the block's tile count and k-slice position */
+	for (int t = blockIdx.x; t < total;
+	     pos0 += gt_decode<MODE, BN>(t, g, s_start, s_off).kt, t += gridDim.x, j++) {
 		if (PP && (j & 1) != cw)
 			continue;
-		const gt_tile tl = gt_decode<BN>(t, g.nt, E, s_start, s_off);
-		const int pos0 = j * KT;
+		const gt_tile tl = gt_decode<MODE, BN>(t, g, s_start, s_off);
 		if (PP && j > 0) /* tile j - 1's main loop has passed its waits */
 			gt_wait(gt_u32(&order), (j - 1) & 1);
 		float acc[MW][BN / 2];
-		for (int kt = 0; kt < KT; kt++) {
+		if (MODE == GT_WGRAD && tl.kt == 0) /* an expert without rows */
+#pragma unroll
+			for (int m = 0; m < MW; m++)
+#pragma unroll
+				for (int i = 0; i < BN / 2; i++)
+					acc[m][i] = 0.f;
+		for (int kt = 0; kt < tl.kt; kt++) {
 			const int pos = pos0 + kt, s = pos % ST;
 			gt_wait(gt_u32(&full[s]), (pos / ST) & 1);
 			const uint32_t a0 = sa + s * ABYTES + (PP ? 0 : cw * 8192), b0 = sb + s * BBYTES;
+			if (MODE == GT_WGRAD && tl.mi - kt * GT_BK < GT_BK) {
+				/* the expert's last, partial k-slice: the k-rows past its
+				 * end (the next expert's) zeroed in this warpgroup's A
+				 * columns (B's there are finite data) */
+				const int nk = tl.mi - kt * GT_BK, per = (GT_BK - nk) * 8;
+				for (int c = wl; c < per * MW; c += 128)
+					asm volatile("st.shared.v4.u32 [%0], {%1, %1, %1, %1};\n" ::"r"(
+							     a0 + (c / per) * 8192 + (nk + c % per / 8) * 128 + (c % 8) * 16),
+						     "r"(0)
+						     : "memory");
+				gt_fence_proxy();
+				gt_named_sync(1 + cw);
+			}
 			gt_wg_fence();
 #pragma unroll
 			for (int kk = 0; kk < GT_BK / 16; kk++) {
 				uint64_t db = gt_desc(b0 + (TB ? kk * 2048 : kk * 32), TB ? 8192 : 16, 1024);
 #pragma unroll
 				for (int m = 0; m < MW; m++)
-					gt_mma<BN, TB>(acc[m], gt_desc(a0 + m * 8192 + kk * 32, 16, 1024), db,
-						       kt > 0 || kk > 0);
+					gt_mma<BN, TA, TB>(acc[m],
+							   TA ? gt_desc(a0 + m * 8192 + kk * 2048, 8192, 1024)
+							      : gt_desc(a0 + m * 8192 + kk * 32, 16, 1024),
+							   db, kt > 0 || kk > 0);
 			}
 			gt_wg_commit();
 			gt_wg_wait<1>(); /* the previous k-slice's MMAs are done with their stage */
 			if (kt > 0 && lane == 0)
 				gt_arrive(gt_u32(&empty[(pos - 1) % ST]));
 		}
-		if (PP && tid % 128 == 0)
+		if (PP && wl == 0)
 			gt_arrive(gt_u32(&order));
 		gt_wg_wait<0>();
-		if (lane == 0)
-			gt_arrive(gt_u32(&empty[(pos0 + KT - 1) % ST]));
+		if (tl.kt > 0 && lane == 0)
+			gt_arrive(gt_u32(&empty[(pos0 + tl.kt - 1) % ST]));
+		const bool lead = wl == 0;
+		if (MODE == GT_WGRAD) {
+			/* 64 x 32 fp32 blocks through shared memory and the copy
+			 * engine, stored or added; W's rows and columns past Out, In
+			 * are clipped by the map */
+			if (!g.store && tl.kt == 0)
+				continue;
+#pragma unroll
+			for (int m = 0; m < MW; m++)
+#pragma unroll
+				for (int q = 0; q < BN / 32; q++) {
+					const uint32_t buf = se + cw * 16384 + ((m * (BN / 32) + q) & 1) * 8192;
+					const int mrow = tl.m0 + (PP ? m : cw) * 64;
+					if (lead) /* the store two blocks ago has read this buffer */
+						asm volatile("cp.async.bulk.wait_group.read 1;\n" ::: "memory");
+					gt_named_sync(1 + cw);
+#pragma unroll
+					for (int jj = 0; jj < 4; jj++)
+#pragma unroll
+						for (int h = 0; h < 2; h++) {
+							const int rr = warp * 16 + lane / 4 + 8 * h, jr = q * 4 + jj;
+							const int ch = 2 * jj + (lane % 4) / 2;
+							asm volatile("st.shared.v2.f32 [%0], {%1, %2};\n" ::"r"(
+									     buf + rr * 128 + ((ch ^ (rr & 7)) << 4) + (lane % 2) * 8),
+								     "f"(acc[m][4 * jr + 2 * h]), "f"(acc[m][4 * jr + 2 * h + 1])
+								     : "memory");
+						}
+					gt_fence_proxy();
+					gt_named_sync(1 + cw);
+					if (lead) {
+						if (tl.n0 + q * 32 < g.ncols && mrow < g.K)
+							gt_tma_store3(&tc, buf, tl.n0 + q * 32, mrow, tl.e, !g.store);
+						else
+							gt_bulk_commit();
+					}
+				}
+			continue;
+		}
 
 		/* accumulator fragment: warp w holds rows 16w..16w+15 of each 64,
 		 * register 4j + 2h + b row lane/4 + 8h, column 8j + 2(lane%4) + b */
-		bf16 *C = g.c + (size_t)tl.row0 * g.ncols + tl.n0;
 		const int cq = 2 * (lane % 4), ncl = g.ncols - tl.n0;
+		if (EPI && tl.mi >= GT_BM) {
+			/* a full row tile: 64 x 64 blocks through shared memory (the
+			 * 128-byte-swizzled layout of the output map, conflict-free
+			 * stores) and TMA stores, two buffers per warpgroup; the
+			 * main loop of the next tile runs while they drain */
+#pragma unroll
+			for (int m = 0; m < MW; m++)
+#pragma unroll
+				for (int qq = 0; qq < BN / 64; qq++) {
+					const uint32_t buf = se + cw * 16384 + ((m * (BN / 64) + qq) & 1) * 8192;
+					if (lead) /* the store two blocks ago has read this buffer */
+						asm volatile("cp.async.bulk.wait_group.read 1;\n" ::: "memory");
+					gt_named_sync(1 + cw);
+#pragma unroll
+					for (int jj = 0; jj < 8; jj++)
+#pragma unroll
+						for (int h = 0; h < 2; h++) {
+							const int rr = warp * 16 + lane / 4 + 8 * h, jr = qq * 8 + jj;
+							__nv_bfloat162 v = __floats2bfloat162_rn(acc[m][4 * jr + 2 * h],
+												 acc[m][4 * jr + 2 * h + 1]);
+							asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(
+									     buf + rr * 128 + ((jj ^ (rr & 7)) << 4) + (lane % 4) * 4),
+								     "r"(*(uint32_t *)&v)
+								     : "memory");
+						}
+					gt_fence_proxy();
+					gt_named_sync(1 + cw);
+					if (lead) {
+						if (qq * 64 < ncl)
+							gt_tma_store(&tc, buf, tl.n0 + qq * 64, tl.row0 + (PP ? m : cw) * 64);
+						else
+							gt_bulk_commit();
+					}
+				}
+			continue;
+		}
+		bf16 *C = (bf16 *)g.c + (size_t)tl.row0 * g.ncols + tl.n0;
 #pragma unroll
 		for (int m = 0; m < MW; m++) {
 			const int r0 = (PP ? m : cw) * 64 + warp * 16 + lane / 4;
@@ -365,6 +564,8 @@ __global__ void __launch_bounds__(GT_THREADS, 1)
 				}
 		}
 	}
+	if (EPI && wl == 0) /* the output buffers stay until read */
+		asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
 #endif
 }
 
@@ -374,7 +575,7 @@ static int gt_force_cfg, gt_force_grid, gt_fallbacks;
 
 extern "C" int moe_cuda_grouped_tma_config(int cfg, int grid)
 {
-	gt_force_cfg = cfg >= 1 && cfg <= 3 ? cfg : 0;
+	gt_force_cfg = cfg >= 1 && cfg <= GT_NCFG ? cfg : 0;
 	gt_force_grid = grid > 0 ? grid : 0;
 	return gt_fallbacks;
 }
@@ -406,12 +607,12 @@ extern "C" bool moe_cuda_grouped_tma_supported(void)
 	return moe_cuda_grouped_wgmma_supported() && gt_encoder() != NULL;
 }
 
-/* A bf16 tensor map of rank 2 or 3, 128-byte swizzle, zeros out of bounds */
-static bool gt_map(CUtensorMap *m, const void *p, unsigned rank, const cuuint64_t *dims, const cuuint64_t *strides,
-		   const cuuint32_t *box)
+/* A tensor map of rank 2 or 3, 128-byte swizzle, zeros out of bounds */
+static bool gt_map(CUtensorMap *m, const void *p, CUtensorMapDataType dt, unsigned rank, const cuuint64_t *dims,
+		   const cuuint64_t *strides, const cuuint32_t *box)
 {
 	const cuuint32_t es[3] = {1, 1, 1};
-	return gt_encoder()(m, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, rank, (void *)p, dims, strides, box, es,
+	return gt_encoder()(m, dt, rank, (void *)p, dims, strides, box, es,
 			    CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
 			    CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
@@ -429,54 +630,108 @@ static int gt_sms(void)
 }
 
 /* 0 launched (or failed: rc < 0), 1: not launchable here, take the
- * wgmma kernel */
-template <int MODE, int BN, int ST, int PP>
-static int gt_launch(bf16 *c, const bf16 *a, const bf16 *w, const int32_t *offsets, int max_rows, int E, int In,
-		     int Out, cudaStream_t s, struct moe_error *err)
+ * wgmma kernel.  fwd, dgrad: c (rows, ncols) = a (rows, K) by w (E, Out,
+ * In); wgrad: c (E, Out, In) fp32 (+)= a^T (dY: rows, Out) b (X: rows, In)
+ * over each expert's rows, max_rows unknown (0). */
+template <int MODE, int BN, int ST, int PP, int EPI>
+static int gt_launch(void *c, const bf16 *a, const bf16 *w, const int32_t *offsets, int max_rows, int E, int In,
+		     int Out, bool store, cudaStream_t s, struct moe_error *err)
 {
 	const int K = MODE == GT_FWD ? In : Out, ncols = MODE == GT_FWD ? Out : In;
-	const size_t smem = gt_cfg<BN, ST>::SMEM + (size_t)2 * (E + 1) * sizeof(int);
-	if (smem > GT_SMEM_MAX || ((uintptr_t)a | (uintptr_t)w) % 16 || (uintptr_t)c % 4 || !gt_encoder())
+	const size_t smem = gt_cfg<BN, ST, EPI>::SMEM + (size_t)2 * (E + 1) * sizeof(int);
+	if (smem > GT_SMEM_MAX || ((uintptr_t)a | (uintptr_t)w | (uintptr_t)c) % 16 || !gt_encoder())
 		return 1;
-	CUtensorMap ta, tb;
-	const cuuint64_t adim[2] = {(cuuint64_t)K, (cuuint64_t)max_rows}, astr[1] = {(cuuint64_t)K * 2};
-	const cuuint32_t abox[2] = {GT_BK, GT_BM};
-	const cuuint64_t bdim[3] = {(cuuint64_t)In, (cuuint64_t)Out, (cuuint64_t)E},
-			 bstr[2] = {(cuuint64_t)In * 2, (cuuint64_t)In * Out * 2};
-	const cuuint32_t bbox[3] = {GT_BK, MODE == GT_FWD ? (cuuint32_t)BN : 64u, 1};
-	if (!gt_map(&ta, a, 2, adim, astr, abox) || !gt_map(&tb, w, 3, bdim, bstr, bbox))
+	CUtensorMap ta, tb, tc;
+	/* the weight gradient's row count is known on the device only: its
+	 * maps reach 2^31 rows, the loads past offsets[E] go through cp.async */
+	const cuuint64_t rows = MODE == GT_WGRAD ? 1ull << 31 : (cuuint64_t)max_rows;
+	bool ok;
+	if (MODE == GT_WGRAD) {
+		const cuuint64_t adim[2] = {(cuuint64_t)Out, rows}, astr[1] = {(cuuint64_t)Out * 2};
+		const cuuint64_t bdim[2] = {(cuuint64_t)In, rows}, bstr[1] = {(cuuint64_t)In * 2};
+		const cuuint64_t cdim[3] = {(cuuint64_t)In, (cuuint64_t)Out, (cuuint64_t)E},
+				 cstr[2] = {(cuuint64_t)In * 4, (cuuint64_t)In * Out * 4};
+		const cuuint32_t box[2] = {64, 64}, cbox[3] = {32, 64, 1};
+		ok = gt_map(&ta, a, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, adim, astr, box) &&
+		     gt_map(&tb, w, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, bdim, bstr, box) &&
+		     gt_map(&tc, c, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 3, cdim, cstr, cbox);
+	} else {
+		const cuuint64_t adim[2] = {(cuuint64_t)K, rows}, astr[1] = {(cuuint64_t)K * 2};
+		const cuuint32_t abox[2] = {GT_BK, GT_BM};
+		const cuuint64_t bdim[3] = {(cuuint64_t)In, (cuuint64_t)Out, (cuuint64_t)E},
+				 bstr[2] = {(cuuint64_t)In * 2, (cuuint64_t)In * Out * 2};
+		const cuuint32_t bbox[3] = {GT_BK, MODE == GT_FWD ? (cuuint32_t)BN : 64u, 1};
+		const cuuint64_t cdim[2] = {(cuuint64_t)ncols, rows}, cstr[1] = {(cuuint64_t)ncols * 2};
+		const cuuint32_t cbox[2] = {64, 64};
+		ok = gt_map(&ta, a, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, adim, astr, abox) &&
+		     gt_map(&tb, w, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3, bdim, bstr, bbox) &&
+		     gt_map(&tc, c, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, cdim, cstr, cbox);
+	}
+	if (!ok)
 		return 1;
-	gt_args g = {a, c, offsets, E, K, ncols, (int)moe_cdiv(ncols, BN)};
-	size_t tiles = (size_t)(moe_cdiv(max_rows, GT_BM) + E) * g.nt;
+	gt_args g = {a, MODE == GT_WGRAD ? w : nullptr, c, offsets, E, K, ncols, (int)moe_cdiv(ncols, BN),
+		     (int)moe_cdiv(Out, GT_BM), store};
+	size_t tiles = MODE == GT_WGRAD ? (size_t)E * g.mt * g.nt : (size_t)(moe_cdiv(max_rows, GT_BM) + E) * g.nt;
 	unsigned grid = gt_force_grid ? gt_force_grid : gt_sms();
 	if (grid > tiles)
 		grid = (unsigned)tiles;
 	static bool attr_set;
 	int rc;
 	if (!attr_set) {
-		if ((rc = CUDA_OK(cudaFuncSetAttribute(gt_kernel<MODE, BN, ST, PP>,
+		if ((rc = CUDA_OK(cudaFuncSetAttribute(gt_kernel<MODE, BN, ST, PP, EPI>,
 						       cudaFuncAttributeMaxDynamicSharedMemorySize, GT_SMEM_MAX),
 				  err)) != 0)
 			return rc;
 		attr_set = true;
 	}
-	gt_kernel<MODE, BN, ST, PP><<<grid, GT_THREADS, smem, s>>>(ta, tb, g);
+	gt_kernel<MODE, BN, ST, PP, EPI><<<grid, GT_THREADS, smem, s>>>(ta, tb, tc, g);
 	return CUDA_LAUNCHED(err);
 }
 
-/* Configurations: 1 cooperative 128 x 256, 4 stages; 2 ping-pong 128 x 128
- * per consumer warpgroup, 6 stages; 3 cooperative 128 x 128, 6 stages. */
+/* Configurations, the epilogue storing from registers: 1 cooperative 128 x
+ * 256, 4 stages; 2 ping-pong 128 x 128 per consumer warpgroup, 6 stages; 3
+ * cooperative 128 x 128, 6 stages; through shared memory and TMA stores
+ * (full row tiles): 4 as 1, 5 as 2, 6 as 1 with 3 stages.  The weight
+ * gradient has only the last three (1..3 run as 4..6).  The default, 0:
+ * 4, or 5 where 256-wide column tiles would leave half of the last one
+ * empty (640 columns; measured in tests/bench/RESULTS-tma.md). */
 template <int MODE>
-static int gt_run(int dflt, bf16 *c, const bf16 *a, const bf16 *w, const int32_t *offsets, int max_rows, int E,
-		  int In, int Out, cudaStream_t s, struct moe_error *err)
+static int gt_run(void *c, const bf16 *a, const bf16 *w, const int32_t *offsets, int max_rows, int E, int In,
+		  int Out, bool store, cudaStream_t s, struct moe_error *err)
 {
-	switch (gt_force_cfg ? gt_force_cfg : dflt) {
-	case 2:
-		return gt_launch<MODE, 128, 6, 1>(c, a, w, offsets, max_rows, E, In, Out, s, err);
-	case 3:
-		return gt_launch<MODE, 128, 6, 0>(c, a, w, offsets, max_rows, E, In, Out, s, err);
-	default:
-		return gt_launch<MODE, 256, 4, 0>(c, a, w, offsets, max_rows, E, In, Out, s, err);
+	static int env_cfg = -1;
+	if (env_cfg < 0) { /* MOE_CUDA_GROUPED_TMA_CFG: one configuration for all (comparisons) */
+		const char *v = getenv("MOE_CUDA_GROUPED_TMA_CFG");
+		env_cfg = v && *v >= '1' && *v < '1' + GT_NCFG && !v[1] ? *v - '0' : 0;
+	}
+	const int ncols = MODE == GT_FWD ? Out : In, rem = ncols % 256;
+	int cfg = gt_force_cfg ? gt_force_cfg : env_cfg ? env_cfg : rem > 0 && rem <= 128 ? 5 : 4;
+	if constexpr (MODE == GT_WGRAD) {
+		switch (cfg) {
+		case 2:
+		case 5:
+			return gt_launch<MODE, 128, 6, 1, 1>(c, a, w, offsets, max_rows, E, In, Out, store, s, err);
+		case 3:
+		case 6:
+			return gt_launch<MODE, 256, 3, 0, 1>(c, a, w, offsets, max_rows, E, In, Out, store, s, err);
+		default:
+			return gt_launch<MODE, 256, 4, 0, 1>(c, a, w, offsets, max_rows, E, In, Out, store, s, err);
+		}
+	} else {
+		switch (cfg) {
+		case 1:
+			return gt_launch<MODE, 256, 4, 0, 0>(c, a, w, offsets, max_rows, E, In, Out, store, s, err);
+		case 2:
+			return gt_launch<MODE, 128, 6, 1, 0>(c, a, w, offsets, max_rows, E, In, Out, store, s, err);
+		case 3:
+			return gt_launch<MODE, 128, 6, 0, 0>(c, a, w, offsets, max_rows, E, In, Out, store, s, err);
+		case 5:
+			return gt_launch<MODE, 128, 6, 1, 1>(c, a, w, offsets, max_rows, E, In, Out, store, s, err);
+		case 6:
+			return gt_launch<MODE, 256, 3, 0, 1>(c, a, w, offsets, max_rows, E, In, Out, store, s, err);
+		default:
+			return gt_launch<MODE, 256, 4, 0, 1>(c, a, w, offsets, max_rows, E, In, Out, store, s, err);
+		}
 	}
 }
 
@@ -489,8 +744,8 @@ extern "C" int moe_cuda_grouped_tma_fwd(bf16_t *out, const bf16_t *x, const bf16
 					int max_rows, int E, int In, int Out, cudaStream_t s, struct moe_error *err)
 {
 	if (max_rows > 0 && gt_shape_ok(E, In, Out) && moe_cuda_grouped_tma_supported()) {
-		int rc = gt_run<GT_FWD>(1, (bf16 *)out, (const bf16 *)x, (const bf16 *)w, offsets, max_rows, E, In,
-					Out, s, err);
+		int rc = gt_run<GT_FWD>(out, (const bf16 *)x, (const bf16 *)w, offsets, max_rows, E, In, Out, false, s,
+					err);
 		if (rc <= 0)
 			return rc;
 		gt_fallbacks++;
@@ -502,11 +757,25 @@ extern "C" int moe_cuda_grouped_tma_dgrad(bf16_t *dx, const bf16_t *dout, const 
 					  int max_rows, int E, int In, int Out, cudaStream_t s, struct moe_error *err)
 {
 	if (max_rows > 0 && gt_shape_ok(E, In, Out) && moe_cuda_grouped_tma_supported()) {
-		int rc = gt_run<GT_DGRAD>(1, (bf16 *)dx, (const bf16 *)dout, (const bf16 *)w, offsets, max_rows, E,
-					  In, Out, s, err);
+		int rc = gt_run<GT_DGRAD>(dx, (const bf16 *)dout, (const bf16 *)w, offsets, max_rows, E, In, Out, false,
+					  s, err);
 		if (rc <= 0)
 			return rc;
 		gt_fallbacks++;
 	}
 	return moe_cuda_grouped_wgmma_dgrad(dx, dout, w, offsets, max_rows, E, In, Out, s, err);
+}
+
+extern "C" int moe_cuda_grouped_tma_wgrad_store(float *dw, const bf16_t *dout, const bf16_t *x,
+						const int32_t *offsets, int E, int In, int Out, bool store,
+						cudaStream_t s, struct moe_error *err)
+{
+	if (gt_shape_ok(E, In, Out) && moe_cuda_grouped_tma_supported()) {
+		int rc = gt_run<GT_WGRAD>(dw, (const bf16 *)dout, (const bf16 *)x, offsets, 0, E, In, Out, store, s,
+					  err);
+		if (rc <= 0)
+			return rc;
+		gt_fallbacks++;
+	}
+	return moe_cuda_grouped_wgmma_wgrad_store(dw, dout, x, offsets, E, In, Out, store, s, err);
 }

@@ -223,20 +223,25 @@ int moe_cuda_grouped_wgmma_wgrad_store(float *dw, const bf16_t *dout, const bf16
 /* Whether the current device runs them (sm_90). */
 bool moe_cuda_grouped_wgmma_supported(void);
 
-/* grouped_tma.cu: the forward and input gradient of grouped_wgmma.cu, same
- * arguments and contracts, through TMA loads, a warp-specialised pipeline
- * and a persistent grid (sm_90a).  Where the tensor maps cannot be made
- * (pointers not 16-byte aligned, no driver entry point) or E is too large
- * for its shared-memory tables, they run grouped_wgmma.cu's kernels. */
+/* grouped_tma.cu: the forward, input gradient and weight gradient (stored
+ * or added) of grouped_wgmma.cu, same arguments and contracts, through TMA
+ * loads and stores, a warp-specialised pipeline and a persistent grid
+ * (sm_90a).  Where the tensor maps cannot be made (pointers not 16-byte
+ * aligned, no driver entry point) or E is too large for its shared-memory
+ * tables (E > 127), they run grouped_wgmma.cu's kernels. */
 int moe_cuda_grouped_tma_fwd(bf16_t *out, const bf16_t *x, const bf16_t *w, const int32_t *offsets,
 			     int max_rows, int E, int In, int Out, cudaStream_t s, struct moe_error *err);
 int moe_cuda_grouped_tma_dgrad(bf16_t *dx, const bf16_t *dout, const bf16_t *w, const int32_t *offsets,
 			       int max_rows, int E, int In, int Out, cudaStream_t s, struct moe_error *err);
+int moe_cuda_grouped_tma_wgrad_store(float *dw, const bf16_t *dout, const bf16_t *x, const int32_t *offsets,
+				     int E, int In, int Out, bool store, cudaStream_t s, struct moe_error *err);
 /* Whether the current device and driver run them (sm_90, tensor maps). */
 bool moe_cuda_grouped_tma_supported(void);
 /* Tile configuration and grid, process-wide (tests, benchmarks): cfg 1
  * (cooperative 128 x 256, 4 stages), 2 (ping-pong: 128 x 128 per consumer
- * warpgroup, 6 stages), 3 (cooperative 128 x 128, 6 stages), 0 the default;
+ * warpgroup, 6 stages), 3 (cooperative 128 x 128, 6 stages), 4..6 (1, 2, and
+ * 1 with 3 stages, storing full row tiles through shared memory and TMA;
+ * the weight gradient runs 1..3 as 4..6), 0 the default (see grouped_tma.cu);
  * grid > 0 caps the persistent grid (0: one block per multiprocessor).
  * Returns how many launches so far could not use the TMA kernels (fell back
  * to grouped_wgmma.cu's) though the device supports them. */

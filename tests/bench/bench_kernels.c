@@ -13,6 +13,7 @@
 #include <cublas_v2.h>
 #include <cuda_runtime_api.h>
 #include <getopt.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -126,6 +127,22 @@ static void f_tma_dgrad(void *p)
 	struct gg *g = p;
 	CK(moe_cuda_grouped_tma_dgrad(g->x, g->y, g->w, g->off, g->rows, g->E, g->In, g->Out, 0, &err));
 }
+static void f_tma_wgrad(void *p)
+{
+	struct gg *g = p;
+	CK(moe_cuda_grouped_tma_wgrad_store(g->dw, g->y, g->x, g->off, g->E, g->In, g->Out, false, 0, &err));
+}
+/* the weight gradients stored (gradients by overwrite, the training default) */
+static void f_wg_wgrad_st(void *p)
+{
+	struct gg *g = p;
+	CK(moe_cuda_grouped_wgmma_wgrad_store(g->dw, g->y, g->x, g->off, g->E, g->In, g->Out, true, 0, &err));
+}
+static void f_tma_wgrad_st(void *p)
+{
+	struct gg *g = p;
+	CK(moe_cuda_grouped_tma_wgrad_store(g->dw, g->y, g->x, g->off, g->E, g->In, g->Out, true, 0, &err));
+}
 
 /* The default TMA kernels against the wgmma ones on fresh inputs at the
  * full shape (every block walks many tiles): elements whose bits differ. */
@@ -134,6 +151,27 @@ static void tma_vs_wgmma(const struct gg *g)
 	size_t nx = (size_t)g->rows * g->In, ny = (size_t)g->rows * g->Out, n = nx > ny ? nx : ny;
 	void *xr = dalloc_rand(nx), *yr = dalloc_rand(ny), *o1 = dalloc_rand(n), *o2 = dalloc_rand(n);
 	uint16_t *h1 = malloc(n * 2), *h2 = malloc(n * 2);
+	size_t nw = (size_t)g->E * g->In * g->Out, wd = 0;
+	float *w1 = malloc(nw * 4), *w2 = malloc(nw * 4), *d1 = NULL, *d2 = NULL;
+	double wmax = 0;
+	if (cudaMalloc((void **)&d1, nw * 4) != cudaSuccess || cudaMalloc((void **)&d2, nw * 4) != cudaSuccess) {
+		fprintf(stderr, "bench_kernels: cudaMalloc failed\n");
+		exit(1);
+	}
+	CK(moe_cuda_grouped_wgmma_wgrad_store(d1, yr, xr, g->off, g->E, g->In, g->Out, true, 0, &err));
+	CK(moe_cuda_grouped_tma_wgrad_store(d2, yr, xr, g->off, g->E, g->In, g->Out, true, 0, &err));
+	cudaMemcpy(w1, d1, nw * 4, cudaMemcpyDeviceToHost);
+	cudaMemcpy(w2, d2, nw * 4, cudaMemcpyDeviceToHost);
+	for (size_t i = 0; i < nw; i++) {
+		wd += memcmp(&w1[i], &w2[i], 4) != 0;
+		wmax = fmax(wmax, fabs((double)w1[i] - w2[i]));
+	}
+	printf("tma vs wgmma wgrad %4dx%4d: %zu of %zu elements differ (max |difference| %.3g)\n", g->In, g->Out, wd,
+	       nw, wmax);
+	free(w1);
+	free(w2);
+	cudaFree(d1);
+	cudaFree(d2);
 	for (int op = 0; op < 2; op++) {
 		size_t m = op ? nx : ny, diff = 0;
 		if (op == 0) {
@@ -312,7 +350,7 @@ int main(int argc, char **argv)
 			printf("%-34s %9.3f %9.1f\n", nm, t, fl / t / 1e9);
 		}
 		moe_cuda_grouped_wgmma_config(0);
-		for (int cfg = 0; cfg <= 3 && moe_cuda_grouped_tma_supported(); cfg++) {
+		for (int cfg = 0; cfg <= 6 && moe_cuda_grouped_tma_supported(); cfg++) {
 			moe_cuda_grouped_tma_config(cfg, 0);
 			snprintf(nm, sizeof(nm), "tma fwd     %4dx%4d cfg %d", g.In, g.Out, cfg);
 			t = time_it(f_tma_fwd, &g);
@@ -320,7 +358,19 @@ int main(int argc, char **argv)
 			snprintf(nm, sizeof(nm), "tma dgrad   %4dx%4d cfg %d", g.In, g.Out, cfg);
 			t = time_it(f_tma_dgrad, &g);
 			printf("%-34s %9.3f %9.1f\n", nm, t, fl / t / 1e9);
+			if (cfg == 0 || cfg >= 4) {
+				snprintf(nm, sizeof(nm), "tma wgrad   %4dx%4d cfg %d", g.In, g.Out, cfg);
+				t = time_it(f_tma_wgrad, &g);
+				printf("%-34s %9.3f %9.1f\n", nm, t, fl / t / 1e9);
+			}
 		}
+		moe_cuda_grouped_tma_config(0, 0);
+		snprintf(nm, sizeof(nm), "wgmma wgrad store %4dx%4d", g.In, g.Out);
+		t = time_it(f_wg_wgrad_st, &g);
+		printf("%-34s %9.3f %9.1f\n", nm, t, fl / t / 1e9);
+		snprintf(nm, sizeof(nm), "tma wgrad store   %4dx%4d", g.In, g.Out);
+		t = time_it(f_tma_wgrad_st, &g);
+		printf("%-34s %9.3f %9.1f\n", nm, t, fl / t / 1e9);
 		moe_cuda_grouped_tma_config(0, 0);
 		if (moe_cuda_grouped_tma_supported()) {
 			tma_vs_wgmma(&g);

@@ -662,13 +662,15 @@ Test(kernels, grouped_wgmma, .timeout = 120)
 	grouped_case(&grouped_wgmma, 0, 1, 96, 8, c6);
 }
 
-/* grouped_tma.cu's forward and input gradient on groups of cnt[e] rows
- * against the CPU reference (computed once), in every configuration, on
- * the full grid and on a grid of 3 blocks (each block then walks many
- * tiles: stage phases wrap within and across tiles, the ping-pong
- * warpgroups alternate); max_rows is extra rows above the true count (the
- * last row tile's A rows then come through the cp.async path).  Outputs
- * poisoned with NaN; tolerance 1e-2 as for the other grouped kernels. */
+/* grouped_tma.cu's three GEMMs on groups of cnt[e] rows against the CPU
+ * reference (computed once), in every configuration, on the full grid and
+ * on a grid of 3 blocks (each block then walks many tiles: stage phases
+ * wrap within and across tiles, the ping-pong warpgroups alternate);
+ * max_rows is extra rows above the true count (the last row tile's A rows
+ * then come through the cp.async path).  Outputs poisoned with NaN;
+ * tolerances as for the other grouped kernels: 1e-2 for the bf16 outputs,
+ * 1e-4 for the fp32 weight gradient, added onto random values and stored
+ * (into NaN: every element written, zeros for experts without rows). */
 static void grouped_tma_case(int E, int In, int Out, const int *cnt, int extra)
 {
 	int32_t *off = malloc((E + 1) * 4);
@@ -679,12 +681,17 @@ static void grouped_tma_case(int E, int In, int Out, const int *cnt, int extra)
 	float *x = rand_bf((size_t)M * In, 1.f), *w = rand_bf((size_t)E * Out * In, 1.f);
 	float *dout = rand_bf((size_t)M * Out, 1.f);
 	float *out = malloc((size_t)M * Out * 4 + 4), *dx = malloc((size_t)M * In * 4 + 4);
+	size_t nw = (size_t)E * Out * In;
+	float *dw0 = rand_bf(nw, 1.f), *dwa = malloc(nw * 4), *dws = calloc(nw, 4);
+	memcpy(dwa, dw0, nw * 4);
 	moe_grouped_linear_fwd(out, x, w, off, E, In, Out);
-	moe_grouped_linear_bwd(dx, NULL, dout, x, w, off, E, In, Out);
+	moe_grouped_linear_bwd(dx, dwa, dout, x, w, off, E, In, Out);
+	moe_grouped_linear_bwd(NULL, dws, dout, x, w, off, E, In, Out);
 	bf16_t *gx = up_bf(x, (size_t)M * In), *gw = up_bf(w, (size_t)E * Out * In), *gdo = up_bf(dout, (size_t)M * Out);
 	bf16_t *go = dmalloc((size_t)M * Out * 2 + 2), *gdx = dmalloc((size_t)M * In * 2 + 2);
+	float *gdw = dmalloc(nw * 4);
 	int32_t *goff = up(off, (E + 1) * 4);
-	for (int cfg = 1; cfg <= 3; cfg++)
+	for (int cfg = 1; cfg <= 6; cfg++)
 		for (int grid = 0; grid <= 3; grid += 3) {
 			moe_cuda_grouped_tma_config(cfg, grid);
 			cudaMemset(go, 0xff, (size_t)M * Out * 2 + 2);
@@ -697,8 +704,28 @@ static void grouped_tma_case(int E, int In, int Out, const int *cnt, int extra)
 			snprintf(what, sizeof(what), "tma dgrad E=%d In=%d Out=%d config %d grid %d", E, In, Out, cfg,
 				 grid);
 			CHECK_REL(down_bf(gdx, (size_t)M * In), dx, (size_t)M * In, 1e-2, what);
+			cudaMemcpy(gdw, dw0, nw * 4, cudaMemcpyHostToDevice);
+			LAUNCH_OK(moe_cuda_grouped_tma_wgrad_store(gdw, gdo, gx, goff, E, In, Out, false, S, &gerr));
+			snprintf(what, sizeof(what), "tma wgrad += E=%d In=%d Out=%d config %d grid %d", E, In, Out, cfg,
+				 grid);
+			CHECK_REL(down(gdw, nw * 4), dwa, nw, 1e-4, what);
+			cudaMemset(gdw, 0xff, nw * 4);
+			LAUNCH_OK(moe_cuda_grouped_tma_wgrad_store(gdw, gdo, gx, goff, E, In, Out, true, S, &gerr));
+			float *got = down(gdw, nw * 4);
+			size_t nan = 0;
+			for (size_t i = 0; i < nw; i++)
+				nan += !isfinite(got[i]);
+			cr_expect(nan == 0, "tma wgrad store config %d: %zu elements never written", cfg, nan);
+			snprintf(what, sizeof(what), "tma wgrad store E=%d In=%d Out=%d config %d grid %d", E, In, Out,
+				 cfg, grid);
+			CHECK_REL(got, dws, nw, 1e-4, what);
+			free(got);
 		}
 	moe_cuda_grouped_tma_config(0, 0);
+	cudaFree(gdw);
+	free(dw0);
+	free(dwa);
+	free(dws);
 	cudaFree(gx);
 	cudaFree(gw);
 	cudaFree(gdo);
@@ -735,6 +762,8 @@ Test(kernels, grouped_tma, .timeout = 120)
 	grouped_tma_case(8, 640, 768, c4, 0);   /* seed-base down */
 	int c5[3] = {1, 2, 5};
 	grouped_tma_case(3, 24, 16, c5, 1000); /* everything inside one tile, past offsets[E] */
+	int c6[4] = {128, 256, 0, 384};
+	grouped_tma_case(4, 136, 264, c6, 0); /* full row tiles only, up to offsets[E] */
 	int fb = moe_cuda_grouped_tma_config(0, 0);
 	cr_expect(fb == 0, "%d launches fell back to the wgmma kernels", fb);
 }
