@@ -47,7 +47,7 @@
 #include <cudaTypedefs.h>
 #include <stdlib.h>
 
-#include "cuda_common.h"
+#include "wgmma.cuh"
 #include "kernels.h"
 
 #define GT_BM 128
@@ -68,7 +68,6 @@ struct gt_args {
 };
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-static __device__ __forceinline__ uint32_t gt_u32(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
 
 static __device__ __forceinline__ void gt_bar_init(uint32_t bar, int count)
 {
@@ -137,94 +136,6 @@ static __device__ __forceinline__ void gt_named_sync(int id)
 {
 	asm volatile("bar.sync %0, 128;\n" ::"r"(id) : "memory");
 }
-static __device__ __forceinline__ void gt_cp16(uint32_t dst, const void *src, bool pred)
-{
-	asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(pred ? 16 : 0));
-}
-static __device__ __forceinline__ void gt_fence_proxy() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
-static __device__ __forceinline__ void gt_wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
-static __device__ __forceinline__ void gt_wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
-template <int N> static __device__ __forceinline__ void gt_wg_wait()
-{
-	asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
-}
-
-/* Shared-memory matrix descriptor, 128-byte swizzle (as grouped_wgmma.cu):
- * K-major: stride offset 1024 (8 rows of 128 bytes); MN-major: leading
- * offset 8192 (the next 64-column block), stride 1024 (8 k-rows). */
-static __device__ __forceinline__ uint64_t gt_desc(uint32_t addr, uint32_t lbo, uint32_t sbo)
-{
-	return (uint64_t)((addr & 0x3ffff) >> 4) | ((uint64_t)(lbo >> 4) << 16) | ((uint64_t)(sbo >> 4) << 32) |
-	       (1ull << 62);
-}
-
-/* D (64 x 128, fp32, 64 registers a thread) = A B (+ D when acc) on the
- * descriptors da, db; TA, TB: A, B MN-major */
-template <int TA, int TB>
-static __device__ __forceinline__ void gt_wgmma_n128(float *d, uint64_t da, uint64_t db, int acc)
-{
-	asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
-		     "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {"
-		     "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-		     "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
-		     "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
-		     "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
-		     "}, %64, %65, p, 1, 1, %67, %68;\n}\n"
-		     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-		       "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-		       "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-		       "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
-		       "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
-		       "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
-		       "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
-		       "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-		     : "l"(da), "l"(db), "r"(acc), "n"(TA), "n"(TB));
-}
-
-/* D (64 x 256, fp32, 128 registers a thread) = A B (+ D when acc) on the
- * descriptors da, db; TA, TB: A, B MN-major */
-template <int TA, int TB>
-static __device__ __forceinline__ void gt_wgmma_n256(float *d, uint64_t da, uint64_t db, int acc)
-{
-	asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
-		     "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 {"
-		     "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-		     "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
-		     "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
-		     "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, "
-		     "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, "
-		     "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, "
-		     "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, "
-		     "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127"
-		     "}, %128, %129, p, 1, 1, %131, %132;\n}\n"
-		     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-		       "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-		       "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-		       "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
-		       "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
-		       "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
-		       "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
-		       "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]),
-		       "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]),
-		       "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]),
-		       "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]),
-		       "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]),
-		       "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]),
-		       "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]),
-		       "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]),
-		       "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
-		     : "l"(da), "l"(db), "r"(acc), "n"(TA), "n"(TB));
-}
-
-template <int BN, int TA, int TB>
-static __device__ __forceinline__ void gt_mma(float *d, uint64_t da, uint64_t db, int acc)
-{
-	if (BN == 128)
-		gt_wgmma_n128<TA, TB>(d, da, db, acc);
-	else
-		gt_wgmma_n256<TA, TB>(d, da, db, acc);
-}
-
 /* Output tile t of a block's walk: its expert, first row, the rows left in
  * the expert from there, first column, k-slices; the weight gradient: the
  * expert's first row and rows (its reduction), first row of W (m0). */
@@ -277,7 +188,7 @@ static __device__ __noinline__ void gt_cp_stage(uint32_t dA, uint32_t dB, const 
 		for (int c = lane; c < GT_BM * 8; c += 32) {
 			int r = c >> 3, ch = c & 7;
 			bool ok = r < nr && k0 + ch * 8 < g.K;
-			gt_cp16(dA + r * 128 + ((ch ^ (r & 7)) << 4),
+			wg_cp16(dA + r * 128 + ((ch ^ (r & 7)) << 4),
 				ok ? g.a + (size_t)(tl.row0 + r) * g.K + k0 + ch * 8 : g.a, ok);
 		}
 	} else {
@@ -286,18 +197,18 @@ static __device__ __noinline__ void gt_cp_stage(uint32_t dA, uint32_t dB, const 
 		for (int c = lane; c < GT_BK * (GT_BM / 8); c += 32) {
 			int k = c >> 4, cc = c & 15;
 			bool ok = k < nk && tl.m0 + cc * 8 < g.K;
-			gt_cp16(dA + (cc >> 3) * 8192 + k * 128 + (((cc & 7) ^ (k & 7)) << 4),
+			wg_cp16(dA + (cc >> 3) * 8192 + k * 128 + (((cc & 7) ^ (k & 7)) << 4),
 				ok ? g.a + (r0 + k) * g.K + tl.m0 + cc * 8 : g.a, ok);
 		}
 		for (int c = lane; c < GT_BK * (BN / 8); c += 32) {
 			int k = c / (BN / 8), cc = c % (BN / 8);
 			bool ok = k < nk && tl.n0 + cc * 8 < g.ncols;
-			gt_cp16(dB + (cc >> 3) * 8192 + k * 128 + (((cc & 7) ^ (k & 7)) << 4),
+			wg_cp16(dB + (cc >> 3) * 8192 + k * 128 + (((cc & 7) ^ (k & 7)) << 4),
 				ok ? g.b + (r0 + k) * g.ncols + tl.n0 + cc * 8 : g.b, ok);
 		}
 	}
 	asm volatile("cp.async.commit_group;\ncp.async.wait_group 0;\n" ::: "memory");
-	gt_fence_proxy();
+	wg_fence_proxy();
 }
 #endif
 
@@ -322,18 +233,18 @@ __global__ void __launch_bounds__(GT_THREADS, 1)
 	constexpr int MW = PP ? 2 : 1; /* 64-row MMAs per consumer warpgroup */
 	extern __shared__ unsigned char gt_smem[];
 	__shared__ __align__(8) uint64_t full[ST], empty[ST], order;
-	const uint32_t base = (gt_u32(gt_smem) + 1023) & ~1023u, sa = base, sb = base + ST * ABYTES;
+	const uint32_t base = (wg_smem_u32(gt_smem) + 1023) & ~1023u, sa = base, sb = base + ST * ABYTES;
 	const uint32_t se = base + ST * (ABYTES + BBYTES); /* EPI: the output buffers */
-	int *s_start = (int *)(gt_smem + (se + EBYTES - gt_u32(gt_smem))); /* (E+1) row tiles */
+	int *s_start = (int *)(gt_smem + (se + EBYTES - wg_smem_u32(gt_smem))); /* (E+1) row tiles */
 	int *s_off = s_start + g.E + 1;                                                     /* (E+1) offsets */
 	const int tid = threadIdx.x, E = g.E;
 
 	if (tid == 0) {
 		for (int s = 0; s < ST; s++) {
-			gt_bar_init(gt_u32(&full[s]), 1);
-			gt_bar_init(gt_u32(&empty[s]), PP ? 4 : 8); /* one arrival per consumer warp */
+			gt_bar_init(wg_smem_u32(&full[s]), 1);
+			gt_bar_init(wg_smem_u32(&empty[s]), PP ? 4 : 8); /* one arrival per consumer warp */
 		}
-		gt_bar_init(gt_u32(&order), 1);
+		gt_bar_init(wg_smem_u32(&order), 1);
 		asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
 	}
 	if (tid < 32) {
@@ -378,8 +289,8 @@ __global__ void __launch_bounds__(GT_THREADS, 1)
 			for (int kt = 0; kt < tl.kt; kt++, pos++) {
 				const int s = pos % ST, k0 = kt * GT_BK;
 				if (pos >= ST)
-					gt_wait(gt_u32(&empty[s]), ((pos / ST) - 1) & 1);
-				const uint32_t dA = sa + s * ABYTES, dB = sb + s * BBYTES, bar = gt_u32(&full[s]);
+					gt_wait(wg_smem_u32(&empty[s]), ((pos / ST) - 1) & 1);
+				const uint32_t dA = sa + s * ABYTES, dB = sb + s * BBYTES, bar = wg_smem_u32(&full[s]);
 				/* rows past offsets[E]: cp.async */
 				const bool cp = MODE == GT_WGRAD ? tl.row0 + k0 + GT_BK > tot : tl.row0 + GT_BM > tot;
 				if (cp) {
@@ -425,7 +336,7 @@ __global__ void __launch_bounds__(GT_THREADS, 1)
 			continue;
 		const gt_tile tl = gt_decode<MODE, BN>(t, g, s_start, s_off);
 		if (PP && j > 0) /* tile j - 1's main loop has passed its waits */
-			gt_wait(gt_u32(&order), (j - 1) & 1);
+			gt_wait(wg_smem_u32(&order), (j - 1) & 1);
 		float acc[MW][BN / 2];
 		if (MODE == GT_WGRAD && tl.kt == 0) /* an expert without rows */
 #pragma unroll
@@ -435,7 +346,7 @@ __global__ void __launch_bounds__(GT_THREADS, 1)
 					acc[m][i] = 0.f;
 		for (int kt = 0; kt < tl.kt; kt++) {
 			const int pos = pos0 + kt, s = pos % ST;
-			gt_wait(gt_u32(&full[s]), (pos / ST) & 1);
+			gt_wait(wg_smem_u32(&full[s]), (pos / ST) & 1);
 			const uint32_t a0 = sa + s * ABYTES + (PP ? 0 : cw * 8192), b0 = sb + s * BBYTES;
 			if (MODE == GT_WGRAD && tl.mi - kt * GT_BK < GT_BK) {
 				/* the expert's last, partial k-slice: the k-rows past its
@@ -447,30 +358,30 @@ __global__ void __launch_bounds__(GT_THREADS, 1)
 							     a0 + (c / per) * 8192 + (nk + c % per / 8) * 128 + (c % 8) * 16),
 						     "r"(0)
 						     : "memory");
-				gt_fence_proxy();
+				wg_fence_proxy();
 				gt_named_sync(1 + cw);
 			}
-			gt_wg_fence();
+			wg_fence();
 #pragma unroll
 			for (int kk = 0; kk < GT_BK / 16; kk++) {
-				uint64_t db = gt_desc(b0 + (TB ? kk * 2048 : kk * 32), TB ? 8192 : 16, 1024);
+				uint64_t db = wg_desc(b0 + (TB ? kk * 2048 : kk * 32), TB ? 8192 : 16, 1024);
 #pragma unroll
 				for (int m = 0; m < MW; m++)
-					gt_mma<BN, TA, TB>(acc[m],
-							   TA ? gt_desc(a0 + m * 8192 + kk * 2048, 8192, 1024)
-							      : gt_desc(a0 + m * 8192 + kk * 32, 16, 1024),
+					wg_mma<BN, TA, TB>(acc[m],
+							   TA ? wg_desc(a0 + m * 8192 + kk * 2048, 8192, 1024)
+							      : wg_desc(a0 + m * 8192 + kk * 32, 16, 1024),
 							   db, kt > 0 || kk > 0);
 			}
-			gt_wg_commit();
-			gt_wg_wait<1>(); /* the previous k-slice's MMAs are done with their stage */
+			wg_commit();
+			wg_wait<1>(); /* the previous k-slice's MMAs are done with their stage */
 			if (kt > 0 && lane == 0)
-				gt_arrive(gt_u32(&empty[(pos - 1) % ST]));
+				gt_arrive(wg_smem_u32(&empty[(pos - 1) % ST]));
 		}
 		if (PP && wl == 0)
-			gt_arrive(gt_u32(&order));
-		gt_wg_wait<0>();
+			gt_arrive(wg_smem_u32(&order));
+		wg_wait<0>();
 		if (tl.kt > 0 && lane == 0)
-			gt_arrive(gt_u32(&empty[(pos0 + tl.kt - 1) % ST]));
+			gt_arrive(wg_smem_u32(&empty[(pos0 + tl.kt - 1) % ST]));
 		const bool lead = wl == 0;
 		if (MODE == GT_WGRAD) {
 			/* 64 x 32 fp32 blocks through shared memory and the copy
@@ -498,7 +409,7 @@ __global__ void __launch_bounds__(GT_THREADS, 1)
 								     "f"(acc[m][4 * jr + 2 * h]), "f"(acc[m][4 * jr + 2 * h + 1])
 								     : "memory");
 						}
-					gt_fence_proxy();
+					wg_fence_proxy();
 					gt_named_sync(1 + cw);
 					if (lead) {
 						if (tl.n0 + q * 32 < g.ncols && mrow < g.K)
@@ -538,7 +449,7 @@ __global__ void __launch_bounds__(GT_THREADS, 1)
 								     "r"(*(uint32_t *)&v)
 								     : "memory");
 						}
-					gt_fence_proxy();
+					wg_fence_proxy();
 					gt_named_sync(1 + cw);
 					if (lead) {
 						if (qq * 64 < ncl)
