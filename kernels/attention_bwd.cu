@@ -231,14 +231,15 @@ attention_dq_kernel(bf16 *dq, const bf16 *q, const bf16 *k, const bf16 *v, const
 }
 
 /* Backward variants, by number (1-based) and MOE_CUDA_ATTENTION_BWD name:
- *   1 v1  dK/dV per 64 keys, dQ per 64 queries, 4 warps, mma.sync (session
- *         2; the fallback on devices without wgmma)
- *   2 wg  attention_wgmma.cu: the same two kernels on wgmma, two warpgroups
- *         of 64 rows a block, both in one launch (sm_90a; v1 elsewhere)
- * Both are deterministic (run to run bit-identical).  Unless chosen, wg runs
- * at Dh 96 and 128 and v1 at 64, where it measured faster; head sizes below
+ *   1 v1   dK/dV per 64 keys, dQ per 64 queries, 4 warps, mma.sync (session
+ *          2; the fallback on devices without wgmma)
+ *   2 wge  attention_wgmma.cu: the same two kernels on wgmma, two
+ *          warpgroups of 64 rows a block, both in one launch, P by
+ *          ex2.approx.ftz (sm_90a; v1 elsewhere)
+ * Both are deterministic (run to run bit-identical).  Unless chosen, wge
+ * runs at Dh 64, 96 and 128 (faster than v1 at all three); head sizes below
  * 64 always run v1. */
-static const char *const att_bwd_names[] = {"v1", "wg"};
+static const char *const att_bwd_names[] = {"v1", "wge"};
 #define ATT_BWD_N ((int)(sizeof(att_bwd_names) / sizeof(att_bwd_names[0])))
 static int att_bwd_forced, att_bwd_env = -1; /* 0: not chosen */
 
@@ -257,7 +258,7 @@ static int att_bwd_variant(int Dh)
 	}
 	if (att_bwd_env)
 		return att_bwd_env;
-	return Dh == 64 ? 1 : 2;
+	return 2;
 }
 
 extern "C" const char *moe_cuda_attention_bwd_config(int v)

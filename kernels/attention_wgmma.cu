@@ -288,12 +288,15 @@ static int awg_launch(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const
  *           registers, at 128 both operands from shared memory: registers),
  *           dS in registers, dQ += dS K (K read transposed): the forward's
  *           structure.
- * Every output element is summed by one thread in a fixed order: bit
- * reproducible.  The grid (B*H, 2 x tiles) interleaves the two kinds of
- * blocks so that the longest tiles of both, of every head, come first.  One
- * barrier a streamed tile: the next tile is loaded after it, into the stage
- * every warp has finished with (two barriers, loads before the first, were
- * 7% slower). */
+ * P is exp2 by ex2.approx.ftz (awg_ex2).  Every output element is summed
+ * by one thread in a fixed order: bit reproducible.  The grid (B*H, 2 x
+ * tiles) interleaves the two kinds of blocks so that the longest tiles of
+ * both, of every head, come first.  One barrier a streamed tile: the next
+ * tile is loaded after it, into the stage every warp has finished with
+ * (two barriers, loads before the first, were 7% slower).  Tried and
+ * slower or no faster (RESULTS-attention.md): waiting for a tile's dK/dV or
+ * dQ products only after issuing the next tile's, through 3 stages; the
+ * dK/dV blocks' K rows in registers; dS^T from the bf16 P^T. */
 #define AWGB_NWG 2 /* warpgroups (of 64 rows) a block */
 
 struct awgb_args {
@@ -329,6 +332,17 @@ static __device__ __forceinline__ void att_wg_rsk_n64(float *d, const unsigned *
 		       "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
 		       "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
 		     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(acc));
+}
+
+/* 2^x by ex2.approx.ftz.f32 alone: exp2f's denormal fix-up (a compare and
+ * two multiplies around the MUFU op) cost the backward 9% at Dh 96 and 128
+ * (the forward, at its 128-register cap, spilled and lost 20%); results
+ * below 2^-126 are flushed to zero. */
+static __device__ __forceinline__ float awg_ex2(float x)
+{
+	float y;
+	asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+	return y;
 }
 
 /* The A fragments (mma.sync layout) of rows r0..r0+15, columns 16kk.. of a
@@ -426,7 +440,7 @@ static __device__ __forceinline__ void awg_dkdv(const struct awgb_args &A, int k
 #pragma unroll
 				for (int e = 0; e < 4; e++) {
 					int c = 8 * jj + 2 * t4 + (e & 1), qi = q0 + c;
-					float p = exp2f(sT[4 * jj + e] * sl2 - L[c]);
+					float p = awg_ex2(sT[4 * jj + e] * sl2 - L[c]);
 					if (edge && (qi < kr + 8 * (e / 2) || qi >= T))
 						p = 0.f;
 					sT[4 * jj + e] = p;
@@ -571,7 +585,7 @@ static __device__ __forceinline__ void awg_dq(const struct awgb_args &A, int qt,
 #pragma unroll
 				for (int e = 0; e < 4; e++) {
 					int r = e / 2, kj = k0 + 8 * jj + 2 * t4 + (e & 1);
-					float p = exp2f(s[4 * jj + e] * sl2 - L[r]);
+					float p = awg_ex2(s[4 * jj + e] * sl2 - L[r]);
 					if (edge && (kj > rq + 8 * r || kj >= T))
 						p = 0.f;
 					s[4 * jj + e] = p;

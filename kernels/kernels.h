@@ -81,8 +81,8 @@ int moe_cuda_attention_bwd(bf16_t *dq, bf16_t *dk, bf16_t *dv, void *scratch, co
 /* Kernel variants for Dh >= 64, process-wide (tests, benchmarks): v selects
  * variant v (1-based; see attention_fwd.cu / attention_bwd.cu), 0 restores
  * the default or the one named by MOE_CUDA_ATTENTION_FWD / _BWD (read once).
- * Returns the name of the variant now in use (the backward's at Dh 96 and
- * 128: its default is v1 at Dh 64), NULL (nothing changed) when v is out of
+ * Returns the name of the variant now in use (the backward's at Dh 64 to
+ * 128; below 64 it runs v1), NULL (nothing changed) when v is out of
  * range.  Every variant is deterministic (bit-identical results run to
  * run). */
 const char *moe_cuda_attention_fwd_config(int v);
