@@ -690,6 +690,62 @@ Test(train, adamw_lowers_the_loss)
 	moe_model_free(m);
 }
 
+/* Gradients by overwrite, the model's side: on a backend that allows it,
+ * moe_model_zero_grad leaves the memory alone (the next backward stores),
+ * and whoever reads the gradients before that backward sees zeros
+ * (moe_model_get_grads, moe_model_grads_host, the optimizer through
+ * moe_model_grads_ready).  The CPU backend adds its gradients, so it never
+ * allows it; the test sets the flag only around the reads. */
+Test(train, pending_gradients_read_as_zero)
+{
+	struct moe_config c;
+	struct moe_error err = {0};
+	small_config(&c);
+	struct moe_model *m = moe_model_new(&c, NULL, &err);
+	cr_assert_not_null(m, "%s", err.msg);
+	cr_assert_eq(moe_model_init(m, 3, &err), 0, "%s", err.msg);
+	struct moe_backend *be = moe_model_backend(m);
+	cr_assert(!be->grad_overwrite_ok, "the CPU backend adds into its gradients");
+	size_t n = moe_model_num_params(m);
+	int32_t tok[2 * 17];
+	tokens(tok, 34, 64, 5);
+	struct moe_forward_opts o = {.train = true};
+	struct moe_losses L;
+	moe_model_zero_grad(m);
+	cr_assert_eq(moe_model_forward(m, tok, tok + 1, 1, 33, &o, &L, &err), 0, "%s", err.msg);
+	cr_assert_eq(moe_model_backward(m, 1.0f, &err), 0, "%s", err.msg);
+	const float *raw = be->grad(be, 0);
+	size_t nz = 0;
+	for (size_t i = 0; i < n; i++)
+		nz += raw[i] != 0.0f;
+	cr_assert(nz > n / 2, "a backward writes most gradients (%zu of %zu)", nz, n);
+
+	be->grad_overwrite_ok = true;
+	moe_model_zero_grad(m);
+	nz = 0;
+	for (size_t i = 0; i < n; i++)
+		nz += raw[i] != 0.0f;
+	cr_assert(nz > n / 2, "zero_grad by overwrite leaves the memory to the next backward");
+	float *g = malloc(n * sizeof *g);
+	moe_model_get_grads(m, g);
+	for (size_t i = 0; i < n; i++)
+		cr_assert_eq(g[i], 0.0f, "gradient %zu read as %g while pending", i, g[i]);
+	for (size_t i = 0; i < n; i++)
+		cr_assert_eq(raw[i], 0.0f, "reading the gradients cleared them (%zu)", i);
+	/* pending again: moe_model_grads_host clears them too */
+	cr_assert_eq(moe_model_forward(m, tok, tok + 1, 1, 33, &o, &L, &err), 0, "%s", err.msg);
+	be->grad_overwrite_ok = false; /* the CPU backward adds: from the zeros above */
+	cr_assert_eq(moe_model_backward(m, 1.0f, &err), 0, "%s", err.msg);
+	be->grad_overwrite_ok = true;
+	moe_model_zero_grad(m);
+	const float *h = moe_model_grads_host(m);
+	for (size_t i = 0; i < n; i++)
+		cr_assert_eq(h[i], 0.0f, "moe_model_grads_host: gradient %zu is %g while pending", i, h[i]);
+	be->grad_overwrite_ok = false;
+	free(g);
+	moe_model_free(m);
+}
+
 /* ---- the tiled linear kernels against a naive double-precision product ---------------- */
 
 static void naive_check(int N, int In, int Out)
