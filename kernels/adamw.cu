@@ -186,12 +186,6 @@ extern "C" int moe_cuda_sumsq(double *acc, void *scratch, const float *x, size_t
 	return CUDA_LAUNCHED(err);
 }
 
-__global__ void scale_kernel(float *x, size_t n, float sc)
-{
-	for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
-		x[i] *= sc;
-}
-
 __global__ void to_bf16_kernel(bf16 *dst, const float *src, size_t n)
 {
 	for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
@@ -244,14 +238,6 @@ static unsigned grid_for(size_t n)
 {
 	unsigned b = moe_cdiv(n, 256);
 	return b > 132 * 32 ? 132 * 32 : (b ? b : 1);
-}
-
-extern "C" int moe_cuda_scale(float *x, size_t n, float sc, cudaStream_t s, struct moe_error *err)
-{
-	if (n == 0)
-		return 0;
-	scale_kernel<<<grid_for(n), 256, 0, s>>>(x, n, sc);
-	return CUDA_LAUNCHED(err);
 }
 
 extern "C" int moe_cuda_to_bf16(bf16_t *dst, const float *src, size_t n, cudaStream_t s, struct moe_error *err)

@@ -106,7 +106,7 @@ struct cuda_ctx {
 	int qk_split;       /* MOE_CUDA_QKNORM_ROPE=split: rmsnorm and rope as two kernels */
 	/* narrow linears (the router) through the wgmma kernel as one group:
 	 * narrow_ok unless MOE_CUDA_NARROW=cublas or not sm_90; one_off holds
-	 * the group's offsets {0, one_rows} */
+	 * the group's offsets {0, one_rows} (one_rows 0: not set yet) */
 	int narrow_ok;
 	int32_t *one_off;
 	int one_rows;
@@ -618,10 +618,6 @@ static const int32_t *narrow_group(struct cuda_ctx *c, int N, int In, int narrow
 {
 	if (!c->narrow_ok || narrow > 64 || N < 1024 || In % 8 || narrow % 8)
 		return NULL;
-	if (!c->one_off && CUDA_OK(cudaMalloc((void **)&c->one_off, 2 * sizeof(int32_t)), &c->err)) {
-		c->narrow_ok = 0;
-		return NULL;
-	}
 	if (c->one_rows != N) {
 		one_group_kernel<<<1, 1, 0, c->s>>>(c->one_off, N);
 		RUN(c, CUDA_LAUNCHED(&c->err));
@@ -1265,15 +1261,6 @@ static void o_sumsq(struct moe_backend *be, const float *x, size_t n, double *ou
 	PROF_END(c);
 }
 
-static void o_scale(struct moe_backend *be, float *x, size_t n, float s)
-{
-	struct cuda_ctx *c = CTX(be);
-	mark_stale(c, x, n * 4);
-	PROF(c, "scale");
-	RUN(c, moe_cuda_scale(x, n, s, c->s, &c->err));
-	PROF_END(c);
-}
-
 static void o_axpy(struct moe_backend *be, float *y, const float *x, size_t n, float a)
 {
 	struct cuda_ctx *c = CTX(be);
@@ -1325,6 +1312,7 @@ extern "C" struct moe_backend *moe_backend_cuda(struct moe_error *err)
 	if (!(c->blas = moe_cuda_blas_new(c->s, err)))
 		goto fail;
 	if (CUDA_OK(cudaMalloc((void **)&c->dres, sizeof(double) * 2 * N_PEND), err) ||
+	    CUDA_OK(cudaMalloc((void **)&c->one_off, 2 * sizeof(int32_t)), err) ||
 	    CUDA_OK(cudaMallocHost((void **)&c->hres, sizeof(double) * 2 * N_PEND), err))
 		goto fail;
 	{
@@ -1432,7 +1420,6 @@ extern "C" struct moe_backend *moe_backend_cuda(struct moe_error *err)
 	be->sumsq = o_sumsq;
 	be->axpy = o_axpy;
 	be->scale_act = o_scale_act;
-	be->scale = o_scale;
 	be->adamw = o_adamw;
 	return be;
 fail:

@@ -70,6 +70,19 @@ static __device__ __forceinline__ void st8(bf16 *p, const float *f)
 	*(uint4 *)p = u;
 }
 
+/* the inclusive prefix sum of v over the lanes of a full warp (lane: this
+ * thread's lane) */
+static __device__ __forceinline__ int warp_incl_scan(int v, int lane)
+{
+#pragma unroll
+	for (int o = 1; o < 32; o <<= 1) {
+		int u = __shfl_up_sync(0xffffffffu, v, o);
+		if (lane >= o)
+			v += u;
+	}
+	return v;
+}
+
 static __device__ __forceinline__ float warp_sum(float v)
 {
 	for (int o = 16; o > 0; o >>= 1)

@@ -256,13 +256,7 @@ __global__ void __launch_bounds__(GT_THREADS, 1)
 				o0 = g.offsets[x];
 				tiles = (max(g.offsets[x + 1] - o0, 0) + GT_BM - 1) / GT_BM;
 			}
-			int incl = tiles;
-#pragma unroll
-			for (int o = 1; o < 32; o <<= 1) {
-				int v = __shfl_up_sync(0xffffffffu, incl, o);
-				if (lane >= o)
-					incl += v;
-			}
+			int incl = warp_incl_scan(tiles, lane);
 			if (x < E) {
 				s_start[x] = acc + incl - tiles;
 				s_off[x] = o0;

@@ -153,6 +153,23 @@ static __device__ __forceinline__ void gw_load(uint32_t sa, uint32_t sb, const b
 }
 #endif
 
+/* f(j, h, i, col) for each pair of accumulator registers 4j + 2h, 4j + 2h + 1
+ * (j < NJ) of this thread that falls inside the tile's Mi x Nj: row i
+ * (r0 + 8h) and columns col, col + 1 (8j + cq) of the warpgroup's fragment. */
+template <int NJ, class F>
+static __device__ __forceinline__ void gw_frag_pairs(int r0, int cq, int Mi, int Nj, F &&f)
+{
+#pragma unroll
+	for (int j = 0; j < NJ; j++)
+#pragma unroll
+		for (int h = 0; h < 2; h++) {
+			int i = r0 + 8 * h, col = j * 8 + cq;
+			if (i >= Mi || col >= Nj)
+				continue;
+			f(j, h, i, col);
+		}
+}
+
 /* ST stages of (128 + BN) x 64 bf16, plus slack to align the base to the
  * 1024-byte period of the swizzle. */
 template <int BN, int ST> struct gw_cfg {
@@ -218,13 +235,7 @@ __global__ void __launch_bounds__(GW_THREADS, MINB) gw_kernel(const gw_args g)
 			for (int x0 = 0; x0 < g.E; x0 += 32) {
 				int x = x0 + lane;
 				int tiles = x < g.E ? (g.offsets[x + 1] - g.offsets[x] + GW_BM - 1) / GW_BM : 0;
-				int incl = tiles;
-#pragma unroll
-				for (int o = 1; o < 32; o <<= 1) {
-					int v = __shfl_up_sync(0xffffffffu, incl, o);
-					if (lane >= o)
-						incl += v;
-				}
+				int incl = warp_incl_scan(tiles, lane);
 				int excl = incl - tiles;
 				unsigned hit = __ballot_sync(0xffffffffu, tiles > 0 && mlin >= base + excl && mlin < base + incl);
 				if (hit) {
@@ -335,24 +346,18 @@ __global__ void __launch_bounds__(GW_THREADS, MINB) gw_kernel(const gw_args g)
 	if constexpr (MODE == GW_FWD && (FUSE & GF_SWIGLU)) {
 		/* gate column j0 + col in registers 4j.., its up column in 4(j + 8).. */
 		const int I = g.I, j0 = ntile * (BN / 2);
-#pragma unroll
-		for (int j = 0; j < BN / 16; j++)
-#pragma unroll
-			for (int h = 0; h < 2; h++) {
-				int i = r0 + 8 * h, col = j * 8 + cq;
-				if (i >= Mi || col >= Nj)
-					continue;
-				__nv_bfloat162 gb = __floats2bfloat162_rn(acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1]);
-				__nv_bfloat162 ub = __floats2bfloat162_rn(acc[4 * (j + BN / 16) + 2 * h],
-									  acc[4 * (j + BN / 16) + 2 * h + 1]);
-				size_t row = (size_t)row0 + i;
-				bf16 *gr = (bf16 *)g.c + row * 2 * I + j0 + col;
-				*(__nv_bfloat162 *)gr = gb;
-				*(__nv_bfloat162 *)(gr + I) = ub;
-				*(__nv_bfloat162 *)(g.h + row * I + j0 + col) =
-					__floats2bfloat162_rn(moe_swiglu_h(__low2float(gb), __low2float(ub)),
-							      moe_swiglu_h(__high2float(gb), __high2float(ub)));
-			}
+		gw_frag_pairs<BN / 16>(r0, cq, Mi, Nj, [&](int j, int h, int i, int col) {
+			__nv_bfloat162 gb = __floats2bfloat162_rn(acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1]);
+			__nv_bfloat162 ub =
+				__floats2bfloat162_rn(acc[4 * (j + BN / 16) + 2 * h], acc[4 * (j + BN / 16) + 2 * h + 1]);
+			size_t row = (size_t)row0 + i;
+			bf16 *gr = (bf16 *)g.c + row * 2 * I + j0 + col;
+			*(__nv_bfloat162 *)gr = gb;
+			*(__nv_bfloat162 *)(gr + I) = ub;
+			*(__nv_bfloat162 *)(g.h + row * I + j0 + col) =
+				__floats2bfloat162_rn(moe_swiglu_h(__low2float(gb), __low2float(ub)),
+						      moe_swiglu_h(__high2float(gb), __high2float(ub)));
+		});
 	} else if constexpr (MODE == GW_DGRAD && (FUSE & GF_SWIGLU)) {
 		/* dh (bf16, as the unfused path stores it) -> dgu [dg | du] and h.
 		 * The tile's g and u (128 rows of BN columns each) come through
@@ -374,49 +379,36 @@ __global__ void __launch_bounds__(GW_THREADS, MINB) gw_kernel(const gw_args g)
 		wg_cp_wait<0>();
 		__syncthreads();
 		const bf16 *sg = (const bf16 *)(gw_smem + (sa - wg_smem_u32(gw_smem))), *su = sg + GW_BM * GS;
-#pragma unroll
-		for (int j = 0; j < BN / 8; j++)
-#pragma unroll
-			for (int h = 0; h < 2; h++) {
-				int i = r0 + 8 * h, col = j * 8 + cq;
-				if (i >= Mi || col >= Nj)
-					continue;
-				__nv_bfloat162 db = __floats2bfloat162_rn(acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1]);
-				size_t row = (size_t)row0 + i;
-				__nv_bfloat162 gb = *(const __nv_bfloat162 *)(sg + i * GS + col);
-				__nv_bfloat162 ub = *(const __nv_bfloat162 *)(su + i * GS + col);
-				float dg0, du0, h0, dg1, du1, h1;
-				moe_swiglu_grads(__low2float(gb), __low2float(ub), __low2float(db), &dg0, &du0, &h0);
-				moe_swiglu_grads(__high2float(gb), __high2float(ub), __high2float(db), &dg1, &du1, &h1);
-				bf16 *dr = (bf16 *)g.c + row * 2 * I + c0 + col;
-				*(__nv_bfloat162 *)dr = __floats2bfloat162_rn(dg0, dg1);
-				*(__nv_bfloat162 *)(dr + I) = __floats2bfloat162_rn(du0, du1);
-				*(__nv_bfloat162 *)(g.h + row * I + c0 + col) = __floats2bfloat162_rn(h0, h1);
-			}
+		gw_frag_pairs<BN / 8>(r0, cq, Mi, Nj, [&](int j, int h, int i, int col) {
+			__nv_bfloat162 db = __floats2bfloat162_rn(acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1]);
+			size_t row = (size_t)row0 + i;
+			__nv_bfloat162 gb = *(const __nv_bfloat162 *)(sg + i * GS + col);
+			__nv_bfloat162 ub = *(const __nv_bfloat162 *)(su + i * GS + col);
+			float dg0, du0, h0, dg1, du1, h1;
+			moe_swiglu_grads(__low2float(gb), __low2float(ub), __low2float(db), &dg0, &du0, &h0);
+			moe_swiglu_grads(__high2float(gb), __high2float(ub), __high2float(db), &dg1, &du1, &h1);
+			bf16 *dr = (bf16 *)g.c + row * 2 * I + c0 + col;
+			*(__nv_bfloat162 *)dr = __floats2bfloat162_rn(dg0, dg1);
+			*(__nv_bfloat162 *)(dr + I) = __floats2bfloat162_rn(du0, du1);
+			*(__nv_bfloat162 *)(g.h + row * I + c0 + col) = __floats2bfloat162_rn(h0, h1);
+		});
 	} else {
-#pragma unroll
-		for (int j = 0; j < BN / 8; j++)
-#pragma unroll
-			for (int h = 0; h < 2; h++) {
-				int i = r0 + 8 * h, col = j * 8 + cq;
-				if (i >= Mi || col >= Nj)
-					continue;
-				float v0 = acc[4 * j + 2 * h], v1 = acc[4 * j + 2 * h + 1];
-				if (MODE == GW_WGRAD) {
-					float2 *C = (float2 *)((float *)g.c + c_off + (size_t)i * ldc + col);
-					if (g.store) {
-						*C = make_float2(v0, v1);
-					} else {
-						float2 o = *C;
-						o.x += v0;
-						o.y += v1;
-						*C = o;
-					}
+		gw_frag_pairs<BN / 8>(r0, cq, Mi, Nj, [&](int j, int h, int i, int col) {
+			float v0 = acc[4 * j + 2 * h], v1 = acc[4 * j + 2 * h + 1];
+			if (MODE == GW_WGRAD) {
+				float2 *C = (float2 *)((float *)g.c + c_off + (size_t)i * ldc + col);
+				if (g.store) {
+					*C = make_float2(v0, v1);
 				} else {
-					*(__nv_bfloat162 *)((bf16 *)g.c + c_off + (size_t)i * ldc + col) =
-						__floats2bfloat162_rn(v0, v1);
+					float2 o = *C;
+					o.x += v0;
+					o.y += v1;
+					*C = o;
 				}
+			} else {
+				*(__nv_bfloat162 *)((bf16 *)g.c + c_off + (size_t)i * ldc + col) = __floats2bfloat162_rn(v0, v1);
 			}
+		});
 	}
 #endif
 }

@@ -166,16 +166,15 @@ int moe_cuda_sum_loss(double *acc /* (2) */, const float *loss, const int32_t *t
 		      int ignore_id, cudaStream_t s, struct moe_error *err);
 
 /* adamw.cu: AdamW as torch (p *= 1 - lr*wd; p -= lr/bc1 * m / (sqrt(v)/sqrt(bc2) + eps))
- * on the gradient g * gscale (the clip factor), p16 (may be NULL) receives bf16(p); sum of squares into *acc (double,
- * fixed order through per-block partials, scratch of moe_cuda_sumsq_scratch()
- * bytes); x *= s; bf16 copies. */
+ * on the gradient g * gscale (the clip factor), p16 (may be NULL) receives
+ * bf16(p); sum of squares into *acc (double, fixed order through per-block
+ * partials, scratch of moe_cuda_sumsq_scratch() bytes); bf16 copies. */
 int moe_cuda_adamw(float *p, bf16_t *p16, const float *g, float gscale, float *m, float *v, size_t n,
 		   float lr, float beta1, float beta2, float eps, float weight_decay, int64_t t, cudaStream_t s,
 		   struct moe_error *err);
 size_t moe_cuda_sumsq_scratch(size_t n);
 int moe_cuda_sumsq(double *acc, void *scratch, const float *x, size_t n, cudaStream_t s,
 		   struct moe_error *err);
-int moe_cuda_scale(float *x, size_t n, float sc, cudaStream_t s, struct moe_error *err);
 int moe_cuda_to_bf16(bf16_t *dst, const float *src, size_t n, cudaStream_t s, struct moe_error *err);
 int moe_cuda_to_f32(float *dst, const bf16_t *src, size_t n, cudaStream_t s, struct moe_error *err);
 /* y += a x (fp32); x *= a (bf16) */

@@ -193,15 +193,22 @@ static unsigned qr_blocks(int N)
 	return nb > 132 * 8 ? 132 * 8 : nb;
 }
 
+/* The launchers' checks: MOE_EUNSUPPORTED for a row of H x Dh the kernels
+ * do not take, 0 otherwise (nothing to launch when B * T <= 0). */
+static int qr_check(int H, int Dh, struct moe_error *err)
+{
+	if (!moe_cuda_qknorm_rope_supported(H, Dh))
+		return moe_error_set(err, MOE_EUNSUPPORTED, "qknorm_rope: %d heads of %d not supported", H, Dh);
+	return 0;
+}
+
 extern "C" int moe_cuda_qknorm_rope_fwd(bf16_t *out, float *rstd, const bf16_t *x, const float *w,
 					const float *cosb, const float *sinb, int B, int T, int H, int Dh,
 					float eps, cudaStream_t s, struct moe_error *err)
 {
-	int N = B * T, D = H * Dh;
-	if (!moe_cuda_qknorm_rope_supported(H, Dh))
-		return moe_error_set(err, MOE_EUNSUPPORTED, "qknorm_rope: %d heads of %d not supported", H, Dh);
-	if (N <= 0)
-		return 0;
+	int N = B * T, D = H * Dh, rc;
+	if ((rc = qr_check(H, Dh, err)) != 0 || N <= 0)
+		return rc;
 	unsigned nb = qr_blocks(N);
 	size_t sm = (size_t)QR_WARPS * D * sizeof(float);
 #define QR_FWD(NC)                                                                                              \
@@ -216,11 +223,9 @@ extern "C" int moe_cuda_qknorm_rope_bwd(bf16_t *dx, float *dw, const bf16_t *dou
 					const float *rstd, const float *cosb, const float *sinb, int B, int T, int H,
 					int Dh, cudaStream_t s, struct moe_error *err)
 {
-	int N = B * T, D = H * Dh;
-	if (!moe_cuda_qknorm_rope_supported(H, Dh))
-		return moe_error_set(err, MOE_EUNSUPPORTED, "qknorm_rope: %d heads of %d not supported", H, Dh);
-	if (N <= 0)
-		return 0;
+	int N = B * T, D = H * Dh, rc;
+	if ((rc = qr_check(H, Dh, err)) != 0 || N <= 0)
+		return rc;
 	unsigned nb = qr_blocks(N);
 	size_t sm = (size_t)QR_WARPS * D * sizeof(float);
 #define QR_BWD(NC)                                                                                              \

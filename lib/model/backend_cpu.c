@@ -305,12 +305,6 @@ static void c_sumsq(struct moe_backend *be, const float *x, size_t n, double *ou
 	(void)be;
 	*out = moe_sumsq(x, n);
 }
-static void c_scale(struct moe_backend *be, float *x, size_t n, float s)
-{
-	(void)be;
-	for (size_t i = 0; i < n; i++)
-		x[i] *= s;
-}
 static void c_axpy(struct moe_backend *be, float *y, const float *x, size_t n, float a)
 {
 	(void)be;
@@ -319,7 +313,10 @@ static void c_axpy(struct moe_backend *be, float *y, const float *x, size_t n, f
 }
 static void c_scale_act(struct moe_backend *be, void *x, size_t n, float a)
 {
-	c_scale(be, F(x), n, a);
+	(void)be;
+	float *f = F(x);
+	for (size_t i = 0; i < n; i++)
+		f[i] *= a;
 }
 static void c_adamw(struct moe_backend *be, float *p, const float *g, float gscale, float *m, float *v, size_t n, float lr, float beta1, float beta2, float eps, float weight_decay, int64_t t)
 {
@@ -387,7 +384,6 @@ struct moe_backend *moe_backend_cpu(void)
 	be->router_stats = c_router_stats;
 	be->aux_dprobs = c_aux_dprobs;
 	be->sumsq = c_sumsq;
-	be->scale = c_scale;
 	be->axpy = c_axpy;
 	be->scale_act = c_scale_act;
 	be->adamw = c_adamw;

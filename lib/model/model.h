@@ -325,7 +325,6 @@ struct moe_backend {
 	void (*aux_dprobs)(struct moe_backend *be, float *dprobs, const float *g_host, const int32_t *ids, int pad_id, int N, int E);
 	/* flat fp32 helpers for the trainer (backend memory) */
 	void (*sumsq)(struct moe_backend *be, const float *x, size_t n, double *out); /* *out = sum x^2 */
-	void (*scale)(struct moe_backend *be, float *x, size_t n, float s);
 	void (*axpy)(struct moe_backend *be, float *y, const float *x, size_t n, float a); /* y += a x */
 	void (*scale_act)(struct moe_backend *be, void *x, size_t n, float a);          /* ACT x *= a */
 	/* AdamW on one span; the step uses the gradient g * gscale (the clip

@@ -2,7 +2,7 @@
  * The optimizer over the model's parameter table: AdamW with a configurable
  * decayed set, global-norm clipping in one group or in the seed's two
  * groups (expert and non-expert tensors), on any backend (all arithmetic
- * goes through the backend's sumsq/scale/adamw on its own memory).
+ * goes through the backend's sumsq/adamw on its own memory).
  */
 #include <math.h>
 #include <stdlib.h>

@@ -118,6 +118,16 @@ static inline double rel_err(const float *out, const float *ref, size_t n)
 	return den > 0 ? sqrt(num / den) : sqrt(num);
 }
 
+/* A kernel that must write all n elements of a buffer filled with NaN
+ * beforehand (cudaMemset 0xff) left none of them. */
+static void __attribute__((unused)) check_all_written(const float *got, size_t n, const char *what)
+{
+	size_t nan = 0;
+	for (size_t i = 0; i < n; i++)
+		nan += !isfinite(got[i]);
+	cr_expect(nan == 0, "%s: %zu elements never written", what, nan);
+}
+
 #define CHECK_REL(out, ref, n, tol, what)                                                   \
 	do {                                                                                \
 		double e_ = rel_err((out), (ref), (n));                                     \

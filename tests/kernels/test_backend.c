@@ -139,6 +139,31 @@ Test(backend, train_step_matches_cpu, .timeout = 120)
  * kernels on sm_90) and the default path with full activation recompute
  * compute the same step: losses within 1e-3 relative, gradient cosine >=
  * 0.999 per tensor against the kernel path. */
+/* The tiny config's CPU model initialised from seed: its tensor table and,
+ * in *p (malloc'ed), the parameters every GPU run of a test starts from. */
+static struct moe_model *cpu_params(struct moe_config *cfg, uint64_t seed, float **p)
+{
+	struct moe_error err = {0};
+	tiny_config(cfg);
+	struct moe_model *mc = moe_model_new(cfg, moe_backend_cpu(), &err);
+	cr_assert_not_null(mc, "%s", err.msg);
+	cr_assert_eq(moe_model_init(mc, seed, &err), 0, "%s", err.msg);
+	*p = malloc(moe_model_num_params(mc) * 4);
+	moe_model_get_params(mc, *p);
+	return mc;
+}
+
+/* n random inputs and targets in [2, V); with pad_every > 0 the targets at
+ * positions 3 mod pad_every are the pad id (ignored) instead. */
+static void random_tokens(int32_t *x, int32_t *y, int n, const struct moe_config *cfg, int pad_every)
+{
+	for (int i = 0; i < n; i++) {
+		x[i] = 2 + (int32_t)(rng_u64() % (cfg->vocab_size - 2));
+		y[i] = pad_every > 0 && i % pad_every == 3 ? cfg->pad_token_id
+							   : 2 + (int32_t)(rng_u64() % (cfg->vocab_size - 2));
+	}
+}
+
 /* A model with parameters p on a CUDA backend whose expert GEMMs take the
  * path mode (MOE_CUDA_GROUPED). */
 static struct moe_model *gpu_model(const struct moe_config *cfg, const float *p, const char *mode)
@@ -174,21 +199,14 @@ Test(backend, expert_gemm_paths_agree, .timeout = 120)
 {
 	NEED_GPU();
 	struct moe_config cfg;
-	struct moe_error err = {0};
-	tiny_config(&cfg);
-	struct moe_model *mc = moe_model_new(&cfg, moe_backend_cpu(), &err);
-	cr_assert_not_null(mc, "%s", err.msg);
-	cr_assert_eq(moe_model_init(mc, 77, &err), 0, "%s", err.msg);
+	float *p;
+	struct moe_model *mc = cpu_params(&cfg, 77, &p);
 	size_t np = moe_model_num_params(mc), nt = 0;
-	float *p = malloc(np * 4), *g0 = malloc(np * 4), *g1 = malloc(np * 4);
-	moe_model_get_params(mc, p);
+	float *g0 = malloc(np * 4), *g1 = malloc(np * 4);
 	int B = 2, T = 80, N = B * T;
 	int32_t *x = malloc(N * 4), *y = malloc(N * 4);
 	rng_seed(5);
-	for (int i = 0; i < N; i++) {
-		x[i] = 2 + (int32_t)(rng_u64() % (cfg.vocab_size - 2));
-		y[i] = 2 + (int32_t)(rng_u64() % (cfg.vocab_size - 2));
-	}
+	random_tokens(x, y, N, &cfg, 0);
 	struct moe_losses l0, l1;
 	gpu_step(&cfg, p, x, y, B, T, "kernel", &l0, g0, false);
 	const struct moe_param *tab = moe_model_params(mc, &nt);
@@ -231,21 +249,14 @@ Test(backend, expert_fusion_same_step, .timeout = 120)
 	if (!moe_cuda_grouped_wgmma_supported())
 		cr_skip_test("not an sm_90 device");
 	struct moe_config cfg;
-	struct moe_error err = {0};
-	tiny_config(&cfg);
-	struct moe_model *mc = moe_model_new(&cfg, moe_backend_cpu(), &err);
-	cr_assert_not_null(mc, "%s", err.msg);
-	cr_assert_eq(moe_model_init(mc, 91, &err), 0, "%s", err.msg);
+	float *p;
+	struct moe_model *mc = cpu_params(&cfg, 91, &p);
 	size_t np = moe_model_num_params(mc), nt = 0;
-	float *p = malloc(np * 4), *g0 = malloc(np * 4), *g1 = malloc(np * 4);
-	moe_model_get_params(mc, p);
+	float *g0 = malloc(np * 4), *g1 = malloc(np * 4);
 	int B = 2, T = 96, N = B * T;
 	int32_t *x = malloc(N * 4), *y = malloc(N * 4);
 	rng_seed(6);
-	for (int i = 0; i < N; i++) {
-		x[i] = 2 + (int32_t)(rng_u64() % (cfg.vocab_size - 2));
-		y[i] = 2 + (int32_t)(rng_u64() % (cfg.vocab_size - 2));
-	}
+	random_tokens(x, y, N, &cfg, 0);
 	struct moe_losses l0, l1;
 	setenv("MOE_CUDA_EXPERT_FUSE", "0", 1);
 	gpu_step(&cfg, p, x, y, B, T, "wgmma", &l0, g0, false);
@@ -315,22 +326,15 @@ Test(backend, grads_by_overwrite, .timeout = 120)
 {
 	NEED_GPU();
 	struct moe_config cfg;
-	struct moe_error err = {0};
-	tiny_config(&cfg);
-	struct moe_model *mc = moe_model_new(&cfg, moe_backend_cpu(), &err);
-	cr_assert_not_null(mc, "%s", err.msg);
-	cr_assert_eq(moe_model_init(mc, 17, &err), 0, "%s", err.msg);
+	float *p;
+	struct moe_model *mc = cpu_params(&cfg, 17, &p);
 	size_t np = moe_model_num_params(mc), nt = 0;
 	const struct moe_param *tab = moe_model_params(mc, &nt);
-	float *p = malloc(np * 4), *g0 = malloc(np * 4), *g1 = malloc(np * 4);
-	moe_model_get_params(mc, p);
+	float *g0 = malloc(np * 4), *g1 = malloc(np * 4);
 	int B = 2, T = 64, N = B * T;
 	int32_t *x = malloc(2 * N * 4), *y = malloc(2 * N * 4);
 	rng_seed(8);
-	for (int i = 0; i < 2 * N; i++) {
-		x[i] = 2 + (int32_t)(rng_u64() % (cfg.vocab_size - 2));
-		y[i] = (i % 13 == 3) ? cfg.pad_token_id : 2 + (int32_t)(rng_u64() % (cfg.vocab_size - 2));
-	}
+	random_tokens(x, y, 2 * N, &cfg, 13);
 	const char *modes[5] = {"kernel", "cublas-grouped", "cublas", "wgmma", "tma"};
 	int nm = moe_cuda_grouped_wgmma_supported() ? 5 : 3;
 	for (int k = 0; k < nm; k++) {

@@ -11,7 +11,7 @@ bc
 MOE_CUDA_ADAMW=scalar bc
 bc -c 0.01
 bc
-echo "=== profile B=16"; timeout 100 $B/tests/bench/bench_cuda -m $M -B 16 -n 1 -w 2 -p 2>/dev/null | tail -n +2
+profile
 echo "=== moe-train end to end (synthetic shards, 30 steps)"
 $B/tests/train/mkdata /tmp/syn 60000 3 && ls -la /tmp/syn | head -5
 timeout 200 $B/cmd/moe-train -m $M -d /tmp/syn -o /tmp/run --steps 30 --micro-batch 16 --seq-len 2048 \

@@ -11,8 +11,8 @@ bc
 MOE_CUDA_GRAD_OVERWRITE=0 bc; echo "(MOE_CUDA_GRAD_OVERWRITE=0)"
 MOE_CUDA_EXPERT_FUSE=5 bc; echo "(MOE_CUDA_EXPERT_FUSE=5)"
 MOE_CUDA_EXPERT_FUSE=1 bc; echo "(MOE_CUDA_EXPERT_FUSE=1)"
-echo "=== torch_ref best_c B=16"; timeout 240 python3 $R/torch_ref.py --preset seed --modes best_c 2>&1 | grep -v Warning | tail -2
+torch_seed
 bc
 MOE_CUDA_EXPERT_FUSE=5 bc; echo "(MOE_CUDA_EXPERT_FUSE=5)"
-echo "=== profile B=16"; timeout 100 $B/tests/bench/bench_cuda -m $M -B 16 -n 1 -w 2 -p 2>/dev/null | tail -n +2
+profile
 date -u

@@ -9,5 +9,5 @@ gpu_test test_backend "cosine over|overwrite, expert GEMMs 'wgmma'|PASS|FAIL|Syn
 bc
 echo "=== bench_gemm"; timeout 120 $B/tests/bench/bench_gemm -B 16
 bc
-echo "=== profile B=16"; timeout 100 $B/tests/bench/bench_cuda -m $M -B 16 -n 1 -w 2 -p 2>/dev/null | tail -n +2
+profile
 date -u

@@ -10,7 +10,7 @@ gpu_test test_backend "cosine over|PASS|FAIL|Synthesis|relative error" 12
 echo "=== bench_gemm"; timeout 120 $B/tests/bench/bench_gemm -B 16
 bc
 MOE_CUDA_NARROW=cublas bc; echo "(MOE_CUDA_NARROW=cublas)"
-echo "=== torch_ref best_c B=16"; timeout 240 python3 $R/torch_ref.py --preset seed --modes best_c 2>&1 | grep -v Warning | tail -2
+torch_seed
 bc
-echo "=== profile B=16"; timeout 100 $B/tests/bench/bench_cuda -m $M -B 16 -n 1 -w 2 -p 2>/dev/null | tail -n +2
+profile
 date -u

@@ -7,10 +7,10 @@ set -u
 . "$(dirname "$0")/common.sh"
 gpu_test test_kernels "Synthesis|FAIL" 6
 bc
-echo "=== torch_ref best_c B=16"; timeout 240 python3 $R/torch_ref.py --preset seed --modes best_c 2>&1 | grep -v Warning | tail -2
+torch_seed
 bc
 MOE_CUDA_GRAD_OVERWRITE=0 MOE_CUDA_ATTENTION_FWD=v1 MOE_CUDA_ATTENTION_BWD=v1 MOE_CUDA_ADAMW=scalar \
 	MOE_CUDA_NARROW=cublas MOE_CUDA_GROUPED=wgmma bc; echo "(session-3 switches off)"
 bc -R; echo "(--recompute full)"
-echo "=== profile B=16"; timeout 100 $B/tests/bench/bench_cuda -m $M -B 16 -n 1 -w 2 -p 2>/dev/null | tail -n +2
+profile
 date -u

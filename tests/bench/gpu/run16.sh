@@ -7,6 +7,6 @@ set -u
 gpu_test test_kernels "Synthesis|FAIL" 6
 gpu_test test_backend "cosine over|PASS|FAIL|Synthesis" 8
 bc
-echo "=== torch_ref best_c B=16"; timeout 150 python3 $R/torch_ref.py --preset seed --modes best_c 2>&1 | grep -v Warning | tail -2
+torch_seed
 bc
 date -u

@@ -2,10 +2,7 @@
 # Parquet diagnostics on the GPU host's CPU: the decode path on two cores,
 # whole-process rate over more passes, pyarrow one thread and all threads.
 set -u
-R=$PWD/.devrun
-export LD_LIBRARY_PATH=$R/lib
-B=$R/b
-chmod +x $B/cmd/* $B/tests/*/*
+. "$(dirname "$0")/common.sh"
 F=$R/pq/sotu-snappy-v1.parquet
 grep -m1 "model name" /proc/cpuinfo; grep -m1 "cpu MHz" /proc/cpuinfo; grep -m1 flags /proc/cpuinfo | tr ' ' '\n' | grep -E "^(bmi2|avx2|avx512bw|erms|fsrm)$" | tr '\n' ' '; echo
 which perf || echo "no perf"

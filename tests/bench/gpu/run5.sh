@@ -2,10 +2,7 @@
 # moe-fetch cat with the generic snappy build as the default, beside
 # libsnappy and pyarrow, on the GPU host's CPU (the card is not used).
 set -u
-R=$PWD/.devrun
-export LD_LIBRARY_PATH=$R/lib
-B=$R/b
-chmod +x $B/cmd/* $B/tests/*/*
+. "$(dirname "$0")/common.sh"
 F=$R/pq/sotu-snappy-v1.parquet
 grep -m1 "model name" /proc/cpuinfo; nproc; date -u
 for round in 1 2; do

@@ -6,16 +6,10 @@
 #   PACK=.devrunexp FUSE='0 5 1 4 0 5' sh tests/bench/gpu/run_experts.sh
 # (PACK: the folder pack.sh wrote, carried to the device.)
 set -u
-R=$PWD/${PACK:-.devrun}
+. "$(dirname "$0")/common.sh"
 FUSE=${FUSE:-0 5 1 4 0 5}
-export MOE_DATADIR=$PWD/share NCCL_NVLS_ENABLE=0
-B=$R/b
-chmod +x $B/cmd/* $B/tests/*/*
-nvidia-smi --query-gpu=name --format=csv,noheader; date -u
 echo "=== test_kernels"; LD_LIBRARY_PATH=$R/lib:$R/libtest timeout 150 $B/tests/kernels/test_kernels 2>&1
 echo "=== test_backend"; LD_LIBRARY_PATH=$R/lib:$R/libtest timeout 150 $B/tests/kernels/test_backend 2>&1
-export LD_LIBRARY_PATH=$R/lib
-M=share/models/seed-base.json
 for f in $FUSE; do
 	echo "=== MOE_CUDA_EXPERT_FUSE=$f bench_cuda -m $M -B 16 -n 6 -w 2"
 	MOE_CUDA_EXPERT_FUSE=$f timeout 100 $B/tests/bench/bench_cuda -m $M -B 16 -n 6 -w 2 2>&1 | tail -1

@@ -2,13 +2,8 @@
 # Lead's GPU call: olmoe-1b-7b (6.92B parameters) on one card, ours at the
 # largest micro-batch that fits (seq 4096) beside torch_ref --preset olmoe.
 set -u
-export NCCL_NVLS_ENABLE=0 PYTHONUNBUFFERED=1
-R=$PWD/${RUNDIR:-.devrun}
-export LD_LIBRARY_PATH=$R/lib:${LD_LIBRARY_PATH:-}
-export MOE_DATADIR=$PWD/share
-B=$R/b
-chmod +x $B/cmd/* $B/tests/*/*
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; nproc; date -u
+. "$(dirname "$0")/common.sh"
+nproc
 M=share/models/olmoe-1b-7b.json
 for mb in 1 2 3 4; do
 	echo "=== ours olmoe-1b-7b B=$mb T=4096"

@@ -9,12 +9,9 @@
 # tma in configuration N), PROFILE the profiled steps (grouped ops shown);
 # the tests' full output goes to $OUT/tma-tests.log.
 set -u
-R=$PWD/${PACK:-.devruntma}
+PACK=${PACK:-.devruntma}
+. "$(dirname "$0")/common.sh"
 L=${OUT:-/tmp}/tma-tests.log
-export MOE_DATADIR=$PWD/share NCCL_NVLS_ENABLE=0
-B=$R/b
-chmod +x $B/cmd/* $B/tests/*/* 2>/dev/null
-nvidia-smi --query-gpu=name,driver_version --format=csv,noheader; date -u
 echo "=== test_kernels --filter 'kernels/grouped*'"
 LD_LIBRARY_PATH=$R/lib:$R/libtest timeout 150 $B/tests/kernels/test_kernels --verbose --filter 'kernels/grouped*' >$L 2>&1
 echo "exit $?"
@@ -25,10 +22,8 @@ for f in expert_gemm_paths_agree grads_by_overwrite; do
 	echo "=== test_backend --filter 'backend/$f'"
 	LD_LIBRARY_PATH=$R/lib:$R/libtest timeout 120 $B/tests/kernels/test_backend --filter "backend/$f" 2>&1 | tail -12
 done
-export LD_LIBRARY_PATH=$R/lib
 echo "=== bench_kernels -B 16"
 timeout 150 $B/tests/bench/bench_kernels -B 16 2>&1 | grep -v "^attention"
-M=share/models/seed-base.json
 # run_step V ARGS: bench_cuda with the expert GEMMs of V (default: none set;
 # tmaN: MOE_CUDA_GROUPED=tma with configuration N; else MOE_CUDA_GROUPED=V)
 run_step()
