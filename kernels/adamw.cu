@@ -61,10 +61,13 @@ __global__ void adamw4_kernel(float4 *p, uint2 *p16, const float4 *g, float4 *m,
 
 static int adamw_vector = -1; /* MOE_CUDA_ADAMW=scalar: the one-element kernel only (comparisons) */
 
+/* Short blocks (each thread at most 4 steps of the loop): they leave the
+ * SMs soon, so that AdamW on the CUDA backend's low-priority optimizer
+ * stream can fill the gaps of the next forward without holding SMs its
+ * kernels wait for. */
 static unsigned adamw_blocks(size_t n)
 {
-	unsigned b = moe_cdiv(n ? n : 1, 256);
-	return b > 132 * 8 ? 132 * 8 : b;
+	return (unsigned)moe_cdiv(n ? n : 1, 256 * 4);
 }
 
 extern "C" int moe_cuda_adamw(float *p, bf16_t *p16, const float *g, float gscale, float *m, float *v, size_t n,

@@ -67,6 +67,15 @@ struct prof_ent {
 };
 
 #define N_PEND 1024
+#define N_UPD 256
+#define N_RDY 256
+
+/* One AdamW call queued on the optimizer stream: the memory it reads and
+ * writes (masters, compute copy, gradients, m, v) and the event after it. */
+struct upd_ent {
+	const char *lo[5], *hi[5];
+	cudaEvent_t ev;
+};
 struct pending {
 	double *d;   /* host: dres[2k] * mul */
 	int64_t *i;  /* host: dres[2k + 1] */
@@ -80,6 +89,28 @@ struct alloc_ent {
 
 struct cuda_ctx {
 	cudaStream_t s;
+	/* AdamW on its own stream so (MOE_CUDA_OVERLAP, default on; off when
+	 * profiling): each call's event is in upd[]; the main stream waits for
+	 * the calls whose memory an op touches (param_wait, to_host, ...), so
+	 * the update of layer l+1 runs beside the next forward of layer l.
+	 * upd[0..upd_done) are ordered before the main stream's current work. */
+	cudaStream_t so;
+	cudaEvent_t ev_fork;
+	struct upd_ent upd[N_UPD];
+	int nupd, upd_done;
+	unsigned long op_seq, fork_seq; /* ops queued; op_seq at the last fork */
+	/* gradients a backward has finished (grad_ready): ranges of g32 and the
+	 * main-stream event after their last write; sumsq runs on so behind
+	 * them, beside the rest of the backward.  so_pend: results of so's
+	 * sumsq not yet ordered before the main stream's read-back. */
+	struct {
+		size_t lo, hi;
+		unsigned long seq;
+		cudaEvent_t ev;
+	} rdy[N_RDY];
+	int nrdy, so_pend;
+	unsigned long rdy_seq;
+	cudaEvent_t ev_join;
 	struct moe_cuda_blas *blas;
 	float *p32, *g32; /* (n) */
 	bf16_t *p16;      /* (n) */
@@ -162,6 +193,7 @@ static void prof_flush(struct cuda_ctx *c)
 
 static int prof_begin(struct cuda_ctx *c, const char *name)
 {
+	c->op_seq++;
 	if (!c->prof || c->prof_open)
 		return -1;
 	if (c->nev == 4096)
@@ -191,6 +223,70 @@ static void prof_end(struct cuda_ctx *c, int slot)
 
 #define PROF(c, name) int prof_slot_ = prof_begin((c), (name))
 #define PROF_END(c) prof_end((c), prof_slot_)
+
+/* ---- the optimizer stream ------------------------------------------------- */
+
+/* The main stream waits for every queued AdamW call up to and including k. */
+static void upd_wait_to(struct cuda_ctx *c, int k)
+{
+	if (k < c->upd_done)
+		return;
+	RUN(c, CUDA_OK(cudaStreamWaitEvent(c->s, c->upd[k].ev, 0), &c->err));
+	c->upd_done = k + 1;
+	if (c->upd_done == c->nupd)
+		c->nupd = c->upd_done = 0;
+}
+
+/* Order the main stream after the AdamW calls that touch [p, p + bytes). */
+static void upd_touch(struct cuda_ctx *c, const void *p, size_t bytes)
+{
+	const char *a = (const char *)p, *b = a + bytes;
+	for (int k = c->nupd - 1; k >= c->upd_done; k--)
+		for (int r = 0; r < 5; r++)
+			if (a < c->upd[k].hi[r] && b > c->upd[k].lo[r]) {
+				upd_wait_to(c, k);
+				return;
+			}
+}
+
+static void upd_join(struct cuda_ctx *c)
+{
+	if (c->nupd > c->upd_done)
+		upd_wait_to(c, c->nupd - 1);
+}
+
+/* A write to [p, p + bytes) outside a backward: gradients there are no
+ * longer those of the ready events. */
+static void rdy_drop(struct cuda_ctx *c, const void *p, size_t bytes)
+{
+	const char *a = (const char *)p, *g = (const char *)c->g32;
+	if (!c->nrdy || a + bytes <= g || a >= g + c->n * 4)
+		return;
+	for (int k = 0; k < c->nrdy; k++)
+		if (a < g + c->rdy[k].hi * 4 && a + bytes > g + c->rdy[k].lo * 4)
+			c->rdy[k].hi = c->rdy[k].lo; /* empty: never covers again */
+}
+
+/* The ready entry recorded last among those covering the gradients
+ * [x, x + n), or -1 when they are not all covered. */
+static int rdy_cover(struct cuda_ctx *c, const float *x, size_t n)
+{
+	if (x < c->g32 || x + n > c->g32 + c->n)
+		return -1;
+	size_t pos = (size_t)(x - c->g32), end = pos + n;
+	int best = -1;
+	while (pos < end) {
+		int k = 0;
+		while (k < c->nrdy && !(c->rdy[k].lo <= pos && pos < c->rdy[k].hi))
+			k++;
+		if (k == c->nrdy)
+			return -1;
+		if (best < 0 || c->rdy[k].seq > c->rdy[best].seq)
+			best = k;
+		pos = c->rdy[k].hi;
+	}
+	return best;
+}
 
 static void prof_print(struct cuda_ctx *c, FILE *fp)
 {
@@ -329,8 +425,10 @@ static void *b_alloc(struct moe_backend *be, size_t n, enum moe_buf_kind kind)
 static void b_free(struct moe_backend *be, void *p)
 {
 	struct cuda_ctx *c = CTX(be);
-	if (p)
+	if (p) {
+		upd_join(c);
 		cudaStreamSynchronize(c->s);
+	}
 	dev_free(c, p);
 }
 
@@ -338,6 +436,8 @@ static void b_zero(struct moe_backend *be, void *p, size_t n, enum moe_buf_kind 
 {
 	struct cuda_ctx *c = CTX(be);
 	mark_stale(c, p, n * elt(kind));
+	upd_touch(c, p, n * elt(kind));
+	rdy_drop(c, p, n * elt(kind));
 	PROF(c, "zero (memset)");
 	RUN(c, CUDA_OK(cudaMemsetAsync(p, 0, n * elt(kind), c->s), &c->err));
 	PROF_END(c);
@@ -347,6 +447,9 @@ static void b_copy(struct moe_backend *be, void *dst, const void *src, size_t n,
 {
 	struct cuda_ctx *c = CTX(be);
 	mark_stale(c, dst, n * elt(kind));
+	upd_touch(c, dst, n * elt(kind));
+	upd_touch(c, src, n * elt(kind));
+	rdy_drop(c, dst, n * elt(kind));
 	PROF(c, "copy (memcpy)");
 	RUN(c, CUDA_OK(cudaMemcpyAsync(dst, src, n * elt(kind), cudaMemcpyDeviceToDevice, c->s), &c->err));
 	PROF_END(c);
@@ -375,6 +478,7 @@ static void b_to_host(struct moe_backend *be, void *host_dst, const void *src, s
 	struct cuda_ctx *c = CTX(be);
 	if (c->rc)
 		return;
+	upd_touch(c, src, n * elt(kind));
 	if (kind != MOE_BUF_ACT) {
 		RUN(c, CUDA_OK(cudaMemcpyAsync(host_dst, src, n * 4, cudaMemcpyDeviceToHost, c->s), &c->err));
 		RUN(c, CUDA_OK(cudaStreamSynchronize(c->s), &c->err));
@@ -399,6 +503,8 @@ static void b_from_host(struct moe_backend *be, void *dst, const void *host_src,
 	struct cuda_ctx *c = CTX(be);
 	if (c->rc)
 		return;
+	upd_touch(c, dst, n * elt(kind));
+	rdy_drop(c, dst, n * elt(kind));
 	if (kind != MOE_BUF_ACT) {
 		mark_stale(c, dst, n * 4);
 		RUN(c, CUDA_OK(cudaMemcpyAsync(dst, host_src, n * 4, cudaMemcpyHostToDevice, c->s), &c->err));
@@ -423,6 +529,11 @@ static void pend_flush(struct cuda_ctx *c)
 {
 	if (!c->npend)
 		return;
+	if (c->so_pend) { /* results written on the optimizer stream */
+		RUN(c, CUDA_OK(cudaEventRecord(c->ev_join, c->so), &c->err));
+		RUN(c, CUDA_OK(cudaStreamWaitEvent(c->s, c->ev_join, 0), &c->err));
+		c->so_pend = 0;
+	}
 	RUN(c, CUDA_OK(cudaMemcpyAsync(c->hres, c->dres, sizeof(double) * 2 * c->npend, cudaMemcpyDeviceToHost,
 				       c->s),
 		       &c->err));
@@ -439,7 +550,7 @@ static void pend_flush(struct cuda_ctx *c)
 
 /* A slot pair for one deferred result (zeroed on the stream), or NULL
  * after an error. */
-static double *pend_slot(struct cuda_ctx *c, double *d, int64_t *i, double mul)
+static double *pend_slot(struct cuda_ctx *c, double *d, int64_t *i, double mul, cudaStream_t st)
 {
 	if (c->npend == N_PEND)
 		pend_flush(c);
@@ -447,7 +558,7 @@ static double *pend_slot(struct cuda_ctx *c, double *d, int64_t *i, double mul)
 		return NULL;
 	double *acc = c->dres + 2 * c->npend;
 	c->pend[c->npend++] = (struct pending){d, i, mul};
-	RUN(c, CUDA_OK(cudaMemsetAsync(acc, 0, 2 * sizeof(double), c->s), &c->err));
+	RUN(c, CUDA_OK(cudaMemsetAsync(acc, 0, 2 * sizeof(double), st), &c->err));
 	return acc;
 }
 
@@ -468,6 +579,8 @@ static void b_destroy(struct moe_backend *be)
 	struct cuda_ctx *c = CTX(be);
 	if (c) {
 		cudaStreamSynchronize(c->s);
+		if (c->so)
+			cudaStreamSynchronize(c->so);
 		dev_free(c, c->p32);
 		dev_free(c, c->g32);
 		dev_free(c, c->p16);
@@ -492,6 +605,15 @@ static void b_destroy(struct moe_backend *be)
 				cudaEventDestroy(c->ev[1][i]);
 			}
 		cudaStreamDestroy(c->s);
+		if (c->so) {
+			for (int i = 0; i < N_UPD; i++)
+				cudaEventDestroy(c->upd[i].ev);
+			for (int i = 0; i < N_RDY; i++)
+				cudaEventDestroy(c->rdy[i].ev);
+			cudaEventDestroy(c->ev_fork);
+			cudaEventDestroy(c->ev_join);
+			cudaStreamDestroy(c->so);
+		}
 		free(c);
 	}
 	free(be);
@@ -520,10 +642,66 @@ static float *b_master(struct moe_backend *be, size_t off) { return CTX(be)->p32
 static float *b_grad(struct moe_backend *be, size_t off) { return CTX(be)->g32 + off; }
 static const void *b_param(struct moe_backend *be, size_t off) { return CTX(be)->p16 + off; }
 
+static void b_grad_ready(struct moe_backend *be, size_t off, size_t n)
+{
+	struct cuda_ctx *c = CTX(be);
+	if (!c->so || c->prof || off >= c->n || c->rc)
+		return;
+	n = n < c->n - off ? n : c->n - off;
+	int k = 0, e = -1;
+	while (k < c->nrdy && !(c->rdy[k].lo == off && c->rdy[k].hi == off + n)) {
+		if (e < 0 && c->rdy[k].hi == c->rdy[k].lo)
+			e = k; /* dropped: reusable */
+		k++;
+	}
+	if (k == c->nrdy) {
+		if (e >= 0)
+			k = e;
+		else if (k == N_RDY)
+			return; /* not covered: sumsq waits for everything */
+		else
+			c->nrdy++;
+		c->rdy[k].lo = off;
+		c->rdy[k].hi = off + n;
+	}
+	c->rdy[k].seq = ++c->rdy_seq;
+	RUN(c, CUDA_OK(cudaEventRecord(c->rdy[k].ev, c->s), &c->err));
+}
+
+static int b_status(struct moe_backend *be, struct moe_error *err)
+{
+	struct cuda_ctx *c = CTX(be);
+	if (c->rc == 0) {
+		cudaError_t e = cudaPeekAtLastError();
+		if (e != cudaSuccess)
+			c->rc = moe_error_set(&c->err, MOE_EIO, "cuda: %s", cudaGetErrorString(e));
+	}
+	if (c->rc && err)
+		*err = c->err;
+	return c->rc;
+}
+
+static void b_param_wait(struct moe_backend *be, size_t off, size_t n)
+{
+	struct cuda_ctx *c = CTX(be);
+	if (off >= c->n || !c->nupd)
+		return;
+	n = n < c->n - off ? n : c->n - off;
+	upd_touch(c, c->p32 + off, n * 4);
+	upd_touch(c, c->p16 + off, n * 2);
+	upd_touch(c, c->g32 + off, n * 4);
+}
+
 /* Refresh the bf16 compute copy where the masters changed outside AdamW. */
 static void b_params_updated(struct moe_backend *be)
 {
 	struct cuda_ctx *c = CTX(be);
+	if (c->stale_all)
+		upd_join(c);
+	for (int i = 0; i < c->n_stale && !c->stale_all; i++) {
+		upd_touch(c, c->p32 + c->stale_lo[i], (c->stale_hi[i] - c->stale_lo[i]) * 4);
+		upd_touch(c, c->p16 + c->stale_lo[i], (c->stale_hi[i] - c->stale_lo[i]) * 2);
+	}
 	PROF(c, "params_to_bf16");
 	if (c->stale_all)
 		RUN(c, moe_cuda_to_bf16(c->p16, c->p32, c->n, c->s, &c->err));
@@ -1209,7 +1387,7 @@ static void o_xent(struct moe_backend *be, void *dlogits, const void *logits, co
 	RUN(c, moe_cuda_xent((bf16_t *)dlogits, rows, (const bf16_t *)logits, targets, N, V, ignore_id, scale, c->s,
 			     &c->err));
 	if (loss_sum || n_valid) {
-		double *acc = pend_slot(c, loss_sum, n_valid, 1.0);
+		double *acc = pend_slot(c, loss_sum, n_valid, 1.0, c->s);
 		if (acc)
 			RUN(c, moe_cuda_sum_loss(acc, rows, targets, N, ignore_id, c->s, &c->err));
 	}
@@ -1224,7 +1402,7 @@ static void o_zloss(struct moe_backend *be, void *dlogits, const void *logits, i
 	PROF(c, "zloss");
 	RUN(c, moe_cuda_zloss((bf16_t *)dlogits, rows, (const bf16_t *)logits, N, E, scale, c->s, &c->err));
 	if (loss) {
-		double *acc = pend_slot(c, loss, NULL, N > 0 ? 1.0 / N : 0.0);
+		double *acc = pend_slot(c, loss, NULL, N > 0 ? 1.0 / N : 0.0, c->s);
 		if (acc)
 			RUN(c, moe_cuda_sum_loss(acc, rows, NULL, N, 0, c->s, &c->err));
 	}
@@ -1254,10 +1432,21 @@ static void o_sumsq(struct moe_backend *be, const float *x, size_t n, double *ou
 {
 	struct cuda_ctx *c = CTX(be);
 	void *sc = scratch(c, S_SUMSQ, moe_cuda_sumsq_scratch(n));
+	cudaStream_t st = c->s;
+	if (c->so && !c->prof) {
+		/* on the optimizer stream, behind the last writes of these
+		 * gradients only (grad_ready), or behind everything queued */
+		st = c->so;
+		int k = rdy_cover(c, x, n);
+		if (k < 0)
+			RUN(c, CUDA_OK(cudaEventRecord(c->ev_fork, c->s), &c->err));
+		RUN(c, CUDA_OK(cudaStreamWaitEvent(st, k < 0 ? c->ev_fork : c->rdy[k].ev, 0), &c->err));
+		c->so_pend = 1;
+	}
 	PROF(c, "sumsq");
-	double *acc = pend_slot(c, out, NULL, 1.0);
+	double *acc = pend_slot(c, out, NULL, 1.0, st);
 	if (acc)
-		RUN(c, moe_cuda_sumsq(acc, sc, x, n, c->s, &c->err));
+		RUN(c, moe_cuda_sumsq(acc, sc, x, n, st, &c->err));
 	PROF_END(c);
 }
 
@@ -1265,6 +1454,8 @@ static void o_axpy(struct moe_backend *be, float *y, const float *x, size_t n, f
 {
 	struct cuda_ctx *c = CTX(be);
 	mark_stale(c, y, n * 4);
+	upd_touch(c, y, n * 4);
+	rdy_drop(c, y, n * 4);
 	PROF(c, "axpy");
 	RUN(c, moe_cuda_axpy(y, x, n, a, c->s, &c->err));
 	PROF_END(c);
@@ -1283,9 +1474,32 @@ static void o_adamw(struct moe_backend *be, float *p, const float *g, float gsca
 {
 	struct cuda_ctx *c = CTX(be);
 	bf16_t *p16 = (p >= c->p32 && p < c->p32 + c->n) ? c->p16 + (p - c->p32) : NULL;
+	cudaStream_t st = c->s;
+	if (c->so && !c->prof) { /* profiled: one stream, so that the events time each op */
+		if (c->nupd == N_UPD)
+			upd_join(c);
+		/* the optimizer stream follows everything queued before this call */
+		if (c->op_seq != c->fork_seq) {
+			RUN(c, CUDA_OK(cudaEventRecord(c->ev_fork, c->s), &c->err));
+			RUN(c, CUDA_OK(cudaStreamWaitEvent(c->so, c->ev_fork, 0), &c->err));
+		}
+		st = c->so;
+	}
 	PROF(c, "adamw");
-	RUN(c, moe_cuda_adamw(p, p16, g, gscale, m, v, n, lr, beta1, beta2, eps, weight_decay, t, c->s, &c->err));
+	RUN(c, moe_cuda_adamw(p, p16, g, gscale, m, v, n, lr, beta1, beta2, eps, weight_decay, t, st, &c->err));
 	PROF_END(c);
+	if (st != c->s && c->rc == 0) {
+		struct upd_ent *u = &c->upd[c->nupd];
+		const void *r[5] = {p, p16, g, m, v};
+		size_t sz[5] = {4, 2, 4, 4, 4};
+		for (int i = 0; i < 5; i++) {
+			u->lo[i] = (const char *)r[i];
+			u->hi[i] = r[i] ? (const char *)r[i] + n * sz[i] : NULL;
+		}
+		RUN(c, CUDA_OK(cudaEventRecord(u->ev, c->so), &c->err));
+		c->nupd++;
+		c->fork_seq = c->op_seq;
+	}
 }
 
 extern "C" struct moe_backend *moe_backend_cuda(struct moe_error *err)
@@ -1307,7 +1521,11 @@ extern "C" struct moe_backend *moe_backend_cuda(struct moe_error *err)
 		return NULL;
 	}
 	be->ctx = c;
-	if (CUDA_OK(cudaStreamCreateWithFlags(&c->s, cudaStreamNonBlocking), err))
+	/* the main stream at the highest priority: the optimizer stream's
+	 * blocks (the lowest) go to SMs its kernels leave free */
+	int pr_lo, pr_hi;
+	if (CUDA_OK(cudaDeviceGetStreamPriorityRange(&pr_lo, &pr_hi), err) ||
+	    CUDA_OK(cudaStreamCreateWithPriority(&c->s, cudaStreamNonBlocking, pr_hi), err))
 		goto fail;
 	if (!(c->blas = moe_cuda_blas_new(c->s, err)))
 		goto fail;
@@ -1363,6 +1581,19 @@ extern "C" struct moe_backend *moe_backend_cuda(struct moe_error *err)
 		c->expert_fuse = moe_cuda_grouped_wgmma_supported() ? (int)xf : 0;
 		const char *nv = getenv("MOE_CUDA_NARROW");
 		c->narrow_ok = moe_cuda_grouped_wgmma_supported() && !(nv && strcmp(nv, "cublas") == 0);
+		const char *uv = getenv("MOE_CUDA_OVERLAP");
+		if (!(uv && strcmp(uv, "0") == 0)) {
+			if (CUDA_OK(cudaStreamCreateWithPriority(&c->so, cudaStreamNonBlocking, pr_lo), err) ||
+			    CUDA_OK(cudaEventCreateWithFlags(&c->ev_fork, cudaEventDisableTiming), err) ||
+			    CUDA_OK(cudaEventCreateWithFlags(&c->ev_join, cudaEventDisableTiming), err))
+				goto fail;
+			for (int i = 0; i < N_UPD; i++)
+				if (CUDA_OK(cudaEventCreateWithFlags(&c->upd[i].ev, cudaEventDisableTiming), err))
+					goto fail;
+			for (int i = 0; i < N_RDY; i++)
+				if (CUDA_OK(cudaEventCreateWithFlags(&c->rdy[i].ev, cudaEventDisableTiming), err))
+					goto fail;
+		}
 	}
 	if (c->prof)
 		for (int i = 0; i < 4096; i++)
@@ -1421,6 +1652,9 @@ extern "C" struct moe_backend *moe_backend_cuda(struct moe_error *err)
 	be->axpy = o_axpy;
 	be->scale_act = o_scale_act;
 	be->adamw = o_adamw;
+	be->param_wait = b_param_wait;
+	be->grad_ready = b_grad_ready;
+	be->status = b_status;
 	return be;
 fail:
 	b_destroy(be);

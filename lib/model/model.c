@@ -567,6 +567,22 @@ static inline void *act_at(const struct moe_model *m, const void *p, size_t elem
 
 /* ---- forward ---------------------------------------------------------------------- */
 
+/* Order what follows after the optimizer's update of the parameters
+ * [lo, hi) (backends that update asynchronously; see param_wait). */
+static void wait_params(struct moe_model *m, size_t lo, size_t hi)
+{
+	if (m->be->param_wait && hi > lo)
+		m->be->param_wait(m->be, lo, hi - lo);
+}
+
+/* The backward wrote the gradients [lo, hi) for the last time (see
+ * grad_ready). */
+static void grad_ready(struct moe_model *m, size_t lo, size_t hi)
+{
+	if (m->be->grad_ready && hi > lo)
+		m->be->grad_ready(m->be, lo, hi - lo);
+}
+
 static void block_fwd(struct moe_model *m, int l, struct layer_acts *a, void *x_in, void *x_out,
 		      int B, int T, bool use_bias)
 {
@@ -753,12 +769,15 @@ int moe_model_forward(struct moe_model *m, const int32_t *tokens, const int32_t 
 	if (targets)
 		be->from_host(be, g->tgt, targets, (size_t)N, MOE_BUF_I32);
 	m->n_rows_valid = rows_valid;
+	/* each part waits only for its own parameters' optimizer update */
+	wait_params(m, m->off_embed, L > 0 ? m->layers[0].ln_in : m->off_norm);
 	be->embedding_fwd(be, g->resid, g->ids, be->param(be, m->off_embed), N, D);
 	bool defer = m->cap_sets == L;
 	for (int l = 0; l < L; l++) {
 		struct layer_acts *a = &m->la[defer ? l : 0];
 		void *xin = act_at(m, g->resid, (size_t)l * N * D);
 		void *xout = act_at(m, g->resid, (size_t)(l + 1) * N * D);
+		wait_params(m, m->layers[l].ln_in, l + 1 < L ? m->layers[l + 1].ln_in : m->off_norm);
 		block_fwd(m, l, a, xin, xout, B, T, use_bias);
 		if (!m->layers[l].is_moe)
 			continue;
@@ -774,6 +793,7 @@ int moe_model_forward(struct moe_model *m, const int32_t *tokens, const int32_t 
 	void *xL = act_at(m, g->resid, (size_t)L * N * D);
 	bool last_only = opts->logits_mode == MOE_LOGITS_LAST && !targets && !opts->token_stats &&
 			 !opts->train;
+	wait_params(m, m->off_norm, m->n_floats);
 	be->rmsnorm_fwd(be, g->lnf, g->rstdf, xL, be->param(be, m->off_norm), N, D, (float)c->rms_norm_eps);
 	if (last_only) {
 		/* only the last position of each row goes through the LM head,
@@ -947,6 +967,7 @@ int moe_model_backward(struct moe_model *m, float grad_scale, struct moe_error *
 	int B = m->B, T = m->T, N = B * T, D = c->hidden_size, V = c->vocab_size, L = c->num_hidden_layers;
 	/* gradients by overwrite (moe_model_zero_grad left them): the ops store
 	 * their parameter gradients; what no op writes is cleared here */
+	wait_params(m, 0, m->n_floats); /* the last update read the gradients */
 	be->grad_overwrite = m->grad_fresh;
 	if (be->grad_overwrite) {
 		for (size_t i = 0; i < m->n_params; i++)
@@ -962,6 +983,7 @@ int moe_model_backward(struct moe_model *m, float grad_scale, struct moe_error *
 	void *xL = act_at(m, g->resid, (size_t)L * N * D);
 	be->rmsnorm_bwd(be, g->dx, be->grad(be, m->off_norm), g->d1, xL, be->param(be, m->off_norm),
 			g->rstdf, N, D);
+	grad_ready(m, m->off_norm, m->n_floats);
 	bool full = m->cap_sets == 1 && L > 1;
 	for (int l = L - 1; l >= 0; l--) {
 		void *xin = act_at(m, g->resid, (size_t)l * N * D);
@@ -970,13 +992,16 @@ int moe_model_backward(struct moe_model *m, float grad_scale, struct moe_error *
 			   * its output in the residual stream with the same values) */
 			block_fwd(m, l, a, xin, act_at(m, g->resid, (size_t)(l + 1) * N * D), B, T, m->fwd_use_bias);
 		block_bwd(m, l, a, xin, a->xmid, g->dx, B, T, grad_scale);
+		grad_ready(m, m->layers[l].ln_in, l + 1 < L ? m->layers[l + 1].ln_in : m->off_norm);
 	}
 	if (be->grad_overwrite) /* a scatter: adds into the rows of the batch's tokens */
 		be->zero(be, be->grad(be, m->off_embed), (size_t)V * D, MOE_BUF_F32);
 	be->embedding_bwd(be, be->grad(be, m->off_embed), g->dx, g->ids, N, D, c->pad_token_id);
+	grad_ready(m, m->off_embed, L > 0 ? m->layers[0].ln_in : m->off_norm);
 	be->grad_overwrite = m->grad_fresh = false;
 	m->fwd_valid = false; /* the shared buffers were overwritten */
-	return be->sync(be, err);
+	/* no synchronisation: the gradients' norms start beside the backward */
+	return be->status ? be->status(be, err) : be->sync(be, err);
 }
 
 /* ---- loss-free balancing ------------------------------------------------------------ */

@@ -17,7 +17,8 @@ tests_kernels_test_backend_SOURCES = tests/kernels/test_backend.c tests/kernels/
 tests_kernels_test_backend_CPPFLAGS = $(AM_CPPFLAGS) -I$(top_srcdir) $(CUDA_CPPFLAGS)
 tests_kernels_test_backend_CFLAGS = $(CRIT_CFLAGS)
 tests_kernels_test_backend_LDFLAGS = $(AM_LDFLAGS) $(CUDA_LDFLAGS)
-tests_kernels_test_backend_LDADD = $(KTEST_LDADD)
+tests_kernels_test_backend_LDADD = lib/train/libmoetrain.a kernels/libmoekernels.a lib/model/libmoemodel.a \
+	$(DATA_LIBS) $(CORE_LIBS) $(CRIT_LIBS) $(CUDA_LIBS) -lstdc++
 GPU_TESTS += tests/kernels/test_kernels tests/kernels/test_backend
 TESTS += tests/kernels/test_kernels tests/kernels/test_backend
 endif
