@@ -482,6 +482,9 @@ static int acts_ensure(struct moe_model *m, int N, bool train, struct moe_error 
 	void *sh_xg = any_moe ? A(m, NK * D, MOE_BUF_ACT) : NULL;
 	void *sh_he = any_moe ? A(m, NK * I, MOE_BUF_ACT) : NULL;
 	void *sh_hs = any_moe && S > 0 ? A(m, (size_t)S * N * Is, MOE_BUF_ACT) : NULL;
+	m->st_psum = any_moe ? A(m, (size_t)sets * E, MOE_BUF_F32) : NULL;
+	m->st_cntv = any_moe ? A(m, (size_t)sets * E, MOE_BUF_I32) : NULL;
+	m->st_cnt = any_moe ? A(m, (size_t)sets * E, MOE_BUF_I32) : NULL;
 	for (int s = 0; s < sets; s++) {
 		struct layer_acts *a = &m->la[s];
 		/* ln1 and ln2 are kept per layer in training (1.8 GiB for seed-base
@@ -512,7 +515,7 @@ static int acts_ensure(struct moe_model *m, int N, bool train, struct moe_error 
 			a->probs = A(m, (size_t)N * E, MOE_BUF_F32);
 			a->topk_idx = A(m, NK, MOE_BUF_I32);
 			a->topk_w = A(m, NK, MOE_BUF_F32);
-			a->counts = A(m, (size_t)E, MOE_BUF_I32);
+			a->counts = m->st_cnt ? m->st_cnt + (size_t)s * E : NULL;
 			a->offsets = A(m, (size_t)E + 1, MOE_BUF_I32);
 			a->perm = A(m, NK, MOE_BUF_I32);
 			a->inv = A(m, NK, MOE_BUF_I32);
@@ -524,8 +527,8 @@ static int acts_ensure(struct moe_model *m, int N, bool train, struct moe_error 
 				a->gu_s = A(m, (size_t)S * N * 2 * Is, MOE_BUF_ACT);
 				a->h_s = sh_hs;
 			}
-			a->psum = A(m, (size_t)E, MOE_BUF_F32);
-			a->cntv = A(m, (size_t)E, MOE_BUF_I32);
+			a->psum = m->st_psum ? m->st_psum + (size_t)s * E : NULL;
+			a->cntv = m->st_cntv ? m->st_cntv + (size_t)s * E : NULL;
 		}
 	}
 	if (train) {
@@ -700,6 +703,37 @@ static void layer_readback(struct moe_model *m, struct layer_acts *a, int lm, in
 			    MOE_BUF_ACT);
 }
 
+/* The statistics of every MoE layer from the sets' block (one set per
+ * layer, `sets` of them): three transfers instead of three per layer. */
+static int stats_readback(struct moe_model *m, int sets)
+{
+	struct moe_backend *be = m->be;
+	int E = m->cfg.num_experts, nd = m->cfg.n_dense_layers;
+	size_t n = (size_t)sets * E;
+	float *ps = malloc(n * sizeof(float));
+	int32_t *cv = malloc(n * sizeof(int32_t)), *cn = malloc(n * sizeof(int32_t));
+	if (!ps || !cv || !cn) {
+		free(ps);
+		free(cv);
+		free(cn);
+		return MOE_ENOMEM;
+	}
+	be->to_host(be, ps, m->st_psum, n, MOE_BUF_F32);
+	be->to_host(be, cv, m->st_cntv, n, MOE_BUF_I32);
+	be->to_host(be, cn, m->st_cnt, n, MOE_BUF_I32);
+	for (int lm = 0; lm < m->Lm; lm++)
+		for (int e = 0; e < E; e++) {
+			size_t src = (size_t)(lm + nd) * E + e, dst = (size_t)lm * E + e;
+			m->psum[dst] = ps[src];
+			m->cntv[dst] = cv[src];
+			m->counts[dst] = cn[src];
+		}
+	free(ps);
+	free(cv);
+	free(cn);
+	return 0;
+}
+
 /* Per-row next-token statistics of rows [r0, r0 + n) from the current
  * logits chunk. */
 static int token_stats(struct moe_model *m, const struct moe_forward_opts *opts, const int32_t *targets, int r0,
@@ -787,9 +821,15 @@ int moe_model_forward(struct moe_model *m, const int32_t *tokens, const int32_t 
 		if (!defer)
 			layer_readback(m, a, lm, N, opts->capture);
 	}
-	if (defer) /* every layer kept its buffers: read back once, after all launches */
+	if (defer && !opts->capture && m->Lm > 0) {
+		/* every layer kept its statistics: three read-backs, after all launches */
+		int rc2 = stats_readback(m, L);
+		if (rc2)
+			return moe_error_set(err, rc2, "out of memory");
+	} else if (defer) {
 		for (int l = c->n_dense_layers; l < L; l++)
 			layer_readback(m, &m->la[l], l - c->n_dense_layers, N, opts->capture);
+	}
 	void *xL = act_at(m, g->resid, (size_t)L * N * D);
 	bool last_only = opts->logits_mode == MOE_LOGITS_LAST && !targets && !opts->token_stats &&
 			 !opts->train;

@@ -91,6 +91,10 @@ struct moe_model {
 	int64_t *counts; /* (Lm, E) host */
 	float *psum;     /* (Lm, E) host */
 	int32_t *cntv;   /* (Lm, E) host */
+	/* backend memory holding every set's psum, cntv and counts (sets, E)
+	 * each, so that a forward reads them back in three transfers */
+	float *st_psum;
+	int32_t *st_cntv, *st_cnt;
 };
 
 #endif
