@@ -8,11 +8,14 @@
  *   wgrad: C (Out, In) (+)= dY_e^T X_e      A = dY  MN-major, B = X   MN-major
  *
  * A persistent grid (one block of 384 threads per multiprocessor) walks the
- * output tiles, 128 rows x BN columns: for fwd and dgrad numbered over the
+ * output tiles, BM rows x BN columns: for fwd and dgrad numbered over the
  * experts on the device (each block builds the experts' row-tile prefix in
  * shared memory), row tiles outer so that blocks running together share the
  * A rows and one or two experts' W in L2; for wgrad (expert, W row tile,
- * column tile), each reducing over its expert's rows.  Warpgroup 0 is the
+ * column tile), each reducing over its expert's rows, the experts ordered
+ * by their rows, largest first, and dealt to the blocks as a snake (0..G-1,
+ * G-1..0, ...) so that the blocks' k-slices even out whatever the routing.
+ * Warpgroup 0 is the
  * producer: one warp issues the TMA loads of each 64-deep k-slice (2D maps
  * over the (rows, K) activations, a 3D map over W (E, Out, In)) into a ring
  * of ST shared-memory stages in wgmma's 128-byte-swizzled layouts,
@@ -20,18 +23,19 @@
  * through a second mbarrier once their MMAs have read it.  Two consumer
  * warpgroups issue wgmma only, with the registers the producer gave up
  * (setmaxnreg):
- *   cooperative (PP 0): both on each tile, 64 rows x BN each;
+ *   cooperative (PP 0): both on each tile, BM / 2 rows x BN each (one or
+ *                       two 64-row MMAs);
  *   ping-pong (PP 1):   alternate tiles, 128 rows x BN each, so that one's
  *                       epilogue overlaps the other's MMAs; an mbarrier
  *                       orders their main loops (tile j's waits start after
  *                       tile j - 1's have passed), which keeps every waiter
  *                       within one phase of the stage barriers.
- * Epilogue (EPI 1): full row tiles go through shared memory in 64 x 64
- * blocks (64 x 32 fp32 for wgrad; two buffers per warpgroup) and TMA
- * stores, which drain while the next tile's main loop runs; the weight
+ * Epilogue: 64-row blocks inside the expert go through shared memory in
+ * 64 x 64 blocks (64 x 32 fp32 for wgrad; two buffers per warpgroup) and
+ * TMA stores, which drain while the next tile's main loop runs; the weight
  * gradient is stored, or added by the copy engine's reduction
- * (cp.reduce.async.bulk); tiles with fewer rows (an expert's last) store
- * bf16 pairs straight from the accumulators, masked (EPI 0 does so for all).
+ * (cp.reduce.async.bulk); the block an expert's rows end in stores bf16
+ * pairs straight from the accumulators, masked.
  * Rows past the expert's end are loaded (they belong to the next expert)
  * and masked, or for wgrad's last partial k-slice zeroed in the A tile
  * before the MMAs; k-slices whose rows reach past offsets[E] (possibly
@@ -53,7 +57,7 @@
 #define GT_BM 128
 #define GT_BK 64
 #define GT_THREADS 384
-#define GT_NCFG 6
+#define GT_NCFG 4
 #define GT_SMEM_MAX (226 * 1024) /* dynamic, beside the static barriers */
 
 enum { GT_FWD = 0, GT_DGRAD = 1, GT_WGRAD = 2 };
@@ -65,6 +69,7 @@ struct gt_args {
 	const int32_t *offsets; /* (E+1) */
 	int E, K, ncols, nt;    /* nt: tiles along the output columns */
 	int mt, store;          /* wgrad: tiles along Out; store (else add) */
+	int sched;              /* wgrad: tiles largest expert first (gt_walk) */
 };
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -131,7 +136,6 @@ static __device__ __forceinline__ void gt_tma_store3(const CUtensorMap *m, uint3
 			     "r"(c0), "r"(c1), "r"(c2), "r"(src)
 			     : "memory");
 }
-static __device__ __forceinline__ void gt_bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
 static __device__ __forceinline__ void gt_named_sync(int id)
 {
 	asm volatile("bar.sync %0, 128;\n" ::"r"(id) : "memory");
@@ -143,14 +147,26 @@ struct gt_tile {
 	int e, row0, mi, n0, m0, kt;
 };
 
-template <int MODE, int BN>
+/* The i-th tile of this block's walk: the grid strides over the tiles; the
+ * weight gradient with sched walks them as a snake (blocks 0..G-1, then
+ * G-1..0, ...) over its tiles ordered by their expert's rows, largest
+ * first, so that every block gets about the same number of k-slices. */
+template <int MODE> static __device__ __forceinline__ int gt_walk(int i, const gt_args &g)
+{
+	const int G = gridDim.x, b = blockIdx.x;
+	return MODE == GT_WGRAD && g.sched && (i & 1) ? i * G + G - 1 - b : i * G + b;
+}
+
+/* s_ord: the weight gradient's experts, largest first (sched) or in order */
+template <int MODE, int BM, int BN>
 static __device__ __forceinline__ gt_tile gt_decode(int t, const gt_args &g, const int *s_start, const int *s_off)
 {
 	gt_tile r;
 	if (MODE == GT_WGRAD) {
+		const int *s_ord = s_start; /* its tiles' space */
 		int per = g.mt * g.nt, q = t % per;
-		r.e = t / per;
-		r.m0 = q / g.nt * GT_BM;
+		r.e = s_ord[t / per];
+		r.m0 = q / g.nt * BM;
 		r.n0 = q % g.nt * BN;
 		r.row0 = s_off[r.e];
 		r.mi = s_off[r.e + 1] - r.row0;
@@ -167,7 +183,7 @@ static __device__ __forceinline__ gt_tile gt_decode(int t, const gt_args &g, con
 			hi = mid - 1;
 	}
 	r.e = lo;
-	r.row0 = s_off[lo] + (tm - s_start[lo]) * GT_BM;
+	r.row0 = s_off[lo] + (tm - s_start[lo]) * BM;
 	r.mi = s_off[lo + 1] - r.row0;
 	r.n0 = (t % nt) * BN;
 	r.m0 = 0;
@@ -179,13 +195,13 @@ static __device__ __forceinline__ gt_tile gt_decode(int t, const gt_args &g, con
  * where the allocation may end), zeros past the rows and columns: the
  * forward / input gradient's A tile (B comes through TMA), the weight
  * gradient's A (dY) and B (X) k-rows, rows past the expert's end too. */
-template <int MODE, int BN>
+template <int MODE, int BM, int BN>
 static __device__ __noinline__ void gt_cp_stage(uint32_t dA, uint32_t dB, const gt_args &g, const gt_tile &tl,
 						   int k0, int tot, int lane)
 {
 	if (MODE != GT_WGRAD) {
 		const int nr = tot - tl.row0;
-		for (int c = lane; c < GT_BM * 8; c += 32) {
+		for (int c = lane; c < BM * 8; c += 32) {
 			int r = c >> 3, ch = c & 7;
 			bool ok = r < nr && k0 + ch * 8 < g.K;
 			wg_cp16(dA + r * 128 + ((ch ^ (r & 7)) << 4),
@@ -194,8 +210,8 @@ static __device__ __noinline__ void gt_cp_stage(uint32_t dA, uint32_t dB, const 
 	} else {
 		const int nk = min(tl.mi - k0, GT_BK);
 		const size_t r0 = (size_t)tl.row0 + k0;
-		for (int c = lane; c < GT_BK * (GT_BM / 8); c += 32) {
-			int k = c >> 4, cc = c & 15;
+		for (int c = lane; c < GT_BK * (BM / 8); c += 32) {
+			int k = c / (BM / 8), cc = c % (BM / 8);
 			bool ok = k < nk && tl.m0 + cc * 8 < g.K;
 			wg_cp16(dA + (cc >> 3) * 8192 + k * 128 + (((cc & 7) ^ (k & 7)) << 4),
 				ok ? g.a + (r0 + k) * g.K + tl.m0 + cc * 8 : g.a, ok);
@@ -212,29 +228,31 @@ static __device__ __noinline__ void gt_cp_stage(uint32_t dA, uint32_t dB, const 
 }
 #endif
 
-/* ST stages of A (128 x 64) and B (BN x 64) bf16, after slack to align them
- * to the swizzle's 1024-byte period; with EPI, two 64 x 64 bf16 output
+/* ST stages of A (BM x 64) and B (BN x 64) bf16, after slack to align them
+ * to the swizzle's 1024-byte period; two 64 x 64 bf16 (64 x 32 fp32) output
  * buffers per consumer warpgroup; the experts' tables after them. */
-template <int BN, int ST, int EPI> struct gt_cfg {
-	static constexpr int ABYTES = GT_BM * GT_BK * 2, BBYTES = BN * GT_BK * 2, EBYTES = EPI ? 4 * 8192 : 0;
+template <int BM, int BN, int ST> struct gt_cfg {
+	static constexpr int ABYTES = BM * GT_BK * 2, BBYTES = BN * GT_BK * 2, EBYTES = 4 * 8192;
 	static constexpr size_t SMEM = 1024 + (size_t)ST * (ABYTES + BBYTES) + EBYTES;
 };
 
-template <int MODE, int BN, int ST, int PP, int EPI>
+template <int MODE, int BM, int BN, int ST, int PP>
 __global__ void __launch_bounds__(GT_THREADS, 1)
 	gt_kernel(const __grid_constant__ CUtensorMap ta, const __grid_constant__ CUtensorMap tb,
 		  const __grid_constant__ CUtensorMap tc, const gt_args g)
 {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 	constexpr int TA = MODE == GT_WGRAD, TB = MODE != GT_FWD; /* MN-major */
-	static_assert(MODE != GT_WGRAD || EPI, "the weight gradient stores through the copy engine");
-	constexpr int ABYTES = gt_cfg<BN, ST, EPI>::ABYTES, BBYTES = gt_cfg<BN, ST, EPI>::BBYTES;
-	constexpr int EBYTES = gt_cfg<BN, ST, EPI>::EBYTES;
-	constexpr int MW = PP ? 2 : 1; /* 64-row MMAs per consumer warpgroup */
+	constexpr int ABYTES = gt_cfg<BM, BN, ST>::ABYTES, BBYTES = gt_cfg<BM, BN, ST>::BBYTES;
+	constexpr int EBYTES = gt_cfg<BM, BN, ST>::EBYTES;
+	/* 64-row MMAs per consumer warpgroup: ping-pong, each its own tile of
+	 * BM rows; cooperative, BM / 2 rows each of the same tile */
+	constexpr int MW = PP ? BM / 64 : BM / 128;
+	static_assert(MW >= 1 && MW * BN <= 256, "tile shape");
 	extern __shared__ unsigned char gt_smem[];
 	__shared__ __align__(8) uint64_t full[ST], empty[ST], order;
 	const uint32_t base = (wg_smem_u32(gt_smem) + 1023) & ~1023u, sa = base, sb = base + ST * ABYTES;
-	const uint32_t se = base + ST * (ABYTES + BBYTES); /* EPI: the output buffers */
+	const uint32_t se = base + ST * (ABYTES + BBYTES); /* the output buffers */
 	int *s_start = (int *)(gt_smem + (se + EBYTES - wg_smem_u32(gt_smem))); /* (E+1) row tiles */
 	int *s_off = s_start + g.E + 1;                                                     /* (E+1) offsets */
 	const int tid = threadIdx.x, E = g.E;
@@ -254,7 +272,7 @@ __global__ void __launch_bounds__(GT_THREADS, 1)
 			int x = x0 + lane, o0 = 0, tiles = 0;
 			if (x < E) {
 				o0 = g.offsets[x];
-				tiles = (max(g.offsets[x + 1] - o0, 0) + GT_BM - 1) / GT_BM;
+				tiles = (max(g.offsets[x + 1] - o0, 0) + BM - 1) / BM;
 			}
 			int incl = warp_incl_scan(tiles, lane);
 			if (x < E) {
@@ -269,6 +287,23 @@ __global__ void __launch_bounds__(GT_THREADS, 1)
 		}
 	}
 	__syncthreads();
+	if (MODE == GT_WGRAD) {
+		/* the weight gradient needs no row tiles: their space takes the
+		 * experts by rows, largest first (ties in order), or in order */
+		for (int x = tid; x < E; x += GT_THREADS) {
+			int rk = x;
+			if (g.sched) {
+				const int cx = max(s_off[x + 1] - s_off[x], 0);
+				rk = 0;
+				for (int y = 0; y < E; y++) {
+					const int cy = max(s_off[y + 1] - s_off[y], 0);
+					rk += cy > cx || (cy == cx && y < x);
+				}
+			}
+			s_start[rk] = x;
+		}
+		__syncthreads();
+	}
 
 	const int total = MODE == GT_WGRAD ? E * g.mt * g.nt : s_start[E] * g.nt, wg = tid / 128;
 	if (wg == 0) {
@@ -278,17 +313,20 @@ __global__ void __launch_bounds__(GT_THREADS, 1)
 			return;
 		const int lane = tid, tot = s_off[E];
 		int pos = 0;
-		for (int t = blockIdx.x; t < total; t += gridDim.x) {
-			const gt_tile tl = gt_decode<MODE, BN>(t, g, s_start, s_off);
+		for (int i = 0;; i++) {
+			const int t = gt_walk<MODE>(i, g);
+			if (t >= total)
+				break;
+			const gt_tile tl = gt_decode<MODE, BM, BN>(t, g, s_start, s_off);
 			for (int kt = 0; kt < tl.kt; kt++, pos++) {
 				const int s = pos % ST, k0 = kt * GT_BK;
 				if (pos >= ST)
 					gt_wait(wg_smem_u32(&empty[s]), ((pos / ST) - 1) & 1);
 				const uint32_t dA = sa + s * ABYTES, dB = sb + s * BBYTES, bar = wg_smem_u32(&full[s]);
 				/* rows past offsets[E]: cp.async */
-				const bool cp = MODE == GT_WGRAD ? tl.row0 + k0 + GT_BK > tot : tl.row0 + GT_BM > tot;
+				const bool cp = MODE == GT_WGRAD ? tl.row0 + k0 + GT_BK > tot : tl.row0 + BM > tot;
 				if (cp) {
-					gt_cp_stage<MODE, BN>(dA, dB, g, tl, k0, tot, lane);
+					gt_cp_stage<MODE, BM, BN>(dA, dB, g, tl, k0, tot, lane);
 					__syncwarp();
 				}
 				if (lane == 0) {
@@ -296,7 +334,7 @@ __global__ void __launch_bounds__(GT_THREADS, 1)
 					if (MODE == GT_WGRAD) {
 						if (!cp) {
 #pragma unroll
-							for (int q = 0; q < GT_BM / 64; q++)
+							for (int q = 0; q < BM / 64; q++)
 								gt_tma2(dA + q * 8192, &ta, tl.m0 + q * 64, tl.row0 + k0, bar);
 #pragma unroll
 							for (int q = 0; q < BN / 64; q++)
@@ -323,12 +361,20 @@ __global__ void __launch_bounds__(GT_THREADS, 1)
 	/* consumers */
 	asm volatile("setmaxnreg.inc.sync.aligned.u32 224;\n" ::: "memory");
 	const int cw = wg - 1, lane = tid % 32, warp = (tid % 128) / 32, wl = tid % 128;
-	int j = 0, pos0 = 0; /* the block's tile count and k-slice position */
-	for (int t = blockIdx.x; t < total;
-	     pos0 += gt_decode<MODE, BN>(t, g, s_start, s_off).kt, t += gridDim.x, j++) {
-		if (PP && (j & 1) != cw)
+	const bool lead = wl == 0;
+	/* this warpgroup's TMA stores so far: the output buffer of the next
+	 * is nst & 1 */
+	int nst = 0;
+	int pos0 = 0; /* the k-slice position of the block's tile j */
+	for (int j = 0;; j++) {
+		const int t = gt_walk<MODE>(j, g);
+		if (t >= total)
+			break;
+		const gt_tile tl = gt_decode<MODE, BM, BN>(t, g, s_start, s_off);
+		if (PP && (j & 1) != cw) {
+			pos0 += tl.kt;
 			continue;
-		const gt_tile tl = gt_decode<MODE, BN>(t, g, s_start, s_off);
+		}
 		if (PP && j > 0) /* tile j - 1's main loop has passed its waits */
 			gt_wait(wg_smem_u32(&order), (j - 1) & 1);
 		float acc[MW][BN / 2];
@@ -341,7 +387,7 @@ __global__ void __launch_bounds__(GT_THREADS, 1)
 		for (int kt = 0; kt < tl.kt; kt++) {
 			const int pos = pos0 + kt, s = pos % ST;
 			gt_wait(wg_smem_u32(&full[s]), (pos / ST) & 1);
-			const uint32_t a0 = sa + s * ABYTES + (PP ? 0 : cw * 8192), b0 = sb + s * BBYTES;
+			const uint32_t a0 = sa + s * ABYTES + (PP ? 0 : cw * MW * 8192), b0 = sb + s * BBYTES;
 			if (MODE == GT_WGRAD && tl.mi - kt * GT_BK < GT_BK) {
 				/* the expert's last, partial k-slice: the k-rows past its
 				 * end (the next expert's) zeroed in this warpgroup's A
@@ -376,7 +422,7 @@ __global__ void __launch_bounds__(GT_THREADS, 1)
 		wg_wait<0>();
 		if (tl.kt > 0 && lane == 0)
 			gt_arrive(wg_smem_u32(&empty[(pos0 + tl.kt - 1) % ST]));
-		const bool lead = wl == 0;
+		pos0 += tl.kt;
 		if (MODE == GT_WGRAD) {
 			/* 64 x 32 fp32 blocks through shared memory and the copy
 			 * engine, stored or added; W's rows and columns past Out, In
@@ -387,8 +433,11 @@ __global__ void __launch_bounds__(GT_THREADS, 1)
 			for (int m = 0; m < MW; m++)
 #pragma unroll
 				for (int q = 0; q < BN / 32; q++) {
-					const uint32_t buf = se + cw * 16384 + ((m * (BN / 32) + q) & 1) * 8192;
-					const int mrow = tl.m0 + (PP ? m : cw) * 64;
+					const int mrow = tl.m0 + (PP ? m : cw * MW + m) * 64;
+					if (tl.n0 + q * 32 >= g.ncols || mrow >= g.K)
+						continue; /* the whole warpgroup */
+					const uint32_t buf = se + cw * 16384 + (nst & 1) * 8192;
+					nst++;
 					if (lead) /* the store two blocks ago has read this buffer */
 						asm volatile("cp.async.bulk.wait_group.read 1;\n" ::: "memory");
 					gt_named_sync(1 + cw);
@@ -405,29 +454,30 @@ __global__ void __launch_bounds__(GT_THREADS, 1)
 						}
 					wg_fence_proxy();
 					gt_named_sync(1 + cw);
-					if (lead) {
-						if (tl.n0 + q * 32 < g.ncols && mrow < g.K)
-							gt_tma_store3(&tc, buf, tl.n0 + q * 32, mrow, tl.e, !g.store);
-						else
-							gt_bulk_commit();
-					}
+					if (lead)
+						gt_tma_store3(&tc, buf, tl.n0 + q * 32, mrow, tl.e, !g.store);
 				}
 			continue;
 		}
 
 		/* accumulator fragment: warp w holds rows 16w..16w+15 of each 64,
-		 * register 4j + 2h + b row lane/4 + 8h, column 8j + 2(lane%4) + b */
+		 * register 4j + 2h + b row lane/4 + 8h, column 8j + 2(lane%4) + b;
+		 * 64-row blocks inside the expert: 64 x 64 blocks through shared
+		 * memory (the 128-byte-swizzled layout of the output map,
+		 * conflict-free stores) and TMA stores, two buffers per
+		 * warpgroup, drained while the next tile's main loop runs; the
+		 * block the expert ends in: bf16 pairs from the registers */
 		const int cq = 2 * (lane % 4), ncl = g.ncols - tl.n0;
-		if (EPI && tl.mi >= GT_BM) {
-			/* a full row tile: 64 x 64 blocks through shared memory (the
-			 * 128-byte-swizzled layout of the output map, conflict-free
-			 * stores) and TMA stores, two buffers per warpgroup; the
-			 * main loop of the next tile runs while they drain */
 #pragma unroll
-			for (int m = 0; m < MW; m++)
+		for (int m = 0; m < MW; m++) {
+			const int rb = (PP ? m : cw * MW + m) * 64;
+			if (tl.mi >= rb + 64) {
 #pragma unroll
 				for (int qq = 0; qq < BN / 64; qq++) {
-					const uint32_t buf = se + cw * 16384 + ((m * (BN / 64) + qq) & 1) * 8192;
+					if (qq * 64 >= ncl)
+						continue; /* the whole warpgroup */
+					const uint32_t buf = se + cw * 16384 + (nst & 1) * 8192;
+					nst++;
 					if (lead) /* the store two blocks ago has read this buffer */
 						asm volatile("cp.async.bulk.wait_group.read 1;\n" ::: "memory");
 					gt_named_sync(1 + cw);
@@ -445,31 +495,26 @@ __global__ void __launch_bounds__(GT_THREADS, 1)
 						}
 					wg_fence_proxy();
 					gt_named_sync(1 + cw);
-					if (lead) {
-						if (qq * 64 < ncl)
-							gt_tma_store(&tc, buf, tl.n0 + qq * 64, tl.row0 + (PP ? m : cw) * 64);
-						else
-							gt_bulk_commit();
+					if (lead)
+						gt_tma_store(&tc, buf, tl.n0 + qq * 64, tl.row0 + rb);
+				}
+			} else if (tl.mi > rb) {
+				bf16 *C = (bf16 *)g.c + (size_t)tl.row0 * g.ncols + tl.n0;
+				const int r0 = rb + warp * 16 + lane / 4;
+#pragma unroll
+				for (int jj = 0; jj < BN / 8; jj++)
+#pragma unroll
+					for (int h = 0; h < 2; h++) {
+						int i = r0 + 8 * h, col = jj * 8 + cq;
+						if (i < tl.mi && col < ncl)
+							*(__nv_bfloat162 *)(C + (size_t)i * g.ncols + col) =
+								__floats2bfloat162_rn(acc[m][4 * jj + 2 * h],
+										      acc[m][4 * jj + 2 * h + 1]);
 					}
-				}
-			continue;
-		}
-		bf16 *C = (bf16 *)g.c + (size_t)tl.row0 * g.ncols + tl.n0;
-#pragma unroll
-		for (int m = 0; m < MW; m++) {
-			const int r0 = (PP ? m : cw) * 64 + warp * 16 + lane / 4;
-#pragma unroll
-			for (int jj = 0; jj < BN / 8; jj++)
-#pragma unroll
-				for (int h = 0; h < 2; h++) {
-					int i = r0 + 8 * h, col = jj * 8 + cq;
-					if (i < tl.mi && col < ncl)
-						*(__nv_bfloat162 *)(C + (size_t)i * g.ncols + col) = __floats2bfloat162_rn(
-							acc[m][4 * jj + 2 * h], acc[m][4 * jj + 2 * h + 1]);
-				}
+			}
 		}
 	}
-	if (EPI && wl == 0) /* the output buffers stay until read */
+	if (wl == 0) /* the output buffers stay until read */
 		asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
 #endif
 }
@@ -537,13 +582,14 @@ static int gt_sms(void)
 /* 0 launched (or failed: rc < 0), 1: not launchable here, take the
  * wgmma kernel.  fwd, dgrad: c (rows, ncols) = a (rows, K) by w (E, Out,
  * In); wgrad: c (E, Out, In) fp32 (+)= a^T (dY: rows, Out) b (X: rows, In)
- * over each expert's rows, max_rows unknown (0). */
-template <int MODE, int BN, int ST, int PP, int EPI>
+ * over each expert's rows, max_rows unknown (0); sched: the weight
+ * gradient's tiles largest expert first, as a snake over the blocks. */
+template <int MODE, int BM, int BN, int ST, int PP>
 static int gt_launch(void *c, const bf16 *a, const bf16 *w, const int32_t *offsets, int max_rows, int E, int In,
-		     int Out, bool store, cudaStream_t s, struct moe_error *err)
+		     int Out, bool store, bool sched, cudaStream_t s, struct moe_error *err)
 {
 	const int K = MODE == GT_FWD ? In : Out, ncols = MODE == GT_FWD ? Out : In;
-	const size_t smem = gt_cfg<BN, ST, EPI>::SMEM + (size_t)2 * (E + 1) * sizeof(int);
+	const size_t smem = gt_cfg<BM, BN, ST>::SMEM + (size_t)2 * (E + 1) * sizeof(int);
 	if (smem > GT_SMEM_MAX || ((uintptr_t)a | (uintptr_t)w | (uintptr_t)c) % 16 || !gt_encoder())
 		return 1;
 	CUtensorMap ta, tb, tc;
@@ -562,7 +608,7 @@ static int gt_launch(void *c, const bf16 *a, const bf16 *w, const int32_t *offse
 		     gt_map(&tc, c, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 3, cdim, cstr, cbox);
 	} else {
 		const cuuint64_t adim[2] = {(cuuint64_t)K, rows}, astr[1] = {(cuuint64_t)K * 2};
-		const cuuint32_t abox[2] = {GT_BK, GT_BM};
+		const cuuint32_t abox[2] = {GT_BK, BM};
 		const cuuint64_t bdim[3] = {(cuuint64_t)In, (cuuint64_t)Out, (cuuint64_t)E},
 				 bstr[2] = {(cuuint64_t)In * 2, (cuuint64_t)In * Out * 2};
 		const cuuint32_t bbox[3] = {GT_BK, MODE == GT_FWD ? (cuuint32_t)BN : 64u, 1};
@@ -575,31 +621,33 @@ static int gt_launch(void *c, const bf16 *a, const bf16 *w, const int32_t *offse
 	if (!ok)
 		return 1;
 	gt_args g = {a, MODE == GT_WGRAD ? w : nullptr, c, offsets, E, K, ncols, (int)moe_cdiv(ncols, BN),
-		     (int)moe_cdiv(Out, GT_BM), store};
-	size_t tiles = MODE == GT_WGRAD ? (size_t)E * g.mt * g.nt : (size_t)(moe_cdiv(max_rows, GT_BM) + E) * g.nt;
+		     (int)moe_cdiv(Out, BM), store, sched};
+	size_t tiles = MODE == GT_WGRAD ? (size_t)E * g.mt * g.nt : (size_t)(moe_cdiv(max_rows, BM) + E) * g.nt;
 	unsigned grid = gt_force_grid ? gt_force_grid : gt_sms();
 	if (grid > tiles)
 		grid = (unsigned)tiles;
 	static bool attr_set;
 	int rc;
 	if (!attr_set) {
-		if ((rc = CUDA_OK(cudaFuncSetAttribute(gt_kernel<MODE, BN, ST, PP, EPI>,
+		if ((rc = CUDA_OK(cudaFuncSetAttribute(gt_kernel<MODE, BM, BN, ST, PP>,
 						       cudaFuncAttributeMaxDynamicSharedMemorySize, GT_SMEM_MAX),
 				  err)) != 0)
 			return rc;
 		attr_set = true;
 	}
-	gt_kernel<MODE, BN, ST, PP, EPI><<<grid, GT_THREADS, smem, s>>>(ta, tb, tc, g);
+	gt_kernel<MODE, BM, BN, ST, PP><<<grid, GT_THREADS, smem, s>>>(ta, tb, tc, g);
 	return CUDA_LAUNCHED(err);
 }
 
-/* Configurations, the epilogue storing from registers: 1 cooperative 128 x
- * 256, 4 stages; 2 ping-pong 128 x 128 per consumer warpgroup, 6 stages; 3
- * cooperative 128 x 128, 6 stages; through shared memory and TMA stores
- * (full row tiles): 4 as 1, 5 as 2, 6 as 1 with 3 stages.  The weight
- * gradient has only the last three (1..3 run as 4..6).  The default, 0:
- * 4, or 5 where 256-wide column tiles would leave half of the last one
- * empty (640 columns; measured in tests/bench/RESULTS-tma.md). */
+/* Configurations, all storing full 64-row blocks through shared memory and
+ * TMA: 1 cooperative 128 x 256, 4 stages; 2 ping-pong, 128 x 128 per
+ * consumer warpgroup, 6 stages; 3 cooperative 256 x 128, 4 stages; 4
+ * session 3's default (1, or 2 where 256-wide column tiles would leave half
+ * of the last one empty, the weight gradient's tiles in order).  The
+ * weight gradient's rows of W take the place of the rows (3: 256 rows of W
+ * by 128 columns).  The default, 0: 1, or 3 where 256-wide column tiles
+ * would leave half of the last one empty (640 columns), the weight
+ * gradient's tiles largest expert first (tests/bench/RESULTS-tma.md). */
 template <int MODE>
 static int gt_run(void *c, const bf16 *a, const bf16 *w, const int32_t *offsets, int max_rows, int E, int In,
 		  int Out, bool store, cudaStream_t s, struct moe_error *err)
@@ -609,34 +657,20 @@ static int gt_run(void *c, const bf16 *a, const bf16 *w, const int32_t *offsets,
 		const char *v = getenv("MOE_CUDA_GROUPED_TMA_CFG");
 		env_cfg = v && *v >= '1' && *v < '1' + GT_NCFG && !v[1] ? *v - '0' : 0;
 	}
-	const int ncols = MODE == GT_FWD ? Out : In, rem = ncols % 256;
-	int cfg = gt_force_cfg ? gt_force_cfg : env_cfg ? env_cfg : rem > 0 && rem <= 128 ? 5 : 4;
-	if constexpr (MODE == GT_WGRAD) {
-		switch (cfg) {
-		case 2:
-		case 5:
-			return gt_launch<MODE, 128, 6, 1, 1>(c, a, w, offsets, max_rows, E, In, Out, store, s, err);
-		case 3:
-		case 6:
-			return gt_launch<MODE, 256, 3, 0, 1>(c, a, w, offsets, max_rows, E, In, Out, store, s, err);
-		default:
-			return gt_launch<MODE, 256, 4, 0, 1>(c, a, w, offsets, max_rows, E, In, Out, store, s, err);
-		}
-	} else {
-		switch (cfg) {
-		case 1:
-			return gt_launch<MODE, 256, 4, 0, 0>(c, a, w, offsets, max_rows, E, In, Out, store, s, err);
-		case 2:
-			return gt_launch<MODE, 128, 6, 1, 0>(c, a, w, offsets, max_rows, E, In, Out, store, s, err);
-		case 3:
-			return gt_launch<MODE, 128, 6, 0, 0>(c, a, w, offsets, max_rows, E, In, Out, store, s, err);
-		case 5:
-			return gt_launch<MODE, 128, 6, 1, 1>(c, a, w, offsets, max_rows, E, In, Out, store, s, err);
-		case 6:
-			return gt_launch<MODE, 256, 3, 0, 1>(c, a, w, offsets, max_rows, E, In, Out, store, s, err);
-		default:
-			return gt_launch<MODE, 256, 4, 0, 1>(c, a, w, offsets, max_rows, E, In, Out, store, s, err);
-		}
+	const int ncols = MODE == GT_FWD ? Out : In, rem = ncols % 256, narrow = rem > 0 && rem <= 128;
+	int cfg = gt_force_cfg ? gt_force_cfg : env_cfg;
+	bool sched = true;
+	if (cfg == 4) /* session 3 */
+		cfg = narrow ? 2 : 1, sched = false;
+	else if (cfg == 0)
+		cfg = narrow ? 3 : 1;
+	switch (cfg) {
+	case 2:
+		return gt_launch<MODE, 128, 128, 6, 1>(c, a, w, offsets, max_rows, E, In, Out, store, sched, s, err);
+	case 3:
+		return gt_launch<MODE, 256, 128, 4, 0>(c, a, w, offsets, max_rows, E, In, Out, store, sched, s, err);
+	default:
+		return gt_launch<MODE, 128, 256, 4, 0>(c, a, w, offsets, max_rows, E, In, Out, store, sched, s, err);
 	}
 }
 

@@ -238,10 +238,10 @@ int moe_cuda_grouped_tma_wgrad_store(float *dw, const bf16_t *dout, const bf16_t
 bool moe_cuda_grouped_tma_supported(void);
 /* Tile configuration and grid, process-wide (tests, benchmarks): cfg 1
  * (cooperative 128 x 256, 4 stages), 2 (ping-pong: 128 x 128 per consumer
- * warpgroup, 6 stages), 3 (cooperative 128 x 128, 6 stages), 4..6 (1, 2, and
- * 1 with 3 stages, storing full row tiles through shared memory and TMA;
- * the weight gradient runs 1..3 as 4..6), 0 the default (see grouped_tma.cu);
- * grid > 0 caps the persistent grid (0: one block per multiprocessor).
+ * warpgroup, 6 stages), 3 (cooperative 256 x 128, 4 stages), 4 (session
+ * 3's default: 1 or 2 by the width, the weight gradient's tiles in expert
+ * order), 0 the default (see grouped_tma.cu); grid > 0 caps the persistent
+ * grid (0: one block per multiprocessor).
  * Returns how many launches so far could not use the TMA kernels (fell back
  * to grouped_wgmma.cu's) though the device supports them. */
 int moe_cuda_grouped_tma_config(int cfg, int grid);

@@ -1,13 +1,17 @@
 /*
  * Kernel microbenchmarks at the seed-base training shapes (GPU machine):
- * grouped expert GEMMs (fwd, dgrad, wgrad; random balanced routing) through
+ * grouped expert GEMMs (fwd, dgrad, wgrad; random balanced routing, or
+ * skewed with -s) through
  * our mma.sync kernel, our Hopper wgmma kernel in each tile configuration, the
- * TMA warp-specialised kernel (fwd, dgrad) in each configuration and
+ * TMA warp-specialised kernel (fwd, dgrad, wgrad) in each configuration and
  * cuBLAS's grouped GEMM (fwd, dgrad), the same FLOPs through one dense cuBLAS
  * GEMM for reference, and causal flash attention forward/backward.  Median of 20 runs timed with CUDA events
  * after warm-up; prints ms and TFLOP/s per kernel.
- *   bench_kernels [-a] [-B 8] [-T 2048] [-H 8] [-d 96]
- * -a: attention only; -H, -d: attention heads and head size.  Every
+ *   bench_kernels [-a] [-t] [-s SIGMA] [-B 8] [-T 2048] [-H 8] [-d 96]
+ * -a: attention only; -t: of the expert GEMMs only the TMA kernels (and the
+ * dense reference); -s: expert e's share of the routed rows proportional to
+ * exp(SIGMA z_e), z_e standard normal (imbalanced routing; 0: balanced);
+ * -H, -d: attention heads and head size.  Every
  * attention kernel variant is timed, then the default one.
  */
 #include <cublas_v2.h>
@@ -144,9 +148,10 @@ static void f_tma_wgrad_st(void *p)
 	CK(moe_cuda_grouped_tma_wgrad_store(g->dw, g->y, g->x, g->off, g->E, g->In, g->Out, true, 0, &err));
 }
 
-/* The default TMA kernels against the wgmma ones on fresh inputs at the
- * full shape (every block walks many tiles): elements whose bits differ. */
-static void tma_vs_wgmma(const struct gg *g)
+/* The TMA kernels (configuration cfg) against the wgmma ones on fresh
+ * inputs at the full shape (every block walks many tiles): elements whose
+ * bits differ. */
+static void tma_vs_wgmma(const struct gg *g, int cfg)
 {
 	size_t nx = (size_t)g->rows * g->In, ny = (size_t)g->rows * g->Out, n = nx > ny ? nx : ny;
 	void *xr = dalloc_rand(nx), *yr = dalloc_rand(ny), *o1 = dalloc_rand(n), *o2 = dalloc_rand(n);
@@ -166,8 +171,8 @@ static void tma_vs_wgmma(const struct gg *g)
 		wd += memcmp(&w1[i], &w2[i], 4) != 0;
 		wmax = fmax(wmax, fabs((double)w1[i] - w2[i]));
 	}
-	printf("tma vs wgmma wgrad %4dx%4d: %zu of %zu elements differ (max |difference| %.3g)\n", g->In, g->Out, wd,
-	       nw, wmax);
+	printf("tma cfg %d vs wgmma wgrad %4dx%4d: %zu of %zu elements differ (max |difference| %.3g)\n", cfg, g->In,
+	       g->Out, wd, nw, wmax);
 	free(w1);
 	free(w2);
 	cudaFree(d1);
@@ -185,8 +190,8 @@ static void tma_vs_wgmma(const struct gg *g)
 		cudaMemcpy(h2, o2, m * 2, cudaMemcpyDeviceToHost);
 		for (size_t i = 0; i < m; i++)
 			diff += h1[i] != h2[i];
-		printf("tma vs wgmma %-5s %4dx%4d: %zu of %zu elements differ\n", op ? "dgrad" : "fwd", g->In, g->Out,
-		       diff, m);
+		printf("tma cfg %d vs wgmma %-5s %4dx%4d: %zu of %zu elements differ\n", cfg, op ? "dgrad" : "fwd", g->In,
+		       g->Out, diff, m);
 	}
 	free(h1);
 	free(h2);
@@ -273,8 +278,9 @@ static void f_abwd(void *p)
 
 int main(int argc, char **argv)
 {
-	int B = 8, T = 2048, c, att_only = 0, H = 8, Dh = 96;
-	while ((c = getopt(argc, argv, "B:T:H:d:a")) != -1) {
+	int B = 8, T = 2048, c, att_only = 0, tma_only = 0, H = 8, Dh = 96;
+	double skew = 0;
+	while ((c = getopt(argc, argv, "B:T:H:d:ats:")) != -1) {
 		if (c == 'B')
 			B = atoi(optarg);
 		else if (c == 'T')
@@ -285,18 +291,45 @@ int main(int argc, char **argv)
 			Dh = atoi(optarg);
 		else if (c == 'a')
 			att_only = 1;
+		else if (c == 't')
+			tma_only = 1;
+		else if (c == 's')
+			skew = atof(optarg);
 		else
 			return 2;
 	}
 	int N = B * T, K = 4, E = 64, D = 768, I = 640;
 	int rows = N * K;
-	/* balanced-ish random routing: counts from a multinomial */
+	/* balanced-ish random routing: counts from a multinomial; with -s,
+	 * expert e drawn with probability proportional to exp(skew z_e) */
 	int32_t *cnt = calloc(E, 4), *off = malloc((E + 1) * 4);
+	double *cum = malloc(E * sizeof(double)), tot = 0;
 	uint64_t r = 12345;
+	for (int e = 0; e < E; e++) {
+		double u1, u2;
+		r ^= r << 13, r ^= r >> 7, r ^= r << 17;
+		u1 = ((r >> 11) + 0.5) / 9007199254740992.0;
+		r ^= r << 13, r ^= r >> 7, r ^= r << 17;
+		u2 = ((r >> 11) + 0.5) / 9007199254740992.0;
+		tot += exp(skew * sqrt(-2 * log(u1)) * cos(6.283185307179586 * u2));
+		cum[e] = tot;
+	}
 	for (int i = 0; i < rows; i++) {
 		r ^= r << 13, r ^= r >> 7, r ^= r << 17;
-		cnt[r % E]++;
+		double u = (r >> 11) / 9007199254740992.0 * tot;
+		int e = 0;
+		while (e < E - 1 && cum[e] <= u)
+			e++;
+		cnt[e]++;
 	}
+	free(cum);
+	int cmin = rows, cmax = 0;
+	for (int e = 0; e < E; e++) {
+		cmin = cnt[e] < cmin ? cnt[e] : cmin;
+		cmax = cnt[e] > cmax ? cnt[e] : cmax;
+	}
+	printf("routing: %d rows over %d experts, skew %g: rows per expert %d..%d (mean %d)\n", rows, E, skew, cmin,
+	       cmax, rows / E);
 	off[0] = 0;
 	for (int e = 0; e < E; e++)
 		off[e + 1] = off[e] + cnt[e];
@@ -328,6 +361,8 @@ int main(int argc, char **argv)
 		double fl = 2.0 * rows * g.In * g.Out;
 		char nm[64];
 		float t;
+		if (tma_only)
+			goto tma;
 		snprintf(nm, sizeof(nm), "grouped fwd   %4dx%4d", g.In, g.Out);
 		t = time_it(f_fwd, &g);
 		printf("%-34s %9.3f %9.1f\n", nm, t, fl / t / 1e9);
@@ -350,7 +385,12 @@ int main(int argc, char **argv)
 			printf("%-34s %9.3f %9.1f\n", nm, t, fl / t / 1e9);
 		}
 		moe_cuda_grouped_wgmma_config(0);
-		for (int cfg = 0; cfg <= 6 && moe_cuda_grouped_tma_supported(); cfg++) {
+		snprintf(nm, sizeof(nm), "wgmma wgrad store %4dx%4d", g.In, g.Out);
+		t = time_it(f_wg_wgrad_st, &g);
+		printf("%-34s %9.3f %9.1f\n", nm, t, fl / t / 1e9);
+	tma:
+		/* cfg 0: the default; 4: session 3's (grouped_tma.cu) */
+		for (int cfg = 0; cfg <= 4 && moe_cuda_grouped_tma_supported(); cfg++) {
 			moe_cuda_grouped_tma_config(cfg, 0);
 			snprintf(nm, sizeof(nm), "tma fwd     %4dx%4d cfg %d", g.In, g.Out, cfg);
 			t = time_it(f_tma_fwd, &g);
@@ -358,24 +398,23 @@ int main(int argc, char **argv)
 			snprintf(nm, sizeof(nm), "tma dgrad   %4dx%4d cfg %d", g.In, g.Out, cfg);
 			t = time_it(f_tma_dgrad, &g);
 			printf("%-34s %9.3f %9.1f\n", nm, t, fl / t / 1e9);
-			if (cfg == 0 || cfg >= 4) {
-				snprintf(nm, sizeof(nm), "tma wgrad   %4dx%4d cfg %d", g.In, g.Out, cfg);
+			snprintf(nm, sizeof(nm), "tma wgrad store %4dx%4d cfg %d", g.In, g.Out, cfg);
+			t = time_it(f_tma_wgrad_st, &g);
+			printf("%-34s %9.3f %9.1f\n", nm, t, fl / t / 1e9);
+			if (cfg == 0 || cfg == 4) {
+				snprintf(nm, sizeof(nm), "tma wgrad +=    %4dx%4d cfg %d", g.In, g.Out, cfg);
 				t = time_it(f_tma_wgrad, &g);
 				printf("%-34s %9.3f %9.1f\n", nm, t, fl / t / 1e9);
 			}
 		}
-		moe_cuda_grouped_tma_config(0, 0);
-		snprintf(nm, sizeof(nm), "wgmma wgrad store %4dx%4d", g.In, g.Out);
-		t = time_it(f_wg_wgrad_st, &g);
-		printf("%-34s %9.3f %9.1f\n", nm, t, fl / t / 1e9);
-		snprintf(nm, sizeof(nm), "tma wgrad store   %4dx%4d", g.In, g.Out);
-		t = time_it(f_tma_wgrad_st, &g);
-		printf("%-34s %9.3f %9.1f\n", nm, t, fl / t / 1e9);
-		moe_cuda_grouped_tma_config(0, 0);
-		if (moe_cuda_grouped_tma_supported()) {
-			tma_vs_wgmma(&g);
+		for (int cfg = 0; cfg <= 3 && moe_cuda_grouped_tma_supported(); cfg += 3) {
+			moe_cuda_grouped_tma_config(cfg, 0);
+			tma_vs_wgmma(&g, cfg);
 			printf("tma launches that fell back to wgmma: %d\n", moe_cuda_grouped_tma_config(0, 0));
 		}
+		moe_cuda_grouped_tma_config(0, 0);
+		if (tma_only)
+			goto dense;
 		g.tb = 1;
 		snprintf(nm, sizeof(nm), "cuBLAS grouped fwd   %4dx%4d", g.In, g.Out);
 		t = time_it(f_cublas_grouped, &g);
@@ -384,6 +423,7 @@ int main(int argc, char **argv)
 		snprintf(nm, sizeof(nm), "cuBLAS grouped dgrad %4dx%4d", g.In, g.Out);
 		t = time_it(f_cublas_grouped, &g);
 		printf("%-34s %9.3f %9.1f\n", nm, t, fl / t / 1e9);
+	dense:
 		snprintf(nm, sizeof(nm), "cuBLAS dense same FLOPs %4dx%4d", g.In, g.Out);
 		t = time_it(f_dense, &g);
 		printf("%-34s %9.3f %9.1f\n", nm, t, fl / t / 1e9);

@@ -660,9 +660,11 @@ Test(kernels, grouped_wgmma, .timeout = 120)
 }
 
 /* grouped_tma.cu's three GEMMs on groups of cnt[e] rows against the CPU
- * reference (computed once), in every configuration, on the full grid and
- * on a grid of 3 blocks (each block then walks many tiles: stage phases
- * wrap within and across tiles, the ping-pong warpgroups alternate);
+ * reference (computed once), in every configuration (4: session 3's, the
+ * weight gradient's tiles in order instead of largest expert first), on
+ * the full grid and on grids of 3 and 7 blocks (each block then walks many
+ * tiles: stage phases wrap within and across tiles, the ping-pong
+ * warpgroups alternate, the weight gradient's snake turns);
  * max_rows is extra rows above the true count (the last row tile's A rows
  * then come through the cp.async path).  Outputs poisoned with NaN;
  * tolerances as for the other grouped kernels: 1e-2 for the bf16 outputs,
@@ -688,8 +690,8 @@ static void grouped_tma_case(int E, int In, int Out, const int *cnt, int extra)
 	bf16_t *go = dmalloc((size_t)M * Out * 2 + 2), *gdx = dmalloc((size_t)M * In * 2 + 2);
 	float *gdw = dmalloc(nw * 4);
 	int32_t *goff = up(off, (E + 1) * 4);
-	for (int cfg = 1; cfg <= 6; cfg++)
-		for (int grid = 0; grid <= 3; grid += 3) {
+	for (int cfg = 1; cfg <= 4; cfg++)
+		for (int grid = 0; grid <= 7; grid += grid ? 4 : 3) {
 			moe_cuda_grouped_tma_config(cfg, grid);
 			cudaMemset(go, 0xff, (size_t)M * Out * 2 + 2);
 			cudaMemset(gdx, 0xff, (size_t)M * In * 2 + 2);
@@ -758,6 +760,13 @@ Test(kernels, grouped_tma, .timeout = 120)
 	grouped_tma_case(3, 24, 16, c5, 1000); /* everything inside one tile, past offsets[E] */
 	int c6[4] = {128, 256, 0, 384};
 	grouped_tma_case(4, 136, 264, c6, 0); /* full row tiles only, up to offsets[E] */
+	/* many experts, equal counts (ties in the weight gradient's order),
+	 * empty ones, 64-row blocks inside and across 128- and 256-row tiles */
+	int c7[37];
+	const int pick[8] = {0, 1, 63, 64, 65, 192, 256, 300};
+	for (int e = 0; e < 37; e++)
+		c7[e] = pick[rng_u64() % 8];
+	grouped_tma_case(37, 136, 264, c7, 5);
 	int fb = moe_cuda_grouped_tma_config(0, 0);
 	cr_expect(fb == 0, "%d launches fell back to the wgmma kernels", fb);
 }
