@@ -135,6 +135,7 @@ struct cuda_ctx {
 	int grouped_mode;   /* GM_* */
 	int grouped_tma;    /* GM_WGMMA: 1 fwd and dgrad, 2 all three through grouped_tma.cu */
 	int qk_split;       /* MOE_CUDA_QKNORM_ROPE=split: rmsnorm and rope as two kernels */
+	int qkv_split;      /* MOE_CUDA_QKV=split: no batched linears (linear_fwd_multi, _wgrad_multi) */
 	/* narrow linears (the router) through the wgmma kernel as one group:
 	 * narrow_ok unless MOE_CUDA_NARROW=cublas or not sm_90; one_off holds
 	 * the group's offsets {0, one_rows} (one_rows 0: not set yet) */
@@ -867,6 +868,39 @@ static void o_linear_bwd_add(struct moe_backend *be, void *dx, float *dw, const 
 	linear_bwd_beta(be, dx, dw, dout, x, w, N, In, Out, 1.f);
 }
 
+static void o_linear_fwd_multi(struct moe_backend *be, void *out, size_t out_stride, const void *x, const void *w,
+			       size_t w_stride, int nb, int N, int In, int Out)
+{
+	struct cuda_ctx *c = CTX(be);
+	PROF(c, "linear");
+	RUN(c, moe_cuda_gemm_batched(c->blas, 0, 1, N, Out, In, (const bf16_t *)x, In, 0, (const bf16_t *)w, In,
+				     (long long)w_stride, out, Out, (long long)out_stride, 0, 1.f, 0.f, nb, &c->err));
+	PROF_END(c);
+}
+
+static void o_linear_wgrad_multi(struct moe_backend *be, float *dw, size_t dw_stride, const void *dout,
+				 size_t dout_stride, const void *x, int nb, int N, int In, int Out)
+{
+	struct cuda_ctx *c = CTX(be);
+	/* as linear_bwd_beta: small gradients cleared and added into under
+	 * grad_overwrite (the clear is one memset when they are adjacent) */
+	float wbeta = 1.f;
+	if (be->grad_overwrite && (N <= 0 || (size_t)Out * In <= ((size_t)4 << 20))) {
+		if (dw_stride == (size_t)Out * In)
+			b_zero(be, dw, dw_stride * nb, MOE_BUF_F32);
+		else
+			for (int b = 0; b < nb; b++)
+				b_zero(be, dw + b * dw_stride, (size_t)Out * In, MOE_BUF_F32);
+	} else if (be->grad_overwrite) {
+		wbeta = 0.f;
+	}
+	PROF(c, "linear_bwd");
+	RUN(c, moe_cuda_gemm_batched(c->blas, 1, 0, Out, In, N, (const bf16_t *)dout, Out, (long long)dout_stride,
+				     (const bf16_t *)x, In, 0, dw, In, (long long)dw_stride, 1, 1.f, wbeta, nb,
+				     &c->err));
+	PROF_END(c);
+}
+
 static void rope_table(struct cuda_ctx *c, int T, int Dh, float theta)
 {
 	if (c->cosb && c->rope_T >= T && c->rope_Dh == Dh && c->rope_theta == theta)
@@ -1579,6 +1613,8 @@ extern "C" struct moe_backend *moe_backend_cuda(struct moe_error *err)
 			goto fail;
 		}
 		c->expert_fuse = moe_cuda_grouped_wgmma_supported() ? (int)xf : 0;
+		const char *kv = getenv("MOE_CUDA_QKV");
+		c->qkv_split = kv && strcmp(kv, "split") == 0;
 		const char *nv = getenv("MOE_CUDA_NARROW");
 		c->narrow_ok = moe_cuda_grouped_wgmma_supported() && !(nv && strcmp(nv, "cublas") == 0);
 		const char *uv = getenv("MOE_CUDA_OVERLAP");
@@ -1653,6 +1689,10 @@ extern "C" struct moe_backend *moe_backend_cuda(struct moe_error *err)
 	be->scale_act = o_scale_act;
 	be->adamw = o_adamw;
 	be->param_wait = b_param_wait;
+	if (!c->qkv_split) { /* MOE_CUDA_QKV=split: the model's three linears */
+		be->linear_fwd_multi = o_linear_fwd_multi;
+		be->linear_wgrad_multi = o_linear_wgrad_multi;
+	}
 	be->grad_ready = b_grad_ready;
 	be->status = b_status;
 	return be;

@@ -62,4 +62,23 @@ extern "C" int moe_cuda_gemm(struct moe_cuda_blas *b, int ta, int tb, int M, int
 			 err);
 }
 
+extern "C" int moe_cuda_gemm_batched(struct moe_cuda_blas *b, int ta, int tb, int M, int N, int K,
+				     const bf16_t *A, int lda, long long sA, const bf16_t *B, int ldb, long long sB,
+				     void *C, int ldc, long long sC, int c_f32, float alpha, float beta, int batch,
+				     struct moe_error *err)
+{
+	if (M <= 0 || N <= 0 || batch <= 0)
+		return 0;
+	if (K <= 0) {
+		if (beta != 0.f)
+			return 0;
+		return moe_error_set(err, MOE_EINVAL, "gemm: K = 0 with beta = 0");
+	}
+	return CUBLAS_OK(cublasGemmStridedBatchedEx(b->h, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N,
+						    N, M, K, &alpha, B, CUDA_R_16BF, ldb, sB, A, CUDA_R_16BF, lda,
+						    sA, &beta, C, c_f32 ? CUDA_R_32F : CUDA_R_16BF, ldc, sC, batch,
+						    CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+			 err);
+}
+
 extern "C" cublasHandle_t moe_cuda_blas_handle(struct moe_cuda_blas *b) { return b->h; }

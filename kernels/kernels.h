@@ -34,6 +34,11 @@ int moe_cuda_embedding_bwd(float *dwte /* (V, D) */, const bf16_t *dout /* (N, D
 			   const int32_t *ids, int N, int D, int pad_id, cudaStream_t s,
 			   struct moe_error *err);
 
+/* The memory-bound kernels of rmsnorm.cu, qknorm_rope.cu, permute.cu and
+ * xent.cu: on != 0 selects their previous versions (same results within the
+ * tests' tolerances), kept for same-run comparisons (bench_kernels -m). */
+void moe_cuda_memk_legacy(int on);
+
 /* rmsnorm.cu: fp32 statistics and weights; dx overwritten, dw (may be NULL) +=. */
 int moe_cuda_rmsnorm_fwd(bf16_t *out /* (N, D) */, float *rstd /* (N) */, const bf16_t *x,
 			 const float *w /* (D) */, int N, int D, float eps, cudaStream_t s,
@@ -192,6 +197,11 @@ void moe_cuda_blas_free(struct moe_cuda_blas *b);
 int moe_cuda_gemm(struct moe_cuda_blas *b, int ta, int tb, int M, int N, int K, const bf16_t *A,
 		  int lda, const bf16_t *B, int ldb, void *C, int ldc, int c_f32, float alpha,
 		  float beta, struct moe_error *err);
+/* batch GEMMs of one shape in one cuBLAS call, operand b at A + b * sA,
+ * B + b * sB, C + b * sC (elements; a stride 0 shares the operand) */
+int moe_cuda_gemm_batched(struct moe_cuda_blas *b, int ta, int tb, int M, int N, int K, const bf16_t *A,
+			  int lda, long long sA, const bf16_t *B, int ldb, long long sB, void *C, int ldc,
+			  long long sC, int c_f32, float alpha, float beta, int batch, struct moe_error *err);
 
 /* grouped_gemm.cu: expert GEMMs driven by device offsets (E+1), no host
  * synchronisation.  Rows [offsets[e], offsets[e+1]) of x use w[e]:

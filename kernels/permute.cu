@@ -99,6 +99,158 @@ __global__ void combine_bwd_kernel(bf16 *dyg, float *dw, const bf16 *dout, const
 	}
 }
 
+/* The row kernels (the default for K <= 4 and D <= 256 * NC, NC <= 4): a
+ * warp per token, lane l owns columns l * 8 + 256 c; the token's K row
+ * indices and gate weights are read first, then every 16-byte load of the
+ * token (K expert rows, and the residual or dout) is issued before the first
+ * use, so that 4 NC to 5 NC loads a lane are in flight instead of one. */
+#define PK_THREADS 128
+#define PK_K 4
+
+extern int moe_memk_legacy_on; /* rmsnorm.cu: moe_cuda_memk_legacy() */
+
+static __device__ __forceinline__ void unpack8(float *f, uint4 u)
+{
+	const bf16 *h = (const bf16 *)&u;
+#pragma unroll
+	for (int j = 0; j < 8; j++)
+		f[j] = bf2f(h[j]);
+}
+
+/* MODE 0: out = res (may be NULL) + sum_k w*y; MODE 1: out += sum_k y */
+template <int NC, int MODE>
+__global__ void __launch_bounds__(PK_THREADS)
+combine_rows_kernel(bf16 *out, const bf16 *res, const bf16 *yg, const float *w, const int32_t *inv, int N, int K,
+		    int D)
+{
+	int lane = threadIdx.x % 32, n = blockIdx.x * (PK_THREADS / 32) + threadIdx.x / 32;
+	if (n >= N)
+		return;
+	size_t row[PK_K];
+	float wk[PK_K];
+#pragma unroll
+	for (int k = 0; k < PK_K; k++) {
+		row[k] = k < K ? (size_t)inv[(size_t)n * K + k] * D : 0;
+		wk[k] = MODE == 0 && k < K ? w[(size_t)n * K + k] : 1.f;
+	}
+	uint4 y[PK_K][NC], rv[NC];
+	const bf16 *rr = MODE == 0 ? res : out;
+#pragma unroll
+	for (int c = 0; c < NC; c++) {
+		int i = lane * 8 + 256 * c;
+		if (i < D) {
+#pragma unroll
+			for (int k = 0; k < PK_K; k++)
+				if (k < K)
+					y[k][c] = *(const uint4 *)(yg + row[k] + i);
+			if (rr)
+				rv[c] = *(const uint4 *)(rr + (size_t)n * D + i);
+		}
+	}
+#pragma unroll
+	for (int c = 0; c < NC; c++) {
+		int i = lane * 8 + 256 * c;
+		if (i >= D)
+			continue;
+		float a[8], f[8];
+		if (MODE == 1)
+			unpack8(a, rv[c]);
+		else
+#pragma unroll
+			for (int j = 0; j < 8; j++)
+				a[j] = 0.f;
+#pragma unroll
+		for (int k = 0; k < PK_K; k++)
+			if (k < K) {
+				unpack8(f, y[k][c]);
+#pragma unroll
+				for (int j = 0; j < 8; j++)
+					a[j] += MODE == 0 ? wk[k] * f[j] : f[j];
+			}
+		if (MODE == 0 && rr) {
+			unpack8(f, rv[c]);
+#pragma unroll
+			for (int j = 0; j < 8; j++)
+				a[j] = f[j] + a[j];
+		}
+		st8(out + (size_t)n * D + i, a);
+	}
+}
+
+template <int NC>
+__global__ void __launch_bounds__(PK_THREADS)
+combine_bwd_rows_kernel(bf16 *dyg, float *dw, const bf16 *dout, const bf16 *yg, const float *w, const int32_t *inv,
+			int N, int K, int D)
+{
+	int lane = threadIdx.x % 32, n = blockIdx.x * (PK_THREADS / 32) + threadIdx.x / 32;
+	if (n >= N)
+		return;
+	size_t row[PK_K];
+	float wk[PK_K];
+#pragma unroll
+	for (int k = 0; k < PK_K; k++) {
+		row[k] = k < K ? (size_t)inv[(size_t)n * K + k] * D : 0;
+		wk[k] = k < K ? w[(size_t)n * K + k] : 0.f;
+	}
+	uint4 y[PK_K][NC], dv[NC];
+#pragma unroll
+	for (int c = 0; c < NC; c++) {
+		int i = lane * 8 + 256 * c;
+		if (i < D) {
+			dv[c] = *(const uint4 *)(dout + (size_t)n * D + i);
+#pragma unroll
+			for (int k = 0; k < PK_K; k++)
+				if (k < K)
+					y[k][c] = *(const uint4 *)(yg + row[k] + i);
+		}
+	}
+	float dot[PK_K];
+#pragma unroll
+	for (int k = 0; k < PK_K; k++)
+		dot[k] = 0.f;
+#pragma unroll
+	for (int c = 0; c < NC; c++) {
+		int i = lane * 8 + 256 * c;
+		if (i >= D)
+			continue;
+		float dvf[8], f[8], o[8];
+		unpack8(dvf, dv[c]);
+#pragma unroll
+		for (int k = 0; k < PK_K; k++)
+			if (k < K) {
+				unpack8(f, y[k][c]);
+#pragma unroll
+				for (int j = 0; j < 8; j++) {
+					dot[k] += dvf[j] * f[j];
+					o[j] = wk[k] * dvf[j];
+				}
+				st8(dyg + row[k] + i, o);
+			}
+	}
+#pragma unroll
+	for (int k = 0; k < PK_K; k++)
+		if (k < K) {
+			float d = warp_sum(dot[k]);
+			if (lane == 0)
+				dw[(size_t)n * K + k] = d;
+		}
+}
+
+/* the row kernels' column chunks for D (0: the previous kernels) */
+static int pk_nc(int K, int D)
+{
+	int nc = (D + 255) / 256;
+	return moe_memk_legacy_on || K > PK_K || K < 1 || nc > 4 ? 0 : nc;
+}
+
+#define PK_SWITCH(NC, LAUNCH)        \
+	switch (NC) {                \
+	case 1: LAUNCH(1); break;    \
+	case 2: LAUNCH(2); break;    \
+	case 3: LAUNCH(3); break;    \
+	default: LAUNCH(4); break;   \
+	}
+
 static int check_width(int D, int mult, struct moe_error *err)
 {
 	if (D % mult)
@@ -124,6 +276,14 @@ extern "C" int moe_cuda_scatter_add(bf16_t *dx, const bf16_t *dxg, const int32_t
 	int rc;
 	if ((rc = check_width(D, 8, err)) != 0 || N <= 0)
 		return rc;
+	if (int nc = pk_nc(K, D)) {
+#define SA(NC)                                                                                                 \
+	combine_rows_kernel<NC, 1><<<moe_cdiv(N, PK_THREADS / 32), PK_THREADS, 0, s>>>((bf16 *)dx, NULL,          \
+										       (const bf16 *)dxg, NULL, inv, N, K, D)
+		PK_SWITCH(nc, SA)
+#undef SA
+		return CUDA_LAUNCHED(err);
+	}
 	scatter_add_kernel<<<moe_cdiv(N, 8), 256, 0, s>>>((bf16 *)dx, (const bf16 *)dxg, inv, N, K, D);
 	return CUDA_LAUNCHED(err);
 }
@@ -134,6 +294,14 @@ extern "C" int moe_cuda_combine_fwd(bf16_t *out, const bf16_t *res, const bf16_t
 	int rc;
 	if ((rc = check_width(D, 8, err)) != 0 || N <= 0)
 		return rc;
+	if (int nc = pk_nc(K, D)) {
+#define CF(NC)                                                                                                 \
+	combine_rows_kernel<NC, 0><<<moe_cdiv(N, PK_THREADS / 32), PK_THREADS, 0, s>>>(                          \
+		(bf16 *)out, (const bf16 *)res, (const bf16 *)yg, w, inv, N, K, D)
+		PK_SWITCH(nc, CF)
+#undef CF
+		return CUDA_LAUNCHED(err);
+	}
 	combine_fwd8_kernel<<<moe_cdiv(N, 8), 256, 0, s>>>((bf16 *)out, (const bf16 *)res, (const bf16 *)yg, w, inv, N,
 							   K, D);
 	return CUDA_LAUNCHED(err);
@@ -146,6 +314,14 @@ extern "C" int moe_cuda_combine_bwd(bf16_t *dyg, float *dw, const bf16_t *dout, 
 	int rc;
 	if ((rc = check_width(D, 8, err)) != 0 || N <= 0)
 		return rc;
+	if (int nc = pk_nc(K, D)) {
+#define CB(NC)                                                                                                 \
+	combine_bwd_rows_kernel<NC><<<moe_cdiv(N, PK_THREADS / 32), PK_THREADS, 0, s>>>(                         \
+		(bf16 *)dyg, dw, (const bf16 *)dout, (const bf16 *)yg, w, inv, N, K, D)
+		PK_SWITCH(nc, CB)
+#undef CB
+		return CUDA_LAUNCHED(err);
+	}
 	combine_bwd_kernel<<<moe_cdiv(N, 8), 256, 0, s>>>((bf16 *)dyg, dw, (const bf16 *)dout,
 							  (const bf16 *)yg, w, inv, N, K, D);
 	return CUDA_LAUNCHED(err);

@@ -171,6 +171,222 @@ qknorm_rope_bwd_kernel(bf16 *dx, float *dw, const bf16 *dout, const bf16 *x, con
 	}
 }
 
+
+/* The pair layout (the default): a row's D/16 pairs of eight-column groups,
+ * each group in the first half of a head with its RoPE partner Dh/2 columns
+ * on, spread over L lanes (NP pairs a lane, fixed for every row), so that a
+ * lane rotates its own values: no shared-memory staging of the row, all
+ * 2 NP (forward) or 4 NP (backward) 16-byte loads of a row in flight at once,
+ * the norm weights read from shared memory (loaded once per block).  A warp
+ * takes 32 / L rows at a time; the backward's dw partials live in shared
+ * memory per row group (fixed columns per lane: no races, fixed order). */
+#define QP_THREADS 128
+
+static __device__ __forceinline__ float group_sum(float v, int L)
+{
+	for (int o = L / 2; o > 0; o >>= 1)
+		v += __shfl_xor_sync(0xffffffffu, v, o);
+	return v;
+}
+
+static __device__ __forceinline__ void unpack8(float *f, uint4 u)
+{
+	const bf16 *h = (const bf16 *)&u;
+#pragma unroll
+	for (int j = 0; j < 8; j++)
+		f[j] = bf2f(h[j]);
+}
+
+/* the columns of this lane's pairs: c1 (first half; -1 past the row) and
+ * the table offset kc of each */
+template <int L, int NP>
+static __device__ __forceinline__ void qp_cols(int *c1, int *kc, int gl, int Dh, int D)
+{
+	int gph = Dh / 16, P = D / 16;
+#pragma unroll
+	for (int q = 0; q < NP; q++) {
+		int p = gl + L * q, h = p / gph, k = p - h * gph;
+		c1[q] = p < P ? h * Dh + k * 8 : -1;
+		kc[q] = k * 8;
+	}
+}
+
+template <int L, int NP>
+__global__ void __launch_bounds__(QP_THREADS)
+qknorm_rope_pair_fwd_kernel(bf16 *out, float *rstd, const bf16 *x, const float *w, const float *cosb,
+			    const float *sinb, int N, int T, int Dh, int D, float eps)
+{
+	extern __shared__ __align__(16) float sw[]; /* (D) */
+	for (int i = threadIdx.x; i < D; i += blockDim.x)
+		sw[i] = w[i];
+	__syncthreads();
+	const int lane = threadIdx.x % 32, gl = lane % L, half = Dh / 2;
+	const int rpw = 32 / L, warps = blockDim.x / 32;
+	int c1[NP], kc[NP];
+	qp_cols<L, NP>(c1, kc, gl, Dh, D);
+	for (int n0 = (blockIdx.x * warps + threadIdx.x / 32) * rpw; n0 < N; n0 += gridDim.x * warps * rpw) {
+		int n = n0 + lane / L;
+		bool ok = n < N;
+		const bf16 *xr = x + (size_t)n * D;
+		uint4 a[NP], b[NP];
+#pragma unroll
+		for (int q = 0; q < NP; q++) {
+			if (ok && c1[q] >= 0) {
+				a[q] = *(const uint4 *)(xr + c1[q]);
+				b[q] = *(const uint4 *)(xr + c1[q] + half);
+			} else {
+				a[q] = b[q] = make_uint4(0, 0, 0, 0);
+			}
+		}
+		float ss = 0.f;
+#pragma unroll
+		for (int q = 0; q < NP; q++) {
+			float fa[8], fb[8];
+			unpack8(fa, a[q]);
+			unpack8(fb, b[q]);
+#pragma unroll
+			for (int j = 0; j < 8; j++)
+				ss += fa[j] * fa[j] + fb[j] * fb[j];
+		}
+		ss = group_sum(ss, L);
+		float r = rsqrtf(ss / D + eps);
+		if (!ok)
+			continue;
+		int t = n % T;
+		const float *cr = cosb + (size_t)t * half, *sr = sinb + (size_t)t * half;
+		bf16 *o = out + (size_t)n * D;
+#pragma unroll
+		for (int q = 0; q < NP; q++) {
+			if (c1[q] < 0)
+				continue;
+			float fa[8], fb[8], cs[8], sn[8], wa[8], wb[8], oa[8], ob[8];
+			unpack8(fa, a[q]);
+			unpack8(fb, b[q]);
+			ld8s(cs, cr + kc[q]);
+			ld8s(sn, sr + kc[q]);
+			ld8s(wa, sw + c1[q]);
+			ld8s(wb, sw + c1[q] + half);
+#pragma unroll
+			for (int j = 0; j < 8; j++) {
+				float ya = fa[j] * r * wa[j], yb = fb[j] * r * wb[j];
+				oa[j] = ya * cs[j] - yb * sn[j];
+				ob[j] = yb * cs[j] + ya * sn[j];
+			}
+			st8(o + c1[q], oa);
+			st8(o + c1[q] + half, ob);
+		}
+		if (gl == 0)
+			rstd[n] = r;
+	}
+}
+
+/* shared memory: w (D), then the dw partials (row groups of the block, D) */
+template <int L, int NP>
+__global__ void __launch_bounds__(QP_THREADS)
+qknorm_rope_pair_bwd_kernel(bf16 *dx, float *dw, const bf16 *dout, const bf16 *x, const float *w,
+			    const float *rstd, const float *cosb, const float *sinb, int N, int T, int Dh, int D)
+{
+	extern __shared__ __align__(16) float sw[];
+	const int lane = threadIdx.x % 32, gl = lane % L, half = Dh / 2;
+	const int rpw = 32 / L, warps = blockDim.x / 32, groups = blockDim.x / L;
+	float *sacc = sw + D + (size_t)(threadIdx.x / L) * D;
+	for (int i = threadIdx.x; i < D; i += blockDim.x)
+		sw[i] = w[i];
+	for (int i = threadIdx.x; i < groups * D; i += blockDim.x)
+		sw[D + i] = 0.f;
+	__syncthreads();
+	int c1[NP], kc[NP];
+	qp_cols<L, NP>(c1, kc, gl, Dh, D);
+	for (int n0 = (blockIdx.x * warps + threadIdx.x / 32) * rpw; n0 < N; n0 += gridDim.x * warps * rpw) {
+		int n = n0 + lane / L;
+		bool ok = n < N;
+		const bf16 *dr = dout + (size_t)n * D, *xr = x + (size_t)n * D;
+		uint4 da[NP], db[NP], xa[NP], xb[NP];
+#pragma unroll
+		for (int q = 0; q < NP; q++) {
+			if (ok && c1[q] >= 0) {
+				da[q] = *(const uint4 *)(dr + c1[q]);
+				db[q] = *(const uint4 *)(dr + c1[q] + half);
+				xa[q] = *(const uint4 *)(xr + c1[q]);
+				xb[q] = *(const uint4 *)(xr + c1[q] + half);
+			} else {
+				da[q] = db[q] = xa[q] = xb[q] = make_uint4(0, 0, 0, 0);
+			}
+		}
+		int t = ok ? n % T : 0;
+		const float *cr = cosb + (size_t)t * half, *sr = sinb + (size_t)t * half;
+		float r = ok ? rstd[n] : 0.f, dot = 0.f;
+#pragma unroll
+		for (int q = 0; q < NP; q++) {
+			if (c1[q] < 0)
+				continue;
+			float fa[8], fb[8], ga[8], gb[8], cs[8], sn[8], wa[8], wb[8];
+			unpack8(fa, da[q]);
+			unpack8(fb, db[q]);
+			ld8s(cs, cr + kc[q]);
+			ld8s(sn, sr + kc[q]);
+			ld8s(wa, sw + c1[q]);
+			ld8s(wb, sw + c1[q] + half);
+#pragma unroll
+			for (int j = 0; j < 8; j++) { /* the gradient before RoPE */
+				ga[j] = fa[j] * cs[j] + fb[j] * sn[j];
+				gb[j] = fb[j] * cs[j] - fa[j] * sn[j];
+			}
+			unpack8(fa, xa[q]);
+			unpack8(fb, xb[q]);
+#pragma unroll
+			for (int j = 0; j < 8; j++)
+				dot += ga[j] * wa[j] * fa[j] + gb[j] * wb[j] * fb[j];
+		}
+		dot = group_sum(dot, L);
+		if (!ok)
+			continue;
+		float k = dot * r * r * r / D;
+		bf16 *dxr = dx + (size_t)n * D;
+#pragma unroll
+		for (int q = 0; q < NP; q++) {
+			if (c1[q] < 0)
+				continue;
+			float fa[8], fb[8], ga[8], gb[8], cs[8], sn[8], wa[8], wb[8], aa[8], ab[8];
+			unpack8(fa, da[q]);
+			unpack8(fb, db[q]);
+			ld8s(cs, cr + kc[q]);
+			ld8s(sn, sr + kc[q]);
+#pragma unroll
+			for (int j = 0; j < 8; j++) {
+				ga[j] = fa[j] * cs[j] + fb[j] * sn[j];
+				gb[j] = fb[j] * cs[j] - fa[j] * sn[j];
+			}
+			unpack8(fa, xa[q]);
+			unpack8(fb, xb[q]);
+			ld8s(wa, sw + c1[q]);
+			ld8s(wb, sw + c1[q] + half);
+			ld8s(aa, sacc + c1[q]);
+			ld8s(ab, sacc + c1[q] + half);
+#pragma unroll
+			for (int j = 0; j < 8; j++) {
+				aa[j] += ga[j] * fa[j] * r;
+				ab[j] += gb[j] * fb[j] * r;
+				ga[j] = ga[j] * wa[j] * r - k * fa[j];
+				gb[j] = gb[j] * wb[j] * r - k * fb[j];
+			}
+			st8s(sacc + c1[q], aa);
+			st8s(sacc + c1[q] + half, ab);
+			st8(dxr + c1[q], ga);
+			st8(dxr + c1[q] + half, gb);
+		}
+	}
+	if (!dw)
+		return;
+	__syncthreads();
+	for (int i = threadIdx.x; i < D; i += blockDim.x) {
+		float s = 0.f;
+		for (int g = 0; g < groups; g++)
+			s += sw[D + (size_t)g * D + i];
+		atomicAdd(dw + i, s);
+	}
+}
+
 extern "C" bool moe_cuda_qknorm_rope_supported(int H, int Dh)
 {
 	return H > 0 && Dh % 16 == 0 && Dh > 0 && (H * Dh + 255) / 256 <= QR_MAXNC;
@@ -202,6 +418,38 @@ static int qr_check(int H, int Dh, struct moe_error *err)
 	return 0;
 }
 
+/* moe_cuda_memk_legacy() (rmsnorm.cu): the previous kernels for comparisons */
+extern int moe_memk_legacy_on;
+
+/* Resident blocks of kern on this device (at least 1), for grid-stride
+ * launches that fill the card once. */
+template <typename K> static unsigned resident_blocks(K kern, int threads, size_t smem)
+{
+	int dev = 0, sms = 132, per = 1;
+	cudaGetDevice(&dev);
+	cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+	if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per, kern, threads, smem) != cudaSuccess || per < 1)
+		per = 1;
+	return (unsigned)(sms * per);
+}
+
+/* the pair kernels' lanes a row L and pairs a lane NP: (16, 1..4) up to
+ * D 1024, (32, 3) up to 1536 */
+#define QP_SWITCH(D, LAUNCH)                                  \
+	do {                                                  \
+		int p_ = (D) / 16;                            \
+		if (p_ <= 16)                                 \
+			LAUNCH(16, 1)                        \
+		else if (p_ <= 32)                            \
+			LAUNCH(16, 2)                        \
+		else if (p_ <= 48)                            \
+			LAUNCH(16, 3)                        \
+		else if (p_ <= 64)                            \
+			LAUNCH(16, 4)                        \
+		else                                          \
+			LAUNCH(32, 3)                        \
+	} while (0)
+
 extern "C" int moe_cuda_qknorm_rope_fwd(bf16_t *out, float *rstd, const bf16_t *x, const float *w,
 					const float *cosb, const float *sinb, int B, int T, int H, int Dh,
 					float eps, cudaStream_t s, struct moe_error *err)
@@ -209,6 +457,19 @@ extern "C" int moe_cuda_qknorm_rope_fwd(bf16_t *out, float *rstd, const bf16_t *
 	int N = B * T, D = H * Dh, rc;
 	if ((rc = qr_check(H, Dh, err)) != 0 || N <= 0)
 		return rc;
+	if (!moe_memk_legacy_on) {
+		size_t sm = (size_t)D * sizeof(float);
+#define QP_FWD(L, NP)                                                                                          \
+	{                                                                                                      \
+		unsigned nb = moe_cdiv(N, QP_THREADS / L), cap = resident_blocks(                              \
+								     qknorm_rope_pair_fwd_kernel<L, NP>, QP_THREADS, sm); \
+		qknorm_rope_pair_fwd_kernel<L, NP><<<nb < cap ? nb : cap, QP_THREADS, sm, s>>>(                \
+			(bf16 *)out, rstd, (const bf16 *)x, w, cosb, sinb, N, T, Dh, D, eps);                  \
+	}
+		QP_SWITCH(D, QP_FWD);
+#undef QP_FWD
+		return CUDA_LAUNCHED(err);
+	}
 	unsigned nb = qr_blocks(N);
 	size_t sm = (size_t)QR_WARPS * D * sizeof(float);
 #define QR_FWD(NC)                                                                                              \
@@ -226,6 +487,19 @@ extern "C" int moe_cuda_qknorm_rope_bwd(bf16_t *dx, float *dw, const bf16_t *dou
 	int N = B * T, D = H * Dh, rc;
 	if ((rc = qr_check(H, Dh, err)) != 0 || N <= 0)
 		return rc;
+	if (!moe_memk_legacy_on) {
+#define QP_BWD(L, NP)                                                                                          \
+	{                                                                                                      \
+		size_t sm = (size_t)(1 + QP_THREADS / L) * D * sizeof(float);                                  \
+		unsigned nb = moe_cdiv(N, QP_THREADS / L), cap = resident_blocks(                              \
+								     qknorm_rope_pair_bwd_kernel<L, NP>, QP_THREADS, sm); \
+		qknorm_rope_pair_bwd_kernel<L, NP><<<nb < cap ? nb : cap, QP_THREADS, sm, s>>>(                \
+			(bf16 *)dx, dw, (const bf16 *)dout, (const bf16 *)x, w, rstd, cosb, sinb, N, T, Dh, D);    \
+	}
+		QP_SWITCH(D, QP_BWD);
+#undef QP_BWD
+		return CUDA_LAUNCHED(err);
+	}
 	unsigned nb = qr_blocks(N);
 	size_t sm = (size_t)QR_WARPS * D * sizeof(float);
 #define QR_BWD(NC)                                                                                              \

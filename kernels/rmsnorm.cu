@@ -2,8 +2,203 @@
  * and fp32 weights; the backward keeps each lane's part of dw in registers
  * (D <= 1024) or in per-warp shared-memory partials (wider rows), then one
  * global add per block and column. */
+#include <stdlib.h>
+#include <string.h>
+
 #include "cuda_common.h"
 #include "kernels.h"
+
+/* moe_cuda_memk_legacy(): the previous kernels of rmsnorm.cu, qknorm_rope.cu,
+ * permute.cu and xent.cu, kept for same-run comparisons (bench_kernels -m) */
+int moe_memk_legacy_on = 0;
+
+extern "C" void moe_cuda_memk_legacy(int on) { moe_memk_legacy_on = on; }
+
+/* MOE_CUDA_MEMK=legacy in the environment: the previous kernels from the
+ * start (whole-step comparisons in one run) */
+static int memk_from_env(void)
+{
+	const char *e = getenv("MOE_CUDA_MEMK");
+	return moe_memk_legacy_on = e && strcmp(e, "legacy") == 0;
+}
+static int memk_env_read = memk_from_env();
+
+/* Resident blocks of kern on this device, for grid-stride launches that
+ * fill the card once. */
+template <typename K> static unsigned resident_blocks(K kern, int threads, size_t smem)
+{
+	int dev = 0, sms = 132, per = 1;
+	cudaGetDevice(&dev);
+	cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+	if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per, kern, threads, smem) != cudaSuccess || per < 1)
+		per = 1;
+	return (unsigned)(sms * per);
+}
+
+static __device__ __forceinline__ void unpack8(float *f, uint4 u)
+{
+	const bf16 *h = (const bf16 *)&u;
+#pragma unroll
+	for (int j = 0; j < 8; j++)
+		f[j] = bf2f(h[j]);
+}
+
+static __device__ __forceinline__ void lds8(float *f, const float *p)
+{
+	float4 a = *(const float4 *)p, b = *(const float4 *)(p + 4);
+	f[0] = a.x, f[1] = a.y, f[2] = a.z, f[3] = a.w, f[4] = b.x, f[5] = b.y, f[6] = b.z, f[7] = b.w;
+}
+
+/* The row kernels (the default for D <= 256 * NC, NC <= 4): lane l of a warp
+ * owns columns l * 8 + 256 c of every row, the weights sit in shared memory
+ * (loaded once per block), every 16-byte load of a row (R rows at a time in
+ * the forward; x, dout and the residual gradient in the backward) is issued
+ * before the first use, and the grid fills the card once. */
+#define RN_THREADS 128
+
+template <int NC, int R>
+__global__ void __launch_bounds__(RN_THREADS)
+rmsnorm_rows_fwd_kernel(bf16 *out, float *rstd, const bf16 *x, const float *w, int N, int D, float eps)
+{
+	extern __shared__ __align__(16) float sw[]; /* (D) */
+	for (int i = threadIdx.x; i < D; i += blockDim.x)
+		sw[i] = w[i];
+	__syncthreads();
+	const int lane = threadIdx.x % 32, warps = blockDim.x / 32;
+	for (int n0 = (blockIdx.x * warps + threadIdx.x / 32) * R; n0 < N; n0 += gridDim.x * warps * R) {
+		uint4 v[R][NC];
+#pragma unroll
+		for (int r = 0; r < R; r++)
+#pragma unroll
+			for (int c = 0; c < NC; c++) {
+				int i = lane * 8 + 256 * c;
+				v[r][c] = n0 + r < N && i < D ? *(const uint4 *)(x + (size_t)(n0 + r) * D + i)
+							       : make_uint4(0, 0, 0, 0);
+			}
+#pragma unroll
+		for (int r = 0; r < R; r++) {
+			float ss = 0.f;
+#pragma unroll
+			for (int c = 0; c < NC; c++) {
+				float f[8];
+				unpack8(f, v[r][c]);
+#pragma unroll
+				for (int j = 0; j < 8; j++)
+					ss += f[j] * f[j];
+			}
+			ss = warp_sum(ss);
+			int n = n0 + r;
+			if (n >= N)
+				break;
+			float rs = rsqrtf(ss / D + eps);
+#pragma unroll
+			for (int c = 0; c < NC; c++) {
+				int i = lane * 8 + 256 * c;
+				if (i < D) {
+					float f[8], wv[8];
+					unpack8(f, v[r][c]);
+					lds8(wv, sw + i);
+#pragma unroll
+					for (int j = 0; j < 8; j++)
+						f[j] *= rs * wv[j];
+					st8(out + (size_t)n * D + i, f);
+				}
+			}
+			if (lane == 0)
+				rstd[n] = rs;
+		}
+	}
+}
+
+/* shared memory: w (D), then the warps' dw partials (warps, D) at the end */
+template <int NC, bool ADD>
+__global__ void __launch_bounds__(RN_THREADS)
+rmsnorm_rows_bwd_kernel(bf16 *dx, float *dw, const bf16 *dout, const bf16 *x, const float *w, const float *rstd,
+			int N, int D)
+{
+	extern __shared__ __align__(16) float sw[];
+	for (int i = threadIdx.x; i < D; i += blockDim.x)
+		sw[i] = w[i];
+	__syncthreads();
+	const int lane = threadIdx.x % 32, wi = threadIdx.x / 32, warps = blockDim.x / 32;
+	float acc[NC][8];
+#pragma unroll
+	for (int c = 0; c < NC; c++)
+#pragma unroll
+		for (int j = 0; j < 8; j++)
+			acc[c][j] = 0.f;
+	for (int n = blockIdx.x * warps + wi; n < N; n += gridDim.x * warps) {
+		const bf16 *xr = x + (size_t)n * D, *dr = dout + (size_t)n * D;
+		bf16 *dxr = dx + (size_t)n * D;
+		uint4 xv[NC], dv[NC], ov[NC];
+#pragma unroll
+		for (int c = 0; c < NC; c++) {
+			int i = lane * 8 + 256 * c;
+			bool in = i < D;
+			xv[c] = in ? *(const uint4 *)(xr + i) : make_uint4(0, 0, 0, 0);
+			dv[c] = in ? *(const uint4 *)(dr + i) : make_uint4(0, 0, 0, 0);
+			if (ADD)
+				ov[c] = in ? *(const uint4 *)(dxr + i) : make_uint4(0, 0, 0, 0);
+		}
+		float r = rstd[n], dot = 0.f;
+#pragma unroll
+		for (int c = 0; c < NC; c++) {
+			int i = lane * 8 + 256 * c;
+			if (i < D) {
+				float fx[8], fd[8], wv[8];
+				unpack8(fx, xv[c]);
+				unpack8(fd, dv[c]);
+				lds8(wv, sw + i);
+#pragma unroll
+				for (int j = 0; j < 8; j++)
+					dot += fd[j] * wv[j] * fx[j];
+			}
+		}
+		dot = warp_sum(dot);
+		float k = dot * r * r * r / D;
+#pragma unroll
+		for (int c = 0; c < NC; c++) {
+			int i = lane * 8 + 256 * c;
+			if (i < D) {
+				float fx[8], fd[8], wv[8], g[8];
+				unpack8(fx, xv[c]);
+				unpack8(fd, dv[c]);
+				lds8(wv, sw + i);
+#pragma unroll
+				for (int j = 0; j < 8; j++) {
+					g[j] = fd[j] * wv[j] * r - k * fx[j];
+					acc[c][j] += fd[j] * fx[j] * r;
+				}
+				if (ADD) {
+					float o[8];
+					unpack8(o, ov[c]);
+#pragma unroll
+					for (int j = 0; j < 8; j++)
+						g[j] += o[j];
+				}
+				st8(dxr + i, g);
+			}
+		}
+	}
+	if (!dw)
+		return;
+	float *my = sw + D + (size_t)wi * D;
+#pragma unroll
+	for (int c = 0; c < NC; c++) {
+		int i = lane * 8 + 256 * c;
+		if (i < D)
+#pragma unroll
+			for (int j = 0; j < 8; j++)
+				my[i + j] = acc[c][j];
+	}
+	__syncthreads();
+	for (int i = threadIdx.x; i < D; i += blockDim.x) {
+		float s = 0.f;
+		for (int q = 0; q < warps; q++)
+			s += sw[D + (size_t)q * D + i];
+		atomicAdd(dw + i, s);
+	}
+}
 
 /* One warp per row; 16-byte accesses (D % 8 == 0). */
 __global__ void rmsnorm_fwd_kernel(bf16 *out, float *rstd, const bf16 *x, const float *w, int N, int D,
@@ -181,6 +376,27 @@ extern "C" int moe_cuda_rmsnorm_fwd(bf16_t *out, float *rstd, const bf16_t *x, c
 	int rc;
 	if ((rc = check_d(D, err)) != 0 || N <= 0)
 		return rc;
+	int nc = (D + 255) / 256;
+	if (!moe_memk_legacy_on && nc <= 4) {
+		size_t sm = (size_t)D * sizeof(float);
+#define RF(NC)                                                                                                 \
+	{                                                                                                      \
+		unsigned nb = moe_cdiv(N, RN_THREADS / 32 * 2),                                                \
+			 cap = resident_blocks(rmsnorm_rows_fwd_kernel<NC, 2>, RN_THREADS, sm);                \
+		rmsnorm_rows_fwd_kernel<NC, 2><<<nb < cap ? nb : cap, RN_THREADS, sm, s>>>(                    \
+			(bf16 *)out, rstd, (const bf16 *)x, w, N, D, eps);                                     \
+	}
+		if (nc == 1)
+			RF(1)
+		else if (nc == 2)
+			RF(2)
+		else if (nc == 3)
+			RF(3)
+		else
+			RF(4)
+#undef RF
+		return CUDA_LAUNCHED(err);
+	}
 	rmsnorm_fwd_kernel<<<moe_cdiv(N, 8), 256, 0, s>>>((bf16 *)out, rstd, (const bf16 *)x, w, N, D, eps);
 	return CUDA_LAUNCHED(err);
 }
@@ -193,6 +409,26 @@ static int rmsnorm_bwd(bf16_t *dx, float *dw, const bf16_t *dout, const bf16_t *
 	if ((rc = check_d(D, err)) != 0 || N <= 0)
 		return rc;
 	int nc = (D + 255) / 256;
+	if (!moe_memk_legacy_on && nc <= 4) {
+		size_t sm = (size_t)(1 + RN_THREADS / 32) * D * sizeof(float);
+#define RB(NC)                                                                                                 \
+	{                                                                                                      \
+		unsigned nb = moe_cdiv(N, RN_THREADS / 32),                                                    \
+			 cap = resident_blocks(rmsnorm_rows_bwd_kernel<NC, ADD>, RN_THREADS, sm);              \
+		rmsnorm_rows_bwd_kernel<NC, ADD><<<nb < cap ? nb : cap, RN_THREADS, sm, s>>>(                  \
+			(bf16 *)dx, dw, (const bf16 *)dout, (const bf16 *)x, w, rstd, N, D);                   \
+	}
+		if (nc == 1)
+			RB(1)
+		else if (nc == 2)
+			RB(2)
+		else if (nc == 3)
+			RB(3)
+		else
+			RB(4)
+#undef RB
+		return CUDA_LAUNCHED(err);
+	}
 	if (nc <= 4) {
 		size_t sm = (size_t)8 * D * sizeof(float);
 		unsigned nb = moe_cdiv(N, 8 * 4);

@@ -8,6 +8,8 @@
 
 #define XT 512
 
+extern int moe_memk_legacy_on; /* rmsnorm.cu: moe_cuda_memk_legacy() */
+
 static __device__ float block_reduce(float v, float *sh, bool is_max)
 {
 	int lane = threadIdx.x % 32, w = threadIdx.x / 32;
@@ -105,6 +107,96 @@ __global__ void xent_vec_kernel(bf16 *dlogits, float *loss, const bf16 *logits, 
 	}
 }
 
+/* The default for V % 8 == 0 on sm_90 when a row fits in shared memory
+ * (V <= ~113k): one thread brings the whole row in by bulk copies (TMA)
+ * completing on an mbarrier, so the row is read from memory once and all of
+ * it is in flight at once; the max and the sum of exponentials come from
+ * one pass over shared memory, dlogits from a second.  Two rows of the
+ * seed-base vocabulary (2 x 98 KiB) fit an SM. */
+#define XB_CHUNK 16384
+
+__global__ void __launch_bounds__(XT)
+xent_smem_kernel(bf16 *dlogits, float *loss, const bf16 *logits, const int32_t *targets, int V, int ignore_id,
+		 float scale)
+{
+	extern __shared__ __align__(128) uint4 srow[]; /* (V / 8) */
+	__shared__ __align__(8) uint64_t bar;
+	__shared__ float sh[XT / 32];
+	int n = blockIdx.x, nv = V / 8;
+	uint32_t b = (uint32_t)__cvta_generic_to_shared(&bar);
+	if (threadIdx.x == 0) {
+		uint32_t bytes = (uint32_t)V * 2, dst = (uint32_t)__cvta_generic_to_shared(srow);
+		const char *src = (const char *)(logits + (size_t)n * V);
+		asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(b) : "memory");
+		asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+		asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(b), "r"(bytes) : "memory");
+		for (uint32_t o = 0; o < bytes; o += XB_CHUNK) {
+			uint32_t len = bytes - o < XB_CHUNK ? bytes - o : XB_CHUNK;
+			asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(dst + o),
+				     "l"(src + o), "r"(len), "r"(b)
+				     : "memory");
+		}
+	}
+	int tgt = targets[n];
+	bool valid = tgt != ignore_id;
+	__syncthreads(); /* the barrier is initialised */
+	uint32_t ok;
+	do {
+		asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], 0;\n"
+			     "selp.u32 %0, 1, 0, p;\n}\n"
+			     : "=r"(ok)
+			     : "r"(b)
+			     : "memory");
+	} while (!ok);
+	float mx = -INFINITY, s = 0.f;
+	for (int i = threadIdx.x; i < nv; i += XT) {
+		uint4 u = srow[i];
+		const bf16 *h = (const bf16 *)&u;
+		float f[8], m2 = mx;
+#pragma unroll
+		for (int j = 0; j < 8; j++) {
+			f[j] = bf2f(h[j]);
+			m2 = fmaxf(m2, f[j]);
+		}
+		if (m2 > mx) {
+			s *= __expf(mx - m2); /* 0 while mx is -inf */
+			mx = m2;
+		}
+#pragma unroll
+		for (int j = 0; j < 8; j++)
+			s += __expf(f[j] - mx);
+	}
+	float M = block_reduce(mx, sh, true);
+	float S = block_reduce(mx == -INFINITY ? 0.f : s * __expf(mx - M), sh, false);
+	if (threadIdx.x == 0)
+		loss[n] = valid ? (M + logf(S)) - bf2f(((const bf16 *)srow)[tgt]) : 0.f;
+	if (!dlogits)
+		return;
+	uint4 *d = (uint4 *)(dlogits + (size_t)n * V);
+	float inv = 1.f / S;
+	for (int i = threadIdx.x; i < nv; i += XT) {
+		uint4 u = srow[i], o;
+		const bf16 *h = (const bf16 *)&u;
+		bf16 *oh = (bf16 *)&o;
+#pragma unroll
+		for (int j = 0; j < 8; j++) {
+			float g = scale * (__expf(bf2f(h[j]) - M) * inv - (i * 8 + j == tgt ? 1.f : 0.f));
+			oh[j] = f2bf(valid ? g : 0.f);
+		}
+		d[i] = o;
+	}
+}
+
+/* the largest dynamic shared memory a block may have on this device (0 before sm_90) */
+static int xent_smem_limit(void)
+{
+	int dev = 0, major = 0, optin = 0;
+	cudaGetDevice(&dev);
+	cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+	cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+	return major >= 9 ? optin - 1024 : 0;
+}
+
 /* acc[0] += sum of loss[0..n), acc[1] += number of rows with a valid target
  * (all rows when targets is NULL); doubles, one block, fixed order. */
 __global__ void sum_rows_kernel(double *acc, const float *loss, const int32_t *targets, int n,
@@ -138,7 +230,17 @@ extern "C" int moe_cuda_xent(bf16_t *dlogits, float *loss, const bf16_t *logits,
 {
 	if (N <= 0)
 		return 0;
-	if (V % 8 == 0 && (uintptr_t)logits % 16 == 0 && (uintptr_t)dlogits % 16 == 0)
+	bool vec = V % 8 == 0 && (uintptr_t)logits % 16 == 0 && (uintptr_t)dlogits % 16 == 0;
+	size_t sm = (size_t)V * 2;
+	if (vec && !moe_memk_legacy_on && sm <= (size_t)xent_smem_limit()) {
+		int rc;
+		if ((rc = CUDA_OK(cudaFuncSetAttribute(xent_smem_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+						       (int)sm),
+				  err)) != 0)
+			return rc;
+		xent_smem_kernel<<<N, XT, sm, s>>>((bf16 *)dlogits, loss, (const bf16 *)logits, targets, V, ignore_id,
+						   scale);
+	} else if (vec)
 		xent_vec_kernel<<<N, XT, 0, s>>>((bf16 *)dlogits, loss, (const bf16 *)logits, targets, V, ignore_id,
 						 scale);
 	else

@@ -391,6 +391,12 @@ int moe_model_init(struct moe_model *m, uint64_t seed, struct moe_error *err)
 
 /* ---- activations ------------------------------------------------------------------ */
 
+/* ACT pointer arithmetic */
+static inline void *act_at(const struct moe_model *m, const void *p, size_t elems)
+{
+	return (char *)p + elems * m->be->act_size;
+}
+
 static void *A(struct moe_model *m, size_t n, enum moe_buf_kind kind)
 {
 	if (m->n_bufs == MAX_BUFS || m->alloc_failed) {
@@ -491,11 +497,12 @@ static int acts_ensure(struct moe_model *m, int N, bool train, struct moe_error 
 		 * at 32k tokens, and about 2 ms of recompute saved per step) */
 		a->ln1 = train ? A(m, ND, MOE_BUF_ACT) : sh_ln;
 		a->rstd1 = A(m, (size_t)N, MOE_BUF_F32);
-		a->qraw = A(m, ND, MOE_BUF_ACT);
-		a->kraw = A(m, ND, MOE_BUF_ACT);
+		/* the q, k, v projections side by side (one batched GEMM) */
+		a->qraw = A(m, 3 * ND, MOE_BUF_ACT);
+		a->kraw = a->qraw ? act_at(m, a->qraw, ND) : NULL;
 		a->q = A(m, ND, MOE_BUF_ACT);
 		a->k = A(m, ND, MOE_BUF_ACT);
-		a->v = A(m, ND, MOE_BUF_ACT);
+		a->v = a->qraw ? act_at(m, a->qraw, 2 * ND) : NULL;
 		a->rstdq = A(m, (size_t)N, MOE_BUF_F32);
 		a->rstdk = A(m, (size_t)N, MOE_BUF_F32);
 		a->att = A(m, ND, MOE_BUF_ACT);
@@ -539,7 +546,10 @@ static int acts_ensure(struct moe_model *m, int N, bool train, struct moe_error 
 		g->d2 = A(m, ND, MOE_BUF_ACT);
 		g->dq = A(m, ND, MOE_BUF_ACT);
 		g->dk = A(m, ND, MOE_BUF_ACT);
-		g->dv = A(m, ND, MOE_BUF_ACT);
+		/* the q, k, v projections' output gradients side by side (dv
+		 * from the attention's backward) for one batched weight gradient */
+		g->dqkv = A(m, 3 * ND, MOE_BUF_ACT);
+		g->dv = g->dqkv ? act_at(m, g->dqkv, 2 * ND) : NULL;
 		g->dgu = A(m, (size_t)N * 2 * (wmax > 0 ? wmax : 1), MOE_BUF_ACT);
 		g->dh = A(m, (size_t)N * (wmax > 0 ? wmax : 1), MOE_BUF_ACT);
 		if (any_moe) {
@@ -562,12 +572,6 @@ static int acts_ensure(struct moe_model *m, int N, bool train, struct moe_error 
 	return 0;
 }
 
-/* ACT pointer arithmetic */
-static inline void *act_at(const struct moe_model *m, const void *p, size_t elems)
-{
-	return (char *)p + elems * m->be->act_size;
-}
-
 /* ---- forward ---------------------------------------------------------------------- */
 
 /* Order what follows after the optimizer's update of the parameters
@@ -586,6 +590,14 @@ static void grad_ready(struct moe_model *m, size_t lo, size_t hi)
 		m->be->grad_ready(m->be, lo, hi - lo);
 }
 
+/* The q, k, v weights of a layer follow each other in the parameters
+ * (the table's order), as their activations do: one batched linear. */
+static bool qkv_adjacent(const struct moe_model *m, const struct moe_layer_offsets *lo)
+{
+	size_t DD = (size_t)m->cfg.hidden_size * m->cfg.hidden_size;
+	return lo->k == lo->q + DD && lo->v == lo->k + DD;
+}
+
 static void block_fwd(struct moe_model *m, int l, struct layer_acts *a, void *x_in, void *x_out,
 		      int B, int T, bool use_bias)
 {
@@ -598,9 +610,13 @@ static void block_fwd(struct moe_model *m, int l, struct layer_acts *a, void *x_
 #define P(off) be->param(be, off)
 	/* attention */
 	be->rmsnorm_fwd(be, a->ln1, a->rstd1, x_in, P(lo->ln_in), N, D, eps);
-	be->linear_fwd(be, a->qraw, a->ln1, P(lo->q), N, D, D);
-	be->linear_fwd(be, a->kraw, a->ln1, P(lo->k), N, D, D);
-	be->linear_fwd(be, a->v, a->ln1, P(lo->v), N, D, D);
+	if (qkv_adjacent(m, lo) && be->linear_fwd_multi) {
+		be->linear_fwd_multi(be, a->qraw, ND, a->ln1, P(lo->q), (size_t)D * D, 3, N, D, D);
+	} else {
+		be->linear_fwd(be, a->qraw, a->ln1, P(lo->q), N, D, D);
+		be->linear_fwd(be, a->kraw, a->ln1, P(lo->k), N, D, D);
+		be->linear_fwd(be, a->v, a->ln1, P(lo->v), N, D, D);
+	}
 	be->qknorm_rope_fwd(be, a->q, a->rstdq, a->qraw, P(lo->q_norm), B, T, H, Dh, eps, theta);
 	be->qknorm_rope_fwd(be, a->k, a->rstdk, a->kraw, P(lo->k_norm), B, T, H, Dh, eps, theta);
 	be->attention_fwd(be, a->att, a->lse, a->q, a->k, a->v, B, T, H, Dh);
@@ -986,11 +1002,17 @@ static void block_bwd(struct moe_model *m, int l, struct layer_acts *a, void *x_
 	/* attention */
 	be->linear_bwd(be, g->d1, G(lo->o), dx, a->att, P(lo->o), N, D, D);
 	be->attention_bwd(be, g->dq, g->dk, g->dv, g->d1, a->q, a->k, a->v, a->att, a->lse, B, T, H, Dh);
-	be->qknorm_rope_bwd(be, g->d1, G(lo->q_norm), g->dq, a->qraw, P(lo->q_norm), a->rstdq, B, T, H, Dh, theta);
-	be->linear_bwd(be, g->d2, G(lo->q), g->d1, a->ln1, P(lo->q), N, D, D); /* d2 = dln1 */
-	be->qknorm_rope_bwd(be, g->d1, G(lo->k_norm), g->dk, a->kraw, P(lo->k_norm), a->rstdk, B, T, H, Dh, theta);
-	be->linear_bwd_add(be, g->d2, G(lo->k), g->d1, a->ln1, P(lo->k), N, D, D);
-	be->linear_bwd_add(be, g->d2, G(lo->v), g->dv, a->ln1, P(lo->v), N, D, D);
+	/* the projections' output gradients, side by side with dv */
+	void *dqr = g->dqkv, *dkr = act_at(m, g->dqkv, (size_t)N * D);
+	be->qknorm_rope_bwd(be, dqr, G(lo->q_norm), g->dq, a->qraw, P(lo->q_norm), a->rstdq, B, T, H, Dh, theta);
+	be->qknorm_rope_bwd(be, dkr, G(lo->k_norm), g->dk, a->kraw, P(lo->k_norm), a->rstdk, B, T, H, Dh, theta);
+	bool multi = qkv_adjacent(m, lo) && be->linear_wgrad_multi;
+	/* d2 = dln1 */
+	be->linear_bwd(be, g->d2, multi ? NULL : G(lo->q), dqr, a->ln1, P(lo->q), N, D, D);
+	be->linear_bwd_add(be, g->d2, multi ? NULL : G(lo->k), dkr, a->ln1, P(lo->k), N, D, D);
+	be->linear_bwd_add(be, g->d2, multi ? NULL : G(lo->v), g->dv, a->ln1, P(lo->v), N, D, D);
+	if (multi)
+		be->linear_wgrad_multi(be, G(lo->q), (size_t)D * D, g->dqkv, (size_t)N * D, a->ln1, 3, N, D, D);
 	be->rmsnorm_bwd_add(be, dx, G(lo->ln_in), g->d2, x_in, P(lo->ln_in), a->rstd1, N, D);
 #undef P
 #undef G

@@ -293,6 +293,13 @@ struct moe_backend {
 	/* the same adding into out / dx instead of overwriting (residual and gradient sums) */
 	void (*linear_fwd_add)(struct moe_backend *be, void *out, const void *x, const void *w, int N, int In, int Out);
 	void (*linear_bwd_add)(struct moe_backend *be, void *dx, float *dw, const void *dout, const void *x, const void *w, int N, int In, int Out);
+	/* Optional (NULL: the model loops over linear_fwd / linear_bwd): nb
+	 * linears of one input x in one call.  fwd: out_b = x w_b^T, with w_b
+	 * at w + b * w_stride and out_b at out + b * out_stride (elements);
+	 * wgrad: dw_b (+)= dout_b^T x, dw_b at dw + b * dw_stride, dout_b at
+	 * dout + b * dout_stride. */
+	void (*linear_fwd_multi)(struct moe_backend *be, void *out, size_t out_stride, const void *x, const void *w, size_t w_stride, int nb, int N, int In, int Out);
+	void (*linear_wgrad_multi)(struct moe_backend *be, float *dw, size_t dw_stride, const void *dout, size_t dout_stride, const void *x, int nb, int N, int In, int Out);
 	void (*rope_fwd)(struct moe_backend *be, void *x, int B, int T, int H, int Dh, float theta);
 	/* QK-norm then RoPE (out = rope(rmsnorm(x) w)), and its backward from the
 	 * gradient after RoPE (dx overwritten, dw +=, dout may be overwritten);

@@ -49,6 +49,7 @@ struct graph_bufs {
 	float *hgrad;         /* (V, D) LM head weight gradient of the last training forward */
 	/* backward scratch */
 	void *dx, *d1, *d2, *dq, *dk, *dv; /* (N, D) */
+	void *dqkv;                        /* (3, N, D): q, k, v projections' output gradients (dv inside) */
 	void *dgu, *dh;       /* (N, 2W), (N, W), W = max(Id, Is) */
 	void *dyg, *dxg;      /* (N*K, D) */
 	void *dh_e, *dgu_e;   /* (N*K, I), (N*K, 2I) */

@@ -255,6 +255,168 @@ static void f_dense(void *p)
 			 &err));
 }
 
+/* -m: the memory-bound kernels (moe_cuda_memk_legacy: the previous version
+ * of each, then the default) at seed-base shapes, N = B*T rows of D 768
+ * (8 heads of 96), top-4 of 64 experts, cross-entropy over 4096-row chunks
+ * of a 50,304 vocabulary; each against a device-to-device copy of its bytes
+ * (the bytes it must move, read and written, counted once). */
+struct memk {
+	int N, D, H, Dh, T, K, V, XR;
+	void *x, *out, *dout, *dx, *yg, *dyg, *logits;
+	float *w, *rstd, *dw, *cosb, *sinb, *gw, *gdw, *loss;
+	int32_t *inv, *perm, *tgt;
+	void *ca, *cb;
+	size_t cbytes;
+};
+
+static void f_memk_copy(void *p)
+{
+	struct memk *m = p;
+	cudaMemcpyAsync(m->cb, m->ca, m->cbytes, cudaMemcpyDeviceToDevice, 0);
+}
+static void f_memk_rms(void *p)
+{
+	struct memk *m = p;
+	CK(moe_cuda_rmsnorm_fwd(m->out, m->rstd, m->x, m->w, m->N, m->D, 1e-5f, 0, &err));
+}
+static void f_memk_rms_bwd(void *p)
+{
+	struct memk *m = p;
+	CK(moe_cuda_rmsnorm_bwd_add(m->dx, m->dw, m->dout, m->x, m->w, m->rstd, m->N, m->D, 0, &err));
+}
+static void f_memk_qr(void *p)
+{
+	struct memk *m = p;
+	CK(moe_cuda_qknorm_rope_fwd(m->out, m->rstd, m->x, m->w, m->cosb, m->sinb, m->N / m->T, m->T, m->H, m->Dh,
+				    1e-5f, 0, &err));
+}
+static void f_memk_qr_bwd(void *p)
+{
+	struct memk *m = p;
+	CK(moe_cuda_qknorm_rope_bwd(m->dx, m->dw, m->dout, m->x, m->w, m->rstd, m->cosb, m->sinb, m->N / m->T, m->T,
+				    m->H, m->Dh, 0, &err));
+}
+static void f_memk_comb(void *p)
+{
+	struct memk *m = p;
+	CK(moe_cuda_combine_fwd(m->out, m->x, m->yg, m->gw, m->inv, m->N, m->K, m->D, 0, &err));
+}
+static void f_memk_comb_bwd(void *p)
+{
+	struct memk *m = p;
+	CK(moe_cuda_combine_bwd(m->dyg, m->gdw, m->dout, m->yg, m->gw, m->inv, m->N, m->K, m->D, 0, &err));
+}
+static void f_memk_scatter(void *p)
+{
+	struct memk *m = p;
+	CK(moe_cuda_scatter_add(m->dx, m->dyg, m->inv, m->N, m->K, m->D, 0, &err));
+}
+static void f_memk_gather(void *p)
+{
+	struct memk *m = p;
+	CK(moe_cuda_gather(m->dyg, m->x, m->perm, m->N * m->K, m->K, m->D, 0, &err));
+}
+static void f_memk_xent(void *p)
+{
+	struct memk *m = p;
+	CK(moe_cuda_xent(m->logits, m->loss, m->logits, m->tgt, m->XR, m->V, 1, 1.f / 32768, 0, &err));
+}
+
+static float *dalloc_f(size_t n, float v)
+{
+	float *h = malloc(n * 4), *d = NULL;
+	for (size_t i = 0; i < n; i++)
+		h[i] = v * (1.f + 0.001f * (float)(i % 97));
+	if (cudaMalloc((void **)&d, n * 4) != cudaSuccess || cudaMemcpy(d, h, n * 4, cudaMemcpyHostToDevice) != cudaSuccess) {
+		fprintf(stderr, "bench_kernels: cudaMalloc failed\n");
+		exit(1);
+	}
+	free(h);
+	return d;
+}
+
+static int memk_bench(int B, int T)
+{
+	struct memk m = {0};
+	m.T = T, m.N = B * T, m.H = 8, m.Dh = 96, m.D = 768, m.K = 4, m.V = 50304, m.XR = 4096;
+	size_t nd = (size_t)m.N * m.D, nk = (size_t)m.N * m.K;
+	m.x = dalloc_rand(nd), m.out = dalloc_rand(nd), m.dout = dalloc_rand(nd), m.dx = dalloc_rand(nd);
+	m.yg = dalloc_rand(nk * m.D), m.dyg = dalloc_rand(nk * m.D), m.logits = dalloc_rand((size_t)m.XR * m.V);
+	m.w = dalloc_f(m.D, 1.f), m.dw = dalloc_f(m.D, 0.f), m.rstd = dalloc_f(m.N, 1.f);
+	m.gw = dalloc_f(nk, 0.25f), m.gdw = dalloc_f(nk, 0.f), m.loss = dalloc_f(m.XR, 0.f);
+	float *cs = malloc((size_t)T * m.Dh / 2 * 4), *sn = malloc((size_t)T * m.Dh / 2 * 4);
+	moe_cuda_rope_table(cs, sn, T, m.Dh, 10000.f);
+	cudaMalloc((void **)&m.cosb, (size_t)T * m.Dh / 2 * 4);
+	cudaMalloc((void **)&m.sinb, (size_t)T * m.Dh / 2 * 4);
+	cudaMemcpy(m.cosb, cs, (size_t)T * m.Dh / 2 * 4, cudaMemcpyHostToDevice);
+	cudaMemcpy(m.sinb, sn, (size_t)T * m.Dh / 2 * 4, cudaMemcpyHostToDevice);
+	/* a random permutation of the N*K expert rows (perm) and its inverse */
+	int32_t *perm = malloc(nk * 4), *inv = malloc(nk * 4), *tgt = malloc(m.XR * 4);
+	uint64_t r = 777;
+	for (size_t i = 0; i < nk; i++)
+		perm[i] = (int32_t)i;
+	for (size_t i = nk - 1; i > 0; i--) {
+		r ^= r << 13, r ^= r >> 7, r ^= r << 17;
+		size_t j = r % (i + 1);
+		int32_t t = perm[i];
+		perm[i] = perm[j], perm[j] = t;
+	}
+	for (size_t i = 0; i < nk; i++)
+		inv[perm[i]] = (int32_t)i;
+	for (int i = 0; i < m.XR; i++) {
+		r ^= r << 13, r ^= r >> 7, r ^= r << 17;
+		tgt[i] = (int32_t)(r % m.V);
+	}
+	cudaMalloc((void **)&m.perm, nk * 4);
+	cudaMalloc((void **)&m.inv, nk * 4);
+	cudaMalloc((void **)&m.tgt, m.XR * 4);
+	cudaMemcpy(m.perm, perm, nk * 4, cudaMemcpyHostToDevice);
+	cudaMemcpy(m.inv, inv, nk * 4, cudaMemcpyHostToDevice);
+	cudaMemcpy(m.tgt, tgt, m.XR * 4, cudaMemcpyHostToDevice);
+	/* the copy rate: 2 x 256 MiB moved (read + write) */
+	m.cbytes = (size_t)256 << 20;
+	cudaMalloc(&m.ca, m.cbytes);
+	cudaMalloc(&m.cb, m.cbytes);
+	cudaMemset(m.ca, 0, m.cbytes);
+	float tc = time_it(f_memk_copy, &m);
+	double rate = 2.0 * m.cbytes / tc / 1e6; /* GB/s */
+	double row = (double)m.D * 2, nb = m.N * row;
+	struct {
+		const char *name;
+		fn_t f;
+		double bytes;
+	} ks[] = {
+		{"rmsnorm", f_memk_rms, 2 * nb + m.N * 4.0},
+		{"rmsnorm_bwd_add", f_memk_rms_bwd, 4 * nb + m.N * 4.0},
+		{"qknorm_rope", f_memk_qr, 2 * nb + m.N * 4.0},
+		{"qknorm_rope_bwd", f_memk_qr_bwd, 3 * nb + m.N * 4.0},
+		{"combine (+ residual)", f_memk_comb, (m.K + 2) * nb + nk * 8.0},
+		{"combine_bwd", f_memk_comb_bwd, (2 * m.K + 1) * nb + nk * 12.0},
+		{"scatter_add", f_memk_scatter, (m.K + 2) * nb + nk * 4.0},
+		{"gather", f_memk_gather, 2 * m.K * nb + nk * 4.0},
+		{"xent (4096-row chunk)", f_memk_xent, 2.0 * m.XR * m.V * 2 + m.XR * 8.0},
+	};
+	printf("memory-bound kernels, N %d rows, D %d, K %d, V %d; copy rate %.0f GB/s (D2D, %.0f MiB)\n", m.N, m.D,
+	       m.K, m.V, rate, m.cbytes / 1048576.0);
+	printf("%-22s %8s %8s %8s %8s %8s %8s %8s\n", "kernel", "MB", "copy ms", "old ms", "new ms", "old GB/s",
+	       "new GB/s", "new/copy");
+	for (size_t i = 0; i < sizeof(ks) / sizeof(ks[0]); i++) {
+		moe_cuda_memk_legacy(1);
+		float to = time_it(ks[i].f, &m);
+		moe_cuda_memk_legacy(0);
+		float tn = time_it(ks[i].f, &m);
+		double tcopy = ks[i].bytes / rate / 1e6;
+		printf("%-22s %8.1f %8.3f %8.3f %8.3f %8.0f %8.0f %7.0f%%\n", ks[i].name, ks[i].bytes / 1e6, tcopy, to, tn,
+		       ks[i].bytes / to / 1e6, ks[i].bytes / tn / 1e6, 100.0 * tcopy / tn);
+	}
+	cudaError_t e = cudaDeviceSynchronize();
+	if (e != cudaSuccess) {
+		fprintf(stderr, "bench_kernels: %s\n", cudaGetErrorString(e));
+		return 1;
+	}
+	return 0;
+}
+
 struct att {
 	void *q, *k, *v, *o, *dq, *dk, *dv, *dout;
 	float *lse;
@@ -278,9 +440,9 @@ static void f_abwd(void *p)
 
 int main(int argc, char **argv)
 {
-	int B = 8, T = 2048, c, att_only = 0, tma_only = 0, H = 8, Dh = 96;
+	int B = 8, T = 2048, c, att_only = 0, tma_only = 0, H = 8, Dh = 96, memk = 0;
 	double skew = 0;
-	while ((c = getopt(argc, argv, "B:T:H:d:ats:")) != -1) {
+	while ((c = getopt(argc, argv, "B:T:H:d:ats:m")) != -1) {
 		if (c == 'B')
 			B = atoi(optarg);
 		else if (c == 'T')
@@ -295,9 +457,13 @@ int main(int argc, char **argv)
 			tma_only = 1;
 		else if (c == 's')
 			skew = atof(optarg);
+		else if (c == 'm')
+			memk = 1;
 		else
 			return 2;
 	}
+	if (memk) /* -m: the memory-bound kernels only */
+		return memk_bench(B, T);
 	int N = B * T, K = 4, E = 64, D = 768, I = 640;
 	int rows = N * K;
 	/* balanced-ish random routing: counts from a multinomial; with -s,

@@ -45,6 +45,15 @@ Test(kernels, rmsnorm)
 	rmsnorm_case(257, 1024);
 	rmsnorm_case(257, 520);
 	rmsnorm_case(257, 2048);
+	/* the row kernels: 2, 1 and 4 column chunks, fewer rows than a block's
+	 * warps, an odd row count; then the previous kernels (memk legacy) */
+	rmsnorm_case(1000, 512);
+	rmsnorm_case(33, 256);
+	rmsnorm_case(5, 768);
+	rmsnorm_case(77, 1016);
+	moe_cuda_memk_legacy(1);
+	rmsnorm_case(257, 768);
+	moe_cuda_memk_legacy(0);
 }
 
 static void rmsnorm_case(int N, int D)
@@ -114,6 +123,17 @@ Test(kernels, qknorm_rope)
 	qknorm_rope_case(3, 70, 4, 32);
 	qknorm_rope_case(1, 90, 5, 16);
 	qknorm_rope_case(1, 40, 12, 128);
+	/* the pair kernels' other shapes (pairs a lane 2 and 4; 3 with a
+	 * partial lane group), an odd row count, fewer rows than a block's row
+	 * groups; then the previous kernels (memk legacy) */
+	qknorm_rope_case(1, 77, 4, 128);
+	qknorm_rope_case(1, 65, 8, 128);
+	qknorm_rope_case(3, 111, 11, 64);
+	qknorm_rope_case(1, 333, 8, 96);
+	qknorm_rope_case(1, 3, 8, 96);
+	moe_cuda_memk_legacy(1);
+	qknorm_rope_case(2, 150, 8, 96);
+	moe_cuda_memk_legacy(0);
 	cr_expect(!moe_cuda_qknorm_rope_supported(4, 8), "Dh 8 takes the two kernels");
 	cr_expect(!moe_cuda_qknorm_rope_supported(16, 128), "D 2048 takes the two kernels");
 }
@@ -418,6 +438,66 @@ Test(kernels, route_group_and_permute)
 	CHECK_REL(down(gdw, NK * 4), dw, NK, 1e-5, "combine bwd dw");
 }
 
+/* gather, scatter_add and combine fwd/bwd on a random permutation of the
+ * N*K expert rows: the row kernels (K <= 4, D <= 1024: 1-4 column chunks,
+ * partial chunks, an odd N), the previous kernels for K 8 or D 2048, and
+ * the seed-base shape through the previous kernels (memk legacy). */
+static void permute_case(int N, int K, int D)
+{
+	cr_log_info("permute N %d K %d D %d", N, K, D);
+	size_t NK = (size_t)N * K;
+	int32_t *perm = malloc(NK * 4), *inv = malloc(NK * 4);
+	for (size_t i = 0; i < NK; i++)
+		perm[i] = (int32_t)i;
+	for (size_t i = NK - 1; i > 0; i--) {
+		size_t j = rng_u64() % (i + 1);
+		int32_t t = perm[i];
+		perm[i] = perm[j], perm[j] = t;
+	}
+	moe_route_inverse(inv, perm, (int)NK);
+	float *x = rand_bf((size_t)N * D, 1.f), *yg = rand_bf(NK * D, 1.f), *dout = rand_bf((size_t)N * D, 1.f);
+	float *w = rand_bf(NK, 1.f), *res = rand_bf((size_t)N * D, 1.f), *dx = rand_bf((size_t)N * D, 1.f);
+	float *xg = malloc(NK * D * 4), *out = malloc((size_t)N * D * 4), *dyg = malloc(NK * D * 4), *dw = malloc(NK * 4);
+	bf16_t *gx = up_bf(x, (size_t)N * D), *gyg = up_bf(yg, NK * D), *gdo = up_bf(dout, (size_t)N * D);
+	bf16_t *gres = up_bf(res, (size_t)N * D), *gdx = up_bf(dx, (size_t)N * D);
+	bf16_t *gxg = dmalloc(NK * D * 2), *gout = dmalloc((size_t)N * D * 2), *gdyg = dmalloc(NK * D * 2);
+	float *gw = up(w, NK * 4), *gdw = dmalloc(NK * 4);
+	int32_t *gp = up(perm, NK * 4), *gi = up(inv, NK * 4);
+	moe_gather_rows(xg, x, perm, (int)NK, K, D);
+	moe_combine_fwd(out, res, yg, w, inv, N, K, D);
+	moe_combine_bwd(dyg, dw, dout, yg, w, inv, N, K, D);
+	moe_scatter_add_rows(dx, yg, perm, (int)NK, K, D);
+	LAUNCH_OK(moe_cuda_gather(gxg, gx, gp, (int)NK, K, D, S, &gerr));
+	LAUNCH_OK(moe_cuda_combine_fwd(gout, gres, gyg, gw, gi, N, K, D, S, &gerr));
+	LAUNCH_OK(moe_cuda_combine_bwd(gdyg, gdw, gdo, gyg, gw, gi, N, K, D, S, &gerr));
+	LAUNCH_OK(moe_cuda_scatter_add(gdx, gyg, gi, N, K, D, S, &gerr));
+	CHECK_REL(down_bf(gxg, NK * D), xg, NK * D, 0.0, "gather");
+	CHECK_REL(down_bf(gout, (size_t)N * D), out, (size_t)N * D, 1e-2, "combine fwd + residual");
+	CHECK_REL(down_bf(gdyg, NK * D), dyg, NK * D, 1e-2, "combine bwd dyg");
+	CHECK_REL(down(gdw, NK * 4), dw, NK, 1e-5, "combine bwd dw");
+	CHECK_REL(down_bf(gdx, (size_t)N * D), dx, (size_t)N * D, 1e-2, "scatter_add");
+	LAUNCH_OK(moe_cuda_combine_fwd(gres, gres, gyg, gw, gi, N, K, D, S, &gerr)); /* in place */
+	CHECK_REL(down_bf(gres, (size_t)N * D), out, (size_t)N * D, 1e-2, "combine fwd + residual in place");
+	moe_combine_fwd(out, NULL, yg, w, inv, N, K, D);
+	LAUNCH_OK(moe_cuda_combine_fwd(gout, NULL, gyg, gw, gi, N, K, D, S, &gerr));
+	CHECK_REL(down_bf(gout, (size_t)N * D), out, (size_t)N * D, 1e-2, "combine fwd");
+}
+
+Test(kernels, permute_rows)
+{
+	NEED_GPU();
+	rng_seed(14);
+	permute_case(333, 4, 768);
+	permute_case(100, 2, 520);
+	permute_case(64, 3, 1024);
+	permute_case(41, 1, 256);
+	permute_case(50, 8, 256);
+	permute_case(70, 4, 2048);
+	moe_cuda_memk_legacy(1);
+	permute_case(333, 4, 768);
+	moe_cuda_memk_legacy(0);
+}
+
 /* V % 8 == 0 takes the vectorised kernel, other V the scalar one */
 static void xent_case(int N, int V, int ign);
 Test(kernels, xent)
@@ -427,6 +507,12 @@ Test(kernels, xent)
 	xent_case(70, 5000, 7);
 	xent_case(70, 5003, 7);
 	xent_case(9, 50304, 1);
+	/* a row too wide for shared memory (the vector kernel), then the
+	 * previous kernels (memk legacy) */
+	xent_case(3, 120000, 1);
+	moe_cuda_memk_legacy(1);
+	xent_case(9, 50304, 1);
+	moe_cuda_memk_legacy(0);
 }
 
 static void xent_case(int N, int V, int ign)
