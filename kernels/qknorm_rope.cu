@@ -177,9 +177,12 @@ qknorm_rope_bwd_kernel(bf16 *dx, float *dw, const bf16 *dout, const bf16 *x, con
  * on, spread over L lanes (NP pairs a lane, fixed for every row), so that a
  * lane rotates its own values: no shared-memory staging of the row, all
  * 2 NP (forward) or 4 NP (backward) 16-byte loads of a row in flight at once,
- * the norm weights read from shared memory (loaded once per block).  A warp
+ * the norm weights read through the read-only cache (forward) or from
+ * shared memory (backward, loaded once per block).  A warp
  * takes 32 / L rows at a time; the backward's dw partials live in shared
- * memory per row group (fixed columns per lane: no races, fixed order). */
+ * memory per row group (fixed columns per lane: no races, fixed order), and
+ * its grid fills the card once with as many rows for every group as the card
+ * allows (balanced_blocks), so that they are added once per block. */
 #define QP_THREADS 128
 
 static __device__ __forceinline__ float group_sum(float v, int L)
@@ -187,6 +190,13 @@ static __device__ __forceinline__ float group_sum(float v, int L)
 	for (int o = L / 2; o > 0; o >>= 1)
 		v += __shfl_xor_sync(0xffffffffu, v, o);
 	return v;
+}
+
+/* eight floats through the read-only cache (p 16-byte aligned) */
+static __device__ __forceinline__ void ld8g(float *f, const float *p)
+{
+	float4 a = __ldg((const float4 *)p), b = __ldg((const float4 *)(p + 4));
+	f[0] = a.x, f[1] = a.y, f[2] = a.z, f[3] = a.w, f[4] = b.x, f[5] = b.y, f[6] = b.z, f[7] = b.w;
 }
 
 static __device__ __forceinline__ void unpack8(float *f, uint4 u)
@@ -211,84 +221,106 @@ static __device__ __forceinline__ void qp_cols(int *c1, int *kc, int gl, int Dh,
 	}
 }
 
-template <int L, int NP>
+/* a lane's pairs of row n (zeros past the row or past N): NA arrays of the
+ * first halves and NA of the second, from the NA tensors p[] */
+template <int NP, int NA>
+static __device__ __forceinline__ void qp_load(uint4 (*a)[NP], uint4 (*b)[NP], const bf16 *const *p, int n, int N,
+					       const int *c1, int half, int D)
+{
+#pragma unroll
+	for (int u = 0; u < NA; u++)
+#pragma unroll
+		for (int q = 0; q < NP; q++) {
+			if (n < N && c1[q] >= 0) {
+				const bf16 *r = p[u] + (size_t)n * D + c1[q];
+				a[u][q] = *(const uint4 *)r;
+				b[u][q] = *(const uint4 *)(r + half);
+			} else {
+				a[u][q] = b[u][q] = make_uint4(0, 0, 0, 0);
+			}
+		}
+}
+
+/* A block per QP_THREADS / L rows (grid-stride: each block's rows once), or
+ * with PF a grid filling the card once, each warp issuing its next row's
+ * loads before this row's arithmetic (moe_cuda_memk_legacy(2), for
+ * comparisons) */
+template <int L, int NP, bool PF>
 __global__ void __launch_bounds__(QP_THREADS)
 qknorm_rope_pair_fwd_kernel(bf16 *out, float *rstd, const bf16 *x, const float *w, const float *cosb,
 			    const float *sinb, int N, int T, int Dh, int D, float eps)
 {
-	extern __shared__ __align__(16) float sw[]; /* (D) */
-	for (int i = threadIdx.x; i < D; i += blockDim.x)
-		sw[i] = w[i];
-	__syncthreads();
 	const int lane = threadIdx.x % 32, gl = lane % L, half = Dh / 2;
-	const int rpw = 32 / L, warps = blockDim.x / 32;
+	const int rpw = 32 / L, warps = blockDim.x / 32, stride = gridDim.x * warps * rpw;
 	int c1[NP], kc[NP];
 	qp_cols<L, NP>(c1, kc, gl, Dh, D);
-	for (int n0 = (blockIdx.x * warps + threadIdx.x / 32) * rpw; n0 < N; n0 += gridDim.x * warps * rpw) {
+	const bf16 *src[1] = {x};
+	int n0 = (blockIdx.x * warps + threadIdx.x / 32) * rpw;
+	uint4 a[1][NP], b[1][NP];
+	if (PF)
+		qp_load<NP, 1>(a, b, src, n0 + lane / L, N, c1, half, D);
+	for (; n0 < N; n0 += stride) {
 		int n = n0 + lane / L;
-		bool ok = n < N;
-		const bf16 *xr = x + (size_t)n * D;
-		uint4 a[NP], b[NP];
-#pragma unroll
-		for (int q = 0; q < NP; q++) {
-			if (ok && c1[q] >= 0) {
-				a[q] = *(const uint4 *)(xr + c1[q]);
-				b[q] = *(const uint4 *)(xr + c1[q] + half);
-			} else {
-				a[q] = b[q] = make_uint4(0, 0, 0, 0);
-			}
-		}
+		uint4 a2[1][NP], b2[1][NP];
+		if (PF)
+			qp_load<NP, 1>(a2, b2, src, n + stride, N, c1, half, D);
+		else
+			qp_load<NP, 1>(a, b, src, n, N, c1, half, D);
 		float ss = 0.f;
 #pragma unroll
 		for (int q = 0; q < NP; q++) {
 			float fa[8], fb[8];
-			unpack8(fa, a[q]);
-			unpack8(fb, b[q]);
+			unpack8(fa, a[0][q]);
+			unpack8(fb, b[0][q]);
 #pragma unroll
 			for (int j = 0; j < 8; j++)
 				ss += fa[j] * fa[j] + fb[j] * fb[j];
 		}
 		ss = group_sum(ss, L);
 		float r = rsqrtf(ss / D + eps);
-		if (!ok)
-			continue;
-		int t = n % T;
-		const float *cr = cosb + (size_t)t * half, *sr = sinb + (size_t)t * half;
-		bf16 *o = out + (size_t)n * D;
+		if (n < N) {
+			int t = n % T;
+			const float *cr = cosb + (size_t)t * half, *sr = sinb + (size_t)t * half;
+			bf16 *o = out + (size_t)n * D;
 #pragma unroll
-		for (int q = 0; q < NP; q++) {
-			if (c1[q] < 0)
-				continue;
-			float fa[8], fb[8], cs[8], sn[8], wa[8], wb[8], oa[8], ob[8];
-			unpack8(fa, a[q]);
-			unpack8(fb, b[q]);
-			ld8s(cs, cr + kc[q]);
-			ld8s(sn, sr + kc[q]);
-			ld8s(wa, sw + c1[q]);
-			ld8s(wb, sw + c1[q] + half);
+			for (int q = 0; q < NP; q++) {
+				if (c1[q] < 0)
+					continue;
+				float fa[8], fb[8], cs[8], sn[8], wa[8], wb[8], oa[8], ob[8];
+				unpack8(fa, a[0][q]);
+				unpack8(fb, b[0][q]);
+				ld8s(cs, cr + kc[q]);
+				ld8s(sn, sr + kc[q]);
+				ld8g(wa, w + c1[q]);
+				ld8g(wb, w + c1[q] + half);
 #pragma unroll
-			for (int j = 0; j < 8; j++) {
-				float ya = fa[j] * r * wa[j], yb = fb[j] * r * wb[j];
-				oa[j] = ya * cs[j] - yb * sn[j];
-				ob[j] = yb * cs[j] + ya * sn[j];
+				for (int j = 0; j < 8; j++) {
+					float ya = fa[j] * r * wa[j], yb = fb[j] * r * wb[j];
+					oa[j] = ya * cs[j] - yb * sn[j];
+					ob[j] = yb * cs[j] + ya * sn[j];
+				}
+				st8(o + c1[q], oa);
+				st8(o + c1[q] + half, ob);
 			}
-			st8(o + c1[q], oa);
-			st8(o + c1[q] + half, ob);
+			if (gl == 0)
+				rstd[n] = r;
 		}
-		if (gl == 0)
-			rstd[n] = r;
+		if (PF)
+#pragma unroll
+			for (int q = 0; q < NP; q++)
+				a[0][q] = a2[0][q], b[0][q] = b2[0][q];
 	}
 }
 
 /* shared memory: w (D), then the dw partials (row groups of the block, D) */
-template <int L, int NP>
+template <int L, int NP, bool PF>
 __global__ void __launch_bounds__(QP_THREADS)
 qknorm_rope_pair_bwd_kernel(bf16 *dx, float *dw, const bf16 *dout, const bf16 *x, const float *w,
 			    const float *rstd, const float *cosb, const float *sinb, int N, int T, int Dh, int D)
 {
 	extern __shared__ __align__(16) float sw[];
 	const int lane = threadIdx.x % 32, gl = lane % L, half = Dh / 2;
-	const int rpw = 32 / L, warps = blockDim.x / 32, groups = blockDim.x / L;
+	const int rpw = 32 / L, warps = blockDim.x / 32, groups = blockDim.x / L, stride = gridDim.x * warps * rpw;
 	float *sacc = sw + D + (size_t)(threadIdx.x / L) * D;
 	for (int i = threadIdx.x; i < D; i += blockDim.x)
 		sw[i] = w[i];
@@ -297,22 +329,19 @@ qknorm_rope_pair_bwd_kernel(bf16 *dx, float *dw, const bf16 *dout, const bf16 *x
 	__syncthreads();
 	int c1[NP], kc[NP];
 	qp_cols<L, NP>(c1, kc, gl, Dh, D);
-	for (int n0 = (blockIdx.x * warps + threadIdx.x / 32) * rpw; n0 < N; n0 += gridDim.x * warps * rpw) {
+	const bf16 *src[2] = {dout, x};
+	int n0 = (blockIdx.x * warps + threadIdx.x / 32) * rpw;
+	uint4 a[2][NP], b[2][NP]; /* dout, x: first and second halves */
+	if (PF)
+		qp_load<NP, 2>(a, b, src, n0 + lane / L, N, c1, half, D);
+	for (; n0 < N; n0 += stride) {
 		int n = n0 + lane / L;
 		bool ok = n < N;
-		const bf16 *dr = dout + (size_t)n * D, *xr = x + (size_t)n * D;
-		uint4 da[NP], db[NP], xa[NP], xb[NP];
-#pragma unroll
-		for (int q = 0; q < NP; q++) {
-			if (ok && c1[q] >= 0) {
-				da[q] = *(const uint4 *)(dr + c1[q]);
-				db[q] = *(const uint4 *)(dr + c1[q] + half);
-				xa[q] = *(const uint4 *)(xr + c1[q]);
-				xb[q] = *(const uint4 *)(xr + c1[q] + half);
-			} else {
-				da[q] = db[q] = xa[q] = xb[q] = make_uint4(0, 0, 0, 0);
-			}
-		}
+		uint4 a2[2][NP], b2[2][NP];
+		if (PF)
+			qp_load<NP, 2>(a2, b2, src, n + stride, N, c1, half, D);
+		else
+			qp_load<NP, 2>(a, b, src, n, N, c1, half, D);
 		int t = ok ? n % T : 0;
 		const float *cr = cosb + (size_t)t * half, *sr = sinb + (size_t)t * half;
 		float r = ok ? rstd[n] : 0.f, dot = 0.f;
@@ -321,8 +350,8 @@ qknorm_rope_pair_bwd_kernel(bf16 *dx, float *dw, const bf16 *dout, const bf16 *x
 			if (c1[q] < 0)
 				continue;
 			float fa[8], fb[8], ga[8], gb[8], cs[8], sn[8], wa[8], wb[8];
-			unpack8(fa, da[q]);
-			unpack8(fb, db[q]);
+			unpack8(fa, a[0][q]);
+			unpack8(fb, b[0][q]);
 			ld8s(cs, cr + kc[q]);
 			ld8s(sn, sr + kc[q]);
 			ld8s(wa, sw + c1[q]);
@@ -332,49 +361,55 @@ qknorm_rope_pair_bwd_kernel(bf16 *dx, float *dw, const bf16 *dout, const bf16 *x
 				ga[j] = fa[j] * cs[j] + fb[j] * sn[j];
 				gb[j] = fb[j] * cs[j] - fa[j] * sn[j];
 			}
-			unpack8(fa, xa[q]);
-			unpack8(fb, xb[q]);
+			unpack8(fa, a[1][q]);
+			unpack8(fb, b[1][q]);
 #pragma unroll
 			for (int j = 0; j < 8; j++)
 				dot += ga[j] * wa[j] * fa[j] + gb[j] * wb[j] * fb[j];
 		}
 		dot = group_sum(dot, L);
-		if (!ok)
-			continue;
-		float k = dot * r * r * r / D;
-		bf16 *dxr = dx + (size_t)n * D;
+		if (ok) {
+			float k = dot * r * r * r / D;
+			bf16 *dxr = dx + (size_t)n * D;
 #pragma unroll
-		for (int q = 0; q < NP; q++) {
-			if (c1[q] < 0)
-				continue;
-			float fa[8], fb[8], ga[8], gb[8], cs[8], sn[8], wa[8], wb[8], aa[8], ab[8];
-			unpack8(fa, da[q]);
-			unpack8(fb, db[q]);
-			ld8s(cs, cr + kc[q]);
-			ld8s(sn, sr + kc[q]);
+			for (int q = 0; q < NP; q++) {
+				if (c1[q] < 0)
+					continue;
+				float fa[8], fb[8], ga[8], gb[8], cs[8], sn[8], wa[8], wb[8], aa[8], ab[8];
+				unpack8(fa, a[0][q]);
+				unpack8(fb, b[0][q]);
+				ld8s(cs, cr + kc[q]);
+				ld8s(sn, sr + kc[q]);
 #pragma unroll
-			for (int j = 0; j < 8; j++) {
-				ga[j] = fa[j] * cs[j] + fb[j] * sn[j];
-				gb[j] = fb[j] * cs[j] - fa[j] * sn[j];
+				for (int j = 0; j < 8; j++) {
+					ga[j] = fa[j] * cs[j] + fb[j] * sn[j];
+					gb[j] = fb[j] * cs[j] - fa[j] * sn[j];
+				}
+				unpack8(fa, a[1][q]);
+				unpack8(fb, b[1][q]);
+				ld8s(wa, sw + c1[q]);
+				ld8s(wb, sw + c1[q] + half);
+				ld8s(aa, sacc + c1[q]);
+				ld8s(ab, sacc + c1[q] + half);
+#pragma unroll
+				for (int j = 0; j < 8; j++) {
+					aa[j] += ga[j] * fa[j] * r;
+					ab[j] += gb[j] * fb[j] * r;
+					ga[j] = ga[j] * wa[j] * r - k * fa[j];
+					gb[j] = gb[j] * wb[j] * r - k * fb[j];
+				}
+				st8s(sacc + c1[q], aa);
+				st8s(sacc + c1[q] + half, ab);
+				st8(dxr + c1[q], ga);
+				st8(dxr + c1[q] + half, gb);
 			}
-			unpack8(fa, xa[q]);
-			unpack8(fb, xb[q]);
-			ld8s(wa, sw + c1[q]);
-			ld8s(wb, sw + c1[q] + half);
-			ld8s(aa, sacc + c1[q]);
-			ld8s(ab, sacc + c1[q] + half);
-#pragma unroll
-			for (int j = 0; j < 8; j++) {
-				aa[j] += ga[j] * fa[j] * r;
-				ab[j] += gb[j] * fb[j] * r;
-				ga[j] = ga[j] * wa[j] * r - k * fa[j];
-				gb[j] = gb[j] * wb[j] * r - k * fb[j];
-			}
-			st8s(sacc + c1[q], aa);
-			st8s(sacc + c1[q] + half, ab);
-			st8(dxr + c1[q], ga);
-			st8(dxr + c1[q] + half, gb);
 		}
+		if (PF)
+#pragma unroll
+			for (int u = 0; u < 2; u++)
+#pragma unroll
+				for (int q = 0; q < NP; q++)
+					a[u][q] = a2[u][q], b[u][q] = b2[u][q];
 	}
 	if (!dw)
 		return;
@@ -433,6 +468,16 @@ template <typename K> static unsigned resident_blocks(K kern, int threads, size_
 	return (unsigned)(sms * per);
 }
 
+/* Blocks for a grid-stride loop over `units` (per: units a block takes
+ * per sweep; at most cap blocks): the fewest sweeps the card allows, then
+ * as few blocks as give each at most that many sweeps, so that the last
+ * sweep is not left to a fraction of the warps. */
+static unsigned balanced_blocks(size_t units, unsigned per, unsigned cap)
+{
+	size_t sweeps = (units + (size_t)per * cap - 1) / ((size_t)per * cap);
+	return (unsigned)((units + sweeps * per - 1) / (sweeps * per));
+}
+
 /* the pair kernels' lanes a row L and pairs a lane NP: (16, 1..4) up to
  * D 1024, (32, 3) up to 1536 */
 #define QP_SWITCH(D, LAUNCH)                                  \
@@ -457,16 +502,24 @@ extern "C" int moe_cuda_qknorm_rope_fwd(bf16_t *out, float *rstd, const bf16_t *
 	int N = B * T, D = H * Dh, rc;
 	if ((rc = qr_check(H, Dh, err)) != 0 || N <= 0)
 		return rc;
-	if (!moe_memk_legacy_on) {
-		size_t sm = (size_t)D * sizeof(float);
-#define QP_FWD(L, NP)                                                                                          \
+	if (moe_memk_legacy_on != 1) {
+#define QP_FWD2(L, NP, PF)                                                                                     \
 	{                                                                                                      \
-		unsigned nb = moe_cdiv(N, QP_THREADS / L), cap = resident_blocks(                              \
-								     qknorm_rope_pair_fwd_kernel<L, NP>, QP_THREADS, sm); \
-		qknorm_rope_pair_fwd_kernel<L, NP><<<nb < cap ? nb : cap, QP_THREADS, sm, s>>>(                \
+		unsigned nb = !PF ? moe_cdiv(N, QP_THREADS / L)                                                \
+				  : balanced_blocks(N, QP_THREADS / L,                                         \
+						    resident_blocks(qknorm_rope_pair_fwd_kernel<L, NP, PF>, QP_THREADS, 0)); \
+		qknorm_rope_pair_fwd_kernel<L, NP, PF><<<nb, QP_THREADS, 0, s>>>(                              \
 			(bf16 *)out, rstd, (const bf16 *)x, w, cosb, sinb, N, T, Dh, D, eps);                  \
 	}
+#define QP_FWD(L, NP)                                  \
+	{                                              \
+		if (moe_memk_legacy_on == 2)           \
+			QP_FWD2(L, NP, true)           \
+		else                                   \
+			QP_FWD2(L, NP, false)          \
+	}
 		QP_SWITCH(D, QP_FWD);
+#undef QP_FWD2
 #undef QP_FWD
 		return CUDA_LAUNCHED(err);
 	}
@@ -487,16 +540,24 @@ extern "C" int moe_cuda_qknorm_rope_bwd(bf16_t *dx, float *dw, const bf16_t *dou
 	int N = B * T, D = H * Dh, rc;
 	if ((rc = qr_check(H, Dh, err)) != 0 || N <= 0)
 		return rc;
-	if (!moe_memk_legacy_on) {
-#define QP_BWD(L, NP)                                                                                          \
+	if (moe_memk_legacy_on != 1) {
+#define QP_BWD2(L, NP, PF)                                                                                     \
 	{                                                                                                      \
 		size_t sm = (size_t)(1 + QP_THREADS / L) * D * sizeof(float);                                  \
-		unsigned nb = moe_cdiv(N, QP_THREADS / L), cap = resident_blocks(                              \
-								     qknorm_rope_pair_bwd_kernel<L, NP>, QP_THREADS, sm); \
-		qknorm_rope_pair_bwd_kernel<L, NP><<<nb < cap ? nb : cap, QP_THREADS, sm, s>>>(                \
+		unsigned nb = balanced_blocks(N, QP_THREADS / L,                                               \
+					      resident_blocks(qknorm_rope_pair_bwd_kernel<L, NP, PF>, QP_THREADS, sm)); \
+		qknorm_rope_pair_bwd_kernel<L, NP, PF><<<nb, QP_THREADS, sm, s>>>(                             \
 			(bf16 *)dx, dw, (const bf16 *)dout, (const bf16 *)x, w, rstd, cosb, sinb, N, T, Dh, D);    \
 	}
+#define QP_BWD(L, NP)                                  \
+	{                                              \
+		if (moe_memk_legacy_on == 2)           \
+			QP_BWD2(L, NP, true)           \
+		else                                   \
+			QP_BWD2(L, NP, false)          \
+	}
 		QP_SWITCH(D, QP_BWD);
+#undef QP_BWD2
 #undef QP_BWD
 		return CUDA_LAUNCHED(err);
 	}

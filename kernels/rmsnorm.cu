@@ -14,12 +14,13 @@ int moe_memk_legacy_on = 0;
 
 extern "C" void moe_cuda_memk_legacy(int on) { moe_memk_legacy_on = on; }
 
-/* MOE_CUDA_MEMK=legacy in the environment: the previous kernels from the
- * start (whole-step comparisons in one run) */
+/* MOE_CUDA_MEMK=legacy (or pf: the variants that load a row ahead) in the
+ * environment: moe_cuda_memk_legacy(1) (or 2) from the start, for
+ * whole-step comparisons in one run */
 static int memk_from_env(void)
 {
 	const char *e = getenv("MOE_CUDA_MEMK");
-	return moe_memk_legacy_on = e && strcmp(e, "legacy") == 0;
+	return moe_memk_legacy_on = !e ? 0 : strcmp(e, "legacy") == 0 ? 1 : strcmp(e, "pf") == 0 ? 2 : 0;
 }
 static int memk_env_read = memk_from_env();
 
@@ -49,32 +50,66 @@ static __device__ __forceinline__ void lds8(float *f, const float *p)
 	f[0] = a.x, f[1] = a.y, f[2] = a.z, f[3] = a.w, f[4] = b.x, f[5] = b.y, f[6] = b.z, f[7] = b.w;
 }
 
+/* eight floats through the read-only cache (p 16-byte aligned) */
+static __device__ __forceinline__ void ld8g(float *f, const float *p)
+{
+	float4 a = __ldg((const float4 *)p), b = __ldg((const float4 *)(p + 4));
+	f[0] = a.x, f[1] = a.y, f[2] = a.z, f[3] = a.w, f[4] = b.x, f[5] = b.y, f[6] = b.z, f[7] = b.w;
+}
+
+/* Blocks for a grid-stride loop over `units` (per: units a block takes
+ * per sweep; at most cap blocks): the fewest sweeps the card allows, then
+ * as few blocks as give each at most that many sweeps, so that the last
+ * sweep is not left to a fraction of the warps. */
+static unsigned balanced_blocks(size_t units, unsigned per, unsigned cap)
+{
+	size_t sweeps = (units + (size_t)per * cap - 1) / ((size_t)per * cap);
+	return (unsigned)((units + sweeps * per - 1) / (sweeps * per));
+}
+
 /* The row kernels (the default for D <= 256 * NC, NC <= 4): lane l of a warp
- * owns columns l * 8 + 256 c of every row, the weights sit in shared memory
- * (loaded once per block), every 16-byte load of a row (R rows at a time in
- * the forward; x, dout and the residual gradient in the backward) is issued
- * before the first use, and the grid fills the card once. */
+ * owns columns l * 8 + 256 c of every row, the weights come through the
+ * read-only cache (forward) or shared memory (backward, loaded once per
+ * block), every 16-byte load of a row (R rows at a time in the forward; x,
+ * dout and the residual gradient in the backward) is issued before the
+ * first use.  The backward's grid fills the card once, with as many rows
+ * for every warp as the card allows (balanced_blocks), so that its dw
+ * partials are added once per block. */
 #define RN_THREADS 128
 
+/* rows n0 .. n0 + R - 1 of x, a lane's NC chunks of each (zeros past N or D) */
 template <int NC, int R>
+static __device__ __forceinline__ void rn_load(uint4 (*v)[NC], const bf16 *x, int n0, int N, int D, int lane)
+{
+#pragma unroll
+	for (int r = 0; r < R; r++)
+#pragma unroll
+		for (int c = 0; c < NC; c++) {
+			int i = lane * 8 + 256 * c;
+			v[r][c] = n0 + r < N && i < D ? *(const uint4 *)(x + (size_t)(n0 + r) * D + i)
+						       : make_uint4(0, 0, 0, 0);
+		}
+}
+
+/* A block per RN_THREADS / 32 * R rows (grid-stride: each block's rows
+ * once), or with PF a grid filling the card once, each warp issuing its
+ * next rows' loads before these rows' arithmetic (moe_cuda_memk_legacy(2),
+ * for comparisons) */
+template <int NC, int R, bool PF>
 __global__ void __launch_bounds__(RN_THREADS)
 rmsnorm_rows_fwd_kernel(bf16 *out, float *rstd, const bf16 *x, const float *w, int N, int D, float eps)
 {
-	extern __shared__ __align__(16) float sw[]; /* (D) */
-	for (int i = threadIdx.x; i < D; i += blockDim.x)
-		sw[i] = w[i];
-	__syncthreads();
-	const int lane = threadIdx.x % 32, warps = blockDim.x / 32;
-	for (int n0 = (blockIdx.x * warps + threadIdx.x / 32) * R; n0 < N; n0 += gridDim.x * warps * R) {
-		uint4 v[R][NC];
-#pragma unroll
-		for (int r = 0; r < R; r++)
-#pragma unroll
-			for (int c = 0; c < NC; c++) {
-				int i = lane * 8 + 256 * c;
-				v[r][c] = n0 + r < N && i < D ? *(const uint4 *)(x + (size_t)(n0 + r) * D + i)
-							       : make_uint4(0, 0, 0, 0);
-			}
+	const int lane = threadIdx.x % 32, warps = blockDim.x / 32, stride = gridDim.x * warps * R;
+	int n0 = (blockIdx.x * warps + threadIdx.x / 32) * R;
+	uint4 v[R][NC];
+	if (PF)
+		rn_load<NC, R>(v, x, n0, N, D, lane);
+	for (; n0 < N; n0 += stride) {
+		uint4 v2[R][NC];
+		if (PF)
+			rn_load<NC, R>(v2, x, n0 + stride, N, D, lane);
+		else
+			rn_load<NC, R>(v, x, n0, N, D, lane);
 #pragma unroll
 		for (int r = 0; r < R; r++) {
 			float ss = 0.f;
@@ -97,7 +132,7 @@ rmsnorm_rows_fwd_kernel(bf16 *out, float *rstd, const bf16 *x, const float *w, i
 				if (i < D) {
 					float f[8], wv[8];
 					unpack8(f, v[r][c]);
-					lds8(wv, sw + i);
+					ld8g(wv, w + i);
 #pragma unroll
 					for (int j = 0; j < 8; j++)
 						f[j] *= rs * wv[j];
@@ -107,11 +142,33 @@ rmsnorm_rows_fwd_kernel(bf16 *out, float *rstd, const bf16 *x, const float *w, i
 			if (lane == 0)
 				rstd[n] = rs;
 		}
+		if (PF)
+#pragma unroll
+			for (int r = 0; r < R; r++)
+#pragma unroll
+				for (int c = 0; c < NC; c++)
+					v[r][c] = v2[r][c];
+	}
+}
+
+/* row n of x, dout and (ADD) dx, a lane's NC chunks of each (zeros past N or D) */
+template <int NC, bool ADD>
+static __device__ __forceinline__ void rn_load3(uint4 (*v)[NC], const bf16 *x, const bf16 *dout, const bf16 *dx,
+						int n, int N, int D, int lane)
+{
+#pragma unroll
+	for (int c = 0; c < NC; c++) {
+		int i = lane * 8 + 256 * c;
+		bool in = n < N && i < D;
+		size_t o = (size_t)n * D + i;
+		v[0][c] = in ? *(const uint4 *)(x + o) : make_uint4(0, 0, 0, 0);
+		v[1][c] = in ? *(const uint4 *)(dout + o) : make_uint4(0, 0, 0, 0);
+		v[2][c] = ADD && in ? *(const uint4 *)(dx + o) : make_uint4(0, 0, 0, 0);
 	}
 }
 
 /* shared memory: w (D), then the warps' dw partials (warps, D) at the end */
-template <int NC, bool ADD>
+template <int NC, bool ADD, bool PF>
 __global__ void __launch_bounds__(RN_THREADS)
 rmsnorm_rows_bwd_kernel(bf16 *dx, float *dw, const bf16 *dout, const bf16 *x, const float *w, const float *rstd,
 			int N, int D)
@@ -127,19 +184,19 @@ rmsnorm_rows_bwd_kernel(bf16 *dx, float *dw, const bf16 *dout, const bf16 *x, co
 #pragma unroll
 		for (int j = 0; j < 8; j++)
 			acc[c][j] = 0.f;
-	for (int n = blockIdx.x * warps + wi; n < N; n += gridDim.x * warps) {
-		const bf16 *xr = x + (size_t)n * D, *dr = dout + (size_t)n * D;
+	const int stride = gridDim.x * warps;
+	int n = blockIdx.x * warps + wi;
+	uint4 v[3][NC]; /* x, dout, dx (ADD) */
+	if (PF)
+		rn_load3<NC, ADD>(v, x, dout, dx, n, N, D, lane);
+	for (; n < N; n += stride) {
 		bf16 *dxr = dx + (size_t)n * D;
-		uint4 xv[NC], dv[NC], ov[NC];
-#pragma unroll
-		for (int c = 0; c < NC; c++) {
-			int i = lane * 8 + 256 * c;
-			bool in = i < D;
-			xv[c] = in ? *(const uint4 *)(xr + i) : make_uint4(0, 0, 0, 0);
-			dv[c] = in ? *(const uint4 *)(dr + i) : make_uint4(0, 0, 0, 0);
-			if (ADD)
-				ov[c] = in ? *(const uint4 *)(dxr + i) : make_uint4(0, 0, 0, 0);
-		}
+		uint4 v2[3][NC];
+		if (PF)
+			rn_load3<NC, ADD>(v2, x, dout, dx, n + stride, N, D, lane);
+		else
+			rn_load3<NC, ADD>(v, x, dout, dx, n, N, D, lane);
+		uint4 *xv = v[0], *dv = v[1], *ov = v[2];
 		float r = rstd[n], dot = 0.f;
 #pragma unroll
 		for (int c = 0; c < NC; c++) {
@@ -179,6 +236,12 @@ rmsnorm_rows_bwd_kernel(bf16 *dx, float *dw, const bf16 *dout, const bf16 *x, co
 				st8(dxr + i, g);
 			}
 		}
+		if (PF)
+#pragma unroll
+			for (int u = 0; u < 3; u++)
+#pragma unroll
+				for (int c = 0; c < NC; c++)
+					v[u][c] = v2[u][c];
 	}
 	if (!dw)
 		return;
@@ -377,14 +440,21 @@ extern "C" int moe_cuda_rmsnorm_fwd(bf16_t *out, float *rstd, const bf16_t *x, c
 	if ((rc = check_d(D, err)) != 0 || N <= 0)
 		return rc;
 	int nc = (D + 255) / 256;
-	if (!moe_memk_legacy_on && nc <= 4) {
-		size_t sm = (size_t)D * sizeof(float);
-#define RF(NC)                                                                                                 \
+	if (moe_memk_legacy_on != 1 && nc <= 4) {
+#define RF2(NC, PF)                                                                                            \
 	{                                                                                                      \
-		unsigned nb = moe_cdiv(N, RN_THREADS / 32 * 2),                                                \
-			 cap = resident_blocks(rmsnorm_rows_fwd_kernel<NC, 2>, RN_THREADS, sm);                \
-		rmsnorm_rows_fwd_kernel<NC, 2><<<nb < cap ? nb : cap, RN_THREADS, sm, s>>>(                    \
-			(bf16 *)out, rstd, (const bf16 *)x, w, N, D, eps);                                     \
+		unsigned nb = !PF ? moe_cdiv(N, RN_THREADS / 32 * 2)                                           \
+				  : balanced_blocks(N, RN_THREADS / 32 * 2,                                    \
+						    resident_blocks(rmsnorm_rows_fwd_kernel<NC, 2, PF>, RN_THREADS, 0)); \
+		rmsnorm_rows_fwd_kernel<NC, 2, PF><<<nb, RN_THREADS, 0, s>>>((bf16 *)out, rstd, (const bf16 *)x, w, \
+									     N, D, eps);                      \
+	}
+#define RF(NC)                                 \
+	{                                      \
+		if (moe_memk_legacy_on == 2)   \
+			RF2(NC, true)          \
+		else                           \
+			RF2(NC, false)         \
 	}
 		if (nc == 1)
 			RF(1)
@@ -395,6 +465,7 @@ extern "C" int moe_cuda_rmsnorm_fwd(bf16_t *out, float *rstd, const bf16_t *x, c
 		else
 			RF(4)
 #undef RF
+#undef RF2
 		return CUDA_LAUNCHED(err);
 	}
 	rmsnorm_fwd_kernel<<<moe_cdiv(N, 8), 256, 0, s>>>((bf16 *)out, rstd, (const bf16 *)x, w, N, D, eps);
@@ -409,14 +480,21 @@ static int rmsnorm_bwd(bf16_t *dx, float *dw, const bf16_t *dout, const bf16_t *
 	if ((rc = check_d(D, err)) != 0 || N <= 0)
 		return rc;
 	int nc = (D + 255) / 256;
-	if (!moe_memk_legacy_on && nc <= 4) {
+	if (moe_memk_legacy_on != 1 && nc <= 4) {
 		size_t sm = (size_t)(1 + RN_THREADS / 32) * D * sizeof(float);
-#define RB(NC)                                                                                                 \
+#define RB2(NC, PF)                                                                                            \
 	{                                                                                                      \
-		unsigned nb = moe_cdiv(N, RN_THREADS / 32),                                                    \
-			 cap = resident_blocks(rmsnorm_rows_bwd_kernel<NC, ADD>, RN_THREADS, sm);              \
-		rmsnorm_rows_bwd_kernel<NC, ADD><<<nb < cap ? nb : cap, RN_THREADS, sm, s>>>(                  \
+		unsigned nb = balanced_blocks(N, RN_THREADS / 32,                                              \
+					      resident_blocks(rmsnorm_rows_bwd_kernel<NC, ADD, PF>, RN_THREADS, sm)); \
+		rmsnorm_rows_bwd_kernel<NC, ADD, PF><<<nb, RN_THREADS, sm, s>>>(                               \
 			(bf16 *)dx, dw, (const bf16 *)dout, (const bf16 *)x, w, rstd, N, D);                   \
+	}
+#define RB(NC)                                 \
+	{                                      \
+		if (moe_memk_legacy_on == 2)   \
+			RB2(NC, true)          \
+		else                           \
+			RB2(NC, false)         \
 	}
 		if (nc == 1)
 			RB(1)
@@ -427,6 +505,7 @@ static int rmsnorm_bwd(bf16_t *dx, float *dw, const bf16_t *dout, const bf16_t *
 		else
 			RB(4)
 #undef RB
+#undef RB2
 		return CUDA_LAUNCHED(err);
 	}
 	if (nc <= 4) {
