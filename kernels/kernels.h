@@ -35,10 +35,9 @@ int moe_cuda_embedding_bwd(float *dwte /* (V, D) */, const bf16_t *dout /* (N, D
 			   struct moe_error *err);
 
 /* The memory-bound kernels of rmsnorm.cu, qknorm_rope.cu, permute.cu and
- * xent.cu: on 1 selects their previous versions (same results within the
- * tests' tolerances), kept for same-run comparisons (bench_kernels -m); 2
- * the variants that load a row ahead (QK-norm + RoPE and RMSNorm); 0 the
- * default. */
+ * xent.cu: on != 0 selects their previous versions (same results within the
+ * tests' tolerances), kept for same-run comparisons (bench_kernels -m;
+ * MOE_CUDA_MEMK=legacy in the environment sets it from the start). */
 void moe_cuda_memk_legacy(int on);
 
 /* rmsnorm.cu: fp32 statistics and weights; dx overwritten, dw (may be NULL) +=. */

@@ -240,7 +240,7 @@ combine_bwd_rows_kernel(bf16 *dyg, float *dw, const bf16 *dout, const bf16 *yg, 
 static int pk_nc(int K, int D)
 {
 	int nc = (D + 255) / 256;
-	return moe_memk_legacy_on == 1 || K > PK_K || K < 1 || nc > 4 ? 0 : nc;
+	return moe_memk_legacy_on || K > PK_K || K < 1 || nc > 4 ? 0 : nc;
 }
 
 #define PK_SWITCH(NC, LAUNCH)        \

@@ -232,7 +232,7 @@ extern "C" int moe_cuda_xent(bf16_t *dlogits, float *loss, const bf16_t *logits,
 		return 0;
 	bool vec = V % 8 == 0 && (uintptr_t)logits % 16 == 0 && (uintptr_t)dlogits % 16 == 0;
 	size_t sm = (size_t)V * 2;
-	if (vec && moe_memk_legacy_on != 1 && sm <= (size_t)xent_smem_limit()) {
+	if (vec && !moe_memk_legacy_on && sm <= (size_t)xent_smem_limit()) {
 		int rc;
 		if ((rc = CUDA_OK(cudaFuncSetAttribute(xent_smem_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
 						       (int)sm),

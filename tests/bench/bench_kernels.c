@@ -402,15 +402,12 @@ static int memk_bench(int B, int T)
 	};
 	printf("memory-bound kernels, N %d rows, D %d, K %d, V %d; copy rate %.0f GB/s (D2D, %.0f MiB)\n", m.N, m.D,
 	       m.K, m.V, rate, m.cbytes / 1048576.0);
-	printf("copy ms: cudaMemcpyAsync D2D of half the kernel's bytes (the same bytes read and written); pf: the\n"
-	       "prefetching variants (moe_cuda_memk_legacy(2); the same kernels as new where there are none)\n");
-	printf("%-22s %7s %8s %8s %8s %8s %8s %8s %8s\n", "kernel", "MB", "copy ms", "old ms", "new ms", "pf ms",
-	       "old GB/s", "new GB/s", "new/copy");
+	printf("copy ms: cudaMemcpyAsync D2D of half the kernel's bytes (the same bytes read and written)\n");
+	printf("%-22s %7s %8s %8s %8s %8s %8s %8s\n", "kernel", "MB", "copy ms", "old ms", "new ms", "old GB/s",
+	       "new GB/s", "new/copy");
 	for (size_t i = 0; i < sizeof(ks) / sizeof(ks[0]); i++) {
 		moe_cuda_memk_legacy(1);
 		float to = time_it(ks[i].f, &m);
-		moe_cuda_memk_legacy(2);
-		float tp = time_it(ks[i].f, &m);
 		moe_cuda_memk_legacy(0);
 		float tn = time_it(ks[i].f, &m);
 		size_t cb = m.cbytes;
@@ -419,8 +416,8 @@ static int memk_bench(int B, int T)
 			m.cbytes = cmax;
 		float tcopy = time_it(f_memk_copy, &m);
 		m.cbytes = cb;
-		printf("%-22s %7.1f %8.3f %8.3f %8.3f %8.3f %8.0f %8.0f %7.0f%%\n", ks[i].name, ks[i].bytes / 1e6, tcopy,
-		       to, tn, tp, ks[i].bytes / to / 1e6, ks[i].bytes / tn / 1e6, 100.0 * tcopy / tn);
+		printf("%-22s %7.1f %8.3f %8.3f %8.3f %8.0f %8.0f %7.0f%%\n", ks[i].name, ks[i].bytes / 1e6, tcopy, to, tn,
+		       ks[i].bytes / to / 1e6, ks[i].bytes / tn / 1e6, 100.0 * tcopy / tn);
 	}
 	cudaError_t e = cudaDeviceSynchronize();
 	if (e != cudaSuccess) {

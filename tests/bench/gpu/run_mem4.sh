@@ -1,12 +1,12 @@
 #!/bin/sh
 # Session 4: the memory-bound kernels (kernels/rmsnorm.cu, qknorm_rope.cu,
 # permute.cu, xent.cu) on the GPU machine: test_kernels (all of it) and
-# test_backend, the kernel table (bench_kernels -m: the previous kernels,
-# the new ones and the prefetching variants in the same run, each against a
-# device-to-device copy of the same bytes), seed-base steps with the new
-# kernels, with MOE_CUDA_MEMK=legacy (the previous ones) and with
-# MOE_CUDA_MEMK=pf (the variants), interleaved, and one profiled step of
-# the new and of the previous kernels; a summary last.
+# test_backend, the kernel table (bench_kernels -m: the previous kernels and
+# the new ones in the same run, each against a device-to-device copy of the
+# same bytes), seed-base steps with the new kernels and with
+# MOE_CUDA_MEMK=legacy (the previous ones), interleaved, and one profiled
+# step of each; a summary last.  (Call 2 of the log also ran steps with
+# MOE_CUDA_MEMK=pf, prefetching variants since removed as no faster.)
 #   RUNDIR=.devrunmem sh .devrunmem/run_mem4.sh
 # The tests' full output goes to $OUT/mem-tests.log.
 set -u
@@ -27,7 +27,7 @@ timeout 60 $B/tests/bench/bench_kernels -m -B 16 >/tmp/memk.txt 2>&1
 echo "exit $?"
 cat /tmp/memk.txt
 : >/tmp/steps.txt
-for v in new legacy pf new legacy pf; do
+for v in new legacy new legacy; do
 	echo "=== bench_cuda ($v kernels)" | tee -a /tmp/steps.txt
 	case $v in
 	new) bc ;;
