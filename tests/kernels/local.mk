@@ -51,4 +51,4 @@ tests_bench_bench_gemm_LDFLAGS = $(AM_LDFLAGS) $(CUDA_LDFLAGS)
 tests_bench_bench_gemm_LDADD = kernels/libmoekernels.a $(CORE_LIBS) $(CUDA_LIBS) -lstdc++
 endif
 EXTRA_DIST += tests/bench/bench_train.sh tests/bench/RESULTS-cuda.md tests/bench/RESULTS-experts.md \
-	tests/bench/RESULTS-attention.md tests/bench/RESULTS-tma.md
+	tests/bench/RESULTS-attention.md tests/bench/RESULTS-tma.md tests/bench/RESULTS-memkernels.md
