@@ -57,7 +57,7 @@
 #define GT_BM 128
 #define GT_BK 64
 #define GT_THREADS 384
-#define GT_NCFG 7
+#define GT_NCFG 4
 #define GT_SMEM_MAX (226 * 1024) /* dynamic, beside the static barriers */
 
 enum { GT_FWD = 0, GT_DGRAD = 1, GT_WGRAD = 2 };
@@ -113,51 +113,6 @@ static __device__ __forceinline__ void gt_tma3(uint32_t dst, const CUtensorMap *
 		     "l"((uint64_t)m), "r"(c0), "r"(c1), "r"(c2), "r"(bar)
 		     : "memory");
 }
-/* the same, multicast: the box lands at the same offset, completing on the
- * barrier at the same offset, in both blocks of a 2-block cluster */
-static __device__ __forceinline__ void gt_tma2_mc(uint32_t dst, const CUtensorMap *m, int c0, int c1, uint32_t bar)
-{
-	asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster "
-		     "[%0], [%1, {%2, %3}], [%4], %5;\n" ::"r"(dst),
-		     "l"((uint64_t)m), "r"(c0), "r"(c1), "r"(bar), "h"((uint16_t)3)
-		     : "memory");
-}
-static __device__ __forceinline__ void gt_tma3_mc(uint32_t dst, const CUtensorMap *m, int c0, int c1, int c2,
-						  uint32_t bar)
-{
-	asm volatile("cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster "
-		     "[%0], [%1, {%2, %3, %4}], [%5], %6;\n" ::"r"(dst),
-		     "l"((uint64_t)m), "r"(c0), "r"(c1), "r"(c2), "r"(bar), "h"((uint16_t)3)
-		     : "memory");
-}
-/* arrive on the barrier at this offset in both blocks of the cluster */
-static __device__ __forceinline__ void gt_arrive_both(uint32_t bar)
-{
-#pragma unroll
-	for (uint32_t r = 0; r < 2; r++)
-		asm volatile("{\n.reg .b32 ra;\nmapa.shared::cluster.u32 ra, %0, %1;\n"
-			     "mbarrier.arrive.shared::cluster.b64 _, [ra];\n}\n" ::"r"(bar),
-			     "r"(r)
-			     : "memory");
-}
-/* a consumer warp is done with a stage (of both blocks' B with CL 2) */
-template <int CL> static __device__ __forceinline__ void gt_release(uint32_t bar)
-{
-	if (CL > 1)
-		gt_arrive_both(bar);
-	else
-		gt_arrive(bar);
-}
-static __device__ __forceinline__ void gt_cluster_sync()
-{
-	asm volatile("barrier.cluster.arrive.aligned;\nbarrier.cluster.wait.aligned;\n" ::: "memory");
-}
-static __device__ __forceinline__ uint32_t gt_cluster_rank()
-{
-	uint32_t r;
-	asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
-	return r;
-}
 /* C box {c0, c1} from shared memory src, one bulk group per call */
 static __device__ __forceinline__ void gt_tma_store(const CUtensorMap *m, uint32_t src, int c0, int c1)
 {
@@ -195,30 +150,23 @@ struct gt_tile {
 /* The i-th tile of this block's walk: the grid strides over the tiles; the
  * weight gradient with sched walks them as a snake (blocks 0..G-1, then
  * G-1..0, ...) over its tiles ordered by their expert's rows, largest
- * first, so that every block gets about the same number of k-slices.  With
- * 2-block clusters (CL 2) the clusters walk pairs of tiles. */
-template <int MODE, int CL> static __device__ __forceinline__ int gt_walk(int i, const gt_args &g)
+ * first, so that every block gets about the same number of k-slices. */
+template <int MODE> static __device__ __forceinline__ int gt_walk(int i, const gt_args &g)
 {
-	const int G = gridDim.x / CL, b = blockIdx.x / CL;
+	const int G = gridDim.x, b = blockIdx.x;
 	return MODE == GT_WGRAD && g.sched && (i & 1) ? i * G + G - 1 - b : i * G + b;
 }
 
-/* s_ord: the weight gradient's experts, largest first (sched) or in order.
- * With 2-block clusters t numbers pairs of tiles that share B (W, or the
- * weight gradient's X): two row tiles of an expert (fwd, dgrad; s_start
- * then counts pairs), two row tiles of W (wgrad); block rank takes the
- * rank-th; a pair's second tile past the expert's rows (or W's) computes
- * for nothing and stores nothing. */
-template <int MODE, int BM, int BN, int CL>
-static __device__ __forceinline__ gt_tile gt_decode(int t, const gt_args &g, const int *s_start, const int *s_off,
-						    int rank)
+/* s_ord: the weight gradient's experts, largest first (sched) or in order */
+template <int MODE, int BM, int BN>
+static __device__ __forceinline__ gt_tile gt_decode(int t, const gt_args &g, const int *s_start, const int *s_off)
 {
 	gt_tile r;
 	if (MODE == GT_WGRAD) {
 		const int *s_ord = s_start; /* its tiles' space */
-		int per = (g.mt + CL - 1) / CL * g.nt, q = t % per;
+		int per = g.mt * g.nt, q = t % per;
 		r.e = s_ord[t / per];
-		r.m0 = (q / g.nt * CL + rank) * BM;
+		r.m0 = q / g.nt * BM;
 		r.n0 = q % g.nt * BN;
 		r.row0 = s_off[r.e];
 		r.mi = s_off[r.e + 1] - r.row0;
@@ -235,7 +183,7 @@ static __device__ __forceinline__ gt_tile gt_decode(int t, const gt_args &g, con
 			hi = mid - 1;
 	}
 	r.e = lo;
-	r.row0 = s_off[lo] + ((tm - s_start[lo]) * CL + rank) * BM;
+	r.row0 = s_off[lo] + (tm - s_start[lo]) * BM;
 	r.mi = s_off[lo + 1] - r.row0;
 	r.n0 = (t % nt) * BN;
 	r.m0 = 0;
@@ -288,7 +236,7 @@ template <int BM, int BN, int ST> struct gt_cfg {
 	static constexpr size_t SMEM = 1024 + (size_t)ST * (ABYTES + BBYTES) + EBYTES;
 };
 
-template <int MODE, int BM, int BN, int ST, int PP, int CL>
+template <int MODE, int BM, int BN, int ST, int PP>
 __global__ void __launch_bounds__(GT_THREADS, 1)
 	gt_kernel(const __grid_constant__ CUtensorMap ta, const __grid_constant__ CUtensorMap tb,
 		  const __grid_constant__ CUtensorMap tc, const gt_args g)
@@ -307,14 +255,12 @@ __global__ void __launch_bounds__(GT_THREADS, 1)
 	const uint32_t se = base + ST * (ABYTES + BBYTES); /* the output buffers */
 	int *s_start = (int *)(gt_smem + (se + EBYTES - wg_smem_u32(gt_smem))); /* (E+1) row tiles */
 	int *s_off = s_start + g.E + 1;                                                     /* (E+1) offsets */
-	const int tid = threadIdx.x, E = g.E, rank = CL > 1 ? (int)gt_cluster_rank() : 0;
+	const int tid = threadIdx.x, E = g.E;
 
 	if (tid == 0) {
 		for (int s = 0; s < ST; s++) {
 			gt_bar_init(wg_smem_u32(&full[s]), 1);
-			/* one arrival per consumer warp (of both blocks of a cluster:
-			 * the other block's B loads land here too) */
-			gt_bar_init(wg_smem_u32(&empty[s]), (PP ? 4 : 8) * CL);
+			gt_bar_init(wg_smem_u32(&empty[s]), PP ? 4 : 8); /* one arrival per consumer warp */
 		}
 		gt_bar_init(wg_smem_u32(&order), 1);
 		asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
@@ -326,7 +272,7 @@ __global__ void __launch_bounds__(GT_THREADS, 1)
 			int x = x0 + lane, o0 = 0, tiles = 0;
 			if (x < E) {
 				o0 = g.offsets[x];
-				tiles = ((max(g.offsets[x + 1] - o0, 0) + BM - 1) / BM + CL - 1) / CL;
+				tiles = (max(g.offsets[x + 1] - o0, 0) + BM - 1) / BM;
 			}
 			int incl = warp_incl_scan(tiles, lane);
 			if (x < E) {
@@ -358,10 +304,8 @@ __global__ void __launch_bounds__(GT_THREADS, 1)
 		}
 		__syncthreads();
 	}
-	if (CL > 1) /* the other block's barriers are initialised */
-		gt_cluster_sync();
 
-	const int total = MODE == GT_WGRAD ? E * ((g.mt + CL - 1) / CL) * g.nt : s_start[E] * g.nt, wg = tid / 128;
+	const int total = MODE == GT_WGRAD ? E * g.mt * g.nt : s_start[E] * g.nt, wg = tid / 128;
 	if (wg == 0) {
 		/* producer */
 		asm volatile("setmaxnreg.dec.sync.aligned.u32 56;\n" ::: "memory");
@@ -370,10 +314,10 @@ __global__ void __launch_bounds__(GT_THREADS, 1)
 		const int lane = tid, tot = s_off[E];
 		int pos = 0;
 		for (int i = 0;; i++) {
-			const int t = gt_walk<MODE, CL>(i, g);
+			const int t = gt_walk<MODE>(i, g);
 			if (t >= total)
 				break;
-			const gt_tile tl = gt_decode<MODE, BM, BN, CL>(t, g, s_start, s_off, rank);
+			const gt_tile tl = gt_decode<MODE, BM, BN>(t, g, s_start, s_off);
 			for (int kt = 0; kt < tl.kt; kt++, pos++) {
 				const int s = pos % ST, k0 = kt * GT_BK;
 				if (pos >= ST)
@@ -393,48 +337,24 @@ __global__ void __launch_bounds__(GT_THREADS, 1)
 							for (int q = 0; q < BM / 64; q++)
 								gt_tma2(dA + q * 8192, &ta, tl.m0 + q * 64, tl.row0 + k0, bar);
 #pragma unroll
-							for (int q = 0; q < BN / 64 / CL; q++) {
-								const int qq = q + rank * (BN / 64 / CL);
-								if (CL > 1)
-									gt_tma2_mc(dB + qq * 8192, &tb, tl.n0 + qq * 64,
-										   tl.row0 + k0, bar);
-								else
-									gt_tma2(dB + qq * 8192, &tb, tl.n0 + qq * 64,
-										tl.row0 + k0, bar);
-							}
+							for (int q = 0; q < BN / 64; q++)
+								gt_tma2(dB + q * 8192, &tb, tl.n0 + q * 64, tl.row0 + k0, bar);
 						}
 					} else {
 						if (!cp)
 							gt_tma2(dA, &ta, k0, tl.row0, bar);
 						if (MODE == GT_FWD) {
-							/* CL 2: each block BN / 2 rows of W for both */
-							const int h = rank * (BN / CL);
-							if (CL > 1)
-								gt_tma3_mc(dB + h * 128, &tb, k0, tl.n0 + h, tl.e, bar);
-							else
-								gt_tma3(dB, &tb, k0, tl.n0, tl.e, bar);
+							gt_tma3(dB, &tb, k0, tl.n0, tl.e, bar);
 						} else {
 #pragma unroll
-							for (int q = 0; q < BN / 64 / CL; q++) {
-								const int qq = q + rank * (BN / 64 / CL);
-								if (CL > 1)
-									gt_tma3_mc(dB + qq * 8192, &tb, tl.n0 + qq * 64, k0,
-										   tl.e, bar);
-								else
-									gt_tma3(dB + qq * 8192, &tb, tl.n0 + qq * 64, k0,
-										tl.e, bar);
-							}
+							for (int q = 0; q < BN / 64; q++)
+								gt_tma3(dB + q * 8192, &tb, tl.n0 + q * 64, k0, tl.e, bar);
 						}
 					}
 				}
 				__syncwarp();
 			}
 		}
-		/* CL 2: the other block's consumers still arrive on this block's
-		 * barriers; it stays until they have released every stage */
-		for (int k = 0; CL > 1 && k < ST; k++, pos++)
-			if (pos >= ST)
-				gt_wait(wg_smem_u32(&empty[pos % ST]), ((pos / ST) - 1) & 1);
 		return;
 	}
 
@@ -447,10 +367,10 @@ __global__ void __launch_bounds__(GT_THREADS, 1)
 	int nst = 0;
 	int pos0 = 0; /* the k-slice position of the block's tile j */
 	for (int j = 0;; j++) {
-		const int t = gt_walk<MODE, CL>(j, g);
+		const int t = gt_walk<MODE>(j, g);
 		if (t >= total)
 			break;
-		const gt_tile tl = gt_decode<MODE, BM, BN, CL>(t, g, s_start, s_off, rank);
+		const gt_tile tl = gt_decode<MODE, BM, BN>(t, g, s_start, s_off);
 		if (PP && (j & 1) != cw) {
 			pos0 += tl.kt;
 			continue;
@@ -495,13 +415,13 @@ __global__ void __launch_bounds__(GT_THREADS, 1)
 			wg_commit();
 			wg_wait<1>(); /* the previous k-slice's MMAs are done with their stage */
 			if (kt > 0 && lane == 0)
-				gt_release<CL>(wg_smem_u32(&empty[(pos - 1) % ST]));
+				gt_arrive(wg_smem_u32(&empty[(pos - 1) % ST]));
 		}
 		if (PP && wl == 0)
 			gt_arrive(wg_smem_u32(&order));
 		wg_wait<0>();
 		if (tl.kt > 0 && lane == 0)
-			gt_release<CL>(wg_smem_u32(&empty[(pos0 + tl.kt - 1) % ST]));
+			gt_arrive(wg_smem_u32(&empty[(pos0 + tl.kt - 1) % ST]));
 		pos0 += tl.kt;
 		if (MODE == GT_WGRAD) {
 			/* 64 x 32 fp32 blocks through shared memory and the copy
@@ -663,9 +583,8 @@ static int gt_sms(void)
  * wgmma kernel.  fwd, dgrad: c (rows, ncols) = a (rows, K) by w (E, Out,
  * In); wgrad: c (E, Out, In) fp32 (+)= a^T (dY: rows, Out) b (X: rows, In)
  * over each expert's rows, max_rows unknown (0); sched: the weight
- * gradient's tiles largest expert first, as a snake over the blocks; CL 2:
- * clusters of 2 blocks, as many as can run at once. */
-template <int MODE, int BM, int BN, int ST, int PP, int CL>
+ * gradient's tiles largest expert first, as a snake over the blocks. */
+template <int MODE, int BM, int BN, int ST, int PP>
 static int gt_launch(void *c, const bf16 *a, const bf16 *w, const int32_t *offsets, int max_rows, int E, int In,
 		     int Out, bool store, bool sched, cudaStream_t s, struct moe_error *err)
 {
@@ -692,7 +611,7 @@ static int gt_launch(void *c, const bf16 *a, const bf16 *w, const int32_t *offse
 		const cuuint32_t abox[2] = {GT_BK, BM};
 		const cuuint64_t bdim[3] = {(cuuint64_t)In, (cuuint64_t)Out, (cuuint64_t)E},
 				 bstr[2] = {(cuuint64_t)In * 2, (cuuint64_t)In * Out * 2};
-		const cuuint32_t bbox[3] = {GT_BK, MODE == GT_FWD ? (cuuint32_t)(BN / CL) : 64u, 1};
+		const cuuint32_t bbox[3] = {GT_BK, MODE == GT_FWD ? (cuuint32_t)BN : 64u, 1};
 		const cuuint64_t cdim[2] = {(cuuint64_t)ncols, rows}, cstr[1] = {(cuuint64_t)ncols * 2};
 		const cuuint32_t cbox[2] = {64, 64};
 		ok = gt_map(&ta, a, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, adim, astr, abox) &&
@@ -703,51 +622,20 @@ static int gt_launch(void *c, const bf16 *a, const bf16 *w, const int32_t *offse
 		return 1;
 	gt_args g = {a, MODE == GT_WGRAD ? w : nullptr, c, offsets, E, K, ncols, (int)moe_cdiv(ncols, BN),
 		     (int)moe_cdiv(Out, BM), store, sched};
-	/* tiles (pairs of tiles with CL 2), an upper bound for fwd, dgrad */
-	size_t tiles = MODE == GT_WGRAD ? (size_t)E * moe_cdiv(g.mt, CL) * g.nt
-					: (size_t)(moe_cdiv(max_rows, BM) + E) * g.nt;
+	size_t tiles = MODE == GT_WGRAD ? (size_t)E * g.mt * g.nt : (size_t)(moe_cdiv(max_rows, BM) + E) * g.nt;
+	unsigned grid = gt_force_grid ? gt_force_grid : gt_sms();
+	if (grid > tiles)
+		grid = (unsigned)tiles;
 	static bool attr_set;
-	static int max_clusters;
 	int rc;
-	cudaLaunchConfig_t lc = {};
-	cudaLaunchAttribute at[1];
-	at[0].id = cudaLaunchAttributeClusterDimension;
-	at[0].val.clusterDim.x = CL;
-	at[0].val.clusterDim.y = 1;
-	at[0].val.clusterDim.z = 1;
-	lc.blockDim = dim3(GT_THREADS);
-	lc.dynamicSmemBytes = smem;
-	lc.stream = s;
-	lc.attrs = at;
-	lc.numAttrs = CL > 1 ? 1 : 0;
 	if (!attr_set) {
-		if ((rc = CUDA_OK(cudaFuncSetAttribute(gt_kernel<MODE, BM, BN, ST, PP, CL>,
+		if ((rc = CUDA_OK(cudaFuncSetAttribute(gt_kernel<MODE, BM, BN, ST, PP>,
 						       cudaFuncAttributeMaxDynamicSharedMemorySize, GT_SMEM_MAX),
 				  err)) != 0)
 			return rc;
-		if (CL > 1) { /* clusters that fit at once: the persistent grid */
-			lc.gridDim = dim3(CL * 64);
-			lc.dynamicSmemBytes = gt_cfg<BM, BN, ST>::SMEM + 1024;
-			if (cudaOccupancyMaxActiveClusters(&max_clusters, gt_kernel<MODE, BM, BN, ST, PP, CL>, &lc) !=
-				    cudaSuccess ||
-			    max_clusters < 1) {
-				cudaGetLastError();
-				return 1;
-			}
-			lc.dynamicSmemBytes = smem;
-		}
 		attr_set = true;
 	}
-	unsigned grid = gt_force_grid ? gt_force_grid : CL > 1 ? CL * max_clusters : gt_sms();
-	grid = grid / CL * CL;
-	if (grid < CL)
-		grid = CL;
-	if (grid > tiles * CL)
-		grid = (unsigned)(tiles * CL);
-	lc.gridDim = dim3(grid);
-	if (CL > 1)
-		return CUDA_OK(cudaLaunchKernelEx(&lc, gt_kernel<MODE, BM, BN, ST, PP, CL>, ta, tb, tc, g), err);
-	gt_kernel<MODE, BM, BN, ST, PP, CL><<<grid, GT_THREADS, smem, s>>>(ta, tb, tc, g);
+	gt_kernel<MODE, BM, BN, ST, PP><<<grid, GT_THREADS, smem, s>>>(ta, tb, tc, g);
 	return CUDA_LAUNCHED(err);
 }
 
@@ -755,10 +643,7 @@ static int gt_launch(void *c, const bf16 *a, const bf16 *w, const int32_t *offse
  * TMA: 1 cooperative 128 x 256, 4 stages; 2 ping-pong, 128 x 128 per
  * consumer warpgroup, 6 stages; 3 cooperative 256 x 128, 4 stages; 4
  * session 3's default (1, or 2 where 256-wide column tiles would leave half
- * of the last one empty, the weight gradient's tiles in order); 5, 6: 1, 3
- * in clusters of 2 blocks, each loading half of the B tile both use for
- * both (TMA multicast); 7: 5 or 6 as the default picks 1 or 3 (the
- * weight gradient: 1 or 3 where W's row tiles are odd in number).  The
+ * of the last one empty, the weight gradient's tiles in order).  The
  * weight gradient's rows of W take the place of the rows (3: 256 rows of W
  * by 128 columns).  The default, 0: 1, or 3 where 256-wide column tiles
  * would leave half of the last one empty (640 columns), the weight
@@ -777,21 +662,15 @@ static int gt_run(void *c, const bf16 *a, const bf16 *w, const int32_t *offsets,
 	bool sched = true;
 	if (cfg == 4) /* session 3 */
 		cfg = narrow ? 2 : 1, sched = false;
-	else if (cfg == 7) /* the weight gradient: not where a pair would be half idle */
-		cfg = MODE == GT_WGRAD && moe_cdiv(Out, narrow ? 256 : 128) % 2 ? (narrow ? 3 : 1) : narrow ? 6 : 5;
 	else if (cfg == 0)
 		cfg = narrow ? 3 : 1;
 	switch (cfg) {
 	case 2:
-		return gt_launch<MODE, 128, 128, 6, 1, 1>(c, a, w, offsets, max_rows, E, In, Out, store, sched, s, err);
+		return gt_launch<MODE, 128, 128, 6, 1>(c, a, w, offsets, max_rows, E, In, Out, store, sched, s, err);
 	case 3:
-		return gt_launch<MODE, 256, 128, 4, 0, 1>(c, a, w, offsets, max_rows, E, In, Out, store, sched, s, err);
-	case 5:
-		return gt_launch<MODE, 128, 256, 4, 0, 2>(c, a, w, offsets, max_rows, E, In, Out, store, sched, s, err);
-	case 6:
-		return gt_launch<MODE, 256, 128, 4, 0, 2>(c, a, w, offsets, max_rows, E, In, Out, store, sched, s, err);
+		return gt_launch<MODE, 256, 128, 4, 0>(c, a, w, offsets, max_rows, E, In, Out, store, sched, s, err);
 	default:
-		return gt_launch<MODE, 128, 256, 4, 0, 1>(c, a, w, offsets, max_rows, E, In, Out, store, sched, s, err);
+		return gt_launch<MODE, 128, 256, 4, 0>(c, a, w, offsets, max_rows, E, In, Out, store, sched, s, err);
 	}
 }
 

@@ -251,10 +251,8 @@ bool moe_cuda_grouped_tma_supported(void);
  * (cooperative 128 x 256, 4 stages), 2 (ping-pong: 128 x 128 per consumer
  * warpgroup, 6 stages), 3 (cooperative 256 x 128, 4 stages), 4 (session
  * 3's default: 1 or 2 by the width, the weight gradient's tiles in expert
- * order), 5, 6 (1, 3 in clusters of 2 blocks sharing the B tile through
- * TMA multicast), 7 (5 or 6 by the width), 0 the default (see
- * grouped_tma.cu); grid > 0 caps the persistent grid (0: one block per
- * multiprocessor; rounded down to even for clusters).
+ * order), 0 the default (see grouped_tma.cu); grid > 0 caps the persistent
+ * grid (0: one block per multiprocessor).
  * Returns how many launches so far could not use the TMA kernels (fell back
  * to grouped_wgmma.cu's) though the device supports them. */
 int moe_cuda_grouped_tma_config(int cfg, int grid);

@@ -565,8 +565,8 @@ int main(int argc, char **argv)
 		t = time_it(f_wg_wgrad_st, &g);
 		printf("%-34s %9.3f %9.1f\n", nm, t, fl / t / 1e9);
 	tma:
-		/* cfg 0: the default; 4: session 3's; 7: 2-block clusters (grouped_tma.cu) */
-		for (int cfg = 0; cfg <= 7 && moe_cuda_grouped_tma_supported(); cfg++) {
+		/* cfg 0: the default; 4: session 3's (grouped_tma.cu) */
+		for (int cfg = 0; cfg <= 4 && moe_cuda_grouped_tma_supported(); cfg++) {
 			moe_cuda_grouped_tma_config(cfg, 0);
 			snprintf(nm, sizeof(nm), "tma fwd     %4dx%4d cfg %d", g.In, g.Out, cfg);
 			t = time_it(f_tma_fwd, &g);
@@ -577,15 +577,13 @@ int main(int argc, char **argv)
 			snprintf(nm, sizeof(nm), "tma wgrad store %4dx%4d cfg %d", g.In, g.Out, cfg);
 			t = time_it(f_tma_wgrad_st, &g);
 			printf("%-34s %9.3f %9.1f\n", nm, t, fl / t / 1e9);
-			if (cfg == 0 || cfg == 4 || cfg == 7) {
+			if (cfg == 0 || cfg == 4) {
 				snprintf(nm, sizeof(nm), "tma wgrad +=    %4dx%4d cfg %d", g.In, g.Out, cfg);
 				t = time_it(f_tma_wgrad, &g);
 				printf("%-34s %9.3f %9.1f\n", nm, t, fl / t / 1e9);
 			}
 		}
-		const int cmp_cfg[3] = {0, 5, 6};
-		for (int ci = 0; ci < 3 && moe_cuda_grouped_tma_supported(); ci++) {
-			const int cfg = cmp_cfg[ci];
+		for (int cfg = 0; cfg <= 3 && moe_cuda_grouped_tma_supported(); cfg += 3) {
 			moe_cuda_grouped_tma_config(cfg, 0);
 			tma_vs_wgmma(&g, cfg);
 			printf("tma launches that fell back to wgmma: %d\n", moe_cuda_grouped_tma_config(0, 0));

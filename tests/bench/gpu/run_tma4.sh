@@ -2,14 +2,15 @@
 # Session 4 of the TMA grouped GEMMs (kernels/grouped_tma.cu) on the GPU
 # machine: seed-base steps with the default and with
 # MOE_CUDA_GROUPED_TMA_CFG=4 (session 3's default), interleaved; the
-# expert-path backend tests; the grouped kernel tests (every configuration,
-# the 2-block clusters too; if they hang, nothing after them runs); the
-# kernel table (TMA kernels only, every configuration) with balanced and
-# with skewed routing; steps with =7 (2-block clusters) against the default,
-# interleaved; one profiled step of each (grouped ops); a short table.
+# expert-path backend tests; the grouped kernel tests (every configuration;
+# if they hang, nothing after them runs); the kernel table (TMA kernels
+# only, every configuration) with balanced and with skewed routing; more
+# steps (RUNS2, none by default); one profiled step of each (grouped ops);
+# a short table.  (Device call 2 ran it with RUNS2='7 default 7 default'
+# and PROFILE='default 7 4' when configurations 5-7 existed.)
 #   PACK=.devruntma sh tests/bench/gpu/run_tma4.sh
 # RUNS, RUNS2: the step runs before and after the tests (default, or a
-# MOE_CUDA_GROUPED_TMA_CFG value 1-7), PROFILE the profiled ones; SKEW: the
+# MOE_CUDA_GROUPED_TMA_CFG value 1-4), PROFILE the profiled ones; SKEW: the
 # -s of the skewed kernel table.  Full outputs under $OUT: tma-tests.log,
 # tma-kernels.log, tma-steps.log, tma-profile-*.log.
 set -u
@@ -54,16 +55,16 @@ for s in 0 ${SKEW:-0.5}; do
 	echo "=== bench_kernels -B 16 -t -s $s"
 	timeout 120 $B/tests/bench/bench_kernels -B 16 -t -s $s 2>&1 | grep -v "^attention" | tee -a $K
 done
-steps ${RUNS2:-7 default 7 default}
-for v in ${PROFILE:-default 7 4}; do
+steps ${RUNS2:-}
+for v in ${PROFILE:-default 4}; do
 	P=$O/tma-profile-$v.log
 	echo "=== MOE_CUDA_GROUPED_TMA_CFG=$v bench_cuda -m $M -B 16 -n 1 -w 2 -p (all in $P)"
 	run_step "$v" -n 1 -w 2 -p >$P
 	echo "exit $?"
 	grep -E "grouped|total|wall|rror" $P
 done
-echo "=== summary (ms; B=16 shapes; cfg 0 = default, 7 = 2-block clusters, 4 = session 3)"
-grep -E "^(routing|tma (fwd|dgrad|wgrad store) .*cfg [047])" $K
+echo "=== summary (ms; B=16 shapes; cfg 0 = default, 4 = session 3)"
+grep -E "^(routing|tma (fwd|dgrad|wgrad store) .*cfg [04])" $K
 echo "step ms (run order):"
 sed -n 's/^\(cfg=[^ ]*\) .*"step_ms": \([0-9.]*\).*/\1 \2/p' $S
 date -u
