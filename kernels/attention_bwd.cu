@@ -16,13 +16,16 @@
 #include <string.h>
 
 /* delta[b, h, t] = sum_d dout * out; one warp per (token, head), with VEC
- * 16-byte loads (Dh % 8 == 0, 16-byte aligned rows). */
+ * 16-byte loads (Dh % 8 == 0, 16-byte aligned rows).  Also zeroes the
+ * fused kernel's ncnt counters. */
 template <bool VEC>
-__global__ void att_delta_kernel(float *delta, const bf16 *dout, const bf16 *out, int ldo, int B, int T, int H,
-				 int Dh)
+__global__ void att_delta_kernel(float *delta, int *cnt, int ncnt, const bf16 *dout, const bf16 *out, int ldo, int B,
+				 int T, int H, int Dh)
 {
 	int warps = blockDim.x / 32, lane = threadIdx.x % 32;
 	size_t job = (size_t)blockIdx.x * warps + threadIdx.x / 32;
+	if ((size_t)blockIdx.x * blockDim.x + threadIdx.x < (size_t)ncnt)
+		cnt[blockIdx.x * blockDim.x + threadIdx.x] = 0;
 	if (job >= (size_t)B * T * H)
 		return;
 	int h = job % H;
@@ -50,14 +53,14 @@ __global__ void att_delta_kernel(float *delta, const bf16 *dout, const bf16 *out
 	}
 }
 
-static int att_delta(float *delta, const bf16 *dout, const bf16 *out, int ldo, int B, int T, int H, int Dh,
-		     cudaStream_t s, struct moe_error *err)
+static int att_delta(float *delta, int *cnt, int ncnt, const bf16 *dout, const bf16 *out, int ldo, int B, int T,
+		     int H, int Dh, cudaStream_t s, struct moe_error *err)
 {
-	size_t jobs = (size_t)B * T * H;
+	size_t jobs = (size_t)B * T * H; /* 8 a block: 32 threads a job, so more threads than counters */
 	if (Dh % 8 == 0 && ldo % 8 == 0 && ((uintptr_t)dout | (uintptr_t)out) % 16 == 0)
-		att_delta_kernel<true><<<moe_cdiv(jobs, 8), 256, 0, s>>>(delta, dout, out, ldo, B, T, H, Dh);
+		att_delta_kernel<true><<<moe_cdiv(jobs, 8), 256, 0, s>>>(delta, cnt, ncnt, dout, out, ldo, B, T, H, Dh);
 	else
-		att_delta_kernel<false><<<moe_cdiv(jobs, 8), 256, 0, s>>>(delta, dout, out, ldo, B, T, H, Dh);
+		att_delta_kernel<false><<<moe_cdiv(jobs, 8), 256, 0, s>>>(delta, cnt, ncnt, dout, out, ldo, B, T, H, Dh);
 	return CUDA_LAUNCHED(err);
 }
 
@@ -236,10 +239,15 @@ attention_dq_kernel(bf16 *dq, const bf16 *q, const bf16 *k, const bf16 *v, const
  *   2 wge  attention_wgmma.cu: the same two kernels on wgmma, two
  *          warpgroups of 64 rows a block, both in one launch, P by
  *          ex2.approx.ftz (sm_90a; v1 elsewhere)
- * Both are deterministic (run to run bit-identical).  Unless chosen, wge
- * runs at Dh 64, 96 and 128 (faster than v1 at all three); head sizes below
- * 64 always run v1. */
-static const char *const att_bwd_names[] = {"v1", "wge"};
+ *   3 wgeg wge with the grid in groups of 8 heads (a head's blocks run at
+ *          the same time: the tiles they stream stay in L2)
+ *   4 fu4g attention_wgmma.cu: one kernel, dK/dV per 128 keys and their dQ
+ *          contributions summed in fp32 in a fixed order, the grid in
+ *          groups of 8 heads (Dh 96 and 128; wge at 64)
+ * All are deterministic (run to run bit-identical).  Unless chosen: wgeg at
+ * Dh 96, fu4g at 128, wge at 64 (the fastest measured at each, H100,
+ * RESULTS-attention.md); head sizes below 64 always run v1. */
+static const char *const att_bwd_names[] = {"v1", "wge", "wgeg", "fu4g"};
 #define ATT_BWD_N ((int)(sizeof(att_bwd_names) / sizeof(att_bwd_names[0])))
 static int att_bwd_forced, att_bwd_env = -1; /* 0: not chosen */
 
@@ -258,7 +266,7 @@ static int att_bwd_variant(int Dh)
 	}
 	if (att_bwd_env)
 		return att_bwd_env;
-	return 2;
+	return Dh == 96 ? 3 : Dh == 128 ? 4 : 2;
 }
 
 extern "C" const char *moe_cuda_attention_bwd_config(int v)
@@ -269,8 +277,18 @@ extern "C" const char *moe_cuda_attention_bwd_config(int v)
 	return att_bwd_names[att_bwd_variant(96) - 1];
 }
 
-/* delta, then, for variant 2, the wgmma kernels where the device runs them,
- * else v1's two kernels */
+/* bytes of delta (B, H, T) rounded up to 16; of the fused kernel's counters
+ * (B, H, query tiles of 64) rounded up to 256 */
+static size_t att_delta_bytes(int B, int T, int H) { return ((size_t)B * H * T * sizeof(float) + 15) & ~(size_t)15; }
+static size_t att_cnt_bytes(int B, int T, int H)
+{
+	return ((size_t)B * H * moe_cdiv(T, 64) * sizeof(int) + 255) & ~(size_t)255;
+}
+static bool att_fused_dh(int Dh) { return Dh == 96 || Dh == 128; }
+
+/* delta, then, for variants 2-4, the wgmma kernels where the device runs
+ * them, else v1's two kernels; the scratch after delta: the fused kernel's
+ * counters and fp32 dQ tiles */
 template <int DH>
 static int launch_bwd(bf16 *dq, bf16 *dk, bf16 *dv, float *delta, const bf16 *dout, const bf16 *q, const bf16 *k,
 		      const bf16 *v, const bf16 *out, const float *lse, int ldq, int ldk, int ldv, int ldo, int B,
@@ -279,10 +297,13 @@ static int launch_bwd(bf16 *dq, bf16 *dk, bf16 *dv, float *delta, const bf16 *do
 	constexpr int LD = DH + ATT_PAD;
 	int rc;
 	float scale = 1.f / sqrtf((float)DH);
-	if ((rc = att_delta(delta, dout, out, ldo, B, T, H, DH, s, err)) != 0)
+	bool fused = var == 4 && att_fused_dh(DH);
+	int *cnt = fused ? (int *)((char *)delta + att_delta_bytes(B, T, H)) : NULL;
+	float *dqacc = fused ? (float *)((char *)cnt + att_cnt_bytes(B, T, H)) : NULL;
+	if ((rc = att_delta(delta, cnt, fused ? B * H * moe_cdiv(T, 64) : 0, dout, out, ldo, B, T, H, DH, s, err)) != 0)
 		return rc;
-	if (var == 2 && (rc = moe_att_bwd_wgmma(dq, dk, dv, dout, q, k, v, lse, delta, ldq, ldk, ldv, ldo, B, T, H,
-						DH, s, err)) != 1)
+	if (var >= 2 && (rc = moe_att_bwd_wgmma(dq, dk, dv, dout, q, k, v, lse, delta, dqacc, cnt, var == 3, ldq, ldk,
+						ldv, ldo, B, T, H, DH, s, err)) != 1)
 		return rc;
 	size_t sm1 = 6 * ATT_BR * LD * sizeof(bf16) + 4 * ATT_BR * sizeof(float);
 	size_t sm2 = 6 * ATT_BR * LD * sizeof(bf16);
@@ -305,12 +326,11 @@ static int launch_bwd(bf16 *dq, bf16 *dk, bf16 *dv, float *delta, const bf16 *do
 
 static bool att_tc_dh(int Dh) { return Dh == 16 || Dh == 32 || Dh == 64 || Dh == 96 || Dh == 128; }
 
-/* bytes of delta (B, H, T) rounded up to 16 */
-static size_t att_delta_bytes(int B, int T, int H) { return ((size_t)B * H * T * sizeof(float) + 15) & ~(size_t)15; }
-
 extern "C" size_t moe_cuda_attention_bwd_scratch(int B, int T, int H, int Dh)
 {
 	size_t delta = att_delta_bytes(B, T, H);
+	if (att_bwd_variant(Dh) == 4 && att_fused_dh(Dh)) /* counters, fp32 dQ tiles */
+		return delta + att_cnt_bytes(B, T, H) + (size_t)B * H * moe_cdiv(T, 64) * 64 * Dh * sizeof(float);
 	if (att_tc_dh(Dh))
 		return delta;
 	return delta + 2 * (size_t)B * T * H * Dh * sizeof(float); /* dk32, dv32 */
@@ -341,7 +361,7 @@ extern "C" int moe_cuda_attention_bwd(bf16_t *dq, bf16_t *dk, bf16_t *dv, void *
 	case 128: return ATT_BWD(128);
 	default: {
 		int rc;
-		if ((rc = att_delta(delta, d, o, ldo, B, T, H, Dh, s, err)) != 0)
+		if ((rc = att_delta(delta, NULL, 0, d, o, ldo, B, T, H, Dh, s, err)) != 0)
 			return rc;
 		return moe_cuda_attention_small_bwd(dq, dk, dv, delta, dk32, dv32, dout, q, k, v, lse, ldq, ldk, ldv,
 						    ldo, B, T, H, Dh, s, err);

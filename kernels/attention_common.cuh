@@ -126,15 +126,18 @@ static __device__ __forceinline__ void att_mm_pv(float (*acc)[4], const float (*
 	}
 }
 
-/* attention_wgmma.cu: the forward on wgmma for Dh 64, 96, 128; returns 1
- * (nothing launched) when the device or head size cannot run it, else 0 or
- * a negative MOE_E* code. */
+/* attention_wgmma.cu: the forward on wgmma for Dh 64, 96, 128 (ob: one
+ * barrier a key tile); returns 1 (nothing launched) when the device or head
+ * size cannot run it, else 0 or a negative MOE_E* code. */
 int moe_att_fwd_wgmma(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, int ldq, int ldk, int ldv,
-		      int ldo, int B, int T, int H, int Dh, cudaStream_t s, struct moe_error *err);
+		      int ldo, int B, int T, int H, int Dh, int ob, cudaStream_t s, struct moe_error *err);
 /* ... and the backward's dK/dV and dQ kernels in one launch (delta computed
- * by the caller), the same contract. */
+ * by the caller), the same contract; with dqacc (fp32, B*H*cdiv(T, 64)*64*Dh)
+ * and cnt (B*H*cdiv(T, 64) ints, zero) at Dh 96 and 128, the fused kernel
+ * (one block per 128 keys, dQ summed in a fixed order), else the two
+ * kernels, with grouped their grid in groups of 8 heads. */
 int moe_att_bwd_wgmma(bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const bf16 *q, const bf16 *k, const bf16 *v,
-		      const float *lse, const float *delta, int ldq, int ldk, int ldv, int ldo, int B, int T, int H,
-		      int Dh, cudaStream_t s, struct moe_error *err);
+		      const float *lse, const float *delta, float *dqacc, int *cnt, int grouped, int ldq, int ldk,
+		      int ldv, int ldo, int B, int T, int H, int Dh, cudaStream_t s, struct moe_error *err);
 
 #endif

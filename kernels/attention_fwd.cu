@@ -141,26 +141,29 @@ static int launch_fwd(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const
  *           kernel; the fallback on devices without wgmma)
  *   2 wg    128 queries, two warpgroups of 64 on wgmma (sm_90a,
  *           attention_wgmma.cu; v1 on other devices)
- * Both give the same results up to fp32 summation order (each is
+ *   3 wg1   wg with one barrier a key tile (the next tile loaded after it);
+ *           the default at Dh 96 (wg elsewhere: at Dh 128 it was not
+ *           faster, RESULTS-attention.md)
+ * All give the same results up to fp32 summation order (each is
  * deterministic); head sizes below 64 always run v1. */
-static const char *const att_fwd_names[] = {"v1", "wg"};
+static const char *const att_fwd_names[] = {"v1", "wg", "wg1"};
 #define ATT_FWD_N ((int)(sizeof(att_fwd_names) / sizeof(att_fwd_names[0])))
-#define ATT_FWD_DEFAULT 2 /* wg: fastest at Dh 96 and 128 (RESULTS-attention.md) */
-static int att_fwd_forced, att_fwd_env = -1;
+static int att_fwd_forced, att_fwd_env = -1; /* 0: not chosen */
 
-static int att_fwd_variant(void)
+static int att_fwd_variant(int Dh)
 {
 	if (att_fwd_forced)
 		return att_fwd_forced;
 	if (att_fwd_env < 0) {
 		const char *e = getenv("MOE_CUDA_ATTENTION_FWD");
-		int v = ATT_FWD_DEFAULT;
+		att_fwd_env = 0;
 		for (int i = 0; e && i < ATT_FWD_N; i++)
 			if (strcmp(e, att_fwd_names[i]) == 0)
-				v = i + 1;
-		att_fwd_env = v;
+				att_fwd_env = i + 1;
 	}
-	return att_fwd_env;
+	if (att_fwd_env)
+		return att_fwd_env;
+	return Dh == 96 ? 3 : 2;
 }
 
 extern "C" const char *moe_cuda_attention_fwd_config(int v)
@@ -168,15 +171,16 @@ extern "C" const char *moe_cuda_attention_fwd_config(int v)
 	if (v < 0 || v > ATT_FWD_N)
 		return NULL;
 	att_fwd_forced = v;
-	return att_fwd_names[att_fwd_variant() - 1];
+	return att_fwd_names[att_fwd_variant(96) - 1];
 }
 
 template <int DH>
 static int launch_fwd_any(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, int ldq, int ldk,
 			  int ldv, int ldo, int B, int T, int H, cudaStream_t s, struct moe_error *err)
 {
-	if (att_fwd_variant() == 2) {
-		int rc = moe_att_fwd_wgmma(out, lse, q, k, v, ldq, ldk, ldv, ldo, B, T, H, DH, s, err);
+	int var = att_fwd_variant(DH);
+	if (var >= 2) {
+		int rc = moe_att_fwd_wgmma(out, lse, q, k, v, ldq, ldk, ldv, ldo, B, T, H, DH, var == 3, s, err);
 		if (rc != 1)
 			return rc;
 	}

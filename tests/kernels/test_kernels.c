@@ -271,6 +271,69 @@ Test(kernels, attention, .timeout = 240)
 	attention_case(1, 70, 3, 24);
 }
 
+/* A training-sized grid (far more blocks than run at once, so the fused
+ * backward's ordered dQ sums wait across waves of blocks): every backward
+ * variant against v1 (mma.sync, no ordering between blocks), each run twice
+ * bit for bit.  Too large for the CPU reference, which attention_case()
+ * covers on the same code paths. */
+static void attention_large_case(int B, int T, int H, int Dh)
+{
+	size_t n = (size_t)B * T * H * Dh, nl = (size_t)B * H * T;
+	float *q = rand_bf(n, 2.f), *k = rand_bf(n, 2.f), *v = rand_bf(n, 1.f), *dout = rand_bf(n, 1.f);
+	bf16_t *gq = up_bf(q, n), *gk = up_bf(k, n), *gv = up_bf(v, n), *gdo = up_bf(dout, n);
+	bf16_t *go = dmalloc(n * 2), *gg[3] = {dmalloc(n * 2), dmalloc(n * 2), dmalloc(n * 2)};
+	float *gl = dmalloc(nl * 4), *ref[3] = {NULL, NULL, NULL};
+	const char *nm[3] = {"dq", "dk", "dv"}, *vn;
+	int ld = H * Dh;
+	char what[96];
+	LAUNCH_OK(moe_cuda_attention_fwd(go, gl, gq, gk, gv, ld, ld, ld, ld, B, T, H, Dh, S, &gerr));
+	for (int var = 1; (vn = moe_cuda_attention_bwd_config(var)) != NULL; var++) {
+		void *gdelta = dmalloc(moe_cuda_attention_bwd_scratch(B, T, H, Dh));
+		uint16_t *first[3];
+		for (int rep = 0; rep < 2; rep++) {
+			for (int x = 0; x < 3; x++)
+				cudaMemset(gg[x], 0xff, n * 2);
+			LAUNCH_OK(moe_cuda_attention_bwd(gg[0], gg[1], gg[2], gdelta, gdo, gq, gk, gv, go, gl, ld, ld, ld,
+							 ld, B, T, H, Dh, S, &gerr));
+			for (int x = 0; x < 3; x++) {
+				if (rep == 1) {
+					uint16_t *again = down(gg[x], n * 2);
+					cr_expect(memcmp(first[x], again, n * 2) == 0,
+						  "attention bwd %s B=%d T=%d H=%d Dh=%d: %s differs between two runs", vn,
+						  B, T, H, Dh, nm[x]);
+					free(again);
+					free(first[x]);
+					continue;
+				}
+				first[x] = down(gg[x], n * 2);
+				float *g = down_bf(gg[x], n);
+				if (var == 1) {
+					ref[x] = g;
+					continue;
+				}
+				snprintf(what, sizeof(what), "attention bwd %s vs v1 B=%d T=%d H=%d Dh=%d %s", vn, B, T, H,
+					 Dh, nm[x]);
+				CHECK_REL(g, ref[x], n, 2e-2, what);
+				free(g);
+			}
+		}
+		cudaFree(gdelta);
+	}
+	moe_cuda_attention_bwd_config(0);
+	for (int x = 0; x < 3; x++)
+		free(ref[x]), cudaFree(gg[x]);
+	cudaFree(gq), cudaFree(gk), cudaFree(gv), cudaFree(gdo), cudaFree(go), cudaFree(gl);
+	free(q), free(k), free(v), free(dout);
+}
+
+Test(kernels, attention_large, .timeout = 120)
+{
+	NEED_GPU();
+	rng_seed(14);
+	attention_large_case(4, 2048, 8, 96);
+	attention_large_case(2, 2000, 8, 128);
+}
+
 Test(kernels, swiglu)
 {
 	NEED_GPU();
