@@ -245,8 +245,12 @@ attention_dq_kernel(bf16 *dq, const bf16 *q, const bf16 *k, const bf16 *v, const
  *          contributions summed in fp32 in a fixed order, the grid in
  *          groups of 8 heads (Dh 96 and 128; wge at 64)
  * All are deterministic (run to run bit-identical).  Unless chosen: wgeg at
- * Dh 96, fu4g at 128, wge at 64 (the fastest measured at each, H100,
- * RESULTS-attention.md); head sizes below 64 always run v1. */
+ * Dh 96 (the fastest measured there, H100, RESULTS-attention.md), wge at 64
+ * and 128; head sizes below 64 always run v1.  fu4g (2.7% faster than wge
+ * at the olmoe shape, kernel table only) is opt-in: its blocks wait for
+ * blocks launched before them, which CUDA does not promise to schedule
+ * first, and its fp32 dQ tiles take about 400 MB more at olmoe-1b-7b
+ * micro-batch 3, which already fills an H200 (138.8 GiB). */
 static const char *const att_bwd_names[] = {"v1", "wge", "wgeg", "fu4g"};
 #define ATT_BWD_N ((int)(sizeof(att_bwd_names) / sizeof(att_bwd_names[0])))
 static int att_bwd_forced, att_bwd_env = -1; /* 0: not chosen */
@@ -266,7 +270,7 @@ static int att_bwd_variant(int Dh)
 	}
 	if (att_bwd_env)
 		return att_bwd_env;
-	return Dh == 96 ? 3 : Dh == 128 ? 4 : 2;
+	return Dh == 96 ? 3 : 2;
 }
 
 extern "C" const char *moe_cuda_attention_bwd_config(int v)
