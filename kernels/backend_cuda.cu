@@ -89,7 +89,7 @@ struct alloc_ent {
 
 struct cuda_ctx {
 	cudaStream_t s;
-	/* AdamW on its own stream so (MOE_CUDA_OVERLAP, default on; off when
+	/* AdamW on its own stream so (MOE_CUDA_OVERLAP=1; off by default and when
 	 * profiling): each call's event is in upd[]; the main stream waits for
 	 * the calls whose memory an op touches (param_wait, to_host, ...), so
 	 * the update of layer l+1 runs beside the next forward of layer l.
@@ -376,8 +376,10 @@ static void *scratch(struct cuda_ctx *c, int i, size_t bytes)
 {
 	if (c->scratch_size[i] >= bytes && c->scratch[i])
 		return c->scratch[i];
-	if (c->scratch[i]) {
+	if (c->scratch[i]) { /* both streams may still read it */
 		cudaStreamSynchronize(c->s);
+		if (c->so)
+			cudaStreamSynchronize(c->so);
 		dev_free(c, c->scratch[i]);
 	}
 	c->scratch[i] = dev_alloc(c, bytes);
@@ -1617,8 +1619,11 @@ extern "C" struct moe_backend *moe_backend_cuda(struct moe_error *err)
 		c->qkv_split = kv && strcmp(kv, "split") == 0;
 		const char *nv = getenv("MOE_CUDA_NARROW");
 		c->narrow_ok = moe_cuda_grouped_wgmma_supported() && !(nv && strcmp(nv, "cublas") == 0);
+		/* opt-in: in the last device call of session 4 the test comparing
+		 * it with one stream failed 2 times in 7 (after passing 4 times
+		 * on earlier code), unexplained; it gained about 1 ms a step */
 		const char *uv = getenv("MOE_CUDA_OVERLAP");
-		if (!(uv && strcmp(uv, "0") == 0)) {
+		if (uv && strcmp(uv, "1") == 0) {
 			if (CUDA_OK(cudaStreamCreateWithPriority(&c->so, cudaStreamNonBlocking, pr_lo), err) ||
 			    CUDA_OK(cudaEventCreateWithFlags(&c->ev_fork, cudaEventDisableTiming), err) ||
 			    CUDA_OK(cudaEventCreateWithFlags(&c->ev_join, cudaEventDisableTiming), err))

@@ -8,7 +8,7 @@
  * shared/bench/torch_ref.py's (tokens/s and step ms from the wall time of
  * the timed steps, device idle to device idle; the median of the per-step
  * times; model TFLOP/s counted as torch_ref counts them, MFU, peak GiB;
- * MOE_CUDA_OVERLAP=0 keeps AdamW on the main stream), then, with -p, the
+ * MOE_CUDA_OVERLAP=1 runs AdamW on the backend's optimizer stream), then, with -p, the
  * per-op time breakdown of one profiled step.
  *
  *   bench_cuda [-m PRESET.json] [-B 16] [-T 2048] [-n STEPS] [-w WARMUP] [-p] [-R] [-c CLIP]

@@ -415,8 +415,8 @@ Test(backend, narrow_linears_match_cublas, .timeout = 60)
 	free(d1);
 }
 
-/* AdamW on the backend's optimizer stream, beside the next forward (the
- * default), against everything on one stream (MOE_CUDA_OVERLAP=0): four
+/* AdamW on the backend's optimizer stream, beside the next forward
+ * (MOE_CUDA_OVERLAP=1), against everything on one stream (the default): four
  * training steps (forward, backward, two-group clipping, AdamW at lr 1e-2,
  * the balancing-bias update) from the same weights on new tokens each step.
  * A forward that read a layer's weights before their update would use
@@ -429,8 +429,7 @@ static void overlap_steps(const struct moe_config *cfg, const float *p, const in
 			  int T, int steps, bool overlap, double *loss, float *params, float *mom)
 {
 	struct moe_error err = {0};
-	if (!overlap)
-		setenv("MOE_CUDA_OVERLAP", "0", 1);
+	setenv("MOE_CUDA_OVERLAP", overlap ? "1" : "0", 1);
 	struct moe_model *mg = gpu_model(cfg, p, moe_cuda_grouped_wgmma_supported() ? "tma" : "kernel");
 	unsetenv("MOE_CUDA_OVERLAP");
 	struct moe_backend *gb = moe_model_backend(mg);
