@@ -89,16 +89,17 @@ struct alloc_ent {
 
 struct cuda_ctx {
 	cudaStream_t s;
-	/* AdamW on its own stream so (MOE_CUDA_OVERLAP=1; off by default and when
-	 * profiling): each call's event is in upd[]; the main stream waits for
-	 * the calls whose memory an op touches (param_wait, to_host, ...), so
-	 * the update of layer l+1 runs beside the next forward of layer l.
-	 * upd[0..upd_done) are ordered before the main stream's current work. */
+	/* AdamW and sumsq on their own stream so (MOE_CUDA_OVERLAP=1; off by
+	 * default and when profiling): each call's event is in upd[]; the main
+	 * stream waits for the calls whose memory an op touches (param_wait,
+	 * to_host, zero, ...), so the update of layer l+1 runs beside the next
+	 * forward of layer l.  upd[0..upd_done) are ordered before the main
+	 * stream's current work.  b_sync waits for the main stream only: an
+	 * update may still run after it, and whatever reads its memory waits. */
 	cudaStream_t so;
 	cudaEvent_t ev_fork;
 	struct upd_ent upd[N_UPD];
 	int nupd, upd_done;
-	unsigned long op_seq, fork_seq; /* ops queued; op_seq at the last fork */
 	/* gradients a backward has finished (grad_ready): ranges of g32 and the
 	 * main-stream event after their last write; sumsq runs on so behind
 	 * them, beside the rest of the backward.  so_pend: results of so's
@@ -194,7 +195,6 @@ static void prof_flush(struct cuda_ctx *c)
 
 static int prof_begin(struct cuda_ctx *c, const char *name)
 {
-	c->op_seq++;
 	if (!c->prof || c->prof_open)
 		return -1;
 	if (c->nev == 4096)
@@ -227,7 +227,8 @@ static void prof_end(struct cuda_ctx *c, int slot)
 
 /* ---- the optimizer stream ------------------------------------------------- */
 
-/* The main stream waits for every queued AdamW call up to and including k. */
+/* The main stream waits for every call queued on so (AdamW, sumsq) up to
+ * and including k. */
 static void upd_wait_to(struct cuda_ctx *c, int k)
 {
 	if (k < c->upd_done)
@@ -238,7 +239,7 @@ static void upd_wait_to(struct cuda_ctx *c, int k)
 		c->nupd = c->upd_done = 0;
 }
 
-/* Order the main stream after the AdamW calls that touch [p, p + bytes). */
+/* Order the main stream after the calls on so that touch [p, p + bytes). */
 static void upd_touch(struct cuda_ctx *c, const void *p, size_t bytes)
 {
 	const char *a = (const char *)p, *b = a + bytes;
@@ -254,6 +255,23 @@ static void upd_join(struct cuda_ctx *c)
 {
 	if (c->nupd > c->upd_done)
 		upd_wait_to(c, c->nupd - 1);
+}
+
+/* Note the call just queued on so that touches r[i] .. r[i] + n * sz[i]
+ * (NULL: nothing), with an event after it. */
+static void upd_add(struct cuda_ctx *c, const void *const r[5], const size_t sz[5], size_t n)
+{
+	if (c->rc)
+		return;
+	if (c->nupd == N_UPD)
+		upd_join(c);
+	struct upd_ent *u = &c->upd[c->nupd];
+	for (int i = 0; i < 5; i++) {
+		u->lo[i] = (const char *)r[i];
+		u->hi[i] = r[i] ? (const char *)r[i] + n * sz[i] : NULL;
+	}
+	RUN(c, CUDA_OK(cudaEventRecord(u->ev, c->so), &c->err));
+	c->nupd++;
 }
 
 /* A write to [p, p + bytes) outside a backward: gradients there are no
@@ -648,6 +666,10 @@ static const void *b_param(struct moe_backend *be, size_t off) { return CTX(be)-
 static void b_grad_ready(struct moe_backend *be, size_t off, size_t n)
 {
 	struct cuda_ctx *c = CTX(be);
+	if (n == 0) { /* a backward begins: no gradient is final yet */
+		c->nrdy = 0;
+		return;
+	}
 	if (!c->so || c->prof || off >= c->n || c->rc)
 		return;
 	n = n < c->n - off ? n : c->n - off;
@@ -926,8 +948,12 @@ static void rope_table(struct cuda_ctx *c, int T, int Dh, float theta)
 		if (c->rc == 0)
 			c->rc = moe_error_set(&c->err, MOE_ENOMEM, "cuda: out of device memory (rope table)");
 	} else {
-		RUN(c, CUDA_OK(cudaMemcpy(c->cosb, hc, n * 4, cudaMemcpyHostToDevice), &c->err));
-		RUN(c, CUDA_OK(cudaMemcpy(c->sinb, hs, n * 4, cudaMemcpyHostToDevice), &c->err));
+		/* on the stream the rope kernels run on, waited for: a cudaMemcpy
+		 * from pageable memory may return before its DMA lands, and the
+		 * non-blocking stream is not ordered after the legacy stream */
+		RUN(c, CUDA_OK(cudaMemcpyAsync(c->cosb, hc, n * 4, cudaMemcpyHostToDevice, c->s), &c->err));
+		RUN(c, CUDA_OK(cudaMemcpyAsync(c->sinb, hs, n * 4, cudaMemcpyHostToDevice, c->s), &c->err));
+		RUN(c, CUDA_OK(cudaStreamSynchronize(c->s), &c->err));
 	}
 	c->rope_T = T;
 	c->rope_Dh = Dh;
@@ -1484,6 +1510,11 @@ static void o_sumsq(struct moe_backend *be, const float *x, size_t n, double *ou
 	if (acc)
 		RUN(c, moe_cuda_sumsq(acc, sc, x, n, st, &c->err));
 	PROF_END(c);
+	if (st != c->s) { /* later writes of these gradients wait for the read */
+		const void *r[5] = {NULL, NULL, x, NULL, NULL};
+		const size_t sz[5] = {4, 2, 4, 4, 4};
+		upd_add(c, r, sz, n);
+	}
 }
 
 static void o_axpy(struct moe_backend *be, float *y, const float *x, size_t n, float a)
@@ -1514,27 +1545,19 @@ static void o_adamw(struct moe_backend *be, float *p, const float *g, float gsca
 	if (c->so && !c->prof) { /* profiled: one stream, so that the events time each op */
 		if (c->nupd == N_UPD)
 			upd_join(c);
-		/* the optimizer stream follows everything queued before this call */
-		if (c->op_seq != c->fork_seq) {
-			RUN(c, CUDA_OK(cudaEventRecord(c->ev_fork, c->s), &c->err));
-			RUN(c, CUDA_OK(cudaStreamWaitEvent(c->so, c->ev_fork, 0), &c->err));
-		}
+		/* the optimizer stream follows everything queued before this call
+		 * (every call: not every op that writes memory is counted) */
+		RUN(c, CUDA_OK(cudaEventRecord(c->ev_fork, c->s), &c->err));
+		RUN(c, CUDA_OK(cudaStreamWaitEvent(c->so, c->ev_fork, 0), &c->err));
 		st = c->so;
 	}
 	PROF(c, "adamw");
 	RUN(c, moe_cuda_adamw(p, p16, g, gscale, m, v, n, lr, beta1, beta2, eps, weight_decay, t, st, &c->err));
 	PROF_END(c);
-	if (st != c->s && c->rc == 0) {
-		struct upd_ent *u = &c->upd[c->nupd];
+	if (st != c->s) {
 		const void *r[5] = {p, p16, g, m, v};
-		size_t sz[5] = {4, 2, 4, 4, 4};
-		for (int i = 0; i < 5; i++) {
-			u->lo[i] = (const char *)r[i];
-			u->hi[i] = r[i] ? (const char *)r[i] + n * sz[i] : NULL;
-		}
-		RUN(c, CUDA_OK(cudaEventRecord(u->ev, c->so), &c->err));
-		c->nupd++;
-		c->fork_seq = c->op_seq;
+		const size_t sz[5] = {4, 2, 4, 4, 4};
+		upd_add(c, r, sz, n);
 	}
 }
 

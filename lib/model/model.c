@@ -1030,6 +1030,8 @@ int moe_model_backward(struct moe_model *m, float grad_scale, struct moe_error *
 	/* gradients by overwrite (moe_model_zero_grad left them): the ops store
 	 * their parameter gradients; what no op writes is cleared here */
 	wait_params(m, 0, m->n_floats); /* the last update read the gradients */
+	if (be->grad_ready)
+		be->grad_ready(be, 0, 0);
 	be->grad_overwrite = m->grad_fresh;
 	if (be->grad_overwrite) {
 		for (size_t i = 0; i < m->n_params; i++)
