@@ -273,6 +273,11 @@ static int att_bwd_variant(int Dh)
 	return Dh == 96 ? 3 : 2;
 }
 
+extern "C" const char *moe_cuda_attention_bwd_name(int Dh)
+{
+	return att_bwd_names[att_bwd_variant(Dh) - 1];
+}
+
 extern "C" const char *moe_cuda_attention_bwd_config(int v)
 {
 	if (v < 0 || v > ATT_BWD_N)

@@ -166,6 +166,11 @@ static int att_fwd_variant(int Dh)
 	return Dh == 96 ? 3 : 2;
 }
 
+extern "C" const char *moe_cuda_attention_fwd_name(int Dh)
+{
+	return att_fwd_names[att_fwd_variant(Dh) - 1];
+}
+
 extern "C" const char *moe_cuda_attention_fwd_config(int v)
 {
 	if (v < 0 || v > ATT_FWD_N)

@@ -93,6 +93,10 @@ int moe_cuda_attention_bwd(bf16_t *dq, bf16_t *dk, bf16_t *dv, void *scratch, co
  * run). */
 const char *moe_cuda_attention_fwd_config(int v);
 const char *moe_cuda_attention_bwd_config(int v);
+/* The name of the variant the forward / backward runs now at head size Dh
+ * (where the device has no wgmma, the wgmma variants run v1). */
+const char *moe_cuda_attention_fwd_name(int Dh);
+const char *moe_cuda_attention_bwd_name(int Dh);
 
 /* attention_small.cu (called by the two above for other head sizes). */
 int moe_cuda_attention_small_fwd(bf16_t *out, float *lse, const bf16_t *q, const bf16_t *k, const bf16_t *v,
