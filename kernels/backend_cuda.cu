@@ -68,7 +68,6 @@ struct prof_ent {
 
 #define N_PEND 1024
 #define N_UPD 256
-#define N_RDY 256
 
 /* One AdamW call queued on the optimizer stream: the memory it reads and
  * writes (masters, compute copy, gradients, m, v) and the event after it. */
@@ -100,17 +99,9 @@ struct cuda_ctx {
 	cudaEvent_t ev_fork;
 	struct upd_ent upd[N_UPD];
 	int nupd, upd_done;
-	/* gradients a backward has finished (grad_ready): ranges of g32 and the
-	 * main-stream event after their last write; sumsq runs on so behind
-	 * them, beside the rest of the backward.  so_pend: results of so's
-	 * sumsq not yet ordered before the main stream's read-back. */
-	struct {
-		size_t lo, hi;
-		unsigned long seq;
-		cudaEvent_t ev;
-	} rdy[N_RDY];
-	int nrdy, so_pend;
-	unsigned long rdy_seq;
+	/* so_pend: sumsq results written on so, not yet ordered before the
+	 * main stream's read-back */
+	int so_pend;
 	cudaEvent_t ev_join;
 	struct moe_cuda_blas *blas;
 	float *p32, *g32; /* (n) */
@@ -274,37 +265,17 @@ static void upd_add(struct cuda_ctx *c, const void *const r[5], const size_t sz[
 	c->nupd++;
 }
 
-/* A write to [p, p + bytes) outside a backward: gradients there are no
- * longer those of the ready events. */
-static void rdy_drop(struct cuda_ctx *c, const void *p, size_t bytes)
+/* The stream for an optimizer op (AdamW, sumsq): so, made to follow
+ * everything queued on the main stream so far (at every call: not every op
+ * that writes memory could be told apart), or the main stream when there
+ * is no so or ops are profiled (one stream, so that the events time each). */
+static cudaStream_t opt_stream(struct cuda_ctx *c)
 {
-	const char *a = (const char *)p, *g = (const char *)c->g32;
-	if (!c->nrdy || a + bytes <= g || a >= g + c->n * 4)
-		return;
-	for (int k = 0; k < c->nrdy; k++)
-		if (a < g + c->rdy[k].hi * 4 && a + bytes > g + c->rdy[k].lo * 4)
-			c->rdy[k].hi = c->rdy[k].lo; /* empty: never covers again */
-}
-
-/* The ready entry recorded last among those covering the gradients
- * [x, x + n), or -1 when they are not all covered. */
-static int rdy_cover(struct cuda_ctx *c, const float *x, size_t n)
-{
-	if (x < c->g32 || x + n > c->g32 + c->n)
-		return -1;
-	size_t pos = (size_t)(x - c->g32), end = pos + n;
-	int best = -1;
-	while (pos < end) {
-		int k = 0;
-		while (k < c->nrdy && !(c->rdy[k].lo <= pos && pos < c->rdy[k].hi))
-			k++;
-		if (k == c->nrdy)
-			return -1;
-		if (best < 0 || c->rdy[k].seq > c->rdy[best].seq)
-			best = k;
-		pos = c->rdy[k].hi;
-	}
-	return best;
+	if (!c->so || c->prof)
+		return c->s;
+	RUN(c, CUDA_OK(cudaEventRecord(c->ev_fork, c->s), &c->err));
+	RUN(c, CUDA_OK(cudaStreamWaitEvent(c->so, c->ev_fork, 0), &c->err));
+	return c->so;
 }
 
 static void prof_print(struct cuda_ctx *c, FILE *fp)
@@ -458,7 +429,6 @@ static void b_zero(struct moe_backend *be, void *p, size_t n, enum moe_buf_kind 
 	struct cuda_ctx *c = CTX(be);
 	mark_stale(c, p, n * elt(kind));
 	upd_touch(c, p, n * elt(kind));
-	rdy_drop(c, p, n * elt(kind));
 	PROF(c, "zero (memset)");
 	RUN(c, CUDA_OK(cudaMemsetAsync(p, 0, n * elt(kind), c->s), &c->err));
 	PROF_END(c);
@@ -470,7 +440,6 @@ static void b_copy(struct moe_backend *be, void *dst, const void *src, size_t n,
 	mark_stale(c, dst, n * elt(kind));
 	upd_touch(c, dst, n * elt(kind));
 	upd_touch(c, src, n * elt(kind));
-	rdy_drop(c, dst, n * elt(kind));
 	PROF(c, "copy (memcpy)");
 	RUN(c, CUDA_OK(cudaMemcpyAsync(dst, src, n * elt(kind), cudaMemcpyDeviceToDevice, c->s), &c->err));
 	PROF_END(c);
@@ -525,7 +494,6 @@ static void b_from_host(struct moe_backend *be, void *dst, const void *host_src,
 	if (c->rc)
 		return;
 	upd_touch(c, dst, n * elt(kind));
-	rdy_drop(c, dst, n * elt(kind));
 	if (kind != MOE_BUF_ACT) {
 		mark_stale(c, dst, n * 4);
 		RUN(c, CUDA_OK(cudaMemcpyAsync(dst, host_src, n * 4, cudaMemcpyHostToDevice, c->s), &c->err));
@@ -629,8 +597,6 @@ static void b_destroy(struct moe_backend *be)
 		if (c->so) {
 			for (int i = 0; i < N_UPD; i++)
 				cudaEventDestroy(c->upd[i].ev);
-			for (int i = 0; i < N_RDY; i++)
-				cudaEventDestroy(c->rdy[i].ev);
 			cudaEventDestroy(c->ev_fork);
 			cudaEventDestroy(c->ev_join);
 			cudaStreamDestroy(c->so);
@@ -662,36 +628,6 @@ static int b_params_alloc(struct moe_backend *be, size_t n, struct moe_error *er
 static float *b_master(struct moe_backend *be, size_t off) { return CTX(be)->p32 + off; }
 static float *b_grad(struct moe_backend *be, size_t off) { return CTX(be)->g32 + off; }
 static const void *b_param(struct moe_backend *be, size_t off) { return CTX(be)->p16 + off; }
-
-static void b_grad_ready(struct moe_backend *be, size_t off, size_t n)
-{
-	struct cuda_ctx *c = CTX(be);
-	if (n == 0) { /* a backward begins: no gradient is final yet */
-		c->nrdy = 0;
-		return;
-	}
-	if (!c->so || c->prof || off >= c->n || c->rc)
-		return;
-	n = n < c->n - off ? n : c->n - off;
-	int k = 0, e = -1;
-	while (k < c->nrdy && !(c->rdy[k].lo == off && c->rdy[k].hi == off + n)) {
-		if (e < 0 && c->rdy[k].hi == c->rdy[k].lo)
-			e = k; /* dropped: reusable */
-		k++;
-	}
-	if (k == c->nrdy) {
-		if (e >= 0)
-			k = e;
-		else if (k == N_RDY)
-			return; /* not covered: sumsq waits for everything */
-		else
-			c->nrdy++;
-		c->rdy[k].lo = off;
-		c->rdy[k].hi = off + n;
-	}
-	c->rdy[k].seq = ++c->rdy_seq;
-	RUN(c, CUDA_OK(cudaEventRecord(c->rdy[k].ev, c->s), &c->err));
-}
 
 static int b_status(struct moe_backend *be, struct moe_error *err)
 {
@@ -845,21 +781,32 @@ static void linear_fwd_beta(struct moe_backend *be, void *out, const void *x, co
 	PROF_END(c);
 }
 
+/* The beta of nb fp32 weight gradients of ne elements each (at dw + b *
+ * stride) that a cuBLAS GEMM adds into (1) or, under grad_overwrite,
+ * stores.  cuBLAS has added a small gradient over a long reduction twice as
+ * fast as it stored one (on one H100, 768 x 768 over 32768 rows: 0.096 ms
+ * with beta 1, 0.194 ms with beta 0; equal, 0.077 ms, on another:
+ * tests/bench/bench_gemm.c), so up to 4M elements they are cleared here
+ * and added into instead (one memset when they are adjacent). */
+static float wgrad_beta(struct moe_backend *be, float *dw, size_t ne, int nb, size_t stride, int N)
+{
+	if (!be->grad_overwrite)
+		return 1.f;
+	if (N > 0 && ne > ((size_t)4 << 20))
+		return 0.f;
+	if (stride == ne)
+		b_zero(be, dw, ne * nb, MOE_BUF_F32);
+	else
+		for (int b = 0; b < nb; b++)
+			b_zero(be, dw + b * stride, ne, MOE_BUF_F32);
+	return 1.f;
+}
+
 static void linear_bwd_beta(struct moe_backend *be, void *dx, float *dw, const void *dout, const void *x,
 			    const void *w, int N, int In, int Out, float beta)
 {
 	struct cuda_ctx *c = CTX(be);
-	/* fp32 weight gradient, added (beta 1) or, under grad_overwrite, stored.
-	 * cuBLAS has added a small gradient over a long reduction twice as fast
-	 * as it stored one (on one H100, 768 x 768 over 32768 rows: 0.096 ms with
-	 * beta 1, 0.194 ms with beta 0; equal, 0.077 ms, on another:
-	 * tests/bench/bench_gemm.c), so up to 4M elements the gradient is
-	 * cleared and added into instead. */
-	float wbeta = 1.f;
-	if (dw && be->grad_overwrite && (N <= 0 || (size_t)Out * In <= ((size_t)4 << 20)))
-		b_zero(be, dw, (size_t)Out * In, MOE_BUF_F32);
-	else if (dw && be->grad_overwrite)
-		wbeta = 0.f;
+	float wbeta = dw ? wgrad_beta(be, dw, (size_t)Out * In, 1, (size_t)Out * In, N) : 1.f;
 	PROF(c, "linear_bwd");
 	if (dx)
 		RUN(c, moe_cuda_gemm(c->blas, 0, 0, N, In, Out, (const bf16_t *)dout, Out, (const bf16_t *)w, In, dx,
@@ -906,18 +853,7 @@ static void o_linear_wgrad_multi(struct moe_backend *be, float *dw, size_t dw_st
 				 size_t dout_stride, const void *x, int nb, int N, int In, int Out)
 {
 	struct cuda_ctx *c = CTX(be);
-	/* as linear_bwd_beta: small gradients cleared and added into under
-	 * grad_overwrite (the clear is one memset when they are adjacent) */
-	float wbeta = 1.f;
-	if (be->grad_overwrite && (N <= 0 || (size_t)Out * In <= ((size_t)4 << 20))) {
-		if (dw_stride == (size_t)Out * In)
-			b_zero(be, dw, dw_stride * nb, MOE_BUF_F32);
-		else
-			for (int b = 0; b < nb; b++)
-				b_zero(be, dw + b * dw_stride, (size_t)Out * In, MOE_BUF_F32);
-	} else if (be->grad_overwrite) {
-		wbeta = 0.f;
-	}
+	float wbeta = wgrad_beta(be, dw, (size_t)Out * In, nb, dw_stride, N);
 	PROF(c, "linear_bwd");
 	RUN(c, moe_cuda_gemm_batched(c->blas, 1, 0, Out, In, N, (const bf16_t *)dout, Out, (long long)dout_stride,
 				     (const bf16_t *)x, In, 0, dw, In, (long long)dw_stride, 1, 1.f, wbeta, nb,
@@ -1494,17 +1430,9 @@ static void o_sumsq(struct moe_backend *be, const float *x, size_t n, double *ou
 {
 	struct cuda_ctx *c = CTX(be);
 	void *sc = scratch(c, S_SUMSQ, moe_cuda_sumsq_scratch(n));
-	cudaStream_t st = c->s;
-	if (c->so && !c->prof) {
-		/* on the optimizer stream, behind the last writes of these
-		 * gradients only (grad_ready), or behind everything queued */
-		st = c->so;
-		int k = rdy_cover(c, x, n);
-		if (k < 0)
-			RUN(c, CUDA_OK(cudaEventRecord(c->ev_fork, c->s), &c->err));
-		RUN(c, CUDA_OK(cudaStreamWaitEvent(st, k < 0 ? c->ev_fork : c->rdy[k].ev, 0), &c->err));
+	cudaStream_t st = opt_stream(c);
+	if (st != c->s)
 		c->so_pend = 1;
-	}
 	PROF(c, "sumsq");
 	double *acc = pend_slot(c, out, NULL, 1.0, st);
 	if (acc)
@@ -1522,7 +1450,6 @@ static void o_axpy(struct moe_backend *be, float *y, const float *x, size_t n, f
 	struct cuda_ctx *c = CTX(be);
 	mark_stale(c, y, n * 4);
 	upd_touch(c, y, n * 4);
-	rdy_drop(c, y, n * 4);
 	PROF(c, "axpy");
 	RUN(c, moe_cuda_axpy(y, x, n, a, c->s, &c->err));
 	PROF_END(c);
@@ -1541,16 +1468,7 @@ static void o_adamw(struct moe_backend *be, float *p, const float *g, float gsca
 {
 	struct cuda_ctx *c = CTX(be);
 	bf16_t *p16 = (p >= c->p32 && p < c->p32 + c->n) ? c->p16 + (p - c->p32) : NULL;
-	cudaStream_t st = c->s;
-	if (c->so && !c->prof) { /* profiled: one stream, so that the events time each op */
-		if (c->nupd == N_UPD)
-			upd_join(c);
-		/* the optimizer stream follows everything queued before this call
-		 * (every call: not every op that writes memory is counted) */
-		RUN(c, CUDA_OK(cudaEventRecord(c->ev_fork, c->s), &c->err));
-		RUN(c, CUDA_OK(cudaStreamWaitEvent(c->so, c->ev_fork, 0), &c->err));
-		st = c->so;
-	}
+	cudaStream_t st = opt_stream(c);
 	PROF(c, "adamw");
 	RUN(c, moe_cuda_adamw(p, p16, g, gscale, m, v, n, lr, beta1, beta2, eps, weight_decay, t, st, &c->err));
 	PROF_END(c);
@@ -1654,9 +1572,6 @@ extern "C" struct moe_backend *moe_backend_cuda(struct moe_error *err)
 			for (int i = 0; i < N_UPD; i++)
 				if (CUDA_OK(cudaEventCreateWithFlags(&c->upd[i].ev, cudaEventDisableTiming), err))
 					goto fail;
-			for (int i = 0; i < N_RDY; i++)
-				if (CUDA_OK(cudaEventCreateWithFlags(&c->rdy[i].ev, cudaEventDisableTiming), err))
-					goto fail;
 		}
 	}
 	if (c->prof)
@@ -1721,7 +1636,6 @@ extern "C" struct moe_backend *moe_backend_cuda(struct moe_error *err)
 		be->linear_fwd_multi = o_linear_fwd_multi;
 		be->linear_wgrad_multi = o_linear_wgrad_multi;
 	}
-	be->grad_ready = b_grad_ready;
 	be->status = b_status;
 	return be;
 fail:

@@ -582,14 +582,6 @@ static void wait_params(struct moe_model *m, size_t lo, size_t hi)
 		m->be->param_wait(m->be, lo, hi - lo);
 }
 
-/* The backward wrote the gradients [lo, hi) for the last time (see
- * grad_ready). */
-static void grad_ready(struct moe_model *m, size_t lo, size_t hi)
-{
-	if (m->be->grad_ready && hi > lo)
-		m->be->grad_ready(m->be, lo, hi - lo);
-}
-
 /* The q, k, v weights of a layer follow each other in the parameters
  * (the table's order), as their activations do: one batched linear. */
 static bool qkv_adjacent(const struct moe_model *m, const struct moe_layer_offsets *lo)
@@ -1030,8 +1022,6 @@ int moe_model_backward(struct moe_model *m, float grad_scale, struct moe_error *
 	/* gradients by overwrite (moe_model_zero_grad left them): the ops store
 	 * their parameter gradients; what no op writes is cleared here */
 	wait_params(m, 0, m->n_floats); /* the last update read the gradients */
-	if (be->grad_ready)
-		be->grad_ready(be, 0, 0);
 	be->grad_overwrite = m->grad_fresh;
 	if (be->grad_overwrite) {
 		for (size_t i = 0; i < m->n_params; i++)
@@ -1047,7 +1037,6 @@ int moe_model_backward(struct moe_model *m, float grad_scale, struct moe_error *
 	void *xL = act_at(m, g->resid, (size_t)L * N * D);
 	be->rmsnorm_bwd(be, g->dx, be->grad(be, m->off_norm), g->d1, xL, be->param(be, m->off_norm),
 			g->rstdf, N, D);
-	grad_ready(m, m->off_norm, m->n_floats);
 	bool full = m->cap_sets == 1 && L > 1;
 	for (int l = L - 1; l >= 0; l--) {
 		void *xin = act_at(m, g->resid, (size_t)l * N * D);
@@ -1056,15 +1045,13 @@ int moe_model_backward(struct moe_model *m, float grad_scale, struct moe_error *
 			   * its output in the residual stream with the same values) */
 			block_fwd(m, l, a, xin, act_at(m, g->resid, (size_t)(l + 1) * N * D), B, T, m->fwd_use_bias);
 		block_bwd(m, l, a, xin, a->xmid, g->dx, B, T, grad_scale);
-		grad_ready(m, m->layers[l].ln_in, l + 1 < L ? m->layers[l + 1].ln_in : m->off_norm);
 	}
 	if (be->grad_overwrite) /* a scatter: adds into the rows of the batch's tokens */
 		be->zero(be, be->grad(be, m->off_embed), (size_t)V * D, MOE_BUF_F32);
 	be->embedding_bwd(be, be->grad(be, m->off_embed), g->dx, g->ids, N, D, c->pad_token_id);
-	grad_ready(m, m->off_embed, L > 0 ? m->layers[0].ln_in : m->off_norm);
 	be->grad_overwrite = m->grad_fresh = false;
 	m->fwd_valid = false; /* the shared buffers were overwritten */
-	/* no synchronisation: the gradients' norms start beside the backward */
+	/* no synchronisation: the optimizer's read-back waits once for both */
 	return be->status ? be->status(be, err) : be->sync(be, err);
 }
 

@@ -272,11 +272,6 @@ struct moe_backend {
 	 * compute copy and the gradients (to_host, from_host, zero, copy,
 	 * params_updated) order themselves. */
 	void (*param_wait)(struct moe_backend *be, size_t offset, size_t n);
-	/* Optional.  The backward calls grad_ready when no later op of it
-	 * writes the gradients [offset, offset + n): a backend may start
-	 * reading them (sumsq) beside the rest of the backward; n = 0 at the
-	 * start of a backward: none is final. */
-	void (*grad_ready)(struct moe_backend *be, size_t offset, size_t n);
 	/* Optional: the first recorded error without waiting for queued work
 	 * (0 if none); the backward returns it instead of synchronising. */
 	int (*status)(struct moe_backend *be, struct moe_error *err);
