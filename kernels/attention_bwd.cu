@@ -253,24 +253,11 @@ attention_dq_kernel(bf16 *dq, const bf16 *q, const bf16 *k, const bf16 *v, const
  * micro-batch 3, which already fills an H200 (138.8 GiB). */
 static const char *const att_bwd_names[] = {"v1", "wge", "wgeg", "fu4g"};
 #define ATT_BWD_N ((int)(sizeof(att_bwd_names) / sizeof(att_bwd_names[0])))
-static int att_bwd_forced, att_bwd_env = -1; /* 0: not chosen */
+static struct att_choice att_bwd_ch = {"MOE_CUDA_ATTENTION_BWD", att_bwd_names, ATT_BWD_N, 0, -1};
 
 static int att_bwd_variant(int Dh)
 {
-	if (Dh < 64)
-		return 1;
-	if (att_bwd_forced)
-		return att_bwd_forced;
-	if (att_bwd_env < 0) {
-		const char *e = getenv("MOE_CUDA_ATTENTION_BWD");
-		att_bwd_env = 0;
-		for (int i = 0; e && i < ATT_BWD_N; i++)
-			if (strcmp(e, att_bwd_names[i]) == 0)
-				att_bwd_env = i + 1;
-	}
-	if (att_bwd_env)
-		return att_bwd_env;
-	return Dh == 96 ? 3 : 2;
+	return Dh < 64 ? 1 : att_choose(&att_bwd_ch, Dh == 96 ? 3 : 2);
 }
 
 extern "C" const char *moe_cuda_attention_bwd_name(int Dh)
@@ -282,7 +269,7 @@ extern "C" const char *moe_cuda_attention_bwd_config(int v)
 {
 	if (v < 0 || v > ATT_BWD_N)
 		return NULL;
-	att_bwd_forced = v;
+	att_bwd_ch.forced = v;
 	return att_bwd_names[att_bwd_variant(96) - 1];
 }
 

@@ -7,12 +7,40 @@
 #ifndef MOE_ATTENTION_COMMON_CUH
 #define MOE_ATTENTION_COMMON_CUH
 
+#include <stdlib.h>
+#include <string.h>
+
 #include "cuda_common.h"
 
 #define ATT_BR 64     /* rows per tile of the original (64-row, 4-warp) variants */
 #define ATT_WARPS 4   /* 16 rows per warp */
 #define ATT_PAD 8     /* bf16 row padding: conflict-free ldmatrix */
 #define LOG2E 1.4426950408889634f
+
+/* A kernel variant (1-based into names): the one a test or benchmark
+ * forced, else the one the environment variable env names (read once),
+ * else dflt. */
+struct att_choice {
+	const char *env;
+	const char *const *names;
+	int n;
+	int forced;   /* 0: none */
+	int from_env; /* -1: not read yet; 0: none */
+};
+
+static inline int att_choose(struct att_choice *ch, int dflt)
+{
+	if (ch->forced)
+		return ch->forced;
+	if (ch->from_env < 0) {
+		const char *e = getenv(ch->env);
+		ch->from_env = 0;
+		for (int i = 0; e && i < ch->n; i++)
+			if (strcmp(e, ch->names[i]) == 0)
+				ch->from_env = i + 1;
+	}
+	return ch->from_env ? ch->from_env : dflt;
+}
 
 /* Copy rows [row0, row0+ROWS) of one (b, h) slice into dst (ROWS, DH+PAD)
  * with cp.async by NT threads; rows at or past T are zero-filled. */

@@ -148,22 +148,11 @@ static int launch_fwd(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const
  * deterministic); head sizes below 64 always run v1. */
 static const char *const att_fwd_names[] = {"v1", "wg", "wg1"};
 #define ATT_FWD_N ((int)(sizeof(att_fwd_names) / sizeof(att_fwd_names[0])))
-static int att_fwd_forced, att_fwd_env = -1; /* 0: not chosen */
+static struct att_choice att_fwd_ch = {"MOE_CUDA_ATTENTION_FWD", att_fwd_names, ATT_FWD_N, 0, -1};
 
 static int att_fwd_variant(int Dh)
 {
-	if (att_fwd_forced)
-		return att_fwd_forced;
-	if (att_fwd_env < 0) {
-		const char *e = getenv("MOE_CUDA_ATTENTION_FWD");
-		att_fwd_env = 0;
-		for (int i = 0; e && i < ATT_FWD_N; i++)
-			if (strcmp(e, att_fwd_names[i]) == 0)
-				att_fwd_env = i + 1;
-	}
-	if (att_fwd_env)
-		return att_fwd_env;
-	return Dh == 96 ? 3 : 2;
+	return att_choose(&att_fwd_ch, Dh == 96 ? 3 : 2);
 }
 
 extern "C" const char *moe_cuda_attention_fwd_name(int Dh)
@@ -175,7 +164,7 @@ extern "C" const char *moe_cuda_attention_fwd_config(int v)
 {
 	if (v < 0 || v > ATT_FWD_N)
 		return NULL;
-	att_fwd_forced = v;
+	att_fwd_ch.forced = v;
 	return att_fwd_names[att_fwd_variant(96) - 1];
 }
 

@@ -60,6 +60,29 @@ static __device__ __forceinline__ void ld8(float *f, const bf16 *p)
 		f[j] = bf2f(h[j]);
 }
 
+/* the eight bf16 of u to fp32 */
+static __device__ __forceinline__ void unpack8(float *f, uint4 u)
+{
+	const bf16 *h = (const bf16 *)&u;
+#pragma unroll
+	for (int j = 0; j < 8; j++)
+		f[j] = bf2f(h[j]);
+}
+
+/* eight floats from shared or global memory (p 16-byte aligned) */
+static __device__ __forceinline__ void lds8(float *f, const float *p)
+{
+	float4 a = *(const float4 *)p, b = *(const float4 *)(p + 4);
+	f[0] = a.x, f[1] = a.y, f[2] = a.z, f[3] = a.w, f[4] = b.x, f[5] = b.y, f[6] = b.z, f[7] = b.w;
+}
+
+/* eight floats through the read-only cache (p 16-byte aligned) */
+static __device__ __forceinline__ void ld8g(float *f, const float *p)
+{
+	float4 a = __ldg((const float4 *)p), b = __ldg((const float4 *)(p + 4));
+	f[0] = a.x, f[1] = a.y, f[2] = a.z, f[3] = a.w, f[4] = b.x, f[5] = b.y, f[6] = b.z, f[7] = b.w;
+}
+
 static __device__ __forceinline__ void st8(bf16 *p, const float *f)
 {
 	uint4 u;
@@ -98,5 +121,27 @@ static __device__ __forceinline__ float warp_max(float v)
 }
 
 static inline unsigned moe_cdiv(size_t a, size_t b) { return (unsigned)((a + b - 1) / b); }
+
+/* Resident blocks of kern on this device (at least 1), for grid-stride
+ * launches that fill the card once. */
+template <typename K> static unsigned resident_blocks(K kern, int threads, size_t smem)
+{
+	int dev = 0, sms = 132, per = 1;
+	cudaGetDevice(&dev);
+	cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+	if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per, kern, threads, smem) != cudaSuccess || per < 1)
+		per = 1;
+	return (unsigned)(sms * per);
+}
+
+/* Blocks for a grid-stride loop over `units` (per: units a block takes
+ * per sweep; at most cap blocks): the fewest sweeps the card allows, then
+ * as few blocks as give each at most that many sweeps, so that the last
+ * sweep is not left to a fraction of the warps. */
+static inline unsigned balanced_blocks(size_t units, unsigned per, unsigned cap)
+{
+	size_t sweeps = (units + (size_t)per * cap - 1) / ((size_t)per * cap);
+	return (unsigned)((units + sweeps * per - 1) / (sweeps * per));
+}
 
 #endif

@@ -109,14 +109,6 @@ __global__ void combine_bwd_kernel(bf16 *dyg, float *dw, const bf16 *dout, const
 
 extern int moe_memk_legacy_on; /* rmsnorm.cu: moe_cuda_memk_legacy() */
 
-static __device__ __forceinline__ void unpack8(float *f, uint4 u)
-{
-	const bf16 *h = (const bf16 *)&u;
-#pragma unroll
-	for (int j = 0; j < 8; j++)
-		f[j] = bf2f(h[j]);
-}
-
 /* MODE 0: out = res (may be NULL) + sum_k w*y; MODE 1: out += sum_k y */
 template <int NC, int MODE>
 __global__ void __launch_bounds__(PK_THREADS)

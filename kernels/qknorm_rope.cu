@@ -192,21 +192,6 @@ static __device__ __forceinline__ float group_sum(float v, int L)
 	return v;
 }
 
-/* eight floats through the read-only cache (p 16-byte aligned) */
-static __device__ __forceinline__ void ld8g(float *f, const float *p)
-{
-	float4 a = __ldg((const float4 *)p), b = __ldg((const float4 *)(p + 4));
-	f[0] = a.x, f[1] = a.y, f[2] = a.z, f[3] = a.w, f[4] = b.x, f[5] = b.y, f[6] = b.z, f[7] = b.w;
-}
-
-static __device__ __forceinline__ void unpack8(float *f, uint4 u)
-{
-	const bf16 *h = (const bf16 *)&u;
-#pragma unroll
-	for (int j = 0; j < 8; j++)
-		f[j] = bf2f(h[j]);
-}
-
 /* the columns of this lane's pairs: c1 (first half; -1 past the row) and
  * the table offset kc of each */
 template <int L, int NP>
@@ -432,28 +417,6 @@ static int qr_check(int H, int Dh, struct moe_error *err)
 
 /* moe_cuda_memk_legacy() (rmsnorm.cu): the previous kernels for comparisons */
 extern int moe_memk_legacy_on;
-
-/* Resident blocks of kern on this device (at least 1), for grid-stride
- * launches that fill the card once. */
-template <typename K> static unsigned resident_blocks(K kern, int threads, size_t smem)
-{
-	int dev = 0, sms = 132, per = 1;
-	cudaGetDevice(&dev);
-	cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
-	if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per, kern, threads, smem) != cudaSuccess || per < 1)
-		per = 1;
-	return (unsigned)(sms * per);
-}
-
-/* Blocks for a grid-stride loop over `units` (per: units a block takes
- * per sweep; at most cap blocks): the fewest sweeps the card allows, then
- * as few blocks as give each at most that many sweeps, so that the last
- * sweep is not left to a fraction of the warps. */
-static unsigned balanced_blocks(size_t units, unsigned per, unsigned cap)
-{
-	size_t sweeps = (units + (size_t)per * cap - 1) / ((size_t)per * cap);
-	return (unsigned)((units + sweeps * per - 1) / (sweeps * per));
-}
 
 /* the pair kernels' lanes a row L and pairs a lane NP: (16, 1..4) up to
  * D 1024, (32, 3) up to 1536 */

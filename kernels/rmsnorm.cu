@@ -23,49 +23,6 @@ static int memk_from_env(void)
 }
 static int memk_env_read = memk_from_env();
 
-/* Resident blocks of kern on this device, for grid-stride launches that
- * fill the card once. */
-template <typename K> static unsigned resident_blocks(K kern, int threads, size_t smem)
-{
-	int dev = 0, sms = 132, per = 1;
-	cudaGetDevice(&dev);
-	cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
-	if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per, kern, threads, smem) != cudaSuccess || per < 1)
-		per = 1;
-	return (unsigned)(sms * per);
-}
-
-static __device__ __forceinline__ void unpack8(float *f, uint4 u)
-{
-	const bf16 *h = (const bf16 *)&u;
-#pragma unroll
-	for (int j = 0; j < 8; j++)
-		f[j] = bf2f(h[j]);
-}
-
-static __device__ __forceinline__ void lds8(float *f, const float *p)
-{
-	float4 a = *(const float4 *)p, b = *(const float4 *)(p + 4);
-	f[0] = a.x, f[1] = a.y, f[2] = a.z, f[3] = a.w, f[4] = b.x, f[5] = b.y, f[6] = b.z, f[7] = b.w;
-}
-
-/* eight floats through the read-only cache (p 16-byte aligned) */
-static __device__ __forceinline__ void ld8g(float *f, const float *p)
-{
-	float4 a = __ldg((const float4 *)p), b = __ldg((const float4 *)(p + 4));
-	f[0] = a.x, f[1] = a.y, f[2] = a.z, f[3] = a.w, f[4] = b.x, f[5] = b.y, f[6] = b.z, f[7] = b.w;
-}
-
-/* Blocks for a grid-stride loop over `units` (per: units a block takes
- * per sweep; at most cap blocks): the fewest sweeps the card allows, then
- * as few blocks as give each at most that many sweeps, so that the last
- * sweep is not left to a fraction of the warps. */
-static unsigned balanced_blocks(size_t units, unsigned per, unsigned cap)
-{
-	size_t sweeps = (units + (size_t)per * cap - 1) / ((size_t)per * cap);
-	return (unsigned)((units + sweeps * per - 1) / (sweeps * per));
-}
-
 /* The row kernels (the default for D <= 256 * NC, NC <= 4): lane l of a warp
  * owns columns l * 8 + 256 c of every row, the weights come through the
  * read-only cache (forward) or shared memory (backward, loaded once per
