@@ -24,6 +24,53 @@ static __device__ float block_reduce(float v, float *sh, bool is_max)
 	return r;
 }
 
+/* One row's loss and (dlogits != NULL) gradient from its nv 16-byte
+ * vectors at row (global or shared memory): a running max and sum of
+ * exponentials (rescaled when the max grows) in one pass, dlogits in a
+ * second.  zt: the target's logit (thread 0), read by the caller before
+ * anything could overwrite it. */
+static __device__ __forceinline__ void xent_row16(bf16 *dlogits, float *loss, const uint4 *row, int nv, int tgt,
+						  bool valid, float zt, float scale, float *sh)
+{
+	float mx = -INFINITY, s = 0.f;
+	for (int i = threadIdx.x; i < nv; i += XT) {
+		uint4 u = row[i];
+		const bf16 *h = (const bf16 *)&u;
+		float f[8], m2 = mx;
+#pragma unroll
+		for (int j = 0; j < 8; j++) {
+			f[j] = bf2f(h[j]);
+			m2 = fmaxf(m2, f[j]);
+		}
+		if (m2 > mx) {
+			s *= __expf(mx - m2); /* 0 while mx is -inf */
+			mx = m2;
+		}
+#pragma unroll
+		for (int j = 0; j < 8; j++)
+			s += __expf(f[j] - mx);
+	}
+	float M = block_reduce(mx, sh, true);
+	float S = block_reduce(mx == -INFINITY ? 0.f : s * __expf(mx - M), sh, false);
+	if (threadIdx.x == 0)
+		*loss = valid ? (M + logf(S)) - zt : 0.f;
+	if (!dlogits)
+		return;
+	uint4 *d = (uint4 *)dlogits;
+	float inv = 1.f / S;
+	for (int i = threadIdx.x; i < nv; i += XT) {
+		uint4 u = row[i], o;
+		const bf16 *h = (const bf16 *)&u;
+		bf16 *oh = (bf16 *)&o;
+#pragma unroll
+		for (int j = 0; j < 8; j++) {
+			float g = scale * (__expf(bf2f(h[j]) - M) * inv - (i * 8 + j == tgt ? 1.f : 0.f));
+			oh[j] = f2bf(valid ? g : 0.f);
+		}
+		d[i] = o;
+	}
+}
+
 __global__ void xent_kernel(bf16 *dlogits, float *loss, const bf16 *logits, const int32_t *targets,
 			    int V, int ignore_id, float scale)
 {
@@ -68,43 +115,7 @@ __global__ void xent_vec_kernel(bf16 *dlogits, float *loss, const bf16 *logits, 
 	bool valid = tgt != ignore_id;
 	/* read before the barriers below, so before any in-place write */
 	float zt = threadIdx.x == 0 && valid ? bf2f(logits[(size_t)n * V + tgt]) : 0.f;
-	float mx = -INFINITY, s = 0.f;
-	for (int i = threadIdx.x; i < nv; i += XT) {
-		uint4 u = l[i];
-		const bf16 *h = (const bf16 *)&u;
-		float f[8], m2 = mx;
-#pragma unroll
-		for (int j = 0; j < 8; j++) {
-			f[j] = bf2f(h[j]);
-			m2 = fmaxf(m2, f[j]);
-		}
-		if (m2 > mx) {
-			s *= __expf(mx - m2); /* 0 while mx is -inf */
-			mx = m2;
-		}
-#pragma unroll
-		for (int j = 0; j < 8; j++)
-			s += __expf(f[j] - mx);
-	}
-	float M = block_reduce(mx, sh, true);
-	float S = block_reduce(mx == -INFINITY ? 0.f : s * __expf(mx - M), sh, false);
-	if (threadIdx.x == 0)
-		loss[n] = valid ? (M + logf(S)) - zt : 0.f;
-	if (!dlogits)
-		return;
-	uint4 *d = (uint4 *)(dlogits + (size_t)n * V);
-	float inv = 1.f / S;
-	for (int i = threadIdx.x; i < nv; i += XT) {
-		uint4 u = l[i], o;
-		const bf16 *h = (const bf16 *)&u;
-		bf16 *oh = (bf16 *)&o;
-#pragma unroll
-		for (int j = 0; j < 8; j++) {
-			float g = scale * (__expf(bf2f(h[j]) - M) * inv - (i * 8 + j == tgt ? 1.f : 0.f));
-			oh[j] = f2bf(valid ? g : 0.f);
-		}
-		d[i] = o;
-	}
+	xent_row16(dlogits ? dlogits + (size_t)n * V : NULL, loss + n, l, nv, tgt, valid, zt, scale, sh);
 }
 
 /* The default for V % 8 == 0 on sm_90 when a row fits in shared memory
@@ -148,43 +159,8 @@ xent_smem_kernel(bf16 *dlogits, float *loss, const bf16 *logits, const int32_t *
 			     : "r"(b)
 			     : "memory");
 	} while (!ok);
-	float mx = -INFINITY, s = 0.f;
-	for (int i = threadIdx.x; i < nv; i += XT) {
-		uint4 u = srow[i];
-		const bf16 *h = (const bf16 *)&u;
-		float f[8], m2 = mx;
-#pragma unroll
-		for (int j = 0; j < 8; j++) {
-			f[j] = bf2f(h[j]);
-			m2 = fmaxf(m2, f[j]);
-		}
-		if (m2 > mx) {
-			s *= __expf(mx - m2); /* 0 while mx is -inf */
-			mx = m2;
-		}
-#pragma unroll
-		for (int j = 0; j < 8; j++)
-			s += __expf(f[j] - mx);
-	}
-	float M = block_reduce(mx, sh, true);
-	float S = block_reduce(mx == -INFINITY ? 0.f : s * __expf(mx - M), sh, false);
-	if (threadIdx.x == 0)
-		loss[n] = valid ? (M + logf(S)) - bf2f(((const bf16 *)srow)[tgt]) : 0.f;
-	if (!dlogits)
-		return;
-	uint4 *d = (uint4 *)(dlogits + (size_t)n * V);
-	float inv = 1.f / S;
-	for (int i = threadIdx.x; i < nv; i += XT) {
-		uint4 u = srow[i], o;
-		const bf16 *h = (const bf16 *)&u;
-		bf16 *oh = (bf16 *)&o;
-#pragma unroll
-		for (int j = 0; j < 8; j++) {
-			float g = scale * (__expf(bf2f(h[j]) - M) * inv - (i * 8 + j == tgt ? 1.f : 0.f));
-			oh[j] = f2bf(valid ? g : 0.f);
-		}
-		d[i] = o;
-	}
+	float zt = threadIdx.x == 0 && valid ? bf2f(((const bf16 *)srow)[tgt]) : 0.f;
+	xent_row16(dlogits ? dlogits + (size_t)n * V : NULL, loss + n, srow, nv, tgt, valid, zt, scale, sh);
 }
 
 /* the largest dynamic shared memory a block may have on this device (0 before sm_90) */
