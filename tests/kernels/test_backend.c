@@ -38,6 +38,20 @@ static void tiny_config(struct moe_config *c)
 	c->router_z_loss_coef = 0.001;
 }
 
+/* max |x - ref| over n elements (NaN in x ignored, as fmax does); *ref_max:
+ * max |ref| */
+static double max_diff(const float *x, const float *ref, size_t n, double *ref_max)
+{
+	double d = 0, m = 0;
+	for (size_t j = 0; j < n; j++) {
+		m = fmax(m, fabs(ref[j]));
+		d = fmax(d, fabs((double)x[j] - ref[j]));
+	}
+	if (ref_max)
+		*ref_max = m;
+	return d;
+}
+
 static double cosine(const float *a, const float *b, size_t n)
 {
 	double ab = 0, aa = 0, bb = 0;
@@ -343,13 +357,10 @@ Test(backend, grads_by_overwrite, .timeout = 120)
 		overwrite_steps(&cfg, p, x, y, B, T, modes[k], true, g1);
 		double worst = 0;
 		for (size_t i = 0; i < nt; i++) {
-			double mx = 0, d = 0;
+			double mx, d = max_diff(g1 + tab[i].offset, g0 + tab[i].offset, tab[i].numel, &mx);
 			bool bad = false;
-			for (size_t j = tab[i].offset; j < tab[i].offset + tab[i].numel; j++) {
-				mx = fmax(mx, fabs(g0[j]));
-				d = fmax(d, fabs((double)g1[j] - g0[j]));
+			for (size_t j = tab[i].offset; j < tab[i].offset + tab[i].numel; j++)
 				bad |= !isfinite(g1[j]);
-			}
 			cr_expect(!bad, "%s: %s: a gradient element was never stored (NaN left)", modes[k], tab[i].name);
 			cr_expect(d <= 1e-5 * mx + 1e-30, "%s: %s: max difference %.3g of max %.3g", modes[k],
 				  tab[i].name, d, mx);
@@ -485,13 +496,9 @@ Test(backend, optimizer_overlap_same_steps, .timeout = 120)
 			  l0[s]);
 	double worst = 0, moved = 0, mworst = 0;
 	for (size_t i = 0; i < nt; i++) {
-		double d = 0, dm = 0, mm = 0;
-		for (size_t j = tab[i].offset; j < tab[i].offset + tab[i].numel; j++) {
-			d = fmax(d, fabs((double)p1[j] - p0[j]));
-			moved = fmax(moved, fabs((double)p0[j] - p[j]));
-			dm = fmax(dm, fabs((double)m1[j] - m0[j]));
-			mm = fmax(mm, fabs((double)m0[j]));
-		}
+		size_t o = tab[i].offset, ne = tab[i].numel;
+		double mm, d = max_diff(p1 + o, p0 + o, ne, NULL), dm = max_diff(m1 + o, m0 + o, ne, &mm);
+		moved = fmax(moved, max_diff(p0 + o, p + o, ne, NULL));
 		cr_expect(d <= 1e-5, "%s: parameters differ by %.3g with the optimizer stream", tab[i].name, d);
 		cr_expect(dm <= 1e-3 * mm + 1e-30, "%s: AdamW m differs by %.3g (max %.3g)", tab[i].name, dm, mm);
 		worst = fmax(worst, d);
@@ -545,11 +552,7 @@ Test(backend, qkv_batched_matches_split, .timeout = 60)
 	for (size_t i = 0; i < nt; i++) {
 		if (!tab[i].trainable)
 			continue;
-		double mx = 0, d = 0;
-		for (size_t j = tab[i].offset; j < tab[i].offset + tab[i].numel; j++) {
-			mx = fmax(mx, fabs(g0[j]));
-			d = fmax(d, fabs((double)g1[j] - g0[j]));
-		}
+		double mx, d = max_diff(g1 + tab[i].offset, g0 + tab[i].offset, tab[i].numel, &mx);
 		if (tab[i].kind == MOE_P_EXPERT) {
 			double c = cosine(g1 + tab[i].offset, g0 + tab[i].offset, tab[i].numel);
 			cr_expect(c >= 0.999, "%s: gradient cosine batched vs split %.6f", tab[i].name, c);
