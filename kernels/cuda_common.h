@@ -123,15 +123,32 @@ static __device__ __forceinline__ float warp_max(float v)
 static inline unsigned moe_cdiv(size_t a, size_t b) { return (unsigned)((a + b - 1) / b); }
 
 /* Resident blocks of kern on this device (at least 1), for grid-stride
- * launches that fill the card once. */
+ * launches that fill the card once.  The queries cost microseconds and the
+ * launchers ask at every launch, so the last answers are kept. */
 template <typename K> static unsigned resident_blocks(K kern, int threads, size_t smem)
 {
+	static struct {
+		K kern;
+		int dev, threads;
+		size_t smem;
+		unsigned n;
+	} memo[8];
+	static int nmemo;
 	int dev = 0, sms = 132, per = 1;
 	cudaGetDevice(&dev);
+	for (int i = 0; i < nmemo; i++)
+		if (memo[i].kern == kern && memo[i].dev == dev && memo[i].threads == threads && memo[i].smem == smem)
+			return memo[i].n;
 	cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
 	if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per, kern, threads, smem) != cudaSuccess || per < 1)
 		per = 1;
-	return (unsigned)(sms * per);
+	unsigned n = (unsigned)(sms * per);
+	if (nmemo < 8) {
+		memo[nmemo].kern = kern, memo[nmemo].dev = dev, memo[nmemo].threads = threads;
+		memo[nmemo].smem = smem, memo[nmemo].n = n;
+		nmemo++;
+	}
+	return n;
 }
 
 /* Blocks for a grid-stride loop over `units` (per: units a block takes

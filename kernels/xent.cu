@@ -163,14 +163,18 @@ xent_smem_kernel(bf16 *dlogits, float *loss, const bf16 *logits, const int32_t *
 	xent_row16(dlogits ? dlogits + (size_t)n * V : NULL, loss + n, srow, nv, tgt, valid, zt, scale, sh);
 }
 
-/* the largest dynamic shared memory a block may have on this device (0 before sm_90) */
+/* the largest dynamic shared memory a block may have on this device (0
+ * before sm_90), asked once (one device per process) */
 static int xent_smem_limit(void)
 {
+	static int lim = -1;
+	if (lim >= 0)
+		return lim;
 	int dev = 0, major = 0, optin = 0;
 	cudaGetDevice(&dev);
 	cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
 	cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
-	return major >= 9 ? optin - 1024 : 0;
+	return lim = major >= 9 ? optin - 1024 : 0;
 }
 
 /* acc[0] += sum of loss[0..n), acc[1] += number of rows with a valid target
@@ -209,11 +213,15 @@ extern "C" int moe_cuda_xent(bf16_t *dlogits, float *loss, const bf16_t *logits,
 	bool vec = V % 8 == 0 && (uintptr_t)logits % 16 == 0 && (uintptr_t)dlogits % 16 == 0;
 	size_t sm = (size_t)V * 2;
 	if (vec && !moe_memk_legacy_on && sm <= (size_t)xent_smem_limit()) {
+		static int sm_set; /* the kernel's shared-memory limit, raised once per size */
 		int rc;
-		if ((rc = CUDA_OK(cudaFuncSetAttribute(xent_smem_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-						       (int)sm),
-				  err)) != 0)
-			return rc;
+		if ((int)sm > sm_set) {
+			if ((rc = CUDA_OK(cudaFuncSetAttribute(xent_smem_kernel,
+							       cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm),
+					  err)) != 0)
+				return rc;
+			sm_set = (int)sm;
+		}
 		xent_smem_kernel<<<N, XT, sm, s>>>((bf16 *)dlogits, loss, (const bf16 *)logits, targets, V, ignore_id,
 						   scale);
 	} else if (vec)
