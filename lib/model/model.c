@@ -488,9 +488,9 @@ static int acts_ensure(struct moe_model *m, int N, bool train, struct moe_error 
 	void *sh_xg = any_moe ? A(m, NK * D, MOE_BUF_ACT) : NULL;
 	void *sh_he = any_moe ? A(m, NK * I, MOE_BUF_ACT) : NULL;
 	void *sh_hs = any_moe && S > 0 ? A(m, (size_t)S * N * Is, MOE_BUF_ACT) : NULL;
-	m->st_psum = any_moe ? A(m, (size_t)sets * E, MOE_BUF_F32) : NULL;
-	m->st_cntv = any_moe ? A(m, (size_t)sets * E, MOE_BUF_I32) : NULL;
-	m->st_cnt = any_moe ? A(m, (size_t)sets * E, MOE_BUF_I32) : NULL;
+	m->st_psum = any_moe ? A(m, (size_t)m->Lm * E, MOE_BUF_F32) : NULL;
+	m->st_cntv = any_moe ? A(m, (size_t)m->Lm * E, MOE_BUF_I32) : NULL;
+	m->st_cnt = any_moe ? A(m, (size_t)m->Lm * E, MOE_BUF_I32) : NULL;
 	for (int s = 0; s < sets; s++) {
 		struct layer_acts *a = &m->la[s];
 		/* ln1 and ln2 are kept per layer in training (1.8 GiB for seed-base
@@ -522,7 +522,6 @@ static int acts_ensure(struct moe_model *m, int N, bool train, struct moe_error 
 			a->probs = A(m, (size_t)N * E, MOE_BUF_F32);
 			a->topk_idx = A(m, NK, MOE_BUF_I32);
 			a->topk_w = A(m, NK, MOE_BUF_F32);
-			a->counts = m->st_cnt ? m->st_cnt + (size_t)s * E : NULL;
 			a->offsets = A(m, (size_t)E + 1, MOE_BUF_I32);
 			a->perm = A(m, NK, MOE_BUF_I32);
 			a->inv = A(m, NK, MOE_BUF_I32);
@@ -534,8 +533,6 @@ static int acts_ensure(struct moe_model *m, int N, bool train, struct moe_error 
 				a->gu_s = A(m, (size_t)S * N * 2 * Is, MOE_BUF_ACT);
 				a->h_s = sh_hs;
 			}
-			a->psum = m->st_psum ? m->st_psum + (size_t)s * E : NULL;
-			a->cntv = m->st_cntv ? m->st_cntv + (size_t)s * E : NULL;
 		}
 	}
 	if (train) {
@@ -629,7 +626,8 @@ static void block_fwd(struct moe_model *m, int l, struct layer_acts *a, void *x_
 	be->linear_fwd(be, a->rlogits, a->ln2, P(lo->router), N, D, E);
 	be->router_fwd(be, a->topk_idx, a->topk_w, a->probs, a->rlogits,
 		       use_bias ? be->master(be, lo->bias) : NULL, N, E, K, c->norm_topk_prob);
-	be->route_group(be, a->counts, a->offsets, a->perm, a->inv, a->topk_idx, N, K, E);
+	be->route_group(be, m->st_cnt + (size_t)(l - c->n_dense_layers) * E, a->offsets, a->perm, a->inv,
+			a->topk_idx, N, K, E);
 	/* gather, gate_up GEMM and SwiGLU (xg: scratch of the unfused path) */
 	be->expert_up_fwd(be, a->gu_e, a->h_e, a->ln2, a->perm, P(lo->expert_gate_up), a->offsets, a->xg, NK, K, E,
 			  D, I);
@@ -687,20 +685,12 @@ static double aux_value(const struct moe_model *m, int lm, float *g)
 	return aux;
 }
 
-/* Copy one MoE layer's statistics (and the routing capture) to the host. */
-static void layer_readback(struct moe_model *m, struct layer_acts *a, int lm, int N,
-			   struct moe_routing_capture *cap)
+/* Copy one MoE layer's routing to the capture's host arrays. */
+static void capture_readback(struct moe_model *m, struct layer_acts *a, int lm, int N,
+			     struct moe_routing_capture *cap)
 {
 	struct moe_backend *be = m->be;
 	int E = m->cfg.num_experts, K = m->cfg.num_experts_per_tok;
-	int32_t cnt[E];
-	be->to_host(be, m->psum + (size_t)lm * E, a->psum, (size_t)E, MOE_BUF_F32);
-	be->to_host(be, m->cntv + (size_t)lm * E, a->cntv, (size_t)E, MOE_BUF_I32);
-	be->to_host(be, cnt, a->counts, (size_t)E, MOE_BUF_I32);
-	for (int e = 0; e < E; e++)
-		m->counts[(size_t)lm * E + e] = cnt[e];
-	if (!cap)
-		return;
 	size_t o = (size_t)lm * N * K;
 	if (cap->topk_idx)
 		be->to_host(be, cap->topk_idx + o, a->topk_idx, (size_t)N * K, MOE_BUF_I32);
@@ -711,33 +701,19 @@ static void layer_readback(struct moe_model *m, struct layer_acts *a, int lm, in
 			    MOE_BUF_ACT);
 }
 
-/* The statistics of every MoE layer from the sets' block (one set per
- * layer, `sets` of them): three transfers instead of three per layer. */
-static int stats_readback(struct moe_model *m, int sets)
+/* Every MoE layer's routing statistics to the host: three transfers. */
+static int stats_readback(struct moe_model *m)
 {
 	struct moe_backend *be = m->be;
-	int E = m->cfg.num_experts, nd = m->cfg.n_dense_layers;
-	size_t n = (size_t)sets * E;
-	float *ps = malloc(n * sizeof(float));
-	int32_t *cv = malloc(n * sizeof(int32_t)), *cn = malloc(n * sizeof(int32_t));
-	if (!ps || !cv || !cn) {
-		free(ps);
-		free(cv);
-		free(cn);
+	size_t n = (size_t)m->Lm * m->cfg.num_experts;
+	int32_t *cn = malloc(n * sizeof(int32_t));
+	if (!cn)
 		return MOE_ENOMEM;
-	}
-	be->to_host(be, ps, m->st_psum, n, MOE_BUF_F32);
-	be->to_host(be, cv, m->st_cntv, n, MOE_BUF_I32);
+	be->to_host(be, m->psum, m->st_psum, n, MOE_BUF_F32);
+	be->to_host(be, m->cntv, m->st_cntv, n, MOE_BUF_I32);
 	be->to_host(be, cn, m->st_cnt, n, MOE_BUF_I32);
-	for (int lm = 0; lm < m->Lm; lm++)
-		for (int e = 0; e < E; e++) {
-			size_t src = (size_t)(lm + nd) * E + e, dst = (size_t)lm * E + e;
-			m->psum[dst] = ps[src];
-			m->cntv[dst] = cv[src];
-			m->counts[dst] = cn[src];
-		}
-	free(ps);
-	free(cv);
+	for (size_t i = 0; i < n; i++)
+		m->counts[i] = cn[i];
 	free(cn);
 	return 0;
 }
@@ -825,19 +801,16 @@ int moe_model_forward(struct moe_model *m, const int32_t *tokens, const int32_t 
 			continue;
 		int lm = l - c->n_dense_layers;
 		be->zloss(be, NULL, a->rlogits, N, E, 0.0f, &m->zl[lm]); /* delivered at the sync */
-		be->router_stats(be, a->psum, a->cntv, a->probs, a->topk_idx, g->ids, c->pad_token_id, N, E, K);
-		if (!defer)
-			layer_readback(m, a, lm, N, opts->capture);
+		be->router_stats(be, m->st_psum + (size_t)lm * E, m->st_cntv + (size_t)lm * E, a->probs, a->topk_idx,
+				 g->ids, c->pad_token_id, N, E, K);
+		if (!defer && opts->capture) /* the next layer reuses this set */
+			capture_readback(m, a, lm, N, opts->capture);
 	}
-	if (defer && !opts->capture && m->Lm > 0) {
-		/* every layer kept its statistics: three read-backs, after all launches */
-		int rc2 = stats_readback(m, L);
-		if (rc2)
-			return moe_error_set(err, rc2, "out of memory");
-	} else if (defer) {
+	if (defer && opts->capture) /* every layer kept its buffers: after all launches */
 		for (int l = c->n_dense_layers; l < L; l++)
-			layer_readback(m, &m->la[l], l - c->n_dense_layers, N, opts->capture);
-	}
+			capture_readback(m, &m->la[l], l - c->n_dense_layers, N, opts->capture);
+	if (m->Lm > 0 && (rc = stats_readback(m)) != 0)
+		return moe_error_set(err, rc, "out of memory");
 	void *xL = act_at(m, g->resid, (size_t)L * N * D);
 	bool last_only = opts->logits_mode == MOE_LOGITS_LAST && !targets && !opts->token_stats &&
 			 !opts->train;

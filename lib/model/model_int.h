@@ -27,15 +27,12 @@ struct layer_acts {
 	float *probs;         /* (N, E) */
 	int32_t *topk_idx;    /* (N, K) */
 	float *topk_w;        /* (N, K) */
-	int32_t *counts;      /* (E) */
 	int32_t *offsets;     /* (E+1) */
 	int32_t *perm, *inv;  /* (N*K) */
 	void *xg;             /* (N*K, D) tokens grouped by expert */
 	void *gu_e, *h_e;     /* (N*K, 2I), (N*K, I) */
 	void *yg;             /* (N*K, D) */
 	void *gu_s, *h_s;     /* shared: (S, N, 2Is), (S, N, Is) */
-	float *psum;          /* (E) aux statistics */
-	int32_t *cntv;        /* (E) */
 };
 
 struct graph_bufs {
@@ -92,8 +89,8 @@ struct moe_model {
 	int64_t *counts; /* (Lm, E) host */
 	float *psum;     /* (Lm, E) host */
 	int32_t *cntv;   /* (Lm, E) host */
-	/* backend memory holding every set's psum, cntv and counts (sets, E)
-	 * each, so that a forward reads them back in three transfers */
+	/* the same statistics in backend memory, (Lm, E) each, whatever the
+	 * activation sets: a forward reads them back in three transfers */
 	float *st_psum;
 	int32_t *st_cntv, *st_cnt;
 };
