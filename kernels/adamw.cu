@@ -201,28 +201,6 @@ __global__ void to_f32_kernel(float *dst, const bf16 *src, size_t n)
 		dst[i] = bf2f(src[i]);
 }
 
-/* y += x; eight elements per step when both are 16-byte aligned and n % 8 == 0. */
-__global__ void add_kernel(bf16 *y, const bf16 *x, size_t n, int vec)
-{
-	size_t stride = (size_t)gridDim.x * blockDim.x;
-	if (vec) {
-		for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n / 8; i += stride) {
-			uint4 a = ((const uint4 *)y)[i], b = ((const uint4 *)x)[i];
-			__nv_bfloat162 *pa = (__nv_bfloat162 *)&a;
-			const __nv_bfloat162 *pb = (const __nv_bfloat162 *)&b;
-#pragma unroll
-			for (int j = 0; j < 4; j++) {
-				float2 fa = __bfloat1622float2(pa[j]), fb = __bfloat1622float2(pb[j]);
-				pa[j] = __floats2bfloat162_rn(fa.x + fb.x, fa.y + fb.y);
-			}
-			((uint4 *)y)[i] = a;
-		}
-		return;
-	}
-	for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
-		y[i] = f2bf(bf2f(y[i]) + bf2f(x[i]));
-}
-
 __global__ void axpy_kernel(float *y, const float *x, size_t n, float a)
 {
 	size_t stride = (size_t)gridDim.x * blockDim.x;
@@ -256,15 +234,6 @@ extern "C" int moe_cuda_to_f32(float *dst, const bf16_t *src, size_t n, cudaStre
 	if (n == 0)
 		return 0;
 	to_f32_kernel<<<grid_for(n), 256, 0, s>>>(dst, (const bf16 *)src, n);
-	return CUDA_LAUNCHED(err);
-}
-
-extern "C" int moe_cuda_add(bf16_t *y, const bf16_t *x, size_t n, cudaStream_t s, struct moe_error *err)
-{
-	if (n == 0)
-		return 0;
-	int vec = n % 8 == 0 && ((uintptr_t)y % 16) == 0 && ((uintptr_t)x % 16) == 0;
-	add_kernel<<<grid_for(vec ? n / 8 : n), 256, 0, s>>>((bf16 *)y, (const bf16 *)x, n, vec);
 	return CUDA_LAUNCHED(err);
 }
 

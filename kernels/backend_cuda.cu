@@ -943,16 +943,6 @@ static void o_qknorm_rope_bwd(struct moe_backend *be, void *dx, float *dw, const
 	PROF_END(c);
 }
 
-static void o_rope_fwd(struct moe_backend *be, void *x, int B, int T, int H, int Dh, float theta)
-{
-	o_rope(be, x, B, T, H, Dh, theta, 0);
-}
-
-static void o_rope_bwd(struct moe_backend *be, void *dx, int B, int T, int H, int Dh, float theta)
-{
-	o_rope(be, dx, B, T, H, Dh, theta, 1);
-}
-
 static void o_attention_fwd(struct moe_backend *be, void *out, float *lse, const void *q, const void *k, const void *v,
 			    int B, int T, int H, int Dh)
 {
@@ -1368,14 +1358,6 @@ static void o_combine_bwd(struct moe_backend *be, void *dyg, float *dtopk_w, con
 	PROF_END(c);
 }
 
-static void o_add(struct moe_backend *be, void *y, const void *x, size_t n)
-{
-	struct cuda_ctx *c = CTX(be);
-	PROF(c, "add");
-	RUN(c, moe_cuda_add((bf16_t *)y, (const bf16_t *)x, n, c->s, &c->err));
-	PROF_END(c);
-}
-
 static void o_xent(struct moe_backend *be, void *dlogits, const void *logits, const int32_t *targets, int N, int V,
 		   int ignore_id, float scale, double *loss_sum, int64_t *n_valid)
 {
@@ -1602,10 +1584,8 @@ extern "C" struct moe_backend *moe_backend_cuda(struct moe_error *err)
 	be->linear_bwd = o_linear_bwd;
 	be->linear_fwd_add = o_linear_fwd_add;
 	be->linear_bwd_add = o_linear_bwd_add;
-	be->rope_fwd = o_rope_fwd;
 	be->qknorm_rope_fwd = o_qknorm_rope_fwd;
 	be->qknorm_rope_bwd = o_qknorm_rope_bwd;
-	be->rope_bwd = o_rope_bwd;
 	be->attention_fwd = o_attention_fwd;
 	be->attention_bwd = o_attention_bwd;
 	be->swiglu_gu_fwd = o_swiglu_fwd;
@@ -1616,13 +1596,11 @@ extern "C" struct moe_backend *moe_backend_cuda(struct moe_error *err)
 	be->gather_rows = o_gather_rows;
 	be->scatter_add_rows = o_scatter_add_rows;
 	be->grouped_linear_fwd = o_grouped_fwd;
-	be->grouped_linear_bwd = o_grouped_bwd;
 	be->expert_up_fwd = o_expert_up_fwd;
 	be->expert_down_bwd = o_expert_down_bwd;
 	be->expert_up_bwd = o_expert_up_bwd;
 	be->combine_fwd = o_combine_fwd;
 	be->combine_bwd = o_combine_bwd;
-	be->add = o_add;
 	be->xent = o_xent;
 	be->zloss = o_zloss;
 	be->router_stats = o_router_stats;

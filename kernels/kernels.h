@@ -190,8 +190,6 @@ int moe_cuda_to_f32(float *dst, const bf16_t *src, size_t n, cudaStream_t s, str
 /* y += a x (fp32); x *= a (bf16) */
 int moe_cuda_axpy(float *y, const float *x, size_t n, float a, cudaStream_t s, struct moe_error *err);
 int moe_cuda_scale_bf16(bf16_t *x, size_t n, float a, cudaStream_t s, struct moe_error *err);
-/* y += x (bf16, fp32 arithmetic) */
-int moe_cuda_add(bf16_t *y, const bf16_t *x, size_t n, cudaStream_t s, struct moe_error *err);
 
 /* gemm.cu: row-major bf16 GEMMs on tensor cores with fp32 accumulation.
  * C (M, N) = alpha * op(A) op(B) + beta * C, op(A) (M, K) (A stored (K, M)

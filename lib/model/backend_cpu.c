@@ -169,16 +169,6 @@ static void c_qknorm_rope_bwd(struct moe_backend *be, void *dx, float *dw, const
 	moe_rope_bwd(g, B, T, H, Dh, theta);
 	moe_rmsnorm_bwd(F(dx), dw, g, CF(x), CF(w), rstd, B * T, H * Dh);
 }
-static void c_rope_fwd(struct moe_backend *be, void *x, int B, int T, int H, int Dh, float theta)
-{
-	(void)be;
-	moe_rope_fwd(F(x), B, T, H, Dh, theta);
-}
-static void c_rope_bwd(struct moe_backend *be, void *dx, int B, int T, int H, int Dh, float theta)
-{
-	(void)be;
-	moe_rope_bwd(F(dx), B, T, H, Dh, theta);
-}
 static void c_attention_fwd(struct moe_backend *be, void *out, float *lse, const void *q, const void *k, const void *v, int B, int T, int H, int Dh)
 {
 	(void)be;
@@ -232,11 +222,6 @@ static void c_grouped_linear_fwd(struct moe_backend *be, void *out, const void *
 	(void)be;
 	moe_grouped_linear_fwd(F(out), CF(x), CF(w), offsets, E, In, Out);
 }
-static void c_grouped_linear_bwd(struct moe_backend *be, void *dx, float *dw, const void *dout, const void *x, const void *w, const int32_t *offsets, int E, int In, int Out)
-{
-	(void)be;
-	moe_grouped_linear_bwd(F(dx), dw, CF(dout), CF(x), CF(w), offsets, E, In, Out);
-}
 static void c_expert_up_fwd(struct moe_backend *be, void *gu, void *h, const void *x, const int32_t *perm, const void *w, const int32_t *offsets, void *xg, int NK, int K, int E, int D, int I)
 {
 	(void)be;
@@ -267,11 +252,6 @@ static void c_combine_bwd(struct moe_backend *be, void *dyg, float *dtopk_w, con
 {
 	(void)be;
 	moe_combine_bwd(F(dyg), dtopk_w, CF(dout), CF(yg), topk_w, inv, N, K, D);
-}
-static void c_add(struct moe_backend *be, void *y, const void *x, size_t n)
-{
-	(void)be;
-	moe_add(F(y), CF(x), n);
 }
 static void c_xent(struct moe_backend *be, void *dlogits, const void *logits, const int32_t *targets, int N, int V, int ignore_id, float scale, double *loss_sum, int64_t *n_valid)
 {
@@ -360,8 +340,6 @@ struct moe_backend *moe_backend_cpu(void)
 	be->qknorm_rope_fwd = c_qknorm_rope_fwd;
 	be->qknorm_rope_bwd = c_qknorm_rope_bwd;
 	be->linear_bwd_add = c_linear_bwd_add;
-	be->rope_fwd = c_rope_fwd;
-	be->rope_bwd = c_rope_bwd;
 	be->attention_fwd = c_attention_fwd;
 	be->attention_bwd = c_attention_bwd;
 	be->swiglu_gu_fwd = c_swiglu_gu_fwd;
@@ -372,13 +350,11 @@ struct moe_backend *moe_backend_cpu(void)
 	be->gather_rows = c_gather_rows;
 	be->scatter_add_rows = c_scatter_add_rows;
 	be->grouped_linear_fwd = c_grouped_linear_fwd;
-	be->grouped_linear_bwd = c_grouped_linear_bwd;
 	be->expert_up_fwd = c_expert_up_fwd;
 	be->expert_down_bwd = c_expert_down_bwd;
 	be->expert_up_bwd = c_expert_up_bwd;
 	be->combine_fwd = c_combine_fwd;
 	be->combine_bwd = c_combine_bwd;
-	be->add = c_add;
 	be->xent = c_xent;
 	be->zloss = c_zloss;
 	be->router_stats = c_router_stats;

@@ -296,13 +296,11 @@ struct moe_backend {
 	 * dout + b * dout_stride. */
 	void (*linear_fwd_multi)(struct moe_backend *be, void *out, size_t out_stride, const void *x, const void *w, size_t w_stride, int nb, int N, int In, int Out);
 	void (*linear_wgrad_multi)(struct moe_backend *be, float *dw, size_t dw_stride, const void *dout, size_t dout_stride, const void *x, int nb, int N, int In, int Out);
-	void (*rope_fwd)(struct moe_backend *be, void *x, int B, int T, int H, int Dh, float theta);
 	/* QK-norm then RoPE (out = rope(rmsnorm(x) w)), and its backward from the
 	 * gradient after RoPE (dx overwritten, dw +=, dout may be overwritten);
 	 * D = H * Dh */
 	void (*qknorm_rope_fwd)(struct moe_backend *be, void *out, float *rstd, const void *x, const void *w, int B, int T, int H, int Dh, float eps, float theta);
 	void (*qknorm_rope_bwd)(struct moe_backend *be, void *dx, float *dw, const void *dout, const void *x, const void *w, const float *rstd, int B, int T, int H, int Dh, float theta);
-	void (*rope_bwd)(struct moe_backend *be, void *dx, int B, int T, int H, int Dh, float theta);
 	void (*attention_fwd)(struct moe_backend *be, void *out, float *lse, const void *q, const void *k, const void *v, int B, int T, int H, int Dh);
 	void (*attention_bwd)(struct moe_backend *be, void *dq, void *dk, void *dv, const void *dout, const void *q, const void *k, const void *v, const void *out, const float *lse, int B, int T, int H, int Dh);
 	void (*swiglu_gu_fwd)(struct moe_backend *be, void *h, const void *gu, int M, int I);
@@ -315,25 +313,25 @@ struct moe_backend {
 	void (*gather_rows)(struct moe_backend *be, void *xg, const void *x, const int32_t *perm, int NK, int K, int D);
 	void (*scatter_add_rows)(struct moe_backend *be, void *dx, const void *dxg, const int32_t *perm, int NK, int K, int D);
 	void (*grouped_linear_fwd)(struct moe_backend *be, void *out, const void *x, const void *w, const int32_t *offsets, int E, int In, int Out);
-	void (*grouped_linear_bwd)(struct moe_backend *be, void *dx, float *dw, const void *dout, const void *x, const void *w, const int32_t *offsets, int E, int In, int Out);
-	/* The routed experts' MLP in three ops, each equal to a sequence of the
-	 * ops above (a backend may fuse it; M = offsets[E] = NK rows in expert
-	 * order, perm of route_group; xg (M, D) and dh (M, I) are scratch for
-	 * backends that run the sequence):
+	/* The routed experts' MLP in three ops, each equal to a sequence of
+	 * gather_rows, grouped_linear_fwd, SwiGLU and the grouped linear's
+	 * backward (dx = dy w overwritten, dw += dy^T x, per expert; a backend
+	 * may fuse it; M = offsets[E] = NK rows in expert order, perm of
+	 * route_group; xg (M, D) and dh (M, I) are scratch for backends that
+	 * run the sequence):
 	 *   expert_up_fwd:   xg = gather_rows(x (N, D), perm); gu (M, 2I) =
 	 *                    grouped_linear_fwd(xg, w (E, 2I, D)); h (M, I) = swiglu_gu_fwd(gu)
-	 *   expert_down_bwd: dh = grouped_linear_bwd dx of dy (M, D), w (E, D, I);
+	 *   expert_down_bwd: dh = the dx of dy (M, D), w (E, D, I);
 	 *                    swiglu_gu_bwd(dgu (M, 2I), h (M, I) recomputed, dh, gu);
-	 *                    then grouped_linear_bwd dw (E, D, I) += dy^T h
-	 *   expert_up_bwd:   xg = gather_rows(x, perm); grouped_linear_bwd(dx (M, D)
-	 *                    overwritten, dw (E, 2I, D) +=, dgu, xg, w (E, 2I, D)) */
+	 *                    then dw (E, D, I) += dy^T h
+	 *   expert_up_bwd:   xg = gather_rows(x, perm); dx (M, D) overwritten and
+	 *                    dw (E, 2I, D) += from dgu, xg, w (E, 2I, D) */
 	void (*expert_up_fwd)(struct moe_backend *be, void *gu, void *h, const void *x, const int32_t *perm, const void *w, const int32_t *offsets, void *xg, int NK, int K, int E, int D, int I);
 	void (*expert_down_bwd)(struct moe_backend *be, void *dgu, void *h, float *dw, const void *dy, const void *gu, const void *w, const int32_t *offsets, void *dh, int NK, int E, int I, int D);
 	void (*expert_up_bwd)(struct moe_backend *be, void *dx, float *dw, const void *dgu, const void *x, const int32_t *perm, const void *w, const int32_t *offsets, void *xg, int NK, int K, int E, int D, int I);
 	/* out = res (NULL: none; not out) + the top-k weighted sum of the expert rows */
 	void (*combine_fwd)(struct moe_backend *be, void *out, const void *res, const void *yg, const float *topk_w, const int32_t *inv, int N, int K, int D);
 	void (*combine_bwd)(struct moe_backend *be, void *dyg, float *dtopk_w, const void *dout, const void *yg, const float *topk_w, const int32_t *inv, int N, int K, int D);
-	void (*add)(struct moe_backend *be, void *y, const void *x, size_t n); /* y += x (ACT) */
 	/* Host results (*loss_sum, *n_valid, *loss, *out below) may be written
 	 * late: they are valid after the next sync (the CUDA backend collects
 	 * them all in one read-back there instead of synchronising per call). */

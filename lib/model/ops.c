@@ -727,13 +727,6 @@ void moe_aux_dprobs(float *dprobs, const float *g, const int32_t *ids, int pad_i
 	}
 }
 
-void moe_add(float *y, const float *x, size_t n)
-{
-#pragma omp parallel for simd schedule(static) if (n > 65536)
-	for (size_t i = 0; i < n; i++)
-		y[i] += x[i];
-}
-
 /* ---- losses --------------------------------------------------------------- */
 
 double moe_xent_fwd_bwd(float *dlogits, const float *logits, const int32_t *targets, int N, int V,

@@ -165,7 +165,5 @@ void moe_router_stats(float *psum /* (E) */, int32_t *cnt /* (E) */, const float
 void moe_aux_dprobs(float *dprobs /* (N, E) */, const float *g /* (E) */,
 		    const int32_t *ids /* (N) or NULL */, int pad_id, int N, int E);
 
-/* y += x */
-void moe_add(float *y, const float *x, size_t n);
 
 #endif
