@@ -1359,15 +1359,15 @@ static void o_combine_bwd(struct moe_backend *be, void *dyg, float *dtopk_w, con
 }
 
 static void o_xent(struct moe_backend *be, void *dlogits, const void *logits, const int32_t *targets, int N, int V,
-		   int ignore_id, float scale, double *loss_sum, int64_t *n_valid)
+		   int ignore_id, float scale, double *loss_sum)
 {
 	struct cuda_ctx *c = CTX(be);
 	float *rows = (float *)scratch(c, S_LOSS, (size_t)(N > 0 ? N : 1) * sizeof(float));
 	PROF(c, "xent");
 	RUN(c, moe_cuda_xent((bf16_t *)dlogits, rows, (const bf16_t *)logits, targets, N, V, ignore_id, scale, c->s,
 			     &c->err));
-	if (loss_sum || n_valid) {
-		double *acc = pend_slot(c, loss_sum, n_valid, 1.0, c->s);
+	if (loss_sum) {
+		double *acc = pend_slot(c, loss_sum, NULL, 1.0, c->s);
 		if (acc)
 			RUN(c, moe_cuda_sum_loss(acc, rows, targets, N, ignore_id, c->s, &c->err));
 	}

@@ -253,15 +253,12 @@ static void c_combine_bwd(struct moe_backend *be, void *dyg, float *dtopk_w, con
 	(void)be;
 	moe_combine_bwd(F(dyg), dtopk_w, CF(dout), CF(yg), topk_w, inv, N, K, D);
 }
-static void c_xent(struct moe_backend *be, void *dlogits, const void *logits, const int32_t *targets, int N, int V, int ignore_id, float scale, double *loss_sum, int64_t *n_valid)
+static void c_xent(struct moe_backend *be, void *dlogits, const void *logits, const int32_t *targets, int N, int V, int ignore_id, float scale, double *loss_sum)
 {
 	(void)be;
-	int64_t nv = 0;
-	double l = moe_xent_fwd_bwd(F(dlogits), CF(logits), targets, N, V, ignore_id, scale, &nv);
+	double l = moe_xent_fwd_bwd(F(dlogits), CF(logits), targets, N, V, ignore_id, scale, NULL);
 	if (loss_sum)
 		*loss_sum = l;
-	if (n_valid)
-		*n_valid = nv;
 }
 static void c_zloss(struct moe_backend *be, void *dlogits, const void *logits, int N, int E, float scale, double *loss)
 {

@@ -866,12 +866,12 @@ int moe_model_forward(struct moe_model *m, const int32_t *tokens, const int32_t 
 			if (fused) {
 				const void *lnf = act_at(m, g->lnf, (size_t)r0 * D);
 				be->xent(be, g->logits, g->logits, g->tgt + r0, n, V, c->pad_token_id, hscale,
-					 &m->ce_part[ci], NULL);
+					 &m->ce_part[ci]);
 				be->linear_bwd(be, act_at(m, g->d1, (size_t)r0 * D), g->hgrad, g->logits, lnf,
 					       be->param(be, m->off_head), n, D, V);
 			} else if (targets) {
 				be->xent(be, NULL, g->logits, g->tgt + r0, n, V, c->pad_token_id, 0.0f,
-					 &m->ce_part[ci], NULL);
+					 &m->ce_part[ci]);
 			}
 		}
 	}

@@ -332,10 +332,10 @@ struct moe_backend {
 	/* out = res (NULL: none; not out) + the top-k weighted sum of the expert rows */
 	void (*combine_fwd)(struct moe_backend *be, void *out, const void *res, const void *yg, const float *topk_w, const int32_t *inv, int N, int K, int D);
 	void (*combine_bwd)(struct moe_backend *be, void *dyg, float *dtopk_w, const void *dout, const void *yg, const float *topk_w, const int32_t *inv, int N, int K, int D);
-	/* Host results (*loss_sum, *n_valid, *loss, *out below) may be written
+	/* Host results (*loss_sum, *loss, *out below) may be written
 	 * late: they are valid after the next sync (the CUDA backend collects
 	 * them all in one read-back there instead of synchronising per call). */
-	void (*xent)(struct moe_backend *be, void *dlogits, const void *logits, const int32_t *targets, int N, int V, int ignore_id, float scale, double *loss_sum, int64_t *n_valid);
+	void (*xent)(struct moe_backend *be, void *dlogits, const void *logits, const int32_t *targets, int N, int V, int ignore_id, float scale, double *loss_sum);
 	void (*zloss)(struct moe_backend *be, void *dlogits, const void *logits, int N, int E, float scale, double *loss);
 	void (*router_stats)(struct moe_backend *be, float *psum, int32_t *cnt_valid, const float *probs, const int32_t *topk_idx, const int32_t *ids, int pad_id, int N, int E, int K);
 	void (*aux_dprobs)(struct moe_backend *be, float *dprobs, const float *g_host, const int32_t *ids, int pad_id, int N, int E);
