@@ -140,6 +140,17 @@ static __device__ __forceinline__ void gt_named_sync(int id)
 {
 	asm volatile("bar.sync %0, 128;\n" ::"r"(id) : "memory");
 }
+/* The next of warpgroup cw's two 8 KiB epilogue buffers (at se; n: blocks
+ * it has stored so far), once the TMA store that last used it (two blocks
+ * ago) has read it and all of the warpgroup is here. */
+static __device__ __forceinline__ uint32_t gt_epi_buf(uint32_t se, int cw, int n, bool lead)
+{
+	const uint32_t buf = se + cw * 16384 + (n & 1) * 8192;
+	if (lead)
+		asm volatile("cp.async.bulk.wait_group.read 1;\n" ::: "memory");
+	gt_named_sync(1 + cw);
+	return buf;
+}
 /* Output tile t of a block's walk: its expert, first row, the rows left in
  * the expert from there, first column, k-slices; the weight gradient: the
  * expert's first row and rows (its reduction), first row of W (m0). */
@@ -436,11 +447,7 @@ __global__ void __launch_bounds__(GT_THREADS, 1)
 					const int mrow = tl.m0 + (PP ? m : cw * MW + m) * 64;
 					if (tl.n0 + q * 32 >= g.ncols || mrow >= g.K)
 						continue; /* the whole warpgroup */
-					const uint32_t buf = se + cw * 16384 + (nst & 1) * 8192;
-					nst++;
-					if (lead) /* the store two blocks ago has read this buffer */
-						asm volatile("cp.async.bulk.wait_group.read 1;\n" ::: "memory");
-					gt_named_sync(1 + cw);
+					const uint32_t buf = gt_epi_buf(se, cw, nst++, lead);
 #pragma unroll
 					for (int jj = 0; jj < 4; jj++)
 #pragma unroll
@@ -476,11 +483,7 @@ __global__ void __launch_bounds__(GT_THREADS, 1)
 				for (int qq = 0; qq < BN / 64; qq++) {
 					if (qq * 64 >= ncl)
 						continue; /* the whole warpgroup */
-					const uint32_t buf = se + cw * 16384 + (nst & 1) * 8192;
-					nst++;
-					if (lead) /* the store two blocks ago has read this buffer */
-						asm volatile("cp.async.bulk.wait_group.read 1;\n" ::: "memory");
-					gt_named_sync(1 + cw);
+					const uint32_t buf = gt_epi_buf(se, cw, nst++, lead);
 #pragma unroll
 					for (int jj = 0; jj < 8; jj++)
 #pragma unroll
