@@ -27,10 +27,12 @@ static __device__ float block_reduce(float v, float *sh, bool is_max)
 /* One row's loss and (dlogits != NULL) gradient from its nv 16-byte
  * vectors at row (global or shared memory): a running max and sum of
  * exponentials (rescaled when the max grows) in one pass, dlogits in a
- * second.  zt: the target's logit (thread 0), read by the caller before
- * anything could overwrite it. */
-static __device__ __forceinline__ void xent_row16(bf16 *dlogits, float *loss, const uint4 *row, int nv, int tgt,
-						  bool valid, float zt, float scale, float *sh)
+ * second (at dlogits + off; the loss at loss[n]).  The target's logit: zt,
+ * read by the caller before anything could overwrite it, or (zrow not
+ * NULL) zrow[tgt]. */
+static __device__ __forceinline__ void xent_row16(bf16 *dlogits, size_t off, float *loss, int n, const uint4 *row,
+						  int nv, int tgt, bool valid, float zt, const bf16 *zrow,
+						  float scale, float *sh)
 {
 	float mx = -INFINITY, s = 0.f;
 	for (int i = threadIdx.x; i < nv; i += XT) {
@@ -53,10 +55,10 @@ static __device__ __forceinline__ void xent_row16(bf16 *dlogits, float *loss, co
 	float M = block_reduce(mx, sh, true);
 	float S = block_reduce(mx == -INFINITY ? 0.f : s * __expf(mx - M), sh, false);
 	if (threadIdx.x == 0)
-		*loss = valid ? (M + logf(S)) - zt : 0.f;
+		loss[n] = valid ? (M + logf(S)) - (zrow ? bf2f(zrow[tgt]) : zt) : 0.f;
 	if (!dlogits)
 		return;
-	uint4 *d = (uint4 *)dlogits;
+	uint4 *d = (uint4 *)(dlogits + off);
 	float inv = 1.f / S;
 	for (int i = threadIdx.x; i < nv; i += XT) {
 		uint4 u = row[i], o;
@@ -115,7 +117,7 @@ __global__ void xent_vec_kernel(bf16 *dlogits, float *loss, const bf16 *logits, 
 	bool valid = tgt != ignore_id;
 	/* read before the barriers below, so before any in-place write */
 	float zt = threadIdx.x == 0 && valid ? bf2f(logits[(size_t)n * V + tgt]) : 0.f;
-	xent_row16(dlogits ? dlogits + (size_t)n * V : NULL, loss + n, l, nv, tgt, valid, zt, scale, sh);
+	xent_row16(dlogits, (size_t)n * V, loss, n, l, nv, tgt, valid, zt, NULL, scale, sh);
 }
 
 /* The default for V % 8 == 0 on sm_90 when a row fits in shared memory
@@ -159,8 +161,7 @@ xent_smem_kernel(bf16 *dlogits, float *loss, const bf16 *logits, const int32_t *
 			     : "r"(b)
 			     : "memory");
 	} while (!ok);
-	float zt = threadIdx.x == 0 && valid ? bf2f(((const bf16 *)srow)[tgt]) : 0.f;
-	xent_row16(dlogits ? dlogits + (size_t)n * V : NULL, loss + n, srow, nv, tgt, valid, zt, scale, sh);
+	xent_row16(dlogits, (size_t)n * V, loss, n, srow, nv, tgt, valid, 0.f, (const bf16 *)srow, scale, sh);
 }
 
 /* the largest dynamic shared memory a block may have on this device (0
