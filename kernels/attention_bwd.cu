@@ -7,8 +7,8 @@
  * delta = rowsum(dO * O) is computed first.  dq, dk, dv are bf16 and share
  * the row strides of q, k and v.  v1 runs them on mma.sync, four warps of 16
  * rows; on sm_90 the default runs the same computation on warpgroup MMAs
- * (attention_wgmma.cu; MOE_CUDA_ATTENTION_BWD, list below).  Other head
- * sizes go to attention_small.cu. */
+ * (attention_wgmma.cu, attention_fa3.cu; MOE_CUDA_ATTENTION_BWD, list
+ * below).  Other head sizes go to attention_small.cu. */
 #include "attention_common.cuh"
 #include "kernels.h"
 
@@ -244,20 +244,26 @@ attention_dq_kernel(bf16 *dq, const bf16 *q, const bf16 *k, const bf16 *v, const
  *   4 fu4g attention_wgmma.cu: one kernel, dK/dV per 128 keys and their dQ
  *          contributions summed in fp32 in a fixed order, the grid in
  *          groups of 8 heads (Dh 96 and 128; wge at 64)
- * All are deterministic (run to run bit-identical).  Unless chosen: wgeg at
- * Dh 96 (the fastest measured there, H100, RESULTS-attention.md), wge at 64
- * and 128; head sizes below 64 always run v1.  fu4g (2.7% faster than wge
- * at the olmoe shape, kernel table only) is opt-in: its blocks wait for
+ *   5 fa3  attention_fa3.cu: wgeg's two kernels warp-specialised: a TMA
+ *          producer warp, a ring of 4 stages on mbarriers, two consumer
+ *          warpgroups that no block barrier ties together (Dh 64, 96, 128;
+ *          bit-identical to wgeg; wgeg where it cannot run)
+ *   6 fa3s2 fa3 with 2 stages
+ * All are deterministic (run to run bit-identical).  Unless chosen: fa3 at
+ * Dh 96 and 128 (the fastest measured there, H100, session 5: 0.872 ms
+ * against wgeg's 1.249 at seed-base, 3.964 against wge's 5.453 at the
+ * olmoe shape; RESULTS-attention.md), wge at 64 (fa3 not timed there);
+ * head sizes below 64 always run v1.  fu4g is opt-in: its blocks wait for
  * blocks launched before them, which CUDA does not promise to schedule
  * first, and its fp32 dQ tiles take about 400 MB more at olmoe-1b-7b
  * micro-batch 3, which already fills an H200 (138.8 GiB). */
-static const char *const att_bwd_names[] = {"v1", "wge", "wgeg", "fu4g"};
+static const char *const att_bwd_names[] = {"v1", "wge", "wgeg", "fu4g", "fa3", "fa3s2"};
 #define ATT_BWD_N ((int)(sizeof(att_bwd_names) / sizeof(att_bwd_names[0])))
 static struct att_choice att_bwd_ch = {"MOE_CUDA_ATTENTION_BWD", att_bwd_names, ATT_BWD_N, 0, -1};
 
 static int att_bwd_variant(int Dh)
 {
-	return Dh < 64 ? 1 : att_choose(&att_bwd_ch, Dh == 96 ? 3 : 2);
+	return Dh < 64 ? 1 : att_choose(&att_bwd_ch, Dh == 96 || Dh == 128 ? 5 : 2);
 }
 
 extern "C" const char *moe_cuda_attention_bwd_name(int Dh)
@@ -282,8 +288,9 @@ static size_t att_cnt_bytes(int B, int T, int H)
 }
 static bool att_fused_dh(int Dh) { return Dh == 96 || Dh == 128; }
 
-/* delta, then, for variants 2-4, the wgmma kernels where the device runs
- * them, else v1's two kernels; the scratch after delta: the fused kernel's
+/* delta, then, for variants 5-6, the warp-specialised kernels, for 2-6
+ * the wgmma kernels (5-6 with wgeg's grid) where the device runs them,
+ * else v1's two kernels; the scratch after delta: the fused kernel's
  * counters and fp32 dQ tiles */
 template <int DH>
 static int launch_bwd(bf16 *dq, bf16 *dk, bf16 *dv, float *delta, const bf16 *dout, const bf16 *q, const bf16 *k,
@@ -298,8 +305,11 @@ static int launch_bwd(bf16 *dq, bf16 *dk, bf16 *dv, float *delta, const bf16 *do
 	float *dqacc = fused ? (float *)((char *)cnt + att_cnt_bytes(B, T, H)) : NULL;
 	if ((rc = att_delta(delta, cnt, fused ? B * H * moe_cdiv(T, 64) : 0, dout, out, ldo, B, T, H, DH, s, err)) != 0)
 		return rc;
-	if (var >= 2 && (rc = moe_att_bwd_wgmma(dq, dk, dv, dout, q, k, v, lse, delta, dqacc, cnt, var == 3, ldq, ldk,
-						ldv, ldo, B, T, H, DH, s, err)) != 1)
+	if (var >= 5 && (rc = moe_att_bwd_fa3(dq, dk, dv, dout, q, k, v, lse, delta, var == 5 ? 4 : 2, ldq, ldk, ldv,
+					      ldo, B, T, H, DH, s, err)) != 1)
+		return rc;
+	if (var >= 2 && (rc = moe_att_bwd_wgmma(dq, dk, dv, dout, q, k, v, lse, delta, dqacc, cnt, var == 3 || var >= 5,
+						ldq, ldk, ldv, ldo, B, T, H, DH, s, err)) != 1)
 		return rc;
 	size_t sm1 = 6 * ATT_BR * LD * sizeof(bf16) + 4 * ATT_BR * sizeof(float);
 	size_t sm2 = 6 * ATT_BR * LD * sizeof(bf16);

@@ -167,5 +167,11 @@ int moe_att_fwd_wgmma(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const
 int moe_att_bwd_wgmma(bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const bf16 *q, const bf16 *k, const bf16 *v,
 		      const float *lse, const float *delta, float *dqacc, int *cnt, int grouped, int ldq, int ldk,
 		      int ldv, int ldo, int B, int T, int H, int Dh, cudaStream_t s, struct moe_error *err);
+/* attention_fa3.cu: the same two kernels warp-specialised (a TMA producer
+ * warp, a ring of stages (2 or 4) on mbarriers, two consumer warpgroups),
+ * Dh 64, 96, 128; the same contract (1: cannot run here). */
+int moe_att_bwd_fa3(bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const bf16 *q, const bf16 *k, const bf16 *v,
+		    const float *lse, const float *delta, int stages, int ldq, int ldk, int ldv, int ldo, int B, int T,
+		    int H, int Dh, cudaStream_t s, struct moe_error *err);
 
 #endif

@@ -14,90 +14,8 @@
  * The backward (below) has the same pieces.  Built for sm_90a only;
  * moe_att_fwd_wgmma() and moe_att_bwd_wgmma() say when the device cannot
  * run them. */
-#include "attention_common.cuh"
-#include "wgmma.cuh"
+#include "attention_wgmma.cuh"
 #include "kernels.h"
-
-#define AWG_BQ 128 /* queries per block: two warpgroups of 64 */
-#define AWG_BK 64  /* keys per tile */
-#define AWG_THREADS 256
-
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-/* d (64 x 64, 32 registers a thread) = A B (+ d when acc); A, B: K-major
- * descriptors */
-static __device__ __forceinline__ void att_wg_ss_n64(float *d, uint64_t da, uint64_t db, int acc)
-{
-	asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
-		     "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
-		     "{" WG_S32 "}, %32, %33, p, 1, 1, 0, 0;\n}\n"
-		     : WG_D32
-		     : "l"(da), "l"(db), "r"(acc));
-}
-
-/* d (64 x 64, 32 registers a thread) += A B; A (64 x 16) in registers,
- * each warp's 16 rows in the mma.sync A-fragment layout; B: MN-major
- * descriptor */
-static __device__ __forceinline__ void att_wg_rs_n64(float *d, const unsigned *a, uint64_t db)
-{
-	asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
-		     "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
-		     "{" WG_S32 "}, {%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
-		     : WG_D32
-		     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1));
-}
-
-/* d (64 x 96, 48 registers a thread) += A B; A (64 x 16) in registers,
- * each warp's 16 rows in the mma.sync A-fragment layout; B: MN-major
- * descriptor */
-static __device__ __forceinline__ void att_wg_rs_n96(float *d, const unsigned *a, uint64_t db)
-{
-	asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %53, 0;\n"
-		     "wgmma.mma_async.sync.aligned.m64n96k16.f32.bf16.bf16 "
-		     "{" WG_S48 "}, {%48, %49, %50, %51}, %52, p, 1, 1, 1;\n}\n"
-		     : WG_D48
-		     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1));
-}
-
-/* d (64 x 128, 64 registers a thread) += A B; A (64 x 16) in registers,
- * each warp's 16 rows in the mma.sync A-fragment layout; B: MN-major
- * descriptor */
-static __device__ __forceinline__ void att_wg_rs_n128(float *d, const unsigned *a, uint64_t db)
-{
-	asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
-		     "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
-		     "{" WG_S64 "}, {%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
-		     : WG_D64
-		     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1));
-}
-
-/* d (64 x DH) += A (registers) B (MN-major) */
-template <int DH>
-static __device__ __forceinline__ void awg_pv(float *o, const unsigned *a, uint64_t db)
-{
-	if constexpr (DH == 64)
-		att_wg_rs_n64(o, a, db);
-	else if constexpr (DH == 96)
-		att_wg_rs_n96(o, a, db);
-	else
-		att_wg_rs_n128(o, a, db);
-}
-
-/* Rows [row0, row0 + ROWS) of one head (zero past T) into the swizzled
- * layout at dst: 16-byte chunk c of row r at column block c / 8,
- * dst + (c / 8) * ROWS * 128 + r * 128 + ((c % 8) ^ (r % 8)) * 16. */
-template <int DH, int ROWS, int NT = AWG_THREADS>
-static __device__ __forceinline__ void awg_load(uint32_t dst, const bf16 *src, int ld, int row0, int T)
-{
-	constexpr int VPR = DH / 8;
-	for (int i = threadIdx.x; i < ROWS * VPR; i += NT) {
-		int r = i / VPR, c = i % VPR;
-		bool ok = row0 + r < T;
-		const bf16 *g = ok ? src + (size_t)(row0 + r) * ld + c * 8 : src;
-		uint32_t s = dst + (c >> 3) * (ROWS * 128) + r * 128 + (((c & 7) ^ (r & 7)) << 4);
-		wg_cp16(s, g, ok);
-	}
-}
-#endif
 
 template <int DH> struct awg_cfg {
 	static constexpr int CB = (DH + 63) / 64;                 /* column blocks */
@@ -308,41 +226,6 @@ template <int DH> struct awgf_cfg {
 };
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-/* d (64 x 64, 32 registers a thread) = A B (+ d when acc); A (64 x 16) in
- * registers, each warp's 16 rows in the mma.sync A-fragment layout; B:
- * K-major descriptor */
-static __device__ __forceinline__ void att_wg_rsk_n64(float *d, const unsigned *a, uint64_t db, int acc)
-{
-	asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
-		     "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
-		     "{" WG_S32 "}, {%32, %33, %34, %35}, %36, p, 1, 1, 0;\n}\n"
-		     : WG_D32
-		     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(acc));
-}
-
-/* 2^x by ex2.approx.ftz.f32 alone: exp2f's denormal fix-up (a compare and
- * two multiplies around the MUFU op) cost the backward 9% at Dh 96 and 128
- * (the forward, at its 128-register cap, spilled and lost 20%); results
- * below 2^-126 are flushed to zero. */
-static __device__ __forceinline__ float awg_ex2(float x)
-{
-	float y;
-	asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-	return y;
-}
-
-/* The A fragments (mma.sync layout) of rows r0..r0+15, columns 16kk.. of a
- * ROWS-row tile in the swizzled layout of awg_load. */
-template <int ROWS>
-static __device__ __forceinline__ void awg_frag_a(unsigned *a, uint32_t tile, int r0, int kk)
-{
-	int lane = threadIdx.x % 32, r = r0 + (lane % 8) + ((lane / 8) % 2) * 8, c = 2 * kk + lane / 16;
-	uint32_t s = tile + (c >> 3) * (ROWS * 128) + r * 128 + (((c & 7) ^ (r & 7)) << 4);
-	asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-		     : "=r"(a[0]), "=r"(a[1]), "=r"(a[2]), "=r"(a[3])
-		     : "r"(s));
-}
-
 /* dK, dV of keys [kt * 128, +128) of head bh */
 template <int DH>
 static __device__ __forceinline__ void awg_dkdv(const struct awgb_args &A, int kt, int bh)
@@ -644,17 +527,6 @@ static __device__ __forceinline__ void awg_red4(float *p, float a, float b, floa
 	asm volatile("red.relaxed.gpu.global.add.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"l"(p), "f"(a), "f"(b), "f"(c),
 		     "f"(d)
 		     : "memory");
-}
-
-/* A 1-D grid of BH heads x NY blocks in groups of G heads, each group's
- * blocks together, y slowest within a group (as the 2-D grid (BH, NY)
- * orders all heads): (head, y) of block l.  So that the blocks of a head
- * run at the same time and the tiles they all stream stay in L2. */
-static __device__ __forceinline__ void awg_group(int l, int BH, int NY, int G, int &bh, int &y)
-{
-	int grp = l / (G * NY), g = min(G, BH - grp * G), r = l - grp * G * NY;
-	bh = grp * G + r % g;
-	y = r / g;
 }
 
 /* The fused backward ('fu4g'): one block per 128 keys (two warpgroups of

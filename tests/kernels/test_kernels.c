@@ -334,6 +334,69 @@ Test(kernels, attention_large, .timeout = 120)
 	attention_large_case(2, 2000, 8, 128);
 }
 
+/* The warp-specialised backward (fa3, fa3s2: TMA tensor maps over the row
+ * strides) on q, k, v packed in one (B, T, 3, H, Dh) buffer as the model's
+ * qkv projection writes them (row stride 3 H Dh) and dq, dk, dv written
+ * into one such buffer: bit-identical to wgeg (the same products in the same
+ * order), which attention_case() checks against the CPU reference, and
+ * nothing written between the rows' q, k, v parts (the buffer is filled
+ * with 0xff first). */
+static void attention_fa3_case(int B, int T, int H, int Dh)
+{
+	int ld = 3 * H * Dh, ldo = H * Dh, ref = 0, nv = 0;
+	size_t n = (size_t)B * T * ld, no = (size_t)B * T * ldo, nl = (size_t)B * H * T;
+	float *qkv = rand_bf(n, 2.f), *dout = rand_bf(no, 1.f);
+	bf16_t *gqkv = up_bf(qkv, n), *gdo = up_bf(dout, no), *go = dmalloc(no * 2), *gg = dmalloc(n * 2);
+	bf16_t *q = gqkv, *k = gqkv + ldo, *v = gqkv + 2 * ldo;
+	float *gl = dmalloc(nl * 4);
+	uint16_t *want = NULL;
+	const char *vn;
+	LAUNCH_OK(moe_cuda_attention_fwd(go, gl, q, k, v, ld, ld, ld, ldo, B, T, H, Dh, S, &gerr));
+	for (int pass = 0; pass < 2; pass++) /* wgeg first, then the fa3 variants */
+		for (int var = 1; (vn = moe_cuda_attention_bwd_config(var)) != NULL; var++) {
+			bool is_ref = strcmp(vn, "wgeg") == 0, is_fa3 = strncmp(vn, "fa3", 3) == 0;
+			if (pass == 0 ? !is_ref : !is_fa3)
+				continue;
+			void *gdelta = dmalloc(moe_cuda_attention_bwd_scratch(B, T, H, Dh));
+			cudaMemset(gg, 0xff, n * 2);
+			LAUNCH_OK(moe_cuda_attention_bwd(gg, gg + ldo, gg + 2 * ldo, gdelta, gdo, q, k, v, go, gl, ld, ld,
+							 ld, ldo, B, T, H, Dh, S, &gerr));
+			uint16_t *got = down(gg, n * 2);
+			if (pass == 0) {
+				want = got;
+				ref = var;
+			} else {
+				size_t bad = 0;
+				for (size_t i = 0; i < n; i++)
+					bad += got[i] != want[i];
+				cr_expect(bad == 0, "attention bwd %s vs wgeg (packed qkv) B=%d T=%d H=%d Dh=%d: %zu of %zu differ",
+					  vn, B, T, H, Dh, bad, n);
+				nv++;
+				free(got);
+			}
+			cudaFree(gdelta);
+		}
+	cr_expect(ref > 0 && nv == 2, "attention fa3 case: wgeg and both fa3 variants ran (%d, %d)", ref, nv);
+	moe_cuda_attention_bwd_config(0);
+	free(want);
+	cudaFree(gqkv), cudaFree(gdo), cudaFree(go), cudaFree(gg), cudaFree(gl);
+	free(qkv), free(dout);
+}
+
+/* odd T with a partial last tile, T below one tile and one token, 64 to 128
+ * head sizes, several B and H */
+Test(kernels, attention_fa3, .timeout = 60)
+{
+	NEED_GPU();
+	rng_seed(15);
+	attention_fa3_case(3, 777, 5, 96);
+	attention_fa3_case(2, 2049, 8, 96);
+	attention_fa3_case(2, 1000, 3, 128);
+	attention_fa3_case(1, 333, 2, 64);
+	attention_fa3_case(4, 31, 3, 96);
+	attention_fa3_case(2, 1, 2, 128);
+}
+
 Test(kernels, swiglu)
 {
 	NEED_GPU();

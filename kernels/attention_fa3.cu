@@ -1,0 +1,476 @@
+/* The causal flash-attention backward on Hopper, warp-specialised
+ * ('fa3'): the deterministic two-kernel computation of attention_wgmma.cu
+ * (dK/dV per 128 keys over the query tiles at or after the diagonal, dQ per
+ * 128 queries over the key tiles up to it, 7 products a tile, every output
+ * element summed by one thread in a fixed order: bit reproducible), with
+ * FlashAttention-3's block structure instead of block-wide barriers:
+ *
+ *   warpgroup 0, the producer (its registers given up by setmaxnreg): one
+ *     warp loads the block's own 128 rows (K, V or Q, dO) and then streams
+ *     the other operand's 64-row tiles (Q, dO or K, V) with the bulk tensor
+ *     copy engine (TMA, 4-D maps (Dh, H, T, B), 128-byte swizzle, rows past
+ *     T and columns past Dh zero-filled) into a ring of NS stages, each
+ *     completing on its own mbarrier; for dK/dV blocks it also stages the
+ *     tile's lse (times log2 e) and delta;
+ *   warpgroups 1 and 2, the consumers (64 of the block's rows each): wait
+ *     for a stage, run the tile's products exactly as attention_wgmma.cu's
+ *     awg_dkdv / awg_dq do, and hand the stage back through a second
+ *     mbarrier (one arrival a warp).  No barrier ties the two consumer
+ *     warpgroups together, so one's elementwise work runs beside the
+ *     other's tensor-core products, and the loads run NS - 1 tiles ahead.
+ *
+ * The grid is wgeg's (blocks of dK/dV and dQ interleaved, longest first, in
+ * groups of 8 heads).  Results are bit-identical to wge's / wgeg's (the
+ * same products in the same order on the same fragments).  Built for sm_90a
+ * only; moe_att_bwd_fa3() returns 1 where it cannot run (no wgmma, no
+ * tensor-map entry point in the driver, unaligned pointers). */
+#include <cuda.h>
+#include <cudaTypedefs.h>
+
+#include "attention_wgmma.cuh"
+#include "kernels.h"
+
+#define AF_THREADS 384 /* producer warpgroup + two consumer warpgroups */
+#define AF_G 8         /* heads a group of the grid */
+
+struct af_args {
+	bf16 *dq, *dk, *dv;       /* (B, T, H, Dh), strides ldq, ldk, ldv */
+	const float *lse, *delta; /* (B, H, T) */
+	int ldq, ldk, ldv, T, H, BH, NY;
+	float scale;
+};
+
+/* shared memory: the block's own rows (two tensors of 128 rows), NS stages
+ * of two streamed 64-row tiles, NS x (lse, delta) of 64 each; every tile
+ * 1024-byte aligned for the swizzle */
+template <int DH, int NS> struct af_cfg {
+	static constexpr int TB = 64 * 128 * ((DH + 63) / 64); /* one 64-row tile */
+	static constexpr int WB = 2 * TB;                      /* the block's 128 rows */
+	static constexpr int STAGE = 2 * TB;
+	static constexpr int LOFF = 2 * WB + NS * STAGE;
+	static constexpr size_t SMEM = 1024 + (size_t)LOFF + NS * 128 * sizeof(float);
+};
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+static __device__ __forceinline__ void af_bar_init(uint32_t bar, int count)
+{
+	asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+static __device__ __forceinline__ void af_arrive(uint32_t bar)
+{
+	asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+static __device__ __forceinline__ void af_arrive_tx(uint32_t bar, uint32_t bytes)
+{
+	asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+/* until the phase of parity ph has completed */
+static __device__ __forceinline__ void af_wait(uint32_t bar, uint32_t ph)
+{
+	uint32_t ok;
+	do {
+		asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+			     "selp.u32 %0, 1, 0, p;\n}\n"
+			     : "=r"(ok)
+			     : "r"(bar), "r"(ph)
+			     : "memory");
+	} while (!ok);
+}
+/* a box of 64 columns x 64 rows, (column d, head h, row t, batch b) first */
+static __device__ __forceinline__ void af_tma4(uint32_t dst, const CUtensorMap *m, int d, int h, int t, int b,
+					       uint32_t bar)
+{
+	asm volatile("cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, "
+		     "%4, %5}], [%6];\n" ::"r"(dst),
+		     "l"((uint64_t)m), "r"(d), "r"(h), "r"(t), "r"(b), "r"(bar)
+		     : "memory");
+}
+/* rows [t0, t0 + 64 * NH) of one head into the swizzled layout of a
+ * (64 * NR)-row tile at dst (rows from r0), every column block */
+template <int DH, int NR, int NH>
+static __device__ __forceinline__ void af_load(uint32_t dst, const CUtensorMap *m, int h, int t0, int b, int r0,
+					       uint32_t bar)
+{
+#pragma unroll
+	for (int cb = 0; cb < (DH + 63) / 64; cb++)
+#pragma unroll
+		for (int x = 0; x < NH; x++)
+			af_tma4(dst + cb * (64 * NR * 128) + (r0 + 64 * x) * 128, m, 64 * cb, h, t0 + 64 * x, b, bar);
+}
+
+/* dK, dV of keys [kt * 128, +128): consumer warpgroup cw (keys 64 cw..),
+ * tile r of the block's stream is query tile i0 + r in stage r % NS */
+template <int DH, int NS>
+static __device__ __forceinline__ void af_dkdv(const struct af_args &A, int kt, int bh, uint32_t base,
+					       const float *Lsm, uint32_t full, uint32_t empty, uint32_t ownb)
+{
+	constexpr int TB = af_cfg<DH, NS>::TB, WB = af_cfg<DH, NS>::WB, KR = 128;
+	const float scale = A.scale;
+	const int T = A.T, H = A.H, b = bh / H, h = bh % H;
+	const int tid = threadIdx.x - 128, wg = tid / 128, w = (tid % 128) / 32, lane = tid % 32, g = lane / 4,
+		  t4 = lane % 4;
+	const int k0 = kt * KR, wk0 = k0 + 64 * wg, nq = (T + 63) / 64, i0 = k0 / 64;
+	const uint32_t sk = base, sv = base + WB, sst = base + 2 * WB;
+	float dK[DH / 2], dV[DH / 2]; /* register 4d + e: key kr + 8 (e / 2), column 8d + 2 t4 + e % 2 */
+#pragma unroll
+	for (int x = 0; x < DH / 2; x++)
+		dK[x] = dV[x] = 0.f;
+	const int kr = wk0 + 16 * w + g;
+	const float sl2 = scale * LOG2E;
+	const bool active = wk0 < T;
+	af_wait(ownb, 0);
+	for (int i = i0; i < nq; i++) {
+		const int r = i - i0, st = r % NS, q0 = i * 64;
+		af_wait(full + 16 * st, (r / NS) & 1);
+		if (active && q0 + 63 >= wk0) { /* warpgroup-uniform */
+			const uint32_t qs = sst + st * 2 * TB, ds = qs + TB;
+			const float *L = Lsm + st * 128, *DL = L + 64;
+			/* S^T, dP^T (64 keys x 64 queries): register 4jj + e is key
+			 * kr + 8 (e / 2), query q0 + 8jj + 2 t4 + e % 2 */
+			float sT[32], dpT[32];
+			wg_fence();
+#pragma unroll
+			for (int kk = 0; kk < DH / 16; kk++) {
+				uint32_t own = (kk >> 2) * (KR * 128) + wg * 8192 + (kk & 3) * 32;
+				uint32_t off = (kk >> 2) * 8192 + (kk & 3) * 32;
+				att_wg_ss_n64(sT, wg_desc(sk + own, 16, 1024), wg_desc(qs + off, 16, 1024), kk > 0);
+			}
+			wg_commit();
+#pragma unroll
+			for (int kk = 0; kk < DH / 16; kk++) {
+				uint32_t own = (kk >> 2) * (KR * 128) + wg * 8192 + (kk & 3) * 32;
+				uint32_t off = (kk >> 2) * 8192 + (kk & 3) * 32;
+				att_wg_ss_n64(dpT, wg_desc(sv + own, 16, 1024), wg_desc(ds + off, 16, 1024), kk > 0);
+			}
+			wg_commit();
+			wg_wait<1>(); /* S^T done, dP^T may still run */
+			wg_fence_regs<32>(sT);
+			bool edge = q0 < wk0 + 64 || q0 + 64 > T;
+#pragma unroll
+			for (int jj = 0; jj < 8; jj++)
+#pragma unroll
+				for (int e = 0; e < 4; e++) {
+					int c = 8 * jj + 2 * t4 + (e & 1), qi = q0 + c;
+					float p = awg_ex2(sT[4 * jj + e] * sl2 - L[c]);
+					if (edge && (qi < kr + 8 * (e / 2) || qi >= T))
+						p = 0.f;
+					sT[4 * jj + e] = p;
+				}
+			unsigned pa[4][4], sa[4][4]; /* P^T, then dS^T, as A fragments (16 queries each) */
+#pragma unroll
+			for (int ks = 0; ks < 4; ks++)
+#pragma unroll
+				for (int x = 0; x < 4; x++)
+					pa[ks][x] = pack_bf16(sT[8 * ks + 2 * x], sT[8 * ks + 2 * x + 1]);
+			wg_fence();
+#pragma unroll
+			for (int ks = 0; ks < 4; ks++)
+				awg_pv<DH>(dV, pa[ks], wg_desc(ds + ks * 2048, 8192, 1024)); /* dV += P^T dO */
+			wg_commit();
+			wg_wait<1>(); /* dP^T done, dV may still run */
+			wg_fence_regs<32>(dpT);
+#pragma unroll
+			for (int jj = 0; jj < 8; jj++)
+#pragma unroll
+				for (int e = 0; e < 4; e++) {
+					int c = 8 * jj + 2 * t4 + (e & 1);
+					dpT[4 * jj + e] = sT[4 * jj + e] * (dpT[4 * jj + e] - DL[c]) * scale;
+				}
+#pragma unroll
+			for (int ks = 0; ks < 4; ks++)
+#pragma unroll
+				for (int x = 0; x < 4; x++)
+					sa[ks][x] = pack_bf16(dpT[8 * ks + 2 * x], dpT[8 * ks + 2 * x + 1]);
+			wg_fence();
+#pragma unroll
+			for (int ks = 0; ks < 4; ks++)
+				awg_pv<DH>(dK, sa[ks], wg_desc(qs + ks * 2048, 8192, 1024)); /* dK += dS^T Q */
+			wg_commit();
+			wg_wait<0>();
+			wg_fence_regs<DH / 2>(dV);
+			wg_fence_regs<DH / 2>(dK);
+		}
+		__syncwarp();
+		if (lane == 0)
+			af_arrive(empty + 16 * st); /* this warp is done with the stage */
+	}
+#pragma unroll
+	for (int r = 0; r < 2; r++) {
+		int t = kr + 8 * r;
+		if (t >= T)
+			continue;
+		bf16 *okp = A.dk + ((size_t)b * T + t) * A.ldk + h * DH + 2 * t4;
+		bf16 *ovp = A.dv + ((size_t)b * T + t) * A.ldv + h * DH + 2 * t4;
+#pragma unroll
+		for (int d = 0; d < DH / 8; d++) {
+			*(__nv_bfloat162 *)(okp + 8 * d) = __floats2bfloat162_rn(dK[4 * d + 2 * r], dK[4 * d + 2 * r + 1]);
+			*(__nv_bfloat162 *)(ovp + 8 * d) = __floats2bfloat162_rn(dV[4 * d + 2 * r], dV[4 * d + 2 * r + 1]);
+		}
+	}
+}
+
+/* dQ of queries [qt * 128, +128): consumer warpgroup cw (queries 64 cw..),
+ * tile j of the block's stream is key tile j in stage j % NS */
+template <int DH, int NS>
+static __device__ __forceinline__ void af_dq(const struct af_args &A, int qt, int bh, uint32_t base, uint32_t full,
+					     uint32_t empty, uint32_t ownb)
+{
+	constexpr int TB = af_cfg<DH, NS>::TB, WB = af_cfg<DH, NS>::WB, QR = 128;
+	constexpr bool QREG = DH <= 96; /* at 128 the fragments would spill */
+	const float scale = A.scale;
+	const int T = A.T, H = A.H, b = bh / H, h = bh % H;
+	const int tid = threadIdx.x - 128, wg = tid / 128, w = (tid % 128) / 32, lane = tid % 32, g = lane / 4,
+		  t4 = lane % 4;
+	const int q0 = qt * QR, wq0 = q0 + 64 * wg, rq = wq0 + 16 * w + g; /* rows rq, rq + 8 */
+	const uint32_t sq = base, sd = base + WB, sst = base + 2 * WB;
+	float L[2], dl[2];
+#pragma unroll
+	for (int r = 0; r < 2; r++) {
+		int qi = rq + 8 * r;
+		L[r] = qi < T ? A.lse[(size_t)bh * T + qi] * LOG2E : INFINITY;
+		dl[r] = qi < T ? A.delta[(size_t)bh * T + qi] : 0.f;
+	}
+	const float sl2 = scale * LOG2E;
+	float dQ[DH / 2]; /* register 4d + e is query rq + 8 (e / 2), column 8d + 2 t4 + e % 2 */
+#pragma unroll
+	for (int x = 0; x < DH / 2; x++)
+		dQ[x] = 0.f;
+	unsigned qa[QREG ? DH / 16 : 1][4], da[QREG ? DH / 16 : 1][4]; /* the warp's Q, dO rows */
+	const int ntiles = (min(q0 + QR, T) - 1) / 64 + 1;
+	const bool active = wq0 < T;
+	af_wait(ownb, 0);
+	if (QREG) {
+#pragma unroll
+		for (int kk = 0; kk < DH / 16; kk++) {
+			awg_frag_a<QR>(qa[kk], sq, 64 * wg + 16 * w, kk);
+			awg_frag_a<QR>(da[kk], sd, 64 * wg + 16 * w, kk);
+		}
+	}
+	for (int j = 0; j < ntiles; j++) {
+		const int st = j % NS, k0 = j * 64;
+		af_wait(full + 16 * st, (j / NS) & 1);
+		if (active && k0 <= wq0 + 63) { /* warpgroup-uniform */
+			const uint32_t kst = sst + st * 2 * TB, vst = kst + TB;
+			/* S, dP (64 queries x 64 keys): register 4jj + e is query
+			 * rq + 8 (e / 2), key k0 + 8jj + 2 t4 + e % 2 */
+			float s[32], dp[32];
+			wg_fence();
+#pragma unroll
+			for (int kk = 0; kk < DH / 16; kk++) {
+				uint32_t own = (kk >> 2) * (QR * 128) + wg * 8192 + (kk & 3) * 32;
+				uint64_t kd = wg_desc(kst + (kk >> 2) * 8192 + (kk & 3) * 32, 16, 1024);
+				if (QREG)
+					att_wg_rsk_n64(s, qa[QREG ? kk : 0], kd, kk > 0);
+				else
+					att_wg_ss_n64(s, wg_desc(sq + own, 16, 1024), kd, kk > 0);
+			}
+			wg_commit();
+#pragma unroll
+			for (int kk = 0; kk < DH / 16; kk++) {
+				uint32_t own = (kk >> 2) * (QR * 128) + wg * 8192 + (kk & 3) * 32;
+				uint64_t vd = wg_desc(vst + (kk >> 2) * 8192 + (kk & 3) * 32, 16, 1024);
+				if (QREG)
+					att_wg_rsk_n64(dp, da[QREG ? kk : 0], vd, kk > 0);
+				else
+					att_wg_ss_n64(dp, wg_desc(sd + own, 16, 1024), vd, kk > 0);
+			}
+			wg_commit();
+			wg_wait<1>(); /* S done, dP may still run */
+			wg_fence_regs<32>(s);
+			bool edge = k0 + 64 > wq0 || k0 + 64 > T;
+#pragma unroll
+			for (int jj = 0; jj < 8; jj++)
+#pragma unroll
+				for (int e = 0; e < 4; e++) {
+					int r = e / 2, kj = k0 + 8 * jj + 2 * t4 + (e & 1);
+					float p = awg_ex2(s[4 * jj + e] * sl2 - L[r]);
+					if (edge && (kj > rq + 8 * r || kj >= T))
+						p = 0.f;
+					s[4 * jj + e] = p;
+				}
+			wg_wait<0>();
+			wg_fence_regs<32>(dp);
+			unsigned a[4][4]; /* dS as A fragments (16 keys each) */
+#pragma unroll
+			for (int ks = 0; ks < 4; ks++)
+#pragma unroll
+				for (int x = 0; x < 4; x++) {
+					int c0 = 8 * ks + 2 * x, r = x & 1;
+					a[ks][x] = pack_bf16(s[c0] * (dp[c0] - dl[r]) * scale,
+							     s[c0 + 1] * (dp[c0 + 1] - dl[r]) * scale);
+				}
+			wg_fence();
+#pragma unroll
+			for (int ks = 0; ks < 4; ks++)
+				awg_pv<DH>(dQ, a[ks], wg_desc(kst + ks * 2048, 8192, 1024)); /* dQ += dS K */
+			wg_commit();
+			wg_wait<0>();
+			wg_fence_regs<DH / 2>(dQ);
+		}
+		__syncwarp();
+		if (lane == 0)
+			af_arrive(empty + 16 * st);
+	}
+#pragma unroll
+	for (int r = 0; r < 2; r++) {
+		int qi = rq + 8 * r;
+		if (qi >= T)
+			continue;
+		bf16 *o = A.dq + ((size_t)b * T + qi) * A.ldq + h * DH + 2 * t4;
+#pragma unroll
+		for (int d = 0; d < DH / 8; d++)
+			*(__nv_bfloat162 *)(o + 8 * d) = __floats2bfloat162_rn(dQ[4 * d + 2 * r], dQ[4 * d + 2 * r + 1]);
+	}
+}
+#endif
+
+/* 1-D grid of B*H heads x NY (= 2 x blocks of 128 rows) in groups of AF_G
+ * heads (awg_group): even y the dK/dV of key block y / 2 (the longest
+ * first), odd y the dQ of query block NY / 2 - 1 - y / 2 (ditto).  Maps
+ * (Dh, H, T, B) of q, k, v, dO. */
+template <int DH, int NS>
+__global__ void __launch_bounds__(AF_THREADS, 1)
+	attention_bwd_fa3_kernel(const __grid_constant__ CUtensorMap tq, const __grid_constant__ CUtensorMap tk,
+				 const __grid_constant__ CUtensorMap tv, const __grid_constant__ CUtensorMap tdo,
+				 const struct af_args A)
+{
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+	constexpr int TB = af_cfg<DH, NS>::TB, WB = af_cfg<DH, NS>::WB, LOFF = af_cfg<DH, NS>::LOFF;
+	extern __shared__ unsigned char af_smem[];
+	__shared__ __align__(8) uint64_t bars[2 * NS + 1]; /* full[s] at 2s, empty[s] at 2s + 1, own last */
+	const uint32_t s0 = wg_smem_u32(af_smem), base = (s0 + 1023) & ~1023u;
+	float *Lsm = (float *)(af_smem + (base - s0) + LOFF); /* (NS, lse | delta, 64) */
+	const uint32_t full = wg_smem_u32(&bars[0]), empty = full + 8, ownb = wg_smem_u32(&bars[2 * NS]);
+	const int tid = threadIdx.x, T = A.T;
+	int bh, y;
+	awg_group(blockIdx.x, A.BH, A.NY, AF_G, bh, y);
+	const bool kv = y % 2 == 0;
+	const int blk = kv ? y / 2 : A.NY / 2 - 1 - y / 2, nt = (T + 63) / 64;
+	/* the streamed tiles: query tiles 2 blk .. nt - 1, or key tiles 0 .. */
+	const int first = kv ? 2 * blk : 0, ntile = kv ? nt - first : (min(128 * blk + 128, T) - 1) / 64 + 1;
+	if (tid == 0) {
+		for (int s = 0; s < NS; s++) {
+			af_bar_init(full + 16 * s, 32); /* the producer warp's lanes, and the bytes */
+			af_bar_init(empty + 16 * s, 8); /* one arrival a consumer warp */
+		}
+		af_bar_init(ownb, 1);
+		asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+	}
+	__syncthreads();
+	if (tid < 128) { /* producer */
+		/* the consumers' 2 x 128 x (240 - 168) registers come from the
+		 * CTA's pool, which only the producer's 128 x (168 - 24) fill:
+		 * setmaxnreg.inc would wait for good with less given up here */
+		asm volatile("setmaxnreg.dec.sync.aligned.u32 24;\n" ::: "memory");
+		if (tid >= 32)
+			return;
+		const int lane = tid, H = A.H, b = bh / H, h = bh % H;
+		const CUtensorMap *o0 = kv ? &tk : &tq, *o1 = kv ? &tv : &tdo; /* own rows */
+		const CUtensorMap *m0 = kv ? &tq : &tk, *m1 = kv ? &tdo : &tv; /* streamed */
+		if (lane == 0) {
+			af_arrive_tx(ownb, 2 * WB);
+			af_load<DH, 2, 2>(base, o0, h, 128 * blk, b, 0, ownb);
+			af_load<DH, 2, 2>(base + WB, o1, h, 128 * blk, b, 0, ownb);
+		}
+		const float *lb = A.lse + (size_t)bh * T, *deb = A.delta + (size_t)bh * T;
+		for (int r = 0; r < ntile; r++) {
+			const int st = r % NS, t0 = 64 * (first + r);
+			const uint32_t f = full + 16 * st;
+			if (r >= NS) /* the consumers are done with the stage's last round */
+				af_wait(empty + 16 * st, ((r / NS) - 1) & 1);
+			if (kv) {
+				float *L = Lsm + st * 128;
+#pragma unroll
+				for (int x = 0; x < 2; x++) {
+					int c = lane + 32 * x, t = t0 + c;
+					L[c] = t < T ? lb[t] * LOG2E : INFINITY;
+					L[64 + c] = t < T ? deb[t] : 0.f;
+				}
+			}
+			if (lane == 0) {
+				af_arrive_tx(f, 2 * TB);
+				const uint32_t d = base + 2 * WB + st * 2 * TB;
+				af_load<DH, 1, 1>(d, m0, h, t0, b, 0, f);
+				af_load<DH, 1, 1>(d + TB, m1, h, t0, b, 0, f);
+			} else {
+				af_arrive(f);
+			}
+		}
+		return;
+	}
+	asm volatile("setmaxnreg.inc.sync.aligned.u32 240;\n" ::: "memory");
+	if (kv)
+		af_dkdv<DH, NS>(A, blk, bh, base, Lsm, full, empty, ownb);
+	else
+		af_dq<DH, NS>(A, blk, bh, base, full, empty, ownb);
+#endif
+}
+
+typedef PFN_cuTensorMapEncodeTiled_v12000 af_encode_fn;
+
+/* cuTensorMapEncodeTiled through the runtime's driver entry point (no link
+ * against libcuda); NULL when the driver does not offer it. */
+static af_encode_fn af_encoder(void)
+{
+	static af_encode_fn fn;
+	static bool tried;
+	if (!tried) {
+		void *p = NULL;
+		cudaDriverEntryPointQueryResult q;
+		if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault, &q) ==
+			    cudaSuccess &&
+		    q == cudaDriverEntryPointSuccess)
+			fn = (af_encode_fn)p;
+		else
+			cudaGetLastError();
+		tried = true;
+	}
+	return fn;
+}
+
+/* The 4-D map (Dh, H, T, B) of a bf16 tensor with row stride ld: boxes of
+ * 64 columns x 64 rows, 128-byte swizzle, zeros out of bounds. */
+static bool af_map(CUtensorMap *m, const bf16 *p, int ld, int B, int T, int H, int Dh)
+{
+	const cuuint64_t dims[4] = {(cuuint64_t)Dh, (cuuint64_t)H, (cuuint64_t)T, (cuuint64_t)B};
+	const cuuint64_t strides[3] = {(cuuint64_t)Dh * 2, (cuuint64_t)ld * 2, (cuuint64_t)T * ld * 2};
+	const cuuint32_t box[4] = {64, 1, 64, 1}, es[4] = {1, 1, 1, 1};
+	return af_encoder()(m, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 4, (void *)p, dims, strides, box, es,
+			    CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+			    CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
+template <int DH, int NS>
+static int af_launch(const CUtensorMap *m, const struct af_args &A, cudaStream_t s, struct moe_error *err)
+{
+	constexpr size_t SMEM = af_cfg<DH, NS>::SMEM;
+	int rc;
+	if ((rc = CUDA_OK(cudaFuncSetAttribute(attention_bwd_fa3_kernel<DH, NS>,
+					       cudaFuncAttributeMaxDynamicSharedMemorySize, (int)SMEM),
+			  err)) != 0)
+		return rc;
+	attention_bwd_fa3_kernel<DH, NS><<<A.BH * A.NY, AF_THREADS, SMEM, s>>>(m[0], m[1], m[2], m[3], A);
+	return CUDA_LAUNCHED(err);
+}
+
+int moe_att_bwd_fa3(bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const bf16 *q, const bf16 *k, const bf16 *v,
+		    const float *lse, const float *delta, int stages, int ldq, int ldk, int ldv, int ldo, int B, int T,
+		    int H, int Dh, cudaStream_t s, struct moe_error *err)
+{
+	if ((Dh != 64 && Dh != 96 && Dh != 128) || !moe_cuda_grouped_wgmma_supported() || !af_encoder() ||
+	    ((uintptr_t)q | (uintptr_t)k | (uintptr_t)v | (uintptr_t)dout) % 16)
+		return 1;
+	CUtensorMap m[4];
+	if (!af_map(&m[0], q, ldq, B, T, H, Dh) || !af_map(&m[1], k, ldk, B, T, H, Dh) ||
+	    !af_map(&m[2], v, ldv, B, T, H, Dh) || !af_map(&m[3], dout, ldo, B, T, H, Dh))
+		return 1;
+	struct af_args A = {dq, dk, dv, lse, delta, ldq, ldk, ldv, T, H, B * H, 2 * (int)moe_cdiv(T, 128),
+			    1.f / sqrtf((float)Dh)};
+#define AFL(DHV) (stages == 2 ? af_launch<DHV, 2>(m, A, s, err) : af_launch<DHV, 4>(m, A, s, err))
+	switch (Dh) {
+	case 64: return AFL(64);
+	case 96: return AFL(96);
+	default: return AFL(128);
+	}
+#undef AFL
+}
