@@ -154,6 +154,22 @@ static void c_linear_bwd_add(struct moe_backend *be, void *dx, float *dw, const 
 	if (dw)
 		moe_linear_bwd(NULL, dw, NULL, CF(dout), CF(x), CF(w), N, In, Out);
 }
+/* The batched forms (the q, k, v projections side by side): one linear per
+ * matrix, so the model's strided path runs on this backend too. */
+static void c_linear_fwd_multi(struct moe_backend *be, void *out, size_t out_stride, const void *x, const void *w,
+			       size_t w_stride, int nb, int N, int In, int Out)
+{
+	(void)be;
+	for (int i = 0; i < nb; i++)
+		moe_linear_fwd(F(out) + i * out_stride, CF(x), CF(w) + i * w_stride, NULL, N, In, Out);
+}
+static void c_linear_wgrad_multi(struct moe_backend *be, float *dw, size_t dw_stride, const void *dout,
+				 size_t dout_stride, const void *x, int nb, int N, int In, int Out)
+{
+	(void)be;
+	for (int i = 0; i < nb; i++)
+		moe_linear_bwd(NULL, dw + i * dw_stride, NULL, CF(dout) + i * dout_stride, CF(x), NULL, N, In, Out);
+}
 static void c_qknorm_rope_fwd(struct moe_backend *be, void *out, float *rstd, const void *x, const void *w, int B,
 			      int T, int H, int Dh, float eps, float theta)
 {
@@ -337,6 +353,8 @@ struct moe_backend *moe_backend_cpu(void)
 	be->qknorm_rope_fwd = c_qknorm_rope_fwd;
 	be->qknorm_rope_bwd = c_qknorm_rope_bwd;
 	be->linear_bwd_add = c_linear_bwd_add;
+	be->linear_fwd_multi = c_linear_fwd_multi;
+	be->linear_wgrad_multi = c_linear_wgrad_multi;
 	be->attention_fwd = c_attention_fwd;
 	be->attention_bwd = c_attention_bwd;
 	be->swiglu_gu_fwd = c_swiglu_gu_fwd;

@@ -587,6 +587,13 @@ static bool qkv_adjacent(const struct moe_model *m, const struct moe_layer_offse
 	return lo->k == lo->q + DD && lo->v == lo->k + DD;
 }
 
+/* Elements between q and k (and k and v) in the side-by-side projection
+ * buffers qraw/kraw/v and dqkv/dv: set by the allocation (acts_ensure). */
+static size_t qkv_stride(const struct moe_model *m)
+{
+	return (size_t)m->cap_N * m->cfg.hidden_size;
+}
+
 static void block_fwd(struct moe_model *m, int l, struct layer_acts *a, void *x_in, void *x_out,
 		      int B, int T, bool use_bias)
 {
@@ -600,7 +607,9 @@ static void block_fwd(struct moe_model *m, int l, struct layer_acts *a, void *x_
 	/* attention */
 	be->rmsnorm_fwd(be, a->ln1, a->rstd1, x_in, P(lo->ln_in), N, D, eps);
 	if (qkv_adjacent(m, lo) && be->linear_fwd_multi) {
-		be->linear_fwd_multi(be, a->qraw, ND, a->ln1, P(lo->q), (size_t)D * D, 3, N, D, D);
+		/* q, k and v lie qkv_stride() apart (the allocation's N, which a
+		 * smaller batch, e.g. an evaluation's last one, does not change) */
+		be->linear_fwd_multi(be, a->qraw, qkv_stride(m), a->ln1, P(lo->q), (size_t)D * D, 3, N, D, D);
 	} else {
 		be->linear_fwd(be, a->qraw, a->ln1, P(lo->q), N, D, D);
 		be->linear_fwd(be, a->kraw, a->ln1, P(lo->k), N, D, D);
@@ -968,7 +977,7 @@ static void block_bwd(struct moe_model *m, int l, struct layer_acts *a, void *x_
 	be->linear_bwd(be, g->d1, G(lo->o), dx, a->att, P(lo->o), N, D, D);
 	be->attention_bwd(be, g->dq, g->dk, g->dv, g->d1, a->q, a->k, a->v, a->att, a->lse, B, T, H, Dh);
 	/* the projections' output gradients, side by side with dv */
-	void *dqr = g->dqkv, *dkr = act_at(m, g->dqkv, (size_t)N * D);
+	void *dqr = g->dqkv, *dkr = act_at(m, g->dqkv, qkv_stride(m));
 	be->qknorm_rope_bwd(be, dqr, G(lo->q_norm), g->dq, a->qraw, P(lo->q_norm), a->rstdq, B, T, H, Dh, theta);
 	be->qknorm_rope_bwd(be, dkr, G(lo->k_norm), g->dk, a->kraw, P(lo->k_norm), a->rstdk, B, T, H, Dh, theta);
 	bool multi = qkv_adjacent(m, lo) && be->linear_wgrad_multi;
@@ -977,7 +986,7 @@ static void block_bwd(struct moe_model *m, int l, struct layer_acts *a, void *x_
 	be->linear_bwd_add(be, g->d2, multi ? NULL : G(lo->k), dkr, a->ln1, P(lo->k), N, D, D);
 	be->linear_bwd_add(be, g->d2, multi ? NULL : G(lo->v), g->dv, a->ln1, P(lo->v), N, D, D);
 	if (multi)
-		be->linear_wgrad_multi(be, G(lo->q), (size_t)D * D, g->dqkv, (size_t)N * D, a->ln1, 3, N, D, D);
+		be->linear_wgrad_multi(be, G(lo->q), (size_t)D * D, g->dqkv, qkv_stride(m), a->ln1, 3, N, D, D);
 	be->rmsnorm_bwd_add(be, dx, G(lo->ln_in), g->d2, x_in, P(lo->ln_in), a->rstd1, N, D);
 #undef P
 #undef G

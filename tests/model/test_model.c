@@ -378,6 +378,60 @@ Test(forward, logits_chunks_change_nothing)
 	moe_model_free(m);
 }
 
+/* A smaller batch after a larger one reuses the larger one's buffers: the
+ * losses and gradients must be those of a model that only ever saw the
+ * smaller batch, in training and in evaluation (an evaluation's last batch
+ * is often short).  The q, k, v projections lie side by side in those
+ * buffers, at the allocation's stride. */
+Test(forward, smaller_batch_after_larger)
+{
+	struct moe_config c;
+	struct moe_error err = {0};
+	small_config(&c);
+	struct moe_model *m[2];
+	for (int r = 0; r < 2; r++) {
+		m[r] = moe_model_new(&c, NULL, &err);
+		cr_assert(m[r]);
+		moe_model_init(m[r], 9, &err);
+	}
+	int T = 6, V = 64;
+	int32_t tok[18], tgt[18];
+	tokens(tok, 18, V, 31);
+	tokens(tgt, 18, V, 32);
+	size_t np = moe_model_num_params(m[0]);
+	float *g[2] = {malloc(sizeof(float) * np), malloc(sizeof(float) * np)};
+	struct moe_losses L[2], E[2];
+	struct moe_forward_opts ot = {.train = true}, oe = {.train = false};
+	/* m[0]: three rows first (training and evaluation), then two */
+	moe_model_zero_grad(m[0]);
+	cr_assert_eq(moe_model_forward(m[0], tok, tgt, 3, T, &ot, &L[0], &err), 0, "%s", err.msg);
+	cr_assert_eq(moe_model_backward(m[0], 1.0f, &err), 0, "%s", err.msg);
+	cr_assert_eq(moe_model_forward(m[0], tok, tgt, 3, T, &oe, &E[0], &err), 0, "%s", err.msg);
+	for (int r = 0; r < 2; r++) {
+		cr_assert_eq(moe_model_forward(m[r], tok + T, tgt + T, 2, T, &oe, &E[r], &err), 0, "%s", err.msg);
+		moe_model_zero_grad(m[r]);
+		cr_assert_eq(moe_model_forward(m[r], tok + T, tgt + T, 2, T, &ot, &L[r], &err), 0, "%s", err.msg);
+		cr_assert_eq(moe_model_backward(m[r], 1.0f, &err), 0, "%s", err.msg);
+		moe_model_get_grads(m[r], g[r]);
+	}
+	cr_assert_float_eq(E[0].ce, E[1].ce, 1e-6 * E[1].ce, "evaluation: %.9g after a larger batch, %.9g alone",
+			   E[0].ce, E[1].ce);
+	cr_assert_float_eq(E[0].total, E[1].total, 1e-6 * fabs(E[1].total));
+	cr_assert_float_eq(L[0].total, L[1].total, 1e-6 * fabs(L[1].total), "training: %.9g after, %.9g alone",
+			   L[0].total, L[1].total);
+	double d = 0, s = 0;
+	for (size_t i = 0; i < np; i++) {
+		d += ((double)g[0][i] - g[1][i]) * ((double)g[0][i] - g[1][i]);
+		s += (double)g[1][i] * g[1][i];
+	}
+	cr_assert(s > 0);
+	cr_assert(sqrt(d / s) < 1e-6, "relative gradient difference %g", sqrt(d / s));
+	for (int r = 0; r < 2; r++) {
+		free(g[r]);
+		moe_model_free(m[r]);
+	}
+}
+
 /* Full recompute (only block inputs kept; each block's forward rerun in
  * backward) gives the same losses and gradients as the default, with the
  * selection bias in use and a z-loss. */
