@@ -67,14 +67,6 @@ struct prof_ent {
 };
 
 #define N_PEND 1024
-#define N_UPD 256
-
-/* One AdamW call queued on the optimizer stream: the memory it reads and
- * writes (masters, compute copy, gradients, m, v) and the event after it. */
-struct upd_ent {
-	const char *lo[5], *hi[5];
-	cudaEvent_t ev;
-};
 struct pending {
 	double *d;   /* host: dres[2k] * mul */
 	int64_t *i;  /* host: dres[2k + 1] */
@@ -88,21 +80,6 @@ struct alloc_ent {
 
 struct cuda_ctx {
 	cudaStream_t s;
-	/* AdamW and sumsq on their own stream so (MOE_CUDA_OVERLAP=1; off by
-	 * default and when profiling): each call's event is in upd[]; the main
-	 * stream waits for the calls whose memory an op touches (param_wait,
-	 * to_host, zero, ...), so the update of layer l+1 runs beside the next
-	 * forward of layer l.  upd[0..upd_done) are ordered before the main
-	 * stream's current work.  b_sync waits for the main stream only: an
-	 * update may still run after it, and whatever reads its memory waits. */
-	cudaStream_t so;
-	cudaEvent_t ev_fork;
-	struct upd_ent upd[N_UPD];
-	int nupd, upd_done;
-	/* so_pend: sumsq results written on so, not yet ordered before the
-	 * main stream's read-back */
-	int so_pend;
-	cudaEvent_t ev_join;
 	struct moe_cuda_blas *blas;
 	float *p32, *g32; /* (n) */
 	bf16_t *p16;      /* (n) */
@@ -216,68 +193,6 @@ static void prof_end(struct cuda_ctx *c, int slot)
 #define PROF(c, name) int prof_slot_ = prof_begin((c), (name))
 #define PROF_END(c) prof_end((c), prof_slot_)
 
-/* ---- the optimizer stream ------------------------------------------------- */
-
-/* The main stream waits for every call queued on so (AdamW, sumsq) up to
- * and including k. */
-static void upd_wait_to(struct cuda_ctx *c, int k)
-{
-	if (k < c->upd_done)
-		return;
-	RUN(c, CUDA_OK(cudaStreamWaitEvent(c->s, c->upd[k].ev, 0), &c->err));
-	c->upd_done = k + 1;
-	if (c->upd_done == c->nupd)
-		c->nupd = c->upd_done = 0;
-}
-
-/* Order the main stream after the calls on so that touch [p, p + bytes). */
-static void upd_touch(struct cuda_ctx *c, const void *p, size_t bytes)
-{
-	const char *a = (const char *)p, *b = a + bytes;
-	for (int k = c->nupd - 1; k >= c->upd_done; k--)
-		for (int r = 0; r < 5; r++)
-			if (a < c->upd[k].hi[r] && b > c->upd[k].lo[r]) {
-				upd_wait_to(c, k);
-				return;
-			}
-}
-
-static void upd_join(struct cuda_ctx *c)
-{
-	if (c->nupd > c->upd_done)
-		upd_wait_to(c, c->nupd - 1);
-}
-
-/* Note the call just queued on so that touches r[i] .. r[i] + n * sz[i]
- * (NULL: nothing), with an event after it. */
-static void upd_add(struct cuda_ctx *c, const void *const r[5], const size_t sz[5], size_t n)
-{
-	if (c->rc)
-		return;
-	if (c->nupd == N_UPD)
-		upd_join(c);
-	struct upd_ent *u = &c->upd[c->nupd];
-	for (int i = 0; i < 5; i++) {
-		u->lo[i] = (const char *)r[i];
-		u->hi[i] = r[i] ? (const char *)r[i] + n * sz[i] : NULL;
-	}
-	RUN(c, CUDA_OK(cudaEventRecord(u->ev, c->so), &c->err));
-	c->nupd++;
-}
-
-/* The stream for an optimizer op (AdamW, sumsq): so, made to follow
- * everything queued on the main stream so far (at every call: not every op
- * that writes memory could be told apart), or the main stream when there
- * is no so or ops are profiled (one stream, so that the events time each). */
-static cudaStream_t opt_stream(struct cuda_ctx *c)
-{
-	if (!c->so || c->prof)
-		return c->s;
-	RUN(c, CUDA_OK(cudaEventRecord(c->ev_fork, c->s), &c->err));
-	RUN(c, CUDA_OK(cudaStreamWaitEvent(c->so, c->ev_fork, 0), &c->err));
-	return c->so;
-}
-
 static void prof_print(struct cuda_ctx *c, FILE *fp)
 {
 	double total = 0;
@@ -365,10 +280,8 @@ static void *scratch(struct cuda_ctx *c, int i, size_t bytes)
 {
 	if (c->scratch_size[i] >= bytes && c->scratch[i])
 		return c->scratch[i];
-	if (c->scratch[i]) { /* both streams may still read it */
+	if (c->scratch[i]) { /* the stream may still read it */
 		cudaStreamSynchronize(c->s);
-		if (c->so)
-			cudaStreamSynchronize(c->so);
 		dev_free(c, c->scratch[i]);
 	}
 	c->scratch[i] = dev_alloc(c, bytes);
@@ -417,10 +330,8 @@ static void *b_alloc(struct moe_backend *be, size_t n, enum moe_buf_kind kind)
 static void b_free(struct moe_backend *be, void *p)
 {
 	struct cuda_ctx *c = CTX(be);
-	if (p) {
-		upd_join(c);
+	if (p)
 		cudaStreamSynchronize(c->s);
-	}
 	dev_free(c, p);
 }
 
@@ -428,7 +339,6 @@ static void b_zero(struct moe_backend *be, void *p, size_t n, enum moe_buf_kind 
 {
 	struct cuda_ctx *c = CTX(be);
 	mark_stale(c, p, n * elt(kind));
-	upd_touch(c, p, n * elt(kind));
 	PROF(c, "zero (memset)");
 	RUN(c, CUDA_OK(cudaMemsetAsync(p, 0, n * elt(kind), c->s), &c->err));
 	PROF_END(c);
@@ -438,8 +348,6 @@ static void b_copy(struct moe_backend *be, void *dst, const void *src, size_t n,
 {
 	struct cuda_ctx *c = CTX(be);
 	mark_stale(c, dst, n * elt(kind));
-	upd_touch(c, dst, n * elt(kind));
-	upd_touch(c, src, n * elt(kind));
 	PROF(c, "copy (memcpy)");
 	RUN(c, CUDA_OK(cudaMemcpyAsync(dst, src, n * elt(kind), cudaMemcpyDeviceToDevice, c->s), &c->err));
 	PROF_END(c);
@@ -468,7 +376,6 @@ static void b_to_host(struct moe_backend *be, void *host_dst, const void *src, s
 	struct cuda_ctx *c = CTX(be);
 	if (c->rc)
 		return;
-	upd_touch(c, src, n * elt(kind));
 	if (kind != MOE_BUF_ACT) {
 		RUN(c, CUDA_OK(cudaMemcpyAsync(host_dst, src, n * 4, cudaMemcpyDeviceToHost, c->s), &c->err));
 		RUN(c, CUDA_OK(cudaStreamSynchronize(c->s), &c->err));
@@ -493,7 +400,6 @@ static void b_from_host(struct moe_backend *be, void *dst, const void *host_src,
 	struct cuda_ctx *c = CTX(be);
 	if (c->rc)
 		return;
-	upd_touch(c, dst, n * elt(kind));
 	if (kind != MOE_BUF_ACT) {
 		mark_stale(c, dst, n * 4);
 		RUN(c, CUDA_OK(cudaMemcpyAsync(dst, host_src, n * 4, cudaMemcpyHostToDevice, c->s), &c->err));
@@ -518,11 +424,6 @@ static void pend_flush(struct cuda_ctx *c)
 {
 	if (!c->npend)
 		return;
-	if (c->so_pend) { /* results written on the optimizer stream */
-		RUN(c, CUDA_OK(cudaEventRecord(c->ev_join, c->so), &c->err));
-		RUN(c, CUDA_OK(cudaStreamWaitEvent(c->s, c->ev_join, 0), &c->err));
-		c->so_pend = 0;
-	}
 	RUN(c, CUDA_OK(cudaMemcpyAsync(c->hres, c->dres, sizeof(double) * 2 * c->npend, cudaMemcpyDeviceToHost,
 				       c->s),
 		       &c->err));
@@ -568,8 +469,6 @@ static void b_destroy(struct moe_backend *be)
 	struct cuda_ctx *c = CTX(be);
 	if (c) {
 		cudaStreamSynchronize(c->s);
-		if (c->so)
-			cudaStreamSynchronize(c->so);
 		dev_free(c, c->p32);
 		dev_free(c, c->g32);
 		dev_free(c, c->p16);
@@ -594,13 +493,6 @@ static void b_destroy(struct moe_backend *be)
 				cudaEventDestroy(c->ev[1][i]);
 			}
 		cudaStreamDestroy(c->s);
-		if (c->so) {
-			for (int i = 0; i < N_UPD; i++)
-				cudaEventDestroy(c->upd[i].ev);
-			cudaEventDestroy(c->ev_fork);
-			cudaEventDestroy(c->ev_join);
-			cudaStreamDestroy(c->so);
-		}
 		free(c);
 	}
 	free(be);
@@ -642,27 +534,10 @@ static int b_status(struct moe_backend *be, struct moe_error *err)
 	return c->rc;
 }
 
-static void b_param_wait(struct moe_backend *be, size_t off, size_t n)
-{
-	struct cuda_ctx *c = CTX(be);
-	if (off >= c->n || !c->nupd)
-		return;
-	n = n < c->n - off ? n : c->n - off;
-	upd_touch(c, c->p32 + off, n * 4);
-	upd_touch(c, c->p16 + off, n * 2);
-	upd_touch(c, c->g32 + off, n * 4);
-}
-
 /* Refresh the bf16 compute copy where the masters changed outside AdamW. */
 static void b_params_updated(struct moe_backend *be)
 {
 	struct cuda_ctx *c = CTX(be);
-	if (c->stale_all)
-		upd_join(c);
-	for (int i = 0; i < c->n_stale && !c->stale_all; i++) {
-		upd_touch(c, c->p32 + c->stale_lo[i], (c->stale_hi[i] - c->stale_lo[i]) * 4);
-		upd_touch(c, c->p16 + c->stale_lo[i], (c->stale_hi[i] - c->stale_lo[i]) * 2);
-	}
 	PROF(c, "params_to_bf16");
 	if (c->stale_all)
 		RUN(c, moe_cuda_to_bf16(c->p16, c->p32, c->n, c->s, &c->err));
@@ -1412,26 +1287,17 @@ static void o_sumsq(struct moe_backend *be, const float *x, size_t n, double *ou
 {
 	struct cuda_ctx *c = CTX(be);
 	void *sc = scratch(c, S_SUMSQ, moe_cuda_sumsq_scratch(n));
-	cudaStream_t st = opt_stream(c);
-	if (st != c->s)
-		c->so_pend = 1;
 	PROF(c, "sumsq");
-	double *acc = pend_slot(c, out, NULL, 1.0, st);
+	double *acc = pend_slot(c, out, NULL, 1.0, c->s);
 	if (acc)
-		RUN(c, moe_cuda_sumsq(acc, sc, x, n, st, &c->err));
+		RUN(c, moe_cuda_sumsq(acc, sc, x, n, c->s, &c->err));
 	PROF_END(c);
-	if (st != c->s) { /* later writes of these gradients wait for the read */
-		const void *r[5] = {NULL, NULL, x, NULL, NULL};
-		const size_t sz[5] = {4, 2, 4, 4, 4};
-		upd_add(c, r, sz, n);
-	}
 }
 
 static void o_axpy(struct moe_backend *be, float *y, const float *x, size_t n, float a)
 {
 	struct cuda_ctx *c = CTX(be);
 	mark_stale(c, y, n * 4);
-	upd_touch(c, y, n * 4);
 	PROF(c, "axpy");
 	RUN(c, moe_cuda_axpy(y, x, n, a, c->s, &c->err));
 	PROF_END(c);
@@ -1450,15 +1316,9 @@ static void o_adamw(struct moe_backend *be, float *p, const float *g, float gsca
 {
 	struct cuda_ctx *c = CTX(be);
 	bf16_t *p16 = (p >= c->p32 && p < c->p32 + c->n) ? c->p16 + (p - c->p32) : NULL;
-	cudaStream_t st = opt_stream(c);
 	PROF(c, "adamw");
-	RUN(c, moe_cuda_adamw(p, p16, g, gscale, m, v, n, lr, beta1, beta2, eps, weight_decay, t, st, &c->err));
+	RUN(c, moe_cuda_adamw(p, p16, g, gscale, m, v, n, lr, beta1, beta2, eps, weight_decay, t, c->s, &c->err));
 	PROF_END(c);
-	if (st != c->s) {
-		const void *r[5] = {p, p16, g, m, v};
-		const size_t sz[5] = {4, 2, 4, 4, 4};
-		upd_add(c, r, sz, n);
-	}
 }
 
 extern "C" struct moe_backend *moe_backend_cuda(struct moe_error *err)
@@ -1480,11 +1340,7 @@ extern "C" struct moe_backend *moe_backend_cuda(struct moe_error *err)
 		return NULL;
 	}
 	be->ctx = c;
-	/* the main stream at the highest priority: the optimizer stream's
-	 * blocks (the lowest) go to SMs its kernels leave free */
-	int pr_lo, pr_hi;
-	if (CUDA_OK(cudaDeviceGetStreamPriorityRange(&pr_lo, &pr_hi), err) ||
-	    CUDA_OK(cudaStreamCreateWithPriority(&c->s, cudaStreamNonBlocking, pr_hi), err))
+	if (CUDA_OK(cudaStreamCreateWithFlags(&c->s, cudaStreamNonBlocking), err))
 		goto fail;
 	if (!(c->blas = moe_cuda_blas_new(c->s, err)))
 		goto fail;
@@ -1542,19 +1398,6 @@ extern "C" struct moe_backend *moe_backend_cuda(struct moe_error *err)
 		c->qkv_split = kv && strcmp(kv, "split") == 0;
 		const char *nv = getenv("MOE_CUDA_NARROW");
 		c->narrow_ok = moe_cuda_grouped_wgmma_supported() && !(nv && strcmp(nv, "cublas") == 0);
-		/* opt-in: in the last device call of session 4 the test comparing
-		 * it with one stream failed 2 times in 7 (after passing 4 times
-		 * on earlier code), unexplained; it gained about 1 ms a step */
-		const char *uv = getenv("MOE_CUDA_OVERLAP");
-		if (uv && strcmp(uv, "1") == 0) {
-			if (CUDA_OK(cudaStreamCreateWithPriority(&c->so, cudaStreamNonBlocking, pr_lo), err) ||
-			    CUDA_OK(cudaEventCreateWithFlags(&c->ev_fork, cudaEventDisableTiming), err) ||
-			    CUDA_OK(cudaEventCreateWithFlags(&c->ev_join, cudaEventDisableTiming), err))
-				goto fail;
-			for (int i = 0; i < N_UPD; i++)
-				if (CUDA_OK(cudaEventCreateWithFlags(&c->upd[i].ev, cudaEventDisableTiming), err))
-					goto fail;
-		}
 	}
 	if (c->prof)
 		for (int i = 0; i < 4096; i++)
@@ -1609,7 +1452,6 @@ extern "C" struct moe_backend *moe_backend_cuda(struct moe_error *err)
 	be->axpy = o_axpy;
 	be->scale_act = o_scale_act;
 	be->adamw = o_adamw;
-	be->param_wait = b_param_wait;
 	if (!c->qkv_split) { /* MOE_CUDA_QKV=split: the model's three linears */
 		be->linear_fwd_multi = o_linear_fwd_multi;
 		be->linear_wgrad_multi = o_linear_wgrad_multi;

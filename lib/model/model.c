@@ -571,14 +571,6 @@ static int acts_ensure(struct moe_model *m, int N, bool train, struct moe_error 
 
 /* ---- forward ---------------------------------------------------------------------- */
 
-/* Order what follows after the optimizer's update of the parameters
- * [lo, hi) (backends that update asynchronously; see param_wait). */
-static void wait_params(struct moe_model *m, size_t lo, size_t hi)
-{
-	if (m->be->param_wait && hi > lo)
-		m->be->param_wait(m->be, lo, hi - lo);
-}
-
 /* The q, k, v weights of a layer follow each other in the parameters
  * (the table's order), as their activations do: one batched linear. */
 static bool qkv_adjacent(const struct moe_model *m, const struct moe_layer_offsets *lo)
@@ -796,15 +788,12 @@ int moe_model_forward(struct moe_model *m, const int32_t *tokens, const int32_t 
 	if (targets)
 		be->from_host(be, g->tgt, targets, (size_t)N, MOE_BUF_I32);
 	m->n_rows_valid = rows_valid;
-	/* each part waits only for its own parameters' optimizer update */
-	wait_params(m, m->off_embed, L > 0 ? m->layers[0].ln_in : m->off_norm);
 	be->embedding_fwd(be, g->resid, g->ids, be->param(be, m->off_embed), N, D);
 	bool defer = m->cap_sets == L;
 	for (int l = 0; l < L; l++) {
 		struct layer_acts *a = &m->la[defer ? l : 0];
 		void *xin = act_at(m, g->resid, (size_t)l * N * D);
 		void *xout = act_at(m, g->resid, (size_t)(l + 1) * N * D);
-		wait_params(m, m->layers[l].ln_in, l + 1 < L ? m->layers[l + 1].ln_in : m->off_norm);
 		block_fwd(m, l, a, xin, xout, B, T, use_bias);
 		if (!m->layers[l].is_moe)
 			continue;
@@ -823,7 +812,6 @@ int moe_model_forward(struct moe_model *m, const int32_t *tokens, const int32_t 
 	void *xL = act_at(m, g->resid, (size_t)L * N * D);
 	bool last_only = opts->logits_mode == MOE_LOGITS_LAST && !targets && !opts->token_stats &&
 			 !opts->train;
-	wait_params(m, m->off_norm, m->n_floats);
 	be->rmsnorm_fwd(be, g->lnf, g->rstdf, xL, be->param(be, m->off_norm), N, D, (float)c->rms_norm_eps);
 	if (last_only) {
 		/* only the last position of each row goes through the LM head,
@@ -1003,7 +991,6 @@ int moe_model_backward(struct moe_model *m, float grad_scale, struct moe_error *
 	int B = m->B, T = m->T, N = B * T, D = c->hidden_size, V = c->vocab_size, L = c->num_hidden_layers;
 	/* gradients by overwrite (moe_model_zero_grad left them): the ops store
 	 * their parameter gradients; what no op writes is cleared here */
-	wait_params(m, 0, m->n_floats); /* the last update read the gradients */
 	be->grad_overwrite = m->grad_fresh;
 	if (be->grad_overwrite) {
 		for (size_t i = 0; i < m->n_params; i++)

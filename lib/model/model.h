@@ -264,14 +264,6 @@ struct moe_backend {
 	const void *(*param)(struct moe_backend *be, size_t offset); /* compute copy (ACT dtype) */
 	/* after the masters changed (optimizer step, load, bias update): refresh the compute copy */
 	void (*params_updated)(struct moe_backend *be);
-	/* Optional (NULL: nothing to wait for).  A backend may run the
-	 * optimizer's AdamW calls asynchronously, beside the next forward; the
-	 * model calls param_wait for the parameters [offset, offset + n) before
-	 * the ops that read them (per layer, in forward order) and for all of
-	 * them before a backward.  Other reads and writes of the masters, the
-	 * compute copy and the gradients (to_host, from_host, zero, copy,
-	 * params_updated) order themselves. */
-	void (*param_wait)(struct moe_backend *be, size_t offset, size_t n);
 	/* Optional: the first recorded error without waiting for queued work
 	 * (0 if none); the backward returns it instead of synchronising. */
 	int (*status)(struct moe_backend *be, struct moe_error *err);

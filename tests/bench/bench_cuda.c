@@ -7,9 +7,8 @@
  * synchronisation).  Prints one JSON line in the shape of
  * shared/bench/torch_ref.py's (tokens/s and step ms from the wall time of
  * the timed steps, device idle to device idle; the median of the per-step
- * times; model TFLOP/s counted as torch_ref counts them, MFU, peak GiB;
- * MOE_CUDA_OVERLAP=1 runs AdamW on the backend's optimizer stream), then, with -p, the
- * per-op time breakdown of one profiled step.
+ * times; model TFLOP/s counted as torch_ref counts them, MFU, peak GiB),
+ * then, with -p, the per-op time breakdown of one profiled step.
  *
  *   bench_cuda [-m PRESET.json] [-B 16] [-T 2048] [-n STEPS] [-w WARMUP] [-p] [-R] [-c CLIP]
  * -R: full activation recompute (moe-train --recompute full); -c: the
@@ -140,9 +139,9 @@ int main(int argc, char **argv)
 		tw1 = moe_now();
 	}
 	/* step_ms: wall time of the timed steps over their number, from an idle
-	 * device to an idle device (the optimizer stream's AdamW of one step
-	 * runs beside the next forward, so steps overlap); median_ms: the median
-	 * of the per-step times between the host's synchronisations */
+	 * device to an idle device (including the host's work between steps);
+	 * median_ms: the median of the per-step times between the host's
+	 * synchronisations */
 	double wall = (tw1 - tw0) * 1e3 / steps;
 	qsort(ms + warm, steps, sizeof(double), cmp_d);
 	double med = ms[warm + steps / 2];

@@ -426,23 +426,21 @@ Test(backend, narrow_linears_match_cublas, .timeout = 60)
 	free(d1);
 }
 
-/* AdamW on the backend's optimizer stream, beside the next forward
- * (MOE_CUDA_OVERLAP=1), against everything on one stream (the default): four
- * training steps (forward, backward, two-group clipping, AdamW at lr 1e-2,
- * the balancing-bias update) from the same weights on new tokens each step.
- * A forward that read a layer's weights before their update would use
- * weights a whole step old (each element moves by about lr a step); what
- * may differ otherwise is the order of the norm weights' atomic gradient
- * sums.  Losses within 1e-4 relative, every parameter and AdamW moment
- * within 1e-3 lr (parameters) of the one-stream run, and the parameters
- * moved (so the steps ran). */
-static void overlap_steps(const struct moe_config *cfg, const float *p, const int32_t *x, const int32_t *y, int B,
-			  int T, int steps, bool overlap, double *loss, float *params, float *mom)
+/* Training is repeatable on the device: four training steps (forward,
+ * backward, two-group clipping, AdamW at lr 1e-2, the balancing-bias
+ * update) from the same weights on new tokens each step, run twice.  Only
+ * the order of the norm weights' atomic gradient sums may differ between
+ * runs; a step that read a layer's weights before their update would be off
+ * by about lr.  Losses within 1e-4 relative, every parameter within 1e-3 lr
+ * and every AdamW moment within 1e-3 of its largest, and the parameters
+ * moved (so the steps ran).  (Session 4's optimizer stream failed this
+ * test 3 times in 12 in session 5, where two one-stream runs never did; it
+ * was removed.) */
+static void train_steps(const struct moe_config *cfg, const float *p, const int32_t *x, const int32_t *y, int B,
+			int T, int steps, double *loss, float *params, float *mom)
 {
 	struct moe_error err = {0};
-	setenv("MOE_CUDA_OVERLAP", overlap ? "1" : "0", 1);
 	struct moe_model *mg = gpu_model(cfg, p, moe_cuda_grouped_wgmma_supported() ? "tma" : "kernel");
-	unsetenv("MOE_CUDA_OVERLAP");
 	struct moe_backend *gb = moe_model_backend(mg);
 	struct moe_optim o;
 	struct moe_optim_opts oo = {.beta1 = 0.9, .beta2 = 0.95, .eps = 1e-8, .weight_decay = 0.1,
@@ -470,7 +468,7 @@ static void overlap_steps(const struct moe_config *cfg, const float *p, const in
 	moe_model_free(mg);
 }
 
-Test(backend, optimizer_overlap_same_steps, .timeout = 120)
+Test(backend, training_steps_repeatable, .timeout = 120)
 {
 	NEED_GPU();
 	struct moe_config cfg;
@@ -485,30 +483,23 @@ Test(backend, optimizer_overlap_same_steps, .timeout = 120)
 	random_tokens(x, y, S * N, &cfg, 0);
 	float *p0 = malloc(np * 4), *p1 = malloc(np * 4), *m0 = malloc(np * 4), *m1 = malloc(np * 4);
 	double l0[S], l1[S];
-	/* MOE_TEST_OVERLAP_CONTROL=1: both runs on one stream, to tell a
-	 * stream-ordering bug from run-to-run nondeterminism (run_overlap.sh) */
-	const char *ctl = getenv("MOE_TEST_OVERLAP_CONTROL");
-	bool control = ctl && strcmp(ctl, "1") == 0;
-	overlap_steps(&cfg, p, x, y, B, T, S, false, l0, p0, m0);
-	overlap_steps(&cfg, p, x, y, B, T, S, !control, l1, p1, m1);
+	train_steps(&cfg, p, x, y, B, T, S, l0, p0, m0);
+	train_steps(&cfg, p, x, y, B, T, S, l1, p1, m1);
 	for (int s = 0; s < S; s++)
-		cr_expect(fabs(l1[s] - l0[s]) <= 1e-4 * fabs(l0[s]), "step %d: loss %.8f (overlap) vs %.8f", s, l1[s],
-			  l0[s]);
+		cr_expect(fabs(l1[s] - l0[s]) <= 1e-4 * fabs(l0[s]), "step %d: loss %.8f (second run) vs %.8f", s,
+			  l1[s], l0[s]);
 	double worst = 0, moved = 0, mworst = 0;
 	for (size_t i = 0; i < nt; i++) {
 		size_t o = tab[i].offset, ne = tab[i].numel;
 		double mm, d = max_diff(p1 + o, p0 + o, ne, NULL), dm = max_diff(m1 + o, m0 + o, ne, &mm);
 		moved = fmax(moved, max_diff(p0 + o, p + o, ne, NULL));
-		cr_expect(d <= 1e-5, "%s: parameters differ by %.3g with the optimizer stream", tab[i].name, d);
+		cr_expect(d <= 1e-5, "%s: parameters differ by %.3g between the runs", tab[i].name, d);
 		cr_expect(dm <= 1e-3 * mm + 1e-30, "%s: AdamW m differs by %.3g (max %.3g)", tab[i].name, dm, mm);
 		worst = fmax(worst, d);
 		mworst = fmax(mworst, mm > 0 ? dm / mm : dm);
 	}
 	cr_expect(moved >= 1e-2, "the parameters moved by at most %.3g in %d steps", moved, S);
-	for (int s = 0; s < S; s++)
-		fprintf(stderr, "step %d: loss %.8f (one stream) %.8f (%s)\n", s, l0[s], l1[s],
-			control ? "one stream again" : "optimizer stream");
-	fprintf(stderr, "optimizer stream vs one stream: losses %.6f..%.6f, parameters differ by at most %.3g "
+	fprintf(stderr, "four steps twice: losses %.6f..%.6f, parameters differ by at most %.3g "
 		"(moved by up to %.3g), AdamW m by %.3g relative\n", l0[0], l0[S - 1], worst, moved, mworst);
 	free(p);
 	free(p0);
