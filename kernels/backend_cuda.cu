@@ -32,6 +32,17 @@
  * separate kernels: at seed-base on an H100 all three fused measured 230.7
  * ms a step against 224.6 (tests/bench/RESULTS-experts.md; per op, 1 and 4
  * gain about 1.2 and 0.4 ms, 2 loses 7.6 ms).
+ * With "tma" or "tma-fd" (MOE_CUDA_TMA_FUSE, bits; where no
+ * MOE_CUDA_EXPERT_FUSE bit takes the op): SwiGLU in the epilogues of
+ * grouped_tma.cu's routed-expert GEMMs, 1 the gate_up forward (writes gu
+ * and h; no swiglu kernel), 2 the down input gradient (reads gu, writes
+ * dgu and h; dh never stored, no swiglu_bwd kernel).  The default, 0, runs
+ * them as separate kernels: at seed-base on an H100 (session 5, same call,
+ * tests/bench/RESULTS-tma.md) 1 measured 174.8 ms a step against 174.5, 2
+ * 184.0 and 3 183.4-183.7 (the fused input gradient's epilogue waits for
+ * its g, u loads behind the next tile's operand loads).
+ * MOE_CUDA_TMA_FUSE_DG and MOE_CUDA_TMA_FUSE_CFG (grouped_tma.cu) choose
+ * how that epilogue loads g, u and the fused kernels' tile configuration.
  */
 #include <math.h>
 #include <stdio.h>
@@ -57,6 +68,9 @@ enum { WG_KERNEL, WG_LOOP, WG_WGMMA };
 /* MOE_CUDA_EXPERT_FUSE bits: gather + gate_up GEMM + SwiGLU; down dgrad +
  * SwiGLU backward; gate_up wgrad on the gathered rows */
 enum { EF_UP_FWD = 1, EF_DOWN_BWD = 2, EF_UP_WGRAD = 4, EF_ALL = 7 };
+/* MOE_CUDA_TMA_FUSE bits: gate_up GEMM + SwiGLU; down dgrad + SwiGLU
+ * backward (grouped_tma.cu) */
+enum { TF_UP_FWD = 1, TF_DOWN_BWD = 2, TF_ALL = 3, TF_DEFAULT = 0 };
 /* scratch buffers, grown on demand */
 enum { S_GROUP, S_STATS, S_DELTA, S_INV, S_SUMSQ, S_LOSS, N_SCRATCH };
 
@@ -112,6 +126,7 @@ struct cuda_ctx {
 	int32_t *one_off;
 	int one_rows;
 	int expert_fuse;    /* routed experts: EF_* fused into the wgmma GEMMs */
+	int tma_fuse;       /* routed experts: TF_* fused into the TMA GEMMs */
 	int wgrad_mode;     /* GM_CUBLAS_GROUPED: WG_* */
 	int32_t *hoff[N_ROUTES];
 	int hoff_n[N_ROUTES];
@@ -1158,12 +1173,31 @@ static bool expert_fused(struct cuda_ctx *c, int bit)
 	return (c->expert_fuse & bit) && c->grouped_mode == GM_WGMMA;
 }
 
+/* With the bits of tma_fuse (MOE_CUDA_TMA_FUSE, where grouped_tma.cu's
+ * kernels run the forward and input gradient): SwiGLU in their epilogues. */
+static bool tma_fused(struct cuda_ctx *c, int bit)
+{
+	return (c->tma_fuse & bit) && c->grouped_mode == GM_WGMMA && c->grouped_tma;
+}
+
 static void o_expert_up_fwd(struct moe_backend *be, void *gu, void *h, const void *x, const int32_t *perm,
 			    const void *w, const int32_t *offsets, void *xg, int NK, int K, int E, int D, int I)
 {
 	struct cuda_ctx *c = CTX(be);
 	if (!expert_fused(c, EF_UP_FWD)) {
 		o_gather_rows(be, xg, x, perm, NK, K, D);
+		if (tma_fused(c, TF_UP_FWD)) {
+			int rows = grouped_rows(c, offsets, E), rc = 0;
+			PROF(c, "grouped_fwd_swiglu");
+			RUN(c, (rc = moe_cuda_grouped_tma_up_fwd((bf16_t *)gu, (bf16_t *)h, (const bf16_t *)xg,
+								 (const bf16_t *)w, offsets, rows, E, D, I, c->s,
+								 &c->err)) > 0
+				       ? 0
+				       : rc);
+			PROF_END(c);
+			if (rc != 1) /* else not runnable here: the separate kernels */
+				return;
+		}
 		o_grouped_fwd(be, gu, xg, w, offsets, E, D, 2 * I);
 		o_swiglu_fwd(be, h, gu, NK, I);
 		return;
@@ -1180,6 +1214,20 @@ static void o_expert_down_bwd(struct moe_backend *be, void *dgu, void *h, float 
 {
 	struct cuda_ctx *c = CTX(be);
 	if (!expert_fused(c, EF_DOWN_BWD)) {
+		if (tma_fused(c, TF_DOWN_BWD)) {
+			int rows = grouped_rows(c, offsets, E), rc = 0;
+			PROF(c, "grouped_dgrad_swiglu");
+			RUN(c, (rc = moe_cuda_grouped_tma_down_dgrad_swiglu((bf16_t *)dgu, (bf16_t *)h, (const bf16_t *)dy,
+									    (const bf16_t *)gu, (const bf16_t *)w,
+									    offsets, rows, E, I, D, c->s, &c->err)) > 0
+				       ? 0
+				       : rc);
+			PROF_END(c);
+			if (rc != 1) { /* else not runnable here: the separate kernels */
+				o_grouped_bwd(be, NULL, dw, dy, h, w, offsets, E, I, D);
+				return;
+			}
+		}
 		o_grouped_bwd(be, dh, NULL, dy, h, w, offsets, E, I, D);
 		o_swiglu_bwd(be, dgu, h, dh, gu, NK, I);
 		o_grouped_bwd(be, NULL, dw, dy, h, w, offsets, E, I, D);
@@ -1394,6 +1442,13 @@ extern "C" struct moe_backend *moe_backend_cuda(struct moe_error *err)
 			goto fail;
 		}
 		c->expert_fuse = moe_cuda_grouped_wgmma_supported() ? (int)xf : 0;
+		const char *tv = getenv("MOE_CUDA_TMA_FUSE");
+		long tf = tv ? strtol(tv, &xe, 10) : TF_DEFAULT;
+		if (tv && (xe == tv || *xe || tf < 0 || tf > TF_ALL)) {
+			moe_error_set(err, MOE_EINVAL, "MOE_CUDA_TMA_FUSE='%s': expected 0..3", tv);
+			goto fail;
+		}
+		c->tma_fuse = (int)tf;
 		const char *kv = getenv("MOE_CUDA_QKV");
 		c->qkv_split = kv && strcmp(kv, "split") == 0;
 		const char *nv = getenv("MOE_CUDA_NARROW");

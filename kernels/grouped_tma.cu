@@ -43,6 +43,15 @@
  * with cp.async instead, zero-filled.  K tails and columns past Out / In
  * are zero-filled by the copy engine, and the stores clipped by it.
  * Results are bit-identical to grouped_wgmma.cu's (same k order).
+ * SwiGLU variants (SW; the routed experts, MOE_CUDA_TMA_FUSE in
+ * backend_cuda.cu): the forward loads its B tile as two boxes, gate rows
+ * n0.. and up rows I + n0.., so that gate and up column j land in the same
+ * thread's fragment, and stores gu and h = silu(g) u; the input gradient
+ * turns dh (never stored) into dgu and the recomputed h, with g, u loaded
+ * in its epilogue (MOE_CUDA_TMA_FUSE_DG, GT_DG_*).  Both write through the
+ * same 64 x 64 blocks and TMA stores, gu / dgu through a map of their gate
+ * and up planes; their values are bit-identical to the unfused GEMM and
+ * swiglu.cu's kernels.
  * Built for sm_90a only; the launchers fall back to grouped_wgmma.cu where
  * the tensor maps cannot be made (the driver entry point, unaligned
  * pointers) or the experts' tables do not fit in shared memory. */
@@ -65,12 +74,27 @@ enum { GT_FWD = 0, GT_DGRAD = 1, GT_WGRAD = 2 };
 struct gt_args {
 	const bf16 *a; /* X or dY (rows, K); wgrad: dY (rows, Out = K) */
 	const bf16 *b; /* wgrad: X (rows, In = ncols) */
-	void *c;       /* (rows, ncols) bf16; wgrad: (E, Out, In) fp32 */
+	void *c;       /* (rows, ncols) bf16; wgrad: (E, Out, In) fp32;
+			  SwiGLU (SW): gu or dgu (rows, 2 ncols) */
 	const int32_t *offsets; /* (E+1) */
-	int E, K, ncols, nt;    /* nt: tiles along the output columns */
+	int E, K, ncols, nt;    /* nt: tiles along the output columns (SW: ncols = I) */
 	int mt, store;          /* wgrad: tiles along Out; store (else add) */
 	int sched;              /* wgrad: tiles largest expert first (gt_walk) */
+	bf16 *h;                /* SW: (rows, I) silu(g) u */
+	const bf16 *gu;         /* SW input gradient: (rows, 2I) the forward's [g | u] */
+	int dgl;                /* SW input gradient: GT_DG_* */
 };
+
+/* How the SwiGLU input gradient's epilogue gets g, u (MOE_CUDA_TMA_FUSE_DG,
+ * bits): GT_DG_NOPF no prefetch into L2 at the tile's start; GT_DG_TMA the
+ * 64 x 64 gate and up blocks through TMA loads into the epilogue buffers
+ * (dg, du computed in place; te is then their load map, its prefetch one
+ * box per block), else each thread's pairs from global memory.  At
+ * seed-base on an H100 (session 5) the fused input gradient took 2.0 ms a
+ * layer with 0, 1.26 with 2 (the default), against 0.26 + 0.34 for the
+ * GEMM and swiglu.cu's backward apart: either way the epilogue's loads
+ * queue behind the producer's next stages and stall both warpgroups. */
+enum { GT_DG_NOPF = 1, GT_DG_TMA = 2, GT_DG_DEFAULT = GT_DG_TMA };
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 
@@ -136,6 +160,13 @@ static __device__ __forceinline__ void gt_tma_store3(const CUtensorMap *m, uint3
 			     "r"(c0), "r"(c1), "r"(c2), "r"(src)
 			     : "memory");
 }
+/* the box at {c0, c1, c2} of map m into L2, nothing in shared memory */
+static __device__ __forceinline__ void gt_prefetch3(const CUtensorMap *m, int c0, int c1, int c2)
+{
+	asm volatile("cp.async.bulk.prefetch.tensor.3d.L2.global.tile [%0, {%1, %2, %3}];\n" ::"l"((uint64_t)m), "r"(c0),
+		     "r"(c1), "r"(c2)
+		     : "memory");
+}
 static __device__ __forceinline__ void gt_named_sync(int id)
 {
 	asm volatile("bar.sync %0, 128;\n" ::"r"(id) : "memory");
@@ -150,6 +181,19 @@ static __device__ __forceinline__ uint32_t gt_epi_buf(uint32_t se, int cw, int n
 		asm volatile("cp.async.bulk.wait_group.read 1;\n" ::: "memory");
 	gt_named_sync(1 + cw);
 	return buf;
+}
+/* Both of warpgroup cw's buffers (the first the next, n & 1), once every
+ * TMA store has read them and all of the warpgroup is here. */
+static __device__ __forceinline__ uint32_t gt_epi_buf2(uint32_t se, int cw, int n, bool lead)
+{
+	if (lead)
+		asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
+	gt_named_sync(1 + cw);
+	return se + cw * 16384 + (n & 1) * 8192;
+}
+static __device__ __forceinline__ void gt_sts(uint32_t a, uint32_t v)
+{
+	asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(a), "r"(v) : "memory");
 }
 /* Output tile t of a block's walk: its expert, first row, the rows left in
  * the expert from there, first column, k-slices; the weight gradient: the
@@ -169,7 +213,7 @@ template <int MODE> static __device__ __forceinline__ int gt_walk(int i, const g
 }
 
 /* s_ord: the weight gradient's experts, largest first (sched) or in order */
-template <int MODE, int BM, int BN>
+template <int MODE, int BM, int BN, int SW = 0>
 static __device__ __forceinline__ gt_tile gt_decode(int t, const gt_args &g, const int *s_start, const int *s_off)
 {
 	gt_tile r;
@@ -196,10 +240,121 @@ static __device__ __forceinline__ gt_tile gt_decode(int t, const gt_args &g, con
 	r.e = lo;
 	r.row0 = s_off[lo] + (tm - s_start[lo]) * BM;
 	r.mi = s_off[lo + 1] - r.row0;
-	r.n0 = (t % nt) * BN;
+	r.n0 = (t % nt) * (SW && MODE == GT_FWD ? BN / 2 : BN); /* SW forward: gate columns */
 	r.m0 = 0;
 	r.kt = (g.K + GT_BK - 1) / GT_BK;
 	return r;
+}
+
+/* The SwiGLU input gradient's epilogue on the 64 x 64 block qq of one
+ * 64-row accumulator fragment a (rows rb.. of the tile, this thread's r0,
+ * r0 + 8): per half (row r0, then r0 + 8) its g, u pairs read (one round
+ * trip), dg and du written into both of the warpgroup's buffers, h kept;
+ * then h through the first buffer again.  In the block the expert ends in
+ * (not full), masked stores from the registers instead. */
+template <int NA>
+static __device__ __forceinline__ void gt_dgrad_swiglu(const float (&a)[NA], int qq, const gt_args &g,
+							const gt_tile &tl, int rb, int r0, int ncl, bool full, uint32_t se,
+							int cw, int &nst, bool lead, const CUtensorMap &tc,
+							const CUtensorMap &td, const CUtensorMap &te, uint32_t ebar, int &ne)
+{
+	const int I = g.ncols, lane = threadIdx.x % 32, warp = (threadIdx.x % 128) / 32, cq = 2 * (lane % 4);
+	uint32_t ba = 0, bb = 0, hv[8][2];
+	if (full) {
+		ba = gt_epi_buf2(se, cw, nst, lead);
+		bb = se + cw * 16384 + ((nst + 1) & 1) * 8192;
+		nst += 2;
+	}
+	if (full && (g.dgl & GT_DG_TMA)) {
+		/* g and u blocks into the two buffers; dg, du over them */
+		if (lead) {
+			gt_arrive_tx(ebar, 16384);
+			gt_tma3(ba, &te, tl.n0 + qq * 64, 0, tl.row0 + rb, ebar);
+			gt_tma3(bb, &te, tl.n0 + qq * 64, 1, tl.row0 + rb, ebar);
+		}
+		gt_wait(ebar, ne & 1);
+		ne++;
+#pragma unroll
+		for (int hh = 0; hh < 2; hh++)
+#pragma unroll
+			for (int jj = 0; jj < 8; jj++) {
+				const int jr = qq * 8 + jj, rr = warp * 16 + lane / 4 + 8 * hh;
+				const uint32_t o = rr * 128 + ((jj ^ (rr & 7)) << 4) + (lane % 4) * 4;
+				uint32_t gw, uw;
+				asm volatile("ld.shared.b32 %0, [%1];\n" : "=r"(gw) : "r"(ba + o) : "memory");
+				asm volatile("ld.shared.b32 %0, [%1];\n" : "=r"(uw) : "r"(bb + o) : "memory");
+				__nv_bfloat162 db = __floats2bfloat162_rn(a[4 * jr + 2 * hh], a[4 * jr + 2 * hh + 1]);
+				__nv_bfloat162 gb = *(__nv_bfloat162 *)&gw, ub = *(__nv_bfloat162 *)&uw;
+				float dg0, du0, h0, dg1, du1, h1;
+				moe_swiglu_grads(__low2float(gb), __low2float(ub), __low2float(db), &dg0, &du0, &h0);
+				moe_swiglu_grads(__high2float(gb), __high2float(ub), __high2float(db), &dg1, &du1, &h1);
+				__nv_bfloat162 o0 = __floats2bfloat162_rn(dg0, dg1), o1 = __floats2bfloat162_rn(du0, du1),
+					       o2 = __floats2bfloat162_rn(h0, h1);
+				gt_sts(ba + o, *(uint32_t *)&o0);
+				gt_sts(bb + o, *(uint32_t *)&o1);
+				hv[jj][hh] = *(uint32_t *)&o2;
+			}
+	} else
+#pragma unroll
+	for (int hh = 0; hh < 2; hh++) {
+		const int i = r0 + 8 * hh;
+		uint32_t gv[8], uv[8];
+#pragma unroll
+		for (int jj = 0; jj < 8; jj++) {
+			const int col = qq * 64 + jj * 8 + cq;
+			gv[jj] = uv[jj] = 0;
+			if (i < tl.mi && col < ncl) {
+				const unsigned int *p =
+					(const unsigned int *)(g.gu + (size_t)(tl.row0 + i) * 2 * I + tl.n0 + col);
+				gv[jj] = __ldg(p);
+				uv[jj] = __ldg(p + I / 2);
+			}
+		}
+#pragma unroll
+		for (int jj = 0; jj < 8; jj++) {
+			const int jr = qq * 8 + jj, col = qq * 64 + jj * 8 + cq;
+			__nv_bfloat162 db = __floats2bfloat162_rn(a[4 * jr + 2 * hh], a[4 * jr + 2 * hh + 1]);
+			__nv_bfloat162 gb = *(__nv_bfloat162 *)&gv[jj], ub = *(__nv_bfloat162 *)&uv[jj];
+			float dg0, du0, h0, dg1, du1, h1;
+			moe_swiglu_grads(__low2float(gb), __low2float(ub), __low2float(db), &dg0, &du0, &h0);
+			moe_swiglu_grads(__high2float(gb), __high2float(ub), __high2float(db), &dg1, &du1, &h1);
+			__nv_bfloat162 o0 = __floats2bfloat162_rn(dg0, dg1), o1 = __floats2bfloat162_rn(du0, du1),
+				       o2 = __floats2bfloat162_rn(h0, h1);
+			if (full) {
+				const int rr = warp * 16 + lane / 4 + 8 * hh;
+				const uint32_t o = rr * 128 + ((jj ^ (rr & 7)) << 4) + (lane % 4) * 4;
+				gt_sts(ba + o, *(uint32_t *)&o0);
+				gt_sts(bb + o, *(uint32_t *)&o1);
+				hv[jj][hh] = *(uint32_t *)&o2;
+			} else if (i < tl.mi && col < ncl) {
+				const size_t row = (size_t)tl.row0 + i;
+				bf16 *C = (bf16 *)g.c + row * 2 * I + tl.n0 + col;
+				*(__nv_bfloat162 *)C = o0;
+				*(__nv_bfloat162 *)(C + I) = o1;
+				*(__nv_bfloat162 *)(g.h + row * I + tl.n0 + col) = o2;
+			}
+		}
+	}
+	if (!full)
+		return;
+	wg_fence_proxy();
+	gt_named_sync(1 + cw);
+	if (lead) {
+		gt_tma_store3(&tc, ba, tl.n0 + qq * 64, 0, tl.row0 + rb, false);
+		gt_tma_store3(&tc, bb, tl.n0 + qq * 64, 1, tl.row0 + rb, false);
+	}
+	const uint32_t buf = gt_epi_buf(se, cw, nst++, lead);
+#pragma unroll
+	for (int jj = 0; jj < 8; jj++)
+#pragma unroll
+		for (int hh = 0; hh < 2; hh++) {
+			const int rr = warp * 16 + lane / 4 + 8 * hh;
+			gt_sts(buf + rr * 128 + ((jj ^ (rr & 7)) << 4) + (lane % 4) * 4, hv[jj][hh]);
+		}
+	wg_fence_proxy();
+	gt_named_sync(1 + cw);
+	if (lead)
+		gt_tma_store(&td, buf, tl.n0 + qq * 64, tl.row0 + rb);
 }
 
 /* One stage through cp.async (the rows it reads reach past offsets[E],
@@ -247,10 +402,14 @@ template <int BM, int BN, int ST> struct gt_cfg {
 	static constexpr size_t SMEM = 1024 + (size_t)ST * (ABYTES + BBYTES) + EBYTES;
 };
 
-template <int MODE, int BM, int BN, int ST, int PP>
+/* SW (forward and input gradient): SwiGLU in the epilogue, td the map of
+ * h, tc of gu / dgu as (I, 2, rows) (gate, up planes), te (input gradient)
+ * of gu to prefetch into L2; unused otherwise. */
+template <int MODE, int BM, int BN, int ST, int PP, int SW>
 __global__ void __launch_bounds__(GT_THREADS, 1)
 	gt_kernel(const __grid_constant__ CUtensorMap ta, const __grid_constant__ CUtensorMap tb,
-		  const __grid_constant__ CUtensorMap tc, const gt_args g)
+		  const __grid_constant__ CUtensorMap tc, const __grid_constant__ CUtensorMap td,
+		  const __grid_constant__ CUtensorMap te, const gt_args g)
 {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 	constexpr int TA = MODE == GT_WGRAD, TB = MODE != GT_FWD; /* MN-major */
@@ -260,8 +419,9 @@ __global__ void __launch_bounds__(GT_THREADS, 1)
 	 * BM rows; cooperative, BM / 2 rows each of the same tile */
 	constexpr int MW = PP ? BM / 64 : BM / 128;
 	static_assert(MW >= 1 && MW * BN <= 256, "tile shape");
+	static_assert(!SW || MODE != GT_WGRAD, "SwiGLU: forward and input gradient only");
 	extern __shared__ unsigned char gt_smem[];
-	__shared__ __align__(8) uint64_t full[ST], empty[ST], order;
+	__shared__ __align__(8) uint64_t full[ST], empty[ST], order, ebar[2];
 	const uint32_t base = (wg_smem_u32(gt_smem) + 1023) & ~1023u, sa = base, sb = base + ST * ABYTES;
 	const uint32_t se = base + ST * (ABYTES + BBYTES); /* the output buffers */
 	int *s_start = (int *)(gt_smem + (se + EBYTES - wg_smem_u32(gt_smem))); /* (E+1) row tiles */
@@ -274,6 +434,8 @@ __global__ void __launch_bounds__(GT_THREADS, 1)
 			gt_bar_init(wg_smem_u32(&empty[s]), PP ? 4 : 8); /* one arrival per consumer warp */
 		}
 		gt_bar_init(wg_smem_u32(&order), 1);
+		gt_bar_init(wg_smem_u32(&ebar[0]), 1); /* SW input gradient, GT_DG_TMA */
+		gt_bar_init(wg_smem_u32(&ebar[1]), 1);
 		asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
 	}
 	if (tid < 32) {
@@ -328,7 +490,17 @@ __global__ void __launch_bounds__(GT_THREADS, 1)
 			const int t = gt_walk<MODE>(i, g);
 			if (t >= total)
 				break;
-			const gt_tile tl = gt_decode<MODE, BM, BN>(t, g, s_start, s_off);
+			const gt_tile tl = gt_decode<MODE, BM, BN, SW>(t, g, s_start, s_off);
+			/* the tile's g, u for its epilogue, into L2 (not the last
+			 * tile, whose rows may reach past the allocation) */
+			if (MODE == GT_DGRAD && SW && lane == 0 && tl.row0 + BM <= tot && !(g.dgl & GT_DG_NOPF)) {
+				if (g.dgl & GT_DG_TMA)
+					for (int q = 0; q < BM / 64 * (BN / 64) * 2; q++)
+						gt_prefetch3(&te, tl.n0 + q % (BN / 64) * 64, q / (BN / 64) % 2,
+							     tl.row0 + q / (BN / 32) * 64);
+				else
+					gt_prefetch3(&te, tl.n0, 0, tl.row0);
+			}
 			for (int kt = 0; kt < tl.kt; kt++, pos++) {
 				const int s = pos % ST, k0 = kt * GT_BK;
 				if (pos >= ST)
@@ -354,7 +526,10 @@ __global__ void __launch_bounds__(GT_THREADS, 1)
 					} else {
 						if (!cp)
 							gt_tma2(dA, &ta, k0, tl.row0, bar);
-						if (MODE == GT_FWD) {
+						if (MODE == GT_FWD && SW) { /* gate rows n0.., up rows I + n0.. */
+							gt_tma3(dB, &tb, k0, tl.n0, tl.e, bar);
+							gt_tma3(dB + BN / 2 * 128, &tb, k0, g.ncols + tl.n0, tl.e, bar);
+						} else if (MODE == GT_FWD) {
 							gt_tma3(dB, &tb, k0, tl.n0, tl.e, bar);
 						} else {
 #pragma unroll
@@ -376,12 +551,13 @@ __global__ void __launch_bounds__(GT_THREADS, 1)
 	/* this warpgroup's TMA stores so far: the output buffer of the next
 	 * is nst & 1 */
 	int nst = 0;
+	int ne = 0; /* SW input gradient, GT_DG_TMA: this warpgroup's g, u loads so far */
 	int pos0 = 0; /* the k-slice position of the block's tile j */
 	for (int j = 0;; j++) {
 		const int t = gt_walk<MODE>(j, g);
 		if (t >= total)
 			break;
-		const gt_tile tl = gt_decode<MODE, BM, BN>(t, g, s_start, s_off);
+		const gt_tile tl = gt_decode<MODE, BM, BN, SW>(t, g, s_start, s_off);
 		if (PP && (j & 1) != cw) {
 			pos0 += tl.kt;
 			continue;
@@ -464,6 +640,95 @@ __global__ void __launch_bounds__(GT_THREADS, 1)
 					if (lead)
 						gt_tma_store3(&tc, buf, tl.n0 + q * 32, mrow, tl.e, !g.store);
 				}
+			continue;
+		}
+
+		if (SW) {
+			/* SwiGLU.  Forward: the tile's gate column c in registers
+			 * 4(c / 8).., its up column in 4(c / 8 + BN / 16).. (the B
+			 * tile's rows BN / 2.. are the up rows): g, u rounded to bf16
+			 * as stored, h = silu(g) u from them (swiglu.cu's values).
+			 * Input gradient: dh rounded to bf16 (as stored unfused) with
+			 * the matching g, u, read from global memory (prefetched into
+			 * L2 when the tile started), into dg, du and the recomputed
+			 * h.  Per 64 x 64 block of h: three blocks (gate or dg, up or
+			 * du, h) through shared memory and TMA stores (gu / dgu as
+			 * gate and up planes), or masked stores from the registers in
+			 * the block the expert ends in. */
+			const int I = g.ncols, ncl = I - tl.n0, cq = 2 * (lane % 4);
+			constexpr int NB = MODE == GT_FWD ? BN / 128 : BN / 64;
+#pragma unroll
+			for (int m = 0; m < MW; m++) {
+				const int rb = (PP ? m : cw * MW + m) * 64;
+				if (tl.mi <= rb)
+					continue; /* the whole warpgroup */
+				const bool full = tl.mi >= rb + 64;
+				const int r0 = rb + warp * 16 + lane / 4;
+#pragma unroll
+				for (int qq = 0; qq < NB; qq++) {
+					if (qq * 64 >= ncl)
+						continue;
+					if constexpr (MODE == GT_FWD) {
+						/* output p (0 gate, 1 up, 2 h) of the pair (jj, hh) */
+						auto val = [&](int p, int jj, int hh) -> uint32_t {
+							const int jr = qq * 8 + jj, ju = jr + BN / 16;
+							__nv_bfloat162 gb = __floats2bfloat162_rn(acc[m][4 * jr + 2 * hh],
+												  acc[m][4 * jr + 2 * hh + 1]);
+							__nv_bfloat162 ub = __floats2bfloat162_rn(acc[m][4 * ju + 2 * hh],
+												  acc[m][4 * ju + 2 * hh + 1]);
+							__nv_bfloat162 r =
+								p == 0	 ? gb
+								: p == 1 ? ub
+									 : __floats2bfloat162_rn(
+										   moe_swiglu_h(__low2float(gb), __low2float(ub)),
+										   moe_swiglu_h(__high2float(gb), __high2float(ub)));
+							return *(uint32_t *)&r;
+						};
+						if (full) {
+#pragma unroll
+							for (int p = 0; p < 3; p++) {
+								const uint32_t buf = gt_epi_buf(se, cw, nst++, lead);
+#pragma unroll
+								for (int jj = 0; jj < 8; jj++)
+#pragma unroll
+									for (int hh = 0; hh < 2; hh++) {
+										const int rr = warp * 16 + lane / 4 + 8 * hh;
+										gt_sts(buf + rr * 128 + ((jj ^ (rr & 7)) << 4) +
+											       (lane % 4) * 4,
+										       val(p, jj, hh));
+									}
+								wg_fence_proxy();
+								gt_named_sync(1 + cw);
+								if (lead) {
+									if (p < 2)
+										gt_tma_store3(&tc, buf, tl.n0 + qq * 64, p,
+											      tl.row0 + rb, false);
+									else
+										gt_tma_store(&td, buf, tl.n0 + qq * 64,
+											     tl.row0 + rb);
+								}
+							}
+						} else {
+#pragma unroll
+							for (int jj = 0; jj < 8; jj++)
+#pragma unroll
+								for (int hh = 0; hh < 2; hh++) {
+									const int i = r0 + 8 * hh, col = qq * 64 + jj * 8 + cq;
+									if (i >= tl.mi || col >= ncl)
+										continue;
+									const size_t row = (size_t)tl.row0 + i;
+									bf16 *C = (bf16 *)g.c + row * 2 * I + tl.n0 + col;
+									*(uint32_t *)C = val(0, jj, hh);
+									*(uint32_t *)(C + I) = val(1, jj, hh);
+									*(uint32_t *)(g.h + row * I + tl.n0 + col) = val(2, jj, hh);
+								}
+						}
+					} else {
+						gt_dgrad_swiglu(acc[m], qq, g, tl, rb, r0, ncl, full, se, cw, nst, lead, tc, td,
+								te, wg_smem_u32(&ebar[cw]), ne);
+					}
+				}
+			}
 			continue;
 		}
 
@@ -560,14 +825,14 @@ extern "C" bool moe_cuda_grouped_tma_supported(void)
 	return moe_cuda_grouped_wgmma_supported() && gt_encoder() != NULL;
 }
 
-/* A tensor map of rank 2 or 3, 128-byte swizzle, zeros out of bounds */
+/* A tensor map of rank 2 or 3, 128-byte swizzle (or none), zeros out of
+ * bounds */
 static bool gt_map(CUtensorMap *m, const void *p, CUtensorMapDataType dt, unsigned rank, const cuuint64_t *dims,
-		   const cuuint64_t *strides, const cuuint32_t *box)
+		   const cuuint64_t *strides, const cuuint32_t *box, CUtensorMapSwizzle sw = CU_TENSOR_MAP_SWIZZLE_128B)
 {
 	const cuuint32_t es[3] = {1, 1, 1};
-	return gt_encoder()(m, dt, rank, (void *)p, dims, strides, box, es,
-			    CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-			    CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+	return gt_encoder()(m, dt, rank, (void *)p, dims, strides, box, es, CU_TENSOR_MAP_INTERLEAVE_NONE, sw,
+			    CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
 static int gt_sms(void)
@@ -586,16 +851,24 @@ static int gt_sms(void)
  * wgmma kernel.  fwd, dgrad: c (rows, ncols) = a (rows, K) by w (E, Out,
  * In); wgrad: c (E, Out, In) fp32 (+)= a^T (dY: rows, Out) b (X: rows, In)
  * over each expert's rows, max_rows unknown (0); sched: the weight
- * gradient's tiles largest expert first, as a snake over the blocks. */
-template <int MODE, int BM, int BN, int ST, int PP>
+ * gradient's tiles largest expert first, as a snake over the blocks.
+ * SW: SwiGLU in the epilogue, I = ncols (forward: Out / 2; w's gate rows,
+ * then its up rows), c: gu (forward) or dgu (input gradient) (rows, 2I), h
+ * (rows, I), gu (input gradient) the forward's (rows, 2I). */
+template <int MODE, int BM, int BN, int ST, int PP, int SW>
 static int gt_launch(void *c, const bf16 *a, const bf16 *w, const int32_t *offsets, int max_rows, int E, int In,
-		     int Out, bool store, bool sched, cudaStream_t s, struct moe_error *err)
+		     int Out, bool store, bool sched, bf16 *h, const bf16 *gu, cudaStream_t s, struct moe_error *err)
 {
-	const int K = MODE == GT_FWD ? In : Out, ncols = MODE == GT_FWD ? Out : In;
+	/* MOE_CUDA_TMA_FUSE_DG (GT_DG_* bits, comparisons and tests), read at
+	 * each launch */
+	const char *dv = MODE == GT_DGRAD && SW ? getenv("MOE_CUDA_TMA_FUSE_DG") : NULL;
+	const int dgl = dv && *dv >= '0' && *dv <= '3' && !dv[1] ? *dv - '0' : GT_DG_DEFAULT;
+	const int K = MODE == GT_FWD ? In : Out, ncols = MODE == GT_FWD ? (SW ? Out / 2 : Out) : In;
 	const size_t smem = gt_cfg<BM, BN, ST>::SMEM + (size_t)2 * (E + 1) * sizeof(int);
-	if (smem > GT_SMEM_MAX || ((uintptr_t)a | (uintptr_t)w | (uintptr_t)c) % 16 || !gt_encoder())
+	if (smem > GT_SMEM_MAX || ((uintptr_t)a | (uintptr_t)w | (uintptr_t)c | (uintptr_t)h | (uintptr_t)gu) % 16 ||
+	    !gt_encoder())
 		return 1;
-	CUtensorMap ta, tb, tc;
+	CUtensorMap ta, tb, tc, td, te;
 	/* the weight gradient's row count is known on the device only: its
 	 * maps reach 2^31 rows, the loads past offsets[E] go through cp.async */
 	const cuuint64_t rows = MODE == GT_WGRAD ? 1ull << 31 : (cuuint64_t)max_rows;
@@ -614,17 +887,34 @@ static int gt_launch(void *c, const bf16 *a, const bf16 *w, const int32_t *offse
 		const cuuint32_t abox[2] = {GT_BK, BM};
 		const cuuint64_t bdim[3] = {(cuuint64_t)In, (cuuint64_t)Out, (cuuint64_t)E},
 				 bstr[2] = {(cuuint64_t)In * 2, (cuuint64_t)In * Out * 2};
-		const cuuint32_t bbox[3] = {GT_BK, MODE == GT_FWD ? (cuuint32_t)BN : 64u, 1};
+		const cuuint32_t bbox[3] = {GT_BK, MODE == GT_FWD ? (cuuint32_t)(SW ? BN / 2 : BN) : 64u, 1};
 		const cuuint64_t cdim[2] = {(cuuint64_t)ncols, rows}, cstr[1] = {(cuuint64_t)ncols * 2};
 		const cuuint32_t cbox[2] = {64, 64};
 		ok = gt_map(&ta, a, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, adim, astr, abox) &&
-		     gt_map(&tb, w, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3, bdim, bstr, bbox) &&
-		     gt_map(&tc, c, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, cdim, cstr, cbox);
+		     gt_map(&tb, w, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3, bdim, bstr, bbox);
+		if (SW) { /* gu, dgu as (I, 2, rows): the gate and up planes */
+			const cuuint64_t gdim[3] = {(cuuint64_t)ncols, 2, rows},
+					 gstr[2] = {(cuuint64_t)ncols * 2, (cuuint64_t)ncols * 4};
+			const cuuint32_t gbox[3] = {64, 1, 64}, ebox[3] = {BN, 2, BM};
+			ok = ok && gt_map(&tc, c, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3, gdim, gstr, gbox) &&
+			     gt_map(&td, h, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, cdim, cstr, cbox);
+			if (MODE == GT_DGRAD) /* gu: loaded by blocks, or prefetched by tiles */
+				ok = ok && (dgl & GT_DG_TMA ? gt_map(&te, gu, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3, gdim, gstr, gbox)
+							    : gt_map(&te, gu, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3, gdim, gstr,
+								     ebox, CU_TENSOR_MAP_SWIZZLE_NONE));
+		} else {
+			ok = ok && gt_map(&tc, c, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, cdim, cstr, cbox);
+		}
 	}
 	if (!ok)
 		return 1;
-	gt_args g = {a, MODE == GT_WGRAD ? w : nullptr, c, offsets, E, K, ncols, (int)moe_cdiv(ncols, BN),
-		     (int)moe_cdiv(Out, BM), store, sched};
+	if (!SW)
+		td = te = tc;
+	else if (MODE != GT_DGRAD)
+		te = tc;
+	gt_args g = {a, MODE == GT_WGRAD ? w : nullptr, c, offsets, E, K, ncols,
+		     (int)moe_cdiv(ncols, SW && MODE == GT_FWD ? BN / 2 : BN), (int)moe_cdiv(Out, BM), store, sched,
+		     h, gu, dgl};
 	size_t tiles = MODE == GT_WGRAD ? (size_t)E * g.mt * g.nt : (size_t)(moe_cdiv(max_rows, BM) + E) * g.nt;
 	unsigned grid = gt_force_grid ? gt_force_grid : gt_sms();
 	if (grid > tiles)
@@ -632,13 +922,13 @@ static int gt_launch(void *c, const bf16 *a, const bf16 *w, const int32_t *offse
 	static bool attr_set;
 	int rc;
 	if (!attr_set) {
-		if ((rc = CUDA_OK(cudaFuncSetAttribute(gt_kernel<MODE, BM, BN, ST, PP>,
+		if ((rc = CUDA_OK(cudaFuncSetAttribute(gt_kernel<MODE, BM, BN, ST, PP, SW>,
 						       cudaFuncAttributeMaxDynamicSharedMemorySize, GT_SMEM_MAX),
 				  err)) != 0)
 			return rc;
 		attr_set = true;
 	}
-	gt_kernel<MODE, BM, BN, ST, PP><<<grid, GT_THREADS, smem, s>>>(ta, tb, tc, g);
+	gt_kernel<MODE, BM, BN, ST, PP, SW><<<grid, GT_THREADS, smem, s>>>(ta, tb, tc, td, te, g);
 	return CUDA_LAUNCHED(err);
 }
 
@@ -650,18 +940,28 @@ static int gt_launch(void *c, const bf16 *a, const bf16 *w, const int32_t *offse
  * weight gradient's rows of W take the place of the rows (3: 256 rows of W
  * by 128 columns).  The default, 0: 1, or 3 where 256-wide column tiles
  * would leave half of the last one empty (640 columns), the weight
- * gradient's tiles largest expert first (tests/bench/RESULTS-tma.md). */
-template <int MODE>
+ * gradient's tiles largest expert first (tests/bench/RESULTS-tma.md).
+ * The SwiGLU forward (SW) counts half of the tile's columns (its gate
+ * columns) against I. */
+template <int MODE, int SW = 0>
 static int gt_run(void *c, const bf16 *a, const bf16 *w, const int32_t *offsets, int max_rows, int E, int In,
-		  int Out, bool store, cudaStream_t s, struct moe_error *err)
+		  int Out, bool store, cudaStream_t s, struct moe_error *err, bf16 *h = nullptr,
+		  const bf16 *gu = nullptr)
 {
 	static int env_cfg = -1;
 	if (env_cfg < 0) { /* MOE_CUDA_GROUPED_TMA_CFG: one configuration for all (comparisons) */
 		const char *v = getenv("MOE_CUDA_GROUPED_TMA_CFG");
 		env_cfg = v && *v >= '1' && *v < '1' + GT_NCFG && !v[1] ? *v - '0' : 0;
 	}
-	const int ncols = MODE == GT_FWD ? Out : In, rem = ncols % 256, narrow = rem > 0 && rem <= 128;
-	int cfg = gt_force_cfg ? gt_force_cfg : env_cfg;
+	static int env_fcfg = -1;
+	if (SW && env_fcfg < 0) { /* MOE_CUDA_TMA_FUSE_CFG: the SwiGLU variants' alone */
+		const char *v = getenv("MOE_CUDA_TMA_FUSE_CFG");
+		env_fcfg = v && *v >= '1' && *v <= '3' && !v[1] ? *v - '0' : 0;
+	}
+	const int span = SW && MODE == GT_FWD ? 128 : 256;
+	const int ncols = MODE == GT_FWD ? (SW ? Out / 2 : Out) : In, rem = ncols % span;
+	const bool narrow = rem > 0 && rem <= span / 2;
+	int cfg = gt_force_cfg ? gt_force_cfg : SW && env_fcfg > 0 ? env_fcfg : env_cfg;
 	bool sched = true;
 	if (cfg == 4) /* session 3 */
 		cfg = narrow ? 2 : 1, sched = false;
@@ -669,11 +969,14 @@ static int gt_run(void *c, const bf16 *a, const bf16 *w, const int32_t *offsets,
 		cfg = narrow ? 3 : 1;
 	switch (cfg) {
 	case 2:
-		return gt_launch<MODE, 128, 128, 6, 1>(c, a, w, offsets, max_rows, E, In, Out, store, sched, s, err);
+		return gt_launch<MODE, 128, 128, 6, 1, SW>(c, a, w, offsets, max_rows, E, In, Out, store, sched, h, gu, s,
+							   err);
 	case 3:
-		return gt_launch<MODE, 256, 128, 4, 0>(c, a, w, offsets, max_rows, E, In, Out, store, sched, s, err);
+		return gt_launch<MODE, 256, 128, 4, 0, SW>(c, a, w, offsets, max_rows, E, In, Out, store, sched, h, gu, s,
+							   err);
 	default:
-		return gt_launch<MODE, 128, 256, 4, 0>(c, a, w, offsets, max_rows, E, In, Out, store, sched, s, err);
+		return gt_launch<MODE, 128, 256, 4, 0, SW>(c, a, w, offsets, max_rows, E, In, Out, store, sched, h, gu, s,
+							   err);
 	}
 }
 
@@ -720,4 +1023,37 @@ extern "C" int moe_cuda_grouped_tma_wgrad_store(float *dw, const bf16_t *dout, c
 		gt_fallbacks++;
 	}
 	return moe_cuda_grouped_wgmma_wgrad_store(dw, dout, x, offsets, E, In, Out, store, s, err);
+}
+
+/* SwiGLU fused into the routed experts' GEMMs (forward and input
+ * gradient): 1 where the TMA kernels cannot run them here (the caller runs
+ * the unfused sequence). */
+extern "C" int moe_cuda_grouped_tma_up_fwd(bf16_t *gu, bf16_t *h, const bf16_t *x, const bf16_t *w,
+					   const int32_t *offsets, int max_rows, int E, int D, int I, cudaStream_t s,
+					   struct moe_error *err)
+{
+	if (!gt_shape_ok(E, D, 2 * I) || I % 8 || !moe_cuda_grouped_tma_supported())
+		return 1;
+	if (max_rows <= 0)
+		return 0;
+	int rc = gt_run<GT_FWD, 1>(gu, (const bf16 *)x, (const bf16 *)w, offsets, max_rows, E, D, 2 * I, false, s, err,
+				   (bf16 *)h);
+	if (rc > 0)
+		gt_fallbacks++;
+	return rc;
+}
+
+extern "C" int moe_cuda_grouped_tma_down_dgrad_swiglu(bf16_t *dgu, bf16_t *h, const bf16_t *dy, const bf16_t *gu,
+						      const bf16_t *w, const int32_t *offsets, int max_rows, int E,
+						      int I, int D, cudaStream_t s, struct moe_error *err)
+{
+	if (!gt_shape_ok(E, I, D) || !moe_cuda_grouped_tma_supported())
+		return 1;
+	if (max_rows <= 0)
+		return 0;
+	int rc = gt_run<GT_DGRAD, 1>(dgu, (const bf16 *)dy, (const bf16 *)w, offsets, max_rows, E, I, D, false, s, err,
+				     (bf16 *)h, (const bf16 *)gu);
+	if (rc > 0)
+		gt_fallbacks++;
+	return rc;
 }

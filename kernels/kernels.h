@@ -258,6 +258,21 @@ bool moe_cuda_grouped_tma_supported(void);
  * Returns how many launches so far could not use the TMA kernels (fell back
  * to grouped_wgmma.cu's) though the device supports them. */
 int moe_cuda_grouped_tma_config(int cfg, int grid);
+/* The routed experts' SwiGLU in grouped_tma.cu's epilogues (E <= 127, D, I
+ * multiples of 8; max_rows bounds offsets[E]):
+ *   up_fwd:    gu (M, 2I) = x (M, D) @ w[e]^T, w (E, 2I, D) gate rows then
+ *              up rows, and h (M, I) = silu(g) * u (moe_cuda_swiglu_fwd's
+ *              values on this gu); the same gu as moe_cuda_grouped_tma_fwd
+ *   down_dgrad_swiglu: dh = dy (M, D) @ w[e], w (E, D, I), rounded to bf16
+ *              and never stored; dgu (M, 2I) and h (M, I) as
+ *              moe_cuda_swiglu_bwd computes them from dh and gu
+ * Return 0, a negative MOE_E* code, or 1 where the TMA kernels cannot run
+ * them here (nothing launched: the caller runs the GEMM and swiglu.cu). */
+int moe_cuda_grouped_tma_up_fwd(bf16_t *gu, bf16_t *h, const bf16_t *x, const bf16_t *w, const int32_t *offsets,
+				int max_rows, int E, int D, int I, cudaStream_t s, struct moe_error *err);
+int moe_cuda_grouped_tma_down_dgrad_swiglu(bf16_t *dgu, bf16_t *h, const bf16_t *dy, const bf16_t *gu,
+					   const bf16_t *w, const int32_t *offsets, int max_rows, int E, int I, int D,
+					   cudaStream_t s, struct moe_error *err);
 
 /* Routed-expert GEMMs with the row gather and SwiGLU fused in (wgmma, sm_90,
  * the 128 x 128 tile of configuration 3 whatever moe_cuda_grouped_wgmma_config
@@ -301,8 +316,8 @@ size_t moe_cuda_peak_bytes(struct moe_backend *be);
 
 #ifdef __CUDACC__
 /* SwiGLU's float arithmetic on the widened bf16 inputs g, u (and d = dh),
- * shared by swiglu.cu and the fused epilogues of grouped_wgmma.cu so that
- * both round to the same bf16 results. */
+ * shared by swiglu.cu and the fused epilogues of grouped_wgmma.cu and
+ * grouped_tma.cu so that all round to the same bf16 results. */
 static __device__ __forceinline__ float moe_swiglu_h(float g, float u) { return g / (1.f + __expf(-g)) * u; }
 static __device__ __forceinline__ void moe_swiglu_grads(float g, float u, float d, float *dg, float *du, float *h)
 {
