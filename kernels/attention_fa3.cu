@@ -23,7 +23,9 @@
  * groups of 8 heads).  Results are bit-identical to wge's / wgeg's (the
  * same products in the same order on the same fragments).  Built for sm_90a
  * only; moe_att_bwd_fa3() returns 1 where it cannot run (no wgmma, no
- * tensor-map entry point in the driver, unaligned pointers). */
+ * tensor-map entry point in the driver, unaligned pointers).  The forward
+ * with the same structure (variant 'fa3' of attention_fwd.cu,
+ * moe_att_fwd_fa3()) is at the end of the file. */
 #include <cuda.h>
 #include <cudaTypedefs.h>
 
@@ -473,4 +475,316 @@ int moe_att_bwd_fa3(bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const bf16 *
 	default: return AFL(128);
 	}
 #undef AFL
+}
+
+/* The forward ('fa3' of attention_fwd.cu), warp-specialised the same way:
+ * blocks of 128 queries, grid (B*H, query blocks) with every head's longest
+ * block first (as wg's);
+ *
+ *   warpgroup 0, the producer (setmaxnreg 24): one thread loads the block's
+ *     128 Q rows (one mbarrier), then streams the K and V tiles of BN rows
+ *     (64 in 4 stages, or 128 in 3) up to the block's diagonal, both in one
+ *     stage completing on one mbarrier;
+ *   warpgroups 1 and 2, the consumers (setmaxnreg 240, 64 queries each):
+ *     for key tile j, S_j = Q K_j^T is issued, then O += P_{j-1} V_{j-1}
+ *     behind it; the online softmax of S_j (exp2 by ex2.approx.ftz, the
+ *     running max in log2 units, row sums kept per thread and summed over
+ *     the quad once at the end) runs while the tensor cores do P V, then O
+ *     is rescaled and stage j - 1 handed back (one arrival a warp).  Key
+ *     tiles past a warpgroup's diagonal are not computed, but every
+ *     consumer warp still waits for and hands back every stage the block
+ *     streams, in order, so each phase of an empty barrier counts the
+ *     arrivals of one round only.
+ *
+ * lse is the natural log of each query's sum, as attention_fwd.cu's other
+ * kernels write it. */
+template <int DH, int BN, int NS> struct aff_cfg {
+	static_assert(NS >= 2, "the consumers hand a stage back only after waiting for the next");
+	static_assert(BN == 64 || BN == 128, "key tiles of 64 or 128 rows");
+	static constexpr int CB = (DH + 63) / 64;   /* column blocks of 64 */
+	static constexpr int TB = BN * 128 * CB;    /* one K or V tile */
+	static constexpr int QB = 128 * 128 * CB;   /* the block's 128 Q rows */
+	static constexpr size_t SMEM = 1024 + (size_t)QB + (size_t)NS * 2 * TB;
+};
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+/* S_j = Q K_j^T (64 x BN): register 4jj + e is row rq + 8 (e / 2), key
+ * k0 + 8jj + 2 t4 + e % 2; Q the warpgroup's rows of the block's tile */
+template <int DH, int BN>
+static __device__ __forceinline__ void aff_s(float *s, uint32_t sq, uint32_t kst, int cw)
+{
+	wg_fence();
+#pragma unroll
+	for (int kk = 0; kk < DH / 16; kk++) {
+		uint64_t da = wg_desc(sq + (kk >> 2) * (128 * 128) + cw * 8192 + (kk & 3) * 32, 16, 1024);
+		uint64_t db = wg_desc(kst + (kk >> 2) * (BN * 128) + (kk & 3) * 32, 16, 1024);
+		if constexpr (BN == 64)
+			att_wg_ss_n64(s, da, db, kk > 0);
+		else
+			wg_mma_n128<0, 0>(s, da, db, kk > 0);
+	}
+	wg_commit();
+}
+
+/* O += P V (V the tile at vst) */
+template <int DH, int BN>
+static __device__ __forceinline__ void aff_pv(float *o, unsigned (&pa)[BN / 16][4], uint32_t vst)
+{
+	wg_fence();
+#pragma unroll
+	for (int ks = 0; ks < BN / 16; ks++)
+		awg_pv<DH>(o, pa[ks], wg_desc(vst + ks * 2048, BN * 128, 1024));
+	wg_commit();
+}
+
+/* keeps the compiler from moving the definitions of P's fragments past
+ * this point */
+template <int NK>
+static __device__ __forceinline__ void aff_fence_frags(unsigned (&p)[NK][4])
+{
+#pragma unroll
+	for (int ks = 0; ks < NK; ks++)
+#pragma unroll
+		for (int x = 0; x < 4; x++)
+			asm volatile("" : "+r"(p[ks][x])::"memory");
+}
+
+/* The online softmax of S (key tile k0, rows rq, rq + 8): the running max
+ * m (log2 units) updated, alpha = 2^(old m - new m) (0 at the first tile),
+ * l = l alpha + this thread's part of the row sums, P = 2^(S sl2 - m) in
+ * S's registers.  The max is finite from the first tile on: key 0 is never
+ * masked. */
+template <int NR>
+static __device__ __forceinline__ void aff_softmax(float (&s)[NR], float (&m)[2], float (&l)[2], float (&alpha)[2],
+						   int k0, int rq, bool edge, int T, float sl2)
+{
+	const int t4 = threadIdx.x % 4;
+	float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+	for (int jj = 0; jj < NR / 4; jj++)
+#pragma unroll
+		for (int e = 0; e < 4; e++) {
+			int r = e / 2, kj = k0 + 8 * jj + 2 * t4 + (e & 1);
+			float x = s[4 * jj + e];
+			if (edge && (kj > rq + 8 * r || kj >= T))
+				x = -INFINITY;
+			s[4 * jj + e] = x;
+			mx[r] = fmaxf(mx[r], x);
+		}
+#pragma unroll
+	for (int r = 0; r < 2; r++) {
+		mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+		mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+		float nm = fmaxf(m[r], mx[r] * sl2);
+		alpha[r] = awg_ex2(m[r] - nm);
+		m[r] = nm;
+	}
+	float rs[2] = {0.f, 0.f};
+#pragma unroll
+	for (int i = 0; i < NR; i++) {
+		float x = awg_ex2(fmaf(s[i], sl2, -m[(i & 3) / 2]));
+		s[i] = x;
+		rs[(i & 3) / 2] += x;
+	}
+#pragma unroll
+	for (int r = 0; r < 2; r++)
+		l[r] = l[r] * alpha[r] + rs[r];
+}
+
+/* P (fp32, S's registers) as bf16 A fragments, 16 keys each */
+template <int NK>
+static __device__ __forceinline__ void aff_pack(unsigned (&p)[NK][4], const float (&s)[8 * NK])
+{
+#pragma unroll
+	for (int ks = 0; ks < NK; ks++)
+#pragma unroll
+		for (int x = 0; x < 4; x++)
+			p[ks][x] = pack_bf16(s[8 * ks + 2 * x], s[8 * ks + 2 * x + 1]);
+}
+
+/* queries [q0 + 64 cw, +64) of head bh: tile j of the stream (keys BN j
+ * ..) in stage j % NS, K then V */
+template <int DH, int BN, int NS>
+static __device__ __forceinline__ void aff_consume(bf16 *out, float *lse, int ldo, int T, int H, float sl2, int bh,
+						   int q0, int ntile, uint32_t base, uint32_t full, uint32_t empty,
+						   uint32_t qbar)
+{
+	constexpr int TB = aff_cfg<DH, BN, NS>::TB, QB = aff_cfg<DH, BN, NS>::QB;
+	const int tid = threadIdx.x - 128, cw = tid / 128, w = (tid % 128) / 32, lane = tid % 32, g = lane / 4,
+		  t4 = lane % 4;
+	const int wq0 = q0 + 64 * cw, rq = wq0 + 16 * w + g; /* rows rq, rq + 8 */
+	const uint32_t sq = base, sst = base + QB;
+	/* the key tiles this warpgroup computes: 0 .. its diagonal tile */
+	const int nmine = wq0 < T ? min(ntile, wq0 / BN + 1) : 0;
+	float o[DH / 2]; /* register 4d + e: row rq + 8 (e / 2), column 8d + 2 t4 + e % 2 */
+#pragma unroll
+	for (int x = 0; x < DH / 2; x++)
+		o[x] = 0.f;
+	/* m: the running max of the scaled scores (log2 units); l: this
+	 * thread's part of the row sums (its 16 of every 64 keys) */
+	float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+	if (nmine > 0) { /* warpgroup-uniform */
+		unsigned pa[BN / 16][4]; /* P_{j-1} (bf16) as A fragments */
+		float s[BN / 2], alpha[2];
+		af_wait(qbar, 0);
+		af_wait(full, 0);
+		aff_s<DH, BN>(s, sq, sst, cw);
+		wg_wait<0>();
+		wg_fence_regs<BN / 2>(s);
+		aff_softmax(s, m, l, alpha, 0, rq, BN > wq0 || BN > T, T, sl2);
+		aff_pack(pa, s);
+		for (int j = 1; j < nmine; j++) {
+			const int st = j % NS, sp = (j - 1) % NS, k0 = BN * j;
+			af_wait(full + 16 * st, (j / NS) & 1);
+			aff_s<DH, BN>(s, sq, sst + st * 2 * TB, cw);
+			aff_pv<DH, BN>(o, pa, sst + sp * 2 * TB + TB); /* O += P_{j-1} V_{j-1} */
+			wg_wait<1>(); /* S_j done, P V may still run */
+			wg_fence_regs<BN / 2>(s);
+			aff_softmax(s, m, l, alpha, k0, rq, k0 + BN > wq0 || k0 + BN > T, T, sl2);
+			wg_wait<0>();
+			wg_fence_regs<DH / 2>(o);
+			aff_fence_frags(pa); /* read by P V until here */
+			__syncwarp();
+			if (lane == 0)
+				af_arrive(empty + 16 * sp); /* K_{j-1}, V_{j-1} no longer read */
+			/* P_j's fragments only now: defined while P V ran, ptxas
+			 * serialized the products (C7513) */
+			aff_pack(pa, s);
+#pragma unroll
+			for (int x = 0; x < DH / 2; x++)
+				o[x] *= alpha[(x & 3) / 2];
+			/* here, not between the next tile's S and P V products */
+			wg_fence_regs<DH / 2>(o);
+			aff_fence_frags(pa);
+		}
+		const int sp = (nmine - 1) % NS;
+		aff_pv<DH, BN>(o, pa, sst + sp * 2 * TB + TB);
+		wg_wait<0>();
+		wg_fence_regs<DH / 2>(o);
+		__syncwarp();
+		if (lane == 0)
+			af_arrive(empty + 16 * sp);
+	}
+	/* the tiles past this warpgroup's diagonal (or all, past T): waited
+	 * for before being handed back, so that no arrival can count towards
+	 * an earlier round */
+	for (int j = nmine; j < ntile; j++) {
+		const int st = j % NS;
+		af_wait(full + 16 * st, (j / NS) & 1);
+		__syncwarp();
+		if (lane == 0)
+			af_arrive(empty + 16 * st);
+	}
+	if (nmine == 0)
+		return;
+	const int b = bh / H, h = bh % H;
+#pragma unroll
+	for (int r = 0; r < 2; r++) {
+		l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+		l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+	}
+#pragma unroll
+	for (int r = 0; r < 2; r++) {
+		int qi = rq + 8 * r;
+		if (qi >= T)
+			continue;
+		float inv = 1.f / l[r];
+		bf16 *ob = out + ((size_t)b * T + qi) * ldo + h * DH + 2 * t4;
+#pragma unroll
+		for (int d = 0; d < DH / 8; d++)
+			*(__nv_bfloat162 *)(ob + 8 * d) = __floats2bfloat162_rn(o[4 * d + 2 * r] * inv, o[4 * d + 2 * r + 1] * inv);
+		if (t4 == 0)
+			lse[(size_t)bh * T + qi] = (m[r] + log2f(l[r])) * 0.69314718055994531f;
+	}
+}
+#endif
+
+/* grid (B*H, query blocks of 128), the last block first; maps (Dh, H, T,
+ * B) of q, k, v */
+template <int DH, int BN, int NS>
+__global__ void __launch_bounds__(AF_THREADS, 1)
+	attention_fwd_fa3_kernel(const __grid_constant__ CUtensorMap tq, const __grid_constant__ CUtensorMap tk,
+				 const __grid_constant__ CUtensorMap tv, bf16 *out, float *lse, int ldo, int T, int H,
+				 float sl2)
+{
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+	constexpr int TB = aff_cfg<DH, BN, NS>::TB, QB = aff_cfg<DH, BN, NS>::QB;
+	extern __shared__ unsigned char af_smem[];
+	__shared__ __align__(8) uint64_t bars[2 * NS + 1]; /* full[s] at 2s, empty[s] at 2s + 1, Q last */
+	const uint32_t base = (wg_smem_u32(af_smem) + 1023) & ~1023u;
+	const uint32_t full = wg_smem_u32(&bars[0]), empty = full + 8, qbar = wg_smem_u32(&bars[2 * NS]);
+	const int tid = threadIdx.x, bh = blockIdx.x, q0 = 128 * (gridDim.y - 1 - blockIdx.y);
+	const int ntile = (min(q0 + 128, T) - 1) / BN + 1; /* key tiles 0 .. the block's diagonal */
+	if (tid == 0) {
+		for (int s = 0; s < NS; s++) {
+			af_bar_init(full + 16 * s, 1);  /* the producer's arrival, and the bytes */
+			af_bar_init(empty + 16 * s, 8); /* one arrival a consumer warp */
+		}
+		af_bar_init(qbar, 1);
+		asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+	}
+	__syncthreads();
+	if (tid < 128) { /* producer */
+		/* as in the backward: the consumers' 2 x 128 x (240 - 168)
+		 * registers are exactly the producer's 128 x (168 - 24) */
+		asm volatile("setmaxnreg.dec.sync.aligned.u32 24;\n" ::: "memory");
+		if (tid != 0)
+			return;
+		const int b = bh / H, h = bh % H;
+		af_arrive_tx(qbar, QB);
+		af_load<DH, 2, 2>(base, &tq, h, q0, b, 0, qbar);
+		for (int r = 0; r < ntile; r++) {
+			const int st = r % NS;
+			const uint32_t f = full + 16 * st, d = base + QB + st * 2 * TB;
+			if (r >= NS) /* every consumer warp is done with the stage's last round */
+				af_wait(empty + 16 * st, ((r / NS) - 1) & 1);
+			af_arrive_tx(f, 2 * TB);
+			af_load<DH, BN / 64, BN / 64>(d, &tk, h, BN * r, b, 0, f);
+			af_load<DH, BN / 64, BN / 64>(d + TB, &tv, h, BN * r, b, 0, f);
+		}
+		return;
+	}
+	asm volatile("setmaxnreg.inc.sync.aligned.u32 240;\n" ::: "memory");
+	aff_consume<DH, BN, NS>(out, lse, ldo, T, H, sl2, bh, q0, ntile, base, full, empty, qbar);
+#endif
+}
+
+template <int DH, int BN, int NS>
+static int aff_launch(const CUtensorMap *m, bf16 *out, float *lse, int ldo, int B, int T, int H, cudaStream_t s,
+		      struct moe_error *err)
+{
+	constexpr size_t SMEM = aff_cfg<DH, BN, NS>::SMEM;
+	int rc;
+	if ((rc = CUDA_OK(cudaFuncSetAttribute(attention_fwd_fa3_kernel<DH, BN, NS>,
+					       cudaFuncAttributeMaxDynamicSharedMemorySize, (int)SMEM),
+			  err)) != 0)
+		return rc;
+	dim3 grid(B * H, moe_cdiv(T, 128));
+	attention_fwd_fa3_kernel<DH, BN, NS><<<grid, AF_THREADS, SMEM, s>>>(m[0], m[1], m[2], out, lse, ldo, T, H,
+									    LOG2E / sqrtf((float)DH));
+	return CUDA_LAUNCHED(err);
+}
+
+int moe_att_fwd_fa3(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, int ldq, int ldk, int ldv,
+		    int ldo, int B, int T, int H, int Dh, int bn, cudaStream_t s, struct moe_error *err)
+{
+	if ((Dh != 64 && Dh != 96 && Dh != 128) || !moe_cuda_grouped_wgmma_supported() || !af_encoder() ||
+	    ((uintptr_t)q | (uintptr_t)k | (uintptr_t)v) % 16 || moe_cdiv(T, 128) > 65535)
+		return 1;
+	CUtensorMap m[3];
+	if (!af_map(&m[0], q, ldq, B, T, H, Dh) || !af_map(&m[1], k, ldk, B, T, H, Dh) ||
+	    !af_map(&m[2], v, ldv, B, T, H, Dh))
+		return 1;
+	/* 64-row key tiles in 4 stages; 128-row ones in 3 (225 KB at Dh 96 and
+	 * 128): a stage is handed back one tile after its S, so 2 would leave
+	 * the next tile's load no time */
+#define AFFL(DHV)                                                                   \
+	(bn == 128 ? aff_launch<DHV, 128, 3>(m, out, lse, ldo, B, T, H, s, err) \
+		   : aff_launch<DHV, 64, 4>(m, out, lse, ldo, B, T, H, s, err))
+	switch (Dh) {
+	case 64: return AFFL(64);
+	case 96: return AFFL(96);
+	default: return AFFL(128);
+	}
+#undef AFFL
 }

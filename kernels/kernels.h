@@ -97,6 +97,10 @@ const char *moe_cuda_attention_bwd_config(int v);
  * (where the device has no wgmma, the wgmma variants run v1). */
 const char *moe_cuda_attention_fwd_name(int Dh);
 const char *moe_cuda_attention_bwd_name(int Dh);
+/* How many forward launches so far ran another kernel than the variant in
+ * use (fa3 where the driver offers no tensor maps or a pointer is not
+ * 16-byte aligned: wg1 instead; no wgmma: v1). */
+int moe_cuda_attention_fwd_fallbacks(void);
 
 /* attention_small.cu (called by the two above for other head sizes). */
 int moe_cuda_attention_small_fwd(bf16_t *out, float *lse, const bf16_t *q, const bf16_t *k, const bf16_t *v,

@@ -397,6 +397,153 @@ Test(kernels, attention_fa3, .timeout = 60)
 	attention_fa3_case(2, 1, 2, 128);
 }
 
+/* The forward variant named vn, or 0 when the table has none. */
+static int attention_fwd_index(const char *vn)
+{
+	const char *n;
+	int found = 0;
+	for (int var = 1; !found && (n = moe_cuda_attention_fwd_config(var)) != NULL; var++)
+		if (strcmp(n, vn) == 0)
+			found = var;
+	moe_cuda_attention_fwd_config(0);
+	return found;
+}
+
+/* The forward of variant var on q, k, v packed in one (B, T, 3, H, Dh)
+ * buffer (row stride 3 H Dh) as the model's qkv projection writes them,
+ * out into rows of ldo = H Dh + 8 (the 8 columns past each row must stay
+ * untouched: the buffer is filled with 0xff first); out (B, T, H, Dh) and
+ * lse (B, H, T) back on the host.  With check, the variant must not have
+ * fallen back to another kernel where the device runs TMA kernels. */
+static void attention_fwd_packed(int var, const bf16_t *gqkv, int B, int T, int H, int Dh, float *out, float *lse,
+				 bool check)
+{
+	int ld = 3 * H * Dh, ldo = H * Dh + 8, hd = H * Dh;
+	size_t no = (size_t)B * T * ldo, nl = (size_t)B * H * T, bad = 0;
+	bf16_t *go = dmalloc(no * 2);
+	float *gl = dmalloc(nl * 4);
+	int fb = moe_cuda_attention_fwd_fallbacks();
+	const char *vn = moe_cuda_attention_fwd_config(var);
+	LAUNCH_OK(moe_cuda_attention_fwd(go, gl, gqkv, gqkv + hd, gqkv + 2 * hd, ld, ld, ld, ldo, B, T, H, Dh, S,
+					 &gerr));
+	moe_cuda_attention_fwd_config(0);
+	if (check)
+		cr_expect(!moe_cuda_grouped_tma_supported() || moe_cuda_attention_fwd_fallbacks() == fb,
+			  "attention fwd %s B=%d T=%d H=%d Dh=%d: fell back to another kernel", vn, B, T, H, Dh);
+	uint16_t *raw = down(go, no * 2);
+	for (size_t r = 0; r < (size_t)B * T; r++) {
+		for (int c = 0; c < hd; c++)
+			out[r * hd + c] = moe_bf16_to_f32(raw[r * ldo + c]);
+		for (int c = hd; c < ldo; c++)
+			bad += raw[r * ldo + c] != 0xffff;
+	}
+	cr_expect(bad == 0, "attention fwd %s B=%d T=%d H=%d Dh=%d: %zu elements written past the rows", vn, B, T, H,
+		  Dh, bad);
+	float *l = down(gl, nl * 4);
+	memcpy(lse, l, nl * 4);
+	free(l), free(raw);
+	cudaFree(go), cudaFree(gl);
+}
+
+/* out, lse against ref, rl: the relative L2 error over the whole tensor
+ * (attention_case()'s tolerances), and every (query, head) row's out within
+ * 5 times that and its lse within 1e-2, so that one wrong row of many (a
+ * block's last rows, a tile past T) cannot hide in the total */
+static void attention_fwd_compare(const char *what, const float *out, const float *lse, const float *ref,
+				  const float *rl, int B, int T, int H, int Dh)
+{
+	size_t n = (size_t)B * T * H * Dh, nl = (size_t)B * H * T, badrow = 0, badl = 0;
+	char msg[128];
+	snprintf(msg, sizeof(msg), "%s B=%d T=%d H=%d Dh=%d out", what, B, T, H, Dh);
+	CHECK_REL(out, ref, n, 2e-2, msg);
+	snprintf(msg, sizeof(msg), "%s B=%d T=%d H=%d Dh=%d lse", what, B, T, H, Dh);
+	CHECK_REL(lse, rl, nl, 1e-3, msg);
+	for (size_t r = 0; r < n / Dh; r++)
+		badrow += !(rel_err(out + r * Dh, ref + r * Dh, Dh) <= 0.1);
+	for (size_t i = 0; i < nl; i++)
+		badl += !(fabsf(lse[i] - rl[i]) <= 1e-2f);
+	cr_expect(badrow == 0 && badl == 0, "%s B=%d T=%d H=%d Dh=%d: %zu of %zu rows' out, %zu lse off", what, B, T,
+		  H, Dh, badrow, n / Dh, badl);
+}
+
+static const char *const fa3_fwd_names[] = {"fa3", "fa3k128"};
+
+/* each fa3 forward against the CPU reference (lib/model/ops.c) on packed
+ * qkv, and run twice bit for bit */
+static void attention_fa3_fwd_case(int B, int T, int H, int Dh)
+{
+	int hd = H * Dh;
+	size_t n = (size_t)B * T * hd, nl = (size_t)B * H * T;
+	float *qkv = rand_bf(3 * n, 2.f), *q = malloc(n * 4), *k = malloc(n * 4), *v = malloc(n * 4);
+	for (size_t r = 0; r < (size_t)B * T; r++) {
+		memcpy(q + r * hd, qkv + 3 * r * hd, hd * 4);
+		memcpy(k + r * hd, qkv + (3 * r + 1) * hd, hd * 4);
+		memcpy(v + r * hd, qkv + (3 * r + 2) * hd, hd * 4);
+	}
+	float *ref = malloc(n * 4), *rl = malloc(nl * 4), *out = malloc(n * 4), *lse = malloc(nl * 4);
+	float *out2 = malloc(n * 4), *lse2 = malloc(nl * 4);
+	char what[64];
+	moe_attention_fwd(ref, rl, q, k, v, B, T, H, Dh);
+	bf16_t *gqkv = up_bf(qkv, 3 * n);
+	for (size_t x = 0; x < sizeof(fa3_fwd_names) / sizeof(fa3_fwd_names[0]); x++) {
+		int var = attention_fwd_index(fa3_fwd_names[x]);
+		cr_assert(var > 0, "forward variant %s in the table", fa3_fwd_names[x]);
+		attention_fwd_packed(var, gqkv, B, T, H, Dh, out, lse, true);
+		snprintf(what, sizeof(what), "attention fwd %s (packed qkv)", fa3_fwd_names[x]);
+		attention_fwd_compare(what, out, lse, ref, rl, B, T, H, Dh);
+		attention_fwd_packed(var, gqkv, B, T, H, Dh, out2, lse2, false);
+		cr_expect(memcmp(out, out2, n * 4) == 0 && memcmp(lse, lse2, nl * 4) == 0,
+			  "attention fwd %s B=%d T=%d H=%d Dh=%d: differs between two runs", fa3_fwd_names[x], B, T, H,
+			  Dh);
+	}
+	cudaFree(gqkv);
+	free(qkv), free(q), free(k), free(v), free(ref), free(rl), free(out), free(lse), free(out2), free(lse2);
+}
+
+/* each fa3 forward against wg1 (the default at Dh 96) on a training-sized
+ * grid (many waves of blocks), too large for the CPU reference */
+static void attention_fa3_fwd_large_case(int B, int T, int H, int Dh)
+{
+	size_t n = (size_t)B * T * H * Dh, nl = (size_t)B * H * T;
+	float *qkv = rand_bf(3 * n, 2.f), *ref = malloc(n * 4), *rl = malloc(nl * 4);
+	float *out = malloc(n * 4), *lse = malloc(nl * 4);
+	char what[64];
+	int ref_var = attention_fwd_index("wg1");
+	cr_assert(ref_var > 0, "forward variant wg1 in the table");
+	bf16_t *gqkv = up_bf(qkv, 3 * n);
+	attention_fwd_packed(ref_var, gqkv, B, T, H, Dh, ref, rl, false);
+	for (size_t x = 0; x < sizeof(fa3_fwd_names) / sizeof(fa3_fwd_names[0]); x++) {
+		int var = attention_fwd_index(fa3_fwd_names[x]);
+		cr_assert(var > 0, "forward variant %s in the table", fa3_fwd_names[x]);
+		attention_fwd_packed(var, gqkv, B, T, H, Dh, out, lse, true);
+		snprintf(what, sizeof(what), "attention fwd %s vs wg1", fa3_fwd_names[x]);
+		attention_fwd_compare(what, out, lse, ref, rl, B, T, H, Dh);
+	}
+	cudaFree(gqkv);
+	free(qkv), free(ref), free(rl), free(out), free(lse);
+}
+
+/* odd T (one token, below a tile, partial last blocks), T a multiple of 64
+ * but not of 128 (the last block's second warpgroup has no rows), several
+ * B and H, Dh 64, 96, 128; then the seed-base and olmoe-like grids */
+Test(kernels, attention_fa3_fwd, .timeout = 60)
+{
+	NEED_GPU();
+	rng_seed(16);
+	attention_fa3_fwd_case(3, 333, 5, 96);
+	attention_fa3_fwd_case(2, 2049, 2, 96);
+	attention_fa3_fwd_case(2, 1000, 3, 128);
+	attention_fa3_fwd_case(1, 1000, 2, 64);
+	attention_fa3_fwd_case(4, 31, 3, 96);
+	attention_fa3_fwd_case(2, 1, 2, 128);
+	attention_fa3_fwd_case(3, 1, 1, 64);
+	attention_fa3_fwd_case(2, 192, 3, 128);
+	attention_fa3_fwd_case(2, 64, 2, 96);
+	attention_fa3_fwd_case(1, 129, 4, 64);
+	attention_fa3_fwd_large_case(16, 2048, 8, 96);
+	attention_fa3_fwd_large_case(2, 4096, 16, 128);
+}
+
 Test(kernels, swiglu)
 {
 	NEED_GPU();
