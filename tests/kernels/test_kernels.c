@@ -466,11 +466,9 @@ static void attention_fwd_compare(const char *what, const float *out, const floa
 		  H, Dh, badrow, n / Dh, badl);
 }
 
-static const char *const fa3_fwd_names[] = {"fa3", "fa3k128"};
-
-/* each fa3 forward against the CPU reference (lib/model/ops.c) on packed
- * qkv, and run twice bit for bit */
-static void attention_fa3_fwd_case(int B, int T, int H, int Dh)
+/* the forward variant vn against the CPU reference (lib/model/ops.c) on
+ * packed qkv, and run twice bit for bit */
+static void attention_fa3_fwd_case(const char *vn, int B, int T, int H, int Dh)
 {
 	int hd = H * Dh;
 	size_t n = (size_t)B * T * hd, nl = (size_t)B * H * T;
@@ -483,42 +481,36 @@ static void attention_fa3_fwd_case(int B, int T, int H, int Dh)
 	float *ref = malloc(n * 4), *rl = malloc(nl * 4), *out = malloc(n * 4), *lse = malloc(nl * 4);
 	float *out2 = malloc(n * 4), *lse2 = malloc(nl * 4);
 	char what[64];
+	int var = attention_fwd_index(vn);
+	cr_assert(var > 0, "forward variant %s in the table", vn);
 	moe_attention_fwd(ref, rl, q, k, v, B, T, H, Dh);
 	bf16_t *gqkv = up_bf(qkv, 3 * n);
-	for (size_t x = 0; x < sizeof(fa3_fwd_names) / sizeof(fa3_fwd_names[0]); x++) {
-		int var = attention_fwd_index(fa3_fwd_names[x]);
-		cr_assert(var > 0, "forward variant %s in the table", fa3_fwd_names[x]);
-		attention_fwd_packed(var, gqkv, B, T, H, Dh, out, lse, true);
-		snprintf(what, sizeof(what), "attention fwd %s (packed qkv)", fa3_fwd_names[x]);
-		attention_fwd_compare(what, out, lse, ref, rl, B, T, H, Dh);
-		attention_fwd_packed(var, gqkv, B, T, H, Dh, out2, lse2, false);
-		cr_expect(memcmp(out, out2, n * 4) == 0 && memcmp(lse, lse2, nl * 4) == 0,
-			  "attention fwd %s B=%d T=%d H=%d Dh=%d: differs between two runs", fa3_fwd_names[x], B, T, H,
-			  Dh);
-	}
+	attention_fwd_packed(var, gqkv, B, T, H, Dh, out, lse, true);
+	snprintf(what, sizeof(what), "attention fwd %s (packed qkv)", vn);
+	attention_fwd_compare(what, out, lse, ref, rl, B, T, H, Dh);
+	attention_fwd_packed(var, gqkv, B, T, H, Dh, out2, lse2, false);
+	cr_expect(memcmp(out, out2, n * 4) == 0 && memcmp(lse, lse2, nl * 4) == 0,
+		  "attention fwd %s B=%d T=%d H=%d Dh=%d: differs between two runs", vn, B, T, H, Dh);
 	cudaFree(gqkv);
 	free(qkv), free(q), free(k), free(v), free(ref), free(rl), free(out), free(lse), free(out2), free(lse2);
 }
 
-/* each fa3 forward against wg1 (the default at Dh 96) on a training-sized
- * grid (many waves of blocks), too large for the CPU reference */
-static void attention_fa3_fwd_large_case(int B, int T, int H, int Dh)
+/* the forward variant vn against wg1 (the default at Dh 96) on a
+ * training-sized grid (many waves of blocks), too large for the CPU
+ * reference */
+static void attention_fa3_fwd_large_case(const char *vn, int B, int T, int H, int Dh)
 {
 	size_t n = (size_t)B * T * H * Dh, nl = (size_t)B * H * T;
 	float *qkv = rand_bf(3 * n, 2.f), *ref = malloc(n * 4), *rl = malloc(nl * 4);
 	float *out = malloc(n * 4), *lse = malloc(nl * 4);
 	char what[64];
-	int ref_var = attention_fwd_index("wg1");
-	cr_assert(ref_var > 0, "forward variant wg1 in the table");
+	int var = attention_fwd_index(vn), ref_var = attention_fwd_index("wg1");
+	cr_assert(var > 0 && ref_var > 0, "forward variants %s and wg1 in the table", vn);
 	bf16_t *gqkv = up_bf(qkv, 3 * n);
 	attention_fwd_packed(ref_var, gqkv, B, T, H, Dh, ref, rl, false);
-	for (size_t x = 0; x < sizeof(fa3_fwd_names) / sizeof(fa3_fwd_names[0]); x++) {
-		int var = attention_fwd_index(fa3_fwd_names[x]);
-		cr_assert(var > 0, "forward variant %s in the table", fa3_fwd_names[x]);
-		attention_fwd_packed(var, gqkv, B, T, H, Dh, out, lse, true);
-		snprintf(what, sizeof(what), "attention fwd %s vs wg1", fa3_fwd_names[x]);
-		attention_fwd_compare(what, out, lse, ref, rl, B, T, H, Dh);
-	}
+	attention_fwd_packed(var, gqkv, B, T, H, Dh, out, lse, true);
+	snprintf(what, sizeof(what), "attention fwd %s vs wg1", vn);
+	attention_fwd_compare(what, out, lse, ref, rl, B, T, H, Dh);
 	cudaFree(gqkv);
 	free(qkv), free(ref), free(rl), free(out), free(lse);
 }
@@ -526,22 +518,36 @@ static void attention_fa3_fwd_large_case(int B, int T, int H, int Dh)
 /* odd T (one token, below a tile, partial last blocks), T a multiple of 64
  * but not of 128 (the last block's second warpgroup has no rows), several
  * B and H, Dh 64, 96, 128; then the seed-base and olmoe-like grids */
+static void attention_fa3_fwd_cases(const char *vn)
+{
+	attention_fa3_fwd_case(vn, 3, 333, 5, 96);
+	attention_fa3_fwd_case(vn, 2, 2049, 2, 96);
+	attention_fa3_fwd_case(vn, 2, 1000, 3, 128);
+	attention_fa3_fwd_case(vn, 1, 1000, 2, 64);
+	attention_fa3_fwd_case(vn, 4, 31, 3, 96);
+	attention_fa3_fwd_case(vn, 2, 1, 2, 128);
+	attention_fa3_fwd_case(vn, 3, 1, 1, 64);
+	attention_fa3_fwd_case(vn, 2, 192, 3, 128);
+	attention_fa3_fwd_case(vn, 2, 64, 2, 96);
+	attention_fa3_fwd_case(vn, 1, 129, 4, 64);
+	attention_fa3_fwd_large_case(vn, 16, 2048, 8, 96);
+	attention_fa3_fwd_large_case(vn, 2, 4096, 16, 128);
+}
+
+/* one test a variant, so that a hang (a wrong register split or barrier
+ * phase waits for good) shows which */
 Test(kernels, attention_fa3_fwd, .timeout = 60)
 {
 	NEED_GPU();
 	rng_seed(16);
-	attention_fa3_fwd_case(3, 333, 5, 96);
-	attention_fa3_fwd_case(2, 2049, 2, 96);
-	attention_fa3_fwd_case(2, 1000, 3, 128);
-	attention_fa3_fwd_case(1, 1000, 2, 64);
-	attention_fa3_fwd_case(4, 31, 3, 96);
-	attention_fa3_fwd_case(2, 1, 2, 128);
-	attention_fa3_fwd_case(3, 1, 1, 64);
-	attention_fa3_fwd_case(2, 192, 3, 128);
-	attention_fa3_fwd_case(2, 64, 2, 96);
-	attention_fa3_fwd_case(1, 129, 4, 64);
-	attention_fa3_fwd_large_case(16, 2048, 8, 96);
-	attention_fa3_fwd_large_case(2, 4096, 16, 128);
+	attention_fa3_fwd_cases("fa3");
+}
+
+Test(kernels, attention_fa3k128_fwd, .timeout = 60)
+{
+	NEED_GPU();
+	rng_seed(17);
+	attention_fa3_fwd_cases("fa3k128");
 }
 
 Test(kernels, swiglu)
