@@ -28,6 +28,7 @@
  * moe_att_fwd_fa3()) is at the end of the file. */
 #include <cuda.h>
 #include <cudaTypedefs.h>
+#include <limits.h>
 
 #include "attention_wgmma.cuh"
 #include "kernels.h"
@@ -478,8 +479,9 @@ int moe_att_bwd_fa3(bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const bf16 *
 }
 
 /* The forward ('fa3' of attention_fwd.cu), warp-specialised the same way:
- * blocks of 128 queries, grid (B*H, query blocks) with every head's longest
- * block first (as wg's);
+ * blocks of 128 queries, every head's longest first, the grid in groups of
+ * 8 heads as the backward's (or, ungrouped, all heads' longest first, as
+ * wg's);
  *
  *   warpgroup 0, the producer (setmaxnreg 24): one thread loads the block's
  *     128 Q rows (one mbarrier), then streams the K and V tiles of BN rows
@@ -699,13 +701,14 @@ static __device__ __forceinline__ void aff_consume(bf16 *out, float *lse, int ld
 }
 #endif
 
-/* grid (B*H, query blocks of 128), the last block first; maps (Dh, H, T,
- * B) of q, k, v */
+/* 1-D grid of BH heads x NY query blocks of 128 in groups of G heads
+ * (awg_group), every group's last blocks first; maps (Dh, H, T, B) of q, k,
+ * v */
 template <int DH, int BN, int NS>
 __global__ void __launch_bounds__(AF_THREADS, 1)
 	attention_fwd_fa3_kernel(const __grid_constant__ CUtensorMap tq, const __grid_constant__ CUtensorMap tk,
 				 const __grid_constant__ CUtensorMap tv, bf16 *out, float *lse, int ldo, int T, int H,
-				 float sl2)
+				 int BH, int NY, int G, float sl2)
 {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 	constexpr int TB = aff_cfg<DH, BN, NS>::TB, QB = aff_cfg<DH, BN, NS>::QB;
@@ -713,7 +716,10 @@ __global__ void __launch_bounds__(AF_THREADS, 1)
 	__shared__ __align__(8) uint64_t bars[2 * NS + 1]; /* full[s] at 2s, empty[s] at 2s + 1, Q last */
 	const uint32_t base = (wg_smem_u32(af_smem) + 1023) & ~1023u;
 	const uint32_t full = wg_smem_u32(&bars[0]), empty = full + 8, qbar = wg_smem_u32(&bars[2 * NS]);
-	const int tid = threadIdx.x, bh = blockIdx.x, q0 = 128 * (gridDim.y - 1 - blockIdx.y);
+	const int tid = threadIdx.x;
+	int bh, y;
+	awg_group(blockIdx.x, BH, NY, G, bh, y);
+	const int q0 = 128 * (NY - 1 - y);
 	const int ntile = (min(q0 + 128, T) - 1) / BN + 1; /* key tiles 0 .. the block's diagonal */
 	if (tid == 0) {
 		for (int s = 0; s < NS; s++) {
@@ -750,7 +756,7 @@ __global__ void __launch_bounds__(AF_THREADS, 1)
 }
 
 template <int DH, int BN, int NS>
-static int aff_launch(const CUtensorMap *m, bf16 *out, float *lse, int ldo, int B, int T, int H, cudaStream_t s,
+static int aff_launch(const CUtensorMap *m, bf16 *out, float *lse, int ldo, int B, int T, int H, int G, cudaStream_t s,
 		      struct moe_error *err)
 {
 	constexpr size_t SMEM = aff_cfg<DH, BN, NS>::SMEM;
@@ -759,18 +765,22 @@ static int aff_launch(const CUtensorMap *m, bf16 *out, float *lse, int ldo, int 
 					       cudaFuncAttributeMaxDynamicSharedMemorySize, (int)SMEM),
 			  err)) != 0)
 		return rc;
-	dim3 grid(B * H, moe_cdiv(T, 128));
-	attention_fwd_fa3_kernel<DH, BN, NS><<<grid, AF_THREADS, SMEM, s>>>(m[0], m[1], m[2], out, lse, ldo, T, H,
-									    LOG2E / sqrtf((float)DH));
+	const int NY = (int)moe_cdiv(T, 128);
+	attention_fwd_fa3_kernel<DH, BN, NS><<<B * H * NY, AF_THREADS, SMEM, s>>>(
+		m[0], m[1], m[2], out, lse, ldo, T, H, B * H, NY, G, LOG2E / sqrtf((float)DH));
 	return CUDA_LAUNCHED(err);
 }
 
 int moe_att_fwd_fa3(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, int ldq, int ldk, int ldv,
-		    int ldo, int B, int T, int H, int Dh, int bn, cudaStream_t s, struct moe_error *err)
+		    int ldo, int B, int T, int H, int Dh, int bn, int grouped, cudaStream_t s, struct moe_error *err)
 {
 	if ((Dh != 64 && Dh != 96 && Dh != 128) || !moe_cuda_grouped_wgmma_supported() || !af_encoder() ||
-	    ((uintptr_t)q | (uintptr_t)k | (uintptr_t)v) % 16 || moe_cdiv(T, 128) > 65535)
+	    ((uintptr_t)q | (uintptr_t)k | (uintptr_t)v) % 16 || (size_t)B * H * moe_cdiv(T, 128) > INT_MAX)
 		return 1;
+	/* grouped: the blocks of AF_G heads together, so that the K/V rows
+	 * they all stream are read from L2 (one block an SM: ungrouped, the
+	 * running blocks are of ~132 heads, 100 MB of K/V at seed-base) */
+	const int G = grouped ? AF_G : B * H;
 	CUtensorMap m[3];
 	if (!af_map(&m[0], q, ldq, B, T, H, Dh) || !af_map(&m[1], k, ldk, B, T, H, Dh) ||
 	    !af_map(&m[2], v, ldv, B, T, H, Dh))
@@ -778,9 +788,9 @@ int moe_att_fwd_fa3(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const b
 	/* 64-row key tiles in 4 stages; 128-row ones in 3 (225 KB at Dh 96 and
 	 * 128): a stage is handed back one tile after its S, so 2 would leave
 	 * the next tile's load no time */
-#define AFFL(DHV)                                                                   \
-	(bn == 128 ? aff_launch<DHV, 128, 3>(m, out, lse, ldo, B, T, H, s, err) \
-		   : aff_launch<DHV, 64, 4>(m, out, lse, ldo, B, T, H, s, err))
+#define AFFL(DHV)                                                                      \
+	(bn == 128 ? aff_launch<DHV, 128, 3>(m, out, lse, ldo, B, T, H, G, s, err) \
+		   : aff_launch<DHV, 64, 4>(m, out, lse, ldo, B, T, H, G, s, err))
 	switch (Dh) {
 	case 64: return AFFL(64);
 	case 96: return AFFL(96);

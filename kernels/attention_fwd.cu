@@ -13,13 +13,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* attention_fa3.cu: the forward warp-specialised (variants fa3, fa3k128),
- * Dh 64, 96, 128, key tiles of bn (64 or 128) rows; returns 1 (nothing
- * launched) where it cannot run (no wgmma, no tensor-map entry point in the
- * driver, q, k or v not 16-byte aligned), else 0 or a negative MOE_E*
- * code. */
+/* attention_fa3.cu: the forward warp-specialised (variants fa3, fa3k128,
+ * fa3h), Dh 64, 96, 128, key tiles of bn (64 or 128) rows, the grid
+ * grouped by 8 heads or not; returns 1 (nothing launched) where it cannot
+ * run (no wgmma, no tensor-map entry point in the driver, q, k or v not
+ * 16-byte aligned), else 0 or a negative MOE_E* code. */
 int moe_att_fwd_fa3(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, int ldq, int ldk, int ldv,
-		    int ldo, int B, int T, int H, int Dh, int bn, cudaStream_t s, struct moe_error *err);
+		    int ldo, int B, int T, int H, int Dh, int bn, int grouped, cudaStream_t s, struct moe_error *err);
 
 template <int DH>
 __global__ void __launch_bounds__(ATT_WARPS * 32)
@@ -155,12 +155,15 @@ static int launch_fwd(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const
  *   4 fa3   warp-specialised (attention_fa3.cu): a TMA producer warp
  *           streaming 64-row K/V tiles into a 4-stage mbarrier ring, two
  *           consumer warpgroups of 64 queries, each tile's softmax beside
- *           the previous tile's P V; opt-in (wg1 where it cannot run)
+ *           the previous tile's P V, the grid in groups of 8 heads; opt-in
+ *           (wg1 where it cannot run)
  *   5 fa3k128  fa3 with 128-row K/V tiles in 3 stages (S 64 x 128 a
  *           warpgroup, half as many tiles and waits)
+ *   6 fa3h  fa3 with wg's grid (every head's longest block first, not
+ *           grouped)
  * All give the same results up to fp32 summation order (each is
  * deterministic); head sizes below 64 always run v1. */
-static const char *const att_fwd_names[] = {"v1", "wg", "wg1", "fa3", "fa3k128"};
+static const char *const att_fwd_names[] = {"v1", "wg", "wg1", "fa3", "fa3k128", "fa3h"};
 #define ATT_FWD_N ((int)(sizeof(att_fwd_names) / sizeof(att_fwd_names[0])))
 static struct att_choice att_fwd_ch = {"MOE_CUDA_ATTENTION_FWD", att_fwd_names, ATT_FWD_N, 0, -1};
 
@@ -195,8 +198,8 @@ static int launch_fwd_any(bf16 *out, float *lse, const bf16 *q, const bf16 *k, c
 {
 	int var = att_fwd_variant(DH), rc;
 	if (var >= 4) {
-		if ((rc = moe_att_fwd_fa3(out, lse, q, k, v, ldq, ldk, ldv, ldo, B, T, H, DH, var == 5 ? 128 : 64, s,
-					  err)) != 1)
+		if ((rc = moe_att_fwd_fa3(out, lse, q, k, v, ldq, ldk, ldv, ldo, B, T, H, DH, var == 5 ? 128 : 64,
+					  var != 6, s, err)) != 1)
 			return rc;
 		att_fwd_fallbacks++;
 		var = 3;

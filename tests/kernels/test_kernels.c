@@ -550,6 +550,13 @@ Test(kernels, attention_fa3k128_fwd, .timeout = 60)
 	attention_fa3_fwd_cases("fa3k128");
 }
 
+Test(kernels, attention_fa3h_fwd, .timeout = 60)
+{
+	NEED_GPU();
+	rng_seed(18);
+	attention_fa3_fwd_cases("fa3h");
+}
+
 Test(kernels, swiglu)
 {
 	NEED_GPU();

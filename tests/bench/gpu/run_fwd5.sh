@@ -1,18 +1,19 @@
 #!/bin/sh
-# Session 5, the warp-specialised attention forward (variants fa3 and
-# fa3k128 of kernels/attention_fwd.cu, in kernels/attention_fa3.cu) on the
+# Session 5, the warp-specialised attention forward (variants fa3, fa3k128
+# and fa3h of kernels/attention_fwd.cu, in kernels/attention_fa3.cu) on the
 # GPU machine:
-#   1. test_kernels' attention_fa3_fwd and attention_fa3k128_fwd, each alone
-#      under timeout 45 (a hang, as a wrong setmaxnreg split or mbarrier
-#      phase would give, stops only that test); if fa3 hangs nothing else
-#      runs, if only fa3k128 does, only what does not launch it;
+#   1. test_kernels' attention_fa3_fwd, attention_fa3k128_fwd and
+#      attention_fa3h_fwd, each alone under timeout 45 (a hang, as a wrong
+#      setmaxnreg split or mbarrier phase would give, stops only that test);
+#      if fa3 hangs nothing else runs, if another does, only the table's
+#      rows before it and the steps with fa3;
 #   2. test_kernels' attention (every forward variant against the CPU
 #      reference over 15 shapes);
 #   3. the kernel tables at seed-base and olmoe-like shapes (every variant);
 #   4. seed-base steps, the default forward and MOE_CUDA_ATTENTION_FWD=fa3
 #      interleaved twice (and the fastest fa3 variant of the seed-base table
-#      beside them when that is fa3k128);
-# then a short table.  About 90 s when nothing hangs.
+#      beside them when that is another);
+# then a short table.  About 100 s when nothing hangs.
 #   RUNDIR=.devrunfwd5 sh .devrunfwd5/run_fwd5.sh
 set -u
 . "$(dirname "$0")/common.sh"
@@ -29,7 +30,7 @@ worst() {
 }
 hung=
 res=
-for t in attention_fa3_fwd attention_fa3k128_fwd; do
+for t in attention_fa3_fwd attention_fa3k128_fwd attention_fa3h_fwd; do
 	echo "=== test_kernels --filter 'kernels/$t' (alone, timeout 45)"
 	tk 45 "kernels/$t" >$L.$t.log 2>&1
 	rc=$?
@@ -64,8 +65,8 @@ if [ -z "$hung" ]; then
 	echo "=== bench_kernels -a -B 8 -T 4096 -H 16 -d 128 (olmoe)"
 	timeout 40 $B/tests/bench/bench_kernels -a -B 8 -T 4096 -H 16 -d 128 2>&1 | grep -E "attention|rror" | tee -a $K
 else
-	# fa3k128 hung: the table's rows before it (fa3 among them), line-buffered
-	echo "=== bench_kernels -a -B 16 (seed-base; fa3k128 hangs: rows up to it, timeout 15)"
+	# another variant hung: the table's rows before it (fa3 among them)
+	echo "=== bench_kernels -a -B 16 (seed-base; rows up to the variant that hangs, timeout 15)"
 	timeout 15 stdbuf -oL $B/tests/bench/bench_kernels -a -B 16 2>&1 | grep -E "attention|rror" | tee $K
 fi
 F=$(awk '/^attention B=/ {n++} n == 1 && /attention fwd fa3/ && !/default/ {print $4, $3}' $K | sort -g | head -1 |
