@@ -4,8 +4,9 @@
  * exists.  Writes out (bf16) and the natural-log log-sum-exp of each query's
  * scaled scores (B, H, T) for the backward pass.  Several kernels, chosen by
  * att_fwd_variant() (list below; MOE_CUDA_ATTENTION_FWD): v1, one block per
- * (64 queries, b, h), four warps of 16 queries on mma.sync, and, the default
- * on sm_90, the wgmma kernel of attention_wgmma.cu.  Timings:
+ * (64 queries, b, h), four warps of 16 queries on mma.sync, the wgmma
+ * kernels of attention_wgmma.cu and, the default on sm_90 at head sizes 96
+ * and 128, the warp-specialised kernel of attention_fa3.cu.  Timings:
  * tests/bench/RESULTS-attention.md. */
 #include "attention_common.cuh"
 #include "kernels.h"
@@ -149,14 +150,15 @@ static int launch_fwd(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const
  *           kernel; the fallback on devices without wgmma)
  *   2 wg    128 queries, two warpgroups of 64 on wgmma (sm_90a,
  *           attention_wgmma.cu; v1 on other devices)
- *   3 wg1   wg with one barrier a key tile (the next tile loaded after it);
- *           the default at Dh 96 (wg elsewhere: at Dh 128 it was not
- *           faster, RESULTS-attention.md)
+ *   3 wg1   wg with one barrier a key tile (the next tile loaded after it)
  *   4 fa3   warp-specialised (attention_fa3.cu): a TMA producer warp
  *           streaming 64-row K/V tiles into a 4-stage mbarrier ring, two
  *           consumer warpgroups of 64 queries, each tile's softmax beside
- *           the previous tile's P V, the grid in groups of 8 heads; opt-in
- *           (wg1 where it cannot run)
+ *           the previous tile's P V, the grid in groups of 8 heads; the
+ *           default at Dh 96 and 128 (H100, session 5: 0.319 against wg1's
+ *           0.414 ms at seed-base, 1.353 against wg's 1.753-2.013 at
+ *           olmoe; wg1 where it cannot run; wg stays the default at Dh 64,
+ *           where fa3 was not timed)
  *   5 fa3k128  fa3 with 128-row K/V tiles in 3 stages (S 64 x 128 a
  *           warpgroup, half as many tiles and waits)
  *   6 fa3h  fa3 with wg's grid (every head's longest block first, not
@@ -169,7 +171,7 @@ static struct att_choice att_fwd_ch = {"MOE_CUDA_ATTENTION_FWD", att_fwd_names, 
 
 static int att_fwd_variant(int Dh)
 {
-	return att_choose(&att_fwd_ch, Dh == 96 ? 3 : 2);
+	return att_choose(&att_fwd_ch, Dh == 96 || Dh == 128 ? 4 : 2);
 }
 
 extern "C" const char *moe_cuda_attention_fwd_name(int Dh)
