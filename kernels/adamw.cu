@@ -61,10 +61,9 @@ __global__ void adamw4_kernel(float4 *p, uint2 *p16, const float4 *g, float4 *m,
 
 static int adamw_vector = -1; /* MOE_CUDA_ADAMW=scalar: the one-element kernel only (comparisons) */
 
-/* Short blocks (each thread at most 4 steps of the loop): they leave the
- * SMs soon, so that AdamW on the CUDA backend's low-priority optimizer
- * stream can fill the gaps of the next forward without holding SMs its
- * kernels wait for. */
+/* Short blocks (each thread at most 4 steps of the loop), as session 4
+ * chose them for an optimizer stream since removed; at seed-base AdamW runs
+ * at 1.05x its memory floor with them (tests/bench/RESULTS-cuda.md). */
 static unsigned adamw_blocks(size_t n)
 {
 	return (unsigned)moe_cdiv(n ? n : 1, 256 * 4);
