@@ -26,8 +26,6 @@
  * tensor-map entry point in the driver, unaligned pointers).  The forward
  * with the same structure (variant 'fa3' of attention_fwd.cu,
  * moe_att_fwd_fa3()) is at the end of the file. */
-#include <cuda.h>
-#include <cudaTypedefs.h>
 #include <limits.h>
 
 #include "attention_wgmma.cuh"
@@ -55,30 +53,6 @@ template <int DH, int NS> struct af_cfg {
 };
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-static __device__ __forceinline__ void af_bar_init(uint32_t bar, int count)
-{
-	asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
-}
-static __device__ __forceinline__ void af_arrive(uint32_t bar)
-{
-	asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
-}
-static __device__ __forceinline__ void af_arrive_tx(uint32_t bar, uint32_t bytes)
-{
-	asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
-}
-/* until the phase of parity ph has completed */
-static __device__ __forceinline__ void af_wait(uint32_t bar, uint32_t ph)
-{
-	uint32_t ok;
-	do {
-		asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
-			     "selp.u32 %0, 1, 0, p;\n}\n"
-			     : "=r"(ok)
-			     : "r"(bar), "r"(ph)
-			     : "memory");
-	} while (!ok);
-}
 /* a box of 64 columns x 64 rows, (column d, head h, row t, batch b) first */
 static __device__ __forceinline__ void af_tma4(uint32_t dst, const CUtensorMap *m, int d, int h, int t, int b,
 					       uint32_t bar)
@@ -121,10 +95,10 @@ static __device__ __forceinline__ void af_dkdv(const struct af_args &A, int kt, 
 	const int kr = wk0 + 16 * w + g;
 	const float sl2 = scale * LOG2E;
 	const bool active = wk0 < T;
-	af_wait(ownb, 0);
+	wg_bar_wait(ownb, 0);
 	for (int i = i0; i < nq; i++) {
 		const int r = i - i0, st = r % NS, q0 = i * 64;
-		af_wait(full + 16 * st, (r / NS) & 1);
+		wg_bar_wait(full + 16 * st, (r / NS) & 1);
 		if (active && q0 + 63 >= wk0) { /* warpgroup-uniform */
 			const uint32_t qs = sst + st * 2 * TB, ds = qs + TB;
 			const float *L = Lsm + st * 128, *DL = L + 64;
@@ -195,7 +169,7 @@ static __device__ __forceinline__ void af_dkdv(const struct af_args &A, int kt, 
 		}
 		__syncwarp();
 		if (lane == 0)
-			af_arrive(empty + 16 * st); /* this warp is done with the stage */
+			wg_arrive(empty + 16 * st); /* this warp is done with the stage */
 	}
 #pragma unroll
 	for (int r = 0; r < 2; r++) {
@@ -241,7 +215,7 @@ static __device__ __forceinline__ void af_dq(const struct af_args &A, int qt, in
 	unsigned qa[QREG ? DH / 16 : 1][4], da[QREG ? DH / 16 : 1][4]; /* the warp's Q, dO rows */
 	const int ntiles = (min(q0 + QR, T) - 1) / 64 + 1;
 	const bool active = wq0 < T;
-	af_wait(ownb, 0);
+	wg_bar_wait(ownb, 0);
 	if (QREG) {
 #pragma unroll
 		for (int kk = 0; kk < DH / 16; kk++) {
@@ -251,7 +225,7 @@ static __device__ __forceinline__ void af_dq(const struct af_args &A, int qt, in
 	}
 	for (int j = 0; j < ntiles; j++) {
 		const int st = j % NS, k0 = j * 64;
-		af_wait(full + 16 * st, (j / NS) & 1);
+		wg_bar_wait(full + 16 * st, (j / NS) & 1);
 		if (active && k0 <= wq0 + 63) { /* warpgroup-uniform */
 			const uint32_t kst = sst + st * 2 * TB, vst = kst + TB;
 			/* S, dP (64 queries x 64 keys): register 4jj + e is query
@@ -312,7 +286,7 @@ static __device__ __forceinline__ void af_dq(const struct af_args &A, int qt, in
 		}
 		__syncwarp();
 		if (lane == 0)
-			af_arrive(empty + 16 * st);
+			wg_arrive(empty + 16 * st);
 	}
 #pragma unroll
 	for (int r = 0; r < 2; r++) {
@@ -353,10 +327,10 @@ __global__ void __launch_bounds__(AF_THREADS, 1)
 	const int first = kv ? 2 * blk : 0, ntile = kv ? nt - first : (min(128 * blk + 128, T) - 1) / 64 + 1;
 	if (tid == 0) {
 		for (int s = 0; s < NS; s++) {
-			af_bar_init(full + 16 * s, 32); /* the producer warp's lanes, and the bytes */
-			af_bar_init(empty + 16 * s, 8); /* one arrival a consumer warp */
+			wg_bar_init(full + 16 * s, 32); /* the producer warp's lanes, and the bytes */
+			wg_bar_init(empty + 16 * s, 8); /* one arrival a consumer warp */
 		}
-		af_bar_init(ownb, 1);
+		wg_bar_init(ownb, 1);
 		asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
 	}
 	__syncthreads();
@@ -371,7 +345,7 @@ __global__ void __launch_bounds__(AF_THREADS, 1)
 		const CUtensorMap *o0 = kv ? &tk : &tq, *o1 = kv ? &tv : &tdo; /* own rows */
 		const CUtensorMap *m0 = kv ? &tq : &tk, *m1 = kv ? &tdo : &tv; /* streamed */
 		if (lane == 0) {
-			af_arrive_tx(ownb, 2 * WB);
+			wg_arrive_tx(ownb, 2 * WB);
 			af_load<DH, 2, 2>(base, o0, h, 128 * blk, b, 0, ownb);
 			af_load<DH, 2, 2>(base + WB, o1, h, 128 * blk, b, 0, ownb);
 		}
@@ -380,7 +354,7 @@ __global__ void __launch_bounds__(AF_THREADS, 1)
 			const int st = r % NS, t0 = 64 * (first + r);
 			const uint32_t f = full + 16 * st;
 			if (r >= NS) /* the consumers are done with the stage's last round */
-				af_wait(empty + 16 * st, ((r / NS) - 1) & 1);
+				wg_bar_wait(empty + 16 * st, ((r / NS) - 1) & 1);
 			if (kv) {
 				float *L = Lsm + st * 128;
 #pragma unroll
@@ -391,12 +365,12 @@ __global__ void __launch_bounds__(AF_THREADS, 1)
 				}
 			}
 			if (lane == 0) {
-				af_arrive_tx(f, 2 * TB);
+				wg_arrive_tx(f, 2 * TB);
 				const uint32_t d = base + 2 * WB + st * 2 * TB;
 				af_load<DH, 1, 1>(d, m0, h, t0, b, 0, f);
 				af_load<DH, 1, 1>(d + TB, m1, h, t0, b, 0, f);
 			} else {
-				af_arrive(f);
+				wg_arrive(f);
 			}
 		}
 		return;
@@ -409,28 +383,6 @@ __global__ void __launch_bounds__(AF_THREADS, 1)
 #endif
 }
 
-typedef PFN_cuTensorMapEncodeTiled_v12000 af_encode_fn;
-
-/* cuTensorMapEncodeTiled through the runtime's driver entry point (no link
- * against libcuda); NULL when the driver does not offer it. */
-static af_encode_fn af_encoder(void)
-{
-	static af_encode_fn fn;
-	static bool tried;
-	if (!tried) {
-		void *p = NULL;
-		cudaDriverEntryPointQueryResult q;
-		if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault, &q) ==
-			    cudaSuccess &&
-		    q == cudaDriverEntryPointSuccess)
-			fn = (af_encode_fn)p;
-		else
-			cudaGetLastError();
-		tried = true;
-	}
-	return fn;
-}
-
 /* The 4-D map (Dh, H, T, B) of a bf16 tensor with row stride ld: boxes of
  * 64 columns x 64 rows, 128-byte swizzle, zeros out of bounds. */
 static bool af_map(CUtensorMap *m, const bf16 *p, int ld, int B, int T, int H, int Dh)
@@ -438,7 +390,7 @@ static bool af_map(CUtensorMap *m, const bf16 *p, int ld, int B, int T, int H, i
 	const cuuint64_t dims[4] = {(cuuint64_t)Dh, (cuuint64_t)H, (cuuint64_t)T, (cuuint64_t)B};
 	const cuuint64_t strides[3] = {(cuuint64_t)Dh * 2, (cuuint64_t)ld * 2, (cuuint64_t)T * ld * 2};
 	const cuuint32_t box[4] = {64, 1, 64, 1}, es[4] = {1, 1, 1, 1};
-	return af_encoder()(m, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 4, (void *)p, dims, strides, box, es,
+	return wg_tmap_encoder()(m, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 4, (void *)p, dims, strides, box, es,
 			    CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
 			    CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
@@ -460,7 +412,7 @@ int moe_att_bwd_fa3(bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const bf16 *
 		    const float *lse, const float *delta, int stages, int ldq, int ldk, int ldv, int ldo, int B, int T,
 		    int H, int Dh, cudaStream_t s, struct moe_error *err)
 {
-	if ((Dh != 64 && Dh != 96 && Dh != 128) || !moe_cuda_grouped_wgmma_supported() || !af_encoder() ||
+	if ((Dh != 64 && Dh != 96 && Dh != 128) || !moe_cuda_grouped_wgmma_supported() || !wg_tmap_encoder() ||
 	    ((uintptr_t)q | (uintptr_t)k | (uintptr_t)v | (uintptr_t)dout) % 16)
 		return 1;
 	CUtensorMap m[4];
@@ -628,8 +580,8 @@ static __device__ __forceinline__ void aff_consume(bf16 *out, float *lse, int ld
 	if (nmine > 0) { /* warpgroup-uniform */
 		unsigned pa[BN / 16][4]; /* P_{j-1} (bf16) as A fragments */
 		float s[BN / 2], alpha[2];
-		af_wait(qbar, 0);
-		af_wait(full, 0);
+		wg_bar_wait(qbar, 0);
+		wg_bar_wait(full, 0);
 		aff_s<DH, BN>(s, sq, sst, cw);
 		wg_wait<0>();
 		wg_fence_regs<BN / 2>(s);
@@ -637,7 +589,7 @@ static __device__ __forceinline__ void aff_consume(bf16 *out, float *lse, int ld
 		aff_pack(pa, s);
 		for (int j = 1; j < nmine; j++) {
 			const int st = j % NS, sp = (j - 1) % NS, k0 = BN * j;
-			af_wait(full + 16 * st, (j / NS) & 1);
+			wg_bar_wait(full + 16 * st, (j / NS) & 1);
 			aff_s<DH, BN>(s, sq, sst + st * 2 * TB, cw);
 			aff_pv<DH, BN>(o, pa, sst + sp * 2 * TB + TB); /* O += P_{j-1} V_{j-1} */
 			wg_wait<1>(); /* S_j done, P V may still run */
@@ -648,7 +600,7 @@ static __device__ __forceinline__ void aff_consume(bf16 *out, float *lse, int ld
 			aff_fence_frags(pa); /* read by P V until here */
 			__syncwarp();
 			if (lane == 0)
-				af_arrive(empty + 16 * sp); /* K_{j-1}, V_{j-1} no longer read */
+				wg_arrive(empty + 16 * sp); /* K_{j-1}, V_{j-1} no longer read */
 			/* P_j's fragments only now: defined while P V ran, ptxas
 			 * serialized the products (C7513) */
 			aff_pack(pa, s);
@@ -665,17 +617,17 @@ static __device__ __forceinline__ void aff_consume(bf16 *out, float *lse, int ld
 		wg_fence_regs<DH / 2>(o);
 		__syncwarp();
 		if (lane == 0)
-			af_arrive(empty + 16 * sp);
+			wg_arrive(empty + 16 * sp);
 	}
 	/* the tiles past this warpgroup's diagonal (or all, past T): waited
 	 * for before being handed back, so that no arrival can count towards
 	 * an earlier round */
 	for (int j = nmine; j < ntile; j++) {
 		const int st = j % NS;
-		af_wait(full + 16 * st, (j / NS) & 1);
+		wg_bar_wait(full + 16 * st, (j / NS) & 1);
 		__syncwarp();
 		if (lane == 0)
-			af_arrive(empty + 16 * st);
+			wg_arrive(empty + 16 * st);
 	}
 	if (nmine == 0)
 		return;
@@ -723,10 +675,10 @@ __global__ void __launch_bounds__(AF_THREADS, 1)
 	const int ntile = (min(q0 + 128, T) - 1) / BN + 1; /* key tiles 0 .. the block's diagonal */
 	if (tid == 0) {
 		for (int s = 0; s < NS; s++) {
-			af_bar_init(full + 16 * s, 1);  /* the producer's arrival, and the bytes */
-			af_bar_init(empty + 16 * s, 8); /* one arrival a consumer warp */
+			wg_bar_init(full + 16 * s, 1);  /* the producer's arrival, and the bytes */
+			wg_bar_init(empty + 16 * s, 8); /* one arrival a consumer warp */
 		}
-		af_bar_init(qbar, 1);
+		wg_bar_init(qbar, 1);
 		asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
 	}
 	__syncthreads();
@@ -737,14 +689,14 @@ __global__ void __launch_bounds__(AF_THREADS, 1)
 		if (tid != 0)
 			return;
 		const int b = bh / H, h = bh % H;
-		af_arrive_tx(qbar, QB);
+		wg_arrive_tx(qbar, QB);
 		af_load<DH, 2, 2>(base, &tq, h, q0, b, 0, qbar);
 		for (int r = 0; r < ntile; r++) {
 			const int st = r % NS;
 			const uint32_t f = full + 16 * st, d = base + QB + st * 2 * TB;
 			if (r >= NS) /* every consumer warp is done with the stage's last round */
-				af_wait(empty + 16 * st, ((r / NS) - 1) & 1);
-			af_arrive_tx(f, 2 * TB);
+				wg_bar_wait(empty + 16 * st, ((r / NS) - 1) & 1);
+			wg_arrive_tx(f, 2 * TB);
 			af_load<DH, BN / 64, BN / 64>(d, &tk, h, BN * r, b, 0, f);
 			af_load<DH, BN / 64, BN / 64>(d + TB, &tv, h, BN * r, b, 0, f);
 		}
@@ -774,7 +726,7 @@ static int aff_launch(const CUtensorMap *m, bf16 *out, float *lse, int ldo, int 
 int moe_att_fwd_fa3(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, int ldq, int ldk, int ldv,
 		    int ldo, int B, int T, int H, int Dh, int bn, int grouped, cudaStream_t s, struct moe_error *err)
 {
-	if ((Dh != 64 && Dh != 96 && Dh != 128) || !moe_cuda_grouped_wgmma_supported() || !af_encoder() ||
+	if ((Dh != 64 && Dh != 96 && Dh != 128) || !moe_cuda_grouped_wgmma_supported() || !wg_tmap_encoder() ||
 	    ((uintptr_t)q | (uintptr_t)k | (uintptr_t)v) % 16 || (size_t)B * H * moe_cdiv(T, 128) > INT_MAX)
 		return 1;
 	/* grouped: the blocks of AF_G heads together, so that the K/V rows

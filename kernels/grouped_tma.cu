@@ -56,8 +56,6 @@
  * the tensor maps cannot be made (the driver entry point, unaligned
  * pointers) or the experts' tables do not fit in shared memory. */
 
-#include <cuda.h>
-#include <cudaTypedefs.h>
 #include <stdlib.h>
 
 #include "wgmma.cuh"
@@ -98,30 +96,6 @@ enum { GT_DG_NOPF = 1, GT_DG_TMA = 2, GT_DG_DEFAULT = GT_DG_TMA };
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 
-static __device__ __forceinline__ void gt_bar_init(uint32_t bar, int count)
-{
-	asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
-}
-static __device__ __forceinline__ void gt_arrive(uint32_t bar)
-{
-	asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
-}
-static __device__ __forceinline__ void gt_arrive_tx(uint32_t bar, uint32_t bytes)
-{
-	asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
-}
-/* until the phase of parity ph has completed */
-static __device__ __forceinline__ void gt_wait(uint32_t bar, uint32_t ph)
-{
-	uint32_t ok;
-	do {
-		asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
-			     "selp.u32 %0, 1, 0, p;\n}\n"
-			     : "=r"(ok)
-			     : "r"(bar), "r"(ph)
-			     : "memory");
-	} while (!ok);
-}
 static __device__ __forceinline__ void gt_tma2(uint32_t dst, const CUtensorMap *m, int c0, int c1, uint32_t bar)
 {
 	asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], "
@@ -268,11 +242,11 @@ static __device__ __forceinline__ void gt_dgrad_swiglu(const float (&a)[NA], int
 	if (full && (g.dgl & GT_DG_TMA)) {
 		/* g and u blocks into the two buffers; dg, du over them */
 		if (lead) {
-			gt_arrive_tx(ebar, 16384);
+			wg_arrive_tx(ebar, 16384);
 			gt_tma3(ba, &te, tl.n0 + qq * 64, 0, tl.row0 + rb, ebar);
 			gt_tma3(bb, &te, tl.n0 + qq * 64, 1, tl.row0 + rb, ebar);
 		}
-		gt_wait(ebar, ne & 1);
+		wg_bar_wait(ebar, ne & 1);
 		ne++;
 #pragma unroll
 		for (int hh = 0; hh < 2; hh++)
@@ -430,12 +404,12 @@ __global__ void __launch_bounds__(GT_THREADS, 1)
 
 	if (tid == 0) {
 		for (int s = 0; s < ST; s++) {
-			gt_bar_init(wg_smem_u32(&full[s]), 1);
-			gt_bar_init(wg_smem_u32(&empty[s]), PP ? 4 : 8); /* one arrival per consumer warp */
+			wg_bar_init(wg_smem_u32(&full[s]), 1);
+			wg_bar_init(wg_smem_u32(&empty[s]), PP ? 4 : 8); /* one arrival per consumer warp */
 		}
-		gt_bar_init(wg_smem_u32(&order), 1);
-		gt_bar_init(wg_smem_u32(&ebar[0]), 1); /* SW input gradient, GT_DG_TMA */
-		gt_bar_init(wg_smem_u32(&ebar[1]), 1);
+		wg_bar_init(wg_smem_u32(&order), 1);
+		wg_bar_init(wg_smem_u32(&ebar[0]), 1); /* SW input gradient, GT_DG_TMA */
+		wg_bar_init(wg_smem_u32(&ebar[1]), 1);
 		asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
 	}
 	if (tid < 32) {
@@ -504,7 +478,7 @@ __global__ void __launch_bounds__(GT_THREADS, 1)
 			for (int kt = 0; kt < tl.kt; kt++, pos++) {
 				const int s = pos % ST, k0 = kt * GT_BK;
 				if (pos >= ST)
-					gt_wait(wg_smem_u32(&empty[s]), ((pos / ST) - 1) & 1);
+					wg_bar_wait(wg_smem_u32(&empty[s]), ((pos / ST) - 1) & 1);
 				const uint32_t dA = sa + s * ABYTES, dB = sb + s * BBYTES, bar = wg_smem_u32(&full[s]);
 				/* rows past offsets[E]: cp.async */
 				const bool cp = MODE == GT_WGRAD ? tl.row0 + k0 + GT_BK > tot : tl.row0 + BM > tot;
@@ -513,7 +487,7 @@ __global__ void __launch_bounds__(GT_THREADS, 1)
 					__syncwarp();
 				}
 				if (lane == 0) {
-					gt_arrive_tx(bar, cp ? (MODE == GT_WGRAD ? 0 : BBYTES) : ABYTES + BBYTES);
+					wg_arrive_tx(bar, cp ? (MODE == GT_WGRAD ? 0 : BBYTES) : ABYTES + BBYTES);
 					if (MODE == GT_WGRAD) {
 						if (!cp) {
 #pragma unroll
@@ -563,7 +537,7 @@ __global__ void __launch_bounds__(GT_THREADS, 1)
 			continue;
 		}
 		if (PP && j > 0) /* tile j - 1's main loop has passed its waits */
-			gt_wait(wg_smem_u32(&order), (j - 1) & 1);
+			wg_bar_wait(wg_smem_u32(&order), (j - 1) & 1);
 		float acc[MW][BN / 2];
 		if (MODE == GT_WGRAD && tl.kt == 0) /* an expert without rows */
 #pragma unroll
@@ -573,7 +547,7 @@ __global__ void __launch_bounds__(GT_THREADS, 1)
 					acc[m][i] = 0.f;
 		for (int kt = 0; kt < tl.kt; kt++) {
 			const int pos = pos0 + kt, s = pos % ST;
-			gt_wait(wg_smem_u32(&full[s]), (pos / ST) & 1);
+			wg_bar_wait(wg_smem_u32(&full[s]), (pos / ST) & 1);
 			const uint32_t a0 = sa + s * ABYTES + (PP ? 0 : cw * MW * 8192), b0 = sb + s * BBYTES;
 			if (MODE == GT_WGRAD && tl.mi - kt * GT_BK < GT_BK) {
 				/* the expert's last, partial k-slice: the k-rows past its
@@ -602,13 +576,13 @@ __global__ void __launch_bounds__(GT_THREADS, 1)
 			wg_commit();
 			wg_wait<1>(); /* the previous k-slice's MMAs are done with their stage */
 			if (kt > 0 && lane == 0)
-				gt_arrive(wg_smem_u32(&empty[(pos - 1) % ST]));
+				wg_arrive(wg_smem_u32(&empty[(pos - 1) % ST]));
 		}
 		if (PP && wl == 0)
-			gt_arrive(wg_smem_u32(&order));
+			wg_arrive(wg_smem_u32(&order));
 		wg_wait<0>();
 		if (tl.kt > 0 && lane == 0)
-			gt_arrive(wg_smem_u32(&empty[(pos0 + tl.kt - 1) % ST]));
+			wg_arrive(wg_smem_u32(&empty[(pos0 + tl.kt - 1) % ST]));
 		pos0 += tl.kt;
 		if (MODE == GT_WGRAD) {
 			/* 64 x 32 fp32 blocks through shared memory and the copy
@@ -798,31 +772,9 @@ extern "C" int moe_cuda_grouped_tma_config(int cfg, int grid)
 	return gt_fallbacks;
 }
 
-typedef PFN_cuTensorMapEncodeTiled_v12000 gt_encode_fn;
-
-/* cuTensorMapEncodeTiled through the runtime's driver entry point (no link
- * against libcuda); NULL when the driver does not offer it. */
-static gt_encode_fn gt_encoder(void)
-{
-	static gt_encode_fn fn;
-	static bool tried;
-	if (!tried) {
-		void *p = NULL;
-		cudaDriverEntryPointQueryResult q;
-		if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault, &q) ==
-			    cudaSuccess &&
-		    q == cudaDriverEntryPointSuccess)
-			fn = (gt_encode_fn)p;
-		else
-			cudaGetLastError();
-		tried = true;
-	}
-	return fn;
-}
-
 extern "C" bool moe_cuda_grouped_tma_supported(void)
 {
-	return moe_cuda_grouped_wgmma_supported() && gt_encoder() != NULL;
+	return moe_cuda_grouped_wgmma_supported() && wg_tmap_encoder() != NULL;
 }
 
 /* A tensor map of rank 2 or 3, 128-byte swizzle (or none), zeros out of
@@ -831,7 +783,7 @@ static bool gt_map(CUtensorMap *m, const void *p, CUtensorMapDataType dt, unsign
 		   const cuuint64_t *strides, const cuuint32_t *box, CUtensorMapSwizzle sw = CU_TENSOR_MAP_SWIZZLE_128B)
 {
 	const cuuint32_t es[3] = {1, 1, 1};
-	return gt_encoder()(m, dt, rank, (void *)p, dims, strides, box, es, CU_TENSOR_MAP_INTERLEAVE_NONE, sw,
+	return wg_tmap_encoder()(m, dt, rank, (void *)p, dims, strides, box, es, CU_TENSOR_MAP_INTERLEAVE_NONE, sw,
 			    CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
@@ -866,7 +818,7 @@ static int gt_launch(void *c, const bf16 *a, const bf16 *w, const int32_t *offse
 	const int K = MODE == GT_FWD ? In : Out, ncols = MODE == GT_FWD ? (SW ? Out / 2 : Out) : In;
 	const size_t smem = gt_cfg<BM, BN, ST>::SMEM + (size_t)2 * (E + 1) * sizeof(int);
 	if (smem > GT_SMEM_MAX || ((uintptr_t)a | (uintptr_t)w | (uintptr_t)c | (uintptr_t)h | (uintptr_t)gu) % 16 ||
-	    !gt_encoder())
+	    !wg_tmap_encoder())
 		return 1;
 	CUtensorMap ta, tb, tc, td, te;
 	/* the weight gradient's row count is known on the device only: its

@@ -1,13 +1,39 @@
 /* Hopper (sm_90a) primitives shared by the warpgroup-MMA kernels
- * (grouped_wgmma.cu, grouped_tma.cu, attention_wgmma.cu): 16-byte cp.async copies into
- * shared memory, the shared-memory matrix descriptor of the 128-byte
- * swizzle, the fences, commits and waits around wgmma, and the 64 x 128 /
- * 64 x 256 products with both operands in shared memory.  Only for code
- * compiled under __CUDA_ARCH_FEAT_SM90_ALL. */
+ * (grouped_wgmma.cu, grouped_tma.cu, attention_wgmma.cu, attention_fa3.cu):
+ * 16-byte cp.async copies into shared memory, the mbarriers the TMA kernels
+ * hand their stages over with, the shared-memory matrix descriptor of the
+ * 128-byte swizzle, the fences, commits and waits around wgmma, and the
+ * 64 x 128 / 64 x 256 products with both operands in shared memory (device
+ * code only under __CUDA_ARCH_FEAT_SM90_ALL); on the host, the driver's
+ * tensor-map encoder. */
 #ifndef MOE_WGMMA_CUH
 #define MOE_WGMMA_CUH
 
+#include <cuda.h>
+#include <cudaTypedefs.h>
+
 #include "cuda_common.h"
+
+/* cuTensorMapEncodeTiled through the runtime's driver entry point (no link
+ * against libcuda); NULL when the driver does not offer it.  Asked once per
+ * file that calls it. */
+static inline PFN_cuTensorMapEncodeTiled_v12000 wg_tmap_encoder(void)
+{
+	static PFN_cuTensorMapEncodeTiled_v12000 fn;
+	static bool tried;
+	if (!tried) {
+		void *p = NULL;
+		cudaDriverEntryPointQueryResult q;
+		if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault, &q) ==
+			    cudaSuccess &&
+		    q == cudaDriverEntryPointSuccess)
+			fn = (PFN_cuTensorMapEncodeTiled_v12000)p;
+		else
+			cudaGetLastError();
+		tried = true;
+	}
+	return fn;
+}
 
 /* The accumulator operands of a wgmma, for the inline asm below and in
  * attention_wgmma.cu: WG_Sn, the text "%0, ..., %(n-1)"; WG_Dn, the
@@ -45,6 +71,32 @@ static __device__ __forceinline__ void wg_cp_commit() { asm volatile("cp.async.c
 template <int N> static __device__ __forceinline__ void wg_cp_wait()
 {
 	asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+/* mbarriers in shared memory (bar: its shared-window address) */
+static __device__ __forceinline__ void wg_bar_init(uint32_t bar, int count)
+{
+	asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+static __device__ __forceinline__ void wg_arrive(uint32_t bar)
+{
+	asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+static __device__ __forceinline__ void wg_arrive_tx(uint32_t bar, uint32_t bytes)
+{
+	asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+/* until the phase of parity ph has completed */
+static __device__ __forceinline__ void wg_bar_wait(uint32_t bar, uint32_t ph)
+{
+	uint32_t ok;
+	do {
+		asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+			     "selp.u32 %0, 1, 0, p;\n}\n"
+			     : "=r"(ok)
+			     : "r"(bar), "r"(ph)
+			     : "memory");
+	} while (!ok);
 }
 
 /* Shared-memory matrix descriptor, 128-byte swizzle: start address, leading
