@@ -120,6 +120,19 @@ static __device__ __forceinline__ float warp_max(float v)
 	return v;
 }
 
+/* dw[i] += the sum of the n partial rows part[q * D + i] (shared memory,
+ * written before a __syncthreads), by the block's threads: the norms'
+ * weight gradients, one atomic a column a block. */
+static __device__ __forceinline__ void block_rows_sum_add(float *dw, const float *part, int n, int D)
+{
+	for (int i = threadIdx.x; i < D; i += blockDim.x) {
+		float s = 0.f;
+		for (int q = 0; q < n; q++)
+			s += part[(size_t)q * D + i];
+		atomicAdd(dw + i, s);
+	}
+}
+
 static inline unsigned moe_cdiv(size_t a, size_t b) { return (unsigned)((a + b - 1) / b); }
 
 /* Resident blocks of kern on this device (at least 1), for grid-stride

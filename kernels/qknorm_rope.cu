@@ -163,12 +163,7 @@ qknorm_rope_bwd_kernel(bf16 *dx, float *dw, const bf16 *dout, const bf16 *x, con
 			st8s(y + i, acc[c]);
 	}
 	__syncthreads();
-	for (int i = threadIdx.x; i < D; i += blockDim.x) {
-		float s = 0.f;
-		for (int q = 0; q < QR_WARPS; q++)
-			s += sy[(size_t)q * D + i];
-		atomicAdd(dw + i, s);
-	}
+	block_rows_sum_add(dw, sy, QR_WARPS, D);
 }
 
 
@@ -376,12 +371,7 @@ qknorm_rope_pair_bwd_kernel(bf16 *dx, float *dw, const bf16 *dout, const bf16 *x
 	if (!dw)
 		return;
 	__syncthreads();
-	for (int i = threadIdx.x; i < D; i += blockDim.x) {
-		float s = 0.f;
-		for (int g = 0; g < groups; g++)
-			s += sw[D + (size_t)g * D + i];
-		atomicAdd(dw + i, s);
-	}
+	block_rows_sum_add(dw, sw + D, groups, D);
 }
 
 extern "C" bool moe_cuda_qknorm_rope_supported(int H, int Dh)

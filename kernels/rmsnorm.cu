@@ -187,12 +187,7 @@ rmsnorm_rows_bwd_kernel(bf16 *dx, float *dw, const bf16 *dout, const bf16 *x, co
 				my[i + j] = acc[c][j];
 	}
 	__syncthreads();
-	for (int i = threadIdx.x; i < D; i += blockDim.x) {
-		float s = 0.f;
-		for (int q = 0; q < warps; q++)
-			s += sw[D + (size_t)q * D + i];
-		atomicAdd(dw + i, s);
-	}
+	block_rows_sum_add(dw, sw + D, warps, D);
 }
 
 /* One warp per row; 16-byte accesses (D % 8 == 0). */
@@ -268,12 +263,7 @@ __global__ void rmsnorm_bwd_kernel(bf16 *dx, float *dw, const bf16 *dout, const 
 	__syncthreads();
 	if (!dw)
 		return;
-	for (int i = threadIdx.x; i < D; i += blockDim.x) {
-		float s = 0.f;
-		for (int k = 0; k < warps; k++)
-			s += sdw[(size_t)k * D + i];
-		atomicAdd(dw + i, s);
-	}
+	block_rows_sum_add(dw, sdw, warps, D);
 }
 
 /* The same for D <= 256 * NC: every lane of a warp always touches columns
@@ -350,12 +340,7 @@ __global__ void __launch_bounds__(256) rmsnorm_bwd_reg_kernel(bf16 *dx, float *d
 				my[i + j] = acc[c][j];
 	}
 	__syncthreads();
-	for (int i = threadIdx.x; i < D; i += blockDim.x) {
-		float s = 0.f;
-		for (int q = 0; q < warps; q++)
-			s += sdw[(size_t)q * D + i];
-		atomicAdd(dw + i, s);
-	}
+	block_rows_sum_add(dw, sdw, warps, D);
 }
 
 static int check_d(int D, struct moe_error *err)
