@@ -54,6 +54,7 @@
 
 extern "C" {
 #include "model/model.h"
+#include "model/ops.h"
 }
 
 #define N_ROUTES 256
@@ -1369,6 +1370,30 @@ static void o_adamw(struct moe_backend *be, float *p, const float *g, float gsca
 	PROF_END(c);
 }
 
+/* One layer's selection-bias step queued on the stream (the directions go
+ * in the launch); more experts than a launch carries: through the host. */
+static void o_balance_bias(struct moe_backend *be, float *bias, const int8_t *dir, int E, float u, float clamp)
+{
+	struct cuda_ctx *c = CTX(be);
+	if (E > MOE_CUDA_BALANCE_MAX_E) {
+		float *b = (float *)malloc((size_t)E * sizeof *b);
+		if (!b) {
+			if (c->rc == 0)
+				c->rc = moe_error_set(&c->err, MOE_ENOMEM, "cuda: out of host memory");
+			return;
+		}
+		b_to_host(be, b, bias, (size_t)E, MOE_BUF_F32);
+		moe_balance_apply(b, dir, E, u, clamp);
+		b_from_host(be, bias, b, (size_t)E, MOE_BUF_F32);
+		free(b);
+		return;
+	}
+	bf16_t *b16 = (bias >= c->p32 && bias < c->p32 + c->n) ? c->p16 + (bias - c->p32) : NULL;
+	PROF(c, "balance_bias");
+	RUN(c, moe_cuda_balance_bias(bias, b16, dir, E, u, clamp, c->s, &c->err));
+	PROF_END(c);
+}
+
 extern "C" struct moe_backend *moe_backend_cuda(struct moe_error *err)
 {
 	int ndev = 0;
@@ -1507,6 +1532,7 @@ extern "C" struct moe_backend *moe_backend_cuda(struct moe_error *err)
 	be->axpy = o_axpy;
 	be->scale_act = o_scale_act;
 	be->adamw = o_adamw;
+	be->balance_bias = o_balance_bias;
 	if (!c->qkv_split) { /* MOE_CUDA_QKV=split: the model's three linears */
 		be->linear_fwd_multi = o_linear_fwd_multi;
 		be->linear_wgrad_multi = o_linear_wgrad_multi;

@@ -195,6 +195,14 @@ int moe_cuda_to_f32(float *dst, const bf16_t *src, size_t n, cudaStream_t s, str
 int moe_cuda_axpy(float *y, const float *x, size_t n, float a, cudaStream_t s, struct moe_error *err);
 int moe_cuda_scale_bf16(bf16_t *x, size_t n, float a, cudaStream_t s, struct moe_error *err);
 
+/* balance.cu: one layer's loss-free-balancing step on the device (as
+ * moe_balance_apply: b += dir * u clamped to +-clamp), b16 (may be NULL)
+ * receives bf16(b); dir is host memory, passed in the launch (E at most
+ * MOE_CUDA_BALANCE_MAX_E). */
+#define MOE_CUDA_BALANCE_MAX_E 2048
+int moe_cuda_balance_bias(float *b, bf16_t *b16, const int8_t *dir, int E, float u, float clamp,
+			  cudaStream_t s, struct moe_error *err);
+
 /* gemm.cu: row-major bf16 GEMMs on tensor cores with fp32 accumulation.
  * C (M, N) = alpha * op(A) op(B) + beta * C, op(A) (M, K) (A stored (K, M)
  * when ta), op(B) (K, N) (B stored (N, K) when tb); C bf16 or fp32 (c_f32). */

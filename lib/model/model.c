@@ -5,6 +5,7 @@
  */
 #include "model/model.h"
 #include "model/model_int.h"
+#include "model/ops.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -1029,32 +1030,24 @@ int moe_model_backward(struct moe_model *m, float grad_scale, struct moe_error *
 int moe_model_update_bias(struct moe_model *m, const int64_t *counts, float u, struct moe_error *err)
 {
 	const struct moe_config *c = &m->cfg;
+	struct moe_backend *be = m->be;
 	int E = c->num_experts;
 	float clamp = (float)c->balance_bias_clamp;
 	for (int l = 0; l < c->num_hidden_layers; l++) {
 		const struct moe_layer_offsets *lo = &m->layers[l];
 		if (!lo->is_moe)
 			continue;
-		const int64_t *cnt = counts + (size_t)(l - c->n_dense_layers) * E;
-		float b[E];
-		m->be->to_host(m->be, b, m->be->master(m->be, lo->bias), (size_t)E, MOE_BUF_F32);
-		double mean = 0.0;
-		for (int e = 0; e < E; e++)
-			mean += (double)cnt[e];
-		mean /= E;
-		for (int e = 0; e < E; e++) {
-			double d = mean - (double)cnt[e];
-			if (d > 0)
-				b[e] += u;
-			else if (d < 0)
-				b[e] -= u;
-			if (b[e] > clamp)
-				b[e] = clamp;
-			if (b[e] < -clamp)
-				b[e] = -clamp;
+		int8_t dir[E];
+		moe_balance_dir(dir, counts + (size_t)(l - c->n_dense_layers) * E, E);
+		if (be->balance_bias) { /* on the device, queued: no round trip */
+			be->balance_bias(be, be->master(be, lo->bias), dir, E, u, clamp);
+			continue;
 		}
-		m->be->from_host(m->be, m->be->master(m->be, lo->bias), b, (size_t)E, MOE_BUF_F32);
+		float b[E];
+		be->to_host(be, b, be->master(be, lo->bias), (size_t)E, MOE_BUF_F32);
+		moe_balance_apply(b, dir, E, u, clamp);
+		be->from_host(be, be->master(be, lo->bias), b, (size_t)E, MOE_BUF_F32);
 	}
-	m->be->params_updated(m->be);
-	return m->be->sync(m->be, err);
+	be->params_updated(be);
+	return be->status ? be->status(be, err) : be->sync(be, err);
 }

@@ -826,6 +826,34 @@ void moe_adamw_step(float *p, const float *g, float gscale, float *m, float *v, 
 	}
 }
 
+void moe_balance_dir(int8_t *dir, const int64_t *counts, int E)
+{
+	double mean = 0.0;
+	for (int e = 0; e < E; e++)
+		mean += (double)counts[e];
+	mean /= E;
+	for (int e = 0; e < E; e++) {
+		double d = mean - (double)counts[e];
+		dir[e] = (int8_t)(d > 0 ? 1 : d < 0 ? -1 : 0);
+	}
+}
+
+void moe_balance_apply(float *b, const int8_t *dir, int E, float u, float clamp)
+{
+	for (int e = 0; e < E; e++) {
+		float x = b[e];
+		if (dir[e] > 0)
+			x += u;
+		else if (dir[e] < 0)
+			x -= u;
+		if (x > clamp)
+			x = clamp;
+		if (x < -clamp)
+			x = -clamp;
+		b[e] = x;
+	}
+}
+
 double moe_sumsq(const float *x, size_t n)
 {
 	int nt = max_threads();

@@ -113,6 +113,13 @@ void moe_adamw_step(float *p, const float *g, float gscale, float *m, float *v, 
 /* Sum of squares (double accumulation). */
 double moe_sumsq(const float *x, size_t n);
 
+/* Loss-free balancing, one MoE layer: the direction of each expert's
+ * selection-bias step from the step's counts (+1: used less than the mean,
+ * raise; -1: more, lower; 0: exactly the mean), then the step itself:
+ * b += dir * u, clamped to [-clamp, clamp] (fp32, as every backend does it). */
+void moe_balance_dir(int8_t *dir /* (E) */, const int64_t *counts /* (E) */, int E);
+void moe_balance_apply(float *b /* (E) */, const int8_t *dir /* (E) */, int E, float u, float clamp);
+
 /* ---- additions for the MoE graph (lib/model) ------------------------------ */
 
 /* SwiGLU on a fused gate/up row: gu (M, 2I) holds [g | u] per row (the fused

@@ -658,3 +658,73 @@ Test(backend, qkv_batched_matches_split, .timeout = 60)
 	free(y);
 	moe_model_free(mc);
 }
+
+/* The loss-free-balancing step on the device (be->balance_bias: no host round
+ * trip) against the CPU backend's host path (moe_balance_apply after a
+ * read-back): random biases near the clamp, random counts with a layer of
+ * exact ties, six steps.  Every bias bit-identical, every other parameter
+ * untouched, and the bf16 compute copy equal to the master rounded. */
+Test(backend, balance_bias_matches_cpu, .timeout = 60)
+{
+	NEED_GPU();
+	struct moe_config cfg;
+	struct moe_error err = {0};
+	float *p;
+	struct moe_model *mc = cpu_params(&cfg, 41, &p);
+	size_t np = moe_model_num_params(mc);
+	cfg.balance_bias_clamp = 0.0035;
+	moe_model_free(mc);
+	mc = moe_model_new(&cfg, moe_backend_cpu(), &err);
+	cr_assert_not_null(mc, "%s", err.msg);
+	int E = cfg.num_experts, Lm = cfg.num_hidden_layers - cfg.n_dense_layers;
+	rng_seed(43);
+	for (int l = cfg.n_dense_layers; l < cfg.num_hidden_layers; l++)
+		for (int e = 0; e < E; e++)
+			p[moe_model_layer(mc, l)->bias + e] = (float)(rng_u64() % 7001) * 1e-6f - 0.0035f;
+	moe_model_set_params(mc, p);
+	struct moe_model *mg = gpu_model(&cfg, p, "kernel");
+	struct moe_backend *gb = moe_model_backend(mg);
+	cr_assert_not_null(gb->balance_bias, "the CUDA backend updates the bias on the device");
+	cr_assert_null(moe_model_backend(mc)->balance_bias, "the CPU backend runs the host path");
+	int64_t *cnt = malloc(sizeof *cnt * (size_t)(Lm * E));
+	for (int s = 0; s < 6; s++) {
+		for (int i = 0; i < Lm * E; i++)
+			cnt[i] = i < E ? 5 : (int64_t)(rng_u64() % 9); /* the first MoE layer: all at the mean */
+		cr_assert_eq(moe_model_update_bias(mc, cnt, 1e-3f, &err), 0, "%s", err.msg);
+		cr_assert_eq(moe_model_update_bias(mg, cnt, 1e-3f, &err), 0, "%s", err.msg);
+	}
+	float *pc = malloc(np * 4), *pg = malloc(np * 4), *b16 = malloc((size_t)E * 4);
+	moe_model_get_params(mc, pc);
+	moe_model_get_params(mg, pg);
+	int moved = 0, clamped = 0;
+	for (size_t i = 0; i < np; i++)
+		cr_assert(memcmp(&pc[i], &pg[i], 4) == 0, "parameter %zu: cpu %.9g cuda %.9g", i, pc[i], pg[i]);
+	for (int l = cfg.n_dense_layers; l < cfg.num_hidden_layers; l++) {
+		size_t o = moe_model_layer(mc, l)->bias;
+		gb->to_host(gb, b16, gb->param(gb, o), (size_t)E, MOE_BUF_ACT);
+		cr_assert_eq(gb->sync(gb, &err), 0, "%s", err.msg);
+		for (int e = 0; e < E; e++) {
+			moved += pc[o + e] != p[o + e];
+			clamped += fabsf(pc[o + e]) == 0.0035f;
+			uint32_t u; /* the master rounded to bf16, to nearest even */
+			memcpy(&u, &pg[o + e], 4);
+			u = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+			float r;
+			memcpy(&r, &u, 4);
+			cr_assert_eq(b16[e], r, "layer %d expert %d: compute copy %.9g master %.9g", l, e, b16[e],
+				     pg[o + e]);
+		}
+		if (l == cfg.n_dense_layers)
+			for (int e = 0; e < E; e++)
+				cr_assert_eq(pc[o + e], p[o + e], "ties at the mean leave the bias");
+	}
+	cr_assert_gt(moved, E, "the steps moved the biases");
+	cr_assert_gt(clamped, 0, "some biases reached the clamp");
+	free(cnt);
+	free(pc);
+	free(pg);
+	free(b16);
+	free(p);
+	moe_model_free(mg);
+	moe_model_free(mc);
+}
