@@ -120,6 +120,7 @@ struct cuda_ctx {
 	int grouped_tma;    /* GM_WGMMA: 1 fwd and dgrad, 2 all three through grouped_tma.cu */
 	int qk_split;       /* MOE_CUDA_QKNORM_ROPE=split: rmsnorm and rope as two kernels */
 	int qkv_split;      /* MOE_CUDA_QKV=split: no batched linears (linear_fwd_multi, _wgrad_multi) */
+	int res_copy;       /* MOE_CUDA_RESGEMM=0: residual linears as a copy and a GEMM adding in place */
 	/* narrow linears (the router) through the wgmma kernel as one group:
 	 * narrow_ok unless MOE_CUDA_NARROW=cublas or not sm_90; one_off holds
 	 * the group's offsets {0, one_rows} (one_rows 0: not set yet) */
@@ -716,6 +717,18 @@ static void o_linear_fwd(struct moe_backend *be, void *out, const void *x, const
 static void o_linear_fwd_add(struct moe_backend *be, void *out, const void *x, const void *w, int N, int In, int Out)
 {
 	linear_fwd_beta(be, out, x, w, N, In, Out, 1.f);
+}
+
+/* out = res + x w^T with out != res: cuBLASLt reads res as its C and writes
+ * out as its D, so the residual is not copied into out first */
+static void o_linear_fwd_res(struct moe_backend *be, void *out, const void *res, const void *x, const void *w, int N,
+			     int In, int Out)
+{
+	struct cuda_ctx *c = CTX(be);
+	PROF(c, "linear");
+	RUN(c, moe_cuda_gemm_res(c->blas, N, Out, In, (const bf16_t *)x, In, (const bf16_t *)w, In,
+				 (const bf16_t *)res, (bf16_t *)out, Out, &c->err));
+	PROF_END(c);
 }
 
 static void o_linear_bwd(struct moe_backend *be, void *dx, float *dw, const void *dout, const void *x, const void *w,
@@ -1478,6 +1491,8 @@ extern "C" struct moe_backend *moe_backend_cuda(struct moe_error *err)
 		c->qkv_split = kv && strcmp(kv, "split") == 0;
 		const char *nv = getenv("MOE_CUDA_NARROW");
 		c->narrow_ok = moe_cuda_grouped_wgmma_supported() && !(nv && strcmp(nv, "cublas") == 0);
+		const char *rv = getenv("MOE_CUDA_RESGEMM");
+		c->res_copy = rv && strcmp(rv, "0") == 0;
 	}
 	if (c->prof)
 		for (int i = 0; i < 4096; i++)
@@ -1533,6 +1548,8 @@ extern "C" struct moe_backend *moe_backend_cuda(struct moe_error *err)
 	be->scale_act = o_scale_act;
 	be->adamw = o_adamw;
 	be->balance_bias = o_balance_bias;
+	if (!c->res_copy)
+		be->linear_fwd_res = o_linear_fwd_res;
 	if (!c->qkv_split) { /* MOE_CUDA_QKV=split: the model's three linears */
 		be->linear_fwd_multi = o_linear_fwd_multi;
 		be->linear_wgrad_multi = o_linear_wgrad_multi;

@@ -212,6 +212,11 @@ void moe_cuda_blas_free(struct moe_cuda_blas *b);
 int moe_cuda_gemm(struct moe_cuda_blas *b, int ta, int tb, int M, int N, int K, const bf16_t *A,
 		  int lda, const bf16_t *B, int ldb, void *C, int ldc, int c_f32, float alpha,
 		  float beta, struct moe_error *err);
+/* D (M, N) = R (M, N) + A (M, K) B^T, B stored (N, K), bf16, D != R
+ * (cuBLASLt with separate C and D: a residual add without copying R to D
+ * first); the plan of each shape is made once (at most 16 shapes). */
+int moe_cuda_gemm_res(struct moe_cuda_blas *b, int M, int N, int K, const bf16_t *A, int lda,
+		      const bf16_t *B, int ldb, const bf16_t *R, bf16_t *D, int ldc, struct moe_error *err);
 /* batch GEMMs of one shape in one cuBLAS call, operand b at A + b * sA,
  * B + b * sB, C + b * sC (elements; a stride 0 shares the operand) */
 int moe_cuda_gemm_batched(struct moe_cuda_blas *b, int ta, int tb, int M, int N, int K, const bf16_t *A,

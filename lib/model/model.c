@@ -587,6 +587,18 @@ static size_t qkv_stride(const struct moe_model *m)
 	return (size_t)m->cap_N * m->cfg.hidden_size;
 }
 
+/* out = res + x w^T (out, res distinct; N rows of Out) */
+static void linear_res(struct moe_backend *be, void *out, const void *res, const void *x, const void *w, int N,
+		       int In, int Out)
+{
+	if (be->linear_fwd_res) {
+		be->linear_fwd_res(be, out, res, x, w, N, In, Out);
+		return;
+	}
+	be->copy(be, out, res, (size_t)N * Out, MOE_BUF_ACT);
+	be->linear_fwd_add(be, out, x, w, N, In, Out);
+}
+
 static void block_fwd(struct moe_model *m, int l, struct layer_acts *a, void *x_in, void *x_out,
 		      int B, int T, bool use_bias)
 {
@@ -595,7 +607,6 @@ static void block_fwd(struct moe_model *m, int l, struct layer_acts *a, void *x_
 	const struct moe_layer_offsets *lo = &m->layers[l];
 	int N = B * T, D = c->hidden_size, H = c->num_attention_heads, Dh = D / H;
 	float eps = (float)c->rms_norm_eps, theta = (float)c->rope_theta;
-	size_t ND = (size_t)N * D;
 #define P(off) be->param(be, off)
 	/* attention */
 	be->rmsnorm_fwd(be, a->ln1, a->rstd1, x_in, P(lo->ln_in), N, D, eps);
@@ -612,15 +623,13 @@ static void block_fwd(struct moe_model *m, int l, struct layer_acts *a, void *x_
 	be->qknorm_rope_fwd(be, a->k, a->rstdk, a->kraw, P(lo->k_norm), B, T, H, Dh, eps, theta);
 	be->attention_fwd(be, a->att, a->lse, a->q, a->k, a->v, B, T, H, Dh);
 	/* x_mid = x_in + attn; x_out = x_mid + mlp (the GEMMs add into them) */
-	be->copy(be, a->xmid, x_in, ND, MOE_BUF_ACT);
-	be->linear_fwd_add(be, a->xmid, a->att, P(lo->o), N, D, D);
+	linear_res(be, a->xmid, x_in, a->att, P(lo->o), N, D, D);
 	be->rmsnorm_fwd(be, a->ln2, a->rstd2, a->xmid, P(lo->ln_post), N, D, eps);
 	if (!lo->is_moe) {
 		int Id = c->dense_intermediate_size;
-		be->copy(be, x_out, a->xmid, ND, MOE_BUF_ACT);
 		be->linear_fwd(be, a->gu, a->ln2, P(lo->dense_gate_up), N, D, 2 * Id);
 		be->swiglu_gu_fwd(be, a->h, a->gu, N, Id);
-		be->linear_fwd_add(be, x_out, a->h, P(lo->dense_down), N, Id, D);
+		linear_res(be, x_out, a->xmid, a->h, P(lo->dense_down), N, Id, D);
 		return;
 	}
 	int E = c->num_experts, K = c->num_experts_per_tok, I = c->intermediate_size;

@@ -281,6 +281,9 @@ struct moe_backend {
 	/* the same adding into out / dx instead of overwriting (residual and gradient sums) */
 	void (*linear_fwd_add)(struct moe_backend *be, void *out, const void *x, const void *w, int N, int In, int Out);
 	void (*linear_bwd_add)(struct moe_backend *be, void *dx, float *dw, const void *dout, const void *x, const void *w, int N, int In, int Out);
+	/* Optional (NULL: copy res to out, then linear_fwd_add): out = res +
+	 * x w^T, out and res distinct buffers (the residual stream's sums) */
+	void (*linear_fwd_res)(struct moe_backend *be, void *out, const void *res, const void *x, const void *w, int N, int In, int Out);
 	/* Optional (NULL: the model loops over linear_fwd / linear_bwd): nb
 	 * linears of one input x in one call.  fwd: out_b = x w_b^T, with w_b
 	 * at w + b * w_stride and out_b at out + b * out_stride (elements);

@@ -904,6 +904,53 @@ Test(kernels, gemm)
 	moe_cuda_blas_free(b);
 }
 
+/* The residual GEMM (cuBLASLt, out = res + x w^T into a buffer other than
+ * res) against the fp32 reference (relative 1e-2: bf16 output) and against
+ * the copy-then-add-in-place cuBLAS path it replaces (every element within
+ * one bf16 rounding of the other's value, 2^-8 relative + 1e-6); res
+ * unchanged; a second call of a planned shape bit-identical. */
+static void gemm_res_case(struct moe_cuda_blas *b, int N, int In, int Out)
+{
+	size_t no = (size_t)N * Out;
+	float *x = rand_bf((size_t)N * In, 1.f), *w = rand_bf((size_t)Out * In, 0.1f), *r = rand_bf(no, 2.f);
+	float *ref = malloc(no * 4);
+	moe_linear_fwd(ref, x, w, NULL, N, In, Out);
+	for (size_t i = 0; i < no; i++)
+		ref[i] += r[i];
+	bf16_t *gx = up_bf(x, (size_t)N * In), *gw = up_bf(w, (size_t)Out * In), *gr = up_bf(r, no);
+	bf16_t *go = dmalloc(no * 2), *gc = dmalloc(no * 2);
+	LAUNCH_OK(moe_cuda_gemm_res(b, N, Out, In, gx, In, gw, In, gr, go, Out, &gerr));
+	cr_assert_eq(cudaMemcpy(gc, gr, no * 2, cudaMemcpyDeviceToDevice), cudaSuccess);
+	LAUNCH_OK(moe_cuda_gemm(b, 0, 1, N, Out, In, gx, In, gw, In, gc, Out, 0, 1.f, 1.f, &gerr));
+	float *o = down_bf(go, no), *oc = down_bf(gc, no), *rr = down_bf(gr, no);
+	char what[64];
+	snprintf(what, sizeof what, "gemm_res N %d In %d Out %d", N, In, Out);
+	CHECK_REL(o, ref, no, 1e-2, what);
+	size_t far = 0;
+	for (size_t i = 0; i < no; i++)
+		far += fabsf(o[i] - oc[i]) > fabsf(oc[i]) * (1.f / 256) + 1e-6f;
+	cr_expect_eq(far, 0, "%s: %zu elements beyond one bf16 rounding of the in-place path", what, far);
+	cr_expect(memcmp(rr, r, no * 4) == 0, "%s: the residual was changed", what);
+	LAUNCH_OK(moe_cuda_gemm_res(b, N, Out, In, gx, In, gw, In, gr, gc, Out, &gerr));
+	float *o2 = down_bf(gc, no);
+	cr_expect(memcmp(o2, o, no * 4) == 0, "%s: a second call differs", what);
+	cudaFree(gx), cudaFree(gw), cudaFree(gr), cudaFree(go), cudaFree(gc);
+	free(x), free(w), free(r), free(ref), free(o), free(oc), free(rr), free(o2);
+}
+
+Test(kernels, gemm_res, .timeout = 60)
+{
+	NEED_GPU();
+	rng_seed(12);
+	struct moe_cuda_blas *b = moe_cuda_blas_new(S, &gerr);
+	cr_assert_not_null(b, "%s", gerr.msg);
+	static const int shapes[][3] = {{200, 136, 72}, {1, 8, 8}, {333, 64, 128}, {4096, 768, 768}, {2048, 3840, 768}};
+	for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++)
+		gemm_res_case(b, shapes[i][0], shapes[i][1], shapes[i][2]);
+	gemm_res_case(b, 200, 136, 72); /* a planned shape again, on fresh inputs */
+	moe_cuda_blas_free(b);
+}
+
 /* One family of grouped GEMM launchers: grouped_gemm.cu's mma.sync kernel
  * or grouped_wgmma.cu's Hopper kernels (same arguments). */
 typedef int (*grouped_mm_fn)(bf16_t *, const bf16_t *, const bf16_t *, const int32_t *, int, int, int, int,
