@@ -1006,11 +1006,17 @@ int moe_model_backward(struct moe_model *m, float grad_scale, struct moe_error *
 		for (size_t i = 0; i < m->n_params; i++)
 			if (!m->params[i].trainable) /* the selection bias */
 				be->zero(be, be->grad(be, m->params[i].offset), m->params[i].numel, MOE_BUF_F32);
-		be->zero(be, be->grad(be, m->off_head), (size_t)V * D, MOE_BUF_F32);
 	}
 	/* the forward ran the LM head's backward for a unit scale: d(lnf) is in
-	 * g->d1, the head's weight gradient in g->hgrad */
-	be->axpy(be, be->grad(be, m->off_head), g->hgrad, (size_t)V * D, grad_scale);
+	 * g->d1, the head's weight gradient in g->hgrad (copied when it is the
+	 * whole gradient, else added, scaled) */
+	if (be->grad_overwrite && grad_scale == 1.0f) {
+		be->copy(be, be->grad(be, m->off_head), g->hgrad, (size_t)V * D, MOE_BUF_F32);
+	} else {
+		if (be->grad_overwrite)
+			be->zero(be, be->grad(be, m->off_head), (size_t)V * D, MOE_BUF_F32);
+		be->axpy(be, be->grad(be, m->off_head), g->hgrad, (size_t)V * D, grad_scale);
+	}
 	if (grad_scale != 1.0f)
 		be->scale_act(be, g->d1, (size_t)N * D, grad_scale);
 	void *xL = act_at(m, g->resid, (size_t)L * N * D);
