@@ -1315,6 +1315,21 @@ static void o_zloss(struct moe_backend *be, void *dlogits, const void *logits, i
 		    double *loss)
 {
 	struct cuda_ctx *c = CTX(be);
+	if (loss && !moe_cuda_route_legacy_on()) {
+		/* one launch: the kernel stores the sum into the result slot */
+		void *part = scratch(c, S_LOSS, moe_cuda_zloss_scratch(N, E));
+		PROF(c, "zloss");
+		if (c->npend == N_PEND)
+			pend_flush(c);
+		if (c->rc == 0) {
+			double *acc = c->dres + 2 * c->npend;
+			c->pend[c->npend++] = (struct pending){loss, NULL, N > 0 ? 1.0 / N : 0.0};
+			RUN(c, moe_cuda_zloss_sum(acc, (bf16_t *)dlogits, (const bf16_t *)logits, N, E, scale, part,
+						  c->s, &c->err));
+		}
+		PROF_END(c);
+		return;
+	}
 	float *rows = (float *)scratch(c, S_LOSS, (size_t)(N > 0 ? N : 1) * sizeof(float));
 	PROF(c, "zloss");
 	RUN(c, moe_cuda_zloss((bf16_t *)dlogits, rows, (const bf16_t *)logits, N, E, scale, c->s, &c->err));

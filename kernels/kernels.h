@@ -133,6 +133,16 @@ int moe_cuda_router_bwd(bf16_t *dlogits, const float *dtopk_w, const float *dpro
  * scale * 2 * lse / N * softmax. */
 int moe_cuda_zloss(bf16_t *dlogits, float *rowz /* (N) */, const bf16_t *logits, int N, int E,
 		   float scale, cudaStream_t s, struct moe_error *err);
+/* The same summed in one launch: acc[0] = sum over rows of lse^2 (double,
+ * fixed order: bit-reproducible), acc[1] = N, both stored (not added);
+ * scratch of moe_cuda_zloss_scratch() bytes. */
+size_t moe_cuda_zloss_scratch(int N, int E);
+int moe_cuda_zloss_sum(double *acc /* (2) */, bf16_t *dlogits, const bf16_t *logits, int N, int E, float scale,
+		       void *scratch, cudaStream_t s, struct moe_error *err);
+/* 1: router.cu's and route_group.cu's previous kernels (comparisons; also
+ * MOE_CUDA_ROUTE=legacy in the environment); 0: the current ones. */
+void moe_cuda_route_legacy(int on);
+int moe_cuda_route_legacy_on(void);
 /* psum[e] = sum of probs over rows with ids[n] != pad_id (ids may be NULL),
  * cnt[e] = their (row, slot) pairs routed to e; both overwritten; scratch of
  * moe_cuda_router_stats_scratch() bytes. */

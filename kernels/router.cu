@@ -1,12 +1,39 @@
 /* Router: softmax over all E experts in fp32 from bf16 logits, top-K of
  * logits + selection bias (ties: lower id), chosen experts listed by
  * probability descending, gate weights renormalised when norm_topk; its
- * backward; the z-loss; the aux-loss statistics and gradient.  One warp per
- * token; E <= 32 * RJ. */
+ * backward; the z-loss; the aux-loss statistics and gradient.
+ *
+ * The kernels (session 6): G lanes of a warp per token (G a power of two,
+ * at least E/8 and K), each lane holding 8 consecutive experts of the row,
+ * loaded and stored 16 bytes at a time when E % 8 == 0, so that a group
+ * reads and writes whole contiguous rows; the reductions over the row are
+ * log2(G) shuffles.  The statistics and the z-loss sum are one launch each:
+ * every block writes its partial sums, and the last block to finish (a
+ * ticket counter that it resets) adds the partials in a fixed order, so the
+ * results are bit-reproducible.  The ticket counters are per kernel and per
+ * device: these launches must not run on two streams at once.
+ * MOE_CUDA_ROUTE=legacy (or moe_cuda_route_legacy(1)) selects the previous
+ * kernels (one warp per token, E <= 32 * RJ; statistics in three launches)
+ * for comparisons. */
+#include <stdlib.h>
+#include <string.h>
+
 #include "cuda_common.h"
 #include "kernels.h"
 
 #define RJ 8
+
+int moe_route_legacy_on = 0;
+
+extern "C" void moe_cuda_route_legacy(int on) { moe_route_legacy_on = on; }
+extern "C" int moe_cuda_route_legacy_on(void) { return moe_route_legacy_on; }
+
+static int route_from_env(void)
+{
+	const char *e = getenv("MOE_CUDA_ROUTE");
+	return moe_route_legacy_on = e && strcmp(e, "legacy") == 0;
+}
+static int route_env_read = route_from_env();
 
 __global__ void router_fwd_kernel(int32_t *topk_idx, float *topk_w, float *probs, const bf16 *logits,
 				  const float *bias, int N, int E, int K, int norm)
@@ -236,6 +263,428 @@ __global__ void aux_dprobs_kernel(float *dprobs, g_vec g, const int32_t *ids, in
 	dprobs[i] = (ids && ids[n] == pad_id) ? 0.f : g.g[i % E];
 }
 
+/* ---- the session-6 kernels --------------------------------------------- */
+
+#define RT 256 /* threads a block */
+
+/* Reductions over the G lanes of a group (xor butterflies: every lane ends
+ * with the same bits). */
+template <int G> static __device__ __forceinline__ float grp_max(float v)
+{
+#pragma unroll
+	for (int o = G / 2; o > 0; o >>= 1)
+		v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+	return v;
+}
+
+template <int G> static __device__ __forceinline__ float grp_sum(float v)
+{
+#pragma unroll
+	for (int o = G / 2; o > 0; o >>= 1)
+		v += __shfl_xor_sync(0xffffffffu, v, o);
+	return v;
+}
+
+/* Eight experts e0 .. e0+7 of a bf16 row, -inf past E; 16 bytes at once
+ * when vec (E % 8 == 0, aligned rows). */
+static __device__ __forceinline__ void ld_row8(float *l, const bf16 *row, int e0, int E, int vec)
+{
+	if (vec && e0 + 8 <= E) {
+		ld8(l, row + e0);
+	} else {
+#pragma unroll
+		for (int j = 0; j < 8; j++)
+			l[j] = e0 + j < E ? bf2f(row[e0 + j]) : -INFINITY;
+	}
+}
+
+static __device__ __forceinline__ void ld_f8(float *v, const float *row, int e0, int E, int vec)
+{
+	if (vec && e0 + 8 <= E) {
+		float4 a = *(const float4 *)(row + e0), b = *(const float4 *)(row + e0 + 4);
+		v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+	} else {
+#pragma unroll
+		for (int j = 0; j < 8; j++)
+			v[j] = e0 + j < E ? row[e0 + j] : 0.f;
+	}
+}
+
+/* The last block of a grid to arrive (after each block's partials are
+ * written and fenced): true in all its threads; it resets the ticket. */
+static __device__ __forceinline__ bool last_block(unsigned *ticket)
+{
+	__shared__ bool last;
+	__threadfence();
+	__syncthreads();
+	if (threadIdx.x == 0) {
+		last = atomicAdd(ticket, 1u) == gridDim.x - 1;
+		if (last)
+			atomicExch(ticket, 0u);
+	}
+	__syncthreads();
+	return last;
+}
+
+__device__ unsigned zloss_ticket, stats_ticket;
+
+template <int G>
+__global__ void __launch_bounds__(RT) router_fwd_g_kernel(int32_t *topk_idx, float *topk_w, float *probs,
+							const bf16 *logits, const float *bias, int N, int E,
+							int K, int norm, int vec)
+{
+	int n = (int)(((size_t)blockIdx.x * RT + threadIdx.x) / G), q = threadIdx.x % G, e0 = q * 8;
+	bool act = n < N;
+	if (!act) /* keep every lane for the shuffles */
+		n = N - 1;
+	float l[8], key[8];
+	ld_row8(l, logits + (size_t)n * E, e0, E, vec);
+	float mx = -INFINITY;
+#pragma unroll
+	for (int j = 0; j < 8; j++) {
+		int e = e0 + j;
+		key[j] = e < E ? l[j] + (bias ? __ldg(bias + e) : 0.f) : -INFINITY;
+		mx = fmaxf(mx, l[j]);
+	}
+	mx = grp_max<G>(mx);
+	float sum = 0.f;
+#pragma unroll
+	for (int j = 0; j < 8; j++) {
+		l[j] = e0 + j < E ? expf(l[j] - mx) : 0.f;
+		sum += l[j];
+	}
+	sum = grp_sum<G>(sum);
+#pragma unroll
+	for (int j = 0; j < 8; j++)
+		l[j] = l[j] / sum;
+	if (act) {
+		float *pr = probs + (size_t)n * E;
+		if (vec && e0 + 8 <= E) {
+			*(float4 *)(pr + e0) = make_float4(l[0], l[1], l[2], l[3]);
+			*(float4 *)(pr + e0 + 4) = make_float4(l[4], l[5], l[6], l[7]);
+		} else {
+#pragma unroll
+			for (int j = 0; j < 8; j++)
+				if (e0 + j < E)
+					pr[e0 + j] = l[j];
+		}
+	}
+	/* top K of the keys, one per round: each lane's best untaken, then the
+	 * group's (ties: lower id); lane k of the group keeps round k's */
+	unsigned taken = 0;
+	float wsum = 0.f, myw = 0.f;
+	int myidx = 0;
+	for (int k = 0; k < K; k++) {
+		float bk = -INFINITY, bp = 0.f;
+		int be = 0x7fffffff;
+#pragma unroll
+		for (int j = 0; j < 8; j++) {
+			int e = e0 + j;
+			if (e < E && !((taken >> j) & 1u) && (key[j] > bk || (key[j] == bk && e < be))) {
+				bk = key[j];
+				be = e;
+				bp = l[j];
+			}
+		}
+#pragma unroll
+		for (int o = G / 2; o > 0; o >>= 1) {
+			float ok = __shfl_xor_sync(0xffffffffu, bk, o);
+			int oe = __shfl_xor_sync(0xffffffffu, be, o);
+			float op = __shfl_xor_sync(0xffffffffu, bp, o);
+			if (ok > bk || (ok == bk && oe < be)) {
+				bk = ok;
+				be = oe;
+				bp = op;
+			}
+		}
+		unsigned jt = (unsigned)(be - e0);
+		if (jt < 8u)
+			taken |= 1u << jt;
+		wsum += bp;
+		if (q == k) {
+			myw = bp;
+			myidx = be;
+		}
+	}
+	/* list by probability descending, ties to the lower id */
+	int rank = 0;
+	for (int k = 0; k < K; k++) {
+		float wk = __shfl_sync(0xffffffffu, myw, k, G);
+		int ik = __shfl_sync(0xffffffffu, myidx, k, G);
+		if (k != q && (wk > myw || (wk == myw && ik < myidx)))
+			rank++;
+	}
+	if (act && q < K) {
+		topk_idx[(size_t)n * K + rank] = myidx;
+		topk_w[(size_t)n * K + rank] = norm ? myw / wsum : myw;
+	}
+}
+
+template <int G>
+__global__ void __launch_bounds__(RT) router_bwd_g_kernel(bf16 *dlogits, const float *dtopk_w,
+							const float *dprobs, const float *probs,
+							const int32_t *topk_idx, const float *topk_w, int N,
+							int E, int K, int norm, int vec)
+{
+	int n = (int)(((size_t)blockIdx.x * RT + threadIdx.x) / G), q = threadIdx.x % G, e0 = q * 8;
+	bool act = n < N;
+	if (!act)
+		n = N - 1;
+	const float *pr = probs + (size_t)n * E;
+	float p[8], dp[8];
+	ld_f8(p, pr, e0, E, vec);
+	if (dprobs) {
+		ld_f8(dp, dprobs + (size_t)n * E, e0, E, vec);
+	} else {
+#pragma unroll
+		for (int j = 0; j < 8; j++)
+			dp[j] = 0.f;
+	}
+	if (dtopk_w) {
+		const int32_t *ix = topk_idx + (size_t)n * K;
+		const float *dw = dtopk_w + (size_t)n * K, *w = topk_w + (size_t)n * K;
+		/* as the CPU reference, in the order of k: w_k = p_k / S, so
+		 * dp_k += (dw_k - sum_j dw_j w_j) / S */
+		float S = 0.f, c = 0.f;
+		if (norm)
+			for (int k = 0; k < K; k++) {
+				S += __ldg(pr + ix[k]);
+				c += dw[k] * w[k];
+			}
+		for (int k = 0; k < K; k++) {
+			int j0 = ix[k] - e0;
+			float g = norm ? (dw[k] - c) / S : dw[k];
+#pragma unroll
+			for (int j = 0; j < 8; j++)
+				if (j == j0)
+					dp[j] += g;
+		}
+	}
+	float s = 0.f;
+#pragma unroll
+	for (int j = 0; j < 8; j++)
+		s += p[j] * dp[j];
+	s = grp_sum<G>(s);
+	if (!act)
+		return;
+	float d[8];
+#pragma unroll
+	for (int j = 0; j < 8; j++)
+		d[j] = p[j] * (dp[j] - s);
+	bf16 *dl = dlogits + (size_t)n * E;
+	if (vec && e0 + 8 <= E) {
+		st8(dl + e0, d);
+	} else {
+#pragma unroll
+		for (int j = 0; j < 8; j++)
+			if (e0 + j < E)
+				dl[e0 + j] = f2bf(d[j]);
+	}
+}
+
+/* z-loss with G lanes a row (any E: rows wider than 8 G in several passes);
+ * rowz (may be NULL) gets lse^2; dlogits (may be NULL) += c softmax; with
+ * part, the block's sum of lse^2 (double, fixed order) goes to part and the
+ * last block stores acc[0] = the sum over all rows, acc[1] = N. */
+template <int G>
+__global__ void __launch_bounds__(RT) zloss_g_kernel(bf16 *dlogits, float *rowz, double *part, double *acc,
+						   const bf16 *logits, int N, int E, float scale, int vec)
+{
+	int n = (int)(((size_t)blockIdx.x * RT + threadIdx.x) / G), q = threadIdx.x % G;
+	bool act = n < N;
+	if (!act)
+		n = N - 1;
+	const bf16 *z = logits + (size_t)n * E;
+	float l[8], t[8];
+	ld_row8(l, z, q * 8, E, vec);
+	float mx = -INFINITY;
+#pragma unroll
+	for (int j = 0; j < 8; j++)
+		mx = fmaxf(mx, l[j]);
+	for (int e0 = (q + G) * 8; e0 < E; e0 += 8 * G) {
+		ld_row8(t, z, e0, E, vec);
+#pragma unroll
+		for (int j = 0; j < 8; j++)
+			mx = fmaxf(mx, t[j]);
+	}
+	mx = grp_max<G>(mx);
+	float sum = 0.f;
+#pragma unroll
+	for (int j = 0; j < 8; j++)
+		sum += q * 8 + j < E ? expf(l[j] - mx) : 0.f;
+	for (int e0 = (q + G) * 8; e0 < E; e0 += 8 * G) {
+		ld_row8(t, z, e0, E, vec);
+#pragma unroll
+		for (int j = 0; j < 8; j++)
+			sum += e0 + j < E ? expf(t[j] - mx) : 0.f;
+	}
+	sum = grp_sum<G>(sum);
+	float lse = mx + logf(sum);
+	if (act && q == 0 && rowz)
+		rowz[n] = lse * lse;
+	if (act && dlogits) {
+		float c = 2.f * lse / N * scale;
+		for (int e0 = q * 8; e0 < E; e0 += 8 * G) {
+			ld_row8(t, z, e0, E, vec);
+			float d[8];
+			bf16 *dr = dlogits + (size_t)n * E;
+			ld_row8(d, dr, e0, E, vec);
+#pragma unroll
+			for (int j = 0; j < 8; j++)
+				d[j] = d[j] + c * expf(t[j] - lse);
+			if (vec && e0 + 8 <= E) {
+				st8(dr + e0, d);
+			} else {
+#pragma unroll
+				for (int j = 0; j < 8; j++)
+					if (e0 + j < E)
+						dr[e0 + j] = f2bf(d[j]);
+			}
+		}
+	}
+	if (!part)
+		return;
+	__shared__ double zs[RT];
+	zs[threadIdx.x] = (act && q == 0) ? (double)lse * lse : 0.0;
+	__syncthreads();
+	for (int o = RT / 2; o > 0; o >>= 1) {
+		if (threadIdx.x < o)
+			zs[threadIdx.x] += zs[threadIdx.x + o];
+		__syncthreads();
+	}
+	if (threadIdx.x == 0)
+		part[blockIdx.x] = zs[0];
+	if (!last_block(&zloss_ticket))
+		return;
+	double a = 0.0;
+	for (unsigned b = threadIdx.x; b < gridDim.x; b += RT)
+		a += __ldcg(part + b);
+	zs[threadIdx.x] = a;
+	__syncthreads();
+	for (int o = RT / 2; o > 0; o >>= 1) {
+		if (threadIdx.x < o)
+			zs[threadIdx.x] += zs[threadIdx.x + o];
+		__syncthreads();
+	}
+	if (threadIdx.x == 0) {
+		acc[0] = zs[0];
+		acc[1] = (double)N;
+	}
+}
+
+/* Statistics of ST_ROWS rows a block: counts of the valid rows' slots per
+ * expert (shared-memory histogram, exact) and the sums of their
+ * probabilities (double; (column, row group) threads, the groups added in
+ * order); the last block adds the blocks' partials in block order. */
+#define ST_ROWS 256
+
+__global__ void __launch_bounds__(RT) router_stats_kernel(float *psum, int32_t *cnt, double *part_p,
+							  int32_t *part_c, const float *probs,
+							  const int32_t *topk_idx, const int32_t *ids, int pad_id,
+							  int N, int E, int K)
+{
+	__shared__ double sd[RT];
+	__shared__ int32_t si[RT];
+	__shared__ unsigned char val[ST_ROWS];
+	extern __shared__ int32_t hist[]; /* (E) */
+	int t = threadIdx.x, n0 = blockIdx.x * ST_ROWS, rows = min(N - n0, ST_ROWS);
+	for (int e = t; e < E; e += RT)
+		hist[e] = 0;
+	for (int r = t; r < ST_ROWS; r += RT)
+		val[r] = r < rows && !(ids && ids[n0 + r] == pad_id);
+	__syncthreads();
+	for (int i = t; i < rows * K; i += RT)
+		if (val[i / K])
+			atomicAdd(hist + topk_idx[(size_t)n0 * K + i], 1);
+	int cols = min(E, RT), P = RT / cols, el = t % cols, p = t / cols;
+	for (int c0 = 0; c0 < E; c0 += cols) {
+		int e = c0 + el;
+		double a = 0.0;
+		if (p < P && e < E) {
+			const float *pc = probs + (size_t)n0 * E + e;
+#pragma unroll 8
+			for (int r = p; r < rows; r += P) {
+				float v = pc[(size_t)r * E];
+				a += val[r] ? (double)v : 0.0;
+			}
+		}
+		sd[t] = a;
+		__syncthreads();
+		if (p == 0 && e < E) {
+			for (int pp = 1; pp < P; pp++)
+				a += sd[pp * cols + el];
+			part_p[(size_t)blockIdx.x * E + e] = a;
+		}
+		__syncthreads();
+	}
+	for (int e = t; e < E; e += RT)
+		part_c[(size_t)blockIdx.x * E + e] = hist[e];
+	if (!last_block(&stats_ticket))
+		return;
+	int nb = gridDim.x;
+	for (int c0 = 0; c0 < E; c0 += cols) {
+		int e = c0 + el;
+		double a = 0.0;
+		int ci = 0;
+		if (p < P && e < E)
+			for (int b = (int)((long)nb * p / P), b1 = (int)((long)nb * (p + 1) / P); b < b1; b++) {
+				a += __ldcg(part_p + (size_t)b * E + e);
+				ci += __ldcg(part_c + (size_t)b * E + e);
+			}
+		sd[t] = a;
+		si[t] = ci;
+		__syncthreads();
+		if (p == 0 && e < E) {
+			for (int pp = 1; pp < P; pp++) {
+				a += sd[pp * cols + el];
+				ci += si[pp * cols + el];
+			}
+			psum[e] = (float)a;
+			cnt[e] = ci;
+		}
+		__syncthreads();
+	}
+}
+
+/* dprobs = g (valid rows) or 0, 16 bytes a thread (E % 4 == 0). */
+__global__ void aux_dprobs4_kernel(float4 *dprobs, g_vec g, const int32_t *ids, int pad_id, int N, int E4)
+{
+	__shared__ float sg[256];
+	for (int e = threadIdx.x; e < 4 * E4; e += blockDim.x)
+		sg[e] = g.g[e];
+	__syncthreads();
+	int i = blockIdx.x * blockDim.x + threadIdx.x;
+	if (i >= N * E4)
+		return;
+	int n = i / E4, c = (i - n * E4) * 4;
+	bool pad = ids && ids[n] == pad_id;
+	dprobs[i] = pad ? make_float4(0.f, 0.f, 0.f, 0.f) : make_float4(sg[c], sg[c + 1], sg[c + 2], sg[c + 3]);
+}
+
+/* lanes a row: a power of two >= E / 8 and >= K, at most 32 */
+static int route_lanes(int E, int K)
+{
+	int need = (E + 7) / 8 > K ? (E + 7) / 8 : K, g = 1;
+	while (g < need && g < 32)
+		g <<= 1;
+	return g;
+}
+
+#define G_LAUNCH(G, KER, N, ...)                                                          \
+	do {                                                                              \
+		unsigned nb_ = (unsigned)moe_cdiv((size_t)(N) * (G), RT);                 \
+		switch (G) {                                                              \
+		case 1: KER<1><<<nb_, RT, 0, s>>>(__VA_ARGS__); break;                    \
+		case 2: KER<2><<<nb_, RT, 0, s>>>(__VA_ARGS__); break;                    \
+		case 4: KER<4><<<nb_, RT, 0, s>>>(__VA_ARGS__); break;                    \
+		case 8: KER<8><<<nb_, RT, 0, s>>>(__VA_ARGS__); break;                    \
+		case 16: KER<16><<<nb_, RT, 0, s>>>(__VA_ARGS__); break;                  \
+		default: KER<32><<<nb_, RT, 0, s>>>(__VA_ARGS__); break;                  \
+		}                                                                         \
+	} while (0)
+
+static bool al16(const void *p) { return ((uintptr_t)p & 15) == 0; }
+
 static int check_router(int E, int K, struct moe_error *err)
 {
 	if (E > 32 * RJ || K > 32 || K > E || K < 1)
@@ -251,8 +700,14 @@ extern "C" int moe_cuda_router_fwd(int32_t *topk_idx, float *topk_w, float *prob
 	int rc;
 	if ((rc = check_router(E, K, err)) != 0 || N <= 0)
 		return rc;
-	router_fwd_kernel<<<moe_cdiv(N, 8), 256, 0, s>>>(topk_idx, topk_w, probs, (const bf16 *)logits, bias,
-							N, E, K, norm_topk);
+	if (moe_route_legacy_on) {
+		router_fwd_kernel<<<moe_cdiv(N, 8), 256, 0, s>>>(topk_idx, topk_w, probs, (const bf16 *)logits,
+								bias, N, E, K, norm_topk);
+		return CUDA_LAUNCHED(err);
+	}
+	int vec = E % 8 == 0 && al16(logits) && al16(probs);
+	G_LAUNCH(route_lanes(E, K), router_fwd_g_kernel, N, topk_idx, topk_w, probs, (const bf16 *)logits, bias, N,
+		 E, K, norm_topk, vec);
 	return CUDA_LAUNCHED(err);
 }
 
@@ -263,8 +718,14 @@ extern "C" int moe_cuda_router_bwd(bf16_t *dlogits, const float *dtopk_w, const 
 	int rc;
 	if ((rc = check_router(E, K, err)) != 0 || N <= 0)
 		return rc;
-	router_bwd_kernel<<<moe_cdiv(N, 8), 256, 0, s>>>((bf16 *)dlogits, dtopk_w, dprobs, probs, topk_idx,
-							topk_w, N, E, K, norm_topk);
+	if (moe_route_legacy_on) {
+		router_bwd_kernel<<<moe_cdiv(N, 8), 256, 0, s>>>((bf16 *)dlogits, dtopk_w, dprobs, probs, topk_idx,
+								topk_w, N, E, K, norm_topk);
+		return CUDA_LAUNCHED(err);
+	}
+	int vec = E % 8 == 0 && al16(dlogits) && al16(probs) && (!dprobs || al16(dprobs));
+	G_LAUNCH(route_lanes(E, K), router_bwd_g_kernel, N, (bf16 *)dlogits, dtopk_w, dprobs, probs, topk_idx, topk_w,
+		 N, E, K, norm_topk, vec);
 	return CUDA_LAUNCHED(err);
 }
 
@@ -273,13 +734,39 @@ extern "C" int moe_cuda_zloss(bf16_t *dlogits, float *rowz, const bf16_t *logits
 {
 	if (N <= 0)
 		return 0;
-	zloss_kernel<<<moe_cdiv(N, 8), 256, 0, s>>>((bf16 *)dlogits, rowz, (const bf16 *)logits, N, E, scale);
+	if (moe_route_legacy_on) {
+		zloss_kernel<<<moe_cdiv(N, 8), 256, 0, s>>>((bf16 *)dlogits, rowz, (const bf16 *)logits, N, E, scale);
+		return CUDA_LAUNCHED(err);
+	}
+	int vec = E % 8 == 0 && al16(logits) && (!dlogits || al16(dlogits));
+	G_LAUNCH(route_lanes(E < 256 ? E : 256, 1), zloss_g_kernel, N, (bf16 *)dlogits, rowz, (double *)NULL,
+		 (double *)NULL, (const bf16 *)logits, N, E, scale, vec);
+	return CUDA_LAUNCHED(err);
+}
+
+extern "C" size_t moe_cuda_zloss_scratch(int N, int E)
+{
+	int g = route_lanes(E < 256 ? E : 256, 1);
+	return (size_t)moe_cdiv((size_t)(N > 0 ? N : 1) * g, RT) * sizeof(double);
+}
+
+extern "C" int moe_cuda_zloss_sum(double *acc, bf16_t *dlogits, const bf16_t *logits, int N, int E, float scale,
+				  void *scratch, cudaStream_t s, struct moe_error *err)
+{
+	if (N <= 0) {
+		double z[2] = {0.0, 0.0};
+		return CUDA_OK(cudaMemcpyAsync(acc, z, sizeof(z), cudaMemcpyHostToDevice, s), err);
+	}
+	int vec = E % 8 == 0 && al16(logits) && (!dlogits || al16(dlogits));
+	G_LAUNCH(route_lanes(E < 256 ? E : 256, 1), zloss_g_kernel, N, (bf16 *)dlogits, (float *)NULL,
+		 (double *)scratch, acc, (const bf16 *)logits, N, E, scale, vec);
 	return CUDA_LAUNCHED(err);
 }
 
 extern "C" size_t moe_cuda_router_stats_scratch(int N, int E)
 {
-	return (size_t)moe_cdiv(N > 0 ? N : 1, 256) * E * sizeof(double);
+	/* the legacy kernels use the doubles only */
+	return (size_t)moe_cdiv(N > 0 ? N : 1, ST_ROWS) * E * (sizeof(double) + sizeof(int32_t));
 }
 
 extern "C" int moe_cuda_router_stats(float *psum, int32_t *cnt, const float *probs, const int32_t *topk_idx,
@@ -287,6 +774,14 @@ extern "C" int moe_cuda_router_stats(float *psum, int32_t *cnt, const float *pro
 				     cudaStream_t s, struct moe_error *err)
 {
 	int rc;
+	if (!moe_route_legacy_on && N > 0) {
+		unsigned nb = moe_cdiv(N, ST_ROWS);
+		double *pp = (double *)scratch;
+		int32_t *pc = (int32_t *)(pp + (size_t)nb * E);
+		router_stats_kernel<<<nb, RT, E * sizeof(int32_t), s>>>(psum, cnt, pp, pc, probs, topk_idx, ids,
+								       pad_id, N, E, K);
+		return CUDA_LAUNCHED(err);
+	}
 	if ((rc = CUDA_OK(cudaMemsetAsync(cnt, 0, sizeof(int32_t) * E, s), err)) != 0)
 		return rc;
 	if (N <= 0)
@@ -314,6 +809,11 @@ extern "C" int moe_cuda_aux_dprobs(float *dprobs, const float *g_host, const int
 		g.g[e] = g_host[e];
 	if (N <= 0)
 		return 0;
+	if (!moe_route_legacy_on && E % 4 == 0 && al16(dprobs) && (size_t)N * E < (1u << 30)) {
+		aux_dprobs4_kernel<<<moe_cdiv((size_t)N * E / 4, 256), 256, 0, s>>>((float4 *)dprobs, g, ids, pad_id,
+										    N, E / 4);
+		return CUDA_LAUNCHED(err);
+	}
 	aux_dprobs_kernel<<<moe_cdiv((size_t)N * E, 256), 256, 0, s>>>(dprobs, g, ids, pad_id, N, E);
 	return CUDA_LAUNCHED(err);
 }

@@ -580,81 +580,247 @@ Test(kernels, swiglu)
 		  "swiglu bwd dgu with h");
 }
 
-static void router_case(int N, int E, int K, bool use_bias, bool norm)
+/* The router's forward and backward against the CPU reference: top-k ids
+ * equal, probabilities and weights within 1e-5, dlogits (bf16) within 1e-2;
+ * levels > 0: logits (and the bias) on a coarse grid, so that many keys and
+ * probabilities tie (ties go to the lower id both ways); a second launch
+ * gives the same bits. */
+static void router_case(int N, int E, int K, bool use_bias, bool norm, int levels, bool with_dprobs)
 {
 	float *logits = rand_bf((size_t)N * E, 4.f), *bias = rand_bf(E, 0.5f);
+	if (levels > 0) {
+		for (size_t i = 0; i < (size_t)N * E; i++)
+			logits[i] = (float)(int)(rng_u64() % (2 * levels + 1)) - levels;
+		for (int e = 0; e < E; e++)
+			bias[e] = 0.5f * (float)(int)(rng_u64() % 3);
+	}
 	float *dtw = rand_bf((size_t)N * K, 1.f), *dprobs = rand_bf((size_t)N * E, 0.1f);
 	int32_t *idx = malloc((size_t)N * K * 4);
 	float *tw = malloc((size_t)N * K * 4), *probs = malloc((size_t)N * E * 4), *dl = malloc((size_t)N * E * 4);
 	moe_router_fwd(idx, tw, probs, logits, use_bias ? bias : NULL, N, E, K, norm);
-	moe_router_bwd(dl, dtw, dprobs, probs, idx, tw, N, E, K, norm);
-	bf16_t *gl = up_bf(logits, (size_t)N * E), *gdl = dmalloc((size_t)N * E * 2);
+	moe_router_bwd(dl, dtw, with_dprobs ? dprobs : NULL, probs, idx, tw, N, E, K, norm);
+	bf16_t *gl = up_bf(logits, (size_t)N * E), *gdl = dmalloc((size_t)N * E * 2), *gdl2 = dmalloc((size_t)N * E * 2);
 	float *gb = up(bias, E * 4), *gtw = dmalloc((size_t)N * K * 4), *gp = dmalloc((size_t)N * E * 4);
-	float *gdtw = up(dtw, (size_t)N * K * 4), *gdp = up(dprobs, (size_t)N * E * 4);
-	int32_t *gi = dmalloc((size_t)N * K * 4);
+	float *gtw2 = dmalloc((size_t)N * K * 4), *gp2 = dmalloc((size_t)N * E * 4);
+	float *gdtw = up(dtw, (size_t)N * K * 4), *gdp = with_dprobs ? up(dprobs, (size_t)N * E * 4) : NULL;
+	int32_t *gi = dmalloc((size_t)N * K * 4), *gi2 = dmalloc((size_t)N * K * 4);
 	LAUNCH_OK(moe_cuda_router_fwd(gi, gtw, gp, gl, use_bias ? gb : NULL, N, E, K, norm, S, &gerr));
 	LAUNCH_OK(moe_cuda_router_bwd(gdl, gdtw, gdp, gp, gi, gtw, N, E, K, norm, S, &gerr));
+	LAUNCH_OK(moe_cuda_router_fwd(gi2, gtw2, gp2, gl, use_bias ? gb : NULL, N, E, K, norm, S, &gerr));
+	LAUNCH_OK(moe_cuda_router_bwd(gdl2, gdtw, gdp, gp2, gi2, gtw2, N, E, K, norm, S, &gerr));
 	int32_t *hi = down(gi, (size_t)N * K * 4);
 	size_t same = 0;
 	for (size_t i = 0; i < (size_t)N * K; i++)
 		same += hi[i] == idx[i];
-	cr_log_info("router E=%d K=%d bias=%d norm=%d: %zu/%zu top-k ids equal", E, K, use_bias, norm, same,
-		    (size_t)N * K);
-	cr_expect_eq(same, (size_t)N * K, "router: %zu of %zu top-k ids differ", (size_t)N * K - same,
-		     (size_t)N * K);
+	cr_log_info("router N=%d E=%d K=%d bias=%d norm=%d levels=%d dprobs=%d: %zu/%zu top-k ids equal", N, E, K,
+		    use_bias, norm, levels, with_dprobs, same, (size_t)N * K);
+	cr_expect_eq(same, (size_t)N * K, "router N=%d E=%d K=%d: %zu of %zu top-k ids differ", N, E, K,
+		     (size_t)N * K - same, (size_t)N * K);
 	CHECK_REL(down(gp, (size_t)N * E * 4), probs, (size_t)N * E, 1e-5, "router probs");
 	CHECK_REL(down(gtw, (size_t)N * K * 4), tw, (size_t)N * K, 1e-5, "router topk_w");
 	CHECK_REL(down_bf(gdl, (size_t)N * E), dl, (size_t)N * E, 1e-2, "router dlogits");
+	cr_expect_eq(memcmp(down(gi2, (size_t)N * K * 4), hi, (size_t)N * K * 4), 0, "router ids not reproducible");
+	cr_expect_eq(memcmp(down(gp2, (size_t)N * E * 4), down(gp, (size_t)N * E * 4), (size_t)N * E * 4), 0,
+		     "router probs not reproducible");
+	cr_expect_eq(memcmp(down(gtw2, (size_t)N * K * 4), down(gtw, (size_t)N * K * 4), (size_t)N * K * 4), 0,
+		     "router topk_w not reproducible");
+	cr_expect_eq(memcmp(down(gdl2, (size_t)N * E * 2), down(gdl, (size_t)N * E * 2), (size_t)N * E * 2), 0,
+		     "router dlogits not reproducible");
+	cudaFree(gl), cudaFree(gdl), cudaFree(gdl2), cudaFree(gb), cudaFree(gtw), cudaFree(gp), cudaFree(gtw2);
+	cudaFree(gp2), cudaFree(gdtw), cudaFree(gdp), cudaFree(gi), cudaFree(gi2);
+	free(logits), free(bias), free(dtw), free(dprobs), free(idx), free(tw), free(probs), free(dl), free(hi);
+}
+
+/* E % 8 != 0 (scalar loads), E = 8 and K = 2 (two lanes a row), E = 200 and
+ * 256 (32 lanes), N = 1, N not a multiple of a block's rows, ties */
+static void router_cases(void)
+{
+	router_case(500, 64, 4, true, false, 0, true);
+	router_case(300, 64, 8, false, true, 0, true);
+	router_case(200, 8, 2, true, true, 0, true);
+	router_case(100, 200, 6, false, false, 0, true);
+	router_case(1, 64, 4, true, true, 0, true);
+	router_case(333, 60, 3, true, false, 0, true);
+	router_case(77, 256, 32, false, true, 0, true);
+	router_case(1000, 64, 4, true, true, 2, true);
+	router_case(1000, 64, 4, false, false, 1, false);
+	router_case(513, 36, 5, false, true, 3, true);
 }
 
 Test(kernels, router)
 {
 	NEED_GPU();
 	rng_seed(6);
-	router_case(500, 64, 4, true, false);
-	router_case(300, 64, 8, false, true);
-	router_case(200, 8, 2, true, true);
-	router_case(100, 200, 6, false, false);
+	router_cases();
+	/* the previous kernels (MOE_CUDA_ROUTE=legacy) too */
+	moe_cuda_route_legacy(1);
+	router_cases();
+	moe_cuda_route_legacy(0);
+}
+
+/* zloss (per row, and summed in one launch), router_stats and aux_dprobs
+ * against the CPU: z within 1e-5 relative, dlogits 1e-2, psum 1e-6 (double
+ * sums in another order), counts and dprobs exact, each launch twice with the
+ * same bits.  pads: 0 no ids, 1 some pad rows, 2 all rows pad; one_expert:
+ * every row's K slots on the same K experts (others empty). */
+static void zloss_stats_case(int N, int E, int K, int pads, bool one_expert)
+{
+	int pad = 5;
+	float *logits = rand_bf((size_t)N * E, 4.f), *probs = malloc((size_t)N * E * 4 + 4);
+	float *d = calloc((size_t)N * E + 1, 4), *tw = malloc((size_t)N * K * 4 + 4);
+	int32_t *idx = malloc((size_t)N * K * 4 + 4), *ids = malloc((size_t)N * 4 + 4);
+	for (int n = 0; n < N; n++)
+		ids[n] = pads == 2 ? pad : (int32_t)(rng_u64() % 16);
+	double z = moe_zloss_fwd_bwd(d, logits, N, E, 0.5f);
+	moe_router_fwd(idx, tw, probs, logits, NULL, N, E, K, false);
+	if (one_expert)
+		for (int n = 0; n < N; n++)
+			for (int k = 0; k < K; k++)
+				idx[(size_t)n * K + k] = (E - 1 - 3 * k) % E;
+	float *psum = malloc(E * 4), *g = malloc(E * 4), *dp = malloc((size_t)N * E * 4 + 4);
+	int32_t *cnt = malloc(E * 4);
+	const int32_t *idsp = pads ? ids : NULL;
+	moe_router_stats(psum, cnt, probs, idx, idsp, pad, N, E, K);
+	for (int e = 0; e < E; e++)
+		g[e] = rng_bf(1.f);
+	moe_aux_dprobs(dp, g, idsp, pad, N, E);
+	bf16_t *gl = up_bf(logits, (size_t)N * E), *gd = dmalloc((size_t)N * E * 2), *gd2 = dmalloc((size_t)N * E * 2);
+	cudaMemset(gd, 0, (size_t)N * E * 2);
+	cudaMemset(gd2, 0, (size_t)N * E * 2);
+	float *rowz = dmalloc((size_t)N * 4), *gp = up(probs, (size_t)N * E * 4), *gps = dmalloc(E * 4);
+	float *gps2 = dmalloc(E * 4), *gdp = dmalloc((size_t)N * E * 4);
+	int32_t *gi = up(idx, (size_t)N * K * 4), *gids = pads ? up(ids, (size_t)N * 4) : NULL;
+	int32_t *gc = dmalloc(E * 4), *gc2 = dmalloc(E * 4);
+	double *acc = dmalloc(4 * sizeof(double));
+	void *sc = dmalloc(moe_cuda_router_stats_scratch(N, E)), *zsc = dmalloc(moe_cuda_zloss_scratch(N, E));
+	LAUNCH_OK(moe_cuda_zloss(gd, rowz, gl, N, E, 0.5f, S, &gerr));
+	LAUNCH_OK(moe_cuda_zloss_sum(acc, gd2, gl, N, E, 0.5f, zsc, S, &gerr));
+	LAUNCH_OK(moe_cuda_zloss_sum(acc + 2, NULL, gl, N, E, 0.f, zsc, S, &gerr));
+	LAUNCH_OK(moe_cuda_router_stats(gps, gc, gp, gi, gids, pad, N, E, K, sc, S, &gerr));
+	LAUNCH_OK(moe_cuda_router_stats(gps2, gc2, gp, gi, gids, pad, N, E, K, sc, S, &gerr));
+	if (E <= 256) /* its limit */
+		LAUNCH_OK(moe_cuda_aux_dprobs(gdp, g, gids, pad, N, E, S, &gerr));
+	float *hz = down(rowz, (size_t)N * 4);
+	double zs = 0, *ha = down(acc, 4 * sizeof(double));
+	for (int n = 0; n < N; n++)
+		zs += hz[n];
+	zs /= N;
+	cr_log_info("zloss N=%d E=%d: %.9g (rows), %.9g (one launch), CPU %.9g", N, E, zs, ha[0] / N, z);
+	cr_expect(fabs(zs - z) <= 1e-5 * fabs(z), "zloss N=%d E=%d: %.9g vs %.9g", N, E, zs, z);
+	cr_expect(fabs(ha[0] / N - z) <= 1e-5 * fabs(z), "zloss_sum N=%d E=%d: %.9g vs %.9g", N, E, ha[0] / N, z);
+	cr_expect(ha[1] == N && ha[3] == N, "zloss_sum rows %g %g, not %d", ha[1], ha[3], N);
+	cr_expect(memcmp(&ha[0], &ha[2], sizeof(double)) == 0, "zloss_sum not reproducible: %.17g vs %.17g", ha[0],
+		  ha[2]);
+	CHECK_REL(down_bf(gd, (size_t)N * E), d, (size_t)N * E, 1e-2, "zloss dlogits");
+	CHECK_REL(down_bf(gd2, (size_t)N * E), d, (size_t)N * E, 1e-2, "zloss_sum dlogits");
+	CHECK_REL(down(gps, E * 4), psum, E, 1e-6, "router_stats psum");
+	int32_t *hc = down(gc, E * 4);
+	cr_expect_eq(memcmp(hc, cnt, E * 4), 0, "router_stats counts differ (N=%d E=%d pads %d)", N, E, pads);
+	cr_expect_eq(memcmp(down(gps2, E * 4), down(gps, E * 4), E * 4), 0, "router_stats psum not reproducible");
+	cr_expect_eq(memcmp(down(gc2, E * 4), hc, E * 4), 0, "router_stats counts not reproducible");
+	if (E <= 256)
+		CHECK_REL(down(gdp, (size_t)N * E * 4), dp, (size_t)N * E, 0.0, "aux_dprobs");
+	cudaFree(gl), cudaFree(gd), cudaFree(gd2), cudaFree(rowz), cudaFree(gp), cudaFree(gps), cudaFree(gps2);
+	cudaFree(gdp), cudaFree(gi), cudaFree(gids), cudaFree(gc), cudaFree(gc2), cudaFree(acc), cudaFree(sc);
+	cudaFree(zsc);
+	free(logits), free(probs), free(d), free(tw), free(idx), free(ids), free(psum), free(g), free(dp), free(cnt);
+	free(hz), free(ha), free(hc);
+}
+
+static void zloss_stats_cases(void)
+{
+	zloss_stats_case(400, 64, 4, 1, false);
+	zloss_stats_case(1, 64, 4, 0, false);
+	zloss_stats_case(777, 64, 4, 1, true);
+	zloss_stats_case(300, 64, 4, 2, false);
+	zloss_stats_case(32768, 64, 4, 1, false); /* seed-base: 128 blocks of statistics */
+	zloss_stats_case(513, 60, 3, 0, false);
+	zloss_stats_case(200, 300, 8, 1, false); /* E > 256: zloss rows in two passes */
+	zloss_stats_case(100, 8, 2, 1, false);
 }
 
 Test(kernels, zloss_and_stats)
 {
 	NEED_GPU();
 	rng_seed(7);
-	int N = 400, E = 64, K = 4, pad = 5;
-	float *logits = rand_bf((size_t)N * E, 4.f), *probs = malloc((size_t)N * E * 4);
-	float *d = calloc((size_t)N * E, 4), *tw = malloc((size_t)N * K * 4);
-	int32_t *idx = malloc((size_t)N * K * 4), *ids = malloc(N * 4);
+	zloss_stats_cases();
+	moe_cuda_route_legacy(1);
+	zloss_stats_cases();
+	moe_cuda_route_legacy(0);
+}
+
+/* route_group: counts, offsets, perm and inv exactly the CPU reference's
+ * (perm stable: slots increasing within an expert), the same bits from a
+ * second launch, at sizes with one or many 256-slot tiles a chunk, N = 0
+ * and 1, empty experts, every slot on one expert (K = 1) or every row on
+ * the same K experts.  gen: 0 skewed towards low ids, 1 uniform, 2 one
+ * expert set for all rows. */
+static void route_group_case(int N, int K, int E, int gen)
+{
+	size_t NK = (size_t)N * K;
+	int32_t *idx = malloc(NK * 4 + 4);
 	for (int n = 0; n < N; n++)
-		ids[n] = (int32_t)(rng_u64() % 16);
-	double z = moe_zloss_fwd_bwd(d, logits, N, E, 0.5f);
-	moe_router_fwd(idx, tw, probs, logits, NULL, N, E, K, false);
-	float psum[64], g[64], *dp = malloc((size_t)N * E * 4);
-	int32_t cnt[64];
-	moe_router_stats(psum, cnt, probs, idx, ids, pad, N, E, K);
-	for (int e = 0; e < E; e++)
-		g[e] = rng_bf(1.f);
-	moe_aux_dprobs(dp, g, ids, pad, N, E);
-	bf16_t *gl = up_bf(logits, (size_t)N * E), *gd = dmalloc((size_t)N * E * 2);
-	cudaMemset(gd, 0, (size_t)N * E * 2);
-	float *rowz = dmalloc(N * 4), *gp = up(probs, (size_t)N * E * 4), *gps = dmalloc(E * 4);
-	float *gdp = dmalloc((size_t)N * E * 4);
-	int32_t *gi = up(idx, (size_t)N * K * 4), *gids = up(ids, N * 4), *gc = dmalloc(E * 4);
-	void *sc = dmalloc(moe_cuda_router_stats_scratch(N, E));
-	LAUNCH_OK(moe_cuda_zloss(gd, rowz, gl, N, E, 0.5f, S, &gerr));
-	LAUNCH_OK(moe_cuda_router_stats(gps, gc, gp, gi, gids, pad, N, E, K, sc, S, &gerr));
-	LAUNCH_OK(moe_cuda_aux_dprobs(gdp, g, gids, pad, N, E, S, &gerr));
-	float *hz = down(rowz, N * 4);
-	double zs = 0;
-	for (int n = 0; n < N; n++)
-		zs += hz[n];
-	zs /= N;
-	cr_expect(fabs(zs - z) <= 1e-4 * fabs(z), "zloss %.6f vs %.6f", zs, z);
-	CHECK_REL(down_bf(gd, (size_t)N * E), d, (size_t)N * E, 1e-2, "zloss dlogits");
-	CHECK_REL(down(gps, E * 4), psum, E, 1e-6, "router_stats psum");
-	int32_t *hc = down(gc, E * 4);
-	cr_expect_eq(memcmp(hc, cnt, E * 4), 0, "router_stats counts differ");
-	CHECK_REL(down(gdp, (size_t)N * E * 4), dp, (size_t)N * E, 0.0, "aux_dprobs");
+		for (int k = 0; k < K; k++) {
+			int e;
+			bool dup;
+			do {
+				if (gen == 2) {
+					e = (E / 2 + 7 * k) % E;
+				} else {
+					e = (int)(rng_u64() % (gen == 0 ? E - 3 : E));
+					if (gen == 0)
+						e = (e * e) / (E - 3);
+				}
+				dup = false;
+				for (int j = 0; j < k; j++)
+					dup |= idx[n * K + j] == e;
+			} while (dup);
+			idx[n * K + k] = e;
+		}
+	int32_t *counts = malloc(E * 4), *offsets = malloc((E + 1) * 4), *perm = malloc(NK * 4 + 4);
+	int32_t *inv = malloc(NK * 4 + 4);
+	moe_route_group(counts, offsets, perm, idx, N, K, E);
+	moe_route_inverse(inv, perm, (int)NK);
+	int32_t *gidx = up(idx, NK * 4), *gc = dmalloc(E * 4), *go = dmalloc((E + 1) * 4);
+	int32_t *gp = dmalloc(NK * 4), *gi = dmalloc(NK * 4), *gp2 = dmalloc(NK * 4), *gi2 = dmalloc(NK * 4);
+	void *sc = dmalloc(moe_cuda_route_group_scratch(N, K, E));
+	LAUNCH_OK(moe_cuda_route_group(gc, go, gp, gi, sc, gidx, N, K, E, S, &gerr));
+	int32_t *hc = down(gc, E * 4), *ho = down(go, (E + 1) * 4), *hp = down(gp, NK * 4), *hi = down(gi, NK * 4);
+	LAUNCH_OK(moe_cuda_route_group(gc, go, gp2, gi2, sc, gidx, N, K, E, S, &gerr));
+	cr_log_info("route_group N=%d K=%d E=%d gen %d", N, K, E, gen);
+	cr_expect_eq(memcmp(hc, counts, E * 4), 0, "route_group N=%d K=%d E=%d: counts differ", N, K, E);
+	cr_expect_eq(memcmp(ho, offsets, (E + 1) * 4), 0, "route_group N=%d K=%d E=%d: offsets differ", N, K, E);
+	cr_expect_eq(memcmp(hp, perm, NK * 4), 0, "route_group N=%d K=%d E=%d: perm differs", N, K, E);
+	cr_expect_eq(memcmp(hi, inv, NK * 4), 0, "route_group N=%d K=%d E=%d: inv differs", N, K, E);
+	cr_expect_eq(memcmp(down(gp2, NK * 4), hp, NK * 4), 0, "route_group perm not reproducible");
+	cr_expect_eq(memcmp(down(gi2, NK * 4), hi, NK * 4), 0, "route_group inv not reproducible");
+	cudaFree(gidx), cudaFree(gc), cudaFree(go), cudaFree(gp), cudaFree(gi), cudaFree(gp2), cudaFree(gi2);
+	cudaFree(sc);
+	free(idx), free(counts), free(offsets), free(perm), free(inv), free(hc), free(ho), free(hp), free(hi);
+}
+
+static void route_group_cases(void)
+{
+	route_group_case(1000, 4, 64, 0);
+	route_group_case(1, 4, 64, 1);
+	route_group_case(0, 4, 64, 1);
+	route_group_case(32768, 4, 64, 1); /* seed-base: 128 chunks of 4 tiles */
+	route_group_case(5000, 1, 64, 2);  /* every slot on one expert */
+	route_group_case(3001, 4, 64, 2);  /* every row on the same 4 experts */
+	route_group_case(777, 3, 200, 1);
+	route_group_case(2000, 2, 1024, 1);
+	route_group_case(100000, 8, 256, 0); /* 125 chunks of 25 tiles */
+	route_group_case(33, 8, 8, 1);        /* every row on all 8 experts */
+}
+
+Test(kernels, route_group_cases, .timeout = 60)
+{
+	NEED_GPU();
+	rng_seed(9);
+	route_group_cases();
+	moe_cuda_route_legacy(1);
+	route_group_cases();
+	moe_cuda_route_legacy(0);
 }
 
 Test(kernels, route_group_and_permute)
