@@ -60,6 +60,7 @@ extern "C" {
 #define N_ROUTES 256
 #define N_PROF 48
 #define N_STALE 64
+#define N_CLEARED 512
 
 /* MOE_CUDA_GROUPED=wgmma: grouped_wgmma.cu's Hopper kernels for all three
  * expert GEMMs (no synchronisation); MOE_CUDA_WGRAD=wgmma: its weight
@@ -121,6 +122,11 @@ struct cuda_ctx {
 	int qk_split;       /* MOE_CUDA_QKNORM_ROPE=split: rmsnorm and rope as two kernels */
 	int qkv_split;      /* MOE_CUDA_QKV=split: no batched linears (linear_fwd_multi, _wgrad_multi) */
 	int res_copy;       /* MOE_CUDA_RESGEMM=0: residual linears as a copy and a GEMM adding in place */
+	/* gradient regions the model cleared for this backward (model.h,
+	 * grad_cleared): ops add into them without clearing them first */
+	struct { const float *lo, *hi; } clr[N_CLEARED];
+	int n_clr;
+	int clr_off; /* MOE_CUDA_GRAD_CLEAR=0: no grad_cleared (each op clears its own) */
 	/* narrow linears (the router) through the wgmma kernel as one group:
 	 * narrow_ok unless MOE_CUDA_NARROW=cublas or not sm_90; one_off holds
 	 * the group's offsets {0, one_rows} (one_rows 0: not set yet) */
@@ -607,12 +613,35 @@ static void o_rmsnorm_fwd(struct moe_backend *be, void *out, float *rstd, const 
 	PROF_END(c);
 }
 
+static void b_grad_cleared(struct moe_backend *be, float *dw, size_t n)
+{
+	struct cuda_ctx *c = CTX(be);
+	if (!dw) {
+		c->n_clr = 0;
+		return;
+	}
+	if (c->n_clr < N_CLEARED) { /* past the table the ops clear their own */
+		c->clr[c->n_clr].lo = dw;
+		c->clr[c->n_clr++].hi = dw + n;
+	}
+}
+
+/* Does the gradient [dw, dw + n) need clearing before an op adds into it
+ * under grad_overwrite (not inside a region the model cleared)? */
+static bool grad_needs_clear(struct cuda_ctx *c, const float *dw, size_t n)
+{
+	for (int i = 0; i < c->n_clr; i++)
+		if (dw >= c->clr[i].lo && dw + n <= c->clr[i].hi)
+			return false;
+	return true;
+}
+
 static void rmsnorm_bwd(struct moe_backend *be, void *dx, float *dw, const void *dout, const void *x, const void *w,
 			const float *rstd, int N, int D, bool add)
 {
 	struct cuda_ctx *c = CTX(be);
 	const float *wf = master_of(c, w);
-	if (dw && be->grad_overwrite) /* the kernel adds its blocks' partial sums */
+	if (dw && be->grad_overwrite && grad_needs_clear(c, dw, (size_t)D)) /* the kernel adds its blocks' sums */
 		b_zero(be, dw, (size_t)D, MOE_BUF_F32);
 	PROF(c, "rmsnorm_bwd");
 	RUN(c, (add ? moe_cuda_rmsnorm_bwd_add : moe_cuda_rmsnorm_bwd)((bf16_t *)dx, dw, (const bf16_t *)dout,
@@ -679,13 +708,16 @@ static void linear_fwd_beta(struct moe_backend *be, void *out, const void *x, co
  * fast as it stored one (on one H100, 768 x 768 over 32768 rows: 0.096 ms
  * with beta 1, 0.194 ms with beta 0; equal, 0.077 ms, on another:
  * tests/bench/bench_gemm.c), so up to 4M elements they are cleared here
- * and added into instead (one memset when they are adjacent). */
+ * (one memset when they are adjacent; none where the model cleared the run
+ * they lie in, grad_cleared) and added into instead. */
 static float wgrad_beta(struct moe_backend *be, float *dw, size_t ne, int nb, size_t stride, int N)
 {
 	if (!be->grad_overwrite)
 		return 1.f;
 	if (N > 0 && ne > ((size_t)4 << 20))
 		return 0.f;
+	if (!grad_needs_clear(CTX(be), dw, (size_t)(nb - 1) * stride + ne))
+		return 1.f;
 	if (stride == ne)
 		b_zero(be, dw, ne * nb, MOE_BUF_F32);
 	else
@@ -839,7 +871,7 @@ static void o_qknorm_rope_bwd(struct moe_backend *be, void *dx, float *dw, const
 	}
 	const float *wf = master_of(c, w);
 	rope_table(c, T, Dh, theta);
-	if (dw && be->grad_overwrite) /* the kernel adds its blocks' partial sums */
+	if (dw && be->grad_overwrite && grad_needs_clear(c, dw, (size_t)H * Dh)) /* the kernel adds its blocks' sums */
 		b_zero(be, dw, (size_t)H * Dh, MOE_BUF_F32);
 	PROF(c, "qknorm_rope_bwd");
 	RUN(c, moe_cuda_qknorm_rope_bwd((bf16_t *)dx, dw, (const bf16_t *)dout, (const bf16_t *)x, wf, rstd, c->cosb,
@@ -1506,6 +1538,8 @@ extern "C" struct moe_backend *moe_backend_cuda(struct moe_error *err)
 		c->qkv_split = kv && strcmp(kv, "split") == 0;
 		const char *nv = getenv("MOE_CUDA_NARROW");
 		c->narrow_ok = moe_cuda_grouped_wgmma_supported() && !(nv && strcmp(nv, "cublas") == 0);
+		const char *clv = getenv("MOE_CUDA_GRAD_CLEAR");
+		c->clr_off = clv && strcmp(clv, "0") == 0;
 		const char *rv = getenv("MOE_CUDA_RESGEMM");
 		c->res_copy = rv && strcmp(rv, "0") == 0;
 	}
@@ -1565,6 +1599,8 @@ extern "C" struct moe_backend *moe_backend_cuda(struct moe_error *err)
 	be->balance_bias = o_balance_bias;
 	if (!c->res_copy)
 		be->linear_fwd_res = o_linear_fwd_res;
+	if (!c->clr_off)
+		be->grad_cleared = b_grad_cleared;
 	if (!c->qkv_split) { /* MOE_CUDA_QKV=split: the model's three linears */
 		be->linear_fwd_multi = o_linear_fwd_multi;
 		be->linear_wgrad_multi = o_linear_wgrad_multi;

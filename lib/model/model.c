@@ -990,6 +990,35 @@ static void block_bwd(struct moe_model *m, int l, struct layer_acts *a, void *x_
 #undef G
 }
 
+/* Gradients by overwrite with a backend that takes cleared regions: every
+ * run of adjacent tensors other than the routed experts', the LM head's and
+ * the embedding's (norms, attention, router, shared experts, dense MLPs and
+ * the never-written selection bias: per layer, the tensors around its routed
+ * experts) cleared in one memset and announced (model.h, grad_cleared), so
+ * the ops that add into them need not clear each tensor first. */
+static void clear_added_grads(struct moe_model *m)
+{
+	struct moe_backend *be = m->be;
+	size_t lo = 0, hi = 0; /* the open run [lo, hi); empty when equal */
+	for (size_t i = 0; i <= m->n_params; i++) {
+		const struct moe_param *p = i < m->n_params ? &m->params[i] : NULL;
+		bool take = p && p->kind != MOE_P_EXPERT && p->offset != m->off_head && p->offset != m->off_embed;
+		if (take && hi > lo && p->offset == hi) {
+			hi += p->numel;
+			continue;
+		}
+		if (hi > lo) {
+			be->zero(be, be->grad(be, lo), hi - lo, MOE_BUF_F32);
+			be->grad_cleared(be, be->grad(be, lo), hi - lo);
+		}
+		lo = hi = 0;
+		if (take) {
+			lo = p->offset;
+			hi = p->offset + p->numel;
+		}
+	}
+}
+
 int moe_model_backward(struct moe_model *m, float grad_scale, struct moe_error *err)
 {
 	if (!m->fwd_valid)
@@ -1002,7 +1031,9 @@ int moe_model_backward(struct moe_model *m, float grad_scale, struct moe_error *
 	/* gradients by overwrite (moe_model_zero_grad left them): the ops store
 	 * their parameter gradients; what no op writes is cleared here */
 	be->grad_overwrite = m->grad_fresh;
-	if (be->grad_overwrite) {
+	if (be->grad_overwrite && be->grad_cleared)
+		clear_added_grads(m);
+	else if (be->grad_overwrite) {
 		for (size_t i = 0; i < m->n_params; i++)
 			if (!m->params[i].trainable) /* the selection bias */
 				be->zero(be, be->grad(be, m->params[i].offset), m->params[i].numel, MOE_BUF_F32);
@@ -1034,6 +1065,8 @@ int moe_model_backward(struct moe_model *m, float grad_scale, struct moe_error *
 	if (be->grad_overwrite) /* a scatter: adds into the rows of the batch's tokens */
 		be->zero(be, be->grad(be, m->off_embed), (size_t)V * D, MOE_BUF_F32);
 	be->embedding_bwd(be, be->grad(be, m->off_embed), g->dx, g->ids, N, D, c->pad_token_id);
+	if (be->grad_overwrite && be->grad_cleared)
+		be->grad_cleared(be, NULL, 0);
 	be->grad_overwrite = m->grad_fresh = false;
 	m->fwd_valid = false; /* the shared buffers were overwritten */
 	/* no synchronisation: the optimizer's read-back waits once for both */

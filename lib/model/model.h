@@ -244,6 +244,13 @@ struct moe_backend {
 	 * regions no op stores whole (the embedding's: embedding_bwd adds rows;
 	 * the LM head's, added by axpy; the selection bias's, never written). */
 	bool grad_overwrite_ok, grad_overwrite;
+	/* Optional, with grad_overwrite_ok: under grad_overwrite the model
+	 * clears the gradient runs that ops add into (every tensor's but the
+	 * routed experts', the LM head's and the embedding's) with one memset a
+	 * run and announces each here; an op may then add into such a region
+	 * without clearing it first.  (NULL, 0) forgets them all (the model
+	 * calls it when the backward ends). */
+	void (*grad_cleared)(struct moe_backend *be, float *dw, size_t n);
 
 	/* memory */
 	void *(*alloc)(struct moe_backend *be, size_t n, enum moe_buf_kind kind); /* NULL on ENOMEM; zeroed */

@@ -404,16 +404,23 @@ Test(backend, tma_swiglu_fusion_same_step, .timeout = 120)
  * adds) must give the gradients of the same backend with a real memset:
  * any element an op fails to store stays NaN and fails the test.  Per
  * tensor, max |difference| <= 1e-5 max |g| (the norm weights' block sums
- * are added with atomics, in no fixed order).  Every expert-GEMM path. */
+ * are added with atomics, in no fixed order).  Every expert-GEMM path, with
+ * the model clearing the runs that ops add into (grad_cleared: an op that
+ * adds into a region nobody cleared leaves NaN) and with each op clearing
+ * its own. */
 static void overwrite_steps(const struct moe_config *cfg, const float *p, const int32_t *x, const int32_t *y,
-			    int B, int T, const char *mode, bool overwrite, float *grads)
+			    int B, int T, const char *mode, bool overwrite, bool cleared, float *grads)
 {
 	struct moe_error err = {0};
 	struct moe_model *mg = gpu_model(cfg, p, mode);
 	struct moe_backend *gb = moe_model_backend(mg);
 	if (overwrite)
 		cr_assert(gb->grad_overwrite_ok, "the CUDA backend stores gradients by overwrite");
+	if (cleared)
+		cr_assert_not_null(gb->grad_cleared, "the CUDA backend takes the model's cleared runs");
 	gb->grad_overwrite_ok = overwrite;
+	if (!cleared)
+		gb->grad_cleared = NULL;
 	size_t np = moe_model_num_params(mg);
 	float *nan = malloc(np * 4);
 	for (size_t i = 0; i < np; i++)
@@ -448,22 +455,23 @@ Test(backend, grads_by_overwrite, .timeout = 120)
 	random_tokens(x, y, 2 * N, &cfg, 13);
 	const char *modes[5] = {"kernel", "cublas-grouped", "cublas", "wgmma", "tma"};
 	int nm = moe_cuda_grouped_wgmma_supported() ? 5 : 3;
-	for (int k = 0; k < nm; k++) {
-		overwrite_steps(&cfg, p, x, y, B, T, modes[k], false, g0);
-		overwrite_steps(&cfg, p, x, y, B, T, modes[k], true, g1);
+	for (int k = 0; k < 2 * nm; k++) { /* then the ops clearing their own regions */
+		overwrite_steps(&cfg, p, x, y, B, T, modes[k % nm], false, false, g0);
+		overwrite_steps(&cfg, p, x, y, B, T, modes[k % nm], true, k < nm, g1);
 		double worst = 0;
 		for (size_t i = 0; i < nt; i++) {
 			double mx, d = max_diff(g1 + tab[i].offset, g0 + tab[i].offset, tab[i].numel, &mx);
 			bool bad = false;
 			for (size_t j = tab[i].offset; j < tab[i].offset + tab[i].numel; j++)
 				bad |= !isfinite(g1[j]);
-			cr_expect(!bad, "%s: %s: a gradient element was never stored (NaN left)", modes[k], tab[i].name);
-			cr_expect(d <= 1e-5 * mx + 1e-30, "%s: %s: max difference %.3g of max %.3g", modes[k],
+			cr_expect(!bad, "%s: %s: a gradient element was never stored (NaN left)", modes[k % nm],
+				  tab[i].name);
+			cr_expect(d <= 1e-5 * mx + 1e-30, "%s: %s: max difference %.3g of max %.3g", modes[k % nm],
 				  tab[i].name, d, mx);
 			worst = fmax(worst, mx > 0 ? d / mx : d);
 		}
-		fprintf(stderr, "gradients by overwrite, expert GEMMs '%s': worst relative difference %.3g\n", modes[k],
-			worst);
+		fprintf(stderr, "gradients by overwrite (%s), expert GEMMs '%s': worst relative difference %.3g\n",
+			k < nm ? "cleared runs" : "each op clears", modes[k % nm], worst);
 	}
 	free(p);
 	free(g0);
