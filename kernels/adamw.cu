@@ -188,6 +188,37 @@ extern "C" int moe_cuda_sumsq(double *acc, void *scratch, const float *x, size_t
 	return CUDA_LAUNCHED(err);
 }
 
+extern "C" int moe_cuda_sumsq_partials(double *part, const float *x, size_t n, cudaStream_t s, struct moe_error *err)
+{
+	if (n == 0)
+		return 0;
+	sumsq_partial_kernel<<<moe_cdiv(n, SQ_BLOCK), 256, 0, s>>>(part, x, n);
+	return CUDA_LAUNCHED(err);
+}
+
+/* *acc += the segments' doubles: thread i sums elements i, i + 256, ... of
+ * each segment in turn, then the block's 256 sums in a fixed order. */
+__global__ void sumsq_segs_kernel(double *acc, const struct moe_cuda_ssq_segs sg)
+{
+	__shared__ double sh[256];
+	double a = 0;
+	for (int k = 0; k < sg.count; k++)
+		for (size_t i = threadIdx.x; i < sg.n[k]; i += 256)
+			a += sg.p[k][i];
+	a = block_sum256(a, sh);
+	if (threadIdx.x == 0)
+		*acc += a;
+}
+
+extern "C" int moe_cuda_sumsq_add_segs(double *acc, const struct moe_cuda_ssq_segs *segs, cudaStream_t s,
+				       struct moe_error *err)
+{
+	if (segs->count <= 0)
+		return 0;
+	sumsq_segs_kernel<<<1, 256, 0, s>>>(acc, *segs);
+	return CUDA_LAUNCHED(err);
+}
+
 __global__ void to_bf16_kernel(bf16 *dst, const float *src, size_t n)
 {
 	for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)

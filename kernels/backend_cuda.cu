@@ -94,6 +94,18 @@ struct alloc_ent {
 	size_t bytes;
 };
 
+/* A gradient region [p, p + n) and the epilogue's sums of squares of its
+ * stored values (part: cap doubles on the device, nparts of them written);
+ * valid until the region changes otherwise. */
+#define N_SSQ 256
+struct ssq_rec {
+	const float *p;
+	size_t n;
+	double *part;
+	size_t cap, nparts;
+	bool valid;
+};
+
 struct cuda_ctx {
 	cudaStream_t s;
 	struct moe_cuda_blas *blas;
@@ -158,6 +170,13 @@ struct cuda_ctx {
 	cudaEvent_t ev[2][4096];
 	int ev_op[4096];
 	int nev;
+	/* sumsq from the weight-gradient epilogues (MOE_CUDA_SUMSQ_EPI, default
+	 * on): the gradient regions a grouped_tma.cu weight gradient stored with
+	 * its per-tile sums of squares since they last changed otherwise */
+	int ssq_epi;
+	struct ssq_rec ssq[N_SSQ];
+	int n_ssq;
+	size_t ssq_from_epi, ssq_read; /* floats summed each way (moe_cuda_sumsq_counts) */
 };
 
 #define CTX(be) ((struct cuda_ctx *)(be)->ctx)
@@ -315,10 +334,64 @@ static void *scratch(struct cuda_ctx *c, int i, size_t bytes)
 	return c->scratch[i];
 }
 
+/* ---- sums of squares from the weight-gradient epilogues ---------------------- */
+
+/* The records whose region [p, p + bytes) overlaps are no longer valid
+ * (the region changed other than by their epilogue) */
+static void ssq_forget(struct cuda_ctx *c, const void *p, size_t bytes)
+{
+	const char *a = (const char *)p;
+	for (int i = 0; i < c->n_ssq; i++) {
+		struct ssq_rec *r = &c->ssq[i];
+		const char *r0 = (const char *)r->p;
+		if (r->valid && a < r0 + r->n * 4 && r0 < a + bytes)
+			r->valid = false;
+	}
+}
+
+static void ssq_forget_all(struct cuda_ctx *c)
+{
+	for (int i = 0; i < c->n_ssq; i++)
+		c->ssq[i].valid = false;
+}
+
+/* The record of region [p, p + n) with room for cap partials (its buffer
+ * kept from earlier steps, grown on demand), not yet valid; NULL when the
+ * table is full or out of memory (the caller stores without partials). */
+static struct ssq_rec *ssq_slot(struct cuda_ctx *c, const float *p, size_t n, size_t cap)
+{
+	struct ssq_rec *r = NULL;
+	for (int i = 0; i < c->n_ssq && !r; i++)
+		if (c->ssq[i].p == p)
+			r = &c->ssq[i];
+	if (!r) {
+		if (c->n_ssq == N_SSQ)
+			return NULL;
+		r = &c->ssq[c->n_ssq++];
+		memset(r, 0, sizeof *r);
+		r->p = p;
+	}
+	r->valid = false;
+	r->n = n;
+	if (r->cap < cap) {
+		if (r->part) { /* the stream may still read it */
+			cudaStreamSynchronize(c->s);
+			dev_free(c, r->part);
+		}
+		r->part = (double *)dev_alloc(c, cap * sizeof(double));
+		r->cap = r->part ? cap : 0;
+		if (!r->part)
+			return NULL;
+	}
+	return r;
+}
+
 /* Note a write to device memory [p, p + bytes): if it hits the masters, the
- * compute copy of that range is stale. */
+ * compute copy of that range is stale; if it hits a gradient region with
+ * epilogue sums of squares, they are. */
 static void mark_stale(struct cuda_ctx *c, const void *p, size_t bytes)
 {
+	ssq_forget(c, p, bytes);
 	const char *a = (const char *)p, *b0 = (const char *)c->p32, *b1 = (const char *)(c->p32 + c->n);
 	if (!c->p32 || a >= b1 || a + bytes <= b0)
 		return;
@@ -497,6 +570,8 @@ static void b_destroy(struct moe_backend *be)
 		dev_free(c, c->p16);
 		for (int i = 0; i < N_SCRATCH; i++)
 			dev_free(c, c->scratch[i]);
+		for (int i = 0; i < c->n_ssq; i++)
+			dev_free(c, c->ssq[i].part);
 		dev_free(c, c->cosb);
 		dev_free(c, c->sinb);
 		for (int i = 0; i < N_ROUTES; i++)
@@ -529,6 +604,7 @@ static int b_params_alloc(struct moe_backend *be, size_t n, struct moe_error *er
 	dev_free(c, c->p32);
 	dev_free(c, c->g32);
 	dev_free(c, c->p16);
+	ssq_forget_all(c);
 	c->p32 = (float *)b_alloc(be, n, MOE_BUF_F32);
 	c->g32 = (float *)b_alloc(be, n, MOE_BUF_F32);
 	c->p16 = (bf16_t *)b_alloc(be, n, MOE_BUF_ACT);
@@ -561,6 +637,7 @@ static int b_status(struct moe_backend *be, struct moe_error *err)
 static void b_params_updated(struct moe_backend *be)
 {
 	struct cuda_ctx *c = CTX(be);
+	ssq_forget_all(c); /* an optimizer step: the next backward stores anew */
 	PROF(c, "params_to_bf16");
 	if (c->stale_all)
 		RUN(c, moe_cuda_to_bf16(c->p16, c->p32, c->n, c->s, &c->err));
@@ -1135,6 +1212,24 @@ static void o_grouped_fwd(struct moe_backend *be, void *out, const void *x, cons
 	PROF_END(c);
 }
 
+/* The TMA weight gradient stored with its epilogue's sums of squares,
+ * recorded for o_sumsq (a plain store where the table is full). */
+static void wgrad_ssq(struct cuda_ctx *c, float *dw, const void *dout, const void *x, const int32_t *offsets, int E,
+		      int In, int Out)
+{
+	size_t nparts = 0;
+	struct ssq_rec *r = ssq_slot(c, dw, (size_t)E * Out * In, moe_cuda_grouped_tma_ssq_cap(E, In, Out));
+	if (!r) {
+		RUN(c, moe_cuda_grouped_tma_wgrad_store(dw, (const bf16_t *)dout, (const bf16_t *)x, offsets, E, In, Out,
+							true, c->s, &c->err));
+		return;
+	}
+	RUN(c, moe_cuda_grouped_tma_wgrad_ssq(dw, (const bf16_t *)dout, (const bf16_t *)x, offsets, E, In, Out, r->part,
+					      &nparts, c->s, &c->err));
+	r->nparts = nparts;
+	r->valid = c->rc == 0 && nparts > 0;
+}
+
 static void o_grouped_bwd(struct moe_backend *be, void *dx, float *dw, const void *dout, const void *x, const void *w,
 			  const int32_t *offsets, int E, int In, int Out)
 {
@@ -1142,6 +1237,8 @@ static void o_grouped_bwd(struct moe_backend *be, void *dx, float *dw, const voi
 	/* gradients by overwrite: the wgmma weight gradient stores its tiles
 	 * (zeros for experts without rows); the other paths add into zeros */
 	bool store = dw && be->grad_overwrite;
+	if (dw) /* the region changes: sums of squares recorded for it go */
+		ssq_forget(c, dw, (size_t)E * Out * In * 4);
 	if (store && !(c->grouped_mode == GM_WGMMA ||
 		       (c->grouped_mode == GM_CUBLAS_GROUPED && c->wgrad_mode == WG_WGMMA)))
 		b_zero(be, dw, (size_t)E * Out * In, MOE_BUF_F32);
@@ -1195,7 +1292,9 @@ static void o_grouped_bwd(struct moe_backend *be, void *dx, float *dw, const voi
 			RUN(c, (c->grouped_tma ? moe_cuda_grouped_tma_dgrad : moe_cuda_grouped_wgmma_dgrad)(
 				       (bf16_t *)dx, (const bf16_t *)dout, (const bf16_t *)w, offsets, rows, E, In, Out, c->s,
 				       &c->err));
-		if (dw)
+		if (dw && store && c->grouped_tma > 1 && c->ssq_epi)
+			wgrad_ssq(c, dw, dout, x, offsets, E, In, Out);
+		else if (dw)
 			RUN(c, (c->grouped_tma > 1 ? moe_cuda_grouped_tma_wgrad_store : moe_cuda_grouped_wgmma_wgrad_store)(
 				       dw, (const bf16_t *)dout, (const bf16_t *)x, offsets, E, In, Out, store, c->s, &c->err));
 		PROF_END(c);
@@ -1301,6 +1400,7 @@ static void o_expert_up_bwd(struct moe_backend *be, void *dx, float *dw, const v
 		return;
 	}
 	o_grouped_bwd(be, dx, NULL, dgu, NULL, w, offsets, E, D, 2 * I);
+	ssq_forget(c, dw, (size_t)E * 2 * I * D * 4);
 	PROF(c, "expert_up_wgrad");
 	RUN(c, moe_cuda_grouped_wgmma_up_wgrad(dw, (const bf16_t *)dgu, (const bf16_t *)x, perm, K, offsets, E, D, I,
 					       be->grad_overwrite, c->s, &c->err));
@@ -1392,15 +1492,85 @@ static void o_aux_dprobs(struct moe_backend *be, float *dprobs, const float *g_h
 	PROF_END(c);
 }
 
+/* One more segment of o_sumsq's sum (the segments go out 16 at a time). */
+static void ssq_seg(struct cuda_ctx *c, double *acc, struct moe_cuda_ssq_segs *sg, const double *p, size_t n)
+{
+	if (sg->count == MOE_CUDA_SSQ_SEGS) {
+		RUN(c, moe_cuda_sumsq_add_segs(acc, sg, c->s, &c->err));
+		sg->count = 0;
+	}
+	sg->p[sg->count] = p;
+	sg->n[sg->count++] = n;
+}
+
+/* The sum of squares of x[0, n): where weight-gradient epilogues stored
+ * regions inside it with their sums of squares (and nothing changed them
+ * since), those regions' per-tile partials; the gaps between them read
+ * into per-block partials; all of them summed in address order (fixed for
+ * a given table: deterministic).  Without such regions, one read of x. */
 static void o_sumsq(struct moe_backend *be, const float *x, size_t n, double *out)
 {
 	struct cuda_ctx *c = CTX(be);
-	void *sc = scratch(c, S_SUMSQ, moe_cuda_sumsq_scratch(n));
+	int use[N_SSQ], nu = 0;
+	for (int i = 0; i < c->n_ssq; i++) { /* valid and inside, by address */
+		const struct ssq_rec *r = &c->ssq[i];
+		if (!r->valid || r->p < x || r->p + r->n > x + n)
+			continue;
+		int j = nu++;
+		for (; j > 0 && c->ssq[use[j - 1]].p > r->p; j--)
+			use[j] = use[j - 1];
+		use[j] = i;
+	}
+	if (nu == 0) {
+		void *sc = scratch(c, S_SUMSQ, moe_cuda_sumsq_scratch(n));
+		PROF(c, "sumsq");
+		double *acc = pend_slot(c, out, NULL, 1.0, c->s);
+		if (acc)
+			RUN(c, moe_cuda_sumsq(acc, sc, x, n, c->s, &c->err));
+		PROF_END(c);
+		c->ssq_read += n;
+		return;
+	}
+	size_t need = 0, off = 0;
+	const float *at = x;
+	for (int k = 0; k <= nu; k++) {
+		const float *end = k < nu ? c->ssq[use[k]].p : x + n;
+		if (end > at)
+			need += moe_cuda_sumsq_scratch((size_t)(end - at)) / sizeof(double);
+		if (k < nu)
+			at = c->ssq[use[k]].p + c->ssq[use[k]].n;
+	}
+	double *sc = need ? (double *)scratch(c, S_SUMSQ, need * sizeof(double)) : NULL;
 	PROF(c, "sumsq");
 	double *acc = pend_slot(c, out, NULL, 1.0, c->s);
-	if (acc)
-		RUN(c, moe_cuda_sumsq(acc, sc, x, n, c->s, &c->err));
+	struct moe_cuda_ssq_segs sg;
+	sg.count = 0;
+	at = x;
+	for (int k = 0; acc && (sc || !need) && k <= nu; k++) {
+		const float *end = k < nu ? c->ssq[use[k]].p : x + n;
+		if (end > at) {
+			size_t m = (size_t)(end - at), np = moe_cuda_sumsq_scratch(m) / sizeof(double);
+			RUN(c, moe_cuda_sumsq_partials(sc + off, at, m, c->s, &c->err));
+			ssq_seg(c, acc, &sg, sc + off, np);
+			off += np;
+			c->ssq_read += m;
+		}
+		if (k < nu) {
+			const struct ssq_rec *r = &c->ssq[use[k]];
+			ssq_seg(c, acc, &sg, r->part, r->nparts);
+			at = r->p + r->n;
+			c->ssq_from_epi += r->n;
+		}
+	}
+	if (acc && sg.count)
+		RUN(c, moe_cuda_sumsq_add_segs(acc, &sg, c->s, &c->err));
 	PROF_END(c);
+}
+
+extern "C" void moe_cuda_sumsq_counts(struct moe_backend *be, size_t *from_epilogue, size_t *read)
+{
+	*from_epilogue = CTX(be)->ssq_from_epi;
+	*read = CTX(be)->ssq_read;
 }
 
 static void o_axpy(struct moe_backend *be, float *y, const float *x, size_t n, float a)
@@ -1534,6 +1704,8 @@ extern "C" struct moe_backend *moe_backend_cuda(struct moe_error *err)
 			goto fail;
 		}
 		c->tma_fuse = (int)tf;
+		const char *sv = getenv("MOE_CUDA_SUMSQ_EPI");
+		c->ssq_epi = !(sv && strcmp(sv, "0") == 0);
 		const char *kv = getenv("MOE_CUDA_QKV");
 		c->qkv_split = kv && strcmp(kv, "split") == 0;
 		const char *nv = getenv("MOE_CUDA_NARROW");

@@ -81,6 +81,8 @@ struct gt_args {
 	bf16 *h;                /* SW: (rows, I) silu(g) u */
 	const bf16 *gu;         /* SW input gradient: (rows, 2I) the forward's [g | u] */
 	int dgl;                /* SW input gradient: GT_DG_* */
+	double *ssq;            /* wgrad, store: the stored values' sums of squares, two
+				   slots a tile (gt_ssq_slots), or nullptr */
 };
 
 /* How the SwiGLU input gradient's epilogue gets g, u (MOE_CUDA_TMA_FUSE_DG,
@@ -396,6 +398,7 @@ __global__ void __launch_bounds__(GT_THREADS, 1)
 	static_assert(!SW || MODE != GT_WGRAD, "SwiGLU: forward and input gradient only");
 	extern __shared__ unsigned char gt_smem[];
 	__shared__ __align__(8) uint64_t full[ST], empty[ST], order, ebar[2];
+	__shared__ double s_ss[2][2][4]; /* wgrad with ssq: [warpgroup][tile parity][warp] */
 	const uint32_t base = (wg_smem_u32(gt_smem) + 1023) & ~1023u, sa = base, sb = base + ST * ABYTES;
 	const uint32_t se = base + ST * (ABYTES + BBYTES); /* the output buffers */
 	int *s_start = (int *)(gt_smem + (se + EBYTES - wg_smem_u32(gt_smem))); /* (E+1) row tiles */
@@ -527,6 +530,8 @@ __global__ void __launch_bounds__(GT_THREADS, 1)
 	int nst = 0;
 	int ne = 0; /* SW input gradient, GT_DG_TMA: this warpgroup's g, u loads so far */
 	int pos0 = 0; /* the k-slice position of the block's tile j */
+	int nss = 0;      /* wgrad with ssq: this warpgroup's tiles so far */
+	double ssq = 0.0; /* wgrad with ssq: this thread's part of the tile's sum */
 	for (int j = 0;; j++) {
 		const int t = gt_walk<MODE>(j, g);
 		if (t >= total)
@@ -613,7 +618,57 @@ __global__ void __launch_bounds__(GT_THREADS, 1)
 					gt_named_sync(1 + cw);
 					if (lead)
 						gt_tma_store3(&tc, buf, tl.n0 + q * 32, mrow, tl.e, !g.store);
+					if (g.ssq) {
+						/* the block's squares while the copy engine stores
+						 * it: this thread's 16 in fp32 (one rounding a
+						 * term: relative error <= 16 u), into double; zero
+						 * past Out and In (the clipped part) */
+						const bool inside = mrow + 64 <= g.K && tl.n0 + q * 32 + 32 <= g.ncols;
+						float sq = 0.f;
+#pragma unroll
+						for (int jj = 0; jj < 4; jj++)
+#pragma unroll
+							for (int h = 0; h < 2; h++) {
+								const int jr = q * 4 + jj;
+								float v0 = acc[m][4 * jr + 2 * h], v1 = acc[m][4 * jr + 2 * h + 1];
+								if (!inside &&
+								    (mrow + warp * 16 + lane / 4 + 8 * h >= g.K ||
+								     tl.n0 + q * 32 + jj * 8 + 2 * (lane % 4) >= g.ncols))
+									v0 = v1 = 0.f;
+								sq = fmaf(v0, v0, sq);
+								sq = fmaf(v1, v1, sq);
+							}
+						ssq += (double)sq;
+					}
 				}
+			if (g.ssq) {
+				/* the warpgroup's sum in a fixed order (lanes by a
+				 * butterfly, then warps 0..3) into the tile's slot:
+				 * cooperative, one slot per warpgroup; ping-pong, the
+				 * first (the second zero).  s_ss alternates between two
+				 * halves, so a warp's next write waits behind the lead's
+				 * read (the barrier of the tile in between). */
+#pragma unroll
+				for (int o = 16; o > 0; o >>= 1)
+					ssq += __shfl_xor_sync(0xffffffffu, ssq, o);
+				if (lane == 0)
+					s_ss[cw][nss & 1][warp] = ssq;
+				gt_named_sync(1 + cw);
+				if (lead) {
+					const double tot = s_ss[cw][nss & 1][0] + s_ss[cw][nss & 1][1] +
+							   s_ss[cw][nss & 1][2] + s_ss[cw][nss & 1][3];
+					const int per = g.mt * g.nt;
+					double *slot = g.ssq + 2 * ((size_t)tl.e * per + t % per);
+					if (PP) {
+						slot[0] = tot;
+						slot[1] = 0.0;
+					} else {
+						slot[cw] = tot;
+					}
+				}
+				nss++;
+				ssq = 0.0;
+			}
 			continue;
 		}
 
@@ -809,7 +864,8 @@ static int gt_sms(void)
  * (rows, I), gu (input gradient) the forward's (rows, 2I). */
 template <int MODE, int BM, int BN, int ST, int PP, int SW>
 static int gt_launch(void *c, const bf16 *a, const bf16 *w, const int32_t *offsets, int max_rows, int E, int In,
-		     int Out, bool store, bool sched, bf16 *h, const bf16 *gu, cudaStream_t s, struct moe_error *err)
+		     int Out, bool store, bool sched, bf16 *h, const bf16 *gu, double *ssq, size_t *ssq_n, cudaStream_t s,
+		     struct moe_error *err)
 {
 	/* MOE_CUDA_TMA_FUSE_DG (GT_DG_* bits, comparisons and tests), read at
 	 * each launch */
@@ -866,7 +922,9 @@ static int gt_launch(void *c, const bf16 *a, const bf16 *w, const int32_t *offse
 		te = tc;
 	gt_args g = {a, MODE == GT_WGRAD ? w : nullptr, c, offsets, E, K, ncols,
 		     (int)moe_cdiv(ncols, SW && MODE == GT_FWD ? BN / 2 : BN), (int)moe_cdiv(Out, BM), store, sched,
-		     h, gu, dgl};
+		     h, gu, dgl, MODE == GT_WGRAD && store ? ssq : nullptr};
+	if (ssq_n) /* the slots the kernel writes: two a tile */
+		*ssq_n = g.ssq ? (size_t)2 * E * g.mt * g.nt : 0;
 	size_t tiles = MODE == GT_WGRAD ? (size_t)E * g.mt * g.nt : (size_t)(moe_cdiv(max_rows, BM) + E) * g.nt;
 	unsigned grid = gt_force_grid ? gt_force_grid : gt_sms();
 	if (grid > tiles)
@@ -898,7 +956,7 @@ static int gt_launch(void *c, const bf16 *a, const bf16 *w, const int32_t *offse
 template <int MODE, int SW = 0>
 static int gt_run(void *c, const bf16 *a, const bf16 *w, const int32_t *offsets, int max_rows, int E, int In,
 		  int Out, bool store, cudaStream_t s, struct moe_error *err, bf16 *h = nullptr,
-		  const bf16 *gu = nullptr)
+		  const bf16 *gu = nullptr, double *ssq = nullptr, size_t *ssq_n = nullptr)
 {
 	static int env_cfg = -1;
 	if (env_cfg < 0) { /* MOE_CUDA_GROUPED_TMA_CFG: one configuration for all (comparisons) */
@@ -921,14 +979,14 @@ static int gt_run(void *c, const bf16 *a, const bf16 *w, const int32_t *offsets,
 		cfg = narrow ? 3 : 1;
 	switch (cfg) {
 	case 2:
-		return gt_launch<MODE, 128, 128, 6, 1, SW>(c, a, w, offsets, max_rows, E, In, Out, store, sched, h, gu, s,
-							   err);
+		return gt_launch<MODE, 128, 128, 6, 1, SW>(c, a, w, offsets, max_rows, E, In, Out, store, sched, h, gu, ssq,
+							   ssq_n, s, err);
 	case 3:
-		return gt_launch<MODE, 256, 128, 4, 0, SW>(c, a, w, offsets, max_rows, E, In, Out, store, sched, h, gu, s,
-							   err);
+		return gt_launch<MODE, 256, 128, 4, 0, SW>(c, a, w, offsets, max_rows, E, In, Out, store, sched, h, gu, ssq,
+							   ssq_n, s, err);
 	default:
-		return gt_launch<MODE, 128, 256, 4, 0, SW>(c, a, w, offsets, max_rows, E, In, Out, store, sched, h, gu, s,
-							   err);
+		return gt_launch<MODE, 128, 256, 4, 0, SW>(c, a, w, offsets, max_rows, E, In, Out, store, sched, h, gu, ssq,
+							   ssq_n, s, err);
 	}
 }
 
@@ -975,6 +1033,35 @@ extern "C" int moe_cuda_grouped_tma_wgrad_store(float *dw, const bf16_t *dout, c
 		gt_fallbacks++;
 	}
 	return moe_cuda_grouped_wgmma_wgrad_store(dw, dout, x, offsets, E, In, Out, store, s, err);
+}
+
+/* The weight gradient stored (gradients by overwrite) with its sums of
+ * squares: each tile's epilogue sums the squares of the values it stores
+ * (final: a tile reduces over all of its expert's rows, no split over
+ * blocks) into its own slots of ssq, two a tile at 2 (e mt nt + tile),
+ * written whatever the routing (zeros for experts without rows); *ssq_n:
+ * the slots written (0 where the wgmma kernel stored dw instead).  ssq
+ * holds moe_cuda_grouped_tma_ssq_cap() doubles (every configuration's
+ * tiles are at least 128 x 128). */
+extern "C" size_t moe_cuda_grouped_tma_ssq_cap(int E, int In, int Out)
+{
+	return E > 0 && In > 0 && Out > 0 ? (size_t)2 * E * moe_cdiv(Out, 128) * moe_cdiv(In, 128) : 0;
+}
+
+extern "C" int moe_cuda_grouped_tma_wgrad_ssq(float *dw, const bf16_t *dout, const bf16_t *x, const int32_t *offsets,
+					      int E, int In, int Out, double *ssq, size_t *ssq_n, cudaStream_t s,
+					      struct moe_error *err)
+{
+	*ssq_n = 0;
+	if (gt_shape_ok(E, In, Out) && moe_cuda_grouped_tma_supported()) {
+		int rc = gt_run<GT_WGRAD>(dw, (const bf16 *)dout, (const bf16 *)x, offsets, 0, E, In, Out, true, s, err,
+					  nullptr, nullptr, ssq, ssq_n);
+		if (rc <= 0)
+			return rc;
+		*ssq_n = 0;
+		gt_fallbacks++;
+	}
+	return moe_cuda_grouped_wgmma_wgrad_store(dw, dout, x, offsets, E, In, Out, true, s, err);
 }
 
 /* SwiGLU fused into the routed experts' GEMMs (forward and input

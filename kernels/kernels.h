@@ -199,6 +199,20 @@ int moe_cuda_adamw(float *p, bf16_t *p16, const float *g, float gscale, float *m
 size_t moe_cuda_sumsq_scratch(size_t n);
 int moe_cuda_sumsq(double *acc, void *scratch, const float *x, size_t n, cudaStream_t s,
 		   struct moe_error *err);
+/* The same sum in parts: moe_cuda_sumsq_partials writes x's per-block
+ * partial sums (moe_cuda_sumsq_scratch(n) / 8 doubles, n > 0, in a fixed
+ * order) to part; moe_cuda_sumsq_add_segs adds the sum of the segments'
+ * doubles (partials, or grouped_tma.cu's per-tile sums of squares) to *acc
+ * in one fixed order (one block). */
+#define MOE_CUDA_SSQ_SEGS 16
+struct moe_cuda_ssq_segs {
+	const double *p[MOE_CUDA_SSQ_SEGS];
+	size_t n[MOE_CUDA_SSQ_SEGS];
+	int count;
+};
+int moe_cuda_sumsq_partials(double *part, const float *x, size_t n, cudaStream_t s, struct moe_error *err);
+int moe_cuda_sumsq_add_segs(double *acc, const struct moe_cuda_ssq_segs *segs, cudaStream_t s,
+			    struct moe_error *err);
 int moe_cuda_to_bf16(bf16_t *dst, const float *src, size_t n, cudaStream_t s, struct moe_error *err);
 int moe_cuda_to_f32(float *dst, const bf16_t *src, size_t n, cudaStream_t s, struct moe_error *err);
 /* y += a x (fp32); x *= a (bf16) */
@@ -274,6 +288,17 @@ int moe_cuda_grouped_tma_dgrad(bf16_t *dx, const bf16_t *dout, const bf16_t *w, 
 			       int max_rows, int E, int In, int Out, cudaStream_t s, struct moe_error *err);
 int moe_cuda_grouped_tma_wgrad_store(float *dw, const bf16_t *dout, const bf16_t *x, const int32_t *offsets,
 				     int E, int In, int Out, bool store, cudaStream_t s, struct moe_error *err);
+/* The weight gradient stored (as moe_cuda_grouped_tma_wgrad_store with
+ * store) and, in each tile's epilogue, the sum of squares of the fp32
+ * values it stores into its own slots of ssq (fp32 over 16 values a
+ * thread, then double: relative error <= 16 * 2^-24); *ssq_n: the slots
+ * written, whose sum (moe_cuda_sumsq_add_segs) is the sum of squares of
+ * dw, or 0 where the wgmma kernel stored dw instead.  ssq holds
+ * moe_cuda_grouped_tma_ssq_cap(E, In, Out) doubles. */
+size_t moe_cuda_grouped_tma_ssq_cap(int E, int In, int Out);
+int moe_cuda_grouped_tma_wgrad_ssq(float *dw, const bf16_t *dout, const bf16_t *x, const int32_t *offsets,
+				   int E, int In, int Out, double *ssq, size_t *ssq_n, cudaStream_t s,
+				   struct moe_error *err);
 /* Whether the current device and driver run them (sm_90, tensor maps). */
 bool moe_cuda_grouped_tma_supported(void);
 /* Tile configuration and grid, process-wide (tests, benchmarks): cfg 1
@@ -336,6 +361,10 @@ void moe_cuda_grouped_wgmma_config(int cfg);
 struct moe_backend;
 void moe_cuda_profile_report(struct moe_backend *be, FILE *fp, bool reset);
 size_t moe_cuda_peak_bytes(struct moe_backend *be);
+/* The clip norms' sums of squares (be->sumsq) so far: gradient floats whose
+ * sum came from the weight-gradient epilogues' per-tile partials
+ * (MOE_CUDA_SUMSQ_EPI, default 1) and floats read from memory. */
+void moe_cuda_sumsq_counts(struct moe_backend *be, size_t *from_epilogue, size_t *read);
 
 #ifdef __cplusplus
 }

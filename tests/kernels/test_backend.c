@@ -736,3 +736,144 @@ Test(backend, balance_bias_matches_cpu, .timeout = 60)
 	moe_model_free(mg);
 	moe_model_free(mc);
 }
+
+/* The clip norms' sums of squares from the expert weight-gradient epilogues
+ * (MOE_CUDA_SUMSQ_EPI, on by default with "tma"): one training step's
+ * moe_optim_grad_norms with them against the same step with
+ * MOE_CUDA_SUMSQ_EPI=0 (every span read), and each against the gradients
+ * read back and summed on the host in long double: the expert norm within
+ * relative 1e-6 (the epilogue sums 16 squares a thread in fp32: relative
+ * error <= 16 * 2^-24 on the sum of squares, half that on the norm), the
+ * other norm within 1e-9 (read on both paths).  moe_cuda_sumsq_counts
+ * shows the path taken: exactly the routed experts' floats from the
+ * epilogues (0 with the switch off).  The records must go when the
+ * gradients change otherwise: after an optimizer step (params_updated),
+ * after a second micro-batch's backward (it adds), after zero_grad and the
+ * memset of moe_model_grads_ready; each time the norms match the host's
+ * and nothing comes from the epilogues. */
+static void norms_host(const struct moe_param *tab, size_t nt, const float *g, double *ne, double *no)
+{
+	long double se = 0, so = 0;
+	for (size_t i = 0; i < nt; i++) {
+		if (!tab[i].trainable)
+			continue;
+		long double s = 0;
+		for (size_t j = tab[i].offset; j < tab[i].offset + tab[i].numel; j++)
+			s += (long double)g[j] * g[j];
+		if (tab[i].is_expert)
+			se += s;
+		else
+			so += s;
+	}
+	*ne = sqrt((double)se);
+	*no = sqrt((double)so);
+}
+
+static void check_norms(const char *what, struct moe_model *mg, struct moe_optim *o, const struct moe_param *tab,
+			size_t nt, float *g, double tol_e, double *ne_out)
+{
+	double ne, no, he, ho;
+	moe_optim_grad_norms(o, &ne, &no);
+	moe_model_get_grads(mg, g);
+	norms_host(tab, nt, g, &he, &ho);
+	cr_expect(fabs(ne - he) <= tol_e * he + 1e-30, "%s: expert norm %.17g vs host %.17g", what, ne, he);
+	cr_expect(fabs(no - ho) <= 1e-9 * ho + 1e-30, "%s: other norm %.17g vs host %.17g", what, no, ho);
+	fprintf(stderr, "%s: norms expert %.12g (host %.12g, relative %.3g), other %.12g (host %.12g)\n", what, ne, he,
+		he > 0 ? fabs(ne - he) / he : 0.0, no, ho);
+	if (ne_out)
+		*ne_out = ne;
+}
+
+Test(backend, sumsq_from_wgrad_epilogue, .timeout = 120)
+{
+	NEED_GPU();
+	if (!moe_cuda_grouped_tma_supported())
+		cr_skip_test("not an sm_90 device, or no tensor maps");
+	struct moe_error err = {0};
+	struct moe_config cfg;
+	float *p;
+	struct moe_model *mc = cpu_params(&cfg, 41, &p);
+	size_t np = moe_model_num_params(mc), nt = 0;
+	const struct moe_param *tab = moe_model_params(mc, &nt);
+	float *g = malloc(np * 4);
+	int B = 2, T = 96, N = B * T;
+	int32_t *x = malloc(2 * N * 4), *y = malloc(2 * N * 4);
+	rng_seed(12);
+	random_tokens(x, y, 2 * N, &cfg, 11);
+	const size_t routed = (size_t)moe_config_n_moe_layers(&cfg) * cfg.num_experts * 3 * cfg.intermediate_size *
+			      cfg.hidden_size;
+	size_t trainable = 0;
+	for (size_t i = 0; i < nt; i++)
+		trainable += tab[i].trainable ? tab[i].numel : 0;
+	struct moe_optim_opts oo = {.beta1 = 0.9, .beta2 = 0.95, .eps = 1e-8, .weight_decay = 0.1,
+				    .decay = MOE_DECAY_MATRICES, .clip_groups = MOE_CLIP_EXPERT, .clip = 1.0,
+				    .clip_expert = -1};
+	struct moe_forward_opts fo = {0};
+	fo.train = true;
+	double norm[2];
+	for (int on = 1; on >= 0; on--) {
+		char what[96];
+		if (!on)
+			setenv("MOE_CUDA_SUMSQ_EPI", "0", 1);
+		struct moe_model *mg = gpu_model(&cfg, p, "tma");
+		unsetenv("MOE_CUDA_SUMSQ_EPI");
+		struct moe_backend *gb = moe_model_backend(mg);
+		struct moe_optim o;
+		struct moe_losses l;
+		size_t epi0, rd0, epi, rd;
+		cr_assert_eq(moe_optim_init(&o, mg, &oo, &err), 0, "%s", err.msg);
+		/* one step, as the trainer runs it */
+		moe_model_zero_grad(mg);
+		cr_assert_eq(moe_model_forward(mg, x, y, B, T, &fo, &l, &err), 0, "%s", err.msg);
+		cr_assert_eq(moe_model_backward(mg, 1.0f, &err), 0, "%s", err.msg);
+		moe_cuda_sumsq_counts(gb, &epi0, &rd0);
+		snprintf(what, sizeof what, "epilogue sums %s, one step", on ? "on" : "off");
+		check_norms(what, mg, &o, tab, nt, g, 1e-6, &norm[on]);
+		moe_cuda_sumsq_counts(gb, &epi, &rd);
+		cr_expect(epi - epi0 == (on ? routed : 0), "%s: %zu floats from the epilogues, expected %zu", what,
+			  epi - epi0, on ? routed : (size_t)0);
+		cr_expect(epi - epi0 + rd - rd0 == trainable, "%s: %zu floats summed of %zu trainable", what,
+			  epi - epi0 + rd - rd0, trainable);
+		/* the optimizer step: the records go (params_updated) */
+		moe_optim_step(&o, 1e-3);
+		snprintf(what, sizeof what, "epilogue sums %s, after the optimizer step", on ? "on" : "off");
+		moe_cuda_sumsq_counts(gb, &epi0, &rd0);
+		check_norms(what, mg, &o, tab, nt, g, 1e-9, NULL);
+		moe_cuda_sumsq_counts(gb, &epi, &rd);
+		cr_expect(epi == epi0, "%s: %zu floats from stale epilogue sums", what, epi - epi0);
+		/* two micro-batches: the second backward adds */
+		moe_model_zero_grad(mg);
+		for (int mb = 0; mb < 2; mb++) {
+			cr_assert_eq(moe_model_forward(mg, x + mb * N, y + mb * N, B, T, &fo, &l, &err), 0, "%s", err.msg);
+			cr_assert_eq(moe_model_backward(mg, 0.5f, &err), 0, "%s", err.msg);
+		}
+		snprintf(what, sizeof what, "epilogue sums %s, two micro-batches", on ? "on" : "off");
+		moe_cuda_sumsq_counts(gb, &epi0, &rd0);
+		check_norms(what, mg, &o, tab, nt, g, 1e-9, NULL);
+		moe_cuda_sumsq_counts(gb, &epi, &rd);
+		cr_expect(epi == epi0, "%s: %zu floats from stale epilogue sums", what, epi - epi0);
+		/* a fresh backward again, then zero_grad: the norms read zeros */
+		moe_model_zero_grad(mg);
+		cr_assert_eq(moe_model_forward(mg, x, y, B, T, &fo, &l, &err), 0, "%s", err.msg);
+		cr_assert_eq(moe_model_backward(mg, 1.0f, &err), 0, "%s", err.msg);
+		moe_model_zero_grad(mg);
+		double ne, no;
+		moe_cuda_sumsq_counts(gb, &epi0, &rd0);
+		moe_optim_grad_norms(&o, &ne, &no);
+		moe_cuda_sumsq_counts(gb, &epi, &rd);
+		cr_expect(ne == 0 && no == 0, "epilogue sums %s, after zero_grad: norms %g, %g", on ? "on" : "off", ne,
+			  no);
+		cr_expect(epi == epi0, "after zero_grad: %zu floats from stale epilogue sums", epi - epi0);
+		moe_optim_release(&o);
+		moe_model_free(mg);
+	}
+	cr_expect(fabs(norm[1] - norm[0]) <= 1e-6 * norm[0], "expert norm with the epilogue sums %.17g, without %.17g",
+		  norm[1], norm[0]);
+	fprintf(stderr, "expert clip norm: epilogue sums %.15g, read %.15g (relative %.3g); %zu routed floats\n",
+		norm[1], norm[0], fabs(norm[1] - norm[0]) / norm[0], routed);
+	free(p);
+	free(g);
+	free(x);
+	free(y);
+	moe_model_free(mc);
+}

@@ -1356,6 +1356,122 @@ Test(kernels, grouped_tma, .timeout = 120)
 	cr_expect(fb == 0, "%d launches fell back to the wgmma kernels", fb);
 }
 
+/* The weight gradient stored with its epilogue's sums of squares
+ * (moe_cuda_grouped_tma_wgrad_ssq, the clip norm's input on CUDA): for
+ * every configuration on the full grid and on 3 blocks, dw bit-identical
+ * to moe_cuda_grouped_tma_wgrad_store's; the slots' total (summed on the
+ * device in double by moe_cuda_sumsq_add_segs) against the read-back dw's
+ * sum of squares on the host in long double, and against the read path
+ * (moe_cuda_sumsq), both within relative 1e-6: the epilogue sums 16 squares
+ * a thread in fp32 before going to double, which bounds its relative error
+ * by 16 * 2^-24 = 9.5e-7 (the double parts add ~1e-16).  The slots are
+ * poisoned with NaN first (each must be written, experts without rows
+ * too) and must be bit-identical on a second launch (no atomics). */
+static void tma_ssq_case(int E, int In, int Out, const int *cnt)
+{
+	int32_t *off = malloc((E + 1) * 4);
+	off[0] = 0;
+	for (int e = 0; e < E; e++)
+		off[e + 1] = off[e] + cnt[e];
+	int M = off[E];
+	size_t nw = (size_t)E * Out * In, cap = moe_cuda_grouped_tma_ssq_cap(E, In, Out);
+	float *x = rand_bf((size_t)M * In + 1, 1.f), *dout = rand_bf((size_t)M * Out + 1, 1.f);
+	bf16_t *gx = up_bf(x, (size_t)M * In + 1), *gdo = up_bf(dout, (size_t)M * Out + 1);
+	int32_t *goff = up(off, (E + 1) * 4);
+	float *gdw = dmalloc(nw * 4), *gref = dmalloc(nw * 4);
+	double *gss = dmalloc(cap * 8), *acc = dmalloc(8);
+	void *sc = dmalloc(moe_cuda_sumsq_scratch(nw));
+	double worst = 0, worst_read = 0;
+	for (int cfg = 1; cfg <= 4; cfg++)
+		for (int grid = 0; grid <= 3; grid += 3) {
+			char what[96];
+			snprintf(what, sizeof what, "tma wgrad ssq E=%d In=%d Out=%d config %d grid %d", E, In, Out, cfg,
+				 grid);
+			moe_cuda_grouped_tma_config(cfg, grid);
+			LAUNCH_OK(moe_cuda_grouped_tma_wgrad_store(gref, gdo, gx, goff, E, In, Out, true, S, &gerr));
+			double *first = NULL;
+			for (int rep = 0; rep < 2; rep++) {
+				size_t ns = 0;
+				cudaMemset(gdw, 0xff, nw * 4);
+				cudaMemset(gss, 0xff, cap * 8);
+				LAUNCH_OK(moe_cuda_grouped_tma_wgrad_ssq(gdw, gdo, gx, goff, E, In, Out, gss, &ns, S, &gerr));
+				cr_assert(ns > 0 && ns <= cap, "%s: %zu slots written (room for %zu)", what, ns, cap);
+				float *got = down(gdw, nw * 4), *ref = down(gref, nw * 4);
+				cr_expect(memcmp(got, ref, nw * 4) == 0, "%s: dw differs from the plain store", what);
+				long double hs = 0;
+				for (size_t i = 0; i < nw; i++)
+					hs += (long double)got[i] * got[i];
+				struct moe_cuda_ssq_segs sg = {.p = {gss}, .n = {ns}, .count = 1};
+				cudaMemset(acc, 0, 8);
+				LAUNCH_OK(moe_cuda_sumsq_add_segs(acc, &sg, S, &gerr));
+				double *d = down(acc, 8), epi = *d;
+				free(d);
+				LAUNCH_OK(moe_cuda_sumsq(acc, sc, gdw, nw, S, &gerr));
+				d = down(acc, 8);
+				double rd = *d, rel = fabs(epi - (double)hs) / (double)hs, relr = fabs(epi - rd) / rd;
+				free(d);
+				cr_expect(rel <= 1e-6, "%s: epilogue sum %.17g vs host %.17Lg (relative %.3g)", what, epi, hs,
+					  rel);
+				cr_expect(relr <= 1e-6, "%s: epilogue sum %.17g vs moe_cuda_sumsq %.17g", what, epi, rd);
+				worst = fmax(worst, rel);
+				worst_read = fmax(worst_read, fabs(rd - (double)hs) / (double)hs);
+				double *slots = down(gss, ns * 8);
+				if (!first)
+					first = slots;
+				else {
+					cr_expect(memcmp(first, slots, ns * 8) == 0, "%s: slots differ between two launches",
+						  what);
+					free(slots);
+				}
+				free(got);
+				free(ref);
+			}
+			free(first);
+		}
+	cr_log_info("tma wgrad ssq E=%d In=%d Out=%d: epilogue sums within %.3g of the host's (read path %.3g)", E,
+		    In, Out, worst, worst_read);
+	fprintf(stderr, "tma wgrad ssq E=%d In=%d Out=%d rows %d: epilogue sum relative error %.3g (read path %.3g)\n",
+		E, In, Out, M, worst, worst_read);
+	moe_cuda_grouped_tma_config(0, 0);
+	cudaFree(gdw);
+	cudaFree(gref);
+	cudaFree(gss);
+	cudaFree(acc);
+	cudaFree(sc);
+	cudaFree(gx);
+	cudaFree(gdo);
+	cudaFree(goff);
+	free(off);
+	free(x);
+	free(dout);
+}
+
+/* Fresh random routing: empty experts (first and last among them), uneven
+ * counts, one-row experts, partial tiles in both of W's dimensions (the
+ * clipped part must not count), the seed-base shapes. */
+Test(kernels, grouped_tma_wgrad_ssq, .timeout = 120)
+{
+	NEED_GPU();
+	if (!moe_cuda_grouped_tma_supported())
+		cr_skip_test("not an sm_90 device, or no tensor maps");
+	rng_seed(61);
+	int c1[6] = {0, 1, 130, 257, 0, 64};
+	tma_ssq_case(6, 128, 256, c1);
+	int c2[5] = {3, 200, 17, 0, 129};
+	tma_ssq_case(5, 72, 40, c2);
+	int c3[7];
+	for (int e = 0; e < 7; e++)
+		c3[e] = e == 6 ? 0 : (int)(rng_u64() % 300);
+	tma_ssq_case(7, 200, 328, c3);
+	int c4[16];
+	for (int e = 0; e < 16; e++)
+		c4[e] = e % 5 == 2 ? 0 : e == 7 ? 1 : (int)(rng_u64() % 700);
+	tma_ssq_case(16, 768, 1280, c4); /* seed-base gate_up */
+	tma_ssq_case(16, 640, 768, c4);  /* seed-base down */
+	int fb = moe_cuda_grouped_tma_config(0, 0);
+	cr_expect(fb == 0, "%d launches fell back to the wgmma kernels", fb);
+}
+
 /* bf16 outputs identical bit for bit (NaN never is) */
 static bool expert_bits_equal(const bf16_t *a, const bf16_t *b, size_t n)
 {
