@@ -10,10 +10,11 @@
  * times; model TFLOP/s counted as torch_ref counts them, MFU, peak GiB),
  * then, with -p, the per-op time breakdown of one profiled step.
  *
- *   bench_cuda [-m PRESET.json] [-B 16] [-T 2048] [-n STEPS] [-w WARMUP] [-p] [-R] [-c CLIP]
+ *   bench_cuda [-m PRESET.json] [-B 16] [-T 2048] [-n STEPS] [-w WARMUP] [-p] [-R] [-c CLIP] [-L ROWS]
  * -R: full activation recompute (moe-train --recompute full); -c: the
  * clip norm of both groups (default 1.0 as torch_ref; a small one makes
- * every step clip).
+ * every step clip); -L: rows of logits a chunk of the LM head and loss
+ * (moe_model_set_logits_chunk; default the model's).
  */
 #include <cuda_runtime_api.h>
 #include <getopt.h>
@@ -50,10 +51,10 @@ static int cmp_d(const void *a, const void *b)
 int main(int argc, char **argv)
 {
 	const char *model = "share/models/seed-base.json";
-	int B = 16, T = 2048, steps = 8, warm = 3, prof = 0, full = 0, c;
+	int B = 16, T = 2048, steps = 8, warm = 3, prof = 0, full = 0, lc = 0, c;
 	double clip = 1.0;
 	struct moe_error err = {0};
-	while ((c = getopt(argc, argv, "m:B:T:n:w:pRc:")) != -1) {
+	while ((c = getopt(argc, argv, "m:B:T:n:w:pRc:L:")) != -1) {
 		switch (c) {
 		case 'm': model = optarg; break;
 		case 'B': B = atoi(optarg); break;
@@ -63,8 +64,10 @@ int main(int argc, char **argv)
 		case 'p': prof = 1; break;
 		case 'R': full = 1; break;
 		case 'c': clip = atof(optarg); break;
+		case 'L': lc = atoi(optarg); break;
 		default:
-			fprintf(stderr, "usage: bench_cuda [-m MODEL] [-B N] [-T N] [-n STEPS] [-w WARMUP] [-p] [-R] [-c CLIP]\n");
+			fprintf(stderr, "usage: bench_cuda [-m MODEL] [-B N] [-T N] [-n STEPS] [-w WARMUP] [-p] [-R] [-c CLIP] "
+					"[-L ROWS]\n");
 			return 2;
 		}
 	}
@@ -83,6 +86,8 @@ int main(int argc, char **argv)
 	}
 	if (full)
 		moe_model_set_recompute(m, MOE_RECOMPUTE_FULL);
+	if (lc > 0)
+		moe_model_set_logits_chunk(m, lc);
 	/* the seed's optimizer settings (torch_ref: AdamW lr 7.5e-4, clip 1.0) */
 	struct moe_optim opt;
 	struct moe_optim_opts oo = {.beta1 = 0.9, .beta2 = 0.95, .eps = 1e-8, .weight_decay = 0.1,
