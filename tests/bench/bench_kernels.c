@@ -7,7 +7,8 @@
  * cuBLAS's grouped GEMM (fwd, dgrad), the same FLOPs through one dense cuBLAS
  * GEMM for reference, and causal flash attention forward/backward.  Median of 20 runs timed with CUDA events
  * after warm-up; prints ms and TFLOP/s per kernel.
- *   bench_kernels [-a] [-t] [-s SIGMA] [-B 8] [-T 2048] [-H 8] [-d 96]
+ *   bench_kernels [-a] [-t] [-m] [-r] [-s SIGMA] [-B 8] [-T 2048] [-H 8] [-d 96]
+ * -r: the routing kernels only, old against new (route_bench).
  * -a: attention only; -t: of the expert GEMMs only the TMA kernels (and the
  * dense reference); -s: expert e's share of the routed rows proportional to
  * exp(SIGMA z_e), z_e standard normal (imbalanced routing; 0: balanced);
@@ -427,6 +428,144 @@ static int memk_bench(int B, int T)
 	return 0;
 }
 
+/* -r: the routing kernels (moe_cuda_route_legacy: the previous version of
+ * each, then the default) at seed-base shapes: N = B*T rows, top-4 of 64
+ * experts with a selection bias; each against a device-to-device copy of
+ * the bytes it must move (read and written, counted once).  zloss is the
+ * forward's loss value: before, a memset, the per-row kernel and a one-block
+ * sum; now one launch. */
+struct rk {
+	int N, E, K;
+	void *logits, *dlogits;
+	float *bias, *probs, *topk_w, *dtopk_w, *dprobs, *psum, *g;
+	int32_t *idx, *ids, *cnt, *counts, *offsets, *perm, *inv;
+	void *sc_stats, *sc_group, *sc_z;
+	float *rowz;
+	double *acc;
+	void *ca, *cb;
+	size_t cbytes;
+};
+
+static void f_rk_copy(void *p)
+{
+	struct rk *m = p;
+	cudaMemcpyAsync(m->cb, m->ca, m->cbytes, cudaMemcpyDeviceToDevice, 0);
+}
+static void f_rk_fwd(void *p)
+{
+	struct rk *m = p;
+	CK(moe_cuda_router_fwd(m->idx, m->topk_w, m->probs, m->logits, m->bias, m->N, m->E, m->K, 0, 0, &err));
+}
+static void f_rk_group(void *p)
+{
+	struct rk *m = p;
+	CK(moe_cuda_route_group(m->counts, m->offsets, m->perm, m->inv, m->sc_group, m->idx, m->N, m->K, m->E, 0,
+				&err));
+}
+static void f_rk_stats(void *p)
+{
+	struct rk *m = p;
+	CK(moe_cuda_router_stats(m->psum, m->cnt, m->probs, m->idx, m->ids, -1, m->N, m->E, m->K, m->sc_stats, 0,
+				 &err));
+}
+static void f_rk_zloss(void *p)
+{
+	struct rk *m = p;
+	if (moe_cuda_route_legacy_on()) { /* the backend's previous sequence */
+		cudaMemsetAsync(m->acc, 0, 2 * sizeof(double), 0);
+		CK(moe_cuda_zloss(NULL, m->rowz, m->logits, m->N, m->E, 0.f, 0, &err));
+		CK(moe_cuda_sum_loss(m->acc, m->rowz, NULL, m->N, 0, 0, &err));
+	} else {
+		CK(moe_cuda_zloss_sum(m->acc, NULL, m->logits, m->N, m->E, 0.f, m->sc_z, 0, &err));
+	}
+}
+static void f_rk_aux(void *p)
+{
+	struct rk *m = p;
+	CK(moe_cuda_aux_dprobs(m->dprobs, m->g, m->ids, -1, m->N, m->E, 0, &err));
+}
+static void f_rk_bwd(void *p)
+{
+	struct rk *m = p;
+	CK(moe_cuda_router_bwd(m->dlogits, m->dtopk_w, m->dprobs, m->probs, m->idx, m->topk_w, m->N, m->E, m->K, 0,
+			       0, &err));
+}
+
+static int route_bench(int B, int T)
+{
+	struct rk m = {.N = B * T, .E = 64, .K = 4};
+	size_t NE = (size_t)m.N * m.E, NK = (size_t)m.N * m.K;
+	float hg[64], hb[64];
+	for (int e = 0; e < m.E; e++) {
+		hg[e] = 1e-3f * (float)(e % 7);
+		hb[e] = 0.01f * (float)(e % 5) - 0.02f;
+	}
+	m.g = hg;
+	m.logits = dalloc_rand(NE);
+	m.dlogits = dalloc_rand(NE);
+	cudaMalloc((void **)&m.dtopk_w, NK * 4); /* zeros: the work does not depend on the values */
+	cudaMemset(m.dtopk_w, 0, NK * 4);
+	cudaMalloc((void **)&m.bias, m.E * 4);
+	cudaMemcpy(m.bias, hb, m.E * 4, cudaMemcpyHostToDevice);
+	cudaMalloc((void **)&m.probs, NE * 4);
+	cudaMalloc((void **)&m.dprobs, NE * 4);
+	cudaMalloc((void **)&m.topk_w, NK * 4);
+	cudaMalloc((void **)&m.psum, m.E * 4);
+	cudaMalloc((void **)&m.idx, NK * 4);
+	cudaMalloc((void **)&m.ids, (size_t)m.N * 4);
+	cudaMemset(m.ids, 0, (size_t)m.N * 4);
+	cudaMalloc((void **)&m.cnt, m.E * 4);
+	cudaMalloc((void **)&m.counts, m.E * 4);
+	cudaMalloc((void **)&m.offsets, (m.E + 1) * 4);
+	cudaMalloc((void **)&m.perm, NK * 4);
+	cudaMalloc((void **)&m.inv, NK * 4);
+	cudaMalloc((void **)&m.rowz, (size_t)m.N * 4);
+	cudaMalloc((void **)&m.acc, 4 * sizeof(double));
+	cudaMalloc(&m.sc_stats, moe_cuda_router_stats_scratch(m.N, m.E));
+	cudaMalloc(&m.sc_group, moe_cuda_route_group_scratch(m.N, m.K, m.E));
+	cudaMalloc(&m.sc_z, moe_cuda_zloss_scratch(m.N, m.E));
+	size_t cmax = NE * 4;
+	cudaMalloc(&m.ca, cmax);
+	cudaMalloc(&m.cb, cmax);
+	f_rk_fwd(&m); /* a real routing for the others */
+	f_rk_aux(&m);
+	struct {
+		const char *name;
+		fn_t f;
+		double bytes;
+	} ks[] = {
+		{"router fwd", f_rk_fwd, NE * 2.0 + NE * 4.0 + NK * 8.0},
+		{"route_group", f_rk_group, NK * 4.0 * 3},
+		{"router_stats", f_rk_stats, NE * 4.0 + NK * 4.0},
+		{"zloss (value)", f_rk_zloss, NE * 2.0},
+		{"aux_dprobs", f_rk_aux, NE * 4.0},
+		{"router bwd", f_rk_bwd, NE * 4.0 * 2 + NE * 2.0 + NK * 12.0},
+	};
+	printf("routing kernels, N %d rows, top-%d of %d experts (MOE_CUDA_ROUTE=legacy: old)\n", m.N, m.K, m.E);
+	printf("%-16s %7s %8s %8s %8s %8s\n", "kernel", "MB", "copy ms", "old ms", "new ms", "old/new");
+	float so = 0, sn = 0, sc = 0;
+	for (size_t i = 0; i < sizeof(ks) / sizeof(ks[0]); i++) {
+		moe_cuda_route_legacy(1);
+		float to = time_it(ks[i].f, &m);
+		moe_cuda_route_legacy(0);
+		float tn = time_it(ks[i].f, &m);
+		m.cbytes = (size_t)(ks[i].bytes / 2) & ~(size_t)255;
+		if (m.cbytes > cmax)
+			m.cbytes = cmax;
+		float tcopy = time_it(f_rk_copy, &m);
+		so += to, sn += tn, sc += tcopy;
+		printf("%-16s %7.2f %8.4f %8.4f %8.4f %7.1fx\n", ks[i].name, ks[i].bytes / 1e6, tcopy, to, tn, to / tn);
+	}
+	printf("%-16s %7s %8.4f %8.4f %8.4f %7.1fx  (a layer; x18 a seed-base step)\n", "sum", "", sc, so, sn,
+	       so / sn);
+	cudaError_t e = cudaDeviceSynchronize();
+	if (e != cudaSuccess) {
+		fprintf(stderr, "bench_kernels: %s\n", cudaGetErrorString(e));
+		return 1;
+	}
+	return 0;
+}
+
 struct att {
 	void *q, *k, *v, *o, *dq, *dk, *dv, *dout;
 	float *lse;
@@ -452,7 +591,8 @@ int main(int argc, char **argv)
 {
 	int B = 8, T = 2048, c, att_only = 0, tma_only = 0, H = 8, Dh = 96, memk = 0;
 	double skew = 0;
-	while ((c = getopt(argc, argv, "B:T:H:d:ats:m")) != -1) {
+	int route = 0;
+	while ((c = getopt(argc, argv, "B:T:H:d:ats:mr")) != -1) {
 		if (c == 'B')
 			B = atoi(optarg);
 		else if (c == 'T')
@@ -469,11 +609,15 @@ int main(int argc, char **argv)
 			skew = atof(optarg);
 		else if (c == 'm')
 			memk = 1;
+		else if (c == 'r')
+			route = 1;
 		else
 			return 2;
 	}
 	if (memk) /* -m: the memory-bound kernels only */
 		return memk_bench(B, T);
+	if (route) /* -r: the routing kernels only */
+		return route_bench(B, T);
 	int N = B * T, K = 4, E = 64, D = 768, I = 640;
 	int rows = N * K;
 	/* balanced-ish random routing: counts from a multinomial; with -s,

@@ -5,7 +5,8 @@
 # legacy kernels too) and test_backend (one step against the CPU backend,
 # training_steps_repeatable); then seed-base steps interleaved with
 # MOE_CUDA_ROUTE=legacy (the previous kernels), twice each; a profiled step
-# each way; a short table last.  Writes $OUT/run_route6.txt.
+# each way; bench_kernels -r (each routing kernel alone, old and new); a
+# short table last.  Writes $OUT/run_route6.txt.
 set -u
 . "$(dirname "$0")/common.sh"
 O=${OUT:-/tmp}/run_route6.txt
@@ -30,6 +31,8 @@ kt 'kernels/permute_rows'
 echo "=== test_backend"
 LD_LIBRARY_PATH=$R/lib:$R/libtest timeout 100 $B/tests/kernels/test_backend --verbose 2>&1 |
 	grep -E "cosine over|four steps|PASS|FAIL|Synthesis" | tail -16
+echo "=== bench_kernels -r -B 16 (each kernel alone, median of 20 launches)"
+timeout 60 $B/tests/bench/bench_kernels -r -B 16 2>&1 | tail -12
 step "new, run 1"
 step "legacy, run 1" MOE_CUDA_ROUTE=legacy
 step "new, run 2"
