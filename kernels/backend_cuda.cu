@@ -128,6 +128,12 @@ struct cuda_ctx {
 	const int32_t *route_off[N_ROUTES];
 	int route_rows[N_ROUTES];
 	int route_next;
+	/* (perm, inv) pairs written by route_group (K, N*K slots): a gather
+	 * through a known perm runs in token order through its inv; an entry
+	 * goes when either buffer is freed */
+	const int32_t *rg_perm[N_ROUTES], *rg_inv[N_ROUTES];
+	int rg_k[N_ROUTES], rg_nk[N_ROUTES];
+	int rg_next;
 	/* cuBLAS expert paths: host copies of offsets, per offsets pointer */
 	int grouped_mode;   /* GM_* */
 	int grouped_tma;    /* GM_WGMMA: 1 fwd and dgrad, 2 all three through grouped_tma.cu */
@@ -309,6 +315,9 @@ static void dev_free(struct cuda_ctx *c, void *p)
 {
 	if (!p)
 		return;
+	for (int i = 0; i < N_ROUTES; i++) /* route_group's (perm, inv) pairs */
+		if (c->rg_perm[i] == p || c->rg_inv[i] == p)
+			c->rg_perm[i] = c->rg_inv[i] = NULL;
 	for (size_t i = c->nal; i-- > 0;)
 		if (c->al[i].p == p) {
 			c->bytes -= c->al[i].bytes;
@@ -1045,13 +1054,39 @@ static void o_route_group(struct moe_backend *be, int32_t *counts, int32_t *offs
 	RUN(c, moe_cuda_route_group(counts, offsets, perm, inv, sc, topk_idx, N, K, E, c->s, &c->err));
 	PROF_END(c);
 	announce_rows(c, offsets, N * K);
+	int i;
+	for (i = 0; i < N_ROUTES && c->rg_perm[i] != perm; i++)
+		;
+	if (i == N_ROUTES) {
+		i = c->rg_next;
+		c->rg_next = (c->rg_next + 1) % N_ROUTES;
+	}
+	c->rg_perm[i] = perm;
+	c->rg_inv[i] = inv;
+	c->rg_k[i] = K;
+	c->rg_nk[i] = N * K;
+}
+
+/* The inverse route_group wrote beside perm (same K and slots), or NULL. */
+static const int32_t *route_inv_of(struct cuda_ctx *c, const int32_t *perm, int NK, int K)
+{
+	if (moe_cuda_route_legacy_on())
+		return NULL;
+	for (int i = 0; i < N_ROUTES; i++)
+		if (c->rg_perm[i] == perm)
+			return c->rg_k[i] == K && c->rg_nk[i] == NK ? c->rg_inv[i] : NULL;
+	return NULL;
 }
 
 static void o_gather_rows(struct moe_backend *be, void *xg, const void *x, const int32_t *perm, int NK, int K, int D)
 {
 	struct cuda_ctx *c = CTX(be);
+	const int32_t *inv = route_inv_of(c, perm, NK, K);
 	PROF(c, "gather");
-	RUN(c, moe_cuda_gather((bf16_t *)xg, (const bf16_t *)x, perm, NK, K, D, c->s, &c->err));
+	if (inv) /* token order: each row of x read once */
+		RUN(c, moe_cuda_gather_inv((bf16_t *)xg, (const bf16_t *)x, inv, NK / K, K, D, c->s, &c->err));
+	else
+		RUN(c, moe_cuda_gather((bf16_t *)xg, (const bf16_t *)x, perm, NK, K, D, c->s, &c->err));
 	PROF_END(c);
 }
 
@@ -1059,9 +1094,13 @@ static void o_scatter_add_rows(struct moe_backend *be, void *dx, const void *dxg
 			       int D)
 {
 	struct cuda_ctx *c = CTX(be);
-	int32_t *inv = (int32_t *)scratch(c, S_INV, (size_t)NK * sizeof(int32_t));
+	const int32_t *known = route_inv_of(c, perm, NK, K); /* route_group's: no inverse pass */
+	int32_t *inv = known ? NULL : (int32_t *)scratch(c, S_INV, (size_t)NK * sizeof(int32_t));
 	PROF(c, "scatter_add");
-	RUN(c, moe_cuda_route_inverse(inv, perm, NK, c->s, &c->err));
+	if (known)
+		inv = (int32_t *)known;
+	else
+		RUN(c, moe_cuda_route_inverse(inv, perm, NK, c->s, &c->err));
 	RUN(c, moe_cuda_scatter_add((bf16_t *)dx, (const bf16_t *)dxg, inv, NK / K, K, D, c->s, &c->err));
 	PROF_END(c);
 }

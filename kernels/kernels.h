@@ -168,6 +168,10 @@ int moe_cuda_route_inverse(int32_t *inv, const int32_t *perm, int NK, cudaStream
 /* xg[j] = x[perm[j] / K]; D % 8 == 0. */
 int moe_cuda_gather(bf16_t *xg /* (N*K, D) */, const bf16_t *x /* (N, D) */, const int32_t *perm,
 		    int NK, int K, int D, cudaStream_t s, struct moe_error *err);
+/* The same through the inverse permutation, in token order (each row of x
+ * read once): xg[inv[n*K+k]] = x[n]; D % 8 == 0. */
+int moe_cuda_gather_inv(bf16_t *xg, const bf16_t *x, const int32_t *inv, int N, int K, int D, cudaStream_t s,
+			struct moe_error *err);
 /* dx[n] += sum_k dxg[inv[n*K+k]] (the backward of gather, through inv); D % 8 == 0. */
 int moe_cuda_scatter_add(bf16_t *dx /* (N, D) */, const bf16_t *dxg, const int32_t *inv, int N,
 			 int K, int D, cudaStream_t s, struct moe_error *err);

@@ -16,6 +16,33 @@ __global__ void gather_kernel(bf16 *xg, const bf16 *x, const int32_t *perm, int 
 	*(uint4 *)(xg + j * D + c) = *(const uint4 *)(x + n * D + c);
 }
 
+/* The same in token order: xg[inv[n*K+k]] = x[n] for every k (one warp a
+ * token, its row read once and written K times, four 16-byte loads a lane
+ * in flight), so x is read once instead of K times. */
+__global__ void gather_inv_kernel(bf16 *xg, const bf16 *x, const int32_t *inv, int N, int K, int D)
+{
+	int warps = blockDim.x / 32, lane = threadIdx.x % 32;
+	int n = blockIdx.x * warps + threadIdx.x / 32;
+	if (n >= N)
+		return;
+	int per = D / 8;
+	const uint4 *xr = (const uint4 *)(x + (size_t)n * D);
+	for (int c = lane; c < per; c += 4 * 32) {
+		uint4 v[4];
+#pragma unroll
+		for (int u = 0; u < 4; u++)
+			if (c + 32 * u < per)
+				v[u] = xr[c + 32 * u];
+		for (int k = 0; k < K; k++) {
+			uint4 *o = (uint4 *)(xg + (size_t)__ldg(inv + (size_t)n * K + k) * D);
+#pragma unroll
+			for (int u = 0; u < 4; u++)
+				if (c + 32 * u < per)
+					o[c + 32 * u] = v[u];
+		}
+	}
+}
+
 /* out += sum_k y[inv[n*K+k]] (the gather's backward): one warp per token,
  * eight columns (16 bytes) per lane step, D % 8 == 0. */
 __global__ void scatter_add_kernel(bf16 *out, const bf16 *yg, const int32_t *inv, int N, int K, int D)
@@ -259,6 +286,16 @@ extern "C" int moe_cuda_gather(bf16_t *xg, const bf16_t *x, const int32_t *perm,
 		return rc;
 	gather_kernel<<<moe_cdiv((size_t)NK * (D / 8), 256), 256, 0, s>>>((bf16 *)xg, (const bf16 *)x, perm,
 									   NK, K, D);
+	return CUDA_LAUNCHED(err);
+}
+
+extern "C" int moe_cuda_gather_inv(bf16_t *xg, const bf16_t *x, const int32_t *inv, int N, int K, int D,
+				   cudaStream_t s, struct moe_error *err)
+{
+	int rc;
+	if ((rc = check_width(D, 8, err)) != 0 || N <= 0)
+		return rc;
+	gather_inv_kernel<<<moe_cdiv(N, 8), 256, 0, s>>>((bf16 *)xg, (const bf16 *)x, inv, N, K, D);
 	return CUDA_LAUNCHED(err);
 }
 

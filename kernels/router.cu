@@ -482,101 +482,180 @@ __global__ void __launch_bounds__(RT) router_bwd_g_kernel(bf16 *dlogits, const f
 	}
 }
 
-/* z-loss with G lanes a row (any E: rows wider than 8 G in several passes);
- * rowz (may be NULL) gets lse^2; dlogits (may be NULL) += c softmax; with
- * part, the block's sum of lse^2 (double, fixed order) goes to part and the
- * last block stores acc[0] = the sum over all rows, acc[1] = N. */
+/* z-loss with G lanes a row (any E: rows wider than 8 G in several passes),
+ * ZT rows a group (a block's rows interleaved over its groups, all their
+ * first loads issued together); rowz (may be NULL) gets lse^2; dlogits (may
+ * be NULL) += c softmax; with part, the block's sum of lse^2 (double, fixed
+ * order: a group's rows in order, then a warp's groups in a fixed tree, then
+ * the warps in order) goes to part and the last block stores acc[0] = the
+ * sum over all rows, acc[1] = N. */
+#define ZT 4
+
+/* blocks of zloss_g_kernel: a group handles ZT rows */
+static unsigned zloss_blocks(int N, int G)
+{
+	return (unsigned)moe_cdiv(moe_cdiv((size_t)(N > 0 ? N : 1), ZT) * G, RT);
+}
+
+/* a fixed-order sum of a double over the block (RT threads); thread 0 has it */
+static __device__ __forceinline__ double block_sum_d(double v)
+{
+	__shared__ double ws[RT / 32];
+#pragma unroll
+	for (int o = 16; o > 0; o >>= 1)
+		v += __shfl_xor_sync(0xffffffffu, v, o);
+	if ((threadIdx.x & 31) == 0)
+		ws[threadIdx.x >> 5] = v;
+	__syncthreads();
+	double a = 0.0;
+	if (threadIdx.x == 0)
+		for (int w = 0; w < RT / 32; w++)
+			a += ws[w];
+	__syncthreads();
+	return a;
+}
+
 template <int G>
 __global__ void __launch_bounds__(RT) zloss_g_kernel(bf16 *dlogits, float *rowz, double *part, double *acc,
 						   const bf16 *logits, int N, int E, float scale, int vec)
 {
-	int n = (int)(((size_t)blockIdx.x * RT + threadIdx.x) / G), q = threadIdx.x % G;
-	bool act = n < N;
-	if (!act)
-		n = N - 1;
-	const bf16 *z = logits + (size_t)n * E;
-	float l[8], t[8];
-	ld_row8(l, z, q * 8, E, vec);
-	float mx = -INFINITY;
+	int q = threadIdx.x % G, gi = threadIdx.x / G;
+	int base = blockIdx.x * (RT / G) * ZT + gi;
+	float l[ZT][8], t[8];
 #pragma unroll
-	for (int j = 0; j < 8; j++)
-		mx = fmaxf(mx, l[j]);
-	for (int e0 = (q + G) * 8; e0 < E; e0 += 8 * G) {
-		ld_row8(t, z, e0, E, vec);
+	for (int i = 0; i < ZT; i++) {
+		int n = min(base + i * (RT / G), N - 1);
+		ld_row8(l[i], logits + (size_t)n * E, q * 8, E, vec);
+	}
+	double zacc = 0.0;
+#pragma unroll
+	for (int i = 0; i < ZT; i++) {
+		int n = base + i * (RT / G);
+		bool act = n < N;
+		if (!act) /* keep every lane for the shuffles */
+			n = N - 1;
+		const bf16 *z = logits + (size_t)n * E;
+		float mx = -INFINITY;
 #pragma unroll
 		for (int j = 0; j < 8; j++)
-			mx = fmaxf(mx, t[j]);
-	}
-	mx = grp_max<G>(mx);
-	float sum = 0.f;
-#pragma unroll
-	for (int j = 0; j < 8; j++)
-		sum += q * 8 + j < E ? expf(l[j] - mx) : 0.f;
-	for (int e0 = (q + G) * 8; e0 < E; e0 += 8 * G) {
-		ld_row8(t, z, e0, E, vec);
-#pragma unroll
-		for (int j = 0; j < 8; j++)
-			sum += e0 + j < E ? expf(t[j] - mx) : 0.f;
-	}
-	sum = grp_sum<G>(sum);
-	float lse = mx + logf(sum);
-	if (act && q == 0 && rowz)
-		rowz[n] = lse * lse;
-	if (act && dlogits) {
-		float c = 2.f * lse / N * scale;
-		for (int e0 = q * 8; e0 < E; e0 += 8 * G) {
+			mx = fmaxf(mx, l[i][j]);
+		for (int e0 = (q + G) * 8; e0 < E; e0 += 8 * G) {
 			ld_row8(t, z, e0, E, vec);
-			float d[8];
-			bf16 *dr = dlogits + (size_t)n * E;
-			ld_row8(d, dr, e0, E, vec);
 #pragma unroll
 			for (int j = 0; j < 8; j++)
-				d[j] = d[j] + c * expf(t[j] - lse);
-			if (vec && e0 + 8 <= E) {
-				st8(dr + e0, d);
-			} else {
+				mx = fmaxf(mx, t[j]);
+		}
+		mx = grp_max<G>(mx);
+		float sum = 0.f;
+#pragma unroll
+		for (int j = 0; j < 8; j++)
+			sum += q * 8 + j < E ? expf(l[i][j] - mx) : 0.f;
+		for (int e0 = (q + G) * 8; e0 < E; e0 += 8 * G) {
+			ld_row8(t, z, e0, E, vec);
+#pragma unroll
+			for (int j = 0; j < 8; j++)
+				sum += e0 + j < E ? expf(t[j] - mx) : 0.f;
+		}
+		sum = grp_sum<G>(sum);
+		float lse = mx + logf(sum);
+		if (act && q == 0) {
+			if (rowz)
+				rowz[n] = lse * lse;
+			zacc += (double)lse * lse;
+		}
+		if (act && dlogits) {
+			float c = 2.f * lse / N * scale;
+			bf16 *dr = dlogits + (size_t)n * E;
+			for (int e0 = q * 8; e0 < E; e0 += 8 * G) {
+				ld_row8(t, z, e0, E, vec);
+				float d[8];
+				ld_row8(d, dr, e0, E, vec);
 #pragma unroll
 				for (int j = 0; j < 8; j++)
-					if (e0 + j < E)
-						dr[e0 + j] = f2bf(d[j]);
+					d[j] = d[j] + c * expf(t[j] - lse);
+				if (vec && e0 + 8 <= E) {
+					st8(dr + e0, d);
+				} else {
+#pragma unroll
+					for (int j = 0; j < 8; j++)
+						if (e0 + j < E)
+							dr[e0 + j] = f2bf(d[j]);
+				}
 			}
 		}
 	}
 	if (!part)
 		return;
-	__shared__ double zs[RT];
-	zs[threadIdx.x] = (act && q == 0) ? (double)lse * lse : 0.0;
-	__syncthreads();
-	for (int o = RT / 2; o > 0; o >>= 1) {
-		if (threadIdx.x < o)
-			zs[threadIdx.x] += zs[threadIdx.x + o];
-		__syncthreads();
-	}
+	double bs = block_sum_d(zacc);
 	if (threadIdx.x == 0)
-		part[blockIdx.x] = zs[0];
+		part[blockIdx.x] = bs;
 	if (!last_block(&zloss_ticket))
 		return;
 	double a = 0.0;
 	for (unsigned b = threadIdx.x; b < gridDim.x; b += RT)
 		a += __ldcg(part + b);
-	zs[threadIdx.x] = a;
-	__syncthreads();
-	for (int o = RT / 2; o > 0; o >>= 1) {
-		if (threadIdx.x < o)
-			zs[threadIdx.x] += zs[threadIdx.x + o];
-		__syncthreads();
-	}
+	a = block_sum_d(a);
 	if (threadIdx.x == 0) {
-		acc[0] = zs[0];
+		acc[0] = a;
 		acc[1] = (double)N;
 	}
 }
 
-/* Statistics of ST_ROWS rows a block: counts of the valid rows' slots per
+/* Statistics of a block of rows: counts of the valid rows' slots per
  * expert (shared-memory histogram, exact) and the sums of their
  * probabilities (double; (column, row group) threads, the groups added in
- * order); the last block adds the blocks' partials in block order. */
+ * order); the last block adds the blocks' partials in block order.  The
+ * float4 kernel (E % 4 == 0, aligned) takes ST4_ROWS rows a block, 16 bytes
+ * a load; the other ST_ROWS, a float a load. */
 #define ST_ROWS 256
+#define ST4_ROWS 128
+
+/* the block's valid-row flags and slot histogram (hist: E ints, val: rows) */
+static __device__ __forceinline__ void stats_hist(int32_t *hist, unsigned char *val, const int32_t *topk_idx,
+						  const int32_t *ids, int pad_id, int n0, int rows, int nrows,
+						  int E, int K)
+{
+	int t = threadIdx.x;
+	for (int e = t; e < E; e += RT)
+		hist[e] = 0;
+	for (int r = t; r < nrows; r += RT)
+		val[r] = r < rows && !(ids && ids[n0 + r] == pad_id);
+	__syncthreads();
+	for (int i = t; i < rows * K; i += RT)
+		if (val[i / K])
+			atomicAdd(hist + topk_idx[(size_t)n0 * K + i], 1);
+}
+
+/* the last block: psum, cnt from the nb blocks' partials, in block order */
+static __device__ void stats_final(float *psum, int32_t *cnt, const double *part_p, const int32_t *part_c, int nb,
+				   int E, double *sd, int32_t *si)
+{
+	int t = threadIdx.x, cols = min(E, RT), P = RT / cols, el = t % cols, p = t / cols;
+	for (int c0 = 0; c0 < E; c0 += cols) {
+		int e = c0 + el;
+		double a = 0.0;
+		int ci = 0;
+		if (p < P && e < E) {
+#pragma unroll 8
+			for (int b = (int)((long)nb * p / P), b1 = (int)((long)nb * (p + 1) / P); b < b1; b++) {
+				a += __ldcg(part_p + (size_t)b * E + e);
+				ci += __ldcg(part_c + (size_t)b * E + e);
+			}
+		}
+		sd[t] = a;
+		si[t] = ci;
+		__syncthreads();
+		if (p == 0 && e < E) {
+			for (int pp = 1; pp < P; pp++) {
+				a += sd[pp * cols + el];
+				ci += si[pp * cols + el];
+			}
+			psum[e] = (float)a;
+			cnt[e] = ci;
+		}
+		__syncthreads();
+	}
+}
 
 __global__ void __launch_bounds__(RT) router_stats_kernel(float *psum, int32_t *cnt, double *part_p,
 							  int32_t *part_c, const float *probs,
@@ -588,14 +667,7 @@ __global__ void __launch_bounds__(RT) router_stats_kernel(float *psum, int32_t *
 	__shared__ unsigned char val[ST_ROWS];
 	extern __shared__ int32_t hist[]; /* (E) */
 	int t = threadIdx.x, n0 = blockIdx.x * ST_ROWS, rows = min(N - n0, ST_ROWS);
-	for (int e = t; e < E; e += RT)
-		hist[e] = 0;
-	for (int r = t; r < ST_ROWS; r += RT)
-		val[r] = r < rows && !(ids && ids[n0 + r] == pad_id);
-	__syncthreads();
-	for (int i = t; i < rows * K; i += RT)
-		if (val[i / K])
-			atomicAdd(hist + topk_idx[(size_t)n0 * K + i], 1);
+	stats_hist(hist, val, topk_idx, ids, pad_id, n0, rows, ST_ROWS, E, K);
 	int cols = min(E, RT), P = RT / cols, el = t % cols, p = t / cols;
 	for (int c0 = 0; c0 < E; c0 += cols) {
 		int e = c0 + el;
@@ -621,29 +693,55 @@ __global__ void __launch_bounds__(RT) router_stats_kernel(float *psum, int32_t *
 		part_c[(size_t)blockIdx.x * E + e] = hist[e];
 	if (!last_block(&stats_ticket))
 		return;
-	int nb = gridDim.x;
-	for (int c0 = 0; c0 < E; c0 += cols) {
-		int e = c0 + el;
-		double a = 0.0;
-		int ci = 0;
-		if (p < P && e < E)
-			for (int b = (int)((long)nb * p / P), b1 = (int)((long)nb * (p + 1) / P); b < b1; b++) {
-				a += __ldcg(part_p + (size_t)b * E + e);
-				ci += __ldcg(part_c + (size_t)b * E + e);
+	stats_final(psum, cnt, part_p, part_c, gridDim.x, E, sd, si);
+}
+
+/* E % 4 == 0, E <= 4 RT: thread (c, p) sums columns 4c .. 4c+3 over rows p,
+ * p + P, ... (P = RT / (E/4) row groups) */
+__global__ void __launch_bounds__(RT) router_stats4_kernel(float *psum, int32_t *cnt, double *part_p,
+							   int32_t *part_c, const float4 *probs,
+							   const int32_t *topk_idx, const int32_t *ids, int pad_id,
+							   int N, int E, int K)
+{
+	__shared__ double sd[RT];
+	__shared__ double s4[RT][4];
+	__shared__ int32_t si[RT];
+	__shared__ unsigned char val[ST4_ROWS];
+	extern __shared__ int32_t hist[]; /* (E) */
+	int t = threadIdx.x, n0 = blockIdx.x * ST4_ROWS, rows = min(N - n0, ST4_ROWS);
+	stats_hist(hist, val, topk_idx, ids, pad_id, n0, rows, ST4_ROWS, E, K);
+	int E4 = E / 4, P = RT / E4, c = t % E4, p = t / E4;
+	double a0 = 0.0, a1 = 0.0, a2 = 0.0, a3 = 0.0;
+	if (p < P) {
+		const float4 *pc = probs + (size_t)n0 * E4 + c;
+#pragma unroll 8
+		for (int r = p; r < rows; r += P) {
+			float4 v = pc[(size_t)r * E4];
+			if (val[r]) {
+				a0 += v.x;
+				a1 += v.y;
+				a2 += v.z;
+				a3 += v.w;
 			}
-		sd[t] = a;
-		si[t] = ci;
-		__syncthreads();
-		if (p == 0 && e < E) {
-			for (int pp = 1; pp < P; pp++) {
-				a += sd[pp * cols + el];
-				ci += si[pp * cols + el];
-			}
-			psum[e] = (float)a;
-			cnt[e] = ci;
 		}
-		__syncthreads();
 	}
+	s4[t][0] = a0, s4[t][1] = a1, s4[t][2] = a2, s4[t][3] = a3;
+	__syncthreads();
+	if (p == 0) {
+		for (int pp = 1; pp < P; pp++) {
+			a0 += s4[pp * E4 + c][0];
+			a1 += s4[pp * E4 + c][1];
+			a2 += s4[pp * E4 + c][2];
+			a3 += s4[pp * E4 + c][3];
+		}
+		double *o = part_p + (size_t)blockIdx.x * E + 4 * c;
+		o[0] = a0, o[1] = a1, o[2] = a2, o[3] = a3;
+	}
+	for (int e = t; e < E; e += RT)
+		part_c[(size_t)blockIdx.x * E + e] = hist[e];
+	if (!last_block(&stats_ticket))
+		return;
+	stats_final(psum, cnt, part_p, part_c, gridDim.x, E, sd, si);
 }
 
 /* dprobs = g (valid rows) or 0, 16 bytes a thread (E % 4 == 0). */
@@ -739,15 +837,14 @@ extern "C" int moe_cuda_zloss(bf16_t *dlogits, float *rowz, const bf16_t *logits
 		return CUDA_LAUNCHED(err);
 	}
 	int vec = E % 8 == 0 && al16(logits) && (!dlogits || al16(dlogits));
-	G_LAUNCH(route_lanes(E < 256 ? E : 256, 1), zloss_g_kernel, N, (bf16 *)dlogits, rowz, (double *)NULL,
-		 (double *)NULL, (const bf16 *)logits, N, E, scale, vec);
+	G_LAUNCH(route_lanes(E < 256 ? E : 256, 1), zloss_g_kernel, moe_cdiv(N, ZT), (bf16 *)dlogits, rowz,
+		 (double *)NULL, (double *)NULL, (const bf16 *)logits, N, E, scale, vec);
 	return CUDA_LAUNCHED(err);
 }
 
 extern "C" size_t moe_cuda_zloss_scratch(int N, int E)
 {
-	int g = route_lanes(E < 256 ? E : 256, 1);
-	return (size_t)moe_cdiv((size_t)(N > 0 ? N : 1) * g, RT) * sizeof(double);
+	return (size_t)zloss_blocks(N, route_lanes(E < 256 ? E : 256, 1)) * sizeof(double);
 }
 
 extern "C" int moe_cuda_zloss_sum(double *acc, bf16_t *dlogits, const bf16_t *logits, int N, int E, float scale,
@@ -758,15 +855,15 @@ extern "C" int moe_cuda_zloss_sum(double *acc, bf16_t *dlogits, const bf16_t *lo
 		return CUDA_OK(cudaMemcpyAsync(acc, z, sizeof(z), cudaMemcpyHostToDevice, s), err);
 	}
 	int vec = E % 8 == 0 && al16(logits) && (!dlogits || al16(dlogits));
-	G_LAUNCH(route_lanes(E < 256 ? E : 256, 1), zloss_g_kernel, N, (bf16 *)dlogits, (float *)NULL,
-		 (double *)scratch, acc, (const bf16 *)logits, N, E, scale, vec);
+	G_LAUNCH(route_lanes(E < 256 ? E : 256, 1), zloss_g_kernel, moe_cdiv(N, ZT), (bf16 *)dlogits,
+		 (float *)NULL, (double *)scratch, acc, (const bf16 *)logits, N, E, scale, vec);
 	return CUDA_LAUNCHED(err);
 }
 
 extern "C" size_t moe_cuda_router_stats_scratch(int N, int E)
 {
 	/* the legacy kernels use the doubles only */
-	return (size_t)moe_cdiv(N > 0 ? N : 1, ST_ROWS) * E * (sizeof(double) + sizeof(int32_t));
+	return (size_t)moe_cdiv(N > 0 ? N : 1, ST4_ROWS) * E * (sizeof(double) + sizeof(int32_t));
 }
 
 extern "C" int moe_cuda_router_stats(float *psum, int32_t *cnt, const float *probs, const int32_t *topk_idx,
@@ -775,11 +872,16 @@ extern "C" int moe_cuda_router_stats(float *psum, int32_t *cnt, const float *pro
 {
 	int rc;
 	if (!moe_route_legacy_on && N > 0) {
-		unsigned nb = moe_cdiv(N, ST_ROWS);
+		bool v4 = E % 4 == 0 && E <= 4 * RT && ((uintptr_t)probs & 15) == 0;
+		unsigned nb = moe_cdiv(N, v4 ? ST4_ROWS : ST_ROWS);
 		double *pp = (double *)scratch;
 		int32_t *pc = (int32_t *)(pp + (size_t)nb * E);
-		router_stats_kernel<<<nb, RT, E * sizeof(int32_t), s>>>(psum, cnt, pp, pc, probs, topk_idx, ids,
-								       pad_id, N, E, K);
+		if (v4)
+			router_stats4_kernel<<<nb, RT, E * sizeof(int32_t), s>>>(psum, cnt, pp, pc, (const float4 *)probs,
+										topk_idx, ids, pad_id, N, E, K);
+		else
+			router_stats_kernel<<<nb, RT, E * sizeof(int32_t), s>>>(psum, cnt, pp, pc, probs, topk_idx,
+									       ids, pad_id, N, E, K);
 		return CUDA_LAUNCHED(err);
 	}
 	if ((rc = CUDA_OK(cudaMemsetAsync(cnt, 0, sizeof(int32_t) * E, s), err)) != 0)

@@ -433,7 +433,8 @@ static int memk_bench(int B, int T)
  * experts with a selection bias; each against a device-to-device copy of
  * the bytes it must move (read and written, counted once).  zloss is the
  * forward's loss value: before, a memset, the per-row kernel and a one-block
- * sum; now one launch. */
+ * sum; now one launch.  gather: through perm (old) or in token order through
+ * inv (new), D 768, not in the sum. */
 struct rk {
 	int N, E, K;
 	void *logits, *dlogits;
@@ -444,6 +445,7 @@ struct rk {
 	double *acc;
 	void *ca, *cb;
 	size_t cbytes;
+	void *x, *xg; /* (N, 768), (N*K, 768) */
 };
 
 static void f_rk_copy(void *p)
@@ -483,6 +485,14 @@ static void f_rk_aux(void *p)
 {
 	struct rk *m = p;
 	CK(moe_cuda_aux_dprobs(m->dprobs, m->g, m->ids, -1, m->N, m->E, 0, &err));
+}
+static void f_rk_gather(void *p) /* old: through perm (slot order); new: through inv (token order) */
+{
+	struct rk *m = p;
+	if (moe_cuda_route_legacy_on())
+		CK(moe_cuda_gather(m->xg, m->x, m->perm, m->N * m->K, m->K, 768, 0, &err));
+	else
+		CK(moe_cuda_gather_inv(m->xg, m->x, m->inv, m->N, m->K, 768, 0, &err));
 }
 static void f_rk_bwd(void *p)
 {
@@ -524,11 +534,14 @@ static int route_bench(int B, int T)
 	cudaMalloc(&m.sc_stats, moe_cuda_router_stats_scratch(m.N, m.E));
 	cudaMalloc(&m.sc_group, moe_cuda_route_group_scratch(m.N, m.K, m.E));
 	cudaMalloc(&m.sc_z, moe_cuda_zloss_scratch(m.N, m.E));
-	size_t cmax = NE * 4;
+	size_t cmax = NK * 768 * 2;
 	cudaMalloc(&m.ca, cmax);
 	cudaMalloc(&m.cb, cmax);
+	m.x = dalloc_rand((size_t)m.N * 768);
+	cudaMalloc(&m.xg, NK * 768 * 2);
 	f_rk_fwd(&m); /* a real routing for the others */
 	f_rk_aux(&m);
+	f_rk_group(&m);
 	struct {
 		const char *name;
 		fn_t f;
@@ -540,10 +553,12 @@ static int route_bench(int B, int T)
 		{"zloss (value)", f_rk_zloss, NE * 2.0},
 		{"aux_dprobs", f_rk_aux, NE * 4.0},
 		{"router bwd", f_rk_bwd, NE * 4.0 * 2 + NE * 2.0 + NK * 12.0},
+		{"gather (D 768)", f_rk_gather, (double)m.N * 768 * 2 + NK * 768 * 2.0 + NK * 4.0},
 	};
 	printf("routing kernels, N %d rows, top-%d of %d experts (MOE_CUDA_ROUTE=legacy: old)\n", m.N, m.K, m.E);
 	printf("%-16s %7s %8s %8s %8s %8s\n", "kernel", "MB", "copy ms", "old ms", "new ms", "old/new");
 	float so = 0, sn = 0, sc = 0;
+	size_t nsum = sizeof(ks) / sizeof(ks[0]) - 1; /* the sum: the routing kernels, not gather */
 	for (size_t i = 0; i < sizeof(ks) / sizeof(ks[0]); i++) {
 		moe_cuda_route_legacy(1);
 		float to = time_it(ks[i].f, &m);
@@ -553,7 +568,8 @@ static int route_bench(int B, int T)
 		if (m.cbytes > cmax)
 			m.cbytes = cmax;
 		float tcopy = time_it(f_rk_copy, &m);
-		so += to, sn += tn, sc += tcopy;
+		if (i < nsum)
+			so += to, sn += tn, sc += tcopy;
 		printf("%-16s %7.2f %8.4f %8.4f %8.4f %7.1fx\n", ks[i].name, ks[i].bytes / 1e6, tcopy, to, tn, to / tn);
 	}
 	printf("%-16s %7s %8.4f %8.4f %8.4f %7.1fx  (a layer; x18 a seed-base step)\n", "sum", "", sc, so, sn,

@@ -737,6 +737,7 @@ static void zloss_stats_cases(void)
 	zloss_stats_case(513, 60, 3, 0, false);
 	zloss_stats_case(200, 300, 8, 1, false); /* E > 256: zloss rows in two passes */
 	zloss_stats_case(100, 8, 2, 1, false);
+	zloss_stats_case(250, 30, 3, 1, false); /* E % 4 != 0: the one-float statistics kernel */
 }
 
 Test(kernels, zloss_and_stats)
@@ -794,6 +795,21 @@ static void route_group_case(int N, int K, int E, int gen)
 	cr_expect_eq(memcmp(hi, inv, NK * 4), 0, "route_group N=%d K=%d E=%d: inv differs", N, K, E);
 	cr_expect_eq(memcmp(down(gp2, NK * 4), hp, NK * 4), 0, "route_group perm not reproducible");
 	cr_expect_eq(memcmp(down(gi2, NK * 4), hi, NK * 4), 0, "route_group inv not reproducible");
+	/* the token-order gather through inv: the CPU's gather through perm exactly
+	 * (D 776: 97 16-byte columns, a partial last round of a warp's loads) */
+	for (int D = 96; D <= 776; D += 680) {
+		if (NK * D > ((size_t)1 << 24) || N == 0)
+			continue;
+		float *x = rand_bf((size_t)N * D, 1.f), *xg = malloc(NK * D * 4);
+		moe_gather_rows(xg, x, perm, (int)NK, K, D);
+		bf16_t *gx = up_bf(x, (size_t)N * D), *gxg = dmalloc(NK * D * 2);
+		LAUNCH_OK(moe_cuda_gather_inv(gxg, gx, gi, N, K, D, S, &gerr));
+		char what[64];
+		snprintf(what, sizeof(what), "gather_inv N=%d K=%d D=%d", N, K, D);
+		CHECK_REL(down_bf(gxg, NK * D), xg, NK * D, 0.0, what);
+		cudaFree(gx), cudaFree(gxg);
+		free(x), free(xg);
+	}
 	cudaFree(gidx), cudaFree(gc), cudaFree(go), cudaFree(gp), cudaFree(gi), cudaFree(gp2), cudaFree(gi2);
 	cudaFree(sc);
 	free(idx), free(counts), free(offsets), free(perm), free(inv), free(hc), free(ho), free(hp), free(hi);
