@@ -6,7 +6,8 @@
  * att_fwd_variant() (list below; MOE_CUDA_ATTENTION_FWD): v1, one block per
  * (64 queries, b, h), four warps of 16 queries on mma.sync, the wgmma
  * kernels of attention_wgmma.cu and, the default on sm_90 at head sizes 96
- * and 128, the warp-specialised kernel of attention_fa3.cu.  Timings:
+ * and 128, the warp-specialised kernel of attention_fa3.cu (its persistent
+ * ping-pong form in attention_fa3p.cu, opt-in).  Timings:
  * tests/bench/RESULTS-attention.md. */
 #include "attention_common.cuh"
 #include "kernels.h"
@@ -163,9 +164,18 @@ static int launch_fwd(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const
  *           warpgroup, half as many tiles and waits)
  *   6 fa3h  fa3 with wg's grid (every head's longest block first, not
  *           grouped)
+ *   7 fa3p  fa3 persistent and ping-pong (attention_fa3p.cu): one block an
+ *           SM looping over fa3's work items (claimed from a device
+ *           counter), Q double-buffered so the next item's loads overlap
+ *           this one's products, the two consumer warpgroups taking turns
+ *           at the tensor cores (named barriers); fa3's arithmetic
+ *   8 fa3pk128  fa3p with 128-row K/V tiles in 3 stages, one Q buffer
+ *           (fa3k128's arithmetic)
+ *   9 fa3pn fa3p without the ping-pong (persistence alone)
  * All give the same results up to fp32 summation order (each is
  * deterministic); head sizes below 64 always run v1. */
-static const char *const att_fwd_names[] = {"v1", "wg", "wg1", "fa3", "fa3k128", "fa3h"};
+static const char *const att_fwd_names[] = {"v1",  "wg",   "wg1",      "fa3",  "fa3k128",
+					    "fa3h", "fa3p", "fa3pk128", "fa3pn"};
 #define ATT_FWD_N ((int)(sizeof(att_fwd_names) / sizeof(att_fwd_names[0])))
 static struct att_choice att_fwd_ch = {"MOE_CUDA_ATTENTION_FWD", att_fwd_names, ATT_FWD_N, 0, -1};
 
@@ -199,6 +209,14 @@ static int launch_fwd_any(bf16 *out, float *lse, const bf16 *q, const bf16 *k, c
 			  int ldv, int ldo, int B, int T, int H, cudaStream_t s, struct moe_error *err)
 {
 	int var = att_fwd_variant(DH), rc;
+	if (var >= 7) {
+		if ((rc = moe_cuda_attention_fwd_fa3p((bf16_t *)out, lse, (const bf16_t *)q, (const bf16_t *)k,
+						      (const bf16_t *)v, ldq, ldk, ldv, ldo, B, T, H, DH, var - 7, s,
+						      err)) != 1)
+			return rc;
+		att_fwd_fallbacks++;
+		var = 3;
+	}
 	if (var >= 4) {
 		if ((rc = moe_att_fwd_fa3(out, lse, q, k, v, ldq, ldk, ldv, ldo, B, T, H, DH, var == 5 ? 128 : 64,
 					  var != 6, s, err)) != 1)

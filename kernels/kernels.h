@@ -101,6 +101,17 @@ const char *moe_cuda_attention_bwd_name(int Dh);
  * use (fa3 where the driver offers no tensor maps or a pointer is not
  * 16-byte aligned: wg1 instead; no wgmma: v1). */
 int moe_cuda_attention_fwd_fallbacks(void);
+/* attention_fa3p.cu: the persistent, ping-pong forward (variants fa3p,
+ * fa3pk128, fa3pn of attention_fwd.cu; kind 0, 1, 2) at Dh 64, 96, 128,
+ * the arguments of moe_cuda_attention_fwd; returns 1 (nothing launched)
+ * where it cannot run (no wgmma, no tensor maps, q, k or v not 16-byte
+ * aligned), else 0 or a negative MOE_E* code.  One launch at a time a
+ * device (its work counter is per device).  _grid: at most n blocks (0:
+ * one an SM), so that tests run many items a block on small shapes. */
+int moe_cuda_attention_fwd_fa3p(bf16_t *out, float *lse, const bf16_t *q, const bf16_t *k, const bf16_t *v, int ldq,
+				int ldk, int ldv, int ldo, int B, int T, int H, int Dh, int kind, cudaStream_t s,
+				struct moe_error *err);
+void moe_cuda_attention_fa3p_grid(int n);
 
 /* attention_small.cu (called by the two above for other head sizes). */
 int moe_cuda_attention_small_fwd(bf16_t *out, float *lse, const bf16_t *q, const bf16_t *k, const bf16_t *v,

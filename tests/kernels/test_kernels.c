@@ -557,6 +557,91 @@ Test(kernels, attention_fa3h_fwd, .timeout = 60)
 	attention_fa3_fwd_cases("fa3h");
 }
 
+/* The persistent forward vn (attention_fa3p.cu) against refn (fa3 or
+ * fa3k128, whose arithmetic it repeats in another schedule) on packed
+ * qkv: within attention_fwd_compare()'s tolerances, and how many elements
+ * differ in their bits reported (0 expected: the same products in the same
+ * order; not asserted, the compiler may contract another way) */
+static void attention_fa3p_vs_case(const char *vn, const char *refn, int B, int T, int H, int Dh)
+{
+	size_t n = (size_t)B * T * H * Dh, nl = (size_t)B * H * T, dout = 0, dl = 0;
+	float *qkv = rand_bf(3 * n, 2.f), *ref = malloc(n * 4), *rl = malloc(nl * 4);
+	float *out = malloc(n * 4), *lse = malloc(nl * 4);
+	char what[64];
+	int var = attention_fwd_index(vn), ref_var = attention_fwd_index(refn);
+	cr_assert(var > 0 && ref_var > 0, "forward variants %s and %s in the table", vn, refn);
+	bf16_t *gqkv = up_bf(qkv, 3 * n);
+	attention_fwd_packed(ref_var, gqkv, B, T, H, Dh, ref, rl, false);
+	attention_fwd_packed(var, gqkv, B, T, H, Dh, out, lse, true);
+	snprintf(what, sizeof(what), "attention fwd %s vs %s", vn, refn);
+	attention_fwd_compare(what, out, lse, ref, rl, B, T, H, Dh);
+	for (size_t i = 0; i < n; i++)
+		dout += memcmp(out + i, ref + i, 4) != 0;
+	for (size_t i = 0; i < nl; i++)
+		dl += memcmp(lse + i, rl + i, 4) != 0;
+	cr_log_info("%s B=%d T=%d H=%d Dh=%d: bits differ in %zu of %zu out, %zu of %zu lse elements", what, B, T, H,
+		    Dh, dout, n, dl, nl);
+	cudaFree(gqkv);
+	free(qkv), free(ref), free(rl), free(out), free(lse);
+}
+
+/* fa3's ten shapes against the CPU reference on the full persistent grid
+ * (mostly one item a block); then at most 3 blocks and 1 block, so that
+ * every block runs many items (the stage, Q-buffer and turn parities
+ * carried across items, the claim counter wrapping, partial last blocks
+ * and empty second warpgroups among them); then the seed-base and
+ * olmoe-like grids against refn (many items a block, the L2-grouped
+ * order), and twice more with the counter after those launches. */
+static void attention_fa3p_fwd_cases(const char *vn, const char *refn)
+{
+	attention_fa3_fwd_case(vn, 3, 333, 5, 96);
+	attention_fa3_fwd_case(vn, 2, 2049, 2, 96);
+	attention_fa3_fwd_case(vn, 2, 1000, 3, 128);
+	attention_fa3_fwd_case(vn, 1, 1000, 2, 64);
+	attention_fa3_fwd_case(vn, 4, 31, 3, 96);
+	attention_fa3_fwd_case(vn, 2, 1, 2, 128);
+	attention_fa3_fwd_case(vn, 3, 1, 1, 64);
+	attention_fa3_fwd_case(vn, 2, 192, 3, 128);
+	attention_fa3_fwd_case(vn, 2, 64, 2, 96);
+	attention_fa3_fwd_case(vn, 1, 129, 4, 64);
+	moe_cuda_attention_fa3p_grid(3);
+	attention_fa3_fwd_case(vn, 3, 333, 5, 96);  /* 45 items on 3 blocks */
+	attention_fa3_fwd_case(vn, 2, 1000, 3, 128); /* 48 */
+	attention_fa3_fwd_case(vn, 5, 64, 7, 96);    /* 35 one-tile items, second warpgroups empty */
+	moe_cuda_attention_fa3p_grid(1);
+	attention_fa3_fwd_case(vn, 4, 31, 3, 96);   /* 12 items on one block */
+	attention_fa3_fwd_case(vn, 1, 129, 4, 64);  /* 8 */
+	attention_fa3_fwd_case(vn, 1, 700, 2, 128); /* 12 of 1 to 11 tiles */
+	attention_fa3p_vs_case(vn, refn, 2, 555, 3, 96);
+	moe_cuda_attention_fa3p_grid(0);
+	attention_fa3p_vs_case(vn, refn, 16, 2048, 8, 96);
+	attention_fa3p_vs_case(vn, refn, 2, 4096, 16, 128);
+	attention_fa3p_vs_case(vn, refn, 1, 333, 5, 96);
+	attention_fa3_fwd_case(vn, 2, 200, 3, 128);
+}
+
+/* one test a variant (a hang stops only its own) */
+Test(kernels, attention_fa3p_fwd, .timeout = 60)
+{
+	NEED_GPU();
+	rng_seed(26);
+	attention_fa3p_fwd_cases("fa3p", "fa3");
+}
+
+Test(kernels, attention_fa3pk128_fwd, .timeout = 60)
+{
+	NEED_GPU();
+	rng_seed(27);
+	attention_fa3p_fwd_cases("fa3pk128", "fa3k128");
+}
+
+Test(kernels, attention_fa3pn_fwd, .timeout = 60)
+{
+	NEED_GPU();
+	rng_seed(28);
+	attention_fa3p_fwd_cases("fa3pn", "fa3");
+}
+
 Test(kernels, swiglu)
 {
 	NEED_GPU();

@@ -1,0 +1,532 @@
+/* The causal flash-attention forward on Hopper, persistent and ping-pong
+ * ('fa3p', 'fa3pk128', 'fa3pn' of attention_fwd.cu): attention_fa3.cu's
+ * warp-specialised forward (a TMA producer thread, two consumer
+ * warpgroups of 64 queries over blocks of 128 queries, K/V tiles in an
+ * mbarrier ring, each tile's softmax beside the previous tile's P V) with
+ * what FlashAttention-3 adds beyond it:
+ *
+ *   persistent grid: one block an SM (at most one a work item) loops over
+ *     work items (head, 128-query block) in the order of fa3's grid (groups
+ *     of 8 heads, every group's longest blocks first, so that the running
+ *     blocks share the K/V of a few heads in L2).  Block i starts with item
+ *     i; the producer thread then claims the next one with one atomicInc
+ *     on a device counter (greedy, as the hardware hands out fa3's blocks)
+ *     and passes it to the consumers in shared memory through the Q
+ *     buffer's mbarrier.  Q is double-buffered (fa3p, fa3pn), so the next
+ *     item's Q load and its first K/V tiles overlap this item's products,
+ *     and no block start, barrier set-up or register re-split is paid per
+ *     item.  The counter needs no reset: atomicInc wraps at total - 1, and
+ *     a launch makes exactly `total` claims (one after each item a block
+ *     runs, the last failing), so every launch leaves it at 0.  Hence one
+ *     launch at a time a device (the backend runs the forward on one
+ *     stream);
+ *   ping-pong (fa3p, fa3pk128): the two consumer warpgroups take turns at
+ *     the tensor cores, with named barriers 1 and 2: in each turn a
+ *     warpgroup issues S_j = Q K_j^T and O += P_{j-1} V_{j-1}, then lets
+ *     the other issue its pair, so one warpgroup's softmax runs while the
+ *     other's products do.  Both warpgroups take one turn for every key
+ *     tile the block streams (a turn without products where a tile is past
+ *     a warpgroup's diagonal), so their turns pair up item after item;
+ *     warpgroup 1 goes first, and takes the last arrival of warpgroup 2 at
+ *     its exit;
+ *   fa3pk128: 128-row key tiles in 3 stages with one Q buffer (224 KB);
+ *     the producer loads the next item's first two K/V tiles before its Q
+ *     (which must wait until both warpgroups are done with this item's).
+ *
+ * The products, the softmax and the order of every fp32 operation are
+ * fa3's (fa3p, fa3pn) or fa3k128's (fa3pk128), so the results should be
+ * bit-identical to those (the tests report it); deterministic either way:
+ * which block runs an item changes nothing in it.
+ *
+ * Duplicated from attention_fa3.cu (owned by the backward's engineer this
+ * session; a shared header for both is the obvious next step): the 4-D
+ * tensor-map load (afp_tma4, afp_load, afp_map) and the forward's
+ * product, softmax and packing helpers (afp_s, afp_pv, afp_softmax,
+ * afp_pack, afp_fence_frags), unchanged but for the prefix. */
+#include <limits.h>
+
+#include "attention_wgmma.cuh"
+#include "kernels.h"
+
+#define AFP_THREADS 384 /* producer warpgroup + two consumer warpgroups */
+#define AFP_G 8         /* heads a group of the work order */
+
+/* shared memory: NQ buffers of the block's 128 Q rows, NS stages of a K
+ * and a V tile of BN rows; every tile 1024-byte aligned for the swizzle */
+template <int DH, int BN, int NS, int NQ> struct afp_cfg {
+	static_assert(NS >= 2, "a stage is handed back only after the next tile's S");
+	static_assert(BN == 64 || BN == 128, "key tiles of 64 or 128 rows");
+	static_assert(NQ == 1 || NQ == 2, "one or two Q buffers");
+	static constexpr int CB = (DH + 63) / 64; /* column blocks of 64 */
+	static constexpr int TB = BN * 128 * CB;  /* one K or V tile */
+	static constexpr int QB = 128 * 128 * CB; /* the block's 128 Q rows */
+	static constexpr size_t SMEM = 1024 + (size_t)NQ * QB + (size_t)NS * 2 * TB;
+};
+
+/* the claim counter (see the top) */
+__device__ unsigned afp_claims;
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+/* a box of 64 columns x 64 rows, (column d, head h, row t, batch b) first */
+static __device__ __forceinline__ void afp_tma4(uint32_t dst, const CUtensorMap *m, int d, int h, int t, int b,
+						uint32_t bar)
+{
+	asm volatile("cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, "
+		     "%4, %5}], [%6];\n" ::"r"(dst),
+		     "l"((uint64_t)m), "r"(d), "r"(h), "r"(t), "r"(b), "r"(bar)
+		     : "memory");
+}
+/* rows [t0, t0 + 64 * NH) of one head into the swizzled layout of a
+ * (64 * NR)-row tile at dst, every column block */
+template <int DH, int NR, int NH>
+static __device__ __forceinline__ void afp_load(uint32_t dst, const CUtensorMap *m, int h, int t0, int b, uint32_t bar)
+{
+#pragma unroll
+	for (int cb = 0; cb < (DH + 63) / 64; cb++)
+#pragma unroll
+		for (int x = 0; x < NH; x++)
+			afp_tma4(dst + cb * (64 * NR * 128) + 64 * x * 128, m, 64 * cb, h, t0 + 64 * x, b, bar);
+}
+
+/* named barriers 1 and 2 of the consumers' turns (256 threads: one
+ * warpgroup waits, the other arrives) */
+template <int ID> static __device__ __forceinline__ void afp_bar_sync()
+{
+	asm volatile("bar.sync %0, 256;\n" ::"n"(ID) : "memory");
+}
+template <int ID> static __device__ __forceinline__ void afp_bar_arrive()
+{
+	asm volatile("bar.arrive %0, 256;\n" ::"n"(ID) : "memory");
+}
+
+/* S_j = Q K_j^T (64 x BN): register 4jj + e is row rq + 8 (e / 2), key
+ * k0 + 8jj + 2 t4 + e % 2; Q the warpgroup's rows of the block's tile */
+template <int DH, int BN>
+static __device__ __forceinline__ void afp_s(float *s, uint32_t sq, uint32_t kst, int cw)
+{
+	wg_fence();
+#pragma unroll
+	for (int kk = 0; kk < DH / 16; kk++) {
+		uint64_t da = wg_desc(sq + (kk >> 2) * (128 * 128) + cw * 8192 + (kk & 3) * 32, 16, 1024);
+		uint64_t db = wg_desc(kst + (kk >> 2) * (BN * 128) + (kk & 3) * 32, 16, 1024);
+		if constexpr (BN == 64)
+			att_wg_ss_n64(s, da, db, kk > 0);
+		else
+			wg_mma_n128<0, 0>(s, da, db, kk > 0);
+	}
+	wg_commit();
+}
+
+/* O += P V (V the tile at vst) */
+template <int DH, int BN>
+static __device__ __forceinline__ void afp_pv(float *o, unsigned (&pa)[BN / 16][4], uint32_t vst)
+{
+	wg_fence();
+#pragma unroll
+	for (int ks = 0; ks < BN / 16; ks++)
+		awg_pv<DH>(o, pa[ks], wg_desc(vst + ks * 2048, BN * 128, 1024));
+	wg_commit();
+}
+
+/* keeps the compiler from moving the definitions of P's fragments past
+ * this point */
+template <int NK>
+static __device__ __forceinline__ void afp_fence_frags(unsigned (&p)[NK][4])
+{
+#pragma unroll
+	for (int ks = 0; ks < NK; ks++)
+#pragma unroll
+		for (int x = 0; x < 4; x++)
+			asm volatile("" : "+r"(p[ks][x])::"memory");
+}
+
+/* The online softmax of S (key tile k0, rows rq, rq + 8): the running max
+ * m (log2 units) updated, alpha = 2^(old m - new m) (0 at the first tile),
+ * l = l alpha + this thread's part of the row sums, P = 2^(S sl2 - m) in
+ * S's registers.  The max is finite from the first tile on: key 0 is never
+ * masked. */
+template <int NR>
+static __device__ __forceinline__ void afp_softmax(float (&s)[NR], float (&m)[2], float (&l)[2], float (&alpha)[2],
+						   int k0, int rq, bool edge, int T, float sl2)
+{
+	const int t4 = threadIdx.x % 4;
+	float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+	for (int jj = 0; jj < NR / 4; jj++)
+#pragma unroll
+		for (int e = 0; e < 4; e++) {
+			int r = e / 2, kj = k0 + 8 * jj + 2 * t4 + (e & 1);
+			float x = s[4 * jj + e];
+			if (edge && (kj > rq + 8 * r || kj >= T))
+				x = -INFINITY;
+			s[4 * jj + e] = x;
+			mx[r] = fmaxf(mx[r], x);
+		}
+#pragma unroll
+	for (int r = 0; r < 2; r++) {
+		mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+		mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+		float nm = fmaxf(m[r], mx[r] * sl2);
+		alpha[r] = awg_ex2(m[r] - nm);
+		m[r] = nm;
+	}
+	float rs[2] = {0.f, 0.f};
+#pragma unroll
+	for (int i = 0; i < NR; i++) {
+		float x = awg_ex2(fmaf(s[i], sl2, -m[(i & 3) / 2]));
+		s[i] = x;
+		rs[(i & 3) / 2] += x;
+	}
+#pragma unroll
+	for (int r = 0; r < 2; r++)
+		l[r] = l[r] * alpha[r] + rs[r];
+}
+
+/* P (fp32, S's registers) as bf16 A fragments, 16 keys each */
+template <int NK>
+static __device__ __forceinline__ void afp_pack(unsigned (&p)[NK][4], const float (&s)[8 * NK])
+{
+#pragma unroll
+	for (int ks = 0; ks < NK; ks++)
+#pragma unroll
+		for (int x = 0; x < 4; x++)
+			p[ks][x] = pack_bf16(s[8 * ks + 2 * x], s[8 * ks + 2 * x + 1]);
+}
+
+/* The start of a consumer warpgroup's turn at the tensor cores (gt: the
+ * block's turn number, one a streamed key tile): warpgroup 1 (cw 0) waits
+ * for warpgroup 2's previous turn (none before its first), warpgroup 2 for
+ * warpgroup 1's turn gt; and its end, the other's go.  PP 0: no turns. */
+template <bool PP> static __device__ __forceinline__ void afp_turn_begin(int cw, unsigned gt)
+{
+	if constexpr (PP) {
+		__syncwarp();
+		if (cw == 0) {
+			if (gt > 0)
+				afp_bar_sync<1>();
+		} else {
+			afp_bar_sync<2>();
+		}
+	}
+}
+template <bool PP> static __device__ __forceinline__ void afp_turn_end(int cw)
+{
+	if constexpr (PP) {
+		__syncwarp();
+		if (cw == 0)
+			afp_bar_arrive<2>();
+		else
+			afp_bar_arrive<1>();
+	}
+}
+
+/* One work item, queries [q0 + 64 cw, +64) of head bh, for consumer
+ * warpgroup cw: the block's key tiles 0 .. ntile - 1 are its stream tiles
+ * r0 .., tile r in stage r % NS (K, then V, at sst), parity (r / NS) & 1;
+ * Q at sq.  Every consumer warp waits for every tile and hands it back
+ * (one arrival a warp on empty), in order within a stage, so that each
+ * phase of an empty barrier counts one round's arrivals only; and hands
+ * the Q buffer back (qe) once its last product is done. */
+template <int DH, int BN, int NS, bool PP>
+static __device__ __forceinline__ void afp_item(bf16 *out, float *lse, int ldo, int T, int H, float sl2, int bh,
+						int q0, int ntile, unsigned r0, uint32_t sq, uint32_t sst,
+						uint32_t full, uint32_t empty, uint32_t qe)
+{
+	constexpr int TB = afp_cfg<DH, BN, NS, 1>::TB;
+	const int tid = threadIdx.x - 128, cw = tid / 128, w = (tid % 128) / 32, lane = tid % 32, g = lane / 4,
+		  t4 = lane % 4;
+	const int wq0 = q0 + 64 * cw, rq = wq0 + 16 * w + g; /* rows rq, rq + 8 */
+	/* the key tiles this warpgroup computes: 0 .. its diagonal tile */
+	const int nmine = wq0 < T ? min(ntile, wq0 / BN + 1) : 0;
+	float o[DH / 2]; /* register 4d + e: row rq + 8 (e / 2), column 8d + 2 t4 + e % 2 */
+#pragma unroll
+	for (int x = 0; x < DH / 2; x++)
+		o[x] = 0.f;
+	/* m: the running max of the scaled scores (log2 units); l: this
+	 * thread's part of the row sums (its 16 of every 64 keys) */
+	float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+	int j = 0;
+	if (nmine > 0) { /* warpgroup-uniform */
+		unsigned pa[BN / 16][4]; /* P_{j-1} (bf16) as A fragments */
+		float s[BN / 2], alpha[2];
+		{
+			const unsigned gt = r0;
+			wg_bar_wait(full + 8 * (gt % NS), (gt / NS) & 1);
+			afp_turn_begin<PP>(cw, gt);
+			afp_s<DH, BN>(s, sq, sst + (gt % NS) * 2 * TB, cw);
+			afp_turn_end<PP>(cw);
+			wg_wait<0>();
+			wg_fence_regs<BN / 2>(s);
+			afp_softmax(s, m, l, alpha, 0, rq, BN > wq0 || BN > T, T, sl2);
+			afp_pack(pa, s);
+		}
+		for (j = 1; j < nmine; j++) {
+			const unsigned gt = r0 + j;
+			const int st = gt % NS, sp = (gt - 1) % NS, k0 = BN * j;
+			wg_bar_wait(full + 8 * st, (gt / NS) & 1);
+			afp_turn_begin<PP>(cw, gt);
+			afp_s<DH, BN>(s, sq, sst + st * 2 * TB, cw);
+			afp_pv<DH, BN>(o, pa, sst + sp * 2 * TB + TB); /* O += P_{j-1} V_{j-1} */
+			afp_turn_end<PP>(cw);
+			wg_wait<1>(); /* S_j done, P V may still run */
+			wg_fence_regs<BN / 2>(s);
+			afp_softmax(s, m, l, alpha, k0, rq, k0 + BN > wq0 || k0 + BN > T, T, sl2);
+			wg_wait<0>();
+			wg_fence_regs<DH / 2>(o);
+			afp_fence_frags(pa); /* read by P V until here */
+			__syncwarp();
+			if (lane == 0)
+				wg_arrive(empty + 8 * sp); /* K_{j-1}, V_{j-1} no longer read */
+			/* P_j's fragments only now (as fa3: defined while P V
+			 * ran, ptxas serialized the products, C7513) */
+			afp_pack(pa, s);
+#pragma unroll
+			for (int x = 0; x < DH / 2; x++)
+				o[x] *= alpha[(x & 3) / 2];
+			wg_fence_regs<DH / 2>(o);
+			afp_fence_frags(pa);
+		}
+		/* the last P V, outside the turns */
+		const int sp = (r0 + nmine - 1) % NS;
+		afp_pv<DH, BN>(o, pa, sst + sp * 2 * TB + TB);
+		wg_wait<0>();
+		wg_fence_regs<DH / 2>(o);
+		__syncwarp();
+		if (lane == 0)
+			wg_arrive(empty + 8 * sp);
+	}
+	/* no product of this warpgroup reads Q any more */
+	__syncwarp();
+	if (lane == 0)
+		wg_arrive(qe);
+	/* the tiles past this warpgroup's diagonal (or all, past T): a turn
+	 * without products each; waited for before being handed back, so that
+	 * no arrival can count towards an earlier round */
+	for (; j < ntile; j++) {
+		const unsigned gt = r0 + j;
+		const int st = gt % NS;
+		wg_bar_wait(full + 8 * st, (gt / NS) & 1);
+		afp_turn_begin<PP>(cw, gt);
+		afp_turn_end<PP>(cw);
+		__syncwarp();
+		if (lane == 0)
+			wg_arrive(empty + 8 * st);
+	}
+	if (nmine == 0)
+		return;
+	const int b = bh / H, h = bh % H;
+#pragma unroll
+	for (int r = 0; r < 2; r++) {
+		l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+		l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+	}
+#pragma unroll
+	for (int r = 0; r < 2; r++) {
+		int qi = rq + 8 * r;
+		if (qi >= T)
+			continue;
+		float inv = 1.f / l[r];
+		bf16 *ob = out + ((size_t)b * T + qi) * ldo + h * DH + 2 * t4;
+#pragma unroll
+		for (int d = 0; d < DH / 8; d++)
+			*(__nv_bfloat162 *)(ob + 8 * d) =
+				__floats2bfloat162_rn(o[4 * d + 2 * r] * inv, o[4 * d + 2 * r + 1] * inv);
+		if (t4 == 0)
+			lse[(size_t)bh * T + qi] = (m[r] + log2f(l[r])) * 0.69314718055994531f;
+	}
+}
+#endif
+
+/* Persistent grid of at most one block an SM over the total = BH x NY work
+ * items (head, query block of 128), item l being awg_group(l, ..., G)'s
+ * (head bh, y), queries from 128 (NY - 1 - y); maps (Dh, H, T, B) of q, k,
+ * v.  Ring bookkeeping: the producer and every consumer count the key
+ * tiles the block has streamed (r: stage r % NS, phase parity (r / NS) &
+ * 1) and the items (n: Q buffer n % NQ, parity (n / NQ) & 1), all from 0
+ * at the start, so the parities carry over from one item to the next. */
+template <int DH, int BN, int NS, int NQ, bool PP>
+__global__ void __launch_bounds__(AFP_THREADS, 1)
+	attention_fwd_fa3p_kernel(const __grid_constant__ CUtensorMap tq, const __grid_constant__ CUtensorMap tk,
+				  const __grid_constant__ CUtensorMap tv, bf16 *out, float *lse, int ldo, int T, int H,
+				  int BH, int NY, int G, float sl2)
+{
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+	constexpr int TB = afp_cfg<DH, BN, NS, NQ>::TB, QB = afp_cfg<DH, BN, NS, NQ>::QB;
+	extern __shared__ unsigned char afp_smem[];
+	/* full[s] at s, empty[s] at NS + s, qfull[i] at 2 NS + i, qempty[i] at
+	 * 2 NS + NQ + i */
+	__shared__ __align__(8) uint64_t bars[2 * NS + 2 * NQ];
+	__shared__ int items[NQ]; /* the item in Q buffer i, -1: no more */
+	const uint32_t base = (wg_smem_u32(afp_smem) + 1023) & ~1023u, sst = base + NQ * QB;
+	const uint32_t full = wg_smem_u32(&bars[0]), empty = full + 8 * NS, qfull = full + 16 * NS,
+		       qempty = qfull + 8 * NQ;
+	const int tid = threadIdx.x, total = BH * NY;
+	if (tid == 0) {
+		for (int s = 0; s < NS; s++) {
+			wg_bar_init(full + 8 * s, 1);  /* the producer's arrival, and the bytes */
+			wg_bar_init(empty + 8 * s, 8); /* one arrival a consumer warp */
+		}
+		for (int i = 0; i < NQ; i++) {
+			wg_bar_init(qfull + 8 * i, 1);  /* the producer's, and Q's bytes */
+			wg_bar_init(qempty + 8 * i, 8); /* one a consumer warp */
+		}
+		asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+	}
+	__syncthreads();
+	if (tid < 128) { /* producer */
+		/* the consumers' 2 x 128 x (240 - 168) registers are exactly the
+		 * producer's 128 x (168 - 24): setmaxnreg.inc waits for good
+		 * with less given up (attention_fa3.cu) */
+		asm volatile("setmaxnreg.dec.sync.aligned.u32 24;\n" ::: "memory");
+		if (tid != 0)
+			return;
+		unsigned r = 0; /* key tiles streamed */
+		int it = blockIdx.x;
+		for (int n = 0;; n++) {
+			const int qs = n % NQ;
+			const uint32_t qf = qfull + 8 * qs, qe = qempty + 8 * qs;
+			if (it >= total) {
+				/* the buffer's last item read by every consumer warp
+				 * before the sentinel overwrites it */
+				if (n >= NQ)
+					wg_bar_wait(qe, ((n / NQ) - 1) & 1);
+				items[qs] = -1;
+				wg_arrive(qf);
+				return;
+			}
+			int bh, y;
+			awg_group(it, BH, NY, G, bh, y);
+			const int b = bh / H, h = bh % H, q0 = 128 * (NY - 1 - y);
+			const int ntile = (min(q0 + 128, T) - 1) / BN + 1; /* key tiles 0 .. the diagonal */
+			/* one Q buffer: the first K/V tiles before Q, which waits
+			 * for the consumers to finish the previous item */
+			const int pre = NQ == 1 ? min(NS - 1, ntile) : 0;
+			for (int x = 0; x < ntile; x++, r++) {
+				if (x == pre) {
+					if (n >= NQ) /* every consumer warp done with the buffer's last item */
+						wg_bar_wait(qe, ((n / NQ) - 1) & 1);
+					items[qs] = it;
+					wg_arrive_tx(qf, QB);
+					afp_load<DH, 2, 2>(base + qs * QB, &tq, h, q0, b, qf);
+				}
+				const int st = r % NS;
+				const uint32_t f = full + 8 * st, d = sst + st * 2 * TB;
+				if (r >= NS) /* every consumer warp done with the stage's last round */
+					wg_bar_wait(empty + 8 * st, ((r / NS) - 1) & 1);
+				wg_arrive_tx(f, 2 * TB);
+				afp_load<DH, BN / 64, BN / 64>(d, &tk, h, BN * x, b, f);
+				afp_load<DH, BN / 64, BN / 64>(d + TB, &tv, h, BN * x, b, f);
+			}
+			if (pre == ntile) { /* not issued in the loop (NQ 1, ntile < NS) */
+				if (n >= NQ)
+					wg_bar_wait(qe, ((n / NQ) - 1) & 1);
+				items[qs] = it;
+				wg_arrive_tx(qf, QB);
+				afp_load<DH, 2, 2>(base + qs * QB, &tq, h, q0, b, qf);
+			}
+			/* the next item: values 0 .. total - 1 in claim order;
+			 * the last gridDim.x of them are past the items */
+			it = (int)gridDim.x + (int)atomicInc(&afp_claims, (unsigned)total - 1);
+		}
+	}
+	asm volatile("setmaxnreg.inc.sync.aligned.u32 240;\n" ::: "memory");
+	const int cw = (tid - 128) / 128;
+	unsigned r = 0; /* key tiles streamed (turns taken) */
+	for (int n = 0;; n++) {
+		const int qs = n % NQ;
+		wg_bar_wait(qfull + 8 * qs, (n / NQ) & 1);
+		const int it = *(volatile int *)&items[qs];
+		if (it < 0)
+			break;
+		int bh, y;
+		awg_group(it, BH, NY, G, bh, y);
+		const int q0 = 128 * (NY - 1 - y), ntile = (min(q0 + 128, T) - 1) / BN + 1;
+		afp_item<DH, BN, NS, PP>(out, lse, ldo, T, H, sl2, bh, q0, ntile, r, base + qs * QB, sst, full, empty,
+					 qempty + 8 * qs);
+		r += ntile;
+	}
+	/* warpgroup 2's arrival after its last turn */
+	if (PP && cw == 0 && r > 0) {
+		__syncwarp();
+		afp_bar_sync<1>();
+	}
+#endif
+}
+
+/* The 4-D map (Dh, H, T, B) of a bf16 tensor with row stride ld: boxes of
+ * 64 columns x 64 rows, 128-byte swizzle, zeros out of bounds. */
+static bool afp_map(CUtensorMap *m, const bf16 *p, int ld, int B, int T, int H, int Dh)
+{
+	const cuuint64_t dims[4] = {(cuuint64_t)Dh, (cuuint64_t)H, (cuuint64_t)T, (cuuint64_t)B};
+	const cuuint64_t strides[3] = {(cuuint64_t)Dh * 2, (cuuint64_t)ld * 2, (cuuint64_t)T * ld * 2};
+	const cuuint32_t box[4] = {64, 1, 64, 1}, es[4] = {1, 1, 1, 1};
+	return wg_tmap_encoder()(m, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 4, (void *)p, dims, strides, box, es,
+				 CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+				 CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
+static int afp_sms(void)
+{
+	static int n;
+	int dev = 0;
+	if (n <= 0 && (cudaGetDevice(&dev) != cudaSuccess ||
+		       cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)) {
+		cudaGetLastError();
+		n = 132;
+	}
+	return n;
+}
+
+static int afp_grid_cap; /* moe_cuda_attention_fa3p_grid() */
+
+extern "C" void moe_cuda_attention_fa3p_grid(int n)
+{
+	afp_grid_cap = n > 0 ? n : 0;
+}
+
+template <int DH, int BN, int NS, int NQ, bool PP>
+static int afp_launch(const CUtensorMap *m, bf16 *out, float *lse, int ldo, int B, int T, int H, cudaStream_t s,
+		      struct moe_error *err)
+{
+	constexpr size_t SMEM = afp_cfg<DH, BN, NS, NQ>::SMEM;
+	int rc;
+	if ((rc = CUDA_OK(cudaFuncSetAttribute(attention_fwd_fa3p_kernel<DH, BN, NS, NQ, PP>,
+					       cudaFuncAttributeMaxDynamicSharedMemorySize, (int)SMEM),
+			  err)) != 0)
+		return rc;
+	const int NY = (int)moe_cdiv(T, 128), total = B * H * NY;
+	int grid = total < afp_sms() ? total : afp_sms();
+	if (afp_grid_cap > 0 && afp_grid_cap < grid)
+		grid = afp_grid_cap;
+	attention_fwd_fa3p_kernel<DH, BN, NS, NQ, PP><<<grid, AFP_THREADS, SMEM, s>>>(
+		m[0], m[1], m[2], out, lse, ldo, T, H, B * H, NY, AFP_G, LOG2E / sqrtf((float)DH));
+	return CUDA_LAUNCHED(err);
+}
+
+extern "C" int moe_cuda_attention_fwd_fa3p(bf16_t *out, float *lse, const bf16_t *q, const bf16_t *k, const bf16_t *v,
+					   int ldq, int ldk, int ldv, int ldo, int B, int T, int H, int Dh, int kind,
+					   cudaStream_t s, struct moe_error *err)
+{
+	if ((Dh != 64 && Dh != 96 && Dh != 128) || kind < 0 || kind > 2 || !moe_cuda_grouped_wgmma_supported() ||
+	    !wg_tmap_encoder() || ((uintptr_t)q | (uintptr_t)k | (uintptr_t)v) % 16 ||
+	    (size_t)B * H * moe_cdiv(T, 128) + 1024 > INT_MAX)
+		return 1;
+	CUtensorMap m[3];
+	if (!afp_map(&m[0], (const bf16 *)q, ldq, B, T, H, Dh) || !afp_map(&m[1], (const bf16 *)k, ldk, B, T, H, Dh) ||
+	    !afp_map(&m[2], (const bf16 *)v, ldv, B, T, H, Dh))
+		return 1;
+	bf16 *o = (bf16 *)out;
+	/* kind 0 (fa3p): 64-row key tiles, 4 stages, 2 Q buffers (193 KB at
+	 * Dh 96 and 128), ping-pong; 1 (fa3pk128): 128-row tiles, 3 stages,
+	 * 1 Q buffer (225 KB), ping-pong; 2 (fa3pn): fa3p without ping-pong */
+#define AFPL(DHV)                                                                                 \
+	(kind == 1   ? afp_launch<DHV, 128, 3, 1, true>(m, o, lse, ldo, B, T, H, s, err)  \
+	 : kind == 2 ? afp_launch<DHV, 64, 4, 2, false>(m, o, lse, ldo, B, T, H, s, err) \
+		     : afp_launch<DHV, 64, 4, 2, true>(m, o, lse, ldo, B, T, H, s, err))
+	switch (Dh) {
+	case 64: return AFPL(64);
+	case 96: return AFPL(96);
+	default: return AFPL(128);
+	}
+#undef AFPL
+}
