@@ -40,10 +40,12 @@ for t in attention_fa3p_fwd attention_fa3pk128_fwd attention_fa3pn_fwd attention
 	res="$res $t=$rc"
 	case $rc in 124 | 137) hung="$hung $t" ;; esac
 done
+SB=
+command -v stdbuf >/dev/null 2>&1 && SB="stdbuf -oL"
 : >$K
 for shape in "-B 16" "-B 8 -T 4096 -H 16 -d 128"; do
 	echo "=== bench_kernels -a $shape"
-	timeout 90 stdbuf -oL $B/tests/bench/bench_kernels -a $shape 2>&1 | grep -E "attention|rror" | tee -a $K
+	timeout 90 $SB $B/tests/bench/bench_kernels -a $shape 2>&1 | grep -E "attention|rror" | tee -a $K
 done
 echo "=== summary"
 echo "tests (exit status):$res${hung:+; timed out:$hung}"
