@@ -249,15 +249,33 @@ attention_dq_kernel(bf16 *dq, const bf16 *q, const bf16 *k, const bf16 *v, const
  *          warpgroups that no block barrier ties together (Dh 64, 96, 128;
  *          bit-identical to wgeg; wgeg where it cannot run)
  *   6 fa3s2 fa3 with 2 stages
- * All are deterministic (run to run bit-identical).  Unless chosen: fa3 at
+ *   7 fa3f attention_fa3.cu: one kernel in fa3's structure, dK/dV per 128
+ *          keys and the tiles' dQ contributions (5 products a tile pair)
+ *          added to an fp32 dQ in a fixed order by a writer warp with
+ *          bulk reduce-adds, then converted to bf16 (Dh 96 and 128; fa3 at
+ *          64); 2 stages, 2 dQ buffers
+ *   8 fa3f3 fa3f with 3 stages, 1 dQ buffer
+ *   9 fa3fa fa3f with the dQ contributions added in any order: NOT
+ *          deterministic (opt-in, for comparison only)
+ *  10 fa3fc fa3f without the conversion kernel: key block 0, every
+ *          tile's last contributor, adds the others' sum (loaded by its
+ *          writer warp) to its own and writes dq in bf16
+ *  11 fa3fc3 fa3fc with 3 stages, 1 dQ buffer
+ * All but fa3fa are deterministic (run to run bit-identical).  Unless chosen: fa3 at
  * Dh 96 and 128 (the fastest measured there, H100, session 5: 0.872 ms
  * against wgeg's 1.249 at seed-base, 3.964 against wge's 5.453 at the
  * olmoe shape; RESULTS-attention.md), wge at 64 (fa3 not timed there);
  * head sizes below 64 always run v1.  fu4g is opt-in: its blocks wait for
  * blocks launched before them, which CUDA does not promise to schedule
  * first, and its fp32 dQ tiles take about 400 MB more at olmoe-1b-7b
- * micro-batch 3, which already fills an H200 (138.8 GiB). */
-static const char *const att_bwd_names[] = {"v1", "wge", "wgeg", "fu4g", "fa3", "fa3s2"};
+ * micro-batch 3, which already fills an H200 (138.8 GiB).  The fa3f
+ * variants (session 6) are opt-in: at seed-base the fastest, fa3fc3, is
+ * 5% slower than fa3 in the kernel table (0.941 against 0.895 ms) and no
+ * faster in the step; at the olmoe shape fa3f3 is faster (3.729 against
+ * 3.807-4.268 ms) but was not measured as a step; they rest on the same
+ * dispatch-order assumption as fu4g, and take the same fp32 dQ scratch. */
+static const char *const att_bwd_names[] = {"v1",   "wge",  "wgeg",  "fu4g",  "fa3",   "fa3s2",
+					     "fa3f", "fa3f3", "fa3fa", "fa3fc", "fa3fc3"};
 #define ATT_BWD_N ((int)(sizeof(att_bwd_names) / sizeof(att_bwd_names[0])))
 static struct att_choice att_bwd_ch = {"MOE_CUDA_ATTENTION_BWD", att_bwd_names, ATT_BWD_N, 0, -1};
 
@@ -287,11 +305,14 @@ static size_t att_cnt_bytes(int B, int T, int H)
 	return ((size_t)B * H * moe_cdiv(T, 64) * sizeof(int) + 255) & ~(size_t)255;
 }
 static bool att_fused_dh(int Dh) { return Dh == 96 || Dh == 128; }
+/* the variants with an fp32 dQ and counters in the scratch */
+static bool att_fused_var(int var, int Dh) { return (var == 4 || var >= 7) && att_fused_dh(Dh); }
 
-/* delta, then, for variants 5-6, the warp-specialised kernels, for 2-6
- * the wgmma kernels (5-6 with wgeg's grid) where the device runs them,
- * else v1's two kernels; the scratch after delta: the fused kernel's
- * counters and fp32 dQ tiles */
+/* delta, then, for variants 7-11 the one-kernel backward (attention_fa3.cu,
+ * Dh 96 and 128), for 5-11 the warp-specialised two kernels, for 2-11 the
+ * wgmma kernels (5-11 with wgeg's grid) where the device runs them, else
+ * v1's two kernels; the scratch after delta: the fused kernels' counters
+ * and fp32 dQ tiles (variants 4, 7-11) */
 template <int DH>
 static int launch_bwd(bf16 *dq, bf16 *dk, bf16 *dv, float *delta, const bf16 *dout, const bf16 *q, const bf16 *k,
 		      const bf16 *v, const bf16 *out, const float *lse, int ldq, int ldk, int ldv, int ldo, int B,
@@ -300,15 +321,20 @@ static int launch_bwd(bf16 *dq, bf16 *dk, bf16 *dv, float *delta, const bf16 *do
 	constexpr int LD = DH + ATT_PAD;
 	int rc;
 	float scale = 1.f / sqrtf((float)DH);
-	bool fused = var == 4 && att_fused_dh(DH);
+	bool fused = att_fused_var(var, DH);
 	int *cnt = fused ? (int *)((char *)delta + att_delta_bytes(B, T, H)) : NULL;
 	float *dqacc = fused ? (float *)((char *)cnt + att_cnt_bytes(B, T, H)) : NULL;
 	if ((rc = att_delta(delta, cnt, fused ? B * H * moe_cdiv(T, 64) : 0, dout, out, ldo, B, T, H, DH, s, err)) != 0)
 		return rc;
-	if (var >= 5 && (rc = moe_att_bwd_fa3(dq, dk, dv, dout, q, k, v, lse, delta, var == 5 ? 4 : 2, ldq, ldk, ldv,
+	if (var >= 7 && fused &&
+	    (rc = moe_att_bwd_fa3f(dq, dk, dv, dout, q, k, v, lse, delta, dqacc, cnt, var - 7, ldq, ldk, ldv, ldo, B, T,
+				   H, DH, s, err)) != 1)
+		return rc;
+	if (var >= 5 && (rc = moe_att_bwd_fa3(dq, dk, dv, dout, q, k, v, lse, delta, var == 6 ? 2 : 4, ldq, ldk, ldv,
 					      ldo, B, T, H, DH, s, err)) != 1)
 		return rc;
-	if (var >= 2 && (rc = moe_att_bwd_wgmma(dq, dk, dv, dout, q, k, v, lse, delta, dqacc, cnt, var == 3 || var >= 5,
+	if (var >= 2 && (rc = moe_att_bwd_wgmma(dq, dk, dv, dout, q, k, v, lse, delta, var == 4 ? dqacc : NULL,
+						var == 4 ? cnt : NULL, var == 3 || var >= 5,
 						ldq, ldk, ldv, ldo, B, T, H, DH, s, err)) != 1)
 		return rc;
 	size_t sm1 = 6 * ATT_BR * LD * sizeof(bf16) + 4 * ATT_BR * sizeof(float);
@@ -335,7 +361,7 @@ static bool att_tc_dh(int Dh) { return Dh == 16 || Dh == 32 || Dh == 64 || Dh ==
 extern "C" size_t moe_cuda_attention_bwd_scratch(int B, int T, int H, int Dh)
 {
 	size_t delta = att_delta_bytes(B, T, H);
-	if (att_bwd_variant(Dh) == 4 && att_fused_dh(Dh)) /* counters, fp32 dQ tiles */
+	if (att_fused_var(att_bwd_variant(Dh), Dh)) /* counters, fp32 dQ tiles */
 		return delta + att_cnt_bytes(B, T, H) + (size_t)B * H * moe_cdiv(T, 64) * 64 * Dh * sizeof(float);
 	if (att_tc_dh(Dh))
 		return delta;

@@ -750,3 +750,465 @@ int moe_att_fwd_fa3(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const b
 	}
 #undef AFFL
 }
+
+/* The one-kernel backward ('fa3f', 'fa3f3', 'fa3fc', 'fa3fc3'; 'fa3fa'
+ * unordered; opt-in: measured in session 6, RESULTS-attention.md), in the
+ * structure of the two-kernel one above: one block of 384 threads per 128
+ * keys (key block n of head bh), streaming the 64-row query tiles
+ * i = 2n .. (Q, dO, lse, delta) through the TMA ring:
+ *
+ *   warp 0, the producer: the block's K and V rows (one mbarrier), then the
+ *     query tiles' Q and dO by the tensor copy engine, lse and delta by its
+ *     lanes, into NS stages;
+ *   warp 1, the dQ writer: adds each tile's fp32 dQ contribution (staged in
+ *     shared memory by the consumers, NQB buffers) to dqacc, the fp32 dQ of
+ *     (head, query tile), with one bulk copy (cp.reduce.async.bulk .add.f32,
+ *     or a plain bulk store for the tile's first contribution);
+ *   warpgroups 1 and 2, the consumers (64 keys each): S^T = K Q^T,
+ *     dP^T = V dO^T, dV += P^T dO, dK += dS^T Q exactly as af_dkdv (so dK
+ *     and dV are bit-identical to fa3's), dS^T stored to shared memory
+ *     (two buffers), one barrier of the 256 consumer threads, then the
+ *     tile's dQ contribution dS K (64 queries x the warpgroup's 64 columns;
+ *     at Dh 96 warpgroup 1's columns 96-127 are zeros and not stored):
+ *     5 products a tile pair instead of the two kernels' 7.
+ *
+ * Determinism (fa3f, fa3f3): the contributions of key blocks n = i/2, ...,
+ * 1, 0 to query tile i are added in that order: the first stores, each
+ * later one waits until the tile's counter (zeroed by the delta kernel)
+ * shows the i/2 - n before it, adds, waits for the add to complete and
+ * counts itself.  So every element of dqacc is summed in a fixed order:
+ * bit reproducible.  Forward progress: the grid (groups of 8 heads, each
+ * group's highest key blocks first) launches every block a block waits for
+ * before it; with blocks dispatched in launch order (as the hardware does
+ * and FlashAttention-3's deterministic mode assumes; CUDA does not promise
+ * it), a waited-for block is resident or finished, and it never waits on a
+ * later block, so no cycle.  In the steady state block n reaches tile i two
+ * tiles after block n + 1 (it starts two tiles earlier in the stream), so
+ * the writer does not wait; the consumers wait only when both dQ buffers
+ * are still queued.  fa3fa skips the order (dqacc zeroed, every
+ * contribution added): NOT reproducible, opt-in only.
+ *
+ * dq (bf16, the caller's row stride) is written from dqacc by a small
+ * kernel after (fa3f, fa3f3), or (CVT: fa3fc, fa3fc3) by key block 0, the
+ * last contributor of every tile: its writer loads the others' sum of the
+ * tile into the staging buffer (a bulk copy on the buffer's mbarrier, after
+ * the counter shows all of them), the consumers add their part (the same
+ * fp32 additions in the same order as the reduce: bit-identical to fa3f)
+ * and store bf16.  Dh 96 and 128 (the dQ product splits 128 columns between
+ * the two warpgroups). */
+template <int DH, int NS, int NQB> struct afu_cfg {
+	static_assert(DH == 96 || DH == 128, "fa3f: Dh 96 or 128");
+	static constexpr int TB = 64 * 128 * 2;  /* one 64-row tile, two column blocks */
+	static constexpr int WB = 2 * TB;        /* the block's 128 K (or V) rows */
+	static constexpr int STAGE = 2 * TB;     /* Q, dO */
+	static constexpr int DSB = 128 * 128;    /* dS^T: 128 keys x 64 queries, bf16 */
+	static constexpr int QTB = 64 * DH * 4;  /* one fp32 dQ tile (64 x DH, rows of DH) */
+	static constexpr int DSOFF = 2 * WB + NS * STAGE;
+	static constexpr int QOFF = DSOFF + 2 * DSB;
+	static constexpr int LOFF = QOFF + NQB * QTB;
+	static constexpr size_t SMEM = 1024 + (size_t)LOFF + NS * 128 * sizeof(float);
+	static_assert(SMEM <= 232448, "fa3f: shared memory");
+};
+
+struct afu_args {
+	bf16 *dq, *dk, *dv;       /* (B, T, H, Dh), strides ldq, ldk, ldv */
+	float *dqacc;             /* (BH, nq, 64, Dh) fp32 */
+	int *cnt;                 /* (BH, nq), zero: contributions added so far */
+	const float *lse, *delta; /* (B, H, T) */
+	int ldq, ldk, ldv, T, H, BH, NK, nq, ordered;
+	float scale;
+};
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+/* d (64 x 64) = A B (+ d): A and B both MN-major in shared memory */
+static __device__ __forceinline__ void afu_tt_n64(float *d, uint64_t da, uint64_t db, int acc)
+{
+	asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+		     "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+		     "{" WG_S32 "}, %32, %33, p, 1, 1, 1, 1;\n}\n"
+		     : WG_D32
+		     : "l"(da), "l"(db), "r"(acc));
+}
+
+/* the consumers' dK, dV of keys [128 n, +128) and the tiles' dQ parts;
+ * CVT: key block 0 (the last contributor of every tile) adds the others'
+ * sum (loaded into its dQ buffer by the writer) to its own and writes dq in
+ * bf16 */
+template <int DH, int NS, int NQB, bool CVT>
+static __device__ __forceinline__ void afu_consume(const struct afu_args &A, int n, int bh, uint32_t base,
+						   const float *Lsm, float *dqs, uint32_t full, uint32_t empty,
+						   uint32_t ownb, uint32_t dqf, uint32_t dqe)
+{
+	using C = afu_cfg<DH, NS, NQB>;
+	constexpr int TB = C::TB, WB = C::WB, KR = 128;
+	const float scale = A.scale;
+	const int T = A.T, H = A.H, b = bh / H, h = bh % H;
+	const int tid = threadIdx.x - 128, wg = tid / 128, w = (tid % 128) / 32, lane = tid % 32, g = lane / 4,
+		  t4 = lane % 4;
+	const int k0 = n * KR, wk0 = k0 + 64 * wg, nq = A.nq, i0 = 2 * n;
+	const uint32_t sk = base, sv = base + WB, sst = base + 2 * WB, sds0 = base + C::DSOFF;
+	float dK[DH / 2], dV[DH / 2]; /* register 4d + e: key kr + 8 (e / 2), column 8d + 2 t4 + e % 2 */
+#pragma unroll
+	for (int x = 0; x < DH / 2; x++)
+		dK[x] = dV[x] = 0.f;
+	const int kr = wk0 + 16 * w + g;
+	const float sl2 = scale * LOG2E;
+	wg_bar_wait(ownb, 0);
+	for (int i = i0; i < nq; i++) {
+		const int r = i - i0, st = r % NS, q0 = i * 64;
+		const uint32_t sds = sds0 + (r & 1) * C::DSB;
+		wg_bar_wait(full + 16 * st, (r / NS) & 1);
+		const uint32_t qs = sst + st * 2 * TB, ds = qs + TB;
+		if (q0 + 63 >= wk0) { /* warpgroup-uniform: not wholly above the diagonal */
+			const float *L = Lsm + st * 128, *DL = L + 64;
+			float sT[32], dpT[32];
+			wg_fence();
+#pragma unroll
+			for (int kk = 0; kk < DH / 16; kk++) {
+				uint32_t own = (kk >> 2) * (KR * 128) + wg * 8192 + (kk & 3) * 32;
+				uint32_t off = (kk >> 2) * 8192 + (kk & 3) * 32;
+				att_wg_ss_n64(sT, wg_desc(sk + own, 16, 1024), wg_desc(qs + off, 16, 1024), kk > 0);
+			}
+			wg_commit();
+#pragma unroll
+			for (int kk = 0; kk < DH / 16; kk++) {
+				uint32_t own = (kk >> 2) * (KR * 128) + wg * 8192 + (kk & 3) * 32;
+				uint32_t off = (kk >> 2) * 8192 + (kk & 3) * 32;
+				att_wg_ss_n64(dpT, wg_desc(sv + own, 16, 1024), wg_desc(ds + off, 16, 1024), kk > 0);
+			}
+			wg_commit();
+			wg_wait<1>(); /* S^T done, dP^T may still run */
+			wg_fence_regs<32>(sT);
+			bool edge = q0 < wk0 + 64 || q0 + 64 > T;
+#pragma unroll
+			for (int jj = 0; jj < 8; jj++)
+#pragma unroll
+				for (int e = 0; e < 4; e++) {
+					int c = 8 * jj + 2 * t4 + (e & 1), qi = q0 + c;
+					float p = awg_ex2(sT[4 * jj + e] * sl2 - L[c]);
+					if (edge && (qi < kr + 8 * (e / 2) || qi >= T))
+						p = 0.f;
+					sT[4 * jj + e] = p;
+				}
+			unsigned pa[4][4], sa[4][4]; /* P^T, then dS^T, as A fragments (16 queries each) */
+#pragma unroll
+			for (int ks = 0; ks < 4; ks++)
+#pragma unroll
+				for (int x = 0; x < 4; x++)
+					pa[ks][x] = pack_bf16(sT[8 * ks + 2 * x], sT[8 * ks + 2 * x + 1]);
+			wg_fence();
+#pragma unroll
+			for (int ks = 0; ks < 4; ks++)
+				awg_pv<DH>(dV, pa[ks], wg_desc(ds + ks * 2048, 8192, 1024)); /* dV += P^T dO */
+			wg_commit();
+			wg_wait<1>(); /* dP^T done, dV may still run */
+			wg_fence_regs<32>(dpT);
+#pragma unroll
+			for (int jj = 0; jj < 8; jj++)
+#pragma unroll
+				for (int e = 0; e < 4; e++) {
+					int c = 8 * jj + 2 * t4 + (e & 1);
+					dpT[4 * jj + e] = sT[4 * jj + e] * (dpT[4 * jj + e] - DL[c]) * scale;
+				}
+#pragma unroll
+			for (int ks = 0; ks < 4; ks++)
+#pragma unroll
+				for (int x = 0; x < 4; x++) {
+					sa[ks][x] = pack_bf16(dpT[8 * ks + 2 * x], dpT[8 * ks + 2 * x + 1]);
+					/* dS^T row (key) 64 wg + 16 w + g + 8 (x & 1), queries
+					 * 16 ks + 8 (x / 2) + 2 t4 + {0, 1}: 128-byte swizzle */
+					int rr = 64 * wg + 16 * w + g + 8 * (x & 1), ch = 2 * ks + (x >> 1);
+					uint32_t a = sds + rr * 128 + ((ch ^ (rr & 7)) << 4) + 4 * t4;
+					asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(a), "r"(sa[ks][x]) : "memory");
+				}
+			wg_fence();
+#pragma unroll
+			for (int ks = 0; ks < 4; ks++)
+				awg_pv<DH>(dK, sa[ks], wg_desc(qs + ks * 2048, 8192, 1024)); /* dK += dS^T Q */
+			wg_commit();
+		} else { /* every key after every query of the tile: dS^T = 0 */
+#pragma unroll
+			for (int x = 0; x < 16; x++) {
+				int rr = 64 * wg + 16 * w + g + 8 * (x & 1), ch = x >> 1;
+				uint32_t a = sds + rr * 128 + ((ch ^ (rr & 7)) << 4) + 4 * t4;
+				asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(a), "r"(0u) : "memory");
+			}
+		}
+		wg_fence_proxy(); /* this thread's dS^T for the tensor cores */
+		asm volatile("bar.sync 1, 256;\n" ::: "memory"); /* both warpgroups' dS^T in place */
+		/* dQ (64 queries x columns 64 wg ..) = dS K: register 4d + e is
+		 * query q0 + 16 w + g + 8 (e / 2), column 64 wg + 8d + 2 t4 + e % 2 */
+		float dq[32];
+		wg_fence();
+#pragma unroll
+		for (int ks = 0; ks < KR / 16; ks++)
+			afu_tt_n64(dq, wg_desc(sds + ks * 2048, KR * 128, 1024),
+				   wg_desc(sk + wg * (KR * 128) + ks * 2048, KR * 128, 1024), ks > 0);
+		wg_commit();
+		wg_wait<0>();
+		wg_fence_regs<32>(dq);
+		wg_fence_regs<DH / 2>(dV);
+		wg_fence_regs<DH / 2>(dK);
+		__syncwarp();
+		if (lane == 0)
+			wg_arrive(empty + 16 * st); /* Q, dO of the stage no longer read */
+		const int qb = r % NQB;
+		float *o = dqs + qb * (64 * DH) + (16 * w + g) * DH + 64 * wg + 2 * t4;
+		if constexpr (CVT) {
+			if (n == 0) { /* block-uniform: the last contribution */
+				/* the others' sum in the buffer (tiles 0 and 1 have none) */
+				wg_bar_wait(dqe + 16 * qb, (r / NQB) & 1);
+				const int qi = q0 + 16 * w + g;
+#pragma unroll
+				for (int d = 0; d < 8; d++) {
+					if (64 * wg + 8 * d >= DH)
+						break;
+					float2 u = make_float2(0.f, 0.f), v = u;
+					if (i >= 2) {
+						u = *(const float2 *)(o + 8 * d);
+						v = *(const float2 *)(o + 8 * DH + 8 * d);
+					}
+					bf16 *od = A.dq + ((size_t)b * T + qi) * A.ldq + h * DH + 64 * wg + 8 * d + 2 * t4;
+					if (qi < T)
+						*(__nv_bfloat162 *)od = __floats2bfloat162_rn(u.x + dq[4 * d], u.y + dq[4 * d + 1]);
+					if (qi + 8 < T)
+						*(__nv_bfloat162 *)(od + 8 * (size_t)A.ldq) =
+							__floats2bfloat162_rn(v.x + dq[4 * d + 2], v.y + dq[4 * d + 3]);
+				}
+				wg_arrive(dqf + 16 * qb); /* the buffer read */
+				continue;
+			}
+		}
+		if (r >= NQB) /* the writer is done with the buffer's last round */
+			wg_bar_wait(dqe + 16 * qb, ((r / NQB) - 1) & 1);
+#pragma unroll
+		for (int d = 0; d < 8; d++) {
+			if (64 * wg + 8 * d >= DH)
+				break;
+			*(float2 *)(o + 8 * d) = make_float2(dq[4 * d], dq[4 * d + 1]);
+			*(float2 *)(o + 8 * DH + 8 * d) = make_float2(dq[4 * d + 2], dq[4 * d + 3]);
+		}
+		wg_fence_proxy(); /* for the writer's bulk copy */
+		wg_arrive(dqf + 16 * qb);
+	}
+#pragma unroll
+	for (int rr = 0; rr < 2; rr++) {
+		int t = kr + 8 * rr;
+		if (t >= T)
+			continue;
+		bf16 *okp = A.dk + ((size_t)b * T + t) * A.ldk + h * DH + 2 * t4;
+		bf16 *ovp = A.dv + ((size_t)b * T + t) * A.ldv + h * DH + 2 * t4;
+#pragma unroll
+		for (int d = 0; d < DH / 8; d++) {
+			*(__nv_bfloat162 *)(okp + 8 * d) = __floats2bfloat162_rn(dK[4 * d + 2 * rr], dK[4 * d + 2 * rr + 1]);
+			*(__nv_bfloat162 *)(ovp + 8 * d) = __floats2bfloat162_rn(dV[4 * d + 2 * rr], dV[4 * d + 2 * rr + 1]);
+		}
+	}
+}
+#endif
+
+/* 1-D grid of BH heads x NK key blocks of 128 in groups of AF_G heads
+ * (awg_group), each group's highest key blocks first; maps (Dh, H, T, B)
+ * of q, k, v, dO.  CVT: see afu_consume (ordered only) */
+template <int DH, int NS, int NQB, bool CVT>
+__global__ void __launch_bounds__(AF_THREADS, 1)
+	attention_bwd_fa3f_kernel(const __grid_constant__ CUtensorMap tq, const __grid_constant__ CUtensorMap tk,
+				  const __grid_constant__ CUtensorMap tv, const __grid_constant__ CUtensorMap tdo,
+				  const struct afu_args A)
+{
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+	using C = afu_cfg<DH, NS, NQB>;
+	constexpr int TB = C::TB, WB = C::WB;
+	extern __shared__ unsigned char af_smem[];
+	/* full[s] at 2s, empty[s] at 2s + 1, own, then dq full[b], dq empty[b] */
+	__shared__ __align__(8) uint64_t bars[2 * NS + 1 + 2 * NQB];
+	const uint32_t s0 = wg_smem_u32(af_smem), base = (s0 + 1023) & ~1023u;
+	unsigned char *gb = af_smem + (base - s0);
+	float *Lsm = (float *)(gb + C::LOFF); /* (NS, lse | delta, 64) */
+	const uint32_t full = wg_smem_u32(&bars[0]), empty = full + 8, ownb = wg_smem_u32(&bars[2 * NS]);
+	const uint32_t dqf = wg_smem_u32(&bars[2 * NS + 1]), dqe = dqf + 8;
+	const int tid = threadIdx.x, T = A.T, nq = A.nq;
+	int bh, y;
+	awg_group(blockIdx.x, A.BH, A.NK, AF_G, bh, y);
+	const int n = A.NK - 1 - y, first = 2 * n, ntile = nq - first;
+	if (tid == 0) {
+		for (int s = 0; s < NS; s++) {
+			wg_bar_init(full + 16 * s, 32); /* the producer warp's lanes, and the bytes */
+			wg_bar_init(empty + 16 * s, 8); /* one arrival a consumer warp */
+		}
+		wg_bar_init(ownb, 1);
+		for (int q = 0; q < NQB; q++) {
+			wg_bar_init(dqf + 16 * q, 256); /* every consumer thread */
+			wg_bar_init(dqe + 16 * q, 1);   /* the writer */
+		}
+		asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+	}
+	__syncthreads();
+	if (tid < 128) {
+		/* as fa3's: the consumers' 2 x 128 x (240 - 168) registers are
+		 * exactly the producer warpgroup's 128 x (168 - 24) */
+		asm volatile("setmaxnreg.dec.sync.aligned.u32 24;\n" ::: "memory");
+		const int H = A.H, b = bh / H, h = bh % H;
+		if (tid < 32) { /* producer */
+			const int lane = tid;
+			if (lane == 0) {
+				wg_arrive_tx(ownb, 2 * WB);
+				af_load<DH, 2, 2>(base, &tk, h, 128 * n, b, 0, ownb);
+				af_load<DH, 2, 2>(base + WB, &tv, h, 128 * n, b, 0, ownb);
+			}
+			const float *lb = A.lse + (size_t)bh * T, *deb = A.delta + (size_t)bh * T;
+			for (int r = 0; r < ntile; r++) {
+				const int st = r % NS, t0 = 64 * (first + r);
+				const uint32_t f = full + 16 * st;
+				if (r >= NS) /* the consumers are done with the stage's last round */
+					wg_bar_wait(empty + 16 * st, ((r / NS) - 1) & 1);
+				if (lane == 0) { /* the copies first, then lse and delta */
+					asm volatile("mbarrier.expect_tx.relaxed.cta.shared::cta.b64 [%0], %1;\n" ::"r"(f),
+						     "r"(2 * TB)
+						     : "memory");
+					const uint32_t d = base + 2 * WB + st * 2 * TB;
+					af_load<DH, 1, 1>(d, &tq, h, t0, b, 0, f);
+					af_load<DH, 1, 1>(d + TB, &tdo, h, t0, b, 0, f);
+				}
+				float *L = Lsm + st * 128;
+#pragma unroll
+				for (int x = 0; x < 2; x++) {
+					int c = lane + 32 * x, t = t0 + c;
+					L[c] = t < T ? lb[t] * LOG2E : INFINITY;
+					L[64 + c] = t < T ? deb[t] : 0.f;
+				}
+				wg_arrive(f);
+			}
+		} else if (CVT && tid == 32 && n == 0) {
+			/* the last contributor's writer: the others' sum of each
+			 * tile into a dQ buffer (dqe: loaded; dqf: read) */
+			for (int r = 0; r < ntile; r++) {
+				const int i = r, qb = r % NQB;
+				const uint32_t dst = base + C::QOFF + qb * C::QTB, bar = dqe + 16 * qb;
+				if (r >= NQB) /* the consumers are done with the buffer's last round */
+					wg_bar_wait(dqf + 16 * qb, ((r / NQB) - 1) & 1);
+				if (i < 2) { /* no other contributor */
+					wg_arrive(bar);
+					continue;
+				}
+				const int *cnt = A.cnt + (size_t)bh * nq + i;
+				int c;
+				do
+					asm volatile("ld.acquire.gpu.global.b32 %0, [%1];\n" : "=r"(c) : "l"(cnt) : "memory");
+				while (c < i / 2);
+				asm volatile("fence.proxy.async.global;\n" ::: "memory");
+				wg_arrive_tx(bar, C::QTB);
+				asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, "
+					     "[%3];\n" ::"r"(dst),
+					     "l"(A.dqacc + ((size_t)bh * nq + i) * (64 * DH)), "n"(C::QTB), "r"(bar)
+					     : "memory");
+			}
+		} else if (tid == 32) { /* the dQ writer */
+			for (int r = 0; r < ntile; r++) {
+				const int i = first + r, qb = r % NQB;
+				float *gd = A.dqacc + ((size_t)bh * nq + i) * (64 * DH);
+				int *cnt = A.cnt + (size_t)bh * nq + i;
+				const uint32_t src = base + C::QOFF + qb * C::QTB;
+				wg_bar_wait(dqf + 16 * qb, (r / NQB) & 1);
+				if (A.ordered && i / 2 == n) {
+					asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;\n" ::"l"(gd),
+						     "r"(src), "n"(C::QTB)
+						     : "memory");
+				} else {
+					if (A.ordered) {
+						int c;
+						do
+							asm volatile("ld.acquire.gpu.global.b32 %0, [%1];\n"
+								     : "=r"(c)
+								     : "l"(cnt)
+								     : "memory");
+						while (c < i / 2 - n);
+						asm volatile("fence.proxy.async.global;\n" ::: "memory");
+					}
+					asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], "
+						     "%2;\n" ::"l"(gd),
+						     "r"(src), "n"(C::QTB)
+						     : "memory");
+				}
+				asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
+				asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
+				wg_arrive(dqe + 16 * qb);
+				if (A.ordered && n > 0) { /* n = 0 is the last: nobody waits for it */
+					asm volatile("fence.proxy.async.global;\n" ::: "memory");
+					asm volatile("red.release.gpu.global.add.s32 [%0], 1;\n" ::"l"(cnt) : "memory");
+				}
+			}
+		}
+		return;
+	}
+	asm volatile("setmaxnreg.inc.sync.aligned.u32 240;\n" ::: "memory");
+	afu_consume<DH, NS, NQB, CVT>(A, n, bh, base, Lsm, (float *)(gb + C::QOFF), full, empty, ownb, dqf, dqe);
+#endif
+}
+
+/* dq (bf16, row stride ldq) from dqacc (BH, nq, 64, DH); one thread a
+ * float4 */
+template <int DH>
+__global__ void attention_fa3f_dq_kernel(bf16 *dq, const float *acc, int ldq, int T, int H, int nq, size_t n4)
+{
+	size_t x = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+	if (x >= n4)
+		return;
+	size_t e = 4 * x, tile = e / (64 * DH);
+	int rem = (int)(e % (64 * DH)), row = rem / DH, col = rem % DH;
+	int bh = (int)(tile / nq), t = (int)(tile % nq) * 64 + row;
+	if (t >= T)
+		return;
+	float4 v = __ldcs((const float4 *)acc + x);
+	int b = bh / H, h = bh % H;
+	__nv_bfloat162 *o = (__nv_bfloat162 *)(dq + ((size_t)b * T + t) * ldq + h * DH + col);
+	o[0] = __floats2bfloat162_rn(v.x, v.y);
+	o[1] = __floats2bfloat162_rn(v.z, v.w);
+}
+
+template <int DH, int NS, int NQB, bool CVT>
+static int afu_launch(const CUtensorMap *m, const struct afu_args &A, bf16 *dq, int ldq, cudaStream_t s,
+		      struct moe_error *err)
+{
+	constexpr size_t SMEM = afu_cfg<DH, NS, NQB>::SMEM;
+	int rc;
+	if ((rc = CUDA_OK(cudaFuncSetAttribute(attention_bwd_fa3f_kernel<DH, NS, NQB, CVT>,
+					       cudaFuncAttributeMaxDynamicSharedMemorySize, (int)SMEM),
+			  err)) != 0)
+		return rc;
+	const size_t nacc = (size_t)A.BH * A.nq * 64 * DH;
+	if (!A.ordered && (rc = CUDA_OK(cudaMemsetAsync(A.dqacc, 0, nacc * sizeof(float), s), err)) != 0)
+		return rc;
+	attention_bwd_fa3f_kernel<DH, NS, NQB, CVT><<<A.BH * A.NK, AF_THREADS, SMEM, s>>>(m[0], m[1], m[2], m[3], A);
+	if ((rc = CUDA_LAUNCHED(err)) != 0 || CVT)
+		return rc;
+	const size_t n4 = nacc / 4;
+	attention_fa3f_dq_kernel<DH><<<moe_cdiv(n4, 256), 256, 0, s>>>(dq, A.dqacc, ldq, A.T, A.H, A.nq, n4);
+	return CUDA_LAUNCHED(err);
+}
+
+int moe_att_bwd_fa3f(bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const bf16 *q, const bf16 *k, const bf16 *v,
+		     const float *lse, const float *delta, float *dqacc, int *cnt, int kind, int ldq, int ldk, int ldv,
+		     int ldo, int B, int T, int H, int Dh, cudaStream_t s, struct moe_error *err)
+{
+	if ((Dh != 96 && Dh != 128) || !moe_cuda_grouped_wgmma_supported() || !wg_tmap_encoder() ||
+	    ((uintptr_t)q | (uintptr_t)k | (uintptr_t)v | (uintptr_t)dout | (uintptr_t)dqacc) % 16 ||
+	    (size_t)B * H * moe_cdiv(T, 128) > INT_MAX)
+		return 1;
+	CUtensorMap m[4];
+	if (!af_map(&m[0], q, ldq, B, T, H, Dh) || !af_map(&m[1], k, ldk, B, T, H, Dh) ||
+	    !af_map(&m[2], v, ldv, B, T, H, Dh) || !af_map(&m[3], dout, ldo, B, T, H, Dh))
+		return 1;
+	struct afu_args A = {dq,  dk,  dv,  dqacc, cnt, lse, delta, ldq, ldk, ldv, T, H, B * H, (int)moe_cdiv(T, 128),
+			     (int)moe_cdiv(T, 64), kind != 2, 1.f / sqrtf((float)Dh)};
+	/* kind 0: 2 stages, 2 dQ buffers; 1: 3 stages, 1 buffer; 2: as 0,
+	 * unordered; 3, 4: as 0, 1 with dq written by key block 0 (no
+	 * conversion kernel) */
+#define AFUL(DHV)                                                                             \
+	(kind == 1   ? afu_launch<DHV, 3, 1, false>(m, A, dq, ldq, s, err)                 \
+	 : kind == 3 ? afu_launch<DHV, 2, 2, true>(m, A, dq, ldq, s, err)                  \
+	 : kind == 4 ? afu_launch<DHV, 3, 1, true>(m, A, dq, ldq, s, err)                  \
+		     : afu_launch<DHV, 2, 2, false>(m, A, dq, ldq, s, err))
+	return Dh == 96 ? AFUL(96) : AFUL(128);
+#undef AFUL
+}
