@@ -48,13 +48,16 @@
  * n0.. and up rows I + n0.., so that gate and up column j land in the same
  * thread's fragment, and stores gu and h = silu(g) u; the input gradient
  * turns dh (never stored) into dgu and the recomputed h, with g, u loaded
- * in its epilogue (MOE_CUDA_TMA_FUSE_DG, GT_DG_*).  Both write through the
+ * in its epilogue or by the producer into ring stages behind the tile's
+ * operands (SW 2) (MOE_CUDA_TMA_FUSE_DG, GT_DG_*).  Both write through the
  * same 64 x 64 blocks and TMA stores, gu / dgu through a map of their gate
  * and up planes; their values are bit-identical to the unfused GEMM and
  * swiglu.cu's kernels.
  * Built for sm_90a only; the launchers fall back to grouped_wgmma.cu where
  * the tensor maps cannot be made (the driver entry point, unaligned
- * pointers) or the experts' tables do not fit in shared memory. */
+ * pointers) or the experts' tables do not fit in shared memory.
+ * The weight gradient stored by overwrite can also sum the squares of what
+ * each tile stores (the clip norm's, moe_cuda_grouped_tma_wgrad_ssq). */
 
 #include <stdlib.h>
 
@@ -93,8 +96,19 @@ struct gt_args {
  * seed-base on an H100 (session 5) the fused input gradient took 2.0 ms a
  * layer with 0, 1.26 with 2 (the default), against 0.26 + 0.34 for the
  * GEMM and swiglu.cu's backward apart: either way the epilogue's loads
- * queue behind the producer's next stages and stall both warpgroups. */
-enum { GT_DG_NOPF = 1, GT_DG_TMA = 2, GT_DG_DEFAULT = GT_DG_TMA };
+ * queue behind the producer's next stages and stall both warpgroups.
+ * GT_DG_STAGE (session 6): the producer loads the tile's g, u blocks into
+ * the ring itself, as MW * NB extra stages right after the tile's last
+ * k-slice (each 32 KiB: the gate and up blocks of one 64 x 64 block of
+ * both warpgroups, in A's place), so that they arrive in order behind the
+ * operands; each consumer warp reads its pairs into registers and gives
+ * the stage back before computing.  Cooperative 256 x 128 only (A's 32 KiB
+ * hold the four blocks); elsewhere it means GT_DG_TMA.  Slower (session 6,
+ * H100, same call: a seed-base step with the fused input gradient 188.67 /
+ * 188.98 ms with 6 against 177.57 with 2, the fused op 1.98 ms a layer):
+ * its four stages hold the whole ring until the epilogue has read them, so
+ * the next tile's operands cannot load during the epilogue. */
+enum { GT_DG_NOPF = 1, GT_DG_TMA = 2, GT_DG_STAGE = 4, GT_DG_DEFAULT = GT_DG_TMA };
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 
@@ -227,13 +241,20 @@ static __device__ __forceinline__ gt_tile gt_decode(int t, const gt_args &g, con
  * r0 + 8): per half (row r0, then r0 + 8) its g, u pairs read (one round
  * trip), dg and du written into both of the warpgroup's buffers, h kept;
  * then h through the first buffer again.  In the block the expert ends in
- * (not full), masked stores from the registers instead. */
-template <int NA>
+ * (not full), masked stores from the registers instead.  GT_DG_STAGE (gus:
+ * this warpgroup's gate block in a ring stage, its up block 8 KiB on; rel
+ * that stage's release barrier): the pairs from there into registers, the
+ * stage given back (one arrival per warp), then as with global loads. */
+template <int NA, bool STAGE = false>
 static __device__ __forceinline__ void gt_dgrad_swiglu(const float (&a)[NA], int qq, const gt_args &g,
 							const gt_tile &tl, int rb, int r0, int ncl, bool full, uint32_t se,
 							int cw, int &nst, bool lead, const CUtensorMap &tc,
-							const CUtensorMap &td, const CUtensorMap &te, uint32_t ebar, int &ne)
+							const CUtensorMap &td, const CUtensorMap &te, uint32_t ebar, int &ne,
+							uint32_t gus = 0, uint32_t rel = 0, int tot = 0)
 {
+	/* STAGE: the producer loaded this block unless its rows reach past
+	 * offsets[E] (tot), where the allocation may end: then global loads */
+	const bool inst = STAGE && tl.row0 + rb + 64 <= tot;
 	const int I = g.ncols, lane = threadIdx.x % 32, warp = (threadIdx.x % 128) / 32, cq = 2 * (lane % 4);
 	uint32_t ba = 0, bb = 0, hv[8][2];
 	if (full) {
@@ -241,7 +262,7 @@ static __device__ __forceinline__ void gt_dgrad_swiglu(const float (&a)[NA], int
 		bb = se + cw * 16384 + ((nst + 1) & 1) * 8192;
 		nst += 2;
 	}
-	if (full && (g.dgl & GT_DG_TMA)) {
+	if (!STAGE && full && (g.dgl & GT_DG_TMA)) {
 		/* g and u blocks into the two buffers; dg, du over them */
 		if (lead) {
 			wg_arrive_tx(ebar, 16384);
@@ -279,12 +300,22 @@ static __device__ __forceinline__ void gt_dgrad_swiglu(const float (&a)[NA], int
 		for (int jj = 0; jj < 8; jj++) {
 			const int col = qq * 64 + jj * 8 + cq;
 			gv[jj] = uv[jj] = 0;
-			if (i < tl.mi && col < ncl) {
+			if (inst) { /* the pairs of row r0 + 8 hh from the stage */
+				const int rr = warp * 16 + lane / 4 + 8 * hh;
+				const uint32_t o = rr * 128 + ((jj ^ (rr & 7)) << 4) + (lane % 4) * 4;
+				asm volatile("ld.shared.b32 %0, [%1];\n" : "=r"(gv[jj]) : "r"(gus + o) : "memory");
+				asm volatile("ld.shared.b32 %0, [%1];\n" : "=r"(uv[jj]) : "r"(gus + 8192 + o) : "memory");
+			} else if (i < tl.mi && col < ncl) {
 				const unsigned int *p =
 					(const unsigned int *)(g.gu + (size_t)(tl.row0 + i) * 2 * I + tl.n0 + col);
 				gv[jj] = __ldg(p);
 				uv[jj] = __ldg(p + I / 2);
 			}
+		}
+		if (STAGE && hh == 1) { /* all of the warp's pairs read: the stage goes back */
+			__syncwarp();
+			if (lane == 0)
+				wg_arrive(rel);
 		}
 #pragma unroll
 		for (int jj = 0; jj < 8; jj++) {
@@ -395,6 +426,13 @@ __global__ void __launch_bounds__(GT_THREADS, 1)
 	 * BM rows; cooperative, BM / 2 rows each of the same tile */
 	constexpr int MW = PP ? BM / 64 : BM / 128;
 	static_assert(MW >= 1 && MW * BN <= 256, "tile shape");
+	/* SW 2: the SwiGLU input gradient with GT_DG_STAGE (cooperative 256 x
+	 * 128 only; its own kernel: with both ways in one the consumers spill);
+	 * NGU: its g, u stages a tile */
+	constexpr bool STG = MODE == GT_DGRAD && SW == 2 && BM == 256 && BN == 128 && !PP;
+	static_assert(SW != 2 || STG, "GT_DG_STAGE: the cooperative 256 x 128 input gradient only");
+	constexpr int NGU = MW * (BN / 64);
+	constexpr bool stg = STG;
 	static_assert(!SW || MODE != GT_WGRAD, "SwiGLU: forward and input gradient only");
 	extern __shared__ unsigned char gt_smem[];
 	__shared__ __align__(8) uint64_t full[ST], empty[ST], order, ebar[2];
@@ -470,7 +508,7 @@ __global__ void __launch_bounds__(GT_THREADS, 1)
 			const gt_tile tl = gt_decode<MODE, BM, BN, SW>(t, g, s_start, s_off);
 			/* the tile's g, u for its epilogue, into L2 (not the last
 			 * tile, whose rows may reach past the allocation) */
-			if (MODE == GT_DGRAD && SW && lane == 0 && tl.row0 + BM <= tot && !(g.dgl & GT_DG_NOPF)) {
+			if (MODE == GT_DGRAD && SW && lane == 0 && tl.row0 + BM <= tot && !(g.dgl & GT_DG_NOPF) && !stg) {
 				if (g.dgl & GT_DG_TMA)
 					for (int q = 0; q < BM / 64 * (BN / 64) * 2; q++)
 						gt_prefetch3(&te, tl.n0 + q % (BN / 64) * 64, q / (BN / 64) % 2,
@@ -517,6 +555,28 @@ __global__ void __launch_bounds__(GT_THREADS, 1)
 				}
 				__syncwarp();
 			}
+			/* GT_DG_STAGE: the tile's g, u right behind its operands, stage j
+			 * = m NB + qq: the gate and up 64 x 64 blocks of rows
+			 * (cw MW + m) 64.. and columns qq 64.. of both warpgroups cw */
+			if (STG && stg)
+				for (int j = 0; j < NGU; j++, pos++) {
+					const int s = pos % ST, m = j / (BN / 64), qq = j % (BN / 64);
+					if (pos >= ST)
+						wg_bar_wait(wg_smem_u32(&empty[s]), ((pos / ST) - 1) & 1);
+					const uint32_t bar = wg_smem_u32(&full[s]);
+					/* not the blocks whose rows reach past offsets[E] (the
+					 * allocation may end there): the consumers load those */
+					const int r0 = tl.row0 + m * 64, r1 = tl.row0 + (MW + m) * 64;
+					if (lane == 0) {
+						wg_arrive_tx(bar, ((r0 + 64 <= tot) + (r1 + 64 <= tot)) * 16384);
+#pragma unroll
+						for (int q = 0; q < 4; q++)
+							if ((q >> 1 ? r1 : r0) + 64 <= tot)
+								gt_tma3(sa + s * ABYTES + q * 8192, &te, tl.n0 + qq * 64, q & 1,
+									q >> 1 ? r1 : r0, bar);
+					}
+					__syncwarp();
+				}
 		}
 		return;
 	}
@@ -589,6 +649,30 @@ __global__ void __launch_bounds__(GT_THREADS, 1)
 		if (tl.kt > 0 && lane == 0)
 			wg_arrive(wg_smem_u32(&empty[(pos0 + tl.kt - 1) % ST]));
 		pos0 += tl.kt;
+		if (STG && stg) {
+			/* GT_DG_STAGE: every g, u stage of the tile waited for and given
+			 * back by each consumer warp, its blocks or not */
+			const int ncl = g.ncols - tl.n0;
+#pragma unroll
+			for (int m = 0; m < MW; m++)
+#pragma unroll
+				for (int qq = 0; qq < BN / 64; qq++) {
+					const int gp = pos0 + m * (BN / 64) + qq, s = gp % ST, rb = (cw * MW + m) * 64;
+					const uint32_t rel = wg_smem_u32(&empty[s]);
+					wg_bar_wait(wg_smem_u32(&full[s]), (gp / ST) & 1);
+					if (tl.mi > rb && qq * 64 < ncl) {
+						gt_dgrad_swiglu<BN / 2, true>(acc[m], qq, g, tl, rb, rb + warp * 16 + lane / 4, ncl, tl.mi >= rb + 64,
+								se, cw, nst, lead, tc, td, te, wg_smem_u32(&ebar[cw]), ne,
+								sa + s * ABYTES + cw * 16384, rel, s_off[E]);
+					} else {
+						__syncwarp();
+						if (lane == 0)
+							wg_arrive(rel);
+					}
+				}
+			pos0 += NGU;
+			continue;
+		}
 		if (MODE == GT_WGRAD) {
 			/* 64 x 32 fp32 blocks through shared memory and the copy
 			 * engine, stored or added; W's rows and columns past Out, In
@@ -870,7 +954,9 @@ static int gt_launch(void *c, const bf16 *a, const bf16 *w, const int32_t *offse
 	/* MOE_CUDA_TMA_FUSE_DG (GT_DG_* bits, comparisons and tests), read at
 	 * each launch */
 	const char *dv = MODE == GT_DGRAD && SW ? getenv("MOE_CUDA_TMA_FUSE_DG") : NULL;
-	const int dgl = dv && *dv >= '0' && *dv <= '3' && !dv[1] ? *dv - '0' : GT_DG_DEFAULT;
+	int dgl = dv && *dv >= '0' && *dv <= '7' && !dv[1] ? *dv - '0' : GT_DG_DEFAULT;
+	if ((dgl & GT_DG_STAGE) && !(BM == 256 && BN == 128 && !PP)) /* the ring's A holds no 4 blocks */
+		dgl = (dgl & ~GT_DG_STAGE) | GT_DG_TMA;
 	const int K = MODE == GT_FWD ? In : Out, ncols = MODE == GT_FWD ? (SW ? Out / 2 : Out) : In;
 	const size_t smem = gt_cfg<BM, BN, ST>::SMEM + (size_t)2 * (E + 1) * sizeof(int);
 	if (smem > GT_SMEM_MAX || ((uintptr_t)a | (uintptr_t)w | (uintptr_t)c | (uintptr_t)h | (uintptr_t)gu) % 16 ||
@@ -907,7 +993,7 @@ static int gt_launch(void *c, const bf16 *a, const bf16 *w, const int32_t *offse
 			ok = ok && gt_map(&tc, c, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3, gdim, gstr, gbox) &&
 			     gt_map(&td, h, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, cdim, cstr, cbox);
 			if (MODE == GT_DGRAD) /* gu: loaded by blocks, or prefetched by tiles */
-				ok = ok && (dgl & GT_DG_TMA ? gt_map(&te, gu, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3, gdim, gstr, gbox)
+				ok = ok && (dgl & (GT_DG_TMA | GT_DG_STAGE) ? gt_map(&te, gu, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3, gdim, gstr, gbox)
 							    : gt_map(&te, gu, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3, gdim, gstr,
 								     ebox, CU_TENSOR_MAP_SWIZZLE_NONE));
 		} else {
@@ -931,6 +1017,21 @@ static int gt_launch(void *c, const bf16 *a, const bf16 *w, const int32_t *offse
 		grid = (unsigned)tiles;
 	static bool attr_set;
 	int rc;
+	if constexpr (MODE == GT_DGRAD && SW == 1 && BM == 256 && BN == 128 && !PP) {
+		if (dgl & GT_DG_STAGE) { /* the g, u blocks through the ring: its kernel */
+			static bool attr2;
+			if (!attr2) {
+				if ((rc = CUDA_OK(cudaFuncSetAttribute(gt_kernel<MODE, BM, BN, ST, PP, 2>,
+								       cudaFuncAttributeMaxDynamicSharedMemorySize,
+								       GT_SMEM_MAX),
+						  err)) != 0)
+					return rc;
+				attr2 = true;
+			}
+			gt_kernel<MODE, BM, BN, ST, PP, 2><<<grid, GT_THREADS, smem, s>>>(ta, tb, tc, td, te, g);
+			return CUDA_LAUNCHED(err);
+		}
+	}
 	if (!attr_set) {
 		if ((rc = CUDA_OK(cudaFuncSetAttribute(gt_kernel<MODE, BM, BN, ST, PP, SW>,
 						       cudaFuncAttributeMaxDynamicSharedMemorySize, GT_SMEM_MAX),

@@ -1966,14 +1966,14 @@ static void tma_swiglu_case(int E, int D, int I, const int *cnt, int extra)
 	bool have_dgu = false;
 	for (int cfg = 1; cfg <= 3; cfg++)
 		for (int grid = 0; grid <= 7; grid += grid ? 4 : 3)
-			for (int dg = 0; dg <= 2; dg += 2) {
+			for (int dg = 0; dg <= 6; dg += dg == 2 ? 4 : 2) {
 				char what[160];
 #define TS_WHAT(s)                                                                                              \
 	(snprintf(what, sizeof(what), "tma swiglu %s E=%d D=%d I=%d config %d grid %d dg %d", s, E, D, I, cfg, grid, \
 		  dg),                                                                                          \
 	 what)
 				moe_cuda_grouped_tma_config(cfg, grid);
-				setenv("MOE_CUDA_TMA_FUSE_DG", dg ? "2" : "0", 1);
+				setenv("MOE_CUDA_TMA_FUSE_DG", dg == 6 ? "6" : dg ? "2" : "0", 1);
 				for (int k = 0; k < 9; k++)
 					cudaMemset(outs[k], 0xff, outn[k] * 2 + 2);
 				LAUNCH_OK(moe_cuda_grouped_tma_up_fwd(ggu, gh, gx, gwgu, goff, M + extra, E, D, I, S, &gerr));
@@ -2030,8 +2030,9 @@ static void tma_swiglu_case(int E, int D, int I, const int *cnt, int extra)
 /* Empty experts (first and last too), one-row experts, row tails, gate
  * tiles ending inside their 64 columns (I = 40, 168, 72), reductions not a
  * multiple of 64, the seed-base widths imbalanced, many experts; the input
- * gradient's g, u from global memory (MOE_CUDA_TMA_FUSE_DG=0) and through
- * TMA loads (2). */
+ * gradient's g, u from global memory (MOE_CUDA_TMA_FUSE_DG=0), through
+ * TMA loads in the epilogue (2, the default) and through the producer's
+ * ring stages (6; configuration 3 only, 2 in the others). */
 Test(kernels, grouped_tma_swiglu, .timeout = 180)
 {
 	NEED_GPU();
