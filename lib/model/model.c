@@ -817,8 +817,6 @@ int moe_model_forward(struct moe_model *m, const int32_t *tokens, const int32_t 
 	if (defer && opts->capture) /* every layer kept its buffers: after all launches */
 		for (int l = c->n_dense_layers; l < L; l++)
 			capture_readback(m, &m->la[l], l - c->n_dense_layers, N, opts->capture);
-	if (m->Lm > 0 && (rc = stats_readback(m)) != 0)
-		return moe_error_set(err, rc, "out of memory");
 	void *xL = act_at(m, g->resid, (size_t)L * N * D);
 	bool last_only = opts->logits_mode == MOE_LOGITS_LAST && !targets && !opts->token_stats &&
 			 !opts->train;
@@ -884,6 +882,11 @@ int moe_model_forward(struct moe_model *m, const int32_t *tokens, const int32_t 
 	}
 	if ((rc = be->sync(be, err)) < 0)
 		return rc;
+	/* the routing statistics read back after the LM head, not before it:
+	 * nothing on the host needs them earlier, and a read-back there would
+	 * stall the device between the last layer and the head */
+	if (m->Lm > 0 && (rc = stats_readback(m)) != 0)
+		return moe_error_set(err, rc, "out of memory");
 	/* the deferred results are in place after the sync */
 	double ce_sum = 0.0, zsum = 0.0;
 	int64_t nv = targets ? targets_valid : 0; /* the rows xent counts */
