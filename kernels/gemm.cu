@@ -126,6 +126,8 @@ static int lt_plan_get(struct moe_cuda_blas *b, int M, int N, int K, int lda, in
 	struct lt_plan p = {};
 	p.M = M, p.N = N, p.K = K, p.lda = lda, p.ldb = ldb, p.ldc = ldc;
 	cublasOperation_t ta = CUBLAS_OP_T, tn = CUBLAS_OP_N;
+	/* split-K only with fp32 partial sums (not in the bf16 output) */
+	uint32_t fp32_red = CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE;
 	cublasLtMatmulPreference_t pref = NULL;
 	cublasLtMatmulHeuristicResult_t res = {};
 	int found = 0;
@@ -138,6 +140,8 @@ static int lt_plan_get(struct moe_cuda_blas *b, int M, int N, int K, int lda, in
 	    CUBLAS_OK(cublasLtMatmulPreferenceCreate(&pref), err) ||
 	    CUBLAS_OK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
 							   &b->ws_size, sizeof b->ws_size), err) ||
+	    CUBLAS_OK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, &fp32_red,
+							   sizeof fp32_red), err) ||
 	    CUBLAS_OK(cublasLtMatmulAlgoGetHeuristic(b->lt, p.op, p.a, p.b, p.c, p.c, pref, 1, &res, &found),
 		      err) ||
 	    (!found && moe_error_set(err, MOE_EUNSUPPORTED, "gemm_res: no cuBLASLt algorithm for %d x %d x %d",

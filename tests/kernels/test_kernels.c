@@ -1382,9 +1382,9 @@ Test(kernels, gemm)
 
 /* The residual GEMM (cuBLASLt, out = res + x w^T into a buffer other than
  * res) against the fp32 reference (relative 1e-2: bf16 output) and against
- * the copy-then-add-in-place cuBLAS path it replaces (every element within
- * one bf16 rounding of the other's value, 2^-8 relative + 1e-6); res
- * unchanged; a second call of a planned shape bit-identical. */
+ * the copy-then-add-in-place cuBLAS path it replaces (no less accurate;
+ * every element within one bf16 unit of it, see below); res unchanged; a
+ * second call of a planned shape bit-identical. */
 static void gemm_res_case(struct moe_cuda_blas *b, int N, int In, int Out)
 {
 	size_t no = (size_t)N * Out;
@@ -1402,10 +1402,22 @@ static void gemm_res_case(struct moe_cuda_blas *b, int N, int In, int Out)
 	char what[64];
 	snprintf(what, sizeof what, "gemm_res N %d In %d Out %d", N, In, Out);
 	CHECK_REL(o, ref, no, 1e-2, what);
+	/* no less accurate than the in-place path, and every element within
+	 * one bf16 unit (2^-7 relative) of it, plus a slack of 2^-14 of the
+	 * output's rms for elements that cancel to near zero, where a
+	 * different fp32 summation order alone moves the last bits (bf16
+	 * partial sums or a product rounded before the add would be ~2^-9 of
+	 * the terms: far beyond it) */
+	double eo = rel_err(o, ref, no), ec = rel_err(oc, ref, no), rms = 0;
+	for (size_t i = 0; i < no; i++)
+		rms += (double)ref[i] * ref[i];
+	rms = sqrt(rms / (double)no);
+	cr_log_info("%s: relative error %.4g, in-place path %.4g", what, eo, ec);
+	cr_expect(eo <= 1.25 * ec + 1e-7, "%s: relative error %.4g against the in-place path's %.4g", what, eo, ec);
 	size_t far = 0;
 	for (size_t i = 0; i < no; i++)
-		far += fabsf(o[i] - oc[i]) > fabsf(oc[i]) * (1.f / 256) + 1e-6f;
-	cr_expect_eq(far, 0, "%s: %zu elements beyond one bf16 rounding of the in-place path", what, far);
+		far += fabsf(o[i] - oc[i]) > fmaxf(fabsf(o[i]), fabsf(oc[i])) * (1.f / 128) + (float)rms * (1.f / 16384);
+	cr_expect_eq(far, 0, "%s: %zu elements beyond one bf16 unit of the in-place path", what, far);
 	cr_expect(memcmp(rr, r, no * 4) == 0, "%s: the residual was changed", what);
 	LAUNCH_OK(moe_cuda_gemm_res(b, N, Out, In, gx, In, gw, In, gr, gc, Out, &gerr));
 	float *o2 = down_bf(gc, no);
