@@ -3,7 +3,9 @@
 # at seq 4096 with the session-6 code (fa3 forward and the session-6
 # defaults): ours at micro-batch 2 and 3 (the largest that fits without
 # recompute), beside torch_ref --preset olmoe --modes best_c (B=2) in the
-# same call.  Writes $OUT/run_olmoe6.txt.
+# same call; first the residual GEMM's test (its criterion was mended after
+# the final H100 call) and the dh128 one-step comparison with and without
+# it.  Writes $OUT/run_olmoe6.txt.
 set -u
 . "$(dirname "$0")/common.sh"
 M=share/models/olmoe-1b-7b.json
@@ -14,6 +16,14 @@ ob() {
 	tail -1 /tmp/o.err
 }
 {
+echo "=== test_kernels gemm_res"
+LD_LIBRARY_PATH=$R/lib:$R/libtest timeout 60 $B/tests/kernels/test_kernels --verbose --filter 'kernels/gemm_res' 2>&1 |
+	grep -E "gemm_res|PASS|FAIL|Assert|Synthesis" | grep -v "Test is disabled"
+for s in - MOE_CUDA_RESGEMM=0; do
+	echo "--- test_backend dh128 ($s)"
+	env ${s#-} LD_LIBRARY_PATH=$R/lib:$R/libtest timeout 30 $B/tests/kernels/test_backend --verbose \
+		--filter 'backend/train_step_matches_cpu_dh128' 2>&1 | grep -E "top-k|cosine over|routed diff|  model|Synthesis"
+done
 ob 2 ""
 ob 3 ""
 echo "=== torch_ref --preset olmoe --modes best_c (B=2, T=4096)"
