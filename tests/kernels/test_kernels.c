@@ -1383,8 +1383,8 @@ Test(kernels, gemm)
 /* The residual GEMM (cuBLASLt, out = res + x w^T into a buffer other than
  * res) against the fp32 reference (relative 1e-2: bf16 output) and against
  * the copy-then-add-in-place cuBLAS path it replaces (no less accurate;
- * every element within one bf16 unit of it, see below); res unchanged; a
- * second call of a planned shape bit-identical. */
+ * every element correctly rounded, see below); res unchanged; a second call
+ * of a planned shape bit-identical. */
 static void gemm_res_case(struct moe_cuda_blas *b, int N, int In, int Out)
 {
 	size_t no = (size_t)N * Out;
@@ -1402,22 +1402,28 @@ static void gemm_res_case(struct moe_cuda_blas *b, int N, int In, int Out)
 	char what[64];
 	snprintf(what, sizeof what, "gemm_res N %d In %d Out %d", N, In, Out);
 	CHECK_REL(o, ref, no, 1e-2, what);
-	/* no less accurate than the in-place path, and every element within
-	 * one bf16 unit (2^-7 relative) of it, plus a slack of 2^-14 of the
-	 * output's rms for elements that cancel to near zero, where a
-	 * different fp32 summation order alone moves the last bits (bf16
-	 * partial sums or a product rounded before the add would be ~2^-9 of
-	 * the terms: far beyond it) */
+	/* no less accurate than the in-place path against the fp32 reference
+	 * (cuBLAS's in-place bf16 sum measured less accurate on the H100:
+	 * 0.0021-0.0023 against 0.00166 at the model's shapes), and every
+	 * element correctly rounded: within 2^-8 of the reference relative
+	 * (half a bf16 unit at worst) plus 2^-14 of the output's rms for the
+	 * last bits of an fp32 sum that cancels to near zero (a product or
+	 * partial sum rounded to bf16 before the add would be ~2^-9 of the
+	 * terms: far beyond it) */
 	double eo = rel_err(o, ref, no), ec = rel_err(oc, ref, no), rms = 0;
 	for (size_t i = 0; i < no; i++)
 		rms += (double)ref[i] * ref[i];
 	rms = sqrt(rms / (double)no);
 	cr_log_info("%s: relative error %.4g, in-place path %.4g", what, eo, ec);
 	cr_expect(eo <= 1.25 * ec + 1e-7, "%s: relative error %.4g against the in-place path's %.4g", what, eo, ec);
-	size_t far = 0;
-	for (size_t i = 0; i < no; i++)
-		far += fabsf(o[i] - oc[i]) > fmaxf(fabsf(o[i]), fabsf(oc[i])) * (1.f / 128) + (float)rms * (1.f / 16384);
-	cr_expect_eq(far, 0, "%s: %zu elements beyond one bf16 unit of the in-place path", what, far);
+	size_t far = 0, farc = 0;
+	for (size_t i = 0; i < no; i++) {
+		float tol = fabsf(ref[i]) * (1.f / 256) + (float)rms * (1.f / 16384);
+		far += fabsf(o[i] - ref[i]) > tol;
+		farc += fabsf(oc[i] - ref[i]) > tol;
+	}
+	cr_log_info("%s: elements not correctly rounded: %zu (in-place path %zu) of %zu", what, far, farc, no);
+	cr_expect_eq(far, 0, "%s: %zu elements not correctly rounded", what, far);
 	cr_expect(memcmp(rr, r, no * 4) == 0, "%s: the residual was changed", what);
 	LAUNCH_OK(moe_cuda_gemm_res(b, N, Out, In, gx, In, gw, In, gr, gc, Out, &gerr));
 	float *o2 = down_bf(gc, no);
