@@ -83,7 +83,7 @@ enum { EF_UP_FWD = 1, EF_DOWN_BWD = 2, EF_UP_WGRAD = 4, EF_ALL = 7 };
  * backward (grouped_tma.cu) */
 enum { TF_UP_FWD = 1, TF_DOWN_BWD = 2, TF_ALL = 3, TF_DEFAULT = 0 };
 /* scratch buffers, grown on demand */
-enum { S_GROUP, S_STATS, S_DELTA, S_INV, S_SUMSQ, S_LOSS, N_SCRATCH };
+enum { S_GROUP, S_STATS, S_DELTA, S_INV, S_SUMSQ, S_LOSS, S_DET, N_SCRATCH };
 
 struct prof_ent {
 	const char *name;
@@ -149,6 +149,7 @@ struct cuda_ctx {
 	int qk_split;       /* MOE_CUDA_QKNORM_ROPE=split: rmsnorm and rope as two kernels */
 	int qkv_split;      /* MOE_CUDA_QKV=split: no batched linears (linear_fwd_multi, _wgrad_multi) */
 	int res_copy;       /* MOE_CUDA_RESGEMM=0: residual linears as a copy and a GEMM adding in place */
+	int det;            /* MOE_CUDA_DETERMINISTIC=1: no fp32 atomics (norm weights, embedding) */
 	/* gradient regions the model cleared for this backward (model.h,
 	 * grad_cleared): ops add into them without clearing them first */
 	struct { const float *lo, *hi; } clr[N_CLEARED];
@@ -693,8 +694,12 @@ static void o_embedding_bwd(struct moe_backend *be, float *dwte, const void *dou
 			    int pad_id)
 {
 	struct cuda_ctx *c = CTX(be);
+	void *sc = c->det ? scratch(c, S_DET, moe_cuda_embedding_bwd_det_scratch(N)) : NULL;
 	PROF(c, "embedding_bwd");
-	RUN(c, moe_cuda_embedding_bwd(dwte, (const bf16_t *)dout, ids, N, D, pad_id, c->s, &c->err));
+	if (sc)
+		RUN(c, moe_cuda_embedding_bwd_det(dwte, (const bf16_t *)dout, ids, N, D, pad_id, sc, c->s, &c->err));
+	else if (!c->det)
+		RUN(c, moe_cuda_embedding_bwd(dwte, (const bf16_t *)dout, ids, N, D, pad_id, c->s, &c->err));
 	PROF_END(c);
 }
 
@@ -706,6 +711,15 @@ static void o_rmsnorm_fwd(struct moe_backend *be, void *out, float *rstd, const 
 	PROF(c, "rmsnorm");
 	RUN(c, moe_cuda_rmsnorm_fwd((bf16_t *)out, rstd, (const bf16_t *)x, wf, N, D, eps, c->s, &c->err));
 	PROF_END(c);
+}
+
+/* Under MOE_CUDA_DETERMINISTIC, the (blocks, D) buffer of a norm's weight
+ * gradient sums (added up in block order, not with atomics); else NULL. */
+static float *norm_part(struct cuda_ctx *c, int D, const float *dw)
+{
+	if (!c->det || !dw)
+		return NULL;
+	return (float *)scratch(c, S_DET, (size_t)MOE_CUDA_NORM_PART_BLOCKS * D * sizeof(float));
 }
 
 static void b_grad_cleared(struct moe_backend *be, float *dw, size_t n)
@@ -738,8 +752,9 @@ static void rmsnorm_bwd(struct moe_backend *be, void *dx, float *dw, const void 
 	const float *wf = master_of(c, w);
 	if (dw && be->grad_overwrite && grad_needs_clear(c, dw, (size_t)D)) /* the kernel adds its blocks' sums */
 		b_zero(be, dw, (size_t)D, MOE_BUF_F32);
+	float *part = norm_part(c, D, dw);
 	PROF(c, "rmsnorm_bwd");
-	RUN(c, (add ? moe_cuda_rmsnorm_bwd_add : moe_cuda_rmsnorm_bwd)((bf16_t *)dx, dw, (const bf16_t *)dout,
+	RUN(c, (add ? moe_cuda_rmsnorm_bwd_add : moe_cuda_rmsnorm_bwd)((bf16_t *)dx, dw, part, (const bf16_t *)dout,
 								       (const bf16_t *)x, wf, rstd, N, D, c->s,
 								       &c->err));
 	PROF_END(c);
@@ -968,8 +983,9 @@ static void o_qknorm_rope_bwd(struct moe_backend *be, void *dx, float *dw, const
 	rope_table(c, T, Dh, theta);
 	if (dw && be->grad_overwrite && grad_needs_clear(c, dw, (size_t)H * Dh)) /* the kernel adds its blocks' sums */
 		b_zero(be, dw, (size_t)H * Dh, MOE_BUF_F32);
+	float *part = norm_part(c, H * Dh, dw);
 	PROF(c, "qknorm_rope_bwd");
-	RUN(c, moe_cuda_qknorm_rope_bwd((bf16_t *)dx, dw, (const bf16_t *)dout, (const bf16_t *)x, wf, rstd, c->cosb,
+	RUN(c, moe_cuda_qknorm_rope_bwd((bf16_t *)dx, dw, part, (const bf16_t *)dout, (const bf16_t *)x, wf, rstd, c->cosb,
 					c->sinb, B, T, H, Dh, c->s, &c->err));
 	PROF_END(c);
 }
@@ -1758,6 +1774,8 @@ extern "C" struct moe_backend *moe_backend_cuda(struct moe_error *err)
 		c->qkv_split = kv && strcmp(kv, "split") == 0;
 		const char *nv = getenv("MOE_CUDA_NARROW");
 		c->narrow_ok = moe_cuda_grouped_wgmma_supported() && !(nv && strcmp(nv, "cublas") == 0);
+		const char *dtv = getenv("MOE_CUDA_DETERMINISTIC");
+		c->det = dtv && strcmp(dtv, "0") != 0;
 		const char *clv = getenv("MOE_CUDA_GRAD_CLEAR");
 		c->clr_off = clv && strcmp(clv, "0") == 0;
 		const char *rv = getenv("MOE_CUDA_RESGEMM");

@@ -122,14 +122,22 @@ static __device__ __forceinline__ float warp_max(float v)
 
 /* dw[i] += the sum of the n partial rows part[q * D + i] (shared memory,
  * written before a __syncthreads), by the block's threads: the norms'
- * weight gradients, one atomic a column a block. */
-static __device__ __forceinline__ void block_rows_sum_add(float *dw, const float *part, int n, int D)
+ * weight gradients, one atomic a column a block (their order, and so the
+ * last bits, vary from run to run).  own_row: stored instead into the
+ * block's own row dw + blockIdx.x * D of a (grid, D) buffer that
+ * moe_cuda_colsum_add then adds up in block order (deterministic). */
+static __device__ __forceinline__ void block_rows_sum_add(float *dw, const float *part, int n, int D,
+							  bool own_row = false)
 {
+	float *dst = own_row ? dw + (size_t)blockIdx.x * D : dw; /* own_row: no atomics */
 	for (int i = threadIdx.x; i < D; i += blockDim.x) {
 		float s = 0.f;
 		for (int q = 0; q < n; q++)
 			s += part[(size_t)q * D + i];
-		atomicAdd(dw + i, s);
+		if (own_row)
+			dst[i] = s;
+		else
+			atomicAdd(dst + i, s);
 	}
 }
 

@@ -1,5 +1,8 @@
 /* Token embedding: forward row gather (bf16), backward scatter-add into the
- * fp32 gradient (atomics: rows of repeated tokens meet). */
+ * fp32 gradient (atomics: rows of repeated tokens meet), or, bit-reproducible,
+ * through a stable sort of the tokens by id. */
+#include <cub/device/device_radix_sort.cuh>
+
 #include "cuda_common.h"
 #include "kernels.h"
 
@@ -45,5 +48,70 @@ extern "C" int moe_cuda_embedding_bwd(float *dwte, const bf16_t *dout, const int
 	if (N <= 0)
 		return 0;
 	embedding_bwd_kernel<<<N, 256, 0, s>>>(dwte, (const bf16 *)dout, ids, N, D, pad_id);
+	return CUDA_LAUNCHED(err);
+}
+
+/* The deterministic backward: keys (ids) and values (positions) sorted by
+ * a stable radix sort, so each id's positions come in increasing order. */
+__global__ void iota_kernel(int32_t *v, int N)
+{
+	int i = blockIdx.x * blockDim.x + threadIdx.x;
+	if (i < N)
+		v[i] = i;
+}
+
+/* One warp per sorted slot that starts an id's run: the run's rows summed
+ * in position order (fp32), then added to dwte[id] by that warp alone. */
+__global__ void embedding_bwd_runs_kernel(float *dwte, const bf16 *dout, const int32_t *key, const int32_t *pos,
+					  int N, int D, int pad_id)
+{
+	int i = (int)(((size_t)blockIdx.x * blockDim.x + threadIdx.x) / 32), lane = threadIdx.x % 32;
+	if (i >= N)
+		return;
+	int id = key[i];
+	if (id == pad_id || (i > 0 && key[i - 1] == id))
+		return;
+	int end = i + 1;
+	while (end < N && key[end] == id)
+		end++;
+	float *dst = dwte + (size_t)id * D;
+	for (int c = lane; c < D; c += 32) {
+		float a = 0.f;
+		for (int j = i; j < end; j++)
+			a += bf2f(dout[(size_t)pos[j] * D + c]);
+		dst[c] += a;
+	}
+}
+
+static size_t emb_sort_bytes(int N)
+{
+	size_t b = 0;
+	cub::DeviceRadixSort::SortPairs((void *)NULL, b, (const int32_t *)NULL, (int32_t *)NULL,
+					(const int32_t *)NULL, (int32_t *)NULL, N, 0, 24);
+	return b;
+}
+
+extern "C" size_t moe_cuda_embedding_bwd_det_scratch(int N)
+{
+	size_t n = N > 0 ? (size_t)N : 1;
+	return 3 * n * sizeof(int32_t) + 256 + emb_sort_bytes((int)n);
+}
+
+extern "C" int moe_cuda_embedding_bwd_det(float *dwte, const bf16_t *dout, const int32_t *ids, int N, int D,
+					  int pad_id, void *scratch, cudaStream_t s, struct moe_error *err)
+{
+	if (N <= 0)
+		return 0;
+	int32_t *iota = (int32_t *)scratch, *key = iota + N, *pos = key + N;
+	void *tmp = (void *)(((uintptr_t)(pos + N) + 255) & ~(uintptr_t)255);
+	size_t tb = emb_sort_bytes(N);
+	iota_kernel<<<moe_cdiv(N, 256), 256, 0, s>>>(iota, N);
+	int rc;
+	if ((rc = CUDA_LAUNCHED(err)) != 0)
+		return rc;
+	if ((rc = CUDA_OK(cub::DeviceRadixSort::SortPairs(tmp, tb, ids, key, iota, pos, N, 0, 24, s), err)) != 0)
+		return rc;
+	embedding_bwd_runs_kernel<<<moe_cdiv((size_t)N * 32, 256), 256, 0, s>>>(dwte, (const bf16 *)dout, key, pos,
+										 N, D, pad_id);
 	return CUDA_LAUNCHED(err);
 }

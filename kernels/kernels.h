@@ -33,6 +33,13 @@ int moe_cuda_embedding_fwd(bf16_t *out /* (N, D) */, const int32_t *ids /* (N) *
 int moe_cuda_embedding_bwd(float *dwte /* (V, D) */, const bf16_t *dout /* (N, D) */,
 			   const int32_t *ids, int N, int D, int pad_id, cudaStream_t s,
 			   struct moe_error *err);
+/* The same without atomics, bit-reproducible: the (id, position) pairs
+ * sorted by id (stable radix sort), then one warp a distinct id adds its
+ * rows in position order; scratch of moe_cuda_embedding_bwd_det_scratch(N)
+ * bytes (ids below 2^24). */
+size_t moe_cuda_embedding_bwd_det_scratch(int N);
+int moe_cuda_embedding_bwd_det(float *dwte, const bf16_t *dout, const int32_t *ids, int N, int D, int pad_id,
+			       void *scratch, cudaStream_t s, struct moe_error *err);
 
 /* The memory-bound kernels of rmsnorm.cu, qknorm_rope.cu, permute.cu and
  * xent.cu: on != 0 selects their previous versions (same results within the
@@ -40,17 +47,25 @@ int moe_cuda_embedding_bwd(float *dwte /* (V, D) */, const bf16_t *dout /* (N, D
  * MOE_CUDA_MEMK=legacy in the environment sets it from the start). */
 void moe_cuda_memk_legacy(int on);
 
-/* rmsnorm.cu: fp32 statistics and weights; dx overwritten, dw (may be NULL) +=. */
+/* rmsnorm.cu: fp32 statistics and weights; dx overwritten, dw (may be NULL) +=.
+ * The blocks' dw sums are added with fp32 atomics (last bits vary from run
+ * to run) unless part is given: then each block stores its row of a
+ * (blocks, D) buffer of MOE_CUDA_NORM_PART_BLOCKS * D floats, and
+ * moe_cuda_colsum_add adds them into dw in block order (bit-reproducible;
+ * one more launch). */
+#define MOE_CUDA_NORM_PART_BLOCKS 2048
 int moe_cuda_rmsnorm_fwd(bf16_t *out /* (N, D) */, float *rstd /* (N) */, const bf16_t *x,
 			 const float *w /* (D) */, int N, int D, float eps, cudaStream_t s,
 			 struct moe_error *err);
-int moe_cuda_rmsnorm_bwd(bf16_t *dx /* (N, D) */, float *dw /* (D) */, const bf16_t *dout,
-			 const bf16_t *x, const float *w, const float *rstd, int N, int D,
+int moe_cuda_rmsnorm_bwd(bf16_t *dx /* (N, D) */, float *dw /* (D) */, float *part /* or NULL */,
+			 const bf16_t *dout, const bf16_t *x, const float *w, const float *rstd, int N, int D,
 			 cudaStream_t s, struct moe_error *err);
 /* the same with dx += the input gradient (fp32 sum, one rounding) */
-int moe_cuda_rmsnorm_bwd_add(bf16_t *dx /* (N, D) */, float *dw /* (D) */, const bf16_t *dout,
-			     const bf16_t *x, const float *w, const float *rstd, int N, int D,
+int moe_cuda_rmsnorm_bwd_add(bf16_t *dx /* (N, D) */, float *dw /* (D) */, float *part /* or NULL */,
+			     const bf16_t *dout, const bf16_t *x, const float *w, const float *rstd, int N, int D,
 			     cudaStream_t s, struct moe_error *err);
+/* dw[i] += sum of part[b * D + i] over b < nb, in order of b */
+int moe_cuda_colsum_add(float *dw, const float *part, int nb, int D, cudaStream_t s, struct moe_error *err);
 
 /* qknorm_rope.cu: RMSNorm over rows of H heads of Dh (fp32 weights and rstd),
  * then rotate-half RoPE with the rope.cu table, in one pass; the backward
@@ -60,9 +75,10 @@ bool moe_cuda_qknorm_rope_supported(int H, int Dh);
 int moe_cuda_qknorm_rope_fwd(bf16_t *out, float *rstd, const bf16_t *x, const float *w, const float *cosb,
 			     const float *sinb, int B, int T, int H, int Dh, float eps, cudaStream_t s,
 			     struct moe_error *err);
-int moe_cuda_qknorm_rope_bwd(bf16_t *dx, float *dw, const bf16_t *dout, const bf16_t *x, const float *w,
-			     const float *rstd, const float *cosb, const float *sinb, int B, int T, int H, int Dh,
-			     cudaStream_t s, struct moe_error *err);
+/* part: as rmsnorm's (NULL: atomics) */
+int moe_cuda_qknorm_rope_bwd(bf16_t *dx, float *dw, float *part, const bf16_t *dout, const bf16_t *x,
+			     const float *w, const float *rstd, const float *cosb, const float *sinb, int B, int T,
+			     int H, int Dh, cudaStream_t s, struct moe_error *err);
 
 /* rope.cu: rotate-half RoPE in place on (B, T, H, Dh); cos/sin table (T, Dh/2)
  * from moe_cuda_rope_table (host, double precision).  inverse: the backward. */

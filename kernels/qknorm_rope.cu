@@ -100,7 +100,7 @@ qknorm_rope_fwd_kernel(bf16 *out, float *rstd, const bf16 *x, const float *w, co
 template <int NC>
 __global__ void __launch_bounds__(QR_WARPS * 32)
 qknorm_rope_bwd_kernel(bf16 *dx, float *dw, const bf16 *dout, const bf16 *x, const float *w, const float *rstd,
-		       const float *cosb, const float *sinb, int N, int T, int Dh, int D)
+		       const float *cosb, const float *sinb, int N, int T, int Dh, int D, int dwb)
 {
 	extern __shared__ __align__(16) float sy[]; /* (warps, D): the row, then dw partials */
 	int lane = threadIdx.x % 32, wi = threadIdx.x / 32;
@@ -163,7 +163,7 @@ qknorm_rope_bwd_kernel(bf16 *dx, float *dw, const bf16 *dout, const bf16 *x, con
 			st8s(y + i, acc[c]);
 	}
 	__syncthreads();
-	block_rows_sum_add(dw, sy, QR_WARPS, D);
+	block_rows_sum_add(dw, sy, QR_WARPS, D, dwb);
 }
 
 
@@ -285,7 +285,8 @@ qknorm_rope_pair_fwd_kernel(bf16 *out, float *rstd, const bf16 *x, const float *
 template <int L, int NP>
 __global__ void __launch_bounds__(QP_THREADS)
 qknorm_rope_pair_bwd_kernel(bf16 *dx, float *dw, const bf16 *dout, const bf16 *x, const float *w,
-			    const float *rstd, const float *cosb, const float *sinb, int N, int T, int Dh, int D)
+			    const float *rstd, const float *cosb, const float *sinb, int N, int T, int Dh, int D,
+			    int dwb)
 {
 	extern __shared__ __align__(16) float sw[];
 	const int lane = threadIdx.x % 32, gl = lane % L, half = Dh / 2;
@@ -371,7 +372,7 @@ qknorm_rope_pair_bwd_kernel(bf16 *dx, float *dw, const bf16 *dout, const bf16 *x
 	if (!dw)
 		return;
 	__syncthreads();
-	block_rows_sum_add(dw, sw + D, groups, D);
+	block_rows_sum_add(dw, sw + D, groups, D, dwb);
 }
 
 extern "C" bool moe_cuda_qknorm_rope_supported(int H, int Dh)
@@ -450,32 +451,29 @@ extern "C" int moe_cuda_qknorm_rope_fwd(bf16_t *out, float *rstd, const bf16_t *
 	return CUDA_LAUNCHED(err);
 }
 
-extern "C" int moe_cuda_qknorm_rope_bwd(bf16_t *dx, float *dw, const bf16_t *dout, const bf16_t *x, const float *w,
-					const float *rstd, const float *cosb, const float *sinb, int B, int T, int H,
-					int Dh, cudaStream_t s, struct moe_error *err)
+extern "C" int moe_cuda_qknorm_rope_bwd(bf16_t *dx, float *dw, float *part, const bf16_t *dout, const bf16_t *x,
+					const float *w, const float *rstd, const float *cosb, const float *sinb, int B,
+					int T, int H, int Dh, cudaStream_t s, struct moe_error *err)
 {
 	int N = B * T, D = H * Dh, rc;
 	if ((rc = qr_check(H, Dh, err)) != 0 || N <= 0)
 		return rc;
+	/* part: the blocks' dw rows, added up in block order afterwards */
+	float *kdw = part && dw ? part : dw;
+	int dwb = part && dw;
+	unsigned nb;
 	if (!moe_memk_legacy_on) {
-#define QP_BWD(L, NP)                                                                                          \
-	{                                                                                                      \
-		size_t sm = (size_t)(1 + QP_THREADS / L) * D * sizeof(float);                                  \
-		unsigned nb = balanced_blocks(N, QP_THREADS / L,                                               \
-					      resident_blocks(qknorm_rope_pair_bwd_kernel<L, NP>, QP_THREADS, sm)); \
-		qknorm_rope_pair_bwd_kernel<L, NP><<<nb, QP_THREADS, sm, s>>>(                                 \
-			(bf16 *)dx, dw, (const bf16 *)dout, (const bf16 *)x, w, rstd, cosb, sinb, N, T, Dh, D);    \
-	}
+#define QP_BWD(L, NP)                                                                                          	{                                                                                                      		size_t sm = (size_t)(1 + QP_THREADS / L) * D * sizeof(float);                                  		nb = balanced_blocks(N, QP_THREADS / L,                                                        				     resident_blocks(qknorm_rope_pair_bwd_kernel<L, NP>, QP_THREADS, sm));     		nb = dwb && nb > MOE_CUDA_NORM_PART_BLOCKS ? MOE_CUDA_NORM_PART_BLOCKS : nb;                  		qknorm_rope_pair_bwd_kernel<L, NP><<<nb, QP_THREADS, sm, s>>>(                                 			(bf16 *)dx, kdw, (const bf16 *)dout, (const bf16 *)x, w, rstd, cosb, sinb, N, T, Dh, D,    			dwb);                                                                                  	}
 		QP_SWITCH(D, QP_BWD);
 #undef QP_BWD
-		return CUDA_LAUNCHED(err);
-	}
-	unsigned nb = qr_blocks(N);
-	size_t sm = (size_t)QR_WARPS * D * sizeof(float);
-#define QR_BWD(NC)                                                                                              \
-	qknorm_rope_bwd_kernel<NC><<<nb, QR_WARPS * 32, sm, s>>>((bf16 *)dx, dw, (const bf16 *)dout, (const bf16 *)x, \
-								 w, rstd, cosb, sinb, N, T, Dh, D)
-	QR_SWITCH((D + 255) / 256, QR_BWD)
+	} else {
+		nb = qr_blocks(N);
+		size_t sm = (size_t)QR_WARPS * D * sizeof(float);
+#define QR_BWD(NC)                                                                                              	qknorm_rope_bwd_kernel<NC><<<nb, QR_WARPS * 32, sm, s>>>((bf16 *)dx, kdw, (const bf16 *)dout, (const bf16 *)x, 								 w, rstd, cosb, sinb, N, T, Dh, D, dwb)
+		QR_SWITCH((D + 255) / 256, QR_BWD)
 #undef QR_BWD
-	return CUDA_LAUNCHED(err);
+	}
+	if ((rc = CUDA_LAUNCHED(err)) != 0 || !dwb)
+		return rc;
+	return moe_cuda_colsum_add(dw, part, (int)nb, D, s, err);
 }

@@ -115,7 +115,7 @@ static __device__ __forceinline__ void rn_load3(uint4 (*v)[NC], const bf16 *x, c
 template <int NC, bool ADD>
 __global__ void __launch_bounds__(RN_THREADS)
 rmsnorm_rows_bwd_kernel(bf16 *dx, float *dw, const bf16 *dout, const bf16 *x, const float *w, const float *rstd,
-			int N, int D)
+			int N, int D, int dwb)
 {
 	extern __shared__ __align__(16) float sw[];
 	for (int i = threadIdx.x; i < D; i += blockDim.x)
@@ -187,7 +187,7 @@ rmsnorm_rows_bwd_kernel(bf16 *dx, float *dw, const bf16 *dout, const bf16 *x, co
 				my[i + j] = acc[c][j];
 	}
 	__syncthreads();
-	block_rows_sum_add(dw, sw + D, warps, D);
+	block_rows_sum_add(dw, sw + D, warps, D, dwb);
 }
 
 /* One warp per row; 16-byte accesses (D % 8 == 0). */
@@ -223,7 +223,7 @@ __global__ void rmsnorm_fwd_kernel(bf16 *out, float *rstd, const bf16 *x, const 
 /* ADD: dx += the input gradient (one rounding of the fp32 sum) */
 template <bool ADD>
 __global__ void rmsnorm_bwd_kernel(bf16 *dx, float *dw, const bf16 *dout, const bf16 *x, const float *w,
-				   const float *rstd, int N, int D)
+				   const float *rstd, int N, int D, int dwb)
 {
 	extern __shared__ float sdw[]; /* (warps, D) */
 	int warps = blockDim.x / 32, lane = threadIdx.x % 32, wi = threadIdx.x / 32;
@@ -263,7 +263,7 @@ __global__ void rmsnorm_bwd_kernel(bf16 *dx, float *dw, const bf16 *dout, const 
 	__syncthreads();
 	if (!dw)
 		return;
-	block_rows_sum_add(dw, sdw, warps, D);
+	block_rows_sum_add(dw, sdw, warps, D, dwb);
 }
 
 /* The same for D <= 256 * NC: every lane of a warp always touches columns
@@ -272,7 +272,7 @@ __global__ void rmsnorm_bwd_kernel(bf16 *dx, float *dw, const bf16 *dout, const 
 template <int NC, bool ADD>
 __global__ void __launch_bounds__(256) rmsnorm_bwd_reg_kernel(bf16 *dx, float *dw, const bf16 *dout,
 							      const bf16 *x, const float *w,
-							      const float *rstd, int N, int D)
+							      const float *rstd, int N, int D, int dwb)
 {
 	extern __shared__ float sdw[]; /* (warps, D) */
 	int warps = blockDim.x / 32, lane = threadIdx.x % 32, wi = threadIdx.x / 32;
@@ -340,7 +340,7 @@ __global__ void __launch_bounds__(256) rmsnorm_bwd_reg_kernel(bf16 *dx, float *d
 				my[i + j] = acc[c][j];
 	}
 	__syncthreads();
-	block_rows_sum_add(dw, sdw, warps, D);
+	block_rows_sum_add(dw, sdw, warps, D, dwb);
 }
 
 static int check_d(int D, struct moe_error *err)
@@ -377,22 +377,20 @@ extern "C" int moe_cuda_rmsnorm_fwd(bf16_t *out, float *rstd, const bf16_t *x, c
 }
 
 template <bool ADD>
-static int rmsnorm_bwd(bf16_t *dx, float *dw, const bf16_t *dout, const bf16_t *x, const float *w, const float *rstd,
-		       int N, int D, cudaStream_t s, struct moe_error *err)
+static int rmsnorm_bwd(bf16_t *dx, float *dw, float *part, const bf16_t *dout, const bf16_t *x, const float *w,
+		       const float *rstd, int N, int D, cudaStream_t s, struct moe_error *err)
 {
 	int rc;
 	if ((rc = check_d(D, err)) != 0 || N <= 0)
 		return rc;
+	/* part: the blocks' dw rows, added up in block order afterwards */
+	float *kdw = part && dw ? part : dw;
+	int dwb = part && dw;
+	unsigned nb;
 	int nc = (D + 255) / 256;
 	if (!moe_memk_legacy_on && nc <= 4) {
 		size_t sm = (size_t)(1 + RN_THREADS / 32) * D * sizeof(float);
-#define RB(NC)                                                                                                 \
-	{                                                                                                      \
-		unsigned nb = balanced_blocks(N, RN_THREADS / 32,                                              \
-					      resident_blocks(rmsnorm_rows_bwd_kernel<NC, ADD>, RN_THREADS, sm)); \
-		rmsnorm_rows_bwd_kernel<NC, ADD><<<nb, RN_THREADS, sm, s>>>(                                   \
-			(bf16 *)dx, dw, (const bf16 *)dout, (const bf16 *)x, w, rstd, N, D);                   \
-	}
+#define RB(NC)                                                                                                 	{                                                                                                      		nb = balanced_blocks(N, RN_THREADS / 32,                                                       				     resident_blocks(rmsnorm_rows_bwd_kernel<NC, ADD>, RN_THREADS, sm));       		nb = dwb && nb > MOE_CUDA_NORM_PART_BLOCKS ? MOE_CUDA_NORM_PART_BLOCKS : nb;                  		rmsnorm_rows_bwd_kernel<NC, ADD><<<nb, RN_THREADS, sm, s>>>(                                   			(bf16 *)dx, kdw, (const bf16 *)dout, (const bf16 *)x, w, rstd, N, D, dwb);             	}
 		if (nc == 1)
 			RB(1)
 		else if (nc == 2)
@@ -402,15 +400,12 @@ static int rmsnorm_bwd(bf16_t *dx, float *dw, const bf16_t *dout, const bf16_t *
 		else
 			RB(4)
 #undef RB
-		return CUDA_LAUNCHED(err);
-	}
-	if (nc <= 4) {
+	} else if (nc <= 4) {
 		size_t sm = (size_t)8 * D * sizeof(float);
-		unsigned nb = moe_cdiv(N, 8 * 4);
+		nb = moe_cdiv(N, 8 * 4);
 		if (nb > 132 * 3)
 			nb = 132 * 3;
-#define REG(NC) rmsnorm_bwd_reg_kernel<NC, ADD><<<nb, 256, sm, s>>>((bf16 *)dx, dw, (const bf16 *)dout, \
-							      (const bf16 *)x, w, rstd, N, D)
+#define REG(NC) rmsnorm_bwd_reg_kernel<NC, ADD><<<nb, 256, sm, s>>>((bf16 *)dx, kdw, (const bf16 *)dout, 							      (const bf16 *)x, w, rstd, N, D, dwb)
 		if (nc == 1)
 			REG(1);
 		else if (nc == 2)
@@ -420,30 +415,62 @@ static int rmsnorm_bwd(bf16_t *dx, float *dw, const bf16_t *dout, const bf16_t *
 		else
 			REG(4);
 #undef REG
-		return CUDA_LAUNCHED(err);
+	} else {
+		int warps = D > 1536 ? 2 : 8;
+		size_t smem = (size_t)warps * D * sizeof(float);
+		if (smem > 48 * 1024)
+			return moe_error_set(err, MOE_EUNSUPPORTED, "rmsnorm_bwd: width %d too large", D);
+		nb = moe_cdiv(N, warps * 8);
+		if (nb > 264)
+			nb = 264;
+		rmsnorm_bwd_kernel<ADD><<<nb, warps * 32, smem, s>>>((bf16 *)dx, kdw, (const bf16 *)dout,
+								     (const bf16 *)x, w, rstd, N, D, dwb);
 	}
-	int warps = D > 1536 ? 2 : 8;
-	size_t smem = (size_t)warps * D * sizeof(float);
-	if (smem > 48 * 1024)
-		return moe_error_set(err, MOE_EUNSUPPORTED, "rmsnorm_bwd: width %d too large", D);
-	unsigned blocks = moe_cdiv(N, warps * 8);
-	if (blocks > 264)
-		blocks = 264;
-	rmsnorm_bwd_kernel<ADD><<<blocks, warps * 32, smem, s>>>((bf16 *)dx, dw, (const bf16 *)dout,
-								 (const bf16 *)x, w, rstd, N, D);
-	return CUDA_LAUNCHED(err);
+	if ((rc = CUDA_LAUNCHED(err)) != 0 || !dwb)
+		return rc;
+	return moe_cuda_colsum_add(dw, part, (int)nb, D, s, err);
 }
 
-extern "C" int moe_cuda_rmsnorm_bwd(bf16_t *dx, float *dw, const bf16_t *dout, const bf16_t *x,
+extern "C" int moe_cuda_rmsnorm_bwd(bf16_t *dx, float *dw, float *part, const bf16_t *dout, const bf16_t *x,
 				    const float *w, const float *rstd, int N, int D, cudaStream_t s,
 				    struct moe_error *err)
 {
-	return rmsnorm_bwd<false>(dx, dw, dout, x, w, rstd, N, D, s, err);
+	return rmsnorm_bwd<false>(dx, dw, part, dout, x, w, rstd, N, D, s, err);
 }
 
-extern "C" int moe_cuda_rmsnorm_bwd_add(bf16_t *dx, float *dw, const bf16_t *dout, const bf16_t *x,
+extern "C" int moe_cuda_rmsnorm_bwd_add(bf16_t *dx, float *dw, float *part, const bf16_t *dout, const bf16_t *x,
 					const float *w, const float *rstd, int N, int D, cudaStream_t s,
 					struct moe_error *err)
 {
-	return rmsnorm_bwd<true>(dx, dw, dout, x, w, rstd, N, D, s, err);
+	return rmsnorm_bwd<true>(dx, dw, part, dout, x, w, rstd, N, D, s, err);
+}
+
+/* dw[i] += sum over rows b < nb of part[b * D + i], in row order: 32
+ * columns a block, 32 row groups (rows g, g + 32, ...) whose sums are then
+ * added in group order. */
+__global__ void __launch_bounds__(1024) colsum_add_kernel(float *dw, const float *part, int nb, int D)
+{
+	__shared__ float sg[32][33];
+	int col = blockIdx.x * 32 + threadIdx.x, g = threadIdx.y;
+	float a = 0.f;
+	if (col < D)
+		for (int b = g; b < nb; b += 32)
+			a += part[(size_t)b * D + col];
+	sg[g][threadIdx.x] = a;
+	__syncthreads();
+	if (g == 0 && col < D) {
+		float t = 0.f;
+		for (int q = 0; q < 32; q++)
+			t += sg[q][threadIdx.x];
+		dw[col] += t;
+	}
+}
+
+extern "C" int moe_cuda_colsum_add(float *dw, const float *part, int nb, int D, cudaStream_t s,
+				   struct moe_error *err)
+{
+	if (nb <= 0 || D <= 0)
+		return 0;
+	colsum_add_kernel<<<moe_cdiv(D, 32), dim3(32, 32), 0, s>>>(dw, part, nb, D);
+	return CUDA_LAUNCHED(err);
 }

@@ -283,7 +283,7 @@ static void f_memk_rms(void *p)
 static void f_memk_rms_bwd(void *p)
 {
 	struct memk *m = p;
-	CK(moe_cuda_rmsnorm_bwd_add(m->dx, m->dw, m->dout, m->x, m->w, m->rstd, m->N, m->D, 0, &err));
+	CK(moe_cuda_rmsnorm_bwd_add(m->dx, m->dw, NULL, m->dout, m->x, m->w, m->rstd, m->N, m->D, 0, &err));
 }
 static void f_memk_qr(void *p)
 {
@@ -294,7 +294,7 @@ static void f_memk_qr(void *p)
 static void f_memk_qr_bwd(void *p)
 {
 	struct memk *m = p;
-	CK(moe_cuda_qknorm_rope_bwd(m->dx, m->dw, m->dout, m->x, m->w, m->rstd, m->cosb, m->sinb, m->N / m->T, m->T,
+	CK(moe_cuda_qknorm_rope_bwd(m->dx, m->dw, NULL, m->dout, m->x, m->w, m->rstd, m->cosb, m->sinb, m->N / m->T, m->T,
 				    m->H, m->Dh, 0, &err));
 }
 static void f_memk_comb(void *p)

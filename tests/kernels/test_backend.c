@@ -565,19 +565,25 @@ Test(backend, narrow_linears_match_cublas, .timeout = 60)
 
 /* Training is repeatable on the device: four training steps (forward,
  * backward, two-group clipping, AdamW at lr 1e-2, the balancing-bias
- * update) from the same weights on new tokens each step, run twice.  Only
- * the order of the norm weights' atomic gradient sums may differ between
- * runs; a step that read a layer's weights before their update would be off
- * by about lr.  Losses within 1e-4 relative, every parameter within 1e-3 lr
- * and every AdamW moment within 1e-3 of its largest, and the parameters
- * moved (so the steps ran).  (Session 4's optimizer stream failed this
- * test 3 times in 12 in session 5, where two one-stream runs never did; it
- * was removed.) */
+ * update) from the same weights on new tokens each step, run twice.
+ * With MOE_CUDA_DETERMINISTIC=1 (the norm weights' and the embedding's
+ * gradients summed in a fixed order instead of with fp32 atomics) the two
+ * runs must agree bit for bit: losses, every parameter, every AdamW moment;
+ * and the parameters moved (so the steps ran).  The default mode is run
+ * twice too and its largest difference reported, not asserted: the
+ * atomics' order changes last bits, and a last bit can flip a near-tied
+ * top-k choice in a later step, after which the runs part visibly (on the
+ * H100 in session 6: parameters 2.6e-4 apart after four steps in about half
+ * of the runs).  (Session 4's optimizer stream failed the earlier,
+ * tolerance-based form of this test 3 times in 12; it was removed.) */
 static void train_steps(const struct moe_config *cfg, const float *p, const int32_t *x, const int32_t *y, int B,
-			int T, int steps, double *loss, float *params, float *mom)
+			int T, int steps, bool det, double *loss, float *params, float *mom)
 {
 	struct moe_error err = {0};
+	if (det)
+		setenv("MOE_CUDA_DETERMINISTIC", "1", 1);
 	struct moe_model *mg = gpu_model(cfg, p, moe_cuda_grouped_wgmma_supported() ? "tma" : "kernel");
+	unsetenv("MOE_CUDA_DETERMINISTIC");
 	struct moe_backend *gb = moe_model_backend(mg);
 	struct moe_optim o;
 	struct moe_optim_opts oo = {.beta1 = 0.9, .beta2 = 0.95, .eps = 1e-8, .weight_decay = 0.1,
@@ -620,24 +626,34 @@ Test(backend, training_steps_repeatable, .timeout = 120)
 	random_tokens(x, y, S * N, &cfg, 0);
 	float *p0 = malloc(np * 4), *p1 = malloc(np * 4), *m0 = malloc(np * 4), *m1 = malloc(np * 4);
 	double l0[S], l1[S];
-	train_steps(&cfg, p, x, y, B, T, S, l0, p0, m0);
-	train_steps(&cfg, p, x, y, B, T, S, l1, p1, m1);
+	/* deterministic mode: bit for bit */
+	train_steps(&cfg, p, x, y, B, T, S, true, l0, p0, m0);
+	train_steps(&cfg, p, x, y, B, T, S, true, l1, p1, m1);
 	for (int s = 0; s < S; s++)
-		cr_expect(fabs(l1[s] - l0[s]) <= 1e-4 * fabs(l0[s]), "step %d: loss %.8f (second run) vs %.8f", s,
-			  l1[s], l0[s]);
-	double worst = 0, moved = 0, mworst = 0;
+		cr_expect(l1[s] == l0[s], "deterministic, step %d: loss %.17g (second run) vs %.17g", s, l1[s], l0[s]);
+	double moved = 0;
+	size_t pdiff = 0, mdiff = 0;
 	for (size_t i = 0; i < nt; i++) {
 		size_t o = tab[i].offset, ne = tab[i].numel;
-		double mm, d = max_diff(p1 + o, p0 + o, ne, NULL), dm = max_diff(m1 + o, m0 + o, ne, &mm);
+		bool pd = memcmp(p1 + o, p0 + o, ne * 4) != 0, md = memcmp(m1 + o, m0 + o, ne * 4) != 0;
+		pdiff += pd;
+		mdiff += md;
+		cr_expect(!pd, "deterministic: %s: parameters differ between the runs (by up to %.3g)", tab[i].name,
+			  max_diff(p1 + o, p0 + o, ne, NULL));
+		cr_expect(!md, "deterministic: %s: AdamW m differs between the runs", tab[i].name);
 		moved = fmax(moved, max_diff(p0 + o, p + o, ne, NULL));
-		cr_expect(d <= 1e-5, "%s: parameters differ by %.3g between the runs", tab[i].name, d);
-		cr_expect(dm <= 1e-3 * mm + 1e-30, "%s: AdamW m differs by %.3g (max %.3g)", tab[i].name, dm, mm);
-		worst = fmax(worst, d);
-		mworst = fmax(mworst, mm > 0 ? dm / mm : dm);
 	}
 	cr_expect(moved >= 1e-2, "the parameters moved by at most %.3g in %d steps", moved, S);
-	fprintf(stderr, "four steps twice: losses %.6f..%.6f, parameters differ by at most %.3g "
-		"(moved by up to %.3g), AdamW m by %.3g relative\n", l0[0], l0[S - 1], worst, moved, mworst);
+	fprintf(stderr, "four steps twice, deterministic: losses %.6f..%.6f, %zu of %zu tensors differ in "
+		"parameters, %zu in AdamW m (moved by up to %.3g)\n", l0[0], l0[S - 1], pdiff, nt, mdiff, moved);
+	/* the default mode: reported */
+	train_steps(&cfg, p, x, y, B, T, S, false, l0, p0, m0);
+	train_steps(&cfg, p, x, y, B, T, S, false, l1, p1, m1);
+	double worst = 0;
+	for (size_t i = 0; i < nt; i++)
+		worst = fmax(worst, max_diff(p1 + tab[i].offset, p0 + tab[i].offset, tab[i].numel, NULL));
+	fprintf(stderr, "four steps twice, default (atomics): losses %.6f..%.6f, parameters differ by at most %.3g\n",
+		l0[0], l0[S - 1], worst);
 	free(p);
 	free(p0);
 	free(p1);

@@ -31,6 +31,20 @@ Test(kernels, embedding)
 	float *out = down_bf(dout_g, (size_t)N * D), *g = down(dg, (size_t)V * D * 4);
 	CHECK_REL(out, ref, (size_t)N * D, 0.0, "embedding fwd");
 	CHECK_REL(g, dref, (size_t)V * D, 1e-6, "embedding bwd");
+	/* the deterministic backward (sorted by id, no atomics; about 6 rows an
+	 * id here), added twice into an existing gradient: the same bits both
+	 * times, and the reference's sum */
+	void *sc = dmalloc(moe_cuda_embedding_bwd_det_scratch(N));
+	float *g2[2];
+	for (int r = 0; r < 2; r++) {
+		cr_assert_eq(cudaMemcpy(dg, dref, (size_t)V * D * 4, cudaMemcpyHostToDevice), cudaSuccess);
+		LAUNCH_OK(moe_cuda_embedding_bwd_det(dg, dd, did, N, D, 3, sc, S, &gerr));
+		g2[r] = down(dg, (size_t)V * D * 4);
+	}
+	for (size_t i = 0; i < (size_t)V * D; i++)
+		dref[i] *= 2.f;
+	CHECK_REL(g2[0], dref, (size_t)V * D, 1e-6, "embedding bwd (deterministic)");
+	cr_expect(memcmp(g2[0], g2[1], (size_t)V * D * 4) == 0, "embedding bwd (deterministic): runs differ");
 }
 
 /* D: the register paths (1, 3, 4 column chunks, a partial chunk) and the
@@ -69,7 +83,7 @@ static void rmsnorm_case(int N, int D)
 	float *gw = up(w, D * 4), *grs = dmalloc(N * 4), *gdw = dmalloc(D * 4);
 	cudaMemset(gdw, 0, D * 4);
 	LAUNCH_OK(moe_cuda_rmsnorm_fwd(gout, grs, gx, gw, N, D, 1e-5f, S, &gerr));
-	LAUNCH_OK(moe_cuda_rmsnorm_bwd(gdx, gdw, gdo, gx, gw, grs, N, D, S, &gerr));
+	LAUNCH_OK(moe_cuda_rmsnorm_bwd(gdx, gdw, NULL, gdo, gx, gw, grs, N, D, S, &gerr));
 	CHECK_REL(down_bf(gout, (size_t)N * D), ref, (size_t)N * D, 2e-2, "rmsnorm out");
 	CHECK_REL(down(grs, N * 4), rstd, N, 1e-5, "rmsnorm rstd");
 	CHECK_REL(down_bf(gdx, (size_t)N * D), dx, (size_t)N * D, 2e-2, "rmsnorm dx");
@@ -79,9 +93,21 @@ static void rmsnorm_case(int N, int D)
 	float *res = rand_bf((size_t)N * D, 1.f);
 	bf16_t *gres = up_bf(res, (size_t)N * D);
 	moe_rmsnorm_bwd_add(res, dw, dout, x, w, rstd, N, D);
-	LAUNCH_OK(moe_cuda_rmsnorm_bwd_add(gres, gdw, gdo, gx, gw, grs, N, D, S, &gerr));
+	LAUNCH_OK(moe_cuda_rmsnorm_bwd_add(gres, gdw, NULL, gdo, gx, gw, grs, N, D, S, &gerr));
 	CHECK_REL(down_bf(gres, (size_t)N * D), res, (size_t)N * D, 2e-2, "rmsnorm_bwd_add dx");
 	CHECK_REL(down(gdw, D * 4), dw, D, 1e-4, "rmsnorm_bwd_add dw");
+	/* the blocks' sums added in block order (part) instead of by atomics:
+	 * both launchers into a zeroed dw, twice, the same bits */
+	float *part = dmalloc((size_t)MOE_CUDA_NORM_PART_BLOCKS * D * 4), *d2[2];
+	for (int r = 0; r < 2; r++) {
+		cudaMemset(gdw, 0, D * 4);
+		LAUNCH_OK(moe_cuda_rmsnorm_bwd(gdx, gdw, part, gdo, gx, gw, grs, N, D, S, &gerr));
+		LAUNCH_OK(moe_cuda_rmsnorm_bwd_add(gres, gdw, part, gdo, gx, gw, grs, N, D, S, &gerr));
+		d2[r] = down(gdw, D * 4);
+	}
+	CHECK_REL(d2[0], dw, D, 1e-4, "rmsnorm dw (block order)");
+	cr_expect(memcmp(d2[0], d2[1], D * 4) == 0, "rmsnorm dw (block order): runs differ");
+	cudaFree(part);
 }
 
 /* Fused QK-norm + RoPE against ops.c's rmsnorm then rope (and rope_bwd then
@@ -108,11 +134,21 @@ static void qknorm_rope_case(int B, int T, int H, int Dh)
 	float *gw = up(w, D * 4), *grs = dmalloc(N * 4), *gdw = dmalloc(D * 4);
 	cudaMemset(gdw, 0, D * 4);
 	LAUNCH_OK(moe_cuda_qknorm_rope_fwd(gout, grs, gx, gw, gc, gs, B, T, H, Dh, 1e-5f, S, &gerr));
-	LAUNCH_OK(moe_cuda_qknorm_rope_bwd(gdx, gdw, gdo, gx, gw, grs, gc, gs, B, T, H, Dh, S, &gerr));
+	LAUNCH_OK(moe_cuda_qknorm_rope_bwd(gdx, gdw, NULL, gdo, gx, gw, grs, gc, gs, B, T, H, Dh, S, &gerr));
 	CHECK_REL(down_bf(gout, n), ref, n, 2e-2, "qknorm_rope out");
 	CHECK_REL(down(grs, N * 4), rstd, N, 1e-5, "qknorm_rope rstd");
 	CHECK_REL(down_bf(gdx, n), dx, n, 2e-2, "qknorm_rope dx");
 	CHECK_REL(down(gdw, D * 4), dw, D, 1e-4, "qknorm_rope dw");
+	/* dw's block sums added in block order (part): twice, the same bits */
+	float *part = dmalloc((size_t)MOE_CUDA_NORM_PART_BLOCKS * D * 4), *d2[2];
+	for (int r = 0; r < 2; r++) {
+		cudaMemset(gdw, 0, D * 4);
+		LAUNCH_OK(moe_cuda_qknorm_rope_bwd(gdx, gdw, part, gdo, gx, gw, grs, gc, gs, B, T, H, Dh, S, &gerr));
+		d2[r] = down(gdw, D * 4);
+	}
+	CHECK_REL(d2[0], dw, D, 1e-4, "qknorm_rope dw (block order)");
+	cr_expect(memcmp(d2[0], d2[1], D * 4) == 0, "qknorm_rope dw (block order): runs differ");
+	cudaFree(part);
 }
 
 Test(kernels, qknorm_rope)
