@@ -149,7 +149,7 @@ struct cuda_ctx {
 	int qk_split;       /* MOE_CUDA_QKNORM_ROPE=split: rmsnorm and rope as two kernels */
 	int qkv_split;      /* MOE_CUDA_QKV=split: no batched linears (linear_fwd_multi, _wgrad_multi) */
 	int res_copy;       /* MOE_CUDA_RESGEMM=0: residual linears as a copy and a GEMM adding in place */
-	int det;            /* MOE_CUDA_DETERMINISTIC=1: no fp32 atomics (norm weights, embedding) */
+	int det;            /* no fp32 atomics (norm weights, embedding); MOE_CUDA_DETERMINISTIC=0: atomics */
 	/* gradient regions the model cleared for this backward (model.h,
 	 * grad_cleared): ops add into them without clearing them first */
 	struct { const float *lo, *hi; } clr[N_CLEARED];
@@ -1775,7 +1775,7 @@ extern "C" struct moe_backend *moe_backend_cuda(struct moe_error *err)
 		const char *nv = getenv("MOE_CUDA_NARROW");
 		c->narrow_ok = moe_cuda_grouped_wgmma_supported() && !(nv && strcmp(nv, "cublas") == 0);
 		const char *dtv = getenv("MOE_CUDA_DETERMINISTIC");
-		c->det = dtv && strcmp(dtv, "0") != 0;
+		c->det = !(dtv && strcmp(dtv, "0") == 0); /* the default: bit-reproducible steps */
 		const char *clv = getenv("MOE_CUDA_GRAD_CLEAR");
 		c->clr_off = clv && strcmp(clv, "0") == 0;
 		const char *rv = getenv("MOE_CUDA_RESGEMM");
