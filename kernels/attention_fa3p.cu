@@ -38,13 +38,14 @@
  * bit-identical to those (the tests report it); deterministic either way:
  * which block runs an item changes nothing in it.
  *
- * Duplicated from attention_fa3.cu (owned by the backward's engineer this
- * session; a shared header for both is the obvious next step): the 4-D
- * tensor-map load (afp_tma4, afp_load, afp_map) and the forward's
- * product, softmax and packing helpers (afp_s, afp_pv, afp_softmax,
- * afp_pack, afp_fence_frags), unchanged but for the prefix. */
+ * The forward's product, softmax and packing helpers (aff_s, aff_pv,
+ * aff_softmax, aff_pack, aff_fence_frags) are attention_fa3.cu's, from
+ * attention_fa3.cuh.  Still written twice: the 4-D tensor-map load
+ * (afp_tma4, afp_load, afp_map here; af_tma4, af_load and the map code in
+ * attention_fa3.cu). */
 #include <limits.h>
 
+#include "attention_fa3.cuh"
 #include "attention_wgmma.cuh"
 #include "kernels.h"
 
@@ -97,100 +98,6 @@ template <int ID> static __device__ __forceinline__ void afp_bar_sync()
 template <int ID> static __device__ __forceinline__ void afp_bar_arrive()
 {
 	asm volatile("bar.arrive %0, 256;\n" ::"n"(ID) : "memory");
-}
-
-/* S_j = Q K_j^T (64 x BN): register 4jj + e is row rq + 8 (e / 2), key
- * k0 + 8jj + 2 t4 + e % 2; Q the warpgroup's rows of the block's tile */
-template <int DH, int BN>
-static __device__ __forceinline__ void afp_s(float *s, uint32_t sq, uint32_t kst, int cw)
-{
-	wg_fence();
-#pragma unroll
-	for (int kk = 0; kk < DH / 16; kk++) {
-		uint64_t da = wg_desc(sq + (kk >> 2) * (128 * 128) + cw * 8192 + (kk & 3) * 32, 16, 1024);
-		uint64_t db = wg_desc(kst + (kk >> 2) * (BN * 128) + (kk & 3) * 32, 16, 1024);
-		if constexpr (BN == 64)
-			att_wg_ss_n64(s, da, db, kk > 0);
-		else
-			wg_mma_n128<0, 0>(s, da, db, kk > 0);
-	}
-	wg_commit();
-}
-
-/* O += P V (V the tile at vst) */
-template <int DH, int BN>
-static __device__ __forceinline__ void afp_pv(float *o, unsigned (&pa)[BN / 16][4], uint32_t vst)
-{
-	wg_fence();
-#pragma unroll
-	for (int ks = 0; ks < BN / 16; ks++)
-		awg_pv<DH>(o, pa[ks], wg_desc(vst + ks * 2048, BN * 128, 1024));
-	wg_commit();
-}
-
-/* keeps the compiler from moving the definitions of P's fragments past
- * this point */
-template <int NK>
-static __device__ __forceinline__ void afp_fence_frags(unsigned (&p)[NK][4])
-{
-#pragma unroll
-	for (int ks = 0; ks < NK; ks++)
-#pragma unroll
-		for (int x = 0; x < 4; x++)
-			asm volatile("" : "+r"(p[ks][x])::"memory");
-}
-
-/* The online softmax of S (key tile k0, rows rq, rq + 8): the running max
- * m (log2 units) updated, alpha = 2^(old m - new m) (0 at the first tile),
- * l = l alpha + this thread's part of the row sums, P = 2^(S sl2 - m) in
- * S's registers.  The max is finite from the first tile on: key 0 is never
- * masked. */
-template <int NR>
-static __device__ __forceinline__ void afp_softmax(float (&s)[NR], float (&m)[2], float (&l)[2], float (&alpha)[2],
-						   int k0, int rq, bool edge, int T, float sl2)
-{
-	const int t4 = threadIdx.x % 4;
-	float mx[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-	for (int jj = 0; jj < NR / 4; jj++)
-#pragma unroll
-		for (int e = 0; e < 4; e++) {
-			int r = e / 2, kj = k0 + 8 * jj + 2 * t4 + (e & 1);
-			float x = s[4 * jj + e];
-			if (edge && (kj > rq + 8 * r || kj >= T))
-				x = -INFINITY;
-			s[4 * jj + e] = x;
-			mx[r] = fmaxf(mx[r], x);
-		}
-#pragma unroll
-	for (int r = 0; r < 2; r++) {
-		mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
-		mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
-		float nm = fmaxf(m[r], mx[r] * sl2);
-		alpha[r] = awg_ex2(m[r] - nm);
-		m[r] = nm;
-	}
-	float rs[2] = {0.f, 0.f};
-#pragma unroll
-	for (int i = 0; i < NR; i++) {
-		float x = awg_ex2(fmaf(s[i], sl2, -m[(i & 3) / 2]));
-		s[i] = x;
-		rs[(i & 3) / 2] += x;
-	}
-#pragma unroll
-	for (int r = 0; r < 2; r++)
-		l[r] = l[r] * alpha[r] + rs[r];
-}
-
-/* P (fp32, S's registers) as bf16 A fragments, 16 keys each */
-template <int NK>
-static __device__ __forceinline__ void afp_pack(unsigned (&p)[NK][4], const float (&s)[8 * NK])
-{
-#pragma unroll
-	for (int ks = 0; ks < NK; ks++)
-#pragma unroll
-		for (int x = 0; x < 4; x++)
-			p[ks][x] = pack_bf16(s[8 * ks + 2 * x], s[8 * ks + 2 * x + 1]);
 }
 
 /* The start of a consumer warpgroup's turn at the tensor cores (gt: the
@@ -253,42 +160,42 @@ static __device__ __forceinline__ void afp_item(bf16 *out, float *lse, int ldo, 
 			const unsigned gt = r0;
 			wg_bar_wait(full + 8 * (gt % NS), (gt / NS) & 1);
 			afp_turn_begin<PP>(cw, gt);
-			afp_s<DH, BN>(s, sq, sst + (gt % NS) * 2 * TB, cw);
+			aff_s<DH, BN>(s, sq, sst + (gt % NS) * 2 * TB, cw);
 			afp_turn_end<PP>(cw);
 			wg_wait<0>();
 			wg_fence_regs<BN / 2>(s);
-			afp_softmax(s, m, l, alpha, 0, rq, BN > wq0 || BN > T, T, sl2);
-			afp_pack(pa, s);
+			aff_softmax(s, m, l, alpha, 0, rq, BN > wq0 || BN > T, T, sl2);
+			aff_pack(pa, s);
 		}
 		for (j = 1; j < nmine; j++) {
 			const unsigned gt = r0 + j;
 			const int st = gt % NS, sp = (gt - 1) % NS, k0 = BN * j;
 			wg_bar_wait(full + 8 * st, (gt / NS) & 1);
 			afp_turn_begin<PP>(cw, gt);
-			afp_s<DH, BN>(s, sq, sst + st * 2 * TB, cw);
-			afp_pv<DH, BN>(o, pa, sst + sp * 2 * TB + TB); /* O += P_{j-1} V_{j-1} */
+			aff_s<DH, BN>(s, sq, sst + st * 2 * TB, cw);
+			aff_pv<DH, BN>(o, pa, sst + sp * 2 * TB + TB); /* O += P_{j-1} V_{j-1} */
 			afp_turn_end<PP>(cw);
 			wg_wait<1>(); /* S_j done, P V may still run */
 			wg_fence_regs<BN / 2>(s);
-			afp_softmax(s, m, l, alpha, k0, rq, k0 + BN > wq0 || k0 + BN > T, T, sl2);
+			aff_softmax(s, m, l, alpha, k0, rq, k0 + BN > wq0 || k0 + BN > T, T, sl2);
 			wg_wait<0>();
 			wg_fence_regs<DH / 2>(o);
-			afp_fence_frags(pa); /* read by P V until here */
+			aff_fence_frags(pa); /* read by P V until here */
 			__syncwarp();
 			if (lane == 0)
 				wg_arrive(empty + 8 * sp); /* K_{j-1}, V_{j-1} no longer read */
 			/* P_j's fragments only now (as fa3: defined while P V
 			 * ran, ptxas serialized the products, C7513) */
-			afp_pack(pa, s);
+			aff_pack(pa, s);
 #pragma unroll
 			for (int x = 0; x < DH / 2; x++)
 				o[x] *= alpha[(x & 3) / 2];
 			wg_fence_regs<DH / 2>(o);
-			afp_fence_frags(pa);
+			aff_fence_frags(pa);
 		}
 		/* the last P V, outside the turns */
 		const int sp = (r0 + nmine - 1) % NS;
-		afp_pv<DH, BN>(o, pa, sst + sp * 2 * TB + TB);
+		aff_pv<DH, BN>(o, pa, sst + sp * 2 * TB + TB);
 		wg_wait<0>();
 		wg_fence_regs<DH / 2>(o);
 		__syncwarp();

@@ -4,7 +4,7 @@
 if HAVE_CUDA
 noinst_LIBRARIES += kernels/libmoekernels.a
 kernels_libmoekernels_a_SOURCES = kernels/kernels.h kernels/cuda_common.h \
-	kernels/attention_common.cuh kernels/attention_wgmma.cuh kernels/wgmma.cuh \
+	kernels/attention_common.cuh kernels/attention_fa3.cuh kernels/attention_wgmma.cuh kernels/wgmma.cuh \
 	kernels/embedding.cu kernels/rmsnorm.cu kernels/rope.cu kernels/qknorm_rope.cu kernels/swiglu.cu \
 	kernels/router.cu kernels/route_group.cu kernels/permute.cu kernels/xent.cu \
 	kernels/adamw.cu kernels/balance.cu kernels/attention_fwd.cu kernels/attention_bwd.cu \

@@ -1,0 +1,107 @@
+/* The causal attention forward's per-tile helpers on Hopper warpgroup MMAs,
+ * shared by the warp-specialised forwards of attention_fa3.cu (fa3,
+ * fa3k128, fa3h) and attention_fa3p.cu (fa3p, fa3pk128, fa3pn): the score
+ * tile S = Q K^T, O += P V, the online softmax of a score tile, P packed to
+ * bf16 fragments.  sm_90a only (the includer's guard). */
+#ifndef MOE_ATTENTION_FA3_CUH
+#define MOE_ATTENTION_FA3_CUH
+
+#include "attention_wgmma.cuh"
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+/* S_j = Q K_j^T (64 x BN): register 4jj + e is row rq + 8 (e / 2), key
+ * k0 + 8jj + 2 t4 + e % 2; Q the warpgroup's rows of the block's tile */
+template <int DH, int BN>
+static __device__ __forceinline__ void aff_s(float *s, uint32_t sq, uint32_t kst, int cw)
+{
+	wg_fence();
+#pragma unroll
+	for (int kk = 0; kk < DH / 16; kk++) {
+		uint64_t da = wg_desc(sq + (kk >> 2) * (128 * 128) + cw * 8192 + (kk & 3) * 32, 16, 1024);
+		uint64_t db = wg_desc(kst + (kk >> 2) * (BN * 128) + (kk & 3) * 32, 16, 1024);
+		if constexpr (BN == 64)
+			att_wg_ss_n64(s, da, db, kk > 0);
+		else
+			wg_mma_n128<0, 0>(s, da, db, kk > 0);
+	}
+	wg_commit();
+}
+
+/* O += P V (V the tile at vst) */
+template <int DH, int BN>
+static __device__ __forceinline__ void aff_pv(float *o, unsigned (&pa)[BN / 16][4], uint32_t vst)
+{
+	wg_fence();
+#pragma unroll
+	for (int ks = 0; ks < BN / 16; ks++)
+		awg_pv<DH>(o, pa[ks], wg_desc(vst + ks * 2048, BN * 128, 1024));
+	wg_commit();
+}
+
+/* keeps the compiler from moving the definitions of P's fragments past
+ * this point */
+template <int NK>
+static __device__ __forceinline__ void aff_fence_frags(unsigned (&p)[NK][4])
+{
+#pragma unroll
+	for (int ks = 0; ks < NK; ks++)
+#pragma unroll
+		for (int x = 0; x < 4; x++)
+			asm volatile("" : "+r"(p[ks][x])::"memory");
+}
+
+/* The online softmax of S (key tile k0, rows rq, rq + 8): the running max
+ * m (log2 units) updated, alpha = 2^(old m - new m) (0 at the first tile),
+ * l = l alpha + this thread's part of the row sums, P = 2^(S sl2 - m) in
+ * S's registers.  The max is finite from the first tile on: key 0 is never
+ * masked. */
+template <int NR>
+static __device__ __forceinline__ void aff_softmax(float (&s)[NR], float (&m)[2], float (&l)[2], float (&alpha)[2],
+						   int k0, int rq, bool edge, int T, float sl2)
+{
+	const int t4 = threadIdx.x % 4;
+	float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+	for (int jj = 0; jj < NR / 4; jj++)
+#pragma unroll
+		for (int e = 0; e < 4; e++) {
+			int r = e / 2, kj = k0 + 8 * jj + 2 * t4 + (e & 1);
+			float x = s[4 * jj + e];
+			if (edge && (kj > rq + 8 * r || kj >= T))
+				x = -INFINITY;
+			s[4 * jj + e] = x;
+			mx[r] = fmaxf(mx[r], x);
+		}
+#pragma unroll
+	for (int r = 0; r < 2; r++) {
+		mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+		mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+		float nm = fmaxf(m[r], mx[r] * sl2);
+		alpha[r] = awg_ex2(m[r] - nm);
+		m[r] = nm;
+	}
+	float rs[2] = {0.f, 0.f};
+#pragma unroll
+	for (int i = 0; i < NR; i++) {
+		float x = awg_ex2(fmaf(s[i], sl2, -m[(i & 3) / 2]));
+		s[i] = x;
+		rs[(i & 3) / 2] += x;
+	}
+#pragma unroll
+	for (int r = 0; r < 2; r++)
+		l[r] = l[r] * alpha[r] + rs[r];
+}
+
+/* P (fp32, S's registers) as bf16 A fragments, 16 keys each */
+template <int NK>
+static __device__ __forceinline__ void aff_pack(unsigned (&p)[NK][4], const float (&s)[8 * NK])
+{
+#pragma unroll
+	for (int ks = 0; ks < NK; ks++)
+#pragma unroll
+		for (int x = 0; x < 4; x++)
+			p[ks][x] = pack_bf16(s[8 * ks + 2 * x], s[8 * ks + 2 * x + 1]);
+}
+#endif
+
+#endif
