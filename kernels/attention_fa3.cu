@@ -54,28 +54,6 @@ template <int DH, int NS> struct af_cfg {
 };
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-/* a box of 64 columns x 64 rows, (column d, head h, row t, batch b) first */
-static __device__ __forceinline__ void af_tma4(uint32_t dst, const CUtensorMap *m, int d, int h, int t, int b,
-					       uint32_t bar)
-{
-	asm volatile("cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, "
-		     "%4, %5}], [%6];\n" ::"r"(dst),
-		     "l"((uint64_t)m), "r"(d), "r"(h), "r"(t), "r"(b), "r"(bar)
-		     : "memory");
-}
-/* rows [t0, t0 + 64 * NH) of one head into the swizzled layout of a
- * (64 * NR)-row tile at dst (rows from r0), every column block */
-template <int DH, int NR, int NH>
-static __device__ __forceinline__ void af_load(uint32_t dst, const CUtensorMap *m, int h, int t0, int b, int r0,
-					       uint32_t bar)
-{
-#pragma unroll
-	for (int cb = 0; cb < (DH + 63) / 64; cb++)
-#pragma unroll
-		for (int x = 0; x < NH; x++)
-			af_tma4(dst + cb * (64 * NR * 128) + (r0 + 64 * x) * 128, m, 64 * cb, h, t0 + 64 * x, b, bar);
-}
-
 /* dK, dV of keys [kt * 128, +128): consumer warpgroup cw (keys 64 cw..),
  * tile r of the block's stream is query tile i0 + r in stage r % NS */
 template <int DH, int NS>
@@ -382,18 +360,6 @@ __global__ void __launch_bounds__(AF_THREADS, 1)
 	else
 		af_dq<DH, NS>(A, blk, bh, base, full, empty, ownb);
 #endif
-}
-
-/* The 4-D map (Dh, H, T, B) of a bf16 tensor with row stride ld: boxes of
- * 64 columns x 64 rows, 128-byte swizzle, zeros out of bounds. */
-static bool af_map(CUtensorMap *m, const bf16 *p, int ld, int B, int T, int H, int Dh)
-{
-	const cuuint64_t dims[4] = {(cuuint64_t)Dh, (cuuint64_t)H, (cuuint64_t)T, (cuuint64_t)B};
-	const cuuint64_t strides[3] = {(cuuint64_t)Dh * 2, (cuuint64_t)ld * 2, (cuuint64_t)T * ld * 2};
-	const cuuint32_t box[4] = {64, 1, 64, 1}, es[4] = {1, 1, 1, 1};
-	return wg_tmap_encoder()(m, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 4, (void *)p, dims, strides, box, es,
-			    CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-			    CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
 template <int DH, int NS>

@@ -40,9 +40,8 @@
  *
  * The forward's product, softmax and packing helpers (aff_s, aff_pv,
  * aff_softmax, aff_pack, aff_fence_frags) are attention_fa3.cu's, from
- * attention_fa3.cuh.  Still written twice: the 4-D tensor-map load
- * (afp_tma4, afp_load, afp_map here; af_tma4, af_load and the map code in
- * attention_fa3.cu). */
+ * attention_fa3.cuh, as are the 4-D tensor map and its tile loads (af_map,
+ * af_load). */
 #include <limits.h>
 
 #include "attention_fa3.cuh"
@@ -68,27 +67,6 @@ template <int DH, int BN, int NS, int NQ> struct afp_cfg {
 __device__ unsigned afp_claims;
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-/* a box of 64 columns x 64 rows, (column d, head h, row t, batch b) first */
-static __device__ __forceinline__ void afp_tma4(uint32_t dst, const CUtensorMap *m, int d, int h, int t, int b,
-						uint32_t bar)
-{
-	asm volatile("cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, "
-		     "%4, %5}], [%6];\n" ::"r"(dst),
-		     "l"((uint64_t)m), "r"(d), "r"(h), "r"(t), "r"(b), "r"(bar)
-		     : "memory");
-}
-/* rows [t0, t0 + 64 * NH) of one head into the swizzled layout of a
- * (64 * NR)-row tile at dst, every column block */
-template <int DH, int NR, int NH>
-static __device__ __forceinline__ void afp_load(uint32_t dst, const CUtensorMap *m, int h, int t0, int b, uint32_t bar)
-{
-#pragma unroll
-	for (int cb = 0; cb < (DH + 63) / 64; cb++)
-#pragma unroll
-		for (int x = 0; x < NH; x++)
-			afp_tma4(dst + cb * (64 * NR * 128) + 64 * x * 128, m, 64 * cb, h, t0 + 64 * x, b, bar);
-}
-
 /* named barriers 1 and 2 of the consumers' turns (256 threads: one
  * warpgroup waits, the other arrives) */
 template <int ID> static __device__ __forceinline__ void afp_bar_sync()
@@ -314,22 +292,22 @@ __global__ void __launch_bounds__(AFP_THREADS, 1)
 						wg_bar_wait(qe, ((n / NQ) - 1) & 1);
 					items[qs] = it;
 					wg_arrive_tx(qf, QB);
-					afp_load<DH, 2, 2>(base + qs * QB, &tq, h, q0, b, qf);
+					af_load<DH, 2, 2>(base + qs * QB, &tq, h, q0, b, 0, qf);
 				}
 				const int st = r % NS;
 				const uint32_t f = full + 8 * st, d = sst + st * 2 * TB;
 				if (r >= NS) /* every consumer warp done with the stage's last round */
 					wg_bar_wait(empty + 8 * st, ((r / NS) - 1) & 1);
 				wg_arrive_tx(f, 2 * TB);
-				afp_load<DH, BN / 64, BN / 64>(d, &tk, h, BN * x, b, f);
-				afp_load<DH, BN / 64, BN / 64>(d + TB, &tv, h, BN * x, b, f);
+				af_load<DH, BN / 64, BN / 64>(d, &tk, h, BN * x, b, 0, f);
+				af_load<DH, BN / 64, BN / 64>(d + TB, &tv, h, BN * x, b, 0, f);
 			}
 			if (pre == ntile) { /* not issued in the loop (NQ 1, ntile < NS) */
 				if (n >= NQ)
 					wg_bar_wait(qe, ((n / NQ) - 1) & 1);
 				items[qs] = it;
 				wg_arrive_tx(qf, QB);
-				afp_load<DH, 2, 2>(base + qs * QB, &tq, h, q0, b, qf);
+				af_load<DH, 2, 2>(base + qs * QB, &tq, h, q0, b, 0, qf);
 			}
 			/* the next item: values 0 .. total - 1 in claim order;
 			 * the last gridDim.x of them are past the items */
@@ -358,18 +336,6 @@ __global__ void __launch_bounds__(AFP_THREADS, 1)
 		afp_bar_sync<1>();
 	}
 #endif
-}
-
-/* The 4-D map (Dh, H, T, B) of a bf16 tensor with row stride ld: boxes of
- * 64 columns x 64 rows, 128-byte swizzle, zeros out of bounds. */
-static bool afp_map(CUtensorMap *m, const bf16 *p, int ld, int B, int T, int H, int Dh)
-{
-	const cuuint64_t dims[4] = {(cuuint64_t)Dh, (cuuint64_t)H, (cuuint64_t)T, (cuuint64_t)B};
-	const cuuint64_t strides[3] = {(cuuint64_t)Dh * 2, (cuuint64_t)ld * 2, (cuuint64_t)T * ld * 2};
-	const cuuint32_t box[4] = {64, 1, 64, 1}, es[4] = {1, 1, 1, 1};
-	return wg_tmap_encoder()(m, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 4, (void *)p, dims, strides, box, es,
-				 CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-				 CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
 static int afp_sms(void)
@@ -419,8 +385,8 @@ extern "C" int moe_cuda_attention_fwd_fa3p(bf16_t *out, float *lse, const bf16_t
 	    (size_t)B * H * moe_cdiv(T, 128) + 1024 > INT_MAX)
 		return 1;
 	CUtensorMap m[3];
-	if (!afp_map(&m[0], (const bf16 *)q, ldq, B, T, H, Dh) || !afp_map(&m[1], (const bf16 *)k, ldk, B, T, H, Dh) ||
-	    !afp_map(&m[2], (const bf16 *)v, ldv, B, T, H, Dh))
+	if (!af_map(&m[0], (const bf16 *)q, ldq, B, T, H, Dh) || !af_map(&m[1], (const bf16 *)k, ldk, B, T, H, Dh) ||
+	    !af_map(&m[2], (const bf16 *)v, ldv, B, T, H, Dh))
 		return 1;
 	bf16 *o = (bf16 *)out;
 	/* kind 0 (fa3p): 64-row key tiles, 4 stages, 2 Q buffers (193 KB at
