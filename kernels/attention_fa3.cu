@@ -84,21 +84,7 @@ static __device__ __forceinline__ void af_dkdv(const struct af_args &A, int kt, 
 			/* S^T, dP^T (64 keys x 64 queries): register 4jj + e is key
 			 * kr + 8 (e / 2), query q0 + 8jj + 2 t4 + e % 2 */
 			float sT[32], dpT[32];
-			wg_fence();
-#pragma unroll
-			for (int kk = 0; kk < DH / 16; kk++) {
-				uint32_t own = (kk >> 2) * (KR * 128) + wg * 8192 + (kk & 3) * 32;
-				uint32_t off = (kk >> 2) * 8192 + (kk & 3) * 32;
-				att_wg_ss_n64(sT, wg_desc(sk + own, 16, 1024), wg_desc(qs + off, 16, 1024), kk > 0);
-			}
-			wg_commit();
-#pragma unroll
-			for (int kk = 0; kk < DH / 16; kk++) {
-				uint32_t own = (kk >> 2) * (KR * 128) + wg * 8192 + (kk & 3) * 32;
-				uint32_t off = (kk >> 2) * 8192 + (kk & 3) * 32;
-				att_wg_ss_n64(dpT, wg_desc(sv + own, 16, 1024), wg_desc(ds + off, 16, 1024), kk > 0);
-			}
-			wg_commit();
+			awg_st_dpt<DH, KR>(sT, dpT, sk, sv, qs, ds, wg);
 			wg_wait<1>(); /* S^T done, dP^T may still run */
 			wg_fence_regs<32>(sT);
 			bool edge = q0 < wk0 + 64 || q0 + 64 > T;
@@ -113,11 +99,7 @@ static __device__ __forceinline__ void af_dkdv(const struct af_args &A, int kt, 
 					sT[4 * jj + e] = p;
 				}
 			unsigned pa[4][4], sa[4][4]; /* P^T, then dS^T, as A fragments (16 queries each) */
-#pragma unroll
-			for (int ks = 0; ks < 4; ks++)
-#pragma unroll
-				for (int x = 0; x < 4; x++)
-					pa[ks][x] = pack_bf16(sT[8 * ks + 2 * x], sT[8 * ks + 2 * x + 1]);
+			awg_pack(pa, sT);
 			wg_fence();
 #pragma unroll
 			for (int ks = 0; ks < 4; ks++)
@@ -132,11 +114,7 @@ static __device__ __forceinline__ void af_dkdv(const struct af_args &A, int kt, 
 					int c = 8 * jj + 2 * t4 + (e & 1);
 					dpT[4 * jj + e] = sT[4 * jj + e] * (dpT[4 * jj + e] - DL[c]) * scale;
 				}
-#pragma unroll
-			for (int ks = 0; ks < 4; ks++)
-#pragma unroll
-				for (int x = 0; x < 4; x++)
-					sa[ks][x] = pack_bf16(dpT[8 * ks + 2 * x], dpT[8 * ks + 2 * x + 1]);
+			awg_pack(sa, dpT);
 			wg_fence();
 #pragma unroll
 			for (int ks = 0; ks < 4; ks++)
@@ -459,7 +437,7 @@ static __device__ __forceinline__ void aff_consume(bf16 *out, float *lse, int ld
 		wg_wait<0>();
 		wg_fence_regs<BN / 2>(s);
 		aff_softmax(s, m, l, alpha, 0, rq, BN > wq0 || BN > T, T, sl2);
-		aff_pack(pa, s);
+		awg_pack(pa, s);
 		for (int j = 1; j < nmine; j++) {
 			const int st = j % NS, sp = (j - 1) % NS, k0 = BN * j;
 			wg_bar_wait(full + 16 * st, (j / NS) & 1);
@@ -476,7 +454,7 @@ static __device__ __forceinline__ void aff_consume(bf16 *out, float *lse, int ld
 				wg_arrive(empty + 16 * sp); /* K_{j-1}, V_{j-1} no longer read */
 			/* P_j's fragments only now: defined while P V ran, ptxas
 			 * serialized the products (C7513) */
-			aff_pack(pa, s);
+			awg_pack(pa, s);
 #pragma unroll
 			for (int x = 0; x < DH / 2; x++)
 				o[x] *= alpha[(x & 3) / 2];
@@ -735,21 +713,7 @@ static __device__ __forceinline__ void afu_consume(const struct afu_args &A, int
 		if (q0 + 63 >= wk0) { /* warpgroup-uniform: not wholly above the diagonal */
 			const float *L = Lsm + st * 128, *DL = L + 64;
 			float sT[32], dpT[32];
-			wg_fence();
-#pragma unroll
-			for (int kk = 0; kk < DH / 16; kk++) {
-				uint32_t own = (kk >> 2) * (KR * 128) + wg * 8192 + (kk & 3) * 32;
-				uint32_t off = (kk >> 2) * 8192 + (kk & 3) * 32;
-				att_wg_ss_n64(sT, wg_desc(sk + own, 16, 1024), wg_desc(qs + off, 16, 1024), kk > 0);
-			}
-			wg_commit();
-#pragma unroll
-			for (int kk = 0; kk < DH / 16; kk++) {
-				uint32_t own = (kk >> 2) * (KR * 128) + wg * 8192 + (kk & 3) * 32;
-				uint32_t off = (kk >> 2) * 8192 + (kk & 3) * 32;
-				att_wg_ss_n64(dpT, wg_desc(sv + own, 16, 1024), wg_desc(ds + off, 16, 1024), kk > 0);
-			}
-			wg_commit();
+			awg_st_dpt<DH, KR>(sT, dpT, sk, sv, qs, ds, wg);
 			wg_wait<1>(); /* S^T done, dP^T may still run */
 			wg_fence_regs<32>(sT);
 			bool edge = q0 < wk0 + 64 || q0 + 64 > T;
@@ -764,11 +728,7 @@ static __device__ __forceinline__ void afu_consume(const struct afu_args &A, int
 					sT[4 * jj + e] = p;
 				}
 			unsigned pa[4][4], sa[4][4]; /* P^T, then dS^T, as A fragments (16 queries each) */
-#pragma unroll
-			for (int ks = 0; ks < 4; ks++)
-#pragma unroll
-				for (int x = 0; x < 4; x++)
-					pa[ks][x] = pack_bf16(sT[8 * ks + 2 * x], sT[8 * ks + 2 * x + 1]);
+			awg_pack(pa, sT);
 			wg_fence();
 #pragma unroll
 			for (int ks = 0; ks < 4; ks++)

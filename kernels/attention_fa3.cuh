@@ -2,8 +2,8 @@
  * (fa3, fa3k128, fa3h forward; fa3, fa3f... backward) and attention_fa3p.cu
  * (fa3p, fa3pk128, fa3pn): the 4-D tensor map of q, k, v and its tile
  * loads, and the forward's per-tile helpers on Hopper warpgroup MMAs (the
- * score tile S = Q K^T, O += P V, the online softmax of a score tile, P
- * packed to bf16 fragments; sm_90a only). */
+ * score tile S = Q K^T, O += P V, the online softmax of a score tile;
+ * sm_90a only). */
 #ifndef MOE_ATTENTION_FA3_CUH
 #define MOE_ATTENTION_FA3_CUH
 
@@ -127,16 +127,6 @@ static __device__ __forceinline__ void aff_softmax(float (&s)[NR], float (&m)[2]
 		l[r] = l[r] * alpha[r] + rs[r];
 }
 
-/* P (fp32, S's registers) as bf16 A fragments, 16 keys each */
-template <int NK>
-static __device__ __forceinline__ void aff_pack(unsigned (&p)[NK][4], const float (&s)[8 * NK])
-{
-#pragma unroll
-	for (int ks = 0; ks < NK; ks++)
-#pragma unroll
-		for (int x = 0; x < 4; x++)
-			p[ks][x] = pack_bf16(s[8 * ks + 2 * x], s[8 * ks + 2 * x + 1]);
-}
 #endif
 
 #endif

@@ -38,10 +38,10 @@
  * bit-identical to those (the tests report it); deterministic either way:
  * which block runs an item changes nothing in it.
  *
- * The forward's product, softmax and packing helpers (aff_s, aff_pv,
- * aff_softmax, aff_pack, aff_fence_frags) are attention_fa3.cu's, from
- * attention_fa3.cuh, as are the 4-D tensor map and its tile loads (af_map,
- * af_load). */
+ * The forward's product and softmax helpers (aff_s, aff_pv, aff_softmax,
+ * aff_fence_frags) and the 4-D tensor map and its tile loads (af_map,
+ * af_load) are attention_fa3.cu's, from attention_fa3.cuh; the packing of
+ * P (awg_pack) is attention_wgmma.cuh's. */
 #include <limits.h>
 
 #include "attention_fa3.cuh"
@@ -143,7 +143,7 @@ static __device__ __forceinline__ void afp_item(bf16 *out, float *lse, int ldo, 
 			wg_wait<0>();
 			wg_fence_regs<BN / 2>(s);
 			aff_softmax(s, m, l, alpha, 0, rq, BN > wq0 || BN > T, T, sl2);
-			aff_pack(pa, s);
+			awg_pack(pa, s);
 		}
 		for (j = 1; j < nmine; j++) {
 			const unsigned gt = r0 + j;
@@ -164,7 +164,7 @@ static __device__ __forceinline__ void afp_item(bf16 *out, float *lse, int ldo, 
 				wg_arrive(empty + 8 * sp); /* K_{j-1}, V_{j-1} no longer read */
 			/* P_j's fragments only now (as fa3: defined while P V
 			 * ran, ptxas serialized the products, C7513) */
-			aff_pack(pa, s);
+			awg_pack(pa, s);
 #pragma unroll
 			for (int x = 0; x < DH / 2; x++)
 				o[x] *= alpha[(x & 3) / 2];

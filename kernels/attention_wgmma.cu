@@ -286,21 +286,7 @@ static __device__ __forceinline__ void awg_dkdv(const struct awgb_args &A, int k
 			/* S^T, dP^T (64 keys x 64 queries): register 4jj + e is key
 			 * kr + 8 (e / 2), query q0 + 8jj + 2 t4 + e % 2 */
 			float sT[32], dpT[32];
-			wg_fence();
-#pragma unroll
-			for (int kk = 0; kk < DH / 16; kk++) {
-				uint32_t own = (kk >> 2) * (KR * 128) + wg * 8192 + (kk & 3) * 32;
-				uint32_t off = (kk >> 2) * 8192 + (kk & 3) * 32;
-				att_wg_ss_n64(sT, wg_desc(sk + own, 16, 1024), wg_desc(qs + off, 16, 1024), kk > 0);
-			}
-			wg_commit();
-#pragma unroll
-			for (int kk = 0; kk < DH / 16; kk++) {
-				uint32_t own = (kk >> 2) * (KR * 128) + wg * 8192 + (kk & 3) * 32;
-				uint32_t off = (kk >> 2) * 8192 + (kk & 3) * 32;
-				att_wg_ss_n64(dpT, wg_desc(sv + own, 16, 1024), wg_desc(ds + off, 16, 1024), kk > 0);
-			}
-			wg_commit();
+			awg_st_dpt<DH, KR>(sT, dpT, sk, sv, qs, ds, wg);
 			wg_wait<1>(); /* S^T done, dP^T may still run */
 			wg_fence_regs<32>(sT);
 			bool edge = q0 < wk0 + 64 || q0 + 64 > T;
@@ -316,11 +302,7 @@ static __device__ __forceinline__ void awg_dkdv(const struct awgb_args &A, int k
 				}
 			/* P^T, then dS^T, as A fragments (16 queries each) */
 			unsigned pa[4][4], sa[4][4];
-#pragma unroll
-			for (int ks = 0; ks < 4; ks++)
-#pragma unroll
-				for (int x = 0; x < 4; x++)
-					pa[ks][x] = pack_bf16(sT[8 * ks + 2 * x], sT[8 * ks + 2 * x + 1]);
+			awg_pack(pa, sT);
 			wg_fence();
 #pragma unroll
 			for (int ks = 0; ks < 4; ks++)
@@ -335,11 +317,7 @@ static __device__ __forceinline__ void awg_dkdv(const struct awgb_args &A, int k
 					int c = 8 * jj + 2 * t4 + (e & 1);
 					dpT[4 * jj + e] = sT[4 * jj + e] * (dpT[4 * jj + e] - DL[c]) * scale;
 				}
-#pragma unroll
-			for (int ks = 0; ks < 4; ks++)
-#pragma unroll
-				for (int x = 0; x < 4; x++)
-					sa[ks][x] = pack_bf16(dpT[8 * ks + 2 * x], dpT[8 * ks + 2 * x + 1]);
+			awg_pack(sa, dpT);
 			wg_fence();
 #pragma unroll
 			for (int ks = 0; ks < 4; ks++)
@@ -656,21 +634,7 @@ static __device__ __forceinline__ void awg_fused(const struct awgb_args &A, int 
 			const uint32_t qs = sq + st * TB, ds = sd + st * TB;
 			const float *L = Ls + st * 64, *DL = Dl + st * 64;
 			float sT[32], dpT[32];
-			wg_fence();
-#pragma unroll
-			for (int kk = 0; kk < DH / 16; kk++) {
-				uint32_t own = (kk >> 2) * (KR * 128) + wg * 8192 + (kk & 3) * 32;
-				uint32_t off = (kk >> 2) * 8192 + (kk & 3) * 32;
-				att_wg_ss_n64(sT, wg_desc(sk + own, 16, 1024), wg_desc(qs + off, 16, 1024), kk > 0);
-			}
-			wg_commit();
-#pragma unroll
-			for (int kk = 0; kk < DH / 16; kk++) {
-				uint32_t own = (kk >> 2) * (KR * 128) + wg * 8192 + (kk & 3) * 32;
-				uint32_t off = (kk >> 2) * 8192 + (kk & 3) * 32;
-				att_wg_ss_n64(dpT, wg_desc(sv + own, 16, 1024), wg_desc(ds + off, 16, 1024), kk > 0);
-			}
-			wg_commit();
+			awg_st_dpt<DH, KR>(sT, dpT, sk, sv, qs, ds, wg);
 			wg_wait<1>();
 			wg_fence_regs<32>(sT);
 			bool edge = q0 < wk0 + 64 || q0 + 64 > T;
@@ -685,11 +649,7 @@ static __device__ __forceinline__ void awg_fused(const struct awgb_args &A, int 
 					sT[4 * jj + e] = p;
 				}
 			unsigned pa[4][4], sa[4][4];
-#pragma unroll
-			for (int ks = 0; ks < 4; ks++)
-#pragma unroll
-				for (int x = 0; x < 4; x++)
-					pa[ks][x] = pack_bf16(sT[8 * ks + 2 * x], sT[8 * ks + 2 * x + 1]);
+			awg_pack(pa, sT);
 			wg_fence();
 #pragma unroll
 			for (int ks = 0; ks < 4; ks++)

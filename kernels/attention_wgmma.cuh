@@ -75,6 +75,44 @@ static __device__ __forceinline__ void awg_pv(float *o, const unsigned *a, uint6
 		att_wg_rs_n128(o, a, db);
 }
 
+/* The backward's S^T = K Q^T and dP^T = V dO^T for one 64-query tile (64
+ * keys of the warpgroup wg x 64 queries): register 4jj + e is key kr +
+ * 8 (e / 2), query q0 + 8jj + 2 t4 + e % 2; the warpgroup's K and V rows
+ * at sk, sv (tiles of KR rows), the tile's Q and dO at qs, ds; issued as
+ * two groups (S^T first), not waited for */
+template <int DH, int KR>
+static __device__ __forceinline__ void awg_st_dpt(float *sT, float *dpT, uint32_t sk, uint32_t sv, uint32_t qs,
+						  uint32_t ds, int wg)
+{
+	wg_fence();
+#pragma unroll
+	for (int kk = 0; kk < DH / 16; kk++) {
+		uint32_t own = (kk >> 2) * (KR * 128) + wg * 8192 + (kk & 3) * 32;
+		uint32_t off = (kk >> 2) * 8192 + (kk & 3) * 32;
+		att_wg_ss_n64(sT, wg_desc(sk + own, 16, 1024), wg_desc(qs + off, 16, 1024), kk > 0);
+	}
+	wg_commit();
+#pragma unroll
+	for (int kk = 0; kk < DH / 16; kk++) {
+		uint32_t own = (kk >> 2) * (KR * 128) + wg * 8192 + (kk & 3) * 32;
+		uint32_t off = (kk >> 2) * 8192 + (kk & 3) * 32;
+		att_wg_ss_n64(dpT, wg_desc(sv + own, 16, 1024), wg_desc(ds + off, 16, 1024), kk > 0);
+	}
+	wg_commit();
+}
+
+/* a warpgroup MMA's fp32 accumulator registers (64 rows x 16 NK columns,
+ * as S's or S^T's) as bf16 A fragments, 16 columns each */
+template <int NK>
+static __device__ __forceinline__ void awg_pack(unsigned (&a)[NK][4], const float *v)
+{
+#pragma unroll
+	for (int ks = 0; ks < NK; ks++)
+#pragma unroll
+		for (int x = 0; x < 4; x++)
+			a[ks][x] = pack_bf16(v[8 * ks + 2 * x], v[8 * ks + 2 * x + 1]);
+}
+
 /* Rows [row0, row0 + ROWS) of one head (zero past T) into the swizzled
  * layout at dst: 16-byte chunk c of row r at column block c / 8,
  * dst + (c / 8) * ROWS * 128 + r * 128 + ((c % 8) ^ (r % 8)) * 16. */
