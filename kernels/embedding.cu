@@ -1,6 +1,8 @@
 /* Token embedding: forward row gather (bf16), backward scatter-add into the
  * fp32 gradient (atomics: rows of repeated tokens meet), or, bit-reproducible,
  * through a stable sort of the tokens by id. */
+#include <string.h>
+
 #include <cub/device/device_radix_sort.cuh>
 
 #include "cuda_common.h"
@@ -60,26 +62,82 @@ __global__ void iota_kernel(int32_t *v, int N)
 		v[i] = i;
 }
 
-/* One warp per sorted slot that starts an id's run: the run's rows summed
- * in position order (fp32), then added to dwte[id] by that warp alone. */
-__global__ void embedding_bwd_runs_kernel(float *dwte, const bf16 *dout, const int32_t *key, const int32_t *pos,
+/* bf16 bits to fp32 (exact), on either side */
+static __host__ __device__ inline float emb_bf2f(uint16_t h)
+{
+	uint32_t u = (uint32_t)h << 16;
+	float f;
+	memcpy(&f, &u, sizeof f);
+	return f;
+}
+
+#define EMB_CC 8 /* columns a lane sums at once: 32 EMB_CC a pass over the run */
+
+/* One lane's share of one id's run (sorted slots [i, end), rows pos[j] of
+ * dout): columns lane + 32 u of each pass of 32 EMB_CC, every column summed
+ * over the run's rows in slot (token) order in fp32, then added to dst.
+ * The lane keeps EMB_CC loads of a row in flight; each column's order of
+ * additions is that of moe_embedding_bwd. */
+static __host__ __device__ inline void emb_run_lane(float *dst, const uint16_t *dout, const int32_t *pos, int i,
+						    int end, int D, int lane)
+{
+	for (int c0 = 0; c0 < D; c0 += 32 * EMB_CC) {
+		float a[EMB_CC];
+#pragma unroll
+		for (int u = 0; u < EMB_CC; u++)
+			a[u] = 0.f;
+		for (int j = i; j < end; j++) {
+			const uint16_t *row = dout + (size_t)pos[j] * D;
+#pragma unroll
+			for (int u = 0; u < EMB_CC; u++) {
+				int c = c0 + 32 * u + lane;
+				if (c < D)
+					a[u] += emb_bf2f(row[c]);
+			}
+		}
+#pragma unroll
+		for (int u = 0; u < EMB_CC; u++) {
+			int c = c0 + 32 * u + lane;
+			if (c < D)
+				dst[c] += a[u];
+		}
+	}
+}
+
+/* the end of the run that starts at sorted slot i, or -1 when i does not
+ * start one (or is the pad id's) */
+static __host__ __device__ inline int emb_run_end(const int32_t *key, int i, int N, int pad_id)
+{
+	int id = key[i];
+	if (id == pad_id || (i > 0 && key[i - 1] == id))
+		return -1;
+	int end = i + 1;
+	while (end < N && key[end] == id)
+		end++;
+	return end;
+}
+
+/* One warp per sorted slot that starts an id's run: that id's rows added
+ * by that warp alone (no atomics). */
+__global__ void embedding_bwd_runs_kernel(float *dwte, const uint16_t *dout, const int32_t *key, const int32_t *pos,
 					  int N, int D, int pad_id)
 {
 	int i = (int)(((size_t)blockIdx.x * blockDim.x + threadIdx.x) / 32), lane = threadIdx.x % 32;
 	if (i >= N)
 		return;
-	int id = key[i];
-	if (id == pad_id || (i > 0 && key[i - 1] == id))
-		return;
-	int end = i + 1;
-	while (end < N && key[end] == id)
-		end++;
-	float *dst = dwte + (size_t)id * D;
-	for (int c = lane; c < D; c += 32) {
-		float a = 0.f;
-		for (int j = i; j < end; j++)
-			a += bf2f(dout[(size_t)pos[j] * D + c]);
-		dst[c] += a;
+	int end = emb_run_end(key, i, N, pad_id);
+	if (end > 0)
+		emb_run_lane(dwte + (size_t)key[i] * D, dout, pos, i, end, D, lane);
+}
+
+/* The same runs on the host, every warp and lane in turn (tests). */
+extern "C" void moe_cuda_embedding_bwd_runs_host(float *dwte, const bf16_t *dout, const int32_t *key,
+						 const int32_t *pos, int N, int D, int pad_id)
+{
+	for (int i = 0; i < N; i++) {
+		int end = emb_run_end(key, i, N, pad_id);
+		for (int lane = 0; end > 0 && lane < 32; lane++)
+			emb_run_lane(dwte + (size_t)key[i] * D, dout, pos, i, end, D, lane);
 	}
 }
 
@@ -111,7 +169,6 @@ extern "C" int moe_cuda_embedding_bwd_det(float *dwte, const bf16_t *dout, const
 		return rc;
 	if ((rc = CUDA_OK(cub::DeviceRadixSort::SortPairs(tmp, tb, ids, key, iota, pos, N, 0, 24, s), err)) != 0)
 		return rc;
-	embedding_bwd_runs_kernel<<<moe_cdiv((size_t)N * 32, 256), 256, 0, s>>>(dwte, (const bf16 *)dout, key, pos,
-										 N, D, pad_id);
+	embedding_bwd_runs_kernel<<<moe_cdiv((size_t)N * 32, 256), 256, 0, s>>>(dwte, dout, key, pos, N, D, pad_id);
 	return CUDA_LAUNCHED(err);
 }

@@ -40,6 +40,11 @@ int moe_cuda_embedding_bwd(float *dwte /* (V, D) */, const bf16_t *dout /* (N, D
 size_t moe_cuda_embedding_bwd_det_scratch(int N);
 int moe_cuda_embedding_bwd_det(float *dwte, const bf16_t *dout, const int32_t *ids, int N, int D, int pad_id,
 			       void *scratch, cudaStream_t s, struct moe_error *err);
+/* The deterministic backward's second half on the host (tests without a
+ * GPU): the rows of each run of ids key (sorted, positions pos) added as
+ * the kernel's warps add them */
+void moe_cuda_embedding_bwd_runs_host(float *dwte, const bf16_t *dout, const int32_t *key, const int32_t *pos,
+				      int N, int D, int pad_id);
 
 /* The memory-bound kernels of rmsnorm.cu, qknorm_rope.cu, permute.cu and
  * xent.cu: on != 0 selects their previous versions (same results within the

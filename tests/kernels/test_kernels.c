@@ -47,6 +47,51 @@ Test(kernels, embedding)
 	cr_expect(memcmp(g2[0], g2[1], (size_t)V * D * 4) == 0, "embedding bwd (deterministic): runs differ");
 }
 
+/* The deterministic embedding backward's per-run sums, run on the host
+ * exactly as the kernel's warps run them (no GPU needed): ids from a small
+ * vocabulary (runs of up to ~90 rows) with pad rows, widths below, at and
+ * past a pass of 256 columns; the (id, position) pairs sorted stably on the
+ * host.  From a zero gradient, every element must equal ops.c's
+ * moe_embedding_bwd bit for bit: both add each column's rows in token
+ * order. */
+Test(kernels, embedding_bwd_runs_host)
+{
+	rng_seed(5);
+	static const int widths[] = {8, 96, 256, 300, 768, 1032};
+	int N = 700, V = 11, pad = 4;
+	int32_t *ids = malloc(N * 4), *key = malloc(N * 4), *pos = malloc(N * 4);
+	for (int n = 0; n < N; n++)
+		ids[n] = (int32_t)(rng_u64() % V);
+	int at = 0; /* a stable counting sort by id */
+	for (int v = 0; v < V; v++)
+		for (int n = 0; n < N; n++)
+			if (ids[n] == v) {
+				key[at] = v;
+				pos[at++] = n;
+			}
+	cr_assert_eq(at, N);
+	for (size_t w = 0; w < sizeof widths / sizeof widths[0]; w++) {
+		int D = widths[w];
+		float *dout = rand_bf((size_t)N * D, 1.f), *ref = calloc((size_t)V * D, 4), *got = calloc((size_t)V * D, 4);
+		uint16_t *d16 = malloc((size_t)N * D * 2);
+		for (size_t i = 0; i < (size_t)N * D; i++)
+			d16[i] = moe_f32_to_bf16(dout[i]);
+		moe_embedding_bwd(ref, dout, ids, N, D, pad);
+		moe_cuda_embedding_bwd_runs_host(got, d16, key, pos, N, D, pad);
+		size_t diff = 0, nz = 0;
+		for (size_t i = 0; i < (size_t)V * D; i++) {
+			diff += memcmp(&got[i], &ref[i], 4) != 0;
+			nz += got[i] != 0.f;
+		}
+		cr_expect_eq(diff, 0, "D %d: %zu of %zu elements differ from moe_embedding_bwd", D, diff, (size_t)V * D);
+		for (int c = 0; c < D; c++)
+			cr_expect_eq(got[(size_t)pad * D + c], 0.f, "D %d: the pad id's row was written", D);
+		cr_expect_gt(nz, (size_t)(V - 2) * D, "D %d: the rows were summed", D);
+		free(dout), free(ref), free(got), free(d16);
+	}
+	free(ids), free(key), free(pos);
+}
+
 /* D: the register paths (1, 3, 4 column chunks, a partial chunk) and the
  * shared-memory path (D > 1024) */
 static void rmsnorm_case(int N, int D);
