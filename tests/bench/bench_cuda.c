@@ -10,11 +10,14 @@
  * times; model TFLOP/s counted as torch_ref counts them, MFU, peak GiB),
  * then, with -p, the per-op time breakdown of one profiled step.
  *
- *   bench_cuda [-m PRESET.json] [-B 16] [-T 2048] [-n STEPS] [-w WARMUP] [-p] [-R] [-c CLIP] [-L ROWS]
+ *   bench_cuda [-m PRESET.json] [-B 16] [-T 2048] [-n STEPS] [-w WARMUP] [-p] [-R] [-c CLIP] [-L ROWS] [-Z]
  * -R: full activation recompute (moe-train --recompute full); -c: the
  * clip norm of both groups (default 1.0 as torch_ref; a small one makes
  * every step clip); -L: rows of logits a chunk of the LM head and loss
- * (moe_model_set_logits_chunk; default the model's).
+ * (moe_model_set_logits_chunk; default the model's); -Z: tokens drawn with
+ * Zipf frequencies (p(rank k) ~ 1/k, as words in text: the most frequent
+ * id about 9% of a batch) instead of uniformly, for the ops whose cost
+ * depends on repeated ids (the deterministic embedding backward).
  */
 #include <cuda_runtime_api.h>
 #include <getopt.h>
@@ -51,10 +54,10 @@ static int cmp_d(const void *a, const void *b)
 int main(int argc, char **argv)
 {
 	const char *model = "share/models/seed-base.json";
-	int B = 16, T = 2048, steps = 8, warm = 3, prof = 0, full = 0, lc = 0, c;
+	int B = 16, T = 2048, steps = 8, warm = 3, prof = 0, full = 0, lc = 0, zipf = 0, c;
 	double clip = 1.0;
 	struct moe_error err = {0};
-	while ((c = getopt(argc, argv, "m:B:T:n:w:pRc:L:")) != -1) {
+	while ((c = getopt(argc, argv, "m:B:T:n:w:pRc:L:Z")) != -1) {
 		switch (c) {
 		case 'm': model = optarg; break;
 		case 'B': B = atoi(optarg); break;
@@ -65,9 +68,10 @@ int main(int argc, char **argv)
 		case 'R': full = 1; break;
 		case 'c': clip = atof(optarg); break;
 		case 'L': lc = atoi(optarg); break;
+		case 'Z': zipf = 1; break;
 		default:
 			fprintf(stderr, "usage: bench_cuda [-m MODEL] [-B N] [-T N] [-n STEPS] [-w WARMUP] [-p] [-R] [-c CLIP] "
-					"[-L ROWS]\n");
+					"[-L ROWS] [-Z]\n");
 			return 2;
 		}
 	}
@@ -101,10 +105,28 @@ int main(int argc, char **argv)
 	int N = B * T;
 	int32_t *x = malloc(sizeof(int32_t) * N), *y = malloc(sizeof(int32_t) * N);
 	uint64_t r = 88172645463325252ull;
+	int nv = cfg.vocab_size - 2;
+	double *cdf = zipf ? malloc(sizeof(double) * nv) : NULL; /* p(rank k) ~ 1 / k */
+	for (int k = 0; cdf && k < nv; k++)
+		cdf[k] = (k ? cdf[k - 1] : 0.0) + 1.0 / (k + 1);
 	for (int i = 0; i < N; i++) {
 		r ^= r << 13, r ^= r >> 7, r ^= r << 17;
-		x[i] = 2 + (int32_t)(r % (uint64_t)(cfg.vocab_size - 2));
+		if (!cdf) {
+			x[i] = 2 + (int32_t)(r % (uint64_t)nv);
+			continue;
+		}
+		double u = (double)(r >> 11) * (1.0 / 9007199254740992.0) * cdf[nv - 1];
+		int lo = 0, hi = nv - 1; /* the first rank whose cumulative weight passes u */
+		while (lo < hi) {
+			int mid = (lo + hi) / 2;
+			if (cdf[mid] < u)
+				lo = mid + 1;
+			else
+				hi = mid;
+		}
+		x[i] = 2 + lo;
 	}
+	free(cdf);
 	for (int i = 0; i < N; i++)
 		y[i] = (i % T == T - 1) ? cfg.pad_token_id : x[i + 1];
 	struct moe_forward_opts o = {0};
