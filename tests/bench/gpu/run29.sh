@@ -18,8 +18,11 @@ gpu_test test_backend "four steps|cosine over|PASS|FAIL|Synthesis" 30
 for d in 1 0 1 0; do
 	MOE_CUDA_DETERMINISTIC=$d bc -Z; echo "(-Z, MOE_CUDA_DETERMINISTIC=$d)"
 done
-MOE_CUDA_DETERMINISTIC=1 profile "embedding|total"
-MOE_CUDA_DETERMINISTIC=0 profile "embedding|total"
+for d in 1 0; do
+	echo "=== profile -Z, MOE_CUDA_DETERMINISTIC=$d"
+	MOE_CUDA_DETERMINISTIC=$d timeout 100 $B/tests/bench/bench_cuda -m $M -B 16 -n 1 -w 2 -p -Z 2>/dev/null |
+		grep -E "embedding|rmsnorm_bwd|qknorm_rope_bwd|total"
+done
 bc
 torch_seed
 bc
