@@ -488,19 +488,7 @@ static __device__ __forceinline__ void aff_consume(bf16 *out, float *lse, int ld
 		l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
 		l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
 	}
-#pragma unroll
-	for (int r = 0; r < 2; r++) {
-		int qi = rq + 8 * r;
-		if (qi >= T)
-			continue;
-		float inv = 1.f / l[r];
-		bf16 *ob = out + ((size_t)b * T + qi) * ldo + h * DH + 2 * t4;
-#pragma unroll
-		for (int d = 0; d < DH / 8; d++)
-			*(__nv_bfloat162 *)(ob + 8 * d) = __floats2bfloat162_rn(o[4 * d + 2 * r] * inv, o[4 * d + 2 * r + 1] * inv);
-		if (t4 == 0)
-			lse[(size_t)bh * T + qi] = (m[r] + log2f(l[r])) * 0.69314718055994531f;
-	}
+	awg_fwd_store<DH>(out, lse, o, l, m, ldo, T, b, h, bh, rq, t4);
 }
 #endif
 

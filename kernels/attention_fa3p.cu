@@ -205,20 +205,7 @@ static __device__ __forceinline__ void afp_item(bf16 *out, float *lse, int ldo, 
 		l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
 		l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
 	}
-#pragma unroll
-	for (int r = 0; r < 2; r++) {
-		int qi = rq + 8 * r;
-		if (qi >= T)
-			continue;
-		float inv = 1.f / l[r];
-		bf16 *ob = out + ((size_t)b * T + qi) * ldo + h * DH + 2 * t4;
-#pragma unroll
-		for (int d = 0; d < DH / 8; d++)
-			*(__nv_bfloat162 *)(ob + 8 * d) =
-				__floats2bfloat162_rn(o[4 * d + 2 * r] * inv, o[4 * d + 2 * r + 1] * inv);
-		if (t4 == 0)
-			lse[(size_t)bh * T + qi] = (m[r] + log2f(l[r])) * 0.69314718055994531f;
-	}
+	awg_fwd_store<DH>(out, lse, o, l, m, ldo, T, b, h, bh, rq, t4);
 }
 #endif
 
@@ -338,18 +325,6 @@ __global__ void __launch_bounds__(AFP_THREADS, 1)
 #endif
 }
 
-static int afp_sms(void)
-{
-	static int n;
-	int dev = 0;
-	if (n <= 0 && (cudaGetDevice(&dev) != cudaSuccess ||
-		       cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)) {
-		cudaGetLastError();
-		n = 132;
-	}
-	return n;
-}
-
 static int afp_grid_cap; /* moe_cuda_attention_fa3p_grid() */
 
 extern "C" void moe_cuda_attention_fa3p_grid(int n)
@@ -368,7 +343,7 @@ static int afp_launch(const CUtensorMap *m, bf16 *out, float *lse, int ldo, int 
 			  err)) != 0)
 		return rc;
 	const int NY = (int)moe_cdiv(T, 128), total = B * H * NY;
-	int grid = total < afp_sms() ? total : afp_sms();
+	int grid = total < moe_cuda_sms() ? total : moe_cuda_sms();
 	if (afp_grid_cap > 0 && afp_grid_cap < grid)
 		grid = afp_grid_cap;
 	attention_fwd_fa3p_kernel<DH, BN, NS, NQ, PP><<<grid, AFP_THREADS, SMEM, s>>>(

@@ -125,13 +125,7 @@ attention_fwd_wgmma_kernel(bf16 *out, float *lse, const bf16 *q, const bf16 *k, 
 			for (int i = 0; i < DH / 2; i++)
 				o[i] *= alpha[(i & 3) / 2];
 			unsigned a[4][4];
-#pragma unroll
-			for (int ks = 0; ks < 4; ks++) {
-				a[ks][0] = pack_bf16(s[8 * ks + 0], s[8 * ks + 1]);
-				a[ks][1] = pack_bf16(s[8 * ks + 2], s[8 * ks + 3]);
-				a[ks][2] = pack_bf16(s[8 * ks + 4], s[8 * ks + 5]);
-				a[ks][3] = pack_bf16(s[8 * ks + 6], s[8 * ks + 7]);
-			}
+			awg_pack(a, s);
 			wg_fence();
 #pragma unroll
 			for (int ks = 0; ks < 4; ks++)
@@ -143,19 +137,7 @@ attention_fwd_wgmma_kernel(bf16 *out, float *lse, const bf16 *q, const bf16 *k, 
 		if (!OB)
 			__syncthreads(); /* the stage is refilled next iteration */
 	}
-#pragma unroll
-	for (int r = 0; r < 2; r++) {
-		int qi = rq + 8 * r;
-		if (qi >= T)
-			continue;
-		float inv = 1.f / l[r];
-		bf16 *ob = out + ((size_t)b * T + qi) * ldo + h * DH + 2 * t4;
-#pragma unroll
-		for (int d = 0; d < DH / 8; d++)
-			*(__nv_bfloat162 *)(ob + 8 * d) = __floats2bfloat162_rn(o[4 * d + 2 * r] * inv, o[4 * d + 2 * r + 1] * inv);
-		if (t4 == 0)
-			lse[(size_t)bh * T + qi] = (m[r] + log2f(l[r])) * 0.69314718055994531f;
-	}
+	awg_fwd_store<DH>(out, lse, o, l, m, ldo, T, b, h, bh, rq, t4);
 #endif
 }
 

@@ -101,6 +101,30 @@ static __device__ __forceinline__ void awg_st_dpt(float *sT, float *dpT, uint32_
 	wg_commit();
 }
 
+/* The forward's epilogue for this thread's rows rq and rq + 8 of a
+ * warpgroup's 64 queries of head h (bh = b H + h): out = O / l in bf16
+ * (O's registers as awg_pv's, l the rows' sums over the quad), lse = (m +
+ * log2 l) ln 2 (m the running max in log2 units); rows past T skipped. */
+template <int DH>
+static __device__ __forceinline__ void awg_fwd_store(bf16 *out, float *lse, const float *o, const float *l,
+						     const float *m, int ldo, int T, int b, int h, int bh, int rq,
+						     int t4)
+{
+#pragma unroll
+	for (int r = 0; r < 2; r++) {
+		int qi = rq + 8 * r;
+		if (qi >= T)
+			continue;
+		float inv = 1.f / l[r];
+		bf16 *ob = out + ((size_t)b * T + qi) * ldo + h * DH + 2 * t4;
+#pragma unroll
+		for (int d = 0; d < DH / 8; d++)
+			*(__nv_bfloat162 *)(ob + 8 * d) = __floats2bfloat162_rn(o[4 * d + 2 * r] * inv, o[4 * d + 2 * r + 1] * inv);
+		if (t4 == 0)
+			lse[(size_t)bh * T + qi] = (m[r] + log2f(l[r])) * 0.69314718055994531f;
+	}
+}
+
 /* a warpgroup MMA's fp32 accumulator registers (64 rows x 16 NK columns,
  * as S's or S^T's) as bf16 A fragments, 16 columns each */
 template <int NK>

@@ -63,7 +63,6 @@
 
 extern "C" {
 #include "model/model.h"
-#include "model/ops.h"
 }
 
 #define N_ROUTES 256
@@ -1665,27 +1664,18 @@ static void o_adamw(struct moe_backend *be, float *p, const float *g, float gsca
 }
 
 /* One layer's selection-bias step queued on the stream (the directions go
- * in the launch); more experts than a launch carries: through the host. */
-static void o_balance_bias(struct moe_backend *be, float *bias, const int8_t *dir, int E, float u, float clamp)
+ * in the launch); more experts than a launch carries: the model's host
+ * path. */
+static bool o_balance_bias(struct moe_backend *be, float *bias, const int8_t *dir, int E, float u, float clamp)
 {
 	struct cuda_ctx *c = CTX(be);
-	if (E > MOE_CUDA_BALANCE_MAX_E) {
-		float *b = (float *)malloc((size_t)E * sizeof *b);
-		if (!b) {
-			if (c->rc == 0)
-				c->rc = moe_error_set(&c->err, MOE_ENOMEM, "cuda: out of host memory");
-			return;
-		}
-		b_to_host(be, b, bias, (size_t)E, MOE_BUF_F32);
-		moe_balance_apply(b, dir, E, u, clamp);
-		b_from_host(be, bias, b, (size_t)E, MOE_BUF_F32);
-		free(b);
-		return;
-	}
+	if (E > MOE_CUDA_BALANCE_MAX_E)
+		return false;
 	bf16_t *b16 = (bias >= c->p32 && bias < c->p32 + c->n) ? c->p16 + (bias - c->p32) : NULL;
 	PROF(c, "balance_bias");
 	RUN(c, moe_cuda_balance_bias(bias, b16, dir, E, u, clamp, c->s, &c->err));
 	PROF_END(c);
+	return true;
 }
 
 extern "C" struct moe_backend *moe_backend_cuda(struct moe_error *err)

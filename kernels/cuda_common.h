@@ -143,6 +143,20 @@ static __device__ __forceinline__ void block_rows_sum_add(float *dw, const float
 
 static inline unsigned moe_cdiv(size_t a, size_t b) { return (unsigned)((a + b - 1) / b); }
 
+/* The multiprocessors of the current device (132 when it cannot be asked),
+ * asked once: the persistent kernels' grids. */
+static inline int moe_cuda_sms(void)
+{
+	static int n;
+	int dev = 0;
+	if (n <= 0 && (cudaGetDevice(&dev) != cudaSuccess ||
+		       cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)) {
+		cudaGetLastError();
+		n = 132;
+	}
+	return n;
+}
+
 /* Resident blocks of kern on this device (at least 1), for grid-stride
  * launches that fill the card once.  The queries cost microseconds and the
  * launchers ask at every launch, so the last answers are kept. */

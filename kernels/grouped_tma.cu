@@ -926,18 +926,6 @@ static bool gt_map(CUtensorMap *m, const void *p, CUtensorMapDataType dt, unsign
 			    CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
-static int gt_sms(void)
-{
-	static int n;
-	int dev = 0;
-	if (n <= 0 && (cudaGetDevice(&dev) != cudaSuccess ||
-		       cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)) {
-		cudaGetLastError();
-		n = 132;
-	}
-	return n;
-}
-
 /* 0 launched (or failed: rc < 0), 1: not launchable here, take the
  * wgmma kernel.  fwd, dgrad: c (rows, ncols) = a (rows, K) by w (E, Out,
  * In); wgrad: c (E, Out, In) fp32 (+)= a^T (dY: rows, Out) b (X: rows, In)
@@ -1012,7 +1000,7 @@ static int gt_launch(void *c, const bf16 *a, const bf16 *w, const int32_t *offse
 	if (ssq_n) /* the slots the kernel writes: two a tile */
 		*ssq_n = g.ssq ? (size_t)2 * E * g.mt * g.nt : 0;
 	size_t tiles = MODE == GT_WGRAD ? (size_t)E * g.mt * g.nt : (size_t)(moe_cdiv(max_rows, BM) + E) * g.nt;
-	unsigned grid = gt_force_grid ? gt_force_grid : gt_sms();
+	unsigned grid = gt_force_grid ? gt_force_grid : moe_cuda_sms();
 	if (grid > tiles)
 		grid = (unsigned)tiles;
 	static bool attr_set;

@@ -1090,10 +1090,9 @@ int moe_model_update_bias(struct moe_model *m, const int64_t *counts, float u, s
 			continue;
 		int8_t dir[E];
 		moe_balance_dir(dir, counts + (size_t)(l - c->n_dense_layers) * E, E);
-		if (be->balance_bias) { /* on the device, queued: no round trip */
-			be->balance_bias(be, be->master(be, lo->bias), dir, E, u, clamp);
+		/* on the device, queued: no round trip */
+		if (be->balance_bias && be->balance_bias(be, be->master(be, lo->bias), dir, E, u, clamp))
 			continue;
-		}
 		float b[E];
 		be->to_host(be, b, be->master(be, lo->bias), (size_t)E, MOE_BUF_F32);
 		moe_balance_apply(b, dir, E, u, clamp);

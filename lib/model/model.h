@@ -348,11 +348,12 @@ struct moe_backend {
 	/* AdamW on one span; the step uses the gradient g * gscale (the clip
 	 * factor: g itself is not changed) */
 	void (*adamw)(struct moe_backend *be, float *p, const float *g, float gscale, float *m, float *v, size_t n, float lr, float beta1, float beta2, float eps, float weight_decay, int64_t t);
-	/* Optional (NULL: the model reads the bias back, updates it on the
-	 * host and uploads it): one layer's loss-free-balancing step on its
-	 * fp32 master bias (E) and compute copy, as moe_balance_apply with the
-	 * host directions dir (E), queued without a synchronisation. */
-	void (*balance_bias)(struct moe_backend *be, float *bias, const int8_t *dir, int E, float u, float clamp);
+	/* Optional: one layer's loss-free-balancing step on its fp32 master
+	 * bias (E) and compute copy, as moe_balance_apply with the host
+	 * directions dir (E), queued without a synchronisation; false when the
+	 * backend does not take this E.  NULL or false: the model reads the
+	 * bias back, updates it on the host and uploads it. */
+	bool (*balance_bias)(struct moe_backend *be, float *bias, const int8_t *dir, int E, float u, float clamp);
 };
 
 /* The CPU backend (fp32, OpenMP).  NULL on ENOMEM.  Free with be->destroy(be). */
