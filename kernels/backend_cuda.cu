@@ -693,7 +693,7 @@ static void o_embedding_bwd(struct moe_backend *be, float *dwte, const void *dou
 			    int pad_id)
 {
 	struct cuda_ctx *c = CTX(be);
-	void *sc = c->det ? scratch(c, S_DET, moe_cuda_embedding_bwd_det_scratch(N)) : NULL;
+	void *sc = c->det ? scratch(c, S_DET, moe_cuda_embedding_bwd_det_scratch(N, D)) : NULL;
 	PROF(c, "embedding_bwd");
 	if (sc)
 		RUN(c, moe_cuda_embedding_bwd_det(dwte, (const bf16_t *)dout, ids, N, D, pad_id, sc, c->s, &c->err));

@@ -1,6 +1,7 @@
 /* Token embedding: forward row gather (bf16), backward scatter-add into the
  * fp32 gradient (atomics: rows of repeated tokens meet), or, bit-reproducible,
- * through a stable sort of the tokens by id. */
+ * through a stable sort of the tokens by id and fixed chunks of the sorted
+ * rows. */
 #include <string.h>
 
 #include <cub/device/device_radix_sort.cuh>
@@ -71,74 +72,136 @@ static __host__ __device__ inline float emb_bf2f(uint16_t h)
 	return f;
 }
 
-#define EMB_CC 8 /* columns a lane sums at once: 32 EMB_CC a pass over the run */
+/* The sorted slots are cut into chunks of EMB_CHUNK; a chunk's rows are
+ * added in slot (token) order, one fp32 sum a column for each piece of a
+ * run of one id inside the chunk.  A run wholly inside one chunk goes
+ * straight to its gradient row (no other chunk touches that id); a run that
+ * crosses a chunk boundary leaves its pieces in two slots a chunk (head: the
+ * run came from the chunk before; tail: it goes on into the next), and the
+ * chunk where it starts adds them in chunk order.  The chunking is fixed,
+ * so the order of every addition is too: bit-reproducible, and a frequent
+ * token (text: one id can be several percent of a batch) costs a chunk's
+ * worth of serial work, not its whole run. */
+#define EMB_CHUNK 32
+#define EMB_COLS 4   /* columns a thread carries: c0 + u stride, u < EMB_COLS */
+#define EMB_THREADS 256
 
-/* One lane's share of one id's run (sorted slots [i, end), rows pos[j] of
- * dout): columns lane + 32 u of each pass of 32 EMB_CC, every column summed
- * over the run's rows in slot (token) order in fp32, then added to dst.
- * The lane keeps EMB_CC loads of a row in flight; each column's order of
- * additions is that of moe_embedding_bwd. */
-static __host__ __device__ inline void emb_run_lane(float *dst, const uint16_t *dout, const int32_t *pos, int i,
-						    int end, int D, int lane)
+static __host__ __device__ inline bool emb_continues(const int32_t *key, int a, int b, int N)
 {
-	for (int c0 = 0; c0 < D; c0 += 32 * EMB_CC) {
-		float a[EMB_CC];
+	/* slots a and b (b = a + 1) hold the same id */
+	return a >= 0 && b < N && key[a] == key[b];
+}
+
+/* Phase 1 for chunk ch, columns c0 + u stride. */
+static __host__ __device__ inline void emb_chunk_cols(float *dwte, float *piece, const uint16_t *dout,
+						      const int32_t *key, const int32_t *pos, int N, int D,
+						      int pad_id, int ch, int c0, int stride)
+{
+	int s0 = ch * EMB_CHUNK, s1 = s0 + EMB_CHUNK < N ? s0 + EMB_CHUNK : N, rs = s0;
+	float a[EMB_COLS];
+	for (int u = 0; u < EMB_COLS; u++)
+		a[u] = 0.f;
+	for (int j = s0; j < s1; j++) {
+		const uint16_t *row = dout + (size_t)pos[j] * D;
 #pragma unroll
-		for (int u = 0; u < EMB_CC; u++)
-			a[u] = 0.f;
-		for (int j = i; j < end; j++) {
-			const uint16_t *row = dout + (size_t)pos[j] * D;
+		for (int u = 0; u < EMB_COLS; u++) {
+			int c = c0 + u * stride;
+			if (c < D)
+				a[u] += emb_bf2f(row[c]);
+		}
+		if (j + 1 < s1 && key[j + 1] == key[j])
+			continue;
+		int id = key[j];
+		if (id != pad_id) {
+			bool head = rs == s0 && emb_continues(key, s0 - 1, s0, N);
+			bool tail = j + 1 == s1 && emb_continues(key, j, j + 1, N);
+			float *dst = head   ? piece + (size_t)ch * 2 * D
+				     : tail ? piece + ((size_t)ch * 2 + 1) * D
+					    : dwte + (size_t)id * D;
 #pragma unroll
-			for (int u = 0; u < EMB_CC; u++) {
-				int c = c0 + 32 * u + lane;
-				if (c < D)
-					a[u] += emb_bf2f(row[c]);
+			for (int u = 0; u < EMB_COLS; u++) {
+				int c = c0 + u * stride;
+				if (c < D) {
+					if (head || tail)
+						dst[c] = a[u];
+					else
+						dst[c] += a[u];
+				}
 			}
 		}
 #pragma unroll
-		for (int u = 0; u < EMB_CC; u++) {
-			int c = c0 + 32 * u + lane;
+		for (int u = 0; u < EMB_COLS; u++)
+			a[u] = 0.f;
+		rs = j + 1;
+	}
+}
+
+/* Phase 2 for chunk ch: when a run starts in ch and crosses its end, its
+ * pieces (ch's tail, then the heads of the chunks after) summed in chunk
+ * order and added to the id's row. */
+static __host__ __device__ inline void emb_join_cols(float *dwte, const float *piece, const int32_t *key, int N,
+						     int D, int pad_id, int ch, int c0, int stride)
+{
+	int s0 = ch * EMB_CHUNK, s1 = s0 + EMB_CHUNK;
+	if (s1 >= N || key[s1] != key[s1 - 1] || key[s1] == pad_id)
+		return; /* no run crosses the end of ch */
+	int id = key[s1];
+	if (key[s0] == id && emb_continues(key, s0 - 1, s0, N))
+		return; /* that run started before ch: its own chunk joins it */
+	float a[EMB_COLS];
+#pragma unroll
+	for (int u = 0; u < EMB_COLS; u++) {
+		int c = c0 + u * stride;
+		a[u] = c < D ? piece[((size_t)ch * 2 + 1) * D + c] : 0.f;
+	}
+	for (int k = ch + 1;; k++) {
+#pragma unroll
+		for (int u = 0; u < EMB_COLS; u++) {
+			int c = c0 + u * stride;
 			if (c < D)
-				dst[c] += a[u];
+				a[u] += piece[(size_t)k * 2 * D + c];
 		}
+		int e = (k + 1) * EMB_CHUNK;
+		if (e >= N || key[e] != id)
+			break;
+	}
+#pragma unroll
+	for (int u = 0; u < EMB_COLS; u++) {
+		int c = c0 + u * stride;
+		if (c < D)
+			dwte[(size_t)id * D + c] += a[u];
 	}
 }
 
-/* the end of the run that starts at sorted slot i, or -1 when i does not
- * start one (or is the pad id's) */
-static __host__ __device__ inline int emb_run_end(const int32_t *key, int i, int N, int pad_id)
+__global__ void embedding_bwd_chunks_kernel(float *dwte, float *piece, const uint16_t *dout, const int32_t *key,
+					    const int32_t *pos, int N, int D, int pad_id)
 {
-	int id = key[i];
-	if (id == pad_id || (i > 0 && key[i - 1] == id))
-		return -1;
-	int end = i + 1;
-	while (end < N && key[end] == id)
-		end++;
-	return end;
+	for (int c0 = threadIdx.x; c0 < D; c0 += EMB_THREADS * EMB_COLS)
+		emb_chunk_cols(dwte, piece, dout, key, pos, N, D, pad_id, blockIdx.x, c0, EMB_THREADS);
 }
 
-/* One warp per sorted slot that starts an id's run: that id's rows added
- * by that warp alone (no atomics). */
-__global__ void embedding_bwd_runs_kernel(float *dwte, const uint16_t *dout, const int32_t *key, const int32_t *pos,
-					  int N, int D, int pad_id)
+__global__ void embedding_bwd_join_kernel(float *dwte, const float *piece, const int32_t *key, int N, int D,
+					  int pad_id)
 {
-	int i = (int)(((size_t)blockIdx.x * blockDim.x + threadIdx.x) / 32), lane = threadIdx.x % 32;
-	if (i >= N)
-		return;
-	int end = emb_run_end(key, i, N, pad_id);
-	if (end > 0)
-		emb_run_lane(dwte + (size_t)key[i] * D, dout, pos, i, end, D, lane);
+	for (int c0 = threadIdx.x; c0 < D; c0 += EMB_THREADS * EMB_COLS)
+		emb_join_cols(dwte, piece, key, N, D, pad_id, blockIdx.x, c0, EMB_THREADS);
 }
 
-/* The same runs on the host, every warp and lane in turn (tests). */
-extern "C" void moe_cuda_embedding_bwd_runs_host(float *dwte, const bf16_t *dout, const int32_t *key,
-						 const int32_t *pos, int N, int D, int pad_id)
+/* Both phases on the host, as the kernels' threads run them (tests). */
+extern "C" void moe_cuda_embedding_bwd_chunks_host(float *dwte, const bf16_t *dout, const int32_t *key,
+						   const int32_t *pos, int N, int D, int pad_id)
 {
-	for (int i = 0; i < N; i++) {
-		int end = emb_run_end(key, i, N, pad_id);
-		for (int lane = 0; end > 0 && lane < 32; lane++)
-			emb_run_lane(dwte + (size_t)key[i] * D, dout, pos, i, end, D, lane);
-	}
+	int nch = (N + EMB_CHUNK - 1) / EMB_CHUNK;
+	float *piece = (float *)malloc((size_t)nch * 2 * D * sizeof(float) + 1);
+	for (int ch = 0; ch < nch; ch++)
+		for (int t = 0; t < EMB_THREADS; t++)
+			for (int c0 = t; c0 < D; c0 += EMB_THREADS * EMB_COLS)
+				emb_chunk_cols(dwte, piece, dout, key, pos, N, D, pad_id, ch, c0, EMB_THREADS);
+	for (int ch = 0; ch < nch; ch++)
+		for (int t = 0; t < EMB_THREADS; t++)
+			for (int c0 = t; c0 < D; c0 += EMB_THREADS * EMB_COLS)
+				emb_join_cols(dwte, piece, key, N, D, pad_id, ch, c0, EMB_THREADS);
+	free(piece);
 }
 
 static size_t emb_sort_bytes(int N)
@@ -149,10 +212,11 @@ static size_t emb_sort_bytes(int N)
 	return b;
 }
 
-extern "C" size_t moe_cuda_embedding_bwd_det_scratch(int N)
+extern "C" size_t moe_cuda_embedding_bwd_det_scratch(int N, int D)
 {
-	size_t n = N > 0 ? (size_t)N : 1;
-	return 3 * n * sizeof(int32_t) + 256 + emb_sort_bytes((int)n);
+	size_t n = N > 0 ? (size_t)N : 1, nch = (n + EMB_CHUNK - 1) / EMB_CHUNK;
+	return 3 * n * sizeof(int32_t) + 256 + emb_sort_bytes((int)n) + 256 +
+	       nch * 2 * (size_t)(D > 0 ? D : 1) * sizeof(float);
 }
 
 extern "C" int moe_cuda_embedding_bwd_det(float *dwte, const bf16_t *dout, const int32_t *ids, int N, int D,
@@ -163,12 +227,18 @@ extern "C" int moe_cuda_embedding_bwd_det(float *dwte, const bf16_t *dout, const
 	int32_t *iota = (int32_t *)scratch, *key = iota + N, *pos = key + N;
 	void *tmp = (void *)(((uintptr_t)(pos + N) + 255) & ~(uintptr_t)255);
 	size_t tb = emb_sort_bytes(N);
+	float *piece = (float *)(((uintptr_t)tmp + tb + 255) & ~(uintptr_t)255);
+	int nch = moe_cdiv(N, EMB_CHUNK);
 	iota_kernel<<<moe_cdiv(N, 256), 256, 0, s>>>(iota, N);
 	int rc;
 	if ((rc = CUDA_LAUNCHED(err)) != 0)
 		return rc;
 	if ((rc = CUDA_OK(cub::DeviceRadixSort::SortPairs(tmp, tb, ids, key, iota, pos, N, 0, 24, s), err)) != 0)
 		return rc;
-	embedding_bwd_runs_kernel<<<moe_cdiv((size_t)N * 32, 256), 256, 0, s>>>(dwte, dout, key, pos, N, D, pad_id);
+	embedding_bwd_chunks_kernel<<<nch, EMB_THREADS, 0, s>>>(dwte, piece, (const uint16_t *)dout, key, pos, N, D,
+								 pad_id);
+	if ((rc = CUDA_LAUNCHED(err)) != 0)
+		return rc;
+	embedding_bwd_join_kernel<<<nch, EMB_THREADS, 0, s>>>(dwte, piece, key, N, D, pad_id);
 	return CUDA_LAUNCHED(err);
 }

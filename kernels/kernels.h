@@ -34,17 +34,18 @@ int moe_cuda_embedding_bwd(float *dwte /* (V, D) */, const bf16_t *dout /* (N, D
 			   const int32_t *ids, int N, int D, int pad_id, cudaStream_t s,
 			   struct moe_error *err);
 /* The same without atomics, bit-reproducible: the (id, position) pairs
- * sorted by id (stable radix sort), then one warp a distinct id adds its
- * rows in position order; scratch of moe_cuda_embedding_bwd_det_scratch(N)
- * bytes (ids below 2^24). */
-size_t moe_cuda_embedding_bwd_det_scratch(int N);
+ * sorted by id (stable radix sort), then the sorted rows added in fixed
+ * chunks of 32 in token order, the pieces of an id's run that crosses
+ * chunks added in chunk order; scratch of
+ * moe_cuda_embedding_bwd_det_scratch(N, D) bytes (ids below 2^24). */
+size_t moe_cuda_embedding_bwd_det_scratch(int N, int D);
 int moe_cuda_embedding_bwd_det(float *dwte, const bf16_t *dout, const int32_t *ids, int N, int D, int pad_id,
 			       void *scratch, cudaStream_t s, struct moe_error *err);
-/* The deterministic backward's second half on the host (tests without a
- * GPU): the rows of each run of ids key (sorted, positions pos) added as
- * the kernel's warps add them */
-void moe_cuda_embedding_bwd_runs_host(float *dwte, const bf16_t *dout, const int32_t *key, const int32_t *pos,
-				      int N, int D, int pad_id);
+/* The deterministic backward after the sort, on the host (tests without a
+ * GPU, and the exact expectation for the kernels): the rows of the sorted
+ * ids key (positions pos) added as the kernels' threads add them */
+void moe_cuda_embedding_bwd_chunks_host(float *dwte, const bf16_t *dout, const int32_t *key, const int32_t *pos,
+					int N, int D, int pad_id);
 
 /* The memory-bound kernels of rmsnorm.cu, qknorm_rope.cu, permute.cu and
  * xent.cu: on != 0 selects their previous versions (same results within the

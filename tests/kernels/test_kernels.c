@@ -17,8 +17,8 @@ Test(kernels, embedding)
 	int N = 300, D = 136, V = 50;
 	float *wte = rand_bf((size_t)V * D, 1.f), *dout = rand_bf((size_t)N * D, 1.f);
 	int32_t *ids = malloc(N * 4);
-	for (int n = 0; n < N; n++)
-		ids[n] = (int32_t)(rng_u64() % V);
+	for (int n = 0; n < N; n++) /* id 7 a third of the rows: runs that cross the 32-row chunks */
+		ids[n] = n % 3 == 1 ? 7 : (int32_t)(rng_u64() % V);
 	float *ref = malloc((size_t)N * D * 4), *dref = calloc((size_t)V * D, 4);
 	moe_embedding_fwd(ref, ids, wte, N, D);
 	moe_embedding_bwd(dref, dout, ids, N, D, 3);
@@ -31,45 +31,72 @@ Test(kernels, embedding)
 	float *out = down_bf(dout_g, (size_t)N * D), *g = down(dg, (size_t)V * D * 4);
 	CHECK_REL(out, ref, (size_t)N * D, 0.0, "embedding fwd");
 	CHECK_REL(g, dref, (size_t)V * D, 1e-6, "embedding bwd");
-	/* the deterministic backward (sorted by id, no atomics; about 6 rows an
-	 * id here), added twice into an existing gradient: the same bits both
-	 * times, and the reference's sum */
-	void *sc = dmalloc(moe_cuda_embedding_bwd_det_scratch(N));
+	/* the deterministic backward (sorted by id, no atomics; about 4 rows an
+	 * id here, and id 7's 100 rows over several chunks), added twice into an
+	 * existing gradient: the same bits both times, the same bits as the
+	 * host emulation of its threads, and the reference's sum */
+	void *sc = dmalloc(moe_cuda_embedding_bwd_det_scratch(N, D));
 	float *g2[2];
 	for (int r = 0; r < 2; r++) {
 		cr_assert_eq(cudaMemcpy(dg, dref, (size_t)V * D * 4, cudaMemcpyHostToDevice), cudaSuccess);
 		LAUNCH_OK(moe_cuda_embedding_bwd_det(dg, dd, did, N, D, 3, sc, S, &gerr));
 		g2[r] = down(dg, (size_t)V * D * 4);
 	}
+	int32_t *key = malloc(N * 4), *pos = malloc(N * 4);
+	int at = 0; /* a stable counting sort by id, as the radix sort's */
+	for (int v = 0; v < V; v++)
+		for (int n = 0; n < N; n++)
+			if (ids[n] == v)
+				key[at] = v, pos[at++] = n;
+	uint16_t *d16 = malloc((size_t)N * D * 2);
+	for (size_t i = 0; i < (size_t)N * D; i++)
+		d16[i] = moe_f32_to_bf16(dout[i]);
+	float *emu = malloc((size_t)V * D * 4);
+	memcpy(emu, dref, (size_t)V * D * 4);
+	moe_cuda_embedding_bwd_chunks_host(emu, d16, key, pos, N, D, 3);
 	for (size_t i = 0; i < (size_t)V * D; i++)
 		dref[i] *= 2.f;
 	CHECK_REL(g2[0], dref, (size_t)V * D, 1e-6, "embedding bwd (deterministic)");
 	cr_expect(memcmp(g2[0], g2[1], (size_t)V * D * 4) == 0, "embedding bwd (deterministic): runs differ");
+	cr_expect(memcmp(g2[0], emu, (size_t)V * D * 4) == 0,
+		  "embedding bwd (deterministic): not the host emulation's bits");
+	free(key), free(pos), free(d16), free(emu);
 }
 
-/* The deterministic embedding backward's per-run sums, run on the host
- * exactly as the kernel's warps run them (no GPU needed): ids from a small
- * vocabulary (runs of up to ~90 rows) with pad rows, widths below, at and
- * past a pass of 256 columns; the (id, position) pairs sorted stably on the
- * host.  From a zero gradient, every element must equal ops.c's
- * moe_embedding_bwd bit for bit: both add each column's rows in token
- * order. */
-Test(kernels, embedding_bwd_runs_host)
+/* The deterministic embedding backward after its sort, run on the host
+ * exactly as the kernels' threads run it (no GPU needed): ids from a small
+ * vocabulary with one frequent id (about a fifth of the rows: runs over
+ * many 32-row chunks) and pad rows, widths below, at and past the 1024
+ * columns a block carries; the (id, position) pairs sorted stably on the
+ * host.  From a zero gradient: an id whose rows lie in one chunk equals
+ * ops.c's moe_embedding_bwd bit for bit (both add its rows in token
+ * order); an id over several chunks, whose pieces are added in chunk
+ * order, within 1e-6 of it relative to the row's size; the pad id's row
+ * stays zero. */
+Test(kernels, embedding_bwd_chunks_host)
 {
 	rng_seed(5);
-	static const int widths[] = {8, 96, 256, 300, 768, 1032};
-	int N = 700, V = 11, pad = 4;
+	static const int widths[] = {8, 96, 256, 300, 768, 1032, 2100};
+	int N = 1500, V = 97, pad = 4, hot = 9;
 	int32_t *ids = malloc(N * 4), *key = malloc(N * 4), *pos = malloc(N * 4);
 	for (int n = 0; n < N; n++)
-		ids[n] = (int32_t)(rng_u64() % V);
-	int at = 0; /* a stable counting sort by id */
-	for (int v = 0; v < V; v++)
+		ids[n] = rng_u64() % 5 == 0 ? hot : (int32_t)(rng_u64() % V);
+	int at = 0, first[97], last[97]; /* a stable counting sort by id */
+	for (int v = 0; v < V; v++) {
+		first[v] = at;
 		for (int n = 0; n < N; n++)
 			if (ids[n] == v) {
 				key[at] = v;
 				pos[at++] = n;
 			}
+		last[v] = at - 1;
+	}
 	cr_assert_eq(at, N);
+	int crossing = 0;
+	for (int v = 0; v < V; v++)
+		crossing += last[v] >= first[v] && first[v] / 32 != last[v] / 32 && v != pad;
+	cr_assert_gt(crossing, 10, "the ids should include runs across chunks");
+	cr_assert_gt(last[hot] / 32 - first[hot] / 32, 5);
 	for (size_t w = 0; w < sizeof widths / sizeof widths[0]; w++) {
 		int D = widths[w];
 		float *dout = rand_bf((size_t)N * D, 1.f), *ref = calloc((size_t)V * D, 4), *got = calloc((size_t)V * D, 4);
@@ -77,16 +104,28 @@ Test(kernels, embedding_bwd_runs_host)
 		for (size_t i = 0; i < (size_t)N * D; i++)
 			d16[i] = moe_f32_to_bf16(dout[i]);
 		moe_embedding_bwd(ref, dout, ids, N, D, pad);
-		moe_cuda_embedding_bwd_runs_host(got, d16, key, pos, N, D, pad);
+		moe_cuda_embedding_bwd_chunks_host(got, d16, key, pos, N, D, pad);
 		size_t diff = 0, nz = 0;
-		for (size_t i = 0; i < (size_t)V * D; i++) {
-			diff += memcmp(&got[i], &ref[i], 4) != 0;
-			nz += got[i] != 0.f;
+		double worst = 0;
+		for (int v = 0; v < V; v++) {
+			bool one = last[v] < first[v] || first[v] / 32 == last[v] / 32;
+			double row = 0, e = 0;
+			for (int c = 0; c < D; c++) {
+				size_t i = (size_t)v * D + c;
+				row += (double)ref[i] * ref[i];
+				e += ((double)got[i] - ref[i]) * ((double)got[i] - ref[i]);
+				if (one)
+					diff += memcmp(&got[i], &ref[i], 4) != 0;
+				nz += got[i] != 0.f;
+			}
+			if (!one && row > 0)
+				worst = fmax(worst, sqrt(e / row));
 		}
-		cr_expect_eq(diff, 0, "D %d: %zu of %zu elements differ from moe_embedding_bwd", D, diff, (size_t)V * D);
+		cr_expect_eq(diff, 0, "D %d: %zu elements of one-chunk ids differ from moe_embedding_bwd", D, diff);
+		cr_expect_leq(worst, 1e-6, "D %d: an id over several chunks is %.3g off, relative", D, worst);
 		for (int c = 0; c < D; c++)
 			cr_expect_eq(got[(size_t)pad * D + c], 0.f, "D %d: the pad id's row was written", D);
-		cr_expect_gt(nz, (size_t)(V - 2) * D, "D %d: the rows were summed", D);
+		cr_expect_gt(nz, (size_t)(V - 10) * D, "D %d: the rows were summed", D);
 		free(dout), free(ref), free(got), free(d16);
 	}
 	free(ids), free(key), free(pos);
