@@ -8,12 +8,22 @@
  * show which shapes fall short of the large-GEMM rate; last, the router's
  * forward and input gradient through the one-group wgmma kernel, which the
  * backend uses for them on sm_90 (MOE_CUDA_NARROW).
- *   bench_gemm [-B 16] [-T 2048]
+ * -a: for every shape also cuBLASLt's first 32 heuristic algorithms for
+ * the same operation, each timed, against cublasGemmEx's default choice
+ * (is an autotuned choice worth having?).  -r: random operands instead of
+ * zeros (zeros draw less power, so the clocks run higher).
+ *   bench_gemm [-B 16] [-T 2048] [-a] [-r]
  */
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wstrict-prototypes" /* cublasLt.h */
+#include <cublasLt.h>
+#pragma GCC diagnostic pop
 #include <cuda_runtime_api.h>
 #include <getopt.h>
 #include <stdio.h>
+#include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "core/core.h"
 #include "kernels/kernels.h"
@@ -77,14 +87,95 @@ static float time_gemm(struct moe_cuda_blas *b, const struct shape *s, int kind,
 	return t[10];
 }
 
+/* The same operation as time_gemm's kind through cuBLASLt, each of the
+ * first 32 heuristic algorithms timed (median of 10); returns the best ms,
+ * *first the heuristic's first choice's, *n the algorithms tried. */
+static float lt_best(cublasLtHandle_t lt, void *ws, size_t wss, const struct shape *s, int kind, float beta,
+		     void *A, void *B, void *C, float *first, int *n)
+{
+	int ta, tb, M, N, K, lda, ldb, ldc, f32;
+	if (kind == 0)
+		ta = 0, tb = 1, M = s->rows, N = s->Out, K = s->In, lda = s->In, ldb = s->In, ldc = s->Out, f32 = 0;
+	else if (kind == 1)
+		ta = 0, tb = 0, M = s->rows, N = s->In, K = s->Out, lda = s->Out, ldb = s->In, ldc = s->In, f32 = 0;
+	else
+		ta = 1, tb = 0, M = s->Out, N = s->In, K = s->rows, lda = s->Out, ldb = s->In, ldc = s->In, f32 = 1;
+	/* column-major C^T (N x M) = op(B)^T op(A)^T, as moe_cuda_gemm calls cublasGemmEx */
+	cublasOperation_t opa = tb ? CUBLAS_OP_T : CUBLAS_OP_N, opb = ta ? CUBLAS_OP_T : CUBLAS_OP_N;
+	cublasLtMatmulDesc_t op;
+	cublasLtMatrixLayout_t la, lb, lc;
+	cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F);
+	cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof opa);
+	cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof opb);
+	cublasLtMatrixLayoutCreate(&la, CUDA_R_16BF, tb ? K : N, tb ? N : K, ldb);
+	cublasLtMatrixLayoutCreate(&lb, CUDA_R_16BF, ta ? M : K, ta ? K : M, lda);
+	cublasLtMatrixLayoutCreate(&lc, f32 ? CUDA_R_32F : CUDA_R_16BF, N, M, ldc);
+	cublasLtMatmulPreference_t pref;
+	cublasLtMatmulPreferenceCreate(&pref);
+	cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &wss, sizeof wss);
+	cublasLtMatmulHeuristicResult_t res[32];
+	int found = 0;
+	cublasLtMatmulAlgoGetHeuristic(lt, op, la, lb, lc, lc, pref, 32, res, &found);
+	float best = 1e30f, one = 1.f;
+	*first = 0;
+	cudaEvent_t e0, e1;
+	cudaEventCreate(&e0);
+	cudaEventCreate(&e1);
+	for (int i = 0; i < found; i++) {
+		float t[10];
+		int bad = 0;
+		for (int r = -2; r < 10 && !bad; r++) {
+			cudaEventRecord(e0, 0);
+			bad = cublasLtMatmul(lt, op, &one, B, la, A, lb, &beta, C, lc, C, lc, &res[i].algo, ws, wss, 0) !=
+			      CUBLAS_STATUS_SUCCESS;
+			cudaEventRecord(e1, 0);
+			cudaEventSynchronize(e1);
+			if (r >= 0)
+				cudaEventElapsedTime(&t[r], e0, e1);
+		}
+		if (bad)
+			continue;
+		qsort(t, 10, sizeof(float), cmpf);
+		if (i == 0)
+			*first = t[5];
+		best = t[5] < best ? t[5] : best;
+	}
+	*n = found;
+	cudaEventDestroy(e0);
+	cudaEventDestroy(e1);
+	cublasLtMatmulPreferenceDestroy(pref);
+	cublasLtMatrixLayoutDestroy(la);
+	cublasLtMatrixLayoutDestroy(lb);
+	cublasLtMatrixLayoutDestroy(lc);
+	cublasLtMatmulDescDestroy(op);
+	return best;
+}
+
+static void fill_rand(void *d, size_t n)
+{
+	uint16_t *h = malloc(n * 2);
+	uint64_t x = 0x9e3779b97f4a7c15ull;
+	for (size_t i = 0; i < n; i++) {
+		x = x * 6364136223846793005ull + 1442695040888963407ull;
+		float f = (float)((x >> 40) & 0xffff) / 32768.f - 1.f;
+		uint32_t u;
+		memcpy(&u, &f, 4);
+		h[i] = (uint16_t)(u >> 16);
+	}
+	cudaMemcpy(d, h, n * 2, cudaMemcpyHostToDevice);
+	free(h);
+}
+
 int main(int argc, char **argv)
 {
-	int B = 16, T = 2048, c;
-	while ((c = getopt(argc, argv, "B:T:")) != -1) {
+	int B = 16, T = 2048, c, all = 0, rnd = 0;
+	while ((c = getopt(argc, argv, "B:T:ar")) != -1) {
 		switch (c) {
 		case 'B': B = atoi(optarg); break;
 		case 'T': T = atoi(optarg); break;
-		default: fprintf(stderr, "usage: bench_gemm [-B 16] [-T 2048]\n"); return 2;
+		case 'a': all = 1; break;
+		case 'r': rnd = 1; break;
+		default: fprintf(stderr, "usage: bench_gemm [-B 16] [-T 2048] [-a] [-r]\n"); return 2;
 		}
 	}
 	int N = B * T;
@@ -115,6 +206,11 @@ int main(int argc, char **argv)
 	}
 	void *X = dzero(maxa * 2), *Y = dzero(maxa * 2), *W = dzero(maxw * 2), *O = dzero(maxa * 2),
 	     *DW = dzero(maxw * 4);
+	if (rnd) {
+		fill_rand(X, maxa);
+		fill_rand(Y, maxa);
+		fill_rand(W, maxw);
+	}
 	printf("dense GEMMs of a seed-base step, B=%d T=%d (ms, TFLOP/s; step ms = ms x calls)\n", B, T);
 	printf("%-32s %6s %9s %9s %9s %9s %9s %9s %9s\n", "layer", "calls", "fwd", "TF/s", "dgrad", "TF/s",
 	       "wgrad b0", "wgrad b1", "TF/s b0");
@@ -135,6 +231,31 @@ int main(int argc, char **argv)
 	}
 	printf("%-32s %6s %9.2f %9s %9.2f %9s %9.2f %9.2f   (ms per step)\n", "step total", "", tot[0], "", tot[1], "",
 	       tot[2], tot[3]);
+	if (all) {
+		cublasLtHandle_t lt;
+		cublasLtCreate(&lt);
+		size_t wss = 64u << 20;
+		void *ws = dzero(wss);
+		static const char *kn[] = {"fwd", "dgrad", "wgrad b1"};
+		printf("cuBLASLt's heuristic algorithms against cublasGemmEx (ms; saved = (default - best) x calls)\n");
+		printf("%-32s %-8s %9s %9s %9s %5s %9s\n", "layer", "kind", "default", "lt first", "lt best", "algos",
+		       "saved/step");
+		double saved = 0;
+		for (int i = 0; i < ns; i++)
+			for (int k = 0; k < 3; k++) {
+				const struct shape *s = &sh[i];
+				float beta = k == 2 ? 1.f : 0.f, first;
+				int n;
+				float d = time_gemm(b, s, k, beta, k == 0 ? X : Y, k == 2 ? X : W, k == 2 ? DW : O);
+				float bt = lt_best(lt, ws, wss, s, k, beta, k == 0 ? X : Y, k == 2 ? X : W,
+						   k == 2 ? DW : O, &first, &n);
+				double sv = (d - bt) * s->per_step;
+				saved += sv > 0 ? sv : 0;
+				printf("%-32s %-8s %9.4f %9.4f %9.4f %5d %9.3f\n", s->name, kn[k], d, first, bt, n, sv);
+			}
+		printf("%-32s %-8s %39s %9.3f   (ms per step, where the best is faster)\n", "total", "", "", saved);
+		cublasLtDestroy(lt);
+	}
 	/* the router's forward and input gradient as the backend runs them on
 	 * sm_90 (MOE_CUDA_NARROW): the grouped wgmma kernel with one group */
 	if (moe_cuda_grouped_wgmma_supported()) {
