@@ -287,7 +287,20 @@ extern "C" void moe_cuda_profile_report(struct moe_backend *be, FILE *fp, bool r
 		}
 }
 
-extern "C" size_t moe_cuda_peak_bytes(struct moe_backend *be) { return CTX(be)->peak_bytes; }
+/* the backend's own allocations at their peak, plus the most scratch a
+ * GEMM's tuning held at once (it is freed before the tuned call runs; added
+ * as if it met the peak: an upper bound) */
+extern "C" size_t moe_cuda_peak_bytes(struct moe_backend *be)
+{
+	struct cuda_ctx *c = CTX(be);
+	return c->peak_bytes + (c->blas ? moe_cuda_gemm_tune_bytes(c->blas) : 0);
+}
+
+extern "C" void moe_cuda_gemm_plans(struct moe_backend *be, FILE *fp)
+{
+	if (CTX(be)->blas)
+		moe_cuda_gemm_report(CTX(be)->blas, fp);
+}
 
 /* ---- memory ---------------------------------------------------------------- */
 

@@ -3,19 +3,25 @@
  * gradients in fp32).  Row-major wrapper over column-major cuBLAS:
  * C = op(A) op(B) is computed as C^T = op(B)^T op(A)^T. */
 #include <cublasLt.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "cuda_common.h"
 #include "kernels.h"
 
-/* A cuBLASLt plan of one residual GEMM shape (moe_cuda_gemm_res) */
+/* A cuBLASLt plan of one GEMM shape: the operation, its layouts and the
+ * algorithm chosen for it (see lt_tune) */
 struct lt_plan {
-	int M, N, K, lda, ldb, ldc;
+	int ta, tb, M, N, K, lda, ldb, ldc, c_f32, res, batch, beta_nz;
+	long long sA, sB, sC;
 	cublasLtMatmulDesc_t op;
 	cublasLtMatrixLayout_t a, b, c;
 	cublasLtMatmulAlgo_t algo;
+	int n_algos, n_same, chosen; /* heuristic's candidates, those with the first's bits, the one kept */
+	float ms_first, ms_best;     /* timed at the plan's making (0: not timed) */
 };
-#define LT_PLANS 16
+#define LT_PLANS 64
 
 struct moe_cuda_blas {
 	cublasHandle_t h;
@@ -25,6 +31,10 @@ struct moe_cuda_blas {
 	cublasLtHandle_t lt;
 	struct lt_plan plans[LT_PLANS];
 	int n_plans;
+	int tune; /* MOE_CUDA_GEMM_TUNE: 1 (default) cuBLASLt with timed algorithms, 0 cublasGemmEx;
+		   * 2 (tests) cuBLASLt's first candidate */
+	int *cmp; /* device counter of differing words (tuning) */
+	size_t tune_bytes; /* the most scratch a tuning held at once */
 };
 
 extern "C" struct moe_cuda_blas *moe_cuda_blas_new(cudaStream_t s, struct moe_error *err)
@@ -36,6 +46,8 @@ extern "C" struct moe_cuda_blas *moe_cuda_blas_new(cudaStream_t s, struct moe_er
 	}
 	b->ws_size = 64u << 20;
 	b->s = s;
+	const char *e = getenv("MOE_CUDA_GEMM_TUNE");
+	b->tune = !(e && !strcmp(e, "0"));
 	if (CUBLAS_OK(cublasCreate(&b->h), err)) {
 		free(b);
 		return NULL;
@@ -65,25 +77,201 @@ extern "C" void moe_cuda_blas_free(struct moe_cuda_blas *b)
 	if (b->lt)
 		cublasLtDestroy(b->lt);
 	cudaFree(b->ws);
+	cudaFree(b->cmp);
 	free(b);
+}
+
+/* The words (32-bit, then bytes) where x and y differ, added to *n. */
+__global__ void cmp_kernel(const uint32_t *x, const uint32_t *y, size_t nw, const uint8_t *xb, const uint8_t *yb,
+			   size_t nb, int *n)
+{
+	int d = 0;
+	for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < nw; i += (size_t)gridDim.x * blockDim.x)
+		d += x[i] != y[i];
+	for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < nb; i += (size_t)gridDim.x * blockDim.x)
+		d += xb[i] != yb[i];
+	if (d)
+		atomicAdd(n, d);
+}
+
+struct lt_key {
+	int ta, tb, M, N, K, lda, ldb, ldc, c_f32, res, batch, beta_nz;
+	long long sA, sB, sC;
+};
+
+static void lt_plan_destroy(struct lt_plan *p)
+{
+	if (p->a)
+		cublasLtMatrixLayoutDestroy(p->a);
+	if (p->b)
+		cublasLtMatrixLayoutDestroy(p->b);
+	if (p->c)
+		cublasLtMatrixLayoutDestroy(p->c);
+	if (p->op)
+		cublasLtMatmulDescDestroy(p->op);
+}
+
+static int lt_run(struct moe_cuda_blas *b, const struct lt_plan *p, const cublasLtMatmulAlgo_t *algo, float alpha,
+		  const bf16_t *A, const bf16_t *B, float beta, const void *C, void *D)
+{
+	return cublasLtMatmul(b->lt, p->op, &alpha, B, p->a, A, p->b, &beta, C, p->c, D, p->c, algo, b->ws,
+			      b->ws_size, b->s) != CUBLAS_STATUS_SUCCESS;
+}
+
+/* Choose among cuBLASLt's heuristic candidates by time, keeping only those
+ * whose output has the same bits as the first candidate's on this call's
+ * operands (so the choice, which timing noise can change from run to run,
+ * never changes a result: steps stay bit-reproducible).  Each candidate
+ * writes into scratch, not into the call's output.  On any failure (no
+ * memory for the scratch: the first candidate). */
+static void lt_tune(struct moe_cuda_blas *b, struct lt_plan *p, const cublasLtMatmulHeuristicResult_t *res, int found,
+		    float alpha, const bf16_t *A, const bf16_t *B, float beta, const void *C)
+{
+	p->algo = res[0].algo;
+	p->n_algos = found;
+	p->n_same = 1;
+	p->chosen = 0;
+	if (b->tune != 1 || found < 2)
+		return;
+	size_t el = p->c_f32 ? 4 : 2;
+	size_t ext = ((size_t)(p->batch - 1) * (size_t)p->sC + (size_t)p->ldc * (p->M - 1) + (size_t)p->N) * el;
+	/* an output the call overwrites (beta 0, C = D) takes the candidates'
+	 * results itself: one scratch buffer, not two */
+	bool own = beta != 0.f || p->res;
+	void *ref = NULL, *tst = own ? NULL : (void *)C;
+	cudaEvent_t e0 = NULL, e1 = NULL;
+	if (cudaStreamSynchronize(b->s) != cudaSuccess || (!b->cmp && cudaMalloc(&b->cmp, sizeof(int)) != cudaSuccess) ||
+	    cudaMalloc(&ref, ext) != cudaSuccess || (own && cudaMalloc(&tst, ext) != cudaSuccess) ||
+	    cudaEventCreate(&e0) != cudaSuccess || cudaEventCreate(&e1) != cudaSuccess)
+		goto out;
+	b->tune_bytes = ext * (own ? 2 : 1) > b->tune_bytes ? ext * (own ? 2 : 1) : b->tune_bytes;
+	{
+		const void *cin = beta != 0.f ? C : ref;
+		cudaMemsetAsync(ref, 0xff, ext, b->s); /* as tst: the gaps between rows compare equal */
+		if (lt_run(b, p, &res[0].algo, alpha, A, B, beta, cin, ref))
+			goto out;
+		float best = 0;
+		for (int i = 0; i < found; i++) {
+			cudaMemsetAsync(tst, 0xff, ext, b->s);
+			if (lt_run(b, p, &res[i].algo, alpha, A, B, beta, beta != 0.f ? C : tst, tst))
+				continue;
+			int diff = 0;
+			if (i > 0) {
+				cudaMemsetAsync(b->cmp, 0, sizeof(int), b->s);
+				cmp_kernel<<<264, 256, 0, b->s>>>((const uint32_t *)ref, (const uint32_t *)tst, ext / 4,
+								  (const uint8_t *)ref + ext / 4 * 4,
+								  (const uint8_t *)tst + ext / 4 * 4, ext % 4, b->cmp);
+				if (cudaMemcpyAsync(&diff, b->cmp, sizeof(int), cudaMemcpyDeviceToHost, b->s) != cudaSuccess ||
+				    cudaStreamSynchronize(b->s) != cudaSuccess)
+					goto out;
+				if (diff)
+					continue;
+				p->n_same++;
+			}
+			float t[5];
+			for (int r = 0; r < 5; r++) {
+				cudaEventRecord(e0, b->s);
+				lt_run(b, p, &res[i].algo, alpha, A, B, beta, beta != 0.f ? C : tst, tst);
+				cudaEventRecord(e1, b->s);
+				if (cudaEventSynchronize(e1) != cudaSuccess)
+					goto out;
+				cudaEventElapsedTime(&t[r], e0, e1);
+			}
+			for (int x = 1; x < 5; x++) /* the median of 5 */
+				for (int y = x; y > 0 && t[y] < t[y - 1]; y--) {
+					float z = t[y];
+					t[y] = t[y - 1];
+					t[y - 1] = z;
+				}
+			if (i == 0)
+				p->ms_first = best = t[2];
+			else if (t[2] < best) {
+				best = t[2];
+				p->algo = res[i].algo;
+				p->chosen = i;
+			}
+		}
+		p->ms_best = best;
+	}
+out:
+	cudaGetLastError(); /* a failed scratch allocation is not an error of the step */
+	if (e0)
+		cudaEventDestroy(e0);
+	if (e1)
+		cudaEventDestroy(e1);
+	cudaFree(ref);
+	if (own)
+		cudaFree(tst);
+}
+
+/* The plan of a shape (made, and its algorithm chosen, at its first call);
+ * NULL with *rc = 0 when cuBLASLt has no algorithm or the table is full
+ * (the caller falls back on cuBLAS). */
+static struct lt_plan *lt_plan_get(struct moe_cuda_blas *b, const struct lt_key *k, float alpha, const bf16_t *A,
+				   const bf16_t *B, float beta, const void *C, int *rc, struct moe_error *err)
+{
+	*rc = 0;
+	for (int i = 0; i < b->n_plans; i++) {
+		struct lt_plan *p = &b->plans[i];
+		if (p->ta == k->ta && p->tb == k->tb && p->M == k->M && p->N == k->N && p->K == k->K &&
+		    p->lda == k->lda && p->ldb == k->ldb && p->ldc == k->ldc && p->c_f32 == k->c_f32 &&
+		    p->res == k->res && p->batch == k->batch && p->beta_nz == k->beta_nz && p->sA == k->sA &&
+		    p->sB == k->sB && p->sC == k->sC)
+			return p;
+	}
+	if (b->n_plans == LT_PLANS)
+		return NULL;
+	if (!b->lt && (*rc = CUBLAS_OK(cublasLtCreate(&b->lt), err)) != 0)
+		return NULL;
+	struct lt_plan p = {};
+	p.ta = k->ta, p.tb = k->tb, p.M = k->M, p.N = k->N, p.K = k->K, p.lda = k->lda, p.ldb = k->ldb;
+	p.ldc = k->ldc, p.c_f32 = k->c_f32, p.res = k->res, p.batch = k->batch, p.beta_nz = k->beta_nz;
+	p.sA = k->sA, p.sB = k->sB, p.sC = k->sC;
+	/* column-major C^T (N x M) = op(B)^T op(A)^T, as cublasGemmEx is called */
+	cublasOperation_t opa = p.tb ? CUBLAS_OP_T : CUBLAS_OP_N, opb = p.ta ? CUBLAS_OP_T : CUBLAS_OP_N;
+	/* split-K only with fp32 partial sums (not in a bf16 output) */
+	uint32_t fp32_red = CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE;
+	int32_t bc = p.batch;
+	int64_t sa = p.sB, sb = p.sA, sc = p.sC;
+	cublasLtMatmulPreference_t pref = NULL;
+	cublasLtMatmulHeuristicResult_t res[8] = {};
+	int found = 0;
+	bool bad = cublasLtMatmulDescCreate(&p.op, CUBLAS_COMPUTE_32F, CUDA_R_32F) ||
+		   cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof opa) ||
+		   cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof opb) ||
+		   cublasLtMatrixLayoutCreate(&p.a, CUDA_R_16BF, p.tb ? p.K : p.N, p.tb ? p.N : p.K, p.ldb) ||
+		   cublasLtMatrixLayoutCreate(&p.b, CUDA_R_16BF, p.ta ? p.M : p.K, p.ta ? p.K : p.M, p.lda) ||
+		   cublasLtMatrixLayoutCreate(&p.c, p.c_f32 ? CUDA_R_32F : CUDA_R_16BF, p.N, p.M, p.ldc);
+	if (!bad && p.batch > 1)
+		bad = cublasLtMatrixLayoutSetAttribute(p.a, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &bc, sizeof bc) ||
+		      cublasLtMatrixLayoutSetAttribute(p.b, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &bc, sizeof bc) ||
+		      cublasLtMatrixLayoutSetAttribute(p.c, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &bc, sizeof bc) ||
+		      cublasLtMatrixLayoutSetAttribute(p.a, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &sa, sizeof sa) ||
+		      cublasLtMatrixLayoutSetAttribute(p.b, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &sb, sizeof sb) ||
+		      cublasLtMatrixLayoutSetAttribute(p.c, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &sc, sizeof sc);
+	if (!bad)
+		bad = cublasLtMatmulPreferenceCreate(&pref) ||
+		      cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &b->ws_size,
+							   sizeof b->ws_size) ||
+		      cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, &fp32_red,
+							   sizeof fp32_red) ||
+		      cublasLtMatmulAlgoGetHeuristic(b->lt, p.op, p.a, p.b, p.c, p.c, pref, 8, res, &found) || !found;
+	if (pref)
+		cublasLtMatmulPreferenceDestroy(pref);
+	if (bad) {
+		lt_plan_destroy(&p);
+		return NULL;
+	}
+	lt_tune(b, &p, res, found, alpha, A, B, beta, C);
+	b->plans[b->n_plans] = p;
+	return &b->plans[b->n_plans++];
 }
 
 extern "C" int moe_cuda_gemm(struct moe_cuda_blas *b, int ta, int tb, int M, int N, int K, const bf16_t *A,
 			     int lda, const bf16_t *B, int ldb, void *C, int ldc, int c_f32, float alpha,
 			     float beta, struct moe_error *err)
 {
-	if (M <= 0 || N <= 0)
-		return 0;
-	if (K <= 0) {
-		if (beta != 0.f)
-			return 0;
-		return moe_error_set(err, MOE_EINVAL, "gemm: K = 0 with beta = 0");
-	}
-	return CUBLAS_OK(cublasGemmEx(b->h, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, N,
-				      M, K, &alpha, B, CUDA_R_16BF, ldb, A, CUDA_R_16BF, lda, &beta, C,
-				      c_f32 ? CUDA_R_32F : CUDA_R_16BF, ldc, CUBLAS_COMPUTE_32F,
-				      CUBLAS_GEMM_DEFAULT),
-			 err);
+	return moe_cuda_gemm_batched(b, ta, tb, M, N, K, A, lda, 0, B, ldb, 0, C, ldc, 0, c_f32, alpha, beta, 1, err);
 }
 
 extern "C" int moe_cuda_gemm_batched(struct moe_cuda_blas *b, int ta, int tb, int M, int N, int K,
@@ -98,68 +286,29 @@ extern "C" int moe_cuda_gemm_batched(struct moe_cuda_blas *b, int ta, int tb, in
 			return 0;
 		return moe_error_set(err, MOE_EINVAL, "gemm: K = 0 with beta = 0");
 	}
+	if (b->tune) {
+		struct lt_key k = {ta, tb, M, N, K, lda, ldb, ldc, c_f32, 0, batch, beta != 0.f,
+				   batch > 1 ? sA : 0, batch > 1 ? sB : 0, batch > 1 ? sC : 0};
+		int rc;
+		struct lt_plan *p = lt_plan_get(b, &k, alpha, A, B, beta, C, &rc, err);
+		if (rc)
+			return rc;
+		if (p)
+			return CUBLAS_OK(cublasLtMatmul(b->lt, p->op, &alpha, B, p->a, A, p->b, &beta, C, p->c, C, p->c,
+							&p->algo, b->ws, b->ws_size, b->s),
+					 err);
+	}
+	if (batch == 1)
+		return CUBLAS_OK(cublasGemmEx(b->h, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, N,
+					      M, K, &alpha, B, CUDA_R_16BF, ldb, A, CUDA_R_16BF, lda, &beta, C,
+					      c_f32 ? CUDA_R_32F : CUDA_R_16BF, ldc, CUBLAS_COMPUTE_32F,
+					      CUBLAS_GEMM_DEFAULT),
+				 err);
 	return CUBLAS_OK(cublasGemmStridedBatchedEx(b->h, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N,
 						    N, M, K, &alpha, B, CUDA_R_16BF, ldb, sB, A, CUDA_R_16BF, lda,
 						    sA, &beta, C, c_f32 ? CUDA_R_32F : CUDA_R_16BF, ldc, sC, batch,
 						    CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
 			 err);
-}
-
-/* The plan of a residual GEMM shape: the operation (transposes as
- * moe_cuda_gemm's row-major mapping with tb: C^T = B A^T in column-major
- * terms), the three layouts, and cuBLASLt's first heuristic choice for
- * them within the workspace; made once per shape. */
-static int lt_plan_get(struct moe_cuda_blas *b, int M, int N, int K, int lda, int ldb, int ldc,
-		       struct lt_plan **out, struct moe_error *err)
-{
-	for (int i = 0; i < b->n_plans; i++) {
-		struct lt_plan *p = &b->plans[i];
-		if (p->M == M && p->N == N && p->K == K && p->lda == lda && p->ldb == ldb && p->ldc == ldc) {
-			*out = p;
-			return 0;
-		}
-	}
-	if (b->n_plans == LT_PLANS)
-		return moe_error_set(err, MOE_EUNSUPPORTED, "gemm_res: more than %d shapes", LT_PLANS);
-	if (!b->lt && CUBLAS_OK(cublasLtCreate(&b->lt), err))
-		return MOE_EIO;
-	struct lt_plan p = {};
-	p.M = M, p.N = N, p.K = K, p.lda = lda, p.ldb = ldb, p.ldc = ldc;
-	cublasOperation_t ta = CUBLAS_OP_T, tn = CUBLAS_OP_N;
-	/* split-K only with fp32 partial sums (not in the bf16 output) */
-	uint32_t fp32_red = CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE;
-	cublasLtMatmulPreference_t pref = NULL;
-	cublasLtMatmulHeuristicResult_t res = {};
-	int found = 0;
-	if (CUBLAS_OK(cublasLtMatmulDescCreate(&p.op, CUBLAS_COMPUTE_32F, CUDA_R_32F), err) ||
-	    CUBLAS_OK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta), err) ||
-	    CUBLAS_OK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSB, &tn, sizeof tn), err) ||
-	    CUBLAS_OK(cublasLtMatrixLayoutCreate(&p.a, CUDA_R_16BF, K, N, ldb), err) ||
-	    CUBLAS_OK(cublasLtMatrixLayoutCreate(&p.b, CUDA_R_16BF, K, M, lda), err) ||
-	    CUBLAS_OK(cublasLtMatrixLayoutCreate(&p.c, CUDA_R_16BF, N, M, ldc), err) ||
-	    CUBLAS_OK(cublasLtMatmulPreferenceCreate(&pref), err) ||
-	    CUBLAS_OK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-							   &b->ws_size, sizeof b->ws_size), err) ||
-	    CUBLAS_OK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, &fp32_red,
-							   sizeof fp32_red), err) ||
-	    CUBLAS_OK(cublasLtMatmulAlgoGetHeuristic(b->lt, p.op, p.a, p.b, p.c, p.c, pref, 1, &res, &found),
-		      err) ||
-	    (!found && moe_error_set(err, MOE_EUNSUPPORTED, "gemm_res: no cuBLASLt algorithm for %d x %d x %d",
-				     M, N, K))) {
-		if (pref)
-			cublasLtMatmulPreferenceDestroy(pref);
-		cublasLtMatrixLayoutDestroy(p.a);
-		cublasLtMatrixLayoutDestroy(p.b);
-		cublasLtMatrixLayoutDestroy(p.c);
-		if (p.op)
-			cublasLtMatmulDescDestroy(p.op);
-		return err && err->code ? err->code : MOE_EIO;
-	}
-	cublasLtMatmulPreferenceDestroy(pref);
-	p.algo = res.algo;
-	b->plans[b->n_plans] = p;
-	*out = &b->plans[b->n_plans++];
-	return 0;
 }
 
 extern "C" int moe_cuda_gemm_res(struct moe_cuda_blas *b, int M, int N, int K, const bf16_t *A, int lda,
@@ -170,14 +319,35 @@ extern "C" int moe_cuda_gemm_res(struct moe_cuda_blas *b, int M, int N, int K, c
 		return 0;
 	if (K <= 0)
 		return moe_error_set(err, MOE_EINVAL, "gemm_res: K = 0");
-	struct lt_plan *p;
-	int rc = lt_plan_get(b, M, N, K, lda, ldb, ldc, &p, err);
+	struct lt_key k = {0, 1, M, N, K, lda, ldb, ldc, 0, 1, 1, 1, 0, 0, 0};
+	int rc;
+	struct lt_plan *p = lt_plan_get(b, &k, 1.f, A, B, 1.f, R, &rc, err);
 	if (rc)
 		return rc;
+	if (!p)
+		return moe_error_set(err, MOE_EUNSUPPORTED, "gemm_res: no cuBLASLt plan for %d x %d x %d (at most %d shapes)",
+				     M, N, K, LT_PLANS);
 	float one = 1.f;
 	return CUBLAS_OK(cublasLtMatmul(b->lt, p->op, &one, B, p->a, A, p->b, &one, R, p->c, D, p->c, &p->algo,
 					b->ws, b->ws_size, b->s),
 			 err);
 }
+
+extern "C" void moe_cuda_gemm_report(struct moe_cuda_blas *b, FILE *f)
+{
+	fprintf(f, "# cuBLASLt plans (MOE_CUDA_GEMM_TUNE=%d; tuning scratch at most %.1f MiB): M N K ta tb batch f32 "
+		   "beta res: candidates, with the first's bits, kept, first ms, kept ms\n",
+		b->tune, b->tune_bytes / 1048576.0);
+	for (int i = 0; i < b->n_plans; i++) {
+		const struct lt_plan *p = &b->plans[i];
+		fprintf(f, "gemm %6d %6d %6d  %d %d %d %d %d %d: %d %d %d  %.4f %.4f\n", p->M, p->N, p->K, p->ta, p->tb,
+			p->batch, p->c_f32, p->beta_nz, p->res, p->n_algos, p->n_same, p->chosen, p->ms_first,
+			p->ms_best);
+	}
+}
+
+extern "C" void moe_cuda_gemm_set_tune(struct moe_cuda_blas *b, int mode) { b->tune = mode; }
+
+extern "C" size_t moe_cuda_gemm_tune_bytes(struct moe_cuda_blas *b) { return b->tune_bytes; }
 
 extern "C" cublasHandle_t moe_cuda_blas_handle(struct moe_cuda_blas *b) { return b->h; }

@@ -10,14 +10,15 @@
  * times; model TFLOP/s counted as torch_ref counts them, MFU, peak GiB),
  * then, with -p, the per-op time breakdown of one profiled step.
  *
- *   bench_cuda [-m PRESET.json] [-B 16] [-T 2048] [-n STEPS] [-w WARMUP] [-p] [-R] [-c CLIP] [-L ROWS] [-Z]
+ *   bench_cuda [-m PRESET.json] [-B 16] [-T 2048] [-n STEPS] [-w WARMUP] [-p] [-R] [-c CLIP] [-L ROWS] [-Z] [-G]
  * -R: full activation recompute (moe-train --recompute full); -c: the
  * clip norm of both groups (default 1.0 as torch_ref; a small one makes
  * every step clip); -L: rows of logits a chunk of the LM head and loss
  * (moe_model_set_logits_chunk; default the model's); -Z: tokens drawn with
  * Zipf frequencies (p(rank k) ~ 1/k, as words in text: the most frequent
  * id about 9% of a batch) instead of uniformly, for the ops whose cost
- * depends on repeated ids (the deterministic embedding backward).
+ * depends on repeated ids (the deterministic embedding backward); -G: the
+ * dense GEMMs' cuBLASLt plans at the end (moe_cuda_gemm_report).
  */
 #include <cuda_runtime_api.h>
 #include <getopt.h>
@@ -54,10 +55,10 @@ static int cmp_d(const void *a, const void *b)
 int main(int argc, char **argv)
 {
 	const char *model = "share/models/seed-base.json";
-	int B = 16, T = 2048, steps = 8, warm = 3, prof = 0, full = 0, lc = 0, zipf = 0, c;
+	int B = 16, T = 2048, steps = 8, warm = 3, prof = 0, full = 0, lc = 0, zipf = 0, plans = 0, c;
 	double clip = 1.0;
 	struct moe_error err = {0};
-	while ((c = getopt(argc, argv, "m:B:T:n:w:pRc:L:Z")) != -1) {
+	while ((c = getopt(argc, argv, "m:B:T:n:w:pRc:L:ZG")) != -1) {
 		switch (c) {
 		case 'm': model = optarg; break;
 		case 'B': B = atoi(optarg); break;
@@ -69,9 +70,10 @@ int main(int argc, char **argv)
 		case 'c': clip = atof(optarg); break;
 		case 'L': lc = atoi(optarg); break;
 		case 'Z': zipf = 1; break;
+		case 'G': plans = 1; break;
 		default:
 			fprintf(stderr, "usage: bench_cuda [-m MODEL] [-B N] [-T N] [-n STEPS] [-w WARMUP] [-p] [-R] [-c CLIP] "
-					"[-L ROWS] [-Z]\n");
+					"[-L ROWS] [-Z] [-G]\n");
 			return 2;
 		}
 	}
@@ -189,6 +191,8 @@ int main(int argc, char **argv)
 		moe_cuda_profile_report(be, stdout, false);
 		printf("# wall time of the profiled step: %.1f ms\n", ms[total - 1]);
 	}
+	if (plans)
+		moe_cuda_gemm_plans(be, stdout);
 	fflush(stdout);
 	moe_optim_release(&opt);
 	moe_model_free(m);

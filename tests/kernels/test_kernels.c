@@ -1500,6 +1500,74 @@ Test(kernels, gemm)
 	moe_cuda_blas_free(b);
 }
 
+/* The tuned GEMM plans (gemm.cu: the fastest of cuBLASLt's candidates whose
+ * output has the first candidate's bits) against the first candidate
+ * untimed, at the model's shapes and a few odd ones: the forward (bf16),
+ * the input gradient, the fp32 weight gradient added into an existing one
+ * (beta 1: the timing runs must not add into it), the batched q/k/v
+ * forward and weight gradient, and the residual GEMM.  Bit-identical
+ * outputs, and the weight gradient correct against the fp32 reference. */
+Test(kernels, gemm_tuned_same_bits, .timeout = 120)
+{
+	NEED_GPU();
+	rng_seed(13);
+	struct moe_cuda_blas *bt = moe_cuda_blas_new(S, &gerr), *bf = moe_cuda_blas_new(S, &gerr);
+	cr_assert(bt && bf, "%s", gerr.msg);
+	moe_cuda_gemm_set_tune(bt, 1);
+	moe_cuda_gemm_set_tune(bf, 2);
+	static const int shapes[][3] = {{8192, 768, 768}, {8192, 768, 1280}, {8192, 640, 768}, {4096, 768, 2048},
+					{333, 136, 72}};
+	for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
+		int N = shapes[i][0], In = shapes[i][1], Out = shapes[i][2];
+		size_t nx = (size_t)N * In, no = (size_t)N * Out, nw = (size_t)Out * In;
+		float *x = rand_bf(nx, 1.f), *w = rand_bf(3 * nw, 0.1f), *dy = rand_bf(3 * no, 1.f), *dw0 = rand_bf(3 * nw, 1.f);
+		bf16_t *gx = up_bf(x, nx), *gw = up_bf(w, 3 * nw), *gdy = up_bf(dy, 3 * no);
+		bf16_t *o[2], *dx[2], *ob[2], *orr[2];
+		float *dw[2], *dwb[2];
+		for (int k = 0; k < 2; k++) {
+			struct moe_cuda_blas *b = k ? bf : bt;
+			o[k] = dmalloc(no * 2), dx[k] = dmalloc(nx * 2), ob[k] = dmalloc(3 * no * 2), orr[k] = dmalloc(no * 2);
+			dw[k] = up(dw0, nw * 4), dwb[k] = up(dw0, 3 * nw * 4);
+			LAUNCH_OK(moe_cuda_gemm(b, 0, 1, N, Out, In, gx, In, gw, In, o[k], Out, 0, 1.f, 0.f, &gerr));
+			LAUNCH_OK(moe_cuda_gemm(b, 0, 0, N, In, Out, gdy, Out, gw, In, dx[k], In, 0, 1.f, 0.f, &gerr));
+			LAUNCH_OK(moe_cuda_gemm(b, 1, 0, Out, In, N, gdy, Out, gx, In, dw[k], In, 1, 1.f, 1.f, &gerr));
+			LAUNCH_OK(moe_cuda_gemm_batched(b, 0, 1, N, Out, In, gx, In, 0, gw, In, (long long)nw, ob[k], Out,
+							(long long)no, 0, 1.f, 0.f, 3, &gerr));
+			LAUNCH_OK(moe_cuda_gemm_batched(b, 1, 0, Out, In, N, gdy, Out, (long long)no, gx, In, 0, dwb[k], In,
+							(long long)nw, 1, 1.f, 1.f, 3, &gerr));
+			LAUNCH_OK(moe_cuda_gemm_res(b, N, Out, In, gx, In, gw, In, gdy, orr[k], Out, &gerr));
+		}
+		char what[96];
+		snprintf(what, sizeof what, "N %d In %d Out %d", N, In, Out);
+		struct {
+			const char *name;
+			void *p[2];
+			size_t bytes;
+		} cmp[] = {{"fwd", {o[0], o[1]}, no * 2},         {"dgrad", {dx[0], dx[1]}, nx * 2},
+			   {"wgrad +=", {dw[0], dw[1]}, nw * 4},   {"batched fwd", {ob[0], ob[1]}, 3 * no * 2},
+			   {"batched wgrad +=", {dwb[0], dwb[1]}, 3 * nw * 4}, {"residual", {orr[0], orr[1]}, no * 2}};
+		for (size_t c = 0; c < sizeof cmp / sizeof cmp[0]; c++) {
+			void *h0 = malloc(cmp[c].bytes), *h1 = malloc(cmp[c].bytes);
+			cr_assert_eq(cudaMemcpy(h0, cmp[c].p[0], cmp[c].bytes, cudaMemcpyDeviceToHost), cudaSuccess);
+			cr_assert_eq(cudaMemcpy(h1, cmp[c].p[1], cmp[c].bytes, cudaMemcpyDeviceToHost), cudaSuccess);
+			cr_expect(memcmp(h0, h1, cmp[c].bytes) == 0, "%s %s: the tuned plan's bits differ", what, cmp[c].name);
+			free(h0), free(h1);
+		}
+		if (N <= 4096) { /* the weight gradient added once, against the reference */
+			float *ref = malloc(nw * 4);
+			memcpy(ref, dw0, nw * 4);
+			moe_linear_bwd(NULL, ref, NULL, dy, x, w, N, In, Out);
+			snprintf(what, sizeof what, "N %d In %d Out %d wgrad += (tuned)", N, In, Out);
+			CHECK_REL(down(dw[0], nw * 4), ref, nw, 1e-4, what);
+			free(ref);
+		}
+		free(x), free(w), free(dy), free(dw0);
+	}
+	moe_cuda_gemm_report(bt, stdout);
+	moe_cuda_blas_free(bt);
+	moe_cuda_blas_free(bf);
+}
+
 /* The residual GEMM (cuBLASLt, out = res + x w^T into a buffer other than
  * res) against the fp32 reference (relative 1e-2: bf16 output) and against
  * the copy-then-add-in-place cuBLAS path it replaces (no less accurate;
