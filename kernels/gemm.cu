@@ -18,8 +18,11 @@ struct lt_plan {
 	cublasLtMatmulDesc_t op;
 	cublasLtMatrixLayout_t a, b, c;
 	cublasLtMatmulAlgo_t algo;
-	int n_algos, n_same, chosen; /* heuristic's candidates, those with the first's bits, the one kept */
-	float ms_first, ms_best;     /* timed at the plan's making (0: not timed) */
+	cublasLtMatmulHeuristicResult_t cand[8]; /* the heuristic's candidates, best first */
+	int n_algos, n_same, chosen; /* candidates, those with the first's bits, the one kept */
+	float ms_first, ms_best;     /* timed at the tuning (0: not timed) */
+	long calls;
+	bool tuned;
 };
 #define LT_PLANS 64
 
@@ -124,14 +127,14 @@ static int lt_run(struct moe_cuda_blas *b, const struct lt_plan *p, const cublas
  * never changes a result: steps stay bit-reproducible).  Each candidate
  * writes into scratch, not into the call's output.  On any failure (no
  * memory for the scratch: the first candidate). */
-static void lt_tune(struct moe_cuda_blas *b, struct lt_plan *p, const cublasLtMatmulHeuristicResult_t *res, int found,
-		    float alpha, const bf16_t *A, const bf16_t *B, float beta, const void *C)
+static void lt_tune(struct moe_cuda_blas *b, struct lt_plan *p, float alpha, const bf16_t *A, const bf16_t *B,
+		    float beta, const void *C)
 {
-	p->algo = res[0].algo;
-	p->n_algos = found;
+	const cublasLtMatmulHeuristicResult_t *res = p->cand;
+	int found = p->n_algos;
+	p->tuned = true;
 	p->n_same = 1;
-	p->chosen = 0;
-	if (b->tune != 1 || found < 2)
+	if (found < 2)
 		return;
 	size_t el = p->c_f32 ? 4 : 2;
 	size_t ext = ((size_t)(p->batch - 1) * (size_t)p->sC + (size_t)p->ldc * (p->M - 1) + (size_t)p->N) * el;
@@ -204,9 +207,11 @@ out:
 		cudaFree(tst);
 }
 
-/* The plan of a shape (made, and its algorithm chosen, at its first call);
- * NULL with *rc = 0 when cuBLASLt has no algorithm or the table is full
- * (the caller falls back on cuBLAS). */
+/* The plan of a shape: made at its first call with the heuristic's first
+ * candidate, tuned at its second (a shape seen once, as in evaluation's
+ * last short batch, costs no tuning); when the table is full the plan
+ * called least often makes room.  NULL with *rc = 0 when cuBLASLt has no
+ * algorithm (the caller falls back on cuBLAS). */
 static struct lt_plan *lt_plan_get(struct moe_cuda_blas *b, const struct lt_key *k, float alpha, const bf16_t *A,
 				   const bf16_t *B, float beta, const void *C, int *rc, struct moe_error *err)
 {
@@ -216,11 +221,12 @@ static struct lt_plan *lt_plan_get(struct moe_cuda_blas *b, const struct lt_key 
 		if (p->ta == k->ta && p->tb == k->tb && p->M == k->M && p->N == k->N && p->K == k->K &&
 		    p->lda == k->lda && p->ldb == k->ldb && p->ldc == k->ldc && p->c_f32 == k->c_f32 &&
 		    p->res == k->res && p->batch == k->batch && p->beta_nz == k->beta_nz && p->sA == k->sA &&
-		    p->sB == k->sB && p->sC == k->sC)
+		    p->sB == k->sB && p->sC == k->sC) {
+			if (++p->calls == 2 && b->tune == 1 && !p->tuned)
+				lt_tune(b, p, alpha, A, B, beta, C);
 			return p;
+		}
 	}
-	if (b->n_plans == LT_PLANS)
-		return NULL;
 	if (!b->lt && (*rc = CUBLAS_OK(cublasLtCreate(&b->lt), err)) != 0)
 		return NULL;
 	struct lt_plan p = {};
@@ -234,7 +240,6 @@ static struct lt_plan *lt_plan_get(struct moe_cuda_blas *b, const struct lt_key 
 	int32_t bc = p.batch;
 	int64_t sa = p.sB, sb = p.sA, sc = p.sC;
 	cublasLtMatmulPreference_t pref = NULL;
-	cublasLtMatmulHeuristicResult_t res[8] = {};
 	int found = 0;
 	bool bad = cublasLtMatmulDescCreate(&p.op, CUBLAS_COMPUTE_32F, CUDA_R_32F) ||
 		   cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof opa) ||
@@ -255,16 +260,28 @@ static struct lt_plan *lt_plan_get(struct moe_cuda_blas *b, const struct lt_key 
 							   sizeof b->ws_size) ||
 		      cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, &fp32_red,
 							   sizeof fp32_red) ||
-		      cublasLtMatmulAlgoGetHeuristic(b->lt, p.op, p.a, p.b, p.c, p.c, pref, 8, res, &found) || !found;
+		      cublasLtMatmulAlgoGetHeuristic(b->lt, p.op, p.a, p.b, p.c, p.c, pref, 8, p.cand, &found) || !found;
 	if (pref)
 		cublasLtMatmulPreferenceDestroy(pref);
 	if (bad) {
 		lt_plan_destroy(&p);
 		return NULL;
 	}
-	lt_tune(b, &p, res, found, alpha, A, B, beta, C);
-	b->plans[b->n_plans] = p;
-	return &b->plans[b->n_plans++];
+	p.n_algos = found;
+	p.n_same = 1;
+	p.algo = p.cand[0].algo;
+	p.calls = 1;
+	if (b->n_plans < LT_PLANS) {
+		b->plans[b->n_plans] = p;
+		return &b->plans[b->n_plans++];
+	}
+	int v = 0;
+	for (int i = 1; i < LT_PLANS; i++)
+		if (b->plans[i].calls < b->plans[v].calls)
+			v = i;
+	lt_plan_destroy(&b->plans[v]);
+	b->plans[v] = p;
+	return &b->plans[v];
 }
 
 extern "C" int moe_cuda_gemm(struct moe_cuda_blas *b, int ta, int tb, int M, int N, int K, const bf16_t *A,
@@ -325,8 +342,7 @@ extern "C" int moe_cuda_gemm_res(struct moe_cuda_blas *b, int M, int N, int K, c
 	if (rc)
 		return rc;
 	if (!p)
-		return moe_error_set(err, MOE_EUNSUPPORTED, "gemm_res: no cuBLASLt plan for %d x %d x %d (at most %d shapes)",
-				     M, N, K, LT_PLANS);
+		return moe_error_set(err, MOE_EUNSUPPORTED, "gemm_res: no cuBLASLt algorithm for %d x %d x %d", M, N, K);
 	float one = 1.f;
 	return CUBLAS_OK(cublasLtMatmul(b->lt, p->op, &one, B, p->a, A, p->b, &one, R, p->c, D, p->c, &p->algo,
 					b->ws, b->ws_size, b->s),
@@ -336,14 +352,22 @@ extern "C" int moe_cuda_gemm_res(struct moe_cuda_blas *b, int M, int N, int K, c
 extern "C" void moe_cuda_gemm_report(struct moe_cuda_blas *b, FILE *f)
 {
 	fprintf(f, "# cuBLASLt plans (MOE_CUDA_GEMM_TUNE=%d; tuning scratch at most %.1f MiB): M N K ta tb batch f32 "
-		   "beta res: candidates, with the first's bits, kept, first ms, kept ms\n",
+		   "beta res: calls, candidates, with the first's bits, kept, first ms, kept ms\n",
 		b->tune, b->tune_bytes / 1048576.0);
 	for (int i = 0; i < b->n_plans; i++) {
 		const struct lt_plan *p = &b->plans[i];
-		fprintf(f, "gemm %6d %6d %6d  %d %d %d %d %d %d: %d %d %d  %.4f %.4f\n", p->M, p->N, p->K, p->ta, p->tb,
-			p->batch, p->c_f32, p->beta_nz, p->res, p->n_algos, p->n_same, p->chosen, p->ms_first,
-			p->ms_best);
+		fprintf(f, "gemm %6d %6d %6d  %d %d %d %d %d %d: %ld  %d %d %d  %.4f %.4f\n", p->M, p->N, p->K, p->ta,
+			p->tb, p->batch, p->c_f32, p->beta_nz, p->res, p->calls, p->n_algos, p->n_same, p->chosen,
+			p->ms_first, p->ms_best);
 	}
+}
+
+extern "C" int moe_cuda_gemm_timed(struct moe_cuda_blas *b)
+{
+	int n = 0;
+	for (int i = 0; i < b->n_plans; i++)
+		n += b->plans[i].ms_first > 0;
+	return n;
 }
 
 extern "C" void moe_cuda_gemm_set_tune(struct moe_cuda_blas *b, int mode) { b->tune = mode; }

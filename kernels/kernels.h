@@ -267,12 +267,13 @@ int moe_cuda_balance_bias(float *b, bf16_t *b16, const int8_t *dir, int E, float
 /* gemm.cu: row-major bf16 GEMMs on tensor cores with fp32 accumulation.
  * C (M, N) = alpha * op(A) op(B) + beta * C, op(A) (M, K) (A stored (K, M)
  * when ta), op(B) (K, N) (B stored (N, K) when tb); C bf16 or fp32 (c_f32).
- * Through cuBLASLt: at a shape's first call its heuristic's candidates
- * (at most 8) are run on the call's operands into scratch, those whose
- * output has the first candidate's bits are timed, and the fastest is kept
- * for the shape (the result never depends on the timing: the same bits as
- * the first candidate).  MOE_CUDA_GEMM_TUNE=0: cublasGemmEx's own choice
- * instead (and the first candidate for moe_cuda_gemm_res). */
+ * Through cuBLASLt: a shape's first call runs its heuristic's first
+ * candidate; at its second the candidates (at most 8) are run on the call's
+ * operands into scratch, those whose output has the first candidate's bits
+ * are timed, and the fastest is kept for the shape (the result never
+ * depends on the timing: always the first candidate's bits).  At most 64
+ * plans; the least called makes room.  MOE_CUDA_GEMM_TUNE=0: cublasGemmEx's
+ * own choice instead (and the first candidate for moe_cuda_gemm_res). */
 struct moe_cuda_blas;
 struct moe_cuda_blas *moe_cuda_blas_new(cudaStream_t s, struct moe_error *err);
 void moe_cuda_blas_free(struct moe_cuda_blas *b);
@@ -281,7 +282,7 @@ int moe_cuda_gemm(struct moe_cuda_blas *b, int ta, int tb, int M, int N, int K, 
 		  float beta, struct moe_error *err);
 /* D (M, N) = R (M, N) + A (M, K) B^T, B stored (N, K), bf16, D != R
  * (cuBLASLt with separate C and D: a residual add without copying R to D
- * first); the plan of each shape is made once (at most 64 shapes). */
+ * first), through the plans above. */
 int moe_cuda_gemm_res(struct moe_cuda_blas *b, int M, int N, int K, const bf16_t *A, int lda,
 		      const bf16_t *B, int ldb, const bf16_t *R, bf16_t *D, int ldc, struct moe_error *err);
 /* The plans so far (shape, cuBLASLt's candidates, how many gave the first
@@ -289,9 +290,11 @@ int moe_cuda_gemm_res(struct moe_cuda_blas *b, int M, int N, int K, const bf16_t
  * the most scratch device memory a tuning held at once (bytes). */
 void moe_cuda_gemm_report(struct moe_cuda_blas *b, FILE *f);
 size_t moe_cuda_gemm_tune_bytes(struct moe_cuda_blas *b);
-/* Plans made from now on: 1 tuned (the default), 0 cublasGemmEx, 2 cuBLASLt's
- * first candidate untimed (tests: the tuned choice must give its bits). */
+/* From now on: 1 tuned plans (the default), 0 cublasGemmEx, 2 cuBLASLt's
+ * first candidate, never tuned (tests: the tuned choice must give its bits). */
 void moe_cuda_gemm_set_tune(struct moe_cuda_blas *b, int mode);
+/* plans whose candidates were timed */
+int moe_cuda_gemm_timed(struct moe_cuda_blas *b);
 /* batch GEMMs of one shape in one cuBLAS call, operand b at A + b * sA,
  * B + b * sB, C + b * sC (elements; a stride 0 shares the operand) */
 int moe_cuda_gemm_batched(struct moe_cuda_blas *b, int ta, int tb, int M, int N, int K, const bf16_t *A,

@@ -1505,8 +1505,10 @@ Test(kernels, gemm)
  * untimed, at the model's shapes and a few odd ones: the forward (bf16),
  * the input gradient, the fp32 weight gradient added into an existing one
  * (beta 1: the timing runs must not add into it), the batched q/k/v
- * forward and weight gradient, and the residual GEMM.  Bit-identical
- * outputs, and the weight gradient correct against the fp32 reference. */
+ * forward and weight gradient, and the residual GEMM, each called twice
+ * (a plan is tuned at its shape's second call).  Bit-identical outputs,
+ * the weight gradient (added twice) correct against the fp32 reference,
+ * and the tuned handle's plans timed. */
 Test(kernels, gemm_tuned_same_bits, .timeout = 120)
 {
 	NEED_GPU();
@@ -1528,14 +1530,16 @@ Test(kernels, gemm_tuned_same_bits, .timeout = 120)
 			struct moe_cuda_blas *b = k ? bf : bt;
 			o[k] = dmalloc(no * 2), dx[k] = dmalloc(nx * 2), ob[k] = dmalloc(3 * no * 2), orr[k] = dmalloc(no * 2);
 			dw[k] = up(dw0, nw * 4), dwb[k] = up(dw0, 3 * nw * 4);
-			LAUNCH_OK(moe_cuda_gemm(b, 0, 1, N, Out, In, gx, In, gw, In, o[k], Out, 0, 1.f, 0.f, &gerr));
-			LAUNCH_OK(moe_cuda_gemm(b, 0, 0, N, In, Out, gdy, Out, gw, In, dx[k], In, 0, 1.f, 0.f, &gerr));
-			LAUNCH_OK(moe_cuda_gemm(b, 1, 0, Out, In, N, gdy, Out, gx, In, dw[k], In, 1, 1.f, 1.f, &gerr));
-			LAUNCH_OK(moe_cuda_gemm_batched(b, 0, 1, N, Out, In, gx, In, 0, gw, In, (long long)nw, ob[k], Out,
-							(long long)no, 0, 1.f, 0.f, 3, &gerr));
-			LAUNCH_OK(moe_cuda_gemm_batched(b, 1, 0, Out, In, N, gdy, Out, (long long)no, gx, In, 0, dwb[k], In,
-							(long long)nw, 1, 1.f, 1.f, 3, &gerr));
-			LAUNCH_OK(moe_cuda_gemm_res(b, N, Out, In, gx, In, gw, In, gdy, orr[k], Out, &gerr));
+			for (int rep = 0; rep < 2; rep++) {
+				LAUNCH_OK(moe_cuda_gemm(b, 0, 1, N, Out, In, gx, In, gw, In, o[k], Out, 0, 1.f, 0.f, &gerr));
+				LAUNCH_OK(moe_cuda_gemm(b, 0, 0, N, In, Out, gdy, Out, gw, In, dx[k], In, 0, 1.f, 0.f, &gerr));
+				LAUNCH_OK(moe_cuda_gemm(b, 1, 0, Out, In, N, gdy, Out, gx, In, dw[k], In, 1, 1.f, 1.f, &gerr));
+				LAUNCH_OK(moe_cuda_gemm_batched(b, 0, 1, N, Out, In, gx, In, 0, gw, In, (long long)nw, ob[k],
+								Out, (long long)no, 0, 1.f, 0.f, 3, &gerr));
+				LAUNCH_OK(moe_cuda_gemm_batched(b, 1, 0, Out, In, N, gdy, Out, (long long)no, gx, In, 0,
+								dwb[k], In, (long long)nw, 1, 1.f, 1.f, 3, &gerr));
+				LAUNCH_OK(moe_cuda_gemm_res(b, N, Out, In, gx, In, gw, In, gdy, orr[k], Out, &gerr));
+			}
 		}
 		char what[96];
 		snprintf(what, sizeof what, "N %d In %d Out %d", N, In, Out);
@@ -1553,9 +1557,10 @@ Test(kernels, gemm_tuned_same_bits, .timeout = 120)
 			cr_expect(memcmp(h0, h1, cmp[c].bytes) == 0, "%s %s: the tuned plan's bits differ", what, cmp[c].name);
 			free(h0), free(h1);
 		}
-		if (N <= 4096) { /* the weight gradient added once, against the reference */
+		if (N <= 4096) { /* the weight gradient added twice, against the reference */
 			float *ref = malloc(nw * 4);
 			memcpy(ref, dw0, nw * 4);
+			moe_linear_bwd(NULL, ref, NULL, dy, x, w, N, In, Out);
 			moe_linear_bwd(NULL, ref, NULL, dy, x, w, N, In, Out);
 			snprintf(what, sizeof what, "N %d In %d Out %d wgrad += (tuned)", N, In, Out);
 			CHECK_REL(down(dw[0], nw * 4), ref, nw, 1e-4, what);
@@ -1564,6 +1569,8 @@ Test(kernels, gemm_tuned_same_bits, .timeout = 120)
 		free(x), free(w), free(dy), free(dw0);
 	}
 	moe_cuda_gemm_report(bt, stdout);
+	cr_expect_gt(moe_cuda_gemm_timed(bt), 20, "the tuned handle timed %d plans", moe_cuda_gemm_timed(bt));
+	cr_expect_eq(moe_cuda_gemm_timed(bf), 0);
 	moe_cuda_blas_free(bt);
 	moe_cuda_blas_free(bf);
 }
