@@ -124,9 +124,11 @@ static int lt_run(struct moe_cuda_blas *b, const struct lt_plan *p, const cublas
 /* Choose among cuBLASLt's heuristic candidates by time, keeping only those
  * whose output has the same bits as the first candidate's on this call's
  * operands (so the choice, which timing noise can change from run to run,
- * never changes a result: steps stay bit-reproducible).  Each candidate
- * writes into scratch, not into the call's output.  On any failure (no
- * memory for the scratch: the first candidate). */
+ * never changes a result: steps stay bit-reproducible).  The candidates
+ * write into scratch, or, when the call overwrites its whole output (beta 0,
+ * C = D, no gaps between rows or batches), into that output, which the call
+ * then writes.  On any failure (no memory for the scratch): the first
+ * candidate. */
 static void lt_tune(struct moe_cuda_blas *b, struct lt_plan *p, float alpha, const bf16_t *A, const bf16_t *B,
 		    float beta, const void *C)
 {
@@ -138,9 +140,10 @@ static void lt_tune(struct moe_cuda_blas *b, struct lt_plan *p, float alpha, con
 		return;
 	size_t el = p->c_f32 ? 4 : 2;
 	size_t ext = ((size_t)(p->batch - 1) * (size_t)p->sC + (size_t)p->ldc * (p->M - 1) + (size_t)p->N) * el;
-	/* an output the call overwrites (beta 0, C = D) takes the candidates'
-	 * results itself: one scratch buffer, not two */
-	bool own = beta != 0.f || p->res;
+	/* an output the call overwrites whole (beta 0, C = D, no gaps) takes
+	 * the candidates' results itself: one scratch buffer, not two */
+	bool gaps = p->ldc != p->N || (p->batch > 1 && p->sC != (long long)p->ldc * p->M);
+	bool own = beta != 0.f || p->res || gaps;
 	void *ref = NULL, *tst = own ? NULL : (void *)C;
 	cudaEvent_t e0 = NULL, e1 = NULL;
 	if (cudaStreamSynchronize(b->s) != cudaSuccess || (!b->cmp && cudaMalloc(&b->cmp, sizeof(int)) != cudaSuccess) ||

@@ -1568,6 +1568,32 @@ Test(kernels, gemm_tuned_same_bits, .timeout = 120)
 		}
 		free(x), free(w), free(dy), free(dw0);
 	}
+	/* a batched output with gaps between its batches: the tuning must not
+	 * write into the gaps (they keep their bytes), and the batches match
+	 * the first candidate's */
+	{
+		int N = 1024, In = 256, Out = 384;
+		size_t nx = (size_t)N * In, no = (size_t)N * Out, nw = (size_t)Out * In, sc = no + 640;
+		float *x = rand_bf(nx, 1.f), *w = rand_bf(3 * nw, 0.1f);
+		bf16_t *gx = up_bf(x, nx), *gw = up_bf(w, 3 * nw), *ob[2];
+		uint16_t *h[2];
+		for (int k = 0; k < 2; k++) {
+			ob[k] = dmalloc(3 * sc * 2);
+			cr_assert_eq(cudaMemset(ob[k], 0x5a, 3 * sc * 2), cudaSuccess);
+			for (int rep = 0; rep < 2; rep++)
+				LAUNCH_OK(moe_cuda_gemm_batched(k ? bf : bt, 0, 1, N, Out, In, gx, In, 0, gw, In, (long long)nw,
+								ob[k], Out, (long long)sc, 0, 1.f, 0.f, 3, &gerr));
+			h[k] = malloc(3 * sc * 2);
+			cr_assert_eq(cudaMemcpy(h[k], ob[k], 3 * sc * 2, cudaMemcpyDeviceToHost), cudaSuccess);
+		}
+		size_t gap_bad = 0;
+		for (int bb = 0; bb < 3; bb++)
+			for (size_t i = no; i < sc; i++)
+				gap_bad += h[0][bb * sc + i] != 0x5a5a;
+		cr_expect_eq(gap_bad, 0, "batched output with gaps: %zu gap elements written", gap_bad);
+		cr_expect(memcmp(h[0], h[1], 3 * sc * 2) == 0, "batched output with gaps: the tuned plan's bits differ");
+		free(x), free(w), free(h[0]), free(h[1]);
+	}
 	moe_cuda_gemm_report(bt, stdout);
 	cr_expect_gt(moe_cuda_gemm_timed(bt), 20, "the tuned handle timed %d plans", moe_cuda_gemm_timed(bt));
 	cr_expect_eq(moe_cuda_gemm_timed(bf), 0);
