@@ -19,7 +19,7 @@ tests_kernels_test_backend_CFLAGS = $(CRIT_CFLAGS)
 tests_kernels_test_backend_LDFLAGS = $(AM_LDFLAGS) $(CUDA_LDFLAGS)
 tests_kernels_test_backend_LDADD = lib/train/libmoetrain.a kernels/libmoekernels.a lib/model/libmoemodel.a \
 	$(DATA_LIBS) $(CORE_LIBS) $(CRIT_LIBS) $(CUDA_LIBS) -lstdc++
-GPU_TESTS += tests/kernels/test_kernels tests/kernels/test_backend
+GPU_TESTS += tests/kernels/test_kernels tests/kernels/test_backend tests/train/resume_gpu.sh
 TESTS += tests/kernels/test_kernels tests/kernels/test_backend
 endif
 

@@ -18,8 +18,8 @@ check_PROGRAMS += tests/train/mkdata
 tests_train_mkdata_SOURCES = tests/train/mkdata.c tests/train/synth.h
 tests_train_mkdata_LDADD = $(DATA_LIBS) $(CORE_LIBS)
 
-TESTS += tests/train/cli.sh tests/train/resume.sh
-dist_check_SCRIPTS += tests/train/cli.sh tests/train/resume.sh
+TESTS += tests/train/cli.sh tests/train/resume.sh tests/train/resume_gpu.sh
+dist_check_SCRIPTS += tests/train/cli.sh tests/train/resume.sh tests/train/resume_gpu.sh
 EXTRA_DIST += tests/train/gpu.sh
 EXTRA_DIST += tests/train/data/micro.json tests/train/data/micro260.json \
 	tests/train/data/bytes-tokenizer.json
