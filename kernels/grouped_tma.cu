@@ -67,7 +67,7 @@
 #define GT_BM 128
 #define GT_BK 64
 #define GT_THREADS 384
-#define GT_NCFG 6
+#define GT_NCFG 4
 #define GT_SMEM_MAX (226 * 1024) /* dynamic, beside the static barriers */
 
 enum { GT_FWD = 0, GT_DGRAD = 1, GT_WGRAD = 2 };
@@ -1035,10 +1035,7 @@ static int gt_launch(void *c, const bf16 *a, const bf16 *w, const int32_t *offse
  * TMA: 1 cooperative 128 x 256, 4 stages; 2 ping-pong, 128 x 128 per
  * consumer warpgroup, 6 stages; 3 cooperative 256 x 128, 4 stages; 4
  * session 3's default (1, or 2 where 256-wide column tiles would leave half
- * of the last one empty, the weight gradient's tiles in order); 5 ping-pong,
- * 64 x 256 per consumer warpgroup (one warpgroup's epilogue beside the
- * other's MMAs), 4 stages; 6: 5, or 3 where 256-wide tiles would leave half
- * of the last one empty.  The
+ * of the last one empty, the weight gradient's tiles in order).  The
  * weight gradient's rows of W take the place of the rows (3: 256 rows of W
  * by 128 columns).  The default, 0: 1, or 3 where 256-wide column tiles
  * would leave half of the last one empty (640 columns), the weight
@@ -1069,16 +1066,7 @@ static int gt_run(void *c, const bf16 *a, const bf16 *w, const int32_t *offsets,
 		cfg = narrow ? 2 : 1, sched = false;
 	else if (cfg == 0)
 		cfg = narrow ? 3 : 1;
-	else if (cfg == 6)
-		cfg = narrow ? 3 : 5;
-	if (SW && cfg == 5) /* the SwiGLU epilogues: cooperative tiles only */
-		cfg = 1;
 	switch (cfg) {
-	case 5:
-		if constexpr (!SW)
-			return gt_launch<MODE, 64, 256, 4, 1, SW>(c, a, w, offsets, max_rows, E, In, Out, store, sched, h, gu,
-								  ssq, ssq_n, s, err);
-		[[fallthrough]];
 	case 2:
 		return gt_launch<MODE, 128, 128, 6, 1, SW>(c, a, w, offsets, max_rows, E, In, Out, store, sched, h, gu, ssq,
 							   ssq_n, s, err);

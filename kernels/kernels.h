@@ -359,10 +359,7 @@ bool moe_cuda_grouped_tma_supported(void);
  * (cooperative 128 x 256, 4 stages), 2 (ping-pong: 128 x 128 per consumer
  * warpgroup, 6 stages), 3 (cooperative 256 x 128, 4 stages), 4 (session
  * 3's default: 1 or 2 by the width, the weight gradient's tiles in expert
- * order), 5 (ping-pong: 64 x 256 per consumer warpgroup, 4 stages; the
- * SwiGLU epilogues take 1), 6 (5, or 3 where 256-wide column tiles would
- * leave half of the last one empty), 0 the default (see grouped_tma.cu);
- * grid > 0 caps the persistent
+ * order), 0 the default (see grouped_tma.cu); grid > 0 caps the persistent
  * grid (0: one block per multiprocessor).
  * Returns how many launches so far could not use the TMA kernels (fell back
  * to grouped_wgmma.cu's) though the device supports them. */

@@ -726,7 +726,7 @@ int main(int argc, char **argv)
 		printf("%-34s %9.3f %9.1f\n", nm, t, fl / t / 1e9);
 	tma:
 		/* cfg 0: the default; 4: session 3's (grouped_tma.cu) */
-		for (int cfg = 0; cfg <= 6 && moe_cuda_grouped_tma_supported(); cfg++) {
+		for (int cfg = 0; cfg <= 4 && moe_cuda_grouped_tma_supported(); cfg++) {
 			moe_cuda_grouped_tma_config(cfg, 0);
 			snprintf(nm, sizeof(nm), "tma fwd     %4dx%4d cfg %d", g.In, g.Out, cfg);
 			t = time_it(f_tma_fwd, &g);

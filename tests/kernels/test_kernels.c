@@ -1824,7 +1824,7 @@ static void grouped_tma_case(int E, int In, int Out, const int *cnt, int extra)
 	bf16_t *go = dmalloc((size_t)M * Out * 2 + 2), *gdx = dmalloc((size_t)M * In * 2 + 2);
 	float *gdw = dmalloc(nw * 4);
 	int32_t *goff = up(off, (E + 1) * 4);
-	for (int cfg = 1; cfg <= 5; cfg++)
+	for (int cfg = 1; cfg <= 4; cfg++)
 		for (int grid = 0; grid <= 7; grid += grid ? 4 : 3) {
 			moe_cuda_grouped_tma_config(cfg, grid);
 			cudaMemset(go, 0xff, (size_t)M * Out * 2 + 2);
@@ -1931,7 +1931,7 @@ static void tma_ssq_case(int E, int In, int Out, const int *cnt)
 	double *gss = dmalloc(cap * 8), *acc = dmalloc(8);
 	void *sc = dmalloc(moe_cuda_sumsq_scratch(nw));
 	double worst = 0, worst_read = 0;
-	for (int cfg = 1; cfg <= 5; cfg++)
+	for (int cfg = 1; cfg <= 4; cfg++)
 		for (int grid = 0; grid <= 3; grid += 3) {
 			char what[96];
 			snprintf(what, sizeof what, "tma wgrad ssq E=%d In=%d Out=%d config %d grid %d", E, In, Out, cfg,
