@@ -375,9 +375,17 @@ qknorm_rope_pair_bwd_kernel(bf16 *dx, float *dw, const bf16 *dout, const bf16 *x
 	block_rows_sum_add(dw, sw + D, groups, D, dwb);
 }
 
+/* moe_cuda_memk_legacy() (rmsnorm.cu): the previous kernels for comparisons */
+extern int moe_memk_legacy_on;
+
+/* rows up to 2048 wide (olmoe's 16 x 128) in the pair kernels, 1536 in the
+ * previous ones */
+#define QP_MAXD 2048
+
 extern "C" bool moe_cuda_qknorm_rope_supported(int H, int Dh)
 {
-	return H > 0 && Dh % 16 == 0 && Dh > 0 && (H * Dh + 255) / 256 <= QR_MAXNC;
+	return H > 0 && Dh % 16 == 0 && Dh > 0 &&
+	       (moe_memk_legacy_on ? (H * Dh + 255) / 256 <= QR_MAXNC : H * Dh <= QP_MAXD);
 }
 
 #define QR_SWITCH(NCV, LAUNCH)               \
@@ -406,11 +414,8 @@ static int qr_check(int H, int Dh, struct moe_error *err)
 	return 0;
 }
 
-/* moe_cuda_memk_legacy() (rmsnorm.cu): the previous kernels for comparisons */
-extern int moe_memk_legacy_on;
-
 /* the pair kernels' lanes a row L and pairs a lane NP: (16, 1..4) up to
- * D 1024, (32, 3) up to 1536 */
+ * D 1024, (32, 3) up to 1536, (32, 4) up to QP_MAXD */
 #define QP_SWITCH(D, LAUNCH)                                  \
 	do {                                                  \
 		int p_ = (D) / 16;                            \
@@ -422,8 +427,10 @@ extern int moe_memk_legacy_on;
 			LAUNCH(16, 3)                        \
 		else if (p_ <= 64)                            \
 			LAUNCH(16, 4)                        \
-		else                                          \
+		else if (p_ <= 96)                            \
 			LAUNCH(32, 3)                        \
+		else                                          \
+			LAUNCH(32, 4)                        \
 	} while (0)
 
 extern "C" int moe_cuda_qknorm_rope_fwd(bf16_t *out, float *rstd, const bf16_t *x, const float *w,

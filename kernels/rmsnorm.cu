@@ -1,6 +1,6 @@
 /* RMSNorm on bf16 rows (D % 8 == 0, 16-byte accesses) with fp32 statistics
  * and fp32 weights; the backward keeps each lane's part of dw in registers
- * (D <= 1024) or in per-warp shared-memory partials (wider rows), then one
+ * (D <= 2048) or in per-warp shared-memory partials (wider rows), then one
  * global add per block and column. */
 #include <stdlib.h>
 #include <string.h>
@@ -23,7 +23,7 @@ static int memk_from_env(void)
 }
 static int memk_env_read = memk_from_env();
 
-/* The row kernels (the default for D <= 256 * NC, NC <= 4): lane l of a warp
+/* The row kernels (the default for D <= 256 * NC, NC <= RN_MAXNC): lane l of a warp
  * owns columns l * 8 + 256 c of every row, the weights come through the
  * read-only cache (forward) or shared memory (backward, loaded once per
  * block), every 16-byte load of a row (R rows at a time in the forward; x,
@@ -32,6 +32,7 @@ static int memk_env_read = memk_from_env();
  * for every warp as the card allows (balanced_blocks), so that its dw
  * partials are added once per block. */
 #define RN_THREADS 128
+#define RN_MAXNC 8 /* the row kernels up to D = 2048 (olmoe's width); wider rows, the old kernels */
 
 /* rows n0 .. n0 + R - 1 of x, a lane's NC chunks of each (zeros past N or D) */
 template <int NC, int R>
@@ -357,18 +358,15 @@ extern "C" int moe_cuda_rmsnorm_fwd(bf16_t *out, float *rstd, const bf16_t *x, c
 	if ((rc = check_d(D, err)) != 0 || N <= 0)
 		return rc;
 	int nc = (D + 255) / 256;
-	if (!moe_memk_legacy_on && nc <= 4) {
+	if (!moe_memk_legacy_on && nc <= RN_MAXNC) {
 #define RF(NC)                                                                                                 \
-	rmsnorm_rows_fwd_kernel<NC, 2><<<moe_cdiv(N, RN_THREADS / 32 * 2), RN_THREADS, 0, s>>>(                \
-		(bf16 *)out, rstd, (const bf16 *)x, w, N, D, eps);
-		if (nc == 1)
-			RF(1)
-		else if (nc == 2)
-			RF(2)
-		else if (nc == 3)
-			RF(3)
-		else
-			RF(4)
+	case NC:                                                                                               \
+		rmsnorm_rows_fwd_kernel<NC, 2><<<moe_cdiv(N, RN_THREADS / 32 * 2), RN_THREADS, 0, s>>>(        \
+			(bf16 *)out, rstd, (const bf16 *)x, w, N, D, eps);                                     \
+		break;
+		switch (nc) {
+			RF(1) RF(2) RF(3) RF(4) RF(5) RF(6) RF(7) RF(8)
+		}
 #undef RF
 		return CUDA_LAUNCHED(err);
 	}
@@ -388,17 +386,19 @@ static int rmsnorm_bwd(bf16_t *dx, float *dw, float *part, const bf16_t *dout, c
 	int dwb = part && dw;
 	unsigned nb;
 	int nc = (D + 255) / 256;
-	if (!moe_memk_legacy_on && nc <= 4) {
-		size_t sm = (size_t)(1 + RN_THREADS / 32) * D * sizeof(float);
+	if (!moe_memk_legacy_on && nc <= RN_MAXNC) {
+		size_t sm = (size_t)(1 + RN_THREADS / 32) * D * sizeof(float); /* <= 40 KiB */
 #define RB(NC)                                                                                                 	{                                                                                                      		nb = balanced_blocks(N, RN_THREADS / 32,                                                       				     resident_blocks(rmsnorm_rows_bwd_kernel<NC, ADD>, RN_THREADS, sm));       		nb = dwb && nb > MOE_CUDA_NORM_PART_BLOCKS ? MOE_CUDA_NORM_PART_BLOCKS : nb;                  		rmsnorm_rows_bwd_kernel<NC, ADD><<<nb, RN_THREADS, sm, s>>>(                                   			(bf16 *)dx, kdw, (const bf16 *)dout, (const bf16 *)x, w, rstd, N, D, dwb);             	}
-		if (nc == 1)
-			RB(1)
-		else if (nc == 2)
-			RB(2)
-		else if (nc == 3)
-			RB(3)
-		else
-			RB(4)
+		switch (nc) {
+		case 1: RB(1) break;
+		case 2: RB(2) break;
+		case 3: RB(3) break;
+		case 4: RB(4) break;
+		case 5: RB(5) break;
+		case 6: RB(6) break;
+		case 7: RB(7) break;
+		default: RB(8) break;
+		}
 #undef RB
 	} else if (nc <= 4) {
 		size_t sm = (size_t)8 * D * sizeof(float);

@@ -131,8 +131,9 @@ Test(kernels, embedding_bwd_chunks_host)
 	free(ids), free(key), free(pos);
 }
 
-/* D: the register paths (1, 3, 4 column chunks, a partial chunk) and the
- * shared-memory path (D > 1024) */
+/* D: the row kernels (1 to 8 column chunks of 256, partial chunks; olmoe's
+ * 2048 is 8) and the shared-memory path (D > 2048, and the previous
+ * kernels under memk legacy) */
 static void rmsnorm_case(int N, int D);
 Test(kernels, rmsnorm)
 {
@@ -149,8 +150,12 @@ Test(kernels, rmsnorm)
 	rmsnorm_case(33, 256);
 	rmsnorm_case(5, 768);
 	rmsnorm_case(77, 1016);
+	rmsnorm_case(300, 1280);
+	rmsnorm_case(129, 1544);
+	rmsnorm_case(65, 2056);
 	moe_cuda_memk_legacy(1);
 	rmsnorm_case(257, 768);
+	rmsnorm_case(257, 2048);
 	moe_cuda_memk_legacy(0);
 }
 
@@ -196,7 +201,7 @@ static void rmsnorm_case(int N, int D)
 
 /* Fused QK-norm + RoPE against ops.c's rmsnorm then rope (and rope_bwd then
  * rmsnorm_bwd): seed-base's 8 x 96, one chunk per lane (4 x 32), a partial
- * chunk (5 x 16 = 80) and six chunks (12 x 128 = 1536). */
+ * chunk (5 x 16 = 80), six chunks (12 x 128 = 1536) and olmoe's 16 x 128. */
 static void qknorm_rope_case(int B, int T, int H, int Dh)
 {
 	cr_log_info("qknorm_rope B %d T %d H %d Dh %d", B, T, H, Dh);
@@ -251,11 +256,15 @@ Test(kernels, qknorm_rope)
 	qknorm_rope_case(3, 111, 11, 64);
 	qknorm_rope_case(1, 333, 8, 96);
 	qknorm_rope_case(1, 3, 8, 96);
+	qknorm_rope_case(2, 130, 16, 128); /* olmoe's 2048: 32 lanes a row, 4 pairs a lane */
+	qknorm_rope_case(1, 50, 14, 112);  /* 1568: 98 pairs, most lanes' fourth pair past the row */
 	moe_cuda_memk_legacy(1);
 	qknorm_rope_case(2, 150, 8, 96);
+	cr_expect(!moe_cuda_qknorm_rope_supported(16, 128), "legacy: D 2048 takes the two kernels");
 	moe_cuda_memk_legacy(0);
 	cr_expect(!moe_cuda_qknorm_rope_supported(4, 8), "Dh 8 takes the two kernels");
-	cr_expect(!moe_cuda_qknorm_rope_supported(16, 128), "D 2048 takes the two kernels");
+	cr_expect(moe_cuda_qknorm_rope_supported(16, 128), "D 2048 (olmoe) takes the fused kernels");
+	cr_expect(!moe_cuda_qknorm_rope_supported(18, 128), "D 2304 takes the two kernels");
 }
 
 /* Dh 32, 96, 128: eight pairs per thread; Dh 8: one pair per thread */
