@@ -153,6 +153,8 @@ Test(kernels, rmsnorm)
 	rmsnorm_case(300, 1280);
 	rmsnorm_case(129, 1544);
 	rmsnorm_case(65, 2056);
+	rmsnorm_case(300, 4096);
+	rmsnorm_case(7, 6144);
 	moe_cuda_memk_legacy(1);
 	rmsnorm_case(257, 768);
 	rmsnorm_case(257, 2048);
