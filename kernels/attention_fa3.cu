@@ -85,35 +85,8 @@ static __device__ __forceinline__ void af_dkdv(const struct af_args &A, int kt, 
 			 * kr + 8 (e / 2), query q0 + 8jj + 2 t4 + e % 2 */
 			float sT[32], dpT[32];
 			awg_st_dpt<DH, KR>(sT, dpT, sk, sv, qs, ds, wg);
-			wg_wait<1>(); /* S^T done, dP^T may still run */
-			wg_fence_regs<32>(sT);
-			bool edge = q0 < wk0 + 64 || q0 + 64 > T;
-#pragma unroll
-			for (int jj = 0; jj < 8; jj++)
-#pragma unroll
-				for (int e = 0; e < 4; e++) {
-					int c = 8 * jj + 2 * t4 + (e & 1), qi = q0 + c;
-					float p = awg_ex2(sT[4 * jj + e] * sl2 - L[c]);
-					if (edge && (qi < kr + 8 * (e / 2) || qi >= T))
-						p = 0.f;
-					sT[4 * jj + e] = p;
-				}
-			unsigned pa[4][4], sa[4][4]; /* P^T, then dS^T, as A fragments (16 queries each) */
-			awg_pack(pa, sT);
-			wg_fence();
-#pragma unroll
-			for (int ks = 0; ks < 4; ks++)
-				awg_pv<DH>(dV, pa[ks], wg_desc(ds + ks * 2048, 8192, 1024)); /* dV += P^T dO */
-			wg_commit();
-			wg_wait<1>(); /* dP^T done, dV may still run */
-			wg_fence_regs<32>(dpT);
-#pragma unroll
-			for (int jj = 0; jj < 8; jj++)
-#pragma unroll
-				for (int e = 0; e < 4; e++) {
-					int c = 8 * jj + 2 * t4 + (e & 1);
-					dpT[4 * jj + e] = sT[4 * jj + e] * (dpT[4 * jj + e] - DL[c]) * scale;
-				}
+			awg_pt_dv_dst<DH>(sT, dpT, dV, L, DL, ds, q0, wk0, kr, T, t4, sl2, scale);
+			unsigned sa[4][4]; /* dS^T as A fragments (16 queries each) */
 			awg_pack(sa, dpT);
 			wg_fence();
 #pragma unroll
@@ -702,35 +675,8 @@ static __device__ __forceinline__ void afu_consume(const struct afu_args &A, int
 			const float *L = Lsm + st * 128, *DL = L + 64;
 			float sT[32], dpT[32];
 			awg_st_dpt<DH, KR>(sT, dpT, sk, sv, qs, ds, wg);
-			wg_wait<1>(); /* S^T done, dP^T may still run */
-			wg_fence_regs<32>(sT);
-			bool edge = q0 < wk0 + 64 || q0 + 64 > T;
-#pragma unroll
-			for (int jj = 0; jj < 8; jj++)
-#pragma unroll
-				for (int e = 0; e < 4; e++) {
-					int c = 8 * jj + 2 * t4 + (e & 1), qi = q0 + c;
-					float p = awg_ex2(sT[4 * jj + e] * sl2 - L[c]);
-					if (edge && (qi < kr + 8 * (e / 2) || qi >= T))
-						p = 0.f;
-					sT[4 * jj + e] = p;
-				}
-			unsigned pa[4][4], sa[4][4]; /* P^T, then dS^T, as A fragments (16 queries each) */
-			awg_pack(pa, sT);
-			wg_fence();
-#pragma unroll
-			for (int ks = 0; ks < 4; ks++)
-				awg_pv<DH>(dV, pa[ks], wg_desc(ds + ks * 2048, 8192, 1024)); /* dV += P^T dO */
-			wg_commit();
-			wg_wait<1>(); /* dP^T done, dV may still run */
-			wg_fence_regs<32>(dpT);
-#pragma unroll
-			for (int jj = 0; jj < 8; jj++)
-#pragma unroll
-				for (int e = 0; e < 4; e++) {
-					int c = 8 * jj + 2 * t4 + (e & 1);
-					dpT[4 * jj + e] = sT[4 * jj + e] * (dpT[4 * jj + e] - DL[c]) * scale;
-				}
+			awg_pt_dv_dst<DH>(sT, dpT, dV, L, DL, ds, q0, wk0, kr, T, t4, sl2, scale);
+			unsigned sa[4][4]; /* dS^T as A fragments (16 queries each) */
 #pragma unroll
 			for (int ks = 0; ks < 4; ks++)
 #pragma unroll

@@ -200,6 +200,48 @@ static __device__ __forceinline__ void awg_group(int l, int BH, int NY, int G, i
 	bh = grp * G + r % g;
 	y = r / g;
 }
+
+/* After awg_st_dpt, for a tile on or below the diagonal: P^T = exp2(S^T
+ * scale log2 e - lse) into sT (zero above the diagonal and past T in an
+ * edge tile), dV += P^T dO issued (its group left running), then dS^T = P^T
+ * (dP^T - delta) scale into dpT.  Register 4jj + e is key kr + 8 (e / 2),
+ * query q0 + 8jj + 2 t4 + e % 2; L, DL the tile's lse (times log2 e) and
+ * delta by query; ds the tile's dO in shared memory. */
+template <int DH>
+static __device__ __forceinline__ void awg_pt_dv_dst(float *sT, float *dpT, float *dV, const float *L, const float *DL,
+						     uint32_t ds, int q0, int wk0, int kr, int T, int t4, float sl2,
+						     float scale)
+{
+	wg_wait<1>(); /* S^T done, dP^T may still run */
+	wg_fence_regs<32>(sT);
+	bool edge = q0 < wk0 + 64 || q0 + 64 > T;
+#pragma unroll
+	for (int jj = 0; jj < 8; jj++)
+#pragma unroll
+		for (int e = 0; e < 4; e++) {
+			int c = 8 * jj + 2 * t4 + (e & 1), qi = q0 + c;
+			float p = awg_ex2(sT[4 * jj + e] * sl2 - L[c]);
+			if (edge && (qi < kr + 8 * (e / 2) || qi >= T))
+				p = 0.f;
+			sT[4 * jj + e] = p;
+		}
+	unsigned pa[4][4]; /* P^T as A fragments (16 queries each) */
+	awg_pack(pa, sT);
+	wg_fence();
+#pragma unroll
+	for (int ks = 0; ks < 4; ks++)
+		awg_pv<DH>(dV, pa[ks], wg_desc(ds + ks * 2048, 8192, 1024)); /* dV += P^T dO */
+	wg_commit();
+	wg_wait<1>(); /* dP^T done, dV may still run */
+	wg_fence_regs<32>(dpT);
+#pragma unroll
+	for (int jj = 0; jj < 8; jj++)
+#pragma unroll
+		for (int e = 0; e < 4; e++) {
+			int c = 8 * jj + 2 * t4 + (e & 1);
+			dpT[4 * jj + e] = sT[4 * jj + e] * (dpT[4 * jj + e] - DL[c]) * scale;
+		}
+}
 #endif
 
 #endif

@@ -10,11 +10,18 @@
 #include "cuda_common.h"
 #include "kernels.h"
 
+/* A GEMM shape as cuBLASLt plans it: transposes, sizes, leading
+ * dimensions, fp32 output, a residual C other than D (res), batch and
+ * strides (0 unless batched), and whether beta is non-zero */
+struct lt_key {
+	int ta, tb, M, N, K, lda, ldb, ldc, c_f32, res, batch, beta_nz;
+	long long sA, sB, sC;
+};
+
 /* A cuBLASLt plan of one GEMM shape: the operation, its layouts and the
  * algorithm chosen for it (see lt_tune) */
 struct lt_plan {
-	int ta, tb, M, N, K, lda, ldb, ldc, c_f32, res, batch, beta_nz;
-	long long sA, sB, sC;
+	struct lt_key k;
 	cublasLtMatmulDesc_t op;
 	cublasLtMatrixLayout_t a, b, c;
 	cublasLtMatmulAlgo_t algo;
@@ -39,6 +46,18 @@ struct moe_cuda_blas {
 	int *cmp; /* device counter of differing words (tuning) */
 	size_t tune_bytes; /* the most scratch a tuning held at once */
 };
+
+static void lt_plan_destroy(struct lt_plan *p)
+{
+	if (p->a)
+		cublasLtMatrixLayoutDestroy(p->a);
+	if (p->b)
+		cublasLtMatrixLayoutDestroy(p->b);
+	if (p->c)
+		cublasLtMatrixLayoutDestroy(p->c);
+	if (p->op)
+		cublasLtMatmulDescDestroy(p->op);
+}
 
 extern "C" struct moe_cuda_blas *moe_cuda_blas_new(cudaStream_t s, struct moe_error *err)
 {
@@ -70,13 +89,8 @@ extern "C" void moe_cuda_blas_free(struct moe_cuda_blas *b)
 		return;
 	if (b->h)
 		cublasDestroy(b->h);
-	for (int i = 0; i < b->n_plans; i++) {
-		struct lt_plan *p = &b->plans[i];
-		cublasLtMatrixLayoutDestroy(p->a);
-		cublasLtMatrixLayoutDestroy(p->b);
-		cublasLtMatrixLayoutDestroy(p->c);
-		cublasLtMatmulDescDestroy(p->op);
-	}
+	for (int i = 0; i < b->n_plans; i++)
+		lt_plan_destroy(&b->plans[i]);
 	if (b->lt)
 		cublasLtDestroy(b->lt);
 	cudaFree(b->ws);
@@ -97,28 +111,36 @@ __global__ void cmp_kernel(const uint32_t *x, const uint32_t *y, size_t nw, cons
 		atomicAdd(n, d);
 }
 
-struct lt_key {
-	int ta, tb, M, N, K, lda, ldb, ldc, c_f32, res, batch, beta_nz;
-	long long sA, sB, sC;
-};
-
-static void lt_plan_destroy(struct lt_plan *p)
-{
-	if (p->a)
-		cublasLtMatrixLayoutDestroy(p->a);
-	if (p->b)
-		cublasLtMatrixLayoutDestroy(p->b);
-	if (p->c)
-		cublasLtMatrixLayoutDestroy(p->c);
-	if (p->op)
-		cublasLtMatmulDescDestroy(p->op);
-}
-
-static int lt_run(struct moe_cuda_blas *b, const struct lt_plan *p, const cublasLtMatmulAlgo_t *algo, float alpha,
-		  const bf16_t *A, const bf16_t *B, float beta, const void *C, void *D)
+/* D = alpha op(A) op(B) + beta C through plan p with algorithm algo */
+static cublasStatus_t lt_run(struct moe_cuda_blas *b, const struct lt_plan *p, const cublasLtMatmulAlgo_t *algo,
+			     float alpha, const bf16_t *A, const bf16_t *B, float beta, const void *C, void *D)
 {
 	return cublasLtMatmul(b->lt, p->op, &alpha, B, p->a, A, p->b, &beta, C, p->c, D, p->c, algo, b->ws,
-			      b->ws_size, b->s) != CUBLAS_STATUS_SUCCESS;
+			      b->ws_size, b->s);
+}
+
+/* The median of 5 timed runs of algo (ms; -1 when a run fails) */
+static float lt_time(struct moe_cuda_blas *b, const struct lt_plan *p, const cublasLtMatmulAlgo_t *algo, float alpha,
+		     const bf16_t *A, const bf16_t *B, float beta, const void *C, void *D, cudaEvent_t e0,
+		     cudaEvent_t e1)
+{
+	float t[5];
+	for (int r = 0; r < 5; r++) {
+		cudaEventRecord(e0, b->s);
+		if (lt_run(b, p, algo, alpha, A, B, beta, C, D) != CUBLAS_STATUS_SUCCESS)
+			return -1.f;
+		cudaEventRecord(e1, b->s);
+		if (cudaEventSynchronize(e1) != cudaSuccess)
+			return -1.f;
+		cudaEventElapsedTime(&t[r], e0, e1);
+	}
+	for (int x = 1; x < 5; x++)
+		for (int y = x; y > 0 && t[y] < t[y - 1]; y--) {
+			float z = t[y];
+			t[y] = t[y - 1];
+			t[y - 1] = z;
+		}
+	return t[2];
 }
 
 /* Choose among cuBLASLt's heuristic candidates by time, keeping only those
@@ -138,12 +160,13 @@ static void lt_tune(struct moe_cuda_blas *b, struct lt_plan *p, float alpha, con
 	p->n_same = 1;
 	if (found < 2)
 		return;
-	size_t el = p->c_f32 ? 4 : 2;
-	size_t ext = ((size_t)(p->batch - 1) * (size_t)p->sC + (size_t)p->ldc * (p->M - 1) + (size_t)p->N) * el;
+	const struct lt_key *k = &p->k;
+	size_t el = k->c_f32 ? 4 : 2;
+	size_t ext = ((size_t)(k->batch - 1) * (size_t)k->sC + (size_t)k->ldc * (k->M - 1) + (size_t)k->N) * el;
 	/* an output the call overwrites whole (beta 0, C = D, no gaps) takes
 	 * the candidates' results itself: one scratch buffer, not two */
-	bool gaps = p->ldc != p->N || (p->batch > 1 && p->sC != (long long)p->ldc * p->M);
-	bool own = beta != 0.f || p->res || gaps;
+	bool gaps = k->ldc != k->N || (k->batch > 1 && k->sC != (long long)k->ldc * k->M);
+	bool own = beta != 0.f || k->res || gaps;
 	void *ref = NULL, *tst = own ? NULL : (void *)C;
 	cudaEvent_t e0 = NULL, e1 = NULL;
 	if (cudaStreamSynchronize(b->s) != cudaSuccess || (!b->cmp && cudaMalloc(&b->cmp, sizeof(int)) != cudaSuccess) ||
@@ -154,12 +177,12 @@ static void lt_tune(struct moe_cuda_blas *b, struct lt_plan *p, float alpha, con
 	{
 		const void *cin = beta != 0.f ? C : ref;
 		cudaMemsetAsync(ref, 0xff, ext, b->s); /* as tst: the gaps between rows compare equal */
-		if (lt_run(b, p, &res[0].algo, alpha, A, B, beta, cin, ref))
+		if (lt_run(b, p, &res[0].algo, alpha, A, B, beta, cin, ref) != CUBLAS_STATUS_SUCCESS)
 			goto out;
 		float best = 0;
 		for (int i = 0; i < found; i++) {
 			cudaMemsetAsync(tst, 0xff, ext, b->s);
-			if (lt_run(b, p, &res[i].algo, alpha, A, B, beta, beta != 0.f ? C : tst, tst))
+			if (lt_run(b, p, &res[i].algo, alpha, A, B, beta, beta != 0.f ? C : tst, tst) != CUBLAS_STATUS_SUCCESS)
 				continue;
 			int diff = 0;
 			if (i > 0) {
@@ -174,25 +197,13 @@ static void lt_tune(struct moe_cuda_blas *b, struct lt_plan *p, float alpha, con
 					continue;
 				p->n_same++;
 			}
-			float t[5];
-			for (int r = 0; r < 5; r++) {
-				cudaEventRecord(e0, b->s);
-				lt_run(b, p, &res[i].algo, alpha, A, B, beta, beta != 0.f ? C : tst, tst);
-				cudaEventRecord(e1, b->s);
-				if (cudaEventSynchronize(e1) != cudaSuccess)
-					goto out;
-				cudaEventElapsedTime(&t[r], e0, e1);
-			}
-			for (int x = 1; x < 5; x++) /* the median of 5 */
-				for (int y = x; y > 0 && t[y] < t[y - 1]; y--) {
-					float z = t[y];
-					t[y] = t[y - 1];
-					t[y - 1] = z;
-				}
+			float t = lt_time(b, p, &res[i].algo, alpha, A, B, beta, beta != 0.f ? C : tst, tst, e0, e1);
+			if (t < 0)
+				goto out;
 			if (i == 0)
-				p->ms_first = best = t[2];
-			else if (t[2] < best) {
-				best = t[2];
+				p->ms_first = best = t;
+			else if (t < best) {
+				best = t;
 				p->algo = res[i].algo;
 				p->chosen = i;
 			}
@@ -210,6 +221,54 @@ out:
 		cudaFree(tst);
 }
 
+/* A new plan for shape k: the operation, its layouts and the heuristic's
+ * candidates (at most 8, within the workspace; split K only with fp32
+ * partial sums, not in a bf16 output), the first one chosen.  false when
+ * cuBLASLt has no algorithm for it (nothing left to destroy). */
+static bool lt_plan_make(struct moe_cuda_blas *b, const struct lt_key *k, struct lt_plan *p)
+{
+	*p = {};
+	p->k = *k;
+	/* column-major C^T (N x M) = op(B)^T op(A)^T, as cublasGemmEx is called */
+	cublasOperation_t opa = k->tb ? CUBLAS_OP_T : CUBLAS_OP_N, opb = k->ta ? CUBLAS_OP_T : CUBLAS_OP_N;
+	uint32_t fp32_red = CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE;
+	int32_t bc = k->batch;
+	int64_t sa = k->sB, sb = k->sA, sc = k->sC;
+	cublasLtMatmulPreference_t pref = NULL;
+	int found = 0;
+	bool bad = cublasLtMatmulDescCreate(&p->op, CUBLAS_COMPUTE_32F, CUDA_R_32F) ||
+		   cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof opa) ||
+		   cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof opb) ||
+		   cublasLtMatrixLayoutCreate(&p->a, CUDA_R_16BF, k->tb ? k->K : k->N, k->tb ? k->N : k->K, k->ldb) ||
+		   cublasLtMatrixLayoutCreate(&p->b, CUDA_R_16BF, k->ta ? k->M : k->K, k->ta ? k->K : k->M, k->lda) ||
+		   cublasLtMatrixLayoutCreate(&p->c, k->c_f32 ? CUDA_R_32F : CUDA_R_16BF, k->N, k->M, k->ldc);
+	if (!bad && k->batch > 1)
+		bad = cublasLtMatrixLayoutSetAttribute(p->a, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &bc, sizeof bc) ||
+		      cublasLtMatrixLayoutSetAttribute(p->b, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &bc, sizeof bc) ||
+		      cublasLtMatrixLayoutSetAttribute(p->c, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &bc, sizeof bc) ||
+		      cublasLtMatrixLayoutSetAttribute(p->a, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &sa, sizeof sa) ||
+		      cublasLtMatrixLayoutSetAttribute(p->b, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &sb, sizeof sb) ||
+		      cublasLtMatrixLayoutSetAttribute(p->c, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &sc, sizeof sc);
+	if (!bad)
+		bad = cublasLtMatmulPreferenceCreate(&pref) ||
+		      cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &b->ws_size,
+							   sizeof b->ws_size) ||
+		      cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, &fp32_red,
+							   sizeof fp32_red) ||
+		      cublasLtMatmulAlgoGetHeuristic(b->lt, p->op, p->a, p->b, p->c, p->c, pref, 8, p->cand, &found) ||
+		      !found;
+	if (pref)
+		cublasLtMatmulPreferenceDestroy(pref);
+	if (bad) {
+		lt_plan_destroy(p);
+		return false;
+	}
+	p->n_algos = found;
+	p->n_same = 1;
+	p->algo = p->cand[0].algo;
+	return true;
+}
+
 /* The plan of a shape: made at its first call with the heuristic's first
  * candidate, tuned at its second (a shape seen once, as in evaluation's
  * last short batch, costs no tuning); when the table is full the plan
@@ -221,10 +280,7 @@ static struct lt_plan *lt_plan_get(struct moe_cuda_blas *b, const struct lt_key 
 	*rc = 0;
 	for (int i = 0; i < b->n_plans; i++) {
 		struct lt_plan *p = &b->plans[i];
-		if (p->ta == k->ta && p->tb == k->tb && p->M == k->M && p->N == k->N && p->K == k->K &&
-		    p->lda == k->lda && p->ldb == k->ldb && p->ldc == k->ldc && p->c_f32 == k->c_f32 &&
-		    p->res == k->res && p->batch == k->batch && p->beta_nz == k->beta_nz && p->sA == k->sA &&
-		    p->sB == k->sB && p->sC == k->sC) {
+		if (!memcmp(&p->k, k, sizeof *k)) {
 			if (++p->calls == 2 && b->tune == 1 && !p->tuned)
 				lt_tune(b, p, alpha, A, B, beta, C);
 			return p;
@@ -232,47 +288,9 @@ static struct lt_plan *lt_plan_get(struct moe_cuda_blas *b, const struct lt_key 
 	}
 	if (!b->lt && (*rc = CUBLAS_OK(cublasLtCreate(&b->lt), err)) != 0)
 		return NULL;
-	struct lt_plan p = {};
-	p.ta = k->ta, p.tb = k->tb, p.M = k->M, p.N = k->N, p.K = k->K, p.lda = k->lda, p.ldb = k->ldb;
-	p.ldc = k->ldc, p.c_f32 = k->c_f32, p.res = k->res, p.batch = k->batch, p.beta_nz = k->beta_nz;
-	p.sA = k->sA, p.sB = k->sB, p.sC = k->sC;
-	/* column-major C^T (N x M) = op(B)^T op(A)^T, as cublasGemmEx is called */
-	cublasOperation_t opa = p.tb ? CUBLAS_OP_T : CUBLAS_OP_N, opb = p.ta ? CUBLAS_OP_T : CUBLAS_OP_N;
-	/* split-K only with fp32 partial sums (not in a bf16 output) */
-	uint32_t fp32_red = CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE;
-	int32_t bc = p.batch;
-	int64_t sa = p.sB, sb = p.sA, sc = p.sC;
-	cublasLtMatmulPreference_t pref = NULL;
-	int found = 0;
-	bool bad = cublasLtMatmulDescCreate(&p.op, CUBLAS_COMPUTE_32F, CUDA_R_32F) ||
-		   cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof opa) ||
-		   cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof opb) ||
-		   cublasLtMatrixLayoutCreate(&p.a, CUDA_R_16BF, p.tb ? p.K : p.N, p.tb ? p.N : p.K, p.ldb) ||
-		   cublasLtMatrixLayoutCreate(&p.b, CUDA_R_16BF, p.ta ? p.M : p.K, p.ta ? p.K : p.M, p.lda) ||
-		   cublasLtMatrixLayoutCreate(&p.c, p.c_f32 ? CUDA_R_32F : CUDA_R_16BF, p.N, p.M, p.ldc);
-	if (!bad && p.batch > 1)
-		bad = cublasLtMatrixLayoutSetAttribute(p.a, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &bc, sizeof bc) ||
-		      cublasLtMatrixLayoutSetAttribute(p.b, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &bc, sizeof bc) ||
-		      cublasLtMatrixLayoutSetAttribute(p.c, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &bc, sizeof bc) ||
-		      cublasLtMatrixLayoutSetAttribute(p.a, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &sa, sizeof sa) ||
-		      cublasLtMatrixLayoutSetAttribute(p.b, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &sb, sizeof sb) ||
-		      cublasLtMatrixLayoutSetAttribute(p.c, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &sc, sizeof sc);
-	if (!bad)
-		bad = cublasLtMatmulPreferenceCreate(&pref) ||
-		      cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &b->ws_size,
-							   sizeof b->ws_size) ||
-		      cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, &fp32_red,
-							   sizeof fp32_red) ||
-		      cublasLtMatmulAlgoGetHeuristic(b->lt, p.op, p.a, p.b, p.c, p.c, pref, 8, p.cand, &found) || !found;
-	if (pref)
-		cublasLtMatmulPreferenceDestroy(pref);
-	if (bad) {
-		lt_plan_destroy(&p);
+	struct lt_plan p;
+	if (!lt_plan_make(b, k, &p))
 		return NULL;
-	}
-	p.n_algos = found;
-	p.n_same = 1;
-	p.algo = p.cand[0].algo;
 	p.calls = 1;
 	if (b->n_plans < LT_PLANS) {
 		b->plans[b->n_plans] = p;
@@ -314,9 +332,7 @@ extern "C" int moe_cuda_gemm_batched(struct moe_cuda_blas *b, int ta, int tb, in
 		if (rc)
 			return rc;
 		if (p)
-			return CUBLAS_OK(cublasLtMatmul(b->lt, p->op, &alpha, B, p->a, A, p->b, &beta, C, p->c, C, p->c,
-							&p->algo, b->ws, b->ws_size, b->s),
-					 err);
+			return CUBLAS_OK(lt_run(b, p, &p->algo, alpha, A, B, beta, C, C), err);
 	}
 	if (batch == 1)
 		return CUBLAS_OK(cublasGemmEx(b->h, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, N,
@@ -346,10 +362,7 @@ extern "C" int moe_cuda_gemm_res(struct moe_cuda_blas *b, int M, int N, int K, c
 		return rc;
 	if (!p)
 		return moe_error_set(err, MOE_EUNSUPPORTED, "gemm_res: no cuBLASLt algorithm for %d x %d x %d", M, N, K);
-	float one = 1.f;
-	return CUBLAS_OK(cublasLtMatmul(b->lt, p->op, &one, B, p->a, A, p->b, &one, R, p->c, D, p->c, &p->algo,
-					b->ws, b->ws_size, b->s),
-			 err);
+	return CUBLAS_OK(lt_run(b, p, &p->algo, 1.f, A, B, 1.f, R, D), err);
 }
 
 extern "C" void moe_cuda_gemm_report(struct moe_cuda_blas *b, FILE *f)
@@ -359,10 +372,43 @@ extern "C" void moe_cuda_gemm_report(struct moe_cuda_blas *b, FILE *f)
 		b->tune, b->tune_bytes / 1048576.0);
 	for (int i = 0; i < b->n_plans; i++) {
 		const struct lt_plan *p = &b->plans[i];
-		fprintf(f, "gemm %6d %6d %6d  %d %d %d %d %d %d: %ld  %d %d %d  %.4f %.4f\n", p->M, p->N, p->K, p->ta,
-			p->tb, p->batch, p->c_f32, p->beta_nz, p->res, p->calls, p->n_algos, p->n_same, p->chosen,
+		const struct lt_key *k = &p->k;
+		fprintf(f, "gemm %6d %6d %6d  %d %d %d %d %d %d: %ld  %d %d %d  %.4f %.4f\n", k->M, k->N, k->K, k->ta,
+			k->tb, k->batch, k->c_f32, k->beta_nz, k->res, p->calls, p->n_algos, p->n_same, p->chosen,
 			p->ms_first, p->ms_best);
 	}
+}
+
+extern "C" int moe_cuda_gemm_survey(struct moe_cuda_blas *b, int ta, int tb, int M, int N, int K, const bf16_t *A,
+				    int lda, const bf16_t *B, int ldb, void *C, int ldc, int c_f32, float beta,
+				    float *ms_first, float *ms_best, int *n_algos, struct moe_error *err)
+{
+	struct lt_key k = {ta, tb, M, N, K, lda, ldb, ldc, c_f32, 0, 1, beta != 0.f, 0, 0, 0};
+	struct lt_plan p;
+	cudaEvent_t e0, e1;
+	*ms_first = *ms_best = -1.f;
+	*n_algos = 0;
+	if (!b->lt && CUBLAS_OK(cublasLtCreate(&b->lt), err))
+		return err ? err->code : MOE_EIO;
+	if (!lt_plan_make(b, &k, &p))
+		return moe_error_set(err, MOE_EUNSUPPORTED, "gemm: no cuBLASLt algorithm for %d x %d x %d", M, N, K);
+	if (CUDA_OK(cudaEventCreate(&e0), err) || CUDA_OK(cudaEventCreate(&e1), err)) {
+		lt_plan_destroy(&p);
+		return err ? err->code : MOE_EIO;
+	}
+	*n_algos = p.n_algos;
+	for (int i = 0; i < p.n_algos; i++) {
+		lt_run(b, &p, &p.cand[i].algo, 1.f, A, B, beta, C, C); /* warm-up */
+		float t = lt_time(b, &p, &p.cand[i].algo, 1.f, A, B, beta, C, C, e0, e1);
+		if (i == 0)
+			*ms_first = t;
+		if (t >= 0 && (*ms_best < 0 || t < *ms_best))
+			*ms_best = t;
+	}
+	cudaEventDestroy(e0);
+	cudaEventDestroy(e1);
+	lt_plan_destroy(&p);
+	return 0;
 }
 
 extern "C" int moe_cuda_gemm_timed(struct moe_cuda_blas *b)

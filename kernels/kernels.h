@@ -295,6 +295,13 @@ size_t moe_cuda_gemm_tune_bytes(struct moe_cuda_blas *b);
 void moe_cuda_gemm_set_tune(struct moe_cuda_blas *b, int mode);
 /* plans whose candidates were timed */
 int moe_cuda_gemm_timed(struct moe_cuda_blas *b);
+/* Benchmarks: every cuBLASLt candidate for moe_cuda_gemm's operation
+ * (alpha 1), each run once and then timed (median of 5) into C itself,
+ * whatever its bits; the first candidate's ms, the best ms and the number
+ * of candidates. */
+int moe_cuda_gemm_survey(struct moe_cuda_blas *b, int ta, int tb, int M, int N, int K, const bf16_t *A, int lda,
+			 const bf16_t *B, int ldb, void *C, int ldc, int c_f32, float beta, float *ms_first,
+			 float *ms_best, int *n_algos, struct moe_error *err);
 /* batch GEMMs of one shape in one cuBLAS call, operand b at A + b * sA,
  * B + b * sB, C + b * sC (elements; a stride 0 shares the operand) */
 int moe_cuda_gemm_batched(struct moe_cuda_blas *b, int ta, int tb, int M, int N, int K, const bf16_t *A,

@@ -3,21 +3,18 @@
  * (GPU machine): for every linear layer the forward (rows x In -> Out), the
  * input gradient and the fp32 weight gradient (beta 0: gradients by
  * overwrite, beta 1: accumulation), through moe_cuda_gemm exactly as the
- * backend calls it.  Median of 20 runs after warm-up, CUDA events; prints ms,
+ * backend calls it (its tuned cuBLASLt plans unless MOE_CUDA_GEMM_TUNE=0).  Median of 20 runs after warm-up, CUDA events; prints ms,
  * TFLOP/s and the calls per step, then the step's total for each shape, to
  * show which shapes fall short of the large-GEMM rate; last, the router's
  * forward and input gradient through the one-group wgmma kernel, which the
  * backend uses for them on sm_90 (MOE_CUDA_NARROW).
- * -a: for every shape also cuBLASLt's first 32 heuristic algorithms for
- * the same operation, each timed, against cublasGemmEx's default choice
- * (is an autotuned choice worth having?).  -r: random operands instead of
+ * -a: for every shape also each of cuBLASLt's candidates for the same
+ * operation (moe_cuda_gemm_survey: the at most 8 the tuning considers,
+ * whatever their bits), against cublasGemmEx's own choice (is a tuned
+ * choice worth having?).  -r: random operands instead of
  * zeros (zeros draw less power, so the clocks run higher).
  *   bench_gemm [-B 16] [-T 2048] [-a] [-r]
  */
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wstrict-prototypes" /* cublasLt.h */
-#include <cublasLt.h>
-#pragma GCC diagnostic pop
 #include <cuda_runtime_api.h>
 #include <getopt.h>
 #include <stdio.h>
@@ -87,67 +84,27 @@ static float time_gemm(struct moe_cuda_blas *b, const struct shape *s, int kind,
 	return t[10];
 }
 
-/* The same operation as time_gemm's kind through cuBLASLt, each of the
- * first 32 heuristic algorithms timed (median of 10); returns the best ms,
- * *first the heuristic's first choice's, *n the algorithms tried. */
-static float lt_best(cublasLtHandle_t lt, void *ws, size_t wss, const struct shape *s, int kind, float beta,
-		     void *A, void *B, void *C, float *first, int *n)
+/* The same operation as time_gemm's kind through each of cuBLASLt's
+ * candidates (moe_cuda_gemm_survey): the best ms, *first the first
+ * candidate's, *n the candidates. */
+static float lt_best(struct moe_cuda_blas *b, const struct shape *s, int kind, float beta, void *A, void *B, void *C,
+		     float *first, int *n)
 {
-	int ta, tb, M, N, K, lda, ldb, ldc, f32;
+	float best;
+	int rc;
 	if (kind == 0)
-		ta = 0, tb = 1, M = s->rows, N = s->Out, K = s->In, lda = s->In, ldb = s->In, ldc = s->Out, f32 = 0;
+		rc = moe_cuda_gemm_survey(b, 0, 1, s->rows, s->Out, s->In, A, s->In, B, s->In, C, s->Out, 0, beta, first,
+					  &best, n, &err);
 	else if (kind == 1)
-		ta = 0, tb = 0, M = s->rows, N = s->In, K = s->Out, lda = s->Out, ldb = s->In, ldc = s->In, f32 = 0;
+		rc = moe_cuda_gemm_survey(b, 0, 0, s->rows, s->In, s->Out, A, s->Out, B, s->In, C, s->In, 0, beta, first,
+					  &best, n, &err);
 	else
-		ta = 1, tb = 0, M = s->Out, N = s->In, K = s->rows, lda = s->Out, ldb = s->In, ldc = s->In, f32 = 1;
-	/* column-major C^T (N x M) = op(B)^T op(A)^T, as moe_cuda_gemm calls cublasGemmEx */
-	cublasOperation_t opa = tb ? CUBLAS_OP_T : CUBLAS_OP_N, opb = ta ? CUBLAS_OP_T : CUBLAS_OP_N;
-	cublasLtMatmulDesc_t op;
-	cublasLtMatrixLayout_t la, lb, lc;
-	cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F);
-	cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof opa);
-	cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof opb);
-	cublasLtMatrixLayoutCreate(&la, CUDA_R_16BF, tb ? K : N, tb ? N : K, ldb);
-	cublasLtMatrixLayoutCreate(&lb, CUDA_R_16BF, ta ? M : K, ta ? K : M, lda);
-	cublasLtMatrixLayoutCreate(&lc, f32 ? CUDA_R_32F : CUDA_R_16BF, N, M, ldc);
-	cublasLtMatmulPreference_t pref;
-	cublasLtMatmulPreferenceCreate(&pref);
-	cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &wss, sizeof wss);
-	cublasLtMatmulHeuristicResult_t res[32];
-	int found = 0;
-	cublasLtMatmulAlgoGetHeuristic(lt, op, la, lb, lc, lc, pref, 32, res, &found);
-	float best = 1e30f, one = 1.f;
-	*first = 0;
-	cudaEvent_t e0, e1;
-	cudaEventCreate(&e0);
-	cudaEventCreate(&e1);
-	for (int i = 0; i < found; i++) {
-		float t[10];
-		int bad = 0;
-		for (int r = -2; r < 10 && !bad; r++) {
-			cudaEventRecord(e0, 0);
-			bad = cublasLtMatmul(lt, op, &one, B, la, A, lb, &beta, C, lc, C, lc, &res[i].algo, ws, wss, 0) !=
-			      CUBLAS_STATUS_SUCCESS;
-			cudaEventRecord(e1, 0);
-			cudaEventSynchronize(e1);
-			if (r >= 0)
-				cudaEventElapsedTime(&t[r], e0, e1);
-		}
-		if (bad)
-			continue;
-		qsort(t, 10, sizeof(float), cmpf);
-		if (i == 0)
-			*first = t[5];
-		best = t[5] < best ? t[5] : best;
+		rc = moe_cuda_gemm_survey(b, 1, 0, s->Out, s->In, s->rows, A, s->Out, B, s->In, C, s->In, 1, beta, first,
+					  &best, n, &err);
+	if (rc) {
+		fprintf(stderr, "bench_gemm: %s: %s\n", s->name, err.msg);
+		exit(1);
 	}
-	*n = found;
-	cudaEventDestroy(e0);
-	cudaEventDestroy(e1);
-	cublasLtMatmulPreferenceDestroy(pref);
-	cublasLtMatrixLayoutDestroy(la);
-	cublasLtMatrixLayoutDestroy(lb);
-	cublasLtMatrixLayoutDestroy(lc);
-	cublasLtMatmulDescDestroy(op);
 	return best;
 }
 
@@ -232,11 +189,13 @@ int main(int argc, char **argv)
 	printf("%-32s %6s %9.2f %9s %9.2f %9s %9.2f %9.2f   (ms per step)\n", "step total", "", tot[0], "", tot[1], "",
 	       tot[2], tot[3]);
 	if (all) {
-		cublasLtHandle_t lt;
-		cublasLtCreate(&lt);
-		size_t wss = 64u << 20;
-		void *ws = dzero(wss);
 		static const char *kn[] = {"fwd", "dgrad", "wgrad b1"};
+		struct moe_cuda_blas *b0 = moe_cuda_blas_new(0, &err); /* cublasGemmEx's own choices */
+		if (!b0) {
+			fprintf(stderr, "bench_gemm: %s\n", err.msg);
+			return 1;
+		}
+		moe_cuda_gemm_set_tune(b0, 0);
 		printf("cuBLASLt's heuristic algorithms against cublasGemmEx (ms; saved = (default - best) x calls)\n");
 		printf("%-32s %-8s %9s %9s %9s %5s %9s\n", "layer", "kind", "default", "lt first", "lt best", "algos",
 		       "saved/step");
@@ -246,15 +205,15 @@ int main(int argc, char **argv)
 				const struct shape *s = &sh[i];
 				float beta = k == 2 ? 1.f : 0.f, first;
 				int n;
-				float d = time_gemm(b, s, k, beta, k == 0 ? X : Y, k == 2 ? X : W, k == 2 ? DW : O);
-				float bt = lt_best(lt, ws, wss, s, k, beta, k == 0 ? X : Y, k == 2 ? X : W,
-						   k == 2 ? DW : O, &first, &n);
+				float d = time_gemm(b0, s, k, beta, k == 0 ? X : Y, k == 2 ? X : W, k == 2 ? DW : O);
+				float bt = lt_best(b, s, k, beta, k == 0 ? X : Y, k == 2 ? X : W, k == 2 ? DW : O, &first,
+						   &n);
 				double sv = (d - bt) * s->per_step;
 				saved += sv > 0 ? sv : 0;
 				printf("%-32s %-8s %9.4f %9.4f %9.4f %5d %9.3f\n", s->name, kn[k], d, first, bt, n, sv);
 			}
 		printf("%-32s %-8s %39s %9.3f   (ms per step, where the best is faster)\n", "total", "", "", saved);
-		cublasLtDestroy(lt);
+		moe_cuda_blas_free(b0);
 	}
 	/* the router's forward and input gradient as the backend runs them on
 	 * sm_90 (MOE_CUDA_NARROW): the grouped wgmma kernel with one group */
