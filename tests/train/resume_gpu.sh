@@ -20,7 +20,7 @@ export MOE_DATADIR="$S/share"
 ARGS="--model tiny --data $T/data --device cuda --micro-batch 8 --seq-len 128 --warmup 2 --lr 3e-3
  --decay-steps 8 --eval-every 4 --ckpt-every 4 -q"
 if ! "$TRAIN" $ARGS --out "$T/probe" --steps 1 2>"$T/probe.err"; then
-	if grep -q -e "no CUDA device" -e "no usable CUDA device" -e "no CUDA backend" "$T/probe.err"; then
+	if grep -q -e "no CUDA device" -e "no usable CUDA device" -e "no CUDA backend" -e "no CUDA support" "$T/probe.err"; then
 		echo "skip: $(cat "$T/probe.err")"
 		exit 77
 	fi
