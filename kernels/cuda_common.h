@@ -113,6 +113,25 @@ static __device__ __forceinline__ float warp_sum(float v)
 	return v;
 }
 
+/* The sum of v over a block of W warps, the same value in every thread:
+ * the warps' sums added in warp order (deterministic).  rs alternates
+ * between calls (it = 0, 1, 0, ...) so that one barrier a call suffices:
+ * a warp that writes rs[it] again has passed the next call's barrier, so
+ * every thread has read it.  Every thread of the block must call it. */
+template <int W>
+static __device__ __forceinline__ float block_sum_alt(float v, float (*rs)[W], int it)
+{
+	v = warp_sum(v);
+	if (threadIdx.x % 32 == 0)
+		rs[it][threadIdx.x / 32] = v;
+	__syncthreads();
+	float t = 0.f;
+#pragma unroll
+	for (int q = 0; q < W; q++)
+		t += rs[it][q];
+	return t;
+}
+
 static __device__ __forceinline__ float warp_max(float v)
 {
 	for (int o = 16; o > 0; o >>= 1)

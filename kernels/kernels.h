@@ -76,7 +76,8 @@ int moe_cuda_colsum_add(float *dw, const float *part, int nb, int D, cudaStream_
 /* qknorm_rope.cu: RMSNorm over rows of H heads of Dh (fp32 weights and rstd),
  * then rotate-half RoPE with the rope.cu table, in one pass; the backward
  * takes the gradient after RoPE (dx overwritten, dw += (H*Dh)).  Supported
- * when Dh % 16 == 0 and H * Dh <= 1536. */
+ * when Dh % 16 == 0 and H * Dh <= 8192 (1536 under moe_cuda_memk_legacy);
+ * otherwise the backend runs rmsnorm and rope. */
 bool moe_cuda_qknorm_rope_supported(int H, int Dh);
 int moe_cuda_qknorm_rope_fwd(bf16_t *out, float *rstd, const bf16_t *x, const float *w, const float *cosb,
 			     const float *sinb, int B, int T, int H, int Dh, float eps, cudaStream_t s,

@@ -1,6 +1,9 @@
 /* QK-norm and RoPE in one pass: RMSNorm over a whole row of H heads (the
  * OLMoE q_norm/k_norm width D = H * Dh), then rotate-half RoPE of each head,
- * and the backward of the pair.  One warp per row; each lane owns the
+ * and the backward of the pair.  Three layouts: the pair kernels (the
+ * default up to 2048 columns) and the wide ones (up to 8192), both below,
+ * and the previous kernels (moe_cuda_memk_legacy), described here: one warp
+ * per row; each lane owns the
  * columns lane * 8 + 256 c (c < NC).  The row is staged in shared memory
  * (fp32, 16-byte accesses) so that each group of eight columns finds its
  * RoPE partners Dh/2 columns away (Dh % 16 == 0: a group never straddles
@@ -375,17 +378,189 @@ qknorm_rope_pair_bwd_kernel(bf16 *dx, float *dw, const bf16 *dout, const bf16 *x
 	block_rows_sum_add(dw, sw + D, groups, D, dwb);
 }
 
+/* Rows wider than QP_MAXD (up to QW_MAXD): a block of QW_THREADS per row,
+ * thread t owning pairs t + QW_THREADS q (q < NP) in qp_cols's numbering;
+ * the row's sums cross the warps through shared memory (block_sum_alt, in
+ * warp order), the weights come through the read-only cache, and each
+ * thread's share of dw stays in registers across the block's rows (its
+ * pairs are the same in every row).  A block's rows: blockIdx.x,
+ * + gridDim.x, ... */
+#define QW_THREADS 128
+#define QW_MAXNP 4
+#define QW_MAXD (QW_THREADS * QW_MAXNP * 16) /* 8192 */
+
+template <int NP>
+__global__ void __launch_bounds__(QW_THREADS)
+qknorm_rope_wide_fwd_kernel(bf16 *out, float *rstd, const bf16 *x, const float *w, const float *cosb,
+			    const float *sinb, int N, int T, int Dh, int D, float eps)
+{
+	__shared__ float rs[2][QW_THREADS / 32];
+	const int half = Dh / 2;
+	int c1[NP], kc[NP], it = 0;
+	qp_cols<QW_THREADS, NP>(c1, kc, threadIdx.x, Dh, D);
+	const bf16 *src[1] = {x};
+	for (int n = blockIdx.x; n < N; n += gridDim.x, it ^= 1) {
+		uint4 a[1][NP], b[1][NP];
+		qp_load<NP, 1>(a, b, src, n, N, c1, half, D);
+		float ss = 0.f;
+#pragma unroll
+		for (int q = 0; q < NP; q++) {
+			float fa[8], fb[8];
+			unpack8(fa, a[0][q]);
+			unpack8(fb, b[0][q]);
+#pragma unroll
+			for (int j = 0; j < 8; j++)
+				ss += fa[j] * fa[j] + fb[j] * fb[j];
+		}
+		float r = rsqrtf(block_sum_alt<QW_THREADS / 32>(ss, rs, it) / D + eps);
+		int t = n % T;
+		const float *cr = cosb + (size_t)t * half, *sr = sinb + (size_t)t * half;
+		bf16 *o = out + (size_t)n * D;
+#pragma unroll
+		for (int q = 0; q < NP; q++) {
+			if (c1[q] < 0)
+				continue;
+			float fa[8], fb[8], cs[8], sn[8], wa[8], wb[8], oa[8], ob[8];
+			unpack8(fa, a[0][q]);
+			unpack8(fb, b[0][q]);
+			ld8s(cs, cr + kc[q]);
+			ld8s(sn, sr + kc[q]);
+			ld8g(wa, w + c1[q]);
+			ld8g(wb, w + c1[q] + half);
+#pragma unroll
+			for (int j = 0; j < 8; j++) {
+				float ya = fa[j] * r * wa[j], yb = fb[j] * r * wb[j];
+				oa[j] = ya * cs[j] - yb * sn[j];
+				ob[j] = yb * cs[j] + ya * sn[j];
+			}
+			st8(o + c1[q], oa);
+			st8(o + c1[q] + half, ob);
+		}
+		if (threadIdx.x == 0)
+			rstd[n] = r;
+	}
+}
+
+/* dw: added atomically (dwb 0) or stored into the block's own row of a
+ * (grid, D) buffer (dwb 1) */
+template <int NP>
+__global__ void __launch_bounds__(QW_THREADS)
+qknorm_rope_wide_bwd_kernel(bf16 *dx, float *dw, const bf16 *dout, const bf16 *x, const float *w,
+			    const float *rstd, const float *cosb, const float *sinb, int N, int T, int Dh, int D,
+			    int dwb)
+{
+	__shared__ float rs[2][QW_THREADS / 32];
+	const int half = Dh / 2;
+	int c1[NP], kc[NP], it = 0;
+	qp_cols<QW_THREADS, NP>(c1, kc, threadIdx.x, Dh, D);
+	float acc[NP][2][8];
+#pragma unroll
+	for (int q = 0; q < NP; q++)
+#pragma unroll
+		for (int j = 0; j < 8; j++)
+			acc[q][0][j] = acc[q][1][j] = 0.f;
+	const bf16 *src[2] = {dout, x};
+	for (int n = blockIdx.x; n < N; n += gridDim.x, it ^= 1) {
+		uint4 a[2][NP], b[2][NP]; /* dout, x: first and second halves */
+		qp_load<NP, 2>(a, b, src, n, N, c1, half, D);
+		int t = n % T;
+		const float *cr = cosb + (size_t)t * half, *sr = sinb + (size_t)t * half;
+		float r = rstd[n], dot = 0.f;
+#pragma unroll
+		for (int q = 0; q < NP; q++) {
+			if (c1[q] < 0)
+				continue;
+			float fa[8], fb[8], ga[8], gb[8], cs[8], sn[8], wa[8], wb[8];
+			unpack8(fa, a[0][q]);
+			unpack8(fb, b[0][q]);
+			ld8s(cs, cr + kc[q]);
+			ld8s(sn, sr + kc[q]);
+			ld8g(wa, w + c1[q]);
+			ld8g(wb, w + c1[q] + half);
+#pragma unroll
+			for (int j = 0; j < 8; j++) { /* the gradient before RoPE */
+				ga[j] = fa[j] * cs[j] + fb[j] * sn[j];
+				gb[j] = fb[j] * cs[j] - fa[j] * sn[j];
+			}
+			unpack8(fa, a[1][q]);
+			unpack8(fb, b[1][q]);
+#pragma unroll
+			for (int j = 0; j < 8; j++)
+				dot += ga[j] * wa[j] * fa[j] + gb[j] * wb[j] * fb[j];
+		}
+		float k = block_sum_alt<QW_THREADS / 32>(dot, rs, it) * r * r * r / D;
+		bf16 *dxr = dx + (size_t)n * D;
+#pragma unroll
+		for (int q = 0; q < NP; q++) {
+			if (c1[q] < 0)
+				continue;
+			float fa[8], fb[8], ga[8], gb[8], cs[8], sn[8], wa[8], wb[8];
+			unpack8(fa, a[0][q]);
+			unpack8(fb, b[0][q]);
+			ld8s(cs, cr + kc[q]);
+			ld8s(sn, sr + kc[q]);
+#pragma unroll
+			for (int j = 0; j < 8; j++) {
+				ga[j] = fa[j] * cs[j] + fb[j] * sn[j];
+				gb[j] = fb[j] * cs[j] - fa[j] * sn[j];
+			}
+			unpack8(fa, a[1][q]);
+			unpack8(fb, b[1][q]);
+			ld8g(wa, w + c1[q]);
+			ld8g(wb, w + c1[q] + half);
+#pragma unroll
+			for (int j = 0; j < 8; j++) {
+				acc[q][0][j] += ga[j] * fa[j] * r;
+				acc[q][1][j] += gb[j] * fb[j] * r;
+				ga[j] = ga[j] * wa[j] * r - k * fa[j];
+				gb[j] = gb[j] * wb[j] * r - k * fb[j];
+			}
+			st8(dxr + c1[q], ga);
+			st8(dxr + c1[q] + half, gb);
+		}
+	}
+	if (!dw)
+		return;
+	float *dst = dwb ? dw + (size_t)blockIdx.x * D : dw;
+#pragma unroll
+	for (int q = 0; q < NP; q++) {
+		if (c1[q] < 0)
+			continue;
+#pragma unroll
+		for (int hh = 0; hh < 2; hh++) {
+			float *p = dst + c1[q] + hh * half;
+			const float *v = acc[q][hh];
+			if (dwb) {
+				*(float4 *)p = make_float4(v[0], v[1], v[2], v[3]);
+				*(float4 *)(p + 4) = make_float4(v[4], v[5], v[6], v[7]);
+			} else {
+#pragma unroll
+				for (int j = 0; j < 8; j++)
+					atomicAdd(p + j, v[j]);
+			}
+		}
+	}
+}
+
+#define QW_SWITCH(NPV, LAUNCH)     \
+	switch (NPV) {             \
+	case 1: LAUNCH(1); break;  \
+	case 2: LAUNCH(2); break;  \
+	case 3: LAUNCH(3); break;  \
+	default: LAUNCH(4); break; \
+	}
+
 /* moe_cuda_memk_legacy() (rmsnorm.cu): the previous kernels for comparisons */
 extern int moe_memk_legacy_on;
 
-/* rows up to 2048 wide (olmoe's 16 x 128) in the pair kernels, 1536 in the
- * previous ones */
+/* rows up to 2048 wide (olmoe's 16 x 128) in the pair kernels, up to
+ * QW_MAXD in the wide ones; 1536 in the previous ones */
 #define QP_MAXD 2048
 
 extern "C" bool moe_cuda_qknorm_rope_supported(int H, int Dh)
 {
 	return H > 0 && Dh % 16 == 0 && Dh > 0 &&
-	       (moe_memk_legacy_on ? (H * Dh + 255) / 256 <= QR_MAXNC : H * Dh <= QP_MAXD);
+	       (moe_memk_legacy_on ? (H * Dh + 255) / 256 <= QR_MAXNC : H * Dh <= QW_MAXD);
 }
 
 #define QR_SWITCH(NCV, LAUNCH)               \
@@ -440,6 +615,16 @@ extern "C" int moe_cuda_qknorm_rope_fwd(bf16_t *out, float *rstd, const bf16_t *
 	int N = B * T, D = H * Dh, rc;
 	if ((rc = qr_check(H, Dh, err)) != 0 || N <= 0)
 		return rc;
+	if (!moe_memk_legacy_on && D > QP_MAXD) {
+#define QW_FWD(NP)                                                                                             \
+	qknorm_rope_wide_fwd_kernel<NP><<<balanced_blocks(N, 1, resident_blocks(qknorm_rope_wide_fwd_kernel<NP>,  \
+										 QW_THREADS, 0)),               \
+					  QW_THREADS, 0, s>>>((bf16 *)out, rstd, (const bf16 *)x, w, cosb, sinb, N, T, \
+							      Dh, D, eps)
+		QW_SWITCH(moe_cdiv(D / 16, QW_THREADS), QW_FWD)
+#undef QW_FWD
+		return CUDA_LAUNCHED(err);
+	}
 	if (!moe_memk_legacy_on) {
 #define QP_FWD(L, NP)                                                                                          \
 	qknorm_rope_pair_fwd_kernel<L, NP><<<moe_cdiv(N, QP_THREADS / L), QP_THREADS, 0, s>>>(                 \
@@ -469,7 +654,18 @@ extern "C" int moe_cuda_qknorm_rope_bwd(bf16_t *dx, float *dw, float *part, cons
 	float *kdw = part && dw ? part : dw;
 	int dwb = part && dw;
 	unsigned nb;
-	if (!moe_memk_legacy_on) {
+	if (!moe_memk_legacy_on && D > QP_MAXD) {
+#define QW_BWD(NP)                                                                                             \
+	{                                                                                                      \
+		nb = balanced_blocks(N, 1, resident_blocks(qknorm_rope_wide_bwd_kernel<NP>, QW_THREADS, 0));   \
+		nb = dwb && nb > MOE_CUDA_NORM_PART_BLOCKS ? MOE_CUDA_NORM_PART_BLOCKS : nb;                  \
+		qknorm_rope_wide_bwd_kernel<NP><<<nb, QW_THREADS, 0, s>>>((bf16 *)dx, kdw, (const bf16 *)dout, \
+									  (const bf16 *)x, w, rstd, cosb, sinb, N, T, \
+									  Dh, D, dwb);                          \
+	}
+		QW_SWITCH(moe_cdiv(D / 16, QW_THREADS), QW_BWD)
+#undef QW_BWD
+	} else if (!moe_memk_legacy_on) {
 #define QP_BWD(L, NP)                                                                                          	{                                                                                                      		size_t sm = (size_t)(1 + QP_THREADS / L) * D * sizeof(float);                                  		nb = balanced_blocks(N, QP_THREADS / L,                                                        				     resident_blocks(qknorm_rope_pair_bwd_kernel<L, NP>, QP_THREADS, sm));     		nb = dwb && nb > MOE_CUDA_NORM_PART_BLOCKS ? MOE_CUDA_NORM_PART_BLOCKS : nb;                  		qknorm_rope_pair_bwd_kernel<L, NP><<<nb, QP_THREADS, sm, s>>>(                                 			(bf16 *)dx, kdw, (const bf16 *)dout, (const bf16 *)x, w, rstd, cosb, sinb, N, T, Dh, D,    			dwb);                                                                                  	}
 		QP_SWITCH(D, QP_BWD);
 #undef QP_BWD

@@ -1,7 +1,9 @@
 /* RMSNorm on bf16 rows (D % 8 == 0, 16-byte accesses) with fp32 statistics
- * and fp32 weights; the backward keeps each lane's part of dw in registers
- * (D <= 2048) or in per-warp shared-memory partials (wider rows), then one
- * global add per block and column. */
+ * and fp32 weights: a warp a row up to 2048 columns, a block of 4 warps a
+ * row up to 8192 and of 8 up to 16384 (wider rows: the previous kernels,
+ * whose backward takes at most 6144); the backward keeps each thread's part
+ * of dw in registers across its rows, then one global add per block and
+ * column. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -190,6 +192,191 @@ rmsnorm_rows_bwd_kernel(bf16 *dx, float *dw, const bf16 *dout, const bf16 *x, co
 	}
 	__syncthreads();
 	block_rows_sum_add(dw, sw + D, warps, D, dwb);
+}
+
+/* Rows wider than 2048 columns (RN_MAXNC chunks of 256 a lane): a block of
+ * W warps per row, thread t of the block owning columns t * 8 + 256 W c
+ * (c < NC), so each row is read once (all of a thread's loads issued
+ * before their use), the weights come through the read-only cache, and a
+ * thread's share of dw stays in registers across the block's rows.  The
+ * row's sum crosses the warps through shared memory (block_sum_alt: in
+ * warp order, one barrier a row).  A block's rows are blockIdx.x,
+ * + gridDim.x, ...: every thread of a block runs the same iterations. */
+#define RW_MAXNC 8
+
+template <int NC, int W>
+__global__ void __launch_bounds__(W * 32)
+rmsnorm_wide_fwd_kernel(bf16 *out, float *rstd, const bf16 *x, const float *w, int N, int D, float eps)
+{
+	__shared__ float rs[2][W];
+	int it = 0;
+	for (int n = blockIdx.x; n < N; n += gridDim.x, it ^= 1) {
+		const bf16 *xr = x + (size_t)n * D;
+		uint4 v[NC];
+#pragma unroll
+		for (int c = 0; c < NC; c++) {
+			int i = threadIdx.x * 8 + 256 * W * c;
+			v[c] = i < D ? *(const uint4 *)(xr + i) : make_uint4(0, 0, 0, 0);
+		}
+		float ss = 0.f;
+#pragma unroll
+		for (int c = 0; c < NC; c++) {
+			float f[8];
+			unpack8(f, v[c]);
+#pragma unroll
+			for (int j = 0; j < 8; j++)
+				ss += f[j] * f[j];
+		}
+		float r = rsqrtf(block_sum_alt<W>(ss, rs, it) / D + eps);
+#pragma unroll
+		for (int c = 0; c < NC; c++) {
+			int i = threadIdx.x * 8 + 256 * W * c;
+			if (i < D) {
+				float f[8], wv[8];
+				unpack8(f, v[c]);
+				ld8g(wv, w + i);
+#pragma unroll
+				for (int j = 0; j < 8; j++)
+					f[j] *= r * wv[j];
+				st8(out + (size_t)n * D + i, f);
+			}
+		}
+		if (threadIdx.x == 0)
+			rstd[n] = r;
+	}
+}
+
+/* dw: added atomically (dwb 0) or stored into the block's own row of a
+ * (grid, D) buffer (dwb 1) */
+template <int NC, int W, bool ADD>
+__global__ void __launch_bounds__(W * 32)
+rmsnorm_wide_bwd_kernel(bf16 *dx, float *dw, const bf16 *dout, const bf16 *x, const float *w, const float *rstd,
+			int N, int D, int dwb)
+{
+	__shared__ float rs[2][W];
+	float acc[NC][8];
+#pragma unroll
+	for (int c = 0; c < NC; c++)
+#pragma unroll
+		for (int j = 0; j < 8; j++)
+			acc[c][j] = 0.f;
+	int it = 0;
+	for (int n = blockIdx.x; n < N; n += gridDim.x, it ^= 1) {
+		size_t o0 = (size_t)n * D;
+		uint4 v[3][NC]; /* x, dout, dx (ADD) */
+#pragma unroll
+		for (int c = 0; c < NC; c++) {
+			int i = threadIdx.x * 8 + 256 * W * c;
+			bool in = i < D;
+			v[0][c] = in ? *(const uint4 *)(x + o0 + i) : make_uint4(0, 0, 0, 0);
+			v[1][c] = in ? *(const uint4 *)(dout + o0 + i) : make_uint4(0, 0, 0, 0);
+			v[2][c] = ADD && in ? *(const uint4 *)(dx + o0 + i) : make_uint4(0, 0, 0, 0);
+		}
+		float r = rstd[n], dot = 0.f;
+#pragma unroll
+		for (int c = 0; c < NC; c++) {
+			int i = threadIdx.x * 8 + 256 * W * c;
+			if (i < D) {
+				float fx[8], fd[8], wv[8];
+				unpack8(fx, v[0][c]);
+				unpack8(fd, v[1][c]);
+				ld8g(wv, w + i);
+#pragma unroll
+				for (int j = 0; j < 8; j++)
+					dot += fd[j] * wv[j] * fx[j];
+			}
+		}
+		float k = block_sum_alt<W>(dot, rs, it) * r * r * r / D;
+#pragma unroll
+		for (int c = 0; c < NC; c++) {
+			int i = threadIdx.x * 8 + 256 * W * c;
+			if (i < D) {
+				float fx[8], fd[8], wv[8], g[8];
+				unpack8(fx, v[0][c]);
+				unpack8(fd, v[1][c]);
+				ld8g(wv, w + i);
+#pragma unroll
+				for (int j = 0; j < 8; j++) {
+					g[j] = fd[j] * wv[j] * r - k * fx[j];
+					acc[c][j] += fd[j] * fx[j] * r;
+				}
+				if (ADD) {
+					float a[8];
+					unpack8(a, v[2][c]);
+#pragma unroll
+					for (int j = 0; j < 8; j++)
+						g[j] += a[j];
+				}
+				st8(dx + o0 + i, g);
+			}
+		}
+	}
+	if (!dw)
+		return;
+	float *dst = dwb ? dw + (size_t)blockIdx.x * D : dw;
+#pragma unroll
+	for (int c = 0; c < NC; c++) {
+		int i = threadIdx.x * 8 + 256 * W * c;
+		if (i < D) {
+			if (dwb) {
+				*(float4 *)(dst + i) = make_float4(acc[c][0], acc[c][1], acc[c][2], acc[c][3]);
+				*(float4 *)(dst + i + 4) = make_float4(acc[c][4], acc[c][5], acc[c][6], acc[c][7]);
+			} else {
+#pragma unroll
+				for (int j = 0; j < 8; j++)
+					atomicAdd(dst + i + j, acc[c][j]);
+			}
+		}
+	}
+}
+
+/* The wide kernels' warps a row and chunks a thread for width D (0: wider
+ * than they take): 4 warps up to 8192 columns, 8 up to 16384. */
+static int rw_shape(int D, int *nc)
+{
+	int W = D <= 256 * 4 * RW_MAXNC ? 4 : D <= 256 * 8 * RW_MAXNC ? 8 : 0;
+	*nc = W ? (D + 256 * W - 1) / (256 * W) : 0;
+	return W;
+}
+
+#define RW_SWITCH(NCV, LAUNCH)     \
+	switch (NCV) {             \
+	case 1: LAUNCH(1); break;  \
+	case 2: LAUNCH(2); break;  \
+	case 3: LAUNCH(3); break;  \
+	case 4: LAUNCH(4); break;  \
+	case 5: LAUNCH(5); break;  \
+	case 6: LAUNCH(6); break;  \
+	case 7: LAUNCH(7); break;  \
+	default: LAUNCH(8); break; \
+	}
+
+template <int W>
+static void rw_fwd(int nc, bf16 *out, float *rstd, const bf16 *x, const float *w, int N, int D, float eps,
+		   cudaStream_t s)
+{
+#define RWF(NC)                                                                                                \
+	rmsnorm_wide_fwd_kernel<NC, W><<<balanced_blocks(N, 1, resident_blocks(rmsnorm_wide_fwd_kernel<NC, W>, \
+										 W * 32, 0)),                   \
+					  W * 32, 0, s>>>(out, rstd, x, w, N, D, eps)
+	RW_SWITCH(nc, RWF)
+#undef RWF
+}
+
+template <int W, bool ADD>
+static unsigned rw_bwd(int nc, bf16 *dx, float *dw, const bf16 *dout, const bf16 *x, const float *w,
+		       const float *rstd, int N, int D, int dwb, cudaStream_t s)
+{
+	unsigned nb = 0;
+#define RWB(NC)                                                                                                \
+	{                                                                                                      \
+		nb = balanced_blocks(N, 1, resident_blocks(rmsnorm_wide_bwd_kernel<NC, W, ADD>, W * 32, 0));   \
+		nb = dwb && nb > MOE_CUDA_NORM_PART_BLOCKS ? MOE_CUDA_NORM_PART_BLOCKS : nb;                  \
+		rmsnorm_wide_bwd_kernel<NC, W, ADD><<<nb, W * 32, 0, s>>>(dx, dw, dout, x, w, rstd, N, D, dwb); \
+	}
+	RW_SWITCH(nc, RWB)
+#undef RWB
+	return nb;
 }
 
 /* One warp per row; 16-byte accesses (D % 8 == 0). */
@@ -413,6 +600,14 @@ extern "C" int moe_cuda_rmsnorm_fwd(bf16_t *out, float *rstd, const bf16_t *x, c
 #undef RF
 		return CUDA_LAUNCHED(err);
 	}
+	int wnc, W = moe_memk_legacy_on ? 0 : rw_shape(D, &wnc);
+	if (W) {
+		if (W == 4)
+			rw_fwd<4>(wnc, (bf16 *)out, rstd, (const bf16 *)x, w, N, D, eps, s);
+		else
+			rw_fwd<8>(wnc, (bf16 *)out, rstd, (const bf16 *)x, w, N, D, eps, s);
+		return CUDA_LAUNCHED(err);
+	}
 	rmsnorm_fwd_kernel<<<moe_cdiv(N, 8), 256, 0, s>>>((bf16 *)out, rstd, (const bf16 *)x, w, N, D, eps);
 	return CUDA_LAUNCHED(err);
 }
@@ -428,7 +623,7 @@ static int rmsnorm_bwd(bf16_t *dx, float *dw, float *part, const bf16_t *dout, c
 	float *kdw = part && dw ? part : dw;
 	int dwb = part && dw;
 	unsigned nb;
-	int nc = (D + 255) / 256;
+	int nc = (D + 255) / 256, wnc = 0, W = moe_memk_legacy_on ? 0 : rw_shape(D, &wnc);
 	if (!moe_memk_legacy_on && nc <= RN_MAXNC) {
 		size_t sm = (size_t)(1 + RN_THREADS / 32) * D * sizeof(float); /* <= 40 KiB */
 #define RB(NC)                                                                                                 	{                                                                                                      		nb = balanced_blocks(N, RN_THREADS / 32,                                                       				     resident_blocks(rmsnorm_rows_bwd_kernel<NC, ADD>, RN_THREADS, sm));       		nb = dwb && nb > MOE_CUDA_NORM_PART_BLOCKS ? MOE_CUDA_NORM_PART_BLOCKS : nb;                  		rmsnorm_rows_bwd_kernel<NC, ADD><<<nb, RN_THREADS, sm, s>>>(                                   			(bf16 *)dx, kdw, (const bf16 *)dout, (const bf16 *)x, w, rstd, N, D, dwb);             	}
@@ -443,6 +638,13 @@ static int rmsnorm_bwd(bf16_t *dx, float *dw, float *part, const bf16_t *dout, c
 		default: RB(8) break;
 		}
 #undef RB
+	} else if (W) {
+		if (W == 4)
+			nb = rw_bwd<4, ADD>(wnc, (bf16 *)dx, kdw, (const bf16 *)dout, (const bf16 *)x, w, rstd, N, D,
+					    dwb, s);
+		else
+			nb = rw_bwd<8, ADD>(wnc, (bf16 *)dx, kdw, (const bf16 *)dout, (const bf16 *)x, w, rstd, N, D,
+					    dwb, s);
 	} else if (nc <= 4) {
 		size_t sm = (size_t)8 * D * sizeof(float);
 		nb = moe_cdiv(N, 8 * 4);

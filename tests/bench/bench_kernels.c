@@ -7,8 +7,10 @@
  * cuBLAS's grouped GEMM (fwd, dgrad), the same FLOPs through one dense cuBLAS
  * GEMM for reference, and causal flash attention forward/backward.  Median of 20 runs timed with CUDA events
  * after warm-up; prints ms and TFLOP/s per kernel.
- *   bench_kernels [-a] [-t] [-m] [-r] [-s SIGMA] [-B 8] [-T 2048] [-H 8] [-d 96]
+ *   bench_kernels [-a] [-t] [-m [-W WIDTH]] [-r] [-s SIGMA] [-B 8] [-T 2048] [-H 8] [-d 96]
  * -r: the routing kernels only, old against new (route_bench).
+ * -m: the memory-bound kernels only, old against new (memk_bench); -W: at
+ * rows of WIDTH columns (heads of 128) instead of seed-base's 768.
  * -a: attention only; -t: of the expert GEMMs only the TMA kernels (and the
  * dense reference); -s: expert e's share of the routed rows proportional to
  * exp(SIGMA z_e), z_e standard normal (imbalanced routing; 0: balanced);
@@ -285,15 +287,27 @@ static void f_memk_rms_bwd(void *p)
 	struct memk *m = p;
 	CK(moe_cuda_rmsnorm_bwd_add(m->dx, m->dw, NULL, m->dout, m->x, m->w, m->rstd, m->N, m->D, 0, &err));
 }
+/* QK-norm + RoPE: the fused kernels, or where they do not take the row
+ * (the previous kernels past 1536 columns) the backend's two kernels */
 static void f_memk_qr(void *p)
 {
 	struct memk *m = p;
+	if (!moe_cuda_qknorm_rope_supported(m->H, m->Dh)) {
+		CK(moe_cuda_rmsnorm_fwd(m->out, m->rstd, m->x, m->w, m->N, m->D, 1e-5f, 0, &err));
+		CK(moe_cuda_rope(m->out, m->cosb, m->sinb, m->N / m->T, m->T, m->H, m->Dh, 0, 0, &err));
+		return;
+	}
 	CK(moe_cuda_qknorm_rope_fwd(m->out, m->rstd, m->x, m->w, m->cosb, m->sinb, m->N / m->T, m->T, m->H, m->Dh,
 				    1e-5f, 0, &err));
 }
 static void f_memk_qr_bwd(void *p)
 {
 	struct memk *m = p;
+	if (!moe_cuda_qknorm_rope_supported(m->H, m->Dh)) {
+		CK(moe_cuda_rope(m->dout, m->cosb, m->sinb, m->N / m->T, m->T, m->H, m->Dh, 1, 0, &err));
+		CK(moe_cuda_rmsnorm_bwd(m->dx, m->dw, NULL, m->dout, m->x, m->w, m->rstd, m->N, m->D, 0, &err));
+		return;
+	}
 	CK(moe_cuda_qknorm_rope_bwd(m->dx, m->dw, NULL, m->dout, m->x, m->w, m->rstd, m->cosb, m->sinb, m->N / m->T, m->T,
 				    m->H, m->Dh, 0, &err));
 }
@@ -336,10 +350,12 @@ static float *dalloc_f(size_t n, float v)
 	return d;
 }
 
-static int memk_bench(int B, int T)
+static int memk_bench(int B, int T, int width)
 {
 	struct memk m = {0};
 	m.T = T, m.N = B * T, m.H = 8, m.Dh = 96, m.D = 768, m.K = 4, m.V = 50304, m.XR = 4096;
+	if (width) /* -W: rows of width columns, heads of 128 */
+		m.D = width, m.Dh = 128, m.H = width / 128;
 	size_t nd = (size_t)m.N * m.D, nk = (size_t)m.N * m.K;
 	m.x = dalloc_rand(nd), m.out = dalloc_rand(nd), m.dout = dalloc_rand(nd), m.dx = dalloc_rand(nd);
 	m.yg = dalloc_rand(nk * m.D), m.dyg = dalloc_rand(nk * m.D), m.logits = dalloc_rand((size_t)m.XR * m.V);
@@ -608,7 +624,8 @@ int main(int argc, char **argv)
 	int B = 8, T = 2048, c, att_only = 0, tma_only = 0, H = 8, Dh = 96, memk = 0;
 	double skew = 0;
 	int route = 0;
-	while ((c = getopt(argc, argv, "B:T:H:d:ats:mr")) != -1) {
+	int width = 0;
+	while ((c = getopt(argc, argv, "B:T:H:d:ats:mrW:")) != -1) {
 		if (c == 'B')
 			B = atoi(optarg);
 		else if (c == 'T')
@@ -627,11 +644,13 @@ int main(int argc, char **argv)
 			memk = 1;
 		else if (c == 'r')
 			route = 1;
+		else if (c == 'W')
+			width = atoi(optarg);
 		else
 			return 2;
 	}
 	if (memk) /* -m: the memory-bound kernels only */
-		return memk_bench(B, T);
+		return memk_bench(B, T, width);
 	if (route) /* -r: the routing kernels only */
 		return route_bench(B, T);
 	int N = B * T, K = 4, E = 64, D = 768, I = 640;

@@ -132,8 +132,9 @@ Test(kernels, embedding_bwd_chunks_host)
 }
 
 /* D: the row kernels (1 to 8 column chunks of 256, partial chunks; olmoe's
- * 2048 is 8) and the shared-memory path (D > 2048, and the previous
- * kernels under memk legacy) */
+ * 2048 is 8), the wide kernels (D > 2048: a block of 4 warps a row up to
+ * 8192, 8 warps up to 16384), and the previous kernels under memk legacy
+ * (the shared-memory path at D > 1024) */
 static void rmsnorm_case(int N, int D);
 Test(kernels, rmsnorm)
 {
@@ -155,9 +156,15 @@ Test(kernels, rmsnorm)
 	rmsnorm_case(65, 2056);
 	rmsnorm_case(300, 4096);
 	rmsnorm_case(7, 6144);
+	rmsnorm_case(301, 2304);  /* 3 chunks of 1024, the last a quarter full */
+	rmsnorm_case(5000, 3072); /* more rows than resident blocks */
+	rmsnorm_case(40, 8192);
+	rmsnorm_case(33, 10240); /* 8 warps a row, 5 chunks of 2048 */
+	rmsnorm_case(9, 16384);
 	moe_cuda_memk_legacy(1);
 	rmsnorm_case(257, 768);
 	rmsnorm_case(257, 2048);
+	rmsnorm_case(300, 4096);
 	moe_cuda_memk_legacy(0);
 }
 
@@ -260,13 +267,22 @@ Test(kernels, qknorm_rope)
 	qknorm_rope_case(1, 3, 8, 96);
 	qknorm_rope_case(2, 130, 16, 128); /* olmoe's 2048: 32 lanes a row, 4 pairs a lane */
 	qknorm_rope_case(1, 50, 14, 112);  /* 1568: 98 pairs, most lanes' fourth pair past the row */
+	/* the wide kernels (a block of 128 threads a row): 4096 (2 pairs a
+	 * thread), 2688 (168 pairs: most threads' second pair past the row),
+	 * 8192 (4 pairs), more rows than resident blocks at 2304 */
+	qknorm_rope_case(2, 33, 32, 128);
+	qknorm_rope_case(1, 17, 24, 112);
+	qknorm_rope_case(1, 9, 64, 128);
+	qknorm_rope_case(4, 700, 18, 128);
 	moe_cuda_memk_legacy(1);
 	qknorm_rope_case(2, 150, 8, 96);
 	cr_expect(!moe_cuda_qknorm_rope_supported(16, 128), "legacy: D 2048 takes the two kernels");
 	moe_cuda_memk_legacy(0);
 	cr_expect(!moe_cuda_qknorm_rope_supported(4, 8), "Dh 8 takes the two kernels");
 	cr_expect(moe_cuda_qknorm_rope_supported(16, 128), "D 2048 (olmoe) takes the fused kernels");
-	cr_expect(!moe_cuda_qknorm_rope_supported(18, 128), "D 2304 takes the two kernels");
+	cr_expect(moe_cuda_qknorm_rope_supported(18, 128), "D 2304 takes the wide fused kernels");
+	cr_expect(moe_cuda_qknorm_rope_supported(64, 128), "D 8192 takes the wide fused kernels");
+	cr_expect(!moe_cuda_qknorm_rope_supported(65, 128), "D 8320 takes the two kernels");
 }
 
 /* Dh 32, 96, 128: eight pairs per thread; Dh 8: one pair per thread */
