@@ -75,10 +75,8 @@ extern "C" int moe_cuda_adamw(float *p, bf16_t *p16, const float *g, float gscal
 {
 	if (n == 0)
 		return 0;
-	if (adamw_vector < 0) {
-		const char *e = getenv("MOE_CUDA_ADAMW");
-		adamw_vector = !(e && !strcmp(e, "scalar"));
-	}
+	if (adamw_vector < 0)
+		adamw_vector = !env_is("MOE_CUDA_ADAMW", "scalar");
 	double bc1 = 1.0 - pow((double)beta1, (double)t);
 	double bc2 = 1.0 - pow((double)beta2, (double)t);
 	adamw_hp h = {beta1, beta2, eps, 1.0f - lr * weight_decay, (float)((double)lr / bc1), (float)sqrt(bc2), gscale};

@@ -101,19 +101,7 @@ static __device__ __forceinline__ void af_dkdv(const struct af_args &A, int kt, 
 		if (lane == 0)
 			wg_arrive(empty + 16 * st); /* this warp is done with the stage */
 	}
-#pragma unroll
-	for (int r = 0; r < 2; r++) {
-		int t = kr + 8 * r;
-		if (t >= T)
-			continue;
-		bf16 *okp = A.dk + ((size_t)b * T + t) * A.ldk + h * DH + 2 * t4;
-		bf16 *ovp = A.dv + ((size_t)b * T + t) * A.ldv + h * DH + 2 * t4;
-#pragma unroll
-		for (int d = 0; d < DH / 8; d++) {
-			*(__nv_bfloat162 *)(okp + 8 * d) = __floats2bfloat162_rn(dK[4 * d + 2 * r], dK[4 * d + 2 * r + 1]);
-			*(__nv_bfloat162 *)(ovp + 8 * d) = __floats2bfloat162_rn(dV[4 * d + 2 * r], dV[4 * d + 2 * r + 1]);
-		}
-	}
+	awg_store_dkdv<DH>(A.dk, A.dv, A.ldk, A.ldv, dK, dV, b, h, T, kr, t4);
 }
 
 /* dQ of queries [qt * 128, +128): consumer warpgroup cw (queries 64 cw..),
@@ -676,23 +664,7 @@ static __device__ __forceinline__ void afu_consume(const struct afu_args &A, int
 			float sT[32], dpT[32];
 			awg_st_dpt<DH, KR>(sT, dpT, sk, sv, qs, ds, wg);
 			awg_pt_dv_dst<DH>(sT, dpT, dV, L, DL, ds, q0, wk0, kr, T, t4, sl2, scale);
-			unsigned sa[4][4]; /* dS^T as A fragments (16 queries each) */
-#pragma unroll
-			for (int ks = 0; ks < 4; ks++)
-#pragma unroll
-				for (int x = 0; x < 4; x++) {
-					sa[ks][x] = pack_bf16(dpT[8 * ks + 2 * x], dpT[8 * ks + 2 * x + 1]);
-					/* dS^T row (key) 64 wg + 16 w + g + 8 (x & 1), queries
-					 * 16 ks + 8 (x / 2) + 2 t4 + {0, 1}: 128-byte swizzle */
-					int rr = 64 * wg + 16 * w + g + 8 * (x & 1), ch = 2 * ks + (x >> 1);
-					uint32_t a = sds + rr * 128 + ((ch ^ (rr & 7)) << 4) + 4 * t4;
-					asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(a), "r"(sa[ks][x]) : "memory");
-				}
-			wg_fence();
-#pragma unroll
-			for (int ks = 0; ks < 4; ks++)
-				awg_pv<DH>(dK, sa[ks], wg_desc(qs + ks * 2048, 8192, 1024)); /* dK += dS^T Q */
-			wg_commit();
+			awg_dst_dk_shared<DH>(dK, dpT, sds, qs, wg, w, g, t4); /* dK += dS^T Q */
 		} else { /* every key after every query of the tile: dS^T = 0 */
 #pragma unroll
 			for (int x = 0; x < 16; x++) {
@@ -758,19 +730,7 @@ static __device__ __forceinline__ void afu_consume(const struct afu_args &A, int
 		wg_fence_proxy(); /* for the writer's bulk copy */
 		wg_arrive(dqf + 16 * qb);
 	}
-#pragma unroll
-	for (int rr = 0; rr < 2; rr++) {
-		int t = kr + 8 * rr;
-		if (t >= T)
-			continue;
-		bf16 *okp = A.dk + ((size_t)b * T + t) * A.ldk + h * DH + 2 * t4;
-		bf16 *ovp = A.dv + ((size_t)b * T + t) * A.ldv + h * DH + 2 * t4;
-#pragma unroll
-		for (int d = 0; d < DH / 8; d++) {
-			*(__nv_bfloat162 *)(okp + 8 * d) = __floats2bfloat162_rn(dK[4 * d + 2 * rr], dK[4 * d + 2 * rr + 1]);
-			*(__nv_bfloat162 *)(ovp + 8 * d) = __floats2bfloat162_rn(dV[4 * d + 2 * rr], dV[4 * d + 2 * rr + 1]);
-		}
-	}
+	awg_store_dkdv<DH>(A.dk, A.dv, A.ldk, A.ldv, dK, dV, b, h, T, kr, t4);
 }
 #endif
 

@@ -282,19 +282,7 @@ static __device__ __forceinline__ void awg_dkdv(const struct awgb_args &A, int k
 			wg_fence_regs<DH / 2>(dK);
 		}
 	}
-#pragma unroll
-	for (int r = 0; r < 2; r++) {
-		int t = kr + 8 * r;
-		if (t >= T)
-			continue;
-		bf16 *okp = dk + ((size_t)b * T + t) * ldk + h * DH + 2 * t4;
-		bf16 *ovp = dv + ((size_t)b * T + t) * ldv + h * DH + 2 * t4;
-#pragma unroll
-		for (int d = 0; d < DH / 8; d++) {
-			*(__nv_bfloat162 *)(okp + 8 * d) = __floats2bfloat162_rn(dK[4 * d + 2 * r], dK[4 * d + 2 * r + 1]);
-			*(__nv_bfloat162 *)(ovp + 8 * d) = __floats2bfloat162_rn(dV[4 * d + 2 * r], dV[4 * d + 2 * r + 1]);
-		}
-	}
+	awg_store_dkdv<DH>(dk, dv, ldk, ldv, dK, dV, b, h, T, kr, t4);
 }
 
 /* dQ of queries [qt * 128, +128) of head bh */
@@ -590,22 +578,7 @@ static __device__ __forceinline__ void awg_fused(const struct awgb_args &A, int 
 			float sT[32], dpT[32];
 			awg_st_dpt<DH, KR>(sT, dpT, sk, sv, qs, ds, wg);
 			awg_pt_dv_dst<DH>(sT, dpT, dV, L, DL, ds, q0, wk0, kr, T, t4, sl2, scale);
-			unsigned sa[4][4]; /* dS^T as A fragments (16 queries each) */
-#pragma unroll
-			for (int ks = 0; ks < 4; ks++)
-#pragma unroll
-				for (int x = 0; x < 4; x++) {
-					sa[ks][x] = pack_bf16(dpT[8 * ks + 2 * x], dpT[8 * ks + 2 * x + 1]);
-					/* dS^T row r (key), queries 16 ks + 8 (x / 2) + 2 t4 + {0, 1}, swizzled */
-					int r = 64 * wg + 16 * w + g + 8 * (x & 1), ch = 2 * ks + (x >> 1);
-					uint32_t a = sds + r * 128 + ((ch ^ (r & 7)) << 4) + 4 * t4;
-					asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(a), "r"(sa[ks][x]) : "memory");
-				}
-			wg_fence();
-#pragma unroll
-			for (int ks = 0; ks < 4; ks++)
-				awg_pv<DH>(dK, sa[ks], wg_desc(qs + ks * 2048, 8192, 1024)); /* dK += dS^T Q */
-			wg_commit();
+			awg_dst_dk_shared<DH>(dK, dpT, sds, qs, wg, w, g, t4); /* dK += dS^T Q */
 		}
 		wg_fence_proxy();
 		__syncthreads(); /* dS^T of both warpgroups in place */
@@ -637,19 +610,7 @@ static __device__ __forceinline__ void awg_fused(const struct awgb_args &A, int 
 		if (tid == 0)
 			awg_signal(cnt, plo, phi);
 	}
-#pragma unroll
-	for (int r = 0; r < 2; r++) {
-		int t = kr + 8 * r;
-		if (t >= T)
-			continue;
-		bf16 *okp = dk + ((size_t)b * T + t) * ldk + h * DH + 2 * t4;
-		bf16 *ovp = dv + ((size_t)b * T + t) * ldv + h * DH + 2 * t4;
-#pragma unroll
-		for (int d = 0; d < DH / 8; d++) {
-			*(__nv_bfloat162 *)(okp + 8 * d) = __floats2bfloat162_rn(dK[4 * d + 2 * r], dK[4 * d + 2 * r + 1]);
-			*(__nv_bfloat162 *)(ovp + 8 * d) = __floats2bfloat162_rn(dV[4 * d + 2 * r], dV[4 * d + 2 * r + 1]);
-		}
-	}
+	awg_store_dkdv<DH>(dk, dv, ldk, ldv, dK, dV, b, h, T, kr, t4);
 }
 #endif
 

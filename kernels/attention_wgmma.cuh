@@ -242,6 +242,53 @@ static __device__ __forceinline__ void awg_pt_dv_dst(float *sT, float *dpT, floa
 			dpT[4 * jj + e] = sT[4 * jj + e] * (dpT[4 * jj + e] - DL[c]) * scale;
 		}
 }
+
+/* dK += dS^T Q issued (and committed) for the one-kernel backwards, which
+ * also need dS^T in shared memory for their dQ products: dS^T (dpT) packed
+ * as A fragments (16 queries each), each stored at sds in the 128-byte
+ * swizzle (row 64 wg + 16 w + g + 8 (x & 1) a key, queries 16 ks +
+ * 8 (x / 2) + 2 t4 + {0, 1}); qs: the tile's Q in shared memory */
+template <int DH>
+static __device__ __forceinline__ void awg_dst_dk_shared(float *dK, const float *dpT, uint32_t sds, uint32_t qs,
+							  int wg, int w, int g, int t4)
+{
+	unsigned sa[4][4];
+#pragma unroll
+	for (int ks = 0; ks < 4; ks++)
+#pragma unroll
+		for (int x = 0; x < 4; x++) {
+			sa[ks][x] = pack_bf16(dpT[8 * ks + 2 * x], dpT[8 * ks + 2 * x + 1]);
+			int r = 64 * wg + 16 * w + g + 8 * (x & 1), ch = 2 * ks + (x >> 1);
+			uint32_t a = sds + r * 128 + ((ch ^ (r & 7)) << 4) + 4 * t4;
+			asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(a), "r"(sa[ks][x]) : "memory");
+		}
+	wg_fence();
+#pragma unroll
+	for (int ks = 0; ks < 4; ks++)
+		awg_pv<DH>(dK, sa[ks], wg_desc(qs + ks * 2048, 8192, 1024));
+	wg_commit();
+}
+
+/* The dK, dV rows of a warpgroup to global memory in bf16: register
+ * 4d + 2r + e is key kr + 8r, column 8d + 2 t4 + e (keys past T skipped) */
+template <int DH>
+static __device__ __forceinline__ void awg_store_dkdv(bf16 *dk, bf16 *dv, int ldk, int ldv, const float *dK,
+						      const float *dV, int b, int h, int T, int kr, int t4)
+{
+#pragma unroll
+	for (int r = 0; r < 2; r++) {
+		int t = kr + 8 * r;
+		if (t >= T)
+			continue;
+		bf16 *okp = dk + ((size_t)b * T + t) * ldk + h * DH + 2 * t4;
+		bf16 *ovp = dv + ((size_t)b * T + t) * ldv + h * DH + 2 * t4;
+#pragma unroll
+		for (int d = 0; d < DH / 8; d++) {
+			*(__nv_bfloat162 *)(okp + 8 * d) = __floats2bfloat162_rn(dK[4 * d + 2 * r], dK[4 * d + 2 * r + 1]);
+			*(__nv_bfloat162 *)(ovp + 8 * d) = __floats2bfloat162_rn(dV[4 * d + 2 * r], dV[4 * d + 2 * r + 1]);
+		}
+	}
+}
 #endif
 
 #endif

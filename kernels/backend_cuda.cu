@@ -1131,13 +1131,13 @@ static void o_scatter_add_rows(struct moe_backend *be, void *dx, const void *dxg
 			       int D)
 {
 	struct cuda_ctx *c = CTX(be);
-	const int32_t *known = route_inv_of(c, perm, NK, K); /* route_group's: no inverse pass */
-	int32_t *inv = known ? NULL : (int32_t *)scratch(c, S_INV, (size_t)NK * sizeof(int32_t));
+	const int32_t *inv = route_inv_of(c, perm, NK, K); /* route_group's: no inverse pass */
+	int32_t *own = inv ? NULL : (int32_t *)scratch(c, S_INV, (size_t)NK * sizeof(int32_t));
 	PROF(c, "scatter_add");
-	if (known)
-		inv = (int32_t *)known;
-	else
-		RUN(c, moe_cuda_route_inverse(inv, perm, NK, c->s, &c->err));
+	if (own) {
+		RUN(c, moe_cuda_route_inverse(own, perm, NK, c->s, &c->err));
+		inv = own;
+	}
 	RUN(c, moe_cuda_scatter_add((bf16_t *)dx, (const bf16_t *)dxg, inv, NK / K, K, D, c->s, &c->err));
 	PROF_END(c);
 }
@@ -1720,8 +1720,7 @@ extern "C" struct moe_backend *moe_backend_cuda(struct moe_error *err)
 		goto fail;
 	{
 		const char *pv = getenv("MOE_CUDA_PROFILE");
-		const char *qv = getenv("MOE_CUDA_QKNORM_ROPE");
-		c->qk_split = qv && strcmp(qv, "split") == 0;
+		c->qk_split = env_is("MOE_CUDA_QKNORM_ROPE", "split");
 		const char *gv = getenv("MOE_CUDA_GROUPED");
 		c->prof = pv && *pv && strcmp(pv, "0") != 0;
 		const char *wv = getenv("MOE_CUDA_WGRAD");
@@ -1754,8 +1753,7 @@ extern "C" struct moe_backend *moe_backend_cuda(struct moe_error *err)
 		}
 		/* gradients by overwrite (model.h); MOE_CUDA_GRAD_OVERWRITE=0 clears
 		 * them with a memset each step instead (comparisons) */
-		const char *ov = getenv("MOE_CUDA_GRAD_OVERWRITE");
-		be->grad_overwrite_ok = !(ov && strcmp(ov, "0") == 0);
+		be->grad_overwrite_ok = !env_is("MOE_CUDA_GRAD_OVERWRITE", "0");
 		const char *xv = getenv("MOE_CUDA_EXPERT_FUSE");
 		char *xe = NULL;
 		long xf = xv ? strtol(xv, &xe, 10) : 0;
@@ -1771,18 +1769,12 @@ extern "C" struct moe_backend *moe_backend_cuda(struct moe_error *err)
 			goto fail;
 		}
 		c->tma_fuse = (int)tf;
-		const char *sv = getenv("MOE_CUDA_SUMSQ_EPI");
-		c->ssq_epi = !(sv && strcmp(sv, "0") == 0);
-		const char *kv = getenv("MOE_CUDA_QKV");
-		c->qkv_split = kv && strcmp(kv, "split") == 0;
-		const char *nv = getenv("MOE_CUDA_NARROW");
-		c->narrow_ok = moe_cuda_grouped_wgmma_supported() && !(nv && strcmp(nv, "cublas") == 0);
-		const char *dtv = getenv("MOE_CUDA_DETERMINISTIC");
-		c->det = !(dtv && strcmp(dtv, "0") == 0); /* the default: bit-reproducible steps */
-		const char *clv = getenv("MOE_CUDA_GRAD_CLEAR");
-		c->clr_off = clv && strcmp(clv, "0") == 0;
-		const char *rv = getenv("MOE_CUDA_RESGEMM");
-		c->res_copy = rv && strcmp(rv, "0") == 0;
+		c->ssq_epi = !env_is("MOE_CUDA_SUMSQ_EPI", "0");
+		c->qkv_split = env_is("MOE_CUDA_QKV", "split");
+		c->narrow_ok = moe_cuda_grouped_wgmma_supported() && !env_is("MOE_CUDA_NARROW", "cublas");
+		c->det = !env_is("MOE_CUDA_DETERMINISTIC", "0"); /* the default: bit-reproducible steps */
+		c->clr_off = env_is("MOE_CUDA_GRAD_CLEAR", "0");
+		c->res_copy = env_is("MOE_CUDA_RESGEMM", "0");
 	}
 	if (c->prof)
 		for (int i = 0; i < 4096; i++)

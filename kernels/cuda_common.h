@@ -6,6 +6,9 @@
 #ifndef MOE_CUDA_COMMON_H
 #define MOE_CUDA_COMMON_H
 
+#include <stdlib.h>
+#include <string.h>
+
 #include <cuda_runtime.h>
 #include <cuda_bf16.h>
 #include <cublas_v2.h>
@@ -158,6 +161,29 @@ static __device__ __forceinline__ void block_rows_sum_add(float *dw, const float
 		else
 			atomicAdd(dst + i, s);
 	}
+}
+
+/* A thread's eight dw sums at dst: stored (own: dst is in the block's own
+ * row of a (grid, D) buffer that moe_cuda_colsum_add adds up in block
+ * order) or added with fp32 atomics. */
+static __device__ __forceinline__ void dw_put8(float *dst, const float *v, bool own)
+{
+	if (own) {
+		*(float4 *)dst = make_float4(v[0], v[1], v[2], v[3]);
+		*(float4 *)(dst + 4) = make_float4(v[4], v[5], v[6], v[7]);
+	} else {
+#pragma unroll
+		for (int j = 0; j < 8; j++)
+			atomicAdd(dst + j, v[j]);
+	}
+}
+
+/* Environment variable name set to exactly val (the kernels' and the
+ * backend's switches). */
+static inline bool env_is(const char *name, const char *val)
+{
+	const char *v = getenv(name);
+	return v && strcmp(v, val) == 0;
 }
 
 static inline unsigned moe_cdiv(size_t a, size_t b) { return (unsigned)((a + b - 1) / b); }

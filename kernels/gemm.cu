@@ -68,8 +68,7 @@ extern "C" struct moe_cuda_blas *moe_cuda_blas_new(cudaStream_t s, struct moe_er
 	}
 	b->ws_size = 64u << 20;
 	b->s = s;
-	const char *e = getenv("MOE_CUDA_GEMM_TUNE");
-	b->tune = !(e && !strcmp(e, "0"));
+	b->tune = !env_is("MOE_CUDA_GEMM_TUNE", "0");
 	if (CUBLAS_OK(cublasCreate(&b->h), err)) {
 		free(b);
 		return NULL;

@@ -15,12 +15,6 @@
 #define QR_WARPS 8
 #define QR_MAXNC 6 /* D <= 1536 */
 
-static __device__ __forceinline__ void ld8s(float *f, const float *p)
-{
-	float4 a = *(const float4 *)p, b = *(const float4 *)(p + 4);
-	f[0] = a.x, f[1] = a.y, f[2] = a.z, f[3] = a.w, f[4] = b.x, f[5] = b.y, f[6] = b.z, f[7] = b.w;
-}
-
 static __device__ __forceinline__ void st8s(float *p, const float *f)
 {
 	*(float4 *)p = make_float4(f[0], f[1], f[2], f[3]);
@@ -36,10 +30,10 @@ static __device__ __forceinline__ void rope8(float *o, const float *y, int col, 
 	bool first = jj < half;
 	int k = first ? jj : jj - half;
 	float a[8], p[8], cs[8], sn[8];
-	ld8s(a, y + col);
-	ld8s(p, y + (first ? col + half : col - half));
-	ld8s(cs, cosb + (size_t)t * half + k);
-	ld8s(sn, sinb + (size_t)t * half + k);
+	lds8(a, y + col);
+	lds8(p, y + (first ? col + half : col - half));
+	lds8(cs, cosb + (size_t)t * half + k);
+	lds8(sn, sinb + (size_t)t * half + k);
 #pragma unroll
 	for (int j = 0; j < 8; j++) {
 		float s = sgn * sn[j];
@@ -224,6 +218,92 @@ static __device__ __forceinline__ void qp_load(uint4 (*a)[NP], uint4 (*b)[NP], c
 		}
 }
 
+/* The per-row work of a lane's NP pairs, shared by the pair kernels and
+ * the wide ones: the sum of squares of x (a, b: first and second halves) */
+template <int NP>
+static __device__ __forceinline__ float qp_sumsq(const uint4 *a, const uint4 *b)
+{
+	float ss = 0.f;
+#pragma unroll
+	for (int q = 0; q < NP; q++) {
+		float fa[8], fb[8];
+		unpack8(fa, a[q]);
+		unpack8(fb, b[q]);
+#pragma unroll
+		for (int j = 0; j < 8; j++)
+			ss += fa[j] * fa[j] + fb[j] * fb[j];
+	}
+	return ss;
+}
+
+/* the forward's outputs into row o: x r w, rotated by the position's
+ * cos/sin (cr, sr) */
+template <int NP>
+static __device__ __forceinline__ void qp_fwd_out(bf16 *o, const uint4 *a, const uint4 *b, const int *c1,
+						  const int *kc, float r, const float *w, const float *cr,
+						  const float *sr, int half)
+{
+#pragma unroll
+	for (int q = 0; q < NP; q++) {
+		if (c1[q] < 0)
+			continue;
+		float fa[8], fb[8], cs[8], sn[8], wa[8], wb[8], oa[8], ob[8];
+		unpack8(fa, a[q]);
+		unpack8(fb, b[q]);
+		lds8(cs, cr + kc[q]);
+		lds8(sn, sr + kc[q]);
+		ld8g(wa, w + c1[q]);
+		ld8g(wb, w + c1[q] + half);
+#pragma unroll
+		for (int j = 0; j < 8; j++) {
+			float ya = fa[j] * r * wa[j], yb = fb[j] * r * wb[j];
+			oa[j] = ya * cs[j] - yb * sn[j];
+			ob[j] = yb * cs[j] + ya * sn[j];
+		}
+		st8(o + c1[q], oa);
+		st8(o + c1[q] + half, ob);
+	}
+}
+
+/* the backward's sum over the lane's pairs of g w x, g the gradient
+ * before RoPE (a, b: dout's halves; xa, xb: x's); the weights from shared
+ * memory (SW) or through the read-only cache */
+template <int NP, bool SW>
+static __device__ __forceinline__ float qp_bwd_dot(const uint4 *a, const uint4 *b, const uint4 *xa, const uint4 *xb,
+						   const int *c1, const int *kc, const float *w, const float *cr,
+						   const float *sr, int half)
+{
+	float dot = 0.f;
+#pragma unroll
+	for (int q = 0; q < NP; q++) {
+		if (c1[q] < 0)
+			continue;
+		float fa[8], fb[8], ga[8], gb[8], cs[8], sn[8], wa[8], wb[8];
+		unpack8(fa, a[q]);
+		unpack8(fb, b[q]);
+		lds8(cs, cr + kc[q]);
+		lds8(sn, sr + kc[q]);
+		if (SW) {
+			lds8(wa, w + c1[q]);
+			lds8(wb, w + c1[q] + half);
+		} else {
+			ld8g(wa, w + c1[q]);
+			ld8g(wb, w + c1[q] + half);
+		}
+#pragma unroll
+		for (int j = 0; j < 8; j++) { /* the gradient before RoPE */
+			ga[j] = fa[j] * cs[j] + fb[j] * sn[j];
+			gb[j] = fb[j] * cs[j] - fa[j] * sn[j];
+		}
+		unpack8(fa, xa[q]);
+		unpack8(fb, xb[q]);
+#pragma unroll
+		for (int j = 0; j < 8; j++)
+			dot += ga[j] * wa[j] * fa[j] + gb[j] * wb[j] * fb[j];
+	}
+	return dot;
+}
+
 /* A block per QP_THREADS / L rows (grid-stride: each block's rows once).
  * (Loading the next row ahead of this row's arithmetic on a grid filling
  * the card once measured no faster: H100, 0.048 against 0.045 ms.) */
@@ -242,42 +322,13 @@ qknorm_rope_pair_fwd_kernel(bf16 *out, float *rstd, const bf16 *x, const float *
 		int n = n0 + lane / L;
 		uint4 a[1][NP], b[1][NP];
 		qp_load<NP, 1>(a, b, src, n, N, c1, half, D);
-		float ss = 0.f;
-#pragma unroll
-		for (int q = 0; q < NP; q++) {
-			float fa[8], fb[8];
-			unpack8(fa, a[0][q]);
-			unpack8(fb, b[0][q]);
-#pragma unroll
-			for (int j = 0; j < 8; j++)
-				ss += fa[j] * fa[j] + fb[j] * fb[j];
-		}
+		float ss = qp_sumsq<NP>(a[0], b[0]);
 		ss = group_sum(ss, L);
 		float r = rsqrtf(ss / D + eps);
 		if (n < N) {
 			int t = n % T;
 			const float *cr = cosb + (size_t)t * half, *sr = sinb + (size_t)t * half;
-			bf16 *o = out + (size_t)n * D;
-#pragma unroll
-			for (int q = 0; q < NP; q++) {
-				if (c1[q] < 0)
-					continue;
-				float fa[8], fb[8], cs[8], sn[8], wa[8], wb[8], oa[8], ob[8];
-				unpack8(fa, a[0][q]);
-				unpack8(fb, b[0][q]);
-				ld8s(cs, cr + kc[q]);
-				ld8s(sn, sr + kc[q]);
-				ld8g(wa, w + c1[q]);
-				ld8g(wb, w + c1[q] + half);
-#pragma unroll
-				for (int j = 0; j < 8; j++) {
-					float ya = fa[j] * r * wa[j], yb = fb[j] * r * wb[j];
-					oa[j] = ya * cs[j] - yb * sn[j];
-					ob[j] = yb * cs[j] + ya * sn[j];
-				}
-				st8(o + c1[q], oa);
-				st8(o + c1[q] + half, ob);
-			}
+			qp_fwd_out<NP>(out + (size_t)n * D, a[0], b[0], c1, kc, r, w, cr, sr, half);
 			if (gl == 0)
 				rstd[n] = r;
 		}
@@ -311,29 +362,8 @@ qknorm_rope_pair_bwd_kernel(bf16 *dx, float *dw, const bf16 *dout, const bf16 *x
 		qp_load<NP, 2>(a, b, src, n, N, c1, half, D);
 		int t = ok ? n % T : 0;
 		const float *cr = cosb + (size_t)t * half, *sr = sinb + (size_t)t * half;
-		float r = ok ? rstd[n] : 0.f, dot = 0.f;
-#pragma unroll
-		for (int q = 0; q < NP; q++) {
-			if (c1[q] < 0)
-				continue;
-			float fa[8], fb[8], ga[8], gb[8], cs[8], sn[8], wa[8], wb[8];
-			unpack8(fa, a[0][q]);
-			unpack8(fb, b[0][q]);
-			ld8s(cs, cr + kc[q]);
-			ld8s(sn, sr + kc[q]);
-			ld8s(wa, sw + c1[q]);
-			ld8s(wb, sw + c1[q] + half);
-#pragma unroll
-			for (int j = 0; j < 8; j++) { /* the gradient before RoPE */
-				ga[j] = fa[j] * cs[j] + fb[j] * sn[j];
-				gb[j] = fb[j] * cs[j] - fa[j] * sn[j];
-			}
-			unpack8(fa, a[1][q]);
-			unpack8(fb, b[1][q]);
-#pragma unroll
-			for (int j = 0; j < 8; j++)
-				dot += ga[j] * wa[j] * fa[j] + gb[j] * wb[j] * fb[j];
-		}
+		float r = ok ? rstd[n] : 0.f;
+		float dot = qp_bwd_dot<NP, true>(a[0], b[0], a[1], b[1], c1, kc, sw, cr, sr, half);
 		dot = group_sum(dot, L);
 		if (ok) {
 			float k = dot * r * r * r / D;
@@ -345,8 +375,8 @@ qknorm_rope_pair_bwd_kernel(bf16 *dx, float *dw, const bf16 *dout, const bf16 *x
 				float fa[8], fb[8], ga[8], gb[8], cs[8], sn[8], wa[8], wb[8], aa[8], ab[8];
 				unpack8(fa, a[0][q]);
 				unpack8(fb, b[0][q]);
-				ld8s(cs, cr + kc[q]);
-				ld8s(sn, sr + kc[q]);
+				lds8(cs, cr + kc[q]);
+				lds8(sn, sr + kc[q]);
 #pragma unroll
 				for (int j = 0; j < 8; j++) {
 					ga[j] = fa[j] * cs[j] + fb[j] * sn[j];
@@ -354,10 +384,10 @@ qknorm_rope_pair_bwd_kernel(bf16 *dx, float *dw, const bf16 *dout, const bf16 *x
 				}
 				unpack8(fa, a[1][q]);
 				unpack8(fb, b[1][q]);
-				ld8s(wa, sw + c1[q]);
-				ld8s(wb, sw + c1[q] + half);
-				ld8s(aa, sacc + c1[q]);
-				ld8s(ab, sacc + c1[q] + half);
+				lds8(wa, sw + c1[q]);
+				lds8(wb, sw + c1[q] + half);
+				lds8(aa, sacc + c1[q]);
+				lds8(ab, sacc + c1[q] + half);
 #pragma unroll
 				for (int j = 0; j < 8; j++) {
 					aa[j] += ga[j] * fa[j] * r;
@@ -402,40 +432,11 @@ qknorm_rope_wide_fwd_kernel(bf16 *out, float *rstd, const bf16 *x, const float *
 	for (int n = blockIdx.x; n < N; n += gridDim.x, it ^= 1) {
 		uint4 a[1][NP], b[1][NP];
 		qp_load<NP, 1>(a, b, src, n, N, c1, half, D);
-		float ss = 0.f;
-#pragma unroll
-		for (int q = 0; q < NP; q++) {
-			float fa[8], fb[8];
-			unpack8(fa, a[0][q]);
-			unpack8(fb, b[0][q]);
-#pragma unroll
-			for (int j = 0; j < 8; j++)
-				ss += fa[j] * fa[j] + fb[j] * fb[j];
-		}
+		float ss = qp_sumsq<NP>(a[0], b[0]);
 		float r = rsqrtf(block_sum_alt<QW_THREADS / 32>(ss, rs, it) / D + eps);
 		int t = n % T;
 		const float *cr = cosb + (size_t)t * half, *sr = sinb + (size_t)t * half;
-		bf16 *o = out + (size_t)n * D;
-#pragma unroll
-		for (int q = 0; q < NP; q++) {
-			if (c1[q] < 0)
-				continue;
-			float fa[8], fb[8], cs[8], sn[8], wa[8], wb[8], oa[8], ob[8];
-			unpack8(fa, a[0][q]);
-			unpack8(fb, b[0][q]);
-			ld8s(cs, cr + kc[q]);
-			ld8s(sn, sr + kc[q]);
-			ld8g(wa, w + c1[q]);
-			ld8g(wb, w + c1[q] + half);
-#pragma unroll
-			for (int j = 0; j < 8; j++) {
-				float ya = fa[j] * r * wa[j], yb = fb[j] * r * wb[j];
-				oa[j] = ya * cs[j] - yb * sn[j];
-				ob[j] = yb * cs[j] + ya * sn[j];
-			}
-			st8(o + c1[q], oa);
-			st8(o + c1[q] + half, ob);
-		}
+		qp_fwd_out<NP>(out + (size_t)n * D, a[0], b[0], c1, kc, r, w, cr, sr, half);
 		if (threadIdx.x == 0)
 			rstd[n] = r;
 	}
@@ -465,29 +466,8 @@ qknorm_rope_wide_bwd_kernel(bf16 *dx, float *dw, const bf16 *dout, const bf16 *x
 		qp_load<NP, 2>(a, b, src, n, N, c1, half, D);
 		int t = n % T;
 		const float *cr = cosb + (size_t)t * half, *sr = sinb + (size_t)t * half;
-		float r = rstd[n], dot = 0.f;
-#pragma unroll
-		for (int q = 0; q < NP; q++) {
-			if (c1[q] < 0)
-				continue;
-			float fa[8], fb[8], ga[8], gb[8], cs[8], sn[8], wa[8], wb[8];
-			unpack8(fa, a[0][q]);
-			unpack8(fb, b[0][q]);
-			ld8s(cs, cr + kc[q]);
-			ld8s(sn, sr + kc[q]);
-			ld8g(wa, w + c1[q]);
-			ld8g(wb, w + c1[q] + half);
-#pragma unroll
-			for (int j = 0; j < 8; j++) { /* the gradient before RoPE */
-				ga[j] = fa[j] * cs[j] + fb[j] * sn[j];
-				gb[j] = fb[j] * cs[j] - fa[j] * sn[j];
-			}
-			unpack8(fa, a[1][q]);
-			unpack8(fb, b[1][q]);
-#pragma unroll
-			for (int j = 0; j < 8; j++)
-				dot += ga[j] * wa[j] * fa[j] + gb[j] * wb[j] * fb[j];
-		}
+		float r = rstd[n];
+		float dot = qp_bwd_dot<NP, false>(a[0], b[0], a[1], b[1], c1, kc, w, cr, sr, half);
 		float k = block_sum_alt<QW_THREADS / 32>(dot, rs, it) * r * r * r / D;
 		bf16 *dxr = dx + (size_t)n * D;
 #pragma unroll
@@ -497,8 +477,8 @@ qknorm_rope_wide_bwd_kernel(bf16 *dx, float *dw, const bf16 *dout, const bf16 *x
 			float fa[8], fb[8], ga[8], gb[8], cs[8], sn[8], wa[8], wb[8];
 			unpack8(fa, a[0][q]);
 			unpack8(fb, b[0][q]);
-			ld8s(cs, cr + kc[q]);
-			ld8s(sn, sr + kc[q]);
+			lds8(cs, cr + kc[q]);
+			lds8(sn, sr + kc[q]);
 #pragma unroll
 			for (int j = 0; j < 8; j++) {
 				ga[j] = fa[j] * cs[j] + fb[j] * sn[j];
@@ -527,18 +507,8 @@ qknorm_rope_wide_bwd_kernel(bf16 *dx, float *dw, const bf16 *dout, const bf16 *x
 		if (c1[q] < 0)
 			continue;
 #pragma unroll
-		for (int hh = 0; hh < 2; hh++) {
-			float *p = dst + c1[q] + hh * half;
-			const float *v = acc[q][hh];
-			if (dwb) {
-				*(float4 *)p = make_float4(v[0], v[1], v[2], v[3]);
-				*(float4 *)(p + 4) = make_float4(v[4], v[5], v[6], v[7]);
-			} else {
-#pragma unroll
-				for (int j = 0; j < 8; j++)
-					atomicAdd(p + j, v[j]);
-			}
-		}
+		for (int hh = 0; hh < 2; hh++)
+			dw_put8(dst + c1[q] + hh * half, acc[q][hh], dwb);
 	}
 }
 

@@ -4,9 +4,6 @@
  * whose backward takes at most 6144); the backward keeps each thread's part
  * of dw in registers across its rows, then one global add per block and
  * column. */
-#include <stdlib.h>
-#include <string.h>
-
 #include "cuda_common.h"
 #include "kernels.h"
 
@@ -18,12 +15,7 @@ extern "C" void moe_cuda_memk_legacy(int on) { moe_memk_legacy_on = on; }
 
 /* MOE_CUDA_MEMK=legacy in the environment: the previous kernels from the
  * start (whole-step comparisons in one run) */
-static int memk_from_env(void)
-{
-	const char *e = getenv("MOE_CUDA_MEMK");
-	return moe_memk_legacy_on = e && strcmp(e, "legacy") == 0;
-}
-static int memk_env_read = memk_from_env();
+static int memk_env_read = moe_memk_legacy_on = env_is("MOE_CUDA_MEMK", "legacy");
 
 /* The row kernels (the default for D <= 256 * NC, NC <= RN_MAXNC): lane l of a warp
  * owns columns l * 8 + 256 c of every row, the weights come through the
@@ -317,16 +309,8 @@ rmsnorm_wide_bwd_kernel(bf16 *dx, float *dw, const bf16 *dout, const bf16 *x, co
 #pragma unroll
 	for (int c = 0; c < NC; c++) {
 		int i = threadIdx.x * 8 + 256 * W * c;
-		if (i < D) {
-			if (dwb) {
-				*(float4 *)(dst + i) = make_float4(acc[c][0], acc[c][1], acc[c][2], acc[c][3]);
-				*(float4 *)(dst + i + 4) = make_float4(acc[c][4], acc[c][5], acc[c][6], acc[c][7]);
-			} else {
-#pragma unroll
-				for (int j = 0; j < 8; j++)
-					atomicAdd(dst + i + j, acc[c][j]);
-			}
-		}
+		if (i < D)
+			dw_put8(dst + i, acc[c], dwb);
 	}
 }
 

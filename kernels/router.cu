@@ -15,9 +15,6 @@
  * MOE_CUDA_ROUTE=legacy (or moe_cuda_route_legacy(1)) selects the previous
  * kernels (one warp per token, E <= 32 * RJ; statistics in three launches)
  * for comparisons. */
-#include <stdlib.h>
-#include <string.h>
-
 #include "cuda_common.h"
 #include "kernels.h"
 
@@ -28,12 +25,7 @@ int moe_route_legacy_on = 0;
 extern "C" void moe_cuda_route_legacy(int on) { moe_route_legacy_on = on; }
 extern "C" int moe_cuda_route_legacy_on(void) { return moe_route_legacy_on; }
 
-static int route_from_env(void)
-{
-	const char *e = getenv("MOE_CUDA_ROUTE");
-	return moe_route_legacy_on = e && strcmp(e, "legacy") == 0;
-}
-static int route_env_read = route_from_env();
+static int route_env_read = moe_route_legacy_on = env_is("MOE_CUDA_ROUTE", "legacy");
 
 __global__ void router_fwd_kernel(int32_t *topk_idx, float *topk_w, float *probs, const bf16 *logits,
 				  const float *bias, int N, int E, int K, int norm)

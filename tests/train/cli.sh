@@ -2,16 +2,10 @@
 # moe-train / moe-eval command-line tests on a micro model and synthetic
 # shards: usage errors, config + CLI precedence, metrics, checkpoints,
 # keep-K, eval JSON, corrupted checkpoints.
-set -u
-BIN=${MOE_BIN:?}
-B=${MOE_BUILDDIR:?}
-S=${MOE_SRCDIR:?}
-TRAIN=$BIN/moe-train
+NAME=cli
+. "${MOE_SRCDIR:?}/tests/train/common.sh"
 EVAL=$BIN/moe-eval
-[ -x "$TRAIN" ] && [ -x "$EVAL" ] || { echo "moe-train not built"; exit 77; }
-T=$(mktemp -d "${TMPDIR:-/tmp}/moe-train-cli.XXXXXX")
-trap 'rm -rf "$T"' EXIT
-fail() { echo "FAIL: $*"; exit 1; }
+[ -x "$EVAL" ] || { echo "moe-eval not built"; exit 77; }
 export OMP_NUM_THREADS=1
 
 "$B/tests/train/mkdata" "$T/data" 200 || fail "mkdata"

@@ -20,6 +20,6 @@ tests_train_mkdata_LDADD = $(DATA_LIBS) $(CORE_LIBS)
 
 TESTS += tests/train/cli.sh tests/train/resume.sh tests/train/resume_gpu.sh
 dist_check_SCRIPTS += tests/train/cli.sh tests/train/resume.sh tests/train/resume_gpu.sh
-EXTRA_DIST += tests/train/gpu.sh
+EXTRA_DIST += tests/train/gpu.sh tests/train/common.sh
 EXTRA_DIST += tests/train/data/micro.json tests/train/data/micro260.json \
 	tests/train/data/bytes-tokenizer.json

@@ -4,23 +4,14 @@
 # after its step-40 checkpoint then resumed, (c) SIGTERM: a checkpoint is written, the
 # exit status is 0, and resuming continues the same curve.  The losses in
 # metrics.jsonl must be identical (bit for bit in their printed form).
-set -u
-BIN=${MOE_BIN:?}
-B=${MOE_BUILDDIR:?}
-S=${MOE_SRCDIR:?}
-TRAIN=$BIN/moe-train
-[ -x "$TRAIN" ] || { echo "moe-train not built"; exit 77; }
-T=$(mktemp -d "${TMPDIR:-/tmp}/moe-train-resume.XXXXXX")
-trap 'rm -rf "$T"' EXIT
-fail() { echo "FAIL: $*"; exit 1; }
+NAME=resume
+. "${MOE_SRCDIR:?}/tests/train/common.sh"
 export OMP_NUM_THREADS=2
 
 "$B/tests/train/mkdata" "$T/data" 200 || fail "mkdata"
 # a fixed decay length so that runs of different --steps share one schedule
 ARGS="--model $S/tests/train/data/micro.json --data $T/data --device cpu --micro-batch 4
  --grad-accum 2 --seq-len 16 --warmup 2 --lr 3e-3 --decay-steps 8 --eval-every 4 --ckpt-every 2 -q"
-
-losses() { sed -n 's/^{"step":\([0-9]*\),"split":"\([a-z]*\)".*"loss":\([^,]*\),.*/\1 \2 \3/p' "$1/metrics.jsonl"; }
 
 "$TRAIN" $ARGS --out "$T/straight" --steps 8 || fail "straight run"
 losses "$T/straight" > "$T/want"

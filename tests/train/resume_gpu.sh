@@ -5,15 +5,8 @@
 # form) and the same final checkpoint, byte for byte; (b) 4 steps, then
 # --resume to 8, the same again.  Each process picks its own GEMM
 # algorithms by timing (kernels/gemm.cu), which must never change a bit.
-set -u
-BIN=${MOE_BIN:?}
-B=${MOE_BUILDDIR:?}
-S=${MOE_SRCDIR:?}
-TRAIN=$BIN/moe-train
-[ -x "$TRAIN" ] || { echo "moe-train not built"; exit 77; }
-T=$(mktemp -d "${TMPDIR:-/tmp}/moe-train-gpu.XXXXXX")
-trap 'rm -rf "$T"' EXIT
-fail() { echo "FAIL: $*"; exit 1; }
+NAME=gpu
+. "${MOE_SRCDIR:?}/tests/train/common.sh"
 export MOE_DATADIR="$S/share"
 
 "$B/tests/train/mkdata" "$T/data" 300 || fail "mkdata"
@@ -28,7 +21,6 @@ if ! "$TRAIN" $ARGS --out "$T/probe" --steps 1 2>"$T/probe.err"; then
 	fail "probe run"
 fi
 
-losses() { sed -n 's/^{"step":\([0-9]*\),"split":"\([a-z]*\)".*"loss":\([^,]*\),.*/\1 \2 \3/p' "$1/metrics.jsonl"; }
 final() { cmp -s "$1/ckpt/step-0000008/model.safetensors" "$2/ckpt/step-0000008/model.safetensors" &&
 	cmp -s "$1/ckpt/step-0000008/optimizer.safetensors" "$2/ckpt/step-0000008/optimizer.safetensors"; }
 
