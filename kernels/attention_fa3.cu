@@ -612,7 +612,7 @@ template <int DH, int NS, int NQB> struct afu_cfg {
 
 struct afu_args {
 	bf16 *dq, *dk, *dv;       /* (B, T, H, Dh), strides ldq, ldk, ldv */
-	float *dqacc;             /* (BH, nq, 64, Dh) fp32 */
+	float *dqacc;             /* (BH, nq, 64, Dh) fp32, columns swizzled by row */
 	int *cnt;                 /* (BH, nq), zero: contributions added so far */
 	const float *lse, *delta; /* (B, H, T) */
 	int ldq, ldk, ldv, T, H, BH, NK, nq, ordered;
@@ -692,6 +692,14 @@ static __device__ __forceinline__ void afu_consume(const struct afu_args &A, int
 		if (lane == 0)
 			wg_arrive(empty + 16 * st); /* Q, dO of the stage no longer read */
 		const int qb = r % NQB;
+		/* the tile's row rr keeps column c at c ^ 8 (rr & 3) (inside its
+		 * 32-column group; the rows of a thread, 16 w + g and + 8, both
+		 * have rr & 3 = g & 3): rows are DH = 96 or 128 floats, a multiple
+		 * of the 32 banks, so unswizzled the 8 rows of a warp's float2
+		 * stores fell on the same 8 banks; now every store is 2 wavefronts.
+		 * dqacc holds the tiles in this layout (bulk copies), the
+		 * conversion kernel puts the columns back. */
+		const int sw = g & 3;
 		float *o = dqs + qb * (64 * DH) + (16 * w + g) * DH + 64 * wg + 2 * t4;
 		if constexpr (CVT) {
 			if (n == 0) { /* block-uniform: the last contribution */
@@ -704,8 +712,8 @@ static __device__ __forceinline__ void afu_consume(const struct afu_args &A, int
 						break;
 					float2 u = make_float2(0.f, 0.f), v = u;
 					if (i >= 2) {
-						u = *(const float2 *)(o + 8 * d);
-						v = *(const float2 *)(o + 8 * DH + 8 * d);
+						u = *(const float2 *)(o + 8 * (d ^ sw));
+						v = *(const float2 *)(o + 8 * DH + 8 * (d ^ sw));
 					}
 					bf16 *od = A.dq + ((size_t)b * T + qi) * A.ldq + h * DH + 64 * wg + 8 * d + 2 * t4;
 					if (qi < T)
@@ -724,8 +732,8 @@ static __device__ __forceinline__ void afu_consume(const struct afu_args &A, int
 		for (int d = 0; d < 8; d++) {
 			if (64 * wg + 8 * d >= DH)
 				break;
-			*(float2 *)(o + 8 * d) = make_float2(dq[4 * d], dq[4 * d + 1]);
-			*(float2 *)(o + 8 * DH + 8 * d) = make_float2(dq[4 * d + 2], dq[4 * d + 3]);
+			*(float2 *)(o + 8 * (d ^ sw)) = make_float2(dq[4 * d], dq[4 * d + 1]);
+			*(float2 *)(o + 8 * DH + 8 * (d ^ sw)) = make_float2(dq[4 * d + 2], dq[4 * d + 3]);
 		}
 		wg_fence_proxy(); /* for the writer's bulk copy */
 		wg_arrive(dqf + 16 * qb);
@@ -873,8 +881,8 @@ __global__ void __launch_bounds__(AF_THREADS, 1)
 #endif
 }
 
-/* dq (bf16, row stride ldq) from dqacc (BH, nq, 64, DH); one thread a
- * float4 */
+/* dq (bf16, row stride ldq) from dqacc (BH, nq, 64, DH; columns swizzled
+ * by row, afu_consume); one thread a float4 */
 template <int DH>
 __global__ void attention_fa3f_dq_kernel(bf16 *dq, const float *acc, int ldq, int T, int H, int nq, size_t n4)
 {
@@ -882,7 +890,9 @@ __global__ void attention_fa3f_dq_kernel(bf16 *dq, const float *acc, int ldq, in
 	if (x >= n4)
 		return;
 	size_t e = 4 * x, tile = e / (64 * DH);
-	int rem = (int)(e % (64 * DH)), row = rem / DH, col = rem % DH;
+	/* the stored position's column: c ^ 8 (row & 3) (afu_consume), four
+	 * stored floats four adjacent columns */
+	int rem = (int)(e % (64 * DH)), row = rem / DH, col = (rem % DH) ^ (8 * (row & 3));
 	int bh = (int)(tile / nq), t = (int)(tile % nq) * 64 + row;
 	if (t >= T)
 		return;

@@ -86,6 +86,8 @@ struct gt_args {
 	int dgl;                /* SW input gradient: GT_DG_* */
 	double *ssq;            /* wgrad, store: the stored values' sums of squares, two
 				   slots a tile (gt_ssq_slots), or nullptr */
+	int all_mma;            /* MOE_CUDA_TMA_TAILSKIP=0: the MMAs of rows past the
+				   expert's end issued too (comparisons) */
 };
 
 /* How the SwiGLU input gradient's epilogue gets g, u (MOE_CUDA_TMA_FUSE_DG,
@@ -604,13 +606,29 @@ __global__ void __launch_bounds__(GT_THREADS, 1)
 		if (PP && j > 0) /* tile j - 1's main loop has passed its waits */
 			wg_bar_wait(wg_smem_u32(&order), (j - 1) & 1);
 		float acc[MW][BN / 2];
+		/* cooperative forward and input gradient: a warpgroup none of
+		 * whose rows lie inside the expert (the tile the expert ends in)
+		 * issues no MMAs, it only passes each stage on once it has landed
+		 * (the epilogue stores nothing of its rows).  The whole main loop
+		 * is skipped, not the MMAs in it: wgmma under a branch is
+		 * serialised by ptxas (C7520). */
+		const bool live = MODE == GT_WGRAD || PP || g.all_mma || tl.mi > cw * MW * 64;
+		const int nkt = live ? tl.kt : 0;
+		if (!live)
+			for (int kt = 0; kt < tl.kt; kt++) {
+				const int pos = pos0 + kt, s = pos % ST;
+				wg_bar_wait(wg_smem_u32(&full[s]), (pos / ST) & 1);
+				__syncwarp();
+				if (lane == 0)
+					wg_arrive(wg_smem_u32(&empty[s]));
+			}
 		if (MODE == GT_WGRAD && tl.kt == 0) /* an expert without rows */
 #pragma unroll
 			for (int m = 0; m < MW; m++)
 #pragma unroll
 				for (int i = 0; i < BN / 2; i++)
 					acc[m][i] = 0.f;
-		for (int kt = 0; kt < tl.kt; kt++) {
+		for (int kt = 0; kt < nkt; kt++) {
 			const int pos = pos0 + kt, s = pos % ST;
 			wg_bar_wait(wg_smem_u32(&full[s]), (pos / ST) & 1);
 			const uint32_t a0 = sa + s * ABYTES + (PP ? 0 : cw * MW * 8192), b0 = sb + s * BBYTES;
@@ -646,7 +664,7 @@ __global__ void __launch_bounds__(GT_THREADS, 1)
 		if (PP && wl == 0)
 			wg_arrive(wg_smem_u32(&order));
 		wg_wait<0>();
-		if (tl.kt > 0 && lane == 0)
+		if (nkt > 0 && lane == 0)
 			wg_arrive(wg_smem_u32(&empty[(pos0 + tl.kt - 1) % ST]));
 		pos0 += tl.kt;
 		if (STG && stg) {
@@ -904,6 +922,17 @@ __global__ void __launch_bounds__(GT_THREADS, 1)
  * took the wgmma kernels instead. */
 static int gt_force_cfg, gt_force_grid, gt_fallbacks;
 
+/* MOE_CUDA_TMA_TAILSKIP=0: the forward's and input gradient's MMAs on the
+ * rows past an expert's end are issued as before (comparisons; the values
+ * stored are the same either way) */
+static int gt_all_mma(void)
+{
+	static int v = -1;
+	if (v < 0)
+		v = env_is("MOE_CUDA_TMA_TAILSKIP", "0");
+	return v;
+}
+
 extern "C" int moe_cuda_grouped_tma_config(int cfg, int grid)
 {
 	gt_force_cfg = cfg >= 1 && cfg <= GT_NCFG ? cfg : 0;
@@ -996,7 +1025,7 @@ static int gt_launch(void *c, const bf16 *a, const bf16 *w, const int32_t *offse
 		te = tc;
 	gt_args g = {a, MODE == GT_WGRAD ? w : nullptr, c, offsets, E, K, ncols,
 		     (int)moe_cdiv(ncols, SW && MODE == GT_FWD ? BN / 2 : BN), (int)moe_cdiv(Out, BM), store, sched,
-		     h, gu, dgl, MODE == GT_WGRAD && store ? ssq : nullptr};
+		     h, gu, dgl, MODE == GT_WGRAD && store ? ssq : nullptr, gt_all_mma()};
 	if (ssq_n) /* the slots the kernel writes: two a tile */
 		*ssq_n = g.ssq ? (size_t)2 * E * g.mt * g.nt : 0;
 	size_t tiles = MODE == GT_WGRAD ? (size_t)E * g.mt * g.nt : (size_t)(moe_cdiv(max_rows, BM) + E) * g.nt;
