@@ -269,11 +269,13 @@ attention_dq_kernel(bf16 *dq, const bf16 *q, const bf16 *k, const bf16 *v, const
  * blocks launched before them, which CUDA does not promise to schedule
  * first, and its fp32 dQ tiles take about 400 MB more at olmoe-1b-7b
  * micro-batch 3, which already fills an H200 (138.8 GiB).  The fa3f
- * variants (session 6) are opt-in: at seed-base the fastest, fa3fc3, is
- * 5% slower than fa3 in the kernel table (0.941 against 0.895 ms) and no
- * faster in the step; at the olmoe shape fa3f3 is faster (3.729 against
- * 3.807-4.268 ms) but was not measured as a step; they rest on the same
- * dispatch-order assumption as fu4g, and take the same fp32 dQ scratch. */
+ * variants (session 6) are opt-in: in session 6 the fastest at seed-base,
+ * fa3fc3, was 5% slower than fa3 in the kernel table (0.941 against 0.895
+ * ms); with session 9's bank-conflict-free dQ staging fa3f is 0.857-0.861
+ * against fa3's 0.867-0.898 and a seed-base step about 0.5 ms (0.3%)
+ * faster (H100, RESULTS-cuda.md), too little to take on the dispatch-order
+ * assumption they share with fu4g; they also take the same fp32 dQ
+ * scratch. */
 static const char *const att_bwd_names[] = {"v1",   "wge",  "wgeg",  "fu4g",  "fa3",   "fa3s2",
 					     "fa3f", "fa3f3", "fa3fa", "fa3fc", "fa3fc3"};
 #define ATT_BWD_N ((int)(sizeof(att_bwd_names) / sizeof(att_bwd_names[0])))
