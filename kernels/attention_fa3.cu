@@ -637,7 +637,7 @@ static __device__ __forceinline__ void afu_tt_n64(float *d, uint64_t da, uint64_
 template <int DH, int NS, int NQB, bool CVT>
 static __device__ __forceinline__ void afu_consume(const struct afu_args &A, int n, int bh, uint32_t base,
 						   const float *Lsm, float *dqs, uint32_t full, uint32_t empty,
-						   uint32_t ownb, uint32_t dqf, uint32_t dqe)
+						   uint32_t ownb, uint32_t dqf, uint32_t dqe, uint32_t dsr)
 {
 	using C = afu_cfg<DH, NS, NQB>;
 	constexpr int TB = C::TB, WB = C::WB, KR = 128;
@@ -653,65 +653,30 @@ static __device__ __forceinline__ void afu_consume(const struct afu_args &A, int
 		dK[x] = dV[x] = 0.f;
 	const int kr = wk0 + 16 * w + g;
 	const float sl2 = scale * LOG2E;
-	wg_bar_wait(ownb, 0);
-	for (int i = i0; i < nq; i++) {
-		const int r = i - i0, st = r % NS, q0 = i * 64;
-		const uint32_t sds = sds0 + (r & 1) * C::DSB;
-		wg_bar_wait(full + 16 * st, (r / NS) & 1);
-		const uint32_t qs = sst + st * 2 * TB, ds = qs + TB;
-		if (q0 + 63 >= wk0) { /* warpgroup-uniform: not wholly above the diagonal */
-			const float *L = Lsm + st * 128, *DL = L + 64;
-			float sT[32], dpT[32];
-			awg_st_dpt<DH, KR>(sT, dpT, sk, sv, qs, ds, wg);
-			awg_pt_dv_dst<DH>(sT, dpT, dV, L, DL, ds, q0, wk0, kr, T, t4, sl2, scale);
-			awg_dst_dk_shared<DH>(dK, dpT, sds, qs, wg, w, g, t4); /* dK += dS^T Q */
-		} else { /* every key after every query of the tile: dS^T = 0 */
-#pragma unroll
-			for (int x = 0; x < 16; x++) {
-				int rr = 64 * wg + 16 * w + g + 8 * (x & 1), ch = x >> 1;
-				uint32_t a = sds + rr * 128 + ((ch ^ (rr & 7)) << 4) + 4 * t4;
-				asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(a), "r"(0u) : "memory");
-			}
-		}
-		wg_fence_proxy(); /* this thread's dS^T for the tensor cores */
-		asm volatile("bar.sync 1, 256;\n" ::: "memory"); /* both warpgroups' dS^T in place */
-		/* dQ (64 queries x columns 64 wg ..) = dS K: register 4d + e is
-		 * query q0 + 16 w + g + 8 (e / 2), column 64 wg + 8d + 2 t4 + e % 2 */
-		float dq[32];
-		wg_fence();
-#pragma unroll
-		for (int ks = 0; ks < KR / 16; ks++)
-			afu_tt_n64(dq, wg_desc(sds + ks * 2048, KR * 128, 1024),
-				   wg_desc(sk + wg * (KR * 128) + ks * 2048, KR * 128, 1024), ks > 0);
-		wg_commit();
-		wg_wait<0>();
-		wg_fence_regs<32>(dq);
-		wg_fence_regs<DH / 2>(dV);
-		wg_fence_regs<DH / 2>(dK);
-		__syncwarp();
-		if (lane == 0)
-			wg_arrive(empty + 16 * st); /* Q, dO of the stage no longer read */
-		const int qb = r % NQB;
-		/* the tile's row rr keeps column c at c ^ 8 (rr & 3) (inside its
-		 * 32-column group; the rows of a thread, 16 w + g and + 8, both
-		 * have rr & 3 = g & 3): rows are DH = 96 or 128 floats, a multiple
-		 * of the 32 banks, so unswizzled the 8 rows of a warp's float2
-		 * stores fell on the same 8 banks; now every store is 2 wavefronts.
-		 * dqacc holds the tiles in this layout (bulk copies), the
-		 * conversion kernel puts the columns back. */
-		const int sw = g & 3;
+	/* tile rr's dQ contribution (64 queries x columns 64 wg .., register
+	 * 4d + e query 16 w + g + 8 (e / 2), column 64 wg + 8d + 2 t4 + e % 2)
+	 * into its dQ buffer for the writer; CVT's block 0 adds the others'
+	 * sum and writes dq in bf16.  The tile's row rr keeps column c at
+	 * c ^ 8 (rr & 3) (inside its 32-column group; the rows of a thread,
+	 * 16 w + g and + 8, both have rr & 3 = g & 3): rows are DH = 96 or 128
+	 * floats, a multiple of the 32 banks, so unswizzled the 8 rows of a
+	 * warp's float2 stores fell on the same 8 banks; now every store is 2
+	 * wavefronts.  dqacc holds the tiles in this layout (bulk copies), the
+	 * conversion kernel puts the columns back. */
+	auto stage = [&](int rr, const float *dq) {
+		const int ii = i0 + rr, qb = rr % NQB, sw = g & 3;
 		float *o = dqs + qb * (64 * DH) + (16 * w + g) * DH + 64 * wg + 2 * t4;
 		if constexpr (CVT) {
 			if (n == 0) { /* block-uniform: the last contribution */
 				/* the others' sum in the buffer (tiles 0 and 1 have none) */
-				wg_bar_wait(dqe + 16 * qb, (r / NQB) & 1);
-				const int qi = q0 + 16 * w + g;
+				wg_bar_wait(dqe + 16 * qb, (rr / NQB) & 1);
+				const int qi = ii * 64 + 16 * w + g;
 #pragma unroll
 				for (int d = 0; d < 8; d++) {
 					if (64 * wg + 8 * d >= DH)
 						break;
 					float2 u = make_float2(0.f, 0.f), v = u;
-					if (i >= 2) {
+					if (ii >= 2) {
 						u = *(const float2 *)(o + 8 * (d ^ sw));
 						v = *(const float2 *)(o + 8 * DH + 8 * (d ^ sw));
 					}
@@ -723,11 +688,11 @@ static __device__ __forceinline__ void afu_consume(const struct afu_args &A, int
 							__floats2bfloat162_rn(v.x + dq[4 * d + 2], v.y + dq[4 * d + 3]);
 				}
 				wg_arrive(dqf + 16 * qb); /* the buffer read */
-				continue;
+				return;
 			}
 		}
-		if (r >= NQB) /* the writer is done with the buffer's last round */
-			wg_bar_wait(dqe + 16 * qb, ((r / NQB) - 1) & 1);
+		if (rr >= NQB) /* the writer is done with the buffer's last round */
+			wg_bar_wait(dqe + 16 * qb, ((rr / NQB) - 1) & 1);
 #pragma unroll
 		for (int d = 0; d < 8; d++) {
 			if (64 * wg + 8 * d >= DH)
@@ -737,6 +702,77 @@ static __device__ __forceinline__ void afu_consume(const struct afu_args &A, int
 		}
 		wg_fence_proxy(); /* for the writer's bulk copy */
 		wg_arrive(dqf + 16 * qb);
+	};
+	/* dQ of tile rr (64 queries x columns 64 wg ..) = dS K over the
+	 * block's 128 keys: both warpgroups' dS^T rows in buffer rr & 1 */
+	auto dq_product = [&](float *dq, int rr) {
+		const uint32_t sds = sds0 + (rr & 1) * C::DSB;
+#pragma unroll
+		for (int ks = 0; ks < KR / 16; ks++)
+			afu_tt_n64(dq, wg_desc(sds + ks * 2048, KR * 128, 1024),
+				   wg_desc(sk + wg * (KR * 128) + ks * 2048, KR * 128, 1024), ks > 0);
+	};
+	wg_bar_wait(ownb, 0);
+	/* Software-pipelined by one tile: round r computes tile r's S^T,
+	 * dP^T, dV and dS^T, then (once both warpgroups' dS^T of tile r - 1
+	 * are in place: dsr[(r - 1) & 1]) stores tile r's dS^T into buffer
+	 * r & 1, issues dK += dS^T Q and tile r - 1's dQ product, and stages
+	 * tile r - 1's dQ; tile r's arrival on dsr[r & 1] comes after its
+	 * stores and after this warpgroup's reads of buffer (r - 1) & 1, so a
+	 * buffer is rewritten only when both warpgroups are done with it.  No
+	 * barrier of both warpgroups in the round: one's elementwise work runs
+	 * beside the other's products, as in fa3. */
+	for (int i = i0; i < nq; i++) {
+		const int r = i - i0, st = r % NS, q0 = i * 64;
+		const uint32_t sds = sds0 + (r & 1) * C::DSB;
+		wg_bar_wait(full + 16 * st, (r / NS) & 1);
+		const uint32_t qs = sst + st * 2 * TB, ds = qs + TB;
+		unsigned sa[4][4]; /* dS^T as A fragments (16 queries each) */
+		if (q0 + 63 >= wk0) { /* warpgroup-uniform: not wholly above the diagonal */
+			const float *L = Lsm + st * 128, *DL = L + 64;
+			float sT[32], dpT[32];
+			awg_st_dpt<DH, KR>(sT, dpT, sk, sv, qs, ds, wg);
+			awg_pt_dv_dst<DH>(sT, dpT, dV, L, DL, ds, q0, wk0, kr, T, t4, sl2, scale);
+			awg_pack(sa, dpT);
+		} else { /* every key after every query of the tile: dS^T = 0 */
+#pragma unroll
+			for (int ks = 0; ks < 4; ks++)
+#pragma unroll
+				for (int x = 0; x < 4; x++)
+					sa[ks][x] = 0u;
+		}
+		if (r > 0) /* both warpgroups' dS^T of tile r - 1 in place, and done with buffer r & 1 */
+			wg_bar_wait(dsr + 8 * ((r - 1) & 1), ((r - 1) >> 1) & 1);
+		awg_st_dst(sa, sds, wg, w, g, t4);
+		wg_fence_proxy(); /* this thread's dS^T for the tensor cores */
+		float dq[32];
+		wg_fence();
+#pragma unroll
+		for (int ks = 0; ks < 4; ks++) /* dK += dS^T Q (zero products above the diagonal) */
+			awg_pv<DH>(dK, sa[ks], wg_desc(qs + ks * 2048, 8192, 1024));
+		dq_product(dq, r - 1); /* r = 0: buffer 1 before any dS^T, not staged */
+		wg_commit();
+		wg_wait<0>();
+		wg_fence_regs<32>(dq);
+		wg_fence_regs<DH / 2>(dV);
+		wg_fence_regs<DH / 2>(dK);
+		__syncwarp();
+		if (lane == 0)
+			wg_arrive(empty + 16 * st); /* Q, dO of the stage no longer read */
+		wg_arrive(dsr + 8 * (r & 1));
+		if (r > 0)
+			stage(r - 1, dq);
+	}
+	{ /* the last tile's dQ */
+		const int r = nq - i0;
+		float dq[32];
+		wg_bar_wait(dsr + 8 * ((r - 1) & 1), ((r - 1) >> 1) & 1);
+		wg_fence();
+		dq_product(dq, r - 1);
+		wg_commit();
+		wg_wait<0>();
+		wg_fence_regs<32>(dq);
+		stage(r - 1, dq);
 	}
 	awg_store_dkdv<DH>(A.dk, A.dv, A.ldk, A.ldv, dK, dV, b, h, T, kr, t4);
 }
@@ -756,12 +792,13 @@ __global__ void __launch_bounds__(AF_THREADS, 1)
 	constexpr int TB = C::TB, WB = C::WB;
 	extern __shared__ unsigned char af_smem[];
 	/* full[s] at 2s, empty[s] at 2s + 1, own, then dq full[b], dq empty[b] */
-	__shared__ __align__(8) uint64_t bars[2 * NS + 1 + 2 * NQB];
+	__shared__ __align__(8) uint64_t bars[2 * NS + 1 + 2 * NQB + 2];
 	const uint32_t s0 = wg_smem_u32(af_smem), base = (s0 + 1023) & ~1023u;
 	unsigned char *gb = af_smem + (base - s0);
 	float *Lsm = (float *)(gb + C::LOFF); /* (NS, lse | delta, 64) */
 	const uint32_t full = wg_smem_u32(&bars[0]), empty = full + 8, ownb = wg_smem_u32(&bars[2 * NS]);
 	const uint32_t dqf = wg_smem_u32(&bars[2 * NS + 1]), dqe = dqf + 8;
+	const uint32_t dsr = wg_smem_u32(&bars[2 * NS + 1 + 2 * NQB]); /* dS^T buffer b's stores: at + 8 b */
 	const int tid = threadIdx.x, T = A.T, nq = A.nq;
 	int bh, y;
 	awg_group(blockIdx.x, A.BH, A.NK, AF_G, bh, y);
@@ -776,6 +813,8 @@ __global__ void __launch_bounds__(AF_THREADS, 1)
 			wg_bar_init(dqf + 16 * q, 256); /* every consumer thread */
 			wg_bar_init(dqe + 16 * q, 1);   /* the writer */
 		}
+		wg_bar_init(dsr, 256); /* every consumer thread, for each dS^T buffer */
+		wg_bar_init(dsr + 8, 256);
 		asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
 	}
 	__syncthreads();
@@ -877,7 +916,8 @@ __global__ void __launch_bounds__(AF_THREADS, 1)
 		return;
 	}
 	asm volatile("setmaxnreg.inc.sync.aligned.u32 240;\n" ::: "memory");
-	afu_consume<DH, NS, NQB, CVT>(A, n, bh, base, Lsm, (float *)(gb + C::QOFF), full, empty, ownb, dqf, dqe);
+	afu_consume<DH, NS, NQB, CVT>(A, n, bh, base, Lsm, (float *)(gb + C::QOFF), full, empty, ownb, dqf, dqe,
+				      dsr);
 #endif
 }
 

@@ -243,25 +243,32 @@ static __device__ __forceinline__ void awg_pt_dv_dst(float *sT, float *dpT, floa
 		}
 }
 
-/* dK += dS^T Q issued (and committed) for the one-kernel backwards, which
- * also need dS^T in shared memory for their dQ products: dS^T (dpT) packed
- * as A fragments (16 queries each), each stored at sds in the 128-byte
- * swizzle (row 64 wg + 16 w + g + 8 (x & 1) a key, queries 16 ks +
- * 8 (x / 2) + 2 t4 + {0, 1}); qs: the tile's Q in shared memory */
+/* dS^T fragments sa (16 queries each, awg_pack's layout) into shared
+ * memory at sds in the 128-byte swizzle: row 64 wg + 16 w + g + 8 (x & 1) a
+ * key, queries 16 ks + 8 (x / 2) + 2 t4 + {0, 1} */
+static __device__ __forceinline__ void awg_st_dst(const unsigned (&sa)[4][4], uint32_t sds, int wg, int w, int g,
+						  int t4)
+{
+#pragma unroll
+	for (int ks = 0; ks < 4; ks++)
+#pragma unroll
+		for (int x = 0; x < 4; x++) {
+			int r = 64 * wg + 16 * w + g + 8 * (x & 1), ch = 2 * ks + (x >> 1);
+			uint32_t a = sds + r * 128 + ((ch ^ (r & 7)) << 4) + 4 * t4;
+			asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(a), "r"(sa[ks][x]) : "memory");
+		}
+}
+
+/* dK += dS^T Q issued (and committed) for fu4g, which also needs dS^T in
+ * shared memory for its dQ products: dS^T (dpT) packed as A fragments and
+ * stored at sds (awg_st_dst); qs: the tile's Q in shared memory */
 template <int DH>
 static __device__ __forceinline__ void awg_dst_dk_shared(float *dK, const float *dpT, uint32_t sds, uint32_t qs,
 							  int wg, int w, int g, int t4)
 {
 	unsigned sa[4][4];
-#pragma unroll
-	for (int ks = 0; ks < 4; ks++)
-#pragma unroll
-		for (int x = 0; x < 4; x++) {
-			sa[ks][x] = pack_bf16(dpT[8 * ks + 2 * x], dpT[8 * ks + 2 * x + 1]);
-			int r = 64 * wg + 16 * w + g + 8 * (x & 1), ch = 2 * ks + (x >> 1);
-			uint32_t a = sds + r * 128 + ((ch ^ (r & 7)) << 4) + 4 * t4;
-			asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(a), "r"(sa[ks][x]) : "memory");
-		}
+	awg_pack(sa, dpT);
+	awg_st_dst(sa, sds, wg, w, g, t4);
 	wg_fence();
 #pragma unroll
 	for (int ks = 0; ks < 4; ks++)
