@@ -271,11 +271,12 @@ attention_dq_kernel(bf16 *dq, const bf16 *q, const bf16 *k, const bf16 *v, const
  * micro-batch 3, which already fills an H200 (138.8 GiB).  The fa3f
  * variants (session 6) are opt-in: in session 6 the fastest at seed-base,
  * fa3fc3, was 5% slower than fa3 in the kernel table (0.941 against 0.895
- * ms); with session 9's bank-conflict-free dQ staging fa3f is 0.857-0.861
- * against fa3's 0.867-0.898 and a seed-base step about 0.5 ms (0.3%)
- * faster (H100, RESULTS-cuda.md), too little to take on the dispatch-order
- * assumption they share with fu4g; they also take the same fp32 dQ
- * scratch. */
+ * ms); after session 9 (bank-conflict-free dQ staging, software-pipelined
+ * rounds) fa3f is 0.85-0.88 ms against fa3's 0.87-0.90 at seed-base and
+ * 3.45 against 4.07-4.23 at the olmoe-like shape, and a step 0.5-0.9 ms
+ * faster at seed-base (H100) and 0.5-2 ms at olmoe-1b-7b (H200),
+ * RESULTS-cuda.md: too little to take on the dispatch-order assumption
+ * they share with fu4g; they also take the same fp32 dQ scratch. */
 static const char *const att_bwd_names[] = {"v1",   "wge",  "wgeg",  "fu4g",  "fa3",   "fa3s2",
 					     "fa3f", "fa3f3", "fa3fa", "fa3fc", "fa3fc3"};
 #define ATT_BWD_N ((int)(sizeof(att_bwd_names) / sizeof(att_bwd_names[0])))

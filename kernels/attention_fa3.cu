@@ -567,8 +567,10 @@ int moe_att_fwd_fa3(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const b
  *   warpgroups 1 and 2, the consumers (64 keys each): S^T = K Q^T,
  *     dP^T = V dO^T, dV += P^T dO, dK += dS^T Q exactly as af_dkdv (so dK
  *     and dV are bit-identical to fa3's), dS^T stored to shared memory
- *     (two buffers), one barrier of the 256 consumer threads, then the
- *     tile's dQ contribution dS K (64 queries x the warpgroup's 64 columns;
+ *     (two buffers, each with an mbarrier of the 256 consumer threads'
+ *     stores), and, one tile behind (session 9: no barrier of both
+ *     warpgroups in a round), the previous tile's dQ contribution dS K
+ *     (64 queries x the warpgroup's 64 columns over the block's 128 keys;
  *     at Dh 96 warpgroup 1's columns 96-127 are zeros and not stored):
  *     5 products a tile pair instead of the two kernels' 7.
  *
