@@ -188,6 +188,16 @@ static inline bool env_is(const char *name, const char *val)
 
 static inline unsigned moe_cdiv(size_t a, size_t b) { return (unsigned)((a + b - 1) / b); }
 
+/* The template instantiations a kernel family has, chosen at run time:
+ * LAUNCH(k) for N = k below the family's largest, else LAUNCH(largest)
+ * (4, 6 or 8). */
+#define MOE_CASES3(LAUNCH) case 1: LAUNCH(1); break; case 2: LAUNCH(2); break; case 3: LAUNCH(3); break;
+#define MOE_CASES5(LAUNCH) MOE_CASES3(LAUNCH) case 4: LAUNCH(4); break; case 5: LAUNCH(5); break;
+#define MOE_CASES7(LAUNCH) MOE_CASES5(LAUNCH) case 6: LAUNCH(6); break; case 7: LAUNCH(7); break;
+#define MOE_SWITCH4(N, LAUNCH) switch (N) { MOE_CASES3(LAUNCH) default: LAUNCH(4); break; }
+#define MOE_SWITCH6(N, LAUNCH) switch (N) { MOE_CASES5(LAUNCH) default: LAUNCH(6); break; }
+#define MOE_SWITCH8(N, LAUNCH) switch (N) { MOE_CASES7(LAUNCH) default: LAUNCH(8); break; }
+
 /* The multiprocessors of the current device (132 when it cannot be asked),
  * asked once: the persistent kernels' grids. */
 static inline int moe_cuda_sms(void)

@@ -262,14 +262,6 @@ static int pk_nc(int K, int D)
 	return moe_memk_legacy_on || K > PK_K || K < 1 || nc > 4 ? 0 : nc;
 }
 
-#define PK_SWITCH(NC, LAUNCH)        \
-	switch (NC) {                \
-	case 1: LAUNCH(1); break;    \
-	case 2: LAUNCH(2); break;    \
-	case 3: LAUNCH(3); break;    \
-	default: LAUNCH(4); break;   \
-	}
-
 static int check_width(int D, int mult, struct moe_error *err)
 {
 	if (D % mult)
@@ -309,7 +301,7 @@ extern "C" int moe_cuda_scatter_add(bf16_t *dx, const bf16_t *dxg, const int32_t
 #define SA(NC)                                                                                                 \
 	combine_rows_kernel<NC, 1><<<moe_cdiv(N, PK_THREADS / 32), PK_THREADS, 0, s>>>((bf16 *)dx, NULL,          \
 										       (const bf16 *)dxg, NULL, inv, N, K, D)
-		PK_SWITCH(nc, SA)
+		MOE_SWITCH4(nc, SA)
 #undef SA
 		return CUDA_LAUNCHED(err);
 	}
@@ -327,7 +319,7 @@ extern "C" int moe_cuda_combine_fwd(bf16_t *out, const bf16_t *res, const bf16_t
 #define CF(NC)                                                                                                 \
 	combine_rows_kernel<NC, 0><<<moe_cdiv(N, PK_THREADS / 32), PK_THREADS, 0, s>>>(                          \
 		(bf16 *)out, (const bf16 *)res, (const bf16 *)yg, w, inv, N, K, D)
-		PK_SWITCH(nc, CF)
+		MOE_SWITCH4(nc, CF)
 #undef CF
 		return CUDA_LAUNCHED(err);
 	}
@@ -347,7 +339,7 @@ extern "C" int moe_cuda_combine_bwd(bf16_t *dyg, float *dw, const bf16_t *dout, 
 #define CB(NC)                                                                                                 \
 	combine_bwd_rows_kernel<NC><<<moe_cdiv(N, PK_THREADS / 32), PK_THREADS, 0, s>>>(                         \
 		(bf16 *)dyg, dw, (const bf16 *)dout, (const bf16 *)yg, w, inv, N, K, D)
-		PK_SWITCH(nc, CB)
+		MOE_SWITCH4(nc, CB)
 #undef CB
 		return CUDA_LAUNCHED(err);
 	}

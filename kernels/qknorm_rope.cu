@@ -265,6 +265,39 @@ static __device__ __forceinline__ void qp_fwd_out(bf16 *o, const uint4 *a, const
 	}
 }
 
+/* dout's 8-column pair (a: first half of the head, b: second) rotated
+ * back by the position's cos/sin at the pair (cr, sr): the gradient before
+ * RoPE, ga, gb */
+static __device__ __forceinline__ void qp_unrope8(float *ga, float *gb, uint4 a, uint4 b, const float *cr,
+						  const float *sr)
+{
+	float fa[8], fb[8], cs[8], sn[8];
+	unpack8(fa, a);
+	unpack8(fb, b);
+	lds8(cs, cr);
+	lds8(sn, sr);
+#pragma unroll
+	for (int j = 0; j < 8; j++) {
+		ga[j] = fa[j] * cs[j] + fb[j] * sn[j];
+		gb[j] = fb[j] * cs[j] - fa[j] * sn[j];
+	}
+}
+
+/* The backward's outputs of a pair with the gradient before RoPE (ga, gb),
+ * x's halves (fa, fb) and the weights (wa, wb): dw's share g x r added into
+ * acca, accb, and the input gradient g w r - k x into ga, gb */
+static __device__ __forceinline__ void qp_bwd_out8(float *ga, float *gb, float *acca, float *accb, const float *fa,
+						   const float *fb, const float *wa, const float *wb, float r, float k)
+{
+#pragma unroll
+	for (int j = 0; j < 8; j++) {
+		acca[j] += ga[j] * fa[j] * r;
+		accb[j] += gb[j] * fb[j] * r;
+		ga[j] = ga[j] * wa[j] * r - k * fa[j];
+		gb[j] = gb[j] * wb[j] * r - k * fb[j];
+	}
+}
+
 /* the backward's sum over the lane's pairs of g w x, g the gradient
  * before RoPE (a, b: dout's halves; xa, xb: x's); the weights from shared
  * memory (SW) or through the read-only cache */
@@ -291,7 +324,7 @@ static __device__ __forceinline__ float qp_bwd_dot(const uint4 *a, const uint4 *
 			ld8g(wb, w + c1[q] + half);
 		}
 #pragma unroll
-		for (int j = 0; j < 8; j++) { /* the gradient before RoPE */
+		for (int j = 0; j < 8; j++) { /* qp_unrope8's, the weights' loads issued before it */
 			ga[j] = fa[j] * cs[j] + fb[j] * sn[j];
 			gb[j] = fb[j] * cs[j] - fa[j] * sn[j];
 		}
@@ -372,29 +405,15 @@ qknorm_rope_pair_bwd_kernel(bf16 *dx, float *dw, const bf16 *dout, const bf16 *x
 			for (int q = 0; q < NP; q++) {
 				if (c1[q] < 0)
 					continue;
-				float fa[8], fb[8], ga[8], gb[8], cs[8], sn[8], wa[8], wb[8], aa[8], ab[8];
-				unpack8(fa, a[0][q]);
-				unpack8(fb, b[0][q]);
-				lds8(cs, cr + kc[q]);
-				lds8(sn, sr + kc[q]);
-#pragma unroll
-				for (int j = 0; j < 8; j++) {
-					ga[j] = fa[j] * cs[j] + fb[j] * sn[j];
-					gb[j] = fb[j] * cs[j] - fa[j] * sn[j];
-				}
+				float fa[8], fb[8], ga[8], gb[8], wa[8], wb[8], aa[8], ab[8];
+				qp_unrope8(ga, gb, a[0][q], b[0][q], cr + kc[q], sr + kc[q]);
 				unpack8(fa, a[1][q]);
 				unpack8(fb, b[1][q]);
 				lds8(wa, sw + c1[q]);
 				lds8(wb, sw + c1[q] + half);
 				lds8(aa, sacc + c1[q]);
 				lds8(ab, sacc + c1[q] + half);
-#pragma unroll
-				for (int j = 0; j < 8; j++) {
-					aa[j] += ga[j] * fa[j] * r;
-					ab[j] += gb[j] * fb[j] * r;
-					ga[j] = ga[j] * wa[j] * r - k * fa[j];
-					gb[j] = gb[j] * wb[j] * r - k * fb[j];
-				}
+				qp_bwd_out8(ga, gb, aa, ab, fa, fb, wa, wb, r, k);
 				st8s(sacc + c1[q], aa);
 				st8s(sacc + c1[q] + half, ab);
 				st8(dxr + c1[q], ga);
@@ -474,27 +493,13 @@ qknorm_rope_wide_bwd_kernel(bf16 *dx, float *dw, const bf16 *dout, const bf16 *x
 		for (int q = 0; q < NP; q++) {
 			if (c1[q] < 0)
 				continue;
-			float fa[8], fb[8], ga[8], gb[8], cs[8], sn[8], wa[8], wb[8];
-			unpack8(fa, a[0][q]);
-			unpack8(fb, b[0][q]);
-			lds8(cs, cr + kc[q]);
-			lds8(sn, sr + kc[q]);
-#pragma unroll
-			for (int j = 0; j < 8; j++) {
-				ga[j] = fa[j] * cs[j] + fb[j] * sn[j];
-				gb[j] = fb[j] * cs[j] - fa[j] * sn[j];
-			}
+			float fa[8], fb[8], ga[8], gb[8], wa[8], wb[8];
+			qp_unrope8(ga, gb, a[0][q], b[0][q], cr + kc[q], sr + kc[q]);
 			unpack8(fa, a[1][q]);
 			unpack8(fb, b[1][q]);
 			ld8g(wa, w + c1[q]);
 			ld8g(wb, w + c1[q] + half);
-#pragma unroll
-			for (int j = 0; j < 8; j++) {
-				acc[q][0][j] += ga[j] * fa[j] * r;
-				acc[q][1][j] += gb[j] * fb[j] * r;
-				ga[j] = ga[j] * wa[j] * r - k * fa[j];
-				gb[j] = gb[j] * wb[j] * r - k * fb[j];
-			}
+			qp_bwd_out8(ga, gb, acc[q][0], acc[q][1], fa, fb, wa, wb, r, k);
 			st8(dxr + c1[q], ga);
 			st8(dxr + c1[q] + half, gb);
 		}
@@ -512,14 +517,6 @@ qknorm_rope_wide_bwd_kernel(bf16 *dx, float *dw, const bf16 *dout, const bf16 *x
 	}
 }
 
-#define QW_SWITCH(NPV, LAUNCH)     \
-	switch (NPV) {             \
-	case 1: LAUNCH(1); break;  \
-	case 2: LAUNCH(2); break;  \
-	case 3: LAUNCH(3); break;  \
-	default: LAUNCH(4); break; \
-	}
-
 /* moe_cuda_memk_legacy() (rmsnorm.cu): the previous kernels for comparisons */
 extern int moe_memk_legacy_on;
 
@@ -532,16 +529,6 @@ extern "C" bool moe_cuda_qknorm_rope_supported(int H, int Dh)
 	return H > 0 && Dh % 16 == 0 && Dh > 0 &&
 	       (moe_memk_legacy_on ? (H * Dh + 255) / 256 <= QR_MAXNC : H * Dh <= QW_MAXD);
 }
-
-#define QR_SWITCH(NCV, LAUNCH)               \
-	switch (NCV) {                       \
-	case 1: LAUNCH(1); break;            \
-	case 2: LAUNCH(2); break;            \
-	case 3: LAUNCH(3); break;            \
-	case 4: LAUNCH(4); break;            \
-	case 5: LAUNCH(5); break;            \
-	default: LAUNCH(6); break;           \
-	}
 
 /* Blocks for N rows: four rows per warp, at most eight blocks per SM of an H100. */
 static unsigned qr_blocks(int N)
@@ -591,7 +578,7 @@ extern "C" int moe_cuda_qknorm_rope_fwd(bf16_t *out, float *rstd, const bf16_t *
 										 QW_THREADS, 0)),               \
 					  QW_THREADS, 0, s>>>((bf16 *)out, rstd, (const bf16 *)x, w, cosb, sinb, N, T, \
 							      Dh, D, eps)
-		QW_SWITCH(moe_cdiv(D / 16, QW_THREADS), QW_FWD)
+		MOE_SWITCH4(moe_cdiv(D / 16, QW_THREADS), QW_FWD)
 #undef QW_FWD
 		return CUDA_LAUNCHED(err);
 	}
@@ -608,7 +595,7 @@ extern "C" int moe_cuda_qknorm_rope_fwd(bf16_t *out, float *rstd, const bf16_t *
 #define QR_FWD(NC)                                                                                              \
 	qknorm_rope_fwd_kernel<NC><<<nb, QR_WARPS * 32, sm, s>>>((bf16 *)out, rstd, (const bf16 *)x, w, cosb, sinb, \
 								 N, T, Dh, D, eps)
-	QR_SWITCH((D + 255) / 256, QR_FWD)
+	MOE_SWITCH6((D + 255) / 256, QR_FWD)
 #undef QR_FWD
 	return CUDA_LAUNCHED(err);
 }
@@ -633,7 +620,7 @@ extern "C" int moe_cuda_qknorm_rope_bwd(bf16_t *dx, float *dw, float *part, cons
 									  (const bf16 *)x, w, rstd, cosb, sinb, N, T, \
 									  Dh, D, dwb);                          \
 	}
-		QW_SWITCH(moe_cdiv(D / 16, QW_THREADS), QW_BWD)
+		MOE_SWITCH4(moe_cdiv(D / 16, QW_THREADS), QW_BWD)
 #undef QW_BWD
 	} else if (!moe_memk_legacy_on) {
 #define QP_BWD(L, NP)                                                                                          	{                                                                                                      		size_t sm = (size_t)(1 + QP_THREADS / L) * D * sizeof(float);                                  		nb = balanced_blocks(N, QP_THREADS / L,                                                        				     resident_blocks(qknorm_rope_pair_bwd_kernel<L, NP>, QP_THREADS, sm));     		nb = dwb && nb > MOE_CUDA_NORM_PART_BLOCKS ? MOE_CUDA_NORM_PART_BLOCKS : nb;                  		qknorm_rope_pair_bwd_kernel<L, NP><<<nb, QP_THREADS, sm, s>>>(                                 			(bf16 *)dx, kdw, (const bf16 *)dout, (const bf16 *)x, w, rstd, cosb, sinb, N, T, Dh, D,    			dwb);                                                                                  	}
@@ -643,7 +630,7 @@ extern "C" int moe_cuda_qknorm_rope_bwd(bf16_t *dx, float *dw, float *part, cons
 		nb = qr_blocks(N);
 		size_t sm = (size_t)QR_WARPS * D * sizeof(float);
 #define QR_BWD(NC)                                                                                              	qknorm_rope_bwd_kernel<NC><<<nb, QR_WARPS * 32, sm, s>>>((bf16 *)dx, kdw, (const bf16 *)dout, (const bf16 *)x, 								 w, rstd, cosb, sinb, N, T, Dh, D, dwb)
-		QR_SWITCH((D + 255) / 256, QR_BWD)
+		MOE_SWITCH6((D + 255) / 256, QR_BWD)
 #undef QR_BWD
 	}
 	if ((rc = CUDA_LAUNCHED(err)) != 0 || !dwb)

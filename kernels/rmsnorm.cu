@@ -17,6 +17,19 @@ extern "C" void moe_cuda_memk_legacy(int on) { moe_memk_legacy_on = on; }
  * start (whole-step comparisons in one run) */
 static int memk_env_read = moe_memk_legacy_on = env_is("MOE_CUDA_MEMK", "legacy");
 
+/* The backward on 8 columns of a row (x: fx, dout: fd, weights wv; r the
+ * row's rstd, k its dot term r^3 (dout w . x) / D): the input gradient
+ * dout w r - k x into g, dw's share dout x r added into acc */
+static __device__ __forceinline__ void rms_bwd8(float *g, float *acc, const float *fx, const float *fd,
+						const float *wv, float r, float k)
+{
+#pragma unroll
+	for (int j = 0; j < 8; j++) {
+		g[j] = fd[j] * wv[j] * r - k * fx[j];
+		acc[j] += fd[j] * fx[j] * r;
+	}
+}
+
 /* The row kernels (the default for D <= 256 * NC, NC <= RN_MAXNC): lane l of a warp
  * owns columns l * 8 + 256 c of every row, the weights come through the
  * read-only cache (forward) or shared memory (backward, loaded once per
@@ -155,11 +168,7 @@ rmsnorm_rows_bwd_kernel(bf16 *dx, float *dw, const bf16 *dout, const bf16 *x, co
 				unpack8(fx, xv[c]);
 				unpack8(fd, dv[c]);
 				lds8(wv, sw + i);
-#pragma unroll
-				for (int j = 0; j < 8; j++) {
-					g[j] = fd[j] * wv[j] * r - k * fx[j];
-					acc[c][j] += fd[j] * fx[j] * r;
-				}
+				rms_bwd8(g, acc[c], fx, fd, wv, r, k);
 				if (ADD) {
 					float o[8];
 					unpack8(o, ov[c]);
@@ -287,11 +296,7 @@ rmsnorm_wide_bwd_kernel(bf16 *dx, float *dw, const bf16 *dout, const bf16 *x, co
 				unpack8(fx, v[0][c]);
 				unpack8(fd, v[1][c]);
 				ld8g(wv, w + i);
-#pragma unroll
-				for (int j = 0; j < 8; j++) {
-					g[j] = fd[j] * wv[j] * r - k * fx[j];
-					acc[c][j] += fd[j] * fx[j] * r;
-				}
+				rms_bwd8(g, acc[c], fx, fd, wv, r, k);
 				if (ADD) {
 					float a[8];
 					unpack8(a, v[2][c]);
@@ -323,18 +328,6 @@ static int rw_shape(int D, int *nc)
 	return W;
 }
 
-#define RW_SWITCH(NCV, LAUNCH)     \
-	switch (NCV) {             \
-	case 1: LAUNCH(1); break;  \
-	case 2: LAUNCH(2); break;  \
-	case 3: LAUNCH(3); break;  \
-	case 4: LAUNCH(4); break;  \
-	case 5: LAUNCH(5); break;  \
-	case 6: LAUNCH(6); break;  \
-	case 7: LAUNCH(7); break;  \
-	default: LAUNCH(8); break; \
-	}
-
 template <int W>
 static void rw_fwd(int nc, bf16 *out, float *rstd, const bf16 *x, const float *w, int N, int D, float eps,
 		   cudaStream_t s)
@@ -343,7 +336,7 @@ static void rw_fwd(int nc, bf16 *out, float *rstd, const bf16 *x, const float *w
 	rmsnorm_wide_fwd_kernel<NC, W><<<balanced_blocks(N, 1, resident_blocks(rmsnorm_wide_fwd_kernel<NC, W>, \
 										 W * 32, 0)),                   \
 					  W * 32, 0, s>>>(out, rstd, x, w, N, D, eps)
-	RW_SWITCH(nc, RWF)
+	MOE_SWITCH8(nc, RWF)
 #undef RWF
 }
 
@@ -358,7 +351,7 @@ static unsigned rw_bwd(int nc, bf16 *dx, float *dw, const bf16 *dout, const bf16
 		nb = dwb && nb > MOE_CUDA_NORM_PART_BLOCKS ? MOE_CUDA_NORM_PART_BLOCKS : nb;                  \
 		rmsnorm_wide_bwd_kernel<NC, W, ADD><<<nb, W * 32, 0, s>>>(dx, dw, dout, x, w, rstd, N, D, dwb); \
 	}
-	RW_SWITCH(nc, RWB)
+	MOE_SWITCH8(nc, RWB)
 #undef RWB
 	return nb;
 }
@@ -526,11 +519,7 @@ __global__ void __launch_bounds__(256) rmsnorm_bwd_reg_kernel(bf16 *dx, float *d
 		for (int c = 0; c < NC; c++) {
 			int i = lane * 8 + 256 * c;
 			float g[8];
-#pragma unroll
-			for (int j = 0; j < 8; j++) {
-				g[j] = fd[c][j] * wr[c][j] * r - k * fx[c][j];
-				acc[c][j] += fd[c][j] * fx[c][j] * r;
-			}
+			rms_bwd8(g, acc[c], fx[c], fd[c], wr[c], r, k);
 			if (i < D) {
 				if (ADD) {
 					float o[8];

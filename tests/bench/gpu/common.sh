@@ -4,6 +4,8 @@
 #   bc [ARGS]                    bench_cuda at seed-base B=16 (median of 6 steps)
 #   torch_seed [ARGS]            torch_ref.py --preset seed --modes best_c
 #   profile [FILTER]             one profiled seed-base step (per-op table)
+#   tk SECONDS BINARY FILTER     a GPU test binary's tests matching FILTER, verbose
+#   olmoe_step B [VAR=VALUE]     bench_cuda at olmoe-1b-7b, seq 4096, micro-batch B
 R=$PWD/${RUNDIR:-${PACK:-.devrun}}
 B=$R/b
 M=share/models/seed-base.json
@@ -29,4 +31,11 @@ torch_seed() {
 profile() {
 	echo "=== profile B=16"
 	timeout 100 $B/tests/bench/bench_cuda -m $M -B 16 -n 1 -w 2 -p 2>/dev/null | tail -n +2 | grep -E "${1:-.}"
+}
+tk() { LD_LIBRARY_PATH=$R/lib:$R/libtest timeout "$1" $B/tests/kernels/$2 --verbose --filter "$3" 2>&1; }
+olmoe_step() {
+	echo "=== olmoe-1b-7b B=$1 T=4096 ${2:-}"
+	env ${2:-X=} timeout 150 $B/tests/bench/bench_cuda -m share/models/olmoe-1b-7b.json -T 4096 -B $1 -n 3 -w 1 \
+		2>/tmp/o.err | tail -1
+	tail -1 /tmp/o.err
 }

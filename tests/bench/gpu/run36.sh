@@ -10,7 +10,6 @@
 set -u
 . "$(dirname "$0")/common.sh"
 O=${OUT:-/tmp}/run36.txt
-tk() { LD_LIBRARY_PATH=$R/lib:$R/libtest timeout "$1" $B/tests/kernels/$2 --verbose --filter "$3" 2>&1; }
 mt() { # moe-train seed-base B=16 on shards $1, $2 steps, metrics summary
 	rm -rf /tmp/run
 	timeout 150 $B/cmd/moe-train -m $M -d $1 -o /tmp/run --steps $2 --micro-batch 16 --seq-len 2048 \

@@ -5,7 +5,6 @@
 set -u
 . "$(dirname "$0")/common.sh"
 O=${OUT:-/tmp}/run39.txt
-tk() { LD_LIBRARY_PATH=$R/lib:$R/libtest timeout "$1" $B/tests/kernels/$2 --verbose --filter "$3" 2>&1; }
 {
 echo "=== test_kernels (all, timeout 200)"
 tk 200 test_kernels '*' | grep -E "\[PASS|\[FAIL|Assert|Synthesis" | tail -60

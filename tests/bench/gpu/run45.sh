@@ -10,7 +10,6 @@ set -u
 O=${OUT:-/tmp}/run45.txt
 B0=$R/b0
 chmod +x $B0/tests/*/* 2>/dev/null
-tk() { LD_LIBRARY_PATH=$R/lib:$R/libtest timeout "$1" $B/tests/kernels/$2 --verbose --filter "$3" 2>&1; }
 {
 echo "=== test_kernels (all, timeout 200)"
 tk 200 test_kernels '*' | grep -E "\[FAIL|Assert|Synthesis" | tail -20

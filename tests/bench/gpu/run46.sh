@@ -17,7 +17,6 @@ O=${OUT:-/tmp}/run46.txt
 B0=$R/b0
 chmod +x $B0/tests/*/* 2>/dev/null
 W=$R/wide-4096.json
-tk() { LD_LIBRARY_PATH=$R/lib:$R/libtest timeout "$1" $B/tests/kernels/$2 --verbose --filter "$3" 2>&1; }
 {
 echo "=== 1. test_kernels rmsnorm, qknorm_rope"
 tk 120 test_kernels 'kernels/@(rmsnorm|qknorm_rope)' | grep -E "\[PASS|\[FAIL|Assert|Synthesis" | tail -20

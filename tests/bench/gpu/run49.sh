@@ -13,7 +13,6 @@
 set -u
 . "$(dirname "$0")/common.sh"
 O=${OUT:-/tmp}/run49.txt
-tk() { LD_LIBRARY_PATH=$R/lib:$R/libtest timeout "$1" $B/tests/kernels/$2 --verbose --filter "$3" 2>&1; }
 {
 echo "=== 1. test_kernels attention*"
 tk 200 test_kernels 'kernels/attention*' | grep -E "\[PASS|\[FAIL|Assert|Synthesis" | tail -20

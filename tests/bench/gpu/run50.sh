@@ -10,7 +10,6 @@
 set -u
 . "$(dirname "$0")/common.sh"
 O=${OUT:-/tmp}/run50.txt
-tk() { LD_LIBRARY_PATH=$R/lib:$R/libtest timeout "$1" $B/tests/kernels/$2 --verbose --filter "$3" 2>&1; }
 {
 for t in attention_fa3f attention_fa3f3 attention_fa3fa attention_fa3fc attention_fa3fc3; do
 	echo "=== 1. test_kernels $t"

@@ -9,7 +9,6 @@
 set -u
 . "$(dirname "$0")/common.sh"
 O=${OUT:-/tmp}/run51.txt
-tk() { LD_LIBRARY_PATH=$R/lib:$R/libtest timeout "$1" $B/tests/kernels/$2 --verbose --filter "$3" 2>&1; }
 {
 echo "=== 1. test_kernels (all, timeout 250)"
 tk 250 test_kernels '*' | grep -E "\[FAIL|Assert|Synthesis" | tail -20

@@ -9,7 +9,6 @@
 set -u
 . "$(dirname "$0")/common.sh"
 O=${OUT:-/tmp}/run52.txt
-tk() { LD_LIBRARY_PATH=$R/lib:$R/libtest timeout "$1" $B/tests/kernels/$2 --verbose --filter "$3" 2>&1; }
 {
 for e in tma v4; do
 	echo "=== 1. test_kernels grouped_tma*, MOE_CUDA_TMA_EPI=$e"

@@ -5,21 +5,15 @@
 # best_c in the same call.  Writes $OUT/run54.txt as it goes.
 set -u
 . "$(dirname "$0")/common.sh"
-MO=share/models/olmoe-1b-7b.json
 O=${OUT:-/tmp}/run54.txt
-ob() {
-	echo "=== olmoe-1b-7b B=$1 T=4096 ${2:-}"
-	env ${2:-X=} timeout 150 $B/tests/bench/bench_cuda -m $MO -T 4096 -B $1 -n 3 -w 1 2>/tmp/o.err | tail -1
-	tail -1 /tmp/o.err
-}
 {
-ob 3
-ob 3 MOE_CUDA_ATTENTION_BWD=fa3f
-ob 2
-ob 2 MOE_CUDA_ATTENTION_BWD=fa3f
+olmoe_step 3
+olmoe_step 3 MOE_CUDA_ATTENTION_BWD=fa3f
+olmoe_step 2
+olmoe_step 2 MOE_CUDA_ATTENTION_BWD=fa3f
 echo "=== torch_ref --preset olmoe --modes best_c (B=2, T=4096)"
 timeout 300 python3 $R/torch_ref.py --preset olmoe --modes best_c 2>&1 | grep -v Warning | tail -2
-ob 3
-ob 3 MOE_CUDA_ATTENTION_BWD=fa3f
+olmoe_step 3
+olmoe_step 3 MOE_CUDA_ATTENTION_BWD=fa3f
 date -u
 } 2>&1 | tee $O

@@ -4,19 +4,13 @@
 # --modes best_c in the same call.  Writes $OUT/run_olmoe7r.txt.
 set -u
 . "$(dirname "$0")/common.sh"
-MO=share/models/olmoe-1b-7b.json
 O=${OUT:-/tmp}/run_olmoe7r.txt
-ob() {
-	echo "=== olmoe-1b-7b B=$1 T=4096"
-	timeout 150 $B/tests/bench/bench_cuda -m $MO -T 4096 -B $1 -n 3 -w 1 2>/tmp/o.err | tail -1
-	tail -1 /tmp/o.err
-}
 {
-ob 2
-ob 3
+olmoe_step 2
+olmoe_step 3
 echo "=== torch_ref --preset olmoe --modes best_c (B=2, T=4096)"
 timeout 300 python3 $R/torch_ref.py --preset olmoe --modes best_c 2>&1 | grep -v Warning | tail -2
-ob 2
-ob 3
+olmoe_step 2
+olmoe_step 3
 date -u
 } 2>&1 | tee $O
