@@ -17,7 +17,7 @@
 
 /* delta[b, h, t] = sum_d dout * out; one warp per (token, head), with VEC
  * 16-byte loads (Dh % 8 == 0, 16-byte aligned rows).  Also zeroes the
- * fused kernel's ncnt counters. */
+ * fused kernels' ncnt counters (and their blocks' ticket). */
 template <bool VEC>
 __global__ void att_delta_kernel(float *delta, int *cnt, int ncnt, const bf16 *dout, const bf16 *out, int ldo, int B,
 				 int T, int H, int Dh)
@@ -53,11 +53,64 @@ __global__ void att_delta_kernel(float *delta, int *cnt, int ncnt, const bf16 *d
 	}
 }
 
+/* The same by rows: one warp per token, its lanes over the row's 16-byte
+ * chunks (all heads: coalesced, several loads in flight a lane), each
+ * chunk's dot product into shared memory, then lane h sums head h's
+ * chunks in order.  att_delta_kernel gave one warp a (token, head), of
+ * whose lanes Dh / 8 loaded 16 bytes: 77 us a layer at seed-base (H100,
+ * session 10), against 33 us for its 100 MB at 3 TB/s.  R = H Dh / 8
+ * chunks a row, at most ATT_DR_MAX; 8 warps a block, 32 R bytes of shared
+ * memory; also zeroes the ncnt counters. */
+#define ATT_DR_MAX 1024
+__global__ void __launch_bounds__(256) att_delta_rows_kernel(float *delta, int *cnt, int ncnt, const bf16 *dout,
+							      const bf16 *out, int ldo, int B, int T, int H, int Dh)
+{
+	extern __shared__ float att_part[]; /* (8 warps, R) */
+	const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, C = Dh / 8, R = H * C;
+	const size_t n = (size_t)blockIdx.x * 8 + warp;
+	for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < (size_t)ncnt;
+	     i += (size_t)gridDim.x * blockDim.x)
+		cnt[i] = 0;
+	if (n >= (size_t)B * T)
+		return;
+	const uint4 *a = (const uint4 *)(dout + n * ldo), *o = (const uint4 *)(out + n * ldo);
+	float *pp = att_part + warp * R;
+#pragma unroll 4
+	for (int c = lane; c < R; c += 32) {
+		uint4 x = a[c], y = o[c];
+		const __nv_bfloat162 *xa = (const __nv_bfloat162 *)&x, *ya = (const __nv_bfloat162 *)&y;
+		float sum = 0.f;
+#pragma unroll
+		for (int e = 0; e < 4; e++) {
+			float2 u = __bfloat1622float2(xa[e]), v = __bfloat1622float2(ya[e]);
+			sum += u.x * v.x + u.y * v.y;
+		}
+		pp[c] = sum;
+	}
+	__syncwarp();
+	const int b = (int)(n / T), t = (int)(n % T);
+	for (int h = lane; h < H; h += 32) {
+		float sum = 0.f;
+		for (int c = 0; c < C; c++)
+			sum += pp[h * C + c];
+		delta[((size_t)b * H + h) * T + t] = sum;
+	}
+}
+
 static int att_delta(float *delta, int *cnt, int ncnt, const bf16 *dout, const bf16 *out, int ldo, int B, int T,
 		     int H, int Dh, cudaStream_t s, struct moe_error *err)
 {
 	size_t jobs = (size_t)B * T * H; /* 8 a block: 32 threads a job, so more threads than counters */
-	if (Dh % 8 == 0 && ldo % 8 == 0 && ((uintptr_t)dout | (uintptr_t)out) % 16 == 0)
+	const bool vec = Dh % 8 == 0 && ldo % 8 == 0 && ((uintptr_t)dout | (uintptr_t)out) % 16 == 0;
+	static int heads = -1; /* MOE_CUDA_ATT_DELTA=heads: the previous kernel (comparisons) */
+	if (heads < 0)
+		heads = env_is("MOE_CUDA_ATT_DELTA", "heads");
+	if (vec && (size_t)H * Dh / 8 <= ATT_DR_MAX && !heads) {
+		const size_t rows = (size_t)B * T, smem = 8 * (H * Dh / 8) * sizeof(float);
+		att_delta_rows_kernel<<<moe_cdiv(rows, 8), 256, smem, s>>>(delta, cnt, ncnt, dout, out, ldo, B, T, H, Dh);
+		return CUDA_LAUNCHED(err);
+	}
+	if (vec)
 		att_delta_kernel<true><<<moe_cdiv(jobs, 8), 256, 0, s>>>(delta, cnt, ncnt, dout, out, ldo, B, T, H, Dh);
 	else
 		att_delta_kernel<false><<<moe_cdiv(jobs, 8), 256, 0, s>>>(delta, cnt, ncnt, dout, out, ldo, B, T, H, Dh);
@@ -261,22 +314,21 @@ attention_dq_kernel(bf16 *dq, const bf16 *q, const bf16 *k, const bf16 *v, const
  *          tile's last contributor, adds the others' sum (loaded by its
  *          writer warp) to its own and writes dq in bf16
  *  11 fa3fc3 fa3fc with 3 stages, 1 dQ buffer
- * All but fa3fa are deterministic (run to run bit-identical).  Unless chosen: fa3 at
- * Dh 96 and 128 (the fastest measured there, H100, session 5: 0.872 ms
- * against wgeg's 1.249 at seed-base, 3.964 against wge's 5.453 at the
- * olmoe shape; RESULTS-attention.md), wge at 64 (fa3 not timed there);
- * head sizes below 64 always run v1.  fu4g is opt-in: its blocks wait for
- * blocks launched before them, which CUDA does not promise to schedule
- * first, and its fp32 dQ tiles take about 400 MB more at olmoe-1b-7b
- * micro-batch 3, which already fills an H200 (138.8 GiB).  The fa3f
- * variants (session 6) are opt-in: in session 6 the fastest at seed-base,
- * fa3fc3, was 5% slower than fa3 in the kernel table (0.941 against 0.895
- * ms); after session 9 (bank-conflict-free dQ staging, software-pipelined
- * rounds) fa3f is 0.85-0.88 ms against fa3's 0.87-0.90 at seed-base and
- * 3.45 against 4.07-4.23 at the olmoe-like shape, and a step 0.5-0.9 ms
- * faster at seed-base (H100) and 0.5-2 ms at olmoe-1b-7b (H200),
- * RESULTS-cuda.md: too little to take on the dispatch-order assumption
- * they share with fu4g; they also take the same fp32 dQ scratch. */
+ * All but fa3fa are deterministic (run to run bit-identical).  Unless
+ * chosen: fa3f at Dh 96 and 128 (session 10), wge at 64 (fa3 not timed
+ * there); head sizes below 64 always run v1.  History: fa3 (session 5:
+ * 0.872 ms against wgeg's 1.249 at seed-base, 3.964 against wge's 5.453 at
+ * the olmoe shape; RESULTS-attention.md) was the default until session 9
+ * made fa3f faster (bank-conflict-free dQ staging, software-pipelined
+ * rounds: 0.85-0.88 ms against fa3's 0.87-0.90 at seed-base, 3.45 against
+ * 4.07-4.23 at the olmoe-like shape; a step 0.5-0.9 ms faster at seed-base
+ * on an H100, 0.5-2 ms at olmoe-1b-7b on an H200).  It stayed opt-in then
+ * because its blocks (as fu4g's) wait for blocks launched before them, and
+ * CUDA does not promise to dispatch those first; since session 10 they take
+ * their place in that order from a ticket (awg_ticket), so a waited-for
+ * block has started whatever the dispatch order.  fa3f's fp32 dQ tiles
+ * (B H T Dh floats, 100 MB at olmoe-1b-7b micro-batch 3) are in the
+ * scratch.  fu4g stays opt-in: slower than fa3f. */
 static const char *const att_bwd_names[] = {"v1",   "wge",  "wgeg",  "fu4g",  "fa3",   "fa3s2",
 					     "fa3f", "fa3f3", "fa3fa", "fa3fc", "fa3fc3"};
 #define ATT_BWD_N ((int)(sizeof(att_bwd_names) / sizeof(att_bwd_names[0])))
@@ -284,7 +336,7 @@ static struct att_choice att_bwd_ch = {"MOE_CUDA_ATTENTION_BWD", att_bwd_names, 
 
 static int att_bwd_variant(int Dh)
 {
-	return Dh < 64 ? 1 : att_choose(&att_bwd_ch, Dh == 96 || Dh == 128 ? 5 : 2);
+	return Dh < 64 ? 1 : att_choose(&att_bwd_ch, Dh == 96 || Dh == 128 ? 7 : 2);
 }
 
 extern "C" const char *moe_cuda_attention_bwd_name(int Dh)
@@ -300,12 +352,13 @@ extern "C" const char *moe_cuda_attention_bwd_config(int v)
 	return att_bwd_names[att_bwd_variant(96) - 1];
 }
 
-/* bytes of delta (B, H, T) rounded up to 16; of the fused kernel's counters
- * (B, H, query tiles of 64) rounded up to 256 */
+/* bytes of delta (B, H, T) rounded up to 16; of the fused kernels' counters
+ * (B, H, query tiles of 64) and their blocks' ticket (awg_ticket) rounded
+ * up to 256 */
 static size_t att_delta_bytes(int B, int T, int H) { return ((size_t)B * H * T * sizeof(float) + 15) & ~(size_t)15; }
 static size_t att_cnt_bytes(int B, int T, int H)
 {
-	return ((size_t)B * H * moe_cdiv(T, 64) * sizeof(int) + 255) & ~(size_t)255;
+	return (((size_t)B * H * moe_cdiv(T, 64) + 1) * sizeof(int) + 255) & ~(size_t)255;
 }
 static bool att_fused_dh(int Dh) { return Dh == 96 || Dh == 128; }
 /* the variants with an fp32 dQ and counters in the scratch */
@@ -327,7 +380,7 @@ static int launch_bwd(bf16 *dq, bf16 *dk, bf16 *dv, float *delta, const bf16 *do
 	bool fused = att_fused_var(var, DH);
 	int *cnt = fused ? (int *)((char *)delta + att_delta_bytes(B, T, H)) : NULL;
 	float *dqacc = fused ? (float *)((char *)cnt + att_cnt_bytes(B, T, H)) : NULL;
-	if ((rc = att_delta(delta, cnt, fused ? B * H * moe_cdiv(T, 64) : 0, dout, out, ldo, B, T, H, DH, s, err)) != 0)
+	if ((rc = att_delta(delta, cnt, fused ? B * H * moe_cdiv(T, 64) + 1 : 0, dout, out, ldo, B, T, H, DH, s, err)) != 0)
 		return rc;
 	if (var >= 7 && fused &&
 	    (rc = moe_att_bwd_fa3f(dq, dk, dv, dout, q, k, v, lse, delta, dqacc, cnt, var - 7, ldq, ldk, ldv, ldo, B, T,

@@ -580,10 +580,12 @@ int moe_att_fwd_fa3(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const b
  * shows the i/2 - n before it, adds, waits for the add to complete and
  * counts itself.  So every element of dqacc is summed in a fixed order:
  * bit reproducible.  Forward progress: the grid (groups of 8 heads, each
- * group's highest key blocks first) launches every block a block waits for
- * before it; with blocks dispatched in launch order (as the hardware does
- * and FlashAttention-3's deterministic mode assumes; CUDA does not promise
- * it), a waited-for block is resident or finished, and it never waits on a
+ * group's highest key blocks first) orders every block a block waits for
+ * before it, and a block's place in that order is its ticket (awg_ticket,
+ * session 10), not blockIdx: a waited-for block took its ticket earlier, so
+ * it is resident or finished whatever order the hardware dispatches blocks
+ * in (before session 10 this assumed launch-order dispatch, as
+ * FlashAttention-3's deterministic mode does), and it never waits on a
  * later block, so no cycle.  In the steady state block n reaches tile i two
  * tiles after block n + 1 (it starts two tiles earlier in the stream), so
  * the writer does not wait; the consumers wait only when both dQ buffers
@@ -802,8 +804,8 @@ __global__ void __launch_bounds__(AF_THREADS, 1)
 	const uint32_t dqf = wg_smem_u32(&bars[2 * NS + 1]), dqe = dqf + 8;
 	const uint32_t dsr = wg_smem_u32(&bars[2 * NS + 1 + 2 * NQB]); /* dS^T buffer b's stores: at + 8 b */
 	const int tid = threadIdx.x, T = A.T, nq = A.nq;
-	int bh, y;
-	awg_group(blockIdx.x, A.BH, A.NK, AF_G, bh, y);
+	int bh, y; /* the ticket after the cnt array (awg_ticket) */
+	awg_group(awg_ticket(A.cnt + (size_t)A.BH * A.nq), A.BH, A.NK, AF_G, bh, y);
 	const int n = A.NK - 1 - y, first = 2 * n, ntile = nq - first;
 	if (tid == 0) {
 		for (int s = 0; s < NS; s++) {

@@ -463,8 +463,9 @@ static __device__ __forceinline__ void awg_red4(float *p, float a, float b, floa
  * (one a tile was 2.5% slower).  Blocks of higher n are launched first (the
  * grid in groups of 8 heads, each group's last key blocks first), reach a
  * tile two iterations before the next lower block and never wait on a
- * block launched after them: no deadlock, and in the steady state no
- * waiting.  Bit reproducible.  The counters are zeroed by the delta kernel
+ * block ordered after them; a block's place in that order is its ticket
+ * (awg_ticket), so a waited-for block is resident or done: no deadlock
+ * whatever the dispatch order, and in the steady state no waiting.  Bit reproducible.  The counters are zeroed by the delta kernel
  * (attention_bwd.cu).  Measured (RESULTS-attention.md): faster than the two
  * kernels at Dh 128 only; tried and slower: the loop rotated so that a
  * tile's dQ product runs behind the next tile's S^T and dP^T; at Dh 128,
@@ -631,13 +632,14 @@ __global__ void __launch_bounds__(128 * AWGB_NWG, 1) attention_bwd_wgmma_kernel(
 }
 
 /* 1-D grid of B*H heads x nk key blocks of 128 in groups of AWGF_G heads
- * (awg_group), the last key blocks of a group first */
+ * (awg_group), the last key blocks of a group first, placed by ticket (the
+ * int after the counters) */
 template <int DH>
 __global__ void __launch_bounds__(256, 1) attention_bwd_fused_kernel(struct awgb_args A, int BH, int nk)
 {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 	int bh, y;
-	awg_group(blockIdx.x, BH, nk, AWGF_G, bh, y);
+	awg_group(awg_ticket(A.cnt + (size_t)BH * ((A.T + 63) / 64)), BH, nk, AWGF_G, bh, y);
 	awg_fused<DH>(A, nk - 1 - y, bh);
 #endif
 }

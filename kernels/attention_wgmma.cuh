@@ -201,6 +201,22 @@ static __device__ __forceinline__ void awg_group(int l, int BH, int NY, int G, i
 	y = r / g;
 }
 
+/* The block's place in the order of a grid whose blocks wait for blocks
+ * before them (the fused backward kernels' dQ order): a ticket from a
+ * counter zeroed before the launch, not blockIdx.  A block waits only for
+ * blocks with lower tickets, which took theirs before it did and so are
+ * resident or done, whatever order the hardware dispatches blocks in:
+ * forward progress without assuming launch-order dispatch, which CUDA
+ * does not promise.  Every thread of the block gets the ticket. */
+static __device__ __forceinline__ int awg_ticket(int *ticket)
+{
+	__shared__ int t;
+	if (threadIdx.x == 0)
+		t = atomicAdd(ticket, 1);
+	__syncthreads();
+	return t;
+}
+
 /* After awg_st_dpt, for a tile on or below the diagonal: P^T = exp2(S^T
  * scale log2 e - lse) into sT (zero above the diagonal and past T in an
  * edge tile), dV += P^T dO issued (its group left running), then dS^T = P^T
