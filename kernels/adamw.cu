@@ -25,6 +25,7 @@ static __device__ __forceinline__ float adamw_one(float p, float g, float &m, fl
 /* one element per thread and step (any alignment) */
 __global__ void adamw_kernel(float *p, bf16 *p16, const float *g, float *m, float *v, size_t n, adamw_hp h)
 {
+	MOE_PDL_ENTRY();
 	for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
 	     i += (size_t)gridDim.x * blockDim.x) {
 		float mi = m[i], vi = v[i];
@@ -42,6 +43,7 @@ __global__ void adamw_kernel(float *p, bf16 *p16, const float *g, float *m, floa
  * gradient is read once, so it is loaded with the evict-first hint. */
 __global__ void adamw4_kernel(float4 *p, uint2 *p16, const float4 *g, float4 *m, float4 *v, size_t n4, adamw_hp h)
 {
+	MOE_PDL_ENTRY();
 	for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n4;
 	     i += (size_t)gridDim.x * blockDim.x) {
 		float4 pi = p[i], gi = __ldcs(g + i), mi = m[i], vi = v[i];
@@ -88,23 +90,23 @@ extern "C" int moe_cuda_adamw(float *p, bf16_t *p16, const float *g, float gscal
 		   ((uintptr_t)(m + head) & 15) == 0 && ((uintptr_t)(v + head) & 15) == 0 &&
 		   (!q || ((uintptr_t)(q + head) & 7) == 0);
 	if (!vec) {
-		adamw_kernel<<<adamw_blocks(n), 256, 0, s>>>(p, q, g, m, v, n, h);
+		moe_launch(adamw_kernel, adamw_blocks(n), 256, 0, s, p, q, g, m, v, n, h);
 		return CUDA_LAUNCHED(err);
 	}
 	size_t n4 = (n - head) / 4, tail = head + 4 * n4;
 	int rc;
 	if (head) {
-		adamw_kernel<<<1, 32, 0, s>>>(p, q, g, m, v, head, h);
+		moe_launch(adamw_kernel, 1, 32, 0, s, p, q, g, m, v, head, h);
 		if ((rc = CUDA_LAUNCHED(err)) != 0)
 			return rc;
 	}
-	adamw4_kernel<<<adamw_blocks(n4), 256, 0, s>>>((float4 *)(p + head), q ? (uint2 *)(q + head) : NULL,
-						       (const float4 *)(g + head), (float4 *)(m + head),
-						       (float4 *)(v + head), n4, h);
+	moe_launch(adamw4_kernel, adamw_blocks(n4), 256, 0, s, (float4 *)(p + head), q ? (uint2 *)(q + head) : nullptr,
+		   (const float4 *)(g + head), (float4 *)(m + head), (float4 *)(v + head), n4, h);
 	if ((rc = CUDA_LAUNCHED(err)) != 0)
 		return rc;
 	if (tail < n) {
-		adamw_kernel<<<1, 32, 0, s>>>(p + tail, q ? q + tail : NULL, g + tail, m + tail, v + tail, n - tail, h);
+		moe_launch(adamw_kernel, 1, 32, 0, s, p + tail, q ? q + tail : nullptr, g + tail, m + tail, v + tail,
+			   n - tail, h);
 		rc = CUDA_LAUNCHED(err);
 	}
 	return rc;
@@ -131,6 +133,7 @@ static __device__ double block_sum256(double a, double *sh)
  * each thread its own in a fixed order (deterministic for given x, n). */
 __global__ void sumsq_partial_kernel(double *part, const float *x, size_t n)
 {
+	MOE_PDL_ENTRY();
 	__shared__ double sh[256];
 	size_t b0 = (size_t)blockIdx.x * SQ_BLOCK, b1 = b0 + SQ_BLOCK < n ? b0 + SQ_BLOCK : n;
 	size_t mis = (uintptr_t)(x + b0) & 15, head = mis ? (16 - mis) / 4 : 0;
@@ -158,6 +161,7 @@ __global__ void sumsq_partial_kernel(double *part, const float *x, size_t n)
 
 __global__ void sumsq_finish_kernel(double *acc, const double *part, int nb)
 {
+	MOE_PDL_ENTRY();
 	__shared__ double sh[256];
 	double a = 0;
 	for (int i = threadIdx.x; i < nb; i += 256)
@@ -179,10 +183,10 @@ extern "C" int moe_cuda_sumsq(double *acc, void *scratch, const float *x, size_t
 	if (n == 0)
 		return CUDA_OK(cudaMemsetAsync(acc, 0, sizeof(double), s), err);
 	unsigned nb = moe_cdiv(n, SQ_BLOCK);
-	sumsq_partial_kernel<<<nb, 256, 0, s>>>((double *)scratch, x, n);
+	moe_launch(sumsq_partial_kernel, nb, 256, 0, s, (double *)scratch, x, n);
 	if ((rc = CUDA_LAUNCHED(err)) != 0)
 		return rc;
-	sumsq_finish_kernel<<<1, 256, 0, s>>>(acc, (const double *)scratch, (int)nb);
+	moe_launch(sumsq_finish_kernel, 1, 256, 0, s, acc, (const double *)scratch, (int)nb);
 	return CUDA_LAUNCHED(err);
 }
 
@@ -190,7 +194,7 @@ extern "C" int moe_cuda_sumsq_partials(double *part, const float *x, size_t n, c
 {
 	if (n == 0)
 		return 0;
-	sumsq_partial_kernel<<<moe_cdiv(n, SQ_BLOCK), 256, 0, s>>>(part, x, n);
+	moe_launch(sumsq_partial_kernel, moe_cdiv(n, SQ_BLOCK), 256, 0, s, part, x, n);
 	return CUDA_LAUNCHED(err);
 }
 
@@ -198,6 +202,7 @@ extern "C" int moe_cuda_sumsq_partials(double *part, const float *x, size_t n, c
  * each segment in turn, then the block's 256 sums in a fixed order. */
 __global__ void sumsq_segs_kernel(double *acc, const struct moe_cuda_ssq_segs sg)
 {
+	MOE_PDL_ENTRY();
 	__shared__ double sh[256];
 	double a = 0;
 	for (int k = 0; k < sg.count; k++)
@@ -213,24 +218,27 @@ extern "C" int moe_cuda_sumsq_add_segs(double *acc, const struct moe_cuda_ssq_se
 {
 	if (segs->count <= 0)
 		return 0;
-	sumsq_segs_kernel<<<1, 256, 0, s>>>(acc, *segs);
+	moe_launch(sumsq_segs_kernel, 1, 256, 0, s, acc, *segs);
 	return CUDA_LAUNCHED(err);
 }
 
 __global__ void to_bf16_kernel(bf16 *dst, const float *src, size_t n)
 {
+	MOE_PDL_ENTRY();
 	for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
 		dst[i] = f2bf(src[i]);
 }
 
 __global__ void to_f32_kernel(float *dst, const bf16 *src, size_t n)
 {
+	MOE_PDL_ENTRY();
 	for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
 		dst[i] = bf2f(src[i]);
 }
 
 __global__ void axpy_kernel(float *y, const float *x, size_t n, float a)
 {
+	MOE_PDL_ENTRY();
 	size_t stride = (size_t)gridDim.x * blockDim.x;
 	for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
 		y[i] += a * x[i];
@@ -238,6 +246,7 @@ __global__ void axpy_kernel(float *y, const float *x, size_t n, float a)
 
 __global__ void scale_bf16_kernel(bf16 *x, size_t n, float a)
 {
+	MOE_PDL_ENTRY();
 	size_t stride = (size_t)gridDim.x * blockDim.x;
 	for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
 		x[i] = f2bf(bf2f(x[i]) * a);
@@ -253,7 +262,7 @@ extern "C" int moe_cuda_to_bf16(bf16_t *dst, const float *src, size_t n, cudaStr
 {
 	if (n == 0)
 		return 0;
-	to_bf16_kernel<<<grid_for(n), 256, 0, s>>>((bf16 *)dst, src, n);
+	moe_launch(to_bf16_kernel, grid_for(n), 256, 0, s, (bf16 *)dst, src, n);
 	return CUDA_LAUNCHED(err);
 }
 
@@ -261,7 +270,7 @@ extern "C" int moe_cuda_to_f32(float *dst, const bf16_t *src, size_t n, cudaStre
 {
 	if (n == 0)
 		return 0;
-	to_f32_kernel<<<grid_for(n), 256, 0, s>>>(dst, (const bf16 *)src, n);
+	moe_launch(to_f32_kernel, grid_for(n), 256, 0, s, dst, (const bf16 *)src, n);
 	return CUDA_LAUNCHED(err);
 }
 
@@ -269,7 +278,7 @@ extern "C" int moe_cuda_axpy(float *y, const float *x, size_t n, float a, cudaSt
 {
 	if (n == 0)
 		return 0;
-	axpy_kernel<<<grid_for(n), 256, 0, s>>>(y, x, n, a);
+	moe_launch(axpy_kernel, grid_for(n), 256, 0, s, y, x, n, a);
 	return CUDA_LAUNCHED(err);
 }
 
@@ -277,6 +286,6 @@ extern "C" int moe_cuda_scale_bf16(bf16_t *x, size_t n, float a, cudaStream_t s,
 {
 	if (n == 0)
 		return 0;
-	scale_bf16_kernel<<<grid_for(n), 256, 0, s>>>((bf16 *)x, n, a);
+	moe_launch(scale_bf16_kernel, grid_for(n), 256, 0, s, (bf16 *)x, n, a);
 	return CUDA_LAUNCHED(err);
 }

@@ -22,6 +22,7 @@ template <bool VEC>
 __global__ void att_delta_kernel(float *delta, int *cnt, int ncnt, const bf16 *dout, const bf16 *out, int ldo, int B,
 				 int T, int H, int Dh)
 {
+	MOE_PDL_ENTRY();
 	int warps = blockDim.x / 32, lane = threadIdx.x % 32;
 	size_t job = (size_t)blockIdx.x * warps + threadIdx.x / 32;
 	if ((size_t)blockIdx.x * blockDim.x + threadIdx.x < (size_t)ncnt)
@@ -65,6 +66,7 @@ __global__ void att_delta_kernel(float *delta, int *cnt, int ncnt, const bf16 *d
 __global__ void __launch_bounds__(256) att_delta_rows_kernel(float *delta, int *cnt, int ncnt, const bf16 *dout,
 							      const bf16 *out, int ldo, int B, int T, int H, int Dh)
 {
+	MOE_PDL_ENTRY();
 	extern __shared__ float att_part[]; /* (8 warps, R) */
 	const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, C = Dh / 8, R = H * C;
 	const size_t n = (size_t)blockIdx.x * 8 + warp;
@@ -107,13 +109,16 @@ static int att_delta(float *delta, int *cnt, int ncnt, const bf16 *dout, const b
 		heads = env_is("MOE_CUDA_ATT_DELTA", "heads");
 	if (vec && (size_t)H * Dh / 8 <= ATT_DR_MAX && !heads) {
 		const size_t rows = (size_t)B * T, smem = 8 * (H * Dh / 8) * sizeof(float);
-		att_delta_rows_kernel<<<moe_cdiv(rows, 8), 256, smem, s>>>(delta, cnt, ncnt, dout, out, ldo, B, T, H, Dh);
+		moe_launch(att_delta_rows_kernel, moe_cdiv(rows, 8), 256, smem, s, delta, cnt, ncnt, dout, out, ldo, B,
+			   T, H, Dh);
 		return CUDA_LAUNCHED(err);
 	}
 	if (vec)
-		att_delta_kernel<true><<<moe_cdiv(jobs, 8), 256, 0, s>>>(delta, cnt, ncnt, dout, out, ldo, B, T, H, Dh);
+		moe_launch(att_delta_kernel<true>, moe_cdiv(jobs, 8), 256, 0, s, delta, cnt, ncnt, dout, out, ldo, B, T,
+			   H, Dh);
 	else
-		att_delta_kernel<false><<<moe_cdiv(jobs, 8), 256, 0, s>>>(delta, cnt, ncnt, dout, out, ldo, B, T, H, Dh);
+		moe_launch(att_delta_kernel<false>, moe_cdiv(jobs, 8), 256, 0, s, delta, cnt, ncnt, dout, out, ldo, B,
+			   T, H, Dh);
 	return CUDA_LAUNCHED(err);
 }
 
@@ -123,6 +128,7 @@ attention_dkdv_kernel(bf16 *dk, bf16 *dv, const bf16 *q, const bf16 *k, const bf
 		      const float *lse, const float *delta, int ldq, int ldk, int ldv, int ldo, int T, int H,
 		      float scale)
 {
+	MOE_PDL_ENTRY();
 	constexpr int LD = DH + ATT_PAD;
 	extern __shared__ __align__(16) unsigned char smem[];
 	bf16 *Ks = (bf16 *)smem, *Vs = Ks + ATT_BR * LD;
@@ -214,6 +220,7 @@ __global__ void __launch_bounds__(ATT_WARPS * 32)
 attention_dq_kernel(bf16 *dq, const bf16 *q, const bf16 *k, const bf16 *v, const bf16 *dout, const float *lse,
 		    const float *delta, int ldq, int ldk, int ldv, int ldo, int T, int H, float scale)
 {
+	MOE_PDL_ENTRY();
 	constexpr int LD = DH + ATT_PAD;
 	extern __shared__ __align__(16) unsigned char smem[];
 	bf16 *Qs = (bf16 *)smem, *Ds = Qs + ATT_BR * LD, *Ks = Ds + ATT_BR * LD, *Vs = Ks + 2 * ATT_BR * LD;
@@ -403,12 +410,12 @@ static int launch_bwd(bf16 *dq, bf16 *dk, bf16 *dv, float *delta, const bf16 *do
 			  err)) != 0)
 		return rc;
 	dim3 grid(moe_cdiv(T, ATT_BR), B * H);
-	attention_dkdv_kernel<DH><<<grid, ATT_WARPS * 32, sm1, s>>>(dk, dv, q, k, v, dout, lse, delta, ldq, ldk, ldv,
-								   ldo, T, H, scale);
+	moe_launch(attention_dkdv_kernel<DH>, grid, ATT_WARPS * 32, sm1, s, dk, dv, q, k, v, dout, lse, delta, ldq, ldk,
+		   ldv, ldo, T, H, scale);
 	if ((rc = CUDA_LAUNCHED(err)) != 0)
 		return rc;
-	attention_dq_kernel<DH><<<grid, ATT_WARPS * 32, sm2, s>>>(dq, q, k, v, dout, lse, delta, ldq, ldk, ldv, ldo,
-								 T, H, scale);
+	moe_launch(attention_dq_kernel<DH>, grid, ATT_WARPS * 32, sm2, s, dq, q, k, v, dout, lse, delta, ldq, ldk, ldv,
+		   ldo, T, H, scale);
 	return CUDA_LAUNCHED(err);
 }
 

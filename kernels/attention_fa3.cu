@@ -229,6 +229,7 @@ __global__ void __launch_bounds__(AF_THREADS, 1)
 				 const __grid_constant__ CUtensorMap tv, const __grid_constant__ CUtensorMap tdo,
 				 const struct af_args A)
 {
+	MOE_PDL_ENTRY();
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 	constexpr int TB = af_cfg<DH, NS>::TB, WB = af_cfg<DH, NS>::WB, LOFF = af_cfg<DH, NS>::LOFF;
 	extern __shared__ unsigned char af_smem[];
@@ -310,7 +311,7 @@ static int af_launch(const CUtensorMap *m, const struct af_args &A, cudaStream_t
 					       cudaFuncAttributeMaxDynamicSharedMemorySize, (int)SMEM),
 			  err)) != 0)
 		return rc;
-	attention_bwd_fa3_kernel<DH, NS><<<A.BH * A.NY, AF_THREADS, SMEM, s>>>(m[0], m[1], m[2], m[3], A);
+	moe_launch(attention_bwd_fa3_kernel<DH, NS>, A.BH * A.NY, AF_THREADS, SMEM, s, m[0], m[1], m[2], m[3], A);
 	return CUDA_LAUNCHED(err);
 }
 
@@ -462,6 +463,7 @@ __global__ void __launch_bounds__(AF_THREADS, 1)
 				 const __grid_constant__ CUtensorMap tv, bf16 *out, float *lse, int ldo, int T, int H,
 				 int BH, int NY, int G, float sl2)
 {
+	MOE_PDL_ENTRY();
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 	constexpr int TB = aff_cfg<DH, BN, NS>::TB, QB = aff_cfg<DH, BN, NS>::QB;
 	extern __shared__ unsigned char af_smem[];
@@ -518,8 +520,8 @@ static int aff_launch(const CUtensorMap *m, bf16 *out, float *lse, int ldo, int 
 			  err)) != 0)
 		return rc;
 	const int NY = (int)moe_cdiv(T, 128);
-	attention_fwd_fa3_kernel<DH, BN, NS><<<B * H * NY, AF_THREADS, SMEM, s>>>(
-		m[0], m[1], m[2], out, lse, ldo, T, H, B * H, NY, G, LOG2E / sqrtf((float)DH));
+	moe_launch(attention_fwd_fa3_kernel<DH, BN, NS>, B * H * NY, AF_THREADS, SMEM, s, m[0], m[1], m[2], out, lse,
+		   ldo, T, H, B * H, NY, G, LOG2E / sqrtf((float)DH));
 	return CUDA_LAUNCHED(err);
 }
 
@@ -541,7 +543,7 @@ int moe_att_fwd_fa3(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const b
 	 * 128): a stage is handed back one tile after its S, so 2 would leave
 	 * the next tile's load no time */
 #define AFFL(DHV)                                                                      \
-	(bn == 128 ? aff_launch<DHV, 128, 3>(m, out, lse, ldo, B, T, H, G, s, err) \
+	(bn == 128 ? aff_launch<DHV, 128, 3>(m, out, lse, ldo, B, T, H, G, s, err)     \
 		   : aff_launch<DHV, 64, 4>(m, out, lse, ldo, B, T, H, G, s, err))
 	switch (Dh) {
 	case 64: return AFFL(64);
@@ -791,6 +793,7 @@ __global__ void __launch_bounds__(AF_THREADS, 1)
 				  const __grid_constant__ CUtensorMap tv, const __grid_constant__ CUtensorMap tdo,
 				  const struct afu_args A)
 {
+	MOE_PDL_ENTRY();
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 	using C = afu_cfg<DH, NS, NQB>;
 	constexpr int TB = C::TB, WB = C::WB;
@@ -930,6 +933,7 @@ __global__ void __launch_bounds__(AF_THREADS, 1)
 template <int DH>
 __global__ void attention_fa3f_dq_kernel(bf16 *dq, const float *acc, int ldq, int T, int H, int nq, size_t n4)
 {
+	MOE_PDL_ENTRY();
 	size_t x = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
 	if (x >= n4)
 		return;
@@ -960,11 +964,12 @@ static int afu_launch(const CUtensorMap *m, const struct afu_args &A, bf16 *dq, 
 	const size_t nacc = (size_t)A.BH * A.nq * 64 * DH;
 	if (!A.ordered && (rc = CUDA_OK(cudaMemsetAsync(A.dqacc, 0, nacc * sizeof(float), s), err)) != 0)
 		return rc;
-	attention_bwd_fa3f_kernel<DH, NS, NQB, CVT><<<A.BH * A.NK, AF_THREADS, SMEM, s>>>(m[0], m[1], m[2], m[3], A);
+	moe_launch(attention_bwd_fa3f_kernel<DH, NS, NQB, CVT>, A.BH * A.NK, AF_THREADS, SMEM, s, m[0], m[1], m[2],
+		   m[3], A);
 	if ((rc = CUDA_LAUNCHED(err)) != 0 || CVT)
 		return rc;
 	const size_t n4 = nacc / 4;
-	attention_fa3f_dq_kernel<DH><<<moe_cdiv(n4, 256), 256, 0, s>>>(dq, A.dqacc, ldq, A.T, A.H, A.nq, n4);
+	moe_launch(attention_fa3f_dq_kernel<DH>, moe_cdiv(n4, 256), 256, 0, s, dq, A.dqacc, ldq, A.T, A.H, A.nq, n4);
 	return CUDA_LAUNCHED(err);
 }
 
@@ -985,7 +990,7 @@ int moe_att_bwd_fa3f(bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const bf16 
 	/* kind 0: 2 stages, 2 dQ buffers; 1: 3 stages, 1 buffer; 2: as 0,
 	 * unordered; 3, 4: as 0, 1 with dq written by key block 0 (no
 	 * conversion kernel) */
-#define AFUL(DHV)                                                                             \
+#define AFUL(DHV)                                                                          \
 	(kind == 1   ? afu_launch<DHV, 3, 1, false>(m, A, dq, ldq, s, err)                 \
 	 : kind == 3 ? afu_launch<DHV, 2, 2, true>(m, A, dq, ldq, s, err)                  \
 	 : kind == 4 ? afu_launch<DHV, 3, 1, true>(m, A, dq, ldq, s, err)                  \

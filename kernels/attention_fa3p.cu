@@ -222,6 +222,7 @@ __global__ void __launch_bounds__(AFP_THREADS, 1)
 				  const __grid_constant__ CUtensorMap tv, bf16 *out, float *lse, int ldo, int T, int H,
 				  int BH, int NY, int G, float sl2)
 {
+	MOE_PDL_ENTRY();
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 	constexpr int TB = afp_cfg<DH, BN, NS, NQ>::TB, QB = afp_cfg<DH, BN, NS, NQ>::QB;
 	extern __shared__ unsigned char afp_smem[];
@@ -346,8 +347,8 @@ static int afp_launch(const CUtensorMap *m, bf16 *out, float *lse, int ldo, int 
 	int grid = total < moe_cuda_sms() ? total : moe_cuda_sms();
 	if (afp_grid_cap > 0 && afp_grid_cap < grid)
 		grid = afp_grid_cap;
-	attention_fwd_fa3p_kernel<DH, BN, NS, NQ, PP><<<grid, AFP_THREADS, SMEM, s>>>(
-		m[0], m[1], m[2], out, lse, ldo, T, H, B * H, NY, AFP_G, LOG2E / sqrtf((float)DH));
+	moe_launch(attention_fwd_fa3p_kernel<DH, BN, NS, NQ, PP>, grid, AFP_THREADS, SMEM, s, m[0], m[1], m[2], out,
+		   lse, ldo, T, H, B * H, NY, AFP_G, LOG2E / sqrtf((float)DH));
 	return CUDA_LAUNCHED(err);
 }
 
@@ -368,8 +369,8 @@ extern "C" int moe_cuda_attention_fwd_fa3p(bf16_t *out, float *lse, const bf16_t
 	 * Dh 96 and 128), ping-pong; 1 (fa3pk128): 128-row tiles, 3 stages,
 	 * 1 Q buffer (225 KB), ping-pong; 2 (fa3pn): fa3p without ping-pong */
 #define AFPL(DHV)                                                                                 \
-	(kind == 1   ? afp_launch<DHV, 128, 3, 1, true>(m, o, lse, ldo, B, T, H, s, err)  \
-	 : kind == 2 ? afp_launch<DHV, 64, 4, 2, false>(m, o, lse, ldo, B, T, H, s, err) \
+	(kind == 1   ? afp_launch<DHV, 128, 3, 1, true>(m, o, lse, ldo, B, T, H, s, err)          \
+	 : kind == 2 ? afp_launch<DHV, 64, 4, 2, false>(m, o, lse, ldo, B, T, H, s, err)          \
 		     : afp_launch<DHV, 64, 4, 2, true>(m, o, lse, ldo, B, T, H, s, err))
 	switch (Dh) {
 	case 64: return AFPL(64);

@@ -28,6 +28,7 @@ __global__ void __launch_bounds__(ATT_WARPS * 32)
 attention_fwd_kernel(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, int ldq, int ldk, int ldv,
 		     int ldo, int T, int H, float scale_log2)
 {
+	MOE_PDL_ENTRY();
 	constexpr int LD = DH + ATT_PAD;
 	extern __shared__ __align__(16) unsigned char smem[];
 	bf16 *Qs = (bf16 *)smem, *Ks = Qs + ATT_BR * LD, *Vs = Ks + 2 * ATT_BR * LD; /* K, V: 2 stages */
@@ -141,8 +142,8 @@ static int launch_fwd(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const
 		return rc;
 	dim3 grid(moe_cdiv(T, ATT_BR), B * H);
 	float scale_log2 = LOG2E / sqrtf((float)DH);
-	attention_fwd_kernel<DH><<<grid, ATT_WARPS * 32, smem, s>>>(out, lse, q, k, v, ldq, ldk, ldv, ldo, T, H,
-								   scale_log2);
+	moe_launch(attention_fwd_kernel<DH>, grid, ATT_WARPS * 32, smem, s, out, lse, q, k, v, ldq, ldk, ldv, ldo, T, H,
+		   scale_log2);
 	return CUDA_LAUNCHED(err);
 }
 

@@ -12,6 +12,7 @@
 __global__ void att_small_fwd_kernel(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, int ldq,
 				     int ldk, int ldv, int ldo, int B, int T, int H, int Dh, float scale)
 {
+	MOE_PDL_ENTRY();
 	extern __shared__ float sq[]; /* (warps, Dh) */
 	int warps = blockDim.x / 32, wi = threadIdx.x / 32, lane = threadIdx.x % 32;
 	size_t job = (size_t)blockIdx.x * warps + wi;
@@ -55,6 +56,7 @@ __global__ void att_small_bwd_kernel(bf16 *dq, float *dk32, float *dv32, const b
 				     const bf16 *k, const bf16 *v, const float *lse, const float *delta, int ldq,
 				     int ldk, int ldv, int ldo, int B, int T, int H, int Dh, float scale)
 {
+	MOE_PDL_ENTRY();
 	extern __shared__ float sq[]; /* (warps, 2, Dh) */
 	int warps = blockDim.x / 32, wi = threadIdx.x / 32, lane = threadIdx.x % 32;
 	size_t job = (size_t)blockIdx.x * warps + wi;
@@ -100,6 +102,7 @@ __global__ void att_small_bwd_kernel(bf16 *dq, float *dk32, float *dv32, const b
 __global__ void att_small_convert_kernel(bf16 *dk, bf16 *dv, const float *dk32, const float *dv32, int ldk, int ldv,
 					 size_t rows, int HD)
 {
+	MOE_PDL_ENTRY();
 	size_t x = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
 	if (x >= rows * HD)
 		return;
@@ -124,9 +127,9 @@ extern "C" int moe_cuda_attention_small_fwd(bf16_t *out, float *lse, const bf16_
 	if ((rc = check_small(Dh, err)) != 0)
 		return rc;
 	size_t jobs = (size_t)B * H * T;
-	att_small_fwd_kernel<<<moe_cdiv(jobs, 4), 128, 4 * Dh * sizeof(float), s>>>(
-		(bf16 *)out, lse, (const bf16 *)q, (const bf16 *)k, (const bf16 *)v, ldq, ldk, ldv, ldo, B, T, H, Dh,
-		1.f / sqrtf((float)Dh));
+	moe_launch(att_small_fwd_kernel, moe_cdiv(jobs, 4), 128, 4 * Dh * sizeof(float), s, (bf16 *)out, lse,
+		   (const bf16 *)q, (const bf16 *)k, (const bf16 *)v, ldq, ldk, ldv, ldo, B, T, H, Dh,
+		   1.f / sqrtf((float)Dh));
 	return CUDA_LAUNCHED(err);
 }
 
@@ -142,12 +145,12 @@ extern "C" int moe_cuda_attention_small_bwd(bf16_t *dq, bf16_t *dk, bf16_t *dv, 
 	if ((rc = CUDA_OK(cudaMemsetAsync(dk32, 0, n * sizeof(float), s), err)) != 0 ||
 	    (rc = CUDA_OK(cudaMemsetAsync(dv32, 0, n * sizeof(float), s), err)) != 0)
 		return rc;
-	att_small_bwd_kernel<<<moe_cdiv(jobs, 4), 128, 4 * 2 * Dh * sizeof(float), s>>>(
-		(bf16 *)dq, dk32, dv32, (const bf16 *)dout, (const bf16 *)q, (const bf16 *)k, (const bf16 *)v, lse,
-		delta, ldq, ldk, ldv, ldo, B, T, H, Dh, 1.f / sqrtf((float)Dh));
+	moe_launch(att_small_bwd_kernel, moe_cdiv(jobs, 4), 128, 4 * 2 * Dh * sizeof(float), s, (bf16 *)dq, dk32, dv32,
+		   (const bf16 *)dout, (const bf16 *)q, (const bf16 *)k, (const bf16 *)v, lse, delta, ldq, ldk, ldv,
+		   ldo, B, T, H, Dh, 1.f / sqrtf((float)Dh));
 	if ((rc = CUDA_LAUNCHED(err)) != 0)
 		return rc;
-	att_small_convert_kernel<<<moe_cdiv(n, 256), 256, 0, s>>>((bf16 *)dk, (bf16 *)dv, dk32, dv32, ldk, ldv, rows,
-								  H * Dh);
+	moe_launch(att_small_convert_kernel, moe_cdiv(n, 256), 256, 0, s, (bf16 *)dk, (bf16 *)dv, dk32, dv32, ldk, ldv,
+		   rows, H * Dh);
 	return CUDA_LAUNCHED(err);
 }

@@ -30,6 +30,7 @@ __global__ void __launch_bounds__(AWG_THREADS, 2)
 attention_fwd_wgmma_kernel(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, int ldq, int ldk,
 			   int ldv, int ldo, int T, int H, float scale_log2)
 {
+	MOE_PDL_ENTRY();
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 	constexpr int QBYTES = awg_cfg<DH>::QBYTES, KBYTES = awg_cfg<DH>::KBYTES;
 	extern __shared__ unsigned char awg_smem[];
@@ -151,8 +152,8 @@ static int awg_launch(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const
 			  err)) != 0)
 		return rc;
 	dim3 grid(B * H, moe_cdiv(T, AWG_BQ)); /* every head's longest (last) query tile first */
-	attention_fwd_wgmma_kernel<DH, OB><<<grid, AWG_THREADS, awg_cfg<DH>::SMEM, s>>>(
-		out, lse, q, k, v, ldq, ldk, ldv, ldo, T, H, LOG2E / sqrtf((float)DH));
+	moe_launch(attention_fwd_wgmma_kernel<DH, OB>, grid, AWG_THREADS, awg_cfg<DH>::SMEM, s, out, lse, q, k, v, ldq,
+		   ldk, ldv, ldo, T, H, LOG2E / sqrtf((float)DH));
 	return CUDA_LAUNCHED(err);
 }
 
@@ -620,6 +621,7 @@ static __device__ __forceinline__ void awg_fused(const struct awgb_args &A, int 
 template <int DH, int G>
 __global__ void __launch_bounds__(128 * AWGB_NWG, 1) attention_bwd_wgmma_kernel(struct awgb_args A, int BH, int NY)
 {
+	MOE_PDL_ENTRY();
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 	int y = blockIdx.y, bh = blockIdx.x;
 	if (G) /* 'wgeg': 1-D grid in groups of G heads (awg_group) */
@@ -637,6 +639,7 @@ __global__ void __launch_bounds__(128 * AWGB_NWG, 1) attention_bwd_wgmma_kernel(
 template <int DH>
 __global__ void __launch_bounds__(256, 1) attention_bwd_fused_kernel(struct awgb_args A, int BH, int nk)
 {
+	MOE_PDL_ENTRY();
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 	int bh, y;
 	awg_group(awg_ticket(A.cnt + (size_t)BH * ((A.T + 63) / 64)), BH, nk, AWGF_G, bh, y);
@@ -654,7 +657,7 @@ static int awgf_launch(const struct awgb_args &A, int B, cudaStream_t s, struct 
 			  err)) != 0)
 		return rc;
 	int nk = moe_cdiv(A.T, 128);
-	attention_bwd_fused_kernel<DH><<<B * A.H * nk, 256, SMEM, s>>>(A, B * A.H, nk);
+	moe_launch(attention_bwd_fused_kernel<DH>, B * A.H * nk, 256, SMEM, s, A, B * A.H, nk);
 	return CUDA_LAUNCHED(err);
 }
 
@@ -669,7 +672,7 @@ static int awgb_launch(const struct awgb_args &A, int B, cudaStream_t s, struct 
 		return rc;
 	int ny = 2 * moe_cdiv(A.T, 64 * AWGB_NWG);
 	dim3 grid = G ? dim3(B * A.H * ny) : dim3(B * A.H, ny);
-	attention_bwd_wgmma_kernel<DH, G><<<grid, 128 * AWGB_NWG, SMEM, s>>>(A, B * A.H, ny);
+	moe_launch(attention_bwd_wgmma_kernel<DH, G>, grid, 128 * AWGB_NWG, SMEM, s, A, B * A.H, ny);
 	return CUDA_LAUNCHED(err);
 }
 

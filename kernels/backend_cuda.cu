@@ -786,6 +786,7 @@ static void o_rmsnorm_bwd_add(struct moe_backend *be, void *dx, float *dw, const
 
 __global__ void one_group_kernel(int32_t *off, int rows)
 {
+	MOE_PDL_ENTRY();
 	off[0] = 0;
 	off[1] = rows;
 }
@@ -801,7 +802,7 @@ static const int32_t *narrow_group(struct cuda_ctx *c, int N, int In, int narrow
 	if (!c->narrow_ok || narrow > 64 || N < 1024 || In % 8 || narrow % 8)
 		return NULL;
 	if (c->one_rows != N) {
-		one_group_kernel<<<1, 1, 0, c->s>>>(c->one_off, N);
+		moe_launch(one_group_kernel, 1, 1, 0, c->s, c->one_off, N);
 		RUN(c, CUDA_LAUNCHED(&c->err));
 		c->one_rows = N;
 	}

@@ -13,6 +13,7 @@ struct balance_dirs {
 
 __global__ void balance_bias_kernel(float *b, bf16 *b16, balance_dirs dir, int E, float u, float clamp)
 {
+	MOE_PDL_ENTRY();
 	for (int e = threadIdx.x; e < E; e += blockDim.x) {
 		float x = b[e];
 		if (dir.d[e] > 0)
@@ -38,6 +39,6 @@ extern "C" int moe_cuda_balance_bias(float *b, bf16_t *b16, const int8_t *dir, i
 	balance_dirs d;
 	for (int e = 0; e < E; e++)
 		d.d[e] = dir[e];
-	balance_bias_kernel<<<1, 256, 0, s>>>(b, (bf16 *)b16, d, E, u, clamp);
+	moe_launch(balance_bias_kernel, 1, 256, 0, s, b, (bf16 *)b16, d, E, u, clamp);
 	return CUDA_LAUNCHED(err);
 }

@@ -11,6 +11,7 @@
 
 __global__ void embedding_fwd_kernel(bf16 *out, const int32_t *ids, const bf16 *wte, int N, int D)
 {
+	MOE_PDL_ENTRY();
 	int n = blockIdx.x;
 	const bf16 *src = wte + (size_t)ids[n] * D;
 	bf16 *dst = out + (size_t)n * D;
@@ -26,6 +27,7 @@ __global__ void embedding_fwd_kernel(bf16 *out, const int32_t *ids, const bf16 *
 __global__ void embedding_bwd_kernel(float *dwte, const bf16 *dout, const int32_t *ids, int N, int D,
 				     int pad_id)
 {
+	MOE_PDL_ENTRY();
 	int n = blockIdx.x;
 	int id = ids[n];
 	if (id == pad_id)
@@ -41,7 +43,7 @@ extern "C" int moe_cuda_embedding_fwd(bf16_t *out, const int32_t *ids, const bf1
 {
 	if (N <= 0)
 		return 0;
-	embedding_fwd_kernel<<<N, 128, 0, s>>>((bf16 *)out, ids, (const bf16 *)wte, N, D);
+	moe_launch(embedding_fwd_kernel, N, 128, 0, s, (bf16 *)out, ids, (const bf16 *)wte, N, D);
 	return CUDA_LAUNCHED(err);
 }
 
@@ -50,7 +52,7 @@ extern "C" int moe_cuda_embedding_bwd(float *dwte, const bf16_t *dout, const int
 {
 	if (N <= 0)
 		return 0;
-	embedding_bwd_kernel<<<N, 256, 0, s>>>(dwte, (const bf16 *)dout, ids, N, D, pad_id);
+	moe_launch(embedding_bwd_kernel, N, 256, 0, s, dwte, (const bf16 *)dout, ids, N, D, pad_id);
 	return CUDA_LAUNCHED(err);
 }
 
@@ -58,6 +60,7 @@ extern "C" int moe_cuda_embedding_bwd(float *dwte, const bf16_t *dout, const int
  * a stable radix sort, so each id's positions come in increasing order. */
 __global__ void iota_kernel(int32_t *v, int N)
 {
+	MOE_PDL_ENTRY();
 	int i = blockIdx.x * blockDim.x + threadIdx.x;
 	if (i < N)
 		v[i] = i;
@@ -176,6 +179,7 @@ static __host__ __device__ inline void emb_join_cols(float *dwte, const float *p
 __global__ void embedding_bwd_chunks_kernel(float *dwte, float *piece, const uint16_t *dout, const int32_t *key,
 					    const int32_t *pos, int N, int D, int pad_id)
 {
+	MOE_PDL_ENTRY();
 	for (int c0 = threadIdx.x; c0 < D; c0 += EMB_THREADS * EMB_COLS)
 		emb_chunk_cols(dwte, piece, dout, key, pos, N, D, pad_id, blockIdx.x, c0, EMB_THREADS);
 }
@@ -183,6 +187,7 @@ __global__ void embedding_bwd_chunks_kernel(float *dwte, float *piece, const uin
 __global__ void embedding_bwd_join_kernel(float *dwte, const float *piece, const int32_t *key, int N, int D,
 					  int pad_id)
 {
+	MOE_PDL_ENTRY();
 	for (int c0 = threadIdx.x; c0 < D; c0 += EMB_THREADS * EMB_COLS)
 		emb_join_cols(dwte, piece, key, N, D, pad_id, blockIdx.x, c0, EMB_THREADS);
 }
@@ -229,16 +234,16 @@ extern "C" int moe_cuda_embedding_bwd_det(float *dwte, const bf16_t *dout, const
 	size_t tb = emb_sort_bytes(N);
 	float *piece = (float *)(((uintptr_t)tmp + tb + 255) & ~(uintptr_t)255);
 	int nch = moe_cdiv(N, EMB_CHUNK);
-	iota_kernel<<<moe_cdiv(N, 256), 256, 0, s>>>(iota, N);
+	moe_launch(iota_kernel, moe_cdiv(N, 256), 256, 0, s, iota, N);
 	int rc;
 	if ((rc = CUDA_LAUNCHED(err)) != 0)
 		return rc;
 	if ((rc = CUDA_OK(cub::DeviceRadixSort::SortPairs(tmp, tb, ids, key, iota, pos, N, 0, 24, s), err)) != 0)
 		return rc;
-	embedding_bwd_chunks_kernel<<<nch, EMB_THREADS, 0, s>>>(dwte, piece, (const uint16_t *)dout, key, pos, N, D,
-								 pad_id);
+	moe_launch(embedding_bwd_chunks_kernel, nch, EMB_THREADS, 0, s, dwte, piece, (const uint16_t *)dout, key, pos,
+		   N, D, pad_id);
 	if ((rc = CUDA_LAUNCHED(err)) != 0)
 		return rc;
-	embedding_bwd_join_kernel<<<nch, EMB_THREADS, 0, s>>>(dwte, piece, key, N, D, pad_id);
+	moe_launch(embedding_bwd_join_kernel, nch, EMB_THREADS, 0, s, dwte, piece, key, N, D, pad_id);
 	return CUDA_LAUNCHED(err);
 }

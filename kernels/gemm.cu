@@ -101,6 +101,7 @@ extern "C" void moe_cuda_blas_free(struct moe_cuda_blas *b)
 __global__ void cmp_kernel(const uint32_t *x, const uint32_t *y, size_t nw, const uint8_t *xb, const uint8_t *yb,
 			   size_t nb, int *n)
 {
+	MOE_PDL_ENTRY();
 	int d = 0;
 	for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < nw; i += (size_t)gridDim.x * blockDim.x)
 		d += x[i] != y[i];
@@ -186,9 +187,9 @@ static void lt_tune(struct moe_cuda_blas *b, struct lt_plan *p, float alpha, con
 			int diff = 0;
 			if (i > 0) {
 				cudaMemsetAsync(b->cmp, 0, sizeof(int), b->s);
-				cmp_kernel<<<264, 256, 0, b->s>>>((const uint32_t *)ref, (const uint32_t *)tst, ext / 4,
-								  (const uint8_t *)ref + ext / 4 * 4,
-								  (const uint8_t *)tst + ext / 4 * 4, ext % 4, b->cmp);
+				moe_launch(cmp_kernel, 264, 256, 0, b->s, (const uint32_t *)ref, (const uint32_t *)tst,
+					   ext / 4, (const uint8_t *)ref + ext / 4 * 4,
+					   (const uint8_t *)tst + ext / 4 * 4, ext % 4, b->cmp);
 				if (cudaMemcpyAsync(&diff, b->cmp, sizeof(int), cudaMemcpyDeviceToHost, b->s) != cudaSuccess ||
 				    cudaStreamSynchronize(b->s) != cudaSuccess)
 					goto out;

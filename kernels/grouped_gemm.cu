@@ -116,6 +116,7 @@ static __device__ __forceinline__ void gg_mma(float *c, const unsigned *a, unsig
 template <int MODE>
 __global__ void __launch_bounds__(128) grouped_mma_kernel(gg_args g)
 {
+	MOE_PDL_ENTRY();
 	constexpr bool AK = MODE != GG_WGRAD;
 	constexpr bool BKC = MODE == GG_FWD;
 	constexpr int ALD = a_tile<AK>::LD, BLD = b_tile<BKC>::LD;
@@ -271,7 +272,7 @@ static int gg_launch_mma(dim3 grid, const gg_args &g, cudaStream_t s, struct moe
 					       (int)smem),
 			  err)) != 0)
 		return rc;
-	grouped_mma_kernel<MODE><<<grid, 128, smem, s>>>(g);
+	moe_launch(grouped_mma_kernel<MODE>, grid, 128, smem, s, g);
 	return CUDA_LAUNCHED(err);
 }
 

@@ -420,6 +420,7 @@ __global__ void __launch_bounds__(GT_THREADS, 1)
 		  const __grid_constant__ CUtensorMap tc, const __grid_constant__ CUtensorMap td,
 		  const __grid_constant__ CUtensorMap te, const gt_args g)
 {
+	MOE_PDL_ENTRY();
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 	constexpr int TA = MODE == GT_WGRAD, TB = MODE != GT_FWD; /* MN-major */
 	constexpr int ABYTES = gt_cfg<BM, BN, ST>::ABYTES, BBYTES = gt_cfg<BM, BN, ST>::BBYTES;
@@ -1045,7 +1046,8 @@ static int gt_launch(void *c, const bf16 *a, const bf16 *w, const int32_t *offse
 					return rc;
 				attr2 = true;
 			}
-			gt_kernel<MODE, BM, BN, ST, PP, 2><<<grid, GT_THREADS, smem, s>>>(ta, tb, tc, td, te, g);
+			moe_launch(gt_kernel<MODE, BM, BN, ST, PP, 2>, grid, GT_THREADS, smem, s, ta, tb, tc, td, te,
+				   g);
 			return CUDA_LAUNCHED(err);
 		}
 	}
@@ -1056,7 +1058,7 @@ static int gt_launch(void *c, const bf16 *a, const bf16 *w, const int32_t *offse
 			return rc;
 		attr_set = true;
 	}
-	gt_kernel<MODE, BM, BN, ST, PP, SW><<<grid, GT_THREADS, smem, s>>>(ta, tb, tc, td, te, g);
+	moe_launch(gt_kernel<MODE, BM, BN, ST, PP, SW>, grid, GT_THREADS, smem, s, ta, tb, tc, td, te, g);
 	return CUDA_LAUNCHED(err);
 }
 

@@ -180,6 +180,7 @@ template <int BN, int ST> struct gw_cfg {
 template <int MODE, int BN, int ST, int WGW, int MINB, int FUSE>
 __global__ void __launch_bounds__(GW_THREADS, MINB) gw_kernel(const gw_args g)
 {
+	MOE_PDL_ENTRY();
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 	constexpr bool AT = MODE == GW_WGRAD; /* A MN-major */
 	constexpr bool BT = MODE != GW_FWD;   /* B MN-major */
@@ -435,7 +436,7 @@ static int gw_launch(const gw_args &g0, int ncols, unsigned mblocks, cudaStream_
 			return rc;
 		attr_set = true;
 	}
-	gw_kernel<MODE, BN, ST, WGW, MINB, FUSE><<<blocks, GW_THREADS, gw_cfg<BN, ST>::SMEM, s>>>(g);
+	moe_launch(gw_kernel<MODE, BN, ST, WGW, MINB, FUSE>, blocks, GW_THREADS, gw_cfg<BN, ST>::SMEM, s, g);
 	return CUDA_LAUNCHED(err);
 }
 

@@ -7,6 +7,7 @@
 /* xg[j] = x[perm[j] / K]; eight bf16 per thread. */
 __global__ void gather_kernel(bf16 *xg, const bf16 *x, const int32_t *perm, int S, int K, int D)
 {
+	MOE_PDL_ENTRY();
 	size_t v = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
 	int per = D / 8;
 	if (v >= (size_t)S * per)
@@ -21,6 +22,7 @@ __global__ void gather_kernel(bf16 *xg, const bf16 *x, const int32_t *perm, int 
  * in flight), so x is read once instead of K times. */
 __global__ void gather_inv_kernel(bf16 *xg, const bf16 *x, const int32_t *inv, int N, int K, int D)
 {
+	MOE_PDL_ENTRY();
 	int warps = blockDim.x / 32, lane = threadIdx.x % 32;
 	int n = blockIdx.x * warps + threadIdx.x / 32;
 	if (n >= N)
@@ -47,6 +49,7 @@ __global__ void gather_inv_kernel(bf16 *xg, const bf16 *x, const int32_t *inv, i
  * eight columns (16 bytes) per lane step, D % 8 == 0. */
 __global__ void scatter_add_kernel(bf16 *out, const bf16 *yg, const int32_t *inv, int N, int K, int D)
 {
+	MOE_PDL_ENTRY();
 	int warps = blockDim.x / 32, lane = threadIdx.x % 32;
 	int n = blockIdx.x * warps + threadIdx.x / 32;
 	if (n >= N)
@@ -70,6 +73,7 @@ __global__ void scatter_add_kernel(bf16 *out, const bf16 *yg, const int32_t *inv
 __global__ void combine_fwd8_kernel(bf16 *out, const bf16 *res, const bf16 *yg, const float *w, const int32_t *inv,
 				    int N, int K, int D)
 {
+	MOE_PDL_ENTRY();
 	int warps = blockDim.x / 32, lane = threadIdx.x % 32;
 	int n = blockIdx.x * warps + threadIdx.x / 32;
 	if (n >= N)
@@ -100,6 +104,7 @@ __global__ void combine_fwd8_kernel(bf16 *out, const bf16 *res, const bf16 *yg, 
 __global__ void combine_bwd_kernel(bf16 *dyg, float *dw, const bf16 *dout, const bf16 *yg, const float *w,
 				   const int32_t *inv, int N, int K, int D)
 {
+	MOE_PDL_ENTRY();
 	int warps = blockDim.x / 32, lane = threadIdx.x % 32;
 	int n = blockIdx.x * warps + threadIdx.x / 32;
 	if (n >= N)
@@ -142,6 +147,7 @@ __global__ void __launch_bounds__(PK_THREADS)
 combine_rows_kernel(bf16 *out, const bf16 *res, const bf16 *yg, const float *w, const int32_t *inv, int N, int K,
 		    int D)
 {
+	MOE_PDL_ENTRY();
 	int lane = threadIdx.x % 32, n = blockIdx.x * (PK_THREADS / 32) + threadIdx.x / 32;
 	if (n >= N)
 		return;
@@ -201,6 +207,7 @@ __global__ void __launch_bounds__(PK_THREADS)
 combine_bwd_rows_kernel(bf16 *dyg, float *dw, const bf16 *dout, const bf16 *yg, const float *w, const int32_t *inv,
 			int N, int K, int D)
 {
+	MOE_PDL_ENTRY();
 	int lane = threadIdx.x % 32, n = blockIdx.x * (PK_THREADS / 32) + threadIdx.x / 32;
 	if (n >= N)
 		return;
@@ -276,8 +283,8 @@ extern "C" int moe_cuda_gather(bf16_t *xg, const bf16_t *x, const int32_t *perm,
 	int rc;
 	if ((rc = check_width(D, 8, err)) != 0 || NK <= 0)
 		return rc;
-	gather_kernel<<<moe_cdiv((size_t)NK * (D / 8), 256), 256, 0, s>>>((bf16 *)xg, (const bf16 *)x, perm,
-									   NK, K, D);
+	moe_launch(gather_kernel, moe_cdiv((size_t)NK * (D / 8), 256), 256, 0, s, (bf16 *)xg, (const bf16 *)x, perm, NK,
+		   K, D);
 	return CUDA_LAUNCHED(err);
 }
 
@@ -287,7 +294,7 @@ extern "C" int moe_cuda_gather_inv(bf16_t *xg, const bf16_t *x, const int32_t *i
 	int rc;
 	if ((rc = check_width(D, 8, err)) != 0 || N <= 0)
 		return rc;
-	gather_inv_kernel<<<moe_cdiv(N, 8), 256, 0, s>>>((bf16 *)xg, (const bf16 *)x, inv, N, K, D);
+	moe_launch(gather_inv_kernel, moe_cdiv(N, 8), 256, 0, s, (bf16 *)xg, (const bf16 *)x, inv, N, K, D);
 	return CUDA_LAUNCHED(err);
 }
 
@@ -298,14 +305,14 @@ extern "C" int moe_cuda_scatter_add(bf16_t *dx, const bf16_t *dxg, const int32_t
 	if ((rc = check_width(D, 8, err)) != 0 || N <= 0)
 		return rc;
 	if (int nc = pk_nc(K, D)) {
-#define SA(NC)                                                                                                 \
-	combine_rows_kernel<NC, 1><<<moe_cdiv(N, PK_THREADS / 32), PK_THREADS, 0, s>>>((bf16 *)dx, NULL,          \
-										       (const bf16 *)dxg, NULL, inv, N, K, D)
+#define SA(NC)                                                                                                         \
+	moe_launch(combine_rows_kernel<NC, 1>, moe_cdiv(N, PK_THREADS / 32), PK_THREADS, 0, s, (bf16 *)dx, nullptr,    \
+		   (const bf16 *)dxg, nullptr, inv, N, K, D)
 		MOE_SWITCH4(nc, SA)
 #undef SA
 		return CUDA_LAUNCHED(err);
 	}
-	scatter_add_kernel<<<moe_cdiv(N, 8), 256, 0, s>>>((bf16 *)dx, (const bf16 *)dxg, inv, N, K, D);
+	moe_launch(scatter_add_kernel, moe_cdiv(N, 8), 256, 0, s, (bf16 *)dx, (const bf16 *)dxg, inv, N, K, D);
 	return CUDA_LAUNCHED(err);
 }
 
@@ -316,15 +323,15 @@ extern "C" int moe_cuda_combine_fwd(bf16_t *out, const bf16_t *res, const bf16_t
 	if ((rc = check_width(D, 8, err)) != 0 || N <= 0)
 		return rc;
 	if (int nc = pk_nc(K, D)) {
-#define CF(NC)                                                                                                 \
-	combine_rows_kernel<NC, 0><<<moe_cdiv(N, PK_THREADS / 32), PK_THREADS, 0, s>>>(                          \
-		(bf16 *)out, (const bf16 *)res, (const bf16 *)yg, w, inv, N, K, D)
+#define CF(NC)                                                                                                         \
+	moe_launch(combine_rows_kernel<NC, 0>, moe_cdiv(N, PK_THREADS / 32), PK_THREADS, 0, s, (bf16 *)out,            \
+		   (const bf16 *)res, (const bf16 *)yg, w, inv, N, K, D)
 		MOE_SWITCH4(nc, CF)
 #undef CF
 		return CUDA_LAUNCHED(err);
 	}
-	combine_fwd8_kernel<<<moe_cdiv(N, 8), 256, 0, s>>>((bf16 *)out, (const bf16 *)res, (const bf16 *)yg, w, inv, N,
-							   K, D);
+	moe_launch(combine_fwd8_kernel, moe_cdiv(N, 8), 256, 0, s, (bf16 *)out, (const bf16 *)res, (const bf16 *)yg, w,
+		   inv, N, K, D);
 	return CUDA_LAUNCHED(err);
 }
 
@@ -336,14 +343,14 @@ extern "C" int moe_cuda_combine_bwd(bf16_t *dyg, float *dw, const bf16_t *dout, 
 	if ((rc = check_width(D, 8, err)) != 0 || N <= 0)
 		return rc;
 	if (int nc = pk_nc(K, D)) {
-#define CB(NC)                                                                                                 \
-	combine_bwd_rows_kernel<NC><<<moe_cdiv(N, PK_THREADS / 32), PK_THREADS, 0, s>>>(                         \
-		(bf16 *)dyg, dw, (const bf16 *)dout, (const bf16 *)yg, w, inv, N, K, D)
+#define CB(NC)                                                                                                         \
+	moe_launch(combine_bwd_rows_kernel<NC>, moe_cdiv(N, PK_THREADS / 32), PK_THREADS, 0, s, (bf16 *)dyg, dw,       \
+		   (const bf16 *)dout, (const bf16 *)yg, w, inv, N, K, D)
 		MOE_SWITCH4(nc, CB)
 #undef CB
 		return CUDA_LAUNCHED(err);
 	}
-	combine_bwd_kernel<<<moe_cdiv(N, 8), 256, 0, s>>>((bf16 *)dyg, dw, (const bf16 *)dout,
-							  (const bf16 *)yg, w, inv, N, K, D);
+	moe_launch(combine_bwd_kernel, moe_cdiv(N, 8), 256, 0, s, (bf16 *)dyg, dw, (const bf16 *)dout, (const bf16 *)yg,
+		   w, inv, N, K, D);
 	return CUDA_LAUNCHED(err);
 }

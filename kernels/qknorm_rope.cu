@@ -46,6 +46,7 @@ __global__ void __launch_bounds__(QR_WARPS * 32)
 qknorm_rope_fwd_kernel(bf16 *out, float *rstd, const bf16 *x, const float *w, const float *cosb, const float *sinb,
 		       int N, int T, int Dh, int D, float eps)
 {
+	MOE_PDL_ENTRY();
 	extern __shared__ __align__(16) float sy[]; /* (warps, D) */
 	int lane = threadIdx.x % 32, wi = threadIdx.x / 32;
 	float *y = sy + (size_t)wi * D;
@@ -99,6 +100,7 @@ __global__ void __launch_bounds__(QR_WARPS * 32)
 qknorm_rope_bwd_kernel(bf16 *dx, float *dw, const bf16 *dout, const bf16 *x, const float *w, const float *rstd,
 		       const float *cosb, const float *sinb, int N, int T, int Dh, int D, int dwb)
 {
+	MOE_PDL_ENTRY();
 	extern __shared__ __align__(16) float sy[]; /* (warps, D): the row, then dw partials */
 	int lane = threadIdx.x % 32, wi = threadIdx.x / 32;
 	float *y = sy + (size_t)wi * D;
@@ -345,6 +347,7 @@ __global__ void __launch_bounds__(QP_THREADS)
 qknorm_rope_pair_fwd_kernel(bf16 *out, float *rstd, const bf16 *x, const float *w, const float *cosb,
 			    const float *sinb, int N, int T, int Dh, int D, float eps)
 {
+	MOE_PDL_ENTRY();
 	const int lane = threadIdx.x % 32, gl = lane % L, half = Dh / 2;
 	const int rpw = 32 / L, warps = blockDim.x / 32, stride = gridDim.x * warps * rpw;
 	int c1[NP], kc[NP];
@@ -375,6 +378,7 @@ qknorm_rope_pair_bwd_kernel(bf16 *dx, float *dw, const bf16 *dout, const bf16 *x
 			    const float *rstd, const float *cosb, const float *sinb, int N, int T, int Dh, int D,
 			    int dwb)
 {
+	MOE_PDL_ENTRY();
 	extern __shared__ __align__(16) float sw[];
 	const int lane = threadIdx.x % 32, gl = lane % L, half = Dh / 2;
 	const int rpw = 32 / L, warps = blockDim.x / 32, groups = blockDim.x / L, stride = gridDim.x * warps * rpw;
@@ -443,6 +447,7 @@ __global__ void __launch_bounds__(QW_THREADS)
 qknorm_rope_wide_fwd_kernel(bf16 *out, float *rstd, const bf16 *x, const float *w, const float *cosb,
 			    const float *sinb, int N, int T, int Dh, int D, float eps)
 {
+	MOE_PDL_ENTRY();
 	__shared__ float rs[2][QW_THREADS / 32];
 	const int half = Dh / 2;
 	int c1[NP], kc[NP], it = 0;
@@ -469,6 +474,7 @@ qknorm_rope_wide_bwd_kernel(bf16 *dx, float *dw, const bf16 *dout, const bf16 *x
 			    const float *rstd, const float *cosb, const float *sinb, int N, int T, int Dh, int D,
 			    int dwb)
 {
+	MOE_PDL_ENTRY();
 	__shared__ float rs[2][QW_THREADS / 32];
 	const int half = Dh / 2;
 	int c1[NP], kc[NP], it = 0;
@@ -552,17 +558,17 @@ static int qr_check(int H, int Dh, struct moe_error *err)
 	do {                                                  \
 		int p_ = (D) / 16;                            \
 		if (p_ <= 16)                                 \
-			LAUNCH(16, 1)                        \
+			LAUNCH(16, 1)                         \
 		else if (p_ <= 32)                            \
-			LAUNCH(16, 2)                        \
+			LAUNCH(16, 2)                         \
 		else if (p_ <= 48)                            \
-			LAUNCH(16, 3)                        \
+			LAUNCH(16, 3)                         \
 		else if (p_ <= 64)                            \
-			LAUNCH(16, 4)                        \
+			LAUNCH(16, 4)                         \
 		else if (p_ <= 96)                            \
-			LAUNCH(32, 3)                        \
+			LAUNCH(32, 3)                         \
 		else                                          \
-			LAUNCH(32, 4)                        \
+			LAUNCH(32, 4)                         \
 	} while (0)
 
 extern "C" int moe_cuda_qknorm_rope_fwd(bf16_t *out, float *rstd, const bf16_t *x, const float *w,
@@ -573,28 +579,27 @@ extern "C" int moe_cuda_qknorm_rope_fwd(bf16_t *out, float *rstd, const bf16_t *
 	if ((rc = qr_check(H, Dh, err)) != 0 || N <= 0)
 		return rc;
 	if (!moe_memk_legacy_on && D > QP_MAXD) {
-#define QW_FWD(NP)                                                                                             \
-	qknorm_rope_wide_fwd_kernel<NP><<<balanced_blocks(N, 1, resident_blocks(qknorm_rope_wide_fwd_kernel<NP>,  \
-										 QW_THREADS, 0)),               \
-					  QW_THREADS, 0, s>>>((bf16 *)out, rstd, (const bf16 *)x, w, cosb, sinb, N, T, \
-							      Dh, D, eps)
+#define QW_FWD(NP)                                                                                                     \
+	moe_launch(qknorm_rope_wide_fwd_kernel<NP>,                                                                    \
+		   balanced_blocks(N, 1, resident_blocks(qknorm_rope_wide_fwd_kernel<NP>, QW_THREADS, 0)), QW_THREADS, \
+		   0, s, (bf16 *)out, rstd, (const bf16 *)x, w, cosb, sinb, N, T, Dh, D, eps)
 		MOE_SWITCH4(moe_cdiv(D / 16, QW_THREADS), QW_FWD)
 #undef QW_FWD
 		return CUDA_LAUNCHED(err);
 	}
 	if (!moe_memk_legacy_on) {
-#define QP_FWD(L, NP)                                                                                          \
-	qknorm_rope_pair_fwd_kernel<L, NP><<<moe_cdiv(N, QP_THREADS / L), QP_THREADS, 0, s>>>(                 \
-		(bf16 *)out, rstd, (const bf16 *)x, w, cosb, sinb, N, T, Dh, D, eps);
+#define QP_FWD(L, NP)                                                                                                  \
+	moe_launch(qknorm_rope_pair_fwd_kernel<L, NP>, moe_cdiv(N, QP_THREADS / L), QP_THREADS, 0, s, (bf16 *)out,     \
+		   rstd, (const bf16 *)x, w, cosb, sinb, N, T, Dh, D, eps);
 		QP_SWITCH(D, QP_FWD);
 #undef QP_FWD
 		return CUDA_LAUNCHED(err);
 	}
 	unsigned nb = qr_blocks(N);
 	size_t sm = (size_t)QR_WARPS * D * sizeof(float);
-#define QR_FWD(NC)                                                                                              \
-	qknorm_rope_fwd_kernel<NC><<<nb, QR_WARPS * 32, sm, s>>>((bf16 *)out, rstd, (const bf16 *)x, w, cosb, sinb, \
-								 N, T, Dh, D, eps)
+#define QR_FWD(NC)                                                                                                     \
+	moe_launch(qknorm_rope_fwd_kernel<NC>, nb, QR_WARPS * 32, sm, s, (bf16 *)out, rstd, (const bf16 *)x, w, cosb,  \
+		   sinb, N, T, Dh, D, eps)
 	MOE_SWITCH6((D + 255) / 256, QR_FWD)
 #undef QR_FWD
 	return CUDA_LAUNCHED(err);
@@ -612,24 +617,33 @@ extern "C" int moe_cuda_qknorm_rope_bwd(bf16_t *dx, float *dw, float *part, cons
 	int dwb = part && dw;
 	unsigned nb;
 	if (!moe_memk_legacy_on && D > QP_MAXD) {
-#define QW_BWD(NP)                                                                                             \
-	{                                                                                                      \
-		nb = balanced_blocks(N, 1, resident_blocks(qknorm_rope_wide_bwd_kernel<NP>, QW_THREADS, 0));   \
-		nb = dwb && nb > MOE_CUDA_NORM_PART_BLOCKS ? MOE_CUDA_NORM_PART_BLOCKS : nb;                  \
-		qknorm_rope_wide_bwd_kernel<NP><<<nb, QW_THREADS, 0, s>>>((bf16 *)dx, kdw, (const bf16 *)dout, \
-									  (const bf16 *)x, w, rstd, cosb, sinb, N, T, \
-									  Dh, D, dwb);                          \
+#define QW_BWD(NP)                                                                                                     \
+	{                                                                                                              \
+		nb = balanced_blocks(N, 1, resident_blocks(qknorm_rope_wide_bwd_kernel<NP>, QW_THREADS, 0));           \
+		nb = dwb && nb > MOE_CUDA_NORM_PART_BLOCKS ? MOE_CUDA_NORM_PART_BLOCKS : nb;                           \
+		moe_launch(qknorm_rope_wide_bwd_kernel<NP>, nb, QW_THREADS, 0, s, (bf16 *)dx, kdw, (const bf16 *)dout, \
+			   (const bf16 *)x, w, rstd, cosb, sinb, N, T, Dh, D, dwb);                                    \
 	}
 		MOE_SWITCH4(moe_cdiv(D / 16, QW_THREADS), QW_BWD)
 #undef QW_BWD
 	} else if (!moe_memk_legacy_on) {
-#define QP_BWD(L, NP)                                                                                          	{                                                                                                      		size_t sm = (size_t)(1 + QP_THREADS / L) * D * sizeof(float);                                  		nb = balanced_blocks(N, QP_THREADS / L,                                                        				     resident_blocks(qknorm_rope_pair_bwd_kernel<L, NP>, QP_THREADS, sm));     		nb = dwb && nb > MOE_CUDA_NORM_PART_BLOCKS ? MOE_CUDA_NORM_PART_BLOCKS : nb;                  		qknorm_rope_pair_bwd_kernel<L, NP><<<nb, QP_THREADS, sm, s>>>(                                 			(bf16 *)dx, kdw, (const bf16 *)dout, (const bf16 *)x, w, rstd, cosb, sinb, N, T, Dh, D,    			dwb);                                                                                  	}
+#define QP_BWD(L, NP)                                                                                                  \
+	{                                                                                                              \
+		size_t sm = (size_t)(1 + QP_THREADS / L) * D * sizeof(float);                                          \
+		nb = balanced_blocks(N, QP_THREADS / L,                                                                \
+				     resident_blocks(qknorm_rope_pair_bwd_kernel<L, NP>, QP_THREADS, sm));             \
+		nb = dwb && nb > MOE_CUDA_NORM_PART_BLOCKS ? MOE_CUDA_NORM_PART_BLOCKS : nb;                           \
+		moe_launch(qknorm_rope_pair_bwd_kernel<L, NP>, nb, QP_THREADS, sm, s, (bf16 *)dx, kdw,                 \
+			   (const bf16 *)dout, (const bf16 *)x, w, rstd, cosb, sinb, N, T, Dh, D, dwb);                \
+	}
 		QP_SWITCH(D, QP_BWD);
 #undef QP_BWD
 	} else {
 		nb = qr_blocks(N);
 		size_t sm = (size_t)QR_WARPS * D * sizeof(float);
-#define QR_BWD(NC)                                                                                              	qknorm_rope_bwd_kernel<NC><<<nb, QR_WARPS * 32, sm, s>>>((bf16 *)dx, kdw, (const bf16 *)dout, (const bf16 *)x, 								 w, rstd, cosb, sinb, N, T, Dh, D, dwb)
+#define QR_BWD(NC)                                                                                                     \
+	moe_launch(qknorm_rope_bwd_kernel<NC>, nb, QR_WARPS * 32, sm, s, (bf16 *)dx, kdw, (const bf16 *)dout,          \
+		   (const bf16 *)x, w, rstd, cosb, sinb, N, T, Dh, D, dwb)
 		MOE_SWITCH6((D + 255) / 256, QR_BWD)
 #undef QR_BWD
 	}

@@ -64,6 +64,7 @@ template <int NC, int R>
 __global__ void __launch_bounds__(RN_THREADS)
 rmsnorm_rows_fwd_kernel(bf16 *out, float *rstd, const bf16 *x, const float *w, int N, int D, float eps)
 {
+	MOE_PDL_ENTRY();
 	const int lane = threadIdx.x % 32, warps = blockDim.x / 32, stride = gridDim.x * warps * R;
 	int n0 = (blockIdx.x * warps + threadIdx.x / 32) * R;
 	for (; n0 < N; n0 += stride) {
@@ -126,6 +127,7 @@ __global__ void __launch_bounds__(RN_THREADS)
 rmsnorm_rows_bwd_kernel(bf16 *dx, float *dw, const bf16 *dout, const bf16 *x, const float *w, const float *rstd,
 			int N, int D, int dwb)
 {
+	MOE_PDL_ENTRY();
 	extern __shared__ __align__(16) float sw[];
 	for (int i = threadIdx.x; i < D; i += blockDim.x)
 		sw[i] = w[i];
@@ -209,6 +211,7 @@ template <int NC, int W>
 __global__ void __launch_bounds__(W * 32)
 rmsnorm_wide_fwd_kernel(bf16 *out, float *rstd, const bf16 *x, const float *w, int N, int D, float eps)
 {
+	MOE_PDL_ENTRY();
 	__shared__ float rs[2][W];
 	int it = 0;
 	for (int n = blockIdx.x; n < N; n += gridDim.x, it ^= 1) {
@@ -254,6 +257,7 @@ __global__ void __launch_bounds__(W * 32)
 rmsnorm_wide_bwd_kernel(bf16 *dx, float *dw, const bf16 *dout, const bf16 *x, const float *w, const float *rstd,
 			int N, int D, int dwb)
 {
+	MOE_PDL_ENTRY();
 	__shared__ float rs[2][W];
 	float acc[NC][8];
 #pragma unroll
@@ -332,10 +336,10 @@ template <int W>
 static void rw_fwd(int nc, bf16 *out, float *rstd, const bf16 *x, const float *w, int N, int D, float eps,
 		   cudaStream_t s)
 {
-#define RWF(NC)                                                                                                \
-	rmsnorm_wide_fwd_kernel<NC, W><<<balanced_blocks(N, 1, resident_blocks(rmsnorm_wide_fwd_kernel<NC, W>, \
-										 W * 32, 0)),                   \
-					  W * 32, 0, s>>>(out, rstd, x, w, N, D, eps)
+#define RWF(NC)                                                                                                        \
+	moe_launch(rmsnorm_wide_fwd_kernel<NC, W>,                                                                     \
+		   balanced_blocks(N, 1, resident_blocks(rmsnorm_wide_fwd_kernel<NC, W>, W * 32, 0)), W * 32, 0, s,    \
+		   out, rstd, x, w, N, D, eps)
 	MOE_SWITCH8(nc, RWF)
 #undef RWF
 }
@@ -345,11 +349,12 @@ static unsigned rw_bwd(int nc, bf16 *dx, float *dw, const bf16 *dout, const bf16
 		       const float *rstd, int N, int D, int dwb, cudaStream_t s)
 {
 	unsigned nb = 0;
-#define RWB(NC)                                                                                                \
-	{                                                                                                      \
-		nb = balanced_blocks(N, 1, resident_blocks(rmsnorm_wide_bwd_kernel<NC, W, ADD>, W * 32, 0));   \
-		nb = dwb && nb > MOE_CUDA_NORM_PART_BLOCKS ? MOE_CUDA_NORM_PART_BLOCKS : nb;                  \
-		rmsnorm_wide_bwd_kernel<NC, W, ADD><<<nb, W * 32, 0, s>>>(dx, dw, dout, x, w, rstd, N, D, dwb); \
+#define RWB(NC)                                                                                                        \
+	{                                                                                                              \
+		nb = balanced_blocks(N, 1, resident_blocks(rmsnorm_wide_bwd_kernel<NC, W, ADD>, W * 32, 0));           \
+		nb = dwb && nb > MOE_CUDA_NORM_PART_BLOCKS ? MOE_CUDA_NORM_PART_BLOCKS : nb;                           \
+		moe_launch(rmsnorm_wide_bwd_kernel<NC, W, ADD>, nb, W * 32, 0, s, dx, dw, dout, x, w, rstd, N, D,      \
+			   dwb);                                                                                       \
 	}
 	MOE_SWITCH8(nc, RWB)
 #undef RWB
@@ -360,6 +365,7 @@ static unsigned rw_bwd(int nc, bf16 *dx, float *dw, const bf16 *dout, const bf16
 __global__ void rmsnorm_fwd_kernel(bf16 *out, float *rstd, const bf16 *x, const float *w, int N, int D,
 				   float eps)
 {
+	MOE_PDL_ENTRY();
 	int warps = blockDim.x / 32, lane = threadIdx.x % 32;
 	int n = blockIdx.x * warps + threadIdx.x / 32;
 	if (n >= N)
@@ -410,6 +416,7 @@ template <bool ADD>
 __global__ void rmsnorm_bwd_kernel(bf16 *dx, float *dw, const bf16 *dout, const bf16 *x, const float *w,
 				   const float *rstd, int N, int D, int dwb)
 {
+	MOE_PDL_ENTRY();
 	extern __shared__ float sdw[]; /* (warps, D) */
 	int warps = blockDim.x / 32, lane = threadIdx.x % 32, wi = threadIdx.x / 32;
 	float *my = sdw + (size_t)wi * D;
@@ -482,6 +489,7 @@ __global__ void __launch_bounds__(256) rmsnorm_bwd_reg_kernel(bf16 *dx, float *d
 							      const bf16 *x, const float *w,
 							      const float *rstd, int N, int D, int dwb)
 {
+	MOE_PDL_ENTRY();
 	extern __shared__ float sdw[]; /* (warps, D) */
 	int warps = blockDim.x / 32, lane = threadIdx.x % 32, wi = threadIdx.x / 32;
 	float acc[NC][8], wr[NC][8];
@@ -562,10 +570,10 @@ extern "C" int moe_cuda_rmsnorm_fwd(bf16_t *out, float *rstd, const bf16_t *x, c
 		return rc;
 	int nc = (D + 255) / 256;
 	if (!moe_memk_legacy_on && nc <= RN_MAXNC) {
-#define RF(NC)                                                                                                 \
-	case NC:                                                                                               \
-		rmsnorm_rows_fwd_kernel<NC, 2><<<moe_cdiv(N, RN_THREADS / 32 * 2), RN_THREADS, 0, s>>>(        \
-			(bf16 *)out, rstd, (const bf16 *)x, w, N, D, eps);                                     \
+#define RF(NC)                                                                                                         \
+	case NC:                                                                                                       \
+		moe_launch(rmsnorm_rows_fwd_kernel<NC, 2>, moe_cdiv(N, RN_THREADS / 32 * 2), RN_THREADS, 0, s,         \
+			   (bf16 *)out, rstd, (const bf16 *)x, w, N, D, eps);                                          \
 		break;
 		switch (nc) {
 			RF(1) RF(2) RF(3) RF(4) RF(5) RF(6) RF(7) RF(8)
@@ -581,7 +589,7 @@ extern "C" int moe_cuda_rmsnorm_fwd(bf16_t *out, float *rstd, const bf16_t *x, c
 			rw_fwd<8>(wnc, (bf16 *)out, rstd, (const bf16 *)x, w, N, D, eps, s);
 		return CUDA_LAUNCHED(err);
 	}
-	rmsnorm_fwd_kernel<<<moe_cdiv(N, 8), 256, 0, s>>>((bf16 *)out, rstd, (const bf16 *)x, w, N, D, eps);
+	moe_launch(rmsnorm_fwd_kernel, moe_cdiv(N, 8), 256, 0, s, (bf16 *)out, rstd, (const bf16 *)x, w, N, D, eps);
 	return CUDA_LAUNCHED(err);
 }
 
@@ -599,7 +607,14 @@ static int rmsnorm_bwd(bf16_t *dx, float *dw, float *part, const bf16_t *dout, c
 	int nc = (D + 255) / 256, wnc = 0, W = moe_memk_legacy_on ? 0 : rw_shape(D, &wnc);
 	if (!moe_memk_legacy_on && nc <= RN_MAXNC) {
 		size_t sm = (size_t)(1 + RN_THREADS / 32) * D * sizeof(float); /* <= 40 KiB */
-#define RB(NC)                                                                                                 	{                                                                                                      		nb = balanced_blocks(N, RN_THREADS / 32,                                                       				     resident_blocks(rmsnorm_rows_bwd_kernel<NC, ADD>, RN_THREADS, sm));       		nb = dwb && nb > MOE_CUDA_NORM_PART_BLOCKS ? MOE_CUDA_NORM_PART_BLOCKS : nb;                  		rmsnorm_rows_bwd_kernel<NC, ADD><<<nb, RN_THREADS, sm, s>>>(                                   			(bf16 *)dx, kdw, (const bf16 *)dout, (const bf16 *)x, w, rstd, N, D, dwb);             	}
+#define RB(NC)                                                                                                         \
+	{                                                                                                              \
+		nb = balanced_blocks(N, RN_THREADS / 32,                                                               \
+				     resident_blocks(rmsnorm_rows_bwd_kernel<NC, ADD>, RN_THREADS, sm));               \
+		nb = dwb && nb > MOE_CUDA_NORM_PART_BLOCKS ? MOE_CUDA_NORM_PART_BLOCKS : nb;                           \
+		moe_launch(rmsnorm_rows_bwd_kernel<NC, ADD>, nb, RN_THREADS, sm, s, (bf16 *)dx, kdw,                   \
+			   (const bf16 *)dout, (const bf16 *)x, w, rstd, N, D, dwb);                                   \
+	}
 		switch (nc) {
 		case 1: RB(1) break;
 		case 2: RB(2) break;
@@ -623,7 +638,9 @@ static int rmsnorm_bwd(bf16_t *dx, float *dw, float *part, const bf16_t *dout, c
 		nb = moe_cdiv(N, 8 * 4);
 		if (nb > 132 * 3)
 			nb = 132 * 3;
-#define REG(NC) rmsnorm_bwd_reg_kernel<NC, ADD><<<nb, 256, sm, s>>>((bf16 *)dx, kdw, (const bf16 *)dout, 							      (const bf16 *)x, w, rstd, N, D, dwb)
+#define REG(NC)                                                                                                        \
+	moe_launch(rmsnorm_bwd_reg_kernel<NC, ADD>, nb, 256, sm, s, (bf16 *)dx, kdw, (const bf16 *)dout,               \
+		   (const bf16 *)x, w, rstd, N, D, dwb)
 		if (nc == 1)
 			REG(1);
 		else if (nc == 2)
@@ -645,8 +662,8 @@ static int rmsnorm_bwd(bf16_t *dx, float *dw, float *part, const bf16_t *dout, c
 		nb = balanced_blocks((size_t)N, (unsigned)warps, cap);
 		if (dwb && nb > MOE_CUDA_NORM_PART_BLOCKS)
 			nb = MOE_CUDA_NORM_PART_BLOCKS;
-		rmsnorm_bwd_kernel<ADD><<<nb, warps * 32, smem, s>>>((bf16 *)dx, kdw, (const bf16 *)dout,
-								     (const bf16 *)x, w, rstd, N, D, dwb);
+		moe_launch(rmsnorm_bwd_kernel<ADD>, nb, warps * 32, smem, s, (bf16 *)dx, kdw, (const bf16 *)dout,
+			   (const bf16 *)x, w, rstd, N, D, dwb);
 	}
 	if ((rc = CUDA_LAUNCHED(err)) != 0 || !dwb)
 		return rc;
@@ -672,6 +689,7 @@ extern "C" int moe_cuda_rmsnorm_bwd_add(bf16_t *dx, float *dw, float *part, cons
  * added in group order. */
 __global__ void __launch_bounds__(1024) colsum_add_kernel(float *dw, const float *part, int nb, int D)
 {
+	MOE_PDL_ENTRY();
 	__shared__ float sg[32][33];
 	int col = blockIdx.x * 32 + threadIdx.x, g = threadIdx.y;
 	float a = 0.f;
@@ -693,6 +711,6 @@ extern "C" int moe_cuda_colsum_add(float *dw, const float *part, int nb, int D, 
 {
 	if (nb <= 0 || D <= 0)
 		return 0;
-	colsum_add_kernel<<<moe_cdiv(D, 32), dim3(32, 32), 0, s>>>(dw, part, nb, D);
+	moe_launch(colsum_add_kernel, moe_cdiv(D, 32), dim3(32, 32), 0, s, dw, part, nb, D);
 	return CUDA_LAUNCHED(err);
 }

@@ -10,6 +10,7 @@
 __global__ void rope_kernel(bf16 *x, const float *cosb, const float *sinb, size_t rows, int T, int H,
 			    int Dh, float sgn)
 {
+	MOE_PDL_ENTRY();
 	int half = Dh / 2;
 	size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
 	if (i >= rows * H * half)
@@ -29,6 +30,7 @@ __global__ void rope_kernel(bf16 *x, const float *cosb, const float *sinb, size_
 __global__ void rope8_kernel(bf16 *x, const float *cosb, const float *sinb, size_t rows, int T, int H, int Dh,
 			     float sgn)
 {
+	MOE_PDL_ENTRY();
 	int half = Dh / 2, per = half / 8;
 	size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
 	if (i >= rows * H * per)
@@ -72,10 +74,10 @@ extern "C" int moe_cuda_rope(bf16_t *x, const float *cosb, const float *sinb, in
 	if (n == 0)
 		return 0;
 	if ((Dh / 2) % 8 == 0 && (uintptr_t)x % 16 == 0 && (uintptr_t)cosb % 16 == 0 && (uintptr_t)sinb % 16 == 0)
-		rope8_kernel<<<moe_cdiv(n / 8, 256), 256, 0, s>>>((bf16 *)x, cosb, sinb, (size_t)B * T, T, H, Dh,
-								  inverse ? -1.f : 1.f);
+		moe_launch(rope8_kernel, moe_cdiv(n / 8, 256), 256, 0, s, (bf16 *)x, cosb, sinb, (size_t)B * T, T, H,
+			   Dh, inverse ? -1.f : 1.f);
 	else
-		rope_kernel<<<moe_cdiv(n, 256), 256, 0, s>>>((bf16 *)x, cosb, sinb, (size_t)B * T, T, H, Dh,
-							     inverse ? -1.f : 1.f);
+		moe_launch(rope_kernel, moe_cdiv(n, 256), 256, 0, s, (bf16 *)x, cosb, sinb, (size_t)B * T, T, H, Dh,
+			   inverse ? -1.f : 1.f);
 	return CUDA_LAUNCHED(err);
 }

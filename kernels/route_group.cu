@@ -27,6 +27,7 @@ static void rg_split(int S, int *chunk, int *nch)
 
 __global__ void __launch_bounds__(RG_T) rg_hist_kernel(int32_t *blk, const int32_t *idx, int S, int E, int chunk)
 {
+	MOE_PDL_ENTRY();
 	extern __shared__ int32_t h[];
 	for (int e = threadIdx.x; e < E; e += RG_T)
 		h[e] = 0;
@@ -43,6 +44,7 @@ __global__ void __launch_bounds__(RG_T) rg_scatter_kernel(int32_t *counts, int32
 							  int32_t *inv, const int32_t *blk, const int32_t *idx,
 							  int S, int E, int chunk, int nch)
 {
+	MOE_PDL_ENTRY();
 	extern __shared__ int32_t sm[]; /* base (E), tot (E), wc (RG_T / 32, E) */
 	int32_t *base = sm, *tot = sm + E, *wc = sm + 2 * E;
 	__shared__ int32_t rb[RG_T], rt[RG_T], ws[RG_T / 32];
@@ -131,6 +133,7 @@ __global__ void __launch_bounds__(RG_T) rg_scatter_kernel(int32_t *counts, int32
 
 __global__ void group_count_kernel(int32_t *blk_counts, const int32_t *idx, int S, int E)
 {
+	MOE_PDL_ENTRY();
 	extern __shared__ int32_t h[];
 	for (int e = threadIdx.x; e < E; e += blockDim.x)
 		h[e] = 0;
@@ -147,6 +150,7 @@ __global__ void group_count_kernel(int32_t *blk_counts, const int32_t *idx, int 
 __global__ void group_scan_kernel(int32_t *blk_counts, int32_t *counts, int32_t *offsets, int nchunks,
 				  int E)
 {
+	MOE_PDL_ENTRY();
 	__shared__ int32_t sc[1024];
 	int e = threadIdx.x;
 	int run = 0;
@@ -179,6 +183,7 @@ __global__ void group_scan_kernel(int32_t *blk_counts, int32_t *counts, int32_t 
 __global__ void group_scatter_kernel(int32_t *perm, int32_t *inv, const int32_t *blk_base,
 				     const int32_t *idx, int S, int E)
 {
+	MOE_PDL_ENTRY();
 	extern __shared__ int32_t wc[]; /* (CHUNK/32, E) */
 	int lane = threadIdx.x % 32, w = threadIdx.x / 32;
 	for (int i = threadIdx.x; i < (CHUNK / 32) * E; i += blockDim.x)
@@ -209,6 +214,7 @@ extern "C" size_t moe_cuda_route_group_scratch(int N, int K, int E)
 
 __global__ void inverse_kernel(int32_t *inv, const int32_t *perm, int NK)
 {
+	MOE_PDL_ENTRY();
 	int j = blockIdx.x * blockDim.x + threadIdx.x;
 	if (j < NK)
 		inv[perm[j]] = j;
@@ -219,7 +225,7 @@ extern "C" int moe_cuda_route_inverse(int32_t *inv, const int32_t *perm, int NK,
 {
 	if (NK <= 0)
 		return 0;
-	inverse_kernel<<<moe_cdiv(NK, 256), 256, 0, s>>>(inv, perm, NK);
+	moe_launch(inverse_kernel, moe_cdiv(NK, 256), 256, 0, s, inv, perm, NK);
 	return CUDA_LAUNCHED(err);
 }
 
@@ -235,25 +241,25 @@ extern "C" int moe_cuda_route_group(int32_t *counts, int32_t *offsets, int32_t *
 	if (!moe_route_legacy_on) {
 		int chunk, nb;
 		rg_split(S, &chunk, &nb);
-		rg_hist_kernel<<<nb, RG_T, E * sizeof(int32_t), s>>>(scratch, topk_idx, S, E, chunk);
+		moe_launch(rg_hist_kernel, nb, RG_T, E * sizeof(int32_t), s, scratch, topk_idx, S, E, chunk);
 		if ((rc = CUDA_LAUNCHED(err)) != 0)
 			return rc;
-		rg_scatter_kernel<<<nb, RG_T, (2 + RG_T / 32) * E * sizeof(int32_t), s>>>(
-			counts, offsets, perm, inv, scratch, topk_idx, S, E, chunk, nb);
+		moe_launch(rg_scatter_kernel, nb, RG_T, (2 + RG_T / 32) * E * sizeof(int32_t), s, counts, offsets, perm,
+			   inv, scratch, topk_idx, S, E, chunk, nb);
 		return CUDA_LAUNCHED(err);
 	}
 	unsigned nch = moe_cdiv((size_t)S, CHUNK);
 	if (S > 0) {
-		group_count_kernel<<<nch, CHUNK, E * sizeof(int32_t), s>>>(scratch, topk_idx, S, E);
+		moe_launch(group_count_kernel, nch, CHUNK, E * sizeof(int32_t), s, scratch, topk_idx, S, E);
 		if ((rc = CUDA_LAUNCHED(err)) != 0)
 			return rc;
 	}
-	group_scan_kernel<<<1, 1024, 0, s>>>(scratch, counts, offsets, (int)nch, E);
+	moe_launch(group_scan_kernel, 1, 1024, 0, s, scratch, counts, offsets, (int)nch, E);
 	if ((rc = CUDA_LAUNCHED(err)) != 0)
 		return rc;
 	if (S > 0) {
-		group_scatter_kernel<<<nch, CHUNK, (CHUNK / 32) * E * sizeof(int32_t), s>>>(
-			perm, inv, scratch, topk_idx, S, E);
+		moe_launch(group_scatter_kernel, nch, CHUNK, (CHUNK / 32) * E * sizeof(int32_t), s, perm, inv, scratch,
+			   topk_idx, S, E);
 		if ((rc = CUDA_LAUNCHED(err)) != 0)
 			return rc;
 	}

@@ -30,6 +30,7 @@ static int route_env_read = moe_route_legacy_on = env_is("MOE_CUDA_ROUTE", "lega
 __global__ void router_fwd_kernel(int32_t *topk_idx, float *topk_w, float *probs, const bf16 *logits,
 				  const float *bias, int N, int E, int K, int norm)
 {
+	MOE_PDL_ENTRY();
 	int warps = blockDim.x / 32, lane = threadIdx.x % 32;
 	int n = blockIdx.x * warps + threadIdx.x / 32;
 	if (n >= N)
@@ -112,6 +113,7 @@ __global__ void router_bwd_kernel(bf16 *dlogits, const float *dtopk_w, const flo
 				  const float *probs, const int32_t *topk_idx, const float *topk_w, int N,
 				  int E, int K, int norm)
 {
+	MOE_PDL_ENTRY();
 	int warps = blockDim.x / 32, lane = threadIdx.x % 32;
 	int n = blockIdx.x * warps + threadIdx.x / 32;
 	if (n >= N)
@@ -172,6 +174,7 @@ __global__ void router_bwd_kernel(bf16 *dlogits, const float *dtopk_w, const flo
 
 __global__ void zloss_kernel(bf16 *dlogits, float *rowz, const bf16 *logits, int N, int E, float scale)
 {
+	MOE_PDL_ENTRY();
 	int warps = blockDim.x / 32, lane = threadIdx.x % 32;
 	int n = blockIdx.x * warps + threadIdx.x / 32;
 	if (n >= N)
@@ -202,6 +205,7 @@ __global__ void zloss_kernel(bf16 *dlogits, float *rowz, const bf16 *logits, int
 __global__ void route_count_kernel(int32_t *cnt, const int32_t *topk_idx, const int32_t *ids, int pad_id,
 				   int N, int E, int K)
 {
+	MOE_PDL_ENTRY();
 	extern __shared__ int32_t sc[];
 	for (int e = threadIdx.x; e < E; e += blockDim.x)
 		sc[e] = 0;
@@ -220,6 +224,7 @@ __global__ void route_count_kernel(int32_t *cnt, const int32_t *topk_idx, const 
 __global__ void psum_partial_kernel(double *part, const float *probs, const int32_t *ids, int pad_id, int N,
 				    int E)
 {
+	MOE_PDL_ENTRY();
 	int e = blockIdx.y * blockDim.x + threadIdx.x;
 	if (e >= E)
 		return;
@@ -233,6 +238,7 @@ __global__ void psum_partial_kernel(double *part, const float *probs, const int3
 
 __global__ void psum_finish_kernel(float *psum, const double *part, int nb, int E)
 {
+	MOE_PDL_ENTRY();
 	int e = blockIdx.x * blockDim.x + threadIdx.x;
 	if (e >= E)
 		return;
@@ -248,6 +254,7 @@ struct g_vec {
 
 __global__ void aux_dprobs_kernel(float *dprobs, g_vec g, const int32_t *ids, int pad_id, int N, int E)
 {
+	MOE_PDL_ENTRY();
 	size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
 	if (i >= (size_t)N * E)
 		return;
@@ -325,6 +332,7 @@ __global__ void __launch_bounds__(RT) router_fwd_g_kernel(int32_t *topk_idx, flo
 							const bf16 *logits, const float *bias, int N, int E,
 							int K, int norm, int vec)
 {
+	MOE_PDL_ENTRY();
 	int n = (int)(((size_t)blockIdx.x * RT + threadIdx.x) / G), q = threadIdx.x % G, e0 = q * 8;
 	bool act = n < N;
 	if (!act) /* keep every lane for the shuffles */
@@ -418,6 +426,7 @@ __global__ void __launch_bounds__(RT) router_bwd_g_kernel(bf16 *dlogits, const f
 							const int32_t *topk_idx, const float *topk_w, int N,
 							int E, int K, int norm, int vec)
 {
+	MOE_PDL_ENTRY();
 	int n = (int)(((size_t)blockIdx.x * RT + threadIdx.x) / G), q = threadIdx.x % G, e0 = q * 8;
 	bool act = n < N;
 	if (!act)
@@ -511,6 +520,7 @@ template <int G>
 __global__ void __launch_bounds__(RT) zloss_g_kernel(bf16 *dlogits, float *rowz, double *part, double *acc,
 						   const bf16 *logits, int N, int E, float scale, int vec)
 {
+	MOE_PDL_ENTRY();
 	int q = threadIdx.x % G, gi = threadIdx.x / G;
 	int base = blockIdx.x * (RT / G) * ZT + gi;
 	float l[ZT][8], t[8];
@@ -654,6 +664,7 @@ __global__ void __launch_bounds__(RT) router_stats_kernel(float *psum, int32_t *
 							  const int32_t *topk_idx, const int32_t *ids, int pad_id,
 							  int N, int E, int K)
 {
+	MOE_PDL_ENTRY();
 	__shared__ double sd[RT];
 	__shared__ int32_t si[RT];
 	__shared__ unsigned char val[ST_ROWS];
@@ -695,6 +706,7 @@ __global__ void __launch_bounds__(RT) router_stats4_kernel(float *psum, int32_t 
 							   const int32_t *topk_idx, const int32_t *ids, int pad_id,
 							   int N, int E, int K)
 {
+	MOE_PDL_ENTRY();
 	__shared__ double sd[RT];
 	__shared__ double s4[RT][4];
 	__shared__ int32_t si[RT];
@@ -739,6 +751,7 @@ __global__ void __launch_bounds__(RT) router_stats4_kernel(float *psum, int32_t 
 /* dprobs = g (valid rows) or 0, 16 bytes a thread (E % 4 == 0). */
 __global__ void aux_dprobs4_kernel(float4 *dprobs, g_vec g, const int32_t *ids, int pad_id, int N, int E4)
 {
+	MOE_PDL_ENTRY();
 	__shared__ float sg[256];
 	for (int e = threadIdx.x; e < 4 * E4; e += blockDim.x)
 		sg[e] = g.g[e];
@@ -760,17 +773,29 @@ static int route_lanes(int E, int K)
 	return g;
 }
 
-#define G_LAUNCH(G, KER, N, ...)                                                          \
-	do {                                                                              \
-		unsigned nb_ = (unsigned)moe_cdiv((size_t)(N) * (G), RT);                 \
-		switch (G) {                                                              \
-		case 1: KER<1><<<nb_, RT, 0, s>>>(__VA_ARGS__); break;                    \
-		case 2: KER<2><<<nb_, RT, 0, s>>>(__VA_ARGS__); break;                    \
-		case 4: KER<4><<<nb_, RT, 0, s>>>(__VA_ARGS__); break;                    \
-		case 8: KER<8><<<nb_, RT, 0, s>>>(__VA_ARGS__); break;                    \
-		case 16: KER<16><<<nb_, RT, 0, s>>>(__VA_ARGS__); break;                  \
-		default: KER<32><<<nb_, RT, 0, s>>>(__VA_ARGS__); break;                  \
-		}                                                                         \
+#define G_LAUNCH(G, KER, N, ...)                                                                                       \
+	do {                                                                                                           \
+		unsigned nb_ = (unsigned)moe_cdiv((size_t)(N) * (G), RT);                                              \
+		switch (G) {                                                                                           \
+		case 1:                                                                                                \
+			moe_launch(KER<1>, nb_, RT, 0, s, __VA_ARGS__);                                                \
+			break;                                                                                         \
+		case 2:                                                                                                \
+			moe_launch(KER<2>, nb_, RT, 0, s, __VA_ARGS__);                                                \
+			break;                                                                                         \
+		case 4:                                                                                                \
+			moe_launch(KER<4>, nb_, RT, 0, s, __VA_ARGS__);                                                \
+			break;                                                                                         \
+		case 8:                                                                                                \
+			moe_launch(KER<8>, nb_, RT, 0, s, __VA_ARGS__);                                                \
+			break;                                                                                         \
+		case 16:                                                                                               \
+			moe_launch(KER<16>, nb_, RT, 0, s, __VA_ARGS__);                                               \
+			break;                                                                                         \
+		default:                                                                                               \
+			moe_launch(KER<32>, nb_, RT, 0, s, __VA_ARGS__);                                               \
+			break;                                                                                         \
+		}                                                                                                      \
 	} while (0)
 
 static bool al16(const void *p) { return ((uintptr_t)p & 15) == 0; }
@@ -791,8 +816,8 @@ extern "C" int moe_cuda_router_fwd(int32_t *topk_idx, float *topk_w, float *prob
 	if ((rc = check_router(E, K, err)) != 0 || N <= 0)
 		return rc;
 	if (moe_route_legacy_on) {
-		router_fwd_kernel<<<moe_cdiv(N, 8), 256, 0, s>>>(topk_idx, topk_w, probs, (const bf16 *)logits,
-								bias, N, E, K, norm_topk);
+		moe_launch(router_fwd_kernel, moe_cdiv(N, 8), 256, 0, s, topk_idx, topk_w, probs, (const bf16 *)logits,
+			   bias, N, E, K, norm_topk);
 		return CUDA_LAUNCHED(err);
 	}
 	int vec = E % 8 == 0 && al16(logits) && al16(probs);
@@ -809,8 +834,8 @@ extern "C" int moe_cuda_router_bwd(bf16_t *dlogits, const float *dtopk_w, const 
 	if ((rc = check_router(E, K, err)) != 0 || N <= 0)
 		return rc;
 	if (moe_route_legacy_on) {
-		router_bwd_kernel<<<moe_cdiv(N, 8), 256, 0, s>>>((bf16 *)dlogits, dtopk_w, dprobs, probs, topk_idx,
-								topk_w, N, E, K, norm_topk);
+		moe_launch(router_bwd_kernel, moe_cdiv(N, 8), 256, 0, s, (bf16 *)dlogits, dtopk_w, dprobs, probs,
+			   topk_idx, topk_w, N, E, K, norm_topk);
 		return CUDA_LAUNCHED(err);
 	}
 	int vec = E % 8 == 0 && al16(dlogits) && al16(probs) && (!dprobs || al16(dprobs));
@@ -825,7 +850,8 @@ extern "C" int moe_cuda_zloss(bf16_t *dlogits, float *rowz, const bf16_t *logits
 	if (N <= 0)
 		return 0;
 	if (moe_route_legacy_on) {
-		zloss_kernel<<<moe_cdiv(N, 8), 256, 0, s>>>((bf16 *)dlogits, rowz, (const bf16 *)logits, N, E, scale);
+		moe_launch(zloss_kernel, moe_cdiv(N, 8), 256, 0, s, (bf16 *)dlogits, rowz, (const bf16 *)logits, N, E,
+			   scale);
 		return CUDA_LAUNCHED(err);
 	}
 	int vec = E % 8 == 0 && al16(logits) && (!dlogits || al16(dlogits));
@@ -869,27 +895,27 @@ extern "C" int moe_cuda_router_stats(float *psum, int32_t *cnt, const float *pro
 		double *pp = (double *)scratch;
 		int32_t *pc = (int32_t *)(pp + (size_t)nb * E);
 		if (v4)
-			router_stats4_kernel<<<nb, RT, E * sizeof(int32_t), s>>>(psum, cnt, pp, pc, (const float4 *)probs,
-										topk_idx, ids, pad_id, N, E, K);
+			moe_launch(router_stats4_kernel, nb, RT, E * sizeof(int32_t), s, psum, cnt, pp, pc,
+				   (const float4 *)probs, topk_idx, ids, pad_id, N, E, K);
 		else
-			router_stats_kernel<<<nb, RT, E * sizeof(int32_t), s>>>(psum, cnt, pp, pc, probs, topk_idx,
-									       ids, pad_id, N, E, K);
+			moe_launch(router_stats_kernel, nb, RT, E * sizeof(int32_t), s, psum, cnt, pp, pc, probs,
+				   topk_idx, ids, pad_id, N, E, K);
 		return CUDA_LAUNCHED(err);
 	}
 	if ((rc = CUDA_OK(cudaMemsetAsync(cnt, 0, sizeof(int32_t) * E, s), err)) != 0)
 		return rc;
 	if (N <= 0)
 		return CUDA_OK(cudaMemsetAsync(psum, 0, sizeof(float) * E, s), err);
-	route_count_kernel<<<moe_cdiv((size_t)N * K, 256), 256, E * sizeof(int32_t), s>>>(cnt, topk_idx, ids,
-										   pad_id, N, E, K);
+	moe_launch(route_count_kernel, moe_cdiv((size_t)N * K, 256), 256, E * sizeof(int32_t), s, cnt, topk_idx, ids,
+		   pad_id, N, E, K);
 	if ((rc = CUDA_LAUNCHED(err)) != 0)
 		return rc;
 	unsigned nb = moe_cdiv(N, 256);
 	dim3 grid(nb, moe_cdiv(E, 64));
-	psum_partial_kernel<<<grid, 64, 0, s>>>((double *)scratch, probs, ids, pad_id, N, E);
+	moe_launch(psum_partial_kernel, grid, 64, 0, s, (double *)scratch, probs, ids, pad_id, N, E);
 	if ((rc = CUDA_LAUNCHED(err)) != 0)
 		return rc;
-	psum_finish_kernel<<<moe_cdiv(E, 64), 64, 0, s>>>(psum, (const double *)scratch, (int)nb, E);
+	moe_launch(psum_finish_kernel, moe_cdiv(E, 64), 64, 0, s, psum, (const double *)scratch, (int)nb, E);
 	return CUDA_LAUNCHED(err);
 }
 
@@ -904,10 +930,10 @@ extern "C" int moe_cuda_aux_dprobs(float *dprobs, const float *g_host, const int
 	if (N <= 0)
 		return 0;
 	if (!moe_route_legacy_on && E % 4 == 0 && al16(dprobs) && (size_t)N * E < (1u << 30)) {
-		aux_dprobs4_kernel<<<moe_cdiv((size_t)N * E / 4, 256), 256, 0, s>>>((float4 *)dprobs, g, ids, pad_id,
-										    N, E / 4);
+		moe_launch(aux_dprobs4_kernel, moe_cdiv((size_t)N * E / 4, 256), 256, 0, s, (float4 *)dprobs, g, ids,
+			   pad_id, N, E / 4);
 		return CUDA_LAUNCHED(err);
 	}
-	aux_dprobs_kernel<<<moe_cdiv((size_t)N * E, 256), 256, 0, s>>>(dprobs, g, ids, pad_id, N, E);
+	moe_launch(aux_dprobs_kernel, moe_cdiv((size_t)N * E, 256), 256, 0, s, dprobs, g, ids, pad_id, N, E);
 	return CUDA_LAUNCHED(err);
 }

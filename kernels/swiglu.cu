@@ -6,6 +6,7 @@
 /* Eight elements (16 bytes) per thread when I % 8 == 0. */
 __global__ void swiglu_fwd_kernel(bf16 *act, const bf16 *h13, size_t M, int I)
 {
+	MOE_PDL_ENTRY();
 	size_t v = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
 	size_t per_row = I / 8;
 	if (v >= M * per_row)
@@ -26,6 +27,7 @@ __global__ void swiglu_fwd_kernel(bf16 *act, const bf16 *h13, size_t M, int I)
  * swiglu_fwd_kernel does (backward recomputes it instead of keeping it). */
 __global__ void swiglu_bwd_kernel(bf16 *dh13, bf16 *act, const bf16 *dact, const bf16 *h13, size_t M, int I)
 {
+	MOE_PDL_ENTRY();
 	size_t v = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
 	size_t per_row = I / 8;
 	if (v >= M * per_row)
@@ -57,7 +59,7 @@ extern "C" int moe_cuda_swiglu_fwd(bf16_t *act, const bf16_t *h13, size_t M, int
 		return moe_error_set(err, MOE_EUNSUPPORTED, "swiglu: width %d is not a multiple of 8", I);
 	if (M == 0)
 		return 0;
-	swiglu_fwd_kernel<<<moe_cdiv(M * (I / 8), 256), 256, 0, s>>>((bf16 *)act, (const bf16 *)h13, M, I);
+	moe_launch(swiglu_fwd_kernel, moe_cdiv(M * (I / 8), 256), 256, 0, s, (bf16 *)act, (const bf16 *)h13, M, I);
 	return CUDA_LAUNCHED(err);
 }
 
@@ -68,7 +70,7 @@ extern "C" int moe_cuda_swiglu_bwd(bf16_t *dh13, bf16_t *act, const bf16_t *dact
 		return moe_error_set(err, MOE_EUNSUPPORTED, "swiglu: width %d is not a multiple of 8", I);
 	if (M == 0)
 		return 0;
-	swiglu_bwd_kernel<<<moe_cdiv(M * (I / 8), 256), 256, 0, s>>>((bf16 *)dh13, (bf16 *)act, (const bf16 *)dact,
-								   (const bf16 *)h13, M, I);
+	moe_launch(swiglu_bwd_kernel, moe_cdiv(M * (I / 8), 256), 256, 0, s, (bf16 *)dh13, (bf16 *)act,
+		   (const bf16 *)dact, (const bf16 *)h13, M, I);
 	return CUDA_LAUNCHED(err);
 }

@@ -76,6 +76,7 @@ static __device__ __forceinline__ void xent_row16(bf16 *dlogits, size_t off, flo
 __global__ void xent_kernel(bf16 *dlogits, float *loss, const bf16 *logits, const int32_t *targets,
 			    int V, int ignore_id, float scale)
 {
+	MOE_PDL_ENTRY();
 	__shared__ float sh[XT / 32];
 	int n = blockIdx.x;
 	const bf16 *l = logits + (size_t)n * V;
@@ -110,6 +111,7 @@ __global__ void xent_kernel(bf16 *dlogits, float *loss, const bf16 *logits, cons
 __global__ void xent_vec_kernel(bf16 *dlogits, float *loss, const bf16 *logits, const int32_t *targets,
 				int V, int ignore_id, float scale)
 {
+	MOE_PDL_ENTRY();
 	__shared__ float sh[XT / 32];
 	int n = blockIdx.x, nv = V / 8;
 	const uint4 *l = (const uint4 *)(logits + (size_t)n * V);
@@ -132,6 +134,7 @@ __global__ void __launch_bounds__(XT)
 xent_smem_kernel(bf16 *dlogits, float *loss, const bf16 *logits, const int32_t *targets, int V, int ignore_id,
 		 float scale)
 {
+	MOE_PDL_ENTRY();
 	extern __shared__ __align__(128) uint4 srow[]; /* (V / 8) */
 	__shared__ __align__(8) uint64_t bar;
 	__shared__ float sh[XT / 32];
@@ -183,6 +186,7 @@ static int xent_smem_limit(void)
 __global__ void sum_rows_kernel(double *acc, const float *loss, const int32_t *targets, int n,
 				int ignore_id)
 {
+	MOE_PDL_ENTRY();
 	__shared__ double sh[256], shc[256];
 	double a = 0, c = 0;
 	for (int i = threadIdx.x; i < n; i += 256) {
@@ -223,14 +227,14 @@ extern "C" int moe_cuda_xent(bf16_t *dlogits, float *loss, const bf16_t *logits,
 				return rc;
 			sm_set = (int)sm;
 		}
-		xent_smem_kernel<<<N, XT, sm, s>>>((bf16 *)dlogits, loss, (const bf16 *)logits, targets, V, ignore_id,
-						   scale);
+		moe_launch(xent_smem_kernel, N, XT, sm, s, (bf16 *)dlogits, loss, (const bf16 *)logits, targets, V,
+			   ignore_id, scale);
 	} else if (vec)
-		xent_vec_kernel<<<N, XT, 0, s>>>((bf16 *)dlogits, loss, (const bf16 *)logits, targets, V, ignore_id,
-						 scale);
+		moe_launch(xent_vec_kernel, N, XT, 0, s, (bf16 *)dlogits, loss, (const bf16 *)logits, targets, V,
+			   ignore_id, scale);
 	else
-		xent_kernel<<<N, XT, 0, s>>>((bf16 *)dlogits, loss, (const bf16 *)logits, targets, V, ignore_id,
-					     scale);
+		moe_launch(xent_kernel, N, XT, 0, s, (bf16 *)dlogits, loss, (const bf16 *)logits, targets, V, ignore_id,
+			   scale);
 	return CUDA_LAUNCHED(err);
 }
 
@@ -239,6 +243,6 @@ extern "C" int moe_cuda_sum_loss(double *acc, const float *loss, const int32_t *
 {
 	if (N <= 0)
 		return 0;
-	sum_rows_kernel<<<1, 256, 0, s>>>(acc, loss, targets, N, ignore_id);
+	moe_launch(sum_rows_kernel, 1, 256, 0, s, acc, loss, targets, N, ignore_id);
 	return CUDA_LAUNCHED(err);
 }

@@ -1,0 +1,36 @@
+#!/bin/sh
+# Session 10 (H100), call 57: programmatic dependent launch for every
+# kernel of the backend (moe_launch, MOE_PDL_ENTRY: cuda_common.h), on top
+# of calls 55-56's attention changes;
+#  1. both GPU test binaries whole, resume_gpu.sh;
+#  2. seed-base steps interleaved: default (PDL) and MOE_CUDA_PDL=0;
+#     torch_ref best_c in the same call;
+#  3. one traced run (ktrace) with PDL and one without.
+set -u
+. "$(dirname "$0")/common.sh"
+O=${OUT:-/tmp}/run57.txt
+{
+echo "=== 1. test_kernels (all, timeout 250)"
+tk 250 test_kernels '*' | grep -E "\[FAIL|Assert|Synthesis" | tail -20
+echo "=== 1. test_backend (all, timeout 90)"
+tk 90 test_backend '*' | grep -E "cosine over|four steps|\[FAIL|Assert|Synthesis" | tail -20
+echo "=== 1. resume_gpu.sh"
+MOE_BIN=$B/cmd MOE_BUILDDIR=$B MOE_SRCDIR=$PWD timeout 200 sh tests/train/resume_gpu.sh 2>&1 | tail -3; echo "rc=$?"
+date -u
+echo "=== 2. seed-base steps"
+for k in 1 2; do
+	bc
+	MOE_CUDA_PDL=0 bc
+	[ $k = 1 ] && torch_seed
+done
+bc
+date -u
+for p in 1 0; do
+	echo "=== 3. ktrace, bench_cuda -n 3 -w 2, MOE_CUDA_PDL=$p"
+	MOE_CUDA_PDL=$p CUDA_INJECTION64_PATH=$R/ktrace.so KTRACE_OUT=${OUT:-/tmp}/kt57-$p.csv timeout 120 \
+		$B/tests/bench/bench_cuda -m $M -B 16 -n 3 -w 2 2>&1 | tail -2
+	python3 $R/ktrace.py ${OUT:-/tmp}/kt57-$p.csv | head -9
+	gzip -f ${OUT:-/tmp}/kt57-$p.csv
+done
+date -u
+} 2>&1 | tee $O
