@@ -22,3 +22,5 @@ if HAVE_MANDOC
 TESTS += tests/cli/mandoc-lint.sh
 endif
 dist_check_SCRIPTS += tests/cli/mandoc-lint.sh
+TESTS += tests/cli/ktrace.sh
+dist_check_SCRIPTS += tests/cli/ktrace.sh

@@ -1,0 +1,46 @@
+#!/bin/sh
+# tests/bench/gpu/ktrace.py (the summary of a ktrace.c trace) on a small
+# made-up trace whose busy time, idle time and gaps are worked out by hand
+# below; and its error for a trace without two steps.
+set -u
+command -v python3 >/dev/null 2>&1 || exit 77
+S=${MOE_SRCDIR:-.}
+tmp=$(mktemp -d) || exit 99
+trap 'rm -rf "$tmp"' EXIT
+fail=0
+# ns: step 0 = [1000, 9000): embedding 1000-2000, k1 2500-5000 with k2
+# inside it, a memset 6000-7000: busy 1000 + 2500 + 1000 = 4500 of 8000
+# (43.8% idle), gaps 500, 1000, 2000 (mean 1.17 us).  Step 1 = [9000,
+# 20000): embedding 9000-10000, k3 10000-12000 (no gap), a memcpy
+# 13000-14000, then 6000 idle up to step 2: busy 4000 of 11000 (63.6%
+# idle), gaps 1000 and 6000 (mean 3.50 us).
+cat >"$tmp/kt.csv" <<'CSV'
+1000,2000,0,embedding_fwd_kernel(x)
+2500,5000,0,k1<int>(a;b)
+4000,4500,0,k2
+6000,7000,1,memset
+9000,10000,0,embedding_fwd_kernel(x)
+10000,12000,0,k3
+13000,14000,2,memcpy
+20000,21000,0,embedding_fwd_kernel(x)
+CSV
+check() { # output, expected text
+	case $1 in *"$2"*) ;; *) echo "expected '$2' in:"; printf '%s\n' "$1"; fail=1 ;; esac
+}
+out=$(python3 "$S/tests/bench/gpu/ktrace.py" "$tmp/kt.csv") || { echo "ktrace.py failed"; fail=1; }
+check "$out" "steps in trace: 2 full; step 1:"
+check "$out" "idle 0.01 ms (63.6%)"
+check "$out" "kernels 2, memsets 0, memcpys 1; gaps 2, mean 3.50 us"
+check "$out" "gaps 4-10us: 0.006 ms"
+out=$(python3 "$S/tests/bench/gpu/ktrace.py" "$tmp/kt.csv" 0) || { echo "ktrace.py step 0 failed"; fail=1; }
+check "$out" "(43.8%)"
+check "$out" "kernels 3, memsets 1, memcpys 0; gaps 3, mean 1.17 us"
+check "$out" "gaps   <1us: 0.001 ms"
+check "$out" "gaps  2-4us: 0.002 ms"
+head -2 "$tmp/kt.csv" >"$tmp/one.csv"
+if python3 "$S/tests/bench/gpu/ktrace.py" "$tmp/one.csv" >"$tmp/err" 2>&1; then
+	echo "a trace of one step was accepted"
+	fail=1
+fi
+check "$(cat "$tmp/err")" "fewer than two steps"
+exit $fail
