@@ -35,6 +35,21 @@
 #define AF_THREADS 384 /* producer warpgroup + two consumer warpgroups */
 #define AF_G 8         /* heads a group of the grid */
 
+/* The heads a group of the grid: dflt, or the value of the environment
+ * variable env (MOE_CUDA_FA3_G: the forward, MOE_CUDA_FA3F_G: fa3f; 1 to
+ * 4096, for measurements), read once per variable. */
+static int af_group(const char *env, int dflt)
+{
+	static int fwd = -1, bwd = -1;
+	int *g = strcmp(env, "MOE_CUDA_FA3_G") == 0 ? &fwd : &bwd;
+	if (*g < 0) {
+		const char *e = getenv(env);
+		int v = e ? atoi(e) : 0;
+		*g = v >= 1 && v <= 4096 ? v : 0;
+	}
+	return *g ? *g : dflt;
+}
+
 struct af_args {
 	bf16 *dq, *dk, *dv;       /* (B, T, H, Dh), strides ldq, ldk, ldv */
 	const float *lse, *delta; /* (B, H, T) */
@@ -534,7 +549,7 @@ int moe_att_fwd_fa3(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const b
 	/* grouped: the blocks of AF_G heads together, so that the K/V rows
 	 * they all stream are read from L2 (one block an SM: ungrouped, the
 	 * running blocks are of ~132 heads, 100 MB of K/V at seed-base) */
-	const int G = grouped ? AF_G : B * H;
+	const int G = grouped ? af_group("MOE_CUDA_FA3_G", AF_G) : B * H;
 	CUtensorMap m[3];
 	if (!af_map(&m[0], q, ldq, B, T, H, Dh) || !af_map(&m[1], k, ldk, B, T, H, Dh) ||
 	    !af_map(&m[2], v, ldv, B, T, H, Dh))
@@ -623,6 +638,7 @@ struct afu_args {
 	const float *lse, *delta; /* (B, H, T) */
 	int ldq, ldk, ldv, T, H, BH, NK, nq, ordered;
 	float scale;
+	int G; /* heads a group of the grid (awg_group) */
 };
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -808,7 +824,7 @@ __global__ void __launch_bounds__(AF_THREADS, 1)
 	const uint32_t dsr = wg_smem_u32(&bars[2 * NS + 1 + 2 * NQB]); /* dS^T buffer b's stores: at + 8 b */
 	const int tid = threadIdx.x, T = A.T, nq = A.nq;
 	int bh, y; /* the ticket after the cnt array (awg_ticket) */
-	awg_group(awg_ticket(A.cnt + (size_t)A.BH * A.nq), A.BH, A.NK, AF_G, bh, y);
+	awg_group(awg_ticket(A.cnt + (size_t)A.BH * A.nq), A.BH, A.NK, A.G, bh, y);
 	const int n = A.NK - 1 - y, first = 2 * n, ntile = nq - first;
 	if (tid == 0) {
 		for (int s = 0; s < NS; s++) {
@@ -986,7 +1002,16 @@ int moe_att_bwd_fa3f(bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const bf16 
 	    !af_map(&m[2], v, ldv, B, T, H, Dh) || !af_map(&m[3], dout, ldo, B, T, H, Dh))
 		return 1;
 	struct afu_args A = {dq,  dk,  dv,  dqacc, cnt, lse, delta, ldq, ldk, ldv, T, H, B * H, (int)moe_cdiv(T, 128),
-			     (int)moe_cdiv(T, 64), kind != 2, 1.f / sqrtf((float)Dh)};
+			     (int)moe_cdiv(T, 64), kind != 2, 1.f / sqrtf((float)Dh), 0};
+	/* from 32 key blocks of 128 up (T > 3968) groups of about 64 blocks (2 heads
+	 * at T 4096), else 8 heads: on an H100 (session 10, call 61) groups of
+	 * 2 took 3.550 ms against 8's 3.665 / 3.668 at the olmoe-like shape
+	 * (B 8, T 4096, H 16, Dh 128), 4 3.609, 16 4.575 (the grid's last,
+	 * longest blocks likely end the kernel with multiprocessors idle); at
+	 * olmoe-1b-7b's own (B 3) on an H200 the two were equal, kernel and
+	 * step (call 62); at seed-base (T 2048) groups of 1 to 16 all took
+	 * 0.844-0.857 ms, 32 0.951, 128 1.201 */
+	A.G = af_group("MOE_CUDA_FA3F_G", A.NK >= 32 ? (A.NK >= 64 ? 1 : 64 / A.NK) : AF_G);
 	/* kind 0: 2 stages, 2 dQ buffers; 1: 3 stages, 1 buffer; 2: as 0,
 	 * unordered; 3, 4: as 0, 1 with dq written by key block 0 (no
 	 * conversion kernel) */
