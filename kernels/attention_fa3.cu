@@ -596,8 +596,8 @@ int moe_att_fwd_fa3(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const b
  * later one waits until the tile's counter (zeroed by the delta kernel)
  * shows the i/2 - n before it, adds, waits for the add to complete and
  * counts itself.  So every element of dqacc is summed in a fixed order:
- * bit reproducible.  Forward progress: the grid (groups of 8 heads, each
- * group's highest key blocks first) orders every block a block waits for
+ * bit reproducible.  Forward progress: the grid (groups of A.G heads,
+ * each group's highest key blocks first) orders every block a block waits for
  * before it, and a block's place in that order is its ticket (awg_ticket,
  * session 10), not blockIdx: a waited-for block took its ticket earlier, so
  * it is resident or finished whatever order the hardware dispatches blocks
@@ -800,7 +800,7 @@ static __device__ __forceinline__ void afu_consume(const struct afu_args &A, int
 }
 #endif
 
-/* 1-D grid of BH heads x NK key blocks of 128 in groups of AF_G heads
+/* 1-D grid of BH heads x NK key blocks of 128 in groups of A.G heads
  * (awg_group), each group's highest key blocks first; maps (Dh, H, T, B)
  * of q, k, v, dO.  CVT: see afu_consume (ordered only) */
 template <int DH, int NS, int NQB, bool CVT>
