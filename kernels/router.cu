@@ -773,29 +773,17 @@ static int route_lanes(int E, int K)
 	return g;
 }
 
-#define G_LAUNCH(G, KER, N, ...)                                                                                       \
-	do {                                                                                                           \
-		unsigned nb_ = (unsigned)moe_cdiv((size_t)(N) * (G), RT);                                              \
-		switch (G) {                                                                                           \
-		case 1:                                                                                                \
-			moe_launch(KER<1>, nb_, RT, 0, s, __VA_ARGS__);                                                \
-			break;                                                                                         \
-		case 2:                                                                                                \
-			moe_launch(KER<2>, nb_, RT, 0, s, __VA_ARGS__);                                                \
-			break;                                                                                         \
-		case 4:                                                                                                \
-			moe_launch(KER<4>, nb_, RT, 0, s, __VA_ARGS__);                                                \
-			break;                                                                                         \
-		case 8:                                                                                                \
-			moe_launch(KER<8>, nb_, RT, 0, s, __VA_ARGS__);                                                \
-			break;                                                                                         \
-		case 16:                                                                                               \
-			moe_launch(KER<16>, nb_, RT, 0, s, __VA_ARGS__);                                               \
-			break;                                                                                         \
-		default:                                                                                               \
-			moe_launch(KER<32>, nb_, RT, 0, s, __VA_ARGS__);                                               \
-			break;                                                                                         \
-		}                                                                                                      \
+#define G_LAUNCH(G, KER, N, ...)                                                          \
+	do {                                                                              \
+		unsigned nb_ = (unsigned)moe_cdiv((size_t)(N) * (G), RT);                 \
+		switch (G) {                                                              \
+		case 1: moe_launch(KER<1>, nb_, RT, 0, s, __VA_ARGS__); break;            \
+		case 2: moe_launch(KER<2>, nb_, RT, 0, s, __VA_ARGS__); break;            \
+		case 4: moe_launch(KER<4>, nb_, RT, 0, s, __VA_ARGS__); break;            \
+		case 8: moe_launch(KER<8>, nb_, RT, 0, s, __VA_ARGS__); break;            \
+		case 16: moe_launch(KER<16>, nb_, RT, 0, s, __VA_ARGS__); break;          \
+		default: moe_launch(KER<32>, nb_, RT, 0, s, __VA_ARGS__); break;          \
+		}                                                                         \
 	} while (0)
 
 static bool al16(const void *p) { return ((uintptr_t)p & 15) == 0; }
