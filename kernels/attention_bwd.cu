@@ -359,14 +359,13 @@ extern "C" const char *moe_cuda_attention_bwd_config(int v)
 	return att_bwd_names[att_bwd_variant(96) - 1];
 }
 
-/* bytes of delta (B, H, T) rounded up to 16; of the fused kernels' counters
- * (B, H, query tiles of 64) and their blocks' ticket (awg_ticket) rounded
- * up to 256 */
+/* The fused kernels' counters: one a (B, H, query tile of 64), then their
+ * blocks' ticket (awg_ticket) */
+static int att_ncnt(int B, int T, int H) { return B * H * moe_cdiv(T, 64) + 1; }
+/* bytes of delta (B, H, T) rounded up to 16; of the counters rounded up to
+ * 256 */
 static size_t att_delta_bytes(int B, int T, int H) { return ((size_t)B * H * T * sizeof(float) + 15) & ~(size_t)15; }
-static size_t att_cnt_bytes(int B, int T, int H)
-{
-	return (((size_t)B * H * moe_cdiv(T, 64) + 1) * sizeof(int) + 255) & ~(size_t)255;
-}
+static size_t att_cnt_bytes(int B, int T, int H) { return ((size_t)att_ncnt(B, T, H) * sizeof(int) + 255) & ~(size_t)255; }
 static bool att_fused_dh(int Dh) { return Dh == 96 || Dh == 128; }
 /* the variants with an fp32 dQ and counters in the scratch */
 static bool att_fused_var(int var, int Dh) { return (var == 4 || var >= 7) && att_fused_dh(Dh); }
@@ -387,7 +386,7 @@ static int launch_bwd(bf16 *dq, bf16 *dk, bf16 *dv, float *delta, const bf16 *do
 	bool fused = att_fused_var(var, DH);
 	int *cnt = fused ? (int *)((char *)delta + att_delta_bytes(B, T, H)) : NULL;
 	float *dqacc = fused ? (float *)((char *)cnt + att_cnt_bytes(B, T, H)) : NULL;
-	if ((rc = att_delta(delta, cnt, fused ? B * H * moe_cdiv(T, 64) + 1 : 0, dout, out, ldo, B, T, H, DH, s, err)) != 0)
+	if ((rc = att_delta(delta, cnt, fused ? att_ncnt(B, T, H) : 0, dout, out, ldo, B, T, H, DH, s, err)) != 0)
 		return rc;
 	if (var >= 7 && fused &&
 	    (rc = moe_att_bwd_fa3f(dq, dk, dv, dout, q, k, v, lse, delta, dqacc, cnt, var - 7, ldq, ldk, ldv, ldo, B, T,

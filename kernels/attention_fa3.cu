@@ -35,20 +35,19 @@
 #define AF_THREADS 384 /* producer warpgroup + two consumer warpgroups */
 #define AF_G 8         /* heads a group of the grid */
 
-/* The heads a group of the grid: dflt, or the value of the environment
- * variable env (MOE_CUDA_FA3_G: the forward, MOE_CUDA_FA3F_G: fa3f; 1 to
- * 4096, for measurements), read once per variable. */
-static int af_group(const char *env, int dflt)
+/* The heads a group of the grid: the value of the environment variable
+ * env (MOE_CUDA_FA3_G: the forward, MOE_CUDA_FA3F_G: fa3f; 1 to 4096, for
+ * measurements), read once into *seen, else dflt. */
+static int af_group(const char *env, int *seen, int dflt)
 {
-	static int fwd = -1, bwd = -1;
-	int *g = strcmp(env, "MOE_CUDA_FA3_G") == 0 ? &fwd : &bwd;
-	if (*g < 0) {
+	if (*seen < 0) {
 		const char *e = getenv(env);
 		int v = e ? atoi(e) : 0;
-		*g = v >= 1 && v <= 4096 ? v : 0;
+		*seen = v >= 1 && v <= 4096 ? v : 0;
 	}
-	return *g ? *g : dflt;
+	return *seen ? *seen : dflt;
 }
+static int af_fwd_g = -1, afu_g = -1; /* af_group's MOE_CUDA_FA3_G, MOE_CUDA_FA3F_G */
 
 struct af_args {
 	bf16 *dq, *dk, *dv;       /* (B, T, H, Dh), strides ldq, ldk, ldv */
@@ -104,9 +103,7 @@ static __device__ __forceinline__ void af_dkdv(const struct af_args &A, int kt, 
 			unsigned sa[4][4]; /* dS^T as A fragments (16 queries each) */
 			awg_pack(sa, dpT);
 			wg_fence();
-#pragma unroll
-			for (int ks = 0; ks < 4; ks++)
-				awg_pv<DH>(dK, sa[ks], wg_desc(qs + ks * 2048, 8192, 1024)); /* dK += dS^T Q */
+			awg_dk_add<DH>(dK, sa, qs); /* dK += dS^T Q */
 			wg_commit();
 			wg_wait<0>();
 			wg_fence_regs<DH / 2>(dV);
@@ -549,7 +546,7 @@ int moe_att_fwd_fa3(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const b
 	/* grouped: the blocks of AF_G heads together, so that the K/V rows
 	 * they all stream are read from L2 (one block an SM: ungrouped, the
 	 * running blocks are of ~132 heads, 100 MB of K/V at seed-base) */
-	const int G = grouped ? af_group("MOE_CUDA_FA3_G", AF_G) : B * H;
+	const int G = grouped ? af_group("MOE_CUDA_FA3_G", &af_fwd_g, AF_G) : B * H;
 	CUtensorMap m[3];
 	if (!af_map(&m[0], q, ldq, B, T, H, Dh) || !af_map(&m[1], k, ldk, B, T, H, Dh) ||
 	    !af_map(&m[2], v, ldv, B, T, H, Dh))
@@ -769,9 +766,7 @@ static __device__ __forceinline__ void afu_consume(const struct afu_args &A, int
 		wg_fence_proxy(); /* this thread's dS^T for the tensor cores */
 		float dq[32];
 		wg_fence();
-#pragma unroll
-		for (int ks = 0; ks < 4; ks++) /* dK += dS^T Q (zero products above the diagonal) */
-			awg_pv<DH>(dK, sa[ks], wg_desc(qs + ks * 2048, 8192, 1024));
+		awg_dk_add<DH>(dK, sa, qs); /* dK += dS^T Q (zero products above the diagonal) */
 		dq_product(dq, r - 1); /* r = 0: buffer 1 before any dS^T, not staged */
 		wg_commit();
 		wg_wait<0>();
@@ -823,8 +818,8 @@ __global__ void __launch_bounds__(AF_THREADS, 1)
 	const uint32_t dqf = wg_smem_u32(&bars[2 * NS + 1]), dqe = dqf + 8;
 	const uint32_t dsr = wg_smem_u32(&bars[2 * NS + 1 + 2 * NQB]); /* dS^T buffer b's stores: at + 8 b */
 	const int tid = threadIdx.x, T = A.T, nq = A.nq;
-	int bh, y; /* the ticket after the cnt array (awg_ticket) */
-	awg_group(awg_ticket(A.cnt + (size_t)A.BH * A.nq), A.BH, A.NK, A.G, bh, y);
+	int bh, y;
+	awg_group(awg_ticket(A.cnt, A.BH, A.nq), A.BH, A.NK, A.G, bh, y);
 	const int n = A.NK - 1 - y, first = 2 * n, ntile = nq - first;
 	if (tid == 0) {
 		for (int s = 0; s < NS; s++) {
@@ -1011,7 +1006,7 @@ int moe_att_bwd_fa3f(bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const bf16 
 	 * olmoe-1b-7b's own (B 3) on an H200 the two were equal, kernel and
 	 * step (call 62); at seed-base (T 2048) groups of 1 to 16 all took
 	 * 0.844-0.857 ms, 32 0.951, 128 1.201 */
-	A.G = af_group("MOE_CUDA_FA3F_G", A.NK >= 32 ? (A.NK >= 64 ? 1 : 64 / A.NK) : AF_G);
+	A.G = af_group("MOE_CUDA_FA3F_G", &afu_g, A.NK >= 32 ? (A.NK >= 64 ? 1 : 64 / A.NK) : AF_G);
 	/* kind 0: 2 stages, 2 dQ buffers; 1: 3 stages, 1 buffer; 2: as 0,
 	 * unordered; 3, 4: as 0, 1 with dq written by key block 0 (no
 	 * conversion kernel) */

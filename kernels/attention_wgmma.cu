@@ -274,9 +274,7 @@ static __device__ __forceinline__ void awg_dkdv(const struct awgb_args &A, int k
 			unsigned sa[4][4]; /* dS^T as A fragments (16 queries each) */
 			awg_pack(sa, dpT);
 			wg_fence();
-#pragma unroll
-			for (int ks = 0; ks < 4; ks++)
-				awg_pv<DH>(dK, sa[ks], wg_desc(qs + ks * 2048, 8192, 1024)); /* dK += dS^T Q */
+			awg_dk_add<DH>(dK, sa, qs); /* dK += dS^T Q */
 			wg_commit();
 			wg_wait<0>();
 			wg_fence_regs<DH / 2>(dV);
@@ -642,7 +640,7 @@ __global__ void __launch_bounds__(256, 1) attention_bwd_fused_kernel(struct awgb
 	MOE_PDL_ENTRY();
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 	int bh, y;
-	awg_group(awg_ticket(A.cnt + (size_t)BH * ((A.T + 63) / 64)), BH, nk, AWGF_G, bh, y);
+	awg_group(awg_ticket(A.cnt, BH, (A.T + 63) / 64), BH, nk, AWGF_G, bh, y);
 	awg_fused<DH>(A, nk - 1 - y, bh);
 #endif
 }

@@ -207,12 +207,14 @@ static __device__ __forceinline__ void awg_group(int l, int BH, int NY, int G, i
  * blocks with lower tickets, which took theirs before it did and so are
  * resident or done, whatever order the hardware dispatches blocks in:
  * forward progress without assuming launch-order dispatch, which CUDA
- * does not promise.  Every thread of the block gets the ticket. */
-static __device__ __forceinline__ int awg_ticket(int *ticket)
+ * does not promise.  Every thread of the block gets the ticket.  The
+ * counter is the int after the grid's (BH, nq) dQ-tile counters cnt
+ * (attention_bwd.cu's att_ncnt). */
+static __device__ __forceinline__ int awg_ticket(int *cnt, int BH, int nq)
 {
 	__shared__ int t;
 	if (threadIdx.x == 0)
-		t = atomicAdd(ticket, 1);
+		t = atomicAdd(cnt + (size_t)BH * nq, 1);
 	__syncthreads();
 	return t;
 }
@@ -275,6 +277,17 @@ static __device__ __forceinline__ void awg_st_dst(const unsigned (&sa)[4][4], ui
 		}
 }
 
+/* dK += dS^T Q issued (the caller fences before and commits after): sa,
+ * dS^T as A fragments (awg_pack, 16 queries each); qs the tile's Q in
+ * shared memory */
+template <int DH>
+static __device__ __forceinline__ void awg_dk_add(float *dK, const unsigned (&sa)[4][4], uint32_t qs)
+{
+#pragma unroll
+	for (int ks = 0; ks < 4; ks++)
+		awg_pv<DH>(dK, sa[ks], wg_desc(qs + ks * 2048, 8192, 1024));
+}
+
 /* dK += dS^T Q issued (and committed) for fu4g, which also needs dS^T in
  * shared memory for its dQ products: dS^T (dpT) packed as A fragments and
  * stored at sds (awg_st_dst); qs: the tile's Q in shared memory */
@@ -286,9 +299,7 @@ static __device__ __forceinline__ void awg_dst_dk_shared(float *dK, const float 
 	awg_pack(sa, dpT);
 	awg_st_dst(sa, sds, wg, w, g, t4);
 	wg_fence();
-#pragma unroll
-	for (int ks = 0; ks < 4; ks++)
-		awg_pv<DH>(dK, sa[ks], wg_desc(qs + ks * 2048, 8192, 1024));
+	awg_dk_add<DH>(dK, sa, qs);
 	wg_commit();
 }
 

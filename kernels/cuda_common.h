@@ -44,9 +44,17 @@ static inline int moe_cublas_check(cublasStatus_t s, const char *expr, const cha
 #define CUDA_LAUNCHED(err) moe_cuda_check(cudaGetLastError(), "kernel launch", __func__, __FILE__, \
 					  __LINE__, (err))
 
+/* Environment variable name set to exactly val (the kernels' and the
+ * backend's switches). */
+static inline bool env_is(const char *name, const char *val)
+{
+	const char *v = getenv(name);
+	return v && strcmp(v, val) == 0;
+}
+
 /* Programmatic dependent launch (sm_90; session 10).  Every kernel of the
  * backend starts with MOE_PDL_ENTRY() and is launched by moe_launch, which
- * (MOE_CUDA_PDL=1) lets the driver start it before the kernel ahead of it
+ * (unless MOE_CUDA_PDL=0) lets the driver start it before the kernel ahead of it
  * in the stream has finished: its blocks wait in griddepcontrol.wait until
  * that kernel has completed and its writes are visible.  The wait is the
  * kernel's first statement: nothing is read or written before it, so the
@@ -65,13 +73,12 @@ static inline int moe_cublas_check(cublasStatus_t s, const char *expr, const cha
 	} while (0)
 #endif
 
+/* MOE_CUDA_PDL=0: kernels launched without the attribute (comparisons) */
 static inline bool moe_pdl_on(void)
 {
 	static int on = -1;
-	if (on < 0) {
-		const char *e = getenv("MOE_CUDA_PDL");
-		on = !(e && strcmp(e, "0") == 0);
-	}
+	if (on < 0)
+		on = !env_is("MOE_CUDA_PDL", "0");
 	return on != 0;
 }
 
@@ -225,14 +232,6 @@ static __device__ __forceinline__ void dw_put8(float *dst, const float *v, bool 
 		for (int j = 0; j < 8; j++)
 			atomicAdd(dst + j, v[j]);
 	}
-}
-
-/* Environment variable name set to exactly val (the kernels' and the
- * backend's switches). */
-static inline bool env_is(const char *name, const char *val)
-{
-	const char *v = getenv(name);
-	return v && strcmp(v, val) == 0;
 }
 
 static inline unsigned moe_cdiv(size_t a, size_t b) { return (unsigned)((a + b - 1) / b); }

@@ -104,12 +104,7 @@ qknorm_rope_bwd_kernel(bf16 *dx, float *dw, const bf16 *dout, const bf16 *x, con
 	extern __shared__ __align__(16) float sy[]; /* (warps, D): the row, then dw partials */
 	int lane = threadIdx.x % 32, wi = threadIdx.x / 32;
 	float *y = sy + (size_t)wi * D;
-	float acc[NC][8];
-#pragma unroll
-	for (int c = 0; c < NC; c++)
-#pragma unroll
-		for (int j = 0; j < 8; j++)
-			acc[c][j] = 0.f;
+	float acc[NC][8] = {};
 	for (int n = blockIdx.x * QR_WARPS + wi; n < N; n += gridDim.x * QR_WARPS) {
 		const bf16 *dr = dout + (size_t)n * D, *xr = x + (size_t)n * D;
 #pragma unroll

@@ -133,12 +133,7 @@ rmsnorm_rows_bwd_kernel(bf16 *dx, float *dw, const bf16 *dout, const bf16 *x, co
 		sw[i] = w[i];
 	__syncthreads();
 	const int lane = threadIdx.x % 32, wi = threadIdx.x / 32, warps = blockDim.x / 32;
-	float acc[NC][8];
-#pragma unroll
-	for (int c = 0; c < NC; c++)
-#pragma unroll
-		for (int j = 0; j < 8; j++)
-			acc[c][j] = 0.f;
+	float acc[NC][8] = {};
 	const int stride = gridDim.x * warps;
 	int n = blockIdx.x * warps + wi;
 	for (; n < N; n += stride) {
@@ -259,12 +254,7 @@ rmsnorm_wide_bwd_kernel(bf16 *dx, float *dw, const bf16 *dout, const bf16 *x, co
 {
 	MOE_PDL_ENTRY();
 	__shared__ float rs[2][W];
-	float acc[NC][8];
-#pragma unroll
-	for (int c = 0; c < NC; c++)
-#pragma unroll
-		for (int j = 0; j < 8; j++)
-			acc[c][j] = 0.f;
+	float acc[NC][8] = {};
 	int it = 0;
 	for (int n = blockIdx.x; n < N; n += gridDim.x, it ^= 1) {
 		size_t o0 = (size_t)n * D;

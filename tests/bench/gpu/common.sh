@@ -6,6 +6,7 @@
 #   profile [FILTER]             one profiled seed-base step (per-op table)
 #   tk SECONDS BINARY FILTER     a GPU test binary's tests matching FILTER, verbose
 #   olmoe_step B [VAR=VALUE]     bench_cuda at olmoe-1b-7b, seq 4096, micro-batch B
+#   suites                       both GPU test binaries whole, then resume_gpu.sh
 R=$PWD/${RUNDIR:-${PACK:-.devrun}}
 B=$R/b
 M=share/models/seed-base.json
@@ -38,4 +39,14 @@ olmoe_step() {
 	env ${2:-X=} timeout 150 $B/tests/bench/bench_cuda -m share/models/olmoe-1b-7b.json -T 4096 -B $1 -n 3 -w 1 \
 		2>/tmp/o.err | tail -1
 	tail -1 /tmp/o.err
+}
+suites() {
+	echo "=== test_kernels (all, timeout 250)"
+	tk 250 test_kernels '*' | grep -E "\[FAIL|Assert|Synthesis" | tail -20
+	echo "=== test_backend (all, timeout 90)"
+	tk 90 test_backend '*' | grep -E "cosine over|four steps|\[FAIL|Assert|Synthesis" | tail -20
+	echo "=== resume_gpu.sh"
+	MOE_BIN=$B/cmd MOE_BUILDDIR=$B MOE_SRCDIR=$PWD timeout 200 sh tests/train/resume_gpu.sh >/tmp/resume.out 2>&1
+	echo "rc=$?"
+	tail -3 /tmp/resume.out
 }

@@ -18,15 +18,17 @@ struct rec {
 	char name[64];
 };
 static struct rec *recs;
-static size_t nrec, cap;
+static size_t nrec, cap, lost; /* lost: records not kept (out of memory) */
 
 static void add(unsigned long long s, unsigned long long e, int kind, const char *name)
 {
 	if (nrec == cap) {
 		size_t nc = cap ? 2 * cap : 1 << 16;
 		struct rec *r = realloc(recs, nc * sizeof(*r));
-		if (!r)
+		if (!r) {
+			lost++;
 			return;
+		}
 		recs = r;
 		cap = nc;
 	}
@@ -42,8 +44,8 @@ static void add(unsigned long long s, unsigned long long e, int kind, const char
 
 static void CUPTIAPI buf_req(uint8_t **buf, size_t *size, size_t *maxrec)
 {
-	*size = 8 << 20;
-	*buf = aligned_alloc(8, *size);
+	*buf = aligned_alloc(8, 8 << 20);
+	*size = *buf ? 8 << 20 : 0; /* none: CUPTI drops the records */
 	*maxrec = 0;
 }
 
@@ -86,6 +88,8 @@ static void done(void)
 		fprintf(f, "%llu,%llu,%d,%s\n", recs[i].s, recs[i].e, recs[i].kind, recs[i].name);
 	fclose(f);
 	fprintf(stderr, "ktrace: %zu records in %s\n", nrec, path);
+	if (lost)
+		fprintf(stderr, "ktrace: %zu records lost (out of memory): the trace is incomplete\n", lost);
 }
 
 int InitializeInjection(void)

@@ -11,12 +11,8 @@ set -u
 . "$(dirname "$0")/common.sh"
 O=${OUT:-/tmp}/run59.txt
 {
-echo "=== 1. test_kernels (all, timeout 250)"
-tk 250 test_kernels '*' | grep -E "\[FAIL|Assert|Synthesis" | tail -20
-echo "=== 1. test_backend (all, timeout 90)"
-tk 90 test_backend '*' | grep -E "cosine over|four steps|\[FAIL|Assert|Synthesis" | tail -20
-echo "=== 1. resume_gpu.sh"
-MOE_BIN=$B/cmd MOE_BUILDDIR=$B MOE_SRCDIR=$PWD timeout 200 sh tests/train/resume_gpu.sh 2>&1 | tail -3; echo "rc=$?"
+echo "=== 1. both GPU test binaries, resume_gpu.sh"
+suites
 date -u
 echo "=== 2. seed-base steps"
 for k in 1 2; do
