@@ -378,7 +378,7 @@ static bool att_fused_var(int var, int Dh) { return (var == 4 || var >= 7) && at
 template <int DH>
 static int launch_bwd(bf16 *dq, bf16 *dk, bf16 *dv, float *delta, const bf16 *dout, const bf16 *q, const bf16 *k,
 		      const bf16 *v, const bf16 *out, const float *lse, int ldq, int ldk, int ldv, int ldo, int B,
-		      int T, int H, int var, cudaStream_t s, struct moe_error *err)
+		      int T, int H, int var, const float **kept, cudaStream_t s, struct moe_error *err)
 {
 	constexpr int LD = DH + ATT_PAD;
 	int rc;
@@ -388,10 +388,15 @@ static int launch_bwd(bf16 *dq, bf16 *dk, bf16 *dv, float *delta, const bf16 *do
 	float *dqacc = fused ? (float *)((char *)cnt + att_cnt_bytes(B, T, H)) : NULL;
 	if ((rc = att_delta(delta, cnt, fused ? att_ncnt(B, T, H) : 0, dout, out, ldo, B, T, H, DH, s, err)) != 0)
 		return rc;
+	/* kept: fa3f's kinds 0-2 leave dq's fp32 tiles to the caller */
+	bool keep = kept && var <= 9;
 	if (var >= 7 && fused &&
-	    (rc = moe_att_bwd_fa3f(dq, dk, dv, dout, q, k, v, lse, delta, dqacc, cnt, var - 7, ldq, ldk, ldv, ldo, B, T,
-				   H, DH, s, err)) != 1)
+	    (rc = moe_att_bwd_fa3f(dq, dk, dv, dout, q, k, v, lse, delta, dqacc, cnt, var - 7, keep, ldq, ldk, ldv, ldo,
+				   B, T, H, DH, s, err)) != 1) {
+		if (keep && rc == 0)
+			*kept = dqacc;
 		return rc;
+	}
 	if (var >= 5 && (rc = moe_att_bwd_fa3(dq, dk, dv, dout, q, k, v, lse, delta, var == 6 ? 2 : 4, ldq, ldk, ldv,
 					      ldo, B, T, H, DH, s, err)) != 1)
 		return rc;
@@ -430,10 +435,10 @@ extern "C" size_t moe_cuda_attention_bwd_scratch(int B, int T, int H, int Dh)
 	return delta + 2 * (size_t)B * T * H * Dh * sizeof(float); /* dk32, dv32 */
 }
 
-extern "C" int moe_cuda_attention_bwd(bf16_t *dq, bf16_t *dk, bf16_t *dv, void *scratch, const bf16_t *dout,
-				      const bf16_t *q, const bf16_t *k, const bf16_t *v, const bf16_t *out,
-				      const float *lse, int ldq, int ldk, int ldv, int ldo, int B, int T, int H,
-				      int Dh, cudaStream_t s, struct moe_error *err)
+static int attention_bwd(bf16_t *dq, bf16_t *dk, bf16_t *dv, void *scratch, const bf16_t *dout, const bf16_t *q,
+			 const bf16_t *k, const bf16_t *v, const bf16_t *out, const float *lse, int ldq, int ldk,
+			 int ldv, int ldo, int B, int T, int H, int Dh, const float **kept, cudaStream_t s,
+			 struct moe_error *err)
 {
 	/* scratch: delta (B, H, T), then dk32, dv32 (B, T, H, Dh) for the scalar
 	 * kernels of other head sizes */
@@ -446,7 +451,7 @@ extern "C" int moe_cuda_attention_bwd(bf16_t *dq, bf16_t *dk, bf16_t *dv, void *
 	bf16 *dqq = (bf16 *)dq, *dkk = (bf16 *)dk, *dvv = (bf16 *)dv;
 	const bf16 *d = (const bf16 *)dout, *qq = (const bf16 *)q, *kk = (const bf16 *)k, *vv = (const bf16 *)v,
 		   *o = (const bf16 *)out;
-#define ATT_BWD(DHV) launch_bwd<DHV>(dqq, dkk, dvv, delta, d, qq, kk, vv, o, lse, ldq, ldk, ldv, ldo, B, T, H, att_bwd_variant(DHV), s, err)
+#define ATT_BWD(DHV) launch_bwd<DHV>(dqq, dkk, dvv, delta, d, qq, kk, vv, o, lse, ldq, ldk, ldv, ldo, B, T, H, att_bwd_variant(DHV), kept, s, err)
 	switch (Dh) {
 	case 16: return ATT_BWD(16);
 	case 32: return ATT_BWD(32);
@@ -462,4 +467,23 @@ extern "C" int moe_cuda_attention_bwd(bf16_t *dq, bf16_t *dk, bf16_t *dv, void *
 	}
 	}
 #undef ATT_BWD
+}
+
+extern "C" int moe_cuda_attention_bwd(bf16_t *dq, bf16_t *dk, bf16_t *dv, void *scratch, const bf16_t *dout,
+				      const bf16_t *q, const bf16_t *k, const bf16_t *v, const bf16_t *out,
+				      const float *lse, int ldq, int ldk, int ldv, int ldo, int B, int T, int H,
+				      int Dh, cudaStream_t s, struct moe_error *err)
+{
+	return attention_bwd(dq, dk, dv, scratch, dout, q, k, v, out, lse, ldq, ldk, ldv, ldo, B, T, H, Dh, NULL, s,
+			     err);
+}
+
+extern "C" int moe_cuda_attention_bwd_acc(bf16_t *dq, bf16_t *dk, bf16_t *dv, void *scratch, const bf16_t *dout,
+					  const bf16_t *q, const bf16_t *k, const bf16_t *v, const bf16_t *out,
+					  const float *lse, int ldq, int ldk, int ldv, int ldo, int B, int T, int H,
+					  int Dh, const float **dqacc, cudaStream_t s, struct moe_error *err)
+{
+	*dqacc = NULL;
+	return attention_bwd(dq, dk, dv, scratch, dout, q, k, v, out, lse, ldq, ldk, ldv, ldo, B, T, H, Dh, dqacc, s,
+			     err);
 }

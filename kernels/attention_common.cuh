@@ -178,10 +178,12 @@ int moe_att_bwd_fa3(bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const bf16 *
  * kernel's; kind 0: 2 stages, 2 dQ buffers, 1: 3 stages, 1 dQ buffer (both
  * deterministic), 2: as 0 with the dQ contributions added in any order
  * (not reproducible), 3 and 4: as 0 and 1 with dq written by key block 0
- * instead of a conversion kernel.  The same contract (1: cannot run
+ * instead of a conversion kernel.  keep (kinds 0-2): no conversion kernel,
+ * dq left unwritten and its fp32 values in dqacc for the caller
+ * (moe_cuda_attention_bwd_acc).  The same contract (1: cannot run
  * here). */
 int moe_att_bwd_fa3f(bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const bf16 *q, const bf16 *k, const bf16 *v,
-		     const float *lse, const float *delta, float *dqacc, int *cnt, int kind, int ldq, int ldk, int ldv,
-		     int ldo, int B, int T, int H, int Dh, cudaStream_t s, struct moe_error *err);
+		     const float *lse, const float *delta, float *dqacc, int *cnt, int kind, bool keep, int ldq, int ldk,
+		     int ldv, int ldo, int B, int T, int H, int Dh, cudaStream_t s, struct moe_error *err);
 
 #endif

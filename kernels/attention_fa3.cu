@@ -963,7 +963,7 @@ __global__ void attention_fa3f_dq_kernel(bf16 *dq, const float *acc, int ldq, in
 }
 
 template <int DH, int NS, int NQB, bool CVT>
-static int afu_launch(const CUtensorMap *m, const struct afu_args &A, bf16 *dq, int ldq, cudaStream_t s,
+static int afu_launch(const CUtensorMap *m, const struct afu_args &A, bf16 *dq, int ldq, bool keep, cudaStream_t s,
 		      struct moe_error *err)
 {
 	constexpr size_t SMEM = afu_cfg<DH, NS, NQB>::SMEM;
@@ -977,7 +977,7 @@ static int afu_launch(const CUtensorMap *m, const struct afu_args &A, bf16 *dq, 
 		return rc;
 	moe_launch(attention_bwd_fa3f_kernel<DH, NS, NQB, CVT>, A.BH * A.NK, AF_THREADS, SMEM, s, m[0], m[1], m[2],
 		   m[3], A);
-	if ((rc = CUDA_LAUNCHED(err)) != 0 || CVT)
+	if ((rc = CUDA_LAUNCHED(err)) != 0 || CVT || keep)
 		return rc;
 	const size_t n4 = nacc / 4;
 	moe_launch(attention_fa3f_dq_kernel<DH>, moe_cdiv(n4, 256), 256, 0, s, dq, A.dqacc, ldq, A.T, A.H, A.nq, n4);
@@ -985,8 +985,8 @@ static int afu_launch(const CUtensorMap *m, const struct afu_args &A, bf16 *dq, 
 }
 
 int moe_att_bwd_fa3f(bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const bf16 *q, const bf16 *k, const bf16 *v,
-		     const float *lse, const float *delta, float *dqacc, int *cnt, int kind, int ldq, int ldk, int ldv,
-		     int ldo, int B, int T, int H, int Dh, cudaStream_t s, struct moe_error *err)
+		     const float *lse, const float *delta, float *dqacc, int *cnt, int kind, bool keep, int ldq, int ldk,
+		     int ldv, int ldo, int B, int T, int H, int Dh, cudaStream_t s, struct moe_error *err)
 {
 	if ((Dh != 96 && Dh != 128) || !moe_cuda_grouped_wgmma_supported() || !wg_tmap_encoder() ||
 	    ((uintptr_t)q | (uintptr_t)k | (uintptr_t)v | (uintptr_t)dout | (uintptr_t)dqacc) % 16 ||
@@ -1011,10 +1011,10 @@ int moe_att_bwd_fa3f(bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const bf16 
 	 * unordered; 3, 4: as 0, 1 with dq written by key block 0 (no
 	 * conversion kernel) */
 #define AFUL(DHV)                                                                          \
-	(kind == 1   ? afu_launch<DHV, 3, 1, false>(m, A, dq, ldq, s, err)                 \
-	 : kind == 3 ? afu_launch<DHV, 2, 2, true>(m, A, dq, ldq, s, err)                  \
-	 : kind == 4 ? afu_launch<DHV, 3, 1, true>(m, A, dq, ldq, s, err)                  \
-		     : afu_launch<DHV, 2, 2, false>(m, A, dq, ldq, s, err))
+	(kind == 1   ? afu_launch<DHV, 3, 1, false>(m, A, dq, ldq, keep, s, err)           \
+	 : kind == 3 ? afu_launch<DHV, 2, 2, true>(m, A, dq, ldq, keep, s, err)            \
+	 : kind == 4 ? afu_launch<DHV, 3, 1, true>(m, A, dq, ldq, keep, s, err)            \
+		     : afu_launch<DHV, 2, 2, false>(m, A, dq, ldq, keep, s, err))
 	return Dh == 96 ? AFUL(96) : AFUL(128);
 #undef AFUL
 }

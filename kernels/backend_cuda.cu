@@ -146,6 +146,8 @@ struct cuda_ctx {
 	int grouped_mode;   /* GM_* */
 	int grouped_tma;    /* GM_WGMMA: 1 fwd and dgrad, 2 all three through grouped_tma.cu */
 	int qk_split;       /* MOE_CUDA_QKNORM_ROPE=split: rmsnorm and rope as two kernels */
+	int dq_fuse;        /* MOE_CUDA_DQ_FUSE=0: attention's dq converted to bf16 before the query's
+			       QK-norm backward reads it (attention_qknorm_bwd) */
 	int qkv_split;      /* MOE_CUDA_QKV=split: no batched linears (linear_fwd_multi, _wgrad_multi) */
 	int res_copy;       /* MOE_CUDA_RESGEMM=0: residual linears as a copy and a GEMM adding in place */
 	int det;            /* no fp32 atomics (norm weights, embedding); MOE_CUDA_DETERMINISTIC=0: atomics */
@@ -192,6 +194,7 @@ struct cuda_ctx {
 	struct ssq_rec ssq[N_SSQ];
 	int n_ssq;
 	size_t ssq_from_epi, ssq_read; /* floats summed each way (moe_cuda_sumsq_counts) */
+	size_t dq_tiles;               /* attention_qknorm_bwd calls that read fa3f's dQ tiles */
 };
 
 #define CTX(be) ((struct cuda_ctx *)(be)->ctx)
@@ -1028,6 +1031,48 @@ static void o_attention_bwd(struct moe_backend *be, void *dq, void *dk, void *dv
 	PROF_END(c);
 }
 
+/* The attention backward and the query's QK-norm + RoPE backward (model.h):
+ * where fa3f keeps dq as fp32 tiles, the QK-norm kernel reads them (the
+ * same bits as the conversion kernel's dq, without it); elsewhere the two
+ * ops. */
+static void o_attention_qknorm_bwd(struct moe_backend *be, void *dqx, float *dwq, void *dq, void *dk, void *dv,
+				   const void *dout, const void *q, const void *k, const void *v, const void *out,
+				   const float *lse, const void *qraw, const void *wq, const float *rstdq, int B, int T,
+				   int H, int Dh, float theta)
+{
+	struct cuda_ctx *c = CTX(be);
+	if (!c->dq_fuse || c->qk_split || !moe_cuda_qknorm_rope_acc_supported(H, Dh)) {
+		o_attention_bwd(be, dq, dk, dv, dout, q, k, v, out, lse, B, T, H, Dh);
+		o_qknorm_rope_bwd(be, dqx, dwq, dq, qraw, wq, rstdq, B, T, H, Dh, theta);
+		return;
+	}
+	int ld = H * Dh;
+	const float *acc = NULL;
+	void *delta = scratch(c, S_DELTA, moe_cuda_attention_bwd_scratch(B, T, H, Dh));
+	{
+		PROF(c, "attention_bwd");
+		RUN(c, moe_cuda_attention_bwd_acc((bf16_t *)dq, (bf16_t *)dk, (bf16_t *)dv, delta, (const bf16_t *)dout,
+						  (const bf16_t *)q, (const bf16_t *)k, (const bf16_t *)v,
+						  (const bf16_t *)out, lse, ld, ld, ld, ld, B, T, H, Dh, &acc, c->s,
+						  &c->err));
+		PROF_END(c);
+	}
+	if (!acc) { /* dq written (another variant, or an error recorded) */
+		o_qknorm_rope_bwd(be, dqx, dwq, dq, qraw, wq, rstdq, B, T, H, Dh, theta);
+		return;
+	}
+	const float *wf = master_of(c, wq);
+	rope_table(c, T, Dh, theta);
+	if (dwq && be->grad_overwrite && grad_needs_clear(c, dwq, (size_t)H * Dh))
+		b_zero(be, dwq, (size_t)H * Dh, MOE_BUF_F32);
+	float *part = norm_part(c, H * Dh, dwq);
+	c->dq_tiles++;
+	PROF(c, "qknorm_rope_bwd");
+	RUN(c, moe_cuda_qknorm_rope_bwd_acc((bf16_t *)dqx, dwq, part, acc, (const bf16_t *)qraw, wf, rstdq, c->cosb,
+					    c->sinb, B, T, H, Dh, c->s, &c->err));
+	PROF_END(c);
+}
+
 static void o_swiglu_fwd(struct moe_backend *be, void *h, const void *gu, int M, int I)
 {
 	struct cuda_ctx *c = CTX(be);
@@ -1650,6 +1695,11 @@ extern "C" void moe_cuda_sumsq_counts(struct moe_backend *be, size_t *from_epilo
 	*read = CTX(be)->ssq_read;
 }
 
+extern "C" size_t moe_cuda_dq_tile_reads(struct moe_backend *be)
+{
+	return CTX(be)->dq_tiles;
+}
+
 static void o_axpy(struct moe_backend *be, float *y, const float *x, size_t n, float a)
 {
 	struct cuda_ctx *c = CTX(be);
@@ -1722,6 +1772,7 @@ extern "C" struct moe_backend *moe_backend_cuda(struct moe_error *err)
 	{
 		const char *pv = getenv("MOE_CUDA_PROFILE");
 		c->qk_split = env_is("MOE_CUDA_QKNORM_ROPE", "split");
+		c->dq_fuse = !env_is("MOE_CUDA_DQ_FUSE", "0");
 		const char *gv = getenv("MOE_CUDA_GROUPED");
 		c->prof = pv && *pv && strcmp(pv, "0") != 0;
 		const char *wv = getenv("MOE_CUDA_WGRAD");
@@ -1809,6 +1860,7 @@ extern "C" struct moe_backend *moe_backend_cuda(struct moe_error *err)
 	be->qknorm_rope_bwd = o_qknorm_rope_bwd;
 	be->attention_fwd = o_attention_fwd;
 	be->attention_bwd = o_attention_bwd;
+	be->attention_qknorm_bwd = o_attention_qknorm_bwd;
 	be->swiglu_gu_fwd = o_swiglu_fwd;
 	be->swiglu_gu_bwd = o_swiglu_bwd;
 	be->router_fwd = o_router_fwd;

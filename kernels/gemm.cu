@@ -66,14 +66,24 @@ extern "C" struct moe_cuda_blas *moe_cuda_blas_new(cudaStream_t s, struct moe_er
 		moe_error_set(err, MOE_ENOMEM, "cuBLAS handle: out of memory");
 		return NULL;
 	}
-	b->ws_size = 64u << 20;
+	/* MOE_CUDA_GEMM_WS: the workspace in MiB (default 64; 0: only
+	 * algorithms without one), for measurements */
+	const char *wv = getenv("MOE_CUDA_GEMM_WS");
+	char *end = NULL;
+	long ws = wv && *wv ? strtol(wv, &end, 10) : 64;
+	if (wv && *wv && (*end || ws < 0 || ws > 4096)) {
+		moe_error_set(err, MOE_EINVAL, "MOE_CUDA_GEMM_WS='%s': expected MiB, 0..4096", wv);
+		free(b);
+		return NULL;
+	}
+	b->ws_size = (size_t)ws << 20;
 	b->s = s;
 	b->tune = !env_is("MOE_CUDA_GEMM_TUNE", "0");
 	if (CUBLAS_OK(cublasCreate(&b->h), err)) {
 		free(b);
 		return NULL;
 	}
-	if (CUDA_OK(cudaMalloc(&b->ws, b->ws_size), err) || CUBLAS_OK(cublasSetStream(b->h, s), err) ||
+	if ((b->ws_size && CUDA_OK(cudaMalloc(&b->ws, b->ws_size), err)) || CUBLAS_OK(cublasSetStream(b->h, s), err) ||
 	    CUBLAS_OK(cublasSetWorkspace(b->h, b->ws, b->ws_size), err) ||
 	    CUBLAS_OK(cublasSetMathMode(b->h, CUBLAS_DEFAULT_MATH), err)) {
 		moe_cuda_blas_free(b);

@@ -87,6 +87,17 @@ int moe_cuda_qknorm_rope_bwd(bf16_t *dx, float *dw, float *part, const bf16_t *d
 			     const float *w, const float *rstd, const float *cosb, const float *sinb, int B, int T,
 			     int H, int Dh, cudaStream_t s, struct moe_error *err);
 
+/* The backward with dout in moe_cuda_attention_bwd_acc's fp32 tiles
+ * (dqacc: (B H, cdiv(T, 64), 64, Dh), column c of a tile's row r at
+ * c ^ 8 (r & 3)), each value rounded to bf16 first: the same bits as
+ * converting the tiles to bf16 and running moe_cuda_qknorm_rope_bwd.
+ * moe_cuda_qknorm_rope_acc_supported: where it runs (the pair kernels,
+ * H * Dh <= 2048, Dh 96 or 128); elsewhere it returns MOE_EUNSUPPORTED. */
+bool moe_cuda_qknorm_rope_acc_supported(int H, int Dh);
+int moe_cuda_qknorm_rope_bwd_acc(bf16_t *dx, float *dw, float *part, const float *dqacc, const bf16_t *x,
+				 const float *w, const float *rstd, const float *cosb, const float *sinb, int B,
+				 int T, int H, int Dh, cudaStream_t s, struct moe_error *err);
+
 /* rope.cu: rotate-half RoPE in place on (B, T, H, Dh); cos/sin table (T, Dh/2)
  * from moe_cuda_rope_table (host, double precision).  inverse: the backward. */
 void moe_cuda_rope_table(float *cosb /* (T, Dh/2) */, float *sinb, int T, int Dh, float theta);
@@ -107,6 +118,16 @@ int moe_cuda_attention_bwd(bf16_t *dq, bf16_t *dk, bf16_t *dv, void *scratch, co
 			   const bf16_t *q, const bf16_t *k, const bf16_t *v, const bf16_t *out,
 			   const float *lse, int ldq, int ldk, int ldv, int ldo, int B, int T, int H,
 			   int Dh, cudaStream_t s, struct moe_error *err);
+/* The same, except that where the variant in use keeps dq as fp32 tiles
+ * (fa3f and its kinds fa3f3, fa3fa at Dh 96 and 128) it skips their
+ * conversion: dq is not written and *dqacc points at the tiles (in the
+ * scratch; valid until the scratch is used again) for
+ * moe_cuda_qknorm_rope_bwd_acc.  Elsewhere dq is written and *dqacc is
+ * NULL. */
+int moe_cuda_attention_bwd_acc(bf16_t *dq, bf16_t *dk, bf16_t *dv, void *scratch, const bf16_t *dout,
+			       const bf16_t *q, const bf16_t *k, const bf16_t *v, const bf16_t *out,
+			       const float *lse, int ldq, int ldk, int ldv, int ldo, int B, int T, int H,
+			       int Dh, const float **dqacc, cudaStream_t s, struct moe_error *err);
 /* Kernel variants for Dh >= 64, process-wide (tests, benchmarks): v selects
  * variant v (1-based; see attention_fwd.cu / attention_bwd.cu), 0 restores
  * the default or the one named by MOE_CUDA_ATTENTION_FWD / _BWD (read once).
@@ -429,6 +450,10 @@ void moe_cuda_gemm_plans(struct moe_backend *be, FILE *fp);
  * sum came from the weight-gradient epilogues' per-tile partials
  * (MOE_CUDA_SUMSQ_EPI, default 1) and floats read from memory. */
 void moe_cuda_sumsq_counts(struct moe_backend *be, size_t *from_epilogue, size_t *read);
+/* How many attention backwards so far handed fa3f's fp32 dQ tiles straight
+ * to the query's QK-norm backward (attention_qknorm_bwd; MOE_CUDA_DQ_FUSE=0:
+ * none, dq converted first). */
+size_t moe_cuda_dq_tile_reads(struct moe_backend *be);
 
 #ifdef __cplusplus
 }

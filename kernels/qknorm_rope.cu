@@ -366,12 +366,50 @@ qknorm_rope_pair_fwd_kernel(bf16 *out, float *rstd, const bf16 *x, const float *
 	}
 }
 
-/* shared memory: w (D), then the dw partials (row groups of the block, D) */
-template <int L, int NP>
+/* eight fp32 values rounded to bf16, packed as a 16-byte load of bf16
+ * would have them */
+static __device__ __forceinline__ uint4 qp_acc8(const float *p)
+{
+	float4 x = __ldcs((const float4 *)p), y = __ldcs((const float4 *)p + 1);
+	union {
+		__nv_bfloat162 h[4];
+		uint4 u;
+	} v;
+	v.h[0] = __floats2bfloat162_rn(x.x, x.y);
+	v.h[1] = __floats2bfloat162_rn(x.z, x.w);
+	v.h[2] = __floats2bfloat162_rn(y.x, y.y);
+	v.h[3] = __floats2bfloat162_rn(y.z, y.w);
+	return v.u;
+}
+
+/* qp_load's of one tensor from fa3f's fp32 dQ tiles (acc: (B H, nq, 64,
+ * Dh), column c of a tile's row r at c ^ 8 (r & 3); row n = b T + t) */
+template <int NP>
+static __device__ __forceinline__ void qp_load_acc(uint4 *a, uint4 *b, const float *acc, int n, int N,
+						   const int *c1, int half, int Dh, int T, int H, int nq)
+{
+	int bb = n / T, t = n - bb * T, sw = 8 * (t & 3);
+	size_t tile = (size_t)bb * H * nq + t / 64;
+#pragma unroll
+	for (int q = 0; q < NP; q++) {
+		if (n < N && c1[q] >= 0) {
+			int h = c1[q] / Dh, cc = c1[q] - h * Dh;
+			const float *r = acc + ((tile + (size_t)h * nq) * 64 + (t & 63)) * Dh;
+			a[q] = qp_acc8(r + (cc ^ sw));
+			b[q] = qp_acc8(r + ((cc + half) ^ sw));
+		} else {
+			a[q] = b[q] = make_uint4(0, 0, 0, 0);
+		}
+	}
+}
+
+/* shared memory: w (D), then the dw partials (row groups of the block, D).
+ * ACC: dout from fa3f's fp32 dQ tiles (acc, H, nq: qp_load_acc) */
+template <int L, int NP, bool ACC>
 __global__ void __launch_bounds__(QP_THREADS)
-qknorm_rope_pair_bwd_kernel(bf16 *dx, float *dw, const bf16 *dout, const bf16 *x, const float *w,
-			    const float *rstd, const float *cosb, const float *sinb, int N, int T, int Dh, int D,
-			    int dwb)
+qknorm_rope_pair_bwd_kernel(bf16 *dx, float *dw, const bf16 *dout, const float *acc, const bf16 *x, const float *w,
+			    const float *rstd, const float *cosb, const float *sinb, int N, int T, int H, int nq,
+			    int Dh, int D, int dwb)
 {
 	MOE_PDL_ENTRY();
 	extern __shared__ __align__(16) float sw[];
@@ -391,7 +429,12 @@ qknorm_rope_pair_bwd_kernel(bf16 *dx, float *dw, const bf16 *dout, const bf16 *x
 		int n = n0 + lane / L;
 		bool ok = n < N;
 		uint4 a[2][NP], b[2][NP]; /* dout, x: first and second halves */
-		qp_load<NP, 2>(a, b, src, n, N, c1, half, D);
+		if (ACC) {
+			qp_load<NP, 1>(a + 1, b + 1, src + 1, n, N, c1, half, D);
+			qp_load_acc<NP>(a[0], b[0], acc, n, N, c1, half, Dh, T, H, nq);
+		} else {
+			qp_load<NP, 2>(a, b, src, n, N, c1, half, D);
+		}
 		int t = ok ? n % T : 0;
 		const float *cr = cosb + (size_t)t * half, *sr = sinb + (size_t)t * half;
 		float r = ok ? rstd[n] : 0.f;
@@ -600,13 +643,25 @@ extern "C" int moe_cuda_qknorm_rope_fwd(bf16_t *out, float *rstd, const bf16_t *
 	return CUDA_LAUNCHED(err);
 }
 
-extern "C" int moe_cuda_qknorm_rope_bwd(bf16_t *dx, float *dw, float *part, const bf16_t *dout, const bf16_t *x,
-					const float *w, const float *rstd, const float *cosb, const float *sinb, int B,
-					int T, int H, int Dh, cudaStream_t s, struct moe_error *err)
+extern "C" bool moe_cuda_qknorm_rope_acc_supported(int H, int Dh)
 {
-	int N = B * T, D = H * Dh, rc;
-	if ((rc = qr_check(H, Dh, err)) != 0 || N <= 0)
+	return !moe_memk_legacy_on && (Dh == 96 || Dh == 128) && moe_cuda_qknorm_rope_supported(H, Dh) &&
+	       H * Dh <= QP_MAXD;
+}
+
+/* acc: dout from fa3f's fp32 dQ tiles (the pair kernels only) */
+static int qknorm_rope_bwd(bf16_t *dx, float *dw, float *part, const bf16_t *dout, const float *acc,
+			   const bf16_t *x, const float *w, const float *rstd, const float *cosb, const float *sinb,
+			   int B, int T, int H, int Dh, cudaStream_t s, struct moe_error *err)
+{
+	int N = B * T, D = H * Dh, rc, nq = (int)moe_cdiv(T, 64);
+	if ((rc = qr_check(H, Dh, err)) != 0)
 		return rc;
+	if (acc && !moe_cuda_qknorm_rope_acc_supported(H, Dh))
+		return moe_error_set(err, MOE_EUNSUPPORTED, "qknorm_rope: %d heads of %d not supported from fp32 dQ tiles",
+				     H, Dh);
+	if (N <= 0)
+		return 0;
 	/* part: the blocks' dw rows, added up in block order afterwards */
 	float *kdw = part && dw ? part : dw;
 	int dwb = part && dw;
@@ -622,17 +677,23 @@ extern "C" int moe_cuda_qknorm_rope_bwd(bf16_t *dx, float *dw, float *part, cons
 		MOE_SWITCH4(moe_cdiv(D / 16, QW_THREADS), QW_BWD)
 #undef QW_BWD
 	} else if (!moe_memk_legacy_on) {
-#define QP_BWD(L, NP)                                                                                                  \
+#define QP_BWDK(L, NP, ACC)                                                                                            \
 	{                                                                                                              \
 		size_t sm = (size_t)(1 + QP_THREADS / L) * D * sizeof(float);                                          \
 		nb = balanced_blocks(N, QP_THREADS / L,                                                                \
-				     resident_blocks(qknorm_rope_pair_bwd_kernel<L, NP>, QP_THREADS, sm));             \
+				     resident_blocks(qknorm_rope_pair_bwd_kernel<L, NP, ACC>, QP_THREADS, sm));        \
 		nb = dwb && nb > MOE_CUDA_NORM_PART_BLOCKS ? MOE_CUDA_NORM_PART_BLOCKS : nb;                           \
-		moe_launch(qknorm_rope_pair_bwd_kernel<L, NP>, nb, QP_THREADS, sm, s, (bf16 *)dx, kdw,                 \
-			   (const bf16 *)dout, (const bf16 *)x, w, rstd, cosb, sinb, N, T, Dh, D, dwb);                \
+		moe_launch(qknorm_rope_pair_bwd_kernel<L, NP, ACC>, nb, QP_THREADS, sm, s, (bf16 *)dx, kdw,            \
+			   (const bf16 *)dout, acc, (const bf16 *)x, w, rstd, cosb, sinb, N, T, H, nq, Dh, D, dwb);    \
 	}
+#define QP_BWD(L, NP)                   \
+	if (acc)                        \
+		QP_BWDK(L, NP, true)    \
+	else                            \
+		QP_BWDK(L, NP, false)
 		QP_SWITCH(D, QP_BWD);
 #undef QP_BWD
+#undef QP_BWDK
 	} else {
 		nb = qr_blocks(N);
 		size_t sm = (size_t)QR_WARPS * D * sizeof(float);
@@ -645,4 +706,18 @@ extern "C" int moe_cuda_qknorm_rope_bwd(bf16_t *dx, float *dw, float *part, cons
 	if ((rc = CUDA_LAUNCHED(err)) != 0 || !dwb)
 		return rc;
 	return moe_cuda_colsum_add(dw, part, (int)nb, D, s, err);
+}
+
+extern "C" int moe_cuda_qknorm_rope_bwd(bf16_t *dx, float *dw, float *part, const bf16_t *dout, const bf16_t *x,
+					const float *w, const float *rstd, const float *cosb, const float *sinb, int B,
+					int T, int H, int Dh, cudaStream_t s, struct moe_error *err)
+{
+	return qknorm_rope_bwd(dx, dw, part, dout, NULL, x, w, rstd, cosb, sinb, B, T, H, Dh, s, err);
+}
+
+extern "C" int moe_cuda_qknorm_rope_bwd_acc(bf16_t *dx, float *dw, float *part, const float *dqacc, const bf16_t *x,
+					    const float *w, const float *rstd, const float *cosb, const float *sinb,
+					    int B, int T, int H, int Dh, cudaStream_t s, struct moe_error *err)
+{
+	return qknorm_rope_bwd(dx, dw, part, NULL, dqacc, x, w, rstd, cosb, sinb, B, T, H, Dh, s, err);
 }

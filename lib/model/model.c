@@ -976,10 +976,16 @@ static void block_bwd(struct moe_model *m, int l, struct layer_acts *a, void *x_
 	be->rmsnorm_bwd_add(be, dx, G(lo->ln_post), dln2, x_mid, P(lo->ln_post), a->rstd2, N, D);
 	/* attention */
 	be->linear_bwd(be, g->d1, G(lo->o), dx, a->att, P(lo->o), N, D, D);
-	be->attention_bwd(be, g->dq, g->dk, g->dv, g->d1, a->q, a->k, a->v, a->att, a->lse, B, T, H, Dh);
 	/* the projections' output gradients, side by side with dv */
 	void *dqr = g->dqkv, *dkr = act_at(m, g->dqkv, qkv_stride(m));
-	be->qknorm_rope_bwd(be, dqr, G(lo->q_norm), g->dq, a->qraw, P(lo->q_norm), a->rstdq, B, T, H, Dh, theta);
+	if (be->attention_qknorm_bwd) {
+		be->attention_qknorm_bwd(be, dqr, G(lo->q_norm), g->dq, g->dk, g->dv, g->d1, a->q, a->k, a->v, a->att,
+					 a->lse, a->qraw, P(lo->q_norm), a->rstdq, B, T, H, Dh, theta);
+	} else {
+		be->attention_bwd(be, g->dq, g->dk, g->dv, g->d1, a->q, a->k, a->v, a->att, a->lse, B, T, H, Dh);
+		be->qknorm_rope_bwd(be, dqr, G(lo->q_norm), g->dq, a->qraw, P(lo->q_norm), a->rstdq, B, T, H, Dh,
+				    theta);
+	}
 	be->qknorm_rope_bwd(be, dkr, G(lo->k_norm), g->dk, a->kraw, P(lo->k_norm), a->rstdk, B, T, H, Dh, theta);
 	bool multi = qkv_adjacent(m, lo) && be->linear_wgrad_multi;
 	/* d2 = dln1 */

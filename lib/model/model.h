@@ -305,6 +305,9 @@ struct moe_backend {
 	void (*qknorm_rope_bwd)(struct moe_backend *be, void *dx, float *dw, const void *dout, const void *x, const void *w, const float *rstd, int B, int T, int H, int Dh, float theta);
 	void (*attention_fwd)(struct moe_backend *be, void *out, float *lse, const void *q, const void *k, const void *v, int B, int T, int H, int Dh);
 	void (*attention_bwd)(struct moe_backend *be, void *dq, void *dk, void *dv, const void *dout, const void *q, const void *k, const void *v, const void *out, const float *lse, int B, int T, int H, int Dh);
+	/* Optional (NULL: attention_bwd, then qknorm_rope_bwd of its dq into
+	 * dqx): both in one call, dq scratch the backend may leave unwritten */
+	void (*attention_qknorm_bwd)(struct moe_backend *be, void *dqx, float *dwq, void *dq, void *dk, void *dv, const void *dout, const void *q, const void *k, const void *v, const void *out, const float *lse, const void *qraw, const void *wq, const float *rstdq, int B, int T, int H, int Dh, float theta);
 	void (*swiglu_gu_fwd)(struct moe_backend *be, void *h, const void *gu, int M, int I);
 	/* h (may be NULL): also recompute the forward's output h (M, I) from gu */
 	void (*swiglu_gu_bwd)(struct moe_backend *be, void *dgu, void *h, const void *dh, const void *gu, int M, int I);

@@ -431,6 +431,81 @@ Test(backend, tma_swiglu_fusion_same_step, .timeout = 120)
 	moe_model_free(mc);
 }
 
+/* The query's QK-norm + RoPE backward reading fa3f's fp32 dQ tiles
+ * (attention_qknorm_bwd, the default) against dq converted to bf16 first
+ * (MOE_CUDA_DQ_FUSE=0): one training step from the same weights and tokens
+ * at Dh 96 and 128, T not a multiple of the 64-row tiles: the same loss and
+ * every gradient bit for bit (the kernel rounds each value to bf16 as the
+ * conversion does). */
+static void dq_fuse_case(int hidden, int heads)
+{
+	struct moe_config cfg;
+	struct moe_error err = {0};
+	tiny_config(&cfg);
+	cfg.hidden_size = hidden;
+	cfg.num_attention_heads = heads;
+	cfg.max_position_embeddings = 256;
+	struct moe_model *mc = moe_model_new(&cfg, moe_backend_cpu(), &err);
+	cr_assert_not_null(mc, "%s", err.msg);
+	cr_assert_eq(moe_model_init(mc, 57, &err), 0, "%s", err.msg);
+	size_t np = moe_model_num_params(mc), nt = 0;
+	const struct moe_param *tab = moe_model_params(mc, &nt);
+	float *p = malloc(np * 4), *g0 = malloc(np * 4), *g1 = malloc(np * 4);
+	moe_model_get_params(mc, p);
+	int B = 2, T = 200, N = B * T;
+	int32_t *x = malloc(N * 4), *y = malloc(N * 4);
+	rng_seed(61);
+	random_tokens(x, y, N, &cfg, 0);
+	struct moe_losses l[2];
+	const char *mode = moe_cuda_grouped_tma_supported() ? "tma" : "wgmma";
+	for (int fuse = 0; fuse <= 1; fuse++) {
+		if (!fuse)
+			setenv("MOE_CUDA_DQ_FUSE", "0", 1);
+		struct moe_model *mg = gpu_model(&cfg, p, mode);
+		unsetenv("MOE_CUDA_DQ_FUSE");
+		moe_model_zero_grad(mg);
+		struct moe_forward_opts o = {0};
+		o.train = true;
+		cr_assert_eq(moe_model_forward(mg, x, y, B, T, &o, &l[fuse], &err), 0, "%s", err.msg);
+		cr_assert_eq(moe_model_backward(mg, 1.0f, &err), 0, "%s", err.msg);
+		moe_model_get_grads(mg, fuse ? g1 : g0);
+		/* every layer's attention backward took the path asked for */
+		size_t reads = moe_cuda_dq_tile_reads(moe_model_backend(mg));
+		cr_expect_eq(reads, fuse ? (size_t)cfg.num_hidden_layers : 0, "Dh %d, fuse %d: %zu dQ tile reads",
+			     hidden / heads, fuse, reads);
+		moe_model_free(mg);
+	}
+	struct moe_losses l0 = l[0], l1 = l[1];
+	cr_expect(l1.total == l0.total, "Dh %d: loss %.9g fused vs %.9g", hidden / heads, l1.total, l0.total);
+	int differ = 0, counted = 0;
+	for (size_t i = 0; i < nt; i++) {
+		if (!tab[i].trainable)
+			continue;
+		counted++;
+		if (memcmp(g1 + tab[i].offset, g0 + tab[i].offset, tab[i].numel * 4) != 0) {
+			differ++;
+			cr_expect(false, "Dh %d: %s: gradient differs (by up to %.3g)", hidden / heads, tab[i].name,
+				  max_diff(g1 + tab[i].offset, g0 + tab[i].offset, tab[i].numel, NULL));
+		}
+	}
+	fprintf(stderr, "dq from fp32 tiles vs converted, Dh %d: loss %.8f vs %.8f, %d of %d tensors differ\n",
+		hidden / heads, l1.total, l0.total, differ, counted);
+	free(p), free(g0), free(g1), free(x), free(y);
+	moe_model_free(mc);
+}
+
+Test(backend, dq_fusion_same_step, .timeout = 120)
+{
+	NEED_GPU();
+	if (!moe_cuda_grouped_wgmma_supported())
+		cr_skip_test("not an sm_90 device: no fa3f");
+	const char *bwd = moe_cuda_attention_bwd_name(96);
+	if (strncmp(bwd, "fa3f", 4) != 0 || !strcmp(bwd, "fa3fc") || !strcmp(bwd, "fa3fc3"))
+		cr_skip_test("the attention backward in use (%s) writes dq itself", bwd);
+	dq_fuse_case(384, 4);
+	dq_fuse_case(256, 2);
+}
+
 /* Gradients by overwrite (grad_overwrite_ok): after moe_model_zero_grad the
  * first backward stores its gradients instead of adding them.  With the
  * gradient memory filled with NaN beforehand, two micro-batches (the second

@@ -752,6 +752,105 @@ Test(kernels, attention_fa3fc3, .timeout = 60)
 	attention_fa3f_cases("fa3fc3", "fa3f");
 }
 
+/* The query's QK-norm + RoPE backward straight from fa3f's fp32 dQ tiles
+ * (moe_cuda_attention_bwd_acc, then moe_cuda_qknorm_rope_bwd_acc) against
+ * the same variant writing dq in bf16 and moe_cuda_qknorm_rope_bwd from it:
+ * for the variants that keep the tiles (fa3f, fa3f3), dq left unwritten
+ * (still the NaN poison), dk, dv, the QK-norm's dx and dw (both in block
+ * order through part) bit-identical; for fa3fc, which writes dq itself, no
+ * tiles and dq bit-identical.  T not a multiple of the 64-row tiles, a
+ * 2048-wide row (olmoe's 16 x 128) and the seed-base grid. */
+static void qknorm_acc_case(const char *vn, int B, int T, int H, int Dh)
+{
+	int var = attention_bwd_index(vn), D = H * Dh, N = B * T;
+	cr_assert(var > 0, "backward variant %s in the table", vn);
+	bool keeps = strcmp(vn, "fa3fc") != 0;
+	size_t n = (size_t)N * D, nl = (size_t)B * H * T;
+	float *q = rand_bf(n, 2.f), *k = rand_bf(n, 2.f), *v = rand_bf(n, 2.f), *dout = rand_bf(n, 1.f);
+	float *x = rand_bf(n, 2.f), *w = rand_bf(D, 1.f);
+	float *cs = malloc((size_t)T * Dh / 2 * 4), *sn = malloc((size_t)T * Dh / 2 * 4);
+	moe_cuda_rope_table(cs, sn, T, Dh, 10000.f);
+	float *gc = up(cs, (size_t)T * Dh / 2 * 4), *gs = up(sn, (size_t)T * Dh / 2 * 4);
+	bf16_t *gq = up_bf(q, n), *gk = up_bf(k, n), *gv = up_bf(v, n), *gdo = up_bf(dout, n), *gx = up_bf(x, n);
+	bf16_t *go = dmalloc(n * 2), *gy = dmalloc(n * 2), *dq[2], *dk[2], *dv[2], *dx[2];
+	float *gl = dmalloc(nl * 4), *gw = up(w, D * 4), *grs = dmalloc(N * 4), *dw[2];
+	float *part = dmalloc((size_t)MOE_CUDA_NORM_PART_BLOCKS * D * 4);
+	LAUNCH_OK(moe_cuda_attention_fwd(go, gl, gq, gk, gv, D, D, D, D, B, T, H, Dh, S, &gerr));
+	LAUNCH_OK(moe_cuda_qknorm_rope_fwd(gy, grs, gx, gw, gc, gs, B, T, H, Dh, 1e-5f, S, &gerr));
+	cr_assert_str_eq(moe_cuda_attention_bwd_config(var), vn);
+	void *scr = dmalloc(moe_cuda_attention_bwd_scratch(B, T, H, Dh));
+	const float *acc = (const float *)1;
+	for (int r = 0; r < 2; r++) {
+		dq[r] = dmalloc(n * 2), dk[r] = dmalloc(n * 2), dv[r] = dmalloc(n * 2), dx[r] = dmalloc(n * 2);
+		dw[r] = dmalloc(D * 4);
+		cudaMemset(dw[r], 0, D * 4);
+	}
+	LAUNCH_OK(moe_cuda_attention_bwd(dq[0], dk[0], dv[0], scr, gdo, gq, gk, gv, go, gl, D, D, D, D, B, T, H, Dh, S,
+					 &gerr));
+	LAUNCH_OK(moe_cuda_qknorm_rope_bwd(dx[0], dw[0], part, dq[0], gx, gw, grs, gc, gs, B, T, H, Dh, S, &gerr));
+	LAUNCH_OK(moe_cuda_attention_bwd_acc(dq[1], dk[1], dv[1], scr, gdo, gq, gk, gv, go, gl, D, D, D, D, B, T, H, Dh,
+					     &acc, S, &gerr));
+	moe_cuda_attention_bwd_config(0);
+	uint16_t *b0 = down(dq[0], n * 2), *b1 = down(dq[1], n * 2);
+	size_t untouched = 0;
+	for (size_t i = 0; i < n; i++)
+		untouched += b1[i] == 0xffff;
+	if (keeps) {
+		cr_assert_not_null(acc, "%s B=%d T=%d H=%d Dh=%d: no fp32 dQ tiles kept", vn, B, T, H, Dh);
+		cr_expect(untouched == n, "%s B=%d T=%d H=%d Dh=%d: %zu of %zu dq elements written", vn, B, T, H, Dh,
+			  n - untouched, n);
+		LAUNCH_OK(moe_cuda_qknorm_rope_bwd_acc(dx[1], dw[1], part, acc, gx, gw, grs, gc, gs, B, T, H, Dh, S,
+						       &gerr));
+	} else {
+		cr_expect_null(acc, "%s writes dq itself: no tiles expected", vn);
+		cr_expect(memcmp(b0, b1, n * 2) == 0, "%s B=%d T=%d H=%d Dh=%d: dq differs", vn, B, T, H, Dh);
+		LAUNCH_OK(moe_cuda_qknorm_rope_bwd(dx[1], dw[1], part, dq[1], gx, gw, grs, gc, gs, B, T, H, Dh, S, &gerr));
+	}
+	struct {
+		const char *name;
+		const void *a, *b;
+		size_t bytes;
+	} cmp[] = {{"dk", dk[0], dk[1], n * 2}, {"dv", dv[0], dv[1], n * 2}, {"qknorm dx", dx[0], dx[1], n * 2},
+		   {"qknorm dw", dw[0], dw[1], (size_t)D * 4}};
+	for (size_t c = 0; c < sizeof cmp / sizeof cmp[0]; c++) {
+		void *ha = down(cmp[c].a, cmp[c].bytes), *hb = down(cmp[c].b, cmp[c].bytes);
+		cr_expect(memcmp(ha, hb, cmp[c].bytes) == 0, "%s B=%d T=%d H=%d Dh=%d: %s not bit-identical", vn, B, T,
+			  H, Dh, cmp[c].name);
+		free(ha), free(hb);
+	}
+	float *hdx = down_bf(dx[1], n);
+	check_all_written(hdx, n, "qknorm dx from the dQ tiles");
+	cr_log_info("qknorm from dQ tiles, %s B=%d T=%d H=%d Dh=%d: %s", vn, B, T, H, Dh,
+		    keeps ? "tiles read, dq unwritten" : "dq written");
+	free(hdx), free(b0), free(b1), free(q), free(k), free(v), free(dout), free(x), free(w), free(cs), free(sn);
+	for (int r = 0; r < 2; r++)
+		cudaFree(dq[r]), cudaFree(dk[r]), cudaFree(dv[r]), cudaFree(dx[r]), cudaFree(dw[r]);
+	cudaFree(gc), cudaFree(gs), cudaFree(gq), cudaFree(gk), cudaFree(gv), cudaFree(gdo), cudaFree(gx);
+	cudaFree(go), cudaFree(gy), cudaFree(gl), cudaFree(gw), cudaFree(grs), cudaFree(part), cudaFree(scr);
+}
+
+Test(kernels, qknorm_rope_from_dq_tiles, .timeout = 60)
+{
+	NEED_GPU();
+	if (!moe_cuda_grouped_wgmma_supported())
+		cr_skip_test("not an sm_90 device: no fa3f");
+	rng_seed(29);
+	static const char *const vns[] = {"fa3f", "fa3f3", "fa3fc"};
+	for (int i = 0; i < 3; i++) {
+		qknorm_acc_case(vns[i], 2, 333, 4, 96);
+		qknorm_acc_case(vns[i], 1, 200, 16, 128);
+		qknorm_acc_case(vns[i], 3, 64, 2, 128);
+		qknorm_acc_case(vns[i], 1, 1, 8, 96);
+	}
+	qknorm_acc_case("fa3f", 16, 2048, 8, 96);
+	/* where the tiles cannot be read: a clear error, nothing launched */
+	cr_expect(!moe_cuda_qknorm_rope_acc_supported(4, 64));
+	cr_expect(!moe_cuda_qknorm_rope_acc_supported(24, 128)); /* 3072 columns: the wide kernels */
+	cr_expect_eq(moe_cuda_qknorm_rope_bwd_acc(NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 1, 1, 4, 64, S,
+						  &gerr),
+		     MOE_EUNSUPPORTED);
+}
+
 /* The forward variant named vn, or 0 when the table has none. */
 static int attention_fwd_index(const char *vn)
 {

@@ -2,7 +2,8 @@
  * library (CUDA_INJECTION64_PATH=ktrace.so, no change to the program) that
  * records every kernel, memset and memcpy through CUPTI's activity API and
  * at exit writes them, in start order, to $KTRACE_OUT (default
- * ktrace.csv): start_ns,end_ns,kind,name.  tests/bench/gpu/ktrace.py
+ * ktrace.csv): start_ns,end_ns,kind,name (memsets and copies named with
+ * their bytes).  tests/bench/gpu/ktrace.py
  * summarises a window of it (busy time, idle gaps, kernels a step).
  * For the device machine (no Nsight Systems there).  Build:
  *   cc -O2 -shared -fPIC -I/usr/local/cuda/include ktrace.c \
@@ -59,10 +60,14 @@ static void CUPTIAPI buf_done(CUcontext ctx, uint32_t sid, uint8_t *buf, size_t 
 			add(k->start, k->end, 0, k->name);
 		} else if (a->kind == CUPTI_ACTIVITY_KIND_MEMSET) {
 			CUpti_ActivityMemset4 *m = (CUpti_ActivityMemset4 *)a;
-			add(m->start, m->end, 1, "memset");
+			char nm[40];
+			snprintf(nm, sizeof nm, "memset %llu B", (unsigned long long)m->bytes);
+			add(m->start, m->end, 1, nm);
 		} else if (a->kind == CUPTI_ACTIVITY_KIND_MEMCPY) {
 			CUpti_ActivityMemcpy6 *m = (CUpti_ActivityMemcpy6 *)a;
-			add(m->start, m->end, 2, "memcpy");
+			char nm[40];
+			snprintf(nm, sizeof nm, "memcpy %llu B", (unsigned long long)m->bytes);
+			add(m->start, m->end, 2, nm);
 		}
 	}
 	free(buf);
