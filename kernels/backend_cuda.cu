@@ -1090,6 +1090,25 @@ static void o_swiglu_bwd(struct moe_backend *be, void *dgu, void *h, const void 
 	PROF_END(c);
 }
 
+/* The shared experts' SwiGLU in one launch each way (model.h, swiglu_groups_*) */
+static void o_swiglu_groups_fwd(struct moe_backend *be, void *h, const void *gu, int M, int I, int S)
+{
+	struct cuda_ctx *c = CTX(be);
+	PROF(c, "swiglu");
+	RUN(c, moe_cuda_swiglu_groups_fwd((bf16_t *)h, (const bf16_t *)gu, (size_t)M * S, I, S, c->s, &c->err));
+	PROF_END(c);
+}
+
+static void o_swiglu_groups_bwd(struct moe_backend *be, void *dgu, void *h, const void *dh, const void *gu, int M,
+				int I, int S)
+{
+	struct cuda_ctx *c = CTX(be);
+	PROF(c, "swiglu_bwd");
+	RUN(c, moe_cuda_swiglu_groups_bwd((bf16_t *)dgu, (bf16_t *)h, (const bf16_t *)dh, (const bf16_t *)gu,
+					  (size_t)M * S, I, S, c->s, &c->err));
+	PROF_END(c);
+}
+
 static void o_router_fwd(struct moe_backend *be, int32_t *topk_idx, float *topk_w, float *probs, const void *logits,
 			 const float *bias, int N, int E, int K, bool norm_topk)
 {
@@ -1861,6 +1880,11 @@ extern "C" struct moe_backend *moe_backend_cuda(struct moe_error *err)
 	be->attention_fwd = o_attention_fwd;
 	be->attention_bwd = o_attention_bwd;
 	be->attention_qknorm_bwd = o_attention_qknorm_bwd;
+	/* MOE_CUDA_SHARED_MERGE=0: the shared experts one by one (comparisons) */
+	if (!env_is("MOE_CUDA_SHARED_MERGE", "0")) {
+		be->swiglu_groups_fwd = o_swiglu_groups_fwd;
+		be->swiglu_groups_bwd = o_swiglu_groups_bwd;
+	}
 	be->swiglu_gu_fwd = o_swiglu_fwd;
 	be->swiglu_gu_bwd = o_swiglu_bwd;
 	be->router_fwd = o_router_fwd;

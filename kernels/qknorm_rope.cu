@@ -719,5 +719,7 @@ extern "C" int moe_cuda_qknorm_rope_bwd_acc(bf16_t *dx, float *dw, float *part, 
 					    const float *w, const float *rstd, const float *cosb, const float *sinb,
 					    int B, int T, int H, int Dh, cudaStream_t s, struct moe_error *err)
 {
+	if (!dqacc)
+		return moe_error_set(err, MOE_EINVAL, "qknorm_rope: no fp32 dQ tiles");
 	return qknorm_rope_bwd(dx, dw, part, NULL, dqacc, x, w, rstd, cosb, sinb, B, T, H, Dh, s, err);
 }

@@ -537,7 +537,9 @@ static int acts_ensure(struct moe_model *m, int N, bool train, struct moe_error 
 		}
 	}
 	if (train) {
-		int wmax = Id > Is ? Id : Is;
+		/* dgu, dh: a dense MLP's, or the shared experts' (all S of them
+		 * when the backend merges them) */
+		int ws = m->be->swiglu_groups_bwd ? S * Is : Is, wmax = Id > ws ? Id : ws;
 		g->hgrad = A(m, (size_t)V * D, MOE_BUF_F32);
 		g->dx = A(m, ND, MOE_BUF_ACT);
 		g->d1 = A(m, ND, MOE_BUF_ACT);
@@ -645,11 +647,21 @@ static void block_fwd(struct moe_model *m, int l, struct layer_acts *a, void *x_
 	be->grouped_linear_fwd(be, a->yg, a->h_e, P(lo->expert_down), a->offsets, E, I, D);
 	/* x_out = x_mid + the routed experts' sum (the shared experts add next) */
 	be->combine_fwd(be, x_out, a->xmid, a->yg, a->topk_w, a->inv, N, K, D);
+	/* the shared experts: with swiglu_groups_fwd their gate_up linears as
+	 * one (adjacent weights; gu_s (N, S, 2Is)) and one SwiGLU, else one by
+	 * one (gu_s (S, N, 2Is)); h_s (S, N, Is) either way */
+	bool merged = S > 0 && be->swiglu_groups_fwd;
+	if (merged) {
+		be->linear_fwd(be, a->gu_s, a->ln2, P(lo->shared_gate_up), N, D, S * 2 * Is);
+		be->swiglu_groups_fwd(be, a->h_s, a->gu_s, N, Is, S);
+	}
 	for (int s = 0; s < S; s++) {
-		void *gu = act_at(m, a->gu_s, (size_t)s * N * 2 * Is);
 		void *h = act_at(m, a->h_s, (size_t)s * N * Is);
-		be->linear_fwd(be, gu, a->ln2, P(lo->shared_gate_up + (size_t)s * 2 * Is * D), N, D, 2 * Is);
-		be->swiglu_gu_fwd(be, h, gu, N, Is);
+		if (!merged) {
+			void *gu = act_at(m, a->gu_s, (size_t)s * N * 2 * Is);
+			be->linear_fwd(be, gu, a->ln2, P(lo->shared_gate_up + (size_t)s * 2 * Is * D), N, D, 2 * Is);
+			be->swiglu_gu_fwd(be, h, gu, N, Is);
+		}
 		be->linear_fwd_add(be, x_out, h, P(lo->shared_down + (size_t)s * D * Is), N, Is, D);
 	}
 #undef P
@@ -961,7 +973,20 @@ static void block_bwd(struct moe_model *m, int l, struct layer_acts *a, void *x_
 			be->zloss(be, g->drl, a->rlogits, N, E, (float)(c->router_z_loss_coef * grad_scale), NULL);
 		be->linear_bwd(be, dln2, G(lo->router), g->drl, a->ln2, P(lo->router), N, D, E);
 		be->scatter_add_rows(be, dln2, g->dxg, a->perm, NK, K, D);
-		for (int s = 0; s < S; s++) {
+		if (S > 0 && be->swiglu_groups_bwd) { /* as the forward merged them */
+			for (int s = 0; s < S; s++)
+				be->linear_bwd(be, act_at(m, g->dh, (size_t)s * N * Is), NULL, dx,
+					       act_at(m, a->h_s, (size_t)s * N * Is), P(lo->shared_down + (size_t)s * D * Is),
+					       N, Is, D);
+			be->swiglu_groups_bwd(be, g->dgu, a->h_s, g->dh, a->gu_s, N, Is, S);
+			for (int s = 0; s < S; s++)
+				be->linear_bwd(be, NULL, G(lo->shared_down + (size_t)s * D * Is), dx,
+					       act_at(m, a->h_s, (size_t)s * N * Is), P(lo->shared_down + (size_t)s * D * Is),
+					       N, Is, D);
+			be->linear_bwd_add(be, dln2, G(lo->shared_gate_up), g->dgu, a->ln2, P(lo->shared_gate_up), N, D,
+					   S * 2 * Is);
+		}
+		for (int s = 0; s < S && !be->swiglu_groups_bwd; s++) {
 			void *gu = act_at(m, a->gu_s, (size_t)s * N * 2 * Is);
 			void *h = act_at(m, a->h_s, (size_t)s * N * Is);
 			size_t ogu = lo->shared_gate_up + (size_t)s * 2 * Is * D;

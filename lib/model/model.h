@@ -311,6 +311,12 @@ struct moe_backend {
 	void (*swiglu_gu_fwd)(struct moe_backend *be, void *h, const void *gu, int M, int I);
 	/* h (may be NULL): also recompute the forward's output h (M, I) from gu */
 	void (*swiglu_gu_bwd)(struct moe_backend *be, void *dgu, void *h, const void *dh, const void *gu, int M, int I);
+	/* Optional (NULL: the model runs the shared experts one by one): SwiGLU
+	 * over S gate|up outputs side by side, gu (M, S, 2I) (one linear of the
+	 * S experts' adjacent weights), h and dh (S, M, I) (S matrices); the
+	 * backward as swiglu_gu_bwd's, dgu (M, S, 2I) */
+	void (*swiglu_groups_fwd)(struct moe_backend *be, void *h, const void *gu, int M, int I, int S);
+	void (*swiglu_groups_bwd)(struct moe_backend *be, void *dgu, void *h, const void *dh, const void *gu, int M, int I, int S);
 	/* bias: fp32 master pointer or NULL */
 	void (*router_fwd)(struct moe_backend *be, int32_t *topk_idx, float *topk_w, float *probs, const void *logits, const float *bias, int N, int E, int K, bool norm_topk);
 	void (*router_bwd)(struct moe_backend *be, void *dlogits, const float *dtopk_w, const float *dprobs, const float *probs, const int32_t *topk_idx, const float *topk_w, int N, int E, int K, bool norm_topk);

@@ -223,6 +223,18 @@ Test(backend, train_step_matches_cpu_dh128, .timeout = 120)
 	step_matches_cpu(cfg, "tiny, hidden 256", 2, 200);
 }
 
+/* Two shared experts, which the CUDA backend runs as one gate_up linear
+ * and one SwiGLU each way (swiglu_groups_*), against the CPU backend, which
+ * runs them one by one. */
+Test(backend, train_step_matches_cpu_shared2, .timeout = 120)
+{
+	NEED_GPU();
+	struct moe_config cfg;
+	tiny_config(&cfg);
+	cfg.n_shared_experts = 2;
+	step_matches_cpu(cfg, "tiny, two shared experts", 2, 96);
+}
+
 /* The expert-GEMM paths of the backend (MOE_CUDA_GROUPED: the device-driven
  * kernel, cublasGemmGroupedBatchedEx, a per-expert cuBLAS loop, the wgmma
  * kernels on sm_90) and the default path with full activation recompute
@@ -735,6 +747,75 @@ Test(backend, training_steps_repeatable, .timeout = 120)
 	free(m1);
 	free(x);
 	free(y);
+	moe_model_free(mc);
+}
+
+/* The shared experts merged (the default: one gate_up linear over their
+ * adjacent weights, one SwiGLU each way, the gate_up's input gradient and
+ * weight gradient in one call) against one by one
+ * (MOE_CUDA_SHARED_MERGE=0), two shared experts, one step from the same
+ * weights and tokens: losses within 1e-5 relative, every gradient tensor
+ * within 1e-3 of its largest element (the merged input gradient sums both
+ * experts in fp32 before rounding to bf16; one by one rounds after each),
+ * the routed experts' cosine >= 0.999 (they follow any top-k choice a
+ * rounding flips). */
+Test(backend, shared_experts_merged_match, .timeout = 60)
+{
+	NEED_GPU();
+	struct moe_config cfg;
+	struct moe_error err = {0};
+	tiny_config(&cfg);
+	cfg.n_shared_experts = 2;
+	struct moe_model *mc = moe_model_new(&cfg, moe_backend_cpu(), &err);
+	cr_assert_not_null(mc, "%s", err.msg);
+	cr_assert_eq(moe_model_init(mc, 43, &err), 0, "%s", err.msg);
+	size_t np = moe_model_num_params(mc), nt = 0;
+	const struct moe_param *tab = moe_model_params(mc, &nt);
+	float *p = malloc(np * 4), *g[2] = {malloc(np * 4), malloc(np * 4)};
+	moe_model_get_params(mc, p);
+	int B = 2, T = 64, N = B * T;
+	int32_t *x = malloc(N * 4), *y = malloc(N * 4);
+	rng_seed(47);
+	random_tokens(x, y, N, &cfg, 11);
+	struct moe_losses l[2];
+	const char *mode = moe_cuda_grouped_wgmma_supported() ? "tma" : "kernel";
+	for (int merge = 0; merge <= 1; merge++) {
+		if (!merge)
+			setenv("MOE_CUDA_SHARED_MERGE", "0", 1);
+		struct moe_model *mg = gpu_model(&cfg, p, mode);
+		unsetenv("MOE_CUDA_SHARED_MERGE");
+		cr_assert_eq(moe_model_backend(mg)->swiglu_groups_fwd != NULL, merge, "merge %d: groups op %s", merge,
+			     merge ? "missing" : "present");
+		moe_model_zero_grad(mg);
+		struct moe_forward_opts o = {0};
+		o.train = true;
+		cr_assert_eq(moe_model_forward(mg, x, y, B, T, &o, &l[merge], &err), 0, "%s", err.msg);
+		cr_assert_eq(moe_model_backward(mg, 1.0f, &err), 0, "%s", err.msg);
+		moe_model_get_grads(mg, g[merge]);
+		moe_model_free(mg);
+	}
+	cr_expect(fabs(l[1].total - l[0].total) <= 1e-5 * fabs(l[0].total), "loss %.8f (merged) vs %.8f",
+		  l[1].total, l[0].total);
+	double worst = 0;
+	int shared = 0;
+	for (size_t i = 0; i < nt; i++) {
+		if (!tab[i].trainable)
+			continue;
+		double mx, d = max_diff(g[1] + tab[i].offset, g[0] + tab[i].offset, tab[i].numel, &mx);
+		shared += strstr(tab[i].name, "shared_experts") != NULL;
+		if (tab[i].kind == MOE_P_EXPERT) {
+			double c = cosine(g[1] + tab[i].offset, g[0] + tab[i].offset, tab[i].numel);
+			cr_expect(c >= 0.999, "%s: gradient cosine merged vs one by one %.6f", tab[i].name, c);
+		} else {
+			cr_expect(d <= 1e-3 * mx + 1e-30, "%s: merged vs one by one differ by %.3g (max %.3g)",
+				  tab[i].name, d, mx);
+			worst = fmax(worst, mx > 0 ? d / mx : d);
+		}
+	}
+	cr_expect(shared >= 4 * (cfg.num_hidden_layers - cfg.n_dense_layers), "%d shared-expert tensors", shared);
+	fprintf(stderr, "shared experts merged vs one by one: loss %.8f vs %.8f, worst relative gradient difference %.3g\n",
+		l[1].total, l[0].total, worst);
+	free(p), free(g[0]), free(g[1]), free(x), free(y);
 	moe_model_free(mc);
 }
 
