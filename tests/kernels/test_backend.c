@@ -754,11 +754,14 @@ Test(backend, training_steps_repeatable, .timeout = 120)
  * adjacent weights, one SwiGLU each way, the gate_up's input gradient and
  * weight gradient in one call) against one by one
  * (MOE_CUDA_SHARED_MERGE=0), two shared experts, one step from the same
- * weights and tokens: losses within 1e-5 relative, every gradient tensor
- * within 1e-3 of its largest element (the merged input gradient sums both
- * experts in fp32 before rounding to bf16; one by one rounds after each),
- * the routed experts' cosine >= 0.999 (they follow any top-k choice a
- * rounding flips). */
+ * weights and tokens.  The merged input gradient of the norm before them
+ * adds both experts' shares in fp32 and rounds to bf16 once; one by one it
+ * is rounded to bf16 after each, so every gradient upstream of it moves by
+ * bf16 roundings of that activation gradient (2^-8 relative an element):
+ * losses within 1e-5 relative, every non-routed tensor's gradient cosine
+ * >= 0.9999 and within 2e-2 of its largest element (0.95% measured on an
+ * H100, session 11, call 64), the routed experts' cosine >= 0.999 (they
+ * also follow any top-k choice a rounding flips). */
 Test(backend, shared_experts_merged_match, .timeout = 60)
 {
 	NEED_GPU();
@@ -796,7 +799,7 @@ Test(backend, shared_experts_merged_match, .timeout = 60)
 	}
 	cr_expect(fabs(l[1].total - l[0].total) <= 1e-5 * fabs(l[0].total), "loss %.8f (merged) vs %.8f",
 		  l[1].total, l[0].total);
-	double worst = 0;
+	double worst = 0, mincos = 1;
 	int shared = 0;
 	for (size_t i = 0; i < nt; i++) {
 		if (!tab[i].trainable)
@@ -807,14 +810,18 @@ Test(backend, shared_experts_merged_match, .timeout = 60)
 			double c = cosine(g[1] + tab[i].offset, g[0] + tab[i].offset, tab[i].numel);
 			cr_expect(c >= 0.999, "%s: gradient cosine merged vs one by one %.6f", tab[i].name, c);
 		} else {
-			cr_expect(d <= 1e-3 * mx + 1e-30, "%s: merged vs one by one differ by %.3g (max %.3g)",
-				  tab[i].name, d, mx);
+			double c = cosine(g[1] + tab[i].offset, g[0] + tab[i].offset, tab[i].numel);
+			cr_expect(c >= 0.9999 && d <= 2e-2 * mx + 1e-30,
+				  "%s: merged vs one by one: cosine %.7f, differ by %.3g (max %.3g)", tab[i].name, c, d, mx);
 			worst = fmax(worst, mx > 0 ? d / mx : d);
+			mincos = fmin(mincos, c);
 		}
 	}
 	cr_expect(shared >= 4 * (cfg.num_hidden_layers - cfg.n_dense_layers), "%d shared-expert tensors", shared);
-	fprintf(stderr, "shared experts merged vs one by one: loss %.8f vs %.8f, worst relative gradient difference %.3g\n",
-		l[1].total, l[0].total, worst);
+	fprintf(stderr,
+		"shared experts merged vs one by one: loss %.8f vs %.8f, non-routed gradients: worst difference %.3g of "
+		"the tensor's largest, min cosine %.7f\n",
+		l[1].total, l[0].total, worst, mincos);
 	free(p), free(g[0]), free(g[1]), free(x), free(y);
 	moe_model_free(mc);
 }
