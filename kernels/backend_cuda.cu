@@ -82,7 +82,7 @@ enum { EF_UP_FWD = 1, EF_DOWN_BWD = 2, EF_UP_WGRAD = 4, EF_ALL = 7 };
  * backward (grouped_tma.cu) */
 enum { TF_UP_FWD = 1, TF_DOWN_BWD = 2, TF_ALL = 3, TF_DEFAULT = 0 };
 /* scratch buffers, grown on demand */
-enum { S_GROUP, S_STATS, S_DELTA, S_INV, S_SUMSQ, S_LOSS, S_DET, N_SCRATCH };
+enum { S_GROUP, S_STATS, S_DELTA, S_INV, S_SUMSQ, S_LOSS, S_DET, S_QKV, N_SCRATCH };
 
 struct prof_ent {
 	const char *name;
@@ -149,6 +149,8 @@ struct cuda_ctx {
 	int dq_fuse;        /* MOE_CUDA_DQ_FUSE=0: attention's dq converted to bf16 before the query's
 			       QK-norm backward reads it (attention_qknorm_bwd) */
 	int qkv_split;      /* MOE_CUDA_QKV=split: no batched linears (linear_fwd_multi, _wgrad_multi) */
+	int qkv_packed;     /* MOE_CUDA_QKV unset or packed: q, k, v in rows of 3 H Dh
+			       (attention_qknorm_fwd / _bwd); batched or split: three buffers */
 	int res_copy;       /* MOE_CUDA_RESGEMM=0: residual linears as a copy and a GEMM adding in place */
 	int det;            /* no fp32 atomics (norm weights, embedding); MOE_CUDA_DETERMINISTIC=0: atomics */
 	/* gradient regions the model cleared for this backward (model.h,
@@ -969,41 +971,90 @@ static void o_rope(struct moe_backend *be, void *x, int B, int T, int H, int Dh,
 	PROF_END(c);
 }
 
-static void o_qknorm_rope_fwd(struct moe_backend *be, void *out, float *rstd, const void *x, const void *w, int B,
-			      int T, int H, int Dh, float eps, float theta)
+/* rows of n columns between buffers of row strides lds, ldd (bf16) */
+static void copy_rows(struct cuda_ctx *c, void *dst, int ldd, const void *src, int lds, int rows, int n)
+{
+	RUN(c, CUDA_OK(cudaMemcpy2DAsync(dst, (size_t)ldd * 2, src, (size_t)lds * 2, (size_t)n * 2, rows,
+					 cudaMemcpyDeviceToDevice, c->s),
+		       &c->err));
+}
+
+/* QK-norm then RoPE of x at row stride ldx (q or k in the q, k, v rows):
+ * the fused kernels, or (MOE_CUDA_QKNORM_ROPE=split, shapes they do not
+ * take) rmsnorm and rope, on a contiguous copy of x where ldx is not H Dh */
+static void qk_fwd(struct moe_backend *be, void *out, float *rstd, const void *x, int ldx, const void *w, int B,
+		   int T, int H, int Dh, float eps, float theta)
 {
 	struct cuda_ctx *c = CTX(be);
+	int N = B * T, D = H * Dh;
 	if (c->qk_split || !moe_cuda_qknorm_rope_supported(H, Dh)) { /* the two kernels */
-		o_rmsnorm_fwd(be, out, rstd, x, w, B * T, H * Dh, eps);
+		if (ldx != D) {
+			void *xc = scratch(c, S_QKV, (size_t)2 * N * D * 2);
+			if (!xc)
+				return;
+			copy_rows(c, xc, D, x, ldx, N, D);
+			x = xc;
+		}
+		o_rmsnorm_fwd(be, out, rstd, x, w, N, D, eps);
 		o_rope(be, out, B, T, H, Dh, theta, 0);
 		return;
 	}
 	const float *wf = master_of(c, w);
 	rope_table(c, T, Dh, theta);
 	PROF(c, "qknorm_rope");
-	RUN(c, moe_cuda_qknorm_rope_fwd((bf16_t *)out, rstd, (const bf16_t *)x, wf, c->cosb, c->sinb, B, T, H, Dh, eps,
-					c->s, &c->err));
+	RUN(c, moe_cuda_qknorm_rope_fwd_ld((bf16_t *)out, rstd, (const bf16_t *)x, ldx, wf, c->cosb, c->sinb, B, T, H,
+					   Dh, eps, c->s, &c->err));
+	PROF_END(c);
+}
+
+static void o_qknorm_rope_fwd(struct moe_backend *be, void *out, float *rstd, const void *x, const void *w, int B,
+			      int T, int H, int Dh, float eps, float theta)
+{
+	qk_fwd(be, out, rstd, x, H * Dh, w, B, T, H, Dh, eps, theta);
+}
+
+/* The backward, x and dx at row stride ldx; dout (H Dh) may be overwritten;
+ * from fa3f's fp32 dQ tiles instead where acc (then dout unused) */
+static void qk_bwd(struct moe_backend *be, void *dx, int ldx, float *dw, const void *dout, const float *acc,
+		   const void *x, const void *w, const float *rstd, int B, int T, int H, int Dh, float theta)
+{
+	struct cuda_ctx *c = CTX(be);
+	int N = B * T, D = H * Dh;
+	if (!acc && (c->qk_split || !moe_cuda_qknorm_rope_supported(H, Dh))) { /* two kernels; RoPE back in place on dout */
+		void *dxc = dx;
+		if (ldx != D) {
+			void *xc = scratch(c, S_QKV, (size_t)2 * N * D * 2);
+			if (!xc)
+				return;
+			dxc = (char *)xc + (size_t)N * D * 2;
+			copy_rows(c, xc, D, x, ldx, N, D);
+			x = xc;
+		}
+		o_rope(be, (void *)dout, B, T, H, Dh, theta, 1);
+		o_rmsnorm_bwd(be, dxc, dw, dout, x, w, rstd, N, D);
+		if (dxc != dx)
+			copy_rows(c, dx, ldx, dxc, D, N, D);
+		return;
+	}
+	const float *wf = master_of(c, w);
+	rope_table(c, T, Dh, theta);
+	if (dw && be->grad_overwrite && grad_needs_clear(c, dw, (size_t)D)) /* the kernel adds its blocks' sums */
+		b_zero(be, dw, (size_t)D, MOE_BUF_F32);
+	float *part = norm_part(c, D, dw);
+	PROF(c, "qknorm_rope_bwd");
+	if (acc)
+		RUN(c, moe_cuda_qknorm_rope_bwd_acc((bf16_t *)dx, dw, part, acc, (const bf16_t *)x, ldx, wf, rstd, c->cosb,
+						    c->sinb, B, T, H, Dh, c->s, &c->err));
+	else
+		RUN(c, moe_cuda_qknorm_rope_bwd_ld((bf16_t *)dx, dw, part, (const bf16_t *)dout, (const bf16_t *)x, ldx, wf,
+						   rstd, c->cosb, c->sinb, B, T, H, Dh, c->s, &c->err));
 	PROF_END(c);
 }
 
 static void o_qknorm_rope_bwd(struct moe_backend *be, void *dx, float *dw, const void *dout, const void *x,
 			      const void *w, const float *rstd, int B, int T, int H, int Dh, float theta)
 {
-	struct cuda_ctx *c = CTX(be);
-	if (c->qk_split || !moe_cuda_qknorm_rope_supported(H, Dh)) { /* two kernels; RoPE back in place on dout */
-		o_rope(be, (void *)dout, B, T, H, Dh, theta, 1);
-		o_rmsnorm_bwd(be, dx, dw, dout, x, w, rstd, B * T, H * Dh);
-		return;
-	}
-	const float *wf = master_of(c, w);
-	rope_table(c, T, Dh, theta);
-	if (dw && be->grad_overwrite && grad_needs_clear(c, dw, (size_t)H * Dh)) /* the kernel adds its blocks' sums */
-		b_zero(be, dw, (size_t)H * Dh, MOE_BUF_F32);
-	float *part = norm_part(c, H * Dh, dw);
-	PROF(c, "qknorm_rope_bwd");
-	RUN(c, moe_cuda_qknorm_rope_bwd((bf16_t *)dx, dw, part, (const bf16_t *)dout, (const bf16_t *)x, wf, rstd, c->cosb,
-					c->sinb, B, T, H, Dh, c->s, &c->err));
-	PROF_END(c);
+	qk_bwd(be, dx, H * Dh, dw, dout, NULL, x, w, rstd, B, T, H, Dh, theta);
 }
 
 static void o_attention_fwd(struct moe_backend *be, void *out, float *lse, const void *q, const void *k, const void *v,
@@ -1031,46 +1082,54 @@ static void o_attention_bwd(struct moe_backend *be, void *dq, void *dk, void *dv
 	PROF_END(c);
 }
 
-/* The attention backward and the query's QK-norm + RoPE backward (model.h):
- * where fa3f keeps dq as fp32 tiles, the QK-norm kernel reads them (the
- * same bits as the conversion kernel's dq, without it); elsewhere the two
- * ops. */
-static void o_attention_qknorm_bwd(struct moe_backend *be, void *dqx, float *dwq, void *dq, void *dk, void *dv,
-				   const void *dout, const void *q, const void *k, const void *v, const void *out,
-				   const float *lse, const void *qraw, const void *wq, const float *rstdq, int B, int T,
-				   int H, int Dh, float theta)
+/* The attention block's QK-norm + RoPE and attention (model.h,
+ * attention_qknorm_fwd / _bwd): q, k, v projections, dq and dk of the norms'
+ * inputs and dv at row stride ld (3 H Dh: one buffer; H Dh: three). The
+ * backward's query norm reads fa3f's fp32 dQ tiles where it keeps them (the
+ * same bits as converting them to dq first, one kernel less;
+ * MOE_CUDA_DQ_FUSE=0: the conversion). */
+static void o_attention_qknorm_fwd(struct moe_backend *be, void *att, float *lse, void *q, void *k, float *rstdq,
+				   float *rstdk, const void *qraw, const void *kraw, const void *v, int ld,
+				   const void *wq, const void *wk, int B, int T, int H, int Dh, float eps, float theta)
 {
 	struct cuda_ctx *c = CTX(be);
-	if (!c->dq_fuse || c->qk_split || !moe_cuda_qknorm_rope_acc_supported(H, Dh)) {
-		o_attention_bwd(be, dq, dk, dv, dout, q, k, v, out, lse, B, T, H, Dh);
-		o_qknorm_rope_bwd(be, dqx, dwq, dq, qraw, wq, rstdq, B, T, H, Dh, theta);
-		return;
-	}
-	int ld = H * Dh;
+	int D = H * Dh;
+	qk_fwd(be, q, rstdq, qraw, ld, wq, B, T, H, Dh, eps, theta);
+	qk_fwd(be, k, rstdk, kraw, ld, wk, B, T, H, Dh, eps, theta);
+	PROF(c, "attention");
+	RUN(c, moe_cuda_attention_fwd((bf16_t *)att, lse, (const bf16_t *)q, (const bf16_t *)k, (const bf16_t *)v, D, D,
+				      ld, D, B, T, H, Dh, c->s, &c->err));
+	PROF_END(c);
+}
+
+static void o_attention_qknorm_bwd(struct moe_backend *be, void *dqx, void *dkx, void *dv, int ld, float *dwq,
+				   float *dwk, void *dq, void *dk, const void *dout, const void *q, const void *k,
+				   const void *v, const void *out, const float *lse, const void *qraw,
+				   const void *kraw, const void *wq, const void *wk, const float *rstdq,
+				   const float *rstdk, int B, int T, int H, int Dh, float theta)
+{
+	struct cuda_ctx *c = CTX(be);
+	int D = H * Dh;
+	bool tiles = c->dq_fuse && !c->qk_split && moe_cuda_qknorm_rope_acc_supported(H, Dh);
 	const float *acc = NULL;
 	void *delta = scratch(c, S_DELTA, moe_cuda_attention_bwd_scratch(B, T, H, Dh));
 	{
 		PROF(c, "attention_bwd");
-		RUN(c, moe_cuda_attention_bwd_acc((bf16_t *)dq, (bf16_t *)dk, (bf16_t *)dv, delta, (const bf16_t *)dout,
-						  (const bf16_t *)q, (const bf16_t *)k, (const bf16_t *)v,
-						  (const bf16_t *)out, lse, ld, ld, ld, ld, B, T, H, Dh, &acc, c->s,
-						  &c->err));
+		if (tiles)
+			RUN(c, moe_cuda_attention_bwd_acc((bf16_t *)dq, (bf16_t *)dk, (bf16_t *)dv, delta,
+							  (const bf16_t *)dout, (const bf16_t *)q, (const bf16_t *)k,
+							  (const bf16_t *)v, (const bf16_t *)out, lse, D, D, ld, D, B, T, H,
+							  Dh, &acc, c->s, &c->err));
+		else
+			RUN(c, moe_cuda_attention_bwd((bf16_t *)dq, (bf16_t *)dk, (bf16_t *)dv, delta, (const bf16_t *)dout,
+						      (const bf16_t *)q, (const bf16_t *)k, (const bf16_t *)v,
+						      (const bf16_t *)out, lse, D, D, ld, D, B, T, H, Dh, c->s, &c->err));
 		PROF_END(c);
 	}
-	if (!acc) { /* dq written (another variant, or an error recorded) */
-		o_qknorm_rope_bwd(be, dqx, dwq, dq, qraw, wq, rstdq, B, T, H, Dh, theta);
-		return;
-	}
-	const float *wf = master_of(c, wq);
-	rope_table(c, T, Dh, theta);
-	if (dwq && be->grad_overwrite && grad_needs_clear(c, dwq, (size_t)H * Dh))
-		b_zero(be, dwq, (size_t)H * Dh, MOE_BUF_F32);
-	float *part = norm_part(c, H * Dh, dwq);
-	c->dq_tiles++;
-	PROF(c, "qknorm_rope_bwd");
-	RUN(c, moe_cuda_qknorm_rope_bwd_acc((bf16_t *)dqx, dwq, part, acc, (const bf16_t *)qraw, wf, rstdq, c->cosb,
-					    c->sinb, B, T, H, Dh, c->s, &c->err));
-	PROF_END(c);
+	c->dq_tiles += acc != NULL;
+	/* acc NULL: dq written (another variant), or an error recorded */
+	qk_bwd(be, dqx, ld, dwq, dq, acc, qraw, wq, rstdq, B, T, H, Dh, theta);
+	qk_bwd(be, dkx, ld, dwk, dk, NULL, kraw, wk, rstdk, B, T, H, Dh, theta);
 }
 
 static void o_swiglu_fwd(struct moe_backend *be, void *h, const void *gu, int M, int I)
@@ -1842,6 +1901,12 @@ extern "C" struct moe_backend *moe_backend_cuda(struct moe_error *err)
 		c->tma_fuse = (int)tf;
 		c->ssq_epi = !env_is("MOE_CUDA_SUMSQ_EPI", "0");
 		c->qkv_split = env_is("MOE_CUDA_QKV", "split");
+		const char *qv = getenv("MOE_CUDA_QKV");
+		c->qkv_packed = !qv || !*qv || !strcmp(qv, "packed");
+		if (!c->qkv_packed && !c->qkv_split && strcmp(qv, "batched") != 0) {
+			moe_error_set(err, MOE_EINVAL, "MOE_CUDA_QKV='%s': expected packed, batched or split", qv);
+			goto fail;
+		}
 		c->narrow_ok = moe_cuda_grouped_wgmma_supported() && !env_is("MOE_CUDA_NARROW", "cublas");
 		c->det = !env_is("MOE_CUDA_DETERMINISTIC", "0"); /* the default: bit-reproducible steps */
 		c->clr_off = env_is("MOE_CUDA_GRAD_CLEAR", "0");
@@ -1879,7 +1944,10 @@ extern "C" struct moe_backend *moe_backend_cuda(struct moe_error *err)
 	be->qknorm_rope_bwd = o_qknorm_rope_bwd;
 	be->attention_fwd = o_attention_fwd;
 	be->attention_bwd = o_attention_bwd;
-	be->attention_qknorm_bwd = o_attention_qknorm_bwd;
+	if (c->qkv_packed) {
+		be->attention_qknorm_fwd = o_attention_qknorm_fwd;
+		be->attention_qknorm_bwd = o_attention_qknorm_bwd;
+	}
 	/* MOE_CUDA_SHARED_MERGE=0: the shared experts one by one (comparisons) */
 	if (!env_is("MOE_CUDA_SHARED_MERGE", "0")) {
 		be->swiglu_groups_fwd = o_swiglu_groups_fwd;

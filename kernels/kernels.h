@@ -86,17 +86,27 @@ int moe_cuda_qknorm_rope_fwd(bf16_t *out, float *rstd, const bf16_t *x, const fl
 int moe_cuda_qknorm_rope_bwd(bf16_t *dx, float *dw, float *part, const bf16_t *dout, const bf16_t *x,
 			     const float *w, const float *rstd, const float *cosb, const float *sinb, int B, int T,
 			     int H, int Dh, cudaStream_t s, struct moe_error *err);
+/* The same with x (and the backward's dx) at row stride ldx (a multiple of
+ * 8, at least H * Dh; out and dout keep H * Dh): q or k inside the q, k, v
+ * projections' rows */
+int moe_cuda_qknorm_rope_fwd_ld(bf16_t *out, float *rstd, const bf16_t *x, int ldx, const float *w,
+				const float *cosb, const float *sinb, int B, int T, int H, int Dh, float eps,
+				cudaStream_t s, struct moe_error *err);
+int moe_cuda_qknorm_rope_bwd_ld(bf16_t *dx, float *dw, float *part, const bf16_t *dout, const bf16_t *x, int ldx,
+				const float *w, const float *rstd, const float *cosb, const float *sinb, int B,
+				int T, int H, int Dh, cudaStream_t s, struct moe_error *err);
 
 /* The backward with dout in moe_cuda_attention_bwd_acc's fp32 tiles
  * (dqacc: (B H, cdiv(T, 64), 64, Dh), column c of a tile's row r at
  * c ^ 8 (r & 3)), each value rounded to bf16 first: the same bits as
  * converting the tiles to bf16 and running moe_cuda_qknorm_rope_bwd.
  * moe_cuda_qknorm_rope_acc_supported: where it runs (the pair kernels,
- * H * Dh <= 2048, Dh 96 or 128); elsewhere it returns MOE_EUNSUPPORTED. */
+ * H * Dh <= 2048, Dh 96 or 128); elsewhere it returns MOE_EUNSUPPORTED.
+ * x and dx at row stride ldx as moe_cuda_qknorm_rope_bwd_ld's. */
 bool moe_cuda_qknorm_rope_acc_supported(int H, int Dh);
 int moe_cuda_qknorm_rope_bwd_acc(bf16_t *dx, float *dw, float *part, const float *dqacc, const bf16_t *x,
-				 const float *w, const float *rstd, const float *cosb, const float *sinb, int B,
-				 int T, int H, int Dh, cudaStream_t s, struct moe_error *err);
+				 int ldx, const float *w, const float *rstd, const float *cosb, const float *sinb,
+				 int B, int T, int H, int Dh, cudaStream_t s, struct moe_error *err);
 
 /* rope.cu: rotate-half RoPE in place on (B, T, H, Dh); cos/sin table (T, Dh/2)
  * from moe_cuda_rope_table (host, double precision).  inverse: the backward. */

@@ -44,14 +44,14 @@ static __device__ __forceinline__ void rope8(float *o, const float *y, int col, 
 template <int NC>
 __global__ void __launch_bounds__(QR_WARPS * 32)
 qknorm_rope_fwd_kernel(bf16 *out, float *rstd, const bf16 *x, const float *w, const float *cosb, const float *sinb,
-		       int N, int T, int Dh, int D, float eps)
+		       int N, int T, int Dh, int D, int ldx, float eps)
 {
 	MOE_PDL_ENTRY();
 	extern __shared__ __align__(16) float sy[]; /* (warps, D) */
 	int lane = threadIdx.x % 32, wi = threadIdx.x / 32;
 	float *y = sy + (size_t)wi * D;
 	for (int n = blockIdx.x * QR_WARPS + wi; n < N; n += gridDim.x * QR_WARPS) {
-		const bf16 *xr = x + (size_t)n * D;
+		const bf16 *xr = x + (size_t)n * ldx;
 		float f[NC][8], ss = 0.f;
 #pragma unroll
 		for (int c = 0; c < NC; c++) {
@@ -98,7 +98,7 @@ qknorm_rope_fwd_kernel(bf16 *out, float *rstd, const bf16 *x, const float *w, co
 template <int NC>
 __global__ void __launch_bounds__(QR_WARPS * 32)
 qknorm_rope_bwd_kernel(bf16 *dx, float *dw, const bf16 *dout, const bf16 *x, const float *w, const float *rstd,
-		       const float *cosb, const float *sinb, int N, int T, int Dh, int D, int dwb)
+		       const float *cosb, const float *sinb, int N, int T, int Dh, int D, int ldx, int dwb)
 {
 	MOE_PDL_ENTRY();
 	extern __shared__ __align__(16) float sy[]; /* (warps, D): the row, then dw partials */
@@ -106,7 +106,7 @@ qknorm_rope_bwd_kernel(bf16 *dx, float *dw, const bf16 *dout, const bf16 *x, con
 	float *y = sy + (size_t)wi * D;
 	float acc[NC][8] = {};
 	for (int n = blockIdx.x * QR_WARPS + wi; n < N; n += gridDim.x * QR_WARPS) {
-		const bf16 *dr = dout + (size_t)n * D, *xr = x + (size_t)n * D;
+		const bf16 *dr = dout + (size_t)n * D, *xr = x + (size_t)n * ldx;
 #pragma unroll
 		for (int c = 0; c < NC; c++) {
 			int i = lane * 8 + 256 * c;
@@ -132,7 +132,7 @@ qknorm_rope_bwd_kernel(bf16 *dx, float *dw, const bf16 *dout, const bf16 *x, con
 		}
 		dot = warp_sum(dot);
 		float k = dot * r * r * r / D;
-		bf16 *dxr = dx + (size_t)n * D;
+		bf16 *dxr = dx + (size_t)n * ldx;
 #pragma unroll
 		for (int c = 0; c < NC; c++) {
 			int i = lane * 8 + 256 * c;
@@ -196,17 +196,18 @@ static __device__ __forceinline__ void qp_cols(int *c1, int *kc, int gl, int Dh,
 }
 
 /* a lane's pairs of row n (zeros past the row or past N): NA arrays of the
- * first halves and NA of the second, from the NA tensors p[] */
+ * first halves and NA of the second, from the NA tensors p[] of row
+ * strides ld[] */
 template <int NP, int NA>
 static __device__ __forceinline__ void qp_load(uint4 (*a)[NP], uint4 (*b)[NP], const bf16 *const *p, int n, int N,
-					       const int *c1, int half, int D)
+					       const int *c1, int half, const int *ld)
 {
 #pragma unroll
 	for (int u = 0; u < NA; u++)
 #pragma unroll
 		for (int q = 0; q < NP; q++) {
 			if (n < N && c1[q] >= 0) {
-				const bf16 *r = p[u] + (size_t)n * D + c1[q];
+				const bf16 *r = p[u] + (size_t)n * ld[u] + c1[q];
 				a[u][q] = *(const uint4 *)r;
 				b[u][q] = *(const uint4 *)(r + half);
 			} else {
@@ -340,7 +341,7 @@ static __device__ __forceinline__ float qp_bwd_dot(const uint4 *a, const uint4 *
 template <int L, int NP>
 __global__ void __launch_bounds__(QP_THREADS)
 qknorm_rope_pair_fwd_kernel(bf16 *out, float *rstd, const bf16 *x, const float *w, const float *cosb,
-			    const float *sinb, int N, int T, int Dh, int D, float eps)
+			    const float *sinb, int N, int T, int Dh, int D, int ldx, float eps)
 {
 	MOE_PDL_ENTRY();
 	const int lane = threadIdx.x % 32, gl = lane % L, half = Dh / 2;
@@ -348,11 +349,12 @@ qknorm_rope_pair_fwd_kernel(bf16 *out, float *rstd, const bf16 *x, const float *
 	int c1[NP], kc[NP];
 	qp_cols<L, NP>(c1, kc, gl, Dh, D);
 	const bf16 *src[1] = {x};
+	const int ld[1] = {ldx};
 	int n0 = (blockIdx.x * warps + threadIdx.x / 32) * rpw;
 	for (; n0 < N; n0 += stride) {
 		int n = n0 + lane / L;
 		uint4 a[1][NP], b[1][NP];
-		qp_load<NP, 1>(a, b, src, n, N, c1, half, D);
+		qp_load<NP, 1>(a, b, src, n, N, c1, half, ld);
 		float ss = qp_sumsq<NP>(a[0], b[0]);
 		ss = group_sum(ss, L);
 		float r = rsqrtf(ss / D + eps);
@@ -409,7 +411,7 @@ template <int L, int NP, bool ACC>
 __global__ void __launch_bounds__(QP_THREADS)
 qknorm_rope_pair_bwd_kernel(bf16 *dx, float *dw, const bf16 *dout, const float *acc, const bf16 *x, const float *w,
 			    const float *rstd, const float *cosb, const float *sinb, int N, int T, int H, int nq,
-			    int Dh, int D, int dwb)
+			    int Dh, int D, int ldx, int dwb)
 {
 	MOE_PDL_ENTRY();
 	extern __shared__ __align__(16) float sw[];
@@ -424,16 +426,17 @@ qknorm_rope_pair_bwd_kernel(bf16 *dx, float *dw, const bf16 *dout, const float *
 	int c1[NP], kc[NP];
 	qp_cols<L, NP>(c1, kc, gl, Dh, D);
 	const bf16 *src[2] = {dout, x};
+	const int ld[2] = {D, ldx};
 	int n0 = (blockIdx.x * warps + threadIdx.x / 32) * rpw;
 	for (; n0 < N; n0 += stride) {
 		int n = n0 + lane / L;
 		bool ok = n < N;
 		uint4 a[2][NP], b[2][NP]; /* dout, x: first and second halves */
 		if (ACC) {
-			qp_load<NP, 1>(a + 1, b + 1, src + 1, n, N, c1, half, D);
+			qp_load<NP, 1>(a + 1, b + 1, src + 1, n, N, c1, half, ld + 1);
 			qp_load_acc<NP>(a[0], b[0], acc, n, N, c1, half, Dh, T, H, nq);
 		} else {
-			qp_load<NP, 2>(a, b, src, n, N, c1, half, D);
+			qp_load<NP, 2>(a, b, src, n, N, c1, half, ld);
 		}
 		int t = ok ? n % T : 0;
 		const float *cr = cosb + (size_t)t * half, *sr = sinb + (size_t)t * half;
@@ -442,7 +445,7 @@ qknorm_rope_pair_bwd_kernel(bf16 *dx, float *dw, const bf16 *dout, const float *
 		dot = group_sum(dot, L);
 		if (ok) {
 			float k = dot * r * r * r / D;
-			bf16 *dxr = dx + (size_t)n * D;
+			bf16 *dxr = dx + (size_t)n * ldx;
 #pragma unroll
 			for (int q = 0; q < NP; q++) {
 				if (c1[q] < 0)
@@ -483,7 +486,7 @@ qknorm_rope_pair_bwd_kernel(bf16 *dx, float *dw, const bf16 *dout, const float *
 template <int NP>
 __global__ void __launch_bounds__(QW_THREADS)
 qknorm_rope_wide_fwd_kernel(bf16 *out, float *rstd, const bf16 *x, const float *w, const float *cosb,
-			    const float *sinb, int N, int T, int Dh, int D, float eps)
+			    const float *sinb, int N, int T, int Dh, int D, int ldx, float eps)
 {
 	MOE_PDL_ENTRY();
 	__shared__ float rs[2][QW_THREADS / 32];
@@ -491,9 +494,10 @@ qknorm_rope_wide_fwd_kernel(bf16 *out, float *rstd, const bf16 *x, const float *
 	int c1[NP], kc[NP], it = 0;
 	qp_cols<QW_THREADS, NP>(c1, kc, threadIdx.x, Dh, D);
 	const bf16 *src[1] = {x};
+	const int ld[1] = {ldx};
 	for (int n = blockIdx.x; n < N; n += gridDim.x, it ^= 1) {
 		uint4 a[1][NP], b[1][NP];
-		qp_load<NP, 1>(a, b, src, n, N, c1, half, D);
+		qp_load<NP, 1>(a, b, src, n, N, c1, half, ld);
 		float ss = qp_sumsq<NP>(a[0], b[0]);
 		float r = rsqrtf(block_sum_alt<QW_THREADS / 32>(ss, rs, it) / D + eps);
 		int t = n % T;
@@ -510,7 +514,7 @@ template <int NP>
 __global__ void __launch_bounds__(QW_THREADS)
 qknorm_rope_wide_bwd_kernel(bf16 *dx, float *dw, const bf16 *dout, const bf16 *x, const float *w,
 			    const float *rstd, const float *cosb, const float *sinb, int N, int T, int Dh, int D,
-			    int dwb)
+			    int ldx, int dwb)
 {
 	MOE_PDL_ENTRY();
 	__shared__ float rs[2][QW_THREADS / 32];
@@ -524,15 +528,16 @@ qknorm_rope_wide_bwd_kernel(bf16 *dx, float *dw, const bf16 *dout, const bf16 *x
 		for (int j = 0; j < 8; j++)
 			acc[q][0][j] = acc[q][1][j] = 0.f;
 	const bf16 *src[2] = {dout, x};
+	const int ld[2] = {D, ldx};
 	for (int n = blockIdx.x; n < N; n += gridDim.x, it ^= 1) {
 		uint4 a[2][NP], b[2][NP]; /* dout, x: first and second halves */
-		qp_load<NP, 2>(a, b, src, n, N, c1, half, D);
+		qp_load<NP, 2>(a, b, src, n, N, c1, half, ld);
 		int t = n % T;
 		const float *cr = cosb + (size_t)t * half, *sr = sinb + (size_t)t * half;
 		float r = rstd[n];
 		float dot = qp_bwd_dot<NP, false>(a[0], b[0], a[1], b[1], c1, kc, w, cr, sr, half);
 		float k = block_sum_alt<QW_THREADS / 32>(dot, rs, it) * r * r * r / D;
-		bf16 *dxr = dx + (size_t)n * D;
+		bf16 *dxr = dx + (size_t)n * ldx;
 #pragma unroll
 		for (int q = 0; q < NP; q++) {
 			if (c1[q] < 0)
@@ -609,18 +614,26 @@ static int qr_check(int H, int Dh, struct moe_error *err)
 			LAUNCH(32, 4)                         \
 	} while (0)
 
-extern "C" int moe_cuda_qknorm_rope_fwd(bf16_t *out, float *rstd, const bf16_t *x, const float *w,
-					const float *cosb, const float *sinb, int B, int T, int H, int Dh,
-					float eps, cudaStream_t s, struct moe_error *err)
+/* x's rows ldx apart (a multiple of 8, at least H Dh); the others' H Dh */
+static int qr_ld(int ldx, int D, struct moe_error *err)
+{
+	if (ldx < D || ldx % 8)
+		return moe_error_set(err, MOE_EINVAL, "qknorm_rope: row stride %d (rows of %d; a multiple of 8)", ldx, D);
+	return 0;
+}
+
+extern "C" int moe_cuda_qknorm_rope_fwd_ld(bf16_t *out, float *rstd, const bf16_t *x, int ldx, const float *w,
+					   const float *cosb, const float *sinb, int B, int T, int H, int Dh,
+					   float eps, cudaStream_t s, struct moe_error *err)
 {
 	int N = B * T, D = H * Dh, rc;
-	if ((rc = qr_check(H, Dh, err)) != 0 || N <= 0)
+	if ((rc = qr_check(H, Dh, err)) != 0 || (rc = qr_ld(ldx, D, err)) != 0 || N <= 0)
 		return rc;
 	if (!moe_memk_legacy_on && D > QP_MAXD) {
 #define QW_FWD(NP)                                                                                                     \
 	moe_launch(qknorm_rope_wide_fwd_kernel<NP>,                                                                    \
 		   balanced_blocks(N, 1, resident_blocks(qknorm_rope_wide_fwd_kernel<NP>, QW_THREADS, 0)), QW_THREADS, \
-		   0, s, (bf16 *)out, rstd, (const bf16 *)x, w, cosb, sinb, N, T, Dh, D, eps)
+		   0, s, (bf16 *)out, rstd, (const bf16 *)x, w, cosb, sinb, N, T, Dh, D, ldx, eps)
 		MOE_SWITCH4(moe_cdiv(D / 16, QW_THREADS), QW_FWD)
 #undef QW_FWD
 		return CUDA_LAUNCHED(err);
@@ -628,7 +641,7 @@ extern "C" int moe_cuda_qknorm_rope_fwd(bf16_t *out, float *rstd, const bf16_t *
 	if (!moe_memk_legacy_on) {
 #define QP_FWD(L, NP)                                                                                                  \
 	moe_launch(qknorm_rope_pair_fwd_kernel<L, NP>, moe_cdiv(N, QP_THREADS / L), QP_THREADS, 0, s, (bf16 *)out,     \
-		   rstd, (const bf16 *)x, w, cosb, sinb, N, T, Dh, D, eps);
+		   rstd, (const bf16 *)x, w, cosb, sinb, N, T, Dh, D, ldx, eps);
 		QP_SWITCH(D, QP_FWD);
 #undef QP_FWD
 		return CUDA_LAUNCHED(err);
@@ -637,10 +650,17 @@ extern "C" int moe_cuda_qknorm_rope_fwd(bf16_t *out, float *rstd, const bf16_t *
 	size_t sm = (size_t)QR_WARPS * D * sizeof(float);
 #define QR_FWD(NC)                                                                                                     \
 	moe_launch(qknorm_rope_fwd_kernel<NC>, nb, QR_WARPS * 32, sm, s, (bf16 *)out, rstd, (const bf16 *)x, w, cosb,  \
-		   sinb, N, T, Dh, D, eps)
+		   sinb, N, T, Dh, D, ldx, eps)
 	MOE_SWITCH6((D + 255) / 256, QR_FWD)
 #undef QR_FWD
 	return CUDA_LAUNCHED(err);
+}
+
+extern "C" int moe_cuda_qknorm_rope_fwd(bf16_t *out, float *rstd, const bf16_t *x, const float *w,
+					const float *cosb, const float *sinb, int B, int T, int H, int Dh,
+					float eps, cudaStream_t s, struct moe_error *err)
+{
+	return moe_cuda_qknorm_rope_fwd_ld(out, rstd, x, H * Dh, w, cosb, sinb, B, T, H, Dh, eps, s, err);
 }
 
 extern "C" bool moe_cuda_qknorm_rope_acc_supported(int H, int Dh)
@@ -651,11 +671,11 @@ extern "C" bool moe_cuda_qknorm_rope_acc_supported(int H, int Dh)
 
 /* acc: dout from fa3f's fp32 dQ tiles (the pair kernels only) */
 static int qknorm_rope_bwd(bf16_t *dx, float *dw, float *part, const bf16_t *dout, const float *acc,
-			   const bf16_t *x, const float *w, const float *rstd, const float *cosb, const float *sinb,
-			   int B, int T, int H, int Dh, cudaStream_t s, struct moe_error *err)
+			   const bf16_t *x, int ldx, const float *w, const float *rstd, const float *cosb,
+			   const float *sinb, int B, int T, int H, int Dh, cudaStream_t s, struct moe_error *err)
 {
 	int N = B * T, D = H * Dh, rc, nq = (int)moe_cdiv(T, 64);
-	if ((rc = qr_check(H, Dh, err)) != 0)
+	if ((rc = qr_check(H, Dh, err)) != 0 || (rc = qr_ld(ldx, D, err)) != 0)
 		return rc;
 	if (acc && !moe_cuda_qknorm_rope_acc_supported(H, Dh))
 		return moe_error_set(err, MOE_EUNSUPPORTED, "qknorm_rope: %d heads of %d not supported from fp32 dQ tiles",
@@ -672,7 +692,7 @@ static int qknorm_rope_bwd(bf16_t *dx, float *dw, float *part, const bf16_t *dou
 		nb = balanced_blocks(N, 1, resident_blocks(qknorm_rope_wide_bwd_kernel<NP>, QW_THREADS, 0));           \
 		nb = dwb && nb > MOE_CUDA_NORM_PART_BLOCKS ? MOE_CUDA_NORM_PART_BLOCKS : nb;                           \
 		moe_launch(qknorm_rope_wide_bwd_kernel<NP>, nb, QW_THREADS, 0, s, (bf16 *)dx, kdw, (const bf16 *)dout, \
-			   (const bf16 *)x, w, rstd, cosb, sinb, N, T, Dh, D, dwb);                                    \
+			   (const bf16 *)x, w, rstd, cosb, sinb, N, T, Dh, D, ldx, dwb);                               \
 	}
 		MOE_SWITCH4(moe_cdiv(D / 16, QW_THREADS), QW_BWD)
 #undef QW_BWD
@@ -684,7 +704,8 @@ static int qknorm_rope_bwd(bf16_t *dx, float *dw, float *part, const bf16_t *dou
 				     resident_blocks(qknorm_rope_pair_bwd_kernel<L, NP, ACC>, QP_THREADS, sm));        \
 		nb = dwb && nb > MOE_CUDA_NORM_PART_BLOCKS ? MOE_CUDA_NORM_PART_BLOCKS : nb;                           \
 		moe_launch(qknorm_rope_pair_bwd_kernel<L, NP, ACC>, nb, QP_THREADS, sm, s, (bf16 *)dx, kdw,            \
-			   (const bf16 *)dout, acc, (const bf16 *)x, w, rstd, cosb, sinb, N, T, H, nq, Dh, D, dwb);    \
+			   (const bf16 *)dout, acc, (const bf16 *)x, w, rstd, cosb, sinb, N, T, H, nq, Dh, D, ldx,     \
+			   dwb);                                                                                       \
 	}
 #define QP_BWD(L, NP)                   \
 	if (acc)                        \
@@ -699,7 +720,7 @@ static int qknorm_rope_bwd(bf16_t *dx, float *dw, float *part, const bf16_t *dou
 		size_t sm = (size_t)QR_WARPS * D * sizeof(float);
 #define QR_BWD(NC)                                                                                                     \
 	moe_launch(qknorm_rope_bwd_kernel<NC>, nb, QR_WARPS * 32, sm, s, (bf16 *)dx, kdw, (const bf16 *)dout,          \
-		   (const bf16 *)x, w, rstd, cosb, sinb, N, T, Dh, D, dwb)
+		   (const bf16 *)x, w, rstd, cosb, sinb, N, T, Dh, D, ldx, dwb)
 		MOE_SWITCH6((D + 255) / 256, QR_BWD)
 #undef QR_BWD
 	}
@@ -712,14 +733,23 @@ extern "C" int moe_cuda_qknorm_rope_bwd(bf16_t *dx, float *dw, float *part, cons
 					const float *w, const float *rstd, const float *cosb, const float *sinb, int B,
 					int T, int H, int Dh, cudaStream_t s, struct moe_error *err)
 {
-	return qknorm_rope_bwd(dx, dw, part, dout, NULL, x, w, rstd, cosb, sinb, B, T, H, Dh, s, err);
+	return qknorm_rope_bwd(dx, dw, part, dout, NULL, x, H * Dh, w, rstd, cosb, sinb, B, T, H, Dh, s, err);
+}
+
+extern "C" int moe_cuda_qknorm_rope_bwd_ld(bf16_t *dx, float *dw, float *part, const bf16_t *dout, const bf16_t *x,
+					   int ldx, const float *w, const float *rstd, const float *cosb,
+					   const float *sinb, int B, int T, int H, int Dh, cudaStream_t s,
+					   struct moe_error *err)
+{
+	return qknorm_rope_bwd(dx, dw, part, dout, NULL, x, ldx, w, rstd, cosb, sinb, B, T, H, Dh, s, err);
 }
 
 extern "C" int moe_cuda_qknorm_rope_bwd_acc(bf16_t *dx, float *dw, float *part, const float *dqacc, const bf16_t *x,
-					    const float *w, const float *rstd, const float *cosb, const float *sinb,
-					    int B, int T, int H, int Dh, cudaStream_t s, struct moe_error *err)
+					    int ldx, const float *w, const float *rstd, const float *cosb,
+					    const float *sinb, int B, int T, int H, int Dh, cudaStream_t s,
+					    struct moe_error *err)
 {
 	if (!dqacc)
 		return moe_error_set(err, MOE_EINVAL, "qknorm_rope: no fp32 dQ tiles");
-	return qknorm_rope_bwd(dx, dw, part, NULL, dqacc, x, w, rstd, cosb, sinb, B, T, H, Dh, s, err);
+	return qknorm_rope_bwd(dx, dw, part, NULL, dqacc, x, ldx, w, rstd, cosb, sinb, B, T, H, Dh, s, err);
 }

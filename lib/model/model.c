@@ -582,6 +582,14 @@ static bool qkv_adjacent(const struct moe_model *m, const struct moe_layer_offse
 	return lo->k == lo->q + DD && lo->v == lo->k + DD;
 }
 
+/* The q, k, v projections of a layer in one buffer, rows of 3 D (one
+ * linear each way), where the backend runs the attention block's ops on
+ * them (attention_qknorm_fwd / _bwd); else in three (qkv_stride) */
+static bool qkv_packed(const struct moe_model *m, const struct moe_layer_offsets *lo)
+{
+	return m->be->attention_qknorm_fwd && m->be->attention_qknorm_bwd && qkv_adjacent(m, lo);
+}
+
 /* Elements between q and k (and k and v) in the side-by-side projection
  * buffers qraw/kraw/v and dqkv/dv: set by the allocation (acts_ensure). */
 static size_t qkv_stride(const struct moe_model *m)
@@ -612,7 +620,12 @@ static void block_fwd(struct moe_model *m, int l, struct layer_acts *a, void *x_
 #define P(off) be->param(be, off)
 	/* attention */
 	be->rmsnorm_fwd(be, a->ln1, a->rstd1, x_in, P(lo->ln_in), N, D, eps);
-	if (qkv_adjacent(m, lo) && be->linear_fwd_multi) {
+	if (qkv_packed(m, lo)) {
+		be->linear_fwd(be, a->qraw, a->ln1, P(lo->q), N, D, 3 * D);
+		be->attention_qknorm_fwd(be, a->att, a->lse, a->q, a->k, a->rstdq, a->rstdk, a->qraw,
+					 act_at(m, a->qraw, D), act_at(m, a->qraw, 2 * D), 3 * D, P(lo->q_norm),
+					 P(lo->k_norm), B, T, H, Dh, eps, theta);
+	} else if (qkv_adjacent(m, lo) && be->linear_fwd_multi) {
 		/* q, k and v lie qkv_stride() apart (the allocation's N, which a
 		 * smaller batch, e.g. an evaluation's last one, does not change) */
 		be->linear_fwd_multi(be, a->qraw, qkv_stride(m), a->ln1, P(lo->q), (size_t)D * D, 3, N, D, D);
@@ -621,9 +634,11 @@ static void block_fwd(struct moe_model *m, int l, struct layer_acts *a, void *x_
 		be->linear_fwd(be, a->kraw, a->ln1, P(lo->k), N, D, D);
 		be->linear_fwd(be, a->v, a->ln1, P(lo->v), N, D, D);
 	}
-	be->qknorm_rope_fwd(be, a->q, a->rstdq, a->qraw, P(lo->q_norm), B, T, H, Dh, eps, theta);
-	be->qknorm_rope_fwd(be, a->k, a->rstdk, a->kraw, P(lo->k_norm), B, T, H, Dh, eps, theta);
-	be->attention_fwd(be, a->att, a->lse, a->q, a->k, a->v, B, T, H, Dh);
+	if (!qkv_packed(m, lo)) {
+		be->qknorm_rope_fwd(be, a->q, a->rstdq, a->qraw, P(lo->q_norm), B, T, H, Dh, eps, theta);
+		be->qknorm_rope_fwd(be, a->k, a->rstdk, a->kraw, P(lo->k_norm), B, T, H, Dh, eps, theta);
+		be->attention_fwd(be, a->att, a->lse, a->q, a->k, a->v, B, T, H, Dh);
+	}
 	/* x_mid = x_in + attn; x_out = x_mid + mlp (the GEMMs add into them) */
 	linear_res(be, a->xmid, x_in, a->att, P(lo->o), N, D, D);
 	be->rmsnorm_fwd(be, a->ln2, a->rstd2, a->xmid, P(lo->ln_post), N, D, eps);
@@ -1001,24 +1016,29 @@ static void block_bwd(struct moe_model *m, int l, struct layer_acts *a, void *x_
 	be->rmsnorm_bwd_add(be, dx, G(lo->ln_post), dln2, x_mid, P(lo->ln_post), a->rstd2, N, D);
 	/* attention */
 	be->linear_bwd(be, g->d1, G(lo->o), dx, a->att, P(lo->o), N, D, D);
-	/* the projections' output gradients, side by side with dv */
-	void *dqr = g->dqkv, *dkr = act_at(m, g->dqkv, qkv_stride(m));
-	if (be->attention_qknorm_bwd) {
-		be->attention_qknorm_bwd(be, dqr, G(lo->q_norm), g->dq, g->dk, g->dv, g->d1, a->q, a->k, a->v, a->att,
-					 a->lse, a->qraw, P(lo->q_norm), a->rstdq, B, T, H, Dh, theta);
+	if (qkv_packed(m, lo)) { /* the projections' output gradients in rows of 3 D */
+		be->attention_qknorm_bwd(be, g->dqkv, act_at(m, g->dqkv, D), act_at(m, g->dqkv, 2 * D), 3 * D,
+					 G(lo->q_norm), G(lo->k_norm), g->dq, g->dk, g->d1, a->q, a->k,
+					 act_at(m, a->qraw, 2 * D), a->att, a->lse, a->qraw, act_at(m, a->qraw, D),
+					 P(lo->q_norm), P(lo->k_norm), a->rstdq, a->rstdk, B, T, H, Dh, theta);
+		/* d2 = dln1 */
+		be->linear_bwd(be, g->d2, G(lo->q), g->dqkv, a->ln1, P(lo->q), N, D, 3 * D);
 	} else {
 		be->attention_bwd(be, g->dq, g->dk, g->dv, g->d1, a->q, a->k, a->v, a->att, a->lse, B, T, H, Dh);
+		/* the projections' output gradients, side by side with dv */
+		void *dqr = g->dqkv, *dkr = act_at(m, g->dqkv, qkv_stride(m));
 		be->qknorm_rope_bwd(be, dqr, G(lo->q_norm), g->dq, a->qraw, P(lo->q_norm), a->rstdq, B, T, H, Dh,
 				    theta);
+		be->qknorm_rope_bwd(be, dkr, G(lo->k_norm), g->dk, a->kraw, P(lo->k_norm), a->rstdk, B, T, H, Dh,
+				    theta);
+		bool multi = qkv_adjacent(m, lo) && be->linear_wgrad_multi;
+		/* d2 = dln1 */
+		be->linear_bwd(be, g->d2, multi ? NULL : G(lo->q), dqr, a->ln1, P(lo->q), N, D, D);
+		be->linear_bwd_add(be, g->d2, multi ? NULL : G(lo->k), dkr, a->ln1, P(lo->k), N, D, D);
+		be->linear_bwd_add(be, g->d2, multi ? NULL : G(lo->v), g->dv, a->ln1, P(lo->v), N, D, D);
+		if (multi)
+			be->linear_wgrad_multi(be, G(lo->q), (size_t)D * D, g->dqkv, qkv_stride(m), a->ln1, 3, N, D, D);
 	}
-	be->qknorm_rope_bwd(be, dkr, G(lo->k_norm), g->dk, a->kraw, P(lo->k_norm), a->rstdk, B, T, H, Dh, theta);
-	bool multi = qkv_adjacent(m, lo) && be->linear_wgrad_multi;
-	/* d2 = dln1 */
-	be->linear_bwd(be, g->d2, multi ? NULL : G(lo->q), dqr, a->ln1, P(lo->q), N, D, D);
-	be->linear_bwd_add(be, g->d2, multi ? NULL : G(lo->k), dkr, a->ln1, P(lo->k), N, D, D);
-	be->linear_bwd_add(be, g->d2, multi ? NULL : G(lo->v), g->dv, a->ln1, P(lo->v), N, D, D);
-	if (multi)
-		be->linear_wgrad_multi(be, G(lo->q), (size_t)D * D, g->dqkv, qkv_stride(m), a->ln1, 3, N, D, D);
 	be->rmsnorm_bwd_add(be, dx, G(lo->ln_in), g->d2, x_in, P(lo->ln_in), a->rstd1, N, D);
 #undef P
 #undef G

@@ -305,9 +305,16 @@ struct moe_backend {
 	void (*qknorm_rope_bwd)(struct moe_backend *be, void *dx, float *dw, const void *dout, const void *x, const void *w, const float *rstd, int B, int T, int H, int Dh, float theta);
 	void (*attention_fwd)(struct moe_backend *be, void *out, float *lse, const void *q, const void *k, const void *v, int B, int T, int H, int Dh);
 	void (*attention_bwd)(struct moe_backend *be, void *dq, void *dk, void *dv, const void *dout, const void *q, const void *k, const void *v, const void *out, const float *lse, int B, int T, int H, int Dh);
-	/* Optional (NULL: attention_bwd, then qknorm_rope_bwd of its dq into
-	 * dqx): both in one call, dq scratch the backend may leave unwritten */
-	void (*attention_qknorm_bwd)(struct moe_backend *be, void *dqx, float *dwq, void *dq, void *dk, void *dv, const void *dout, const void *q, const void *k, const void *v, const void *out, const float *lse, const void *qraw, const void *wq, const float *rstdq, int B, int T, int H, int Dh, float theta);
+	/* Optional, both or neither (NULL: the q, k, v projections in three
+	 * buffers and the ops above one by one): the attention block after
+	 * its q, k, v projections, which the model then keeps side by side in
+	 * rows of 3 H Dh (one linear each way).  fwd: q = qknorm_rope(qraw),
+	 * k = qknorm_rope(kraw), out = attention(q, k, v); bwd: the gradients
+	 * before the norms, dqx and dkx (+= dwq, dwk), and dv, from dout; dq
+	 * and dk are scratch the backend may leave unwritten.  qraw, kraw, v,
+	 * dqx, dkx and dv at row stride ld; the others H Dh. */
+	void (*attention_qknorm_fwd)(struct moe_backend *be, void *out, float *lse, void *q, void *k, float *rstdq, float *rstdk, const void *qraw, const void *kraw, const void *v, int ld, const void *wq, const void *wk, int B, int T, int H, int Dh, float eps, float theta);
+	void (*attention_qknorm_bwd)(struct moe_backend *be, void *dqx, void *dkx, void *dv, int ld, float *dwq, float *dwk, void *dq, void *dk, const void *dout, const void *q, const void *k, const void *v, const void *out, const float *lse, const void *qraw, const void *kraw, const void *wq, const void *wk, const float *rstdq, const float *rstdk, int B, int T, int H, int Dh, float theta);
 	void (*swiglu_gu_fwd)(struct moe_backend *be, void *h, const void *gu, int M, int I);
 	/* h (may be NULL): also recompute the forward's output h (M, I) from gu */
 	void (*swiglu_gu_bwd)(struct moe_backend *be, void *dgu, void *h, const void *dh, const void *gu, int M, int I);

@@ -826,8 +826,96 @@ Test(backend, shared_experts_merged_match, .timeout = 60)
 	moe_model_free(mc);
 }
 
-/* The q, k, v projections as one strided-batched GEMM (linear_fwd_multi,
- * linear_wgrad_multi: the default) against three GEMMs (MOE_CUDA_QKV=split),
+/* One training step of config cfg from the same weights and tokens with
+ * MOE_CUDA_QKV=batched (the projections in three buffers, the
+ * strided-batched linears: session 10's path) and with the default (q, k,
+ * v in rows of 3 D: one linear each way, attention_qknorm_fwd / _bwd), an
+ * extra variable set for both runs.  The packed input gradient of the
+ * first norm adds q's, k's and v's shares in fp32 and rounds once; the
+ * batched path rounds to bf16 after each, so everything upstream moves by
+ * bf16 roundings of that activation gradient: losses within 1e-5 relative,
+ * non-routed gradients with cosine >= 0.9999 and within 2e-2 of their
+ * largest element, routed experts' cosine >= 0.999. */
+static void qkv_packed_case(struct moe_config cfg, const char *var, const char *val, int T)
+{
+	struct moe_error err = {0};
+	struct moe_model *mc = moe_model_new(&cfg, moe_backend_cpu(), &err);
+	cr_assert_not_null(mc, "%s", err.msg);
+	cr_assert_eq(moe_model_init(mc, 53, &err), 0, "%s", err.msg);
+	size_t np = moe_model_num_params(mc), nt = 0;
+	const struct moe_param *tab = moe_model_params(mc, &nt);
+	float *p = malloc(np * 4), *g[2] = {malloc(np * 4), malloc(np * 4)};
+	moe_model_get_params(mc, p);
+	int B = 2, N = B * T, Dh = cfg.hidden_size / cfg.num_attention_heads;
+	int32_t *x = malloc(N * 4), *y = malloc(N * 4);
+	rng_seed(59);
+	random_tokens(x, y, N, &cfg, 11);
+	struct moe_losses l[2];
+	const char *mode = moe_cuda_grouped_wgmma_supported() ? "tma" : "kernel";
+	for (int packed = 0; packed <= 1; packed++) {
+		if (var)
+			setenv(var, val, 1);
+		if (!packed)
+			setenv("MOE_CUDA_QKV", "batched", 1);
+		struct moe_model *mg = gpu_model(&cfg, p, mode);
+		unsetenv("MOE_CUDA_QKV");
+		cr_assert_eq(moe_model_backend(mg)->attention_qknorm_fwd != NULL, packed, "packed %d: the ops", packed);
+		moe_model_zero_grad(mg);
+		struct moe_forward_opts o = {0};
+		o.train = true;
+		cr_assert_eq(moe_model_forward(mg, x, y, B, T, &o, &l[packed], &err), 0, "%s", err.msg);
+		cr_assert_eq(moe_model_backward(mg, 1.0f, &err), 0, "%s", err.msg);
+		moe_model_get_grads(mg, g[packed]);
+		moe_model_free(mg);
+		if (var)
+			unsetenv(var);
+	}
+	cr_expect(fabs(l[1].total - l[0].total) <= 1e-5 * fabs(l[0].total), "Dh %d %s: loss %.8f (packed) vs %.8f",
+		  Dh, var ? var : "", l[1].total, l[0].total);
+	double worst = 0, mincos = 1;
+	for (size_t i = 0; i < nt; i++) {
+		if (!tab[i].trainable)
+			continue;
+		double mx, d = max_diff(g[1] + tab[i].offset, g[0] + tab[i].offset, tab[i].numel, &mx);
+		double c = cosine(g[1] + tab[i].offset, g[0] + tab[i].offset, tab[i].numel);
+		if (tab[i].kind == MOE_P_EXPERT) {
+			cr_expect(c >= 0.999, "Dh %d: %s: gradient cosine packed vs batched %.6f", Dh, tab[i].name, c);
+		} else {
+			cr_expect(c >= 0.9999 && d <= 2e-2 * mx + 1e-30,
+				  "Dh %d %s: %s: packed vs batched: cosine %.7f, differ by %.3g (max %.3g)", Dh,
+				  var ? var : "", tab[i].name, c, d, mx);
+			worst = fmax(worst, mx > 0 ? d / mx : d);
+			mincos = fmin(mincos, c);
+		}
+	}
+	fprintf(stderr,
+		"q, k, v packed vs batched, Dh %d%s%s%s: loss %.8f vs %.8f, non-routed gradients: worst difference %.3g "
+		"of the largest, min cosine %.7f\n",
+		Dh, var ? ", " : "", var ? var : "", var ? val : "", l[1].total, l[0].total, worst, mincos);
+	free(p), free(g[0]), free(g[1]), free(x), free(y);
+	moe_model_free(mc);
+}
+
+Test(backend, qkv_packed_matches_batched, .timeout = 120)
+{
+	NEED_GPU();
+	struct moe_config cfg;
+	tiny_config(&cfg); /* Dh 32 */
+	qkv_packed_case(cfg, NULL, NULL, 64);
+	/* rmsnorm and rope as two kernels: on copies of the strided rows */
+	qkv_packed_case(cfg, "MOE_CUDA_QKNORM_ROPE", "split", 64);
+	cfg.hidden_size = 384;
+	cfg.num_attention_heads = 4; /* Dh 96: fa3f, the query's norm from its fp32 tiles */
+	cfg.max_position_embeddings = 256;
+	qkv_packed_case(cfg, NULL, NULL, 200);
+	cfg.hidden_size = 256;
+	cfg.num_attention_heads = 2; /* Dh 128 */
+	qkv_packed_case(cfg, NULL, NULL, 200);
+}
+
+/* The q, k, v projections in three buffers as one strided-batched GEMM
+ * (linear_fwd_multi, linear_wgrad_multi: MOE_CUDA_QKV=batched, the default
+ * until session 11) against three GEMMs (MOE_CUDA_QKV=split),
  * one training step from the same weights and tokens: losses within 1e-5
  * relative, every gradient tensor within 1e-3 of its largest element (the
  * two cuBLAS calls may order their fp32 sums differently; the routed
@@ -850,8 +938,9 @@ Test(backend, qkv_batched_matches_split, .timeout = 60)
 	const char *mode = moe_cuda_grouped_wgmma_supported() ? "tma" : "kernel";
 	setenv("MOE_CUDA_QKV", "split", 1);
 	gpu_step(&cfg, p, x, y, B, T, mode, &l0, g0, false);
-	unsetenv("MOE_CUDA_QKV");
+	setenv("MOE_CUDA_QKV", "batched", 1);
 	gpu_step(&cfg, p, x, y, B, T, mode, &l1, g1, false);
+	unsetenv("MOE_CUDA_QKV");
 	cr_expect(fabs(l1.total - l0.total) <= 1e-5 * fabs(l0.total), "loss %.8f (batched) vs %.8f (split)", l1.total,
 		  l0.total);
 	double worst = 0;

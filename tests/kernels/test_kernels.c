@@ -246,6 +246,38 @@ static void qknorm_rope_case(int B, int T, int H, int Dh)
 	}
 	CHECK_REL(d2[0], dw, D, 1e-4, "qknorm_rope dw (block order)");
 	cr_expect(memcmp(d2[0], d2[1], D * 4) == 0, "qknorm_rope dw (block order): runs differ");
+	/* x as the k of q, k, v rows (row stride 3 D + 8, at column D), dx
+	 * into such rows (the rest left alone): out, rstd, dx and dw the same
+	 * bits as the contiguous launches' */
+	int ld = 3 * D + 8;
+	uint16_t *xs = malloc((size_t)N * ld * 2), *xb = down(gx, n * 2);
+	memset(xs, 0x7f, (size_t)N * ld * 2);
+	for (int r = 0; r < N; r++)
+		memcpy(xs + (size_t)r * ld + D, xb + (size_t)r * D, (size_t)D * 2);
+	bf16_t *gxs = up(xs, (size_t)N * ld * 2), *gdxs = dmalloc((size_t)N * ld * 2), *gout2 = dmalloc(n * 2);
+	float *grs2 = dmalloc(N * 4);
+	LAUNCH_OK(moe_cuda_qknorm_rope_fwd_ld(gout2, grs2, gxs + D, ld, gw, gc, gs, B, T, H, Dh, 1e-5f, S, &gerr));
+	cudaMemset(gdw, 0, D * 4);
+	LAUNCH_OK(moe_cuda_qknorm_rope_bwd_ld(gdxs + D, gdw, part, gdo, gxs + D, ld, gw, grs2, gc, gs, B, T, H, Dh, S,
+					      &gerr));
+	void *o1 = down(gout, n * 2), *o2 = down(gout2, n * 2), *r1 = down(grs, N * 4), *r2 = down(grs2, N * 4);
+	void *dw2 = down(gdw, D * 4);
+	uint16_t *dx1 = down(gdx, n * 2), *dxs = down(gdxs, (size_t)N * ld * 2);
+	size_t rows_bad = 0, outside = 0;
+	for (int r = 0; r < N; r++) {
+		rows_bad += memcmp(dxs + (size_t)r * ld + D, dx1 + (size_t)r * D, (size_t)D * 2) != 0;
+		for (int c = 0; c < ld; c++)
+			outside += (c < D || c >= 2 * D) && dxs[(size_t)r * ld + c] != 0xffff;
+	}
+	cr_expect(memcmp(o1, o2, n * 2) == 0 && memcmp(r1, r2, N * 4) == 0,
+		  "qknorm_rope fwd at row stride %d: not the contiguous launch's bits", ld);
+	cr_expect(rows_bad == 0, "qknorm_rope bwd at row stride %d: %zu of %d dx rows differ", ld, rows_bad, N);
+	cr_expect(outside == 0, "qknorm_rope bwd at row stride %d: %zu elements written outside dx", ld, outside);
+	cr_expect(memcmp(dw2, d2[0], D * 4) == 0, "qknorm_rope bwd at row stride %d: dw differs", ld);
+	cr_expect_eq(moe_cuda_qknorm_rope_fwd_ld(gout2, grs2, gxs, D - 8, gw, gc, gs, B, T, H, Dh, 1e-5f, S, &gerr),
+		     MOE_EINVAL, "a row stride below the row refused");
+	free(xs), free(xb), free(o1), free(o2), free(r1), free(r2), free(dw2), free(dx1), free(dxs);
+	cudaFree(gxs), cudaFree(gdxs), cudaFree(gout2), cudaFree(grs2);
 	cudaFree(part);
 }
 
@@ -799,7 +831,7 @@ static void qknorm_acc_case(const char *vn, int B, int T, int H, int Dh)
 		cr_assert_not_null(acc, "%s B=%d T=%d H=%d Dh=%d: no fp32 dQ tiles kept", vn, B, T, H, Dh);
 		cr_expect(untouched == n, "%s B=%d T=%d H=%d Dh=%d: %zu of %zu dq elements written", vn, B, T, H, Dh,
 			  n - untouched, n);
-		LAUNCH_OK(moe_cuda_qknorm_rope_bwd_acc(dx[1], dw[1], part, acc, gx, gw, grs, gc, gs, B, T, H, Dh, S,
+		LAUNCH_OK(moe_cuda_qknorm_rope_bwd_acc(dx[1], dw[1], part, acc, gx, D, gw, grs, gc, gs, B, T, H, Dh, S,
 						       &gerr));
 	} else {
 		cr_expect_null(acc, "%s writes dq itself: no tiles expected", vn);
@@ -847,11 +879,11 @@ Test(kernels, qknorm_rope_from_dq_tiles, .timeout = 60)
 	cr_expect(!moe_cuda_qknorm_rope_acc_supported(4, 64));
 	cr_expect(!moe_cuda_qknorm_rope_acc_supported(24, 128)); /* 3072 columns: the wide kernels */
 	float *dummy = dmalloc(64);
-	cr_expect_eq(moe_cuda_qknorm_rope_bwd_acc(NULL, NULL, NULL, dummy, NULL, NULL, NULL, NULL, NULL, 1, 1, 4, 64, S,
-						  &gerr),
+	cr_expect_eq(moe_cuda_qknorm_rope_bwd_acc(NULL, NULL, NULL, dummy, NULL, 256, NULL, NULL, NULL, NULL, 1, 1, 4, 64,
+						  S, &gerr),
 		     MOE_EUNSUPPORTED);
-	cr_expect_eq(moe_cuda_qknorm_rope_bwd_acc(NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 1, 1, 8, 96, S,
-						  &gerr),
+	cr_expect_eq(moe_cuda_qknorm_rope_bwd_acc(NULL, NULL, NULL, NULL, NULL, 768, NULL, NULL, NULL, NULL, 1, 1, 8, 96,
+						  S, &gerr),
 		     MOE_EINVAL, "no tiles: refused");
 	cudaFree(dummy);
 }
