@@ -914,14 +914,15 @@ static void o_linear_fwd_multi(struct moe_backend *be, void *out, size_t out_str
 }
 
 static void o_linear_wgrad_multi(struct moe_backend *be, float *dw, size_t dw_stride, const void *dout,
-				 size_t dout_stride, const void *x, int nb, int N, int In, int Out)
+				 size_t dout_stride, int ld_dout, const void *x, size_t x_stride, int ld_x, int nb, int N,
+				 int In, int Out)
 {
 	struct cuda_ctx *c = CTX(be);
 	float wbeta = wgrad_beta(be, dw, (size_t)Out * In, nb, dw_stride, N);
 	PROF(c, "linear_bwd");
-	RUN(c, moe_cuda_gemm_batched(c->blas, 1, 0, Out, In, N, (const bf16_t *)dout, Out, (long long)dout_stride,
-				     (const bf16_t *)x, In, 0, dw, In, (long long)dw_stride, 1, 1.f, wbeta, nb,
-				     &c->err));
+	RUN(c, moe_cuda_gemm_batched(c->blas, 1, 0, Out, In, N, (const bf16_t *)dout, ld_dout, (long long)dout_stride,
+				     (const bf16_t *)x, ld_x, (long long)x_stride, dw, In, (long long)dw_stride, 1, 1.f,
+				     wbeta, nb, &c->err));
 	PROF_END(c);
 }
 
@@ -977,6 +978,14 @@ static void copy_rows(struct cuda_ctx *c, void *dst, int ldd, const void *src, i
 	RUN(c, CUDA_OK(cudaMemcpy2DAsync(dst, (size_t)ldd * 2, src, (size_t)lds * 2, (size_t)n * 2, rows,
 					 cudaMemcpyDeviceToDevice, c->s),
 		       &c->err));
+}
+
+static void o_copy_rows(struct moe_backend *be, void *dst, int ldd, const void *src, int lds, int rows, int n)
+{
+	struct cuda_ctx *c = CTX(be);
+	PROF(c, "copy (memcpy)");
+	copy_rows(c, dst, ldd, src, lds, rows, n);
+	PROF_END(c);
 }
 
 /* QK-norm then RoPE of x at row stride ldx (q or k in the q, k, v rows):
@@ -1146,25 +1155,6 @@ static void o_swiglu_bwd(struct moe_backend *be, void *dgu, void *h, const void 
 	PROF(c, "swiglu_bwd");
 	RUN(c, moe_cuda_swiglu_bwd((bf16_t *)dgu, (bf16_t *)h, (const bf16_t *)dh, (const bf16_t *)gu, (size_t)M, I,
 				   c->s, &c->err));
-	PROF_END(c);
-}
-
-/* The shared experts' SwiGLU in one launch each way (model.h, swiglu_groups_*) */
-static void o_swiglu_groups_fwd(struct moe_backend *be, void *h, const void *gu, int M, int I, int S)
-{
-	struct cuda_ctx *c = CTX(be);
-	PROF(c, "swiglu");
-	RUN(c, moe_cuda_swiglu_groups_fwd((bf16_t *)h, (const bf16_t *)gu, (size_t)M * S, I, S, c->s, &c->err));
-	PROF_END(c);
-}
-
-static void o_swiglu_groups_bwd(struct moe_backend *be, void *dgu, void *h, const void *dh, const void *gu, int M,
-				int I, int S)
-{
-	struct cuda_ctx *c = CTX(be);
-	PROF(c, "swiglu_bwd");
-	RUN(c, moe_cuda_swiglu_groups_bwd((bf16_t *)dgu, (bf16_t *)h, (const bf16_t *)dh, (const bf16_t *)gu,
-					  (size_t)M * S, I, S, c->s, &c->err));
 	PROF_END(c);
 }
 
@@ -1949,10 +1939,8 @@ extern "C" struct moe_backend *moe_backend_cuda(struct moe_error *err)
 		be->attention_qknorm_bwd = o_attention_qknorm_bwd;
 	}
 	/* MOE_CUDA_SHARED_MERGE=0: the shared experts one by one (comparisons) */
-	if (!env_is("MOE_CUDA_SHARED_MERGE", "0")) {
-		be->swiglu_groups_fwd = o_swiglu_groups_fwd;
-		be->swiglu_groups_bwd = o_swiglu_groups_bwd;
-	}
+	if (!env_is("MOE_CUDA_SHARED_MERGE", "0"))
+		be->copy_rows = o_copy_rows;
 	be->swiglu_gu_fwd = o_swiglu_fwd;
 	be->swiglu_gu_bwd = o_swiglu_bwd;
 	be->router_fwd = o_router_fwd;

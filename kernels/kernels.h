@@ -182,12 +182,6 @@ int moe_cuda_swiglu_fwd(bf16_t *act, const bf16_t *h13, size_t M, int I, cudaStr
 /* act (may be NULL): also the forward's output, bit-identical to swiglu_fwd's */
 int moe_cuda_swiglu_bwd(bf16_t *dh13, bf16_t *act, const bf16_t *dact, const bf16_t *h13, size_t M, int I,
 			cudaStream_t s, struct moe_error *err);
-/* The same over G gate|up outputs side by side: h13 (M/G, G, 2I), act and
- * dact (G, M/G, I) (G matrices); G 1 is the above */
-int moe_cuda_swiglu_groups_fwd(bf16_t *act, const bf16_t *h13, size_t M, int I, int G, cudaStream_t s,
-			       struct moe_error *err);
-int moe_cuda_swiglu_groups_bwd(bf16_t *dh13, bf16_t *act, const bf16_t *dact, const bf16_t *h13, size_t M, int I,
-			       int G, cudaStream_t s, struct moe_error *err);
 
 /* router.cu: softmax over E (fp32), top K of logits + bias (bias may be NULL),
  * chosen experts listed by probability descending (ties: lower id), weights

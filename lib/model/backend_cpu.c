@@ -164,11 +164,20 @@ static void c_linear_fwd_multi(struct moe_backend *be, void *out, size_t out_str
 		moe_linear_fwd(F(out) + i * out_stride, CF(x), CF(w) + i * w_stride, NULL, N, In, Out);
 }
 static void c_linear_wgrad_multi(struct moe_backend *be, float *dw, size_t dw_stride, const void *dout,
-				 size_t dout_stride, const void *x, int nb, int N, int In, int Out)
+				 size_t dout_stride, int ld_dout, const void *x, size_t x_stride, int ld_x, int nb, int N,
+				 int In, int Out)
 {
 	(void)be;
-	for (int i = 0; i < nb; i++)
-		moe_linear_bwd(NULL, dw + i * dw_stride, NULL, CF(dout) + i * dout_stride, CF(x), NULL, N, In, Out);
+	for (int i = 0; i < nb; i++) {
+		const float *d = CF(dout) + i * dout_stride, *xb = CF(x) + i * x_stride;
+		if (ld_dout == Out && ld_x == In) {
+			moe_linear_bwd(NULL, dw + i * dw_stride, NULL, d, xb, NULL, N, In, Out);
+			continue;
+		}
+		for (int n = 0; n < N; n++) /* rows apart: one row at a time */
+			moe_linear_bwd(NULL, dw + i * dw_stride, NULL, d + (size_t)n * ld_dout, xb + (size_t)n * ld_x, NULL, 1,
+				       In, Out);
+	}
 }
 static void c_qknorm_rope_fwd(struct moe_backend *be, void *out, float *rstd, const void *x, const void *w, int B,
 			      int T, int H, int Dh, float eps, float theta)

@@ -437,6 +437,16 @@ void moe_model_set_logits_chunk(struct moe_model *m, int rows)
 	acts_free(m); /* reallocated at the next forward */
 }
 
+/* The shared experts side by side (the backend copies rows and runs
+ * batched weight gradients): one gate_up linear of their adjacent weights
+ * (gu_s (N, S, 2Is)), one SwiGLU over N S rows (h_s (N, S, Is)), one down
+ * linear of K = S Is against their down weights gathered side by side
+ * (wdn_s); else one by one */
+static bool shared_merged(const struct moe_model *m)
+{
+	return m->cfg.n_shared_experts > 0 && m->be->copy_rows && m->be->linear_wgrad_multi;
+}
+
 void moe_model_set_recompute(struct moe_model *m, enum moe_recompute r)
 {
 	if (m->recompute == r)
@@ -533,13 +543,14 @@ static int acts_ensure(struct moe_model *m, int N, bool train, struct moe_error 
 			if (S > 0) {
 				a->gu_s = A(m, (size_t)S * N * 2 * Is, MOE_BUF_ACT);
 				a->h_s = sh_hs;
+				a->wdn_s = shared_merged(m) ? A(m, (size_t)D * S * Is, MOE_BUF_ACT) : NULL;
 			}
 		}
 	}
 	if (train) {
 		/* dgu, dh: a dense MLP's, or the shared experts' (all S of them
 		 * when the backend merges them) */
-		int ws = m->be->swiglu_groups_bwd ? S * Is : Is, wmax = Id > ws ? Id : ws;
+		int ws = shared_merged(m) ? S * Is : Is, wmax = Id > ws ? Id : ws;
 		g->hgrad = A(m, (size_t)V * D, MOE_BUF_F32);
 		g->dx = A(m, ND, MOE_BUF_ACT);
 		g->d1 = A(m, ND, MOE_BUF_ACT);
@@ -662,21 +673,20 @@ static void block_fwd(struct moe_model *m, int l, struct layer_acts *a, void *x_
 	be->grouped_linear_fwd(be, a->yg, a->h_e, P(lo->expert_down), a->offsets, E, I, D);
 	/* x_out = x_mid + the routed experts' sum (the shared experts add next) */
 	be->combine_fwd(be, x_out, a->xmid, a->yg, a->topk_w, a->inv, N, K, D);
-	/* the shared experts: with swiglu_groups_fwd their gate_up linears as
-	 * one (adjacent weights; gu_s (N, S, 2Is)) and one SwiGLU, else one by
-	 * one (gu_s (S, N, 2Is)); h_s (S, N, Is) either way */
-	bool merged = S > 0 && be->swiglu_groups_fwd;
-	if (merged) {
+	if (shared_merged(m)) { /* the shared experts side by side */
 		be->linear_fwd(be, a->gu_s, a->ln2, P(lo->shared_gate_up), N, D, S * 2 * Is);
-		be->swiglu_groups_fwd(be, a->h_s, a->gu_s, N, Is, S);
+		be->swiglu_gu_fwd(be, a->h_s, a->gu_s, N * S, Is);
+		for (int s = 0; s < S; s++)
+			be->copy_rows(be, act_at(m, a->wdn_s, (size_t)s * Is), S * Is,
+				      P(lo->shared_down + (size_t)s * D * Is), Is, D, Is);
+		be->linear_fwd_add(be, x_out, a->h_s, a->wdn_s, N, S * Is, D);
+		return;
 	}
 	for (int s = 0; s < S; s++) {
+		void *gu = act_at(m, a->gu_s, (size_t)s * N * 2 * Is);
 		void *h = act_at(m, a->h_s, (size_t)s * N * Is);
-		if (!merged) {
-			void *gu = act_at(m, a->gu_s, (size_t)s * N * 2 * Is);
-			be->linear_fwd(be, gu, a->ln2, P(lo->shared_gate_up + (size_t)s * 2 * Is * D), N, D, 2 * Is);
-			be->swiglu_gu_fwd(be, h, gu, N, Is);
-		}
+		be->linear_fwd(be, gu, a->ln2, P(lo->shared_gate_up + (size_t)s * 2 * Is * D), N, D, 2 * Is);
+		be->swiglu_gu_fwd(be, h, gu, N, Is);
 		be->linear_fwd_add(be, x_out, h, P(lo->shared_down + (size_t)s * D * Is), N, Is, D);
 	}
 #undef P
@@ -988,20 +998,15 @@ static void block_bwd(struct moe_model *m, int l, struct layer_acts *a, void *x_
 			be->zloss(be, g->drl, a->rlogits, N, E, (float)(c->router_z_loss_coef * grad_scale), NULL);
 		be->linear_bwd(be, dln2, G(lo->router), g->drl, a->ln2, P(lo->router), N, D, E);
 		be->scatter_add_rows(be, dln2, g->dxg, a->perm, NK, K, D);
-		if (S > 0 && be->swiglu_groups_bwd) { /* as the forward merged them */
-			for (int s = 0; s < S; s++)
-				be->linear_bwd(be, act_at(m, g->dh, (size_t)s * N * Is), NULL, dx,
-					       act_at(m, a->h_s, (size_t)s * N * Is), P(lo->shared_down + (size_t)s * D * Is),
-					       N, Is, D);
-			be->swiglu_groups_bwd(be, g->dgu, a->h_s, g->dh, a->gu_s, N, Is, S);
-			for (int s = 0; s < S; s++)
-				be->linear_bwd(be, NULL, G(lo->shared_down + (size_t)s * D * Is), dx,
-					       act_at(m, a->h_s, (size_t)s * N * Is), P(lo->shared_down + (size_t)s * D * Is),
-					       N, Is, D);
+		if (shared_merged(m)) { /* as the forward ran them: side by side */
+			be->linear_bwd(be, g->dh, NULL, dx, a->h_s, a->wdn_s, N, S * Is, D);
+			be->swiglu_gu_bwd(be, g->dgu, a->h_s, g->dh, a->gu_s, N * S, Is);
+			be->linear_wgrad_multi(be, G(lo->shared_down), (size_t)D * Is, dx, 0, D, a->h_s, Is, S * Is, S, N, Is,
+					       D);
 			be->linear_bwd_add(be, dln2, G(lo->shared_gate_up), g->dgu, a->ln2, P(lo->shared_gate_up), N, D,
 					   S * 2 * Is);
 		}
-		for (int s = 0; s < S && !be->swiglu_groups_bwd; s++) {
+		for (int s = 0; s < S && !shared_merged(m); s++) {
 			void *gu = act_at(m, a->gu_s, (size_t)s * N * 2 * Is);
 			void *h = act_at(m, a->h_s, (size_t)s * N * Is);
 			size_t ogu = lo->shared_gate_up + (size_t)s * 2 * Is * D;
@@ -1021,8 +1026,13 @@ static void block_bwd(struct moe_model *m, int l, struct layer_acts *a, void *x_
 					 G(lo->q_norm), G(lo->k_norm), g->dq, g->dk, g->d1, a->q, a->k,
 					 act_at(m, a->qraw, 2 * D), a->att, a->lse, a->qraw, act_at(m, a->qraw, D),
 					 P(lo->q_norm), P(lo->k_norm), a->rstdq, a->rstdk, B, T, H, Dh, theta);
-		/* d2 = dln1 */
-		be->linear_bwd(be, g->d2, G(lo->q), g->dqkv, a->ln1, P(lo->q), N, D, 3 * D);
+		/* d2 = dln1 (one GEMM); the weight gradients as three batched
+		 * (faster than one of 3 D rows among the algorithms the GEMM
+		 * tuning may take: H100, session 11, call 65) */
+		bool multi = be->linear_wgrad_multi != NULL;
+		be->linear_bwd(be, g->d2, multi ? NULL : G(lo->q), g->dqkv, a->ln1, P(lo->q), N, D, 3 * D);
+		if (multi)
+			be->linear_wgrad_multi(be, G(lo->q), (size_t)D * D, g->dqkv, D, 3 * D, a->ln1, 0, D, 3, N, D, D);
 	} else {
 		be->attention_bwd(be, g->dq, g->dk, g->dv, g->d1, a->q, a->k, a->v, a->att, a->lse, B, T, H, Dh);
 		/* the projections' output gradients, side by side with dv */
@@ -1037,7 +1047,8 @@ static void block_bwd(struct moe_model *m, int l, struct layer_acts *a, void *x_
 		be->linear_bwd_add(be, g->d2, multi ? NULL : G(lo->k), dkr, a->ln1, P(lo->k), N, D, D);
 		be->linear_bwd_add(be, g->d2, multi ? NULL : G(lo->v), g->dv, a->ln1, P(lo->v), N, D, D);
 		if (multi)
-			be->linear_wgrad_multi(be, G(lo->q), (size_t)D * D, g->dqkv, qkv_stride(m), a->ln1, 3, N, D, D);
+			be->linear_wgrad_multi(be, G(lo->q), (size_t)D * D, g->dqkv, qkv_stride(m), D, a->ln1, 0, D, 3, N,
+					       D, D);
 	}
 	be->rmsnorm_bwd_add(be, dx, G(lo->ln_in), g->d2, x_in, P(lo->ln_in), a->rstd1, N, D);
 #undef P

@@ -294,10 +294,11 @@ struct moe_backend {
 	/* Optional (NULL: the model loops over linear_fwd / linear_bwd): nb
 	 * linears of one input x in one call.  fwd: out_b = x w_b^T, with w_b
 	 * at w + b * w_stride and out_b at out + b * out_stride (elements);
-	 * wgrad: dw_b (+)= dout_b^T x, dw_b at dw + b * dw_stride, dout_b at
-	 * dout + b * dout_stride. */
+	 * wgrad: dw_b (+)= dout_b^T x_b, dw_b at dw + b * dw_stride, dout_b at
+	 * dout + b * dout_stride with rows ld_dout apart (Out: contiguous),
+	 * x_b at x + b * x_stride with rows ld_x apart (In: contiguous). */
 	void (*linear_fwd_multi)(struct moe_backend *be, void *out, size_t out_stride, const void *x, const void *w, size_t w_stride, int nb, int N, int In, int Out);
-	void (*linear_wgrad_multi)(struct moe_backend *be, float *dw, size_t dw_stride, const void *dout, size_t dout_stride, const void *x, int nb, int N, int In, int Out);
+	void (*linear_wgrad_multi)(struct moe_backend *be, float *dw, size_t dw_stride, const void *dout, size_t dout_stride, int ld_dout, const void *x, size_t x_stride, int ld_x, int nb, int N, int In, int Out);
 	/* QK-norm then RoPE (out = rope(rmsnorm(x) w)), and its backward from the
 	 * gradient after RoPE (dx overwritten, dw +=, dout may be overwritten);
 	 * D = H * Dh */
@@ -318,12 +319,12 @@ struct moe_backend {
 	void (*swiglu_gu_fwd)(struct moe_backend *be, void *h, const void *gu, int M, int I);
 	/* h (may be NULL): also recompute the forward's output h (M, I) from gu */
 	void (*swiglu_gu_bwd)(struct moe_backend *be, void *dgu, void *h, const void *dh, const void *gu, int M, int I);
-	/* Optional (NULL: the model runs the shared experts one by one): SwiGLU
-	 * over S gate|up outputs side by side, gu (M, S, 2I) (one linear of the
-	 * S experts' adjacent weights), h and dh (S, M, I) (S matrices); the
-	 * backward as swiglu_gu_bwd's, dgu (M, S, 2I) */
-	void (*swiglu_groups_fwd)(struct moe_backend *be, void *h, const void *gu, int M, int I, int S);
-	void (*swiglu_groups_bwd)(struct moe_backend *be, void *dgu, void *h, const void *dh, const void *gu, int M, int I, int S);
+	/* Optional (NULL: the model runs the shared experts one by one, and
+	 * needs linear_wgrad_multi too): rows rows of n ACT elements from src
+	 * (rows lds apart) to dst (rows ldd apart); the model then runs the
+	 * shared experts side by side (one linear each way, the down
+	 * projections' weights gathered into one matrix) */
+	void (*copy_rows)(struct moe_backend *be, void *dst, int ldd, const void *src, int lds, int rows, int n);
 	/* bias: fp32 master pointer or NULL */
 	void (*router_fwd)(struct moe_backend *be, int32_t *topk_idx, float *topk_w, float *probs, const void *logits, const float *bias, int N, int E, int K, bool norm_topk);
 	void (*router_bwd)(struct moe_backend *be, void *dlogits, const float *dtopk_w, const float *dprobs, const float *probs, const int32_t *topk_idx, const float *topk_w, int N, int E, int K, bool norm_topk);

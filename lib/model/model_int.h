@@ -32,7 +32,9 @@ struct layer_acts {
 	void *xg;             /* (N*K, D) tokens grouped by expert */
 	void *gu_e, *h_e;     /* (N*K, 2I), (N*K, I) */
 	void *yg;             /* (N*K, D) */
-	void *gu_s, *h_s;     /* shared: (S, N, 2Is), (S, N, Is) */
+	void *gu_s, *h_s;     /* shared: (S, N, 2Is), (S, N, Is); merged (shared_merged):
+				 (N, S, 2Is), (N, S, Is) */
+	void *wdn_s;          /* merged: the S down projections side by side, (D, S Is) */
 };
 
 struct graph_bufs {

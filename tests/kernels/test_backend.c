@@ -223,9 +223,9 @@ Test(backend, train_step_matches_cpu_dh128, .timeout = 120)
 	step_matches_cpu(cfg, "tiny, hidden 256", 2, 200);
 }
 
-/* Two shared experts, which the CUDA backend runs as one gate_up linear
- * and one SwiGLU each way (swiglu_groups_*), against the CPU backend, which
- * runs them one by one. */
+/* Two shared experts, which the CUDA backend runs side by side (one linear
+ * and one SwiGLU each way, the down weights gathered by copy_rows), against
+ * the CPU backend, which runs them one by one. */
 Test(backend, train_step_matches_cpu_shared2, .timeout = 120)
 {
 	NEED_GPU();
@@ -751,13 +751,15 @@ Test(backend, training_steps_repeatable, .timeout = 120)
 }
 
 /* The shared experts merged (the default: one gate_up linear over their
- * adjacent weights, one SwiGLU each way, the gate_up's input gradient and
- * weight gradient in one call) against one by one
+ * adjacent weights, one SwiGLU each way, one down linear over their down
+ * weights gathered side by side, the down weight gradients as one batched
+ * GEMM) against one by one
  * (MOE_CUDA_SHARED_MERGE=0), two shared experts, one step from the same
  * weights and tokens.  The merged input gradient of the norm before them
  * adds both experts' shares in fp32 and rounds to bf16 once; one by one it
  * is rounded to bf16 after each, so every gradient upstream of it moves by
- * bf16 roundings of that activation gradient (2^-8 relative an element):
+ * bf16 roundings of that activation gradient (2^-8 relative an element;
+ * likewise the forward's sum of the two down projections):
  * losses within 1e-5 relative, every non-routed tensor's gradient cosine
  * >= 0.9999 and within 2e-2 of its largest element (0.95% measured on an
  * H100, session 11, call 64), the routed experts' cosine >= 0.999 (they
@@ -787,7 +789,7 @@ Test(backend, shared_experts_merged_match, .timeout = 60)
 			setenv("MOE_CUDA_SHARED_MERGE", "0", 1);
 		struct moe_model *mg = gpu_model(&cfg, p, mode);
 		unsetenv("MOE_CUDA_SHARED_MERGE");
-		cr_assert_eq(moe_model_backend(mg)->swiglu_groups_fwd != NULL, merge, "merge %d: groups op %s", merge,
+		cr_assert_eq(moe_model_backend(mg)->copy_rows != NULL, merge, "merge %d: copy_rows %s", merge,
 			     merge ? "missing" : "present");
 		moe_model_zero_grad(mg);
 		struct moe_forward_opts o = {0};

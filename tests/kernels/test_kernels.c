@@ -1157,56 +1157,6 @@ Test(kernels, swiglu)
 		  "swiglu bwd dgu with h");
 }
 
-/* SwiGLU over G gate|up outputs side by side (the merged shared experts):
- * gu (N, G, 2I) is the plain kernels' (N G, 2I) rows, so every value must
- * equal theirs bit for bit, with h and dh moved to (G, N, I): forward,
- * backward (dgu and the recomputed h) for G 2 and 3; G 1 is the plain
- * kernel; rows that are not groups of G are refused. */
-static void swiglu_groups_case(int N, int I, int G)
-{
-	size_t M = (size_t)N * G;
-	float *gu = rand_bf(M * 2 * I, 3.f), *dh = rand_bf(M * I, 1.f);
-	float *dhr = malloc(M * I * 4); /* dh in the plain kernels' row order */
-	for (int n = 0; n < N; n++)
-		for (int g = 0; g < G; g++)
-			memcpy(dhr + ((size_t)n * G + g) * I, dh + ((size_t)g * N + n) * I, (size_t)I * 4);
-	bf16_t *ggu = up_bf(gu, M * 2 * I), *gdh = up_bf(dh, M * I), *gdhr = up_bf(dhr, M * I);
-	bf16_t *h0 = dmalloc(M * I * 2), *h1 = dmalloc(M * I * 2), *r0 = dmalloc(M * I * 2), *r1 = dmalloc(M * I * 2);
-	bf16_t *d0 = dmalloc(M * 2 * I * 2), *d1 = dmalloc(M * 2 * I * 2);
-	LAUNCH_OK(moe_cuda_swiglu_fwd(h0, ggu, M, I, S, &gerr));
-	LAUNCH_OK(moe_cuda_swiglu_bwd(d0, r0, gdhr, ggu, M, I, S, &gerr));
-	LAUNCH_OK(moe_cuda_swiglu_groups_fwd(h1, ggu, M, I, G, S, &gerr));
-	LAUNCH_OK(moe_cuda_swiglu_groups_bwd(d1, r1, gdh, ggu, M, I, G, S, &gerr));
-	uint16_t *a = down(h0, M * I * 2), *b = down(h1, M * I * 2), *ra = down(r0, M * I * 2), *rb = down(r1, M * I * 2);
-	uint16_t *da = down(d0, M * 2 * I * 2), *db = down(d1, M * 2 * I * 2);
-	size_t bad = 0, rbad = 0;
-	for (int n = 0; n < N; n++)
-		for (int g = 0; g < G; g++) {
-			size_t i0 = ((size_t)n * G + g) * I, i1 = ((size_t)g * N + n) * I;
-			bad += memcmp(a + i0, b + i1, (size_t)I * 2) != 0;
-			rbad += memcmp(ra + i0, rb + i1, (size_t)I * 2) != 0;
-		}
-	cr_expect(bad == 0, "swiglu groups fwd N=%d I=%d G=%d: %zu of %zu rows differ", N, I, G, bad, M);
-	cr_expect(rbad == 0, "swiglu groups bwd h N=%d I=%d G=%d: %zu of %zu rows differ", N, I, G, rbad, M);
-	cr_expect(memcmp(da, db, M * 2 * I * 2) == 0, "swiglu groups bwd dgu N=%d I=%d G=%d differs", N, I, G);
-	float *hf = down_bf(h1, M * I);
-	check_all_written(hf, M * I, "swiglu groups fwd");
-	free(hf), free(a), free(b), free(ra), free(rb), free(da), free(db), free(gu), free(dh), free(dhr);
-	cudaFree(ggu), cudaFree(gdh), cudaFree(gdhr), cudaFree(h0), cudaFree(h1), cudaFree(r0), cudaFree(r1);
-	cudaFree(d0), cudaFree(d1);
-}
-
-Test(kernels, swiglu_groups)
-{
-	NEED_GPU();
-	rng_seed(6);
-	swiglu_groups_case(333, 72, 2);
-	swiglu_groups_case(100, 640, 3);
-	swiglu_groups_case(50, 8, 1);
-	cr_expect_eq(moe_cuda_swiglu_groups_fwd(NULL, NULL, 7, 8, 2, S, &gerr), MOE_EINVAL);
-	cr_expect_eq(moe_cuda_swiglu_groups_bwd(NULL, NULL, NULL, NULL, 9, 8, 0, S, &gerr), MOE_EINVAL);
-}
-
 /* The router's forward and backward against the CPU reference: top-k ids
  * equal, probabilities and weights within 1e-5, dlogits (bf16) within 1e-2;
  * levels > 0: logits (and the bias) on a coarse grid, so that many keys and
