@@ -975,16 +975,16 @@ static void o_rope(struct moe_backend *be, void *x, int B, int T, int H, int Dh,
 /* rows of n columns between buffers of row strides lds, ldd (bf16) */
 static void copy_rows(struct cuda_ctx *c, void *dst, int ldd, const void *src, int lds, int rows, int n)
 {
-	RUN(c, CUDA_OK(cudaMemcpy2DAsync(dst, (size_t)ldd * 2, src, (size_t)lds * 2, (size_t)n * 2, rows,
-					 cudaMemcpyDeviceToDevice, c->s),
-		       &c->err));
+	RUN(c, moe_cuda_copy_rows((bf16_t *)dst, ldd, 0, (const bf16_t *)src, lds, 0, rows, n, 1, c->s, &c->err));
 }
 
-static void o_copy_rows(struct moe_backend *be, void *dst, int ldd, const void *src, int lds, int rows, int n)
+static void o_copy_rows(struct moe_backend *be, void *dst, int ldd, size_t dst_stride, const void *src, int lds,
+			size_t src_stride, int rows, int n, int nb)
 {
 	struct cuda_ctx *c = CTX(be);
-	PROF(c, "copy (memcpy)");
-	copy_rows(c, dst, ldd, src, lds, rows, n);
+	PROF(c, "copy_rows");
+	RUN(c, moe_cuda_copy_rows((bf16_t *)dst, ldd, dst_stride, (const bf16_t *)src, lds, src_stride, rows, n, nb,
+				  c->s, &c->err));
 	PROF_END(c);
 }
 

@@ -176,6 +176,11 @@ int moe_cuda_attention_small_bwd(bf16_t *dq, bf16_t *dk, bf16_t *dv, const float
 				 const bf16_t *v, const float *lse, int ldq, int ldk, int ldv, int ldo, int B,
 				 int T, int H, int Dh, cudaStream_t s, struct moe_error *err);
 
+/* permute.cu: nb blocks of rows x n bf16, block b from src + b src_stride
+ * (rows lds apart) to dst + b dst_stride (rows ldd apart) */
+int moe_cuda_copy_rows(bf16_t *dst, int ldd, size_t dst_stride, const bf16_t *src, int lds, size_t src_stride,
+		       int rows, int n, int nb, cudaStream_t s, struct moe_error *err);
+
 /* swiglu.cu: h13 (M, 2I) = [g | u] per row; act (M, I) = silu(g) * u; I % 8 == 0. */
 int moe_cuda_swiglu_fwd(bf16_t *act, const bf16_t *h13, size_t M, int I, cudaStream_t s,
 			struct moe_error *err);

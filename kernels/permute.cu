@@ -277,6 +277,42 @@ static int check_width(int D, int mult, struct moe_error *err)
 	return 0;
 }
 
+/* nb blocks of rows x n elements between row strides (copy_rows): eight
+ * bf16 (16 bytes) a thread where every address and stride allows, else one */
+template <int V>
+__global__ void copy_rows_kernel(bf16 *dst, int ldd, size_t dst_stride, const bf16 *src, int lds, size_t src_stride,
+				 int rows, int n, int nb)
+{
+	MOE_PDL_ENTRY();
+	size_t v = (size_t)blockIdx.x * blockDim.x + threadIdx.x, per = n / V;
+	if (v >= (size_t)nb * rows * per)
+		return;
+	size_t c = (v % per) * V, r = (v / per) % rows, b = v / per / rows;
+	const bf16 *s = src + b * src_stride + r * lds + c;
+	bf16 *d = dst + b * dst_stride + r * ldd + c;
+	if (V == 8)
+		*(uint4 *)d = *(const uint4 *)s;
+	else
+		*d = *s;
+}
+
+extern "C" int moe_cuda_copy_rows(bf16_t *dst, int ldd, size_t dst_stride, const bf16_t *src, int lds,
+				  size_t src_stride, int rows, int n, int nb, cudaStream_t s, struct moe_error *err)
+{
+	if (rows <= 0 || n <= 0 || nb <= 0)
+		return 0;
+	bool vec = ((uintptr_t)dst | (uintptr_t)src) % 16 == 0 && ldd % 8 == 0 && lds % 8 == 0 && n % 8 == 0 &&
+		   dst_stride % 8 == 0 && src_stride % 8 == 0;
+	size_t total = (size_t)nb * rows * (vec ? n / 8 : n);
+	if (vec)
+		moe_launch(copy_rows_kernel<8>, moe_cdiv(total, 256), 256, 0, s, (bf16 *)dst, ldd, dst_stride,
+			   (const bf16 *)src, lds, src_stride, rows, n, nb);
+	else
+		moe_launch(copy_rows_kernel<1>, moe_cdiv(total, 256), 256, 0, s, (bf16 *)dst, ldd, dst_stride,
+			   (const bf16 *)src, lds, src_stride, rows, n, nb);
+	return CUDA_LAUNCHED(err);
+}
+
 extern "C" int moe_cuda_gather(bf16_t *xg, const bf16_t *x, const int32_t *perm, int NK, int K, int D,
 			       cudaStream_t s, struct moe_error *err)
 {

@@ -676,9 +676,7 @@ static void block_fwd(struct moe_model *m, int l, struct layer_acts *a, void *x_
 	if (shared_merged(m)) { /* the shared experts side by side */
 		be->linear_fwd(be, a->gu_s, a->ln2, P(lo->shared_gate_up), N, D, S * 2 * Is);
 		be->swiglu_gu_fwd(be, a->h_s, a->gu_s, N * S, Is);
-		for (int s = 0; s < S; s++)
-			be->copy_rows(be, act_at(m, a->wdn_s, (size_t)s * Is), S * Is,
-				      P(lo->shared_down + (size_t)s * D * Is), Is, D, Is);
+		be->copy_rows(be, a->wdn_s, S * Is, Is, P(lo->shared_down), Is, (size_t)D * Is, D, Is, S);
 		be->linear_fwd_add(be, x_out, a->h_s, a->wdn_s, N, S * Is, D);
 		return;
 	}

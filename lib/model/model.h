@@ -319,12 +319,13 @@ struct moe_backend {
 	void (*swiglu_gu_fwd)(struct moe_backend *be, void *h, const void *gu, int M, int I);
 	/* h (may be NULL): also recompute the forward's output h (M, I) from gu */
 	void (*swiglu_gu_bwd)(struct moe_backend *be, void *dgu, void *h, const void *dh, const void *gu, int M, int I);
-	/* Optional (NULL: the model runs the shared experts one by one, and
-	 * needs linear_wgrad_multi too): rows rows of n ACT elements from src
-	 * (rows lds apart) to dst (rows ldd apart); the model then runs the
-	 * shared experts side by side (one linear each way, the down
-	 * projections' weights gathered into one matrix) */
-	void (*copy_rows)(struct moe_backend *be, void *dst, int ldd, const void *src, int lds, int rows, int n);
+	/* Optional (NULL: the model runs the shared experts one by one; it
+	 * needs linear_wgrad_multi too): nb blocks of rows x n ACT elements,
+	 * block b from src + b src_stride (rows lds apart) to dst + b
+	 * dst_stride (rows ldd apart); the model then runs the shared experts
+	 * side by side (one linear each way, the down projections' weights
+	 * gathered into one matrix) */
+	void (*copy_rows)(struct moe_backend *be, void *dst, int ldd, size_t dst_stride, const void *src, int lds, size_t src_stride, int rows, int n, int nb);
 	/* bias: fp32 master pointer or NULL */
 	void (*router_fwd)(struct moe_backend *be, int32_t *topk_idx, float *topk_w, float *probs, const void *logits, const float *bias, int N, int E, int K, bool norm_topk);
 	void (*router_bwd)(struct moe_backend *be, void *dlogits, const float *dtopk_w, const float *dprobs, const float *probs, const int32_t *topk_idx, const float *topk_w, int N, int E, int K, bool norm_topk);

@@ -1157,6 +1157,45 @@ Test(kernels, swiglu)
 		  "swiglu bwd dgu with h");
 }
 
+/* moe_cuda_copy_rows: nb blocks of rows x n between row strides, 16-byte
+ * vectors (every address and stride a multiple of 8 elements) and single
+ * elements (an odd width, an odd offset): the copied values exact, nothing
+ * else in dst written (it keeps its NaN poison). */
+static void copy_rows_case(int rows, int n, int nb, int lds, int ldd, size_t ss, size_t ds, int off)
+{
+	size_t ns = ss * (nb - 1) + (size_t)rows * lds + off, nd = ds * (nb - 1) + (size_t)rows * ldd + off;
+	float *src = rand_bf(ns, 1.f);
+	bf16_t *gs = up_bf(src, ns), *gd = dmalloc(nd * 2);
+	LAUNCH_OK(moe_cuda_copy_rows(gd + off, ldd, ds, gs + off, lds, ss, rows, n, nb, S, &gerr));
+	uint16_t *hs = down(gs, ns * 2), *hd = down(gd, nd * 2);
+	size_t bad = 0, stray = 0, want = 0;
+	char *mark = calloc(nd, 1);
+	for (int b = 0; b < nb; b++)
+		for (int r = 0; r < rows; r++)
+			for (int c = 0; c < n; c++) {
+				size_t i = off + b * ds + (size_t)r * ldd + c;
+				bad += hd[i] != hs[off + b * ss + (size_t)r * lds + c];
+				mark[i] = 1;
+				want++;
+			}
+	for (size_t i = 0; i < nd; i++)
+		stray += !mark[i] && hd[i] != 0xffff;
+	cr_expect(bad == 0 && stray == 0, "copy_rows %dx%d x%d (lds %d, ldd %d, offset %d): %zu of %zu wrong, %zu stray",
+		  rows, n, nb, lds, ldd, off, bad, want, stray);
+	free(src), free(hs), free(hd), free(mark);
+	cudaFree(gs), cudaFree(gd);
+}
+
+Test(kernels, copy_rows)
+{
+	NEED_GPU();
+	rng_seed(7);
+	copy_rows_case(768, 640, 2, 640, 1280, 768 * 640, 640, 0); /* seed-base's shared down weights */
+	copy_rows_case(100, 96, 1, 2304, 768, 0, 0, 0);             /* a strided row block out */
+	copy_rows_case(37, 13, 3, 20, 45, 20 * 37, 13, 1);          /* single elements */
+	cr_expect_eq(moe_cuda_copy_rows(NULL, 8, 0, NULL, 8, 0, 0, 8, 1, S, &gerr), 0, "no rows: nothing to do");
+}
+
 /* The router's forward and backward against the CPU reference: top-k ids
  * equal, probabilities and weights within 1e-5, dlogits (bf16) within 1e-2;
  * levels > 0: logits (and the bias) on a coarse grid, so that many keys and

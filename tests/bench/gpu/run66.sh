@@ -1,0 +1,44 @@
+#!/bin/sh
+# Session 11 (H100), call 66: the shared experts side by side in their down projections too,
+# q, k, v weight gradients batched over the packed rows:
+#  1. the changed kernel tests, the new backend test, then both GPU test
+#     binaries whole and resume_gpu.sh;
+#  2. seed-base steps interleaved: default, MOE_CUDA_SHARED_MERGE=0,
+#     MOE_CUDA_TMA_FUSE=1 (SwiGLU in the routed gate_up GEMM's epilogue,
+#     session 5: a tie), session 10's path (MOE_CUDA_QKV=batched
+#     MOE_CUDA_SHARED_MERGE=0 MOE_CUDA_DQ_FUSE=0), torch_ref best_c in the
+#     same call;
+#  3. the cuBLASLt plans, one profiled step, ktrace.
+set -u
+. "$(dirname "$0")/common.sh"
+O=${OUT:-/tmp}/run66.txt
+S10="MOE_CUDA_QKV=batched MOE_CUDA_SHARED_MERGE=0 MOE_CUDA_DQ_FUSE=0"
+{
+echo "=== 1. changed tests"
+tk 60 test_kernels 'kernels/qknorm_rope*' | grep -E "\[FAIL|Assert|Synthesis" | tail -6
+tk 90 test_backend 'backend/shared_experts_merged_match' | grep -E "merged vs|\[FAIL|Assert|Synthesis" | tail -4
+tk 90 test_backend 'backend/train_step_matches_cpu_shared2' | grep -E "cosine over|\[FAIL|Assert|Synthesis" | tail -4
+tk 120 test_backend 'backend/qkv_*' | grep -E "packed vs|\[FAIL|Assert|Synthesis" | tail -12
+suites
+date -u
+echo "=== 2. seed-base steps"
+for k in 1 2; do
+	bc
+	MOE_CUDA_SHARED_MERGE=0 bc
+	MOE_CUDA_TMA_FUSE=1 bc
+	env $S10 $B/tests/bench/bench_cuda -m $M -B 16 -n 6 -w 2 2>/tmp/bc.err | sed 's/^/(session 10 path) /'
+	tail -1 /tmp/bc.err
+	[ $k = 1 ] && torch_seed
+done
+bc
+date -u
+echo "=== 3. plans"
+timeout 120 $B/tests/bench/bench_cuda -m $M -B 16 -n 2 -w 1 -G 2>/dev/null | grep -E "^gemm|plans"
+profile
+echo "=== 3. ktrace, bench_cuda -n 3 -w 2"
+CUDA_INJECTION64_PATH=$R/ktrace.so KTRACE_OUT=${OUT:-/tmp}/kt66.csv timeout 120 \
+	$B/tests/bench/bench_cuda -m $M -B 16 -n 3 -w 2 2>&1 | tail -1
+python3 $R/ktrace.py ${OUT:-/tmp}/kt66.csv 2>/dev/null | head -9
+gzip -f ${OUT:-/tmp}/kt66.csv
+date -u
+} 2>&1 | tee $O
