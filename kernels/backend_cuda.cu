@@ -40,12 +40,22 @@
  * them as separate kernels: at seed-base on an H100 (session 5, same call,
  * tests/bench/RESULTS-tma.md) 1 measured 174.8 ms a step against 174.5, 2
  * 184.0 and 3 183.4-183.7 (the fused input gradient's epilogue waits for
- * its g, u loads behind the next tile's operand loads).
+ * its g, u loads behind the next tile's operand loads); session 11 (call
+ * 66) 1 again a tie: 161.60 / 162.52 against 161.06-162.63.
  * MOE_CUDA_TMA_FUSE_DG and MOE_CUDA_TMA_FUSE_CFG (grouped_tma.cu) choose
  * how that epilogue loads g, u and the fused kernels' tile configuration
  * (session 6: the g, u blocks through the producer's ring, DG 6, measured
  * slower again: 188.7 ms a step with bit 2 against 177.6 with DG 2 and
  * 168.4-168.7 unfused).
+ * The attention block (MOE_CUDA_QKV, default packed): the model keeps q,
+ * k, v in rows of 3 D and the attention_qknorm_fwd / _bwd ops read and
+ * write them there (QK-norm at a row stride, v and dv at the attention's
+ * ldv), so each way is one GEMM; the query's QK-norm backward reads fa3f's
+ * fp32 dQ tiles instead of a converted dq (MOE_CUDA_DQ_FUSE, default 1).
+ * Shared experts (MOE_CUDA_SHARED_MERGE, default 1): copy_rows gathers
+ * their down weights side by side each step, so the model runs all of them
+ * as one linear each way (session 11, H100, tests/bench/RESULTS-cuda.md:
+ * the three together 158.1-159.4 ms a step against 162.0-162.4).
  * Clip norms (sumsq, MOE_CUDA_SUMSQ_EPI, default 1): with "tma" and
  * gradients by overwrite the routed experts' weight gradients come with
  * their epilogues' per-tile sums of squares, and o_sumsq sums those instead

@@ -14,7 +14,9 @@
 struct layer_acts {
 	void *ln1;            /* (N, D) */
 	float *rstd1;         /* (N) */
-	void *qraw, *kraw;    /* (N, D) projections before QK-norm */
+	void *qraw, *kraw;    /* (N, D) projections before QK-norm, v after them (3
+				 buffers); packed (qkv_packed): qraw (N, 3D) holds all
+				 three side by side, kraw and v unused */
 	void *q, *k, *v;      /* (N, D) = (B, T, H, Dh): q, k normed and rotated */
 	float *rstdq, *rstdk; /* (N) */
 	void *att;            /* (N, D) attention output before o_proj */
