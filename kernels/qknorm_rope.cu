@@ -8,7 +8,11 @@
  * (fp32, 16-byte accesses) so that each group of eight columns finds its
  * RoPE partners Dh/2 columns away (Dh % 16 == 0: a group never straddles
  * the half).  Compared with rmsnorm + rope it saves a write and a read of
- * the row each way, and the normalised values are rounded to bf16 once. */
+ * the row each way, and the normalised values are rounded to bf16 once.
+ * Every kernel takes x (and the backward's dx) at a row stride ldx, so that
+ * q and k can stay inside the q, k, v projections' rows; the pair
+ * backward can also read its dout from fa3f's fp32 dQ tiles (ACC),
+ * rounding each value to bf16 as the tiles' conversion kernel would. */
 #include "cuda_common.h"
 #include "kernels.h"
 
