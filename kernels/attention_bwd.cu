@@ -483,7 +483,8 @@ extern "C" int moe_cuda_attention_bwd_acc(bf16_t *dq, bf16_t *dk, bf16_t *dv, vo
 					  const float *lse, int ldq, int ldk, int ldv, int ldo, int B, int T, int H,
 					  int Dh, const float **dqacc, cudaStream_t s, struct moe_error *err)
 {
-	*dqacc = NULL;
+	if (dqacc)
+		*dqacc = NULL;
 	return attention_bwd(dq, dk, dv, scratch, dout, q, k, v, out, lse, ldq, ldk, ldv, ldo, B, T, H, Dh, dqacc, s,
 			     err);
 }

@@ -998,6 +998,20 @@ static void o_copy_rows(struct moe_backend *be, void *dst, int ldd, size_t dst_s
 	PROF_END(c);
 }
 
+/* x (N rows of D at row stride ldx) where the two kernels of
+ * MOE_CUDA_QKNORM_ROPE=split can read it: x itself, or a copy in the first
+ * half of the S_QKV scratch (its second half takes their dx); NULL when the
+ * scratch cannot be had (the error is recorded) */
+static const void *qk_contig(struct cuda_ctx *c, const void *x, int ldx, int N, int D)
+{
+	if (ldx == D)
+		return x;
+	void *xc = scratch(c, S_QKV, (size_t)2 * N * D * 2);
+	if (xc)
+		copy_rows(c, xc, D, x, ldx, N, D);
+	return xc;
+}
+
 /* QK-norm then RoPE of x at row stride ldx (q or k in the q, k, v rows):
  * the fused kernels, or (MOE_CUDA_QKNORM_ROPE=split, shapes they do not
  * take) rmsnorm and rope, on a contiguous copy of x where ldx is not H Dh */
@@ -1007,13 +1021,8 @@ static void qk_fwd(struct moe_backend *be, void *out, float *rstd, const void *x
 	struct cuda_ctx *c = CTX(be);
 	int N = B * T, D = H * Dh;
 	if (c->qk_split || !moe_cuda_qknorm_rope_supported(H, Dh)) { /* the two kernels */
-		if (ldx != D) {
-			void *xc = scratch(c, S_QKV, (size_t)2 * N * D * 2);
-			if (!xc)
-				return;
-			copy_rows(c, xc, D, x, ldx, N, D);
-			x = xc;
-		}
+		if (!(x = qk_contig(c, x, ldx, N, D)))
+			return;
 		o_rmsnorm_fwd(be, out, rstd, x, w, N, D, eps);
 		o_rope(be, out, B, T, H, Dh, theta, 0);
 		return;
@@ -1040,15 +1049,11 @@ static void qk_bwd(struct moe_backend *be, void *dx, int ldx, float *dw, const v
 	struct cuda_ctx *c = CTX(be);
 	int N = B * T, D = H * Dh;
 	if (!acc && (c->qk_split || !moe_cuda_qknorm_rope_supported(H, Dh))) { /* two kernels; RoPE back in place on dout */
-		void *dxc = dx;
-		if (ldx != D) {
-			void *xc = scratch(c, S_QKV, (size_t)2 * N * D * 2);
-			if (!xc)
-				return;
-			dxc = (char *)xc + (size_t)N * D * 2;
-			copy_rows(c, xc, D, x, ldx, N, D);
-			x = xc;
-		}
+		const void *xc = qk_contig(c, x, ldx, N, D);
+		if (!xc)
+			return;
+		void *dxc = xc == x ? dx : (char *)xc + (size_t)N * D * 2;
+		x = xc;
 		o_rope(be, (void *)dout, B, T, H, Dh, theta, 1);
 		o_rmsnorm_bwd(be, dxc, dw, dout, x, w, rstd, N, D);
 		if (dxc != dx)
@@ -1134,15 +1139,10 @@ static void o_attention_qknorm_bwd(struct moe_backend *be, void *dqx, void *dkx,
 	void *delta = scratch(c, S_DELTA, moe_cuda_attention_bwd_scratch(B, T, H, Dh));
 	{
 		PROF(c, "attention_bwd");
-		if (tiles)
-			RUN(c, moe_cuda_attention_bwd_acc((bf16_t *)dq, (bf16_t *)dk, (bf16_t *)dv, delta,
-							  (const bf16_t *)dout, (const bf16_t *)q, (const bf16_t *)k,
-							  (const bf16_t *)v, (const bf16_t *)out, lse, D, D, ld, D, B, T, H,
-							  Dh, &acc, c->s, &c->err));
-		else
-			RUN(c, moe_cuda_attention_bwd((bf16_t *)dq, (bf16_t *)dk, (bf16_t *)dv, delta, (const bf16_t *)dout,
-						      (const bf16_t *)q, (const bf16_t *)k, (const bf16_t *)v,
-						      (const bf16_t *)out, lse, D, D, ld, D, B, T, H, Dh, c->s, &c->err));
+		RUN(c, moe_cuda_attention_bwd_acc((bf16_t *)dq, (bf16_t *)dk, (bf16_t *)dv, delta, (const bf16_t *)dout,
+						  (const bf16_t *)q, (const bf16_t *)k, (const bf16_t *)v,
+						  (const bf16_t *)out, lse, D, D, ld, D, B, T, H, Dh, tiles ? &acc : NULL,
+						  c->s, &c->err));
 		PROF_END(c);
 	}
 	c->dq_tiles += acc != NULL;
@@ -1884,18 +1884,15 @@ extern "C" struct moe_backend *moe_backend_cuda(struct moe_error *err)
 		/* gradients by overwrite (model.h); MOE_CUDA_GRAD_OVERWRITE=0 clears
 		 * them with a memset each step instead (comparisons) */
 		be->grad_overwrite_ok = !env_is("MOE_CUDA_GRAD_OVERWRITE", "0");
-		const char *xv = getenv("MOE_CUDA_EXPERT_FUSE");
-		char *xe = NULL;
-		long xf = xv ? strtol(xv, &xe, 10) : 0;
-		if (xv && (xe == xv || *xe || xf < 0 || xf > EF_ALL)) {
-			moe_error_set(err, MOE_EINVAL, "MOE_CUDA_EXPERT_FUSE='%s': expected 0..7", xv);
+		long xf, tf;
+		if (!env_long("MOE_CUDA_EXPERT_FUSE", 0, 0, EF_ALL, &xf)) {
+			moe_error_set(err, MOE_EINVAL, "MOE_CUDA_EXPERT_FUSE='%s': expected 0..7",
+				      getenv("MOE_CUDA_EXPERT_FUSE"));
 			goto fail;
 		}
 		c->expert_fuse = moe_cuda_grouped_wgmma_supported() ? (int)xf : 0;
-		const char *tv = getenv("MOE_CUDA_TMA_FUSE");
-		long tf = tv ? strtol(tv, &xe, 10) : TF_DEFAULT;
-		if (tv && (xe == tv || *xe || tf < 0 || tf > TF_ALL)) {
-			moe_error_set(err, MOE_EINVAL, "MOE_CUDA_TMA_FUSE='%s': expected 0..3", tv);
+		if (!env_long("MOE_CUDA_TMA_FUSE", TF_DEFAULT, 0, TF_ALL, &tf)) {
+			moe_error_set(err, MOE_EINVAL, "MOE_CUDA_TMA_FUSE='%s': expected 0..3", getenv("MOE_CUDA_TMA_FUSE"));
 			goto fail;
 		}
 		c->tma_fuse = (int)tf;

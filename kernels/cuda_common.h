@@ -52,6 +52,19 @@ static inline bool env_is(const char *name, const char *val)
 	return v && strcmp(v, val) == 0;
 }
 
+/* An integer switch: *v = dflt where name is unset; false where it is set
+ * but not an integer in [lo, hi] (the caller's error names it). */
+static inline bool env_long(const char *name, long dflt, long lo, long hi, long *v)
+{
+	const char *s = getenv(name);
+	char *e = NULL;
+	*v = dflt;
+	if (!s)
+		return true;
+	*v = strtol(s, &e, 10);
+	return e != s && !*e && *v >= lo && *v <= hi;
+}
+
 /* Programmatic dependent launch (sm_90; session 10).  Every kernel of the
  * backend starts with MOE_PDL_ENTRY() and is launched by moe_launch, which
  * (unless MOE_CUDA_PDL=0) lets the driver start it before the kernel ahead of it

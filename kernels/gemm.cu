@@ -68,11 +68,9 @@ extern "C" struct moe_cuda_blas *moe_cuda_blas_new(cudaStream_t s, struct moe_er
 	}
 	/* MOE_CUDA_GEMM_WS: the workspace in MiB (default 64; 0: only
 	 * algorithms without one), for measurements */
-	const char *wv = getenv("MOE_CUDA_GEMM_WS");
-	char *end = NULL;
-	long ws = wv && *wv ? strtol(wv, &end, 10) : 64;
-	if (wv && *wv && (*end || ws < 0 || ws > 4096)) {
-		moe_error_set(err, MOE_EINVAL, "MOE_CUDA_GEMM_WS='%s': expected MiB, 0..4096", wv);
+	long ws;
+	if (!env_long("MOE_CUDA_GEMM_WS", 64, 0, 4096, &ws)) {
+		moe_error_set(err, MOE_EINVAL, "MOE_CUDA_GEMM_WS='%s': expected MiB, 0..4096", getenv("MOE_CUDA_GEMM_WS"));
 		free(b);
 		return NULL;
 	}

@@ -678,14 +678,14 @@ static void block_fwd(struct moe_model *m, int l, struct layer_acts *a, void *x_
 		be->swiglu_gu_fwd(be, a->h_s, a->gu_s, N * S, Is);
 		be->copy_rows(be, a->wdn_s, S * Is, Is, P(lo->shared_down), Is, (size_t)D * Is, D, Is, S);
 		be->linear_fwd_add(be, x_out, a->h_s, a->wdn_s, N, S * Is, D);
-		return;
-	}
-	for (int s = 0; s < S; s++) {
-		void *gu = act_at(m, a->gu_s, (size_t)s * N * 2 * Is);
-		void *h = act_at(m, a->h_s, (size_t)s * N * Is);
-		be->linear_fwd(be, gu, a->ln2, P(lo->shared_gate_up + (size_t)s * 2 * Is * D), N, D, 2 * Is);
-		be->swiglu_gu_fwd(be, h, gu, N, Is);
-		be->linear_fwd_add(be, x_out, h, P(lo->shared_down + (size_t)s * D * Is), N, Is, D);
+	} else {
+		for (int s = 0; s < S; s++) {
+			void *gu = act_at(m, a->gu_s, (size_t)s * N * 2 * Is);
+			void *h = act_at(m, a->h_s, (size_t)s * N * Is);
+			be->linear_fwd(be, gu, a->ln2, P(lo->shared_gate_up + (size_t)s * 2 * Is * D), N, D, 2 * Is);
+			be->swiglu_gu_fwd(be, h, gu, N, Is);
+			be->linear_fwd_add(be, x_out, h, P(lo->shared_down + (size_t)s * D * Is), N, Is, D);
+		}
 	}
 #undef P
 }
@@ -1003,16 +1003,17 @@ static void block_bwd(struct moe_model *m, int l, struct layer_acts *a, void *x_
 					       D);
 			be->linear_bwd_add(be, dln2, G(lo->shared_gate_up), g->dgu, a->ln2, P(lo->shared_gate_up), N, D,
 					   S * 2 * Is);
-		}
-		for (int s = 0; s < S && !shared_merged(m); s++) {
-			void *gu = act_at(m, a->gu_s, (size_t)s * N * 2 * Is);
-			void *h = act_at(m, a->h_s, (size_t)s * N * Is);
-			size_t ogu = lo->shared_gate_up + (size_t)s * 2 * Is * D;
-			size_t odn = lo->shared_down + (size_t)s * D * Is;
-			be->linear_bwd(be, g->dh, NULL, dx, h, P(odn), N, Is, D);
-			be->swiglu_gu_bwd(be, g->dgu, h, g->dh, gu, N, Is);
-			be->linear_bwd(be, NULL, G(odn), dx, h, P(odn), N, Is, D);
-			be->linear_bwd_add(be, dln2, G(ogu), g->dgu, a->ln2, P(ogu), N, D, 2 * Is);
+		} else {
+			for (int s = 0; s < S; s++) {
+				void *gu = act_at(m, a->gu_s, (size_t)s * N * 2 * Is);
+				void *h = act_at(m, a->h_s, (size_t)s * N * Is);
+				size_t ogu = lo->shared_gate_up + (size_t)s * 2 * Is * D;
+				size_t odn = lo->shared_down + (size_t)s * D * Is;
+				be->linear_bwd(be, g->dh, NULL, dx, h, P(odn), N, Is, D);
+				be->swiglu_gu_bwd(be, g->dgu, h, g->dh, gu, N, Is);
+				be->linear_bwd(be, NULL, G(odn), dx, h, P(odn), N, Is, D);
+				be->linear_bwd_add(be, dln2, G(ogu), g->dgu, a->ln2, P(ogu), N, D, 2 * Is);
+			}
 		}
 	}
 	/* dx: gradient w.r.t. x_mid (the residual's plus the norm's) */

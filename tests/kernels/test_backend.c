@@ -242,16 +242,23 @@ Test(backend, train_step_matches_cpu_shared2, .timeout = 120)
  * 0.999 per tensor against the kernel path. */
 /* The tiny config's CPU model initialised from seed: its tensor table and,
  * in *p (malloc'ed), the parameters every GPU run of a test starts from. */
-static struct moe_model *cpu_params(struct moe_config *cfg, uint64_t seed, float **p)
+/* A CPU model of config cfg initialised from seed, its parameters in *p */
+static struct moe_model *cpu_params_cfg(const struct moe_config *cfg, uint64_t seed, float **p)
 {
 	struct moe_error err = {0};
-	tiny_config(cfg);
 	struct moe_model *mc = moe_model_new(cfg, moe_backend_cpu(), &err);
 	cr_assert_not_null(mc, "%s", err.msg);
 	cr_assert_eq(moe_model_init(mc, seed, &err), 0, "%s", err.msg);
 	*p = malloc(moe_model_num_params(mc) * 4);
 	moe_model_get_params(mc, *p);
 	return mc;
+}
+
+/* The same of the tiny config, which it writes into *cfg */
+static struct moe_model *cpu_params(struct moe_config *cfg, uint64_t seed, float **p)
+{
+	tiny_config(cfg);
+	return cpu_params_cfg(cfg, seed, p);
 }
 
 /* n random inputs and targets in [2, V); with pad_every > 0 the targets at
@@ -280,11 +287,19 @@ static struct moe_model *gpu_model(const struct moe_config *cfg, const float *p,
 	return mg;
 }
 
-static void gpu_step(const struct moe_config *cfg, const float *p, const int32_t *x, const int32_t *y, int B,
-		     int T, const char *mode, struct moe_losses *l, float *grads, bool full)
+/* One training step (forward, backward) of a fresh such model, its
+ * gradients into grads; var=val (var may be NULL) in the environment while
+ * the backend is made; the model is the caller's to free */
+static struct moe_model *gpu_step_keep(const struct moe_config *cfg, const float *p, const int32_t *x,
+				       const int32_t *y, int B, int T, const char *mode, const char *var,
+				       const char *val, struct moe_losses *l, float *grads, bool full)
 {
 	struct moe_error err = {0};
+	if (var)
+		setenv(var, val, 1);
 	struct moe_model *mg = gpu_model(cfg, p, mode);
+	if (var)
+		unsetenv(var);
 	if (full)
 		moe_model_set_recompute(mg, MOE_RECOMPUTE_FULL);
 	moe_model_zero_grad(mg);
@@ -293,7 +308,39 @@ static void gpu_step(const struct moe_config *cfg, const float *p, const int32_t
 	cr_assert_eq(moe_model_forward(mg, x, y, B, T, &o, l, &err), 0, "%s: %s", mode, err.msg);
 	cr_assert_eq(moe_model_backward(mg, 1.0f, &err), 0, "%s: %s", mode, err.msg);
 	moe_model_get_grads(mg, grads);
-	moe_model_free(mg);
+	return mg;
+}
+
+static void gpu_step(const struct moe_config *cfg, const float *p, const int32_t *x, const int32_t *y, int B,
+		     int T, const char *mode, struct moe_losses *l, float *grads, bool full)
+{
+	moe_model_free(gpu_step_keep(cfg, p, x, y, B, T, mode, NULL, NULL, l, grads, full));
+}
+
+/* Two steps' gradients (g1 against g0) that differ by bf16 roundings of an
+ * activation gradient (a sum rounded once instead of after each term):
+ * every routed expert's cosine >= 0.999 (they also follow any top-k choice a
+ * rounding flips), every other trainable tensor's cosine >= 0.9999 and
+ * within 2e-2 of its largest element; the worst relative difference and
+ * the lowest cosine of the latter into *worst, *mincos */
+static void expect_rounding_close(const char *what, const struct moe_param *tab, size_t nt, const float *g1,
+				  const float *g0, double *worst, double *mincos)
+{
+	*worst = 0, *mincos = 1;
+	for (size_t i = 0; i < nt; i++) {
+		if (!tab[i].trainable)
+			continue;
+		double mx, d = max_diff(g1 + tab[i].offset, g0 + tab[i].offset, tab[i].numel, &mx);
+		double c = cosine(g1 + tab[i].offset, g0 + tab[i].offset, tab[i].numel);
+		if (tab[i].kind == MOE_P_EXPERT) {
+			cr_expect(c >= 0.999, "%s: %s: gradient cosine %.6f", what, tab[i].name, c);
+		} else {
+			cr_expect(c >= 0.9999 && d <= 2e-2 * mx + 1e-30, "%s: %s: cosine %.7f, differ by %.3g (max %.3g)",
+				  what, tab[i].name, c, d, mx);
+			*worst = fmax(*worst, mx > 0 ? d / mx : d);
+			*mincos = fmin(*mincos, c);
+		}
+	}
 }
 
 Test(backend, expert_gemm_paths_agree, .timeout = 120)
@@ -452,18 +499,15 @@ Test(backend, tma_swiglu_fusion_same_step, .timeout = 120)
 static void dq_fuse_case(int hidden, int heads)
 {
 	struct moe_config cfg;
-	struct moe_error err = {0};
 	tiny_config(&cfg);
 	cfg.hidden_size = hidden;
 	cfg.num_attention_heads = heads;
 	cfg.max_position_embeddings = 256;
-	struct moe_model *mc = moe_model_new(&cfg, moe_backend_cpu(), &err);
-	cr_assert_not_null(mc, "%s", err.msg);
-	cr_assert_eq(moe_model_init(mc, 57, &err), 0, "%s", err.msg);
+	float *p;
+	struct moe_model *mc = cpu_params_cfg(&cfg, 57, &p);
 	size_t np = moe_model_num_params(mc), nt = 0;
 	const struct moe_param *tab = moe_model_params(mc, &nt);
-	float *p = malloc(np * 4), *g0 = malloc(np * 4), *g1 = malloc(np * 4);
-	moe_model_get_params(mc, p);
+	float *g0 = malloc(np * 4), *g1 = malloc(np * 4);
 	int B = 2, T = 200, N = B * T;
 	int32_t *x = malloc(N * 4), *y = malloc(N * 4);
 	rng_seed(61);
@@ -471,16 +515,8 @@ static void dq_fuse_case(int hidden, int heads)
 	struct moe_losses l[2];
 	const char *mode = moe_cuda_grouped_tma_supported() ? "tma" : "wgmma";
 	for (int fuse = 0; fuse <= 1; fuse++) {
-		if (!fuse)
-			setenv("MOE_CUDA_DQ_FUSE", "0", 1);
-		struct moe_model *mg = gpu_model(&cfg, p, mode);
-		unsetenv("MOE_CUDA_DQ_FUSE");
-		moe_model_zero_grad(mg);
-		struct moe_forward_opts o = {0};
-		o.train = true;
-		cr_assert_eq(moe_model_forward(mg, x, y, B, T, &o, &l[fuse], &err), 0, "%s", err.msg);
-		cr_assert_eq(moe_model_backward(mg, 1.0f, &err), 0, "%s", err.msg);
-		moe_model_get_grads(mg, fuse ? g1 : g0);
+		struct moe_model *mg = gpu_step_keep(&cfg, p, x, y, B, T, mode, fuse ? NULL : "MOE_CUDA_DQ_FUSE", "0",
+						     &l[fuse], fuse ? g1 : g0, false);
 		/* every layer's attention backward took the path asked for */
 		size_t reads = moe_cuda_dq_tile_reads(moe_model_backend(mg));
 		cr_expect_eq(reads, fuse ? (size_t)cfg.num_hidden_layers : 0, "Dh %d, fuse %d: %zu dQ tile reads",
@@ -768,16 +804,13 @@ Test(backend, shared_experts_merged_match, .timeout = 60)
 {
 	NEED_GPU();
 	struct moe_config cfg;
-	struct moe_error err = {0};
 	tiny_config(&cfg);
 	cfg.n_shared_experts = 2;
-	struct moe_model *mc = moe_model_new(&cfg, moe_backend_cpu(), &err);
-	cr_assert_not_null(mc, "%s", err.msg);
-	cr_assert_eq(moe_model_init(mc, 43, &err), 0, "%s", err.msg);
+	float *p;
+	struct moe_model *mc = cpu_params_cfg(&cfg, 43, &p);
 	size_t np = moe_model_num_params(mc), nt = 0;
 	const struct moe_param *tab = moe_model_params(mc, &nt);
-	float *p = malloc(np * 4), *g[2] = {malloc(np * 4), malloc(np * 4)};
-	moe_model_get_params(mc, p);
+	float *g[2] = {malloc(np * 4), malloc(np * 4)};
 	int B = 2, T = 64, N = B * T;
 	int32_t *x = malloc(N * 4), *y = malloc(N * 4);
 	rng_seed(47);
@@ -785,40 +818,19 @@ Test(backend, shared_experts_merged_match, .timeout = 60)
 	struct moe_losses l[2];
 	const char *mode = moe_cuda_grouped_wgmma_supported() ? "tma" : "kernel";
 	for (int merge = 0; merge <= 1; merge++) {
-		if (!merge)
-			setenv("MOE_CUDA_SHARED_MERGE", "0", 1);
-		struct moe_model *mg = gpu_model(&cfg, p, mode);
-		unsetenv("MOE_CUDA_SHARED_MERGE");
+		struct moe_model *mg = gpu_step_keep(&cfg, p, x, y, B, T, mode, merge ? NULL : "MOE_CUDA_SHARED_MERGE",
+						     "0", &l[merge], g[merge], false);
 		cr_assert_eq(moe_model_backend(mg)->copy_rows != NULL, merge, "merge %d: copy_rows %s", merge,
 			     merge ? "missing" : "present");
-		moe_model_zero_grad(mg);
-		struct moe_forward_opts o = {0};
-		o.train = true;
-		cr_assert_eq(moe_model_forward(mg, x, y, B, T, &o, &l[merge], &err), 0, "%s", err.msg);
-		cr_assert_eq(moe_model_backward(mg, 1.0f, &err), 0, "%s", err.msg);
-		moe_model_get_grads(mg, g[merge]);
 		moe_model_free(mg);
 	}
 	cr_expect(fabs(l[1].total - l[0].total) <= 1e-5 * fabs(l[0].total), "loss %.8f (merged) vs %.8f",
 		  l[1].total, l[0].total);
-	double worst = 0, mincos = 1;
+	double worst, mincos;
+	expect_rounding_close("merged vs one by one", tab, nt, g[1], g[0], &worst, &mincos);
 	int shared = 0;
-	for (size_t i = 0; i < nt; i++) {
-		if (!tab[i].trainable)
-			continue;
-		double mx, d = max_diff(g[1] + tab[i].offset, g[0] + tab[i].offset, tab[i].numel, &mx);
-		shared += strstr(tab[i].name, "shared_experts") != NULL;
-		if (tab[i].kind == MOE_P_EXPERT) {
-			double c = cosine(g[1] + tab[i].offset, g[0] + tab[i].offset, tab[i].numel);
-			cr_expect(c >= 0.999, "%s: gradient cosine merged vs one by one %.6f", tab[i].name, c);
-		} else {
-			double c = cosine(g[1] + tab[i].offset, g[0] + tab[i].offset, tab[i].numel);
-			cr_expect(c >= 0.9999 && d <= 2e-2 * mx + 1e-30,
-				  "%s: merged vs one by one: cosine %.7f, differ by %.3g (max %.3g)", tab[i].name, c, d, mx);
-			worst = fmax(worst, mx > 0 ? d / mx : d);
-			mincos = fmin(mincos, c);
-		}
-	}
+	for (size_t i = 0; i < nt; i++)
+		shared += tab[i].trainable && strstr(tab[i].name, "shared_experts") != NULL;
 	cr_expect(shared >= 4 * (cfg.num_hidden_layers - cfg.n_dense_layers), "%d shared-expert tensors", shared);
 	fprintf(stderr,
 		"shared experts merged vs one by one: loss %.8f vs %.8f, non-routed gradients: worst difference %.3g of "
@@ -840,56 +852,33 @@ Test(backend, shared_experts_merged_match, .timeout = 60)
  * largest element, routed experts' cosine >= 0.999. */
 static void qkv_packed_case(struct moe_config cfg, const char *var, const char *val, int T)
 {
-	struct moe_error err = {0};
-	struct moe_model *mc = moe_model_new(&cfg, moe_backend_cpu(), &err);
-	cr_assert_not_null(mc, "%s", err.msg);
-	cr_assert_eq(moe_model_init(mc, 53, &err), 0, "%s", err.msg);
+	float *p;
+	struct moe_model *mc = cpu_params_cfg(&cfg, 53, &p);
 	size_t np = moe_model_num_params(mc), nt = 0;
 	const struct moe_param *tab = moe_model_params(mc, &nt);
-	float *p = malloc(np * 4), *g[2] = {malloc(np * 4), malloc(np * 4)};
-	moe_model_get_params(mc, p);
+	float *g[2] = {malloc(np * 4), malloc(np * 4)};
 	int B = 2, N = B * T, Dh = cfg.hidden_size / cfg.num_attention_heads;
 	int32_t *x = malloc(N * 4), *y = malloc(N * 4);
 	rng_seed(59);
 	random_tokens(x, y, N, &cfg, 11);
 	struct moe_losses l[2];
 	const char *mode = moe_cuda_grouped_wgmma_supported() ? "tma" : "kernel";
+	if (var) /* for both runs */
+		setenv(var, val, 1);
 	for (int packed = 0; packed <= 1; packed++) {
-		if (var)
-			setenv(var, val, 1);
-		if (!packed)
-			setenv("MOE_CUDA_QKV", "batched", 1);
-		struct moe_model *mg = gpu_model(&cfg, p, mode);
-		unsetenv("MOE_CUDA_QKV");
+		struct moe_model *mg = gpu_step_keep(&cfg, p, x, y, B, T, mode, packed ? NULL : "MOE_CUDA_QKV", "batched",
+						     &l[packed], g[packed], false);
 		cr_assert_eq(moe_model_backend(mg)->attention_qknorm_fwd != NULL, packed, "packed %d: the ops", packed);
-		moe_model_zero_grad(mg);
-		struct moe_forward_opts o = {0};
-		o.train = true;
-		cr_assert_eq(moe_model_forward(mg, x, y, B, T, &o, &l[packed], &err), 0, "%s", err.msg);
-		cr_assert_eq(moe_model_backward(mg, 1.0f, &err), 0, "%s", err.msg);
-		moe_model_get_grads(mg, g[packed]);
 		moe_model_free(mg);
-		if (var)
-			unsetenv(var);
 	}
+	if (var)
+		unsetenv(var);
 	cr_expect(fabs(l[1].total - l[0].total) <= 1e-5 * fabs(l[0].total), "Dh %d %s: loss %.8f (packed) vs %.8f",
 		  Dh, var ? var : "", l[1].total, l[0].total);
-	double worst = 0, mincos = 1;
-	for (size_t i = 0; i < nt; i++) {
-		if (!tab[i].trainable)
-			continue;
-		double mx, d = max_diff(g[1] + tab[i].offset, g[0] + tab[i].offset, tab[i].numel, &mx);
-		double c = cosine(g[1] + tab[i].offset, g[0] + tab[i].offset, tab[i].numel);
-		if (tab[i].kind == MOE_P_EXPERT) {
-			cr_expect(c >= 0.999, "Dh %d: %s: gradient cosine packed vs batched %.6f", Dh, tab[i].name, c);
-		} else {
-			cr_expect(c >= 0.9999 && d <= 2e-2 * mx + 1e-30,
-				  "Dh %d %s: %s: packed vs batched: cosine %.7f, differ by %.3g (max %.3g)", Dh,
-				  var ? var : "", tab[i].name, c, d, mx);
-			worst = fmax(worst, mx > 0 ? d / mx : d);
-			mincos = fmin(mincos, c);
-		}
-	}
+	char what[96];
+	snprintf(what, sizeof what, "packed vs batched, Dh %d %s", Dh, var ? var : "");
+	double worst, mincos;
+	expect_rounding_close(what, tab, nt, g[1], g[0], &worst, &mincos);
 	fprintf(stderr,
 		"q, k, v packed vs batched, Dh %d%s%s%s: loss %.8f vs %.8f, non-routed gradients: worst difference %.3g "
 		"of the largest, min cosine %.7f\n",
@@ -925,12 +914,10 @@ Test(backend, qkv_packed_matches_batched, .timeout = 120)
 static void smaller_batch_case(struct moe_config cfg, int T)
 {
 	struct moe_error err = {0};
-	struct moe_model *mc = moe_model_new(&cfg, moe_backend_cpu(), &err);
-	cr_assert_not_null(mc, "%s", err.msg);
-	cr_assert_eq(moe_model_init(mc, 67, &err), 0, "%s", err.msg);
+	float *p;
+	struct moe_model *mc = cpu_params_cfg(&cfg, 67, &p);
 	size_t np = moe_model_num_params(mc);
-	float *p = malloc(np * 4), *g[2] = {malloc(np * 4), malloc(np * 4)};
-	moe_model_get_params(mc, p);
+	float *g[2] = {malloc(np * 4), malloc(np * 4)};
 	int32_t *x = malloc(3 * T * 4), *y = malloc(3 * T * 4);
 	rng_seed(71);
 	random_tokens(x, y, 3 * T, &cfg, 0);

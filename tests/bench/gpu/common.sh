@@ -7,6 +7,9 @@
 #   tk SECONDS BINARY FILTER     a GPU test binary's tests matching FILTER, verbose
 #   olmoe_step B [VAR=VALUE]     bench_cuda at olmoe-1b-7b, seq 4096, micro-batch B
 #   suites                       both GPU test binaries whole, then resume_gpu.sh
+#   bc_as LABEL "VAR=V ..."      bc with those variables, its JSON line prefixed (LABEL)
+#   plans [VAR=V ...]            the cuBLASLt plans of a short seed-base run (-G)
+#   ktr NAME [VAR=V ...]         ktrace of bench_cuda -n 3 -w 2 into $OUT/NAME.csv.gz, its summary
 R=$PWD/${RUNDIR:-${PACK:-.devrun}}
 B=$R/b
 M=share/models/seed-base.json
@@ -39,6 +42,21 @@ olmoe_step() {
 	env ${2:-X=} timeout 150 $B/tests/bench/bench_cuda -m share/models/olmoe-1b-7b.json -T 4096 -B $1 -n 3 -w 1 \
 		2>/tmp/o.err | tail -1
 	tail -1 /tmp/o.err
+}
+bc_as() {
+	env $2 timeout 120 $B/tests/bench/bench_cuda -m $M -B 16 -n 6 -w 2 2>/tmp/bc.err | sed "s/^/($1) /"
+	tail -1 /tmp/bc.err
+}
+plans() {
+	env "$@" timeout 120 $B/tests/bench/bench_cuda -m $M -B 16 -n 2 -w 1 -G 2>/dev/null | grep -E "^gemm|plans"
+}
+ktr() {
+	k=${OUT:-/tmp}/$1.csv
+	shift
+	env "$@" CUDA_INJECTION64_PATH=$R/ktrace.so KTRACE_OUT=$k timeout 120 \
+		$B/tests/bench/bench_cuda -m $M -B 16 -n 3 -w 2 2>&1 | tail -1
+	python3 $R/ktrace.py $k 2>/dev/null | head -9
+	gzip -f $k
 }
 suites() {
 	echo "=== test_kernels (all, timeout 250)"

@@ -29,14 +29,9 @@ done
 bc
 date -u
 profile
-for v in default WS0; do
-	echo "=== 3. ktrace $v, bench_cuda -n 3 -w 2"
-	[ $v = WS0 ] && export MOE_CUDA_GEMM_WS=0
-	CUDA_INJECTION64_PATH=$R/ktrace.so KTRACE_OUT=${OUT:-/tmp}/kt63-$v.csv timeout 120 \
-		$B/tests/bench/bench_cuda -m $M -B 16 -n 3 -w 2 2>&1 | tail -1
-	python3 $R/ktrace.py ${OUT:-/tmp}/kt63-$v.csv 2>/dev/null | head -9
-	gzip -f ${OUT:-/tmp}/kt63-$v.csv
-done
-unset MOE_CUDA_GEMM_WS
+echo "=== 3. ktrace default, bench_cuda -n 3 -w 2"
+ktr kt63-default
+echo "=== 3. ktrace WS0, bench_cuda -n 3 -w 2"
+ktr kt63-WS0 MOE_CUDA_GEMM_WS=0
 date -u
 } 2>&1 | tee $O

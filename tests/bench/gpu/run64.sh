@@ -29,12 +29,9 @@ done
 bc
 date -u
 echo "=== 3. plans"
-timeout 120 $B/tests/bench/bench_cuda -m $M -B 16 -n 2 -w 1 -G 2>/dev/null | grep -E "^gemm|plans"
+plans
 profile
 echo "=== 3. ktrace, bench_cuda -n 3 -w 2"
-CUDA_INJECTION64_PATH=$R/ktrace.so KTRACE_OUT=${OUT:-/tmp}/kt64.csv timeout 120 \
-	$B/tests/bench/bench_cuda -m $M -B 16 -n 3 -w 2 2>&1 | tail -1
-python3 $R/ktrace.py ${OUT:-/tmp}/kt64.csv 2>/dev/null | head -9
-gzip -f ${OUT:-/tmp}/kt64.csv
+ktr kt64
 date -u
 } 2>&1 | tee $O

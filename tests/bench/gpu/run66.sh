@@ -26,19 +26,15 @@ for k in 1 2; do
 	bc
 	MOE_CUDA_SHARED_MERGE=0 bc
 	MOE_CUDA_TMA_FUSE=1 bc
-	env $S10 $B/tests/bench/bench_cuda -m $M -B 16 -n 6 -w 2 2>/tmp/bc.err | sed 's/^/(session 10 path) /'
-	tail -1 /tmp/bc.err
+	bc_as "session 10 path" "$S10"
 	[ $k = 1 ] && torch_seed
 done
 bc
 date -u
 echo "=== 3. plans"
-timeout 120 $B/tests/bench/bench_cuda -m $M -B 16 -n 2 -w 1 -G 2>/dev/null | grep -E "^gemm|plans"
+plans
 profile
 echo "=== 3. ktrace, bench_cuda -n 3 -w 2"
-CUDA_INJECTION64_PATH=$R/ktrace.so KTRACE_OUT=${OUT:-/tmp}/kt66.csv timeout 120 \
-	$B/tests/bench/bench_cuda -m $M -B 16 -n 3 -w 2 2>&1 | tail -1
-python3 $R/ktrace.py ${OUT:-/tmp}/kt66.csv 2>/dev/null | head -9
-gzip -f ${OUT:-/tmp}/kt66.csv
+ktr kt66
 date -u
 } 2>&1 | tee $O

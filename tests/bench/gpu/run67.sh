@@ -11,10 +11,7 @@ set -u
 . "$(dirname "$0")/common.sh"
 O=${OUT:-/tmp}/run67.txt
 S10="MOE_CUDA_QKV=batched MOE_CUDA_SHARED_MERGE=0 MOE_CUDA_DQ_FUSE=0"
-s10() {
-	env $S10 $B/tests/bench/bench_cuda -m $M -B 16 -n 6 -w 2 2>/tmp/bc.err | sed 's/^/(session 10 path) /'
-	tail -1 /tmp/bc.err
-}
+s10() { bc_as "session 10 path" "$S10"; }
 {
 echo "=== 1. copy_rows, shared experts"
 tk 60 test_kernels 'kernels/copy_rows' | grep -E "\[FAIL|Assert|Synthesis" | tail -4
@@ -33,9 +30,6 @@ bc
 date -u
 profile
 echo "=== 3. ktrace, bench_cuda -n 3 -w 2"
-CUDA_INJECTION64_PATH=$R/ktrace.so KTRACE_OUT=${OUT:-/tmp}/kt67.csv timeout 120 \
-	$B/tests/bench/bench_cuda -m $M -B 16 -n 3 -w 2 2>&1 | tail -1
-python3 $R/ktrace.py ${OUT:-/tmp}/kt67.csv 2>/dev/null | head -9
-gzip -f ${OUT:-/tmp}/kt67.csv
+ktr kt67
 date -u
 } 2>&1 | tee $O
