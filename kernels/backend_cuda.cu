@@ -92,7 +92,7 @@ enum { EF_UP_FWD = 1, EF_DOWN_BWD = 2, EF_UP_WGRAD = 4, EF_ALL = 7 };
  * backward (grouped_tma.cu) */
 enum { TF_UP_FWD = 1, TF_DOWN_BWD = 2, TF_ALL = 3, TF_DEFAULT = 0 };
 /* scratch buffers, grown on demand */
-enum { S_GROUP, S_STATS, S_DELTA, S_INV, S_SUMSQ, S_LOSS, S_DET, S_QKV, N_SCRATCH };
+enum { S_GROUP, S_STATS, S_DELTA, S_INV, S_SUMSQ, S_LOSS, S_DET, S_QKV, S_WG, N_SCRATCH };
 
 struct prof_ent {
 	const char *name;
@@ -161,6 +161,7 @@ struct cuda_ctx {
 	int qkv_split;      /* MOE_CUDA_QKV=split: no batched linears (linear_fwd_multi, _wgrad_multi) */
 	int qkv_packed;     /* MOE_CUDA_QKV unset or packed: q, k, v in rows of 3 H Dh
 			       (attention_qknorm_fwd / _bwd); batched or split: three buffers */
+	int yg_keep;        /* MOE_CUDA_YG=keep: no expert_combine_down_bwd (the model keeps yg, not xg) */
 	int res_copy;       /* MOE_CUDA_RESGEMM=0: residual linears as a copy and a GEMM adding in place */
 	int det;            /* no fp32 atomics (norm weights, embedding); MOE_CUDA_DETERMINISTIC=0: atomics */
 	/* gradient regions the model cleared for this backward (model.h,
@@ -1151,20 +1152,21 @@ static void o_attention_qknorm_bwd(struct moe_backend *be, void *dqx, void *dkx,
 	qk_bwd(be, dkx, ld, dwk, dk, NULL, kraw, wk, rstdk, B, T, H, Dh, theta);
 }
 
-static void o_swiglu_fwd(struct moe_backend *be, void *h, const void *gu, int M, int I)
+static void o_swiglu_fwd(struct moe_backend *be, void *h, const void *gu, int M, int I, int G, int ld_gu)
 {
 	struct cuda_ctx *c = CTX(be);
 	PROF(c, "swiglu");
-	RUN(c, moe_cuda_swiglu_fwd((bf16_t *)h, (const bf16_t *)gu, (size_t)M, I, c->s, &c->err));
+	RUN(c, moe_cuda_swiglu_fwd_ld((bf16_t *)h, (const bf16_t *)gu, (size_t)M, I, G, ld_gu, c->s, &c->err));
 	PROF_END(c);
 }
 
-static void o_swiglu_bwd(struct moe_backend *be, void *dgu, void *h, const void *dh, const void *gu, int M, int I)
+static void o_swiglu_bwd(struct moe_backend *be, void *dgu, void *h, const void *dh, const void *gu, int M, int I,
+			 int G, int ld_gu)
 {
 	struct cuda_ctx *c = CTX(be);
 	PROF(c, "swiglu_bwd");
-	RUN(c, moe_cuda_swiglu_bwd((bf16_t *)dgu, (bf16_t *)h, (const bf16_t *)dh, (const bf16_t *)gu, (size_t)M, I,
-				   c->s, &c->err));
+	RUN(c, moe_cuda_swiglu_bwd_ld((bf16_t *)dgu, (bf16_t *)h, (const bf16_t *)dh, (const bf16_t *)gu, (size_t)M, I,
+				      G, ld_gu, c->s, &c->err));
 	PROF_END(c);
 }
 
@@ -1544,7 +1546,7 @@ static void o_expert_up_fwd(struct moe_backend *be, void *gu, void *h, const voi
 				return;
 		}
 		o_grouped_fwd(be, gu, xg, w, offsets, E, D, 2 * I);
-		o_swiglu_fwd(be, h, gu, NK, I);
+		o_swiglu_fwd(be, h, gu, NK, I, 1, 2 * I);
 		return;
 	}
 	int rows = grouped_rows(c, offsets, E);
@@ -1574,7 +1576,7 @@ static void o_expert_down_bwd(struct moe_backend *be, void *dgu, void *h, float 
 			}
 		}
 		o_grouped_bwd(be, dh, NULL, dy, h, w, offsets, E, I, D);
-		o_swiglu_bwd(be, dgu, h, dh, gu, NK, I);
+		o_swiglu_bwd(be, dgu, h, dh, gu, NK, I, 1, 2 * I);
 		o_grouped_bwd(be, NULL, dw, dy, h, w, offsets, E, I, D);
 		return;
 	}
@@ -1590,12 +1592,13 @@ static void o_expert_down_bwd(struct moe_backend *be, void *dgu, void *h, float 
 }
 
 static void o_expert_up_bwd(struct moe_backend *be, void *dx, float *dw, const void *dgu, const void *x,
-			    const int32_t *perm, const void *w, const int32_t *offsets, void *xg, int NK, int K, int E,
-			    int D, int I)
+			    const int32_t *perm, const void *w, const int32_t *offsets, void *xg, bool xg_ready, int NK,
+			    int K, int E, int D, int I)
 {
 	struct cuda_ctx *c = CTX(be);
 	if (!expert_fused(c, EF_UP_WGRAD)) {
-		o_gather_rows(be, xg, x, perm, NK, K, D);
+		if (!xg_ready)
+			o_gather_rows(be, xg, x, perm, NK, K, D);
 		o_grouped_bwd(be, dx, dw, dgu, xg, w, offsets, E, D, 2 * I);
 		return;
 	}
@@ -1605,6 +1608,42 @@ static void o_expert_up_bwd(struct moe_backend *be, void *dx, float *dw, const v
 	RUN(c, moe_cuda_grouped_wgmma_up_wgrad(dw, (const bf16_t *)dgu, (const bf16_t *)x, perm, K, offsets, E, D, I,
 					       be->grad_overwrite, c->s, &c->err));
 	PROF_END(c);
+}
+
+/* combine_bwd and expert_down_bwd as one, without the expert outputs (model.h):
+ * dout's rows gathered unweighted, the down projection's input gradient, the
+ * SwiGLU backward that applies the gate weights and takes their gradient
+ * (swiglu.cu), and the weight gradient from the weighted h it wrote. */
+static void o_expert_combine_down_bwd(struct moe_backend *be, void *dgu, void *h, float *dw, float *dtopk_w,
+				      const void *dout, const void *gu, const float *topk_w, const int32_t *perm,
+				      const void *w, const int32_t *offsets, void *dy, void *dh, int N, int K, int E,
+				      int I, int D)
+{
+	struct cuda_ctx *c = CTX(be);
+	const int NK = N * K;
+	/* dout's rows and the gate weights in expert order, in one pass
+	 * through route_group's inverse (or one computed here) */
+	const int32_t *inv = route_inv_of(c, perm, NK, K);
+	int32_t *own = inv ? NULL : (int32_t *)scratch(c, S_INV, (size_t)NK * sizeof(int32_t));
+	float *wg = (float *)scratch(c, S_WG, (size_t)NK * sizeof(float));
+	{
+		PROF(c, "gather");
+		if (own) {
+			RUN(c, moe_cuda_route_inverse(own, perm, NK, c->s, &c->err));
+			inv = own;
+		}
+		RUN(c, moe_cuda_gather_inv_w((bf16_t *)dy, (const bf16_t *)dout, inv, N, K, D, topk_w, wg, c->s,
+					     &c->err));
+		PROF_END(c);
+	}
+	o_grouped_bwd(be, dh, NULL, dy, NULL, w, offsets, E, I, D);
+	{
+		PROF(c, "swiglu_bwd_rows");
+		RUN(c, moe_cuda_swiglu_bwd_rows((bf16_t *)dgu, (bf16_t *)h, dtopk_w, (const bf16_t *)dh, (const bf16_t *)gu,
+						wg, perm, NK, I, c->s, &c->err));
+		PROF_END(c);
+	}
+	o_grouped_bwd(be, NULL, dw, dy, h, w, offsets, E, I, D);
 }
 
 static void o_combine_fwd(struct moe_backend *be, void *out, const void *res, const void *yg, const float *topk_w,
@@ -1884,6 +1923,9 @@ extern "C" struct moe_backend *moe_backend_cuda(struct moe_error *err)
 		/* gradients by overwrite (model.h); MOE_CUDA_GRAD_OVERWRITE=0 clears
 		 * them with a memset each step instead (comparisons) */
 		be->grad_overwrite_ok = !env_is("MOE_CUDA_GRAD_OVERWRITE", "0");
+		/* the router's linear merged with the shared experts' gate_up
+		 * (model.h); MOE_CUDA_ROUTER_MERGE=0: apart (comparisons) */
+		be->router_merge_ok = !env_is("MOE_CUDA_ROUTER_MERGE", "0");
 		long xf, tf;
 		if (!env_long("MOE_CUDA_EXPERT_FUSE", 0, 0, EF_ALL, &xf)) {
 			moe_error_set(err, MOE_EINVAL, "MOE_CUDA_EXPERT_FUSE='%s': expected 0..7",
@@ -1902,6 +1944,12 @@ extern "C" struct moe_backend *moe_backend_cuda(struct moe_error *err)
 		c->qkv_packed = !qv || !*qv || !strcmp(qv, "packed");
 		if (!c->qkv_packed && !c->qkv_split && strcmp(qv, "batched") != 0) {
 			moe_error_set(err, MOE_EINVAL, "MOE_CUDA_QKV='%s': expected packed, batched or split", qv);
+			goto fail;
+		}
+		const char *yv = getenv("MOE_CUDA_YG");
+		c->yg_keep = yv && !strcmp(yv, "keep");
+		if (yv && *yv && !c->yg_keep && strcmp(yv, "free") != 0) {
+			moe_error_set(err, MOE_EINVAL, "MOE_CUDA_YG='%s': expected free or keep", yv);
 			goto fail;
 		}
 		c->narrow_ok = moe_cuda_grouped_wgmma_supported() && !env_is("MOE_CUDA_NARROW", "cublas");
@@ -1961,6 +2009,12 @@ extern "C" struct moe_backend *moe_backend_cuda(struct moe_error *err)
 	be->expert_up_bwd = o_expert_up_bwd;
 	be->combine_fwd = o_combine_fwd;
 	be->combine_bwd = o_combine_bwd;
+	/* without the experts' outputs (model.h); MOE_CUDA_YG=keep: combine_bwd
+	 * and expert_down_bwd (comparisons).  Not with the fused variants whose
+	 * forward writes no xg or whose input gradient is expert_down_bwd's */
+	if (!c->yg_keep && !expert_fused(c, EF_UP_FWD | EF_DOWN_BWD) &&
+	    !tma_fused(c, TF_DOWN_BWD))
+		be->expert_combine_down_bwd = o_expert_combine_down_bwd;
 	be->xent = o_xent;
 	be->zloss = o_zloss;
 	be->router_stats = o_router_stats;

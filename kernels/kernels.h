@@ -187,6 +187,23 @@ int moe_cuda_swiglu_fwd(bf16_t *act, const bf16_t *h13, size_t M, int I, cudaStr
 /* act (may be NULL): also the forward's output, bit-identical to swiglu_fwd's */
 int moe_cuda_swiglu_bwd(bf16_t *dh13, bf16_t *act, const bf16_t *dact, const bf16_t *h13, size_t M, int I,
 			cudaStream_t s, struct moe_error *err);
+/* The same with h13's and dh13's rows in groups of G, ldg apart: row m at
+ * (m / G) ldg + (m % G) 2I (ldg a multiple of 8; the pointers 16-byte
+ * aligned); act and dact packed */
+int moe_cuda_swiglu_fwd_ld(bf16_t *act, const bf16_t *h13, size_t M, int I, int G, int ldg, cudaStream_t s,
+			   struct moe_error *err);
+int moe_cuda_swiglu_bwd_ld(bf16_t *dh13, bf16_t *act, const bf16_t *dact, const bf16_t *h13, size_t M, int I, int G,
+			   int ldg, cudaStream_t s, struct moe_error *err);
+/* The routed experts' SwiGLU backward with their gate weights (M rows in
+ * expert order, perm of route_group; wg (M): the weights in that order,
+ * w_j = topk_w[perm[j]], e.g. from moe_cuda_gather_inv_w);
+ * dh13 from dh = w_j du (du (M, I): the down projection's input gradient of
+ * the unweighted output gradient); hw (M, I) = bf16(w_j h), h recomputed as
+ * moe_cuda_swiglu_fwd computes it; dtopk_w[perm[j]] = du_j . h_j (bf16 h,
+ * fp32 sum), the gate weight's gradient. */
+int moe_cuda_swiglu_bwd_rows(bf16_t *dh13, bf16_t *hw, float *dtopk_w, const bf16_t *du, const bf16_t *h13,
+			     const float *wg, const int32_t *perm, int M, int I, cudaStream_t s,
+			     struct moe_error *err);
 
 /* router.cu: softmax over E (fp32), top K of logits + bias (bias may be NULL),
  * chosen experts listed by probability descending (ties: lower id), weights
@@ -242,6 +259,9 @@ int moe_cuda_gather(bf16_t *xg /* (N*K, D) */, const bf16_t *x /* (N, D) */, con
  * read once): xg[inv[n*K+k]] = x[n]; D % 8 == 0. */
 int moe_cuda_gather_inv(bf16_t *xg, const bf16_t *x, const int32_t *inv, int N, int K, int D, cudaStream_t s,
 			struct moe_error *err);
+/* ... and the gate weights w (N*K) in expert order: wg[inv[n*K+k]] = w[n*K+k] */
+int moe_cuda_gather_inv_w(bf16_t *xg, const bf16_t *x, const int32_t *inv, int N, int K, int D, const float *w,
+			  float *wg, cudaStream_t s, struct moe_error *err);
 /* dx[n] += sum_k dxg[inv[n*K+k]] (the backward of gather, through inv); D % 8 == 0. */
 int moe_cuda_scatter_add(bf16_t *dx /* (N, D) */, const bf16_t *dxg, const int32_t *inv, int N,
 			 int K, int D, cudaStream_t s, struct moe_error *err);
@@ -477,8 +497,14 @@ size_t moe_cuda_dq_tile_reads(struct moe_backend *be);
 #ifdef __CUDACC__
 /* SwiGLU's float arithmetic on the widened bf16 inputs g, u (and d = dh),
  * shared by swiglu.cu and the fused epilogues of grouped_wgmma.cu and
- * grouped_tma.cu so that all round to the same bf16 results. */
-static __device__ __forceinline__ float moe_swiglu_h(float g, float u) { return g / (1.f + __expf(-g)) * u; }
+ * grouped_tma.cu so that all round to the same bf16 results.  h = (g sg) u
+ * with sg = 1 / (1 + e^-g), one reciprocal and no division (until session
+ * 12, g / (1 + e^-g) u: a second, dearer IEEE division in the backward). */
+static __device__ __forceinline__ float moe_swiglu_h(float g, float u)
+{
+	float sg = 1.f / (1.f + __expf(-g));
+	return g * sg * u;
+}
 static __device__ __forceinline__ void moe_swiglu_grads(float g, float u, float d, float *dg, float *du, float *h)
 {
 	float e = __expf(-g);
@@ -486,7 +512,7 @@ static __device__ __forceinline__ void moe_swiglu_grads(float g, float u, float 
 	float silu = g * sg;
 	*du = d * silu;
 	*dg = d * u * sg * (1.f + g * (1.f - sg));
-	*h = g / (1.f + e) * u;
+	*h = silu * u;
 }
 #endif
 

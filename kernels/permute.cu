@@ -19,14 +19,20 @@ __global__ void gather_kernel(bf16 *xg, const bf16 *x, const int32_t *perm, int 
 
 /* The same in token order: xg[inv[n*K+k]] = x[n] for every k (one warp a
  * token, its row read once and written K times, four 16-byte loads a lane
- * in flight), so x is read once instead of K times. */
-__global__ void gather_inv_kernel(bf16 *xg, const bf16 *x, const int32_t *inv, int N, int K, int D)
+ * in flight), so x is read once instead of K times; with w, also wg[inv[n*K
+ * + k]] = w[n*K + k] (the gate weights in expert order). */
+__global__ void gather_inv_kernel(bf16 *xg, const bf16 *x, const int32_t *inv, int N, int K, int D, const float *w,
+				  float *wg)
 {
 	MOE_PDL_ENTRY();
 	int warps = blockDim.x / 32, lane = threadIdx.x % 32;
 	int n = blockIdx.x * warps + threadIdx.x / 32;
 	if (n >= N)
 		return;
+	if (w && lane < K)
+		wg[__ldg(inv + (size_t)n * K + lane)] = __ldg(w + (size_t)n * K + lane);
+	for (int k = 32 + lane; w && k < K; k += 32)
+		wg[__ldg(inv + (size_t)n * K + k)] = __ldg(w + (size_t)n * K + k);
 	int per = D / 8;
 	const uint4 *xr = (const uint4 *)(x + (size_t)n * D);
 	for (int c = lane; c < per; c += 4 * 32) {
@@ -324,14 +330,20 @@ extern "C" int moe_cuda_gather(bf16_t *xg, const bf16_t *x, const int32_t *perm,
 	return CUDA_LAUNCHED(err);
 }
 
-extern "C" int moe_cuda_gather_inv(bf16_t *xg, const bf16_t *x, const int32_t *inv, int N, int K, int D,
-				   cudaStream_t s, struct moe_error *err)
+extern "C" int moe_cuda_gather_inv_w(bf16_t *xg, const bf16_t *x, const int32_t *inv, int N, int K, int D,
+				     const float *w, float *wg, cudaStream_t s, struct moe_error *err)
 {
 	int rc;
 	if ((rc = check_width(D, 8, err)) != 0 || N <= 0)
 		return rc;
-	moe_launch(gather_inv_kernel, moe_cdiv(N, 8), 256, 0, s, (bf16 *)xg, (const bf16 *)x, inv, N, K, D);
+	moe_launch(gather_inv_kernel, moe_cdiv(N, 8), 256, 0, s, (bf16 *)xg, (const bf16 *)x, inv, N, K, D, w, wg);
 	return CUDA_LAUNCHED(err);
+}
+
+extern "C" int moe_cuda_gather_inv(bf16_t *xg, const bf16_t *x, const int32_t *inv, int N, int K, int D,
+				   cudaStream_t s, struct moe_error *err)
+{
+	return moe_cuda_gather_inv_w(xg, x, inv, N, K, D, NULL, NULL, s, err);
 }
 
 extern "C" int moe_cuda_scatter_add(bf16_t *dx, const bf16_t *dxg, const int32_t *inv, int N, int K, int D,

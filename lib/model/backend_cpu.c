@@ -204,17 +204,34 @@ static void c_attention_bwd(struct moe_backend *be, void *dq, void *dk, void *dv
 	(void)be;
 	moe_attention_bwd(F(dq), F(dk), F(dv), CF(dout), CF(q), CF(k), CF(v), CF(out), lse, B, T, H, Dh);
 }
-static void c_swiglu_gu_fwd(struct moe_backend *be, void *h, const void *gu, int M, int I)
+/* gu's row m at (m / G) ld_gu + (m % G) 2I */
+static size_t gu_row(int m, int I, int G, int ld_gu)
 {
-	(void)be;
-	moe_swiglu_gu_fwd(F(h), CF(gu), M, I);
+	return (size_t)(m / G) * ld_gu + (size_t)(m % G) * 2 * I;
 }
-static void c_swiglu_gu_bwd(struct moe_backend *be, void *dgu, void *h, const void *dh, const void *gu, int M, int I)
+static void c_swiglu_gu_fwd(struct moe_backend *be, void *h, const void *gu, int M, int I, int G, int ld_gu)
 {
 	(void)be;
-	if (h)
+	if (G == 1 && ld_gu == 2 * I) {
 		moe_swiglu_gu_fwd(F(h), CF(gu), M, I);
-	moe_swiglu_gu_bwd(F(dgu), CF(dh), CF(gu), M, I);
+		return;
+	}
+	for (int m = 0; m < M; m++) /* rows apart: one at a time */
+		moe_swiglu_gu_fwd(F(h) + (size_t)m * I, CF(gu) + gu_row(m, I, G, ld_gu), 1, I);
+}
+static void c_swiglu_gu_bwd(struct moe_backend *be, void *dgu, void *h, const void *dh, const void *gu, int M, int I,
+			    int G, int ld_gu)
+{
+	if (h)
+		c_swiglu_gu_fwd(be, h, gu, M, I, G, ld_gu);
+	if (G == 1 && ld_gu == 2 * I) {
+		moe_swiglu_gu_bwd(F(dgu), CF(dh), CF(gu), M, I);
+		return;
+	}
+	for (int m = 0; m < M; m++) {
+		size_t r = gu_row(m, I, G, ld_gu);
+		moe_swiglu_gu_bwd(F(dgu) + r, CF(dh) + (size_t)m * I, CF(gu) + r, 1, I);
+	}
 }
 static void c_router_fwd(struct moe_backend *be, int32_t *topk_idx, float *topk_w, float *probs, const void *logits, const float *bias, int N, int E, int K, bool norm_topk)
 {
@@ -262,10 +279,11 @@ static void c_expert_down_bwd(struct moe_backend *be, void *dgu, void *h, float 
 	moe_swiglu_gu_bwd(F(dgu), CF(dh), CF(gu), NK, I);
 	moe_grouped_linear_bwd(NULL, dw, CF(dy), CF(h), CF(w), offsets, E, I, D);
 }
-static void c_expert_up_bwd(struct moe_backend *be, void *dx, float *dw, const void *dgu, const void *x, const int32_t *perm, const void *w, const int32_t *offsets, void *xg, int NK, int K, int E, int D, int I)
+static void c_expert_up_bwd(struct moe_backend *be, void *dx, float *dw, const void *dgu, const void *x, const int32_t *perm, const void *w, const int32_t *offsets, void *xg, bool xg_ready, int NK, int K, int E, int D, int I)
 {
 	(void)be;
-	moe_gather_rows(F(xg), CF(x), perm, NK, K, D);
+	if (!xg_ready)
+		moe_gather_rows(F(xg), CF(x), perm, NK, K, D);
 	moe_grouped_linear_bwd(F(dx), dw, CF(dgu), CF(xg), CF(w), offsets, E, D, 2 * I);
 }
 static void c_combine_fwd(struct moe_backend *be, void *out, const void *res, const void *yg, const float *topk_w, const int32_t *inv, int N, int K, int D)

@@ -108,14 +108,18 @@ static int build_table(struct moe_model *m)
 			ADD("mlp.down_proj.weight", MOE_P_LINEAR, 2, D, Id, &lo->dense_down);
 			continue;
 		}
+		/* the router just before the shared experts' gate_up weights (a
+		 * backend may run both as one linear: router_merged), and the
+		 * shared experts just before the routed ones (one run of expert
+		 * tensors for the optimizer and the clip norms) */
 		ADD("mlp.gate.weight", MOE_P_LINEAR, 2, c->num_experts, D, &lo->router);
 #undef ADD
-		if ((rc = table_add_experts(m, &cap, l, "experts", MOE_P_EXPERT, c->num_experts,
-					    c->intermediate_size, D, &lo->expert_gate_up, &lo->expert_down)))
-			return rc;
 		if (c->n_shared_experts > 0 &&
 		    (rc = table_add_experts(m, &cap, l, "shared_experts", MOE_P_SHARED, c->n_shared_experts,
 					    m->Is, D, &lo->shared_gate_up, &lo->shared_down)))
+			return rc;
+		if ((rc = table_add_experts(m, &cap, l, "experts", MOE_P_EXPERT, c->num_experts,
+					    c->intermediate_size, D, &lo->expert_gate_up, &lo->expert_down)))
 			return rc;
 		snprintf(name, sizeof(name), "model.layers.%d.mlp.selection_bias", l);
 		if ((rc = table_add(m, &cap, name, MOE_P_BIAS, 1, c->num_experts, 0, l, false, &lo->bias)))
@@ -447,6 +451,22 @@ static bool shared_merged(const struct moe_model *m)
 	return m->cfg.n_shared_experts > 0 && m->be->copy_rows && m->be->linear_wgrad_multi;
 }
 
+/* The router's linear and the shared experts' gate_up as one (side by side,
+ * with a backend that sets router_merge_ok; model.h): gu_s then holds
+ * (N, E + S 2Is), the logits first (copied out to rlogits), and the
+ * backward's dgu the router's dlogits beside the shared experts' dgu */
+static bool router_merged(const struct moe_model *m)
+{
+	return shared_merged(m) && m->be->router_merge_ok && m->cfg.num_experts % 8 == 0;
+}
+
+/* gu_s's row: the router's E logits first when merged */
+static int gu_s_ld(const struct moe_model *m)
+{
+	int S = m->cfg.n_shared_experts;
+	return S * 2 * m->Is + (router_merged(m) ? m->cfg.num_experts : 0);
+}
+
 void moe_model_set_recompute(struct moe_model *m, enum moe_recompute r)
 {
 	if (m->recompute == r)
@@ -496,12 +516,20 @@ static int acts_ensure(struct moe_model *m, int N, bool train, struct moe_error 
 	/* recomputed in backward: one buffer for all layers */
 	void *sh_ln = train ? NULL : A(m, ND, MOE_BUF_ACT);
 	void *sh_h = any_dense ? A(m, (size_t)N * Id, MOE_BUF_ACT) : NULL;
-	void *sh_xg = any_moe ? A(m, NK * D, MOE_BUF_ACT) : NULL;
+	/* a backend with expert_combine_down_bwd needs no expert outputs yg in
+	 * the backward: then yg is one buffer for all layers and the gathered
+	 * rows xg are kept per layer instead (the same memory), so that the
+	 * backward does not gather them again */
+	m->yg_free = train && any_moe && m->be->expert_combine_down_bwd;
+	void *sh_xg = any_moe && !m->yg_free ? A(m, NK * D, MOE_BUF_ACT) : NULL;
+	void *sh_yg = m->yg_free ? A(m, NK * D, MOE_BUF_ACT) : NULL;
 	void *sh_he = any_moe ? A(m, NK * I, MOE_BUF_ACT) : NULL;
 	void *sh_hs = any_moe && S > 0 ? A(m, (size_t)S * N * Is, MOE_BUF_ACT) : NULL;
-	m->st_psum = any_moe ? A(m, (size_t)m->Lm * E, MOE_BUF_F32) : NULL;
-	m->st_cntv = any_moe ? A(m, (size_t)m->Lm * E, MOE_BUF_I32) : NULL;
-	m->st_cnt = any_moe ? A(m, (size_t)m->Lm * E, MOE_BUF_I32) : NULL;
+	/* the two counts side by side: one read-back for both */
+	size_t nst = (size_t)m->Lm * E;
+	m->st_psum = any_moe ? A(m, nst, MOE_BUF_F32) : NULL;
+	m->st_cntv = any_moe ? A(m, 2 * nst, MOE_BUF_I32) : NULL;
+	m->st_cnt = m->st_cntv ? m->st_cntv + nst : NULL;
 	for (int s = 0; s < sets; s++) {
 		struct layer_acts *a = &m->la[s];
 		/* ln1 and ln2 are kept per layer in training (1.8 GiB for seed-base
@@ -536,12 +564,12 @@ static int acts_ensure(struct moe_model *m, int N, bool train, struct moe_error 
 			a->offsets = A(m, (size_t)E + 1, MOE_BUF_I32);
 			a->perm = A(m, NK, MOE_BUF_I32);
 			a->inv = A(m, NK, MOE_BUF_I32);
-			a->xg = sh_xg;
+			a->xg = m->yg_free ? A(m, NK * D, MOE_BUF_ACT) : sh_xg;
 			a->gu_e = A(m, NK * 2 * I, MOE_BUF_ACT);
 			a->h_e = sh_he;
-			a->yg = A(m, NK * D, MOE_BUF_ACT);
+			a->yg = m->yg_free ? sh_yg : A(m, NK * D, MOE_BUF_ACT);
 			if (S > 0) {
-				a->gu_s = A(m, (size_t)S * N * 2 * Is, MOE_BUF_ACT);
+				a->gu_s = A(m, (size_t)N * gu_s_ld(m), MOE_BUF_ACT);
 				a->h_s = sh_hs;
 				a->wdn_s = shared_merged(m) ? A(m, (size_t)D * S * Is, MOE_BUF_ACT) : NULL;
 			}
@@ -561,7 +589,8 @@ static int acts_ensure(struct moe_model *m, int N, bool train, struct moe_error 
 		 * from the attention's backward) for one batched weight gradient */
 		g->dqkv = A(m, 3 * ND, MOE_BUF_ACT);
 		g->dv = g->dqkv ? act_at(m, g->dqkv, 2 * ND) : NULL;
-		g->dgu = A(m, (size_t)N * 2 * (wmax > 0 ? wmax : 1), MOE_BUF_ACT);
+		int wdg = 2 * (wmax > 0 ? wmax : 1), lds = S > 0 ? gu_s_ld(m) : 0; /* dgu's row */
+		g->dgu = A(m, (size_t)N * (wdg > lds ? wdg : lds), MOE_BUF_ACT);
 		g->dh = A(m, (size_t)N * (wmax > 0 ? wmax : 1), MOE_BUF_ACT);
 		if (any_moe) {
 			g->dyg = A(m, NK * D, MOE_BUF_ACT);
@@ -656,13 +685,19 @@ static void block_fwd(struct moe_model *m, int l, struct layer_acts *a, void *x_
 	if (!lo->is_moe) {
 		int Id = c->dense_intermediate_size;
 		be->linear_fwd(be, a->gu, a->ln2, P(lo->dense_gate_up), N, D, 2 * Id);
-		be->swiglu_gu_fwd(be, a->h, a->gu, N, Id);
+		be->swiglu_gu_fwd(be, a->h, a->gu, N, Id, 1, 2 * Id);
 		linear_res(be, x_out, a->xmid, a->h, P(lo->dense_down), N, Id, D);
 		return;
 	}
 	int E = c->num_experts, K = c->num_experts_per_tok, I = c->intermediate_size;
 	int Is = m->Is, S = c->n_shared_experts, NK = N * K;
-	be->linear_fwd(be, a->rlogits, a->ln2, P(lo->router), N, D, E);
+	int lds = gu_s_ld(m); /* gu_s's row */
+	if (router_merged(m)) { /* logits and the shared experts' gate_up: one linear */
+		be->linear_fwd(be, a->gu_s, a->ln2, P(lo->router), N, D, lds);
+		be->copy_rows(be, a->rlogits, E, 0, a->gu_s, lds, 0, N, E, 1);
+	} else {
+		be->linear_fwd(be, a->rlogits, a->ln2, P(lo->router), N, D, E);
+	}
 	be->router_fwd(be, a->topk_idx, a->topk_w, a->probs, a->rlogits,
 		       use_bias ? be->master(be, lo->bias) : NULL, N, E, K, c->norm_topk_prob);
 	be->route_group(be, m->st_cnt + (size_t)(l - c->n_dense_layers) * E, a->offsets, a->perm, a->inv,
@@ -673,9 +708,13 @@ static void block_fwd(struct moe_model *m, int l, struct layer_acts *a, void *x_
 	be->grouped_linear_fwd(be, a->yg, a->h_e, P(lo->expert_down), a->offsets, E, I, D);
 	/* x_out = x_mid + the routed experts' sum (the shared experts add next) */
 	be->combine_fwd(be, x_out, a->xmid, a->yg, a->topk_w, a->inv, N, K, D);
-	if (shared_merged(m)) { /* the shared experts side by side */
+	if (router_merged(m)) { /* their gate_up came with the logits: S rows a token, lds apart */
+		be->swiglu_gu_fwd(be, a->h_s, act_at(m, a->gu_s, E), N * S, Is, S, lds);
+		be->copy_rows(be, a->wdn_s, S * Is, Is, P(lo->shared_down), Is, (size_t)D * Is, D, Is, S);
+		be->linear_fwd_add(be, x_out, a->h_s, a->wdn_s, N, S * Is, D);
+	} else if (shared_merged(m)) { /* the shared experts side by side */
 		be->linear_fwd(be, a->gu_s, a->ln2, P(lo->shared_gate_up), N, D, S * 2 * Is);
-		be->swiglu_gu_fwd(be, a->h_s, a->gu_s, N * S, Is);
+		be->swiglu_gu_fwd(be, a->h_s, a->gu_s, N * S, Is, 1, 2 * Is);
 		be->copy_rows(be, a->wdn_s, S * Is, Is, P(lo->shared_down), Is, (size_t)D * Is, D, Is, S);
 		be->linear_fwd_add(be, x_out, a->h_s, a->wdn_s, N, S * Is, D);
 	} else {
@@ -683,7 +722,7 @@ static void block_fwd(struct moe_model *m, int l, struct layer_acts *a, void *x_
 			void *gu = act_at(m, a->gu_s, (size_t)s * N * 2 * Is);
 			void *h = act_at(m, a->h_s, (size_t)s * N * Is);
 			be->linear_fwd(be, gu, a->ln2, P(lo->shared_gate_up + (size_t)s * 2 * Is * D), N, D, 2 * Is);
-			be->swiglu_gu_fwd(be, h, gu, N, Is);
+			be->swiglu_gu_fwd(be, h, gu, N, Is, 1, 2 * Is);
 			be->linear_fwd_add(be, x_out, h, P(lo->shared_down + (size_t)s * D * Is), N, Is, D);
 		}
 	}
@@ -747,19 +786,20 @@ static void capture_readback(struct moe_model *m, struct layer_acts *a, int lm, 
 			    MOE_BUF_ACT);
 }
 
-/* Every MoE layer's routing statistics to the host: three transfers. */
+/* Every MoE layer's routing statistics to the host: two transfers (the
+ * probability sums; the valid counts and the counts side by side). */
 static int stats_readback(struct moe_model *m)
 {
 	struct moe_backend *be = m->be;
 	size_t n = (size_t)m->Lm * m->cfg.num_experts;
-	int32_t *cn = malloc(n * sizeof(int32_t));
+	int32_t *cn = malloc(2 * n * sizeof(int32_t));
 	if (!cn)
 		return MOE_ENOMEM;
 	be->to_host(be, m->psum, m->st_psum, n, MOE_BUF_F32);
-	be->to_host(be, m->cntv, m->st_cntv, n, MOE_BUF_I32);
-	be->to_host(be, cn, m->st_cnt, n, MOE_BUF_I32);
+	be->to_host(be, cn, m->st_cntv, 2 * n, MOE_BUF_I32);
+	memcpy(m->cntv, cn, n * sizeof(int32_t));
 	for (size_t i = 0; i < n; i++)
-		m->counts[i] = cn[i];
+		m->counts[i] = cn[n + i];
 	free(cn);
 	return 0;
 }
@@ -969,7 +1009,7 @@ static void block_bwd(struct moe_model *m, int l, struct layer_acts *a, void *x_
 		int Id = c->dense_intermediate_size;
 		/* dgrad, then SwiGLU's backward recomputing h, then the wgrad that needs h */
 		be->linear_bwd(be, g->dh, NULL, dx, a->h, P(lo->dense_down), N, Id, D);
-		be->swiglu_gu_bwd(be, g->dgu, a->h, g->dh, a->gu, N, Id);
+		be->swiglu_gu_bwd(be, g->dgu, a->h, g->dh, a->gu, N, Id, 1, 2 * Id);
 		be->linear_bwd(be, NULL, G(lo->dense_down), dx, a->h, P(lo->dense_down), N, Id, D);
 		be->linear_bwd(be, dln2, G(lo->dense_gate_up), g->dgu, a->ln2, P(lo->dense_gate_up), N, D, 2 * Id);
 	} else {
@@ -977,13 +1017,20 @@ static void block_bwd(struct moe_model *m, int l, struct layer_acts *a, void *x_
 		int Is = m->Is, S = c->n_shared_experts, NK = N * K;
 		int lm = l - c->n_dense_layers;
 		/* routed experts */
-		be->combine_bwd(be, g->dyg, g->dtopk_w, dx, a->yg, a->topk_w, a->inv, N, K, D);
-		/* down dgrad with SwiGLU's backward (h_e recomputed), down wgrad;
-		 * gate_up dgrad and wgrad on the gathered rows (dh_e, xg: scratch) */
-		be->expert_down_bwd(be, g->dgu_e, a->h_e, G(lo->expert_down), g->dyg, a->gu_e, P(lo->expert_down),
-				    a->offsets, g->dh_e, NK, E, I, D);
+		if (m->yg_free) { /* no yg: the gate weights' gradient from dh_e and h_e */
+			be->expert_combine_down_bwd(be, g->dgu_e, a->h_e, G(lo->expert_down), g->dtopk_w, dx, a->gu_e,
+						    a->topk_w, a->perm, P(lo->expert_down), a->offsets, g->dyg, g->dh_e,
+						    N, K, E, I, D);
+		} else {
+			be->combine_bwd(be, g->dyg, g->dtopk_w, dx, a->yg, a->topk_w, a->inv, N, K, D);
+			/* down dgrad with SwiGLU's backward (h_e recomputed), down wgrad */
+			be->expert_down_bwd(be, g->dgu_e, a->h_e, G(lo->expert_down), g->dyg, a->gu_e,
+					    P(lo->expert_down), a->offsets, g->dh_e, NK, E, I, D);
+		}
+		/* gate_up dgrad and wgrad on the gathered rows (xg: this layer's
+		 * with yg_free, else scratch gathered again) */
 		be->expert_up_bwd(be, g->dxg, G(lo->expert_gate_up), g->dgu_e, a->ln2, a->perm, P(lo->expert_gate_up),
-				  a->offsets, a->xg, NK, K, E, D, I);
+				  a->offsets, a->xg, m->yg_free, NK, K, E, D, I);
 		/* router: top-k weights, aux loss through probs, z-loss through logits */
 		float gaux[E];
 		aux_value(m, lm, gaux);
@@ -994,25 +1041,39 @@ static void block_bwd(struct moe_model *m, int l, struct layer_acts *a, void *x_
 			       c->norm_topk_prob);
 		if (c->router_z_loss_coef != 0.0)
 			be->zloss(be, g->drl, a->rlogits, N, E, (float)(c->router_z_loss_coef * grad_scale), NULL);
-		be->linear_bwd(be, dln2, G(lo->router), g->drl, a->ln2, P(lo->router), N, D, E);
-		be->scatter_add_rows(be, dln2, g->dxg, a->perm, NK, K, D);
-		if (shared_merged(m)) { /* as the forward ran them: side by side */
+		if (router_merged(m)) {
+			/* the shared experts' dgu beside the router's dlogits (rows of
+			 * lds), then one linear's backward for both; the routed
+			 * experts' input gradient adds last */
+			int lds = gu_s_ld(m);
 			be->linear_bwd(be, g->dh, NULL, dx, a->h_s, a->wdn_s, N, S * Is, D);
-			be->swiglu_gu_bwd(be, g->dgu, a->h_s, g->dh, a->gu_s, N * S, Is);
-			be->linear_wgrad_multi(be, G(lo->shared_down), (size_t)D * Is, dx, 0, D, a->h_s, Is, S * Is, S, N, Is,
-					       D);
-			be->linear_bwd_add(be, dln2, G(lo->shared_gate_up), g->dgu, a->ln2, P(lo->shared_gate_up), N, D,
-					   S * 2 * Is);
+			be->swiglu_gu_bwd(be, act_at(m, g->dgu, E), a->h_s, g->dh, act_at(m, a->gu_s, E), N * S, Is, S, lds);
+			be->linear_wgrad_multi(be, G(lo->shared_down), (size_t)D * Is, dx, 0, D, a->h_s, Is, S * Is, S, N,
+					       Is, D);
+			be->copy_rows(be, g->dgu, lds, 0, g->drl, E, 0, N, E, 1);
+			be->linear_bwd(be, dln2, G(lo->router), g->dgu, a->ln2, P(lo->router), N, D, lds);
+			be->scatter_add_rows(be, dln2, g->dxg, a->perm, NK, K, D);
 		} else {
-			for (int s = 0; s < S; s++) {
-				void *gu = act_at(m, a->gu_s, (size_t)s * N * 2 * Is);
-				void *h = act_at(m, a->h_s, (size_t)s * N * Is);
-				size_t ogu = lo->shared_gate_up + (size_t)s * 2 * Is * D;
-				size_t odn = lo->shared_down + (size_t)s * D * Is;
-				be->linear_bwd(be, g->dh, NULL, dx, h, P(odn), N, Is, D);
-				be->swiglu_gu_bwd(be, g->dgu, h, g->dh, gu, N, Is);
-				be->linear_bwd(be, NULL, G(odn), dx, h, P(odn), N, Is, D);
-				be->linear_bwd_add(be, dln2, G(ogu), g->dgu, a->ln2, P(ogu), N, D, 2 * Is);
+			be->linear_bwd(be, dln2, G(lo->router), g->drl, a->ln2, P(lo->router), N, D, E);
+			be->scatter_add_rows(be, dln2, g->dxg, a->perm, NK, K, D);
+			if (shared_merged(m)) { /* as the forward ran them: side by side */
+				be->linear_bwd(be, g->dh, NULL, dx, a->h_s, a->wdn_s, N, S * Is, D);
+				be->swiglu_gu_bwd(be, g->dgu, a->h_s, g->dh, a->gu_s, N * S, Is, 1, 2 * Is);
+				be->linear_wgrad_multi(be, G(lo->shared_down), (size_t)D * Is, dx, 0, D, a->h_s, Is, S * Is,
+						       S, N, Is, D);
+				be->linear_bwd_add(be, dln2, G(lo->shared_gate_up), g->dgu, a->ln2, P(lo->shared_gate_up),
+						   N, D, S * 2 * Is);
+			} else {
+				for (int s = 0; s < S; s++) {
+					void *gu = act_at(m, a->gu_s, (size_t)s * N * 2 * Is);
+					void *h = act_at(m, a->h_s, (size_t)s * N * Is);
+					size_t ogu = lo->shared_gate_up + (size_t)s * 2 * Is * D;
+					size_t odn = lo->shared_down + (size_t)s * D * Is;
+					be->linear_bwd(be, g->dh, NULL, dx, h, P(odn), N, Is, D);
+					be->swiglu_gu_bwd(be, g->dgu, h, g->dh, gu, N, Is, 1, 2 * Is);
+					be->linear_bwd(be, NULL, G(odn), dx, h, P(odn), N, Is, D);
+					be->linear_bwd_add(be, dln2, G(ogu), g->dgu, a->ln2, P(ogu), N, D, 2 * Is);
+				}
 			}
 		}
 	}

@@ -244,6 +244,13 @@ struct moe_backend {
 	 * regions no op stores whole (the embedding's: embedding_bwd adds rows;
 	 * the LM head's, added by axpy; the selection bias's, never written). */
 	bool grad_overwrite_ok, grad_overwrite;
+	/* The router's linear merged with the shared experts' gate_up (the
+	 * backend sets router_merge_ok; the model merges where it also runs
+	 * the shared experts side by side and E % 8 == 0): the router's weights
+	 * lie just before theirs, so one linear each way computes the logits
+	 * and the shared experts' gate_up, E + S 2 Is columns, whose swiglu
+	 * then reads its S rows a token at that row stride */
+	bool router_merge_ok;
 	/* Optional, with grad_overwrite_ok: under grad_overwrite the model
 	 * clears the gradient runs that ops add into (every tensor's but the
 	 * routed experts', the LM head's and the embedding's) with one memset a
@@ -316,9 +323,12 @@ struct moe_backend {
 	 * dqx, dkx and dv at row stride ld; the others H Dh. */
 	void (*attention_qknorm_fwd)(struct moe_backend *be, void *out, float *lse, void *q, void *k, float *rstdq, float *rstdk, const void *qraw, const void *kraw, const void *v, int ld, const void *wq, const void *wk, int B, int T, int H, int Dh, float eps, float theta);
 	void (*attention_qknorm_bwd)(struct moe_backend *be, void *dqx, void *dkx, void *dv, int ld, float *dwq, float *dwk, void *dq, void *dk, const void *dout, const void *q, const void *k, const void *v, const void *out, const float *lse, const void *qraw, const void *kraw, const void *wq, const void *wk, const float *rstdq, const float *rstdk, int B, int T, int H, int Dh, float theta);
-	void (*swiglu_gu_fwd)(struct moe_backend *be, void *h, const void *gu, int M, int I);
+	/* SwiGLU over M rows, h and dh (M, I); gu's (and dgu's) rows come in
+	 * groups of G, ld_gu apart: row m at (m / G) ld_gu + (m % G) 2I
+	 * (packed: G 1, ld_gu 2I) */
+	void (*swiglu_gu_fwd)(struct moe_backend *be, void *h, const void *gu, int M, int I, int G, int ld_gu);
 	/* h (may be NULL): also recompute the forward's output h (M, I) from gu */
-	void (*swiglu_gu_bwd)(struct moe_backend *be, void *dgu, void *h, const void *dh, const void *gu, int M, int I);
+	void (*swiglu_gu_bwd)(struct moe_backend *be, void *dgu, void *h, const void *dh, const void *gu, int M, int I, int G, int ld_gu);
 	/* Optional (NULL: the model runs the shared experts one by one; it
 	 * needs linear_wgrad_multi too): nb blocks of rows x n ACT elements,
 	 * block b from src + b src_stride (rows lds apart) to dst + b
@@ -344,11 +354,23 @@ struct moe_backend {
 	 *   expert_down_bwd: dh = the dx of dy (M, D), w (E, D, I);
 	 *                    swiglu_gu_bwd(dgu (M, 2I), h (M, I) recomputed, dh, gu);
 	 *                    then dw (E, D, I) += dy^T h
-	 *   expert_up_bwd:   xg = gather_rows(x, perm); dx (M, D) overwritten and
-	 *                    dw (E, 2I, D) += from dgu, xg, w (E, 2I, D) */
+	 *   expert_up_bwd:   xg = gather_rows(x, perm) unless xg_ready (xg holds
+	 *                    expert_up_fwd's gather already); dx (M, D)
+	 *                    overwritten and dw (E, 2I, D) += from dgu, xg, w (E, 2I, D) */
 	void (*expert_up_fwd)(struct moe_backend *be, void *gu, void *h, const void *x, const int32_t *perm, const void *w, const int32_t *offsets, void *xg, int NK, int K, int E, int D, int I);
 	void (*expert_down_bwd)(struct moe_backend *be, void *dgu, void *h, float *dw, const void *dy, const void *gu, const void *w, const int32_t *offsets, void *dh, int NK, int E, int I, int D);
-	void (*expert_up_bwd)(struct moe_backend *be, void *dx, float *dw, const void *dgu, const void *x, const int32_t *perm, const void *w, const int32_t *offsets, void *xg, int NK, int K, int E, int D, int I);
+	void (*expert_up_bwd)(struct moe_backend *be, void *dx, float *dw, const void *dgu, const void *x, const int32_t *perm, const void *w, const int32_t *offsets, void *xg, bool xg_ready, int NK, int K, int E, int D, int I);
+	/* Optional (NULL: combine_bwd, then expert_down_bwd): the two as one
+	 * that needs no expert outputs yg, so the model keeps none; a backend
+	 * that offers it writes xg in expert_up_fwd, which the model then keeps
+	 * per layer for expert_up_bwd (xg_ready).  dy (M, D) and dh (M, I)
+	 * are scratch.  Row j of the experts (token n, slot k: perm[j] = n K +
+	 * k, weight w_j = topk_w[n K + k]): dy_j = dout_n (unweighted), dh_j =
+	 * dy_j w_e; dtopk_w[n K + k] = dh_j . h_j (= dout_n . yg_j); SwiGLU's
+	 * backward of the output gradient w_j dh_j into dgu, h_j recomputed and
+	 * written times w_j; dw (E, D, I) += dy^T h.  Equal to combine_bwd and
+	 * expert_down_bwd up to roundings. */
+	void (*expert_combine_down_bwd)(struct moe_backend *be, void *dgu, void *h, float *dw, float *dtopk_w, const void *dout, const void *gu, const float *topk_w, const int32_t *perm, const void *w, const int32_t *offsets, void *dy, void *dh, int N, int K, int E, int I, int D);
 	/* out = res (NULL: none; not out) + the top-k weighted sum of the expert rows */
 	void (*combine_fwd)(struct moe_backend *be, void *out, const void *res, const void *yg, const float *topk_w, const int32_t *inv, int N, int K, int D);
 	void (*combine_bwd)(struct moe_backend *be, void *dyg, float *dtopk_w, const void *dout, const void *yg, const float *topk_w, const int32_t *inv, int N, int K, int D);

@@ -31,9 +31,10 @@ struct layer_acts {
 	float *topk_w;        /* (N, K) */
 	int32_t *offsets;     /* (E+1) */
 	int32_t *perm, *inv;  /* (N*K) */
-	void *xg;             /* (N*K, D) tokens grouped by expert */
+	void *xg;             /* (N*K, D) tokens grouped by expert (per layer with yg_free) */
 	void *gu_e, *h_e;     /* (N*K, 2I), (N*K, I) */
-	void *yg;             /* (N*K, D) */
+	void *yg;             /* (N*K, D) the experts' outputs (one buffer for all layers with
+				 yg_free) */
 	void *gu_s, *h_s;     /* shared: (S, N, 2Is), (S, N, Is); merged (shared_merged):
 				 (N, S, 2Is), (N, S, Is) */
 	void *wdn_s;          /* merged: the S down projections side by side, (D, S Is) */
@@ -78,6 +79,7 @@ struct moe_model {
 	struct graph_bufs g;
 	int cap_N, cap_sets;
 	bool cap_train;
+	bool yg_free;         /* training with expert_combine_down_bwd: xg kept per layer, not yg */
 	int lc;               /* rows of one logits chunk */
 	int lc_req;           /* moe_model_set_logits_chunk (0: LOGITS_CHUNK) */
 	enum moe_recompute recompute;

@@ -406,11 +406,13 @@ Test(backend, expert_fusion_same_step, .timeout = 120)
 	rng_seed(6);
 	random_tokens(x, y, N, &cfg, 0);
 	struct moe_losses l0, l1;
+	setenv("MOE_CUDA_YG", "keep", 1); /* the sequence the fused ops stand for (expert_down_bwd's) */
 	setenv("MOE_CUDA_EXPERT_FUSE", "0", 1);
 	gpu_step(&cfg, p, x, y, B, T, "wgmma", &l0, g0, false);
 	setenv("MOE_CUDA_EXPERT_FUSE", "7", 1);
 	gpu_step(&cfg, p, x, y, B, T, "wgmma", &l1, g1, false);
 	unsetenv("MOE_CUDA_EXPERT_FUSE");
+	unsetenv("MOE_CUDA_YG");
 	cr_expect(fabs(l1.total - l0.total) <= 1e-6 * fabs(l0.total), "loss fused %.8f vs unfused %.8f", l1.total,
 		  l0.total);
 	const struct moe_param *tab = moe_model_params(mc, &nt);
@@ -458,11 +460,13 @@ Test(backend, tma_swiglu_fusion_same_step, .timeout = 120)
 	const struct moe_param *tab = moe_model_params(mc, &nt);
 	for (int full = 0; full <= 1; full++) {
 		struct moe_losses l0, l1;
+		setenv("MOE_CUDA_YG", "keep", 1); /* the sequence the fused ops stand for (expert_down_bwd's) */
 		setenv("MOE_CUDA_TMA_FUSE", "0", 1);
 		gpu_step(&cfg, p, x, y, B, T, "tma", &l0, g0, full);
 		setenv("MOE_CUDA_TMA_FUSE", "3", 1);
 		gpu_step(&cfg, p, x, y, B, T, "tma", &l1, g1, full);
 		unsetenv("MOE_CUDA_TMA_FUSE");
+		unsetenv("MOE_CUDA_YG");
 		cr_expect(fabs(l1.total - l0.total) <= 1e-6 * fabs(l0.total), "recompute %d: loss fused %.8f vs %.8f",
 			  full, l1.total, l0.total);
 		int same = 0, counted = 0;
@@ -835,6 +839,108 @@ Test(backend, shared_experts_merged_match, .timeout = 60)
 	fprintf(stderr,
 		"shared experts merged vs one by one: loss %.8f vs %.8f, non-routed gradients: worst difference %.3g of "
 		"the tensor's largest, min cosine %.7f\n",
+		l[1].total, l[0].total, worst, mincos);
+	free(p), free(g[0]), free(g[1]), free(x), free(y);
+	moe_model_free(mc);
+}
+
+/* The routed experts' backward without their outputs yg (the default,
+ * expert_combine_down_bwd: the gate weights' gradient as dh . h, the
+ * weights applied in the SwiGLU backward, xg kept from the forward) against
+ * combine_bwd and expert_down_bwd (MOE_CUDA_YG=keep), one step from the
+ * same weights and tokens.  The two round differently (bf16(w dout) W
+ * against w bf16(dout W), dout . bf16(h W^T) against bf16(dout W) . h), so
+ * the gradients differ by bf16 roundings: the same loss (the forward is
+ * unchanged), expect_rounding_close's bounds.  Top-2 of 8 with one shared
+ * expert, and top-4 of 8 with normalised weights and none. */
+static void yg_free_case(struct moe_config cfg, uint32_t seed)
+{
+	float *p;
+	struct moe_model *mc = cpu_params_cfg(&cfg, seed, &p);
+	size_t np = moe_model_num_params(mc), nt = 0;
+	const struct moe_param *tab = moe_model_params(mc, &nt);
+	float *g[2] = {malloc(np * 4), malloc(np * 4)};
+	int B = 2, T = 64, N = B * T;
+	int32_t *x = malloc(N * 4), *y = malloc(N * 4);
+	rng_seed(seed + 4);
+	random_tokens(x, y, N, &cfg, 11);
+	struct moe_losses l[2];
+	const char *mode = moe_cuda_grouped_wgmma_supported() ? "tma" : "kernel";
+	for (int fr = 0; fr <= 1; fr++) {
+		struct moe_model *mg = gpu_step_keep(&cfg, p, x, y, B, T, mode, fr ? NULL : "MOE_CUDA_YG", "keep", &l[fr],
+						     g[fr], false);
+		cr_assert_eq(moe_model_backend(mg)->expert_combine_down_bwd != NULL, fr, "free %d: the op", fr);
+		moe_model_free(mg);
+	}
+	cr_expect(l[1].total == l[0].total, "K %d: loss %.8f (yg free) vs %.8f", cfg.num_experts_per_tok, l[1].total,
+		  l[0].total);
+	char what[64];
+	snprintf(what, sizeof what, "yg free vs kept, K %d", cfg.num_experts_per_tok);
+	double worst, mincos, rmin = 1;
+	expect_rounding_close(what, tab, nt, g[1], g[0], &worst, &mincos);
+	for (size_t i = 0; i < nt; i++)
+		if (tab[i].kind == MOE_P_EXPERT)
+			rmin = fmin(rmin, cosine(g[1] + tab[i].offset, g[0] + tab[i].offset, tab[i].numel));
+	fprintf(stderr,
+		"yg free vs kept (K %d): loss %.8f vs %.8f, non-routed gradients: worst difference %.3g of the largest, "
+		"min cosine %.7f; routed experts' min cosine %.7f\n",
+		cfg.num_experts_per_tok, l[1].total, l[0].total, worst, mincos, rmin);
+	free(p), free(g[0]), free(g[1]), free(x), free(y);
+	moe_model_free(mc);
+}
+
+Test(backend, yg_free_matches_keep, .timeout = 60)
+{
+	NEED_GPU();
+	struct moe_config cfg;
+	tiny_config(&cfg);
+	yg_free_case(cfg, 83);
+	cfg.num_experts_per_tok = 4;
+	cfg.norm_topk_prob = true;
+	cfg.n_shared_experts = 0;
+	yg_free_case(cfg, 89);
+}
+
+/* The router's linear merged with the shared experts' gate_up (the
+ * default: one linear each way over the router's and their adjacent
+ * weights, the logits copied out, the router's dlogits copied in beside
+ * their dgu, SwiGLU at that row stride) against apart
+ * (MOE_CUDA_ROUTER_MERGE=0), two shared experts, z-loss on, one step from
+ * the same weights and tokens.  The merged input gradient of the norm
+ * before them adds the router's and the shared experts' shares in fp32 and
+ * rounds once (apart: after each), and the logits come from another GEMM
+ * kernel, so the results differ by bf16 roundings: losses within 1e-4
+ * relative, expect_rounding_close's bounds. */
+Test(backend, router_merge_matches, .timeout = 60)
+{
+	NEED_GPU();
+	struct moe_config cfg;
+	tiny_config(&cfg);
+	cfg.n_shared_experts = 2;
+	float *p;
+	struct moe_model *mc = cpu_params_cfg(&cfg, 97, &p);
+	size_t np = moe_model_num_params(mc), nt = 0;
+	const struct moe_param *tab = moe_model_params(mc, &nt);
+	float *g[2] = {malloc(np * 4), malloc(np * 4)};
+	int B = 2, T = 64, N = B * T;
+	int32_t *x = malloc(N * 4), *y = malloc(N * 4);
+	rng_seed(101);
+	random_tokens(x, y, N, &cfg, 11);
+	struct moe_losses l[2];
+	const char *mode = moe_cuda_grouped_wgmma_supported() ? "tma" : "kernel";
+	for (int mg = 0; mg <= 1; mg++) {
+		struct moe_model *m = gpu_step_keep(&cfg, p, x, y, B, T, mode, mg ? NULL : "MOE_CUDA_ROUTER_MERGE", "0",
+						    &l[mg], g[mg], false);
+		cr_assert_eq(moe_model_backend(m)->router_merge_ok, mg, "merge %d: router_merge_ok", mg);
+		moe_model_free(m);
+	}
+	cr_expect(fabs(l[1].total - l[0].total) <= 1e-4 * fabs(l[0].total), "loss %.8f (merged) vs %.8f", l[1].total,
+		  l[0].total);
+	double worst, mincos;
+	expect_rounding_close("router merged vs apart", tab, nt, g[1], g[0], &worst, &mincos);
+	fprintf(stderr,
+		"router merged vs apart: loss %.8f vs %.8f, non-routed gradients: worst difference %.3g of the largest, "
+		"min cosine %.7f\n",
 		l[1].total, l[0].total, worst, mincos);
 	free(p), free(g[0]), free(g[1]), free(x), free(y);
 	moe_model_free(mc);

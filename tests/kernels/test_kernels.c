@@ -1155,6 +1155,108 @@ Test(kernels, swiglu)
 	CHECK_REL(down_bf(gh2, (size_t)M * I), down_bf(gh, (size_t)M * I), (size_t)M * I, 0.0, "swiglu bwd h");
 	CHECK_REL(down_bf(gdgu2, (size_t)M * 2 * I), down_bf(gdgu, (size_t)M * 2 * I), (size_t)M * 2 * I, 0.0,
 		  "swiglu bwd dgu with h");
+	/* rows in groups of G = 3, ldg apart (the shared experts' gate_up
+	 * beside the router's logits: S rows a token): the same bits as
+	 * packed, nothing between the groups written */
+	const int G = 3, NG = M / G, ldg = G * 2 * I + 24; /* M = 333: 111 groups */
+	float *sgu = malloc((size_t)NG * ldg * 4);
+	for (int q = 0; q < NG; q++)
+		for (int i = 0; i < ldg; i++)
+			sgu[(size_t)q * ldg + i] = i < G * 2 * I ? gu[(size_t)q * G * 2 * I + i] : 0.f;
+	bf16_t *sggu = up_bf(sgu, (size_t)NG * ldg), *sgh = dmalloc((size_t)M * I * 2), *sgh2 = dmalloc((size_t)M * I * 2);
+	bf16_t *sgdgu = dmalloc((size_t)NG * ldg * 2);
+	LAUNCH_OK(moe_cuda_swiglu_fwd_ld(sgh, sggu, M, I, G, ldg, S, &gerr));
+	LAUNCH_OK(moe_cuda_swiglu_bwd_ld(sgdgu, sgh2, gdh, sggu, M, I, G, ldg, S, &gerr));
+	uint16_t *ph = down(gh, (size_t)M * I * 2), *pdgu = down(gdgu, (size_t)M * 2 * I * 2);
+	uint16_t *qh = down(sgh, (size_t)M * I * 2), *qh2 = down(sgh2, (size_t)M * I * 2);
+	uint16_t *qdgu = down(sgdgu, (size_t)NG * ldg * 2);
+	size_t bad = 0, stray = 0;
+	for (size_t q = 0; q < (size_t)M * I; q++)
+		bad += qh[q] != ph[q] || qh2[q] != ph[q];
+	for (int q = 0; q < NG; q++)
+		for (int i = 0; i < ldg; i++) {
+			size_t o = (size_t)q * ldg + i;
+			if (i < G * 2 * I)
+				bad += qdgu[o] != pdgu[(size_t)q * G * 2 * I + i];
+			else
+				stray += qdgu[o] != 0xffff;
+		}
+	cr_expect(bad == 0 && stray == 0, "swiglu in groups of %d rows %d apart: %zu values differ from packed, %zu stray",
+		  G, ldg, bad, stray);
+	/* refused: a stride that breaks the 16-byte vectors, or too short for a group */
+	cr_expect_lt(moe_cuda_swiglu_fwd_ld(sgh, sggu, M, I, G, ldg + 4, S, &gerr), 0);
+	cr_expect_lt(moe_cuda_swiglu_fwd_ld(sgh, sggu, M, I, G, G * 2 * I - 8, S, &gerr), 0);
+	free(sgu), free(ph), free(pdgu), free(qh), free(qh2), free(qdgu);
+	cudaFree(sggu), cudaFree(sgh), cudaFree(sgh2), cudaFree(sgdgu);
+}
+
+/* moe_cuda_swiglu_bwd_rows (the routed experts' SwiGLU backward with the
+ * gate weights, the backend's expert_combine_down_bwd) against the CPU ops:
+ * rows in a random order perm, random weights (given in row order); dgu from dh = w du
+ * (moe_swiglu_gu_bwd), hw = w h (moe_swiglu_gu_fwd), the weight's gradient
+ * du . bf16(h) at perm[j].  Tolerances: 1e-2 relative for the bf16 outputs
+ * (one rounding each), 5e-3 for the fp32 sums (h rounded to bf16 on both
+ * sides may differ by one unit where the exponentials do).  Widths below
+ * one lane step (72), the seed-base one (640), and past four steps (1040). */
+static void swiglu_rows_case(int M, int I)
+{
+	float *gu = rand_bf((size_t)M * 2 * I, 3.f), *du = rand_bf((size_t)M * I, 1.f), *w = malloc(M * 4);
+	int32_t *perm = malloc(M * 4);
+	for (int j = 0; j < M; j++) {
+		perm[j] = j;
+		w[j] = 0.05f + 0.9f * (float)(rng_u64() % 1000) / 1000.f;
+	}
+	for (int j = M - 1; j > 0; j--) {
+		int r = (int)(rng_u64() % (uint64_t)(j + 1)), t = perm[j];
+		perm[j] = perm[r], perm[r] = t;
+	}
+	float *dh = malloc((size_t)M * I * 4), *h = malloc((size_t)M * I * 4), *dgu = malloc((size_t)M * 2 * I * 4);
+	float *hw = malloc((size_t)M * I * 4), *dw = malloc(M * 4);
+	moe_swiglu_gu_fwd(h, gu, M, I);
+	for (int j = 0; j < M; j++) {
+		double dot = 0;
+		for (int i = 0; i < I; i++) {
+			size_t q = (size_t)j * I + i;
+			dh[q] = w[perm[j]] * du[q];
+			hw[q] = w[perm[j]] * h[q];
+			dot += (double)du[q] * moe_bf16_to_f32(moe_f32_to_bf16(h[q]));
+		}
+		dw[perm[j]] = (float)dot;
+	}
+	moe_swiglu_gu_bwd(dgu, dh, gu, M, I);
+	float *ws = malloc(M * 4); /* the weights in row order, as the kernel takes them */
+	for (int j = 0; j < M; j++)
+		ws[j] = w[perm[j]];
+	bf16_t *ggu = up_bf(gu, (size_t)M * 2 * I), *gdu = up_bf(du, (size_t)M * I);
+	bf16_t *gdgu = dmalloc((size_t)M * 2 * I * 2), *ghw = dmalloc((size_t)M * I * 2);
+	float *gw = up(ws, M * 4), *gdw = dmalloc(M * 4);
+	int32_t *gp = up(perm, M * 4);
+	LAUNCH_OK(moe_cuda_swiglu_bwd_rows(gdgu, ghw, gdw, gdu, ggu, gw, gp, M, I, S, &gerr));
+	float *odgu = down_bf(gdgu, (size_t)M * 2 * I), *ohw = down_bf(ghw, (size_t)M * I), *odw = down(gdw, M * 4);
+	char what[64];
+	snprintf(what, sizeof what, "swiglu_bwd_rows %d x %d dgu", M, I);
+	check_all_written(odgu, (size_t)M * 2 * I, what);
+	CHECK_REL(odgu, dgu, (size_t)M * 2 * I, 1e-2, what);
+	snprintf(what, sizeof what, "swiglu_bwd_rows %d x %d w h", M, I);
+	check_all_written(ohw, (size_t)M * I, what);
+	CHECK_REL(ohw, hw, (size_t)M * I, 1e-2, what);
+	snprintf(what, sizeof what, "swiglu_bwd_rows %d x %d dtopk_w", M, I);
+	check_all_written(odw, M, what);
+	CHECK_REL(odw, dw, M, 5e-3, what);
+	free(gu), free(du), free(w), free(ws), free(perm), free(dh), free(h), free(dgu), free(hw), free(dw);
+	free(odgu), free(ohw), free(odw);
+	cudaFree(ggu), cudaFree(gdu), cudaFree(gdgu), cudaFree(ghw), cudaFree(gw), cudaFree(gdw), cudaFree(gp);
+}
+
+Test(kernels, swiglu_bwd_rows)
+{
+	NEED_GPU();
+	rng_seed(6);
+	swiglu_rows_case(333, 72);
+	swiglu_rows_case(517, 640);
+	swiglu_rows_case(45, 1040);
+	/* refused: a width that is not a multiple of 8 */
+	cr_expect_lt(moe_cuda_swiglu_bwd_rows(NULL, NULL, NULL, NULL, NULL, NULL, NULL, 4, 12, S, &gerr), 0);
 }
 
 /* moe_cuda_copy_rows: nb blocks of rows x n between row strides, 16-byte
@@ -1423,8 +1525,21 @@ static void route_group_case(int N, int K, int E, int gen)
 		char what[64];
 		snprintf(what, sizeof(what), "gather_inv N=%d K=%d D=%d", N, K, D);
 		CHECK_REL(down_bf(gxg, NK * D), xg, NK * D, 0.0, what);
-		cudaFree(gx), cudaFree(gxg);
-		free(x), free(xg);
+		/* with the gate weights: the same rows, and wg[j] = w[perm[j]] exactly */
+		float *w = malloc(NK * 4 + 4), *wg = malloc(NK * 4 + 4);
+		for (size_t j = 0; j < NK; j++)
+			w[j] = (float)(rng_u64() % 4096) / 4096.f;
+		for (size_t j = 0; j < NK; j++)
+			wg[j] = w[perm[j]];
+		float *gw = up(w, NK * 4), *gwg = dmalloc(NK * 4);
+		bf16_t *gxg2 = dmalloc(NK * D * 2);
+		LAUNCH_OK(moe_cuda_gather_inv_w(gxg2, gx, gi, N, K, D, gw, gwg, S, &gerr));
+		snprintf(what, sizeof(what), "gather_inv_w N=%d K=%d D=%d", N, K, D);
+		CHECK_REL(down_bf(gxg2, NK * D), xg, NK * D, 0.0, what);
+		float *hwg = down(gwg, NK * 4);
+		cr_expect_eq(memcmp(hwg, wg, NK * 4), 0, "%s: the weights in expert order", what);
+		cudaFree(gx), cudaFree(gxg), cudaFree(gw), cudaFree(gwg), cudaFree(gxg2);
+		free(x), free(xg), free(w), free(wg), free(hwg);
 	}
 	cudaFree(gidx), cudaFree(gc), cudaFree(go), cudaFree(gp), cudaFree(gi), cudaFree(gp2), cudaFree(gi2);
 	cudaFree(sc);

@@ -970,9 +970,49 @@ Test(ops, expert_ops_equal_sequence)
 	cr_expect_eq(memcmp(h, rh, sizeof(h)), 0, "expert_down_bwd h");
 	cr_expect_eq(memcmp(dwd, rdwd, sizeof(dwd)), 0, "expert_down_bwd dw");
 	memset(xg, 0, sizeof(xg));
-	be->expert_up_bwd(be, dx, dwu, dgu, x, perm, wgu, off, xg, NK, K, E, D, I);
+	be->expert_up_bwd(be, dx, dwu, dgu, x, perm, wgu, off, xg, false, NK, K, E, D, I);
 	cr_expect_eq(memcmp(dx, rdx, sizeof(dx)), 0, "expert_up_bwd dx");
 	cr_expect_eq(memcmp(dwu, rdwu, sizeof(dwu)), 0, "expert_up_bwd dw");
+	/* xg_ready: xg (left gathered by the call above) used as it is, x
+	 * not read; the weight gradient adds a second time */
+	static float dx2[NK * D], dwu2[E * 2 * I * D];
+	memcpy(dwu2, dwu, sizeof(dwu));
+	moe_grouped_linear_bwd(NULL, rdwu, rdgu, rxg, wgu, off, E, D, 2 * I);
+	be->expert_up_bwd(be, dx2, dwu2, dgu, NULL, perm, wgu, off, xg, true, NK, K, E, D, I);
+	cr_expect_eq(memcmp(dx2, rdx, sizeof(dx2)), 0, "expert_up_bwd dx, xg ready");
+	cr_expect_eq(memcmp(dwu2, rdwu, sizeof(dwu2)), 0, "expert_up_bwd dw, xg ready");
+	be->destroy(be);
+}
+
+/* The CPU backend's SwiGLU with gu's rows in groups of G, LG apart (the
+ * CUDA backend runs the shared experts' S rows a token beside the router's
+ * logits): the same values as packed rows, nothing between the groups
+ * written. */
+Test(ops, swiglu_strided)
+{
+	enum { M = 6, I = 5, G = 2, NG = M / G, LG = G * 2 * I + 3 };
+	struct moe_backend *be = moe_backend_cpu();
+	cr_assert_not_null(be);
+	float gu[M * 2 * I], dh[M * I], h[M * I], dgu[M * 2 * I], h2[M * I];
+	float sgu[NG * LG], sh[M * I], sdgu[NG * LG], sh2[M * I];
+	for (int i = 0; i < M * 2 * I; i++)
+		gu[i] = (float)((i * 37) % 23) / 7.f - 1.5f;
+	for (int i = 0; i < M * I; i++)
+		dh[i] = (float)((i * 11) % 17) / 9.f - 0.9f;
+	for (int i = 0; i < NG * LG; i++)
+		sgu[i] = sdgu[i] = -7.f;
+	for (int q = 0; q < NG; q++)
+		memcpy(sgu + q * LG, gu + q * G * 2 * I, sizeof(float) * G * 2 * I);
+	be->swiglu_gu_fwd(be, h, gu, M, I, 1, 2 * I);
+	be->swiglu_gu_bwd(be, dgu, h2, dh, gu, M, I, 1, 2 * I);
+	be->swiglu_gu_fwd(be, sh, sgu, M, I, G, LG);
+	be->swiglu_gu_bwd(be, sdgu, sh2, dh, sgu, M, I, G, LG);
+	cr_expect_eq(memcmp(sh, h, sizeof(h)), 0, "h");
+	cr_expect_eq(memcmp(sh2, h2, sizeof(h2)), 0, "recomputed h");
+	for (int q = 0; q < NG; q++)
+		for (int i = 0; i < LG; i++)
+			cr_expect_eq(sdgu[q * LG + i], i < G * 2 * I ? dgu[q * G * 2 * I + i] : -7.f, "dgu group %d col %d",
+				     q, i);
 	be->destroy(be);
 }
 
