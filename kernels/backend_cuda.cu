@@ -56,6 +56,16 @@
  * their down weights side by side each step, so the model runs all of them
  * as one linear each way (session 11, H100, tests/bench/RESULTS-cuda.md:
  * the three together 158.1-159.4 ms a step against 162.0-162.4).
+ * Router (router_merge_ok, MOE_CUDA_ROUTER_MERGE, default 1): its weights
+ * lie just before the shared experts', so the model runs its linear and
+ * their gate_up as one each way (logits copied out, dlogits copied in).
+ * Routed experts' backward (expert_combine_down_bwd, MOE_CUDA_YG, default
+ * free): no expert outputs yg are kept; dout's rows are gathered unweighted
+ * with the gate weights in expert order, and swiglu_bwd_rows applies the
+ * weights and takes their gradient as dh . h; the model keeps each layer's
+ * gathered rows xg instead (the same memory), so the gate_up backward does
+ * not gather again (session 12, H100: both 156.0-157.0 ms a step against
+ * 160.0, tests/bench/RESULTS-cuda.md).
  * Clip norms (sumsq, MOE_CUDA_SUMSQ_EPI, default 1): with "tma" and
  * gradients by overwrite the routed experts' weight gradients come with
  * their epilogues' per-tile sums of squares, and o_sumsq sums those instead
