@@ -1251,6 +1251,19 @@ static const int32_t *route_inv_of(struct cuda_ctx *c, const int32_t *perm, int 
 	return NULL;
 }
 
+/* perm's inverse: route_group's (no inverse pass), else computed into
+ * scratch (S_INV) on the stream */
+static const int32_t *route_inv(struct cuda_ctx *c, const int32_t *perm, int NK, int K)
+{
+	const int32_t *inv = route_inv_of(c, perm, NK, K);
+	if (inv)
+		return inv;
+	int32_t *own = (int32_t *)scratch(c, S_INV, (size_t)NK * sizeof(int32_t));
+	if (own)
+		RUN(c, moe_cuda_route_inverse(own, perm, NK, c->s, &c->err));
+	return own;
+}
+
 static void o_gather_rows(struct moe_backend *be, void *xg, const void *x, const int32_t *perm, int NK, int K, int D)
 {
 	struct cuda_ctx *c = CTX(be);
@@ -1267,13 +1280,8 @@ static void o_scatter_add_rows(struct moe_backend *be, void *dx, const void *dxg
 			       int D)
 {
 	struct cuda_ctx *c = CTX(be);
-	const int32_t *inv = route_inv_of(c, perm, NK, K); /* route_group's: no inverse pass */
-	int32_t *own = inv ? NULL : (int32_t *)scratch(c, S_INV, (size_t)NK * sizeof(int32_t));
 	PROF(c, "scatter_add");
-	if (own) {
-		RUN(c, moe_cuda_route_inverse(own, perm, NK, c->s, &c->err));
-		inv = own;
-	}
+	const int32_t *inv = route_inv(c, perm, NK, K);
 	RUN(c, moe_cuda_scatter_add((bf16_t *)dx, (const bf16_t *)dxg, inv, NK / K, K, D, c->s, &c->err));
 	PROF_END(c);
 }
@@ -1633,15 +1641,10 @@ static void o_expert_combine_down_bwd(struct moe_backend *be, void *dgu, void *h
 	const int NK = N * K;
 	/* dout's rows and the gate weights in expert order, in one pass
 	 * through route_group's inverse (or one computed here) */
-	const int32_t *inv = route_inv_of(c, perm, NK, K);
-	int32_t *own = inv ? NULL : (int32_t *)scratch(c, S_INV, (size_t)NK * sizeof(int32_t));
 	float *wg = (float *)scratch(c, S_WG, (size_t)NK * sizeof(float));
 	{
 		PROF(c, "gather");
-		if (own) {
-			RUN(c, moe_cuda_route_inverse(own, perm, NK, c->s, &c->err));
-			inv = own;
-		}
+		const int32_t *inv = route_inv(c, perm, NK, K);
 		RUN(c, moe_cuda_gather_inv_w((bf16_t *)dy, (const bf16_t *)dout, inv, N, K, D, topk_w, wg, c->s,
 					     &c->err));
 		PROF_END(c);

@@ -793,9 +793,9 @@ Test(backend, training_steps_repeatable, .timeout = 120)
 /* The shared experts merged (the default: one gate_up linear over their
  * adjacent weights, one SwiGLU each way, one down linear over their down
  * weights gathered side by side, the down weight gradients as one batched
- * GEMM) against one by one
- * (MOE_CUDA_SHARED_MERGE=0), two shared experts, one step from the same
- * weights and tokens.  The merged input gradient of the norm before them
+ * GEMM; since session 12 with the router's linear merged into their gate_up
+ * too) against one by one (MOE_CUDA_SHARED_MERGE=0, the router apart), two
+ * shared experts, one step from the same weights and tokens.  The merged input gradient of the norm before them
  * adds both experts' shares in fp32 and rounds to bf16 once; one by one it
  * is rounded to bf16 after each, so every gradient upstream of it moves by
  * bf16 roundings of that activation gradient (2^-8 relative an element;
