@@ -790,6 +790,50 @@ Test(backend, training_steps_repeatable, .timeout = 120)
 	moe_model_free(mc);
 }
 
+/* One training step of cfg twice from the same weights (cpu_params_cfg of
+ * pseed) and tokens (rng seed tseed, 2 x T): run 0 with VAR=VAL, run 1
+ * with the default; on(backend) says whether the run's backend took the
+ * default path (asserted 0 for run 0, 1 for run 1).  Losses into l,
+ * gradients into g; switch_pair_free releases them with the CPU model. */
+struct switch_pair {
+	struct moe_model *mc;
+	const struct moe_param *tab;
+	size_t nt;
+	float *p, *g[2];
+	struct moe_losses l[2];
+};
+
+static void switch_pair_run(struct switch_pair *r, const struct moe_config *cfg, uint64_t pseed, uint64_t tseed,
+			    int T, const char *var, const char *val, bool (*on)(const struct moe_backend *))
+{
+	r->mc = cpu_params_cfg(cfg, pseed, &r->p);
+	size_t np = moe_model_num_params(r->mc);
+	r->tab = moe_model_params(r->mc, &r->nt);
+	int B = 2, N = B * T;
+	int32_t *x = malloc(N * 4), *y = malloc(N * 4);
+	rng_seed(tseed);
+	random_tokens(x, y, N, cfg, 11);
+	const char *mode = moe_cuda_grouped_wgmma_supported() ? "tma" : "kernel";
+	for (int d = 0; d <= 1; d++) {
+		r->g[d] = malloc(np * 4);
+		struct moe_model *m = gpu_step_keep(cfg, r->p, x, y, B, T, mode, d ? NULL : var, val, &r->l[d], r->g[d],
+						    false);
+		cr_assert_eq(on(moe_model_backend(m)), d, "%s=%s %s: the path", var, val, d ? "unset" : "set");
+		moe_model_free(m);
+	}
+	free(x), free(y);
+}
+
+static void switch_pair_free(struct switch_pair *r)
+{
+	free(r->p), free(r->g[0]), free(r->g[1]);
+	moe_model_free(r->mc);
+}
+
+static bool shared_merge_on(const struct moe_backend *be) { return be->copy_rows != NULL; }
+static bool yg_free_on(const struct moe_backend *be) { return be->expert_combine_down_bwd != NULL; }
+static bool router_merge_on(const struct moe_backend *be) { return be->router_merge_ok; }
+
 /* The shared experts merged (the default: one gate_up linear over their
  * adjacent weights, one SwiGLU each way, one down linear over their down
  * weights gathered side by side, the down weight gradients as one batched
@@ -810,38 +854,21 @@ Test(backend, shared_experts_merged_match, .timeout = 60)
 	struct moe_config cfg;
 	tiny_config(&cfg);
 	cfg.n_shared_experts = 2;
-	float *p;
-	struct moe_model *mc = cpu_params_cfg(&cfg, 43, &p);
-	size_t np = moe_model_num_params(mc), nt = 0;
-	const struct moe_param *tab = moe_model_params(mc, &nt);
-	float *g[2] = {malloc(np * 4), malloc(np * 4)};
-	int B = 2, T = 64, N = B * T;
-	int32_t *x = malloc(N * 4), *y = malloc(N * 4);
-	rng_seed(47);
-	random_tokens(x, y, N, &cfg, 11);
-	struct moe_losses l[2];
-	const char *mode = moe_cuda_grouped_wgmma_supported() ? "tma" : "kernel";
-	for (int merge = 0; merge <= 1; merge++) {
-		struct moe_model *mg = gpu_step_keep(&cfg, p, x, y, B, T, mode, merge ? NULL : "MOE_CUDA_SHARED_MERGE",
-						     "0", &l[merge], g[merge], false);
-		cr_assert_eq(moe_model_backend(mg)->copy_rows != NULL, merge, "merge %d: copy_rows %s", merge,
-			     merge ? "missing" : "present");
-		moe_model_free(mg);
-	}
-	cr_expect(fabs(l[1].total - l[0].total) <= 1e-5 * fabs(l[0].total), "loss %.8f (merged) vs %.8f",
-		  l[1].total, l[0].total);
+	struct switch_pair r;
+	switch_pair_run(&r, &cfg, 43, 47, 64, "MOE_CUDA_SHARED_MERGE", "0", shared_merge_on);
+	cr_expect(fabs(r.l[1].total - r.l[0].total) <= 1e-5 * fabs(r.l[0].total), "loss %.8f (merged) vs %.8f",
+		  r.l[1].total, r.l[0].total);
 	double worst, mincos;
-	expect_rounding_close("merged vs one by one", tab, nt, g[1], g[0], &worst, &mincos);
+	expect_rounding_close("merged vs one by one", r.tab, r.nt, r.g[1], r.g[0], &worst, &mincos);
 	int shared = 0;
-	for (size_t i = 0; i < nt; i++)
-		shared += tab[i].trainable && strstr(tab[i].name, "shared_experts") != NULL;
+	for (size_t i = 0; i < r.nt; i++)
+		shared += r.tab[i].trainable && strstr(r.tab[i].name, "shared_experts") != NULL;
 	cr_expect(shared >= 4 * (cfg.num_hidden_layers - cfg.n_dense_layers), "%d shared-expert tensors", shared);
 	fprintf(stderr,
 		"shared experts merged vs one by one: loss %.8f vs %.8f, non-routed gradients: worst difference %.3g of "
 		"the tensor's largest, min cosine %.7f\n",
-		l[1].total, l[0].total, worst, mincos);
-	free(p), free(g[0]), free(g[1]), free(x), free(y);
-	moe_model_free(mc);
+		r.l[1].total, r.l[0].total, worst, mincos);
+	switch_pair_free(&r);
 }
 
 /* The routed experts' backward without their outputs yg (the default,
@@ -855,38 +882,22 @@ Test(backend, shared_experts_merged_match, .timeout = 60)
  * expert, and top-4 of 8 with normalised weights and none. */
 static void yg_free_case(struct moe_config cfg, uint32_t seed)
 {
-	float *p;
-	struct moe_model *mc = cpu_params_cfg(&cfg, seed, &p);
-	size_t np = moe_model_num_params(mc), nt = 0;
-	const struct moe_param *tab = moe_model_params(mc, &nt);
-	float *g[2] = {malloc(np * 4), malloc(np * 4)};
-	int B = 2, T = 64, N = B * T;
-	int32_t *x = malloc(N * 4), *y = malloc(N * 4);
-	rng_seed(seed + 4);
-	random_tokens(x, y, N, &cfg, 11);
-	struct moe_losses l[2];
-	const char *mode = moe_cuda_grouped_wgmma_supported() ? "tma" : "kernel";
-	for (int fr = 0; fr <= 1; fr++) {
-		struct moe_model *mg = gpu_step_keep(&cfg, p, x, y, B, T, mode, fr ? NULL : "MOE_CUDA_YG", "keep", &l[fr],
-						     g[fr], false);
-		cr_assert_eq(moe_model_backend(mg)->expert_combine_down_bwd != NULL, fr, "free %d: the op", fr);
-		moe_model_free(mg);
-	}
-	cr_expect(l[1].total == l[0].total, "K %d: loss %.8f (yg free) vs %.8f", cfg.num_experts_per_tok, l[1].total,
-		  l[0].total);
+	struct switch_pair r;
+	switch_pair_run(&r, &cfg, seed, seed + 4, 64, "MOE_CUDA_YG", "keep", yg_free_on);
+	cr_expect(r.l[1].total == r.l[0].total, "K %d: loss %.8f (yg free) vs %.8f", cfg.num_experts_per_tok,
+		  r.l[1].total, r.l[0].total);
 	char what[64];
 	snprintf(what, sizeof what, "yg free vs kept, K %d", cfg.num_experts_per_tok);
 	double worst, mincos, rmin = 1;
-	expect_rounding_close(what, tab, nt, g[1], g[0], &worst, &mincos);
-	for (size_t i = 0; i < nt; i++)
-		if (tab[i].kind == MOE_P_EXPERT)
-			rmin = fmin(rmin, cosine(g[1] + tab[i].offset, g[0] + tab[i].offset, tab[i].numel));
+	expect_rounding_close(what, r.tab, r.nt, r.g[1], r.g[0], &worst, &mincos);
+	for (size_t i = 0; i < r.nt; i++)
+		if (r.tab[i].kind == MOE_P_EXPERT)
+			rmin = fmin(rmin, cosine(r.g[1] + r.tab[i].offset, r.g[0] + r.tab[i].offset, r.tab[i].numel));
 	fprintf(stderr,
 		"yg free vs kept (K %d): loss %.8f vs %.8f, non-routed gradients: worst difference %.3g of the largest, "
 		"min cosine %.7f; routed experts' min cosine %.7f\n",
-		cfg.num_experts_per_tok, l[1].total, l[0].total, worst, mincos, rmin);
-	free(p), free(g[0]), free(g[1]), free(x), free(y);
-	moe_model_free(mc);
+		cfg.num_experts_per_tok, r.l[1].total, r.l[0].total, worst, mincos, rmin);
+	switch_pair_free(&r);
 }
 
 Test(backend, yg_free_matches_keep, .timeout = 60)
@@ -917,33 +928,17 @@ Test(backend, router_merge_matches, .timeout = 60)
 	struct moe_config cfg;
 	tiny_config(&cfg);
 	cfg.n_shared_experts = 2;
-	float *p;
-	struct moe_model *mc = cpu_params_cfg(&cfg, 97, &p);
-	size_t np = moe_model_num_params(mc), nt = 0;
-	const struct moe_param *tab = moe_model_params(mc, &nt);
-	float *g[2] = {malloc(np * 4), malloc(np * 4)};
-	int B = 2, T = 64, N = B * T;
-	int32_t *x = malloc(N * 4), *y = malloc(N * 4);
-	rng_seed(101);
-	random_tokens(x, y, N, &cfg, 11);
-	struct moe_losses l[2];
-	const char *mode = moe_cuda_grouped_wgmma_supported() ? "tma" : "kernel";
-	for (int mg = 0; mg <= 1; mg++) {
-		struct moe_model *m = gpu_step_keep(&cfg, p, x, y, B, T, mode, mg ? NULL : "MOE_CUDA_ROUTER_MERGE", "0",
-						    &l[mg], g[mg], false);
-		cr_assert_eq(moe_model_backend(m)->router_merge_ok, mg, "merge %d: router_merge_ok", mg);
-		moe_model_free(m);
-	}
-	cr_expect(fabs(l[1].total - l[0].total) <= 1e-4 * fabs(l[0].total), "loss %.8f (merged) vs %.8f", l[1].total,
-		  l[0].total);
+	struct switch_pair r;
+	switch_pair_run(&r, &cfg, 97, 101, 64, "MOE_CUDA_ROUTER_MERGE", "0", router_merge_on);
+	cr_expect(fabs(r.l[1].total - r.l[0].total) <= 1e-4 * fabs(r.l[0].total), "loss %.8f (merged) vs %.8f",
+		  r.l[1].total, r.l[0].total);
 	double worst, mincos;
-	expect_rounding_close("router merged vs apart", tab, nt, g[1], g[0], &worst, &mincos);
+	expect_rounding_close("router merged vs apart", r.tab, r.nt, r.g[1], r.g[0], &worst, &mincos);
 	fprintf(stderr,
 		"router merged vs apart: loss %.8f vs %.8f, non-routed gradients: worst difference %.3g of the largest, "
 		"min cosine %.7f\n",
-		l[1].total, l[0].total, worst, mincos);
-	free(p), free(g[0]), free(g[1]), free(x), free(y);
-	moe_model_free(mc);
+		r.l[1].total, r.l[0].total, worst, mincos);
+	switch_pair_free(&r);
 }
 
 /* One training step of config cfg from the same weights and tokens with
