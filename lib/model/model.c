@@ -1047,9 +1047,10 @@ static void block_bwd(struct moe_model *m, int l, struct layer_acts *a, void *x_
 			 * experts' input gradient adds last */
 			int lds = gu_s_ld(m);
 			be->linear_bwd(be, g->dh, NULL, dx, a->h_s, a->wdn_s, N, S * Is, D);
-			be->swiglu_gu_bwd(be, act_at(m, g->dgu, E), a->h_s, g->dh, act_at(m, a->gu_s, E), N * S, Is, S, lds);
-			be->linear_wgrad_multi(be, G(lo->shared_down), (size_t)D * Is, dx, 0, D, a->h_s, Is, S * Is, S, N,
-					       Is, D);
+			be->swiglu_gu_bwd(be, act_at(m, g->dgu, E), a->h_s, g->dh, act_at(m, a->gu_s, E), N * S, Is, S,
+					  lds);
+			be->linear_wgrad_multi(be, G(lo->shared_down), (size_t)D * Is, dx, 0, D, a->h_s, Is, S * Is, S,
+					       N, Is, D);
 			be->copy_rows(be, g->dgu, lds, 0, g->drl, E, 0, N, E, 1);
 			be->linear_bwd(be, dln2, G(lo->router), g->dgu, a->ln2, P(lo->router), N, D, lds);
 			be->scatter_add_rows(be, dln2, g->dxg, a->perm, NK, K, D);
@@ -1059,10 +1060,10 @@ static void block_bwd(struct moe_model *m, int l, struct layer_acts *a, void *x_
 			if (shared_merged(m)) { /* as the forward ran them: side by side */
 				be->linear_bwd(be, g->dh, NULL, dx, a->h_s, a->wdn_s, N, S * Is, D);
 				be->swiglu_gu_bwd(be, g->dgu, a->h_s, g->dh, a->gu_s, N * S, Is, 1, 2 * Is);
-				be->linear_wgrad_multi(be, G(lo->shared_down), (size_t)D * Is, dx, 0, D, a->h_s, Is, S * Is,
-						       S, N, Is, D);
-				be->linear_bwd_add(be, dln2, G(lo->shared_gate_up), g->dgu, a->ln2, P(lo->shared_gate_up),
-						   N, D, S * 2 * Is);
+				be->linear_wgrad_multi(be, G(lo->shared_down), (size_t)D * Is, dx, 0, D, a->h_s, Is,
+						       S * Is, S, N, Is, D);
+				be->linear_bwd_add(be, dln2, G(lo->shared_gate_up), g->dgu, a->ln2,
+						   P(lo->shared_gate_up), N, D, S * 2 * Is);
 			} else {
 				for (int s = 0; s < S; s++) {
 					void *gu = act_at(m, a->gu_s, (size_t)s * N * 2 * Is);

@@ -1163,7 +1163,8 @@ Test(kernels, swiglu)
 	for (int q = 0; q < NG; q++)
 		for (int i = 0; i < ldg; i++)
 			sgu[(size_t)q * ldg + i] = i < G * 2 * I ? gu[(size_t)q * G * 2 * I + i] : 0.f;
-	bf16_t *sggu = up_bf(sgu, (size_t)NG * ldg), *sgh = dmalloc((size_t)M * I * 2), *sgh2 = dmalloc((size_t)M * I * 2);
+	bf16_t *sggu = up_bf(sgu, (size_t)NG * ldg), *sgh = dmalloc((size_t)M * I * 2);
+	bf16_t *sgh2 = dmalloc((size_t)M * I * 2);
 	bf16_t *sgdgu = dmalloc((size_t)NG * ldg * 2);
 	LAUNCH_OK(moe_cuda_swiglu_fwd_ld(sgh, sggu, M, I, G, ldg, S, &gerr));
 	LAUNCH_OK(moe_cuda_swiglu_bwd_ld(sgdgu, sgh2, gdh, sggu, M, I, G, ldg, S, &gerr));
@@ -1181,8 +1182,8 @@ Test(kernels, swiglu)
 			else
 				stray += qdgu[o] != 0xffff;
 		}
-	cr_expect(bad == 0 && stray == 0, "swiglu in groups of %d rows %d apart: %zu values differ from packed, %zu stray",
-		  G, ldg, bad, stray);
+	cr_expect(bad == 0 && stray == 0,
+		  "swiglu in groups of %d rows %d apart: %zu values differ from packed, %zu stray", G, ldg, bad, stray);
 	/* refused: a stride that breaks the 16-byte vectors, or too short for a group */
 	cr_expect_lt(moe_cuda_swiglu_fwd_ld(sgh, sggu, M, I, G, ldg + 4, S, &gerr), 0);
 	cr_expect_lt(moe_cuda_swiglu_fwd_ld(sgh, sggu, M, I, G, G * 2 * I - 8, S, &gerr), 0);
