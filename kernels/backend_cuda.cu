@@ -1952,19 +1952,20 @@ extern "C" struct moe_backend *moe_backend_cuda(struct moe_error *err)
 		}
 		c->tma_fuse = (int)tf;
 		c->ssq_epi = !env_is("MOE_CUDA_SUMSQ_EPI", "0");
-		c->qkv_split = env_is("MOE_CUDA_QKV", "split");
-		const char *qv = getenv("MOE_CUDA_QKV");
-		c->qkv_packed = !qv || !*qv || !strcmp(qv, "packed");
-		if (!c->qkv_packed && !c->qkv_split && strcmp(qv, "batched") != 0) {
-			moe_error_set(err, MOE_EINVAL, "MOE_CUDA_QKV='%s': expected packed, batched or split", qv);
+		static const char *const qkv_names[] = {"packed", "batched", "split"}, *const yg_names[] = {"free", "keep"};
+		int qkv, yg;
+		if (!env_choice("MOE_CUDA_QKV", qkv_names, 3, &qkv)) {
+			moe_error_set(err, MOE_EINVAL, "MOE_CUDA_QKV='%s': expected packed, batched or split",
+				      getenv("MOE_CUDA_QKV"));
 			goto fail;
 		}
-		const char *yv = getenv("MOE_CUDA_YG");
-		c->yg_keep = yv && !strcmp(yv, "keep");
-		if (yv && *yv && !c->yg_keep && strcmp(yv, "free") != 0) {
-			moe_error_set(err, MOE_EINVAL, "MOE_CUDA_YG='%s': expected free or keep", yv);
+		if (!env_choice("MOE_CUDA_YG", yg_names, 2, &yg)) {
+			moe_error_set(err, MOE_EINVAL, "MOE_CUDA_YG='%s': expected free or keep", getenv("MOE_CUDA_YG"));
 			goto fail;
 		}
+		c->qkv_packed = qkv == 0;
+		c->qkv_split = qkv == 2;
+		c->yg_keep = yg == 1;
 		c->narrow_ok = moe_cuda_grouped_wgmma_supported() && !env_is("MOE_CUDA_NARROW", "cublas");
 		c->det = !env_is("MOE_CUDA_DETERMINISTIC", "0"); /* the default: bit-reproducible steps */
 		c->clr_off = env_is("MOE_CUDA_GRAD_CLEAR", "0");

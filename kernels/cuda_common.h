@@ -65,6 +65,23 @@ static inline bool env_long(const char *name, long dflt, long lo, long hi, long 
 	return e != s && !*e && *v >= lo && *v <= hi;
 }
 
+/* A named switch: *v = 0 (names[0], the default) where name is unset or
+ * empty, else the index of its value among the n names; false where the
+ * value is none of them (the caller's error names it). */
+static inline bool env_choice(const char *name, const char *const *names, int n, int *v)
+{
+	const char *s = getenv(name);
+	*v = 0;
+	if (!s || !*s)
+		return true;
+	for (int i = 0; i < n; i++)
+		if (!strcmp(s, names[i])) {
+			*v = i;
+			return true;
+		}
+	return false;
+}
+
 /* Programmatic dependent launch (sm_90; session 10).  Every kernel of the
  * backend starts with MOE_PDL_ENTRY() and is launched by moe_launch, which
  * (unless MOE_CUDA_PDL=0) lets the driver start it before the kernel ahead of it

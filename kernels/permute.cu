@@ -29,9 +29,7 @@ __global__ void gather_inv_kernel(bf16 *xg, const bf16 *x, const int32_t *inv, i
 	int n = blockIdx.x * warps + threadIdx.x / 32;
 	if (n >= N)
 		return;
-	if (w && lane < K)
-		wg[__ldg(inv + (size_t)n * K + lane)] = __ldg(w + (size_t)n * K + lane);
-	for (int k = 32 + lane; w && k < K; k += 32)
+	for (int k = lane; w && k < K; k += 32)
 		wg[__ldg(inv + (size_t)n * K + k)] = __ldg(w + (size_t)n * K + k);
 	int per = D / 8;
 	const uint4 *xr = (const uint4 *)(x + (size_t)n * D);

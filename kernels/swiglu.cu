@@ -167,10 +167,9 @@ extern "C" int moe_cuda_swiglu_bwd_rows(bf16_t *dh13, bf16_t *hw, float *dtopk_w
 					const float *wg, const int32_t *perm, int M, int I, cudaStream_t s,
 					struct moe_error *err)
 {
-	if (I % 8)
-		return moe_error_set(err, MOE_EUNSUPPORTED, "swiglu: width %d is not a multiple of 8", I);
-	if (M <= 0)
-		return 0;
+	int rc = swiglu_shape_ok(I, 1, 2 * I, dh13, hw, du, h13, err);
+	if (rc < 0 || M <= 0)
+		return rc;
 	/* R rows of tpr threads (whole warps, at most 256): at most 256 a block */
 	const int tpr = I / 8 < 256 ? (I / 8 + 31) / 32 * 32 : 256, R = 256 / tpr;
 	moe_launch(swiglu_bwd_rows_kernel, moe_cdiv((size_t)M, R), R * tpr, 0, s, (bf16 *)dh13, (bf16 *)hw, dtopk_w,

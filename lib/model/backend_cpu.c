@@ -212,7 +212,7 @@ static size_t gu_row(int m, int I, int G, int ld_gu)
 static void c_swiglu_gu_fwd(struct moe_backend *be, void *h, const void *gu, int M, int I, int G, int ld_gu)
 {
 	(void)be;
-	if (G == 1 && ld_gu == 2 * I) {
+	if (ld_gu == G * 2 * I) { /* packed */
 		moe_swiglu_gu_fwd(F(h), CF(gu), M, I);
 		return;
 	}
@@ -224,7 +224,7 @@ static void c_swiglu_gu_bwd(struct moe_backend *be, void *dgu, void *h, const vo
 {
 	if (h)
 		c_swiglu_gu_fwd(be, h, gu, M, I, G, ld_gu);
-	if (G == 1 && ld_gu == 2 * I) {
+	if (ld_gu == G * 2 * I) { /* packed */
 		moe_swiglu_gu_bwd(F(dgu), CF(dh), CF(gu), M, I);
 		return;
 	}

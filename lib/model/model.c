@@ -708,13 +708,11 @@ static void block_fwd(struct moe_model *m, int l, struct layer_acts *a, void *x_
 	be->grouped_linear_fwd(be, a->yg, a->h_e, P(lo->expert_down), a->offsets, E, I, D);
 	/* x_out = x_mid + the routed experts' sum (the shared experts add next) */
 	be->combine_fwd(be, x_out, a->xmid, a->yg, a->topk_w, a->inv, N, K, D);
-	if (router_merged(m)) { /* their gate_up came with the logits: S rows a token, lds apart */
-		be->swiglu_gu_fwd(be, a->h_s, act_at(m, a->gu_s, E), N * S, Is, S, lds);
-		be->copy_rows(be, a->wdn_s, S * Is, Is, P(lo->shared_down), Is, (size_t)D * Is, D, Is, S);
-		be->linear_fwd_add(be, x_out, a->h_s, a->wdn_s, N, S * Is, D);
-	} else if (shared_merged(m)) { /* the shared experts side by side */
-		be->linear_fwd(be, a->gu_s, a->ln2, P(lo->shared_gate_up), N, D, S * 2 * Is);
-		be->swiglu_gu_fwd(be, a->h_s, a->gu_s, N * S, Is, 1, 2 * Is);
+	if (shared_merged(m)) { /* the shared experts side by side: S rows a token, lds apart */
+		int o = router_merged(m) ? E : 0; /* merged: their gate_up came with the logits, after them */
+		if (!router_merged(m))
+			be->linear_fwd(be, a->gu_s, a->ln2, P(lo->shared_gate_up), N, D, lds);
+		be->swiglu_gu_fwd(be, a->h_s, act_at(m, a->gu_s, o), N * S, Is, S, lds);
 		be->copy_rows(be, a->wdn_s, S * Is, Is, P(lo->shared_down), Is, (size_t)D * Is, D, Is, S);
 		be->linear_fwd_add(be, x_out, a->h_s, a->wdn_s, N, S * Is, D);
 	} else {
@@ -1041,40 +1039,39 @@ static void block_bwd(struct moe_model *m, int l, struct layer_acts *a, void *x_
 			       c->norm_topk_prob);
 		if (c->router_z_loss_coef != 0.0)
 			be->zloss(be, g->drl, a->rlogits, N, E, (float)(c->router_z_loss_coef * grad_scale), NULL);
-		if (router_merged(m)) {
-			/* the shared experts' dgu beside the router's dlogits (rows of
-			 * lds), then one linear's backward for both; the routed
-			 * experts' input gradient adds last */
-			int lds = gu_s_ld(m);
+		bool rm = router_merged(m);
+		if (!rm) {
+			be->linear_bwd(be, dln2, G(lo->router), g->drl, a->ln2, P(lo->router), N, D, E);
+			be->scatter_add_rows(be, dln2, g->dxg, a->perm, NK, K, D);
+		}
+		if (shared_merged(m)) { /* as the forward ran them: side by side, rows of lds */
+			int lds = gu_s_ld(m), o = rm ? E : 0;
 			be->linear_bwd(be, g->dh, NULL, dx, a->h_s, a->wdn_s, N, S * Is, D);
-			be->swiglu_gu_bwd(be, act_at(m, g->dgu, E), a->h_s, g->dh, act_at(m, a->gu_s, E), N * S, Is, S,
+			be->swiglu_gu_bwd(be, act_at(m, g->dgu, o), a->h_s, g->dh, act_at(m, a->gu_s, o), N * S, Is, S,
 					  lds);
 			be->linear_wgrad_multi(be, G(lo->shared_down), (size_t)D * Is, dx, 0, D, a->h_s, Is, S * Is, S,
 					       N, Is, D);
-			be->copy_rows(be, g->dgu, lds, 0, g->drl, E, 0, N, E, 1);
-			be->linear_bwd(be, dln2, G(lo->router), g->dgu, a->ln2, P(lo->router), N, D, lds);
-			be->scatter_add_rows(be, dln2, g->dxg, a->perm, NK, K, D);
-		} else {
-			be->linear_bwd(be, dln2, G(lo->router), g->drl, a->ln2, P(lo->router), N, D, E);
-			be->scatter_add_rows(be, dln2, g->dxg, a->perm, NK, K, D);
-			if (shared_merged(m)) { /* as the forward ran them: side by side */
-				be->linear_bwd(be, g->dh, NULL, dx, a->h_s, a->wdn_s, N, S * Is, D);
-				be->swiglu_gu_bwd(be, g->dgu, a->h_s, g->dh, a->gu_s, N * S, Is, 1, 2 * Is);
-				be->linear_wgrad_multi(be, G(lo->shared_down), (size_t)D * Is, dx, 0, D, a->h_s, Is,
-						       S * Is, S, N, Is, D);
-				be->linear_bwd_add(be, dln2, G(lo->shared_gate_up), g->dgu, a->ln2,
-						   P(lo->shared_gate_up), N, D, S * 2 * Is);
+			if (rm) {
+				/* the router's dlogits beside the shared experts' dgu: one
+				 * linear's backward for both; the routed experts' input
+				 * gradient adds last */
+				be->copy_rows(be, g->dgu, lds, 0, g->drl, E, 0, N, E, 1);
+				be->linear_bwd(be, dln2, G(lo->router), g->dgu, a->ln2, P(lo->router), N, D, lds);
+				be->scatter_add_rows(be, dln2, g->dxg, a->perm, NK, K, D);
 			} else {
-				for (int s = 0; s < S; s++) {
-					void *gu = act_at(m, a->gu_s, (size_t)s * N * 2 * Is);
-					void *h = act_at(m, a->h_s, (size_t)s * N * Is);
-					size_t ogu = lo->shared_gate_up + (size_t)s * 2 * Is * D;
-					size_t odn = lo->shared_down + (size_t)s * D * Is;
-					be->linear_bwd(be, g->dh, NULL, dx, h, P(odn), N, Is, D);
-					be->swiglu_gu_bwd(be, g->dgu, h, g->dh, gu, N, Is, 1, 2 * Is);
-					be->linear_bwd(be, NULL, G(odn), dx, h, P(odn), N, Is, D);
-					be->linear_bwd_add(be, dln2, G(ogu), g->dgu, a->ln2, P(ogu), N, D, 2 * Is);
-				}
+				be->linear_bwd_add(be, dln2, G(lo->shared_gate_up), g->dgu, a->ln2,
+						   P(lo->shared_gate_up), N, D, lds);
+			}
+		} else {
+			for (int s = 0; s < S; s++) {
+				void *gu = act_at(m, a->gu_s, (size_t)s * N * 2 * Is);
+				void *h = act_at(m, a->h_s, (size_t)s * N * Is);
+				size_t ogu = lo->shared_gate_up + (size_t)s * 2 * Is * D;
+				size_t odn = lo->shared_down + (size_t)s * D * Is;
+				be->linear_bwd(be, g->dh, NULL, dx, h, P(odn), N, Is, D);
+				be->swiglu_gu_bwd(be, g->dgu, h, g->dh, gu, N, Is, 1, 2 * Is);
+				be->linear_bwd(be, NULL, G(odn), dx, h, P(odn), N, Is, D);
+				be->linear_bwd_add(be, dln2, G(ogu), g->dgu, a->ln2, P(ogu), N, D, 2 * Is);
 			}
 		}
 	}

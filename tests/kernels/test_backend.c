@@ -833,15 +833,16 @@ static void switch_pair_free(struct switch_pair *r)
 static bool shared_merge_on(const struct moe_backend *be) { return be->copy_rows != NULL; }
 static bool yg_free_on(const struct moe_backend *be) { return be->expert_combine_down_bwd != NULL; }
 static bool router_merge_on(const struct moe_backend *be) { return be->router_merge_ok; }
+static bool qkv_packed_on(const struct moe_backend *be) { return be->attention_qknorm_fwd != NULL; }
 
 /* The shared experts merged (the default: one gate_up linear over their
  * adjacent weights, one SwiGLU each way, one down linear over their down
  * weights gathered side by side, the down weight gradients as one batched
  * GEMM; since session 12 with the router's linear merged into their gate_up
  * too) against one by one (MOE_CUDA_SHARED_MERGE=0, the router apart), two
- * shared experts, one step from the same weights and tokens.  The merged input gradient of the norm before them
- * adds both experts' shares in fp32 and rounds to bf16 once; one by one it
- * is rounded to bf16 after each, so every gradient upstream of it moves by
+ * shared experts, one step from the same weights and tokens.  The merged
+ * input gradient of the norm before them adds both experts' shares in fp32
+ * and rounds to bf16 once; one by one it is rounded to bf16 after each, so every gradient upstream of it moves by
  * bf16 roundings of that activation gradient (2^-8 relative an element;
  * likewise the forward's sum of the two down projections):
  * losses within 1e-5 relative, every non-routed tensor's gradient cosine
@@ -953,39 +954,24 @@ Test(backend, router_merge_matches, .timeout = 60)
  * largest element, routed experts' cosine >= 0.999. */
 static void qkv_packed_case(struct moe_config cfg, const char *var, const char *val, int T)
 {
-	float *p;
-	struct moe_model *mc = cpu_params_cfg(&cfg, 53, &p);
-	size_t np = moe_model_num_params(mc), nt = 0;
-	const struct moe_param *tab = moe_model_params(mc, &nt);
-	float *g[2] = {malloc(np * 4), malloc(np * 4)};
-	int B = 2, N = B * T, Dh = cfg.hidden_size / cfg.num_attention_heads;
-	int32_t *x = malloc(N * 4), *y = malloc(N * 4);
-	rng_seed(59);
-	random_tokens(x, y, N, &cfg, 11);
-	struct moe_losses l[2];
-	const char *mode = moe_cuda_grouped_wgmma_supported() ? "tma" : "kernel";
+	int Dh = cfg.hidden_size / cfg.num_attention_heads;
 	if (var) /* for both runs */
 		setenv(var, val, 1);
-	for (int packed = 0; packed <= 1; packed++) {
-		struct moe_model *mg = gpu_step_keep(&cfg, p, x, y, B, T, mode, packed ? NULL : "MOE_CUDA_QKV", "batched",
-						     &l[packed], g[packed], false);
-		cr_assert_eq(moe_model_backend(mg)->attention_qknorm_fwd != NULL, packed, "packed %d: the ops", packed);
-		moe_model_free(mg);
-	}
+	struct switch_pair r;
+	switch_pair_run(&r, &cfg, 53, 59, T, "MOE_CUDA_QKV", "batched", qkv_packed_on);
 	if (var)
 		unsetenv(var);
-	cr_expect(fabs(l[1].total - l[0].total) <= 1e-5 * fabs(l[0].total), "Dh %d %s: loss %.8f (packed) vs %.8f",
-		  Dh, var ? var : "", l[1].total, l[0].total);
+	cr_expect(fabs(r.l[1].total - r.l[0].total) <= 1e-5 * fabs(r.l[0].total), "Dh %d %s: loss %.8f (packed) vs %.8f",
+		  Dh, var ? var : "", r.l[1].total, r.l[0].total);
 	char what[96];
 	snprintf(what, sizeof what, "packed vs batched, Dh %d %s", Dh, var ? var : "");
 	double worst, mincos;
-	expect_rounding_close(what, tab, nt, g[1], g[0], &worst, &mincos);
+	expect_rounding_close(what, r.tab, r.nt, r.g[1], r.g[0], &worst, &mincos);
 	fprintf(stderr,
 		"q, k, v packed vs batched, Dh %d%s%s%s: loss %.8f vs %.8f, non-routed gradients: worst difference %.3g "
 		"of the largest, min cosine %.7f\n",
-		Dh, var ? ", " : "", var ? var : "", var ? val : "", l[1].total, l[0].total, worst, mincos);
-	free(p), free(g[0]), free(g[1]), free(x), free(y);
-	moe_model_free(mc);
+		Dh, var ? ", " : "", var ? var : "", var ? val : "", r.l[1].total, r.l[0].total, worst, mincos);
+	switch_pair_free(&r);
 }
 
 Test(backend, qkv_packed_matches_batched, .timeout = 120)
