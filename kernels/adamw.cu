@@ -131,11 +131,9 @@ static __device__ double block_sum256(double a, double *sh)
 /* Block b sums x[b * SQ_BLOCK, ...) (fewer in the last block): the
  * elements before the first 16-byte boundary, then float4s, then the rest,
  * each thread its own in a fixed order (deterministic for given x, n). */
-__global__ void sumsq_partial_kernel(double *part, const float *x, size_t n)
+static __device__ double sumsq_block(const float *x, size_t n, size_t blk, double *sh)
 {
-	MOE_PDL_ENTRY();
-	__shared__ double sh[256];
-	size_t b0 = (size_t)blockIdx.x * SQ_BLOCK, b1 = b0 + SQ_BLOCK < n ? b0 + SQ_BLOCK : n;
+	size_t b0 = blk * SQ_BLOCK, b1 = b0 + SQ_BLOCK < n ? b0 + SQ_BLOCK : n;
 	size_t mis = (uintptr_t)(x + b0) & 15, head = mis ? (16 - mis) / 4 : 0;
 	if (head > b1 - b0)
 		head = b1 - b0;
@@ -154,9 +152,75 @@ __global__ void sumsq_partial_kernel(double *part, const float *x, size_t n)
 		double v = x[i];
 		a += v * v;
 	}
-	a = block_sum256(a, sh);
+	return block_sum256(a, sh);
+}
+
+__global__ void sumsq_partial_kernel(double *part, const float *x, size_t n)
+{
+	MOE_PDL_ENTRY();
+	__shared__ double sh[256];
+	double a = sumsq_block(x, n, blockIdx.x, sh);
 	if (threadIdx.x == 0)
 		part[blockIdx.x] = a;
+}
+
+/* Every region's blocks in one launch: block b belongs to the region r
+ * with blk[r] <= b < blk[r + 1] and writes part[b], the same partial as
+ * sumsq_partial_kernel's for that block of the region. */
+__global__ void sumsq_batch_partial_kernel(double *part, const struct moe_cuda_sq_batch q)
+{
+	MOE_PDL_ENTRY();
+	__shared__ double sh[256];
+	int lo = 0, hi = q.nr - 1; /* the last region starting at or before b */
+	while (lo < hi) {
+		int mid = (lo + hi + 1) / 2;
+		if (q.blk[mid] <= blockIdx.x)
+			lo = mid;
+		else
+			hi = mid - 1;
+	}
+	double a = sumsq_block(q.rx[lo], q.rn[lo], blockIdx.x - q.blk[lo], sh);
+	if (threadIdx.x == 0)
+		part[blockIdx.x] = a;
+}
+
+/* Block k stores sum k: its items' doubles in order (a region's partials
+ * in part, or an array of the epilogues' per-tile sums), each thread
+ * striding over each item as sumsq_segs_kernel does (fixed order). */
+__global__ void sumsq_batch_finish_kernel(const double *part, const struct moe_cuda_sq_batch q)
+{
+	MOE_PDL_ENTRY();
+	__shared__ double sh[256];
+	double a = 0;
+	for (int k = q.first[blockIdx.x]; k < q.first[blockIdx.x + 1]; k++) {
+		const double *p = q.ireg[k] >= 0 ? part + q.blk[q.ireg[k]] : q.ip[k];
+		size_t n = q.ireg[k] >= 0 ? q.blk[q.ireg[k] + 1] - q.blk[q.ireg[k]] : q.in[k];
+		for (size_t i = threadIdx.x; i < n; i += 256)
+			a += p[i];
+	}
+	a = block_sum256(a, sh);
+	if (threadIdx.x == 0)
+		*q.acc[blockIdx.x] = a;
+}
+
+extern "C" unsigned moe_cuda_sumsq_blocks(size_t n)
+{
+	return (unsigned)moe_cdiv(n, SQ_BLOCK);
+}
+
+extern "C" int moe_cuda_sumsq_batch(double *part, const struct moe_cuda_sq_batch *q, cudaStream_t s,
+				    struct moe_error *err)
+{
+	int rc;
+	if (q->nsum <= 0)
+		return 0;
+	if (q->nr > 0 && q->blk[q->nr] > 0) {
+		moe_launch(sumsq_batch_partial_kernel, q->blk[q->nr], 256, 0, s, part, *q);
+		if ((rc = CUDA_LAUNCHED(err)) != 0)
+			return rc;
+	}
+	moe_launch(sumsq_batch_finish_kernel, q->nsum, 256, 0, s, (const double *)part, *q);
+	return CUDA_LAUNCHED(err);
 }
 
 __global__ void sumsq_finish_kernel(double *acc, const double *part, int nb)
@@ -180,8 +244,10 @@ extern "C" int moe_cuda_sumsq(double *acc, void *scratch, const float *x, size_t
 			      struct moe_error *err)
 {
 	int rc;
-	if (n == 0)
-		return CUDA_OK(cudaMemsetAsync(acc, 0, sizeof(double), s), err);
+	if (n == 0) { /* the finishing kernel over no partials stores 0 */
+		moe_launch(sumsq_finish_kernel, 1, 256, 0, s, acc, (const double *)scratch, 0);
+		return CUDA_LAUNCHED(err);
+	}
 	unsigned nb = moe_cdiv(n, SQ_BLOCK);
 	moe_launch(sumsq_partial_kernel, nb, 256, 0, s, (double *)scratch, x, n);
 	if ((rc = CUDA_LAUNCHED(err)) != 0)
@@ -210,7 +276,7 @@ __global__ void sumsq_segs_kernel(double *acc, const struct moe_cuda_ssq_segs sg
 			a += sg.p[k][i];
 	a = block_sum256(a, sh);
 	if (threadIdx.x == 0)
-		*acc += a;
+		*acc = sg.store ? a : *acc + a;
 }
 
 extern "C" int moe_cuda_sumsq_add_segs(double *acc, const struct moe_cuda_ssq_segs *segs, cudaStream_t s,

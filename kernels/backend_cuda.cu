@@ -73,6 +73,7 @@
  * session 6, H100: 2.88 -> 0.81 ms a step, 169.4-169.8 against 171.4-171.5
  * ms; tests/bench/RESULTS-tma.md).
  */
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -89,6 +90,9 @@ extern "C" {
 #define N_PROF 48
 #define N_STALE 64
 #define N_CLEARED 512
+#define N_STAGE 4                /* pinned upload buffers, used in turn */
+#define N_LATER 16               /* read-backs waiting for the next sync */
+#define STAGE_BYTES (1 << 20)    /* uploads of fp32 / int32 up to this go through them */
 
 /* MOE_CUDA_GROUPED=wgmma: grouped_wgmma.cu's Hopper kernels for all three
  * expert GEMMs (no synchronisation); MOE_CUDA_WGRAD=wgmma: its weight
@@ -196,6 +200,21 @@ struct cuda_ctx {
 	/* scalar results delivered at the next sync (xent, zloss, sumsq): call
 	 * k reduces into dres[2k], dres[2k+1]; b_sync reads them back at once */
 	double *dres, *hres;           /* device, pinned host (2 * N_PEND) */
+	/* small uploads (a batch's tokens and targets): copied into a pinned
+	 * buffer and sent without waiting; a buffer is reused once its copy
+	 * has run (its event) */
+	void *stage[N_STAGE];
+	cudaEvent_t stage_ev[N_STAGE];
+	int stage_next;
+	/* read-backs delivered at the next sync (to_host_later): copied into
+	 * the pinned buffer later_buf at their place in the stream */
+	char *later_buf;
+	size_t later_cap, later_used;
+	struct {
+		void *dst;
+		size_t off, bytes;
+	} later[N_LATER];
+	int nlater;
 	struct pending pend[N_PEND];
 	int npend;
 	/* memory accounting */
@@ -214,6 +233,14 @@ struct cuda_ctx {
 	 * on): the gradient regions a grouped_tma.cu weight gradient stored with
 	 * its per-tile sums of squares since they last changed otherwise */
 	int ssq_epi;
+	/* sums of squares queued by o_sumsq (MOE_CUDA_SUMSQ_BATCH, default
+	 * on) and launched together by sq_flush before anything else runs */
+	int sq_batch;
+	struct moe_cuda_sq_batch sq;
+	/* dense weight gradients of more elements than this are stored under
+	 * grad_overwrite, smaller ones added into cleared memory
+	 * (MOE_CUDA_WGRAD_STORE_MIN, default 4M; measurements) */
+	long wgrad_store_min;
 	struct ssq_rec ssq[N_SSQ];
 	int n_ssq;
 	size_t ssq_from_epi, ssq_read; /* floats summed each way (moe_cuda_sumsq_counts) */
@@ -244,8 +271,13 @@ static void prof_flush(struct cuda_ctx *c)
 	c->nev = 0;
 }
 
+static void sq_flush(struct cuda_ctx *c);
+
+/* Every op starts here (PROF): queued sums of squares go first. */
 static int prof_begin(struct cuda_ctx *c, const char *name)
 {
+	if (c->sq.nsum && strcmp(name, "sumsq"))
+		sq_flush(c);
 	if (!c->prof || c->prof_open)
 		return -1;
 	if (c->nev == 4096)
@@ -527,6 +559,7 @@ static uint16_t f_to_bf(float f)
 static void b_to_host(struct moe_backend *be, void *host_dst, const void *src, size_t n, enum moe_buf_kind kind)
 {
 	struct cuda_ctx *c = CTX(be);
+	sq_flush(c);
 	if (c->rc)
 		return;
 	if (kind != MOE_BUF_ACT) {
@@ -547,14 +580,81 @@ static void b_to_host(struct moe_backend *be, void *host_dst, const void *src, s
 	free(tmp);
 }
 
+static void pend_flush(struct cuda_ctx *c);
+
+/* n 4-byte words to host_dst at the next sync: copied now, in the stream's
+ * order, into the pinned buffer (grown after a sync when too small) */
+static void b_to_host_later(struct moe_backend *be, void *host_dst, const void *src, size_t n)
+{
+	struct cuda_ctx *c = CTX(be);
+	size_t bytes = n * 4, off = (c->later_used + 15) & ~(size_t)15;
+	if (c->nlater == N_LATER || off + bytes > c->later_cap) {
+		pend_flush(c); /* the ones waiting first: the buffer is free after */
+		off = 0;
+		if (bytes > c->later_cap) {
+			if (c->later_buf)
+				cudaFreeHost(c->later_buf);
+			size_t cap = bytes > ((size_t)1 << 16) ? bytes : ((size_t)1 << 16);
+			if (cudaHostAlloc((void **)&c->later_buf, cap, cudaHostAllocDefault) != cudaSuccess) {
+				cudaGetLastError();
+				c->later_buf = NULL;
+				c->later_cap = 0;
+				b_to_host(be, host_dst, src, n, MOE_BUF_I32); /* now, then */
+				return;
+			}
+			c->later_cap = cap;
+		}
+	}
+	if (c->rc)
+		return;
+	RUN(c, CUDA_OK(cudaMemcpyAsync(c->later_buf + off, src, bytes, cudaMemcpyDeviceToHost, c->s), &c->err));
+	c->later[c->nlater].dst = host_dst;
+	c->later[c->nlater].off = off;
+	c->later[c->nlater++].bytes = bytes;
+	c->later_used = off + bytes;
+}
+
+/* An upload through the next pinned buffer, not waited for: the host's
+ * bytes are copied there first, so the caller may reuse them at once, and
+ * the device is not left idle while the host waits for the copy (at the
+ * start of a step, behind the last one's optimizer).  false where no
+ * pinned buffer could be had (the caller copies synchronously). */
+static bool upload_staged(struct cuda_ctx *c, void *dst, const void *host_src, size_t bytes)
+{
+	int i = c->stage_next;
+	if (!c->stage[i]) {
+		if (cudaHostAlloc(&c->stage[i], STAGE_BYTES, cudaHostAllocDefault) != cudaSuccess) {
+			c->stage[i] = NULL;
+			cudaGetLastError();
+			return false;
+		}
+		if (cudaEventCreateWithFlags(&c->stage_ev[i], cudaEventDisableTiming) != cudaSuccess) {
+			cudaFreeHost(c->stage[i]);
+			c->stage[i] = NULL;
+			cudaGetLastError();
+			return false;
+		}
+	} else {
+		RUN(c, CUDA_OK(cudaEventSynchronize(c->stage_ev[i]), &c->err));
+	}
+	c->stage_next = (i + 1) % N_STAGE;
+	memcpy(c->stage[i], host_src, bytes);
+	RUN(c, CUDA_OK(cudaMemcpyAsync(dst, c->stage[i], bytes, cudaMemcpyHostToDevice, c->s), &c->err));
+	RUN(c, CUDA_OK(cudaEventRecord(c->stage_ev[i], c->s), &c->err));
+	return true;
+}
+
 static void b_from_host(struct moe_backend *be, void *dst, const void *host_src, size_t n,
 			enum moe_buf_kind kind)
 {
 	struct cuda_ctx *c = CTX(be);
+	sq_flush(c);
 	if (c->rc)
 		return;
 	if (kind != MOE_BUF_ACT) {
 		mark_stale(c, dst, n * 4);
+		if (n * 4 <= STAGE_BYTES && upload_staged(c, dst, host_src, n * 4))
+			return;
 		RUN(c, CUDA_OK(cudaMemcpyAsync(dst, host_src, n * 4, cudaMemcpyHostToDevice, c->s), &c->err));
 		RUN(c, CUDA_OK(cudaStreamSynchronize(c->s), &c->err));
 		return;
@@ -575,12 +675,19 @@ static void b_from_host(struct moe_backend *be, void *dst, const void *host_src,
 /* Deliver the pending scalar results (one read-back for all of them). */
 static void pend_flush(struct cuda_ctx *c)
 {
-	if (!c->npend)
+	sq_flush(c);
+	if (!c->npend && !c->nlater)
 		return;
-	RUN(c, CUDA_OK(cudaMemcpyAsync(c->hres, c->dres, sizeof(double) * 2 * c->npend, cudaMemcpyDeviceToHost,
-				       c->s),
-		       &c->err));
+	if (c->npend)
+		RUN(c, CUDA_OK(cudaMemcpyAsync(c->hres, c->dres, sizeof(double) * 2 * c->npend,
+					       cudaMemcpyDeviceToHost, c->s),
+			       &c->err));
 	RUN(c, CUDA_OK(cudaStreamSynchronize(c->s), &c->err));
+	for (int k = 0; k < c->nlater; k++)
+		if (c->rc == 0)
+			memcpy(c->later[k].dst, c->later_buf + c->later[k].off, c->later[k].bytes);
+	c->nlater = 0;
+	c->later_used = 0;
 	for (int k = 0; k < c->npend; k++) {
 		const struct pending *p = &c->pend[k];
 		if (p->d)
@@ -591,9 +698,10 @@ static void pend_flush(struct cuda_ctx *c)
 	c->npend = 0;
 }
 
-/* A slot pair for one deferred result (zeroed on the stream), or NULL
- * after an error. */
-static double *pend_slot(struct cuda_ctx *c, double *d, int64_t *i, double mul, cudaStream_t st)
+/* A slot pair for one deferred result, or NULL after an error.  Not
+ * cleared: the kernels that reduce into a slot store their result (a
+ * memset in the stream would cost a launch gap on each side of it). */
+static double *pend_slot(struct cuda_ctx *c, double *d, int64_t *i, double mul)
 {
 	if (c->npend == N_PEND)
 		pend_flush(c);
@@ -601,14 +709,17 @@ static double *pend_slot(struct cuda_ctx *c, double *d, int64_t *i, double mul, 
 		return NULL;
 	double *acc = c->dres + 2 * c->npend;
 	c->pend[c->npend++] = (struct pending){d, i, mul};
-	RUN(c, CUDA_OK(cudaMemsetAsync(acc, 0, 2 * sizeof(double), st), &c->err));
 	return acc;
 }
 
 static int b_sync(struct moe_backend *be, struct moe_error *err)
 {
 	struct cuda_ctx *c = CTX(be);
-	RUN(c, CUDA_OK(cudaStreamSynchronize(c->s), &c->err));
+	sq_flush(c);
+	if ((c->npend || c->nlater) && c->rc == 0)
+		pend_flush(c); /* its read-back's synchronisation is the one */
+	else
+		RUN(c, CUDA_OK(cudaStreamSynchronize(c->s), &c->err));
 	pend_flush(c);
 	if (c->rc && err)
 		*err = c->err;
@@ -640,6 +751,13 @@ static void b_destroy(struct moe_backend *be)
 			cudaFree(c->dres);
 		if (c->hres)
 			cudaFreeHost(c->hres);
+		if (c->later_buf)
+			cudaFreeHost(c->later_buf);
+		for (int i = 0; i < N_STAGE; i++)
+			if (c->stage[i]) {
+				cudaFreeHost(c->stage[i]);
+				cudaEventDestroy(c->stage_ev[i]);
+			}
 		moe_cuda_blas_free(c->blas);
 		free(c->al);
 		if (c->prof)
@@ -863,7 +981,7 @@ static float wgrad_beta(struct moe_backend *be, float *dw, size_t ne, int nb, si
 {
 	if (!be->grad_overwrite)
 		return 1.f;
-	if (N > 0 && ne > ((size_t)4 << 20))
+	if (N > 0 && ne > (size_t)CTX(be)->wgrad_store_min)
 		return 0.f;
 	if (!grad_needs_clear(CTX(be), dw, (size_t)(nb - 1) * stride + ne))
 		return 1.f;
@@ -1688,7 +1806,7 @@ static void o_xent(struct moe_backend *be, void *dlogits, const void *logits, co
 	RUN(c, moe_cuda_xent((bf16_t *)dlogits, rows, (const bf16_t *)logits, targets, N, V, ignore_id, scale, c->s,
 			     &c->err));
 	if (loss_sum) {
-		double *acc = pend_slot(c, loss_sum, NULL, 1.0, c->s);
+		double *acc = pend_slot(c, loss_sum, NULL, 1.0);
 		if (acc)
 			RUN(c, moe_cuda_sum_loss(acc, rows, targets, N, ignore_id, c->s, &c->err));
 	}
@@ -1718,7 +1836,7 @@ static void o_zloss(struct moe_backend *be, void *dlogits, const void *logits, i
 	PROF(c, "zloss");
 	RUN(c, moe_cuda_zloss((bf16_t *)dlogits, rows, (const bf16_t *)logits, N, E, scale, c->s, &c->err));
 	if (loss) {
-		double *acc = pend_slot(c, loss, NULL, N > 0 ? 1.0 / N : 0.0, c->s);
+		double *acc = pend_slot(c, loss, NULL, N > 0 ? 1.0 / N : 0.0);
 		if (acc)
 			RUN(c, moe_cuda_sum_loss(acc, rows, NULL, N, 0, c->s, &c->err));
 	}
@@ -1744,12 +1862,86 @@ static void o_aux_dprobs(struct moe_backend *be, float *dprobs, const float *g_h
 	PROF_END(c);
 }
 
+/* The epilogue records inside [x, x + n), valid, in address order (their
+ * indices into use); their number. */
+static int ssq_inside(struct cuda_ctx *c, const float *x, size_t n, int *use)
+{
+	int nu = 0;
+	for (int i = 0; i < c->n_ssq; i++) {
+		const struct ssq_rec *r = &c->ssq[i];
+		if (!r->valid || r->p < x || r->p + r->n > x + n)
+			continue;
+		int j = nu++;
+		for (; j > 0 && c->ssq[use[j - 1]].p > r->p; j--)
+			use[j] = use[j - 1];
+		use[j] = i;
+	}
+	return nu;
+}
+
+/* o_sumsq queued (MOE_CUDA_SUMSQ_BATCH): the sum's items in address
+ * order, the gaps between the epilogue records as regions to read and
+ * the records' per-tile sums as they are; sq_flush launches every queued
+ * sum in two kernels (the optimizer queues a sum per span, then
+ * synchronises: one pair of launches for all of them). */
+static void sq_queue(struct cuda_ctx *c, const float *x, size_t n, double *out)
+{
+	struct moe_cuda_sq_batch *q = &c->sq;
+	int use[N_SSQ];
+	int nu = ssq_inside(c, x, n, use);
+	if (q->nsum == MOE_CUDA_SQ_SUMS || q->nr + nu + 1 > MOE_CUDA_SQ_REGIONS ||
+	    q->nitems + 2 * nu + 1 > MOE_CUDA_SQ_ITEMS)
+		sq_flush(c);
+	double *acc = pend_slot(c, out, NULL, 1.0);
+	if (!acc)
+		return;
+	int k = q->nsum++;
+	q->acc[k] = acc;
+	q->first[k] = q->nitems;
+	const float *at = x;
+	for (int j = 0; j <= nu; j++) {
+		const float *end = j < nu ? c->ssq[use[j]].p : x + n;
+		if (end > at) { /* a gap to read (an empty span has no item: its sum is 0) */
+			q->rx[q->nr] = at;
+			q->rn[q->nr] = (size_t)(end - at);
+			q->blk[q->nr + 1] = q->blk[q->nr] + moe_cuda_sumsq_blocks((size_t)(end - at));
+			q->ireg[q->nitems++] = q->nr++;
+			c->ssq_read += (size_t)(end - at);
+		}
+		if (j < nu) {
+			const struct ssq_rec *r = &c->ssq[use[j]];
+			q->ireg[q->nitems] = -1;
+			q->ip[q->nitems] = r->part;
+			q->in[q->nitems++] = r->nparts;
+			at = r->p + r->n;
+			c->ssq_from_epi += r->n;
+		}
+	}
+	q->first[k + 1] = q->nitems;
+}
+
+static void sq_flush(struct cuda_ctx *c)
+{
+	struct moe_cuda_sq_batch *q = &c->sq;
+	if (!q->nsum)
+		return;
+	PROF(c, "sumsq");
+	unsigned nb = q->blk[q->nr];
+	double *part = nb ? (double *)scratch(c, S_SUMSQ, (size_t)nb * sizeof(double)) : NULL;
+	if (!nb || part)
+		RUN(c, moe_cuda_sumsq_batch(part, q, c->s, &c->err));
+	PROF_END(c);
+	q->nsum = q->nr = q->nitems = 0;
+	q->blk[0] = 0;
+}
+
 /* One more segment of o_sumsq's sum (the segments go out 16 at a time). */
 static void ssq_seg(struct cuda_ctx *c, double *acc, struct moe_cuda_ssq_segs *sg, const double *p, size_t n)
 {
 	if (sg->count == MOE_CUDA_SSQ_SEGS) {
 		RUN(c, moe_cuda_sumsq_add_segs(acc, sg, c->s, &c->err));
 		sg->count = 0;
+		sg->store = 0; /* the next batches add */
 	}
 	sg->p[sg->count] = p;
 	sg->n[sg->count++] = n;
@@ -1763,20 +1955,16 @@ static void ssq_seg(struct cuda_ctx *c, double *acc, struct moe_cuda_ssq_segs *s
 static void o_sumsq(struct moe_backend *be, const float *x, size_t n, double *out)
 {
 	struct cuda_ctx *c = CTX(be);
-	int use[N_SSQ], nu = 0;
-	for (int i = 0; i < c->n_ssq; i++) { /* valid and inside, by address */
-		const struct ssq_rec *r = &c->ssq[i];
-		if (!r->valid || r->p < x || r->p + r->n > x + n)
-			continue;
-		int j = nu++;
-		for (; j > 0 && c->ssq[use[j - 1]].p > r->p; j--)
-			use[j] = use[j - 1];
-		use[j] = i;
+	if (c->sq_batch) {
+		sq_queue(c, x, n, out);
+		return;
 	}
+	int use[N_SSQ];
+	int nu = ssq_inside(c, x, n, use);
 	if (nu == 0) {
 		void *sc = scratch(c, S_SUMSQ, moe_cuda_sumsq_scratch(n));
 		PROF(c, "sumsq");
-		double *acc = pend_slot(c, out, NULL, 1.0, c->s);
+		double *acc = pend_slot(c, out, NULL, 1.0);
 		if (acc)
 			RUN(c, moe_cuda_sumsq(acc, sc, x, n, c->s, &c->err));
 		PROF_END(c);
@@ -1794,9 +1982,10 @@ static void o_sumsq(struct moe_backend *be, const float *x, size_t n, double *ou
 	}
 	double *sc = need ? (double *)scratch(c, S_SUMSQ, need * sizeof(double)) : NULL;
 	PROF(c, "sumsq");
-	double *acc = pend_slot(c, out, NULL, 1.0, c->s);
+	double *acc = pend_slot(c, out, NULL, 1.0);
 	struct moe_cuda_ssq_segs sg;
 	sg.count = 0;
+	sg.store = 1; /* the slot is not cleared: the first batch stores */
 	at = x;
 	for (int k = 0; acc && (sc || !need) && k <= nu; k++) {
 		const float *end = k < nu ? c->ssq[use[k]].p : x + n;
@@ -1952,6 +2141,12 @@ extern "C" struct moe_backend *moe_backend_cuda(struct moe_error *err)
 		}
 		c->tma_fuse = (int)tf;
 		c->ssq_epi = !env_is("MOE_CUDA_SUMSQ_EPI", "0");
+		c->sq_batch = !env_is("MOE_CUDA_SUMSQ_BATCH", "0");
+		if (!env_long("MOE_CUDA_WGRAD_STORE_MIN", (long)4 << 20, 0, LONG_MAX, &c->wgrad_store_min)) {
+			moe_error_set(err, MOE_EINVAL, "MOE_CUDA_WGRAD_STORE_MIN='%s': expected a number of elements",
+				      getenv("MOE_CUDA_WGRAD_STORE_MIN"));
+			goto fail;
+		}
 		static const char *const qkv_names[] = {"packed", "batched", "split"}, *const yg_names[] = {"free", "keep"};
 		int qkv, yg;
 		if (!env_choice("MOE_CUDA_QKV", qkv_names, 3, &qkv)) {
@@ -1981,6 +2176,7 @@ extern "C" struct moe_backend *moe_backend_cuda(struct moe_error *err)
 	be->free = b_free;
 	be->zero = b_zero;
 	be->copy = b_copy;
+	be->to_host_later = b_to_host_later;
 	be->to_host = b_to_host;
 	be->from_host = b_from_host;
 	be->sync = b_sync;

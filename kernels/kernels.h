@@ -275,8 +275,8 @@ int moe_cuda_combine_bwd(bf16_t *dyg, float *dw, const bf16_t *dout, const bf16_
 			 struct moe_error *err);
 
 /* xent.cu: per-row loss (0 for ignored rows) and dlogits = scale * (softmax -
- * onehot) (may be NULL; may equal logits); acc[0] += sum of loss, acc[1] +=
- * number of valid rows (one block, fixed order). */
+ * onehot) (may be NULL; may equal logits); moe_cuda_sum_loss stores acc[0] =
+ * sum of loss, acc[1] = number of valid rows (one block, fixed order). */
 int moe_cuda_xent(bf16_t *dlogits, float *loss /* (N) */, const bf16_t *logits /* (N, V) */,
 		  const int32_t *targets, int N, int V, int ignore_id, float scale, cudaStream_t s,
 		  struct moe_error *err);
@@ -297,16 +297,44 @@ int moe_cuda_sumsq(double *acc, void *scratch, const float *x, size_t n, cudaStr
  * partial sums (moe_cuda_sumsq_scratch(n) / 8 doubles, n > 0, in a fixed
  * order) to part; moe_cuda_sumsq_add_segs adds the sum of the segments'
  * doubles (partials, or grouped_tma.cu's per-tile sums of squares) to *acc
- * in one fixed order (one block). */
+ * in one fixed order (one block), or stores it there with store set (the
+ * first batch of a sum: no clearing of *acc before). */
 #define MOE_CUDA_SSQ_SEGS 16
 struct moe_cuda_ssq_segs {
 	const double *p[MOE_CUDA_SSQ_SEGS];
 	size_t n[MOE_CUDA_SSQ_SEGS];
-	int count;
+	int count, store;
 };
 int moe_cuda_sumsq_partials(double *part, const float *x, size_t n, cudaStream_t s, struct moe_error *err);
 int moe_cuda_sumsq_add_segs(double *acc, const struct moe_cuda_ssq_segs *segs, cudaStream_t s,
 			    struct moe_error *err);
+/* Several such sums in two launches (the clip norms of every span of a
+ * step at once; each launch of the one-by-one path costs a few
+ * microseconds the GPU mostly sits idle in): regions r < nr of fp32
+ * elements rx[r][0, rn[r]) whose squares are summed in blocks (blk[r]
+ * the first of region r's moe_cuda_sumsq_blocks(rn[r]) partials, blk[nr]
+ * their total, written to part), then sum k < nsum stored to acc[k]: the
+ * items first[k] .. first[k + 1] - 1 in order, item i region ireg[i]'s
+ * partials or, where ireg[i] < 0, the doubles ip[i][0, in[i]).  A sum
+ * whose items are one region's partials has the bits of moe_cuda_sumsq;
+ * one of up to 16 items those of moe_cuda_sumsq_add_segs storing. */
+#define MOE_CUDA_SQ_REGIONS 128
+#define MOE_CUDA_SQ_ITEMS 384
+#define MOE_CUDA_SQ_SUMS 64
+struct moe_cuda_sq_batch {
+	const float *rx[MOE_CUDA_SQ_REGIONS];
+	size_t rn[MOE_CUDA_SQ_REGIONS];
+	unsigned blk[MOE_CUDA_SQ_REGIONS + 1];
+	const double *ip[MOE_CUDA_SQ_ITEMS];
+	size_t in[MOE_CUDA_SQ_ITEMS];
+	int ireg[MOE_CUDA_SQ_ITEMS];
+	double *acc[MOE_CUDA_SQ_SUMS];
+	int first[MOE_CUDA_SQ_SUMS + 1];
+	int nr, nitems, nsum;
+};
+unsigned moe_cuda_sumsq_blocks(size_t n);
+int moe_cuda_sumsq_batch(double *part, const struct moe_cuda_sq_batch *q, cudaStream_t s,
+			 struct moe_error *err);
 int moe_cuda_to_bf16(bf16_t *dst, const float *src, size_t n, cudaStream_t s, struct moe_error *err);
 int moe_cuda_to_f32(float *dst, const bf16_t *src, size_t n, cudaStream_t s, struct moe_error *err);
 /* y += a x (fp32); x *= a (bf16) */

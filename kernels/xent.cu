@@ -181,8 +181,10 @@ static int xent_smem_limit(void)
 	return lim = major >= 9 ? optin - 1024 : 0;
 }
 
-/* acc[0] += sum of loss[0..n), acc[1] += number of rows with a valid target
- * (all rows when targets is NULL); doubles, one block, fixed order. */
+/* acc[0] = sum of loss[0..n), acc[1] = number of rows with a valid target
+ * (all rows when targets is NULL); doubles, one block, fixed order.  The
+ * kernel stores both, so the slot needs no clearing before (a memset in
+ * the stream costs a launch gap on each side). */
 __global__ void sum_rows_kernel(double *acc, const float *loss, const int32_t *targets, int n,
 				int ignore_id)
 {
@@ -204,8 +206,8 @@ __global__ void sum_rows_kernel(double *acc, const float *loss, const int32_t *t
 		__syncthreads();
 	}
 	if (threadIdx.x == 0) {
-		acc[0] += sh[0];
-		acc[1] += shc[0];
+		acc[0] = sh[0];
+		acc[1] = shc[0];
 	}
 }
 
@@ -241,8 +243,8 @@ extern "C" int moe_cuda_xent(bf16_t *dlogits, float *loss, const bf16_t *logits,
 extern "C" int moe_cuda_sum_loss(double *acc, const float *loss, const int32_t *targets, int N,
 				 int ignore_id, cudaStream_t s, struct moe_error *err)
 {
-	if (N <= 0)
-		return 0;
+	if (N < 0)
+		N = 0; /* still stores the zero sums */
 	moe_launch(sum_rows_kernel, 1, 256, 0, s, acc, loss, targets, N, ignore_id);
 	return CUDA_LAUNCHED(err);
 }

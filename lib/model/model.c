@@ -174,7 +174,8 @@ struct moe_model *moe_model_new(const struct moe_config *cfg, struct moe_backend
 	m->psum = calloc((size_t)(m->Lm > 0 ? m->Lm : 1) * cfg->num_experts, sizeof(float));
 	m->cntv = calloc((size_t)(m->Lm > 0 ? m->Lm : 1) * cfg->num_experts, sizeof(int32_t));
 	m->zl = calloc((size_t)(m->Lm > 0 ? m->Lm : 1), sizeof(double));
-	if (!m->counts || !m->psum || !m->cntv || !m->zl) {
+	m->st_host = calloc(3 * (size_t)(m->Lm > 0 ? m->Lm : 1) * cfg->num_experts, sizeof(int32_t));
+	if (!m->counts || !m->psum || !m->cntv || !m->zl || !m->st_host) {
 		moe_error_set(err, MOE_ENOMEM, "out of memory");
 		moe_model_free(m);
 		return NULL;
@@ -220,6 +221,7 @@ void moe_model_free(struct moe_model *m)
 	free(m->psum);
 	free(m->zl);
 	free(m->cntv);
+	free(m->st_host);
 	free(m);
 }
 
@@ -323,7 +325,14 @@ void moe_model_grads_ready(struct moe_model *m)
 {
 	if (!m->grad_fresh)
 		return;
-	m->be->zero(m->be, m->be->grad(m->be, 0), m->n_floats, MOE_BUF_F32);
+	if (m->head_in_grad && m->fwd_valid) { /* all but the head's, which that forward stored */
+		size_t hi = m->off_head + (size_t)m->cfg.vocab_size * m->cfg.hidden_size;
+		m->be->zero(m->be, m->be->grad(m->be, 0), m->off_head, MOE_BUF_F32);
+		m->be->zero(m->be, m->be->grad(m->be, hi), m->n_floats - hi, MOE_BUF_F32);
+	} else {
+		m->be->zero(m->be, m->be->grad(m->be, 0), m->n_floats, MOE_BUF_F32);
+		m->head_in_grad = false;
+	}
 	m->grad_fresh = false;
 }
 
@@ -525,11 +534,12 @@ static int acts_ensure(struct moe_model *m, int N, bool train, struct moe_error 
 	void *sh_yg = m->yg_free ? A(m, NK * D, MOE_BUF_ACT) : NULL;
 	void *sh_he = any_moe ? A(m, NK * I, MOE_BUF_ACT) : NULL;
 	void *sh_hs = any_moe && S > 0 ? A(m, (size_t)S * N * Is, MOE_BUF_ACT) : NULL;
-	/* the two counts side by side: one read-back for both */
+	/* the two counts and the probability sums side by side (4-byte
+	 * words): one read-back for the three */
 	size_t nst = (size_t)m->Lm * E;
-	m->st_psum = any_moe ? A(m, nst, MOE_BUF_F32) : NULL;
-	m->st_cntv = any_moe ? A(m, 2 * nst, MOE_BUF_I32) : NULL;
+	m->st_cntv = any_moe ? A(m, 3 * nst, MOE_BUF_I32) : NULL;
 	m->st_cnt = m->st_cntv ? m->st_cntv + nst : NULL;
+	m->st_psum = m->st_cntv ? (float *)(m->st_cntv + 2 * nst) : NULL;
 	for (int s = 0; s < sets; s++) {
 		struct layer_acts *a = &m->la[s];
 		/* ln1 and ln2 are kept per layer in training (1.8 GiB for seed-base
@@ -786,20 +796,26 @@ static void capture_readback(struct moe_model *m, struct layer_acts *a, int lm, 
 
 /* Every MoE layer's routing statistics to the host: two transfers (the
  * probability sums; the valid counts and the counts side by side). */
-static int stats_readback(struct moe_model *m)
+/* The routing statistics of the forward (cntv, counts, psum) into the
+ * host's arrays: read back here, or, with to_host_later, delivered by the
+ * sync that ended the forward (stats_request before it). */
+static void stats_request(struct moe_model *m)
+{
+	if (m->be->to_host_later)
+		m->be->to_host_later(m->be, m->st_host, m->st_cntv, 3 * (size_t)m->Lm * m->cfg.num_experts);
+}
+
+static void stats_readback(struct moe_model *m)
 {
 	struct moe_backend *be = m->be;
 	size_t n = (size_t)m->Lm * m->cfg.num_experts;
-	int32_t *cn = malloc(2 * n * sizeof(int32_t));
-	if (!cn)
-		return MOE_ENOMEM;
-	be->to_host(be, m->psum, m->st_psum, n, MOE_BUF_F32);
-	be->to_host(be, cn, m->st_cntv, 2 * n, MOE_BUF_I32);
+	const int32_t *cn = m->st_host;
+	if (!be->to_host_later)
+		be->to_host(be, m->st_host, m->st_cntv, 3 * n, MOE_BUF_I32);
 	memcpy(m->cntv, cn, n * sizeof(int32_t));
 	for (size_t i = 0; i < n; i++)
 		m->counts[i] = cn[n + i];
-	free(cn);
-	return 0;
+	memcpy(m->psum, cn + 2 * n, n * sizeof(float));
 }
 
 /* Per-row next-token statistics of rows [r0, r0 + n) from the current
@@ -842,6 +858,7 @@ int moe_model_forward(struct moe_model *m, const int32_t *tokens, const int32_t 
 	if (!opts)
 		opts = &none;
 	m->fwd_valid = false;
+	m->head_in_grad = false;
 	if (B < 1 || T < 1 || (int64_t)B * T * (c->num_experts_per_tok > 1 ? c->num_experts_per_tok : 1) > INT32_MAX)
 		return moe_error_set(err, MOE_EINVAL, "forward: bad batch shape %d x %d", B, T);
 	int N = B * T, D = c->hidden_size, V = c->vocab_size, E = c->num_experts;
@@ -918,9 +935,15 @@ int moe_model_forward(struct moe_model *m, const int32_t *tokens, const int32_t 
 		 * with targets also runs the head's backward here, while the
 		 * chunk's logits exist: dlogits (for a unit loss scale) in place,
 		 * d(lnf) into g->d1 and the head's weight gradient into g->hgrad;
-		 * moe_model_backward scales both by its grad_scale. */
+		 * moe_model_backward scales both by its grad_scale.  When the
+		 * next backward stores the gradients anew (grad_fresh), the
+		 * head's goes straight into its slot instead, the first chunk's
+		 * stored (under grad_overwrite), the others added: no clearing
+		 * of hgrad, no copy of it in the backward. */
 		bool fused = opts->train && targets;
-		if (fused)
+		m->head_in_grad = fused && m->grad_fresh;
+		float *hg = m->head_in_grad ? be->grad(be, m->off_head) : g->hgrad;
+		if (fused && !m->head_in_grad)
 			be->zero(be, g->hgrad, (size_t)V * D, MOE_BUF_F32);
 		float hscale = targets_valid > 0 ? 1.0f / (float)targets_valid : 0.0f;
 		for (int r0 = 0, ci = 0; r0 < N; r0 += m->lc, ci++) {
@@ -945,21 +968,25 @@ int moe_model_forward(struct moe_model *m, const int32_t *tokens, const int32_t 
 				const void *lnf = act_at(m, g->lnf, (size_t)r0 * D);
 				be->xent(be, g->logits, g->logits, g->tgt + r0, n, V, c->pad_token_id, hscale,
 					 &m->ce_part[ci]);
-				be->linear_bwd(be, act_at(m, g->d1, (size_t)r0 * D), g->hgrad, g->logits, lnf,
+				be->grad_overwrite = m->head_in_grad && r0 == 0;
+				be->linear_bwd(be, act_at(m, g->d1, (size_t)r0 * D), hg, g->logits, lnf,
 					       be->param(be, m->off_head), n, D, V);
+				be->grad_overwrite = false;
 			} else if (targets) {
 				be->xent(be, NULL, g->logits, g->tgt + r0, n, V, c->pad_token_id, 0.0f,
 					 &m->ce_part[ci]);
 			}
 		}
 	}
-	if ((rc = be->sync(be, err)) < 0)
-		return rc;
 	/* the routing statistics read back after the LM head, not before it:
 	 * nothing on the host needs them earlier, and a read-back there would
 	 * stall the device between the last layer and the head */
-	if (m->Lm > 0 && (rc = stats_readback(m)) != 0)
-		return moe_error_set(err, rc, "out of memory");
+	if (m->Lm > 0)
+		stats_request(m);
+	if ((rc = be->sync(be, err)) < 0)
+		return rc;
+	if (m->Lm > 0)
+		stats_readback(m);
 	/* the deferred results are in place after the sync */
 	double ce_sum = 0.0, zsum = 0.0;
 	int64_t nv = targets ? targets_valid : 0; /* the rows xent counts */
@@ -1162,9 +1189,14 @@ int moe_model_backward(struct moe_model *m, float grad_scale, struct moe_error *
 				be->zero(be, be->grad(be, m->params[i].offset), m->params[i].numel, MOE_BUF_F32);
 	}
 	/* the forward ran the LM head's backward for a unit scale: d(lnf) is in
-	 * g->d1, the head's weight gradient in g->hgrad (copied when it is the
-	 * whole gradient, else added, scaled) */
-	if (be->grad_overwrite && grad_scale == 1.0f) {
+	 * g->d1, the head's weight gradient in its slot (head_in_grad: scaled
+	 * there) or in g->hgrad (copied when it is the whole gradient, else
+	 * added, scaled) */
+	if (m->head_in_grad) {
+		float *hg = be->grad(be, m->off_head);
+		if (grad_scale != 1.0f) /* hg += (s - 1) hg */
+			be->axpy(be, hg, hg, (size_t)V * D, grad_scale - 1.0f);
+	} else if (be->grad_overwrite && grad_scale == 1.0f) {
 		be->copy(be, be->grad(be, m->off_head), g->hgrad, (size_t)V * D, MOE_BUF_F32);
 	} else {
 		if (be->grad_overwrite)

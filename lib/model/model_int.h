@@ -90,9 +90,12 @@ struct moe_model {
 	int B, T;
 	bool fwd_valid;
 	bool grad_fresh; /* gradients are zero by contract, not in memory (grad_overwrite_ok) */
+	bool head_in_grad; /* the last training forward stored the LM head's weight gradient in its
+			      slot of the gradients (grad_fresh), not in g.hgrad */
 	int64_t n_valid, n_rows_valid;
 	double ce, aux, z, aux_coef;
 	int64_t *counts; /* (Lm, E) host */
+	int32_t *st_host; /* (3 Lm E) host: the statistics as read back (st_cntv's layout) */
 	float *psum;     /* (Lm, E) host */
 	int32_t *cntv;   /* (Lm, E) host */
 	/* the same statistics in backend memory, (Lm, E) each, whatever the

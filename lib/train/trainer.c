@@ -842,7 +842,12 @@ int moe_trainer_step(struct moe_trainer *t, struct moe_step_stats *st, struct mo
 		if (rc)
 			return rc;
 	}
-	rc = moe_model_backend(t->model)->sync(moe_model_backend(t->model), err);
+	/* no synchronisation here: the optimizer's kernels run while the host
+	 * logs this step and loads the next batch (the next forward's read-back
+	 * waits for them); an error so far is reported now, a later one at
+	 * that read-back */
+	struct moe_backend *be = moe_model_backend(t->model);
+	rc = be->status ? be->status(be, err) : be->sync(be, err);
 	if (rc)
 		return rc;
 	t->step++;

@@ -7,10 +7,12 @@
  * synchronisation).  Prints one JSON line in the shape of
  * shared/bench/torch_ref.py's (tokens/s and step ms from the wall time of
  * the timed steps, device idle to device idle; the median of the per-step
- * times; model TFLOP/s counted as torch_ref counts them, MFU, peak GiB),
+ * times, as the host sees them without a synchronisation at a step's end:
+ * the forward's read-back waits for the last step's optimizer; model
+ * TFLOP/s counted as torch_ref counts them, MFU, peak GiB),
  * then, with -p, the per-op time breakdown of one profiled step.
  *
- *   bench_cuda [-m PRESET.json] [-B 16] [-T 2048] [-n STEPS] [-w WARMUP] [-p] [-R] [-c CLIP] [-L ROWS] [-Z] [-G]
+ *   bench_cuda [-m PRESET.json] [-B 16] [-T 2048] [-n STEPS] [-w WARMUP] [-p] [-R] [-c CLIP] [-L ROWS] [-Z] [-G] [-S]
  * -R: full activation recompute (moe-train --recompute full); -c: the
  * clip norm of both groups (default 1.0 as torch_ref; a small one makes
  * every step clip); -L: rows of logits a chunk of the LM head and loss
@@ -18,7 +20,9 @@
  * Zipf frequencies (p(rank k) ~ 1/k, as words in text: the most frequent
  * id about 9% of a batch) instead of uniformly, for the ops whose cost
  * depends on repeated ids (the deterministic embedding backward); -G: the
- * dense GEMMs' cuBLASLt plans at the end (moe_cuda_gemm_report).
+ * dense GEMMs' cuBLASLt plans at the end (moe_cuda_gemm_report); -S: a
+ * synchronisation at each step's end (the loop before session 13, for
+ * comparisons).
  */
 #include <cuda_runtime_api.h>
 #include <getopt.h>
@@ -55,10 +59,10 @@ static int cmp_d(const void *a, const void *b)
 int main(int argc, char **argv)
 {
 	const char *model = "share/models/seed-base.json";
-	int B = 16, T = 2048, steps = 8, warm = 3, prof = 0, full = 0, lc = 0, zipf = 0, plans = 0, c;
+	int B = 16, T = 2048, steps = 8, warm = 3, prof = 0, full = 0, lc = 0, zipf = 0, plans = 0, endsync = 0, c;
 	double clip = 1.0;
 	struct moe_error err = {0};
-	while ((c = getopt(argc, argv, "m:B:T:n:w:pRc:L:ZG")) != -1) {
+	while ((c = getopt(argc, argv, "m:B:T:n:w:pRc:L:ZGS")) != -1) {
 		switch (c) {
 		case 'm': model = optarg; break;
 		case 'B': B = atoi(optarg); break;
@@ -71,6 +75,7 @@ int main(int argc, char **argv)
 		case 'L': lc = atoi(optarg); break;
 		case 'Z': zipf = 1; break;
 		case 'G': plans = 1; break;
+		case 'S': endsync = 1; break;
 		default:
 			fprintf(stderr, "usage: bench_cuda [-m MODEL] [-B N] [-T N] [-n STEPS] [-w WARMUP] [-p] [-R] [-c CLIP] "
 					"[-L ROWS] [-Z] [-G]\n");
@@ -144,7 +149,7 @@ int main(int argc, char **argv)
 			cudaDeviceSynchronize();
 			*(s == warm ? &tw0 : &tw1) = moe_now();
 		}
-		if (be->sync(be, &err) < 0)
+		if (be->status(be, &err) < 0)
 			break;
 		double t0 = moe_now();
 		moe_model_zero_grad(m);
@@ -153,7 +158,11 @@ int main(int argc, char **argv)
 		struct moe_clip_stats cs;
 		moe_optim_clip(&opt, &cs);
 		moe_optim_step(&opt, 7.5e-4);
-		if (be->sync(be, &err) < 0)
+		/* no synchronisation, as moe-train: AdamW runs while the host
+		 * starts the next step (its forward's read-back waits for it) */
+		if ((prof && s == total - 1) || endsync) /* the profiled step's wall time: to its end */
+			cudaDeviceSynchronize();
+		if (be->status(be, &err) < 0)
 			break;
 		ms[s] = (moe_now() - t0) * 1e3;
 		fprintf(stderr, "step %d: %.1f ms loss %.4f (ce %.4f aux %.4f) clip factors %.3g %.3g\n", s, ms[s],
@@ -169,8 +178,9 @@ int main(int argc, char **argv)
 	}
 	/* step_ms: wall time of the timed steps over their number, from an idle
 	 * device to an idle device (including the host's work between steps);
-	 * median_ms: the median of the per-step times between the host's
-	 * synchronisations */
+	 * median_ms: the median of the host's per-step times (from a step's
+	 * start to its optimizer's launches; each includes the wait for the
+	 * last step's optimizer at the forward's read-back) */
 	double wall = (tw1 - tw0) * 1e3 / steps;
 	qsort(ms + warm, steps, sizeof(double), cmp_d);
 	double med = ms[warm + steps / 2];

@@ -641,6 +641,71 @@ Test(backend, grads_by_overwrite, .timeout = 120)
 	moe_model_free(mc);
 }
 
+/* The small transfers that do not wait: uploads through the pinned
+ * buffers (more of them than there are buffers, each source overwritten
+ * right after its call, so a copy that read the caller's memory late
+ * would show it), and read-backs delivered at the next sync
+ * (to_host_later): the destination untouched before it, the values of
+ * the buffer at the request's place in the stream after it (the buffer is
+ * overwritten by a later upload in the same stream). */
+Test(backend, transfers_without_waiting, .timeout = 60)
+{
+	NEED_GPU();
+	struct moe_error err = {0};
+	struct moe_backend *be = moe_backend_cuda(&err);
+	cr_assert_not_null(be, "%s", err.msg);
+	cr_assert_not_null(be->to_host_later);
+	enum { NB = 7, N = 1000 };
+	int32_t *d[NB], host[N], back[NB][N], later[NB][N];
+	for (int b = 0; b < NB; b++)
+		d[b] = be->alloc(be, N, MOE_BUF_I32);
+	for (int b = 0; b < NB; b++) {
+		for (int i = 0; i < N; i++)
+			host[i] = b * 100000 + i;
+		be->from_host(be, d[b], host, N, MOE_BUF_I32);
+		memset(host, 0xee, sizeof host); /* the call has taken its own copy */
+	}
+	for (int b = 0; b < NB; b++) {
+		memset(later[b], 0x5a, sizeof later[b]);
+		be->to_host_later(be, later[b], d[b], N);
+		for (int i = 0; i < N; i++)
+			host[i] = -1;
+		be->from_host(be, d[b], host, N, MOE_BUF_I32); /* after the read-back, in the stream */
+	}
+	for (int b = 0; b < NB; b++)
+		for (int i = 0; i < N; i++)
+			cr_assert_eq(later[b][i], 0x5a5a5a5a, "buffer %d word %d delivered before the sync", b, i);
+	cr_assert_eq(be->sync(be, &err), 0, "%s", err.msg);
+	for (int b = 0; b < NB; b++) {
+		be->to_host(be, back[b], d[b], N, MOE_BUF_I32);
+		for (int i = 0; i < N; i++) {
+			cr_assert_eq(later[b][i], b * 100000 + i, "buffer %d word %d: read back %d", b, i, later[b][i]);
+			cr_assert_eq(back[b][i], -1, "buffer %d word %d: %d after the second upload", b, i, back[b][i]);
+		}
+	}
+	/* more read-backs than wait at once (16), one larger than the pinned
+	 * buffer's first size (64 KiB): those ahead are delivered early */
+	int32_t *big = be->alloc(be, 40000, MOE_BUF_I32), *hb = malloc(40000 * 4), *lb = malloc(40000 * 4);
+	for (int i = 0; i < 40000; i++)
+		hb[i] = 7 * i + 1;
+	be->from_host(be, big, hb, 40000, MOE_BUF_I32);
+	int32_t many[20][N];
+	for (int k = 0; k < 20; k++)
+		be->to_host_later(be, many[k], d[k % NB], N);
+	be->to_host_later(be, lb, big, 40000);
+	cr_assert_eq(be->sync(be, &err), 0, "%s", err.msg);
+	for (int k = 0; k < 20; k++)
+		for (int i = 0; i < N; i++)
+			cr_assert_eq(many[k][i], -1, "read-back %d word %d: %d", k, i, many[k][i]);
+	cr_assert(memcmp(lb, hb, 40000 * 4) == 0, "the large read-back differs");
+	free(hb);
+	free(lb);
+	be->free(be, big);
+	for (int b = 0; b < NB; b++)
+		be->free(be, d[b]);
+	be->destroy(be);
+}
+
 /* The router's linears as the backend runs them on sm_90 (the forward
  * through the one-group wgmma kernel, MOE_CUDA_NARROW) against cuBLAS
  * (MOE_CUDA_NARROW=cublas) at 2048 rows x 768 -> 64: relative error <= 1e-2
@@ -1197,7 +1262,9 @@ Test(backend, balance_bias_matches_cpu, .timeout = 60)
  * gradients change otherwise: after an optimizer step (params_updated),
  * after a second micro-batch's backward (it adds), after zero_grad and the
  * memset of moe_model_grads_ready; each time the norms match the host's
- * and nothing comes from the epilogues. */
+ * and nothing comes from the epilogues.  The sums go out in one batch of
+ * launches (MOE_CUDA_SUMSQ_BATCH, default) or one by one (=0, run first):
+ * the same items in the same order, so the same bits. */
 static void norms_host(const struct moe_param *tab, size_t nt, const float *g, double *ne, double *no)
 {
 	long double se = 0, so = 0;
@@ -1257,13 +1324,17 @@ Test(backend, sumsq_from_wgrad_epilogue, .timeout = 120)
 				    .clip_expert = -1};
 	struct moe_forward_opts fo = {0};
 	fo.train = true;
-	double norm[2];
-	for (int on = 1; on >= 0; on--) {
+	double norm[3];
+	for (int mode = 2; mode >= 0; mode--) {
 		char what[96];
+		int on = mode > 0; /* mode 2: epilogue sums, one by one */
 		if (!on)
 			setenv("MOE_CUDA_SUMSQ_EPI", "0", 1);
+		if (mode == 2)
+			setenv("MOE_CUDA_SUMSQ_BATCH", "0", 1);
 		struct moe_model *mg = gpu_model(&cfg, p, "tma");
 		unsetenv("MOE_CUDA_SUMSQ_EPI");
+		unsetenv("MOE_CUDA_SUMSQ_BATCH");
 		struct moe_backend *gb = moe_model_backend(mg);
 		struct moe_optim o;
 		struct moe_losses l;
@@ -1274,8 +1345,9 @@ Test(backend, sumsq_from_wgrad_epilogue, .timeout = 120)
 		cr_assert_eq(moe_model_forward(mg, x, y, B, T, &fo, &l, &err), 0, "%s", err.msg);
 		cr_assert_eq(moe_model_backward(mg, 1.0f, &err), 0, "%s", err.msg);
 		moe_cuda_sumsq_counts(gb, &epi0, &rd0);
-		snprintf(what, sizeof what, "epilogue sums %s, one step", on ? "on" : "off");
-		check_norms(what, mg, &o, tab, nt, g, 1e-6, &norm[on]);
+		snprintf(what, sizeof what, "epilogue sums %s%s, one step", on ? "on" : "off",
+			 mode == 2 ? " one by one" : "");
+		check_norms(what, mg, &o, tab, nt, g, 1e-6, &norm[mode]);
 		moe_cuda_sumsq_counts(gb, &epi, &rd);
 		cr_expect(epi - epi0 == (on ? routed : 0), "%s: %zu floats from the epilogues, expected %zu", what,
 			  epi - epi0, on ? routed : (size_t)0);
@@ -1316,6 +1388,7 @@ Test(backend, sumsq_from_wgrad_epilogue, .timeout = 120)
 	}
 	cr_expect(fabs(norm[1] - norm[0]) <= 1e-6 * norm[0], "expert norm with the epilogue sums %.17g, without %.17g",
 		  norm[1], norm[0]);
+	cr_expect(norm[2] == norm[1], "expert norm: sums batched %.17g, one by one %.17g", norm[1], norm[2]);
 	fprintf(stderr, "expert clip norm: epilogue sums %.15g, read %.15g (relative %.3g); %zu routed floats\n",
 		norm[1], norm[0], fabs(norm[1] - norm[0]) / norm[0], routed);
 	free(p);

@@ -1728,7 +1728,7 @@ static void xent_case(int N, int V, int ign)
 	int32_t *gt = up(t, N * 4);
 	float *rows = dmalloc(N * 4);
 	double *acc = dmalloc(16);
-	cudaMemset(acc, 0, 16);
+	cudaMemset(acc, 0xff, 16); /* the sums are stored, whatever was there */
 	LAUNCH_OK(moe_cuda_xent(gl, rows, gl, gt, N, V, ign, 0.25f, S, &gerr)); /* in place */
 	LAUNCH_OK(moe_cuda_sum_loss(acc, rows, gt, N, ign, S, &gerr));
 	double *h = down(acc, 16);
@@ -1787,10 +1787,103 @@ Test(kernels, adamw_sumsq)
 	void *sc = dmalloc(moe_cuda_sumsq_scratch(n));
 	for (size_t off = 0; off < 4; off++) {
 		double ss = moe_sumsq(g + off, n - off - off * 7);
+		cudaMemset(acc, 0xff, 8); /* the sum is stored, whatever was there */
 		LAUNCH_OK(moe_cuda_sumsq(acc, sc, gg + off, n - off - off * 7, S, &gerr));
 		double *h = down(acc, 8);
 		cr_expect(fabs(*h - ss) <= 1e-9 * ss, "sumsq (offset %zu) %.10g vs %.10g", off, *h, ss);
 	}
+	cudaMemset(acc, 0xff, 8);
+	LAUNCH_OK(moe_cuda_sumsq(acc, sc, gg, 0, S, &gerr));
+	double *h0 = down(acc, 8);
+	cr_expect(*h0 == 0.0, "sumsq of nothing %g", *h0);
+}
+
+/* Several sums of squares in one batch (moe_cuda_sumsq_batch, the clip
+ * norms' path): regions from 0..3 floats past a 16-byte boundary, arrays of
+ * doubles as the epilogues leave them, a sum of nothing; each sum stored
+ * over garbage, with the bits of the one-by-one kernels on the same items
+ * (moe_cuda_sumsq for one region, moe_cuda_sumsq_add_segs storing over the
+ * regions' moe_cuda_sumsq_partials otherwise) and within 1e-9 of the host's
+ * long double sum. */
+Test(kernels, sumsq_batch)
+{
+	NEED_GPU();
+	rng_seed(14);
+	size_t n = 400003;
+	float *g = rand_bf(n, 1.f), *gg = up(g, n * 4);
+	double hp[3][700];
+	const double *dp[3];
+	size_t pn[3] = {700, 1, 333};
+	for (int k = 0; k < 3; k++) {
+		for (size_t i = 0; i < pn[k]; i++)
+			hp[k][i] = (double)(rng_u64() % 1000003) * 1e-3;
+		dp[k] = up(hp[k], pn[k] * 8);
+	}
+	/* the regions: [off, off + len) of gg */
+	static const size_t roff[] = {1, 70000, 131075, 333333, 0};
+	static const size_t rlen[] = {65535, 61001, 131073, 66670, 5};
+	struct moe_cuda_sq_batch *q = calloc(1, sizeof *q);
+	/* sum 0: region 0; sum 1: region 1, parts 0, region 2, parts 1;
+	 * sum 2: nothing; sum 3: parts 2, region 3, region 4 */
+	static const int items[4][4] = {{0}, {1, -1, 2, -2}, {0}, {-3, 3, 4}};
+	static const int nitems[4] = {1, 4, 0, 3};
+	for (int r = 0; r < 5; r++) {
+		q->rx[r] = gg + roff[r];
+		q->rn[r] = rlen[r];
+		q->blk[r + 1] = q->blk[r] + moe_cuda_sumsq_blocks(rlen[r]);
+	}
+	q->nr = 5;
+	double *acc = dmalloc(4 * 8), *part = dmalloc(q->blk[5] * 8);
+	for (int k = 0; k < 4; k++) {
+		q->first[k] = q->nitems;
+		for (int i = 0; i < nitems[k]; i++) {
+			int it = items[k][i];
+			q->ireg[q->nitems] = it >= 0 ? it : -1;
+			q->ip[q->nitems] = it >= 0 ? NULL : dp[-it - 1];
+			q->in[q->nitems++] = it >= 0 ? 0 : pn[-it - 1];
+		}
+		q->acc[k] = acc + k;
+	}
+	q->first[4] = q->nitems;
+	q->nsum = 4;
+	cudaMemset(acc, 0xff, 4 * 8);
+	LAUNCH_OK(moe_cuda_sumsq_batch(part, q, S, &gerr));
+	double *got = down(acc, 4 * 8);
+	/* one by one */
+	double *acc1 = dmalloc(8), *part1 = dmalloc(q->blk[5] * 8);
+	for (int k = 0; k < 4; k++) {
+		long double hs = 0;
+		struct moe_cuda_ssq_segs sg = {.store = 1};
+		for (int i = 0; i < nitems[k]; i++) {
+			int it = items[k][i];
+			if (it >= 0) {
+				for (size_t j = roff[it]; j < roff[it] + rlen[it]; j++)
+					hs += (long double)g[j] * g[j];
+				LAUNCH_OK(moe_cuda_sumsq_partials(part1 + q->blk[it], gg + roff[it], rlen[it], S, &gerr));
+				sg.p[sg.count] = part1 + q->blk[it];
+				sg.n[sg.count++] = q->blk[it + 1] - q->blk[it];
+			} else {
+				for (size_t j = 0; j < pn[-it - 1]; j++)
+					hs += hp[-it - 1][j];
+				sg.p[sg.count] = dp[-it - 1];
+				sg.n[sg.count++] = pn[-it - 1];
+			}
+		}
+		cudaMemset(acc1, 0xff, 8);
+		if (k == 0)
+			LAUNCH_OK(moe_cuda_sumsq(acc1, part1, gg + roff[0], rlen[0], S, &gerr));
+		else if (sg.count)
+			LAUNCH_OK(moe_cuda_sumsq_add_segs(acc1, &sg, S, &gerr));
+		else
+			cudaMemset(acc1, 0, 8);
+		double *one = down(acc1, 8);
+		cr_expect(got[k] == *one, "sum %d: batched %.17g, one by one %.17g", k, got[k], *one);
+		cr_expect(fabs(got[k] - (double)hs) <= 1e-9 * (double)hs, "sum %d: %.17g vs host %.17Lg", k, got[k], hs);
+		free(one);
+	}
+	cr_expect(got[2] == 0.0, "a sum of nothing is %g", got[2]);
+	free(got);
+	free(q);
 }
 
 Test(kernels, gemm)
@@ -2268,8 +2361,16 @@ static void tma_ssq_case(int E, int In, int Out, const int *cnt)
 				long double hs = 0;
 				for (size_t i = 0; i < nw; i++)
 					hs += (long double)got[i] * got[i];
-				struct moe_cuda_ssq_segs sg = {.p = {gss}, .n = {ns}, .count = 1};
-				cudaMemset(acc, 0, 8);
+				/* stored over garbage (store), then added to it */
+				struct moe_cuda_ssq_segs sg = {.p = {gss}, .n = {ns}, .count = 1, .store = 1};
+				cudaMemset(acc, 0xff, 8);
+				LAUNCH_OK(moe_cuda_sumsq_add_segs(acc, &sg, S, &gerr));
+				sg.store = 0;
+				LAUNCH_OK(moe_cuda_sumsq_add_segs(acc, &sg, S, &gerr));
+				double *d2 = down(acc, 8), twice = *d2;
+				free(d2);
+				cudaMemset(acc, 0xff, 8);
+				sg.store = 1;
 				LAUNCH_OK(moe_cuda_sumsq_add_segs(acc, &sg, S, &gerr));
 				double *d = down(acc, 8), epi = *d;
 				free(d);
@@ -2280,6 +2381,8 @@ static void tma_ssq_case(int E, int In, int Out, const int *cnt)
 				cr_expect(rel <= 1e-6, "%s: epilogue sum %.17g vs host %.17Lg (relative %.3g)", what, epi, hs,
 					  rel);
 				cr_expect(relr <= 1e-6, "%s: epilogue sum %.17g vs moe_cuda_sumsq %.17g", what, epi, rd);
+				cr_expect(twice == 2 * epi, "%s: a batch added to its stored sum %.17g, not twice %.17g",
+					  what, twice, epi);
 				worst = fmax(worst, rel);
 				worst_read = fmax(worst_read, fabs(rd - (double)hs) / (double)hs);
 				double *slots = down(gss, ns * 8);

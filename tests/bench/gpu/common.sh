@@ -7,7 +7,7 @@
 #   tk SECONDS BINARY FILTER     a GPU test binary's tests matching FILTER, verbose
 #   olmoe_step B [VAR=VALUE]     bench_cuda at olmoe-1b-7b, seq 4096, micro-batch B
 #   suites                       both GPU test binaries whole, then resume_gpu.sh
-#   bc_as LABEL "VAR=V ..."      bc with those variables, its JSON line prefixed (LABEL)
+#   bc_as LABEL "VAR=V ..." [ARGS]  bc with those variables, its JSON line prefixed (LABEL)
 #   plans [VAR=V ...]            the cuBLASLt plans of a short seed-base run (-G)
 #   ktr NAME [VAR=V ...]         ktrace of bench_cuda -n 3 -w 2 into $OUT/NAME.csv.gz, its summary
 R=$PWD/${RUNDIR:-${PACK:-.devrun}}
@@ -44,7 +44,9 @@ olmoe_step() {
 	tail -1 /tmp/o.err
 }
 bc_as() {
-	env $2 timeout 120 $B/tests/bench/bench_cuda -m $M -B 16 -n 6 -w 2 2>/tmp/bc.err | sed "s/^/($1) /"
+	l=$1 v=$2
+	shift 2
+	env $v timeout 120 $B/tests/bench/bench_cuda -m $M -B 16 -n 6 -w 2 "$@" 2>/tmp/bc.err | sed "s/^/($l) /"
 	tail -1 /tmp/bc.err
 }
 plans() {
