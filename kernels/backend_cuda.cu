@@ -1308,6 +1308,43 @@ static void o_router_fwd(struct moe_backend *be, int32_t *topk_idx, float *topk_
 	PROF_END(c);
 }
 
+/* The router's ops with the logits' rows ld apart (model.h, router_fwd_ld):
+ * read and written in place in the merged linear's output; the forward
+ * also sums the z-loss's value (delivered at the sync, as o_zloss's) */
+static void o_router_fwd_ld(struct moe_backend *be, int32_t *topk_idx, float *topk_w, float *probs,
+			    const void *logits, int ld, const float *bias, int N, int E, int K, bool norm_topk,
+			    double *zloss)
+{
+	struct cuda_ctx *c = CTX(be);
+	PROF(c, "router");
+	double *acc = zloss ? pend_slot(c, zloss, NULL, N > 0 ? 1.0 / N : 0.0) : NULL;
+	void *zs = acc ? scratch(c, S_LOSS, moe_cuda_router_z_scratch(N, E, K)) : NULL;
+	if (!zloss || (acc && zs))
+		RUN(c, moe_cuda_router_fwd_ld(topk_idx, topk_w, probs, (const bf16_t *)logits, ld, bias, N, E, K,
+					      norm_topk, acc, zs, c->s, &c->err));
+	PROF_END(c);
+}
+
+static void o_router_bwd_ld(struct moe_backend *be, void *dlogits, int ld, const float *dtopk_w,
+			    const float *dprobs, const float *probs, const int32_t *topk_idx, const float *topk_w,
+			    int N, int E, int K, bool norm_topk)
+{
+	struct cuda_ctx *c = CTX(be);
+	PROF(c, "router_bwd");
+	RUN(c, moe_cuda_router_bwd_ld((bf16_t *)dlogits, ld, dtopk_w, dprobs, probs, topk_idx, topk_w, N, E, K,
+				      norm_topk, c->s, &c->err));
+	PROF_END(c);
+}
+
+static void o_zloss_grad_ld(struct moe_backend *be, void *dlogits, const void *logits, int ld, int N, int E,
+			    float scale)
+{
+	struct cuda_ctx *c = CTX(be);
+	PROF(c, "zloss");
+	RUN(c, moe_cuda_zloss_ld((bf16_t *)dlogits, NULL, (const bf16_t *)logits, ld, N, E, scale, c->s, &c->err));
+	PROF_END(c);
+}
+
 static void o_router_bwd(struct moe_backend *be, void *dlogits, const float *dtopk_w, const float *dprobs,
 			 const float *probs, const int32_t *topk_idx, const float *topk_w, int N, int E, int K,
 			 bool norm_topk)
@@ -2128,6 +2165,15 @@ extern "C" struct moe_backend *moe_backend_cuda(struct moe_error *err)
 		/* the router's linear merged with the shared experts' gate_up
 		 * (model.h); MOE_CUDA_ROUTER_MERGE=0: apart (comparisons) */
 		be->router_merge_ok = !env_is("MOE_CUDA_ROUTER_MERGE", "0");
+		/* the router's ops on the logits in place, its z-loss value summed
+		 * by its forward (model.h); MOE_CUDA_ROUTER_LD=0: not offered (the
+		 * logits copied out and dlogits in; comparisons); never with the
+		 * legacy routing kernels */
+		if (!env_is("MOE_CUDA_ROUTER_LD", "0") && !moe_cuda_route_legacy_on()) {
+			be->router_fwd_ld = o_router_fwd_ld;
+			be->router_bwd_ld = o_router_bwd_ld;
+			be->zloss_grad_ld = o_zloss_grad_ld;
+		}
 		long xf, tf;
 		if (!env_long("MOE_CUDA_EXPERT_FUSE", 0, 0, EF_ALL, &xf)) {
 			moe_error_set(err, MOE_EINVAL, "MOE_CUDA_EXPERT_FUSE='%s': expected 0..7",

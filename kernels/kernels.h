@@ -226,6 +226,21 @@ int moe_cuda_zloss(bf16_t *dlogits, float *rowz /* (N) */, const bf16_t *logits,
 size_t moe_cuda_zloss_scratch(int N, int E);
 int moe_cuda_zloss_sum(double *acc /* (2) */, bf16_t *dlogits, const bf16_t *logits, int N, int E, float scale,
 		       void *scratch, cudaStream_t s, struct moe_error *err);
+/* The same three with the logits (dlogits) rows ld elements apart (ld >= E;
+ * the router's columns of a wider linear's output: the current kernels
+ * only); router_fwd_ld with zacc also stores zacc[0] = the sum over rows of
+ * logsumexp^2 (the z-loss's, in a fixed order) and zacc[1] = N, through
+ * zscratch of moe_cuda_router_z_scratch() bytes (then no moe_cuda_zloss_sum
+ * is needed for the value). */
+size_t moe_cuda_router_z_scratch(int N, int E, int K);
+int moe_cuda_router_fwd_ld(int32_t *topk_idx, float *topk_w, float *probs, const bf16_t *logits, int ld,
+			   const float *bias, int N, int E, int K, int norm_topk, double *zacc /* (2) */,
+			   void *zscratch, cudaStream_t s, struct moe_error *err);
+int moe_cuda_router_bwd_ld(bf16_t *dlogits, int ld, const float *dtopk_w, const float *dprobs,
+			   const float *probs, const int32_t *topk_idx, const float *topk_w, int N, int E,
+			   int K, int norm_topk, cudaStream_t s, struct moe_error *err);
+int moe_cuda_zloss_ld(bf16_t *dlogits, float *rowz, const bf16_t *logits, int ld, int N, int E, float scale,
+		      cudaStream_t s, struct moe_error *err);
 /* 1: router.cu's and route_group.cu's previous kernels (comparisons; also
  * MOE_CUDA_ROUTE=legacy in the environment); 0: the current ones. */
 void moe_cuda_route_legacy(int on);

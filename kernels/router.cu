@@ -325,12 +325,32 @@ static __device__ __forceinline__ bool last_block(unsigned *ticket)
 	return last;
 }
 
-__device__ unsigned zloss_ticket, stats_ticket;
+__device__ unsigned zloss_ticket, stats_ticket, rz_ticket;
+
+/* a fixed-order sum of a double over the block (RT threads); thread 0 has it */
+static __device__ __forceinline__ double block_sum_d(double v)
+{
+	__shared__ double ws[RT / 32];
+#pragma unroll
+	for (int o = 16; o > 0; o >>= 1)
+		v += __shfl_xor_sync(0xffffffffu, v, o);
+	if ((threadIdx.x & 31) == 0)
+		ws[threadIdx.x >> 5] = v;
+	__syncthreads();
+	double a = 0.0;
+	if (threadIdx.x == 0)
+		for (int w = 0; w < RT / 32; w++)
+			a += ws[w];
+	__syncthreads();
+	return a;
+}
+
 
 template <int G>
 __global__ void __launch_bounds__(RT) router_fwd_g_kernel(int32_t *topk_idx, float *topk_w, float *probs,
-							const bf16 *logits, const float *bias, int N, int E,
-							int K, int norm, int vec)
+							const bf16 *logits, int ldl, const float *bias, int N,
+							int E, int K, int norm, int vec, double *zpart,
+							double *zacc)
 {
 	MOE_PDL_ENTRY();
 	int n = (int)(((size_t)blockIdx.x * RT + threadIdx.x) / G), q = threadIdx.x % G, e0 = q * 8;
@@ -338,7 +358,7 @@ __global__ void __launch_bounds__(RT) router_fwd_g_kernel(int32_t *topk_idx, flo
 	if (!act) /* keep every lane for the shuffles */
 		n = N - 1;
 	float l[8], key[8];
-	ld_row8(l, logits + (size_t)n * E, e0, E, vec);
+	ld_row8(l, logits + (size_t)n * ldl, e0, E, vec);
 	float mx = -INFINITY;
 #pragma unroll
 	for (int j = 0; j < 8; j++) {
@@ -354,6 +374,22 @@ __global__ void __launch_bounds__(RT) router_fwd_g_kernel(int32_t *topk_idx, flo
 		sum += l[j];
 	}
 	sum = grp_sum<G>(sum);
+	if (zpart) { /* the z-loss's sum of lse^2, as zloss_g_kernel's with part */
+		float lse = mx + logf(sum);
+		double bs = block_sum_d(act && q == 0 ? (double)lse * lse : 0.0);
+		if (threadIdx.x == 0)
+			zpart[blockIdx.x] = bs;
+		if (last_block(&rz_ticket)) {
+			double a = 0.0;
+			for (unsigned b = threadIdx.x; b < gridDim.x; b += RT)
+				a += __ldcg(zpart + b);
+			a = block_sum_d(a);
+			if (threadIdx.x == 0) {
+				zacc[0] = a;
+				zacc[1] = (double)N;
+			}
+		}
+	}
 #pragma unroll
 	for (int j = 0; j < 8; j++)
 		l[j] = l[j] / sum;
@@ -421,7 +457,7 @@ __global__ void __launch_bounds__(RT) router_fwd_g_kernel(int32_t *topk_idx, flo
 }
 
 template <int G>
-__global__ void __launch_bounds__(RT) router_bwd_g_kernel(bf16 *dlogits, const float *dtopk_w,
+__global__ void __launch_bounds__(RT) router_bwd_g_kernel(bf16 *dlogits, int ldd, const float *dtopk_w,
 							const float *dprobs, const float *probs,
 							const int32_t *topk_idx, const float *topk_w, int N,
 							int E, int K, int norm, int vec)
@@ -472,7 +508,7 @@ __global__ void __launch_bounds__(RT) router_bwd_g_kernel(bf16 *dlogits, const f
 #pragma unroll
 	for (int j = 0; j < 8; j++)
 		d[j] = p[j] * (dp[j] - s);
-	bf16 *dl = dlogits + (size_t)n * E;
+	bf16 *dl = dlogits + (size_t)n * ldd;
 	if (vec && e0 + 8 <= E) {
 		st8(dl + e0, d);
 	} else {
@@ -498,27 +534,9 @@ static unsigned zloss_blocks(int N, int G)
 	return (unsigned)moe_cdiv(moe_cdiv((size_t)(N > 0 ? N : 1), ZT) * G, RT);
 }
 
-/* a fixed-order sum of a double over the block (RT threads); thread 0 has it */
-static __device__ __forceinline__ double block_sum_d(double v)
-{
-	__shared__ double ws[RT / 32];
-#pragma unroll
-	for (int o = 16; o > 0; o >>= 1)
-		v += __shfl_xor_sync(0xffffffffu, v, o);
-	if ((threadIdx.x & 31) == 0)
-		ws[threadIdx.x >> 5] = v;
-	__syncthreads();
-	double a = 0.0;
-	if (threadIdx.x == 0)
-		for (int w = 0; w < RT / 32; w++)
-			a += ws[w];
-	__syncthreads();
-	return a;
-}
-
 template <int G>
 __global__ void __launch_bounds__(RT) zloss_g_kernel(bf16 *dlogits, float *rowz, double *part, double *acc,
-						   const bf16 *logits, int N, int E, float scale, int vec)
+						   const bf16 *logits, int ld, int N, int E, float scale, int vec)
 {
 	MOE_PDL_ENTRY();
 	int q = threadIdx.x % G, gi = threadIdx.x / G;
@@ -527,7 +545,7 @@ __global__ void __launch_bounds__(RT) zloss_g_kernel(bf16 *dlogits, float *rowz,
 #pragma unroll
 	for (int i = 0; i < ZT; i++) {
 		int n = min(base + i * (RT / G), N - 1);
-		ld_row8(l[i], logits + (size_t)n * E, q * 8, E, vec);
+		ld_row8(l[i], logits + (size_t)n * ld, q * 8, E, vec);
 	}
 	double zacc = 0.0;
 #pragma unroll
@@ -536,7 +554,7 @@ __global__ void __launch_bounds__(RT) zloss_g_kernel(bf16 *dlogits, float *rowz,
 		bool act = n < N;
 		if (!act) /* keep every lane for the shuffles */
 			n = N - 1;
-		const bf16 *z = logits + (size_t)n * E;
+		const bf16 *z = logits + (size_t)n * ld;
 		float mx = -INFINITY;
 #pragma unroll
 		for (int j = 0; j < 8; j++)
@@ -567,7 +585,7 @@ __global__ void __launch_bounds__(RT) zloss_g_kernel(bf16 *dlogits, float *rowz,
 		}
 		if (act && dlogits) {
 			float c = 2.f * lse / N * scale;
-			bf16 *dr = dlogits + (size_t)n * E;
+			bf16 *dr = dlogits + (size_t)n * ld;
 			for (int e0 = q * 8; e0 < E; e0 += 8 * G) {
 				ld_row8(t, z, e0, E, vec);
 				float d[8];
@@ -796,21 +814,77 @@ static int check_router(int E, int K, struct moe_error *err)
 	return 0;
 }
 
-extern "C" int moe_cuda_router_fwd(int32_t *topk_idx, float *topk_w, float *probs, const bf16_t *logits,
-				   const float *bias, int N, int E, int K, int norm_topk, cudaStream_t s,
-				   struct moe_error *err)
+static int need_rows(int ld, int E, struct moe_error *err)
+{
+	if (ld != E && moe_route_legacy_on)
+		return moe_error_set(err, MOE_EUNSUPPORTED, "router: the legacy kernels (MOE_CUDA_ROUTE=legacy) "
+				     "read rows of E logits only, not %d apart", ld);
+	if (ld < E)
+		return moe_error_set(err, MOE_EINVAL, "router: logits %d apart, fewer than E = %d", ld, E);
+	return 0;
+}
+
+/* blocks of router_fwd_g_kernel (one group of route_lanes(E, K) lanes a row) */
+static unsigned router_blocks(int N, int E, int K)
+{
+	return (unsigned)moe_cdiv((size_t)(N > 0 ? N : 1) * route_lanes(E, K), RT);
+}
+
+extern "C" size_t moe_cuda_router_z_scratch(int N, int E, int K)
+{
+	return (size_t)router_blocks(N, E, K) * sizeof(double);
+}
+
+extern "C" int moe_cuda_router_fwd_ld(int32_t *topk_idx, float *topk_w, float *probs, const bf16_t *logits, int ld,
+				      const float *bias, int N, int E, int K, int norm_topk, double *zacc,
+				      void *zscratch, cudaStream_t s, struct moe_error *err)
 {
 	int rc;
-	if ((rc = check_router(E, K, err)) != 0 || N <= 0)
+	if ((rc = check_router(E, K, err)) != 0 || (rc = need_rows(ld, E, err)) != 0)
 		return rc;
+	if (N <= 0) {
+		if (zacc) {
+			static const double z[2] = {0.0, 0.0};
+			return CUDA_OK(cudaMemcpyAsync(zacc, z, sizeof(z), cudaMemcpyHostToDevice, s), err);
+		}
+		return 0;
+	}
 	if (moe_route_legacy_on) {
+		if (zacc)
+			return moe_error_set(err, MOE_EUNSUPPORTED, "router: the legacy kernels sum no z-loss");
 		moe_launch(router_fwd_kernel, moe_cdiv(N, 8), 256, 0, s, topk_idx, topk_w, probs, (const bf16 *)logits,
 			   bias, N, E, K, norm_topk);
 		return CUDA_LAUNCHED(err);
 	}
-	int vec = E % 8 == 0 && al16(logits) && al16(probs);
-	G_LAUNCH(route_lanes(E, K), router_fwd_g_kernel, N, topk_idx, topk_w, probs, (const bf16 *)logits, bias, N,
-		 E, K, norm_topk, vec);
+	int vec = E % 8 == 0 && ld % 8 == 0 && al16(logits) && al16(probs);
+	G_LAUNCH(route_lanes(E, K), router_fwd_g_kernel, N, topk_idx, topk_w, probs, (const bf16 *)logits, ld, bias,
+		 N, E, K, norm_topk, vec, zacc ? (double *)zscratch : (double *)NULL, zacc);
+	return CUDA_LAUNCHED(err);
+}
+
+extern "C" int moe_cuda_router_fwd(int32_t *topk_idx, float *topk_w, float *probs, const bf16_t *logits,
+				   const float *bias, int N, int E, int K, int norm_topk, cudaStream_t s,
+				   struct moe_error *err)
+{
+	return moe_cuda_router_fwd_ld(topk_idx, topk_w, probs, logits, E, bias, N, E, K, norm_topk, NULL, NULL, s,
+				      err);
+}
+
+extern "C" int moe_cuda_router_bwd_ld(bf16_t *dlogits, int ld, const float *dtopk_w, const float *dprobs,
+				      const float *probs, const int32_t *topk_idx, const float *topk_w, int N,
+				      int E, int K, int norm_topk, cudaStream_t s, struct moe_error *err)
+{
+	int rc;
+	if ((rc = check_router(E, K, err)) != 0 || (rc = need_rows(ld, E, err)) != 0 || N <= 0)
+		return rc;
+	if (moe_route_legacy_on) {
+		moe_launch(router_bwd_kernel, moe_cdiv(N, 8), 256, 0, s, (bf16 *)dlogits, dtopk_w, dprobs, probs,
+			   topk_idx, topk_w, N, E, K, norm_topk);
+		return CUDA_LAUNCHED(err);
+	}
+	int vec = E % 8 == 0 && ld % 8 == 0 && al16(dlogits) && al16(probs) && (!dprobs || al16(dprobs));
+	G_LAUNCH(route_lanes(E, K), router_bwd_g_kernel, N, (bf16 *)dlogits, ld, dtopk_w, dprobs, probs, topk_idx,
+		 topk_w, N, E, K, norm_topk, vec);
 	return CUDA_LAUNCHED(err);
 }
 
@@ -818,34 +892,31 @@ extern "C" int moe_cuda_router_bwd(bf16_t *dlogits, const float *dtopk_w, const 
 				   const float *probs, const int32_t *topk_idx, const float *topk_w, int N,
 				   int E, int K, int norm_topk, cudaStream_t s, struct moe_error *err)
 {
+	return moe_cuda_router_bwd_ld(dlogits, E, dtopk_w, dprobs, probs, topk_idx, topk_w, N, E, K, norm_topk, s,
+				      err);
+}
+
+extern "C" int moe_cuda_zloss_ld(bf16_t *dlogits, float *rowz, const bf16_t *logits, int ld, int N, int E,
+				 float scale, cudaStream_t s, struct moe_error *err)
+{
 	int rc;
-	if ((rc = check_router(E, K, err)) != 0 || N <= 0)
+	if ((rc = need_rows(ld, E, err)) != 0 || N <= 0)
 		return rc;
 	if (moe_route_legacy_on) {
-		moe_launch(router_bwd_kernel, moe_cdiv(N, 8), 256, 0, s, (bf16 *)dlogits, dtopk_w, dprobs, probs,
-			   topk_idx, topk_w, N, E, K, norm_topk);
+		moe_launch(zloss_kernel, moe_cdiv(N, 8), 256, 0, s, (bf16 *)dlogits, rowz, (const bf16 *)logits, N, E,
+			   scale);
 		return CUDA_LAUNCHED(err);
 	}
-	int vec = E % 8 == 0 && al16(dlogits) && al16(probs) && (!dprobs || al16(dprobs));
-	G_LAUNCH(route_lanes(E, K), router_bwd_g_kernel, N, (bf16 *)dlogits, dtopk_w, dprobs, probs, topk_idx, topk_w,
-		 N, E, K, norm_topk, vec);
+	int vec = E % 8 == 0 && ld % 8 == 0 && al16(logits) && (!dlogits || al16(dlogits));
+	G_LAUNCH(route_lanes(E < 256 ? E : 256, 1), zloss_g_kernel, moe_cdiv(N, ZT), (bf16 *)dlogits, rowz,
+		 (double *)NULL, (double *)NULL, (const bf16 *)logits, ld, N, E, scale, vec);
 	return CUDA_LAUNCHED(err);
 }
 
 extern "C" int moe_cuda_zloss(bf16_t *dlogits, float *rowz, const bf16_t *logits, int N, int E,
 			      float scale, cudaStream_t s, struct moe_error *err)
 {
-	if (N <= 0)
-		return 0;
-	if (moe_route_legacy_on) {
-		moe_launch(zloss_kernel, moe_cdiv(N, 8), 256, 0, s, (bf16 *)dlogits, rowz, (const bf16 *)logits, N, E,
-			   scale);
-		return CUDA_LAUNCHED(err);
-	}
-	int vec = E % 8 == 0 && al16(logits) && (!dlogits || al16(dlogits));
-	G_LAUNCH(route_lanes(E < 256 ? E : 256, 1), zloss_g_kernel, moe_cdiv(N, ZT), (bf16 *)dlogits, rowz,
-		 (double *)NULL, (double *)NULL, (const bf16 *)logits, N, E, scale, vec);
-	return CUDA_LAUNCHED(err);
+	return moe_cuda_zloss_ld(dlogits, rowz, logits, E, N, E, scale, s, err);
 }
 
 extern "C" size_t moe_cuda_zloss_scratch(int N, int E)
@@ -862,7 +933,7 @@ extern "C" int moe_cuda_zloss_sum(double *acc, bf16_t *dlogits, const bf16_t *lo
 	}
 	int vec = E % 8 == 0 && al16(logits) && (!dlogits || al16(dlogits));
 	G_LAUNCH(route_lanes(E < 256 ? E : 256, 1), zloss_g_kernel, moe_cdiv(N, ZT), (bf16 *)dlogits,
-		 (float *)NULL, (double *)scratch, acc, (const bf16 *)logits, N, E, scale, vec);
+		 (float *)NULL, (double *)scratch, acc, (const bf16 *)logits, E, N, E, scale, vec);
 	return CUDA_LAUNCHED(err);
 }
 

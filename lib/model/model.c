@@ -476,6 +476,15 @@ static int gu_s_ld(const struct moe_model *m)
 	return S * 2 * m->Is + (router_merged(m) ? m->cfg.num_experts : 0);
 }
 
+/* The router's ops at a row stride (the backend's router_fwd_ld, model.h):
+ * the logits read where the linear left them (merged: gu_s's first E
+ * columns, not copied to rlogits), dlogits written there (merged: dgu's,
+ * not through drl), the z-loss's value from the router's forward */
+static bool router_in_place(const struct moe_model *m)
+{
+	return m->be->router_fwd_ld && m->be->router_bwd_ld && m->be->zloss_grad_ld;
+}
+
 void moe_model_set_recompute(struct moe_model *m, enum moe_recompute r)
 {
 	if (m->recompute == r)
@@ -659,8 +668,10 @@ static void linear_res(struct moe_backend *be, void *out, const void *res, const
 	be->linear_fwd_add(be, out, x, w, N, In, Out);
 }
 
+/* One block's forward; z (may be NULL: a recompute) receives a MoE
+ * layer's z-loss value at the next sync where the router sums it */
 static void block_fwd(struct moe_model *m, int l, struct layer_acts *a, void *x_in, void *x_out,
-		      int B, int T, bool use_bias)
+		      int B, int T, bool use_bias, double *z)
 {
 	struct moe_backend *be = m->be;
 	const struct moe_config *c = &m->cfg;
@@ -702,14 +713,20 @@ static void block_fwd(struct moe_model *m, int l, struct layer_acts *a, void *x_
 	int E = c->num_experts, K = c->num_experts_per_tok, I = c->intermediate_size;
 	int Is = m->Is, S = c->n_shared_experts, NK = N * K;
 	int lds = gu_s_ld(m); /* gu_s's row */
-	if (router_merged(m)) { /* logits and the shared experts' gate_up: one linear */
+	bool rm = router_merged(m), rip = router_in_place(m);
+	if (rm) { /* logits and the shared experts' gate_up: one linear */
 		be->linear_fwd(be, a->gu_s, a->ln2, P(lo->router), N, D, lds);
-		be->copy_rows(be, a->rlogits, E, 0, a->gu_s, lds, 0, N, E, 1);
+		if (!rip)
+			be->copy_rows(be, a->rlogits, E, 0, a->gu_s, lds, 0, N, E, 1);
 	} else {
 		be->linear_fwd(be, a->rlogits, a->ln2, P(lo->router), N, D, E);
 	}
-	be->router_fwd(be, a->topk_idx, a->topk_w, a->probs, a->rlogits,
-		       use_bias ? be->master(be, lo->bias) : NULL, N, E, K, c->norm_topk_prob);
+	const float *bias = use_bias ? be->master(be, lo->bias) : NULL;
+	if (rip)
+		be->router_fwd_ld(be, a->topk_idx, a->topk_w, a->probs, rm ? a->gu_s : a->rlogits, rm ? lds : E, bias,
+				  N, E, K, c->norm_topk_prob, z);
+	else
+		be->router_fwd(be, a->topk_idx, a->topk_w, a->probs, a->rlogits, bias, N, E, K, c->norm_topk_prob);
 	be->route_group(be, m->st_cnt + (size_t)(l - c->n_dense_layers) * E, a->offsets, a->perm, a->inv,
 			a->topk_idx, N, K, E);
 	/* gather, gate_up GEMM and SwiGLU (xg: scratch of the unfused path) */
@@ -789,13 +806,14 @@ static void capture_readback(struct moe_model *m, struct layer_acts *a, int lm, 
 		be->to_host(be, cap->topk_idx + o, a->topk_idx, (size_t)N * K, MOE_BUF_I32);
 	if (cap->topk_w)
 		be->to_host(be, cap->topk_w + o, a->topk_w, (size_t)N * K, MOE_BUF_F32);
-	if (cap->router_logits)
+	if (cap->router_logits) {
+		if (router_merged(m) && router_in_place(m)) /* they are in gu_s's first columns */
+			be->copy_rows(be, a->rlogits, E, 0, a->gu_s, gu_s_ld(m), 0, N, E, 1);
 		be->to_host(be, cap->router_logits + (size_t)lm * N * E, a->rlogits, (size_t)N * E,
 			    MOE_BUF_ACT);
+	}
 }
 
-/* Every MoE layer's routing statistics to the host: two transfers (the
- * probability sums; the valid counts and the counts side by side). */
 /* The routing statistics of the forward (cntv, counts, psum) into the
  * host's arrays: read back here, or, with to_host_later, delivered by the
  * sync that ended the forward (stats_request before it). */
@@ -894,11 +912,13 @@ int moe_model_forward(struct moe_model *m, const int32_t *tokens, const int32_t 
 		struct layer_acts *a = &m->la[defer ? l : 0];
 		void *xin = act_at(m, g->resid, (size_t)l * N * D);
 		void *xout = act_at(m, g->resid, (size_t)(l + 1) * N * D);
-		block_fwd(m, l, a, xin, xout, B, T, use_bias);
-		if (!m->layers[l].is_moe)
-			continue;
+		bool moe = m->layers[l].is_moe;
 		int lm = l - c->n_dense_layers;
-		be->zloss(be, NULL, a->rlogits, N, E, 0.0f, &m->zl[lm]); /* delivered at the sync */
+		block_fwd(m, l, a, xin, xout, B, T, use_bias, moe ? &m->zl[lm] : NULL);
+		if (!moe)
+			continue;
+		if (!router_in_place(m)) /* else the router summed it */
+			be->zloss(be, NULL, a->rlogits, N, E, 0.0f, &m->zl[lm]); /* delivered at the sync */
 		be->router_stats(be, m->st_psum + (size_t)lm * E, m->st_cntv + (size_t)lm * E, a->probs, a->topk_idx,
 				 g->ids, c->pad_token_id, N, E, K);
 		if (!defer && opts->capture) /* the next layer reuses this set */
@@ -1062,11 +1082,21 @@ static void block_bwd(struct moe_model *m, int l, struct layer_acts *a, void *x_
 		for (int e = 0; e < E; e++)
 			gaux[e] *= (float)(m->aux_coef * grad_scale);
 		be->aux_dprobs(be, g->dprobs, gaux, g->ids, c->pad_token_id, N, E);
-		be->router_bwd(be, g->drl, g->dtopk_w, g->dprobs, a->probs, a->topk_idx, a->topk_w, N, E, K,
-			       c->norm_topk_prob);
-		if (c->router_z_loss_coef != 0.0)
-			be->zloss(be, g->drl, a->rlogits, N, E, (float)(c->router_z_loss_coef * grad_scale), NULL);
-		bool rm = router_merged(m);
+		bool rm = router_merged(m), rip = router_in_place(m);
+		float zs = (float)(c->router_z_loss_coef * grad_scale);
+		if (rip) { /* merged: dlogits straight into dgu's first columns */
+			int ld = rm ? gu_s_ld(m) : E;
+			void *dl = rm ? g->dgu : g->drl;
+			be->router_bwd_ld(be, dl, ld, g->dtopk_w, g->dprobs, a->probs, a->topk_idx, a->topk_w, N, E, K,
+					  c->norm_topk_prob);
+			if (c->router_z_loss_coef != 0.0)
+				be->zloss_grad_ld(be, dl, rm ? a->gu_s : a->rlogits, ld, N, E, zs);
+		} else {
+			be->router_bwd(be, g->drl, g->dtopk_w, g->dprobs, a->probs, a->topk_idx, a->topk_w, N, E, K,
+				       c->norm_topk_prob);
+			if (c->router_z_loss_coef != 0.0)
+				be->zloss(be, g->drl, a->rlogits, N, E, zs, NULL);
+		}
 		if (!rm) {
 			be->linear_bwd(be, dln2, G(lo->router), g->drl, a->ln2, P(lo->router), N, D, E);
 			be->scatter_add_rows(be, dln2, g->dxg, a->perm, NK, K, D);
@@ -1082,7 +1112,8 @@ static void block_bwd(struct moe_model *m, int l, struct layer_acts *a, void *x_
 				/* the router's dlogits beside the shared experts' dgu: one
 				 * linear's backward for both; the routed experts' input
 				 * gradient adds last */
-				be->copy_rows(be, g->dgu, lds, 0, g->drl, E, 0, N, E, 1);
+				if (!rip)
+					be->copy_rows(be, g->dgu, lds, 0, g->drl, E, 0, N, E, 1);
 				be->linear_bwd(be, dln2, G(lo->router), g->dgu, a->ln2, P(lo->router), N, D, lds);
 				be->scatter_add_rows(be, dln2, g->dxg, a->perm, NK, K, D);
 			} else {
@@ -1214,7 +1245,8 @@ int moe_model_backward(struct moe_model *m, float grad_scale, struct moe_error *
 		struct layer_acts *a = &m->la[full ? 0 : l];
 		if (full) /* refill the one set: the block's forward again (it rewrites
 			   * its output in the residual stream with the same values) */
-			block_fwd(m, l, a, xin, act_at(m, g->resid, (size_t)(l + 1) * N * D), B, T, m->fwd_use_bias);
+			block_fwd(m, l, a, xin, act_at(m, g->resid, (size_t)(l + 1) * N * D), B, T, m->fwd_use_bias,
+				  NULL);
 		block_bwd(m, l, a, xin, a->xmid, g->dx, B, T, grad_scale);
 	}
 	if (be->grad_overwrite) /* a scatter: adds into the rows of the batch's tokens */

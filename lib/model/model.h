@@ -385,6 +385,15 @@ struct moe_backend {
 	 * them all in one read-back there instead of synchronising per call). */
 	void (*xent)(struct moe_backend *be, void *dlogits, const void *logits, const int32_t *targets, int N, int V, int ignore_id, float scale, double *loss_sum);
 	void (*zloss)(struct moe_backend *be, void *dlogits, const void *logits, int N, int E, float scale, double *loss);
+	/* Optional, all three or none: router_fwd, router_bwd and zloss's
+	 * gradient with the logits' (dlogits') rows ld >= E apart, so that the
+	 * router reads and writes its columns of the merged linear's output in
+	 * place (no copies); router_fwd_ld also delivers the z-loss's value
+	 * (what zloss puts in *loss) to *zloss at the next sync when zloss is
+	 * not NULL, so the forward needs no zloss call for it */
+	void (*router_fwd_ld)(struct moe_backend *be, int32_t *topk_idx, float *topk_w, float *probs, const void *logits, int ld, const float *bias, int N, int E, int K, bool norm_topk, double *zloss);
+	void (*router_bwd_ld)(struct moe_backend *be, void *dlogits, int ld, const float *dtopk_w, const float *dprobs, const float *probs, const int32_t *topk_idx, const float *topk_w, int N, int E, int K, bool norm_topk);
+	void (*zloss_grad_ld)(struct moe_backend *be, void *dlogits, const void *logits, int ld, int N, int E, float scale);
 	void (*router_stats)(struct moe_backend *be, float *psum, int32_t *cnt_valid, const float *probs, const int32_t *topk_idx, const int32_t *ids, int pad_id, int N, int E, int K);
 	void (*aux_dprobs)(struct moe_backend *be, float *dprobs, const float *g_host, const int32_t *ids, int pad_id, int N, int E);
 	/* flat fp32 helpers for the trainer (backend memory) */

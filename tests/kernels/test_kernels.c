@@ -1299,6 +1299,74 @@ Test(kernels, copy_rows)
 	cr_expect_eq(moe_cuda_copy_rows(NULL, 8, 0, NULL, 8, 0, 0, 8, 1, S, &gerr), 0, "no rows: nothing to do");
 }
 
+/* The router's kernels with the logits' rows ld apart (the merged linear's
+ * output, moe_cuda_router_fwd_ld and the others): the same bits as on the
+ * contiguous rows (gl, and the results gi, gp, gtw, gdl of the contiguous
+ * launches), the columns past E neither read into the results nor written;
+ * the z-loss sum of the forward within 1e-12 of moe_cuda_zloss_sum's (the
+ * same lse bits a row: where the router runs more lanes a row, for K, the
+ * extra lanes add exact zeros to the same tree; another order of the
+ * rows' sum), N beside it; zloss's
+ * gradient at the stride the same bits as contiguous. */
+static void router_ld_case(const bf16_t *gl, const float *gb, const float *gdtw, const float *gdp, const int32_t *gi,
+			   const float *gp, const float *gtw, const bf16_t *gdl, int N, int E, int K, bool use_bias,
+			   bool norm)
+{
+	int ld = E % 8 ? E + 3 : E + 40;
+	size_t n = (size_t)N * ld;
+	/* the rows at the stride, the gaps between them filled with large values */
+	uint16_t *h = malloc(n * 2), *row = down(gl, (size_t)N * E * 2);
+	for (size_t i = 0; i < n; i++)
+		h[i] = 0x4700; /* 32768 */
+	for (int r = 0; r < N; r++)
+		memcpy(h + (size_t)r * ld, row + (size_t)r * E, (size_t)E * 2);
+	bf16_t *gls = up(h, n * 2), *gds = up(h, n * 2);
+	int32_t *gi3 = dmalloc((size_t)N * K * 4);
+	float *gtw3 = dmalloc((size_t)N * K * 4), *gp3 = dmalloc((size_t)N * E * 4);
+	double *zacc = dmalloc(16), *zref = dmalloc(16);
+	void *zs = dmalloc(moe_cuda_router_z_scratch(N, E, K)), *zs2 = dmalloc(moe_cuda_zloss_scratch(N, E));
+	cudaMemset(zacc, 0xff, 16);
+	LAUNCH_OK(moe_cuda_router_fwd_ld(gi3, gtw3, gp3, gls, ld, use_bias ? gb : NULL, N, E, K, norm, zacc, zs, S,
+					 &gerr));
+	LAUNCH_OK(moe_cuda_zloss_sum(zref, NULL, gl, N, E, 0.f, zs2, S, &gerr));
+	LAUNCH_OK(moe_cuda_router_bwd_ld(gds, ld, gdtw, gdp, gp3, gi3, gtw3, N, E, K, norm, S, &gerr));
+	cr_expect(memcmp(down(gi3, (size_t)N * K * 4), down(gi, (size_t)N * K * 4), (size_t)N * K * 4) == 0,
+		  "router at a stride of %d (E %d): ids differ", ld, E);
+	cr_expect(memcmp(down(gp3, (size_t)N * E * 4), down(gp, (size_t)N * E * 4), (size_t)N * E * 4) == 0,
+		  "router at a stride of %d (E %d): probs differ", ld, E);
+	cr_expect(memcmp(down(gtw3, (size_t)N * K * 4), down(gtw, (size_t)N * K * 4), (size_t)N * K * 4) == 0,
+		  "router at a stride of %d (E %d): topk_w differ", ld, E);
+	double *z = down(zacc, 16), *zr = down(zref, 16);
+	cr_expect(fabs(z[0] - zr[0]) <= 1e-12 * zr[0] && z[1] == (double)N,
+		  "router's z-loss sum %.17g (rows %g) vs zloss_sum's %.17g", z[0], z[1], zr[0]);
+	uint16_t *d = down(gds, n * 2), *dref = down(gdl, (size_t)N * E * 2);
+	size_t bad = 0, touched = 0;
+	for (int r = 0; r < N; r++) {
+		bad += memcmp(d + (size_t)r * ld, dref + (size_t)r * E, (size_t)E * 2) != 0;
+		for (int c = E; c < ld; c++)
+			touched += d[(size_t)r * ld + c] != 0x4700;
+	}
+	cr_expect(bad == 0, "router_bwd at a stride of %d: %zu of %d rows of dlogits differ", ld, bad, N);
+	cr_expect(touched == 0, "router_bwd at a stride of %d: %zu elements between the rows written", ld, touched);
+	/* zloss's gradient at the stride against contiguous, over those dlogits */
+	bf16_t *gdc = dmalloc((size_t)N * E * 2);
+	cudaMemcpy(gdc, gdl, (size_t)N * E * 2, cudaMemcpyDeviceToDevice);
+	LAUNCH_OK(moe_cuda_zloss_ld(gds, NULL, gls, ld, N, E, 0.5f, S, &gerr));
+	LAUNCH_OK(moe_cuda_zloss(gdc, NULL, gl, N, E, 0.5f, S, &gerr));
+	uint16_t *d2 = down(gds, n * 2), *dc = down(gdc, (size_t)N * E * 2);
+	bad = touched = 0;
+	for (int r = 0; r < N; r++) {
+		bad += memcmp(d2 + (size_t)r * ld, dc + (size_t)r * E, (size_t)E * 2) != 0;
+		for (int c = E; c < ld; c++)
+			touched += d2[(size_t)r * ld + c] != 0x4700;
+	}
+	cr_expect(bad == 0 && touched == 0, "zloss at a stride of %d: %zu rows differ, %zu between them written", ld,
+		  bad, touched);
+	free(h), free(row), free(z), free(zr), free(d), free(dref), free(d2), free(dc);
+	cudaFree(gls), cudaFree(gds), cudaFree(gi3), cudaFree(gtw3), cudaFree(gp3), cudaFree(zacc), cudaFree(zref);
+	cudaFree(zs), cudaFree(zs2), cudaFree(gdc);
+}
+
 /* The router's forward and backward against the CPU reference: top-k ids
  * equal, probabilities and weights within 1e-5, dlogits (bf16) within 1e-2;
  * levels > 0: logits (and the bias) on a coarse grid, so that many keys and
@@ -1345,6 +1413,8 @@ static void router_case(int N, int E, int K, bool use_bias, bool norm, int level
 		     "router topk_w not reproducible");
 	cr_expect_eq(memcmp(down(gdl2, (size_t)N * E * 2), down(gdl, (size_t)N * E * 2), (size_t)N * E * 2), 0,
 		     "router dlogits not reproducible");
+	if (!moe_cuda_route_legacy_on())
+		router_ld_case(gl, gb, gdtw, gdp, gi, gp, gtw, gdl, N, E, K, use_bias, norm);
 	cudaFree(gl), cudaFree(gdl), cudaFree(gdl2), cudaFree(gb), cudaFree(gtw), cudaFree(gp), cudaFree(gtw2);
 	cudaFree(gp2), cudaFree(gdtw), cudaFree(gdp), cudaFree(gi), cudaFree(gi2);
 	free(logits), free(bias), free(dtw), free(dprobs), free(idx), free(tw), free(probs), free(dl), free(hi);
