@@ -58,7 +58,9 @@
  * the three together 158.1-159.4 ms a step against 162.0-162.4).
  * Router (router_merge_ok, MOE_CUDA_ROUTER_MERGE, default 1): its weights
  * lie just before the shared experts', so the model runs its linear and
- * their gate_up as one each way (logits copied out, dlogits copied in).
+ * their gate_up as one each way; its kernels read the logits and write
+ * dlogits in place at that row stride, and its forward sums the z-loss's
+ * value (router_fwd_ld; MOE_CUDA_ROUTER_LD=0: copies and a zloss launch).
  * Routed experts' backward (expert_combine_down_bwd, MOE_CUDA_YG, default
  * free): no expert outputs yg are kept; dout's rows are gathered unweighted
  * with the gate weights in expert order, and swiglu_bwd_rows applies the
@@ -66,6 +68,12 @@
  * gathered rows xg instead (the same memory), so the gate_up backward does
  * not gather again (session 12, H100: both 156.0-157.0 ms a step against
  * 160.0, tests/bench/RESULTS-cuda.md).
+ * Host round trips (session 13): the clip norms' sums of squares are
+ * queued and launched together at the sync (MOE_CUDA_SUMSQ_BATCH, default
+ * 1), the deferred results' slots are stored by their kernels (no
+ * memsets), small uploads go through pinned buffers without waiting, and
+ * to_host_later's read-backs (the routing statistics) share the forward's
+ * one synchronisation.
  * Clip norms (sumsq, MOE_CUDA_SUMSQ_EPI, default 1): with "tma" and
  * gradients by overwrite the routed experts' weight gradients come with
  * their epilogues' per-tile sums of squares, and o_sumsq sums those instead
