@@ -590,12 +590,18 @@ static void b_to_host(struct moe_backend *be, void *host_dst, const void *src, s
 
 static void pend_flush(struct cuda_ctx *c);
 
-/* n 4-byte words to host_dst at the next sync: copied now, in the stream's
- * order, into the pinned buffer (grown after a sync when too small) */
-static void b_to_host_later(struct moe_backend *be, void *host_dst, const void *src, size_t n)
+/* n elements to host_dst at the next sync: copied now, in the stream's
+ * order, into the pinned buffer (grown after a sync when too small); bf16
+ * buffers (converted on the host) are read back at once instead */
+static void b_to_host_later(struct moe_backend *be, void *host_dst, const void *src, size_t n,
+			    enum moe_buf_kind kind)
 {
 	struct cuda_ctx *c = CTX(be);
-	size_t bytes = n * 4, off = (c->later_used + 15) & ~(size_t)15;
+	if (kind == MOE_BUF_ACT) {
+		b_to_host(be, host_dst, src, n, kind);
+		return;
+	}
+	size_t bytes = n * elt(kind), off = (c->later_used + 15) & ~(size_t)15;
 	if (c->nlater == N_LATER || off + bytes > c->later_cap) {
 		pend_flush(c); /* the ones waiting first: the buffer is free after */
 		off = 0;
@@ -607,7 +613,7 @@ static void b_to_host_later(struct moe_backend *be, void *host_dst, const void *
 				cudaGetLastError();
 				c->later_buf = NULL;
 				c->later_cap = 0;
-				b_to_host(be, host_dst, src, n, MOE_BUF_I32); /* now, then */
+				b_to_host(be, host_dst, src, n, kind); /* now, then */
 				return;
 			}
 			c->later_cap = cap;

@@ -174,7 +174,7 @@ struct moe_model *moe_model_new(const struct moe_config *cfg, struct moe_backend
 	m->psum = calloc((size_t)(m->Lm > 0 ? m->Lm : 1) * cfg->num_experts, sizeof(float));
 	m->cntv = calloc((size_t)(m->Lm > 0 ? m->Lm : 1) * cfg->num_experts, sizeof(int32_t));
 	m->zl = calloc((size_t)(m->Lm > 0 ? m->Lm : 1), sizeof(double));
-	m->st_host = calloc(3 * (size_t)(m->Lm > 0 ? m->Lm : 1) * cfg->num_experts, sizeof(int32_t));
+	m->st_host = calloc(2 * (size_t)(m->Lm > 0 ? m->Lm : 1) * cfg->num_experts, sizeof(int32_t));
 	if (!m->counts || !m->psum || !m->cntv || !m->zl || !m->st_host) {
 		moe_error_set(err, MOE_ENOMEM, "out of memory");
 		moe_model_free(m);
@@ -543,12 +543,11 @@ static int acts_ensure(struct moe_model *m, int N, bool train, struct moe_error 
 	void *sh_yg = m->yg_free ? A(m, NK * D, MOE_BUF_ACT) : NULL;
 	void *sh_he = any_moe ? A(m, NK * I, MOE_BUF_ACT) : NULL;
 	void *sh_hs = any_moe && S > 0 ? A(m, (size_t)S * N * Is, MOE_BUF_ACT) : NULL;
-	/* the two counts and the probability sums side by side (4-byte
-	 * words): one read-back for the three */
+	/* the two counts side by side: one read-back for both */
 	size_t nst = (size_t)m->Lm * E;
-	m->st_cntv = any_moe ? A(m, 3 * nst, MOE_BUF_I32) : NULL;
+	m->st_psum = any_moe ? A(m, nst, MOE_BUF_F32) : NULL;
+	m->st_cntv = any_moe ? A(m, 2 * nst, MOE_BUF_I32) : NULL;
 	m->st_cnt = m->st_cntv ? m->st_cntv + nst : NULL;
-	m->st_psum = m->st_cntv ? (float *)(m->st_cntv + 2 * nst) : NULL;
 	for (int s = 0; s < sets; s++) {
 		struct layer_acts *a = &m->la[s];
 		/* ln1 and ln2 are kept per layer in training (1.8 GiB for seed-base
@@ -819,8 +818,12 @@ static void capture_readback(struct moe_model *m, struct layer_acts *a, int lm, 
  * sync that ended the forward (stats_request before it). */
 static void stats_request(struct moe_model *m)
 {
-	if (m->be->to_host_later)
-		m->be->to_host_later(m->be, m->st_host, m->st_cntv, 3 * (size_t)m->Lm * m->cfg.num_experts);
+	struct moe_backend *be = m->be;
+	size_t n = (size_t)m->Lm * m->cfg.num_experts;
+	if (be->to_host_later) {
+		be->to_host_later(be, m->psum, m->st_psum, n, MOE_BUF_F32);
+		be->to_host_later(be, m->st_host, m->st_cntv, 2 * n, MOE_BUF_I32);
+	}
 }
 
 static void stats_readback(struct moe_model *m)
@@ -828,12 +831,13 @@ static void stats_readback(struct moe_model *m)
 	struct moe_backend *be = m->be;
 	size_t n = (size_t)m->Lm * m->cfg.num_experts;
 	const int32_t *cn = m->st_host;
-	if (!be->to_host_later)
-		be->to_host(be, m->st_host, m->st_cntv, 3 * n, MOE_BUF_I32);
+	if (!be->to_host_later) {
+		be->to_host(be, m->psum, m->st_psum, n, MOE_BUF_F32);
+		be->to_host(be, m->st_host, m->st_cntv, 2 * n, MOE_BUF_I32);
+	}
 	memcpy(m->cntv, cn, n * sizeof(int32_t));
 	for (size_t i = 0; i < n; i++)
 		m->counts[i] = cn[n + i];
-	memcpy(m->psum, cn + 2 * n, n * sizeof(float));
 }
 
 /* Per-row next-token statistics of rows [r0, r0 + n) from the current

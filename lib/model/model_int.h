@@ -95,7 +95,7 @@ struct moe_model {
 	int64_t n_valid, n_rows_valid;
 	double ce, aux, z, aux_coef;
 	int64_t *counts; /* (Lm, E) host */
-	int32_t *st_host; /* (3 Lm E) host: the statistics as read back (st_cntv's layout) */
+	int32_t *st_host; /* (2 Lm E) host: st_cntv as read back */
 	float *psum;     /* (Lm, E) host */
 	int32_t *cntv;   /* (Lm, E) host */
 	/* the same statistics in backend memory, (Lm, E) each, whatever the

@@ -667,7 +667,7 @@ Test(backend, transfers_without_waiting, .timeout = 60)
 	}
 	for (int b = 0; b < NB; b++) {
 		memset(later[b], 0x5a, sizeof later[b]);
-		be->to_host_later(be, later[b], d[b], N);
+		be->to_host_later(be, later[b], d[b], N, MOE_BUF_I32);
 		for (int i = 0; i < N; i++)
 			host[i] = -1;
 		be->from_host(be, d[b], host, N, MOE_BUF_I32); /* after the read-back, in the stream */
@@ -691,8 +691,8 @@ Test(backend, transfers_without_waiting, .timeout = 60)
 	be->from_host(be, big, hb, 40000, MOE_BUF_I32);
 	int32_t many[20][N];
 	for (int k = 0; k < 20; k++)
-		be->to_host_later(be, many[k], d[k % NB], N);
-	be->to_host_later(be, lb, big, 40000);
+		be->to_host_later(be, many[k], d[k % NB], N, MOE_BUF_I32);
+	be->to_host_later(be, lb, big, 40000, MOE_BUF_F32);
 	cr_assert_eq(be->sync(be, &err), 0, "%s", err.msg);
 	for (int k = 0; k < 20; k++)
 		for (int i = 0; i < N; i++)
