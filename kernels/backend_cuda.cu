@@ -213,6 +213,7 @@ struct cuda_ctx {
 	 * has run (its event) */
 	void *stage[N_STAGE];
 	cudaEvent_t stage_ev[N_STAGE];
+	bool stage_used[N_STAGE];
 	int stage_next;
 	/* read-backs delivered at the next sync (to_host_later): copied into
 	 * the pinned buffer later_buf at their place in the stream */
@@ -636,21 +637,26 @@ static void b_to_host_later(struct moe_backend *be, void *host_dst, const void *
 static bool upload_staged(struct cuda_ctx *c, void *dst, const void *host_src, size_t bytes)
 {
 	int i = c->stage_next;
-	if (!c->stage[i]) {
-		if (cudaHostAlloc(&c->stage[i], STAGE_BYTES, cudaHostAllocDefault) != cudaSuccess) {
-			c->stage[i] = NULL;
-			cudaGetLastError();
-			return false;
+	if (!c->stage[i]) /* all of them at the first upload: no allocation in later steps */
+		for (int k = 0; k < N_STAGE; k++) {
+			if (c->stage[k])
+				continue;
+			if (cudaHostAlloc(&c->stage[k], STAGE_BYTES, cudaHostAllocDefault) != cudaSuccess) {
+				c->stage[k] = NULL;
+				cudaGetLastError();
+				return false;
+			}
+			if (cudaEventCreateWithFlags(&c->stage_ev[k], cudaEventDisableTiming) != cudaSuccess) {
+				cudaFreeHost(c->stage[k]);
+				c->stage[k] = NULL;
+				cudaGetLastError();
+				return false;
+			}
+			c->stage_used[k] = false;
 		}
-		if (cudaEventCreateWithFlags(&c->stage_ev[i], cudaEventDisableTiming) != cudaSuccess) {
-			cudaFreeHost(c->stage[i]);
-			c->stage[i] = NULL;
-			cudaGetLastError();
-			return false;
-		}
-	} else {
+	if (c->stage_used[i]) /* its last copy has run */
 		RUN(c, CUDA_OK(cudaEventSynchronize(c->stage_ev[i]), &c->err));
-	}
+	c->stage_used[i] = true;
 	c->stage_next = (i + 1) % N_STAGE;
 	memcpy(c->stage[i], host_src, bytes);
 	RUN(c, CUDA_OK(cudaMemcpyAsync(dst, c->stage[i], bytes, cudaMemcpyHostToDevice, c->s), &c->err));

@@ -346,6 +346,26 @@ static __device__ __forceinline__ double block_sum_d(double v)
 }
 
 
+/* A grid's sum of v (one value a block): the block's sum (block_sum_d) to
+ * part[blockIdx.x]; the last block to arrive adds them in block order and
+ * stores acc[0] = the sum, acc[1] = N (fixed order: bit-reproducible). */
+static __device__ void grid_sum_store(double v, double *part, unsigned *ticket, double *acc, int N)
+{
+	double bs = block_sum_d(v);
+	if (threadIdx.x == 0)
+		part[blockIdx.x] = bs;
+	if (!last_block(ticket))
+		return;
+	double a = 0.0;
+	for (unsigned b = threadIdx.x; b < gridDim.x; b += RT)
+		a += __ldcg(part + b);
+	a = block_sum_d(a);
+	if (threadIdx.x == 0) {
+		acc[0] = a;
+		acc[1] = (double)N;
+	}
+}
+
 template <int G>
 __global__ void __launch_bounds__(RT) router_fwd_g_kernel(int32_t *topk_idx, float *topk_w, float *probs,
 							const bf16 *logits, int ldl, const float *bias, int N,
@@ -376,19 +396,7 @@ __global__ void __launch_bounds__(RT) router_fwd_g_kernel(int32_t *topk_idx, flo
 	sum = grp_sum<G>(sum);
 	if (zpart) { /* the z-loss's sum of lse^2, as zloss_g_kernel's with part */
 		float lse = mx + logf(sum);
-		double bs = block_sum_d(act && q == 0 ? (double)lse * lse : 0.0);
-		if (threadIdx.x == 0)
-			zpart[blockIdx.x] = bs;
-		if (last_block(&rz_ticket)) {
-			double a = 0.0;
-			for (unsigned b = threadIdx.x; b < gridDim.x; b += RT)
-				a += __ldcg(zpart + b);
-			a = block_sum_d(a);
-			if (threadIdx.x == 0) {
-				zacc[0] = a;
-				zacc[1] = (double)N;
-			}
-		}
+		grid_sum_store(act && q == 0 ? (double)lse * lse : 0.0, zpart, &rz_ticket, zacc, N);
 	}
 #pragma unroll
 	for (int j = 0; j < 8; j++)
@@ -604,21 +612,8 @@ __global__ void __launch_bounds__(RT) zloss_g_kernel(bf16 *dlogits, float *rowz,
 			}
 		}
 	}
-	if (!part)
-		return;
-	double bs = block_sum_d(zacc);
-	if (threadIdx.x == 0)
-		part[blockIdx.x] = bs;
-	if (!last_block(&zloss_ticket))
-		return;
-	double a = 0.0;
-	for (unsigned b = threadIdx.x; b < gridDim.x; b += RT)
-		a += __ldcg(part + b);
-	a = block_sum_d(a);
-	if (threadIdx.x == 0) {
-		acc[0] = a;
-		acc[1] = (double)N;
-	}
+	if (part)
+		grid_sum_store(zacc, part, &zloss_ticket, acc, N);
 }
 
 /* Statistics of a block of rows: counts of the valid rows' slots per
