@@ -271,6 +271,8 @@ int main(int argc, char **argv)
 		}
 	}
 	line_clear(&ln);
+	if (rc == 0) /* the last step's optimizer: its time and its errors */
+		rc = moe_trainer_wait(t, &err);
 	if (rc == 0 && !stopped && !evaluated && o.eval_every > 0 &&
 	    moe_trainer_step_index(t) > start) {
 		struct moe_eval_stats ev;

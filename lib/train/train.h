@@ -253,6 +253,9 @@ int moe_trainer_eval(struct moe_trainer *t, struct moe_eval_stats *ev, struct mo
 /* Write RUN/ckpt/step-NNNNNNN atomically (model.safetensors, config.json,
  * optimizer.safetensors, trainer_state.json), point `latest` at it and
  * keep the last K. */
+/* Wait for the last step's work on the device (a step does not: its
+ * optimizer runs while the host goes on); its first error, if any. */
+int moe_trainer_wait(struct moe_trainer *t, struct moe_error *err);
 int moe_trainer_save(struct moe_trainer *t, struct moe_error *err);
 
 /* ---- generation ---------------------------------------------------------------- */

@@ -411,6 +411,12 @@ static json_t *schedule_json(const struct moe_trainer *t)
 			 moe_config_aux_coef(&t->cfg, t->step));
 }
 
+int moe_trainer_wait(struct moe_trainer *t, struct moe_error *err)
+{
+	struct moe_backend *be = moe_model_backend(t->model);
+	return be->sync(be, err);
+}
+
 int moe_trainer_save(struct moe_trainer *t, struct moe_error *err)
 {
 	char name[32];
