@@ -5,7 +5,8 @@
 #   torch_seed [ARGS]            torch_ref.py --preset seed --modes best_c
 #   profile [FILTER]             one profiled seed-base step (per-op table)
 #   tk SECONDS BINARY FILTER     a GPU test binary's tests matching FILTER, verbose
-#   olmoe_step B [VAR=VALUE]     bench_cuda at olmoe-1b-7b, seq 4096, micro-batch B
+#   olmoe_step B [VAR=VALUE]     bench_cuda at olmoe-1b-7b, seq 4096, micro-batch B (two warm-up
+#                                steps: a GEMM called once a step is tuned in the second; since call 92)
 #   suites                       both GPU test binaries whole, then resume_gpu.sh
 #   bc_as LABEL "VAR=V ..." [ARGS]  bc with those variables, its JSON line prefixed (LABEL)
 #   plans [VAR=V ...]            the cuBLASLt plans of a short seed-base run (-G)
@@ -39,7 +40,7 @@ profile() {
 tk() { LD_LIBRARY_PATH=$R/lib:$R/libtest timeout "$1" $B/tests/kernels/$2 --verbose --filter "$3" 2>&1; }
 olmoe_step() {
 	echo "=== olmoe-1b-7b B=$1 T=4096 ${2:-}"
-	env ${2:-X=} timeout 150 $B/tests/bench/bench_cuda -m share/models/olmoe-1b-7b.json -T 4096 -B $1 -n 3 -w 1 \
+	env ${2:-X=} timeout 150 $B/tests/bench/bench_cuda -m share/models/olmoe-1b-7b.json -T 4096 -B $1 -n 3 -w 2 \
 		2>/tmp/o.err | tail -1
 	tail -1 /tmp/o.err
 }
