@@ -1929,7 +1929,8 @@ Test(kernels, sumsq_batch)
 			if (it >= 0) {
 				for (size_t j = roff[it]; j < roff[it] + rlen[it]; j++)
 					hs += (long double)g[j] * g[j];
-				LAUNCH_OK(moe_cuda_sumsq_partials(part1 + q->blk[it], gg + roff[it], rlen[it], S, &gerr));
+				LAUNCH_OK(moe_cuda_sumsq_partials(part1 + q->blk[it], gg + roff[it], rlen[it], S,
+								  &gerr));
 				sg.p[sg.count] = part1 + q->blk[it];
 				sg.n[sg.count++] = q->blk[it + 1] - q->blk[it];
 			} else {
@@ -1948,7 +1949,8 @@ Test(kernels, sumsq_batch)
 			cudaMemset(acc1, 0, 8);
 		double *one = down(acc1, 8);
 		cr_expect(got[k] == *one, "sum %d: batched %.17g, one by one %.17g", k, got[k], *one);
-		cr_expect(fabs(got[k] - (double)hs) <= 1e-9 * (double)hs, "sum %d: %.17g vs host %.17Lg", k, got[k], hs);
+		cr_expect(fabs(got[k] - (double)hs) <= 1e-9 * (double)hs, "sum %d: %.17g vs host %.17Lg", k, got[k],
+			  hs);
 		free(one);
 	}
 	cr_expect(got[2] == 0.0, "a sum of nothing is %g", got[2]);
@@ -2451,8 +2453,8 @@ static void tma_ssq_case(int E, int In, int Out, const int *cnt)
 				cr_expect(rel <= 1e-6, "%s: epilogue sum %.17g vs host %.17Lg (relative %.3g)", what, epi, hs,
 					  rel);
 				cr_expect(relr <= 1e-6, "%s: epilogue sum %.17g vs moe_cuda_sumsq %.17g", what, epi, rd);
-				cr_expect(twice == 2 * epi, "%s: a batch added to its stored sum %.17g, not twice %.17g",
-					  what, twice, epi);
+				cr_expect(twice == 2 * epi, "%s: a batch added to its stored sum %.17g, not twice "
+					  "%.17g", what, twice, epi);
 				worst = fmax(worst, rel);
 				worst_read = fmax(worst_read, fabs(rd - (double)hs) / (double)hs);
 				double *slots = down(gss, ns * 8);
