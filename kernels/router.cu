@@ -345,7 +345,6 @@ static __device__ __forceinline__ double block_sum_d(double v)
 	return a;
 }
 
-
 /* A grid's sum of v (one value a block): the block's sum (block_sum_d) to
  * part[blockIdx.x]; the last block to arrive adds them in block order and
  * stores acc[0] = the sum, acc[1] = N (fixed order: bit-reproducible). */
