@@ -213,7 +213,6 @@ struct cuda_ctx {
 	 * has run (its event) */
 	void *stage[N_STAGE];
 	cudaEvent_t stage_ev[N_STAGE];
-	bool stage_used[N_STAGE];
 	int stage_next;
 	/* read-backs delivered at the next sync (to_host_later): copied into
 	 * the pinned buffer later_buf at their place in the stream */
@@ -652,11 +651,9 @@ static bool upload_staged(struct cuda_ctx *c, void *dst, const void *host_src, s
 				cudaGetLastError();
 				return false;
 			}
-			c->stage_used[k] = false;
 		}
-	if (c->stage_used[i]) /* its last copy has run */
-		RUN(c, CUDA_OK(cudaEventSynchronize(c->stage_ev[i]), &c->err));
-	c->stage_used[i] = true;
+	/* its last copy has run (an event never recorded returns at once) */
+	RUN(c, CUDA_OK(cudaEventSynchronize(c->stage_ev[i]), &c->err));
 	c->stage_next = (i + 1) % N_STAGE;
 	memcpy(c->stage[i], host_src, bytes);
 	RUN(c, CUDA_OK(cudaMemcpyAsync(dst, c->stage[i], bytes, cudaMemcpyHostToDevice, c->s), &c->err));
@@ -692,12 +689,11 @@ static void b_from_host(struct moe_backend *be, void *dst, const void *host_src,
 	free(tmp);
 }
 
-/* Deliver the pending scalar results (one read-back for all of them). */
+/* Wait for the queued work and deliver the pending results: the scalars
+ * (one read-back for all of them) and to_host_later's copies. */
 static void pend_flush(struct cuda_ctx *c)
 {
 	sq_flush(c);
-	if (!c->npend && !c->nlater)
-		return;
 	if (c->npend)
 		RUN(c, CUDA_OK(cudaMemcpyAsync(c->hres, c->dres, sizeof(double) * 2 * c->npend,
 					       cudaMemcpyDeviceToHost, c->s),
@@ -735,11 +731,6 @@ static double *pend_slot(struct cuda_ctx *c, double *d, int64_t *i, double mul)
 static int b_sync(struct moe_backend *be, struct moe_error *err)
 {
 	struct cuda_ctx *c = CTX(be);
-	sq_flush(c);
-	if ((c->npend || c->nlater) && c->rc == 0)
-		pend_flush(c); /* its read-back's synchronisation is the one */
-	else
-		RUN(c, CUDA_OK(cudaStreamSynchronize(c->s), &c->err));
 	pend_flush(c);
 	if (c->rc && err)
 		*err = c->err;

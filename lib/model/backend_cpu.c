@@ -361,6 +361,7 @@ struct moe_backend *moe_backend_cpu(void)
 	be->zero = cpu_zero;
 	be->copy = cpu_copy;
 	be->to_host = cpu_copy;
+	be->to_host_later = cpu_copy; /* nothing is queued: now is as good */
 	be->from_host = cpu_copy;
 	be->sync = cpu_sync;
 	be->destroy = cpu_destroy;

@@ -813,28 +813,21 @@ static void capture_readback(struct moe_model *m, struct layer_acts *a, int lm, 
 	}
 }
 
-/* The routing statistics of the forward (cntv, counts, psum) into the
- * host's arrays: read back here, or, with to_host_later, delivered by the
- * sync that ended the forward (stats_request before it). */
+/* The routing statistics of the forward (psum, and cntv and counts side by
+ * side) asked for before the sync that ends the forward, which delivers
+ * them (to_host_later); stats_unpack splits the counts after it. */
 static void stats_request(struct moe_model *m)
 {
 	struct moe_backend *be = m->be;
 	size_t n = (size_t)m->Lm * m->cfg.num_experts;
-	if (be->to_host_later) {
-		be->to_host_later(be, m->psum, m->st_psum, n, MOE_BUF_F32);
-		be->to_host_later(be, m->st_host, m->st_cntv, 2 * n, MOE_BUF_I32);
-	}
+	be->to_host_later(be, m->psum, m->st_psum, n, MOE_BUF_F32);
+	be->to_host_later(be, m->st_host, m->st_cntv, 2 * n, MOE_BUF_I32);
 }
 
-static void stats_readback(struct moe_model *m)
+static void stats_unpack(struct moe_model *m)
 {
-	struct moe_backend *be = m->be;
 	size_t n = (size_t)m->Lm * m->cfg.num_experts;
 	const int32_t *cn = m->st_host;
-	if (!be->to_host_later) {
-		be->to_host(be, m->psum, m->st_psum, n, MOE_BUF_F32);
-		be->to_host(be, m->st_host, m->st_cntv, 2 * n, MOE_BUF_I32);
-	}
 	memcpy(m->cntv, cn, n * sizeof(int32_t));
 	for (size_t i = 0; i < n; i++)
 		m->counts[i] = cn[n + i];
@@ -1010,7 +1003,7 @@ int moe_model_forward(struct moe_model *m, const int32_t *tokens, const int32_t 
 	if ((rc = be->sync(be, err)) < 0)
 		return rc;
 	if (m->Lm > 0)
-		stats_readback(m);
+		stats_unpack(m);
 	/* the deferred results are in place after the sync */
 	double ce_sum = 0.0, zsum = 0.0;
 	int64_t nv = targets ? targets_valid : 0; /* the rows xent counts */

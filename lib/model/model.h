@@ -266,10 +266,10 @@ struct moe_backend {
 	void (*copy)(struct moe_backend *be, void *dst, const void *src, size_t n, enum moe_buf_kind kind);
 	/* host <-> backend; ACT buffers are converted from/to fp32 on the host side */
 	void (*to_host)(struct moe_backend *be, void *host_dst, const void *src, size_t n, enum moe_buf_kind kind);
-	/* Optional: as to_host for MOE_BUF_F32 and MOE_BUF_I32 buffers, but
-	 * host_dst receives the values at the next sync (it must stay valid
-	 * until then), so the read-back shares that synchronisation instead of
-	 * waiting on its own */
+	/* As to_host, but host_dst receives the values (as they are at this
+	 * point of the queued work) by the next sync, and must stay valid until
+	 * then: a backend with a queue (CUDA) shares that synchronisation
+	 * instead of waiting for the read-back on its own */
 	void (*to_host_later)(struct moe_backend *be, void *host_dst, const void *src, size_t n, enum moe_buf_kind kind);
 	void (*from_host)(struct moe_backend *be, void *dst, const void *host_src, size_t n, enum moe_buf_kind kind);
 	/* wait for queued work; return the first recorded error (0 if none) */
