@@ -2759,6 +2759,92 @@ static void tma_swiglu_case(int E, int D, int I, const int *cnt, int extra)
 	free(dgu);
 }
 
+/* The down projection with SwiGLU in its A operand
+ * (moe_cuda_grouped_tma_swiglu_down_fwd: h = silu(g) u made from gu in the
+ * GEMM's ring) on groups of cnt[e] expert-ordered rows, max_rows extra
+ * rows above the count (gu allocated for the rows only: the rows past
+ * offsets[E] must not be read), in both of its tile configurations (128 x
+ * 256 in 3 stages, 128 x 128 in 4) on the full grid and on grids of 3 and 7
+ * blocks, the output poisoned with NaN:
+ *   against the CPU reference (SwiGLU and the grouped linear of ops.h on
+ *   the same bf16 gu; the GPU rounds h to bf16): 2e-2;
+ *   against moe_cuda_swiglu_fwd then moe_cuda_grouped_tma_fwd on the same
+ *   gu: identical bits (the same h, rounded the same way, and the same k
+ *   order), every element written. */
+static void tma_down_swiglu_case(int E, int D, int I, const int *cnt, int extra)
+{
+	int32_t *off = malloc((E + 1) * 4);
+	off[0] = 0;
+	for (int e = 0; e < E; e++)
+		off[e + 1] = off[e] + cnt[e];
+	const int M = off[E];
+	const size_t ngu = (size_t)M * 2 * I, nh = (size_t)M * I, ny = (size_t)M * D;
+	float *gu = rand_bf(ngu, 3.f), *w = rand_bf((size_t)E * D * I, 0.1f);
+	float *h = malloc(nh * 4 + 4), *y = malloc(ny * 4 + 4);
+	moe_swiglu_gu_fwd(h, gu, M, I);
+	moe_grouped_linear_fwd(y, h, w, off, E, I, D);
+	bf16_t *ggu = up_bf(gu, ngu), *gw = up_bf(w, (size_t)E * D * I);
+	int32_t *goff = up(off, (E + 1) * 4);
+	bf16_t *gy = dmalloc(ny * 2 + 2), *uh = dmalloc(nh * 2 + 2), *uy = dmalloc(ny * 2 + 2);
+	for (int cfg = 1; cfg <= 2; cfg++)
+		for (int grid = 0; grid <= 7; grid += grid ? 4 : 3) {
+			char what[160];
+			snprintf(what, sizeof(what), "tma down swiglu E=%d D=%d I=%d M=%d config %d grid %d", E, D, I, M,
+				 cfg, grid);
+			moe_cuda_grouped_tma_config(cfg, grid);
+			cudaMemset(gy, 0xff, ny * 2 + 2);
+			cudaMemset(uy, 0xff, ny * 2 + 2);
+			LAUNCH_OK(moe_cuda_grouped_tma_swiglu_down_fwd(gy, ggu, gw, goff, M + extra, E, I, D, S, &gerr));
+			if (M > 0)
+				LAUNCH_OK(moe_cuda_swiglu_fwd(uh, ggu, M, I, S, &gerr));
+			LAUNCH_OK(moe_cuda_grouped_tma_fwd(uy, uh, gw, goff, M + extra, E, I, D, S, &gerr));
+			float *y_b = down_bf(gy, ny);
+			CHECK_REL(y_b, y, ny, 2e-2, what);
+			cr_expect(expert_bits_equal(gy, uy, ny), "%s: y != grouped_tma_fwd(swiglu_fwd(gu)) bitwise", what);
+			free(y_b);
+		}
+	moe_cuda_grouped_tma_config(0, 0);
+	void *dev[] = {ggu, gw, goff, gy, uh, uy};
+	for (size_t i = 0; i < sizeof(dev) / sizeof(dev[0]); i++)
+		cudaFree(dev[i]);
+	free(off);
+	free(gu);
+	free(w);
+	free(h);
+	free(y);
+}
+
+/* Empty experts (first and last too), one-row experts, row tails, K tiles
+ * ending inside their 64 columns (I = 40, 168, 72, 16), outputs not a
+ * multiple of the tile's columns, the seed-base widths, many experts */
+Test(kernels, grouped_tma_swiglu_down, .timeout = 180)
+{
+	NEED_GPU();
+	if (!moe_cuda_grouped_tma_supported())
+		cr_skip_test("not an sm_90 device, or no tensor maps");
+	rng_seed(16);
+	const int fb0 = moe_cuda_grouped_tma_config(0, 0);
+	int c1[6] = {0, 1, 130, 257, 0, 64};
+	tma_down_swiglu_case(6, 128, 128, c1, 77);
+	int c2[5] = {3, 200, 17, 0, 129};
+	tma_down_swiglu_case(5, 72, 40, c2, 0);
+	int c3[5] = {70, 0, 191, 64, 0};
+	tma_down_swiglu_case(5, 200, 168, c3, 300);
+	int c4[8];
+	for (int e = 0; e < 8; e++)
+		c4[e] = e == 2 ? 0 : e == 5 ? 900 : (int)(rng_u64() % 400);
+	tma_down_swiglu_case(8, 768, 640, c4, 77); /* seed-base */
+	int c5[3] = {1, 2, 5};
+	tma_down_swiglu_case(3, 24, 16, c5, 1000);
+	int c7[37];
+	const int pick[8] = {0, 1, 63, 64, 65, 192, 256, 300};
+	for (int e = 0; e < 37; e++)
+		c7[e] = pick[rng_u64() % 8];
+	tma_down_swiglu_case(37, 136, 72, c7, 5);
+	int fb = moe_cuda_grouped_tma_config(0, 0) - fb0;
+	cr_expect(fb == 0, "%d launches could not use the TMA kernels", fb);
+}
+
 /* Empty experts (first and last too), one-row experts, row tails, gate
  * tiles ending inside their 64 columns (I = 40, 168, 72), reductions not a
  * multiple of 64, the seed-base widths imbalanced, many experts; the input
