@@ -184,7 +184,6 @@ struct cuda_ctx {
 	int qkv_packed;     /* MOE_CUDA_QKV unset or packed: q, k, v in rows of 3 H Dh
 			       (attention_qknorm_fwd / _bwd); batched or split: three buffers */
 	int yg_keep;        /* MOE_CUDA_YG=keep: no expert_combine_down_bwd (the model keeps yg, not xg) */
-	int down_sw;        /* MOE_CUDA_DOWN_SWIGLU=0: no expert_down_swiglu_fwd (SwiGLU's forward apart) */
 	int res_copy;       /* MOE_CUDA_RESGEMM=0: residual linears as a copy and a GEMM adding in place */
 	int det;            /* no fp32 atomics (norm weights, embedding); MOE_CUDA_DETERMINISTIC=0: atomics */
 	/* gradient regions the model cleared for this backward (model.h,
@@ -1716,9 +1715,9 @@ static void o_expert_up_fwd(struct moe_backend *be, void *gu, void *h, const voi
 			    const void *w, const int32_t *offsets, void *xg, int NK, int K, int E, int D, int I)
 {
 	struct cuda_ctx *c = CTX(be);
-	if (!expert_fused(c, EF_UP_FWD) || !h) {
+	if (!expert_fused(c, EF_UP_FWD)) {
 		o_gather_rows(be, xg, x, perm, NK, K, D);
-		if (tma_fused(c, TF_UP_FWD) && h) {
+		if (tma_fused(c, TF_UP_FWD)) {
 			int rows = grouped_rows(c, offsets, E), rc = 0;
 			PROF(c, "grouped_fwd_swiglu");
 			RUN(c, (rc = moe_cuda_grouped_tma_up_fwd((bf16_t *)gu, (bf16_t *)h, (const bf16_t *)xg,
@@ -1731,8 +1730,7 @@ static void o_expert_up_fwd(struct moe_backend *be, void *gu, void *h, const voi
 				return;
 		}
 		o_grouped_fwd(be, gu, xg, w, offsets, E, D, 2 * I);
-		if (h) /* else SwiGLU runs inside the down GEMM (expert_down_swiglu_fwd) */
-			o_swiglu_fwd(be, h, gu, NK, I, 1, 2 * I);
+		o_swiglu_fwd(be, h, gu, NK, I, 1, 2 * I);
 		return;
 	}
 	int rows = grouped_rows(c, offsets, E);
@@ -1740,26 +1738,6 @@ static void o_expert_up_fwd(struct moe_backend *be, void *gu, void *h, const voi
 	RUN(c, moe_cuda_grouped_wgmma_up_fwd((bf16_t *)gu, (bf16_t *)h, (const bf16_t *)x, perm, K, (const bf16_t *)w,
 					     offsets, rows, E, D, I, c->s, &c->err));
 	PROF_END(c);
-}
-
-/* The down projection with SwiGLU in its A operand (grouped_tma.cu's SW
- * 3: h = silu(g) u made from gu in the GEMM's ring, never stored), or,
- * where that kernel cannot run, SwiGLU into the scratch h and the GEMM */
-static void o_expert_down_swiglu_fwd(struct moe_backend *be, void *y, const void *gu, const void *w,
-				     const int32_t *offsets, void *h, int NK, int E, int I, int D)
-{
-	struct cuda_ctx *c = CTX(be);
-	int rows = grouped_rows(c, offsets, E), rc = 0;
-	PROF(c, "grouped_fwd_swiglu_a");
-	RUN(c, (rc = moe_cuda_grouped_tma_swiglu_down_fwd((bf16_t *)y, (const bf16_t *)gu, (const bf16_t *)w,
-							   offsets, rows, E, I, D, c->s, &c->err)) > 0
-		       ? 0
-		       : rc);
-	PROF_END(c);
-	if (rc != 1)
-		return;
-	o_swiglu_fwd(be, h, gu, NK, I, 1, 2 * I);
-	o_grouped_fwd(be, y, h, w, offsets, E, I, D);
 }
 
 static void o_expert_down_bwd(struct moe_backend *be, void *dgu, void *h, float *dw, const void *dy, const void *gu,
@@ -2240,7 +2218,6 @@ extern "C" struct moe_backend *moe_backend_cuda(struct moe_error *err)
 		c->qkv_packed = qkv == 0;
 		c->qkv_split = qkv == 2;
 		c->yg_keep = yg == 1;
-		c->down_sw = !env_is("MOE_CUDA_DOWN_SWIGLU", "0");
 		c->narrow_ok = moe_cuda_grouped_wgmma_supported() && !env_is("MOE_CUDA_NARROW", "cublas");
 		c->det = !env_is("MOE_CUDA_DETERMINISTIC", "0"); /* the default: bit-reproducible steps */
 		c->clr_off = env_is("MOE_CUDA_GRAD_CLEAR", "0");
@@ -2295,12 +2272,6 @@ extern "C" struct moe_backend *moe_backend_cuda(struct moe_error *err)
 	be->scatter_add_rows = o_scatter_add_rows;
 	be->grouped_linear_fwd = o_grouped_fwd;
 	be->expert_up_fwd = o_expert_up_fwd;
-	/* SwiGLU's forward inside the down GEMM where grouped_tma.cu runs the
-	 * forward and nothing else fuses SwiGLU there (MOE_CUDA_DOWN_SWIGLU=0:
-	 * apart, comparisons) */
-	if (c->down_sw && c->grouped_mode == GM_WGMMA && c->grouped_tma && !expert_fused(c, EF_UP_FWD) &&
-	    !tma_fused(c, TF_UP_FWD))
-		be->expert_down_swiglu_fwd = o_expert_down_swiglu_fwd;
 	be->expert_down_bwd = o_expert_down_bwd;
 	be->expert_up_bwd = o_expert_up_bwd;
 	be->combine_fwd = o_combine_fwd;

@@ -366,51 +366,22 @@ static __device__ __forceinline__ void gt_dgrad_swiglu(const float (&a)[NA], int
 		gt_tma_store(&td, buf, tl.n0 + qq * 64, tl.row0 + rb);
 }
 
-/* h = silu(g) u for the eight columns at a (bf16, 16 bytes) from the g
- * there and the u du bytes on, stored over the g */
-static __device__ __forceinline__ void gt_swiglu16(uint32_t a, uint32_t du)
-{
-	uint32_t gv[4], uv[4], hv[4];
-	asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n"
-		     : "=r"(gv[0]), "=r"(gv[1]), "=r"(gv[2]), "=r"(gv[3])
-		     : "r"(a)
-		     : "memory");
-	asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n"
-		     : "=r"(uv[0]), "=r"(uv[1]), "=r"(uv[2]), "=r"(uv[3])
-		     : "r"(a + du)
-		     : "memory");
-#pragma unroll
-	for (int j = 0; j < 4; j++) {
-		__nv_bfloat162 gb = *(__nv_bfloat162 *)&gv[j], ub = *(__nv_bfloat162 *)&uv[j];
-		__nv_bfloat162 hb = __floats2bfloat162_rn(moe_swiglu_h(__low2float(gb), __low2float(ub)),
-							  moe_swiglu_h(__high2float(gb), __high2float(ub)));
-		hv[j] = *(uint32_t *)&hb;
-	}
-	asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};\n" ::"r"(a), "r"(hv[0]), "r"(hv[1]), "r"(hv[2]),
-		     "r"(hv[3])
-		     : "memory");
-}
-
 /* One stage through cp.async (the rows it reads reach past offsets[E],
  * where the allocation may end), zeros past the rows and columns: the
- * forward / input gradient's A tile (B comes through TMA; PRO: the g and
- * the u tile from gu's rows of 2K), the weight gradient's A (dY) and B (X)
- * k-rows, rows past the expert's end too. */
-template <int MODE, int BM, int BN, bool PRO = false>
+ * forward / input gradient's A tile (B comes through TMA), the weight
+ * gradient's A (dY) and B (X) k-rows, rows past the expert's end too. */
+template <int MODE, int BM, int BN>
 static __device__ __noinline__ void gt_cp_stage(uint32_t dA, uint32_t dB, const gt_args &g, const gt_tile &tl,
 						   int k0, int tot, int lane)
 {
 	if (MODE != GT_WGRAD) {
 		const int nr = tot - tl.row0;
-		const size_t ld = PRO ? 2 * (size_t)g.K : (size_t)g.K;
-#pragma unroll 1
-		for (int p = 0; p < (PRO ? 2 : 1); p++)
-			for (int c = lane; c < BM * 8; c += 32) {
-				int r = c >> 3, ch = c & 7;
-				bool ok = r < nr && k0 + ch * 8 < g.K;
-				wg_cp16(dA + p * BM * 128 + r * 128 + ((ch ^ (r & 7)) << 4),
-					ok ? g.a + (size_t)(tl.row0 + r) * ld + (size_t)p * g.K + k0 + ch * 8 : g.a, ok);
-			}
+		for (int c = lane; c < BM * 8; c += 32) {
+			int r = c >> 3, ch = c & 7;
+			bool ok = r < nr && k0 + ch * 8 < g.K;
+			wg_cp16(dA + r * 128 + ((ch ^ (r & 7)) << 4),
+				ok ? g.a + (size_t)(tl.row0 + r) * g.K + k0 + ch * 8 : g.a, ok);
+		}
 	} else {
 		const int nk = min(tl.mi - k0, GT_BK);
 		const size_t r0 = (size_t)tl.row0 + k0;
@@ -432,12 +403,11 @@ static __device__ __noinline__ void gt_cp_stage(uint32_t dA, uint32_t dB, const 
 }
 #endif
 
-/* ST stages of A (BM x 64; PRO: the g and the u tile, BM x 64 each) and B
- * (BN x 64) bf16, after slack to align them
+/* ST stages of A (BM x 64) and B (BN x 64) bf16, after slack to align them
  * to the swizzle's 1024-byte period; two 64 x 64 bf16 (64 x 32 fp32) output
  * buffers per consumer warpgroup; the experts' tables after them. */
-template <int BM, int BN, int ST, int PRO = 0> struct gt_cfg {
-	static constexpr int ABYTES = (PRO ? 2 : 1) * BM * GT_BK * 2, BBYTES = BN * GT_BK * 2, EBYTES = 4 * 8192;
+template <int BM, int BN, int ST> struct gt_cfg {
+	static constexpr int ABYTES = BM * GT_BK * 2, BBYTES = BN * GT_BK * 2, EBYTES = 4 * 8192;
 	static constexpr size_t SMEM = 1024 + (size_t)ST * (ABYTES + BBYTES) + EBYTES;
 };
 
@@ -453,14 +423,8 @@ __global__ void __launch_bounds__(GT_THREADS, 1)
 	MOE_PDL_ENTRY();
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 	constexpr int TA = MODE == GT_WGRAD, TB = MODE != GT_FWD; /* MN-major */
-	/* SW 3 (PRO): the forward's A operand is SwiGLU's h = silu(g) u, made
-	 * in the ring from the g and u tiles of gu (rows, 2K); the epilogue is
-	 * the plain one (SWE 0) */
-	constexpr bool PRO = SW == 3;
-	constexpr int SWE = PRO ? 0 : SW;
-	static_assert(!PRO || (MODE == GT_FWD && !PP), "SwiGLU in the A operand: the cooperative forward only");
-	constexpr int ABYTES = gt_cfg<BM, BN, ST, PRO>::ABYTES, BBYTES = gt_cfg<BM, BN, ST, PRO>::BBYTES;
-	constexpr int EBYTES = gt_cfg<BM, BN, ST, PRO>::EBYTES;
+	constexpr int ABYTES = gt_cfg<BM, BN, ST>::ABYTES, BBYTES = gt_cfg<BM, BN, ST>::BBYTES;
+	constexpr int EBYTES = gt_cfg<BM, BN, ST>::EBYTES;
 	/* 64-row MMAs per consumer warpgroup: ping-pong, each its own tile of
 	 * BM rows; cooperative, BM / 2 rows each of the same tile */
 	constexpr int MW = PP ? BM / 64 : BM / 128;
@@ -472,7 +436,7 @@ __global__ void __launch_bounds__(GT_THREADS, 1)
 	static_assert(SW != 2 || STG, "GT_DG_STAGE: the cooperative 256 x 128 input gradient only");
 	constexpr int NGU = MW * (BN / 64);
 	constexpr bool stg = STG;
-	static_assert(!SWE || MODE != GT_WGRAD, "SwiGLU: forward and input gradient only");
+	static_assert(!SW || MODE != GT_WGRAD, "SwiGLU: forward and input gradient only");
 	extern __shared__ unsigned char gt_smem[];
 	__shared__ __align__(8) uint64_t full[ST], empty[ST], order, ebar[2];
 	__shared__ double s_ss[2][2][4]; /* wgrad with ssq: [warpgroup][tile parity][warp] */
@@ -544,7 +508,7 @@ __global__ void __launch_bounds__(GT_THREADS, 1)
 			const int t = gt_walk<MODE>(i, g);
 			if (t >= total)
 				break;
-			const gt_tile tl = gt_decode<MODE, BM, BN, SWE>(t, g, s_start, s_off);
+			const gt_tile tl = gt_decode<MODE, BM, BN, SW>(t, g, s_start, s_off);
 			/* the tile's g, u for its epilogue, into L2 (not the last
 			 * tile, whose rows may reach past the allocation) */
 			if (MODE == GT_DGRAD && SW && lane == 0 && tl.row0 + BM <= tot && !(g.dgl & GT_DG_NOPF) && !stg) {
@@ -563,7 +527,7 @@ __global__ void __launch_bounds__(GT_THREADS, 1)
 				/* rows past offsets[E]: cp.async */
 				const bool cp = MODE == GT_WGRAD ? tl.row0 + k0 + GT_BK > tot : tl.row0 + BM > tot;
 				if (cp) {
-					gt_cp_stage<MODE, BM, BN, PRO>(dA, dB, g, tl, k0, tot, lane);
+					gt_cp_stage<MODE, BM, BN>(dA, dB, g, tl, k0, tot, lane);
 					__syncwarp();
 				}
 				if (lane == 0) {
@@ -578,13 +542,9 @@ __global__ void __launch_bounds__(GT_THREADS, 1)
 								gt_tma2(dB + q * 8192, &tb, tl.n0 + q * 64, tl.row0 + k0, bar);
 						}
 					} else {
-						if (!cp && PRO) { /* the g tile, then the u tile: planes 0, 1 */
-							gt_tma3(dA, &ta, k0, 0, tl.row0, bar);
-							gt_tma3(dA + BM * 128, &ta, k0, 1, tl.row0, bar);
-						} else if (!cp) {
+						if (!cp)
 							gt_tma2(dA, &ta, k0, tl.row0, bar);
-						}
-						if (MODE == GT_FWD && SWE) { /* gate rows n0.., up rows I + n0.. */
+						if (MODE == GT_FWD && SW) { /* gate rows n0.., up rows I + n0.. */
 							gt_tma3(dB, &tb, k0, tl.n0, tl.e, bar);
 							gt_tma3(dB + BN / 2 * 128, &tb, k0, g.ncols + tl.n0, tl.e, bar);
 						} else if (MODE == GT_FWD) {
@@ -639,7 +599,7 @@ __global__ void __launch_bounds__(GT_THREADS, 1)
 		const int t = gt_walk<MODE>(j, g);
 		if (t >= total)
 			break;
-		const gt_tile tl = gt_decode<MODE, BM, BN, SWE>(t, g, s_start, s_off);
+		const gt_tile tl = gt_decode<MODE, BM, BN, SW>(t, g, s_start, s_off);
 		if (PP && (j & 1) != cw) {
 			pos0 += tl.kt;
 			continue;
@@ -673,16 +633,6 @@ __global__ void __launch_bounds__(GT_THREADS, 1)
 			const int pos = pos0 + kt, s = pos % ST;
 			wg_bar_wait(wg_smem_u32(&full[s]), (pos / ST) & 1);
 			const uint32_t a0 = sa + s * ABYTES + (PP ? 0 : cw * MW * 8192), b0 = sb + s * BBYTES;
-			if constexpr (PRO) {
-				/* h = silu(g) u over this warpgroup's rows of the stage,
-				 * into the g tile in place (g and u share the layout, so
-				 * the swizzle does not matter): swiglu.cu's values */
-#pragma unroll
-				for (int q = 0; q < MW * 4; q++)
-					gt_swiglu16(a0 + (uint32_t)(q * 128 + wl) * 16, BM * 128);
-				wg_fence_proxy(); /* the generic stores before the MMAs' reads */
-				gt_named_sync(1 + cw);
-			}
 			if (MODE == GT_WGRAD && tl.mi - kt * GT_BK < GT_BK) {
 				/* the expert's last, partial k-slice: the k-rows past its
 				 * end (the next expert's) zeroed in this warpgroup's A
@@ -825,7 +775,7 @@ __global__ void __launch_bounds__(GT_THREADS, 1)
 			continue;
 		}
 
-		if (SWE) {
+		if (SW) {
 			/* SwiGLU.  Forward: the tile's gate column c in registers
 			 * 4(c / 8).., its up column in 4(c / 8 + BN / 16).. (the B
 			 * tile's rows BN / 2.. are the up rows): g, u rounded to bf16
@@ -1025,10 +975,8 @@ static int gt_launch(void *c, const bf16 *a, const bf16 *w, const int32_t *offse
 	int dgl = dv && *dv >= '0' && *dv <= '7' && !dv[1] ? *dv - '0' : GT_DG_DEFAULT;
 	if ((dgl & GT_DG_STAGE) && !(BM == 256 && BN == 128 && !PP)) /* the ring's A holds no 4 blocks */
 		dgl = (dgl & ~GT_DG_STAGE) | GT_DG_TMA;
-	constexpr bool PRO = SW == 3;
-	constexpr int SWE = PRO ? 0 : SW;
-	const int K = MODE == GT_FWD ? In : Out, ncols = MODE == GT_FWD ? (SWE ? Out / 2 : Out) : In;
-	const size_t smem = gt_cfg<BM, BN, ST, PRO>::SMEM + (size_t)2 * (E + 1) * sizeof(int);
+	const int K = MODE == GT_FWD ? In : Out, ncols = MODE == GT_FWD ? (SW ? Out / 2 : Out) : In;
+	const size_t smem = gt_cfg<BM, BN, ST>::SMEM + (size_t)2 * (E + 1) * sizeof(int);
 	if (smem > GT_SMEM_MAX || ((uintptr_t)a | (uintptr_t)w | (uintptr_t)c | (uintptr_t)h | (uintptr_t)gu) % 16 ||
 	    !wg_tmap_encoder())
 		return 1;
@@ -1051,19 +999,12 @@ static int gt_launch(void *c, const bf16 *a, const bf16 *w, const int32_t *offse
 		const cuuint32_t abox[2] = {GT_BK, BM};
 		const cuuint64_t bdim[3] = {(cuuint64_t)In, (cuuint64_t)Out, (cuuint64_t)E},
 				 bstr[2] = {(cuuint64_t)In * 2, (cuuint64_t)In * Out * 2};
-		const cuuint32_t bbox[3] = {GT_BK, MODE == GT_FWD ? (cuuint32_t)(SWE ? BN / 2 : BN) : 64u, 1};
+		const cuuint32_t bbox[3] = {GT_BK, MODE == GT_FWD ? (cuuint32_t)(SW ? BN / 2 : BN) : 64u, 1};
 		const cuuint64_t cdim[2] = {(cuuint64_t)ncols, rows}, cstr[1] = {(cuuint64_t)ncols * 2};
 		const cuuint32_t cbox[2] = {64, 64};
-		if (PRO) { /* a: gu (rows, 2K) as (K, 2, rows), its g and u planes */
-			const cuuint64_t pdim[3] = {(cuuint64_t)K, 2, rows},
-					 pstr[2] = {(cuuint64_t)K * 2, (cuuint64_t)K * 4};
-			const cuuint32_t pbox[3] = {GT_BK, 1, BM};
-			ok = gt_map(&ta, a, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3, pdim, pstr, pbox);
-		} else {
-			ok = gt_map(&ta, a, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, adim, astr, abox);
-		}
-		ok = ok && gt_map(&tb, w, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3, bdim, bstr, bbox);
-		if (SWE) { /* gu, dgu as (I, 2, rows): the gate and up planes */
+		ok = gt_map(&ta, a, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, adim, astr, abox) &&
+		     gt_map(&tb, w, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3, bdim, bstr, bbox);
+		if (SW) { /* gu, dgu as (I, 2, rows): the gate and up planes */
 			const cuuint64_t gdim[3] = {(cuuint64_t)ncols, 2, rows},
 					 gstr[2] = {(cuuint64_t)ncols * 2, (cuuint64_t)ncols * 4};
 			const cuuint32_t gbox[3] = {64, 1, 64}, ebox[3] = {BN, 2, BM};
@@ -1079,12 +1020,12 @@ static int gt_launch(void *c, const bf16 *a, const bf16 *w, const int32_t *offse
 	}
 	if (!ok)
 		return 1;
-	if (!SWE)
+	if (!SW)
 		td = te = tc;
 	else if (MODE != GT_DGRAD)
 		te = tc;
 	gt_args g = {a, MODE == GT_WGRAD ? w : nullptr, c, offsets, E, K, ncols,
-		     (int)moe_cdiv(ncols, SWE && MODE == GT_FWD ? BN / 2 : BN), (int)moe_cdiv(Out, BM), store, sched,
+		     (int)moe_cdiv(ncols, SW && MODE == GT_FWD ? BN / 2 : BN), (int)moe_cdiv(Out, BM), store, sched,
 		     h, gu, dgl, MODE == GT_WGRAD && store ? ssq : nullptr, gt_all_mma()};
 	if (ssq_n) /* the slots the kernel writes: two a tile */
 		*ssq_n = g.ssq ? (size_t)2 * E * g.mt * g.nt : 0;
@@ -1256,35 +1197,6 @@ extern "C" int moe_cuda_grouped_tma_up_fwd(bf16_t *gu, bf16_t *h, const bf16_t *
 		return 0;
 	int rc = gt_run<GT_FWD, 1>(gu, (const bf16 *)x, (const bf16 *)w, offsets, max_rows, E, D, 2 * I, false, s, err,
 				   (bf16 *)h);
-	if (rc > 0)
-		gt_fallbacks++;
-	return rc;
-}
-
-/* SwiGLU in the down projection's A operand: y (rows, D) = h W_e^T with h =
- * silu(g) u made from gu (rows, 2I) in the ring (SW 3), never stored.
- * Tiles: cooperative 128 x 256 in 3 stages of 64 KiB (A is two tiles), or
- * 128 x 128 in 4 (MOE_CUDA_DOWN_SWIGLU_CFG=2, or the tests' forced
- * configuration 2).  1 where it cannot run here (the caller runs swiglu.cu
- * and the GEMM). */
-extern "C" int moe_cuda_grouped_tma_swiglu_down_fwd(bf16_t *y, const bf16_t *gu, const bf16_t *w,
-						    const int32_t *offsets, int max_rows, int E, int I, int D,
-						    cudaStream_t s, struct moe_error *err)
-{
-	if (!gt_shape_ok(E, I, D) || !moe_cuda_grouped_tma_supported())
-		return 1;
-	if (max_rows <= 0)
-		return 0;
-	static int env_cfg = -1;
-	if (env_cfg < 0) {
-		const char *v = getenv("MOE_CUDA_DOWN_SWIGLU_CFG");
-		env_cfg = v && v[0] == '2' && !v[1] ? 2 : 1;
-	}
-	int rc = (gt_force_cfg ? gt_force_cfg : env_cfg) == 2
-			 ? gt_launch<GT_FWD, 128, 128, 4, 0, 3>(y, (const bf16 *)gu, (const bf16 *)w, offsets, max_rows, E, I,
-								D, false, true, nullptr, nullptr, nullptr, nullptr, s, err)
-			 : gt_launch<GT_FWD, 128, 256, 3, 0, 3>(y, (const bf16 *)gu, (const bf16 *)w, offsets, max_rows, E, I,
-								D, false, true, nullptr, nullptr, nullptr, nullptr, s, err);
 	if (rc > 0)
 		gt_fallbacks++;
 	return rc;

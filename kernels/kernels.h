@@ -487,16 +487,6 @@ int moe_cuda_grouped_tma_down_dgrad_swiglu(bf16_t *dgu, bf16_t *h, const bf16_t 
 					   const bf16_t *w, const int32_t *offsets, int max_rows, int E, int I, int D,
 					   cudaStream_t s, struct moe_error *err);
 
-/* The routed experts' down projection with SwiGLU in its A operand
- * (grouped_tma.cu, SW 3): y (M, D) = h @ w[e]^T over each expert's rows,
- * h = silu(g) u made from gu (M, 2I) = [g | u] inside the GEMM's ring and
- * never stored, w (E, D, I); the bits of moe_cuda_swiglu_fwd followed by
- * moe_cuda_grouped_tma_fwd (same h, same k order).  E <= 127, I and D
- * multiples of 8, max_rows bounds offsets[E].  Returns 0, a negative MOE_E*
- * code, or 1 where it cannot run here (nothing launched). */
-int moe_cuda_grouped_tma_swiglu_down_fwd(bf16_t *y, const bf16_t *gu, const bf16_t *w, const int32_t *offsets,
-					 int max_rows, int E, int I, int D, cudaStream_t s, struct moe_error *err);
-
 /* Routed-expert GEMMs with the row gather and SwiGLU fused in (wgmma, sm_90,
  * the 128 x 128 tile of configuration 3 whatever moe_cuda_grouped_wgmma_config
  * says).  Row j of the expert-ordered operand is row perm[j] / K of x (the

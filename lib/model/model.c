@@ -728,15 +728,10 @@ static void block_fwd(struct moe_model *m, int l, struct layer_acts *a, void *x_
 		be->router_fwd(be, a->topk_idx, a->topk_w, a->probs, a->rlogits, bias, N, E, K, c->norm_topk_prob);
 	be->route_group(be, m->st_cnt + (size_t)(l - c->n_dense_layers) * E, a->offsets, a->perm, a->inv,
 			a->topk_idx, N, K, E);
-	/* gather, gate_up GEMM and SwiGLU (xg: scratch of the unfused path),
-	 * the down GEMM; SwiGLU inside the down GEMM where the backend has it */
-	bool dsw = be->expert_down_swiglu_fwd != NULL;
-	be->expert_up_fwd(be, a->gu_e, dsw ? NULL : a->h_e, a->ln2, a->perm, P(lo->expert_gate_up), a->offsets, a->xg,
-			  NK, K, E, D, I);
-	if (dsw)
-		be->expert_down_swiglu_fwd(be, a->yg, a->gu_e, P(lo->expert_down), a->offsets, a->h_e, NK, E, I, D);
-	else
-		be->grouped_linear_fwd(be, a->yg, a->h_e, P(lo->expert_down), a->offsets, E, I, D);
+	/* gather, gate_up GEMM and SwiGLU (xg: scratch of the unfused path) */
+	be->expert_up_fwd(be, a->gu_e, a->h_e, a->ln2, a->perm, P(lo->expert_gate_up), a->offsets, a->xg, NK, K, E,
+			  D, I);
+	be->grouped_linear_fwd(be, a->yg, a->h_e, P(lo->expert_down), a->offsets, E, I, D);
 	/* x_out = x_mid + the routed experts' sum (the shared experts add next) */
 	be->combine_fwd(be, x_out, a->xmid, a->yg, a->topk_w, a->inv, N, K, D);
 	if (shared_merged(m)) { /* the shared experts side by side: S rows a token, lds apart */

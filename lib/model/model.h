@@ -364,12 +364,6 @@ struct moe_backend {
 	 *                    overwritten and dw (E, 2I, D) += from dgu, xg, w (E, 2I, D) */
 	void (*expert_up_fwd)(struct moe_backend *be, void *gu, void *h, const void *x, const int32_t *perm, const void *w, const int32_t *offsets, void *xg, int NK, int K, int E, int D, int I);
 	void (*expert_down_bwd)(struct moe_backend *be, void *dgu, void *h, float *dw, const void *dy, const void *gu, const void *w, const int32_t *offsets, void *dh, int NK, int E, int I, int D);
-	/* Optional (NULL: expert_up_fwd writes h, then grouped_linear_fwd):
-	 * the down projection's forward with SwiGLU in it, y (M, D) =
-	 * grouped_linear_fwd(swiglu_gu_fwd(gu), w (E, D, I)), h (M, I) scratch
-	 * for a backend that runs the two; the model then passes h = NULL to
-	 * expert_up_fwd, which writes gu only */
-	void (*expert_down_swiglu_fwd)(struct moe_backend *be, void *y, const void *gu, const void *w, const int32_t *offsets, void *h, int NK, int E, int I, int D);
 	void (*expert_up_bwd)(struct moe_backend *be, void *dx, float *dw, const void *dgu, const void *x, const int32_t *perm, const void *w, const int32_t *offsets, void *xg, bool xg_ready, int NK, int K, int E, int D, int I);
 	/* Optional (NULL: combine_bwd, then expert_down_bwd): the two as one
 	 * that needs no expert outputs yg, so the model keeps none; a backend

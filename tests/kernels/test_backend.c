@@ -900,7 +900,6 @@ static bool yg_free_on(const struct moe_backend *be) { return be->expert_combine
 static bool router_merge_on(const struct moe_backend *be) { return be->router_merge_ok; }
 static bool qkv_packed_on(const struct moe_backend *be) { return be->attention_qknorm_fwd != NULL; }
 static bool router_ld_on(const struct moe_backend *be) { return be->router_fwd_ld != NULL; }
-static bool down_swiglu_on(const struct moe_backend *be) { return be->expert_down_swiglu_fwd != NULL; }
 
 /* The shared experts merged (the default: one gate_up linear over their
  * adjacent weights, one SwiGLU each way, one down linear over their down
@@ -1015,38 +1014,6 @@ Test(backend, router_in_place_matches, .timeout = 60)
 	router_ld_case(cfg, 111);
 	cfg.n_shared_experts = 0;
 	router_ld_case(cfg, 113);
-}
-
-/* SwiGLU's forward inside the routed experts' down GEMM (the default:
- * expert_down_swiglu_fwd, h made in the GEMM's ring and never stored)
- * against apart (MOE_CUDA_DOWN_SWIGLU=0: swiglu.cu writes h, the GEMM reads
- * it), top-2 with a shared expert and top-4 normalised without: the same h
- * values in the same k order, so the losses and every gradient have the
- * same bits. */
-static void down_swiglu_case(struct moe_config cfg, uint64_t seed)
-{
-	struct switch_pair r;
-	switch_pair_run(&r, &cfg, seed, seed + 6, 64, "MOE_CUDA_DOWN_SWIGLU", "0", down_swiglu_on);
-	cr_expect(r.l[1].total == r.l[0].total, "loss %.17g (inside) vs %.17g (apart)", r.l[1].total, r.l[0].total);
-	size_t differ = 0;
-	for (size_t i = 0; i < r.nt; i++)
-		differ += memcmp(r.g[1] + r.tab[i].offset, r.g[0] + r.tab[i].offset, r.tab[i].numel * 4) != 0;
-	cr_expect(differ == 0, "%zu of %zu gradient tensors differ", differ, r.nt);
-	fprintf(stderr, "SwiGLU inside the down GEMM vs apart (K %d): loss %.17g vs %.17g, %zu of %zu gradient "
-		"tensors differ\n", cfg.num_experts_per_tok, r.l[1].total, r.l[0].total, differ, r.nt);
-	switch_pair_free(&r);
-}
-
-Test(backend, down_swiglu_matches, .timeout = 60)
-{
-	NEED_GPU();
-	struct moe_config cfg;
-	tiny_config(&cfg);
-	down_swiglu_case(cfg, 131);
-	cfg.num_experts_per_tok = 4;
-	cfg.norm_topk_prob = true;
-	cfg.n_shared_experts = 0;
-	down_swiglu_case(cfg, 137);
 }
 
 /* The router's linear merged with the shared experts' gate_up (the
