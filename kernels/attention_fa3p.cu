@@ -18,8 +18,9 @@
  *     item.  The counter needs no reset: atomicInc wraps at total - 1, and
  *     a launch makes exactly `total` claims (one after each item a block
  *     runs, the last failing), so every launch leaves it at 0.  Hence one
- *     launch at a time a device (the backend runs the forward on one
- *     stream);
+ *     launch at a time a device: a launch on another stream than the
+ *     device's last one waits for the device first (afp_one_at_a_time;
+ *     the backend runs the forward on one stream, so it never waits);
  *   ping-pong (fa3p, fa3pk128): the two consumer warpgroups take turns at
  *     the tensor cores, with named barriers 1 and 2: in each turn a
  *     warpgroup issues S_j = Q K_j^T and O += P_{j-1} V_{j-1}, then lets
@@ -328,6 +329,28 @@ __global__ void __launch_bounds__(AFP_THREADS, 1)
 
 static int afp_grid_cap; /* moe_cuda_attention_fa3p_grid() */
 
+/* The claim counter serves one launch at a time a device: where a launch
+ * comes on another stream than the device's previous one, the device is
+ * synchronised first (the previous launch may still run; its stream may be
+ * gone, so not that stream).  One stream, as the backend's, never waits. */
+#define AFP_MAXDEV 64
+static cudaStream_t afp_last[AFP_MAXDEV];
+static bool afp_seen[AFP_MAXDEV];
+
+static int afp_one_at_a_time(cudaStream_t s, struct moe_error *err)
+{
+	int dev = 0, rc;
+	if ((rc = CUDA_OK(cudaGetDevice(&dev), err)) != 0)
+		return rc;
+	if (dev < 0 || dev >= AFP_MAXDEV)
+		return CUDA_OK(cudaDeviceSynchronize(), err);
+	if (afp_seen[dev] && afp_last[dev] != s && (rc = CUDA_OK(cudaDeviceSynchronize(), err)) != 0)
+		return rc;
+	afp_seen[dev] = true;
+	afp_last[dev] = s;
+	return 0;
+}
+
 extern "C" void moe_cuda_attention_fa3p_grid(int n)
 {
 	afp_grid_cap = n > 0 ? n : 0;
@@ -341,7 +364,8 @@ static int afp_launch(const CUtensorMap *m, bf16 *out, float *lse, int ldo, int 
 	int rc;
 	if ((rc = CUDA_OK(cudaFuncSetAttribute(attention_fwd_fa3p_kernel<DH, BN, NS, NQ, PP>,
 					       cudaFuncAttributeMaxDynamicSharedMemorySize, (int)SMEM),
-			  err)) != 0)
+			  err)) != 0 ||
+	    (rc = afp_one_at_a_time(s, err)) != 0)
 		return rc;
 	const int NY = (int)moe_cdiv(T, 128), total = B * H * NY;
 	int grid = total < moe_cuda_sms() ? total : moe_cuda_sms();

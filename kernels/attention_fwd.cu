@@ -157,10 +157,10 @@ static int launch_fwd(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const
  *           streaming 64-row K/V tiles into a 4-stage mbarrier ring, two
  *           consumer warpgroups of 64 queries, each tile's softmax beside
  *           the previous tile's P V, the grid in groups of 8 heads; the
- *           default at Dh 96 and 128 (H100, session 5: 0.319 against wg1's
- *           0.414 ms at seed-base, 1.353 against wg's 1.753-2.013 at
- *           olmoe; wg1 where it cannot run; wg stays the default at Dh 64,
- *           where fa3 was not timed)
+ *           default at Dh 96 and 128 from session 5 (H100: 0.319 against
+ *           wg1's 0.414 ms at seed-base, 1.353 against wg's 1.753-2.013 at
+ *           olmoe) to session 13; wg1 where it cannot run; wg stays the
+ *           default at Dh 64, where fa3 was not timed)
  *   5 fa3k128  fa3 with 128-row K/V tiles in 3 stages (S 64 x 128 a
  *           warpgroup, half as many tiles and waits)
  *   6 fa3h  fa3 with wg's grid (every head's longest block first, not
@@ -171,7 +171,11 @@ static int launch_fwd(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const
  *           this one's products, the two consumer warpgroups taking turns
  *           at the tensor cores (named barriers); fa3's arithmetic
  *   8 fa3pk128  fa3p with 128-row K/V tiles in 3 stages, one Q buffer
- *           (fa3k128's arithmetic)
+ *           (fa3k128's arithmetic); the default at Dh 96 and 128 since
+ *           session 14 (H100, call 96: 0.290-0.297 ms a layer against fa3's
+ *           0.314-0.318 at seed-base, 0.407-0.451 against 0.489-0.526 at
+ *           olmoe's shape; in the step's trace 5.65-5.77 ms against
+ *           6.02-6.26 for the 19 layers); fa3k128 where it cannot run
  *   9 fa3pn fa3p without the ping-pong (persistence alone)
  * All give the same results up to fp32 summation order (each is
  * deterministic); head sizes below 64 always run v1. */
@@ -182,7 +186,7 @@ static struct att_choice att_fwd_ch = {"MOE_CUDA_ATTENTION_FWD", att_fwd_names, 
 
 static int att_fwd_variant(int Dh)
 {
-	return att_choose(&att_fwd_ch, Dh == 96 || Dh == 128 ? 4 : 2);
+	return att_choose(&att_fwd_ch, Dh == 96 || Dh == 128 ? 8 : 2);
 }
 
 extern "C" const char *moe_cuda_attention_fwd_name(int Dh)
@@ -216,7 +220,7 @@ static int launch_fwd_any(bf16 *out, float *lse, const bf16 *q, const bf16 *k, c
 						      err)) != 1)
 			return rc;
 		att_fwd_fallbacks++;
-		var = 3;
+		var = var == 8 ? 5 : 4; /* the same arithmetic without persistence */
 	}
 	if (var >= 4) {
 		if ((rc = moe_att_fwd_fa3(out, lse, q, k, v, ldq, ldk, ldv, ldo, B, T, H, DH, var == 5 ? 128 : 64,

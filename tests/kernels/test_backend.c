@@ -149,8 +149,11 @@ static void step_matches_cpu(struct moe_config cfg, const char *name, int B, int
 	moe_model_get_grads(mg, ggpu);
 	size_t nt = 0;
 	const struct moe_param *tab = moe_model_params(mc, &nt);
-	double sum = 0, mn = 2;
-	int counted = 0;
+	/* the mean over the tensors both backends computed from the same
+	 * tokens (sum, counted) and, reported apart, over the routed experts
+	 * that got a different set (fsum, flipped) */
+	double sum = 0, mn = 2, fsum = 0;
+	int counted = 0, flipped = 0;
 	fprintf(stderr, "%-58s %10s %12s\n", "tensor", "cosine", "|g| cpu");
 	for (size_t i = 0; i < nt; i++) {
 		if (!tab[i].trainable)
@@ -175,14 +178,27 @@ static void step_matches_cpu(struct moe_config cfg, const char *name, int B, int
 		}
 		fprintf(stderr, "%-58s %10.6f %12.4g%s\n", tab[i].name, c, sqrt(g2),
 			flips ? " (tokens routed differently)" : "");
-		sum += c;
+		if (flips) {
+			fsum += c;
+			flipped++;
+		} else {
+			sum += c;
+			counted++;
+		}
 		mn = c < mn ? c : mn;
-		counted++;
 		cr_expect(c >= tol, "%s: gradient cosine %.4f < %.2f (%d tokens routed to it by one backend only)",
 			  tab[i].name, c, tol, flips);
 	}
-	fprintf(stderr, "gradient cosine over %d tensors: mean %.6f, min %.6f\n", counted, sum / counted, mn);
-	cr_expect(sum / counted >= 0.99, "%s: mean gradient cosine %.4f < 0.99", name, sum / counted);
+	fprintf(stderr, "gradient cosine over %d tensors: mean %.6f, min %.6f; the %d with the same tokens: mean %.6f\n",
+		counted + flipped, (sum + fsum) / (counted + flipped), mn, counted, sum / counted);
+	/* one near-tied top-k choice rounded the other way moves a lightly used
+	 * expert's gradient a lot (a token of a few), and which choices flip
+	 * changes with any rounding (session 14: the 128-key attention forward
+	 * flipped one more of 1600 and took the mean over all tensors from
+	 * 0.9958 to 0.9898 through two experts at 0.88, while the others kept
+	 * 0.9999): the mean bound holds the tensors with the same tokens */
+	cr_expect(sum / counted >= 0.999, "%s: mean gradient cosine %.5f < 0.999 over the %d tensors with the same tokens",
+		  name, sum / counted, counted);
 	free(p), free(gcpu), free(ggpu), free(tok), free(x), free(y);
 	free(capc.topk_idx), free(capc.topk_w), free(capg.topk_idx), free(capg.topk_w);
 	moe_model_free(mc);

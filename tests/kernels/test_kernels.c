@@ -1134,6 +1134,61 @@ Test(kernels, attention_fa3pn_fwd, .timeout = 60)
 	attention_fa3p_fwd_cases("fa3pn", "fa3");
 }
 
+/* The persistent forwards' claim counter is one a device: launches on two
+ * streams, queued without waiting (a large one on the first, so that it
+ * still runs when the second comes), must give each stream's output the
+ * bits of the same launch alone.  Without afp_one_at_a_time (the second
+ * stream's launch waits for the device) the two would take each other's
+ * work items. */
+Test(kernels, attention_fa3p_two_streams, .timeout = 60)
+{
+	NEED_GPU();
+	if (!moe_cuda_grouped_tma_supported())
+		cr_skip_test("not an sm_90 device, or no tensor maps");
+	rng_seed(29);
+	int var = attention_fwd_index("fa3pk128");
+	cr_assert(var > 0, "fa3pk128 in the forward table");
+	const int B[2] = {16, 2}, T[2] = {2048, 555}, H = 8, Dh = 96;
+	bf16_t *q[2], *o[2][2];
+	float *l[2][2];
+	cudaStream_t st[2];
+	for (int i = 0; i < 2; i++) {
+		size_t n = (size_t)B[i] * T[i] * H * Dh, nl = (size_t)B[i] * H * T[i];
+		float *h = rand_bf(3 * n, 2.f);
+		q[i] = up_bf(h, 3 * n);
+		free(h);
+		for (int r = 0; r < 2; r++) {
+			o[i][r] = dmalloc(n * 2);
+			l[i][r] = dmalloc(nl * 4);
+		}
+		cr_assert_eq(cudaStreamCreateWithFlags(&st[i], cudaStreamNonBlocking), cudaSuccess);
+	}
+	moe_cuda_attention_fwd_config(var);
+	/* round 0: each alone; round 1: both queued, then one wait */
+	for (int r = 0; r < 2; r++)
+		for (int i = 0; i < 2; i++) {
+			int hd = H * Dh, ld = 3 * hd;
+			LAUNCH_OK(moe_cuda_attention_fwd(o[i][r], l[i][r], q[i], q[i] + hd, q[i] + 2 * hd, ld, ld, ld, hd, B[i],
+							 T[i], H, Dh, st[i], &gerr));
+			if (r == 0)
+				cr_assert_eq(cudaStreamSynchronize(st[i]), cudaSuccess);
+		}
+	cr_assert_eq(cudaDeviceSynchronize(), cudaSuccess);
+	moe_cuda_attention_fwd_config(0);
+	for (int i = 0; i < 2; i++) {
+		size_t n = (size_t)B[i] * T[i] * H * Dh, nl = (size_t)B[i] * H * T[i];
+		uint16_t *a = down(o[i][0], n * 2), *b = down(o[i][1], n * 2);
+		float *la = down(l[i][0], nl * 4), *lb = down(l[i][1], nl * 4);
+		cr_expect(memcmp(a, b, n * 2) == 0 && memcmp(la, lb, nl * 4) == 0,
+			  "B=%d T=%d: the launch beside another stream's differs from the launch alone", B[i], T[i]);
+		free(a), free(b), free(la), free(lb);
+		for (int r = 0; r < 2; r++)
+			cudaFree(o[i][r]), cudaFree(l[i][r]);
+		cudaFree(q[i]);
+		cudaStreamDestroy(st[i]);
+	}
+}
+
 Test(kernels, swiglu)
 {
 	NEED_GPU();
