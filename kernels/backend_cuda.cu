@@ -59,8 +59,8 @@
  * Router (router_merge_ok, MOE_CUDA_ROUTER_MERGE, default 1): its weights
  * lie just before the shared experts', so the model runs its linear and
  * their gate_up as one each way; its kernels read the logits and write
- * dlogits in place at that row stride, and its forward sums the z-loss's
- * value (router_fwd_ld; MOE_CUDA_ROUTER_LD=0: copies and a zloss launch).
+ * dlogits in place at that row stride (the router's ops take a row stride
+ * in every backend), and its forward sums the z-loss's value.
  * Routed experts' backward (expert_combine_down_bwd, MOE_CUDA_YG, default
  * free): no expert outputs yg are kept; dout's rows are gathered unweighted
  * with the gate weights in expert order, and swiglu_bwd_rows applies the
@@ -1309,24 +1309,28 @@ static void o_swiglu_bwd(struct moe_backend *be, void *dgu, void *h, const void 
 	PROF_END(c);
 }
 
-static void o_router_fwd(struct moe_backend *be, int32_t *topk_idx, float *topk_w, float *probs, const void *logits,
-			 const float *bias, int N, int E, int K, bool norm_topk)
-{
-	struct cuda_ctx *c = CTX(be);
-	PROF(c, "router");
-	RUN(c, moe_cuda_router_fwd(topk_idx, topk_w, probs, (const bf16_t *)logits, bias, N, E, K, norm_topk, c->s,
-				   &c->err));
-	PROF_END(c);
-}
+/* The router's ops with the logits' rows ld apart (model.h): read and
+ * written in place in the merged linear's output; the forward also sums
+ * the z-loss's value (delivered at the sync, as o_zloss's).  The legacy
+ * routing kernels (MOE_CUDA_ROUTE=legacy, comparisons) read packed rows
+ * only (the router is then never merged) and sum no z-loss: a zloss
+ * launch gives the value. */
+static void o_zloss(struct moe_backend *be, void *dlogits, const void *logits, int ld, int N, int E, float scale,
+		    double *loss);
 
-/* The router's ops with the logits' rows ld apart (model.h, router_fwd_ld):
- * read and written in place in the merged linear's output; the forward
- * also sums the z-loss's value (delivered at the sync, as o_zloss's) */
-static void o_router_fwd_ld(struct moe_backend *be, int32_t *topk_idx, float *topk_w, float *probs,
-			    const void *logits, int ld, const float *bias, int N, int E, int K, bool norm_topk,
-			    double *zloss)
+static void o_router_fwd(struct moe_backend *be, int32_t *topk_idx, float *topk_w, float *probs, const void *logits,
+			 int ld, const float *bias, int N, int E, int K, bool norm_topk, double *zloss)
 {
 	struct cuda_ctx *c = CTX(be);
+	if (moe_cuda_route_legacy_on()) {
+		PROF(c, "router");
+		RUN(c, moe_cuda_router_fwd_ld(topk_idx, topk_w, probs, (const bf16_t *)logits, ld, bias, N, E, K,
+					      norm_topk, NULL, NULL, c->s, &c->err));
+		PROF_END(c);
+		if (zloss)
+			o_zloss(be, NULL, logits, ld, N, E, 0.0f, zloss);
+		return;
+	}
 	PROF(c, "router");
 	double *acc = zloss ? pend_slot(c, zloss, NULL, N > 0 ? 1.0 / N : 0.0) : NULL;
 	void *zs = acc ? scratch(c, S_LOSS, moe_cuda_router_z_scratch(N, E, K)) : NULL;
@@ -1336,34 +1340,14 @@ static void o_router_fwd_ld(struct moe_backend *be, int32_t *topk_idx, float *to
 	PROF_END(c);
 }
 
-static void o_router_bwd_ld(struct moe_backend *be, void *dlogits, int ld, const float *dtopk_w,
-			    const float *dprobs, const float *probs, const int32_t *topk_idx, const float *topk_w,
-			    int N, int E, int K, bool norm_topk)
-{
-	struct cuda_ctx *c = CTX(be);
-	PROF(c, "router_bwd");
-	RUN(c, moe_cuda_router_bwd_ld((bf16_t *)dlogits, ld, dtopk_w, dprobs, probs, topk_idx, topk_w, N, E, K,
-				      norm_topk, c->s, &c->err));
-	PROF_END(c);
-}
-
-static void o_zloss_grad_ld(struct moe_backend *be, void *dlogits, const void *logits, int ld, int N, int E,
-			    float scale)
-{
-	struct cuda_ctx *c = CTX(be);
-	PROF(c, "zloss");
-	RUN(c, moe_cuda_zloss_ld((bf16_t *)dlogits, NULL, (const bf16_t *)logits, ld, N, E, scale, c->s, &c->err));
-	PROF_END(c);
-}
-
-static void o_router_bwd(struct moe_backend *be, void *dlogits, const float *dtopk_w, const float *dprobs,
+static void o_router_bwd(struct moe_backend *be, void *dlogits, int ld, const float *dtopk_w, const float *dprobs,
 			 const float *probs, const int32_t *topk_idx, const float *topk_w, int N, int E, int K,
 			 bool norm_topk)
 {
 	struct cuda_ctx *c = CTX(be);
 	PROF(c, "router_bwd");
-	RUN(c, moe_cuda_router_bwd((bf16_t *)dlogits, dtopk_w, dprobs, probs, topk_idx, topk_w, N, E, K, norm_topk,
-				   c->s, &c->err));
+	RUN(c, moe_cuda_router_bwd_ld((bf16_t *)dlogits, ld, dtopk_w, dprobs, probs, topk_idx, topk_w, N, E, K,
+				      norm_topk, c->s, &c->err));
 	PROF_END(c);
 }
 
@@ -1861,11 +1845,11 @@ static void o_xent(struct moe_backend *be, void *dlogits, const void *logits, co
 	PROF_END(c);
 }
 
-static void o_zloss(struct moe_backend *be, void *dlogits, const void *logits, int N, int E, float scale,
+static void o_zloss(struct moe_backend *be, void *dlogits, const void *logits, int ld, int N, int E, float scale,
 		    double *loss)
 {
 	struct cuda_ctx *c = CTX(be);
-	if (loss && !moe_cuda_route_legacy_on()) {
+	if (loss && ld == E && !moe_cuda_route_legacy_on()) {
 		/* one launch: the kernel stores the sum into the result slot */
 		void *part = scratch(c, S_LOSS, moe_cuda_zloss_scratch(N, E));
 		PROF(c, "zloss");
@@ -1880,9 +1864,9 @@ static void o_zloss(struct moe_backend *be, void *dlogits, const void *logits, i
 		PROF_END(c);
 		return;
 	}
-	float *rows = (float *)scratch(c, S_LOSS, (size_t)(N > 0 ? N : 1) * sizeof(float));
+	float *rows = loss ? (float *)scratch(c, S_LOSS, (size_t)(N > 0 ? N : 1) * sizeof(float)) : NULL;
 	PROF(c, "zloss");
-	RUN(c, moe_cuda_zloss((bf16_t *)dlogits, rows, (const bf16_t *)logits, N, E, scale, c->s, &c->err));
+	RUN(c, moe_cuda_zloss_ld((bf16_t *)dlogits, rows, (const bf16_t *)logits, ld, N, E, scale, c->s, &c->err));
 	if (loss) {
 		double *acc = pend_slot(c, loss, NULL, N > 0 ? 1.0 / N : 0.0);
 		if (acc)
@@ -2175,16 +2159,7 @@ extern "C" struct moe_backend *moe_backend_cuda(struct moe_error *err)
 		be->grad_overwrite_ok = !env_is("MOE_CUDA_GRAD_OVERWRITE", "0");
 		/* the router's linear merged with the shared experts' gate_up
 		 * (model.h); MOE_CUDA_ROUTER_MERGE=0: apart (comparisons) */
-		be->router_merge_ok = !env_is("MOE_CUDA_ROUTER_MERGE", "0");
-		/* the router's ops on the logits in place, its z-loss value summed
-		 * by its forward (model.h); MOE_CUDA_ROUTER_LD=0: not offered (the
-		 * logits copied out and dlogits in; comparisons); never with the
-		 * legacy routing kernels */
-		if (!env_is("MOE_CUDA_ROUTER_LD", "0") && !moe_cuda_route_legacy_on()) {
-			be->router_fwd_ld = o_router_fwd_ld;
-			be->router_bwd_ld = o_router_bwd_ld;
-			be->zloss_grad_ld = o_zloss_grad_ld;
-		}
+		be->router_merge_ok = !env_is("MOE_CUDA_ROUTER_MERGE", "0") && !moe_cuda_route_legacy_on();
 		long xf, tf;
 		if (!env_long("MOE_CUDA_EXPERT_FUSE", 0, 0, EF_ALL, &xf)) {
 			moe_error_set(err, MOE_EINVAL, "MOE_CUDA_EXPERT_FUSE='%s': expected 0..7",

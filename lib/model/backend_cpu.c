@@ -233,15 +233,41 @@ static void c_swiglu_gu_bwd(struct moe_backend *be, void *dgu, void *h, const vo
 		moe_swiglu_gu_bwd(F(dgu) + r, CF(dh) + (size_t)m * I, CF(gu) + r, 1, I);
 	}
 }
-static void c_router_fwd(struct moe_backend *be, int32_t *topk_idx, float *topk_w, float *probs, const void *logits, const float *bias, int N, int E, int K, bool norm_topk)
+/* The router's ops at a row stride ld: ops.c's on packed rows, or row by
+ * row (every row is independent) where ld > E.  The z-loss's value is the
+ * mean of the rows' lse^2, moe_zloss_fwd_bwd's. */
+static void c_router_fwd(struct moe_backend *be, int32_t *topk_idx, float *topk_w, float *probs, const void *logits, int ld, const float *bias, int N, int E, int K, bool norm_topk, double *zloss)
 {
 	(void)be;
-	moe_router_fwd(topk_idx, topk_w, probs, CF(logits), bias, N, E, K, norm_topk);
+	if (ld == E) {
+		moe_router_fwd(topk_idx, topk_w, probs, CF(logits), bias, N, E, K, norm_topk);
+	} else {
+		for (int n = 0; n < N; n++)
+			moe_router_fwd(topk_idx + (size_t)n * K, topk_w + (size_t)n * K, probs + (size_t)n * E,
+				       CF(logits) + (size_t)n * ld, bias, 1, E, K, norm_topk);
+	}
+	if (zloss) {
+		double s = 0.0;
+		if (ld == E)
+			s = moe_zloss_fwd_bwd(NULL, CF(logits), N, E, 0.0f);
+		else if (N > 0) {
+			for (int n = 0; n < N; n++)
+				s += moe_zloss_fwd_bwd(NULL, CF(logits) + (size_t)n * ld, 1, E, 0.0f);
+			s /= N;
+		}
+		*zloss = s;
+	}
 }
-static void c_router_bwd(struct moe_backend *be, void *dlogits, const float *dtopk_w, const float *dprobs, const float *probs, const int32_t *topk_idx, const float *topk_w, int N, int E, int K, bool norm_topk)
+static void c_router_bwd(struct moe_backend *be, void *dlogits, int ld, const float *dtopk_w, const float *dprobs, const float *probs, const int32_t *topk_idx, const float *topk_w, int N, int E, int K, bool norm_topk)
 {
 	(void)be;
-	moe_router_bwd(F(dlogits), dtopk_w, dprobs, probs, topk_idx, topk_w, N, E, K, norm_topk);
+	if (ld == E) {
+		moe_router_bwd(F(dlogits), dtopk_w, dprobs, probs, topk_idx, topk_w, N, E, K, norm_topk);
+		return;
+	}
+	for (int n = 0; n < N; n++)
+		moe_router_bwd(F(dlogits) + (size_t)n * ld, dtopk_w + (size_t)n * K, dprobs ? dprobs + (size_t)n * E : NULL,
+			       probs + (size_t)n * E, topk_idx + (size_t)n * K, topk_w + (size_t)n * K, 1, E, K, norm_topk);
 }
 static void c_route_group(struct moe_backend *be, int32_t *counts, int32_t *offsets, int32_t *perm, int32_t *inv, const int32_t *topk_idx, int N, int K, int E)
 {
@@ -303,10 +329,20 @@ static void c_xent(struct moe_backend *be, void *dlogits, const void *logits, co
 	if (loss_sum)
 		*loss_sum = l;
 }
-static void c_zloss(struct moe_backend *be, void *dlogits, const void *logits, int N, int E, float scale, double *loss)
+static void c_zloss(struct moe_backend *be, void *dlogits, const void *logits, int ld, int N, int E, float scale, double *loss)
 {
 	(void)be;
-	double z = moe_zloss_fwd_bwd(F(dlogits), CF(logits), N, E, scale);
+	double z = 0.0;
+	if (ld == E) {
+		z = moe_zloss_fwd_bwd(F(dlogits), CF(logits), N, E, scale);
+	} else if (N > 0) {
+		/* row by row: the gradient's 1/N moves into the scale */
+		float sr = (float)((double)scale / N);
+		for (int n = 0; n < N; n++)
+			z += moe_zloss_fwd_bwd(dlogits ? F(dlogits) + (size_t)n * ld : NULL, CF(logits) + (size_t)n * ld, 1,
+					       E, sr);
+		z /= N;
+	}
 	if (loss)
 		*loss = z;
 }

@@ -462,8 +462,9 @@ static bool shared_merged(const struct moe_model *m)
 
 /* The router's linear and the shared experts' gate_up as one (side by side,
  * with a backend that sets router_merge_ok; model.h): gu_s then holds
- * (N, E + S 2Is), the logits first (copied out to rlogits), and the
- * backward's dgu the router's dlogits beside the shared experts' dgu */
+ * (N, E + S 2Is), the logits first (the router reads them there, rows
+ * apart; rlogits then only takes a capture's copy), and the backward's dgu
+ * the router's dlogits beside the shared experts' dgu */
 static bool router_merged(const struct moe_model *m)
 {
 	return shared_merged(m) && m->be->router_merge_ok && m->cfg.num_experts % 8 == 0;
@@ -474,15 +475,6 @@ static int gu_s_ld(const struct moe_model *m)
 {
 	int S = m->cfg.n_shared_experts;
 	return S * 2 * m->Is + (router_merged(m) ? m->cfg.num_experts : 0);
-}
-
-/* The router's ops at a row stride (the backend's router_fwd_ld, model.h):
- * the logits read where the linear left them (merged: gu_s's first E
- * columns, not copied to rlogits), dlogits written there (merged: dgu's,
- * not through drl), the z-loss's value from the router's forward */
-static bool router_in_place(const struct moe_model *m)
-{
-	return m->be->router_fwd_ld && m->be->router_bwd_ld && m->be->zloss_grad_ld;
 }
 
 void moe_model_set_recompute(struct moe_model *m, enum moe_recompute r)
@@ -712,20 +704,16 @@ static void block_fwd(struct moe_model *m, int l, struct layer_acts *a, void *x_
 	int E = c->num_experts, K = c->num_experts_per_tok, I = c->intermediate_size;
 	int Is = m->Is, S = c->n_shared_experts, NK = N * K;
 	int lds = gu_s_ld(m); /* gu_s's row */
-	bool rm = router_merged(m), rip = router_in_place(m);
-	if (rm) { /* logits and the shared experts' gate_up: one linear */
+	bool rm = router_merged(m);
+	/* merged: the logits and the shared experts' gate_up in one linear,
+	 * the logits gu_s's first E columns, where the router reads them */
+	if (rm)
 		be->linear_fwd(be, a->gu_s, a->ln2, P(lo->router), N, D, lds);
-		if (!rip)
-			be->copy_rows(be, a->rlogits, E, 0, a->gu_s, lds, 0, N, E, 1);
-	} else {
-		be->linear_fwd(be, a->rlogits, a->ln2, P(lo->router), N, D, E);
-	}
-	const float *bias = use_bias ? be->master(be, lo->bias) : NULL;
-	if (rip)
-		be->router_fwd_ld(be, a->topk_idx, a->topk_w, a->probs, rm ? a->gu_s : a->rlogits, rm ? lds : E, bias,
-				  N, E, K, c->norm_topk_prob, z);
 	else
-		be->router_fwd(be, a->topk_idx, a->topk_w, a->probs, a->rlogits, bias, N, E, K, c->norm_topk_prob);
+		be->linear_fwd(be, a->rlogits, a->ln2, P(lo->router), N, D, E);
+	const float *bias = use_bias ? be->master(be, lo->bias) : NULL;
+	be->router_fwd(be, a->topk_idx, a->topk_w, a->probs, rm ? a->gu_s : a->rlogits, rm ? lds : E, bias, N, E, K,
+		       c->norm_topk_prob, z);
 	be->route_group(be, m->st_cnt + (size_t)(l - c->n_dense_layers) * E, a->offsets, a->perm, a->inv,
 			a->topk_idx, N, K, E);
 	/* gather, gate_up GEMM and SwiGLU (xg: scratch of the unfused path) */
@@ -806,7 +794,7 @@ static void capture_readback(struct moe_model *m, struct layer_acts *a, int lm, 
 	if (cap->topk_w)
 		be->to_host(be, cap->topk_w + o, a->topk_w, (size_t)N * K, MOE_BUF_F32);
 	if (cap->router_logits) {
-		if (router_merged(m) && router_in_place(m)) /* they are in gu_s's first columns */
+		if (router_merged(m)) /* they are in gu_s's first columns */
 			be->copy_rows(be, a->rlogits, E, 0, a->gu_s, gu_s_ld(m), 0, N, E, 1);
 		be->to_host(be, cap->router_logits + (size_t)lm * N * E, a->rlogits, (size_t)N * E,
 			    MOE_BUF_ACT);
@@ -911,11 +899,9 @@ int moe_model_forward(struct moe_model *m, const int32_t *tokens, const int32_t 
 		void *xout = act_at(m, g->resid, (size_t)(l + 1) * N * D);
 		bool moe = m->layers[l].is_moe;
 		int lm = l - c->n_dense_layers;
-		block_fwd(m, l, a, xin, xout, B, T, use_bias, moe ? &m->zl[lm] : NULL);
+		block_fwd(m, l, a, xin, xout, B, T, use_bias, moe ? &m->zl[lm] : NULL); /* z: at the sync */
 		if (!moe)
 			continue;
-		if (!router_in_place(m)) /* else the router summed it */
-			be->zloss(be, NULL, a->rlogits, N, E, 0.0f, &m->zl[lm]); /* delivered at the sync */
 		be->router_stats(be, m->st_psum + (size_t)lm * E, m->st_cntv + (size_t)lm * E, a->probs, a->topk_idx,
 				 g->ids, c->pad_token_id, N, E, K);
 		if (!defer && opts->capture) /* the next layer reuses this set */
@@ -1079,21 +1065,15 @@ static void block_bwd(struct moe_model *m, int l, struct layer_acts *a, void *x_
 		for (int e = 0; e < E; e++)
 			gaux[e] *= (float)(m->aux_coef * grad_scale);
 		be->aux_dprobs(be, g->dprobs, gaux, g->ids, c->pad_token_id, N, E);
-		bool rm = router_merged(m), rip = router_in_place(m);
+		bool rm = router_merged(m);
 		float zs = (float)(c->router_z_loss_coef * grad_scale);
-		if (rip) { /* merged: dlogits straight into dgu's first columns */
-			int ld = rm ? gu_s_ld(m) : E;
-			void *dl = rm ? g->dgu : g->drl;
-			be->router_bwd_ld(be, dl, ld, g->dtopk_w, g->dprobs, a->probs, a->topk_idx, a->topk_w, N, E, K,
-					  c->norm_topk_prob);
-			if (c->router_z_loss_coef != 0.0)
-				be->zloss_grad_ld(be, dl, rm ? a->gu_s : a->rlogits, ld, N, E, zs);
-		} else {
-			be->router_bwd(be, g->drl, g->dtopk_w, g->dprobs, a->probs, a->topk_idx, a->topk_w, N, E, K,
-				       c->norm_topk_prob);
-			if (c->router_z_loss_coef != 0.0)
-				be->zloss(be, g->drl, a->rlogits, N, E, zs, NULL);
-		}
+		/* merged: dlogits straight into dgu's first columns */
+		int ld = rm ? gu_s_ld(m) : E;
+		void *dl = rm ? g->dgu : g->drl;
+		be->router_bwd(be, dl, ld, g->dtopk_w, g->dprobs, a->probs, a->topk_idx, a->topk_w, N, E, K,
+			       c->norm_topk_prob);
+		if (c->router_z_loss_coef != 0.0)
+			be->zloss(be, dl, rm ? a->gu_s : a->rlogits, ld, N, E, zs, NULL);
 		if (!rm) {
 			be->linear_bwd(be, dln2, G(lo->router), g->drl, a->ln2, P(lo->router), N, D, E);
 			be->scatter_add_rows(be, dln2, g->dxg, a->perm, NK, K, D);
@@ -1109,8 +1089,6 @@ static void block_bwd(struct moe_model *m, int l, struct layer_acts *a, void *x_
 				/* the router's dlogits beside the shared experts' dgu: one
 				 * linear's backward for both; the routed experts' input
 				 * gradient adds last */
-				if (!rip)
-					be->copy_rows(be, g->dgu, lds, 0, g->drl, E, 0, N, E, 1);
 				be->linear_bwd(be, dln2, G(lo->router), g->dgu, a->ln2, P(lo->router), N, D, lds);
 				be->scatter_add_rows(be, dln2, g->dxg, a->perm, NK, K, D);
 			} else {

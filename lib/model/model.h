@@ -341,9 +341,14 @@ struct moe_backend {
 	 * side by side (one linear each way, the down projections' weights
 	 * gathered into one matrix) */
 	void (*copy_rows)(struct moe_backend *be, void *dst, int ldd, size_t dst_stride, const void *src, int lds, size_t src_stride, int rows, int n, int nb);
-	/* bias: fp32 master pointer or NULL */
-	void (*router_fwd)(struct moe_backend *be, int32_t *topk_idx, float *topk_w, float *probs, const void *logits, const float *bias, int N, int E, int K, bool norm_topk);
-	void (*router_bwd)(struct moe_backend *be, void *dlogits, const float *dtopk_w, const float *dprobs, const float *probs, const int32_t *topk_idx, const float *topk_w, int N, int E, int K, bool norm_topk);
+	/* The router over logits whose rows lie ld >= E apart (ld = E: packed;
+	 * more: its columns of the merged linear's output, read in place);
+	 * bias: fp32 master pointer or NULL; *zloss (NULL: not wanted)
+	 * receives the z-loss's value, the mean over the rows of lse^2 (what
+	 * zloss puts in *loss), at the next sync.  router_bwd overwrites the E
+	 * columns of dlogits' rows, ld apart. */
+	void (*router_fwd)(struct moe_backend *be, int32_t *topk_idx, float *topk_w, float *probs, const void *logits, int ld, const float *bias, int N, int E, int K, bool norm_topk, double *zloss);
+	void (*router_bwd)(struct moe_backend *be, void *dlogits, int ld, const float *dtopk_w, const float *dprobs, const float *probs, const int32_t *topk_idx, const float *topk_w, int N, int E, int K, bool norm_topk);
 	void (*route_group)(struct moe_backend *be, int32_t *counts, int32_t *offsets, int32_t *perm, int32_t *inv, const int32_t *topk_idx, int N, int K, int E);
 	void (*gather_rows)(struct moe_backend *be, void *xg, const void *x, const int32_t *perm, int NK, int K, int D);
 	void (*scatter_add_rows)(struct moe_backend *be, void *dx, const void *dxg, const int32_t *perm, int NK, int K, int D);
@@ -385,16 +390,10 @@ struct moe_backend {
 	 * late: they are valid after the next sync (the CUDA backend collects
 	 * them all in one read-back there instead of synchronising per call). */
 	void (*xent)(struct moe_backend *be, void *dlogits, const void *logits, const int32_t *targets, int N, int V, int ignore_id, float scale, double *loss_sum);
-	void (*zloss)(struct moe_backend *be, void *dlogits, const void *logits, int N, int E, float scale, double *loss);
-	/* Optional, all three or none: router_fwd, router_bwd and zloss's
-	 * gradient with the logits' (dlogits') rows ld >= E apart, so that the
-	 * router reads and writes its columns of the merged linear's output in
-	 * place (no copies); router_fwd_ld also delivers the z-loss's value
-	 * (what zloss puts in *loss) to *zloss at the next sync when zloss is
-	 * not NULL, so the forward needs no zloss call for it */
-	void (*router_fwd_ld)(struct moe_backend *be, int32_t *topk_idx, float *topk_w, float *probs, const void *logits, int ld, const float *bias, int N, int E, int K, bool norm_topk, double *zloss);
-	void (*router_bwd_ld)(struct moe_backend *be, void *dlogits, int ld, const float *dtopk_w, const float *dprobs, const float *probs, const int32_t *topk_idx, const float *topk_w, int N, int E, int K, bool norm_topk);
-	void (*zloss_grad_ld)(struct moe_backend *be, void *dlogits, const void *logits, int ld, int N, int E, float scale);
+	/* The z-loss over logits (and dlogits) whose rows lie ld >= E apart:
+	 * dlogits (NULL: none) += scale times its gradient; *loss (NULL: not
+	 * wanted) its value */
+	void (*zloss)(struct moe_backend *be, void *dlogits, const void *logits, int ld, int N, int E, float scale, double *loss);
 	void (*router_stats)(struct moe_backend *be, float *psum, int32_t *cnt_valid, const float *probs, const int32_t *topk_idx, const int32_t *ids, int pad_id, int N, int E, int K);
 	void (*aux_dprobs)(struct moe_backend *be, float *dprobs, const float *g_host, const int32_t *ids, int pad_id, int N, int E);
 	/* flat fp32 helpers for the trainer (backend memory) */

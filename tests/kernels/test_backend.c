@@ -915,7 +915,6 @@ static bool shared_merge_on(const struct moe_backend *be) { return be->copy_rows
 static bool yg_free_on(const struct moe_backend *be) { return be->expert_combine_down_bwd != NULL; }
 static bool router_merge_on(const struct moe_backend *be) { return be->router_merge_ok; }
 static bool qkv_packed_on(const struct moe_backend *be) { return be->attention_qknorm_fwd != NULL; }
-static bool router_ld_on(const struct moe_backend *be) { return be->router_fwd_ld != NULL; }
 
 /* The shared experts merged (the default: one gate_up linear over their
  * adjacent weights, one SwiGLU each way, one down linear over their down
@@ -993,43 +992,6 @@ Test(backend, yg_free_matches_keep, .timeout = 60)
 	cfg.norm_topk_prob = true;
 	cfg.n_shared_experts = 0;
 	yg_free_case(cfg, 89);
-}
-
-/* The router's ops in place (the default: router_fwd_ld and the others
- * reading the logits and writing dlogits at the merged linear's row
- * stride, the z-loss's value summed by the router's forward) against the
- * copies (MOE_CUDA_ROUTER_LD=0: logits copied out, dlogits copied in, the
- * value from a zloss launch), z-loss on, with the router merged (two
- * shared experts) and apart (none: rows of E): the same kernels on the
- * same values, so every gradient has the same bits; the losses differ at
- * most in the z-loss's summation order (1e-12 relative). */
-static void router_ld_case(struct moe_config cfg, uint64_t seed)
-{
-	struct switch_pair r;
-	switch_pair_run(&r, &cfg, seed, seed + 4, 64, "MOE_CUDA_ROUTER_LD", "0", router_ld_on);
-	cr_expect(fabs(r.l[1].total - r.l[0].total) <= 1e-12 * fabs(r.l[0].total), "loss %.17g (in place) vs %.17g",
-		  r.l[1].total, r.l[0].total);
-	cr_expect(fabs(r.l[1].z - r.l[0].z) <= 1e-12 * fabs(r.l[0].z) && r.l[0].z > 0,
-		  "z-loss %.17g (in place) vs %.17g", r.l[1].z, r.l[0].z);
-	size_t differ = 0;
-	for (size_t i = 0; i < r.nt; i++)
-		differ += memcmp(r.g[1] + r.tab[i].offset, r.g[0] + r.tab[i].offset, r.tab[i].numel * 4) != 0;
-	cr_expect(differ == 0, "%zu of %zu gradient tensors differ", differ, r.nt);
-	fprintf(stderr, "router in place vs copies (%d shared experts): loss %.17g vs %.17g, z %.17g vs %.17g, "
-		"%zu of %zu gradient tensors differ\n", cfg.n_shared_experts, r.l[1].total, r.l[0].total, r.l[1].z,
-		r.l[0].z, differ, r.nt);
-	switch_pair_free(&r);
-}
-
-Test(backend, router_in_place_matches, .timeout = 60)
-{
-	NEED_GPU();
-	struct moe_config cfg;
-	tiny_config(&cfg);
-	cfg.n_shared_experts = 2;
-	router_ld_case(cfg, 111);
-	cfg.n_shared_experts = 0;
-	router_ld_case(cfg, 113);
 }
 
 /* The router's linear merged with the shared experts' gate_up (the

@@ -1016,6 +1016,59 @@ Test(ops, swiglu_strided)
 	be->destroy(be);
 }
 
+/* The CPU backend's router ops at a row stride (the CUDA backend's merged
+ * router reads its logits in the shared experts' gate_up rows; the CPU runs
+ * row by row there) against packed rows: the same top-k, weights,
+ * probabilities and dlogits (rows are independent), the same z-loss value,
+ * the z-loss's gradient within 1e-6 (its 1/N moves into the scale row by
+ * row), nothing between the rows written. */
+Test(ops, router_strided)
+{
+	enum { N = 7, E = 6, K = 2, LD = E + 3 };
+	struct moe_backend *be = moe_backend_cpu();
+	cr_assert_not_null(be);
+	float lg[N * E], slg[N * LD], probs[N * E], sprobs[N * E], w[N * K], sw[N * K];
+	float dtw[N * K], dpr[N * E], dl[N * E], sdl[N * LD];
+	int32_t idx[N * K], sidx[N * K];
+	for (int i = 0; i < N * E; i++) {
+		lg[i] = (float)((i * 29) % 31) / 6.f - 2.5f;
+		dpr[i] = (float)((i * 13) % 19) / 40.f - 0.2f;
+	}
+	for (int i = 0; i < N * K; i++)
+		dtw[i] = (float)((i * 7) % 11) / 10.f - 0.5f;
+	for (int i = 0; i < N * LD; i++)
+		slg[i] = sdl[i] = -7.f;
+	for (int n = 0; n < N; n++)
+		memcpy(slg + n * LD, lg + n * E, sizeof(float) * E);
+	double z = -1, sz = -2;
+	be->router_fwd(be, idx, w, probs, lg, E, NULL, N, E, K, false, &z);
+	be->router_fwd(be, sidx, sw, sprobs, slg, LD, NULL, N, E, K, false, &sz);
+	cr_expect_eq(memcmp(idx, sidx, sizeof(idx)), 0, "top-k");
+	cr_expect_eq(memcmp(w, sw, sizeof(w)), 0, "top-k weights");
+	cr_expect_eq(memcmp(probs, sprobs, sizeof(probs)), 0, "probabilities");
+	cr_expect(fabs(sz - z) <= 1e-12 * fabs(z) && z > 0, "z %.17g strided vs %.17g packed", sz, z);
+	be->router_bwd(be, dl, E, dtw, dpr, probs, idx, w, N, E, K, false);
+	be->router_bwd(be, sdl, LD, dtw, dpr, probs, idx, w, N, E, K, false);
+	for (int n = 0; n < N; n++)
+		for (int e = 0; e < LD; e++)
+			cr_expect_eq(sdl[n * LD + e], e < E ? dl[n * E + e] : -7.f, "dlogits row %d col %d", n, e);
+	double zl = -1, szl = -2;
+	be->zloss(be, dl, lg, E, N, E, 0.3f, &zl);
+	be->zloss(be, sdl, slg, LD, N, E, 0.3f, &szl);
+	cr_expect(fabs(szl - zl) <= 1e-12 * fabs(zl) && fabs(zl - z) <= 1e-12 * z, "z-loss %.17g strided vs %.17g", szl,
+		  zl);
+	for (int n = 0; n < N; n++)
+		for (int e = 0; e < LD; e++) {
+			float v = sdl[n * LD + e];
+			if (e < E)
+				cr_expect(fabsf(v - dl[n * E + e]) <= 1e-6f * (1.f + fabsf(dl[n * E + e])),
+					  "z-loss gradient row %d col %d: %g vs %g", n, e, v, dl[n * E + e]);
+			else
+				cr_expect_eq(v, -7.f, "row %d col %d written", n, e);
+		}
+	be->destroy(be);
+}
+
 /* The CPU backend's batched weight gradient with operands whose rows lie
  * apart (linear_wgrad_multi's ld_dout, x_stride, ld_x: the CUDA backend's
  * packed q, k, v and merged shared experts use them; the CPU runs them for
