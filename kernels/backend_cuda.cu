@@ -1309,35 +1309,29 @@ static void o_swiglu_bwd(struct moe_backend *be, void *dgu, void *h, const void 
 	PROF_END(c);
 }
 
+static void o_zloss(struct moe_backend *be, void *dlogits, const void *logits, int ld, int N, int E, float scale,
+		    double *loss);
+
 /* The router's ops with the logits' rows ld apart (model.h): read and
  * written in place in the merged linear's output; the forward also sums
  * the z-loss's value (delivered at the sync, as o_zloss's).  The legacy
  * routing kernels (MOE_CUDA_ROUTE=legacy, comparisons) read packed rows
  * only (the router is then never merged) and sum no z-loss: a zloss
  * launch gives the value. */
-static void o_zloss(struct moe_backend *be, void *dlogits, const void *logits, int ld, int N, int E, float scale,
-		    double *loss);
-
 static void o_router_fwd(struct moe_backend *be, int32_t *topk_idx, float *topk_w, float *probs, const void *logits,
 			 int ld, const float *bias, int N, int E, int K, bool norm_topk, double *zloss)
 {
 	struct cuda_ctx *c = CTX(be);
-	if (moe_cuda_route_legacy_on()) {
-		PROF(c, "router");
-		RUN(c, moe_cuda_router_fwd_ld(topk_idx, topk_w, probs, (const bf16_t *)logits, ld, bias, N, E, K,
-					      norm_topk, NULL, NULL, c->s, &c->err));
-		PROF_END(c);
-		if (zloss)
-			o_zloss(be, NULL, logits, ld, N, E, 0.0f, zloss);
-		return;
-	}
+	const bool legacy = moe_cuda_route_legacy_on();
 	PROF(c, "router");
-	double *acc = zloss ? pend_slot(c, zloss, NULL, N > 0 ? 1.0 / N : 0.0) : NULL;
+	double *acc = zloss && !legacy ? pend_slot(c, zloss, NULL, N > 0 ? 1.0 / N : 0.0) : NULL;
 	void *zs = acc ? scratch(c, S_LOSS, moe_cuda_router_z_scratch(N, E, K)) : NULL;
-	if (!zloss || (acc && zs))
+	if (!acc || zs)
 		RUN(c, moe_cuda_router_fwd_ld(topk_idx, topk_w, probs, (const bf16_t *)logits, ld, bias, N, E, K,
 					      norm_topk, acc, zs, c->s, &c->err));
 	PROF_END(c);
+	if (zloss && legacy)
+		o_zloss(be, NULL, logits, ld, N, E, 0.0f, zloss);
 }
 
 static void o_router_bwd(struct moe_backend *be, void *dlogits, int ld, const float *dtopk_w, const float *dprobs,
@@ -1849,21 +1843,8 @@ static void o_zloss(struct moe_backend *be, void *dlogits, const void *logits, i
 		    double *loss)
 {
 	struct cuda_ctx *c = CTX(be);
-	if (loss && ld == E && !moe_cuda_route_legacy_on()) {
-		/* one launch: the kernel stores the sum into the result slot */
-		void *part = scratch(c, S_LOSS, moe_cuda_zloss_scratch(N, E));
-		PROF(c, "zloss");
-		if (c->npend == N_PEND)
-			pend_flush(c);
-		if (c->rc == 0) {
-			double *acc = c->dres + 2 * c->npend;
-			c->pend[c->npend++] = (struct pending){loss, NULL, N > 0 ? 1.0 / N : 0.0};
-			RUN(c, moe_cuda_zloss_sum(acc, (bf16_t *)dlogits, (const bf16_t *)logits, N, E, scale, part,
-						  c->s, &c->err));
-		}
-		PROF_END(c);
-		return;
-	}
+	/* the model asks for the gradient only (router_fwd sums the value;
+	 * the legacy kernels' value comes here, by rows) */
 	float *rows = loss ? (float *)scratch(c, S_LOSS, (size_t)(N > 0 ? N : 1) * sizeof(float)) : NULL;
 	PROF(c, "zloss");
 	RUN(c, moe_cuda_zloss_ld((bf16_t *)dlogits, rows, (const bf16_t *)logits, ld, N, E, scale, c->s, &c->err));

@@ -846,8 +846,6 @@ extern "C" int moe_cuda_router_fwd_ld(int32_t *topk_idx, float *topk_w, float *p
 	if (moe_route_legacy_on) {
 		if (zacc)
 			return moe_error_set(err, MOE_EUNSUPPORTED, "router: the legacy kernels sum no z-loss");
-		if (ld != E)
-			return moe_error_set(err, MOE_EUNSUPPORTED, "router: the legacy kernels read packed rows");
 		moe_launch(router_fwd_kernel, moe_cdiv(N, 8), 256, 0, s, topk_idx, topk_w, probs, (const bf16 *)logits,
 			   bias, N, E, K, norm_topk);
 		return CUDA_LAUNCHED(err);
@@ -874,8 +872,6 @@ extern "C" int moe_cuda_router_bwd_ld(bf16_t *dlogits, int ld, const float *dtop
 	if ((rc = check_router(E, K, err)) != 0 || (rc = need_rows(ld, E, err)) != 0 || N <= 0)
 		return rc;
 	if (moe_route_legacy_on) {
-		if (ld != E)
-			return moe_error_set(err, MOE_EUNSUPPORTED, "router: the legacy kernels write packed rows");
 		moe_launch(router_bwd_kernel, moe_cdiv(N, 8), 256, 0, s, (bf16 *)dlogits, dtopk_w, dprobs, probs,
 			   topk_idx, topk_w, N, E, K, norm_topk);
 		return CUDA_LAUNCHED(err);
@@ -901,8 +897,6 @@ extern "C" int moe_cuda_zloss_ld(bf16_t *dlogits, float *rowz, const bf16_t *log
 	if ((rc = need_rows(ld, E, err)) != 0 || N <= 0)
 		return rc;
 	if (moe_route_legacy_on) {
-		if (ld != E)
-			return moe_error_set(err, MOE_EUNSUPPORTED, "zloss: the legacy kernel reads packed rows");
 		moe_launch(zloss_kernel, moe_cdiv(N, 8), 256, 0, s, (bf16 *)dlogits, rowz, (const bf16 *)logits, N, E,
 			   scale);
 		return CUDA_LAUNCHED(err);

@@ -233,9 +233,11 @@ static void c_swiglu_gu_bwd(struct moe_backend *be, void *dgu, void *h, const vo
 		moe_swiglu_gu_bwd(F(dgu) + r, CF(dh) + (size_t)m * I, CF(gu) + r, 1, I);
 	}
 }
+static void c_zloss(struct moe_backend *be, void *dlogits, const void *logits, int ld, int N, int E, float scale, double *loss);
+
 /* The router's ops at a row stride ld: ops.c's on packed rows, or row by
- * row (every row is independent) where ld > E.  The z-loss's value is the
- * mean of the rows' lse^2, moe_zloss_fwd_bwd's. */
+ * row (every row is independent) where ld > E.  The z-loss's value is
+ * c_zloss's. */
 static void c_router_fwd(struct moe_backend *be, int32_t *topk_idx, float *topk_w, float *probs, const void *logits, int ld, const float *bias, int N, int E, int K, bool norm_topk, double *zloss)
 {
 	(void)be;
@@ -246,17 +248,8 @@ static void c_router_fwd(struct moe_backend *be, int32_t *topk_idx, float *topk_
 			moe_router_fwd(topk_idx + (size_t)n * K, topk_w + (size_t)n * K, probs + (size_t)n * E,
 				       CF(logits) + (size_t)n * ld, bias, 1, E, K, norm_topk);
 	}
-	if (zloss) {
-		double s = 0.0;
-		if (ld == E)
-			s = moe_zloss_fwd_bwd(NULL, CF(logits), N, E, 0.0f);
-		else if (N > 0) {
-			for (int n = 0; n < N; n++)
-				s += moe_zloss_fwd_bwd(NULL, CF(logits) + (size_t)n * ld, 1, E, 0.0f);
-			s /= N;
-		}
-		*zloss = s;
-	}
+	if (zloss)
+		c_zloss(be, NULL, logits, ld, N, E, 0.0f, zloss);
 }
 static void c_router_bwd(struct moe_backend *be, void *dlogits, int ld, const float *dtopk_w, const float *dprobs, const float *probs, const int32_t *topk_idx, const float *topk_w, int N, int E, int K, bool norm_topk)
 {

@@ -723,8 +723,8 @@ static void block_fwd(struct moe_model *m, int l, struct layer_acts *a, void *x_
 	/* x_out = x_mid + the routed experts' sum (the shared experts add next) */
 	be->combine_fwd(be, x_out, a->xmid, a->yg, a->topk_w, a->inv, N, K, D);
 	if (shared_merged(m)) { /* the shared experts side by side: S rows a token, lds apart */
-		int o = router_merged(m) ? E : 0; /* merged: their gate_up came with the logits, after them */
-		if (!router_merged(m))
+		int o = rm ? E : 0; /* merged: their gate_up came with the logits, after them */
+		if (!rm)
 			be->linear_fwd(be, a->gu_s, a->ln2, P(lo->shared_gate_up), N, D, lds);
 		be->swiglu_gu_fwd(be, a->h_s, act_at(m, a->gu_s, o), N * S, Is, S, lds);
 		be->copy_rows(be, a->wdn_s, S * Is, Is, P(lo->shared_down), Is, (size_t)D * Is, D, Is, S);

@@ -378,10 +378,9 @@ struct moe_backend {
 	 * k, expert e, weight w_j = topk_w[n K + k]): dy_j = dout_n
 	 * (unweighted), dh_j = dy_j w[e]; dtopk_w[n K + k] = dh_j . h_j (=
 	 * dout_n . yg_j); SwiGLU's backward of the output gradient w_j dh_j
-	 * into dgu, h (M, I) written
-	 * with row j = w_j h_j (h_j recomputed); dw (E, D, I) += dy^T h, which
-	 * is combine_bwd's (w dout)^T h.  Equal to combine_bwd and
-	 * expert_down_bwd up to roundings. */
+	 * into dgu, h (M, I) written with row j = w_j h_j (h_j recomputed);
+	 * dw (E, D, I) += dy^T h, which is combine_bwd's (w dout)^T h.  Equal
+	 * to combine_bwd and expert_down_bwd up to roundings. */
 	void (*expert_combine_down_bwd)(struct moe_backend *be, void *dgu, void *h, float *dw, float *dtopk_w, const void *dout, const void *gu, const float *topk_w, const int32_t *perm, const void *w, const int32_t *offsets, void *dy, void *dh, int N, int K, int E, int I, int D);
 	/* out = res (NULL: none; not out) + the top-k weighted sum of the expert rows */
 	void (*combine_fwd)(struct moe_backend *be, void *out, const void *res, const void *yg, const float *topk_w, const int32_t *inv, int N, int K, int D);

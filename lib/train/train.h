@@ -250,12 +250,12 @@ int moe_trainer_step(struct moe_trainer *t, struct moe_step_stats *st, struct mo
 /* Validation on the val split (eval_batches batches, no selection bias);
  * appends a record.  Does nothing (ev zeroed) when validation is off. */
 int moe_trainer_eval(struct moe_trainer *t, struct moe_eval_stats *ev, struct moe_error *err);
-/* Write RUN/ckpt/step-NNNNNNN atomically (model.safetensors, config.json,
- * optimizer.safetensors, trainer_state.json), point `latest` at it and
- * keep the last K. */
 /* Wait for the last step's work on the device (a step does not: its
  * optimizer runs while the host goes on); its first error, if any. */
 int moe_trainer_wait(struct moe_trainer *t, struct moe_error *err);
+/* Write RUN/ckpt/step-NNNNNNN atomically (model.safetensors, config.json,
+ * optimizer.safetensors, trainer_state.json), point `latest` at it and
+ * keep the last K. */
 int moe_trainer_save(struct moe_trainer *t, struct moe_error *err);
 
 /* ---- generation ---------------------------------------------------------------- */

@@ -78,7 +78,7 @@ int main(int argc, char **argv)
 		case 'S': endsync = 1; break;
 		default:
 			fprintf(stderr, "usage: bench_cuda [-m MODEL] [-B N] [-T N] [-n STEPS] [-w WARMUP] [-p] [-R] [-c CLIP] "
-					"[-L ROWS] [-Z] [-G]\n");
+					"[-L ROWS] [-Z] [-G] [-S]\n");
 			return 2;
 		}
 	}

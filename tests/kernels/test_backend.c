@@ -996,8 +996,8 @@ Test(backend, yg_free_matches_keep, .timeout = 60)
 
 /* The router's linear merged with the shared experts' gate_up (the
  * default: one linear each way over the router's and their adjacent
- * weights, the logits copied out, the router's dlogits copied in beside
- * their dgu, SwiGLU at that row stride) against apart
+ * weights, the router reading its logits and writing its dlogits in place
+ * beside their columns, SwiGLU at that row stride) against apart
  * (MOE_CUDA_ROUTER_MERGE=0), two shared experts, z-loss on, one step from
  * the same weights and tokens.  The merged input gradient of the norm
  * before them adds the router's and the shared experts' shares in fp32 and
