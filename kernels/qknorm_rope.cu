@@ -173,7 +173,8 @@ qknorm_rope_bwd_kernel(bf16 *dx, float *dw, const bf16 *dout, const bf16 *x, con
  * the norm weights read through the read-only cache (forward) or from
  * shared memory (backward, loaded once per block).  A warp
  * takes 32 / L rows at a time; the backward's dw partials live in shared
- * memory per row group (fixed columns per lane: no races, fixed order), and
+ * memory per row group (fixed columns per lane: no races, fixed order; the
+ * weights and the partials in lane order, qp_lm), and
  * its grid fills the card once with as many rows for every group as the card
  * allows (balanced_blocks), so that they are added once per block. */
 #define QP_THREADS 128
@@ -300,10 +301,49 @@ static __device__ __forceinline__ void qp_bwd_out8(float *ga, float *gb, float *
 	}
 }
 
+/* The pair backward's shared memory (qp_slot): the weights, then each row
+ * group's dw partials, each as S = 16 NP L floats in lane order, so that
+ * the L lanes of a group read or write one 16-byte piece each from 16 L
+ * contiguous bytes (2 wavefronts for 16 lanes), where D columns in column
+ * order put the lanes' pieces 32 bytes apart (twice the wavefronts) and the
+ * weights' pieces of the warp's two row groups apart (four times).  Piece
+ * j4 (0, 1) of half hf of pair q of lane gl: floats
+ * ((2 q + hf) 2 L + j4 L + gl) 4 .. + 3.  (ncu, call 102: the column-order
+ * layout made 61% of the kernel's shared-memory wavefronts excessive and
+ * its L1 89% busy.) */
+template <int L, int NP> struct qp_lm {
+	static constexpr int S = 16 * NP * L;
+	/* lane gl's base; pair q's half hf at + 16 L q + 8 L hf, pieces 4 L apart */
+	static __device__ __forceinline__ int lane(int gl) { return 4 * gl; }
+	static __device__ __forceinline__ int at(int q, int hf) { return 16 * L * q + 8 * L * hf; }
+	/* the column of float i of the layout, -1 for a pair past the row */
+	static __device__ __forceinline__ int col(int i, int Dh, int D)
+	{
+		int e = i % 4, r = i / 4, gl = r % L, j4 = (r / L) % 2, hf = (r / (2 * L)) % 2, q = r / (4 * L);
+		int p = gl + L * q, gph = Dh / 16;
+		if (p >= D / 16)
+			return -1;
+		return (p / gph) * Dh + (p % gph) * 8 + hf * (Dh / 2) + 4 * j4 + e;
+	}
+};
+
+/* eight floats of a lane-order piece pair (p: lane base + at(q, hf)) */
+template <int L> static __device__ __forceinline__ void lds8l(float *f, const float *p)
+{
+	float4 a = *(const float4 *)p, b = *(const float4 *)(p + 4 * L);
+	f[0] = a.x, f[1] = a.y, f[2] = a.z, f[3] = a.w, f[4] = b.x, f[5] = b.y, f[6] = b.z, f[7] = b.w;
+}
+template <int L> static __device__ __forceinline__ void sts8l(float *p, const float *f)
+{
+	*(float4 *)p = make_float4(f[0], f[1], f[2], f[3]);
+	*(float4 *)(p + 4 * L) = make_float4(f[4], f[5], f[6], f[7]);
+}
+
 /* the backward's sum over the lane's pairs of g w x, g the gradient
- * before RoPE (a, b: dout's halves; xa, xb: x's); the weights from shared
- * memory (SW) or through the read-only cache */
-template <int NP, bool SW>
+ * before RoPE (a, b: dout's halves; xa, xb: x's); the weights through the
+ * read-only cache (WM 0), from shared memory in column order (1) or in
+ * lane order (L: qp_lm; w is the lane's base) */
+template <int NP, int WM, int L = 16>
 static __device__ __forceinline__ float qp_bwd_dot(const uint4 *a, const uint4 *b, const uint4 *xa, const uint4 *xb,
 						   const int *c1, const int *kc, const float *w, const float *cr,
 						   const float *sr, int half)
@@ -318,7 +358,10 @@ static __device__ __forceinline__ float qp_bwd_dot(const uint4 *a, const uint4 *
 		unpack8(fb, b[q]);
 		lds8(cs, cr + kc[q]);
 		lds8(sn, sr + kc[q]);
-		if (SW) {
+		if (WM == 2) {
+			lds8l<L>(wa, w + qp_lm<L, NP>::at(q, 0));
+			lds8l<L>(wb, w + qp_lm<L, NP>::at(q, 1));
+		} else if (WM == 1) {
 			lds8(wa, w + c1[q]);
 			lds8(wb, w + c1[q] + half);
 		} else {
@@ -409,26 +452,34 @@ static __device__ __forceinline__ void qp_load_acc(uint4 *a, uint4 *b, const flo
 	}
 }
 
-/* shared memory: w (D), then the dw partials (row groups of the block, D).
+/* shared memory: w, then the dw partials (row groups of the block), each
+ * D floats in column order or (LM) qp_lm's S in lane order.
  * ACC: dout from fa3f's fp32 dQ tiles (acc, H, nq: qp_load_acc) */
-template <int L, int NP, bool ACC>
+template <int L, int NP, bool ACC, bool LM>
 __global__ void __launch_bounds__(QP_THREADS)
 qknorm_rope_pair_bwd_kernel(bf16 *dx, float *dw, const bf16 *dout, const float *acc, const bf16 *x, const float *w,
 			    const float *rstd, const float *cosb, const float *sinb, int N, int T, int H, int nq,
 			    int Dh, int D, int ldx, int dwb)
 {
 	MOE_PDL_ENTRY();
+	using Y = qp_lm<L, NP>;
 	extern __shared__ __align__(16) float sw[];
-	const int lane = threadIdx.x % 32, gl = lane % L, half = Dh / 2;
+	const int lane = threadIdx.x % 32, gl = lane % L, half = Dh / 2, S = LM ? Y::S : D;
 	const int rpw = 32 / L, warps = blockDim.x / 32, groups = blockDim.x / L, stride = gridDim.x * warps * rpw;
-	float *sacc = sw + D + (size_t)(threadIdx.x / L) * D;
-	for (int i = threadIdx.x; i < D; i += blockDim.x)
-		sw[i] = w[i];
-	for (int i = threadIdx.x; i < groups * D; i += blockDim.x)
-		sw[D + i] = 0.f;
+	float *sacc = sw + S + (size_t)(threadIdx.x / L) * S;
+	for (int i = threadIdx.x; i < S; i += blockDim.x) {
+		int c = LM ? Y::col(i, Dh, D) : i;
+		sw[i] = c >= 0 ? w[c] : 0.f;
+	}
+	for (int i = threadIdx.x; i < groups * S; i += blockDim.x)
+		sw[S + i] = 0.f;
 	__syncthreads();
 	int c1[NP], kc[NP];
 	qp_cols<L, NP>(c1, kc, gl, Dh, D);
+	/* where the lane's pair q, half hf is in w's and its group's dw's layout */
+	auto wp = [&](float *base, int q, int hf) {
+		return LM ? base + Y::lane(gl) + Y::at(q, hf) : base + c1[q] + hf * half;
+	};
 	const bf16 *src[2] = {dout, x};
 	const int ld[2] = {D, ldx};
 	int n0 = (blockIdx.x * warps + threadIdx.x / 32) * rpw;
@@ -445,7 +496,8 @@ qknorm_rope_pair_bwd_kernel(bf16 *dx, float *dw, const bf16 *dout, const float *
 		int t = ok ? n % T : 0;
 		const float *cr = cosb + (size_t)t * half, *sr = sinb + (size_t)t * half;
 		float r = ok ? rstd[n] : 0.f;
-		float dot = qp_bwd_dot<NP, true>(a[0], b[0], a[1], b[1], c1, kc, sw, cr, sr, half);
+		float dot = LM ? qp_bwd_dot<NP, 2, L>(a[0], b[0], a[1], b[1], c1, kc, sw + Y::lane(gl), cr, sr, half)
+			       : qp_bwd_dot<NP, 1>(a[0], b[0], a[1], b[1], c1, kc, sw, cr, sr, half);
 		dot = group_sum(dot, L);
 		if (ok) {
 			float k = dot * r * r * r / D;
@@ -458,13 +510,25 @@ qknorm_rope_pair_bwd_kernel(bf16 *dx, float *dw, const bf16 *dout, const float *
 				qp_unrope8(ga, gb, a[0][q], b[0][q], cr + kc[q], sr + kc[q]);
 				unpack8(fa, a[1][q]);
 				unpack8(fb, b[1][q]);
-				lds8(wa, sw + c1[q]);
-				lds8(wb, sw + c1[q] + half);
-				lds8(aa, sacc + c1[q]);
-				lds8(ab, sacc + c1[q] + half);
+				if (LM) {
+					lds8l<L>(wa, wp(sw, q, 0));
+					lds8l<L>(wb, wp(sw, q, 1));
+					lds8l<L>(aa, wp(sacc, q, 0));
+					lds8l<L>(ab, wp(sacc, q, 1));
+				} else {
+					lds8(wa, wp(sw, q, 0));
+					lds8(wb, wp(sw, q, 1));
+					lds8(aa, wp(sacc, q, 0));
+					lds8(ab, wp(sacc, q, 1));
+				}
 				qp_bwd_out8(ga, gb, aa, ab, fa, fb, wa, wb, r, k);
-				st8s(sacc + c1[q], aa);
-				st8s(sacc + c1[q] + half, ab);
+				if (LM) {
+					sts8l<L>(wp(sacc, q, 0), aa);
+					sts8l<L>(wp(sacc, q, 1), ab);
+				} else {
+					st8s(wp(sacc, q, 0), aa);
+					st8s(wp(sacc, q, 1), ab);
+				}
 				st8(dxr + c1[q], ga);
 				st8(dxr + c1[q] + half, gb);
 			}
@@ -473,7 +537,25 @@ qknorm_rope_pair_bwd_kernel(bf16 *dx, float *dw, const bf16 *dout, const float *
 	if (!dw)
 		return;
 	__syncthreads();
-	block_rows_sum_add(dw, sw + D, groups, D, dwb);
+	if (!LM) {
+		block_rows_sum_add(dw, sw + D, groups, D, dwb);
+		return;
+	}
+	/* block_rows_sum_add's sums (the groups in order) over the lane-order
+	 * layout, each put at its column */
+	float *dst = dwb ? dw + (size_t)blockIdx.x * D : dw;
+	for (int i = threadIdx.x; i < S; i += blockDim.x) {
+		int c = Y::col(i, Dh, D);
+		if (c < 0)
+			continue;
+		float v = 0.f;
+		for (int g = 0; g < groups; g++)
+			v += sw[S + (size_t)g * S + i];
+		if (dwb)
+			dst[c] = v;
+		else
+			atomicAdd(dst + c, v);
+	}
 }
 
 /* Rows wider than QP_MAXD (up to QW_MAXD): a block of QW_THREADS per row,
@@ -539,7 +621,7 @@ qknorm_rope_wide_bwd_kernel(bf16 *dx, float *dw, const bf16 *dout, const bf16 *x
 		int t = n % T;
 		const float *cr = cosb + (size_t)t * half, *sr = sinb + (size_t)t * half;
 		float r = rstd[n];
-		float dot = qp_bwd_dot<NP, false>(a[0], b[0], a[1], b[1], c1, kc, w, cr, sr, half);
+		float dot = qp_bwd_dot<NP, 0>(a[0], b[0], a[1], b[1], c1, kc, w, cr, sr, half);
 		float k = block_sum_alt<QW_THREADS / 32>(dot, rs, it) * r * r * r / D;
 		bf16 *dxr = dx + (size_t)n * ldx;
 #pragma unroll
@@ -673,6 +755,11 @@ extern "C" bool moe_cuda_qknorm_rope_acc_supported(int H, int Dh)
 	       H * Dh <= QP_MAXD;
 }
 
+/* The pair backward's shared memory in lane order (qp_lm), the default;
+ * MOE_CUDA_QP_LM=0: in column order, as before session 15 (comparisons;
+ * the same bits) */
+static const bool qp_lane_order = !env_is("MOE_CUDA_QP_LM", "0");
+
 /* acc: dout from fa3f's fp32 dQ tiles (the pair kernels only) */
 static int qknorm_rope_bwd(bf16_t *dx, float *dw, float *part, const bf16_t *dout, const float *acc,
 			   const bf16_t *x, int ldx, const float *w, const float *rstd, const float *cosb,
@@ -701,16 +788,21 @@ static int qknorm_rope_bwd(bf16_t *dx, float *dw, float *part, const bf16_t *dou
 		MOE_SWITCH4(moe_cdiv(D / 16, QW_THREADS), QW_BWD)
 #undef QW_BWD
 	} else if (!moe_memk_legacy_on) {
-#define QP_BWDK(L, NP, ACC)                                                                                            \
+#define QP_BWDL(L, NP, ACC, LM)                                                                                        \
 	{                                                                                                              \
-		size_t sm = (size_t)(1 + QP_THREADS / L) * D * sizeof(float);                                          \
+		size_t sm = (size_t)(1 + QP_THREADS / L) * (LM ? qp_lm<L, NP>::S : D) * sizeof(float);                  \
 		nb = balanced_blocks(N, QP_THREADS / L,                                                                \
-				     resident_blocks(qknorm_rope_pair_bwd_kernel<L, NP, ACC>, QP_THREADS, sm));        \
+				     resident_blocks(qknorm_rope_pair_bwd_kernel<L, NP, ACC, LM>, QP_THREADS, sm));    \
 		nb = dwb && nb > MOE_CUDA_NORM_PART_BLOCKS ? MOE_CUDA_NORM_PART_BLOCKS : nb;                           \
-		moe_launch(qknorm_rope_pair_bwd_kernel<L, NP, ACC>, nb, QP_THREADS, sm, s, (bf16 *)dx, kdw,            \
+		moe_launch(qknorm_rope_pair_bwd_kernel<L, NP, ACC, LM>, nb, QP_THREADS, sm, s, (bf16 *)dx, kdw,        \
 			   (const bf16 *)dout, acc, (const bf16 *)x, w, rstd, cosb, sinb, N, T, H, nq, Dh, D, ldx,     \
 			   dwb);                                                                                       \
 	}
+#define QP_BWDK(L, NP, ACC)             \
+	if (qp_lane_order)              \
+		QP_BWDL(L, NP, ACC, true)   \
+	else                            \
+		QP_BWDL(L, NP, ACC, false)
 #define QP_BWD(L, NP)                   \
 	if (acc)                        \
 		QP_BWDK(L, NP, true)    \
@@ -719,6 +811,7 @@ static int qknorm_rope_bwd(bf16_t *dx, float *dw, float *part, const bf16_t *dou
 		QP_SWITCH(D, QP_BWD);
 #undef QP_BWD
 #undef QP_BWDK
+#undef QP_BWDL
 	} else {
 		nb = qr_blocks(N);
 		size_t sm = (size_t)QR_WARPS * D * sizeof(float);
