@@ -338,6 +338,21 @@ template <int L> static __device__ __forceinline__ void sts8l(float *p, const fl
 	*(float4 *)p = make_float4(f[0], f[1], f[2], f[3]);
 	*(float4 *)(p + 4 * L) = make_float4(f[4], f[5], f[6], f[7]);
 }
+/* the same in lane order (LM) or column order (8 adjacent floats) */
+template <bool LM, int L> static __device__ __forceinline__ void lds8x(float *f, const float *p)
+{
+	if (LM)
+		lds8l<L>(f, p);
+	else
+		lds8(f, p);
+}
+template <bool LM, int L> static __device__ __forceinline__ void sts8x(float *p, const float *f)
+{
+	if (LM)
+		sts8l<L>(p, f);
+	else
+		st8s(p, f);
+}
 
 /* the backward's sum over the lane's pairs of g w x, g the gradient
  * before RoPE (a, b: dout's halves; xa, xb: x's); the weights through the
@@ -510,25 +525,13 @@ qknorm_rope_pair_bwd_kernel(bf16 *dx, float *dw, const bf16 *dout, const float *
 				qp_unrope8(ga, gb, a[0][q], b[0][q], cr + kc[q], sr + kc[q]);
 				unpack8(fa, a[1][q]);
 				unpack8(fb, b[1][q]);
-				if (LM) {
-					lds8l<L>(wa, wp(sw, q, 0));
-					lds8l<L>(wb, wp(sw, q, 1));
-					lds8l<L>(aa, wp(sacc, q, 0));
-					lds8l<L>(ab, wp(sacc, q, 1));
-				} else {
-					lds8(wa, wp(sw, q, 0));
-					lds8(wb, wp(sw, q, 1));
-					lds8(aa, wp(sacc, q, 0));
-					lds8(ab, wp(sacc, q, 1));
-				}
+				lds8x<LM, L>(wa, wp(sw, q, 0));
+				lds8x<LM, L>(wb, wp(sw, q, 1));
+				lds8x<LM, L>(aa, wp(sacc, q, 0));
+				lds8x<LM, L>(ab, wp(sacc, q, 1));
 				qp_bwd_out8(ga, gb, aa, ab, fa, fb, wa, wb, r, k);
-				if (LM) {
-					sts8l<L>(wp(sacc, q, 0), aa);
-					sts8l<L>(wp(sacc, q, 1), ab);
-				} else {
-					st8s(wp(sacc, q, 0), aa);
-					st8s(wp(sacc, q, 1), ab);
-				}
+				sts8x<LM, L>(wp(sacc, q, 0), aa);
+				sts8x<LM, L>(wp(sacc, q, 1), ab);
 				st8(dxr + c1[q], ga);
 				st8(dxr + c1[q] + half, gb);
 			}

@@ -1363,6 +1363,18 @@ Test(kernels, copy_rows)
  * extra lanes add exact zeros to the same tree; another order of the
  * rows' sum), N beside it; zloss's
  * gradient at the stride the same bits as contiguous. */
+/* rows of E at stride ld (d) against packed rows (ref): *bad the rows that
+ * differ, *touched the elements between them not left at 0x4700 */
+static void stride_rows_cmp(const uint16_t *d, const uint16_t *ref, int N, int E, int ld, size_t *bad, size_t *touched)
+{
+	*bad = *touched = 0;
+	for (int r = 0; r < N; r++) {
+		*bad += memcmp(d + (size_t)r * ld, ref + (size_t)r * E, (size_t)E * 2) != 0;
+		for (int c = E; c < ld; c++)
+			*touched += d[(size_t)r * ld + c] != 0x4700;
+	}
+}
+
 static void router_ld_case(const bf16_t *gl, const float *gb, const float *gdtw, const float *gdp, const int32_t *gi,
 			   const float *gp, const float *gtw, const bf16_t *gdl, int N, int E, int K, bool use_bias,
 			   bool norm)
@@ -1395,12 +1407,8 @@ static void router_ld_case(const bf16_t *gl, const float *gb, const float *gdtw,
 	cr_expect(fabs(z[0] - zr[0]) <= 1e-12 * zr[0] && z[1] == (double)N,
 		  "router's z-loss sum %.17g (rows %g) vs zloss_sum's %.17g", z[0], z[1], zr[0]);
 	uint16_t *d = down(gds, n * 2), *dref = down(gdl, (size_t)N * E * 2);
-	size_t bad = 0, touched = 0;
-	for (int r = 0; r < N; r++) {
-		bad += memcmp(d + (size_t)r * ld, dref + (size_t)r * E, (size_t)E * 2) != 0;
-		for (int c = E; c < ld; c++)
-			touched += d[(size_t)r * ld + c] != 0x4700;
-	}
+	size_t bad, touched;
+	stride_rows_cmp(d, dref, N, E, ld, &bad, &touched);
 	cr_expect(bad == 0, "router_bwd at a stride of %d: %zu of %d rows of dlogits differ", ld, bad, N);
 	cr_expect(touched == 0, "router_bwd at a stride of %d: %zu elements between the rows written", ld, touched);
 	/* zloss's gradient at the stride against contiguous, over those dlogits */
@@ -1409,12 +1417,7 @@ static void router_ld_case(const bf16_t *gl, const float *gb, const float *gdtw,
 	LAUNCH_OK(moe_cuda_zloss_ld(gds, NULL, gls, ld, N, E, 0.5f, S, &gerr));
 	LAUNCH_OK(moe_cuda_zloss(gdc, NULL, gl, N, E, 0.5f, S, &gerr));
 	uint16_t *d2 = down(gds, n * 2), *dc = down(gdc, (size_t)N * E * 2);
-	bad = touched = 0;
-	for (int r = 0; r < N; r++) {
-		bad += memcmp(d2 + (size_t)r * ld, dc + (size_t)r * E, (size_t)E * 2) != 0;
-		for (int c = E; c < ld; c++)
-			touched += d2[(size_t)r * ld + c] != 0x4700;
-	}
+	stride_rows_cmp(d2, dc, N, E, ld, &bad, &touched);
 	cr_expect(bad == 0 && touched == 0, "zloss at a stride of %d: %zu rows differ, %zu between them written", ld,
 		  bad, touched);
 	free(h), free(row), free(z), free(zr), free(d), free(dref), free(d2), free(dc);
