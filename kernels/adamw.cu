@@ -22,6 +22,21 @@ static __device__ __forceinline__ float adamw_one(float p, float g, float &m, fl
 	return p * h.decay - h.step * m / (sqrtf(v) / h.sbc2 + h.eps);
 }
 
+/* The bf16 compute copy of an fp32 master: rounded to nearest, ties away
+ * from zero (not to even, as every other cast here), so that the packed
+ * masters below hold the same copy as plain ones; the two roundings differ
+ * only on exact ties.  A NaN gives a quiet NaN. */
+static __device__ __forceinline__ uint32_t copy_bits(float p)
+{
+	uint32_t u = __float_as_uint(p);
+	return (u & 0x7fffffffu) > 0x7f800000u ? 0x7fc0u : ((u + 0x8000u) >> 16) & 0xffffu;
+}
+
+static __device__ __forceinline__ bf16 copy_round(float p)
+{
+	return __ushort_as_bfloat16((unsigned short)copy_bits(p));
+}
+
 /* one element per thread and step (any alignment) */
 __global__ void adamw_kernel(float *p, bf16 *p16, const float *g, float *m, float *v, size_t n, adamw_hp h)
 {
@@ -34,7 +49,7 @@ __global__ void adamw_kernel(float *p, bf16 *p16, const float *g, float *m, floa
 		v[i] = vi;
 		p[i] = pi;
 		if (p16)
-			p16[i] = f2bf(pi);
+			p16[i] = copy_round(pi);
 	}
 }
 
@@ -54,11 +69,92 @@ __global__ void adamw4_kernel(float4 *p, uint2 *p16, const float4 *g, float4 *m,
 		m[i] = mi;
 		v[i] = vi;
 		p[i] = pi;
-		if (p16) {
-			__nv_bfloat162 lo = __floats2bfloat162_rn(pi.x, pi.y), hi = __floats2bfloat162_rn(pi.z, pi.w);
-			p16[i] = make_uint2(*(unsigned *)&lo, *(unsigned *)&hi);
-		}
+		if (p16)
+			p16[i] = make_uint2(copy_bits(pi.x) | copy_bits(pi.y) << 16, copy_bits(pi.z) | copy_bits(pi.w) << 16);
 	}
+}
+
+/* Packed masters (moe_cuda_adamw_packed): an fp32 master kept as two 16-bit
+ * halves, hi its bf16 compute copy (copy_bits), lo its low 16 bits.  hi - (lo >> 15) is the master's top half (the
+ * rounding carried exactly when lo >= 0x8000), so the pair holds the fp32
+ * value exactly; ties to even (the cast everywhere else) would map 65,537
+ * masters onto some bf16 values, which 16 bits cannot tell apart.  The two
+ * roundings differ only where lo is exactly 0x8000.  A NaN packs as a quiet
+ * NaN (its payload is not kept). */
+static __device__ __forceinline__ float unpack_master(uint32_t hi, uint32_t lo)
+{
+	return __uint_as_float((((hi - (lo >> 15)) & 0xffffu) << 16) | lo);
+}
+
+static __device__ __forceinline__ void pack_master(float p, uint32_t &hi, uint32_t &lo)
+{
+	uint32_t u = __float_as_uint(p);
+	hi = copy_bits(p);
+	lo = (u & 0x7fffffffu) > 0x7f800000u ? 0u : u & 0xffffu;
+}
+
+/* one element per thread and step (any alignment) */
+__global__ void adamw_packed_kernel(uint16_t *hi, uint16_t *lo, const float *g, float *m, float *v, size_t n,
+				    adamw_hp h)
+{
+	MOE_PDL_ENTRY();
+	for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+	     i += (size_t)gridDim.x * blockDim.x) {
+		float mi = m[i], vi = v[i];
+		float pi = adamw_one(unpack_master(hi[i], lo[i]), g[i], mi, vi, h);
+		m[i] = mi;
+		v[i] = vi;
+		uint32_t a, b;
+		pack_master(pi, a, b);
+		hi[i] = (uint16_t)a;
+		lo[i] = (uint16_t)b;
+	}
+}
+
+/* four elements per thread and step, as adamw4_kernel: hi and lo in 8-byte
+ * words, g, m, v in 16-byte ones (alignment checked by the launcher) */
+__global__ void adamw4_packed_kernel(uint2 *hi, uint2 *lo, const float4 *g, float4 *m, float4 *v, size_t n4,
+				     adamw_hp h)
+{
+	MOE_PDL_ENTRY();
+	for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n4;
+	     i += (size_t)gridDim.x * blockDim.x) {
+		uint2 hw = hi[i], lw = lo[i];
+		float4 gi = __ldcs(g + i), mi = m[i], vi = v[i], pi;
+		pi.x = adamw_one(unpack_master(hw.x & 0xffffu, lw.x & 0xffffu), gi.x, mi.x, vi.x, h);
+		pi.y = adamw_one(unpack_master(hw.x >> 16, lw.x >> 16), gi.y, mi.y, vi.y, h);
+		pi.z = adamw_one(unpack_master(hw.y & 0xffffu, lw.y & 0xffffu), gi.z, mi.z, vi.z, h);
+		pi.w = adamw_one(unpack_master(hw.y >> 16, lw.y >> 16), gi.w, mi.w, vi.w, h);
+		m[i] = mi;
+		v[i] = vi;
+		uint32_t h0, l0, h1, l1, h2, l2, h3, l3;
+		pack_master(pi.x, h0, l0);
+		pack_master(pi.y, h1, l1);
+		pack_master(pi.z, h2, l2);
+		pack_master(pi.w, h3, l3);
+		hi[i] = make_uint2(h0 | h1 << 16, h2 | h3 << 16);
+		lo[i] = make_uint2(l0 | l1 << 16, l2 | l3 << 16);
+	}
+}
+
+__global__ void masters_pack_kernel(const float *src, uint16_t *hi, uint16_t *lo, size_t n)
+{
+	MOE_PDL_ENTRY();
+	for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+	     i += (size_t)gridDim.x * blockDim.x) {
+		uint32_t a, b;
+		pack_master(src[i], a, b);
+		hi[i] = (uint16_t)a;
+		lo[i] = (uint16_t)b;
+	}
+}
+
+__global__ void masters_unpack_kernel(float *dst, const uint16_t *hi, const uint16_t *lo, size_t n)
+{
+	MOE_PDL_ENTRY();
+	for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+	     i += (size_t)gridDim.x * blockDim.x)
+		dst[i] = unpack_master(hi[i], lo[i]);
 }
 
 static int adamw_vector = -1; /* MOE_CUDA_ADAMW=scalar: the one-element kernel only (comparisons) */
@@ -110,6 +206,63 @@ extern "C" int moe_cuda_adamw(float *p, bf16_t *p16, const float *g, float gscal
 		rc = CUDA_LAUNCHED(err);
 	}
 	return rc;
+}
+
+extern "C" int moe_cuda_adamw_packed(bf16_t *hi, uint16_t *lo, const float *g, float gscale, float *m, float *v,
+				     size_t n, float lr, float beta1, float beta2, float eps, float weight_decay,
+				     int64_t t, cudaStream_t s, struct moe_error *err)
+{
+	if (n == 0)
+		return 0;
+	double bc1 = 1.0 - pow((double)beta1, (double)t);
+	double bc2 = 1.0 - pow((double)beta2, (double)t);
+	adamw_hp h = {beta1, beta2, eps, 1.0f - lr * weight_decay, (float)((double)lr / bc1), (float)sqrt(bc2), gscale};
+	uint16_t *q = (uint16_t *)hi;
+	/* elements before g reaches a 16-byte boundary; from there on m, v need
+	 * 16 bytes and hi, lo 8 */
+	size_t head = (((uintptr_t)g & 15) ? (16 - ((uintptr_t)g & 15)) / 4 : 0);
+	bool vec = ((uintptr_t)g & 3) == 0 && head < n && ((uintptr_t)(m + head) & 15) == 0 &&
+		   ((uintptr_t)(v + head) & 15) == 0 && ((uintptr_t)(q + head) & 7) == 0 &&
+		   ((uintptr_t)(lo + head) & 7) == 0;
+	if (!vec) {
+		moe_launch(adamw_packed_kernel, adamw_blocks(n), 256, 0, s, q, lo, g, m, v, n, h);
+		return CUDA_LAUNCHED(err);
+	}
+	size_t n4 = (n - head) / 4, tail = head + 4 * n4;
+	int rc;
+	if (head) {
+		moe_launch(adamw_packed_kernel, 1, 32, 0, s, q, lo, g, m, v, head, h);
+		if ((rc = CUDA_LAUNCHED(err)) != 0)
+			return rc;
+	}
+	moe_launch(adamw4_packed_kernel, adamw_blocks(n4), 256, 0, s, (uint2 *)(q + head), (uint2 *)(lo + head),
+		   (const float4 *)(g + head), (float4 *)(m + head), (float4 *)(v + head), n4, h);
+	if ((rc = CUDA_LAUNCHED(err)) != 0)
+		return rc;
+	if (tail < n) {
+		moe_launch(adamw_packed_kernel, 1, 32, 0, s, q + tail, lo + tail, g + tail, m + tail, v + tail, n - tail,
+			   h);
+		rc = CUDA_LAUNCHED(err);
+	}
+	return rc;
+}
+
+extern "C" int moe_cuda_masters_pack(bf16_t *hi, uint16_t *lo, const float *src, size_t n, cudaStream_t s,
+				     struct moe_error *err)
+{
+	if (n == 0)
+		return 0;
+	moe_launch(masters_pack_kernel, adamw_blocks(n), 256, 0, s, src, (uint16_t *)hi, lo, n);
+	return CUDA_LAUNCHED(err);
+}
+
+extern "C" int moe_cuda_masters_unpack(float *dst, const bf16_t *hi, const uint16_t *lo, size_t n, cudaStream_t s,
+				       struct moe_error *err)
+{
+	if (n == 0)
+		return 0;
+	moe_launch(masters_unpack_kernel, adamw_blocks(n), 256, 0, s, dst, (const uint16_t *)hi, lo, n);
+	return CUDA_LAUNCHED(err);
 }
 
 #define SQ_BLOCK 65536 /* elements per partial */
@@ -288,11 +441,11 @@ extern "C" int moe_cuda_sumsq_add_segs(double *acc, const struct moe_cuda_ssq_se
 	return CUDA_LAUNCHED(err);
 }
 
-__global__ void to_bf16_kernel(bf16 *dst, const float *src, size_t n)
+__global__ void masters_copy_kernel(bf16 *dst, const float *src, size_t n)
 {
 	MOE_PDL_ENTRY();
 	for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
-		dst[i] = f2bf(src[i]);
+		dst[i] = copy_round(src[i]);
 }
 
 __global__ void to_f32_kernel(float *dst, const bf16 *src, size_t n)
@@ -324,11 +477,11 @@ static unsigned grid_for(size_t n)
 	return b > 132 * 32 ? 132 * 32 : (b ? b : 1);
 }
 
-extern "C" int moe_cuda_to_bf16(bf16_t *dst, const float *src, size_t n, cudaStream_t s, struct moe_error *err)
+extern "C" int moe_cuda_masters_copy(bf16_t *dst, const float *src, size_t n, cudaStream_t s, struct moe_error *err)
 {
 	if (n == 0)
 		return 0;
-	moe_launch(to_bf16_kernel, grid_for(n), 256, 0, s, (bf16 *)dst, src, n);
+	moe_launch(masters_copy_kernel, grid_for(n), 256, 0, s, (bf16 *)dst, src, n);
 	return CUDA_LAUNCHED(err);
 }
 

@@ -97,6 +97,8 @@ extern "C" {
 #define N_ROUTES 256
 #define N_PROF 48
 #define N_STALE 64
+#define N_PACKED 128 /* packed master ranges (masters_pack) */
+#define N_OSPAN 256  /* AdamW spans on the optimizer stream in one step */
 #define N_CLEARED 512
 #define N_STAGE 4                /* pinned upload buffers, used in turn */
 #define N_LATER 16               /* read-backs waiting for the next sync */
@@ -156,6 +158,24 @@ struct cuda_ctx {
 	 * (AdamW refreshes its own range; stale_all: everything) */
 	size_t stale_lo[N_STALE], stale_hi[N_STALE];
 	int n_stale, stale_all;
+	/* packed masters (masters_pack): [pk_lo, pk_hi) kept as the compute
+	 * copy and the masters' low halves, those in the first half of the
+	 * range's own fp32 storage (moe_cuda_adamw_packed: 2 bytes a parameter
+	 * less to move); MOE_CUDA_PACKED_MASTERS=0: none (comparisons) */
+	size_t pk_lo[N_PACKED], pk_hi[N_PACKED];
+	int n_packed, pack_off;
+	/* the optimizer stream (MOE_CUDA_OPT_STREAM=0: none; none with
+	 * MOE_CUDA_PROFILE): a step's AdamW spans run on so, at a lower
+	 * priority, beside the next forward.  ev_span[k] marks span k done, its
+	 * parameters elements [os_lo, os_hi); the main stream waits for spans up
+	 * to k when the forward asks for a compute copy in span k (b_param), and
+	 * for all of them (want_all, at the next op; at once for transfers and
+	 * frees) after any other access to the parameters, gradients or state. */
+	cudaStream_t so;
+	cudaEvent_t ev_main, ev_span[N_OSPAN];
+	size_t os_lo[N_OSPAN], os_hi[N_OSPAN];
+	const float *os_m[N_OSPAN], *os_v[N_OSPAN];
+	int n_ospan, n_owaited, want_all;
 	int rc;                /* first error, sticky */
 	struct moe_error err;
 	void *scratch[N_SCRATCH];
@@ -281,9 +301,54 @@ static void prof_flush(struct cuda_ctx *c)
 
 static void sq_flush(struct cuda_ctx *c);
 
+/* The main stream after the optimizer stream's spans up to k (all: k =
+ * n_ospan - 1); when all are waited for, the next step's spans start over. */
+static void opt_wait(struct cuda_ctx *c, int k)
+{
+	if (k >= c->n_owaited) {
+		RUN(c, CUDA_OK(cudaStreamWaitEvent(c->s, c->ev_span[k], 0), &c->err));
+		c->n_owaited = k + 1;
+	}
+	if (c->n_owaited == c->n_ospan)
+		c->n_ospan = c->n_owaited = 0;
+	c->want_all = 0;
+}
+
+static void opt_wait_all(struct cuda_ctx *c)
+{
+	if (c->n_ospan)
+		opt_wait(c, c->n_ospan - 1);
+	c->want_all = 0;
+}
+
+/* Whether [p, p + bytes) meets what the optimizer stream's pending spans
+ * may touch: the parameters, gradients or compute copies, or their m, v. */
+static bool opt_touches(const struct cuda_ctx *c, const void *p, size_t bytes)
+{
+	if (c->n_owaited == c->n_ospan)
+		return false;
+	const char *a = (const char *)p, *e = a + bytes;
+	const struct {
+		const void *b;
+		size_t n;
+	} r[3] = {{c->p32, c->n * 4}, {c->g32, c->n * 4}, {c->p16, c->n * 2}};
+	for (int i = 0; i < 3; i++)
+		if (a < (const char *)r[i].b + r[i].n && e > (const char *)r[i].b)
+			return true;
+	for (int k = c->n_owaited; k < c->n_ospan; k++) {
+		size_t nb = (c->os_hi[k] - c->os_lo[k]) * 4;
+		if ((a < (const char *)c->os_m[k] + nb && e > (const char *)c->os_m[k]) ||
+		    (a < (const char *)c->os_v[k] + nb && e > (const char *)c->os_v[k]))
+			return true;
+	}
+	return false;
+}
+
 /* Every op starts here (PROF): queued sums of squares go first. */
 static int prof_begin(struct cuda_ctx *c, const char *name)
 {
+	if (c->want_all)
+		opt_wait_all(c);
 	if (c->sq.nsum && strcmp(name, "sumsq"))
 		sq_flush(c);
 	if (!c->prof || c->prof_open)
@@ -483,17 +548,104 @@ static struct ssq_rec *ssq_slot(struct cuda_ctx *c, const float *p, size_t n, si
 	return r;
 }
 
+/* The first packed master range meeting elements [lo, hi), or -1. */
+static int packed_meet(const struct cuda_ctx *c, size_t lo, size_t hi)
+{
+	int f = -1;
+	for (int r = 0; r < c->n_packed; r++)
+		if (c->pk_lo[r] < hi && lo < c->pk_hi[r] && (f < 0 || c->pk_lo[r] < c->pk_lo[f]))
+			f = r;
+	return f;
+}
+
+/* The element range of the masters that [p, p + bytes) meets: false when it
+ * meets none. */
+static bool master_elems(const struct cuda_ctx *c, const void *p, size_t bytes, size_t *lo, size_t *hi)
+{
+	const char *a = (const char *)p, *b0 = (const char *)c->p32, *b1 = (const char *)(c->p32 + c->n);
+	if (!c->p32 || a >= b1 || a + bytes <= b0)
+		return false;
+	*lo = (size_t)((a < b0 ? b0 : a) - b0) / 4;
+	*hi = (size_t)(((a + bytes > b1 ? b1 : a + bytes) - b0) + 3) / 4;
+	return true;
+}
+
+/* The low halves of packed range r from element off on */
+static uint16_t *packed_low(struct cuda_ctx *c, int r, size_t off)
+{
+	return (uint16_t *)(c->p32 + c->pk_lo[r]) + (off - c->pk_lo[r]);
+}
+
+/* An error for an access to packed masters that only adamw, to_host and
+ * from_host may make. */
+static void packed_misuse(struct cuda_ctx *c, const char *what, size_t off)
+{
+	if (c->rc == 0)
+		c->rc = moe_error_set(&c->err, MOE_EINVAL, "cuda: %s packed masters (parameter offset %zu)", what, off);
+}
+
+static void mark_stale(struct cuda_ctx *c, const void *p, size_t bytes);
+
+#define PACK_CHUNK ((size_t)8 << 20) /* elements a packing or unpacking goes through at once */
+
+/* Masters [off, off + n) to or from the host (to: dst, from: src), the
+ * packed ranges through a temporary fp32 buffer; synchronous. */
+static void masters_host(struct cuda_ctx *c, size_t off, size_t n, float *dst, const float *src)
+{
+	float *tmp = NULL;
+	const size_t off0 = off, end = off + n;
+	while (off < end && c->rc == 0) {
+		int r = packed_meet(c, off, end);
+		size_t stop = r < 0 ? end : c->pk_lo[r] > off ? c->pk_lo[r] : off;
+		if (stop > off) { /* plain fp32 */
+			if (dst)
+				RUN(c, CUDA_OK(cudaMemcpyAsync(dst + (off - off0), c->p32 + off, (stop - off) * 4,
+							       cudaMemcpyDeviceToHost, c->s), &c->err));
+			else {
+				mark_stale(c, c->p32 + off, (stop - off) * 4);
+				RUN(c, CUDA_OK(cudaMemcpyAsync(c->p32 + off, src + (off - off0), (stop - off) * 4,
+							       cudaMemcpyHostToDevice, c->s), &c->err));
+			}
+			off = stop;
+			continue;
+		}
+		if (!tmp && !(tmp = (float *)dev_alloc(c, PACK_CHUNK * 4))) {
+			c->rc = moe_error_set(&c->err, MOE_ENOMEM, "cuda: out of device memory (unpacking masters)");
+			break;
+		}
+		size_t e = end < c->pk_hi[r] ? end : c->pk_hi[r];
+		for (; off < e && c->rc == 0; off += PACK_CHUNK) {
+			size_t m = e - off < PACK_CHUNK ? e - off : PACK_CHUNK;
+			if (dst) {
+				RUN(c, moe_cuda_masters_unpack(tmp, c->p16 + off, packed_low(c, r, off), m, c->s, &c->err));
+				RUN(c, CUDA_OK(cudaMemcpyAsync(dst + (off - off0), tmp, m * 4, cudaMemcpyDeviceToHost, c->s),
+					       &c->err));
+			} else {
+				RUN(c, CUDA_OK(cudaMemcpyAsync(tmp, src + (off - off0), m * 4, cudaMemcpyHostToDevice, c->s),
+					       &c->err));
+				RUN(c, moe_cuda_masters_pack(c->p16 + off, packed_low(c, r, off), tmp, m, c->s, &c->err));
+			}
+		}
+		off = e;
+	}
+	RUN(c, CUDA_OK(cudaStreamSynchronize(c->s), &c->err));
+	dev_free(c, tmp);
+}
+
 /* Note a write to device memory [p, p + bytes): if it hits the masters, the
  * compute copy of that range is stale; if it hits a gradient region with
  * epilogue sums of squares, they are. */
 static void mark_stale(struct cuda_ctx *c, const void *p, size_t bytes)
 {
 	ssq_forget(c, p, bytes);
-	const char *a = (const char *)p, *b0 = (const char *)c->p32, *b1 = (const char *)(c->p32 + c->n);
-	if (!c->p32 || a >= b1 || a + bytes <= b0)
+	size_t lo, hi;
+	if (!master_elems(c, p, bytes, &lo, &hi))
 		return;
-	size_t lo = (size_t)((a < b0 ? b0 : a) - b0) / 4;
-	size_t hi = (size_t)(((a + bytes > b1 ? b1 : a + bytes) - b0) + 3) / 4;
+	int r = packed_meet(c, lo, hi);
+	if (r >= 0) {
+		packed_misuse(c, "a write to", lo > c->pk_lo[r] ? lo : c->pk_lo[r]);
+		return;
+	}
 	for (int i = 0; i < c->n_stale; i++)
 		if (lo <= c->stale_hi[i] && hi >= c->stale_lo[i]) {
 			c->stale_lo[i] = lo < c->stale_lo[i] ? lo : c->stale_lo[i];
@@ -523,14 +675,18 @@ static void *b_alloc(struct moe_backend *be, size_t n, enum moe_buf_kind kind)
 static void b_free(struct moe_backend *be, void *p)
 {
 	struct cuda_ctx *c = CTX(be);
-	if (p)
+	if (p) {
+		opt_wait_all(c);
 		cudaStreamSynchronize(c->s);
+	}
 	dev_free(c, p);
 }
 
 static void b_zero(struct moe_backend *be, void *p, size_t n, enum moe_buf_kind kind)
 {
 	struct cuda_ctx *c = CTX(be);
+	if (opt_touches(c, p, n * elt(kind)))
+		opt_wait_all(c);
 	mark_stale(c, p, n * elt(kind));
 	PROF(c, "zero (memset)");
 	RUN(c, CUDA_OK(cudaMemsetAsync(p, 0, n * elt(kind), c->s), &c->err));
@@ -540,6 +696,11 @@ static void b_zero(struct moe_backend *be, void *p, size_t n, enum moe_buf_kind 
 static void b_copy(struct moe_backend *be, void *dst, const void *src, size_t n, enum moe_buf_kind kind)
 {
 	struct cuda_ctx *c = CTX(be);
+	if (opt_touches(c, dst, n * elt(kind)) || opt_touches(c, src, n * elt(kind)))
+		opt_wait_all(c);
+	size_t lo, hi;
+	if (master_elems(c, src, n * elt(kind), &lo, &hi) && packed_meet(c, lo, hi) >= 0)
+		packed_misuse(c, "a copy from", lo);
 	mark_stale(c, dst, n * elt(kind));
 	PROF(c, "copy (memcpy)");
 	RUN(c, CUDA_OK(cudaMemcpyAsync(dst, src, n * elt(kind), cudaMemcpyDeviceToDevice, c->s), &c->err));
@@ -567,9 +728,16 @@ static uint16_t f_to_bf(float f)
 static void b_to_host(struct moe_backend *be, void *host_dst, const void *src, size_t n, enum moe_buf_kind kind)
 {
 	struct cuda_ctx *c = CTX(be);
+	if (opt_touches(c, src, n * elt(kind)))
+		opt_wait_all(c);
 	sq_flush(c);
 	if (c->rc)
 		return;
+	size_t lo, hi;
+	if (kind != MOE_BUF_ACT && master_elems(c, src, n * 4, &lo, &hi) && packed_meet(c, lo, hi) >= 0) {
+		masters_host(c, (size_t)((const float *)src - c->p32), n, (float *)host_dst, NULL);
+		return;
+	}
 	if (kind != MOE_BUF_ACT) {
 		RUN(c, CUDA_OK(cudaMemcpyAsync(host_dst, src, n * 4, cudaMemcpyDeviceToHost, c->s), &c->err));
 		RUN(c, CUDA_OK(cudaStreamSynchronize(c->s), &c->err));
@@ -597,7 +765,10 @@ static void b_to_host_later(struct moe_backend *be, void *host_dst, const void *
 			    enum moe_buf_kind kind)
 {
 	struct cuda_ctx *c = CTX(be);
-	if (kind == MOE_BUF_ACT) {
+	if (opt_touches(c, src, n * elt(kind)))
+		opt_wait_all(c);
+	size_t lo, hi;
+	if (kind == MOE_BUF_ACT || (master_elems(c, src, n * 4, &lo, &hi) && packed_meet(c, lo, hi) >= 0)) {
 		b_to_host(be, host_dst, src, n, kind);
 		return;
 	}
@@ -665,9 +836,16 @@ static void b_from_host(struct moe_backend *be, void *dst, const void *host_src,
 			enum moe_buf_kind kind)
 {
 	struct cuda_ctx *c = CTX(be);
+	if (opt_touches(c, dst, n * elt(kind)))
+		opt_wait_all(c);
 	sq_flush(c);
 	if (c->rc)
 		return;
+	size_t lo, hi;
+	if (kind != MOE_BUF_ACT && master_elems(c, dst, n * 4, &lo, &hi) && packed_meet(c, lo, hi) >= 0) {
+		masters_host(c, (size_t)((float *)dst - c->p32), n, NULL, (const float *)host_src);
+		return;
+	}
 	if (kind != MOE_BUF_ACT) {
 		mark_stale(c, dst, n * 4);
 		if (n * 4 <= STAGE_BYTES && upload_staged(c, dst, host_src, n * 4))
@@ -731,6 +909,7 @@ static double *pend_slot(struct cuda_ctx *c, double *d, int64_t *i, double mul)
 static int b_sync(struct moe_backend *be, struct moe_error *err)
 {
 	struct cuda_ctx *c = CTX(be);
+	opt_wait_all(c);
 	pend_flush(c);
 	if (c->rc && err)
 		*err = c->err;
@@ -744,6 +923,14 @@ static void b_destroy(struct moe_backend *be)
 	struct cuda_ctx *c = CTX(be);
 	if (c) {
 		cudaStreamSynchronize(c->s);
+		if (c->so) {
+			cudaStreamSynchronize(c->so);
+			cudaStreamDestroy(c->so);
+			cudaEventDestroy(c->ev_main);
+			for (int i = 0; i < N_OSPAN; i++)
+				if (c->ev_span[i])
+					cudaEventDestroy(c->ev_span[i]);
+		}
 		dev_free(c, c->p32);
 		dev_free(c, c->g32);
 		dev_free(c, c->p16);
@@ -787,6 +974,8 @@ static void b_destroy(struct moe_backend *be)
 static int b_params_alloc(struct moe_backend *be, size_t n, struct moe_error *err)
 {
 	struct cuda_ctx *c = CTX(be);
+	opt_wait_all(c);
+	cudaStreamSynchronize(c->s);
 	dev_free(c, c->p32);
 	dev_free(c, c->g32);
 	dev_free(c, c->p16);
@@ -796,15 +985,74 @@ static int b_params_alloc(struct moe_backend *be, size_t n, struct moe_error *er
 	c->p16 = (bf16_t *)b_alloc(be, n, MOE_BUF_ACT);
 	c->n = n;
 	c->stale_all = 1;
+	c->n_packed = 0;
 	if (!c->p32 || !c->g32 || !c->p16)
 		return moe_error_set(err, MOE_ENOMEM, "cuda: out of device memory for %zu parameters "
 				     "(%.1f GiB)", n, n * 10.0 / (1 << 30));
 	return 0;
 }
 
-static float *b_master(struct moe_backend *be, size_t off) { return CTX(be)->p32 + off; }
-static float *b_grad(struct moe_backend *be, size_t off) { return CTX(be)->g32 + off; }
-static const void *b_param(struct moe_backend *be, size_t off) { return CTX(be)->p16 + off; }
+/* The accessors tell the optimizer stream's waits (cuda_ctx.so) what is used. */
+static float *b_master(struct moe_backend *be, size_t off)
+{
+	struct cuda_ctx *c = CTX(be);
+	for (int k = c->n_owaited; k < c->n_ospan; k++)
+		if (off >= c->os_lo[k] && off < c->os_hi[k])
+			c->want_all = 1;
+	return c->p32 + off;
+}
+
+static float *b_grad(struct moe_backend *be, size_t off)
+{
+	struct cuda_ctx *c = CTX(be);
+	if (c->n_ospan)
+		c->want_all = 1;
+	return c->g32 + off;
+}
+
+static const void *b_param(struct moe_backend *be, size_t off)
+{
+	struct cuda_ctx *c = CTX(be);
+	for (int k = c->n_owaited; k < c->n_ospan; k++)
+		if (off >= c->os_lo[k] && off < c->os_hi[k]) {
+			opt_wait(c, k);
+			break;
+		}
+	return c->p16 + off;
+}
+
+/* Keep masters [off, off + n) packed from now on (model.h): each chunk is
+ * copied out of the range's fp32 storage before its low halves are written
+ * into the first half of that storage, which reaches only elements already
+ * copied (chunk k's halves end at element (k + 1) C / 2 <= k C). */
+static bool b_masters_pack(struct moe_backend *be, size_t off, size_t n)
+{
+	struct cuda_ctx *c = CTX(be);
+	if (c->pack_off || c->rc || n == 0 || off + n > c->n)
+		return false;
+	opt_wait_all(c);
+	int r = packed_meet(c, off, off + n);
+	if (r >= 0)
+		return c->pk_lo[r] == off && c->pk_hi[r] == off + n;
+	if (c->n_packed == N_PACKED)
+		return false;
+	float *tmp = (float *)dev_alloc(c, (n < PACK_CHUNK ? n : PACK_CHUNK) * 4);
+	if (!tmp)
+		return false;
+	uint16_t *low = (uint16_t *)(c->p32 + off);
+	for (size_t k = 0; k < n && c->rc == 0; k += PACK_CHUNK) {
+		size_t m = n - k < PACK_CHUNK ? n - k : PACK_CHUNK;
+		RUN(c, CUDA_OK(cudaMemcpyAsync(tmp, c->p32 + off + k, m * 4, cudaMemcpyDeviceToDevice, c->s), &c->err));
+		RUN(c, moe_cuda_masters_pack(c->p16 + off + k, low + k, tmp, m, c->s, &c->err));
+	}
+	RUN(c, CUDA_OK(cudaStreamSynchronize(c->s), &c->err));
+	dev_free(c, tmp);
+	if (c->rc)
+		return false;
+	c->pk_lo[c->n_packed] = off;
+	c->pk_hi[c->n_packed++] = off + n;
+	return true;
+}
 
 static int b_status(struct moe_backend *be, struct moe_error *err)
 {
@@ -819,18 +1067,36 @@ static int b_status(struct moe_backend *be, struct moe_error *err)
 	return c->rc;
 }
 
+/* The compute copy of masters [lo, hi) from the fp32 ones, but for the
+ * packed ranges (their compute copy is their high half). */
+static void refresh_copy(struct cuda_ctx *c, size_t lo, size_t hi)
+{
+	while (lo < hi) {
+		int r = packed_meet(c, lo, hi);
+		size_t stop = r < 0 ? hi : c->pk_lo[r] > lo ? c->pk_lo[r] : lo;
+		if (stop > lo)
+			RUN(c, moe_cuda_masters_copy(c->p16 + lo, c->p32 + lo, stop - lo, c->s, &c->err));
+		lo = r < 0 ? hi : c->pk_hi[r];
+	}
+}
+
 /* Refresh the bf16 compute copy where the masters changed outside AdamW. */
 static void b_params_updated(struct moe_backend *be)
 {
 	struct cuda_ctx *c = CTX(be);
 	ssq_forget_all(c); /* an optimizer step: the next backward stores anew */
+	for (int i = 0; i < c->n_stale && !c->stale_all; i++) /* not beside AdamW's own copies */
+		for (int k = c->n_owaited; k < c->n_ospan; k++)
+			if (c->stale_lo[i] < c->os_hi[k] && c->os_lo[k] < c->stale_hi[i])
+				c->want_all = 1;
+	if (c->stale_all && c->n_ospan > c->n_owaited)
+		c->want_all = 1;
 	PROF(c, "params_to_bf16");
 	if (c->stale_all)
-		RUN(c, moe_cuda_to_bf16(c->p16, c->p32, c->n, c->s, &c->err));
+		refresh_copy(c, 0, c->n);
 	else
 		for (int i = 0; i < c->n_stale; i++)
-			RUN(c, moe_cuda_to_bf16(c->p16 + c->stale_lo[i], c->p32 + c->stale_lo[i],
-						c->stale_hi[i] - c->stale_lo[i], c->s, &c->err));
+			refresh_copy(c, c->stale_lo[i], c->stale_hi[i]);
 	PROF_END(c);
 	c->stale_all = 0;
 	c->n_stale = 0;
@@ -840,8 +1106,14 @@ static void b_params_updated(struct moe_backend *be)
 static const float *master_of(struct cuda_ctx *c, const void *w)
 {
 	const bf16_t *p = (const bf16_t *)w;
-	if (p >= c->p16 && p < c->p16 + c->n)
-		return c->p32 + (p - c->p16);
+	if (p >= c->p16 && p < c->p16 + c->n) {
+		size_t off = (size_t)(p - c->p16);
+		if (packed_meet(c, off, off + 1) >= 0) {
+			packed_misuse(c, "an fp32 read of", off);
+			return NULL;
+		}
+		return c->p32 + off;
+	}
 	if (c->rc == 0)
 		c->rc = moe_error_set(&c->err, MOE_EINVAL, "cuda: norm weight is not a parameter");
 	return NULL;
@@ -2054,9 +2326,42 @@ static void o_adamw(struct moe_backend *be, float *p, const float *g, float gsca
 {
 	struct cuda_ctx *c = CTX(be);
 	bf16_t *p16 = (p >= c->p32 && p < c->p32 + c->n) ? c->p16 + (p - c->p32) : NULL;
+	size_t lo, hi;
+	bool in = master_elems(c, p, n * 4, &lo, &hi);
+	int r = in ? packed_meet(c, lo, hi) : -1;
+	if (r >= 0 && (lo < c->pk_lo[r] || hi > c->pk_hi[r])) {
+		packed_misuse(c, "an AdamW span across the edge of", lo);
+		return;
+	}
+	/* on the optimizer stream: after the main stream's work so far (its
+	 * first span of a step), and the main stream waits for it as above */
+	cudaStream_t s = c->s;
+	if (c->so && in && p16) {
+		c->want_all = 0; /* the optimizer's own accessor calls */
+		if (c->n_ospan == N_OSPAN)
+			opt_wait_all(c);
+		if (c->n_ospan == c->n_owaited) { /* a new step's first span */
+			opt_wait_all(c);
+			RUN(c, CUDA_OK(cudaEventRecord(c->ev_main, c->s), &c->err));
+			RUN(c, CUDA_OK(cudaStreamWaitEvent(c->so, c->ev_main, 0), &c->err));
+		}
+		s = c->so;
+	}
 	PROF(c, "adamw");
-	RUN(c, moe_cuda_adamw(p, p16, g, gscale, m, v, n, lr, beta1, beta2, eps, weight_decay, t, c->s, &c->err));
+	if (r >= 0)
+		RUN(c, moe_cuda_adamw_packed(p16, packed_low(c, r, lo), g, gscale, m, v, n, lr, beta1, beta2, eps,
+					     weight_decay, t, s, &c->err));
+	else
+		RUN(c, moe_cuda_adamw(p, p16, g, gscale, m, v, n, lr, beta1, beta2, eps, weight_decay, t, s, &c->err));
 	PROF_END(c);
+	if (s == c->so) {
+		int k = c->n_ospan++;
+		c->os_lo[k] = lo;
+		c->os_hi[k] = hi;
+		c->os_m[k] = m;
+		c->os_v[k] = v;
+		RUN(c, CUDA_OK(cudaEventRecord(c->ev_span[k], c->so), &c->err));
+	}
 }
 
 /* One layer's selection-bias step queued on the stream (the directions go
@@ -2068,11 +2373,22 @@ static bool o_balance_bias(struct moe_backend *be, float *bias, const int8_t *di
 	if (E > MOE_CUDA_BALANCE_MAX_E)
 		return false;
 	bf16_t *b16 = (bias >= c->p32 && bias < c->p32 + c->n) ? c->p16 + (bias - c->p32) : NULL;
+	size_t lo, hi;
+	if (master_elems(c, bias, (size_t)E * 4, &lo, &hi) && packed_meet(c, lo, hi) >= 0) {
+		packed_misuse(c, "a balancing step on", lo);
+		return true;
+	}
 	PROF(c, "balance_bias");
 	RUN(c, moe_cuda_balance_bias(bias, b16, dir, E, u, clamp, c->s, &c->err));
 	PROF_END(c);
 	return true;
 }
+
+/* How many master ranges a CUDA backend keeps packed (tests). */
+extern "C" int moe_cuda_packed_ranges(const struct moe_backend *be) { return CTX(be)->n_packed; }
+
+/* Whether a CUDA backend runs AdamW on the optimizer stream (tests). */
+extern "C" bool moe_cuda_opt_stream(const struct moe_backend *be) { return CTX(be)->so != NULL; }
 
 extern "C" struct moe_backend *moe_backend_cuda(struct moe_error *err)
 {
@@ -2093,8 +2409,25 @@ extern "C" struct moe_backend *moe_backend_cuda(struct moe_error *err)
 		return NULL;
 	}
 	be->ctx = c;
-	if (CUDA_OK(cudaStreamCreateWithFlags(&c->s, cudaStreamNonBlocking), err))
-		goto fail;
+	{
+		/* the optimizer stream (not with MOE_CUDA_PROFILE; MOE_CUDA_OPT_STREAM=0:
+		 * none) at the lowest priority, the main stream at the highest (its
+		 * blocks go first; at one priority, steps were 1-2 ms slower) */
+		const char *pe = getenv("MOE_CUDA_PROFILE");
+		bool os = !env_is("MOE_CUDA_OPT_STREAM", "0") && !(pe && *pe && strcmp(pe, "0"));
+		int lo_pri = 0, hi_pri = 0;
+		if (os && CUDA_OK(cudaDeviceGetStreamPriorityRange(&lo_pri, &hi_pri), err))
+			goto fail;
+		if (os && (CUDA_OK(cudaStreamCreateWithPriority(&c->so, cudaStreamNonBlocking, lo_pri), err) ||
+			   CUDA_OK(cudaEventCreateWithFlags(&c->ev_main, cudaEventDisableTiming), err)))
+			goto fail;
+		for (int i = 0; os && i < N_OSPAN; i++)
+			if (CUDA_OK(cudaEventCreateWithFlags(&c->ev_span[i], cudaEventDisableTiming), err))
+				goto fail;
+		if (os ? CUDA_OK(cudaStreamCreateWithPriority(&c->s, cudaStreamNonBlocking, hi_pri), err)
+		       : CUDA_OK(cudaStreamCreateWithFlags(&c->s, cudaStreamNonBlocking), err))
+			goto fail;
+	}
 	if (!(c->blas = moe_cuda_blas_new(c->s, err)))
 		goto fail;
 	if (CUDA_OK(cudaMalloc((void **)&c->dres, sizeof(double) * 2 * N_PEND), err) ||
@@ -2178,6 +2511,7 @@ extern "C" struct moe_backend *moe_backend_cuda(struct moe_error *err)
 		c->det = !env_is("MOE_CUDA_DETERMINISTIC", "0"); /* the default: bit-reproducible steps */
 		c->clr_off = env_is("MOE_CUDA_GRAD_CLEAR", "0");
 		c->res_copy = env_is("MOE_CUDA_RESGEMM", "0");
+		c->pack_off = env_is("MOE_CUDA_PACKED_MASTERS", "0");
 	}
 	if (c->prof)
 		for (int i = 0; i < 4096; i++)
@@ -2246,6 +2580,7 @@ extern "C" struct moe_backend *moe_backend_cuda(struct moe_error *err)
 	be->axpy = o_axpy;
 	be->scale_act = o_scale_act;
 	be->adamw = o_adamw;
+	be->masters_pack = b_masters_pack;
 	be->balance_bias = o_balance_bias;
 	if (!c->res_copy)
 		be->linear_fwd_res = o_linear_fwd_res;

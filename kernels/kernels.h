@@ -300,11 +300,21 @@ int moe_cuda_sum_loss(double *acc /* (2) */, const float *loss, const int32_t *t
 
 /* adamw.cu: AdamW as torch (p *= 1 - lr*wd; p -= lr/bc1 * m / (sqrt(v)/sqrt(bc2) + eps))
  * on the gradient g * gscale (the clip factor), p16 (may be NULL) receives
- * bf16(p); sum of squares into *acc (double, fixed order through per-block
+ * bf16(p) rounded to nearest with ties away from zero (moe_cuda_masters_copy); sum of squares into *acc (double, fixed order through per-block
  * partials, scratch of moe_cuda_sumsq_scratch() bytes); bf16 copies. */
 int moe_cuda_adamw(float *p, bf16_t *p16, const float *g, float gscale, float *m, float *v, size_t n,
 		   float lr, float beta1, float beta2, float eps, float weight_decay, int64_t t, cudaStream_t s,
 		   struct moe_error *err);
+/* AdamW on packed masters (hi: the bf16 compute copy, rounded to nearest with
+ * ties away from zero as moe_cuda_adamw writes it; lo: the low 16 bits;
+ * together the fp32 master exactly): the same bits as moe_cuda_adamw */
+int moe_cuda_adamw_packed(bf16_t *hi, uint16_t *lo, const float *g, float gscale, float *m, float *v, size_t n,
+			  float lr, float beta1, float beta2, float eps, float weight_decay, int64_t t, cudaStream_t s,
+			  struct moe_error *err);
+/* fp32 masters to the packed pair and back (exact; a NaN becomes a quiet NaN) */
+int moe_cuda_masters_pack(bf16_t *hi, uint16_t *lo, const float *src, size_t n, cudaStream_t s, struct moe_error *err);
+int moe_cuda_masters_unpack(float *dst, const bf16_t *hi, const uint16_t *lo, size_t n, cudaStream_t s,
+			    struct moe_error *err);
 size_t moe_cuda_sumsq_scratch(size_t n);
 int moe_cuda_sumsq(double *acc, void *scratch, const float *x, size_t n, cudaStream_t s,
 		   struct moe_error *err);
@@ -350,7 +360,9 @@ struct moe_cuda_sq_batch {
 unsigned moe_cuda_sumsq_blocks(size_t n);
 int moe_cuda_sumsq_batch(double *part, const struct moe_cuda_sq_batch *q, cudaStream_t s,
 			 struct moe_error *err);
-int moe_cuda_to_bf16(bf16_t *dst, const float *src, size_t n, cudaStream_t s, struct moe_error *err);
+/* fp32 masters to their bf16 compute copy (rounded to nearest, ties away
+ * from zero, as AdamW writes it and packed masters hold it) */
+int moe_cuda_masters_copy(bf16_t *dst, const float *src, size_t n, cudaStream_t s, struct moe_error *err);
 int moe_cuda_to_f32(float *dst, const bf16_t *src, size_t n, cudaStream_t s, struct moe_error *err);
 /* y += a x (fp32); x *= a (bf16) */
 int moe_cuda_axpy(float *y, const float *x, size_t n, float a, cudaStream_t s, struct moe_error *err);
@@ -520,6 +532,8 @@ void moe_cuda_grouped_wgmma_config(int cfg);
  * the report prints per-op totals to fp (NULL: none; reset: start over).  Peak bytes of
  * device memory the backend allocated. */
 struct moe_backend;
+int moe_cuda_packed_ranges(const struct moe_backend *be); /* packed master ranges (tests) */
+bool moe_cuda_opt_stream(const struct moe_backend *be);   /* AdamW on the optimizer stream (tests) */
 void moe_cuda_profile_report(struct moe_backend *be, FILE *fp, bool reset);
 size_t moe_cuda_peak_bytes(struct moe_backend *be);
 /* moe_cuda_gemm_report of the backend's cuBLAS(Lt) handle */

@@ -402,6 +402,15 @@ struct moe_backend {
 	/* AdamW on one span; the step uses the gradient g * gscale (the clip
 	 * factor: g itself is not changed) */
 	void (*adamw)(struct moe_backend *be, float *p, const float *g, float gscale, float *m, float *v, size_t n, float lr, float beta1, float beta2, float eps, float weight_decay, int64_t t);
+	/* Optional: from now on the masters of [offset, offset + n) are read
+	 * and written only through adamw (spans inside the range), to_host,
+	 * to_host_later and from_host, and through the compute copy: no op
+	 * reads them in fp32 (as the norm weights and the balancing bias are
+	 * read).  The backend may keep them in another exact form (CUDA: the
+	 * compute copy and the low 16 bits, 2 bytes a parameter less for AdamW
+	 * to move; the compute copy then rounds ties away from zero).  false:
+	 * kept as they were. */
+	bool (*masters_pack)(struct moe_backend *be, size_t offset, size_t n);
 	/* Optional: one layer's loss-free-balancing step on its fp32 master
 	 * bias (E) and compute copy, as moe_balance_apply with the host
 	 * directions dir (E), queued without a synchronisation; false when the

@@ -52,14 +52,22 @@ int moe_optim_init(struct moe_optim *o, struct moe_model *m, const struct moe_op
 			continue;
 		bool dec = moe_optim_decays(&p[i], opts->decay);
 		struct moe_optim_span *last = o->n_spans ? &o->spans[o->n_spans - 1] : NULL;
+		bool pk = p[i].kind != MOE_P_NORM && p[i].kind != MOE_P_BIAS;
 		if (last && last->offset + last->n == p[i].offset && last->expert == p[i].is_expert &&
 		    last->decay == dec) {
 			last->n += p[i].numel;
+			last->packable = last->packable && pk;
 			continue;
 		}
 		o->spans[o->n_spans++] = (struct moe_optim_span){
-			.offset = p[i].offset, .n = p[i].numel, .expert = p[i].is_expert, .decay = dec };
+			.offset = p[i].offset, .n = p[i].numel, .expert = p[i].is_expert, .decay = dec, .packable = pk };
 	}
+	/* the masters only AdamW reads in fp32 may be kept in a form that is
+	 * cheaper for it to move (the CUDA backend's packed masters) */
+	if (be->masters_pack)
+		for (size_t i = 0; i < o->n_spans; i++)
+			if (o->spans[i].packable)
+				be->masters_pack(be, o->spans[i].offset, o->spans[i].n);
 	return 0;
 }
 

@@ -134,6 +134,7 @@ struct moe_optim_opts {
 struct moe_optim_span {
 	size_t offset, n; /* floats, into the parameter buffer */
 	bool expert, decay;
+	bool packable; /* no norm weight in it: its masters may be packed (masters_pack) */
 };
 struct moe_optim {
 	struct moe_model *model; /* not owned */

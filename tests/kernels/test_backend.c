@@ -784,6 +784,9 @@ Test(backend, narrow_linears_match_cublas, .timeout = 60)
  * which the runs part visibly (on the H100 in session 6: parameters up to
  * 0.023 apart after four steps in three runs of five).  (Session 4's optimizer stream failed the earlier,
  * tolerance-based form of this test 3 times in 12; it was removed.) */
+static int last_packed;   /* the last train_steps backend's packed master ranges */
+static bool last_ostream; /* and whether it ran AdamW on the optimizer stream */
+
 static void train_steps(const struct moe_config *cfg, const float *p, const int32_t *x, const int32_t *y, int B,
 			int T, int steps, bool det, double *loss, float *params, float *mom)
 {
@@ -814,6 +817,8 @@ static void train_steps(const struct moe_config *cfg, const float *p, const int3
 	moe_model_get_params(mg, params);
 	gb->to_host(gb, mom, o.m, o.n, MOE_BUF_F32);
 	cr_assert_eq(gb->sync(gb, &err), 0, "%s", err.msg);
+	last_packed = moe_cuda_packed_ranges(gb);
+	last_ostream = moe_cuda_opt_stream(gb);
 	moe_optim_release(&o);
 	moe_model_free(mg);
 }
@@ -868,6 +873,122 @@ Test(backend, training_steps_repeatable, .timeout = 120)
 	free(m1);
 	free(x);
 	free(y);
+	moe_model_free(mc);
+}
+
+/* Packed masters (the default: the optimizer's spans without norm weights
+ * kept as the compute copy and the low halves, moe_cuda_adamw_packed)
+ * against plain fp32 masters (MOE_CUDA_PACKED_MASTERS=0), four steps from
+ * the same weights and tokens: the same arithmetic and the same compute
+ * copies, so the same losses, masters and AdamW m, bit for bit.  Then the
+ * masters through the host and back: get_params gives what set_params
+ * set, exactly, and a forward on them the plain model's loss. */
+Test(backend, packed_masters_match_plain, .timeout = 120)
+{
+	NEED_GPU();
+	struct moe_config cfg;
+	float *p;
+	struct moe_model *mc = cpu_params(&cfg, 29, &p);
+	size_t np = moe_model_num_params(mc), nt = 0;
+	const struct moe_param *tab = moe_model_params(mc, &nt);
+	enum { S = 4 };
+	int B = 2, T = 64, N = B * T;
+	int32_t *x = malloc(S * N * 4), *y = malloc(S * N * 4);
+	rng_seed(37);
+	random_tokens(x, y, S * N, &cfg, 0);
+	float *p0 = malloc(np * 4), *p1 = malloc(np * 4), *m0 = malloc(np * 4), *m1 = malloc(np * 4);
+	double l0[S], l1[S];
+	setenv("MOE_CUDA_PACKED_MASTERS", "0", 1);
+	train_steps(&cfg, p, x, y, B, T, S, true, l0, p0, m0);
+	unsetenv("MOE_CUDA_PACKED_MASTERS");
+	cr_expect_eq(last_packed, 0, "MOE_CUDA_PACKED_MASTERS=0: %d ranges packed", last_packed);
+	train_steps(&cfg, p, x, y, B, T, S, true, l1, p1, m1);
+	cr_expect_gt(last_packed, 0, "the default: no masters packed");
+	for (int s = 0; s < S; s++)
+		cr_expect(l1[s] == l0[s], "step %d: loss %.17g packed vs %.17g", s, l1[s], l0[s]);
+	size_t same = 0;
+	for (size_t i = 0; i < nt; i++) {
+		size_t o = tab[i].offset, ne = tab[i].numel;
+		bool sp = memcmp(p1 + o, p0 + o, ne * 4) == 0, sm = memcmp(m1 + o, m0 + o, ne * 4) == 0;
+		cr_expect(sp, "%s: masters differ by up to %.3g", tab[i].name, max_diff(p1 + o, p0 + o, ne, NULL));
+		cr_expect(sm, "%s: AdamW m differs by up to %.3g", tab[i].name, max_diff(m1 + o, m0 + o, ne, NULL));
+		same += sp && sm;
+	}
+	fprintf(stderr, "packed masters: %d ranges; four steps: losses %.6f..%.6f (plain %.6f..%.6f), %zu of %zu "
+		"tensors' masters and m the same bits\n", last_packed, l1[0], l1[S - 1], l0[0], l0[S - 1], same, nt);
+	/* the host round trip: set after packing, read back exactly */
+	struct moe_error err = {0};
+	struct moe_model *mg = gpu_model(&cfg, p, moe_cuda_grouped_wgmma_supported() ? "tma" : "kernel");
+	struct moe_backend *gb = moe_model_backend(mg);
+	struct moe_optim o;
+	struct moe_optim_opts oo = {.beta1 = 0.9, .beta2 = 0.95, .eps = 1e-8, .decay = MOE_DECAY_MATRICES,
+				    .clip_groups = MOE_CLIP_EXPERT, .clip = 1.0, .clip_expert = -1};
+	cr_assert_eq(moe_optim_init(&o, mg, &oo, &err), 0, "%s", err.msg);
+	cr_expect_gt(moe_cuda_packed_ranges(gb), 0, "no masters packed");
+	moe_model_get_params(mg, p0);
+	cr_expect(memcmp(p0, p, np * 4) == 0, "packed masters: get_params after packing differs from what was set");
+	moe_model_set_params(mg, p1); /* the packed run's masters (any low bits) */
+	moe_model_get_params(mg, p0);
+	cr_expect(memcmp(p0, p1, np * 4) == 0, "packed masters: get_params differs from set_params");
+	struct moe_forward_opts fo = {0};
+	struct moe_losses lp, lq;
+	cr_assert_eq(moe_model_forward(mg, x, y, B, T, &fo, &lp, &err), 0, "%s", err.msg);
+	cr_assert_eq(gb->sync(gb, &err), 0, "%s", err.msg);
+	moe_optim_release(&o);
+	moe_model_free(mg);
+	setenv("MOE_CUDA_PACKED_MASTERS", "0", 1);
+	mg = gpu_model(&cfg, p1, moe_cuda_grouped_wgmma_supported() ? "tma" : "kernel");
+	unsetenv("MOE_CUDA_PACKED_MASTERS");
+	cr_assert_eq(moe_model_forward(mg, x, y, B, T, &fo, &lq, &err), 0, "%s", err.msg);
+	cr_expect(lp.total == lq.total, "forward on set masters: loss %.17g packed vs %.17g", lp.total, lq.total);
+	moe_model_free(mg);
+	free(p), free(p0), free(p1), free(m0), free(m1), free(x), free(y);
+	moe_model_free(mc);
+}
+
+/* The optimizer stream (the default: AdamW on a stream of its own beside
+ * the next forward, which waits for each span's AdamW before it reads that
+ * span's weights) against one stream (MOE_CUDA_OPT_STREAM=0), four steps
+ * from the same weights and tokens: the same kernels on the same data in
+ * another order, so the same losses, masters and AdamW m, bit for bit.
+ * Three times: a missing wait shows only when the streams race. */
+Test(backend, opt_stream_matches_one_stream, .timeout = 120)
+{
+	NEED_GPU();
+	struct moe_config cfg;
+	float *p;
+	struct moe_model *mc = cpu_params(&cfg, 41, &p);
+	size_t np = moe_model_num_params(mc), nt = 0;
+	const struct moe_param *tab = moe_model_params(mc, &nt);
+	enum { S = 4 };
+	int B = 2, T = 64, N = B * T;
+	int32_t *x = malloc(S * N * 4), *y = malloc(S * N * 4);
+	rng_seed(43);
+	random_tokens(x, y, S * N, &cfg, 0);
+	float *p0 = malloc(np * 4), *p1 = malloc(np * 4), *m0 = malloc(np * 4), *m1 = malloc(np * 4);
+	double l0[S], l1[S];
+	setenv("MOE_CUDA_OPT_STREAM", "0", 1);
+	train_steps(&cfg, p, x, y, B, T, S, true, l0, p0, m0);
+	unsetenv("MOE_CUDA_OPT_STREAM");
+	cr_expect(!last_ostream, "MOE_CUDA_OPT_STREAM=0: AdamW ran on the optimizer stream");
+	for (int r = 0; r < 3; r++) {
+		train_steps(&cfg, p, x, y, B, T, S, true, l1, p1, m1);
+		cr_expect(last_ostream, "the default: AdamW did not run on the optimizer stream");
+		for (int s = 0; s < S; s++)
+			cr_expect(l1[s] == l0[s], "run %d, step %d: loss %.17g (optimizer stream) vs %.17g", r, s, l1[s],
+				  l0[s]);
+		size_t pd = 0, md = 0;
+		for (size_t i = 0; i < nt; i++) {
+			size_t o = tab[i].offset, ne = tab[i].numel;
+			pd += memcmp(p1 + o, p0 + o, ne * 4) != 0;
+			md += memcmp(m1 + o, m0 + o, ne * 4) != 0;
+		}
+		cr_expect(pd == 0 && md == 0, "run %d: %zu tensors' masters and %zu AdamW m differ with the optimizer stream",
+			  r, pd, md);
+		fprintf(stderr, "optimizer stream, run %d: losses %.6f..%.6f, %zu of %zu tensors differ (masters), %zu (m)\n",
+			r, l1[0], l1[S - 1], pd, nt, md);
+	}
+	free(p), free(p0), free(p1), free(m0), free(m1), free(x), free(y);
 	moe_model_free(mc);
 }
 
@@ -926,10 +1047,13 @@ static bool qkv_packed_on(const struct moe_backend *be) { return be->attention_q
  * and rounds to bf16 once; one by one it is rounded to bf16 after each, so every gradient upstream of it moves by
  * bf16 roundings of that activation gradient (2^-8 relative an element;
  * likewise the forward's sum of the two down projections):
- * losses within 1e-5 relative, every non-routed tensor's gradient cosine
+ * losses within 1e-4 relative, every non-routed tensor's gradient cosine
  * >= 0.9999 and within 2e-2 of its largest element (0.95% measured on an
  * H100, session 11, call 64), the routed experts' cosine >= 0.999 (they
- * also follow any top-k choice a rounding flips). */
+ * also follow any top-k choice a rounding flips).  The losses differed by
+ * 0.9e-5 relative in sessions 12-15 and by 1.6e-5 in session 16, once the
+ * compute copies of the weights rounded ties away from zero (call 116; the
+ * bound was 1e-5 until then). */
 Test(backend, shared_experts_merged_match, .timeout = 60)
 {
 	NEED_GPU();
@@ -938,7 +1062,7 @@ Test(backend, shared_experts_merged_match, .timeout = 60)
 	cfg.n_shared_experts = 2;
 	struct switch_pair r;
 	switch_pair_run(&r, &cfg, 43, 47, 64, "MOE_CUDA_SHARED_MERGE", "0", shared_merge_on);
-	cr_expect(fabs(r.l[1].total - r.l[0].total) <= 1e-5 * fabs(r.l[0].total), "loss %.8f (merged) vs %.8f",
+	cr_expect(fabs(r.l[1].total - r.l[0].total) <= 1e-4 * fabs(r.l[0].total), "loss %.8f (merged) vs %.8f",
 		  r.l[1].total, r.l[0].total);
 	double worst, mincos;
 	expect_rounding_close("merged vs one by one", r.tab, r.nt, r.g[1], r.g[0], &worst, &mincos);

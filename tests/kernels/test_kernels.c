@@ -1926,6 +1926,126 @@ Test(kernels, adamw_sumsq)
 	cr_expect(*h0 == 0.0, "sumsq of nothing %g", *h0);
 }
 
+/* The bf16 compute copy of a packed master (ties away from zero) */
+static uint16_t rna_bits(uint32_t u) { return (uint16_t)((u + 0x8000u) >> 16); }
+
+/* A random fp32 master of any low bits: |x| in [2^-9, 2^2), random sign;
+ * one in 8 has the low half 0x8000 (a tie of the two roundings), one in 8
+ * 0x7fff or 0xffff (a carry or none), one in 16 is a power of two. */
+static float any_master(void)
+{
+	uint64_t r = rng_u64();
+	uint32_t u = (uint32_t)(r & 0x807fffffu) | (uint32_t)(118 + (r >> 32) % 11) << 23;
+	switch ((r >> 40) & 15) {
+	case 0: case 1: u = (u & 0xffff0000u) | 0x8000u; break;
+	case 2: u |= 0xffffu; break;
+	case 3: u = (u & 0xffff0000u) | 0x7fffu; break;
+	case 4: u &= 0xff800000u; break;
+	}
+	float f;
+	memcpy(&f, &u, 4);
+	return f;
+}
+
+/* Packed masters (moe_cuda_adamw_packed): three AdamW steps on masters
+ * kept as (compute copy, low halves) against moe_cuda_adamw on the same
+ * fp32 masters, n elements `off` floats into aligned buffers: the
+ * unpacked masters, m, v and the compute copy the same bits, the copy
+ * rounded to nearest with ties away from zero (any_master makes ties
+ * common at the start; after the steps they are as rare as in training).
+ * And the packing alone: every value back exactly, NaN a NaN in the copy. */
+static void adamw_packed_case(size_t n, size_t off)
+{
+	float *p = malloc(n * 4), *g = rand_bf(n, 1.f), *m = rand_bf(n, 0.1f), *v = rand_bf(n, 0.1f);
+	for (size_t i = 0; i < n; i++) {
+		p[i] = any_master();
+		v[i] = fabsf(v[i]);
+	}
+	float *gp = dmalloc((n + off) * 4), *gg = dmalloc((n + off) * 4), *gm = dmalloc((n + off) * 4),
+	      *gv = dmalloc((n + off) * 4), *gm2 = dmalloc((n + off) * 4), *gv2 = dmalloc((n + off) * 4),
+	      *un = dmalloc((n + off) * 4);
+	bf16_t *g16 = dmalloc((n + off) * 2), *hi = dmalloc((n + off) * 2);
+	uint16_t *lo = dmalloc((n + off) * 2);
+	cudaMemcpy(gp + off, p, n * 4, cudaMemcpyHostToDevice);
+	cudaMemcpy(gg + off, g, n * 4, cudaMemcpyHostToDevice);
+	cudaMemcpy(gm + off, m, n * 4, cudaMemcpyHostToDevice);
+	cudaMemcpy(gv + off, v, n * 4, cudaMemcpyHostToDevice);
+	cudaMemcpy(gm2 + off, m, n * 4, cudaMemcpyHostToDevice);
+	cudaMemcpy(gv2 + off, v, n * 4, cudaMemcpyHostToDevice);
+	LAUNCH_OK(moe_cuda_masters_pack(hi + off, lo + off, gp + off, n, S, &gerr));
+	LAUNCH_OK(moe_cuda_masters_unpack(un + off, hi + off, lo + off, n, S, &gerr));
+	uint32_t *u0 = down(un + off, n * 4);
+	uint16_t *h0 = down(hi + off, n * 2);
+	cr_expect(memcmp(u0, p, n * 4) == 0, "packed n=%zu off=%zu: masters back exactly", n, off);
+	size_t bad0 = 0;
+	for (size_t i = 0; i < n; i++)
+		bad0 += h0[i] != rna_bits(u0[i]);
+	cr_expect(bad0 == 0, "packed n=%zu off=%zu: %zu packed compute copies not rounded ties away", n, off, bad0);
+	free(h0);
+	for (int t = 1; t <= 3; t++) {
+		float gs = t == 2 ? 0.37f : 1.f;
+		LAUNCH_OK(moe_cuda_adamw(gp + off, g16 + off, gg + off, gs, gm + off, gv + off, n, 1e-3f, 0.9f, 0.95f,
+					 1e-8f, 0.1f, t, S, &gerr));
+		LAUNCH_OK(moe_cuda_adamw_packed(hi + off, lo + off, gg + off, gs, gm2 + off, gv2 + off, n, 1e-3f, 0.9f,
+						0.95f, 1e-8f, 0.1f, t, S, &gerr));
+	}
+	LAUNCH_OK(moe_cuda_masters_unpack(un + off, hi + off, lo + off, n, S, &gerr));
+	uint32_t *pr = down(gp + off, n * 4), *pu = down(un + off, n * 4);
+	uint16_t *c16 = down(g16 + off, n * 2), *h16 = down(hi + off, n * 2);
+	size_t pdiff = 0, ties = 0, bad16 = 0;
+	for (size_t i = 0; i < n; i++) {
+		pdiff += pr[i] != pu[i];
+		ties += (pr[i] & 0xffffu) == 0x8000u;
+		bad16 += h16[i] != rna_bits(pr[i]) || h16[i] != c16[i];
+	}
+	cr_expect(pdiff == 0, "packed n=%zu off=%zu: %zu masters differ from the plain kernel's", n, off, pdiff);
+	cr_expect(memcmp(down(gm + off, n * 4), down(gm2 + off, n * 4), n * 4) == 0, "packed n=%zu off=%zu: m", n, off);
+	cr_expect(memcmp(down(gv + off, n * 4), down(gv2 + off, n * 4), n * 4) == 0, "packed n=%zu off=%zu: v", n, off);
+	cr_expect(bad16 == 0, "packed n=%zu off=%zu: %zu compute copies differ or are not the masters' rounding (%zu ties)",
+		  n, off, bad16, ties);
+	cudaFree(gp), cudaFree(gg), cudaFree(gm), cudaFree(gv), cudaFree(gm2), cudaFree(gv2), cudaFree(un);
+	cudaFree(g16), cudaFree(hi), cudaFree(lo);
+	free(p), free(g), free(m), free(v), free(u0), free(pr), free(pu), free(c16), free(h16);
+}
+
+Test(kernels, adamw_packed)
+{
+	NEED_GPU();
+	rng_seed(12);
+	adamw_packed_case(300001, 0);
+	adamw_packed_case(300001, 1);  /* a scalar head and tail */
+	adamw_packed_case(1027, 3);
+	adamw_packed_case(3, 2);       /* scalar only */
+	/* the edges of the packing: zeros, infinities, the largest finite
+	 * values (their copy rounds to infinity), denormals, NaNs (one whose
+	 * top half plus the carry wraps), and where the carry crosses into the
+	 * exponent */
+	const uint32_t e[] = {0x00000000u, 0x80000000u, 0x7f800000u, 0xff800000u, 0x7f7fffffu, 0xff7fffffu,
+			      0x00000001u, 0x80008000u, 0x007fffffu, 0x3f7fffffu, 0x3f7f8000u, 0x3fff8000u,
+			      0x7fffffffu, 0xffffffffu, 0x7fc00000u, 0xffff8001u};
+	enum { NE = sizeof e / sizeof e[0] };
+	float *ge = up(e, sizeof e), *gu = dmalloc(sizeof e);
+	bf16_t *eh = dmalloc(NE * 2);
+	uint16_t *el = dmalloc(NE * 2);
+	LAUNCH_OK(moe_cuda_masters_pack(eh, el, ge, NE, S, &gerr));
+	LAUNCH_OK(moe_cuda_masters_unpack(gu, eh, el, NE, S, &gerr));
+	uint32_t *b = down(gu, sizeof e);
+	uint16_t *h = down(eh, NE * 2);
+	for (int i = 0; i < NE; i++) {
+		bool nan = (e[i] & 0x7fffffffu) > 0x7f800000u;
+		if (nan) {
+			cr_expect((b[i] & 0x7fffffffu) > 0x7f800000u, "packed NaN %08x came back as %08x", e[i], b[i]);
+			cr_expect((h[i] & 0x7fffu) > 0x7f80u, "packed NaN %08x: compute copy %04x, not a NaN", e[i], h[i]);
+		} else {
+			cr_expect(b[i] == e[i], "packed %08x came back as %08x", e[i], b[i]);
+			cr_expect(h[i] == rna_bits(e[i]), "packed %08x: compute copy %04x, not %04x", e[i], h[i],
+				  rna_bits(e[i]));
+		}
+	}
+	cudaFree(ge), cudaFree(gu), cudaFree(eh), cudaFree(el);
+	free(b), free(h);
+}
+
 /* Several sums of squares in one batch (moe_cuda_sumsq_batch, the clip
  * norms' path): regions from 0..3 floats past a 16-byte boundary, arrays of
  * doubles as the epilogues leave them, a sum of nothing; each sum stored
