@@ -37,43 +37,6 @@ static __device__ __forceinline__ bf16 copy_round(float p)
 	return __ushort_as_bfloat16((unsigned short)copy_bits(p));
 }
 
-/* one element per thread and step (any alignment) */
-__global__ void adamw_kernel(float *p, bf16 *p16, const float *g, float *m, float *v, size_t n, adamw_hp h)
-{
-	MOE_PDL_ENTRY();
-	for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
-	     i += (size_t)gridDim.x * blockDim.x) {
-		float mi = m[i], vi = v[i];
-		float pi = adamw_one(p[i], g[i], mi, vi, h);
-		m[i] = mi;
-		v[i] = vi;
-		p[i] = pi;
-		if (p16)
-			p16[i] = copy_round(pi);
-	}
-}
-
-/* four elements per thread and step: 16-byte loads and stores of p, g, m, v
- * and 8-byte stores of p16, all aligned (checked by the launcher); the
- * gradient is read once, so it is loaded with the evict-first hint. */
-__global__ void adamw4_kernel(float4 *p, uint2 *p16, const float4 *g, float4 *m, float4 *v, size_t n4, adamw_hp h)
-{
-	MOE_PDL_ENTRY();
-	for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n4;
-	     i += (size_t)gridDim.x * blockDim.x) {
-		float4 pi = p[i], gi = __ldcs(g + i), mi = m[i], vi = v[i];
-		pi.x = adamw_one(pi.x, gi.x, mi.x, vi.x, h);
-		pi.y = adamw_one(pi.y, gi.y, mi.y, vi.y, h);
-		pi.z = adamw_one(pi.z, gi.z, mi.z, vi.z, h);
-		pi.w = adamw_one(pi.w, gi.w, mi.w, vi.w, h);
-		m[i] = mi;
-		v[i] = vi;
-		p[i] = pi;
-		if (p16)
-			p16[i] = make_uint2(copy_bits(pi.x) | copy_bits(pi.y) << 16, copy_bits(pi.z) | copy_bits(pi.w) << 16);
-	}
-}
-
 /* Packed masters (moe_cuda_adamw_packed): an fp32 master kept as two 16-bit
  * halves, hi its bf16 compute copy (copy_bits), lo its low 16 bits.  hi - (lo >> 15) is the master's top half (the
  * rounding carried exactly when lo >= 0x8000), so the pair holds the fp32
@@ -93,47 +56,84 @@ static __device__ __forceinline__ void pack_master(float p, uint32_t &hi, uint32
 	lo = (u & 0x7fffffffu) > 0x7f800000u ? 0u : u & 0xffffu;
 }
 
-/* one element per thread and step (any alignment) */
-__global__ void adamw_packed_kernel(uint16_t *hi, uint16_t *lo, const float *g, float *m, float *v, size_t n,
-				    adamw_hp h)
+/* A span's masters: fp32 p with its compute copy p16 (may be NULL), or
+ * packed (p NULL): the compute copy p16 and the low halves lo. */
+struct adamw_masters {
+	float *p;
+	bf16 *p16;
+	uint16_t *lo;
+};
+
+static adamw_masters masters_at(adamw_masters w, size_t k)
+{
+	return {w.p ? w.p + k : nullptr, w.p16 ? w.p16 + k : nullptr, w.lo ? w.lo + k : nullptr};
+}
+
+/* one element per thread and step (any alignment); PK: packed masters */
+template <bool PK>
+__global__ void adamw_kernel(adamw_masters w, const float *g, float *m, float *v, size_t n, adamw_hp h)
 {
 	MOE_PDL_ENTRY();
+	uint16_t *hi = (uint16_t *)w.p16;
 	for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
 	     i += (size_t)gridDim.x * blockDim.x) {
 		float mi = m[i], vi = v[i];
-		float pi = adamw_one(unpack_master(hi[i], lo[i]), g[i], mi, vi, h);
+		float pi = adamw_one(PK ? unpack_master(hi[i], w.lo[i]) : w.p[i], g[i], mi, vi, h);
 		m[i] = mi;
 		v[i] = vi;
-		uint32_t a, b;
-		pack_master(pi, a, b);
-		hi[i] = (uint16_t)a;
-		lo[i] = (uint16_t)b;
+		if (PK) {
+			uint32_t a, b;
+			pack_master(pi, a, b);
+			hi[i] = (uint16_t)a;
+			w.lo[i] = (uint16_t)b;
+		} else {
+			w.p[i] = pi;
+			if (hi)
+				hi[i] = (uint16_t)copy_bits(pi);
+		}
 	}
 }
 
-/* four elements per thread and step, as adamw4_kernel: hi and lo in 8-byte
- * words, g, m, v in 16-byte ones (alignment checked by the launcher) */
-__global__ void adamw4_packed_kernel(uint2 *hi, uint2 *lo, const float4 *g, float4 *m, float4 *v, size_t n4,
-				     adamw_hp h)
+/* four elements per thread and step: 16-byte loads and stores of p, g, m, v
+ * and 8-byte ones of the compute copy and the low halves, all aligned
+ * (checked by the launcher); the gradient is read once, so it is loaded
+ * with the evict-first hint. */
+template <bool PK>
+__global__ void adamw4_kernel(adamw_masters w, const float4 *g, float4 *m, float4 *v, size_t n4, adamw_hp h)
 {
 	MOE_PDL_ENTRY();
+	uint2 *hi = (uint2 *)w.p16, *lo = (uint2 *)w.lo;
+	float4 *p = (float4 *)w.p;
 	for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n4;
 	     i += (size_t)gridDim.x * blockDim.x) {
-		uint2 hw = hi[i], lw = lo[i];
 		float4 gi = __ldcs(g + i), mi = m[i], vi = v[i], pi;
-		pi.x = adamw_one(unpack_master(hw.x & 0xffffu, lw.x & 0xffffu), gi.x, mi.x, vi.x, h);
-		pi.y = adamw_one(unpack_master(hw.x >> 16, lw.x >> 16), gi.y, mi.y, vi.y, h);
-		pi.z = adamw_one(unpack_master(hw.y & 0xffffu, lw.y & 0xffffu), gi.z, mi.z, vi.z, h);
-		pi.w = adamw_one(unpack_master(hw.y >> 16, lw.y >> 16), gi.w, mi.w, vi.w, h);
+		if (PK) {
+			uint2 hw = hi[i], lw = lo[i];
+			pi = make_float4(unpack_master(hw.x & 0xffffu, lw.x & 0xffffu), unpack_master(hw.x >> 16, lw.x >> 16),
+					 unpack_master(hw.y & 0xffffu, lw.y & 0xffffu), unpack_master(hw.y >> 16, lw.y >> 16));
+		} else {
+			pi = p[i];
+		}
+		pi.x = adamw_one(pi.x, gi.x, mi.x, vi.x, h);
+		pi.y = adamw_one(pi.y, gi.y, mi.y, vi.y, h);
+		pi.z = adamw_one(pi.z, gi.z, mi.z, vi.z, h);
+		pi.w = adamw_one(pi.w, gi.w, mi.w, vi.w, h);
 		m[i] = mi;
 		v[i] = vi;
-		uint32_t h0, l0, h1, l1, h2, l2, h3, l3;
-		pack_master(pi.x, h0, l0);
-		pack_master(pi.y, h1, l1);
-		pack_master(pi.z, h2, l2);
-		pack_master(pi.w, h3, l3);
-		hi[i] = make_uint2(h0 | h1 << 16, h2 | h3 << 16);
-		lo[i] = make_uint2(l0 | l1 << 16, l2 | l3 << 16);
+		if (PK) {
+			uint32_t h0, l0, h1, l1, h2, l2, h3, l3;
+			pack_master(pi.x, h0, l0);
+			pack_master(pi.y, h1, l1);
+			pack_master(pi.z, h2, l2);
+			pack_master(pi.w, h3, l3);
+			hi[i] = make_uint2(h0 | h1 << 16, h2 | h3 << 16);
+			lo[i] = make_uint2(l0 | l1 << 16, l2 | l3 << 16);
+		} else {
+			p[i] = pi;
+			if (hi)
+				hi[i] = make_uint2(copy_bits(pi.x) | copy_bits(pi.y) << 16,
+						   copy_bits(pi.z) | copy_bits(pi.w) << 16);
+		}
 	}
 }
 
@@ -167,84 +167,68 @@ static unsigned adamw_blocks(size_t n)
 	return (unsigned)moe_cdiv(n ? n : 1, 256 * 4);
 }
 
-extern "C" int moe_cuda_adamw(float *p, bf16_t *p16, const float *g, float gscale, float *m, float *v, size_t n,
-			      float lr, float beta1, float beta2, float eps, float weight_decay, int64_t t,
-			      cudaStream_t s, struct moe_error *err)
+/* The AdamW constants of step t (bias corrections in double) */
+static adamw_hp adamw_params(float gscale, float lr, float beta1, float beta2, float eps, float weight_decay,
+			     int64_t t)
+{
+	double bc1 = 1.0 - pow((double)beta1, (double)t);
+	double bc2 = 1.0 - pow((double)beta2, (double)t);
+	return {beta1, beta2, eps, 1.0f - lr * weight_decay, (float)((double)lr / bc1), (float)sqrt(bc2), gscale};
+}
+
+static bool aligned(const void *p, uintptr_t a) { return ((uintptr_t)p & (a - 1)) == 0; }
+
+/* AdamW on n elements: the scalar kernel up to g's first 16-byte boundary
+ * and after the last whole vector, the vector kernel between, where every
+ * array is aligned for it there (else the scalar kernel throughout). */
+template <bool PK>
+static int adamw_run(adamw_masters w, const float *g, float *m, float *v, size_t n, adamw_hp h, cudaStream_t s,
+		     struct moe_error *err)
 {
 	if (n == 0)
 		return 0;
 	if (adamw_vector < 0)
 		adamw_vector = !env_is("MOE_CUDA_ADAMW", "scalar");
-	double bc1 = 1.0 - pow((double)beta1, (double)t);
-	double bc2 = 1.0 - pow((double)beta2, (double)t);
-	adamw_hp h = {beta1, beta2, eps, 1.0f - lr * weight_decay, (float)((double)lr / bc1), (float)sqrt(bc2), gscale};
-	bf16 *q = (bf16 *)p16;
-	/* elements before p reaches a 16-byte boundary; the vector kernel needs
-	 * g, m, v at 16 and p16 at 8 bytes from there on */
-	size_t head = (((uintptr_t)p & 15) ? (16 - ((uintptr_t)p & 15)) / 4 : 0);
-	bool vec = adamw_vector && ((uintptr_t)p & 3) == 0 && head < n && ((uintptr_t)(g + head) & 15) == 0 &&
-		   ((uintptr_t)(m + head) & 15) == 0 && ((uintptr_t)(v + head) & 15) == 0 &&
-		   (!q || ((uintptr_t)(q + head) & 7) == 0);
+	size_t head = aligned(g, 16) ? 0 : (16 - ((uintptr_t)g & 15)) / 4;
+	adamw_masters wh = masters_at(w, head);
+	bool vec = adamw_vector && aligned(g, 4) && head < n && aligned(m + head, 16) && aligned(v + head, 16) &&
+		   (!wh.p || aligned(wh.p, 16)) && (!wh.p16 || aligned(wh.p16, 8)) && (!wh.lo || aligned(wh.lo, 8));
 	if (!vec) {
-		moe_launch(adamw_kernel, adamw_blocks(n), 256, 0, s, p, q, g, m, v, n, h);
+		moe_launch(adamw_kernel<PK>, adamw_blocks(n), 256, 0, s, w, g, m, v, n, h);
 		return CUDA_LAUNCHED(err);
 	}
 	size_t n4 = (n - head) / 4, tail = head + 4 * n4;
 	int rc;
 	if (head) {
-		moe_launch(adamw_kernel, 1, 32, 0, s, p, q, g, m, v, head, h);
+		moe_launch(adamw_kernel<PK>, 1, 32, 0, s, w, g, m, v, head, h);
 		if ((rc = CUDA_LAUNCHED(err)) != 0)
 			return rc;
 	}
-	moe_launch(adamw4_kernel, adamw_blocks(n4), 256, 0, s, (float4 *)(p + head), q ? (uint2 *)(q + head) : nullptr,
-		   (const float4 *)(g + head), (float4 *)(m + head), (float4 *)(v + head), n4, h);
+	moe_launch(adamw4_kernel<PK>, adamw_blocks(n4), 256, 0, s, wh, (const float4 *)(g + head),
+		   (float4 *)(m + head), (float4 *)(v + head), n4, h);
 	if ((rc = CUDA_LAUNCHED(err)) != 0)
 		return rc;
 	if (tail < n) {
-		moe_launch(adamw_kernel, 1, 32, 0, s, p + tail, q ? q + tail : nullptr, g + tail, m + tail, v + tail,
-			   n - tail, h);
+		moe_launch(adamw_kernel<PK>, 1, 32, 0, s, masters_at(w, tail), g + tail, m + tail, v + tail, n - tail, h);
 		rc = CUDA_LAUNCHED(err);
 	}
 	return rc;
+}
+
+extern "C" int moe_cuda_adamw(float *p, bf16_t *p16, const float *g, float gscale, float *m, float *v, size_t n,
+			      float lr, float beta1, float beta2, float eps, float weight_decay, int64_t t,
+			      cudaStream_t s, struct moe_error *err)
+{
+	return adamw_run<false>({p, (bf16 *)p16, nullptr}, g, m, v, n,
+				adamw_params(gscale, lr, beta1, beta2, eps, weight_decay, t), s, err);
 }
 
 extern "C" int moe_cuda_adamw_packed(bf16_t *hi, uint16_t *lo, const float *g, float gscale, float *m, float *v,
 				     size_t n, float lr, float beta1, float beta2, float eps, float weight_decay,
 				     int64_t t, cudaStream_t s, struct moe_error *err)
 {
-	if (n == 0)
-		return 0;
-	double bc1 = 1.0 - pow((double)beta1, (double)t);
-	double bc2 = 1.0 - pow((double)beta2, (double)t);
-	adamw_hp h = {beta1, beta2, eps, 1.0f - lr * weight_decay, (float)((double)lr / bc1), (float)sqrt(bc2), gscale};
-	uint16_t *q = (uint16_t *)hi;
-	/* elements before g reaches a 16-byte boundary; from there on m, v need
-	 * 16 bytes and hi, lo 8 */
-	size_t head = (((uintptr_t)g & 15) ? (16 - ((uintptr_t)g & 15)) / 4 : 0);
-	bool vec = ((uintptr_t)g & 3) == 0 && head < n && ((uintptr_t)(m + head) & 15) == 0 &&
-		   ((uintptr_t)(v + head) & 15) == 0 && ((uintptr_t)(q + head) & 7) == 0 &&
-		   ((uintptr_t)(lo + head) & 7) == 0;
-	if (!vec) {
-		moe_launch(adamw_packed_kernel, adamw_blocks(n), 256, 0, s, q, lo, g, m, v, n, h);
-		return CUDA_LAUNCHED(err);
-	}
-	size_t n4 = (n - head) / 4, tail = head + 4 * n4;
-	int rc;
-	if (head) {
-		moe_launch(adamw_packed_kernel, 1, 32, 0, s, q, lo, g, m, v, head, h);
-		if ((rc = CUDA_LAUNCHED(err)) != 0)
-			return rc;
-	}
-	moe_launch(adamw4_packed_kernel, adamw_blocks(n4), 256, 0, s, (uint2 *)(q + head), (uint2 *)(lo + head),
-		   (const float4 *)(g + head), (float4 *)(m + head), (float4 *)(v + head), n4, h);
-	if ((rc = CUDA_LAUNCHED(err)) != 0)
-		return rc;
-	if (tail < n) {
-		moe_launch(adamw_packed_kernel, 1, 32, 0, s, q + tail, lo + tail, g + tail, m + tail, v + tail, n - tail,
-			   h);
-		rc = CUDA_LAUNCHED(err);
-	}
-	return rc;
+	return adamw_run<true>({nullptr, (bf16 *)hi, lo}, g, m, v, n,
+			       adamw_params(gscale, lr, beta1, beta2, eps, weight_decay, t), s, err);
 }
 
 extern "C" int moe_cuda_masters_pack(bf16_t *hi, uint16_t *lo, const float *src, size_t n, cudaStream_t s,

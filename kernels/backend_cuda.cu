@@ -570,6 +570,14 @@ static bool master_elems(const struct cuda_ctx *c, const void *p, size_t bytes, 
 	return true;
 }
 
+/* The packed range [p, p + bytes) meets first, or -1; *lo: the first
+ * master element it meets. */
+static int packed_hit(const struct cuda_ctx *c, const void *p, size_t bytes, size_t *lo)
+{
+	size_t hi;
+	return master_elems(c, p, bytes, lo, &hi) ? packed_meet(c, *lo, hi) : -1;
+}
+
 /* The low halves of packed range r from element off on */
 static uint16_t *packed_low(struct cuda_ctx *c, int r, size_t off)
 {
@@ -587,6 +595,19 @@ static void packed_misuse(struct cuda_ctx *c, const char *what, size_t off)
 static void mark_stale(struct cuda_ctx *c, const void *p, size_t bytes);
 
 #define PACK_CHUNK ((size_t)8 << 20) /* elements a packing or unpacking goes through at once */
+
+/* Packed range r's masters [off, e) from the fp32 values at src, on the host
+ * or the device, through tmp (PACK_CHUNK floats) a chunk at a time.  src
+ * may be the range's own fp32 storage from its start: chunk k's low halves
+ * end at element (k + 1) C / 2 <= k C, among those already copied out. */
+static void pack_chunks(struct cuda_ctx *c, int r, size_t off, size_t e, const float *src, float *tmp)
+{
+	for (size_t k = off; k < e && c->rc == 0; k += PACK_CHUNK) {
+		size_t m = e - k < PACK_CHUNK ? e - k : PACK_CHUNK;
+		RUN(c, CUDA_OK(cudaMemcpyAsync(tmp, src + (k - off), m * 4, cudaMemcpyDefault, c->s), &c->err));
+		RUN(c, moe_cuda_masters_pack(c->p16 + k, packed_low(c, r, k), tmp, m, c->s, &c->err));
+	}
+}
 
 /* Masters [off, off + n) to or from the host (to: dst, from: src), the
  * packed ranges through a temporary fp32 buffer; synchronous. */
@@ -614,17 +635,12 @@ static void masters_host(struct cuda_ctx *c, size_t off, size_t n, float *dst, c
 			break;
 		}
 		size_t e = end < c->pk_hi[r] ? end : c->pk_hi[r];
-		for (; off < e && c->rc == 0; off += PACK_CHUNK) {
-			size_t m = e - off < PACK_CHUNK ? e - off : PACK_CHUNK;
-			if (dst) {
-				RUN(c, moe_cuda_masters_unpack(tmp, c->p16 + off, packed_low(c, r, off), m, c->s, &c->err));
-				RUN(c, CUDA_OK(cudaMemcpyAsync(dst + (off - off0), tmp, m * 4, cudaMemcpyDeviceToHost, c->s),
-					       &c->err));
-			} else {
-				RUN(c, CUDA_OK(cudaMemcpyAsync(tmp, src + (off - off0), m * 4, cudaMemcpyHostToDevice, c->s),
-					       &c->err));
-				RUN(c, moe_cuda_masters_pack(c->p16 + off, packed_low(c, r, off), tmp, m, c->s, &c->err));
-			}
+		if (src)
+			pack_chunks(c, r, off, e, src + (off - off0), tmp);
+		for (size_t k = off; dst && k < e && c->rc == 0; k += PACK_CHUNK) {
+			size_t m = e - k < PACK_CHUNK ? e - k : PACK_CHUNK;
+			RUN(c, moe_cuda_masters_unpack(tmp, c->p16 + k, packed_low(c, r, k), m, c->s, &c->err));
+			RUN(c, CUDA_OK(cudaMemcpyAsync(dst + (k - off0), tmp, m * 4, cudaMemcpyDeviceToHost, c->s), &c->err));
 		}
 		off = e;
 	}
@@ -698,8 +714,8 @@ static void b_copy(struct moe_backend *be, void *dst, const void *src, size_t n,
 	struct cuda_ctx *c = CTX(be);
 	if (opt_touches(c, dst, n * elt(kind)) || opt_touches(c, src, n * elt(kind)))
 		opt_wait_all(c);
-	size_t lo, hi;
-	if (master_elems(c, src, n * elt(kind), &lo, &hi) && packed_meet(c, lo, hi) >= 0)
+	size_t lo;
+	if (packed_hit(c, src, n * elt(kind), &lo) >= 0)
 		packed_misuse(c, "a copy from", lo);
 	mark_stale(c, dst, n * elt(kind));
 	PROF(c, "copy (memcpy)");
@@ -733,8 +749,8 @@ static void b_to_host(struct moe_backend *be, void *host_dst, const void *src, s
 	sq_flush(c);
 	if (c->rc)
 		return;
-	size_t lo, hi;
-	if (kind != MOE_BUF_ACT && master_elems(c, src, n * 4, &lo, &hi) && packed_meet(c, lo, hi) >= 0) {
+	size_t lo;
+	if (kind != MOE_BUF_ACT && packed_hit(c, src, n * 4, &lo) >= 0) {
 		masters_host(c, (size_t)((const float *)src - c->p32), n, (float *)host_dst, NULL);
 		return;
 	}
@@ -767,8 +783,8 @@ static void b_to_host_later(struct moe_backend *be, void *host_dst, const void *
 	struct cuda_ctx *c = CTX(be);
 	if (opt_touches(c, src, n * elt(kind)))
 		opt_wait_all(c);
-	size_t lo, hi;
-	if (kind == MOE_BUF_ACT || (master_elems(c, src, n * 4, &lo, &hi) && packed_meet(c, lo, hi) >= 0)) {
+	size_t lo;
+	if (kind == MOE_BUF_ACT || packed_hit(c, src, n * 4, &lo) >= 0) {
 		b_to_host(be, host_dst, src, n, kind);
 		return;
 	}
@@ -841,8 +857,8 @@ static void b_from_host(struct moe_backend *be, void *dst, const void *host_src,
 	sq_flush(c);
 	if (c->rc)
 		return;
-	size_t lo, hi;
-	if (kind != MOE_BUF_ACT && master_elems(c, dst, n * 4, &lo, &hi) && packed_meet(c, lo, hi) >= 0) {
+	size_t lo;
+	if (kind != MOE_BUF_ACT && packed_hit(c, dst, n * 4, &lo) >= 0) {
 		masters_host(c, (size_t)((float *)dst - c->p32), n, NULL, (const float *)host_src);
 		return;
 	}
@@ -992,13 +1008,21 @@ static int b_params_alloc(struct moe_backend *be, size_t n, struct moe_error *er
 	return 0;
 }
 
+/* The optimizer stream's pending span holding parameter element off, or -1 */
+static int pending_span(const struct cuda_ctx *c, size_t off)
+{
+	for (int k = c->n_owaited; k < c->n_ospan; k++)
+		if (off >= c->os_lo[k] && off < c->os_hi[k])
+			return k;
+	return -1;
+}
+
 /* The accessors tell the optimizer stream's waits (cuda_ctx.so) what is used. */
 static float *b_master(struct moe_backend *be, size_t off)
 {
 	struct cuda_ctx *c = CTX(be);
-	for (int k = c->n_owaited; k < c->n_ospan; k++)
-		if (off >= c->os_lo[k] && off < c->os_hi[k])
-			c->want_all = 1;
+	if (pending_span(c, off) >= 0)
+		c->want_all = 1;
 	return c->p32 + off;
 }
 
@@ -1013,18 +1037,14 @@ static float *b_grad(struct moe_backend *be, size_t off)
 static const void *b_param(struct moe_backend *be, size_t off)
 {
 	struct cuda_ctx *c = CTX(be);
-	for (int k = c->n_owaited; k < c->n_ospan; k++)
-		if (off >= c->os_lo[k] && off < c->os_hi[k]) {
-			opt_wait(c, k);
-			break;
-		}
+	int k = pending_span(c, off);
+	if (k >= 0)
+		opt_wait(c, k);
 	return c->p16 + off;
 }
 
-/* Keep masters [off, off + n) packed from now on (model.h): each chunk is
- * copied out of the range's fp32 storage before its low halves are written
- * into the first half of that storage, which reaches only elements already
- * copied (chunk k's halves end at element (k + 1) C / 2 <= k C). */
+/* Keep masters [off, off + n) packed from now on (model.h), packed in place
+ * (pack_chunks). */
 static bool b_masters_pack(struct moe_backend *be, size_t off, size_t n)
 {
 	struct cuda_ctx *c = CTX(be);
@@ -1039,19 +1059,14 @@ static bool b_masters_pack(struct moe_backend *be, size_t off, size_t n)
 	float *tmp = (float *)dev_alloc(c, (n < PACK_CHUNK ? n : PACK_CHUNK) * 4);
 	if (!tmp)
 		return false;
-	uint16_t *low = (uint16_t *)(c->p32 + off);
-	for (size_t k = 0; k < n && c->rc == 0; k += PACK_CHUNK) {
-		size_t m = n - k < PACK_CHUNK ? n - k : PACK_CHUNK;
-		RUN(c, CUDA_OK(cudaMemcpyAsync(tmp, c->p32 + off + k, m * 4, cudaMemcpyDeviceToDevice, c->s), &c->err));
-		RUN(c, moe_cuda_masters_pack(c->p16 + off + k, low + k, tmp, m, c->s, &c->err));
-	}
+	r = c->n_packed;
+	c->pk_lo[r] = off;
+	c->pk_hi[r] = off + n;
+	pack_chunks(c, r, off, off + n, c->p32 + off, tmp);
 	RUN(c, CUDA_OK(cudaStreamSynchronize(c->s), &c->err));
 	dev_free(c, tmp);
-	if (c->rc)
-		return false;
-	c->pk_lo[c->n_packed] = off;
-	c->pk_hi[c->n_packed++] = off + n;
-	return true;
+	c->n_packed += c->rc == 0;
+	return c->rc == 0;
 }
 
 static int b_status(struct moe_backend *be, struct moe_error *err)
@@ -1085,12 +1100,8 @@ static void b_params_updated(struct moe_backend *be)
 {
 	struct cuda_ctx *c = CTX(be);
 	ssq_forget_all(c); /* an optimizer step: the next backward stores anew */
-	for (int i = 0; i < c->n_stale && !c->stale_all; i++) /* not beside AdamW's own copies */
-		for (int k = c->n_owaited; k < c->n_ospan; k++)
-			if (c->stale_lo[i] < c->os_hi[k] && c->os_lo[k] < c->stale_hi[i])
-				c->want_all = 1;
-	if (c->stale_all && c->n_ospan > c->n_owaited)
-		c->want_all = 1;
+	if ((c->stale_all || c->n_stale) && c->n_ospan > c->n_owaited)
+		c->want_all = 1; /* not beside AdamW's own copies */
 	PROF(c, "params_to_bf16");
 	if (c->stale_all)
 		refresh_copy(c, 0, c->n);
@@ -2327,8 +2338,7 @@ static void o_adamw(struct moe_backend *be, float *p, const float *g, float gsca
 	struct cuda_ctx *c = CTX(be);
 	bf16_t *p16 = (p >= c->p32 && p < c->p32 + c->n) ? c->p16 + (p - c->p32) : NULL;
 	size_t lo, hi;
-	bool in = master_elems(c, p, n * 4, &lo, &hi);
-	int r = in ? packed_meet(c, lo, hi) : -1;
+	int r = master_elems(c, p, n * 4, &lo, &hi) ? packed_meet(c, lo, hi) : -1;
 	if (r >= 0 && (lo < c->pk_lo[r] || hi > c->pk_hi[r])) {
 		packed_misuse(c, "an AdamW span across the edge of", lo);
 		return;
@@ -2336,7 +2346,7 @@ static void o_adamw(struct moe_backend *be, float *p, const float *g, float gsca
 	/* on the optimizer stream: after the main stream's work so far (its
 	 * first span of a step), and the main stream waits for it as above */
 	cudaStream_t s = c->s;
-	if (c->so && in && p16) {
+	if (c->so && p16) {
 		c->want_all = 0; /* the optimizer's own accessor calls */
 		if (c->n_ospan == N_OSPAN)
 			opt_wait_all(c);
@@ -2373,8 +2383,8 @@ static bool o_balance_bias(struct moe_backend *be, float *bias, const int8_t *di
 	if (E > MOE_CUDA_BALANCE_MAX_E)
 		return false;
 	bf16_t *b16 = (bias >= c->p32 && bias < c->p32 + c->n) ? c->p16 + (bias - c->p32) : NULL;
-	size_t lo, hi;
-	if (master_elems(c, bias, (size_t)E * 4, &lo, &hi) && packed_meet(c, lo, hi) >= 0) {
+	size_t lo;
+	if (packed_hit(c, bias, (size_t)E * 4, &lo) >= 0) {
 		packed_misuse(c, "a balancing step on", lo);
 		return true;
 	}

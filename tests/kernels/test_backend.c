@@ -771,22 +771,11 @@ Test(backend, narrow_linears_match_cublas, .timeout = 60)
 	free(d1);
 }
 
-/* Training is repeatable on the device: four training steps (forward,
- * backward, two-group clipping, AdamW at lr 1e-2, the balancing-bias
- * update) from the same weights on new tokens each step, run twice.
- * In the deterministic mode (the default; the norm weights' and the
- * embedding's gradients summed in a fixed order instead of with fp32
- * atomics) the two runs must agree bit for bit: losses, every parameter,
- * every AdamW moment; and the parameters moved (so the steps ran).  The
- * atomics (MOE_CUDA_DETERMINISTIC=0) are run twice too and their largest
- * difference reported, not asserted: the atomics' order changes last bits,
- * and a last bit can flip a near-tied top-k choice in a later step, after
- * which the runs part visibly (on the H100 in session 6: parameters up to
- * 0.023 apart after four steps in three runs of five).  (Session 4's optimizer stream failed the earlier,
- * tolerance-based form of this test 3 times in 12; it was removed.) */
 static int last_packed;   /* the last train_steps backend's packed master ranges */
 static bool last_ostream; /* and whether it ran AdamW on the optimizer stream */
 
+/* steps training steps of cfg from weights p, B x T tokens a step from x, y,
+ * with the optimizer as moe-train runs it: losses, masters and AdamW m out */
 static void train_steps(const struct moe_config *cfg, const float *p, const int32_t *x, const int32_t *y, int B,
 			int T, int steps, bool det, double *loss, float *params, float *mom)
 {
@@ -823,29 +812,81 @@ static void train_steps(const struct moe_config *cfg, const float *p, const int3
 	moe_model_free(mg);
 }
 
+/* Four training steps twice from a tiny model's weights (cpu_params of
+ * pseed) and tokens (rng seed tseed): run 0 and run 1's losses, masters
+ * and AdamW m. */
+enum { STEPS = 4 };
+struct steps_case {
+	struct moe_config cfg;
+	struct moe_model *mc;
+	const struct moe_param *tab;
+	size_t np, nt;
+	float *p, *pr[2], *mr[2];
+	double l[2][STEPS];
+	int32_t *x, *y;
+};
+
+static void steps_case_init(struct steps_case *k, uint64_t pseed, uint64_t tseed)
+{
+	k->mc = cpu_params(&k->cfg, pseed, &k->p);
+	k->np = moe_model_num_params(k->mc);
+	k->tab = moe_model_params(k->mc, &k->nt);
+	int N = STEPS * 2 * 64;
+	k->x = malloc(N * 4), k->y = malloc(N * 4);
+	rng_seed(tseed);
+	random_tokens(k->x, k->y, N, &k->cfg, 0);
+	for (int d = 0; d < 2; d++)
+		k->pr[d] = malloc(k->np * 4), k->mr[d] = malloc(k->np * 4);
+}
+
+/* run d of the case (B 2, T 64), var=val (var may be NULL) in the
+ * environment while the backend is made */
+static void steps_case_run(struct steps_case *k, int d, bool det, const char *var, const char *val)
+{
+	if (var)
+		setenv(var, val, 1);
+	train_steps(&k->cfg, k->p, k->x, k->y, 2, 64, STEPS, det, k->l[d], k->pr[d], k->mr[d]);
+	if (var)
+		unsetenv(var);
+}
+
+static void steps_case_free(struct steps_case *k)
+{
+	for (int d = 0; d < 2; d++)
+		free(k->pr[d]), free(k->mr[d]);
+	free(k->p), free(k->x), free(k->y);
+	moe_model_free(k->mc);
+}
+
+/* Training is repeatable on the device: four training steps (forward,
+ * backward, two-group clipping, AdamW at lr 1e-2, the balancing-bias
+ * update) from the same weights on new tokens each step, run twice.
+ * In the deterministic mode (the default; the norm weights' and the
+ * embedding's gradients summed in a fixed order instead of with fp32
+ * atomics) the two runs must agree bit for bit: losses, every parameter,
+ * every AdamW moment; and the parameters moved (so the steps ran).  The
+ * atomics (MOE_CUDA_DETERMINISTIC=0) are run twice too and their largest
+ * difference reported, not asserted: the atomics' order changes last bits,
+ * and a last bit can flip a near-tied top-k choice in a later step, after
+ * which the runs part visibly (on the H100 in session 6: parameters up to
+ * 0.023 apart after four steps in three runs of five).  (Session 4's optimizer stream failed the earlier,
+ * tolerance-based form of this test 3 times in 12; it was removed.) */
 Test(backend, training_steps_repeatable, .timeout = 120)
 {
 	NEED_GPU();
-	struct moe_config cfg;
-	float *p;
-	struct moe_model *mc = cpu_params(&cfg, 23, &p);
-	size_t np = moe_model_num_params(mc), nt = 0;
-	const struct moe_param *tab = moe_model_params(mc, &nt);
-	enum { S = 4 };
-	int B = 2, T = 64, N = B * T;
-	int32_t *x = malloc(S * N * 4), *y = malloc(S * N * 4);
-	rng_seed(31);
-	random_tokens(x, y, S * N, &cfg, 0);
-	float *p0 = malloc(np * 4), *p1 = malloc(np * 4), *m0 = malloc(np * 4), *m1 = malloc(np * 4);
-	double l0[S], l1[S];
+	struct steps_case k;
+	steps_case_init(&k, 23, 31);
+	const struct moe_param *tab = k.tab;
+	float *p = k.p, *p0 = k.pr[0], *p1 = k.pr[1], *m0 = k.mr[0], *m1 = k.mr[1];
+	double *l0 = k.l[0], *l1 = k.l[1];
 	/* deterministic mode: bit for bit */
-	train_steps(&cfg, p, x, y, B, T, S, true, l0, p0, m0);
-	train_steps(&cfg, p, x, y, B, T, S, true, l1, p1, m1);
-	for (int s = 0; s < S; s++)
+	steps_case_run(&k, 0, true, NULL, NULL);
+	steps_case_run(&k, 1, true, NULL, NULL);
+	for (int s = 0; s < STEPS; s++)
 		cr_expect(l1[s] == l0[s], "deterministic, step %d: loss %.17g (second run) vs %.17g", s, l1[s], l0[s]);
 	double moved = 0;
 	size_t pdiff = 0, mdiff = 0;
-	for (size_t i = 0; i < nt; i++) {
+	for (size_t i = 0; i < k.nt; i++) {
 		size_t o = tab[i].offset, ne = tab[i].numel;
 		bool pd = memcmp(p1 + o, p0 + o, ne * 4) != 0, md = memcmp(m1 + o, m0 + o, ne * 4) != 0;
 		pdiff += pd;
@@ -855,25 +896,18 @@ Test(backend, training_steps_repeatable, .timeout = 120)
 		cr_expect(!md, "deterministic: %s: AdamW m differs between the runs", tab[i].name);
 		moved = fmax(moved, max_diff(p0 + o, p + o, ne, NULL));
 	}
-	cr_expect(moved >= 1e-2, "the parameters moved by at most %.3g in %d steps", moved, S);
+	cr_expect(moved >= 1e-2, "the parameters moved by at most %.3g in %d steps", moved, STEPS);
 	fprintf(stderr, "four steps twice, deterministic: losses %.6f..%.6f, %zu of %zu tensors differ in "
-		"parameters, %zu in AdamW m (moved by up to %.3g)\n", l0[0], l0[S - 1], pdiff, nt, mdiff, moved);
+		"parameters, %zu in AdamW m (moved by up to %.3g)\n", l0[0], l0[STEPS - 1], pdiff, k.nt, mdiff, moved);
 	/* fp32 atomics (MOE_CUDA_DETERMINISTIC=0): reported */
-	train_steps(&cfg, p, x, y, B, T, S, false, l0, p0, m0);
-	train_steps(&cfg, p, x, y, B, T, S, false, l1, p1, m1);
+	steps_case_run(&k, 0, false, NULL, NULL);
+	steps_case_run(&k, 1, false, NULL, NULL);
 	double worst = 0;
-	for (size_t i = 0; i < nt; i++)
+	for (size_t i = 0; i < k.nt; i++)
 		worst = fmax(worst, max_diff(p1 + tab[i].offset, p0 + tab[i].offset, tab[i].numel, NULL));
 	fprintf(stderr, "four steps twice, MOE_CUDA_DETERMINISTIC=0 (atomics): losses %.6f..%.6f, parameters differ by at most %.3g\n",
-		l0[0], l0[S - 1], worst);
-	free(p);
-	free(p0);
-	free(p1);
-	free(m0);
-	free(m1);
-	free(x);
-	free(y);
-	moe_model_free(mc);
+		l0[0], l0[STEPS - 1], worst);
+	steps_case_free(&k);
 }
 
 /* Packed masters (the default: the optimizer's spans without norm weights
@@ -886,28 +920,20 @@ Test(backend, training_steps_repeatable, .timeout = 120)
 Test(backend, packed_masters_match_plain, .timeout = 120)
 {
 	NEED_GPU();
-	struct moe_config cfg;
-	float *p;
-	struct moe_model *mc = cpu_params(&cfg, 29, &p);
-	size_t np = moe_model_num_params(mc), nt = 0;
-	const struct moe_param *tab = moe_model_params(mc, &nt);
-	enum { S = 4 };
-	int B = 2, T = 64, N = B * T;
-	int32_t *x = malloc(S * N * 4), *y = malloc(S * N * 4);
-	rng_seed(37);
-	random_tokens(x, y, S * N, &cfg, 0);
-	float *p0 = malloc(np * 4), *p1 = malloc(np * 4), *m0 = malloc(np * 4), *m1 = malloc(np * 4);
-	double l0[S], l1[S];
-	setenv("MOE_CUDA_PACKED_MASTERS", "0", 1);
-	train_steps(&cfg, p, x, y, B, T, S, true, l0, p0, m0);
-	unsetenv("MOE_CUDA_PACKED_MASTERS");
+	struct steps_case k;
+	steps_case_init(&k, 29, 37);
+	const struct moe_param *tab = k.tab;
+	float *p = k.p, *p0 = k.pr[0], *p1 = k.pr[1], *m0 = k.mr[0], *m1 = k.mr[1];
+	double *l0 = k.l[0], *l1 = k.l[1];
+	size_t np = k.np;
+	steps_case_run(&k, 0, true, "MOE_CUDA_PACKED_MASTERS", "0");
 	cr_expect_eq(last_packed, 0, "MOE_CUDA_PACKED_MASTERS=0: %d ranges packed", last_packed);
-	train_steps(&cfg, p, x, y, B, T, S, true, l1, p1, m1);
+	steps_case_run(&k, 1, true, NULL, NULL);
 	cr_expect_gt(last_packed, 0, "the default: no masters packed");
-	for (int s = 0; s < S; s++)
+	for (int s = 0; s < STEPS; s++)
 		cr_expect(l1[s] == l0[s], "step %d: loss %.17g packed vs %.17g", s, l1[s], l0[s]);
 	size_t same = 0;
-	for (size_t i = 0; i < nt; i++) {
+	for (size_t i = 0; i < k.nt; i++) {
 		size_t o = tab[i].offset, ne = tab[i].numel;
 		bool sp = memcmp(p1 + o, p0 + o, ne * 4) == 0, sm = memcmp(m1 + o, m0 + o, ne * 4) == 0;
 		cr_expect(sp, "%s: masters differ by up to %.3g", tab[i].name, max_diff(p1 + o, p0 + o, ne, NULL));
@@ -915,10 +941,13 @@ Test(backend, packed_masters_match_plain, .timeout = 120)
 		same += sp && sm;
 	}
 	fprintf(stderr, "packed masters: %d ranges; four steps: losses %.6f..%.6f (plain %.6f..%.6f), %zu of %zu "
-		"tensors' masters and m the same bits\n", last_packed, l1[0], l1[S - 1], l0[0], l0[S - 1], same, nt);
+		"tensors' masters and m the same bits\n", last_packed, l1[0], l1[STEPS - 1], l0[0], l0[STEPS - 1], same,
+		k.nt);
 	/* the host round trip: set after packing, read back exactly */
+	int B = 2, T = 64;
+	const char *mode = moe_cuda_grouped_wgmma_supported() ? "tma" : "kernel";
 	struct moe_error err = {0};
-	struct moe_model *mg = gpu_model(&cfg, p, moe_cuda_grouped_wgmma_supported() ? "tma" : "kernel");
+	struct moe_model *mg = gpu_model(&k.cfg, p, mode);
 	struct moe_backend *gb = moe_model_backend(mg);
 	struct moe_optim o;
 	struct moe_optim_opts oo = {.beta1 = 0.9, .beta2 = 0.95, .eps = 1e-8, .decay = MOE_DECAY_MATRICES,
@@ -932,18 +961,17 @@ Test(backend, packed_masters_match_plain, .timeout = 120)
 	cr_expect(memcmp(p0, p1, np * 4) == 0, "packed masters: get_params differs from set_params");
 	struct moe_forward_opts fo = {0};
 	struct moe_losses lp, lq;
-	cr_assert_eq(moe_model_forward(mg, x, y, B, T, &fo, &lp, &err), 0, "%s", err.msg);
+	cr_assert_eq(moe_model_forward(mg, k.x, k.y, B, T, &fo, &lp, &err), 0, "%s", err.msg);
 	cr_assert_eq(gb->sync(gb, &err), 0, "%s", err.msg);
 	moe_optim_release(&o);
 	moe_model_free(mg);
 	setenv("MOE_CUDA_PACKED_MASTERS", "0", 1);
-	mg = gpu_model(&cfg, p1, moe_cuda_grouped_wgmma_supported() ? "tma" : "kernel");
+	mg = gpu_model(&k.cfg, p1, mode);
 	unsetenv("MOE_CUDA_PACKED_MASTERS");
-	cr_assert_eq(moe_model_forward(mg, x, y, B, T, &fo, &lq, &err), 0, "%s", err.msg);
+	cr_assert_eq(moe_model_forward(mg, k.x, k.y, B, T, &fo, &lq, &err), 0, "%s", err.msg);
 	cr_expect(lp.total == lq.total, "forward on set masters: loss %.17g packed vs %.17g", lp.total, lq.total);
 	moe_model_free(mg);
-	free(p), free(p0), free(p1), free(m0), free(m1), free(x), free(y);
-	moe_model_free(mc);
+	steps_case_free(&k);
 }
 
 /* The optimizer stream (the default: AdamW on a stream of its own beside
@@ -955,41 +983,30 @@ Test(backend, packed_masters_match_plain, .timeout = 120)
 Test(backend, opt_stream_matches_one_stream, .timeout = 120)
 {
 	NEED_GPU();
-	struct moe_config cfg;
-	float *p;
-	struct moe_model *mc = cpu_params(&cfg, 41, &p);
-	size_t np = moe_model_num_params(mc), nt = 0;
-	const struct moe_param *tab = moe_model_params(mc, &nt);
-	enum { S = 4 };
-	int B = 2, T = 64, N = B * T;
-	int32_t *x = malloc(S * N * 4), *y = malloc(S * N * 4);
-	rng_seed(43);
-	random_tokens(x, y, S * N, &cfg, 0);
-	float *p0 = malloc(np * 4), *p1 = malloc(np * 4), *m0 = malloc(np * 4), *m1 = malloc(np * 4);
-	double l0[S], l1[S];
-	setenv("MOE_CUDA_OPT_STREAM", "0", 1);
-	train_steps(&cfg, p, x, y, B, T, S, true, l0, p0, m0);
-	unsetenv("MOE_CUDA_OPT_STREAM");
+	struct steps_case k;
+	steps_case_init(&k, 41, 43);
+	float *p0 = k.pr[0], *p1 = k.pr[1], *m0 = k.mr[0], *m1 = k.mr[1];
+	double *l0 = k.l[0], *l1 = k.l[1];
+	steps_case_run(&k, 0, true, "MOE_CUDA_OPT_STREAM", "0");
 	cr_expect(!last_ostream, "MOE_CUDA_OPT_STREAM=0: AdamW ran on the optimizer stream");
 	for (int r = 0; r < 3; r++) {
-		train_steps(&cfg, p, x, y, B, T, S, true, l1, p1, m1);
+		steps_case_run(&k, 1, true, NULL, NULL);
 		cr_expect(last_ostream, "the default: AdamW did not run on the optimizer stream");
-		for (int s = 0; s < S; s++)
+		for (int s = 0; s < STEPS; s++)
 			cr_expect(l1[s] == l0[s], "run %d, step %d: loss %.17g (optimizer stream) vs %.17g", r, s, l1[s],
 				  l0[s]);
 		size_t pd = 0, md = 0;
-		for (size_t i = 0; i < nt; i++) {
-			size_t o = tab[i].offset, ne = tab[i].numel;
+		for (size_t i = 0; i < k.nt; i++) {
+			size_t o = k.tab[i].offset, ne = k.tab[i].numel;
 			pd += memcmp(p1 + o, p0 + o, ne * 4) != 0;
 			md += memcmp(m1 + o, m0 + o, ne * 4) != 0;
 		}
 		cr_expect(pd == 0 && md == 0, "run %d: %zu tensors' masters and %zu AdamW m differ with the optimizer stream",
 			  r, pd, md);
 		fprintf(stderr, "optimizer stream, run %d: losses %.6f..%.6f, %zu of %zu tensors differ (masters), %zu (m)\n",
-			r, l1[0], l1[S - 1], pd, nt, md);
+			r, l1[0], l1[STEPS - 1], pd, k.nt, md);
 	}
-	free(p), free(p0), free(p1), free(m0), free(m1), free(x), free(y);
-	moe_model_free(mc);
+	steps_case_free(&k);
 }
 
 /* One training step of cfg twice from the same weights (cpu_params_cfg of
