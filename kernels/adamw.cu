@@ -14,12 +14,17 @@ struct adamw_hp {
 	float b1, b2, eps, decay, step, sbc2, gs;
 };
 
+/* One element, each operation rounded on its own in moe_adamw_step's
+ * order (the intrinsics keep the compiler from contracting a product and a
+ * sum into one fused multiply-add, which it otherwise does or not as the
+ * code around changes): the CPU reference's bits. */
 static __device__ __forceinline__ float adamw_one(float p, float g, float &m, float &v, const adamw_hp &h)
 {
-	g *= h.gs;
-	m = h.b1 * m + (1.f - h.b1) * g;
-	v = h.b2 * v + (1.f - h.b2) * g * g;
-	return p * h.decay - h.step * m / (sqrtf(v) / h.sbc2 + h.eps);
+	g = __fmul_rn(g, h.gs);
+	m = __fadd_rn(__fmul_rn(h.b1, m), __fmul_rn(__fsub_rn(1.f, h.b1), g));
+	v = __fadd_rn(__fmul_rn(h.b2, v), __fmul_rn(__fmul_rn(__fsub_rn(1.f, h.b2), g), g));
+	float d = __fadd_rn(__fdiv_rn(__fsqrt_rn(v), h.sbc2), h.eps);
+	return __fsub_rn(__fmul_rn(p, h.decay), __fdiv_rn(__fmul_rn(h.step, m), d));
 }
 
 /* The bf16 compute copy of an fp32 master: rounded to nearest, ties away
