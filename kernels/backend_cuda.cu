@@ -87,6 +87,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <cuda.h>
+#include <cudaTypedefs.h>
+
 #include "cuda_common.h"
 #include "kernels.h"
 
@@ -152,6 +155,11 @@ struct cuda_ctx {
 	cudaStream_t s;
 	struct moe_cuda_blas *blas;
 	float *p32, *g32; /* (n) */
+	/* p32 in chunks of mapped virtual memory (p32_alloc; NULL: one
+	 * cudaMalloc): p32_h[i] the physical memory of chunk i, 0 once
+	 * released (b_masters_pack: the upper halves of packed ranges) */
+	unsigned long long *p32_h;
+	size_t p32_chunk, p32_nch;
 	bf16_t *p16;      /* (n) */
 	size_t n;
 	/* ranges of masters changed since the compute copy was refreshed
@@ -688,6 +696,157 @@ static void *b_alloc(struct moe_backend *be, size_t n, enum moe_buf_kind kind)
 	return p;
 }
 
+/* ---- the masters' storage in chunks of virtual memory ------------------
+ * p32 lies in a reserved address range mapped chunk by chunk through the
+ * driver's virtual memory management, so that the chunks that packed
+ * masters leave unused (the upper half of each packed range's fp32
+ * storage) go back to the device (p32_release); where the driver offers
+ * none of it, or with MOE_CUDA_VMM=0, one cudaMalloc as before (nothing
+ * returned).  The driver's entry points through the runtime (no link
+ * against libcuda), as wgmma.cuh's tensor-map encoder. */
+struct vmm_api {
+	PFN_cuMemGetAllocationGranularity_v10020 gran;
+	PFN_cuMemAddressReserve_v10020 reserve;
+	PFN_cuMemAddressFree_v10020 vfree;
+	PFN_cuMemCreate_v10020 create;
+	PFN_cuMemRelease_v10020 release;
+	PFN_cuMemMap_v10020 map;
+	PFN_cuMemUnmap_v10020 unmap;
+	PFN_cuMemSetAccess_v10020 access;
+};
+
+static const struct vmm_api *vmm_api(void)
+{
+	static struct vmm_api f;
+	static int ok = -1;
+	if (ok < 0) {
+		const char *names[8] = {"cuMemGetAllocationGranularity", "cuMemAddressReserve", "cuMemAddressFree",
+					"cuMemCreate", "cuMemRelease", "cuMemMap", "cuMemUnmap", "cuMemSetAccess"};
+		void **slots[8] = {(void **)&f.gran, (void **)&f.reserve, (void **)&f.vfree, (void **)&f.create,
+				   (void **)&f.release, (void **)&f.map, (void **)&f.unmap, (void **)&f.access};
+		ok = 1;
+		for (int i = 0; ok && i < 8; i++) {
+			cudaDriverEntryPointQueryResult q;
+			if (cudaGetDriverEntryPointByVersion(names[i], slots[i], 10020, cudaEnableDefault, &q) !=
+				    cudaSuccess ||
+			    q != cudaDriverEntryPointSuccess || !*slots[i]) {
+				cudaGetLastError();
+				ok = 0;
+			}
+		}
+	}
+	return ok ? &f : NULL;
+}
+
+/* Bytes a chunk: 32 MiB, or MOE_CUDA_VMM_CHUNK_MB (tests: smaller models);
+ * a multiple of the driver's granularity g, else g */
+static size_t p32_chunk_bytes(size_t g)
+{
+	long mb = 32;
+	if (!env_long("MOE_CUDA_VMM_CHUNK_MB", 32, 1, 1 << 20, &mb))
+		mb = 32;
+	size_t b = (size_t)mb << 20;
+	return b % g ? g : b;
+}
+
+/* Chunk i's mapping and memory gone (it must be live) */
+static void p32_drop(struct cuda_ctx *c, const struct vmm_api *v, size_t i)
+{
+	v->unmap((CUdeviceptr)c->p32 + i * c->p32_chunk, c->p32_chunk);
+	v->release((CUmemGenericAllocationHandle)c->p32_h[i]);
+	c->p32_h[i] = 0;
+	c->bytes -= c->p32_chunk;
+}
+
+static void p32_free(struct cuda_ctx *c)
+{
+	const struct vmm_api *v = vmm_api();
+	if (!c->p32_h || !v) {
+		dev_free(c, c->p32);
+		c->p32 = NULL;
+		return;
+	}
+	for (size_t i = 0; i < c->p32_nch; i++)
+		if (c->p32_h[i])
+			p32_drop(c, v, i);
+	v->vfree((CUdeviceptr)c->p32, c->p32_nch * c->p32_chunk);
+	free(c->p32_h);
+	c->p32_h = NULL;
+	c->p32 = NULL;
+}
+
+/* p32 for n masters, zeroed: mapped chunks where the driver can, else
+ * dev_alloc; false when out of memory */
+static bool p32_alloc(struct cuda_ctx *c, size_t n)
+{
+	const struct vmm_api *v = vmm_api();
+	int dev = 0;
+	size_t bytes = n ? n * 4 : 16, g = 0;
+	CUmemAllocationProp prop = {};
+	prop.type = CU_MEM_ALLOCATION_TYPE_PINNED;
+	prop.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+	if (v && !env_is("MOE_CUDA_VMM", "0") && cudaGetDevice(&dev) == cudaSuccess) {
+		prop.location.id = dev;
+		if (v->gran(&g, &prop, CU_MEM_ALLOC_GRANULARITY_MINIMUM) != CUDA_SUCCESS)
+			g = 0;
+	}
+	if (!g) {
+		c->p32 = (float *)dev_alloc(c, bytes);
+		return c->p32 && cudaMemsetAsync(c->p32, 0, bytes, c->s) == cudaSuccess;
+	}
+	const size_t ch = p32_chunk_bytes(g), nch = (bytes + ch - 1) / ch;
+	CUdeviceptr va = 0;
+	if (v->reserve(&va, nch * ch, 0, 0, 0) != CUDA_SUCCESS)
+		return false;
+	c->p32 = (float *)va;
+	c->p32_chunk = ch;
+	c->p32_nch = nch;
+	if (!(c->p32_h = (unsigned long long *)calloc(nch, sizeof(*c->p32_h)))) {
+		v->vfree(va, nch * ch);
+		c->p32 = NULL;
+		return false;
+	}
+	CUmemAccessDesc acc = {};
+	acc.location = prop.location;
+	acc.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
+	for (size_t i = 0; i < nch; i++) {
+		CUmemGenericAllocationHandle h = 0;
+		CUdeviceptr at = va + i * ch;
+		if (v->create(&h, ch, &prop, 0) != CUDA_SUCCESS) {
+			p32_free(c);
+			return false;
+		}
+		if (v->map(at, ch, 0, h, 0) != CUDA_SUCCESS) {
+			v->release(h);
+			p32_free(c);
+			return false;
+		}
+		c->p32_h[i] = (unsigned long long)h;
+		c->bytes += ch;
+		if (v->access(at, ch, &acc, 1) != CUDA_SUCCESS) {
+			p32_free(c);
+			return false;
+		}
+	}
+	if (c->bytes > c->peak_bytes)
+		c->peak_bytes = c->bytes;
+	cudaGetLastError();
+	return cudaMemsetAsync(c->p32, 0, bytes, c->s) == cudaSuccess;
+}
+
+/* The chunks wholly inside packed range r's unused upper half go back to
+ * the device (no stream may still touch them) */
+static void p32_release(struct cuda_ctx *c, int r)
+{
+	const struct vmm_api *v = vmm_api();
+	if (!c->p32_h || !v)
+		return;
+	size_t a = c->pk_lo[r] * 4 + (c->pk_hi[r] - c->pk_lo[r]) * 2, b = c->pk_hi[r] * 4;
+	for (size_t i = (a + c->p32_chunk - 1) / c->p32_chunk; (i + 1) * c->p32_chunk <= b; i++)
+		if (c->p32_h[i])
+			p32_drop(c, v, i);
+}
+
 static void b_free(struct moe_backend *be, void *p)
 {
 	struct cuda_ctx *c = CTX(be);
@@ -947,7 +1106,7 @@ static void b_destroy(struct moe_backend *be)
 				if (c->ev_span[i])
 					cudaEventDestroy(c->ev_span[i]);
 		}
-		dev_free(c, c->p32);
+		p32_free(c);
 		dev_free(c, c->g32);
 		dev_free(c, c->p16);
 		for (int i = 0; i < N_SCRATCH; i++)
@@ -992,17 +1151,17 @@ static int b_params_alloc(struct moe_backend *be, size_t n, struct moe_error *er
 	struct cuda_ctx *c = CTX(be);
 	opt_wait_all(c);
 	cudaStreamSynchronize(c->s);
-	dev_free(c, c->p32);
+	p32_free(c);
 	dev_free(c, c->g32);
 	dev_free(c, c->p16);
 	ssq_forget_all(c);
-	c->p32 = (float *)b_alloc(be, n, MOE_BUF_F32);
+	bool p32_ok = p32_alloc(c, n);
 	c->g32 = (float *)b_alloc(be, n, MOE_BUF_F32);
 	c->p16 = (bf16_t *)b_alloc(be, n, MOE_BUF_ACT);
 	c->n = n;
 	c->stale_all = 1;
 	c->n_packed = 0;
-	if (!c->p32 || !c->g32 || !c->p16)
+	if (!p32_ok || !c->g32 || !c->p16)
 		return moe_error_set(err, MOE_ENOMEM, "cuda: out of device memory for %zu parameters "
 				     "(%.1f GiB)", n, n * 10.0 / (1 << 30));
 	return 0;
@@ -1065,8 +1224,11 @@ static bool b_masters_pack(struct moe_backend *be, size_t off, size_t n)
 	pack_chunks(c, r, off, off + n, c->p32 + off, tmp);
 	RUN(c, CUDA_OK(cudaStreamSynchronize(c->s), &c->err));
 	dev_free(c, tmp);
-	c->n_packed += c->rc == 0;
-	return c->rc == 0;
+	if (c->rc)
+		return false;
+	c->n_packed++;
+	p32_release(c, r);
+	return true;
 }
 
 static int b_status(struct moe_backend *be, struct moe_error *err)
@@ -2396,6 +2558,15 @@ static bool o_balance_bias(struct moe_backend *be, float *bias, const int8_t *di
 
 /* How many master ranges a CUDA backend keeps packed (tests). */
 extern "C" int moe_cuda_packed_ranges(const struct moe_backend *be) { return CTX(be)->n_packed; }
+
+extern "C" size_t moe_cuda_masters_returned(const struct moe_backend *be)
+{
+	const struct cuda_ctx *c = CTX(be);
+	size_t n = 0;
+	for (size_t i = 0; c->p32_h && i < c->p32_nch; i++)
+		n += c->p32_h[i] == 0;
+	return n * c->p32_chunk;
+}
 
 /* Whether a CUDA backend runs AdamW on the optimizer stream (tests). */
 extern "C" bool moe_cuda_opt_stream(const struct moe_backend *be) { return CTX(be)->so != NULL; }

@@ -533,6 +533,9 @@ void moe_cuda_grouped_wgmma_config(int cfg);
  * device memory the backend allocated. */
 struct moe_backend;
 int moe_cuda_packed_ranges(const struct moe_backend *be); /* packed master ranges (tests) */
+/* bytes of the masters' storage returned to the device: the unused upper
+ * halves of packed ranges, in whole chunks of mapped memory (tests) */
+size_t moe_cuda_masters_returned(const struct moe_backend *be);
 bool moe_cuda_opt_stream(const struct moe_backend *be);   /* AdamW on the optimizer stream (tests) */
 void moe_cuda_profile_report(struct moe_backend *be, FILE *fp, bool reset);
 size_t moe_cuda_peak_bytes(struct moe_backend *be);

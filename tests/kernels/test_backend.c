@@ -772,6 +772,7 @@ Test(backend, narrow_linears_match_cublas, .timeout = 60)
 }
 
 static int last_packed;   /* the last train_steps backend's packed master ranges */
+static size_t last_returned; /* and the bytes of masters' storage it returned */
 static bool last_ostream; /* and whether it ran AdamW on the optimizer stream */
 
 /* steps training steps of cfg from weights p, B x T tokens a step from x, y,
@@ -807,6 +808,7 @@ static void train_steps(const struct moe_config *cfg, const float *p, const int3
 	gb->to_host(gb, mom, o.m, o.n, MOE_BUF_F32);
 	cr_assert_eq(gb->sync(gb, &err), 0, "%s", err.msg);
 	last_packed = moe_cuda_packed_ranges(gb);
+	last_returned = moe_cuda_masters_returned(gb);
 	last_ostream = moe_cuda_opt_stream(gb);
 	moe_optim_release(&o);
 	moe_model_free(mg);
@@ -826,9 +828,10 @@ struct steps_case {
 	int32_t *x, *y;
 };
 
-static void steps_case_init(struct steps_case *k, uint64_t pseed, uint64_t tseed)
+/* the case of config k->cfg (set by the caller) */
+static void steps_case_init_cfg(struct steps_case *k, uint64_t pseed, uint64_t tseed)
 {
-	k->mc = cpu_params(&k->cfg, pseed, &k->p);
+	k->mc = cpu_params_cfg(&k->cfg, pseed, &k->p);
 	k->np = moe_model_num_params(k->mc);
 	k->tab = moe_model_params(k->mc, &k->nt);
 	int N = STEPS * 2 * 64;
@@ -837,6 +840,13 @@ static void steps_case_init(struct steps_case *k, uint64_t pseed, uint64_t tseed
 	random_tokens(k->x, k->y, N, &k->cfg, 0);
 	for (int d = 0; d < 2; d++)
 		k->pr[d] = malloc(k->np * 4), k->mr[d] = malloc(k->np * 4);
+}
+
+/* the case of the tiny config */
+static void steps_case_init(struct steps_case *k, uint64_t pseed, uint64_t tseed)
+{
+	tiny_config(&k->cfg);
+	steps_case_init_cfg(k, pseed, tseed);
 }
 
 /* run d of the case (B 2, T 64), var=val (var may be NULL) in the
@@ -970,6 +980,68 @@ Test(backend, packed_masters_match_plain, .timeout = 120)
 	unsetenv("MOE_CUDA_PACKED_MASTERS");
 	cr_assert_eq(moe_model_forward(mg, k.x, k.y, B, T, &fo, &lq, &err), 0, "%s", err.msg);
 	cr_expect(lp.total == lq.total, "forward on set masters: loss %.17g packed vs %.17g", lp.total, lq.total);
+	moe_model_free(mg);
+	steps_case_free(&k);
+}
+
+/* Packed masters give the unused upper halves of their fp32 storage back
+ * to the device (the masters in chunks of mapped memory, 2 MiB here so
+ * that a small model has whole chunks to return): a model with 3.1 M
+ * parameters of routed experts a layer trains four steps that way and
+ * with one cudaMalloc for the masters (MOE_CUDA_VMM=0, nothing returned):
+ * the same losses, masters and AdamW m, bit for bit, memory returned only
+ * by the first; then the masters through set / get_params exactly on a
+ * backend that has returned memory. */
+Test(backend, packed_masters_return_memory, .timeout = 120)
+{
+	NEED_GPU();
+	struct steps_case k;
+	tiny_config(&k.cfg);
+	k.cfg.hidden_size = 256;
+	k.cfg.intermediate_size = 512;
+	k.cfg.num_attention_heads = 8; /* Dh 32 */
+	steps_case_init_cfg(&k, 43, 47);
+	steps_case_run(&k, 0, true, "MOE_CUDA_VMM", "0");
+	cr_expect_eq(last_returned, 0, "one cudaMalloc: %zu bytes returned", last_returned);
+	steps_case_run(&k, 1, true, "MOE_CUDA_VMM_CHUNK_MB", "2");
+	cr_expect_gt(last_packed, 0, "no masters packed");
+	size_t ret = last_returned;
+	cr_expect_gt(ret, 0, "mapped chunks: no memory returned");
+	for (int s = 0; s < STEPS; s++)
+		cr_expect(k.l[1][s] == k.l[0][s], "step %d: loss %.17g (memory returned) vs %.17g", s, k.l[1][s],
+			  k.l[0][s]);
+	size_t same = 0;
+	for (size_t i = 0; i < k.nt; i++) {
+		size_t o = k.tab[i].offset, ne = k.tab[i].numel;
+		bool sp = memcmp(k.pr[1] + o, k.pr[0] + o, ne * 4) == 0, sm = memcmp(k.mr[1] + o, k.mr[0] + o, ne * 4) == 0;
+		cr_expect(sp, "%s: masters differ by up to %.3g", k.tab[i].name,
+			  max_diff(k.pr[1] + o, k.pr[0] + o, ne, NULL));
+		cr_expect(sm, "%s: AdamW m differs by up to %.3g", k.tab[i].name,
+			  max_diff(k.mr[1] + o, k.mr[0] + o, ne, NULL));
+		same += sp && sm;
+	}
+	/* set / get on a backend that has returned memory */
+	setenv("MOE_CUDA_VMM_CHUNK_MB", "2", 1);
+	struct moe_error err = {0};
+	struct moe_model *mg = gpu_model(&k.cfg, k.p, moe_cuda_grouped_wgmma_supported() ? "tma" : "kernel");
+	unsetenv("MOE_CUDA_VMM_CHUNK_MB");
+	struct moe_backend *gb = moe_model_backend(mg);
+	struct moe_optim o;
+	struct moe_optim_opts oo = {.beta1 = 0.9, .beta2 = 0.95, .eps = 1e-8, .decay = MOE_DECAY_MATRICES,
+				    .clip_groups = MOE_CLIP_EXPERT, .clip = 1.0, .clip_expert = -1};
+	cr_assert_eq(moe_optim_init(&o, mg, &oo, &err), 0, "%s", err.msg);
+	cr_expect_gt(moe_cuda_masters_returned(gb), 0, "set / get: no memory returned");
+	moe_model_set_params(mg, k.pr[1]);
+	float *back = malloc(k.np * 4);
+	moe_model_get_params(mg, back);
+	cr_expect(memcmp(back, k.pr[1], k.np * 4) == 0, "get_params differs from set_params after the return");
+	cr_assert_eq(gb->sync(gb, &err), 0, "%s", err.msg);
+	fprintf(stderr, "packed masters, memory returned: %d ranges, %.1f MiB of %.1f returned; four steps: losses "
+		"%.6f..%.6f (one cudaMalloc %.6f..%.6f), %zu of %zu tensors' masters and m the same bits\n",
+		last_packed, ret / 1048576.0, k.np * 4 / 1048576.0, k.l[1][0], k.l[1][STEPS - 1], k.l[0][0],
+		k.l[0][STEPS - 1], same, k.nt);
+	free(back);
+	moe_optim_release(&o);
 	moe_model_free(mg);
 	steps_case_free(&k);
 }
