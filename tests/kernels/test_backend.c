@@ -860,6 +860,25 @@ static void steps_case_run(struct steps_case *k, int d, bool det, const char *va
 		unsetenv(var);
 }
 
+/* Runs 0 and 1 of the case alike, bit for bit (what: run 1's name in the
+ * messages): the losses, and every tensor's masters and AdamW m; how many
+ * tensors are the same in both */
+static size_t steps_case_same(const struct steps_case *k, const char *what)
+{
+	for (int s = 0; s < STEPS; s++)
+		cr_expect(k->l[1][s] == k->l[0][s], "step %d: loss %.17g (%s) vs %.17g", s, k->l[1][s], what, k->l[0][s]);
+	size_t same = 0;
+	for (size_t i = 0; i < k->nt; i++) {
+		size_t o = k->tab[i].offset, ne = k->tab[i].numel;
+		const float *p0 = k->pr[0] + o, *p1 = k->pr[1] + o, *m0 = k->mr[0] + o, *m1 = k->mr[1] + o;
+		bool sp = memcmp(p1, p0, ne * 4) == 0, sm = memcmp(m1, m0, ne * 4) == 0;
+		cr_expect(sp, "%s, %s: masters differ by up to %.3g", what, k->tab[i].name, max_diff(p1, p0, ne, NULL));
+		cr_expect(sm, "%s, %s: AdamW m differs by up to %.3g", what, k->tab[i].name, max_diff(m1, m0, ne, NULL));
+		same += sp && sm;
+	}
+	return same;
+}
+
 static void steps_case_free(struct steps_case *k)
 {
 	for (int d = 0; d < 2; d++)
@@ -932,24 +951,14 @@ Test(backend, packed_masters_match_plain, .timeout = 120)
 	NEED_GPU();
 	struct steps_case k;
 	steps_case_init(&k, 29, 37);
-	const struct moe_param *tab = k.tab;
-	float *p = k.p, *p0 = k.pr[0], *p1 = k.pr[1], *m0 = k.mr[0], *m1 = k.mr[1];
+	float *p = k.p, *p0 = k.pr[0], *p1 = k.pr[1];
 	double *l0 = k.l[0], *l1 = k.l[1];
 	size_t np = k.np;
 	steps_case_run(&k, 0, true, "MOE_CUDA_PACKED_MASTERS", "0");
 	cr_expect_eq(last_packed, 0, "MOE_CUDA_PACKED_MASTERS=0: %d ranges packed", last_packed);
 	steps_case_run(&k, 1, true, NULL, NULL);
 	cr_expect_gt(last_packed, 0, "the default: no masters packed");
-	for (int s = 0; s < STEPS; s++)
-		cr_expect(l1[s] == l0[s], "step %d: loss %.17g packed vs %.17g", s, l1[s], l0[s]);
-	size_t same = 0;
-	for (size_t i = 0; i < k.nt; i++) {
-		size_t o = tab[i].offset, ne = tab[i].numel;
-		bool sp = memcmp(p1 + o, p0 + o, ne * 4) == 0, sm = memcmp(m1 + o, m0 + o, ne * 4) == 0;
-		cr_expect(sp, "%s: masters differ by up to %.3g", tab[i].name, max_diff(p1 + o, p0 + o, ne, NULL));
-		cr_expect(sm, "%s: AdamW m differs by up to %.3g", tab[i].name, max_diff(m1 + o, m0 + o, ne, NULL));
-		same += sp && sm;
-	}
+	size_t same = steps_case_same(&k, "packed");
 	fprintf(stderr, "packed masters: %d ranges; four steps: losses %.6f..%.6f (plain %.6f..%.6f), %zu of %zu "
 		"tensors' masters and m the same bits\n", last_packed, l1[0], l1[STEPS - 1], l0[0], l0[STEPS - 1], same,
 		k.nt);
@@ -1007,19 +1016,7 @@ Test(backend, packed_masters_return_memory, .timeout = 120)
 	cr_expect_gt(last_packed, 0, "no masters packed");
 	size_t ret = last_returned;
 	cr_expect_gt(ret, 0, "mapped chunks: no memory returned");
-	for (int s = 0; s < STEPS; s++)
-		cr_expect(k.l[1][s] == k.l[0][s], "step %d: loss %.17g (memory returned) vs %.17g", s, k.l[1][s],
-			  k.l[0][s]);
-	size_t same = 0;
-	for (size_t i = 0; i < k.nt; i++) {
-		size_t o = k.tab[i].offset, ne = k.tab[i].numel;
-		bool sp = memcmp(k.pr[1] + o, k.pr[0] + o, ne * 4) == 0, sm = memcmp(k.mr[1] + o, k.mr[0] + o, ne * 4) == 0;
-		cr_expect(sp, "%s: masters differ by up to %.3g", k.tab[i].name,
-			  max_diff(k.pr[1] + o, k.pr[0] + o, ne, NULL));
-		cr_expect(sm, "%s: AdamW m differs by up to %.3g", k.tab[i].name,
-			  max_diff(k.mr[1] + o, k.mr[0] + o, ne, NULL));
-		same += sp && sm;
-	}
+	size_t same = steps_case_same(&k, "memory returned");
 	/* set / get on a backend that has returned memory */
 	setenv("MOE_CUDA_VMM_CHUNK_MB", "2", 1);
 	struct moe_error err = {0};
