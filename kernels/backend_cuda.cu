@@ -776,12 +776,13 @@ static void p32_free(struct cuda_ctx *c)
 }
 
 /* p32 for n masters, zeroed: mapped chunks where the driver can, else
- * dev_alloc; false when out of memory */
-static bool p32_alloc(struct cuda_ctx *c, size_t n)
+ * b_alloc's; false when out of memory */
+static bool p32_alloc(struct moe_backend *be, size_t n)
 {
+	struct cuda_ctx *c = CTX(be);
 	const struct vmm_api *v = vmm_api();
 	int dev = 0;
-	size_t bytes = n ? n * 4 : 16, g = 0;
+	size_t g = 0;
 	CUmemAllocationProp prop = {};
 	prop.type = CU_MEM_ALLOCATION_TYPE_PINNED;
 	prop.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
@@ -790,11 +791,9 @@ static bool p32_alloc(struct cuda_ctx *c, size_t n)
 		if (v->gran(&g, &prop, CU_MEM_ALLOC_GRANULARITY_MINIMUM) != CUDA_SUCCESS)
 			g = 0;
 	}
-	if (!g) {
-		c->p32 = (float *)dev_alloc(c, bytes);
-		return c->p32 && cudaMemsetAsync(c->p32, 0, bytes, c->s) == cudaSuccess;
-	}
-	const size_t ch = p32_chunk_bytes(g), nch = (bytes + ch - 1) / ch;
+	if (!g)
+		return (c->p32 = (float *)b_alloc(be, n, MOE_BUF_F32)) != NULL;
+	const size_t bytes = n ? n * 4 : 16, ch = p32_chunk_bytes(g), nch = (bytes + ch - 1) / ch;
 	CUdeviceptr va = 0;
 	if (v->reserve(&va, nch * ch, 0, 0, 0) != CUDA_SUCCESS)
 		return false;
@@ -809,28 +808,27 @@ static bool p32_alloc(struct cuda_ctx *c, size_t n)
 	CUmemAccessDesc acc = {};
 	acc.location = prop.location;
 	acc.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
-	for (size_t i = 0; i < nch; i++) {
+	size_t i = 0;
+	for (; i < nch; i++) { /* a chunk counts once mapped (p32_free unmaps it) */
 		CUmemGenericAllocationHandle h = 0;
 		CUdeviceptr at = va + i * ch;
-		if (v->create(&h, ch, &prop, 0) != CUDA_SUCCESS) {
-			p32_free(c);
-			return false;
-		}
+		if (v->create(&h, ch, &prop, 0) != CUDA_SUCCESS)
+			break;
 		if (v->map(at, ch, 0, h, 0) != CUDA_SUCCESS) {
 			v->release(h);
-			p32_free(c);
-			return false;
+			break;
 		}
 		c->p32_h[i] = (unsigned long long)h;
 		c->bytes += ch;
-		if (v->access(at, ch, &acc, 1) != CUDA_SUCCESS) {
-			p32_free(c);
-			return false;
-		}
+		if (v->access(at, ch, &acc, 1) != CUDA_SUCCESS)
+			break;
+	}
+	if (i < nch) {
+		p32_free(c);
+		return false;
 	}
 	if (c->bytes > c->peak_bytes)
 		c->peak_bytes = c->bytes;
-	cudaGetLastError();
 	return cudaMemsetAsync(c->p32, 0, bytes, c->s) == cudaSuccess;
 }
 
@@ -1155,7 +1153,7 @@ static int b_params_alloc(struct moe_backend *be, size_t n, struct moe_error *er
 	dev_free(c, c->g32);
 	dev_free(c, c->p16);
 	ssq_forget_all(c);
-	bool p32_ok = p32_alloc(c, n);
+	bool p32_ok = p32_alloc(be, n);
 	c->g32 = (float *)b_alloc(be, n, MOE_BUF_F32);
 	c->p16 = (bf16_t *)b_alloc(be, n, MOE_BUF_ACT);
 	c->n = n;

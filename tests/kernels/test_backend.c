@@ -775,21 +775,33 @@ static int last_packed;   /* the last train_steps backend's packed master ranges
 static size_t last_returned; /* and the bytes of masters' storage it returned */
 static bool last_ostream; /* and whether it ran AdamW on the optimizer stream */
 
+/* The tests' optimizer: AdamW with every matrix decayed (on the CUDA
+ * backend: every matrix span packed), two-group clipping */
+static const struct moe_optim_opts test_optim = {.beta1 = 0.9, .beta2 = 0.95, .eps = 1e-8, .weight_decay = 0.1,
+						 .decay = MOE_DECAY_MATRICES, .clip_groups = MOE_CLIP_EXPERT,
+						 .clip = 1.0, .clip_expert = -1};
+
+/* A model with parameters p on a CUDA backend (the default expert path)
+ * and, in *o, its optimizer initialised (which packs the masters) */
+static struct moe_model *gpu_model_optim(const struct moe_config *cfg, const float *p, struct moe_optim *o)
+{
+	struct moe_error err = {0};
+	struct moe_model *mg = gpu_model(cfg, p, moe_cuda_grouped_wgmma_supported() ? "tma" : "kernel");
+	cr_assert_eq(moe_optim_init(o, mg, &test_optim, &err), 0, "%s", err.msg);
+	return mg;
+}
+
 /* steps training steps of cfg from weights p, B x T tokens a step from x, y,
  * with the optimizer as moe-train runs it: losses, masters and AdamW m out */
 static void train_steps(const struct moe_config *cfg, const float *p, const int32_t *x, const int32_t *y, int B,
 			int T, int steps, bool det, double *loss, float *params, float *mom)
 {
 	struct moe_error err = {0};
+	struct moe_optim o;
 	setenv("MOE_CUDA_DETERMINISTIC", det ? "1" : "0", 1);
-	struct moe_model *mg = gpu_model(cfg, p, moe_cuda_grouped_wgmma_supported() ? "tma" : "kernel");
+	struct moe_model *mg = gpu_model_optim(cfg, p, &o);
 	unsetenv("MOE_CUDA_DETERMINISTIC");
 	struct moe_backend *gb = moe_model_backend(mg);
-	struct moe_optim o;
-	struct moe_optim_opts oo = {.beta1 = 0.9, .beta2 = 0.95, .eps = 1e-8, .weight_decay = 0.1,
-				    .decay = MOE_DECAY_MATRICES, .clip_groups = MOE_CLIP_EXPERT, .clip = 1.0,
-				    .clip_expert = -1};
-	cr_assert_eq(moe_optim_init(&o, mg, &oo, &err), 0, "%s", err.msg);
 	int N = B * T;
 	struct moe_forward_opts fo = {0};
 	fo.train = true;
@@ -966,12 +978,9 @@ Test(backend, packed_masters_match_plain, .timeout = 120)
 	int B = 2, T = 64;
 	const char *mode = moe_cuda_grouped_wgmma_supported() ? "tma" : "kernel";
 	struct moe_error err = {0};
-	struct moe_model *mg = gpu_model(&k.cfg, p, mode);
-	struct moe_backend *gb = moe_model_backend(mg);
 	struct moe_optim o;
-	struct moe_optim_opts oo = {.beta1 = 0.9, .beta2 = 0.95, .eps = 1e-8, .decay = MOE_DECAY_MATRICES,
-				    .clip_groups = MOE_CLIP_EXPERT, .clip = 1.0, .clip_expert = -1};
-	cr_assert_eq(moe_optim_init(&o, mg, &oo, &err), 0, "%s", err.msg);
+	struct moe_model *mg = gpu_model_optim(&k.cfg, p, &o);
+	struct moe_backend *gb = moe_model_backend(mg);
 	cr_expect_gt(moe_cuda_packed_ranges(gb), 0, "no masters packed");
 	moe_model_get_params(mg, p0);
 	cr_expect(memcmp(p0, p, np * 4) == 0, "packed masters: get_params after packing differs from what was set");
@@ -1018,15 +1027,12 @@ Test(backend, packed_masters_return_memory, .timeout = 120)
 	cr_expect_gt(ret, 0, "mapped chunks: no memory returned");
 	size_t same = steps_case_same(&k, "memory returned");
 	/* set / get on a backend that has returned memory */
-	setenv("MOE_CUDA_VMM_CHUNK_MB", "2", 1);
 	struct moe_error err = {0};
-	struct moe_model *mg = gpu_model(&k.cfg, k.p, moe_cuda_grouped_wgmma_supported() ? "tma" : "kernel");
+	struct moe_optim o;
+	setenv("MOE_CUDA_VMM_CHUNK_MB", "2", 1);
+	struct moe_model *mg = gpu_model_optim(&k.cfg, k.p, &o);
 	unsetenv("MOE_CUDA_VMM_CHUNK_MB");
 	struct moe_backend *gb = moe_model_backend(mg);
-	struct moe_optim o;
-	struct moe_optim_opts oo = {.beta1 = 0.9, .beta2 = 0.95, .eps = 1e-8, .decay = MOE_DECAY_MATRICES,
-				    .clip_groups = MOE_CLIP_EXPERT, .clip = 1.0, .clip_expert = -1};
-	cr_assert_eq(moe_optim_init(&o, mg, &oo, &err), 0, "%s", err.msg);
 	cr_expect_gt(moe_cuda_masters_returned(gb), 0, "set / get: no memory returned");
 	moe_model_set_params(mg, k.pr[1]);
 	float *back = malloc(k.np * 4);
