@@ -10,8 +10,9 @@
  * removed.  Built by hand against a CUDA build BLD:
  *   gcc -O2 -o ov overlap_probe.c -I. -Ilib -I$BLD -I/usr/local/cuda/include \
  *       $BLD/kernels/libmoekernels.a $BLD/lib/core/libmoecore.a \
- *       -L/usr/local/cuda/lib64 -lcudart -lcuda -lstdc++ -lm -lpthread
- *   ./ov [GEMM calls, default 40] */
+ *       -L/usr/local/cuda/lib64 -lcublasLt -lcublas -lcudart -lcuda -lstdc++ -lm -lpthread
+ *   ./ov [GEMM calls, default 40] [the GEMM's persistent grid, default one
+ *   block a multiprocessor: session 18, call 132, leaves the rest to AdamW] */
 #include <cuda_runtime_api.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,7 +24,8 @@ int main(int argc, char **argv)
 	struct moe_error err = {0};
 	int E = 64, D = 768, I = 640, per = 2048, rows = E * per, NG = argc > 1 ? atoi(argv[1]) : 40;
 	size_t n = (size_t)E * 2 * I * D + (size_t)E * D * I; /* one layer's experts; a rep: a quarter */
-	int lo_pri, hi_pri;
+	int cap = argc > 2 ? atoi(argv[2]) : 0, lo_pri, hi_pri;
+	moe_cuda_grouped_tma_config(0, cap);
 	cudaDeviceGetStreamPriorityRange(&lo_pri, &hi_pri);
 	cudaStream_t sa, sb;
 	cudaStreamCreateWithPriority(&sa, cudaStreamNonBlocking, hi_pri);
@@ -63,9 +65,9 @@ int main(int argc, char **argv)
 	cudaEventElapsedTime(&ms, a0, a1);
 	float g_tog = ms / NG;
 	double adam_during = done * a_alone; /* AdamW work done in the GEMM window, in alone-ms */
-	printf("gemm alone %.3f ms, adamw alone %.3f ms (%.2f TB/s); together: gemm %.3f ms (x%.3f), window %.2f ms "
+	printf("grid %d: gemm alone %.3f ms, adamw alone %.3f ms (%.2f TB/s); together: gemm %.3f ms (x%.3f), window %.2f ms "
 	       "(gemm start %.2f), adamw reps done %d = %.2f ms of alone-work (%.0f%% of the window)\n",
-	       g_alone, a_alone, n / 4 * 28.0 / a_alone / 1e9, g_tog, g_tog / g_alone, t_gemm_end - t_g0, t_g0, done, adam_during,
+	       cap, g_alone, a_alone, n / 4 * 28.0 / a_alone / 1e9, g_tog, g_tog / g_alone, t_gemm_end - t_g0, t_g0, done, adam_during,
 	       100.0 * adam_during / (t_gemm_end - t_g0));
 	return 0;
 }

@@ -25,6 +25,9 @@ cp "$BLD"/tests/bench/bench_cuda "$BLD"/tests/bench/bench_kernels "$O"/b/tests/b
 [ -x "$BLD"/tests/bench/bench_gemm ] && cp "$BLD"/tests/bench/bench_gemm "$O"/b/tests/bench/
 [ -x "$BLD"/tests/bench/bench_parquet ] && cp "$BLD"/tests/bench/bench_parquet "$O"/b/tests/bench/
 cp "$BLD"/tests/train/mkdata "$O"/b/tests/train/
+if [ -x "$BLD"/tests/model/dump_ref ]; then # tests/model/parity.sh on the card
+	mkdir -p "$O"/b/tests/model && cp "$BLD"/tests/model/dump_ref "$O"/b/tests/model/
+fi
 strip "$O"/b/cmd/* "$O"/b/tests/*/* 2>/dev/null || true
 # libraries the GPU machine lacks, from this machine (its glibc is newer)
 for l in libjansson.so.4 libsnappy.so.1 libutf8proc.so.2 libgomp.so.1; do
