@@ -1,5 +1,5 @@
 #!/bin/sh
-# Session 18 (H200), call 134: an experiment build (09bd538 + the
+# Session 18 (H200), call 134: an experiment build (s18-held-adamw.patch on 09bd538: the
 # multiprocessor reserve of call 132, MOE_CUDA_SM_RESERVE, + AdamW's vector
 # kernel held to MOE_CUDA_ADAMW_SMS multiprocessors, one 1,024-thread block
 # each, as adamw_probe's reg kernel): traces of one stream, the default and
