@@ -446,6 +446,14 @@ extern "C" void moe_cuda_gemm_plans(struct moe_backend *be, FILE *fp)
 static size_t elt(enum moe_buf_kind k) { return k == MOE_BUF_ACT ? 2 : 4; }
 
 /* Device allocations with a host-side table of sizes (for the peak). */
+/* bytes more of device memory in use (the peak follows) */
+static void bytes_taken(struct cuda_ctx *c, size_t bytes)
+{
+	c->bytes += bytes;
+	if (c->bytes > c->peak_bytes)
+		c->peak_bytes = c->bytes;
+}
+
 static void *dev_alloc(struct cuda_ctx *c, size_t bytes)
 {
 	void *p = NULL;
@@ -466,9 +474,7 @@ static void *dev_alloc(struct cuda_ctx *c, size_t bytes)
 	c->al[c->nal].p = p;
 	c->al[c->nal].bytes = bytes;
 	c->nal++;
-	c->bytes += bytes;
-	if (c->bytes > c->peak_bytes)
-		c->peak_bytes = c->bytes;
+	bytes_taken(c, bytes);
 	return p;
 }
 
@@ -578,12 +584,16 @@ static bool master_elems(const struct cuda_ctx *c, const void *p, size_t bytes, 
 	return true;
 }
 
-/* The packed range [p, p + bytes) meets first, or -1; *lo: the first
- * master element it meets. */
-static int packed_hit(const struct cuda_ctx *c, const void *p, size_t bytes, size_t *lo)
+/* The packed range [p, p + bytes) meets first, or -1; *lo, *hi (hi may be
+ * NULL): the master elements [lo, hi) it covers. */
+static int packed_hit(const struct cuda_ctx *c, const void *p, size_t bytes, size_t *lo, size_t *hi = NULL)
 {
-	size_t hi;
-	return master_elems(c, p, bytes, lo, &hi) ? packed_meet(c, *lo, hi) : -1;
+	size_t h;
+	if (!master_elems(c, p, bytes, lo, &h))
+		return -1;
+	if (hi)
+		*hi = h;
+	return packed_meet(c, *lo, h);
 }
 
 /* The low halves of packed range r from element off on */
@@ -819,7 +829,7 @@ static bool p32_alloc(struct moe_backend *be, size_t n)
 			break;
 		}
 		c->p32_h[i] = (unsigned long long)h;
-		c->bytes += ch;
+		bytes_taken(c, ch);
 		if (v->access(at, ch, &acc, 1) != CUDA_SUCCESS)
 			break;
 	}
@@ -827,8 +837,6 @@ static bool p32_alloc(struct moe_backend *be, size_t n)
 		p32_free(c);
 		return false;
 	}
-	if (c->bytes > c->peak_bytes)
-		c->peak_bytes = c->bytes;
 	return cudaMemsetAsync(c->p32, 0, bytes, c->s) == cudaSuccess;
 }
 
@@ -2498,7 +2506,7 @@ static void o_adamw(struct moe_backend *be, float *p, const float *g, float gsca
 	struct cuda_ctx *c = CTX(be);
 	bf16_t *p16 = (p >= c->p32 && p < c->p32 + c->n) ? c->p16 + (p - c->p32) : NULL;
 	size_t lo, hi;
-	int r = master_elems(c, p, n * 4, &lo, &hi) ? packed_meet(c, lo, hi) : -1;
+	int r = packed_hit(c, p, n * 4, &lo, &hi);
 	if (r >= 0 && (lo < c->pk_lo[r] || hi > c->pk_hi[r])) {
 		packed_misuse(c, "an AdamW span across the edge of", lo);
 		return;

@@ -829,7 +829,7 @@ static void train_steps(const struct moe_config *cfg, const float *p, const int3
 /* Four training steps twice from a tiny model's weights (cpu_params of
  * pseed) and tokens (rng seed tseed): run 0 and run 1's losses, masters
  * and AdamW m. */
-enum { STEPS = 4 };
+enum { STEPS = 4, CASE_B = 2, CASE_T = 64 }; /* steps, and B x T tokens a step */
 struct steps_case {
 	struct moe_config cfg;
 	struct moe_model *mc;
@@ -846,7 +846,7 @@ static void steps_case_init_cfg(struct steps_case *k, uint64_t pseed, uint64_t t
 	k->mc = cpu_params_cfg(&k->cfg, pseed, &k->p);
 	k->np = moe_model_num_params(k->mc);
 	k->tab = moe_model_params(k->mc, &k->nt);
-	int N = STEPS * 2 * 64;
+	int N = STEPS * CASE_B * CASE_T;
 	k->x = malloc(N * 4), k->y = malloc(N * 4);
 	rng_seed(tseed);
 	random_tokens(k->x, k->y, N, &k->cfg, 0);
@@ -861,13 +861,13 @@ static void steps_case_init(struct steps_case *k, uint64_t pseed, uint64_t tseed
 	steps_case_init_cfg(k, pseed, tseed);
 }
 
-/* run d of the case (B 2, T 64), var=val (var may be NULL) in the
+/* run d of the case, var=val (var may be NULL) in the
  * environment while the backend is made */
 static void steps_case_run(struct steps_case *k, int d, bool det, const char *var, const char *val)
 {
 	if (var)
 		setenv(var, val, 1);
-	train_steps(&k->cfg, k->p, k->x, k->y, 2, 64, STEPS, det, k->l[d], k->pr[d], k->mr[d]);
+	train_steps(&k->cfg, k->p, k->x, k->y, CASE_B, CASE_T, STEPS, det, k->l[d], k->pr[d], k->mr[d]);
 	if (var)
 		unsetenv(var);
 }
@@ -975,7 +975,7 @@ Test(backend, packed_masters_match_plain, .timeout = 120)
 		"tensors' masters and m the same bits\n", last_packed, l1[0], l1[STEPS - 1], l0[0], l0[STEPS - 1], same,
 		k.nt);
 	/* the host round trip: set after packing, read back exactly */
-	int B = 2, T = 64;
+	const int B = CASE_B, T = CASE_T;
 	const char *mode = moe_cuda_grouped_wgmma_supported() ? "tma" : "kernel";
 	struct moe_error err = {0};
 	struct moe_optim o;
