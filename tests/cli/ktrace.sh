@@ -1,7 +1,8 @@
 #!/bin/sh
 # tests/bench/gpu/ktrace.py (the summary of a ktrace.c trace) on a small
 # made-up trace whose busy time, idle time and gaps are worked out by hand
-# below; and its error for a trace without two steps.
+# below, its --parts breakdown of a gzipped one, and its errors for a
+# malformed line and for a trace without two steps.
 set -u
 command -v python3 >/dev/null 2>&1 || exit 77
 S=${MOE_SRCDIR:-.}
@@ -37,6 +38,35 @@ check "$out" "(43.8%)"
 check "$out" "kernels 3, memsets 1, memcpys 0; gaps 3, mean 1.17 us"
 check "$out" "gaps   <1us: 0.001 ms"
 check "$out" "gaps  2-4us: 0.002 ms"
+# --parts on a made-up step [0, 10000): embedding 0-500 (the rest), an
+# AdamW kernel 500-3500 beside a grouped forward GEMM 1000-3000, an
+# attention backward 4000-6000, the cross-entropy 6000-7000: AdamW 3000 ns
+# of 10000 (30.0%), the forward 6000 ns (0.01 ms), gzipped as the
+# committed traces are
+cat >"$tmp/parts.csv" <<'CSV'
+0,500,0,embedding_fwd_kernel(x)
+500,3500,0,_Z13adamw4_kernelILb1EEv
+1000,3000,0,_Z9gt_kernelILi0ELi128E
+4000,6000,0,_Z25attention_bwd_fa3f_kernel
+6000,7000,0,_Z16xent_smem_kernel
+10000,10500,0,embedding_fwd_kernel(x)
+CSV
+gzip -k "$tmp/parts.csv"
+out=$(python3 "$S/tests/bench/gpu/ktrace.py" "$tmp/parts.csv.gz" --parts --top 2) || { echo "ktrace.py --parts failed"; fail=1; }
+check "$out" "step 0 of 1, span 0.01 ms"
+check "$out" "0.00  30.0%  AdamW"
+check "$out" "0.00  20.0%  attention backward"
+check "$out" "0.00  20.0%  expert GEMMs: forward"
+check "$out" "0.00  10.0%  cross-entropy"
+check "$out" "0.00   5.0%  the rest: embedding_fwd_kernel"
+check "$out" "AdamW: 1 kernels from 0.00 to 0.00 ms, 1 of 1 started before the cross-entropy"
+check "$out" "the 2 longest kernels"
+printf '1,2,0,a\nnot a line\n' >"$tmp/bad.csv"
+if python3 "$S/tests/bench/gpu/ktrace.py" "$tmp/bad.csv" >"$tmp/err" 2>&1; then
+	echo "a malformed trace was accepted"
+	fail=1
+fi
+check "$(cat "$tmp/err")" "bad.csv:2: not a ktrace line"
 head -2 "$tmp/kt.csv" >"$tmp/one.csv"
 if python3 "$S/tests/bench/gpu/ktrace.py" "$tmp/one.csv" >"$tmp/err" 2>&1; then
 	echo "a trace of one step was accepted"
