@@ -26,27 +26,11 @@
  *   "cublas": a loop of per-expert cuBLAS GEMMs.
  * Routed experts (MOE_CUDA_EXPERT_FUSE, bits): with "wgmma", the row gather
  * and SwiGLU fused into the expert GEMMs: 1 the gate_up forward (gather in
- * the loads, SwiGLU in the epilogue), 2 the down input gradient with
- * SwiGLU's backward in its epilogue, 4 the gate_up weight gradient reading
+ * the loads, SwiGLU in the epilogue), 4 the gate_up weight gradient reading
  * the gathered rows.  The default, 0, runs gather, GEMMs and SwiGLU as
- * separate kernels: at seed-base on an H100 all three fused measured 230.7
- * ms a step against 224.6 (tests/bench/RESULTS-experts.md; per op, 1 and 4
- * gain about 1.2 and 0.4 ms, 2 loses 7.6 ms).
- * With "tma" or "tma-fd" (MOE_CUDA_TMA_FUSE, bits; where no
- * MOE_CUDA_EXPERT_FUSE bit takes the op): SwiGLU in the epilogues of
- * grouped_tma.cu's routed-expert GEMMs, 1 the gate_up forward (writes gu
- * and h; no swiglu kernel), 2 the down input gradient (reads gu, writes
- * dgu and h; dh never stored, no swiglu_bwd kernel).  The default, 0, runs
- * them as separate kernels: at seed-base on an H100 (session 5, same call,
- * tests/bench/RESULTS-tma.md) 1 measured 174.8 ms a step against 174.5, 2
- * 184.0 and 3 183.4-183.7 (the fused input gradient's epilogue waits for
- * its g, u loads behind the next tile's operand loads); session 11 (call
- * 66) 1 again a tie: 161.60 / 162.52 against 161.06-162.63.
- * MOE_CUDA_TMA_FUSE_DG and MOE_CUDA_TMA_FUSE_CFG (grouped_tma.cu) choose
- * how that epilogue loads g, u and the fused kernels' tile configuration
- * (session 6: the g, u blocks through the producer's ring, DG 6, measured
- * slower again: 188.7 ms a step with bit 2 against 177.6 with DG 2 and
- * 168.4-168.7 unfused).
+ * separate kernels: beside the default "tma" kernels 1, 4 and 5 measured
+ * 4-10 ms a seed-base step slower on an H100 (session 11, call 69,
+ * tests/bench/RESULTS-cuda.md).
  * The attention block (MOE_CUDA_QKV, default packed): the model keeps q,
  * k, v in rows of 3 D and the attention_qknorm_fwd / _bwd ops read and
  * write them there (QK-norm at a row stride, v and dv at the attention's
@@ -112,12 +96,9 @@ extern "C" {
  * gradient beside cuBLAS grouped fwd/dgrad */
 enum { GM_KERNEL, GM_CUBLAS_GROUPED, GM_CUBLAS_LOOP, GM_WGMMA };
 enum { WG_KERNEL, WG_LOOP, WG_WGMMA };
-/* MOE_CUDA_EXPERT_FUSE bits: gather + gate_up GEMM + SwiGLU; down dgrad +
- * SwiGLU backward; gate_up wgrad on the gathered rows */
-enum { EF_UP_FWD = 1, EF_DOWN_BWD = 2, EF_UP_WGRAD = 4, EF_ALL = 7 };
-/* MOE_CUDA_TMA_FUSE bits: gate_up GEMM + SwiGLU; down dgrad + SwiGLU
- * backward (grouped_tma.cu) */
-enum { TF_UP_FWD = 1, TF_DOWN_BWD = 2, TF_ALL = 3, TF_DEFAULT = 0 };
+/* MOE_CUDA_EXPERT_FUSE bits: gather + gate_up GEMM + SwiGLU; gate_up wgrad
+ * on the gathered rows */
+enum { EF_UP_FWD = 1, EF_UP_WGRAD = 4, EF_ALL = EF_UP_FWD | EF_UP_WGRAD };
 /* scratch buffers, grown on demand */
 enum { S_GROUP, S_STATS, S_DELTA, S_INV, S_SUMSQ, S_LOSS, S_DET, S_QKV, S_WG, N_SCRATCH };
 
@@ -226,7 +207,6 @@ struct cuda_ctx {
 	int32_t *one_off;
 	int one_rows;
 	int expert_fuse;    /* routed experts: EF_* fused into the wgmma GEMMs */
-	int tma_fuse;       /* routed experts: TF_* fused into the TMA GEMMs */
 	int wgrad_mode;     /* GM_CUBLAS_GROUPED: WG_* */
 	int32_t *hoff[N_ROUTES];
 	int hoff_n[N_ROUTES];
@@ -2126,18 +2106,11 @@ static void o_grouped_bwd(struct moe_backend *be, void *dx, float *dw, const voi
 
 /* The routed experts' MLP: with the bits of expert_fuse (MOE_CUDA_EXPERT_FUSE,
  * where the wgmma kernels run) the gather rides in the gate_up GEMMs' loads
- * and SwiGLU in their epilogues (grouped_wgmma.cu), so xg and dh are never
+ * and SwiGLU in the forward's epilogue (grouped_wgmma.cu), so xg is never
  * written; otherwise the ops of the unfused sequence. */
 static bool expert_fused(struct cuda_ctx *c, int bit)
 {
 	return (c->expert_fuse & bit) && c->grouped_mode == GM_WGMMA;
-}
-
-/* With the bits of tma_fuse (MOE_CUDA_TMA_FUSE, where grouped_tma.cu's
- * kernels run the forward and input gradient): SwiGLU in their epilogues. */
-static bool tma_fused(struct cuda_ctx *c, int bit)
-{
-	return (c->tma_fuse & bit) && c->grouped_mode == GM_WGMMA && c->grouped_tma;
 }
 
 static void o_expert_up_fwd(struct moe_backend *be, void *gu, void *h, const void *x, const int32_t *perm,
@@ -2146,18 +2119,6 @@ static void o_expert_up_fwd(struct moe_backend *be, void *gu, void *h, const voi
 	struct cuda_ctx *c = CTX(be);
 	if (!expert_fused(c, EF_UP_FWD)) {
 		o_gather_rows(be, xg, x, perm, NK, K, D);
-		if (tma_fused(c, TF_UP_FWD)) {
-			int rows = grouped_rows(c, offsets, E), rc = 0;
-			PROF(c, "grouped_fwd_swiglu");
-			RUN(c, (rc = moe_cuda_grouped_tma_up_fwd((bf16_t *)gu, (bf16_t *)h, (const bf16_t *)xg,
-								 (const bf16_t *)w, offsets, rows, E, D, I, c->s,
-								 &c->err)) > 0
-				       ? 0
-				       : rc);
-			PROF_END(c);
-			if (rc != 1) /* else not runnable here: the separate kernels */
-				return;
-		}
 		o_grouped_fwd(be, gu, xg, w, offsets, E, D, 2 * I);
 		o_swiglu_fwd(be, h, gu, NK, I, 1, 2 * I);
 		return;
@@ -2172,35 +2133,8 @@ static void o_expert_up_fwd(struct moe_backend *be, void *gu, void *h, const voi
 static void o_expert_down_bwd(struct moe_backend *be, void *dgu, void *h, float *dw, const void *dy, const void *gu,
 			      const void *w, const int32_t *offsets, void *dh, int NK, int E, int I, int D)
 {
-	struct cuda_ctx *c = CTX(be);
-	if (!expert_fused(c, EF_DOWN_BWD)) {
-		if (tma_fused(c, TF_DOWN_BWD)) {
-			int rows = grouped_rows(c, offsets, E), rc = 0;
-			PROF(c, "grouped_dgrad_swiglu");
-			RUN(c, (rc = moe_cuda_grouped_tma_down_dgrad_swiglu((bf16_t *)dgu, (bf16_t *)h, (const bf16_t *)dy,
-									    (const bf16_t *)gu, (const bf16_t *)w,
-									    offsets, rows, E, I, D, c->s, &c->err)) > 0
-				       ? 0
-				       : rc);
-			PROF_END(c);
-			if (rc != 1) { /* else not runnable here: the separate kernels */
-				o_grouped_bwd(be, NULL, dw, dy, h, w, offsets, E, I, D);
-				return;
-			}
-		}
-		o_grouped_bwd(be, dh, NULL, dy, h, w, offsets, E, I, D);
-		o_swiglu_bwd(be, dgu, h, dh, gu, NK, I, 1, 2 * I);
-		o_grouped_bwd(be, NULL, dw, dy, h, w, offsets, E, I, D);
-		return;
-	}
-	int rows = grouped_rows(c, offsets, E);
-	{
-		PROF(c, "expert_dgrad_swiglu");
-		RUN(c, moe_cuda_grouped_wgmma_down_dgrad_swiglu((bf16_t *)dgu, (bf16_t *)h, (const bf16_t *)dy,
-								(const bf16_t *)gu, (const bf16_t *)w, offsets, rows, E,
-								I, D, c->s, &c->err));
-		PROF_END(c);
-	}
+	o_grouped_bwd(be, dh, NULL, dy, h, w, offsets, E, I, D);
+	o_swiglu_bwd(be, dgu, h, dh, gu, NK, I, 1, 2 * I);
 	o_grouped_bwd(be, NULL, dw, dy, h, w, offsets, E, I, D);
 }
 
@@ -2661,18 +2595,13 @@ extern "C" struct moe_backend *moe_backend_cuda(struct moe_error *err)
 		/* the router's linear merged with the shared experts' gate_up
 		 * (model.h); MOE_CUDA_ROUTER_MERGE=0: apart (comparisons) */
 		be->router_merge_ok = !env_is("MOE_CUDA_ROUTER_MERGE", "0") && !moe_cuda_route_legacy_on();
-		long xf, tf;
-		if (!env_long("MOE_CUDA_EXPERT_FUSE", 0, 0, EF_ALL, &xf)) {
-			moe_error_set(err, MOE_EINVAL, "MOE_CUDA_EXPERT_FUSE='%s': expected 0..7",
+		long xf;
+		if (!env_long("MOE_CUDA_EXPERT_FUSE", 0, 0, EF_ALL, &xf) || (xf & ~EF_ALL)) {
+			moe_error_set(err, MOE_EINVAL, "MOE_CUDA_EXPERT_FUSE='%s': expected 0, 1, 4 or 5",
 				      getenv("MOE_CUDA_EXPERT_FUSE"));
 			goto fail;
 		}
 		c->expert_fuse = moe_cuda_grouped_wgmma_supported() ? (int)xf : 0;
-		if (!env_long("MOE_CUDA_TMA_FUSE", TF_DEFAULT, 0, TF_ALL, &tf)) {
-			moe_error_set(err, MOE_EINVAL, "MOE_CUDA_TMA_FUSE='%s': expected 0..3", getenv("MOE_CUDA_TMA_FUSE"));
-			goto fail;
-		}
-		c->tma_fuse = (int)tf;
 		c->ssq_epi = !env_is("MOE_CUDA_SUMSQ_EPI", "0");
 		c->sq_batch = !env_is("MOE_CUDA_SUMSQ_BATCH", "0");
 		if (!env_long("MOE_CUDA_WGRAD_STORE_MIN", (long)4 << 20, 0, LONG_MAX, &c->wgrad_store_min)) {
@@ -2754,10 +2683,9 @@ extern "C" struct moe_backend *moe_backend_cuda(struct moe_error *err)
 	be->combine_fwd = o_combine_fwd;
 	be->combine_bwd = o_combine_bwd;
 	/* without the experts' outputs (model.h); MOE_CUDA_YG=keep: combine_bwd
-	 * and expert_down_bwd (comparisons).  Not with the fused variants whose
-	 * forward writes no xg or whose input gradient is expert_down_bwd's */
-	if (!c->yg_keep && !expert_fused(c, EF_UP_FWD | EF_DOWN_BWD) &&
-	    !tma_fused(c, TF_DOWN_BWD))
+	 * and expert_down_bwd (comparisons).  Not with the fused forward, which
+	 * writes no xg */
+	if (!c->yg_keep && !expert_fused(c, EF_UP_FWD))
 		be->expert_combine_down_bwd = o_expert_combine_down_bwd;
 	be->xent = o_xent;
 	be->zloss = o_zloss;

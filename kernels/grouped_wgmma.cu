@@ -33,8 +33,7 @@
  * barrier); GF_SWIGLU in the forward loads a 64 + 64 row B tile, gate rows
  * j0.. and the matching up rows I + j0.., so that gate column j and up column
  * j land in the same thread's fragment (registers 4j.. and 4(j + 8)..) and
- * the epilogue writes gu and h = silu(g) u; in the input gradient the
- * epilogue turns dh into SwiGLU's backward (dgu and the recomputed h). */
+ * the epilogue writes gu and h = silu(g) u. */
 
 #include "wgmma.cuh"
 #include "kernels.h"
@@ -58,7 +57,6 @@ struct gw_args {
 	const int32_t *perm; /* GF_GATHER: (M) slot of each expert-ordered row */
 	int topk;            /* GF_GATHER: x row = perm[j] / topk */
 	bf16 *h;             /* GF_SWIGLU: (M, I) */
-	const bf16 *gu;      /* GF_SWIGLU input gradient: (M, 2I) the forward's [g | u] */
 	int I;               /* GF_SWIGLU */
 	int store;           /* weight gradient: store (no read) instead of adding; an
 				expert without rows stores zeros */
@@ -186,6 +184,7 @@ __global__ void __launch_bounds__(GW_THREADS, MINB) gw_kernel(const gw_args g)
 	constexpr bool BT = MODE != GW_FWD;   /* B MN-major */
 	static_assert(FUSE == 0 || BN == 128, "the fused variants use 128 x 128 tiles");
 	static_assert(!(FUSE & GF_GATHER) || MODE != GW_DGRAD, "the input gradient has nothing to gather");
+	static_assert(!(FUSE & GF_SWIGLU) || MODE == GW_FWD, "SwiGLU: the forward only");
 	constexpr int ABYTES = gw_cfg<BN, ST>::ABYTES, BBYTES = gw_cfg<BN, ST>::BBYTES;
 	constexpr int D = ST - 1 - WGW; /* k-slices loaded ahead */
 	static_assert(D >= 1, "too few stages");
@@ -359,40 +358,6 @@ __global__ void __launch_bounds__(GW_THREADS, MINB) gw_kernel(const gw_args g)
 				__floats2bfloat162_rn(moe_swiglu_h(__low2float(gb), __low2float(ub)),
 						      moe_swiglu_h(__high2float(gb), __high2float(ub)));
 		});
-	} else if constexpr (MODE == GW_DGRAD && (FUSE & GF_SWIGLU)) {
-		/* dh (bf16, as the unfused path stores it) -> dgu [dg | du] and h.
-		 * The tile's g and u (128 rows of BN columns each) come through
-		 * the pipeline's shared memory, now free, in coalesced copies;
-		 * rows padded to BN + 8 elements against bank conflicts. */
-		const int I = g.In, c0 = ntile * BN;
-		constexpr int GS = BN + 8;
-		static_assert(2 * GW_BM * GS * 2 <= ST * (ABYTES + BBYTES), "gu tile does not fit");
-		__syncthreads(); /* every warpgroup's MMAs are done with the stages */
-#pragma unroll
-		for (int it = 0; it < 2 * GW_BM * (BN / 8) / GW_THREADS; it++) {
-			int c = tid + it * GW_THREADS, cc = c % (BN / 8), r = (c / (BN / 8)) % GW_BM;
-			int half = c / (GW_BM * (BN / 8));
-			bool ok = r < Mi && c0 + cc * 8 < I;
-			wg_cp16(sa + (uint32_t)((half * GW_BM + r) * GS + cc * 8) * 2,
-				ok ? g.gu + ((size_t)row0 + r) * 2 * I + half * I + c0 + cc * 8 : g.gu, ok);
-		}
-		wg_cp_commit();
-		wg_cp_wait<0>();
-		__syncthreads();
-		const bf16 *sg = (const bf16 *)(gw_smem + (sa - wg_smem_u32(gw_smem))), *su = sg + GW_BM * GS;
-		gw_frag_pairs<BN / 8>(r0, cq, Mi, Nj, [&](int j, int h, int i, int col) {
-			__nv_bfloat162 db = __floats2bfloat162_rn(acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1]);
-			size_t row = (size_t)row0 + i;
-			__nv_bfloat162 gb = *(const __nv_bfloat162 *)(sg + i * GS + col);
-			__nv_bfloat162 ub = *(const __nv_bfloat162 *)(su + i * GS + col);
-			float dg0, du0, h0, dg1, du1, h1;
-			moe_swiglu_grads(__low2float(gb), __low2float(ub), __low2float(db), &dg0, &du0, &h0);
-			moe_swiglu_grads(__high2float(gb), __high2float(ub), __high2float(db), &dg1, &du1, &h1);
-			bf16 *dr = (bf16 *)g.c + row * 2 * I + c0 + col;
-			*(__nv_bfloat162 *)dr = __floats2bfloat162_rn(dg0, dg1);
-			*(__nv_bfloat162 *)(dr + I) = __floats2bfloat162_rn(du0, du1);
-			*(__nv_bfloat162 *)(g.h + row * I + c0 + col) = __floats2bfloat162_rn(h0, h1);
-		});
 	} else {
 		gw_frag_pairs<BN / 8>(r0, cq, Mi, Nj, [&](int j, int h, int i, int col) {
 			float v0 = acc[4 * j + 2 * h], v1 = acc[4 * j + 2 * h + 1];
@@ -555,22 +520,8 @@ extern "C" int moe_cuda_grouped_wgmma_up_fwd(bf16_t *gu, bf16_t *h, const bf16_t
 		return rc;
 	if (max_rows <= 0)
 		return 0;
-	gw_args g = {(const bf16 *)x, (const bf16 *)w, gu, offsets, E, D, 2 * I, 0, 0, perm, K, (bf16 *)h, nullptr, I};
+	gw_args g = {(const bf16 *)x, (const bf16 *)w, gu, offsets, E, D, 2 * I, 0, 0, perm, K, (bf16 *)h, I};
 	return gw_fused<GW_FWD, GF_GATHER | GF_SWIGLU>(g, 2 * I, moe_cdiv(max_rows, GW_BM) + E, s, err);
-}
-
-extern "C" int moe_cuda_grouped_wgmma_down_dgrad_swiglu(bf16_t *dgu, bf16_t *h, const bf16_t *dy, const bf16_t *gu,
-							const bf16_t *w, const int32_t *offsets, int max_rows, int E,
-							int I, int D, cudaStream_t s, struct moe_error *err)
-{
-	int rc;
-	if ((rc = gw_check(E, I, D, err)) != 0)
-		return rc;
-	if (max_rows <= 0)
-		return 0;
-	gw_args g = {(const bf16 *)dy, (const bf16 *)w, dgu, offsets, E, I, D, 0, 0, nullptr, 0, (bf16 *)h,
-		     (const bf16 *)gu, I};
-	return gw_fused<GW_DGRAD, GF_SWIGLU>(g, I, moe_cdiv(max_rows, GW_BM) + E, s, err);
 }
 
 extern "C" int moe_cuda_grouped_wgmma_up_wgrad(float *dw, const bf16_t *dgu, const bf16_t *x, const int32_t *perm,
@@ -580,7 +531,6 @@ extern "C" int moe_cuda_grouped_wgmma_up_wgrad(float *dw, const bf16_t *dgu, con
 	int rc;
 	if ((rc = gw_check(E, D, 2 * I, err)) != 0)
 		return rc;
-	gw_args g = {(const bf16 *)dgu, (const bf16 *)x, dw, offsets, E, D, 2 * I, 0, 0, perm, K, nullptr, nullptr, 0,
-		     store};
+	gw_args g = {(const bf16 *)dgu, (const bf16 *)x, dw, offsets, E, D, 2 * I, 0, 0, perm, K, nullptr, 0, store};
 	return gw_fused<GW_WGRAD, GF_GATHER>(g, D, 0, s, err);
 }

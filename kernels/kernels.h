@@ -475,29 +475,12 @@ int moe_cuda_grouped_tma_wgrad_ssq(float *dw, const bf16_t *dout, const bf16_t *
 /* Whether the current device and driver run them (sm_90, tensor maps). */
 bool moe_cuda_grouped_tma_supported(void);
 /* Tile configuration and grid, process-wide (tests, benchmarks): cfg 1
- * (cooperative 128 x 256, 4 stages), 2 (ping-pong: 128 x 128 per consumer
- * warpgroup, 6 stages), 3 (cooperative 256 x 128, 4 stages), 4 (session
- * 3's default: 1 or 2 by the width, the weight gradient's tiles in expert
- * order), 0 the default (see grouped_tma.cu); grid > 0 caps the persistent
- * grid (0: one block per multiprocessor).
+ * (128 x 256, 4 stages), 3 (256 x 128, 4 stages), anything else the
+ * default (1 or 3 by the width, see grouped_tma.cu); grid > 0 caps the
+ * persistent grid (0: one block per multiprocessor).
  * Returns how many launches so far could not use the TMA kernels (fell back
  * to grouped_wgmma.cu's) though the device supports them. */
 int moe_cuda_grouped_tma_config(int cfg, int grid);
-/* The routed experts' SwiGLU in grouped_tma.cu's epilogues (E <= 127, D, I
- * multiples of 8; max_rows bounds offsets[E]):
- *   up_fwd:    gu (M, 2I) = x (M, D) @ w[e]^T, w (E, 2I, D) gate rows then
- *              up rows, and h (M, I) = silu(g) * u (moe_cuda_swiglu_fwd's
- *              values on this gu); the same gu as moe_cuda_grouped_tma_fwd
- *   down_dgrad_swiglu: dh = dy (M, D) @ w[e], w (E, D, I), rounded to bf16
- *              and never stored; dgu (M, 2I) and h (M, I) as
- *              moe_cuda_swiglu_bwd computes them from dh and gu
- * Return 0, a negative MOE_E* code, or 1 where the TMA kernels cannot run
- * them here (nothing launched: the caller runs the GEMM and swiglu.cu). */
-int moe_cuda_grouped_tma_up_fwd(bf16_t *gu, bf16_t *h, const bf16_t *x, const bf16_t *w, const int32_t *offsets,
-				int max_rows, int E, int D, int I, cudaStream_t s, struct moe_error *err);
-int moe_cuda_grouped_tma_down_dgrad_swiglu(bf16_t *dgu, bf16_t *h, const bf16_t *dy, const bf16_t *gu,
-					   const bf16_t *w, const int32_t *offsets, int max_rows, int E, int I, int D,
-					   cudaStream_t s, struct moe_error *err);
 
 /* Routed-expert GEMMs with the row gather and SwiGLU fused in (wgmma, sm_90,
  * the 128 x 128 tile of configuration 3 whatever moe_cuda_grouped_wgmma_config
@@ -506,18 +489,12 @@ int moe_cuda_grouped_tma_down_dgrad_swiglu(bf16_t *dgu, bf16_t *h, const bf16_t 
  *   up_fwd:    gu (M, 2I) = gather(x) @ w[e]^T, w (E, 2I, D) gate rows then up
  *              rows; h (M, I) = silu(g) * u, bit-identical to moe_cuda_swiglu_fwd
  *              on this gu
- *   down_dgrad_swiglu: dh = dy (M, D) @ w[e], w (E, D, I), rounded to bf16 and
- *              never stored; dgu (M, 2I) and h (M, I) as moe_cuda_swiglu_bwd
- *              computes them from dh and gu (bit-identical)
  *   up_wgrad:  dw[e] (2I, D) fp32 += dgu[rows e]^T @ gather(x)[rows e]
  *              (= when store, as moe_cuda_grouped_wgmma_wgrad_store)
  * max_rows bounds offsets[E] = M (sizes the grid). */
 int moe_cuda_grouped_wgmma_up_fwd(bf16_t *gu, bf16_t *h, const bf16_t *x /* (N, D) */, const int32_t *perm /* (M) */,
 				  int K, const bf16_t *w, const int32_t *offsets, int max_rows, int E, int D, int I,
 				  cudaStream_t s, struct moe_error *err);
-int moe_cuda_grouped_wgmma_down_dgrad_swiglu(bf16_t *dgu, bf16_t *h, const bf16_t *dy, const bf16_t *gu,
-					     const bf16_t *w, const int32_t *offsets, int max_rows, int E, int I,
-					     int D, cudaStream_t s, struct moe_error *err);
 int moe_cuda_grouped_wgmma_up_wgrad(float *dw, const bf16_t *dgu, const bf16_t *x /* (N, D) */,
 				    const int32_t *perm /* (M) */, int K, const int32_t *offsets, int E, int D,
 				    int I, bool store, cudaStream_t s, struct moe_error *err);
@@ -556,10 +533,10 @@ size_t moe_cuda_dq_tile_reads(struct moe_backend *be);
 
 #ifdef __CUDACC__
 /* SwiGLU's float arithmetic on the widened bf16 inputs g, u (and d = dh),
- * shared by swiglu.cu and the fused epilogues of grouped_wgmma.cu and
- * grouped_tma.cu so that all round to the same bf16 results.  h = (g sg) u
- * with sg = 1 / (1 + e^-g), one reciprocal and no division (until session
- * 12, g / (1 + e^-g) u: a second, dearer IEEE division in the backward). */
+ * shared by swiglu.cu and the fused forward epilogue of grouped_wgmma.cu so
+ * that both round to the same bf16 results.  h = (g sg) u with sg = 1 / (1 +
+ * e^-g), one reciprocal and no division (until session 12, g / (1 + e^-g)
+ * u: a second, dearer IEEE division in the backward). */
 static __device__ __forceinline__ float moe_swiglu_h(float g, float u)
 {
 	float sg = 1.f / (1.f + __expf(-g));

@@ -402,8 +402,8 @@ Test(backend, expert_gemm_paths_agree, .timeout = 120)
 	moe_model_free(mc);
 }
 
-/* The routed experts' fused kernels (MOE_CUDA_EXPERT_FUSE=7, all three)
- * against the unfused sequence (0) with the same wgmma GEMMs, on one training
+/* The routed experts' fused kernels (MOE_CUDA_EXPERT_FUSE=5, both) against
+ * the unfused sequence (0) with the same wgmma GEMMs, on one training
  * step: the fused ops compute the same values in the same order, so the
  * losses agree to 1e-6 relative and every gradient tensor has cosine >=
  * 0.99999 (exactly equal tensors are counted in the log). */
@@ -425,7 +425,7 @@ Test(backend, expert_fusion_same_step, .timeout = 120)
 	setenv("MOE_CUDA_YG", "keep", 1); /* the sequence the fused ops stand for (expert_down_bwd's) */
 	setenv("MOE_CUDA_EXPERT_FUSE", "0", 1);
 	gpu_step(&cfg, p, x, y, B, T, "wgmma", &l0, g0, false);
-	setenv("MOE_CUDA_EXPERT_FUSE", "7", 1);
+	setenv("MOE_CUDA_EXPERT_FUSE", "5", 1);
 	gpu_step(&cfg, p, x, y, B, T, "wgmma", &l1, g1, false);
 	unsetenv("MOE_CUDA_EXPERT_FUSE");
 	unsetenv("MOE_CUDA_YG");
@@ -445,63 +445,6 @@ Test(backend, expert_fusion_same_step, .timeout = 120)
 	}
 	fprintf(stderr, "experts fused vs unfused: loss %.8f vs %.8f, min gradient cosine %.8f, %d of %d tensors identical\n",
 		l1.total, l0.total, mn, same, counted);
-	free(p);
-	free(g0);
-	free(g1);
-	free(x);
-	free(y);
-	moe_model_free(mc);
-}
-
-/* SwiGLU in the TMA GEMMs' epilogues (MOE_CUDA_TMA_FUSE=3, forward and
- * down input gradient) against the separate kernels (0), "tma" both, on one
- * training step and on one with full activation recompute: the fused
- * kernels compute the same values (bit for bit in test_kernels), so the
- * losses agree to 1e-6 relative and every gradient tensor has cosine >=
- * 0.99999 (exactly equal tensors are counted in the log). */
-Test(backend, tma_swiglu_fusion_same_step, .timeout = 120)
-{
-	NEED_GPU();
-	if (!moe_cuda_grouped_tma_supported())
-		cr_skip_test("not an sm_90 device, or no tensor maps");
-	struct moe_config cfg;
-	float *p;
-	struct moe_model *mc = cpu_params(&cfg, 93, &p);
-	size_t np = moe_model_num_params(mc), nt = 0;
-	float *g0 = malloc(np * 4), *g1 = malloc(np * 4);
-	int B = 2, T = 112, N = B * T;
-	int32_t *x = malloc(N * 4), *y = malloc(N * 4);
-	rng_seed(7);
-	random_tokens(x, y, N, &cfg, 0);
-	const struct moe_param *tab = moe_model_params(mc, &nt);
-	for (int full = 0; full <= 1; full++) {
-		struct moe_losses l0, l1;
-		setenv("MOE_CUDA_YG", "keep", 1); /* the sequence the fused ops stand for (expert_down_bwd's) */
-		setenv("MOE_CUDA_TMA_FUSE", "0", 1);
-		gpu_step(&cfg, p, x, y, B, T, "tma", &l0, g0, full);
-		setenv("MOE_CUDA_TMA_FUSE", "3", 1);
-		gpu_step(&cfg, p, x, y, B, T, "tma", &l1, g1, full);
-		unsetenv("MOE_CUDA_TMA_FUSE");
-		unsetenv("MOE_CUDA_YG");
-		cr_expect(fabs(l1.total - l0.total) <= 1e-6 * fabs(l0.total), "recompute %d: loss fused %.8f vs %.8f",
-			  full, l1.total, l0.total);
-		int same = 0, counted = 0;
-		double mn = 2;
-		for (size_t i = 0; i < nt; i++) {
-			if (!tab[i].trainable)
-				continue;
-			double c = cosine(g1 + tab[i].offset, g0 + tab[i].offset, tab[i].numel);
-			mn = c < mn ? c : mn;
-			same += memcmp(g1 + tab[i].offset, g0 + tab[i].offset, tab[i].numel * 4) == 0;
-			counted++;
-			cr_expect(c >= 0.99999, "recompute %d: %s: gradient cosine fused vs unfused %.7f", full,
-				  tab[i].name, c);
-		}
-		fprintf(stderr,
-			"tma swiglu fused vs unfused (recompute %d): loss %.8f vs %.8f, min gradient cosine %.8f, %d of %d "
-			"tensors identical\n",
-			full, l1.total, l0.total, mn, same, counted);
-	}
 	free(p);
 	free(g0);
 	free(g1);
