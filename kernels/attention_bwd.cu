@@ -16,8 +16,8 @@
 #include <string.h>
 
 /* delta[b, h, t] = sum_d dout * out; one warp per (token, head), with VEC
- * 16-byte loads (Dh % 8 == 0, 16-byte aligned rows).  Also zeroes the
- * fused kernels' ncnt counters (and their blocks' ticket). */
+ * 16-byte loads (Dh % 8 == 0, 16-byte aligned rows).  Also zeroes fa3f's
+ * ncnt counters (and its blocks' ticket). */
 template <bool VEC>
 __global__ void att_delta_kernel(float *delta, int *cnt, int ncnt, const bf16 *dout, const bf16 *out, int ldo, int B,
 				 int T, int H, int Dh)
@@ -301,49 +301,38 @@ attention_dq_kernel(bf16 *dq, const bf16 *q, const bf16 *k, const bf16 *v, const
  *          ex2.approx.ftz (sm_90a; v1 elsewhere)
  *   3 wgeg wge with the grid in groups of 8 heads (a head's blocks run at
  *          the same time: the tiles they stream stay in L2)
- *   4 fu4g attention_wgmma.cu: one kernel, dK/dV per 128 keys and their dQ
- *          contributions summed in fp32 in a fixed order, the grid in
- *          groups of 8 heads (Dh 96 and 128; wge at 64)
- *   5 fa3  attention_fa3.cu: wgeg's two kernels warp-specialised: a TMA
+ *   4 fa3  attention_fa3.cu: wgeg's two kernels warp-specialised: a TMA
  *          producer warp, a ring of 4 stages on mbarriers, two consumer
  *          warpgroups that no block barrier ties together (Dh 64, 96, 128;
  *          bit-identical to wgeg; wgeg where it cannot run)
- *   6 fa3s2 fa3 with 2 stages
- *   7 fa3f attention_fa3.cu: one kernel in fa3's structure, dK/dV per 128
+ *   5 fa3f attention_fa3.cu: one kernel in fa3's structure, dK/dV per 128
  *          keys and the tiles' dQ contributions (5 products a tile pair)
  *          added to an fp32 dQ in a fixed order by a writer warp with
  *          bulk reduce-adds, then converted to bf16 (Dh 96 and 128; fa3 at
  *          64); 2 stages, 2 dQ buffers
- *   8 fa3f3 fa3f with 3 stages, 1 dQ buffer
- *   9 fa3fa fa3f with the dQ contributions added in any order: NOT
- *          deterministic (opt-in, for comparison only)
- *  10 fa3fc fa3f without the conversion kernel: key block 0, every
- *          tile's last contributor, adds the others' sum (loaded by its
- *          writer warp) to its own and writes dq in bf16
- *  11 fa3fc3 fa3fc with 3 stages, 1 dQ buffer
- * All but fa3fa are deterministic (run to run bit-identical).  Unless
- * chosen: fa3f at Dh 96 and 128 (session 10), wge at 64 (fa3 not timed
- * there); head sizes below 64 always run v1.  History: fa3 (session 5:
- * 0.872 ms against wgeg's 1.249 at seed-base, 3.964 against wge's 5.453 at
- * the olmoe shape; RESULTS-attention.md) was the default until session 9
- * made fa3f faster (bank-conflict-free dQ staging, software-pipelined
- * rounds: 0.85-0.88 ms against fa3's 0.87-0.90 at seed-base, 3.45 against
- * 4.07-4.23 at the olmoe-like shape; a step 0.5-0.9 ms faster at seed-base
- * on an H100, 0.5-2 ms at olmoe-1b-7b on an H200).  It stayed opt-in then
- * because its blocks (as fu4g's) wait for blocks launched before them, and
- * CUDA does not promise to dispatch those first; since session 10 they take
- * their place in that order from a ticket (awg_ticket), so a waited-for
- * block has started whatever the dispatch order.  fa3f's fp32 dQ tiles
- * (B H T Dh floats, 100 MB at olmoe-1b-7b micro-batch 3) are in the
- * scratch.  fu4g stays opt-in: slower than fa3f. */
-static const char *const att_bwd_names[] = {"v1",   "wge",  "wgeg",  "fu4g",  "fa3",   "fa3s2",
-					     "fa3f", "fa3f3", "fa3fa", "fa3fc", "fa3fc3"};
+ * All are deterministic (run to run bit-identical).  Unless chosen: fa3f
+ * at Dh 96 and 128 (session 10), wge at 64 (fa3 not timed there); head
+ * sizes below 64 always run v1.  History: fa3 (session 5: 0.872 ms against
+ * wgeg's 1.249 at seed-base, 3.964 against wge's 5.453 at the olmoe shape;
+ * RESULTS-attention.md) was the default until session 9 made fa3f faster
+ * (bank-conflict-free dQ staging, software-pipelined rounds: 0.85-0.88 ms
+ * against fa3's 0.87-0.90 at seed-base, 3.45 against 4.07-4.23 at the
+ * olmoe-like shape; a step 0.5-0.9 ms faster at seed-base on an H100,
+ * 0.5-2 ms at olmoe-1b-7b on an H200).  It stayed opt-in then because its
+ * blocks wait for blocks launched before them, and CUDA does not promise to
+ * dispatch those first; since session 10 they take their place in that
+ * order from a ticket (awg_ticket), so a waited-for block has started
+ * whatever the dispatch order.  fa3f's fp32 dQ tiles (B H T Dh floats, 100
+ * MB at olmoe-1b-7b micro-batch 3) are in the scratch.  The variants that
+ * lost (fu4g, fa3s2, fa3f3, fa3fa, fa3fc, fa3fc3) were removed in session
+ * 19; see git history and tests/bench/RESULTS-attention.md. */
+static const char *const att_bwd_names[] = {"v1", "wge", "wgeg", "fa3", "fa3f"};
 #define ATT_BWD_N ((int)(sizeof(att_bwd_names) / sizeof(att_bwd_names[0])))
 static struct att_choice att_bwd_ch = {"MOE_CUDA_ATTENTION_BWD", att_bwd_names, ATT_BWD_N, 0, -1};
 
 static int att_bwd_variant(int Dh)
 {
-	return Dh < 64 ? 1 : att_choose(&att_bwd_ch, Dh == 96 || Dh == 128 ? 7 : 2);
+	return Dh < 64 ? 1 : att_choose(&att_bwd_ch, Dh == 96 || Dh == 128 ? 5 : 2);
 }
 
 extern "C" const char *moe_cuda_attention_bwd_name(int Dh)
@@ -359,22 +348,21 @@ extern "C" const char *moe_cuda_attention_bwd_config(int v)
 	return att_bwd_names[att_bwd_variant(96) - 1];
 }
 
-/* The fused kernels' counters: one a (B, H, query tile of 64), then their
- * blocks' ticket (awg_ticket) */
+/* fa3f's counters: one a (B, H, query tile of 64), then its blocks' ticket
+ * (awg_ticket) */
 static int att_ncnt(int B, int T, int H) { return B * H * moe_cdiv(T, 64) + 1; }
 /* bytes of delta (B, H, T) rounded up to 16; of the counters rounded up to
  * 256 */
 static size_t att_delta_bytes(int B, int T, int H) { return ((size_t)B * H * T * sizeof(float) + 15) & ~(size_t)15; }
 static size_t att_cnt_bytes(int B, int T, int H) { return ((size_t)att_ncnt(B, T, H) * sizeof(int) + 255) & ~(size_t)255; }
-static bool att_fused_dh(int Dh) { return Dh == 96 || Dh == 128; }
-/* the variants with an fp32 dQ and counters in the scratch */
-static bool att_fused_var(int var, int Dh) { return (var == 4 || var >= 7) && att_fused_dh(Dh); }
+/* the variant with an fp32 dQ and counters in the scratch (fa3f at Dh 96
+ * and 128) */
+static bool att_fused_var(int var, int Dh) { return var == 5 && (Dh == 96 || Dh == 128); }
 
-/* delta, then, for variants 7-11 the one-kernel backward (attention_fa3.cu,
- * Dh 96 and 128), for 5-11 the warp-specialised two kernels, for 2-11 the
- * wgmma kernels (5-11 with wgeg's grid) where the device runs them, else
- * v1's two kernels; the scratch after delta: the fused kernels' counters
- * and fp32 dQ tiles (variants 4, 7-11) */
+/* delta, then, for variant 5 the one-kernel backward (attention_fa3.cu, Dh
+ * 96 and 128), for 4-5 the warp-specialised two kernels, for 2-5 the wgmma
+ * kernels (3-5 with wgeg's grid) where the device runs them, else v1's two
+ * kernels; the scratch after delta: fa3f's counters and fp32 dQ tiles */
 template <int DH>
 static int launch_bwd(bf16 *dq, bf16 *dk, bf16 *dv, float *delta, const bf16 *dout, const bf16 *q, const bf16 *k,
 		      const bf16 *v, const bf16 *out, const float *lse, int ldq, int ldk, int ldv, int ldo, int B,
@@ -388,21 +376,18 @@ static int launch_bwd(bf16 *dq, bf16 *dk, bf16 *dv, float *delta, const bf16 *do
 	float *dqacc = fused ? (float *)((char *)cnt + att_cnt_bytes(B, T, H)) : NULL;
 	if ((rc = att_delta(delta, cnt, fused ? att_ncnt(B, T, H) : 0, dout, out, ldo, B, T, H, DH, s, err)) != 0)
 		return rc;
-	/* kept: fa3f's kinds 0-2 leave dq's fp32 tiles to the caller */
-	bool keep = kept && var <= 9;
-	if (var >= 7 && fused &&
-	    (rc = moe_att_bwd_fa3f(dq, dk, dv, dout, q, k, v, lse, delta, dqacc, cnt, var - 7, keep, ldq, ldk, ldv, ldo,
-				   B, T, H, DH, s, err)) != 1) {
-		if (keep && rc == 0)
+	/* kept: fa3f leaves dq's fp32 tiles to the caller */
+	if (fused && (rc = moe_att_bwd_fa3f(dq, dk, dv, dout, q, k, v, lse, delta, dqacc, cnt, kept != NULL, ldq, ldk,
+					    ldv, ldo, B, T, H, DH, s, err)) != 1) {
+		if (kept && rc == 0)
 			*kept = dqacc;
 		return rc;
 	}
-	if (var >= 5 && (rc = moe_att_bwd_fa3(dq, dk, dv, dout, q, k, v, lse, delta, var == 6 ? 2 : 4, ldq, ldk, ldv,
-					      ldo, B, T, H, DH, s, err)) != 1)
+	if (var >= 4 && (rc = moe_att_bwd_fa3(dq, dk, dv, dout, q, k, v, lse, delta, ldq, ldk, ldv, ldo, B, T, H, DH,
+					      s, err)) != 1)
 		return rc;
-	if (var >= 2 && (rc = moe_att_bwd_wgmma(dq, dk, dv, dout, q, k, v, lse, delta, var == 4 ? dqacc : NULL,
-						var == 4 ? cnt : NULL, var == 3 || var >= 5,
-						ldq, ldk, ldv, ldo, B, T, H, DH, s, err)) != 1)
+	if (var >= 2 && (rc = moe_att_bwd_wgmma(dq, dk, dv, dout, q, k, v, lse, delta, var >= 3, ldq, ldk, ldv, ldo, B,
+						T, H, DH, s, err)) != 1)
 		return rc;
 	size_t sm1 = 6 * ATT_BR * LD * sizeof(bf16) + 4 * ATT_BR * sizeof(float);
 	size_t sm2 = 6 * ATT_BR * LD * sizeof(bf16);

@@ -160,30 +160,25 @@ static __device__ __forceinline__ void att_mm_pv(float (*acc)[4], const float (*
 int moe_att_fwd_wgmma(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, int ldq, int ldk, int ldv,
 		      int ldo, int B, int T, int H, int Dh, int ob, cudaStream_t s, struct moe_error *err);
 /* ... and the backward's dK/dV and dQ kernels in one launch (delta computed
- * by the caller), the same contract; with dqacc (fp32, B*H*cdiv(T, 64)*64*Dh)
- * and cnt (B*H*cdiv(T, 64) ints, zero) at Dh 96 and 128, the fused kernel
- * (one block per 128 keys, dQ summed in a fixed order), else the two
- * kernels, with grouped their grid in groups of 8 heads. */
+ * by the caller), the same contract; with grouped their grid in groups of 8
+ * heads. */
 int moe_att_bwd_wgmma(bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const bf16 *q, const bf16 *k, const bf16 *v,
-		      const float *lse, const float *delta, float *dqacc, int *cnt, int grouped, int ldq, int ldk,
-		      int ldv, int ldo, int B, int T, int H, int Dh, cudaStream_t s, struct moe_error *err);
+		      const float *lse, const float *delta, int grouped, int ldq, int ldk, int ldv, int ldo, int B, int T,
+		      int H, int Dh, cudaStream_t s, struct moe_error *err);
 /* attention_fa3.cu: the same two kernels warp-specialised (a TMA producer
- * warp, a ring of stages (2 or 4) on mbarriers, two consumer warpgroups),
- * Dh 64, 96, 128; the same contract (1: cannot run here). */
+ * warp, a ring of 4 stages on mbarriers, two consumer warpgroups), Dh 64,
+ * 96, 128; the same contract (1: cannot run here). */
 int moe_att_bwd_fa3(bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const bf16 *q, const bf16 *k, const bf16 *v,
-		    const float *lse, const float *delta, int stages, int ldq, int ldk, int ldv, int ldo, int B, int T,
-		    int H, int Dh, cudaStream_t s, struct moe_error *err);
+		    const float *lse, const float *delta, int ldq, int ldk, int ldv, int ldo, int B, int T, int H,
+		    int Dh, cudaStream_t s, struct moe_error *err);
 /* ... and the one-kernel backward (fa3f) at Dh 96 and 128: dqacc (fp32,
- * B*H*cdiv(T, 64)*64*Dh) and cnt (B*H*cdiv(T, 64) ints, zero) as the fused
- * kernel's; kind 0: 2 stages, 2 dQ buffers, 1: 3 stages, 1 dQ buffer (both
- * deterministic), 2: as 0 with the dQ contributions added in any order
- * (not reproducible), 3 and 4: as 0 and 1 with dq written by key block 0
- * instead of a conversion kernel.  keep (kinds 0-2): no conversion kernel,
- * dq left unwritten and its fp32 values in dqacc for the caller
- * (moe_cuda_attention_bwd_acc).  The same contract (1: cannot run
+ * B*H*cdiv(T, 64)*64*Dh) and cnt (B*H*cdiv(T, 64) ints, then the blocks'
+ * ticket, all zero), dQ summed in a fixed order (deterministic); keep: no
+ * conversion kernel, dq left unwritten and its fp32 values in dqacc for the
+ * caller (moe_cuda_attention_bwd_acc).  The same contract (1: cannot run
  * here). */
 int moe_att_bwd_fa3f(bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const bf16 *q, const bf16 *k, const bf16 *v,
-		     const float *lse, const float *delta, float *dqacc, int *cnt, int kind, bool keep, int ldq, int ldk,
-		     int ldv, int ldo, int B, int T, int H, int Dh, cudaStream_t s, struct moe_error *err);
+		     const float *lse, const float *delta, float *dqacc, int *cnt, bool keep, int ldq, int ldk, int ldv,
+		     int ldo, int B, int T, int H, int Dh, cudaStream_t s, struct moe_error *err);
 
 #endif

@@ -59,7 +59,8 @@ struct af_args {
 /* shared memory: the block's own rows (two tensors of 128 rows), NS stages
  * of two streamed 64-row tiles, NS x (lse, delta) of 64 each; every tile
  * 1024-byte aligned for the swizzle */
-template <int DH, int NS> struct af_cfg {
+template <int DH> struct af_cfg {
+	static constexpr int NS = 4;                           /* stages of the ring */
 	static constexpr int TB = 64 * 128 * ((DH + 63) / 64); /* one 64-row tile */
 	static constexpr int WB = 2 * TB;                      /* the block's 128 rows */
 	static constexpr int STAGE = 2 * TB;
@@ -70,11 +71,11 @@ template <int DH, int NS> struct af_cfg {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 /* dK, dV of keys [kt * 128, +128): consumer warpgroup cw (keys 64 cw..),
  * tile r of the block's stream is query tile i0 + r in stage r % NS */
-template <int DH, int NS>
+template <int DH>
 static __device__ __forceinline__ void af_dkdv(const struct af_args &A, int kt, int bh, uint32_t base,
 					       const float *Lsm, uint32_t full, uint32_t empty, uint32_t ownb)
 {
-	constexpr int TB = af_cfg<DH, NS>::TB, WB = af_cfg<DH, NS>::WB, KR = 128;
+	constexpr int TB = af_cfg<DH>::TB, WB = af_cfg<DH>::WB, NS = af_cfg<DH>::NS, KR = 128;
 	const float scale = A.scale;
 	const int T = A.T, H = A.H, b = bh / H, h = bh % H;
 	const int tid = threadIdx.x - 128, wg = tid / 128, w = (tid % 128) / 32, lane = tid % 32, g = lane / 4,
@@ -118,11 +119,11 @@ static __device__ __forceinline__ void af_dkdv(const struct af_args &A, int kt, 
 
 /* dQ of queries [qt * 128, +128): consumer warpgroup cw (queries 64 cw..),
  * tile j of the block's stream is key tile j in stage j % NS */
-template <int DH, int NS>
+template <int DH>
 static __device__ __forceinline__ void af_dq(const struct af_args &A, int qt, int bh, uint32_t base, uint32_t full,
 					     uint32_t empty, uint32_t ownb)
 {
-	constexpr int TB = af_cfg<DH, NS>::TB, WB = af_cfg<DH, NS>::WB, QR = 128;
+	constexpr int TB = af_cfg<DH>::TB, WB = af_cfg<DH>::WB, NS = af_cfg<DH>::NS, QR = 128;
 	constexpr bool QREG = DH <= 96; /* at 128 the fragments would spill */
 	const float scale = A.scale;
 	const int T = A.T, H = A.H, b = bh / H, h = bh % H;
@@ -235,7 +236,7 @@ static __device__ __forceinline__ void af_dq(const struct af_args &A, int qt, in
  * heads (awg_group): even y the dK/dV of key block y / 2 (the longest
  * first), odd y the dQ of query block NY / 2 - 1 - y / 2 (ditto).  Maps
  * (Dh, H, T, B) of q, k, v, dO. */
-template <int DH, int NS>
+template <int DH>
 __global__ void __launch_bounds__(AF_THREADS, 1)
 	attention_bwd_fa3_kernel(const __grid_constant__ CUtensorMap tq, const __grid_constant__ CUtensorMap tk,
 				 const __grid_constant__ CUtensorMap tv, const __grid_constant__ CUtensorMap tdo,
@@ -243,7 +244,7 @@ __global__ void __launch_bounds__(AF_THREADS, 1)
 {
 	MOE_PDL_ENTRY();
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-	constexpr int TB = af_cfg<DH, NS>::TB, WB = af_cfg<DH, NS>::WB, LOFF = af_cfg<DH, NS>::LOFF;
+	constexpr int TB = af_cfg<DH>::TB, WB = af_cfg<DH>::WB, LOFF = af_cfg<DH>::LOFF, NS = af_cfg<DH>::NS;
 	extern __shared__ unsigned char af_smem[];
 	__shared__ __align__(8) uint64_t bars[2 * NS + 1]; /* full[s] at 2s, empty[s] at 2s + 1, own last */
 	const uint32_t s0 = wg_smem_u32(af_smem), base = (s0 + 1023) & ~1023u;
@@ -308,28 +309,28 @@ __global__ void __launch_bounds__(AF_THREADS, 1)
 	}
 	asm volatile("setmaxnreg.inc.sync.aligned.u32 240;\n" ::: "memory");
 	if (kv)
-		af_dkdv<DH, NS>(A, blk, bh, base, Lsm, full, empty, ownb);
+		af_dkdv<DH>(A, blk, bh, base, Lsm, full, empty, ownb);
 	else
-		af_dq<DH, NS>(A, blk, bh, base, full, empty, ownb);
+		af_dq<DH>(A, blk, bh, base, full, empty, ownb);
 #endif
 }
 
-template <int DH, int NS>
+template <int DH>
 static int af_launch(const CUtensorMap *m, const struct af_args &A, cudaStream_t s, struct moe_error *err)
 {
-	constexpr size_t SMEM = af_cfg<DH, NS>::SMEM;
+	constexpr size_t SMEM = af_cfg<DH>::SMEM;
 	int rc;
-	if ((rc = CUDA_OK(cudaFuncSetAttribute(attention_bwd_fa3_kernel<DH, NS>,
+	if ((rc = CUDA_OK(cudaFuncSetAttribute(attention_bwd_fa3_kernel<DH>,
 					       cudaFuncAttributeMaxDynamicSharedMemorySize, (int)SMEM),
 			  err)) != 0)
 		return rc;
-	moe_launch(attention_bwd_fa3_kernel<DH, NS>, A.BH * A.NY, AF_THREADS, SMEM, s, m[0], m[1], m[2], m[3], A);
+	moe_launch(attention_bwd_fa3_kernel<DH>, A.BH * A.NY, AF_THREADS, SMEM, s, m[0], m[1], m[2], m[3], A);
 	return CUDA_LAUNCHED(err);
 }
 
 int moe_att_bwd_fa3(bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const bf16 *q, const bf16 *k, const bf16 *v,
-		    const float *lse, const float *delta, int stages, int ldq, int ldk, int ldv, int ldo, int B, int T,
-		    int H, int Dh, cudaStream_t s, struct moe_error *err)
+		    const float *lse, const float *delta, int ldq, int ldk, int ldv, int ldo, int B, int T, int H,
+		    int Dh, cudaStream_t s, struct moe_error *err)
 {
 	if ((Dh != 64 && Dh != 96 && Dh != 128) || !moe_cuda_grouped_wgmma_supported() || !wg_tmap_encoder() ||
 	    ((uintptr_t)q | (uintptr_t)k | (uintptr_t)v | (uintptr_t)dout) % 16)
@@ -340,19 +341,16 @@ int moe_att_bwd_fa3(bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const bf16 *
 		return 1;
 	struct af_args A = {dq, dk, dv, lse, delta, ldq, ldk, ldv, T, H, B * H, 2 * (int)moe_cdiv(T, 128),
 			    1.f / sqrtf((float)Dh)};
-#define AFL(DHV) (stages == 2 ? af_launch<DHV, 2>(m, A, s, err) : af_launch<DHV, 4>(m, A, s, err))
 	switch (Dh) {
-	case 64: return AFL(64);
-	case 96: return AFL(96);
-	default: return AFL(128);
+	case 64: return af_launch<64>(m, A, s, err);
+	case 96: return af_launch<96>(m, A, s, err);
+	default: return af_launch<128>(m, A, s, err);
 	}
-#undef AFL
 }
 
-/* The forward ('fa3' of attention_fwd.cu), warp-specialised the same way:
- * blocks of 128 queries, every head's longest first, the grid in groups of
- * 8 heads as the backward's (or, ungrouped, all heads' longest first, as
- * wg's);
+/* The forward ('fa3' and 'fa3k128' of attention_fwd.cu), warp-specialised
+ * the same way: blocks of 128 queries, every head's longest first, the grid
+ * in groups of 8 heads as the backward's;
  *
  *   warpgroup 0, the producer (setmaxnreg 24): one thread loads the block's
  *     128 Q rows (one mbarrier), then streams the K and V tiles of BN rows
@@ -538,15 +536,15 @@ static int aff_launch(const CUtensorMap *m, bf16 *out, float *lse, int ldo, int 
 }
 
 int moe_att_fwd_fa3(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, int ldq, int ldk, int ldv,
-		    int ldo, int B, int T, int H, int Dh, int bn, int grouped, cudaStream_t s, struct moe_error *err)
+		    int ldo, int B, int T, int H, int Dh, int bn, cudaStream_t s, struct moe_error *err)
 {
 	if ((Dh != 64 && Dh != 96 && Dh != 128) || !moe_cuda_grouped_wgmma_supported() || !wg_tmap_encoder() ||
 	    ((uintptr_t)q | (uintptr_t)k | (uintptr_t)v) % 16 || (size_t)B * H * moe_cdiv(T, 128) > INT_MAX)
 		return 1;
-	/* grouped: the blocks of AF_G heads together, so that the K/V rows
-	 * they all stream are read from L2 (one block an SM: ungrouped, the
-	 * running blocks are of ~132 heads, 100 MB of K/V at seed-base) */
-	const int G = grouped ? af_group("MOE_CUDA_FA3_G", &af_fwd_g, AF_G) : B * H;
+	/* the blocks of AF_G heads together, so that the K/V rows they all
+	 * stream are read from L2 (one block an SM: ungrouped, the running
+	 * blocks are of ~132 heads, 100 MB of K/V at seed-base) */
+	const int G = af_group("MOE_CUDA_FA3_G", &af_fwd_g, AF_G);
 	CUtensorMap m[3];
 	if (!af_map(&m[0], q, ldq, B, T, H, Dh) || !af_map(&m[1], k, ldk, B, T, H, Dh) ||
 	    !af_map(&m[2], v, ldv, B, T, H, Dh))
@@ -565,11 +563,11 @@ int moe_att_fwd_fa3(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const b
 #undef AFFL
 }
 
-/* The one-kernel backward ('fa3f', 'fa3f3', 'fa3fc', 'fa3fc3'; 'fa3fa'
- * unordered; opt-in: measured in session 6, RESULTS-attention.md), in the
- * structure of the two-kernel one above: one block of 384 threads per 128
- * keys (key block n of head bh), streaming the 64-row query tiles
- * i = 2n .. (Q, dO, lse, delta) through the TMA ring:
+/* The one-kernel backward ('fa3f' of attention_bwd.cu, the default at Dh 96
+ * and 128 since session 10; RESULTS-attention.md), in the structure of the
+ * two-kernel one above: one block of 384 threads per 128 keys (key block n
+ * of head bh), streaming the 64-row query tiles i = 2n .. (Q, dO, lse,
+ * delta) through the TMA ring:
  *
  *   warp 0, the producer: the block's K and V rows (one mbarrier), then the
  *     query tiles' Q and dO by the tensor copy engine, lse and delta by its
@@ -588,11 +586,10 @@ int moe_att_fwd_fa3(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const b
  *     at Dh 96 warpgroup 1's columns 96-127 are zeros and not stored):
  *     5 products a tile pair instead of the two kernels' 7.
  *
- * Determinism (fa3f, fa3f3): the contributions of key blocks n = i/2, ...,
- * 1, 0 to query tile i are added in that order: the first stores, each
- * later one waits until the tile's counter (zeroed by the delta kernel)
- * shows the i/2 - n before it, adds, waits for the add to complete and
- * counts itself.  So every element of dqacc is summed in a fixed order:
+ * Determinism: the contributions of key blocks n = i/2, ..., 1, 0 to query
+ * tile i are added in that order: the first stores, each later one waits
+ * until the tile's counter (zeroed by the delta kernel) shows the i/2 - n
+ * before it, adds, waits for the add to complete and counts itself.  So every element of dqacc is summed in a fixed order:
  * bit reproducible.  Forward progress: the grid (groups of A.G heads,
  * each group's highest key blocks first) orders every block a block waits for
  * before it, and a block's place in that order is its ticket (awg_ticket,
@@ -603,19 +600,15 @@ int moe_att_fwd_fa3(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const b
  * later block, so no cycle.  In the steady state block n reaches tile i two
  * tiles after block n + 1 (it starts two tiles earlier in the stream), so
  * the writer does not wait; the consumers wait only when both dQ buffers
- * are still queued.  fa3fa skips the order (dqacc zeroed, every
- * contribution added): NOT reproducible, opt-in only.
+ * are still queued.
  *
  * dq (bf16, the caller's row stride) is written from dqacc by a small
- * kernel after (fa3f, fa3f3), or (CVT: fa3fc, fa3fc3) by key block 0, the
- * last contributor of every tile: its writer loads the others' sum of the
- * tile into the staging buffer (a bulk copy on the buffer's mbarrier, after
- * the counter shows all of them), the consumers add their part (the same
- * fp32 additions in the same order as the reduce: bit-identical to fa3f)
- * and store bf16.  Dh 96 and 128 (the dQ product splits 128 columns between
- * the two warpgroups). */
-template <int DH, int NS, int NQB> struct afu_cfg {
+ * kernel after, or left to the caller as fp32 tiles (keep).  Dh 96 and 128
+ * (the dQ product splits 128 columns between the two warpgroups). */
+template <int DH> struct afu_cfg {
 	static_assert(DH == 96 || DH == 128, "fa3f: Dh 96 or 128");
+	static constexpr int NS = 2;             /* stages of the ring */
+	static constexpr int NQB = 2;            /* dQ buffers */
 	static constexpr int TB = 64 * 128 * 2;  /* one 64-row tile, two column blocks */
 	static constexpr int WB = 2 * TB;        /* the block's 128 K (or V) rows */
 	static constexpr int STAGE = 2 * TB;     /* Q, dO */
@@ -633,7 +626,7 @@ struct afu_args {
 	float *dqacc;             /* (BH, nq, 64, Dh) fp32, columns swizzled by row */
 	int *cnt;                 /* (BH, nq), zero: contributions added so far */
 	const float *lse, *delta; /* (B, H, T) */
-	int ldq, ldk, ldv, T, H, BH, NK, nq, ordered;
+	int ldq, ldk, ldv, T, H, BH, NK, nq;
 	float scale;
 	int G; /* heads a group of the grid (awg_group) */
 };
@@ -649,17 +642,14 @@ static __device__ __forceinline__ void afu_tt_n64(float *d, uint64_t da, uint64_
 		     : "l"(da), "l"(db), "r"(acc));
 }
 
-/* the consumers' dK, dV of keys [128 n, +128) and the tiles' dQ parts;
- * CVT: key block 0 (the last contributor of every tile) adds the others'
- * sum (loaded into its dQ buffer by the writer) to its own and writes dq in
- * bf16 */
-template <int DH, int NS, int NQB, bool CVT>
+/* the consumers' dK, dV of keys [128 n, +128) and the tiles' dQ parts */
+template <int DH>
 static __device__ __forceinline__ void afu_consume(const struct afu_args &A, int n, int bh, uint32_t base,
 						   const float *Lsm, float *dqs, uint32_t full, uint32_t empty,
 						   uint32_t ownb, uint32_t dqf, uint32_t dqe, uint32_t dsr)
 {
-	using C = afu_cfg<DH, NS, NQB>;
-	constexpr int TB = C::TB, WB = C::WB, KR = 128;
+	using C = afu_cfg<DH>;
+	constexpr int TB = C::TB, WB = C::WB, NS = C::NS, NQB = C::NQB, KR = 128;
 	const float scale = A.scale;
 	const int T = A.T, H = A.H, b = bh / H, h = bh % H;
 	const int tid = threadIdx.x - 128, wg = tid / 128, w = (tid % 128) / 32, lane = tid % 32, g = lane / 4,
@@ -674,42 +664,16 @@ static __device__ __forceinline__ void afu_consume(const struct afu_args &A, int
 	const float sl2 = scale * LOG2E;
 	/* tile rr's dQ contribution (64 queries x columns 64 wg .., register
 	 * 4d + e query 16 w + g + 8 (e / 2), column 64 wg + 8d + 2 t4 + e % 2)
-	 * into its dQ buffer for the writer; CVT's block 0 adds the others'
-	 * sum and writes dq in bf16.  The tile's row rr keeps column c at
-	 * c ^ 8 (rr & 3) (inside its 32-column group; the rows of a thread,
-	 * 16 w + g and + 8, both have rr & 3 = g & 3): rows are DH = 96 or 128
-	 * floats, a multiple of the 32 banks, so unswizzled the 8 rows of a
-	 * warp's float2 stores fell on the same 8 banks; now every store is 2
-	 * wavefronts.  dqacc holds the tiles in this layout (bulk copies), the
+	 * into its dQ buffer for the writer.  The tile's row rr keeps column
+	 * c at c ^ 8 (rr & 3) (inside its 32-column group; the rows of a
+	 * thread, 16 w + g and + 8, both have rr & 3 = g & 3): rows are DH =
+	 * 96 or 128 floats, a multiple of the 32 banks, so unswizzled the 8
+	 * rows of a warp's float2 stores fell on the same 8 banks; now every
+	 * store is 2 wavefronts.  dqacc holds the tiles in this layout (bulk copies), the
 	 * conversion kernel puts the columns back. */
 	auto stage = [&](int rr, const float *dq) {
-		const int ii = i0 + rr, qb = rr % NQB, sw = g & 3;
+		const int qb = rr % NQB, sw = g & 3;
 		float *o = dqs + qb * (64 * DH) + (16 * w + g) * DH + 64 * wg + 2 * t4;
-		if constexpr (CVT) {
-			if (n == 0) { /* block-uniform: the last contribution */
-				/* the others' sum in the buffer (tiles 0 and 1 have none) */
-				wg_bar_wait(dqe + 16 * qb, (rr / NQB) & 1);
-				const int qi = ii * 64 + 16 * w + g;
-#pragma unroll
-				for (int d = 0; d < 8; d++) {
-					if (64 * wg + 8 * d >= DH)
-						break;
-					float2 u = make_float2(0.f, 0.f), v = u;
-					if (ii >= 2) {
-						u = *(const float2 *)(o + 8 * (d ^ sw));
-						v = *(const float2 *)(o + 8 * DH + 8 * (d ^ sw));
-					}
-					bf16 *od = A.dq + ((size_t)b * T + qi) * A.ldq + h * DH + 64 * wg + 8 * d + 2 * t4;
-					if (qi < T)
-						*(__nv_bfloat162 *)od = __floats2bfloat162_rn(u.x + dq[4 * d], u.y + dq[4 * d + 1]);
-					if (qi + 8 < T)
-						*(__nv_bfloat162 *)(od + 8 * (size_t)A.ldq) =
-							__floats2bfloat162_rn(v.x + dq[4 * d + 2], v.y + dq[4 * d + 3]);
-				}
-				wg_arrive(dqf + 16 * qb); /* the buffer read */
-				return;
-			}
-		}
 		if (rr >= NQB) /* the writer is done with the buffer's last round */
 			wg_bar_wait(dqe + 16 * qb, ((rr / NQB) - 1) & 1);
 #pragma unroll
@@ -797,8 +761,8 @@ static __device__ __forceinline__ void afu_consume(const struct afu_args &A, int
 
 /* 1-D grid of BH heads x NK key blocks of 128 in groups of A.G heads
  * (awg_group), each group's highest key blocks first; maps (Dh, H, T, B)
- * of q, k, v, dO.  CVT: see afu_consume (ordered only) */
-template <int DH, int NS, int NQB, bool CVT>
+ * of q, k, v, dO */
+template <int DH>
 __global__ void __launch_bounds__(AF_THREADS, 1)
 	attention_bwd_fa3f_kernel(const __grid_constant__ CUtensorMap tq, const __grid_constant__ CUtensorMap tk,
 				  const __grid_constant__ CUtensorMap tv, const __grid_constant__ CUtensorMap tdo,
@@ -806,8 +770,8 @@ __global__ void __launch_bounds__(AF_THREADS, 1)
 {
 	MOE_PDL_ENTRY();
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-	using C = afu_cfg<DH, NS, NQB>;
-	constexpr int TB = C::TB, WB = C::WB;
+	using C = afu_cfg<DH>;
+	constexpr int TB = C::TB, WB = C::WB, NS = C::NS, NQB = C::NQB;
 	extern __shared__ unsigned char af_smem[];
 	/* full[s] at 2s, empty[s] at 2s + 1, own, then dq full[b], dq empty[b] */
 	__shared__ __align__(8) uint64_t bars[2 * NS + 1 + 2 * NQB + 2];
@@ -871,30 +835,6 @@ __global__ void __launch_bounds__(AF_THREADS, 1)
 				}
 				wg_arrive(f);
 			}
-		} else if (CVT && tid == 32 && n == 0) {
-			/* the last contributor's writer: the others' sum of each
-			 * tile into a dQ buffer (dqe: loaded; dqf: read) */
-			for (int r = 0; r < ntile; r++) {
-				const int i = r, qb = r % NQB;
-				const uint32_t dst = base + C::QOFF + qb * C::QTB, bar = dqe + 16 * qb;
-				if (r >= NQB) /* the consumers are done with the buffer's last round */
-					wg_bar_wait(dqf + 16 * qb, ((r / NQB) - 1) & 1);
-				if (i < 2) { /* no other contributor */
-					wg_arrive(bar);
-					continue;
-				}
-				const int *cnt = A.cnt + (size_t)bh * nq + i;
-				int c;
-				do
-					asm volatile("ld.acquire.gpu.global.b32 %0, [%1];\n" : "=r"(c) : "l"(cnt) : "memory");
-				while (c < i / 2);
-				asm volatile("fence.proxy.async.global;\n" ::: "memory");
-				wg_arrive_tx(bar, C::QTB);
-				asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, "
-					     "[%3];\n" ::"r"(dst),
-					     "l"(A.dqacc + ((size_t)bh * nq + i) * (64 * DH)), "n"(C::QTB), "r"(bar)
-					     : "memory");
-			}
 		} else if (tid == 32) { /* the dQ writer */
 			for (int r = 0; r < ntile; r++) {
 				const int i = first + r, qb = r % NQB;
@@ -902,21 +842,16 @@ __global__ void __launch_bounds__(AF_THREADS, 1)
 				int *cnt = A.cnt + (size_t)bh * nq + i;
 				const uint32_t src = base + C::QOFF + qb * C::QTB;
 				wg_bar_wait(dqf + 16 * qb, (r / NQB) & 1);
-				if (A.ordered && i / 2 == n) {
+				if (i / 2 == n) {
 					asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;\n" ::"l"(gd),
 						     "r"(src), "n"(C::QTB)
 						     : "memory");
 				} else {
-					if (A.ordered) {
-						int c;
-						do
-							asm volatile("ld.acquire.gpu.global.b32 %0, [%1];\n"
-								     : "=r"(c)
-								     : "l"(cnt)
-								     : "memory");
-						while (c < i / 2 - n);
-						asm volatile("fence.proxy.async.global;\n" ::: "memory");
-					}
+					int c;
+					do
+						asm volatile("ld.acquire.gpu.global.b32 %0, [%1];\n" : "=r"(c) : "l"(cnt) : "memory");
+					while (c < i / 2 - n);
+					asm volatile("fence.proxy.async.global;\n" ::: "memory");
 					asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], "
 						     "%2;\n" ::"l"(gd),
 						     "r"(src), "n"(C::QTB)
@@ -925,7 +860,7 @@ __global__ void __launch_bounds__(AF_THREADS, 1)
 				asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
 				asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
 				wg_arrive(dqe + 16 * qb);
-				if (A.ordered && n > 0) { /* n = 0 is the last: nobody waits for it */
+				if (n > 0) { /* n = 0 is the last: nobody waits for it */
 					asm volatile("fence.proxy.async.global;\n" ::: "memory");
 					asm volatile("red.release.gpu.global.add.s32 [%0], 1;\n" ::"l"(cnt) : "memory");
 				}
@@ -934,8 +869,7 @@ __global__ void __launch_bounds__(AF_THREADS, 1)
 		return;
 	}
 	asm volatile("setmaxnreg.inc.sync.aligned.u32 240;\n" ::: "memory");
-	afu_consume<DH, NS, NQB, CVT>(A, n, bh, base, Lsm, (float *)(gb + C::QOFF), full, empty, ownb, dqf, dqe,
-				      dsr);
+	afu_consume<DH>(A, n, bh, base, Lsm, (float *)(gb + C::QOFF), full, empty, ownb, dqf, dqe, dsr);
 #endif
 }
 
@@ -962,31 +896,27 @@ __global__ void attention_fa3f_dq_kernel(bf16 *dq, const float *acc, int ldq, in
 	o[1] = __floats2bfloat162_rn(v.z, v.w);
 }
 
-template <int DH, int NS, int NQB, bool CVT>
+template <int DH>
 static int afu_launch(const CUtensorMap *m, const struct afu_args &A, bf16 *dq, int ldq, bool keep, cudaStream_t s,
 		      struct moe_error *err)
 {
-	constexpr size_t SMEM = afu_cfg<DH, NS, NQB>::SMEM;
+	constexpr size_t SMEM = afu_cfg<DH>::SMEM;
 	int rc;
-	if ((rc = CUDA_OK(cudaFuncSetAttribute(attention_bwd_fa3f_kernel<DH, NS, NQB, CVT>,
+	if ((rc = CUDA_OK(cudaFuncSetAttribute(attention_bwd_fa3f_kernel<DH>,
 					       cudaFuncAttributeMaxDynamicSharedMemorySize, (int)SMEM),
 			  err)) != 0)
 		return rc;
-	const size_t nacc = (size_t)A.BH * A.nq * 64 * DH;
-	if (!A.ordered && (rc = CUDA_OK(cudaMemsetAsync(A.dqacc, 0, nacc * sizeof(float), s), err)) != 0)
+	moe_launch(attention_bwd_fa3f_kernel<DH>, A.BH * A.NK, AF_THREADS, SMEM, s, m[0], m[1], m[2], m[3], A);
+	if ((rc = CUDA_LAUNCHED(err)) != 0 || keep)
 		return rc;
-	moe_launch(attention_bwd_fa3f_kernel<DH, NS, NQB, CVT>, A.BH * A.NK, AF_THREADS, SMEM, s, m[0], m[1], m[2],
-		   m[3], A);
-	if ((rc = CUDA_LAUNCHED(err)) != 0 || CVT || keep)
-		return rc;
-	const size_t n4 = nacc / 4;
+	const size_t n4 = (size_t)A.BH * A.nq * 64 * DH / 4;
 	moe_launch(attention_fa3f_dq_kernel<DH>, moe_cdiv(n4, 256), 256, 0, s, dq, A.dqacc, ldq, A.T, A.H, A.nq, n4);
 	return CUDA_LAUNCHED(err);
 }
 
 int moe_att_bwd_fa3f(bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const bf16 *q, const bf16 *k, const bf16 *v,
-		     const float *lse, const float *delta, float *dqacc, int *cnt, int kind, bool keep, int ldq, int ldk,
-		     int ldv, int ldo, int B, int T, int H, int Dh, cudaStream_t s, struct moe_error *err)
+		     const float *lse, const float *delta, float *dqacc, int *cnt, bool keep, int ldq, int ldk, int ldv,
+		     int ldo, int B, int T, int H, int Dh, cudaStream_t s, struct moe_error *err)
 {
 	if ((Dh != 96 && Dh != 128) || !moe_cuda_grouped_wgmma_supported() || !wg_tmap_encoder() ||
 	    ((uintptr_t)q | (uintptr_t)k | (uintptr_t)v | (uintptr_t)dout | (uintptr_t)dqacc) % 16 ||
@@ -997,7 +927,7 @@ int moe_att_bwd_fa3f(bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const bf16 
 	    !af_map(&m[2], v, ldv, B, T, H, Dh) || !af_map(&m[3], dout, ldo, B, T, H, Dh))
 		return 1;
 	struct afu_args A = {dq,  dk,  dv,  dqacc, cnt, lse, delta, ldq, ldk, ldv, T, H, B * H, (int)moe_cdiv(T, 128),
-			     (int)moe_cdiv(T, 64), kind != 2, 1.f / sqrtf((float)Dh), 0};
+			     (int)moe_cdiv(T, 64), 1.f / sqrtf((float)Dh), 0};
 	/* from 32 key blocks of 128 up (T > 3968) groups of about 64 blocks (2 heads
 	 * at T 4096), else 8 heads: on an H100 (session 10, call 61) groups of
 	 * 2 took 3.550 ms against 8's 3.665 / 3.668 at the olmoe-like shape
@@ -1007,14 +937,5 @@ int moe_att_bwd_fa3f(bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const bf16 
 	 * step (call 62); at seed-base (T 2048) groups of 1 to 16 all took
 	 * 0.844-0.857 ms, 32 0.951, 128 1.201 */
 	A.G = af_group("MOE_CUDA_FA3F_G", &afu_g, A.NK >= 32 ? (A.NK >= 64 ? 1 : 64 / A.NK) : AF_G);
-	/* kind 0: 2 stages, 2 dQ buffers; 1: 3 stages, 1 buffer; 2: as 0,
-	 * unordered; 3, 4: as 0, 1 with dq written by key block 0 (no
-	 * conversion kernel) */
-#define AFUL(DHV)                                                                          \
-	(kind == 1   ? afu_launch<DHV, 3, 1, false>(m, A, dq, ldq, keep, s, err)           \
-	 : kind == 3 ? afu_launch<DHV, 2, 2, true>(m, A, dq, ldq, keep, s, err)            \
-	 : kind == 4 ? afu_launch<DHV, 3, 1, true>(m, A, dq, ldq, keep, s, err)            \
-		     : afu_launch<DHV, 2, 2, false>(m, A, dq, ldq, keep, s, err))
-	return Dh == 96 ? AFUL(96) : AFUL(128);
-#undef AFUL
+	return Dh == 96 ? afu_launch<96>(m, A, dq, ldq, keep, s, err) : afu_launch<128>(m, A, dq, ldq, keep, s, err);
 }

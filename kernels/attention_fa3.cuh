@@ -1,6 +1,6 @@
 /* Shared by the warp-specialised attention kernels of attention_fa3.cu
- * (fa3, fa3k128, fa3h forward; fa3, fa3f... backward) and attention_fa3p.cu
- * (fa3p, fa3pk128, fa3pn): the 4-D tensor map of q, k, v and its tile
+ * (fa3, fa3k128 forward; fa3, fa3f backward) and attention_fa3p.cu
+ * (fa3pk128): the 4-D tensor map of q, k, v and its tile
  * loads, and the forward's per-tile helpers on Hopper warpgroup MMAs (the
  * score tile S = Q K^T, O += P V, the online softmax of a score tile;
  * sm_90a only). */

@@ -1,9 +1,9 @@
 /* The causal flash-attention forward on Hopper, persistent and ping-pong
- * ('fa3p', 'fa3pk128', 'fa3pn' of attention_fwd.cu): attention_fa3.cu's
- * warp-specialised forward (a TMA producer thread, two consumer
- * warpgroups of 64 queries over blocks of 128 queries, K/V tiles in an
- * mbarrier ring, each tile's softmax beside the previous tile's P V) with
- * what FlashAttention-3 adds beyond it:
+ * ('fa3pk128' of attention_fwd.cu): attention_fa3.cu's warp-specialised
+ * forward with 128-row key tiles ('fa3k128': a TMA producer thread, two
+ * consumer warpgroups of 64 queries over blocks of 128 queries, K/V tiles
+ * in an mbarrier ring of 3 stages, each tile's softmax beside the previous
+ * tile's P V) with what FlashAttention-3 adds beyond it:
  *
  *   persistent grid: one block an SM (at most one a work item) loops over
  *     work items (head, 128-query block) in the order of fa3's grid (groups
@@ -12,32 +12,31 @@
  *     i; the producer thread then claims the next one with one atomicInc
  *     on a device counter (greedy, as the hardware hands out fa3's blocks)
  *     and passes it to the consumers in shared memory through the Q
- *     buffer's mbarrier.  Q is double-buffered (fa3p, fa3pn), so the next
- *     item's Q load and its first K/V tiles overlap this item's products,
- *     and no block start, barrier set-up or register re-split is paid per
- *     item.  The counter needs no reset: atomicInc wraps at total - 1, and
- *     a launch makes exactly `total` claims (one after each item a block
- *     runs, the last failing), so every launch leaves it at 0.  Hence one
- *     launch at a time a device: a launch on another stream than the
- *     device's last one waits for the device first (afp_one_at_a_time;
- *     the backend runs the forward on one stream, so it never waits);
- *   ping-pong (fa3p, fa3pk128): the two consumer warpgroups take turns at
- *     the tensor cores, with named barriers 1 and 2: in each turn a
- *     warpgroup issues S_j = Q K_j^T and O += P_{j-1} V_{j-1}, then lets
- *     the other issue its pair, so one warpgroup's softmax runs while the
- *     other's products do.  Both warpgroups take one turn for every key
- *     tile the block streams (a turn without products where a tile is past
- *     a warpgroup's diagonal), so their turns pair up item after item;
- *     warpgroup 1 goes first, and takes the last arrival of warpgroup 2 at
- *     its exit;
- *   fa3pk128: 128-row key tiles in 3 stages with one Q buffer (224 KB);
- *     the producer loads the next item's first two K/V tiles before its Q
- *     (which must wait until both warpgroups are done with this item's).
+ *     buffer's mbarrier.  The producer loads the next item's first two K/V
+ *     tiles before its Q (which must wait until both warpgroups are done
+ *     with this item's), and no block start, barrier set-up or register
+ *     re-split is paid per item.  The counter needs no reset: atomicInc
+ *     wraps at total - 1, and a launch makes exactly `total` claims (one
+ *     after each item a block runs, the last failing), so every launch
+ *     leaves it at 0.  Hence one launch at a time a device: a launch on
+ *     another stream than the device's last one waits for the device first
+ *     (afp_one_at_a_time; the backend runs the forward on one stream, so it
+ *     never waits);
+ *   ping-pong: the two consumer warpgroups take turns at the tensor cores,
+ *     with named barriers 1 and 2: in each turn a warpgroup issues S_j = Q
+ *     K_j^T and O += P_{j-1} V_{j-1}, then lets the other issue its pair,
+ *     so one warpgroup's softmax runs while the other's products do.  Both
+ *     warpgroups take one turn for every key tile the block streams (a
+ *     turn without products where a tile is past a warpgroup's diagonal),
+ *     so their turns pair up item after item; warpgroup 1 goes first, and
+ *     takes the last arrival of warpgroup 2 at its exit.
  *
- * The products, the softmax and the order of every fp32 operation are
- * fa3's (fa3p, fa3pn) or fa3k128's (fa3pk128), so the results should be
+ * Shared memory 225 KB at Dh 96 and 128.  The products, the softmax and the
+ * order of every fp32 operation are fa3k128's, so the results should be
  * bit-identical to those (the tests report it); deterministic either way:
- * which block runs an item changes nothing in it.
+ * which block runs an item changes nothing in it.  The variants with 64-row
+ * tiles, two Q buffers or no ping-pong (fa3p, fa3pn) were removed in
+ * session 19 (git history, RESULTS-attention.md).
  *
  * The forward's product and softmax helpers (aff_s, aff_pv, aff_softmax,
  * aff_fence_frags) and the 4-D tensor map and its tile loads (af_map,
@@ -52,16 +51,16 @@
 #define AFP_THREADS 384 /* producer warpgroup + two consumer warpgroups */
 #define AFP_G 8         /* heads a group of the work order */
 
-/* shared memory: NQ buffers of the block's 128 Q rows, NS stages of a K
- * and a V tile of BN rows; every tile 1024-byte aligned for the swizzle */
-template <int DH, int BN, int NS, int NQ> struct afp_cfg {
+/* shared memory: the block's 128 Q rows, NS stages of a K and a V tile of
+ * BN rows; every tile 1024-byte aligned for the swizzle */
+template <int DH> struct afp_cfg {
+	static constexpr int BN = 128;            /* key tile rows */
+	static constexpr int NS = 3;              /* stages of the ring */
 	static_assert(NS >= 2, "a stage is handed back only after the next tile's S");
-	static_assert(BN == 64 || BN == 128, "key tiles of 64 or 128 rows");
-	static_assert(NQ == 1 || NQ == 2, "one or two Q buffers");
 	static constexpr int CB = (DH + 63) / 64; /* column blocks of 64 */
 	static constexpr int TB = BN * 128 * CB;  /* one K or V tile */
 	static constexpr int QB = 128 * 128 * CB; /* the block's 128 Q rows */
-	static constexpr size_t SMEM = 1024 + (size_t)NQ * QB + (size_t)NS * 2 * TB;
+	static constexpr size_t SMEM = 1024 + (size_t)QB + (size_t)NS * 2 * TB;
 };
 
 /* the claim counter (see the top) */
@@ -82,28 +81,24 @@ template <int ID> static __device__ __forceinline__ void afp_bar_arrive()
 /* The start of a consumer warpgroup's turn at the tensor cores (gt: the
  * block's turn number, one a streamed key tile): warpgroup 1 (cw 0) waits
  * for warpgroup 2's previous turn (none before its first), warpgroup 2 for
- * warpgroup 1's turn gt; and its end, the other's go.  PP 0: no turns. */
-template <bool PP> static __device__ __forceinline__ void afp_turn_begin(int cw, unsigned gt)
+ * warpgroup 1's turn gt; and its end, the other's go. */
+static __device__ __forceinline__ void afp_turn_begin(int cw, unsigned gt)
 {
-	if constexpr (PP) {
-		__syncwarp();
-		if (cw == 0) {
-			if (gt > 0)
-				afp_bar_sync<1>();
-		} else {
-			afp_bar_sync<2>();
-		}
+	__syncwarp();
+	if (cw == 0) {
+		if (gt > 0)
+			afp_bar_sync<1>();
+	} else {
+		afp_bar_sync<2>();
 	}
 }
-template <bool PP> static __device__ __forceinline__ void afp_turn_end(int cw)
+static __device__ __forceinline__ void afp_turn_end(int cw)
 {
-	if constexpr (PP) {
-		__syncwarp();
-		if (cw == 0)
-			afp_bar_arrive<2>();
-		else
-			afp_bar_arrive<1>();
-	}
+	__syncwarp();
+	if (cw == 0)
+		afp_bar_arrive<2>();
+	else
+		afp_bar_arrive<1>();
 }
 
 /* One work item, queries [q0 + 64 cw, +64) of head bh, for consumer
@@ -113,12 +108,12 @@ template <bool PP> static __device__ __forceinline__ void afp_turn_end(int cw)
  * (one arrival a warp on empty), in order within a stage, so that each
  * phase of an empty barrier counts one round's arrivals only; and hands
  * the Q buffer back (qe) once its last product is done. */
-template <int DH, int BN, int NS, bool PP>
+template <int DH>
 static __device__ __forceinline__ void afp_item(bf16 *out, float *lse, int ldo, int T, int H, float sl2, int bh,
 						int q0, int ntile, unsigned r0, uint32_t sq, uint32_t sst,
 						uint32_t full, uint32_t empty, uint32_t qe)
 {
-	constexpr int TB = afp_cfg<DH, BN, NS, 1>::TB;
+	constexpr int TB = afp_cfg<DH>::TB, BN = afp_cfg<DH>::BN, NS = afp_cfg<DH>::NS;
 	const int tid = threadIdx.x - 128, cw = tid / 128, w = (tid % 128) / 32, lane = tid % 32, g = lane / 4,
 		  t4 = lane % 4;
 	const int wq0 = q0 + 64 * cw, rq = wq0 + 16 * w + g; /* rows rq, rq + 8 */
@@ -138,9 +133,9 @@ static __device__ __forceinline__ void afp_item(bf16 *out, float *lse, int ldo, 
 		{
 			const unsigned gt = r0;
 			wg_bar_wait(full + 8 * (gt % NS), (gt / NS) & 1);
-			afp_turn_begin<PP>(cw, gt);
+			afp_turn_begin(cw, gt);
 			aff_s<DH, BN>(s, sq, sst + (gt % NS) * 2 * TB, cw);
-			afp_turn_end<PP>(cw);
+			afp_turn_end(cw);
 			wg_wait<0>();
 			wg_fence_regs<BN / 2>(s);
 			aff_softmax(s, m, l, alpha, 0, rq, BN > wq0 || BN > T, T, sl2);
@@ -150,10 +145,10 @@ static __device__ __forceinline__ void afp_item(bf16 *out, float *lse, int ldo, 
 			const unsigned gt = r0 + j;
 			const int st = gt % NS, sp = (gt - 1) % NS, k0 = BN * j;
 			wg_bar_wait(full + 8 * st, (gt / NS) & 1);
-			afp_turn_begin<PP>(cw, gt);
+			afp_turn_begin(cw, gt);
 			aff_s<DH, BN>(s, sq, sst + st * 2 * TB, cw);
 			aff_pv<DH, BN>(o, pa, sst + sp * 2 * TB + TB); /* O += P_{j-1} V_{j-1} */
-			afp_turn_end<PP>(cw);
+			afp_turn_end(cw);
 			wg_wait<1>(); /* S_j done, P V may still run */
 			wg_fence_regs<BN / 2>(s);
 			aff_softmax(s, m, l, alpha, k0, rq, k0 + BN > wq0 || k0 + BN > T, T, sl2);
@@ -192,8 +187,8 @@ static __device__ __forceinline__ void afp_item(bf16 *out, float *lse, int ldo, 
 		const unsigned gt = r0 + j;
 		const int st = gt % NS;
 		wg_bar_wait(full + 8 * st, (gt / NS) & 1);
-		afp_turn_begin<PP>(cw, gt);
-		afp_turn_end<PP>(cw);
+		afp_turn_begin(cw, gt);
+		afp_turn_end(cw);
 		__syncwarp();
 		if (lane == 0)
 			wg_arrive(empty + 8 * st);
@@ -215,9 +210,9 @@ static __device__ __forceinline__ void afp_item(bf16 *out, float *lse, int ldo, 
  * (head bh, y), queries from 128 (NY - 1 - y); maps (Dh, H, T, B) of q, k,
  * v.  Ring bookkeeping: the producer and every consumer count the key
  * tiles the block has streamed (r: stage r % NS, phase parity (r / NS) &
- * 1) and the items (n: Q buffer n % NQ, parity (n / NQ) & 1), all from 0
- * at the start, so the parities carry over from one item to the next. */
-template <int DH, int BN, int NS, int NQ, bool PP>
+ * 1) and the items (n: the Q buffer's parity n & 1), all from 0 at the
+ * start, so the parities carry over from one item to the next. */
+template <int DH>
 __global__ void __launch_bounds__(AFP_THREADS, 1)
 	attention_fwd_fa3p_kernel(const __grid_constant__ CUtensorMap tq, const __grid_constant__ CUtensorMap tk,
 				  const __grid_constant__ CUtensorMap tv, bf16 *out, float *lse, int ldo, int T, int H,
@@ -225,25 +220,22 @@ __global__ void __launch_bounds__(AFP_THREADS, 1)
 {
 	MOE_PDL_ENTRY();
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-	constexpr int TB = afp_cfg<DH, BN, NS, NQ>::TB, QB = afp_cfg<DH, BN, NS, NQ>::QB;
+	constexpr int TB = afp_cfg<DH>::TB, QB = afp_cfg<DH>::QB, BN = afp_cfg<DH>::BN, NS = afp_cfg<DH>::NS;
 	extern __shared__ unsigned char afp_smem[];
-	/* full[s] at s, empty[s] at NS + s, qfull[i] at 2 NS + i, qempty[i] at
-	 * 2 NS + NQ + i */
-	__shared__ __align__(8) uint64_t bars[2 * NS + 2 * NQ];
-	__shared__ int items[NQ]; /* the item in Q buffer i, -1: no more */
-	const uint32_t base = (wg_smem_u32(afp_smem) + 1023) & ~1023u, sst = base + NQ * QB;
+	/* full[s] at s, empty[s] at NS + s, qfull at 2 NS, qempty at 2 NS + 1 */
+	__shared__ __align__(8) uint64_t bars[2 * NS + 2];
+	__shared__ int item; /* the item in the Q buffer, -1: no more */
+	const uint32_t base = (wg_smem_u32(afp_smem) + 1023) & ~1023u, sst = base + QB;
 	const uint32_t full = wg_smem_u32(&bars[0]), empty = full + 8 * NS, qfull = full + 16 * NS,
-		       qempty = qfull + 8 * NQ;
+		       qempty = qfull + 8;
 	const int tid = threadIdx.x, total = BH * NY;
 	if (tid == 0) {
 		for (int s = 0; s < NS; s++) {
 			wg_bar_init(full + 8 * s, 1);  /* the producer's arrival, and the bytes */
 			wg_bar_init(empty + 8 * s, 8); /* one arrival a consumer warp */
 		}
-		for (int i = 0; i < NQ; i++) {
-			wg_bar_init(qfull + 8 * i, 1);  /* the producer's, and Q's bytes */
-			wg_bar_init(qempty + 8 * i, 8); /* one a consumer warp */
-		}
+		wg_bar_init(qfull, 1);  /* the producer's, and Q's bytes */
+		wg_bar_init(qempty, 8); /* one a consumer warp */
 		asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
 	}
 	__syncthreads();
@@ -257,31 +249,29 @@ __global__ void __launch_bounds__(AFP_THREADS, 1)
 		unsigned r = 0; /* key tiles streamed */
 		int it = blockIdx.x;
 		for (int n = 0;; n++) {
-			const int qs = n % NQ;
-			const uint32_t qf = qfull + 8 * qs, qe = qempty + 8 * qs;
 			if (it >= total) {
-				/* the buffer's last item read by every consumer warp
-				 * before the sentinel overwrites it */
-				if (n >= NQ)
-					wg_bar_wait(qe, ((n / NQ) - 1) & 1);
-				items[qs] = -1;
-				wg_arrive(qf);
+				/* the last item read by every consumer warp before
+				 * the sentinel overwrites it */
+				if (n >= 1)
+					wg_bar_wait(qempty, (n - 1) & 1);
+				item = -1;
+				wg_arrive(qfull);
 				return;
 			}
 			int bh, y;
 			awg_group(it, BH, NY, G, bh, y);
 			const int b = bh / H, h = bh % H, q0 = 128 * (NY - 1 - y);
 			const int ntile = (min(q0 + 128, T) - 1) / BN + 1; /* key tiles 0 .. the diagonal */
-			/* one Q buffer: the first K/V tiles before Q, which waits
-			 * for the consumers to finish the previous item */
-			const int pre = NQ == 1 ? min(NS - 1, ntile) : 0;
+			/* the first K/V tiles before Q, which waits for the
+			 * consumers to finish the previous item */
+			const int pre = min(NS - 1, ntile);
 			for (int x = 0; x < ntile; x++, r++) {
 				if (x == pre) {
-					if (n >= NQ) /* every consumer warp done with the buffer's last item */
-						wg_bar_wait(qe, ((n / NQ) - 1) & 1);
-					items[qs] = it;
-					wg_arrive_tx(qf, QB);
-					af_load<DH, 2, 2>(base + qs * QB, &tq, h, q0, b, 0, qf);
+					if (n >= 1) /* every consumer warp done with the last item's Q */
+						wg_bar_wait(qempty, (n - 1) & 1);
+					item = it;
+					wg_arrive_tx(qfull, QB);
+					af_load<DH, 2, 2>(base, &tq, h, q0, b, 0, qfull);
 				}
 				const int st = r % NS;
 				const uint32_t f = full + 8 * st, d = sst + st * 2 * TB;
@@ -291,12 +281,12 @@ __global__ void __launch_bounds__(AFP_THREADS, 1)
 				af_load<DH, BN / 64, BN / 64>(d, &tk, h, BN * x, b, 0, f);
 				af_load<DH, BN / 64, BN / 64>(d + TB, &tv, h, BN * x, b, 0, f);
 			}
-			if (pre == ntile) { /* not issued in the loop (NQ 1, ntile < NS) */
-				if (n >= NQ)
-					wg_bar_wait(qe, ((n / NQ) - 1) & 1);
-				items[qs] = it;
-				wg_arrive_tx(qf, QB);
-				af_load<DH, 2, 2>(base + qs * QB, &tq, h, q0, b, 0, qf);
+			if (pre == ntile) { /* not issued in the loop (ntile < NS) */
+				if (n >= 1)
+					wg_bar_wait(qempty, (n - 1) & 1);
+				item = it;
+				wg_arrive_tx(qfull, QB);
+				af_load<DH, 2, 2>(base, &tq, h, q0, b, 0, qfull);
 			}
 			/* the next item: values 0 .. total - 1 in claim order;
 			 * the last gridDim.x of them are past the items */
@@ -307,20 +297,18 @@ __global__ void __launch_bounds__(AFP_THREADS, 1)
 	const int cw = (tid - 128) / 128;
 	unsigned r = 0; /* key tiles streamed (turns taken) */
 	for (int n = 0;; n++) {
-		const int qs = n % NQ;
-		wg_bar_wait(qfull + 8 * qs, (n / NQ) & 1);
-		const int it = *(volatile int *)&items[qs];
+		wg_bar_wait(qfull, n & 1);
+		const int it = *(volatile int *)&item;
 		if (it < 0)
 			break;
 		int bh, y;
 		awg_group(it, BH, NY, G, bh, y);
 		const int q0 = 128 * (NY - 1 - y), ntile = (min(q0 + 128, T) - 1) / BN + 1;
-		afp_item<DH, BN, NS, PP>(out, lse, ldo, T, H, sl2, bh, q0, ntile, r, base + qs * QB, sst, full, empty,
-					 qempty + 8 * qs);
+		afp_item<DH>(out, lse, ldo, T, H, sl2, bh, q0, ntile, r, base, sst, full, empty, qempty);
 		r += ntile;
 	}
 	/* warpgroup 2's arrival after its last turn */
-	if (PP && cw == 0 && r > 0) {
+	if (cw == 0 && r > 0) {
 		__syncwarp();
 		afp_bar_sync<1>();
 	}
@@ -356,13 +344,13 @@ extern "C" void moe_cuda_attention_fa3p_grid(int n)
 	afp_grid_cap = n > 0 ? n : 0;
 }
 
-template <int DH, int BN, int NS, int NQ, bool PP>
+template <int DH>
 static int afp_launch(const CUtensorMap *m, bf16 *out, float *lse, int ldo, int B, int T, int H, cudaStream_t s,
 		      struct moe_error *err)
 {
-	constexpr size_t SMEM = afp_cfg<DH, BN, NS, NQ>::SMEM;
+	constexpr size_t SMEM = afp_cfg<DH>::SMEM;
 	int rc;
-	if ((rc = CUDA_OK(cudaFuncSetAttribute(attention_fwd_fa3p_kernel<DH, BN, NS, NQ, PP>,
+	if ((rc = CUDA_OK(cudaFuncSetAttribute(attention_fwd_fa3p_kernel<DH>,
 					       cudaFuncAttributeMaxDynamicSharedMemorySize, (int)SMEM),
 			  err)) != 0 ||
 	    (rc = afp_one_at_a_time(s, err)) != 0)
@@ -371,35 +359,26 @@ static int afp_launch(const CUtensorMap *m, bf16 *out, float *lse, int ldo, int 
 	int grid = total < moe_cuda_sms() ? total : moe_cuda_sms();
 	if (afp_grid_cap > 0 && afp_grid_cap < grid)
 		grid = afp_grid_cap;
-	moe_launch(attention_fwd_fa3p_kernel<DH, BN, NS, NQ, PP>, grid, AFP_THREADS, SMEM, s, m[0], m[1], m[2], out,
-		   lse, ldo, T, H, B * H, NY, AFP_G, LOG2E / sqrtf((float)DH));
+	moe_launch(attention_fwd_fa3p_kernel<DH>, grid, AFP_THREADS, SMEM, s, m[0], m[1], m[2], out, lse, ldo, T, H,
+		   B * H, NY, AFP_G, LOG2E / sqrtf((float)DH));
 	return CUDA_LAUNCHED(err);
 }
 
 extern "C" int moe_cuda_attention_fwd_fa3p(bf16_t *out, float *lse, const bf16_t *q, const bf16_t *k, const bf16_t *v,
-					   int ldq, int ldk, int ldv, int ldo, int B, int T, int H, int Dh, int kind,
-					   cudaStream_t s, struct moe_error *err)
+					   int ldq, int ldk, int ldv, int ldo, int B, int T, int H, int Dh, cudaStream_t s,
+					   struct moe_error *err)
 {
-	if ((Dh != 64 && Dh != 96 && Dh != 128) || kind < 0 || kind > 2 || !moe_cuda_grouped_wgmma_supported() ||
-	    !wg_tmap_encoder() || ((uintptr_t)q | (uintptr_t)k | (uintptr_t)v) % 16 ||
-	    (size_t)B * H * moe_cdiv(T, 128) + 1024 > INT_MAX)
+	if ((Dh != 64 && Dh != 96 && Dh != 128) || !moe_cuda_grouped_wgmma_supported() || !wg_tmap_encoder() ||
+	    ((uintptr_t)q | (uintptr_t)k | (uintptr_t)v) % 16 || (size_t)B * H * moe_cdiv(T, 128) + 1024 > INT_MAX)
 		return 1;
 	CUtensorMap m[3];
 	if (!af_map(&m[0], (const bf16 *)q, ldq, B, T, H, Dh) || !af_map(&m[1], (const bf16 *)k, ldk, B, T, H, Dh) ||
 	    !af_map(&m[2], (const bf16 *)v, ldv, B, T, H, Dh))
 		return 1;
 	bf16 *o = (bf16 *)out;
-	/* kind 0 (fa3p): 64-row key tiles, 4 stages, 2 Q buffers (193 KB at
-	 * Dh 96 and 128), ping-pong; 1 (fa3pk128): 128-row tiles, 3 stages,
-	 * 1 Q buffer (225 KB), ping-pong; 2 (fa3pn): fa3p without ping-pong */
-#define AFPL(DHV)                                                                                 \
-	(kind == 1   ? afp_launch<DHV, 128, 3, 1, true>(m, o, lse, ldo, B, T, H, s, err)          \
-	 : kind == 2 ? afp_launch<DHV, 64, 4, 2, false>(m, o, lse, ldo, B, T, H, s, err)          \
-		     : afp_launch<DHV, 64, 4, 2, true>(m, o, lse, ldo, B, T, H, s, err))
 	switch (Dh) {
-	case 64: return AFPL(64);
-	case 96: return AFPL(96);
-	default: return AFPL(128);
+	case 64: return afp_launch<64>(m, o, lse, ldo, B, T, H, s, err);
+	case 96: return afp_launch<96>(m, o, lse, ldo, B, T, H, s, err);
+	default: return afp_launch<128>(m, o, lse, ldo, B, T, H, s, err);
 	}
-#undef AFPL
 }

@@ -5,9 +5,9 @@
  * scaled scores (B, H, T) for the backward pass.  Several kernels, chosen by
  * att_fwd_variant() (list below; MOE_CUDA_ATTENTION_FWD): v1, one block per
  * (64 queries, b, h), four warps of 16 queries on mma.sync, the wgmma
- * kernels of attention_wgmma.cu and, the default on sm_90 at head sizes 96
- * and 128, the warp-specialised kernel of attention_fa3.cu (its persistent
- * ping-pong form in attention_fa3p.cu, opt-in).  Timings:
+ * kernels of attention_wgmma.cu, the warp-specialised kernels of
+ * attention_fa3.cu and, the default on sm_90 at head sizes 96 and 128, their
+ * persistent ping-pong form in attention_fa3p.cu.  Timings:
  * tests/bench/RESULTS-attention.md. */
 #include "attention_common.cuh"
 #include "kernels.h"
@@ -15,13 +15,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* attention_fa3.cu: the forward warp-specialised (variants fa3, fa3k128,
- * fa3h), Dh 64, 96, 128, key tiles of bn (64 or 128) rows, the grid
- * grouped by 8 heads or not; returns 1 (nothing launched) where it cannot
- * run (no wgmma, no tensor-map entry point in the driver, q, k or v not
- * 16-byte aligned), else 0 or a negative MOE_E* code. */
+/* attention_fa3.cu: the forward warp-specialised (variants fa3, fa3k128),
+ * Dh 64, 96, 128, key tiles of bn (64 or 128) rows, the grid grouped by 8
+ * heads; returns 1 (nothing launched) where it cannot run (no wgmma, no
+ * tensor-map entry point in the driver, q, k or v not 16-byte aligned),
+ * else 0 or a negative MOE_E* code. */
 int moe_att_fwd_fa3(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, int ldq, int ldk, int ldv,
-		    int ldo, int B, int T, int H, int Dh, int bn, int grouped, cudaStream_t s, struct moe_error *err);
+		    int ldo, int B, int T, int H, int Dh, int bn, cudaStream_t s, struct moe_error *err);
 
 template <int DH>
 __global__ void __launch_bounds__(ATT_WARPS * 32)
@@ -163,30 +163,26 @@ static int launch_fwd(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const
  *           default at Dh 64, where fa3 was not timed)
  *   5 fa3k128  fa3 with 128-row K/V tiles in 3 stages (S 64 x 128 a
  *           warpgroup, half as many tiles and waits)
- *   6 fa3h  fa3 with wg's grid (every head's longest block first, not
- *           grouped)
- *   7 fa3p  fa3 persistent and ping-pong (attention_fa3p.cu): one block an
- *           SM looping over fa3's work items (claimed from a device
- *           counter), Q double-buffered so the next item's loads overlap
- *           this one's products, the two consumer warpgroups taking turns
- *           at the tensor cores (named barriers); fa3's arithmetic
- *   8 fa3pk128  fa3p with 128-row K/V tiles in 3 stages, one Q buffer
- *           (fa3k128's arithmetic); the default at Dh 96 and 128 since
- *           session 14 (H100, call 96: 0.290-0.297 ms a layer against fa3's
- *           0.314-0.318 at seed-base, 0.407-0.451 against 0.489-0.526 at
- *           olmoe's shape; in the step's trace 5.65-5.77 ms against
- *           6.02-6.26 for the 19 layers); fa3k128 where it cannot run
- *   9 fa3pn fa3p without the ping-pong (persistence alone)
+ *   6 fa3pk128  fa3k128 persistent and ping-pong (attention_fa3p.cu): one
+ *           block an SM looping over fa3's work items (claimed from a
+ *           device counter), the two consumer warpgroups taking turns at
+ *           the tensor cores (named barriers); fa3k128's arithmetic; the
+ *           default at Dh 96 and 128 since session 14 (H100, call 96:
+ *           0.290-0.297 ms a layer against fa3's 0.314-0.318 at seed-base,
+ *           0.407-0.451 against 0.489-0.526 at olmoe's shape; in the step's
+ *           trace 5.65-5.77 ms against 6.02-6.26 for the 19 layers);
+ *           fa3k128 where it cannot run
  * All give the same results up to fp32 summation order (each is
- * deterministic); head sizes below 64 always run v1. */
-static const char *const att_fwd_names[] = {"v1",  "wg",   "wg1",      "fa3",  "fa3k128",
-					    "fa3h", "fa3p", "fa3pk128", "fa3pn"};
+ * deterministic); head sizes below 64 always run v1.  The variants that
+ * lost (fa3h, fa3p, fa3pn) were removed in session 19; see git history and
+ * tests/bench/RESULTS-attention.md. */
+static const char *const att_fwd_names[] = {"v1", "wg", "wg1", "fa3", "fa3k128", "fa3pk128"};
 #define ATT_FWD_N ((int)(sizeof(att_fwd_names) / sizeof(att_fwd_names[0])))
 static struct att_choice att_fwd_ch = {"MOE_CUDA_ATTENTION_FWD", att_fwd_names, ATT_FWD_N, 0, -1};
 
 static int att_fwd_variant(int Dh)
 {
-	return att_choose(&att_fwd_ch, Dh == 96 || Dh == 128 ? 8 : 2);
+	return att_choose(&att_fwd_ch, Dh == 96 || Dh == 128 ? 6 : 2);
 }
 
 extern "C" const char *moe_cuda_attention_fwd_name(int Dh)
@@ -214,17 +210,16 @@ static int launch_fwd_any(bf16 *out, float *lse, const bf16 *q, const bf16 *k, c
 			  int ldv, int ldo, int B, int T, int H, cudaStream_t s, struct moe_error *err)
 {
 	int var = att_fwd_variant(DH), rc;
-	if (var >= 7) {
+	if (var == 6) {
 		if ((rc = moe_cuda_attention_fwd_fa3p((bf16_t *)out, lse, (const bf16_t *)q, (const bf16_t *)k,
-						      (const bf16_t *)v, ldq, ldk, ldv, ldo, B, T, H, DH, var - 7, s,
-						      err)) != 1)
+						      (const bf16_t *)v, ldq, ldk, ldv, ldo, B, T, H, DH, s, err)) != 1)
 			return rc;
 		att_fwd_fallbacks++;
-		var = var == 8 ? 5 : 4; /* the same arithmetic without persistence */
+		var = 5; /* the same arithmetic without persistence */
 	}
 	if (var >= 4) {
-		if ((rc = moe_att_fwd_fa3(out, lse, q, k, v, ldq, ldk, ldv, ldo, B, T, H, DH, var == 5 ? 128 : 64,
-					  var != 6, s, err)) != 1)
+		if ((rc = moe_att_fwd_fa3(out, lse, q, k, v, ldq, ldk, ldv, ldo, B, T, H, DH, var == 5 ? 128 : 64, s,
+					  err)) != 1)
 			return rc;
 		att_fwd_fallbacks++;
 		var = 3;

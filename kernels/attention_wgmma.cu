@@ -189,8 +189,6 @@ struct awgb_args {
 	const float *lse, *delta;     /* (B, H, T) */
 	int ldq, ldk, ldv, ldo, T, H;
 	float scale;
-	float *dqacc; /* fused: fp32 partial dQ, (B*H, query tiles of 64, 64 x Dh) */
-	int *cnt;     /* fused: contributions so far, (B*H, query tiles of 64), zeroed */
 };
 
 template <int DH> struct awgb_cfg {
@@ -199,13 +197,6 @@ template <int DH> struct awgb_cfg {
 	/* 2 x own rows (K, V or Q, dO), 2 stages x 2 streamed tiles, lse and
 	 * delta (2 stages x 64 each), alignment slack */
 	static constexpr size_t SMEM = 2 * (size_t)WB + 4 * (size_t)TB + 4 * 64 * sizeof(float) + 1024;
-};
-
-/* the fused kernel (awg_fused): the same, then dS^T */
-template <int DH> struct awgf_cfg {
-	static constexpr int TB = awgb_cfg<DH>::TB, WB = awgb_cfg<DH>::WB;
-	static constexpr int DSOFF = 2 * WB + 4 * TB + 1024; /* dS^T (128 keys x 64 queries) after lse, delta */
-	static constexpr size_t SMEM = (size_t)DSOFF + 128 * 128 + 1024;
 };
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -409,209 +400,6 @@ static __device__ __forceinline__ void awg_dq(const struct awgb_args &A, int qt,
 			*(__nv_bfloat162 *)(o + 8 * d) = __floats2bfloat162_rn(dQ[4 * d + 2 * r], dQ[4 * d + 2 * r + 1]);
 	}
 }
-
-/* d (64 x 64, 32 registers a thread) = A B (+ d when acc); A and B both
- * MN-major descriptors (A read transposed) */
-static __device__ __forceinline__ void att_wg_tt_n64(float *d, uint64_t da, uint64_t db, int acc)
-{
-	asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
-		     "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
-		     "{" WG_S32 "}, %32, %33, p, 1, 1, 1, 1;\n}\n"
-		     : WG_D32
-		     : "l"(da), "l"(db), "r"(acc));
-}
-
-static __device__ __forceinline__ int awg_ld_relaxed(const int *p)
-{
-	int v;
-	asm volatile("ld.relaxed.gpu.global.b32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
-	return v;
-}
-static __device__ __forceinline__ int awg_ld_acquire(const int *p)
-{
-	int v;
-	asm volatile("ld.acquire.gpu.global.b32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
-	return v;
-}
-/* after a barrier behind the block's writes of dQ tiles lo..hi: makes them
- * visible (one fence), then counts one more contribution to each */
-static __device__ __forceinline__ void awg_signal(int *cnt, int lo, int hi)
-{
-	asm volatile("fence.acq_rel.gpu;\n" ::: "memory");
-	for (int t = lo; t <= hi; t++)
-		asm volatile("red.relaxed.gpu.global.add.s32 [%0], 1;\n" ::"l"(cnt + t) : "memory");
-}
-static __device__ __forceinline__ void awg_red4(float *p, float a, float b, float c, float d)
-{
-	asm volatile("red.relaxed.gpu.global.add.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"l"(p), "f"(a), "f"(b), "f"(c),
-		     "f"(d)
-		     : "memory");
-}
-
-/* The fused backward ('fu4g'): one block per 128 keys (two warpgroups of
- * 64) computes dK and dV as awg_dkdv and, per 64-query tile i, the tile's
- * dQ contribution dS K (dS^T through shared memory; warpgroup 0 the
- * columns 0-63, warpgroup 1 the rest, at Dh 96 as 64 columns of which 32
- * are used: a branch between two product shapes made ptxas serialize the
- * products), 5 products a tile instead of the two kernels' 7.  The
- * contributions of key blocks n = i/2, i/2 - 1, ..., 0 to tile i are
- * summed in that fixed order, in fp32, in dqacc: the first stores, the
- * next ones add (red.add) once the tile's counter says every earlier one
- * has landed, the last (n = 0) adds its own in registers and writes dq in
- * bf16.  A block counts its written tiles four at a time behind one fence
- * (one a tile was 2.5% slower).  Blocks of higher n are launched first (the
- * grid in groups of 8 heads, each group's last key blocks first), reach a
- * tile two iterations before the next lower block and never wait on a
- * block ordered after them; a block's place in that order is its ticket
- * (awg_ticket), so a waited-for block is resident or done: no deadlock
- * whatever the dispatch order, and in the steady state no waiting.  Bit reproducible.  The counters are zeroed by the delta kernel
- * (attention_bwd.cu).  Measured (RESULTS-attention.md): faster than the two
- * kernels at Dh 128 only; tried and slower: the loop rotated so that a
- * tile's dQ product runs behind the next tile's S^T and dP^T; at Dh 128,
- * the grid not grouped. */
-/* Tile i's dQ contribution (dq: this warpgroup's columns) from key block
- * n, after the i/2 - n earlier ones (seen: the counter as read before):
- * stored by the first, added by the next ones, added to the sum and written
- * to dq in bf16 by the last (n = 0); acc: the tile in dqacc. */
-template <int DH>
-static __device__ __forceinline__ void awg_dq_out(const struct awgb_args &A, float *acc, const float *dq,
-						  const int *cnt, int i, int n, int seen, int b, int h)
-{
-	const int tid = threadIdx.x, wg = tid / 128, w = (tid % 128) / 32, lane = tid % 32, g = lane / 4, t4 = lane % 4;
-	const bool first = i / 2 == n;
-	const int nv = wg == 0 ? 8 : (DH - 64) / 8; /* float4s a thread */
-	if (!first)
-		while (seen < i / 2 - n)
-			seen = awg_ld_acquire(cnt + i);
-	if (n == 0) {
-		const int T = A.T, ldq = A.ldq, qi = i * 64 + 16 * w + g;
-#pragma unroll
-		for (int d = 0; d < 8; d++) {
-			if (d >= nv)
-				break;
-			float4 x = first ? make_float4(0.f, 0.f, 0.f, 0.f) : __ldcg((const float4 *)(acc + 512 * d));
-			bf16 *o = A.dq + ((size_t)b * T + qi) * ldq + h * DH + 64 * wg + 8 * d + 2 * t4;
-			if (qi < T)
-				*(__nv_bfloat162 *)o = __floats2bfloat162_rn(x.x + dq[4 * d], x.y + dq[4 * d + 1]);
-			if (qi + 8 < T)
-				*(__nv_bfloat162 *)(o + 8 * (size_t)ldq) =
-					__floats2bfloat162_rn(x.z + dq[4 * d + 2], x.w + dq[4 * d + 3]);
-		}
-		return;
-	}
-#pragma unroll
-	for (int d = 0; d < 8; d++) {
-		if (d >= nv)
-			break;
-		if (first)
-			__stcg((float4 *)(acc + 512 * d), make_float4(dq[4 * d], dq[4 * d + 1], dq[4 * d + 2], dq[4 * d + 3]));
-		else
-			awg_red4(acc + 512 * d, dq[4 * d], dq[4 * d + 1], dq[4 * d + 2], dq[4 * d + 3]);
-	}
-}
-
-#define AWGF_SIGK 4 /* dQ tiles counted four at a time: one fence for four */
-#define AWGF_G 8    /* heads a group of the grid */
-template <int DH>
-static __device__ __forceinline__ void awg_fused(const struct awgb_args &A, int n, int bh)
-{
-	static_assert(DH == 96 || DH == 128, "fused backward: Dh 96 or 128");
-	constexpr int TB = awgb_cfg<DH>::TB, WB = awgb_cfg<DH>::WB, KR = 128, NT = 256;
-	bf16 *dk = A.dk, *dv = A.dv;
-	const float scale = A.scale;
-	const int ldq = A.ldq, ldk = A.ldk, ldv = A.ldv, ldo = A.ldo, T = A.T, H = A.H;
-	extern __shared__ unsigned char awg_smem[];
-	const uint32_t s0 = (uint32_t)__cvta_generic_to_shared(awg_smem), base = (s0 + 1023) & ~1023u;
-	const uint32_t sk = base, sv = sk + WB, sq = sv + WB, sd = sq + 2 * TB; /* Q, dO: 2 stages */
-	const uint32_t sds0 = base + awgf_cfg<DH>::DSOFF;
-	float *Ls = (float *)(awg_smem + (base - s0) + 2 * WB + 4 * TB), *Dl = Ls + 128; /* (2, 64) each */
-	int b = bh / H, h = bh % H;
-	int tid = threadIdx.x, wg = tid / 128, w = (tid % 128) / 32, lane = tid % 32, g = lane / 4, t4 = lane % 4;
-	int k0 = n * KR, wk0 = k0 + 64 * wg, nq = (T + 63) / 64, i0 = 2 * n;
-	const bf16 *qb = A.q + (size_t)b * T * ldq + h * DH;
-	const bf16 *kb = A.k + (size_t)b * T * ldk + h * DH;
-	const bf16 *vb = A.v + (size_t)b * T * ldv + h * DH;
-	const bf16 *db = A.dout + (size_t)b * T * ldo + h * DH;
-	const float *lb = A.lse + (size_t)bh * T, *deb = A.delta + (size_t)bh * T;
-	/* this warpgroup's part of each dQ tile: float4 v of thread t at 4 (v * 128 + t) */
-	float *accb = A.dqacc + (size_t)bh * nq * 64 * DH + wg * 64 * 64 + 4 * (tid % 128);
-	int *cnt = A.cnt + (size_t)bh * nq;
-	auto stage_ld = [&](int i, int st) {
-		if (tid < 64) {
-			int t = i * 64 + tid;
-			Ls[st * 64 + tid] = t < T ? lb[t] * LOG2E : INFINITY;
-			Dl[st * 64 + tid] = t < T ? deb[t] : 0.f;
-		}
-	};
-	awg_load<DH, KR, NT>(sk, kb, ldk, k0, T);
-	awg_load<DH, KR, NT>(sv, vb, ldv, k0, T);
-	awg_load<DH, 64, NT>(sq, qb, ldq, k0, T);
-	awg_load<DH, 64, NT>(sd, db, ldo, k0, T);
-	att_commit();
-	stage_ld(i0, 0);
-	float dK[DH / 2], dV[DH / 2];
-#pragma unroll
-	for (int x = 0; x < DH / 2; x++)
-		dK[x] = dV[x] = 0.f;
-	const int kr = wk0 + 16 * w + g;
-	const float sl2 = scale * LOG2E;
-	int plo = -1, phi = -1; /* tiles plo..phi written, not counted yet */
-	float dq[32];  /* dQ (64 queries x this warpgroup's columns) = dS K: register 4d + e
-			* is query q0 + 16 w + g + 8 (e / 2), column 64 wg + 8d + 2 t4 + e % 2 */
-	for (int i = i0; i < nq; i++) {
-		int st = (i - i0) & 1, q0 = i * 64;
-		const uint32_t sds = sds0;
-		att_wait<0>();
-		wg_fence_proxy();
-		__syncthreads(); /* tile i in place, every warp done with tile i - 1 and its dQ */
-		if (i + 1 < nq) {
-			stage_ld(i + 1, st ^ 1);
-			awg_load<DH, 64, NT>(sq + (st ^ 1) * TB, qb, ldq, q0 + 64, T);
-			awg_load<DH, 64, NT>(sd + (st ^ 1) * TB, db, ldo, q0 + 64, T);
-			att_commit();
-		}
-		int seen = i / 2 == n ? 0 : awg_ld_relaxed(cnt + i); /* read early, used late */
-		{ /* both warpgroups always (no branch around the products): a tile
-		   * before a warpgroup's keys, or keys past T, give P = 0 */
-			const uint32_t qs = sq + st * TB, ds = sd + st * TB;
-			const float *L = Ls + st * 64, *DL = Dl + st * 64;
-			float sT[32], dpT[32];
-			awg_st_dpt<DH, KR>(sT, dpT, sk, sv, qs, ds, wg);
-			awg_pt_dv_dst<DH>(sT, dpT, dV, L, DL, ds, q0, wk0, kr, T, t4, sl2, scale);
-			awg_dst_dk_shared<DH>(dK, dpT, sds, qs, wg, w, g, t4); /* dK += dS^T Q */
-		}
-		wg_fence_proxy();
-		__syncthreads(); /* dS^T of both warpgroups in place */
-		wg_fence();
-#pragma unroll
-		for (int ks = 0; ks < KR / 16; ks++) {
-			uint64_t da = wg_desc(sds + ks * 2048, KR * 128, 1024);
-			uint64_t dbk = wg_desc(sk + wg * (KR * 128) + ks * 2048, KR * 128, 1024);
-			att_wg_tt_n64(dq, da, dbk, ks > 0); /* at Dh 96 warpgroup 1's columns 96-127: unused */
-		}
-		wg_commit();
-		if (plo >= 0 && phi - plo + 1 >= AWGF_SIGK) { /* behind the dQ product */
-			if (tid == 0)
-				awg_signal(cnt, plo, phi);
-			plo = -1;
-		}
-		wg_wait<0>();
-		wg_fence_regs<32>(dq);
-		wg_fence_regs<DH / 2>(dV);
-		wg_fence_regs<DH / 2>(dK);
-		awg_dq_out<DH>(A, accb + (size_t)i * 64 * DH, dq, cnt, i, n, seen, b, h);
-		if (n) {
-			plo = plo < 0 ? i : plo;
-			phi = i;
-		}
-	}
-	if (plo >= 0) {
-		__syncthreads();
-		if (tid == 0)
-			awg_signal(cnt, plo, phi);
-	}
-	awg_store_dkdv<DH>(dk, dv, ldk, ldv, dK, dV, b, h, T, kr, t4);
-}
 #endif
 
 /* Grid (B*H, 2 x tiles of 128): even y the dK/dV of key tile y / 2 (the
@@ -629,34 +417,6 @@ __global__ void __launch_bounds__(128 * AWGB_NWG, 1) attention_bwd_wgmma_kernel(
 	else
 		awg_dq<DH>(A, NY / 2 - 1 - y / 2, bh);
 #endif
-}
-
-/* 1-D grid of B*H heads x nk key blocks of 128 in groups of AWGF_G heads
- * (awg_group), the last key blocks of a group first, placed by ticket (the
- * int after the counters) */
-template <int DH>
-__global__ void __launch_bounds__(256, 1) attention_bwd_fused_kernel(struct awgb_args A, int BH, int nk)
-{
-	MOE_PDL_ENTRY();
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-	int bh, y;
-	awg_group(awg_ticket(A.cnt, BH, (A.T + 63) / 64), BH, nk, AWGF_G, bh, y);
-	awg_fused<DH>(A, nk - 1 - y, bh);
-#endif
-}
-
-template <int DH>
-static int awgf_launch(const struct awgb_args &A, int B, cudaStream_t s, struct moe_error *err)
-{
-	constexpr size_t SMEM = awgf_cfg<DH>::SMEM;
-	int rc;
-	if ((rc = CUDA_OK(cudaFuncSetAttribute(attention_bwd_fused_kernel<DH>,
-					       cudaFuncAttributeMaxDynamicSharedMemorySize, (int)SMEM),
-			  err)) != 0)
-		return rc;
-	int nk = moe_cdiv(A.T, 128);
-	moe_launch(attention_bwd_fused_kernel<DH>, B * A.H * nk, 256, SMEM, s, A, B * A.H, nk);
-	return CUDA_LAUNCHED(err);
 }
 
 template <int DH, int G>
@@ -683,17 +443,12 @@ static bool awg_device_ok(void)
 }
 
 int moe_att_bwd_wgmma(bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const bf16 *q, const bf16 *k, const bf16 *v,
-		      const float *lse, const float *delta, float *dqacc, int *cnt, int grouped, int ldq, int ldk,
-		      int ldv, int ldo, int B, int T, int H, int Dh, cudaStream_t s, struct moe_error *err)
+		      const float *lse, const float *delta, int grouped, int ldq, int ldk, int ldv, int ldo, int B, int T,
+		      int H, int Dh, cudaStream_t s, struct moe_error *err)
 {
 	if (!awg_device_ok())
 		return 1;
-	struct awgb_args A = {dq,  dk,  dv,  q,  k, v, dout, lse, delta, ldq, ldk, ldv, ldo, T, H, 1.f / sqrtf((float)Dh),
-			      dqacc, cnt};
-	if (dqacc && Dh == 96)
-		return awgf_launch<96>(A, B, s, err);
-	if (dqacc && Dh == 128)
-		return awgf_launch<128>(A, B, s, err);
+	struct awgb_args A = {dq, dk, dv, q, k, v, dout, lse, delta, ldq, ldk, ldv, ldo, T, H, 1.f / sqrtf((float)Dh)};
 	switch (Dh) {
 	case 64: return grouped ? awgb_launch<64, 8>(A, B, s, err) : awgb_launch<64, 0>(A, B, s, err);
 	case 96: return grouped ? awgb_launch<96, 8>(A, B, s, err) : awgb_launch<96, 0>(A, B, s, err);

@@ -202,7 +202,7 @@ static __device__ __forceinline__ void awg_group(int l, int BH, int NY, int G, i
 }
 
 /* The block's place in the order of a grid whose blocks wait for blocks
- * before them (the fused backward kernels' dQ order): a ticket from a
+ * before them (fa3f's dQ order, attention_fa3.cu): a ticket from a
  * counter zeroed before the launch, not blockIdx.  A block waits only for
  * blocks with lower tickets, which took theirs before it did and so are
  * resident or done, whatever order the hardware dispatches blocks in:
@@ -286,21 +286,6 @@ static __device__ __forceinline__ void awg_dk_add(float *dK, const unsigned (&sa
 #pragma unroll
 	for (int ks = 0; ks < 4; ks++)
 		awg_pv<DH>(dK, sa[ks], wg_desc(qs + ks * 2048, 8192, 1024));
-}
-
-/* dK += dS^T Q issued (and committed) for fu4g, which also needs dS^T in
- * shared memory for its dQ products: dS^T (dpT) packed as A fragments and
- * stored at sds (awg_st_dst); qs: the tile's Q in shared memory */
-template <int DH>
-static __device__ __forceinline__ void awg_dst_dk_shared(float *dK, const float *dpT, uint32_t sds, uint32_t qs,
-							  int wg, int w, int g, int t4)
-{
-	unsigned sa[4][4];
-	awg_pack(sa, dpT);
-	awg_st_dst(sa, sds, wg, w, g, t4);
-	wg_fence();
-	awg_dk_add<DH>(dK, sa, qs);
-	wg_commit();
 }
 
 /* The dK, dV rows of a warpgroup to global memory in bf16: register

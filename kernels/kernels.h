@@ -129,8 +129,7 @@ int moe_cuda_attention_bwd(bf16_t *dq, bf16_t *dk, bf16_t *dv, void *scratch, co
 			   const float *lse, int ldq, int ldk, int ldv, int ldo, int B, int T, int H,
 			   int Dh, cudaStream_t s, struct moe_error *err);
 /* The same, except that where the variant in use keeps dq as fp32 tiles
- * (fa3f and its kinds fa3f3, fa3fa at Dh 96 and 128) it skips their
- * conversion: dq is not written and *dqacc points at the tiles (in the
+ * (fa3f at Dh 96 and 128) it skips their conversion: dq is not written and *dqacc points at the tiles (in the
  * scratch; valid until the scratch is used again) for
  * moe_cuda_qknorm_rope_bwd_acc.  Elsewhere, or with dqacc NULL, dq is
  * written (and *dqacc is NULL). */
@@ -152,18 +151,19 @@ const char *moe_cuda_attention_bwd_config(int v);
 const char *moe_cuda_attention_fwd_name(int Dh);
 const char *moe_cuda_attention_bwd_name(int Dh);
 /* How many forward launches so far ran another kernel than the variant in
- * use (fa3 where the driver offers no tensor maps or a pointer is not
- * 16-byte aligned: wg1 instead; no wgmma: v1). */
+ * use (fa3pk128, fa3 or fa3k128 where the driver offers no tensor maps or a
+ * pointer is not 16-byte aligned: fa3k128, then wg1 instead; no wgmma: v1;
+ * a launch that falls back twice counts twice). */
 int moe_cuda_attention_fwd_fallbacks(void);
-/* attention_fa3p.cu: the persistent, ping-pong forward (variants fa3p,
- * fa3pk128, fa3pn of attention_fwd.cu; kind 0, 1, 2) at Dh 64, 96, 128,
- * the arguments of moe_cuda_attention_fwd; returns 1 (nothing launched)
- * where it cannot run (no wgmma, no tensor maps, q, k or v not 16-byte
- * aligned), else 0 or a negative MOE_E* code.  One launch at a time a
- * device (its work counter is per device).  _grid: at most n blocks (0:
- * one an SM), so that tests run many items a block on small shapes. */
+/* attention_fa3p.cu: the persistent, ping-pong forward (variant fa3pk128 of
+ * attention_fwd.cu) at Dh 64, 96, 128, the arguments of
+ * moe_cuda_attention_fwd; returns 1 (nothing launched) where it cannot run
+ * (no wgmma, no tensor maps, q, k or v not 16-byte aligned), else 0 or a
+ * negative MOE_E* code.  One launch at a time a device (its work counter
+ * is per device).  _grid: at most n blocks (0: one an SM), so that tests
+ * run many items a block on small shapes. */
 int moe_cuda_attention_fwd_fa3p(bf16_t *out, float *lse, const bf16_t *q, const bf16_t *k, const bf16_t *v, int ldq,
-				int ldk, int ldv, int ldo, int B, int T, int H, int Dh, int kind, cudaStream_t s,
+				int ldk, int ldv, int ldo, int B, int T, int H, int Dh, cudaStream_t s,
 				struct moe_error *err);
 void moe_cuda_attention_fa3p_grid(int n);
 

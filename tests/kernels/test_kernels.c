@@ -348,10 +348,6 @@ static void rope_case(int B, int T, int H, int Dh)
 	CHECK_REL(down_bf(g2, n), refb, n, 1e-2, "rope bwd");
 }
 
-/* every backward variant but fa3fa (dQ added in any order) is bit
- * reproducible */
-static bool att_bwd_reproducible(const char *vn) { return strcmp(vn, "fa3fa") != 0; }
-
 /* One shape against the CPU reference, through every kernel variant
  * (moe_cuda_attention_*_config): each forward variant's out and lse, then
  * each backward variant's dq, dk, dv from the default forward's out and lse;
@@ -395,9 +391,8 @@ static void attention_case(int B, int T, int H, int Dh)
 		bf16_t *gg[3] = {gdq, gdk, gdv};
 		float *ref[3] = {dq, dk, dv};
 		const char *nm[3] = {"dq", "dk", "dv"};
-		/* the scalar fallback (other Dh) accumulates dk, dv with atomics;
-		 * fa3fa adds dQ in any order */
-		bool det = (Dh == 16 || Dh == 32 || Dh == 64 || Dh == 96 || Dh == 128) && att_bwd_reproducible(vn);
+		/* the scalar fallback (other Dh) accumulates dk, dv with atomics */
+		bool det = Dh == 16 || Dh == 32 || Dh == 64 || Dh == 96 || Dh == 128;
 		for (int rep = 0; rep < (det ? 2 : 1); rep++) {
 			for (int x = 0; x < 3; x++)
 				cudaMemset(gg[x], 0xff, n * 2);
@@ -474,7 +469,7 @@ static void attention_large_case(int B, int T, int H, int Dh)
 	for (int var = 1; (vn = moe_cuda_attention_bwd_config(var)) != NULL; var++) {
 		void *gdelta = dmalloc(moe_cuda_attention_bwd_scratch(B, T, H, Dh));
 		uint16_t *first[3];
-		for (int rep = 0; rep < (att_bwd_reproducible(vn) ? 2 : 1); rep++) {
+		for (int rep = 0; rep < 2; rep++) {
 			for (int x = 0; x < 3; x++)
 				cudaMemset(gg[x], 0xff, n * 2);
 			LAUNCH_OK(moe_cuda_attention_bwd(gg[0], gg[1], gg[2], gdelta, gdo, gq, gk, gv, go, gl, ld, ld, ld,
@@ -501,9 +496,6 @@ static void attention_large_case(int B, int T, int H, int Dh)
 				free(g);
 			}
 		}
-		if (!att_bwd_reproducible(vn))
-			for (int x = 0; x < 3; x++)
-				free(first[x]);
 		cudaFree(gdelta);
 	}
 	moe_cuda_attention_bwd_config(0);
@@ -521,7 +513,7 @@ Test(kernels, attention_large, .timeout = 120)
 	attention_large_case(2, 2000, 8, 128);
 }
 
-/* The warp-specialised backward (fa3, fa3s2: TMA tensor maps over the row
+/* The warp-specialised backward (fa3: TMA tensor maps over the row
  * strides) on q, k, v packed in one (B, T, 3, H, Dh) buffer as the model's
  * qkv projection writes them (row stride 3 H Dh) and dq, dk, dv written
  * into one such buffer: bit-identical to wgeg (the same products in the same
@@ -539,9 +531,9 @@ static void attention_fa3_case(int B, int T, int H, int Dh)
 	uint16_t *want = NULL;
 	const char *vn;
 	LAUNCH_OK(moe_cuda_attention_fwd(go, gl, q, k, v, ld, ld, ld, ldo, B, T, H, Dh, S, &gerr));
-	for (int pass = 0; pass < 2; pass++) /* wgeg first, then the fa3 variants */
+	for (int pass = 0; pass < 2; pass++) /* wgeg first, then fa3 */
 		for (int var = 1; (vn = moe_cuda_attention_bwd_config(var)) != NULL; var++) {
-			bool is_ref = strcmp(vn, "wgeg") == 0, is_fa3 = strcmp(vn, "fa3") == 0 || strcmp(vn, "fa3s2") == 0;
+			bool is_ref = strcmp(vn, "wgeg") == 0, is_fa3 = strcmp(vn, "fa3") == 0;
 			if (pass == 0 ? !is_ref : !is_fa3)
 				continue;
 			void *gdelta = dmalloc(moe_cuda_attention_bwd_scratch(B, T, H, Dh));
@@ -563,7 +555,7 @@ static void attention_fa3_case(int B, int T, int H, int Dh)
 			}
 			cudaFree(gdelta);
 		}
-	cr_expect(ref > 0 && nv == 2, "attention fa3 case: wgeg and both fa3 variants ran (%d, %d)", ref, nv);
+	cr_expect(ref > 0 && nv == 1, "attention fa3 case: wgeg and fa3 ran (%d, %d)", ref, nv);
 	moe_cuda_attention_bwd_config(0);
 	free(want);
 	cudaFree(gqkv), cudaFree(gdo), cudaFree(go), cudaFree(gg), cudaFree(gl);
@@ -630,26 +622,23 @@ static void attention_bwd_packed(int var, const bf16_t *gqkv, const bf16_t *gdo,
 	cudaFree(gg), cudaFree(scr);
 }
 
-/* The one-kernel backward vn (fa3f, fa3f3: dK/dV per 128 keys, each query
- * tile's dQ contributions added in fp32 in a fixed order; fa3fa: in any
- * order) on packed qkv (attention_bwd_packed): with cpu, dq, dk, dv against
+/* The one-kernel backward vn (fa3f: dK/dV per 128 keys, each query tile's
+ * dQ contributions added in fp32 in a fixed order) on packed qkv
+ * (attention_bwd_packed): with cpu, dq, dk, dv against
  * the CPU reference (lib/model/ops.c; attention_case()'s tolerance 3e-2);
  * always against fa3 (the two-kernel default): dk and dv bit-identical (the
  * same products in the same order), dq within 1e-2 relative over the whole
  * tensor and within 2e-2 in every (head, 64-query tile) block, so that a
  * lost or doubled contribution to one tile cannot hide in the total, and
  * not bit-identical over a large tensor (which would mean fa3 ran in its
- * place); the reproducible variants run twice bit for bit, and bit-identical
- * to twin where given (the same sums in the same order: fa3f3, fa3fc,
- * fa3fc3 to fa3f). */
-static void attention_fa3f_case(const char *vn, const char *twin, int B, int T, int H, int Dh, bool cpu)
+ * place); run twice bit for bit. */
+static void attention_fa3f_case(const char *vn, int B, int T, int H, int Dh, bool cpu)
 {
 	int hd = H * Dh, ld = 3 * hd + 8;
 	size_t n = (size_t)B * T * hd, nl = (size_t)B * H * T, rows = (size_t)B * T;
 	float *qkv = rand_bf(rows * ld, 2.f), *dout = rand_bf(n, 1.f);
-	int var = attention_bwd_index(vn), fvar = attention_bwd_index("fa3"), f1 = twin ? attention_bwd_index(twin) : 0;
-	cr_assert(var > 0 && fvar > 0 && (!twin || f1 > 0), "backward variants %s, fa3 and %s in the table", vn,
-		  twin ? twin : "-");
+	int var = attention_bwd_index(vn), fvar = attention_bwd_index("fa3");
+	cr_assert(var > 0 && fvar > 0, "backward variants %s and fa3 in the table", vn);
 	bf16_t *gqkv = up_bf(qkv, rows * ld), *gdo = up_bf(dout, n), *go = dmalloc(n * 2);
 	float *gl = dmalloc(nl * 4);
 	LAUNCH_OK(moe_cuda_attention_fwd(go, gl, gqkv, gqkv + hd, gqkv + 2 * hd, ld, ld, ld, hd, B, T, H, Dh, S,
@@ -711,16 +700,9 @@ static void attention_fa3f_case(const char *vn, const char *twin, int B, int T, 
 	cr_expect(bad_tiles == 0, "attention bwd %s vs fa3 B=%d T=%d H=%d Dh=%d: %zu of %zu dq tiles off", vn, B, T,
 		  H, Dh, bad_tiles, ntiles);
 	free(tg), free(tf);
-	if (att_bwd_reproducible(vn)) {
-		attention_bwd_packed(var, gqkv, gdo, go, gl, B, T, H, Dh, f, again);
-		cr_expect(memcmp(bits, again, 3 * n * 2) == 0, "attention bwd %s B=%d T=%d H=%d Dh=%d: differs between two runs",
-			  vn, B, T, H, Dh);
-		if (f1 > 0) {
-			attention_bwd_packed(f1, gqkv, gdo, go, gl, B, T, H, Dh, f, again);
-			cr_expect(memcmp(bits, again, 3 * n * 2) == 0,
-				  "attention bwd %s B=%d T=%d H=%d Dh=%d: not bit-identical to %s", vn, B, T, H, Dh, twin);
-		}
-	}
+	attention_bwd_packed(var, gqkv, gdo, go, gl, B, T, H, Dh, f, again);
+	cr_expect(memcmp(bits, again, 3 * n * 2) == 0, "attention bwd %s B=%d T=%d H=%d Dh=%d: differs between two runs",
+		  vn, B, T, H, Dh);
 	for (int x = 0; x < 3; x++)
 		free(g[x]), free(f[x]);
 	free(bits), free(fbits), free(again), free(qkv), free(dout);
@@ -732,71 +714,42 @@ static void attention_fa3f_case(const char *vn, const char *twin, int B, int T, 
  * H, Dh 96 and 128 (64 runs fa3), against the CPU reference; then the
  * seed-base and olmoe-like grids (many waves of blocks, the ordered adds
  * waiting across them) against fa3 */
-static void attention_fa3f_cases(const char *vn, const char *twin)
+static void attention_fa3f_cases(const char *vn)
 {
-	attention_fa3f_case(vn, twin, 2, 333, 2, 96, true);
-	attention_fa3f_case(vn, twin, 1, 777, 2, 96, true);
-	attention_fa3f_case(vn, twin, 1, 1000, 2, 128, true);
-	attention_fa3f_case(vn, twin, 1, 2049, 1, 96, true);
-	attention_fa3f_case(vn, twin, 4, 31, 3, 96, true);
-	attention_fa3f_case(vn, twin, 2, 1, 2, 128, true);
-	attention_fa3f_case(vn, twin, 2, 192, 3, 128, true);
-	attention_fa3f_case(vn, twin, 2, 64, 2, 96, true);
-	attention_fa3f_case(vn, twin, 1, 129, 3, 96, true);
-	attention_fa3f_case(vn, twin, 1, 200, 2, 64, true);
-	attention_fa3f_case(vn, twin, 16, 2048, 8, 96, false);
-	attention_fa3f_case(vn, twin, 2, 4096, 16, 128, false);
+	attention_fa3f_case(vn, 2, 333, 2, 96, true);
+	attention_fa3f_case(vn, 1, 777, 2, 96, true);
+	attention_fa3f_case(vn, 1, 1000, 2, 128, true);
+	attention_fa3f_case(vn, 1, 2049, 1, 96, true);
+	attention_fa3f_case(vn, 4, 31, 3, 96, true);
+	attention_fa3f_case(vn, 2, 1, 2, 128, true);
+	attention_fa3f_case(vn, 2, 192, 3, 128, true);
+	attention_fa3f_case(vn, 2, 64, 2, 96, true);
+	attention_fa3f_case(vn, 1, 129, 3, 96, true);
+	attention_fa3f_case(vn, 1, 200, 2, 64, true);
+	attention_fa3f_case(vn, 16, 2048, 8, 96, false);
+	attention_fa3f_case(vn, 2, 4096, 16, 128, false);
 }
 
-/* one test a variant, so that a hang shows which */
 Test(kernels, attention_fa3f, .timeout = 60)
 {
 	NEED_GPU();
 	rng_seed(19);
-	attention_fa3f_cases("fa3f", NULL);
-}
-
-Test(kernels, attention_fa3f3, .timeout = 60)
-{
-	NEED_GPU();
-	rng_seed(20);
-	attention_fa3f_cases("fa3f3", "fa3f");
-}
-
-Test(kernels, attention_fa3fa, .timeout = 60)
-{
-	NEED_GPU();
-	rng_seed(21);
-	attention_fa3f_cases("fa3fa", NULL);
-}
-
-Test(kernels, attention_fa3fc, .timeout = 60)
-{
-	NEED_GPU();
-	rng_seed(22);
-	attention_fa3f_cases("fa3fc", "fa3f");
-}
-
-Test(kernels, attention_fa3fc3, .timeout = 60)
-{
-	NEED_GPU();
-	rng_seed(23);
-	attention_fa3f_cases("fa3fc3", "fa3f");
+	attention_fa3f_cases("fa3f");
 }
 
 /* The query's QK-norm + RoPE backward straight from fa3f's fp32 dQ tiles
  * (moe_cuda_attention_bwd_acc, then moe_cuda_qknorm_rope_bwd_acc) against
  * the same variant writing dq in bf16 and moe_cuda_qknorm_rope_bwd from it:
- * for the variants that keep the tiles (fa3f, fa3f3), dq left unwritten
- * (still the NaN poison), dk, dv, the QK-norm's dx and dw (both in block
- * order through part) bit-identical; for fa3fc, which writes dq itself, no
- * tiles and dq bit-identical.  T not a multiple of the 64-row tiles, a
+ * for fa3f, which keeps the tiles, dq left unwritten (still the NaN
+ * poison), dk, dv, the QK-norm's dx and dw (both in block order through
+ * part) bit-identical; for fa3, which writes dq itself, no tiles and dq
+ * bit-identical.  T not a multiple of the 64-row tiles, a
  * 2048-wide row (olmoe's 16 x 128) and the seed-base grid. */
 static void qknorm_acc_case(const char *vn, int B, int T, int H, int Dh)
 {
 	int var = attention_bwd_index(vn), D = H * Dh, N = B * T;
 	cr_assert(var > 0, "backward variant %s in the table", vn);
-	bool keeps = strcmp(vn, "fa3fc") != 0;
+	bool keeps = strcmp(vn, "fa3f") == 0;
 	size_t n = (size_t)N * D, nl = (size_t)B * H * T;
 	float *q = rand_bf(n, 2.f), *k = rand_bf(n, 2.f), *v = rand_bf(n, 2.f), *dout = rand_bf(n, 1.f);
 	float *x = rand_bf(n, 2.f), *w = rand_bf(D, 1.f);
@@ -867,8 +820,8 @@ Test(kernels, qknorm_rope_from_dq_tiles, .timeout = 60)
 	if (!moe_cuda_grouped_wgmma_supported())
 		cr_skip_test("not an sm_90 device: no fa3f");
 	rng_seed(29);
-	static const char *const vns[] = {"fa3f", "fa3f3", "fa3fc"};
-	for (int i = 0; i < 3; i++) {
+	static const char *const vns[] = {"fa3f", "fa3"};
+	for (int i = 0; i < 2; i++) {
 		qknorm_acc_case(vns[i], 2, 333, 4, 96);
 		qknorm_acc_case(vns[i], 1, 200, 16, 128);
 		qknorm_acc_case(vns[i], 3, 64, 2, 128);
@@ -1041,15 +994,8 @@ Test(kernels, attention_fa3k128_fwd, .timeout = 60)
 	attention_fa3_fwd_cases("fa3k128");
 }
 
-Test(kernels, attention_fa3h_fwd, .timeout = 60)
-{
-	NEED_GPU();
-	rng_seed(18);
-	attention_fa3_fwd_cases("fa3h");
-}
-
-/* The persistent forward vn (attention_fa3p.cu) against refn (fa3 or
- * fa3k128, whose arithmetic it repeats in another schedule) on packed
+/* The persistent forward vn (attention_fa3p.cu) against refn (fa3k128,
+ * whose arithmetic it repeats in another schedule) on packed
  * qkv: within attention_fwd_compare()'s tolerances, and how many elements
  * differ in their bits reported (0 expected: the same products in the same
  * order; not asserted, the compiler may contract another way) */
@@ -1112,14 +1058,6 @@ static void attention_fa3p_fwd_cases(const char *vn, const char *refn)
 	attention_fa3_fwd_case(vn, 2, 200, 3, 128);
 }
 
-/* one test a variant (a hang stops only its own) */
-Test(kernels, attention_fa3p_fwd, .timeout = 60)
-{
-	NEED_GPU();
-	rng_seed(26);
-	attention_fa3p_fwd_cases("fa3p", "fa3");
-}
-
 Test(kernels, attention_fa3pk128_fwd, .timeout = 60)
 {
 	NEED_GPU();
@@ -1127,14 +1065,7 @@ Test(kernels, attention_fa3pk128_fwd, .timeout = 60)
 	attention_fa3p_fwd_cases("fa3pk128", "fa3k128");
 }
 
-Test(kernels, attention_fa3pn_fwd, .timeout = 60)
-{
-	NEED_GPU();
-	rng_seed(28);
-	attention_fa3p_fwd_cases("fa3pn", "fa3");
-}
-
-/* The persistent forwards' claim counter is one a device: launches on two
+/* The persistent forward's claim counter is one a device: launches on two
  * streams, queued without waiting (a large one on the first, so that it
  * still runs when the second comes), must give each stream's output the
  * bits of the same launch alone.  Without afp_one_at_a_time (the second
