@@ -11,6 +11,7 @@
 #   bc_as LABEL "VAR=V ..." [ARGS]  bc with those variables, its JSON line prefixed (LABEL)
 #   plans [VAR=V ...]            the cuBLASLt plans of a short seed-base run (-G)
 #   ktr NAME [VAR=V ...]         ktrace of bench_cuda -n 3 -w 2 into $OUT/NAME.csv.gz, its summary
+#   bc_old [ARGS]                bc with an older build's bench_cuda unpacked at /tmp/oldb
 R=$PWD/${RUNDIR:-${PACK:-.devrun}}
 B=$R/b
 M=share/models/seed-base.json
@@ -70,4 +71,9 @@ suites() {
 	MOE_BIN=$B/cmd MOE_BUILDDIR=$B MOE_SRCDIR=$PWD timeout 200 sh tests/train/resume_gpu.sh >/tmp/resume.out 2>&1
 	echo "rc=$?"
 	tail -3 /tmp/resume.out
+}
+bc_old() { # bench_cuda of an older build unpacked at /tmp/oldb (its JSON line prefixed "(old)")
+	echo "--- old bench_cuda $*"
+	timeout 120 /tmp/oldb/bench_cuda -m $M -B 16 -n 6 -w 2 "$@" 2>/tmp/bc.err | sed 's/^/(old) /'
+	tail -1 /tmp/bc.err
 }
