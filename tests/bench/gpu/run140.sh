@@ -1,0 +1,41 @@
+#!/bin/sh
+# Session 19 (H200), call 140: the build without the superseded variants
+# (0f869ee) at head size 128 (the olmoe shape's kernel instantiations):
+# the same checkpoint bytes as 7326c8c's moe-train after 4 steps of
+# dh128-3l.json (seed-base at hidden 1024, 8 heads of 128, 3 layers);
+# olmoe-1b-7b at micro-batch 4 with both builds beside torch_ref --preset
+# olmoe best_c.  Everything in $OUT/run140.txt; a summary printed last.
+set -u
+. "$(dirname "$0")/common.sh"
+O=${OUT:-/tmp}
+tar xzf $R/oldb.tgz -C /tmp
+chmod +x /tmp/oldb/*
+{
+echo "=== same bytes: dh128-3l, 4 steps, micro-batch 4, seq 2048"
+$B/tests/train/mkdata /tmp/d 4000 >/dev/null
+for v in old new; do
+	bin=$B/cmd/moe-train
+	[ $v = old ] && bin=/tmp/oldb/moe-train
+	timeout 200 $bin --model $R/dh128-3l.json --data /tmp/d --device cuda --micro-batch 4 --seq-len 2048 \
+		--steps 4 --warmup 1 --ckpt-every 4 --eval-every 4 -q --out /tmp/run-$v 2>&1 | tail -3
+	echo "$v rc=$?"
+	sed -n 's/^{"step":\([0-9]*\),"split":"\([a-z]*\)".*"loss":\([^,]*\),.*/\1 \2 \3/p' /tmp/run-$v/metrics.jsonl |
+		tr '\n' ' '
+	echo
+	(cd /tmp/run-$v/ckpt/step-0000004 && sha256sum *.safetensors)
+done
+for f in model optimizer; do
+	cmp /tmp/run-old/ckpt/step-0000004/$f.safetensors /tmp/run-new/ckpt/step-0000004/$f.safetensors &&
+		echo "same bytes: $f.safetensors"
+done
+olmoe_step 4
+echo "=== old olmoe-1b-7b B=4 T=4096"
+timeout 150 /tmp/oldb/bench_cuda -m share/models/olmoe-1b-7b.json -T 4096 -B 4 -n 3 -w 2 2>/tmp/o.err | sed 's/^/(old) /' | tail -1
+tail -1 /tmp/o.err
+echo "=== torch_ref --preset olmoe --modes best_c"
+timeout 300 python3 $R/torch_ref.py --preset olmoe --modes best_c 2>&1 | grep -v Warning | tail -2
+olmoe_step 4
+} >$O/run140.txt 2>&1
+grep -E "^=== |rc=|step_ms|same bytes|^old|^new|train|safetensors|step [0-9]" $O/run140.txt |
+	sed 's/"model".*"step_ms"/"step_ms"/; s/"tflops".*"peak_gib"/"peak_gib"/; s/"shape".*"step_ms"/"step_ms"/' | tail -40
+date -u
