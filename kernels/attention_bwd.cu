@@ -335,6 +335,11 @@ static int att_bwd_variant(int Dh)
 	return Dh < 64 ? 1 : att_choose(&att_bwd_ch, Dh == 96 || Dh == 128 ? 5 : 2);
 }
 
+extern "C" int moe_cuda_attention_bwd_env_check(struct moe_error *err)
+{
+	return att_env_check(&att_bwd_ch, err);
+}
+
 extern "C" const char *moe_cuda_attention_bwd_name(int Dh)
 {
 	return att_bwd_names[att_bwd_variant(Dh) - 1];

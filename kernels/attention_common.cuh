@@ -7,6 +7,7 @@
 #ifndef MOE_ATTENTION_COMMON_CUH
 #define MOE_ATTENTION_COMMON_CUH
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -40,6 +41,27 @@ static inline int att_choose(struct att_choice *ch, int dflt)
 				ch->from_env = i + 1;
 	}
 	return ch->from_env ? ch->from_env : dflt;
+}
+
+/* 0 when the environment variable names one of the variants or is unset
+ * or empty, else an error naming the variable, its value and the names
+ * (an old script's removed variant must not measure the default). */
+static inline int att_env_check(const struct att_choice *ch, struct moe_error *err)
+{
+	const char *e = getenv(ch->env);
+	if (!e || !*e)
+		return 0;
+	char list[160];
+	size_t o = 0;
+	for (int i = 0; i < ch->n; i++) {
+		if (strcmp(e, ch->names[i]) == 0)
+			return 0;
+		int w = snprintf(list + o, sizeof list - o, "%s%s", i ? ", " : "", ch->names[i]);
+		if (w > 0 && (size_t)w < sizeof list - o)
+			o += (size_t)w;
+	}
+	return moe_error_set(err, MOE_EINVAL, "%s='%s': not an attention variant here (expected one of %s)",
+			     ch->env, e, list);
 }
 
 /* Copy rows [row0, row0+ROWS) of one (b, h) slice into dst (ROWS, DH+PAD)

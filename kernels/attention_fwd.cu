@@ -185,6 +185,11 @@ static int att_fwd_variant(int Dh)
 	return att_choose(&att_fwd_ch, Dh == 96 || Dh == 128 ? 6 : 2);
 }
 
+extern "C" int moe_cuda_attention_fwd_env_check(struct moe_error *err)
+{
+	return att_env_check(&att_fwd_ch, err);
+}
+
 extern "C" const char *moe_cuda_attention_fwd_name(int Dh)
 {
 	return att_fwd_names[att_fwd_variant(Dh) - 1];

@@ -2602,6 +2602,8 @@ extern "C" struct moe_backend *moe_backend_cuda(struct moe_error *err)
 			goto fail;
 		}
 		c->expert_fuse = moe_cuda_grouped_wgmma_supported() ? (int)xf : 0;
+		if (moe_cuda_attention_fwd_env_check(err) || moe_cuda_attention_bwd_env_check(err))
+			goto fail;
 		c->ssq_epi = !env_is("MOE_CUDA_SUMSQ_EPI", "0");
 		c->sq_batch = !env_is("MOE_CUDA_SUMSQ_BATCH", "0");
 		if (!env_long("MOE_CUDA_WGRAD_STORE_MIN", (long)4 << 20, 0, LONG_MAX, &c->wgrad_store_min)) {

@@ -150,6 +150,9 @@ const char *moe_cuda_attention_bwd_config(int v);
  * (where the device has no wgmma, the wgmma variants run v1). */
 const char *moe_cuda_attention_fwd_name(int Dh);
 const char *moe_cuda_attention_bwd_name(int Dh);
+/* 0, or MOE_EINVAL where MOE_CUDA_ATTENTION_FWD / _BWD names no variant */
+int moe_cuda_attention_fwd_env_check(struct moe_error *err);
+int moe_cuda_attention_bwd_env_check(struct moe_error *err);
 /* How many forward launches so far ran another kernel than the variant in
  * use (fa3pk128, fa3 or fa3k128 where the driver offers no tensor maps or a
  * pointer is not 16-byte aligned: fa3k128, then wg1 instead; no wgmma: v1;
