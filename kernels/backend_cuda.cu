@@ -2604,6 +2604,20 @@ extern "C" struct moe_backend *moe_backend_cuda(struct moe_error *err)
 		c->expert_fuse = moe_cuda_grouped_wgmma_supported() ? (int)xf : 0;
 		if (moe_cuda_attention_fwd_env_check(err) || moe_cuda_attention_bwd_env_check(err))
 			goto fail;
+		/* the grouped GEMMs' variants removed in session 19: a script that
+		 * still sets them would measure the default without knowing */
+		static const char *const gone[] = {"MOE_CUDA_TMA_FUSE", "MOE_CUDA_TMA_FUSE_DG", "MOE_CUDA_TMA_FUSE_CFG",
+						   "MOE_CUDA_GROUPED_TMA_CFG"};
+		for (size_t i = 0; i < sizeof gone / sizeof gone[0]; i++) {
+			const char *v = getenv(gone[i]);
+			if (v && *v) {
+				moe_error_set(err, MOE_EINVAL,
+					      "%s='%s': that variant was removed in session 19 (it lost; "
+					      "tests/bench/RESULTS-tma.md); unset it",
+					      gone[i], v);
+				goto fail;
+			}
+		}
 		c->ssq_epi = !env_is("MOE_CUDA_SUMSQ_EPI", "0");
 		c->sq_batch = !env_is("MOE_CUDA_SUMSQ_BATCH", "0");
 		if (!env_long("MOE_CUDA_WGRAD_STORE_MIN", (long)4 << 20, 0, LONG_MAX, &c->wgrad_store_min)) {

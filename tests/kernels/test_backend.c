@@ -1595,3 +1595,15 @@ Test(backend, attention_variant_names_checked, .timeout = 30)
 	unsetenv("MOE_CUDA_ATTENTION_FWD");
 	be->destroy(be);
 }
+
+/* The grouped GEMMs' variables removed in session 19 stop the backend too. */
+Test(backend, removed_grouped_variables_refused, .timeout = 30)
+{
+	NEED_GPU();
+	struct moe_error err = {0};
+	setenv("MOE_CUDA_TMA_FUSE", "1", 1);
+	struct moe_backend *be = moe_backend_cuda(&err);
+	unsetenv("MOE_CUDA_TMA_FUSE");
+	cr_assert_null(be, "MOE_CUDA_TMA_FUSE=1 accepted");
+	cr_assert(strstr(err.msg, "MOE_CUDA_TMA_FUSE='1'") && strstr(err.msg, "removed"), "%s", err.msg);
+}
