@@ -51,11 +51,12 @@ static inline int att_env_check(const struct att_choice *ch, struct moe_error *e
 	const char *e = getenv(ch->env);
 	if (!e || !*e)
 		return 0;
+	for (int i = 0; i < ch->n; i++)
+		if (strcmp(e, ch->names[i]) == 0)
+			return 0;
 	char list[160];
 	size_t o = 0;
 	for (int i = 0; i < ch->n; i++) {
-		if (strcmp(e, ch->names[i]) == 0)
-			return 0;
 		int w = snprintf(list + o, sizeof list - o, "%s%s", i ? ", " : "", ch->names[i]);
 		if (w > 0 && (size_t)w < sizeof list - o)
 			o += (size_t)w;

@@ -1573,6 +1573,15 @@ Test(backend, sumsq_from_wgrad_epilogue, .timeout = 120)
 	moe_model_free(mc);
 }
 
+/* With var=val in the environment the CUDA backend is not made; why in err */
+static void backend_refused(const char *var, const char *val, struct moe_error *err)
+{
+	setenv(var, val, 1);
+	struct moe_backend *be = moe_backend_cuda(err);
+	unsetenv(var);
+	cr_assert_null(be, "%s=%s accepted", var, val);
+}
+
 /* A variant name the attention does not have (here one removed in session
  * 19) stops the backend with the variable, the value and the names, where
  * it used to run the default silently; a name it has is taken. */
@@ -1580,16 +1589,13 @@ Test(backend, attention_variant_names_checked, .timeout = 30)
 {
 	NEED_GPU();
 	struct moe_error err = {0};
-	setenv("MOE_CUDA_ATTENTION_BWD", "fa3fc", 1);
-	struct moe_backend *be = moe_backend_cuda(&err);
-	unsetenv("MOE_CUDA_ATTENTION_BWD");
-	cr_assert_null(be, "MOE_CUDA_ATTENTION_BWD=fa3fc accepted");
+	backend_refused("MOE_CUDA_ATTENTION_BWD", "fa3fc", &err);
 	cr_assert(strstr(err.msg, "MOE_CUDA_ATTENTION_BWD='fa3fc'") && strstr(err.msg, "fa3f") &&
 			  strstr(err.msg, "wgeg"),
 		  "%s", err.msg);
 	struct moe_error err2 = {0};
 	setenv("MOE_CUDA_ATTENTION_FWD", "fa3k128", 1);
-	be = moe_backend_cuda(&err2);
+	struct moe_backend *be = moe_backend_cuda(&err2);
 	cr_assert_not_null(be, "%s", err2.msg);
 	cr_assert_str_eq(moe_cuda_attention_fwd_name(96), "fa3k128"); /* the variable is read at first use */
 	unsetenv("MOE_CUDA_ATTENTION_FWD");
@@ -1601,9 +1607,6 @@ Test(backend, removed_grouped_variables_refused, .timeout = 30)
 {
 	NEED_GPU();
 	struct moe_error err = {0};
-	setenv("MOE_CUDA_TMA_FUSE", "1", 1);
-	struct moe_backend *be = moe_backend_cuda(&err);
-	unsetenv("MOE_CUDA_TMA_FUSE");
-	cr_assert_null(be, "MOE_CUDA_TMA_FUSE=1 accepted");
+	backend_refused("MOE_CUDA_TMA_FUSE", "1", &err);
 	cr_assert(strstr(err.msg, "MOE_CUDA_TMA_FUSE='1'") && strstr(err.msg, "removed"), "%s", err.msg);
 }

@@ -709,13 +709,16 @@ static void attention_fa3f_case(const char *vn, int B, int T, int H, int Dh, boo
 	cudaFree(gqkv), cudaFree(gdo), cudaFree(go), cudaFree(gl);
 }
 
-/* odd T (one token, below a tile, a multiple of 64 but not of 128: the last
- * block's second warpgroup has no keys, partial last tiles), several B and
- * H, Dh 96 and 128 (64 runs fa3), against the CPU reference; then the
- * seed-base and olmoe-like grids (many waves of blocks, the ordered adds
- * waiting across them) against fa3 */
-static void attention_fa3f_cases(const char *vn)
+/* fa3f: odd T (one token, below a tile, a multiple of 64 but not of 128:
+ * the last block's second warpgroup has no keys, partial last tiles),
+ * several B and H, Dh 96 and 128 (64 runs fa3), against the CPU reference;
+ * then the seed-base and olmoe-like grids (many waves of blocks, the
+ * ordered adds waiting across them) against fa3 */
+Test(kernels, attention_fa3f, .timeout = 60)
 {
+	NEED_GPU();
+	rng_seed(19);
+	const char *vn = "fa3f";
 	attention_fa3f_case(vn, 2, 333, 2, 96, true);
 	attention_fa3f_case(vn, 1, 777, 2, 96, true);
 	attention_fa3f_case(vn, 1, 1000, 2, 128, true);
@@ -728,13 +731,6 @@ static void attention_fa3f_cases(const char *vn)
 	attention_fa3f_case(vn, 1, 200, 2, 64, true);
 	attention_fa3f_case(vn, 16, 2048, 8, 96, false);
 	attention_fa3f_case(vn, 2, 4096, 16, 128, false);
-}
-
-Test(kernels, attention_fa3f, .timeout = 60)
-{
-	NEED_GPU();
-	rng_seed(19);
-	attention_fa3f_cases("fa3f");
 }
 
 /* The query's QK-norm + RoPE backward straight from fa3f's fp32 dQ tiles

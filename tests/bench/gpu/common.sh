@@ -11,7 +11,9 @@
 #   bc_as LABEL "VAR=V ..." [ARGS]  bc with those variables, its JSON line prefixed (LABEL)
 #   plans [VAR=V ...]            the cuBLASLt plans of a short seed-base run (-G)
 #   ktr NAME [VAR=V ...]         ktrace of bench_cuda -n 3 -w 2 into $OUT/NAME.csv.gz, its summary
-#   bc_old [ARGS]                bc with an older build's bench_cuda unpacked at /tmp/oldb
+#   old_build                    an older build's moe-train and bench_cuda ($R/oldb.tgz) unpacked at /tmp/oldb
+#   bc_old [ARGS]                bc with that build's bench_cuda
+#   same_bytes MODEL.json        moe-train of that build and this one, 4 steps: losses, checkpoint sha256, cmp
 R=$PWD/${RUNDIR:-${PACK:-.devrun}}
 B=$R/b
 M=share/models/seed-base.json
@@ -72,8 +74,34 @@ suites() {
 	echo "rc=$?"
 	tail -3 /tmp/resume.out
 }
-bc_old() { # bench_cuda of an older build unpacked at /tmp/oldb (its JSON line prefixed "(old)")
+bc_old() { # bench_cuda of the older build (its JSON line prefixed "(old)")
+	old_build
 	echo "--- old bench_cuda $*"
 	timeout 120 /tmp/oldb/bench_cuda -m $M -B 16 -n 6 -w 2 "$@" 2>/tmp/bc.err | sed 's/^/(old) /'
 	tail -1 /tmp/bc.err
+}
+old_build() {
+	[ -x /tmp/oldb/moe-train ] || { tar xzf $R/oldb.tgz -C /tmp && chmod +x /tmp/oldb/*; }
+}
+same_bytes() { # both builds' step-4 checkpoints of MODEL.json (micro-batch 4, seq 2048), byte for byte
+	old_build
+	echo "=== same bytes: $(basename $1 .json), 4 steps, micro-batch 4, seq 2048"
+	[ -d /tmp/sb-data ] || $B/tests/train/mkdata /tmp/sb-data 4000 >/dev/null
+	for v in old new; do
+		bin=$B/cmd/moe-train
+		[ $v = old ] && bin=/tmp/oldb/moe-train
+		rm -rf /tmp/run-$v
+		timeout 200 $bin --model $1 --data /tmp/sb-data --device cuda --micro-batch 4 --seq-len 2048 \
+			--steps 4 --warmup 1 --ckpt-every 4 --eval-every 4 -q --out /tmp/run-$v >/tmp/sb.out 2>&1
+		echo "$v rc=$?"
+		tail -3 /tmp/sb.out
+		sed -n 's/^{"step":\([0-9]*\),"split":"\([a-z]*\)".*"loss":\([^,]*\),.*/\1 \2 \3/p' \
+			/tmp/run-$v/metrics.jsonl | tr '\n' ' '
+		echo
+		(cd /tmp/run-$v/ckpt/step-0000004 && sha256sum *.safetensors)
+	done
+	for f in model optimizer; do
+		cmp /tmp/run-old/ckpt/step-0000004/$f.safetensors /tmp/run-new/ckpt/step-0000004/$f.safetensors &&
+			echo "same bytes: $f.safetensors"
+	done
 }

@@ -10,31 +10,13 @@
 set -u
 . "$(dirname "$0")/common.sh"
 O=${OUT:-/tmp}
-tar xzf $R/oldb.tgz -C /tmp
-chmod +x /tmp/oldb/*
 {
 suites
 echo "=== tests/model/parity.sh"
 MOE_BUILDDIR=$B MOE_SRCDIR=$PWD timeout 120 sh tests/model/parity.sh >/tmp/parity.out 2>&1
 echo "rc=$?"
 grep -v "Warning\|warn" /tmp/parity.out | tail -8
-echo "=== same bytes: seed-3l, 4 steps, micro-batch 4, seq 2048"
-$B/tests/train/mkdata /tmp/d 4000 >/dev/null
-for v in old new; do
-	bin=$B/cmd/moe-train
-	[ $v = old ] && bin=/tmp/oldb/moe-train
-	timeout 200 $bin --model $R/seed-3l.json --data /tmp/d --device cuda --micro-batch 4 --seq-len 2048 \
-		--steps 4 --warmup 1 --ckpt-every 4 --eval-every 4 -q --out /tmp/run-$v 2>&1 | tail -3
-	echo "$v rc=$?"
-	sed -n 's/^{"step":\([0-9]*\),"split":"\([a-z]*\)".*"loss":\([^,]*\),.*/\1 \2 \3/p' /tmp/run-$v/metrics.jsonl |
-		tr '\n' ' '
-	echo
-	(cd /tmp/run-$v/ckpt/step-0000004 && sha256sum *.safetensors)
-done
-for f in model optimizer; do
-	cmp /tmp/run-old/ckpt/step-0000004/$f.safetensors /tmp/run-new/ckpt/step-0000004/$f.safetensors &&
-		echo "same bytes: $f.safetensors"
-done
+same_bytes $R/seed-3l.json
 echo "=== steps (new, old, torch_ref)"
 bc
 bc_old

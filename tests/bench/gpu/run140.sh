@@ -8,26 +8,9 @@
 set -u
 . "$(dirname "$0")/common.sh"
 O=${OUT:-/tmp}
-tar xzf $R/oldb.tgz -C /tmp
-chmod +x /tmp/oldb/*
+old_build
 {
-echo "=== same bytes: dh128-3l, 4 steps, micro-batch 4, seq 2048"
-$B/tests/train/mkdata /tmp/d 4000 >/dev/null
-for v in old new; do
-	bin=$B/cmd/moe-train
-	[ $v = old ] && bin=/tmp/oldb/moe-train
-	timeout 200 $bin --model $R/dh128-3l.json --data /tmp/d --device cuda --micro-batch 4 --seq-len 2048 \
-		--steps 4 --warmup 1 --ckpt-every 4 --eval-every 4 -q --out /tmp/run-$v 2>&1 | tail -3
-	echo "$v rc=$?"
-	sed -n 's/^{"step":\([0-9]*\),"split":"\([a-z]*\)".*"loss":\([^,]*\),.*/\1 \2 \3/p' /tmp/run-$v/metrics.jsonl |
-		tr '\n' ' '
-	echo
-	(cd /tmp/run-$v/ckpt/step-0000004 && sha256sum *.safetensors)
-done
-for f in model optimizer; do
-	cmp /tmp/run-old/ckpt/step-0000004/$f.safetensors /tmp/run-new/ckpt/step-0000004/$f.safetensors &&
-		echo "same bytes: $f.safetensors"
-done
+same_bytes $R/dh128-3l.json
 olmoe_step 4
 echo "=== old olmoe-1b-7b B=4 T=4096"
 timeout 150 /tmp/oldb/bench_cuda -m share/models/olmoe-1b-7b.json -T 4096 -B 4 -n 3 -w 2 2>/tmp/o.err | sed 's/^/(old) /' | tail -1
