@@ -24,13 +24,6 @@
  *       strided-batched cuBLAS variant measured the same and was dropped);
  *   "kernel": the device-driven kernel for all three, no synchronisation;
  *   "cublas": a loop of per-expert cuBLAS GEMMs.
- * Routed experts (MOE_CUDA_EXPERT_FUSE, bits): with "wgmma", the row gather
- * and SwiGLU fused into the expert GEMMs: 1 the gate_up forward (gather in
- * the loads, SwiGLU in the epilogue), 4 the gate_up weight gradient reading
- * the gathered rows.  The default, 0, runs gather, GEMMs and SwiGLU as
- * separate kernels: beside the default "tma" kernels 1, 4 and 5 measured
- * 4-10 ms a seed-base step slower on an H100 (session 11, call 69,
- * tests/bench/RESULTS-cuda.md).
  * The attention block (MOE_CUDA_QKV, default packed): the model keeps q,
  * k, v in rows of 3 D and the attention_qknorm_fwd / _bwd ops read and
  * write them there (QK-norm at a row stride, v and dv at the attention's
@@ -96,9 +89,6 @@ extern "C" {
  * gradient beside cuBLAS grouped fwd/dgrad */
 enum { GM_KERNEL, GM_CUBLAS_GROUPED, GM_CUBLAS_LOOP, GM_WGMMA };
 enum { WG_KERNEL, WG_LOOP, WG_WGMMA };
-/* MOE_CUDA_EXPERT_FUSE bits: gather + gate_up GEMM + SwiGLU; gate_up wgrad
- * on the gathered rows */
-enum { EF_UP_FWD = 1, EF_UP_WGRAD = 4, EF_ALL = EF_UP_FWD | EF_UP_WGRAD };
 /* scratch buffers, grown on demand */
 enum { S_GROUP, S_STATS, S_DELTA, S_INV, S_SUMSQ, S_LOSS, S_DET, S_QKV, S_WG, N_SCRATCH };
 
@@ -206,7 +196,6 @@ struct cuda_ctx {
 	int narrow_ok;
 	int32_t *one_off;
 	int one_rows;
-	int expert_fuse;    /* routed experts: EF_* fused into the wgmma GEMMs */
 	int wgrad_mode;     /* GM_CUBLAS_GROUPED: WG_* */
 	int32_t *hoff[N_ROUTES];
 	int hoff_n[N_ROUTES];
@@ -2104,30 +2093,16 @@ static void o_grouped_bwd(struct moe_backend *be, void *dx, float *dw, const voi
 	PROF_END(c);
 }
 
-/* The routed experts' MLP: with the bits of expert_fuse (MOE_CUDA_EXPERT_FUSE,
- * where the wgmma kernels run) the gather rides in the gate_up GEMMs' loads
- * and SwiGLU in the forward's epilogue (grouped_wgmma.cu), so xg is never
- * written; otherwise the ops of the unfused sequence. */
-static bool expert_fused(struct cuda_ctx *c, int bit)
-{
-	return (c->expert_fuse & bit) && c->grouped_mode == GM_WGMMA;
-}
-
+/* The routed experts' MLP as its ops: the rows gathered in expert order, the
+ * gate_up GEMM, SwiGLU (session 20 removed MOE_CUDA_EXPERT_FUSE's variants,
+ * which ran the gather and SwiGLU inside grouped_wgmma.cu's GEMMs: 4-10 ms a
+ * seed-base step slower, tests/bench/RESULTS-cuda.md, session 11) */
 static void o_expert_up_fwd(struct moe_backend *be, void *gu, void *h, const void *x, const int32_t *perm,
 			    const void *w, const int32_t *offsets, void *xg, int NK, int K, int E, int D, int I)
 {
-	struct cuda_ctx *c = CTX(be);
-	if (!expert_fused(c, EF_UP_FWD)) {
-		o_gather_rows(be, xg, x, perm, NK, K, D);
-		o_grouped_fwd(be, gu, xg, w, offsets, E, D, 2 * I);
-		o_swiglu_fwd(be, h, gu, NK, I, 1, 2 * I);
-		return;
-	}
-	int rows = grouped_rows(c, offsets, E);
-	PROF(c, "expert_up_fwd");
-	RUN(c, moe_cuda_grouped_wgmma_up_fwd((bf16_t *)gu, (bf16_t *)h, (const bf16_t *)x, perm, K, (const bf16_t *)w,
-					     offsets, rows, E, D, I, c->s, &c->err));
-	PROF_END(c);
+	o_gather_rows(be, xg, x, perm, NK, K, D);
+	o_grouped_fwd(be, gu, xg, w, offsets, E, D, 2 * I);
+	o_swiglu_fwd(be, h, gu, NK, I, 1, 2 * I);
 }
 
 static void o_expert_down_bwd(struct moe_backend *be, void *dgu, void *h, float *dw, const void *dy, const void *gu,
@@ -2142,19 +2117,9 @@ static void o_expert_up_bwd(struct moe_backend *be, void *dx, float *dw, const v
 			    const int32_t *perm, const void *w, const int32_t *offsets, void *xg, bool xg_ready, int NK,
 			    int K, int E, int D, int I)
 {
-	struct cuda_ctx *c = CTX(be);
-	if (!expert_fused(c, EF_UP_WGRAD)) {
-		if (!xg_ready)
-			o_gather_rows(be, xg, x, perm, NK, K, D);
-		o_grouped_bwd(be, dx, dw, dgu, xg, w, offsets, E, D, 2 * I);
-		return;
-	}
-	o_grouped_bwd(be, dx, NULL, dgu, NULL, w, offsets, E, D, 2 * I);
-	ssq_forget(c, dw, (size_t)E * 2 * I * D * 4);
-	PROF(c, "expert_up_wgrad");
-	RUN(c, moe_cuda_grouped_wgmma_up_wgrad(dw, (const bf16_t *)dgu, (const bf16_t *)x, perm, K, offsets, E, D, I,
-					       be->grad_overwrite, c->s, &c->err));
-	PROF_END(c);
+	if (!xg_ready)
+		o_gather_rows(be, xg, x, perm, NK, K, D);
+	o_grouped_bwd(be, dx, dw, dgu, xg, w, offsets, E, D, 2 * I);
 }
 
 /* combine_bwd and expert_down_bwd as one, without the expert outputs (model.h):
@@ -2595,26 +2560,27 @@ extern "C" struct moe_backend *moe_backend_cuda(struct moe_error *err)
 		/* the router's linear merged with the shared experts' gate_up
 		 * (model.h); MOE_CUDA_ROUTER_MERGE=0: apart (comparisons) */
 		be->router_merge_ok = !env_is("MOE_CUDA_ROUTER_MERGE", "0") && !moe_cuda_route_legacy_on();
-		long xf;
-		if (!env_long("MOE_CUDA_EXPERT_FUSE", 0, 0, EF_ALL, &xf) || (xf & ~EF_ALL)) {
-			moe_error_set(err, MOE_EINVAL, "MOE_CUDA_EXPERT_FUSE='%s': expected 0, 1, 4 or 5",
-				      getenv("MOE_CUDA_EXPERT_FUSE"));
-			goto fail;
-		}
-		c->expert_fuse = moe_cuda_grouped_wgmma_supported() ? (int)xf : 0;
 		if (moe_cuda_attention_fwd_env_check(err) || moe_cuda_attention_bwd_env_check(err))
 			goto fail;
-		/* the grouped GEMMs' variants removed in session 19: a script that
-		 * still sets them would measure the default without knowing */
-		static const char *const gone[] = {"MOE_CUDA_TMA_FUSE", "MOE_CUDA_TMA_FUSE_DG", "MOE_CUDA_TMA_FUSE_CFG",
-						   "MOE_CUDA_GROUPED_TMA_CFG"};
+		/* variants removed after they lost (sessions 19-20): a script that
+		 * still asks for one would measure the default without knowing.
+		 * The value that asked for the default is taken. */
+		static const struct {
+			const char *name, *dflt, *record;
+			int session;
+		} gone[] = {{"MOE_CUDA_TMA_FUSE", "0", "RESULTS-tma.md", 19},
+			    {"MOE_CUDA_TMA_FUSE_DG", "0", "RESULTS-tma.md", 19},
+			    {"MOE_CUDA_TMA_FUSE_CFG", "0", "RESULTS-tma.md", 19},
+			    {"MOE_CUDA_GROUPED_TMA_CFG", "0", "RESULTS-tma.md", 19},
+			    {"MOE_CUDA_EXPERT_FUSE", "0", "RESULTS-cuda.md", 20},
+			    {"MOE_CUDA_TMA_TAILSKIP", "1", "RESULTS-tma.md", 20}};
 		for (size_t i = 0; i < sizeof gone / sizeof gone[0]; i++) {
-			const char *v = getenv(gone[i]);
-			if (v && *v) {
+			const char *v = getenv(gone[i].name);
+			if (v && *v && strcmp(v, gone[i].dflt)) {
 				moe_error_set(err, MOE_EINVAL,
-					      "%s='%s': that variant was removed in session 19 (it lost; "
-					      "tests/bench/RESULTS-tma.md); unset it",
-					      gone[i], v);
+					      "%s='%s': that variant was removed in session %d (it lost; "
+					      "tests/bench/%s); unset it",
+					      gone[i].name, v, gone[i].session, gone[i].record);
 				goto fail;
 			}
 		}
@@ -2699,9 +2665,8 @@ extern "C" struct moe_backend *moe_backend_cuda(struct moe_error *err)
 	be->combine_fwd = o_combine_fwd;
 	be->combine_bwd = o_combine_bwd;
 	/* without the experts' outputs (model.h); MOE_CUDA_YG=keep: combine_bwd
-	 * and expert_down_bwd (comparisons).  Not with the fused forward, which
-	 * writes no xg */
-	if (!c->yg_keep && !expert_fused(c, EF_UP_FWD))
+	 * and expert_down_bwd (comparisons) */
+	if (!c->yg_keep)
 		be->expert_combine_down_bwd = o_expert_combine_down_bwd;
 	be->xent = o_xent;
 	be->zloss = o_zloss;

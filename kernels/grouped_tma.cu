@@ -60,8 +60,6 @@ struct gt_args {
 	const int32_t *offsets; /* (E+1) */
 	int E, K, ncols, nt;    /* nt: tiles along the output columns */
 	int mt, store;          /* wgrad: tiles along Out; store (else add) */
-	int all_mma;            /* MOE_CUDA_TMA_TAILSKIP=0: the MMAs of rows past the
-				   expert's end issued too (comparisons) */
 	double *ssq;            /* wgrad, store: the stored values' sums of squares, two
 				   slots a tile (gt_ssq_slots), or nullptr */
 };
@@ -358,7 +356,7 @@ __global__ void __launch_bounds__(GT_THREADS, 1)
 		 * epilogue stores nothing of its rows).  The whole main loop is
 		 * skipped, not the MMAs in it: wgmma under a branch is serialised
 		 * by ptxas (C7520). */
-		const bool live = MODE == GT_WGRAD || g.all_mma || tl.mi > cw * MW * 64;
+		const bool live = MODE == GT_WGRAD || tl.mi > cw * MW * 64;
 		const int nkt = live ? tl.kt : 0;
 		if (!live)
 			for (int kt = 0; kt < tl.kt; kt++) {
@@ -547,17 +545,6 @@ __global__ void __launch_bounds__(GT_THREADS, 1)
  * took the wgmma kernels instead. */
 static int gt_force_cfg, gt_force_grid, gt_fallbacks;
 
-/* MOE_CUDA_TMA_TAILSKIP=0: the forward's and input gradient's MMAs on the
- * rows past an expert's end are issued as before (comparisons; the values
- * stored are the same either way) */
-static int gt_all_mma(void)
-{
-	static int v = -1;
-	if (v < 0)
-		v = env_is("MOE_CUDA_TMA_TAILSKIP", "0");
-	return v;
-}
-
 extern "C" int moe_cuda_grouped_tma_config(int cfg, int grid)
 {
 	gt_force_cfg = cfg == 1 || cfg == 3 ? cfg : 0;
@@ -621,7 +608,7 @@ static int gt_launch(void *c, const bf16 *a, const bf16 *w, const int32_t *offse
 	if (!ok)
 		return 1;
 	gt_args g = {a, MODE == GT_WGRAD ? w : nullptr, c, offsets, E, K, ncols, (int)moe_cdiv(ncols, BN),
-		     (int)moe_cdiv(Out, BM), store, gt_all_mma(), MODE == GT_WGRAD && store ? ssq : nullptr};
+		     (int)moe_cdiv(Out, BM), store, MODE == GT_WGRAD && store ? ssq : nullptr};
 	if (ssq_n) /* the slots the kernel writes: two a tile */
 		*ssq_n = g.ssq ? (size_t)2 * E * g.mt * g.nt : 0;
 	size_t tiles = MODE == GT_WGRAD ? (size_t)E * g.mt * g.nt : (size_t)(moe_cdiv(max_rows, BM) + E) * g.nt;

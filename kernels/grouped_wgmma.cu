@@ -24,16 +24,7 @@
  * gradient has one block per (expert, output tile) and accumulates fp32 +=.
  * Built for sm_90a only: on other devices the launchers return
  * MOE_EUNSUPPORTED.
- *
- * Fused variants for the routed experts (FUSE bits, 128 x 128 tiles only):
- * GF_GATHER reads the expert-ordered rows of x through the routing
- * permutation (row j is x[perm[j] / topk]) in the loads themselves, the
- * forward's A rows (row addresses computed once per block) and the weight
- * gradient's B k-rows (the next stage's source rows read before the
- * barrier); GF_SWIGLU in the forward loads a 64 + 64 row B tile, gate rows
- * j0.. and the matching up rows I + j0.., so that gate column j and up column
- * j land in the same thread's fragment (registers 4j.. and 4(j + 8)..) and
- * the epilogue writes gu and h = silu(g) u. */
+ */
 
 #include "wgmma.cuh"
 #include "kernels.h"
@@ -44,8 +35,6 @@
 
 enum { GW_FWD = 0, GW_DGRAD = 1, GW_WGRAD = 2 };
 
-enum { GF_GATHER = 1, GF_SWIGLU = 2 };
-
 struct gw_args {
 	const bf16 *a, *b; /* X or dY; W or X */
 	void *c;
@@ -53,40 +42,16 @@ struct gw_args {
 	int E, In, Out;
 	int nt; /* tiles along the output columns */
 	int mt; /* wgrad: tiles along Out */
-	/* fused variants */
-	const int32_t *perm; /* GF_GATHER: (M) slot of each expert-ordered row */
-	int topk;            /* GF_GATHER: x row = perm[j] / topk */
-	bf16 *h;             /* GF_SWIGLU: (M, I) */
-	int I;               /* GF_SWIGLU */
 	int store;           /* weight gradient: store (no read) instead of adding; an
 				expert without rows stores zeros */
 };
 
-/* Sources of the gathered loads (GF_GATHER): the forward's A rows tid / 8 +
- * 32 it of this thread (NULL past the tile's rows); the weight gradient's
- * x rows of the 64 k-rows of one stage (shared memory, -1 past the group). */
-struct gw_src {
-	const bf16 *arow[GW_BM * 8 / GW_THREADS];
-	const int *brow;
-};
-
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-/* The weight gradient's gathered B k-rows of the stage at k0 into the
- * shared slot brow (64 entries; threads 0..63). */
-static __device__ __forceinline__ void gw_brows(int *brow, const int32_t *perm, int topk, int K, int k0)
-{
-	int k = threadIdx.x;
-	if (k < GW_BK)
-		brow[k] = k0 + k < K ? __ldg(perm + k0 + k) / topk : -1;
-}
-
 /* One pipeline stage: the A tile (128 rows or columns) and the B tile (BN)
- * of reduction slice [k0, k0 + 64), zero-filled outside Mi x K and Nj x K.
- * FUSE: gathered rows from src (GF_GATHER); with GF_SWIGLU the forward's B
- * rows 64.. are the up rows, bup elements after the gate rows 0..63. */
-template <bool AT, bool BT, int BN, int FUSE>
+ * of reduction slice [k0, k0 + 64), zero-filled outside Mi x K and Nj x K. */
+template <bool AT, bool BT, int BN>
 static __device__ __forceinline__ void gw_load(uint32_t sa, uint32_t sb, const bf16 *A, int lda, const bf16 *B,
-					       int ldb, int Mi, int Nj, int K, int k0, size_t bup, const gw_src &src)
+					       int ldb, int Mi, int Nj, int K, int k0)
 {
 	const int tid = threadIdx.x;
 	if (!AT) {
@@ -94,16 +59,8 @@ static __device__ __forceinline__ void gw_load(uint32_t sa, uint32_t sb, const b
 #pragma unroll
 		for (int it = 0; it < GW_BM * 8 / GW_THREADS; it++) {
 			int c = tid + it * GW_THREADS, r = c >> 3, ch = c & 7;
-			const bf16 *p;
-			bool ok;
-			if constexpr ((FUSE & GF_GATHER) != 0) {
-				ok = src.arow[it] != nullptr && k0 + ch * 8 < K;
-				p = ok ? src.arow[it] + k0 + ch * 8 : A;
-			} else {
-				ok = r < Mi && k0 + ch * 8 < K;
-				p = ok ? A + (size_t)r * lda + k0 + ch * 8 : A;
-			}
-			wg_cp16(sa + r * 128 + ((ch ^ (r & 7)) << 4), p, ok);
+			bool ok = r < Mi && k0 + ch * 8 < K;
+			wg_cp16(sa + r * 128 + ((ch ^ (r & 7)) << 4), ok ? A + (size_t)r * lda + k0 + ch * 8 : A, ok);
 		}
 	} else {
 		/* 64 k-rows of 128 columns, as two 64-column blocks */
@@ -119,33 +76,17 @@ static __device__ __forceinline__ void gw_load(uint32_t sa, uint32_t sb, const b
 #pragma unroll
 		for (int it = 0; it < BN * 8 / GW_THREADS; it++) {
 			int c = tid + it * GW_THREADS, r = c >> 3, ch = c & 7;
-			bool ok;
-			size_t ro;
-			if constexpr ((FUSE & GF_SWIGLU) != 0) {
-				ok = (r & 63) < Nj && k0 + ch * 8 < K;
-				ro = (r >= 64 ? bup : 0) + (size_t)(r & 63) * ldb;
-			} else {
-				ok = r < Nj && k0 + ch * 8 < K;
-				ro = (size_t)r * ldb;
-			}
-			wg_cp16(sb + r * 128 + ((ch ^ (r & 7)) << 4), ok ? B + ro + k0 + ch * 8 : B, ok);
+			bool ok = r < Nj && k0 + ch * 8 < K;
+			wg_cp16(sb + r * 128 + ((ch ^ (r & 7)) << 4), ok ? B + (size_t)r * ldb + k0 + ch * 8 : B, ok);
 		}
 	} else {
 		constexpr int CPR = BN / 8; /* 16-byte chunks per k-row */
 #pragma unroll
 		for (int it = 0; it < GW_BK * CPR / GW_THREADS; it++) {
 			int c = tid + it * GW_THREADS, k = c / CPR, cc = c % CPR;
-			bool ok;
-			const bf16 *p;
-			if constexpr ((FUSE & GF_GATHER) != 0) {
-				int xr = src.brow[k];
-				ok = xr >= 0 && cc * 8 < Nj;
-				p = ok ? B + (size_t)xr * ldb + cc * 8 : B;
-			} else {
-				ok = k0 + k < K && cc * 8 < Nj;
-				p = ok ? B + (size_t)(k0 + k) * ldb + cc * 8 : B;
-			}
-			wg_cp16(sb + (cc >> 3) * 8192 + k * 128 + (((cc & 7) ^ (k & 7)) << 4), p, ok);
+			bool ok = k0 + k < K && cc * 8 < Nj;
+			wg_cp16(sb + (cc >> 3) * 8192 + k * 128 + (((cc & 7) ^ (k & 7)) << 4),
+				ok ? B + (size_t)(k0 + k) * ldb + cc * 8 : B, ok);
 		}
 	}
 }
@@ -175,30 +116,24 @@ template <int BN, int ST> struct gw_cfg {
 	static constexpr size_t SMEM = (size_t)ST * (ABYTES + BBYTES) + 1024;
 };
 
-template <int MODE, int BN, int ST, int WGW, int MINB, int FUSE>
+template <int MODE, int BN, int ST, int WGW, int MINB>
 __global__ void __launch_bounds__(GW_THREADS, MINB) gw_kernel(const gw_args g)
 {
 	MOE_PDL_ENTRY();
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 	constexpr bool AT = MODE == GW_WGRAD; /* A MN-major */
 	constexpr bool BT = MODE != GW_FWD;   /* B MN-major */
-	static_assert(FUSE == 0 || BN == 128, "the fused variants use 128 x 128 tiles");
-	static_assert(!(FUSE & GF_GATHER) || MODE != GW_DGRAD, "the input gradient has nothing to gather");
-	static_assert(!(FUSE & GF_SWIGLU) || MODE == GW_FWD, "SwiGLU: the forward only");
 	constexpr int ABYTES = gw_cfg<BN, ST>::ABYTES, BBYTES = gw_cfg<BN, ST>::BBYTES;
 	constexpr int D = ST - 1 - WGW; /* k-slices loaded ahead */
 	static_assert(D >= 1, "too few stages");
 	extern __shared__ unsigned char gw_smem[];
 	__shared__ int s_e, s_mt;
-	__shared__ int s_brow[2][GW_BK]; /* GF_GATHER weight gradient: x rows of two stages */
 	const uint32_t sa = (wg_smem_u32(gw_smem) + 1023) & ~1023u, sb = sa + ST * ABYTES;
 	const int tid = threadIdx.x;
 
 	const bf16 *A, *B;
 	int lda, ldb, Mi, Nj, K, ldc, row0, ntile;
-	size_t c_off, bup = 0;
-	gw_src src;
-	const int32_t *bperm = nullptr; /* GF_GATHER weight gradient: perm of the group's rows */
+	size_t c_off;
 	if (MODE == GW_WGRAD) {
 		int b = blockIdx.x, jt = b % g.nt, it = (b / g.nt) % g.mt, e = b / g.nt / g.mt;
 		row0 = g.offsets[e];
@@ -216,12 +151,7 @@ __global__ void __launch_bounds__(GW_THREADS, MINB) gw_kernel(const gw_args g)
 		A = g.a + (size_t)row0 * g.Out + it * GW_BM;
 		lda = g.Out;
 		Mi = g.Out - it * GW_BM;
-		if (FUSE & GF_GATHER) {
-			B = g.b + jt * BN;
-			bperm = g.perm + row0;
-		} else {
-			B = g.b + (size_t)row0 * g.In + jt * BN;
-		}
+		B = g.b + (size_t)row0 * g.In + jt * BN;
 		ldb = g.In;
 		Nj = g.In - jt * BN;
 		ldc = g.In;
@@ -262,26 +192,11 @@ __global__ void __launch_bounds__(GW_THREADS, MINB) gw_kernel(const gw_args g)
 		int ncols = MODE == GW_FWD ? g.Out : g.In;
 		K = red;
 		lda = red;
-		if (FUSE & GF_GATHER) {
-			A = g.a;
-#pragma unroll
-			for (int it = 0; it < GW_BM * 8 / GW_THREADS; it++) {
-				int r = tid / 8 + it * (GW_THREADS / 8);
-				src.arow[it] = r < Mi ? g.a + (size_t)(g.perm[row0 + r] / g.topk) * lda : nullptr;
-			}
-		} else {
-			A = g.a + (size_t)row0 * red;
-		}
+		A = g.a + (size_t)row0 * red;
 		const bf16 *W = g.b + (size_t)e * g.Out * g.In;
 		B = MODE == GW_FWD ? W + (size_t)nt * BN * g.In : W + nt * BN;
 		ldb = g.In;
 		Nj = ncols - nt * BN;
-		if (MODE == GW_FWD && (FUSE & GF_SWIGLU)) {
-			/* gate rows nt * 64.. and up rows I + nt * 64.. */
-			B = W + (size_t)nt * (BN / 2) * g.In;
-			bup = (size_t)g.I * g.In;
-			Nj = g.I - nt * (BN / 2);
-		}
 		ldc = ncols;
 		c_off = (size_t)row0 * ncols + nt * BN;
 	}
@@ -289,24 +204,11 @@ __global__ void __launch_bounds__(GW_THREADS, MINB) gw_kernel(const gw_args g)
 	float acc[BN / 2]; /* the first wgmma overwrites (scale-d 0) */
 
 	const int KT = (K + GW_BK - 1) / GW_BK, wg = tid / 128;
-	constexpr bool GB = MODE == GW_WGRAD && (FUSE & GF_GATHER);
 #pragma unroll
 	for (int s = 0; s < D; s++) {
-		if (s < KT) {
-			if (GB) { /* stage s's x rows into slot s % 2 (its last readers: stage s - 2) */
-				__syncthreads();
-				gw_brows(s_brow[s & 1], bperm, g.topk, K, s * GW_BK);
-				__syncthreads();
-				src.brow = s_brow[s & 1];
-			}
-			gw_load<AT, BT, BN, FUSE>(sa + s * ABYTES, sb + s * BBYTES, A, lda, B, ldb, Mi, Nj, K, s * GW_BK,
-						  bup, src);
-		}
+		if (s < KT)
+			gw_load<AT, BT, BN>(sa + s * ABYTES, sb + s * BBYTES, A, lda, B, ldb, Mi, Nj, K, s * GW_BK);
 		wg_cp_commit();
-	}
-	if (GB && D < KT) { /* stage D's, published by the loop's first barrier */
-		__syncthreads();
-		gw_brows(s_brow[D & 1], bperm, g.topk, K, D * GW_BK);
 	}
 	for (int kt = 0; kt < KT; kt++) {
 		int nk = kt + D;
@@ -316,11 +218,9 @@ __global__ void __launch_bounds__(GW_THREADS, MINB) gw_kernel(const gw_args g)
 		wg_cp_wait<D - 1>();
 		wg_fence_proxy();
 		__syncthreads();
-		if (GB)
-			src.brow = s_brow[nk & 1];
 		if (nk < KT)
-			gw_load<AT, BT, BN, FUSE>(sa + (nk % ST) * ABYTES, sb + (nk % ST) * BBYTES, A, lda, B, ldb, Mi,
-						  Nj, K, nk * GW_BK, bup, src);
+			gw_load<AT, BT, BN>(sa + (nk % ST) * ABYTES, sb + (nk % ST) * BBYTES, A, lda, B, ldb, Mi, Nj, K,
+					    nk * GW_BK);
 		wg_cp_commit();
 		const uint32_t a0 = sa + (kt % ST) * ABYTES + wg * 8192, b0 = sb + (kt % ST) * BBYTES;
 		wg_fence();
@@ -331,10 +231,6 @@ __global__ void __launch_bounds__(GW_THREADS, MINB) gw_kernel(const gw_args g)
 			wg_mma<BN, AT ? 1 : 0, BT ? 1 : 0>(acc, da, db, kt > 0 || kk > 0);
 		}
 		wg_commit();
-		/* the x rows of stage nk + 1 while the MMAs run, into the slot
-		 * that stage nk - 1 used (read before this iteration's barrier) */
-		if (GB && nk + 1 < KT)
-			gw_brows(s_brow[(nk + 1) & 1], bperm, g.topk, K, (nk + 1) * GW_BK);
 		wg_wait<WGW>();
 	}
 	wg_wait<0>();
@@ -343,39 +239,22 @@ __global__ void __launch_bounds__(GW_THREADS, MINB) gw_kernel(const gw_args g)
 	/* accumulator fragment: warp w of the warpgroup holds rows 16w..16w+15,
 	 * register 4j + 2h + b row lane/4 + 8h, column 8j + 2(lane%4) + b */
 	const int lane = tid % 32, r0 = wg * 64 + ((tid % 128) / 32) * 16 + lane / 4, cq = 2 * (lane % 4);
-	if constexpr (MODE == GW_FWD && (FUSE & GF_SWIGLU)) {
-		/* gate column j0 + col in registers 4j.., its up column in 4(j + 8).. */
-		const int I = g.I, j0 = ntile * (BN / 2);
-		gw_frag_pairs<BN / 16>(r0, cq, Mi, Nj, [&](int j, int h, int i, int col) {
-			__nv_bfloat162 gb = __floats2bfloat162_rn(acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1]);
-			__nv_bfloat162 ub =
-				__floats2bfloat162_rn(acc[4 * (j + BN / 16) + 2 * h], acc[4 * (j + BN / 16) + 2 * h + 1]);
-			size_t row = (size_t)row0 + i;
-			bf16 *gr = (bf16 *)g.c + row * 2 * I + j0 + col;
-			*(__nv_bfloat162 *)gr = gb;
-			*(__nv_bfloat162 *)(gr + I) = ub;
-			*(__nv_bfloat162 *)(g.h + row * I + j0 + col) =
-				__floats2bfloat162_rn(moe_swiglu_h(__low2float(gb), __low2float(ub)),
-						      moe_swiglu_h(__high2float(gb), __high2float(ub)));
-		});
-	} else {
-		gw_frag_pairs<BN / 8>(r0, cq, Mi, Nj, [&](int j, int h, int i, int col) {
-			float v0 = acc[4 * j + 2 * h], v1 = acc[4 * j + 2 * h + 1];
-			if (MODE == GW_WGRAD) {
-				float2 *C = (float2 *)((float *)g.c + c_off + (size_t)i * ldc + col);
-				if (g.store) {
-					*C = make_float2(v0, v1);
-				} else {
-					float2 o = *C;
-					o.x += v0;
-					o.y += v1;
-					*C = o;
-				}
+	gw_frag_pairs<BN / 8>(r0, cq, Mi, Nj, [&](int j, int h, int i, int col) {
+		float v0 = acc[4 * j + 2 * h], v1 = acc[4 * j + 2 * h + 1];
+		if (MODE == GW_WGRAD) {
+			float2 *C = (float2 *)((float *)g.c + c_off + (size_t)i * ldc + col);
+			if (g.store) {
+				*C = make_float2(v0, v1);
 			} else {
-				*(__nv_bfloat162 *)((bf16 *)g.c + c_off + (size_t)i * ldc + col) = __floats2bfloat162_rn(v0, v1);
+				float2 o = *C;
+				o.x += v0;
+				o.y += v1;
+				*C = o;
 			}
-		});
-	}
+		} else {
+			*(__nv_bfloat162 *)((bf16 *)g.c + c_off + (size_t)i * ldc + col) = __floats2bfloat162_rn(v0, v1);
+		}
+	});
 #endif
 }
 
@@ -384,7 +263,7 @@ static int gw_force_cfg;
 
 extern "C" void moe_cuda_grouped_wgmma_config(int cfg) { gw_force_cfg = cfg >= 1 && cfg <= 4 ? cfg : 0; }
 
-template <int MODE, int BN, int ST, int WGW, int MINB, int FUSE = 0>
+template <int MODE, int BN, int ST, int WGW, int MINB>
 static int gw_launch(const gw_args &g0, int ncols, unsigned mblocks, cudaStream_t s, struct moe_error *err)
 {
 	gw_args g = g0;
@@ -394,14 +273,14 @@ static int gw_launch(const gw_args &g0, int ncols, unsigned mblocks, cudaStream_
 	static bool attr_set;
 	int rc;
 	if (!attr_set) {
-		if ((rc = CUDA_OK(cudaFuncSetAttribute(gw_kernel<MODE, BN, ST, WGW, MINB, FUSE>,
+		if ((rc = CUDA_OK(cudaFuncSetAttribute(gw_kernel<MODE, BN, ST, WGW, MINB>,
 						       cudaFuncAttributeMaxDynamicSharedMemorySize,
 						       (int)gw_cfg<BN, ST>::SMEM),
 				  err)) != 0)
 			return rc;
 		attr_set = true;
 	}
-	moe_launch(gw_kernel<MODE, BN, ST, WGW, MINB, FUSE>, blocks, GW_THREADS, gw_cfg<BN, ST>::SMEM, s, g);
+	moe_launch(gw_kernel<MODE, BN, ST, WGW, MINB>, blocks, GW_THREADS, gw_cfg<BN, ST>::SMEM, s, g);
 	return CUDA_LAUNCHED(err);
 }
 
@@ -494,43 +373,4 @@ extern "C" int moe_cuda_grouped_wgmma_wgrad(float *dw, const bf16_t *dout, const
 					    int E, int In, int Out, cudaStream_t s, struct moe_error *err)
 {
 	return moe_cuda_grouped_wgmma_wgrad_store(dw, dout, x, offsets, E, In, Out, false, s, err);
-}
-
-/* The fused variants: configuration 3's tile (two blocks of 128 x 128, 3
- * stages, per multiprocessor), whatever moe_cuda_grouped_wgmma_config says. */
-template <int MODE, int FUSE>
-static int gw_fused(const gw_args &g, int ncols, unsigned mblocks, cudaStream_t s, struct moe_error *err)
-{
-	return gw_launch<MODE, 128, 3, 0, 2, FUSE>(g, ncols, mblocks, s, err);
-}
-
-static int gw_check_i(int I, struct moe_error *err)
-{
-	if (I <= 0 || I % 8)
-		return moe_error_set(err, MOE_EUNSUPPORTED, "grouped wgmma: I=%d must be a positive multiple of 8", I);
-	return 0;
-}
-
-extern "C" int moe_cuda_grouped_wgmma_up_fwd(bf16_t *gu, bf16_t *h, const bf16_t *x, const int32_t *perm, int K,
-					     const bf16_t *w, const int32_t *offsets, int max_rows, int E, int D, int I,
-					     cudaStream_t s, struct moe_error *err)
-{
-	int rc;
-	if ((rc = gw_check(E, D, 2 * I, err)) != 0 || (rc = gw_check_i(I, err)) != 0)
-		return rc;
-	if (max_rows <= 0)
-		return 0;
-	gw_args g = {(const bf16 *)x, (const bf16 *)w, gu, offsets, E, D, 2 * I, 0, 0, perm, K, (bf16 *)h, I};
-	return gw_fused<GW_FWD, GF_GATHER | GF_SWIGLU>(g, 2 * I, moe_cdiv(max_rows, GW_BM) + E, s, err);
-}
-
-extern "C" int moe_cuda_grouped_wgmma_up_wgrad(float *dw, const bf16_t *dgu, const bf16_t *x, const int32_t *perm,
-					       int K, const int32_t *offsets, int E, int D, int I, bool store,
-					       cudaStream_t s, struct moe_error *err)
-{
-	int rc;
-	if ((rc = gw_check(E, D, 2 * I, err)) != 0)
-		return rc;
-	gw_args g = {(const bf16 *)dgu, (const bf16 *)x, dw, offsets, E, D, 2 * I, 0, 0, perm, K, nullptr, 0, store};
-	return gw_fused<GW_WGRAD, GF_GATHER>(g, D, 0, s, err);
 }

@@ -485,22 +485,6 @@ bool moe_cuda_grouped_tma_supported(void);
  * to grouped_wgmma.cu's) though the device supports them. */
 int moe_cuda_grouped_tma_config(int cfg, int grid);
 
-/* Routed-expert GEMMs with the row gather and SwiGLU fused in (wgmma, sm_90,
- * the 128 x 128 tile of configuration 3 whatever moe_cuda_grouped_wgmma_config
- * says).  Row j of the expert-ordered operand is row perm[j] / K of x (the
- * dispatch of moe_cuda_gather), read in place; D, I multiples of 8.
- *   up_fwd:    gu (M, 2I) = gather(x) @ w[e]^T, w (E, 2I, D) gate rows then up
- *              rows; h (M, I) = silu(g) * u, bit-identical to moe_cuda_swiglu_fwd
- *              on this gu
- *   up_wgrad:  dw[e] (2I, D) fp32 += dgu[rows e]^T @ gather(x)[rows e]
- *              (= when store, as moe_cuda_grouped_wgmma_wgrad_store)
- * max_rows bounds offsets[E] = M (sizes the grid). */
-int moe_cuda_grouped_wgmma_up_fwd(bf16_t *gu, bf16_t *h, const bf16_t *x /* (N, D) */, const int32_t *perm /* (M) */,
-				  int K, const bf16_t *w, const int32_t *offsets, int max_rows, int E, int D, int I,
-				  cudaStream_t s, struct moe_error *err);
-int moe_cuda_grouped_wgmma_up_wgrad(float *dw, const bf16_t *dgu, const bf16_t *x /* (N, D) */,
-				    const int32_t *perm /* (M) */, int K, const int32_t *offsets, int E, int D,
-				    int I, bool store, cudaStream_t s, struct moe_error *err);
 /* Tile configuration of the three, process-wide (tests, benchmarks): 1
  * (128 x 128, 6 stages), 2 (128 x 256, 4 stages), 3 and 4 (128 x 128, 3
  * stages, two blocks per multiprocessor; 3 waits for each k-slice's MMAs, 4

@@ -402,57 +402,6 @@ Test(backend, expert_gemm_paths_agree, .timeout = 120)
 	moe_model_free(mc);
 }
 
-/* The routed experts' fused kernels (MOE_CUDA_EXPERT_FUSE=5, both) against
- * the unfused sequence (0) with the same wgmma GEMMs, on one training
- * step: the fused ops compute the same values in the same order, so the
- * losses agree to 1e-6 relative and every gradient tensor has cosine >=
- * 0.99999 (exactly equal tensors are counted in the log). */
-Test(backend, expert_fusion_same_step, .timeout = 120)
-{
-	NEED_GPU();
-	if (!moe_cuda_grouped_wgmma_supported())
-		cr_skip_test("not an sm_90 device");
-	struct moe_config cfg;
-	float *p;
-	struct moe_model *mc = cpu_params(&cfg, 91, &p);
-	size_t np = moe_model_num_params(mc), nt = 0;
-	float *g0 = malloc(np * 4), *g1 = malloc(np * 4);
-	int B = 2, T = 96, N = B * T;
-	int32_t *x = malloc(N * 4), *y = malloc(N * 4);
-	rng_seed(6);
-	random_tokens(x, y, N, &cfg, 0);
-	struct moe_losses l0, l1;
-	setenv("MOE_CUDA_YG", "keep", 1); /* the sequence the fused ops stand for (expert_down_bwd's) */
-	setenv("MOE_CUDA_EXPERT_FUSE", "0", 1);
-	gpu_step(&cfg, p, x, y, B, T, "wgmma", &l0, g0, false);
-	setenv("MOE_CUDA_EXPERT_FUSE", "5", 1);
-	gpu_step(&cfg, p, x, y, B, T, "wgmma", &l1, g1, false);
-	unsetenv("MOE_CUDA_EXPERT_FUSE");
-	unsetenv("MOE_CUDA_YG");
-	cr_expect(fabs(l1.total - l0.total) <= 1e-6 * fabs(l0.total), "loss fused %.8f vs unfused %.8f", l1.total,
-		  l0.total);
-	const struct moe_param *tab = moe_model_params(mc, &nt);
-	int same = 0, counted = 0;
-	double mn = 2;
-	for (size_t i = 0; i < nt; i++) {
-		if (!tab[i].trainable)
-			continue;
-		double c = cosine(g1 + tab[i].offset, g0 + tab[i].offset, tab[i].numel);
-		mn = c < mn ? c : mn;
-		same += memcmp(g1 + tab[i].offset, g0 + tab[i].offset, tab[i].numel * 4) == 0;
-		counted++;
-		cr_expect(c >= 0.99999, "%s: gradient cosine fused vs unfused %.7f", tab[i].name, c);
-	}
-	fprintf(stderr, "experts fused vs unfused: loss %.8f vs %.8f, min gradient cosine %.8f, %d of %d tensors identical\n",
-		l1.total, l0.total, mn, same, counted);
-	free(p);
-	free(g0);
-	free(g1);
-	free(x);
-	free(y);
-	moe_model_free(mc);
-}
-
 /* The query's QK-norm + RoPE backward reading fa3f's fp32 dQ tiles
  * (attention_qknorm_bwd, the default) against dq converted to bf16 first
  * (MOE_CUDA_DQ_FUSE=0): one training step from the same weights and tokens
@@ -1602,11 +1551,24 @@ Test(backend, attention_variant_names_checked, .timeout = 30)
 	be->destroy(be);
 }
 
-/* The grouped GEMMs' variables removed in session 19 stop the backend too. */
+/* The grouped GEMMs' variables removed in sessions 19 and 20 stop the
+ * backend too; the value that asked for the default is taken. */
 Test(backend, removed_grouped_variables_refused, .timeout = 30)
 {
 	NEED_GPU();
-	struct moe_error err = {0};
+	struct moe_error err = {0}, err2 = {0}, err3 = {0};
 	backend_refused("MOE_CUDA_TMA_FUSE", "1", &err);
-	cr_assert(strstr(err.msg, "MOE_CUDA_TMA_FUSE='1'") && strstr(err.msg, "removed"), "%s", err.msg);
+	cr_assert(strstr(err.msg, "MOE_CUDA_TMA_FUSE='1'") && strstr(err.msg, "removed in session 19"), "%s",
+		  err.msg);
+	backend_refused("MOE_CUDA_EXPERT_FUSE", "5", &err2);
+	cr_assert(strstr(err2.msg, "MOE_CUDA_EXPERT_FUSE='5'") && strstr(err2.msg, "removed in session 20"), "%s",
+		  err2.msg);
+	backend_refused("MOE_CUDA_TMA_TAILSKIP", "0", &err3);
+	cr_assert(strstr(err3.msg, "MOE_CUDA_TMA_TAILSKIP='0'"), "%s", err3.msg);
+	setenv("MOE_CUDA_EXPERT_FUSE", "0", 1);
+	struct moe_error err4 = {0};
+	struct moe_backend *be = moe_backend_cuda(&err4);
+	unsetenv("MOE_CUDA_EXPERT_FUSE");
+	cr_assert_not_null(be, "MOE_CUDA_EXPERT_FUSE=0 (the default) refused: %s", err4.msg);
+	be->destroy(be);
 }
