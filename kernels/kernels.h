@@ -92,6 +92,12 @@ int moe_cuda_qknorm_rope_bwd(bf16_t *dx, float *dw, float *part, const bf16_t *d
 int moe_cuda_qknorm_rope_fwd_ld(bf16_t *out, float *rstd, const bf16_t *x, int ldx, const float *w,
 				const float *cosb, const float *sinb, int B, int T, int H, int Dh, float eps,
 				cudaStream_t s, struct moe_error *err);
+/* The same for q and k in one launch (the attention block's two norms: rows
+ * ldx apart in both, weights wq and wk); the same bits as two calls */
+int moe_cuda_qknorm_rope_fwd2_ld(bf16_t *outq, float *rstdq, const bf16_t *xq, const float *wq, bf16_t *outk,
+				 float *rstdk, const bf16_t *xk, const float *wk, int ldx, const float *cosb,
+				 const float *sinb, int B, int T, int H, int Dh, float eps, cudaStream_t s,
+				 struct moe_error *err);
 int moe_cuda_qknorm_rope_bwd_ld(bf16_t *dx, float *dw, float *part, const bf16_t *dout, const bf16_t *x, int ldx,
 				const float *w, const float *rstd, const float *cosb, const float *sinb, int B,
 				int T, int H, int Dh, cudaStream_t s, struct moe_error *err);
@@ -207,6 +213,10 @@ int moe_cuda_swiglu_bwd_ld(bf16_t *dh13, bf16_t *act, const bf16_t *dact, const 
 int moe_cuda_swiglu_bwd_rows(bf16_t *dh13, bf16_t *hw, float *dtopk_w, const bf16_t *du, const bf16_t *h13,
 			     const float *wg, const int32_t *perm, int M, int I, cudaStream_t s,
 			     struct moe_error *err);
+/* 1: moe_cuda_swiglu_bwd_rows in its warp-a-row layout at every width
+ * (tests compare the two layouts' bits); 0: 16 lanes a row where I <= 2048
+ * (the default) */
+void moe_cuda_swiglu_rows_layout(int warp_rows);
 
 /* router.cu: softmax over E (fp32), top K of logits + bias (bias may be NULL),
  * chosen experts listed by probability descending (ties: lower id), weights

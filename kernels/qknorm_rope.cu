@@ -397,22 +397,37 @@ static __device__ __forceinline__ float qp_bwd_dot(const uint4 *a, const uint4 *
 	return dot;
 }
 
+/* One tensor's forward operands (the pair kernel takes two: q and k) */
+struct qp_fwd_io {
+	bf16 *out;
+	float *rstd;
+	const bf16 *x;
+	const float *w;
+};
+
 /* A block per QP_THREADS / L rows (grid-stride: each block's rows once).
- * (Loading the next row ahead of this row's arithmetic on a grid filling
- * the card once measured no faster: H100, 0.048 against 0.045 ms.) */
+ * With two tensors (nt 2: q and k, each row's at the same ldx) the blocks
+ * alternate between them, so that blocks running together read both
+ * tensors' parts of the same rows.  (Loading the next row ahead of this
+ * row's arithmetic on a grid filling the card once measured no faster:
+ * H100, 0.048 against 0.045 ms.) */
 template <int L, int NP>
 __global__ void __launch_bounds__(QP_THREADS)
-qknorm_rope_pair_fwd_kernel(bf16 *out, float *rstd, const bf16 *x, const float *w, const float *cosb,
-			    const float *sinb, int N, int T, int Dh, int D, int ldx, float eps)
+qknorm_rope_pair_fwd_kernel(const qp_fwd_io io0, const qp_fwd_io io1, int nt, const float *cosb, const float *sinb,
+			    int N, int T, int Dh, int D, int ldx, float eps)
 {
 	MOE_PDL_ENTRY();
+	const bool k1 = blockIdx.x % nt;
+	bf16 *out = k1 ? io1.out : io0.out;
+	float *rstd = k1 ? io1.rstd : io0.rstd;
+	const float *w = k1 ? io1.w : io0.w;
 	const int lane = threadIdx.x % 32, gl = lane % L, half = Dh / 2;
-	const int rpw = 32 / L, warps = blockDim.x / 32, stride = gridDim.x * warps * rpw;
+	const int rpw = 32 / L, warps = blockDim.x / 32, stride = gridDim.x / nt * warps * rpw;
 	int c1[NP], kc[NP];
 	qp_cols<L, NP>(c1, kc, gl, Dh, D);
-	const bf16 *src[1] = {x};
+	const bf16 *src[1] = {k1 ? io1.x : io0.x};
 	const int ld[1] = {ldx};
-	int n0 = (blockIdx.x * warps + threadIdx.x / 32) * rpw;
+	int n0 = (blockIdx.x / nt * warps + threadIdx.x / 32) * rpw;
 	for (; n0 < N; n0 += stride) {
 		int n = n0 + lane / L;
 		uint4 a[1][NP], b[1][NP];
@@ -711,38 +726,63 @@ static int qr_ld(int ldx, int D, struct moe_error *err)
 	return 0;
 }
 
-extern "C" int moe_cuda_qknorm_rope_fwd_ld(bf16_t *out, float *rstd, const bf16_t *x, int ldx, const float *w,
-					   const float *cosb, const float *sinb, int B, int T, int H, int Dh,
-					   float eps, cudaStream_t s, struct moe_error *err)
+/* The forward of nt (1 or 2) tensors of the same shape, rows ldx apart */
+static int qr_fwd(const qp_fwd_io *io, int nt, int ldx, const float *cosb, const float *sinb, int B, int T, int H,
+		  int Dh, float eps, cudaStream_t s, struct moe_error *err)
 {
 	int N = B * T, D = H * Dh, rc;
 	if ((rc = qr_check(H, Dh, err)) != 0 || (rc = qr_ld(ldx, D, err)) != 0 || N <= 0)
 		return rc;
-	if (!moe_memk_legacy_on && D > QP_MAXD) {
-#define QW_FWD(NP)                                                                                                     \
-	moe_launch(qknorm_rope_wide_fwd_kernel<NP>,                                                                    \
-		   balanced_blocks(N, 1, resident_blocks(qknorm_rope_wide_fwd_kernel<NP>, QW_THREADS, 0)), QW_THREADS, \
-		   0, s, (bf16 *)out, rstd, (const bf16 *)x, w, cosb, sinb, N, T, Dh, D, ldx, eps)
-		MOE_SWITCH4(moe_cdiv(D / 16, QW_THREADS), QW_FWD)
-#undef QW_FWD
-		return CUDA_LAUNCHED(err);
-	}
-	if (!moe_memk_legacy_on) {
+	if (!moe_memk_legacy_on && D <= QP_MAXD) {
 #define QP_FWD(L, NP)                                                                                                  \
-	moe_launch(qknorm_rope_pair_fwd_kernel<L, NP>, moe_cdiv(N, QP_THREADS / L), QP_THREADS, 0, s, (bf16 *)out,     \
-		   rstd, (const bf16 *)x, w, cosb, sinb, N, T, Dh, D, ldx, eps);
+	moe_launch(qknorm_rope_pair_fwd_kernel<L, NP>, moe_cdiv(N, QP_THREADS / L) * nt, QP_THREADS, 0, s, io[0],     \
+		   io[nt - 1], nt, cosb, sinb, N, T, Dh, D, ldx, eps);
 		QP_SWITCH(D, QP_FWD);
 #undef QP_FWD
 		return CUDA_LAUNCHED(err);
 	}
-	unsigned nb = qr_blocks(N);
-	size_t sm = (size_t)QR_WARPS * D * sizeof(float);
+	for (int i = 0; i < nt; i++) {
+		bf16 *out = io[i].out;
+		float *rstd = io[i].rstd;
+		const bf16 *x = io[i].x;
+		const float *w = io[i].w;
+		if (!moe_memk_legacy_on) {
+#define QW_FWD(NP)                                                                                                     \
+	moe_launch(qknorm_rope_wide_fwd_kernel<NP>,                                                                    \
+		   balanced_blocks(N, 1, resident_blocks(qknorm_rope_wide_fwd_kernel<NP>, QW_THREADS, 0)), QW_THREADS, \
+		   0, s, out, rstd, x, w, cosb, sinb, N, T, Dh, D, ldx, eps)
+			MOE_SWITCH4(moe_cdiv(D / 16, QW_THREADS), QW_FWD)
+#undef QW_FWD
+		} else {
+			unsigned nb = qr_blocks(N);
+			size_t sm = (size_t)QR_WARPS * D * sizeof(float);
 #define QR_FWD(NC)                                                                                                     \
-	moe_launch(qknorm_rope_fwd_kernel<NC>, nb, QR_WARPS * 32, sm, s, (bf16 *)out, rstd, (const bf16 *)x, w, cosb,  \
-		   sinb, N, T, Dh, D, ldx, eps)
-	MOE_SWITCH6((D + 255) / 256, QR_FWD)
+	moe_launch(qknorm_rope_fwd_kernel<NC>, nb, QR_WARPS * 32, sm, s, out, rstd, x, w, cosb, sinb, N, T, Dh, D,     \
+		   ldx, eps)
+			MOE_SWITCH6((D + 255) / 256, QR_FWD)
 #undef QR_FWD
-	return CUDA_LAUNCHED(err);
+		}
+		if ((rc = CUDA_LAUNCHED(err)) != 0)
+			return rc;
+	}
+	return 0;
+}
+
+extern "C" int moe_cuda_qknorm_rope_fwd_ld(bf16_t *out, float *rstd, const bf16_t *x, int ldx, const float *w,
+					   const float *cosb, const float *sinb, int B, int T, int H, int Dh,
+					   float eps, cudaStream_t s, struct moe_error *err)
+{
+	const qp_fwd_io io = {(bf16 *)out, rstd, (const bf16 *)x, w};
+	return qr_fwd(&io, 1, ldx, cosb, sinb, B, T, H, Dh, eps, s, err);
+}
+
+extern "C" int moe_cuda_qknorm_rope_fwd2_ld(bf16_t *outq, float *rstdq, const bf16_t *xq, const float *wq,
+					    bf16_t *outk, float *rstdk, const bf16_t *xk, const float *wk, int ldx,
+					    const float *cosb, const float *sinb, int B, int T, int H, int Dh,
+					    float eps, cudaStream_t s, struct moe_error *err)
+{
+	const qp_fwd_io io[2] = {{(bf16 *)outq, rstdq, (const bf16 *)xq, wq}, {(bf16 *)outk, rstdk, (const bf16 *)xk, wk}};
+	return qr_fwd(io, 2, ldx, cosb, sinb, B, T, H, Dh, eps, s, err);
 }
 
 extern "C" int moe_cuda_qknorm_rope_fwd(bf16_t *out, float *rstd, const bf16_t *x, const float *w,

@@ -116,6 +116,93 @@ __global__ void __launch_bounds__(256)
 	}
 }
 
+/* swiglu_bwd_rows_kernel's work where a row's vectors fit one lane step
+ * (I / 8 <= 256: every thread of it one vector), with 16 lanes a row: lane
+ * l takes the vectors that the warp layout gives to its threads t = l + 16
+ * q (q < Q = 2 tpr / 32), two vectors at a time, and
+ * sums the dot in that layout's order: each thread's 8 products in column
+ * order, a warp's 32 by the butterfly (its first step, t with t ^ 16, is
+ * the lane's own pair q, q + 1; then xor 8, 4, 2, 1 among the 16 lanes),
+ * the warps in order.  So every output is the same bits as the warp
+ * layout's, with all lanes busy (at seed-base's I = 640 that layout leaves
+ * 16 of 96 threads a row idle) and 256-thread blocks. */
+template <int Q>
+__global__ void __launch_bounds__(256)
+	swiglu_bwd_rows16_kernel(bf16 *__restrict__ dh13, bf16 *__restrict__ hw, float *__restrict__ dtopk_w,
+				 const bf16 *__restrict__ du, const bf16 *__restrict__ h13, const float *__restrict__ wg,
+				 const int32_t *__restrict__ perm, int M, int I)
+{
+	MOE_PDL_ENTRY();
+	const int per = I / 8, l = threadIdx.x % 16;
+	const int j = blockIdx.x * (blockDim.x / 16) + threadIdx.x / 16;
+	float p[Q]; /* p[q]: the dot of the warp layout's thread l + 16 q */
+#pragma unroll
+	for (int q = 0; q < Q; q++)
+		p[q] = 0.f;
+	if (j < M) {
+		const float w = __ldg(wg + j);
+		const uint4 *g = (const uint4 *)(h13 + (size_t)j * 2 * I), *u = g + per;
+		const uint4 *d = (const uint4 *)(du + (size_t)j * I);
+		uint4 *dg = (uint4 *)(dh13 + (size_t)j * 2 * I), *dd = dg + per, *ho = (uint4 *)(hw + (size_t)j * I);
+		/* two vectors at a time (more kept in flight cost registers,
+		 * and so occupancy) */
+#pragma unroll
+		for (int q0 = 0; q0 < Q; q0 += 2) {
+			uint4 gv[2], uv[2], dv[2];
+#pragma unroll
+			for (int e = 0; e < 2; e++) {
+				const int c = l + 16 * (q0 + e);
+				if (c < per) {
+					gv[e] = g[c];
+					uv[e] = u[c];
+					dv[e] = d[c];
+				}
+			}
+#pragma unroll
+			for (int e = 0; e < 2; e++) {
+				const int c = l + 16 * (q0 + e);
+				if (c >= per)
+					continue;
+				uint4 dgv, duv, ov;
+				const bf16 *ga = (const bf16 *)&gv[e], *ua = (const bf16 *)&uv[e], *da = (const bf16 *)&dv[e];
+				bf16 *dga = (bf16 *)&dgv, *dua = (bf16 *)&duv, *oa = (bf16 *)&ov;
+				float dot = 0.f;
+#pragma unroll
+				for (int i = 0; i < 8; i++) {
+					const float dz = bf2f(da[i]);
+					float gg, uu, h;
+					moe_swiglu_grads(bf2f(ga[i]), bf2f(ua[i]), w * dz, &gg, &uu, &h);
+					dot += dz * bf2f(f2bf(h));
+					dga[i] = f2bf(gg);
+					dua[i] = f2bf(uu);
+					oa[i] = f2bf(w * h);
+				}
+				p[q0 + e] = dot;
+				dg[c] = dgv;
+				dd[c] = duv;
+				ho[c] = ov;
+			}
+		}
+	}
+	float s = 0.f;
+#pragma unroll
+	for (int q = 0; q < Q; q += 2) {
+		float v = p[q] + p[q + 1];
+#pragma unroll
+		for (int o = 8; o > 0; o >>= 1)
+			v += __shfl_xor_sync(0xffffffffu, v, o);
+		s += v;
+	}
+	if (l == 0 && j < M)
+		dtopk_w[__ldg(perm + j)] = s;
+}
+
+/* moe_cuda_swiglu_rows_layout(1): swiglu_bwd_rows_kernel at every width
+ * (tests: the two layouts' bits compared) */
+static int sw_warp_rows;
+
+extern "C" void moe_cuda_swiglu_rows_layout(int warp_rows) { sw_warp_rows = warp_rows; }
+
 /* 16-byte vectors: the width, the group stride and the pointers */
 static int swiglu_shape_ok(int I, int G, int ldg, const void *a, const void *b, const void *c, const void *d,
 			   struct moe_error *err)
@@ -172,6 +259,14 @@ extern "C" int moe_cuda_swiglu_bwd_rows(bf16_t *dh13, bf16_t *hw, float *dtopk_w
 		return rc;
 	/* R rows of tpr threads (whole warps, at most 256): at most 256 a block */
 	const int tpr = I / 8 < 256 ? (I / 8 + 31) / 32 * 32 : 256, R = 256 / tpr;
+	if (I / 8 <= 256 && !sw_warp_rows) { /* 16 lanes a row, 16 rows a block */
+#define SR(W)                                                                                                          	case W:                                                                                                        		moe_launch(swiglu_bwd_rows16_kernel<2 * W>, moe_cdiv((size_t)M, 16), 256, 0, s, (bf16 *)dh13,          			   (bf16 *)hw, dtopk_w, (const bf16 *)du, (const bf16 *)h13, wg, perm, M, I);                  		break;
+		switch (tpr / 32) {
+			SR(1) SR(2) SR(3) SR(4) SR(5) SR(6) SR(7) SR(8)
+		}
+#undef SR
+		return CUDA_LAUNCHED(err);
+	}
 	moe_launch(swiglu_bwd_rows_kernel, moe_cdiv((size_t)M, R), R * tpr, 0, s, (bf16 *)dh13, (bf16 *)hw, dtopk_w,
 		   (const bf16 *)du, (const bf16 *)h13, wg, perm, M, I, tpr);
 	return CUDA_LAUNCHED(err);

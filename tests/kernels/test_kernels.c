@@ -276,6 +276,26 @@ static void qknorm_rope_case(int B, int T, int H, int Dh)
 	cr_expect(memcmp(dw2, d2[0], D * 4) == 0, "qknorm_rope bwd at row stride %d: dw differs", ld);
 	cr_expect_eq(moe_cuda_qknorm_rope_fwd_ld(gout2, grs2, gxs, D - 8, gw, gc, gs, B, T, H, Dh, 1e-5f, S, &gerr),
 		     MOE_EINVAL, "a row stride below the row refused");
+	/* q (other values, other weights) at column 0 of those rows and k at
+	 * D, both in one launch: each the same bits as its own launch */
+	float *xq = rand_bf(n, 2.f), *wq = rand_bf(D, 1.f);
+	bf16_t *gxq = up_bf(xq, n);
+	uint16_t *xqb = down(gxq, n * 2);
+	for (int r = 0; r < N; r++)
+		memcpy(xs + (size_t)r * ld, xqb + (size_t)r * D, (size_t)D * 2);
+	bf16_t *gxs2 = up(xs, (size_t)N * ld * 2), *goq = dmalloc(n * 2), *gok = dmalloc(n * 2);
+	float *gwq = up(wq, D * 4), *grq = dmalloc(N * 4), *grk = dmalloc(N * 4);
+	LAUNCH_OK(moe_cuda_qknorm_rope_fwd2_ld(goq, grq, gxs2, gwq, gok, grk, gxs2 + D, gw, ld, gc, gs, B, T, H, Dh, 1e-5f,
+					       S, &gerr));
+	void *oq2 = down(goq, n * 2), *ok2 = down(gok, n * 2), *rq2 = down(grq, N * 4), *rk2 = down(grk, N * 4);
+	LAUNCH_OK(moe_cuda_qknorm_rope_fwd_ld(goq, grq, gxs2, ld, gwq, gc, gs, B, T, H, Dh, 1e-5f, S, &gerr));
+	void *oq1 = down(goq, n * 2), *rq1 = down(grq, N * 4);
+	cr_expect(memcmp(oq1, oq2, n * 2) == 0 && memcmp(rq1, rq2, N * 4) == 0,
+		  "qknorm_rope fwd2: q not its own launch's bits");
+	cr_expect(memcmp(o1, ok2, n * 2) == 0 && memcmp(r1, rk2, N * 4) == 0,
+		  "qknorm_rope fwd2: k not its own launch's bits");
+	free(xq), free(wq), free(xqb), free(oq2), free(ok2), free(rq2), free(rk2), free(oq1), free(rq1);
+	cudaFree(gxq), cudaFree(gxs2), cudaFree(goq), cudaFree(gok), cudaFree(gwq), cudaFree(grq), cudaFree(grk);
 	free(xs), free(xb), free(o1), free(o2), free(r1), free(r2), free(dw2), free(dx1), free(dxs);
 	cudaFree(gxs), cudaFree(gdxs), cudaFree(gout2), cudaFree(grs2);
 	cudaFree(part);
@@ -1180,7 +1200,10 @@ Test(kernels, swiglu)
  * du . bf16(h) at perm[j].  Tolerances: 1e-2 relative for the bf16 outputs
  * (one rounding each), 5e-3 for the fp32 sums (h rounded to bf16 on both
  * sides may differ by one unit where the exponentials do).  Widths below
- * one lane step (72), the seed-base one (640), and past four steps (1040). */
+ * one lane step (72), the seed-base one (640), olmoe-1b-7b's (1024), past
+ * four steps (1040), the widest of the 16-lanes-a-row kernel (2048) and
+ * past it (2056).  The warp-a-row layout (moe_cuda_swiglu_rows_layout(1))
+ * must give the same bits: the 16-lane kernel sums in its order. */
 static void swiglu_rows_case(int M, int I)
 {
 	float *gu = rand_bf((size_t)M * 2 * I, 3.f), *du = rand_bf((size_t)M * I, 1.f), *w = malloc(M * 4);
@@ -1226,6 +1249,23 @@ static void swiglu_rows_case(int M, int I)
 	snprintf(what, sizeof what, "swiglu_bwd_rows %d x %d dtopk_w", M, I);
 	check_all_written(odw, M, what);
 	CHECK_REL(odw, dw, M, 5e-3, what);
+	/* the warp-a-row layout into the same buffers, refilled with 0xff:
+	 * the same bytes */
+	void *r[3] = {down(gdgu, (size_t)M * 2 * I * 2), down(ghw, (size_t)M * I * 2), down(gdw, M * 4)};
+	cudaMemset(gdgu, 0xff, (size_t)M * 2 * I * 2);
+	cudaMemset(ghw, 0xff, (size_t)M * I * 2);
+	cudaMemset(gdw, 0xff, M * 4);
+	moe_cuda_swiglu_rows_layout(1);
+	LAUNCH_OK(moe_cuda_swiglu_bwd_rows(gdgu, ghw, gdw, gdu, ggu, gw, gp, M, I, S, &gerr));
+	moe_cuda_swiglu_rows_layout(0);
+	void *o[3] = {down(gdgu, (size_t)M * 2 * I * 2), down(ghw, (size_t)M * I * 2), down(gdw, M * 4)};
+	const size_t nb[3] = {(size_t)M * 2 * I * 2, (size_t)M * I * 2, (size_t)M * 4};
+	static const char *const nm[3] = {"dgu", "w h", "dtopk_w"};
+	for (int k = 0; k < 3; k++) {
+		cr_expect(memcmp(r[k], o[k], nb[k]) == 0, "swiglu_bwd_rows %d x %d: %s differs between the layouts", M,
+			  I, nm[k]);
+		free(r[k]), free(o[k]);
+	}
 	free(gu), free(du), free(w), free(ws), free(perm), free(dh), free(h), free(dgu), free(hw), free(dw);
 	free(odgu), free(ohw), free(odw);
 	cudaFree(ggu), cudaFree(gdu), cudaFree(gdgu), cudaFree(ghw), cudaFree(gw), cudaFree(gdw), cudaFree(gp);
@@ -1237,7 +1277,10 @@ Test(kernels, swiglu_bwd_rows)
 	rng_seed(6);
 	swiglu_rows_case(333, 72);
 	swiglu_rows_case(517, 640);
+	swiglu_rows_case(77, 1024);
 	swiglu_rows_case(45, 1040);
+	swiglu_rows_case(21, 2048);
+	swiglu_rows_case(19, 2056);
 	/* refused: a width that is not a multiple of 8 */
 	cr_expect_lt(moe_cuda_swiglu_bwd_rows(NULL, NULL, NULL, NULL, NULL, NULL, NULL, 4, 12, S, &gerr), 0);
 }
