@@ -56,6 +56,27 @@ __global__ void swiglu_bwd_kernel(bf16 *dh13, bf16 *act, const bf16 *dact, const
 		*(uint4 *)(act + m * I + c) = ov;
 }
 
+/* swiglu_bwd_rows' work on one 16-byte vector of a row (8 columns) with
+ * its gate weight w: dg, du from dh = w du, bf16(w h); returns dot with
+ * du . bf16(h) added column by column */
+static __device__ __forceinline__ float sw_rows_vec(uint4 gv, uint4 uv, uint4 dv, float w, uint4 *dgv, uint4 *duv,
+						    uint4 *ov, float dot)
+{
+	const bf16 *ga = (const bf16 *)&gv, *ua = (const bf16 *)&uv, *da = (const bf16 *)&dv;
+	bf16 *dga = (bf16 *)dgv, *dua = (bf16 *)duv, *oa = (bf16 *)ov;
+#pragma unroll
+	for (int i = 0; i < 8; i++) {
+		const float dz = bf2f(da[i]);
+		float gg, uu, h;
+		moe_swiglu_grads(bf2f(ga[i]), bf2f(ua[i]), w * dz, &gg, &uu, &h);
+		dot += dz * bf2f(f2bf(h));
+		dga[i] = f2bf(gg);
+		dua[i] = f2bf(uu);
+		oa[i] = f2bf(w * h);
+	}
+	return dot;
+}
+
 /* The routed experts' SwiGLU backward with the gate weights applied here
  * (the backend's expert_combine_down_bwd): row j of du (M, I) is the down
  * projection's input gradient of dout's row, unweighted, and w_j = wg[j] =
@@ -86,19 +107,8 @@ __global__ void __launch_bounds__(256)
 		const uint4 *d = (const uint4 *)(du + (size_t)j * I);
 		uint4 *dg = (uint4 *)(dh13 + (size_t)j * 2 * I), *dd = dg + per, *ho = (uint4 *)(hw + (size_t)j * I);
 		for (int c = t; c < per; c += tpr) {
-			uint4 gv = g[c], uv = u[c], dv = d[c], dgv, duv, ov;
-			const bf16 *ga = (const bf16 *)&gv, *ua = (const bf16 *)&uv, *da = (const bf16 *)&dv;
-			bf16 *dga = (bf16 *)&dgv, *dua = (bf16 *)&duv, *oa = (bf16 *)&ov;
-#pragma unroll
-			for (int i = 0; i < 8; i++) {
-				const float dz = bf2f(da[i]);
-				float gg, uu, h;
-				moe_swiglu_grads(bf2f(ga[i]), bf2f(ua[i]), w * dz, &gg, &uu, &h);
-				dot += dz * bf2f(f2bf(h));
-				dga[i] = f2bf(gg);
-				dua[i] = f2bf(uu);
-				oa[i] = f2bf(w * h);
-			}
+			uint4 dgv, duv, ov;
+			dot = sw_rows_vec(g[c], u[c], d[c], w, &dgv, &duv, &ov, dot);
 			dg[c] = dgv;
 			dd[c] = duv;
 			ho[c] = ov;
@@ -164,20 +174,7 @@ __global__ void __launch_bounds__(256)
 				if (c >= per)
 					continue;
 				uint4 dgv, duv, ov;
-				const bf16 *ga = (const bf16 *)&gv[e], *ua = (const bf16 *)&uv[e], *da = (const bf16 *)&dv[e];
-				bf16 *dga = (bf16 *)&dgv, *dua = (bf16 *)&duv, *oa = (bf16 *)&ov;
-				float dot = 0.f;
-#pragma unroll
-				for (int i = 0; i < 8; i++) {
-					const float dz = bf2f(da[i]);
-					float gg, uu, h;
-					moe_swiglu_grads(bf2f(ga[i]), bf2f(ua[i]), w * dz, &gg, &uu, &h);
-					dot += dz * bf2f(f2bf(h));
-					dga[i] = f2bf(gg);
-					dua[i] = f2bf(uu);
-					oa[i] = f2bf(w * h);
-				}
-				p[q0 + e] = dot;
+				p[q0 + e] = sw_rows_vec(gv[e], uv[e], dv[e], w, &dgv, &duv, &ov, 0.f);
 				dg[c] = dgv;
 				dd[c] = duv;
 				ho[c] = ov;
