@@ -1572,33 +1572,44 @@ static const void *qk_contig(struct cuda_ctx *c, const void *x, int ldx, int N, 
 	return xc;
 }
 
-/* QK-norm then RoPE of x at row stride ldx (q or k in the q, k, v rows):
- * the fused kernels, or (MOE_CUDA_QKNORM_ROPE=split, shapes they do not
- * take) rmsnorm and rope, on a contiguous copy of x where ldx is not H Dh */
-static void qk_fwd(struct moe_backend *be, void *out, float *rstd, const void *x, int ldx, const void *w, int B,
-		   int T, int H, int Dh, float eps, float theta)
+/* QK-norm then RoPE of x at row stride ldx (q or k in the q, k, v rows),
+ * and of a second tensor x2 (k beside q) where x2 is not NULL: the fused
+ * kernels, both tensors in one launch, or (MOE_CUDA_QKNORM_ROPE=split,
+ * shapes they do not take) rmsnorm and rope for each, on a contiguous copy
+ * of x where ldx is not H Dh */
+static void qk_fwd(struct moe_backend *be, void *out, float *rstd, const void *x, const void *w, void *out2,
+		   float *rstd2, const void *x2, const void *w2, int ldx, int B, int T, int H, int Dh, float eps,
+		   float theta)
 {
 	struct cuda_ctx *c = CTX(be);
 	int N = B * T, D = H * Dh;
 	if (c->qk_split || !moe_cuda_qknorm_rope_supported(H, Dh)) { /* the two kernels */
-		if (!(x = qk_contig(c, x, ldx, N, D)))
-			return;
-		o_rmsnorm_fwd(be, out, rstd, x, w, N, D, eps);
-		o_rope(be, out, B, T, H, Dh, theta, 0);
+		for (int i = 0; i < (x2 ? 2 : 1); i++) {
+			const void *xc = qk_contig(c, i ? x2 : x, ldx, N, D);
+			if (!xc)
+				return;
+			o_rmsnorm_fwd(be, i ? out2 : out, i ? rstd2 : rstd, xc, i ? w2 : w, N, D, eps);
+			o_rope(be, i ? out2 : out, B, T, H, Dh, theta, 0);
+		}
 		return;
 	}
-	const float *wf = master_of(c, w);
+	const float *wf = master_of(c, w), *wf2 = x2 ? master_of(c, w2) : NULL;
 	rope_table(c, T, Dh, theta);
 	PROF(c, "qknorm_rope");
-	RUN(c, moe_cuda_qknorm_rope_fwd_ld((bf16_t *)out, rstd, (const bf16_t *)x, ldx, wf, c->cosb, c->sinb, B, T, H,
-					   Dh, eps, c->s, &c->err));
+	if (x2) /* one launch (at seed-base 0.18 ms a step less than two, H200, call 148) */
+		RUN(c, moe_cuda_qknorm_rope_fwd2_ld((bf16_t *)out, rstd, (const bf16_t *)x, wf, (bf16_t *)out2, rstd2,
+						    (const bf16_t *)x2, wf2, ldx, c->cosb, c->sinb, B, T, H, Dh, eps,
+						    c->s, &c->err));
+	else
+		RUN(c, moe_cuda_qknorm_rope_fwd_ld((bf16_t *)out, rstd, (const bf16_t *)x, ldx, wf, c->cosb, c->sinb, B,
+						   T, H, Dh, eps, c->s, &c->err));
 	PROF_END(c);
 }
 
 static void o_qknorm_rope_fwd(struct moe_backend *be, void *out, float *rstd, const void *x, const void *w, int B,
 			      int T, int H, int Dh, float eps, float theta)
 {
-	qk_fwd(be, out, rstd, x, H * Dh, w, B, T, H, Dh, eps, theta);
+	qk_fwd(be, out, rstd, x, w, NULL, NULL, NULL, NULL, H * Dh, B, T, H, Dh, eps, theta);
 }
 
 /* The backward, x and dx at row stride ldx; dout (H Dh) may be overwritten;
@@ -1678,20 +1689,7 @@ static void o_attention_qknorm_fwd(struct moe_backend *be, void *att, float *lse
 {
 	struct cuda_ctx *c = CTX(be);
 	int D = H * Dh;
-	if (!c->qk_split && moe_cuda_qknorm_rope_supported(H, Dh)) {
-		/* both norms in one launch, qk_fwd's kernel for each (at
-		 * seed-base 0.18 ms a step less than two, H200, call 148) */
-		const float *wqf = master_of(c, wq), *wkf = master_of(c, wk);
-		rope_table(c, T, Dh, theta);
-		PROF(c, "qknorm_rope");
-		RUN(c, moe_cuda_qknorm_rope_fwd2_ld((bf16_t *)q, rstdq, (const bf16_t *)qraw, wqf, (bf16_t *)k, rstdk,
-						    (const bf16_t *)kraw, wkf, ld, c->cosb, c->sinb, B, T, H, Dh, eps,
-						    c->s, &c->err));
-		PROF_END(c);
-	} else {
-		qk_fwd(be, q, rstdq, qraw, ld, wq, B, T, H, Dh, eps, theta);
-		qk_fwd(be, k, rstdk, kraw, ld, wk, B, T, H, Dh, eps, theta);
-	}
+	qk_fwd(be, q, rstdq, qraw, wq, k, rstdk, kraw, wk, ld, B, T, H, Dh, eps, theta);
 	PROF(c, "attention");
 	RUN(c, moe_cuda_attention_fwd((bf16_t *)att, lse, (const bf16_t *)q, (const bf16_t *)k, (const bf16_t *)v, D, D,
 				      ld, D, B, T, H, Dh, c->s, &c->err));

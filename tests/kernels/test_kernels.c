@@ -652,8 +652,9 @@ static void attention_bwd_packed(int var, const bf16_t *gqkv, const bf16_t *gdo,
  * lost or doubled contribution to one tile cannot hide in the total, and
  * not bit-identical over a large tensor (which would mean fa3 ran in its
  * place); run twice bit for bit. */
-static void attention_fa3f_case(const char *vn, int B, int T, int H, int Dh, bool cpu)
+static void attention_fa3f_case(int B, int T, int H, int Dh, bool cpu)
 {
+	const char *vn = "fa3f";
 	int hd = H * Dh, ld = 3 * hd + 8;
 	size_t n = (size_t)B * T * hd, nl = (size_t)B * H * T, rows = (size_t)B * T;
 	float *qkv = rand_bf(rows * ld, 2.f), *dout = rand_bf(n, 1.f);
@@ -738,19 +739,15 @@ Test(kernels, attention_fa3f, .timeout = 60)
 {
 	NEED_GPU();
 	rng_seed(19);
-	const char *vn = "fa3f";
-	attention_fa3f_case(vn, 2, 333, 2, 96, true);
-	attention_fa3f_case(vn, 1, 777, 2, 96, true);
-	attention_fa3f_case(vn, 1, 1000, 2, 128, true);
-	attention_fa3f_case(vn, 1, 2049, 1, 96, true);
-	attention_fa3f_case(vn, 4, 31, 3, 96, true);
-	attention_fa3f_case(vn, 2, 1, 2, 128, true);
-	attention_fa3f_case(vn, 2, 192, 3, 128, true);
-	attention_fa3f_case(vn, 2, 64, 2, 96, true);
-	attention_fa3f_case(vn, 1, 129, 3, 96, true);
-	attention_fa3f_case(vn, 1, 200, 2, 64, true);
-	attention_fa3f_case(vn, 16, 2048, 8, 96, false);
-	attention_fa3f_case(vn, 2, 4096, 16, 128, false);
+	static const struct {
+		int B, T, H, Dh;
+		bool cpu;
+	} cs[] = {{2, 333, 2, 96, true},   {1, 777, 2, 96, true},    {1, 1000, 2, 128, true},
+		  {1, 2049, 1, 96, true},  {4, 31, 3, 96, true},     {2, 1, 2, 128, true},
+		  {2, 192, 3, 128, true},  {2, 64, 2, 96, true},     {1, 129, 3, 96, true},
+		  {1, 200, 2, 64, true},   {16, 2048, 8, 96, false}, {2, 4096, 16, 128, false}};
+	for (size_t i = 0; i < sizeof cs / sizeof cs[0]; i++)
+		attention_fa3f_case(cs[i].B, cs[i].T, cs[i].H, cs[i].Dh, cs[i].cpu);
 }
 
 /* The query's QK-norm + RoPE backward straight from fa3f's fp32 dQ tiles

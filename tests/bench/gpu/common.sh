@@ -14,6 +14,9 @@
 #   old_build                    an older build's moe-train and bench_cuda ($R/oldb.tgz) unpacked at /tmp/oldb
 #   bc_old [ARGS]                bc with that build's bench_cuda
 #   same_bytes MODEL.json        moe-train of that build and this one, 4 steps: losses, checkpoint sha256, cmp
+#   profile_of LABEL FILTER BENCH_CUDA [VAR=V ...]  one profiled seed-base step of that bench_cuda, its
+#                                per-op lines matching FILTER
+#   torch_olmoe                  torch_ref.py --preset olmoe --modes best_c (its micro-batch 2)
 R=$PWD/${RUNDIR:-${PACK:-.devrun}}
 B=$R/b
 M=share/models/seed-base.json
@@ -39,6 +42,16 @@ torch_seed() {
 profile() {
 	echo "=== profile B=16"
 	timeout 100 $B/tests/bench/bench_cuda -m $M -B 16 -n 1 -w 2 -p 2>/dev/null | tail -n +2 | grep -E "${1:-.}"
+}
+profile_of() {
+	l=$1 f=$2 bin=$3
+	shift 3
+	echo "--- profile $l"
+	env X= "$@" timeout 100 $bin -m $M -B 16 -n 1 -w 2 -p 2>/dev/null | grep -E "$f"
+}
+torch_olmoe() {
+	echo "=== torch_ref --preset olmoe --modes best_c"
+	timeout 300 python3 $R/torch_ref.py --preset olmoe --modes best_c 2>&1 | grep -v Warning | tail -2
 }
 tk() { LD_LIBRARY_PATH=$R/lib:$R/libtest timeout "$1" $B/tests/kernels/$2 --verbose --filter "$3" 2>&1; }
 olmoe_step() {

@@ -15,8 +15,7 @@ olmoe_step 4
 echo "=== old olmoe-1b-7b B=4 T=4096"
 timeout 150 /tmp/oldb/bench_cuda -m share/models/olmoe-1b-7b.json -T 4096 -B 4 -n 3 -w 2 2>/tmp/o.err | sed 's/^/(old) /' | tail -1
 tail -1 /tmp/o.err
-echo "=== torch_ref --preset olmoe --modes best_c"
-timeout 300 python3 $R/torch_ref.py --preset olmoe --modes best_c 2>&1 | grep -v Warning | tail -2
+torch_olmoe
 olmoe_step 4
 } >$O/run140.txt 2>&1
 grep -E "^=== |rc=|step_ms|same bytes|^old|^new|train|safetensors|step [0-9]" $O/run140.txt |

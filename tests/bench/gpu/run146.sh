@@ -13,8 +13,7 @@ bc
 torch_seed
 bc
 olmoe_step 4
-echo "=== torch_ref --preset olmoe --modes best_c"
-timeout 300 python3 $R/torch_ref.py --preset olmoe --modes best_c 2>&1 | grep -v Warning | tail -2
+torch_olmoe
 olmoe_step 4
 } >$O/run146.txt 2>&1
 cat $O/run146.txt

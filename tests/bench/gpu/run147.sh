@@ -7,10 +7,6 @@
 set -u
 . "$(dirname "$0")/common.sh"
 O=${OUT:-/tmp}
-prof() { # LABEL BENCH_CUDA: the profiled step's SwiGLU rows
-	echo "--- profile $1"
-	timeout 100 $2 -m $M -B 16 -n 1 -w 2 -p 2>/dev/null | grep -E "swiglu|step|total" | head -8
-}
 {
 echo "=== test_kernels swiglu*"
 tk 120 test_kernels 'kernels/swiglu*' | grep -E "\[PASS|\[FAIL|Assert|Synthesis|differs"
@@ -20,8 +16,8 @@ same_bytes $R/seed-3l.json
 same_bytes $R/i1024-3l.json
 old_build
 for k in 1 2; do
-	prof new $B/tests/bench/bench_cuda
-	prof old /tmp/oldb/bench_cuda
+	profile_of new "swiglu|step|total" $B/tests/bench/bench_cuda
+	profile_of old "swiglu|step|total" /tmp/oldb/bench_cuda
 done
 for k in 1 2 3; do
 	bc

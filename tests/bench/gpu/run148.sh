@@ -8,10 +8,7 @@
 set -u
 . "$(dirname "$0")/common.sh"
 O=${OUT:-/tmp}
-prof() { # LABEL VAR=VALUE BENCH_CUDA
-	echo "--- profile $1"
-	env $2 timeout 100 $3 -m $M -B 16 -n 1 -w 2 -p 2>/dev/null | grep -E "qknorm|swiglu_bwd_rows|total|wall" | head -8
-}
+F='qknorm|swiglu_bwd_rows|total|wall'
 {
 echo "=== test_kernels qknorm*, swiglu*"
 tk 150 test_kernels 'kernels/qknorm*' | grep -E "\[PASS|\[FAIL|Assert|Synthesis|bits"
@@ -20,9 +17,9 @@ tk 120 test_backend '*' | grep -E "\[FAIL|Assert|Synthesis" | tail -8
 same_bytes $R/seed-3l.json
 old_build
 for k in 1 2; do
-	prof pair X=1 $B/tests/bench/bench_cuda
-	prof two MOE_CUDA_QK_PAIR=0 $B/tests/bench/bench_cuda
-	prof old X=1 /tmp/oldb/bench_cuda
+	profile_of pair "$F" $B/tests/bench/bench_cuda
+	profile_of two "$F" $B/tests/bench/bench_cuda MOE_CUDA_QK_PAIR=0
+	profile_of old "$F" /tmp/oldb/bench_cuda
 done
 for k in 1 2 3; do
 	bc

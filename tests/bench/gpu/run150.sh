@@ -6,18 +6,14 @@
 set -u
 . "$(dirname "$0")/common.sh"
 O=${OUT:-/tmp}
-prof() { # LABEL BENCH_CUDA
-	echo "--- profile $1"
-	timeout 100 $2 -m $M -B 16 -n 1 -w 2 -p 2>/dev/null | grep -E "qknorm|total" | head -4
-}
 {
 echo "=== test_kernels qknorm*"
 tk 150 test_kernels 'kernels/qknorm*' | grep -E "\[PASS|\[FAIL|Assert|Synthesis|bits"
 same_bytes $R/seed-3l.json
 old_build
 for k in 1 2 3; do
-	prof prefetch $B/tests/bench/bench_cuda
-	prof 8bbdc5c /tmp/oldb/bench_cuda
+	profile_of prefetch "qknorm|total" $B/tests/bench/bench_cuda
+	profile_of 8bbdc5c "qknorm|total" /tmp/oldb/bench_cuda
 done
 } >$O/run150.txt 2>&1
 cat $O/run150.txt
