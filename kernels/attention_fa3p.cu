@@ -265,14 +265,16 @@ __global__ void __launch_bounds__(AFP_THREADS, 1)
 			/* the first K/V tiles before Q, which waits for the
 			 * consumers to finish the previous item */
 			const int pre = min(NS - 1, ntile);
+			auto load_q = [&]() {
+				if (n >= 1) /* every consumer warp done with the last item's Q */
+					wg_bar_wait(qempty, (n - 1) & 1);
+				item = it;
+				wg_arrive_tx(qfull, QB);
+				af_load<DH, 2, 2>(base, &tq, h, q0, b, 0, qfull);
+			};
 			for (int x = 0; x < ntile; x++, r++) {
-				if (x == pre) {
-					if (n >= 1) /* every consumer warp done with the last item's Q */
-						wg_bar_wait(qempty, (n - 1) & 1);
-					item = it;
-					wg_arrive_tx(qfull, QB);
-					af_load<DH, 2, 2>(base, &tq, h, q0, b, 0, qfull);
-				}
+				if (x == pre)
+					load_q();
 				const int st = r % NS;
 				const uint32_t f = full + 8 * st, d = sst + st * 2 * TB;
 				if (r >= NS) /* every consumer warp done with the stage's last round */
@@ -281,13 +283,8 @@ __global__ void __launch_bounds__(AFP_THREADS, 1)
 				af_load<DH, BN / 64, BN / 64>(d, &tk, h, BN * x, b, 0, f);
 				af_load<DH, BN / 64, BN / 64>(d + TB, &tv, h, BN * x, b, 0, f);
 			}
-			if (pre == ntile) { /* not issued in the loop (ntile < NS) */
-				if (n >= 1)
-					wg_bar_wait(qempty, (n - 1) & 1);
-				item = it;
-				wg_arrive_tx(qfull, QB);
-				af_load<DH, 2, 2>(base, &tq, h, q0, b, 0, qfull);
-			}
+			if (pre == ntile) /* not issued in the loop (ntile < NS) */
+				load_q();
 			/* the next item: values 0 .. total - 1 in claim order;
 			 * the last gridDim.x of them are past the items */
 			it = (int)gridDim.x + (int)atomicInc(&afp_claims, (unsigned)total - 1);
