@@ -589,8 +589,8 @@ int moe_att_fwd_fa3(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const b
  * Determinism: the contributions of key blocks n = i/2, ..., 1, 0 to query
  * tile i are added in that order: the first stores, each later one waits
  * until the tile's counter (zeroed by the delta kernel) shows the i/2 - n
- * before it, adds, waits for the add to complete and counts itself.  So every element of dqacc is summed in a fixed order:
- * bit reproducible.  Forward progress: the grid (groups of A.G heads,
+ * before it, adds, waits for the add to complete and counts itself.  So
+ * every element of dqacc is summed in a fixed order: bit reproducible.  Forward progress: the grid (groups of A.G heads,
  * each group's highest key blocks first) orders every block a block waits for
  * before it, and a block's place in that order is its ticket (awg_ticket,
  * session 10), not blockIdx: a waited-for block took its ticket earlier, so
@@ -669,8 +669,8 @@ static __device__ __forceinline__ void afu_consume(const struct afu_args &A, int
 	 * thread, 16 w + g and + 8, both have rr & 3 = g & 3): rows are DH =
 	 * 96 or 128 floats, a multiple of the 32 banks, so unswizzled the 8
 	 * rows of a warp's float2 stores fell on the same 8 banks; now every
-	 * store is 2 wavefronts.  dqacc holds the tiles in this layout (bulk copies), the
-	 * conversion kernel puts the columns back. */
+	 * store is 2 wavefronts.  dqacc holds the tiles in this layout (bulk
+	 * copies), the conversion kernel puts the columns back. */
 	auto stage = [&](int rr, const float *dq) {
 		const int qb = rr % NQB, sw = g & 3;
 		float *o = dqs + qb * (64 * DH) + (16 * w + g) * DH + 64 * wg + 2 * t4;

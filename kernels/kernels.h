@@ -135,10 +135,10 @@ int moe_cuda_attention_bwd(bf16_t *dq, bf16_t *dk, bf16_t *dv, void *scratch, co
 			   const float *lse, int ldq, int ldk, int ldv, int ldo, int B, int T, int H,
 			   int Dh, cudaStream_t s, struct moe_error *err);
 /* The same, except that where the variant in use keeps dq as fp32 tiles
- * (fa3f at Dh 96 and 128) it skips their conversion: dq is not written and *dqacc points at the tiles (in the
- * scratch; valid until the scratch is used again) for
- * moe_cuda_qknorm_rope_bwd_acc.  Elsewhere, or with dqacc NULL, dq is
- * written (and *dqacc is NULL). */
+ * (fa3f at Dh 96 and 128) it skips their conversion: dq is not written and
+ * *dqacc points at the tiles (in the scratch; valid until the scratch is
+ * used again) for moe_cuda_qknorm_rope_bwd_acc.  Elsewhere, or with dqacc
+ * NULL, dq is written (and *dqacc is NULL). */
 int moe_cuda_attention_bwd_acc(bf16_t *dq, bf16_t *dk, bf16_t *dv, void *scratch, const bf16_t *dout,
 			       const bf16_t *q, const bf16_t *k, const bf16_t *v, const bf16_t *out,
 			       const float *lse, int ldq, int ldk, int ldv, int ldo, int B, int T, int H,

@@ -257,11 +257,14 @@ extern "C" int moe_cuda_swiglu_bwd_rows(bf16_t *dh13, bf16_t *hw, float *dtopk_w
 	/* R rows of tpr threads (whole warps, at most 256): at most 256 a block */
 	const int tpr = I / 8 < 256 ? (I / 8 + 31) / 32 * 32 : 256, R = 256 / tpr;
 	if (I / 8 <= 256 && !sw_warp_rows) { /* 16 lanes a row, 16 rows a block */
-#define SR(W)                                                                                                          	case W:                                                                                                        		moe_launch(swiglu_bwd_rows16_kernel<2 * W>, moe_cdiv((size_t)M, 16), 256, 0, s, (bf16 *)dh13,          			   (bf16 *)hw, dtopk_w, (const bf16 *)du, (const bf16 *)h13, wg, perm, M, I);                  		break;
-		switch (tpr / 32) {
-			SR(1) SR(2) SR(3) SR(4) SR(5) SR(6) SR(7) SR(8)
-		}
-#undef SR
+		/* Q = 2 tpr / 32 vectors a lane: tpr / 32 warps of the warp layout */
+		static void (*const rows16[])(bf16 *, bf16 *, float *, const bf16 *, const bf16 *, const float *,
+					      const int32_t *, int, int) = {
+			swiglu_bwd_rows16_kernel<2>,  swiglu_bwd_rows16_kernel<4>,  swiglu_bwd_rows16_kernel<6>,
+			swiglu_bwd_rows16_kernel<8>,  swiglu_bwd_rows16_kernel<10>, swiglu_bwd_rows16_kernel<12>,
+			swiglu_bwd_rows16_kernel<14>, swiglu_bwd_rows16_kernel<16>};
+		moe_launch(rows16[tpr / 32 - 1], moe_cdiv((size_t)M, 16), 256, 0, s, (bf16 *)dh13, (bf16 *)hw, dtopk_w,
+			   (const bf16 *)du, (const bf16 *)h13, wg, perm, M, I);
 		return CUDA_LAUNCHED(err);
 	}
 	moe_launch(swiglu_bwd_rows_kernel, moe_cdiv((size_t)M, R), R * tpr, 0, s, (bf16 *)dh13, (bf16 *)hw, dtopk_w,
