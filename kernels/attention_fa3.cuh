@@ -96,17 +96,22 @@ static __device__ __forceinline__ void aff_softmax(float (&s)[NR], float (&m)[2]
 {
 	const int t4 = threadIdx.x % 4;
 	float mx[2] = {-INFINITY, -INFINITY};
+	/* the mask in a block of its own under the warp-uniform branch: as
+	 * one condition an element (edge && ...), the compiler evaluated
+	 * every element's predicate on every tile, edge or not (about 130
+	 * instructions a tile, session 22's SASS samples) */
+	if (edge)
 #pragma unroll
-	for (int jj = 0; jj < NR / 4; jj++)
+		for (int jj = 0; jj < NR / 4; jj++)
 #pragma unroll
-		for (int e = 0; e < 4; e++) {
-			int r = e / 2, kj = k0 + 8 * jj + 2 * t4 + (e & 1);
-			float x = s[4 * jj + e];
-			if (edge && (kj > rq + 8 * r || kj >= T))
-				x = -INFINITY;
-			s[4 * jj + e] = x;
-			mx[r] = fmaxf(mx[r], x);
-		}
+			for (int e = 0; e < 4; e++) {
+				int r = e / 2, kj = k0 + 8 * jj + 2 * t4 + (e & 1);
+				if (kj > rq + 8 * r || kj >= T)
+					s[4 * jj + e] = -INFINITY;
+			}
+#pragma unroll
+	for (int i = 0; i < NR; i++)
+		mx[(i & 3) / 2] = fmaxf(mx[(i & 3) / 2], s[i]);
 #pragma unroll
 	for (int r = 0; r < 2; r++) {
 		mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));

@@ -232,17 +232,27 @@ static __device__ __forceinline__ void awg_pt_dv_dst(float *sT, float *dpT, floa
 {
 	wg_wait<1>(); /* S^T done, dP^T may still run */
 	wg_fence_regs<32>(sT);
-	bool edge = q0 < wk0 + 64 || q0 + 64 > T;
 #pragma unroll
 	for (int jj = 0; jj < 8; jj++)
 #pragma unroll
 		for (int e = 0; e < 4; e++) {
-			int c = 8 * jj + 2 * t4 + (e & 1), qi = q0 + c;
-			float p = awg_ex2(sT[4 * jj + e] * sl2 - L[c]);
-			if (edge && (qi < kr + 8 * (e / 2) || qi >= T))
-				p = 0.f;
-			sT[4 * jj + e] = p;
+			int c = 8 * jj + 2 * t4 + (e & 1);
+			sT[4 * jj + e] = awg_ex2(sT[4 * jj + e] * sl2 - L[c]);
 		}
+	/* the mask in a block of its own under the warpgroup-uniform branch:
+	 * as one condition an element (edge && ...), the compiler evaluated
+	 * all 32 predicates into a bit mask on every tile, edge or not, ahead
+	 * of the tile's products (about 180 instructions a round, session
+	 * 22's SASS samples) */
+	if (q0 < wk0 + 64 || q0 + 64 > T)
+#pragma unroll
+		for (int jj = 0; jj < 8; jj++)
+#pragma unroll
+			for (int e = 0; e < 4; e++) {
+				int qi = q0 + 8 * jj + 2 * t4 + (e & 1);
+				if (qi < kr + 8 * (e / 2) || qi >= T)
+					sT[4 * jj + e] = 0.f;
+			}
 	unsigned pa[4][4]; /* P^T as A fragments (16 queries each) */
 	awg_pack(pa, sT);
 	wg_fence();
