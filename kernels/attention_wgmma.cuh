@@ -230,15 +230,24 @@ static __device__ __forceinline__ void awg_pt_dv_dst(float *sT, float *dpT, floa
 						     uint32_t ds, int q0, int wk0, int kr, int T, int t4, float sl2,
 						     float scale)
 {
+	/* this thread's 16 lse and delta values into registers: lse before
+	 * the wait, delta while the exponentials run (loaded after the wait,
+	 * each was a shared-memory round trip on the tile's critical path:
+	 * session 22's SASS samples) */
+	float2 lr[8], dr[8];
+#pragma unroll
+	for (int jj = 0; jj < 8; jj++)
+		lr[jj] = *(const float2 *)(L + 8 * jj + 2 * t4);
 	wg_wait<1>(); /* S^T done, dP^T may still run */
 	wg_fence_regs<32>(sT);
 #pragma unroll
 	for (int jj = 0; jj < 8; jj++)
+		dr[jj] = *(const float2 *)(DL + 8 * jj + 2 * t4);
 #pragma unroll
-		for (int e = 0; e < 4; e++) {
-			int c = 8 * jj + 2 * t4 + (e & 1);
-			sT[4 * jj + e] = awg_ex2(sT[4 * jj + e] * sl2 - L[c]);
-		}
+	for (int jj = 0; jj < 8; jj++)
+#pragma unroll
+		for (int e = 0; e < 4; e++)
+			sT[4 * jj + e] = awg_ex2(sT[4 * jj + e] * sl2 - (e & 1 ? lr[jj].y : lr[jj].x));
 	/* the mask in a block of its own under the warpgroup-uniform branch:
 	 * as one condition an element (edge && ...), the compiler evaluated
 	 * all 32 predicates into a bit mask on every tile, edge or not, ahead
@@ -265,10 +274,8 @@ static __device__ __forceinline__ void awg_pt_dv_dst(float *sT, float *dpT, floa
 #pragma unroll
 	for (int jj = 0; jj < 8; jj++)
 #pragma unroll
-		for (int e = 0; e < 4; e++) {
-			int c = 8 * jj + 2 * t4 + (e & 1);
-			dpT[4 * jj + e] = sT[4 * jj + e] * (dpT[4 * jj + e] - DL[c]) * scale;
-		}
+		for (int e = 0; e < 4; e++)
+			dpT[4 * jj + e] = sT[4 * jj + e] * (dpT[4 * jj + e] - (e & 1 ? dr[jj].y : dr[jj].x)) * scale;
 }
 
 /* dS^T fragments sa (16 queries each, awg_pack's layout) into shared
