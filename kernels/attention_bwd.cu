@@ -311,8 +311,10 @@ attention_dq_kernel(bf16 *dq, const bf16 *q, const bf16 *k, const bf16 *v, const
  *          bulk reduce-adds, then converted to bf16 (Dh 96 and 128; fa3 at
  *          64); 2 stages, 2 dQ buffers
  * All are deterministic (run to run bit-identical).  Unless chosen: fa3f
- * at Dh 96 and 128 (session 10), wge at 64 (fa3 not timed there); head
- * sizes below 64 always run v1.  History: fa3 (session 5: 0.872 ms against
+ * at Dh 96 and 128 (session 10), fa3 at 64 (session 22; H200, call 166,
+ * B 16 T 2048 H 12: 0.909-0.916 ms against wge's 1.486-1.497, the default
+ * there before, when fa3 had not been timed at 64), wge at other head
+ * sizes from 64; head sizes below 64 always run v1.  History: fa3 (session 5: 0.872 ms against
  * wgeg's 1.249 at seed-base, 3.964 against wge's 5.453 at the olmoe shape;
  * RESULTS-attention.md) was the default until session 9 made fa3f faster
  * (bank-conflict-free dQ staging, software-pipelined rounds: 0.85-0.88 ms
@@ -332,7 +334,7 @@ static struct att_choice att_bwd_ch = {"MOE_CUDA_ATTENTION_BWD", att_bwd_names, 
 
 static int att_bwd_variant(int Dh)
 {
-	return Dh < 64 ? 1 : att_choose(&att_bwd_ch, Dh == 96 || Dh == 128 ? 5 : 2);
+	return Dh < 64 ? 1 : att_choose(&att_bwd_ch, Dh == 96 || Dh == 128 ? 5 : Dh == 64 ? 4 : 2);
 }
 
 extern "C" int moe_cuda_attention_bwd_env_check(struct moe_error *err)

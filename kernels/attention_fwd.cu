@@ -159,8 +159,8 @@ static int launch_fwd(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const
  *           the previous tile's P V, the grid in groups of 8 heads; the
  *           default at Dh 96 and 128 from session 5 (H100: 0.319 against
  *           wg1's 0.414 ms at seed-base, 1.353 against wg's 1.753-2.013 at
- *           olmoe) to session 13; wg1 where it cannot run; wg stays the
- *           default at Dh 64, where fa3 was not timed)
+ *           olmoe) to session 13; wg1 where it cannot run; wg was the
+ *           default at Dh 64, where fa3 was not timed, until session 22)
  *   5 fa3k128  fa3 with 128-row K/V tiles in 3 stages (S 64 x 128 a
  *           warpgroup, half as many tiles and waits)
  *   6 fa3pk128  fa3k128 persistent and ping-pong (attention_fa3p.cu): one
@@ -171,7 +171,9 @@ static int launch_fwd(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const
  *           0.290-0.297 ms a layer against fa3's 0.314-0.318 at seed-base,
  *           0.407-0.451 against 0.489-0.526 at olmoe's shape; in the step's
  *           trace 5.65-5.77 ms against 6.02-6.26 for the 19 layers);
- *           fa3k128 where it cannot run
+ *           and at Dh 64 since session 22 (H200, call 166, B 16 T 2048
+ *           H 12: 0.306-0.313 ms against wg's 0.440-0.450); fa3k128
+ *           where it cannot run
  * All give the same results up to fp32 summation order (each is
  * deterministic); head sizes below 64 always run v1.  The variants that
  * lost (fa3h, fa3p, fa3pn) were removed in session 19; see git history and
@@ -182,7 +184,7 @@ static struct att_choice att_fwd_ch = {"MOE_CUDA_ATTENTION_FWD", att_fwd_names, 
 
 static int att_fwd_variant(int Dh)
 {
-	return att_choose(&att_fwd_ch, Dh == 96 || Dh == 128 ? 6 : 2);
+	return att_choose(&att_fwd_ch, Dh == 64 || Dh == 96 || Dh == 128 ? 6 : 2);
 }
 
 extern "C" int moe_cuda_attention_fwd_env_check(struct moe_error *err)

@@ -87,19 +87,25 @@ attention_fwd_wgmma_kernel(bf16 *out, float *lse, const bf16 *q, const bf16 *k, 
 			wg_commit();
 			wg_wait<0>();
 			wg_fence_regs<32>(s);
-			bool edge = k0 + AWG_BK > wq0 || k0 + AWG_BK > T;
 			float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
-			for (int jj = 0; jj < 8; jj++)
+			for (int i = 0; i < 32; i++)
+				s[i] *= scale_log2;
+			/* the mask under its own warpgroup-uniform branch (as one
+			 * condition an element, every tile evaluated every
+			 * element's predicate: session 22) */
+			if (k0 + AWG_BK > wq0 || k0 + AWG_BK > T)
 #pragma unroll
-				for (int e = 0; e < 4; e++) {
-					int r = e / 2, kj = k0 + 8 * jj + 2 * t4 + (e & 1);
-					float x = s[4 * jj + e] * scale_log2;
-					if (edge && (kj > rq + 8 * r || kj >= T))
-						x = -INFINITY;
-					s[4 * jj + e] = x;
-					mx[r] = fmaxf(mx[r], x);
-				}
+				for (int jj = 0; jj < 8; jj++)
+#pragma unroll
+					for (int e = 0; e < 4; e++) {
+						int r = e / 2, kj = k0 + 8 * jj + 2 * t4 + (e & 1);
+						if (kj > rq + 8 * r || kj >= T)
+							s[4 * jj + e] = -INFINITY;
+					}
+#pragma unroll
+			for (int i = 0; i < 32; i++)
+				mx[(i & 3) / 2] = fmaxf(mx[(i & 3) / 2], s[i]);
 			float alpha[2];
 #pragma unroll
 			for (int r = 0; r < 2; r++) {
@@ -358,17 +364,19 @@ static __device__ __forceinline__ void awg_dq(const struct awgb_args &A, int qt,
 			wg_commit();
 			wg_wait<1>(); /* S done, dP may still run */
 			wg_fence_regs<32>(s);
-			bool edge = k0 + 64 > wq0 || k0 + 64 > T;
 #pragma unroll
-			for (int jj = 0; jj < 8; jj++)
+			for (int i = 0; i < 32; i++)
+				s[i] = awg_ex2(s[i] * sl2 - L[(i & 3) / 2]);
+			/* the mask under its own warpgroup-uniform branch (session 22) */
+			if (k0 + 64 > wq0 || k0 + 64 > T)
 #pragma unroll
-				for (int e = 0; e < 4; e++) {
-					int r = e / 2, kj = k0 + 8 * jj + 2 * t4 + (e & 1);
-					float p = awg_ex2(s[4 * jj + e] * sl2 - L[r]);
-					if (edge && (kj > rq + 8 * r || kj >= T))
-						p = 0.f;
-					s[4 * jj + e] = p;
-				}
+				for (int jj = 0; jj < 8; jj++)
+#pragma unroll
+					for (int e = 0; e < 4; e++) {
+						int r = e / 2, kj = k0 + 8 * jj + 2 * t4 + (e & 1);
+						if (kj > rq + 8 * r || kj >= T)
+							s[4 * jj + e] = 0.f;
+					}
 			wg_wait<0>();
 			wg_fence_regs<32>(dp);
 			unsigned a[4][4]; /* dS as A fragments (16 keys each) */

@@ -239,6 +239,19 @@ Test(backend, train_step_matches_cpu_dh128, .timeout = 120)
 	step_matches_cpu(cfg, "tiny, hidden 256", 2, 200);
 }
 
+Test(backend, train_step_matches_cpu_dh64, .timeout = 120)
+{
+	NEED_GPU();
+	struct moe_config cfg;
+	tiny_config(&cfg);
+	cfg.hidden_size = 256;
+	cfg.num_attention_heads = 4; /* Dh 64: fa3pk128 and fa3 by default since session 22 */
+	cfg.max_position_embeddings = 256;
+	cr_assert_str_eq(moe_cuda_attention_fwd_name(64), "fa3pk128");
+	cr_assert_str_eq(moe_cuda_attention_bwd_name(64), "fa3");
+	step_matches_cpu(cfg, "tiny, hidden 256, 4 heads", 2, 200);
+}
+
 /* Two shared experts, which the CUDA backend runs side by side (one linear
  * and one SwiGLU each way, the down weights gathered by copy_rows), against
  * the CPU backend, which runs them one by one. */
