@@ -188,16 +188,8 @@ static __device__ __forceinline__ void af_dq(const struct af_args &A, int qt, in
 #pragma unroll
 			for (int i = 0; i < 32; i++)
 				s[i] = awg_ex2(s[i] * sl2 - L[(i & 3) / 2]);
-			/* the mask under its own warpgroup-uniform branch (session 22) */
 			if (k0 + 64 > wq0 || k0 + 64 > T)
-#pragma unroll
-				for (int jj = 0; jj < 8; jj++)
-#pragma unroll
-					for (int e = 0; e < 4; e++) {
-						int r = e / 2, kj = k0 + 8 * jj + 2 * t4 + (e & 1);
-						if (kj > rq + 8 * r || kj >= T)
-							s[4 * jj + e] = 0.f;
-					}
+				awg_mask_qk(s, k0, rq, T, t4, 0.f);
 			wg_wait<0>();
 			wg_fence_regs<32>(dp);
 			unsigned a[4][4]; /* dS as A fragments (16 keys each) */

@@ -96,10 +96,9 @@ static __device__ __forceinline__ void aff_softmax(float (&s)[NR], float (&m)[2]
 {
 	const int t4 = threadIdx.x % 4;
 	float mx[2] = {-INFINITY, -INFINITY};
-	/* the mask in a block of its own under the warp-uniform branch: as
-	 * one condition an element (edge && ...), the compiler evaluated
-	 * every element's predicate on every tile, edge or not (about 130
-	 * instructions a tile, session 22's SASS samples) */
+	/* awg_mask_qk's mask (why it is a block of its own there), written
+	 * out: through the helper ptxas schedules the opt-in fa3 forward at
+	 * Dh 96 differently, which no card has checked */
 	if (edge)
 #pragma unroll
 		for (int jj = 0; jj < NR / 4; jj++)

@@ -219,6 +219,27 @@ static __device__ __forceinline__ int awg_ticket(int *cnt, int BH, int nq)
 	return t;
 }
 
+/* The causal and length mask of a score tile whose rows are queries and
+ * columns keys (register 4jj + e: query rq + 8 (e / 2), key k0 + 8jj +
+ * 2 t4 + e % 2): the keys after a row's query or past T set to v.  Call
+ * it as a block of its own under the caller's warp-uniform test that the
+ * tile touches the diagonal or T: written as one condition an element
+ * (edge && ...), the compiler evaluated every element's predicate on
+ * every tile, edge or not (session 22: 130-200 instructions a tile in the
+ * SASS samples). */
+template <int NR>
+static __device__ __forceinline__ void awg_mask_qk(float (&s)[NR], int k0, int rq, int T, int t4, float v)
+{
+#pragma unroll
+	for (int jj = 0; jj < NR / 4; jj++)
+#pragma unroll
+		for (int e = 0; e < 4; e++) {
+			int r = e / 2, kj = k0 + 8 * jj + 2 * t4 + (e & 1);
+			if (kj > rq + 8 * r || kj >= T)
+				s[4 * jj + e] = v;
+		}
+}
+
 /* After awg_st_dpt, for a tile on or below the diagonal: P^T = exp2(S^T
  * scale log2 e - lse) into sT (zero above the diagonal and past T in an
  * edge tile), dV += P^T dO issued (its group left running), then dS^T = P^T
@@ -248,11 +269,8 @@ static __device__ __forceinline__ void awg_pt_dv_dst(float *sT, float *dpT, floa
 #pragma unroll
 		for (int e = 0; e < 4; e++)
 			sT[4 * jj + e] = awg_ex2(sT[4 * jj + e] * sl2 - (e & 1 ? lr[jj].y : lr[jj].x));
-	/* the mask in a block of its own under the warpgroup-uniform branch:
-	 * as one condition an element (edge && ...), the compiler evaluated
-	 * all 32 predicates into a bit mask on every tile, edge or not, ahead
-	 * of the tile's products (about 180 instructions a round, session
-	 * 22's SASS samples) */
+	/* the mask under its own warpgroup-uniform branch, as awg_mask_qk's
+	 * (here rows are keys, columns queries) */
 	if (q0 < wk0 + 64 || q0 + 64 > T)
 #pragma unroll
 		for (int jj = 0; jj < 8; jj++)

@@ -1583,14 +1583,17 @@ static void qk_fwd(struct moe_backend *be, void *out, float *rstd, const void *x
 {
 	struct cuda_ctx *c = CTX(be);
 	int N = B * T, D = H * Dh;
-	if (c->qk_split || !moe_cuda_qknorm_rope_supported(H, Dh)) { /* the two kernels */
-		for (int i = 0; i < (x2 ? 2 : 1); i++) {
-			const void *xc = qk_contig(c, i ? x2 : x, ldx, N, D);
-			if (!xc)
-				return;
-			o_rmsnorm_fwd(be, i ? out2 : out, i ? rstd2 : rstd, xc, i ? w2 : w, N, D, eps);
-			o_rope(be, i ? out2 : out, B, T, H, Dh, theta, 0);
+	if (c->qk_split || !moe_cuda_qknorm_rope_supported(H, Dh)) { /* the two kernels, a tensor at a time */
+		if (x2) {
+			qk_fwd(be, out, rstd, x, w, NULL, NULL, NULL, NULL, ldx, B, T, H, Dh, eps, theta);
+			if (c->rc == 0)
+				qk_fwd(be, out2, rstd2, x2, w2, NULL, NULL, NULL, NULL, ldx, B, T, H, Dh, eps, theta);
+			return;
 		}
+		if (!(x = qk_contig(c, x, ldx, N, D)))
+			return;
+		o_rmsnorm_fwd(be, out, rstd, x, w, N, D, eps);
+		o_rope(be, out, B, T, H, Dh, theta, 0);
 		return;
 	}
 	const float *wf = master_of(c, w), *wf2 = x2 ? master_of(c, w2) : NULL;

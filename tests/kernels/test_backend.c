@@ -214,42 +214,39 @@ Test(backend, train_step_matches_cpu, .timeout = 120)
 }
 
 /* The same at the head sizes of the presets, where the attention runs the
- * sm_90 kernels (fa3 both ways by default) inside the model: q and k from
- * the QK-norm's buffers, v in the side-by-side projections; T not a
- * multiple of the kernels' 64- and 128-row tiles. */
+ * sm_90 kernels inside the model (fa3pk128 forward; fa3f backward at 96
+ * and 128, fa3 at 64): q and k from the QK-norm's buffers, v in the
+ * side-by-side projections; T not a multiple of the kernels' 64- and
+ * 128-row tiles.  The tiny config at hidden size `hidden` in `heads`
+ * heads. */
+static void step_matches_cpu_heads(int hidden, int heads, const char *name)
+{
+	struct moe_config cfg;
+	tiny_config(&cfg);
+	cfg.hidden_size = hidden;
+	cfg.num_attention_heads = heads;
+	cfg.max_position_embeddings = 256;
+	step_matches_cpu(cfg, name, 2, 200);
+}
+
 Test(backend, train_step_matches_cpu_dh96, .timeout = 120)
 {
 	NEED_GPU();
-	struct moe_config cfg;
-	tiny_config(&cfg);
-	cfg.hidden_size = 384;
-	cfg.num_attention_heads = 4; /* Dh 96 */
-	cfg.max_position_embeddings = 256;
-	step_matches_cpu(cfg, "tiny, hidden 384", 2, 200);
+	step_matches_cpu_heads(384, 4, "tiny, hidden 384");
 }
 
 Test(backend, train_step_matches_cpu_dh128, .timeout = 120)
 {
 	NEED_GPU();
-	struct moe_config cfg;
-	tiny_config(&cfg);
-	cfg.hidden_size = 256;
-	cfg.num_attention_heads = 2; /* Dh 128 */
-	cfg.max_position_embeddings = 256;
-	step_matches_cpu(cfg, "tiny, hidden 256", 2, 200);
+	step_matches_cpu_heads(256, 2, "tiny, hidden 256");
 }
 
 Test(backend, train_step_matches_cpu_dh64, .timeout = 120)
 {
 	NEED_GPU();
-	struct moe_config cfg;
-	tiny_config(&cfg);
-	cfg.hidden_size = 256;
-	cfg.num_attention_heads = 4; /* Dh 64: fa3pk128 and fa3 by default since session 22 */
-	cfg.max_position_embeddings = 256;
 	cr_assert_str_eq(moe_cuda_attention_fwd_name(64), "fa3pk128");
 	cr_assert_str_eq(moe_cuda_attention_bwd_name(64), "fa3");
-	step_matches_cpu(cfg, "tiny, hidden 256, 4 heads", 2, 200);
+	step_matches_cpu_heads(256, 4, "tiny, hidden 256, 4 heads");
 }
 
 /* Two shared experts, which the CUDA backend runs side by side (one linear
