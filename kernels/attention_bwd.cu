@@ -185,26 +185,18 @@ attention_dkdv_kernel(bf16 *dk, bf16 *dv, const bf16 *q, const bf16 *k, const bf
 				att_frag_a<LD>(a[kk], Vs, w * 16, kk * 16);
 			att_mm_abt<DH>(dpT, a, DO); /* dP^T = V dO^T */
 		}
+		bool edge = i == kt || q0 + ATT_BR > T;
 #pragma unroll
 		for (int jj = 0; jj < 8; jj++)
 #pragma unroll
-			for (int e = 0; e < 4; e++)
-				sT[jj][e] = exp2f(sT[jj][e] * sl2 - L[8 * jj + 2 * t4 + (e & 1)]);
-		/* the mask under its own warp-uniform test, as the forward's */
-		if (i == kt || q0 + ATT_BR > T)
-#pragma unroll
-			for (int jj = 0; jj < 8; jj++)
-#pragma unroll
-				for (int e = 0; e < 4; e++) {
-					int qi = q0 + 8 * jj + 2 * t4 + (e & 1);
-					if (qi < kj[e / 2] || qi >= T)
-						sT[jj][e] = 0.f;
-				}
-#pragma unroll
-		for (int jj = 0; jj < 8; jj++)
-#pragma unroll
-			for (int e = 0; e < 4; e++)
-				dpT[jj][e] = sT[jj][e] * (dpT[jj][e] - DL[8 * jj + 2 * t4 + (e & 1)]) * scale;
+			for (int e = 0; e < 4; e++) {
+				int c = 8 * jj + 2 * t4 + (e & 1), qi = q0 + c;
+				float p = exp2f(sT[jj][e] * sl2 - L[c]);
+				if (edge && (qi < kj[e / 2] || qi >= T))
+					p = 0.f;
+				sT[jj][e] = p;
+				dpT[jj][e] = p * (dpT[jj][e] - DL[c]) * scale;
+			}
 		att_mm_pv<DH>(dV, sT, DO); /* dV += P^T dO */
 		att_mm_pv<DH>(dK, dpT, Q); /* dK += dS^T Q */
 		__syncthreads();
@@ -276,25 +268,17 @@ attention_dq_kernel(bf16 *dq, const bf16 *q, const bf16 *k, const bf16 *v, const
 		float s[8][4], dp[8][4];
 		att_mm_abt<DH>(s, qa, K);
 		att_mm_abt<DH>(dp, da, V);
+		bool edge = j == qt || k0 + ATT_BR > T;
 #pragma unroll
 		for (int jj = 0; jj < 8; jj++)
 #pragma unroll
-			for (int e = 0; e < 4; e++)
-				s[jj][e] = exp2f(s[jj][e] * sl2 - L[e / 2]);
-		if (j == qt || k0 + ATT_BR > T) /* the mask, as the forward's */
-#pragma unroll
-			for (int jj = 0; jj < 8; jj++)
-#pragma unroll
-				for (int e = 0; e < 4; e++) {
-					int kj = k0 + 8 * jj + 2 * t4 + (e & 1);
-					if (kj > qi[e / 2] || kj >= T)
-						s[jj][e] = 0.f;
-				}
-#pragma unroll
-		for (int jj = 0; jj < 8; jj++)
-#pragma unroll
-			for (int e = 0; e < 4; e++)
-				s[jj][e] = s[jj][e] * (dp[jj][e] - dl[e / 2]) * scale;
+			for (int e = 0; e < 4; e++) {
+				int r = e / 2, kj = k0 + 8 * jj + 2 * t4 + (e & 1);
+				float p = exp2f(s[jj][e] * sl2 - L[r]);
+				if (edge && (kj > qi[r] || kj >= T))
+					p = 0.f;
+				s[jj][e] = p * (dp[jj][e] - dl[r]) * scale;
+			}
 		att_mm_pv<DH>(dQ, s, K); /* dQ += dS K */
 		__syncthreads();
 	}

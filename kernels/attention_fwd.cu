@@ -68,30 +68,19 @@ attention_fwd_kernel(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const 
 		float s[8][4];
 		att_mm_abt<DH>(s, qa, K);
 		int k0 = j * ATT_BR;
-#pragma unroll
-		for (int jj = 0; jj < 8; jj++)
-#pragma unroll
-			for (int e = 0; e < 4; e++)
-				s[jj][e] *= scale_log2;
-		/* the causal and length mask as a block of its own under the
-		 * warp-uniform test (see awg_mask_qk in attention_wgmma.cuh:
-		 * folded into the loop as (edge && ...), every tile paid for
-		 * the predicates) */
-		if (k0 + ATT_BR > q0 || k0 + ATT_BR > T)
-#pragma unroll
-			for (int jj = 0; jj < 8; jj++)
-#pragma unroll
-				for (int e = 0; e < 4; e++) {
-					int kj = k0 + 8 * jj + 2 * t4 + (e & 1);
-					if (kj > qi[e / 2] || kj >= T)
-						s[jj][e] = -INFINITY;
-				}
+		bool edge = k0 + ATT_BR > q0 || k0 + ATT_BR > T;
 		float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
 		for (int jj = 0; jj < 8; jj++)
 #pragma unroll
-			for (int e = 0; e < 4; e++)
-				mx[e / 2] = fmaxf(mx[e / 2], s[jj][e]);
+			for (int e = 0; e < 4; e++) {
+				int r = e / 2, kj = k0 + 8 * jj + 2 * t4 + (e & 1);
+				float x = s[jj][e] * scale_log2;
+				if (edge && (kj > qi[r] || kj >= T))
+					x = -INFINITY;
+				s[jj][e] = x;
+				mx[r] = fmaxf(mx[r], x);
+			}
 		float alpha[2];
 #pragma unroll
 		for (int r = 0; r < 2; r++) {
