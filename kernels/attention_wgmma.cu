@@ -328,55 +328,7 @@ static __device__ __forceinline__ void awg_dq(const struct awgb_args &A, int qt,
 		}
 		if (active && k0 <= wq0 + 63) { /* warpgroup-uniform */
 			const uint32_t kst = sk + st * TB, vst = sv + st * TB;
-			/* S, dP (64 queries x 64 keys): register 4jj + e is query
-			 * rq + 8 (e / 2), key k0 + 8jj + 2 t4 + e % 2 */
-			float s[32], dp[32];
-			wg_fence();
-#pragma unroll
-			for (int kk = 0; kk < DH / 16; kk++) {
-				uint32_t own = (kk >> 2) * (QR * 128) + wg * 8192 + (kk & 3) * 32;
-				uint64_t kd = wg_desc(kst + (kk >> 2) * 8192 + (kk & 3) * 32, 16, 1024);
-				if (QREG)
-					att_wg_rsk_n64(s, qa[QREG ? kk : 0], kd, kk > 0);
-				else
-					att_wg_ss_n64(s, wg_desc(sq + own, 16, 1024), kd, kk > 0);
-			}
-			wg_commit();
-#pragma unroll
-			for (int kk = 0; kk < DH / 16; kk++) {
-				uint32_t own = (kk >> 2) * (QR * 128) + wg * 8192 + (kk & 3) * 32;
-				uint64_t vd = wg_desc(vst + (kk >> 2) * 8192 + (kk & 3) * 32, 16, 1024);
-				if (QREG)
-					att_wg_rsk_n64(dp, da[QREG ? kk : 0], vd, kk > 0);
-				else
-					att_wg_ss_n64(dp, wg_desc(sd + own, 16, 1024), vd, kk > 0);
-			}
-			wg_commit();
-			wg_wait<1>(); /* S done, dP may still run */
-			wg_fence_regs<32>(s);
-#pragma unroll
-			for (int i = 0; i < 32; i++)
-				s[i] = awg_ex2(s[i] * sl2 - L[(i & 3) / 2]);
-			if (k0 + 64 > wq0 || k0 + 64 > T)
-				awg_mask_qk(s, k0, rq, T, t4, 0.f);
-			wg_wait<0>();
-			wg_fence_regs<32>(dp);
-			unsigned a[4][4]; /* dS as A fragments (16 keys each) */
-#pragma unroll
-			for (int ks = 0; ks < 4; ks++)
-#pragma unroll
-				for (int x = 0; x < 4; x++) {
-					int i0 = 8 * ks + 2 * x, r = x & 1;
-					a[ks][x] = pack_bf16(s[i0] * (dp[i0] - dl[r]) * scale,
-							     s[i0 + 1] * (dp[i0 + 1] - dl[r]) * scale);
-				}
-			wg_fence();
-#pragma unroll
-			for (int ks = 0; ks < 4; ks++)
-				awg_pv<DH>(dQ, a[ks], wg_desc(kst + ks * 2048, 8192, 1024)); /* dQ += dS K */
-			wg_commit();
-			wg_wait<0>();
-			wg_fence_regs<DH / 2>(dQ);
+			awg_dq_tile<DH, QR, QREG>(dQ, qa, da, sq, sd, kst, vst, wg, L, dl, k0, wq0, rq, T, t4, sl2, scale);
 		}
 	}
 #pragma unroll
