@@ -132,12 +132,7 @@ static __device__ __forceinline__ void af_dq(const struct af_args &A, int qt, in
 	const int q0 = qt * QR, wq0 = q0 + 64 * wg, rq = wq0 + 16 * w + g; /* rows rq, rq + 8 */
 	const uint32_t sq = base, sd = base + WB, sst = base + 2 * WB;
 	float L[2], dl[2];
-#pragma unroll
-	for (int r = 0; r < 2; r++) {
-		int qi = rq + 8 * r;
-		L[r] = qi < T ? A.lse[(size_t)bh * T + qi] * LOG2E : INFINITY;
-		dl[r] = qi < T ? A.delta[(size_t)bh * T + qi] : 0.f;
-	}
+	awg_rows_lse_delta(L, dl, A.lse, A.delta, bh, T, rq);
 	const float sl2 = scale * LOG2E;
 	float dQ[DH / 2]; /* register 4d + e is query rq + 8 (e / 2), column 8d + 2 t4 + e % 2 */
 #pragma unroll
@@ -165,16 +160,7 @@ static __device__ __forceinline__ void af_dq(const struct af_args &A, int qt, in
 		if (lane == 0)
 			wg_arrive(empty + 16 * st);
 	}
-#pragma unroll
-	for (int r = 0; r < 2; r++) {
-		int qi = rq + 8 * r;
-		if (qi >= T)
-			continue;
-		bf16 *o = A.dq + ((size_t)b * T + qi) * A.ldq + h * DH + 2 * t4;
-#pragma unroll
-		for (int d = 0; d < DH / 8; d++)
-			*(__nv_bfloat162 *)(o + 8 * d) = __floats2bfloat162_rn(dQ[4 * d + 2 * r], dQ[4 * d + 2 * r + 1]);
-	}
+	awg_store_dq<DH>(A.dq, A.ldq, dQ, b, h, T, rq, t4);
 }
 #endif
 

@@ -295,12 +295,7 @@ static __device__ __forceinline__ void awg_dq(const struct awgb_args &A, int qt,
 	awg_load<DH, 64, NT>(sv, vb, ldv, 0, T);
 	att_commit();
 	float L[2], dl[2];
-#pragma unroll
-	for (int r = 0; r < 2; r++) {
-		int qi = rq + 8 * r;
-		L[r] = qi < T ? A.lse[(size_t)bh * T + qi] * LOG2E : INFINITY;
-		dl[r] = qi < T ? A.delta[(size_t)bh * T + qi] : 0.f;
-	}
+	awg_rows_lse_delta(L, dl, A.lse, A.delta, bh, T, rq);
 	const float sl2 = scale * LOG2E;
 	float dQ[DH / 2]; /* register 4d + e is query rq + 8 (e / 2), column 8d + 2 t4 + e % 2 */
 #pragma unroll
@@ -331,16 +326,7 @@ static __device__ __forceinline__ void awg_dq(const struct awgb_args &A, int qt,
 			awg_dq_tile<DH, QR, QREG>(dQ, qa, da, sq, sd, kst, vst, wg, L, dl, k0, wq0, rq, T, t4, sl2, scale);
 		}
 	}
-#pragma unroll
-	for (int r = 0; r < 2; r++) {
-		int qi = rq + 8 * r;
-		if (qi >= T)
-			continue;
-		bf16 *o = A.dq + ((size_t)b * T + qi) * ldq + h * DH + 2 * t4;
-#pragma unroll
-		for (int d = 0; d < DH / 8; d++)
-			*(__nv_bfloat162 *)(o + 8 * d) = __floats2bfloat162_rn(dQ[4 * d + 2 * r], dQ[4 * d + 2 * r + 1]);
-	}
+	awg_store_dq<DH>(A.dq, ldq, dQ, b, h, T, rq, t4);
 }
 #endif
 

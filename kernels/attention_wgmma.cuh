@@ -240,6 +240,37 @@ static __device__ __forceinline__ void awg_mask_qk(float (&s)[NR], int k0, int r
 		}
 }
 
+/* This thread's query rows rq, rq + 8 of head bh: their lse times log2 e
+ * (infinite past T, so that P is 0 there) and delta (0 past T) */
+static __device__ __forceinline__ void awg_rows_lse_delta(float (&L)[2], float (&dl)[2], const float *lse,
+							  const float *delta, int bh, int T, int rq)
+{
+#pragma unroll
+	for (int r = 0; r < 2; r++) {
+		int qi = rq + 8 * r;
+		L[r] = qi < T ? lse[(size_t)bh * T + qi] * LOG2E : INFINITY;
+		dl[r] = qi < T ? delta[(size_t)bh * T + qi] : 0.f;
+	}
+}
+
+/* A dQ block's rows rq, rq + 8 to global memory in bf16 (register 4d + e:
+ * row rq + 8 (e / 2), column 8d + 2 t4 + e % 2), none past T */
+template <int DH>
+static __device__ __forceinline__ void awg_store_dq(bf16 *dq, int ldq, const float *dQ, int b, int h, int T, int rq,
+						    int t4)
+{
+#pragma unroll
+	for (int r = 0; r < 2; r++) {
+		int qi = rq + 8 * r;
+		if (qi >= T)
+			continue;
+		bf16 *o = dq + ((size_t)b * T + qi) * ldq + h * DH + 2 * t4;
+#pragma unroll
+		for (int d = 0; d < DH / 8; d++)
+			*(__nv_bfloat162 *)(o + 8 * d) = __floats2bfloat162_rn(dQ[4 * d + 2 * r], dQ[4 * d + 2 * r + 1]);
+	}
+}
+
 /* One key tile of a dQ block (fa3's and wge's dQ kernels): for this
  * warpgroup's 64 queries (rows rq, rq + 8 of this thread) against keys
  * [k0, k0 + 64), K and V at kst, vst in shared memory, S = Q K^T and dP =
