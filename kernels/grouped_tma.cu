@@ -119,6 +119,27 @@ static __device__ __forceinline__ uint32_t gt_epi_buf(uint32_t se, int cw, int n
 	gt_named_sync(1 + cw);
 	return buf;
 }
+/* A quad's 4 x 4 words transposed: lane q of the quad (q = lane % 4) holds
+ * a[i] = word q of item i on entry and word i of item q on return.  Round
+ * k (1, then 2) swaps, for each i with bit k clear, item i + k of the lane
+ * with bit k of q clear and item i of its partner (q ^ k): one xor
+ * shuffle a pair of items. */
+static __device__ __forceinline__ void gt_quad_transpose(uint32_t (&a)[4], int q)
+{
+#pragma unroll
+	for (int k = 1; k <= 2; k <<= 1)
+#pragma unroll
+		for (int i = 0; i < 4; i++) {
+			if (i & k)
+				continue;
+			const bool hi = q & k;
+			uint32_t got = __shfl_xor_sync(0xffffffffu, hi ? a[i] : a[i + k], k);
+			if (hi)
+				a[i] = got;
+			else
+				a[i + k] = got;
+		}
+}
 /* Output tile t of a block's walk: its expert, first row, the rows left in
  * the expert from there, first column, k-slices; the weight gradient: the
  * expert's first row and rows (its reduction), first row of W (m0). */
@@ -493,7 +514,7 @@ __global__ void __launch_bounds__(GT_THREADS, 1)
 		 * conflict-free stores) and TMA stores, two buffers per
 		 * warpgroup, drained while the next tile's main loop runs; the
 		 * block the expert ends in: bf16 pairs from the registers */
-		const int cq = 2 * (lane % 4), ncl = g.ncols - tl.n0;
+		const int ncl = g.ncols - tl.n0;
 #pragma unroll
 		for (int m = 0; m < MW; m++) {
 			const int rb = (cw * MW + m) * 64;
@@ -521,17 +542,30 @@ __global__ void __launch_bounds__(GT_THREADS, 1)
 						gt_tma_store(&tc, buf, tl.n0 + qq * 64, tl.row0 + rb);
 				}
 			} else if (tl.mi > rb) {
+				/* 16 bytes a thread: each quad's 4 x 4 words (rows
+				 * lane / 4 + 8h, 8-column chunks 4jg..4jg+3) transposed by
+				 * two xor shuffles, so that lane q holds chunk 4jg + q
+				 * whole (4-byte stores here cost these kernels 7-20%
+				 * against whole tiles, session 23).  ncols is a multiple
+				 * of 8 (the output map's row pitch), so a chunk is all
+				 * inside ncl or all past it. */
 				bf16 *C = (bf16 *)g.c + (size_t)tl.row0 * g.ncols + tl.n0;
-				const int r0 = rb + warp * 16 + lane / 4;
+				const int r0 = rb + warp * 16 + lane / 4, q = lane % 4;
 #pragma unroll
-				for (int jj = 0; jj < BN / 8; jj++)
+				for (int jg = 0; jg < BN / 32; jg++)
 #pragma unroll
 					for (int h = 0; h < 2; h++) {
-						int i = r0 + 8 * h, col = jj * 8 + cq;
+						uint32_t a[4];
+#pragma unroll
+						for (int i = 0; i < 4; i++) {
+							__nv_bfloat162 v = __floats2bfloat162_rn(
+								acc[m][4 * (4 * jg + i) + 2 * h], acc[m][4 * (4 * jg + i) + 2 * h + 1]);
+							a[i] = *(uint32_t *)&v;
+						}
+						gt_quad_transpose(a, q);
+						const int i = r0 + 8 * h, col = (4 * jg + q) * 8;
 						if (i < tl.mi && col < ncl)
-							*(__nv_bfloat162 *)(C + (size_t)i * g.ncols + col) =
-								__floats2bfloat162_rn(acc[m][4 * jj + 2 * h],
-										      acc[m][4 * jj + 2 * h + 1]);
+							*(uint4 *)(C + (size_t)i * g.ncols + col) = make_uint4(a[0], a[1], a[2], a[3]);
 					}
 			}
 		}

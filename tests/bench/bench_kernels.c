@@ -7,13 +7,16 @@
  * cuBLAS's grouped GEMM (fwd, dgrad), the same FLOPs through one dense cuBLAS
  * GEMM for reference, and causal flash attention forward/backward.  Median of 20 runs timed with CUDA events
  * after warm-up; prints ms and TFLOP/s per kernel.
- *   bench_kernels [-a] [-t] [-m [-W WIDTH]] [-r] [-s SIGMA] [-B 8] [-T 2048] [-H 8] [-d 96]
+ *   bench_kernels [-a] [-t] [-m [-W WIDTH]] [-r] [-s SIGMA | -x] [-E 64] [-B 8] [-T 2048] [-H 8] [-d 96]
  * -r: the routing kernels only, old against new (route_bench).
  * -m: the memory-bound kernels only, old against new (memk_bench); -W: at
  * rows of WIDTH columns (heads of 128) instead of seed-base's 768.
  * -a: attention only; -t: of the expert GEMMs only the TMA kernels (and the
  * dense reference); -s: expert e's share of the routed rows proportional to
  * exp(SIGMA z_e), z_e standard normal (imbalanced routing; 0: balanced);
+ * -x: exactly balanced (every expert the same rows, to the last; with the
+ * defaults 2,048 or 4,096, whole 128-row tiles); -E: experts (64; 1 runs
+ * the grouped kernels as one dense GEMM, beside cuBLAS's of the same shape);
  * -H, -d: attention heads and head size.  Every
  * attention kernel variant is timed, then the default one.
  */
@@ -644,8 +647,8 @@ int main(int argc, char **argv)
 	int B = 8, T = 2048, c, att_only = 0, tma_only = 0, H = 8, Dh = 96, memk = 0;
 	double skew = 0;
 	int route = 0;
-	int width = 0;
-	while ((c = getopt(argc, argv, "B:T:H:d:ats:mrW:")) != -1) {
+	int width = 0, E = 64, exact = 0;
+	while ((c = getopt(argc, argv, "B:T:H:d:ats:mrW:E:x")) != -1) {
 		if (c == 'B')
 			B = atoi(optarg);
 		else if (c == 'T')
@@ -666,14 +669,22 @@ int main(int argc, char **argv)
 			route = 1;
 		else if (c == 'W')
 			width = atoi(optarg);
+		else if (c == 'E')
+			E = atoi(optarg);
+		else if (c == 'x')
+			exact = 1;
 		else
 			return 2;
+	}
+	if (E < 1 || E > 1024) {
+		fprintf(stderr, "bench_kernels: -E %d: experts from 1 to 1024\n", E);
+		return 2;
 	}
 	if (memk) /* -m: the memory-bound kernels only */
 		return memk_bench(B, T, width);
 	if (route) /* -r: the routing kernels only */
 		return route_bench(B, T);
-	int N = B * T, K = 4, E = 64, D = 768, I = 640;
+	int N = B * T, K = 4, D = 768, I = 640;
 	int rows = N * K;
 	/* balanced-ish random routing: counts from a multinomial; with -s,
 	 * expert e drawn with probability proportional to exp(skew z_e) */
@@ -690,6 +701,10 @@ int main(int argc, char **argv)
 		cum[e] = tot;
 	}
 	for (int i = 0; i < rows; i++) {
+		if (exact) { /* -x: row i to expert i E / rows */
+			cnt[(int)((int64_t)i * E / rows)]++;
+			continue;
+		}
 		r ^= r << 13, r ^= r >> 7, r ^= r << 17;
 		double u = (r >> 11) / 9007199254740992.0 * tot;
 		int e = 0;
@@ -703,8 +718,12 @@ int main(int argc, char **argv)
 		cmin = cnt[e] < cmin ? cnt[e] : cmin;
 		cmax = cnt[e] > cmax ? cnt[e] : cmax;
 	}
-	printf("routing: %d rows over %d experts, skew %g: rows per expert %d..%d (mean %d)\n", rows, E, skew, cmin,
-	       cmax, rows / E);
+	if (exact)
+		printf("routing: %d rows over %d experts, exactly balanced: rows per expert %d..%d\n", rows, E, cmin,
+		       cmax);
+	else
+		printf("routing: %d rows over %d experts, skew %g: rows per expert %d..%d (mean %d)\n", rows, E, skew,
+		       cmin, cmax, rows / E);
 	off[0] = 0;
 	for (int e = 0; e < E; e++)
 		off[e + 1] = off[e] + cnt[e];
