@@ -32,10 +32,17 @@
  * pairs straight from the accumulators, masked.
  * Rows past the expert's end are loaded (they belong to the next expert)
  * and masked, or for wgrad's last partial k-slice zeroed in the A tile
- * before the MMAs; k-slices whose rows reach past offsets[E] (possibly
- * unallocated: max_rows may be larger, and wgrad has no bound at all) load
- * with cp.async instead, zero-filled.  K tails and columns past Out / In
- * are zero-filled by the copy engine, and the stores clipped by it.
+ * before the MMAs.  The forward's and input gradient's maps end at
+ * max_rows, so where max_rows is offsets[E] (the backend's calls) the copy
+ * engine zero-fills the rows of the last tile past it; where max_rows is
+ * larger (the rows between may be unallocated), and for the weight
+ * gradient (no bound at all), k-slices whose rows reach past offsets[E]
+ * load with cp.async instead, zero-filled, by the producer warp's lanes:
+ * 3-4 times a TMA tile's time, which as the walk's last tiles used to set
+ * the kernel's end (session 23: 18% of the 640-column input gradient, 5%
+ * of the forward, Nsight Compute's busiest SM against the mean).  K tails
+ * and columns past Out / In are zero-filled by the copy engine, and the
+ * stores clipped by it.
  * Results are bit-identical to grouped_wgmma.cu's (same k order).
  * Built for sm_90a only; the launchers fall back to grouped_wgmma.cu where
  * the tensor maps cannot be made (the driver entry point, unaligned
@@ -62,6 +69,7 @@ struct gt_args {
 	int mt, store;          /* wgrad: tiles along Out; store (else add) */
 	double *ssq;            /* wgrad, store: the stored values' sums of squares, two
 				   slots a tile (gt_ssq_slots), or nullptr */
+	int mrows;              /* fwd, dgrad: max_rows, the maps' row bound */
 };
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -320,8 +328,10 @@ __global__ void __launch_bounds__(GT_THREADS, 1)
 				if (pos >= ST)
 					wg_bar_wait(wg_smem_u32(&empty[s]), ((pos / ST) - 1) & 1);
 				const uint32_t dA = sa + s * ABYTES, dB = sb + s * BBYTES, bar = wg_smem_u32(&full[s]);
-				/* rows past offsets[E]: cp.async */
-				const bool cp = MODE == GT_WGRAD ? tl.row0 + k0 + GT_BK > tot : tl.row0 + BM > tot;
+				/* rows past offsets[E] that the map does not bound:
+				 * cp.async */
+				const bool cp = MODE == GT_WGRAD ? tl.row0 + k0 + GT_BK > tot
+								 : tl.row0 + BM > tot && tot < g.mrows;
 				if (cp) {
 					gt_cp_stage<MODE, BM, BN>(dA, dB, g, tl, k0, tot, lane);
 					__syncwarp();
@@ -642,7 +652,8 @@ static int gt_launch(void *c, const bf16 *a, const bf16 *w, const int32_t *offse
 	if (!ok)
 		return 1;
 	gt_args g = {a, MODE == GT_WGRAD ? w : nullptr, c, offsets, E, K, ncols, (int)moe_cdiv(ncols, BN),
-		     (int)moe_cdiv(Out, BM), store, MODE == GT_WGRAD && store ? ssq : nullptr};
+		     (int)moe_cdiv(Out, BM), store, MODE == GT_WGRAD && store ? ssq : nullptr,
+		     MODE == GT_WGRAD ? 0 : max_rows};
 	if (ssq_n) /* the slots the kernel writes: two a tile */
 		*ssq_n = g.ssq ? (size_t)2 * E * g.mt * g.nt : 0;
 	size_t tiles = MODE == GT_WGRAD ? (size_t)E * g.mt * g.nt : (size_t)(moe_cdiv(max_rows, BM) + E) * g.nt;

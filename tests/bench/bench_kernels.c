@@ -7,7 +7,7 @@
  * cuBLAS's grouped GEMM (fwd, dgrad), the same FLOPs through one dense cuBLAS
  * GEMM for reference, and causal flash attention forward/backward.  Median of 20 runs timed with CUDA events
  * after warm-up; prints ms and TFLOP/s per kernel.
- *   bench_kernels [-a] [-t] [-m [-W WIDTH]] [-r] [-s SIGMA | -x] [-E 64] [-B 8] [-T 2048] [-H 8] [-d 96]
+ *   bench_kernels [-a] [-t] [-m [-W WIDTH]] [-r] [-s SIGMA | -x] [-E 64] [-g 0|1] [-B 8] [-T 2048] [-H 8] [-d 96]
  * -r: the routing kernels only, old against new (route_bench).
  * -m: the memory-bound kernels only, old against new (memk_bench); -W: at
  * rows of WIDTH columns (heads of 128) instead of seed-base's 768.
@@ -17,6 +17,8 @@
  * -x: exactly balanced (every expert the same rows, to the last; with the
  * defaults 2,048 or 4,096, whole 128-row tiles); -E: experts (64; 1 runs
  * the grouped kernels as one dense GEMM, beside cuBLAS's of the same shape);
+ * -g: of the expert GEMMs' two shapes only the first (0: 768 x 1280) or the
+ * second (1: 640 x 768), so that a profiler's launch counts are simple;
  * -H, -d: attention heads and head size.  Every
  * attention kernel variant is timed, then the default one.
  */
@@ -647,8 +649,8 @@ int main(int argc, char **argv)
 	int B = 8, T = 2048, c, att_only = 0, tma_only = 0, H = 8, Dh = 96, memk = 0;
 	double skew = 0;
 	int route = 0;
-	int width = 0, E = 64, exact = 0;
-	while ((c = getopt(argc, argv, "B:T:H:d:ats:mrW:E:x")) != -1) {
+	int width = 0, E = 64, exact = 0, only = -1;
+	while ((c = getopt(argc, argv, "B:T:H:d:ats:mrW:E:xg:")) != -1) {
 		if (c == 'B')
 			B = atoi(optarg);
 		else if (c == 'T')
@@ -673,6 +675,8 @@ int main(int argc, char **argv)
 			E = atoi(optarg);
 		else if (c == 'x')
 			exact = 1;
+		else if (c == 'g')
+			only = atoi(optarg);
 		else
 			return 2;
 	}
@@ -745,6 +749,8 @@ int main(int argc, char **argv)
 	printf("%-34s %9s %9s\n", "kernel (seed-base shapes)", "ms", "TFLOP/s");
 	int shapes[2][2] = {{D, 2 * I}, {I, D}};
 	for (int s = 0; s < (att_only ? 0 : 2); s++) { /* -a: attention only */
+		if (only >= 0 && s != only)
+			continue;
 		g.In = shapes[s][0];
 		g.Out = shapes[s][1];
 		g.x = dalloc_rand((size_t)rows * (g.In > g.Out ? g.In : g.Out));
