@@ -28,8 +28,9 @@
  * 64 x 64 blocks (64 x 32 fp32 for wgrad; two buffers per warpgroup) and
  * TMA stores, which drain while the next tile's main loop runs; the weight
  * gradient is stored, or added by the copy engine's reduction
- * (cp.reduce.async.bulk); the block an expert's rows end in stores bf16
- * pairs straight from the accumulators, masked.
+ * (cp.reduce.async.bulk); the block an expert's rows end in stores
+ * 16-byte chunks straight from the accumulators (after a quad transpose),
+ * masked.
  * Rows past the expert's end are loaded (they belong to the next expert)
  * and masked, or for wgrad's last partial k-slice zeroed in the A tile
  * before the MMAs.  The forward's and input gradient's maps end at
@@ -555,8 +556,8 @@ __global__ void __launch_bounds__(GT_THREADS, 1)
 				/* 16 bytes a thread: each quad's 4 x 4 words (rows
 				 * lane / 4 + 8h, 8-column chunks 4jg..4jg+3) transposed by
 				 * two xor shuffles, so that lane q holds chunk 4jg + q
-				 * whole (4-byte stores here cost these kernels 7-20%
-				 * against whole tiles, session 23).  ncols is a multiple
+				 * whole (4-byte pairs before session 23, about 1% slower
+				 * in the forward and input gradient).  ncols is a multiple
 				 * of 8 (the output map's row pitch), so a chunk is all
 				 * inside ncl or all past it. */
 				bf16 *C = (bf16 *)g.c + (size_t)tl.row0 * g.ncols + tl.n0;
