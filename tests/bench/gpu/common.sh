@@ -17,6 +17,13 @@
 #   profile_of LABEL FILTER BENCH_CUDA [VAR=V ...]  one profiled seed-base step of that bench_cuda, its
 #                                per-op lines matching FILTER
 #   torch_olmoe                  torch_ref.py --preset olmoe --modes best_c (its micro-batch 2)
+#   bk_ab ROUNDS REGEX [ARGS]    bench_kernels ARGS of this build and the older one (oldb.tgz), ROUNDS
+#                                times interleaved, the lines matching REGEX prefixed (new) / (old)
+#   smi_start NAME               nvidia-smi's clock, power and clock-event reasons every 100 ms into
+#                                $OUT/NAME.csv, phase marks into $OUT/NAME.phases (since session 23)
+#   phase LABEL CMD [ARGS]       CMD (a function too) between LABEL-start and LABEL-end marks
+#   smi_stop [MIN_WATTS]         sampling stopped; smi_phases.py's table of the phases (samples at
+#                                MIN_WATTS or more: 600 keeps a step's steady part); NAME.csv gzipped
 R=$PWD/${RUNDIR:-${PACK:-.devrun}}
 B=$R/b
 M=share/models/seed-base.json
@@ -117,4 +124,41 @@ same_bytes() { # both builds' step-4 checkpoints of MODEL.json (micro-batch 4, s
 		cmp /tmp/run-old/ckpt/step-0000004/$f.safetensors /tmp/run-new/ckpt/step-0000004/$f.safetensors &&
 			echo "same bytes: $f.safetensors"
 	done
+}
+bk_ab() {
+	_n=$1 _re=$2
+	shift 2
+	old_build
+	_i=0
+	while [ $_i -lt $_n ]; do
+		for _v in new old; do
+			_bk=$B/tests/bench/bench_kernels
+			[ $_v = old ] && _bk=/tmp/oldb/bench_kernels
+			timeout 120 $_bk "$@" 2>&1 | grep -E "$_re" | sed "s/^/($_v) /"
+		done
+		_i=$((_i + 1))
+	done
+}
+smi_start() {
+	SMI=${OUT:-/tmp}/$1
+	: >$SMI.phases
+	_f=clocks_event_reasons.active
+	nvidia-smi --query-gpu=$_f --format=csv,noheader >/dev/null 2>&1 || _f=clocks_throttle_reasons.active
+	nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,power.draw,temperature.gpu,$_f \
+		--format=csv,noheader,nounits -lms 100 >$SMI.csv 2>/dev/null &
+	SMI_PID=$!
+	sleep 1
+}
+phase() {
+	_ph=$1
+	shift
+	echo "$_ph-start $(date +%s.%N)" >>$SMI.phases
+	"$@"
+	echo "$_ph-end $(date +%s.%N)" >>$SMI.phases
+}
+smi_stop() {
+	kill $SMI_PID 2>/dev/null
+	wait $SMI_PID 2>/dev/null
+	python3 $R/smi_phases.py $SMI.csv $SMI.phases --min-watts ${1:-0}
+	gzip -f $SMI.csv
 }
