@@ -524,7 +524,7 @@ __global__ void __launch_bounds__(GT_THREADS, 1)
 		 * memory (the 128-byte-swizzled layout of the output map,
 		 * conflict-free stores) and TMA stores, two buffers per
 		 * warpgroup, drained while the next tile's main loop runs; the
-		 * block the expert ends in: bf16 pairs from the registers */
+		 * block the expert ends in: 16-byte chunks from the registers */
 		const int ncl = g.ncols - tl.n0;
 #pragma unroll
 		for (int m = 0; m < MW; m++) {

@@ -684,6 +684,10 @@ int main(int argc, char **argv)
 		fprintf(stderr, "bench_kernels: -E %d: experts from 1 to 1024\n", E);
 		return 2;
 	}
+	if (only < -1 || only > 1) {
+		fprintf(stderr, "bench_kernels: -g %d: the expert GEMMs' shape 0 or 1\n", only);
+		return 2;
+	}
 	if (memk) /* -m: the memory-bound kernels only */
 		return memk_bench(B, T, width);
 	if (route) /* -r: the routing kernels only */

@@ -17,8 +17,6 @@
 #   profile_of LABEL FILTER BENCH_CUDA [VAR=V ...]  one profiled seed-base step of that bench_cuda, its
 #                                per-op lines matching FILTER
 #   torch_olmoe                  torch_ref.py --preset olmoe --modes best_c (its micro-batch 2)
-#   bk_ab ROUNDS REGEX [ARGS]    bench_kernels ARGS of this build and the older one (oldb.tgz), ROUNDS
-#                                times interleaved, the lines matching REGEX prefixed (new) / (old)
 #   smi_start NAME               nvidia-smi's clock, power and clock-event reasons every 100 ms into
 #                                $OUT/NAME.csv, phase marks into $OUT/NAME.phases (since session 23)
 #   phase LABEL CMD [ARGS]       CMD (a function too) between LABEL-start and LABEL-end marks
@@ -123,20 +121,6 @@ same_bytes() { # both builds' step-4 checkpoints of MODEL.json (micro-batch 4, s
 	for f in model optimizer; do
 		cmp /tmp/run-old/ckpt/step-0000004/$f.safetensors /tmp/run-new/ckpt/step-0000004/$f.safetensors &&
 			echo "same bytes: $f.safetensors"
-	done
-}
-bk_ab() {
-	_n=$1 _re=$2
-	shift 2
-	old_build
-	_i=0
-	while [ $_i -lt $_n ]; do
-		for _v in new old; do
-			_bk=$B/tests/bench/bench_kernels
-			[ $_v = old ] && _bk=/tmp/oldb/bench_kernels
-			timeout 120 $_bk "$@" 2>&1 | grep -E "$_re" | sed "s/^/($_v) /"
-		done
-		_i=$((_i + 1))
 	done
 }
 smi_start() {

@@ -23,22 +23,9 @@ import sys
 def jobs(B, T, H, G, tail):
     NK, nq = T // 128, T // 64
     BH = B * H
-    groups, h0 = [], 0
-    body = BH - tail if 0 < tail < BH else BH
-    if tail >= BH:
-        body = 0
-    while h0 < body:
-        g = min(G, body - h0)
-        groups.append(g)
-        h0 += g
-    if body < BH:
-        groups.append(BH - body)
-    out = []
-    for g in groups:
-        for y in range(NK):
-            n = NK - 1 - y
-            out += [nq - 2 * n - 0.5] * g
-    return out
+    body = max(BH - tail, 0)  # the heads in groups of G; the last `tail` one group
+    groups = [min(G, body - h) for h in range(0, body, G)] + ([BH - body] if body < BH else [])
+    return [nq - 2 * n - 0.5 for g in groups for n in range(NK - 1, -1, -1) for _ in range(g)]
 
 
 def makespan(order, sms):
