@@ -26,7 +26,11 @@
  * (one or two 64-row MMAs).
  * Epilogue: 64-row blocks inside the expert go through shared memory in
  * 64 x 64 blocks (64 x 32 fp32 for wgrad; two buffers per warpgroup) and
- * TMA stores, which drain while the next tile's main loop runs; the weight
+ * TMA stores, which drain while the next tile's main loop runs; in the
+ * forward and input gradient a warpgroup whose rows all lie inside the
+ * expert keeps its last GT_HOLD (2) blocks as bf16 pairs in registers and
+ * stores them one a k-slice of the next tile, after issuing its MMAs
+ * (session 24: 0.5-2.5% of those kernels, bit-identical); the weight
  * gradient is stored, or added by the copy engine's reduction
  * (cp.reduce.async.bulk); the block an expert's rows end in stores
  * 16-byte chunks straight from the accumulators (after a quad transpose),
@@ -149,6 +153,86 @@ static __device__ __forceinline__ void gt_quad_transpose(uint32_t (&a)[4], int q
 				a[i + k] = got;
 		}
 }
+/* The forward and input gradient keep the last GT_HOLD of a tile's
+ * MW x BN / 64 full 64 x 64 blocks as bf16 pairs in registers and store
+ * them one a k-slice while the next tile's MMAs run (session 24: the
+ * epilogue, about 15% of the consumers' time in Nsight Compute's samples,
+ * left the tensor cores idle).  More would spill (64 more registers for
+ * all four). */
+#ifndef GT_HOLD
+#define GT_HOLD 2
+#endif
+/* the held blocks' tile: its first row, first column, the next held block
+ * to store (NB: none left) */
+struct gt_pend {
+	int row0, n0, next;
+};
+
+/* A full 64 x 64 bf16 block (w[2 jj + h]: this thread's pair of row
+ * lane / 4 + 8h of warp's 16, columns 8 jj + 2 (lane % 4)) through shared
+ * memory (the 128-byte-swizzled layout of the output map, conflict-free
+ * stores) and a TMA store at (col, row) that drains on its own. */
+static __device__ __forceinline__ void gt_put_block(const uint32_t (&w)[16], const CUtensorMap *tc, int col, int row,
+						    uint32_t se, int cw, int &nst, bool lead, int warp, int lane)
+{
+	const uint32_t buf = gt_epi_buf(se, cw, nst++, lead);
+#pragma unroll
+	for (int jj = 0; jj < 8; jj++)
+#pragma unroll
+		for (int h = 0; h < 2; h++) {
+			const int rr = warp * 16 + lane / 4 + 8 * h;
+			asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(buf + rr * 128 + ((jj ^ (rr & 7)) << 4) + (lane % 4) * 4),
+				     "r"(w[2 * jj + h])
+				     : "memory");
+		}
+	wg_fence_proxy();
+	gt_named_sync(1 + cw);
+	if (lead)
+		gt_tma_store(tc, buf, col, row);
+}
+
+/* 64 x 64 block qq of an accumulator row block (BN / 2 registers: 4 jr +
+ * 2h + b at row lane / 4 + 8h, column 8 jr + 2 (lane % 4) + b), rounded to
+ * bf16 pairs as gt_put_block takes them */
+template <int BN>
+static __device__ __forceinline__ void gt_pack_block(uint32_t (&w)[16], const float (&acc)[BN / 2], int qq)
+{
+#pragma unroll
+	for (int jj = 0; jj < 8; jj++)
+#pragma unroll
+		for (int h = 0; h < 2; h++) {
+			const int jr = qq * 8 + jj;
+			__nv_bfloat162 v = __floats2bfloat162_rn(acc[4 * jr + 2 * h], acc[4 * jr + 2 * h + 1]);
+			w[2 * jj + h] = *(uint32_t *)&v;
+		}
+}
+
+/* held block b (of the last GT_HOLD of NB; m = b / (BN / 64), qq = b % (BN /
+ * 64)) of the tile at p, where its columns lie inside ncols */
+template <int MW, int BN, int NB>
+static __device__ __forceinline__ void gt_put_held(int b, const uint32_t (&hold)[GT_HOLD][16], const gt_pend &p,
+						   int ncols, const CUtensorMap *tc, uint32_t se, int cw, int &nst,
+						   bool lead, int warp, int lane)
+{
+#pragma unroll
+	for (int x = 0; x < GT_HOLD; x++) {
+		const int bb = NB - GT_HOLD + x, qq = bb % (BN / 64);
+		if (bb == b && p.n0 + qq * 64 < ncols)
+			gt_put_block(hold[x], tc, p.n0 + qq * 64, p.row0 + (cw * MW + bb / (BN / 64)) * 64, se, cw,
+				     nst, lead, warp, lane);
+	}
+}
+
+/* the held blocks not stored yet */
+template <int MW, int BN, int NB>
+static __device__ __forceinline__ void gt_flush(const uint32_t (&hold)[GT_HOLD][16], gt_pend &p, int ncols,
+						const CUtensorMap *tc, uint32_t se, int cw, int &nst, bool lead, int warp,
+						int lane)
+{
+	for (; p.next < NB; p.next++)
+		gt_put_held<MW, BN, NB>(p.next, hold, p, ncols, tc, se, cw, nst, lead, warp, lane);
+}
+
 /* Output tile t of a block's walk: its expert, first row, the rows left in
  * the expert from there, first column, k-slices; the weight gradient: the
  * expert's first row and rows (its reduction), first row of W (m0). */
@@ -370,6 +454,11 @@ __global__ void __launch_bounds__(GT_THREADS, 1)
 	asm volatile("setmaxnreg.inc.sync.aligned.u32 224;\n" ::: "memory");
 	const int cw = wg - 1, lane = tid % 32, warp = (tid % 128) / 32, wl = tid % 128;
 	const bool lead = wl == 0;
+	/* the forward and input gradient: the previous tile's held blocks */
+	constexpr int NB = MW * (BN / 64);
+	static_assert(GT_HOLD >= 1 && GT_HOLD <= NB, "GT_HOLD");
+	uint32_t hold[GT_HOLD][16];
+	gt_pend pend = {0, 0, NB};
 	/* this warpgroup's TMA stores so far: the output buffer of the next
 	 * is nst & 1 */
 	int nst = 0;
@@ -433,6 +522,12 @@ __global__ void __launch_bounds__(GT_THREADS, 1)
 							   db, kt > 0 || kk > 0);
 			}
 			wg_commit();
+			if (MODE != GT_WGRAD && pend.next < NB) {
+				/* a held block of the previous tile while these MMAs run */
+				gt_put_held<MW, BN, NB>(pend.next, hold, pend, g.ncols, &tc, se, cw, nst, lead, warp,
+							lane);
+				pend.next++;
+			}
 			wg_wait<1>(); /* the previous k-slice's MMAs are done with their stage */
 			if (kt > 0 && lane == 0)
 				wg_arrive(wg_smem_u32(&empty[(pos - 1) % ST]));
@@ -518,14 +613,35 @@ __global__ void __launch_bounds__(GT_THREADS, 1)
 			continue;
 		}
 
+		/* what is left of the previous tile's held blocks (a main loop
+		 * shorter than them, or none) */
+		gt_flush<MW, BN, NB>(hold, pend, g.ncols, &tc, se, cw, nst, lead, warp, lane);
 		/* accumulator fragment: warp w holds rows 16w..16w+15 of each 64,
-		 * register 4j + 2h + b row lane/4 + 8h, column 8j + 2(lane%4) + b;
-		 * 64-row blocks inside the expert: 64 x 64 blocks through shared
-		 * memory (the 128-byte-swizzled layout of the output map,
-		 * conflict-free stores) and TMA stores, two buffers per
-		 * warpgroup, drained while the next tile's main loop runs; the
-		 * block the expert ends in: 16-byte chunks from the registers */
+		 * register 4j + 2h + b row lane/4 + 8h, column 8j + 2(lane%4) + b */
 		const int ncl = g.ncols - tl.n0;
+		if (live && tl.mi >= (cw + 1) * MW * 64) {
+			/* all of this warpgroup's rows inside the expert: the first
+			 * NB - GT_HOLD blocks now, the rest held */
+#pragma unroll
+			for (int b = 0; b < NB; b++) {
+				const int m = b / (BN / 64), qq = b % (BN / 64);
+				uint32_t w[16];
+				gt_pack_block<BN>(w, acc[m], qq);
+				if (b >= NB - GT_HOLD) {
+#pragma unroll
+					for (int i = 0; i < 16; i++)
+						hold[b - (NB - GT_HOLD)][i] = w[i];
+				} else if (qq * 64 < ncl) {
+					gt_put_block(w, &tc, tl.n0 + qq * 64, tl.row0 + (cw * MW + m) * 64, se, cw, nst,
+						     lead, warp, lane);
+				}
+			}
+			pend = {tl.row0, tl.n0, NB - GT_HOLD};
+			continue;
+		}
+		/* the tile the expert ends in: 64-row blocks inside the expert
+		 * as above, the block it ends in 16-byte chunks from the
+		 * registers */
 #pragma unroll
 		for (int m = 0; m < MW; m++) {
 			const int rb = (cw * MW + m) * 64;
@@ -534,23 +650,9 @@ __global__ void __launch_bounds__(GT_THREADS, 1)
 				for (int qq = 0; qq < BN / 64; qq++) {
 					if (qq * 64 >= ncl)
 						continue; /* the whole warpgroup */
-					const uint32_t buf = gt_epi_buf(se, cw, nst++, lead);
-#pragma unroll
-					for (int jj = 0; jj < 8; jj++)
-#pragma unroll
-						for (int h = 0; h < 2; h++) {
-							const int rr = warp * 16 + lane / 4 + 8 * h, jr = qq * 8 + jj;
-							__nv_bfloat162 v = __floats2bfloat162_rn(acc[m][4 * jr + 2 * h],
-												 acc[m][4 * jr + 2 * h + 1]);
-							asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(
-									     buf + rr * 128 + ((jj ^ (rr & 7)) << 4) + (lane % 4) * 4),
-								     "r"(*(uint32_t *)&v)
-								     : "memory");
-						}
-					wg_fence_proxy();
-					gt_named_sync(1 + cw);
-					if (lead)
-						gt_tma_store(&tc, buf, tl.n0 + qq * 64, tl.row0 + rb);
+					uint32_t w[16];
+					gt_pack_block<BN>(w, acc[m], qq);
+					gt_put_block(w, &tc, tl.n0 + qq * 64, tl.row0 + rb, se, cw, nst, lead, warp, lane);
 				}
 			} else if (tl.mi > rb) {
 				/* 16 bytes a thread: each quad's 4 x 4 words (rows
@@ -581,6 +683,8 @@ __global__ void __launch_bounds__(GT_THREADS, 1)
 			}
 		}
 	}
+	if (MODE != GT_WGRAD)
+		gt_flush<MW, BN, NB>(hold, pend, g.ncols, &tc, se, cw, nst, lead, warp, lane);
 	if (wl == 0) /* the output buffers stay until read */
 		asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
 #endif
