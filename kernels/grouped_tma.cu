@@ -30,7 +30,7 @@
  * forward and input gradient a warpgroup whose rows all lie inside the
  * expert keeps its last GT_HOLD (2) blocks as bf16 pairs in registers and
  * stores them one a k-slice of the next tile, after issuing its MMAs
- * (session 24: 0.5-2.5% of those kernels, bit-identical); the weight
+ * (session 24: 0.3-3% of those kernels, bit-identical); the weight
  * gradient is stored, or added by the copy engine's reduction
  * (cp.reduce.async.bulk); the block an expert's rows end in stores
  * 16-byte chunks straight from the accumulators (after a quad transpose),

@@ -43,6 +43,6 @@ done
 cp -r "$SHARDS" "$O"/shards
 cp "$SHARED"/bench/torch_ref.py "$O"/
 cp tests/bench/gpu/*.sh "$O"/ # the device scripts (run as sh "$O"/runN.sh, RUNDIR="$O")
-cp tests/bench/gpu/*.py "$O"/ # ktrace.py, smi_phases.py, fa3f_sched.py
+cp tests/bench/gpu/*.py "$O"/ # ktrace.py, smi_phases.py, fa3f_sched.py, sass_mix.py
 cp "$SHARED"/data/parquet/fineweb-shaped/sotu-snappy-v1.parquet "$O"/pq/
 du -sh "$O"
