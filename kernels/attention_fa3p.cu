@@ -114,8 +114,9 @@ static __device__ __forceinline__ void afp_item(bf16 *out, float *lse, int ldo, 
 						uint32_t full, uint32_t empty, uint32_t qe)
 {
 	constexpr int TB = afp_cfg<DH>::TB, BN = afp_cfg<DH>::BN, NS = afp_cfg<DH>::NS;
-	const int tid = threadIdx.x - 128, cw = tid / 128, w = (tid % 128) / 32, lane = tid % 32, g = lane / 4,
-		  t4 = lane % 4;
+	/* cw broadcast from lane 0: warp-uniform to the compiler (attention_fa3.cu's af_dkdv) */
+	const int tid = threadIdx.x - 128, cw = __shfl_sync(0xffffffffu, tid / 128, 0), w = (tid % 128) / 32,
+		  lane = tid % 32, g = lane / 4, t4 = lane % 4;
 	const int wq0 = q0 + 64 * cw, rq = wq0 + 16 * w + g; /* rows rq, rq + 8 */
 	/* the key tiles this warpgroup computes: 0 .. its diagonal tile */
 	const int nmine = wq0 < T ? min(ntile, wq0 / BN + 1) : 0;
@@ -291,7 +292,7 @@ __global__ void __launch_bounds__(AFP_THREADS, 1)
 		}
 	}
 	asm volatile("setmaxnreg.inc.sync.aligned.u32 240;\n" ::: "memory");
-	const int cw = (tid - 128) / 128;
+	const int cw = __shfl_sync(0xffffffffu, (tid - 128) / 128, 0);
 	unsigned r = 0; /* key tiles streamed (turns taken) */
 	for (int n = 0;; n++) {
 		wg_bar_wait(qfull, n & 1);
