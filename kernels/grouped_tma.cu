@@ -284,6 +284,23 @@ static __device__ __forceinline__ gt_tile gt_decode(int t, const gt_args &g, con
 	return r;
 }
 
+/* The weight gradient's tile fields, which come from shared memory (the
+ * experts' order and offsets), broadcast from lane 0 so that the compiler
+ * knows they are the same across the warp (session 25, one H200: 3-4%
+ * fewer instructions, bit-identical, the same time alone: the weight
+ * gradient is not bound by issue, and its stage addresses and descriptors
+ * stay per thread; for every mode it cost the forward 0.8% more
+ * instructions) */
+static __device__ __forceinline__ void gt_tile_uniform(gt_tile &t)
+{
+	t.e = __shfl_sync(0xffffffffu, t.e, 0);
+	t.row0 = __shfl_sync(0xffffffffu, t.row0, 0);
+	t.mi = __shfl_sync(0xffffffffu, t.mi, 0);
+	t.n0 = __shfl_sync(0xffffffffu, t.n0, 0);
+	t.m0 = __shfl_sync(0xffffffffu, t.m0, 0);
+	t.kt = __shfl_sync(0xffffffffu, t.kt, 0);
+}
+
 /* One stage through cp.async (the rows it reads reach past offsets[E],
  * where the allocation may end), zeros past the rows and columns: the
  * forward / input gradient's A tile (B comes through TMA), the weight
@@ -475,7 +492,9 @@ __global__ void __launch_bounds__(GT_THREADS, 1)
 		const int t = gt_walk<MODE>(j);
 		if (t >= total)
 			break;
-		const gt_tile tl = gt_decode<MODE, BM, BN>(t, g, s_start, s_off);
+		gt_tile tl = gt_decode<MODE, BM, BN>(t, g, s_start, s_off);
+		if (MODE == GT_WGRAD)
+			gt_tile_uniform(tl);
 		float acc[MW][BN / 2];
 		/* the forward and input gradient: a warpgroup none of whose rows
 		 * lie inside the expert (the tile the expert ends in) issues no
