@@ -82,7 +82,7 @@ static __device__ __forceinline__ void af_dkdv(const struct af_args &A, int kt, 
 	 * below: the compiler then knows it is the same across the warp and keeps
 	 * the stage addresses and wgmma descriptors in uniform registers, as in
 	 * grouped_tma.cu (session 25, one H200: fa3f 6% fewer instructions and
-	 * 1-2% faster, the forwards 2-7% and fa3's backward 6-9%) */
+	 * 0-3% faster, the forwards 2-7% and fa3's backward 6-9%) */
 	const int tid = threadIdx.x - 128, wg = __shfl_sync(0xffffffffu, tid / 128, 0), w = (tid % 128) / 32,
 		  lane = tid % 32, g = lane / 4, t4 = lane % 4;
 	const int k0 = kt * KR, wk0 = k0 + 64 * wg, nq = (T + 63) / 64, i0 = k0 / 64;
