@@ -23,4 +23,5 @@ TESTS += tests/cli/mandoc-lint.sh
 endif
 dist_check_SCRIPTS += tests/cli/mandoc-lint.sh
 TESTS += tests/cli/ktrace.sh tests/cli/smi_phases.sh tests/cli/fa3f_sched.sh tests/cli/sass_mix.sh
+EXTRA_DIST += tests/cli/pytool.sh
 dist_check_SCRIPTS += tests/cli/ktrace.sh tests/cli/smi_phases.sh tests/cli/fa3f_sched.sh tests/cli/sass_mix.sh

@@ -2,14 +2,8 @@
 # tests/bench/gpu/fa3f_sched.py (the model of fa3f's grid over the SMs) on
 # cases worked out by hand, seed-base's figure (which Nsight Compute
 # measured at 6.6%, session 23), and its argument errors.
-set -u
-command -v python3 >/dev/null 2>&1 || exit 77
-S=${MOE_SRCDIR:-.}
-P="$S/tests/bench/gpu/fa3f_sched.py"
-fail=0
-check() { # output, expected text
-	case $1 in *"$2"*) ;; *) echo "expected '$2' in:"; printf '%s\n' "$1"; fail=1 ;; esac
-}
+TOOL=fa3f_sched.py
+. "${MOE_SRCDIR:-.}/tests/cli/pytool.sh"
 # T 256: two key blocks of 128, four query tiles of 64.  Block n = 1
 # streams tiles 2-3 (1.5, the first half), n = 0 tiles 0-3 (3.5).  Two
 # heads in one group: n = 1 of both, then n = 0 of both: 1.5, 1.5, 3.5,

@@ -22,6 +22,10 @@
 #   phase LABEL CMD [ARGS]       CMD (a function too) between LABEL-start and LABEL-end marks
 #   smi_stop [MIN_WATTS]         sampling stopped; smi_phases.py's table of the phases (samples at
 #                                MIN_WATTS or more: 600 keeps a step's steady part); NAME.csv gzipped
+#   ncu_met LABEL BIN REGEX [ARGS]  Nsight Compute's metrics $MET (default: time, instructions, tensor
+#                                pipe) of the 6th launch of a kernel matching REGEX in BIN ARGS (since session 24)
+#   bk_of VARIANT                a bench_kernels: new (this build), old (oldb.tgz's), else oldb's
+#                                bench_kernels_VARIANT (an experiment build packed beside it)
 R=$PWD/${RUNDIR:-${PACK:-.devrun}}
 B=$R/b
 M=share/models/seed-base.json
@@ -145,4 +149,21 @@ smi_stop() {
 	wait $SMI_PID 2>/dev/null
 	python3 $R/smi_phases.py $SMI.csv $SMI.phases --min-watts ${1:-0}
 	gzip -f $SMI.csv
+}
+NCU=/usr/local/cuda/bin/ncu
+[ -x $NCU ] || NCU=ncu
+ncu_met() {
+	l=$1 bin=$2 re=$3
+	shift 3
+	echo "--- ncu $l"
+	timeout 100 $NCU --clock-control none --kernel-name-base mangled -k "regex:$re" --launch-skip 5 --launch-count 1 \
+		--metrics ${MET:-gpu__time_duration.sum,smsp__inst_executed.sum,sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active} \
+		$bin "$@" 2>&1 | grep -E "^ +(gpu__|sm__|smsp__)"
+}
+bk_of() {
+	case $1 in
+	new) echo $B/tests/bench/bench_kernels ;;
+	old) old_build && echo /tmp/oldb/bench_kernels ;;
+	*) old_build && echo /tmp/oldb/bench_kernels_$1 ;;
+	esac
 }

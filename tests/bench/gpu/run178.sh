@@ -8,16 +8,7 @@
 set -u
 . "$(dirname "$0")/common.sh"
 O=${OUT:-/tmp}
-N=/usr/local/cuda/bin/ncu
-[ -x $N ] || N=ncu
 MET=gpu__time_duration.sum,sm__cycles_active.avg,sm__cycles_active.max,smsp__inst_executed.sum,sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active,smsp__cycles_active.avg
-nc() { # label bench_kernels regex args...
-	l=$1 bk=$2 re=$3
-	shift 3
-	echo "--- ncu $l"
-	timeout 100 $N --clock-control none --kernel-name-base mangled -k "regex:$re" --launch-skip 5 --launch-count 1 \
-		--metrics $MET $bk "$@" 2>&1 | grep -E "^ +(gpu__|sm__|smsp__)"
-}
 {
 old_build
 same_bytes $R/seed-3l.json
@@ -34,8 +25,8 @@ done
 for v in new old; do
 	bk=$B/tests/bench/bench_kernels
 	[ $v = old ] && bk=/tmp/oldb/bench_kernels
-	nc "$v fwd 768x1280" $bk 'gt_kernelILi0ELi128ELi256' -t -B 16 -g 0
-	nc "$v fa3f seed-base" $bk 'attention_bwd_fa3f' -a -B 16
+	ncu_met "$v fwd 768x1280" $bk 'gt_kernelILi0ELi128ELi256' -t -B 16 -g 0
+	ncu_met "$v fa3f seed-base" $bk 'attention_bwd_fa3f' -a -B 16
 done
 smi_start smi-s24-call178
 phase new1 bc

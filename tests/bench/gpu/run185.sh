@@ -8,16 +8,6 @@
 set -u
 . "$(dirname "$0")/common.sh"
 O=${OUT:-/tmp}
-N=/usr/local/cuda/bin/ncu
-[ -x $N ] || N=ncu
-MET=gpu__time_duration.sum,smsp__inst_executed.sum,sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active
-nc() { # label bench_kernels regex args...
-	l=$1 bk=$2 re=$3
-	shift 3
-	echo "--- ncu $l"
-	timeout 100 $N --clock-control none --kernel-name-base mangled -k "regex:$re" --launch-skip 5 --launch-count 1 \
-		--metrics $MET $bk "$@" 2>&1 | grep -E "^ +(gpu__|sm__|smsp__)"
-}
 {
 echo "=== test_kernels *attention*"
 tk 240 test_kernels '*attention*' | grep -E "\[FAIL|Assert|Synthesis"
@@ -27,17 +17,13 @@ old_build
 same_bytes $R/seed-3l.json
 for r in 1 2; do
 	for v in new old; do
-		bk=$B/tests/bench/bench_kernels
-		[ $v = old ] && bk=/tmp/oldb/bench_kernels
 		echo "--- $v bench_kernels -a -B 16"
-		timeout 120 $bk -a -B 16 2>&1 | grep -E "attention|[1-9][0-9]* of [0-9]* elements differ"
+		timeout 120 $(bk_of $v) -a -B 16 2>&1 | grep -E "attention|[1-9][0-9]* of [0-9]* elements differ"
 	done
 done
 for v in new old; do
-	bk=$B/tests/bench/bench_kernels
-	[ $v = old ] && bk=/tmp/oldb/bench_kernels
-	nc "$v fa3f seed-base" $bk 'attention_bwd_fa3f' -a -B 16
-	nc "$v fa3pk128 seed-base" $bk 'fa3pk' -a -B 16
+	ncu_met "$v fa3f seed-base" $(bk_of $v) 'attention_bwd_fa3f' -a -B 16
+	ncu_met "$v fa3pk128 seed-base" $(bk_of $v) 'fa3pk' -a -B 16
 done
 bc
 bc_old

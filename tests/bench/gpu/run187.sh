@@ -10,18 +10,8 @@
 set -u
 . "$(dirname "$0")/common.sh"
 O=${OUT:-/tmp}
-N=/usr/local/cuda/bin/ncu
-[ -x $N ] || N=ncu
 CO=/usr/local/cuda/bin/cuobjdump
 [ -x $CO ] || CO=cuobjdump
-MET=gpu__time_duration.sum,smsp__inst_executed.sum,sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active
-nc() { # label bench_kernels regex args...
-	l=$1 bk=$2 re=$3
-	shift 3
-	echo "--- ncu $l"
-	timeout 100 $N --clock-control none --kernel-name-base mangled -k "regex:$re" --launch-skip 5 --launch-count 1 \
-		--metrics $MET $bk "$@" 2>&1 | grep -E "^ +(gpu__|sm__|smsp__)"
-}
 {
 echo "=== test_kernels *grouped*"
 tk 200 test_kernels '*grouped*' | grep -E "\[FAIL|Assert|Synthesis"
@@ -30,27 +20,21 @@ tk 150 test_backend '*' | grep -E "\[FAIL|Assert|Synthesis" | tail -8
 old_build
 same_bytes $R/seed-3l.json
 for v in new old; do
-	bk=$B/tests/bench/bench_kernels
-	[ $v = old ] && bk=/tmp/oldb/bench_kernels
+	bk=$(bk_of $v)
 	$CO -sass -fun '_Z9gt_kernelILi2ELi128ELi256ELi4EEv14CUtensorMap_stS0_S0_7gt_args' $bk 2>&1 | gzip >$O/sass-wgrad-$v.txt.gz
 	echo "sass $v: $(zcat $O/sass-wgrad-$v.txt.gz | grep -c '/\*[0-9a-f]*\*/') lines, R2UR $(zcat $O/sass-wgrad-$v.txt.gz | grep -c R2UR)"
 done
 for r in 1 2; do
 	for v in new old all; do
-		bk=$B/tests/bench/bench_kernels
-		[ $v = old ] && bk=/tmp/oldb/bench_kernels
-		[ $v = all ] && bk=/tmp/oldb/bench_kernels_all
 		echo "--- $v bench_kernels -t -B 16"
-		timeout 120 $bk -t -B 16 2>&1 | grep -E "tma (fwd|dgrad|wgrad store).*cfg 0|[1-9][0-9]* of [0-9]* elements differ"
+		timeout 120 $(bk_of $v) -t -B 16 2>&1 | grep -E "tma (fwd|dgrad|wgrad store).*cfg 0|[1-9][0-9]* of [0-9]* elements differ"
 	done
 done
 for v in new old all; do
-	bk=$B/tests/bench/bench_kernels
-	[ $v = old ] && bk=/tmp/oldb/bench_kernels
-	[ $v = all ] && bk=/tmp/oldb/bench_kernels_all
-	nc "$v wgrad 768x1280" $bk 'gt_kernelILi2ELi128ELi256' -t -B 16 -g 0
-	nc "$v wgrad 640x768" $bk 'gt_kernelILi2ELi256ELi128' -t -B 16 -g 1
-	[ $v = new ] || nc "$v fwd 768x1280" $bk 'gt_kernelILi0ELi128ELi256' -t -B 16 -g 0
+	bk=$(bk_of $v)
+	ncu_met "$v wgrad 768x1280" $bk 'gt_kernelILi2ELi128ELi256' -t -B 16 -g 0
+	ncu_met "$v wgrad 640x768" $bk 'gt_kernelILi2ELi256ELi128' -t -B 16 -g 1
+	[ $v = new ] || ncu_met "$v fwd 768x1280" $bk 'gt_kernelILi0ELi128ELi256' -t -B 16 -g 0
 done
 bc
 bc_old

@@ -88,8 +88,9 @@ def main():
     print(f"{path}: {len(lines)} SASS lines, {tex} warp instructions executed, {tsm} warp-state samples")
     ex, sm = Counter(), Counter()
     for src, e, s in lines:
-        ex[opcode(src)] += e
-        sm[opcode(src)] += s
+        o = opcode(src)
+        ex[o] += e
+        sm[o] += s
     print(f"{'opcode':<14} {'instructions':>13} {'share':>6} {'samples':>7}")
     for o, e in ex.most_common(top):
         print(f"{o:<14} {e:>13} {100 * e / max(tex, 1):5.1f}% {100 * sm[o] / max(tsm, 1):6.1f}%")
